@@ -1,0 +1,55 @@
+"""The server's validated settings, shared by the bridge, the testing toolkit and ``tap``.
+
+``tap.Options`` turns the command line into one of these; tests build them directly. The
+defaults are Daphne's (DESIGN.md, "Command line").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MiB = 1024 * 1024
+
+
+class StartupError(SystemExit):
+    """A start-up problem: one line on stderr, exit status 1, no traceback."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"realtime: error: {message}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    ping_interval: float = 20.0
+    ping_timeout: float = 30.0
+    #: Maximum lifetime of a WebSocket, then close 1000; negative means none.
+    websocket_timeout: float = 86400.0
+    #: Absolute deadline from TCP accept to the end of ``connect()``.
+    connect_timeout: float = 5.0
+    max_message_size: int = MiB
+    max_frame_size: int = MiB
+    max_inflight: int = 64
+    #: Open WebSockets (and handshakes in progress) before new upgrades get 503; 0: none.
+    max_connections: int = 0
+    root_path: str = ""
+    shutdown_timeout: float = 10.0
+    #: How long a close frame we sent may wait for the peer's reply before the TCP is dropped.
+    close_timeout: float = 1.0
+    #: Idle timeout of plain HTTP keep-alive connections (twisted.web's own).
+    http_timeout: float = 60.0
+    health_path: str = "/healthz"
+    ready_path: str = "/readyz"
+    server_header: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("ping_interval", "ping_timeout", "connect_timeout", "shutdown_timeout",
+                     "close_timeout", "http_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        for name in ("max_message_size", "max_frame_size", "max_inflight"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_connections < 0:
+            raise ValueError("max_connections must not be negative")
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
+            raise ValueError("root_path must start with '/' and not end with '/'")

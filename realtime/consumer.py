@@ -1,0 +1,272 @@
+"""Consumers: one instance per connection, with Channels' names and hooks.
+
+The bridge (``realtime.websocket``) calls three private entry points, ``_on_connect``,
+``_on_receive`` and ``_on_disconnect``, one at a time and in order. A plain method runs on
+the reactor thread (the fast path: no event dict, no Deferred); a method that returns a
+coroutine or Deferred is awaited before the next message is handled. Overriding the raw
+``websocket_*`` handlers works as in Channels, at the cost of one dict per message.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from realtime.exceptions import AcceptConnection, check_headers
+
+if TYPE_CHECKING:
+    from realtime.routing import Scope
+    from realtime.websocket import WebSocketConnection
+
+#: The codes an application may close with (RFC 6455 7.4: 1000, and 3000-4999 for apps).
+def check_app_close_code(code: Any) -> int:
+    if code is None or code is True:
+        return 1000
+    if not isinstance(code, int) or isinstance(code, bool) or not (
+        code == 1000 or 3000 <= code <= 4999
+    ):
+        raise ValueError(f"close code must be 1000 or 3000-4999, not {code!r}")
+    return code
+
+
+class ConsumerApp:
+    """The application ``Consumer.as_app(**initkwargs)`` returns: one new consumer per scope."""
+
+    def __init__(self, consumer_class: type[Any], initkwargs: dict[str, Any]) -> None:
+        self.consumer_class = consumer_class
+        self.initkwargs = initkwargs
+
+    def __call__(self, scope: Scope) -> Any:
+        consumer = self.consumer_class(**self.initkwargs)
+        consumer.scope = scope
+        return consumer
+
+    def __repr__(self) -> str:
+        return f"{self.consumer_class.__name__}.as_app()"
+
+
+class AppFactoryMixin:
+    """``as_app``/``as_asgi`` for every consumer class, like Django's ``as_view``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+
+    @classmethod
+    def as_app(cls, **initkwargs: Any) -> ConsumerApp:
+        for key in initkwargs:
+            if not hasattr(cls, key):
+                raise TypeError(f"{cls.__name__}.as_app() got an unknown attribute {key!r}")
+        return ConsumerApp(cls, initkwargs)
+
+    @classmethod
+    def as_asgi(cls, **initkwargs: Any) -> ConsumerApp:
+        """Channels' name, kept so routing files port by changing imports."""
+        return cls.as_app(**initkwargs)
+
+
+class _WebsocketBase(AppFactoryMixin):
+    groups: ClassVar[list[str]] = []
+    #: Run plain handlers in the reactor's thread pool, one at a time, in order.
+    thread_handlers: ClassVar[bool] = False
+    channel_layer_alias: ClassVar[str] = "default"
+
+    scope: Scope
+    channel_layer: Any = None
+    channel_name: str | None = None
+    _conn: WebSocketConnection
+
+    # Set per class: whether the raw websocket_receive is overridden (then dicts are built).
+    _raw_receive: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        impls = globals().get("_RAW_RECEIVE_IMPLS", ())
+        cls._raw_receive = bool(impls) and cls.websocket_receive not in impls  # type: ignore[attr-defined]
+
+    # -- bridge entry points -------------------------------------------------------------
+    def _on_connect(self) -> Any:
+        return self.websocket_connect({"type": "websocket.connect"})  # type: ignore[attr-defined]
+
+    def _on_receive(self, text: str | None, data: bytes | None) -> Any:
+        if self._raw_receive:
+            message: dict[str, Any] = {"type": "websocket.receive"}
+            if text is not None:
+                message["text"] = text
+            else:
+                message["bytes"] = data
+            return self.websocket_receive(message)  # type: ignore[attr-defined]
+        return self.receive(text, data)  # type: ignore[attr-defined]
+
+    def _on_disconnect(self, code: int) -> Any:
+        return self.websocket_disconnect(  # type: ignore[attr-defined]
+            {"type": "websocket.disconnect", "code": code}
+        )
+
+    # -- helpers shared by both flavours -----------------------------------------------------
+    def _do_accept(self, subprotocol: str | None, headers: Any) -> None:
+        self._conn.accept(subprotocol, check_headers(headers))
+
+    def _do_send(self, text_data: str | None, bytes_data: bytes | None, close: Any) -> None:
+        if text_data is not None:
+            if not isinstance(text_data, str):
+                raise TypeError("text_data must be str")
+            self._conn.send_text(text_data)
+        elif bytes_data is not None:
+            if not isinstance(bytes_data, bytes | bytearray | memoryview):
+                raise TypeError("bytes_data must be bytes")
+            self._conn.send_bytes(bytes(bytes_data))
+        else:
+            raise ValueError("You must pass one of bytes_data or text_data")
+        if close:
+            self._do_close(close, None)
+
+    def _do_close(self, code: Any, reason: str | None) -> None:
+        checked = check_app_close_code(code)
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError("close reason must be str")
+        self._conn.close(checked, reason)
+
+
+class WebsocketConsumer(_WebsocketBase):
+    """A consumer whose handlers are plain methods, run on the reactor thread (they must not
+    block: set ``thread_handlers = True`` for code that does, e.g. an ORM)."""
+
+    def websocket_connect(self, message: dict[str, Any]) -> Any:
+        try:
+            return self.connect()
+        except AcceptConnection:
+            self.accept()
+        return None
+
+    def connect(self) -> Any:
+        self.accept()
+
+    def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
+        self._do_accept(subprotocol, headers)
+
+    def websocket_receive(self, message: dict[str, Any]) -> Any:
+        if message.get("text") is not None:
+            return self.receive(text_data=message["text"])
+        return self.receive(bytes_data=message.get("bytes"))
+
+    def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> Any:
+        pass
+
+    def send(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: Any = False
+    ) -> None:
+        self._do_send(text_data, bytes_data, close)
+
+    def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        self._do_close(code, reason)
+
+    def websocket_disconnect(self, message: dict[str, Any]) -> Any:
+        return self.disconnect(message["code"])
+
+    def disconnect(self, code: int) -> Any:
+        pass
+
+
+class AsyncWebsocketConsumer(_WebsocketBase):
+    """A consumer whose handlers are coroutines; each finishes before the next message."""
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        try:
+            await self.connect()
+        except AcceptConnection:
+            await self.accept()
+
+    async def connect(self) -> None:
+        await self.accept()
+
+    async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
+        self._do_accept(subprotocol, headers)
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        if message.get("text") is not None:
+            await self.receive(text_data=message["text"])
+        else:
+            await self.receive(bytes_data=message.get("bytes"))
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        pass
+
+    async def send(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: Any = False
+    ) -> None:
+        self._do_send(text_data, bytes_data, close)
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        self._do_close(code, reason)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        await self.disconnect(message["code"])
+
+    async def disconnect(self, code: int) -> None:
+        pass
+
+
+_RAW_RECEIVE_IMPLS = (WebsocketConsumer.websocket_receive, AsyncWebsocketConsumer.websocket_receive)
+
+
+class JsonWebsocketConsumer(WebsocketConsumer):
+    """Text frames carry JSON: ``receive_json(content)``, ``send_json(content)``.
+
+    A binary frame closes the socket with 1003 (unsupported data), invalid JSON with 1007.
+    """
+
+    def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> Any:
+        if text_data is None:
+            self._conn.close_with_code(1003, "expected a JSON text frame")
+            return None
+        try:
+            content = self.decode_json(text_data)
+        except ValueError:
+            self._conn.close_with_code(1007, "invalid JSON")
+            return None
+        return self.receive_json(content)
+
+    def receive_json(self, content: Any, **kwargs: Any) -> Any:
+        pass
+
+    def send_json(self, content: Any, close: Any = False) -> None:
+        self.send(text_data=self.encode_json(content), close=close)
+
+    @classmethod
+    def decode_json(cls, text_data: str) -> Any:
+        return json.loads(text_data)
+
+    @classmethod
+    def encode_json(cls, content: Any) -> str:
+        return json.dumps(content)
+
+
+class AsyncJsonWebsocketConsumer(AsyncWebsocketConsumer):
+    """The async JSON consumer; ``encode_json``/``decode_json`` are coroutines (as in Channels)
+    so they can be replaced by, say, an orjson call."""
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None:
+            self._conn.close_with_code(1003, "expected a JSON text frame")
+            return
+        try:
+            content = await self.decode_json(text_data)
+        except ValueError:
+            self._conn.close_with_code(1007, "invalid JSON")
+            return
+        await self.receive_json(content)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        pass
+
+    async def send_json(self, content: Any, close: Any = False) -> None:
+        await self.send(text_data=await self.encode_json(content), close=close)
+
+    @classmethod
+    async def decode_json(cls, text_data: str) -> Any:
+        return json.loads(text_data)
+
+    @classmethod
+    async def encode_json(cls, content: Any) -> str:
+        return json.dumps(content)

@@ -1,0 +1,87 @@
+"""Listener descriptions: Daphne's helper, our defaults, adopted sockets, address strings."""
+
+from __future__ import annotations
+
+import re
+import socket
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_BACKLOG = 1024
+_TCP_KINDS = ("tcp", "tcp6", "ssl")
+
+
+def _escape(value: str) -> str:
+    """Escape ``:`` and ``=`` (and the backslash itself) for an endpoint description."""
+    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def build_endpoint_description_strings(
+    host: str | None = None,
+    port: int | str | None = None,
+    unix_socket: str | None = None,
+) -> list[str]:
+    """Daphne's helper: endpoint descriptions for a host and port and/or a unix socket.
+
+    ``host`` may be an IPv6 address with or without brackets. A host without a port, or a
+    port without a host, is a ``ValueError``.
+    """
+    descriptions: list[str] = []
+    if host is not None and port is not None:
+        host = host.strip("[]")
+        descriptions.append(f"tcp:port={int(port)}:interface={_escape(host)}")
+    elif host is not None or port is not None:
+        raise ValueError("TCP binding requires both port and host kwargs.")
+    if unix_socket:
+        descriptions.append(f"unix:{_escape(unix_socket)}")
+    return descriptions
+
+
+def port_description(value: str, bind: str | None) -> str:
+    """A ``--port`` value as a description: a bare number listens on loopback (or ``bind``)."""
+    if value.isdigit():
+        return build_endpoint_description_strings(bind or DEFAULT_HOST, int(value))[0]
+    return value
+
+
+def with_backlog(description: str) -> str:
+    """TCP and TLS listeners get a large backlog unless the description names one: Twisted's
+    default of 50 drops SYNs under a burst of handshakes (1 s retransmits)."""
+    kind = description.split(":", 1)[0]
+    if kind in _TCP_KINDS and not re.search(r"(^|:)backlog=", description):
+        return f"{description}:backlog={DEFAULT_BACKLOG}"
+    return description
+
+
+def adopted_socket_family(fd: int) -> socket.AddressFamily:
+    """The family of an inherited listening socket; ``ValueError`` when ``fd`` is not one."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ValueError(f"file descriptor {fd} is not a socket ({exc.strerror})") from None
+    try:
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError(f"file descriptor {fd} is not a stream socket")
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise ValueError(f"file descriptor {fd} is not a listening socket")
+        family = sock.family
+        if family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+            raise ValueError(f"file descriptor {fd} has unsupported family {family!r}")
+        return family
+    finally:
+        sock.detach()
+
+
+def describe_address(addr: Any) -> str:
+    """A listener's real address, as logged at start: ``tcp:127.0.0.1:41234``."""
+    if isinstance(addr, IPv6Address):
+        return f"tcp6:[{addr.host}]:{addr.port}"
+    if isinstance(addr, IPv4Address):
+        return f"tcp:{addr.host}:{addr.port}"
+    if isinstance(addr, UNIXAddress):
+        name = addr.name.decode() if isinstance(addr.name, bytes) else addr.name
+        return f"unix:{name}"
+    return str(addr)

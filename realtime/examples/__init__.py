@@ -1,0 +1,1 @@
+"""Example applications: ``bench`` (the benchmark protocol) and, later, ``chat``."""

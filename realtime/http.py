@@ -1,0 +1,107 @@
+"""HTTP consumers: ``AsyncHttpConsumer`` with Channels' methods, for plain responses,
+long-poll and server-sent events (``send_body(..., more_body=True)``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from realtime.consumer import AppFactoryMixin
+from realtime.exceptions import check_headers
+
+if TYPE_CHECKING:
+    from twisted.web.server import Request
+
+    from realtime.routing import Scope
+
+log = Logger()
+
+
+class AsyncHttpConsumer(AppFactoryMixin):
+    """Handle one HTTP request: override ``handle(body)`` and answer with
+    ``send_response`` or ``send_headers`` + ``send_body``. ``disconnect()`` is called when
+    the client goes away before the response is finished."""
+
+    scope: Scope
+    channel_layer: Any = None
+    channel_name: str | None = None
+    _request: Request
+    _headers_sent = False
+    _finished = False
+
+    async def handle(self, body: bytes) -> None:
+        raise NotImplementedError("AsyncHttpConsumer subclasses must implement handle(body)")
+
+    async def send_headers(self, *, status: int = 200, headers: Any = None) -> None:
+        if self._headers_sent:
+            raise RuntimeError("send_headers() called twice")
+        pairs = check_headers(headers)
+        request = self._request
+        request.setResponseCode(status)
+        for name, value in pairs:
+            request.responseHeaders.addRawHeader(name, value)
+        self._headers_sent = True
+        if not self._finished:
+            request.write(b"")
+
+    async def send_body(self, body: bytes, *, more_body: bool = False) -> None:
+        if not isinstance(body, bytes):
+            raise TypeError("body must be bytes")
+        if not self._headers_sent:
+            raise RuntimeError("send_headers() must come before send_body()")
+        if self._finished:
+            return
+        if body:
+            self._request.write(body)
+        if not more_body:
+            self._finished = True
+            self._request.finish()
+
+    async def send_response(
+        self, status: int, body: bytes, *, headers: Any = None
+    ) -> None:
+        pairs = check_headers(headers)
+        if not any(name.lower() == b"content-length" for name, _ in pairs):
+            pairs.append((b"Content-Length", str(len(body)).encode("ascii")))
+        await self.send_headers(status=status, headers=pairs)
+        await self.send_body(body)
+
+    async def disconnect(self) -> None:
+        """The client went away before the response was finished."""
+
+    # -- the bridge -----------------------------------------------------------------------
+    def _serve(self, request: Request, scope: Scope) -> None:
+        from realtime.middleware import resolve
+
+        self._request = request
+        self.scope = scope
+        request.notifyFinish().addErrback(self._lost)
+        body = request.content.read() if request.content is not None else b""
+        d = Deferred.fromCoroutine(resolve(self.handle(body)))
+        d.addErrback(self._failed)
+
+    def _lost(self, failure: Failure) -> None:
+        if not self._finished:
+            self._finished = True
+            Deferred.fromCoroutine(self.disconnect()).addErrback(
+                lambda f: log.failure("disconnect() raised", f)
+            )
+
+    def _failed(self, failure: Failure) -> None:
+        log.failure("{consumer}.handle() raised on {path}", failure,
+                    consumer=type(self).__name__, path=self.scope.get("path"))
+        if self._finished:
+            return
+        self._finished = True
+        request = self._request
+        if not self._headers_sent:
+            request.setResponseCode(500)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            request.setHeader(b"content-length", b"22")
+            request.write(b"Internal Server Error\n")
+            request.finish()
+        elif request.channel is not None and request.channel.transport is not None:
+            request.channel.transport.abortConnection()

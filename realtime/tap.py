@@ -1,0 +1,293 @@
+"""``twistd realtime``: the command line and the service it builds.
+
+Every option is validated in ``postOptions``, before twistd forks or binds anything, and a
+bad value stops start-up with one line naming the option (``StartupError``), never a usage
+dump or a traceback. Every option also reads ``REALTIME_<NAME>`` from the environment; the
+command line wins.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from typing import Any
+
+from twisted.python import usage
+
+from realtime.config import MiB, ServerConfig, StartupError
+from realtime.endpoints import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    adopted_socket_family,
+    build_endpoint_description_strings,
+    port_description,
+    with_backlog,
+)
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]i?[bB]?|[bB])?\s*$")
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": MiB, "g": 1024 * MiB}
+
+
+def parse_size(value: str) -> int:
+    """``1048576``, ``1MiB``, ``64k``, ``256KiB`` -> bytes."""
+    m = _SIZE.match(value)
+    if not m:
+        raise ValueError(value)
+    unit = (m.group(2) or "").lower()[:1]
+    return int(m.group(1)) * _UNITS[unit]
+
+
+def _seconds(name: str, value: str, allow_negative_one: bool = False) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise StartupError(f"--{name}: expected a number of seconds, got {value!r}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise StartupError(f"--{name}: expected a number of seconds, got {value!r}")
+    if allow_negative_one and number == -1:
+        return number
+    if number < 0:
+        raise StartupError(f"--{name}: must not be negative, got {value!r}")
+    return number
+
+
+def _count(name: str, value: str, minimum: int = 0) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise StartupError(f"--{name}: expected a whole number, got {value!r}") from None
+    if number < minimum:
+        raise StartupError(f"--{name}: must be at least {minimum}, got {value!r}")
+    return number
+
+
+def _size(name: str, value: str) -> int:
+    try:
+        number = parse_size(value)
+    except ValueError:
+        raise StartupError(
+            f"--{name}: expected a size in bytes (e.g. 1048576, 64KiB, 1MiB), got {value!r}"
+        ) from None
+    if number < 1:
+        raise StartupError(f"--{name}: must be at least 1 byte, got {value!r}")
+    return number
+
+
+def load_application(spec: str) -> Any:
+    """Import ``package.module:attribute``; errors name the module or the attribute."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise StartupError(f"--app: expected MODULE:ATTRIBUTE, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise StartupError(
+            f"--app {spec!r}: cannot import module {module_name!r}: {exc}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
+        raise StartupError(
+            f"--app {spec!r}: importing module {module_name!r} raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise StartupError(
+                f"--app {spec!r}: module {module_name!r} has no attribute {attr!r}"
+            ) from None
+    if not callable(obj):
+        raise StartupError(f"--app {spec!r}: {attr!r} is not callable")
+    return obj
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Serve an application of Channels-style consumers over WebSocket and HTTP. "
+        "With no listener option, listens on tcp:8000:interface=127.0.0.1. "
+        "Every option also reads REALTIME_<NAME> from the environment (e.g. "
+        "REALTIME_PING_INTERVAL); the command line wins. Built-in paths (--health-path, "
+        "--ready-path) match before the application's routes."
+    )
+
+    optParameters: list[list[Any]] = [
+        ["app", None, None, "The application, MODULE:ATTRIBUTE (required)."],
+        ["bind", "b", None, "Host for a bare --port number (default 127.0.0.1)."],
+        ["unix-socket", "u", None, "Listen on this unix socket path."],
+        ["ping-interval", None, "20", "Seconds between keepalive pings."],
+        ["ping-timeout", None, "30", "Seconds to wait for a pong before dropping."],
+        ["websocket-timeout", None, "86400",
+         "Maximum WebSocket lifetime in seconds, then close 1000 (-1: none)."],
+        ["websocket-connect-timeout", None, "5",
+         "Seconds from TCP accept to the end of connect(); past it: dropped, or 503."],
+        ["max-message-size", None, "1MiB", "Largest inbound message; 1009 past it."],
+        ["max-frame-size", None, "1MiB", "Largest inbound frame; 1009 past it."],
+        ["max-inflight", None, "64",
+         "Inbound messages queued per connection before reading pauses."],
+        ["max-connections", None, "0", "Open WebSockets before upgrades get 503 (0: none)."],
+        ["root-path", None, "", "Prefix stripped from paths before routing (e.g. /ws)."],
+        ["shutdown-timeout", None, "10", "Seconds to drain sockets on SIGTERM/SIGINT."],
+        ["health-path", None, "/healthz", "Liveness path (200 while running; '' turns it off)."],
+        ["ready-path", None, "/readyz",
+         "Readiness path (503 while draining; '' turns it off)."],
+    ]
+
+    _repeatable = ("port", "fd")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["port"] = []
+        self["fd"] = []
+
+    def opt_port(self, value: str) -> None:
+        """A port number or a Twisted endpoint description (tcp:, ssl:, unix:, systemd:);
+        repeatable."""
+        self["port"].append(value)
+
+    opt_p = opt_port
+
+    def opt_fd(self, value: str) -> None:
+        """Adopt an inherited listening socket on this file descriptor; repeatable."""
+        self["fd"].append(value)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        self._from_environment()
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as exc:
+            raise StartupError(str(exc)) from None
+
+    def _from_environment(self) -> None:
+        """``REALTIME_<NAME>`` fills what the command line will not set."""
+        for name in [p[0] for p in self.optParameters] + list(self._repeatable):
+            value = os.environ.get("REALTIME_" + name.upper().replace("-", "_"))
+            if value is None:
+                continue
+            if name in self._repeatable:
+                self["_env_" + name] = value.split()
+            else:
+                self[name] = value
+
+    def postOptions(self) -> None:
+        for name in self._repeatable:
+            if not self[name]:
+                self[name] = self.get("_env_" + name, [])
+        if not self["app"]:
+            raise StartupError("--app is required (MODULE:ATTRIBUTE, e.g. "
+                               "realtime.examples.bench:application)")
+        self.config = self._build_config()
+        self.listeners = self._build_listeners()
+        self.application = load_application(self["app"])
+
+    def _build_config(self) -> ServerConfig:
+        root_path = self["root-path"] or ""
+        if root_path and (not root_path.startswith("/") or root_path.endswith("/")):
+            raise StartupError(
+                f"--root-path: must start with '/' and not end with '/', got {root_path!r}"
+            )
+        for name in ("health-path", "ready-path"):
+            if self[name] and not self[name].startswith("/"):
+                raise StartupError(f"--{name}: must start with '/', got {self[name]!r}")
+        return ServerConfig(
+            ping_interval=_seconds("ping-interval", self["ping-interval"]),
+            ping_timeout=_seconds("ping-timeout", self["ping-timeout"]),
+            websocket_timeout=_seconds("websocket-timeout", self["websocket-timeout"], True),
+            connect_timeout=_seconds(
+                "websocket-connect-timeout", self["websocket-connect-timeout"]
+            ),
+            max_message_size=_size("max-message-size", self["max-message-size"]),
+            max_frame_size=_size("max-frame-size", self["max-frame-size"]),
+            max_inflight=_count("max-inflight", self["max-inflight"], 1),
+            max_connections=_count("max-connections", self["max-connections"], 0),
+            root_path=root_path,
+            shutdown_timeout=_seconds("shutdown-timeout", self["shutdown-timeout"]),
+            health_path=self["health-path"],
+            ready_path=self["ready-path"],
+        )
+
+    def _build_listeners(self) -> list[tuple[str, Any]]:
+        """(description, how to build the endpoint) pairs, each checked now."""
+        from twisted.internet.endpoints import serverFromString
+
+        bind = self["bind"]
+        if bind is not None and not bind.strip("[] "):
+            raise StartupError("-b/--bind: expected a host, got an empty value")
+        descriptions: list[str] = []
+        for value in self["port"]:
+            if value.isdigit() and not 0 <= int(value) <= 65535:
+                raise StartupError(f"--port: {value} is not a port number (0-65535)")
+            descriptions.append(with_backlog(port_description(value, bind)))
+        if bind is not None and not self["port"]:
+            descriptions.extend(
+                with_backlog(d) for d in build_endpoint_description_strings(bind, DEFAULT_PORT)
+            )
+        if self["unix-socket"]:
+            descriptions.extend(
+                build_endpoint_description_strings(unix_socket=self["unix-socket"])
+            )
+        listeners: list[tuple[str, Any]] = []
+        for desc in descriptions:
+            if desc.startswith("fd:"):
+                raise StartupError(
+                    f"--port {desc!r}: 'fd:' is not an endpoint here; use --fd N or systemd:"
+                )
+            try:
+                serverFromString(None, desc)
+            except Exception as exc:  # noqa: BLE001 - Twisted raises many kinds here
+                raise StartupError(f"--port {desc!r}: {_describe_error(exc)}") from None
+            listeners.append((desc, desc))
+        for value in self["fd"]:
+            fd = _count("fd", value, 0)
+            try:
+                family = adopted_socket_family(fd)
+            except ValueError as exc:
+                raise StartupError(f"--fd {fd}: {exc}") from None
+            listeners.append((f"fd:{fd}", (fd, family)))
+        if not listeners:
+            default = build_endpoint_description_strings(DEFAULT_HOST, DEFAULT_PORT)[0]
+            listeners.append((with_backlog(default), with_backlog(default)))
+        return listeners
+
+
+def _describe_error(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename:
+        text = f"{exc.strerror}: {exc.filename}"
+    elif type(exc).__name__ == "Error" and exc.args:  # pyOpenSSL's list of reasons
+        text = f"cannot load certificate or key ({exc.args[0]!r})"
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def makeService(options: Options) -> Any:
+    """Build the service tree; the reactor is installed by now, so it is imported here."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+    from twisted.logger import Logger
+
+    from realtime.service import ListenerService, RealtimeService
+    from realtime.site import RealtimeSite
+
+    log = Logger(namespace="realtime")
+    try:
+        from autobahn.websocket import USES_NVX
+
+        log.info("autobahn NVX acceleration: {on}", on="on" if USES_NVX else "off")
+    except ImportError:  # pragma: no cover - older autobahn
+        pass
+    sites: list[RealtimeSite] = []
+    listeners: list[ListenerService] = []
+    for description, spec in options.listeners:
+        site = RealtimeSite(options.application, options.config, reactor)
+        if isinstance(spec, tuple):
+            endpoint = AdoptedStreamServerEndpoint(reactor, spec[0], spec[1])
+        else:
+            endpoint = serverFromString(reactor, spec)
+        sites.append(site)
+        listeners.append(ListenerService(endpoint, description, site))
+    service = RealtimeService(sites, reactor, options.config.shutdown_timeout)
+    for listener in listeners:
+        listener.setServiceParent(service)
+    return service

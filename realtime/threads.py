@@ -1,0 +1,60 @@
+"""Crossing between the reactor thread, worker threads and asyncio.
+
+``sync_to_async`` runs blocking code (an ORM call, a file read) in the reactor's thread pool
+and returns a Deferred; ``async_to_sync`` lets code in a worker thread call something that
+returns a Deferred and wait for it; ``aio`` turns an asyncio awaitable into a Deferred
+(under ``--reactor=asyncio``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred
+
+T = TypeVar("T")
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def sync_to_async(fn: Callable[..., T]) -> Callable[..., Deferred[T]]:
+    """Wrap a blocking function: calling the wrapper runs it in the thread pool."""
+    from twisted.internet.threads import deferToThreadPool
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Deferred[T]:
+        reactor = _reactor()
+        return deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args, **kwargs)
+
+    return wrapper
+
+
+def async_to_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a Deferred- or coroutine-returning function for a worker thread: the call runs on
+    the reactor thread and the worker waits for its result (``blockingCallFromThread``)."""
+    from twisted.internet.threads import blockingCallFromThread
+
+    from realtime.middleware import resolve
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def call() -> Deferred[Any]:
+            return Deferred.fromCoroutine(resolve(fn(*args, **kwargs)))
+
+        return blockingCallFromThread(_reactor(), call)
+
+    return wrapper
+
+
+def aio(awaitable: Awaitable[T]) -> Deferred[T]:
+    """An asyncio awaitable (a coroutine, task or future) as a Deferred, for consumers that
+    use asyncio libraries; needs ``--reactor=asyncio``."""
+    import asyncio
+
+    return Deferred.fromFuture(asyncio.ensure_future(awaitable))

@@ -1,0 +1,515 @@
+"""The bridge: one Autobahn ``WebSocketServerProtocol`` per connection, driving one consumer.
+
+The handshake is ours: twisted.web parses the request, ``realtime.site`` validates it, the
+application picks a consumer and ``connect()`` runs while twisted.web still owns the
+socket, so a refusal is an ordinary HTTP response. ``accept()`` writes the 101 response,
+takes the transport over from twisted.web and puts Autobahn's frame parser straight into
+the OPEN state (no second parse of the request).
+
+Autobahn parses frames, validates UTF-8, enforces the inbound size limits and answers
+pings. Everything on the reactor clock is ours (keepalive, lifetime, the close deadline),
+on the injected reactor, so a ``Clock`` drives it in tests; Autobahn's own timers (on
+txaio's global loop) are switched off. Outbound frames are written to the transport
+directly: the inbound size limit must not apply to sends, and the per-send Python path of
+``sendMessage`` is most of its cost.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+
+from realtime.exceptions import (
+    ConnectionClosed,
+    HeaderPairs,
+    Refuse,
+    StopConsumer,
+)
+
+if TYPE_CHECKING:
+    from twisted.web.server import Request
+
+    from realtime.site import RealtimeSite
+
+log = Logger()
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_OPEN = WebSocketProtocol.STATE_OPEN
+_CLOSING = WebSocketProtocol.STATE_CLOSING
+_CLOSED = WebSocketProtocol.STATE_CLOSED
+
+#: Close codes a server may send (RFC 6455 7.4.1 and the IANA registry); 1005/1006/1015 never.
+SERVER_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012,
+                                1013, 1014})
+
+
+def valid_server_close_code(code: int) -> bool:
+    return code in SERVER_CLOSE_CODES or 3000 <= code <= 4999
+
+
+def accept_key(key: bytes) -> bytes:
+    """``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key`` (RFC 6455 4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+
+
+def frame_header(opcode: int, length: int) -> bytes:
+    """The header of one unmasked, final server frame."""
+    if length < 126:
+        return bytes((0x80 | opcode, length))
+    if length < 65536:
+        return struct.pack("!BBH", 0x80 | opcode, 126, length)
+    return struct.pack("!BBQ", 0x80 | opcode, 127, length)
+
+
+def encode_frame(opcode: int, payload: bytes) -> bytes:
+    return frame_header(opcode, len(payload)) + payload
+
+
+def truncate_reason(reason: str | None, limit: int = 123) -> bytes:
+    """The UTF-8 close reason cut to ``limit`` bytes on a character boundary."""
+    if not reason:
+        return b""
+    raw = reason.encode("utf-8")
+    if len(raw) <= limit:
+        return raw
+    return raw[:limit].decode("utf-8", "ignore").encode("utf-8")
+
+
+def make_factory(config: Any, reactor: Any) -> WebSocketServerFactory:
+    """Autobahn's factory with every unsafe default set explicitly.
+
+    Origins stay open here (``['*']``, null allowed) because origin policy lives in the
+    middleware; timers are off because ours run on the injected reactor; compression
+    offers are refused (the default, restated).
+    """
+    factory = WebSocketServerFactory(reactor=reactor, server=None)
+    factory.setProtocolOptions(
+        versions=[13],
+        webStatus=False,
+        utf8validateIncoming=True,
+        requireMaskedClientFrames=True,
+        applyMask=True,
+        maskServerFrames=False,
+        maxFramePayloadSize=config.max_frame_size,
+        maxMessagePayloadSize=config.max_message_size,
+        autoFragmentSize=0,
+        failByDrop=False,
+        echoCloseCodeReason=False,
+        openHandshakeTimeout=0,
+        closeHandshakeTimeout=0,
+        tcpNoDelay=True,
+        perMessageCompressionAccept=lambda offers: None,
+        autoPingInterval=0,
+        autoPingTimeout=0,
+        serveFlashSocketPolicy=False,
+        allowedOrigins=["*"],
+        allowNullOrigin=True,
+        maxConnections=0,
+        trustXForwardedFor=0,
+    )
+    return factory
+
+
+class WebSocketConnection(WebSocketServerProtocol):
+    """One WebSocket: the handshake, the consumer's ordered handler queue, the timers.
+
+    The phases are ``handshake`` (twisted.web owns the socket; ``connect()`` runs), then
+    Autobahn's OPEN, CLOSING and CLOSED. Consumers talk to it through ``accept``,
+    ``send_text``/``send_bytes``, ``close`` and ``close_with_code``.
+    """
+
+    def __init__(self, site: RealtimeSite, request: Request, scope: dict[str, Any]) -> None:
+        super().__init__()
+        self.factory = site.ws_factory
+        self.site = site
+        self.config = site.config
+        self.reactor = site.reactor
+        self.scope = scope
+        self.consumer: Any = None
+        self._request: Request | None = request
+        self.in_handshake = True
+        self.finished = False
+        self.disconnect_code: int | None = None
+        self._busy = False
+        self._pending: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._paused = False
+        self._threaded = False
+        self._io_thread = threading.get_ident()
+        self._ping_call: IDelayedCall | None = None
+        self._pong_deadline: IDelayedCall | None = None
+        self._lifetime_call: IDelayedCall | None = None
+        self._close_call: IDelayedCall | None = None
+        self._closed_code: int | None = None
+
+    # -- handshake (twisted.web owns the socket) --------------------------------------------
+    def start(self) -> None:
+        """Ask the application for a consumer, then run its ``connect()``."""
+        assert self._request is not None
+        self._request.notifyFinish().addErrback(self._handshake_lost)
+        try:
+            result = self.site.application(self.scope)
+        except BaseException as exc:  # noqa: BLE001 - any error is the application's
+            self._app_failed(Failure(exc))
+            return
+        if isinstance(result, Deferred) or hasattr(result, "__await__"):
+            from realtime.middleware import resolve
+
+            d = Deferred.fromCoroutine(resolve(result))
+            d.addCallbacks(self._got_consumer, self._app_failed)
+        else:
+            self._got_consumer(result)
+
+    def _app_failed(self, failure: Failure) -> None:
+        if not self.in_handshake or self.finished:
+            return
+        if isinstance(failure.value, Refuse):
+            self.refuse(failure.value)
+        else:
+            log.failure("application failed to route {path}", failure, path=self.scope["path"])
+            self.refuse(Refuse(500))
+
+    def _got_consumer(self, consumer: Any) -> None:
+        if not self.in_handshake or self.finished:
+            return
+        if not hasattr(consumer, "_on_connect"):
+            log.error(
+                "application returned {obj!r} for a WebSocket scope, not a WebSocket consumer",
+                obj=consumer,
+            )
+            self.refuse(Refuse(500))
+            return
+        self.consumer = consumer
+        consumer.scope = self.scope
+        consumer._conn = self
+        self._threaded = bool(getattr(consumer, "thread_handlers", False))
+        self._run(consumer._on_connect)
+
+    def _handshake_lost(self, failure: Failure) -> None:
+        """The client went away while ``connect()`` ran."""
+        if self.in_handshake and not self.finished:
+            self.in_handshake = False
+            self._request = None
+            self._finish(1006)
+
+    def connect_overrun(self) -> None:
+        """The connect deadline passed with the handshake undecided: 503."""
+        if self.in_handshake and not self.finished:
+            log.warn("connect() on {path} overran the connect deadline", path=self.scope["path"])
+            self.refuse(Refuse(503))
+
+    def refuse(self, refusal: Refuse) -> None:
+        """Answer the handshake with an HTTP error; the consumer (if any) is told 1006."""
+        if not self.in_handshake:
+            return
+        request = self._request
+        self.in_handshake = False
+        self._request = None
+        if request is not None:
+            self.site.write_refusal(request, refusal, upgrade=True)
+        self._finish(1006)
+
+    def accept(self, subprotocol: str | None = None, headers: HeaderPairs | None = None) -> None:
+        if subprotocol is not None and subprotocol not in self.scope["subprotocols"]:
+            raise ValueError(
+                f"subprotocol {subprotocol!r} was not offered by the client "
+                f"(offered: {self.scope['subprotocols']!r})"
+            )
+        if self._call_in_io_thread(self.accept, subprotocol, headers):
+            return
+        if not self.in_handshake:
+            if self.finished or self.state != _OPEN:
+                return
+            raise RuntimeError("accept() on a WebSocket that is already open")
+        request = self._request
+        assert request is not None
+        self.in_handshake = False
+        self._request = None
+        channel = request.channel
+        transport = channel.transport
+        if transport is None:
+            self._finish(1006)
+            return
+        channel.handshake_done()
+        key = request.requestHeaders.getRawHeaders(b"sec-websocket-key", [b""])[0].strip()
+        lines = [
+            b"HTTP/1.1 101 Switching Protocols",
+            b"Upgrade: websocket",
+            b"Connection: Upgrade",
+            b"Sec-WebSocket-Accept: " + accept_key(key),
+        ]
+        if subprotocol is not None:
+            lines.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode("latin-1"))
+        if self.config.server_header:
+            lines.append(b"Server: " + self.config.server_header.encode("latin-1"))
+        for name, value in headers or ():
+            lines.append(name + b": " + value)
+        leftover = channel.release_transport()
+        # Re-wire the transport (TLS wraps the protocol; plain TCP holds it directly).
+        if isinstance(transport, ProtocolWrapper):
+            transport.wrappedProtocol = self
+        else:
+            transport.protocol = self
+        self.makeConnection(transport)
+        transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        self.websocket_version = 13
+        self.websocket_protocols = self.scope["subprotocols"]
+        self.websocket_protocol_in_use = subprotocol
+        self.websocket_extensions = []
+        self.websocket_extensions_in_use = []
+        self.inside_message = False
+        self.current_frame = None
+        self.state = _OPEN
+        self.site.opened(self)
+        self._schedule_keepalive()
+        timeout = self.config.websocket_timeout
+        if timeout >= 0:
+            self._lifetime_call = self.reactor.callLater(timeout, self._lifetime_over)
+        transport.resumeProducing()
+        if leftover:
+            self.dataReceived(leftover)
+
+    # -- consumer-facing sends ------------------------------------------------------------------
+    def send_text(self, text: str) -> None:
+        self._send(0x1, text.encode("utf-8"))
+
+    def send_bytes(self, data: bytes) -> None:
+        self._send(0x2, data)
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        if self._call_in_io_thread(self._send, opcode, payload):
+            return
+        if self.in_handshake:
+            # Daphne and Channels accept implicitly on a send before accept.
+            self.accept()
+        if self.state != _OPEN:
+            raise ConnectionClosed("send on a WebSocket that is closing or closed")
+        transport = self.transport
+        if len(payload) < 16384:
+            transport.write(frame_header(opcode, len(payload)) + payload)
+        else:
+            transport.writeSequence((frame_header(opcode, len(payload)), payload))
+
+    def close(self, code: int = 1000, reason: str | None = None) -> None:
+        """Close with an application code (checked by the consumer); before accept: 403."""
+        if self._call_in_io_thread(self.close, code, reason):
+            return
+        if self.in_handshake:
+            self.refuse(Refuse(403))
+            return
+        self.close_with_code(code, reason)
+
+    def close_with_code(self, code: int, reason: str | None = None) -> None:
+        """Send a close frame with any valid server code (1001, 1008 and 1011 included,
+        which Autobahn's public ``sendClose`` refuses), then wait ``close_timeout`` for the
+        peer's reply before dropping the TCP connection."""
+        if self._call_in_io_thread(self.close_with_code, code, reason):
+            return
+        if not valid_server_close_code(code):
+            raise ValueError(f"{code} is not a close code a server may send")
+        if self.in_handshake:
+            self.refuse(Refuse(403))
+            return
+        if self.state != _OPEN:
+            return
+        self._closed_code = code
+        self.sendCloseFrame(code=code, reasonUtf8=truncate_reason(reason), isReply=False)
+        if self._close_call is None and self.state == _CLOSING:
+            self._close_call = self.reactor.callLater(
+                self.config.close_timeout, self._close_deadline
+            )
+
+    def go_away(self) -> None:
+        """Drain: refuse a handshake in progress with 503, close an open socket with 1001."""
+        if self.in_handshake:
+            self.refuse(Refuse(503))
+        elif self.state == _OPEN:
+            self.close_with_code(1001, "server shutting down")
+
+    def abort(self) -> None:
+        if self.in_handshake:
+            self.refuse(Refuse(503))
+        elif self.transport is not None and self.state != _CLOSED:
+            self.dropConnection(abort=True)
+
+    def _call_in_io_thread(self, method: Callable[..., Any], *args: Any) -> bool:
+        """For ``thread_handlers`` consumers: hop calls made in a worker thread over."""
+        if self._threaded and threading.get_ident() != self._io_thread:
+            self.reactor.callFromThread(method, *args)
+            return True
+        return False
+
+    # -- Autobahn callbacks --------------------------------------------------------------------
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if isBinary:
+            self._run(self.consumer._on_receive, None, payload)
+        else:
+            self._run(self.consumer._on_receive, payload.decode("utf-8"), None)
+
+    def onPong(self, payload: bytes) -> None:
+        if self._pong_deadline is not None:
+            if self._pong_deadline.active():
+                self._pong_deadline.cancel()
+            self._pong_deadline = None
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.finished:
+            return
+        if self._closed_code is not None:
+            final = self._closed_code
+        elif wasClean:
+            final = code if code is not None else 1005
+        else:
+            final = 1006
+        self._finish(final)
+
+    # -- timers ------------------------------------------------------------------------------
+    def _schedule_keepalive(self) -> None:
+        if self.config.ping_interval > 0:
+            self._ping_call = self.reactor.callLater(self.config.ping_interval, self._keepalive)
+
+    def _keepalive(self) -> None:
+        self._ping_call = None
+        if self.state != _OPEN:
+            return
+        self.transport.write(encode_frame(0x9, b"realtime"))
+        if self._pong_deadline is None and self.config.ping_timeout > 0:
+            self._pong_deadline = self.reactor.callLater(
+                self.config.ping_timeout, self._ping_timed_out
+            )
+        self._schedule_keepalive()
+
+    def _ping_timed_out(self) -> None:
+        self._pong_deadline = None
+        if self.state == _OPEN:
+            log.info("closing {peer}: no pong within {t} s", peer=self.peer,
+                     t=self.config.ping_timeout)
+            self.dropConnection(abort=True)
+
+    def _lifetime_over(self) -> None:
+        self._lifetime_call = None
+        self.close_with_code(1000, "connection lifetime reached")
+
+    def _close_deadline(self) -> None:
+        self._close_call = None
+        if self.transport is not None and self.state != _CLOSED:
+            self.dropConnection(abort=True)
+
+    def _cancel_timers(self) -> None:
+        for name in ("_ping_call", "_pong_deadline", "_lifetime_call", "_close_call"):
+            call = getattr(self, name)
+            if call is not None:
+                if call.active():
+                    call.cancel()
+                setattr(self, name, None)
+
+    # -- the ordered handler queue ---------------------------------------------------------------
+    def _run(self, handler: Callable[..., Any], *args: Any) -> None:
+        """Run ``handler(*args)`` now if nothing is running, else queue it (in order); past
+        ``max_inflight`` queued messages, stop reading from this client."""
+        if self._busy:
+            self._pending.append((handler, args))
+            if (
+                not self._paused
+                and len(self._pending) >= self.config.max_inflight
+                and self.transport is not None
+                and self.state == _OPEN
+            ):
+                self._paused = True
+                self.transport.pauseProducing()
+            return
+        self._drain_queue(handler, args)
+
+    def _drain_queue(self, handler: Callable[..., Any] | None, args: tuple[Any, ...]) -> None:
+        pending = self._pending
+        while True:
+            if handler is None:
+                if not pending:
+                    self._busy = False
+                    if self._paused:
+                        self._paused = False
+                        if self.transport is not None and self.state == _OPEN:
+                            self.transport.resumeProducing()
+                    return
+                handler, args = pending.popleft()
+            self._busy = True
+            try:
+                if self._threaded:
+                    result: Any = self._in_thread(handler, args)
+                else:
+                    result = handler(*args)
+            except BaseException as exc:  # noqa: BLE001 - handler errors close, never crash
+                self._handler_failed(exc)
+                result = None
+            if result is not None:
+                if not isinstance(result, Deferred):
+                    if not hasattr(result, "__await__"):
+                        handler = None
+                        continue
+                    from realtime.middleware import resolve
+
+                    result = Deferred.fromCoroutine(resolve(result))
+                result.addCallbacks(self._handler_done, self._handler_errback)
+                return
+            handler = None
+
+    def _in_thread(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> Deferred[Any]:
+        from twisted.internet.threads import deferToThreadPool
+
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), handler, *args)
+
+    def _handler_done(self, _: Any) -> None:
+        self._drain_queue(None, ())
+
+    def _handler_errback(self, failure: Failure) -> None:
+        self._handler_failed(failure.value, failure)
+        self._drain_queue(None, ())
+
+    def _handler_failed(self, exc: BaseException, failure: Failure | None = None) -> None:
+        if isinstance(exc, StopConsumer):
+            if self.in_handshake:
+                self.refuse(Refuse(403))
+            elif self.state == _OPEN:
+                self.close_with_code(1000)
+            return
+        if isinstance(exc, Refuse) and self.in_handshake:
+            self.refuse(exc)
+            return
+        if isinstance(exc, ConnectionClosed) and self.state in (_CLOSING, _CLOSED):
+            return
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise exc
+        log.failure(
+            "consumer {consumer} raised on {path}",
+            failure or Failure(exc),
+            consumer=type(self.consumer).__name__,
+            path=self.scope.get("path"),
+        )
+        if self.in_handshake:
+            self.refuse(Refuse(500))
+        elif self.state == _OPEN:
+            self.close_with_code(1011, "internal error")
+
+    # -- the end -----------------------------------------------------------------------------
+    def _finish(self, code: int) -> None:
+        """Once per connection: stop timers, forget it, tell the consumer ``disconnect``."""
+        if self.finished:
+            return
+        self.finished = True
+        self.disconnect_code = code
+        self._cancel_timers()
+        self.site.closed(self)
+        if self.consumer is not None:
+            self._run(self.consumer._on_disconnect, code)
