@@ -263,7 +263,9 @@ class ChannelNameRouter:
         try:
             app = self.application_mapping[scope["channel"]]
         except KeyError:
-            raise ValueError(f"no application configured for channel {scope['channel']!r}") from None
+            raise ValueError(
+                f"no application configured for channel {scope['channel']!r}"
+            ) from None
         return app(scope)
 
 

@@ -14,7 +14,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import connectionDone
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
@@ -33,14 +32,15 @@ class RealtimeChannel(http.HTTPChannel):
     """HTTPChannel with the connect deadline, and a clean hand-over of its transport."""
 
     site: RealtimeSite
-    _deadline: IDelayedCall | None = None
+    _deadline: Any = None
     upgrading: WebSocketConnection | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         timeout = self.site.config.connect_timeout
         if timeout > 0:
-            self._deadline = self.site.reactor.callLater(timeout, self._deadline_passed)
+            reactor: Any = self.site.reactor
+            self._deadline = reactor.callLater(timeout, self._deadline_passed)
 
     def _deadline_passed(self) -> None:
         self._deadline = None
@@ -83,6 +83,7 @@ class RealtimeRequest(server.Request):
     default ``Server`` header."""
 
     site: RealtimeSite
+    channel: RealtimeChannel
     scope: dict[str, Any]
 
     def process(self) -> None:
@@ -98,7 +99,7 @@ class RealtimeRequest(server.Request):
 
 
 def _header(request: server.Request, name: bytes) -> list[bytes]:
-    return request.requestHeaders.getRawHeaders(name, [])
+    return list(request.requestHeaders.getRawHeaders(name, []))
 
 
 def _tokens(values: list[bytes]) -> set[bytes]:
@@ -124,16 +125,15 @@ class RealtimeSite(server.Site):
         self._drained: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: Any) -> Any:
-        channel = RealtimeChannel()
+        channel: Any = RealtimeChannel()
         channel.factory = self
         channel.site = self
         channel.requestFactory = self.requestFactory
         channel.timeOut = self.timeOut
-        channel._networkProducer = None
         channel.callLater = self.reactor.callLater
         return channel
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: Any) -> None:
         """No per-request line from twisted.web; the access log is ours (off by default)."""
 
     # -- dispatch ------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ class RealtimeSite(server.Site):
             kind,
             request.method,
             request.uri,
-            list(request.requestHeaders.getAllRawHeaders()),
+            [(k, list(v)) for k, v in request.requestHeaders.getAllRawHeaders()],
             request.getClientAddress(),
             request.getHost(),
             request.isSecure(),
@@ -225,7 +225,7 @@ class RealtimeSite(server.Site):
         request.scope = scope
         try:
             result = self.application(scope)
-        except BaseException as exc:  # noqa: BLE001 - routed to a response below
+        except BaseException as exc:
             self._http_failed(Failure(exc), request, scope)
             return
         if isinstance(result, Deferred) or hasattr(result, "__await__"):
@@ -248,7 +248,9 @@ class RealtimeSite(server.Site):
             log.error("application returned {obj!r} for an HTTP scope", obj=result)
             self.write_refusal(request, Refuse(500), upgrade=False)
 
-    def _http_failed(self, failure: Failure, request: RealtimeRequest, scope: dict[str, Any]) -> None:
+    def _http_failed(
+        self, failure: Failure, request: RealtimeRequest, scope: dict[str, Any]
+    ) -> None:
         if request.finished or request._disconnected:
             return
         exc = failure.value

@@ -85,7 +85,7 @@ def load_application(spec: str) -> Any:
         raise StartupError(
             f"--app {spec!r}: cannot import module {module_name!r}: {exc}"
         ) from None
-    except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
+    except Exception as exc:
         raise StartupError(
             f"--app {spec!r}: importing module {module_name!r} raised "
             f"{type(exc).__name__}: {exc}"
@@ -236,7 +236,7 @@ class Options(usage.Options):
                 )
             try:
                 serverFromString(None, desc)
-            except Exception as exc:  # noqa: BLE001 - Twisted raises many kinds here
+            except Exception as exc:
                 raise StartupError(f"--port {desc!r}: {_describe_error(exc)}") from None
             listeners.append((desc, desc))
         for value in self["fd"]:

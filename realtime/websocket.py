@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
@@ -136,7 +135,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         self.factory = site.ws_factory
         self.site = site
         self.config = site.config
-        self.reactor = site.reactor
+        self.reactor: Any = site.reactor
         self.scope = scope
         self.consumer: Any = None
         self._request: Request | None = request
@@ -148,10 +147,10 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._paused = False
         self._threaded = False
         self._io_thread = threading.get_ident()
-        self._ping_call: IDelayedCall | None = None
-        self._pong_deadline: IDelayedCall | None = None
-        self._lifetime_call: IDelayedCall | None = None
-        self._close_call: IDelayedCall | None = None
+        self._ping_call: Any = None
+        self._pong_deadline: Any = None
+        self._lifetime_call: Any = None
+        self._close_call: Any = None
         self._closed_code: int | None = None
 
     # -- handshake (twisted.web owns the socket) --------------------------------------------
@@ -161,7 +160,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._request.notifyFinish().addErrback(self._handshake_lost)
         try:
             result = self.site.application(self.scope)
-        except BaseException as exc:  # noqa: BLE001 - any error is the application's
+        except BaseException as exc:
             self._app_failed(Failure(exc))
             return
         if isinstance(result, Deferred) or hasattr(result, "__await__"):
@@ -237,8 +236,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         assert request is not None
         self.in_handshake = False
         self._request = None
-        channel = request.channel
-        transport = channel.transport
+        channel: Any = request.channel
+        transport: Any = channel.transport
         if transport is None:
             self._finish(1006)
             return
@@ -259,7 +258,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         leftover = channel.release_transport()
         # Re-wire the transport (TLS wraps the protocol; plain TCP holds it directly).
         if isinstance(transport, ProtocolWrapper):
-            transport.wrappedProtocol = self
+            wrapper: Any = transport
+            wrapper.wrappedProtocol = self
         else:
             transport.protocol = self
         self.makeConnection(transport)
@@ -270,7 +270,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         self.websocket_extensions = []
         self.websocket_extensions_in_use = []
         self.inside_message = False
-        self.current_frame = None
+        self.current_frame: Any = None
         self.state = _OPEN
         self.site.opened(self)
         self._schedule_keepalive()
@@ -283,12 +283,12 @@ class WebSocketConnection(WebSocketServerProtocol):
 
     # -- consumer-facing sends ------------------------------------------------------------------
     def send_text(self, text: str) -> None:
-        self._send(0x1, text.encode("utf-8"))
+        self._write_message(0x1, text.encode("utf-8"))
 
     def send_bytes(self, data: bytes) -> None:
-        self._send(0x2, data)
+        self._write_message(0x2, data)
 
-    def _send(self, opcode: int, payload: bytes) -> None:
+    def _write_message(self, opcode: int, payload: bytes) -> None:
         if self._call_in_io_thread(self._send, opcode, payload):
             return
         if self.in_handshake:
@@ -296,7 +296,7 @@ class WebSocketConnection(WebSocketServerProtocol):
             self.accept()
         if self.state != _OPEN:
             raise ConnectionClosed("send on a WebSocket that is closing or closed")
-        transport = self.transport
+        transport: Any = self.transport
         if len(payload) < 16384:
             transport.write(frame_header(opcode, len(payload)) + payload)
         else:
@@ -384,7 +384,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._ping_call = None
         if self.state != _OPEN:
             return
-        self.transport.write(encode_frame(0x9, b"realtime"))
+        transport: Any = self.transport
+        transport.write(encode_frame(0x9, b"realtime"))
         if self._pong_deadline is None and self.config.ping_timeout > 0:
             self._pong_deadline = self.reactor.callLater(
                 self.config.ping_timeout, self._ping_timed_out
@@ -450,7 +451,7 @@ class WebSocketConnection(WebSocketServerProtocol):
                     result: Any = self._in_thread(handler, args)
                 else:
                     result = handler(*args)
-            except BaseException as exc:  # noqa: BLE001 - handler errors close, never crash
+            except BaseException as exc:
                 self._handler_failed(exc)
                 result = None
             if result is not None:

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command (README: "bash tests/run.sh"): installs what the tests need on a fresh
+# machine, then runs the linters and the whole suite. CI (.ci/run) calls exactly this.
+# Extra arguments go to pytest (e.g. bash tests/run.sh -k routing -x).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+python3 -m pip install --quiet -e '.[test]' --config-settings editable_mode=strict
+# Regenerate twistd's plugin cache now, so no test pays for (or races on) the first scan.
+python3 -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+
+python3 -m ruff check realtime tests benchmarks twisted
+python3 -m mypy
+python3 -m pytest "$@"
