@@ -37,6 +37,8 @@ class RealtimeChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self.lost: Deferred[None] = Deferred()
+        self.site.open_channels.add(self)
         timeout = self.site.config.connect_timeout
         if timeout > 0:
             reactor: Any = self.site.reactor
@@ -71,11 +73,18 @@ class RealtimeChannel(http.HTTPChannel):
         if transport is not None:
             transport.unregisterProducer()
         self.transport = None
+        self._gone()
         return leftover
+
+    def _gone(self) -> None:
+        self.site.open_channels.discard(self)
+        if not self.lost.called:
+            self.lost.callback(None)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.handshake_done()
         super().connectionLost(reason)
+        self._gone()
 
 
 class RealtimeRequest(server.Request):
@@ -121,6 +130,8 @@ class RealtimeSite(server.Site):
         self.ws_factory = make_factory(config, reactor)
         #: Every WebSocket, from the start of its handshake to the end of its close.
         self.connections: set[WebSocketConnection] = set()
+        #: HTTP connections twisted.web still owns (for a clean stop in tests).
+        self.open_channels: set[RealtimeChannel] = set()
         self.draining = False
         self._drained: list[Deferred[None]] = []
 
@@ -290,8 +301,12 @@ class RealtimeSite(server.Site):
         for name, value in refusal.headers:
             request.responseHeaders.addRawHeader(name, value)
         request.setHeader(b"content-length", str(len(body)).encode())
-        if upgrade and refusal.status != 426:
+        if upgrade:
+            # A refused upgrade ends the connection (RFC 6455 4.2.2); twisted.web only closes
+            # on the request's own Connection header, so say it to the channel too.
             request.setHeader(b"connection", b"close")
+            if request.channel is not None:
+                request.channel.persistent = False
         if request.method != b"HEAD":
             request.write(body)
         request.finish()

@@ -1,0 +1,222 @@
+"""Real clients for tests against a live in-process server.
+
+- ``raw_exchange``: write raw bytes over TCP, collect what comes back (hostile input,
+  refusals, frames sent by hand).
+- ``in_thread``: run a blocking ``websockets.sync`` client in a worker thread while the
+  reactor serves (the reactor runs the test's thread).
+- ``handshake``/``client_frame``/``parse_frames``/``parse_response``: wire-format helpers.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+T = TypeVar("T")
+
+
+def in_thread(fn: Callable[..., T], *args: Any) -> Deferred[T]:
+    from twisted.internet import reactor
+    from twisted.internet.threads import deferToThreadPool
+
+    return deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
+
+
+class _Collector(Protocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.done: Deferred[bytes] = Deferred()
+        self.watch: tuple[Callable[[bytes], bool], Deferred[bytes]] | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if self.watch is not None and self.watch[0](bytes(self.data)):
+            _, d = self.watch
+            self.watch = None
+            d.callback(bytes(self.data))
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.watch is not None:
+            _, d = self.watch
+            self.watch = None
+            d.callback(bytes(self.data))
+        self.done.callback(bytes(self.data))
+
+
+class RawConnection:
+    """A TCP connection that writes bytes and waits for conditions on what it reads."""
+
+    def __init__(self, proto: _Collector) -> None:
+        self.proto = proto
+
+    @property
+    def data(self) -> bytes:
+        return bytes(self.proto.data)
+
+    def write(self, data: bytes) -> None:
+        self.proto.transport.write(data)  # type: ignore[union-attr]
+
+    def wait_for(self, condition: Callable[[bytes], bool], timeout: float = 5.0) -> Deferred[bytes]:
+        """Fires with everything read once ``condition(data)`` holds, or the connection is
+        lost, or ``timeout`` passes (then with what was read so far)."""
+        from twisted.internet import reactor
+
+        if condition(self.data) or self.proto.done.called:
+            return Deferred.fromCoroutine(_value(self.data))
+        d: Deferred[bytes] = Deferred()
+        self.proto.watch = (condition, d)
+        timer = reactor.callLater(timeout, self._expire, d)
+        d.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+        return d
+
+    def _expire(self, d: Deferred[bytes]) -> None:
+        if not d.called:
+            self.proto.watch = None
+            d.callback(self.data)
+
+    def closed(self, timeout: float = 5.0) -> Deferred[bytes]:
+        """Fires with everything read when the server closes, or after ``timeout`` (then the
+        connection is aborted first)."""
+        from twisted.internet import reactor
+
+        d = self.proto.done
+        if d.called:
+            return Deferred.fromCoroutine(_value(self.data))
+        timer = reactor.callLater(timeout, self.abort)
+        result: Deferred[bytes] = Deferred()
+
+        def fire(data: bytes) -> bytes:
+            if timer.active():
+                timer.cancel()
+            result.callback(data)
+            return data
+
+        d.addCallback(fire)
+        return result
+
+    def abort(self) -> None:
+        if self.proto.transport is not None:
+            self.proto.transport.abortConnection()  # type: ignore[attr-defined]
+
+    @property
+    def is_closed(self) -> bool:
+        return self.proto.done.called
+
+
+async def _value(v: T) -> T:
+    return v
+
+
+async def raw_connect(port: int, host: str = "127.0.0.1") -> RawConnection:
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    proto = _Collector()
+    await connectProtocol(TCP4ClientEndpoint(reactor, host, port), proto)
+    return RawConnection(proto)
+
+
+async def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data``, return everything read until the server closes (or ``timeout``)."""
+    conn = await raw_connect(port)
+    conn.write(data)
+    return await conn.closed(timeout)
+
+
+def handshake(
+    path: str = "/echo",
+    *,
+    host: str = "127.0.0.1",
+    key: bytes | None = None,
+    version: bytes = b"13",
+    extra: list[tuple[bytes, bytes]] | None = None,
+    method: bytes = b"GET",
+) -> bytes:
+    """A WebSocket opening handshake request as bytes."""
+    key = key if key is not None else base64.b64encode(os.urandom(16))
+    lines = [
+        method + b" " + path.encode() + b" HTTP/1.1",
+        b"Host: " + host.encode(),
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Key: " + key,
+        b"Sec-WebSocket-Version: " + version,
+    ]
+    for name, value in extra or ():
+        lines.append(name + b": " + value)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def parse_response(raw: bytes) -> tuple[int, dict[bytes, list[bytes]], bytes]:
+    """(status, lower-cased headers, body) of the first HTTP response in ``raw``."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ")[1])
+    headers: dict[bytes, list[bytes]] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    return status, headers, body
+
+
+def client_frame(
+    opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0, mask: bool = True,
+    length: int | None = None,
+) -> bytes:
+    """One client frame (masked unless ``mask=False``); ``length`` overrides the length
+    field (for lying frames)."""
+    n = len(payload) if length is None else length
+    first = (0x80 if fin else 0) | (rsv << 4) | opcode
+    mask_bit = 0x80 if mask else 0
+    if n < 126:
+        header = struct.pack("!BB", first, mask_bit | n)
+    elif n < 65536:
+        header = struct.pack("!BBH", first, mask_bit | 126, n)
+    else:
+        header = struct.pack("!BBQ", first, mask_bit | 127, n)
+    if not mask:
+        return header + payload
+    key = os.urandom(4)
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return header + key + masked
+
+
+def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """Server frames in ``data`` as (opcode, payload); stops at an incomplete frame."""
+    frames: list[tuple[int, bytes]] = []
+    i = 0
+    while i + 2 <= len(data):
+        opcode = data[i] & 0x0F
+        n = data[i + 1] & 0x7F
+        i += 2
+        if n == 126:
+            if i + 2 > len(data):
+                break
+            n = struct.unpack("!H", data[i : i + 2])[0]
+            i += 2
+        elif n == 127:
+            if i + 8 > len(data):
+                break
+            n = struct.unpack("!Q", data[i : i + 8])[0]
+            i += 8
+        if i + n > len(data):
+            break
+        frames.append((opcode, data[i : i + n]))
+        i += n
+    return frames
+
+
+def close_code(payload: bytes) -> int | None:
+    return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+
+
+def after_headers(raw: bytes) -> bytes:
+    """What follows the 101 response's blank line (the frames)."""
+    return raw.partition(b"\r\n\r\n")[2]
