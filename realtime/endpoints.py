@@ -11,7 +11,12 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_BACKLOG = 1024
-_TCP_KINDS = ("tcp", "tcp6", "ssl")
+#: Endpoint types that listen on TCP and take ``backlog=`` (``tls:`` is Twisted's SNI one).
+_TCP_KINDS = ("tcp", "tcp6", "ssl", "tls")
+#: Wrappers whose description continues with the wrapped endpoint's (``haproxy:tcp:9000``).
+_WRAPPERS = ("haproxy",)
+#: ``backlog=`` as a parameter: after an unescaped ``:`` (``\\:`` is part of a value).
+_NAMES_BACKLOG = re.compile(r"(?:^|(?<!\\):)backlog=")
 
 
 def _escape(value: str) -> str:
@@ -40,9 +45,14 @@ def build_endpoint_description_strings(
     return descriptions
 
 
+def is_port_number(value: str) -> bool:
+    """A bare ``--port`` number: ASCII digits only (``"²".isdigit()`` is true too)."""
+    return value.isascii() and value.isdigit()
+
+
 def port_description(value: str, bind: str | None) -> str:
     """A ``--port`` value as a description: a bare number listens on loopback (or ``bind``)."""
-    if value.isdigit():
+    if is_port_number(value):
         return build_endpoint_description_strings(bind or DEFAULT_HOST, int(value))[0]
     return value
 
@@ -50,8 +60,10 @@ def port_description(value: str, bind: str | None) -> str:
 def with_backlog(description: str) -> str:
     """TCP and TLS listeners get a large backlog unless the description names one: Twisted's
     default of 50 drops SYNs under a burst of handshakes (1 s retransmits)."""
-    kind = description.split(":", 1)[0]
-    if kind in _TCP_KINDS and not re.search(r"(^|:)backlog=", description):
+    kind, _, rest = description.partition(":")
+    while kind in _WRAPPERS:
+        kind, _, rest = rest.partition(":")
+    if kind in _TCP_KINDS and not _NAMES_BACKLOG.search(description):
         return f"{description}:backlog={DEFAULT_BACKLOG}"
     return description
 

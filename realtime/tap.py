@@ -21,6 +21,7 @@ from realtime.endpoints import (
     DEFAULT_PORT,
     adopted_socket_family,
     build_endpoint_description_strings,
+    is_port_number,
     port_description,
     with_backlog,
 )
@@ -215,29 +216,32 @@ class Options(usage.Options):
         bind = self["bind"]
         if bind is not None and not bind.strip("[] "):
             raise StartupError("-b/--bind: expected a host, got an empty value")
-        descriptions: list[str] = []
+        # (what the user wrote, the description we listen on)
+        descriptions: list[tuple[str, str]] = []
         for value in self["port"]:
-            if value.isdigit() and not 0 <= int(value) <= 65535:
+            if is_port_number(value) and not 0 <= int(value) <= 65535:
                 raise StartupError(f"--port: {value} is not a port number (0-65535)")
-            descriptions.append(with_backlog(port_description(value, bind)))
+            descriptions.append((value, with_backlog(port_description(value, bind))))
         if bind is not None and not self["port"]:
             descriptions.extend(
-                with_backlog(d) for d in build_endpoint_description_strings(bind, DEFAULT_PORT)
+                (f"-b {bind}", with_backlog(d))
+                for d in build_endpoint_description_strings(bind, DEFAULT_PORT)
             )
         if self["unix-socket"]:
             descriptions.extend(
-                build_endpoint_description_strings(unix_socket=self["unix-socket"])
+                (f"-u {self['unix-socket']}", d)
+                for d in build_endpoint_description_strings(unix_socket=self["unix-socket"])
             )
         listeners: list[tuple[str, Any]] = []
-        for desc in descriptions:
+        for value, desc in descriptions:
             if desc.startswith("fd:"):
                 raise StartupError(
-                    f"--port {desc!r}: 'fd:' is not an endpoint here; use --fd N or systemd:"
+                    f"--port {value!r}: 'fd:' is not an endpoint here; use --fd N or systemd:"
                 )
             try:
                 serverFromString(None, desc)
-            except Exception as exc:
-                raise StartupError(f"--port {desc!r}: {_describe_error(exc)}") from None
+            except Exception as exc:  # Twisted raises many kinds here
+                raise StartupError(f"--port {value!r}: {_describe_error(exc, desc)}") from None
             listeners.append((desc, desc))
         for value in self["fd"]:
             fd = _count("fd", value, 0)
@@ -252,9 +256,16 @@ class Options(usage.Options):
         return listeners
 
 
-def _describe_error(exc: BaseException) -> str:
+def _describe_error(exc: BaseException, description: str = "") -> str:
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, OSError) and exc.filename:
+    if description.startswith("systemd:") and isinstance(exc, LookupError | ValueError):
+        # Twisted reads LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES once, at import.
+        text = (
+            "no such socket passed by systemd (LISTEN_FDS="
+            f"{os.environ.get('LISTEN_FDS', 'unset')}, LISTEN_FDNAMES="
+            f"{os.environ.get('LISTEN_FDNAMES', 'unset')}; LISTEN_PID must be this process)"
+        )
+    elif isinstance(exc, OSError) and exc.filename:
         text = f"{exc.strerror}: {exc.filename}"
     elif type(exc).__name__ == "Error" and exc.args:  # pyOpenSSL's list of reasons
         text = f"cannot load certificate or key ({exc.args[0]!r})"
