@@ -8,9 +8,22 @@ next test.
 
 from __future__ import annotations
 
+import base64 as _base64
+import json as _json
+import os as _os
+import struct as _struct
+from collections import deque as _deque
+from collections.abc import Iterable as _Iterable
 from typing import Any
 
+from twisted.internet.address import IPv4Address as _IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone as _ConnectionDone
+from twisted.internet.error import ConnectionLost as _ConnectionLost
+from twisted.internet.interfaces import IPushProducer as _IPushProducer
+from twisted.internet.interfaces import ITCPTransport as _ITCPTransport
+from twisted.python.failure import Failure as _Failure
+from zope.interface import implementer as _implementer
 
 from realtime.config import ServerConfig
 
@@ -73,3 +86,558 @@ async def serve(
     site = RealtimeSite(application, config or ServerConfig(), reactor)
     port = reactor.listenTCP(0, site, interface=interface)
     return LiveServer(site, port)
+
+
+# -- in memory --------------------------------------------------------------------------------
+#
+# The communicators run the application through the server's own code path: a real
+# ``RealtimeSite``, its ``RealtimeChannel`` and the ``WebSocketConnection`` bridge, over a pair
+# of in-memory transports. Bytes are delivered synchronously but never re-entrantly (a write
+# made while a delivery runs is queued and delivered right after), so a test needs no reactor
+# turns to see an answer. The server's timers run on ``clock`` when one is given.
+
+
+
+class _Wire:
+    """Delivers queued writes between two transports, one at a time, in order."""
+
+    def __init__(self) -> None:
+        self.queue: _deque[tuple[_MemoryTransport, bytes | None]] = _deque()
+        self.flushing = False
+
+    def push(self, target: _MemoryTransport, data: bytes | None) -> None:
+        self.queue.append((target, data))
+        if self.flushing:
+            return
+        self.flushing = True
+        try:
+            while self.queue:
+                transport, chunk = self.queue.popleft()
+                transport._deliver(chunk)
+        finally:
+            self.flushing = False
+
+
+@_implementer(_ITCPTransport, _IPushProducer)
+class _MemoryTransport:
+    """One end of an in-memory TCP connection (enough of ITCPTransport for the server)."""
+
+    disconnecting = False
+
+    def __init__(self, wire: _Wire, host: Any, peer: Any) -> None:
+        self.wire = wire
+        self.host = host
+        self.peer_address = peer
+        self.other: _MemoryTransport | None = None
+        self.protocol: Any = None
+        self.paused = False
+        self.lost = False
+        self._inbox: list[bytes] = []
+        self.producer: Any = None
+
+    # ITransport
+    def write(self, data: bytes) -> None:
+        if self.lost or self.disconnecting or self.other is None:
+            return
+        if data:
+            self.wire.push(self.other, bytes(data))
+
+    def writeSequence(self, seq: _Iterable[bytes]) -> None:
+        self.write(b"".join(seq))
+
+    def loseConnection(self) -> None:
+        if self.lost or self.disconnecting:
+            return
+        self.disconnecting = True
+        self.wire.push(self, None)
+        if self.other is not None:
+            self.wire.push(self.other, None)
+
+    def abortConnection(self) -> None:
+        self.loseConnection()
+
+    def getPeer(self) -> Any:
+        return self.peer_address
+
+    def getHost(self) -> Any:
+        return self.host
+
+    # ITCPTransport odds and ends
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+    def getTcpNoDelay(self) -> bool:
+        return True
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        pass
+
+    def getTcpKeepAlive(self) -> bool:
+        return False
+
+    def loseWriteConnection(self) -> None:
+        self.loseConnection()
+
+    # IConsumer / IPushProducer
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        inbox, self._inbox = self._inbox, []
+        for data in inbox:
+            self.wire.push(self, data)
+
+    def stopProducing(self) -> None:
+        self.loseConnection()
+
+    # delivery
+    def _deliver(self, data: bytes | None) -> None:
+        if self.lost:
+            return
+        if data is None:
+            self.lost = True
+            reason = _ConnectionDone() if self.disconnecting else _ConnectionLost()
+            self.protocol.connectionLost(_Failure(reason))
+            return
+        if self.paused:
+            self._inbox.append(data)
+            return
+        self.protocol.dataReceived(data)
+
+
+def _memory_pair(server_protocol: Any, client_protocol: Any) -> tuple[Any, Any]:
+    wire = _Wire()
+    server_addr = _IPv4Address("TCP", "127.0.0.1", 8000)
+    client_addr = _IPv4Address("TCP", "127.0.0.1", 50000)
+    server_t = _MemoryTransport(wire, server_addr, client_addr)
+    client_t = _MemoryTransport(wire, client_addr, server_addr)
+    server_t.other, client_t.other = client_t, server_t
+    server_t.protocol, client_t.protocol = server_protocol, client_protocol
+    server_protocol.makeConnection(server_t)
+    client_protocol.makeConnection(client_t)
+    return server_t, client_t
+
+
+def _mask(payload: bytes) -> bytes:
+    key = _os.urandom(4)
+    n = len(payload)
+    stream = (key * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
+    return key + masked
+
+
+def client_frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
+    """A masked client frame (what a browser sends)."""
+    n = len(payload)
+    first = (0x80 if fin else 0) | opcode
+    if n < 126:
+        header = _struct.pack("!BB", first, 0x80 | n)
+    elif n < 65536:
+        header = _struct.pack("!BBH", first, 0x80 | 126, n)
+    else:
+        header = _struct.pack("!BBQ", first, 0x80 | 127, n)
+    return header + _mask(payload)
+
+
+def parse_response_head(head: bytes) -> tuple[int, list[tuple[bytes, bytes]]]:
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    headers = []
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers.append((name.strip().lower(), value.strip()))
+    return status, headers
+
+
+def decode_chunked(body: bytes) -> bytes:
+    out = bytearray()
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2 :]
+    return bytes(out)
+
+
+class _ClientProtocol:
+    """The communicator's end: parses the response head, then server frames."""
+
+    def __init__(self, owner: WebsocketCommunicator) -> None:
+        self.owner = owner
+        self.buffer = b""
+        self.head_done = False
+        self.transport: Any = None
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.head_done:
+            head, sep, rest = self.buffer.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            self.head_done = True
+            self.buffer = rest
+            status, headers = parse_response_head(head)
+            self.owner._response(status, headers)
+            if status != 101:
+                return
+        self._frames()
+
+    def _frames(self) -> None:
+        buf = self.buffer
+        while len(buf) >= 2:
+            opcode = buf[0] & 0x0F
+            n = buf[1] & 0x7F
+            i = 2
+            if n == 126:
+                if len(buf) < 4:
+                    break
+                n = _struct.unpack("!H", buf[2:4])[0]
+                i = 4
+            elif n == 127:
+                if len(buf) < 10:
+                    break
+                n = _struct.unpack("!Q", buf[2:10])[0]
+                i = 10
+            if len(buf) < i + n:
+                break
+            payload = buf[i : i + n]
+            buf = buf[i + n :]
+            self.buffer = buf
+            self.owner._frame(opcode, payload)
+            buf = self.buffer
+        self.buffer = buf
+
+    def connectionLost(self, reason: Any) -> None:
+        self.owner._lost()
+
+
+def _real_reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def _with_timeout(d: Deferred[Any], timeout: float, what: str) -> Deferred[Any]:
+    """Fail ``d`` with ``TimeoutError`` after ``timeout`` real seconds."""
+    if d.called:
+        return d
+    reactor = _real_reactor()
+    result: Deferred[Any] = Deferred()
+
+    def expire() -> None:
+        if not result.called:
+            result.errback(TimeoutError(f"{what}: nothing within {timeout} s"))
+
+    timer = reactor.callLater(timeout, expire)
+
+    def done(value: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        if not result.called:
+            result.callback(value)
+        return None
+
+    d.addBoth(done)
+    return result
+
+
+def _headers(headers: Any) -> list[tuple[bytes, bytes]]:
+    out = []
+    for name, value in headers or ():
+        out.append((name.encode("latin-1") if isinstance(name, str) else name,
+                    value.encode("latin-1") if isinstance(value, str) else value))
+    return out
+
+
+class _Communicator:
+    def __init__(self, application: Any, clock: Any, config: ServerConfig | None) -> None:
+        from realtime.site import RealtimeSite
+
+        self.clock = clock
+        reactor = clock if clock is not None else _real_reactor()
+        self.site = RealtimeSite(application, config or ServerConfig(), reactor)
+
+    def _connect_transport(self, client: Any) -> tuple[Any, Any]:
+        channel = self.site.buildProtocol(None)
+        return _memory_pair(channel, client)
+
+
+class WebsocketCommunicator(_Communicator):
+    """Drive one WebSocket of ``application`` in memory, as Channels' communicator does.
+
+    ``connect()`` gives ``(True, subprotocol)`` or ``(False, status)``; every method
+    returns a Deferred (awaitable). With ``clock=Clock()``, keepalive, lifetime and the
+    connect deadline run when the test calls ``clock.advance``. Set ``answer_pings = False``
+    to play a client that has gone silent.
+    """
+
+    def __init__(
+        self,
+        application: Any,
+        path: str,
+        headers: Any = None,
+        subprotocols: list[str] | None = None,
+        clock: Any = None,
+        config: ServerConfig | None = None,
+    ) -> None:
+        super().__init__(application, clock, config)
+        self.path = path
+        self.headers = _headers(headers)
+        self.subprotocols = list(subprotocols or ())
+        self.response_headers: list[tuple[bytes, bytes]] = []
+        self.status: int | None = None
+        self.subprotocol: str | None = None
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.answer_pings = True
+        self.pings_received = 0
+        self.connected = False
+        self.closed = False
+        self._messages: _deque[str | bytes] = _deque()
+        self._waiters: list[Deferred[None]] = []
+        self._opened: Deferred[tuple[bool, Any]] = Deferred()
+        self._gone: Deferred[None] = Deferred()
+        self._client = _ClientProtocol(self)
+        self._transport: Any = None
+
+    # events from the client protocol
+    def _response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.response_headers = headers
+        if status == 101:
+            self.connected = True
+            for name, value in headers:
+                if name == b"sec-websocket-protocol":
+                    self.subprotocol = value.decode("latin-1")
+            self._opened.callback((True, self.subprotocol))
+        else:
+            self._opened.callback((False, status))
+
+    def _frame(self, opcode: int, payload: bytes) -> None:
+        if opcode == 0x1:
+            self._messages.append(payload.decode("utf-8"))
+        elif opcode == 0x2:
+            self._messages.append(payload)
+        elif opcode == 0x9:
+            self.pings_received += 1
+            if self.answer_pings:
+                self._transport.write(client_frame(0xA, payload))
+            return
+        elif opcode == 0x8:
+            if self.close_code is None:
+                self.close_code = (
+                    _struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                )
+                self.close_reason = payload[2:].decode("utf-8", "replace")
+                if not self.closed:
+                    self.closed = True
+                    self._transport.write(client_frame(0x8, payload[:2]))
+            self._wake()
+            return
+        else:
+            return
+        self._wake()
+
+    def _lost(self) -> None:
+        self.closed = True
+        if not self._opened.called:
+            self._opened.callback((False, self.status or 1006))
+        if self.close_code is None:
+            self.close_code = 1006
+        if not self._gone.called:
+            self._gone.callback(None)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    # the API
+    def connect(self, timeout: float = 1) -> Deferred[tuple[bool, Any]]:
+        """Open the connection; fires with ``(True, subprotocol)`` or ``(False, status)``."""
+        self._server_t, self._transport = self._connect_transport(self._client)
+        key = _base64.b64encode(_os.urandom(16))
+        lines = [
+            f"GET {self.path} HTTP/1.1".encode("latin-1"),
+            b"Host: testserver",
+            b"Upgrade: websocket",
+            b"Connection: Upgrade",
+            b"Sec-WebSocket-Key: " + key,
+            b"Sec-WebSocket-Version: 13",
+        ]
+        if self.subprotocols:
+            lines.append(b"Sec-WebSocket-Protocol: " + ", ".join(self.subprotocols).encode())
+        for name, value in self.headers:
+            lines.append(name + b": " + value)
+        self._transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        return _with_timeout(self._opened, timeout, "connect()")
+
+    def send_to(
+        self, text_data: str | None = None, bytes_data: bytes | None = None
+    ) -> Deferred[None]:
+        if not self.connected:
+            raise AssertionError("send_to() before a successful connect()")
+        if text_data is not None:
+            self._transport.write(client_frame(0x1, text_data.encode("utf-8")))
+        elif bytes_data is not None:
+            self._transport.write(client_frame(0x2, bytes_data))
+        else:
+            raise ValueError("send_to() needs text_data or bytes_data")
+        return _done()
+
+    def send_json_to(self, data: Any) -> Deferred[None]:
+        return self.send_to(text_data=_json.dumps(data))
+
+    def receive_from(self, timeout: float = 1) -> Deferred[str | bytes]:
+        """The next message the server sent; ``AssertionError`` if the server closed instead,
+        ``TimeoutError`` after ``timeout`` real seconds."""
+        return Deferred.fromCoroutine(self._receive(timeout))
+
+    async def _receive(self, timeout: float) -> str | bytes:
+        while not self._messages:
+            if self.closed or self.close_code is not None:
+                raise AssertionError(
+                    f"expected a message, but the server closed with {self.close_code}"
+                )
+            waiter: Deferred[None] = Deferred()
+            self._waiters.append(waiter)
+            await _with_timeout(waiter, timeout, "receive_from()")
+        return self._messages.popleft()
+
+    def receive_json_from(self, timeout: float = 1) -> Deferred[Any]:
+        async def get() -> Any:
+            message = await self._receive(timeout)
+            if not isinstance(message, str):
+                raise AssertionError(f"expected a JSON text frame, got {message!r}")
+            return _json.loads(message)
+
+        return Deferred.fromCoroutine(get())
+
+    def receive_nothing(self, timeout: float = 0.1) -> Deferred[bool]:
+        """True when no message arrives within ``timeout`` real seconds."""
+
+        async def check() -> bool:
+            if self._messages:
+                return False
+            waiter: Deferred[None] = Deferred()
+            self._waiters.append(waiter)
+            try:
+                await _with_timeout(waiter, timeout, "receive_nothing()")
+            except TimeoutError:
+                return not self._messages
+            return not self._messages
+
+        return Deferred.fromCoroutine(check())
+
+    def disconnect(self, code: int = 1000, timeout: float = 1) -> Deferred[None]:
+        """Close from the client side and wait until the server has let go."""
+        if self._transport is None or self._gone.called:
+            return _done()
+        if self.connected and not self.closed:
+            self.closed = True
+            self._transport.write(client_frame(0x8, _struct.pack("!H", code)))
+        if not self._gone.called:
+            self._transport.loseConnection()
+        return _with_timeout(self._gone, timeout, "disconnect()")
+
+    @property
+    def consumer(self) -> Any:
+        """The consumer instance serving this connection (for white-box assertions)."""
+        protocol = self._server_t.protocol if self._transport is not None else None
+        return getattr(protocol, "consumer", None) or getattr(
+            getattr(protocol, "upgrading", None), "consumer", None
+        )
+
+
+class HttpCommunicator(_Communicator):
+    """One HTTP request to ``application`` in memory; ``get_response()`` fires with
+    ``{"status", "headers", "body"}`` once the whole response is in (chunks joined)."""
+
+    def __init__(
+        self,
+        application: Any,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: Any = None,
+        clock: Any = None,
+        config: ServerConfig | None = None,
+    ) -> None:
+        super().__init__(application, clock, config)
+        self.method = method
+        self.path = path
+        self.body = body
+        self.headers = _headers(headers)
+
+    def get_response(self, timeout: float = 1) -> Deferred[dict[str, Any]]:
+        done: Deferred[bytes] = Deferred()
+        received = bytearray()
+
+        class _Reader:
+            transport: Any = None
+
+            def makeConnection(self, transport: Any) -> None:
+                self.transport = transport
+
+            def dataReceived(self, data: bytes) -> None:
+                received.extend(data)
+
+            def connectionLost(self, reason: Any) -> None:
+                if not done.called:
+                    done.callback(bytes(received))
+
+        reader = _Reader()
+        _, transport = self._connect_transport(reader)
+        lines = [
+            f"{self.method} {self.path} HTTP/1.1".encode("latin-1"),
+            b"Host: testserver",
+            b"Connection: close",
+            b"Content-Length: " + str(len(self.body)).encode(),
+        ]
+        for name, value in self.headers:
+            lines.append(name + b": " + value)
+        transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + self.body)
+
+        def parse(raw: bytes) -> dict[str, Any]:
+            head, _, body = raw.partition(b"\r\n\r\n")
+            status, headers = parse_response_head(head)
+            if (b"transfer-encoding", b"chunked") in headers:
+                body = decode_chunked(body)
+            return {"status": status, "headers": headers, "body": body}
+
+        return _with_timeout(done, timeout, "get_response()").addCallback(parse)
+
+
+def _done() -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    d.callback(None)
+    return d
+
+
+class LiveServerMixin:
+    """For ``twisted.trial.unittest.TestCase``: ``server = await self.start_server(app)``
+    starts the real server on a free port and stops it in cleanup; trial's own dirty-reactor
+    check then fails a test that leaked a port, a connection or a delayed call."""
+
+    def start_server(self, application: Any, **config: Any) -> Deferred[LiveServer]:
+        async def start() -> LiveServer:
+            server = await serve(application, ServerConfig(**config))
+            self.addCleanup(server.stop)  # type: ignore[attr-defined]
+            return server
+
+        return Deferred.fromCoroutine(start())
