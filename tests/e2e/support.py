@@ -89,6 +89,44 @@ def run(cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | Pat
     return Result(done.returncode, done.stdout, done.stderr)
 
 
+def self_signed(directory: str | Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """Write a self-signed certificate for ``host`` (and ``localhost``) and its key into
+    ``directory``; return ``(cert.pem, key.pem)``. Trust it with
+    ``ssl.create_default_context(cafile=cert)``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]
+        ), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = Path(directory, "cert.pem"), Path(directory, "key.pem")
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ))
+    return cert_path, key_path
+
+
 class Server:
     """A started process; its output is read continuously so the pipes never fill."""
 

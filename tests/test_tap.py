@@ -1,0 +1,420 @@
+"""``twistd realtime`` options: parsing, environment fallbacks and every start-up error.
+
+Most checks run ``Options().parseOptions`` in-process; the last ones run the real command
+line and check that a bad start prints one line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+
+from realtime.config import MiB, ServerConfig, StartupError
+from realtime.tap import Options, load_application, parse_size
+from tests.e2e.support import BENCH_APP, run, self_signed, twistd
+
+APP = ["--app", BENCH_APP]
+LOOPBACK_8000 = "tcp:port=8000:interface=127.0.0.1:backlog=1024"
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions([*APP, *args])
+    return options
+
+
+def error(*args: str, app: bool = True) -> str:
+    """The one-line message of the StartupError these arguments raise."""
+    options = Options()
+    with pytest.raises(StartupError) as info:
+        options.parseOptions([*APP, *args] if app else list(args))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("realtime: error: ")
+    return message.removeprefix("realtime: error: ")
+
+
+def descriptions(options: Options) -> list[str]:
+    return [description for description, _ in options.listeners]
+
+
+@pytest.fixture(autouse=True)
+def _no_realtime_environment(monkeypatch):
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("REALTIME_"):
+            monkeypatch.delenv(name)
+
+
+def test_startup_error_is_a_one_line_system_exit():
+    exc = StartupError("--x: bad")
+    assert isinstance(exc, SystemExit)
+    assert str(exc) == "realtime: error: --x: bad"
+    assert exc.code == "realtime: error: --x: bad"  # Python prints it and exits with 1
+
+
+class TestDefaults:
+    def test_config(self):
+        options = parse()
+        assert options.config == ServerConfig()
+        assert options.config.max_message_size == MiB
+        assert options.config.ping_interval == 20
+        assert options.config.ping_timeout == 30
+        assert options.config.websocket_timeout == 86400
+        assert options.config.connect_timeout == 5
+        assert options.config.shutdown_timeout == 10
+
+    def test_default_listener(self):
+        assert parse().listeners == [(LOOPBACK_8000, LOOPBACK_8000)]
+
+    def test_application_loaded(self):
+        from realtime.examples.bench import application
+
+        assert parse().application is application
+
+
+class TestListeners:
+    def test_bare_port_is_loopback(self):
+        assert descriptions(parse("--port", "0")) == [
+            "tcp:port=0:interface=127.0.0.1:backlog=1024"
+        ]
+
+    def test_short_p(self):
+        assert descriptions(parse("-p", "9001")) == [
+            "tcp:port=9001:interface=127.0.0.1:backlog=1024"
+        ]
+
+    def test_bind_and_port(self):
+        assert descriptions(parse("-b", "0.0.0.0", "--port", "9000")) == [
+            "tcp:port=9000:interface=0.0.0.0:backlog=1024"
+        ]
+
+    def test_bind_ipv6(self):
+        assert descriptions(parse("--bind", "[::1]", "--port", "9000")) == [
+            r"tcp:port=9000:interface=\:\:1:backlog=1024"
+        ]
+
+    def test_bind_without_port_uses_8000(self):
+        assert descriptions(parse("-b", "127.0.0.2")) == [
+            "tcp:port=8000:interface=127.0.0.2:backlog=1024"
+        ]
+
+    def test_repeatable_port(self):
+        assert descriptions(parse("--port", "0", "--port", "tcp:9000:interface=127.0.0.1")) == [
+            "tcp:port=0:interface=127.0.0.1:backlog=1024",
+            "tcp:9000:interface=127.0.0.1:backlog=1024",
+        ]
+
+    def test_named_backlog_kept(self):
+        assert descriptions(parse("--port", "tcp:0:backlog=7")) == ["tcp:0:backlog=7"]
+
+    def test_unix_socket(self, tmp_path):
+        path = str(tmp_path / "rt.sock")
+        assert parse("-u", path).listeners == [(f"unix:{path}", f"unix:{path}")]
+
+    def test_unix_socket_and_port(self, tmp_path):
+        path = str(tmp_path / "rt.sock")
+        assert descriptions(parse("--unix-socket", path, "--port", "0")) == [
+            "tcp:port=0:interface=127.0.0.1:backlog=1024",
+            f"unix:{path}",
+        ]
+
+    def test_ssl(self, tmp_path):
+        cert, key = self_signed(tmp_path)
+        desc = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+        assert descriptions(parse("--port", desc)) == [desc + ":backlog=1024"]
+
+    def test_fd(self):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+            fd = sock.fileno()
+            assert parse("--fd", str(fd)).listeners == [(f"fd:{fd}", (fd, socket.AF_INET))]
+            assert sock.fileno() == fd  # still ours
+
+    def test_fd_unix(self, tmp_path):
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(tmp_path / "s"))
+            sock.listen()
+            fd = sock.fileno()
+            assert parse("--fd", str(fd)).listeners == [(f"fd:{fd}", (fd, socket.AF_UNIX))]
+
+
+class TestValues:
+    @pytest.mark.parametrize(("value", "expected"), [
+        ("1048576", MiB), ("1MiB", MiB), ("1M", MiB), ("1mb", MiB), ("64k", 65536),
+        ("256KiB", 262144), ("2G", 2048 * MiB), ("10b", 10), (" 7 ", 7),
+    ])
+    def test_parse_size(self, value, expected):
+        assert parse_size(value) == expected
+
+    @pytest.mark.parametrize("value", ["", "1.5M", "-1", "M", "1 TiB", "1e6"])
+    def test_parse_size_rejects(self, value):
+        with pytest.raises(ValueError):
+            parse_size(value)
+
+    def test_sizes_and_numbers(self):
+        config = parse("--max-message-size", "64KiB", "--max-frame-size", "16k",
+                       "--max-inflight", "8", "--max-connections", "100",
+                       "--ping-interval", "0.5", "--ping-timeout", "2",
+                       "--websocket-timeout", "-1", "--websocket-connect-timeout", "3",
+                       "--shutdown-timeout", "0", "--root-path", "/ws",
+                       "--health-path", "/live", "--ready-path", "").config
+        assert config == ServerConfig(
+            max_message_size=65536, max_frame_size=16384, max_inflight=8,
+            max_connections=100, ping_interval=0.5, ping_timeout=2, websocket_timeout=-1,
+            connect_timeout=3, shutdown_timeout=0, root_path="/ws", health_path="/live",
+            ready_path="",
+        )
+
+
+# Every start-up error, with its exact message.
+ERRORS = [
+    (["--ping-interval", "abc"], "--ping-interval: expected a number of seconds, got 'abc'"),
+    (["--ping-timeout", "nan"], "--ping-timeout: expected a number of seconds, got 'nan'"),
+    (["--shutdown-timeout", "inf"],
+     "--shutdown-timeout: expected a number of seconds, got 'inf'"),
+    (["--websocket-connect-timeout", "-1"],
+     "--websocket-connect-timeout: must not be negative, got '-1'"),
+    (["--websocket-timeout", "-2"], "--websocket-timeout: must not be negative, got '-2'"),
+    (["--max-message-size", "big"],
+     "--max-message-size: expected a size in bytes (e.g. 1048576, 64KiB, 1MiB), got 'big'"),
+    (["--max-frame-size", "0"], "--max-frame-size: must be at least 1 byte, got '0'"),
+    (["--max-inflight", "0"], "--max-inflight: must be at least 1, got '0'"),
+    (["--max-inflight", "1.5"], "--max-inflight: expected a whole number, got '1.5'"),
+    (["--max-connections", "-1"], "--max-connections: must be at least 0, got '-1'"),
+    (["--root-path", "ws"], "--root-path: must start with '/' and not end with '/', got 'ws'"),
+    (["--root-path", "/ws/"],
+     "--root-path: must start with '/' and not end with '/', got '/ws/'"),
+    (["--health-path", "healthz"], "--health-path: must start with '/', got 'healthz'"),
+    (["--ready-path", "readyz"], "--ready-path: must start with '/', got 'readyz'"),
+    (["-b", ""], "-b/--bind: expected a host, got an empty value"),
+    (["-b", "[]", "--port", "80"], "-b/--bind: expected a host, got an empty value"),
+    (["--port", "99999"], "--port: 99999 is not a port number (0-65535)"),
+    (["--port", "bogus:1"], "--port 'bogus:1': Unknown endpoint type: 'bogus'"),
+    (["--port", "²"], "--port '²': Unknown endpoint type: '²'"),
+    (["--port", "tcp:0:backlog=abc"],
+     "--port 'tcp:0:backlog=abc': invalid literal for int() with base 10: 'abc'"),
+    (["--port", "fd:3"], "--port 'fd:3': 'fd:' is not an endpoint here; use --fd N or systemd:"),
+    (["--port", "fd:fileno=3"],
+     "--port 'fd:fileno=3': 'fd:' is not an endpoint here; use --fd N or systemd:"),
+    (["--port", "ssl:0:privateKey=/nonexistent/key.pem:certKey=/nonexistent/cert.pem"],
+     "--port 'ssl:0:privateKey=/nonexistent/key.pem:certKey=/nonexistent/cert.pem': "
+     "No such file or directory: /nonexistent/cert.pem"),
+    (["--fd", "x"], "--fd: expected a whole number, got 'x'"),
+    (["--fd", "-1"], "--fd: must be at least 0, got '-1'"),
+    (["--fd", "987"], "--fd 987: file descriptor 987 is not a socket (Bad file descriptor)"),
+    (["--bogus"], "option --bogus not recognized"),
+    (["--port"], "option --port requires argument"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), ERRORS, ids=[" ".join(a) for a, _ in ERRORS])
+def test_startup_error(args, message):
+    assert error(*args) == message
+
+
+def test_systemd_without_sockets(monkeypatch):
+    import twisted.internet.endpoints as endpoints
+
+    # Twisted read LISTEN_* at import; make sure this process has none.
+    monkeypatch.setattr(endpoints._SystemdParser, "_sddaemon",
+                        endpoints.ListenFDs.fromEnvironment(environ={}))
+    for desc in ("systemd:domain=INET:index=0", "systemd:domain=INET:name=realtime"):
+        assert error("--port", desc).startswith(
+            f"--port '{desc}': no such socket passed by systemd (LISTEN_FDS="
+        )
+
+
+def test_app_required():
+    assert error(app=False).startswith("--app is required (MODULE:ATTRIBUTE")
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("nosuch_module_xyz:app",
+     "--app 'nosuch_module_xyz:app': cannot import module 'nosuch_module_xyz': "
+     "No module named 'nosuch_module_xyz'"),
+    ("realtime.examples.bench:nope",
+     "--app 'realtime.examples.bench:nope': module 'realtime.examples.bench' "
+     "has no attribute 'nope'"),
+    ("realtime.examples.bench", "--app: expected MODULE:ATTRIBUTE, got 'realtime.examples.bench'"),
+    (":application", "--app: expected MODULE:ATTRIBUTE, got ':application'"),
+    ("os:", "--app: expected MODULE:ATTRIBUTE, got 'os:'"),
+    ("os:sep", "--app 'os:sep': 'sep' is not callable"),
+])
+def test_bad_app(spec, message):
+    assert error("--app", spec, app=False) == message
+
+
+def test_app_module_that_raises(tmp_path, monkeypatch):
+    (tmp_path / "broken_app_mod.py").write_text("raise RuntimeError('boom')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert error("--app", "broken_app_mod:app", app=False) == (
+        "--app 'broken_app_mod:app': importing module 'broken_app_mod' raised "
+        "RuntimeError: boom"
+    )
+    assert "broken_app_mod" not in sys.modules
+
+
+def test_dotted_attribute(tmp_path, monkeypatch):
+    (tmp_path / "dotted_app_mod.py").write_text(
+        "class Holder:\n    @staticmethod\n    def app(scope, receive, send):\n        pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod_app = load_application("dotted_app_mod:Holder.app")
+    assert mod_app is sys.modules["dotted_app_mod"].Holder.app
+
+
+class TestEnvironment:
+    def test_bad_value_names_the_option(self, monkeypatch):
+        monkeypatch.setenv("REALTIME_PING_INTERVAL", "abc")
+        assert error() == "--ping-interval: expected a number of seconds, got 'abc'"
+
+    def test_value(self, monkeypatch):
+        monkeypatch.setenv("REALTIME_MAX_MESSAGE_SIZE", "64KiB")
+        monkeypatch.setenv("REALTIME_WEBSOCKET_CONNECT_TIMEOUT", "2.5")
+        config = parse().config
+        assert config.max_message_size == 65536
+        assert config.connect_timeout == 2.5
+
+    def test_app(self, monkeypatch):
+        monkeypatch.setenv("REALTIME_APP", BENCH_APP)
+        options = Options()
+        options.parseOptions([])
+        assert options.listeners == [(LOOPBACK_8000, LOOPBACK_8000)]
+
+    def test_repeatable_port_is_space_separated(self, monkeypatch, tmp_path):
+        path = str(tmp_path / "x.sock")
+        monkeypatch.setenv("REALTIME_PORT", f"0 unix:{path}")
+        assert descriptions(parse()) == [
+            "tcp:port=0:interface=127.0.0.1:backlog=1024",
+            f"unix:{path}",
+        ]
+
+    def test_command_line_wins(self, monkeypatch):
+        monkeypatch.setenv("REALTIME_PING_INTERVAL", "abc")
+        monkeypatch.setenv("REALTIME_PORT", "1234 5678")
+        monkeypatch.setenv("REALTIME_APP", "nosuch_module_xyz:app")
+        options = parse("--ping-interval", "7", "--port", "0")
+        assert options.config.ping_interval == 7
+        assert descriptions(options) == ["tcp:port=0:interface=127.0.0.1:backlog=1024"]
+
+    def test_bind_from_environment(self, monkeypatch):
+        monkeypatch.setenv("REALTIME_BIND", "127.0.0.3")
+        assert descriptions(parse("--port", "0")) == [
+            "tcp:port=0:interface=127.0.0.3:backlog=1024"
+        ]
+
+    def test_bad_port_from_environment(self, monkeypatch):
+        monkeypatch.setenv("REALTIME_PORT", "0 fd:3")
+        assert error() == "--port 'fd:3': 'fd:' is not an endpoint here; use --fd N or systemd:"
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as info:
+        Options().parseOptions(["--help"])
+    assert info.value.code in (None, 0)
+    text = capsys.readouterr().out
+    names = [p[0] for p in Options.optParameters] + list(Options._repeatable)
+    assert len(names) >= 17
+    for name in names:
+        assert f"--{name}=" in text, name
+    for short in ("-b", "-u", "-p"):
+        assert f"  {short}, --" in text
+    assert "REALTIME_<NAME>" in text
+
+
+# --- the real command line ------------------------------------------------------------
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    """Exactly one ``realtime: error:`` line, on stderr, nothing else; rc != 0."""
+    assert result.returncode != 0, result
+    assert result.stdout == "", result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("realtime: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def test_cli_bad_value():
+    result = run(twistd(*APP, "--ping-interval", "abc"))
+    assert result.returncode == 1
+    assert assert_one_line_error(result) == (
+        "realtime: error: --ping-interval: expected a number of seconds, got 'abc'"
+    )
+
+
+def test_cli_bad_value_from_environment():
+    result = run(twistd(*APP), env={"REALTIME_MAX_INFLIGHT": "lots"})
+    assert assert_one_line_error(result) == (
+        "realtime: error: --max-inflight: expected a whole number, got 'lots'"
+    )
+
+
+def test_cli_unimportable_app():
+    result = run(twistd("--app", "nosuch_module_xyz.sub:application"))
+    assert_one_line_error(result, "--app", "cannot import module 'nosuch_module_xyz.sub'")
+
+
+def test_cli_bad_port():
+    result = run(twistd(*APP, "--port", "bogus:1"))
+    assert_one_line_error(result, "--port 'bogus:1'", "Unknown endpoint type")
+
+
+def test_cli_fd_description():
+    result = run(twistd(*APP, "--port", "fd:3"))
+    assert_one_line_error(result, "'fd:' is not an endpoint here; use --fd N or systemd:")
+
+
+def test_cli_unknown_option():
+    result = run(twistd(*APP, "--nope"))
+    assert_one_line_error(result, "option --nope not recognized")
+
+
+@pytest.mark.parametrize("what", ["missing", "garbage", "mismatched"])
+def test_cli_unreadable_certificate(tmp_path, what):
+    cert, key = self_signed(tmp_path)
+    if what == "missing":
+        key = tmp_path / "missing.pem"
+        fragment = f"No such file or directory: {key}"
+    elif what == "garbage":
+        cert.write_text("not a certificate\n")
+        fragment = "cannot load certificate or key"
+    else:
+        other = tmp_path / "other"
+        other.mkdir()
+        cert, _ = self_signed(other)
+        fragment = "Certificate public and private keys do not match"
+    desc = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+    assert_one_line_error(run(twistd(*APP, "--port", desc)), f"--port '{desc}'", fragment)
+
+
+def test_cli_port_in_use():
+    """The port is bound after logging starts: the one line is a log line (stdout)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(twistd(*APP, "--port", str(port)))
+    assert result.returncode == 1, result
+    errors = [line for line in result.output.splitlines() if "realtime: error:" in line]
+    assert len(errors) == 1, result.output
+    assert errors[0].endswith(
+        f"realtime: error: cannot listen on tcp:port={port}:interface=127.0.0.1:"
+        "backlog=1024: Address already in use"
+    )
+    assert "Traceback" not in result.output
+    assert "listening on" not in result.output
+
+
+def test_cli_help_documents_every_option():
+    result = run(twistd("--help"))
+    assert result.returncode == 0, result
+    for name in [p[0] for p in Options.optParameters] + list(Options._repeatable):
+        assert f"--{name}=" in result.stdout, name
