@@ -384,13 +384,14 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._ping_call = None
         if self.state != _OPEN:
             return
-        transport: Any = self.transport
-        transport.write(encode_frame(0x9, b"realtime"))
         if self._pong_deadline is None and self.config.ping_timeout > 0:
+            # Armed before the write: the pong may arrive while the write is still running.
             self._pong_deadline = self.reactor.callLater(
                 self.config.ping_timeout, self._ping_timed_out
             )
         self._schedule_keepalive()
+        transport: Any = self.transport
+        transport.write(encode_frame(0x9, b"realtime"))
 
     def _ping_timed_out(self) -> None:
         self._pong_deadline = None

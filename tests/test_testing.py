@@ -1,0 +1,322 @@
+"""The testing toolkit (realtime.testing and the pytest plugin), against example consumers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet.task import Clock
+
+from realtime import (
+    AsyncHttpConsumer,
+    AsyncJsonWebsocketConsumer,
+    AsyncWebsocketConsumer,
+    DenyConnection,
+    ProtocolTypeRouter,
+    Refuse,
+    URLRouter,
+    WebsocketConsumer,
+    path,
+)
+from realtime.config import ServerConfig
+from realtime.examples.bench import application as bench
+from realtime.testing import HttpCommunicator, WebsocketCommunicator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Recorder(AsyncWebsocketConsumer):
+    """Accepts with the last offered subprotocol; records disconnects on the class."""
+
+    events: list = []
+
+    async def connect(self):
+        offered = self.scope["subprotocols"]
+        await self.accept(offered[-1] if offered else None, headers=[(b"x-served-by", b"t")])
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if text_data == "close":
+            await self.close(4123, "bye")
+        elif text_data == "boom":
+            raise RuntimeError("secret detail")
+        else:
+            await self.send(text_data=text_data, bytes_data=bytes_data)
+
+    async def disconnect(self, code):
+        type(self).events.append(("disconnect", code))
+
+
+class Refuser(WebsocketConsumer):
+    def connect(self):
+        raise Refuse(429, body=b"slow down")
+
+
+class Denier(WebsocketConsumer):
+    def connect(self):
+        raise DenyConnection()
+
+
+class Closer(WebsocketConsumer):
+    def connect(self):
+        self.close()
+
+
+class Raiser(WebsocketConsumer):
+    def connect(self):
+        raise RuntimeError("do not show this")
+
+
+class Never(WebsocketConsumer):
+    def connect(self):
+        pass
+
+
+class Json(AsyncJsonWebsocketConsumer):
+    async def receive_json(self, content, **kwargs):
+        await self.send_json({"echo": content})
+
+
+class Hello(AsyncHttpConsumer):
+    async def handle(self, body):
+        await self.send_response(201, b"got " + body, headers=[(b"content-type", b"text/plain")])
+
+
+class Stream(AsyncHttpConsumer):
+    async def handle(self, body):
+        await self.send_headers(headers={"content-type": "text/event-stream"})
+        await self.send_body(b"data: 1\n\n", more_body=True)
+        await self.send_body(b"data: 2\n\n")
+
+
+app = ProtocolTypeRouter(
+    {
+        "websocket": URLRouter(
+            [
+                path("rec", Recorder.as_app()),
+                path("refuse", Refuser.as_app()),
+                path("deny", Denier.as_app()),
+                path("close", Closer.as_app()),
+                path("raise", Raiser.as_app()),
+                path("never", Never.as_app()),
+                path("json", Json.as_app()),
+            ]
+        ),
+        "http": URLRouter([path("hello", Hello.as_app()), path("stream", Stream.as_app())]),
+    }
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean(realtime_leak_check):
+    Recorder.events = []
+
+
+@pytest_twisted.ensureDeferred
+async def test_accept_echo_and_disconnect_reaches_consumer():
+    comm = WebsocketCommunicator(app, "/rec")
+    assert await comm.connect() == (True, None)
+    assert (b"x-served-by", b"t") in comm.response_headers
+    await comm.send_to(text_data="hi")
+    assert await comm.receive_from() == "hi"
+    await comm.send_to(bytes_data=b"\x00")
+    assert await comm.receive_from() == b"\x00"
+    assert await comm.receive_nothing()
+    await comm.disconnect(code=4321)
+    assert Recorder.events == [("disconnect", 4321)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_subprotocol_choice():
+    comm = WebsocketCommunicator(app, "/rec", subprotocols=["v1", "v2"])
+    assert await comm.connect() == (True, "v2")
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("route", "status"),
+    [("/refuse", 429), ("/deny", 403), ("/close", 403), ("/raise", 500), ("/nowhere", 404)],
+)
+@pytest_twisted.ensureDeferred
+async def test_refusals_report_the_status(route, status):
+    comm = WebsocketCommunicator(app, route)
+    assert await comm.connect() == (False, status)
+    names = [name for name, _ in comm.response_headers]
+    if status == 429:
+        assert b"retry-after" in names
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_code_and_reason():
+    comm = WebsocketCommunicator(app, "/rec")
+    await comm.connect()
+    await comm.send_to(text_data="close")
+    with pytest.raises(AssertionError):
+        await comm.receive_from()
+    assert comm.close_code == 4123
+    assert comm.close_reason == "bye"
+    await comm.disconnect()
+    assert Recorder.events == [("disconnect", 4123)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_consumer_that_raises_after_accept_closes_1011():
+    comm = WebsocketCommunicator(app, "/rec")
+    await comm.connect()
+    await comm.send_to(text_data="boom")
+    await comm.disconnect()
+    assert comm.close_code == 1011
+    assert "secret" not in (comm.close_reason or "")
+
+
+@pytest_twisted.ensureDeferred
+async def test_json_consumer():
+    comm = WebsocketCommunicator(app, "/json")
+    await comm.connect()
+    await comm.send_json_to({"a": [1, 2]})
+    assert await comm.receive_json_from() == {"echo": {"a": [1, 2]}}
+    await comm.send_to(text_data="{not json")
+    await comm.disconnect()
+    assert comm.close_code == 1007
+
+    comm = WebsocketCommunicator(app, "/json")
+    await comm.connect()
+    await comm.send_to(bytes_data=b"{}")
+    await comm.disconnect()
+    assert comm.close_code == 1003
+
+
+@pytest_twisted.ensureDeferred
+async def test_never_accepting_consumer_hits_the_connect_deadline_on_the_clock():
+    clock = Clock()
+    comm = WebsocketCommunicator(app, "/never", clock=clock)
+    pending = comm.connect(timeout=5)
+    clock.advance(4.9)
+    assert not pending.called
+    clock.advance(0.2)
+    assert await pending == (False, 503)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ping_timeout_on_the_clock():
+    clock = Clock()
+    comm = WebsocketCommunicator(
+        bench, "/echo", clock=clock, config=ServerConfig(ping_interval=20, ping_timeout=30)
+    )
+    assert (await comm.connect())[0]
+    clock.advance(20)
+    assert comm.pings_received == 1
+    assert comm.close_code is None  # answered: still open
+    comm.answer_pings = False
+    clock.advance(20)
+    assert comm.pings_received == 2
+    clock.advance(29)
+    assert comm.close_code is None
+    clock.advance(1)
+    assert comm.close_code == 1006
+    await comm.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_lifetime_on_the_clock():
+    clock = Clock()
+    comm = WebsocketCommunicator(
+        bench, "/echo", clock=clock, config=ServerConfig(websocket_timeout=60)
+    )
+    await comm.connect()
+    clock.advance(59)
+    assert comm.close_code is None
+    clock.advance(1)
+    assert comm.close_code == 1000
+    await comm.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_communicator():
+    response = await HttpCommunicator(app, "POST", "/hello", body=b"abc").get_response()
+    assert response["status"] == 201
+    assert response["body"] == b"got abc"
+    assert (b"content-type", b"text/plain") in response["headers"]
+
+    response = await HttpCommunicator(app, "GET", "/stream").get_response()
+    assert response["status"] == 200
+    assert response["body"] == b"data: 1\n\ndata: 2\n\n"
+
+    response = await HttpCommunicator(app, "GET", "/rec").get_response()
+    assert response["status"] == 426
+
+
+@pytest_twisted.ensureDeferred
+async def test_realtime_server_fixture_serves_real_clients(realtime_server):
+    from tests.clients import in_thread
+
+    server = await realtime_server(bench)
+    assert server.ws_url("/echo").startswith("ws://127.0.0.1:")
+
+    def client():
+        from websockets.sync.client import connect
+
+        with connect(server.ws_url("/echo")) as ws:
+            ws.send("x")
+            return ws.recv()
+
+    assert await in_thread(client) == "x"
+
+
+def _run(args, cwd, env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_leaky_tests_fail_under_pytest_and_trial():
+    """A test that leaks a port, a connection or a delayed call is failed by the fixture
+    (pytest) and by trial (the mixin), and a clean one passes."""
+    leaky = REPO / "tests" / "leaky"
+    result = _run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "-o", "python_files=leaky_*.py", str(leaky / "leaky_pytest.py")],
+        cwd=REPO,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out
+    assert "left open" in out and "left pending" in out, out
+    assert "3 errors" in out, out
+    for name in ("test_leaks_a_port", "test_leaks_a_delayed_call", "test_leaks_a_connection"):
+        assert f"ERROR at teardown of {name}" in out, out
+    assert "ERROR at teardown of test_clean" not in out, out
+
+    result = _run([sys.executable, "-m", "twisted.trial", "tests.leaky.leaky_trial"], cwd=REPO)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out
+    assert "DirtyReactorAggregateError" in out, out
+    assert "errors=2" in out.splitlines()[-1], out
+    assert "leaky_trial.Leaky.test_leaks_a_port" in out, out
+    assert "leaky_trial.Leaky.test_leaks_a_delayed_call" in out, out
+
+
+README_EXAMPLE_START = "<!-- testing-example -->"
+
+
+def test_readme_example_passes_under_pytest_and_trial(tmp_path):
+    """The README's "Testing your consumers" example, copied into a new project, passes
+    unchanged under pytest and under trial."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split(README_EXAMPLE_START, 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "test_echo.py").write_text(block)
+    result = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                   "test_echo.py"], cwd=project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed" in result.stdout
+    result = _run([sys.executable, "-m", "twisted.trial", "test_echo"], cwd=project,
+                  env_extra={"PYTHONPATH": str(project)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASSED" in result.stdout.splitlines()[-1]
+    json.dumps(block)  # the example is plain text
