@@ -4,7 +4,11 @@
   refusals, frames sent by hand).
 - ``in_thread``: run a blocking ``websockets.sync`` client in a worker thread while the
   reactor serves (the reactor runs the test's thread).
-- ``handshake``/``client_frame``/``parse_frames``/``parse_response``: wire-format helpers.
+- ``ws_open``: a raw WebSocket client (handshake written by hand, frames read as bytes).
+- ``handshake``/``client_frame``/``parse_frames``/``parse_response``/``http_request``:
+  wire-format helpers.
+- ``Recorder``: events recorded by server-side code, with bounded waits on them;
+  ``captured_log``: the Twisted log events emitted inside a ``with`` block.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from __future__ import annotations
 import base64
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
@@ -109,6 +114,46 @@ class RawConnection:
     def is_closed(self) -> bool:
         return self.proto.done.called
 
+    # -- as a WebSocket client (after ``ws_open``) ------------------------------------------
+    def response(self) -> tuple[int, dict[bytes, list[bytes]], bytes]:
+        return parse_response(self.data)
+
+    def frames(self) -> list[tuple[int, bytes]]:
+        """The complete server frames read so far (after the 101 response)."""
+        return parse_frames(after_headers(self.data))
+
+    def send_frame(self, opcode: int, payload: bytes = b"", **kwargs: Any) -> None:
+        self.write(client_frame(opcode, payload, **kwargs))
+
+    def send_text(self, text: str) -> None:
+        self.send_frame(0x1, text.encode("utf-8"))
+
+    def send_close(self, code: int = 1000) -> None:
+        self.send_frame(0x8, struct.pack("!H", code))
+
+    async def wait_frames(
+        self, condition: Callable[[list[tuple[int, bytes]]], bool] | int, timeout: float = 5.0
+    ) -> list[tuple[int, bytes]]:
+        """Wait (bounded) until ``condition(frames)`` holds (an int: that many frames), or
+        the connection is lost; returns the frames read."""
+        if isinstance(condition, int):
+            count = condition
+
+            def condition(frames: list[tuple[int, bytes]]) -> bool:
+                return len(frames) >= count
+
+        check = condition
+        data = await self.wait_for(lambda d: check(parse_frames(after_headers(d))), timeout)
+        return parse_frames(after_headers(data))
+
+    async def wait_close_frame(self, timeout: float = 5.0) -> tuple[int | None, bytes] | None:
+        """(code, reason) of the server's close frame, or None if none came in time."""
+        frames = await self.wait_frames(lambda fs: any(op == 0x8 for op, _ in fs), timeout)
+        for opcode, payload in frames:
+            if opcode == 0x8:
+                return close_code(payload), payload[2:]
+        return None
+
 
 async def _value(v: T) -> T:
     return v
@@ -128,6 +173,113 @@ async def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
     conn = await raw_connect(port)
     conn.write(data)
     return await conn.closed(timeout)
+
+
+async def ws_open(
+    port: int, path: str = "/echo", *, extra: list[tuple[bytes, bytes]] | None = None,
+    timeout: float = 5.0,
+) -> RawConnection:
+    """Connect, write a handshake for ``path`` and wait (bounded) for the response's head.
+    Check ``conn.response()`` for the status."""
+    conn = await raw_connect(port)
+    conn.write(handshake(path, extra=extra))
+    await conn.wait_for(lambda d: b"\r\n\r\n" in d, timeout)
+    return conn
+
+
+def http_request(
+    path: str = "/", *, method: bytes = b"GET", host: str = "127.0.0.1",
+    headers: list[tuple[bytes, bytes]] | None = None, body: bytes = b"", close: bool = True,
+) -> bytes:
+    """A plain HTTP/1.1 request as bytes (``Connection: close`` unless ``close=False``)."""
+    lines = [method + b" " + path.encode() + b" HTTP/1.1", b"Host: " + host.encode()]
+    if close:
+        lines.append(b"Connection: close")
+    if body:
+        lines.append(b"Content-Length: " + str(len(body)).encode())
+    for name, value in headers or ():
+        lines.append(name + b": " + value)
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def dechunk(body: bytes) -> bytes:
+    """The payload of a complete ``Transfer-Encoding: chunked`` body."""
+    out = bytearray()
+    while body:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += body[:size]
+        body = body[size + 2 :]
+    return bytes(out)
+
+
+class Recorder:
+    """Events recorded by server-side code (from any thread), with bounded waits."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self._watch: list[tuple[Callable[[list[Any]], bool], Deferred[list[Any]]]] = []
+
+    def add(self, event: Any) -> None:
+        from twisted.python import threadable
+
+        if threadable.isInIOThread():
+            self._add(event)
+        else:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(self._add, event)
+
+    def _add(self, event: Any) -> None:
+        self.events.append(event)
+        for watch in list(self._watch):
+            condition, d = watch
+            if condition(self.events) and not d.called:
+                self._watch.remove(watch)
+                d.callback(list(self.events))
+
+    def wait(
+        self, condition: Callable[[list[Any]], bool] | int = 1, timeout: float = 5.0
+    ) -> Deferred[list[Any]]:
+        """Fires with the events once ``condition(events)`` holds (an int: that many events),
+        or after ``timeout`` with the events so far."""
+        from twisted.internet import reactor
+
+        if isinstance(condition, int):
+            count = condition
+
+            def condition(events: list[Any]) -> bool:
+                return len(events) >= count
+
+        if condition(self.events):
+            return Deferred.fromCoroutine(_value(list(self.events)))
+        d: Deferred[list[Any]] = Deferred()
+        watch = (condition, d)
+        self._watch.append(watch)
+
+        def expire() -> None:
+            if not d.called:
+                self._watch.remove(watch)
+                d.callback(list(self.events))
+
+        timer = reactor.callLater(timeout, expire)
+        d.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+        return d
+
+
+@contextmanager
+def captured_log() -> Iterator[list[dict[str, Any]]]:
+    """The Twisted log events emitted inside the block (``log_failure`` for failures)."""
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events.append)
 
 
 def handshake(
