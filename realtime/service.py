@@ -78,6 +78,11 @@ class RealtimeService(MultiService):
         def _stop(_: Any) -> Any:
             if deadline.active():
                 deadline.cancel()
+            # twistd (and twist) re-raise the signal that stopped the reactor once it has
+            # shut down, so the exit status would be -15; a finished drain is a clean exit
+            # with status 0 (DESIGN.md, "Drain").
+            if getattr(self.reactor, "_exitSignal", None) is not None:
+                self.reactor._exitSignal = None
             return MultiService.stopService(self)
 
         drained.addCallback(_stop)
