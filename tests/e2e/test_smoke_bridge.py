@@ -49,3 +49,37 @@ async def test_lifetime_closes_with_1000(live):
     frames = parse_frames(after_headers(raw))
     assert frames and frames[-1][0] == 0x8
     assert close_code(frames[-1][1]) == 1000
+
+
+def _asyncio_reactor() -> bool:
+    from twisted.internet import reactor
+
+    return type(reactor).__name__ == "AsyncioSelectorReactor"
+
+
+@pytest_twisted.ensureDeferred
+async def test_aio_awaits_asyncio_code_in_a_consumer(live):
+    """``realtime.aio`` lets a consumer await asyncio code (under ``--reactor=asyncio``; the
+    asyncio-reactor run of this file is driven by a subprocess test)."""
+    import asyncio
+
+    import pytest
+
+    from realtime import AsyncWebsocketConsumer, URLRouter, aio, path
+
+    if not _asyncio_reactor():
+        pytest.skip("needs --reactor=asyncio (run by the asyncio subprocess test)")
+
+    class Sleepy(AsyncWebsocketConsumer):
+        async def receive(self, text_data=None, bytes_data=None):
+            await aio(asyncio.sleep(0.01))
+            await self.send(text_data=f"slept {text_data}")
+
+    server = await live(URLRouter([path("s", Sleepy.as_app())]))
+
+    def client():
+        with connect(server.ws_url("/s")) as ws:
+            ws.send("1")
+            return ws.recv(timeout=5)
+
+    assert await in_thread(client) == "slept 1"
