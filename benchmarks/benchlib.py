@@ -1,0 +1,335 @@
+"""Statistics, scenario definitions and the table maker of the benchmark suite.
+
+Standard library only: the runner (any Python), the load client (its own virtualenv) and the
+tests all import it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# -- statistics ------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float, *, presorted: bool = False) -> float | None:
+    """The ``q``-th percentile (0..100) with linear interpolation between closest ranks.
+
+    The same definition as numpy's default (``method="linear"``). ``None`` for no values.
+    """
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile out of range: {q}")
+    if not values:
+        return None
+    data = values if presorted else sorted(values)
+    pos = (len(data) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = math.ceil(pos)
+    if lo == hi:
+        return float(data[lo])
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    """The median of the values that are not ``None`` (the mean of the middle two if even)."""
+    data = sorted(v for v in values if v is not None and not _isnan(v))
+    if not data:
+        return None
+    mid = len(data) // 2
+    if len(data) % 2:
+        return float(data[mid])
+    return (data[mid - 1] + data[mid]) / 2.0
+
+
+def _isnan(v: float) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def latency_summary(samples_ns: list[int]) -> dict[str, float | None]:
+    """p50, p99 and max of latency samples given in nanoseconds, in milliseconds."""
+    if not samples_ns:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+    samples_ns.sort()
+    p50 = percentile(samples_ns, 50, presorted=True)
+    p99 = percentile(samples_ns, 99, presorted=True)
+    return {
+        "p50_ms": round(p50 / 1e6, 3) if p50 is not None else None,
+        "p99_ms": round(p99 / 1e6, 3) if p99 is not None else None,
+        "max_ms": round(samples_ns[-1] / 1e6, 3),
+    }
+
+
+def ratio(ours: float | None, peer: float | None, better: str) -> float | None:
+    """How many times better ours is than the peer: > 1 means ours is better.
+
+    ``better="higher"`` (throughput): ours / peer. ``better="lower"`` (latency, CPU, memory):
+    peer / ours. ``None`` when either figure is missing, or the division is undefined.
+    """
+    if ours is None or peer is None:
+        return None
+    if better == "higher":
+        num, den = ours, peer
+    elif better == "lower":
+        num, den = peer, ours
+    else:
+        raise ValueError(f"better must be 'higher' or 'lower', not {better!r}")
+    if den == 0:
+        return None if num == 0 else math.inf
+    return num / den
+
+
+# -- UTF-8 safe payloads -----------------------------------------------------------------------
+
+# Whole characters of 1, 2, 3 and 4 bytes: the load generator never splits one.
+_PATTERN = "bench-é€𝄞 0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def make_text(nbytes: int, *, ascii_only: bool = False) -> str:
+    """A text whose UTF-8 encoding is exactly ``nbytes`` long, made of whole characters.
+
+    Multi-byte characters are included (unless ``ascii_only``) so that the server's UTF-8
+    validation does real work; the tail is padded with ASCII so the length is exact.
+    """
+    if nbytes < 0:
+        raise ValueError("nbytes must be >= 0")
+    pattern = "abcdefghijklmnopqrstuvwxyz0123456789" if ascii_only else _PATTERN
+    out: list[str] = []
+    size = 0
+    i = 0
+    while True:
+        ch = pattern[i % len(pattern)]
+        n = len(ch.encode("utf-8"))
+        if size + n > nbytes:
+            break
+        out.append(ch)
+        size += n
+        i += 1
+    out.append("x" * (nbytes - size))
+    return "".join(out)
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    kind: str  # echo | fanout | idle
+    params: dict[str, Any] = field(default_factory=dict)
+    title: str = ""
+    time_limit: float = 120.0  # hard limit for the client process, seconds
+
+
+FULL_SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("echo-100x1", "echo", {"conns": 100, "inflight": 1, "size": 64},
+             "echo, 100 conns x 1 in flight, 64 B text", 60),
+    Scenario("echo-100x16", "echo", {"conns": 100, "inflight": 16, "size": 64},
+             "echo, 100 conns x 16 in flight, 64 B text", 60),
+    Scenario("echo-10x64k", "echo", {"conns": 10, "inflight": 1, "size": 65536},
+             "echo, 10 conns x 1 in flight, 64 KiB text", 60),
+    Scenario("fanout-1000x50", "fanout", {"members": 1000, "rate": 50, "size": 64},
+             "fan-out, 1,000 members x 50 msg/s (50k deliveries/s offered)", 150),
+    Scenario("fanout-5000x10", "fanout", {"members": 5000, "rate": 10, "size": 64},
+             "fan-out, 5,000 members x 10 msg/s (50k deliveries/s offered)", 180),
+    Scenario("idle-5000", "idle", {"conns": 5000, "concurrency": 100},
+             "idle, 5,000 connections", 150),
+)
+
+# Small sizes: a quick look, and what the smoke tests run.
+QUICK_SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("echo-100x1", "echo", {"conns": 5, "inflight": 1, "size": 64, "count": 20},
+             "echo, 5 conns x 1 in flight, 64 B text (quick)", 30),
+    Scenario("echo-100x16", "echo", {"conns": 5, "inflight": 16, "size": 64, "count": 64},
+             "echo, 5 conns x 16 in flight, 64 B text (quick)", 30),
+    Scenario("echo-10x64k", "echo", {"conns": 2, "inflight": 1, "size": 65536, "count": 10},
+             "echo, 2 conns x 1 in flight, 64 KiB text (quick)", 30),
+    Scenario("fanout-1000x50", "fanout", {"members": 10, "rate": 50, "size": 64, "count": 5},
+             "fan-out, 10 members x 5 msgs (quick)", 30),
+    Scenario("fanout-5000x10", "fanout", {"members": 20, "rate": 10, "size": 64, "count": 5},
+             "fan-out, 20 members x 5 msgs (quick)", 30),
+    Scenario("idle-5000", "idle", {"conns": 20, "concurrency": 10},
+             "idle, 20 connections (quick)", 30),
+)
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    better: str | None  # "higher", "lower", or None: shown, no ratio
+    fmt: str = "{:,.0f}"
+
+
+METRICS: dict[str, tuple[Metric, ...]] = {
+    "echo": (
+        Metric("msgs_per_s", "msg/s", "higher"),
+        Metric("p99_ms", "latency p99 ms", "lower", "{:,.2f}"),
+        Metric("server_cpu_us_per_msg", "server CPU µs/msg", "lower", "{:,.1f}"),
+    ),
+    "fanout": (
+        Metric("delivered_per_s", "delivered/s", "higher"),
+        Metric("p50_ms", "latency p50 ms", "lower", "{:,.1f}"),
+        Metric("p99_ms", "latency p99 ms", "lower", "{:,.1f}"),
+        Metric("max_ms", "latency max ms", "lower", "{:,.1f}"),
+        Metric("lost_pct", "lost %", None, "{:,.2f}"),
+        Metric("server_cpu_us_per_delivery", "server CPU µs/delivery", "lower", "{:,.1f}"),
+    ),
+    "idle": (
+        Metric("kb_per_conn", "server KB RSS/conn", "lower", "{:,.1f}"),
+        Metric("handshakes_per_s", "handshakes/s", "higher"),
+    ),
+}
+
+# The fields every result row carries, and those of each kind (the tests check them).
+COMMON_FIELDS = ("scenario", "kind", "ok", "error", "client_cpu_share", "server_cpu_share",
+                 "wall_s")
+KIND_FIELDS = {
+    "echo": ("conns", "inflight", "size", "messages", "msgs_per_s", "p50_ms", "p99_ms",
+             "max_ms", "server_cpu_us_per_msg", "mismatched", "connected"),
+    "fanout": ("members", "rate", "size", "connected", "sent", "expected", "delivered",
+               "lost", "lost_pct", "offered_per_s", "delivered_per_s", "p50_ms", "p99_ms",
+               "max_ms", "server_cpu_us_per_delivery", "ready", "dropped_members"),
+    "idle": ("conns", "connected", "failed", "handshakes_per_s", "rss_before_kb",
+             "rss_after_kb", "kb_per_conn"),
+}
+
+
+# -- aggregation and the table -----------------------------------------------------------------
+
+Key = tuple[str, str]  # (server, scenario)
+
+
+def load_rows(lines: Iterable[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def aggregate(rows: Iterable[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
+    """Medians over passes of every numeric field, per (server, scenario).
+
+    A failed pass (``ok`` false) contributes nothing but its error; ``passes`` and ``failed``
+    count them.
+    """
+    grouped: dict[Key, list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault((row["server"], row["scenario"]), []).append(row)
+    out: dict[Key, dict[str, Any]] = {}
+    for key, group in grouped.items():
+        good = [r for r in group if r.get("ok")]
+        agg: dict[str, Any] = {
+            "passes": len(group),
+            "ok_passes": len(good),
+            "errors": sorted({str(r.get("error")) for r in group if not r.get("ok")}),
+            "kind": group[0].get("kind"),
+        }
+        numeric = {k for r in good for k, v in r.items()
+                   if isinstance(v, int | float) and not isinstance(v, bool)}
+        for k in sorted(numeric):
+            agg[k] = median(r.get(k) for r in good)
+        out[key] = agg
+    return out
+
+
+def _fmt(value: float | None, fmt: str) -> str:
+    if value is None:
+        return "n/a"
+    if math.isinf(value):
+        return "∞"
+    return fmt.format(value)
+
+
+def _fmt_ratio(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if math.isinf(value):
+        return "∞"
+    return f"{value:.2f}x"
+
+
+def ratio_rows(
+    agg: dict[Key, dict[str, Any]],
+    scenarios: Sequence[Scenario],
+    ours: str,
+    peers: Sequence[str],
+) -> list[dict[str, Any]]:
+    """One record per (scenario, metric): the medians of every server and ours-vs-peer ratios."""
+    records = []
+    for sc in scenarios:
+        for m in METRICS[sc.kind]:
+            values = {}
+            for srv in [ours, *peers]:
+                a = agg.get((srv, sc.name))
+                values[srv] = a.get(m.key) if a and a.get("ok_passes") else None
+            ratios = {}
+            if m.better:
+                for p in peers:
+                    ratios[p] = ratio(values[ours], values[p], m.better)
+            records.append({"scenario": sc.name, "title": sc.title, "metric": m,
+                            "values": values, "ratios": ratios})
+    return records
+
+
+def make_table(
+    agg: dict[Key, dict[str, Any]],
+    scenarios: Sequence[Scenario],
+    ours: str,
+    peers: Sequence[str],
+    labels: dict[str, str] | None = None,
+) -> str:
+    """The Markdown table: medians per server, then ours-vs-peer ratios (> 1: ours better)."""
+    labels = labels or {}
+    name = lambda s: labels.get(s, s)  # noqa: E731
+    header = ["scenario", "metric", name(ours), *[name(p) for p in peers],
+              *[f"{name(ours)} vs {name(p)}" for p in peers]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    last = None
+    for rec in ratio_rows(agg, scenarios, ours, peers):
+        m: Metric = rec["metric"]
+        cells = [rec["scenario"] if rec["scenario"] != last else "", m.label]
+        last = rec["scenario"]
+        cells += [_fmt(rec["values"][s], m.fmt) for s in [ours, *peers]]
+        if m.better:
+            cells += [_fmt_ratio(rec["ratios"][p]) for p in peers]
+        else:
+            cells += ["—"] * len(peers)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def make_client_table(
+    agg: dict[Key, dict[str, Any]],
+    scenarios: Sequence[Scenario],
+    servers: Sequence[str],
+    labels: dict[str, str] | None = None,
+) -> str:
+    """Client and server CPU share per scenario: is the load client the bottleneck?"""
+    labels = labels or {}
+    header = ["scenario", *[f"{labels.get(s, s)} client/server CPU" for s in servers]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for sc in scenarios:
+        cells = [sc.name]
+        for s in servers:
+            a = agg.get((s, sc.name))
+            if not a or not a.get("ok_passes"):
+                cells.append("n/a")
+                continue
+            c, v = a.get("client_cpu_share"), a.get("server_cpu_share")
+            cells.append(f"{_pct(c)} / {_pct(v)}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.0f} %"
+
+
+def failures(agg: dict[Key, dict[str, Any]]) -> list[str]:
+    """One line per (server, scenario) with failed passes, for the report."""
+    out = []
+    for (srv, sc), a in sorted(agg.items()):
+        if a["errors"]:
+            out.append(f"{srv} {sc}: {a['ok_passes']}/{a['passes']} passes ok; "
+                       + "; ".join(a["errors"]))
+    return out

@@ -1,0 +1,668 @@
+"""The load client: asyncio + picows (uvloop when installed), one scenario per run.
+
+    python benchmarks/loadclient.py echo   --url ws://127.0.0.1:PORT/echo --conns 100 ...
+    python benchmarks/loadclient.py fanout --url ws://127.0.0.1:PORT/room/bench --members 1000 ...
+    python benchmarks/loadclient.py idle   --url ws://127.0.0.1:PORT/echo --conns 5000 ...
+
+Prints one JSON object (the result row) on stdout. With ``--server-pid`` it reads the
+server's CPU time (utime + stime in /proc/PID/stat) over the measurement window and its RSS
+(VmRSS in /proc/PID/status). It reports its own CPU share (process CPU time / wall time over
+the same window) so a reader can see it is not the bottleneck. Every phase has a time limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import resource
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+from picows import WSCloseCode, WSError, WSListener, WSMsgType, WSTransport, ws_connect
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import latency_summary, make_text
+
+TEXT = WSMsgType.TEXT
+BINARY = WSMsgType.BINARY
+CONTINUATION = WSMsgType.CONTINUATION
+CLOSE = WSMsgType.CLOSE
+_now_ns = time.perf_counter_ns
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def raise_nofile() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+class ProcStat:
+    """CPU seconds and RSS of another process, read from /proc; ``None`` without a pid."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+
+    def cpu_s(self) -> float | None:
+        if not self.pid:
+            return None
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                text = f.read()
+        except OSError:
+            return None
+        fields = text[text.rindex(b")") + 2:].split()
+        # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+    def rss_kb(self) -> int | None:
+        if not self.pid:
+            return None
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+        except OSError:
+            return None
+        return None
+
+
+class Window:
+    """Wall time, own CPU time and the server's CPU time between ``start()`` and ``stop()``."""
+
+    def __init__(self, server: ProcStat) -> None:
+        self.server = server
+        self.wall = self.cpu = 0.0
+        self.server_cpu: float | None = None
+
+    def start(self) -> None:
+        self._w0 = time.perf_counter()
+        self._c0 = time.process_time()
+        self._s0 = self.server.cpu_s()
+
+    def stop(self) -> None:
+        self.wall = time.perf_counter() - self._w0
+        self.cpu = time.process_time() - self._c0
+        s1 = self.server.cpu_s()
+        self.server_cpu = None if s1 is None or self._s0 is None else s1 - self._s0
+
+    def fields(self) -> dict[str, Any]:
+        wall = self.wall or 1e-9
+        return {
+            "wall_s": round(self.wall, 3),
+            "client_cpu_share": round(self.cpu / wall, 3),
+            "server_cpu_share": (None if self.server_cpu is None
+                                 else round(self.server_cpu / wall, 3)),
+        }
+
+    def server_us_per(self, count: int) -> float | None:
+        if self.server_cpu is None or count <= 0:
+            return None
+        return round(self.server_cpu * 1e6 / count, 2)
+
+
+def describe_error(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if response is not None and getattr(response, "status", None) is not None:
+        return f"handshake refused: HTTP {int(response.status)}"
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return "handshake timed out"
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+async def connect_many(
+    url: str,
+    n: int,
+    factory: Callable[[int], WSListener],
+    *,
+    concurrency: int = 100,
+    handshake_timeout: float = 10.0,
+    time_limit: float = 60.0,
+) -> tuple[list[tuple[WSTransport, Any]], Counter[str]]:
+    """Open ``n`` connections, at most ``concurrency`` handshakes at a time.
+
+    Returns the connections made (in order) and a count of failures by description. Stops
+    trying after ``time_limit`` seconds.
+    """
+    sem = asyncio.Semaphore(concurrency)
+    made: list[tuple[WSTransport, Any] | None] = [None] * n
+    errors: Counter[str] = Counter()
+
+    async def one(i: int) -> None:
+        async with sem:
+            try:
+                made[i] = await ws_connect(lambda: factory(i), url,
+                                           websocket_handshake_timeout=handshake_timeout)
+            except (TimeoutError, WSError, OSError) as exc:
+                errors[describe_error(exc)] += 1
+
+    tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
+    _done, pending = await asyncio.wait(tasks, timeout=time_limit)
+    for t in pending:
+        t.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=5)
+        errors["connect phase time limit"] += len(pending)
+    return [m for m in made if m is not None], errors
+
+
+async def close_all(conns: list[tuple[WSTransport, Any]], time_limit: float = 5.0) -> None:
+    """Close politely (CLOSE frame, wait for the server), then drop what is left."""
+    for tr, _ in conns:
+        try:
+            tr.send_close(WSCloseCode.OK)
+        except Exception:
+            pass
+    waits = [asyncio.ensure_future(tr.wait_disconnected()) for tr, _ in conns]
+    if waits:
+        _done, pending = await asyncio.wait(waits, timeout=time_limit)
+        for tr, _ in conns:
+            tr.disconnect(graceful=False) if not tr.is_disconnected else None
+        for t in pending:
+            t.cancel()
+        await asyncio.wait(waits, timeout=2)
+        for t in waits:
+            if t.done() and not t.cancelled():
+                t.exception()
+
+
+def _error_text(errors: Counter[str]) -> str:
+    return "; ".join(f"{k} x{v}" for k, v in errors.most_common(3))
+
+
+# -- echo ----------------------------------------------------------------------------------------
+
+
+class EchoState:
+    def __init__(self, payload: bytes, msg_type: WSMsgType, inflight: int,
+                 count: int | None) -> None:
+        self.payload = payload
+        self.size = len(payload)
+        self.msg_type = msg_type
+        self.inflight = inflight
+        self.count = count
+        self.received = 0
+        self.mismatched = 0
+        self.measuring = False
+        self.sending = True
+        self.lat: list[int] = []
+        self.active = 0
+        self.idle = asyncio.Event()
+        self.closed_by_server = 0
+        self.closing = False
+
+
+class EchoConn(WSListener):
+    def __init__(self, st: EchoState) -> None:
+        self.st = st
+        self.sent: deque[int] = deque()
+        self.budget = st.count
+        self.partial = 0
+        self.running = False
+        self.tr: WSTransport | None = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.tr = transport
+
+    def start(self) -> None:
+        st = self.st
+        n = st.inflight if self.budget is None else min(st.inflight, self.budget)
+        if n <= 0:
+            return
+        st.active += 1
+        self.running = True
+        assert self.tr is not None
+        for _ in range(n):
+            self.sent.append(_now_ns())
+            self.tr.send(st.msg_type, st.payload)
+        if self.budget is not None:
+            self.budget -= n
+
+    def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
+        t = frame.msg_type
+        if t is not TEXT and t is not BINARY and t is not CONTINUATION:
+            if t is CLOSE:
+                if not self.st.closing:
+                    self.st.closed_by_server += 1
+                self._finish()
+            return
+        self.partial += frame.payload_size
+        if not frame.fin:
+            return
+        now = _now_ns()
+        st = self.st
+        if self.partial != st.size:
+            st.mismatched += 1
+        self.partial = 0
+        if not self.sent:
+            return
+        t0 = self.sent.popleft()
+        st.received += 1
+        if st.measuring:
+            st.lat.append(now - t0)
+        if st.sending and (self.budget is None or self.budget > 0):
+            transport.send(st.msg_type, st.payload)
+            self.sent.append(now)
+            if self.budget is not None:
+                self.budget -= 1
+        elif not self.sent:
+            self._finish()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.running:
+            self.running = False
+            self.sent.clear()
+            self.st.active -= 1
+            if self.st.active <= 0:
+                self.st.idle.set()
+
+
+async def run_echo(url: str, *, conns: int, inflight: int, size: int, binary: bool = False,
+                   count: int | None = None, duration: float = 5.0, warmup: float = 1.0,
+                   server_pid: int | None = None, scenario: str = "echo",
+                   time_limit: float = 60.0) -> dict[str, Any]:
+    payload = make_text(size).encode("utf-8") if not binary else os.urandom(size)
+    st = EchoState(payload, BINARY if binary else TEXT, inflight, count)
+    row: dict[str, Any] = {"scenario": scenario, "kind": "echo", "conns": conns,
+                           "inflight": inflight, "size": size, "binary": binary}
+    listeners: list[EchoConn] = []
+
+    def factory(_i: int) -> EchoConn:
+        conn = EchoConn(st)
+        listeners.append(conn)
+        return conn
+
+    made, errors = await connect_many(url, conns, factory, time_limit=min(30, time_limit / 2))
+    row["connected"] = len(made)
+    if not made:
+        return _failed(row, errors or Counter({"no connection": 1}))
+    window = Window(ProcStat(server_pid))
+    for _, lst in made:
+        lst.start()
+    if count is None:
+        await asyncio.sleep(warmup)
+        gc.disable()
+        st.measuring = True
+        r0 = st.received
+        window.start()
+        await asyncio.sleep(duration)
+        window.stop()
+        r1 = st.received
+        st.measuring = False
+        gc.enable()
+        st.sending = False
+        try:
+            await asyncio.wait_for(st.idle.wait(), 5)
+        except TimeoutError:
+            pass
+    else:
+        st.measuring = True
+        r0 = 0
+        window.start()
+        try:
+            await asyncio.wait_for(st.idle.wait(), max(1.0, time_limit - 10))
+        except TimeoutError:
+            errors["echo replies time limit"] += 1
+        window.stop()
+        r1 = st.received
+    st.closing = True
+    await close_all(made)
+    messages = r1 - r0
+    row.update(window.fields())
+    row.update(latency_summary(st.lat))
+    row.update({
+        "messages": messages,
+        "msgs_per_s": round(messages / window.wall, 1) if window.wall else None,
+        "server_cpu_us_per_msg": window.server_us_per(messages),
+        "mismatched": st.mismatched,
+        "closed_by_server": st.closed_by_server,
+    })
+    if count is not None and st.received < count * len(made):
+        errors[f"only {st.received} of {count * len(made)} echoes"] += 1
+    return _finish_row(row, errors, ok=messages > 0 and st.mismatched == 0)
+
+
+def _failed(row: dict[str, Any], errors: Counter[str]) -> dict[str, Any]:
+    row.update({"ok": False, "error": _error_text(errors), "wall_s": None,
+                "client_cpu_share": None, "server_cpu_share": None})
+    return row
+
+
+def _finish_row(row: dict[str, Any], errors: Counter[str], ok: bool) -> dict[str, Any]:
+    row["ok"] = ok
+    row["error"] = _error_text(errors) if errors else None
+    if not ok and not row["error"]:
+        row["error"] = "no messages"
+    return row
+
+
+# -- fan-out ---------------------------------------------------------------------------------------
+
+# A fan-out message: "SSSSSSSSSS TTTTTTTTTTTTTTTTTTT " + padding (ASCII; seq, send time ns).
+_HEAD = 31
+
+
+class FanoutState:
+    def __init__(self) -> None:
+        self.counts: list[int] = []
+        self.total = 0
+        self.m0 = 1 << 62
+        self.m1 = 1 << 62
+        self.measured = 0
+        self.lat: list[int] = []
+        self.ready = 0
+        self.dropped = 0
+        self.bad = 0
+        self.all_in = asyncio.Event()
+        self.expected = -1
+
+
+class RoomConn(WSListener):
+    def __init__(self, st: FanoutState) -> None:
+        self.st = st
+        self.got = 0
+        self.buf: bytes | None = None
+        self.tr: WSTransport | None = None
+        self.open = False
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.tr = transport
+        self.open = True
+
+    def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
+        t = frame.msg_type
+        if t is TEXT or t is CONTINUATION:
+            data = frame.get_payload_as_bytes()
+            if not frame.fin:
+                self.buf = data if self.buf is None else self.buf + data
+                return
+            if self.buf is not None:
+                data = self.buf + data
+                self.buf = None
+            now = _now_ns()
+            st = self.st
+            try:
+                seq = int(data[:10])
+                ts = int(data[11:30])
+            except ValueError:
+                st.bad += 1
+                return
+            st.total += 1
+            if self.got == 0:
+                st.ready += 1
+            self.got += 1
+            if seq < len(st.counts):
+                st.counts[seq] += 1
+            if st.m0 <= seq < st.m1:
+                st.lat.append(now - ts)
+                st.measured += 1
+                if st.measured == st.expected:
+                    st.all_in.set()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self.open:
+            self.open = False
+            self.st.dropped += 1
+
+
+async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
+                     count: int | None = None, duration: float = 8.0, warmup: float = 2.0,
+                     drain: float = 5.0, probe_timeout: float = 15.0,
+                     server_pid: int | None = None, scenario: str = "fanout",
+                     concurrency: int = 100, time_limit: float = 150.0) -> dict[str, Any]:
+    """One room of ``members``; member 0 also sends ``rate`` messages/s to it.
+
+    Every message is stamped with a sequence number and its send time; each member records
+    the latency of each message it gets. Messages sent in the measurement window that have
+    not reached every member ``drain`` seconds after the window are lost.
+    """
+    if size < _HEAD:
+        raise ValueError(f"fan-out messages need at least {_HEAD} bytes")
+    st = FanoutState()
+    padding = make_text(size - _HEAD, ascii_only=True).encode()
+    row: dict[str, Any] = {"scenario": scenario, "kind": "fanout", "members": members,
+                           "rate": rate, "size": size, "offered_per_s": members * rate}
+    deadline = time.monotonic() + time_limit - 5
+    made, errors = await connect_many(url, members, lambda _i: RoomConn(st),
+                                      concurrency=concurrency,
+                                      time_limit=min(60.0, time_limit / 3))
+    row["connected"] = len(made)
+    if not made:
+        return _failed(row, errors or Counter({"no connection": 1}))
+    sender = made[0][0]
+    n = len(made)
+
+    def send() -> int:
+        seq = len(st.counts)
+        st.counts.append(0)
+        sender.send(TEXT, b"%010d %019d " % (seq, _now_ns()) + padding)
+        return seq
+
+    loop = asyncio.get_running_loop()
+
+    # Probe: until every member has had a message (the server has them all in the room).
+    t_probe = last = loop.time()
+    send()
+    while st.ready < n - st.dropped and loop.time() - t_probe < probe_timeout:
+        await asyncio.sleep(0.02)
+        if loop.time() - last >= 0.5:
+            send()
+            last = loop.time()
+    row["ready"] = st.ready >= n - st.dropped
+    row["ready_members"] = st.ready
+    row["ready_s"] = round(loop.time() - t_probe, 3)
+
+    interval = 1.0 / rate
+
+    async def paced(seconds: float | None, messages: int | None) -> None:
+        start = loop.time()
+        next_t = start
+        sent = 0
+        while True:
+            if messages is not None and sent >= messages:
+                return
+            if seconds is not None and loop.time() - start >= seconds:
+                return
+            if time.monotonic() > deadline or sender.is_disconnected:
+                return
+            send()
+            sent += 1
+            next_t += interval
+            delay = next_t - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    if count is None:
+        await paced(warmup, None)
+    window = Window(ProcStat(server_pid))
+    members_at_start = n - st.dropped
+    gc.disable()
+    st.m0 = len(st.counts)
+    tot0 = st.total
+    window.start()
+    await paced(duration if count is None else None, count)
+    st.m1 = len(st.counts)
+    sent = st.m1 - st.m0
+    st.expected = sent * members_at_start
+    if count is None:
+        window.stop()
+        tot1 = st.total
+    if st.measured < st.expected:
+        try:
+            await asyncio.wait_for(st.all_in.wait(),
+                                   max(0.1, min(drain, deadline - time.monotonic())))
+        except TimeoutError:
+            pass
+    if count is not None:
+        window.stop()
+        tot1 = st.total
+    gc.enable()
+    delivered = st.measured
+    lost = max(0, st.expected - delivered)
+    window_deliveries = tot1 - tot0
+    dropped = st.dropped
+    for _, lst in made:
+        lst.open = False
+    await close_all(made)
+    row.update(window.fields())
+    row.update(latency_summary(st.lat))
+    row.update({
+        "sent": sent,
+        "expected": st.expected,
+        "delivered": delivered,
+        "lost": lost,
+        "lost_pct": round(100.0 * lost / st.expected, 3) if st.expected > 0 else None,
+        "delivered_per_s": round(window_deliveries / window.wall, 1) if window.wall else None,
+        "server_cpu_us_per_delivery": window.server_us_per(window_deliveries),
+        "dropped_members": dropped,
+        "malformed": st.bad,
+    })
+    if not row["ready"]:
+        errors[f"only {st.ready} of {n} members got the probe"] += 1
+    return _finish_row(row, errors, ok=delivered > 0)
+
+
+# -- idle --------------------------------------------------------------------------------------
+
+
+class IdleConn(WSListener):
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
+        self.frames += 1
+
+
+async def run_idle(url: str, *, conns: int, concurrency: int = 100, settle: float = 1.0,
+                   server_pid: int | None = None, scenario: str = "idle",
+                   time_limit: float = 150.0) -> dict[str, Any]:
+    proc = ProcStat(server_pid)
+    row: dict[str, Any] = {"scenario": scenario, "kind": "idle", "conns": conns,
+                           "concurrency": concurrency}
+    # Warm the server up (lazy imports, first-connection caches) before the baseline.
+    warm, werr = await connect_many(url, min(10, conns), lambda _i: IdleConn(),
+                                    concurrency=concurrency, time_limit=20)
+    await close_all(warm)
+    if not warm:
+        return _failed(row, werr or Counter({"no connection": 1}))
+    await asyncio.sleep(0.5)
+    rss0 = proc.rss_kb()
+    window = Window(proc)
+    window.start()
+    made, errors = await connect_many(url, conns, lambda _i: IdleConn(),
+                                      concurrency=concurrency,
+                                      time_limit=max(10.0, time_limit - 30))
+    window.stop()
+    await asyncio.sleep(settle)
+    rss1 = proc.rss_kb()
+    still_open = sum(1 for tr, _ in made if not tr.is_disconnected)
+    await close_all(made, time_limit=10)
+    connected = len(made)
+    row.update(window.fields())
+    row.update({
+        "connected": connected,
+        "failed": conns - connected,
+        "still_open": still_open,
+        "handshakes_per_s": round(connected / window.wall, 1) if window.wall else None,
+        "server_cpu_us_per_handshake": window.server_us_per(connected),
+        "rss_before_kb": rss0,
+        "rss_after_kb": rss1,
+        "kb_per_conn": (round((rss1 - rss0) / connected, 2)
+                        if rss0 is not None and rss1 is not None and connected else None),
+    })
+    return _finish_row(row, errors, ok=connected > 0)
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="kind", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", required=True)
+    common.add_argument("--server-pid", type=int)
+    common.add_argument("--scenario")
+    common.add_argument("--time-limit", type=float, default=120.0,
+                        help="hard limit in seconds (the process exits past it)")
+    e = sub.add_parser("echo", parents=[common])
+    e.add_argument("--conns", type=int, default=100)
+    e.add_argument("--inflight", type=int, default=1)
+    e.add_argument("--size", type=int, default=64)
+    e.add_argument("--binary", action="store_true")
+    e.add_argument("--count", type=int, help="messages per connection (instead of a duration)")
+    e.add_argument("--duration", type=float, default=5.0)
+    e.add_argument("--warmup", type=float, default=1.0)
+    f = sub.add_parser("fanout", parents=[common])
+    f.add_argument("--members", type=int, default=1000)
+    f.add_argument("--rate", type=float, default=50.0)
+    f.add_argument("--size", type=int, default=64)
+    f.add_argument("--count", type=int, help="messages to send (instead of a duration)")
+    f.add_argument("--duration", type=float, default=8.0)
+    f.add_argument("--warmup", type=float, default=2.0)
+    f.add_argument("--drain", type=float, default=5.0)
+    f.add_argument("--probe-timeout", type=float, default=15.0)
+    i = sub.add_parser("idle", parents=[common])
+    i.add_argument("--conns", type=int, default=5000)
+    i.add_argument("--concurrency", type=int, default=100)
+    i.add_argument("--settle", type=float, default=1.0)
+    return p.parse_args(argv)
+
+
+async def amain(a: argparse.Namespace) -> dict[str, Any]:
+    kw: dict[str, Any] = {"server_pid": a.server_pid, "scenario": a.scenario or a.kind,
+                          "time_limit": a.time_limit}
+    if a.kind == "echo":
+        coro = run_echo(a.url, conns=a.conns, inflight=a.inflight, size=a.size,
+                        binary=a.binary, count=a.count, duration=a.duration,
+                        warmup=a.warmup, **kw)
+    elif a.kind == "fanout":
+        coro = run_fanout(a.url, members=a.members, rate=a.rate, size=a.size, count=a.count,
+                          duration=a.duration, warmup=a.warmup, drain=a.drain,
+                          probe_timeout=a.probe_timeout, **kw)
+    else:
+        coro = run_idle(a.url, conns=a.conns, concurrency=a.concurrency, settle=a.settle, **kw)
+    try:
+        return await asyncio.wait_for(coro, a.time_limit)
+    except TimeoutError:
+        return {"scenario": kw["scenario"], "kind": a.kind, "ok": False,
+                "error": f"client time limit {a.time_limit:g} s"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    raise_nofile()
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    if uvloop is not None:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            row = runner.run(amain(a))
+    else:
+        row = asyncio.run(amain(a))
+    row["client"] = "picows+uvloop" if uvloop is not None else "picows"
+    print(json.dumps(row), flush=True)
+    return 0 if row.get("ok") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

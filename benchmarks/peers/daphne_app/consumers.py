@@ -1,0 +1,28 @@
+"""``/echo`` and ``/room/<name>`` as Channels consumers (group_add / group_send)."""
+
+from __future__ import annotations
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+
+class EchoConsumer(AsyncWebsocketConsumer):
+    async def receive(self, text_data=None, bytes_data=None):
+        await self.send(text_data=text_data, bytes_data=bytes_data)
+
+
+class RoomConsumer(AsyncWebsocketConsumer):
+    async def connect(self):
+        self.group = "room." + self.scope["url_route"]["kwargs"]["name"]
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        await self.channel_layer.group_send(
+            self.group, {"type": "room.message", "text": text_data, "bytes": bytes_data}
+        )
+
+    async def room_message(self, event):
+        await self.send(text_data=event["text"], bytes_data=event["bytes"])

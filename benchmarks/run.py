@@ -1,0 +1,455 @@
+"""Run the benchmark suite: our server against raw Autobahn, Daphne and uvicorn, side by side.
+
+    python benchmarks/run.py                  # everything: ~20 minutes on 2 cores
+    python benchmarks/run.py --quick          # tiny sizes, a minute
+    python benchmarks/run.py --servers ours,autobahn --scenarios echo-100x16 --passes 1
+
+Installs each peer (and the load client) into its own virtualenv under benchmarks/.venvs/
+(reused when present), then for each pass, each server and each scenario: starts a fresh
+server on 127.0.0.1 pinned to core 0 (``taskset -c 0``), runs the load client pinned to core
+1, and stops the server (by its PID). Writes every result row to
+benchmarks/results/run-<time>.jsonl, then the medians and ratios to
+benchmarks/results/latest.md (also printed) and a chart to benchmarks/results/latest.png.
+Standard library only; ours runs from the Python that runs this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from benchlib import (  # noqa: E402
+    FULL_SCENARIOS,
+    QUICK_SCENARIOS,
+    Scenario,
+    aggregate,
+    failures,
+    make_client_table,
+    make_table,
+)
+
+VENVS = HERE / ".venvs"
+PEERS = HERE / "peers"
+RESULTS = HERE / "results"
+OURS = "ours"
+
+
+def _installed_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _pinned(name: str) -> str:
+    """``name==X`` with the version ours runs on, so raw Autobahn is measured on the same."""
+    v = _installed_version(name)
+    return f"{name}=={v}" if v else name
+
+
+@dataclass
+class ServerSpec:
+    name: str
+    label: str
+    venv: str | None  # None: the runner's own Python
+    requirements: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+
+    def python(self, use_venvs: bool) -> str:
+        if self.venv is None or not use_venvs:
+            return sys.executable
+        return str(VENVS / self.venv / "bin" / "python")
+
+    def argv(self, python: str, port: int) -> list[str]:
+        if self.name == OURS:
+            twistd = Path(python).parent / "twistd"
+            cmd = [str(twistd)] if twistd.exists() else [shutil.which("twistd") or "twistd"]
+            return [*cmd, "-n", "--pidfile=", "realtime",
+                    "--app", "realtime.examples.bench:application",
+                    "--port", f"tcp:{port}:interface=127.0.0.1"]
+        if self.name == "autobahn":
+            return [python, str(PEERS / "autobahn_server.py"), "--port", str(port)]
+        if self.name == "daphne":
+            # Twisted's default backlog (50) would overflow under 100 concurrent handshakes.
+            return [python, "-m", "daphne", "-v", "0",
+                    "-e", f"tcp:port={port}:interface=127.0.0.1:backlog=1024",
+                    "daphne_app.asgi:application"]
+        if self.name == "uvicorn":
+            return [python, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
+                    "--ws", "websockets-sansio", "--log-level", "warning",
+                    "--no-access-log", "uvicorn_app:app"]
+        raise ValueError(self.name)
+
+
+def server_specs() -> dict[str, ServerSpec]:
+    return {
+        OURS: ServerSpec(OURS, "ours", None),
+        "autobahn": ServerSpec("autobahn", "raw Autobahn", "autobahn",
+                               (_pinned("autobahn"), _pinned("twisted"), _pinned("txaio"))),
+        "daphne": ServerSpec("daphne", "Daphne+Channels", "daphne",
+                             ("daphne", "channels", "django"),
+                             {"DJANGO_SETTINGS_MODULE": "daphne_app.settings"}),
+        "uvicorn": ServerSpec("uvicorn", "uvicorn sansio", "uvicorn",
+                              ("uvicorn[standard]", "websockets")),
+    }
+
+
+CLIENT_VENV = "client"
+CLIENT_REQUIREMENTS = ("picows", "uvloop", "matplotlib")
+VERSION_NAMES = ("autobahn", "twisted", "daphne", "channels", "django", "uvicorn",
+                 "websockets", "uvloop", "picows", "realtime")
+
+
+# -- virtualenvs ---------------------------------------------------------------------------------
+
+
+def ensure_venv(name: str, requirements: Sequence[str], log: Any) -> str:
+    """Create ``.venvs/name`` with the requirements, or reuse it when it already has them."""
+    venv = VENVS / name
+    python = venv / "bin" / "python"
+    marker = venv / "bench-requirements.txt"
+    wanted = "\n".join(requirements) + "\n"
+    if python.exists() and marker.exists() and marker.read_text() == wanted:
+        return str(python)
+    log(f"setting up virtualenv {venv.relative_to(ROOT)}: {' '.join(requirements)}")
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet",
+                    "--disable-pip-version-check", *requirements], check=True)
+    marker.write_text(wanted)
+    return str(python)
+
+
+def versions(python: str) -> dict[str, str]:
+    code = ("import json, importlib.metadata as m\n"
+            "out = {}\n"
+            f"for n in {list(VERSION_NAMES)!r}:\n"
+            "    try: out[n] = m.version(n)\n"
+            "    except m.PackageNotFoundError: pass\n"
+            "print(json.dumps(out))")
+    try:
+        res = subprocess.run([python, "-c", code], capture_output=True, text=True,
+                             timeout=30, cwd="/")
+        return json.loads(res.stdout)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return {}
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+
+def raise_nofile() -> None:
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pinned(cmd: list[str], core: int | None) -> list[str]:
+    if core is None or not shutil.which("taskset"):
+        return cmd
+    return ["taskset", "-c", str(core), *cmd]
+
+
+class Server:
+    """One server process on 127.0.0.1; stopped by its PID only."""
+
+    def __init__(self, spec: ServerSpec, python: str, log_path: Path, core: int | None) -> None:
+        self.spec = spec
+        self.port = free_port()
+        env = dict(os.environ)
+        env.update(spec.env)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(PEERS), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file = open(log_path, "wb")
+        # taskset execs the server: the PID we get is the server's.
+        self.proc = subprocess.Popen(
+            pinned(spec.argv(python, self.port), core), cwd=str(PEERS), env=env,
+            stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=subprocess.STDOUT,
+            preexec_fn=raise_nofile,
+        )
+        self.pid = self.proc.pid
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.spec.name} exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.spec.name} did not listen within {timeout:g} s")
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log_file.close()
+
+
+# -- scenarios -------------------------------------------------------------------------------------
+
+
+def client_args(sc: Scenario, port: int, opts: argparse.Namespace) -> list[str]:
+    p = sc.params
+    if sc.kind == "echo":
+        args = ["echo", "--url", f"ws://127.0.0.1:{port}/echo", "--conns", str(p["conns"]),
+                "--inflight", str(p["inflight"]), "--size", str(p["size"])]
+        if "count" in p:
+            args += ["--count", str(p["count"])]
+        else:
+            args += ["--duration", str(opts.echo_duration), "--warmup", str(opts.warmup)]
+    elif sc.kind == "fanout":
+        args = ["fanout", "--url", f"ws://127.0.0.1:{port}/room/bench",
+                "--members", str(p["members"]), "--rate", str(p["rate"]),
+                "--size", str(p["size"])]
+        if "count" in p:
+            args += ["--count", str(p["count"]), "--drain", "5"]
+        else:
+            args += ["--duration", str(opts.fanout_duration), "--warmup", str(opts.warmup),
+                     "--drain", str(opts.drain)]
+    else:
+        args = ["idle", "--url", f"ws://127.0.0.1:{port}/echo", "--conns", str(p["conns"]),
+                "--concurrency", str(p.get("concurrency", 100))]
+    return [*args, "--scenario", sc.name, "--time-limit", str(sc.time_limit)]
+
+
+def run_client(python: str, args: list[str], core: int | None,
+               time_limit: float) -> dict[str, Any]:
+    cmd = pinned([python, str(HERE / "loadclient.py"), *args], core)
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=time_limit + 20,
+                             stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"client killed at the hard limit ({time_limit:g} s)"}
+    lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        tail = (res.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"ok": False, "error": f"client exited {res.returncode}: {tail}"[:300]}
+    return json.loads(lines[-1])
+
+
+def run_one(spec: ServerSpec, sc: Scenario, opts: argparse.Namespace, pass_no: int,
+            client_python: str, log_dir: Path) -> dict[str, Any]:
+    python = spec.python(opts.venvs)
+    server = Server(spec, python, log_dir / f"{spec.name}-{sc.name}-p{pass_no}.log",
+                    opts.server_core)
+    started = time.monotonic()
+    try:
+        server.wait_ready()
+        args = [*client_args(sc, server.port, opts), "--server-pid", str(server.pid)]
+        row = run_client(client_python, args, opts.client_core, sc.time_limit)
+        if server.proc.poll() is not None:
+            row["ok"] = False
+            row["error"] = f"server exited with {server.proc.returncode} during the run"
+    except RuntimeError as exc:
+        row = {"ok": False, "error": str(exc)}
+    finally:
+        server.stop()
+    row.setdefault("scenario", sc.name)
+    row.setdefault("kind", sc.kind)
+    row.update({"server": spec.name, "pass": pass_no,
+                "elapsed_s": round(time.monotonic() - started, 2), "time": time.time()})
+    return row
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def report(rows: list[dict[str, Any]], scenarios: Sequence[Scenario], servers: Sequence[str],
+           labels: dict[str, str], meta: dict[str, Any]) -> str:
+    agg = aggregate(rows)
+    peers = [s for s in servers if s != OURS]
+    out = [f"# Benchmark results ({meta['date']})", ""]
+    out.append(f"{meta['passes']} interleaved passes, medians; server pinned to core "
+               f"{meta['server_core']}, client to core {meta['client_core']}; {meta['cpu']}, "
+               f"{os.cpu_count()} cores; Python {platform.python_version()}; "
+               f"run took {meta['elapsed_min']:.1f} min. "
+               f"Ratios: ours vs peer, > 1 means ours is better (higher throughput, or "
+               f"lower latency / CPU / memory); n/a: not measured or not supported.")
+    out.append("")
+    if OURS in servers:
+        out.append(make_table(agg, scenarios, OURS, peers, labels))
+    else:
+        base, *rest = servers
+        out.append(make_table(agg, scenarios, base, rest, labels))
+    out += ["", "Load client CPU share / server CPU share (process CPU time / wall time over "
+            "the measurement window; the client's at or near 100 % would make it the "
+            "bottleneck):", ""]
+    out.append(make_client_table(agg, scenarios, servers, labels))
+    fails = failures(agg)
+    if fails:
+        out += ["", "Failed or unsupported passes:", ""] + [f"- {f}" for f in fails]
+    out += ["", "Versions: " + "; ".join(
+        f"{labels.get(s, s)}: " + ", ".join(f"{k} {v}" for k, v in sorted(meta["versions"]
+                                                                             .get(s, {}).items()))
+        for s in servers)]
+    if meta.get("notes"):
+        out += ["", meta["notes"]]
+    return "\n".join(out) + "\n"
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--servers", default="ours,autobahn,daphne,uvicorn")
+    p.add_argument("--scenarios", default="all",
+                   help="comma-separated scenario names (default: all)")
+    p.add_argument("--passes", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="tiny sizes (what the smoke tests run)")
+    p.add_argument("--echo-duration", type=float, default=5.0)
+    p.add_argument("--fanout-duration", type=float, default=8.0)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--drain", type=float, default=5.0)
+    p.add_argument("--no-venvs", dest="venvs", action="store_false",
+                   help="run every server and the client from this Python (no installs)")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="do not pin the server and the client to cores")
+    p.add_argument("--no-chart", dest="chart", action="store_false")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    a = p.parse_args(argv)
+    if a.pin and (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
+        a.server_core, a.client_core = 0, 1
+    else:
+        a.server_core = a.client_core = None
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    raise_nofile()
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    specs = server_specs()
+    servers = [s.strip() for s in opts.servers.split(",") if s.strip()]
+    unknown = [s for s in servers if s not in specs]
+    if unknown:
+        log(f"unknown servers: {', '.join(unknown)} (known: {', '.join(specs)})")
+        return 2
+    pool = QUICK_SCENARIOS if opts.quick else FULL_SCENARIOS
+    if opts.scenarios != "all":
+        wanted = opts.scenarios.split(",")
+        pool = tuple(sc for sc in pool if sc.name in wanted)
+        if not pool:
+            log(f"no such scenario: {opts.scenarios}")
+            return 2
+    scenarios = list(pool)
+    if opts.quick:
+        scenarios = [replace(sc, time_limit=min(sc.time_limit, 30)) for sc in scenarios]
+
+    t_start = time.monotonic()
+    if opts.venvs:
+        VENVS.mkdir(exist_ok=True)
+        client_python = ensure_venv(CLIENT_VENV, CLIENT_REQUIREMENTS, log)
+        for s in servers:
+            if specs[s].venv:
+                ensure_venv(specs[s].venv, specs[s].requirements, log)
+    else:
+        client_python = sys.executable
+    meta_versions = {s: versions(specs[s].python(opts.venvs)) for s in servers}
+
+    opts.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    jsonl = opts.out / f"run-{stamp}.jsonl"
+    log_dir = opts.out / "logs" / stamp
+    rows: list[dict[str, Any]] = []
+    labels = {s: specs[s].label for s in servers}
+    with open(jsonl, "w") as f:
+        for pass_no in range(1, opts.passes + 1):
+            for s in servers:
+                for sc in scenarios:
+                    row = run_one(specs[s], sc, opts, pass_no, client_python, log_dir)
+                    rows.append(row)
+                    f.write(json.dumps(row) + "\n")
+                    f.flush()
+                    log(summary_line(row))
+    shutil.copyfile(jsonl, opts.out / "latest.jsonl")
+    elapsed = (time.monotonic() - t_start) / 60
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"), "passes": opts.passes,
+        "server_core": opts.server_core, "client_core": opts.client_core, "cpu": cpu_model(),
+        "elapsed_min": elapsed, "versions": meta_versions,
+        "notes": ("Quick run (tiny sizes): figures are not comparable with a full run."
+                  if opts.quick else ""),
+    }
+    text = report(rows, scenarios, servers, labels, meta)
+    (opts.out / "latest.md").write_text(text)
+    print(text)
+    if opts.chart:
+        chart = opts.out / "latest.png"
+        res = subprocess.run([client_python, str(HERE / "chart.py"), str(jsonl), str(chart),
+                              "--servers", ",".join(servers),
+                              "--scenarios", ",".join(sc.name for sc in scenarios)]
+                             + (["--quick"] if opts.quick else []),
+                             capture_output=True, text=True, timeout=120)
+        if res.returncode == 0:
+            log(f"chart: {chart}")
+        else:
+            log(f"no chart: {(res.stderr.strip().splitlines() or ['?'])[-1]}")
+    log(f"rows: {jsonl}; table: {opts.out / 'latest.md'}; {elapsed:.1f} min")
+    return 0
+
+
+def summary_line(row: dict[str, Any]) -> str:
+    head = f"pass {row['pass']} {row['server']:>8} {row['scenario']:<15}"
+    if not row.get("ok"):
+        return f"{head} FAILED: {row.get('error')}"
+    kind = row.get("kind")
+    if kind == "echo":
+        body = f"{row['msgs_per_s']:>10,.0f} msg/s  p99 {row.get('p99_ms')} ms"
+    elif kind == "fanout":
+        body = (f"{row['delivered_per_s']:>10,.0f} deliveries/s  p50 {row.get('p50_ms')} ms  "
+                f"p99 {row.get('p99_ms')} ms  lost {row.get('lost_pct')} %  "
+                f"{row.get('server_cpu_us_per_delivery')} us/delivery")
+    else:
+        body = (f"{row.get('kb_per_conn')} KB/conn  "
+                f"{row.get('handshakes_per_s'):,.0f} handshakes/s")
+    return (f"{head} {body}  (client CPU {row.get('client_cpu_share')}, "
+            f"server CPU {row.get('server_cpu_share')}, {row['elapsed_s']} s)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
