@@ -1,0 +1,406 @@
+"""The bridge end to end: handler ordering, thread handlers, keepalive, lifetime, the connect
+deadline, connection and in-flight limits, drain; and the smoke tests under asyncio."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.python import threadable
+from websockets.sync.client import connect
+
+from realtime import AsyncWebsocketConsumer, ProtocolTypeRouter, URLRouter, WebsocketConsumer, path
+from tests.clients import (
+    Recorder,
+    client_frame,
+    handshake,
+    http_request,
+    in_thread,
+    parse_response,
+    raw_connect,
+    raw_exchange,
+    ws_open,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def ws_app(consumer: Any) -> ProtocolTypeRouter:
+    return ProtocolTypeRouter({"websocket": URLRouter([path("t", consumer)])})
+
+
+def later(delay: float) -> Deferred[None]:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, delay, lambda: None)
+
+
+def bounded(d: Deferred[Any], timeout: float = 5.0) -> Deferred[Any]:
+    from twisted.internet import reactor
+
+    return d.addTimeout(timeout, reactor)
+
+
+class Tracker(WebsocketConsumer):
+    """Accepts, records its disconnect code."""
+
+    rec: Any = None
+
+    def disconnect(self, code):
+        self.rec.add(("disconnect", code))
+
+
+# -- ordering --------------------------------------------------------------------------------
+
+
+class SlowAsync(AsyncWebsocketConsumer):
+    rec: Any = None
+    delay = 0.02
+    active = 0
+
+    async def receive(self, text_data=None, bytes_data=None):
+        self.active += 1
+        self.rec.add(("active", self.active))
+        n = int(text_data)
+        # early messages wait longest: out-of-order completion if handlers overlapped
+        await later(self.delay if n % 3 == 0 else 0)
+        self.active -= 1
+        await self.send(text_data=text_data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_receive_awaiting_a_deferred_answers_in_order(live):
+    rec = Recorder()
+    server = await live(ws_app(SlowAsync.as_app(rec=rec)))
+
+    def client():
+        with connect(server.ws_url("/t")) as ws:
+            for i in range(20):
+                ws.send(str(i))
+            return [ws.recv(timeout=5) for _ in range(20)]
+
+    assert await in_thread(client) == [str(i) for i in range(20)]
+    assert {event for event in rec.events} == {("active", 1)}
+
+
+class Threaded(WebsocketConsumer):
+    thread_handlers = True
+    rec: Any = None
+    reply = True
+
+    def connect(self):
+        self.rec.add(("connect", threadable.isInIOThread(), threading.get_ident()))
+        self.accept()
+
+    def receive(self, text_data=None, bytes_data=None):
+        self.rec.add(("receive", text_data, threadable.isInIOThread()))
+        if self.reply:
+            self.send(text_data="re:" + text_data)
+        elif text_data == "9":
+            self.close()
+
+    def disconnect(self, code):
+        self.rec.add(("disconnect", code, threadable.isInIOThread()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_thread_handlers_run_off_the_reactor_in_order(live):
+    rec = Recorder()
+    server = await live(ws_app(Threaded.as_app(rec=rec, reply=False)))
+    conn = await ws_open(server.port, "/t")
+    assert conn.response()[0] == 101  # accept() from a worker thread
+    for i in range(10):
+        conn.send_text(str(i))
+    close = await conn.wait_close_frame()  # close() from a worker thread
+    assert close is not None and close[0] == 1000
+    conn.send_close()
+    events = await rec.wait(lambda ev: ev and ev[-1][0] == "disconnect")
+    kind, in_io, ident = events[0]
+    assert (kind, in_io) == ("connect", False)
+    assert ident != threading.get_ident()  # the reactor runs this test's thread
+    assert events[1:11] == [("receive", str(i), False) for i in range(10)]
+    assert events[11] == ("disconnect", 1000, False)
+    assert len(events) == 12
+
+
+@pytest.mark.xfail(strict=True, reason="bridge bug: _write_message hops to the reactor with "
+                   "self._send (Autobahn's, no args): TypeError, the send is lost")
+@pytest_twisted.ensureDeferred
+async def test_thread_handlers_sends_arrive(live):
+    rec = Recorder()
+    server = await live(ws_app(Threaded.as_app(rec=rec)))
+
+    def client():
+        with connect(server.ws_url("/t")) as ws:
+            for i in range(10):
+                ws.send(str(i))
+            try:
+                return [ws.recv(timeout=1) for _ in range(10)]
+            except TimeoutError:
+                return "timed out waiting for the thread handlers' sends"
+
+    assert await in_thread(client) == [f"re:{i}" for i in range(10)]
+    events = await rec.wait(lambda ev: ev and ev[-1][0] == "disconnect")
+    assert events[-1] == ("disconnect", 1000, False)
+
+
+# -- keepalive, lifetime ---------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_keepalive_ping_arrives(live):
+    server = await live(ws_app(Tracker.as_app(rec=Recorder())), ping_interval=0.1)
+    conn = await ws_open(server.port, "/t")
+    assert conn.response()[0] == 101
+    frames = await conn.wait_frames(lambda fs: any(op == 0x9 for op, _ in fs), timeout=3)
+    assert [op for op, _ in frames][:1] == [0x9]
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_pong_drops_the_connection(live):
+    rec = Recorder()
+    server = await live(ws_app(Tracker.as_app(rec=rec)), ping_interval=0.1, ping_timeout=0.2)
+    conn = await ws_open(server.port, "/t")
+    started = time.monotonic()
+    await conn.closed(timeout=3)
+    elapsed = time.monotonic() - started
+    assert 0.25 <= elapsed < 2.5
+    assert not any(op == 0x8 for op, _ in conn.frames())  # dropped, not closed
+    assert await rec.wait(1) == [("disconnect", 1006)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_answered_pings_keep_the_connection_open(live):
+    rec = Recorder()
+    server = await live(ws_app(Tracker.as_app(rec=rec)), ping_interval=0.1, ping_timeout=0.15)
+    conn = await ws_open(server.port, "/t")
+    for count in range(1, 6):  # 5 pings: well past ping_timeout
+        frames = await conn.wait_frames(
+            lambda fs, c=count: sum(op == 0x9 for op, _ in fs) >= c, timeout=3)
+        pings = [p for op, p in frames if op == 0x9]
+        assert len(pings) >= count
+        conn.send_frame(0xA, pings[count - 1])
+    assert not conn.is_closed
+    assert rec.events == []
+    conn.send_close()
+    assert await rec.wait(1) == [("disconnect", 1000)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_lifetime_closes_with_1000(live):
+    rec = Recorder()
+    server = await live(ws_app(Tracker.as_app(rec=rec)), websocket_timeout=0.2)
+    conn = await ws_open(server.port, "/t")
+    started = time.monotonic()
+    close = await conn.wait_close_frame(timeout=3)
+    assert time.monotonic() - started >= 0.15
+    assert close is not None and close[0] == 1000
+    conn.send_close()
+    assert await rec.wait(1) == [("disconnect", 1000)]
+
+
+# -- the connect deadline --------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_half_a_request_is_dropped_at_the_connect_deadline(live):
+    server = await live(ws_app(Tracker.as_app(rec=Recorder())), connect_timeout=0.3)
+    conn = await raw_connect(server.port)
+    conn.write(b"GET /t HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: web")
+    started = time.monotonic()
+    data = await conn.closed(timeout=3)
+    assert 0.25 <= time.monotonic() - started < 2.5
+    assert data == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dribbling_client_is_dropped_at_the_connect_deadline(live):
+    from twisted.internet.task import LoopingCall
+
+    server = await live(ws_app(Tracker.as_app(rec=Recorder())), connect_timeout=0.3)
+    conn = await raw_connect(server.port)
+    conn.write(b"GET /t HTTP/1.1\r\n")
+    dribble = LoopingCall(lambda: conn.is_closed or conn.write(b"X-A: b\r\n"))
+    dribble.start(0.05)
+    started = time.monotonic()
+    try:
+        await conn.closed(timeout=3)
+    finally:
+        dribble.stop()
+    assert 0.25 <= time.monotonic() - started < 2.5
+
+
+@pytest_twisted.ensureDeferred
+async def test_connect_deadline_does_not_touch_an_open_socket(live):
+    server = await live(ws_app(Tracker.as_app(rec=Recorder())), connect_timeout=0.2,
+                        ping_interval=0.1)
+    conn = await ws_open(server.port, "/t")
+    # three keepalive pings: the deadline has long passed
+    await conn.wait_frames(lambda fs: sum(op == 0x9 for op, _ in fs) >= 3, timeout=3)
+    assert not conn.is_closed
+    assert not any(op == 0x8 for op, _ in conn.frames())
+
+
+class NeverAccepts(AsyncWebsocketConsumer):
+    gate: Any = None
+    rec: Any = None
+
+    async def connect(self):
+        self.rec.add("connect")
+        await self.gate
+
+    async def disconnect(self, code):
+        self.rec.add(("disconnect", code))
+
+
+@pytest_twisted.ensureDeferred
+async def test_connect_that_never_accepts_gets_503_at_the_deadline(live):
+    rec, gate = Recorder(), Deferred()
+    server = await live(ws_app(NeverAccepts.as_app(rec=rec, gate=gate)), connect_timeout=0.3)
+    started = time.monotonic()
+    raw = await raw_exchange(server.port, handshake("/t"), timeout=3)
+    assert 0.25 <= time.monotonic() - started < 2.5
+    status, headers, _ = parse_response(raw)
+    assert status == 503
+    assert headers[b"retry-after"]
+    assert not server.site.connections
+    gate.callback(None)  # connect() returns late: nothing is accepted, disconnect follows
+    assert await rec.wait(2) == ["connect", ("disconnect", 1006)]
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_connections(live):
+    server = await live(ws_app(Tracker.as_app(rec=Recorder())), max_connections=2)
+    first = await ws_open(server.port, "/t")
+    second = await ws_open(server.port, "/t")
+    assert first.response()[0] == second.response()[0] == 101
+    status, headers, _ = parse_response(await raw_exchange(server.port, handshake("/t")))
+    assert status == 503
+    assert headers[b"retry-after"]
+    first.send_close()
+    await first.closed(timeout=3)
+    third = await ws_open(server.port, "/t")
+    assert third.response()[0] == 101
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_connections_counts_handshakes_in_progress(live):
+    rec, gate = Recorder(), Deferred()
+    server = await live(ws_app(NeverAccepts.as_app(rec=rec, gate=gate)), max_connections=1)
+    pending = await raw_connect(server.port)
+    pending.write(handshake("/t"))
+    await rec.wait(1)  # its connect() is running
+    status, _, _ = parse_response(await raw_exchange(server.port, handshake("/t")))
+    assert status == 503
+    gate.callback(None)
+
+
+class SlowReader(AsyncWebsocketConsumer):
+    rec: Any = None
+
+    async def connect(self):
+        await self.accept()
+        transport = self._conn.transport
+        pause, resume = transport.pauseProducing, transport.resumeProducing
+
+        def spy_pause():
+            self.rec.add("pause")
+            pause()
+
+        def spy_resume():
+            self.rec.add("resume")
+            resume()
+
+        transport.pauseProducing, transport.resumeProducing = spy_pause, spy_resume
+
+    async def receive(self, text_data=None, bytes_data=None):
+        await later(0.005)
+        await self.send(text_data=text_data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_inflight_loses_nothing_and_keeps_order(live):
+    rec = Recorder()
+    server = await live(ws_app(SlowReader.as_app(rec=rec)), max_inflight=2)
+    conn = await ws_open(server.port, "/t")
+    # one write: the server reads many messages at once while the first is still handled
+    conn.write(b"".join(client_frame(0x1, str(i).encode()) for i in range(40)))
+    frames = await conn.wait_frames(lambda fs: sum(op == 0x1 for op, _ in fs) >= 40, timeout=5)
+    assert [p for op, p in frames if op == 0x1] == [str(i).encode() for i in range(40)]
+    # reading paused past max_inflight and resumed once the queue emptied
+    assert "pause" in rec.events
+    assert rec.events[-1] == "resume"
+
+
+# -- drain -----------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_drain(live):
+    rec = Recorder()
+    server = await live(ws_app(Tracker.as_app(rec=rec)), close_timeout=5)
+    clients = [await ws_open(server.port, "/t") for _ in range(5)]
+    assert all(c.response()[0] == 101 for c in clients)
+    drained = server.site.drain()
+    for c in clients:
+        assert await c.wait_close_frame() == (1001, b"server shutting down")
+    # while the clients have not answered, the server is still draining
+    assert not drained.called
+    status, headers, _ = parse_response(await raw_exchange(server.port, handshake("/t")))
+    assert status == 503 and headers[b"retry-after"]
+    raw = await raw_exchange(server.port, http_request("/readyz"))
+    assert parse_response(raw)[0] == 503
+    for c in clients:
+        c.send_close(1001)
+    await bounded(drained)
+    assert not server.site.connections
+    events = await rec.wait(5)
+    assert events == [("disconnect", 1001)] * 5
+    for c in clients:
+        await c.closed(timeout=3)
+
+
+@pytest_twisted.ensureDeferred
+async def test_drain_drops_silent_clients_after_close_timeout(live):
+    rec = Recorder()
+    server = await live(ws_app(Tracker.as_app(rec=rec)), close_timeout=0.2)
+    clients = [await ws_open(server.port, "/t") for _ in range(3)]
+    started = time.monotonic()
+    await bounded(server.site.drain())
+    assert time.monotonic() - started < 2.5
+    for c in clients:
+        await c.closed(timeout=3)
+        assert time.monotonic() - started < 2.5
+        assert c.frames()[-1] == (0x8, b"\x03\xe9server shutting down")
+    assert await rec.wait(3) == [("disconnect", 1001)] * 3
+
+
+# -- asyncio reactor -------------------------------------------------------------------------
+
+
+def test_smoke_tests_pass_under_the_asyncio_reactor():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/e2e/test_smoke_bridge.py", "--reactor=asyncio",
+         "-q", "-p", "no:cacheprovider"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    passed = re.search(r"(\d+) passed", done.stdout)
+    assert passed and int(passed.group(1)) >= 3, output
+    assert "failed" not in done.stdout, output
