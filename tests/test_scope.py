@@ -1,0 +1,78 @@
+"""Scope building from a parsed request, without I/O."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+from realtime.scope import BadRequest, address_pair, build_scope, decode_path, split_subprotocols
+
+CLIENT = IPv4Address("TCP", "10.0.0.1", 5555)
+SERVER = IPv4Address("TCP", "127.0.0.1", 8000)
+
+
+def scope(kind="websocket", uri=b"/a", headers=(), secure=False, root="", method=b"GET",
+          version=b"HTTP/1.1", client=CLIENT):
+    return build_scope(kind, method, uri, list(headers), client, SERVER, secure, root, version)
+
+
+def test_websocket_scope():
+    s = scope(uri=b"/a%20b/%C3%A9?x=1&y=%20", headers=[
+        (b"Host", [b"example.com"]),
+        (b"X-Multi", [b"One", b"Two"]),
+        (b"Sec-WebSocket-Protocol", [b"chat, json", b" v2 ,,"]),
+    ])
+    assert s["type"] == "websocket"
+    assert s["path"] == "/a b/é"
+    assert s["raw_path"] == b"/a%20b/%C3%A9"
+    assert s["query_string"] == b"x=1&y=%20"
+    assert s["root_path"] == ""
+    assert s["headers"] == [(b"host", b"example.com"), (b"x-multi", b"One"),
+                            (b"x-multi", b"Two"), (b"sec-websocket-protocol", b"chat, json"),
+                            (b"sec-websocket-protocol", b" v2 ,,")]
+    assert s["client"] == ("10.0.0.1", 5555)
+    assert s["server"] == ("127.0.0.1", 8000)
+    assert s["scheme"] == "ws"
+    assert s["subprotocols"] == ["chat", "json", "v2"]
+    assert "method" not in s
+
+
+def test_http_scope():
+    s = scope("http", uri=b"/x?", method=b"post", version=b"HTTP/1.0", secure=True, root="/r")
+    assert s["type"] == "http"
+    assert s["method"] == "POST"
+    assert s["scheme"] == "https"
+    assert s["http_version"] == "1.0"
+    assert s["query_string"] == b""
+    assert s["root_path"] == "/r"
+    assert "subprotocols" not in s
+
+
+def test_secure_websocket_scheme():
+    assert scope(secure=True)["scheme"] == "wss"
+
+
+def test_addresses():
+    assert address_pair(IPv6Address("TCP", "::1", 9)) == ("::1", 9)
+    assert address_pair(UNIXAddress(b"/tmp/sock")) is None
+    assert scope(client=UNIXAddress(b"/tmp/sock"))["client"] is None
+
+
+def test_path_not_utf8_is_bad_request():
+    with pytest.raises(BadRequest):
+        decode_path(b"/%ff")
+    with pytest.raises(BadRequest):
+        scope(uri=b"/%c3")
+    assert issubclass(BadRequest, ValueError)
+
+
+def test_encoded_slash_and_query_mark_stay_in_the_path():
+    s = scope(uri=b"/a%2Fb%3Fc?q")
+    assert s["path"] == "/a/b?c"
+    assert s["raw_path"] == b"/a%2Fb%3Fc"
+    assert s["query_string"] == b"q"
+
+
+def test_split_subprotocols_ignores_other_headers():
+    assert split_subprotocols([(b"x", b"a"), (b"sec-websocket-protocol", b"a,b")]) == ["a", "b"]
+    assert split_subprotocols([]) == []
