@@ -29,6 +29,10 @@ class ServerConfig:
     max_message_size: int = MiB
     max_frame_size: int = MiB
     max_inflight: int = 64
+    #: Outbound bytes waiting for one client before ``slow_consumer`` acts.
+    max_send_buffer: int = MiB
+    #: ``close`` (4008, then abort if the close cannot be written in time) or ``drop``.
+    slow_consumer: str = "close"
     #: Open WebSockets (and handshakes in progress) before new upgrades get 503; 0: none.
     max_connections: int = 0
     root_path: str = ""
@@ -46,7 +50,9 @@ class ServerConfig:
                      "close_timeout", "http_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        for name in ("max_message_size", "max_frame_size", "max_inflight"):
+        if self.slow_consumer not in ("close", "drop"):
+            raise ValueError("slow_consumer must be 'close' or 'drop'")
+        for name in ("max_message_size", "max_frame_size", "max_inflight", "max_send_buffer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_connections < 0:

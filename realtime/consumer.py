@@ -12,13 +12,17 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from twisted.logger import Logger
+
 from realtime.exceptions import AcceptConnection, check_headers
 
 if TYPE_CHECKING:
     from realtime.routing import Scope
     from realtime.websocket import WebSocketConnection
 
-#: The codes an application may close with (RFC 6455 7.4: 1000, and 3000-4999 for apps).
+log = Logger()
+
+
 def check_app_close_code(code: Any) -> int:
     if code is None or code is True:
         return 1000
@@ -37,12 +41,33 @@ class ConsumerApp:
         self.initkwargs = initkwargs
 
     def __call__(self, scope: Scope) -> Any:
+        from realtime.routing import Ready
+
         consumer = self.consumer_class(**self.initkwargs)
         consumer.scope = scope
-        return consumer
+        return Ready(consumer)
 
     def __repr__(self) -> str:
         return f"{self.consumer_class.__name__}.as_app()"
+
+
+def dispatch_event(consumer: Any, event: dict[str, Any]) -> Any:
+    """Call the handler a channel-layer event names: ``chat.message`` -> ``chat_message``.
+
+    A type with no handler is logged and dropped (Channels would kill the connection); a
+    type naming a private attribute is refused.
+    """
+    kind = event.get("type")
+    name = kind.replace(".", "_") if isinstance(kind, str) else ""
+    if not name or name.startswith("_"):
+        log.warn("dropped a channel-layer event with an invalid type {kind!r}", kind=kind)
+        return None
+    handler = getattr(consumer, name, None)
+    if handler is None or not callable(handler):
+        log.info("{consumer} has no handler {name}() for event type {kind!r}; dropped",
+                 consumer=type(consumer).__name__, name=name, kind=kind)
+        return None
+    return handler(event)
 
 
 class AppFactoryMixin:
@@ -96,7 +121,13 @@ class _WebsocketBase(AppFactoryMixin):
             else:
                 message["bytes"] = data
             return self.websocket_receive(message)  # type: ignore[attr-defined]
-        return self.receive(text, data)  # type: ignore[attr-defined]
+        # By keyword, as Channels calls it: ``def receive(self, text_data)`` must work.
+        if text is not None:
+            return self.receive(text_data=text)  # type: ignore[attr-defined]
+        return self.receive(bytes_data=data)  # type: ignore[attr-defined]
+
+    def _on_event(self, event: dict[str, Any]) -> Any:
+        return dispatch_event(self, event)
 
     def _on_disconnect(self, code: int) -> Any:
         return self.websocket_disconnect(  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from realtime.consumer import AppFactoryMixin
+from realtime.consumer import AppFactoryMixin, dispatch_event
 from realtime.exceptions import check_headers
 
 if TYPE_CHECKING:
@@ -26,11 +26,14 @@ class AsyncHttpConsumer(AppFactoryMixin):
     the client goes away before the response is finished."""
 
     scope: Scope
+    #: Groups joined before ``handle()`` runs (left when the response ends).
+    groups: list[str] = []
     channel_layer: Any = None
     channel_name: str | None = None
     _request: Request
     _headers_sent = False
     _finished = False
+    _events: Deferred[Any] | None = None
 
     async def handle(self, body: bytes) -> None:
         raise NotImplementedError("AsyncHttpConsumer subclasses must implement handle(body)")
@@ -73,18 +76,44 @@ class AsyncHttpConsumer(AppFactoryMixin):
         """The client went away before the response was finished."""
 
     # -- the bridge -----------------------------------------------------------------------
-    def _serve(self, request: Request, scope: Scope) -> None:
+    def _serve(self, request: Request, scope: Scope, layer: Any = None) -> None:
         from realtime.middleware import resolve
 
         self._request = request
-        self.scope = scope
-        request.notifyFinish().addErrback(self._lost)
+        if getattr(self, "scope", None) is None:
+            self.scope = scope
+        if layer is not None:
+            self.channel_layer = layer
+            self.channel_name = layer.attach(self)
+            for group in self.groups:
+                layer.group_add(group, self.channel_name)
+        request.notifyFinish().addBoth(self._ended)
         body = request.content.read() if request.content is not None else b""
         d = Deferred.fromCoroutine(resolve(self.handle(body)))
         d.addErrback(self._failed)
+        self._events = d
 
-    def _lost(self, failure: Failure) -> None:
-        if not self._finished:
+    # -- channel-layer events: one at a time, after handle() (long-poll, SSE) -------------------
+    def deliver(self, event: dict[str, Any]) -> None:
+        if self._finished or self._events is None:
+            return
+        from realtime.middleware import resolve
+
+        def run(_: Any) -> Any:
+            if self._finished:
+                return None
+            return Deferred.fromCoroutine(resolve(dispatch_event(self, event)))
+
+        self._events.addCallback(run).addErrback(self._failed)
+
+    def deliver_frame(self, frame: bytes) -> bool:
+        """``broadcast()`` frames are WebSocket frames: not for an HTTP response."""
+        return False
+
+    def _ended(self, result: Any) -> None:
+        if self.channel_layer is not None and self.channel_name is not None:
+            self.channel_layer.detach(self.channel_name)
+        if isinstance(result, Failure) and not self._finished:
             self._finished = True
             Deferred.fromCoroutine(self.disconnect()).addErrback(
                 lambda f: log.failure("disconnect() raised", f)

@@ -19,6 +19,40 @@ Scope = dict[str, Any]
 Application = Callable[[Scope], Any]
 
 
+class Ready:
+    """An application's result that is already there, made awaitable.
+
+    Routers and ``Consumer.as_app()`` return one so that middleware can always write
+    ``return await self.inner(scope)``; the bridge unwraps it without a coroutine.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self) -> Any:
+        return self.value
+        yield  # a generator: ``await`` finishes at once with ``value``
+
+
+def ready(result: Any) -> Any:
+    """``result`` if it is awaitable already, else ``Ready(result)``."""
+    if isinstance(result, Ready) or hasattr(result, "__await__"):
+        return result
+    return Ready(result)
+
+
+class _ResourceApp:
+    """A twisted.web resource used directly as a route's application."""
+
+    def __init__(self, resource: Any) -> None:
+        self.resource = resource
+
+    def __call__(self, scope: Scope) -> Ready:
+        return Ready(self.resource)
+
+
 class Converter(Protocol):
     regex: str
 
@@ -91,7 +125,14 @@ class Route:
         is_regex: bool,
     ) -> None:
         if not callable(app):
-            raise TypeError(f"route {pattern!r}: the application must be callable")
+            from twisted.web.resource import IResource
+
+            if not IResource.providedBy(app):
+                raise TypeError(
+                    f"route {pattern!r}: the application must be callable or a twisted.web "
+                    "resource"
+                )
+            app = _ResourceApp(app)
         self.pattern = pattern
         self.app = app
         self.kwargs = dict(kwargs or {})
@@ -232,7 +273,7 @@ class URLRouter:
             "args": tuple(outer["args"]) + args,
             "kwargs": {**outer["kwargs"], **kwargs},
         }
-        return route.app(new_scope)
+        return ready(route.app(new_scope))
 
 
 class ProtocolTypeRouter:
@@ -248,7 +289,7 @@ class ProtocolTypeRouter:
         app = self.application_mapping.get(scope["type"])
         if app is None:
             raise NoRoute(str(scope.get("path", "")))
-        return app(scope)
+        return ready(app(scope))
 
 
 class ChannelNameRouter:
@@ -266,7 +307,7 @@ class ChannelNameRouter:
             raise ValueError(
                 f"no application configured for channel {scope['channel']!r}"
             ) from None
-        return app(scope)
+        return ready(app(scope))
 
 
 def route_matches(app: Any, scope: Scope, depth: int = 32) -> bool:

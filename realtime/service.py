@@ -62,11 +62,20 @@ class ListenerService(Service):
 class RealtimeService(MultiService):
     """The parent: on stop, drain every site, then close the listeners."""
 
-    def __init__(self, sites: list[RealtimeSite], reactor: Any, shutdown_timeout: float) -> None:
+    def __init__(
+        self, sites: list[RealtimeSite], reactor: Any, shutdown_timeout: float, layer: Any = None
+    ) -> None:
         super().__init__()
         self.sites = sites
         self.reactor = reactor
         self.shutdown_timeout = shutdown_timeout
+        self.layer = layer
+
+    def startService(self) -> None:
+        super().startService()
+        start = getattr(self.layer, "start", None)
+        if start is not None:
+            start(self.reactor)
 
     def stopService(self) -> Deferred[Any]:
         count = sum(len(site.connections) for site in self.sites)
@@ -83,7 +92,10 @@ class RealtimeService(MultiService):
             # with status 0 (DESIGN.md, "Drain").
             if getattr(self.reactor, "_exitSignal", None) is not None:
                 self.reactor._exitSignal = None
-            return MultiService.stopService(self)
+            stopped = MultiService.stopService(self)
+            if self.layer is not None:
+                stopped.addBoth(lambda result: self.layer.close().addBoth(lambda _: result))
+            return stopped
 
         drained.addCallback(_stop)
         return drained

@@ -21,7 +21,7 @@ from twisted.web import http, resource, server
 from realtime.config import ServerConfig
 from realtime.exceptions import NoRoute, Refuse
 from realtime.http import AsyncHttpConsumer
-from realtime.routing import route_matches
+from realtime.routing import Ready, route_matches
 from realtime.scope import BadRequest, build_scope
 from realtime.websocket import WebSocketConnection, make_factory
 
@@ -123,10 +123,21 @@ class RealtimeSite(server.Site):
     displayTracebacks = False
     noisy = False
 
-    def __init__(self, application: Any, config: ServerConfig, reactor: Any) -> None:
+    def __init__(
+        self, application: Any, config: ServerConfig, reactor: Any, layer: Any = None
+    ) -> None:
         super().__init__(resource.Resource(), reactor=reactor, timeout=config.http_timeout)
         self.application = application
         self.config = config
+        if layer is None:
+            from realtime.layers import get_channel_layer
+
+            layer = get_channel_layer()
+        #: The channel layer every consumer of this site gets (``self.channel_layer``).
+        self.layer = layer
+        #: Messages the slow-consumer policy skipped, and sockets it closed.
+        self.dropped_messages = 0
+        self.slow_consumer_closes = 0
         self.ws_factory = make_factory(config, reactor)
         #: Every WebSocket, from the start of its handshake to the end of its close.
         self.connections: set[WebSocketConnection] = set()
@@ -239,6 +250,8 @@ class RealtimeSite(server.Site):
         except BaseException as exc:
             self._http_failed(Failure(exc), request, scope)
             return
+        if type(result) is Ready:
+            result = result.value
         if isinstance(result, Deferred) or hasattr(result, "__await__"):
             from realtime.middleware import resolve
 
@@ -252,7 +265,7 @@ class RealtimeSite(server.Site):
         if request.finished or request._disconnected:
             return
         if isinstance(result, AsyncHttpConsumer):
-            result._serve(request, scope)
+            result._serve(request, scope, self.layer)
         elif resource.IResource.providedBy(result):
             request.render(resource.getChildForRequest(result, request))
         else:

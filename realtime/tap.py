@@ -129,6 +129,13 @@ class Options(usage.Options):
         ["max-inflight", None, "64",
          "Inbound messages queued per connection before reading pauses."],
         ["max-connections", None, "0", "Open WebSockets before upgrades get 503 (0: none)."],
+        ["max-send-buffer", None, "1MiB",
+         "Outbound bytes waiting per connection before --slow-consumer acts."],
+        ["slow-consumer", None, "close",
+         "close (4008, abort if the close cannot be written in time) or drop (skip, count)."],
+        ["layer", None, "memory",
+         "Channel layer: memory, redis://host:port/db, rediss://..., unix:///path, "
+         "redis+sentinel://h1:p1,h2:p2/master/db."],
         ["root-path", None, "", "Prefix stripped from paths before routing (e.g. /ws)."],
         ["shutdown-timeout", None, "10", "Seconds to drain sockets on SIGTERM/SIGINT."],
         ["health-path", None, "/healthz", "Liveness path (200 while running; '' turns it off)."],
@@ -181,6 +188,7 @@ class Options(usage.Options):
                                "realtime.examples.bench:application)")
         self.config = self._build_config()
         self.listeners = self._build_listeners()
+        self.layer = self._build_layer()
         self.application = load_application(self["app"])
 
     def _build_config(self) -> ServerConfig:
@@ -203,11 +211,28 @@ class Options(usage.Options):
             max_frame_size=_size("max-frame-size", self["max-frame-size"]),
             max_inflight=_count("max-inflight", self["max-inflight"], 1),
             max_connections=_count("max-connections", self["max-connections"], 0),
+            max_send_buffer=_size("max-send-buffer", self["max-send-buffer"]),
+            slow_consumer=self._choice("slow-consumer", ("close", "drop")),
             root_path=root_path,
             shutdown_timeout=_seconds("shutdown-timeout", self["shutdown-timeout"]),
             health_path=self["health-path"],
             ready_path=self["ready-path"],
         )
+
+    def _choice(self, name: str, allowed: tuple[str, ...]) -> str:
+        value = self[name]
+        if value not in allowed:
+            raise StartupError(f"--{name}: expected one of {', '.join(allowed)}, got {value!r}")
+        return str(value)
+
+    def _build_layer(self) -> Any:
+        """The layer, built (not connected) now so a bad URL stops start-up."""
+        from realtime.layers import layer_from_url
+
+        try:
+            return layer_from_url(self["layer"])
+        except ValueError as exc:
+            raise StartupError(f"--layer: {exc}") from None
 
     def _build_listeners(self) -> list[tuple[str, Any]]:
         """(description, how to build the endpoint) pairs, each checked now."""
@@ -291,14 +316,17 @@ def makeService(options: Options) -> Any:
     sites: list[RealtimeSite] = []
     listeners: list[ListenerService] = []
     for description, spec in options.listeners:
-        site = RealtimeSite(options.application, options.config, reactor)
+        site = RealtimeSite(options.application, options.config, reactor, options.layer)
         if isinstance(spec, tuple):
             endpoint = AdoptedStreamServerEndpoint(reactor, spec[0], spec[1])
         else:
             endpoint = serverFromString(reactor, spec)
         sites.append(site)
         listeners.append(ListenerService(endpoint, description, site))
-    service = RealtimeService(sites, reactor, options.config.shutdown_timeout)
+    from realtime.layers import set_channel_layer
+
+    set_channel_layer(options.layer)
+    service = RealtimeService(sites, reactor, options.config.shutdown_timeout, options.layer)
     for listener in listeners:
         listener.setServiceParent(service)
     return service

@@ -37,6 +37,7 @@ from realtime.exceptions import (
     Refuse,
     StopConsumer,
 )
+from realtime.routing import Ready
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -152,6 +153,12 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._lifetime_call: Any = None
         self._close_call: Any = None
         self._closed_code: int | None = None
+        self.channel_name: str | None = None
+        # Outbound flow control: frames wait here while the transport's buffer is full.
+        self._write_paused = False
+        self._outq: deque[bytes] = deque()
+        self._outq_bytes = 0
+        self._slow_closing = False
 
     # -- handshake (twisted.web owns the socket) --------------------------------------------
     def start(self) -> None:
@@ -163,6 +170,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         except BaseException as exc:
             self._app_failed(Failure(exc))
             return
+        if type(result) is Ready:
+            result = result.value
         if isinstance(result, Deferred) or hasattr(result, "__await__"):
             from realtime.middleware import resolve
 
@@ -191,9 +200,19 @@ class WebSocketConnection(WebSocketServerProtocol):
             self.refuse(Refuse(500))
             return
         self.consumer = consumer
-        consumer.scope = self.scope
+        # The router gave the consumer its own copy of the scope (url_route, ...): keep it.
+        if getattr(consumer, "scope", None) is None:
+            consumer.scope = self.scope
+        else:
+            self.scope = consumer.scope
         consumer._conn = self
         self._threaded = bool(getattr(consumer, "thread_handlers", False))
+        layer = self.site.layer
+        if layer is not None:
+            consumer.channel_layer = layer
+            self.channel_name = consumer.channel_name = layer.attach(self)
+            for group in getattr(consumer, "groups", ()):
+                layer.group_add(group, self.channel_name)
         self._run(consumer._on_connect)
 
     def _handshake_lost(self, failure: Failure) -> None:
@@ -263,6 +282,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         else:
             transport.protocol = self
         self.makeConnection(transport)
+        transport.registerProducer(self, True)
         transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
         self.websocket_version = 13
         self.websocket_protocols = self.scope["subprotocols"]
@@ -289,18 +309,85 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._write_message(0x2, data)
 
     def _write_message(self, opcode: int, payload: bytes) -> None:
-        if self._call_in_io_thread(self._send, opcode, payload):
+        if self._call_in_io_thread(self._write_message, opcode, payload):
             return
         if self.in_handshake:
             # Daphne and Channels accept implicitly on a send before accept.
             self.accept()
         if self.state != _OPEN:
             raise ConnectionClosed("send on a WebSocket that is closing or closed")
-        transport: Any = self.transport
         if len(payload) < 16384:
-            transport.write(frame_header(opcode, len(payload)) + payload)
+            self._write(frame_header(opcode, len(payload)) + payload)
         else:
-            transport.writeSequence((frame_header(opcode, len(payload)), payload))
+            self._write(frame_header(opcode, len(payload)), payload)
+
+    # -- outbound flow control -----------------------------------------------------------------
+    def _write(self, data: bytes, more: bytes | None = None) -> bool:
+        """Write whole frames; while the transport's buffer is full they wait in our queue,
+        and a frame that would be queued while more than ``max_send_buffer`` bytes already
+        wait makes the slow-consumer policy act (one large send to an idle client still goes
+        out: the check is on what already waits). True when written or queued."""
+        if not self._write_paused and not self._outq:
+            transport: Any = self.transport
+            transport.write(data)
+            if more is not None:
+                transport.write(more)
+            return True
+        if self._outq_bytes > self.config.max_send_buffer:
+            self._slow_consumer()
+            return False
+        self._outq.append(data)
+        self._outq_bytes += len(data)
+        if more is not None:
+            self._outq.append(more)
+            self._outq_bytes += len(more)
+        return True
+
+    def pauseProducing(self) -> None:
+        """The transport's write buffer is full (we are its registered producer)."""
+        self._write_paused = True
+
+    def resumeProducing(self) -> None:
+        """The transport drained: hand it queued frames until it fills up again."""
+        self._write_paused = False
+        transport: Any = self.transport
+        queue = self._outq
+        while queue and not self._write_paused and transport is not None:
+            data = queue.popleft()
+            self._outq_bytes -= len(data)
+            transport.write(data)
+
+    def stopProducing(self) -> None:
+        self._outq.clear()
+        self._outq_bytes = 0
+
+    def _flush_queue(self) -> None:
+        """Before a close frame: everything queued goes first, in order."""
+        transport: Any = self.transport
+        while self._outq and transport is not None:
+            transport.write(self._outq.popleft())
+        self._outq_bytes = 0
+
+    def _slow_consumer(self) -> None:
+        if self.config.slow_consumer == "drop":
+            self.site.dropped_messages += 1
+            return
+        if self._slow_closing or self.state != _OPEN:
+            return
+        self._slow_closing = True
+        self.site.slow_consumer_closes += 1
+        log.info("closing {peer}: slow consumer ({queued} bytes waiting)", peer=self.peer,
+                 queued=self._outq_bytes)
+        # What waits is dropped: the close frame goes straight to the transport (which holds
+        # only whole frames), and the close deadline aborts if it cannot be written in time.
+        self._outq.clear()
+        self._outq_bytes = 0
+        self._closed_code = 4008
+        self.sendCloseFrame(code=4008, reasonUtf8=b"slow consumer", isReply=False)
+        if self._close_call is None:
+            self._close_call = self.reactor.callLater(
+                self.config.close_timeout, self._close_deadline
+            )
 
     def close(self, code: int = 1000, reason: str | None = None) -> None:
         """Close with an application code (checked by the consumer); before accept: 403."""
@@ -325,6 +412,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         if self.state != _OPEN:
             return
         self._closed_code = code
+        self._flush_queue()
         self.sendCloseFrame(code=code, reasonUtf8=truncate_reason(reason), isReply=False)
         if self._close_call is None and self.state == _CLOSING:
             self._close_call = self.reactor.callLater(
@@ -350,6 +438,22 @@ class WebSocketConnection(WebSocketServerProtocol):
             self.reactor.callFromThread(method, *args)
             return True
         return False
+
+    # -- channel-layer delivery (a Receiver for realtime.layers) ---------------------------------
+    def deliver(self, event: dict[str, Any]) -> None:
+        """A layer event: handled in order with this connection's messages."""
+        if not self.finished and self.consumer is not None:
+            self._run(self.consumer._on_event, event)
+
+    def deliver_frame(self, frame: bytes) -> bool:
+        """``broadcast()``: one prepared frame, written unless this socket is not open."""
+        if self.state != _OPEN or self.in_handshake or self._slow_closing:
+            return False
+        return self._write(frame)
+
+    def _detach(self) -> None:
+        if self.channel_name is not None:
+            self.site.layer.detach(self.channel_name)
 
     # -- Autobahn callbacks --------------------------------------------------------------------
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -448,7 +552,8 @@ class WebSocketConnection(WebSocketServerProtocol):
                 handler, args = pending.popleft()
             self._busy = True
             try:
-                if self._threaded:
+                # The bridge's own steps (detaching from the layer) stay on the reactor thread.
+                if self._threaded and getattr(handler, "__self__", None) is not self:
                     result: Any = self._in_thread(handler, args)
                 else:
                     result = handler(*args)
@@ -513,5 +618,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         self.disconnect_code = code
         self._cancel_timers()
         self.site.closed(self)
+        self._outq.clear()
+        self._outq_bytes = 0
         if self.consumer is not None:
             self._run(self.consumer._on_disconnect, code)
+            self._run(self._detach)

@@ -114,7 +114,8 @@ def test_as_app_and_as_asgi(cls):
         greeting = "hi"
 
     app = C.as_app(greeting="hello")
-    first, second = app({"type": "x"}), C.as_asgi(greeting="hello")({"type": "y"})
+    first = app({"type": "x"}).value
+    second = C.as_asgi(greeting="hello")({"type": "y"}).value
     assert isinstance(first, C) and first is not second
     assert first.greeting == "hello"
     assert first.scope == {"type": "x"}

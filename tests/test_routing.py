@@ -13,12 +13,19 @@ from realtime.middleware import BaseMiddleware
 from realtime.routing import (
     ChannelNameRouter,
     ProtocolTypeRouter,
+    Ready,
     URLRouter,
     path,
     re_path,
     register_converter,
     route_matches,
 )
+
+
+def call(app, scope):
+    """Call a router and unwrap the ``Ready`` it returns (what the bridge does)."""
+    result = app(scope)
+    return result.value if isinstance(result, Ready) else result
 
 
 def leaf(tag: str) -> Any:
@@ -56,7 +63,7 @@ def converters(monkeypatch):
     ],
 )
 def test_converters_match(pattern, url, kwargs):
-    tag, scope = URLRouter([path(pattern, leaf("x"))])(ws(url))
+    tag, scope = call(URLRouter([path(pattern, leaf("x"))]), ws(url))
     assert tag == "x"
     assert scope["url_route"] == {"args": (), "kwargs": kwargs}
     assert type(scope["url_route"]["kwargs"][next(iter(kwargs))]) is type(next(iter(
@@ -83,7 +90,7 @@ def test_converters_match(pattern, url, kwargs):
 )
 def test_converters_refuse(pattern, url):
     with pytest.raises(NoRoute) as info:
-        URLRouter([path(pattern, leaf("x"))])(ws(url))
+        call(URLRouter([path(pattern, leaf("x"))]), ws(url))
     assert info.value.status == 404
 
 
@@ -117,18 +124,18 @@ class Year:
 def test_register_converter(converters):
     register_converter(Year, "yyyy")
     router = URLRouter([path("y/<yyyy:year>", leaf("y")), path("y/<str:other>", leaf("s"))])
-    tag, scope = router(ws("/y/2024"))
+    tag, scope = call(router, ws("/y/2024"))
     assert (tag, scope["url_route"]["kwargs"]) == ("y", {"year": 2024})
     # to_python raising ValueError means "no match": the next route tries
-    tag, scope = router(ws("/y/1800"))
+    tag, scope = call(router, ws("/y/1800"))
     assert (tag, scope["url_route"]["kwargs"]) == ("s", {"other": "1800"})
     with pytest.raises(NoRoute):
-        URLRouter([path("y/<yyyy:year>", leaf("y"))])(ws("/y/24"))
+        call(URLRouter([path("y/<yyyy:year>", leaf("y"))]), ws("/y/24"))
 
 
 def test_register_converter_instance_and_bad_converter(converters):
     register_converter(Year(), "year2")
-    tag, _ = URLRouter([path("<year2:y>", leaf("y"))])(ws("/1999"))
+    tag, _ = call(URLRouter([path("<year2:y>", leaf("y"))]), ws("/1999"))
     assert tag == "y"
     with pytest.raises(TypeError):
         register_converter(object, "bad")
@@ -139,13 +146,13 @@ def test_register_converter_instance_and_bad_converter(converters):
 
 def test_extra_kwargs_are_merged():
     router = URLRouter([path("r/<int:n>", leaf("x"), kwargs={"flag": True, "n2": 2}, name="r")])
-    _, scope = router(ws("/r/5"))
+    _, scope = call(router, ws("/r/5"))
     assert scope["url_route"]["kwargs"] == {"n": 5, "flag": True, "n2": 2}
 
 
 def test_extra_kwargs_win_over_captures():
     # Django: extra kwargs override captured ones of the same name
-    _, scope = URLRouter([path("r/<int:n>", leaf("x"), kwargs={"n": 0})])(ws("/r/5"))
+    _, scope = call(URLRouter([path("r/<int:n>", leaf("x"), kwargs={"n": 0})]), ws("/r/5"))
     assert scope["url_route"]["kwargs"] == {"n": 0}
 
 
@@ -155,25 +162,25 @@ def test_re_path_named_and_positional_groups():
         re_path(r"^pos/(\d+)/(\w+)$", leaf("pos"), kwargs={"k": 1}),
         re_path(r"^opt/(?P<a>\d+)?$", leaf("opt")),
     ])
-    tag, scope = router(ws("/named/lobby/"))
+    tag, scope = call(router, ws("/named/lobby/"))
     assert (tag, scope["url_route"]) == ("named", {"args": (), "kwargs": {"room": "lobby"}})
-    tag, scope = router(ws("/pos/7/abc"))
+    tag, scope = call(router, ws("/pos/7/abc"))
     assert (tag, scope["url_route"]) == ("pos", {"args": ("7", "abc"), "kwargs": {"k": 1}})
-    tag, scope = router(ws("/opt/"))
+    tag, scope = call(router, ws("/opt/"))
     assert (tag, scope["url_route"]) == ("opt", {"args": (), "kwargs": {}})
     with pytest.raises(NoRoute):
-        router(ws("/named/lobby"))
+        call(router, ws("/named/lobby"))
 
 
 def test_re_path_without_anchor_end_is_a_prefix():
     # like Django: re_path without "$" matches a prefix
-    tag, _ = URLRouter([re_path(r"^chat/", leaf("c"))])(ws("/chat/anything/here"))
+    tag, _ = call(URLRouter([re_path(r"^chat/", leaf("c"))]), ws("/chat/anything/here"))
     assert tag == "c"
 
 
 def test_first_match_wins():
     router = URLRouter([path("a/<str:x>", leaf("first")), path("a/b", leaf("second"))])
-    assert router(ws("/a/b"))[0] == "first"
+    assert call(router, ws("/a/b"))[0] == "first"
 
 
 # -- nesting ---------------------------------------------------------------------------------
@@ -187,22 +194,22 @@ def test_nesting_accumulates_url_route_and_sets_path_remaining():
     outer = URLRouter([
         re_path(r"^v(\d)/", URLRouter([path("rooms/<slug:room>/", inner)])),
     ])
-    tag, scope = outer(ws("/v1/rooms/lobby/msg/5"))
+    tag, scope = call(outer, ws("/v1/rooms/lobby/msg/5"))
     assert tag == "msg"
     assert scope["url_route"] == {"args": ("1",), "kwargs": {"room": "lobby", "n": 5,
                                                              "extra": "x"}}
     assert scope["path_remaining"] == ""
     assert scope["path"] == "/v1/rooms/lobby/msg/5"  # the full path is untouched
-    tag, scope = outer(ws("/v1/rooms/lobby/re/9"))
+    tag, scope = call(outer, ws("/v1/rooms/lobby/re/9"))
     assert scope["url_route"] == {"args": ("1", "9"), "kwargs": {"room": "lobby"}}
 
 
 def test_nested_router_matches_path_remaining():
     inner = URLRouter([path("x", leaf("x"))])
-    tag, scope = inner(ws("/ignored/x", path_remaining="x"))
+    tag, scope = call(inner, ws("/ignored/x", path_remaining="x"))
     assert (tag, scope["path_remaining"]) == ("x", "")
     with pytest.raises(NoRoute):
-        inner(ws("/x", path_remaining="y"))
+        call(inner, ws("/x", path_remaining="y"))
 
 
 def test_middleware_between_routers_keeps_the_prefix():
@@ -218,8 +225,8 @@ def test_prefix_whose_inner_routes_miss_lets_the_next_route_try():
         path("rooms/", URLRouter([path("<int:n>", leaf("int"))])),
         path("rooms/<str:name>", leaf("name")),
     ])
-    assert outer(ws("/rooms/5"))[0] == "int"
-    tag, scope = outer(ws("/rooms/lobby"))
+    assert call(outer, ws("/rooms/5"))[0] == "int"
+    tag, scope = call(outer, ws("/rooms/lobby"))
     assert (tag, scope["url_route"]["kwargs"]) == ("name", {"name": "lobby"})
 
 
@@ -227,7 +234,7 @@ def test_url_route_of_the_outer_scope_is_not_mutated():
     inner = URLRouter([path("<int:n>", leaf("n"))])
     outer = URLRouter([path("<str:room>/", inner)])
     original = ws("/lobby/3")
-    _, scope = outer(original)
+    _, scope = call(outer, original)
     assert "url_route" not in original
     assert "path_remaining" not in original
     assert scope["url_route"]["kwargs"] == {"room": "lobby", "n": 3}
@@ -238,39 +245,39 @@ def test_url_route_of_the_outer_scope_is_not_mutated():
 
 def test_root_path_is_stripped():
     router = URLRouter([path("echo", leaf("echo"))])
-    tag, scope = router(ws("/ws/echo", root_path="/ws"))
+    tag, scope = call(router, ws("/ws/echo", root_path="/ws"))
     assert tag == "echo"
     assert scope["root_path"] == "/ws"
     with pytest.raises(NoRoute):
-        router(ws("/echo", root_path="/ws"))
+        call(router, ws("/echo", root_path="/ws"))
     with pytest.raises(NoRoute):
-        router(ws("/other/echo", root_path="/ws"))
+        call(router, ws("/other/echo", root_path="/ws"))
 
 
 def test_no_route_is_404_with_the_path():
     with pytest.raises(NoRoute) as info:
-        URLRouter([path("a", leaf("a"))])(ws("/b"))
+        call(URLRouter([path("a", leaf("a"))]), ws("/b"))
     assert info.value.status == 404
     assert info.value.path == "/b"
 
 
 def test_protocol_type_router():
     router = ProtocolTypeRouter({"websocket": leaf("ws"), "http": leaf("http")})
-    assert router(ws("/"))[0] == "ws"
-    assert router({"type": "http", "path": "/"})[0] == "http"
+    assert call(router, ws("/"))[0] == "ws"
+    assert call(router, {"type": "http", "path": "/"})[0] == "http"
     with pytest.raises(NoRoute):
-        ProtocolTypeRouter({"websocket": leaf("ws")})({"type": "http", "path": "/"})
+        call(ProtocolTypeRouter({"websocket": leaf("ws")}), {"type": "http", "path": "/"})
     with pytest.raises(TypeError):
         ProtocolTypeRouter({"websocket": "not callable"})  # type: ignore[dict-item]
 
 
 def test_channel_name_router():
     router = ChannelNameRouter({"thumbnails": leaf("t")})
-    assert router({"type": "channel", "channel": "thumbnails"})[0] == "t"
+    assert call(router, {"type": "channel", "channel": "thumbnails"})[0] == "t"
     with pytest.raises(ValueError):
-        router({"type": "channel", "channel": "other"})
+        call(router, {"type": "channel", "channel": "other"})
     with pytest.raises(ValueError):
-        router({"type": "channel"})
+        call(router, {"type": "channel"})
 
 
 # -- route_matches ---------------------------------------------------------------------------

@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred
 from websockets.exceptions import ConnectionClosed as ClientClosed
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from realtime import (
+    AcceptConnection,
     AsyncJsonWebsocketConsumer,
     AsyncWebsocketConsumer,
     BaseMiddleware,
@@ -27,6 +29,7 @@ from realtime import (
     JsonWebsocketConsumer,
     ProtocolTypeRouter,
     Refuse,
+    StopConsumer,
     URLRouter,
     WebsocketConsumer,
     path,
@@ -36,9 +39,11 @@ from realtime.examples.bench import application as bench_app
 from tests.clients import (
     Recorder,
     captured_log,
+    client_frame,
     handshake,
     in_thread,
     parse_response,
+    raw_connect,
     raw_exchange,
     ws_open,
 )
@@ -116,8 +121,6 @@ class TutorialChatConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps({"message": message, "room": self.room_name}))
 
 
-@pytest.mark.xfail(strict=True, reason="bridge bug: consumer.scope loses url_route, and "
-                   "receive(self, text_data) gets a TypeError (called with two positionals)")
 @pytest_twisted.ensureDeferred
 async def test_channels_tutorial_consumer_ports_by_changing_imports(live):
     websocket_urlpatterns = [
@@ -140,8 +143,6 @@ class OneArgReceive(AsyncWebsocketConsumer):
         await self.send(text_data=text_data.upper())
 
 
-@pytest.mark.xfail(strict=True, reason="bridge bug: _on_receive calls receive(text, data) "
-                   "positionally; Channels calls receive(text_data=...) by keyword")
 @pytest_twisted.ensureDeferred
 async def test_receive_with_channels_one_argument_signature(live):
     server = await live(ws_app(OneArgReceive.as_asgi()))
@@ -216,8 +217,6 @@ class UserMiddleware(BaseMiddleware):
         scope["user"] = "bob"
 
 
-@pytest.mark.xfail(strict=True, reason="bridge bug: consumer.scope is reset to the bridge's "
-                   "scope in _got_consumer, losing what middleware and routers added")
 @pytest_twisted.ensureDeferred
 async def test_middleware_scope_changes_reach_the_consumer(live):
     server = await live(ProtocolTypeRouter({
@@ -232,8 +231,6 @@ async def test_middleware_scope_changes_reach_the_consumer(live):
     assert await in_thread(client) == "bob"
 
 
-@pytest.mark.xfail(strict=True, reason="bridge bug: `await self.inner(scope)` fails: URLRouter "
-                   "and as_app() return a consumer, not an awaitable (TypeError -> 500)")
 @pytest_twisted.ensureDeferred
 async def test_middleware_written_as_documented(live):
     server = await live(ProtocolTypeRouter({
@@ -805,8 +802,6 @@ async def test_nested_routers_and_converters_route(live, nested_app):
         assert status == 404, bad
 
 
-@pytest.mark.xfail(strict=True, reason="bridge bug: consumer.scope is reset to the bridge's "
-                   "scope in _got_consumer: url_route and path_remaining are lost")
 @pytest_twisted.ensureDeferred
 async def test_url_route_reaches_the_consumer(live, nested_app):
     server = await live(nested_app)
@@ -824,3 +819,164 @@ async def test_url_route_reaches_the_consumer(live, nested_app):
     assert scope["url_route"]["kwargs"] == {"room": "r1", "year": 2024}
     scope = await scope_of(server.port, "/v2/plain")
     assert scope["url_route"]["kwargs"] == {"version": "2"}
+
+
+# -- Channels' other hooks -------------------------------------------------------------------
+
+
+class Hooks(WebsocketConsumer):
+    rec: Any = None
+
+    def connect(self):
+        if self.scope["query_string"] == b"stop":
+            raise StopConsumer()
+        raise AcceptConnection()
+
+    def receive(self, text_data=None, bytes_data=None):
+        if text_data == "stop":
+            raise StopConsumer()
+        self.send(text_data="ok")
+
+    def disconnect(self, code):
+        self.rec.add(code)
+
+
+@pytest_twisted.ensureDeferred
+async def test_accept_connection_and_stop_consumer(live):
+    rec = Recorder()
+    server = await live(ws_app(Hooks.as_app(rec=rec)))
+    got, frame = await in_thread(client_close, server.ws_url("/t"), "hi", "stop")
+    assert got == ["ok"]
+    assert frame.code == 1000
+    status, _, _ = await refused(server.port, "/t?stop")
+    assert status == 403
+    assert await rec.wait(2) == [1000, 1006]
+
+
+class RawHandlers(WebsocketConsumer):
+    rec: Any = None
+
+    def websocket_connect(self, message):
+        self.rec.add(message)
+        self.accept()
+
+    def websocket_receive(self, message):
+        self.rec.add(message)
+        self.send(text_data="raw")
+
+    def websocket_disconnect(self, message):
+        self.rec.add(message)
+
+
+@pytest_twisted.ensureDeferred
+async def test_raw_websocket_handlers_get_event_dicts(live):
+    rec = Recorder()
+    server = await live(ws_app(RawHandlers.as_app(rec=rec)))
+
+    def client():
+        with connect(server.ws_url("/t")) as ws:
+            ws.send("a")
+            ws.send(b"b")
+            return [ws.recv(timeout=5), ws.recv(timeout=5)]
+
+    assert await in_thread(client) == ["raw", "raw"]
+    events = await rec.wait(4)
+    assert events == [{"type": "websocket.connect"},
+                      {"type": "websocket.receive", "text": "a"},
+                      {"type": "websocket.receive", "bytes": b"b"},
+                      {"type": "websocket.disconnect", "code": 1000}]
+
+
+class LateAccept(AsyncWebsocketConsumer):
+    gate: Any = None
+
+    async def connect(self):
+        if self.gate is not None:
+            await self.gate
+        await self.accept()
+
+    async def receive(self, text_data=None, bytes_data=None):
+        await self.send(text_data="echo:" + (text_data or bytes_data.decode()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_frames_sent_with_the_handshake_are_not_lost(live):
+    server = await live(ws_app(LateAccept.as_app()))
+    conn = await raw_connect(server.port)
+    # the handshake and two frames in one write: the frames arrive before accept()
+    conn.write(handshake("/t") + client_frame(0x1, b"one") + client_frame(0x2, b"two"))
+    frames = await conn.wait_frames(2)
+    assert conn.data.startswith(b"HTTP/1.1 101 ")
+    assert frames == [(0x1, b"echo:one"), (0x1, b"echo:two")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_frames_sent_while_connect_runs_are_not_lost(live):
+    gate = Deferred()
+    server = await live(ws_app(LateAccept.as_app(gate=gate)))
+    conn = await raw_connect(server.port)
+    conn.write(handshake("/t"))
+    await conn.wait_for(lambda d: False, timeout=0.05)  # let the request be parsed
+    conn.send_text("early")
+    conn.send_text("early2")
+    gate.callback(None)
+    frames = await conn.wait_frames(2)
+    assert frames == [(0x1, b"echo:early"), (0x1, b"echo:early2")]
+
+
+class BigSender(WebsocketConsumer):
+    def receive(self, text_data=None, bytes_data=None):
+        self.send(bytes_data=bytearray(b"z" * 300_000))
+
+
+@pytest_twisted.ensureDeferred
+async def test_sends_are_not_limited_by_max_message_size(live):
+    server = await live(ws_app(BigSender.as_app()), max_message_size=1000, max_frame_size=1000)
+
+    def client():
+        with connect(server.ws_url("/t"), max_size=None) as ws:
+            ws.send("go")
+            return ws.recv(timeout=5)
+
+    assert await in_thread(client) == b"z" * 300_000
+
+
+@pytest_twisted.ensureDeferred
+async def test_fragmented_message_and_client_ping(live):
+    server = await live(bench_app)
+    conn = await ws_open(server.port)
+    conn.send_frame(0x1, b"frag", fin=False)
+    conn.send_frame(0x9, b"are you there")  # a control frame between fragments
+    conn.send_frame(0x0, b"men", fin=False)
+    conn.send_frame(0x0, b"ted", fin=True)
+    frames = await conn.wait_frames(2)
+    assert (0xA, b"are you there") in frames
+    assert (0x1, b"fragmented") in frames
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (handshake("/echo", method=b"POST"), 405),
+        (handshake("/echo", version=b"8"), 426),
+        (handshake("/echo", key=b"short"), 400),
+        (handshake("/echo").replace(b"HTTP/1.1", b"HTTP/1.0", 1), 400),
+        (handshake("/echo").replace(b"Connection: Upgrade", b"Connection: keep-alive"), 400),
+        (handshake("/%ff"), 400),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_bad_handshakes_are_refused_before_the_application(live, request_bytes, status):
+    called = Recorder()
+
+    def app(scope):
+        called.add(scope["path"])
+        return bench_app(scope)
+
+    server = await live(app)
+    raw = await raw_exchange(server.port, request_bytes)
+    got, headers, _ = parse_response(raw)
+    assert got == status
+    assert called.events == []
+    if status == 405:
+        assert headers[b"allow"] == [b"GET"]

@@ -124,8 +124,6 @@ async def test_async_http_consumer_send_response(live):
     assert body == b"hello world"
 
 
-@pytest.mark.xfail(strict=True, reason="bridge bug: AsyncHttpConsumer._serve resets "
-                   "self.scope to the site's scope, losing url_route")
 @pytest_twisted.ensureDeferred
 async def test_async_http_consumer_sees_url_route(live):
     server = await live(ProtocolTypeRouter({

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.python import threadable
@@ -133,8 +132,6 @@ async def test_thread_handlers_run_off_the_reactor_in_order(live):
     assert len(events) == 12
 
 
-@pytest.mark.xfail(strict=True, reason="bridge bug: _write_message hops to the reactor with "
-                   "self._send (Autobahn's, no args): TypeError, the send is lost")
 @pytest_twisted.ensureDeferred
 async def test_thread_handlers_sends_arrive(live):
     rec = Recorder()

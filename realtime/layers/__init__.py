@@ -1,0 +1,53 @@
+"""Channel layers: groups and named channels across consumers (and processes).
+
+``get_channel_layer()`` returns the layer the service was started with (``--layer``), or an
+in-memory one, so code outside consumers (a script, a test) reaches the same groups.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from realtime.layers.base import BaseChannelLayer, ChannelFull, check_name
+from realtime.layers.memory import InMemoryChannelLayer
+
+_layers: dict[str, BaseChannelLayer] = {}
+
+
+def get_channel_layer(alias: str = "default") -> BaseChannelLayer:
+    """The process's layer for ``alias`` (an in-memory layer until one is set)."""
+    layer = _layers.get(alias)
+    if layer is None:
+        layer = _layers[alias] = InMemoryChannelLayer()
+    return layer
+
+
+def set_channel_layer(layer: BaseChannelLayer, alias: str = "default") -> None:
+    _layers[alias] = layer
+
+
+def layer_from_url(url: str, reactor: Any = None) -> BaseChannelLayer:
+    """``memory`` or a Redis URL (``redis://``, ``rediss://``, ``unix://``,
+    ``redis+sentinel://``); ``ValueError`` names what is wrong."""
+    if url in ("memory", "memory://"):
+        return InMemoryChannelLayer()
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel"):
+        from realtime.layers.redis import RedisChannelLayer
+
+        return RedisChannelLayer.from_url(url, reactor)
+    raise ValueError(
+        f"unknown layer {url!r}: use memory, redis://host:port/db, rediss://, unix:///path "
+        "or redis+sentinel://h1:p1,h2:p2/master/db"
+    )
+
+
+__all__ = [
+    "BaseChannelLayer",
+    "ChannelFull",
+    "InMemoryChannelLayer",
+    "check_name",
+    "get_channel_layer",
+    "layer_from_url",
+    "set_channel_layer",
+]

@@ -1,0 +1,235 @@
+"""What every channel layer shares: names, local receivers, local groups, local fan-out.
+
+A *receiver* is the bridge object of one live consumer (a WebSocket or an HTTP consumer):
+``deliver(event)`` puts an event on its ordered handler queue, ``deliver_frame(frame)``
+writes a prepared WebSocket frame (the ``broadcast`` fast path). Each process keeps its own
+group memberships for its own receivers, so a member that goes away is removed from every
+group at once: no zombie members, no expiry scans.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections import deque
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+log = Logger()
+
+_NAME = re.compile(r"^[a-zA-Z0-9\-_.]+(![a-zA-Z0-9\-_.]*)?$")
+MAX_NAME = 99
+
+
+class ChannelFull(Exception):
+    """``send`` to a channel whose queue is at capacity (Channels' exception)."""
+
+
+class Receiver(Protocol):
+    def deliver(self, event: dict[str, Any]) -> None: ...
+
+    def deliver_frame(self, frame: bytes) -> bool: ...
+
+
+def check_name(name: Any, what: str = "channel") -> str:
+    """ASCII letters, digits, ``-``, ``_``, ``.`` (and a ``!`` suffix on channels), under
+    100 characters; anything else is a ``TypeError`` (as in Channels)."""
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or not _NAME.match(name):
+        raise TypeError(
+            f"{what} name must be a str of ASCII letters, digits, '-', '_' or '.' under 100 "
+            f"characters, not {name!r}"
+        )
+    if what == "group" and "!" in name:
+        raise TypeError(f"group name may not contain '!': {name!r}")
+    return name
+
+
+def check_message(message: Any) -> dict[str, Any]:
+    if not isinstance(message, dict):
+        raise TypeError(f"a channel layer message must be a dict, not {type(message).__name__}")
+    kind = message.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise TypeError("a channel layer message needs a 'type' str")
+    return message
+
+
+def prepared_frame(text: str | None, data: bytes | None) -> bytes:
+    from realtime.websocket import encode_frame
+
+    if (text is None) == (data is None):
+        raise ValueError("broadcast() takes exactly one of text= or bytes=")
+    if text is not None:
+        return encode_frame(0x1, text.encode("utf-8"))
+    assert data is not None
+    return encode_frame(0x2, bytes(data))
+
+
+class LayerStats:
+    """Counters the operations issue exports as metrics."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.dropped = 0
+        self.published = 0
+        self.broadcast_frames = 0
+
+
+class BaseChannelLayer:
+    """Local bookkeeping; subclasses decide what crosses processes."""
+
+    extensions = ["groups", "flush"]
+
+    def __init__(self, capacity: int = 100) -> None:
+        self.capacity = capacity
+        self.process_id = secrets.token_hex(6)
+        self.stats = LayerStats()
+        #: Live local consumers by channel name.
+        self._receivers: dict[str, Receiver] = {}
+        #: group -> local member channel names (insertion-ordered).
+        self._groups: dict[str, dict[str, None]] = {}
+        #: channel -> the groups it is in (to clean up on detach).
+        self._memberships: dict[str, set[str]] = {}
+        #: Queued messages for channels nobody is attached to (workers, ``receive()``).
+        self._queues: dict[str, deque[dict[str, Any]]] = {}
+        self._waiters: dict[str, deque[Deferred[dict[str, Any]]]] = {}
+
+    # -- the bridge's side ------------------------------------------------------------------
+    def local_prefix(self) -> str:
+        return f"specific.{self.process_id}!"
+
+    def attach(self, receiver: Receiver) -> str:
+        """A new channel name for a live consumer; events for it go to ``receiver``."""
+        name = self.local_prefix() + secrets.token_hex(6)
+        self._receivers[name] = receiver
+        return name
+
+    def detach(self, channel: str) -> None:
+        """The consumer is gone: forget the channel and its memberships."""
+        self._receivers.pop(channel, None)
+        for group in self._memberships.pop(channel, ()):
+            members = self._groups.get(group)
+            if members is not None:
+                members.pop(channel, None)
+                if not members:
+                    del self._groups[group]
+                    self._group_emptied(group)
+
+    # -- local group bookkeeping --------------------------------------------------------------
+    def _add_local(self, group: str, channel: str) -> bool:
+        """True when ``group`` just got its first local member."""
+        members = self._groups.get(group)
+        first = members is None
+        if members is None:
+            members = self._groups[group] = {}
+        members[channel] = None
+        self._memberships.setdefault(channel, set()).add(group)
+        return first
+
+    def _discard_local(self, group: str, channel: str) -> None:
+        members = self._groups.get(group)
+        if members is None or channel not in members:
+            return
+        del members[channel]
+        groups = self._memberships.get(channel)
+        if groups is not None:
+            groups.discard(group)
+            if not groups:
+                del self._memberships[channel]
+        if not members:
+            del self._groups[group]
+            self._group_emptied(group)
+
+    def _group_emptied(self, group: str) -> None:
+        """Hook: the last local member of ``group`` left (Redis unsubscribes here)."""
+
+    def local_members(self, group: str) -> list[str]:
+        return list(self._groups.get(group, ()))
+
+    # -- local delivery ------------------------------------------------------------------------
+    def _deliver_local(self, channel: str, message: dict[str, Any]) -> bool:
+        """Deliver to a local receiver, a waiting ``receive()``, or the channel's queue."""
+        receiver = self._receivers.get(channel)
+        if receiver is not None:
+            receiver.deliver(dict(message))
+            self.stats.delivered += 1
+            return True
+        waiters = self._waiters.get(channel)
+        if waiters:
+            d = waiters.popleft()
+            if not waiters:
+                del self._waiters[channel]
+            d.callback(dict(message))
+            self.stats.delivered += 1
+            return True
+        queue = self._queues.setdefault(channel, deque())
+        if len(queue) >= self.capacity:
+            self.stats.dropped += 1
+            return False
+        queue.append(dict(message))
+        return True
+
+    def _fan_out(self, group: str, message: dict[str, Any]) -> None:
+        for channel in list(self._groups.get(group, ())):
+            if not self._deliver_local(channel, message):
+                log.info("group {group}: channel {channel} is over capacity; message dropped",
+                         group=group, channel=channel)
+
+    def _broadcast_local(self, group: str, frame: bytes) -> int:
+        sent = 0
+        receivers = self._receivers
+        for channel in self._groups.get(group, ()):
+            receiver = receivers.get(channel)
+            if receiver is not None and receiver.deliver_frame(frame):
+                sent += 1
+        self.stats.broadcast_frames += sent
+        return sent
+
+    def _receive_local(self, channel: str) -> Deferred[dict[str, Any]]:
+        queue = self._queues.get(channel)
+        if queue:
+            message = queue.popleft()
+            if not queue:
+                del self._queues[channel]
+            return succeed(message)
+        d: Deferred[dict[str, Any]] = Deferred()
+        self._waiters.setdefault(channel, deque()).append(d)
+        return d
+
+    # -- the public API (Channels' names; every method returns a Deferred) ------------------------
+    def new_channel(self, prefix: str = "specific") -> Deferred[str]:
+        check_name(prefix)
+        return succeed(f"{prefix}.{self.process_id}!{secrets.token_hex(6)}")
+
+    def send(self, channel: str, message: dict[str, Any]) -> Deferred[None]:
+        raise NotImplementedError
+
+    def receive(self, channel: str) -> Deferred[dict[str, Any]]:
+        raise NotImplementedError
+
+    def group_add(self, group: str, channel: str) -> Deferred[None]:
+        raise NotImplementedError
+
+    def group_discard(self, group: str, channel: str) -> Deferred[None]:
+        raise NotImplementedError
+
+    def group_send(self, group: str, message: dict[str, Any]) -> Deferred[None]:
+        raise NotImplementedError
+
+    def broadcast(
+        self, group: str, text: str | None = None, bytes: bytes | None = None
+    ) -> Deferred[None]:
+        raise NotImplementedError
+
+    def flush(self) -> Deferred[None]:
+        raise NotImplementedError
+
+    def close(self) -> Deferred[None]:
+        """Release connections (the service calls this at shutdown)."""
+        return succeed(None)
+
+    @property
+    def ready(self) -> bool:
+        """False while the layer cannot reach its backend (``/readyz`` says 503)."""
+        return True
