@@ -170,6 +170,8 @@ class RealtimeSite(server.Site):
             request.channel.handshake_done()
             if self.draining:
                 self._plain(request, 503, b"draining\n")
+            elif not self.layer.ready:
+                self._plain(request, 503, b"channel layer unavailable\n")
             else:
                 self._plain(request, 200, b"ready\n")
             return
