@@ -1,15 +1,141 @@
-"""Building a connection's scope from a parsed twisted.web request.
+"""Checking a request and building a connection's scope from it.
 
-Kept apart from the I/O so that the hostile-input tests can feed it anything: a path that
-is not UTF-8 after percent-decoding raises ``BadRequest``; nothing else here raises.
+Kept apart from the I/O so that the hostile-input tests can feed it anything. The checks
+(``check_request_line``, ``check_header_line``, ``check_host``, ``check_handshake``) return
+the status that refuses the input (RFC 9110/9112, RFC 6455), or ``None``; a path that is
+not UTF-8 after percent-decoding, or that has a malformed percent escape, raises
+``BadRequest``; nothing else here raises.
 """
 
 from __future__ import annotations
 
+import binascii
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.address import IPv4Address, IPv6Address
+
+from realtime.exceptions import Refuse
+
+#: A request-target longer than this is refused with 414 (RFC 9112 3).
+MAX_TARGET = 8192
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])\Z")
+# ASCII without controls, space, DEL and "#" (a fragment is not part of a request-target).
+_TARGET_BAD = re.compile(rb"[^\x21-\x22\x24-\x7e]")
+_PCT_BAD = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://")
+# Controls other than HTAB (RFC 9110 5.5: NUL, CR and LF are dangerous, the rest invalid).
+_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_HOST = re.compile(
+    rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?\Z"
+)
+_KNOWN_CODINGS = (b"chunked", b"identity")
+
+
+def is_token(value: bytes) -> bool:
+    return _TOKEN.match(value) is not None
+
+
+def check_request_line(line: bytes) -> int | None:
+    """The status refusing a request line, or ``None`` (RFC 9112 3).
+
+    400: not ``method SP target SP version``, a method that is not a token, a version that
+    is not ``HTTP/d.d``, a target with a byte outside visible ASCII, a ``#`` or a malformed
+    percent escape, a target in no form the method allows; 505: a version other than 1.0
+    and 1.1; 414: a target longer than ``MAX_TARGET``.
+    """
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        return 400
+    method, target, version = parts
+    if not is_token(method) or _VERSION.match(version) is None:
+        return 400
+    if version not in (b"HTTP/1.0", b"HTTP/1.1"):
+        return 505
+    if len(target) > MAX_TARGET:
+        return 414
+    if not target or _TARGET_BAD.search(target) or _PCT_BAD.search(target):
+        return 400
+    if target.startswith(b"/") or _ABSOLUTE.match(target):
+        return None
+    if target == b"*" and method == b"OPTIONS":
+        return None
+    if method == b"CONNECT":
+        return None
+    return 400
+
+
+def check_header_line(line: bytes) -> int | None:
+    """The status refusing one header field line, or ``None`` (RFC 9110 5, RFC 9112 5-6).
+
+    400: no colon, a name that is not a token (whitespace before the colon included), a
+    control character (NUL, CR, LF, ...) in the value, a Content-Length that is not digits;
+    501: a transfer coding other than ``chunked``.
+    """
+    name, sep, value = line.partition(b":")
+    if not sep or not is_token(name):
+        return 400
+    value = value.strip(b" \t")
+    if _VALUE_BAD.search(value):
+        return 400
+    lname = name.lower()
+    if lname == b"content-length" and not value.isdigit():
+        return 400
+    if lname == b"transfer-encoding" and value.lower() not in _KNOWN_CODINGS:
+        return 501
+    return None
+
+
+def check_host(hosts: Sequence[bytes], http_version: bytes) -> int | None:
+    """400 for an HTTP/1.1 request without Host, any request with more than one, or a Host
+    that is not ``host[:port]`` (RFC 9112 3.2)."""
+    if len(hosts) > 1:
+        return 400
+    if not hosts:
+        return 400 if http_version == b"HTTP/1.1" else None
+    if _HOST.match(hosts[0].strip()) is None:
+        return 400
+    return None
+
+
+def _tokens(values: Sequence[bytes]) -> set[bytes]:
+    return {t.strip().lower() for v in values for t in v.split(b",")}
+
+
+def check_handshake(
+    method: bytes, http_version: bytes, headers: Mapping[bytes, Sequence[bytes]]
+) -> Refuse | None:
+    """RFC 6455 4.2.1 for an ``Upgrade: websocket`` request; ``headers`` maps lower-case
+    names to their values. 405 (with ``Allow: GET``) for another method; 426 (with
+    ``Sec-WebSocket-Version: 13``) for a missing or other version; 400 for everything else
+    that is malformed."""
+    if method != b"GET":
+        return Refuse(405, [(b"Allow", b"GET")])
+    if http_version != b"HTTP/1.1":
+        return Refuse(400)
+    if len(headers.get(b"host", ())) != 1 or len(headers.get(b"upgrade", ())) != 1:
+        return Refuse(400)
+    if b"upgrade" not in _tokens(headers.get(b"connection", ())):
+        return Refuse(400)
+    versions = headers.get(b"sec-websocket-version", ())
+    if len(versions) > 1:
+        return Refuse(400)
+    if not versions or versions[0].strip() != b"13":
+        return Refuse(426, [(b"Sec-WebSocket-Version", b"13")])
+    keys = headers.get(b"sec-websocket-key", ())
+    if len(keys) != 1:
+        return Refuse(400)
+    try:
+        raw = binascii.a2b_base64(keys[0].strip(), strict_mode=True)
+    except (binascii.Error, ValueError):
+        return Refuse(400)
+    if len(raw) != 16:
+        return Refuse(400)
+    return None
 
 
 class BadRequest(ValueError):
@@ -23,6 +149,8 @@ def address_pair(addr: Any) -> tuple[str, int] | None:
 
 
 def decode_path(raw_path: bytes) -> str:
+    if _PCT_BAD.search(raw_path):
+        raise BadRequest("the path has a malformed percent escape")
     try:
         return unquote_to_bytes(raw_path).decode("utf-8")
     except UnicodeDecodeError:

@@ -3,13 +3,23 @@
 Each request goes to ``RealtimeSite.dispatch``: the built-in paths first, then either the
 WebSocket bridge (an ``Upgrade: websocket`` request, validated here) or the application's
 ``http`` routes (a twisted.web resource, or an ``AsyncHttpConsumer``). The channel keeps
-an absolute deadline from TCP accept to the end of ``connect()``: twisted.web's idle timeout
-restarts on every byte and cannot stop a client that dribbles its request.
+an absolute deadline from TCP accept to the end of ``connect()`` (and from the first byte of
+each later request on a keep-alive connection): twisted.web's idle timeout restarts on every
+byte and cannot stop a client that dribbles its request.
+
+The channel also checks every request's head before twisted.web parses it, so that each
+kind of malformed input gets its own RFC 9110/9112 answer (twisted.web would answer a bare
+400 to most of them and close without a word on a too-long line): 400 for a malformed line,
+414 for a too-long request-target, 431 for a head past ``MAX_HEAD`` bytes or
+``MAX_HEADERS`` fields, 501 for an unknown transfer coding, 505 for another HTTP version.
+Such a refusal is a complete response with ``Connection: close``; then the channel
+half-closes and discards input for up to ``LINGER`` seconds, so that a client still sending
+reads the answer instead of a reset. tests/e2e/test_hostile.py has the table of answers.
 """
 
 from __future__ import annotations
 
-import binascii
+import re
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -22,27 +32,172 @@ from realtime.config import ServerConfig
 from realtime.exceptions import NoRoute, Refuse
 from realtime.http import AsyncHttpConsumer
 from realtime.routing import Ready, route_matches
-from realtime.scope import BadRequest, build_scope
+from realtime.scope import (
+    BadRequest,
+    build_scope,
+    check_handshake,
+    check_header_line,
+    check_host,
+    check_request_line,
+)
 from realtime.websocket import WebSocketConnection, make_factory
 
 log = Logger()
 
+#: One line of a request's head (the request line or a header field line), in bytes.
+MAX_LINE = 16384
+#: The whole head: request line and header field lines, in bytes (431 past it).
+MAX_HEAD = 16384
+#: Header field lines per request (431 past it).
+MAX_HEADERS = 500
+#: How long a refused connection keeps reading (and discarding) before it closes.
+LINGER = 2.0
+
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_METHOD_SP = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
+
+
+def refusal_bytes(status: int, server_header: str = "") -> bytes:
+    """A complete ``Connection: close`` response for a refusal made before a request
+    exists (the channel's own answers to a malformed head)."""
+    refusal = Refuse(status)
+    body = refusal.phrase + b"\n"
+    lines = [
+        b"HTTP/1.1 %d %s" % (status, refusal.phrase),
+        b"Content-Type: text/plain; charset=utf-8",
+        b"Content-Length: %d" % len(body),
+        b"Connection: close",
+    ]
+    if server_header:
+        lines.append(b"Server: " + server_header.encode("latin-1"))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
 
 class RealtimeChannel(http.HTTPChannel):
-    """HTTPChannel with the connect deadline, and a clean hand-over of its transport."""
+    """HTTPChannel with the connect deadline, a specific answer to each malformed head, and
+    a clean hand-over of its transport."""
 
     site: RealtimeSite
     _deadline: Any = None
+    _linger: Any = None
+    _refused = False
     upgrading: WebSocketConnection | None = None
+    MAX_LENGTH = MAX_LINE
+    totalHeadersSize = MAX_HEAD
+    maxHeaders = MAX_HEADERS
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.lost: Deferred[None] = Deferred()
         self.site.open_channels.add(self)
+        self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
         timeout = self.site.config.connect_timeout
-        if timeout > 0:
+        if timeout > 0 and self._deadline is None:
             reactor: Any = self.site.reactor
             self._deadline = reactor.callLater(timeout, self._deadline_passed)
+
+    # -- the request's head, checked before twisted.web parses it ---------------------------
+    def _at_request_line(self) -> bool:
+        return bool(getattr(self, "_HTTPChannel__first_line", 0))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering after a refusal: discard
+        if self.line_mode and not self._buffer and self._at_request_line() and data:
+            # The first byte of a request: a keep-alive connection's next request gets the
+            # same deadline as the first; a request that cannot be HTTP (a TLS ClientHello
+            # on a plain port, binary junk) is refused at once instead of at the deadline.
+            self._arm_deadline()
+            if data[0] not in _TCHAR and data[0] not in b"\r\n":
+                self.refuse_head(400)
+                return
+        super().dataReceived(data)
+        if self.line_mode and not self._refused and b"\n" in self._buffer:
+            # The line delimiter is CRLF, so any LF still buffered is a bare LF (RFC 9112 2.2).
+            self.refuse_head(400)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
+        first = self._at_request_line()
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self.refuse_head(414 if first else 431)
+            return
+        if b"\r" in line or b"\n" in line:
+            self.refuse_head(400)  # a bare CR or LF inside a line
+            return
+        if first:
+            if line and self.persistent:
+                status = check_request_line(line)
+                if status is not None:
+                    self.refuse_head(status)
+                    return
+        elif line[:1] in (b" ", b"\t"):
+            self.refuse_head(400)  # obs-fold (RFC 9112 5.2), or whitespace before the first
+            return
+        super().lineReceived(line)
+
+    def headerReceived(self, line: bytes) -> bool:
+        if self._refused:
+            return False
+        if self._receivedHeaderCount >= self.maxHeaders:
+            self.refuse_head(431)
+            return False
+        status = check_header_line(line)
+        if status is not None:
+            self.refuse_head(status)
+            return False
+        return bool(super().headerReceived(line))
+
+    def allHeadersReceived(self) -> None:
+        if not self._refused:
+            super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        if not self._refused:
+            super().allContentReceived()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._at_request_line():
+            self.refuse_head(414 if _METHOD_SP.match(line) else 400)
+        else:
+            self.refuse_head(431)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's own 400s (conflicting Content-Length / Transfer-Encoding, a bad chunk)
+        self.refuse_head(400)
+
+    def refuse_head(self, status: int) -> None:
+        """Answer a malformed request head with ``status`` and close; what the client still
+        sends is read and discarded for up to ``LINGER`` seconds (then the connection is
+        closed), so that it sees the answer rather than a reset."""
+        if self._refused:
+            return
+        self._refused = True
+        self.handshake_done()
+        self.setTimeout(None)
+        self.clearLineBuffer()
+        self._dataBuffer = []
+        transport: Any = self.transport
+        if transport is None:
+            return
+        transport.write(refusal_bytes(status, self.site.config.server_header))
+        self._networkProducer.unregisterProducer()
+        reactor: Any = self.site.reactor
+        try:
+            transport.loseWriteConnection()
+        except (AttributeError, NotImplementedError):
+            transport.loseConnection()
+            return
+        self._linger = reactor.callLater(LINGER, self._linger_over)
+
+    def _linger_over(self) -> None:
+        self._linger = None
+        transport: Any = self.transport
+        if transport is not None:
+            transport.loseConnection()
 
     def _deadline_passed(self) -> None:
         self._deadline = None
@@ -83,6 +238,10 @@ class RealtimeChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.handshake_done()
+        if self._linger is not None:
+            if self._linger.active():
+                self._linger.cancel()
+            self._linger = None
         super().connectionLost(reason)
         self._gone()
 
@@ -162,6 +321,10 @@ class RealtimeSite(server.Site):
     def dispatch(self, request: RealtimeRequest) -> None:
         path = request.path
         cfg = self.config
+        if check_host(_header(request, b"host"), request.clientproto) is not None:
+            request.channel.handshake_done()
+            self.write_refusal(request, Refuse(400), upgrade=False, close=True)
+            return
         if path == cfg.health_path.encode() and cfg.health_path:
             request.channel.handshake_done()
             self._plain(request, 200, b"ok\n")
@@ -212,27 +375,14 @@ class RealtimeSite(server.Site):
         conn.start()
 
     def _check_handshake(self, request: RealtimeRequest) -> Refuse | None:
-        """RFC 6455 4.2.1, checked before anything of the application runs."""
-        if request.method != b"GET":
-            return Refuse(405, [(b"Allow", b"GET")])
-        if request.clientproto != b"HTTP/1.1":
-            return Refuse(400)
-        versions = _header(request, b"sec-websocket-version")
-        if len(versions) != 1 or versions[0].strip() != b"13":
-            return Refuse(426, [(b"Sec-WebSocket-Version", b"13")])
-        keys = _header(request, b"sec-websocket-key")
-        if len(keys) != 1:
-            return Refuse(400)
-        try:
-            raw = binascii.a2b_base64(keys[0].strip(), strict_mode=True)
-        except (binascii.Error, ValueError):
-            return Refuse(400)
-        if len(raw) != 16:
-            return Refuse(400)
-        if b"upgrade" not in _tokens(_header(request, b"connection")):
-            return Refuse(400)
-        if len(_header(request, b"host")) != 1 or len(_header(request, b"upgrade")) != 1:
-            return Refuse(400)
+        """RFC 6455 4.2.1 (``realtime.scope.check_handshake``), then the server's own state,
+        before anything of the application runs."""
+        headers = {
+            name.lower(): list(values) for name, values in request.requestHeaders.getAllRawHeaders()
+        }
+        refusal = check_handshake(request.method, request.clientproto, headers)
+        if refusal is not None:
+            return refusal
         if self.draining:
             return Refuse(503)
         limit = self.config.max_connections
@@ -244,7 +394,7 @@ class RealtimeSite(server.Site):
         try:
             scope = self._scope(request, "http")
         except BadRequest:
-            self.write_refusal(request, Refuse(400), upgrade=False)
+            self.write_refusal(request, Refuse(400), upgrade=False, close=True)
             return
         request.scope = scope
         try:
@@ -304,8 +454,11 @@ class RealtimeSite(server.Site):
             request.write(body)
         request.finish()
 
-    def write_refusal(self, request: server.Request, refusal: Refuse, upgrade: bool) -> None:
-        """A refusal as a complete HTTP response: status, headers, a short body."""
+    def write_refusal(
+        self, request: server.Request, refusal: Refuse, upgrade: bool, close: bool = False
+    ) -> None:
+        """A refusal as a complete HTTP response: status, headers, a short body. A refused
+        upgrade, or ``close`` (a malformed request), ends the connection."""
         if request.finished or request._disconnected:
             return
         request.setResponseCode(refusal.status, refusal.phrase)
@@ -316,7 +469,7 @@ class RealtimeSite(server.Site):
         for name, value in refusal.headers:
             request.responseHeaders.addRawHeader(name, value)
         request.setHeader(b"content-length", str(len(body)).encode())
-        if upgrade:
+        if upgrade or close:
             # A refused upgrade ends the connection (RFC 6455 4.2.2); twisted.web only closes
             # on the request's own Connection header, so say it to the channel too.
             request.setHeader(b"connection", b"close")
