@@ -159,6 +159,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._outq: deque[bytes] = deque()
         self._outq_bytes = 0
         self._slow_closing = False
+        #: Messages the ``drop`` policy skipped for this client.
+        self.dropped = 0
 
     # -- handshake (twisted.web owns the socket) --------------------------------------------
     def start(self) -> None:
@@ -371,6 +373,10 @@ class WebSocketConnection(WebSocketServerProtocol):
     def _slow_consumer(self) -> None:
         if self.config.slow_consumer == "drop":
             self.site.dropped_messages += 1
+            self.dropped += 1
+            if self.dropped == 1:
+                log.info("dropping messages for {peer}: slow consumer ({queued} bytes waiting)",
+                         peer=self.peer, queued=self._outq_bytes)
             return
         if self._slow_closing or self.state != _OPEN:
             return

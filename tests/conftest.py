@@ -13,3 +13,18 @@ def live(realtime_server: Any) -> Any:
     """``await live(app, **config)``: the toolkit's ``realtime_server`` fixture (a real server
     on a free loopback port, stopped and leak-checked after the test)."""
     return realtime_server
+
+
+#: The layers every layer test runs against; the Redis layer joins this list when its test
+#: support starts a real redis-server (tests/redis_support.py).
+LAYER_KINDS = ["memory"]
+
+
+@pytest.fixture(params=LAYER_KINDS)
+def layer(request: Any) -> Any:
+    """A fresh channel layer of each kind (``InMemoryChannelLayer``, ...)."""
+    from realtime.layers import InMemoryChannelLayer
+
+    if request.param == "memory":
+        return InMemoryChannelLayer()
+    return request.getfixturevalue(f"{request.param}_layer")
