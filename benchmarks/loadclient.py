@@ -537,7 +537,8 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
     })
     if not row["ready"]:
         errors[f"only {st.ready} of {n} members got the probe"] += 1
-    return _finish_row(row, errors, ok=delivered > 0)
+    # Delivering nothing is a result (lost 100 %), not a failure of the run.
+    return _finish_row(row, errors, ok=sent > 0)
 
 
 # -- idle --------------------------------------------------------------------------------------

@@ -72,9 +72,10 @@ class ServerSpec:
     venv: str | None  # None: the runner's own Python
     requirements: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    always_venv: bool = False
 
     def python(self, use_venvs: bool) -> str:
-        if self.venv is None or not use_venvs:
+        if self.venv is None or not (use_venvs or self.always_venv):
             return sys.executable
         return str(VENVS / self.venv / "bin" / "python")
 
@@ -113,7 +114,7 @@ def server_specs() -> dict[str, ServerSpec]:
 
 
 CLIENT_VENV = "client"
-CLIENT_REQUIREMENTS = ("picows", "uvloop", "matplotlib")
+CLIENT_REQUIREMENTS = ("picows>=2.3", "uvloop", "matplotlib")
 VERSION_NAMES = ("autobahn", "twisted", "daphne", "channels", "django", "uvicorn",
                  "websockets", "uvloop", "picows", "realtime")
 
@@ -121,21 +122,49 @@ VERSION_NAMES = ("autobahn", "twisted", "daphne", "channels", "django", "uvicorn
 # -- virtualenvs ---------------------------------------------------------------------------------
 
 
-def ensure_venv(name: str, requirements: Sequence[str], log: Any) -> str:
-    """Create ``.venvs/name`` with the requirements, or reuse it when it already has them."""
+def ensure_venv(name: str, requirements: Sequence[str], log: Any,
+                extra: Sequence[str] = ()) -> str:
+    """Create ``.venvs/name`` with the requirements, or reuse it when it already has them.
+
+    ``requirements`` lines starting with ``#`` only mark the version (a commit); ``extra``
+    are local paths installed last, without dependencies, replacing what is there.
+    """
     venv = VENVS / name
     python = venv / "bin" / "python"
     marker = venv / "bench-requirements.txt"
-    wanted = "\n".join(requirements) + "\n"
+    wanted = "\n".join([*requirements, *extra]) + "\n"
     if python.exists() and marker.exists() and marker.read_text() == wanted:
         return str(python)
-    log(f"setting up virtualenv {venv.relative_to(ROOT)}: {' '.join(requirements)}")
+    reqs = [r for r in requirements if not r.startswith("#")]
+    log(f"setting up virtualenv {venv.relative_to(ROOT)}: {' '.join(reqs)}")
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet",
-                    "--disable-pip-version-check", *requirements], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, *reqs], check=True)
+    if extra:
+        subprocess.run([*pip, "--no-deps", "--force-reinstall", *extra], check=True)
     marker.write_text(wanted)
     return str(python)
+
+
+def ensure_ours_venv(ref: str, log: Any) -> str:
+    """``.venvs/ours``: a snapshot of ``git archive REF`` installed (not editable), on the
+    same autobahn/twisted/txaio versions as raw Autobahn's virtualenv."""
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    src = VENVS / "ours-src" / sha
+    if not (src / "setup.cfg").exists():
+        log(f"exporting {ref} ({sha[:10]}) to {src.relative_to(ROOT)}")
+        shutil.rmtree(src, ignore_errors=True)
+        src.mkdir(parents=True)
+        archive = subprocess.Popen(["git", "-C", str(ROOT), "archive", sha],
+                                   stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", str(src)], stdin=archive.stdout, check=True)
+        archive.wait()
+    deps = (_pinned("autobahn"), _pinned("twisted"), _pinned("txaio"), "service-identity",
+            "pyopenssl")
+    python = ensure_venv("ours", (*deps, f"# {sha}"), log, extra=[str(src)])
+    return python
 
 
 def versions(python: str) -> dict[str, str]:
@@ -351,6 +380,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="do not pin the server and the client to cores")
     p.add_argument("--no-chart", dest="chart", action="store_false")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--ours-ref", metavar="REF",
+                   help="run ours from a snapshot of this git ref (e.g. HEAD) installed in "
+                   ".venvs/ours, instead of from the Python running this script")
     a = p.parse_args(argv)
     if a.pin and (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
         a.server_core, a.client_core = 0, 1
@@ -387,6 +419,11 @@ def main(argv: list[str] | None = None) -> int:
         for s in servers:
             if specs[s].venv:
                 ensure_venv(specs[s].venv, specs[s].requirements, log)
+    if opts.ours_ref and OURS in servers:
+        VENVS.mkdir(exist_ok=True)
+        ensure_ours_venv(opts.ours_ref, log)
+        specs[OURS].venv = "ours"
+        specs[OURS].always_venv = True
     else:
         client_python = sys.executable
     meta_versions = {s: versions(specs[s].python(opts.venvs)) for s in servers}

@@ -1,0 +1,279 @@
+"""The benchmark suite (benchmarks/): its statistics and table maker, and a smoke run.
+
+The smoke run drives ``benchmarks/run.py --quick`` (tiny sizes, one pass, no virtualenvs, no
+pinning) against ours and the raw Autobahn peer, both from this Python: no timing is
+asserted, only that messages were delivered and that the rows carry the expected fields.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import benchlib  # noqa: E402
+from benchlib import (  # noqa: E402
+    COMMON_FIELDS,
+    KIND_FIELDS,
+    QUICK_SCENARIOS,
+    aggregate,
+    latency_summary,
+    make_client_table,
+    make_table,
+    make_text,
+    median,
+    percentile,
+    ratio,
+)
+
+# -- statistics ----------------------------------------------------------------------------------
+
+
+def test_percentile_interpolates_like_numpy_linear():
+    data = list(range(1, 101))
+    assert percentile(data, 0) == 1
+    assert percentile(data, 100) == 100
+    assert percentile(data, 50) == pytest.approx(50.5)
+    assert percentile(data, 99) == pytest.approx(99.01)
+    assert percentile([1, 2, 3, 4], 50) == pytest.approx(2.5)
+    assert percentile([7], 99) == 7
+
+
+def test_percentile_sorts_unless_told_presorted():
+    assert percentile([5, 1, 4, 2, 3], 50) == 3
+    assert percentile([1, 2, 3, 4, 5], 25, presorted=True) == 2
+
+
+def test_percentile_edges():
+    assert percentile([], 50) is None
+    with pytest.raises(ValueError):
+        percentile([1, 2], 101)
+    with pytest.raises(ValueError):
+        percentile([1, 2], -1)
+
+
+def test_median_odd_even_and_missing():
+    assert median([3, 1, 2]) == 2
+    assert median([4, 1, 3, 2]) == 2.5
+    assert median([None, 5, None]) == 5
+    assert median([None, float("nan")]) is None
+    assert median([]) is None
+
+
+def test_latency_summary_in_milliseconds():
+    samples = [1_000_000 * i for i in range(1, 101)]  # 1..100 ms, in ns
+    s = latency_summary(samples)
+    assert s["p50_ms"] == pytest.approx(50.5)
+    assert s["p99_ms"] == pytest.approx(99.01)
+    assert s["max_ms"] == 100
+    assert latency_summary([]) == {"p50_ms": None, "p99_ms": None, "max_ms": None}
+
+
+def test_ratio_orientation():
+    # Throughput: ours / peer.
+    assert ratio(200, 100, "higher") == 2
+    # Latency, CPU, memory: peer / ours, so > 1 still means ours is better.
+    assert ratio(10, 20, "lower") == 2
+    assert ratio(20, 10, "lower") == 0.5
+    assert ratio(None, 10, "higher") is None
+    assert ratio(10, None, "lower") is None
+    assert ratio(0, 0, "higher") is None
+    assert ratio(5, 0, "higher") == math.inf  # the peer delivered nothing
+    with pytest.raises(ValueError):
+        ratio(1, 2, "sideways")
+
+
+# -- payloads ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [*range(0, 70), 127, 1000, 4095, 65536])
+def test_make_text_exact_size_whole_characters(n):
+    text = make_text(n)
+    raw = text.encode("utf-8")
+    assert len(raw) == n
+    assert raw.decode("utf-8") == text  # never split mid-character
+
+
+def test_make_text_has_multibyte_characters_unless_ascii_only():
+    assert any(ord(c) > 127 for c in make_text(64))
+    assert make_text(64, ascii_only=True).isascii()
+    assert len(make_text(64, ascii_only=True)) == 64
+
+
+# -- aggregation and tables -----------------------------------------------------------------------
+
+
+def _echo_row(server, value, p99=1.0, ok=True, **extra):
+    return {"server": server, "scenario": "echo-100x1", "kind": "echo", "ok": ok,
+            "error": None if ok else "boom", "msgs_per_s": value, "p99_ms": p99,
+            "server_cpu_us_per_msg": 10.0, "client_cpu_share": 0.25,
+            "server_cpu_share": 0.9, **extra}
+
+
+def test_aggregate_takes_medians_of_good_passes():
+    rows = [_echo_row("ours", 100), _echo_row("ours", 300), _echo_row("ours", 200),
+            _echo_row("ours", 9999, ok=False)]
+    agg = aggregate(rows)[("ours", "echo-100x1")]
+    assert agg["msgs_per_s"] == 200
+    assert agg["passes"] == 4
+    assert agg["ok_passes"] == 3
+    assert agg["errors"] == ["boom"]
+
+
+def test_table_has_medians_and_ratios_against_each_peer():
+    rows = [_echo_row("ours", 200, p99=1.0), _echo_row("autobahn", 100, p99=2.0),
+            _echo_row("daphne", 50, p99=4.0)]
+    agg = aggregate(rows)
+    scenarios = [sc for sc in benchlib.FULL_SCENARIOS if sc.name in ("echo-100x1", "idle-5000")]
+    table = make_table(agg, scenarios, "ours", ["autobahn", "daphne"],
+                       {"autobahn": "raw Autobahn"})
+    lines = table.splitlines()
+    assert lines[0].startswith("| scenario | metric | ours | raw Autobahn | daphne |")
+    assert "ours vs raw Autobahn" in lines[0] and "ours vs daphne" in lines[0]
+    msgs = next(line for line in lines if "| msg/s |" in line)
+    assert "200" in msgs and "2.00x" in msgs and "4.00x" in msgs
+    p99 = next(line for line in lines if "latency p99" in line)
+    assert "2.00x" in p99 and "4.00x" in p99  # lower is better: peer / ours
+    idle = [line for line in lines if "KB RSS" in line]
+    assert idle and "n/a" in idle[0]  # not measured: n/a, never a made-up figure
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+
+
+def test_table_marks_unsupported_ours_as_na():
+    rows = [{"server": "ours", "scenario": "fanout-1000x50", "kind": "fanout", "ok": False,
+             "error": "handshake refused: HTTP 404 x10"},
+            {"server": "autobahn", "scenario": "fanout-1000x50", "kind": "fanout", "ok": True,
+             "delivered_per_s": 50000.0, "lost_pct": 0.0, "p50_ms": 9.0, "p99_ms": 14.0,
+             "max_ms": 20.0, "server_cpu_us_per_delivery": 13.0}]
+    agg = aggregate(rows)
+    scenarios = [sc for sc in benchlib.FULL_SCENARIOS if sc.name == "fanout-1000x50"]
+    table = make_table(agg, scenarios, "ours", ["autobahn"])
+    delivered = next(line for line in table.splitlines() if "delivered/s" in line)
+    assert "| n/a | 50,000 | n/a |" in delivered
+    assert "—" in next(line for line in table.splitlines() if "lost %" in line)
+    client = make_client_table(agg, scenarios, ["ours", "autobahn"])
+    assert "n/a" in client
+
+
+# -- smoke run ---------------------------------------------------------------------------------
+
+needs_picows = pytest.mark.skipif(importlib.util.find_spec("picows") is None,
+                                  reason="the load client needs picows (the test extra)")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--quick", "--no-venvs", "--no-pin",
+         "--no-chart", "--servers", "ours,autobahn", "--passes", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=str(ROOT),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "latest.jsonl").read_text().splitlines()]
+    return out, proc, rows
+
+
+def _row(rows, server, scenario):
+    return next(r for r in rows if r["server"] == server and r["scenario"] == scenario)
+
+
+def _check_fields(row):
+    for key in ("server", "pass", "elapsed_s", *COMMON_FIELDS):
+        assert key in row, (key, row)
+    if row["ok"]:
+        for key in KIND_FIELDS[row["kind"]]:
+            assert key in row, (key, row)
+
+
+@needs_picows
+def test_smoke_every_scenario_ran(smoke):
+    _out, _proc, rows = smoke
+    assert {(r["server"], r["scenario"]) for r in rows} == {
+        (s, sc.name) for s in ("ours", "autobahn") for sc in QUICK_SCENARIOS
+    }
+    for row in rows:
+        _check_fields(row)
+
+
+@needs_picows
+def test_smoke_echo_against_ours(smoke):
+    _out, _proc, rows = smoke
+    for sc in QUICK_SCENARIOS:
+        if sc.kind != "echo":
+            continue
+        row = _row(rows, "ours", sc.name)
+        assert row["ok"], row
+        p = sc.params
+        assert row["connected"] == p["conns"]
+        assert row["messages"] == p["conns"] * p["count"]
+        assert row["mismatched"] == 0
+        assert row["msgs_per_s"] > 0
+        assert row["p50_ms"] is not None and row["p99_ms"] >= row["p50_ms"]
+        assert row["client_cpu_share"] is not None
+
+
+@needs_picows
+def test_smoke_idle_against_ours(smoke):
+    _out, _proc, rows = smoke
+    row = _row(rows, "ours", "idle-5000")
+    assert row["ok"], row
+    assert row["connected"] == row["conns"] == 20
+    assert row["still_open"] == 20
+    assert row["handshakes_per_s"] > 0
+    assert row["rss_before_kb"] > 0 and row["rss_after_kb"] > 0
+
+
+@needs_picows
+def test_smoke_fanout_against_raw_autobahn(smoke):
+    _out, _proc, rows = smoke
+    for sc in QUICK_SCENARIOS:
+        if sc.kind != "fanout":
+            continue
+        row = _row(rows, "autobahn", sc.name)
+        assert row["ok"], row
+        p = sc.params
+        assert row["connected"] == p["members"]
+        assert row["sent"] == p["count"]
+        assert row["expected"] == p["count"] * p["members"]
+        assert row["delivered"] == row["expected"]
+        assert row["lost"] == 0
+        assert row["ready"] is True
+
+
+@needs_picows
+def test_smoke_fanout_against_ours_delivers_or_is_unsupported(smoke):
+    _out, _proc, rows = smoke
+    row = _row(rows, "ours", "fanout-1000x50")
+    if row["ok"]:
+        assert row["delivered"] == row["expected"] > 0
+    else:
+        assert "404" in row["error"]  # /room/<name> not served yet: n/a in the table
+
+
+@needs_picows
+def test_smoke_report_written(smoke):
+    out, proc, _rows = smoke
+    text = (out / "latest.md").read_text()
+    assert text in proc.stdout
+    assert "| scenario | metric | ours | raw Autobahn | ours vs raw Autobahn |" in text
+    assert "Load client CPU share" in text
+
+
+@needs_picows
+def test_chart_from_smoke_rows(smoke, tmp_path):
+    pytest.importorskip("matplotlib")
+    out, _proc, _rows = smoke
+    png = tmp_path / "chart.png"
+    subprocess.run([sys.executable, str(BENCH / "chart.py"), str(out / "latest.jsonl"),
+                    str(png), "--servers", "ours,autobahn", "--quick"], check=True, timeout=120)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
