@@ -57,12 +57,19 @@ def twistd(*args: str, reactor: str | None = None) -> list[str]:
     return [*head, "realtime", *args]
 
 
-def environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+Env = Mapping[str, str | None]
+
+
+def environment(env: Env | None = None) -> dict[str, str]:
     """This process's environment without ``REALTIME_*`` (so a developer's settings never
-    leak in), unbuffered, plus ``env``."""
+    leak in), unbuffered, plus ``env`` (a ``None`` value removes that variable)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
     base["PYTHONUNBUFFERED"] = "1"
-    base.update(env or {})
+    for name, value in (env or {}).items():
+        if value is None:
+            base.pop(name, None)
+        else:
+            base[name] = value
     return base
 
 
@@ -81,7 +88,7 @@ class ServerFailed(AssertionError):
     """The server exited, or did not report its listeners in time."""
 
 
-def run(cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | Path = "/",
+def run(cmd: Sequence[str], env: Env | None = None, cwd: str | Path = "/",
         timeout: float = 30.0) -> Result:
     """Run a short-lived command to completion (bounded); stdout and stderr kept apart."""
     done = subprocess.run(list(cmd), env=environment(env), cwd=cwd, capture_output=True,
@@ -130,7 +137,7 @@ def self_signed(directory: str | Path, host: str = "127.0.0.1") -> tuple[Path, P
 class Server:
     """A started process; its output is read continuously so the pipes never fill."""
 
-    def __init__(self, cmd: Sequence[str], env: Mapping[str, str] | None = None,
+    def __init__(self, cmd: Sequence[str], env: Env | None = None,
                  cwd: str | Path = "/", pass_fds: Iterable[int] = ()) -> None:
         self.cmd = list(cmd)
         self._lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
@@ -239,7 +246,7 @@ class Server:
         self.stop()
 
 
-def start(cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | Path = "/",
+def start(cmd: Sequence[str], env: Env | None = None, cwd: str | Path = "/",
           pass_fds: Iterable[int] = (), listeners: int = 1,
           timeout: float = START_TIMEOUT) -> Server:
     """Start ``cmd`` and wait for ``listeners`` ``listening on`` lines (0: don't wait).

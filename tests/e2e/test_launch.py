@@ -1,0 +1,284 @@
+"""Packaging and launch: the real command line, each kind of listener, reached by a real
+WebSocket client (an echo round trip); plugin discovery from fresh virtualenvs."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import connect, unix_connect
+
+from tests.e2e.support import (
+    BENCH_APP,
+    REPO,
+    ServerFailed,
+    run,
+    script,
+    self_signed,
+    start,
+    twistd,
+)
+
+APP = ["--app", BENCH_APP]
+TIMEOUT = 15
+
+
+def echo(ws) -> None:
+    """A text and a binary round trip on an open ``/echo`` socket."""
+    ws.send("héllo")
+    assert ws.recv(timeout=TIMEOUT) == "héllo"
+    ws.send(b"\x00\xffbytes")
+    assert ws.recv(timeout=TIMEOUT) == b"\x00\xffbytes"
+
+
+def echo_tcp(port: int, **kwargs) -> None:
+    scheme = "wss" if "ssl" in kwargs else "ws"
+    with connect(f"{scheme}://127.0.0.1:{port}/echo", open_timeout=TIMEOUT, proxy=None,
+                 **kwargs) as ws:
+        echo(ws)
+
+
+def echo_unix(path: str) -> None:
+    with unix_connect(path, "ws://localhost/echo", open_timeout=TIMEOUT) as ws:
+        echo(ws)
+
+
+def healthz(port: int) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    try:
+        conn.request("GET", "/healthz")
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def stopped_cleanly(server) -> str:
+    result = server.stop()
+    assert result.returncode == 0, result.output
+    assert "Traceback" not in result.output
+    return result.output
+
+
+def test_port_zero():
+    with start(twistd(*APP, "--port", "0")) as server:
+        (address,) = server.addresses
+        assert address.startswith("tcp:127.0.0.1:")
+        assert server.port > 0
+        echo_tcp(server.port)
+        status, body = healthz(server.port)
+        assert (status, body.strip()) == (200, b"ok")
+    output = stopped_cleanly(server)
+    assert "EPollReactor" in output
+
+
+def test_bind_host_and_port():
+    with start(twistd(*APP, "-b", "127.0.0.1", "--port", "0")) as server:
+        assert server.addresses[0].startswith("tcp:127.0.0.1:")
+        echo_tcp(server.port)
+
+
+def test_unix_socket(tmp_path):
+    path = str(tmp_path / "rt.sock")
+    with start(twistd(*APP, "-u", path)) as server:
+        assert server.addresses == [f"unix:{path}"]
+        echo_unix(path)
+    stopped_cleanly(server)
+
+
+def test_ssl_self_signed(tmp_path):
+    cert, key = self_signed(tmp_path)
+    desc = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+    with start(twistd(*APP, "--port", desc)) as server:
+        assert server.addresses[0].startswith("tcp:127.0.0.1:")
+        trusting = ssl.create_default_context(cafile=str(cert))
+        echo_tcp(server.port, ssl=trusting)
+        # The certificate is really checked: a default context refuses it.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            echo_tcp(server.port, ssl=ssl.create_default_context())
+    stopped_cleanly(server)
+
+
+def test_inherited_fd():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        fd = sock.fileno()
+        with start(twistd(*APP, "--fd", str(fd)), pass_fds=[fd]) as server:
+            assert server.addresses == [f"tcp:127.0.0.1:{port}"]
+            sock.close()  # the server holds its own copy
+            echo_tcp(port)
+    stopped_cleanly(server)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def systemd_socket_activate() -> str:
+    tool = shutil.which("systemd-socket-activate")
+    if tool:
+        return tool
+    reason = ("systemd-socket-activate is not installed (Debian package 'systemd'; "
+              "tests/run.sh installs it)")
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def test_systemd_socket_activation():
+    tool = systemd_socket_activate()
+    for _attempt in range(3):  # the free port may be taken before the tool binds it
+        port = _free_port()
+        cmd = [tool, "-l", f"127.0.0.1:{port}", "--fdname=realtime",
+               *twistd(*APP, "--port", "systemd:domain=INET:index=0")]
+        server = start(cmd, listeners=0)
+        try:
+            server.wait_for(rf"Listening on 127\.0\.0\.1:{port}")
+        except ServerFailed:
+            if "Address already in use" in server.output():
+                continue
+            raise
+        break
+    else:
+        pytest.fail("no free port for systemd-socket-activate")
+    with server:
+        # The tool starts the server on the first connection, which waits in the backlog.
+        echo_tcp(port)
+        assert server.wait_listening() == [f"tcp:127.0.0.1:{port}"]
+        echo_tcp(port)
+    stopped_cleanly(server)
+
+
+def test_asyncio_reactor():
+    with start(twistd(*APP, "--port", "0", reactor="asyncio")) as server:
+        echo_tcp(server.port)
+    output = stopped_cleanly(server)
+    assert "reactor class: twisted.internet.asyncioreactor.AsyncioSelectorReactor" in output
+
+
+def test_python_dash_m():
+    with start([sys.executable, "-m", "realtime", *APP, "--port", "0"]) as server:
+        echo_tcp(server.port)
+    output = stopped_cleanly(server)
+    assert "EPollReactor" in output
+
+
+def test_console_script():
+    with start([script("realtime"), *APP, "--port", "0"]) as server:
+        echo_tcp(server.port)
+    stopped_cleanly(server)
+
+
+def test_console_script_error_is_one_line():
+    result = run([script("realtime"), *APP, "--max-inflight", "0"])
+    assert result.returncode == 1
+    assert result.stderr == "realtime: error: --max-inflight: must be at least 1, got '0'\n"
+
+
+def test_environment_two_listeners(tmp_path):
+    path = str(tmp_path / "x.sock")
+    with start(twistd(*APP), env={"REALTIME_PORT": f"0 unix:{path}"}, listeners=2) as server:
+        assert server.addresses[0].startswith("tcp:127.0.0.1:")
+        assert server.addresses[1] == f"unix:{path}"
+        echo_tcp(server.port)
+        echo_unix(path)
+
+
+def test_command_line_wins_over_environment(tmp_path):
+    path = str(tmp_path / "x.sock")
+    env = {"REALTIME_PORT": f"unix:{path}", "REALTIME_PING_INTERVAL": "abc"}
+    with start(twistd(*APP, "--port", "0", "--ping-interval", "5"), env=env) as server:
+        echo_tcp(server.port)
+    output = stopped_cleanly(server)
+    assert next(line for line in output.splitlines() if "listening on" in line).endswith(
+        f"listening on tcp:127.0.0.1:{server.port}"
+    )
+    assert output.count("listening on") == 1
+    assert not Path(path).exists()
+
+
+def _backlog(port: int) -> int:
+    """A listening socket's backlog: ``ss`` shows it as Send-Q."""
+    if not shutil.which("ss"):
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("ss is not installed (Debian package iproute2; tests/run.sh installs it)")
+        pytest.skip("ss is not installed (Debian package iproute2)")
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True,
+                         check=True, timeout=TIMEOUT).stdout.split()
+    return int(out[2])
+
+
+def test_backlog():
+    with start(twistd(*APP, "--port", "0",
+                      "--port", "tcp:0:interface=127.0.0.1:backlog=7"), listeners=2) as server:
+        default, named = (int(a.rsplit(":", 1)[1]) for a in server.addresses)
+        assert _backlog(default) == 1024
+        assert _backlog(named) == 7
+
+
+# --- plugin discovery from outside the repository, in fresh virtualenvs --------------
+
+_NOT_SOURCE = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__",
+                                     "*.pyc", ".venv", ".*_cache", "dropin.cache", "tests",
+                                     "benchmarks", "docs", "contrib", ".ci", ".hypothesis")
+
+
+def _venv_env() -> dict[str, str | None]:
+    return {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1", "PYTHONPATH": None,
+            "PYTHONHOME": None, "PYTHONSTARTUP": None, "VIRTUAL_ENV": None}
+
+
+@pytest.fixture(scope="module", params=["install", "editable-strict"])
+def venv(request, tmp_path_factory) -> Path:
+    """A fresh virtualenv (no system site-packages) with a copy of the repository installed
+    normally or as a strict editable install. One per install mode, shared by its tests."""
+    base = tmp_path_factory.mktemp(f"venv-{request.param}")
+    source = base / "src"
+    shutil.copytree(REPO, source, ignore=_NOT_SOURCE)
+    env_dir = base / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True, timeout=120)
+    pip = [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q"]
+    if request.param == "install":
+        cmd = [*pip, str(source)]
+    else:
+        cmd = [*pip, "-e", str(source), "--config-settings", "editable_mode=strict"]
+    result = run(cmd, env=_venv_env(), cwd=base, timeout=300)
+    assert result.returncode == 0, result.output
+    # The venv really is separate: it does not see this interpreter's packages.
+    check = run([str(env_dir / "bin" / "python"), "-c", "import pytest"], env=_venv_env())
+    assert check.returncode != 0
+    return env_dir
+
+
+@pytest.mark.slow
+def test_twistd_lists_the_plugin(venv):
+    result = run([str(venv / "bin" / "twistd"), "--help"], env=_venv_env(), cwd="/")
+    assert result.returncode == 0, result.output
+    commands = result.stdout.split("Commands:", 1)[1]
+    assert any(line.split()[:1] == ["realtime"] for line in commands.splitlines()), commands
+
+
+@pytest.mark.slow
+def test_plugin_help_and_serve(venv):
+    twistd_bin = str(venv / "bin" / "twistd")
+    result = run([twistd_bin, "-n", "realtime", "--help"], env=_venv_env(), cwd="/")
+    assert result.returncode == 0, result.output
+    assert "--app=" in result.stdout
+    assert "--port=" in result.stdout
+    cmd = [twistd_bin, "-n", "--pidfile=", "realtime", *APP, "--port", "0"]
+    with start(cmd, env=_venv_env(), cwd="/") as server:
+        echo_tcp(server.port)
+    output = stopped_cleanly(server)
+    # The server ran from the venv, not from this interpreter's install.
+    assert f"({venv}/bin/python" in output
