@@ -5,6 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian tools the end-to-end tests use (tests/e2e/test_launch.py): systemd-socket-activate
+# (package systemd), ss (iproute2), and venv/ensurepip for the plugin-discovery virtualenvs.
+missing=()
+command -v systemd-socket-activate >/dev/null || missing+=(systemd)
+command -v ss >/dev/null || missing+=(iproute2)
+python3 -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
+if ((${#missing[@]})); then
+    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 python3 -m pip install --quiet -e '.[test]' --config-settings editable_mode=strict
 # Regenerate twistd's plugin cache now, so no test pays for (or races on) the first scan.
