@@ -119,6 +119,27 @@ def test_inherited_fd():
     stopped_cleanly(server)
 
 
+def test_inherited_unix_fd(tmp_path):
+    path = str(tmp_path / "adopted.sock")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(path)
+        sock.listen()
+        fd = sock.fileno()
+        with start(twistd(*APP, "--fd", str(fd)), pass_fds=[fd]) as server:
+            assert server.addresses == [f"unix:{path}"]
+            echo_unix(path)
+    stopped_cleanly(server)
+
+
+def test_helper_reports_a_failed_start():
+    with pytest.raises(ServerFailed) as info:
+        start(twistd("--app", "nosuch_module_xyz:app", "--port", "0"), timeout=TIMEOUT)
+    message = str(info.value)
+    assert "exited" in message
+    assert "rc=1" in message
+    assert "realtime: error: --app 'nosuch_module_xyz:app': cannot import module" in message
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
