@@ -157,12 +157,13 @@ def systemd_socket_activate() -> str:
     pytest.skip(reason)
 
 
-def test_systemd_socket_activation():
+@pytest.mark.parametrize("which", ["index=0", "name=realtime"])
+def test_systemd_socket_activation(which):
     tool = systemd_socket_activate()
     for _attempt in range(3):  # the free port may be taken before the tool binds it
         port = _free_port()
         cmd = [tool, "-l", f"127.0.0.1:{port}", "--fdname=realtime",
-               *twistd(*APP, "--port", "systemd:domain=INET:index=0")]
+               *twistd(*APP, "--port", f"systemd:domain=INET:{which}")]
         server = start(cmd, listeners=0)
         try:
             server.wait_for(rf"Listening on 127\.0\.0\.1:{port}")
