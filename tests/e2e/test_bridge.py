@@ -512,10 +512,12 @@ class Closer(AsyncWebsocketConsumer):
 )
 @pytest_twisted.ensureDeferred
 async def test_close_codes(live, command, code):
-    server = await live(ws_app(Closer.as_app()))
+    rec = Recorder()
+    server = await live(ws_app(Closer.as_app(rec=rec)))
     _, frame = await in_thread(client_close, server.ws_url("/t"), command)
     assert frame is not None
     assert frame.code == code
+    assert (await rec.wait(1))[0] == ("disconnect", code)
 
 
 @pytest_twisted.ensureDeferred

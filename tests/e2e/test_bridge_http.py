@@ -114,6 +114,17 @@ async def test_resource_route_sees_the_scope(live):
 
 
 @pytest_twisted.ensureDeferred
+async def test_resource_instance_as_a_route(live):
+    server = await live(ProtocolTypeRouter({
+        "http": URLRouter([path("res", ScopeResource())]),
+    }))
+    status, headers, body = await get(server.port, "/res?b=2")
+    assert status == 200
+    assert headers[b"content-type"] == [b"application/json"]
+    assert json.loads(body)["query_string"] == "b=2"
+
+
+@pytest_twisted.ensureDeferred
 async def test_async_http_consumer_send_response(live):
     server = await live(make_app(hello=Hello.as_app()))
     status, headers, body = await get(server.port, "/hello", method=b"POST", body=b"world")
