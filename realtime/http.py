@@ -42,6 +42,9 @@ class AsyncHttpConsumer(AppFactoryMixin):
         if self._headers_sent:
             raise RuntimeError("send_headers() called twice")
         pairs = check_headers(headers)
+        from realtime.cookies import response_headers
+
+        pairs.extend(response_headers(self.scope))
         request = self._request
         request.setResponseCode(status)
         for name, value in pairs:

@@ -1,0 +1,342 @@
+"""Sessions: ``SessionMiddleware`` puts a dict-like ``scope["session"]`` in the scope.
+
+Three stores: ``cookie`` (the whole session, signed with HMAC-SHA256, in the cookie; needs a
+secret key; old keys still verify, so keys rotate without logging everybody out),
+``memory`` and ``redis://...`` (the cookie holds a random session id). A tampered, forged or
+expired cookie is an empty session, never an error.
+
+Changes made before ``accept()`` go out as ``Set-Cookie`` on the handshake response. After
+accept a cookie-store session cannot reach the browser any more, so ``save()`` raises
+``SessionError`` there; server-side stores save at any time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from realtime.cookies import add_response_headers, cookies_from_scope, delete_cookie, set_cookie
+from realtime.middleware import BaseMiddleware
+from realtime.routing import Application, Scope
+from realtime.settings import ConfigurationError, settings
+
+log = Logger()
+
+
+class SessionError(Exception):
+    """A session operation that cannot work here (e.g. a cookie-store save after accept)."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Signer:
+    """HMAC-SHA256 over ``payload.timestamp``; the first key signs, every key verifies."""
+
+    def __init__(self, keys: list[str], salt: str = "realtime.sessions") -> None:
+        if not keys or not all(keys):
+            raise ConfigurationError("a signing key is required")
+        self._keys = [hashlib.sha256((salt + ":" + key).encode()).digest() for key in keys]
+
+    def _mac(self, key: bytes, message: str) -> str:
+        return _b64(hmac.new(key, message.encode("ascii"), hashlib.sha256).digest())
+
+    def sign(self, payload: str, now: float) -> str:
+        message = f"{payload}.{int(now):x}"
+        return f"{message}.{self._mac(self._keys[0], message)}"
+
+    def unsign(self, value: str, max_age: float, now: float) -> str | None:
+        """The payload, or None when the signature is wrong or the value is too old."""
+        try:
+            message, _, mac = value.rpartition(".")
+            payload, _, stamp = message.rpartition(".")
+            issued = int(stamp, 16)
+        except ValueError:
+            return None
+        if not payload or not any(
+            hmac.compare_digest(self._mac(key, message), mac) for key in self._keys
+        ):
+            return None
+        if now - issued > max_age or issued - now > 60:
+            return None
+        return payload
+
+
+class CookieStore:
+    """The session *is* the cookie: signed JSON."""
+
+    kind = "cookie"
+
+    def __init__(
+        self, secret_key: str | None, old_keys: list[str] | None = None,
+        max_age: int = 1209600, clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not secret_key:
+            raise ConfigurationError(
+                "SessionMiddleware with the cookie store needs a secret key "
+                "(--secret-key or --secret-key-file), or use --session-store memory|redis://"
+            )
+        self.signer = Signer([secret_key, *(old_keys or [])])
+        self.max_age = max_age
+        self.clock = clock
+
+    def decode(self, value: str) -> dict[str, Any]:
+        payload = self.signer.unsign(value, self.max_age, self.clock())
+        if payload is None:
+            return {}
+        try:
+            data = json.loads(_unb64(payload))
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def encode(self, data: dict[str, Any]) -> str:
+        payload = _b64(json.dumps(data, separators=(",", ":")).encode())
+        return self.signer.sign(payload, self.clock())
+
+
+class MemorySessionStore:
+    """Sessions in this process's memory, by random id (lost on restart; one process)."""
+
+    kind = "server"
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._data: dict[str, tuple[dict[str, Any], float]] = {}
+        self.clock = clock
+
+    def load(self, key: str) -> Deferred[dict[str, Any] | None]:
+        entry = self._data.get(key)
+        if entry is None:
+            return succeed(None)
+        data, expires = entry
+        if expires < self.clock():
+            del self._data[key]
+            return succeed(None)
+        return succeed(json.loads(json.dumps(data)))
+
+    def save(self, key: str, data: dict[str, Any], max_age: int) -> Deferred[None]:
+        self._data[key] = (json.loads(json.dumps(data)), self.clock() + max_age)
+        return succeed(None)
+
+    def delete(self, key: str) -> Deferred[None]:
+        self._data.pop(key, None)
+        return succeed(None)
+
+
+class RedisSessionStore:
+    """Sessions in Redis (``SETEX realtime:session:<id>``), shared by every process."""
+
+    kind = "server"
+    prefix = "realtime:session:"
+
+    def __init__(self, url: str) -> None:
+        from realtime.redis_url import parse_redis_url
+
+        self.target = parse_redis_url(url)
+        self._client: Any = None
+
+    def _connection(self) -> Any:
+        if self._client is None:
+            from realtime.redis_url import lazy_client
+
+            self._client = lazy_client(self.target)
+        return self._client
+
+    def load(self, key: str) -> Deferred[dict[str, Any] | None]:
+        d: Deferred[Any] = self._connection().get(self.prefix + key)
+
+        def decode(raw: Any) -> dict[str, Any] | None:
+            if raw is None:
+                return None
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                return None
+            return data if isinstance(data, dict) else None
+
+        return d.addCallback(decode)
+
+    def save(self, key: str, data: dict[str, Any], max_age: int) -> Deferred[None]:
+        d: Deferred[Any] = self._connection().setex(
+            self.prefix + key, max_age, json.dumps(data)
+        )
+        return d.addCallback(lambda _: None)
+
+    def delete(self, key: str) -> Deferred[None]:
+        d: Deferred[Any] = self._connection().delete(self.prefix + key)
+        return d.addCallback(lambda _: None)
+
+    def close(self) -> Deferred[None]:
+        if self._client is not None:
+            client, self._client = self._client, None
+            return client.disconnect()
+        return succeed(None)
+
+
+def store_from_setting(value: str | None = None) -> Any:
+    value = value or settings.session_store
+    if value == "cookie":
+        return CookieStore(settings.secret_key, settings.old_secret_keys,
+                           settings.session_cookie_age)
+    if value == "memory":
+        return MemorySessionStore()
+    if value.startswith(("redis://", "rediss://", "unix://")):
+        return RedisSessionStore(value)
+    raise ConfigurationError(
+        f"--session-store: expected cookie, memory or redis://..., got {value!r}"
+    )
+
+
+class Session(MutableMapping[str, Any]):
+    """A dict with ``save()``, ``flush()``, ``cycle_key()`` and ``session_key``."""
+
+    def __init__(self, store: Any, key: str | None, data: dict[str, Any], secure: bool) -> None:
+        self._store = store
+        self.session_key = key
+        self._data = data
+        self._secure = secure
+        self._old_key: str | None = None
+        self.modified = False
+        self._save_requested = False
+        #: Set once the response head (the 101) has gone out.
+        self.headers_sent = False
+        self._had_cookie = bool(key) or bool(data)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._data[name]
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self._data[name] = value
+        self.modified = True
+
+    def __delitem__(self, name: str) -> None:
+        del self._data[name]
+        self.modified = True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"<Session {len(self._data)} keys>"
+
+    def save(self) -> Deferred[None]:
+        """Before accept: the change goes out with the handshake. After accept: a server-side
+        store saves now; the cookie store raises ``SessionError``."""
+        if self._store.kind == "cookie":
+            if self.headers_sent:
+                raise SessionError(
+                    "a cookie-store session cannot change after accept(): the cookie went out "
+                    "with the handshake. Save before accept(), or use --session-store "
+                    "memory or redis://..."
+                )
+            self._save_requested = True
+            return succeed(None)
+        if not self.headers_sent:
+            self._save_requested = True
+            return succeed(None)
+        if self.session_key is None:
+            raise SessionError(
+                "this session has no id the browser knows: save it before accept()"
+            )
+        self.modified = False
+        return self._store.save(self.session_key, self._data, settings.session_cookie_age)
+
+    def flush(self) -> None:
+        """Empty the session and drop its id (logout)."""
+        self._data.clear()
+        self._retire_key()
+        self.session_key = None
+        self.modified = True
+
+    def cycle_key(self) -> None:
+        """Keep the data under a new id (login: no session fixation)."""
+        self._retire_key()
+        self.session_key = None
+        self.modified = True
+
+    def _retire_key(self) -> None:
+        if self._store.kind == "server" and self.session_key and self._old_key is None:
+            self._old_key = self.session_key
+
+    # -- the response head --------------------------------------------------------------------
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        """``Set-Cookie`` for changes made so far; called once, when the head goes out."""
+        self.headers_sent = True
+        if not (self.modified or self._save_requested):
+            return []
+        self.modified = self._save_requested = False
+        name = settings.session_cookie_name
+        attrs: dict[str, Any] = {
+            "max_age": settings.session_cookie_age,
+            "secure": self._secure,
+            "httponly": True,
+            "samesite": settings.session_cookie_samesite,
+        }
+        if self._old_key is not None:
+            self._store.delete(self._old_key).addErrback(
+                lambda f: log.failure("deleting an old session failed", f)
+            )
+            self._old_key = None
+        if not self._data:
+            return [delete_cookie(name)] if self._had_cookie else []
+        if self._store.kind == "cookie":
+            return [set_cookie(name, self._store.encode(self._data), **attrs)]
+        if self.session_key is None:
+            self.session_key = secrets.token_urlsafe(24)
+        self._store.save(self.session_key, dict(self._data), settings.session_cookie_age
+                         ).addErrback(lambda f: log.failure("saving a session failed", f))
+        return [set_cookie(name, self.session_key, **attrs)]
+
+
+class SessionMiddleware(BaseMiddleware):
+    """Adds ``scope["session"]``; the store comes from ``--session-store`` unless given."""
+
+    def __init__(self, inner: Application, store: Any = None) -> None:
+        super().__init__(inner)
+        self.store = store if store is not None else store_from_setting()
+
+    async def resolve_scope(self, scope: Scope) -> None:
+        if "session" in scope:
+            return
+        cookies = scope.get("cookies")
+        if cookies is None:
+            cookies = scope["cookies"] = cookies_from_scope(scope)
+        raw = cookies.get(settings.session_cookie_name)
+        secure = scope.get("scheme") in ("wss", "https")
+        key: str | None = None
+        data: dict[str, Any] = {}
+        if raw:
+            if self.store.kind == "cookie":
+                data = self.store.decode(raw)
+            else:
+                loaded = await self.store.load(raw)
+                if loaded is not None:
+                    key, data = raw, loaded
+        session = Session(self.store, key, data, secure)
+        session._had_cookie = bool(raw)
+        scope["session"] = session
+        add_response_headers(scope, session.response_headers)
+
+
+def SessionMiddlewareStack(inner: Application) -> BaseMiddleware:
+    """Cookies, then sessions."""
+    from realtime.cookies import CookieMiddleware
+
+    return CookieMiddleware(SessionMiddleware(inner))

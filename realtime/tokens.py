@@ -1,0 +1,219 @@
+"""``TokenAuthMiddleware``: a JWT (PyJWT) makes ``scope["user"]``.
+
+The token comes from ``Authorization: Bearer <jwt>``, a ``?token=<jwt>`` query parameter,
+or a ``bearer.<jwt>`` entry among the offered subprotocols (browsers cannot set headers on a
+WebSocket); the entry is removed from ``scope["subprotocols"]``. Each key pins the
+algorithms it may verify (HMAC secrets only HS*, RSA keys only RS*/PS*, EC keys only ES*,
+Ed25519 only EdDSA), so ``alg: none`` and algorithm confusion are refused. A missing token
+is an anonymous user unless ``required=True`` (401); a bad or expired token is 401 with
+``WWW-Authenticate``. The token's ``exp`` goes into ``scope["auth_expires_at"]``: the bridge
+closes the socket with 4001 "token expired" at that moment. Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from realtime.auth import AnonymousUser, User
+from realtime.exceptions import Refuse
+from realtime.middleware import BaseMiddleware
+from realtime.routing import Application, Scope
+from realtime.settings import ConfigurationError, settings
+
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+EC_ALGORITHMS = ("ES256", "ES384", "ES512")
+OKP_ALGORITHMS = ("EdDSA",)
+SUBPROTOCOL_PREFIX = "bearer."
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    """A key and the algorithms it may verify (never ``none``)."""
+
+    key: Any
+    algorithms: tuple[str, ...]
+    kid: str | None = None
+
+
+def _family(key: Any) -> tuple[str, ...]:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+    if isinstance(key, str | bytes):
+        return HMAC_ALGORITHMS
+    if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
+        return RSA_ALGORITHMS
+    if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
+        return EC_ALGORITHMS
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return OKP_ALGORITHMS
+    raise ConfigurationError(f"unsupported JWT key type {type(key).__name__}")
+
+
+def _pin(key: Any, algorithms: Sequence[str] | None, kid: str | None = None) -> VerificationKey:
+    family = _family(key)
+    chosen = tuple(a for a in (algorithms or family) if a in family)
+    if not chosen:
+        raise ConfigurationError(
+            f"--jwt-algorithms {','.join(algorithms or ())} do not fit a key of this type "
+            f"(it verifies {', '.join(family)})"
+        )
+    return VerificationKey(key, chosen, kid)
+
+
+def key_from_text(text: str, algorithms: Sequence[str] | None = None) -> VerificationKey:
+    """A PEM public key (or certificate), else an HMAC secret."""
+    stripped = text.strip()
+    if stripped.startswith("-----BEGIN"):
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        data = stripped.encode()
+        public: Any
+        try:
+            if b"CERTIFICATE" in data.split(b"\n", 1)[0]:
+                public = x509.load_pem_x509_certificate(data).public_key()
+            else:
+                public = load_pem_public_key(data)
+        except ValueError as exc:
+            raise ConfigurationError(f"cannot read the JWT public key: {exc}") from None
+        return _pin(public, algorithms)
+    if len(stripped) < 32:
+        raise ConfigurationError("an HMAC JWT secret must be at least 32 characters")
+    return _pin(stripped, algorithms)
+
+
+def keys_from_jwks(text: str, algorithms: Sequence[str] | None = None) -> list[VerificationKey]:
+    import jwt
+
+    try:
+        document = json.loads(text)
+        entries = document["keys"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigurationError("the JWKS file is not a JSON object with a 'keys' list") from None
+    keys = []
+    for entry in entries:
+        try:
+            jwk = jwt.PyJWK(entry)
+        except jwt.PyJWTError as exc:
+            raise ConfigurationError(f"bad key in the JWKS file: {exc}") from None
+        pinned = [entry["alg"]] if entry.get("alg") else algorithms
+        keys.append(_pin(jwk.key, pinned, entry.get("kid")))
+    if not keys:
+        raise ConfigurationError("the JWKS file has no keys")
+    return keys
+
+
+class InvalidToken(Exception):
+    pass
+
+
+def extract_token(scope: Scope) -> str | None:
+    """The token, from the header, the query string or a subprotocol entry (removed)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    if query.get("token"):
+        return query["token"][0]
+    offered = scope.get("subprotocols") or []
+    for entry in offered:
+        if entry.startswith(SUBPROTOCOL_PREFIX):
+            scope["subprotocols"] = [p for p in offered if p != entry]
+            return entry[len(SUBPROTOCOL_PREFIX):]
+    return None
+
+
+def verify(
+    token: str,
+    keys: Sequence[VerificationKey],
+    now: float,
+    audience: str | None = None,
+    issuer: str | None = None,
+    leeway: float = 0.0,
+) -> dict[str, Any]:
+    """The claims of a valid token; ``InvalidToken`` (with no token text) otherwise."""
+    import jwt
+
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise InvalidToken("malformed token") from None
+    alg, kid = header.get("alg"), header.get("kid")
+    candidates = [k for k in keys if alg in k.algorithms and (kid is None or k.kid in (None, kid))]
+    if not candidates:
+        raise InvalidToken("no key for this token's algorithm")
+    last = "invalid token"
+    for key in candidates:
+        try:
+            claims = jwt.decode(
+                token, key.key, algorithms=list(key.algorithms), audience=audience,
+                issuer=issuer,
+                options={"verify_exp": False, "verify_nbf": False, "verify_iat": False,
+                         "verify_aud": audience is not None, "verify_iss": issuer is not None},
+            )
+        except jwt.InvalidSignatureError:
+            last = "bad signature"
+            continue
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(type(exc).__name__) from None
+        exp, nbf = claims.get("exp"), claims.get("nbf")
+        if exp is not None and (not isinstance(exp, int | float) or now > exp + leeway):
+            raise InvalidToken("token expired")
+        if nbf is not None and (not isinstance(nbf, int | float) or now < nbf - leeway):
+            raise InvalidToken("token not yet valid")
+        return dict(claims)
+    raise InvalidToken(last)
+
+
+class TokenAuthMiddleware(BaseMiddleware):
+    """``scope["user"]`` from a JWT; keys and checks default to the ``--jwt-*`` options."""
+
+    def __init__(
+        self,
+        inner: Application,
+        required: bool = False,
+        keys: Sequence[VerificationKey] | None = None,
+        audience: str | None = None,
+        issuer: str | None = None,
+        leeway: float | None = None,
+        clock: Any = None,
+    ) -> None:
+        super().__init__(inner)
+        self.keys = list(keys if keys is not None else settings.jwt_keys)
+        if not self.keys:
+            raise ConfigurationError(
+                "TokenAuthMiddleware needs a key: --jwt-key, --jwt-key-file or --jwks-file"
+            )
+        self.required = required
+        self.audience = audience if audience is not None else settings.jwt_audience
+        self.issuer = issuer if issuer is not None else settings.jwt_issuer
+        self.leeway = leeway if leeway is not None else settings.jwt_leeway
+        self.clock = clock
+
+    def _now(self) -> float:
+        return float(self.clock.seconds()) if self.clock is not None else time.time()
+
+    async def resolve_scope(self, scope: Scope) -> None:
+        token = extract_token(scope)
+        if token is None:
+            if self.required:
+                raise Refuse(401, [(b"WWW-Authenticate", b'Bearer realm="realtime"')])
+            scope.setdefault("user", AnonymousUser())
+            return
+        try:
+            claims = verify(token, self.keys, self._now(), self.audience, self.issuer,
+                            self.leeway)
+        except InvalidToken as exc:
+            challenge = f'Bearer realm="realtime", error="invalid_token", error_description="{exc}"'
+            raise Refuse(401, [(b"WWW-Authenticate", challenge.encode())]) from None
+        scope["user"] = User(claims.get("sub"), claims=claims)
+        if isinstance(claims.get("exp"), int | float):
+            scope["auth_expires_at"] = float(claims["exp"]) + self.leeway

@@ -1,0 +1,392 @@
+"""Unit tests: cookies, sessions and their stores, users, tokens, origins, proxies."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jwt
+import pytest
+import pytest_twisted
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from realtime.auth import AnonymousUser, AuthMiddleware, User, login, logout
+from realtime.cookies import CookieMiddleware, parse_cookie, set_cookie
+from realtime.exceptions import Refuse
+from realtime.origins import AllowedHostsOriginValidator, OriginValidator, origin_allowed
+from realtime.proxy import parse_networks, resolve_client
+from realtime.routing import Ready
+from realtime.sessions import (
+    CookieStore,
+    MemorySessionStore,
+    Session,
+    SessionError,
+    SessionMiddleware,
+    Signer,
+)
+from realtime.settings import ConfigurationError
+from realtime.tokens import (
+    InvalidToken,
+    TokenAuthMiddleware,
+    extract_token,
+    key_from_text,
+    keys_from_jwks,
+    verify,
+)
+
+SECRET = "s" * 40
+
+
+def run(middleware, scope):
+    """Drive a middleware to the inner app's result (the inner app returns the scope)."""
+    from twisted.internet.defer import Deferred
+
+    from realtime.middleware import resolve
+
+    return Deferred.fromCoroutine(resolve(middleware(scope)))
+
+
+def inner(scope):
+    return Ready(scope)
+
+
+def ws_scope(headers=(), query=b"", subprotocols=()):
+    return {"type": "websocket", "path": "/", "headers": list(headers), "query_string": query,
+            "subprotocols": list(subprotocols), "scheme": "ws"}
+
+
+# -- cookies ---------------------------------------------------------------------------------
+
+def test_parse_cookie_skips_bad_pairs():
+    assert parse_cookie('a=1; bad; =x; b="two"; c=3=3; a=again') == {
+        "a": "1", "b": "two", "c": "3=3"}
+
+
+@given(st.text())
+def test_parse_cookie_never_raises(header):
+    result = parse_cookie(header)
+    assert isinstance(result, dict)
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=300))
+def test_cookie_middleware_never_raises_on_raw_headers(raw):
+    scope = {"type": "http", "headers": [(b"cookie", raw)]}
+    d = run(CookieMiddleware(inner), scope)
+    results = []
+    d.addCallback(results.append)
+    assert isinstance(results[0]["cookies"], dict)  # synchronous: nothing to wait for
+
+
+def test_set_cookie_attributes_and_refusals():
+    name, value = set_cookie("sid", "abc", max_age=60, path="/p", domain="example.com",
+                             secure=True, httponly=True, samesite="strict")
+    assert name == b"Set-Cookie"
+    text = value.decode()
+    for part in ("sid=abc", "Max-Age=60", "Path=/p", "Domain=example.com", "Secure",
+                 "HttpOnly", "SameSite=Strict", "Expires="):
+        assert part in text
+    for bad in ("a;b", "a\r\nX: y", 'q"'):
+        with pytest.raises(ValueError):
+            set_cookie("sid", bad)
+    with pytest.raises(ValueError):
+        set_cookie("bad name", "x")
+    with pytest.raises(ValueError):
+        set_cookie("sid", "x", samesite="sometimes")
+
+
+# -- signing and the cookie store ------------------------------------------------------------
+
+def test_signer_rotation_tamper_and_expiry():
+    old = Signer(["old-key"])
+    value = old.sign("payload", now=1000)
+    rotated = Signer(["new-key", "old-key"])
+    assert rotated.unsign(value, max_age=100, now=1050) == "payload"  # old key verifies
+    assert Signer(["new-key"]).unsign(value, max_age=100, now=1050) is None  # forgotten key
+    assert rotated.unsign(value, max_age=10, now=1050) is None  # expired
+    tampered = value.replace("payload", "paylOad")
+    assert rotated.unsign(tampered, max_age=100, now=1050) is None
+    assert rotated.unsign("garbage", max_age=100, now=1050) is None
+    assert rotated.unsign("", max_age=100, now=1050) is None
+
+
+def test_cookie_store_round_trip_and_bad_cookies_are_empty():
+    clock = [1000.0]
+    store = CookieStore(SECRET, max_age=60, clock=lambda: clock[0])
+    value = store.encode({"user": 7})
+    assert store.decode(value) == {"user": 7}
+    assert store.decode(value[:-2] + "xx") == {}
+    assert store.decode("a.b.c") == {}
+    forged = CookieStore("another secret key that is long enough!", clock=lambda: clock[0])
+    assert store.decode(forged.encode({"user": 1})) == {}
+    clock[0] += 61
+    assert store.decode(value) == {}
+
+
+def test_cookie_store_needs_a_secret():
+    with pytest.raises(ConfigurationError, match="secret key"):
+        CookieStore(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_middleware_cookie_store_sets_cookie_and_refuses_save_after_accept():
+    store = CookieStore(SECRET)
+    mw = CookieMiddleware(SessionMiddleware(inner, store=store))
+    scope = await run(mw, ws_scope())
+    session = scope["session"]
+    assert len(session) == 0
+    session["name"] = "ada"
+    headers = scope["realtime.response_hooks"][0]()
+    assert len(headers) == 1 and headers[0][0] == b"Set-Cookie"
+    cookie = headers[0][1].decode().split(";")[0]
+    assert "HttpOnly" in headers[0][1].decode()
+    with pytest.raises(SessionError, match="after accept"):
+        session.save()
+    # The browser comes back with that cookie: the session is there.
+    again = await run(mw, ws_scope([(b"cookie", cookie.encode())]))
+    assert again["session"]["name"] == "ada"
+    # A tampered cookie is an empty session, not an error.
+    name, _, value = cookie.partition("=")
+    tampered = await run(mw, ws_scope([(b"cookie", f"{name}={value[:-3]}abc".encode())]))
+    assert dict(tampered["session"]) == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_middleware_memory_store_uses_a_random_id():
+    store = MemorySessionStore()
+    mw = SessionMiddleware(inner, store=store)
+    scope = await run(mw, ws_scope())
+    scope["session"]["n"] = 1
+    (name, value), = scope["realtime.response_hooks"][0]()
+    session_id = value.decode().split(";")[0].split("=", 1)[1]
+    assert "n" not in session_id and len(session_id) >= 24
+    assert await store.load(session_id) == {"n": 1}
+    later = await run(mw, ws_scope([(b"cookie", f"sessionid={session_id}".encode())]))
+    assert later["session"]["n"] == 1
+    # Server-side stores save after accept too.
+    later["session"].headers_sent = True
+    later["session"]["n"] = 2
+    await later["session"].save()
+    assert await store.load(session_id) == {"n": 2}
+    unknown = await run(mw, ws_scope([(b"cookie", b"sessionid=forged")]))
+    assert dict(unknown["session"]) == {} and unknown["session"].session_key is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_cycles_the_key_and_logout_flushes():
+    store = MemorySessionStore()
+    scope = await run(SessionMiddleware(inner, store=store), ws_scope())
+    session = scope["session"]
+    session["x"] = 1
+    session.response_headers()
+    first_key = session.session_key
+    session.headers_sent = False
+    await login(scope, User(42))
+    assert scope["user"].id == 42 and session["_auth_user_id"] == "42"
+    headers = session.response_headers()
+    assert session.session_key != first_key
+    assert await store.load(first_key) is None  # the old id is gone: no fixation
+    assert headers
+    await logout(scope)
+    assert isinstance(scope["user"], AnonymousUser) and len(session) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_auth_middleware_loads_the_user_with_the_loader():
+    store = MemorySessionStore()
+    await store.save("k" * 30, {"_auth_user_id": "7"}, 60)
+
+    async def loader(user_id):
+        return User(int(user_id), name="grace") if user_id == "7" else None
+
+    mw = SessionMiddleware(AuthMiddleware(inner, user_loader=loader), store=store)
+    scope = await run(mw, ws_scope([(b"cookie", b"sessionid=" + b"k" * 30)]))
+    assert scope["user"].is_authenticated and scope["user"].name == "grace"
+    anon = await run(mw, ws_scope())
+    assert anon["user"].is_authenticated is False
+    with pytest.raises(ValueError, match="SessionMiddleware"):
+        await run(AuthMiddleware(inner), ws_scope())
+
+
+# -- tokens ----------------------------------------------------------------------------------
+
+def rsa_pair():
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return private, public_pem
+
+
+def test_tokens_hmac_valid_expired_forged_and_none():
+    key = key_from_text(SECRET)
+    assert key.algorithms == ("HS256", "HS384", "HS512")
+    now = 1_000_000
+    good = jwt.encode({"sub": "u1", "exp": now + 60}, SECRET, algorithm="HS256")
+    assert verify(good, [key], now)["sub"] == "u1"
+    with pytest.raises(InvalidToken, match="expired"):
+        verify(good, [key], now + 61)
+    forged = jwt.encode({"sub": "u1"}, "x" * 40, algorithm="HS256")
+    with pytest.raises(InvalidToken):
+        verify(forged, [key], now)
+    none_token = jwt.encode({"sub": "u1"}, None, algorithm="none")
+    with pytest.raises(InvalidToken):
+        verify(none_token, [key], now)
+    with pytest.raises(InvalidToken):
+        verify("not.a.token", [key], now)
+    with pytest.raises(InvalidToken):
+        verify(good[:-4] + "AAAA", [key], now)
+
+
+def test_tokens_algorithm_confusion_is_refused():
+    private, public_pem = rsa_pair()
+    key = key_from_text(public_pem)
+    assert "HS256" not in key.algorithms
+    good = jwt.encode({"sub": "r"}, private, algorithm="RS256")
+    assert verify(good, [key], time.time())["sub"] == "r"
+    # The classic attack: HMAC-sign with the public key's PEM text.
+    import hashlib
+    import hmac
+    import base64
+
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps({"sub": "evil"}).encode())
+    mac = b64(hmac.new(public_pem.encode(), header + b"." + body, hashlib.sha256).digest())
+    attack = (header + b"." + body + b"." + mac).decode()
+    with pytest.raises(InvalidToken):
+        verify(attack, [key], time.time())
+
+
+def test_tokens_audience_issuer_leeway_and_jwks(tmp_path):
+    private = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
+    jwk.update({"kid": "k1", "alg": "ES256"})
+    keys = keys_from_jwks(json.dumps({"keys": [jwk]}))
+    assert keys[0].algorithms == ("ES256",) and keys[0].kid == "k1"
+    now = 5000
+    token = jwt.encode({"sub": "e", "aud": "app", "iss": "me", "exp": now},
+                       private, algorithm="ES256", headers={"kid": "k1"})
+    assert verify(token, keys, now + 5, audience="app", issuer="me", leeway=10)["sub"] == "e"
+    with pytest.raises(InvalidToken):
+        verify(token, keys, now + 5, audience="other", issuer="me", leeway=10)
+    with pytest.raises(InvalidToken):
+        verify(token, keys, now + 5, audience="app", issuer="them", leeway=10)
+    with pytest.raises(InvalidToken, match="expired"):
+        verify(token, keys, now + 11, audience="app", issuer="me", leeway=10)
+    with pytest.raises(ConfigurationError):
+        keys_from_jwks("{}")
+    with pytest.raises(ConfigurationError):
+        key_from_text("short")
+
+
+def test_extract_token_sources_and_subprotocol_removal():
+    assert extract_token(ws_scope([(b"authorization", b"Bearer abc")])) == "abc"
+    assert extract_token(ws_scope(query=b"x=1&token=qq")) == "qq"
+    scope = ws_scope(subprotocols=["chat", "bearer.tok.en"])
+    assert extract_token(scope) == "tok.en"
+    assert scope["subprotocols"] == ["chat"]
+    assert extract_token(ws_scope([(b"authorization", b"Basic x")])) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_middleware_required_and_refusals():
+    key = key_from_text(SECRET)
+
+    class Clock:
+        def seconds(self):
+            return 100.0
+
+    mw = TokenAuthMiddleware(inner, keys=[key], clock=Clock())
+    anon = await run(mw, ws_scope())
+    assert anon["user"].is_authenticated is False
+    required = TokenAuthMiddleware(inner, required=True, keys=[key], clock=Clock())
+    with pytest.raises(Refuse) as refused:
+        await run(required, ws_scope())
+    assert refused.value.status == 401
+    token = jwt.encode({"sub": "u", "exp": 160}, SECRET, algorithm="HS256")
+    scope = await run(required, ws_scope(query=b"token=" + token.encode()))
+    assert scope["user"].claims["sub"] == "u" and scope["auth_expires_at"] == 160
+    expired = jwt.encode({"sub": "u", "exp": 50}, SECRET, algorithm="HS256")
+    with pytest.raises(Refuse) as refused:
+        await run(mw, ws_scope([(b"authorization", b"Bearer " + expired.encode())]))
+    assert refused.value.status == 401
+    challenge = dict(refused.value.headers)[b"WWW-Authenticate"]
+    assert b"invalid_token" in challenge and expired.encode() not in challenge
+    with pytest.raises(ConfigurationError):
+        TokenAuthMiddleware(inner, keys=[])
+
+
+# -- origins ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("origin", "patterns", "allowed"),
+    [
+        ("https://app.example.com", ["https://app.example.com"], True),
+        ("https://app.example.com:443", ["https://app.example.com"], True),
+        ("https://app.example.com:8443", ["https://app.example.com"], False),
+        ("http://app.example.com", ["https://app.example.com"], False),
+        ("https://a.b.example.com", [".example.com"], True),
+        ("https://example.com", [".example.com"], True),
+        ("https://badexample.com", [".example.com"], False),
+        ("http://example.com:9000", ["example.com"], True),
+        ("http://example.com:9000", ["example.com:9000"], True),
+        ("http://example.com:9001", ["example.com:9000"], False),
+        (None, ["example.com"], False),
+        ("null", ["example.com"], False),
+        (None, ["*"], True),
+        ("not a url", ["example.com"], False),
+        ("http://[::1]:8000", ["[::1]"], True),
+    ],
+)
+def test_origin_patterns(origin, patterns, allowed):
+    assert origin_allowed(origin, patterns) is allowed
+
+
+@given(st.text(max_size=80), st.lists(st.text(max_size=30), max_size=4))
+def test_origin_matching_never_raises(origin, patterns):
+    assert origin_allowed(origin, patterns) in (True, False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_origin_validators_on_websocket_and_http():
+    mw = OriginValidator(inner, ["https://ok.example"])
+    with pytest.raises(Refuse) as refused:
+        await run(mw, ws_scope([(b"origin", b"https://evil.example")]))
+    assert refused.value.status == 403
+    with pytest.raises(Refuse):
+        await run(mw, ws_scope())  # a WebSocket without Origin
+    assert await run(mw, ws_scope([(b"origin", b"https://ok.example")]))
+    http = {"type": "http", "headers": [], "path": "/"}
+    assert await run(mw, http)  # plain HTTP without Origin passes
+    with pytest.raises(Refuse):
+        await run(mw, dict(http, headers=[(b"origin", b"https://evil.example")]))
+    local = AllowedHostsOriginValidator(inner, [])
+    assert await run(local, ws_scope([(b"origin", b"http://localhost:8000")]))
+    with pytest.raises(Refuse):
+        await run(local, ws_scope([(b"origin", b"http://example.com")]))
+
+
+# -- proxies ---------------------------------------------------------------------------------
+
+def test_proxy_resolution_walks_from_the_right():
+    nets = parse_networks(["127.0.0.0/8", "10.0.0.0/8", "::1"])
+    headers = [(b"x-forwarded-for", b"6.6.6.6, 1.2.3.4, 10.0.0.5"),
+               (b"x-forwarded-proto", b"https"), (b"x-forwarded-port", b"443")]
+    assert resolve_client(("127.0.0.1", 5000), headers, nets) == (("1.2.3.4", 443), "https")
+    # An untrusted peer cannot speak for anybody.
+    assert resolve_client(("8.8.8.8", 5000), headers, nets) == (("8.8.8.8", 5000), None)
+    # Garbage in the header: keep the peer.
+    assert resolve_client(("127.0.0.1", 1), [(b"x-forwarded-for", b"nonsense")], nets) == (
+        ("127.0.0.1", 1), None)
+    with pytest.raises(ValueError):
+        parse_networks(["10.0.0.0/33"])
+
+
+def test_session_repr_is_not_the_data():
+    session = Session(MemorySessionStore(), None, {"token": "secret"}, False)
+    assert "secret" not in repr(session)
