@@ -153,6 +153,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._lifetime_call: Any = None
         self._close_call: Any = None
         self._closed_code: int | None = None
+        self._graceful_drop = False
         self.channel_name: str | None = None
         # Outbound flow control: frames wait here while the transport's buffer is full.
         self._write_paused = False
@@ -468,6 +469,44 @@ class WebSocketConnection(WebSocketServerProtocol):
         else:
             self._run(self.consumer._on_receive, payload.decode("utf-8"), None)
 
+    def onPing(self, payload: bytes) -> None:
+        """The pong goes through the outbound queue: a peer that floods pings and does not
+        read meets the slow-consumer policy instead of growing the write buffer."""
+        if self.state == _OPEN and not self._slow_closing:
+            self._write(encode_frame(0xA, payload))
+
+    def sendCloseFrame(
+        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
+    ) -> None:
+        """Every close we start, Autobahn's own 1002/1007/1009 for a protocol violation
+        included, gets the close deadline: a peer that never answers is dropped."""
+        super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
+        if not isReply and self.state == _CLOSING and self._close_call is None:
+            self._close_call = self.reactor.callLater(
+                self.config.close_timeout, self._close_deadline
+            )
+
+    def onCloseFrame(self, code: Any, reasonRaw: Any) -> Any:
+        """A close frame from the peer ends in a graceful TCP close: for a malformed close
+        frame (a reserved code, a 1-byte payload, a reason that is not UTF-8) Autobahn sends
+        1002/1007 and then takes the same frame as the reply, and its abort would discard
+        that answer unsent."""
+        self._graceful_drop = True
+        try:
+            return super().onCloseFrame(code, reasonRaw)
+        finally:
+            self._graceful_drop = False
+
+    def dropConnection(self, abort: bool = False) -> None:
+        if self._graceful_drop:
+            abort = False
+        if not abort and self._close_call is None and not self.finished:
+            # Flushing can stall on a peer that stopped reading: the deadline aborts then.
+            self._close_call = self.reactor.callLater(
+                self.config.close_timeout, self._close_deadline
+            )
+        super().dropConnection(abort=abort)
+
     def onPong(self, payload: bytes) -> None:
         if self._pong_deadline is not None:
             if self._pong_deadline.active():
@@ -518,6 +557,9 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._close_call = None
         if self.transport is not None and self.state != _CLOSED:
             self.dropConnection(abort=True)
+        elif self.transport is not None and not self.finished:
+            transport: Any = self.transport
+            transport.abortConnection()  # a graceful close that could not flush in time
 
     def _cancel_timers(self) -> None:
         for name in ("_ping_call", "_pong_deadline", "_lifetime_call", "_close_call"):
