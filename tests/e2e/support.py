@@ -188,6 +188,11 @@ class Server:
                 if self._open == 0 or left <= 0:
                     break
                 self._changed.wait(min(left, 0.5))
+        if self._open == 0:  # both pipes closed: the process is exiting; reap it
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
         why = "exited" if self.proc.poll() is not None else f"did not log it in {timeout} s"
         self.stop()
         raise ServerFailed(
