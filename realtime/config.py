@@ -35,6 +35,14 @@ class ServerConfig:
     slow_consumer: str = "close"
     #: Open WebSockets (and handshakes in progress) before new upgrades get 503; 0: none.
     max_connections: int = 0
+    #: Open WebSockets per client address before upgrades get 429; 0: none.
+    max_connections_per_ip: int = 0
+    #: Inbound messages per second per connection (token bucket; close 1008 past it); 0: off.
+    rate_limit: float = 0.0
+    rate_burst: int = 0
+    #: Trust X-Forwarded-For/-Proto/-Port from peers in ``trusted_proxies``.
+    proxy_headers: bool = False
+    trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1")
     root_path: str = ""
     shutdown_timeout: float = 10.0
     #: How long a close frame we sent may wait for the peer's reply before the TCP is dropped.
@@ -55,6 +63,10 @@ class ServerConfig:
         for name in ("max_message_size", "max_frame_size", "max_inflight", "max_send_buffer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.rate_limit < 0 or self.rate_burst < 0 or self.max_connections_per_ip < 0:
+            raise ValueError(
+                "rate_limit, rate_burst and max_connections_per_ip must not be negative"
+            )
         if self.max_connections < 0:
             raise ValueError("max_connections must not be negative")
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):

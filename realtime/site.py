@@ -31,6 +31,8 @@ from twisted.web import http, resource, server
 from realtime.config import ServerConfig
 from realtime.exceptions import NoRoute, Refuse
 from realtime.http import AsyncHttpConsumer
+from realtime.proxy import apply as apply_proxy_headers
+from realtime.proxy import parse_networks
 from realtime.routing import Ready, route_matches
 from realtime.scope import (
     BadRequest,
@@ -304,6 +306,9 @@ class RealtimeSite(server.Site):
         self.open_channels: set[RealtimeChannel] = set()
         self.draining = False
         self._drained: list[Deferred[None]] = []
+        #: Open WebSockets per client address (``--max-connections-per-ip``).
+        self.per_ip: dict[str, int] = {}
+        self._proxies = parse_networks(config.trusted_proxies) if config.proxy_headers else []
 
     def buildProtocol(self, addr: Any) -> Any:
         channel: Any = RealtimeChannel()
@@ -345,7 +350,7 @@ class RealtimeSite(server.Site):
             self._http(request)
 
     def _scope(self, request: RealtimeRequest, kind: str) -> dict[str, Any]:
-        return build_scope(
+        scope = build_scope(
             kind,
             request.method,
             request.uri,
@@ -356,6 +361,9 @@ class RealtimeSite(server.Site):
             self.config.root_path,
             request.clientproto,
         )
+        if self._proxies:
+            apply_proxy_headers(scope, self._proxies)
+        return scope
 
     def _websocket(self, request: RealtimeRequest) -> None:
         refusal = self._check_handshake(request)
@@ -369,9 +377,18 @@ class RealtimeSite(server.Site):
             request.channel.handshake_done()
             self.write_refusal(request, Refuse(400), upgrade=True)
             return
+        client_ip = scope["client"][0] if scope.get("client") else None
+        limit = self.config.max_connections_per_ip
+        if limit and client_ip is not None and self.per_ip.get(client_ip, 0) >= limit:
+            request.channel.handshake_done()
+            self.write_refusal(request, Refuse(429), upgrade=True)
+            return
         conn = WebSocketConnection(self, request, scope)
         request.channel.upgrading = conn
         self.connections.add(conn)
+        if client_ip is not None:
+            conn.client_ip = client_ip
+            self.per_ip[client_ip] = self.per_ip.get(client_ip, 0) + 1
         conn.start()
 
     def _check_handshake(self, request: RealtimeRequest) -> Refuse | None:
@@ -484,6 +501,12 @@ class RealtimeSite(server.Site):
         """A WebSocket's handshake completed (hook for metrics)."""
 
     def closed(self, conn: WebSocketConnection) -> None:
+        if conn in self.connections and conn.client_ip is not None:
+            left = self.per_ip.get(conn.client_ip, 1) - 1
+            if left > 0:
+                self.per_ip[conn.client_ip] = left
+            else:
+                self.per_ip.pop(conn.client_ip, None)
         self.connections.discard(conn)
         if self.draining and not self.connections:
             waiting, self._drained = self._drained, []

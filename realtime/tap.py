@@ -25,6 +25,7 @@ from realtime.endpoints import (
     port_description,
     with_backlog,
 )
+from realtime.settings import ConfigurationError
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]i?[bB]?|[bB])?\s*$")
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": MiB, "g": 1024 * MiB}
@@ -75,6 +76,35 @@ def _size(name: str, value: str) -> int:
     return number
 
 
+def _words(value: str | None) -> list[str]:
+    return [w for w in re.split(r"[,\s]+", value or "") if w]
+
+
+def _read_file(name: str, path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        raise StartupError(f"--{name} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise StartupError(f"--{name} {path}: not a text file") from None
+
+
+def _rate(name: str, value: str | None) -> float:
+    """``20``, ``20/s``, ``1200/m`` -> messages per second; None -> 0 (off)."""
+    if not value:
+        return 0.0
+    number, _, unit = value.strip().partition("/")
+    per = {"": 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0}.get(unit.strip().lower())
+    try:
+        rate = float(number)
+    except ValueError:
+        rate = -1.0
+    if per is None or not rate > 0 or rate == float("inf"):
+        raise StartupError(f"--{name}: expected a rate such as 20/s or 600/m, got {value!r}")
+    return rate / per
+
+
 def load_application(spec: str) -> Any:
     """Import ``package.module:attribute``; errors name the module or the attribute."""
     module_name, sep, attr = spec.partition(":")
@@ -86,6 +116,8 @@ def load_application(spec: str) -> Any:
         raise StartupError(
             f"--app {spec!r}: cannot import module {module_name!r}: {exc}"
         ) from None
+    except ConfigurationError as exc:
+        raise StartupError(f"--app {spec!r}: {exc}") from None
     except Exception as exc:
         raise StartupError(
             f"--app {spec!r}: importing module {module_name!r} raised "
@@ -133,6 +165,30 @@ class Options(usage.Options):
          "Outbound bytes waiting per connection before --slow-consumer acts."],
         ["slow-consumer", None, "close",
          "close (4008, abort if the close cannot be written in time) or drop (skip, count)."],
+        ["max-connections-per-ip", None, "0",
+         "Open WebSockets per client address before upgrades get 429 (0: none)."],
+        ["rate-limit", None, None,
+         "Inbound messages per second per connection, e.g. 20/s; close 1008 past it."],
+        ["rate-burst", None, None, "Messages allowed in a burst (default: the rate)."],
+        ["trusted-proxies", None, "127.0.0.0/8,::1",
+         "Peers whose X-Forwarded-* headers count (with --proxy-headers)."],
+        ["allowed-origins", None, None,
+         "Refuse (403) Origins matching none of these patterns (comma or space separated)."],
+        ["allowed-hosts", None, None,
+         "Refuse (403) Origins whose host is not one of these (AllowedHostsOriginValidator)."],
+        ["session-store", None, "cookie", "Sessions: cookie (signed), memory or redis://..."],
+        ["secret-key", None, None, "Key that signs session cookies."],
+        ["secret-key-file", None, None, "Read the secret key from this file."],
+        ["old-secret-keys", None, None,
+         "Earlier secret keys (comma or space separated): they still verify."],
+        ["jwt-key", None, None, "JWT verification key: an HMAC secret or a PEM public key."],
+        ["jwt-key-file", None, None, "Read the JWT key (secret or PEM) from this file."],
+        ["jwks-file", None, None, "A JSON Web Key Set file of verification keys."],
+        ["jwt-algorithms", None, None,
+         "Algorithms the key may verify (default: every one of its type; never none)."],
+        ["jwt-audience", None, None, "Required 'aud' claim."],
+        ["jwt-issuer", None, None, "Required 'iss' claim."],
+        ["jwt-leeway", None, "0", "Seconds of clock skew allowed for exp/nbf."],
         ["layer", None, "memory",
          "Channel layer: memory, redis://host:port/db, rediss://..., unix:///path, "
          "redis+sentinel://h1:p1,h2:p2/master/db."],
@@ -141,6 +197,11 @@ class Options(usage.Options):
         ["health-path", None, "/healthz", "Liveness path (200 while running; '' turns it off)."],
         ["ready-path", None, "/readyz",
          "Readiness path (503 while draining; '' turns it off)."],
+    ]
+
+    optFlags: list[list[Any]] = [
+        ["proxy-headers", None,
+         "Use X-Forwarded-For/-Proto/-Port from --trusted-proxies, walked from the right."],
     ]
 
     _repeatable = ("port", "fd")
@@ -178,6 +239,15 @@ class Options(usage.Options):
                 self["_env_" + name] = value.split()
             else:
                 self[name] = value
+        for flag in [f[0] for f in self.optFlags]:
+            value = os.environ.get("REALTIME_" + flag.upper().replace("-", "_"))
+            if value is not None:
+                if value.strip().lower() not in ("1", "true", "yes", "0", "false", "no", ""):
+                    raise StartupError(
+                        f"REALTIME_{flag.upper().replace('-', '_')}: expected 1/true/yes or "
+                        f"0/false/no, got {value!r}"
+                    )
+                self[flag] = 1 if value.strip().lower() in ("1", "true", "yes") else 0
 
     def postOptions(self) -> None:
         for name in self._repeatable:
@@ -189,7 +259,70 @@ class Options(usage.Options):
         self.config = self._build_config()
         self.listeners = self._build_listeners()
         self.layer = self._build_layer()
-        self.application = load_application(self["app"])
+        self._configure_settings()
+        self.application = self._wrap(load_application(self["app"]))
+
+    def _configure_settings(self) -> None:
+        """What middleware reads at import time; set before the application is imported."""
+        from realtime import settings as settings_module
+
+        secret = self["secret-key"]
+        if self["secret-key-file"]:
+            secret = _read_file("secret-key-file", self["secret-key-file"]).strip()
+            if not secret:
+                raise StartupError(
+                    f"--secret-key-file {self['secret-key-file']}: the file is empty"
+                )
+        store = self["session-store"]
+        if store not in ("cookie", "memory") and not store.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise StartupError(
+                f"--session-store: expected cookie, memory or redis://..., got {store!r}"
+            )
+        keys = self._jwt_keys()
+        settings_module.configure(
+            secret_key=secret or None,
+            old_secret_keys=_words(self["old-secret-keys"]),
+            session_store=store,
+            jwt_keys=keys,
+            jwt_audience=self["jwt-audience"],
+            jwt_issuer=self["jwt-issuer"],
+            jwt_leeway=_seconds("jwt-leeway", self["jwt-leeway"]),
+            allowed_hosts=_words(self["allowed-hosts"]),
+            allowed_origins=_words(self["allowed-origins"]),
+        )
+
+    def _jwt_keys(self) -> list[Any]:
+        from realtime.settings import ConfigurationError
+        from realtime.tokens import key_from_text, keys_from_jwks
+
+        algorithms = _words(self["jwt-algorithms"]) or None
+        if algorithms and "none" in [a.lower() for a in algorithms]:
+            raise StartupError("--jwt-algorithms: 'none' is never accepted")
+        keys: list[Any] = []
+        try:
+            if self["jwt-key"]:
+                keys.append(key_from_text(self["jwt-key"], algorithms))
+            if self["jwt-key-file"]:
+                text = _read_file("jwt-key-file", self["jwt-key-file"])
+                keys.append(key_from_text(text, algorithms))
+            if self["jwks-file"]:
+                keys.extend(keys_from_jwks(_read_file("jwks-file", self["jwks-file"]), algorithms))
+        except ConfigurationError as exc:
+            raise StartupError(f"JWT key: {exc}") from None
+        return keys
+
+    def _wrap(self, application: Any) -> Any:
+        """``--allowed-origins`` / ``--allowed-hosts`` apply the validators without code."""
+        from realtime.origins import AllowedHostsOriginValidator, OriginValidator
+
+        if self["allowed-hosts"]:
+            application = AllowedHostsOriginValidator(application,
+                                                      _words(self["allowed-hosts"]))
+        if self["allowed-origins"]:
+            application = OriginValidator(application, _words(self["allowed-origins"]))
+        return application
 
     def _build_config(self) -> ServerConfig:
         root_path = self["root-path"] or ""
@@ -213,11 +346,28 @@ class Options(usage.Options):
             max_connections=_count("max-connections", self["max-connections"], 0),
             max_send_buffer=_size("max-send-buffer", self["max-send-buffer"]),
             slow_consumer=self._choice("slow-consumer", ("close", "drop")),
+            max_connections_per_ip=_count(
+                "max-connections-per-ip", self["max-connections-per-ip"], 0
+            ),
+            rate_limit=_rate("rate-limit", self["rate-limit"]),
+            rate_burst=_count("rate-burst", self["rate-burst"], 1) if self["rate-burst"] else 0,
+            proxy_headers=bool(self["proxy-headers"]),
+            trusted_proxies=self._networks(),
             root_path=root_path,
             shutdown_timeout=_seconds("shutdown-timeout", self["shutdown-timeout"]),
             health_path=self["health-path"],
             ready_path=self["ready-path"],
         )
+
+    def _networks(self) -> tuple[str, ...]:
+        from realtime.proxy import parse_networks
+
+        values = tuple(_words(self["trusted-proxies"]))
+        try:
+            parse_networks(values)
+        except ValueError as exc:
+            raise StartupError(f"--trusted-proxies: {exc}") from None
+        return values
 
     def _choice(self, name: str, allowed: tuple[str, ...]) -> str:
         value = self[name]

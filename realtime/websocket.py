@@ -155,6 +155,14 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._closed_code: int | None = None
         self._graceful_drop = False
         self.channel_name: str | None = None
+        #: The client address this socket counts against (``--max-connections-per-ip``).
+        self.client_ip: str | None = None
+        self._expiry_call: Any = None
+        # Inbound rate limit: a token bucket, refilled on the reactor's clock.
+        self._rate = self.config.rate_limit
+        self._burst = float(self.config.rate_burst or max(1.0, self._rate))
+        self._tokens = self._burst
+        self._last_refill = 0.0
         # Outbound flow control: frames wait here while the transport's buffer is full.
         self._write_paused = False
         self._outq: deque[bytes] = deque()
@@ -275,7 +283,9 @@ class WebSocketConnection(WebSocketServerProtocol):
             lines.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode("latin-1"))
         if self.config.server_header:
             lines.append(b"Server: " + self.config.server_header.encode("latin-1"))
-        for name, value in headers or ():
+        from realtime.cookies import response_headers
+
+        for name, value in [*(headers or ()), *response_headers(self.scope)]:
             lines.append(name + b": " + value)
         leftover = channel.release_transport()
         # Re-wire the transport (TLS wraps the protocol; plain TCP holds it directly).
@@ -300,6 +310,13 @@ class WebSocketConnection(WebSocketServerProtocol):
         timeout = self.config.websocket_timeout
         if timeout >= 0:
             self._lifetime_call = self.reactor.callLater(timeout, self._lifetime_over)
+        expires = self.scope.get("auth_expires_at")
+        if expires is not None:
+            # The token's exp closes the socket at that moment (TokenAuthMiddleware).
+            delay = max(0.0, float(expires) - self.reactor.seconds())
+            self._expiry_call = self.reactor.callLater(delay, self._token_expired)
+        if self._rate:
+            self._last_refill = self.reactor.seconds()
         transport.resumeProducing()
         if leftover:
             self.dataReceived(leftover)
@@ -464,6 +481,11 @@ class WebSocketConnection(WebSocketServerProtocol):
 
     # -- Autobahn callbacks --------------------------------------------------------------------
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._rate and self._rate_exceeded():
+            if not self._slow_closing and self.state == _OPEN:
+                log.info("closing {peer}: message rate over --rate-limit", peer=self.peer)
+                self.close_with_code(1008, "rate limit exceeded")
+            return
         if isBinary:
             self._run(self.consumer._on_receive, None, payload)
         else:
@@ -549,6 +571,20 @@ class WebSocketConnection(WebSocketServerProtocol):
                      t=self.config.ping_timeout)
             self.dropConnection(abort=True)
 
+    def _token_expired(self) -> None:
+        self._expiry_call = None
+        self.close_with_code(4001, "token expired")
+
+    def _rate_exceeded(self) -> bool:
+        """Take one token for an inbound message; False when the bucket is empty."""
+        now = self.reactor.seconds()
+        self._tokens = min(self._burst, self._tokens + (now - self._last_refill) * self._rate)
+        self._last_refill = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return False
+        return True
+
     def _lifetime_over(self) -> None:
         self._lifetime_call = None
         self.close_with_code(1000, "connection lifetime reached")
@@ -562,7 +598,8 @@ class WebSocketConnection(WebSocketServerProtocol):
             transport.abortConnection()  # a graceful close that could not flush in time
 
     def _cancel_timers(self) -> None:
-        for name in ("_ping_call", "_pong_deadline", "_lifetime_call", "_close_call"):
+        for name in ("_ping_call", "_pong_deadline", "_lifetime_call", "_close_call",
+                     "_expiry_call"):
             call = getattr(self, name)
             if call is not None:
                 if call.active():
