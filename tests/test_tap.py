@@ -6,6 +6,7 @@ line and check that a bad start prints one line and exits non-zero.
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 
@@ -313,15 +314,23 @@ class TestEnvironment:
         assert error() == "--port 'fd:3': 'fd:' is not an endpoint here; use --fd N or systemd:"
 
 
+def assert_documents_every_option(text: str) -> None:
+    """Every parameter (``--name=``), repeatable option and flag (``--name``) is listed."""
+    parameters = [p[0] for p in Options.optParameters] + list(Options._repeatable)
+    flags = [f[0] for f in getattr(Options, "optFlags", [])]
+    assert len(parameters) >= 17
+    for name in parameters:
+        assert f"--{name}=" in text, name
+    for name in flags:
+        assert re.search(rf"--{re.escape(name)}\b", text), name
+
+
 def test_help_documents_every_option(capsys):
     with pytest.raises(SystemExit) as info:
         Options().parseOptions(["--help"])
     assert info.value.code in (None, 0)
     text = capsys.readouterr().out
-    names = [p[0] for p in Options.optParameters] + list(Options._repeatable)
-    assert len(names) >= 17
-    for name in names:
-        assert f"--{name}=" in text, name
+    assert_documents_every_option(text)
     for short in ("-b", "-u", "-p"):
         assert f"  {short}, --" in text
     assert "REALTIME_<NAME>" in text
@@ -416,5 +425,4 @@ def test_cli_port_in_use():
 def test_cli_help_documents_every_option():
     result = run(twistd("--help"))
     assert result.returncode == 0, result
-    for name in [p[0] for p in Options.optParameters] + list(Options._repeatable):
-        assert f"--{name}=" in result.stdout, name
+    assert_documents_every_option(result.stdout)
