@@ -82,33 +82,68 @@ class ProcStat:
         return None
 
 
+def core_busy_s(core: int | None) -> float | None:
+    """Busy seconds (user, nice, system, steal) of one core so far, from /proc/stat."""
+    if core is None:
+        return None
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith(f"cpu{core} "):
+                    v = [int(x) for x in line.split()[1:]]
+                    return (v[0] + v[1] + v[2] + (v[7] if len(v) > 7 else 0)) / _CLK_TCK
+    except OSError:
+        pass
+    return None
+
+
 class Window:
-    """Wall time, own CPU time and the server's CPU time between ``start()`` and ``stop()``."""
+    """Wall time, own CPU time and the server's CPU time between ``start()`` and ``stop()``.
+
+    With the cores the server and the client are pinned to, also how busy those cores were
+    with anything else (other processes): a noisy neighbour shows there, not in our figures.
+    """
+
+    server_core: int | None = None
+    client_core: int | None = None
 
     def __init__(self, server: ProcStat) -> None:
         self.server = server
         self.wall = self.cpu = 0.0
         self.server_cpu: float | None = None
+        self.core_busy: dict[str, float | None] = {}
 
     def start(self) -> None:
         self._w0 = time.perf_counter()
         self._c0 = time.process_time()
         self._s0 = self.server.cpu_s()
+        self._k0 = {"server": core_busy_s(self.server_core),
+                    "client": core_busy_s(self.client_core)}
 
     def stop(self) -> None:
         self.wall = time.perf_counter() - self._w0
         self.cpu = time.process_time() - self._c0
         s1 = self.server.cpu_s()
         self.server_cpu = None if s1 is None or self._s0 is None else s1 - self._s0
+        for role, core in (("server", self.server_core), ("client", self.client_core)):
+            k1, k0 = core_busy_s(core), self._k0[role]
+            self.core_busy[role] = None if k1 is None or k0 is None else k1 - k0
 
     def fields(self) -> dict[str, Any]:
         wall = self.wall or 1e-9
-        return {
+        out = {
             "wall_s": round(self.wall, 3),
             "client_cpu_share": round(self.cpu / wall, 3),
             "server_cpu_share": (None if self.server_cpu is None
                                  else round(self.server_cpu / wall, 3)),
         }
+        own = {"server": self.server_cpu, "client": self.cpu}
+        for role in ("server", "client"):
+            busy = self.core_busy.get(role)
+            if busy is not None and own[role] is not None:
+                # Ticks are 10 ms: small negative values are rounding.
+                out[f"{role}_core_other"] = round(max(0.0, (busy - own[role]) / wall), 3)
+        return out
 
     def server_us_per(self, count: int) -> float | None:
         if self.server_cpu is None or count <= 0:
@@ -604,6 +639,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common.add_argument("--scenario")
     common.add_argument("--time-limit", type=float, default=120.0,
                         help="hard limit in seconds (the process exits past it)")
+    common.add_argument("--server-core", type=int,
+                        help="the core the server is pinned to (to report other load on it)")
+    common.add_argument("--client-core", type=int,
+                        help="the core this client is pinned to (likewise)")
     e = sub.add_parser("echo", parents=[common])
     e.add_argument("--conns", type=int, default=100)
     e.add_argument("--inflight", type=int, default=1)
@@ -629,6 +668,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def amain(a: argparse.Namespace) -> dict[str, Any]:
+    Window.server_core = a.server_core
+    Window.client_core = a.client_core
     kw: dict[str, Any] = {"server_pid": a.server_pid, "scenario": a.scenario or a.kind,
                           "time_limit": a.time_limit}
     if a.kind == "echo":
