@@ -545,15 +545,37 @@ class WebsocketCommunicator(_Communicator):
         return Deferred.fromCoroutine(check())
 
     def disconnect(self, code: int = 1000, timeout: float = 1) -> Deferred[None]:
-        """Close from the client side and wait until the server has let go."""
-        if self._transport is None or self._gone.called:
+        """Close from the client side and wait until the server has let go and, as
+        Channels' communicator does, until the consumer has finished (its ``disconnect()``
+        ran and it left its groups), within ``timeout``."""
+        if self._transport is None:
             return _done()
-        if self.connected and not self.closed:
-            self.closed = True
-            self._transport.write(client_frame(0x8, _struct.pack("!H", code)))
         if not self._gone.called:
-            self._transport.loseConnection()
-        return _with_timeout(self._gone, timeout, "disconnect()")
+            if self.connected and not self.closed:
+                self.closed = True
+                self._transport.write(client_frame(0x8, _struct.pack("!H", code)))
+            if not self._gone.called:
+                self._transport.loseConnection()
+        return Deferred.fromCoroutine(self._finished(timeout))
+
+    async def _finished(self, timeout: float) -> None:
+        from twisted.internet.task import deferLater
+
+        await _with_timeout(self._gone, timeout, "disconnect()")
+        # The consumer's disconnect() (and the bridge's detach from the layer) may wait
+        # behind a handler still running, e.g. one whose send resumed this very test.
+        conn = self._connection()
+        reactor = _real_reactor()
+        waited = 0.0
+        while conn is not None and (not conn.finished or conn._busy) and waited < timeout:
+            await deferLater(reactor, 0.002, lambda: None)
+            waited += 0.002
+
+    def _connection(self) -> Any:
+        """The server's WebSocket bridge for this connection, if it got that far."""
+        protocol = self._server_t.protocol if self._transport is not None else None
+        conn = getattr(protocol, "upgrading", None) or protocol
+        return conn if hasattr(conn, "finished") and hasattr(conn, "_busy") else None
 
     @property
     def consumer(self) -> Any:

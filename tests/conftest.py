@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from tests.redis_support import redis_layer, redis_server  # noqa: F401 (fixtures)
+
 
 @pytest.fixture
 def live(realtime_server: Any) -> Any:
@@ -15,9 +17,9 @@ def live(realtime_server: Any) -> Any:
     return realtime_server
 
 
-#: The layers every layer test runs against; the Redis layer joins this list when its test
-#: support starts a real redis-server (tests/redis_support.py).
-LAYER_KINDS = ["memory"]
+#: The layers every layer test runs against; the Redis layer runs on a real redis-server that
+#: tests/redis_support.py starts.
+LAYER_KINDS = ["memory", "redis"]
 
 
 @pytest.fixture(params=LAYER_KINDS)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from realtime.layers.base import BaseChannelLayer, ChannelFull, check_name
+from realtime.layers.base import BaseChannelLayer, ChannelFull, LayerUnavailable, check_name
 from realtime.layers.memory import InMemoryChannelLayer
 
 _layers: dict[str, BaseChannelLayer] = {}
@@ -46,6 +46,7 @@ __all__ = [
     "BaseChannelLayer",
     "ChannelFull",
     "InMemoryChannelLayer",
+    "LayerUnavailable",
     "check_name",
     "get_channel_layer",
     "layer_from_url",

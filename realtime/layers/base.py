@@ -27,6 +27,11 @@ class ChannelFull(Exception):
     """``send`` to a channel whose queue is at capacity (Channels' exception)."""
 
 
+class LayerUnavailable(ConnectionError):
+    """The layer cannot reach its backend (Redis down or reconnecting): the publish was not
+    made. Nothing is buffered; ``stats.unavailable`` counts these."""
+
+
 class Receiver(Protocol):
     def deliver(self, event: dict[str, Any]) -> None: ...
 
@@ -74,6 +79,10 @@ class LayerStats:
         self.dropped = 0
         self.published = 0
         self.broadcast_frames = 0
+        #: Publishes refused because the backend was unreachable (``LayerUnavailable``).
+        self.unavailable = 0
+        #: ``layer.gap`` notices sent (one per group per reconnect).
+        self.gaps = 0
 
 
 class BaseChannelLayer:

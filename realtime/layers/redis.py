@@ -1,13 +1,1201 @@
-"""The Redis channel layer (work in progress: see the channel-layers issue)."""
+"""The Redis channel layer: groups over Redis pub/sub, named channels as Redis lists.
+
+Like channels_redis's PubSub layer, without its failure modes:
+
+- **Groups.** Membership stays in the process that owns the member (``BaseChannelLayer``),
+  so a dead process leaves no zombie members and nothing ever expires. A process
+  SUBSCRIBEs to ``<prefix>:<db>:g:<group>`` while it has at least one local member (from the
+  first ``group_add`` to the last member leaving) and fans each message out locally; a
+  process with no member receives nothing for that group. ``group_send`` is one PUBLISH of
+  a msgpack payload, whatever the group's size; ``broadcast`` PUBLISHes the frame's payload
+  and each process writes one prepared frame to its members. The sending process gets its
+  own copy through its subscription (once); the returned Deferred fires after the local
+  members have it, so a ``send`` made after ``await group_send`` is delivered after it.
+- **Process-specific channels** (``specific.<process>!...``, what consumers get): a
+  ``send`` from the owning process is delivered directly; from another process it is a
+  PUBLISH to the owner's own topic, which every process subscribes to.
+  ``group_add``/``group_discard`` for another process's channel go to that process as a
+  control message; it subscribes, then acknowledges, so ``await group_add`` means the group
+  reaches the member.
+- **Named channels** (no ``!``: what workers consume) are Redis lists: ``send`` is an
+  LPUSH behind a capacity check (``ChannelFull``), ``receive`` a BRPOP on a dedicated
+  connection. Delivery is **at-most-once**: a message BRPOP'd by a process that dies before
+  handling it is lost, and no two receivers ever get the same message.
+- **Connections.** One publisher and one subscriber connection per process, plus one for
+  BRPOP once a named channel is received from. Redis unreachable at start: the service
+  starts, ``ready`` is False (``/readyz`` answers 503) and the layer keeps trying with
+  capped exponential backoff. Redis lost later: sockets stay open, the layer reconnects,
+  resubscribes every group itself, then delivers ``{"type": "layer.gap", "group": name,
+  "since": t0, "until": t1}`` to every local member of every group and logs one line per
+  group: messages published in that window may be lost, and that is never silent.
+  Publishing while disconnected fails at once with ``LayerUnavailable`` (a
+  ``ConnectionError``), counted in ``stats.unavailable``; nothing is buffered.
+
+txredisapi imports the global reactor when it is imported, so it is imported in
+``start()``, after twistd has installed the reactor chosen with ``--reactor``.
+"""
 
 from __future__ import annotations
 
+import itertools
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
-from realtime.layers.base import BaseChannelLayer
+import msgpack
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from realtime.layers.base import (
+    BaseChannelLayer,
+    ChannelFull,
+    LayerUnavailable,
+    check_message,
+    check_name,
+    prepared_frame,
+)
+
+log = Logger(namespace="realtime.layers.redis")
+
+#: Reconnect backoff: first retry after BACKOFF_START s, doubling, at most BACKOFF_CAP s.
+BACKOFF_START = 0.1
+BACKOFF_CAP = 5.0
+#: TCP (and TLS) connect timeout, per attempt.
+CONNECT_TIMEOUT = 3.0
+#: How long ``group_add`` for another process's channel waits for that process's ack.
+CONTROL_TIMEOUT = 5.0
+#: BRPOP timeout: a receive() on a channel not in the current BRPOP joins within this.
+BRPOP_TIMEOUT = 0.5
+#: A named channel's list expires this long after its last send (nobody receiving it).
+LIST_EXPIRY = 86400
+
+# Pub/sub payload kinds: [kind, ...] msgpack arrays.
+_GROUP, _TEXT, _BYTES = 0, 1, 2  # on a group topic: [kind, origin, seq, body]
+_DIRECT, _ADD, _DISCARD, _ACK = 3, 4, 5, 6  # on a process topic
+
+# LPUSH behind a capacity check, atomically; refreshes the list's expiry.
+_SEND_SCRIPT = """
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+_QUERY_KEYS = {"ssl_ca_certs", "db", "capacity", "prefix", "password"}
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where Redis is, parsed from a ``--layer`` URL."""
+
+    kind: str  # "tcp", "unix" or "sentinel"
+    host: str = ""
+    port: int = 6379
+    path: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_certs: str | None = None
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path} db {self.db}"
+        if self.kind == "sentinel":
+            hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
+            return f"sentinel {hosts} master {self.master} db {self.db}"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{_host_port(self.host, self.port)}/{self.db}"
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_port(text: str, url: str, default: int) -> int:
+    if text == "":
+        return default
+    if not text.isdigit() or not 0 < int(text) <= 65535:
+        raise ValueError(f"{url!r}: {text!r} is not a port number (1-65535)")
+    return int(text)
+
+
+def _parse_hostport(item: str, url: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]``, ``[v6]:port``."""
+    if item.startswith("["):
+        end = item.find("]")
+        if end < 0:
+            raise ValueError(f"{url!r}: unclosed '[' in {item!r}")
+        host, rest = item[1:end], item[end + 1:]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{url!r}: unexpected {rest!r} after [{host}]")
+        port = _parse_port(rest[1:], url, default_port)
+    else:
+        host, _, port_text = item.partition(":")
+        port = _parse_port(port_text, url, default_port)
+    if not host:
+        raise ValueError(f"{url!r}: no host")
+    return host, port
+
+
+def _parse_db(text: str, url: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{url!r}: the database must be a number, got {text!r}")
+    return int(text)
+
+
+def _load_ca_certs(path: str, url: str) -> list[Any]:
+    """The certificates in a PEM file (checked at start-up, so a bad file stops it)."""
+    from twisted.internet.ssl import Certificate
+
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ValueError(f"{url!r}: ssl_ca_certs: {exc.strerror}: {path}") from None
+    marker = b"-----END CERTIFICATE-----"
+    certs = []
+    for block in data.split(marker)[:-1]:
+        try:
+            certs.append(Certificate.loadPEM(block + marker))
+        except Exception:
+            raise ValueError(
+                f"{url!r}: ssl_ca_certs: cannot read a certificate in {path}"
+            ) from None
+    if not certs:
+        raise ValueError(f"{url!r}: ssl_ca_certs: no PEM certificate in {path}")
+    return certs
+
+
+def parse_url(url: str) -> tuple[RedisAddress, dict[str, str]]:
+    """``redis://[user:password@]host[:port][/db]``, ``rediss://...[?ssl_ca_certs=PATH]``,
+    ``unix://[:password@]/path[?db=N]``, ``redis+sentinel://[:password@]h1:p1,h2:p2/master[/db]``;
+    plus ``capacity=N`` and ``prefix=NAME`` on any. ``ValueError`` names what is wrong."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
+        raise ValueError(f"{url!r}: expected redis://, rediss://, unix:// or redis+sentinel://")
+    rest, _, fragment = rest.partition("#")
+    if fragment:
+        raise ValueError(f"{url!r}: unexpected fragment #{fragment}")
+    rest, _, query_text = rest.partition("?")
+    try:
+        parsed_query = parse_qs(query_text, keep_blank_values=True, strict_parsing=bool(query_text))
+    except ValueError:
+        raise ValueError(f"{url!r}: cannot parse the query {query_text!r}") from None
+    query: dict[str, str] = {}
+    for key, values in parsed_query.items():
+        if key not in _QUERY_KEYS:
+            raise ValueError(
+                f"{url!r}: unknown option {key!r} (known: {', '.join(sorted(_QUERY_KEYS))})"
+            )
+        if len(values) != 1:
+            raise ValueError(f"{url!r}: option {key!r} given more than once")
+        query[key] = values[0]
+    if "ssl_ca_certs" in query and scheme != "rediss":
+        raise ValueError(f"{url!r}: ssl_ca_certs is for rediss:// URLs")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+        if not colon and user:  # redis://secret@host: a password alone, as redis-py reads it
+            username, password = None, unquote(user)
+    if "password" in query:
+        password = query.pop("password")
+    if scheme == "unix":
+        if hosts:
+            raise ValueError(f"{url!r}: a unix:// URL takes no host (unix:///path/to/socket)")
+        socket_path = unquote(slash + path)
+        if not path:
+            raise ValueError(f"{url!r}: no socket path (unix:///path/to/socket)")
+        db = _parse_db(query.pop("db"), url) if "db" in query else 0
+        return RedisAddress("unix", path=socket_path, db=db, username=username,
+                            password=password), query
+    if "db" in query:
+        raise ValueError(f"{url!r}: give the database in the path (/{query['db']}), not ?db=")
+    if scheme == "redis+sentinel":
+        if not hosts:
+            raise ValueError(f"{url!r}: no sentinel hosts")
+        sentinels = tuple(_parse_hostport(h, url, 26379) for h in hosts.split(","))
+        master, _, db_text = path.partition("/")
+        if not master:
+            raise ValueError(f"{url!r}: no master name (redis+sentinel://h1:p1,h2:p2/master/db)")
+        db = _parse_db(db_text, url) if db_text else 0
+        return RedisAddress("sentinel", sentinels=sentinels, master=unquote(master), db=db,
+                            username=username, password=password), query
+    if not hosts:
+        raise ValueError(f"{url!r}: no host")
+    if "," in hosts:
+        raise ValueError(f"{url!r}: one host only (use redis+sentinel:// for several)")
+    host, port = _parse_hostport(hosts, url, 6379)
+    if "/" in path:
+        raise ValueError(f"{url!r}: unexpected path {'/' + path!r} (expected /db)")
+    db = _parse_db(path, url) if path else 0
+    ca = query.pop("ssl_ca_certs", None)
+    if ca is not None and not ca:
+        raise ValueError(f"{url!r}: ssl_ca_certs is empty")
+    return RedisAddress("tcp", host=host, port=port, db=db, username=username,
+                        password=password, tls=scheme == "rediss", ca_certs=ca), query
+
+
+# -- connections ---------------------------------------------------------------------------------
+
+_protocol_classes: dict[str, Any] = {}
+
+
+def _protocols() -> dict[str, Any]:
+    """txredisapi's protocol, subclassed; built on first use (importing txredisapi imports
+    the global reactor, so this only runs from ``start()``)."""
+    if _protocol_classes:
+        return _protocol_classes
+    import txredisapi
+
+    class Command(txredisapi.BaseRedisProtocol):
+        """A command connection (publisher, BRPOP, discovery) owned by a ``_Link``."""
+
+        link: Any = None
+        _extra = b""
+
+        def setLineMode(self, extra: bytes = b"") -> None:
+            # txredisapi parses what follows a bulk reply one reactor turn later (a
+            # callLater per bulk); parse it in this turn instead, in dataReceived's loop.
+            self.line_mode = 1
+            if extra:
+                self._extra += extra
+
+        def dataReceived(self, data: bytes, unpause: bool = False) -> Any:
+            super().dataReceived(data, unpause)
+            while self._extra and self.transport is not None:
+                extra, self._extra = self._extra, b""
+                super().dataReceived(extra)
+
+        def connectionLost(self, why: Any) -> None:
+            super().connectionLost(why)
+            if self.link is not None:
+                self.link.lost(self, why)
+
+    class Subscriber(Command):
+        """The subscriber connection: messages go to the layer, replies to their commands."""
+
+        def replyReceived(self, reply: Any) -> None:
+            if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+                if self.link is not None:
+                    self.link.layer._on_message(reply[1], reply[2])
+                return
+            self.replyQueue.put(reply)
+
+    _protocol_classes.update(Command=Command, Subscriber=Subscriber,
+                             ResponseError=txredisapi.ResponseError,
+                             ConnectionError=txredisapi.ConnectionError)
+    return _protocol_classes
+
+
+class _Factory:
+    """A client factory for one link (txredisapi's protocol asks its factory a few things
+    when AUTH or SELECT fails)."""
+
+    isLazy = True  # txredisapi reads it: log an AUTH/SELECT failure
+
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+
+    def doStart(self) -> None:
+        pass
+
+    def doStop(self) -> None:
+        pass
+
+    def buildProtocol(self, addr: Any) -> Any:
+        address = self.link.layer.address
+        cls = _protocols()[self.link.protocol_name]
+        proto = cls(charset=None, convertNumbers=False, password=address.password,
+                    dbid=address.db or None, username=address.username)
+        proto.factory = self
+        proto.link = self.link
+        return proto
+
+    def stopTrying(self) -> None:
+        pass
+
+    def connectionError(self, message: str) -> None:
+        self.link.problem(message)
+
+
+class _Link:
+    """One Redis connection that reconnects itself with capped exponential backoff.
+
+    ``on_up(proto)`` runs once AUTH, SELECT and a PING have succeeded (and, through
+    Sentinel, ROLE says master); ``on_down()`` when an up connection is lost. ``stop()``
+    ends it for good.
+    """
+
+    def __init__(self, layer: RedisChannelLayer, name: str, protocol_name: str,
+                 on_up: Any, on_down: Any) -> None:
+        self.layer = layer
+        self.name = name
+        self.protocol_name = protocol_name
+        self.on_up = on_up
+        self.on_down = on_down
+        self.proto: Any = None  # the ready connection
+        self.pending: Any = None  # connected, not ready yet
+        self.attempt = 0
+        self.stopped = False
+        self._retry_call: Any = None
+        self._ready_call: Any = None
+        self._connecting: Deferred[Any] | None = None
+        self._last_problem: str | None = None
+        self._closing: dict[Any, Deferred[None]] = {}
+
+    def start(self) -> None:
+        if self._connecting is None and self._retry_call is None and self.proto is None:
+            self._connect()
+
+    def _connect(self) -> None:
+        self._retry_call = None
+        if self.stopped:
+            return
+        d = self.layer._endpoint()
+        d.addCallback(lambda endpoint: endpoint.connect(_Factory(self)))
+        d.addCallback(self._connected)
+        d.addErrback(self._failed)
+        self._connecting = d
+
+    def _connected(self, proto: Any) -> Any:
+        if self.stopped:
+            proto.transport.loseConnection()
+            return None
+        self.pending = proto
+        transport = proto.transport
+        if hasattr(transport, "setTcpKeepAlive"):
+            try:
+                transport.setTcpKeepAlive(1)
+            except OSError:
+                pass
+        # A server that accepts but never answers (not Redis, a hung one) is dropped.
+        self._ready_call = self.layer.reactor.callLater(
+            CONNECT_TIMEOUT, self._not_ready, proto
+        )
+        d = proto.whenConnected()
+        # A PING proves the server answers (a TLS handshake completed, AUTH/SELECT ran).
+        d.addCallback(lambda p: p.execute_command("PING"))
+        if self.layer.address.kind == "sentinel":
+            d.addCallback(lambda _: proto.execute_command("ROLE"))
+            d.addCallback(self._check_role)
+        d.addCallback(lambda _: self._ready(proto))
+        return d
+
+    def _check_role(self, reply: Any) -> None:
+        role = reply[0] if isinstance(reply, list) and reply else reply
+        if role not in (b"master", "master"):
+            raise LookupError(f"the address Sentinel gave is a {role!r}, not a master")
+
+    def _not_ready(self, proto: Any) -> None:
+        self._ready_call = None
+        if proto is self.pending and proto.transport is not None:
+            self.problem(f"no answer in {CONNECT_TIMEOUT} s")
+            proto.transport.abortConnection()
+
+    def _cancel_ready_call(self) -> None:
+        if self._ready_call is not None:
+            if self._ready_call.active():
+                self._ready_call.cancel()
+            self._ready_call = None
+
+    def _ready(self, proto: Any) -> None:
+        self._connecting = None
+        self._cancel_ready_call()
+        if self.pending is not proto or self.stopped or not proto.connected:
+            return
+        self.pending = None
+        self.proto = proto
+        self.attempt = 0
+        self._last_problem = None
+        self.on_up(proto)
+
+    def _failed(self, failure: Failure) -> None:
+        self._connecting = None
+        self._cancel_ready_call()
+        if self.stopped:
+            return
+        self.problem(_reason(failure))
+        if self.pending is not None:
+            # Open but not usable: closing it retries (from lost()).
+            if self.pending.connected and self.pending.transport is not None:
+                self.pending.transport.abortConnection()
+            return
+        self._retry()
+
+    def problem(self, text: str) -> None:
+        if text != self._last_problem:
+            self._last_problem = text
+            log.warn("channel layer: {link} connection to Redis ({address}): {problem}; "
+                     "retrying", link=self.name, address=self.layer.address.describe(),
+                     problem=text)
+
+    def lost(self, proto: Any, reason: Failure) -> None:
+        closing = self._closing.pop(proto, None)
+        if closing is not None:
+            closing.callback(None)
+        if self.stopped:
+            return
+        if proto is self.proto:
+            self.proto = None
+            self.on_down()
+        elif proto is self.pending:
+            self.pending = None
+            self._connecting = None
+            self._cancel_ready_call()
+            self.problem(_reason(reason))
+        else:
+            return
+        self._retry()
+
+    def _retry(self) -> None:
+        if self.stopped or self._retry_call is not None or self._connecting is not None:
+            return
+        delay = min(BACKOFF_CAP, BACKOFF_START * 2 ** min(self.attempt, 16))
+        delay *= random.uniform(0.75, 1.0)
+        self.attempt += 1
+        self._retry_call = self.layer.reactor.callLater(delay, self._connect)
+
+    def stop(self) -> Deferred[None]:
+        self.stopped = True
+        self._cancel_ready_call()
+        if self._retry_call is not None:
+            self._retry_call.cancel()
+            self._retry_call = None
+        if self._connecting is not None:
+            connecting, self._connecting = self._connecting, None
+            connecting.addErrback(lambda _: None)
+            connecting.cancel()
+        waits = []
+        for proto in (self.proto, self.pending):
+            if proto is not None and proto.transport is not None and proto.connected:
+                d: Deferred[None] = Deferred()
+                self._closing[proto] = d
+                waits.append(d)
+                proto.transport.loseConnection()
+        self.proto = self.pending = None
+        return gatherResults(waits).addCallback(lambda _: None)
+
+
+def _reason(failure: Failure) -> str:
+    value = failure.value
+    text = str(value) or type(value).__name__
+    if type(value).__name__ == "Error" and getattr(value, "args", None):  # pyOpenSSL
+        text = f"TLS error: {value.args[0]!r}"
+    return text.splitlines()[0]
+
+
+# -- the layer -------------------------------------------------------------------------------------
 
 class RedisChannelLayer(BaseChannelLayer):
+    """Groups, process channels and named channels across processes through one Redis."""
+
+    extensions = ["groups", "flush", "broadcast"]
+
+    def __init__(self, address: RedisAddress, capacity: int = 100, prefix: str = "realtime",
+                 reactor: Any = None, ca_certs: list[Any] | None = None) -> None:
+        super().__init__(capacity=capacity)
+        self.address = address
+        self.prefix = prefix
+        self.reactor = reactor
+        self._ca_certs = ca_certs
+        base = f"{prefix}:{address.db}:"
+        self._group_topic = base + "g:"
+        self._process_topic = base + "p:"
+        self._list_key = base + "c:"
+        self._own_topic = (self._process_topic + self.process_id).encode()
+        self._group_prefix = self._group_topic.encode()
+        self._seq = itertools.count(1)
+        self._pub: _Link | None = None
+        self._sub: _Link | None = None
+        self._pop: _Link | None = None
+        self._started = False
+        self._closed = False
+        #: The subscriber is up and every group is (re)subscribed.
+        self._sub_ready = False
+        #: Groups whose SUBSCRIBE is confirmed / in flight (group -> waiters).
+        self._subscribed: set[str] = set()
+        self._sub_pending: dict[str, list[Deferred[None]]] = {}
+        #: Our own publishes we wait to see come back: seq -> (group, Deferred).
+        self._echo: dict[int, tuple[str, Deferred[None]]] = {}
+        #: Acks for control messages we sent: seq -> (Deferred, timeout call).
+        self._acks: dict[int, tuple[Deferred[None], Any]] = {}
+        #: Since when the subscriber has been down (wall clock), None while up.
+        self._down_since: float | None = None
+        self._ready_waiters: list[Deferred[None]] = []
+        #: BRPOP receivers: a waiter is (channels, Deferred[(channel, message)]).
+        self._pop_waiters: deque[tuple[tuple[str, ...], Deferred[tuple[str, dict[str, Any]]]]]
+        self._pop_waiters = deque()
+        self._popping = False
+        self.reconnects = 0
+        self.last_outage: float | None = None
+
+    # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_url(cls, url: str, reactor: Any = None) -> RedisChannelLayer:
-        raise NotImplementedError("the Redis layer is not built yet")
+        """Parse and check ``url`` fully (a CA file included); connects nothing."""
+        address, options = parse_url(url)
+        capacity = 100
+        if "capacity" in options:
+            text = options["capacity"]
+            if not text.isdigit() or int(text) < 1:
+                raise ValueError(f"{url!r}: capacity must be a whole number >= 1, got {text!r}")
+            capacity = int(text)
+        prefix = options.get("prefix", "realtime")
+        try:
+            check_name(prefix, "prefix")
+        except TypeError:
+            raise ValueError(f"{url!r}: prefix must be letters, digits, '-', '_' or '.'") from None
+        ca_certs = _load_ca_certs(address.ca_certs, url) if address.ca_certs else None
+        if address.tls and ca_certs is None:
+            from twisted.internet.ssl import platformTrust
+
+            platformTrust()  # fails now if the system has no trust store support
+        return cls(address, capacity=capacity, prefix=prefix, reactor=reactor,
+                   ca_certs=ca_certs)
+
+    def _endpoint(self) -> Deferred[Any]:
+        """A client endpoint for the master (after a Sentinel lookup for sentinel URLs)."""
+        from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+
+        address = self.address
+        if address.kind == "unix":
+            return succeed(UNIXClientEndpoint(self.reactor, address.path,
+                                              timeout=CONNECT_TIMEOUT))
+        if address.kind == "sentinel":
+            d = Deferred.fromCoroutine(self._discover_master())
+            return d.addCallback(lambda hp: HostnameEndpoint(self.reactor, hp[0], hp[1],
+                                                             timeout=CONNECT_TIMEOUT))
+        endpoint: Any = HostnameEndpoint(self.reactor, address.host, address.port,
+                                         timeout=CONNECT_TIMEOUT)
+        if address.tls:
+            from twisted.internet.endpoints import wrapClientTLS
+            from twisted.internet.ssl import (
+                optionsForClientTLS,
+                platformTrust,
+                trustRootFromCertificates,
+            )
+
+            trust = (trustRootFromCertificates(self._ca_certs) if self._ca_certs
+                     else platformTrust())
+            endpoint = wrapClientTLS(optionsForClientTLS(address.host, trustRoot=trust),
+                                     endpoint)
+        return succeed(endpoint)
+
+    async def _discover_master(self) -> tuple[str, int]:
+        """Ask each sentinel in turn for the master's address (SENTINEL
+        get-master-addr-by-name); the connection then checks it is a master (ROLE)."""
+        from twisted.internet.endpoints import HostnameEndpoint
+        from twisted.internet.protocol import Factory
+
+        problems = []
+        for host, port in self.address.sentinels:
+            endpoint = HostnameEndpoint(self.reactor, host, port, timeout=CONNECT_TIMEOUT)
+            factory: Any = Factory.forProtocol(
+                lambda: _protocols()["Command"](charset="utf-8", convertNumbers=False)
+            )
+            proto = None
+            try:
+                proto = await endpoint.connect(factory)
+                call = self.reactor.callLater(CONNECT_TIMEOUT, proto.transport.abortConnection)
+                try:
+                    reply = await proto.execute_command(
+                        "SENTINEL", "get-master-addr-by-name", self.address.master
+                    )
+                finally:
+                    if call.active():
+                        call.cancel()
+                if isinstance(reply, list) and len(reply) == 2:
+                    return str(reply[0]), int(reply[1])
+                problems.append(f"{_host_port(host, port)} knows no master "
+                                f"{self.address.master!r}")
+            except Exception as exc:
+                problems.append(f"{_host_port(host, port)}: {exc or type(exc).__name__}")
+            finally:
+                if proto is not None and proto.transport is not None:
+                    proto.transport.loseConnection()
+        raise LookupError("no sentinel gave the master: " + "; ".join(problems))
+
+    # -- life cycle ------------------------------------------------------------------------------
+    def start(self, reactor: Any = None) -> None:
+        """Connect (in the background, retrying until ``close()``)."""
+        if self._started:
+            return
+        if reactor is not None:
+            self.reactor = reactor
+        if self.reactor is None:
+            from twisted.internet import reactor as default
+
+            self.reactor = default
+        _protocols()
+        self._started = True
+        self._down_since = time.time()
+        self._pub = _Link(self, "publisher", "Command", self._pub_up, self._pub_down)
+        self._sub = _Link(self, "subscriber", "Subscriber", self._sub_up, self._sub_down)
+        self._pub.start()
+        self._sub.start()
+
+    @property
+    def ready(self) -> bool:
+        return (not self._closed and self._pub is not None and self._pub.proto is not None
+                and self._sub_ready)
+
+    def when_ready(self, timeout: float | None = None) -> Deferred[None]:
+        """Fires once both connections are up (``TimeoutError`` after ``timeout`` s)."""
+        if self.ready:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._ready_waiters.append(d)
+        if timeout is not None:
+            def expire() -> None:
+                if not d.called:
+                    self._ready_waiters.remove(d)
+                    d.errback(TimeoutError(f"Redis not ready in {timeout} s"))
+
+            call = self.reactor.callLater(timeout, expire)
+
+            def done(result: Any) -> Any:
+                if call.active():
+                    call.cancel()
+                return result
+
+            d.addBoth(done)
+        return d
+
+    def _check_ready(self) -> None:
+        if self.ready:
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def close(self) -> Deferred[None]:
+        if self._closed:
+            return succeed(None)
+        self._closed = True
+        self._sub_ready = False
+        for d in self._ready_waiters:
+            d.errback(LayerUnavailable("the channel layer is closed"))
+        self._ready_waiters = []
+        self._release_waiters()
+        for _, popper in list(self._pop_waiters):
+            if not popper.called:
+                popper.cancel()
+        self._pop_waiters.clear()
+        for waiters in self._waiters.values():
+            for w in waiters:
+                w.cancel()
+        self._waiters.clear()
+        links = [link for link in (self._pub, self._sub, self._pop) if link is not None]
+        return gatherResults([link.stop() for link in links]).addCallback(lambda _: None)
+
+    def _release_waiters(self) -> None:
+        """Our own publishes will not come back (subscriber lost, layer closed): the gap
+        event reports what was lost; whoever awaited them goes on."""
+        echo, self._echo = self._echo, {}
+        for _, d in echo.values():
+            d.callback(None)
+        for waiters in self._sub_pending.values():
+            for d in waiters:
+                d.callback(None)
+        self._sub_pending.clear()
+        acks, self._acks = self._acks, {}
+        for d, call in acks.values():
+            if call.active():
+                call.cancel()
+            d.callback(None)
+
+    # -- connection events -------------------------------------------------------------------------
+    def _pub_up(self, proto: Any) -> None:
+        log.info("channel layer: publisher connected to Redis ({address})",
+                 address=self.address.describe())
+        self._check_ready()
+
+    def _pub_down(self) -> None:
+        log.warn("channel layer: publisher connection to Redis lost; reconnecting")
+
+    def _sub_up(self, proto: Any) -> None:
+        topics = [self._own_topic] + [self._group_topic + g for g in self._groups]
+        self._subscribed.clear()
+        waits = [proto.execute_command("SUBSCRIBE", topic, apply_timeout=False)
+                 for topic in topics]
+        groups = list(self._groups)
+        d = gatherResults(waits, consumeErrors=True)
+        d.addCallbacks(lambda _: self._resubscribed(proto, groups), lambda _: None)
+
+    def _resubscribed(self, proto: Any, groups: list[str]) -> None:
+        if self._sub is None or self._sub.proto is not proto:
+            return
+        self._subscribed.update(g for g in groups if g in self._groups)
+        # Groups that gained their first member while the SUBSCRIBEs were in flight.
+        for group in list(self._groups):
+            if group not in self._subscribed and group not in self._sub_pending:
+                self._subscribe(group)
+        since, until = self._down_since, time.time()
+        self._down_since = None
+        self._sub_ready = True
+        first = self.reconnects == 0 and self.last_outage is None
+        if since is not None and not first:
+            self.reconnects += 1
+            self.last_outage = until - since
+            log.info("channel layer: reconnected to Redis after {outage:.2f} s; resubscribed "
+                     "{count} group(s)", outage=until - since, count=len(self._groups))
+        else:
+            self.last_outage = 0.0
+            log.info("channel layer: subscriber connected to Redis ({address})",
+                     address=self.address.describe())
+        if since is not None:
+            for group in list(self._groups):
+                members = self.local_members(group)
+                if not members:
+                    continue
+                self.stats.gaps += 1
+                log.warn("channel layer: group {group}: messages published between {since} and "
+                         "{until} may be lost (Redis connection lost); layer.gap sent to "
+                         "{count} member(s)", group=group, since=_iso(since), until=_iso(until),
+                         count=len(members))
+                self._fan_out(group, {"type": "layer.gap", "group": group, "since": since,
+                                      "until": until})
+        self._check_ready()
+
+    def _sub_down(self) -> None:
+        self._sub_ready = False
+        self._subscribed.clear()
+        self._down_since = time.time()
+        log.warn("channel layer: subscriber connection to Redis lost; reconnecting (group "
+                 "messages published until it is back are reported as layer.gap)")
+        self._release_waiters()
+
+    # -- subscriptions -----------------------------------------------------------------------------
+    def _subscribe(self, group: str) -> Deferred[None]:
+        """SUBSCRIBE to ``group``'s topic; fires when confirmed (or when the subscriber is
+        down: it will be subscribed on reconnect, and the gap reported)."""
+        waiters = self._sub_pending.get(group)
+        d: Deferred[None] = Deferred()
+        if waiters is not None:
+            waiters.append(d)
+            return d
+        proto = self._sub.proto if self._sub is not None else None
+        if proto is None or not self._sub_ready:
+            return succeed(None)
+        self._sub_pending[group] = [d]
+        try:
+            sent = proto.execute_command("SUBSCRIBE", self._group_topic + group,
+                                         apply_timeout=False)
+        except Exception:
+            return self._subscribed_now(group, proto, ok=False)
+        sent.addCallbacks(lambda _: self._subscribed_now(group, proto),
+                          lambda _: self._subscribed_now(group, proto, ok=False))
+        return d
+
+    def _subscribed_now(self, group: str, proto: Any, ok: bool = True) -> Deferred[None]:
+        if ok and self._sub is not None and self._sub.proto is proto:
+            self._subscribed.add(group)
+        for waiter in self._sub_pending.pop(group, []):
+            waiter.callback(None)
+        return succeed(None)
+
+    def _group_emptied(self, group: str) -> None:
+        self._subscribed.discard(group)
+        for seq, (g, d) in list(self._echo.items()):
+            if g == group:
+                del self._echo[seq]
+                d.callback(None)
+        proto = self._sub.proto if self._sub is not None else None
+        if proto is not None:
+            try:
+                proto.execute_command("UNSUBSCRIBE", self._group_topic + group).addErrback(
+                    lambda _: None)
+            except Exception:  # lost meanwhile: nothing to unsubscribe
+                pass
+
+    # -- incoming pub/sub messages ---------------------------------------------------------------
+    def _on_message(self, topic: bytes, payload: bytes) -> None:
+        try:
+            body = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            if topic == self._own_topic:
+                self._on_control(body)
+            elif topic.startswith(self._group_prefix):
+                self._on_group(topic[len(self._group_prefix):].decode(), body)
+        except Exception:
+            log.failure("channel layer: cannot handle a message on {topic!r}", topic=topic)
+
+    def _on_group(self, group: str, body: list[Any]) -> None:
+        kind, origin, seq, data = body
+        if kind == _GROUP:
+            self._fan_out(group, data)
+        elif kind == _TEXT:
+            self._broadcast_local(group, prepared_frame(data, None))
+        elif kind == _BYTES:
+            self._broadcast_local(group, prepared_frame(None, data))
+        if seq and origin == self.process_id:
+            waiting = self._echo.pop(seq, None)
+            if waiting is not None:
+                waiting[1].callback(None)
+
+    def _on_control(self, body: list[Any]) -> None:
+        kind = body[0]
+        if kind == _DIRECT:
+            channel, message = body[1], body[2]
+            if not self._deliver_local(channel, message):
+                log.info("channel {channel} is over capacity; message dropped", channel=channel)
+        elif kind in (_ADD, _DISCARD):
+            _, group, channel, origin, seq = body
+            if kind == _ADD:
+                done = self._join(group, channel)
+            else:
+                self._discard_local(group, channel)
+                done = succeed(None)
+            if origin and seq:
+                done.addCallback(lambda _: self._publish(
+                    self._process_topic + origin, msgpack.packb([_ACK, seq])))
+                done.addErrback(lambda _: None)
+        elif kind == _ACK:
+            waiting = self._acks.pop(body[1], None)
+            if waiting is not None:
+                if waiting[1].active():
+                    waiting[1].cancel()
+                waiting[0].callback(None)
+
+    # -- publishing -------------------------------------------------------------------------------
+    def _publish(self, topic: str, payload: bytes) -> Deferred[int]:
+        proto = self._pub.proto if self._pub is not None else None
+        if proto is None:
+            self.stats.unavailable += 1
+            return fail(LayerUnavailable(
+                f"channel layer: not connected to Redis ({self.address.describe()})"
+            ))
+        try:
+            d: Deferred[int] = proto.execute_command("PUBLISH", topic, payload)
+        except Exception:
+            self.stats.unavailable += 1
+            return fail(LayerUnavailable("channel layer: the Redis connection was just lost"))
+        self.stats.published += 1
+        return d.addErrback(self._publish_failed)
+
+    def _publish_failed(self, failure: Failure) -> Failure:
+        if failure.check(LayerUnavailable):
+            return failure
+        errors = _protocols()
+        if failure.check(errors["ConnectionError"]):
+            self.stats.unavailable += 1
+            return Failure(LayerUnavailable(f"channel layer: Redis connection lost: "
+                                            f"{failure.value}"))
+        return failure
+
+    def _publish_group(self, group: str, kind: int, data: Any) -> Deferred[None]:
+        """One PUBLISH; when this process has members, fire once they have it too."""
+        if self._pub is None or self._pub.proto is None:
+            self.stats.unavailable += 1
+            return fail(LayerUnavailable(
+                f"channel layer: not connected to Redis ({self.address.describe()})"
+            ))
+        pending = self._sub_pending.get(group)
+        if pending is not None:  # our own SUBSCRIBE first, so our members get it too
+            d: Deferred[None] = Deferred()
+            pending.append(d)
+            return d.addCallback(lambda _: self._publish_group(group, kind, data))
+        local = group in self._groups and group in self._subscribed
+        seq = next(self._seq) if local else 0
+        try:
+            payload = msgpack.packb([kind, self.process_id, seq, data])
+        except (TypeError, ValueError) as exc:
+            return fail(TypeError(f"a channel layer message must be msgpack-safe: {exc}"))
+        published = self._publish(self._group_topic + group, payload)
+        if not local:
+            return published.addCallback(lambda _: None)
+        echo: Deferred[None] = Deferred()
+        self._echo[seq] = (group, echo)
+
+        def failed(failure: Failure) -> Failure:
+            self._echo.pop(seq, None)
+            return failure
+
+        return published.addCallbacks(lambda _: echo, failed)
+
+    # -- the public API ---------------------------------------------------------------------------
+    def _owner(self, channel: str) -> str | None:
+        """The process a ``<prefix>.<process>!...`` channel belongs to, else None."""
+        head, bang, _ = channel.partition("!")
+        if not bang:
+            return None
+        owner = head.rpartition(".")[2]
+        if len(owner) == 12 and all(c in "0123456789abcdef" for c in owner):
+            return owner
+        return None
+
+    def send(self, channel: str, message: dict[str, Any]) -> Deferred[None]:
+        try:
+            check_name(channel)
+            check_message(message)
+        except TypeError as exc:
+            return fail(exc)
+        owner = self._owner(channel)
+        if owner == self.process_id:
+            if not self._deliver_local(channel, message):
+                return fail(ChannelFull(channel))
+            return succeed(None)
+        try:
+            payload = msgpack.packb([_DIRECT, channel, message] if owner else message)
+        except (TypeError, ValueError) as exc:
+            return fail(TypeError(f"a channel layer message must be msgpack-safe: {exc}"))
+        if owner is not None:
+            d = self._publish(self._process_topic + owner, payload)
+            return d.addCallback(self._sent_direct, channel)
+        return self._push(channel, payload)
+
+    def _sent_direct(self, receivers: Any, channel: str) -> None:
+        if receivers == 0:  # the owning process is gone: at-most-once, counted
+            self.stats.dropped += 1
+            log.debug("channel {channel}: its process is gone; message dropped", channel=channel)
+
+    def _push(self, channel: str, payload: bytes) -> Deferred[None]:
+        proto = self._pub.proto if self._pub is not None else None
+        if proto is None:
+            self.stats.unavailable += 1
+            return fail(LayerUnavailable(
+                f"channel layer: not connected to Redis ({self.address.describe()})"
+            ))
+        try:
+            d = proto.eval(_SEND_SCRIPT, keys=[self._list_key + channel],
+                           args=[payload, self.capacity, LIST_EXPIRY])
+        except Exception:
+            self.stats.unavailable += 1
+            return fail(LayerUnavailable("channel layer: the Redis connection was just lost"))
+
+        def pushed(result: Any) -> None:
+            if result != 1:
+                self.stats.dropped += 1
+                raise ChannelFull(channel)
+            self.stats.published += 1
+
+        return d.addErrback(self._publish_failed).addCallback(pushed)
+
+    def receive(self, channel: str) -> Deferred[dict[str, Any]]:
+        try:
+            check_name(channel)
+        except TypeError as exc:
+            return fail(exc)
+        owner = self._owner(channel)
+        if owner == self.process_id:
+            return self._receive_local(channel)
+        if owner is not None:
+            return fail(ValueError(
+                f"{channel!r} belongs to another process; only it can receive from it"
+            ))
+        return self.receive_any([channel]).addCallback(lambda pair: pair[1])
+
+    def receive_any(self, channels: list[str]) -> Deferred[tuple[str, dict[str, Any]]]:
+        """The next message from any of these named channels, as ``(channel, message)``
+        (BRPOP: each message goes to one receiver only; at-most-once)."""
+        try:
+            for channel in channels:
+                check_name(channel)
+                if "!" in channel:
+                    raise TypeError(f"receive_any() takes named channels, not {channel!r}")
+        except TypeError as exc:
+            return fail(exc)
+        for channel in channels:  # left over from a cancelled receive
+            queue = self._queues.get(channel)
+            if queue:
+                message = queue.popleft()
+                if not queue:
+                    del self._queues[channel]
+                return succeed((channel, message))
+        if self._closed:
+            return fail(LayerUnavailable("the channel layer is closed"))
+        entry: tuple[tuple[str, ...], Deferred[tuple[str, dict[str, Any]]]]
+
+        def cancel(d: Deferred[Any]) -> None:
+            try:
+                self._pop_waiters.remove(entry)
+            except ValueError:
+                pass
+
+        entry = (tuple(channels), Deferred(cancel))
+        self._pop_waiters.append(entry)
+        self._start_popping()
+        return entry[1]
+
+    def _start_popping(self) -> None:
+        if self._pop is None:
+            self._pop = _Link(self, "receiver", "Command", self._pop_up, lambda: None)
+            self._pop.start()
+            return
+        if self._pop.proto is not None and not self._popping:
+            self._pop_loop(self._pop.proto)
+
+    def _pop_up(self, proto: Any) -> None:
+        if not self._popping:
+            self._pop_loop(proto)
+
+    def _pop_loop(self, proto: Any) -> None:
+        waiters = [w for w in self._pop_waiters if not w[1].called]
+        if not waiters or self._closed or self._pop is None or self._pop.proto is not proto:
+            self._popping = False
+            return
+        keys = list(dict.fromkeys(self._list_key + c for cs, _ in waiters for c in cs))
+        self._popping = True
+        try:
+            d = proto.execute_command("BRPOP", *keys, BRPOP_TIMEOUT, apply_timeout=False)
+        except Exception:
+            self._popping = False
+            return
+
+        def popped(reply: Any) -> None:
+            self._popping = False
+            if isinstance(reply, list) and len(reply) == 2:
+                self._popped(reply[0].decode()[len(self._list_key):], reply[1])
+            self._pop_loop(proto)
+
+        def lost(failure: Failure) -> None:
+            self._popping = False  # the link reconnects, and _pop_up resumes
+
+        d.addCallbacks(popped, lost)
+
+    def _popped(self, channel: str, payload: bytes) -> None:
+        try:
+            message = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        except Exception:
+            log.failure("channel {channel}: cannot decode a message; dropped", channel=channel)
+            return
+        for entry in list(self._pop_waiters):
+            channels, d = entry
+            if channel in channels and not d.called:
+                self._pop_waiters.remove(entry)
+                self.stats.delivered += 1
+                d.callback((channel, message))
+                return
+        # Its receiver was cancelled meanwhile: keep it for the next receive in this process.
+        self._queues.setdefault(channel, deque()).append(message)
+
+    def group_add(self, group: str, channel: str) -> Deferred[None]:
+        try:
+            check_name(group, "group")
+            check_name(channel)
+        except TypeError as exc:
+            return fail(exc)
+        owner = self._owner(channel)
+        if owner is None or owner == self.process_id:
+            return self._join(group, channel)
+        return self._control(_ADD, group, channel, owner)
+
+    def _join(self, group: str, channel: str) -> Deferred[None]:
+        self._add_local(group, channel)
+        if group in self._subscribed:
+            return succeed(None)
+        return self._subscribe(group)
+
+    def group_discard(self, group: str, channel: str) -> Deferred[None]:
+        try:
+            check_name(group, "group")
+            check_name(channel)
+        except TypeError as exc:
+            return fail(exc)
+        owner = self._owner(channel)
+        if owner is None or owner == self.process_id:
+            self._discard_local(group, channel)
+            return succeed(None)
+        return self._control(_DISCARD, group, channel, owner)
+
+    def _control(self, kind: int, group: str, channel: str, owner: str) -> Deferred[None]:
+        """Ask ``owner`` to add/discard its channel; fires on its ack (or at once if it is
+        gone, or after CONTROL_TIMEOUT with a warning)."""
+        seq = next(self._seq)
+        ack: Deferred[None] = Deferred()
+
+        def timed_out() -> None:
+            if self._acks.pop(seq, None) is not None:
+                log.warn("channel layer: process {owner} did not confirm group {group} for "
+                         "{channel} in {t} s", owner=owner, group=group, channel=channel,
+                         t=CONTROL_TIMEOUT)
+                ack.callback(None)
+
+        payload = msgpack.packb([kind, group, channel, self.process_id, seq])
+        published = self._publish(self._process_topic + owner, payload)
+
+        def sent(receivers: Any) -> Deferred[None]:
+            if receivers == 0 or not self._sub_ready:
+                return succeed(None)  # nobody owns it (any more), or we cannot hear the ack
+            self._acks[seq] = (ack, self.reactor.callLater(CONTROL_TIMEOUT, timed_out))
+            return ack
+
+        return published.addCallback(sent)
+
+    def group_send(self, group: str, message: dict[str, Any]) -> Deferred[None]:
+        try:
+            check_name(group, "group")
+            check_message(message)
+        except TypeError as exc:
+            return fail(exc)
+        return self._publish_group(group, _GROUP, message)
+
+    def broadcast(
+        self, group: str, text: str | None = None, bytes: bytes | None = None
+    ) -> Deferred[None]:
+        try:
+            check_name(group, "group")
+            prepared_frame_args(text, bytes)
+        except (TypeError, ValueError) as exc:
+            return fail(exc)
+        if text is not None:
+            return self._publish_group(group, _TEXT, text)
+        assert bytes is not None
+        return self._publish_group(group, _BYTES, builtins_bytes(bytes))
+
+    def flush(self) -> Deferred[None]:
+        """Forget every local group (unsubscribing) and queue, and delete this prefix's
+        named-channel lists in Redis."""
+        for group in list(self._groups):
+            del self._groups[group]
+            self._group_emptied(group)
+        self._memberships.clear()
+        self._queues.clear()
+        for waiters in self._waiters.values():
+            for d in waiters:
+                d.cancel()
+        self._waiters.clear()
+        proto = self._pub.proto if self._pub is not None else None
+        if proto is None:
+            return succeed(None)
+        return Deferred.fromCoroutine(self._delete_lists(proto))
+
+    async def _delete_lists(self, proto: Any) -> None:
+        cursor = 0
+        while True:
+            reply = await proto.execute_command("SCAN", cursor, "MATCH",
+                                                self._list_key + "*", "COUNT", 1000)
+            cursor = int(reply[0])
+            if reply[1]:
+                await proto.execute_command("DEL", *reply[1])
+            if cursor == 0:
+                return
+
+
+builtins_bytes = bytes
+
+
+def prepared_frame_args(text: str | None, data: bytes | None) -> None:
+    """What ``prepared_frame`` checks, without building the frame (each process does)."""
+    if (text is None) == (data is None):
+        raise ValueError("broadcast() takes exactly one of text= or bytes=")
+    if text is not None and not isinstance(text, str):
+        raise TypeError("broadcast(text=) takes a str")
+    if data is not None and not isinstance(data, builtins_bytes | bytearray | memoryview):
+        raise TypeError("broadcast(bytes=) takes bytes")
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+__all__ = ["LayerUnavailable", "RedisAddress", "RedisChannelLayer", "parse_url"]

@@ -1,0 +1,195 @@
+"""A real ``redis-server`` for the tests: started on a free loopback port, stopped by PID.
+
+::
+
+    with RedisServer() as redis:            # --save "" --appendonly no, in a temp dir
+        url = redis.url                      # redis://127.0.0.1:PORT/0
+        redis.kill()                         # SIGKILL (this process only)
+        redis.start()                        # again, on the same port
+
+Fixtures: ``redis_server`` (one per session) and ``redis_layer`` (a started
+``RedisChannelLayer`` on it, ready, closed after the test). Without ``redis-server`` on
+PATH the Redis tests are skipped, except under ``CI=true`` where that is a failure
+(``tests/run.sh`` installs it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+START_TIMEOUT = 10.0
+
+
+def redis_server_binary() -> str:
+    """The path of ``redis-server``; skip (or fail under CI=true) when there is none."""
+    path = shutil.which("redis-server")
+    if path is None:
+        message = ("redis-server is not installed (tests/run.sh installs it: "
+                   "apt-get install redis-server)")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """One ``redis-server`` process of our own (never any other), on a fixed port once
+    chosen, so a restart comes back where clients reconnect."""
+
+    def __init__(self, port: int | None = None, args: Sequence[str] = (),
+                 unix_socket: bool = False, tls: bool = False) -> None:
+        self.binary = redis_server_binary()
+        self.dir = Path(tempfile.mkdtemp(prefix="realtime-redis-"))
+        self.port = port or free_port()
+        self.tls_port = free_port() if tls else None
+        self.unix_socket = str(self.dir / "redis.sock") if unix_socket else None
+        self.args = list(args)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = self.dir / "redis.log"
+        if tls:
+            self._make_certificates()
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _make_certificates(self) -> None:
+        from tests.e2e.support import self_signed
+
+        tls_dir = self.dir / "tls"
+        tls_dir.mkdir()
+        self.cert, self.key = self_signed(tls_dir)
+        self.args += [
+            "--tls-port", str(self.tls_port), "--tls-cert-file", str(self.cert),
+            "--tls-key-file", str(self.key), "--tls-ca-cert-file", str(self.cert),
+            "--tls-auth-clients", "no",
+        ]
+
+    def command(self) -> list[str]:
+        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+               "--logfile", str(self.log), "--daemonize", "no", "--protected-mode", "no"]
+        if self.unix_socket:
+            cmd += ["--unixsocket", self.unix_socket, "--unixsocketperm", "700"]
+        return cmd + self.args
+
+    def start(self) -> None:
+        """Start (or start again, on the same port) and wait until it answers PING."""
+        assert self.proc is None or self.proc.poll() is not None
+        self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                log = self.log.read_text() if self.log.exists() else ""
+                raise RuntimeError(f"redis-server exited ({self.proc.returncode}): {err}{log}")
+            if self.ping():
+                return
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"redis-server did not answer on port {self.port}")
+            time.sleep(0.02)
+
+    def ping(self) -> bool:
+        try:
+            return self.call("PING") == "+PONG"
+        except OSError:
+            return False
+
+    def call(self, *args: str) -> str:
+        """One command over a fresh connection; the first line of the reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            parts = [f"*{len(args)}\r\n".encode()]
+            for arg in args:
+                data = arg.encode()
+                parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+            s.sendall(b"".join(parts))
+            reply = b""
+            while b"\r\n" not in reply:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+            return reply.split(b"\r\n", 1)[0].decode()
+
+    def kill(self) -> None:
+        """SIGKILL our redis-server (by PID) and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+async def started_layer(url: str, timeout: float = 10.0) -> Any:
+    """A ``RedisChannelLayer`` for ``url``, started and ready."""
+    from twisted.internet import reactor
+
+    from realtime.layers.redis import RedisChannelLayer
+
+    layer = RedisChannelLayer.from_url(url)
+    layer.start(reactor)
+    await layer.when_ready(timeout)
+    return layer
+
+
+@pytest_twisted.async_yield_fixture
+async def redis_layer(redis_server: RedisServer) -> Any:
+    if not redis_server.ping():  # a test restarted or killed the shared server
+        redis_server.kill()
+        redis_server.start()
+    layer = await started_layer(redis_server.url)
+    yield layer
+    await layer.close()
