@@ -25,6 +25,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
@@ -188,11 +189,10 @@ class RealtimeChannel(http.HTTPChannel):
         transport.write(refusal_bytes(status, self.site.config.server_header))
         self._networkProducer.unregisterProducer()
         reactor: Any = self.site.reactor
-        try:
-            transport.loseWriteConnection()
-        except (AttributeError, NotImplementedError):
-            transport.loseConnection()
+        if isinstance(transport, ProtocolWrapper) or not hasattr(transport, "loseWriteConnection"):
+            transport.loseConnection()  # TLS: a half-close would skip its close_notify
             return
+        transport.loseWriteConnection()
         self._linger = reactor.callLater(LINGER, self._linger_over)
 
     def _linger_over(self) -> None:
