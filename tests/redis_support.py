@@ -121,21 +121,16 @@ class RedisServer:
         except OSError:
             return False
 
-    def call(self, *args: str) -> str:
-        """One command over a fresh connection; the first line of the reply."""
+    def call(self, *args: str) -> Any:
+        """One command over a fresh connection: ``+OK`` -> "+OK", ``:1`` -> ":1", a bulk
+        string -> str, an array -> list."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
             parts = [f"*{len(args)}\r\n".encode()]
             for arg in args:
                 data = arg.encode()
                 parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
             s.sendall(b"".join(parts))
-            reply = b""
-            while b"\r\n" not in reply:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                reply += chunk
-            return reply.split(b"\r\n", 1)[0].decode()
+            return _Reply(s).read()
 
     def kill(self) -> None:
         """SIGKILL our redis-server (by PID) and reap it."""
@@ -162,6 +157,38 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Reply:
+    """A minimal RESP2 reader for the tests' own commands."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("redis closed the connection")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def read(self) -> Any:
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"$":
+            size = int(rest)
+            if size < 0:
+                return None
+            while len(self.buffer) < size + 2:
+                self.buffer += self.sock.recv(4096)
+            data, self.buffer = self.buffer[:size], self.buffer[size + 2:]
+            return data.decode()
+        if kind == b"*":
+            return [self.read() for _ in range(int(rest))]
+        return line.decode()
 
 
 @pytest.fixture(scope="session")

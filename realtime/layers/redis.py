@@ -1031,14 +1031,16 @@ class RedisChannelLayer(BaseChannelLayer):
             self._pop = _Link(self, "receiver", "Command", self._pop_up, lambda: None)
             self._pop.start()
             return
-        if self._pop.proto is not None and not self._popping:
+        if self._pop.proto is not None:
             self._pop_loop(self._pop.proto)
 
     def _pop_up(self, proto: Any) -> None:
-        if not self._popping:
-            self._pop_loop(proto)
+        self._popping = False  # a BRPOP on a lost connection is gone with it
+        self._pop_loop(proto)
 
     def _pop_loop(self, proto: Any) -> None:
+        if self._popping:  # one BRPOP at a time (a second would pop for nobody)
+            return
         waiters = [w for w in self._pop_waiters if not w[1].called]
         if not waiters or self._closed or self._pop is None or self._pop.proto is not proto:
             self._popping = False

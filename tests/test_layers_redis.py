@@ -1,0 +1,297 @@
+"""The Redis layer's own behaviour, in process: two layer instances on one real redis-server
+stand for two processes (each has its own process id, connections and subscriptions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from realtime.layers import ChannelFull, LayerUnavailable, layer_from_url
+from realtime.layers.redis import RedisChannelLayer, parse_url
+from tests.redis_support import RedisServer, started_layer
+from tests.test_layers import until
+
+
+class Probe:
+    """A receiver (what the bridge is to the layer) that records what it gets."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.frames: list[bytes] = []
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def deliver_frame(self, frame: bytes) -> bool:
+        self.frames.append(frame)
+        return True
+
+
+@pytest.fixture
+def two_layers(redis_server: RedisServer) -> Any:
+    layers: list[RedisChannelLayer] = []
+
+    async def make(url: str | None = None) -> RedisChannelLayer:
+        layer = await started_layer(url or redis_server.url)
+        layers.append(layer)
+        return layer
+
+    yield make
+    for layer in layers:
+        pytest_twisted.blockon(layer.close())
+
+
+# -- URLs --------------------------------------------------------------------------------------
+
+def test_urls_parse():
+    a, _ = parse_url("redis://127.0.0.1:6380/2")
+    assert (a.kind, a.host, a.port, a.db, a.tls) == ("tcp", "127.0.0.1", 6380, 2, False)
+    a, _ = parse_url("redis://:s3cret@redis.internal")
+    assert (a.host, a.port, a.db, a.password, a.username) == ("redis.internal", 6379, 0,
+                                                                 "s3cret", None)
+    a, _ = parse_url("redis://user:pw@[::1]:7000/1")
+    assert (a.host, a.port, a.username, a.password) == ("::1", 7000, "user", "pw")
+    a, _ = parse_url("rediss://cache.example:6390/0")
+    assert a.tls and a.ca_certs is None
+    a, _ = parse_url("unix:///run/redis/redis.sock?db=3")
+    assert (a.kind, a.path, a.db) == ("unix", "/run/redis/redis.sock", 3)
+    a, _ = parse_url("redis+sentinel://10.0.0.1:26379,10.0.0.2,[::1]:26380/mymaster/4")
+    assert a.kind == "sentinel" and a.master == "mymaster" and a.db == 4
+    assert a.sentinels == (("10.0.0.1", 26379), ("10.0.0.2", 26379), ("::1", 26380))
+    _, options = parse_url("redis://h/0?capacity=5&prefix=app1")
+    assert options == {"capacity": "5", "prefix": "app1"}
+
+
+@pytest.mark.parametrize("url", [
+    "redis://",
+    "redis://host:0/0",
+    "redis://host:99999",
+    "redis://host:port",
+    "redis://host/zero",
+    "redis://host/0/extra",
+    "redis://a,b/0",
+    "redis://host/0?nope=1",
+    "redis://host/0?db=1",
+    "redis://host/0?ssl_ca_certs=/etc/ssl/ca.pem",
+    "rediss://host/0?ssl_ca_certs=/no/such/file.pem",
+    "redis://host/0?capacity=0",
+    "redis://host/0?prefix=bad%20prefix",
+    "unix://host/path",
+    "unix://",
+    "unix:///tmp/r.sock?db=x",
+    "redis+sentinel:///master/0",
+    "redis+sentinel://h1:1,h2:2",
+    "redis+sentinel://h1:1/master/x",
+])
+def test_bad_urls_are_value_errors_that_name_the_url(url):
+    with pytest.raises(ValueError) as error:
+        layer_from_url(url)
+    assert repr(url) in str(error.value) or url.split("?")[0] in str(error.value)
+
+
+def test_from_url_connects_nothing_and_imports_no_reactor():
+    """Built in postOptions, before twistd installs the reactor: nothing may import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from realtime.layers import layer_from_url\n"
+        "layer = layer_from_url('redis://127.0.0.1:1/0')\n"
+        "assert 'twisted.internet.reactor' not in sys.modules, 'reactor imported'\n"
+        "assert 'txredisapi' not in sys.modules, 'txredisapi imported'\n"
+        "assert not layer.ready\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+def test_ca_file_is_checked_at_start_up(tmp_path):
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    with pytest.raises(ValueError, match="no PEM certificate"):
+        layer_from_url(f"rediss://127.0.0.1:6379/0?ssl_ca_certs={bad}")
+
+
+# -- across processes ---------------------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_group_send_crosses_processes_and_reaches_only_members(two_layers):
+    one, two = await two_layers(), await two_layers()
+    third = await two_layers()  # no member: receives nothing for the group
+    a, b, c = Probe(), Probe(), Probe()
+    ca, cb, cc = one.attach(a), two.attach(b), third.attach(c)
+    await one.group_add("room", ca)
+    await two.group_add("room", cb)
+    await one.group_send("room", {"type": "chat.message", "text": "from one"})
+    await two.group_send("room", {"type": "chat.message", "text": "from two"})
+    await until(lambda: len(a.events) == 2 and len(b.events) == 2)
+    assert [e["text"] for e in a.events] == ["from one", "from two"]
+    assert [e["text"] for e in b.events] == ["from one", "from two"]
+    assert c.events == [] and third.local_members("room") == [] and cc
+    # After await group_send, this process's members already have it (no double delivery).
+    await one.group_send("room", {"type": "x"})
+    assert len(a.events) == 3
+    await until(lambda: len(b.events) == 3)
+    assert len(a.events) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_last_member_leaving_unsubscribes(two_layers, redis_server):
+    one, two = await two_layers(), await two_layers()
+    a, b = Probe(), Probe()
+    ca = one.attach(a)
+    two.attach(b)
+    await one.group_add("lobby", ca)
+    assert one._subscribed == {"lobby"}
+    one.detach(ca)
+    assert one._subscribed == set() and one.local_members("lobby") == []
+    topic = one._group_topic + "lobby"
+    await until(lambda: redis_server.call("PUBSUB", "NUMSUB", topic) == [topic, ":0"])
+    await two.group_send("lobby", {"type": "t"})
+    assert a.events == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_to_another_processes_channel_and_remote_group_add(two_layers):
+    one, two = await two_layers(), await two_layers()
+    b = Probe()
+    cb = two.attach(b)
+    await one.send(cb, {"type": "direct", "n": 1})
+    await until(lambda: len(b.events) == 1)
+    assert b.events[0] == {"type": "direct", "n": 1}
+    # group_add from process one for process two's channel: after the await, it is a member.
+    await one.group_add("remote", cb)
+    assert two.local_members("remote") == [cb]
+    assert one.local_members("remote") == []
+    await one.group_send("remote", {"type": "g"})
+    await until(lambda: len(b.events) == 2)
+    await one.group_discard("remote", cb)
+    assert two.local_members("remote") == []
+    # A channel whose process is gone: the message is dropped (at-most-once) and counted.
+    before = one.stats.dropped
+    await one.send("specific.0123456789ab!gone", {"type": "t"})
+    assert one.stats.dropped == before + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_broadcast_one_prepared_frame_per_process(two_layers):
+    from realtime.websocket import encode_frame
+
+    one, two = await two_layers(), await two_layers()
+    a1, a2, b = Probe(), Probe(), Probe()
+    for layer, probe in ((one, a1), (one, a2), (two, b)):
+        await layer.group_add("fast", layer.attach(probe))
+    await two.broadcast("fast", text="héllo")
+    await one.broadcast("fast", bytes=b"\x00\xff")
+    await until(lambda: all(len(p.frames) == 2 for p in (a1, a2, b)))
+    for probe in (a1, a2, b):
+        assert set(probe.frames) == {encode_frame(0x1, "héllo".encode()),
+                                     encode_frame(0x2, b"\x00\xff")}
+    assert a1.frames[0] is a2.frames[0]  # one frame built per process, not per member
+    with pytest.raises(ValueError):
+        await one.broadcast("fast")
+
+
+@pytest_twisted.ensureDeferred
+async def test_named_channels_are_lists_with_capacity_and_one_receiver_each(redis_server,
+                                                                             two_layers):
+    url = redis_server.url + "?capacity=3&prefix=named"
+    one, two = await two_layers(url), await two_layers(url)
+    await one.flush()
+    for n in range(3):
+        await one.send("thumbnails", {"type": "make", "n": n})
+    with pytest.raises(ChannelFull):
+        await one.send("thumbnails", {"type": "make", "n": 3})
+    got = [await two.receive("thumbnails") for _ in range(3)]
+    assert [m["n"] for m in got] == [0, 1, 2]  # FIFO
+    # Two receivers waiting on one channel: each message goes to exactly one.
+    first, second = one.receive("thumbnails"), two.receive("thumbnails")
+    await one.send("thumbnails", {"type": "make", "n": 10})
+    await one.send("thumbnails", {"type": "make", "n": 11})
+    results = [await first, await second]
+    assert sorted(m["n"] for m in results) == [10, 11]
+    # receive_any: the first message from any of several channels.
+    pending = two.receive_any(["a-jobs", "b-jobs"])
+    await one.send("b-jobs", {"type": "job"})
+    assert (await pending)[0] == "b-jobs"
+    with pytest.raises(ValueError):
+        await one.receive(f"specific.{two.process_id}!x")
+    await one.flush()
+    assert redis_server.call("EXISTS", one._list_key + "thumbnails") == ":0"
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_at_start_then_up_and_publishes_fail_fast_while_down():
+    """Redis not there: not ready, publishes fail with LayerUnavailable (counted); once it
+    starts on that port the layer connects by itself."""
+    from tests.redis_support import free_port
+
+    port = free_port()
+    layer = RedisChannelLayer.from_url(f"redis://127.0.0.1:{port}/0")
+    from twisted.internet import reactor
+
+    layer.start(reactor)
+    try:
+        probe = Probe()
+        channel = layer.attach(probe)
+        await layer.group_add("early", channel)  # recorded; subscribed once connected
+        assert not layer.ready
+        with pytest.raises(LayerUnavailable):
+            await layer.group_send("early", {"type": "t"})
+        with pytest.raises(ConnectionError):
+            await layer.send("named", {"type": "t"})
+        assert layer.stats.unavailable == 2
+        with RedisServer(port=port):
+            await layer.when_ready(10)
+            await layer.group_send("early", {"type": "t"})
+            # The member joined while Redis was unreachable: it is told it may have missed
+            # messages (since start), then gets what follows.
+            assert [e["type"] for e in probe.events] == ["layer.gap", "t"]
+            await layer.close()
+    finally:
+        await layer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_restart_reconnects_resubscribes_and_reports_the_gap():
+    with RedisServer() as redis:
+        one = await started_layer(redis.url)
+        two = await started_layer(redis.url)
+        try:
+            a, b = Probe(), Probe()
+            await one.group_add("room", one.attach(a))
+            await two.group_add("room", two.attach(b))
+            redis.kill()
+            await until(lambda: not one.ready and not two.ready)
+            with pytest.raises(LayerUnavailable):
+                await one.group_send("room", {"type": "lost"})
+            redis.start()
+            await one.when_ready(10)
+            await two.when_ready(10)
+            for probe in (a, b):
+                gaps = [e for e in probe.events if e["type"] == "layer.gap"]
+                assert len(gaps) == 1 and gaps[0]["group"] == "room"
+                assert gaps[0]["since"] < gaps[0]["until"]
+            assert one.reconnects == 1 and one.last_outage is not None
+            await one.group_send("room", {"type": "after"})
+            await until(lambda: b.events[-1:] == [{"type": "after"}])
+        finally:
+            await one.close()
+            await two.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unix_socket(two_layers):
+    with RedisServer(unix_socket=True) as redis:
+        url = f"unix://{redis.unix_socket}?db=1"
+        one, two = await two_layers(url), await two_layers(url)
+        b = Probe()
+        await two.group_add("u", two.attach(b))
+        await one.group_send("u", {"type": "over.unix"})
+        await until(lambda: b.events == [{"type": "over.unix"}])
+        await one.close()
+        await two.close()
