@@ -6,9 +6,11 @@ changing its imports. Nothing here imports the reactor: twistd installs it later
 
 from realtime.config import ServerConfig
 from realtime.consumer import (
+    AsyncConsumer,
     AsyncJsonWebsocketConsumer,
     AsyncWebsocketConsumer,
     JsonWebsocketConsumer,
+    SyncConsumer,
     WebsocketConsumer,
 )
 from realtime.exceptions import (
@@ -34,6 +36,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AcceptConnection",
+    "AsyncConsumer",
     "AsyncHttpConsumer",
     "AsyncJsonWebsocketConsumer",
     "AsyncWebsocketConsumer",
@@ -46,6 +49,7 @@ __all__ = [
     "Refuse",
     "ServerConfig",
     "StopConsumer",
+    "SyncConsumer",
     "URLRouter",
     "WebsocketConsumer",
     "__version__",

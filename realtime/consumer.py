@@ -303,3 +303,31 @@ class AsyncJsonWebsocketConsumer(AsyncWebsocketConsumer):
     @classmethod
     async def encode_json(cls, content: Any) -> str:
         return json.dumps(content)
+
+
+class _ChannelConsumer(AppFactoryMixin):
+    """A consumer of ``channel`` scopes (``twistd realtime-runworker``): each message read
+    from a named channel is dispatched by its type (``thumbnail.make`` ->
+    ``thumbnail_make(message)``), one at a time."""
+
+    channel_layer_alias: ClassVar[str] = "default"
+    thread_handlers: ClassVar[bool] = False
+    scope: Scope
+    channel_layer: Any = None
+    channel_name: str | None = None
+
+    def _on_event(self, event: dict[str, Any]) -> Any:
+        return dispatch_event(self, event)
+
+
+class SyncConsumer(_ChannelConsumer):
+    """Channels' ``SyncConsumer`` for workers: plain handlers that may block (an ORM, a
+    file), so they run in the reactor's thread pool, one at a time and in order. Call the
+    layer from them with ``async_to_sync(self.channel_layer.send)(...)``."""
+
+    thread_handlers: ClassVar[bool] = True
+
+
+class AsyncConsumer(_ChannelConsumer):
+    """Channels' ``AsyncConsumer`` for workers: ``async def`` (or plain, non-blocking)
+    handlers, run on the reactor thread; each is awaited before the next message."""

@@ -695,8 +695,38 @@ class RedisChannelLayer(BaseChannelLayer):
             for w in waiters:
                 w.cancel()
         self._waiters.clear()
+        return Deferred.fromCoroutine(self._close())
+
+    async def _close(self) -> None:
+        from twisted.internet.task import deferLater
+
+        # A BRPOP in flight returns within BRPOP_TIMEOUT; what it takes for nobody, and
+        # what waits in local queues of named channels, goes back to Redis, not lost.
+        waited = 0.0
+        while self._popping and waited < BRPOP_TIMEOUT + 1.0:
+            await deferLater(self.reactor, 0.01, lambda: None)
+            waited += 0.01
+        await self._requeue()
         links = [link for link in (self._pub, self._sub, self._pop) if link is not None]
-        return gatherResults([link.stop() for link in links]).addCallback(lambda _: None)
+        await gatherResults([link.stop() for link in links])
+
+    async def _requeue(self) -> None:
+        proto = self._pub.proto if self._pub is not None else None
+        count = 0
+        for channel, queue in list(self._queues.items()):
+            if self._owner(channel) is not None or proto is None:
+                continue
+            for message in reversed(queue):  # RPUSH: the oldest is popped (BRPOP) first
+                try:
+                    await proto.execute_command("RPUSH", self._list_key + channel,
+                                                msgpack.packb(message))
+                    count += 1
+                except Exception:
+                    log.warn("channel layer: could not put a message back on {channel}",
+                             channel=channel)
+            del self._queues[channel]
+        if count:
+            log.info("channel layer: put {count} untaken message(s) back in Redis", count=count)
 
     def _release_waiters(self) -> None:
         """Our own publishes will not come back (subscriber lost, layer closed): the gap

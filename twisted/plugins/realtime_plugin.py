@@ -13,3 +13,10 @@ realtime = ServiceMaker(
     "Realtime WebSocket service (Channels-style consumers on Twisted and Autobahn)",
     "realtime",
 )
+
+runworker = ServiceMaker(
+    "realtime-runworker",
+    "realtime.worker",
+    "Consume named channels of a shared channel layer (Channels' runworker)",
+    "realtime-runworker",
+)

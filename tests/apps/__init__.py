@@ -1,0 +1,1 @@
+"""Small applications the end-to-end tests serve with ``--app tests.apps.MODULE:ATTR``."""

@@ -1,0 +1,230 @@
+"""The Redis layer across real processes: ``twistd -n realtime --layer redis://...`` servers
+(and ``realtime-runworker`` workers) on one redis-server that the tests start, kill and
+restart themselves."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from tests.e2e.support import BENCH_APP, REPO, Server, script, start, twistd
+from tests.redis_support import RedisServer, free_port
+
+LAYER_APP = "tests.apps.layer_app:application"
+WORKER_APP = "tests.apps.worker_app:application"
+ENV = {"PYTHONPATH": str(REPO)}
+
+pytestmark = pytest.mark.slow
+
+
+def serve(layer_url: str, app: str = LAYER_APP) -> Server:
+    return start(twistd("--app", app, "--port", "0", "--layer", layer_url,
+                        "--shutdown-timeout", "3"), env=ENV, cwd=REPO)
+
+
+def status(server: Server, path: str = "/readyz") -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def wait_status(server: Server, expected: int, timeout: float = 10.0) -> float:
+    """Poll until ``path`` answers ``expected``; returns the seconds it took."""
+    began = time.monotonic()
+    while status(server) != expected:
+        if time.monotonic() - began > timeout:
+            raise AssertionError(f"/readyz did not become {expected} in {timeout} s:\n"
+                                 + server.output()[-3000:])
+        time.sleep(0.05)
+    return time.monotonic() - began
+
+
+def recv_json(ws: ClientConnection, kind: str | None = None, timeout: float = 5.0) -> Any:
+    """The next JSON message (of ``kind`` if given, skipping others)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        message = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
+        if kind is None or message.get("type") == kind:
+            return message
+
+
+@contextlib.contextmanager
+def typed(server: Server, group: str = "g") -> Iterator[ClientConnection]:
+    with connect(server.ws_url(f"/typed/{group}")) as ws:
+        assert recv_json(ws)["type"] == "hello"
+        yield ws
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def two_servers(redis: RedisServer) -> Iterator[tuple[Server, Server]]:
+    with serve(redis.url) as one, serve(redis.url) as two:
+        wait_status(one, 200)
+        wait_status(two, 200)
+        yield one, two
+
+
+def test_bench_room_across_two_processes_reaches_all_three_clients(redis):
+    with serve(redis.url, BENCH_APP) as one, serve(redis.url, BENCH_APP) as two:
+        wait_status(one, 200)
+        wait_status(two, 200)
+        with contextlib.ExitStack() as stack:
+            a = stack.enter_context(connect(one.ws_url("/room/lobby")))
+            b = stack.enter_context(connect(one.ws_url("/room/lobby")))
+            c = stack.enter_context(connect(two.ws_url("/room/lobby")))
+            clients = (a, b, c)
+            # The room joins without waiting for Redis's SUBSCRIBE (bench's consumer does
+            # not await group_add): sync once so every process is subscribed.
+            for attempt in range(50):
+                a.send(f"sync {attempt}")
+                try:
+                    for ws in clients:
+                        while not ws.recv(timeout=0.2).startswith("sync"):
+                            pass
+                    break
+                except TimeoutError:
+                    continue
+            for ws in clients:  # drain the sync replies
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        ws.recv(timeout=0.3)
+            for i, ws in enumerate(clients):
+                for n in range(5):
+                    ws.send(f"{i}:{n}")
+            for ws in clients:
+                got = [ws.recv(timeout=5) for _ in range(15)]
+                assert sorted(got) == sorted(f"{i}:{n}" for i in range(3) for n in range(5))
+                for i in range(3):  # each sender's messages in its order
+                    assert [m for m in got if m.startswith(f"{i}:")] == [
+                        f"{i}:{n}" for n in range(5)]
+
+
+def test_typed_group_send_and_send_cross_processes_both_ways(two_servers):
+    one, two = two_servers
+    with typed(one) as a, typed(two) as c:
+        a.send(json.dumps({"text": "from one"}))
+        c.send(json.dumps({"text": "from two"}))
+        for ws in (a, c):
+            got = [recv_json(ws, "chat"), recv_json(ws, "chat")]
+            assert sorted(m["text"] for m in got) == ["from one", "from two"]
+            pids = {m["text"]: m["pid"] for m in got}
+            assert pids["from one"] == one.pid and pids["from two"] == two.pid
+        # send() to a consumer's channel in the other process.
+        with connect(two.ws_url("/typed/other")) as e:
+            hello = recv_json(e, "hello")
+            a.send(json.dumps({"send_to": hello["channel"], "text": "psst"}))
+            assert recv_json(e, "direct") == {"type": "direct", "text": "psst", "pid": one.pid}
+
+
+def test_redis_killed_and_restarted_sockets_stay_open_rooms_resume_and_gap_reported(redis):
+    with serve(redis.url) as one, serve(redis.url) as two:
+        wait_status(one, 200)
+        wait_status(two, 200)
+        with typed(one) as a, typed(two) as c:
+            a.send(json.dumps({"text": "before"}))
+            assert recv_json(c, "chat")["text"] == "before"
+            killed = time.time()
+            redis.kill()
+            wait_status(one, 503, timeout=5)
+            wait_status(two, 503, timeout=5)
+            # Sockets stay open; a publish while Redis is down fails loudly, not silently.
+            a.send(json.dumps({"text": "during"}))
+            error = recv_json(a, "error")
+            assert "not connected to Redis" in error["error"] or "lost" in error["error"]
+            time.sleep(0.5)
+            restarted = time.monotonic()
+            redis.start()
+            ready_one = wait_status(one, 200, timeout=10)
+            ready_two = wait_status(two, 200, timeout=10)
+            took = max(ready_one, ready_two)
+            print(f"\nreconnect after Redis restart: {took:.2f} s "
+                  f"(one {ready_one:.2f}, two {ready_two:.2f})")
+            assert time.monotonic() - restarted < 8
+            for ws in (a, c):
+                gap = recv_json(ws, "gap")
+                assert gap["group"] == "g"
+                assert killed - 1 <= gap["since"] <= gap["until"] <= time.time()
+            c.send(json.dumps({"text": "after"}))
+            assert recv_json(a, "chat")["text"] == "after"
+            assert recv_json(c, "chat")["text"] == "after"
+        for server in (one, two):
+            server.wait_for(r"group g: messages published between \S+ and \S+ may be lost")
+            server.wait_for(r"reconnected to Redis after [\d.]+ s; resubscribed 1 group")
+        log = one.stop().output
+        assert "Traceback" not in log, log
+
+
+def test_redis_unreachable_at_start_readyz_503_until_it_comes_up():
+    port = free_port()
+    with serve(f"redis://127.0.0.1:{port}/0") as server:
+        assert status(server, "/healthz") == 200
+        for _ in range(5):
+            assert status(server) == 503
+            time.sleep(0.1)
+        with RedisServer(port=port):
+            took = wait_status(server, 200, timeout=10)
+            assert took < 7  # backoff capped at 5 s
+            with typed(server) as a:
+                a.send(json.dumps({"text": "up"}))
+                assert recv_json(a, "chat")["text"] == "up"
+        result = server.stop()
+    assert result.returncode == 0, result.output
+    assert "connection to Redis" in result.output and "Connection refused" in result.output
+
+
+def test_runworker_handles_each_message_exactly_once_across_two_workers(redis):
+    worker_cmd = [script("twistd"), "-n", "--pidfile=", "realtime-runworker",
+                  "--layer", redis.url, "--app", WORKER_APP, "thumbnails"]
+    with start(worker_cmd, env=ENV, cwd=REPO, listeners=0) as w1, \
+            start(worker_cmd, env=ENV, cwd=REPO, listeners=0) as w2, \
+            serve(redis.url) as server:
+        for worker in (w1, w2):
+            worker.wait_for(r"worker consuming thumbnails")
+        wait_status(server, 200)
+        with typed(server) as ws:
+            for n in range(20):
+                ws.send(json.dumps({"enqueue": "thumbnails", "n": n}))
+            done = [recv_json(ws, "done", timeout=10) for _ in range(20)]
+            assert sorted(m["n"] for m in done) == list(range(20))
+            assert {m["worker"] for m in done} <= {w1.pid, w2.pid}
+            with pytest.raises(TimeoutError):  # no duplicates
+                recv_json(ws, "done", timeout=0.5)
+        counts = [len(re.findall(r"handled thumbnail \d+ in", w.output())) for w in (w1, w2)]
+        assert sum(counts) == 20, counts
+        results = [w.stop() for w in (w1, w2)]
+    for result in results:
+        assert result.returncode == 0, result.output
+        assert "worker stopped after" in result.output
+
+
+def test_runworker_refuses_the_memory_layer_and_bad_channels():
+    from tests.e2e.support import run
+
+    base = [script("twistd"), "-n", "--pidfile=", "realtime-runworker", "--app", WORKER_APP]
+    for extra, expected in (
+        (["thumbnails"], "a worker needs a shared layer"),
+        (["--layer", "redis://127.0.0.1:1/0"], "name at least one channel"),
+        (["--layer", "redis://127.0.0.1:1/0", "bad name"], "channel name must be"),
+        (["--layer", "redis://127.0.0.1:1/0", "specific.x!y"], "process-specific"),
+        (["--layer", "ftp://x", "thumbnails"], "--layer: unknown layer"),
+    ):
+        result = run([*base, *extra], env=ENV, cwd=REPO)
+        assert result.returncode == 1, result.output
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and expected in lines[0], result.output
