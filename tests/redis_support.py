@@ -55,7 +55,8 @@ class RedisServer:
     chosen, so a restart comes back where clients reconnect."""
 
     def __init__(self, port: int | None = None, args: Sequence[str] = (),
-                 unix_socket: bool = False, tls: bool = False) -> None:
+                 unix_socket: bool = False, tls: bool = False,
+                 sentinel_of: tuple[str, int] | None = None) -> None:
         self.binary = redis_server_binary()
         self.dir = Path(tempfile.mkdtemp(prefix="realtime-redis-"))
         self.port = port or free_port()
@@ -64,6 +65,8 @@ class RedisServer:
         self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "redis.log"
+        #: A Sentinel monitoring this (name, port) master instead of a plain server.
+        self.sentinel_of = sentinel_of
         if tls:
             self._make_certificates()
         self.start()
@@ -90,6 +93,18 @@ class RedisServer:
         ]
 
     def command(self) -> list[str]:
+        if self.sentinel_of is not None:
+            name, master_port = self.sentinel_of
+            conf = self.dir / "sentinel.conf"  # Sentinel rewrites its configuration file
+            if not conf.exists():
+                conf.write_text(
+                    f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                    f"logfile {self.log}\nprotected-mode no\n"
+                    f"sentinel monitor {name} 127.0.0.1 {master_port} 1\n"
+                    f"sentinel down-after-milliseconds {name} 1000\n"
+                    f"sentinel failover-timeout {name} 5000\n"
+                )
+            return [self.binary, str(conf), "--sentinel"]
         cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
                "--save", "", "--appendonly", "no", "--dir", str(self.dir),
                "--logfile", str(self.log), "--daemonize", "no", "--protected-mode", "no"]

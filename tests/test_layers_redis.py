@@ -10,7 +10,7 @@ import pytest_twisted
 
 from realtime.layers import ChannelFull, LayerUnavailable, layer_from_url
 from realtime.layers.redis import RedisChannelLayer, parse_url
-from tests.redis_support import RedisServer, started_layer
+from tests.redis_support import RedisServer, free_port, started_layer
 from tests.test_layers import until
 
 
@@ -228,8 +228,6 @@ async def test_named_channels_are_lists_with_capacity_and_one_receiver_each(redi
 async def test_unreachable_at_start_then_up_and_publishes_fail_fast_while_down():
     """Redis not there: not ready, publishes fail with LayerUnavailable (counted); once it
     starts on that port the layer connects by itself."""
-    from tests.redis_support import free_port
-
     port = free_port()
     layer = RedisChannelLayer.from_url(f"redis://127.0.0.1:{port}/0")
     from twisted.internet import reactor
@@ -295,3 +293,84 @@ async def test_unix_socket(two_layers):
         await until(lambda: b.events == [{"type": "over.unix"}])
         await one.close()
         await two.close()
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tls_redis() -> Any:
+    with RedisServer(tls=True) as redis:
+        yield redis
+
+
+@pytest_twisted.ensureDeferred
+async def test_rediss_verifies_the_server_with_the_given_ca(tls_redis, two_layers):
+    url = f"rediss://127.0.0.1:{tls_redis.tls_port}/0?ssl_ca_certs={tls_redis.cert}"
+    one, two = await two_layers(url), await two_layers(url)
+    b = Probe()
+    await two.group_add("secure", two.attach(b))
+    await one.group_send("secure", {"type": "over.tls"})
+    await until(lambda: b.events == [{"type": "over.tls"}])
+    transport = one._pub.proto.transport
+    assert transport.getPeerCertificate() is not None  # really TLS
+
+
+@pytest_twisted.ensureDeferred
+async def test_rediss_refuses_a_server_the_ca_did_not_sign(tls_redis, tmp_path):
+    """A certificate from another CA (and the system store, which knows neither) is
+    refused: the layer never becomes ready and says why."""
+    from twisted.internet import reactor
+
+    from tests.clients import captured_log
+    from tests.e2e.support import self_signed
+
+    other_ca, _ = self_signed(tmp_path)
+    for url in (f"rediss://127.0.0.1:{tls_redis.tls_port}/0?ssl_ca_certs={other_ca}",
+                f"rediss://127.0.0.1:{tls_redis.tls_port}/0"):
+        layer = RedisChannelLayer.from_url(url)
+        with captured_log() as events:
+            layer.start(reactor)
+            try:
+                with pytest.raises(TimeoutError):
+                    await layer.when_ready(1.5)
+                assert not layer.ready
+                with pytest.raises(LayerUnavailable):
+                    await layer.group_send("g", {"type": "t"})
+            finally:
+                await layer.close()
+        problems = [e.get("problem", "") for e in events if "problem" in e]
+        assert any("certificate verify failed" in p for p in problems), problems
+
+
+# -- Sentinel -----------------------------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_sentinel_finds_the_master_and_follows_a_failover(two_layers):
+    """A master, its replica and a Sentinel; the first sentinel in the URL is not there (the
+    next one is asked). After SENTINEL FAILOVER the layer reconnects to the new master by
+    itself, resubscribes and reports the gap."""
+    with RedisServer(args=["--repl-diskless-sync-delay", "0"]) as master, \
+            RedisServer() as replica:
+        replica.call("REPLICAOF", "127.0.0.1", str(master.port))
+        await until(lambda: "master_link_status:up" in replica.call("INFO", "replication"),
+                    timeout=10)
+        with RedisServer(sentinel_of=("mymaster", master.port)) as sentinel:
+            url = (f"redis+sentinel://127.0.0.1:{free_port()},127.0.0.1:{sentinel.port}"
+                   "/mymaster/0")
+            one, two = await two_layers(url), await two_layers(url)
+            assert one._pub.proto.transport.getPeer().port == master.port
+            b = Probe()
+            await two.group_add("s", two.attach(b))
+            await one.group_send("s", {"type": "before"})
+            await until(lambda: b.events == [{"type": "before"}])
+            await until(lambda: sentinel.call("SENTINEL", "REPLICAS", "mymaster") != [],
+                        timeout=15)
+            assert sentinel.call("SENTINEL", "FAILOVER", "mymaster") == "+OK"
+            # +switch-master moves the layer at once (not when Sentinel reconfigures the old
+            # master, up to 10 s later).
+            await until(lambda: any(e["type"] == "layer.gap" for e in b.events), timeout=5)
+            await one.when_ready(10)
+            await two.when_ready(10)
+            assert one._pub.proto.transport.getPeer().port == replica.port
+            await one.group_send("s", {"type": "after"})
+            await until(lambda: b.events[-1:] == [{"type": "after"}])

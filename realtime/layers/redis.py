@@ -288,7 +288,7 @@ def _protocols() -> dict[str, Any]:
         def replyReceived(self, reply: Any) -> None:
             if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
                 if self.link is not None:
-                    self.link.layer._on_message(reply[1], reply[2])
+                    self.link.on_message(reply[1], reply[2])
                 return
             self.replyQueue.put(reply)
 
@@ -316,8 +316,11 @@ class _Factory:
     def buildProtocol(self, addr: Any) -> Any:
         address = self.link.layer.address
         cls = _protocols()[self.link.protocol_name]
-        proto = cls(charset=None, convertNumbers=False, password=address.password,
-                    dbid=address.db or None, username=address.username)
+        if self.link.to_sentinel:
+            proto = cls(charset=None, convertNumbers=False)
+        else:
+            proto = cls(charset=None, convertNumbers=False, password=address.password,
+                        dbid=address.db or None, username=address.username)
         proto.factory = self
         proto.link = self.link
         return proto
@@ -338,8 +341,12 @@ class _Link:
     """
 
     def __init__(self, layer: RedisChannelLayer, name: str, protocol_name: str,
-                 on_up: Any, on_down: Any) -> None:
+                 on_up: Any, on_down: Any, on_message: Any = None,
+                 to_sentinel: bool = False) -> None:
         self.layer = layer
+        self.on_message = on_message
+        #: A connection to a Sentinel (no AUTH/SELECT/ROLE), not to the master.
+        self.to_sentinel = to_sentinel
         self.name = name
         self.protocol_name = protocol_name
         self.on_up = on_up
@@ -362,7 +369,7 @@ class _Link:
         self._retry_call = None
         if self.stopped:
             return
-        d = self.layer._endpoint()
+        d = self.layer._sentinel_endpoint() if self.to_sentinel else self.layer._endpoint()
         d.addCallback(lambda endpoint: endpoint.connect(_Factory(self)))
         d.addCallback(self._connected)
         d.addErrback(self._failed)
@@ -386,7 +393,7 @@ class _Link:
         d = proto.whenConnected()
         # A PING proves the server answers (a TLS handshake completed, AUTH/SELECT ran).
         d.addCallback(lambda p: p.execute_command("PING"))
-        if self.layer.address.kind == "sentinel":
+        if self.layer.address.kind == "sentinel" and not self.to_sentinel:
             d.addCallback(lambda _: proto.execute_command("ROLE"))
             d.addCallback(self._check_role)
         d.addCallback(lambda _: self._ready(proto))
@@ -519,6 +526,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self._pub: _Link | None = None
         self._sub: _Link | None = None
         self._pop: _Link | None = None
+        self._watch: _Link | None = None
+        self._sentinel_turn = 0
         self._started = False
         self._closed = False
         #: The subscriber is up and every group is (re)subscribed.
@@ -592,6 +601,31 @@ class RedisChannelLayer(BaseChannelLayer):
                                      endpoint)
         return succeed(endpoint)
 
+    def _sentinel_endpoint(self) -> Deferred[Any]:
+        """The sentinels in turn, for the watcher's connection."""
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        sentinels = self.address.sentinels
+        host, port = sentinels[self._sentinel_turn % len(sentinels)]
+        self._sentinel_turn += 1
+        return succeed(HostnameEndpoint(self.reactor, host, port, timeout=CONNECT_TIMEOUT))
+
+    def _watch_up(self, proto: Any) -> None:
+        proto.execute_command("SUBSCRIBE", "+switch-master", apply_timeout=False).addErrback(
+            lambda _: None)
+
+    def _on_sentinel_message(self, topic: bytes, payload: bytes) -> None:
+        # "<master> <old ip> <old port> <new ip> <new port>"
+        fields = payload.decode("utf-8", "replace").split()
+        if topic != b"+switch-master" or not fields or fields[0] != self.address.master:
+            return
+        log.warn("channel layer: Sentinel moved master {master} to {new}; reconnecting",
+                 master=fields[0], new=" ".join(fields[3:5]))
+        for link in (self._pub, self._sub, self._pop):
+            proto = link.proto if link is not None else None
+            if proto is not None and proto.transport is not None:
+                proto.transport.abortConnection()
+
     async def _discover_master(self) -> tuple[str, int]:
         """Ask each sentinel in turn for the master's address (SENTINEL
         get-master-addr-by-name); the connection then checks it is a master (ROLE)."""
@@ -641,9 +675,18 @@ class RedisChannelLayer(BaseChannelLayer):
         self._started = True
         self._down_since = time.time()
         self._pub = _Link(self, "publisher", "Command", self._pub_up, self._pub_down)
-        self._sub = _Link(self, "subscriber", "Subscriber", self._sub_up, self._sub_down)
+        self._sub = _Link(self, "subscriber", "Subscriber", self._sub_up, self._sub_down,
+                          on_message=self._on_message)
         self._pub.start()
         self._sub.start()
+        if self.address.kind == "sentinel":
+            # Sentinel announces a failover on +switch-master; the old master keeps
+            # accepting clients until Sentinel reconfigures it (up to ~10 s later), so the
+            # layer listens and moves at once.
+            self._watch = _Link(self, "sentinel watcher", "Subscriber", self._watch_up,
+                                lambda: None, on_message=self._on_sentinel_message,
+                                to_sentinel=True)
+            self._watch.start()
 
     @property
     def ready(self) -> bool:
@@ -707,7 +750,8 @@ class RedisChannelLayer(BaseChannelLayer):
             await deferLater(self.reactor, 0.01, lambda: None)
             waited += 0.01
         await self._requeue()
-        links = [link for link in (self._pub, self._sub, self._pop) if link is not None]
+        links = [link for link in (self._pub, self._sub, self._pop, self._watch)
+                 if link is not None]
         await gatherResults([link.stop() for link in links])
 
     async def _requeue(self) -> None:
