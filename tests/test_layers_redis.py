@@ -374,3 +374,25 @@ async def test_sentinel_finds_the_master_and_follows_a_failover(two_layers):
             assert one._pub.proto.transport.getPeer().port == replica.port
             await one.group_send("s", {"type": "after"})
             await until(lambda: b.events[-1:] == [{"type": "after"}])
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+def test_layer_option_builds_the_redis_layer_or_stops_with_one_line(tmp_path):
+    from realtime.config import StartupError
+    from realtime.tap import Options
+
+    options = Options()
+    options.parseOptions(["--app", "realtime.examples.bench:application",
+                          "--layer", "redis://127.0.0.1:6390/3?capacity=7"])
+    assert isinstance(options.layer, RedisChannelLayer)
+    assert options.layer.address.port == 6390 and options.layer.capacity == 7
+    for url, expected in (("redis://127.0.0.1:6390/x", "the database must be a number"),
+                          (f"rediss://h/0?ssl_ca_certs={tmp_path}/none.pem",
+                           "No such file or directory")):
+        with pytest.raises(StartupError) as error:
+            Options().parseOptions(["--app", "realtime.examples.bench:application",
+                                    "--layer", url])
+        message = str(error.value)
+        assert message.startswith("realtime: error: --layer: ") and expected in message
+        assert "\n" not in message
