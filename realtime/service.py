@@ -8,23 +8,58 @@ say 503 and new upgrades get a 503, not a refused connection).
 
 from __future__ import annotations
 
+import resource
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from realtime.config import StartupError
 from realtime.endpoints import describe_address
+from realtime.notify import Notifier
 from realtime.site import RealtimeSite
 
 log = Logger()
 
 
+def raise_open_files_limit() -> tuple[int, int, int]:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit (each WebSocket is a descriptor;
+    the usual soft default of 1024 is far too low) and log both: ``open files: soft 1024
+    -> 524288 (hard 524288)``. Returns (soft before, soft after, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if target == resource.RLIM_INFINITY:  # Linux refuses more than fs.nr_open
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                target = int(f.read())
+        except (OSError, ValueError):
+            target = soft
+    new = soft
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            new = target
+        except (OSError, ValueError) as exc:
+            log.warn("open files: cannot raise the soft limit {soft} to {target}: {error}",
+                     soft=soft, target=target, error=exc)
+    shown = "unlimited" if hard == resource.RLIM_INFINITY else hard
+    if new != soft:
+        log.info("open files: soft {soft} -> {new} (hard {hard})", soft=soft, new=new,
+                 hard=shown)
+    else:
+        log.info("open files: soft {soft} (hard {hard})", soft=soft, hard=shown)
+    return soft, new, hard
+
+
 class ListenerService(Service):
     """Listen on one endpoint; the port opens in ``privilegedStartService`` (before twistd
     drops privileges) and a failure stops start-up with one line."""
+
+    #: How the real address is logged; a ``--workers`` child says ``serving`` so that the
+    #: supervisor's own ``listening on`` lines stay the only ones.
+    announce = "listening on"
 
     def __init__(self, endpoint: Any, description: str, site: RealtimeSite) -> None:
         self.endpoint = endpoint
@@ -32,6 +67,7 @@ class ListenerService(Service):
         self.site = site
         self.port: Any = None
         self._waiting: Deferred[Any] | None = None
+        self._waiters: list[Deferred[Any]] = []
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -48,8 +84,20 @@ class ListenerService(Service):
 
     def _listening(self, port: Any) -> Any:
         self.port = port
-        log.info("listening on {address}", address=describe_address(port.getHost()))
+        log.info("{announce} {address}", announce=self.announce,
+                 address=describe_address(port.getHost()))
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(port)
         return port
+
+    def when_listening(self) -> Deferred[Any]:
+        """Fires with the port once it listens (at once if it already does)."""
+        if self.port is not None:
+            return succeed(self.port)
+        waiter: Deferred[Any] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
 
     def stopService(self) -> Deferred[Any] | None:
         super().stopService()
@@ -70,14 +118,29 @@ class RealtimeService(MultiService):
         self.reactor = reactor
         self.shutdown_timeout = shutdown_timeout
         self.layer = layer
+        #: systemd's notify protocol: READY=1, STOPPING=1, WATCHDOG=1 (no-ops without it).
+        self.notifier = Notifier(reactor)
+
+    def privilegedStartService(self) -> None:
+        raise_open_files_limit()
+        super().privilegedStartService()
 
     def startService(self) -> None:
         super().startService()
         start = getattr(self.layer, "start", None)
         if start is not None:
             start(self.reactor)
+        listening = [child.when_listening() for child in self
+                     if isinstance(child, ListenerService)]
+        gatherResults(listening).addCallback(lambda _: self._ready())
+        self.notifier.start_watchdog()
+
+    def _ready(self) -> None:
+        if self.running:
+            self.notifier.ready()
 
     def stopService(self) -> Deferred[Any]:
+        self.notifier.stopping()
         count = sum(len(site.connections) for site in self.sites)
         if count:
             log.info("draining {count} WebSocket connection(s)", count=count)
@@ -93,12 +156,17 @@ class RealtimeService(MultiService):
             if getattr(self.reactor, "_exitSignal", None) is not None:
                 self.reactor._exitSignal = None
             stopped = MultiService.stopService(self)
+            stopped.addBoth(self._stop_watchdog)
             if self.layer is not None:
                 stopped.addBoth(lambda result: self.layer.close().addBoth(lambda _: result))
             return stopped
 
         drained.addCallback(_stop)
         return drained
+
+    def _stop_watchdog(self, result: Any) -> Any:
+        self.notifier.stop_watchdog()
+        return result
 
     def _deadline(self) -> None:
         left = sum(len(site.connections) for site in self.sites)

@@ -197,6 +197,8 @@ class Options(usage.Options):
         ["health-path", None, "/healthz", "Liveness path (200 while running; '' turns it off)."],
         ["ready-path", None, "/readyz",
          "Readiness path (503 while draining; '' turns it off)."],
+        ["workers", None, "1",
+         "Worker processes sharing the listeners (more than 1 needs --layer redis://...)."],
     ]
 
     optFlags: list[list[Any]] = [
@@ -223,6 +225,8 @@ class Options(usage.Options):
         self["fd"].append(value)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
+        #: The subcommand's own arguments, which ``--workers`` children are started with.
+        self.argv = list(options or [])
         self._from_environment()
         try:
             super().parseOptions(options)
@@ -256,9 +260,21 @@ class Options(usage.Options):
         if not self["app"]:
             raise StartupError("--app is required (MODULE:ATTRIBUTE, e.g. "
                                "realtime.examples.bench:application)")
+        from realtime.workers import worker_info
+
         self.config = self._build_config()
-        self.listeners = self._build_listeners()
+        self.workers = _count("workers", self["workers"], 1)
+        #: Set in a ``--workers`` child: it serves the supervisor's sockets, spawns nothing.
+        self.worker = worker_info()
+        if self.worker is not None:
+            self.workers = 1
+            self.listeners = self.worker.listener_specs()
+        else:
+            self.listeners = self._build_listeners()
         self.layer = self._build_layer()
+        if self.workers > 1 and self["layer"] in ("memory", "memory://"):
+            raise StartupError(f"--workers {self.workers} needs a shared channel layer: "
+                               "use --layer redis://...")
         self._configure_settings()
         self.application = self._wrap(load_application(self["app"]))
 
@@ -463,16 +479,28 @@ def makeService(options: Options) -> Any:
         log.info("autobahn NVX acceleration: {on}", on="on" if USES_NVX else "off")
     except ImportError:  # pragma: no cover - older autobahn
         pass
+    if options.workers > 1:
+        from realtime.workers import SupervisorService
+
+        return SupervisorService(options, reactor)
     sites: list[RealtimeSite] = []
     listeners: list[ListenerService] = []
     for description, spec in options.listeners:
         site = RealtimeSite(options.application, options.config, reactor, options.layer)
         if isinstance(spec, tuple):
             endpoint = AdoptedStreamServerEndpoint(reactor, spec[0], spec[1])
+        elif callable(spec):  # a --workers child's inherited socket
+            endpoint = spec(reactor)
         else:
             endpoint = serverFromString(reactor, spec)
         sites.append(site)
         listeners.append(ListenerService(endpoint, description, site))
+        if options.worker is not None:
+            listeners[-1].announce = "serving"
+    if options.worker is not None:
+        from realtime.workers import die_with_parent
+
+        die_with_parent(options.worker.parent)
     from realtime.layers import set_channel_layer
 
     set_channel_layer(options.layer)

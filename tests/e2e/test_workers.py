@@ -1,0 +1,209 @@
+"""``--workers N`` on real processes: a supervisor and its workers share the listeners
+(SO_REUSEPORT for TCP), meet through a real Redis layer, survive a SIGKILLed worker, and
+drain together on SIGTERM. Workers are identified by the pid ``/pid`` sends
+(tests/e2e/worker_app.py)."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from tests.e2e.support import BENCH_APP, REPO, run, start, twistd
+
+APP = "tests.e2e.worker_app:application"
+ENV = {"PYTHONPATH": str(REPO)}  # the test application lives in the repository
+TIMEOUT = 15
+
+
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    if not redis_server.ping():  # another test killed the shared server
+        redis_server.kill()
+        redis_server.start()
+    return redis_server.url
+
+
+@contextlib.contextmanager
+def supervisor(redis_url: str, *args: str, workers: int = 2):
+    cmd = twistd("--app", APP, "--port", "0", "--workers", str(workers),
+                 "--layer", redis_url, "--shutdown-timeout", "5", *args)
+    with start(cmd, env=ENV) as server:
+        server.wait_for(rf"all {workers} workers ready")
+        yield server
+
+
+def open_pid(stack: contextlib.ExitStack, server, path: str = "/pid"
+             ) -> tuple[ClientConnection, int]:
+    """A client (closed with ``stack``) and the pid of the worker it reached."""
+    ws = stack.enter_context(connect(server.ws_url(path), open_timeout=TIMEOUT, proxy=None))
+    return ws, int(ws.recv(timeout=TIMEOUT))
+
+
+def worker_pids(server) -> dict[int, int]:
+    """worker number -> pid, from the latest ``worker N started (pid P)`` lines."""
+    pids: dict[int, int] = {}
+    for m in re.finditer(r"worker (\d+) started \(pid (\d+)\)", server.output()):
+        pids[int(m.group(1))] = int(m.group(2))
+    return pids
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_more_than_one_worker_needs_a_shared_layer(how):
+    args, env = ("--workers", "2"), {}
+    if how == "environment":
+        args, env = (), {"REALTIME_WORKERS": "2"}
+    result = run(twistd("--app", BENCH_APP, "--port", "0", *args), env=env)
+    assert result.returncode == 1
+    assert result.stderr == ("realtime: error: --workers 2 needs a shared channel layer: "
+                             "use --layer redis://...\n")
+
+
+def test_workers_must_be_a_positive_count():
+    result = run(twistd("--app", BENCH_APP, "--workers", "0"))
+    assert result.returncode == 1
+    assert result.stderr == "realtime: error: --workers: must be at least 1, got '0'\n"
+
+
+def test_two_workers_share_the_port_and_the_layer(redis_url):
+    with supervisor(redis_url) as server:
+        assert len(server.addresses) == 1  # the supervisor's line; workers say "serving"
+        assert server.output().count("listening on") == 1
+        assert server.output().count(f"serving tcp:127.0.0.1:{server.port}") == 2
+        started = worker_pids(server)
+        assert sorted(started) == [1, 2]
+        assert all(parent_of(pid) == server.pid for pid in started.values())
+        # 200 connections spread over both workers (SO_REUSEPORT hashes each one).
+        counts: collections.Counter[int] = collections.Counter()
+        with contextlib.ExitStack() as stack:
+            for _ in range(200):
+                ws, pid = open_pid(stack, server)
+                counts[pid] += 1
+        assert set(counts) == set(started.values()), counts
+        assert min(counts.values()) >= 60, counts  # an even split is 100 each
+        # Two members of one room on different workers meet through Redis.
+        with contextlib.ExitStack() as stack:
+            members: dict[int, ClientConnection] = {}
+            for _ in range(50):
+                ws, pid = open_pid(stack, server, "/room/lobby")
+                members.setdefault(pid, ws)
+                if len(members) == 2:
+                    break
+            assert len(members) == 2, "no two members on different workers"
+            first, second = members.values()
+            first.send("across workers")
+            assert second.recv(timeout=TIMEOUT) == "across workers"
+            assert first.recv(timeout=TIMEOUT) == "across workers"
+        # Worker log lines reach the supervisor's output, numbered.
+        assert re.search(r"worker [12]: \[realtime\.service#info\] serving tcp:",
+                         server.output())
+        result = server.stop()
+    assert result.returncode == 0, result.output
+
+
+def test_a_killed_worker_is_replaced_and_clients_reconnect(redis_url):
+    with supervisor(redis_url) as server:
+        started = worker_pids(server)
+        clients: dict[int, list[ClientConnection]] = collections.defaultdict(list)
+        with contextlib.ExitStack() as stack:
+            while len(clients) < 2 or min(len(c) for c in clients.values()) < 3:
+                ws, pid = open_pid(stack, server)
+                clients[pid].append(ws)
+            victim_number, victim = 1, started[1]
+            assert parent_of(victim) == server.pid  # ours: the supervisor we started
+            survivor = started[2]
+            os.kill(victim, signal.SIGKILL)
+            for ws in clients[victim]:
+                with pytest.raises(ConnectionClosed):
+                    ws.recv(timeout=TIMEOUT)
+            server.wait_for(rf"worker {victim_number} \(pid {victim}\) killed by signal 9; "
+                            r"restarting in 0\.5 s")
+            server.wait_for(rf"worker {victim_number} started \(pid (?!{victim}\))\d+\)")
+            replacement = worker_pids(server)[victim_number]
+            assert replacement != victim and parent_of(replacement) == server.pid
+            # The other worker's clients never noticed.
+            for ws in clients[survivor]:
+                ws.send("still here")
+                assert ws.recv(timeout=TIMEOUT) == "still here"
+            # Clients reconnect: connections reach the survivor and the replacement.
+            seen: set[int] = set()
+            deadline = time.monotonic() + TIMEOUT
+            while seen != {survivor, replacement} and time.monotonic() < deadline:
+                ws, pid = open_pid(stack, server)
+                seen.add(pid)
+            assert seen == {survivor, replacement}
+        server.wait_for(r"all 2 workers ready")
+        result = server.stop()
+    assert result.returncode == 0, result.output
+
+
+def test_sigterm_drains_every_worker_and_exits_0(redis_url):
+    with supervisor(redis_url) as server:
+        pids = set(worker_pids(server).values())
+        clients: list[ClientConnection] = []
+        seen: set[int] = set()
+        with contextlib.ExitStack() as stack:
+            while seen != pids or len(clients) < 10:
+                ws, pid = open_pid(stack, server)
+                clients.append(ws)
+                seen.add(pid)
+            server.send_signal(signal.SIGTERM)
+            codes = []
+            for ws in clients:
+                with pytest.raises(ConnectionClosed) as closed:
+                    ws.recv(timeout=TIMEOUT)
+                assert closed.value.rcvd is not None
+                codes.append((closed.value.rcvd.code, closed.value.rcvd.reason))
+        result = server.wait(timeout=TIMEOUT)
+    assert codes == [(1001, "server shutting down")] * len(clients)
+    assert result.returncode == 0, result.output
+    for number in (1, 2):
+        assert re.search(rf"worker {number} \(pid \d+\) exited with status 0", result.output)
+    assert "restarting" not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_tls_and_unix_listeners_with_workers(redis_url, tmp_path):
+    """ssl: (a SO_REUSEPORT group; each worker wraps its socket in TLS) and unix: (one
+    socket every worker shares)."""
+    import ssl
+
+    from websockets.sync.client import unix_connect
+
+    from tests.e2e.support import self_signed
+
+    cert, key = self_signed(tmp_path)
+    path = str(tmp_path / "rt.sock")
+    cmd = twistd("--app", APP, "--workers", "2", "--layer", redis_url,
+                 "--port", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+                 "-u", path)
+    with start(cmd, env=ENV, listeners=2) as server:
+        server.wait_for(r"all 2 workers ready")
+        assert server.addresses[1] == f"unix:{path}"
+        trusting = ssl.create_default_context(cafile=str(cert))
+        pids = set()
+        with contextlib.ExitStack() as stack:
+            for _ in range(30):
+                ws = stack.enter_context(connect(server.ws_url("/pid", "wss"), ssl=trusting,
+                                                 open_timeout=TIMEOUT, proxy=None))
+                pids.add(int(ws.recv(timeout=TIMEOUT)))
+            for _ in range(10):
+                ws = stack.enter_context(unix_connect(path, "ws://localhost/pid",
+                                                      open_timeout=TIMEOUT))
+                pids.add(int(ws.recv(timeout=TIMEOUT)))
+        assert pids == set(worker_pids(server).values())
+        result = server.stop()
+    assert result.returncode == 0, result.output
