@@ -43,6 +43,14 @@ class ServerConfig:
     #: Trust X-Forwarded-For/-Proto/-Port from peers in ``trusted_proxies``.
     proxy_headers: bool = False
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1")
+    #: Serve /metrics on this port (the service sets ``site.metrics``).
+    metrics_path: str = "/metrics"
+    #: Keys that may POST /api/publish and /api/broadcast; empty: the API is off (404).
+    api_keys: tuple[str, ...] = ()
+    api_body_limit: int = 64 * 1024
+    #: Drain: sockets closed with 1001 per batch, and the pause between batches.
+    drain_batch: int = 1000
+    drain_interval: float = 0.1
     root_path: str = ""
     shutdown_timeout: float = 10.0
     #: How long a close frame we sent may wait for the peer's reply before the TCP is dropped.
@@ -60,7 +68,10 @@ class ServerConfig:
                 raise ValueError(f"{name} must not be negative")
         if self.slow_consumer not in ("close", "drop"):
             raise ValueError("slow_consumer must be 'close' or 'drop'")
-        for name in ("max_message_size", "max_frame_size", "max_inflight", "max_send_buffer"):
+        if self.drain_batch < 1 or self.drain_interval < 0:
+            raise ValueError("drain_batch must be at least 1 and drain_interval not negative")
+        for name in ("max_message_size", "max_frame_size", "max_inflight", "max_send_buffer",
+                     "api_body_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.rate_limit < 0 or self.rate_burst < 0 or self.max_connections_per_ip < 0:

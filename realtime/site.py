@@ -29,9 +29,13 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
+from realtime.accesslog import target as redacted_target
+from realtime.api import PATHS as API_PATHS
+from realtime.api import handle as handle_api
 from realtime.config import ServerConfig
 from realtime.exceptions import NoRoute, Refuse
 from realtime.http import AsyncHttpConsumer
+from realtime.metrics import SiteStats, exposition
 from realtime.proxy import apply as apply_proxy_headers
 from realtime.proxy import parse_networks
 from realtime.routing import Ready, route_matches
@@ -91,6 +95,9 @@ class RealtimeChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        #: When the TCP connection was accepted (handshake latency is measured from here).
+        reactor: Any = self.site.reactor
+        self.accepted_at: float = reactor.seconds()
         self.lost: Deferred[None] = Deferred()
         self.site.open_channels.add(self)
         self._arm_deadline()
@@ -155,8 +162,15 @@ class RealtimeChannel(http.HTTPChannel):
         return bool(super().headerReceived(line))
 
     def allHeadersReceived(self) -> None:
-        if not self._refused:
-            super().allHeadersReceived()
+        if self._refused:
+            return
+        config = self.site.config
+        if config.api_keys and self.length is not None and self.length > config.api_body_limit:
+            request = self.requests[-1] if self.requests else None
+            if request is not None and request.path in API_PATHS:
+                self.refuse_head(413)  # answered before the body is read
+                return
+        super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
         if not self._refused:
@@ -258,6 +272,7 @@ class RealtimeRequest(server.Request):
 
     def process(self) -> None:
         self.site = self.channel.site
+        self.started = self.site.clock.seconds()
         self.prepath = []
         self.postpath = [http.unquote(seg) for seg in self.path[1:].split(b"/")]
         try:
@@ -266,6 +281,23 @@ class RealtimeRequest(server.Request):
             log.failure("dispatching {uri!r} failed", uri=self.uri)
             if not self.finished and not self._disconnected and self.channel is not None:
                 self.site.write_refusal(self, Refuse(500), upgrade=False)
+
+
+def _client_host(request: Any) -> str | None:
+    scope = getattr(request, "scope", None)
+    if scope and scope.get("client"):
+        return str(scope["client"][0])
+    address = request.getClientAddress()
+    return getattr(address, "host", None)
+
+
+def _user_agent(request: Any) -> str | None:
+    value = request.getHeader(b"user-agent")
+    return value.decode("latin-1", "replace") if value else None
+
+
+def target_of(request: Any) -> str:
+    return redacted_target(request.path, request.uri.partition(b"?")[2])
 
 
 def _header(request: server.Request, name: bytes) -> list[bytes]:
@@ -290,6 +322,8 @@ class RealtimeSite(server.Site):
         super().__init__(resource.Resource(), reactor=reactor, timeout=config.http_timeout)
         self.application = application
         self.config = config
+        #: The reactor, untyped (twisted.web types ``self.reactor`` as IReactorTime only).
+        self.clock: Any = reactor
         if layer is None:
             from realtime.layers import get_channel_layer
 
@@ -299,6 +333,12 @@ class RealtimeSite(server.Site):
         #: Messages the slow-consumer policy skipped, and sockets it closed.
         self.dropped_messages = 0
         self.slow_consumer_closes = 0
+        #: Counters for /metrics (plain integers: nothing on the hot path but an add).
+        self.stats = SiteStats()
+        #: Set by the service when --metrics serves on this port (a ``metrics.Collector``).
+        self.metrics: Any = None
+        #: Set by the service with --access-log (a ``realtime.accesslog.AccessLog``).
+        self.access_log: Any = None
         self.ws_factory = make_factory(config, reactor)
         #: Every WebSocket, from the start of its handshake to the end of its close.
         self.connections: set[WebSocketConnection] = set()
@@ -320,7 +360,37 @@ class RealtimeSite(server.Site):
         return channel
 
     def log(self, request: Any) -> None:
-        """No per-request line from twisted.web; the access log is ours (off by default)."""
+        """One access-log line per finished HTTP request (twisted.web calls this); refused
+        upgrades are logged as WebSocket refusals instead."""
+        access = self.access_log
+        if access is None or getattr(request, "_logged_as_ws", False):
+            return
+        started = getattr(request, "started", None)
+        access.emit(
+            kind="http", client=_client_host(request), method=request.method.decode("latin-1"),
+            target=target_of(request), protocol=request.clientproto.decode("latin-1"),
+            status=request.code, bytes=request.sentLength,
+            duration=None if started is None else self.clock.seconds() - started,
+            user_agent=_user_agent(request),
+        )
+
+    def log_ws(
+        self, kind: str, scope: dict[str, Any], started: float | None, **fields: Any
+    ) -> None:
+        access = self.access_log
+        if access is None:
+            return
+        client = scope.get("client")
+        user_agent = None
+        for name, value in scope.get("headers", ()):
+            if name == b"user-agent":
+                user_agent = value.decode("latin-1", "replace")
+        access.emit(
+            kind=kind, client=client[0] if client else None,
+            target=redacted_target(scope.get("raw_path", b""), scope.get("query_string", b"")),
+            duration=None if started is None else self.clock.seconds() - started,
+            user_agent=user_agent, **fields,
+        )
 
     # -- dispatch ------------------------------------------------------------------------------
     def dispatch(self, request: RealtimeRequest) -> None:
@@ -333,6 +403,16 @@ class RealtimeSite(server.Site):
         if path == cfg.health_path.encode() and cfg.health_path:
             request.channel.handshake_done()
             self._plain(request, 200, b"ok\n")
+            return
+        if self.metrics is not None and path == cfg.metrics_path.encode():
+            request.channel.handshake_done()
+            content_type, body = exposition(self.metrics)
+            request.setHeader(b"content-type", content_type)
+            self._plain(request, 200, body, content_type)
+            return
+        if cfg.api_keys and path in API_PATHS:
+            request.channel.handshake_done()
+            handle_api(self, request)
             return
         if path == cfg.ready_path.encode() and cfg.ready_path:
             request.channel.handshake_done()
@@ -462,9 +542,12 @@ class RealtimeSite(server.Site):
         self.write_refusal(request, refusal, upgrade=False)
 
     # -- responses ----------------------------------------------------------------------------
-    def _plain(self, request: server.Request, status: int, body: bytes) -> None:
+    def _plain(
+        self, request: server.Request, status: int, body: bytes,
+        content_type: bytes = b"text/plain; charset=utf-8",
+    ) -> None:
         request.setResponseCode(status)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"content-type", content_type)
         request.setHeader(b"content-length", str(len(body)).encode())
         request.setHeader(b"cache-control", b"no-store")
         if request.method != b"HEAD":
@@ -486,6 +569,15 @@ class RealtimeSite(server.Site):
         for name, value in refusal.headers:
             request.responseHeaders.addRawHeader(name, value)
         request.setHeader(b"content-length", str(len(body)).encode())
+        if upgrade:
+            started = getattr(request.channel, "accepted_at", None)
+            if started is not None:
+                self.stats.observe_handshake(refusal.status, self.clock.seconds() - started)
+            scope = getattr(request, "scope", None) or {
+                "raw_path": request.path, "query_string": request.uri.partition(b"?")[2],
+                "client": (_client_host(request), 0), "headers": []}
+            self.log_ws("ws_reject", scope, started, status=refusal.status)
+            request._logged_as_ws = True  # type: ignore[attr-defined]
         if upgrade or close:
             # A refused upgrade ends the connection (RFC 6455 4.2.2); twisted.web only closes
             # on the request's own Connection header, so say it to the channel too.
@@ -514,17 +606,31 @@ class RealtimeSite(server.Site):
                 d.callback(None)
 
     def drain(self) -> Deferred[None]:
-        """Refuse new upgrades with 503, close every socket with 1001; fires when all are
+        """Refuse new upgrades with 503 (and say 503 on /readyz) at once, then close the open
+        sockets with 1001, ``drain_batch`` of them every ``drain_interval`` seconds (a
+        thundering herd of reconnects is what a deploy must not cause); fires when all are
         gone. The caller enforces the deadline with ``abort_all``."""
         self.draining = True
         if not self.connections:
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._drained.append(d)
-        for conn in list(self.connections):
-            conn.go_away()
+        self._drain_batch(list(self.connections))
         return d
 
+    def _drain_batch(self, remaining: list[WebSocketConnection]) -> None:
+        batch, rest = remaining[: self.config.drain_batch], remaining[self.config.drain_batch :]
+        for conn in batch:
+            conn.go_away()
+        rest = [conn for conn in rest if conn in self.connections]
+        if rest:
+            self._drain_call = self.clock.callLater(
+                self.config.drain_interval, self._drain_batch, rest
+            )
+
     def abort_all(self) -> None:
+        call = getattr(self, "_drain_call", None)
+        if call is not None and call.active():
+            call.cancel()
         for conn in list(self.connections):
             conn.abort()

@@ -189,6 +189,18 @@ class Options(usage.Options):
         ["jwt-audience", None, None, "Required 'aud' claim."],
         ["jwt-issuer", None, None, "Required 'iss' claim."],
         ["jwt-leeway", None, "0", "Seconds of clock skew allowed for exp/nbf."],
+        ["metrics-port", None, None,
+         "Serve /metrics on its own listener (a port number on 127.0.0.1, or a description) "
+         "instead of the main ports; implies --metrics."],
+        ["api-key", None, None,
+         "Enables POST /api/publish and /api/broadcast for 'Authorization: Bearer KEY'."],
+        ["api-key-file", None, None, "API keys, one per line (rotation: several may hold)."],
+        ["api-body-limit", None, "64KiB", "Largest API request body; 413 past it."],
+        ["access-log", None, None,
+         "Access log file, or - for stdout: HTTP requests and WebSocket connect/refuse/close."],
+        ["log-format", None, "text", "Access log format: text or json."],
+        ["drain-batch", None, "1000", "Sockets closed with 1001 per drain batch."],
+        ["drain-interval", None, "0.1", "Seconds between drain batches."],
         ["layer", None, "memory",
          "Channel layer: memory, redis://host:port/db, rediss://..., unix:///path, "
          "redis+sentinel://h1:p1,h2:p2/master/db."],
@@ -202,6 +214,7 @@ class Options(usage.Options):
     ]
 
     optFlags: list[list[Any]] = [
+        ["metrics", None, "Serve Prometheus metrics on /metrics (on the main ports)."],
         ["proxy-headers", None,
          "Use X-Forwarded-For/-Proto/-Port from --trusted-proxies, walked from the right."],
     ]
@@ -275,6 +288,7 @@ class Options(usage.Options):
         if self.workers > 1 and self["layer"] in ("memory", "memory://"):
             raise StartupError(f"--workers {self.workers} needs a shared channel layer: "
                                "use --layer redis://...")
+        self._build_extras()
         self._configure_settings()
         self.application = self._wrap(load_application(self["app"]))
 
@@ -369,11 +383,55 @@ class Options(usage.Options):
             rate_burst=_count("rate-burst", self["rate-burst"], 1) if self["rate-burst"] else 0,
             proxy_headers=bool(self["proxy-headers"]),
             trusted_proxies=self._networks(),
+            api_keys=self._api_keys(),
+            api_body_limit=_size("api-body-limit", self["api-body-limit"]),
+            drain_batch=_count("drain-batch", self["drain-batch"], 1),
+            drain_interval=_seconds("drain-interval", self["drain-interval"]),
             root_path=root_path,
             shutdown_timeout=_seconds("shutdown-timeout", self["shutdown-timeout"]),
             health_path=self["health-path"],
             ready_path=self["ready-path"],
         )
+
+    def _api_keys(self) -> tuple[str, ...]:
+        keys = [self["api-key"]] if self["api-key"] else []
+        if self["api-key-file"]:
+            keys += [line.strip() for line in
+                     _read_file("api-key-file", self["api-key-file"]).splitlines() if line.strip()]
+        for key in keys:
+            if len(key) < 16:
+                raise StartupError("--api-key: a key must be at least 16 characters")
+            if not key.isascii() or any(c.isspace() for c in key):
+                raise StartupError("--api-key: a key must be ASCII without spaces")
+        return tuple(keys)
+
+    def _build_extras(self) -> None:
+        """The metrics listener and the access log, checked now."""
+        from twisted.internet.endpoints import serverFromString
+
+        self.metrics_listener: str | None = None
+        value = self["metrics-port"]
+        if value:
+            description = (
+                build_endpoint_description_strings(DEFAULT_HOST, int(value))[0]
+                if is_port_number(value) else value
+            )
+            try:
+                serverFromString(None, description)
+            except Exception as exc:
+                raise StartupError(f"--metrics-port {value!r}: {_describe_error(exc)}") from None
+            self.metrics_listener = description
+        self.metrics_enabled = bool(self["metrics"]) or value is not None
+        if self["log-format"] not in ("text", "json"):
+            raise StartupError(f"--log-format: expected text or json, got {self['log-format']!r}")
+        self.access_log: Any = None
+        if self["access-log"]:
+            from realtime.accesslog import AccessLog
+
+            try:
+                self.access_log = AccessLog(self["access-log"], self["log-format"])
+            except OSError as exc:
+                raise StartupError(f"--access-log {self['access-log']}: {exc.strerror}") from None
 
     def _networks(self) -> tuple[str, ...]:
         from realtime.proxy import parse_networks
@@ -504,7 +562,57 @@ def makeService(options: Options) -> Any:
     from realtime.layers import set_channel_layer
 
     set_channel_layer(options.layer)
+    for site in sites:
+        site.access_log = options.access_log
+    if options.access_log is not None:
+        _reopen_on_sighup(reactor, options.access_log)
     service = RealtimeService(sites, reactor, options.config.shutdown_timeout, options.layer)
     for listener in listeners:
         listener.setServiceParent(service)
+    if options.metrics_enabled:
+        _add_metrics(service, sites, options, reactor)
     return service
+
+
+def _add_metrics(service: Any, sites: list[Any], options: Options, reactor: Any) -> None:
+    """/metrics on the main ports, or on its own listener (--metrics-port); under --workers
+    (``REALTIME_METRICS_DIR`` set by the parent) with totals across every worker."""
+    from twisted.application.internet import TimerService
+    from twisted.internet.endpoints import serverFromString
+
+    from realtime.metrics import Collector, SnapshotWriter
+    from realtime.service import ListenerService
+    from realtime.site import RealtimeSite
+
+    writer = None
+    directory = os.environ.get("REALTIME_METRICS_DIR")
+    if directory:
+        writer = SnapshotWriter(directory, sites, options.layer)
+        timer = TimerService(0.5, writer.write)
+        timer.clock = reactor
+        timer.setServiceParent(service)
+    collector = Collector(sites, options.layer, writer)
+    if options.metrics_listener is None:
+        for site in sites:
+            site.metrics = collector
+        return
+    metrics_config = ServerConfig(health_path="", ready_path="")
+    metrics_site = RealtimeSite(_no_application, metrics_config, reactor, options.layer)
+    metrics_site.metrics = collector
+    endpoint = serverFromString(reactor, options.metrics_listener)
+    ListenerService(endpoint, options.metrics_listener, metrics_site).setServiceParent(service)
+
+
+def _no_application(scope: Any) -> Any:
+    from realtime.exceptions import NoRoute
+
+    raise NoRoute(scope.get("path", ""))
+
+
+def _reopen_on_sighup(reactor: Any, access_log: Any) -> None:
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        reactor.callFromThread(access_log.reopen)
+
+    signal.signal(signal.SIGHUP, handler)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import struct
 import threading
 from collections import deque
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 log = Logger()
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_ids = itertools.count(1)
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSING = WebSocketProtocol.STATE_CLOSING
 _CLOSED = WebSocketProtocol.STATE_CLOSED
@@ -157,6 +159,10 @@ class WebSocketConnection(WebSocketServerProtocol):
         self.channel_name: str | None = None
         #: The client address this socket counts against (``--max-connections-per-ip``).
         self.client_ip: str | None = None
+        #: A process-unique id, written to the access log.
+        self.id = next(_ids)
+        self.stats = site.stats
+        self._opened_at: float | None = None
         self._expiry_call: Any = None
         # Inbound rate limit: a token bucket, refilled on the reactor's clock.
         self._rate = self.config.rate_limit
@@ -272,6 +278,13 @@ class WebSocketConnection(WebSocketServerProtocol):
             self._finish(1006)
             return
         channel.handshake_done()
+        now = self.reactor.seconds()
+        self._opened_at = now
+        accepted_at = getattr(channel, "accepted_at", None)
+        if accepted_at is not None:
+            self.stats.observe_handshake(101, now - accepted_at)
+        if self.site.access_log is not None:
+            self.site.log_ws("ws_connect", self.scope, accepted_at, status=101, conn=self.id)
         key = request.requestHeaders.getRawHeaders(b"sec-websocket-key", [b""])[0].strip()
         lines = [
             b"HTTP/1.1 101 Switching Protocols",
@@ -336,6 +349,9 @@ class WebSocketConnection(WebSocketServerProtocol):
             self.accept()
         if self.state != _OPEN:
             raise ConnectionClosed("send on a WebSocket that is closing or closed")
+        stats = self.stats
+        stats.messages_out += 1
+        stats.bytes_out += len(payload)
         if len(payload) < 16384:
             self._write(frame_header(opcode, len(payload)) + payload)
         else:
@@ -473,6 +489,9 @@ class WebSocketConnection(WebSocketServerProtocol):
         """``broadcast()``: one prepared frame, written unless this socket is not open."""
         if self.state != _OPEN or self.in_handshake or self._slow_closing:
             return False
+        stats = self.stats
+        stats.messages_out += 1
+        stats.bytes_out += len(frame)
         return self._write(frame)
 
     def _detach(self) -> None:
@@ -481,6 +500,9 @@ class WebSocketConnection(WebSocketServerProtocol):
 
     # -- Autobahn callbacks --------------------------------------------------------------------
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        stats = self.stats
+        stats.messages_in += 1
+        stats.bytes_in += len(payload)
         if self._rate and self._rate_exceeded():
             if not self._slow_closing and self.state == _OPEN:
                 log.info("closing {peer}: message rate over --rate-limit", peer=self.peer)
@@ -702,6 +724,11 @@ class WebSocketConnection(WebSocketServerProtocol):
         self.finished = True
         self.disconnect_code = code
         self._cancel_timers()
+        if self._opened_at is not None:
+            self.stats.close_codes[code] += 1
+            if self.site.access_log is not None:
+                self.site.log_ws("ws_disconnect", self.scope, self._opened_at, code=code,
+                                 conn=self.id)
         self.site.closed(self)
         self._outq.clear()
         self._outq_bytes = 0

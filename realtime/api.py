@@ -1,0 +1,134 @@
+"""The publish API (``--api-key``): other services push messages into rooms over HTTP.
+
+``POST /api/publish`` ``{"group": "lobby", "text": "..." | "json": {...} | "event": {...}}``
+and ``POST /api/broadcast`` ``{"groups": ["a", "b"], ...}``, authenticated with
+``Authorization: Bearer <key>``. ``text`` and ``json`` are written to every member as one
+prepared frame (``broadcast()``); ``event`` is a ``group_send`` to the members' typed
+handlers (``{"type": "chat.message", ...}``). Answers: 200 ``{"ok": true}``; 400 with a JSON
+``error`` for a bad body; 401 without the key; 405 for a method other than POST; 413 past
+``--api-body-limit``. Without a configured key these paths are not served (404).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.logger import Logger
+
+log = Logger()
+
+PUBLISH = b"/api/publish"
+BROADCAST = b"/api/broadcast"
+PATHS = (PUBLISH, BROADCAST)
+
+
+class BadBody(ValueError):
+    pass
+
+
+def authorized(request: Any, keys: tuple[str, ...]) -> bool:
+    header = request.getHeader(b"authorization") or b""
+    scheme, _, token = header.partition(b" ")
+    if scheme.lower() != b"bearer" or not token:
+        return False
+    given = token.strip()
+    # Compare against every key (constant time each) so timing says nothing of which.
+    results = [hmac.compare_digest(given, key.encode()) for key in keys]
+    return any(results)
+
+
+def parse(path: bytes, body: bytes) -> tuple[list[str], str, Any]:
+    """(groups, kind, payload) of a request body; ``BadBody`` says what is wrong."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadBody("the body is not JSON") from None
+    if not isinstance(document, dict):
+        raise BadBody("the body must be a JSON object")
+    if path == PUBLISH:
+        group = document.get("group")
+        if not isinstance(group, str):
+            raise BadBody("'group' (a string) is required")
+        groups = [group]
+    else:
+        groups = document.get("groups")  # type: ignore[assignment]
+        if not isinstance(groups, list) or not groups or not all(
+            isinstance(g, str) for g in groups
+        ):
+            raise BadBody("'groups' (a non-empty list of strings) is required")
+    kinds = [k for k in ("text", "json", "event") if k in document]
+    if len(kinds) != 1:
+        raise BadBody("give exactly one of 'text', 'json' or 'event'")
+    kind = kinds[0]
+    payload = document[kind]
+    if kind == "text" and not isinstance(payload, str):
+        raise BadBody("'text' must be a string")
+    if kind == "event" and not (isinstance(payload, dict) and isinstance(payload.get("type"), str)):
+        raise BadBody("'event' must be an object with a 'type' string")
+    from realtime.layers.base import check_name
+
+    for group in groups:
+        try:
+            check_name(group, "group")
+        except TypeError as exc:
+            raise BadBody(str(exc)) from None
+    return groups, kind, payload
+
+
+def publish(layer: Any, groups: list[str], kind: str, payload: Any) -> Deferred[Any]:
+    calls = []
+    for group in groups:
+        if kind == "text":
+            calls.append(layer.broadcast(group, text=payload))
+        elif kind == "json":
+            calls.append(layer.broadcast(group, text=json.dumps(payload)))
+        else:
+            calls.append(layer.group_send(group, payload))
+    return gatherResults(calls, consumeErrors=True)
+
+
+def handle(site: Any, request: Any) -> None:
+    """Answer one API request (the site routes the two paths here when a key is set)."""
+    def answer(status: int, document: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()
+               ) -> None:
+        body = json.dumps(document).encode() + b"\n"
+        if request.finished or request._disconnected:
+            return
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-length", str(len(body)).encode())
+        request.setHeader(b"cache-control", b"no-store")
+        for name, value in headers:
+            request.setHeader(name, value)
+        request.write(body)
+        request.finish()
+
+    if request.method != b"POST":
+        answer(405, {"error": "use POST"}, ((b"allow", b"POST"),))
+        return
+    if not authorized(request, site.config.api_keys):
+        answer(401, {"error": "a valid 'Authorization: Bearer <key>' is required"},
+               ((b"www-authenticate", b'Bearer realm="realtime-api"'),))
+        return
+    body = request.content.read() if request.content is not None else b""
+    if len(body) > site.config.api_body_limit:
+        answer(413, {"error": f"the body is over {site.config.api_body_limit} bytes"})
+        return
+    try:
+        groups, kind, payload = parse(request.path, body)
+    except BadBody as exc:
+        answer(400, {"error": str(exc)})
+        return
+    d = publish(site.layer, groups, kind, payload)
+
+    def done(_: Any) -> None:
+        answer(200, {"ok": True, "groups": len(groups)})
+
+    def failed(failure: Any) -> None:
+        log.failure("publishing to {groups} failed", failure, groups=groups)
+        answer(503, {"error": "the channel layer is unavailable"}, ((b"retry-after", b"1"),))
+
+    d.addCallbacks(done, failed)

@@ -1,0 +1,71 @@
+"""Publish into rooms from any Python code, with the standard library only (a Django view,
+a Celery task, a cron script): no asyncio, no Twisted.
+
+    from realtime.client import publish
+    publish("http://127.0.0.1:8000", API_KEY, "lobby", text="deploy finished")
+    publish(url, key, "lobby", json={"kind": "alert"})
+    publish(url, key, "lobby", event={"type": "chat.message", "message": "hi"})
+    broadcast(url, key, ["a", "b"], text="to two rooms")
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import urllib.error
+import urllib.request
+from typing import Any
+
+_MISSING = object()
+
+
+class PublishError(Exception):
+    """The server refused the publish; ``status`` and the server's ``error`` text."""
+
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(f"{status}: {error}")
+        self.status = status
+        self.error = error
+
+
+def _body(text: str | None, json: Any, event: dict[str, Any] | None) -> dict[str, Any]:
+    given = {k: v for k, v in (("text", text), ("json", json), ("event", event))
+             if v is not None and v is not _MISSING}
+    if len(given) != 1:
+        raise ValueError("give exactly one of text=, json= or event=")
+    return given
+
+
+def _post(url: str, key: str, path: str, document: dict[str, Any], timeout: float) -> Any:
+    request = urllib.request.Request(
+        url.rstrip("/") + path,
+        data=jsonlib.dumps(document).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return jsonlib.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            error = jsonlib.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            error = str(exc.reason)
+        raise PublishError(exc.code, error) from None
+
+
+def publish(
+    url: str, key: str, group: str, *, text: str | None = None, json: Any = None,
+    event: dict[str, Any] | None = None, timeout: float = 5.0,
+) -> Any:
+    """POST /api/publish: ``text`` (a string), ``json`` (any JSON value, sent as text) or
+    ``event`` (a typed event for ``group_send``) to every member of ``group``."""
+    return _post(url, key, "/api/publish", {"group": group, **_body(text, json, event)}, timeout)
+
+
+def broadcast(
+    url: str, key: str, groups: list[str], *, text: str | None = None, json: Any = None,
+    event: dict[str, Any] | None = None, timeout: float = 5.0,
+) -> Any:
+    """POST /api/broadcast: the same to several groups."""
+    return _post(url, key, "/api/broadcast", {"groups": list(groups),
+                                              **_body(text, json, event)}, timeout)

@@ -1,0 +1,203 @@
+"""Prometheus metrics (``--metrics``): what the server counts, and its exposition.
+
+The hot path only adds to plain integers on the site (``SiteStats``) and the layer
+(``LayerStats``); prometheus-client reads them at scrape time through a custom collector, so
+counting costs nothing measurable. Under ``--workers`` every worker writes a snapshot of its
+counters to a shared directory (``REALTIME_METRICS_DIR``) every half second and at exit;
+whichever worker answers a scrape adds up every snapshot (its own counted live), so totals
+are correct across processes (at most half a second behind for the others).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+#: Handshake latency buckets, seconds (from TCP accept to the 101 or the refusal).
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class SiteStats:
+    """Plain counters, bumped on the reactor thread."""
+
+    def __init__(self) -> None:
+        self.messages_in = 0
+        self.messages_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.handshakes: Counter[int] = Counter()
+        self.close_codes: Counter[int] = Counter()
+        self.latency_buckets = [0] * len(BUCKETS)
+        self.latency_count = 0
+        self.latency_sum = 0.0
+
+    def observe_handshake(self, status: int, seconds: float) -> None:
+        self.handshakes[status] += 1
+        self.latency_count += 1
+        self.latency_sum += seconds
+        for i, bound in enumerate(BUCKETS):
+            if seconds <= bound:
+                self.latency_buckets[i] += 1
+
+
+def snapshot(sites: Iterable[Any], layer: Any) -> dict[str, Any]:
+    """This process's totals as a JSON-able dict."""
+    snap: dict[str, Any] = {
+        "connections": 0, "messages_in": 0, "messages_out": 0, "bytes_in": 0,
+        "bytes_out": 0, "slow_consumer_closes": 0, "dropped_messages": 0,
+        "handshakes": Counter(), "close_codes": Counter(),
+        "latency_buckets": [0] * len(BUCKETS), "latency_count": 0, "latency_sum": 0.0,
+    }
+    for site in sites:
+        stats: SiteStats = site.stats
+        snap["connections"] += sum(1 for c in site.connections if not c.in_handshake)
+        for name in ("messages_in", "messages_out", "bytes_in", "bytes_out"):
+            snap[name] += getattr(stats, name)
+        snap["slow_consumer_closes"] += site.slow_consumer_closes
+        snap["dropped_messages"] += site.dropped_messages
+        snap["handshakes"].update(stats.handshakes)
+        snap["close_codes"].update(stats.close_codes)
+        snap["latency_buckets"] = [a + b for a, b in
+                                   zip(snap["latency_buckets"], stats.latency_buckets, strict=True)]
+        snap["latency_count"] += stats.latency_count
+        snap["latency_sum"] += stats.latency_sum
+    layer_stats = getattr(layer, "stats", None)
+    for name in ("delivered", "dropped", "published", "broadcast_frames", "reconnects", "gaps"):
+        snap["layer_" + name] = getattr(layer_stats, name, 0)
+    snap["handshakes"] = {str(k): v for k, v in snap["handshakes"].items()}
+    snap["close_codes"] = {str(k): v for k, v in snap["close_codes"].items()}
+    return snap
+
+
+def add_up(snaps: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    for snap in snaps:
+        for key, value in snap.items():
+            if isinstance(value, dict):
+                bucket = total.setdefault(key, {})
+                for k, v in value.items():
+                    bucket[k] = bucket.get(k, 0) + v
+            elif isinstance(value, list):
+                current = total.get(key)
+                total[key] = value[:] if current is None else [
+                    a + b for a, b in zip(current, value, strict=True)]
+            else:
+                total[key] = total.get(key, 0) + value
+    return total
+
+
+class SnapshotWriter:
+    """Under ``--workers``: this worker's snapshot, written atomically to ``directory``."""
+
+    def __init__(self, directory: str, sites: list[Any], layer: Any) -> None:
+        self.directory = directory
+        self.sites = sites
+        self.layer = layer
+        self.path = os.path.join(directory, f"worker-{os.getpid()}.json")
+
+    def write(self) -> None:
+        data = json.dumps(snapshot(self.sites, self.layer))
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".snap-")
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+        os.replace(tmp, self.path)
+
+    def others(self) -> list[dict[str, Any]]:
+        found = []
+        for name in os.listdir(self.directory):
+            full = os.path.join(self.directory, name)
+            if not name.startswith("worker-") or full == self.path:
+                continue
+            try:
+                with open(full) as f:
+                    snap = json.load(f)
+            except (OSError, ValueError):
+                continue
+            pid = int(name[len("worker-"):-len(".json")])
+            if not _alive(pid):
+                snap["connections"] = 0  # a gauge: a dead worker holds no sockets
+            found.append(snap)
+        return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Collector:
+    """A prometheus-client collector over the live counters (and other workers')."""
+
+    def __init__(self, sites: list[Any], layer: Any, writer: SnapshotWriter | None = None) -> None:
+        self.sites = sites
+        self.layer = layer
+        self.writer = writer
+
+    def totals(self) -> dict[str, Any]:
+        own = snapshot(self.sites, self.layer)
+        if self.writer is None:
+            return own
+        return add_up([own, *self.writer.others()])
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        t = self.totals()
+        yield GaugeMetricFamily("realtime_connections", "Open WebSocket connections",
+                                value=t["connections"])
+        handshakes = CounterMetricFamily("realtime_handshakes", "WebSocket handshakes by HTTP "
+                                         "status (101: accepted)", labels=["status"])
+        for status, count in sorted(t["handshakes"].items()):
+            handshakes.add_metric([status], count)
+        yield handshakes
+        for name, help_text in (
+            ("messages_in", "WebSocket messages received"),
+            ("messages_out", "WebSocket messages sent (broadcast frames included)"),
+            ("bytes_in", "WebSocket payload bytes received"),
+            ("bytes_out", "WebSocket bytes sent"),
+            ("slow_consumer_closes", "Sockets closed 4008 by the slow-consumer policy"),
+            ("dropped_messages", "Messages skipped by the slow-consumer drop policy"),
+            ("layer_published", "Channel-layer publishes"),
+            ("layer_delivered", "Channel-layer events delivered to local consumers"),
+            ("layer_broadcast_frames", "broadcast() frames written to local members"),
+            ("layer_dropped", "Channel-layer messages dropped at capacity"),
+            ("layer_reconnects", "Channel-layer reconnects"),
+            ("layer_gaps", "Groups told they may have missed messages (layer.gap)"),
+        ):
+            yield CounterMetricFamily(f"realtime_{name}", help_text, value=t.get(name, 0))
+        closes = CounterMetricFamily("realtime_close_codes", "WebSocket closes by code",
+                                     labels=["code"])
+        for code, count in sorted(t["close_codes"].items()):
+            closes.add_metric([code], count)
+        yield closes
+        cumulative = []
+        for bound, count in zip(BUCKETS, t["latency_buckets"], strict=True):
+            cumulative.append((str(bound), count))
+        cumulative.append(("+Inf", t["latency_count"]))
+        yield HistogramMetricFamily(
+            "realtime_handshake_seconds", "From TCP accept to the handshake's answer",
+            buckets=cumulative, sum_value=t["latency_sum"],
+        )
+
+
+def exposition(collector: Collector) -> tuple[bytes, bytes]:
+    """(content type, body) of a scrape."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return CONTENT_TYPE_LATEST.encode(), generate_latest(registry)
