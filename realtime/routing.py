@@ -43,6 +43,17 @@ def ready(result: Any) -> Any:
     return Ready(result)
 
 
+class RoutedResource:
+    """A twisted.web resource with the scope its route matched (``url_route``,
+    ``path_remaining``): the site renders the resource on what the route left over."""
+
+    __slots__ = ("resource", "scope")
+
+    def __init__(self, resource: Any, scope: Scope) -> None:
+        self.resource = resource
+        self.scope = scope
+
+
 class _ResourceApp:
     """A twisted.web resource used directly as a route's application."""
 
@@ -50,7 +61,7 @@ class _ResourceApp:
         self.resource = resource
 
     def __call__(self, scope: Scope) -> Ready:
-        return Ready(self.resource)
+        return Ready(RoutedResource(self.resource, scope))
 
 
 class Converter(Protocol):
@@ -119,7 +130,7 @@ class Route:
     def __init__(
         self,
         pattern: str,
-        app: Application,
+        app: Application | Any,
         kwargs: Mapping[str, Any] | None,
         name: str | None,
         is_regex: bool,
@@ -194,14 +205,14 @@ class Route:
 
 
 def path(
-    route: str, view: Application, kwargs: Mapping[str, Any] | None = None, name: str | None = None
+    route: str, view: Application | Any, kwargs: Mapping[str, Any] | None = None, name: str | None = None
 ) -> Route:
     """Django-style ``path("room/<slug:name>/", app)``; a nested ``URLRouter`` is a prefix."""
     return Route(route, view, kwargs, name, is_regex=False)
 
 
 def re_path(
-    route: str, view: Application, kwargs: Mapping[str, Any] | None = None, name: str | None = None
+    route: str, view: Application | Any, kwargs: Mapping[str, Any] | None = None, name: str | None = None
 ) -> Route:
     """Django-style ``re_path(r"^room/(?P<name>\\w+)/$", app)``."""
     return Route(route, view, kwargs, name, is_regex=True)

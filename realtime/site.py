@@ -38,7 +38,7 @@ from realtime.http import AsyncHttpConsumer
 from realtime.metrics import SiteStats, exposition
 from realtime.proxy import apply as apply_proxy_headers
 from realtime.proxy import parse_networks
-from realtime.routing import Ready, route_matches
+from realtime.routing import Ready, RoutedResource, route_matches
 from realtime.scope import (
     BadRequest,
     build_scope,
@@ -515,6 +515,13 @@ class RealtimeSite(server.Site):
             return
         if isinstance(result, AsyncHttpConsumer):
             result._serve(request, scope, self.layer)
+        elif isinstance(result, RoutedResource):
+            # The resource sees what its route left over: a leaf route renders itself.
+            request.scope = result.scope
+            remaining = result.scope.get("path_remaining") or ""
+            request.postpath = [http.unquote(s.encode()) for s in remaining.split("/")
+                                ] if remaining else []
+            request.render(resource.getChildForRequest(result.resource, request))
         elif resource.IResource.providedBy(result):
             request.render(resource.getChildForRequest(result, request))
         else:

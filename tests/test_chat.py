@@ -1,0 +1,51 @@
+"""The chat example's protocol, in memory: join/here/leave presence and messages."""
+
+from __future__ import annotations
+
+import pytest_twisted
+
+from realtime.examples.chat import application
+from realtime.layers import InMemoryChannelLayer
+from realtime.testing import HttpCommunicator, WebsocketCommunicator
+
+
+def chat(name, room="lobby", layer=None):
+    comm = WebsocketCommunicator(application, f"/ws/chat/{room}/?name={name}")
+    if layer is not None:
+        comm.site.layer = layer
+    return comm
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_and_messages():
+    layer = InMemoryChannelLayer()
+    ada = chat("ada", layer=layer)
+    assert (await ada.connect())[0]
+    assert await ada.receive_json_from() == {"type": "join", "name": "ada"}
+    bob = chat("bob", layer=layer)
+    await bob.connect()
+    assert await ada.receive_json_from() == {"type": "join", "name": "bob"}
+    seen_by_bob = [await bob.receive_json_from(), await bob.receive_json_from()]
+    assert {"type": "join", "name": "bob"} in seen_by_bob
+    assert {"type": "here", "name": "ada"} in seen_by_bob  # bob learns who is there
+    await bob.send_json_to({"message": "hi ada"})
+    assert await ada.receive_json_from() == {"type": "message", "name": "bob",
+                                             "message": "hi ada"}
+    assert await bob.receive_json_from() == {"type": "message", "name": "bob",
+                                             "message": "hi ada"}
+    await bob.send_json_to({"message": ""})
+    assert (await bob.receive_json_from())["type"] == "error"
+    await bob.disconnect()
+    assert await ada.receive_json_from() == {"type": "leave", "name": "bob"}
+    await ada.disconnect()
+    assert layer.local_members("chat.lobby") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_name_is_refused_and_page_is_served():
+    assert await chat("").connect() == (False, 403)
+    assert await chat("x" * 40).connect() == (False, 403)
+    response = await HttpCommunicator(application, "GET", "/").get_response()
+    assert response["status"] == 200
+    assert b"new WebSocket(" in response["body"]
+    assert (b"content-type", b"text/html; charset=utf-8") in response["headers"]
