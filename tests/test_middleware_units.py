@@ -390,3 +390,38 @@ def test_proxy_resolution_walks_from_the_right():
 def test_session_repr_is_not_the_data():
     session = Session(MemorySessionStore(), None, {"token": "secret"}, False)
     assert "secret" not in repr(session)
+
+
+# -- the Redis session store, on a real redis-server ------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_redis_session_store_round_trip_and_middleware(redis_server):
+    from realtime.sessions import RedisSessionStore
+
+    store = RedisSessionStore(redis_server.url)
+    try:
+        assert await store.load("missing") is None
+        await store.save("abc", {"user": "7"}, 60)
+        assert await store.load("abc") == {"user": "7"}
+        mw = SessionMiddleware(inner, store=store)
+        scope = await run(mw, ws_scope([(b"cookie", b"sessionid=abc")]))
+        assert scope["session"]["user"] == "7"
+        scope["session"]["seen"] = True
+        (_, value), = scope["realtime.response_hooks"][0]()
+        assert value.startswith(b"sessionid=abc;")
+        await until_loaded(store, "abc", {"user": "7", "seen": True})
+        await store.delete("abc")
+        assert await store.load("abc") is None
+    finally:
+        await store.close()
+
+
+async def until_loaded(store, key, expected, timeout=5.0):
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    waited = 0.0
+    while await store.load(key) != expected:
+        assert waited < timeout, "the session was not saved"
+        await deferLater(reactor, 0.02, lambda: None)
+        waited += 0.02
