@@ -160,7 +160,7 @@ async def test_session_middleware_memory_store_uses_a_random_id():
     mw = SessionMiddleware(inner, store=store)
     scope = await run(mw, ws_scope())
     scope["session"]["n"] = 1
-    (name, value), = scope["realtime.response_hooks"][0]()
+    (_, value), = scope["realtime.response_hooks"][0]()
     session_id = value.decode().split(";")[0].split("=", 1)[1]
     assert "n" not in session_id and len(session_id) >= 24
     assert await store.load(session_id) == {"n": 1}
