@@ -78,12 +78,14 @@ async def serve(
     config: ServerConfig | None = None,
     reactor: Any = None,
     interface: str = "127.0.0.1",
+    layer: Any = None,
 ) -> LiveServer:
-    """Start ``application`` on a free port of ``interface``; returns a ``LiveServer``."""
+    """Start ``application`` on a free port of ``interface``; returns a ``LiveServer``.
+    Its consumers use ``layer`` (default: ``get_channel_layer()``)."""
     from realtime.site import RealtimeSite
 
     reactor = reactor or _default_reactor()
-    site = RealtimeSite(application, config or ServerConfig(), reactor)
+    site = RealtimeSite(application, config or ServerConfig(), reactor, layer)
     port = reactor.listenTCP(0, site, interface=interface)
     return LiveServer(site, port)
 

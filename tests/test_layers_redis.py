@@ -396,3 +396,35 @@ def test_layer_option_builds_the_redis_layer_or_stops_with_one_line(tmp_path):
         message = str(error.value)
         assert message.startswith("realtime: error: --layer: ") and expected in message
         assert "\n" not in message
+
+
+@pytest_twisted.ensureDeferred
+async def test_live_server_on_a_given_layer(two_layers):
+    """``realtime.testing.serve(app, layer=...)``: a live server whose consumers use the
+    Redis layer; a group_send from another "process" reaches a real client."""
+    from realtime.testing import serve
+    from tests.apps.layer_app import application
+    from tests.clients import in_thread
+
+    one, two = await two_layers(), await two_layers()
+    server = await serve(application, layer=one)
+    try:
+        assert server.site.layer is one
+
+        def client() -> Any:
+            import json
+
+            from websockets.sync.client import connect
+
+            with connect(server.ws_url("/typed/live")) as ws:
+                assert json.loads(ws.recv(timeout=5))["type"] == "hello"
+                from twisted.internet import reactor
+                from twisted.internet.threads import blockingCallFromThread
+
+                blockingCallFromThread(reactor, two.group_send, "live",
+                                       {"type": "chat.message", "text": "hi", "pid": 0})
+                return json.loads(ws.recv(timeout=5))
+
+        assert await in_thread(client) == {"type": "chat", "text": "hi", "pid": 0}
+    finally:
+        await server.stop()
