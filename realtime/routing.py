@@ -205,14 +205,20 @@ class Route:
 
 
 def path(
-    route: str, view: Application | Any, kwargs: Mapping[str, Any] | None = None, name: str | None = None
+    route: str,
+    view: Application | Any,
+    kwargs: Mapping[str, Any] | None = None,
+    name: str | None = None,
 ) -> Route:
     """Django-style ``path("room/<slug:name>/", app)``; a nested ``URLRouter`` is a prefix."""
     return Route(route, view, kwargs, name, is_regex=False)
 
 
 def re_path(
-    route: str, view: Application | Any, kwargs: Mapping[str, Any] | None = None, name: str | None = None
+    route: str,
+    view: Application | Any,
+    kwargs: Mapping[str, Any] | None = None,
+    name: str | None = None,
 ) -> Route:
     """Django-style ``re_path(r"^room/(?P<name>\\w+)/$", app)``."""
     return Route(route, view, kwargs, name, is_regex=True)

@@ -244,6 +244,8 @@ class RealtimeChannel(http.HTTPChannel):
         if transport is not None:
             transport.unregisterProducer()
         self.transport = None
+        # Break the channel <-> request cycle: both are freed now, not at the next GC.
+        self.requests = []
         self._gone()
         return leftover
 

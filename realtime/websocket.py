@@ -146,7 +146,9 @@ class WebSocketConnection(WebSocketServerProtocol):
         self.finished = False
         self.disconnect_code: int | None = None
         self._busy = False
-        self._pending: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        # Queues are made when first needed: most connections never need them, and an empty
+        # deque costs 624 bytes (idle memory per connection is a target).
+        self._pending: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
         self._paused = False
         self._threaded = False
         self._io_thread = threading.get_ident()
@@ -171,7 +173,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._last_refill = 0.0
         # Outbound flow control: frames wait here while the transport's buffer is full.
         self._write_paused = False
-        self._outq: deque[bytes] = deque()
+        self._outq: deque[bytes] | None = None
         self._outq_bytes = 0
         self._slow_closing = False
         #: Messages the ``drop`` policy skipped for this client.
@@ -372,6 +374,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         if self._outq_bytes > self.config.max_send_buffer:
             self._slow_consumer()
             return False
+        if self._outq is None:
+            self._outq = deque()
         self._outq.append(data)
         self._outq_bytes += len(data)
         if more is not None:
@@ -394,7 +398,7 @@ class WebSocketConnection(WebSocketServerProtocol):
             transport.write(data)
 
     def stopProducing(self) -> None:
-        self._outq.clear()
+        self._outq = None
         self._outq_bytes = 0
 
     def _flush_queue(self) -> None:
@@ -420,7 +424,7 @@ class WebSocketConnection(WebSocketServerProtocol):
                  queued=self._outq_bytes)
         # What waits is dropped: the close frame goes straight to the transport (which holds
         # only whole frames), and the close deadline aborts if it cannot be written in time.
-        self._outq.clear()
+        self._outq = None
         self._outq_bytes = 0
         self._closed_code = 4008
         self.sendCloseFrame(code=4008, reasonUtf8=b"slow consumer", isReply=False)
@@ -633,10 +637,13 @@ class WebSocketConnection(WebSocketServerProtocol):
         """Run ``handler(*args)`` now if nothing is running, else queue it (in order); past
         ``max_inflight`` queued messages, stop reading from this client."""
         if self._busy:
-            self._pending.append((handler, args))
+            pending = self._pending
+            if pending is None:
+                pending = self._pending = deque()
+            pending.append((handler, args))
             if (
                 not self._paused
-                and len(self._pending) >= self.config.max_inflight
+                and len(pending) >= self.config.max_inflight
                 and self.transport is not None
                 and self.state == _OPEN
             ):
@@ -646,9 +653,9 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._drain_queue(handler, args)
 
     def _drain_queue(self, handler: Callable[..., Any] | None, args: tuple[Any, ...]) -> None:
-        pending = self._pending
         while True:
             if handler is None:
+                pending = self._pending
                 if not pending:
                     self._busy = False
                     if self._paused:
@@ -730,7 +737,7 @@ class WebSocketConnection(WebSocketServerProtocol):
                 self.site.log_ws("ws_disconnect", self.scope, self._opened_at, code=code,
                                  conn=self.id)
         self.site.closed(self)
-        self._outq.clear()
+        self._outq = None
         self._outq_bytes = 0
         if self.consumer is not None:
             self._run(self.consumer._on_disconnect, code)
