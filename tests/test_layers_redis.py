@@ -428,3 +428,21 @@ async def test_live_server_on_a_given_layer(two_layers):
         assert await in_thread(client) == {"type": "chat", "text": "hi", "pid": 0}
     finally:
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_join_leave_join_churn_keeps_the_subscription(two_layers):
+    """Channels' "messages to newly connected members get lost under churn": the last member
+    leaving while the group's SUBSCRIBE is still in flight, then a new one joining, leaves
+    the process subscribed (the UNSUBSCRIBE is not mistaken for the state)."""
+    one, two = await two_layers(), await two_layers()
+    for round_ in range(20):
+        first, second = Probe(), Probe()
+        c1 = one.attach(first)
+        one.group_add(f"churn{round_}", c1)  # SUBSCRIBE in flight
+        one.detach(c1)  # UNSUBSCRIBE behind it
+        await one.group_add(f"churn{round_}", one.attach(second))
+        await two.group_send(f"churn{round_}", {"type": "hello"})
+        await until(lambda: second.events == [{"type": "hello"}])  # noqa: B023
+        assert first.events == []
+    assert one._epochs == {} and one._inflight == 0

@@ -535,6 +535,10 @@ class RedisChannelLayer(BaseChannelLayer):
         #: Groups whose SUBSCRIBE is confirmed / in flight (group -> waiters).
         self._subscribed: set[str] = set()
         self._sub_pending: dict[str, list[Deferred[None]]] = {}
+        #: Bumped when a group's last local member leaves while SUBSCRIBEs are in flight
+        #: (a SUBSCRIBE answered after our UNSUBSCRIBE does not count); cleared when none are.
+        self._epochs: dict[str, int] = {}
+        self._inflight = 0
         #: Our own publishes we wait to see come back: seq -> (group, Deferred).
         self._echo: dict[int, tuple[str, Deferred[None]]] = {}
         #: Acks for control messages we sent: seq -> (Deferred, timeout call).
@@ -802,14 +806,25 @@ class RedisChannelLayer(BaseChannelLayer):
         self._subscribed.clear()
         waits = [proto.execute_command("SUBSCRIBE", topic, apply_timeout=False)
                  for topic in topics]
-        groups = list(self._groups)
+        epochs = {g: self._epochs.get(g, 0) for g in self._groups}
+        self._inflight += 1
         d = gatherResults(waits, consumeErrors=True)
-        d.addCallbacks(lambda _: self._resubscribed(proto, groups), lambda _: None)
+        d.addCallbacks(lambda _: self._resubscribed(proto, epochs), lambda _: None)
+        d.addBoth(self._landed)
 
-    def _resubscribed(self, proto: Any, groups: list[str]) -> None:
+    def _landed(self, result: Any = None) -> Any:
+        """An in-flight SUBSCRIBE was answered (or lost); with none left, epochs reset."""
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._epochs.clear()
+        return result
+
+    def _resubscribed(self, proto: Any, epochs: dict[str, int]) -> None:
         if self._sub is None or self._sub.proto is not proto:
             return
-        self._subscribed.update(g for g in groups if g in self._groups)
+        # A group emptied meanwhile was UNSUBSCRIBEd after our SUBSCRIBE: not subscribed.
+        self._subscribed.update(g for g, epoch in epochs.items()
+                                if g in self._groups and self._epochs.get(g, 0) == epoch)
         # Groups that gained their first member while the SUBSCRIBEs were in flight.
         for group in list(self._groups):
             if group not in self._subscribed and group not in self._sub_pending:
@@ -861,24 +876,39 @@ class RedisChannelLayer(BaseChannelLayer):
         proto = self._sub.proto if self._sub is not None else None
         if proto is None or not self._sub_ready:
             return succeed(None)
-        self._sub_pending[group] = [d]
+        waiters = self._sub_pending[group] = [d]
+        epoch = self._epochs.get(group, 0)
+        self._inflight += 1
         try:
             sent = proto.execute_command("SUBSCRIBE", self._group_topic + group,
                                          apply_timeout=False)
         except Exception:
-            return self._subscribed_now(group, proto, ok=False)
-        sent.addCallbacks(lambda _: self._subscribed_now(group, proto),
-                          lambda _: self._subscribed_now(group, proto, ok=False))
+            self._subscribed_now(group, proto, waiters, epoch, ok=False)
+            self._landed()
+            return d
+        sent.addCallbacks(lambda _: self._subscribed_now(group, proto, waiters, epoch),
+                          lambda _: self._subscribed_now(group, proto, waiters, epoch, False))
+        sent.addBoth(self._landed)
         return d
 
-    def _subscribed_now(self, group: str, proto: Any, ok: bool = True) -> Deferred[None]:
-        if ok and self._sub is not None and self._sub.proto is proto:
+    def _subscribed_now(self, group: str, proto: Any, waiters: list[Deferred[None]],
+                        epoch: int, ok: bool = True) -> None:
+        current = self._sub is not None and self._sub.proto is proto
+        if ok and current and self._epochs.get(group, 0) == epoch:
             self._subscribed.add(group)
-        for waiter in self._sub_pending.pop(group, []):
-            waiter.callback(None)
-        return succeed(None)
+        if self._sub_pending.get(group) is waiters:
+            del self._sub_pending[group]
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(None)
 
     def _group_emptied(self, group: str) -> None:
+        # A SUBSCRIBE still in flight is answered before this UNSUBSCRIBE: it no longer
+        # counts (the epoch), and a new first member sends a new SUBSCRIBE.
+        if self._inflight:
+            self._epochs[group] = self._epochs.get(group, 0) + 1
+        for waiter in self._sub_pending.pop(group, []):
+            waiter.callback(None)
         self._subscribed.discard(group)
         for seq, (g, d) in list(self._echo.items()):
             if g == group:
