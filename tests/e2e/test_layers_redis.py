@@ -228,3 +228,15 @@ def test_runworker_refuses_the_memory_layer_and_bad_channels():
         assert result.returncode == 1, result.output
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and expected in lines[0], result.output
+
+
+def test_redis_layer_under_the_asyncio_reactor(redis):
+    """txredisapi imports the global reactor: imported in start(), after twistd installed
+    the one --reactor chose."""
+    cmd = twistd("--app", LAYER_APP, "--port", "0", "--layer", redis.url, reactor="asyncio")
+    with start(cmd, env=ENV, cwd=REPO) as server:
+        wait_status(server, 200)
+        with typed(server) as a:
+            a.send(json.dumps({"text": "on asyncio"}))
+            assert recv_json(a, "chat")["text"] == "on asyncio"
+        assert "AsyncioSelectorReactor" in server.output()
