@@ -5,6 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# apt-get install, after one apt-get update per run at most (shared by every install below).
+apt_updated=
+apt_install() {
+    if [[ -z $apt_updated ]]; then
+        apt-get update || return
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+}
+
 # Debian tools the end-to-end tests use (tests/e2e/test_launch.py): systemd-socket-activate
 # (package systemd), ss (iproute2), and venv/ensurepip for the plugin-discovery virtualenvs.
 missing=()
@@ -12,12 +22,16 @@ command -v systemd-socket-activate >/dev/null || missing+=(systemd)
 command -v ss >/dev/null || missing+=(iproute2)
 python3 -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
-    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+    apt_install --no-install-recommends "${missing[@]}"
 fi
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # The Redis layer's tests run a real redis-server (under CI=true a missing one is a failure).
-command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
+command -v redis-server >/dev/null || apt_install redis-server
+# The browser tests (tests/e2e/test_browser_chat.py) drive Debian's Chromium at
+# /usr/bin/chromium through Playwright; no browser is ever downloaded (never
+# "playwright install"). Under CI=true a missing one is a failure.
+command -v chromium >/dev/null || apt_install chromium
 python3 -m pip install --quiet -e '.[test]' --config-settings editable_mode=strict
 # Regenerate twistd's plugin cache now, so no test pays for (or races on) the first scan.
 python3 -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"

@@ -1,0 +1,205 @@
+"""The chat example (``realtime/examples/chat.py`` + ``static/chat.html``) in a real browser.
+
+Debian's Chromium (``/usr/bin/chromium``; ``tests/run.sh`` installs it) driven by Playwright's
+Python package against ``twistd -n realtime --app realtime.examples.chat:application``
+subprocesses on 127.0.0.1. No browser is ever downloaded (never ``playwright install``).
+Without Chromium or Playwright these tests are skipped, except under ``CI=true`` where that is
+a failure. Every wait is on a DOM condition, with a generous bound for a loaded machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.support import Server, ServerFailed, start, twistd
+
+pytestmark = pytest.mark.slow
+
+CHAT_APP = "realtime.examples.chat:application"
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags Chromium keeps trying to reach the internet.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+#: Bound (ms) for one DOM condition: generous, as the machine may be loaded.
+TIMEOUT_MS = 15_000
+#: Bound (ms) for the page to come back after a restart (its backoff grows with each refusal).
+RECONNECT_TIMEOUT_MS = 30_000
+RESTART_NOTICE = "The server is restarting; reconnecting…"
+#: Loaded before the page's own script: records every WebSocket's close code in
+#: ``window.closeCodes`` (the page's behaviour is otherwise unchanged).
+RECORD_CLOSE_CODES = """
+window.closeCodes = [];
+window.WebSocket = class extends window.WebSocket {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("close", (e) => window.closeCodes.push(e.code));
+  }
+};
+"""
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the module (each test opens its own contexts)."""
+    if not os.access(CHROMIUM, os.X_OK):
+        _missing(f"{CHROMIUM} is not installed (tests/run.sh installs it: "
+                 "apt-get install chromium)")
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        _missing("the playwright package is not installed (pip install -e '.[test]')")
+    expect.set_options(timeout=TIMEOUT_MS)  # for every expect(...) (5 s by default)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _chat_server(port: int) -> Server:
+    return start(twistd("--app", CHAT_APP, "--port", f"tcp:{port}:interface=127.0.0.1"))
+
+
+def _chat_server_on_a_free_port() -> Server:
+    for _attempt in range(3):  # the free port may be taken before twistd binds it
+        try:
+            return _chat_server(_free_port())
+        except ServerFailed:
+            continue
+    return _chat_server(_free_port())
+
+
+def _join(browser: Any, url: str, name: str, room: str) -> Any:
+    """A new browser context (its own tab and cookies) that joins ``room`` as ``name``."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 760, "height": 560})
+    context.set_default_timeout(TIMEOUT_MS)
+    context.add_init_script(RECORD_CLOSE_CODES)
+    page = context.new_page()
+    page.goto(url)
+    page.fill("#name", name)
+    page.fill("#room", room)
+    page.click("#join-form button")
+    expect(page.locator("#status")).to_have_text("connected", timeout=TIMEOUT_MS)
+    return page
+
+
+def _say(page: Any, text: str) -> None:
+    page.fill("#message", text)
+    page.click("#send-form button")
+
+
+def _side_by_side(browser: Any, pages: list[Any], target: Path) -> None:
+    """One screenshot of several pages: each page's own shot, shown next to the others."""
+    shots = [base64.b64encode(page.screenshot()).decode() for page in pages]
+    images = "".join(f'<img src="data:image/png;base64,{shot}">' for shot in shots)
+    sheet = browser.new_page(viewport={"width": 760 * len(pages) + 30, "height": 580})
+    try:
+        sheet.set_content(
+            '<body style="margin:0;display:flex;gap:10px;padding:10px;background:#888">'
+            f"{images}</body>"
+        )
+        sheet.screenshot(path=str(target))
+    finally:
+        sheet.close()
+
+
+def test_two_pages_see_each_other_and_each_others_messages(browser, tmp_path):
+    from playwright.sync_api import expect
+
+    with _chat_server_on_a_free_port() as server:
+        url = f"http://127.0.0.1:{server.port}/"
+        alice = _join(browser, url, "alice", "lobby")
+        bob = _join(browser, url, "bob", "lobby")
+        try:
+            for page in (alice, bob):
+                expect(page.locator("#members li")).to_have_text(["alice", "bob"])
+
+            _say(alice, "hello from alice")
+            expect(bob.locator("#log > div")).to_have_text(["alice: hello from alice"])
+            _say(bob, "hi alice, bob here")
+            expect(alice.locator("#log > div")).to_have_text(
+                ["bob joined", "alice: hello from alice", "bob: hi alice, bob here"]
+            )
+            expect(bob.locator("#log > div")).to_have_text(
+                ["alice: hello from alice", "bob: hi alice, bob here"]
+            )
+            for page, who in ((alice, "alice"), (bob, "bob")):
+                expect(page.locator("#room-label")).to_have_text(f"#lobby as {who}")
+                expect(page.locator("#notice")).to_be_hidden()
+                expect(page.locator("#message")).to_have_value("")
+
+            _side_by_side(browser, [alice, bob], tmp_path / "chat-two-pages.png")
+
+            # A page that goes away is a leave for the other one.
+            bob.context.close()
+            expect(alice.locator("#members li")).to_have_text(["alice"])
+            expect(alice.locator("#log > div").last).to_have_text("bob left")
+        finally:
+            for page in (alice, bob):
+                page.context.close()
+
+
+def test_drain_notice_then_the_page_reconnects_to_the_restarted_server(browser):
+    from playwright.sync_api import expect
+
+    server = _chat_server_on_a_free_port()
+    port = server.port
+    try:
+        page = _join(browser, f"http://127.0.0.1:{port}/", "carol", "ops")
+        _say(page, "before the restart")
+        expect(page.locator("#log > div")).to_have_text(["carol: before the restart"])
+
+        server.send_signal(signal.SIGTERM)
+        page.wait_for_function("window.closeCodes.length >= 1")
+        assert page.evaluate("window.closeCodes[0]") == 1001  # going away: the drain
+        notice = page.locator("#notice")
+        expect(notice).to_be_visible()
+        expect(notice).to_have_text(RESTART_NOTICE)
+        expect(page.locator("#status")).not_to_have_text("connected")
+        result = server.wait(timeout=15)
+        assert result.returncode == 0, result.output
+        assert "draining 1 WebSocket connection(s)" in result.output
+
+        # Nothing listens now: the page's next retry is refused, and the notice stays.
+        refused = page.evaluate("window.closeCodes.length") + 1
+        page.wait_for_function(f"window.closeCodes.length >= {refused}")
+        assert page.evaluate("window.closeCodes")[-1] == 1006
+        expect(notice).to_have_text(RESTART_NOTICE)
+
+        server = _chat_server(port)  # the same port: the page's URL does not change
+        expect(page.locator("#status")).to_have_text("connected", timeout=RECONNECT_TIMEOUT_MS)
+        expect(notice).to_be_hidden()
+        expect(page.locator("#members li")).to_have_text(["carol"])
+
+        _say(page, "after the restart")
+        expect(page.locator("#log > div").last).to_have_text("carol: after the restart")
+        page.context.close()
+    finally:
+        server.stop()
