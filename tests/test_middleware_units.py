@@ -247,9 +247,9 @@ def test_tokens_algorithm_confusion_is_refused():
     good = jwt.encode({"sub": "r"}, private, algorithm="RS256")
     assert verify(good, [key], time.time())["sub"] == "r"
     # The classic attack: HMAC-sign with the public key's PEM text.
+    import base64
     import hashlib
     import hmac
-    import base64
 
     def b64(data):
         return base64.urlsafe_b64encode(data).rstrip(b"=")
