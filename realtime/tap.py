@@ -556,9 +556,9 @@ def makeService(options: Options) -> Any:
         if options.worker is not None:
             listeners[-1].announce = "serving"
     if options.worker is not None:
-        from realtime.workers import die_with_parent
+        from realtime.workers import become_worker
 
-        die_with_parent(options.worker.parent)
+        become_worker(options.worker)
     from realtime.layers import set_channel_layer
 
     set_channel_layer(options.layer)

@@ -39,6 +39,8 @@ Everything else:
   ``worker N:`` (so ``--logfile`` and journald see every worker).
 - A worker that exits is restarted after 0.5 s, doubling to 10 s while it keeps dying; the
   delay resets once a worker has stayed up for 10 s.
+- SIGHUP to the supervisor is passed on to every worker (which reopens its access log, or
+  ignores it).
 - SIGTERM/SIGINT to the supervisor: every worker gets SIGTERM and drains (1001 to its
   sockets); the supervisor exits 0 when every worker has exited (SIGKILL for a worker
   still there ``--shutdown-timeout`` + 5 s later). A worker whose supervisor dies gets
@@ -182,14 +184,17 @@ class _TLSEndpoint:
         return result
 
 
-def die_with_parent(parent: int) -> None:
-    """A worker gets SIGTERM (and drains) when its supervisor dies, even by SIGKILL."""
+def become_worker(info: WorkerInfo) -> None:
+    """In a worker: SIGTERM (and so a drain) when the supervisor dies, even by SIGKILL; and
+    SIGHUP, which the supervisor passes on, ignored unless something (the access log)
+    installs its own handler."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # pragma: no cover - not Linux
         return
-    if os.getppid() != parent:  # it died before prctl
+    if os.getppid() != info.parent:  # it died before prctl
         os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -391,7 +396,19 @@ class SupervisorService(Service):
         log.info("starting {count} workers", count=self.count)
         for worker in self.workers:
             worker.spawn()
+        signal.signal(signal.SIGHUP, self._sighup)
         self.notifier.start_watchdog()
+
+    def _sighup(self, number: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.forward, number)
+
+    def forward(self, number: int) -> None:
+        """Pass a signal (SIGHUP: reopen the access log) on to every running worker."""
+        running = [worker for worker in self.workers if worker.pid is not None]
+        log.info("signal {number}: passed on to {count} worker(s)", number=number,
+                 count=len(running))
+        for worker in running:
+            worker.signal(number)
 
     def worker_ready(self) -> None:
         self._ready += 1
