@@ -66,8 +66,9 @@ def snapshot(sites: Iterable[Any], layer: Any) -> dict[str, Any]:
         snap["latency_count"] += stats.latency_count
         snap["latency_sum"] += stats.latency_sum
     layer_stats = getattr(layer, "stats", None)
-    for name in ("delivered", "dropped", "published", "broadcast_frames", "reconnects", "gaps"):
+    for name in ("delivered", "dropped", "published", "broadcast_frames", "gaps", "unavailable"):
         snap["layer_" + name] = getattr(layer_stats, name, 0)
+    snap["layer_reconnects"] = getattr(layer, "reconnects", 0)
     snap["handshakes"] = {str(k): v for k, v in snap["handshakes"].items()}
     snap["close_codes"] = {str(k): v for k, v in snap["close_codes"].items()}
     return snap
@@ -176,6 +177,7 @@ class Collector:
             ("layer_dropped", "Channel-layer messages dropped at capacity"),
             ("layer_reconnects", "Channel-layer reconnects"),
             ("layer_gaps", "Groups told they may have missed messages (layer.gap)"),
+            ("layer_unavailable", "Layer calls refused while its backend was unreachable"),
         ):
             yield CounterMetricFamily(f"realtime_{name}", help_text, value=t.get(name, 0))
         closes = CounterMetricFamily("realtime_close_codes", "WebSocket closes by code",

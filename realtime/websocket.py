@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
@@ -227,12 +227,28 @@ class WebSocketConnection(WebSocketServerProtocol):
         consumer._conn = self
         self._threaded = bool(getattr(consumer, "thread_handlers", False))
         layer = self.site.layer
+        joins = []
         if layer is not None:
             consumer.channel_layer = layer
             self.channel_name = consumer.channel_name = layer.attach(self)
             for group in getattr(consumer, "groups", ()):
-                layer.group_add(group, self.channel_name)
-        self._run(consumer._on_connect)
+                joins.append(layer.group_add(group, self.channel_name))
+        waiting = [d for d in joins if not d.called]
+        if not waiting:
+            for d in joins:
+                d.addErrback(self._join_failed)
+            self._run(consumer._on_connect)
+            return
+        # As in Channels: the ``groups`` are joined before connect() runs (with Redis, a
+        # SUBSCRIBE in flight), so a group_send right after the handshake reaches this member.
+        gathered = gatherResults(joins, consumeErrors=True)
+        gathered.addCallbacks(lambda _: self._run(consumer._on_connect), self._join_failed)
+
+    def _join_failed(self, failure: Failure) -> None:
+        failure = getattr(failure.value, "subFailure", failure)
+        log.failure("joining the consumer's groups failed", failure)
+        if self.in_handshake and not self.finished:
+            self.refuse(Refuse(503))
 
     def _handshake_lost(self, failure: Failure) -> None:
         """The client went away while ``connect()`` ran."""
@@ -311,7 +327,8 @@ class WebSocketConnection(WebSocketServerProtocol):
             transport.protocol = self
         self.makeConnection(transport)
         transport.registerProducer(self, True)
-        transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        # Everything is in the OPEN state before the 101 goes out: a peer may answer with
+        # frames before write() returns (in memory it does), and they must parse as frames.
         self.websocket_version = 13
         self.websocket_protocols = self.scope["subprotocols"]
         self.websocket_protocol_in_use = subprotocol
@@ -332,6 +349,7 @@ class WebSocketConnection(WebSocketServerProtocol):
             self._expiry_call = self.reactor.callLater(delay, self._token_expired)
         if self._rate:
             self._last_refill = self.reactor.seconds()
+        transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
         transport.resumeProducing()
         if leftover:
             self.dataReceived(leftover)

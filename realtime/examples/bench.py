@@ -31,9 +31,11 @@ class RoomConsumer(WebsocketConsumer):
 
     def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is not None:
-            self.channel_layer.broadcast(self.room, text=text_data)
+            sent = self.channel_layer.broadcast(self.room, text=text_data)
         else:
-            self.channel_layer.broadcast(self.room, bytes=bytes_data)
+            sent = self.channel_layer.broadcast(self.room, bytes=bytes_data)
+        # Fire and forget: while a Redis layer is down the layer counts the refusal.
+        sent.addErrback(lambda failure: None)
 
 
 application = ProtocolTypeRouter(
