@@ -540,7 +540,17 @@ def makeService(options: Options) -> Any:
     if options.workers > 1:
         from realtime.workers import SupervisorService
 
-        return SupervisorService(options, reactor)
+        supervisor = SupervisorService(options, reactor)
+        if not (options.metrics_enabled and options.metrics_listener):
+            return supervisor
+        # --metrics-port under --workers: the supervisor serves it, adding up every
+        # worker's snapshot (the workers write them; none binds the metrics port).
+        from twisted.application.service import MultiService
+
+        parent = MultiService()
+        supervisor.setServiceParent(parent)
+        _metrics_listener(parent, _SupervisorSnapshots(supervisor), options, reactor)
+        return parent
     sites: list[RealtimeSite] = []
     listeners: list[ListenerService] = []
     for description, spec in options.listeners:
@@ -578,11 +588,8 @@ def _add_metrics(service: Any, sites: list[Any], options: Options, reactor: Any)
     """/metrics on the main ports, or on its own listener (--metrics-port); under --workers
     (``REALTIME_METRICS_DIR`` set by the parent) with totals across every worker."""
     from twisted.application.internet import TimerService
-    from twisted.internet.endpoints import serverFromString
 
     from realtime.metrics import Collector, SnapshotWriter
-    from realtime.service import ListenerService
-    from realtime.site import RealtimeSite
 
     writer = None
     directory = os.environ.get("REALTIME_METRICS_DIR")
@@ -596,11 +603,47 @@ def _add_metrics(service: Any, sites: list[Any], options: Options, reactor: Any)
         for site in sites:
             site.metrics = collector
         return
+    if options.worker is not None:
+        return  # the supervisor serves --metrics-port from the snapshots
+    _metrics_listener(service, collector, options, reactor)
+
+
+def _metrics_listener(service: Any, collector: Any, options: Options, reactor: Any) -> None:
+    from twisted.internet.endpoints import serverFromString
+
+    from realtime.layers import InMemoryChannelLayer
+    from realtime.service import ListenerService
+    from realtime.site import RealtimeSite
+
     metrics_config = ServerConfig(health_path="", ready_path="")
-    metrics_site = RealtimeSite(_no_application, metrics_config, reactor, options.layer)
+    metrics_site = RealtimeSite(_no_application, metrics_config, reactor, InMemoryChannelLayer())
     metrics_site.metrics = collector
-    endpoint = serverFromString(reactor, options.metrics_listener)
-    ListenerService(endpoint, options.metrics_listener, metrics_site).setServiceParent(service)
+    description = options.metrics_listener
+    assert description is not None
+    endpoint = serverFromString(reactor, description)
+    ListenerService(endpoint, description, metrics_site).setServiceParent(service)
+
+
+class _SupervisorSnapshots:
+    """The supervisor's view for /metrics: every worker's latest snapshot, added up."""
+
+    def __init__(self, supervisor: Any) -> None:
+        self.supervisor = supervisor
+
+    def totals(self) -> dict[str, Any]:
+        from realtime.metrics import SnapshotWriter, add_up, snapshot
+
+        directory = self.supervisor.metrics_dir
+        if not directory:
+            return snapshot([], None)
+        return add_up([snapshot([], None), *SnapshotWriter(directory, [], None).others()])
+
+    def collect(self) -> Any:
+        from realtime.metrics import Collector
+
+        collector = Collector([], None)
+        collector.totals = self.totals  # type: ignore[method-assign]
+        return collector.collect()
 
 
 def _no_application(scope: Any) -> Any:

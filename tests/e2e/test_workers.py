@@ -224,3 +224,55 @@ def test_sighup_is_passed_on_and_kills_nobody(redis_url):
         assert "restarting" not in server.output()
         result = server.stop()
     assert result.returncode == 0, result.output
+
+
+def _scrape(url: str) -> dict[str, float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[sample.name + str(sorted(sample.labels.items()))] = sample.value
+    return values
+
+
+@pytest.mark.parametrize("where", ["main-port", "metrics-port"])
+def test_metrics_totals_add_up_across_workers(redis_url, where):
+    """/metrics (on a worker's main port, or on the supervisor's --metrics-port) counts the
+    traffic of both workers: every message sent, whichever worker took it."""
+    extra = ("--metrics",) if where == "main-port" else ("--metrics-port", "0")
+    with supervisor(redis_url, *extra) as server, contextlib.ExitStack() as stack:
+        if where == "metrics-port":
+            found = server.wait_for(r"listening on tcp:127\.0\.0\.1:(\d+)", count=2)
+            ports = [int(p) for p in re.findall(r"listening on tcp:127\.0\.0\.1:(\d+)",
+                                                server.output())]
+            assert found and len(set(ports)) >= 2
+            url = f"http://127.0.0.1:{ports[-1]}/metrics"
+        else:
+            url = f"http://127.0.0.1:{server.port}/metrics"
+        pids: set[int] = set()
+        clients = []
+        while len(pids) < 2 and len(clients) < 60:
+            ws, pid = open_pid(stack, server)
+            pids.add(pid)
+            clients.append(ws)
+        assert len(pids) == 2, "connections never reached the second worker"
+        sent = 0
+        for ws in clients:
+            for i in range(3):
+                ws.send(f"m{i}")
+                assert ws.recv(timeout=TIMEOUT) == f"m{i}"
+                sent += 1
+        deadline = time.monotonic() + TIMEOUT
+        while True:  # the other worker's snapshot is at most half a second old
+            values = _scrape(url)
+            if values.get("realtime_messages_in_total[]") == sent:
+                break
+            assert time.monotonic() < deadline, (values.get("realtime_messages_in_total[]"),
+                                                 sent)
+            time.sleep(0.1)
+        assert values["realtime_connections[]"] == len(clients)
