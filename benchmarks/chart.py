@@ -54,7 +54,8 @@ def _panel(ax, records, series, title):
     ax.invert_yaxis()
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("ratio, log scale (> 1: better)", fontsize=8)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.05), ncol=2,
+              frameon=False)
 
 
 def _vs(srv, base):

@@ -3,11 +3,12 @@
     pip install py-spy
     python benchmarks/profile_ours.py [--inflight 16] [--seconds 10] [--svg profile.svg]
 
-Starts ours (from this Python) pinned to core 0, the load client (100 connections, 64 B text)
-pinned to core 1, samples ours with ``py-spy record --format raw`` for ``--seconds``, then
-prints the functions with the most samples: "self" (on top of the stack) and "total"
-(anywhere on it, the reactor loop's own frames left out). ``--svg`` also writes a flame
-graph. Only the processes it starts are stopped, by PID.
+Starts ours (the twistd of the Python running this script) pinned to core 0, the load
+client (100 connections, 64 B text) pinned to core 1, samples ours with ``py-spy record
+--format raw --function`` for ``--seconds``, then prints the functions with the most
+samples: "self" (on top of the stack) and "total" (anywhere on it, the reactor loop's own
+frames left out). ``--svg`` also writes a flame graph. Only the processes it starts are
+stopped, by PID.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--svg", type=Path)
     p.add_argument("--top", type=int, default=12)
+    default_client = HERE / ".venvs" / "client" / "bin" / "python"
+    p.add_argument("--client-python", default=str(default_client) if default_client.exists()
+                   else sys.executable, help="the Python with picows (default: the client "
+                   "virtualenv when present, else this one)")
     a = p.parse_args(argv)
     pyspy = shutil.which("py-spy")
     if not pyspy:
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.wait_ready()
         client = subprocess.Popen(pinned(
-            [sys.executable, str(HERE / "loadclient.py"), "echo",
+            [a.client_python, str(HERE / "loadclient.py"), "echo",
              "--url", f"ws://127.0.0.1:{server.port}/echo", "--conns", str(a.conns),
              "--inflight", str(a.inflight), "--size", "64", "--warmup", "0",
              "--duration", str(a.seconds + 4), "--server-pid", str(server.pid)], 1),

@@ -402,8 +402,9 @@ def report(rows: list[dict[str, Any]], scenarios: Sequence[Scenario], servers: S
         worst = max((noise(r) for r in rows), default=0.0)
         out += ["", f"Noise: {len(noisy)} of {len(rows)} runs kept had other processes on the "
                 f"server's or the client's core above {100 * meta.get('noise_limit', 0.1):.0f} "
-                f"% of it (worst {100 * worst:.0f} %); noisy runs were retried "
-                f"{meta.get('retries', 0)} time(s), the quietest kept."]
+                f"% of it (worst {100 * worst:.0f} %); noisy runs were retried up to "
+                f"{meta.get('retries', 0)} time(s) (none past 70 % of the time budget), the "
+                "quietest kept."]
     fails = failures(agg)
     if fails:
         out += ["", "Failed or unsupported passes:", ""] + [f"- {f}" for f in fails]
@@ -491,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         scenarios = [replace(sc, time_limit=min(sc.time_limit, 30)) for sc in scenarios]
 
     t_start = time.monotonic()
+    retries_asked = opts.retries
     if opts.venvs:
         VENVS.mkdir(exist_ok=True)
         client_python = ensure_venv(CLIENT_VENV, CLIENT_REQUIREMENTS, log)
@@ -531,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"), "passes": opts.passes,
         "server_core": opts.server_core, "client_core": opts.client_core, "cpu": cpu_model(),
         "elapsed_min": elapsed, "versions": meta_versions,
-        "noise_limit": opts.noise_limit, "retries": opts.retries,
+        "noise_limit": opts.noise_limit, "retries": retries_asked,
         "notes": ("Quick run (tiny sizes): figures are not comparable with a full run."
                   if opts.quick else ""),
     }
