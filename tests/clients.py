@@ -204,15 +204,9 @@ def http_request(
 
 def dechunk(body: bytes) -> bytes:
     """The payload of a complete ``Transfer-Encoding: chunked`` body."""
-    out = bytearray()
-    while body:
-        size_line, _, body = body.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out += body[:size]
-        body = body[size + 2 :]
-    return bytes(out)
+    from realtime.testing import decode_chunked
+
+    return decode_chunked(body)
 
 
 class Recorder:

@@ -14,7 +14,7 @@ import secrets
 from collections import deque
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 log = Logger()
@@ -58,6 +58,24 @@ def check_message(message: Any) -> dict[str, Any]:
     if not isinstance(kind, str) or not kind:
         raise TypeError("a channel layer message needs a 'type' str")
     return message
+
+
+_UNSET: Any = object()
+
+
+def invalid(group: Any = _UNSET, channel: Any = _UNSET, message: Any = _UNSET) -> Any:
+    """A failed Deferred (``TypeError``) when a name or message is bad, else None: what every
+    layer method checks first, so that ``await`` raises and a fire-and-forget never does."""
+    try:
+        if group is not _UNSET:
+            check_name(group, "group")
+        if channel is not _UNSET:
+            check_name(channel)
+        if message is not _UNSET:
+            check_message(message)
+    except TypeError as exc:
+        return fail(exc)
+    return None
 
 
 def prepared_frame(text: str | None, data: bytes | None) -> bytes:

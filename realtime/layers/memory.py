@@ -15,8 +15,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from realtime.layers.base import (
     BaseChannelLayer,
     ChannelFull,
-    check_message,
     check_name,
+    invalid,
     prepared_frame,
 )
 
@@ -25,46 +25,32 @@ class InMemoryChannelLayer(BaseChannelLayer):
     """Groups and channels within one process."""
 
     def send(self, channel: str, message: dict[str, Any]) -> Deferred[None]:
-        try:
-            check_name(channel)
-            check_message(message)
-        except TypeError as exc:
-            return fail(exc)
+        if (bad := invalid(channel=channel, message=message)) is not None:
+            return bad
         if not self._deliver_local(channel, message):
             return fail(ChannelFull(channel))
         return succeed(None)
 
     def receive(self, channel: str) -> Deferred[dict[str, Any]]:
-        try:
-            check_name(channel)
-        except TypeError as exc:
-            return fail(exc)
+        if (bad := invalid(channel=channel)) is not None:
+            return bad
         return self._receive_local(channel)
 
     def group_add(self, group: str, channel: str) -> Deferred[None]:
-        try:
-            check_name(group, "group")
-            check_name(channel)
-        except TypeError as exc:
-            return fail(exc)
+        if (bad := invalid(group=group, channel=channel)) is not None:
+            return bad
         self._add_local(group, channel)
         return succeed(None)
 
     def group_discard(self, group: str, channel: str) -> Deferred[None]:
-        try:
-            check_name(group, "group")
-            check_name(channel)
-        except TypeError as exc:
-            return fail(exc)
+        if (bad := invalid(group=group, channel=channel)) is not None:
+            return bad
         self._discard_local(group, channel)
         return succeed(None)
 
     def group_send(self, group: str, message: dict[str, Any]) -> Deferred[None]:
-        try:
-            check_name(group, "group")
-            check_message(message)
-        except TypeError as exc:
-            return fail(exc)
+        if (bad := invalid(group=group, message=message)) is not None:
+            return bad
         self._fan_out(group, message)
         return succeed(None)
 

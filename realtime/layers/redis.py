@@ -54,8 +54,8 @@ from realtime.layers.base import (
     BaseChannelLayer,
     ChannelFull,
     LayerUnavailable,
-    check_message,
     check_name,
+    invalid,
     prepared_frame,
 )
 
@@ -1038,11 +1038,8 @@ class RedisChannelLayer(BaseChannelLayer):
         return None
 
     def send(self, channel: str, message: dict[str, Any]) -> Deferred[None]:
-        try:
-            check_name(channel)
-            check_message(message)
-        except TypeError as exc:
-            return fail(exc)
+        if (bad := invalid(channel=channel, message=message)) is not None:
+            return bad
         owner = self._owner(channel)
         if owner == self.process_id:
             if not self._deliver_local(channel, message):
@@ -1085,10 +1082,8 @@ class RedisChannelLayer(BaseChannelLayer):
         return d.addErrback(self._publish_failed).addCallback(pushed)
 
     def receive(self, channel: str) -> Deferred[dict[str, Any]]:
-        try:
-            check_name(channel)
-        except TypeError as exc:
-            return fail(exc)
+        if (bad := invalid(channel=channel)) is not None:
+            return bad
         owner = self._owner(channel)
         if owner == self.process_id:
             return self._receive_local(channel)
@@ -1185,11 +1180,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self._queues.setdefault(channel, deque()).append(message)
 
     def group_add(self, group: str, channel: str) -> Deferred[None]:
-        try:
-            check_name(group, "group")
-            check_name(channel)
-        except TypeError as exc:
-            return fail(exc)
+        if (bad := invalid(group=group, channel=channel)) is not None:
+            return bad
         owner = self._owner(channel)
         if owner is None or owner == self.process_id:
             return self._join(group, channel)
@@ -1202,11 +1194,8 @@ class RedisChannelLayer(BaseChannelLayer):
         return self._subscribe(group)
 
     def group_discard(self, group: str, channel: str) -> Deferred[None]:
-        try:
-            check_name(group, "group")
-            check_name(channel)
-        except TypeError as exc:
-            return fail(exc)
+        if (bad := invalid(group=group, channel=channel)) is not None:
+            return bad
         owner = self._owner(channel)
         if owner is None or owner == self.process_id:
             self._discard_local(group, channel)
@@ -1238,11 +1227,8 @@ class RedisChannelLayer(BaseChannelLayer):
         return published.addCallback(sent)
 
     def group_send(self, group: str, message: dict[str, Any]) -> Deferred[None]:
-        try:
-            check_name(group, "group")
-            check_message(message)
-        except TypeError as exc:
-            return fail(exc)
+        if (bad := invalid(group=group, message=message)) is not None:
+            return bad
         return self._publish_group(group, _GROUP, message)
 
     def broadcast(
