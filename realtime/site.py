@@ -342,6 +342,7 @@ class RealtimeSite(server.Site):
         #: Set by the service with --access-log (a ``realtime.accesslog.AccessLog``).
         self.access_log: Any = None
         self.ws_factory = make_factory(config, reactor)
+        self.connection_class = WebSocketConnection.for_site(self.ws_factory)
         #: Every WebSocket, from the start of its handshake to the end of its close.
         self.connections: set[WebSocketConnection] = set()
         #: HTTP connections twisted.web still owns (for a clean stop in tests).
@@ -465,7 +466,7 @@ class RealtimeSite(server.Site):
             request.channel.handshake_done()
             self.write_refusal(request, Refuse(429), upgrade=True)
             return
-        conn = WebSocketConnection(self, request, scope)
+        conn = self.connection_class(self, request, scope)
         request.channel.upgrading = conn
         self.connections.add(conn)
         if client_ip is not None:

@@ -144,6 +144,49 @@ class WebSocketConnection(WebSocketServerProtocol):
     ``send_text``/``send_bytes``, ``close`` and ``close_with_code``.
     """
 
+    # Per-connection state starts as these class-level defaults and becomes an instance
+    # attribute only when it changes: an idle socket keeps a small __dict__ (idle memory
+    # per connection is a performance target). ``for_site`` also lifts Autobahn's 29 config
+    # attributes, which it would otherwise copy into every instance, to a per-site class.
+    consumer: Any = None
+    in_handshake = True
+    finished = False
+    disconnect_code: int | None = None
+    channel_name: str | None = None
+    #: The client address this socket counts against (``--max-connections-per-ip``).
+    client_ip: str | None = None
+    _busy = False
+    # Queues are made when first needed (an empty deque costs 624 bytes).
+    _pending: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
+    _paused = False
+    _threaded = False
+    _ping_call: Any = None
+    _pong_deadline: Any = None
+    _lifetime_call: Any = None
+    _close_call: Any = None
+    _expiry_call: Any = None
+    _closed_code: int | None = None
+    _graceful_drop = False
+    _opened_at: float | None = None
+    _rate = 0.0
+    _burst = 1.0
+    _tokens = 0.0
+    _last_refill = 0.0
+    # Outbound flow control: frames wait in _outq while the transport's buffer is full.
+    _write_paused = False
+    _outq: deque[bytes] | None = None
+    _outq_bytes = 0
+    _slow_closing = False
+    _direct = False
+    #: Messages the ``drop`` policy skipped for this client.
+    dropped = 0
+
+    @classmethod
+    def for_site(cls, factory: WebSocketServerFactory) -> type[WebSocketConnection]:
+        """A subclass carrying the factory's protocol options as class attributes."""
+        options = {name: getattr(factory, name) for name in cls.CONFIG_ATTRS}
+        return type(cls.__name__, (cls,), options)
+
     def __init__(self, site: RealtimeSite, request: Request, scope: dict[str, Any]) -> None:
         super().__init__()
         self.factory = site.ws_factory
@@ -151,45 +194,17 @@ class WebSocketConnection(WebSocketServerProtocol):
         self.config = site.config
         self.reactor: Any = site.reactor
         self.scope = scope
-        self.consumer: Any = None
         self._request: Request | None = request
-        self.in_handshake = True
-        self.finished = False
-        self.disconnect_code: int | None = None
-        self._busy = False
-        # Queues are made when first needed: most connections never need them, and an empty
-        # deque costs 624 bytes (idle memory per connection is a target).
-        self._pending: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
-        self._paused = False
-        self._threaded = False
         self._io_thread = threading.get_ident()
-        self._ping_call: Any = None
-        self._pong_deadline: Any = None
-        self._lifetime_call: Any = None
-        self._close_call: Any = None
-        self._closed_code: int | None = None
-        self._graceful_drop = False
-        self.channel_name: str | None = None
-        #: The client address this socket counts against (``--max-connections-per-ip``).
-        self.client_ip: str | None = None
         #: A process-unique id, written to the access log.
         self.id = next(_ids)
         self.stats = site.stats
-        self._opened_at: float | None = None
-        self._expiry_call: Any = None
-        # Inbound rate limit: a token bucket, refilled on the reactor's clock.
-        self._rate = self.config.rate_limit
-        self._burst = float(self.config.rate_burst or max(1.0, self._rate))
-        self._tokens = self._burst
-        self._last_refill = 0.0
-        # Outbound flow control: frames wait here while the transport's buffer is full.
-        self._write_paused = False
-        self._outq: deque[bytes] | None = None
-        self._outq_bytes = 0
-        self._slow_closing = False
-        self._direct = False
-        #: Messages the ``drop`` policy skipped for this client.
-        self.dropped = 0
+        rate = self.config.rate_limit
+        if rate:
+            # Inbound rate limit: a token bucket, refilled on the reactor's clock.
+            self._rate = rate
+            self._burst = float(self.config.rate_burst or max(1.0, rate))
+            self._tokens = self._burst
 
     # -- handshake (twisted.web owns the socket) --------------------------------------------
     def start(self) -> None:
@@ -338,6 +353,9 @@ class WebSocketConnection(WebSocketServerProtocol):
         else:
             transport.protocol = self
         self.makeConnection(transport)
+        # Autobahn's queue for chopped/synchronous sends, which the bridge never makes:
+        # an empty tuple answers its len() checks (a deque would cost 624 bytes).
+        self.send_queue = ()  # type: ignore[assignment]
         transport.registerProducer(self, True)
         # Plain TCP and unix sockets (not TLS, not the in-memory transports of the tests)
         # take the direct send path (see ``_write``).
