@@ -68,6 +68,9 @@ def snapshot(sites: Iterable[Any], layer: Any) -> dict[str, Any]:
     layer_stats = getattr(layer, "stats", None)
     for name in ("delivered", "dropped", "published", "broadcast_frames", "gaps", "unavailable"):
         snap["layer_" + name] = getattr(layer_stats, name, 0)
+    # broadcast() frames are counted by the layer (once per broadcast, off the hot loop).
+    snap["messages_out"] += snap["layer_broadcast_frames"]
+    snap["bytes_out"] += getattr(layer_stats, "broadcast_bytes", 0)
     snap["layer_reconnects"] = getattr(layer, "reconnects", 0)
     snap["handshakes"] = {str(k): v for k, v in snap["handshakes"].items()}
     snap["close_codes"] = {str(k): v for k, v in snap["close_codes"].items()}

@@ -418,13 +418,13 @@ class WebSocketConnection(WebSocketServerProtocol):
         out: the check is on what already waits). True when written or queued."""
         if not self._write_paused and not self._outq:
             transport: Any = self.transport
-            if self._direct and more is None and not transport._tempDataLen and (
+            if self._direct and not transport._tempDataLen and (
                 transport.offset == len(transport.dataBuffer)
             ):
                 # Nothing waits in Twisted's buffer: send now, as asyncio transports do,
                 # instead of buffering, registering for writability with epoll, and sending
                 # on the next reactor turn (most of a fan-out delivery's cost).
-                self._send_now(transport, data)
+                self._send_now(transport, data, more)
                 return True
             transport.write(data)
             if more is not None:
@@ -442,18 +442,29 @@ class WebSocketConnection(WebSocketServerProtocol):
             self._outq_bytes += len(more)
         return True
 
-    def _send_now(self, transport: Any, data: bytes) -> None:
+    def _send_now(self, transport: Any, data: bytes, more: bytes | None = None) -> None:
+        """One send (a gathering ``sendmsg`` for a header and a large payload, no copy);
+        what the kernel does not take goes to Twisted's buffer, in order."""
         if transport.disconnecting or not transport.connected:
             return
         try:
-            sent = transport.socket.send(data)
+            if more is None:
+                sent = transport.socket.send(data)
+            else:
+                sent = transport.socket.sendmsg((data, more))
         except BlockingIOError:
             sent = 0
         except OSError:
             transport.write(data)  # Twisted sees the error on its own write and closes
+            if more is not None:
+                transport.write(more)
             return
         if sent < len(data):
             transport.write(data[sent:])
+            if more is not None:
+                transport.write(more)
+        elif more is not None and sent < len(data) + len(more):
+            transport.write(more[sent - len(data) :])
 
     def pauseProducing(self) -> None:
         """The transport's write buffer is full (we are its registered producer)."""
@@ -562,12 +573,27 @@ class WebSocketConnection(WebSocketServerProtocol):
             self._run(self.consumer._on_event, event)
 
     def deliver_frame(self, frame: bytes) -> bool:
-        """``broadcast()``: one prepared frame, written unless this socket is not open."""
-        if self.state != _OPEN or self.in_handshake or self._slow_closing:
+        """``broadcast()``: one prepared frame, written unless this socket is not open.
+
+        The hot loop of a fan-out (once per member per message): the common case (nothing
+        waits to be written) is inlined from ``_write``/``_send_now``; the layer counts
+        frames and bytes once per broadcast, not here."""
+        if self.in_handshake or self.state != _OPEN or self._slow_closing:
             return False
-        stats = self.stats
-        stats.messages_out += 1
-        stats.bytes_out += len(frame)
+        if self._direct and not self._write_paused and not self._outq:
+            transport: Any = self.transport
+            if not transport._tempDataLen and transport.offset == len(transport.dataBuffer) \
+                    and not transport.disconnecting:
+                try:
+                    sent = transport.socket.send(frame)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    transport.write(frame)
+                    return True
+                if sent < len(frame):
+                    transport.write(frame[sent:])
+                return True
         return self._write(frame)
 
     def _detach(self) -> None:

@@ -97,6 +97,7 @@ class LayerStats:
         self.dropped = 0
         self.published = 0
         self.broadcast_frames = 0
+        self.broadcast_bytes = 0
         #: Publishes refused because the backend was unreachable (``LayerUnavailable``).
         self.unavailable = 0
         #: ``layer.gap`` notices sent (one per group per reconnect).
@@ -210,7 +211,9 @@ class BaseChannelLayer:
             receiver = receivers.get(channel)
             if receiver is not None and receiver.deliver_frame(frame):
                 sent += 1
-        self.stats.broadcast_frames += sent
+        stats = self.stats
+        stats.broadcast_frames += sent
+        stats.broadcast_bytes += sent * len(frame)
         return sent
 
     def _receive_local(self, channel: str) -> Deferred[dict[str, Any]]:
