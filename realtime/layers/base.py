@@ -79,12 +79,12 @@ def invalid(group: Any = _UNSET, channel: Any = _UNSET, message: Any = _UNSET) -
 
 
 def prepared_frame(text: str | None, data: bytes | None) -> bytes:
-    from realtime.websocket import encode_frame
+    from realtime.websocket import encode_frame, utf8
 
     if (text is None) == (data is None):
         raise ValueError("broadcast() takes exactly one of text= or bytes=")
     if text is not None:
-        return encode_frame(0x1, text.encode("utf-8"))
+        return encode_frame(0x1, utf8(text))
     assert data is not None
     return encode_frame(0x2, bytes(data))
 
