@@ -302,3 +302,32 @@ def test_allowed_origins_option_without_code():
                       "https://ok.example")) as server:
         assert status_of(server.ws_url("/echo"), origin="https://evil.example") == 403
         assert status_of(server.ws_url("/echo"), origin="https://ok.example") == 101
+
+
+def test_session_and_token_greeters_against_twistd(tmp_path):
+    """The README's two greeters, served by ``twistd -n realtime`` as a new user runs them:
+    sign in over HTTP and be greeted on the socket; be greeted from a JWT; and the access
+    log of those connections holds no token and no session cookie."""
+    import urllib.request
+
+    from tests.e2e.support import REPO, start, twistd
+
+    log_path = tmp_path / "access.log"
+    args = ("--app", "realtime.examples.auth:application", "--port", "0",
+            "--secret-key", SECRET, "--jwt-key", JWT_SECRET, "--access-log", str(log_path))
+    with start(twistd(*args), cwd=REPO) as server:
+        base = f"127.0.0.1:{server.port}"
+        with urllib.request.urlopen(f"http://{base}/login?name=grace", timeout=5) as resp:
+            cookie = resp.headers["Set-Cookie"].split(";")[0]
+        with connect(f"ws://{base}/ws/greet", additional_headers={"Cookie": cookie}) as ws:
+            assert ws.recv(timeout=5) == "hello, grace"
+        good = token("linus")
+        with connect(f"ws://{base}/ws/token?token={good}") as ws:
+            assert ws.recv(timeout=5) == "hello, linus"
+        assert status_of(f"ws://{base}/ws/token") == 401
+        output = server.stop().output
+    access = log_path.read_text()
+    assert "/ws/token?token=[redacted]" in access
+    for secret in (good, good.split(".")[2], cookie.split("=", 1)[1]):
+        assert secret not in access
+        assert secret not in output
