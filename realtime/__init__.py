@@ -21,6 +21,7 @@ from realtime.exceptions import (
     StopConsumer,
 )
 from realtime.http import AsyncHttpConsumer
+from realtime.layers import get_channel_layer
 from realtime.middleware import BaseMiddleware
 from realtime.routing import (
     ChannelNameRouter,
@@ -55,6 +56,7 @@ __all__ = [
     "__version__",
     "aio",
     "async_to_sync",
+    "get_channel_layer",
     "path",
     "re_path",
     "register_converter",
