@@ -1,10 +1,15 @@
-"""Unmasking small client frames without a new NVX object per frame.
+"""Autobahn's per-frame and per-connection overheads that change nothing we use.
 
-Autobahn makes a masker object for every incoming frame; its NVX (CFFI) masker costs about
-2 µs to create, which is a tenth of an echo's CPU for small messages. For frames up to
-``SMALL`` bytes this module's masker XORs through Python's big integers instead (~0.5 µs);
-larger frames keep NVX, which is far faster per byte. ``install()`` points Autobahn's frame
-parser at it; it is idempotent and changes no behaviour, only the cost.
+- Unmasking: Autobahn makes a masker object for every incoming frame; its NVX (CFFI) masker
+  costs about 2 µs to create, a tenth of an echo's CPU for small messages. For frames up to
+  ``SMALL`` bytes ``SmallMasker`` XORs through Python's big integers instead (~0.5 µs);
+  larger frames keep NVX, which is far faster per byte.
+- Debug logging: Autobahn formats its debug-log arguments eagerly (``pformat`` of 29
+  options at every connection, coloured ``hltype``/``hlval`` strings per event) even though
+  debug is off. ``Lazy`` defers the formatting to the moment a log line is really written.
+
+``install()`` points Autobahn's protocol module at both; it is idempotent and changes no
+behaviour (a debug log, when enabled, reads the same), only the cost.
 """
 
 from __future__ import annotations
@@ -42,6 +47,32 @@ class SmallMasker:
         )
 
 
+class Lazy:
+    """``function(*args)`` computed only when formatted (``str``/``format``/``repr``)."""
+
+    __slots__ = ("args", "function")
+
+    def __init__(self, function: Any, *args: Any) -> None:
+        self.function = function
+        self.args = args
+
+    def __str__(self) -> str:
+        return str(self.function(*self.args))
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def __format__(self, spec: str) -> str:
+        return format(self.function(*self.args), spec)
+
+
+def _lazy(function: Any) -> Any:
+    def deferred(*args: Any) -> Lazy:
+        return Lazy(function, *args)
+
+    return deferred
+
+
 _installed = False
 
 
@@ -49,6 +80,7 @@ def install() -> None:
     global _installed
     if _installed:
         return
+    from autobahn.twisted import websocket as twisted_websocket
     from autobahn.websocket import protocol
 
     original = protocol.create_xor_masker
@@ -59,4 +91,8 @@ def install() -> None:
         return original(mask, length)
 
     protocol.create_xor_masker = create_xor_masker
+    for module in (protocol, twisted_websocket):
+        for name in ("pformat", "hltype", "hlval"):
+            if hasattr(module, name):
+                setattr(module, name, _lazy(getattr(module, name)))
     _installed = True

@@ -30,3 +30,22 @@ def test_small_masker_matches_autobahn(mask, data, cuts):
 def test_round_trip():
     mask, data = os.urandom(4), os.urandom(1000)
     assert SmallMasker(mask).process(SmallMasker(mask).process(data)) == data
+
+
+def test_lazy_debug_formatting_reads_the_same_when_written():
+    from pprint import pformat
+
+    from realtime._masking import Lazy
+
+    data = [("maxFramePayloadSize", 1048576, "WebSocketServerFactory")]
+    calls = []
+
+    def counting(value):
+        calls.append(value)
+        return pformat(value)
+
+    lazy = Lazy(counting, data)
+    assert calls == []  # nothing formatted until a log line is written
+    assert f"\n{lazy}" == "\n" + pformat(data)
+    assert f"{lazy}" == pformat(data)
+    assert len(calls) == 2
