@@ -41,20 +41,27 @@ def test_stalled_member_keeps_server_memory_bounded(policy):
         size, count = 64 * 1024, 192  # 12 MiB towards every member
         payload = os.urandom(size // 2).hex()  # text, never split mid-character
         received = []
-        with connect(server.ws_url("/room/big"), max_size=None) as fast:
+        # The fast member and the publisher go in step (one message in flight): the test
+        # is about the stalled member, so the others must really be fast — a Python client
+        # that let frames pile up would rightly meet the policy too.
+        with connect(server.ws_url("/room/big"), max_size=None, max_queue=None) as fast:
             def sender():
-                with connect(server.ws_url("/room/big"), max_size=None) as ws:
+                with connect(server.ws_url("/room/big"), max_size=None, max_queue=None) as ws:
                     for _ in range(count):
+                        if not turn.acquire(timeout=30):
+                            return
                         ws.send(payload)
                     # Stay a member until the reader is done.
                     done.wait(60)
 
+            turn = threading.Semaphore(1)
             done = threading.Event()
             thread = threading.Thread(target=sender)
             thread.start()
             try:
                 for _ in range(count):
                     received.append(len(fast.recv(timeout=30)))
+                    turn.release()
             finally:
                 done.set()
                 thread.join(30)
