@@ -41,6 +41,7 @@ import itertools
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -971,7 +972,9 @@ class RedisChannelLayer(BaseChannelLayer):
                 waiting[0].callback(None)
 
     # -- publishing -------------------------------------------------------------------------------
-    def _publish(self, topic: str, payload: bytes) -> Deferred[int]:
+    def _on_publisher(self, command: Callable[[Any], Deferred[Any]]) -> Deferred[Any]:
+        """``command(protocol)`` on the publisher connection; while Redis is unreachable it
+        fails at once with ``LayerUnavailable`` (counted), never buffering."""
         proto = self._pub.proto if self._pub is not None else None
         if proto is None:
             self.stats.unavailable += 1
@@ -979,12 +982,17 @@ class RedisChannelLayer(BaseChannelLayer):
                 f"channel layer: not connected to Redis ({self.address.describe()})"
             ))
         try:
-            d: Deferred[int] = proto.execute_command("PUBLISH", topic, payload)
+            d = command(proto)
         except Exception:
             self.stats.unavailable += 1
             return fail(LayerUnavailable("channel layer: the Redis connection was just lost"))
-        self.stats.published += 1
         return d.addErrback(self._publish_failed)
+
+    def _publish(self, topic: str, payload: bytes) -> Deferred[int]:
+        d = self._on_publisher(lambda proto: proto.execute_command("PUBLISH", topic, payload))
+        if not (d.called and isinstance(d.result, Failure)):
+            self.stats.published += 1
+        return d
 
     def _publish_failed(self, failure: Failure) -> Failure:
         if failure.check(LayerUnavailable):
@@ -1060,18 +1068,9 @@ class RedisChannelLayer(BaseChannelLayer):
             log.debug("channel {channel}: its process is gone; message dropped", channel=channel)
 
     def _push(self, channel: str, payload: bytes) -> Deferred[None]:
-        proto = self._pub.proto if self._pub is not None else None
-        if proto is None:
-            self.stats.unavailable += 1
-            return fail(LayerUnavailable(
-                f"channel layer: not connected to Redis ({self.address.describe()})"
-            ))
-        try:
-            d = proto.eval(_SEND_SCRIPT, keys=[self._list_key + channel],
-                           args=[payload, self.capacity, LIST_EXPIRY])
-        except Exception:
-            self.stats.unavailable += 1
-            return fail(LayerUnavailable("channel layer: the Redis connection was just lost"))
+        d = self._on_publisher(lambda proto: proto.eval(
+            _SEND_SCRIPT, keys=[self._list_key + channel],
+            args=[payload, self.capacity, LIST_EXPIRY]))
 
         def pushed(result: Any) -> None:
             if result != 1:
@@ -1079,7 +1078,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 raise ChannelFull(channel)
             self.stats.published += 1
 
-        return d.addErrback(self._publish_failed).addCallback(pushed)
+        return d.addCallback(pushed)
 
     def receive(self, channel: str) -> Deferred[dict[str, Any]]:
         if (bad := invalid(channel=channel)) is not None:

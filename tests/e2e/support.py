@@ -260,3 +260,32 @@ def start(cmd: Sequence[str], env: Env | None = None, cwd: str | Path = "/",
     if listeners:
         server.wait_listening(listeners, timeout)
     return server
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (another process may still take it first)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def start_socket_activated(
+    tool: str, host: str, fdname: str, argv: Sequence[str], tool_args: Sequence[str] = (),
+    attempts: int = 3,
+) -> tuple[Server, int]:
+    """``systemd-socket-activate -l HOST:PORT --fdname=NAME ... ARGV`` on a free port, waiting
+    (bounded) until the tool listens; retried when the port was taken in between."""
+    for _attempt in range(attempts):
+        port = free_port(host)
+        cmd = [tool, "-l", f"{host}:{port}", f"--fdname={fdname}", *tool_args, *argv]
+        server = start(cmd, listeners=0)
+        try:
+            server.wait_for(rf"Listening on {re.escape(host)}:{port}")
+        except ServerFailed:
+            if "Address already in use" in server.output():
+                continue
+            raise
+        return server, port
+    raise ServerFailed("no free port for systemd-socket-activate")

@@ -12,14 +12,13 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.support import Server, ServerFailed, start, twistd
+from tests.e2e.support import Server, ServerFailed, free_port, start, twistd
 
 pytestmark = pytest.mark.slow
 
@@ -75,12 +74,6 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _chat_server(port: int) -> Server:
     return start(twistd("--app", CHAT_APP, "--port", f"tcp:{port}:interface=127.0.0.1"))
 
@@ -88,10 +81,10 @@ def _chat_server(port: int) -> Server:
 def _chat_server_on_a_free_port() -> Server:
     for _attempt in range(3):  # the free port may be taken before twistd binds it
         try:
-            return _chat_server(_free_port())
+            return _chat_server(free_port())
         except ServerFailed:
             continue
-    return _chat_server(_free_port())
+    return _chat_server(free_port())
 
 
 def _join(browser: Any, url: str, name: str, room: str) -> Any:

@@ -47,6 +47,7 @@ from tests.clients import (
     client_frame,
     handshake,
     parse_frames,
+    parse_response,
     raw_connect,
 )
 
@@ -348,13 +349,7 @@ def split_response(data: bytes) -> tuple[int, dict[bytes, list[bytes]], bytes] |
     101 has no body), else None."""
     if b"\r\n\r\n" not in data:
         return None
-    head_, _, rest = data.partition(b"\r\n\r\n")
-    lines = head_.split(b"\r\n")
-    status = int(lines[0].split(b" ")[1])
-    headers: dict[bytes, list[bytes]] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    status, headers, rest = parse_response(data)
     if status == 101:
         return status, headers, b""
     length = int(headers.get(b"content-length", [b"0"])[0])

@@ -23,6 +23,7 @@ from tests.e2e.support import (
     script,
     self_signed,
     start,
+    start_socket_activated,
     twistd,
 )
 
@@ -140,12 +141,6 @@ def test_helper_reports_a_failed_start():
     assert "realtime: error: --app 'nosuch_module_xyz:app': cannot import module" in message
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def systemd_socket_activate() -> str:
     tool = shutil.which("systemd-socket-activate")
     if tool:
@@ -160,20 +155,9 @@ def systemd_socket_activate() -> str:
 @pytest.mark.parametrize("which", ["index=0", "name=realtime"])
 def test_systemd_socket_activation(which):
     tool = systemd_socket_activate()
-    for _attempt in range(3):  # the free port may be taken before the tool binds it
-        port = _free_port()
-        cmd = [tool, "-l", f"127.0.0.1:{port}", "--fdname=realtime",
-               *twistd(*APP, "--port", f"systemd:domain=INET:{which}")]
-        server = start(cmd, listeners=0)
-        try:
-            server.wait_for(rf"Listening on 127\.0\.0\.1:{port}")
-        except ServerFailed:
-            if "Address already in use" in server.output():
-                continue
-            raise
-        break
-    else:
-        pytest.fail("no free port for systemd-socket-activate")
+    server, port = start_socket_activated(
+        tool, "127.0.0.1", "realtime", twistd(*APP, "--port", f"systemd:domain=INET:{which}")
+    )
     with server:
         # The tool starts the server on the first connection, which waits in the backlog.
         echo_tcp(port)

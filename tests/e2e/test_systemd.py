@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from tests.e2e.support import BENCH_APP, REPO, ServerFailed, run, script, start, twistd
+from tests.e2e.support import (
+    BENCH_APP,
+    REPO,
+    run,
+    script,
+    start,
+    start_socket_activated,
+    twistd,
+)
 
 UNITS = REPO / "contrib" / "systemd"
 TIMEOUT = 15
@@ -186,12 +194,6 @@ def test_units_settings():
     assert "INET6" in (UNITS / "realtime.socket").read_text()  # the comment on IPv6
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_service_exec_start_under_socket_activation(tmp_path):
     """The service's own ExecStart, with the socket unit's address (on a free port), its
     FileDescriptorName and the unit's Environment=, started by systemd-socket-activate;
@@ -229,20 +231,10 @@ def _socket_activated(tmp_path: Path, extra: dict[str, str]) -> str:
     host = sock["ListenStream"][0].rsplit(":", 1)[0]
     receiver = NotifyReceiver(notify)
     try:
-        for _attempt in range(3):  # the free port may be taken before the tool binds it
-            port = _free_port()
-            cmd = [tool, "-l", f"{host}:{port}", f"--fdname={sock['FileDescriptorName'][0]}",
-                   *(f"-E{k}={v}" for k, v in env.items()), *argv]
-            server = start(cmd, listeners=0)
-            try:
-                server.wait_for(rf"Listening on {re.escape(host)}:{port}")
-            except ServerFailed:
-                if "Address already in use" in server.output():
-                    continue
-                raise
-            break
-        else:
-            pytest.fail("no free port for systemd-socket-activate")
+        server, port = start_socket_activated(
+            tool, host, sock["FileDescriptorName"][0], argv,
+            [f"-E{k}={v}" for k, v in env.items()],
+        )
         with server:
             echo(port)  # the first connection starts the service; it waits in the backlog
             assert server.wait_listening() == [f"tcp:{host}:{port}"]
