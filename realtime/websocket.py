@@ -61,6 +61,8 @@ def _direct_transports() -> tuple[type, ...]:
 _DIRECT_TRANSPORTS = _direct_transports()
 _masking.install()
 _OPEN = WebSocketProtocol.STATE_OPEN
+# A cork holding this much is written out at once (one read can ask for many answers).
+_CORK_LIMIT = 65536
 _CLOSING = WebSocketProtocol.STATE_CLOSING
 _CLOSED = WebSocketProtocol.STATE_CLOSED
 
@@ -197,6 +199,10 @@ class WebSocketConnection(WebSocketServerProtocol):
     _outq_bytes = 0
     _slow_closing = False
     _direct = False
+    # While this connection's own input is parsed, its sends gather here and leave in one
+    # write when the read is done (``dataReceived``): 16 echoes of one read, one send().
+    _cork: list[bytes] | None = None
+    _cork_bytes = 0
     #: Messages the ``drop`` policy skipped for this client.
     dropped = 0
 
@@ -436,6 +442,18 @@ class WebSocketConnection(WebSocketServerProtocol):
         wait makes the slow-consumer policy act (one large send to an idle client still goes
         out: the check is on what already waits). True when written or queued."""
         if not self._write_paused and not self._outq:
+            cork = self._cork
+            if cork is not None:
+                cork.append(data)
+                size = len(data)
+                if more is not None:
+                    cork.append(more)
+                    size += len(more)
+                self._cork_bytes += size
+                if self._cork_bytes >= _CORK_LIMIT:
+                    self._uncork()
+                    self._cork = []
+                return True
             transport: Any = self.transport
             if self._direct and not transport._tempDataLen and (
                 transport.offset == len(transport.dataBuffer)
@@ -460,6 +478,40 @@ class WebSocketConnection(WebSocketServerProtocol):
             self._outq.append(more)
             self._outq_bytes += len(more)
         return True
+
+    def dataReceived(self, data: bytes) -> None:
+        """Parse a read with this connection's sends corked: what the handlers send in
+        answer to the frames of one read leaves in one write (Bun and Centrifugo do the
+        same), ordered with everything else sent to this socket."""
+        if not self._direct or self._cork is not None:
+            super().dataReceived(data)
+            return
+        self._cork = []
+        try:
+            super().dataReceived(data)
+        finally:
+            self._uncork()
+
+    def _uncork(self) -> None:
+        """Write what the cork gathered (one send, or a gathering one for a large frame)."""
+        cork = self._cork
+        self._cork = None
+        if not cork:
+            return
+        self._cork_bytes = 0
+        if len(cork) == 1:
+            self._write(cork[0])
+        elif len(cork) == 2 and len(cork[1]) >= 16384:
+            self._write(cork[0], cork[1])
+        else:
+            self._write(b"".join(cork))
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """Autobahn's own writes (close frames): what the cork holds goes first."""
+        if self._cork is not None:
+            self._uncork()
+            self._cork = []
+        super().sendData(data, sync, chopsize)
 
     def _send_now(self, transport: Any, data: bytes, more: bytes | None = None) -> None:
         """One send (a gathering ``sendmsg`` for a header and a large payload, no copy);
@@ -599,7 +651,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         frames and bytes once per broadcast, not here."""
         if self.in_handshake or self.state != _OPEN or self._slow_closing:
             return False
-        if self._direct and not self._write_paused and not self._outq:
+        if self._direct and not self._write_paused and not self._outq and self._cork is None:
             transport: Any = self.transport
             if not transport._tempDataLen and transport.offset == len(transport.dataBuffer) \
                     and not transport.disconnecting:

@@ -1,0 +1,127 @@
+"""Corked sends: what a connection's handlers send while one read of its input is parsed
+leaves in one write, in order with broadcasts to it, close frames and large messages.
+Real server, raw client; the server's socket is wrapped to count its send calls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest_twisted
+
+from realtime import ProtocolTypeRouter, URLRouter, WebsocketConsumer, path
+from realtime.examples.bench import application as bench_app
+from tests.clients import client_frame, parse_frames, ws_open
+
+
+class CountingSocket:
+    """A real socket whose send/sendmsg calls are counted (everything else passes through)."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.sends = 0
+
+    def send(self, data: Any, *args: Any) -> int:
+        self.sends += 1
+        return self._sock.send(data, *args)
+
+    def sendmsg(self, buffers: Any, *args: Any) -> int:
+        self.sends += 1
+        return self._sock.sendmsg(buffers, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def count_sends(server: Any) -> CountingSocket:
+    (conn,) = server.site.connections
+    counting = CountingSocket(conn.transport.socket)
+    conn.transport.socket = counting
+    return counting
+
+
+async def frames_after_handshake(conn: Any, count: int) -> list[tuple[int, bytes]]:
+    def enough(data: bytes) -> bool:
+        return len(parse_frames(data.partition(b"\r\n\r\n")[2])) >= count
+
+    data = await conn.wait_for(enough)
+    return parse_frames(data.partition(b"\r\n\r\n")[2])
+
+
+@pytest_twisted.ensureDeferred
+async def test_sixteen_echoes_of_one_read_leave_in_one_send(live):
+    server = await live(bench_app)
+    conn = await ws_open(server.port, "/echo")
+    counting = count_sends(server)
+    messages = [f"message {i} é€😀".encode() for i in range(16)]
+    conn.write(b"".join(client_frame(0x1, m) for m in messages))
+    frames = await frames_after_handshake(conn, 16)
+    assert frames == [(0x1, m) for m in messages]
+    assert counting.sends == 1
+
+
+class Mixed(WebsocketConsumer):
+    """Each message: a send, a broadcast to its own group (itself), a send; "bye" closes."""
+
+    def connect(self) -> None:
+        self.channel_layer.group_add("g", self.channel_name)
+        self.accept()
+
+    def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data == "bye":
+            self.send(text_data="last")
+            self.close(4000)
+            return
+        if text_data == "big":
+            self.send(bytes_data=bytes(range(256)) * 400)  # 100 KiB: past the cork's limit
+            return
+        self.send(text_data=f"{text_data}:1")
+        self.channel_layer.broadcast("g", text=f"{text_data}:2")
+        self.send(text_data=f"{text_data}:3")
+
+
+MIXED = ProtocolTypeRouter({"websocket": URLRouter([path("m", Mixed.as_app())])})
+
+
+@pytest_twisted.ensureDeferred
+async def test_broadcasts_to_a_corked_connection_keep_their_place(live):
+    server = await live(MIXED)
+    conn = await ws_open(server.port, "/m")
+    counting = count_sends(server)
+    conn.write(client_frame(0x1, b"a") + client_frame(0x1, b"b"))
+    frames = await frames_after_handshake(conn, 6)
+    assert [payload for _, payload in frames] == [
+        b"a:1", b"a:2", b"a:3", b"b:1", b"b:2", b"b:3"]
+    assert counting.sends == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_corked_sends_go_before_the_close_frame(live):
+    server = await live(MIXED)
+    conn = await ws_open(server.port, "/m")
+    conn.write(client_frame(0x1, b"x") + client_frame(0x1, b"bye"))
+    frames = await frames_after_handshake(conn, 5)
+    assert frames[:4] == [(0x1, b"x:1"), (0x1, b"x:2"), (0x1, b"x:3"), (0x1, b"last")]
+    assert frames[4][0] == 0x8 and frames[4][1][:2] == (4000).to_bytes(2, "big")
+
+
+@pytest_twisted.ensureDeferred
+async def test_corked_sends_go_before_a_protocol_error_close(live):
+    server = await live(bench_app)
+    conn = await ws_open(server.port, "/echo")
+    # An echo, then a frame with a reserved opcode (0x3): the echo, then close 1002.
+    conn.write(client_frame(0x1, b"first") + client_frame(0x3, b"?"))
+    frames = await frames_after_handshake(conn, 2)
+    assert frames[0] == (0x1, b"first")
+    assert frames[1][0] == 0x8 and frames[1][1][:2] == (1002).to_bytes(2, "big")
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_answers_in_one_read_arrive_whole_and_in_order(live):
+    server = await live(MIXED)
+    conn = await ws_open(server.port, "/m")
+    big = bytes(range(256)) * 400
+    conn.write(client_frame(0x1, b"big") + client_frame(0x1, b"s") + client_frame(0x1, b"big")
+               + client_frame(0x1, b"big"))
+    frames = await frames_after_handshake(conn, 6)
+    assert frames == [(0x2, big), (0x1, b"s:1"), (0x1, b"s:2"), (0x1, b"s:3"), (0x2, big),
+                      (0x2, big)]
