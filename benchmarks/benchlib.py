@@ -155,6 +155,27 @@ QUICK_SCENARIOS: tuple[Scenario, ...] = (
 )
 
 
+# Ours only, with ``--workers 2`` and a Redis layer (a redis-server of the run's own); nothing
+# pinned: the workers, Redis and the load client share the two cores, so these have no peer
+# and no ratio, only figures (``params["workers"]`` marks them).
+WORKERS_SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("workers2-fanout-5000x10", "fanout",
+             {"members": 5000, "rate": 10, "size": 64, "workers": 2},
+             "fan-out through Redis, --workers 2: 5,000 members x 10 msg/s (50k/s offered)",
+             180),
+    Scenario("workers2-fanout-5000x20", "fanout",
+             {"members": 5000, "rate": 20, "size": 64, "workers": 2},
+             "fan-out through Redis, --workers 2: 5,000 members x 20 msg/s (100k/s offered)",
+             180),
+)
+
+QUICK_WORKERS_SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("workers2-fanout-5000x10", "fanout",
+             {"members": 20, "rate": 10, "size": 64, "count": 5, "workers": 2},
+             "fan-out through Redis, --workers 2: 20 members x 5 msgs (quick)", 40),
+)
+
+
 @dataclass(frozen=True)
 class Metric:
     key: str
@@ -182,6 +203,22 @@ METRICS: dict[str, tuple[Metric, ...]] = {
         Metric("handshakes_per_s", "handshakes/s", "higher"),
     ),
 }
+
+# The workers table: figures only (no peer runs these).
+WORKERS_METRICS: tuple[Metric, ...] = (
+    Metric("offered_per_s", "offered deliveries/s", None),
+    Metric("delivered_per_s", "delivered/s", None),
+    Metric("lost_pct", "lost %", None, "{:,.2f}"),
+    Metric("p50_ms", "latency p50 ms", None, "{:,.1f}"),
+    Metric("p99_ms", "latency p99 ms", None, "{:,.1f}"),
+    Metric("server_cpu_us_per_delivery", "workers' CPU µs/delivery (summed)", None,
+           "{:,.2f}"),
+    Metric("redis_cpu_us_per_delivery", "redis-server CPU µs/delivery", None, "{:,.2f}"),
+    Metric("supervisor_cpu_us_per_delivery", "supervisor CPU µs/delivery", None, "{:,.2f}"),
+    Metric("server_cpu_share", "workers' CPU (cores)", None, "{:,.2f}"),
+    Metric("redis_cpu_share", "redis-server CPU (cores)", None, "{:,.2f}"),
+    Metric("client_cpu_share", "load client CPU (cores)", None, "{:,.2f}"),
+)
 
 # The fields every result row carries, and those of each kind (the tests check them).
 COMMON_FIELDS = ("scenario", "kind", "ok", "error", "client_cpu_share", "server_cpu_share",
@@ -317,6 +354,20 @@ def make_client_table(
                 continue
             c, v = a.get("client_cpu_share"), a.get("server_cpu_share")
             cells.append(f"{_pct(c)} / {_pct(v)}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def make_workers_table(agg: dict[Key, dict[str, Any]], scenarios: Sequence[Scenario],
+                       server: str) -> str:
+    """Medians of the ``--workers`` scenarios: one column per scenario."""
+    header = ["metric", *[sc.name for sc in scenarios]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for m in WORKERS_METRICS:
+        cells = [m.label]
+        for sc in scenarios:
+            a = agg.get((server, sc.name))
+            cells.append(_fmt(a.get(m.key) if a and a.get("ok_passes") else None, m.fmt))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

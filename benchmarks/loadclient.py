@@ -21,7 +21,7 @@ import resource
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from picows import WSCloseCode, WSError, WSListener, WSMsgType, WSTransport, ws_connect
@@ -52,22 +52,29 @@ def raise_nofile() -> int:
 
 
 class ProcStat:
-    """CPU seconds and RSS of another process, read from /proc; ``None`` without a pid."""
+    """CPU seconds and RSS of another process, read from /proc; ``None`` without a pid.
 
-    def __init__(self, pid: int | None) -> None:
+    ``pids`` (``--server-pid 11,12``): the CPU seconds are summed over them (the workers of
+    ``--workers N``); the RSS is the first one's."""
+
+    def __init__(self, pid: int | None, pids: Sequence[int] = ()) -> None:
         self.pid = pid
+        self.pids = list(pids) or ([pid] if pid else [])
 
     def cpu_s(self) -> float | None:
-        if not self.pid:
+        if not self.pids:
             return None
-        try:
-            with open(f"/proc/{self.pid}/stat", "rb") as f:
-                text = f.read()
-        except OSError:
-            return None
-        fields = text[text.rindex(b")") + 2:].split()
-        # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        total = 0.0
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    text = f.read()
+            except OSError:
+                return None
+            fields = text[text.rindex(b")") + 2:].split()
+            # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+            total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return total
 
     def rss_kb(self) -> int | None:
         if not self.pid:
@@ -107,16 +114,20 @@ class Window:
     server_core: int | None = None
     client_core: int | None = None
 
-    def __init__(self, server: ProcStat) -> None:
+    def __init__(self, server: ProcStat, aux: dict[str, ProcStat] | None = None) -> None:
         self.server = server
+        #: Other processes the server needs (Redis, the supervisor): measured on their own.
+        self.aux = aux or {}
         self.wall = self.cpu = 0.0
         self.server_cpu: float | None = None
+        self.aux_cpu: dict[str, float | None] = {}
         self.core_busy: dict[str, float | None] = {}
 
     def start(self) -> None:
         self._w0 = time.perf_counter()
         self._c0 = time.process_time()
         self._s0 = self.server.cpu_s()
+        self._a0 = {name: proc.cpu_s() for name, proc in self.aux.items()}
         self._k0 = {"server": core_busy_s(self.server_core),
                     "client": core_busy_s(self.client_core)}
 
@@ -125,6 +136,9 @@ class Window:
         self.cpu = time.process_time() - self._c0
         s1 = self.server.cpu_s()
         self.server_cpu = None if s1 is None or self._s0 is None else s1 - self._s0
+        for name, proc in self.aux.items():
+            a1, a0 = proc.cpu_s(), self._a0[name]
+            self.aux_cpu[name] = None if a1 is None or a0 is None else a1 - a0
         for role, core in (("server", self.server_core), ("client", self.client_core)):
             k1, k0 = core_busy_s(core), self._k0[role]
             self.core_busy[role] = None if k1 is None or k0 is None else k1 - k0
@@ -137,6 +151,8 @@ class Window:
             "server_cpu_share": (None if self.server_cpu is None
                                  else round(self.server_cpu / wall, 3)),
         }
+        for name, cpu in self.aux_cpu.items():
+            out[f"{name}_cpu_share"] = None if cpu is None else round(cpu / wall, 3)
         own = {"server": self.server_cpu, "client": self.cpu}
         for role in ("server", "client"):
             busy = self.core_busy.get(role)
@@ -149,6 +165,12 @@ class Window:
         if self.server_cpu is None or count <= 0:
             return None
         return round(self.server_cpu * 1e6 / count, 2)
+
+    def aux_us_per(self, count: int, what: str) -> dict[str, float | None]:
+        """``<name>_cpu_us_per_<what>`` for each auxiliary process."""
+        return {f"{name}_cpu_us_per_{what}": (None if cpu is None or count <= 0
+                                              else round(cpu * 1e6 / count, 2))
+                for name, cpu in self.aux_cpu.items()}
 
 
 def describe_error(exc: BaseException) -> str:
@@ -462,7 +484,9 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
                      count: int | None = None, duration: float = 8.0, warmup: float = 2.0,
                      drain: float = 5.0, probe_timeout: float = 15.0,
                      server_pid: int | None = None, scenario: str = "fanout",
-                     concurrency: int = 100, time_limit: float = 150.0) -> dict[str, Any]:
+                     concurrency: int = 100, time_limit: float = 150.0,
+                     server_pids: Sequence[int] = (),
+                     aux_pids: dict[str, int] | None = None) -> dict[str, Any]:
     """One room of ``members``; member 0 also sends ``rate`` messages/s to it.
 
     Every message is stamped with a sequence number and its send time; each member records
@@ -527,7 +551,8 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
 
     if count is None:
         await paced(warmup, None)
-    window = Window(ProcStat(server_pid))
+    window = Window(ProcStat(server_pid, server_pids),
+                    {name: ProcStat(pid) for name, pid in (aux_pids or {}).items()})
     members_at_start = n - st.dropped
     gc.disable()
     st.m0 = len(st.counts)
@@ -567,6 +592,8 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
         "lost_pct": round(100.0 * lost / st.expected, 3) if st.expected > 0 else None,
         "delivered_per_s": round(window_deliveries / window.wall, 1) if window.wall else None,
         "server_cpu_us_per_delivery": window.server_us_per(window_deliveries),
+        **window.aux_us_per(window_deliveries, "delivery"),
+        "server_processes": len(window.server.pids),
         "dropped_members": dropped,
         "malformed": st.bad,
     })
@@ -635,7 +662,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sub = p.add_subparsers(dest="kind", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", required=True)
-    common.add_argument("--server-pid", type=int)
+    common.add_argument("--server-pid", help="the server's PID; for fan-out also several, "
+                        "comma-separated (the workers of --workers N), whose CPU is summed")
+    common.add_argument("--aux-pid", action="append", default=[], metavar="NAME:PID",
+                        help="fan-out: a process the server needs (redis:PID), measured apart")
     common.add_argument("--scenario")
     common.add_argument("--time-limit", type=float, default=120.0,
                         help="hard limit in seconds (the process exits past it)")
@@ -670,8 +700,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def amain(a: argparse.Namespace) -> dict[str, Any]:
     Window.server_core = a.server_core
     Window.client_core = a.client_core
-    kw: dict[str, Any] = {"server_pid": a.server_pid, "scenario": a.scenario or a.kind,
-                          "time_limit": a.time_limit}
+    pids = [int(p) for p in a.server_pid.split(",")] if a.server_pid else []
+    kw: dict[str, Any] = {"server_pid": pids[0] if pids else None,
+                          "scenario": a.scenario or a.kind, "time_limit": a.time_limit}
     if a.kind == "echo":
         coro = run_echo(a.url, conns=a.conns, inflight=a.inflight, size=a.size,
                         binary=a.binary, count=a.count, duration=a.duration,
@@ -679,7 +710,9 @@ async def amain(a: argparse.Namespace) -> dict[str, Any]:
     elif a.kind == "fanout":
         coro = run_fanout(a.url, members=a.members, rate=a.rate, size=a.size, count=a.count,
                           duration=a.duration, warmup=a.warmup, drain=a.drain,
-                          probe_timeout=a.probe_timeout, **kw)
+                          probe_timeout=a.probe_timeout, server_pids=pids,
+                          aux_pids=dict((n, int(p)) for n, _, p in
+                                        (x.partition(":") for x in a.aux_pid)), **kw)
     else:
         coro = run_idle(a.url, conns=a.conns, concurrency=a.concurrency, settle=a.settle, **kw)
     try:

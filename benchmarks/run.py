@@ -37,11 +37,14 @@ sys.path.insert(0, str(HERE))
 from benchlib import (  # noqa: E402
     FULL_SCENARIOS,
     QUICK_SCENARIOS,
+    QUICK_WORKERS_SCENARIOS,
+    WORKERS_SCENARIOS,
     Scenario,
     aggregate,
     failures,
     make_client_table,
     make_table,
+    make_workers_table,
 )
 
 VENVS = HERE / ".venvs"
@@ -79,13 +82,13 @@ class ServerSpec:
             return sys.executable
         return str(VENVS / self.venv / "bin" / "python")
 
-    def argv(self, python: str, port: int) -> list[str]:
+    def argv(self, python: str, port: int, extra: Sequence[str] = ()) -> list[str]:
         if self.name == OURS:
             twistd = Path(python).parent / "twistd"
             cmd = [str(twistd)] if twistd.exists() else [shutil.which("twistd") or "twistd"]
             return [*cmd, "-n", "--pidfile=", "realtime",
                     "--app", "realtime.examples.bench:application",
-                    "--port", f"tcp:{port}:interface=127.0.0.1"]
+                    "--port", f"tcp:{port}:interface=127.0.0.1", *extra]
         if self.name == "autobahn":
             return [python, str(PEERS / "autobahn_server.py"), "--port", str(port)]
         if self.name == "daphne":
@@ -162,7 +165,8 @@ def ensure_ours_venv(ref: str, log: Any) -> str:
         subprocess.run(["tar", "-x", "-C", str(src)], stdin=archive.stdout, check=True)
         archive.wait()
     deps = (_pinned("autobahn"), _pinned("twisted"), _pinned("txaio"), "service-identity",
-            "pyopenssl")
+            "pyopenssl", _pinned("txredisapi"), _pinned("msgpack"), _pinned("prometheus-client"),
+            _pinned("PyJWT"), "cryptography")
     python = ensure_venv("ours", (*deps, f"# {sha}"), log, extra=[str(src)])
     return python
 
@@ -207,9 +211,12 @@ def pinned(cmd: list[str], core: int | None) -> list[str]:
 class Server:
     """One server process on 127.0.0.1; stopped by its PID only."""
 
-    def __init__(self, spec: ServerSpec, python: str, log_path: Path, core: int | None) -> None:
+    def __init__(self, spec: ServerSpec, python: str, log_path: Path, core: int | None,
+                 extra: Sequence[str] = (), ready_line: str | None = None) -> None:
         self.spec = spec
         self.port = free_port()
+        self.log_path = log_path
+        self.ready_line = ready_line
         env = dict(os.environ)
         env.update(spec.env)
         env["PYTHONPATH"] = os.pathsep.join(
@@ -219,7 +226,7 @@ class Server:
         self.log_file = open(log_path, "wb")
         # taskset execs the server: the PID we get is the server's.
         self.proc = subprocess.Popen(
-            pinned(spec.argv(python, self.port), core), cwd=str(PEERS), env=env,
+            pinned(spec.argv(python, self.port, extra), core), cwd=str(PEERS), env=env,
             stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=subprocess.STDOUT,
             preexec_fn=raise_nofile,
         )
@@ -230,6 +237,12 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.spec.name} exited with {self.proc.returncode}")
+            if self.ready_line is not None:
+                # --workers N: the supervisor listens at once; its workers say when ready.
+                if self.ready_line in self.log_path.read_text(errors="replace"):
+                    return
+                time.sleep(0.05)
+                continue
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return
@@ -237,11 +250,58 @@ class Server:
                 time.sleep(0.05)
         raise RuntimeError(f"{self.spec.name} did not listen within {timeout:g} s")
 
+    def children(self) -> list[int]:
+        """The PIDs of the server's child processes (its workers)."""
+        try:
+            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(p) for p in text.split()]
+
     def stop(self, grace: float = 5.0) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log_file.close()
+
+
+class RedisServer:
+    """A throwaway redis-server on a free loopback port (no persistence); stopped by its PID."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = free_port()
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port",
+             str(self.port), "--save", "", "--appendonly", "no", "--daemonize", "no"],
+            stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("redis-server did not listen within 10 s")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
@@ -338,6 +398,8 @@ def run_one(spec: ServerSpec, sc: Scenario, opts: argparse.Namespace, pass_no: i
 
 def run_attempt(spec: ServerSpec, sc: Scenario, opts: argparse.Namespace, pass_no: int,
                 client_python: str, log_dir: Path) -> dict[str, Any]:
+    if sc.params.get("workers"):
+        return run_workers_attempt(spec, sc, opts, pass_no, client_python, log_dir)
     python = spec.python(opts.venvs)
     server = Server(spec, python, log_dir / f"{spec.name}-{sc.name}-p{pass_no}.log",
                     opts.server_core)
@@ -363,6 +425,47 @@ def run_attempt(spec: ServerSpec, sc: Scenario, opts: argparse.Namespace, pass_n
     return row
 
 
+def run_workers_attempt(spec: ServerSpec, sc: Scenario, opts: argparse.Namespace,
+                        pass_no: int, client_python: str, log_dir: Path) -> dict[str, Any]:
+    """Ours with ``--workers N`` and a Redis layer (its own redis-server): the workers, Redis
+    and the client share the machine's cores (nothing pinned); the server CPU is summed over
+    the workers, Redis's and the supervisor's are measured apart."""
+    workers = int(sc.params["workers"])
+    started = time.monotonic()
+    redis: RedisServer | None = None
+    server: Server | None = None
+    try:
+        redis = RedisServer(log_dir / f"redis-{sc.name}-p{pass_no}.log")
+        server = Server(spec, spec.python(opts.venvs),
+                        log_dir / f"{spec.name}-{sc.name}-p{pass_no}.log", None,
+                        extra=["--workers", str(workers), "--layer", redis.url],
+                        ready_line=f"all {workers} workers ready")
+        server.wait_ready()
+        pids = server.children()
+        if len(pids) != workers:
+            raise RuntimeError(f"{len(pids)} worker processes, not {workers}")
+        args = [*client_args(sc, server.port, opts),
+                "--server-pid", ",".join(map(str, pids)),
+                "--aux-pid", f"redis:{redis.pid}", "--aux-pid", f"supervisor:{server.pid}"]
+        row = run_client(client_python, args, None, sc.time_limit)
+        if server.proc.poll() is not None:
+            row["ok"] = False
+            row["error"] = f"server exited with {server.proc.returncode} during the run"
+        row["workers"] = workers
+    except RuntimeError as exc:
+        row = {"ok": False, "error": str(exc)}
+    finally:
+        if server is not None:
+            server.stop()
+        if redis is not None:
+            redis.stop()
+    row.setdefault("scenario", sc.name)
+    row.setdefault("kind", sc.kind)
+    row.update({"server": spec.name, "pass": pass_no,
+                "elapsed_s": round(time.monotonic() - started, 2), "time": time.time()})
+    return row
+
+
 # -- report ----------------------------------------------------------------------------------------
 
 
@@ -379,6 +482,8 @@ def cpu_model() -> str:
 def report(rows: list[dict[str, Any]], scenarios: Sequence[Scenario], servers: Sequence[str],
            labels: dict[str, str], meta: dict[str, Any]) -> str:
     agg = aggregate(rows)
+    workers_scenarios = [sc for sc in scenarios if sc.params.get("workers")]
+    scenarios = [sc for sc in scenarios if not sc.params.get("workers")]
     peers = [s for s in servers if s != OURS]
     out = [f"# Benchmark results ({meta['date']})", ""]
     out.append(f"{meta['passes']} interleaved passes, medians; server pinned to core "
@@ -387,16 +492,17 @@ def report(rows: list[dict[str, Any]], scenarios: Sequence[Scenario], servers: S
                f"run took {meta['elapsed_min']:.1f} min. "
                f"Ratios: ours vs peer, > 1 means ours is better (higher throughput, or "
                f"lower latency / CPU / memory); n/a: not measured or not supported.")
-    out.append("")
-    if OURS in servers:
-        out.append(make_table(agg, scenarios, OURS, peers, labels))
-    else:
-        base, *rest = servers
-        out.append(make_table(agg, scenarios, base, rest, labels))
-    out += ["", "Load client CPU share / server CPU share (process CPU time / wall time over "
-            "the measurement window; the client's at or near 100 % would make it the "
-            "bottleneck):", ""]
-    out.append(make_client_table(agg, scenarios, servers, labels))
+    if scenarios:
+        out.append("")
+        if OURS in servers:
+            out.append(make_table(agg, scenarios, OURS, peers, labels))
+        else:
+            base, *rest = servers
+            out.append(make_table(agg, scenarios, base, rest, labels))
+        out += ["", "Load client CPU share / server CPU share (process CPU time / wall time "
+                "over the measurement window; the client's at or near 100 % would make it "
+                "the bottleneck):", ""]
+        out.append(make_client_table(agg, scenarios, servers, labels))
     noisy = [r for r in rows if r.get("ok") and noise(r) > meta.get("noise_limit", 0.1)]
     if any("server_core_other" in r for r in rows):
         worst = max((noise(r) for r in rows), default=0.0)
@@ -405,6 +511,12 @@ def report(rows: list[dict[str, Any]], scenarios: Sequence[Scenario], servers: S
                 f"% of it (worst {100 * worst:.0f} %); noisy runs were retried up to "
                 f"{meta.get('retries', 0)} time(s) (none past 70 % of the time budget), the "
                 "quietest kept."]
+    if workers_scenarios and OURS in servers:
+        out += ["", "Ours with `--workers 2 --layer redis://` (its own redis-server): the "
+                "workers, Redis and the load client share the cores (nothing pinned), so "
+                "there is no peer and no ratio. Server CPU per delivery is summed over the "
+                "workers; Redis's and the supervisor's are measured apart.", ""]
+        out.append(make_workers_table(agg, workers_scenarios, OURS))
     fails = failures(agg)
     if fails:
         out += ["", "Failed or unsupported passes:", ""] + [f"- {f}" for f in fails]
@@ -481,6 +593,11 @@ def main(argv: list[str] | None = None) -> int:
         log(f"unknown servers: {', '.join(unknown)} (known: {', '.join(specs)})")
         return 2
     pool = QUICK_SCENARIOS if opts.quick else FULL_SCENARIOS
+    if OURS in servers:
+        if shutil.which("redis-server"):
+            pool += QUICK_WORKERS_SCENARIOS if opts.quick else WORKERS_SCENARIOS
+        else:
+            log("no redis-server on PATH: the --workers scenarios are skipped")
     if opts.scenarios != "all":
         wanted = opts.scenarios.split(",")
         pool = tuple(sc for sc in pool if sc.name in wanted)
@@ -518,6 +635,8 @@ def main(argv: list[str] | None = None) -> int:
         for pass_no in range(1, opts.passes + 1):
             for s in servers:
                 for sc in scenarios:
+                    if sc.params.get("workers") and s != OURS:
+                        continue
                     if (opts.retries or opts.quiet_wait) and \
                             time.monotonic() - t_start > 0.7 * 60 * opts.budget_min:
                         log("past 70 % of the time budget: no more waiting or retries")

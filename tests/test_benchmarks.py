@@ -25,11 +25,13 @@ from benchlib import (  # noqa: E402
     COMMON_FIELDS,
     KIND_FIELDS,
     QUICK_SCENARIOS,
+    QUICK_WORKERS_SCENARIOS,
     aggregate,
     latency_summary,
     make_client_table,
     make_table,
     make_text,
+    make_workers_table,
     median,
     percentile,
     ratio,
@@ -200,9 +202,39 @@ def test_smoke_every_scenario_ran(smoke):
     _out, _proc, rows = smoke
     assert {(r["server"], r["scenario"]) for r in rows} == {
         (s, sc.name) for s in ("ours", "autobahn") for sc in QUICK_SCENARIOS
-    }
+    } | {("ours", sc.name) for sc in QUICK_WORKERS_SCENARIOS}
     for row in rows:
         _check_fields(row)
+
+
+@needs_picows
+def test_smoke_workers_with_redis(smoke):
+    out, _proc, rows = smoke
+    (sc,) = QUICK_WORKERS_SCENARIOS
+    row = _row(rows, "ours", sc.name)
+    assert row["ok"], row
+    assert row["workers"] == 2 and row["server_processes"] == 2
+    assert row["connected"] == sc.params["members"]
+    assert row["lost"] == 0 and row["delivered"] == row["expected"] > 0
+    # Redis's and the supervisor's CPU are measured apart from the workers'.
+    assert row["redis_cpu_us_per_delivery"] is not None
+    assert row["supervisor_cpu_us_per_delivery"] is not None
+    table = (out / "latest.md").read_text()
+    assert "--workers 2" in table and "| workers' CPU µs/delivery (summed) |" in table
+
+
+def test_workers_table_has_one_column_per_scenario_and_no_made_up_figures():
+    rows = [{"server": "ours", "scenario": "workers2-fanout-5000x10", "kind": "fanout",
+             "ok": True, "offered_per_s": 50000, "delivered_per_s": 49990.0, "lost_pct": 0.0,
+             "p50_ms": 20.0, "p99_ms": 40.0, "server_cpu_us_per_delivery": 6.25,
+             "redis_cpu_us_per_delivery": 0.05, "server_cpu_share": 0.31}]
+    table = make_workers_table(aggregate(rows), benchlib.WORKERS_SCENARIOS, "ours")
+    lines = table.splitlines()
+    assert lines[0] == "| metric | workers2-fanout-5000x10 | workers2-fanout-5000x20 |"
+    cpu = next(line for line in lines if "summed" in line)
+    assert cpu == "| workers' CPU µs/delivery (summed) | 6.25 | n/a |"
+    supervisor = next(line for line in lines if "supervisor" in line)
+    assert supervisor.endswith("| n/a | n/a |")  # not in the row: n/a, never 0
 
 
 @needs_picows
