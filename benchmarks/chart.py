@@ -22,8 +22,9 @@ from benchlib import (
 )
 
 LABELS = {"ours": "ours", "autobahn": "raw Autobahn", "daphne": "Daphne+Channels",
-          "uvicorn": "uvicorn sansio"}
-COLORS = {"ours": "#1b9e77", "autobahn": "#7570b3", "daphne": "#d95f02", "uvicorn": "#e7298a"}
+          "uvicorn": "uvicorn sansio", "sendloop": "bare send() loop"}
+COLORS = {"ours": "#1b9e77", "autobahn": "#7570b3", "daphne": "#d95f02", "uvicorn": "#e7298a",
+          "sendloop": "#666666"}
 
 
 def _panel(ax, records, series, title):
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("jsonl")
     p.add_argument("out")
-    p.add_argument("--servers", default="ours,autobahn,daphne,uvicorn")
+    p.add_argument("--servers", default="ours,autobahn,daphne,uvicorn,sendloop")
     p.add_argument("--scenarios", default="")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)

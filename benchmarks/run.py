@@ -76,6 +76,8 @@ class ServerSpec:
     requirements: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     always_venv: bool = False
+    #: The scenario kinds it runs (empty: all).
+    kinds: tuple[str, ...] = ()
 
     def python(self, use_venvs: bool) -> str:
         if self.venv is None or not (use_venvs or self.always_venv):
@@ -91,6 +93,8 @@ class ServerSpec:
                     "--port", f"tcp:{port}:interface=127.0.0.1", *extra]
         if self.name == "autobahn":
             return [python, str(PEERS / "autobahn_server.py"), "--port", str(port)]
+        if self.name == "sendloop":
+            return [python, str(PEERS / "sendloop_server.py"), "--port", str(port)]
         if self.name == "daphne":
             # Twisted's default backlog (50) would overflow under 100 concurrent handshakes.
             return [python, "-m", "daphne", "-v", "0",
@@ -113,6 +117,8 @@ def server_specs() -> dict[str, ServerSpec]:
                              {"DJANGO_SETTINGS_MODULE": "daphne_app.settings"}),
         "uvicorn": ServerSpec("uvicorn", "uvicorn sansio", "uvicorn",
                               ("uvicorn[standard]", "websockets")),
+        # The floor of a fan-out: one bare socket.send() per member per message.
+        "sendloop": ServerSpec("sendloop", "bare send() loop", None, kinds=("fanout",)),
     }
 
 
@@ -534,7 +540,9 @@ def report(rows: list[dict[str, Any]], scenarios: Sequence[Scenario], servers: S
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--servers", default="ours,autobahn,daphne,uvicorn")
+    p.add_argument("--servers", default="ours,autobahn,daphne,uvicorn,sendloop",
+                   help="comma-separated: ours, autobahn, daphne, uvicorn, sendloop (the "
+                   "floor: a bare send() loop on epoll, fan-out only)")
     p.add_argument("--scenarios", default="all",
                    help="comma-separated scenario names (default: all)")
     p.add_argument("--passes", type=int, default=3)
@@ -637,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
                 for sc in scenarios:
                     if sc.params.get("workers") and s != OURS:
                         continue
+                    if specs[s].kinds and sc.kind not in specs[s].kinds:
+                        continue
                     if (opts.retries or opts.quiet_wait) and \
                             time.monotonic() - t_start > 0.7 * 60 * opts.budget_min:
                         log("past 70 % of the time budget: no more waiting or retries")
@@ -663,7 +673,8 @@ def main(argv: list[str] | None = None) -> int:
         chart = opts.out / "latest.png"
         res = subprocess.run([client_python, str(HERE / "chart.py"), str(jsonl), str(chart),
                               "--servers", ",".join(servers),
-                              "--scenarios", ",".join(sc.name for sc in scenarios)]
+                              "--scenarios", ",".join(sc.name for sc in scenarios
+                                                      if not sc.params.get("workers"))]
                              + (["--quick"] if opts.quick else []),
                              capture_output=True, text=True, timeout=120)
         if res.returncode == 0:

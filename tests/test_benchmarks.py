@@ -1,8 +1,9 @@
 """The benchmark suite (benchmarks/): its statistics and table maker, and a smoke run.
 
 The smoke run drives ``benchmarks/run.py --quick`` (tiny sizes, one pass, no virtualenvs, no
-pinning) against ours and the raw Autobahn peer, both from this Python: no timing is
-asserted, only that messages were delivered and that the rows carry the expected fields.
+pinning) against ours, the raw Autobahn peer and the bare send() loop (fan-out only), all
+from this Python, and ours with ``--workers 2`` on a Redis layer: no timing is asserted,
+only that messages were delivered and that the rows carry the expected fields.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
         [sys.executable, str(BENCH / "run.py"), "--quick", "--no-venvs", "--no-pin",
-         "--no-chart", "--servers", "ours,autobahn", "--passes", "1", "--out", str(out)],
+         "--no-chart", "--servers", "ours,autobahn,sendloop", "--passes", "1", "--out", str(out)],
         capture_output=True, text=True, timeout=240, cwd=str(ROOT),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -202,9 +203,20 @@ def test_smoke_every_scenario_ran(smoke):
     _out, _proc, rows = smoke
     assert {(r["server"], r["scenario"]) for r in rows} == {
         (s, sc.name) for s in ("ours", "autobahn") for sc in QUICK_SCENARIOS
-    } | {("ours", sc.name) for sc in QUICK_WORKERS_SCENARIOS}
+    } | {("ours", sc.name) for sc in QUICK_WORKERS_SCENARIOS} | {
+        ("sendloop", sc.name) for sc in QUICK_SCENARIOS if sc.kind == "fanout"}
     for row in rows:
         _check_fields(row)
+
+
+@needs_picows
+def test_smoke_the_bare_send_loop_floor_delivers_every_message(smoke):
+    _out, _proc, rows = smoke
+    for sc in QUICK_SCENARIOS:
+        if sc.kind == "fanout":
+            row = _row(rows, "sendloop", sc.name)
+            assert row["ok"], row
+            assert row["lost"] == 0 and row["delivered"] == row["expected"] > 0
 
 
 @needs_picows
@@ -297,7 +309,8 @@ def test_smoke_report_written(smoke):
     out, proc, _rows = smoke
     text = (out / "latest.md").read_text()
     assert text in proc.stdout
-    assert "| scenario | metric | ours | raw Autobahn | ours vs raw Autobahn |" in text
+    assert ("| scenario | metric | ours | raw Autobahn | bare send() loop | ours vs raw "
+            "Autobahn | ours vs bare send() loop |") in text
     assert "Load client CPU share" in text
 
 

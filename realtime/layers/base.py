@@ -115,8 +115,9 @@ class BaseChannelLayer:
         self.stats = LayerStats()
         #: Live local consumers by channel name.
         self._receivers: dict[str, Receiver] = {}
-        #: group -> local member channel names (insertion-ordered).
-        self._groups: dict[str, dict[str, None]] = {}
+        #: group -> local member channel names (insertion-ordered), each with its live
+        #: receiver (None for a channel nobody is attached to): a fan-out reads no other map.
+        self._groups: dict[str, dict[str, Receiver | None]] = {}
         #: channel -> the groups it is in (to clean up on detach).
         self._memberships: dict[str, set[str]] = {}
         #: Queued messages for channels nobody is attached to (workers, ``receive()``).
@@ -151,7 +152,7 @@ class BaseChannelLayer:
         first = members is None
         if members is None:
             members = self._groups[group] = {}
-        members[channel] = None
+        members[channel] = self._receivers.get(channel)
         self._memberships.setdefault(channel, set()).add(group)
         return first
 
@@ -206,11 +207,11 @@ class BaseChannelLayer:
 
     def _broadcast_local(self, group: str, frame: bytes) -> int:
         sent = 0
-        receivers = self._receivers
-        for channel in self._groups.get(group, ()):
-            receiver = receivers.get(channel)
-            if receiver is not None and receiver.deliver_frame(frame):
-                sent += 1
+        members = self._groups.get(group)
+        if members is not None:
+            for receiver in members.values():
+                if receiver is not None and receiver.deliver_frame(frame):
+                    sent += 1
         stats = self.stats
         stats.broadcast_frames += sent
         stats.broadcast_bytes += sent * len(frame)

@@ -1,6 +1,7 @@
-"""Corked sends: what a connection's handlers send while one read of its input is parsed
-leaves in one write, in order with broadcasts to it, close frames and large messages.
-Real server, raw client; the server's socket is wrapped to count its send calls."""
+"""Write paths. Corked sends: what a connection's handlers send while one read of its
+input is parsed leaves in one write, in order with broadcasts to it, close frames and large
+messages. The fan-out fast path never overtakes bytes waiting in Twisted's buffer. Real
+server, raw client; the server's socket is wrapped to count its send calls."""
 
 from __future__ import annotations
 
@@ -125,3 +126,19 @@ async def test_large_answers_in_one_read_arrive_whole_and_in_order(live):
     frames = await frames_after_handshake(conn, 6)
     assert frames == [(0x2, big), (0x1, b"s:1"), (0x1, b"s:2"), (0x1, b"s:3"), (0x2, big),
                       (0x2, big)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_broadcast_never_overtakes_bytes_waiting_in_twisteds_buffer(live):
+    """The fan-out fast path sends straight to the socket; a keepalive ping written into
+    Twisted's buffer in the same reactor turn must still reach the client first."""
+    server = await live(bench_app)
+    conn = await ws_open(server.port, "/room/r")
+    (ws,) = server.site.connections
+    layer = server.site.layer
+    layer.broadcast("r", text="one")  # the fast path, now known clean
+    ws._ping_call.cancel()  # its keepalive, now rather than in 20 s:
+    ws._keepalive()  # a ping into Twisted's buffer, written on the next reactor turn
+    layer.broadcast("r", text="two")
+    frames = await frames_after_handshake(conn, 3)
+    assert frames[:3] == [(0x1, b"one"), (0x9, b"realtime"), (0x1, b"two")]
