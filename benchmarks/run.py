@@ -632,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         client_python = sys.executable
     meta_versions = {s: versions(specs[s].python(opts.venvs)) for s in servers}
+    if "sendloop" in meta_versions:  # the standard library only
+        meta_versions["sendloop"] = {"python": platform.python_version()}
 
     opts.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
