@@ -417,13 +417,22 @@ def run_attempt(spec: ServerSpec, sc: Scenario, opts: argparse.Namespace, pass_n
             args += ["--server-core", str(opts.server_core),
                      "--client-core", str(opts.client_core)]
         row = run_client(client_python, args, opts.client_core, sc.time_limit)
-        if server.proc.poll() is not None:
-            row["ok"] = False
-            row["error"] = f"server exited with {server.proc.returncode} during the run"
+        _check_alive(row, server)
     except RuntimeError as exc:
         row = {"ok": False, "error": str(exc)}
     finally:
         server.stop()
+    return _stamped(row, spec, sc, pass_no, started)
+
+
+def _check_alive(row: dict[str, Any], server: Server) -> None:
+    if server.proc.poll() is not None:
+        row["ok"] = False
+        row["error"] = f"server exited with {server.proc.returncode} during the run"
+
+
+def _stamped(row: dict[str, Any], spec: ServerSpec, sc: Scenario, pass_no: int,
+             started: float) -> dict[str, Any]:
     row.setdefault("scenario", sc.name)
     row.setdefault("kind", sc.kind)
     row.update({"server": spec.name, "pass": pass_no,
@@ -454,9 +463,7 @@ def run_workers_attempt(spec: ServerSpec, sc: Scenario, opts: argparse.Namespace
                 "--server-pid", ",".join(map(str, pids)),
                 "--aux-pid", f"redis:{redis.pid}", "--aux-pid", f"supervisor:{server.pid}"]
         row = run_client(client_python, args, None, sc.time_limit)
-        if server.proc.poll() is not None:
-            row["ok"] = False
-            row["error"] = f"server exited with {server.proc.returncode} during the run"
+        _check_alive(row, server)
         row["workers"] = workers
     except RuntimeError as exc:
         row = {"ok": False, "error": str(exc)}
@@ -465,11 +472,7 @@ def run_workers_attempt(spec: ServerSpec, sc: Scenario, opts: argparse.Namespace
             server.stop()
         if redis is not None:
             redis.stop()
-    row.setdefault("scenario", sc.name)
-    row.setdefault("kind", sc.kind)
-    row.update({"server": spec.name, "pass": pass_no,
-                "elapsed_s": round(time.monotonic() - started, 2), "time": time.time()})
-    return row
+    return _stamped(row, spec, sc, pass_no, started)
 
 
 # -- report ----------------------------------------------------------------------------------------
