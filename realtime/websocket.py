@@ -209,6 +209,9 @@ class WebSocketConnection(WebSocketServerProtocol):
     # clears it; the slow path checks them all and sets it again.
     _clean = False
     _sock_send: Any = None
+    # Autobahn sets ``state`` in accept(); a connection whose handshake was abandoned during
+    # an async connect() is still a group member until its detach, and is not open.
+    state: Any = None
     #: Messages the ``drop`` policy skipped for this client.
     dropped = 0
 
@@ -480,11 +483,12 @@ class WebSocketConnection(WebSocketServerProtocol):
             return False
         if self._outq is None:
             self._outq = deque()
+        if more is not None:
+            # One item per frame: the slow-consumer policy drops whole frames, never a
+            # payload whose header already went out.
+            data += more
         self._outq.append(data)
         self._outq_bytes += len(data)
-        if more is not None:
-            self._outq.append(more)
-            self._outq_bytes += len(more)
         return True
 
     def dataReceived(self, data: bytes) -> None:
@@ -516,11 +520,14 @@ class WebSocketConnection(WebSocketServerProtocol):
             self._write(b"".join(cork))
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        """Autobahn's own writes (close frames): what the cork holds goes first."""
+        """Autobahn's own writes (close frames, 1002/1007/1009 included): what the cork
+        holds and what waits in our queue go first, so nothing follows a close frame."""
         self._clean = False
         if self._cork is not None:
             self._uncork()
             self._cork = []
+        if self._outq:
+            self._flush_queue()
         super().sendData(data, sync, chopsize)
 
     def _send_now(self, transport: Any, data: bytes, more: bytes | None = None) -> None:

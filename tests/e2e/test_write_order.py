@@ -1,0 +1,131 @@
+"""What reaches the wire, in what order, when writes wait: nothing after a close frame
+(Autobahn's own 1007 included), whole frames only when the slow-consumer policy drops what
+waits, and a broadcast to a group that holds a connection whose handshake was abandoned.
+Real server, raw client that stops and resumes reading."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.defer import Deferred
+
+from realtime import AsyncWebsocketConsumer, ProtocolTypeRouter, URLRouter, WebsocketConsumer, path
+from tests.clients import after_headers, client_frame, handshake, parse_frames, raw_connect, ws_open
+
+
+def later(delay: float) -> Deferred[None]:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, delay, lambda: None)
+
+
+class Quiet(WebsocketConsumer):
+    groups = ["g"]
+
+    def connect(self) -> None:
+        self.accept()
+
+
+class SlowJoin(AsyncWebsocketConsumer):
+    """Joins group "g" (``groups``) and then takes a second to accept."""
+
+    groups = ["g"]
+
+    async def connect(self) -> None:
+        await later(1.0)
+        await self.accept()
+
+
+APP = ProtocolTypeRouter({"websocket": URLRouter([
+    path("q", Quiet.as_app()), path("slow", SlowJoin.as_app())])})
+
+
+async def fill_until(ws: Any, condition: Any, chunk: int) -> int:
+    """Send ``chunk``-byte messages to a client that does not read until ``condition()``."""
+    sent = 0
+    while not condition() and sent < 4000:
+        ws.send_bytes(b"x" * chunk)
+        sent += 1
+        if sent % 32 == 0:
+            await later(0.01)
+    assert condition(), "the transport never pushed back"
+    return sent
+
+
+@pytest_twisted.ensureDeferred
+async def test_nothing_follows_autobahns_own_close_frame(live):
+    server = await live(APP, max_send_buffer=256 * 1024 * 1024, close_timeout=10.0)
+    conn = await ws_open(server.port, "/q")
+    (ws,) = server.site.connections
+    conn.proto.transport.pauseProducing()  # the client stops reading
+    sent = await fill_until(ws, lambda: bool(ws._outq), 65536)
+    ws.send_bytes(b"queued-last")
+    conn.write(client_frame(0x1, b"\xff\xfe"))  # invalid UTF-8: Autobahn closes 1007
+    await later(0.2)
+    conn.proto.transport.resumeProducing()
+    data = await conn.wait_for(
+        lambda d: len(parse_frames(after_headers(d))) >= sent + 2, timeout=10)
+    frames = parse_frames(after_headers(data))
+    assert frames[-2] == (0x2, b"queued-last")
+    assert frames[-1][0] == 0x8 and frames[-1][1][:2] == (1007).to_bytes(2, "big")
+    assert [op for op, _ in frames].count(0x8) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_frame_waits_as_one_item(live):
+    """Header and payload queue together: the slow-consumer policy drops whole frames, so
+    a header can never go out without its payload."""
+    server = await live(APP, max_send_buffer=1024 * 1024, close_timeout=5.0)
+    conn = await ws_open(server.port, "/q")
+    (ws,) = server.site.connections
+    conn.proto.transport.pauseProducing()
+    await fill_until(ws, lambda: ws._write_paused, 60000)
+    ws.send_bytes(b"b" * 100000)
+    assert [len(item) for item in ws._outq] == [10 + 100000]
+    conn.abort()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_slow_consumer_close_follows_whole_frames(live):
+    server = await live(APP, max_send_buffer=100000, close_timeout=5.0)
+    conn = await ws_open(server.port, "/q")
+    (ws,) = server.site.connections
+    conn.proto.transport.pauseProducing()
+    sent = await fill_until(ws, lambda: ws._write_paused, 60000)
+    for size in (40000, 40000, 100000):  # the last waits behind 80,008 bytes: still < 100,000
+        ws.send_bytes(b"q" * size)
+    assert [len(item) for item in ws._outq] == [40004, 40004, 100010]
+    original = ws.resumeProducing
+    dropped = []
+
+    def resume() -> None:
+        original()
+        if ws._outq and not dropped:  # the transport filled again with a frame still queued
+            dropped.append(len(ws._outq))
+            ws.send_text("z")  # over --max-send-buffer: 4008, the queue dropped
+
+    ws.resumeProducing = resume
+    conn.proto.transport.resumeProducing()
+    data = await conn.closed(timeout=8)
+    frames = parse_frames(after_headers(data))
+    assert dropped == [1]
+    assert frames[-1][0] == 0x8 and frames[-1][1][:2] == (4008).to_bytes(2, "big")
+    assert [len(p) for _, p in frames[:-1]] == [60000] * sent + [40000, 40000]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_broadcast_skips_a_member_whose_handshake_was_abandoned(live):
+    server = await live(APP)
+    slow = await raw_connect(server.port)
+    slow.write(handshake("/slow"))
+    await later(0.1)  # connect() is running; the connection is in group "g"
+    slow.abort()  # the client gives up before the accept
+    await later(0.1)
+    member = await ws_open(server.port, "/q")
+    sent = server.site.layer.broadcast("g", text="hello")
+    frames = await member.wait_frames(1, timeout=2)
+    assert frames == [(0x1, b"hello")]
+    await sent
+    await later(1.2)  # connect() finishes (its accept finds the socket gone)
