@@ -208,7 +208,7 @@ class WebSocketConnection(WebSocketServerProtocol):
     # Every write that can leave bytes in Twisted's buffer (and every change of the others)
     # clears it; the slow path checks them all and sets it again.
     _clean = False
-    _sock_send: Any = None
+    _sock: Any = None
     # Autobahn sets ``state`` in accept(); a connection whose handshake was abandoned during
     # an async connect() is still a group member until its detach, and is not open.
     state: Any = None
@@ -676,7 +676,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         Python it runs); the layer counts frames and bytes once per broadcast, not here."""
         if self._clean:
             try:
-                sent = self._sock_send(frame)
+                sent = self._sock.send(frame)
             except BlockingIOError:
                 sent = 0
             except OSError:
@@ -695,7 +695,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         if self._direct and not self._write_paused and not self._outq and self._cork is None \
                 and not transport._tempDataLen and transport.offset == len(transport.dataBuffer) \
                 and not transport.disconnecting and transport.connected:
-            self._sock_send = transport.socket.send
+            self._sock = transport.socket
             self._clean = True
             return self.deliver_frame(frame)
         return self._write(frame)
@@ -781,7 +781,7 @@ class WebSocketConnection(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._clean = False
-        self._sock_send = None
+        self._sock = None
         if self.finished:
             return
         if self._closed_code is not None:
