@@ -1,6 +1,6 @@
 """Run the benchmark suite: our server against raw Autobahn, Daphne and uvicorn, side by side.
 
-    python benchmarks/run.py                  # everything: ~20 minutes on 2 cores
+    python benchmarks/run.py                  # everything: ~15 minutes on 2 cores
     python benchmarks/run.py --quick          # tiny sizes, a minute
     python benchmarks/run.py --servers ours,autobahn --scenarios echo-100x16 --passes 1
 
