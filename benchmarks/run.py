@@ -214,6 +214,22 @@ def pinned(cmd: list[str], core: int | None) -> list[str]:
     return ["taskset", "-c", str(core), *cmd]
 
 
+def wait_listening(proc: subprocess.Popen[bytes], port: int, name: str,
+                   timeout: float) -> None:
+    """Until something accepts on 127.0.0.1:``port``; RuntimeError if ``proc`` exits or
+    the time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{name} did not listen within {timeout:g} s")
+
+
 class Server:
     """One server process on 127.0.0.1; stopped by its PID only."""
 
@@ -239,22 +255,18 @@ class Server:
         self.pid = self.proc.pid
 
     def wait_ready(self, timeout: float = 30.0) -> None:
+        if self.ready_line is None:
+            wait_listening(self.proc, self.port, self.spec.name, timeout)
+            return
+        # --workers N: the supervisor listens at once; its workers say when they are ready.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.spec.name} exited with {self.proc.returncode}")
-            if self.ready_line is not None:
-                # --workers N: the supervisor listens at once; its workers say when ready.
-                if self.ready_line in self.log_path.read_text(errors="replace"):
-                    return
-                time.sleep(0.05)
-                continue
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"{self.spec.name} did not listen within {timeout:g} s")
+            if self.ready_line in self.log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.spec.name}: no {self.ready_line!r} within {timeout:g} s")
 
     def children(self) -> list[int]:
         """The PIDs of the server's child processes (its workers)."""
@@ -287,17 +299,11 @@ class RedisServer:
              str(self.port), "--save", "", "--appendonly", "no", "--daemonize", "no"],
             stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("redis-server did not listen within 10 s")
+        try:
+            wait_listening(self.proc, self.port, "redis-server", 10.0)
+        except RuntimeError:
+            self.stop()
+            raise
 
     @property
     def url(self) -> str:

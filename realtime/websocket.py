@@ -460,13 +460,10 @@ class WebSocketConnection(WebSocketServerProtocol):
                     size += len(more)
                 self._cork_bytes += size
                 if self._cork_bytes >= _CORK_LIMIT:
-                    self._uncork()
-                    self._cork = []
+                    self._uncork(keep_corked=True)
                 return True
             transport: Any = self.transport
-            if self._direct and not transport._tempDataLen and (
-                transport.offset == len(transport.dataBuffer)
-            ):
+            if self._nothing_buffered(transport):
                 # Nothing waits in Twisted's buffer: send now, as asyncio transports do,
                 # instead of buffering, registering for writability with epoll, and sending
                 # on the next reactor turn (most of a fan-out delivery's cost).
@@ -505,27 +502,35 @@ class WebSocketConnection(WebSocketServerProtocol):
         finally:
             self._uncork()
 
-    def _uncork(self) -> None:
-        """Write what the cork gathered (one send, or a gathering one for a large frame)."""
+    def _nothing_buffered(self, transport: Any) -> bool:
+        """A plain socket with nothing waiting in Twisted's buffer: a send may go straight
+        to the kernel without overtaking anything."""
+        return self._direct and not transport._tempDataLen and (
+            transport.offset == len(transport.dataBuffer)
+        )
+
+    def _uncork(self, keep_corked: bool = False) -> None:
+        """Write what the cork gathered (one send, or a gathering one for a large frame);
+        ``keep_corked``: go on gathering afterwards (the rest of the read)."""
         cork = self._cork
         self._cork = None
-        if not cork:
-            return
         self._cork_bytes = 0
-        if len(cork) == 1:
-            self._write(cork[0])
-        elif len(cork) == 2 and len(cork[1]) >= 16384:
-            self._write(cork[0], cork[1])
-        else:
-            self._write(b"".join(cork))
+        if cork:
+            if len(cork) == 1:
+                self._write(cork[0])
+            elif len(cork) == 2 and len(cork[1]) >= 16384:
+                self._write(cork[0], cork[1])
+            else:
+                self._write(b"".join(cork))
+        if keep_corked:
+            self._cork = []
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """Autobahn's own writes (close frames, 1002/1007/1009 included): what the cork
         holds and what waits in our queue go first, so nothing follows a close frame."""
         self._clean = False
         if self._cork is not None:
-            self._uncork()
-            self._cork = []
+            self._uncork(keep_corked=True)
         if self._outq:
             self._flush_queue()
         super().sendData(data, sync, chopsize)
@@ -543,18 +548,23 @@ class WebSocketConnection(WebSocketServerProtocol):
         except BlockingIOError:
             sent = 0
         except OSError:
-            self._clean = False
-            transport.write(data)  # Twisted sees the error on its own write and closes
-            if more is not None:
-                transport.write(more)
-            return
+            sent = -1
+        if sent != len(data) + (0 if more is None else len(more)):
+            self._send_rest(transport, sent, data, more)
+
+    def _send_rest(self, transport: Any, sent: int, data: bytes,
+                   more: bytes | None = None) -> None:
+        """After a direct send the kernel did not take whole (``sent`` bytes; -1: an
+        error): the rest goes to Twisted's buffer, in order (on an error, all of it:
+        Twisted sees the error on its own write and closes)."""
+        self._clean = False
+        if sent < 0:
+            sent = 0
         if sent < len(data):
-            self._clean = False
             transport.write(data[sent:])
             if more is not None:
                 transport.write(more)
-        elif more is not None and sent < len(data) + len(more):
-            self._clean = False
+        elif more is not None:
             transport.write(more[sent - len(data) :])
 
     def pauseProducing(self) -> None:
@@ -680,20 +690,15 @@ class WebSocketConnection(WebSocketServerProtocol):
             except BlockingIOError:
                 sent = 0
             except OSError:
-                self._clean = False
-                failed: Any = self.transport
-                failed.write(frame)  # Twisted sees the error on its own write and closes
-                return True
-            if sent < len(frame):
-                self._clean = False
-                partial: Any = self.transport
-                partial.write(frame[sent:])
+                sent = -1
+            if sent != len(frame):
+                self._send_rest(self.transport, sent, frame)
             return True
         if self.in_handshake or self.state != _OPEN or self._slow_closing:
             return False
         transport: Any = self.transport
-        if self._direct and not self._write_paused and not self._outq and self._cork is None \
-                and not transport._tempDataLen and transport.offset == len(transport.dataBuffer) \
+        if not self._write_paused and not self._outq and self._cork is None \
+                and self._nothing_buffered(transport) \
                 and not transport.disconnecting and transport.connected:
             self._sock = transport.socket
             self._clean = True

@@ -155,6 +155,14 @@ class RawConnection:
         return None
 
 
+def later(delay: float) -> Deferred[None]:
+    """A Deferred that fires after ``delay`` seconds on the reactor."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, delay, lambda: None)
+
+
 async def _value(v: T) -> T:
     return v
 

@@ -24,6 +24,7 @@ from tests.clients import (
     handshake,
     http_request,
     in_thread,
+    later,
     parse_response,
     raw_connect,
     raw_exchange,
@@ -35,13 +36,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 def ws_app(consumer: Any) -> ProtocolTypeRouter:
     return ProtocolTypeRouter({"websocket": URLRouter([path("t", consumer)])})
-
-
-def later(delay: float) -> Deferred[None]:
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, delay, lambda: None)
 
 
 def bounded(d: Deferred[Any], timeout: float = 5.0) -> Deferred[Any]:

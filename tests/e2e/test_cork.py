@@ -11,7 +11,7 @@ import pytest_twisted
 
 from realtime import ProtocolTypeRouter, URLRouter, WebsocketConsumer, path
 from realtime.examples.bench import application as bench_app
-from tests.clients import client_frame, parse_frames, ws_open
+from tests.clients import client_frame, ws_open
 
 
 class CountingSocket:
@@ -42,14 +42,6 @@ def count_sends(server: Any) -> CountingSocket:
     return counting
 
 
-async def frames_after_handshake(conn: Any, count: int) -> list[tuple[int, bytes]]:
-    def enough(data: bytes) -> bool:
-        return len(parse_frames(data.partition(b"\r\n\r\n")[2])) >= count
-
-    data = await conn.wait_for(enough)
-    return parse_frames(data.partition(b"\r\n\r\n")[2])
-
-
 @pytest_twisted.ensureDeferred
 async def test_sixteen_echoes_of_one_read_leave_in_one_send(live):
     server = await live(bench_app)
@@ -57,7 +49,7 @@ async def test_sixteen_echoes_of_one_read_leave_in_one_send(live):
     counting = count_sends(server)
     messages = [f"message {i} é€😀".encode() for i in range(16)]
     conn.write(b"".join(client_frame(0x1, m) for m in messages))
-    frames = await frames_after_handshake(conn, 16)
+    frames = await conn.wait_frames(16)
     assert frames == [(0x1, m) for m in messages]
     assert counting.sends == 1
 
@@ -91,7 +83,7 @@ async def test_broadcasts_to_a_corked_connection_keep_their_place(live):
     conn = await ws_open(server.port, "/m")
     counting = count_sends(server)
     conn.write(client_frame(0x1, b"a") + client_frame(0x1, b"b"))
-    frames = await frames_after_handshake(conn, 6)
+    frames = await conn.wait_frames(6)
     assert [payload for _, payload in frames] == [
         b"a:1", b"a:2", b"a:3", b"b:1", b"b:2", b"b:3"]
     assert counting.sends == 1
@@ -102,7 +94,7 @@ async def test_corked_sends_go_before_the_close_frame(live):
     server = await live(MIXED)
     conn = await ws_open(server.port, "/m")
     conn.write(client_frame(0x1, b"x") + client_frame(0x1, b"bye"))
-    frames = await frames_after_handshake(conn, 5)
+    frames = await conn.wait_frames(5)
     assert frames[:4] == [(0x1, b"x:1"), (0x1, b"x:2"), (0x1, b"x:3"), (0x1, b"last")]
     assert frames[4][0] == 0x8 and frames[4][1][:2] == (4000).to_bytes(2, "big")
 
@@ -113,7 +105,7 @@ async def test_corked_sends_go_before_a_protocol_error_close(live):
     conn = await ws_open(server.port, "/echo")
     # An echo, then a frame with a reserved opcode (0x3): the echo, then close 1002.
     conn.write(client_frame(0x1, b"first") + client_frame(0x3, b"?"))
-    frames = await frames_after_handshake(conn, 2)
+    frames = await conn.wait_frames(2)
     assert frames[0] == (0x1, b"first")
     assert frames[1][0] == 0x8 and frames[1][1][:2] == (1002).to_bytes(2, "big")
 
@@ -125,7 +117,7 @@ async def test_large_answers_in_one_read_arrive_whole_and_in_order(live):
     big = bytes(range(256)) * 400
     conn.write(client_frame(0x1, b"big") + client_frame(0x1, b"s") + client_frame(0x1, b"big")
                + client_frame(0x1, b"big"))
-    frames = await frames_after_handshake(conn, 6)
+    frames = await conn.wait_frames(6)
     assert frames == [(0x2, big), (0x1, b"s:1"), (0x1, b"s:2"), (0x1, b"s:3"), (0x2, big),
                       (0x2, big)]
 
@@ -142,5 +134,5 @@ async def test_a_broadcast_never_overtakes_bytes_waiting_in_twisteds_buffer(live
     ws._ping_call.cancel()  # its keepalive, now rather than in 20 s:
     ws._keepalive()  # a ping into Twisted's buffer, written on the next reactor turn
     layer.broadcast("r", text="two")
-    frames = await frames_after_handshake(conn, 3)
+    frames = await conn.wait_frames(3)
     assert frames[:3] == [(0x1, b"one"), (0x9, b"realtime"), (0x1, b"two")]

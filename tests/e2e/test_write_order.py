@@ -8,17 +8,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest_twisted
-from twisted.internet.defer import Deferred
 
 from realtime import AsyncWebsocketConsumer, ProtocolTypeRouter, URLRouter, WebsocketConsumer, path
-from tests.clients import after_headers, client_frame, handshake, parse_frames, raw_connect, ws_open
-
-
-def later(delay: float) -> Deferred[None]:
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, delay, lambda: None)
+from tests.clients import (
+    client_frame,
+    handshake,
+    later,
+    raw_connect,
+    ws_open,
+)
 
 
 class Quiet(WebsocketConsumer):
@@ -65,9 +63,7 @@ async def test_nothing_follows_autobahns_own_close_frame(live):
     conn.write(client_frame(0x1, b"\xff\xfe"))  # invalid UTF-8: Autobahn closes 1007
     await later(0.2)
     conn.proto.transport.resumeProducing()
-    data = await conn.wait_for(
-        lambda d: len(parse_frames(after_headers(d))) >= sent + 2, timeout=10)
-    frames = parse_frames(after_headers(data))
+    frames = await conn.wait_frames(sent + 2, timeout=10)
     assert frames[-2] == (0x2, b"queued-last")
     assert frames[-1][0] == 0x8 and frames[-1][1][:2] == (1007).to_bytes(2, "big")
     assert [op for op, _ in frames].count(0x8) == 1
@@ -108,8 +104,8 @@ async def test_the_slow_consumer_close_follows_whole_frames(live):
 
     ws.resumeProducing = resume
     conn.proto.transport.resumeProducing()
-    data = await conn.closed(timeout=8)
-    frames = parse_frames(after_headers(data))
+    await conn.closed(timeout=8)
+    frames = conn.frames()
     assert dropped == [1]
     assert frames[-1][0] == 0x8 and frames[-1][1][:2] == (4008).to_bytes(2, "big")
     assert [len(p) for _, p in frames[:-1]] == [60000] * sent + [40000, 40000]
