@@ -113,6 +113,9 @@ class AsyncHttpConsumer(AppFactoryMixin):
         """``broadcast()`` frames are WebSocket frames: not for an HTTP response."""
         return False
 
+    def deliver_frames(self, frames: list[bytes], joined: bytes) -> bool:
+        return False
+
     def _ended(self, result: Any) -> None:
         if self.channel_layer is not None and self.channel_name is not None:
             self.channel_layer.detach(self.channel_name)

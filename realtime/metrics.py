@@ -66,7 +66,8 @@ def snapshot(sites: Iterable[Any], layer: Any) -> dict[str, Any]:
         snap["latency_count"] += stats.latency_count
         snap["latency_sum"] += stats.latency_sum
     layer_stats = getattr(layer, "stats", None)
-    for name in ("delivered", "dropped", "published", "broadcast_frames", "gaps", "unavailable"):
+    for name in ("delivered", "dropped", "published", "broadcast_frames", "broadcast_writes",
+                 "gaps", "unavailable"):
         snap["layer_" + name] = getattr(layer_stats, name, 0)
     # broadcast() frames are counted by the layer (once per broadcast, off the hot loop).
     snap["messages_out"] += snap["layer_broadcast_frames"]
@@ -177,6 +178,8 @@ class Collector:
             ("layer_published", "Channel-layer publishes"),
             ("layer_delivered", "Channel-layer events delivered to local consumers"),
             ("layer_broadcast_frames", "broadcast() frames written to local members"),
+            ("layer_broadcast_writes", "Writes that carried broadcast() frames to a local member "
+             "(a burst held during one read counts once: frames / writes is the coalescing)"),
             ("layer_dropped", "Channel-layer messages dropped at capacity"),
             ("layer_reconnects", "Channel-layer reconnects"),
             ("layer_gaps", "Groups told they may have missed messages (layer.gap)"),

@@ -39,6 +39,7 @@ from realtime.exceptions import (
     Refuse,
     StopConsumer,
 )
+from realtime.layers.base import HELD, flush_held, hold, release
 from realtime.routing import Ready
 
 if TYPE_CHECKING:
@@ -403,6 +404,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         self.websocket_extensions_in_use = []
         self.inside_message = False
         self.current_frame: Any = None
+        if HELD:  # broadcasts made before this accept are not for this socket
+            flush_held()
         self.state = _OPEN
         self.site.opened(self)
         self._schedule_keepalive()
@@ -450,6 +453,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         and a frame that would be queued while more than ``max_send_buffer`` bytes already
         wait makes the slow-consumer policy act (one large send to an idle client still goes
         out: the check is on what already waits). True when written or queued."""
+        if HELD:  # broadcasts held during this read go first (see realtime.layers.base)
+            flush_held()
         if not self._write_paused and not self._outq:
             cork = self._cork
             if cork is not None:
@@ -491,16 +496,26 @@ class WebSocketConnection(WebSocketServerProtocol):
     def dataReceived(self, data: bytes) -> None:
         """Parse a read with this connection's sends corked: what the handlers send in
         answer to the frames of one read leaves in one write (Bun and Centrifugo do the
-        same), ordered with everything else sent to this socket."""
+        same), ordered with everything else sent to this socket. Broadcasts the handlers
+        make are held for the read too (``realtime.layers.base.hold``): a burst of
+        messages to one group reaches each member in one write."""
         if not self._direct or self._cork is not None:
-            super().dataReceived(data)
+            hold()
+            try:
+                super().dataReceived(data)
+            finally:
+                release()
             return
         self._cork = []
         self._clean = False
+        hold()
         try:
             super().dataReceived(data)
         finally:
-            self._uncork()
+            try:
+                release()  # the held broadcasts first: this socket's own copy joins the cork
+            finally:
+                self._uncork()
 
     def _nothing_buffered(self, transport: Any) -> bool:
         """A plain socket with nothing waiting in Twisted's buffer: a send may go straight
@@ -528,6 +543,8 @@ class WebSocketConnection(WebSocketServerProtocol):
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """Autobahn's own writes (close frames, 1002/1007/1009 included): what the cork
         holds and what waits in our queue go first, so nothing follows a close frame."""
+        if HELD:
+            flush_held()
         self._clean = False
         if self._cork is not None:
             self._uncork(keep_corked=True)
@@ -696,14 +713,34 @@ class WebSocketConnection(WebSocketServerProtocol):
             return True
         if self.in_handshake or self.state != _OPEN or self._slow_closing:
             return False
+        if self._becomes_clean():
+            return self.deliver_frame(frame)
+        return self._write(frame)
+
+    def deliver_frames(self, frames: list[bytes], joined: bytes) -> bool:
+        """Several held broadcast frames (``joined``: them, back to back): one ``send()``
+        when the socket is clean, else each frame on its own through ``deliver_frame`` (the
+        slow-consumer policy counts and drops whole frames)."""
+        if self._clean or (
+            not self.in_handshake and self.state == _OPEN and not self._slow_closing
+            and self._becomes_clean()
+        ):
+            return self.deliver_frame(joined)
+        delivered = False
+        for frame in frames:
+            delivered = self.deliver_frame(frame) or delivered
+        return delivered
+
+    def _becomes_clean(self) -> bool:
+        """Nothing stands between a frame and the socket now: take the fast path."""
         transport: Any = self.transport
         if not self._write_paused and not self._outq and self._cork is None \
                 and self._nothing_buffered(transport) \
                 and not transport.disconnecting and transport.connected:
             self._sock = transport.socket
             self._clean = True
-            return self.deliver_frame(frame)
-        return self._write(frame)
+            return True
+        return False
 
     def _detach(self) -> None:
         if self.channel_name is not None:

@@ -28,6 +28,11 @@ class Probe:
         self.frames.append(frame)
         return True
 
+    def deliver_frames(self, frames: list[bytes], joined: bytes) -> bool:
+        assert b"".join(frames) == joined
+        self.frames.extend(frames)
+        return True
+
 
 @pytest.fixture
 def two_layers(redis_server: RedisServer) -> Any:
@@ -448,3 +453,30 @@ async def test_join_leave_join_churn_keeps_the_subscription(two_layers):
         await until(lambda: second.events == [{"type": "hello"}])  # noqa: B023
         assert first.events == []
     assert one._epochs == {} and one._inflight == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_broadcasts_in_one_subscriber_read_reach_a_member_in_one_write(two_layers):
+    """Three broadcasts made in one reactor turn leave in one write to Redis, which sends
+    the three messages to the other process's subscriber in one write: they are held for
+    that read and reach each member as one write (in order)."""
+    from realtime.websocket import encode_frame
+
+    one, two = await two_layers(), await two_layers()
+    probe = Probe()
+    calls: list[int] = []
+    original = probe.deliver_frames
+
+    def counting(frames: list[bytes], joined: bytes) -> bool:
+        calls.append(len(frames))
+        return original(frames, joined)
+
+    probe.deliver_frames = counting  # type: ignore[method-assign]
+    await two.group_add("burst", two.attach(probe))
+    sent = [one.broadcast("burst", text=f"m{i}") for i in range(3)]
+    for d in sent:
+        await d
+    await until(lambda: len(probe.frames) == 3)
+    assert probe.frames == [encode_frame(0x1, f"m{i}".encode()) for i in range(3)]
+    assert calls == [3]
+    assert (two.stats.broadcast_frames, two.stats.broadcast_writes) == (3, 1)

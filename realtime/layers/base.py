@@ -5,12 +5,19 @@ A *receiver* is the bridge object of one live consumer (a WebSocket or an HTTP c
 writes a prepared WebSocket frame (the ``broadcast`` fast path). Each process keeps its own
 group memberships for its own receivers, so a member that goes away is removed from every
 group at once: no zombie members, no expiry scans.
+
+Broadcasts made while one read is parsed (a WebSocket's frames, a Redis subscriber's
+messages) are *held* and leave when the read is done: consecutive broadcasts to one group
+go to each member as one write (a burst of 5 messages: one ``send()`` per member, not 5).
+Anything else that would write, or change a group, first lets the held ones out, so every
+member still sees every frame in the order it was sent; see ``hold()``.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+import threading
 from collections import deque
 from typing import Any, Protocol
 
@@ -36,6 +43,46 @@ class Receiver(Protocol):
     def deliver(self, event: dict[str, Any]) -> None: ...
 
     def deliver_frame(self, frame: bytes) -> bool: ...
+
+    def deliver_frames(self, frames: list[bytes], joined: bytes) -> bool: ...
+
+
+# -- held broadcasts ------------------------------------------------------------------------------
+
+#: Broadcasts waiting for the end of the read that made them: ``[layer, group, frames]``,
+#: in order; a broadcast to the same group as the last one joins it. Mutated in place, never
+#: rebound, so ``if HELD:`` in the write paths is one global lookup.
+HELD: list[list[Any]] = []
+
+
+class _Hold:
+    depth = 0
+    thread: int | None = None
+
+
+def hold() -> None:
+    """A read starts being parsed (on the reactor thread): hold broadcasts until
+    ``release()``. Nests."""
+    if not _Hold.depth:
+        _Hold.thread = threading.get_ident()
+    _Hold.depth += 1
+
+
+def release() -> None:
+    """The read is done: the outermost release lets the held broadcasts out."""
+    _Hold.depth -= 1
+    if not _Hold.depth and HELD:
+        flush_held()
+
+
+def flush_held() -> None:
+    """Deliver every held broadcast now, in order (what must happen before any other write,
+    group change or close, so nothing overtakes them)."""
+    while HELD:
+        batch = HELD[:]
+        HELD.clear()
+        for layer, group, frames in batch:
+            layer._send_frames(group, frames)
 
 
 def check_name(name: Any, what: str = "channel") -> str:
@@ -98,6 +145,9 @@ class LayerStats:
         self.published = 0
         self.broadcast_frames = 0
         self.broadcast_bytes = 0
+        #: Writes that carried broadcast frames to a member: several frames held during one
+        #: read and sent together count once (frames / writes is the coalescing ratio).
+        self.broadcast_writes = 0
         #: Publishes refused because the backend was unreachable (``LayerUnavailable``).
         self.unavailable = 0
         #: ``layer.gap`` notices sent (one per group per reconnect).
@@ -136,6 +186,8 @@ class BaseChannelLayer:
 
     def detach(self, channel: str) -> None:
         """The consumer is gone: forget the channel and its memberships."""
+        if HELD:
+            flush_held()
         self._receivers.pop(channel, None)
         for group in self._memberships.pop(channel, ()):
             members = self._groups.get(group)
@@ -148,6 +200,8 @@ class BaseChannelLayer:
     # -- local group bookkeeping --------------------------------------------------------------
     def _add_local(self, group: str, channel: str) -> bool:
         """True when ``group`` just got its first local member."""
+        if HELD:  # a member added now must not get what was broadcast before
+            flush_held()
         members = self._groups.get(group)
         first = members is None
         if members is None:
@@ -157,6 +211,8 @@ class BaseChannelLayer:
         return first
 
     def _discard_local(self, group: str, channel: str) -> None:
+        if HELD:  # a member leaving now still gets what was broadcast before
+            flush_held()
         members = self._groups.get(group)
         if members is None or channel not in members:
             return
@@ -205,17 +261,40 @@ class BaseChannelLayer:
                 log.info("group {group}: channel {channel} is over capacity; message dropped",
                          group=group, channel=channel)
 
-    def _broadcast_local(self, group: str, frame: bytes) -> int:
-        sent = 0
+    def _broadcast_local(self, group: str, frame: bytes) -> None:
+        """Write ``frame`` to every open local member of ``group``; during a read (``hold``)
+        it is held, to leave with the read's other broadcasts to the group in one write."""
+        if _Hold.depth and _Hold.thread == threading.get_ident():
+            if group in self._groups:
+                last = HELD[-1] if HELD else None
+                if last is not None and last[0] is self and last[1] == group:
+                    last[2].append(frame)
+                else:
+                    HELD.append([self, group, [frame]])
+            return
+        self._send_frames(group, [frame])
+
+    def _send_frames(self, group: str, frames: list[bytes]) -> None:
+        """The fan-out loop: one write per member of the frames, joined (the receiver writes
+        them one by one when it cannot write at once)."""
         members = self._groups.get(group)
-        if members is not None:
+        if members is None:
+            return
+        sent = 0
+        if len(frames) == 1:
+            frame = frames[0]
             for receiver in members.values():
                 if receiver is not None and receiver.deliver_frame(frame):
                     sent += 1
+        else:
+            frame = b"".join(frames)
+            for receiver in members.values():
+                if receiver is not None and receiver.deliver_frames(frames, frame):
+                    sent += 1
         stats = self.stats
-        stats.broadcast_frames += sent
+        stats.broadcast_frames += sent * len(frames)
         stats.broadcast_bytes += sent * len(frame)
-        return sent
+        stats.broadcast_writes += sent
 
     def _receive_local(self, channel: str) -> Deferred[dict[str, Any]]:
         queue = self._queues.get(channel)

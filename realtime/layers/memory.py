@@ -13,9 +13,11 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 
 from realtime.layers.base import (
+    HELD,
     BaseChannelLayer,
     ChannelFull,
     check_name,
+    flush_held,
     invalid,
     prepared_frame,
 )
@@ -66,6 +68,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
         return succeed(None)
 
     def flush(self) -> Deferred[None]:
+        if HELD:  # what was broadcast before the flush is still delivered
+            flush_held()
         self._groups.clear()
         self._memberships.clear()
         self._queues.clear()

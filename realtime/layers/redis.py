@@ -52,12 +52,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from realtime.layers.base import (
+    HELD,
     BaseChannelLayer,
     ChannelFull,
     LayerUnavailable,
     check_name,
+    flush_held,
+    hold,
     invalid,
     prepared_frame,
+    release,
 )
 
 log = Logger(namespace="realtime.layers.redis")
@@ -285,6 +289,14 @@ def _protocols() -> dict[str, Any]:
 
     class Subscriber(Command):
         """The subscriber connection: messages go to the layer, replies to their commands."""
+
+        def dataReceived(self, data: bytes, unpause: bool = False) -> Any:
+            # Broadcasts that arrive in one read reach each local member in one write.
+            hold()
+            try:
+                return super().dataReceived(data, unpause)
+            finally:
+                release()
 
         def replyReceived(self, reply: Any) -> None:
             if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
@@ -945,6 +957,8 @@ class RedisChannelLayer(BaseChannelLayer):
         if seq and origin == self.process_id:
             waiting = self._echo.pop(seq, None)
             if waiting is not None:
+                if HELD:  # the publisher's Deferred fires once local members have it
+                    flush_held()
                 waiting[1].callback(None)
 
     def _on_control(self, body: list[Any]) -> None:
@@ -1246,6 +1260,8 @@ class RedisChannelLayer(BaseChannelLayer):
     def flush(self) -> Deferred[None]:
         """Forget every local group (unsubscribing) and queue, and delete this prefix's
         named-channel lists in Redis."""
+        if HELD:
+            flush_held()
         for group in list(self._groups):
             del self._groups[group]
             self._group_emptied(group)

@@ -37,8 +37,8 @@ def count_sends(server: Any) -> CountingSocket:
     (conn,) = server.site.connections
     counting = CountingSocket(conn.transport.socket)
     conn.transport.socket = counting
-    conn._clean = False  # the fan-out fast path caches socket.send: take it again
-    conn._sock_send = None
+    conn._clean = False  # the fan-out fast path caches the socket: take it again
+    conn._sock = None
     return counting
 
 

@@ -1,0 +1,183 @@
+"""Held broadcasts (realtime.layers.base.hold): broadcasts made while one read is parsed
+leave together when the read is done, one write per member per group, and nothing
+overtakes them. The layer's side, with receivers that record every call; the bridge's side
+against a real server is tests/e2e/test_held_broadcasts.py."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from realtime.layers import InMemoryChannelLayer
+from realtime.layers.base import HELD, _Hold, hold, release
+from realtime.websocket import encode_frame
+
+
+@pytest.fixture(autouse=True)
+def no_hold_left():
+    """Every test ends with no read held and nothing parked (a leak would hold every
+    later test's broadcasts)."""
+    yield
+    depth, parked = _Hold.depth, list(HELD)
+    _Hold.depth = 0
+    HELD.clear()
+    assert (depth, parked) == (0, [])
+
+
+class Recording:
+    """A receiver: every frame write, as one list per write."""
+
+    def __init__(self, log: list[tuple[str, list[bytes]]] | None = None, name: str = "") -> None:
+        self.writes: list[list[bytes]] = []
+        self.log = log
+        self.name = name
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        raise AssertionError("no events here")
+
+    def deliver_frame(self, frame: bytes) -> bool:
+        return self.deliver_frames([frame], frame)
+
+    def deliver_frames(self, frames: list[bytes], joined: bytes) -> bool:
+        assert b"".join(frames) == joined
+        self.writes.append(list(frames))
+        if self.log is not None:
+            self.log.append((self.name, list(frames)))
+        return True
+
+
+def text(s: str) -> bytes:
+    return encode_frame(0x1, s.encode())
+
+
+def member(layer: InMemoryChannelLayer, *groups: str, **kw: Any) -> tuple[Recording, str]:
+    receiver = Recording(**kw)
+    channel = layer.attach(receiver)
+    for group in groups:
+        layer._add_local(group, channel)
+    return receiver, channel
+
+
+def test_a_burst_to_one_group_is_one_write_per_member_at_release():
+    layer = InMemoryChannelLayer()
+    a, _ = member(layer, "g")
+    b, _ = member(layer, "g")
+    hold()
+    try:
+        for i in range(5):
+            layer.broadcast("g", text=f"m{i}")
+        assert a.writes == [] and b.writes == []  # held until the read is done
+    finally:
+        release()
+    burst = [text(f"m{i}") for i in range(5)]
+    assert a.writes == [burst] and b.writes == [burst]
+    assert (layer.stats.broadcast_frames, layer.stats.broadcast_writes) == (10, 2)
+    assert layer.stats.broadcast_bytes == 2 * len(b"".join(burst))
+    assert HELD == []
+
+
+def test_outside_a_read_a_broadcast_is_written_at_once():
+    layer = InMemoryChannelLayer()
+    a, _ = member(layer, "g")
+    layer.broadcast("g", text="now")
+    assert a.writes == [[text("now")]]
+
+
+def test_groups_interleaved_keep_the_order_each_member_saw_them_in():
+    """g, g, h, g: a member of both gets [g1 g2] [h1] [g3], never g3 before h1."""
+    layer = InMemoryChannelLayer()
+    log: list[tuple[str, list[bytes]]] = []
+    both, _ = member(layer, "g", "h", log=log, name="both")
+    hold()
+    for name in ("g1", "g2"):
+        layer.broadcast("g", text=name)
+    layer.broadcast("h", text="h1")
+    layer.broadcast("g", text="g3")
+    release()
+    assert both.writes == [[text("g1"), text("g2")], [text("h1")], [text("g3")]]
+
+
+def test_a_member_who_joins_after_a_broadcast_does_not_get_it():
+    layer = InMemoryChannelLayer()
+    early, _ = member(layer, "g")
+    late = Recording()
+    late_channel = layer.attach(late)
+    hold()
+    layer.broadcast("g", text="before")
+    assert layer.group_add("g", late_channel).called  # the memory layer: synchronous
+    layer.broadcast("g", text="after")
+    release()
+    assert early.writes == [[text("before")], [text("after")]]
+    assert late.writes == [[text("after")]]
+
+
+def test_a_member_who_leaves_after_a_broadcast_still_gets_it():
+    layer = InMemoryChannelLayer()
+    stays, _ = member(layer, "g")
+    leaves, leaving = member(layer, "g")
+    hold()
+    layer.broadcast("g", text="before")
+    assert layer.group_discard("g", leaving).called
+    layer.broadcast("g", text="after")
+    release()
+    assert leaves.writes == [[text("before")]]
+    assert stays.writes == [[text("before")], [text("after")]]
+
+
+def test_a_consumer_that_goes_away_still_gets_what_was_broadcast_before():
+    layer = InMemoryChannelLayer()
+    gone, channel = member(layer, "g")
+    hold()
+    layer.broadcast("g", text="last")
+    layer.detach(channel)
+    release()
+    assert gone.writes == [[text("last")]]
+
+
+def test_flush_delivers_what_was_broadcast_before_it():
+    layer = InMemoryChannelLayer()
+    a, _ = member(layer, "g")
+    hold()
+    layer.broadcast("g", text="before flush")
+    assert layer.flush().called
+    release()
+    assert a.writes == [[text("before flush")]]
+
+
+def test_holds_nest_and_only_the_outermost_release_writes():
+    layer = InMemoryChannelLayer()
+    a, _ = member(layer, "g")
+    hold()
+    layer.broadcast("g", text="outer")
+    hold()
+    layer.broadcast("g", text="inner")
+    release()
+    assert a.writes == []
+    release()
+    assert a.writes == [[text("outer"), text("inner")]]
+
+
+def test_a_broadcast_from_another_thread_is_not_held():
+    """Only the reactor thread's reads hold; a worker thread's call is not parked in a
+    list another thread empties."""
+    layer = InMemoryChannelLayer()
+    a, _ = member(layer, "g")
+    hold()
+    try:
+        worker = threading.Thread(target=lambda: layer.broadcast("g", text="from a thread"))
+        worker.start()
+        worker.join()
+        assert a.writes == [[text("from a thread")]]
+    finally:
+        release()
+
+
+def test_a_group_with_no_local_members_holds_nothing():
+    layer = InMemoryChannelLayer()
+    hold()
+    layer.broadcast("nobody", text="x")
+    assert HELD == []
+    release()
+    assert layer.stats.broadcast_frames == 0
