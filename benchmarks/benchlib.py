@@ -134,6 +134,10 @@ FULL_SCENARIOS: tuple[Scenario, ...] = (
              "fan-out, 1,000 members x 50 msg/s (50k deliveries/s offered)", 150),
     Scenario("fanout-5000x10", "fanout", {"members": 5000, "rate": 10, "size": 64},
              "fan-out, 5,000 members x 10 msg/s (50k deliveries/s offered)", 180),
+    Scenario("fanout-5000x10-burst5", "fanout",
+             {"members": 5000, "rate": 10, "size": 64, "burst": 5},
+             "fan-out, 5,000 members x 10 msg/s sent in bursts of 5 (one write, twice a "
+             "second)", 180),
     Scenario("idle-5000", "idle", {"conns": 5000, "concurrency": 100},
              "idle, 5,000 connections", 150),
 )
@@ -150,6 +154,9 @@ QUICK_SCENARIOS: tuple[Scenario, ...] = (
              "fan-out, 10 members x 5 msgs (quick)", 30),
     Scenario("fanout-5000x10", "fanout", {"members": 20, "rate": 10, "size": 64, "count": 5},
              "fan-out, 20 members x 5 msgs (quick)", 30),
+    Scenario("fanout-5000x10-burst5", "fanout",
+             {"members": 20, "rate": 10, "size": 64, "count": 10, "burst": 5},
+             "fan-out, 20 members x 10 msgs in bursts of 5 (quick)", 30),
     Scenario("idle-5000", "idle", {"conns": 20, "concurrency": 10},
              "idle, 20 connections (quick)", 30),
 )

@@ -18,6 +18,7 @@ import gc
 import json
 import os
 import resource
+import struct
 import sys
 import time
 from collections import Counter, deque
@@ -486,8 +487,12 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
                      server_pid: int | None = None, scenario: str = "fanout",
                      concurrency: int = 100, time_limit: float = 150.0,
                      server_pids: Sequence[int] = (),
-                     aux_pids: dict[str, int] | None = None) -> dict[str, Any]:
+                     aux_pids: dict[str, int] | None = None,
+                     burst: int = 1) -> dict[str, Any]:
     """One room of ``members``; member 0 also sends ``rate`` messages/s to it.
+
+    ``burst`` > 1: the messages go in bursts of that many, written in one write (so they
+    reach the server in one read), ``rate / burst`` bursts per second.
 
     Every message is stamped with a sequence number and its send time; each member records
     the latency of each message it gets. Messages sent in the measurement window that have
@@ -497,8 +502,11 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
         raise ValueError(f"fan-out messages need at least {_HEAD} bytes")
     st = FanoutState()
     padding = make_text(size - _HEAD, ascii_only=True).encode()
+    if burst < 1:
+        raise ValueError("burst must be at least 1")
     row: dict[str, Any] = {"scenario": scenario, "kind": "fanout", "members": members,
-                           "rate": rate, "size": size, "offered_per_s": members * rate}
+                           "rate": rate, "size": size, "burst": burst,
+                           "offered_per_s": members * rate}
     deadline = time.monotonic() + time_limit - 5
     made, errors = await connect_many(url, members, lambda _i: RoomConn(st),
                                       concurrency=concurrency,
@@ -515,6 +523,19 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
         sender.send(TEXT, b"%010d %019d " % (seq, _now_ns()) + padding)
         return seq
 
+    def send_burst() -> None:
+        """``burst`` messages as masked text frames (mask key 0) in one transport write."""
+        frames = []
+        now = _now_ns()
+        for _ in range(burst):
+            seq = len(st.counts)
+            st.counts.append(0)
+            payload = b"%010d %019d " % (seq, now) + padding
+            n = len(payload)
+            head = bytes((0x81, 0x80 | n)) if n < 126 else struct.pack("!BBH", 0x81, 0xFE, n)
+            frames.append(head + b"\0\0\0\0" + payload)
+        sender.underlying_transport.write(b"".join(frames))
+
     loop = asyncio.get_running_loop()
 
     # Probe: until every member has had a message (the server has them all in the room).
@@ -529,7 +550,7 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
     row["ready_members"] = st.ready
     row["ready_s"] = round(loop.time() - t_probe, 3)
 
-    interval = 1.0 / rate
+    interval = burst / rate
 
     async def paced(seconds: float | None, messages: int | None) -> None:
         start = loop.time()
@@ -542,8 +563,11 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
                 return
             if time.monotonic() > deadline or sender.is_disconnected:
                 return
-            send()
-            sent += 1
+            if burst == 1:
+                send()
+            else:
+                send_burst()
+            sent += burst
             next_t += interval
             delay = next_t - loop.time()
             if delay > 0:
@@ -690,6 +714,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     f.add_argument("--warmup", type=float, default=2.0)
     f.add_argument("--drain", type=float, default=5.0)
     f.add_argument("--probe-timeout", type=float, default=15.0)
+    f.add_argument("--burst", type=int, default=1,
+                   help="messages per burst, written at once (rate/burst bursts per second)")
     i = sub.add_parser("idle", parents=[common])
     i.add_argument("--conns", type=int, default=5000)
     i.add_argument("--concurrency", type=int, default=100)
@@ -710,7 +736,7 @@ async def amain(a: argparse.Namespace) -> dict[str, Any]:
     elif a.kind == "fanout":
         coro = run_fanout(a.url, members=a.members, rate=a.rate, size=a.size, count=a.count,
                           duration=a.duration, warmup=a.warmup, drain=a.drain,
-                          probe_timeout=a.probe_timeout, server_pids=pids,
+                          probe_timeout=a.probe_timeout, server_pids=pids, burst=a.burst,
                           aux_pids=dict((n, int(p)) for n, _, p in
                                         (x.partition(":") for x in a.aux_pid)), **kw)
     else:

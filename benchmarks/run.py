@@ -336,6 +336,8 @@ def client_args(sc: Scenario, port: int, opts: argparse.Namespace) -> list[str]:
         args = ["fanout", "--url", f"ws://127.0.0.1:{port}/room/bench",
                 "--members", str(p["members"]), "--rate", str(p["rate"]),
                 "--size", str(p["size"])]
+        if p.get("burst", 1) > 1:
+            args += ["--burst", str(p["burst"])]
         if "count" in p:
             args += ["--count", str(p["count"]), "--drain", "5"]
         else:
