@@ -181,3 +181,27 @@ def test_a_group_with_no_local_members_holds_nothing():
     assert HELD == []
     release()
     assert layer.stats.broadcast_frames == 0
+
+
+def test_a_member_whose_write_raises_costs_no_other_group_its_frames():
+    """A bug in one receiver's write is logged; the other held broadcasts still go out and
+    the read that made them ends normally."""
+    from tests.clients import captured_log
+
+    class Broken(Recording):
+        def deliver_frames(self, frames: list[bytes], joined: bytes) -> bool:
+            raise RuntimeError("boom")
+
+    layer = InMemoryChannelLayer()
+    broken = Broken()
+    layer._add_local("bad", layer.attach(broken))
+    fine, _ = member(layer, "good")
+    with captured_log() as events:
+        hold()
+        layer.broadcast("bad", text="lost")
+        layer.broadcast("good", text="kept")
+        release()
+    assert fine.writes == [[text("kept")]]
+    failures = [e for e in events if "log_failure" in e]
+    assert len(failures) == 1 and failures[0]["group"] == "bad"
+    assert failures[0]["log_failure"].check(RuntimeError)

@@ -82,7 +82,12 @@ def flush_held() -> None:
         batch = HELD[:]
         HELD.clear()
         for layer, group, frames in batch:
-            layer._send_frames(group, frames)
+            try:
+                layer._send_frames(group, frames)
+            except Exception:
+                # A bug in one member's write must not cost the other groups their frames
+                # (nor the connection whose read ends here).
+                log.failure("broadcast to group {group} failed", group=group)
 
 
 def check_name(name: Any, what: str = "channel") -> str:
