@@ -113,7 +113,7 @@ class AsyncHttpConsumer(AppFactoryMixin):
         """``broadcast()`` frames are WebSocket frames: not for an HTTP response."""
         return False
 
-    def deliver_frames(self, frames: list[bytes], joined: bytes) -> bool:
+    def deliver_joined(self, joined: bytes) -> bool:
         return False
 
     def _ended(self, result: Any) -> None:

@@ -527,6 +527,8 @@ class WebSocketConnection(WebSocketServerProtocol):
     def _uncork(self, keep_corked: bool = False) -> None:
         """Write what the cork gathered (one send, or a gathering one for a large frame);
         ``keep_corked``: go on gathering afterwards (the rest of the read)."""
+        if HELD:  # broadcasts held before (a nested read's) go in the cork, ahead of later sends
+            flush_held()
         cork = self._cork
         self._cork = None
         self._cork_bytes = 0
@@ -717,19 +719,19 @@ class WebSocketConnection(WebSocketServerProtocol):
             return self.deliver_frame(frame)
         return self._write(frame)
 
-    def deliver_frames(self, frames: list[bytes], joined: bytes) -> bool:
-        """Several held broadcast frames (``joined``: them, back to back): one ``send()``
-        when the socket is clean, else each frame on its own through ``deliver_frame`` (the
-        slow-consumer policy counts and drops whole frames)."""
-        if self._clean or (
-            not self.in_handshake and self.state == _OPEN and not self._slow_closing
-            and self._becomes_clean()
-        ):
+    def deliver_joined(self, joined: bytes) -> bool:
+        """Several held broadcast frames, back to back: one ``send()`` if this socket is
+        clean now; False (nothing written) otherwise, and the layer writes them one by one
+        (so the slow-consumer policy sees, counts and drops whole frames)."""
+        if self._clean:
             return self.deliver_frame(joined)
-        delivered = False
-        for frame in frames:
-            delivered = self.deliver_frame(frame) or delivered
-        return delivered
+        if self.in_handshake or self.state != _OPEN or self._slow_closing:
+            return False
+        if self._cork is not None and not self._write_paused and not self._outq:
+            return self._write(joined)  # into the cork: this socket's one write for the read
+        if self._becomes_clean():
+            return self.deliver_frame(joined)
+        return False
 
     def _becomes_clean(self) -> bool:
         """Nothing stands between a frame and the socket now: take the fast path."""

@@ -27,25 +27,30 @@ def no_hold_left():
 
 
 class Recording:
-    """A receiver: every frame write, as one list per write."""
+    """A receiver that records the bytes of every write (a held burst joined into one
+    write is one item); ``joinable=False`` stands for a socket that cannot take a joined
+    write now (paused, TLS, ...)."""
 
-    def __init__(self, log: list[tuple[str, list[bytes]]] | None = None, name: str = "") -> None:
-        self.writes: list[list[bytes]] = []
+    def __init__(self, log: list[tuple[str, bytes]] | None = None, name: str = "",
+                 joinable: bool = True) -> None:
+        self.writes: list[bytes] = []
         self.log = log
         self.name = name
+        self.joinable = joinable
 
     def deliver(self, event: dict[str, Any]) -> None:
         raise AssertionError("no events here")
 
     def deliver_frame(self, frame: bytes) -> bool:
-        return self.deliver_frames([frame], frame)
-
-    def deliver_frames(self, frames: list[bytes], joined: bytes) -> bool:
-        assert b"".join(frames) == joined
-        self.writes.append(list(frames))
+        self.writes.append(frame)
         if self.log is not None:
-            self.log.append((self.name, list(frames)))
+            self.log.append((self.name, frame))
         return True
+
+    def deliver_joined(self, joined: bytes) -> bool:
+        if not self.joinable:
+            return False
+        return self.deliver_frame(joined)
 
 
 def text(s: str) -> bytes:
@@ -71,10 +76,10 @@ def test_a_burst_to_one_group_is_one_write_per_member_at_release():
         assert a.writes == [] and b.writes == []  # held until the read is done
     finally:
         release()
-    burst = [text(f"m{i}") for i in range(5)]
+    burst = b"".join(text(f"m{i}") for i in range(5))
     assert a.writes == [burst] and b.writes == [burst]
     assert (layer.stats.broadcast_frames, layer.stats.broadcast_writes) == (10, 2)
-    assert layer.stats.broadcast_bytes == 2 * len(b"".join(burst))
+    assert layer.stats.broadcast_bytes == 2 * len(burst)
     assert HELD == []
 
 
@@ -82,13 +87,13 @@ def test_outside_a_read_a_broadcast_is_written_at_once():
     layer = InMemoryChannelLayer()
     a, _ = member(layer, "g")
     layer.broadcast("g", text="now")
-    assert a.writes == [[text("now")]]
+    assert a.writes == [text("now")]
 
 
 def test_groups_interleaved_keep_the_order_each_member_saw_them_in():
     """g, g, h, g: a member of both gets [g1 g2] [h1] [g3], never g3 before h1."""
     layer = InMemoryChannelLayer()
-    log: list[tuple[str, list[bytes]]] = []
+    log: list[tuple[str, bytes]] = []
     both, _ = member(layer, "g", "h", log=log, name="both")
     hold()
     for name in ("g1", "g2"):
@@ -96,7 +101,7 @@ def test_groups_interleaved_keep_the_order_each_member_saw_them_in():
     layer.broadcast("h", text="h1")
     layer.broadcast("g", text="g3")
     release()
-    assert both.writes == [[text("g1"), text("g2")], [text("h1")], [text("g3")]]
+    assert both.writes == [text("g1") + text("g2"), text("h1"), text("g3")]
 
 
 def test_a_member_who_joins_after_a_broadcast_does_not_get_it():
@@ -109,8 +114,8 @@ def test_a_member_who_joins_after_a_broadcast_does_not_get_it():
     assert layer.group_add("g", late_channel).called  # the memory layer: synchronous
     layer.broadcast("g", text="after")
     release()
-    assert early.writes == [[text("before")], [text("after")]]
-    assert late.writes == [[text("after")]]
+    assert early.writes == [text("before"), text("after")]
+    assert late.writes == [text("after")]
 
 
 def test_a_member_who_leaves_after_a_broadcast_still_gets_it():
@@ -122,8 +127,8 @@ def test_a_member_who_leaves_after_a_broadcast_still_gets_it():
     assert layer.group_discard("g", leaving).called
     layer.broadcast("g", text="after")
     release()
-    assert leaves.writes == [[text("before")]]
-    assert stays.writes == [[text("before")], [text("after")]]
+    assert leaves.writes == [text("before")]
+    assert stays.writes == [text("before"), text("after")]
 
 
 def test_a_consumer_that_goes_away_still_gets_what_was_broadcast_before():
@@ -133,7 +138,7 @@ def test_a_consumer_that_goes_away_still_gets_what_was_broadcast_before():
     layer.broadcast("g", text="last")
     layer.detach(channel)
     release()
-    assert gone.writes == [[text("last")]]
+    assert gone.writes == [text("last")]
 
 
 def test_flush_delivers_what_was_broadcast_before_it():
@@ -143,7 +148,7 @@ def test_flush_delivers_what_was_broadcast_before_it():
     layer.broadcast("g", text="before flush")
     assert layer.flush().called
     release()
-    assert a.writes == [[text("before flush")]]
+    assert a.writes == [text("before flush")]
 
 
 def test_holds_nest_and_only_the_outermost_release_writes():
@@ -156,7 +161,7 @@ def test_holds_nest_and_only_the_outermost_release_writes():
     release()
     assert a.writes == []
     release()
-    assert a.writes == [[text("outer"), text("inner")]]
+    assert a.writes == [text("outer") + text("inner")]
 
 
 def test_a_broadcast_from_another_thread_is_not_held():
@@ -169,7 +174,7 @@ def test_a_broadcast_from_another_thread_is_not_held():
         worker = threading.Thread(target=lambda: layer.broadcast("g", text="from a thread"))
         worker.start()
         worker.join()
-        assert a.writes == [[text("from a thread")]]
+        assert a.writes == [text("from a thread")]
     finally:
         release()
 
@@ -189,7 +194,7 @@ def test_a_member_whose_write_raises_costs_no_other_group_its_frames():
     from tests.clients import captured_log
 
     class Broken(Recording):
-        def deliver_frames(self, frames: list[bytes], joined: bytes) -> bool:
+        def deliver_frame(self, frame: bytes) -> bool:
             raise RuntimeError("boom")
 
     layer = InMemoryChannelLayer()
@@ -201,7 +206,55 @@ def test_a_member_whose_write_raises_costs_no_other_group_its_frames():
         layer.broadcast("bad", text="lost")
         layer.broadcast("good", text="kept")
         release()
-    assert fine.writes == [[text("kept")]]
+    assert fine.writes == [text("kept")]
     failures = [e for e in events if "log_failure" in e]
     assert len(failures) == 1 and failures[0]["group"] == "bad"
     assert failures[0]["log_failure"].check(RuntimeError)
+
+
+def test_a_member_that_cannot_take_a_joined_write_gets_each_frame_and_exact_counts():
+    layer = InMemoryChannelLayer()
+    joins, _ = member(layer, "g")
+    one_by_one, _ = member(layer, "g", joinable=False)
+    hold()
+    for name in ("a", "bb", "ccc"):
+        layer.broadcast("g", text=name)
+    release()
+    frames = [text("a"), text("bb"), text("ccc")]
+    assert joins.writes == [b"".join(frames)]
+    assert one_by_one.writes == frames
+    stats = layer.stats
+    assert (stats.broadcast_frames, stats.broadcast_writes) == (6, 4)
+    assert stats.broadcast_bytes == 2 * len(b"".join(frames))
+
+
+def test_a_burst_past_the_join_limit_goes_frame_by_frame():
+    """Past JOIN_LIMIT bytes a burst is not joined: the slow-consumer policy must see each
+    frame (a joined 4 MiB write would land whole in Twisted's buffer)."""
+    from realtime.layers.base import JOIN_LIMIT
+
+    layer = InMemoryChannelLayer()
+    a, _ = member(layer, "g")
+    payload = "x" * (JOIN_LIMIT // 2)
+    hold()
+    for _ in range(3):
+        layer.broadcast("g", text=payload)
+    release()
+    assert a.writes == [text(payload)] * 3
+    assert layer.stats.broadcast_writes == 3
+
+
+def test_after_release_runs_once_the_held_broadcasts_are_out():
+    from realtime.layers.base import after_release
+
+    layer = InMemoryChannelLayer()
+    a, _ = member(layer, "g")
+    seen: list[int] = []
+    hold()
+    layer.broadcast("g", text="x")
+    after_release(lambda: seen.append(len(a.writes)))
+    assert seen == []
+    release()
+    assert seen == [1]
+    after_release(lambda: seen.append(-1))  # outside a read: at once
+    assert seen == [1, -1]

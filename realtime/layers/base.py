@@ -19,6 +19,7 @@ import re
 import secrets
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -44,7 +45,7 @@ class Receiver(Protocol):
 
     def deliver_frame(self, frame: bytes) -> bool: ...
 
-    def deliver_frames(self, frames: list[bytes], joined: bytes) -> bool: ...
+    def deliver_joined(self, joined: bytes) -> bool: ...
 
 
 # -- held broadcasts ------------------------------------------------------------------------------
@@ -55,9 +56,16 @@ class Receiver(Protocol):
 HELD: list[list[Any]] = []
 
 
+#: A burst is joined into one write per member up to this size (the cork's limit); past it
+#: each frame goes on its own, so the slow-consumer policy sees every frame.
+JOIN_LIMIT = 65536
+
+
 class _Hold:
     depth = 0
     thread: int | None = None
+    #: Calls waiting for the outermost release (``after_release``).
+    after: list[Callable[[], Any]] = []
 
 
 def hold() -> None:
@@ -69,10 +77,29 @@ def hold() -> None:
 
 
 def release() -> None:
-    """The read is done: the outermost release lets the held broadcasts out."""
+    """The read is done: the outermost release lets the held broadcasts out, then runs what
+    waited for them (``after_release``)."""
     _Hold.depth -= 1
-    if not _Hold.depth and HELD:
-        flush_held()
+    if not _Hold.depth:
+        if HELD:
+            flush_held()
+        while _Hold.after:
+            after = _Hold.after[:]
+            _Hold.after.clear()
+            for call in after:
+                try:
+                    call()
+                except Exception:
+                    log.failure("a call waiting for held broadcasts failed")
+
+
+def after_release(call: Callable[[], Any]) -> None:
+    """Run ``call`` once the broadcasts held so far are written: at the end of the read
+    being parsed, or now outside one (the Redis layer fires a publisher's Deferred so)."""
+    if _Hold.depth and _Hold.thread == threading.get_ident():
+        _Hold.after.append(call)
+    else:
+        call()
 
 
 def flush_held() -> None:
@@ -269,37 +296,56 @@ class BaseChannelLayer:
     def _broadcast_local(self, group: str, frame: bytes) -> None:
         """Write ``frame`` to every open local member of ``group``; during a read (``hold``)
         it is held, to leave with the read's other broadcasts to the group in one write."""
-        if _Hold.depth and _Hold.thread == threading.get_ident():
-            if group in self._groups:
-                last = HELD[-1] if HELD else None
-                if last is not None and last[0] is self and last[1] == group:
-                    last[2].append(frame)
-                else:
-                    HELD.append([self, group, [frame]])
-            return
+        if (_Hold.depth or HELD) and _Hold.thread == threading.get_ident():
+            if _Hold.depth:
+                if group in self._groups:
+                    last = HELD[-1] if HELD else None
+                    if last is not None and last[0] is self and last[1] == group:
+                        last[2].append(frame)
+                    else:
+                        HELD.append([self, group, [frame]])
+                return
+            flush_held()  # left by a failed flush: nothing overtakes it
         self._send_frames(group, [frame])
 
     def _send_frames(self, group: str, frames: list[bytes]) -> None:
-        """The fan-out loop: one write per member of the frames, joined (the receiver writes
-        them one by one when it cannot write at once)."""
+        """The fan-out loop. Several frames (a held burst) go to a member as one write when
+        its socket takes them at once (``deliver_joined``), else one by one, and are counted
+        as written."""
         members = self._groups.get(group)
         if members is None:
             return
-        sent = 0
+        stats = self.stats
         if len(frames) == 1:
             frame = frames[0]
+            sent = 0
             for receiver in members.values():
                 if receiver is not None and receiver.deliver_frame(frame):
                     sent += 1
-        else:
-            frame = b"".join(frames)
-            for receiver in members.values():
-                if receiver is not None and receiver.deliver_frames(frames, frame):
-                    sent += 1
-        stats = self.stats
-        stats.broadcast_frames += sent * len(frames)
-        stats.broadcast_bytes += sent * len(frame)
-        stats.broadcast_writes += sent
+            stats.broadcast_frames += sent
+            stats.broadcast_bytes += sent * len(frame)
+            stats.broadcast_writes += sent
+            return
+        joined = b"".join(frames)
+        size = len(joined) if len(joined) <= JOIN_LIMIT else -1
+        count = len(frames)
+        n_frames = n_bytes = writes = 0
+        for receiver in members.values():
+            if receiver is None:
+                continue
+            if size >= 0 and receiver.deliver_joined(joined):
+                n_frames += count
+                n_bytes += size
+                writes += 1
+                continue
+            for frame in frames:
+                if receiver.deliver_frame(frame):
+                    n_frames += 1
+                    n_bytes += len(frame)
+                    writes += 1
+        stats.broadcast_frames += n_frames
+        stats.broadcast_bytes += n_bytes
+        stats.broadcast_writes += writes
 
     def _receive_local(self, channel: str) -> Deferred[dict[str, Any]]:
         queue = self._queues.get(channel)

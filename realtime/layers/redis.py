@@ -37,6 +37,7 @@ txredisapi imports the global reactor when it is imported, so it is imported in
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import time
@@ -56,6 +57,7 @@ from realtime.layers.base import (
     BaseChannelLayer,
     ChannelFull,
     LayerUnavailable,
+    after_release,
     check_name,
     flush_held,
     hold,
@@ -957,9 +959,9 @@ class RedisChannelLayer(BaseChannelLayer):
         if seq and origin == self.process_id:
             waiting = self._echo.pop(seq, None)
             if waiting is not None:
-                if HELD:  # the publisher's Deferred fires once local members have it
-                    flush_held()
-                waiting[1].callback(None)
+                # The publisher's Deferred fires once local members have the frame: after
+                # this read's held broadcasts are written (so they still go out together).
+                after_release(functools.partial(waiting[1].callback, None))
 
     def _on_control(self, body: list[Any]) -> None:
         kind = body[0]

@@ -5,6 +5,7 @@ the broadcasts made before it. The servers' sockets are wrapped to count send ca
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest_twisted
@@ -12,7 +13,7 @@ import pytest_twisted
 from realtime import ProtocolTypeRouter, URLRouter, WebsocketConsumer, path
 from realtime.examples.bench import application as bench_app
 from realtime.testing import serve
-from tests.clients import RawConnection, client_frame, ws_open
+from tests.clients import RawConnection, client_frame, handshake, later, raw_connect, ws_open
 from tests.e2e.test_cork import CountingSocket
 from tests.test_layers import until
 
@@ -130,3 +131,118 @@ async def test_other_writes_in_the_same_read_keep_their_place(layer):
                 (0x1, b"one"), (0x1, b"said three"), (0x1, b"four")]
     finally:
         await server.stop()
+
+
+# -- held bursts and the slow-consumer policy --------------------------------------------------
+
+class Burst(WebsocketConsumer):
+    """``"N SIZE"``: N broadcasts of SIZE bytes to the group, in one handler (one read)."""
+
+    groups = ["b"]
+
+    def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        assert text_data is not None
+        count, size = map(int, text_data.split())
+        for i in range(count):
+            self.channel_layer.broadcast("b", bytes=bytes([i % 256]) * size)
+
+
+BURST = ProtocolTypeRouter({"websocket": URLRouter([path("b", Burst.as_app())])})
+
+
+async def stalled_and_sender(server: Any) -> tuple[RawConnection, RawConnection, Any]:
+    """A member that stopped reading (small buffers both sides) and one that reads."""
+    stalled = await ws_open(server.port, "/b")
+    stalled.proto.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.proto.transport.pauseProducing()
+    sender = await ws_open(server.port, "/b")
+    await until(lambda: len(server.site.layer.local_members("b")) == 2)
+    port = stalled.proto.transport.getHost().port
+    (conn,) = [c for c in server.site.connections if c.transport.getPeer().port == port]
+    conn.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return stalled, sender, conn
+
+
+def waiting_bytes(conn: Any) -> int:
+    t = conn.transport
+    return t._tempDataLen + len(t.dataBuffer) - t.offset + conn._outq_bytes
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_burst_still_meets_the_slow_consumer_policy(live):
+    """64 frames of 64 KiB broadcast in one read: a member that does not read is closed 4008 with
+    its buffer bounded, as without holding (a burst past JOIN_LIMIT is not joined)."""
+    limit = 256 * 1024
+    server = await live(BURST, max_send_buffer=limit, slow_consumer="close")
+    stalled, sender, conn = await stalled_and_sender(server)
+    count, size = 64, 64 * 1024
+    sender.write(client_frame(0x1, f"{count} {size}".encode()))
+    await sender.wait_frames(count, timeout=20)
+    peak = waiting_bytes(conn)
+    stalled.abort()
+    sender.abort()
+    assert server.site.slow_consumer_closes == 1, f"not closed; {peak} bytes waiting"
+    assert peak <= limit + 65536 + size + 16
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_frame_of_a_burst_is_counted_written_or_dropped(live):
+    """With ``drop``, a member that cannot take a joined write gets the burst frame by
+    frame: each frame is counted once, as written or as dropped."""
+    server = await live(BURST, max_send_buffer=256 * 1024, slow_consumer="drop")
+    stalled, sender, conn = await stalled_and_sender(server)
+    site, stats = server.site, server.site.layer.stats
+    for _ in range(60):  # fill the stalled member's buffers, one broadcast per read
+        sender.write(client_frame(0x1, b"1 65536"))
+        await later(0.01)
+        if conn._outq_bytes:
+            break
+    assert conn._write_paused and 0 < conn._outq_bytes <= 256 * 1024
+    frames0, dropped0 = stats.broadcast_frames, site.dropped_messages
+    count = 20
+    sender.write(client_frame(0x1, f"{count} 20000".encode()))
+    await until(lambda: stats.broadcast_frames > frames0, timeout=10)
+    written, dropped = stats.broadcast_frames - frames0, site.dropped_messages - dropped0
+    stalled.abort()
+    sender.abort()
+    assert written + dropped == 2 * count and dropped > 0
+
+
+# -- a read inside another read's hold -----------------------------------------------------------
+
+WAITING: list[Any] = []
+
+
+class Wait(WebsocketConsumer):
+    """Accepted later, by /go; each message: a send, then a broadcast to its group."""
+
+    groups = ["w"]
+
+    def connect(self) -> None:
+        WAITING.append(self)
+
+    def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        self.send(text_data="a")
+        self.channel_layer.broadcast("w", text="X")
+
+
+class Go(WebsocketConsumer):
+    def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        WAITING.pop().accept()
+
+
+NESTED = ProtocolTypeRouter({"websocket": URLRouter([path("wait", Wait.as_app()),
+                                                     path("go", Go.as_app())])})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_parsed_inside_another_reads_hold_keeps_its_order(live):
+    """/wait's frame, pipelined behind its handshake, is parsed when /go's handler accepts
+    it: inside /go's read. Its send and its broadcast still reach it in order."""
+    server = await live(NESTED)
+    waiter = await raw_connect(server.port)
+    waiter.write(handshake("/wait") + client_frame(0x1, b"hi"))
+    await until(lambda: bool(WAITING))
+    go = await ws_open(server.port, "/go")
+    go.send_text("go")
+    assert await waiter.wait_frames(2) == [(0x1, b"a"), (0x1, b"X")]
