@@ -404,8 +404,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         self.websocket_extensions_in_use = []
         self.inside_message = False
         self.current_frame: Any = None
-        if HELD:  # broadcasts made before this accept are not for this socket
-            flush_held()
+        flush_held()  # broadcasts made before this accept are not for this socket
         self.state = _OPEN
         self.site.opened(self)
         self._schedule_keepalive()
@@ -499,15 +498,10 @@ class WebSocketConnection(WebSocketServerProtocol):
         same), ordered with everything else sent to this socket. Broadcasts the handlers
         make are held for the read too (``realtime.layers.base.hold``): a burst of
         messages to one group reaches each member in one write."""
-        if not self._direct or self._cork is not None:
-            hold()
-            try:
-                super().dataReceived(data)
-            finally:
-                release()
-            return
-        self._cork = []
-        self._clean = False
+        corked = self._direct and self._cork is None
+        if corked:
+            self._cork = []
+            self._clean = False
         hold()
         try:
             super().dataReceived(data)
@@ -515,7 +509,8 @@ class WebSocketConnection(WebSocketServerProtocol):
             try:
                 release()  # the held broadcasts first: this socket's own copy joins the cork
             finally:
-                self._uncork()
+                if corked:
+                    self._uncork()
 
     def _nothing_buffered(self, transport: Any) -> bool:
         """A plain socket with nothing waiting in Twisted's buffer: a send may go straight
@@ -545,8 +540,7 @@ class WebSocketConnection(WebSocketServerProtocol):
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """Autobahn's own writes (close frames, 1002/1007/1009 included): what the cork
         holds and what waits in our queue go first, so nothing follows a close frame."""
-        if HELD:
-            flush_held()
+        flush_held()
         self._clean = False
         if self._cork is not None:
             self._uncork(keep_corked=True)

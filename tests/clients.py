@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -121,6 +122,12 @@ class RawConnection:
     def frames(self) -> list[tuple[int, bytes]]:
         """The complete server frames read so far (after the 101 response)."""
         return parse_frames(after_headers(self.data))
+
+    def stop_reading(self) -> None:
+        """A client that stops reading, with a small receive buffer: what the server writes
+        to it backs up soon (the slow-consumer policy's case)."""
+        self.proto.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.proto.transport.pauseProducing()
 
     def send_frame(self, opcode: int, payload: bytes = b"", **kwargs: Any) -> None:
         self.write(client_frame(opcode, payload, **kwargs))

@@ -81,16 +81,13 @@ def release() -> None:
     waited for them (``after_release``)."""
     _Hold.depth -= 1
     if not _Hold.depth:
-        if HELD:
-            flush_held()
-        while _Hold.after:
-            after = _Hold.after[:]
-            _Hold.after.clear()
-            for call in after:
-                try:
-                    call()
-                except Exception:
-                    log.failure("a call waiting for held broadcasts failed")
+        flush_held()
+        after, _Hold.after = _Hold.after, []
+        for call in after:
+            try:
+                call()
+            except Exception:
+                log.failure("a call waiting for held broadcasts failed")
 
 
 def after_release(call: Callable[[], Any]) -> None:
@@ -104,7 +101,7 @@ def after_release(call: Callable[[], Any]) -> None:
 
 def flush_held() -> None:
     """Deliver every held broadcast now, in order (what must happen before any other write,
-    group change or close, so nothing overtakes them)."""
+    group change or close, so nothing overtakes them). Nothing held: nothing done."""
     while HELD:
         batch = HELD[:]
         HELD.clear()
@@ -218,8 +215,7 @@ class BaseChannelLayer:
 
     def detach(self, channel: str) -> None:
         """The consumer is gone: forget the channel and its memberships."""
-        if HELD:
-            flush_held()
+        flush_held()
         self._receivers.pop(channel, None)
         for group in self._memberships.pop(channel, ()):
             members = self._groups.get(group)
@@ -232,8 +228,7 @@ class BaseChannelLayer:
     # -- local group bookkeeping --------------------------------------------------------------
     def _add_local(self, group: str, channel: str) -> bool:
         """True when ``group`` just got its first local member."""
-        if HELD:  # a member added now must not get what was broadcast before
-            flush_held()
+        flush_held()  # a member added now must not get what was broadcast before
         members = self._groups.get(group)
         first = members is None
         if members is None:
@@ -243,8 +238,7 @@ class BaseChannelLayer:
         return first
 
     def _discard_local(self, group: str, channel: str) -> None:
-        if HELD:  # a member leaving now still gets what was broadcast before
-            flush_held()
+        flush_held()  # a member leaving now still gets what was broadcast before
         members = self._groups.get(group)
         if members is None or channel not in members:
             return
@@ -296,16 +290,14 @@ class BaseChannelLayer:
     def _broadcast_local(self, group: str, frame: bytes) -> None:
         """Write ``frame`` to every open local member of ``group``; during a read (``hold``)
         it is held, to leave with the read's other broadcasts to the group in one write."""
-        if (_Hold.depth or HELD) and _Hold.thread == threading.get_ident():
-            if _Hold.depth:
-                if group in self._groups:
-                    last = HELD[-1] if HELD else None
-                    if last is not None and last[0] is self and last[1] == group:
-                        last[2].append(frame)
-                    else:
-                        HELD.append([self, group, [frame]])
-                return
-            flush_held()  # left by a failed flush: nothing overtakes it
+        if _Hold.depth and _Hold.thread == threading.get_ident():
+            if group in self._groups:
+                last = HELD[-1] if HELD else None
+                if last is not None and last[0] is self and last[1] == group:
+                    last[2].append(frame)
+                else:
+                    HELD.append([self, group, [frame]])
+            return
         self._send_frames(group, [frame])
 
     def _send_frames(self, group: str, frames: list[bytes]) -> None:

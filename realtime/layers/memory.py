@@ -13,7 +13,6 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 
 from realtime.layers.base import (
-    HELD,
     BaseChannelLayer,
     ChannelFull,
     check_name,
@@ -68,8 +67,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         return succeed(None)
 
     def flush(self) -> Deferred[None]:
-        if HELD:  # what was broadcast before the flush is still delivered
-            flush_held()
+        flush_held()  # what was broadcast before the flush is still delivered
         self._groups.clear()
         self._memberships.clear()
         self._queues.clear()

@@ -53,7 +53,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from realtime.layers.base import (
-    HELD,
     BaseChannelLayer,
     ChannelFull,
     LayerUnavailable,
@@ -1262,8 +1261,7 @@ class RedisChannelLayer(BaseChannelLayer):
     def flush(self) -> Deferred[None]:
         """Forget every local group (unsubscribing) and queue, and delete this prefix's
         named-channel lists in Redis."""
-        if HELD:
-            flush_held()
+        flush_held()
         for group in list(self._groups):
             del self._groups[group]
             self._group_emptied(group)

@@ -33,12 +33,21 @@ class CountingSocket:
         return getattr(self._sock, name)
 
 
+def count_all_sends(server: Any) -> dict[Any, CountingSocket]:
+    """Wrap every open connection's socket (by connection)."""
+    counted = {}
+    for conn in server.site.connections:
+        counting = CountingSocket(conn.transport.socket)
+        conn.transport.socket = counting
+        conn._clean = False  # the fan-out fast path caches the socket: take it again
+        conn._sock = None
+        counted[conn] = counting
+    return counted
+
+
 def count_sends(server: Any) -> CountingSocket:
-    (conn,) = server.site.connections
-    counting = CountingSocket(conn.transport.socket)
-    conn.transport.socket = counting
-    conn._clean = False  # the fan-out fast path caches the socket: take it again
-    conn._sock = None
+    """The one open connection's socket, wrapped."""
+    (counting,) = count_all_sends(server).values()
     return counting
 
 

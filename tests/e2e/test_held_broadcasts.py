@@ -14,7 +14,7 @@ from realtime import ProtocolTypeRouter, URLRouter, WebsocketConsumer, path
 from realtime.examples.bench import application as bench_app
 from realtime.testing import serve
 from tests.clients import RawConnection, client_frame, handshake, later, raw_connect, ws_open
-from tests.e2e.test_cork import CountingSocket
+from tests.e2e.test_cork import count_all_sends
 from tests.test_layers import until
 
 
@@ -28,18 +28,6 @@ def exported(server: Any) -> dict[str, float]:
     return {sample.name: sample.value
             for family in text_string_to_metric_families(body.decode())
             for sample in family.samples}
-
-
-def count_all_sends(server: Any) -> dict[Any, CountingSocket]:
-    """Wrap every open connection's socket; the fan-out fast path takes the wrapper."""
-    counted = {}
-    for conn in server.site.connections:
-        counting = CountingSocket(conn.transport.socket)
-        conn.transport.socket = counting
-        conn._clean = False
-        conn._sock = None
-        counted[conn] = counting
-    return counted
 
 
 async def members(server: Any, route: str, group: str, n: int) -> list[RawConnection]:
@@ -153,8 +141,7 @@ BURST = ProtocolTypeRouter({"websocket": URLRouter([path("b", Burst.as_app())])}
 async def stalled_and_sender(server: Any) -> tuple[RawConnection, RawConnection, Any]:
     """A member that stopped reading (small buffers both sides) and one that reads."""
     stalled = await ws_open(server.port, "/b")
-    stalled.proto.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled.proto.transport.pauseProducing()
+    stalled.stop_reading()
     sender = await ws_open(server.port, "/b")
     await until(lambda: len(server.site.layer.local_members("b")) == 2)
     port = stalled.proto.transport.getHost().port
