@@ -138,6 +138,10 @@ FULL_SCENARIOS: tuple[Scenario, ...] = (
              {"members": 5000, "rate": 10, "size": 64, "burst": 5},
              "fan-out, 5,000 members x 10 msg/s sent in bursts of 5 (one write, twice a "
              "second)", 180),
+    Scenario("fanout-5000x10-pub5", "fanout",
+             {"members": 5000, "rate": 10, "size": 64, "publishers": 5},
+             "fan-out, 5,000 members x 10 msg/s from 5 members at once (5 sockets, twice a "
+             "second)", 180),
     Scenario("idle-5000", "idle", {"conns": 5000, "concurrency": 100},
              "idle, 5,000 connections", 150),
 )
@@ -157,6 +161,9 @@ QUICK_SCENARIOS: tuple[Scenario, ...] = (
     Scenario("fanout-5000x10-burst5", "fanout",
              {"members": 20, "rate": 10, "size": 64, "count": 10, "burst": 5},
              "fan-out, 20 members x 10 msgs in bursts of 5 (quick)", 30),
+    Scenario("fanout-5000x10-pub5", "fanout",
+             {"members": 20, "rate": 10, "size": 64, "count": 10, "publishers": 5},
+             "fan-out, 20 members x 10 msgs from 5 members at once (quick)", 30),
     Scenario("idle-5000", "idle", {"conns": 20, "concurrency": 10},
              "idle, 20 connections (quick)", 30),
 )

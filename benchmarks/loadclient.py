@@ -488,11 +488,15 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
                      concurrency: int = 100, time_limit: float = 150.0,
                      server_pids: Sequence[int] = (),
                      aux_pids: dict[str, int] | None = None,
-                     burst: int = 1) -> dict[str, Any]:
+                     burst: int = 1, publishers: int = 1) -> dict[str, Any]:
     """One room of ``members``; member 0 also sends ``rate`` messages/s to it.
 
     ``burst`` > 1: the messages go in bursts of that many, written in one write (so they
     reach the server in one read), ``rate / burst`` bursts per second.
+
+    ``publishers`` > 1: members 0 to ``publishers - 1`` each send one message at every tick,
+    back to back, each on its own socket (several people in one room speaking at once:
+    reads on different connections), ``rate / publishers`` ticks per second.
 
     Every message is stamped with a sequence number and its send time; each member records
     the latency of each message it gets. Messages sent in the measurement window that have
@@ -502,10 +506,13 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
         raise ValueError(f"fan-out messages need at least {_HEAD} bytes")
     st = FanoutState()
     padding = make_text(size - _HEAD, ascii_only=True).encode()
-    if burst < 1:
-        raise ValueError("burst must be at least 1")
+    if burst < 1 or publishers < 1:
+        raise ValueError("burst and publishers must be at least 1")
+    if burst > 1 and publishers > 1:
+        raise ValueError("burst and publishers do not combine")
     row: dict[str, Any] = {"scenario": scenario, "kind": "fanout", "members": members,
                            "rate": rate, "size": size, "burst": burst,
+                           "publishers": publishers,
                            "offered_per_s": members * rate}
     deadline = time.monotonic() + time_limit - 5
     made, errors = await connect_many(url, members, lambda _i: RoomConn(st),
@@ -516,11 +523,14 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
         return _failed(row, errors or Counter({"no connection": 1}))
     sender = made[0][0]
     n = len(made)
+    if publishers > n:
+        return _failed(row, Counter({f"only {n} members for {publishers} publishers": 1}))
+    voices = [tr for tr, _ in made[:publishers]]
 
-    def send() -> int:
+    def send(via: Any = sender) -> int:
         seq = len(st.counts)
         st.counts.append(0)
-        sender.send(TEXT, b"%010d %019d " % (seq, _now_ns()) + padding)
+        via.send(TEXT, b"%010d %019d " % (seq, _now_ns()) + padding)
         return seq
 
     def send_burst() -> None:
@@ -550,7 +560,7 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
     row["ready_members"] = st.ready
     row["ready_s"] = round(loop.time() - t_probe, 3)
 
-    interval = burst / rate
+    interval = max(burst, publishers) / rate
 
     async def paced(seconds: float | None, messages: int | None) -> None:
         start = loop.time()
@@ -561,13 +571,16 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
                 return
             if seconds is not None and loop.time() - start >= seconds:
                 return
-            if time.monotonic() > deadline or sender.is_disconnected:
+            if time.monotonic() > deadline or any(tr.is_disconnected for tr in voices):
                 return
-            if burst == 1:
-                send()
-            else:
+            if burst > 1:
                 send_burst()
-            sent += burst
+            elif publishers > 1:
+                for via in voices:
+                    send(via)
+            else:
+                send()
+            sent += max(burst, publishers)
             next_t += interval
             delay = next_t - loop.time()
             if delay > 0:
@@ -716,6 +729,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     f.add_argument("--probe-timeout", type=float, default=15.0)
     f.add_argument("--burst", type=int, default=1,
                    help="messages per burst, written at once (rate/burst bursts per second)")
+    f.add_argument("--publishers", type=int, default=1,
+                   help="members that each send one message per tick, on their own sockets "
+                        "(rate/publishers ticks per second)")
     i = sub.add_parser("idle", parents=[common])
     i.add_argument("--conns", type=int, default=5000)
     i.add_argument("--concurrency", type=int, default=100)
@@ -737,6 +753,7 @@ async def amain(a: argparse.Namespace) -> dict[str, Any]:
         coro = run_fanout(a.url, members=a.members, rate=a.rate, size=a.size, count=a.count,
                           duration=a.duration, warmup=a.warmup, drain=a.drain,
                           probe_timeout=a.probe_timeout, server_pids=pids, burst=a.burst,
+                          publishers=a.publishers,
                           aux_pids=dict((n, int(p)) for n, _, p in
                                         (x.partition(":") for x in a.aux_pid)), **kw)
     else:

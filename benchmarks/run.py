@@ -338,6 +338,8 @@ def client_args(sc: Scenario, port: int, opts: argparse.Namespace) -> list[str]:
                 "--size", str(p["size"])]
         if p.get("burst", 1) > 1:
             args += ["--burst", str(p["burst"])]
+        if p.get("publishers", 1) > 1:
+            args += ["--publishers", str(p["publishers"])]
         if "count" in p:
             args += ["--count", str(p["count"]), "--drain", "5"]
         else:

@@ -454,6 +454,11 @@ class WebSocketConnection(WebSocketServerProtocol):
         out: the check is on what already waits). True when written or queued."""
         if HELD:  # broadcasts held during this read go first (see realtime.layers.base)
             flush_held()
+        return self._put(data, more)
+
+    def _put(self, data: bytes, more: bytes | None = None) -> bool:
+        """``_write`` once nothing held may go ahead: into the cork, the socket, Twisted's
+        buffer or our queue."""
         if not self._write_paused and not self._outq:
             cork = self._cork
             if cork is not None:
@@ -496,18 +501,21 @@ class WebSocketConnection(WebSocketServerProtocol):
         """Parse a read with this connection's sends corked: what the handlers send in
         answer to the frames of one read leaves in one write (Bun and Centrifugo do the
         same), ordered with everything else sent to this socket. Broadcasts the handlers
-        make are held for the read too (``realtime.layers.base.hold``): a burst of
-        messages to one group reaches each member in one write."""
+        make are held for the read too, and for the rest of the reactor turn
+        (``realtime.layers.base.hold``): a burst of messages to one group, or messages
+        from several publishers read in one turn, reach each member in one write."""
         corked = self._direct and self._cork is None
         if corked:
             self._cork = []
             self._clean = False
-        hold()
+        hold(self.reactor)
         try:
             super().dataReceived(data)
         finally:
             try:
-                release()  # the held broadcasts first: this socket's own copy joins the cork
+                # The held broadcasts first (unless they wait for the reactor turn's end):
+                # this socket's own copy joins the cork.
+                release()
             finally:
                 if corked:
                     self._uncork()
@@ -522,18 +530,18 @@ class WebSocketConnection(WebSocketServerProtocol):
     def _uncork(self, keep_corked: bool = False) -> None:
         """Write what the cork gathered (one send, or a gathering one for a large frame);
         ``keep_corked``: go on gathering afterwards (the rest of the read)."""
-        if HELD:  # broadcasts held before (a nested read's) go in the cork, ahead of later sends
-            flush_held()
         cork = self._cork
         self._cork = None
         self._cork_bytes = 0
         if cork:
+            # Not ``_write``: what is held now was broadcast after all the cork holds (every
+            # write lets held broadcasts out first), so it stays held, behind the cork.
             if len(cork) == 1:
-                self._write(cork[0])
+                self._put(cork[0])
             elif len(cork) == 2 and len(cork[1]) >= 16384:
-                self._write(cork[0], cork[1])
+                self._put(cork[0], cork[1])
             else:
-                self._write(b"".join(cork))
+                self._put(b"".join(cork))
         if keep_corked:
             self._cork = []
 

@@ -9,9 +9,10 @@ import threading
 from typing import Any
 
 import pytest
+from twisted.internet.task import Clock
 
 from realtime.layers import InMemoryChannelLayer
-from realtime.layers.base import HELD, _Hold, hold, release
+from realtime.layers.base import HELD, _Hold, after_release, flush_held, hold, release
 from realtime.websocket import encode_frame
 
 
@@ -20,10 +21,12 @@ def no_hold_left():
     """Every test ends with no read held and nothing parked (a leak would hold every
     later test's broadcasts)."""
     yield
-    depth, parked = _Hold.depth, list(HELD)
+    depth, parked, turn = _Hold.depth, list(HELD), _Hold.turn
     _Hold.depth = 0
+    _Hold.turn = None
+    _Hold.after = []
     HELD.clear()
-    assert (depth, parked) == (0, [])
+    assert (depth, parked, turn) == (0, [], None)
 
 
 class Recording:
@@ -245,8 +248,6 @@ def test_a_burst_past_the_join_limit_goes_frame_by_frame():
 
 
 def test_after_release_runs_once_the_held_broadcasts_are_out():
-    from realtime.layers.base import after_release
-
     layer = InMemoryChannelLayer()
     a, _ = member(layer, "g")
     seen: list[int] = []
@@ -258,3 +259,108 @@ def test_after_release_runs_once_the_held_broadcasts_are_out():
     assert seen == [1]
     after_release(lambda: seen.append(-1))  # outside a read: at once
     assert seen == [1, -1]
+
+
+# -- one write per member per reactor turn ------------------------------------------------------
+
+class Turns(Clock):
+    """A reactor whose loop is running (``release`` waits for the turn's end only then);
+    ``end_turn()`` is the end of the turn: the ``callLater(0)`` calls run."""
+
+    running = True
+
+    def end_turn(self) -> None:
+        self.advance(0)
+
+
+def read(reactor: Any, *calls: Any) -> None:
+    """One read of one connection: its handlers' calls, inside hold/release."""
+    hold(reactor)
+    try:
+        for call in calls:
+            call()
+    finally:
+        release()
+
+
+def test_reads_of_one_turn_reach_each_member_in_one_write_when_the_turn_ends():
+    """Two publishers' reads in one reactor turn: their broadcasts to a group are joined."""
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    a, _ = member(layer, "g")
+    b, _ = member(layer, "g")
+    read(reactor, lambda: layer.broadcast("g", text="from 1"))
+    read(reactor, lambda: layer.broadcast("g", text="from 2"))
+    assert a.writes == [] and b.writes == [] and len(reactor.getDelayedCalls()) == 1
+    reactor.end_turn()
+    both = text("from 1") + text("from 2")
+    assert a.writes == [both] and b.writes == [both]
+    assert layer.stats.broadcast_writes == 2 and layer.stats.broadcast_frames == 4
+    assert _Hold.turn is None and not reactor.getDelayedCalls()
+
+
+def test_a_reactor_that_is_not_running_lets_them_out_at_the_end_of_the_read():
+    """A test's Clock (the in-memory communicator, unit tests): written at release, no
+    timer to advance."""
+    reactor, layer = Clock(), InMemoryChannelLayer()
+    a, _ = member(layer, "g")
+    read(reactor, lambda: layer.broadcast("g", text="x"))
+    assert a.writes == [text("x")] and not reactor.getDelayedCalls()
+
+
+def test_a_read_that_broadcasts_nothing_sets_no_timer():
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    member(layer, "g")
+    read(reactor, lambda: layer.broadcast("nobody", text="x"))
+    assert not reactor.getDelayedCalls() and _Hold.turn is None
+
+
+def test_a_broadcast_outside_a_read_waits_behind_the_turns_held_ones():
+    """A timer's broadcast, run before the turn's end: behind what the turn's reads held,
+    never ahead of it."""
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    log: list[tuple[str, bytes]] = []
+    a, _ = member(layer, "g", log=log, name="a")
+    read(reactor, lambda: layer.broadcast("g", text="read"))
+    layer.broadcast("g", text="timer")
+    assert log == []
+    reactor.end_turn()
+    assert a.writes == [text("read") + text("timer")]
+
+
+def test_a_write_in_the_turn_lets_out_what_was_held_before_it_and_later_ones_wait():
+    """``flush_held`` (every write of a connection, a group change) mid-turn: the held
+    frames go first; the turn's later broadcasts still wait for its end."""
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    a, _ = member(layer, "g")
+    read(reactor, lambda: layer.broadcast("g", text="1"))
+    read(reactor, flush_held, lambda: layer.broadcast("g", text="2"))
+    assert a.writes == [text("1")]
+    read(reactor, lambda: layer.broadcast("g", text="3"))
+    reactor.end_turn()
+    assert a.writes == [text("1"), text("2") + text("3")]
+
+
+def test_group_changes_in_the_turn_keep_who_gets_what():
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    a, ca = member(layer, "g")
+    b, cb = member(layer)
+    read(reactor, lambda: layer.broadcast("g", text="before"))
+    read(reactor, lambda: layer.group_add("g", cb), lambda: layer.group_discard("g", ca),
+         lambda: layer.broadcast("g", text="after"))
+    reactor.end_turn()
+    assert a.writes == [text("before")]
+    assert b.writes == [text("after")]
+
+
+def test_after_release_waits_for_the_end_of_the_turn():
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    a, _ = member(layer, "g")
+    seen: list[int] = []
+    read(reactor, lambda: layer.broadcast("g", text="x"),
+         lambda: after_release(lambda: seen.append(len(a.writes))))
+    after_release(lambda: seen.append(-len(a.writes)))  # outside the read, still in the turn
+    assert seen == []
+    reactor.end_turn()
+    assert seen == [1, -1]
+    after_release(lambda: seen.append(7))  # the turn is over: at once
+    assert seen == [1, -1, 7]

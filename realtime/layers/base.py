@@ -7,10 +7,11 @@ group memberships for its own receivers, so a member that goes away is removed f
 group at once: no zombie members, no expiry scans.
 
 Broadcasts made while one read is parsed (a WebSocket's frames, a Redis subscriber's
-messages) are *held* and leave when the read is done: consecutive broadcasts to one group
-go to each member as one write (a burst of 5 messages: one ``send()`` per member, not 5).
-Anything else that would write, or change a group, first lets the held ones out, so every
-member still sees every frame in the order it was sent; see ``hold()``.
+messages) are *held* and leave when the reactor turn is done (the end of the read, off a
+running reactor): consecutive broadcasts to one group go to each member as one write (a
+burst of 5 messages, or 5 publishers' messages read in one turn: one ``send()`` per member,
+not 5). Anything else that would write, or change a group, first lets the held ones out, so
+every member still sees every frame in the order it was sent; see ``hold()``.
 """
 
 from __future__ import annotations
@@ -64,39 +65,73 @@ JOIN_LIMIT = 65536
 class _Hold:
     depth = 0
     thread: int | None = None
-    #: Calls waiting for the outermost release (``after_release``).
+    #: Calls waiting for the held broadcasts to be written (``after_release``).
     after: list[Callable[[], Any]] = []
+    #: The reactor of the outermost read being parsed (``hold(reactor)``).
+    reactor: Any = None
+    #: The pending end-of-turn call, while broadcasts wait for the reactor turn to end.
+    turn: Any = None
 
 
-def hold() -> None:
+def hold(reactor: Any = None) -> None:
     """A read starts being parsed (on the reactor thread): hold broadcasts until
-    ``release()``. Nests."""
+    ``release()``. Nests. With a running ``reactor``, what is held at the outermost
+    release waits for the end of the reactor turn (see ``release``)."""
     if not _Hold.depth:
-        _Hold.thread = threading.get_ident()
+        if _Hold.turn is None:
+            _Hold.thread = threading.get_ident()
+        _Hold.reactor = reactor
     _Hold.depth += 1
 
 
 def release() -> None:
-    """The read is done: the outermost release lets the held broadcasts out, then runs what
-    waited for them (``after_release``)."""
+    """The read is done. The outermost release lets the held broadcasts out, then runs what
+    waited for them (``after_release``); or, when the read came from a running reactor,
+    leaves them for the end of the reactor turn: the other reads of the same turn (other
+    publishers' messages to the same group) join them, one write per member for all."""
     _Hold.depth -= 1
+    if _Hold.depth or _Hold.turn is not None:
+        return
+    reactor = _Hold.reactor
+    if HELD and getattr(reactor, "running", False):
+        # callLater(0) runs after every read the reactor's poll returned with (Twisted's
+        # mainLoop: runUntilCurrent, doIteration, runUntilCurrent), before it polls again.
+        _Hold.turn = reactor.callLater(0, _end_turn)
+        return
+    _let_out()
+
+
+def _end_turn() -> None:
+    _Hold.turn = None
     if not _Hold.depth:
-        flush_held()
-        after, _Hold.after = _Hold.after, []
-        for call in after:
-            try:
-                call()
-            except Exception:
-                log.failure("a call waiting for held broadcasts failed")
+        _let_out()
+
+
+def _let_out() -> None:
+    flush_held()
+    after, _Hold.after = _Hold.after, []
+    for call in after:
+        try:
+            call()
+        except Exception:
+            log.failure("a call waiting for held broadcasts failed")
 
 
 def after_release(call: Callable[[], Any]) -> None:
-    """Run ``call`` once the broadcasts held so far are written: at the end of the read
-    being parsed, or now outside one (the Redis layer fires a publisher's Deferred so)."""
-    if _Hold.depth and _Hold.thread == threading.get_ident():
+    """Run ``call`` once the broadcasts held so far are written: when the read being parsed
+    (or the reactor turn) ends, or now outside one (the Redis layer fires a publisher's
+    Deferred so)."""
+    if _holding():
         _Hold.after.append(call)
     else:
         call()
+
+
+def _holding() -> bool:
+    """Broadcasts from this thread are held now (inside a read, or until the turn ends)."""
+    return bool(_Hold.depth or _Hold.turn is not None) and (
+        _Hold.thread == threading.get_ident()
+    )
 
 
 def flush_held() -> None:
@@ -290,7 +325,7 @@ class BaseChannelLayer:
     def _broadcast_local(self, group: str, frame: bytes) -> None:
         """Write ``frame`` to every open local member of ``group``; during a read (``hold``)
         it is held, to leave with the read's other broadcasts to the group in one write."""
-        if _Hold.depth and _Hold.thread == threading.get_ident():
+        if (_Hold.depth or _Hold.turn is not None) and _Hold.thread == threading.get_ident():
             if group in self._groups:
                 last = HELD[-1] if HELD else None
                 if last is not None and last[0] is self and last[1] == group:

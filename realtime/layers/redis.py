@@ -292,8 +292,10 @@ def _protocols() -> dict[str, Any]:
         """The subscriber connection: messages go to the layer, replies to their commands."""
 
         def dataReceived(self, data: bytes, unpause: bool = False) -> Any:
-            # Broadcasts that arrive in one read reach each local member in one write.
-            hold()
+            # Broadcasts that arrive in one read (one reactor turn) reach each local member
+            # in one write.
+            link = self.link
+            hold(link.layer.reactor if link is not None else None)
             try:
                 return super().dataReceived(data, unpause)
             finally:

@@ -65,6 +65,32 @@ async def test_a_burst_in_one_read_is_one_send_per_member(layer):
         await server.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_messages_from_two_publishers_in_one_turn_are_one_send_per_member(layer):
+    """Two members each send one message, both in the kernel before the server's next poll:
+    the reads come in one reactor turn, and each member gets both in one write."""
+    server = await serve(bench_app, layer=layer)
+    try:
+        conns = await members(server, "/room/turn", "turn", 3)
+        counted = count_all_sends(server)
+        stats = layer.stats
+        frames0, writes0 = stats.broadcast_frames, stats.broadcast_writes
+        # Straight into the kernel (not Twisted's buffer): both are readable at the next poll.
+        conns[0].proto.transport.socket.send(client_frame(0x1, b"from one"))
+        conns[1].proto.transport.socket.send(client_frame(0x1, b"from two"))
+        for conn in conns:
+            assert await conn.wait_frames(2) == [(0x1, b"from one"), (0x1, b"from two")]
+        assert stats.broadcast_frames - frames0 == 6
+        if layer.__class__.__name__ == "InMemoryChannelLayer":
+            assert stats.broadcast_writes - writes0 == 3
+            assert sorted(c.sends for c in counted.values()) == [1, 1, 1]
+        else:
+            # Through Redis the two PUBLISHes come back in one read or two.
+            assert 3 <= stats.broadcast_writes - writes0 <= 6
+    finally:
+        await server.stop()
+
+
 class Relay(WebsocketConsumer):
     """Commands, one per message: ``b X`` broadcasts X to the group; ``me X`` sends X to
     this socket only; ``tell X`` makes every member answer ``said X`` itself (an event);
