@@ -548,7 +548,10 @@ class WebSocketConnection(WebSocketServerProtocol):
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """Autobahn's own writes (close frames, 1002/1007/1009 included): what the cork
         holds and what waits in our queue go first, so nothing follows a close frame."""
+        closing = self._slow_closing
         flush_held()
+        if self._slow_closing and not closing:
+            return  # the held broadcasts made it close 4008 (slow consumer): nothing after
         self._clean = False
         if self._cork is not None:
             self._uncork(keep_corked=True)

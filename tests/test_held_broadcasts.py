@@ -269,7 +269,18 @@ class Turns(Clock):
 
     running = True
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.from_threads: list[Any] = []
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        self.from_threads.append((f, args))
+
     def end_turn(self) -> None:
+        """Twisted's runUntilCurrent: the calls from threads, then the timed calls."""
+        calls, self.from_threads = self.from_threads, []
+        for f, args in calls:
+            f(*args)
         self.advance(0)
 
 
@@ -364,3 +375,53 @@ def test_after_release_waits_for_the_end_of_the_turn():
     assert seen == [1, -1]
     after_release(lambda: seen.append(7))  # the turn is over: at once
     assert seen == [1, -1, 7]
+
+
+def test_a_cancelled_turn_does_not_hold_broadcasts_for_ever():
+    """A harness that cancels pending calls (or a reactor that stopped): the next broadcast
+    lets the held ones out, then goes itself; later reads start a new turn."""
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    a, _ = member(layer, "g")
+    read(reactor, lambda: layer.broadcast("g", text="held"))
+    _Hold.turn.cancel()
+    layer.broadcast("g", text="next")
+    assert a.writes == [text("held"), text("next")] and _Hold.turn is None
+    read(reactor, lambda: layer.broadcast("g", text="again"))
+    assert a.writes[2:] == [] and _Hold.turn is not None
+    reactor.end_turn()
+    assert a.writes[2:] == [text("again")]
+
+
+def test_a_wall_clock_set_back_does_not_hold_broadcasts_until_it_catches_up():
+    """Twisted times calls by time.time(): set back 60 s, the end-of-turn call would run a
+    minute late. The next read replaces it with one due now; a broadcast outside a read
+    lets the held ones out at once."""
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    reactor.advance(1000)
+    a, _ = member(layer, "g")
+    seen: list[int] = []
+    read(reactor, lambda: layer.broadcast("g", text="1"),
+         lambda: after_release(lambda: seen.append(len(a.writes))))
+    reactor.rightNow -= 60
+    read(reactor, lambda: layer.broadcast("g", text="2"))
+    reactor.end_turn()
+    assert a.writes == [text("1") + text("2")] and seen == [1]
+    read(reactor, lambda: layer.broadcast("g", text="3"))
+    reactor.rightNow -= 60
+    layer.broadcast("g", text="4")  # a timer's broadcast: behind 3, at once
+    assert a.writes[1:] == [text("3"), text("4")]
+    assert not [c for c in reactor.getDelayedCalls() if c.active()]
+
+
+def test_a_worker_threads_broadcast_during_a_turn_goes_behind_the_held_ones():
+    """Outside the contract (async_to_sync is the way), but kept in order: the call moves
+    to the reactor thread (callFromThread) and is held there with the turn's others."""
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    a, _ = member(layer, "g")
+    read(reactor, lambda: layer.broadcast("g", text="read"))
+    worker = threading.Thread(target=lambda: layer.broadcast("g", text="thread"))
+    worker.start()
+    worker.join()
+    assert a.writes == []
+    reactor.end_turn()
+    assert a.writes == [text("read") + text("thread")]

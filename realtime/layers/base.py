@@ -90,7 +90,7 @@ def release() -> None:
     leaves them for the end of the reactor turn: the other reads of the same turn (other
     publishers' messages to the same group) join them, one write per member for all."""
     _Hold.depth -= 1
-    if _Hold.depth or _Hold.turn is not None:
+    if _Hold.depth or (_Hold.turn is not None and _turn_live()):
         return
     reactor = _Hold.reactor
     if HELD and getattr(reactor, "running", False):
@@ -99,6 +99,20 @@ def release() -> None:
         _Hold.turn = reactor.callLater(0, _end_turn)
         return
     _let_out()
+
+
+def _turn_live() -> bool:
+    """The pending end-of-turn call will run at the end of this turn. One that was cancelled
+    (a test harness's clean-up, a stopped reactor) or that the wall clock was set back
+    behind (Twisted times calls by ``time.time()``: the broadcasts would wait as long) is
+    dropped, and the caller lets the held broadcasts out itself."""
+    turn = _Hold.turn
+    if turn.active():
+        if turn.getTime() <= turn.seconds():
+            return True
+        turn.cancel()
+    _Hold.turn = None
+    return False
 
 
 def _end_turn() -> None:
@@ -117,21 +131,25 @@ def _let_out() -> None:
             log.failure("a call waiting for held broadcasts failed")
 
 
+def _holding() -> bool:
+    """Broadcasts from this thread are held now (inside a read, or until the turn ends).
+    Called only when a read or a turn holds (``_Hold.depth or _Hold.turn``)."""
+    if _Hold.thread != threading.get_ident():
+        return False
+    if _Hold.depth or _turn_live():
+        return True
+    _let_out()  # a dead turn: what it held goes now, ahead of the caller's
+    return False
+
+
 def after_release(call: Callable[[], Any]) -> None:
     """Run ``call`` once the broadcasts held so far are written: when the read being parsed
     (or the reactor turn) ends, or now outside one (the Redis layer fires a publisher's
     Deferred so)."""
-    if _holding():
+    if (_Hold.depth or _Hold.turn is not None) and _holding():
         _Hold.after.append(call)
     else:
         call()
-
-
-def _holding() -> bool:
-    """Broadcasts from this thread are held now (inside a read, or until the turn ends)."""
-    return bool(_Hold.depth or _Hold.turn is not None) and (
-        _Hold.thread == threading.get_ident()
-    )
 
 
 def flush_held() -> None:
@@ -325,14 +343,21 @@ class BaseChannelLayer:
     def _broadcast_local(self, group: str, frame: bytes) -> None:
         """Write ``frame`` to every open local member of ``group``; during a read (``hold``)
         it is held, to leave with the read's other broadcasts to the group in one write."""
-        if (_Hold.depth or _Hold.turn is not None) and _Hold.thread == threading.get_ident():
-            if group in self._groups:
-                last = HELD[-1] if HELD else None
-                if last is not None and last[0] is self and last[1] == group:
-                    last[2].append(frame)
-                else:
-                    HELD.append([self, group, [frame]])
-            return
+        if _Hold.depth or _Hold.turn is not None:
+            if _holding():
+                if group in self._groups:
+                    last = HELD[-1] if HELD else None
+                    if last is not None and last[0] is self and last[1] == group:
+                        last[2].append(frame)
+                    else:
+                        HELD.append([self, group, [frame]])
+                return
+            reactor = _Hold.reactor
+            if _Hold.thread != threading.get_ident() and getattr(reactor, "running", False):
+                # A worker thread's call (outside the contract: ``async_to_sync`` is the
+                # way) while the reactor thread holds: on that thread, behind the held ones.
+                reactor.callFromThread(self._broadcast_local, group, frame)
+                return
         self._send_frames(group, [frame])
 
     def _send_frames(self, group: str, frames: list[bytes]) -> None:

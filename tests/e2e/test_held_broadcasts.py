@@ -221,6 +221,57 @@ async def test_every_frame_of_a_burst_is_counted_written_or_dropped(live):
     assert written + dropped == 2 * count and dropped > 0
 
 
+STALLED: list[Any] = []
+
+
+class BurstThenClose(WebsocketConsumer):
+    """Like ``Burst``; ``"N SIZE close"`` then closes (1000) the first member that said
+    ``"me"``, in the same read: its close frame lets the held burst out first."""
+
+    groups = ["b"]
+
+    def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        assert text_data is not None
+        if text_data == "me":
+            STALLED.append(self)
+            return
+        count, size, *close = text_data.split()
+        for i in range(int(count)):
+            self.channel_layer.broadcast("b", bytes=bytes([i % 256]) * int(size))
+        if close:
+            STALLED.pop().close(1000)
+
+
+BURST_CLOSE = ProtocolTypeRouter({"websocket": URLRouter([path("b", BurstThenClose.as_app())])})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_close_whose_held_broadcasts_overflow_the_member_sends_one_close_frame(live):
+    """Closing a member that is behind, with more held for it than --max-send-buffer: the
+    held frames go first and make the slow-consumer policy close it 4008; the 1000 asked
+    for is not written after that close frame."""
+    limit = 256 * 1024
+    server = await live(BURST_CLOSE, max_send_buffer=limit, slow_consumer="close",
+                        close_timeout=4.0)  # time to read what was written before the close
+    stalled, sender, conn = await stalled_and_sender(server)
+    stalled.send_text("me")
+    await until(lambda: bool(STALLED))
+    for _ in range(60):  # fill the stalled member's buffers, one broadcast per read
+        sender.write(client_frame(0x1, b"1 65536"))
+        await later(0.01)
+        if conn._outq_bytes:
+            break
+    assert conn._write_paused
+    sender.write(client_frame(0x1, b"64 65536 close"))
+    await until(lambda: server.site.slow_consumer_closes == 1, timeout=10)
+    stalled.proto.transport.resumeProducing()
+    # Everything, until the server drops the connection (it waits for a close reply).
+    frames = await stalled.wait_frames(lambda fs: False, timeout=15)
+    sender.abort()
+    closes = [payload[:2] for op, payload in frames if op == 0x8]
+    assert closes == [(4008).to_bytes(2, "big")]
+
+
 # -- a read inside another read's hold -----------------------------------------------------------
 
 WAITING: list[Any] = []
