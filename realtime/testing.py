@@ -125,6 +125,9 @@ class _MemoryTransport:
     """One end of an in-memory TCP connection (enough of ITCPTransport for the server)."""
 
     disconnecting = False
+    #: Broadcasts held during a read leave when it ends, not at the reactor turn's end: the
+    #: other communicators have them when ``send_to`` returns.
+    holds_per_read = True
 
     def __init__(self, wire: _Wire, host: Any, peer: Any) -> None:
         self.wire = wire

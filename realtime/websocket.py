@@ -200,6 +200,11 @@ class WebSocketConnection(WebSocketServerProtocol):
     _outq_bytes = 0
     _slow_closing = False
     _direct = False
+    # Broadcasts held during a read wait for the end of the reactor turn
+    # (``realtime.layers.base.release``), except on the in-memory transports of the
+    # communicators, whose writes are delivered synchronously for tests: there, to the end
+    # of each read. (Set per connection only there: idle memory.)
+    _per_read = False
     # While this connection's own input is parsed, its sends gather here and leave in one
     # write when the read is done (``dataReceived``): 16 echoes of one read, one send().
     _cork: list[bytes] | None = None
@@ -395,6 +400,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         # Plain TCP and unix sockets (not TLS, not the in-memory transports of the tests)
         # take the direct send path (see ``_write``).
         self._direct = isinstance(transport, _DIRECT_TRANSPORTS)
+        if getattr(transport, "holds_per_read", False):
+            self._per_read = True
         # Everything is in the OPEN state before the 101 goes out: a peer may answer with
         # frames before write() returns (in memory it does), and they must parse as frames.
         self.websocket_version = 13
@@ -508,7 +515,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         if corked:
             self._cork = []
             self._clean = False
-        hold(self.reactor)
+        hold(None if self._per_read else self.reactor)
         try:
             super().dataReceived(data)
         finally:

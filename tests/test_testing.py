@@ -131,6 +131,25 @@ async def test_accept_echo_and_disconnect_reaches_consumer():
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_broadcast_reaches_the_other_communicators_when_send_to_returns():
+    """In memory, held broadcasts leave at the end of the read (not of the reactor turn, as
+    on sockets): no reactor turn is needed to see them, as for every other answer."""
+    from realtime.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    comms = [WebsocketCommunicator(bench, "/room/r") for _ in range(3)]
+    for comm in comms:
+        comm.site.layer = layer
+        assert (await comm.connect())[0]
+    assert len(layer.local_members("r")) == 3
+    comms[0].send_to(text_data="one")
+    comms[1].send_to(text_data="two")
+    assert [list(comm._messages) for comm in comms] == [["one", "two"]] * 3
+    for comm in comms:
+        await comm.disconnect()
+
+
+@pytest_twisted.ensureDeferred
 async def test_subprotocol_choice():
     comm = WebsocketCommunicator(app, "/rec", subprotocols=["v1", "v2"])
     assert await comm.connect() == (True, "v2")
