@@ -729,7 +729,9 @@ class WebSocketConnection(WebSocketServerProtocol):
             return False
         if self._becomes_clean():
             return self.deliver_frame(frame)
-        return self._write(frame)
+        # ``_put``, not ``_write``: the layer delivers a frame in its turn; anything still
+        # held is newer and must not go ahead of it.
+        return self._put(frame)
 
     def deliver_joined(self, joined: bytes) -> bool:
         """Several held broadcast frames, back to back: one ``send()`` if this socket is
@@ -740,7 +742,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         if self.in_handshake or self.state != _OPEN or self._slow_closing:
             return False
         if self._cork is not None and not self._write_paused and not self._outq:
-            return self._write(joined)  # into the cork: this socket's one write for the read
+            return self._put(joined)  # into the cork: this socket's one write for the read
         if self._becomes_clean():
             return self.deliver_frame(joined)
         return False

@@ -134,24 +134,23 @@ def test_a_member_who_leaves_after_a_broadcast_still_gets_it():
     assert stays.writes == [text("before"), text("after")]
 
 
-def test_a_consumer_that_goes_away_still_gets_what_was_broadcast_before():
-    layer = InMemoryChannelLayer()
-    gone, channel = member(layer, "g")
-    hold()
-    layer.broadcast("g", text="last")
-    layer.detach(channel)
-    release()
-    assert gone.writes == [text("last")]
+def detach(layer: InMemoryChannelLayer, channel: str) -> None:
+    layer.detach(channel)  # the consumer goes away
 
 
-def test_flush_delivers_what_was_broadcast_before_it():
-    layer = InMemoryChannelLayer()
-    a, _ = member(layer, "g")
-    hold()
-    layer.broadcast("g", text="before flush")
+def flush(layer: InMemoryChannelLayer, channel: str) -> None:
     assert layer.flush().called
+
+
+@pytest.mark.parametrize("change", [detach, flush])
+def test_what_was_broadcast_before_a_detach_or_a_flush_is_still_delivered(change):
+    layer = InMemoryChannelLayer()
+    a, channel = member(layer, "g")
+    hold()
+    layer.broadcast("g", text="before")
+    change(layer, channel)
     release()
-    assert a.writes == [text("before flush")]
+    assert a.writes == [text("before")]
 
 
 def test_holds_nest_and_only_the_outermost_release_writes():

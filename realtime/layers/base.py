@@ -51,9 +51,10 @@ class Receiver(Protocol):
 
 # -- held broadcasts ------------------------------------------------------------------------------
 
-#: Broadcasts waiting for the end of the read that made them: ``[layer, group, frames]``,
-#: in order; a broadcast to the same group as the last one joins it. Mutated in place, never
-#: rebound, so ``if HELD:`` in the write paths is one global lookup.
+#: Broadcasts waiting for the end of the read (or reactor turn) that made them:
+#: ``[layer, group, frames]``, in order; a broadcast to the same group as the last one
+#: joins it. Mutated in place, never rebound, so ``if HELD:`` in the write paths is one
+#: global lookup.
 HELD: list[list[Any]] = []
 
 
@@ -132,9 +133,8 @@ def _let_out() -> None:
 
 
 def _holding() -> bool:
-    """Broadcasts from this thread are held now (inside a read, or until the turn ends).
-    Called only when a read or a turn holds (``_Hold.depth or _Hold.turn``)."""
-    if _Hold.thread != threading.get_ident():
+    """Broadcasts from this thread are held now (inside a read, or until the turn ends)."""
+    if not (_Hold.depth or _Hold.turn is not None) or _Hold.thread != threading.get_ident():
         return False
     if _Hold.depth or _turn_live():
         return True
@@ -146,7 +146,7 @@ def after_release(call: Callable[[], Any]) -> None:
     """Run ``call`` once the broadcasts held so far are written: when the read being parsed
     (or the reactor turn) ends, or now outside one (the Redis layer fires a publisher's
     Deferred so)."""
-    if (_Hold.depth or _Hold.turn is not None) and _holding():
+    if _holding():
         _Hold.after.append(call)
     else:
         call()
