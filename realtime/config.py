@@ -40,6 +40,9 @@ class ServerConfig:
     #: Inbound messages per second per connection (token bucket; close 1008 past it); 0: off.
     rate_limit: float = 0.0
     rate_burst: int = 0
+    #: Seconds a ``broadcast()`` may wait so that a group's messages of that time reach each
+    #: member in one write (less CPU, more latency); 0: only to the end of the reactor turn.
+    broadcast_delay: float = 0.0
     #: Trust X-Forwarded-For/-Proto/-Port from peers in ``trusted_proxies``.
     proxy_headers: bool = False
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1")
@@ -66,6 +69,8 @@ class ServerConfig:
                      "close_timeout", "http_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if not 0 <= self.broadcast_delay <= 1:
+            raise ValueError("broadcast_delay must be between 0 and 1 second")
         if self.slow_consumer not in ("close", "drop"):
             raise ValueError("slow_consumer must be 'close' or 'drop'")
         if self.drain_batch < 1 or self.drain_interval < 0:

@@ -71,6 +71,10 @@ class LiveServer:
         waits = [ch.lost for ch in channels if not ch.lost.called]
         for wait in waits:
             await wait
+        if site.config.broadcast_delay:
+            from realtime.layers.base import set_broadcast_delay
+
+            set_broadcast_delay(0)
 
 
 async def serve(
@@ -86,6 +90,10 @@ async def serve(
 
     reactor = reactor or _default_reactor()
     site = RealtimeSite(application, config or ServerConfig(), reactor, layer)
+    if site.config.broadcast_delay:  # process-wide, until stop()
+        from realtime.layers.base import set_broadcast_delay
+
+        set_broadcast_delay(site.config.broadcast_delay, reactor)
     port = reactor.listenTCP(0, site, interface=interface)
     return LiveServer(site, port)
 

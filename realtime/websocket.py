@@ -39,7 +39,7 @@ from realtime.exceptions import (
     Refuse,
     StopConsumer,
 )
-from realtime.layers.base import HELD, flush_held, hold, release
+from realtime.layers.base import HELD, hold, let_out_for, release, skip_held
 from realtime.routing import Ready
 
 if TYPE_CHECKING:
@@ -175,6 +175,10 @@ class WebSocketConnection(WebSocketServerProtocol):
     finished = False
     disconnect_code: int | None = None
     channel_name: str | None = None
+    #: How far this socket has had the held broadcasts: entry ``seq`` and how many of its
+    #: frames (``realtime.layers.base.let_out_for``).
+    _held_seq = -1
+    _held_count = 0
     #: The client address this socket counts against (``--max-connections-per-ip``).
     client_ip: str | None = None
     _busy = False
@@ -411,7 +415,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         self.websocket_extensions_in_use = []
         self.inside_message = False
         self.current_frame: Any = None
-        flush_held()  # broadcasts made before this accept are not for this socket
+        skip_held(self)  # broadcasts made before this accept are not for this socket
         self.state = _OPEN
         self.site.opened(self)
         self._schedule_keepalive()
@@ -459,8 +463,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         and a frame that would be queued while more than ``max_send_buffer`` bytes already
         wait makes the slow-consumer policy act (one large send to an idle client still goes
         out: the check is on what already waits). True when written or queued."""
-        if HELD:  # broadcasts held during this read go first (see realtime.layers.base)
-            flush_held()
+        if HELD:  # what is held for this socket goes first (see realtime.layers.base)
+            let_out_for(self, self.channel_name)
         return self._put(data, more)
 
     def _put(self, data: bytes, more: bytes | None = None) -> bool:
@@ -556,7 +560,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         """Autobahn's own writes (close frames, 1002/1007/1009 included): what the cork
         holds and what waits in our queue go first, so nothing follows a close frame."""
         closing = self._slow_closing
-        flush_held()
+        if HELD:
+            let_out_for(self, self.channel_name)
         if self._slow_closing and not closing:
             return  # the held broadcasts made it close 4008 (slow consumer): nothing after
         self._clean = False

@@ -12,7 +12,17 @@ import pytest
 from twisted.internet.task import Clock
 
 from realtime.layers import InMemoryChannelLayer
-from realtime.layers.base import HELD, _Hold, after_release, flush_held, hold, release
+from realtime.layers.base import (
+    HELD,
+    _Hold,
+    after_release,
+    flush_held,
+    hold,
+    let_out_for,
+    release,
+    set_broadcast_delay,
+    skip_held,
+)
 from realtime.websocket import encode_frame
 
 
@@ -25,6 +35,8 @@ def no_hold_left():
     _Hold.depth = 0
     _Hold.turn = None
     _Hold.after = []
+    _Hold.marked = False
+    set_broadcast_delay(0)  # the delay tests set one
     HELD.clear()
     assert (depth, parked, turn) == (0, [], None)
 
@@ -33,6 +45,9 @@ class Recording:
     """A receiver that records the bytes of every write (a held burst joined into one
     write is one item); ``joinable=False`` stands for a socket that cannot take a joined
     write now (paused, TLS, ...)."""
+
+    _held_seq = -1
+    _held_count = 0
 
     def __init__(self, log: list[tuple[str, bytes]] | None = None, name: str = "",
                  joinable: bool = True) -> None:
@@ -424,3 +439,156 @@ def test_a_worker_threads_broadcast_during_a_turn_goes_behind_the_held_ones():
     assert a.writes == []
     reactor.end_turn()
     assert a.writes == [text("read") + text("thread")]
+
+
+# -- a member's own writes let out its held frames only --------------------------------------
+
+def test_a_members_own_write_lets_out_its_held_frames_and_no_one_elses():
+    """A write of one member's own (a send, a ping) mid-turn: what is held for it goes
+    first; the others still get the turn's broadcasts in one write at its end, and the
+    member gets the rest of the group's entry, without the frames it already had."""
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    a, ca = member(layer, "g")
+    b, _ = member(layer, "g")
+    read(reactor, lambda: layer.broadcast("g", text="1"), lambda: layer.broadcast("g", text="2"))
+    let_out_for(a, ca)
+    assert a.writes == [text("1") + text("2")] and b.writes == []
+    let_out_for(a, ca)  # nothing new for it: nothing written
+    assert len(a.writes) == 1
+    read(reactor, lambda: layer.broadcast("g", text="3"))
+    reactor.end_turn()
+    assert a.writes == [text("1") + text("2"), text("3")]
+    assert b.writes == [text("1") + text("2") + text("3")]
+    stats = layer.stats
+    assert (stats.broadcast_frames, stats.broadcast_writes) == (6, 3)
+    assert stats.broadcast_bytes == 2 * sum(len(text(s)) for s in "123")
+
+
+def test_a_members_own_write_takes_its_frames_of_every_group_in_order():
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    log: list[tuple[str, bytes]] = []
+    a, ca = member(layer, "g", "h", log=log, name="a")
+    b, _ = member(layer, "g", log=log, name="b")
+    c, _ = member(layer, "h", log=log, name="c")
+    read(reactor, lambda: layer.broadcast("g", text="g1"), lambda: layer.broadcast("h", text="h1"),
+         lambda: layer.broadcast("g", text="g2"))
+    let_out_for(a, ca)
+    assert log == [("a", text("g1") + text("h1") + text("g2"))]
+    reactor.end_turn()
+    assert a.writes == [text("g1") + text("h1") + text("g2")]
+    assert b.writes == [text("g1"), text("g2")] and c.writes == [text("h1")]
+
+
+def test_a_member_that_cannot_take_a_joined_write_gets_its_held_frames_one_by_one():
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    a, ca = member(layer, "g", joinable=False)
+    read(reactor, lambda: layer.broadcast("g", text="1"), lambda: layer.broadcast("g", text="2"))
+    let_out_for(a, ca)
+    assert a.writes == [text("1"), text("2")]
+    read(reactor, lambda: layer.broadcast("g", text="3"), lambda: layer.broadcast("g", text="4"))
+    reactor.end_turn()
+    assert a.writes == [text(s) for s in "1234"]
+
+
+def test_a_member_that_opens_mid_turn_gets_only_what_is_broadcast_after():
+    """``skip_held`` (a WebSocket's accept): the group's held frames are not for it, the
+    later ones of the same entry are."""
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    a, _ = member(layer, "g")
+    b, _ = member(layer, "g")
+    read(reactor, lambda: layer.broadcast("g", text="before"))
+    skip_held(b)
+    read(reactor, lambda: layer.broadcast("g", text="after"))
+    reactor.end_turn()
+    assert a.writes == [text("before") + text("after")] and b.writes == [text("after")]
+
+
+def test_marks_do_not_outlive_what_they_marked():
+    """Once everything held is out, an old mark costs a member nothing of later turns."""
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    a, ca = member(layer, "g")
+    read(reactor, lambda: layer.broadcast("g", text="1"))
+    let_out_for(a, ca)
+    reactor.end_turn()
+    assert not _Hold.marked
+    read(reactor, lambda: layer.broadcast("g", text="2"))
+    reactor.end_turn()
+    assert a.writes == [text("1"), text("2")]
+
+
+# -- the broadcast delay (--broadcast-delay) -----------------------------------------------------
+
+def test_with_a_delay_the_broadcasts_of_that_time_reach_each_member_in_one_write():
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    set_broadcast_delay(0.05, reactor)
+    a, _ = member(layer, "g")
+    read(reactor, lambda: layer.broadcast("g", text="1"))
+    reactor.end_turn()
+    reactor.advance(0.03)
+    read(reactor, lambda: layer.broadcast("g", text="2"))
+    reactor.end_turn()
+    assert a.writes == [] and len(reactor.getDelayedCalls()) == 1
+    reactor.advance(0.02)
+    assert a.writes == [text("1") + text("2")] and _Hold.turn is None
+    read(reactor, lambda: layer.broadcast("g", text="3"))  # a new window
+    reactor.advance(0.049)
+    assert a.writes == [text("1") + text("2")]
+    reactor.advance(0.001)
+    assert a.writes[1:] == [text("3")]
+
+
+def test_with_a_delay_a_broadcast_outside_a_read_waits_too():
+    """A timer's or the HTTP API's broadcast, on the reactor thread."""
+    from twisted.python import threadable
+
+    threadable.registerAsIOThread()  # this thread is the reactor's (pytest-twisted's)
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    set_broadcast_delay(0.05, reactor)
+    a, _ = member(layer, "g")
+    layer.broadcast("g", text="timer")
+    read(reactor, lambda: layer.broadcast("g", text="read"))
+    assert a.writes == []
+    reactor.advance(0.05)
+    assert a.writes == [text("timer") + text("read")]
+
+
+def test_with_a_delay_a_members_own_write_does_not_shorten_the_others_wait():
+    """A ping or a direct send to one member (every 20 s per socket: many per second in a
+    large room) lets out that member's frames only."""
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    set_broadcast_delay(0.05, reactor)
+    a, ca = member(layer, "g")
+    b, _ = member(layer, "g")
+    read(reactor, lambda: layer.broadcast("g", text="1"))
+    let_out_for(a, ca)
+    read(reactor, lambda: layer.broadcast("g", text="2"))
+    assert a.writes == [text("1")] and b.writes == []
+    reactor.advance(0.05)
+    assert a.writes == [text("1"), text("2")] and b.writes == [text("1") + text("2")]
+
+
+def test_with_a_delay_a_group_change_still_lets_everything_out_first():
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    set_broadcast_delay(0.05, reactor)
+    a, _ = member(layer, "g")
+    b, cb = member(layer)
+    read(reactor, lambda: layer.broadcast("g", text="before"))
+    layer.group_add("g", cb)
+    assert a.writes == [text("before")]
+    read(reactor, lambda: layer.broadcast("g", text="after"))
+    reactor.advance(0.05)
+    assert a.writes == [text("before"), text("after")] and b.writes == [text("after")]
+
+
+def test_with_a_delay_off_a_running_reactor_broadcasts_still_go_at_the_end_of_the_read():
+    """The communicators' in-memory transports (and a test's Clock): no timers to turn."""
+    reactor, layer = Clock(), InMemoryChannelLayer()
+    set_broadcast_delay(0.05, reactor)
+    a, _ = member(layer, "g")
+    read(reactor, lambda: layer.broadcast("g", text="x"))
+    assert a.writes == [text("x")] and not reactor.getDelayedCalls()
+
+
+def test_the_delay_is_bounded():
+    with pytest.raises(ValueError):
+        set_broadcast_delay(-0.1)

@@ -163,12 +163,13 @@ class TestValues:
                        "--ping-interval", "0.5", "--ping-timeout", "2",
                        "--websocket-timeout", "-1", "--websocket-connect-timeout", "3",
                        "--shutdown-timeout", "0", "--root-path", "/ws",
-                       "--health-path", "/live", "--ready-path", "").config
+                       "--health-path", "/live", "--ready-path", "",
+                       "--broadcast-delay", "0.05").config
         assert config == ServerConfig(
             max_message_size=65536, max_frame_size=16384, max_inflight=8,
             max_connections=100, ping_interval=0.5, ping_timeout=2, websocket_timeout=-1,
             connect_timeout=3, shutdown_timeout=0, root_path="/ws", health_path="/live",
-            ready_path="",
+            ready_path="", broadcast_delay=0.05,
         )
 
 
@@ -181,6 +182,10 @@ ERRORS = [
     (["--websocket-connect-timeout", "-1"],
      "--websocket-connect-timeout: must not be negative, got '-1'"),
     (["--websocket-timeout", "-2"], "--websocket-timeout: must not be negative, got '-2'"),
+    (["--broadcast-delay", "1.5"], "--broadcast-delay: must be at most 1 second, got '1.5'"),
+    (["--broadcast-delay", "-0.1"], "--broadcast-delay: must not be negative, got '-0.1'"),
+    (["--broadcast-delay", "5ms"],
+     "--broadcast-delay: expected a number of seconds, got '5ms'"),
     (["--max-message-size", "big"],
      "--max-message-size: expected a size in bytes (e.g. 1048576, 64KiB, 1MiB), got 'big'"),
     (["--max-frame-size", "0"], "--max-frame-size: must be at least 1 byte, got '0'"),

@@ -10,8 +10,11 @@ Broadcasts made while one read is parsed (a WebSocket's frames, a Redis subscrib
 messages) are *held* and leave when the reactor turn is done (the end of the read, off a
 running reactor): consecutive broadcasts to one group go to each member as one write (a
 burst of 5 messages, or 5 publishers' messages read in one turn: one ``send()`` per member,
-not 5). Anything else that would write, or change a group, first lets the held ones out, so
-every member still sees every frame in the order it was sent; see ``hold()``.
+not 5). A connection's own write first lets out what is held for that connection alone
+(``let_out_for``); a group change lets everything out: every member still sees every frame
+in the order it was sent; see ``hold()``. With ``set_broadcast_delay(seconds)`` (the
+``--broadcast-delay`` option) every broadcast waits up to that long, so a busy group's
+messages reach each member in fewer, larger writes: less CPU, more latency.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
+from twisted.python.threadable import isInIOThread
 
 log = Logger()
 
@@ -51,10 +55,11 @@ class Receiver(Protocol):
 
 # -- held broadcasts ------------------------------------------------------------------------------
 
-#: Broadcasts waiting for the end of the read (or reactor turn) that made them:
-#: ``[layer, group, frames]``, in order; a broadcast to the same group as the last one
-#: joins it. Mutated in place, never rebound, so ``if HELD:`` in the write paths is one
-#: global lookup.
+#: Broadcasts waiting for the end of the read (or reactor turn, or broadcast delay) that made
+#: them: ``[layer, group, frames, seq]``, in order; a broadcast to the same group as the last
+#: one joins it. ``seq`` numbers the entries for good, so a receiver can note how far it has
+#: had them (``let_out_for``). Mutated in place, never rebound, so ``if HELD:`` in the write
+#: paths is one global lookup.
 HELD: list[list[Any]] = []
 
 
@@ -72,6 +77,15 @@ class _Hold:
     reactor: Any = None
     #: The pending end-of-turn call, while broadcasts wait for the reactor turn to end.
     turn: Any = None
+    #: The next entry's ``seq``.
+    seq = 0
+    #: Some receiver has had part of what is held (``let_out_for``, ``skip_held``): the
+    #: fan-out checks each member's mark until everything held is out.
+    marked = False
+    #: ``set_broadcast_delay``: how long the turn's end waits (0: the turn itself), and the
+    #: reactor a broadcast outside a read waits on.
+    delay = 0.0
+    delay_reactor: Any = None
 
 
 def hold(reactor: Any = None) -> None:
@@ -96,10 +110,23 @@ def release() -> None:
     reactor = _Hold.reactor
     if HELD and getattr(reactor, "running", False):
         # callLater(0) runs after every read the reactor's poll returned with (Twisted's
-        # mainLoop: runUntilCurrent, doIteration, runUntilCurrent), before it polls again.
-        _Hold.turn = reactor.callLater(0, _end_turn)
+        # mainLoop: runUntilCurrent, doIteration, runUntilCurrent), before it polls again;
+        # with a broadcast delay, after the reads of that many seconds.
+        _Hold.turn = reactor.callLater(_Hold.delay, _end_turn)
         return
     _let_out()
+
+
+def set_broadcast_delay(seconds: float, reactor: Any = None) -> None:
+    """Hold every broadcast on ``reactor``'s thread up to ``seconds`` (0: to the end of the
+    reactor turn only, the default): what a group gets in that time reaches each member in
+    one write (Centrifugo's ``client.write_delay``). A connection's own writes and group
+    changes still let the held frames out first, so order is kept and the delay is a
+    ceiling."""
+    if seconds < 0:
+        raise ValueError("the broadcast delay cannot be negative")
+    _Hold.delay = float(seconds)
+    _Hold.delay_reactor = reactor
 
 
 def _turn_live() -> bool:
@@ -109,7 +136,7 @@ def _turn_live() -> bool:
     dropped, and the caller lets the held broadcasts out itself."""
     turn = _Hold.turn
     if turn.active():
-        if turn.getTime() <= turn.seconds():
+        if turn.getTime() <= turn.seconds() + _Hold.delay:
             return True
         turn.cancel()
     _Hold.turn = None
@@ -153,18 +180,67 @@ def after_release(call: Callable[[], Any]) -> None:
 
 
 def flush_held() -> None:
-    """Deliver every held broadcast now, in order (what must happen before any other write,
-    group change or close, so nothing overtakes them). Nothing held: nothing done."""
+    """Deliver every held broadcast now, in order (what must happen before a group change or
+    a layer flush, so nothing overtakes them). Nothing held: nothing done."""
     while HELD:
         batch = HELD[:]
         HELD.clear()
-        for layer, group, frames in batch:
+        marked = _Hold.marked
+        for layer, group, frames, seq in batch:
             try:
-                layer._send_frames(group, frames)
+                layer._send_frames(group, frames, seq if marked else -1)
             except Exception:
                 # A bug in one member's write must not cost the other groups their frames
                 # (nor the connection whose read ends here).
                 log.failure("broadcast to group {group} failed", group=group)
+    # Every mark is behind every later entry's seq now.
+    _Hold.marked = False
+
+
+def let_out_for(receiver: Any, channel: str | None) -> None:
+    """Before a write of ``receiver``'s own (a ``send``, a ping, a close frame): write what is
+    held for it alone, in order, and mark it as had, so the held frames still go to every
+    other member together when the turn (or delay) ends. The layer's own deliveries are
+    used (``deliver_joined``, else ``deliver_frame``): they never come back here."""
+    last = HELD[-1]
+    upto, count = receiver._held_seq, receiver._held_count
+    # Marked first: a write below that closes the socket (4008) must not come back for
+    # the same frames.
+    receiver._held_seq, receiver._held_count = last[3], len(last[2])
+    _Hold.marked = True
+    if channel is None:
+        return
+    mine: list[bytes] = []
+    for layer, group, frames, seq in HELD:
+        if seq < upto:
+            continue
+        members = layer._groups.get(group)
+        if members is None or members.get(channel) is not receiver:
+            continue
+        taken = frames[count:] if seq == upto else frames
+        if taken:
+            mine.extend(taken)
+            stats = layer.stats
+            stats.broadcast_frames += len(taken)
+            stats.broadcast_bytes += sum(map(len, taken))
+            stats.broadcast_writes += 1
+    if not mine:
+        return
+    if len(mine) > 1:
+        joined = b"".join(mine)
+        if len(joined) <= JOIN_LIMIT and receiver.deliver_joined(joined):
+            return
+    for frame in mine:
+        if not receiver.deliver_frame(frame):
+            return
+
+
+def skip_held(receiver: Any) -> None:
+    """``receiver`` opens now: what is held was broadcast before, and is not for it."""
+    if HELD:
+        last = HELD[-1]
+        receiver._held_seq, receiver._held_count = last[3], len(last[2])
+        _Hold.marked = True
 
 
 def check_name(name: Any, what: str = "channel") -> str:
@@ -350,7 +426,8 @@ class BaseChannelLayer:
                     if last is not None and last[0] is self and last[1] == group:
                         last[2].append(frame)
                     else:
-                        HELD.append([self, group, [frame]])
+                        HELD.append([self, group, [frame], _Hold.seq])
+                        _Hold.seq += 1
                 return
             reactor = _Hold.reactor
             if _Hold.thread != threading.get_ident() and getattr(reactor, "running", False):
@@ -358,20 +435,32 @@ class BaseChannelLayer:
                 # way) while the reactor thread holds: on that thread, behind the held ones.
                 reactor.callFromThread(self._broadcast_local, group, frame)
                 return
+        elif _Hold.delay and isInIOThread():
+            # A broadcast outside a read (a timer's, the HTTP API's) waits the delay too.
+            hold(_Hold.delay_reactor)
+            try:
+                self._broadcast_local(group, frame)
+            finally:
+                release()
+            return
         self._send_frames(group, [frame])
 
-    def _send_frames(self, group: str, frames: list[bytes]) -> None:
+    def _send_frames(self, group: str, frames: list[bytes], seq: int = -1) -> None:
         """The fan-out loop. Several frames (a held burst) go to a member as one write when
         its socket takes them at once (``deliver_joined``), else one by one, and are counted
-        as written."""
+        as written. ``seq``: the held entry's, when some members may have had some of it
+        (``let_out_for``): they get only the rest."""
         members = self._groups.get(group)
         if members is None:
             return
+        receivers: Any = members.values()
+        if seq >= 0:
+            receivers = self._not_had(receivers, frames, seq)
         stats = self.stats
         if len(frames) == 1:
             frame = frames[0]
             sent = 0
-            for receiver in members.values():
+            for receiver in receivers:
                 if receiver is not None and receiver.deliver_frame(frame):
                     sent += 1
             stats.broadcast_frames += sent
@@ -382,7 +471,7 @@ class BaseChannelLayer:
         size = len(joined) if len(joined) <= JOIN_LIMIT else -1
         count = len(frames)
         n_frames = n_bytes = writes = 0
-        for receiver in members.values():
+        for receiver in receivers:
             if receiver is None:
                 continue
             if size >= 0 and receiver.deliver_joined(joined):
@@ -398,6 +487,37 @@ class BaseChannelLayer:
         stats.broadcast_frames += n_frames
         stats.broadcast_bytes += n_bytes
         stats.broadcast_writes += writes
+
+    def _not_had(self, receivers: Any, frames: list[bytes], seq: int) -> list[Any]:
+        """The members that have had none of held entry ``seq``; those that had its first
+        frames (a write of their own came between) get the rest now, on their own."""
+        whole = []
+        for receiver in receivers:
+            if receiver is None:
+                continue
+            upto = getattr(receiver, "_held_seq", -1)
+            if upto < seq:
+                whole.append(receiver)
+            elif upto == seq:
+                rest = frames[receiver._held_count:]
+                if rest:
+                    self._write_rest(receiver, rest)
+        return whole
+
+    def _write_rest(self, receiver: Any, frames: list[bytes]) -> None:
+        stats = self.stats
+        if len(frames) > 1:
+            joined = b"".join(frames)
+            if len(joined) <= JOIN_LIMIT and receiver.deliver_joined(joined):
+                stats.broadcast_frames += len(frames)
+                stats.broadcast_bytes += len(joined)
+                stats.broadcast_writes += 1
+                return
+        for frame in frames:
+            if receiver.deliver_frame(frame):
+                stats.broadcast_frames += 1
+                stats.broadcast_bytes += len(frame)
+                stats.broadcast_writes += 1
 
     def _receive_local(self, channel: str) -> Deferred[dict[str, Any]]:
         queue = self._queues.get(channel)

@@ -6,13 +6,17 @@ the broadcasts made before it. The servers' sockets are wrapped to count send ca
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 import pytest
 import pytest_twisted
 
 from realtime import ProtocolTypeRouter, URLRouter, WebsocketConsumer, path
+from realtime.config import ServerConfig
 from realtime.examples.bench import application as bench_app
+from realtime.layers import InMemoryChannelLayer
+from realtime.layers.base import _Hold
 from realtime.testing import serve
 from tests.clients import RawConnection, client_frame, handshake, later, raw_connect, ws_open
 from tests.e2e.test_cork import count_all_sends
@@ -136,6 +140,61 @@ async def test_other_writes_in_the_same_read_keep_their_place(layer):
                 (0x1, b"one"), (0x1, b"said three"), (0x1, b"four")]
     finally:
         await server.stop()
+
+
+def server_side(server: Any, client: RawConnection) -> Any:
+    port = client.proto.transport.getHost().port
+    (conn,) = [c for c in server.site.connections if c.transport.getPeer().port == port]
+    return conn
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_publishers_own_send_does_not_split_the_other_members_write():
+    """Two publishers in one turn, the first also answering itself (``me``): its answer
+    follows its copy of the broadcast, and every other member still gets both messages in
+    one send (a write of one socket's own lets out only what is held for that socket)."""
+    layer = InMemoryChannelLayer()
+    server = await serve(RELAY, layer=layer)
+    try:
+        first, second, listener = await members(server, "/relay", "relay", 3)
+        counted = count_all_sends(server)
+        first.proto.transport.socket.send(
+            client_frame(0x1, b"b one") + client_frame(0x1, b"me ack"))
+        second.proto.transport.socket.send(client_frame(0x1, b"b two"))
+        both = [(0x1, b"one"), (0x1, b"two")]
+        got = await listener.wait_frames(2)
+        assert sorted(got) == both
+        assert counted[server_side(server, listener)].sends == 1
+        assert sorted(await second.wait_frames(2)) == both
+        mine = await first.wait_frames(3)
+        assert sorted(mine) == sorted([*both, (0x1, b"ack")])
+        assert mine.index((0x1, b"one")) < mine.index((0x1, b"ack"))
+        assert [m for m in mine if m != (0x1, b"ack")] == got  # one order for everyone
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_a_broadcast_delay_messages_of_separate_reads_share_one_send():
+    """``--broadcast-delay 0.3``: two messages 50 ms apart (two reactor turns) reach each
+    member in one send, no earlier than the delay."""
+    layer = InMemoryChannelLayer()
+    server = await serve(bench_app, ServerConfig(broadcast_delay=0.3), layer=layer)
+    try:
+        conns = await members(server, "/room/slow", "slow", 3)
+        counted = count_all_sends(server)
+        started = time.monotonic()
+        conns[0].write(client_frame(0x1, b"first"))
+        await later(0.05)
+        conns[1].write(client_frame(0x1, b"second"))
+        for conn in conns:
+            assert await conn.wait_frames(2) == [(0x1, b"first"), (0x1, b"second")]
+        assert time.monotonic() - started >= 0.25
+        assert sorted(c.sends for c in counted.values()) == [1, 1, 1]
+        assert layer.stats.broadcast_writes == 3 and layer.stats.broadcast_frames == 6
+    finally:
+        await server.stop()
+    assert _Hold.delay == 0  # stop() puts the process's delay back
 
 
 # -- held bursts and the slow-consumer policy --------------------------------------------------
