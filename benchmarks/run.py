@@ -51,6 +51,9 @@ VENVS = HERE / ".venvs"
 PEERS = HERE / "peers"
 RESULTS = HERE / "results"
 OURS = "ours"
+#: Ours with ``--broadcast-delay`` (``--ours-delay``), fan-out only: what the opt-in trade of
+#: latency for CPU buys. Not in the default ``--servers``.
+OURS_DELAYED = "ours-delayed"
 
 
 def _installed_version(name: str) -> str | None:
@@ -78,6 +81,8 @@ class ServerSpec:
     always_venv: bool = False
     #: The scenario kinds it runs (empty: all).
     kinds: tuple[str, ...] = ()
+    #: More of ours' command line (``ours-delayed``: ``--broadcast-delay``).
+    args: tuple[str, ...] = ()
 
     def python(self, use_venvs: bool) -> str:
         if self.venv is None or not (use_venvs or self.always_venv):
@@ -85,12 +90,12 @@ class ServerSpec:
         return str(VENVS / self.venv / "bin" / "python")
 
     def argv(self, python: str, port: int, extra: Sequence[str] = ()) -> list[str]:
-        if self.name == OURS:
+        if self.name in (OURS, OURS_DELAYED):
             twistd = Path(python).parent / "twistd"
             cmd = [str(twistd)] if twistd.exists() else [shutil.which("twistd") or "twistd"]
             return [*cmd, "-n", "--pidfile=", "realtime",
                     "--app", "realtime.examples.bench:application",
-                    "--port", f"tcp:{port}:interface=127.0.0.1", *extra]
+                    "--port", f"tcp:{port}:interface=127.0.0.1", *self.args, *extra]
         if self.name == "autobahn":
             return [python, str(PEERS / "autobahn_server.py"), "--port", str(port)]
         if self.name == "sendloop":
@@ -117,6 +122,8 @@ def server_specs() -> dict[str, ServerSpec]:
                              {"DJANGO_SETTINGS_MODULE": "daphne_app.settings"}),
         "uvicorn": ServerSpec("uvicorn", "uvicorn sansio", "uvicorn",
                               ("uvicorn[standard]", "websockets")),
+        OURS_DELAYED: ServerSpec(OURS_DELAYED, "ours --broadcast-delay", None,
+                                 kinds=("fanout",)),
         # The floor of a fan-out: one bare socket.send() per member per message.
         "sendloop": ServerSpec("sendloop", "bare send() loop", None, kinds=("fanout",)),
     }
@@ -555,7 +562,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--servers", default="ours,autobahn,daphne,uvicorn,sendloop",
                    help="comma-separated: ours, autobahn, daphne, uvicorn, sendloop (the "
-                   "floor: a bare send() loop on epoll, fan-out only)")
+                   "floor: a bare send() loop on epoll, fan-out only), ours-delayed (ours "
+                   "with --broadcast-delay, fan-out only; not by default)")
     p.add_argument("--scenarios", default="all",
                    help="comma-separated scenario names (default: all)")
     p.add_argument("--passes", type=int, default=3)
@@ -580,6 +588,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--noise-limit", type=float, default=0.10)
     p.add_argument("--budget-min", type=float, default=22.0,
                    help="past 70 %% of this many minutes, stop waiting for quiet and retrying")
+    p.add_argument("--ours-delay", type=float, default=0.1, metavar="SECONDS",
+                   help="the --broadcast-delay of ours-delayed (default 0.1)")
     p.add_argument("--ours-ref", metavar="REF",
                    help="run ours from a snapshot of this git ref (e.g. HEAD) installed in "
                    ".venvs/ours, instead of from the Python running this script")
@@ -608,6 +618,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _stop_on_signal)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     specs = server_specs()
+    delayed = specs[OURS_DELAYED]
+    delayed.args = ("--broadcast-delay", f"{opts.ours_delay:g}")
+    delayed.label = f"ours --broadcast-delay {opts.ours_delay:g}"
     servers = [s.strip() for s in opts.servers.split(",") if s.strip()]
     unknown = [s for s in servers if s not in specs]
     if unknown:
@@ -631,19 +644,19 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.monotonic()
     retries_asked = opts.retries
+    client_python = sys.executable
     if opts.venvs:
         VENVS.mkdir(exist_ok=True)
         client_python = ensure_venv(CLIENT_VENV, CLIENT_REQUIREMENTS, log)
         for s in servers:
             if specs[s].venv:
                 ensure_venv(specs[s].venv, specs[s].requirements, log)
-    if opts.ours_ref and OURS in servers:
+    if opts.ours_ref and {OURS, OURS_DELAYED} & set(servers):
         VENVS.mkdir(exist_ok=True)
         ensure_ours_venv(opts.ours_ref, log)
-        specs[OURS].venv = "ours"
-        specs[OURS].always_venv = True
-    else:
-        client_python = sys.executable
+        for name in (OURS, OURS_DELAYED):
+            specs[name].venv = "ours"
+            specs[name].always_venv = True
     meta_versions = {s: versions(specs[s].python(opts.venvs)) for s in servers}
     if "sendloop" in meta_versions:  # the standard library only
         meta_versions["sendloop"] = {"python": platform.python_version()}
