@@ -109,6 +109,10 @@ class AsyncHttpConsumer(AppFactoryMixin):
 
         self._events.addCallback(run).addErrback(self._failed)
 
+    #: Never written broadcast frames, so never marked (``realtime.layers.base``).
+    _held_seq = -1
+    _held_count = 0
+
     def deliver_frame(self, frame: bytes) -> bool:
         """``broadcast()`` frames are WebSocket frames: not for an HTTP response."""
         return False

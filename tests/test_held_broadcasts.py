@@ -36,6 +36,7 @@ def no_hold_left():
     _Hold.turn = None
     _Hold.after = []
     _Hold.marked = False
+    _Hold.size = 0
     set_broadcast_delay(0)  # the delay tests set one
     HELD.clear()
     assert (depth, parked, turn) == (0, [], None)
@@ -587,6 +588,24 @@ def test_with_a_delay_off_a_running_reactor_broadcasts_still_go_at_the_end_of_th
     a, _ = member(layer, "g")
     read(reactor, lambda: layer.broadcast("g", text="x"))
     assert a.writes == [text("x")] and not reactor.getDelayedCalls()
+
+
+def test_no_more_than_the_join_limit_is_ever_held():
+    """A flood of broadcasts (or a long delay) holds at most JOIN_LIMIT bytes: the broadcast
+    that takes it past lets everything out, in order, at once."""
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    set_broadcast_delay(0.5, reactor)
+    a, _ = member(layer, "g")
+    big = "x" * 30000
+    read(reactor, lambda: layer.broadcast("g", text=big + "1"),
+         lambda: layer.broadcast("g", text=big + "2"))
+    assert a.writes == [] and _Hold.size == 2 * len(text(big + "1"))
+    read(reactor, lambda: layer.broadcast("g", text=big + "3"))
+    # Joined they would be over the limit: each frame on its own.
+    assert a.writes == [text(big + s) for s in "123"] and _Hold.size == 0 and not HELD
+    read(reactor, lambda: layer.broadcast("g", text="small"))
+    reactor.advance(0.5)
+    assert a.writes[3:] == [text("small")]
 
 
 def test_the_delay_is_bounded():

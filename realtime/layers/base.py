@@ -46,6 +46,10 @@ class LayerUnavailable(ConnectionError):
 
 
 class Receiver(Protocol):
+    #: How far it has had the held broadcasts (``let_out_for``): ``-1, 0`` to start with.
+    _held_seq: int
+    _held_count: int
+
     def deliver(self, event: dict[str, Any]) -> None: ...
 
     def deliver_frame(self, frame: bytes) -> bool: ...
@@ -64,7 +68,9 @@ HELD: list[list[Any]] = []
 
 
 #: A burst is joined into one write per member up to this size (the cork's limit); past it
-#: each frame goes on its own, so the slow-consumer policy sees every frame.
+#: each frame goes on its own, so the slow-consumer policy sees every frame. It is also as
+#: much as is ever held: a broadcast that takes what is held past it lets everything out at
+#: once, so a flood of broadcasts (or a long ``--broadcast-delay``) costs no more memory.
 JOIN_LIMIT = 65536
 
 
@@ -79,6 +85,8 @@ class _Hold:
     turn: Any = None
     #: The next entry's ``seq``.
     seq = 0
+    #: The bytes of every frame in ``HELD``.
+    size = 0
     #: Some receiver has had part of what is held (``let_out_for``, ``skip_held``): the
     #: fan-out checks each member's mark until everything held is out.
     marked = False
@@ -185,6 +193,7 @@ def flush_held() -> None:
     while HELD:
         batch = HELD[:]
         HELD.clear()
+        _Hold.size = 0
         marked = _Hold.marked
         for layer, group, frames, seq in batch:
             try:
@@ -202,37 +211,27 @@ def let_out_for(receiver: Any, channel: str | None) -> None:
     held for it alone, in order, and mark it as had, so the held frames still go to every
     other member together when the turn (or delay) ends. The layer's own deliveries are
     used (``deliver_joined``, else ``deliver_frame``): they never come back here."""
+    if channel is None:
+        return  # in no group
     last = HELD[-1]
     upto, count = receiver._held_seq, receiver._held_count
     # Marked first: a write below that closes the socket (4008) must not come back for
     # the same frames.
     receiver._held_seq, receiver._held_count = last[3], len(last[2])
     _Hold.marked = True
-    if channel is None:
-        return
     mine: list[bytes] = []
+    counted: Any = None
     for layer, group, frames, seq in HELD:
         if seq < upto:
             continue
         members = layer._groups.get(group)
         if members is None or members.get(channel) is not receiver:
             continue
-        taken = frames[count:] if seq == upto else frames
-        if taken:
-            mine.extend(taken)
-            stats = layer.stats
-            stats.broadcast_frames += len(taken)
-            stats.broadcast_bytes += sum(map(len, taken))
-            stats.broadcast_writes += 1
-    if not mine:
-        return
-    if len(mine) > 1:
-        joined = b"".join(mine)
-        if len(joined) <= JOIN_LIMIT and receiver.deliver_joined(joined):
-            return
-    for frame in mine:
-        if not receiver.deliver_frame(frame):
-            return
+        mine.extend(frames[count:] if seq == upto else frames)
+        counted = counted or layer
+    if mine:
+        # Counted on the first layer's stats (a process has one layer).
+        counted._write_rest(receiver, mine)
 
 
 def skip_held(receiver: Any) -> None:
@@ -428,6 +427,9 @@ class BaseChannelLayer:
                     else:
                         HELD.append([self, group, [frame], _Hold.seq])
                         _Hold.seq += 1
+                    _Hold.size += len(frame)
+                    if _Hold.size > JOIN_LIMIT:
+                        flush_held()  # in order; what waits for the turn's end still does
                 return
             reactor = _Hold.reactor
             if _Hold.thread != threading.get_ident() and getattr(reactor, "running", False):
@@ -495,7 +497,7 @@ class BaseChannelLayer:
         for receiver in receivers:
             if receiver is None:
                 continue
-            upto = getattr(receiver, "_held_seq", -1)
+            upto = receiver._held_seq
             if upto < seq:
                 whole.append(receiver)
             elif upto == seq:
@@ -505,6 +507,8 @@ class BaseChannelLayer:
         return whole
 
     def _write_rest(self, receiver: Any, frames: list[bytes]) -> None:
+        """Frames for one member: joined in one write when it takes them so, else one by
+        one; each counted as written."""
         stats = self.stats
         if len(frames) > 1:
             joined = b"".join(frames)

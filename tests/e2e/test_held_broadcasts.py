@@ -300,19 +300,20 @@ async def test_a_close_whose_held_broadcasts_overflow_the_member_sends_one_close
     """Closing a member that is behind, with more held for it than --max-send-buffer: the
     held frames go first and make the slow-consumer policy close it 4008; the 1000 asked
     for is not written after that close frame."""
-    limit = 256 * 1024
+    limit = 32 * 1024  # under what may be held (JOIN_LIMIT)
     server = await live(BURST_CLOSE, max_send_buffer=limit, slow_consumer="close",
                         close_timeout=4.0)  # time to read what was written before the close
     stalled, sender, conn = await stalled_and_sender(server)
     stalled.send_text("me")
     await until(lambda: bool(STALLED))
-    for _ in range(60):  # fill the stalled member's buffers, one broadcast per read
-        sender.write(client_frame(0x1, b"1 65536"))
+    for _ in range(100):  # fill the stalled member's buffers, one broadcast per read
+        sender.write(client_frame(0x1, b"1 16384"))
         await later(0.01)
         if conn._outq_bytes:
             break
-    assert conn._write_paused
-    sender.write(client_frame(0x1, b"64 65536 close"))
+    assert conn._write_paused and server.site.slow_consumer_closes == 0
+    # 60 KB held for it (under JOIN_LIMIT): the close lets them out, past the limit.
+    sender.write(client_frame(0x1, b"60 1000 close"))
     await until(lambda: server.site.slow_consumer_closes == 1, timeout=10)
     stalled.proto.transport.resumeProducing()
     # Everything, until the server drops the connection (it waits for a close reply).
