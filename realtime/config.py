@@ -42,6 +42,8 @@ class ServerConfig:
     rate_burst: int = 0
     #: Seconds a ``broadcast()`` may wait so that a group's messages of that time reach each
     #: member in one write (less CPU, more latency); 0: only to the end of the reactor turn.
+    #: Process-wide: applied by ``twistd realtime`` and ``testing.serve`` (until ``stop()``),
+    #: not by a ``RealtimeSite`` built directly nor by the communicators (per read there).
     broadcast_delay: float = 0.0
     #: Trust X-Forwarded-For/-Proto/-Port from peers in ``trusted_proxies``.
     proxy_headers: bool = False

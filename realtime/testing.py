@@ -37,6 +37,9 @@ def _default_reactor() -> Any:
 class LiveServer:
     """A running server: ``host``, ``port``, ``site``, ``ws_url(path)``, ``http_url(path)``."""
 
+    #: The process's broadcast delay before this server set its own (restored by ``stop``).
+    _delay_before: float | None = None
+
     def __init__(self, site: Any, port: Any) -> None:
         self.site = site
         self.listening_port = port
@@ -55,6 +58,16 @@ class LiveServer:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        try:
+            await self._stop_site()
+        finally:
+            if self._delay_before is not None:
+                from realtime.layers.base import set_broadcast_delay
+
+                set_broadcast_delay(self._delay_before)
+                self._delay_before = None
+
+    async def _stop_site(self) -> None:
         site = self.site
         await self.listening_port.stopListening()
         site.draining = True
@@ -71,10 +84,6 @@ class LiveServer:
         waits = [ch.lost for ch in channels if not ch.lost.called]
         for wait in waits:
             await wait
-        if site.config.broadcast_delay:
-            from realtime.layers.base import set_broadcast_delay
-
-            set_broadcast_delay(0)
 
 
 async def serve(
@@ -90,12 +99,14 @@ async def serve(
 
     reactor = reactor or _default_reactor()
     site = RealtimeSite(application, config or ServerConfig(), reactor, layer)
-    if site.config.broadcast_delay:  # process-wide, until stop()
-        from realtime.layers.base import set_broadcast_delay
-
-        set_broadcast_delay(site.config.broadcast_delay, reactor)
     port = reactor.listenTCP(0, site, interface=interface)
-    return LiveServer(site, port)
+    server = LiveServer(site, port)
+    if site.config.broadcast_delay:  # process-wide (as under twistd), until stop()
+        from realtime.layers.base import _Hold, set_broadcast_delay
+
+        server._delay_before = _Hold.delay
+        set_broadcast_delay(site.config.broadcast_delay, reactor)
+    return server
 
 
 # -- in memory --------------------------------------------------------------------------------

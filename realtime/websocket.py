@@ -204,8 +204,8 @@ class WebSocketConnection(WebSocketServerProtocol):
     _outq_bytes = 0
     _slow_closing = False
     _direct = False
-    # Broadcasts held during a read wait for the end of the reactor turn
-    # (``realtime.layers.base.release``), except on the in-memory transports of the
+    # Broadcasts held during a read wait for the end of the reactor turn, or the broadcast
+    # delay (``realtime.layers.base.release``), except on the in-memory transports of the
     # communicators, whose writes are delivered synchronously for tests: there, to the end
     # of each read. (Set per connection only there: idle memory.)
     _per_read = False
@@ -465,6 +465,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         out: the check is on what already waits). True when written or queued."""
         if HELD:  # what is held for this socket goes first (see realtime.layers.base)
             let_out_for(self, self.channel_name)
+            if self._slow_closing:
+                return False  # they made it close 4008: nothing after that close frame
         return self._put(data, more)
 
     def _put(self, data: bytes, more: bytes | None = None) -> bool:
@@ -512,9 +514,10 @@ class WebSocketConnection(WebSocketServerProtocol):
         """Parse a read with this connection's sends corked: what the handlers send in
         answer to the frames of one read leaves in one write (Bun and Centrifugo do the
         same), ordered with everything else sent to this socket. Broadcasts the handlers
-        make are held for the read too, and for the rest of the reactor turn
-        (``realtime.layers.base.hold``): a burst of messages to one group, or messages
-        from several publishers read in one turn, reach each member in one write."""
+        make are held for the read too, and for the rest of the reactor turn or the
+        broadcast delay (``realtime.layers.base.hold``): a burst of messages to one group,
+        or messages from several publishers read in one turn, reach each member in one
+        write."""
         corked = self._direct and self._cork is None
         if corked:
             self._cork = []
@@ -524,8 +527,8 @@ class WebSocketConnection(WebSocketServerProtocol):
             super().dataReceived(data)
         finally:
             try:
-                # The held broadcasts first (unless they wait for the reactor turn's end):
-                # this socket's own copy joins the cork.
+                # The held broadcasts first (unless they wait for the turn's end or the
+                # delay): this socket's own copy joins the cork.
                 release()
             finally:
                 if corked:

@@ -10,6 +10,19 @@ import pytest
 from tests.redis_support import redis_layer, redis_server  # noqa: F401 (fixtures)
 
 
+@pytest.fixture(autouse=True)
+def no_broadcast_delay_left() -> Any:
+    """``--broadcast-delay`` is process-wide: a test that leaves one set would delay every
+    later test's broadcasts (``testing.serve`` sets it and ``stop()`` restores it)."""
+    yield
+    from realtime.layers.base import _Hold, set_broadcast_delay
+
+    delay = _Hold.delay
+    if delay:
+        set_broadcast_delay(0)
+    assert delay == 0, "a test left a broadcast delay set (stop its server)"
+
+
 @pytest.fixture
 def live(realtime_server: Any) -> Any:
     """``await live(app, **config)``: the toolkit's ``realtime_server`` fixture (a real server

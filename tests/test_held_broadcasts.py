@@ -133,7 +133,8 @@ def test_a_member_who_joins_after_a_broadcast_does_not_get_it():
     assert layer.group_add("g", late_channel).called  # the memory layer: synchronous
     layer.broadcast("g", text="after")
     release()
-    assert early.writes == [text("before"), text("after")]
+    # The join changed no one else's wait: one write for the others.
+    assert early.writes == [text("before") + text("after")]
     assert late.writes == [text("after")]
 
 
@@ -144,10 +145,11 @@ def test_a_member_who_leaves_after_a_broadcast_still_gets_it():
     hold()
     layer.broadcast("g", text="before")
     assert layer.group_discard("g", leaving).called
+    assert leaves.writes == [text("before")] and stays.writes == []  # its share, at once
     layer.broadcast("g", text="after")
     release()
     assert leaves.writes == [text("before")]
-    assert stays.writes == [text("before"), text("after")]
+    assert stays.writes == [text("before") + text("after")]
 
 
 def detach(layer: InMemoryChannelLayer, channel: str) -> None:
@@ -554,8 +556,8 @@ def test_with_a_delay_a_broadcast_outside_a_read_waits_too():
 
 
 def test_with_a_delay_a_members_own_write_does_not_shorten_the_others_wait():
-    """A ping or a direct send to one member (every 20 s per socket: many per second in a
-    large room) lets out that member's frames only."""
+    """A direct send to one member (an answer, a pong) lets out that member's frames
+    only."""
     reactor, layer = Turns(), InMemoryChannelLayer()
     set_broadcast_delay(0.05, reactor)
     a, ca = member(layer, "g")
@@ -568,17 +570,58 @@ def test_with_a_delay_a_members_own_write_does_not_shorten_the_others_wait():
     assert a.writes == [text("1"), text("2")] and b.writes == [text("1") + text("2")]
 
 
-def test_with_a_delay_a_group_change_still_lets_everything_out_first():
+def test_with_a_delay_a_group_change_lets_out_the_changing_members_frames_only():
+    """Joins and leaves (every connect and disconnect in a busy room) do not cut the
+    others' wait short."""
     reactor, layer = Turns(), InMemoryChannelLayer()
     set_broadcast_delay(0.05, reactor)
     a, _ = member(layer, "g")
     b, cb = member(layer)
+    c, cc = member(layer, "g")
     read(reactor, lambda: layer.broadcast("g", text="before"))
     layer.group_add("g", cb)
-    assert a.writes == [text("before")]
+    layer.group_discard("g", cc)
+    layer.detach(cc)
+    assert a.writes == [] and c.writes == [text("before")]
     read(reactor, lambda: layer.broadcast("g", text="after"))
     reactor.advance(0.05)
-    assert a.writes == [text("before"), text("after")] and b.writes == [text("after")]
+    assert a.writes == [text("before") + text("after")] and b.writes == [text("after")]
+    assert c.writes == [text("before")]
+
+
+def test_a_member_joining_a_group_still_gets_what_is_held_for_its_other_groups():
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    a, ca = member(layer, "h")
+    read(reactor, lambda: layer.broadcast("h", text="h1"))
+    layer.group_add("g", ca)
+    read(reactor, lambda: layer.broadcast("g", text="g1"), lambda: layer.broadcast("h", text="h2"))
+    reactor.end_turn()
+    assert b"".join(a.writes) == text("h1") + text("g1") + text("h2")
+
+
+def test_the_join_limit_flush_in_a_turn_gives_marked_members_only_the_rest():
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    a, ca = member(layer, "g")
+    b, _ = member(layer, "g")
+    big = "x" * 40000
+    read(reactor, lambda: layer.broadcast("g", text="1"))
+    let_out_for(a, ca)
+    read(reactor, lambda: layer.broadcast("g", text=big), lambda: layer.broadcast("g", text=big))
+    assert not HELD  # past the limit: out at once
+    assert a.writes == [text("1"), text(big), text(big)]
+    assert b.writes == [text("1"), text(big), text(big)]
+    reactor.end_turn()
+    assert len(a.writes) == 3 and len(b.writes) == 3
+
+
+def test_changing_the_delay_lets_out_what_waits_for_the_old_one():
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    set_broadcast_delay(0.5, reactor)
+    a, _ = member(layer, "g")
+    read(reactor, lambda: layer.broadcast("g", text="x"))
+    assert a.writes == []
+    set_broadcast_delay(0)
+    assert a.writes == [text("x")] and _Hold.turn is None and not reactor.getDelayedCalls()
 
 
 def test_with_a_delay_off_a_running_reactor_broadcasts_still_go_at_the_end_of_the_read():

@@ -152,6 +152,11 @@ class TestValues:
     def test_parse_size(self, value, expected):
         assert parse_size(value) == expected
 
+    @pytest.mark.parametrize("delay", [-0.01, 1.01])
+    def test_config_bounds_the_broadcast_delay(self, delay):
+        with pytest.raises(ValueError, match="broadcast_delay must be between 0 and 1"):
+            ServerConfig(broadcast_delay=delay)
+
     @pytest.mark.parametrize("value", ["", "1.5M", "-1", "M", "1 TiB", "1e6"])
     def test_parse_size_rejects(self, value):
         with pytest.raises(ValueError):
@@ -282,9 +287,11 @@ class TestEnvironment:
     def test_value(self, monkeypatch):
         monkeypatch.setenv("REALTIME_MAX_MESSAGE_SIZE", "64KiB")
         monkeypatch.setenv("REALTIME_WEBSOCKET_CONNECT_TIMEOUT", "2.5")
+        monkeypatch.setenv("REALTIME_BROADCAST_DELAY", "0.02")
         config = parse().config
         assert config.max_message_size == 65536
         assert config.connect_timeout == 2.5
+        assert config.broadcast_delay == 0.02
 
     def test_app(self, monkeypatch):
         monkeypatch.setenv("REALTIME_APP", BENCH_APP)

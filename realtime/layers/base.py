@@ -10,11 +10,12 @@ Broadcasts made while one read is parsed (a WebSocket's frames, a Redis subscrib
 messages) are *held* and leave when the reactor turn is done (the end of the read, off a
 running reactor): consecutive broadcasts to one group go to each member as one write (a
 burst of 5 messages, or 5 publishers' messages read in one turn: one ``send()`` per member,
-not 5). A connection's own write first lets out what is held for that connection alone
-(``let_out_for``); a group change lets everything out: every member still sees every frame
-in the order it was sent; see ``hold()``. With ``set_broadcast_delay(seconds)`` (the
+not 5). A connection's own write, or a change of its groups, first lets out what is held
+for that connection alone (``let_out_for``), so every member still sees every frame in the
+order it was sent; see ``hold()``. With ``set_broadcast_delay(seconds)`` (the
 ``--broadcast-delay`` option) every broadcast waits up to that long, so a busy group's
-messages reach each member in fewer, larger writes: less CPU, more latency.
+messages reach each member in fewer, larger writes: less CPU, more latency. No more than
+``JOIN_LIMIT`` bytes are ever held.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class _Hold:
 def hold(reactor: Any = None) -> None:
     """A read starts being parsed (on the reactor thread): hold broadcasts until
     ``release()``. Nests. With a running ``reactor``, what is held at the outermost
-    release waits for the end of the reactor turn (see ``release``)."""
+    release waits for the end of the reactor turn, or the broadcast delay (``release``)."""
     if not _Hold.depth:
         if _Hold.turn is None:
             _Hold.thread = threading.get_ident()
@@ -110,8 +111,9 @@ def hold(reactor: Any = None) -> None:
 def release() -> None:
     """The read is done. The outermost release lets the held broadcasts out, then runs what
     waited for them (``after_release``); or, when the read came from a running reactor,
-    leaves them for the end of the reactor turn: the other reads of the same turn (other
-    publishers' messages to the same group) join them, one write per member for all."""
+    leaves them for the end of the reactor turn (or ``set_broadcast_delay``'s seconds): the
+    other reads of that time (other publishers' messages to the same group) join them, one
+    write per member for all."""
     _Hold.depth -= 1
     if _Hold.depth or (_Hold.turn is not None and _turn_live()):
         return
@@ -135,13 +137,21 @@ def set_broadcast_delay(seconds: float, reactor: Any = None) -> None:
         raise ValueError("the broadcast delay cannot be negative")
     _Hold.delay = float(seconds)
     _Hold.delay_reactor = reactor
+    turn = _Hold.turn
+    if turn is not None and not _Hold.depth:
+        # What waits for the old delay goes now (a test server's stop, a reload).
+        if turn.active():
+            turn.cancel()
+        _Hold.turn = None
+        _let_out()
 
 
 def _turn_live() -> bool:
-    """The pending end-of-turn call will run at the end of this turn. One that was cancelled
-    (a test harness's clean-up, a stopped reactor) or that the wall clock was set back
-    behind (Twisted times calls by ``time.time()``: the broadcasts would wait as long) is
-    dropped, and the caller lets the held broadcasts out itself."""
+    """The pending end-of-turn call will run at the end of this turn (or within the broadcast
+    delay). One that was cancelled (a test harness's clean-up, a stopped reactor) or that
+    the wall clock was set back behind (Twisted times calls by ``time.time()``: the
+    broadcasts would wait as long) is dropped, and the caller lets the held broadcasts out
+    itself."""
     turn = _Hold.turn
     if turn.active():
         if turn.getTime() <= turn.seconds() + _Hold.delay:
@@ -179,8 +189,8 @@ def _holding() -> bool:
 
 def after_release(call: Callable[[], Any]) -> None:
     """Run ``call`` once the broadcasts held so far are written: when the read being parsed
-    (or the reactor turn) ends, or now outside one (the Redis layer fires a publisher's
-    Deferred so)."""
+    (or the reactor turn, or the broadcast delay) ends, or now outside one (the Redis layer
+    fires a publisher's Deferred so)."""
     if _holding():
         _Hold.after.append(call)
     else:
@@ -188,33 +198,37 @@ def after_release(call: Callable[[], Any]) -> None:
 
 
 def flush_held() -> None:
-    """Deliver every held broadcast now, in order (what must happen before a group change or
-    a layer flush, so nothing overtakes them). Nothing held: nothing done."""
+    """Deliver every held broadcast now, in order (what must happen before a layer flush,
+    so nothing overtakes them). Nothing held: nothing done. One entry at a time, the rest
+    left in ``HELD``: a member's own write made meanwhile (a 4008 close) takes its share of
+    them first and is marked, as anywhere else."""
     while HELD:
-        batch = HELD[:]
-        HELD.clear()
-        _Hold.size = 0
-        marked = _Hold.marked
-        for layer, group, frames, seq in batch:
-            try:
-                layer._send_frames(group, frames, seq if marked else -1)
-            except Exception:
-                # A bug in one member's write must not cost the other groups their frames
-                # (nor the connection whose read ends here).
-                log.failure("broadcast to group {group} failed", group=group)
+        layer, group, frames, seq = HELD.pop(0)
+        _Hold.size -= sum(map(len, frames))
+        try:
+            layer._send_frames(group, frames, seq if _Hold.marked else -1)
+        except Exception:
+            # A bug in one member's write must not cost the other groups their frames
+            # (nor the connection whose read ends here).
+            log.failure("broadcast to group {group} failed", group=group)
     # Every mark is behind every later entry's seq now.
     _Hold.marked = False
+    _Hold.size = 0
 
 
 def let_out_for(receiver: Any, channel: str | None) -> None:
-    """Before a write of ``receiver``'s own (a ``send``, a ping, a close frame): write what is
-    held for it alone, in order, and mark it as had, so the held frames still go to every
-    other member together when the turn (or delay) ends. The layer's own deliveries are
-    used (``deliver_joined``, else ``deliver_frame``): they never come back here."""
+    """Before a write of ``receiver``'s own (a ``send``, a pong, a close frame) or a change
+    of its groups: write what is held for it alone, in order, and mark it as having had
+    everything held, so the held frames still go to every other member together when the
+    turn (or delay) ends, and none broadcast before now reaches it later. The layer's own
+    deliveries are used (``deliver_joined``, else ``deliver_frame``): they never come back
+    here."""
     if channel is None:
         return  # in no group
     last = HELD[-1]
     upto, count = receiver._held_seq, receiver._held_count
+    if upto == last[3] and count == len(last[2]):
+        return  # it has had everything held
     # Marked first: a write below that closes the socket (4008) must not come back for
     # the same frames.
     receiver._held_seq, receiver._held_count = last[3], len(last[2])
@@ -230,8 +244,11 @@ def let_out_for(receiver: Any, channel: str | None) -> None:
         mine.extend(frames[count:] if seq == upto else frames)
         counted = counted or layer
     if mine:
-        # Counted on the first layer's stats (a process has one layer).
-        counted._write_rest(receiver, mine)
+        try:
+            # Counted on the first layer's stats (a process has one layer).
+            counted._write_rest(receiver, mine)
+        except Exception:
+            log.failure("broadcast to channel {channel} failed", channel=channel)
 
 
 def skip_held(receiver: Any) -> None:
@@ -343,7 +360,7 @@ class BaseChannelLayer:
 
     def detach(self, channel: str) -> None:
         """The consumer is gone: forget the channel and its memberships."""
-        flush_held()
+        self._let_out_member(channel)
         self._receivers.pop(channel, None)
         for group in self._memberships.pop(channel, ()):
             members = self._groups.get(group)
@@ -354,9 +371,17 @@ class BaseChannelLayer:
                     self._group_emptied(group)
 
     # -- local group bookkeeping --------------------------------------------------------------
+    def _let_out_member(self, channel: str) -> None:
+        """Before ``channel``'s groups change: what is held for it goes now, and nothing
+        held reaches it later (``let_out_for``); the other members' frames stay held."""
+        if HELD:
+            receiver = self._receivers.get(channel)
+            if receiver is not None:
+                let_out_for(receiver, channel)
+
     def _add_local(self, group: str, channel: str) -> bool:
         """True when ``group`` just got its first local member."""
-        flush_held()  # a member added now must not get what was broadcast before
+        self._let_out_member(channel)  # a member added now must not get what came before
         members = self._groups.get(group)
         first = members is None
         if members is None:
@@ -366,7 +391,7 @@ class BaseChannelLayer:
         return first
 
     def _discard_local(self, group: str, channel: str) -> None:
-        flush_held()  # a member leaving now still gets what was broadcast before
+        self._let_out_member(channel)  # a member leaving now still gets what came before
         members = self._groups.get(group)
         if members is None or channel not in members:
             return
@@ -416,8 +441,9 @@ class BaseChannelLayer:
                          group=group, channel=channel)
 
     def _broadcast_local(self, group: str, frame: bytes) -> None:
-        """Write ``frame`` to every open local member of ``group``; during a read (``hold``)
-        it is held, to leave with the read's other broadcasts to the group in one write."""
+        """Write ``frame`` to every open local member of ``group``; during a read (``hold``),
+        the rest of its turn, or always with a broadcast delay, it is held, to leave with the
+        other broadcasts to the group of that time in one write."""
         if _Hold.depth or _Hold.turn is not None:
             if _holding():
                 if group in self._groups:
@@ -497,7 +523,7 @@ class BaseChannelLayer:
         for receiver in receivers:
             if receiver is None:
                 continue
-            upto = receiver._held_seq
+            upto = getattr(receiver, "_held_seq", -1)
             if upto < seq:
                 whole.append(receiver)
             elif upto == seq:

@@ -175,10 +175,10 @@ async def test_a_publishers_own_send_does_not_split_the_other_members_write():
 
 
 @pytest_twisted.ensureDeferred
-async def test_with_a_broadcast_delay_messages_of_separate_reads_share_one_send():
-    """``--broadcast-delay 0.3``: two messages 50 ms apart (two reactor turns) reach each
-    member in one send, no earlier than the delay."""
-    layer = InMemoryChannelLayer()
+async def test_with_a_broadcast_delay_messages_of_separate_reads_share_one_send(layer):
+    """``--broadcast-delay 0.3``: two messages 50 ms apart (two reactor turns; through
+    Redis, two subscriber reads) reach each member in one send, no earlier than the
+    delay."""
     server = await serve(bench_app, ServerConfig(broadcast_delay=0.3), layer=layer)
     try:
         conns = await members(server, "/room/slow", "slow", 3)
@@ -192,6 +192,16 @@ async def test_with_a_broadcast_delay_messages_of_separate_reads_share_one_send(
         assert time.monotonic() - started >= 0.25
         assert sorted(c.sends for c in counted.values()) == [1, 1, 1]
         assert layer.stats.broadcast_writes == 3 and layer.stats.broadcast_frames == 6
+        # Outside a read too (a timer's, this test's); through Redis the publisher's
+        # Deferred fires once the broadcast is written, after the wait.
+        started = time.monotonic()
+        sent = layer.broadcast("slow", text="third")
+        if layer.__class__.__name__ != "InMemoryChannelLayer":
+            assert not sent.called
+        await sent
+        for conn in conns:
+            assert (await conn.wait_frames(3))[2] == (0x1, b"third")
+        assert time.monotonic() - started >= 0.25
     finally:
         await server.stop()
     assert _Hold.delay == 0  # stop() puts the process's delay back
@@ -276,7 +286,8 @@ STALLED: list[Any] = []
 
 class BurstThenClose(WebsocketConsumer):
     """Like ``Burst``; ``"N SIZE close"`` then closes (1000) the first member that said
-    ``"me"``, in the same read: its close frame lets the held burst out first."""
+    ``"me"``, in the same read: its close frame lets the held burst out first; ``"N SIZE
+    ack"`` then answers the sender, whose own send lets its share out first."""
 
     groups = ["b"]
 
@@ -285,11 +296,13 @@ class BurstThenClose(WebsocketConsumer):
         if text_data == "me":
             STALLED.append(self)
             return
-        count, size, *close = text_data.split()
+        count, size, *then = text_data.split()
         for i in range(int(count)):
             self.channel_layer.broadcast("b", bytes=bytes([i % 256]) * int(size))
-        if close:
+        if then == ["close"]:
             STALLED.pop().close(1000)
+        elif then == ["ack"]:
+            self.send(text_data="ack")
 
 
 BURST_CLOSE = ProtocolTypeRouter({"websocket": URLRouter([path("b", BurstThenClose.as_app())])})
@@ -321,6 +334,31 @@ async def test_a_close_whose_held_broadcasts_overflow_the_member_sends_one_close
     sender.abort()
     closes = [payload[:2] for op, payload in frames if op == 0x8]
     assert closes == [(4008).to_bytes(2, "big")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_send_whose_held_broadcasts_overflow_the_sender_is_not_written_after_4008(live):
+    """A member that is behind broadcasts a burst and answers itself in one read: its own
+    send lets its held share out first, which closes it 4008; the answer is not written
+    after that close frame."""
+    limit = 32 * 1024
+    server = await live(BURST_CLOSE, max_send_buffer=limit, slow_consumer="close",
+                        close_timeout=4.0)
+    stalled, sender, conn = await stalled_and_sender(server)
+    for _ in range(100):  # fill the stalled member's buffers, one broadcast per read
+        sender.write(client_frame(0x1, b"1 16384"))
+        await later(0.01)
+        if conn._outq_bytes:
+            break
+    assert conn._write_paused and server.site.slow_consumer_closes == 0
+    stalled.write(client_frame(0x1, b"60 1000 ack"))
+    await until(lambda: server.site.slow_consumer_closes == 1, timeout=10)
+    stalled.proto.transport.resumeProducing()
+    frames = await stalled.wait_frames(lambda fs: False, timeout=15)
+    sender.abort()
+    closes = [i for i, (op, _) in enumerate(frames) if op == 0x8]
+    assert len(closes) == 1 and frames[closes[0]][1][:2] == (4008).to_bytes(2, "big")
+    assert (0x1, b"ack") not in frames[closes[0]:]
 
 
 # -- a read inside another read's hold -----------------------------------------------------------

@@ -80,6 +80,36 @@ def test_port_zero():
     assert "EPollReactor" in output
 
 
+def test_broadcast_delay_applies_to_the_twistd_server():
+    """``--broadcast-delay 0.4``: a message another member sends to the room reaches every
+    member no sooner than that (makeService sets the process-wide delay)."""
+    import time
+
+    with start(twistd(*APP, "--port", "0", "--broadcast-delay", "0.4")) as server:
+        url = f"ws://127.0.0.1:{server.port}/room/delayed"
+        with connect(url, open_timeout=TIMEOUT, proxy=None) as a, \
+                connect(url, open_timeout=TIMEOUT, proxy=None) as b:
+            # Both in the room (an earlier message reaches both once they are).
+            for _ in range(50):
+                a.send("hello")
+                try:
+                    b.recv(timeout=0.5)
+                    break
+                except TimeoutError:
+                    continue
+            while True:
+                try:
+                    a.recv(timeout=0.6)
+                    b.recv(timeout=0.6)
+                except TimeoutError:
+                    break
+            started = time.monotonic()
+            a.send("later")
+            assert b.recv(timeout=TIMEOUT) == "later"
+            assert time.monotonic() - started >= 0.35
+    stopped_cleanly(server)
+
+
 def test_bind_host_and_port():
     with start(twistd(*APP, "-b", "127.0.0.1", "--port", "0")) as server:
         assert server.addresses[0].startswith("tcp:127.0.0.1:")
