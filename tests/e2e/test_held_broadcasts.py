@@ -308,52 +308,32 @@ class BurstThenClose(WebsocketConsumer):
 BURST_CLOSE = ProtocolTypeRouter({"websocket": URLRouter([path("b", BurstThenClose.as_app())])})
 
 
+@pytest.mark.parametrize("then", ["close", "ack"])
 @pytest_twisted.ensureDeferred
-async def test_a_close_whose_held_broadcasts_overflow_the_member_sends_one_close_frame(live):
-    """Closing a member that is behind, with more held for it than --max-send-buffer: the
-    held frames go first and make the slow-consumer policy close it 4008; the 1000 asked
-    for is not written after that close frame."""
+async def test_a_write_whose_held_broadcasts_overflow_the_member_follows_no_4008(live, then):
+    """A member that is behind, with more held for it than --max-send-buffer, and then a
+    write of its own: ``close``, the server closes it (1000) in another member's read;
+    ``ack``, it broadcasts the burst itself and its handler answers it. Either way the held
+    frames go first and make the slow-consumer policy close it 4008, and the write asked
+    for (the 1000, the answer) does not follow that close frame."""
     limit = 32 * 1024  # under what may be held (JOIN_LIMIT)
     server = await live(BURST_CLOSE, max_send_buffer=limit, slow_consumer="close",
                         close_timeout=4.0)  # time to read what was written before the close
     stalled, sender, conn = await stalled_and_sender(server)
-    stalled.send_text("me")
-    await until(lambda: bool(STALLED))
+    if then == "close":
+        stalled.send_text("me")
+        await until(lambda: bool(STALLED))
     for _ in range(100):  # fill the stalled member's buffers, one broadcast per read
         sender.write(client_frame(0x1, b"1 16384"))
         await later(0.01)
         if conn._outq_bytes:
             break
     assert conn._write_paused and server.site.slow_consumer_closes == 0
-    # 60 KB held for it (under JOIN_LIMIT): the close lets them out, past the limit.
-    sender.write(client_frame(0x1, b"60 1000 close"))
+    # 60 KB held for it (under JOIN_LIMIT), let out by its own write: past the limit.
+    (sender if then == "close" else stalled).write(client_frame(0x1, f"60 1000 {then}".encode()))
     await until(lambda: server.site.slow_consumer_closes == 1, timeout=10)
     stalled.proto.transport.resumeProducing()
     # Everything, until the server drops the connection (it waits for a close reply).
-    frames = await stalled.wait_frames(lambda fs: False, timeout=15)
-    sender.abort()
-    closes = [payload[:2] for op, payload in frames if op == 0x8]
-    assert closes == [(4008).to_bytes(2, "big")]
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_send_whose_held_broadcasts_overflow_the_sender_is_not_written_after_4008(live):
-    """A member that is behind broadcasts a burst and answers itself in one read: its own
-    send lets its held share out first, which closes it 4008; the answer is not written
-    after that close frame."""
-    limit = 32 * 1024
-    server = await live(BURST_CLOSE, max_send_buffer=limit, slow_consumer="close",
-                        close_timeout=4.0)
-    stalled, sender, conn = await stalled_and_sender(server)
-    for _ in range(100):  # fill the stalled member's buffers, one broadcast per read
-        sender.write(client_frame(0x1, b"1 16384"))
-        await later(0.01)
-        if conn._outq_bytes:
-            break
-    assert conn._write_paused and server.site.slow_consumer_closes == 0
-    stalled.write(client_frame(0x1, b"60 1000 ack"))
-    await until(lambda: server.site.slow_consumer_closes == 1, timeout=10)
-    stalled.proto.transport.resumeProducing()
     frames = await stalled.wait_frames(lambda fs: False, timeout=15)
     sender.abort()
     closes = [i for i, (op, _) in enumerate(frames) if op == 0x8]
