@@ -37,8 +37,9 @@ def _default_reactor() -> Any:
 class LiveServer:
     """A running server: ``host``, ``port``, ``site``, ``ws_url(path)``, ``http_url(path)``."""
 
-    #: The process's broadcast delay before this server set its own (restored by ``stop``).
-    _delay_before: float | None = None
+    #: The process's broadcast delay and its reactor before this server set its own
+    #: (restored by ``stop``).
+    _delay_before: tuple[float, Any] | None = None
 
     def __init__(self, site: Any, port: Any) -> None:
         self.site = site
@@ -64,7 +65,7 @@ class LiveServer:
             if self._delay_before is not None:
                 from realtime.layers.base import set_broadcast_delay
 
-                set_broadcast_delay(self._delay_before)
+                set_broadcast_delay(*self._delay_before)
                 self._delay_before = None
 
     async def _stop_site(self) -> None:
@@ -104,7 +105,7 @@ async def serve(
     if site.config.broadcast_delay:  # process-wide (as under twistd), until stop()
         from realtime.layers.base import _Hold, set_broadcast_delay
 
-        server._delay_before = _Hold.delay
+        server._delay_before = (_Hold.delay, _Hold.delay_reactor)
         set_broadcast_delay(site.config.broadcast_delay, reactor)
     return server
 

@@ -13,6 +13,8 @@ from twisted.internet.task import Clock
 
 from realtime.layers import InMemoryChannelLayer
 from realtime.layers.base import (
+    _BY_GROUP,
+    _LAYERS,
     HELD,
     _Hold,
     after_release,
@@ -39,6 +41,8 @@ def no_hold_left():
     _Hold.size = 0
     set_broadcast_delay(0)  # the delay tests set one
     HELD.clear()
+    _BY_GROUP.clear()
+    del _LAYERS[:]
     assert (depth, parked, turn) == (0, [], None)
 
 

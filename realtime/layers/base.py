@@ -66,6 +66,11 @@ class Receiver(Protocol):
 #: had them (``let_out_for``). Mutated in place, never rebound, so ``if HELD:`` in the write
 #: paths is one global lookup.
 HELD: list[list[Any]] = []
+#: The same entries by ``(layer, group)``, in order, and the layers they belong to: a
+#: member's own write reads only its own groups' entries, not everything held (with many
+#: rooms busy in one turn or delay, a scan of ``HELD`` per write was quadratic).
+_BY_GROUP: dict[tuple[Any, str], list[list[Any]]] = {}
+_LAYERS: list[Any] = []
 
 
 #: A burst is joined into one write per member up to this size (the cork's limit); past it
@@ -205,6 +210,11 @@ def flush_held() -> None:
     while HELD:
         layer, group, frames, seq = HELD.pop(0)
         _Hold.size -= sum(map(len, frames))
+        key = (layer, group)
+        entries = _BY_GROUP[key]
+        del entries[0]  # this one: a group's entries leave in order
+        if not entries:
+            del _BY_GROUP[key]
         try:
             layer._send_frames(group, frames, seq if _Hold.marked else -1)
         except Exception:
@@ -214,6 +224,8 @@ def flush_held() -> None:
     # Every mark is behind every later entry's seq now.
     _Hold.marked = False
     _Hold.size = 0
+    _BY_GROUP.clear()
+    del _LAYERS[:]
 
 
 def let_out_for(receiver: Any, channel: str | None) -> None:
@@ -233,16 +245,22 @@ def let_out_for(receiver: Any, channel: str | None) -> None:
     # the same frames.
     receiver._held_seq, receiver._held_count = last[3], len(last[2])
     _Hold.marked = True
-    mine: list[bytes] = []
+    picked: list[list[Any]] = []
     counted: Any = None
-    for layer, group, frames, seq in HELD:
-        if seq < upto:
+    for layer in _LAYERS:
+        groups = layer._memberships.get(channel)
+        if not groups or layer._receivers.get(channel) is not receiver:
             continue
-        members = layer._groups.get(group)
-        if members is None or members.get(channel) is not receiver:
-            continue
+        for group in groups:
+            entries = _BY_GROUP.get((layer, group))
+            if entries:
+                picked.extend(entry for entry in entries if entry[3] >= upto)
+                counted = counted or layer
+    if len(picked) > 1:
+        picked.sort(key=lambda entry: entry[3])
+    mine: list[bytes] = []
+    for _, _, frames, seq in picked:
         mine.extend(frames[count:] if seq == upto else frames)
-        counted = counted or layer
     if mine:
         try:
             # Counted on the first layer's stats (a process has one layer).
@@ -451,8 +469,12 @@ class BaseChannelLayer:
                     if last is not None and last[0] is self and last[1] == group:
                         last[2].append(frame)
                     else:
-                        HELD.append([self, group, [frame], _Hold.seq])
+                        entry = [self, group, [frame], _Hold.seq]
                         _Hold.seq += 1
+                        HELD.append(entry)
+                        _BY_GROUP.setdefault((self, group), []).append(entry)
+                        if self not in _LAYERS:
+                            _LAYERS.append(self)
                     _Hold.size += len(frame)
                     if _Hold.size > JOIN_LIMIT:
                         flush_held()  # in order; what waits for the turn's end still does

@@ -1,0 +1,255 @@
+"""Held broadcasts against a model: random sequences of broadcasts (in reads, outside them,
+on two layers, some past the 64 KiB cap), joins, leaves, detaches, a member's own writes,
+late accepts, members that close 4008 part-way through their frames, turn ends and
+broadcast delays. Every member must get every frame broadcast to it while it was open and
+in the group, exactly once, in broadcast order, with its own writes in their place; a
+member that closed gets a prefix of that and nothing after its close."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from twisted.python import threadable
+
+from realtime.layers import InMemoryChannelLayer
+from realtime.layers.base import (
+    _BY_GROUP,
+    _LAYERS,
+    HELD,
+    _Hold,
+    let_out_for,
+    set_broadcast_delay,
+    skip_held,
+)
+from tests.test_held_broadcasts import Turns, read, text
+
+
+@pytest.fixture(autouse=True)
+def clean() -> Any:
+    yield
+    _Hold.depth = 0
+    _Hold.turn = None
+    _Hold.after = []
+    _Hold.marked = False
+    _Hold.size = 0
+    set_broadcast_delay(0)
+    HELD.clear()
+    _BY_GROUP.clear()
+    del _LAYERS[:]
+
+
+class Rec:
+    """A receiver that records its writes; ``close_after``: closes (4008) once it has that
+    many, writing its close frame as a socket does (its own write: ``let_out_for`` first)."""
+
+    _held_seq = -1
+    _held_count = 0
+
+    def __init__(self, name: str, joinable: bool = True) -> None:
+        self.name = name
+        self.writes: list[bytes] = []
+        self.joinable = joinable
+        self.open = True
+        self.channel: str | None = None
+        self.close_after: int | None = None
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        raise AssertionError("no events here")
+
+    def _own_close(self) -> None:
+        self.open = False
+        if HELD:
+            let_out_for(self, self.channel)
+        self.writes.append(b"<close>")
+
+    def deliver_frame(self, frame: bytes) -> bool:
+        if not self.open:
+            return False
+        if self.close_after is not None and len(self.writes) >= self.close_after:
+            self._own_close()
+            return False
+        self.writes.append(frame)
+        return True
+
+    def deliver_joined(self, joined: bytes) -> bool:
+        if not self.joinable or not self.open or self.close_after is not None:
+            return False
+        self.writes.append(joined)
+        return True
+
+    def own_write(self, tag: str) -> None:
+        """``WebSocketConnection._write``."""
+        if HELD:
+            let_out_for(self, self.channel)
+        if self.open:
+            self.writes.append(b"<own:" + tag.encode() + b">")
+
+    def stream(self) -> bytes:
+        return b"".join(self.writes)
+
+
+def run(seed: int, delay: float = 0.0, closers: bool = True, nlayers: int = 2):
+    rnd = random.Random(seed)
+    threadable.registerAsIOThread()
+    reactor = Turns()
+    layers = [InMemoryChannelLayer() for _ in range(nlayers)]
+    if delay:
+        set_broadcast_delay(delay, reactor)
+    groups = ["g", "h", "k"]
+    recs: list[tuple[Rec, Any]] = []
+    expected: dict[int, list[bytes]] = {}
+    member: dict[int, set] = {}
+    accepted: dict[int, bool] = {}
+    detached: dict[int, bool] = {}
+    n = [0]
+    log = []
+
+    def new_rec(accept_now=True):
+        i = len(recs)
+        L = rnd.choice(layers)
+        r = Rec(f"r{i}", joinable=rnd.random() < 0.8)
+        r.channel = L.attach(r)
+        recs.append((r, L))
+        expected[i] = []
+        member[i] = set()
+        accepted[i] = accept_now
+        detached[i] = False
+        if not accept_now:
+            r.open = False
+        if closers and rnd.random() < 0.15:
+            r.close_after = rnd.randint(1, 8)
+        return i
+
+    for _ in range(4):
+        new_rec()
+
+    def bcast(L, g, big):
+        n[0] += 1
+        body = f"{n[0]}:{L is layers[0]}:{g}:"
+        if big:
+            body += "x" * rnd.choice([20000, 30000, 40000])
+        frame = text(body)
+        log.append(("b", layers.index(L), g, n[0]))
+        for i, (_r, RL) in enumerate(recs):
+            if RL is L and g in member[i] and accepted[i] and not detached[i]:
+                expected[i].append(frame)
+        L.broadcast(g, text=body)
+
+    def join(i, g):
+        r, L = recs[i]
+        log.append(("join", i, g))
+        member[i].add(g)
+        L._add_local(g, r.channel)
+
+    def leave(i, g):
+        r, L = recs[i]
+        log.append(("leave", i, g))
+        member[i].discard(g)
+        L._discard_local(g, r.channel)
+
+    def own(i):
+        r, _L = recs[i]
+        n[0] += 1
+        tag = f"w{n[0]}"
+        log.append(("own", i, tag))
+        if accepted[i] and not detached[i]:
+            expected[i].append(b"<own:" + tag.encode() + b">")
+            r.own_write(tag)
+
+    def detach(i):
+        r, L = recs[i]
+        log.append(("detach", i))
+        detached[i] = True
+        member[i].clear()
+        L.detach(r.channel)
+
+    def accept_new():
+        i = new_rec(accept_now=False)
+        for g in rnd.sample(groups, rnd.randint(0, 2)):
+            join(i, g)
+        # broadcasts during "handshake" are not expected
+        def do_accept():
+            r, _L = recs[i]
+            log.append(("accept", i))
+            skip_held(r)
+            r.open = True
+            accepted[i] = True
+        return do_accept
+
+    pending_accepts = []
+
+    def action():
+        x = rnd.random()
+        live = [i for i in range(len(recs)) if not detached[i]]
+        if x < 0.45:
+            L = rnd.choice(layers)
+            bcast(L, rnd.choice(groups), rnd.random() < 0.05)
+        elif x < 0.55 and live:
+            join(rnd.choice(live), rnd.choice(groups))
+        elif x < 0.63 and live:
+            leave(rnd.choice(live), rnd.choice(groups))
+        elif x < 0.75 and live:
+            own(rnd.choice(live))
+        elif x < 0.78 and live:
+            detach(rnd.choice(live))
+        elif x < 0.82:
+            pending_accepts.append(accept_new())
+        elif x < 0.86 and pending_accepts:
+            pending_accepts.pop(0)()
+        elif x < 0.95:
+            if delay:
+                log.append(("advance",))
+                reactor.advance(rnd.choice([0, delay / 3, delay]))
+            else:
+                log.append(("end_turn",))
+                reactor.end_turn()
+        # else nothing
+
+    for _ in range(rnd.randint(5, 60)):
+        if rnd.random() < 0.6:
+            k = rnd.randint(1, 4)
+            log.append(("read",))
+            read(reactor, *[action for _ in range(k)])
+            log.append(("/read",))
+        else:
+            action()
+    while pending_accepts:
+        pending_accepts.pop(0)()
+    reactor.end_turn()
+    reactor.advance(max(delay, 0) + 1)
+    assert not HELD
+    for i, (r, _L) in enumerate(recs):
+        exp = b"".join(expected[i])
+        got = r.stream()
+        if b"<close>" in got:
+            before, after = got.split(b"<close>", 1)
+            assert after == b"", (seed, i, log)
+            # before must be a concatenation prefix of expected
+            acc = b""
+            ok = before == b""
+            for item in expected[i]:
+                acc += item
+                if acc == before:
+                    ok = True
+                    break
+            assert ok, (seed, i, got, exp, log)
+        else:
+            assert got == exp, (seed, i, r.name, got, exp, log)
+
+
+
+@pytest.mark.parametrize("seed", range(0, 3000, 10))
+def test_reactor_turns_two_layers(seed: int) -> None:
+    run(seed)
+
+
+@pytest.mark.parametrize("seed", range(1, 1500, 10))
+def test_a_broadcast_delay(seed: int) -> None:
+    run(seed, delay=0.05)
+
+
+@pytest.mark.parametrize("seed", range(2, 1500, 10))
+def test_one_layer_no_closers(seed: int) -> None:
+    run(seed, closers=False, nlayers=1)
