@@ -243,8 +243,7 @@ def let_out_for(receiver: Any, channel: str | None) -> None:
         return  # it has had everything held
     # Marked first: a write below that closes the socket (4008) must not come back for
     # the same frames.
-    receiver._held_seq, receiver._held_count = last[3], len(last[2])
-    _Hold.marked = True
+    _mark(receiver)
     picked: list[list[Any]] = []
     counted: Any = None
     for layer in _LAYERS:
@@ -264,7 +263,7 @@ def let_out_for(receiver: Any, channel: str | None) -> None:
     if mine:
         try:
             # Counted on the first layer's stats (a process has one layer).
-            counted._write_rest(receiver, mine)
+            counted._deliver_frames(receiver, mine)
         except Exception:
             log.failure("broadcast to channel {channel} failed", channel=channel)
 
@@ -272,9 +271,14 @@ def let_out_for(receiver: Any, channel: str | None) -> None:
 def skip_held(receiver: Any) -> None:
     """``receiver`` opens now: what is held was broadcast before, and is not for it."""
     if HELD:
-        last = HELD[-1]
-        receiver._held_seq, receiver._held_count = last[3], len(last[2])
-        _Hold.marked = True
+        _mark(receiver)
+
+
+def _mark(receiver: Any) -> None:
+    """``receiver`` has had everything held (``HELD[-1]``: its seq and frame count)."""
+    last = HELD[-1]
+    receiver._held_seq, receiver._held_count = last[3], len(last[2])
+    _Hold.marked = True
 
 
 def check_name(name: Any, what: str = "channel") -> str:
@@ -517,26 +521,10 @@ class BaseChannelLayer:
             stats.broadcast_bytes += sent * len(frame)
             stats.broadcast_writes += sent
             return
-        joined = b"".join(frames)
-        size = len(joined) if len(joined) <= JOIN_LIMIT else -1
-        count = len(frames)
-        n_frames = n_bytes = writes = 0
+        joined = b"".join(frames)  # once for every member
         for receiver in receivers:
-            if receiver is None:
-                continue
-            if size >= 0 and receiver.deliver_joined(joined):
-                n_frames += count
-                n_bytes += size
-                writes += 1
-                continue
-            for frame in frames:
-                if receiver.deliver_frame(frame):
-                    n_frames += 1
-                    n_bytes += len(frame)
-                    writes += 1
-        stats.broadcast_frames += n_frames
-        stats.broadcast_bytes += n_bytes
-        stats.broadcast_writes += writes
+            if receiver is not None:
+                self._deliver_frames(receiver, frames, joined)
 
     def _not_had(self, receivers: Any, frames: list[bytes], seq: int) -> list[Any]:
         """The members that have had none of held entry ``seq``; those that had its first
@@ -551,15 +539,18 @@ class BaseChannelLayer:
             elif upto == seq:
                 rest = frames[receiver._held_count:]
                 if rest:
-                    self._write_rest(receiver, rest)
+                    self._deliver_frames(receiver, rest)
         return whole
 
-    def _write_rest(self, receiver: Any, frames: list[bytes]) -> None:
-        """Frames for one member: joined in one write when it takes them so, else one by
-        one; each counted as written."""
+    def _deliver_frames(self, receiver: Any, frames: list[bytes],
+                        joined: bytes | None = None) -> None:
+        """Several frames for one member: joined (``joined``, if the caller has it) in one
+        write when it takes them so and they are within JOIN_LIMIT, else one by one, so
+        the slow-consumer policy sees every frame; each counted as written."""
         stats = self.stats
         if len(frames) > 1:
-            joined = b"".join(frames)
+            if joined is None:
+                joined = b"".join(frames)
             if len(joined) <= JOIN_LIMIT and receiver.deliver_joined(joined):
                 stats.broadcast_frames += len(frames)
                 stats.broadcast_bytes += len(joined)
