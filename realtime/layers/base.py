@@ -173,7 +173,10 @@ def _end_turn() -> None:
 
 
 def _let_out() -> None:
-    flush_held()
+    if HELD:
+        flush_held()
+    if not _Hold.after:
+        return  # the end of almost every read: nothing held, nothing waiting
     after, _Hold.after = _Hold.after, []
     for call in after:
         try:
