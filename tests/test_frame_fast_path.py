@@ -1,0 +1,209 @@
+"""``WebSocketConnection._parse_frames``: whole small text/binary frames skip Autobahn's
+parser. The same bytes, in the same random chunks, must get the same answer (echoes, pongs,
+close frames and codes, the TCP close) with the short cut as with Autobahn parsing every
+frame: random streams of good, fragmented, control and broken frames, at the size limits.
+In memory (a ``StringTransport``, a ``Clock``); the e2e suites drive it on real sockets."""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+from typing import Any
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from realtime.config import ServerConfig
+from realtime.examples.bench import application
+from realtime.layers import InMemoryChannelLayer
+from realtime.site import RealtimeSite
+from realtime.websocket import FAST_FRAME_LIMIT
+from tests.clients import (
+    after_headers,
+    captured_log,
+    client_frame,
+    close_code,
+    handshake,
+    parse_frames,
+)
+
+CLIENT = IPv4Address("TCP", "10.0.0.1", 5555)
+SERVER = IPv4Address("TCP", "127.0.0.1", 8000)
+KEY = base64.b64encode(b"0123456789abcdef")
+SMALL_LIMITS = {"max_frame_size": 1000, "max_message_size": 1500}
+
+
+def _open(fast: bool, **options: Any) -> tuple[RealtimeSite, Any, StringTransport]:
+    site = RealtimeSite(application, ServerConfig(**options), Clock(),
+                        layer=InMemoryChannelLayer())
+    if not fast:
+        site.connection_class = type("AutobahnOnly", (site.connection_class,),
+                                     {"_fast_limit": -1})
+    channel = site.buildProtocol(CLIENT)
+    transport = StringTransport(peerAddress=CLIENT, hostAddress=SERVER)
+    channel.makeConnection(transport)
+    channel.dataReceived(handshake("/echo", key=KEY))
+    assert transport.value().startswith(b"HTTP/1.1 101 "), transport.value()[:80]
+    (conn,) = site.connections
+    return site, conn, transport
+
+
+def _feed(fast: bool, data: bytes | list[bytes], chunks: list[int],
+          **options: Any) -> tuple[Any, ...]:
+    """Feed ``data`` in reads of ``chunks`` bytes (cycled), or a list of reads as given."""
+    site, conn, transport = _open(fast, **options)
+    if isinstance(data, bytes):
+        reads, pos, i = [], 0, 0
+        while pos < len(data):
+            reads.append(data[pos : pos + chunks[i % len(chunks)]])
+            pos += chunks[i % len(chunks)]
+            i += 1
+    else:
+        reads = data
+    with captured_log() as events:
+        for read in reads:
+            if transport.disconnecting:
+                break
+            conn.dataReceived(read)
+    failures = [e for e in events if e.get("log_failure") is not None]
+    assert not failures, failures[0]["log_failure"].getTraceback()
+    result = (transport.value(), transport.disconnecting, conn.state, conn.wasClean,
+              site.stats.messages_in)
+    conn.connectionLost(Failure(ConnectionDone()))
+    for call in site.clock.getDelayedCalls():
+        call.cancel()
+    return result
+
+
+def _non_minimal(payload: bytes) -> bytes:
+    """A text frame whose 16-bit length says what 7 bits could have (Autobahn: 1002)."""
+    key = os.urandom(4)
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return struct.pack("!BBH", 0x81, 0x80 | 126, len(payload)) + key + masked
+
+
+def _fragmented(parts: list[bytes], opcode: int) -> list[bytes]:
+    return [client_frame(opcode if i == 0 else 0, part, fin=i == len(parts) - 1)
+            for i, part in enumerate(parts)]
+
+
+BOUNDARIES = [0, 1, 125, 126, 127, 999, 1000, 1001, 1499, 1500, 1501, FAST_FRAME_LIMIT - 1,
+              FAST_FRAME_LIMIT, FAST_FRAME_LIMIT + 1, 65535, 65536]
+texts = st.text(max_size=200).map(lambda t: [client_frame(1, t.encode())])
+binaries = st.binary(max_size=200).map(lambda b: [client_frame(2, b)])
+at_limits = st.builds(lambda n, op: [client_frame(op, b"a" * n)], st.sampled_from(BOUNDARIES),
+                      st.sampled_from([1, 2]))
+controls = st.one_of(
+    st.binary(max_size=125).map(lambda b: [client_frame(9, b)]),
+    st.binary(max_size=125).map(lambda b: [client_frame(10, b)]),
+    st.sampled_from([[client_frame(8, struct.pack("!H", 1000) + b"bye")], [client_frame(8)]]),
+)
+fragments = st.builds(_fragmented, st.lists(st.binary(max_size=60), min_size=2, max_size=3),
+                      st.sampled_from([1, 2]))
+BROKEN = [
+    [client_frame(1, b"unmasked", mask=False)],
+    [client_frame(2, b"rsv", rsv=1)],
+    [client_frame(3, b"reserved opcode")],
+    [client_frame(0, b"continuation outside a message")],
+    [client_frame(1, b"\xff\xfe not UTF-8")],
+    [client_frame(1, "é".encode()[:1])],
+    [client_frame(9, b"x" * 126)],
+    [client_frame(9, b"fragmented ping", fin=False)],
+    [client_frame(8, b"\x03")],
+    [_non_minimal(b"n" * 100)],
+    [client_frame(1, b"hello", fin=False), client_frame(1, b"a new message inside it")],
+]
+broken = st.sampled_from(BROKEN)
+frames = st.one_of(texts, binaries, texts, binaries, at_limits, controls, fragments, broken)
+chunkings = st.lists(st.integers(1, 5000), min_size=1, max_size=6)
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(st.lists(frames, min_size=1, max_size=12), chunkings, st.booleans(), st.booleans())
+@example([[client_frame(1, b"a")], [client_frame(9, b"p")], [client_frame(2, b"b")]], [5000],
+         False, False)
+@example([[client_frame(1, b"x" * FAST_FRAME_LIMIT)]] * 3, [7, 5000], True, False)
+def test_the_short_cut_answers_every_stream_as_autobahn_does(groups, chunks, small_limits,
+                                                             frame_per_read):
+    parts = [frame for group in groups for frame in group]
+    data = parts if frame_per_read else b"".join(parts)
+    options = SMALL_LIMITS if small_limits else {}
+    fast = _feed(True, data, chunks, **options)
+    slow = _feed(False, data, chunks, **options)
+    assert fast == slow
+
+
+def test_every_broken_frame_after_a_good_one_in_one_read_or_in_reads_of_their_own():
+    for broken_frames in BROKEN:
+        parts = [client_frame(1, b"good"), *broken_frames, client_frame(2, b"after")]
+        for data in (b"".join(parts), parts):
+            assert _feed(True, data, [5000]) == _feed(False, data, [5000]), broken_frames
+
+
+def test_small_whole_frames_skip_autobahn_and_are_echoed_in_order():
+    messages = [("text", "héllo wörld ✓ " * n) for n in (0, 1, 5, 60)] + [
+        ("bytes", os.urandom(n)) for n in (0, 1, 125, 126, FAST_FRAME_LIMIT)]
+    data = b"".join(client_frame(1, m.encode()) if kind == "text" else client_frame(2, m)
+                    for kind, m in messages)
+    for fast in (True, False):
+        site, conn, transport = _open(fast)
+        conn.dataReceived(data)
+        echoed = parse_frames(after_headers(transport.value()))
+        expected = [(1, m.encode()) if kind == "text" else (2, m) for kind, m in messages]
+        assert echoed == expected
+        # Autobahn counts the frames it parsed; the short cut leaves them uncounted.
+        parsed = conn.trafficStats.incomingWebSocketFrames
+        assert parsed == (0 if fast else len(messages))
+        assert site.stats.messages_in == len(messages)
+
+
+def test_frames_past_the_limit_or_cut_by_the_read_go_to_autobahn():
+    site, conn, transport = _open(True)
+    big = client_frame(2, b"b" * (FAST_FRAME_LIMIT + 1))
+    small = client_frame(1, b"small")
+    conn.dataReceived(small + big + small)  # one short cut, then Autobahn for the rest
+    assert conn.trafficStats.incomingWebSocketFrames == 2
+    conn.dataReceived(small[:3])  # a header the read cut: Autobahn holds it
+    conn.dataReceived(small[3:] + small)  # Autobahn's read: it parses all of it
+    assert conn.trafficStats.incomingWebSocketFrames == 4
+    conn.dataReceived(small)  # Autobahn's buffer is empty again: the short cut
+    assert conn.trafficStats.incomingWebSocketFrames == 4
+    echoed = parse_frames(after_headers(transport.value()))
+    assert [op for op, _ in echoed] == [1, 2, 1, 1, 1, 1]
+    assert site.stats.messages_in == 6
+
+
+def test_a_frame_over_the_configured_size_closes_1009_as_before():
+    _site, conn, transport = _open(True, **SMALL_LIMITS)
+    conn.dataReceived(client_frame(1, b"ok") + client_frame(2, b"z" * 1001)
+                      + client_frame(1, b"never echoed"))
+    out = parse_frames(after_headers(transport.value()))
+    assert out[0] == (1, b"ok")
+    assert out[1][0] == 8 and close_code(out[1][1]) == 1009
+    assert len(out) == 2
+
+
+def test_invalid_utf8_in_a_short_cut_frame_closes_1007_and_stops_there():
+    _site, conn, transport = _open(True)
+    conn.dataReceived(client_frame(1, b"fine") + client_frame(1, b"\xc3\x28")
+                      + client_frame(1, b"after the error"))
+    out = parse_frames(after_headers(transport.value()))
+    assert out[0] == (1, b"fine")
+    assert out[1][0] == 8 and close_code(out[1][1]) == 1007
+    assert len(out) == 2
+
+
+def test_two_frames_cut_at_every_byte_between_two_reads():
+    data = client_frame(1, "ü".encode() * 70) + client_frame(2, b"\x00" * 9)
+    for cut in range(1, len(data)):
+        reads = [data[:cut], data[cut:]]
+        fast = _feed(True, reads, [])
+        assert fast == _feed(False, reads, []), cut
+        assert parse_frames(after_headers(fast[0])) == [(1, "ü".encode() * 70), (2, b"\x00" * 9)]
