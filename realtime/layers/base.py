@@ -122,8 +122,12 @@ def release() -> None:
     _Hold.depth -= 1
     if _Hold.depth or (_Hold.turn is not None and _turn_live()):
         return
+    if not HELD:
+        if _Hold.after:
+            _let_out()
+        return  # the end of almost every read: nothing was broadcast
     reactor = _Hold.reactor
-    if HELD and getattr(reactor, "running", False):
+    if getattr(reactor, "running", False):
         # callLater(0) runs after every read the reactor's poll returned with (Twisted's
         # mainLoop: runUntilCurrent, doIteration, runUntilCurrent), before it polls again;
         # with a broadcast delay, after the reads of that many seconds.
@@ -176,7 +180,7 @@ def _let_out() -> None:
     if HELD:
         flush_held()
     if not _Hold.after:
-        return  # the end of almost every read: nothing held, nothing waiting
+        return
     after, _Hold.after = _Hold.after, []
     for call in after:
         try:
