@@ -11,6 +11,7 @@ import os
 import struct
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
@@ -180,23 +181,17 @@ def test_frames_past_the_limit_or_cut_by_the_read_go_to_autobahn():
     assert site.stats.messages_in == 6
 
 
-def test_a_frame_over_the_configured_size_closes_1009_as_before():
-    _site, conn, transport = _open(True, **SMALL_LIMITS)
-    conn.dataReceived(client_frame(1, b"ok") + client_frame(2, b"z" * 1001)
-                      + client_frame(1, b"never echoed"))
+@pytest.mark.parametrize(("bad", "options", "code"), [
+    (client_frame(2, b"z" * 1001), SMALL_LIMITS, 1009),  # over --max-frame-size
+    (client_frame(1, b"\xc3\x28"), {}, 1007),  # not UTF-8: the decode in onMessage
+])
+def test_a_bad_frame_after_a_good_one_closes_with_its_code_and_nothing_after(bad, options,
+                                                                             code):
+    _site, conn, transport = _open(True, **options)
+    conn.dataReceived(client_frame(1, b"ok") + bad + client_frame(1, b"never echoed"))
     out = parse_frames(after_headers(transport.value()))
     assert out[0] == (1, b"ok")
-    assert out[1][0] == 8 and close_code(out[1][1]) == 1009
-    assert len(out) == 2
-
-
-def test_invalid_utf8_in_a_short_cut_frame_closes_1007_and_stops_there():
-    _site, conn, transport = _open(True)
-    conn.dataReceived(client_frame(1, b"fine") + client_frame(1, b"\xc3\x28")
-                      + client_frame(1, b"after the error"))
-    out = parse_frames(after_headers(transport.value()))
-    assert out[0] == (1, b"fine")
-    assert out[1][0] == 8 and close_code(out[1][1]) == 1007
+    assert out[1][0] == 8 and close_code(out[1][1]) == code
     assert len(out) == 2
 
 
