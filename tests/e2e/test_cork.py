@@ -63,6 +63,28 @@ async def test_sixteen_echoes_of_one_read_leave_in_one_send(live):
     assert counting.sends == 1
 
 
+
+@pytest_twisted.ensureDeferred
+async def test_short_cut_and_autobahn_frames_of_one_read_answer_in_order_in_one_send(live):
+    """Small whole frames skip Autobahn's parser (``_parse_frames``) until the first other
+    one: a ping, a 3 KiB frame, a fragmented message. All of it in one read still answers
+    in order, in one write."""
+    server = await live(bench_app)
+    conn = await ws_open(server.port, "/echo")
+    counting = count_sends(server)
+    big = bytes(range(256)) * 12
+    conn.write(client_frame(0x1, b"one") + client_frame(0x2, b"two")
+               + client_frame(0x9, b"ping") + client_frame(0x1, b"three")
+               + client_frame(0x2, big) + client_frame(0x1, b"fo", fin=False)
+               + client_frame(0x0, b"ur") + client_frame(0x1, b"five"))
+    frames = await conn.wait_frames(7)
+    assert frames == [(0x1, b"one"), (0x2, b"two"), (0xA, b"ping"), (0x1, b"three"),
+                      (0x2, big), (0x1, b"four"), (0x1, b"five")]
+    assert counting.sends == 1
+    conn.write(client_frame(0x1, b"six"))  # the next read takes the short cut again
+    frames = await conn.wait_frames(8)
+    assert frames[7] == (0x1, b"six")
+
 class Mixed(WebsocketConsumer):
     """Each message: a send, a broadcast to its own group (itself), a send; "bye" closes."""
 
