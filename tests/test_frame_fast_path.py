@@ -15,13 +15,16 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from realtime import AsyncWebsocketConsumer, ProtocolTypeRouter, URLRouter, WebsocketConsumer, path
 from realtime.config import ServerConfig
 from realtime.examples.bench import application
+from realtime.exceptions import StopConsumer
 from realtime.layers import InMemoryChannelLayer
 from realtime.site import RealtimeSite
 from realtime.websocket import FAST_FRAME_LIMIT
@@ -40,16 +43,16 @@ KEY = base64.b64encode(b"0123456789abcdef")
 SMALL_LIMITS = {"max_frame_size": 1000, "max_message_size": 1500}
 
 
-def _open(fast: bool, **options: Any) -> tuple[RealtimeSite, Any, StringTransport]:
-    site = RealtimeSite(application, ServerConfig(**options), Clock(),
-                        layer=InMemoryChannelLayer())
+def _open(fast: bool, app: Any = application, route: str = "echo",
+          **options: Any) -> tuple[RealtimeSite, Any, StringTransport]:
+    site = RealtimeSite(app, ServerConfig(**options), Clock(), layer=InMemoryChannelLayer())
     if not fast:
         site.connection_class = type("AutobahnOnly", (site.connection_class,),
                                      {"_fast_limit": -1})
     channel = site.buildProtocol(CLIENT)
     transport = StringTransport(peerAddress=CLIENT, hostAddress=SERVER)
     channel.makeConnection(transport)
-    channel.dataReceived(handshake("/echo", key=KEY))
+    channel.dataReceived(handshake("/" + route, key=KEY))
     assert transport.value().startswith(b"HTTP/1.1 101 "), transport.value()[:80]
     (conn,) = site.connections
     return site, conn, transport
@@ -60,11 +63,7 @@ def _feed(fast: bool, data: bytes | list[bytes], chunks: list[int],
     """Feed ``data`` in reads of ``chunks`` bytes (cycled), or a list of reads as given."""
     site, conn, transport = _open(fast, **options)
     if isinstance(data, bytes):
-        reads, pos, i = [], 0, 0
-        while pos < len(data):
-            reads.append(data[pos : pos + chunks[i % len(chunks)]])
-            pos += chunks[i % len(chunks)]
-            i += 1
+        reads = [data[i : i + size] for i, size in _cuts(len(data), chunks)]
     else:
         reads = data
     with captured_log() as events:
@@ -202,3 +201,131 @@ def test_two_frames_cut_at_every_byte_between_two_reads():
         fast = _feed(True, reads, [])
         assert fast == _feed(False, reads, []), cut
         assert parse_frames(after_headers(fast[0])) == [(1, "ü".encode() * 70), (2, b"\x00" * 9)]
+
+
+# -- consumers that close, raise, stop, wait and broadcast, under limits ---------------------
+LOG: list[Any] = []
+WAITING: list[Deferred[None]] = []
+
+
+def _act(consumer: Any, text: str | None, data: bytes | None) -> Any:
+    """What a message asks its consumer to do: its first word is the command. Returns what
+    the call returned (an async consumer awaits it)."""
+    LOG.append(("receive", text, data, consumer._conn.state))
+    command = text if text is not None else (data or b"").decode("latin-1")
+    if command.startswith("close"):
+        return consumer.close(4000 + len(command))
+    if command.startswith("raise"):
+        raise ValueError("a handler bug: 1011")
+    if command.startswith("stop"):
+        raise StopConsumer()
+    if command.startswith("bye"):
+        return consumer.send(text_data="bye", close=4002)
+    if command.startswith("broadcast"):
+        return consumer.channel_layer.broadcast("g", text="b:" + command)
+    if text is not None:
+        return consumer.send(text_data=text)
+    return consumer.send(bytes_data=data)
+
+
+class Acting(WebsocketConsumer):
+    groups = ["g"]
+
+    def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        _act(self, text_data, bytes_data)
+
+    def disconnect(self, code: int) -> None:
+        LOG.append(("disconnect", code))
+
+
+class Waiting(AsyncWebsocketConsumer):
+    """``wait...`` messages wait for the test to fire them: later messages queue up (and
+    past ``max_inflight``, the socket stops reading)."""
+
+    groups = ["g"]
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
+        command = text_data if text_data is not None else (bytes_data or b"").decode("latin-1")
+        if command.startswith("wait"):
+            waiting: Deferred[None] = Deferred()
+            WAITING.append(waiting)
+            await waiting
+        await _act(self, text_data, bytes_data)
+
+    async def disconnect(self, code: int) -> None:
+        LOG.append(("disconnect", code))
+
+
+ACTING = ProtocolTypeRouter({"websocket": URLRouter([
+    path("acting", Acting.as_app()), path("waiting", Waiting.as_app())])})
+
+
+def _feed_acting(fast: bool, reads: list[bytes], route: str, options: dict[str, Any],
+                 advances: list[float]) -> tuple[Any, ...]:
+    LOG.clear()
+    WAITING.clear()
+    site, conn, transport = _open(fast, app=ACTING, route=route, **options)
+    trace = []
+    with captured_log() as events:
+        for i, read in enumerate(reads):
+            if transport.disconnecting:
+                break
+            site.clock.advance(advances[i % len(advances)])  # the rate limit's bucket fills
+            conn.dataReceived(read)
+            trace.append((len(transport.value()), transport.producerState, conn.state))
+        for _ in range(200):
+            if not WAITING:
+                break
+            WAITING.pop(0).callback(None)
+            trace.append((len(transport.value()), transport.producerState, conn.state))
+    failures = [e["log_failure"].getErrorMessage() for e in events if e.get("log_failure")]
+    result = (transport.value(), transport.disconnecting, conn.state, conn.wasClean,
+              site.stats.messages_in, list(LOG), trace, failures, conn._closed_code)
+    conn.connectionLost(Failure(ConnectionDone()))
+    for call in site.clock.getDelayedCalls():
+        call.cancel()
+    return (*result, list(LOG))
+
+
+WORDS = ["hi", "close", "raise", "stop", "bye", "broadcast1", "wait", "wait2", "x" * 125,
+         "y" * 126, "é", ""]
+acting_frames = st.lists(st.one_of(
+    st.builds(lambda word, op, pad: client_frame(op, (word + pad).encode()),
+              st.sampled_from(WORDS), st.sampled_from([1, 2]),
+              st.sampled_from(["", "z" * 130, "q" * 2000])),
+    st.sampled_from([
+        client_frame(9, b"ping"), client_frame(10, b"pong"),
+        client_frame(8, struct.pack("!H", 1000)), client_frame(8), client_frame(1, b"\xff"),
+        client_frame(1, b"frag", fin=False), client_frame(0, b"ment"), client_frame(0, b"end"),
+        client_frame(2, b"r" * 3000), client_frame(1, b"u", mask=False),
+        client_frame(2, b"rsv", rsv=2), client_frame(1, b"close-fragmented", fin=False),
+    ]),
+), min_size=1, max_size=12)
+LIMITS = [{}, {"rate_limit": 2.0, "rate_burst": 3}, {"max_inflight": 2},
+          {"max_frame_size": 130, "max_message_size": 200},
+          {"max_frame_size": 1, "max_message_size": 5000},
+          {"rate_limit": 1.0, "max_inflight": 1}]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(acting_frames, chunkings, st.sampled_from(["acting", "waiting"]),
+       st.sampled_from(LIMITS), st.lists(st.sampled_from([0.0, 0.3, 1.0]), min_size=1,
+                                         max_size=3))
+def test_consumers_that_close_raise_wait_and_broadcast_see_the_same(parts, chunks, route,
+                                                                    options, advances):
+    """What each consumer was given (and in which state), what it wrote, when the socket
+    stopped reading, the close codes and the disconnect: the same both ways, under rate
+    limits, ``max_inflight`` and size limits."""
+    data = b"".join(parts)
+    reads = [data[i : i + size] for i, size in _cuts(len(data), chunks)]
+    fast = _feed_acting(True, reads, route, options, advances)
+    assert fast == _feed_acting(False, reads, route, options, advances)
+
+
+def _cuts(length: int, chunks: list[int]) -> list[tuple[int, int]]:
+    cuts, pos, i = [], 0, 0
+    while pos < length:
+        cuts.append((pos, chunks[i % len(chunks)]))
+        pos += chunks[i % len(chunks)]
+        i += 1
+    return cuts
