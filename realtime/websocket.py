@@ -6,13 +6,14 @@ socket, so a refusal is an ordinary HTTP response. ``accept()`` writes the 101 r
 takes the transport over from twisted.web and puts Autobahn's frame parser straight into
 the OPEN state (no second parse of the request).
 
-Autobahn parses frames, enforces the inbound size limits and answers pings; whole small
-text and binary frames at the start of a read skip its parser (``_parse_frames``), and
-the decode a consumer's ``str`` needs is the UTF-8 validation. Everything on the reactor
-clock is ours (keepalive, lifetime, the close deadline), on the injected reactor, so a
-``Clock`` drives it in tests; Autobahn's own timers (on txaio's global loop) are switched
-off. Outbound frames are written to the transport directly: the inbound size limit must
-not apply to sends, and the per-send Python path of ``sendMessage`` is most of its cost.
+Autobahn parses frames and enforces the inbound size limits (``onPing`` answers pings);
+whole small text and binary frames at the start of a read skip its parser
+(``_parse_frames``), and the decode a consumer's ``str`` needs is the UTF-8 validation.
+Everything on the reactor clock is ours (keepalive, lifetime, the close deadline), on the
+injected reactor, so a ``Clock`` drives it in tests; Autobahn's own timers (on txaio's
+global loop) are switched off. Outbound frames are written to the transport directly: the
+inbound size limit must not apply to sends, and the per-send Python path of
+``sendMessage`` is most of its cost.
 """
 
 from __future__ import annotations
@@ -558,8 +559,10 @@ class WebSocketConnection(WebSocketServerProtocol):
         for it and makes a dozen calls: a fifth of a small echo's CPU). From the first
         frame that is anything else (a control frame, a fragment, a frame the read cut,
         any protocol error) or once the socket is no longer open, the rest of the read
-        goes to Autobahn, which parses and answers it exactly as before. (Autobahn's
-        ``trafficStats``, which nothing here reads, do not count these frames.)"""
+        goes to Autobahn, which parses and answers it exactly as before. A read taken whole
+        here never reaches Autobahn: its ``trafficStats`` (octets, frames, messages) and its
+        per-read debug line miss it; nothing here reads them. Transports never re-enter
+        ``dataReceived`` (the communicators' wire queues), so the local cursor is safe."""
         limit = self._fast_limit
         end = len(data)
         pos = 0
