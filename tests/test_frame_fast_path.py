@@ -60,21 +60,25 @@ def _open(fast: bool, app: Any = application, route: str = "echo",
 
 def _feed(fast: bool, data: bytes | list[bytes], chunks: list[int],
           **options: Any) -> tuple[Any, ...]:
-    """Feed ``data`` in reads of ``chunks`` bytes (cycled), or a list of reads as given."""
+    """Feed ``data`` in reads of ``chunks`` bytes (cycled), or a list of reads as given;
+    what was written, and the state, after each read (an answer must not come a read
+    later either), and at the end."""
     site, conn, transport = _open(fast, **options)
     if isinstance(data, bytes):
         reads = [data[i : i + size] for i, size in _cuts(len(data), chunks)]
     else:
         reads = data
+    trace = []
     with captured_log() as events:
         for read in reads:
             if transport.disconnecting:
                 break
             conn.dataReceived(read)
+            trace.append((len(transport.value()), conn.state, site.stats.messages_in))
     failures = [e for e in events if e.get("log_failure") is not None]
     assert not failures, failures[0]["log_failure"].getTraceback()
     result = (transport.value(), transport.disconnecting, conn.state, conn.wasClean,
-              site.stats.messages_in)
+              site.stats.messages_in, trace)
     conn.connectionLost(Failure(ConnectionDone()))
     for call in site.clock.getDelayedCalls():
         call.cancel()
@@ -164,20 +168,28 @@ def test_small_whole_frames_skip_autobahn_and_are_echoed_in_order():
         assert site.stats.messages_in == len(messages)
 
 
-def test_frames_past_the_limit_or_cut_by_the_read_go_to_autobahn():
+def test_frames_past_the_limit_go_to_autobahn_and_cut_ones_wait_for_the_next_read():
     site, conn, transport = _open(True)
     big = client_frame(2, b"b" * (FAST_FRAME_LIMIT + 1))
     small = client_frame(1, b"small")
     conn.dataReceived(small + big + small)  # one short cut, then Autobahn for the rest
     assert conn.trafficStats.incomingWebSocketFrames == 2
-    conn.dataReceived(small[:3])  # a header the read cut: Autobahn holds it
-    conn.dataReceived(small[3:] + small)  # Autobahn's read: it parses all of it
-    assert conn.trafficStats.incomingWebSocketFrames == 4
-    conn.dataReceived(small)  # Autobahn's buffer is empty again: the short cut
-    assert conn.trafficStats.incomingWebSocketFrames == 4
+    for cut in (1, 3, 7, len(small) - 1):  # a frame the read cut: kept, unparsed
+        conn.dataReceived(small[:cut])
+        assert conn.data == small[:cut] and conn.current_frame is None
+        conn.dataReceived(small[cut:] + small)  # ... and the next read starts with it
+        assert conn.data == b""
+    medium = client_frame(2, b"m" * 300)  # a 16-bit length: cut inside it, then after it
+    conn.dataReceived(medium[:3])
+    conn.dataReceived(medium[3:5])
+    conn.dataReceived(medium[5:])
+    assert conn.trafficStats.incomingWebSocketFrames == 2  # none of those went to Autobahn
+    ping = client_frame(9, b"p")
+    conn.dataReceived(ping[:3])  # a control frame the read cut: Autobahn's, as before
+    conn.dataReceived(ping[3:] + small)
     echoed = parse_frames(after_headers(transport.value()))
-    assert [op for op, _ in echoed] == [1, 2, 1, 1, 1, 1]
-    assert site.stats.messages_in == 6
+    assert [op for op, _ in echoed] == [1, 2, 1] + [1, 1] * 4 + [2, 0xA, 1]
+    assert site.stats.messages_in == 3 + 8 + 2
 
 
 @pytest.mark.parametrize(("bad", "options", "code"), [
@@ -193,6 +205,22 @@ def test_a_bad_frame_after_a_good_one_closes_with_its_code_and_nothing_after(bad
     assert out[1][0] == 8 and close_code(out[1][1]) == code
     assert len(out) == 2
 
+
+
+@pytest.mark.parametrize(("header", "options", "code"), [
+    (struct.pack("!BBH", 0x82, 0x80 | 126, 1001) + b"mask", SMALL_LIMITS, 1009),
+    (struct.pack("!BB", 0x82, 0x80 | 50) + b"mask", {"max_frame_size": 10}, 1009),
+    (struct.pack("!BBH", 0x81, 0x80 | 126, 100) + b"mask", {}, 1002),  # not minimal
+    (struct.pack("!BBQ", 0x82, 0x80 | 127, 100) + b"mask", {}, 1002),  # nor in 64 bits
+    (struct.pack("!BB", 0x81, 5), {}, 1002),  # unmasked
+])
+def test_a_header_autobahn_refuses_is_answered_before_its_payload_comes(header, options,
+                                                                        code):
+    _site, conn, transport = _open(True, **options)
+    conn.dataReceived(client_frame(1, b"ok") + header)
+    out = parse_frames(after_headers(transport.value()))
+    assert out[0] == (1, b"ok")
+    assert out[1][0] == 8 and close_code(out[1][1]) == code
 
 def test_two_frames_cut_at_every_byte_between_two_reads():
     data = client_frame(1, "ü".encode() * 70) + client_frame(2, b"\x00" * 9)
