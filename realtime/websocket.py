@@ -539,7 +539,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         hold(None if self._per_read else self.reactor)
         try:
             if self.current_frame is None and not self.inside_message and self.state == _OPEN:
-                if self.data:  # the start of a frame the last read cut
+                if self.data:  # the start of a frame the last read cut (kept here or by
+                    # Autobahn: either way unparsed, and parsed again from its first byte)
                     data = self.data + data
                     self.data = b""
                 self._parse_frames(data)
@@ -608,9 +609,11 @@ class WebSocketConnection(WebSocketServerProtocol):
 
     @staticmethod
     def _cut_short(data: bytes, pos: int, limit: int) -> bool:
-        """``data[pos:]`` is the start of a frame ``_parse_frames`` takes, cut by the read:
-        under 2 bytes, or a final masked text/binary frame within ``limit`` whose header or
-        payload is incomplete (a header Autobahn would reject is never this)."""
+        """``data[pos:]`` may be the start of a frame ``_parse_frames`` takes, cut by the
+        read: a single byte (of any kind: Autobahn, too, needs two to judge), or a final
+        masked text/binary frame whose header or payload is incomplete and whose length
+        is, or may still be, within ``limit`` (a header Autobahn would reject is never
+        this). With ``limit`` -1 (the short cut off) nothing is kept back."""
         rest = len(data) - pos
         if rest < 2:
             return limit >= 0  # Autobahn, too, needs 2 bytes to see anything
@@ -623,7 +626,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         if n != 126:
             return False
         if rest < 4:
-            return True  # the length is still to come; Autobahn waits for it too
+            return limit >= 126  # the length is still to come; Autobahn waits for it too
         n = (data[pos + 2] << 8) | data[pos + 3]
         return 126 <= n <= limit and 8 + n > rest
 
