@@ -572,22 +572,35 @@ class WebSocketConnection(WebSocketServerProtocol):
         limit = self._fast_limit
         end = len(data)
         pos = 0
-        while end - pos >= 6:
+        # data[pos:] is a frame of that kind that the read cut (Autobahn would only have
+        # begun it; a header it would reject is never this); with the short cut off
+        # (limit -1), nothing is.
+        cut = False
+        while pos < end:
+            if end - pos < 2:
+                cut = limit >= 0  # one byte, of any kind: Autobahn, too, needs two to judge
+                break
             first = data[pos]
             if first != 0x81 and first != 0x82:
                 break  # not FIN + text/binary with RSV clear
             n = data[pos + 1] ^ 0x80  # the mask bit set: the 7-bit length; unmasked: >= 128
             if n < 126:
                 start = pos + 6
-            elif n == 126 and end - pos >= 8:
+            elif n == 126:
+                if end - pos < 4:
+                    cut = limit >= 126  # the length is still to come
+                    break
                 n = (data[pos + 2] << 8) | data[pos + 3]
                 if n < 126:
                     break  # not the minimal length encoding: Autobahn's 1002
                 start = pos + 8
             else:
-                break  # a 64-bit length, an unmasked frame, or a header the read cut
+                break  # a 64-bit length or an unmasked frame
+            if n > limit:
+                break
             stop = start + n
-            if n > limit or stop > end:
+            if stop > end:
+                cut = True
                 break
             if n:
                 key = data[start - 4 : start]
@@ -601,34 +614,10 @@ class WebSocketConnection(WebSocketServerProtocol):
             self.onMessage(payload, first == 0x82)
             if self.state != _OPEN:
                 break
-        if pos < end:
-            if self.state == _OPEN and self._cut_short(data, pos, limit):
-                self.data = data[pos:]
-            else:
-                super().dataReceived(data[pos:] if pos else data)
-
-    @staticmethod
-    def _cut_short(data: bytes, pos: int, limit: int) -> bool:
-        """``data[pos:]`` may be the start of a frame ``_parse_frames`` takes, cut by the
-        read: a single byte (of any kind: Autobahn, too, needs two to judge), or a final
-        masked text/binary frame whose header or payload is incomplete and whose length
-        is, or may still be, within ``limit`` (a header Autobahn would reject is never
-        this). With ``limit`` -1 (the short cut off) nothing is kept back."""
-        rest = len(data) - pos
-        if rest < 2:
-            return limit >= 0  # Autobahn, too, needs 2 bytes to see anything
-        first = data[pos]
-        if first != 0x81 and first != 0x82:
-            return False
-        n = data[pos + 1] ^ 0x80
-        if n < 126:
-            return n <= limit and 6 + n > rest
-        if n != 126:
-            return False
-        if rest < 4:
-            return limit >= 126  # the length is still to come; Autobahn waits for it too
-        n = (data[pos + 2] << 8) | data[pos + 3]
-        return 126 <= n <= limit and 8 + n > rest
+        if cut:  # only ever set while the socket is open
+            self.data = data[pos:]
+        elif pos < end:
+            super().dataReceived(data[pos:] if pos else data)
 
     def _nothing_buffered(self, transport: Any) -> bool:
         """A plain socket with nothing waiting in Twisted's buffer: a send may go straight
