@@ -113,18 +113,65 @@ def test_outside_a_read_a_broadcast_is_written_at_once():
     assert a.writes == [text("now")]
 
 
-def test_groups_interleaved_keep_the_order_each_member_saw_them_in():
-    """g, g, h, g: a member of both gets [g1 g2] [h1] [g3], never g3 before h1."""
+def test_groups_interleaved_reach_each_member_in_one_write_in_broadcast_order():
+    """g, g, h, g: a member of both gets g1 g2 h1 g3 in one write, never g3 before h1; a
+    member of g alone gets its three frames (two entries) in one write too; a member that
+    cannot take a joined write gets each frame, in the same order."""
     layer = InMemoryChannelLayer()
-    log: list[tuple[str, bytes]] = []
-    both, _ = member(layer, "g", "h", log=log, name="both")
+    both, _ = member(layer, "g", "h")
+    only_g, _ = member(layer, "g")
+    only_h, _ = member(layer, "h")
+    single, _ = member(layer, "g", "h", joinable=False)
     hold()
     for name in ("g1", "g2"):
         layer.broadcast("g", text=name)
     layer.broadcast("h", text="h1")
     layer.broadcast("g", text="g3")
     release()
-    assert both.writes == [text("g1") + text("g2"), text("h1"), text("g3")]
+    assert both.writes == [text("g1") + text("g2") + text("h1") + text("g3")]
+    assert only_g.writes == [text("g1") + text("g2") + text("g3")]
+    assert only_h.writes == [text("h1")]
+    assert single.writes == [text("g1"), text("g2"), text("h1"), text("g3")]
+    # 4 + 3 + 1 + 4 frames, in 1 + 1 + 1 + 4 writes.
+    assert (layer.stats.broadcast_frames, layer.stats.broadcast_writes) == (12, 7)
+
+
+def test_a_member_of_several_rooms_gets_one_write_per_turn_not_one_per_room():
+    """Three rooms with a message each in one read: a member of all three gets one write,
+    members of one room their one frame; the order is the broadcasts' order."""
+    layer = InMemoryChannelLayer()
+    everywhere, _ = member(layer, "r1", "r2", "r3")
+    two, _ = member(layer, "r3", "r1")
+    rooms = {room: member(layer, room)[0] for room in ("r1", "r2", "r3")}
+    hold()
+    for room in ("r1", "r2", "r3"):
+        layer.broadcast(room, text=f"to {room}")
+    release()
+    assert everywhere.writes == [text("to r1") + text("to r2") + text("to r3")]
+    assert two.writes == [text("to r1") + text("to r3")]
+    for room, alone in rooms.items():
+        assert alone.writes == [text(f"to {room}")]
+    assert layer.stats.broadcast_writes == 5
+    assert HELD == [] and not _Hold.marked
+
+
+def test_members_joined_across_groups_still_get_only_what_came_after_their_own_write():
+    """A member whose own write came mid-turn (marked) gets, at the turn's end, one write
+    of only what was broadcast after it, across its groups."""
+    reactor = Turns()
+    layer = InMemoryChannelLayer()
+    a, a_channel = member(layer, "g", "h")
+    b, _ = member(layer, "g", "h")
+    read(reactor, lambda: layer.broadcast("g", text="g1"),
+         lambda: layer.broadcast("h", text="h1"))
+    assert a.writes == b.writes == []  # held for the turn's end
+    let_out_for(a, a_channel)  # a's own write, between two reads of the turn
+    assert a.writes == [text("g1") + text("h1")]
+    read(reactor, lambda: layer.broadcast("g", text="g2"),
+         lambda: layer.broadcast("h", text="h2"))
+    reactor.end_turn()
+    assert a.writes == [text("g1") + text("h1"), text("g2") + text("h2")]
+    assert b.writes == [text("g1") + text("h1") + text("g2") + text("h2")]
 
 
 def test_a_member_who_joins_after_a_broadcast_does_not_get_it():
@@ -483,7 +530,8 @@ def test_a_members_own_write_takes_its_frames_of_every_group_in_order():
     assert log == [("a", text("g1") + text("h1") + text("g2"))]
     reactor.end_turn()
     assert a.writes == [text("g1") + text("h1") + text("g2")]
-    assert b.writes == [text("g1"), text("g2")] and c.writes == [text("h1")]
+    # b's two entries of g (h's between them) leave in one write too.
+    assert b.writes == [text("g1") + text("g2")] and c.writes == [text("h1")]
 
 
 def test_a_member_that_cannot_take_a_joined_write_gets_its_held_frames_one_by_one():

@@ -3,7 +3,8 @@ on two layers, some past the 64 KiB cap), joins, leaves, detaches, a member's ow
 late accepts, members that close 4008 part-way through their frames, turn ends and
 broadcast delays. Every member must get every frame broadcast to it while it was open and
 in the group, exactly once, in broadcast order, with its own writes in their place; a
-member that closed gets a prefix of that and nothing after its close."""
+member that closed gets a prefix of that and nothing after its close; and what a turn's end
+(or the delay) lets out reaches a member that can take a joined write in one write."""
 
 from __future__ import annotations
 
@@ -180,6 +181,15 @@ def run(seed: int, delay: float = 0.0, closers: bool = True, nlayers: int = 2):
 
     pending_accepts = []
 
+    def turn_ends(end: Any) -> None:
+        """What the turn's end (or the delay) lets out reaches each member that can take a
+        joined write in one write at most, whatever groups and entries it came in."""
+        before = [len(r.writes) for r, _L in recs]
+        end()
+        for i, (r, _L) in enumerate(recs):
+            if r.joinable and r.close_after is None:
+                assert len(r.writes) - before[i] <= 1, (seed, i, r.writes[before[i]:], log)
+
     def action():
         x = rnd.random()
         live = [i for i in range(len(recs)) if not detached[i]]
@@ -201,10 +211,11 @@ def run(seed: int, delay: float = 0.0, closers: bool = True, nlayers: int = 2):
         elif x < 0.95:
             if delay:
                 log.append(("advance",))
-                reactor.advance(rnd.choice([0, delay / 3, delay]))
+                step = rnd.choice([0, delay / 3, delay])
+                turn_ends(lambda: reactor.advance(step))
             else:
                 log.append(("end_turn",))
-                reactor.end_turn()
+                turn_ends(reactor.end_turn)
         # else nothing
 
     for _ in range(rnd.randint(5, 60)):
@@ -217,8 +228,8 @@ def run(seed: int, delay: float = 0.0, closers: bool = True, nlayers: int = 2):
             action()
     while pending_accepts:
         pending_accepts.pop(0)()
-    reactor.end_turn()
-    reactor.advance(max(delay, 0) + 1)
+    turn_ends(reactor.end_turn)
+    turn_ends(lambda: reactor.advance(max(delay, 0) + 1))
     assert not HELD
     for i, (r, _L) in enumerate(recs):
         exp = b"".join(expected[i])

@@ -213,7 +213,11 @@ def flush_held() -> None:
     """Deliver every held broadcast now, in order (what must happen before a layer flush,
     so nothing overtakes them). Nothing held: nothing done. One entry at a time, the rest
     left in ``HELD``: a member's own write made meanwhile (a 4008 close) takes its share of
-    them first and is marked, as anywhere else."""
+    them first and is marked, as anywhere else. With several entries held (broadcasts to
+    several groups, or to one group with others between), a member that more than one of
+    them reaches gets its share of all of them first, in one write (``_join_members``)."""
+    if len(HELD) > 1:
+        _join_members()
     while HELD:
         layer, group, frames, seq = HELD.pop(0)
         _Hold.size -= sum(map(len, frames))
@@ -233,6 +237,54 @@ def flush_held() -> None:
     _Hold.size = 0
     _BY_GROUP.clear()
     del _LAYERS[:]
+
+
+def _join_members() -> None:
+    """Before the entries leave one by one: each member that more than one held entry
+    reaches (a member of two rooms that both had a message, or of a group with another
+    group's entry between two of its own) has its frames of all of them written now, in
+    broadcast order, in one write, and is marked (so the entries then skip it): one
+    ``send()`` per member per turn (or broadcast delay), not one per entry. Members reached
+    by the same entries share one joined copy. A member that one entry reaches is left to
+    that entry's fan-out loop, the cheap path; one marked earlier (it had part of what is
+    held) takes the general ``let_out_for``."""
+    first_seq = HELD[0][3]
+    for layer in list(_LAYERS):
+        entries = [entry for entry in HELD if entry[0] is layer]
+        if len(entries) < 2:
+            continue
+        reach: dict[str, list[int]] = {}
+        receivers: dict[str, Any] = {}
+        for index, entry in enumerate(entries):
+            members = layer._groups.get(entry[1])
+            if members:
+                receivers.update(members)
+                for channel in members:
+                    got = reach.get(channel)
+                    if got is None:
+                        reach[channel] = [index]
+                    else:
+                        got.append(index)
+        shared: dict[tuple[int, ...], tuple[list[bytes], bytes]] = {}
+        for channel, indices in reach.items():
+            receiver = receivers[channel]
+            if len(indices) < 2 or receiver is None:
+                continue
+            if _Hold.marked and receiver._held_seq >= first_seq:
+                let_out_for(receiver, channel)
+                continue
+            key = tuple(indices)
+            mine = shared.get(key)
+            if mine is None:
+                frames = [frame for index in indices for frame in entries[index][2]]
+                mine = shared[key] = (frames, b"".join(frames))
+            # Marked first: a write that closes the socket (4008) must not come back for
+            # the same frames.
+            _mark(receiver)
+            try:
+                layer._deliver_frames(receiver, mine[0], mine[1])
+            except Exception:
+                log.failure("broadcast to channel {channel} failed", channel=channel)
 
 
 def let_out_for(receiver: Any, channel: str | None) -> None:

@@ -379,3 +379,57 @@ async def test_a_read_parsed_inside_another_reads_hold_keeps_its_order(live):
     go = await ws_open(server.port, "/go")
     go.send_text("go")
     assert await waiter.wait_frames(2) == [(0x1, b"a"), (0x1, b"X")]
+
+
+class Rooms(WebsocketConsumer):
+    """A member of the rooms its path names (``/rooms/a+b``); each message ``R1+R2 X``
+    broadcasts X to each named room, in that order."""
+
+    def connect(self) -> None:
+        for room in self.scope["url_route"]["kwargs"]["rooms"].split("+"):
+            self.channel_layer.group_add(room, self.channel_name)
+        self.accept()
+
+    def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        assert text_data is not None
+        rooms, _, arg = text_data.partition(" ")
+        for room in rooms.split("+"):
+            self.channel_layer.broadcast(room, text=f"{room}: {arg}")
+
+
+ROOMS = ProtocolTypeRouter({"websocket": URLRouter([path("rooms/<str:rooms>", Rooms.as_app())])})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_member_of_several_rooms_gets_one_turns_broadcasts_in_one_send(layer):
+    """One read broadcasts to rooms a, b, then a again: the member of both gets its three
+    frames in broadcast order, the member of a alone its two, of b its one; through the
+    memory layer each in one send."""
+    server = await serve(ROOMS, layer=layer)
+    try:
+        publisher = await ws_open(server.port, "/rooms/p")
+        both = await ws_open(server.port, "/rooms/a+b")
+        only_a = await ws_open(server.port, "/rooms/a")
+        only_b = await ws_open(server.port, "/rooms/b")
+        for conn in (publisher, both, only_a, only_b):
+            assert conn.response()[0] == 101
+        await until(lambda: (len(server.site.layer.local_members("a")),
+                             len(server.site.layer.local_members("b"))) == (2, 2))
+        counted = count_all_sends(server)
+        writes0 = layer.stats.broadcast_writes
+        publisher.write(client_frame(0x1, b"a+b one") + client_frame(0x1, b"a two"))
+        assert await both.wait_frames(3) == [
+            (0x1, b"a: one"), (0x1, b"b: one"), (0x1, b"a: two")]
+        assert await only_a.wait_frames(2) == [(0x1, b"a: one"), (0x1, b"a: two")]
+        assert await only_b.wait_frames(1) == [(0x1, b"b: one")]
+        if layer.__class__.__name__ == "InMemoryChannelLayer":
+            sends = {name: counted[server_side(server, conn)].sends
+                     for name, conn in (("both", both), ("a", only_a), ("b", only_b))}
+            assert sends == {"both": 1, "a": 1, "b": 1}
+            assert layer.stats.broadcast_writes - writes0 == 3
+        else:
+            # Through Redis the three PUBLISHes come back as Redis writes them: in one
+            # read of the subscriber or several; the frames and their order are certain.
+            assert 3 <= layer.stats.broadcast_writes - writes0 <= 6
+    finally:
+        await server.stop()
