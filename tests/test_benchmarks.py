@@ -322,3 +322,18 @@ def test_chart_from_smoke_rows(smoke, tmp_path):
     subprocess.run([sys.executable, str(BENCH / "chart.py"), str(out / "latest.jsonl"),
                     str(png), "--servers", "ours,autobahn", "--quick"], check=True, timeout=120)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rooms_join_measures_one_write_per_member_against_one_per_room():
+    """benchmarks/rooms_join.py, tiny: both modes deliver every frame (it asserts that),
+    joined in one write per member per turn, per room in one per room."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "rooms_join.py"), "--members", "20", "--rooms", "3",
+         "--turns", "2", "--passes", "1", "--gap", "0"],
+        capture_output=True, text=True, timeout=120, check=True)
+    lines = proc.stdout.splitlines()
+    joined = next(line for line in lines if line.strip().startswith("joined"))
+    per_room = next(line for line in lines if line.strip().startswith("per room "))
+    assert "1.00 writes per member per turn" in joined
+    assert "3.00 writes per member per turn" in per_room
+    assert any("per room / joined:" in line for line in lines)
