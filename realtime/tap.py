@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import sys
 from typing import Any
 
 from twisted.python import usage
@@ -112,13 +113,29 @@ def _rate(name: str, value: str | None) -> float:
     return rate / per
 
 
+def _import(module_name: str) -> Any:
+    """Import ``module_name``; a top-level package that is nowhere on ``sys.path`` is looked
+    for in the current directory too, last (as Daphne and uvicorn do: ``twistd`` and the
+    ``realtime`` script, unlike ``python -m``, do not put it on the path), so ``--app
+    myapp.consumers:application`` works from the project's directory, and an installed
+    package of the same name still wins."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        here = os.getcwd()
+        if exc.name != module_name.partition(".")[0] or here in sys.path or "" in sys.path:
+            raise
+        sys.path.append(here)
+        return importlib.import_module(module_name)
+
+
 def load_application(spec: str) -> Any:
     """Import ``package.module:attribute``; errors name the module or the attribute."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise StartupError(f"--app: expected MODULE:ATTRIBUTE, got {spec!r}")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name)
     except ImportError as exc:
         raise StartupError(
             f"--app {spec!r}: cannot import module {module_name!r}: {exc}"

@@ -279,6 +279,33 @@ def test_dotted_attribute(tmp_path, monkeypatch):
     assert mod_app is sys.modules["dotted_app_mod"].Holder.app
 
 
+def test_an_application_in_the_current_directory_is_found(tmp_path, monkeypatch):
+    """``twistd``/``realtime`` do not put the current directory on ``sys.path``; ``--app``
+    looks there last, so it works from the project's directory."""
+    package = tmp_path / "cwd_app_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "consumers.py").write_text("def application(scope, receive, send):\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    app = load_application("cwd_app_pkg.consumers:application")
+    assert app is sys.modules["cwd_app_pkg.consumers"].application
+    assert sys.path[-1] == str(tmp_path)  # last: installed packages win
+    # A module missing inside a package that was found is still the error it was.
+    (package / "broken.py").write_text("import cwd_app_missing_dependency\n")
+    assert error("--app", "cwd_app_pkg.broken:application", app=False) == (
+        "--app 'cwd_app_pkg.broken:application': cannot import module 'cwd_app_pkg.broken': "
+        "No module named 'cwd_app_missing_dependency'")
+
+
+def test_an_application_nowhere_names_the_module(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert error("--app", "cwd_app_nowhere.consumers:application", app=False) == (
+        "--app 'cwd_app_nowhere.consumers:application': cannot import module "
+        "'cwd_app_nowhere.consumers': No module named 'cwd_app_nowhere'")
+
+
 class TestEnvironment:
     def test_bad_value_names_the_option(self, monkeypatch):
         monkeypatch.setenv("REALTIME_PING_INTERVAL", "abc")

@@ -216,6 +216,21 @@ def test_console_script():
     stopped_cleanly(server)
 
 
+@pytest.mark.parametrize("command", ["twistd", "realtime"])
+def test_an_application_in_the_working_directory(tmp_path, command):
+    """The README's ``--app myapp.consumers:application``, run from the project's directory
+    by ``twistd`` or the ``realtime`` script (neither puts it on ``sys.path``)."""
+    (tmp_path / "myproject_e2e").mkdir()
+    (tmp_path / "myproject_e2e" / "__init__.py").write_text("")
+    (tmp_path / "myproject_e2e" / "consumers.py").write_text(
+        "from realtime.examples.bench import application\n")
+    argv = ["--app", "myproject_e2e.consumers:application", "--port", "0"]
+    cmd = twistd(*argv) if command == "twistd" else [script("realtime"), *argv]
+    with start(cmd, cwd=tmp_path) as server:
+        echo_tcp(server.port)
+    stopped_cleanly(server)
+
+
 def test_console_script_error_is_one_line():
     result = run([script("realtime"), *APP, "--max-inflight", "0"])
     assert result.returncode == 1
