@@ -1,7 +1,7 @@
 """The server's validated settings, shared by the bridge, the testing toolkit and ``tap``.
 
 ``tap.Options`` turns the command line into one of these; tests build them directly. The
-defaults are Daphne's (DESIGN.md, "Command line").
+defaults are Daphne's (README, "Command line").
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 every WebSocket before the listeners close.
 
 ``MultiService.stopService`` stops all children at once, which would close the listeners
-at the start of shutdown; DESIGN.md wants them open while sockets drain (so ``/readyz`` can
+at the start of shutdown; they must stay open while sockets drain (so ``/readyz`` can
 say 503 and new upgrades get a 503, not a refused connection).
 """
 
@@ -152,7 +152,7 @@ class RealtimeService(MultiService):
                 deadline.cancel()
             # twistd (and twist) re-raise the signal that stopped the reactor once it has
             # shut down, so the exit status would be -15; a finished drain is a clean exit
-            # with status 0 (DESIGN.md, "Drain").
+            # with status 0 (README, "Operations": the drain).
             if getattr(self.reactor, "_exitSignal", None) is not None:
                 self.reactor._exitSignal = None
             stopped = MultiService.stopService(self)

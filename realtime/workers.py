@@ -428,7 +428,7 @@ class SupervisorService(Service):
             if deadline.active():
                 deadline.cancel()
             # twistd re-raises the signal that stopped it (exit status -15); every worker
-            # drained and exited, which is a clean exit (DESIGN.md, "Drain").
+            # drained and exited, which is a clean exit (README, "Operations": the drain).
             if getattr(self.reactor, "_exitSignal", None) is not None:
                 self.reactor._exitSignal = None
             self.notifier.stop_watchdog()

@@ -5,14 +5,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# apt-get install, after one apt-get update per run at most (shared by every install below).
+# apt-get install, after one apt-get update per run at most (shared by every install below);
+# through sudo when not run as root.
+as_root=()
+if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null; then
+    as_root=(sudo)
+fi
 apt_updated=
 apt_install() {
     if [[ -z $apt_updated ]]; then
-        apt-get update || return
+        "${as_root[@]}" apt-get update || return
         apt_updated=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
 }
 
 # Debian tools the end-to-end tests use (tests/e2e/test_launch.py): systemd-socket-activate

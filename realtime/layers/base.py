@@ -10,7 +10,8 @@ Broadcasts made while one read is parsed (a WebSocket's frames, a Redis subscrib
 messages) are *held* and leave when the reactor turn is done (the end of the read, off a
 running reactor): consecutive broadcasts to one group go to each member as one write (a
 burst of 5 messages, or 5 publishers' messages read in one turn: one ``send()`` per member,
-not 5), and a member of several groups that had broadcasts then gets them all in one write. A connection's own write, or a change of its groups, first lets out what is held
+not 5), and a member of several groups that had broadcasts then gets them all in one
+write. A connection's own write, or a change of its groups, first lets out what is held
 for that connection alone (``let_out_for``), so every member still sees every frame in the
 order it was sent; see ``hold()``. With ``set_broadcast_delay(seconds)`` (the
 ``--broadcast-delay`` option) every broadcast waits up to that long, so a busy group's

@@ -166,9 +166,9 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
     twistd_path = script("twistd")
     for name in ("realtime.service", "realtime.socket"):
         text = (UNITS / name).read_text()
-        # The unit names /usr/bin/twistd (a distribution's path); verify checks that the
-        # binary exists, so the copy names this environment's twistd.
-        (tmp_path / name).write_text(text.replace("/usr/bin/twistd", twistd_path))
+        # The unit names /opt/realtime/bin/twistd (the venv its comment makes); verify
+        # checks that the binary exists, so the copy names this environment's twistd.
+        (tmp_path / name).write_text(text.replace("/opt/realtime/bin/twistd", twistd_path))
     result = run([tool, "verify", str(tmp_path / "realtime.service"),
                   str(tmp_path / "realtime.socket")], cwd=tmp_path)
     assert result.returncode == 0, result.output
@@ -219,7 +219,7 @@ def _socket_activated(tmp_path: Path, extra: dict[str, str]) -> str:
     tool = _needed("systemd-socket-activate", "systemd")
     service, sock = _unit("realtime.service"), _unit("realtime.socket")
     argv = shlex.split(service["ExecStart"][0])
-    assert argv[0] == "/usr/bin/twistd"
+    assert argv[0] == "/opt/realtime/bin/twistd"
     argv[0] = script("twistd")
     env = dict(item.split("=", 1) for value in service.get("Environment", [])
                for item in shlex.split(value))
