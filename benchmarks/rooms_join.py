@@ -2,12 +2,15 @@
 process, on real loopback TCP sockets.
 
     python benchmarks/rooms_join.py [--members 2000] [--rooms 3] [--turns 40] [--passes 5]
+                                    [--disjoint]
 
 Every member is in every room; each turn broadcasts one 64-byte message to each room inside
 one read (``hold()``/``release()``), as a handler that posts to several rooms, or a Redis
 subscriber's read of several rooms' messages, does. "joined" is the layer as it is (a member
 that several held entries reach gets them in one write, ``_join_members``); "per room"
-switches that step off (one write per member per room, the layer before it). A reader
+switches that step off (one write per member per room, the layer before it). With
+``--disjoint`` each member is in one room only: nobody is reached twice, and the step's
+cost is finding that out (it should be lost in the noise). A reader
 process on the other core drains the sockets, so each write pays the receiver's wake-up as
 in a real fan-out. Printed: the server thread's CPU (user + system, ``thread_time``) per
 delivered frame, writes per member per turn, medians over the passes, and the ratio. The
@@ -85,6 +88,8 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--gap", type=float, default=0.02,
                         help="seconds between turns (the readers go back to waiting)")
+    parser.add_argument("--disjoint", action="store_true",
+                        help="each member in one room (members spread over the rooms)")
     parser.add_argument("--reader", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reader is not None:
@@ -110,10 +115,11 @@ def main() -> None:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         layer = InMemoryChannelLayer()
         rooms = [f"room{i}" for i in range(args.rooms)]
-        for sock in socks:
+        for i, sock in enumerate(socks):
             channel = layer.attach(SocketReceiver(sock))
-            for room in rooms:
+            for room in [rooms[i % len(rooms)]] if args.disjoint else rooms:
                 layer._add_local(room, channel)
+        per_turn = args.members * (1 if args.disjoint else args.rooms)
         message = "x" * 64
         joining = base._join_members
         results: dict[str, list[tuple[float, float]]] = {"joined": [], "per room": []}
@@ -133,7 +139,7 @@ def main() -> None:
                 cpu += time.thread_time() - start
             frames = stats.broadcast_frames - frames0
             writes = stats.broadcast_writes - writes0
-            assert frames == args.turns * args.rooms * args.members, frames
+            assert frames == args.turns * per_turn, frames
             return cpu / frames * 1e6, writes / (args.turns * args.members)
 
         one_pass("joined")  # warm-up
@@ -142,8 +148,9 @@ def main() -> None:
             for mode in order:
                 results[mode].append(one_pass(mode))
         base._join_members = joining
-        print(f"{args.members} members, each in {args.rooms} rooms; {args.turns} turns of "
-              f"one message per room; {args.passes} passes, medians")
+        where = f"one of {args.rooms} rooms" if args.disjoint else f"{args.rooms} rooms"
+        print(f"{args.members} members, each in {where}; {args.turns} turns of one message "
+              f"per room; {args.passes} passes, medians")
         med = {}
         for mode, rows in results.items():
             us = statistics.median(r[0] for r in rows)

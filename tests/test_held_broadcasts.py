@@ -706,3 +706,94 @@ def test_no_more_than_the_join_limit_is_ever_held():
 def test_the_delay_is_bounded():
     with pytest.raises(ValueError):
         set_broadcast_delay(-0.1)
+
+
+class Answering(Recording):
+    """On its first write, a read of its own is parsed at once, which broadcasts to g: what
+    the in-memory communicators' transports do when a test answers a frame the moment it
+    arrives."""
+
+    def __init__(self, layer: InMemoryChannelLayer, reactor: Any = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.layer, self.reactor, self.answered = layer, reactor, False
+
+    def deliver_frame(self, frame: bytes) -> bool:
+        ok = super().deliver_frame(frame)
+        if not self.answered:
+            self.answered = True
+            read(self.reactor, lambda: self.layer.broadcast("g", text="answer"))
+        return ok
+
+
+@pytest.mark.parametrize("turns", [False, True], ids=["end-of-read", "end-of-turn"])
+def test_a_read_parsed_inside_the_flush_joins_it_behind_what_is_being_let_out(turns):
+    """The flush is not re-entered: the answer goes to every member of g after g1 and h1,
+    once, whichever member's delivery set it off and whenever the others are reached."""
+    reactor = Turns() if turns else None
+    layer = InMemoryChannelLayer()
+    a = Answering(layer, reactor)
+    b, c = Recording(), Recording()
+    channels = [layer.attach(r) for r in (a, b, c)]
+    for channel in channels[:2]:
+        layer._add_local("g", channel)
+        layer._add_local("h", channel)
+    layer._add_local("g", channels[2])
+    read(reactor, lambda: layer.broadcast("g", text="g1"), lambda: layer.broadcast("h", text="h1"))
+    if turns:
+        reactor.end_turn()
+        reactor.end_turn()  # the answer's own turn: nothing left for it
+    for member in (a, b):
+        assert b"".join(member.writes) == text("g1") + text("h1") + text("answer")
+    assert b"".join(c.writes) == text("g1") + text("answer")
+    assert HELD == [] and not _Hold.flushing
+    assert layer.stats.broadcast_frames == 3 + 3 + 2
+
+
+def test_a_member_whose_frames_together_pass_the_join_limit_gets_one_write_per_entry():
+    """Joining across entries only within JOIN_LIMIT: past it, each entry's own joined
+    write, as before, rather than every frame on its own."""
+    layer = InMemoryChannelLayer()
+    both, _ = member(layer, "g", "h")
+    hold()
+    for i in range(1000):
+        layer.broadcast("g", text=f"{i:058d}")  # 60-byte frames: 60,000 bytes
+    layer.broadcast("h", text="x" * 6000)  # past 64 KiB held: let out now
+    release()
+    assert len(both.writes) == 2
+    assert both.writes[1] == text("x" * 6000)
+    assert b"".join(both.writes) == b"".join(text(f"{i:058d}") for i in range(1000)) + \
+        text("x" * 6000)
+
+
+def test_a_receiver_without_marks_of_its_own_is_joined_too():
+    """``_held_seq`` is read with a default: a receiver class without it still gets its
+    frames, in one write, while another member is marked."""
+
+    class Bare:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def deliver(self, event: dict[str, Any]) -> None:
+            raise AssertionError("no events here")
+
+        def deliver_frame(self, frame: bytes) -> bool:
+            self.writes.append(frame)
+            return True
+
+        deliver_joined = deliver_frame
+
+    layer = InMemoryChannelLayer()
+    bare = Bare()
+    bare_channel = layer.attach(bare)
+    marked, marked_channel = member(layer, "g", "h")
+    for group in ("g", "h"):
+        layer._add_local(group, bare_channel)
+    hold()
+    layer.broadcast("g", text="g1")
+    let_out_for(marked, marked_channel)
+    layer.broadcast("h", text="h1")
+    layer.broadcast("g", text="g2")
+    release()
+    assert bare.writes == [text("g1") + text("h1") + text("g2")]
+    assert marked.writes == [text("g1"), text("h1") + text("g2")]
+    assert HELD == []

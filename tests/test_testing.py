@@ -150,6 +150,35 @@ async def test_a_broadcast_reaches_the_other_communicators_when_send_to_returns(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_test_that_answers_a_frame_as_it_arrives_keeps_every_members_order():
+    """A callback on ``receive_from`` that sends at once makes the server parse that read
+    inside the flush of the one before: its broadcast goes behind, to everyone, in order."""
+    from realtime.layers import InMemoryChannelLayer
+    from tests.e2e.test_held_broadcasts import ROOMS
+
+    layer = InMemoryChannelLayer()
+    comms = {}
+    for name, rooms in (("p", "p"), ("m", "a+b"), ("n", "a+b"), ("o", "a")):
+        comm = comms[name] = WebsocketCommunicator(ROOMS, f"/rooms/{rooms}")
+        comm.site.layer = layer
+        assert (await comm.connect())[0]
+    first: list[str] = []
+
+    def answer(message: str) -> None:
+        first.append(message)
+        comms["n"].send_to(text_data="b reply")
+
+    comms["m"].receive_from().addCallback(answer)
+    comms["p"].send_to(text_data="a+b one")
+    assert first == ["a: one"]
+    assert list(comms["m"]._messages) == ["b: one", "b: reply"]
+    assert list(comms["n"]._messages) == ["a: one", "b: one", "b: reply"]
+    assert list(comms["o"]._messages) == ["a: one"]
+    for comm in comms.values():
+        await comm.disconnect()
+
+
+@pytest_twisted.ensureDeferred
 async def test_subprotocol_choice():
     comm = WebsocketCommunicator(app, "/rec", subprotocols=["v1", "v2"])
     assert await comm.connect() == (True, "v2")

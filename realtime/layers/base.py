@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import secrets
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -101,6 +101,8 @@ class _Hold:
     #: reactor a broadcast outside a read waits on.
     delay = 0.0
     delay_reactor: Any = None
+    #: ``flush_held`` is letting them out (it is not re-entered).
+    flushing = False
 
 
 def hold(reactor: Any = None) -> None:
@@ -178,6 +180,10 @@ def _end_turn() -> None:
 
 
 def _let_out() -> None:
+    if _Hold.flushing:
+        # A read parsed inside a flush: that flush lets its broadcasts out, and its caller
+        # runs what waits for them.
+        return
     if HELD:
         flush_held()
     if not _Hold.after:
@@ -216,23 +222,34 @@ def flush_held() -> None:
     left in ``HELD``: a member's own write made meanwhile (a 4008 close) takes its share of
     them first and is marked, as anywhere else. With several entries held (broadcasts to
     several groups, or to one group with others between), a member that more than one of
-    them reaches gets its share of all of them first, in one write (``_join_members``)."""
-    if len(HELD) > 1:
-        _join_members()
-    while HELD:
-        layer, group, frames, seq = HELD.pop(0)
-        _Hold.size -= sum(map(len, frames))
-        key = (layer, group)
-        entries = _BY_GROUP[key]
-        del entries[0]  # this one: a group's entries leave in order
-        if not entries:
-            del _BY_GROUP[key]
-        try:
-            layer._send_frames(group, frames, seq if _Hold.marked else -1)
-        except Exception:
-            # A bug in one member's write must not cost the other groups their frames
-            # (nor the connection whose read ends here).
-            log.failure("broadcast to group {group} failed", group=group)
+    them reaches gets its share of all of them first, in one write (``_join_members``).
+
+    Not re-entered: a delivery that makes another read parse at once (the in-memory
+    communicators' transports do, when a test answers a frame the moment it arrives) has
+    that read's broadcasts join ``HELD`` behind the ones being let out, and this loop lets
+    them out too, in order."""
+    if _Hold.flushing:
+        return
+    _Hold.flushing = True
+    try:
+        if len(HELD) > 1:
+            _join_members()
+        while HELD:
+            layer, group, frames, seq = HELD.pop(0)
+            _Hold.size -= sum(map(len, frames))
+            key = (layer, group)
+            entries = _BY_GROUP[key]
+            del entries[0]  # this one: a group's entries leave in order
+            if not entries:
+                del _BY_GROUP[key]
+            try:
+                layer._send_frames(group, frames, seq if _Hold.marked else -1)
+            except Exception:
+                # A bug in one member's write must not cost the other groups their frames
+                # (nor the connection whose read ends here).
+                log.failure("broadcast to group {group} failed", group=group)
+    finally:
+        _Hold.flushing = False
     # Every mark is behind every later entry's seq now.
     _Hold.marked = False
     _Hold.size = 0
@@ -245,47 +262,81 @@ def _join_members() -> None:
     reaches (a member of two rooms that both had a message, or of a group with another
     group's entry between two of its own) has its frames of all of them written now, in
     broadcast order, in one write, and is marked (so the entries then skip it): one
-    ``send()`` per member per turn (or broadcast delay), not one per entry. Members reached
-    by the same entries share one joined copy. A member that one entry reaches is left to
-    that entry's fan-out loop, the cheap path; one marked earlier (it had part of what is
-    held) takes the general ``let_out_for``."""
+    ``send()`` per member per turn (or broadcast delay), not one per entry.
+
+    Members reached by the same entries share one joined copy. A member that one entry
+    reaches is left to that entry's fan-out loop, the cheap path (finding that no member is
+    reached twice is one C-level count); so is one whose frames together exceed
+    ``JOIN_LIMIT`` (one write per entry, as before, rather than one per frame). One marked
+    earlier (it had part of what is held) takes the general ``let_out_for``. Marks name the
+    last entry as it is now: a delivery that makes another read parse (see ``flush_held``)
+    may add entries or frames, and those still reach everyone."""
+    last = HELD[-1]
+    upto, count = last[3], len(last[2])
     first_seq = HELD[0][3]
     for layer in list(_LAYERS):
         entries = [entry for entry in HELD if entry[0] is layer]
         if len(entries) < 2:
             continue
-        reach: dict[str, list[int]] = {}
-        receivers: dict[str, Any] = {}
-        for index, entry in enumerate(entries):
-            members = layer._groups.get(entry[1])
-            if members:
-                receivers.update(members)
-                for channel in members:
-                    got = reach.get(channel)
-                    if got is None:
-                        reach[channel] = [index]
+        groups = layer._groups
+        reached = [groups.get(entry[1]) or {} for entry in entries]
+        times: Counter[str] = Counter()
+        for members in reached:
+            times.update(members.keys())
+        if len(times) == sum(map(len, reached)):
+            continue  # no member is reached twice
+        # The members by the entries that reach them (set operations, not a loop per
+        # member): {(0, 2): {channels}, ...}.
+        parts: dict[tuple[int, ...], set[str]] = {}
+        for index, members in enumerate(reached):
+            if not members:
+                continue
+            keys = members.keys()
+            rest = set(keys)
+            refined: dict[tuple[int, ...], set[str]] = {}
+            for key, part in parts.items():
+                inside = part.intersection(keys)
+                if inside:
+                    rest -= inside
+                    refined[(*key, index)] = inside
+                    if len(inside) < len(part):
+                        refined[key] = part - inside
+                else:
+                    refined[key] = part
+            if rest:
+                refined[(index,)] = rest
+            parts = refined
+        held = [list(entry[2]) for entry in entries]  # as marked: see above
+        receivers = layer._receivers
+        marked = _Hold.marked
+        for key, part in parts.items():
+            if len(key) < 2:
+                continue
+            frames = [frame for index in key for frame in held[index]]
+            joined = b"".join(frames)
+            if len(joined) > JOIN_LIMIT:
+                continue  # one write per entry, below
+            stats = layer.stats
+            for channel in part:
+                receiver = receivers.get(channel)
+                if receiver is None:
+                    continue
+                if marked and getattr(receiver, "_held_seq", -1) >= first_seq:
+                    let_out_for(receiver, channel)
+                    continue
+                # Marked first: a write that closes the socket (4008) must not come back
+                # for the same frames.
+                receiver._held_seq, receiver._held_count = upto, count
+                _Hold.marked = True
+                try:
+                    if receiver.deliver_joined(joined):
+                        stats.broadcast_frames += len(frames)
+                        stats.broadcast_bytes += len(joined)
+                        stats.broadcast_writes += 1
                     else:
-                        got.append(index)
-        shared: dict[tuple[int, ...], tuple[list[bytes], bytes]] = {}
-        for channel, indices in reach.items():
-            receiver = receivers[channel]
-            if len(indices) < 2 or receiver is None:
-                continue
-            if _Hold.marked and receiver._held_seq >= first_seq:
-                let_out_for(receiver, channel)
-                continue
-            key = tuple(indices)
-            mine = shared.get(key)
-            if mine is None:
-                frames = [frame for index in indices for frame in entries[index][2]]
-                mine = shared[key] = (frames, b"".join(frames))
-            # Marked first: a write that closes the socket (4008) must not come back for
-            # the same frames.
-            _mark(receiver)
-            try:
-                layer._deliver_frames(receiver, mine[0], mine[1])
-            except Exception:
-                log.failure("broadcast to channel {channel} failed", channel=channel)
+                        layer._deliver_frames(receiver, frames, None, False)
+                except Exception:
+                    log.failure("broadcast to channel {channel} failed", channel=channel)
 
 
 def let_out_for(receiver: Any, channel: str | None) -> None:
@@ -603,12 +654,13 @@ class BaseChannelLayer:
         return whole
 
     def _deliver_frames(self, receiver: Any, frames: list[bytes],
-                        joined: bytes | None = None) -> None:
+                        joined: bytes | None = None, join: bool = True) -> None:
         """Several frames for one member: joined (``joined``, if the caller has it) in one
         write when it takes them so and they are within JOIN_LIMIT, else one by one, so
-        the slow-consumer policy sees every frame; each counted as written."""
+        the slow-consumer policy sees every frame; each counted as written. ``join=False``:
+        one by one (the caller's joined write was refused)."""
         stats = self.stats
-        if len(frames) > 1:
+        if join and len(frames) > 1:
             if joined is None:
                 joined = b"".join(frames)
             if len(joined) <= JOIN_LIMIT and receiver.deliver_joined(joined):
