@@ -114,14 +114,18 @@ async def serve(
 #
 # The communicators run the application through the server's own code path: a real
 # ``RealtimeSite``, its ``RealtimeChannel`` and the ``WebSocketConnection`` bridge, over a pair
-# of in-memory transports. Bytes are delivered synchronously but never re-entrantly (a write
-# made while a delivery runs is queued and delivered right after), so a test needs no reactor
-# turns to see an answer. The server's timers run on ``clock`` when one is given.
+# of in-memory transports. Bytes are delivered synchronously but never re-entrantly: every
+# in-memory connection shares one wire, so a write made while any delivery runs (a server's
+# answer, or a test's send from a callback on a frame it just received) is queued and
+# delivered right after, in order. As with sockets, the server never parses one connection's
+# read inside its write to another (held broadcasts rely on that), and a test needs no
+# reactor turns to see an answer. The server's timers run on ``clock`` when one is given.
 
 
 
 class _Wire:
-    """Delivers queued writes between two transports, one at a time, in order."""
+    """Delivers queued writes between transports, one at a time, in order (``_WIRE``: one
+    for the process)."""
 
     def __init__(self) -> None:
         self.queue: _deque[tuple[_MemoryTransport, bytes | None]] = _deque()
@@ -239,8 +243,11 @@ class _MemoryTransport:
         self.protocol.dataReceived(data)
 
 
+_WIRE = _Wire()
+
+
 def _memory_pair(server_protocol: Any, client_protocol: Any) -> tuple[Any, Any]:
-    wire = _Wire()
+    wire = _WIRE
     server_addr = _IPv4Address("TCP", "127.0.0.1", 8000)
     client_addr = _IPv4Address("TCP", "127.0.0.1", 50000)
     server_t = _MemoryTransport(wire, server_addr, client_addr)

@@ -101,8 +101,6 @@ class _Hold:
     #: reactor a broadcast outside a read waits on.
     delay = 0.0
     delay_reactor: Any = None
-    #: ``flush_held`` is letting them out (it is not re-entered).
-    flushing = False
 
 
 def hold(reactor: Any = None) -> None:
@@ -180,10 +178,6 @@ def _end_turn() -> None:
 
 
 def _let_out() -> None:
-    if _Hold.flushing:
-        # A read parsed inside a flush: that flush lets its broadcasts out, and its caller
-        # runs what waits for them.
-        return
     if HELD:
         flush_held()
     if not _Hold.after:
@@ -222,34 +216,23 @@ def flush_held() -> None:
     left in ``HELD``: a member's own write made meanwhile (a 4008 close) takes its share of
     them first and is marked, as anywhere else. With several entries held (broadcasts to
     several groups, or to one group with others between), a member that more than one of
-    them reaches gets its share of all of them first, in one write (``_join_members``).
-
-    Not re-entered: a delivery that makes another read parse at once (the in-memory
-    communicators' transports do, when a test answers a frame the moment it arrives) has
-    that read's broadcasts join ``HELD`` behind the ones being let out, and this loop lets
-    them out too, in order."""
-    if _Hold.flushing:
-        return
-    _Hold.flushing = True
-    try:
-        if len(HELD) > 1:
-            _join_members()
-        while HELD:
-            layer, group, frames, seq = HELD.pop(0)
-            _Hold.size -= sum(map(len, frames))
-            key = (layer, group)
-            entries = _BY_GROUP[key]
-            del entries[0]  # this one: a group's entries leave in order
-            if not entries:
-                del _BY_GROUP[key]
-            try:
-                layer._send_frames(group, frames, seq if _Hold.marked else -1)
-            except Exception:
-                # A bug in one member's write must not cost the other groups their frames
-                # (nor the connection whose read ends here).
-                log.failure("broadcast to group {group} failed", group=group)
-    finally:
-        _Hold.flushing = False
+    them reaches gets its share of all of them first, in one write (``_join_members``)."""
+    if len(HELD) > 1:
+        _join_members()
+    while HELD:
+        layer, group, frames, seq = HELD.pop(0)
+        _Hold.size -= sum(map(len, frames))
+        key = (layer, group)
+        entries = _BY_GROUP[key]
+        del entries[0]  # this one: a group's entries leave in order
+        if not entries:
+            del _BY_GROUP[key]
+        try:
+            layer._send_frames(group, frames, seq if _Hold.marked else -1)
+        except Exception:
+            # A bug in one member's write must not cost the other groups their frames
+            # (nor the connection whose read ends here).
+            log.failure("broadcast to group {group} failed", group=group)
     # Every mark is behind every later entry's seq now.
     _Hold.marked = False
     _Hold.size = 0
@@ -264,29 +247,36 @@ def _join_members() -> None:
     broadcast order, in one write, and is marked (so the entries then skip it): one
     ``send()`` per member per turn (or broadcast delay), not one per entry.
 
-    Members reached by the same entries share one joined copy. A member that one entry
+    Members are grouped by the entries that reach them (set operations, not a loop per
+    member), and each group of members shares one joined copy. A member that one entry
     reaches is left to that entry's fan-out loop, the cheap path (finding that no member is
     reached twice is one C-level count); so is one whose frames together exceed
-    ``JOIN_LIMIT`` (one write per entry, as before, rather than one per frame). One marked
-    earlier (it had part of what is held) takes the general ``let_out_for``. Marks name the
-    last entry as it is now: a delivery that makes another read parse (see ``flush_held``)
-    may add entries or frames, and those still reach everyone."""
-    last = HELD[-1]
-    upto, count = last[3], len(last[2])
-    first_seq = HELD[0][3]
+    ``JOIN_LIMIT`` (one write per entry, as before, rather than one per frame), and one
+    that cannot take a joined write now (its mark is put back). One marked earlier (it had
+    part of what is held) takes the general ``let_out_for``.
+
+    Everything is read before the first write, and marks name the last entry as it was
+    then: a write that makes another read parse at once (no socket does; a transport that
+    did could add entries or frames, or let everything out) changes nothing decided here,
+    and if that read let the held entries out, this stops."""
+    snapshot = [(entry, list(entry[2])) for entry in HELD]
+    first = HELD[0]
+    first_seq = first[3]
+    last, last_frames = snapshot[-1]
+    upto, count = last[3], len(last_frames)
+    plans = []
     for layer in list(_LAYERS):
-        entries = [entry for entry in HELD if entry[0] is layer]
-        if len(entries) < 2:
+        mine = [(entry, frames) for entry, frames in snapshot if entry[0] is layer]
+        if len(mine) < 2:
             continue
         groups = layer._groups
-        reached = [groups.get(entry[1]) or {} for entry in entries]
+        reached = [groups.get(entry[1]) or {} for entry, _ in mine]
         times: Counter[str] = Counter()
         for members in reached:
             times.update(members.keys())
         if len(times) == sum(map(len, reached)):
             continue  # no member is reached twice
-        # The members by the entries that reach them (set operations, not a loop per
-        # member): {(0, 2): {channels}, ...}.
+        # The members by the entries that reach them: {(0, 2): {channels}, ...}.
         parts: dict[tuple[int, ...], set[str]] = {}
         for index, members in enumerate(reached):
             if not members:
@@ -306,26 +296,25 @@ def _join_members() -> None:
             if rest:
                 refined[(index,)] = rest
             parts = refined
-        held = [list(entry[2]) for entry in entries]  # as marked: see above
-        receivers = layer._receivers
-        marked = _Hold.marked
         for key, part in parts.items():
-            if len(key) < 2:
+            if len(key) > 1:
+                frames = [frame for index in key for frame in mine[index][1]]
+                joined = b"".join(frames)
+                if len(joined) <= JOIN_LIMIT:
+                    plans.append((layer, part, frames, joined))
+    for layer, part, frames, joined in plans:
+        receivers = layer._receivers
+        stats = layer.stats
+        for channel in part:
+            receiver = receivers.get(channel)
+            if receiver is None:
                 continue
-            frames = [frame for index in key for frame in held[index]]
-            joined = b"".join(frames)
-            if len(joined) > JOIN_LIMIT:
-                continue  # one write per entry, below
-            stats = layer.stats
-            for channel in part:
-                receiver = receivers.get(channel)
-                if receiver is None:
-                    continue
-                if marked and getattr(receiver, "_held_seq", -1) >= first_seq:
-                    let_out_for(receiver, channel)
-                    continue
+            if _Hold.marked and getattr(receiver, "_held_seq", -1) >= first_seq:
+                let_out_for(receiver, channel)
+            else:
                 # Marked first: a write that closes the socket (4008) must not come back
                 # for the same frames.
+                before = getattr(receiver, "_held_seq", -1), getattr(receiver, "_held_count", 0)
                 receiver._held_seq, receiver._held_count = upto, count
                 _Hold.marked = True
                 try:
@@ -334,9 +323,12 @@ def _join_members() -> None:
                         stats.broadcast_bytes += len(joined)
                         stats.broadcast_writes += 1
                     else:
-                        layer._deliver_frames(receiver, frames, None, False)
+                        # Nothing written: the entries give it its frames one by one.
+                        receiver._held_seq, receiver._held_count = before
                 except Exception:
                     log.failure("broadcast to channel {channel} failed", channel=channel)
+            if not HELD or HELD[0] is not first:
+                return  # let out from inside a write (see above): nothing left to join
 
 
 def let_out_for(receiver: Any, channel: str | None) -> None:
@@ -618,7 +610,9 @@ class BaseChannelLayer:
         members = self._groups.get(group)
         if members is None:
             return
-        receivers: Any = members.values()
+        # A copy (a few µs for thousands of members): a write whose transport runs code at
+        # once (no socket does) may join or leave the group while the loop goes on.
+        receivers: Any = list(members.values())
         if seq >= 0:
             receivers = self._not_had(receivers, frames, seq)
         stats = self.stats
