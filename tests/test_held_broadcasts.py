@@ -808,3 +808,24 @@ def test_a_receiver_without_marks_of_its_own_is_joined_too():
     assert bare.writes == [text("g1") + text("h1") + text("g2")]
     assert marked.writes == [text("g1"), text("h1") + text("g2")]
     assert HELD == []
+
+
+def test_members_in_several_groups_are_counted_through_joins_leaves_detaches_and_flush():
+    layer = InMemoryChannelLayer()
+    _, a_channel = member(layer, "g")
+    _, b_channel = member(layer, "g", "h", "k")
+    assert layer._in_several == 1
+    layer._add_local("h", a_channel)
+    layer._add_local("h", a_channel)  # again: no change
+    assert layer._in_several == 2
+    layer._discard_local("g", b_channel)
+    layer._discard_local("g", b_channel)  # again: no change
+    assert layer._in_several == 2  # b still in h and k
+    layer._discard_local("h", a_channel)
+    assert layer._in_several == 1
+    layer.detach(b_channel)
+    assert layer._in_several == 0
+    layer._add_local("k", a_channel)
+    assert layer._in_several == 1
+    assert layer.flush().called
+    assert layer._in_several == 0 and layer._memberships == {}

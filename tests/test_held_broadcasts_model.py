@@ -263,6 +263,8 @@ def run(seed: int, delay: float = 0.0, closers: bool = True, nlayers: int = 2,
     turn_ends(reactor.end_turn)
     turn_ends(lambda: reactor.advance(max(delay, 0) + 1))
     assert not HELD
+    for layer in layers:  # the count that lets _join_members skip its work
+        assert layer._in_several == sum(len(g) > 1 for g in layer._memberships.values())
     for i, (r, _L) in enumerate(recs):
         exp = b"".join(expected[i])
         got = r.stream()

@@ -250,7 +250,8 @@ def _join_members() -> None:
     Members are grouped by the entries that reach them (set operations, not a loop per
     member), and each group of members shares one joined copy. A member that one entry
     reaches is left to that entry's fan-out loop, the cheap path (finding that no member is
-    reached twice is one C-level count); so is one whose frames together exceed
+    reached twice is a counter read when no member is in two groups, else one C-level
+    count); so is one whose frames together exceed
     ``JOIN_LIMIT`` (one write per entry, as before, rather than one per frame), and one
     that cannot take a joined write now (its mark is put back). One marked earlier (it had
     part of what is held) takes the general ``let_out_for``.
@@ -269,6 +270,8 @@ def _join_members() -> None:
         mine = [(entry, frames) for entry, frames in snapshot if entry[0] is layer]
         if len(mine) < 2:
             continue
+        if not layer._in_several and len({entry[1] for entry, _ in mine}) == len(mine):
+            continue  # no channel in two groups, no group held twice: no one reached twice
         groups = layer._groups
         reached = [groups.get(entry[1]) or {} for entry, _ in mine]
         times: Counter[str] = Counter()
@@ -469,6 +472,9 @@ class BaseChannelLayer:
         self._groups: dict[str, dict[str, Receiver | None]] = {}
         #: channel -> the groups it is in (to clean up on detach).
         self._memberships: dict[str, set[str]] = {}
+        #: How many channels are in more than one group: none, and held broadcasts to
+        #: different groups cannot reach one member twice (``_join_members`` skips its count).
+        self._in_several = 0
         #: Queued messages for channels nobody is attached to (workers, ``receive()``).
         self._queues: dict[str, deque[dict[str, Any]]] = {}
         self._waiters: dict[str, deque[Deferred[dict[str, Any]]]] = {}
@@ -487,7 +493,10 @@ class BaseChannelLayer:
         """The consumer is gone: forget the channel and its memberships."""
         self._let_out_member(channel)
         self._receivers.pop(channel, None)
-        for group in self._memberships.pop(channel, ()):
+        groups = self._memberships.pop(channel, ())
+        if len(groups) > 1:
+            self._in_several -= 1
+        for group in groups:
             members = self._groups.get(group)
             if members is not None:
                 members.pop(channel, None)
@@ -512,7 +521,11 @@ class BaseChannelLayer:
         if members is None:
             members = self._groups[group] = {}
         members[channel] = self._receivers.get(channel)
-        self._memberships.setdefault(channel, set()).add(group)
+        groups = self._memberships.setdefault(channel, set())
+        if group not in groups:
+            groups.add(group)
+            if len(groups) == 2:
+                self._in_several += 1
         return first
 
     def _discard_local(self, group: str, channel: str) -> None:
@@ -522,9 +535,11 @@ class BaseChannelLayer:
             return
         del members[channel]
         groups = self._memberships.get(channel)
-        if groups is not None:
+        if groups is not None and group in groups:
             groups.discard(group)
-            if not groups:
+            if len(groups) == 1:
+                self._in_several -= 1
+            elif not groups:
                 del self._memberships[channel]
         if not members:
             del self._groups[group]

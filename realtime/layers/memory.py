@@ -70,6 +70,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         flush_held()  # what was broadcast before the flush is still delivered
         self._groups.clear()
         self._memberships.clear()
+        self._in_several = 0
         self._queues.clear()
         for waiters in self._waiters.values():
             for d in waiters:

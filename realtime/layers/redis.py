@@ -1268,6 +1268,7 @@ class RedisChannelLayer(BaseChannelLayer):
             del self._groups[group]
             self._group_emptied(group)
         self._memberships.clear()
+        self._in_several = 0
         self._queues.clear()
         for waiters in self._waiters.values():
             for d in waiters:
