@@ -193,17 +193,13 @@ async def test_per_ip_limit_is_429_with_retry_after(live):
     server = await live(bench, max_connections_per_ip=2)
 
     def flow():
-        first = connect(server.ws_url("/echo"))
-        second = connect(server.ws_url("/echo"))
-        try:
+        url = server.ws_url("/echo")
+        with connect(url), connect(url):
             try:
-                connect(server.ws_url("/echo"))
+                with connect(url):
+                    return 101, None
             except InvalidStatus as exc:
                 return exc.response.status_code, exc.response.headers.get("Retry-After")
-            return 101, None
-        finally:
-            first.close()
-            second.close()
 
     assert await in_thread(flow) == (429, "1")
     # Closing frees the slots.
