@@ -117,9 +117,13 @@ async def serve(
 # of in-memory transports. Bytes are delivered synchronously but never re-entrantly: every
 # in-memory connection shares one wire, so a write made while any delivery runs (a server's
 # answer, or a test's send from a callback on a frame it just received) is queued and
-# delivered right after, in order. As with sockets, the server never parses one connection's
-# read inside its write to another (held broadcasts rely on that), and a test needs no
-# reactor turns to see an answer. The server's timers run on ``clock`` when one is given.
+# delivered right after, in order, and a test needs no reactor turns to see an answer. So a
+# test's answer to a frame of a read's broadcasts is parsed after that read, as with sockets.
+# A write the server makes outside any delivery (a timer's, a test's own ``broadcast()``)
+# starts the delivering itself, so an answer sent from a callback on it is parsed before
+# that write's fan-out has reached every member: every frame still arrives exactly once,
+# but the other members may see the answer first. The server's timers run on ``clock``
+# when one is given.
 
 
 
@@ -132,16 +136,26 @@ class _Wire:
         self.flushing = False
 
     def push(self, target: _MemoryTransport, data: bytes | None) -> None:
+        """Queue ``data`` for ``target``; the outermost push delivers the queue. A delivery
+        that raises (a test's callback, a patched protocol) does not strand the others':
+        the rest are delivered, then the first error is raised to that push's caller."""
         self.queue.append((target, data))
         if self.flushing:
             return
         self.flushing = True
+        error: BaseException | None = None
         try:
             while self.queue:
                 transport, chunk = self.queue.popleft()
-                transport._deliver(chunk)
+                try:
+                    transport._deliver(chunk)
+                except Exception as exc:
+                    if error is None:
+                        error = exc
         finally:
             self.flushing = False
+        if error is not None:
+            raise error
 
 
 @_implementer(_ITCPTransport, _IPushProducer)

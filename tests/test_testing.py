@@ -179,6 +179,37 @@ async def test_a_test_that_answers_a_frame_as_it_arrives_keeps_every_members_ord
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_delivery_that_raises_strands_no_other_connections_bytes():
+    """The communicators share one wire: a client side that raises inside a delivery (a
+    patched protocol, a test's bug) surfaces at the call that was delivering, and every
+    other queued delivery still happens, not at some later test's first write."""
+    from realtime.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    a, b = (WebsocketCommunicator(bench, "/room/w") for _ in range(2))
+    for comm in (a, b):
+        comm.site.layer = layer
+        assert (await comm.connect())[0]
+    received = a._client.dataReceived
+
+    def broken(data: bytes) -> None:
+        a._client.dataReceived = received
+        b.send_to(text_data="queued behind")  # queued: a delivery is running
+        raise RuntimeError("client side bug")
+
+    a._client.dataReceived = broken
+    with pytest.raises(RuntimeError, match="client side bug"):
+        b.send_to(text_data="first")
+    assert list(b._messages) == ["first", "queued behind"]
+    assert list(a._messages) == ["queued behind"]  # "first" went to the broken side
+    from realtime.testing import _WIRE
+
+    assert not _WIRE.queue and not _WIRE.flushing
+    for comm in (a, b):
+        await comm.disconnect()
+
+
+@pytest_twisted.ensureDeferred
 async def test_subprotocol_choice():
     comm = WebsocketCommunicator(app, "/rec", subprotocols=["v1", "v2"])
     assert await comm.connect() == (True, "v2")

@@ -256,15 +256,14 @@ def _join_members() -> None:
     that cannot take a joined write now (its mark is put back). One marked earlier (it had
     part of what is held) takes the general ``let_out_for``.
 
-    Everything is read before the first write, and marks name the last entry as it was
-    then: a write that makes another read parse at once (no socket does; a transport that
-    did could add entries or frames, or let everything out) changes nothing decided here,
-    and if that read let the held entries out, this stops."""
+    Everything is read before the first write, and marks name the layer's last entry as it
+    was then (a receiver is attached to one layer; were one in two, the other layer's later
+    entries would still reach it): a write that makes another read parse at once (no
+    socket does; a transport that did could add entries or frames, or let everything out)
+    changes nothing decided here, and if that read let the held entries out, this stops."""
     snapshot = [(entry, list(entry[2])) for entry in HELD]
     first = HELD[0]
     first_seq = first[3]
-    last, last_frames = snapshot[-1]
-    upto, count = last[3], len(last_frames)
     plans = []
     for layer in list(_LAYERS):
         mine = [(entry, frames) for entry, frames in snapshot if entry[0] is layer]
@@ -304,8 +303,9 @@ def _join_members() -> None:
                 frames = [frame for index in key for frame in mine[index][1]]
                 joined = b"".join(frames)
                 if len(joined) <= JOIN_LIMIT:
-                    plans.append((layer, part, frames, joined))
-    for layer, part, frames, joined in plans:
+                    last, last_frames = mine[-1]
+                    plans.append((layer, part, frames, joined, last[3], len(last_frames)))
+    for layer, part, frames, joined, upto, count in plans:
         receivers = layer._receivers
         stats = layer.stats
         for channel in part:
@@ -663,13 +663,12 @@ class BaseChannelLayer:
         return whole
 
     def _deliver_frames(self, receiver: Any, frames: list[bytes],
-                        joined: bytes | None = None, join: bool = True) -> None:
+                        joined: bytes | None = None) -> None:
         """Several frames for one member: joined (``joined``, if the caller has it) in one
         write when it takes them so and they are within JOIN_LIMIT, else one by one, so
-        the slow-consumer policy sees every frame; each counted as written. ``join=False``:
-        one by one (the caller's joined write was refused)."""
+        the slow-consumer policy sees every frame; each counted as written."""
         stats = self.stats
-        if join and len(frames) > 1:
+        if len(frames) > 1:
             if joined is None:
                 joined = b"".join(frames)
             if len(joined) <= JOIN_LIMIT and receiver.deliver_joined(joined):
