@@ -35,16 +35,21 @@ class SmallMasker:
         self.ptr = 0
 
     def process(self, data: bytes) -> bytes:
-        n = len(data)
-        if not n:
-            return b""
         offset = self.ptr & 3
-        mask = self.mask[offset:] + self.mask[:offset] if offset else self.mask
-        key = (mask * ((n >> 2) + 1))[:n]
-        self.ptr += n
-        return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(
-            n, "little"
-        )
+        self.ptr += len(data)
+        return unmask(self.mask[offset:] + self.mask[:offset] if offset else self.mask, data)
+
+
+def unmask(mask: bytes, data: bytes) -> bytes:
+    """``data`` XORed with the 4-byte ``mask`` repeated, through Python's big integers (one
+    C call each way: for small payloads cheaper than a masker object)."""
+    n = len(data)
+    if not n:
+        return b""
+    key = (mask * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(
+        n, "little"
+    )
 
 
 class Lazy:

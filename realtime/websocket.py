@@ -69,6 +69,7 @@ _CORK_LIMIT = 65536
 #: Frames up to this size may skip Autobahn's parser (``_parse_frames``); larger ones are
 #: unmasked faster by Autobahn's NVX masker than by Python's big integers.
 FAST_FRAME_LIMIT = _masking.SMALL
+_unmask = _masking.unmask
 _CLOSING = WebSocketProtocol.STATE_CLOSING
 _CLOSED = WebSocketProtocol.STATE_CLOSED
 
@@ -602,14 +603,7 @@ class WebSocketConnection(WebSocketServerProtocol):
             if stop > end:
                 cut = True
                 break
-            if n:
-                key = data[start - 4 : start]
-                payload = (
-                    int.from_bytes(data[start:stop], "little")
-                    ^ int.from_bytes((key * ((n >> 2) + 1))[:n], "little")
-                ).to_bytes(n, "little")
-            else:
-                payload = b""
+            payload = _unmask(data[start - 4 : start], data[start:stop])
             pos = stop
             self.onMessage(payload, first == 0x82)
             if self.state != _OPEN:

@@ -307,7 +307,6 @@ def _join_members() -> None:
                     plans.append((layer, part, frames, joined, last[3], len(last_frames)))
     for layer, part, frames, joined, upto, count in plans:
         receivers = layer._receivers
-        stats = layer.stats
         for channel in part:
             receiver = receivers.get(channel)
             if receiver is None:
@@ -321,11 +320,7 @@ def _join_members() -> None:
                 receiver._held_seq, receiver._held_count = upto, count
                 _Hold.marked = True
                 try:
-                    if receiver.deliver_joined(joined):
-                        stats.broadcast_frames += len(frames)
-                        stats.broadcast_bytes += len(joined)
-                        stats.broadcast_writes += 1
-                    else:
+                    if not layer._write_joined(receiver, len(frames), joined):
                         # Nothing written: the entries give it its frames one by one.
                         receiver._held_seq, receiver._held_count = before
                 except Exception:
@@ -667,20 +662,27 @@ class BaseChannelLayer:
         """Several frames for one member: joined (``joined``, if the caller has it) in one
         write when it takes them so and they are within JOIN_LIMIT, else one by one, so
         the slow-consumer policy sees every frame; each counted as written."""
+        if len(frames) > 1 and self._write_joined(
+                receiver, len(frames), b"".join(frames) if joined is None else joined):
+            return
         stats = self.stats
-        if len(frames) > 1:
-            if joined is None:
-                joined = b"".join(frames)
-            if len(joined) <= JOIN_LIMIT and receiver.deliver_joined(joined):
-                stats.broadcast_frames += len(frames)
-                stats.broadcast_bytes += len(joined)
-                stats.broadcast_writes += 1
-                return
         for frame in frames:
             if receiver.deliver_frame(frame):
                 stats.broadcast_frames += 1
                 stats.broadcast_bytes += len(frame)
                 stats.broadcast_writes += 1
+
+    def _write_joined(self, receiver: Any, count: int, joined: bytes) -> bool:
+        """``count`` frames, back to back in ``joined``, as one write: when within
+        JOIN_LIMIT and the receiver takes them so now (``deliver_joined``); counted as
+        written. False: nothing was written."""
+        if len(joined) <= JOIN_LIMIT and receiver.deliver_joined(joined):
+            stats = self.stats
+            stats.broadcast_frames += count
+            stats.broadcast_bytes += len(joined)
+            stats.broadcast_writes += 1
+            return True
+        return False
 
     def _receive_local(self, channel: str) -> Deferred[dict[str, Any]]:
         queue = self._queues.get(channel)
