@@ -725,14 +725,20 @@ class Answering(Recording):
         return ok
 
 
-def frames_of(writes: list[bytes]) -> list[bytes]:
-    """The frames in a member's writes (small text frames: 2-byte headers)."""
-    stream, frames = b"".join(writes), []
+def atoms(stream: bytes) -> list[bytes]:
+    """A member's bytes split into its frames (7- or 16-bit lengths) and the ``<...>``
+    markers the model's receivers write for their own writes."""
+    out = []
     while stream:
-        n = 2 + stream[1]
-        frames.append(stream[:n])
+        if stream.startswith(b"<"):
+            n = stream.index(b">") + 1
+        elif stream[1] < 126:
+            n = 2 + stream[1]
+        else:
+            n = 4 + int.from_bytes(stream[2:4], "big")
+        out.append(stream[:n])
         stream = stream[n:]
-    return frames
+    return out
 
 
 @pytest.mark.parametrize("turns", [False, True], ids=["end-of-read", "end-of-turn"])
@@ -753,9 +759,9 @@ def test_a_read_parsed_inside_a_members_write_costs_no_frame_and_no_copy(turns):
         reactor.end_turn()
         reactor.end_turn()  # the answer's own turn
     for member in (a, b):
-        assert sorted(frames_of(member.writes)) == sorted(
+        assert sorted(atoms(b"".join(member.writes))) == sorted(
             [text("g1"), text("h1"), text("answer")])
-    assert sorted(frames_of(c.writes)) == sorted([text("g1"), text("answer")])
+    assert sorted(atoms(b"".join(c.writes))) == sorted([text("g1"), text("answer")])
     assert HELD == [] and _BY_GROUP == {}
     assert layer.stats.broadcast_frames == 3 + 3 + 2
 

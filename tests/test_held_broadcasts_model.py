@@ -26,7 +26,7 @@ from realtime.layers.base import (
     set_broadcast_delay,
     skip_held,
 )
-from tests.test_held_broadcasts import Turns, read, text
+from tests.test_held_broadcasts import Turns, atoms, read, text
 
 
 @pytest.fixture(autouse=True)
@@ -284,21 +284,6 @@ def run(seed: int, delay: float = 0.0, closers: bool = True, nlayers: int = 2,
             assert sorted(atoms(got)) == sorted(atoms(exp)), (seed, i, r.name, got, exp, log)
         else:
             assert got == exp, (seed, i, r.name, got, exp, log)
-
-
-def atoms(stream: bytes) -> list[bytes]:
-    """A member's stream split into its frames and own-write markers."""
-    out = []
-    while stream:
-        if stream.startswith(b"<"):
-            n = stream.index(b">") + 1
-        elif stream[1] < 126:
-            n = 2 + stream[1]
-        else:
-            n = 4 + int.from_bytes(stream[2:4], "big")
-        out.append(stream[:n])
-        stream = stream[n:]
-    return out
 
 
 
