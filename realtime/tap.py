@@ -317,6 +317,11 @@ class Options(usage.Options):
                                "use --layer redis://...")
         self._build_extras()
         self._configure_settings()
+        # Before the import: a module-level get_channel_layer() must get the --layer layer,
+        # not a private in-memory one that no consumer reads.
+        from realtime.layers import set_channel_layer
+
+        set_channel_layer(self.layer)
         self.application = self._wrap(load_application(self["app"]))
 
     def _configure_settings(self) -> None:
@@ -600,9 +605,6 @@ def makeService(options: Options) -> Any:
         from realtime.workers import become_worker
 
         become_worker(options.worker)
-    from realtime.layers import set_channel_layer
-
-    set_channel_layer(options.layer)
     for site in sites:
         site.access_log = options.access_log
     if options.access_log is not None:

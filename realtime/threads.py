@@ -37,13 +37,25 @@ def sync_to_async(fn: Callable[..., T]) -> Callable[..., Deferred[T]]:
 
 def async_to_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a Deferred- or coroutine-returning function for a worker thread: the call runs on
-    the reactor thread and the worker waits for its result (``blockingCallFromThread``)."""
+    the reactor thread and the worker waits for its result (``blockingCallFromThread``).
+    Called on the reactor thread itself it raises ``RuntimeError`` instead of hanging."""
     from twisted.internet.threads import blockingCallFromThread
+    from twisted.python.threadable import isInIOThread
 
     from realtime.middleware import resolve
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if isInIOThread():
+            # Waiting here would wait for the reactor, which is this thread: the whole
+            # process would hang (asgiref raises the same way inside an event loop).
+            raise RuntimeError(
+                f"async_to_sync({getattr(fn, '__qualname__', fn)!r}) called on the reactor "
+                "thread, which it would block forever: await the call in an async def "
+                "handler, or set thread_handlers = True on the consumer (as a Channels sync "
+                "consumer runs in a thread)"
+            )
+
         def call() -> Deferred[Any]:
             return Deferred.fromCoroutine(resolve(fn(*args, **kwargs)))
 

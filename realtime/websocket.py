@@ -1106,5 +1106,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._outq = None
         self._outq_bytes = 0
         if self.consumer is not None:
+            # Out of every group now, not after disconnect() (which waits behind any handler
+            # still running, and may never finish): a closed socket is no group's member.
+            self._detach()
             self._run(self.consumer._on_disconnect, code)
-            self._run(self._detach)
+            self._run(self._detach)  # and out of any group disconnect() itself joined

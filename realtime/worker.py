@@ -101,6 +101,9 @@ class Options(usage.Options):
         if not hasattr(self.layer, "receive_any"):
             raise StartupError(f"--layer {self['layer']!r}: this layer cannot feed workers")
         self.shutdown_timeout = _seconds("shutdown-timeout", self["shutdown-timeout"])
+        from realtime.layers import set_channel_layer
+
+        set_channel_layer(self.layer)  # before the import: module-level handles get this one
         self.application = load_application(self["app"])
 
 
@@ -218,8 +221,5 @@ class WorkerService(Service):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
-    from realtime.layers import set_channel_layer
-
-    set_channel_layer(options.layer)
     return WorkerService(options.application, options.layer, options.channels, reactor,
                          options.shutdown_timeout)

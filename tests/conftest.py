@@ -11,6 +11,18 @@ from tests.redis_support import redis_layer, redis_server  # noqa: F401 (fixture
 
 
 @pytest.fixture(autouse=True)
+def process_layers_restored() -> Any:
+    """Parsing the service's options sets the process's ``get_channel_layer()`` layer (before
+    the application is imported); later tests get the layers as they were."""
+    from realtime import layers
+
+    saved = dict(layers._layers)
+    yield
+    layers._layers.clear()
+    layers._layers.update(saved)
+
+
+@pytest.fixture(autouse=True)
 def no_broadcast_delay_left() -> Any:
     """``--broadcast-delay`` is process-wide: a test that leaves one set would delay every
     later test's broadcasts (``testing.serve`` sets it and ``stop()`` restores it)."""

@@ -465,3 +465,27 @@ def test_cli_help_documents_every_option():
     result = run(twistd("--help"))
     assert result.returncode == 0, result
     assert_documents_every_option(result.stdout)
+
+
+@pytest.mark.parametrize("layer", ["memory", "redis://127.0.0.1:1/0"])
+def test_a_module_level_layer_handle_is_the_services_layer(tmp_path, monkeypatch, layer):
+    """Code that takes ``get_channel_layer()`` when the application is imported (a module
+    global, as Channels apps do) gets the ``--layer`` layer, not a private in-memory one whose
+    groups no consumer is in."""
+    from realtime.worker import Options as WorkerOptions
+
+    for n, options_class in enumerate((Options, WorkerOptions)):
+        if options_class is WorkerOptions and layer == "memory":
+            continue  # refused for workers (tested with the workers)
+        name = f"layer_handle_app_{n}_{layer[:5]}"
+        (tmp_path / f"{name}.py").write_text(
+            "from realtime import ChannelNameRouter\n"
+            "from realtime.layers import get_channel_layer\n"
+            "LAYER = get_channel_layer()\n"
+            "application = ChannelNameRouter({})\n"
+        )
+        monkeypatch.syspath_prepend(str(tmp_path))
+        options = options_class()
+        args = ["--app", f"{name}:application", "--layer", layer]
+        options.parseOptions(args + (["jobs"] if options_class is WorkerOptions else []))
+        assert sys.modules[name].LAYER is options.layer

@@ -12,14 +12,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.python import threadable
 from websockets.sync.client import connect
 
-from realtime import AsyncWebsocketConsumer, ProtocolTypeRouter, URLRouter, WebsocketConsumer, path
+from realtime import (
+    AsyncWebsocketConsumer,
+    ProtocolTypeRouter,
+    URLRouter,
+    WebsocketConsumer,
+    async_to_sync,
+    path,
+)
 from tests.clients import (
     Recorder,
+    captured_log,
     client_frame,
     handshake,
     http_request,
@@ -30,6 +39,7 @@ from tests.clients import (
     raw_exchange,
     ws_open,
 )
+from tests.test_layers import until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -143,6 +153,105 @@ async def test_thread_handlers_sends_arrive(live):
     assert await in_thread(client) == [f"re:{i}" for i in range(10)]
     events = await rec.wait(lambda ev: ev and ev[-1][0] == "disconnect")
     assert events[-1] == ("disconnect", 1000, False)
+
+
+class TutorialChat(WebsocketConsumer):
+    """Channels' tutorial chat consumer, ported by changing imports: a sync consumer that
+    calls the layer through async_to_sync."""
+
+    def connect(self):
+        async_to_sync(self.channel_layer.group_add)("chat_lobby", self.channel_name)
+        self.accept()
+
+    def disconnect(self, code):
+        async_to_sync(self.channel_layer.group_discard)("chat_lobby", self.channel_name)
+
+    def receive(self, text_data=None, bytes_data=None):
+        async_to_sync(self.channel_layer.group_send)(
+            "chat_lobby", {"type": "chat.message", "message": text_data}
+        )
+
+    def chat_message(self, event):
+        self.send(text_data=event["message"])
+
+
+class ThreadedTutorialChat(TutorialChat):
+    thread_handlers = True
+
+
+@pytest_twisted.ensureDeferred
+async def test_channels_tutorial_sync_consumer_with_thread_handlers(live):
+    server = await live(ws_app(ThreadedTutorialChat.as_app()))
+
+    def client():
+        with connect(server.ws_url("/t")) as a, connect(server.ws_url("/t")) as b:
+            a.send("hello")
+            return a.recv(timeout=5), b.recv(timeout=5)
+
+    assert await in_thread(client) == ("hello", "hello")
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_to_sync_on_the_reactor_thread_refuses_instead_of_hanging(live):
+    """Without thread_handlers the same consumer runs on the reactor thread, where waiting
+    for the reactor would hang the whole process: the call raises, the handshake gets 500,
+    and the server goes on serving."""
+    server = await live(ws_app(TutorialChat.as_app()))
+    with captured_log() as events:
+        status, _, _ = parse_response(await raw_exchange(server.port, handshake("/t"), 5))
+    assert status == 500
+    errors = [e["log_failure"].value for e in events if "log_failure" in e]
+    assert any(isinstance(err, RuntimeError) and "thread_handlers = True" in str(err)
+               for err in errors), errors
+    health = await raw_exchange(server.port, http_request("/healthz"), 5)
+    assert parse_response(health)[0] == 200
+
+
+class StuckOnLeaving(AsyncWebsocketConsumer):
+    """A consumer whose last handlers never finish (a hung database call, say)."""
+
+    groups = ["stuck"]
+    stuck_in = "disconnect"
+    rec: Any = None
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if self.stuck_in == "receive":
+            self.rec.add("stuck")
+            await Deferred()
+
+    async def disconnect(self, code):
+        self.rec.add(("disconnect", code))
+        if self.stuck_in == "disconnect":
+            await Deferred()
+
+
+@pytest.mark.parametrize("stuck_in", ["disconnect", "receive"])
+@pytest_twisted.ensureDeferred
+async def test_a_closed_socket_leaves_its_groups_even_if_its_handlers_never_finish(
+    live, stuck_in
+):
+    """Channels discards ``groups`` before ``disconnect()`` runs; here the connection leaves
+    every group when the socket closes, not when its handlers are done."""
+    from realtime.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    rec = Recorder()
+    server = await live(ws_app(StuckOnLeaving.as_app(stuck_in=stuck_in, rec=rec)))
+    stays = await ws_open(server.port, "/t")
+    leaves = await ws_open(server.port, "/t")
+    assert len(layer.local_members("stuck")) == 2
+    if stuck_in == "receive":
+        leaves.send_text("hang")
+        assert await rec.wait(lambda ev: "stuck" in ev) == ["stuck"]
+    leaves.send_close()
+    assert (await leaves.wait_close_frame())[0] == 1000
+    await until(lambda: len(layer.local_members("stuck")) == 1, timeout=3)
+    assert ("disconnect", 1000) in rec.events or stuck_in == "receive"
+    await layer.broadcast("stuck", text="still here")
+    frames = await stays.wait_frames(1)
+    assert frames == [(0x1, b"still here")]
+    stays.send_close()
+    await until(lambda: layer.local_members("stuck") == [], timeout=3)
 
 
 # -- keepalive, lifetime ---------------------------------------------------------------------
