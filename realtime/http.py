@@ -22,8 +22,8 @@ log = Logger()
 
 class AsyncHttpConsumer(AppFactoryMixin):
     """Handle one HTTP request: override ``handle(body)`` and answer with
-    ``send_response`` or ``send_headers`` + ``send_body``. ``disconnect()`` is called when
-    the client goes away before the response is finished."""
+    ``send_response`` or ``send_headers`` + ``send_body``. ``disconnect()`` is called once
+    when the response is over: finished, failed, or the client gone before it was."""
 
     scope: Scope
     #: Groups joined before ``handle()`` runs (left when the response ends).
@@ -76,7 +76,8 @@ class AsyncHttpConsumer(AppFactoryMixin):
         await self.send_body(body)
 
     async def disconnect(self) -> None:
-        """The client went away before the response was finished."""
+        """The response is over (sent, failed, or the client went away): clean up here;
+        nothing more can be sent."""
 
     # -- the bridge -----------------------------------------------------------------------
     def _serve(self, request: Request, scope: Scope, layer: Any = None) -> None:
@@ -121,13 +122,14 @@ class AsyncHttpConsumer(AppFactoryMixin):
         return False
 
     def _ended(self, result: Any) -> None:
+        """The response is over (finished, or the client went away): leave the groups, then
+        ``disconnect()`` once, for cleanup, as Channels runs it after ``handle()``."""
         if self.channel_layer is not None and self.channel_name is not None:
             self.channel_layer.detach(self.channel_name)
-        if isinstance(result, Failure) and not self._finished:
-            self._finished = True
-            Deferred.fromCoroutine(self.disconnect()).addErrback(
-                lambda f: log.failure("disconnect() raised", f)
-            )
+        self._finished = True
+        Deferred.fromCoroutine(self.disconnect()).addErrback(
+            lambda f: log.failure("disconnect() raised", f)
+        )
 
     def _failed(self, failure: Failure) -> None:
         log.failure("{consumer}.handle() raised on {path}", failure,

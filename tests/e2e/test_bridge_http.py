@@ -173,7 +173,36 @@ async def test_streaming_chunks_arrive_as_they_are_sent(live):
     assert headers[b"content-type"] == [b"text/event-stream"]
     assert headers[b"transfer-encoding"] == [b"chunked"]
     assert dechunk(body) == b"data: 1\n\ndata: 2\n\n"
-    assert rec.events == ["first sent", "last sent"]
+    # disconnect() once the response is over, as Channels runs it after handle()
+    assert (await rec.wait(3)) == ["first sent", "last sent", "disconnect"]
+
+
+class Cleanup(AsyncHttpConsumer):
+    rec: Any = None
+    fail = False
+
+    async def handle(self, body):
+        if self.fail:
+            raise RuntimeError("handler failed")
+        await self.send_response(200, b"ok")
+
+    async def disconnect(self):
+        self.rec.add("disconnect")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_disconnect_runs_once_after_a_response(live, fail):
+    """Cleanup in disconnect() runs after a plain response too (and after a failed one), as
+    Channels calls it when handle() returns."""
+    rec = Recorder()
+    server = await live(make_app(c=Cleanup.as_app(rec=rec, fail=fail)))
+    with captured_log():
+        status, _, _ = await get(server.port, "/c")
+    assert status == (500 if fail else 200)
+    assert await rec.wait(1) == ["disconnect"]
+    await get(server.port, "/healthz")
+    assert rec.events == ["disconnect"]
 
 
 @pytest_twisted.ensureDeferred
