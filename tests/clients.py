@@ -162,6 +162,30 @@ class RawConnection:
         return None
 
 
+async def closed_by_server(conn: RawConnection, timeout: float) -> bool:
+    """Wait (bounded) for the server to close; True if it did (the client aborts if not)."""
+    from twisted.internet import reactor
+
+    if conn.is_closed:
+        return True
+    waiter: Deferred[bool] = Deferred()
+
+    def fire(result: Any) -> Any:
+        if not waiter.called:
+            waiter.callback(True)
+        return result
+
+    conn.proto.done.addBoth(fire)
+    timer = reactor.callLater(timeout, lambda: waiter.called or waiter.callback(False))
+    by_server = await waiter
+    if timer.active():
+        timer.cancel()
+    if not by_server:
+        conn.abort()
+        await conn.closed(1)
+    return by_server
+
+
 def later(delay: float) -> Deferred[None]:
     """A Deferred that fires after ``delay`` seconds on the reactor."""
     from twisted.internet import reactor

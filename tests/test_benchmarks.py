@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -169,8 +170,11 @@ def test_table_marks_unsupported_ours_as_na():
 
 # -- smoke run ---------------------------------------------------------------------------------
 
-needs_picows = pytest.mark.skipif(importlib.util.find_spec("picows") is None,
-                                  reason="the load client needs picows (the test extra)")
+UNDER_CI = os.environ.get("CI", "").lower() == "true"
+# Outside CI a missing test extra skips; under CI=true it fails (the run cannot import it).
+needs_picows = pytest.mark.skipif(
+    importlib.util.find_spec("picows") is None and not UNDER_CI,
+    reason="the load client needs picows (the test extra)")
 
 
 @pytest.fixture(scope="module")
@@ -295,13 +299,14 @@ def test_smoke_fanout_against_raw_autobahn(smoke):
 
 
 @needs_picows
-def test_smoke_fanout_against_ours_delivers_or_is_unsupported(smoke):
+def test_smoke_fanout_against_ours_delivers_every_message(smoke):
     _out, _proc, rows = smoke
-    row = _row(rows, "ours", "fanout-1000x50")
-    if row["ok"]:
-        assert row["delivered"] == row["expected"] > 0
-    else:
-        assert "404" in row["error"]  # /room/<name> not served yet: n/a in the table
+    for sc in QUICK_SCENARIOS:
+        if sc.kind != "fanout":
+            continue
+        row = _row(rows, "ours", sc.name)
+        assert row["ok"], row
+        _check_every_message_delivered(row, sc)
 
 
 @needs_picows
@@ -316,7 +321,8 @@ def test_smoke_report_written(smoke):
 
 @needs_picows
 def test_chart_from_smoke_rows(smoke, tmp_path):
-    pytest.importorskip("matplotlib")
+    if importlib.util.find_spec("matplotlib") is None and not UNDER_CI:
+        pytest.skip("the chart needs matplotlib (the test extra)")
     out, _proc, _rows = smoke
     png = tmp_path / "chart.png"
     subprocess.run([sys.executable, str(BENCH / "chart.py"), str(out / "latest.jsonl"),

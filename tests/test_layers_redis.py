@@ -482,3 +482,28 @@ async def test_broadcasts_in_one_subscriber_read_reach_a_member_in_one_write(two
         assert probe.frames == expected
         assert probe.joined == 1
         assert (layer.stats.broadcast_frames, layer.stats.broadcast_writes) == (3, 1)
+
+
+def test_reconnect_backoff_doubles_from_a_tenth_of_a_second_up_to_five():
+    """The retry schedule on a fake clock (the e2e tests restart a real Redis; they bound
+    their waits but assert no timing)."""
+    from twisted.internet.task import Clock
+
+    from realtime.layers.redis import BACKOFF_CAP, BACKOFF_START, _Link
+
+    clock = Clock()
+    layer = RedisChannelLayer.from_url(f"redis://127.0.0.1:{free_port()}/0", clock)
+    link = _Link(layer, "test", "publisher", on_up=lambda proto: None, on_down=lambda: None)
+    delays = []
+    for _ in range(12):
+        link._retry()
+        (call,) = clock.getDelayedCalls()
+        delays.append(call.getTime() - clock.seconds())
+        call.cancel()
+        link._retry_call = None
+    assert BACKOFF_START == 0.1 and BACKOFF_CAP == 5.0
+    for attempt, delay in enumerate(delays):
+        ceiling = min(BACKOFF_CAP, BACKOFF_START * 2 ** attempt)
+        assert 0.75 * ceiling <= delay <= ceiling  # jittered down by at most a quarter
+    assert max(delays) <= BACKOFF_CAP
+    assert delays[-1] >= 0.75 * BACKOFF_CAP  # capped, not still doubling

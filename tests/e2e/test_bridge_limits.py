@@ -30,6 +30,7 @@ from tests.clients import (
     Recorder,
     captured_log,
     client_frame,
+    closed_by_server,
     handshake,
     http_request,
     in_thread,
@@ -272,9 +273,8 @@ async def test_no_pong_drops_the_connection(live):
     server = await live(ws_app(Tracker.as_app(rec=rec)), ping_interval=0.1, ping_timeout=0.2)
     conn = await ws_open(server.port, "/t")
     started = time.monotonic()
-    await conn.closed(timeout=3)
-    elapsed = time.monotonic() - started
-    assert 0.25 <= elapsed < 2.5
+    assert await closed_by_server(conn, 3)
+    assert time.monotonic() - started >= 0.25
     assert not any(op == 0x8 for op, _ in conn.frames())  # dropped, not closed
     assert await rec.wait(1) == [("disconnect", 1006)]
 
@@ -318,9 +318,9 @@ async def test_half_a_request_is_dropped_at_the_connect_deadline(live):
     conn = await raw_connect(server.port)
     conn.write(b"GET /t HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: web")
     started = time.monotonic()
-    data = await conn.closed(timeout=3)
-    assert 0.25 <= time.monotonic() - started < 2.5
-    assert data == b""
+    assert await closed_by_server(conn, 3)
+    assert time.monotonic() - started >= 0.25
+    assert conn.data == b""
 
 
 @pytest_twisted.ensureDeferred
@@ -334,10 +334,10 @@ async def test_a_dribbling_client_is_dropped_at_the_connect_deadline(live):
     dribble.start(0.05)
     started = time.monotonic()
     try:
-        await conn.closed(timeout=3)
+        assert await closed_by_server(conn, 3)
     finally:
         dribble.stop()
-    assert 0.25 <= time.monotonic() - started < 2.5
+    assert time.monotonic() - started >= 0.25
 
 
 @pytest_twisted.ensureDeferred
@@ -369,7 +369,7 @@ async def test_connect_that_never_accepts_gets_503_at_the_deadline(live):
     server = await live(ws_app(NeverAccepts.as_app(rec=rec, gate=gate)), connect_timeout=0.3)
     started = time.monotonic()
     raw = await raw_exchange(server.port, handshake("/t"), timeout=3)
-    assert 0.25 <= time.monotonic() - started < 2.5
+    assert time.monotonic() - started >= 0.25
     status, headers, _ = parse_response(raw)
     assert status == 503
     assert headers[b"retry-after"]
@@ -478,12 +478,9 @@ async def test_drain_drops_silent_clients_after_close_timeout(live):
     rec = Recorder()
     server = await live(ws_app(Tracker.as_app(rec=rec)), close_timeout=0.2)
     clients = [await ws_open(server.port, "/t") for _ in range(3)]
-    started = time.monotonic()
     await bounded(server.site.drain())
-    assert time.monotonic() - started < 2.5
     for c in clients:
-        await c.closed(timeout=3)
-        assert time.monotonic() - started < 2.5
+        assert await closed_by_server(c, 3)  # not aborted by us
         assert c.frames()[-1] == (0x8, b"\x03\xe9server shutting down")
     assert await rec.wait(3) == [("disconnect", 1001)] * 3
 
@@ -501,6 +498,9 @@ def test_smoke_tests_pass_under_the_asyncio_reactor():
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
+    # Every test of the file passes, the asyncio-only one included: none may skip here.
+    tests = len(re.findall(r"^(?:async )?def test_", (REPO / "tests/e2e/test_smoke_bridge.py")
+                           .read_text(), re.M))
     passed = re.search(r"(\d+) passed", done.stdout)
-    assert passed and int(passed.group(1)) >= 3, output
-    assert "failed" not in done.stdout, output
+    assert passed and int(passed.group(1)) == tests, output
+    assert "failed" not in done.stdout and "skipped" not in done.stdout, output

@@ -45,6 +45,7 @@ from realtime.examples.bench import application
 from tests.clients import (
     after_headers,
     client_frame,
+    closed_by_server,
     handshake,
     parse_frames,
     parse_response,
@@ -358,31 +359,6 @@ def split_response(data: bytes) -> tuple[int, dict[bytes, list[bytes]], bytes] |
     return status, headers, rest[:length]
 
 
-async def closed_by_server(conn, timeout: float) -> bool:
-    """Wait (bounded) for the server to close; True if it did (the client aborts if not)."""
-    from twisted.internet import reactor
-    from twisted.internet.defer import Deferred
-
-    if conn.is_closed:
-        return True
-    waiter: Deferred[bool] = Deferred()
-
-    def fire(result):
-        if not waiter.called:
-            waiter.callback(True)
-        return result
-
-    conn.proto.done.addBoth(fire)
-    timer = reactor.callLater(timeout, lambda: waiter.called or waiter.callback(False))
-    by_server = await waiter
-    if timer.active():
-        timer.cancel()
-    if not by_server:
-        conn.abort()
-        await conn.closed(1)
-    return by_server
-
-
 async def wait_close_handshake(conn) -> int | None:
     """The code of the server's close frame; answers it, like a well-behaved client."""
     got = await conn.wait_close_frame(timeout=5)
@@ -410,7 +386,7 @@ async def test_head(live, row: Row):
     if row.answer == "dropped":
         assert await closed_by_server(conn, CONNECT_TIMEOUT + 2)
         assert conn.data == b"", conn.data[:200]
-        assert CONNECT_TIMEOUT - 0.1 <= time.monotonic() - started < CONNECT_TIMEOUT + 2
+        assert time.monotonic() - started >= CONNECT_TIMEOUT - 0.1  # at the deadline
         return
     data = await conn.wait_for(lambda d: split_response(d) is not None, 5)
     response = split_response(data)
@@ -476,10 +452,8 @@ async def test_close_deadline_drops_a_peer_that_never_answers_the_close(live):
     server = await start(live)
     conn = await raw_connect(server.port)
     conn.write(handshake("/echo") + F(0x1, b"hi", mask=False))
-    started = time.monotonic()
     assert await conn.wait_close_frame(timeout=5) is not None
     assert await closed_by_server(conn, CLOSE_TIMEOUT + 2)
-    assert time.monotonic() - started < CLOSE_TIMEOUT + 2
 
 
 # -- floods and slow clients ---------------------------------------------------------------------
@@ -546,7 +520,6 @@ async def test_slowloris_200_clients_all_dropped_at_the_connect_deadline(live):
     server = await start(live)
     request = handshake("/echo")
     clients = [await raw_connect(server.port) for _ in range(200)]
-    started = time.monotonic()
     position = [0]
 
     def dribble() -> None:
@@ -571,12 +544,10 @@ async def test_slowloris_200_clients_all_dropped_at_the_connect_deadline(live):
             if all(c.is_closed for c in clients):
                 break
             await deferLater(reactor, 0.01, lambda: None)
-        elapsed = time.monotonic() - started
     finally:
         loop.stop()
     assert all(c.is_closed for c in clients), sum(not c.is_closed for c in clients)
     assert all(c.data == b"" for c in clients)
-    assert elapsed < CONNECT_TIMEOUT + 3, elapsed
     assert not server.site.open_channels  # the 200 are gone; the fresh one is a WebSocket
     # The fresh WebSocket outlived the deadline (it completed its handshake in time).
     fresh.send_text("still here")
@@ -601,14 +572,12 @@ async def test_dribbled_second_request_on_a_keep_alive_connection_is_dropped(liv
     await deferLater(reactor, CONNECT_TIMEOUT + 0.2, lambda: None)  # idle: no deadline
     assert not conn.is_closed
     second = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-    started = time.monotonic()
     for i in range(len(second) - 1):
         if conn.is_closed:
             break
         conn.write(second[i : i + 1])
         await deferLater(reactor, 0.05, lambda: None)
     assert await closed_by_server(conn, CONNECT_TIMEOUT + 2)
-    assert time.monotonic() - started < CONNECT_TIMEOUT + 2
     assert conn.data.count(b"HTTP/1.1 ") == 1
 
 

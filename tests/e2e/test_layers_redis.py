@@ -148,14 +148,12 @@ def test_redis_killed_and_restarted_sockets_stay_open_rooms_resume_and_gap_repor
             error = recv_json(a, "error")
             assert "not connected to Redis" in error["error"] or "lost" in error["error"]
             time.sleep(0.5)
-            restarted = time.monotonic()
             redis.start()
             ready_one = wait_status(one, 200, timeout=10)
             ready_two = wait_status(two, 200, timeout=10)
             took = max(ready_one, ready_two)
             print(f"\nreconnect after Redis restart: {took:.2f} s "
                   f"(one {ready_one:.2f}, two {ready_two:.2f})")
-            assert time.monotonic() - restarted < 8
             for ws in (a, c):
                 gap = recv_json(ws, "gap")
                 assert gap["group"] == "g"
@@ -178,8 +176,7 @@ def test_redis_unreachable_at_start_readyz_503_until_it_comes_up():
             assert status(server) == 503
             time.sleep(0.1)
         with RedisServer(port=port):
-            took = wait_status(server, 200, timeout=10)
-            assert took < 7  # backoff capped at 5 s
+            wait_status(server, 200, timeout=10)  # the backoff's cap: tests/test_layers_redis.py
             with typed(server) as a:
                 a.send(json.dumps({"text": "up"}))
                 assert recv_json(a, "chat")["text"] == "up"
