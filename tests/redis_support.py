@@ -69,7 +69,17 @@ class RedisServer:
         self.sentinel_of = sentinel_of
         if tls:
             self._make_certificates()
-        self.start()
+        for attempt in range(3):
+            try:
+                self.start()
+                break
+            except RuntimeError as exc:
+                # The free port we picked was taken before redis-server bound it: pick again
+                # (only a plain server of ours; a fixed, TLS or Sentinel port stays an error).
+                plain = port is None and not tls and sentinel_of is None
+                if not plain or attempt == 2 or "already in use" not in str(exc):
+                    raise
+                self.port = free_port()
 
     @property
     def url(self) -> str:

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.http_headers import InvalidHeaderName, _nameEncoder
+from twisted.web.http_headers import _nameEncoder
 
 from realtime import ProtocolTypeRouter, URLRouter, path, re_path
 from realtime.config import ServerConfig
@@ -99,14 +99,9 @@ def test_header_line_check_answers_or_refuses(name, value, sep):
         assert not set(parsed_value.strip(b" \t")) & {0, 10, 13}
 
 
-def test_header_name_encoder_refuses_what_we_refuse():
+def test_header_names_twisted_would_take_or_choke_on_are_refused_first():
     for bad in (b"X-A ", b"", b"X\x00"):
         assert check_header_line(bad + b": v") == 400
-        if bad:
-            try:
-                _nameEncoder.encode(bad)
-            except InvalidHeaderName:
-                pass
 
 
 headers_maps = st.dictionaries(

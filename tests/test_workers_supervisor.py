@@ -129,16 +129,21 @@ def test_child_command_and_environment(monkeypatch):
     assert spawned["fds"] == {0: "w", 1: "r", 2: "r"}
 
 
-def test_supervisor_ready_after_every_worker():
-    sup, _ = supervisor(2)
-    sent: list[str] = []
-    sup.notifier.send = lambda state: sent.append(state) or True  # type: ignore[method-assign]
-    sup.worker_ready()
-    assert sent == []
-    sup.worker_ready()
-    assert sent == ["READY=1"]
-    sup.worker_ready()  # a restarted worker: systemd already knows
-    assert sent == ["READY=1"]
+def test_supervisor_ready_after_every_worker(tmp_path):
+    from realtime.notify import Notifier
+    from tests.test_notify import received
+
+    sup, reactor = supervisor(2)
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(address)
+        sup.notifier = Notifier(reactor, {"NOTIFY_SOCKET": address})
+        sup.worker_ready()
+        assert received(systemd) == []
+        sup.worker_ready()
+        assert received(systemd) == ["READY=1"]
+        sup.worker_ready()  # a restarted worker: systemd already knows
+        assert received(systemd) == []
 
 
 @pytest.fixture

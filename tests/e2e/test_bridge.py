@@ -889,8 +889,11 @@ async def test_raw_websocket_handlers_get_event_dicts(live):
 
 class LateAccept(AsyncWebsocketConsumer):
     gate: Any = None
+    rec: Any = None
 
     async def connect(self):
+        if self.rec is not None:
+            self.rec.add("connect")
         if self.gate is not None:
             await self.gate
         await self.accept()
@@ -912,11 +915,11 @@ async def test_frames_sent_with_the_handshake_are_not_lost(live):
 
 @pytest_twisted.ensureDeferred
 async def test_frames_sent_while_connect_runs_are_not_lost(live):
-    gate = Deferred()
-    server = await live(ws_app(LateAccept.as_app(gate=gate)))
+    gate, rec = Deferred(), Recorder()
+    server = await live(ws_app(LateAccept.as_app(gate=gate, rec=rec)))
     conn = await raw_connect(server.port)
     conn.write(handshake("/t"))
-    await conn.wait_for(lambda d: False, timeout=0.05)  # let the request be parsed
+    assert await rec.wait(1) == ["connect"]  # the request is parsed, connect() waits
     conn.send_text("early")
     conn.send_text("early2")
     gate.callback(None)

@@ -402,7 +402,7 @@ async def test_max_connections_counts_handshakes_in_progress(live):
     server = await live(ws_app(NeverAccepts.as_app(rec=rec, gate=gate)), max_connections=1)
     pending = await raw_connect(server.port)
     pending.write(handshake("/t"))
-    await rec.wait(1)  # its connect() is running
+    assert await rec.wait(1) == ["connect"]  # its connect() is running
     status, _, _ = parse_response(await raw_exchange(server.port, handshake("/t")))
     assert status == 503
     gate.callback(None)

@@ -66,7 +66,9 @@ async def test_metrics_parse_and_move_with_traffic(live):
             connect(server.ws_url("/nowhere"))
         except Exception:
             pass
-        time.sleep(0.2)
+        # the closes are counted once the server has seen them: poll, then read
+        _wait(lambda: scrape(server.http_url("/metrics"))["realtime_connections{}"]
+              == before["realtime_connections{}"])
         after = scrape(server.http_url("/metrics"))
         return before, during, after
 
@@ -136,7 +138,7 @@ async def test_sync_client_publishes_into_a_room(live):
     def flow():
         with connect(server.ws_url("/room/lobby")) as room, \
                 connect(server.ws_url("/listen")) as listener:
-            time.sleep(0.1)
+            # both joined their groups before accepting: no wait needed
             publish(base, KEY, "lobby", text="from django")
             got = [room.recv(timeout=5)]
             publish(base, KEY, "lobby", json={"a": 1})
@@ -163,7 +165,7 @@ async def test_access_log_text_and_json_redacts_tokens(live, tmp_path):
         server = await live(bench)
         server.site.access_log = AccessLog(str(path_), fmt)
 
-        def flow(server=server):
+        def flow(server=server, path_=path_):
             get(server.http_url("/healthz?token=SECRET1&x=1"))
             with connect(server.ws_url("/echo?access_token=SECRET2")) as ws:
                 ws.send("x")
@@ -172,7 +174,8 @@ async def test_access_log_text_and_json_redacts_tokens(live, tmp_path):
                 connect(server.ws_url("/nowhere?token=SECRET3"))
             except Exception:
                 pass
-            time.sleep(0.2)
+            # the last line (the echo socket's close) is written once the server saw it
+            _wait(lambda: len(path_.read_text().splitlines()) >= 4)
 
         await in_thread(flow)
         server.site.access_log.close()

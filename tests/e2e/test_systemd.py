@@ -102,17 +102,11 @@ def test_watchdog_pings(tmp_path):
         env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "200000"}
         with start(twistd("--app", BENCH_APP, "--port", "0"), env=env) as server:
             receiver.expect("READY=1")
-            time.sleep(0.75)  # every 0.1 s: about 7 more
-            receiver.expect("WATCHDOG=1")
-            count = receiver.messages.count("WATCHDOG=1")
-            while True:  # drain what is queued without waiting
-                receiver.sock.setblocking(False)
-                try:
-                    if receiver.sock.recv(4096) == b"WATCHDOG=1":
-                        count += 1
-                except BlockingIOError:
-                    break
-            assert count >= 4, receiver.messages
+            # It keeps pinging (how often, on a fake clock: tests/test_notify.py); the log
+            # says the interval it took from WATCHDOG_USEC.
+            for _ in range(4):
+                receiver.messages.clear()
+                receiver.expect("WATCHDOG=1")
             server.wait_for(r"systemd watchdog: WATCHDOG=1 every 0\.1 s")
     finally:
         receiver.close()

@@ -17,6 +17,7 @@ from tests.clients import (
     raw_connect,
     ws_open,
 )
+from tests.test_layers import until
 
 
 class Quiet(WebsocketConsumer):
@@ -116,9 +117,10 @@ async def test_a_broadcast_skips_a_member_whose_handshake_was_abandoned(live):
     server = await live(APP)
     slow = await raw_connect(server.port)
     slow.write(handshake("/slow"))
-    await later(0.1)  # connect() is running; the connection is in group "g"
+    layer = server.site.layer
+    await until(lambda: len(layer.local_members("g")) == 1)  # connect() is running
     slow.abort()  # the client gives up before the accept
-    await later(0.1)
+    await until(lambda: layer.local_members("g") == [])  # a closed socket leaves at once
     member = await ws_open(server.port, "/q")
     sent = server.site.layer.broadcast("g", text="hello")
     frames = await member.wait_frames(1, timeout=2)
