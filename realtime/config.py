@@ -62,13 +62,16 @@ class ServerConfig:
     close_timeout: float = 1.0
     #: Idle timeout of plain HTTP keep-alive connections (twisted.web's own).
     http_timeout: float = 60.0
+    #: Seconds a consumer's handlers may still run after its socket closed (a disconnect()
+    #: that hangs, say); then they are cancelled and a warning logged (Daphne's option).
+    application_close_timeout: float = 10.0
     health_path: str = "/healthz"
     ready_path: str = "/readyz"
     server_header: str = ""
 
     def __post_init__(self) -> None:
         for name in ("ping_interval", "ping_timeout", "connect_timeout", "shutdown_timeout",
-                     "close_timeout", "http_timeout"):
+                     "close_timeout", "http_timeout", "application_close_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if not 0 <= self.broadcast_delay <= 1:

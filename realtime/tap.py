@@ -55,6 +55,24 @@ def _seconds(name: str, value: str, allow_negative_one: bool = False) -> float:
     return number
 
 
+#: Daphne's underscore spellings of options we share, so its command lines carry over.
+DAPHNE_SPELLINGS = {
+    "--websocket_timeout": "--websocket-timeout",
+    "--websocket_connect_timeout": "--websocket-connect-timeout",
+    "--application_close_timeout": "--application-close-timeout",
+}
+
+
+def _daphne_spellings(args: list[str] | None) -> list[str] | None:
+    if args is None:
+        return None
+    out = []
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        out.append(DAPHNE_SPELLINGS.get(name, name) + sep + value)
+    return out
+
+
 def _broadcast_delay(value: str) -> float:
     number = _seconds("broadcast-delay", value)
     if number > 1:
@@ -183,6 +201,8 @@ class Options(usage.Options):
          "Maximum WebSocket lifetime in seconds, then close 1000 (-1: none)."],
         ["websocket-connect-timeout", None, "5",
          "Seconds from TCP accept to the end of connect(); past it: dropped, or 503."],
+        ["application-close-timeout", None, "10",
+         "Seconds a consumer's handlers may run after its socket closed; then cancelled."],
         ["max-message-size", None, "1MiB", "Largest inbound message; 1009 past it."],
         ["max-frame-size", None, "1MiB", "Largest inbound frame; 1009 past it."],
         ["max-inflight", None, "64",
@@ -260,6 +280,12 @@ class Options(usage.Options):
 
     opt_p = opt_port
 
+    def opt_endpoint(self, value: str) -> None:
+        """Daphne's spelling of --port (an endpoint description); repeatable."""
+        self["port"].append(value)
+
+    opt_e = opt_endpoint
+
     def opt_fd(self, value: str) -> None:
         """Adopt an inherited listening socket on this file descriptor; repeatable."""
         self["fd"].append(value)
@@ -269,7 +295,7 @@ class Options(usage.Options):
         self.argv = list(options or [])
         self._from_environment()
         try:
-            super().parseOptions(options)
+            super().parseOptions(_daphne_spellings(options))
         except usage.UsageError as exc:
             raise StartupError(str(exc)) from None
 
@@ -402,6 +428,9 @@ class Options(usage.Options):
             websocket_timeout=_seconds("websocket-timeout", self["websocket-timeout"], True),
             connect_timeout=_seconds(
                 "websocket-connect-timeout", self["websocket-connect-timeout"]
+            ),
+            application_close_timeout=_seconds(
+                "application-close-timeout", self["application-close-timeout"]
             ),
             max_message_size=_size("max-message-size", self["max-message-size"]),
             max_frame_size=_size("max-frame-size", self["max-frame-size"]),

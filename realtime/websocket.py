@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
@@ -188,6 +188,11 @@ class WebSocketConnection(WebSocketServerProtocol):
     #: The client address this socket counts against (``--max-connections-per-ip``).
     client_ip: str | None = None
     _busy = False
+    #: The handler Deferred in flight, and the timer that cancels it once the socket has been
+    #: closed for --application-close-timeout.
+    _running: Deferred[Any] | None = None
+    _kill_call: Any = None
+    _killed = False
     # Queues are made when first needed (an empty deque costs 624 bytes).
     _pending: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
     _paused = False
@@ -1024,6 +1029,9 @@ class WebSocketConnection(WebSocketServerProtocol):
                 pending = self._pending
                 if not pending:
                     self._busy = False
+                    if self._kill_call is not None:  # all done after the close, in time
+                        self._kill_call.cancel()
+                        self._kill_call = None
                     if self._paused:
                         self._paused = False
                         if self.transport is not None and self.state == _OPEN:
@@ -1048,6 +1056,7 @@ class WebSocketConnection(WebSocketServerProtocol):
                     from realtime.middleware import resolve
 
                     result = Deferred.fromCoroutine(resolve(result))
+                self._running = result
                 result.addCallbacks(self._handler_done, self._handler_errback)
                 return
             handler = None
@@ -1058,11 +1067,34 @@ class WebSocketConnection(WebSocketServerProtocol):
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), handler, *args)
 
     def _handler_done(self, _: Any) -> None:
+        self._running = None
         self._drain_queue(None, ())
 
     def _handler_errback(self, failure: Failure) -> None:
-        self._handler_failed(failure.value, failure)
+        self._running = None
+        if not (self._killed and failure.check(CancelledError)):
+            self._handler_failed(failure.value, failure)
         self._drain_queue(None, ())
+
+    def _kill_handlers(self) -> None:
+        """--application-close-timeout after the close, handlers still run (a disconnect()
+        awaiting something that never comes): cancel them, as Daphne kills the app."""
+        self._kill_call = None
+        if not self._busy:
+            return
+        log.warn(
+            "consumer {consumer} on {path} still running {timeout} s after its socket "
+            "closed: cancelled",
+            consumer=type(self.consumer).__name__, path=self.scope.get("path"),
+            timeout=self.config.application_close_timeout,
+        )
+        self._killed = True
+        self._pending = None
+        running, self._running = self._running, None
+        if running is not None:
+            running.cancel()  # a thread handler's thread runs on; its result is dropped
+        self._busy = False
+        self._detach()
 
     def _handler_failed(self, exc: BaseException, failure: Failure | None = None) -> None:
         if isinstance(exc, StopConsumer):
@@ -1111,3 +1143,7 @@ class WebSocketConnection(WebSocketServerProtocol):
             self._detach()
             self._run(self.consumer._on_disconnect, code)
             self._run(self._detach)  # and out of any group disconnect() itself joined
+            if self._busy:
+                self._kill_call = self.reactor.callLater(
+                    self.config.application_close_timeout, self._kill_handlers
+                )

@@ -489,3 +489,24 @@ def test_a_module_level_layer_handle_is_the_services_layer(tmp_path, monkeypatch
         args = ["--app", f"{name}:application", "--layer", layer]
         options.parseOptions(args + (["jobs"] if options_class is WorkerOptions else []))
         assert sys.modules[name].LAYER is options.layer
+
+
+def test_daphne_spellings_and_endpoint_option_carry_over():
+    """A Daphne command line's ``--websocket_timeout``/``--websocket_connect_timeout`` and
+    ``-e/--endpoint`` work unchanged."""
+    options = parse("--websocket_timeout", "60", "--websocket_connect_timeout=3",
+                    "--application_close_timeout", "4",
+                    "-e", "tcp:0:interface=127.0.0.1", "--endpoint", "unix:/tmp/rt.sock")
+    assert options.config.websocket_timeout == 60
+    assert options.config.connect_timeout == 3
+    assert options.config.application_close_timeout == 4
+    assert options["port"] == ["tcp:0:interface=127.0.0.1", "unix:/tmp/rt.sock"]
+    assert error("--websocket_timeout", "soon") == (
+        "--websocket-timeout: expected a number of seconds, got 'soon'")
+
+
+def test_application_close_timeout():
+    assert parse().config.application_close_timeout == 10  # Daphne's default
+    assert parse("--application-close-timeout", "0.5").config.application_close_timeout == 0.5
+    assert error("--application-close-timeout", "-1") == (
+        "--application-close-timeout: must not be negative, got '-1'")

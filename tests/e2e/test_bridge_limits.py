@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.python import threadable
 from websockets.sync.client import connect
 
@@ -218,12 +218,19 @@ class StuckOnLeaving(AsyncWebsocketConsumer):
     async def receive(self, text_data=None, bytes_data=None):
         if self.stuck_in == "receive":
             self.rec.add("stuck")
-            await Deferred()
+            await self.hang()
 
     async def disconnect(self, code):
         self.rec.add(("disconnect", code))
         if self.stuck_in == "disconnect":
+            await self.hang()
+
+    async def hang(self):
+        try:
             await Deferred()
+        except CancelledError:
+            self.rec.add("cancelled")
+            raise
 
 
 @pytest.mark.parametrize("stuck_in", ["disconnect", "receive"])
@@ -237,7 +244,8 @@ async def test_a_closed_socket_leaves_its_groups_even_if_its_handlers_never_fini
 
     layer = get_channel_layer()
     rec = Recorder()
-    server = await live(ws_app(StuckOnLeaving.as_app(stuck_in=stuck_in, rec=rec)))
+    server = await live(ws_app(StuckOnLeaving.as_app(stuck_in=stuck_in, rec=rec)),
+                        application_close_timeout=0.3)
     stays = await ws_open(server.port, "/t")
     leaves = await ws_open(server.port, "/t")
     assert len(layer.local_members("stuck")) == 2
@@ -251,6 +259,16 @@ async def test_a_closed_socket_leaves_its_groups_even_if_its_handlers_never_fini
     await layer.broadcast("stuck", text="still here")
     frames = await stays.wait_frames(1)
     assert frames == [(0x1, b"still here")]
+    # --application-close-timeout after the close, the stuck handler is cancelled (and
+    # logged), and nothing queued behind it runs.
+    with captured_log() as events:
+        cancelled = await rec.wait(lambda ev: "cancelled" in ev, timeout=5)
+    assert cancelled[-1] == "cancelled"
+    warnings = [e for e in events if "still running" in e.get("log_format", "")]
+    assert len(warnings) == 1 and warnings[0]["consumer"] == "StuckOnLeaving"
+    assert not any("log_failure" in e for e in events)  # the cancel is not an error
+    if stuck_in == "receive":  # its disconnect() never got to run
+        assert not any(isinstance(e, tuple) and e[0] == "disconnect" for e in rec.events)
     stays.send_close()
     await until(lambda: layer.local_members("stuck") == [], timeout=3)
 
