@@ -409,13 +409,32 @@ def _headers(headers: Any) -> list[tuple[bytes, bytes]]:
     return out
 
 
+class _ScopeOverrides:
+    """The communicator's ``scope`` keys laid over the scope the server builds, before the
+    application (its middleware included) sees it."""
+
+    def __init__(self, inner: Any, overrides: dict[str, Any]) -> None:
+        self.inner = inner  # route_matches looks through it
+        self.overrides = overrides
+
+    def __call__(self, scope: Any) -> Any:
+        if self.overrides:
+            scope = {**scope, **self.overrides}
+        return self.inner(scope)
+
+
 class _Communicator:
     def __init__(self, application: Any, clock: Any, config: ServerConfig | None) -> None:
         from realtime.site import RealtimeSite
 
         self.clock = clock
+        #: Keys to set in the connection's scope (Channels' ``comm.scope["user"] = user``);
+        #: the rest of the scope is built by the server from the request, as in production.
+        self.scope: dict[str, Any] = {}
         reactor = clock if clock is not None else _real_reactor()
-        self.site = RealtimeSite(application, config or ServerConfig(), reactor)
+        self.site = RealtimeSite(
+            _ScopeOverrides(application, self.scope), config or ServerConfig(), reactor
+        )
 
     def _connect_transport(self, client: Any) -> tuple[Any, Any]:
         channel = self.site.buildProtocol(None)
@@ -574,8 +593,9 @@ class WebsocketCommunicator(_Communicator):
 
         return Deferred.fromCoroutine(get())
 
-    def receive_nothing(self, timeout: float = 0.1) -> Deferred[bool]:
-        """True when no message arrives within ``timeout`` real seconds."""
+    def receive_nothing(self, timeout: float = 0.1, interval: float = 0.01) -> Deferred[bool]:
+        """True when no message arrives within ``timeout`` real seconds. ``interval`` is
+        Channels' polling step, accepted and unused: an arrival ends the wait at once."""
 
         async def check() -> bool:
             if self._messages:

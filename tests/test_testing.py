@@ -399,3 +399,46 @@ def test_readme_example_passes_under_pytest_and_trial(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASSED" in result.stdout.splitlines()[-1]
     json.dumps(block)  # the example is plain text
+
+
+class WhoAmI(AsyncWebsocketConsumer):
+    async def connect(self):
+        await self.accept()
+        await self.send(text_data=f"{self.scope.get('user')} on {self.scope['path']}")
+
+
+class WhoAmIHttp(AsyncHttpConsumer):
+    async def handle(self, body):
+        await self.send_response(200, str(self.scope.get("user")).encode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_scope_keys_set_on_the_communicator_reach_the_consumer():
+    """Channels' ``comm.scope["user"] = user`` ports: the key is laid over the scope the
+    server builds (the path, headers and the rest still come from the request)."""
+    app = ProtocolTypeRouter({
+        "websocket": URLRouter([path("me/", WhoAmI.as_app())]),
+        "http": URLRouter([path("me/", WhoAmIHttp.as_app())]),
+    })
+    comm = WebsocketCommunicator(app, "/me/")
+    comm.scope["user"] = "ada"
+    assert await comm.connect() == (True, None)
+    assert await comm.receive_from() == "ada on /me/"
+    await comm.disconnect()
+    plain = WebsocketCommunicator(app, "/me/")  # no override: the server's scope alone
+    await plain.connect()
+    assert await plain.receive_from() == "None on /me/"
+    await plain.disconnect()
+    http = HttpCommunicator(app, "GET", "/me/")
+    http.scope["user"] = "grace"
+    assert (await http.get_response())["body"] == b"grace"
+
+
+@pytest_twisted.ensureDeferred
+async def test_receive_nothing_takes_channels_interval_argument():
+    comm = WebsocketCommunicator(bench, "/echo")
+    await comm.connect()
+    assert await comm.receive_nothing(timeout=0.05, interval=0.01) is True
+    await comm.send_to(text_data="x")
+    assert await comm.receive_nothing(timeout=0.05, interval=0.01) is False
+    await comm.disconnect()
