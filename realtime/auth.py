@@ -85,8 +85,10 @@ class AuthMiddleware(BaseMiddleware):
         scope["user"] = user if user is not None else AnonymousUser()
 
 
-async def login(scope: Scope, user: Any) -> None:
-    """Remember ``user`` in the session under a new session id (no fixation)."""
+async def login(scope: Scope, user: Any, backend: Any = None) -> None:
+    """Remember ``user`` in the session under a new session id (no fixation).
+    ``backend`` is Channels' argument, accepted so calls port: the ``user_loader`` finds
+    users here, not a Django auth backend."""
     session = scope.get("session")
     if session is None:
         raise ValueError("login() needs scope['session'] (SessionMiddleware)")

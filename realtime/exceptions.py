@@ -116,3 +116,8 @@ class StopConsumer(Exception):
 
 class ConnectionClosed(OSError):
     """A send on a WebSocket that is closing or closed (ASGI 2.4 semantics; Daphne is silent)."""
+
+
+class ChannelFull(Exception):
+    """``send`` to a channel whose queue is at capacity (Channels' exception; also
+    ``realtime.layers.ChannelFull``)."""

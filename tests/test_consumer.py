@@ -128,3 +128,12 @@ def test_json_encoding_hooks():
     assert JsonWebsocketConsumer.decode_json('{"a": 1}') == {"a": 1}
     with pytest.raises(ValueError):
         JsonWebsocketConsumer.decode_json("{nope")
+
+
+def test_channel_full_is_where_channels_keeps_it():
+    """``from channels.exceptions import ChannelFull`` ports to realtime.exceptions; the
+    layers raise the same class."""
+    from realtime.exceptions import ChannelFull
+    from realtime.layers import ChannelFull as from_layers
+
+    assert ChannelFull is from_layers

@@ -198,6 +198,9 @@ async def test_login_cycles_the_key_and_logout_flushes():
     assert headers
     await logout(scope)
     assert isinstance(scope["user"], AnonymousUser) and len(session) == 0
+    # Channels' backend= argument ports (the user_loader finds users here).
+    await login(scope, User(7), backend="django.contrib.auth.backends.ModelBackend")
+    assert scope["user"].id == 7 and session["_auth_user_id"] == "7"
 
 
 @pytest_twisted.ensureDeferred

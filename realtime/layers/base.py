@@ -32,14 +32,12 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.threadable import isInIOThread
 
+from realtime.exceptions import ChannelFull  # noqa: F401 (re-exported: realtime.layers)
+
 log = Logger()
 
 _NAME = re.compile(r"^[a-zA-Z0-9\-_.]+(![a-zA-Z0-9\-_.]*)?$")
 MAX_NAME = 99
-
-
-class ChannelFull(Exception):
-    """``send`` to a channel whose queue is at capacity (Channels' exception)."""
 
 
 class LayerUnavailable(ConnectionError):
