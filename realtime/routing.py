@@ -15,6 +15,36 @@ from typing import Any, Protocol
 
 from realtime.exceptions import NoRoute
 
+ASGI_HINT = (
+    "looks like a raw ASGI application or ASGI-3 middleware (scope, receive, send): realtime "
+    "runs consumers, routers, BaseMiddleware (async def __call__(self, scope)) and "
+    "twisted.web resources; serve a Django or other ASGI app with its own server beside it"
+)
+
+
+def raw_asgi(app: Any) -> bool:
+    """Whether ``app`` takes ASGI's ``(scope, receive, send)``: mounted here it could only
+    fail on every request, so routers and ``--app`` refuse it up front."""
+    import inspect
+
+    call: Any
+    if inspect.isfunction(app) or inspect.ismethod(app):
+        call, takes_self = app, False
+    elif callable(app):
+        call, takes_self = type(app).__call__, True
+    else:
+        return False
+    if not inspect.iscoroutinefunction(call):
+        return False
+    try:
+        params = list(inspect.signature(call).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if takes_self:
+        params = params[1:]
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) == 3
+
 Scope = dict[str, Any]
 Application = Callable[[Scope], Any]
 
@@ -135,6 +165,8 @@ class Route:
         name: str | None,
         is_regex: bool,
     ) -> None:
+        if raw_asgi(app):
+            raise TypeError(f"route {pattern!r}: the application {ASGI_HINT}")
         if not callable(app):
             from twisted.web.resource import IResource
 
@@ -300,6 +332,8 @@ class ProtocolTypeRouter:
         for key, app in application_mapping.items():
             if not callable(app):
                 raise TypeError(f"ProtocolTypeRouter: the {key!r} application is not callable")
+            if raw_asgi(app):
+                raise TypeError(f"ProtocolTypeRouter: the {key!r} application {ASGI_HINT}")
         self.application_mapping = dict(application_mapping)
 
     def __call__(self, scope: Scope) -> Any:

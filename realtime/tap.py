@@ -175,6 +175,10 @@ def load_application(spec: str) -> Any:
             ) from None
     if not callable(obj):
         raise StartupError(f"--app {spec!r}: {attr!r} is not callable")
+    from realtime.routing import ASGI_HINT, raw_asgi
+
+    if raw_asgi(obj):
+        raise StartupError(f"--app {spec!r}: {attr!r} {ASGI_HINT}")
     return obj
 
 

@@ -304,3 +304,48 @@ def test_route_matches_calls_nothing():
 
     assert route_matches(URLRouter([path("a", app)]), ws("/a"))
     assert called == []
+
+
+class _DjangoStyleASGI:
+    """What ``django.core.asgi.get_asgi_application()`` returns: ASGI's three arguments."""
+
+    async def __call__(self, scope, receive, send):
+        pass
+
+
+class _ThreeArgumentMiddleware:
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        return await self.inner(scope, receive, send)
+
+
+async def _asgi_function(scope, receive, send):
+    pass
+
+
+@pytest.mark.parametrize("app", [_DjangoStyleASGI(), _asgi_function,
+                                 _ThreeArgumentMiddleware(_asgi_function)])
+def test_a_raw_asgi_application_is_refused_where_it_is_mounted(app):
+    """A Channels project's ``"http": get_asgi_application()`` (or ASGI-3 middleware) could
+    only give 500 on every request here: the router says so when it is built."""
+    from realtime import ProtocolTypeRouter
+
+    with pytest.raises(TypeError, match=r"'http' application looks like a raw ASGI"):
+        ProtocolTypeRouter({"http": app})
+    with pytest.raises(TypeError, match=r"route 'x/': the application looks like a raw ASGI"):
+        path("x/", app)
+
+
+def test_consumers_middleware_and_routers_are_not_mistaken_for_asgi():
+    from realtime import AsyncWebsocketConsumer, BaseMiddleware, ProtocolTypeRouter
+    from realtime.routing import raw_asgi
+
+    class Consumer(AsyncWebsocketConsumer):
+        pass
+
+    app = Consumer.as_app()
+    for candidate in (app, BaseMiddleware(app), URLRouter([path("a/", app)]),
+                      ProtocolTypeRouter({"websocket": app}), Consumer, lambda scope: None):
+        assert not raw_asgi(candidate), candidate

@@ -510,3 +510,12 @@ def test_application_close_timeout():
     assert parse("--application-close-timeout", "0.5").config.application_close_timeout == 0.5
     assert error("--application-close-timeout", "-1") == (
         "--application-close-timeout: must not be negative, got '-1'")
+
+
+def test_a_raw_asgi_app_is_a_one_line_startup_error(tmp_path, monkeypatch):
+    (tmp_path / "asgi_only_app.py").write_text(
+        "async def application(scope, receive, send):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    message = error("--app", "asgi_only_app:application", app=False)
+    assert message.startswith("--app 'asgi_only_app:application': 'application' looks like a "
+                              "raw ASGI application")
