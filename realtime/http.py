@@ -34,6 +34,8 @@ class AsyncHttpConsumer(AppFactoryMixin):
     _headers_sent = False
     _finished = False
     _events: Deferred[Any] | None = None
+    _disconnected = False
+    _disconnect_after_handle = False
 
     async def handle(self, body: bytes) -> None:
         raise NotImplementedError("AsyncHttpConsumer subclasses must implement handle(body)")
@@ -96,6 +98,8 @@ class AsyncHttpConsumer(AppFactoryMixin):
         d = Deferred.fromCoroutine(resolve(self.handle(body)))
         d.addErrback(self._failed)
         self._events = d
+        if self._disconnect_after_handle:  # the response ended inside handle()'s first steps
+            d.addBoth(self._disconnect_then)
 
     # -- channel-layer events: one at a time, after handle() (long-poll, SSE) -------------------
     def deliver(self, event: dict[str, Any]) -> None:
@@ -122,11 +126,27 @@ class AsyncHttpConsumer(AppFactoryMixin):
         return False
 
     def _ended(self, result: Any) -> None:
-        """The response is over (finished, or the client went away): leave the groups, then
-        ``disconnect()`` once, for cleanup, as Channels runs it after ``handle()``."""
+        """The response is over: leave the groups, then ``disconnect()`` once, for cleanup:
+        at once if the client went away (Channels' ``http_disconnect``), else after
+        ``handle()`` (or the event handler that sent the last body) has returned."""
         if self.channel_layer is not None and self.channel_name is not None:
             self.channel_layer.detach(self.channel_name)
         self._finished = True
+        if isinstance(result, Failure):
+            self._disconnect()
+        elif self._events is None:
+            self._disconnect_after_handle = True
+        else:
+            self._events.addBoth(self._disconnect_then)
+
+    def _disconnect_then(self, result: Any) -> Any:
+        self._disconnect()
+        return result
+
+    def _disconnect(self) -> None:
+        if self._disconnected:
+            return
+        self._disconnected = True
         Deferred.fromCoroutine(self.disconnect()).addErrback(
             lambda f: log.failure("disconnect() raised", f)
         )

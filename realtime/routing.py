@@ -25,25 +25,25 @@ ASGI_HINT = (
 def raw_asgi(app: Any) -> bool:
     """Whether ``app`` takes ASGI's ``(scope, receive, send)``: mounted here it could only
     fail on every request, so routers and ``--app`` refuse it up front."""
+    import functools
     import inspect
 
     call: Any
-    if inspect.isfunction(app) or inspect.ismethod(app):
-        call, takes_self = app, False
+    if inspect.isfunction(app) or inspect.ismethod(app) or isinstance(app, functools.partial):
+        call = app  # a partial's signature leaves out what it binds
     elif callable(app):
-        call, takes_self = type(app).__call__, True
+        call = app.__call__  # bound: no self
     else:
         return False
     if not inspect.iscoroutinefunction(call):
         return False
     try:
-        params = list(inspect.signature(call).parameters.values())
+        params = inspect.signature(call).parameters.values()
     except (TypeError, ValueError):
         return False
-    if takes_self:
-        params = params[1:]
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) == 3
+    required = [p for p in params if p.default is p.empty
+                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(required) == 3
 
 Scope = dict[str, Any]
 Application = Callable[[Scope], Any]

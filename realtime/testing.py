@@ -613,7 +613,8 @@ class WebsocketCommunicator(_Communicator):
     def disconnect(self, code: int = 1000, timeout: float = 1) -> Deferred[None]:
         """Close from the client side and wait until the server has let go and, as
         Channels' communicator does, until the consumer has finished (its ``disconnect()``
-        ran and it left its groups), within ``timeout``."""
+        ran and it left its groups), within ``timeout``; handlers still running then are
+        cancelled, as ``--application-close-timeout`` does."""
         if self._transport is None:
             return _done()
         if not self._gone.called:
@@ -636,6 +637,12 @@ class WebsocketCommunicator(_Communicator):
         while conn is not None and (not conn.finished or conn._busy) and waited < timeout:
             await deferLater(reactor, 0.002, lambda: None)
             waited += 0.002
+        if conn is not None and conn._kill_call is not None:
+            # Handlers still running after ``timeout``: cancel them now, as the server's
+            # --application-close-timeout would (and as asgiref cancels the application),
+            # so no timer outlives the test.
+            conn._kill_call.cancel()
+            conn._kill_handlers()
 
     def _connection(self) -> Any:
         """The server's WebSocket bridge for this connection, if it got that far."""

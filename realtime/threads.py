@@ -9,6 +9,7 @@ returns a Deferred and wait for it; ``aio`` turns an asyncio awaitable into a De
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -40,20 +41,30 @@ def async_to_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
     the reactor thread and the worker waits for its result (``blockingCallFromThread``).
     Called on the reactor thread itself it raises ``RuntimeError`` instead of hanging."""
     from twisted.internet.threads import blockingCallFromThread
+    from twisted.python import threadable
     from twisted.python.threadable import isInIOThread
 
     from realtime.middleware import resolve
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        name = getattr(fn, "__qualname__", fn)
         if isInIOThread():
             # Waiting here would wait for the reactor, which is this thread: the whole
             # process would hang (asgiref raises the same way inside an event loop).
             raise RuntimeError(
-                f"async_to_sync({getattr(fn, '__qualname__', fn)!r}) called on the reactor "
-                "thread, which it would block forever: await the call in an async def "
-                "handler, or set thread_handlers = True on the consumer (as a Channels sync "
-                "consumer runs in a thread)"
+                f"async_to_sync({name!r}) called on the reactor thread, which it would "
+                "block forever: await the call in an async def handler, or set "
+                "thread_handlers = True on the consumer (as a Channels sync consumer runs "
+                "in a thread)"
+            )
+        if threadable.ioThread is None and threading.current_thread() is threading.main_thread():
+            # Before the reactor runs (a module-level call while --app is imported): the
+            # thread that would run it is this one, waiting.
+            raise RuntimeError(
+                f"async_to_sync({name!r}) called before the reactor runs, on the thread "
+                "that will run it, which it would block forever: make the call once the "
+                "service runs (in a consumer, or a worker thread)"
             )
 
         def call() -> Deferred[Any]:

@@ -333,7 +333,13 @@ class WebSocketConnection(WebSocketServerProtocol):
         # As in Channels: the ``groups`` are joined before connect() runs (with Redis, a
         # SUBSCRIBE in flight), so a group_send right after the handshake reaches this member.
         gathered = gatherResults(joins, consumeErrors=True)
-        gathered.addCallbacks(lambda _: self._run(consumer._on_connect), self._join_failed)
+        gathered.addCallbacks(self._joined, self._join_failed)
+
+    def _joined(self, _: Any) -> None:
+        """The ``groups`` are joined; a client that left meanwhile has had its disconnect()
+        and its detach, so its connect() (which could join more groups) never runs."""
+        if not self.finished:
+            self._run(self.consumer._on_connect)
 
     def _join_failed(self, failure: Failure) -> None:
         failure = getattr(failure.value, "subFailure", failure)
@@ -1068,10 +1074,14 @@ class WebSocketConnection(WebSocketServerProtocol):
 
     def _handler_done(self, _: Any) -> None:
         self._running = None
+        if self._killed:  # finished after all: out of any group it joined since the kill
+            self._detach()
         self._drain_queue(None, ())
 
     def _handler_errback(self, failure: Failure) -> None:
         self._running = None
+        if self._killed:  # as in _handler_done; the kill's own CancelledError is no error
+            self._detach()
         if not (self._killed and failure.check(CancelledError)):
             self._handler_failed(failure.value, failure)
         self._drain_queue(None, ())
@@ -1090,9 +1100,11 @@ class WebSocketConnection(WebSocketServerProtocol):
         )
         self._killed = True
         self._pending = None
-        running, self._running = self._running, None
-        if running is not None:
-            running.cancel()  # a thread handler's thread runs on; its result is dropped
+        running = self._running
+        if running is not None and not self._threaded:
+            # A coroutine gets CancelledError; if it goes on anyway, or a thread handler
+            # (no way to stop a thread) finishes later, its end detaches it once more.
+            running.cancel()
         self._busy = False
         self._detach()
 

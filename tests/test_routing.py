@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
@@ -325,8 +326,14 @@ async def _asgi_function(scope, receive, send):
     pass
 
 
+async def _asgi_with_config(config, scope, receive, send):
+    pass
+
+
 @pytest.mark.parametrize("app", [_DjangoStyleASGI(), _asgi_function,
-                                 _ThreeArgumentMiddleware(_asgi_function)])
+                                 _ThreeArgumentMiddleware(_asgi_function),
+                                 functools.partial(_asgi_function),
+                                 functools.partial(_asgi_with_config, {})])
 def test_a_raw_asgi_application_is_refused_where_it_is_mounted(app):
     """A Channels project's ``"http": get_asgi_application()`` (or ASGI-3 middleware) could
     only give 500 on every request here: the router says so when it is built."""
@@ -346,6 +353,10 @@ def test_consumers_middleware_and_routers_are_not_mistaken_for_asgi():
         pass
 
     app = Consumer.as_app()
+    async def scope_first(scope, receive=None, send=None):  # app(scope) works
+        return app(scope)
+
     for candidate in (app, BaseMiddleware(app), URLRouter([path("a/", app)]),
-                      ProtocolTypeRouter({"websocket": app}), Consumer, lambda scope: None):
+                      ProtocolTypeRouter({"websocket": app}), Consumer, lambda scope: None,
+                      scope_first, functools.partial(scope_first)):
         assert not raw_asgi(candidate), candidate

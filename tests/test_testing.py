@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from realtime import (
@@ -442,3 +443,29 @@ async def test_receive_nothing_takes_channels_interval_argument():
     await comm.send_to(text_data="x")
     assert await comm.receive_nothing(timeout=0.05, interval=0.01) is False
     await comm.disconnect()
+
+
+class HangsOnLeaving(AsyncWebsocketConsumer):
+    events: list = []
+
+    async def disconnect(self, code):
+        from twisted.internet.defer import CancelledError
+
+        try:
+            await Deferred()
+        except CancelledError:
+            type(self).events.append("cancelled")
+            raise
+
+
+@pytest_twisted.ensureDeferred
+async def test_disconnect_cancels_handlers_still_running_after_its_timeout():
+    """As asgiref cancels an application that outlives the wait: no kill timer is left on
+    the reactor for the rest of the test run."""
+    HangsOnLeaving.events = []
+    comm = WebsocketCommunicator(URLRouter([path("h/", HangsOnLeaving.as_app())]), "/h/")
+    await comm.connect()
+    conn = comm._connection()
+    await comm.disconnect(timeout=0.1)
+    assert HangsOnLeaving.events == ["cancelled"]
+    assert conn._kill_call is None and not conn._busy

@@ -15,7 +15,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs
 
-from twisted.web.static import Data
+from twisted.web.resource import Resource
 
 from realtime import AsyncJsonWebsocketConsumer, ProtocolTypeRouter, URLRouter, path
 
@@ -80,9 +80,24 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "gap"})
 
 
-def _page() -> Data:
-    html = resources.files("realtime.examples").joinpath("static/chat.html").read_bytes()
-    return Data(html, "text/html; charset=utf-8")
+class _Page(Resource):
+    """The demo's one page (twisted.web.static would do, but importing it warns about
+    Twisted's own deprecations on every start)."""
+
+    isLeaf = True
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__()
+        self.body = body
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-length", str(len(self.body)).encode())
+        return self.body
+
+
+def _page() -> _Page:
+    return _Page(resources.files("realtime.examples").joinpath("static/chat.html").read_bytes())
 
 
 application = ProtocolTypeRouter(

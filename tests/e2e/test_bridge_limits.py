@@ -26,6 +26,7 @@ from realtime import (
     async_to_sync,
     path,
 )
+from realtime.layers import InMemoryChannelLayer
 from tests.clients import (
     Recorder,
     captured_log,
@@ -252,16 +253,16 @@ async def test_a_closed_socket_leaves_its_groups_even_if_its_handlers_never_fini
     if stuck_in == "receive":
         leaves.send_text("hang")
         assert await rec.wait(lambda ev: "stuck" in ev) == ["stuck"]
-    leaves.send_close()
-    assert (await leaves.wait_close_frame())[0] == 1000
-    await until(lambda: len(layer.local_members("stuck")) == 1, timeout=3)
-    assert ("disconnect", 1000) in rec.events or stuck_in == "receive"
-    await layer.broadcast("stuck", text="still here")
-    frames = await stays.wait_frames(1)
-    assert frames == [(0x1, b"still here")]
-    # --application-close-timeout after the close, the stuck handler is cancelled (and
-    # logged), and nothing queued behind it runs.
-    with captured_log() as events:
+    with captured_log() as events:  # from before the close: the kill comes 0.3 s after it
+        leaves.send_close()
+        assert (await leaves.wait_close_frame())[0] == 1000
+        await until(lambda: len(layer.local_members("stuck")) == 1, timeout=3)
+        assert ("disconnect", 1000) in rec.events or stuck_in == "receive"
+        await layer.broadcast("stuck", text="still here")
+        frames = await stays.wait_frames(1)
+        assert frames == [(0x1, b"still here")]
+        # --application-close-timeout after the close, the stuck handler is cancelled (and
+        # logged), and nothing queued behind it runs.
         cancelled = await rec.wait(lambda ev: "cancelled" in ev, timeout=5)
     assert cancelled[-1] == "cancelled"
     warnings = [e for e in events if "still running" in e.get("log_format", "")]
@@ -271,6 +272,97 @@ async def test_a_closed_socket_leaves_its_groups_even_if_its_handlers_never_fini
         assert not any(isinstance(e, tuple) and e[0] == "disconnect" for e in rec.events)
     stays.send_close()
     await until(lambda: layer.local_members("stuck") == [], timeout=3)
+
+
+class LateAckLayer(InMemoryChannelLayer):
+    """The memory layer with group_add acknowledged only when the test says, as Redis
+    acknowledges a SUBSCRIBE later (the membership itself is local and immediate)."""
+
+    gate: Deferred
+
+    def group_add(self, group, channel):
+        joined = super().group_add(group, channel)
+        return self.gate.addCallback(lambda _: joined)
+
+
+class JoinsInConnect(AsyncWebsocketConsumer):
+    groups = ["room"]
+    rec: Any = None
+
+    async def connect(self):
+        self.rec.add("connect")
+        await self.channel_layer.group_add("extra", self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        self.rec.add(("disconnect", code))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_gone_before_its_groups_are_joined_never_runs_connect(live):
+    """connect() could join more groups after the disconnect and detach: it does not run."""
+    from realtime.layers import set_channel_layer
+
+    layer = LateAckLayer()
+    layer.gate = Deferred()
+    set_channel_layer(layer)  # the live server's layer (restored after the test)
+    rec = Recorder()
+    server = await live(ws_app(JoinsInConnect.as_app(rec=rec)))
+    conn = await raw_connect(server.port)
+    conn.write(handshake("/t"))
+    await until(lambda: len(layer.local_members("room")) == 1)  # joining, not acknowledged
+    conn.abort()
+    assert await rec.wait(1) == [("disconnect", 1006)]
+    layer.gate.callback(None)
+    assert layer.local_members("room") == [] and layer.local_members("extra") == []
+    await later(0.05)  # a connect() would have run synchronously on the ack; none did
+    assert rec.events == [("disconnect", 1006)]
+
+
+class ThreadRejoins(WebsocketConsumer):
+    """A thread handler that outlives the kill (a thread cannot be stopped) and joins a
+    group after it."""
+
+    thread_handlers = True
+    release: Any = None
+    rec: Any = None
+
+    def disconnect(self, code):
+        self.release.wait(5)
+        async_to_sync(self.channel_layer.group_add)("late", self.channel_name)
+        self.rec.add("joined late")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_thread_handler_that_outlives_the_kill_leaves_its_late_groups(live):
+    from realtime.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    rec, release = Recorder(), threading.Event()
+    server = await live(ws_app(ThreadRejoins.as_app(rec=rec, release=release)),
+                        application_close_timeout=0.1)
+    conn = await ws_open(server.port, "/t")
+    with captured_log() as events:
+        conn.send_close()
+        await until(lambda: any("still running" in e.get("log_format", "") for e in events))
+    release.set()
+    assert await rec.wait(1) == ["joined late"]
+    await until(lambda: layer.local_members("late") == [])
+
+
+def test_async_to_sync_before_the_reactor_runs_refuses_instead_of_hanging():
+    """A module-level call while --app is imported (the layer is set by then) would wait
+    for the reactor that this very thread is about to run."""
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "from realtime import async_to_sync\n"
+         "from realtime.layers import get_channel_layer\n"
+         "async_to_sync(get_channel_layer().group_add)('g', 'specific.a!b')\n"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 1
+    assert "RuntimeError: async_to_sync('InMemoryChannelLayer.group_add') called before " \
+           "the reactor runs" in done.stderr, done.stderr
 
 
 # -- keepalive, lifetime ---------------------------------------------------------------------
