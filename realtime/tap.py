@@ -418,10 +418,9 @@ class Options(usage.Options):
 
     def _build_config(self) -> ServerConfig:
         root_path = self["root-path"] or ""
-        if root_path and (not root_path.startswith("/") or root_path.endswith("/")):
-            raise StartupError(
-                f"--root-path: must start with '/' and not end with '/', got {root_path!r}"
-            )
+        if root_path and not root_path.startswith("/"):
+            raise StartupError(f"--root-path: must start with '/', got {root_path!r}")
+        root_path = root_path.rstrip("/")  # Daphne takes "/ws/" too
         for name in ("health-path", "ready-path"):
             if self[name] and not self[name].startswith("/"):
                 raise StartupError(f"--{name}: must start with '/', got {self[name]!r}")

@@ -197,9 +197,7 @@ ERRORS = [
     (["--max-inflight", "0"], "--max-inflight: must be at least 1, got '0'"),
     (["--max-inflight", "1.5"], "--max-inflight: expected a whole number, got '1.5'"),
     (["--max-connections", "-1"], "--max-connections: must be at least 0, got '-1'"),
-    (["--root-path", "ws"], "--root-path: must start with '/' and not end with '/', got 'ws'"),
-    (["--root-path", "/ws/"],
-     "--root-path: must start with '/' and not end with '/', got '/ws/'"),
+    (["--root-path", "ws"], "--root-path: must start with '/', got 'ws'"),
     (["--health-path", "healthz"], "--health-path: must start with '/', got 'healthz'"),
     (["--ready-path", "readyz"], "--ready-path: must start with '/', got 'readyz'"),
     (["-b", ""], "-b/--bind: expected a host, got an empty value"),
@@ -519,3 +517,9 @@ def test_a_raw_asgi_app_is_a_one_line_startup_error(tmp_path, monkeypatch):
     message = error("--app", "asgi_only_app:application", app=False)
     assert message.startswith("--app 'asgi_only_app:application': 'application' looks like a "
                               "raw ASGI application")
+
+
+@pytest.mark.parametrize(("given", "root"), [("/ws", "/ws"), ("/ws/", "/ws"), ("/", ""),
+                                             ("/a/b//", "/a/b")])
+def test_root_path_takes_a_trailing_slash_as_daphne_does(given, root):
+    assert parse("--root-path", given).config.root_path == root
