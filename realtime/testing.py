@@ -569,13 +569,17 @@ class WebsocketCommunicator(_Communicator):
         return self.send_to(text_data=_json.dumps(data))
 
     def receive_from(self, timeout: float = 1) -> Deferred[str | bytes]:
-        """The next message the server sent; ``AssertionError`` if the server closed instead,
-        ``TimeoutError`` after ``timeout`` real seconds."""
+        """The next message the server sent; if the server closed instead, the exception a
+        consumer handler raised (as Channels' communicator re-raises the application's),
+        else ``AssertionError``; ``TimeoutError`` after ``timeout`` real seconds."""
         return Deferred.fromCoroutine(self._receive(timeout))
 
     async def _receive(self, timeout: float) -> str | bytes:
         while not self._messages:
             if self.closed or self.close_code is not None:
+                error = getattr(self._connection(), "handler_error", None)
+                if error is not None:
+                    raise error
                 raise AssertionError(
                     f"expected a message, but the server closed with {self.close_code}"
                 )

@@ -191,6 +191,8 @@ class WebSocketConnection(WebSocketServerProtocol):
     #: The handler Deferred in flight, and the timer that cancels it once the socket has been
     #: closed for --application-close-timeout.
     _running: Deferred[Any] | None = None
+    #: The first exception a handler raised (logged, then 500 or 1011).
+    handler_error: BaseException | None = None
     _kill_call: Any = None
     _killed = False
     # Queues are made when first needed (an empty deque costs 624 bytes).
@@ -1128,6 +1130,8 @@ class WebSocketConnection(WebSocketServerProtocol):
             consumer=type(self.consumer).__name__,
             path=self.scope.get("path"),
         )
+        if self.handler_error is None:
+            self.handler_error = exc  # the communicators raise it in the test, as Channels'
         if self.in_handshake:
             self.refuse(Refuse(500))
         elif self.state == _OPEN:

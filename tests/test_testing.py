@@ -469,3 +469,26 @@ async def test_disconnect_cancels_handlers_still_running_after_its_timeout():
     await comm.disconnect(timeout=0.1)
     assert HangsOnLeaving.events == ["cancelled"]
     assert conn._kill_call is None and not conn._busy
+
+
+class Buggy(AsyncWebsocketConsumer):
+    async def receive(self, text_data=None, bytes_data=None):
+        raise KeyError(text_data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_receive_from_raises_the_consumers_own_exception():
+    """As Channels' communicator re-raises the application's exception: a bug in a handler
+    fails the test with that bug, not with a close code to decode."""
+    comm = WebsocketCommunicator(URLRouter([path("b/", Buggy.as_app())]), "/b/")
+    await comm.connect()
+    await comm.send_to(text_data="missing-key")
+    with pytest.raises(KeyError, match="missing-key"):
+        await comm.receive_from()
+    assert comm.close_code == 1011
+    await comm.disconnect()
+    quiet = WebsocketCommunicator(bench, "/echo")  # a plain server close stays an assertion
+    await quiet.connect()
+    await quiet.disconnect()
+    with pytest.raises(AssertionError, match="server closed"):
+        await quiet.receive_from()
