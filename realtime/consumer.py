@@ -110,6 +110,18 @@ class _WebsocketBase(AppFactoryMixin):
         super().__init_subclass__(**kwargs)
         impls = globals().get("_RAW_RECEIVE_IMPLS", ())
         cls._raw_receive = bool(impls) and cls.websocket_receive not in impls  # type: ignore[attr-defined]
+        if cls.thread_handlers:
+            import inspect
+
+            for name in ("websocket_connect", "websocket_receive", "websocket_disconnect",
+                         "connect", "receive", "disconnect"):
+                if inspect.iscoroutinefunction(getattr(cls, name, None)):
+                    # Called in a worker thread, a coroutine would only be created, never run.
+                    raise TypeError(
+                        f"{cls.__name__}: thread_handlers = True is for plain (def) handlers; "
+                        f"{name}() is async def: drop thread_handlers (coroutines run on the "
+                        "reactor) or make the handlers plain"
+                    )
 
     # -- bridge entry points -------------------------------------------------------------
     def _on_connect(self) -> Any:

@@ -35,7 +35,6 @@ class AsyncHttpConsumer(AppFactoryMixin):
     _finished = False
     _events: Deferred[Any] | None = None
     _disconnected = False
-    _disconnect_after_handle = False
 
     async def handle(self, body: bytes) -> None:
         raise NotImplementedError("AsyncHttpConsumer subclasses must implement handle(body)")
@@ -92,14 +91,21 @@ class AsyncHttpConsumer(AppFactoryMixin):
             self.channel_layer = layer
             self.channel_name = layer.attach(self)
             for group in self.groups:
-                layer.group_add(group, self.channel_name)
+                layer.group_add(group, self.channel_name).addErrback(self._join_failed, group)
         request.notifyFinish().addBoth(self._ended)
         body = request.content.read() if request.content is not None else b""
-        d = Deferred.fromCoroutine(resolve(self.handle(body)))
-        d.addErrback(self._failed)
-        self._events = d
-        if self._disconnect_after_handle:  # the response ended inside handle()'s first steps
-            d.addBoth(self._disconnect_then)
+        # One chain for handle(), then the layer events, then disconnect(): made before
+        # handle() starts, so an event (or the response's end) during its first synchronous
+        # steps queues behind it instead of being lost.
+        chain: Deferred[Any] = Deferred()
+        self._events = chain
+        chain.addCallback(lambda _: Deferred.fromCoroutine(resolve(self.handle(body))))
+        chain.addErrback(self._failed)
+        chain.callback(None)
+
+    def _join_failed(self, failure: Failure, group: str) -> None:
+        log.failure("{consumer} could not join group {group}", failure,
+                    consumer=type(self).__name__, group=group)
 
     # -- channel-layer events: one at a time, after handle() (long-poll, SSE) -------------------
     def deliver(self, event: dict[str, Any]) -> None:
@@ -132,10 +138,8 @@ class AsyncHttpConsumer(AppFactoryMixin):
         if self.channel_layer is not None and self.channel_name is not None:
             self.channel_layer.detach(self.channel_name)
         self._finished = True
-        if isinstance(result, Failure):
+        if isinstance(result, Failure) or self._events is None:
             self._disconnect()
-        elif self._events is None:
-            self._disconnect_after_handle = True
         else:
             self._events.addBoth(self._disconnect_then)
 

@@ -284,7 +284,8 @@ class URLRouter:
         full = str(scope.get("path", ""))
         root = str(scope.get("root_path") or "")
         if root:
-            if not full.startswith(root):
+            # On a segment boundary: with root "/ws", "/wschat/" is not under it.
+            if full != root and not full.startswith(root + "/"):
                 return None
             full = full[len(root) :]
         return full[1:] if full.startswith("/") else full

@@ -646,7 +646,7 @@ class WebsocketCommunicator(_Communicator):
             # --application-close-timeout would (and as asgiref cancels the application),
             # so no timer outlives the test.
             conn._kill_call.cancel()
-            conn._kill_handlers()
+            conn._kill_handlers(after=timeout)
 
     def _connection(self) -> Any:
         """The server's WebSocket bridge for this connection, if it got that far."""

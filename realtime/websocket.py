@@ -1088,9 +1088,10 @@ class WebSocketConnection(WebSocketServerProtocol):
             self._handler_failed(failure.value, failure)
         self._drain_queue(None, ())
 
-    def _kill_handlers(self) -> None:
-        """--application-close-timeout after the close, handlers still run (a disconnect()
-        awaiting something that never comes): cancel them, as Daphne kills the app."""
+    def _kill_handlers(self, after: float | None = None) -> None:
+        """--application-close-timeout (or ``after``) seconds after the close, handlers
+        still run (a disconnect() awaiting something that never comes): cancel them, as
+        Daphne kills the app."""
         self._kill_call = None
         if not self._busy:
             return
@@ -1098,7 +1099,7 @@ class WebSocketConnection(WebSocketServerProtocol):
             "consumer {consumer} on {path} still running {timeout} s after its socket "
             "closed: cancelled",
             consumer=type(self.consumer).__name__, path=self.scope.get("path"),
-            timeout=self.config.application_close_timeout,
+            timeout=self.config.application_close_timeout if after is None else after,
         )
         self._killed = True
         self._pending = None

@@ -137,3 +137,23 @@ def test_channel_full_is_where_channels_keeps_it():
     from realtime.layers import ChannelFull as from_layers
 
     assert ChannelFull is from_layers
+
+
+def test_thread_handlers_on_coroutine_handlers_is_refused_at_class_definition():
+    """In a worker thread an async def handler would only make a coroutine, never run it
+    (connect() would hang): the combination is a TypeError where the class is written."""
+    with pytest.raises(TypeError, match="thread_handlers = True is for plain"):
+        class Mixed(AsyncWebsocketConsumer):
+            thread_handlers = True
+    with pytest.raises(TypeError, match=r"receive\(\) is async def"):
+        class AsyncReceive(WebsocketConsumer):
+            thread_handlers = True
+
+            async def receive(self, text_data=None, bytes_data=None):
+                pass
+
+    class Plain(WebsocketConsumer):  # fine
+        thread_handlers = True
+
+        def receive(self, text_data=None, bytes_data=None):
+            pass

@@ -253,6 +253,9 @@ def test_root_path_is_stripped():
         call(router, ws("/echo", root_path="/ws"))
     with pytest.raises(NoRoute):
         call(router, ws("/other/echo", root_path="/ws"))
+    # only on a segment boundary: "/wsecho" is not "/ws" + "echo"
+    with pytest.raises(NoRoute):
+        call(router, ws("/wsecho", root_path="/ws"))
 
 
 def test_no_route_is_404_with_the_path():

@@ -466,9 +466,14 @@ async def test_disconnect_cancels_handlers_still_running_after_its_timeout():
     comm = WebsocketCommunicator(URLRouter([path("h/", HangsOnLeaving.as_app())]), "/h/")
     await comm.connect()
     conn = comm._connection()
-    await comm.disconnect(timeout=0.1)
+    from tests.clients import captured_log
+
+    with captured_log() as events:
+        await comm.disconnect(timeout=0.1)
     assert HangsOnLeaving.events == ["cancelled"]
     assert conn._kill_call is None and not conn._busy
+    (warning,) = [e for e in events if "still running" in e.get("log_format", "")]
+    assert warning["timeout"] == 0.1  # the wait that ran out, not the server's option
 
 
 class Buggy(AsyncWebsocketConsumer):

@@ -326,3 +326,43 @@ async def test_urllib_sees_refusals(live):
         return None
 
     assert await in_thread(client) == 404
+
+
+class SelfNotify(AsyncHttpConsumer):
+    """A long-poll whose event comes during handle()'s own first steps (it notifies its
+    own group before returning, on the memory layer a synchronous delivery)."""
+
+    groups = ["poll"]
+
+    async def handle(self, body):
+        await self.send_headers(headers=[(b"Content-Type", b"text/plain")])
+        await self.channel_layer.group_send("poll", {"type": "poll.done", "text": "ready"})
+
+    async def poll_done(self, event):
+        await self.send_body(event["text"].encode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_event_that_arrives_while_handle_starts_is_queued_not_lost(live):
+    server = await live(make_app(poll=SelfNotify.as_app()))
+    status, _, body = await get(server.port, "/poll")
+    assert (status, dechunk(body)) == (200, b"ready")
+
+
+class BadGroup(AsyncHttpConsumer):
+    groups = ["not a valid name"]
+
+    async def handle(self, body):
+        await self.send_response(200, b"ok")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_group_that_cannot_be_joined_is_logged(live):
+    server = await live(make_app(bad=BadGroup.as_app()))
+    with captured_log() as events:
+        status, _, _ = await get(server.port, "/bad")
+    assert status == 200
+    failures = [e for e in events if "log_failure" in e]
+    assert any("could not join group" in e["log_format"] and e["group"] == "not a valid name"
+               and isinstance(e["log_failure"].value, TypeError) for e in failures), failures
+
