@@ -39,6 +39,13 @@ async def get(port: int, path: str, **kwargs: Any) -> tuple[int, dict[bytes, lis
     return parse_response(raw)
 
 
+async def get_logging(port: int, path: str) -> tuple[int, bytes, list[dict[str, Any]]]:
+    """(status, body, the failures logged meanwhile) of a GET."""
+    with captured_log() as events:
+        status, _, body = await get(port, path)
+    return status, body, [e for e in events if "log_failure" in e]
+
+
 class ScopeResource(Resource):
     isLeaf = True
 
@@ -148,12 +155,10 @@ async def test_async_http_consumer_sees_url_route(live):
 @pytest_twisted.ensureDeferred
 async def test_handle_that_raises_is_500_without_its_text(live):
     server = await live(make_app(fail=Failing.as_app()))
-    with captured_log() as events:
-        status, _, body = await get(server.port, "/fail")
+    status, body, failures = await get_logging(server.port, "/fail")
     assert status == 500
     assert b"secret" not in body
-    assert any(isinstance(e.get("log_failure") and e["log_failure"].value, RuntimeError)
-               for e in events)
+    assert any(isinstance(e["log_failure"].value, RuntimeError) for e in failures)
 
 
 @pytest_twisted.ensureDeferred
@@ -359,10 +364,8 @@ class BadGroup(AsyncHttpConsumer):
 @pytest_twisted.ensureDeferred
 async def test_a_group_that_cannot_be_joined_is_logged(live):
     server = await live(make_app(bad=BadGroup.as_app()))
-    with captured_log() as events:
-        status, _, _ = await get(server.port, "/bad")
+    status, _, failures = await get_logging(server.port, "/bad")
     assert status == 200
-    failures = [e for e in events if "log_failure" in e]
     assert any("could not join group" in e["log_format"] and e["group"] == "not a valid name"
                and isinstance(e["log_failure"].value, TypeError) for e in failures), failures
 
