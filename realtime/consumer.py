@@ -9,6 +9,7 @@ coroutine or Deferred is awaited before the next message is handled. Overriding 
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -111,8 +112,6 @@ class _WebsocketBase(AppFactoryMixin):
         impls = globals().get("_RAW_RECEIVE_IMPLS", ())
         cls._raw_receive = bool(impls) and cls.websocket_receive not in impls  # type: ignore[attr-defined]
         if cls.thread_handlers:
-            import inspect
-
             for name in ("websocket_connect", "websocket_receive", "websocket_disconnect",
                          "connect", "receive", "disconnect"):
                 if inspect.iscoroutinefunction(getattr(cls, name, None)):

@@ -33,7 +33,8 @@ class AsyncHttpConsumer(AppFactoryMixin):
     _request: Request
     _headers_sent = False
     _finished = False
-    _events: Deferred[Any] | None = None
+    #: handle(), then the layer events, then disconnect(), one after another (``_serve``).
+    _events: Deferred[Any]
     _disconnected = False
 
     async def handle(self, body: bytes) -> None:
@@ -87,6 +88,10 @@ class AsyncHttpConsumer(AppFactoryMixin):
         self._request = request
         if getattr(self, "scope", None) is None:
             self.scope = scope
+        # Made before anything can reach this consumer, so an event (or the response's end)
+        # during handle()'s first synchronous steps queues behind it instead of being lost.
+        chain: Deferred[Any] = Deferred()
+        self._events = chain
         if layer is not None:
             self.channel_layer = layer
             self.channel_name = layer.attach(self)
@@ -94,11 +99,6 @@ class AsyncHttpConsumer(AppFactoryMixin):
                 layer.group_add(group, self.channel_name).addErrback(self._join_failed, group)
         request.notifyFinish().addBoth(self._ended)
         body = request.content.read() if request.content is not None else b""
-        # One chain for handle(), then the layer events, then disconnect(): made before
-        # handle() starts, so an event (or the response's end) during its first synchronous
-        # steps queues behind it instead of being lost.
-        chain: Deferred[Any] = Deferred()
-        self._events = chain
         chain.addCallback(lambda _: Deferred.fromCoroutine(resolve(self.handle(body))))
         chain.addErrback(self._failed)
         chain.callback(None)
@@ -109,7 +109,7 @@ class AsyncHttpConsumer(AppFactoryMixin):
 
     # -- channel-layer events: one at a time, after handle() (long-poll, SSE) -------------------
     def deliver(self, event: dict[str, Any]) -> None:
-        if self._finished or self._events is None:
+        if self._finished:
             return
         from realtime.middleware import resolve
 
@@ -138,7 +138,7 @@ class AsyncHttpConsumer(AppFactoryMixin):
         if self.channel_layer is not None and self.channel_name is not None:
             self.channel_layer.detach(self.channel_name)
         self._finished = True
-        if isinstance(result, Failure) or self._events is None:
+        if isinstance(result, Failure):
             self._disconnect()
         else:
             self._events.addBoth(self._disconnect_then)

@@ -8,6 +8,8 @@ prefix matches; captures accumulate in ``scope["url_route"]``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -25,9 +27,6 @@ ASGI_HINT = (
 def raw_asgi(app: Any) -> bool:
     """Whether ``app`` takes ASGI's ``(scope, receive, send)``: mounted here it could only
     fail on every request, so routers and ``--app`` refuse it up front."""
-    import functools
-    import inspect
-
     call: Any
     if inspect.isfunction(app) or inspect.ismethod(app) or isinstance(app, functools.partial):
         call = app  # a partial's signature leaves out what it binds
@@ -44,6 +43,12 @@ def raw_asgi(app: Any) -> bool:
     required = [p for p in params if p.default is p.empty
                 and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     return len(required) == 3
+
+
+def refuse_raw_asgi(app: Any, what: str) -> None:
+    """``TypeError`` naming ``what`` (where it is mounted) when ``app`` is raw ASGI."""
+    if raw_asgi(app):
+        raise TypeError(f"{what} {ASGI_HINT}")
 
 Scope = dict[str, Any]
 Application = Callable[[Scope], Any]
@@ -165,8 +170,7 @@ class Route:
         name: str | None,
         is_regex: bool,
     ) -> None:
-        if raw_asgi(app):
-            raise TypeError(f"route {pattern!r}: the application {ASGI_HINT}")
+        refuse_raw_asgi(app, f"route {pattern!r}: the application")
         if not callable(app):
             from twisted.web.resource import IResource
 
@@ -333,8 +337,7 @@ class ProtocolTypeRouter:
         for key, app in application_mapping.items():
             if not callable(app):
                 raise TypeError(f"ProtocolTypeRouter: the {key!r} application is not callable")
-            if raw_asgi(app):
-                raise TypeError(f"ProtocolTypeRouter: the {key!r} application {ASGI_HINT}")
+            refuse_raw_asgi(app, f"ProtocolTypeRouter: the {key!r} application")
         self.application_mapping = dict(application_mapping)
 
     def __call__(self, scope: Scope) -> Any:

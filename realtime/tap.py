@@ -175,10 +175,12 @@ def load_application(spec: str) -> Any:
             ) from None
     if not callable(obj):
         raise StartupError(f"--app {spec!r}: {attr!r} is not callable")
-    from realtime.routing import ASGI_HINT, raw_asgi
+    from realtime.routing import refuse_raw_asgi
 
-    if raw_asgi(obj):
-        raise StartupError(f"--app {spec!r}: {attr!r} {ASGI_HINT}")
+    try:
+        refuse_raw_asgi(obj, f"--app {spec!r}: {attr!r}")
+    except TypeError as exc:
+        raise StartupError(str(exc)) from None
     return obj
 
 

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure as _Failure
 from zope.interface import implementer as _implementer
 
 from realtime.config import ServerConfig
+from realtime.middleware import BaseMiddleware as _BaseMiddleware
 
 
 def _default_reactor() -> Any:
@@ -409,18 +410,16 @@ def _headers(headers: Any) -> list[tuple[bytes, bytes]]:
     return out
 
 
-class _ScopeOverrides:
+class _ScopeOverrides(_BaseMiddleware):
     """The communicator's ``scope`` keys laid over the scope the server builds, before the
     application (its middleware included) sees it."""
 
     def __init__(self, inner: Any, overrides: dict[str, Any]) -> None:
-        self.inner = inner  # route_matches looks through it
+        super().__init__(inner)
         self.overrides = overrides
 
-    def __call__(self, scope: Any) -> Any:
-        if self.overrides:
-            scope = {**scope, **self.overrides}
-        return self.inner(scope)
+    def populate_scope(self, scope: Any) -> None:
+        scope.update(self.overrides)
 
 
 class _Communicator:
@@ -645,7 +644,6 @@ class WebsocketCommunicator(_Communicator):
             # Handlers still running after ``timeout``: cancel them now, as the server's
             # --application-close-timeout would (and as asgiref cancels the application),
             # so no timer outlives the test.
-            conn._kill_call.cancel()
             conn._kill_handlers(after=timeout)
 
     def _connection(self) -> Any:

@@ -46,9 +46,10 @@ def async_to_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     from realtime.middleware import resolve
 
+    name = getattr(fn, "__qualname__", fn)
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        name = getattr(fn, "__qualname__", fn)
         if isInIOThread():
             # Waiting here would wait for the reactor, which is this thread: the whole
             # process would hang (asgiref raises the same way inside an event loop).

@@ -1081,18 +1081,17 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._drain_queue(None, ())
 
     def _handler_errback(self, failure: Failure) -> None:
-        self._running = None
-        if self._killed:  # as in _handler_done; the kill's own CancelledError is no error
-            self._detach()
-        if not (self._killed and failure.check(CancelledError)):
+        if not (self._killed and failure.check(CancelledError)):  # the kill's own: no error
             self._handler_failed(failure.value, failure)
-        self._drain_queue(None, ())
+        self._handler_done(None)
 
     def _kill_handlers(self, after: float | None = None) -> None:
         """--application-close-timeout (or ``after``) seconds after the close, handlers
         still run (a disconnect() awaiting something that never comes): cancel them, as
-        Daphne kills the app."""
-        self._kill_call = None
+        Daphne kills the app. Called early (the communicators), it takes the timer's place."""
+        call, self._kill_call = self._kill_call, None
+        if call is not None and call.active():
+            call.cancel()
         if not self._busy:
             return
         log.warn(
