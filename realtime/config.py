@@ -68,6 +68,11 @@ class ServerConfig:
     health_path: str = "/healthz"
     ready_path: str = "/readyz"
     server_header: str = ""
+    #: permessage-deflate for clients that offer it (``realtime.deflate``): zlib level
+    #: 1-9, and the smallest payload worth compressing (smaller ones go uncompressed).
+    compression: bool = False
+    compression_level: int = 1
+    compression_min_size: int = 128
 
     def __post_init__(self) -> None:
         for name in ("ping_interval", "ping_timeout", "connect_timeout", "shutdown_timeout",
@@ -88,6 +93,10 @@ class ServerConfig:
             raise ValueError(
                 "rate_limit, rate_burst and max_connections_per_ip must not be negative"
             )
+        if not 1 <= self.compression_level <= 9:
+            raise ValueError("compression_level must be between 1 and 9")
+        if self.compression_min_size < 0:
+            raise ValueError("compression_min_size must not be negative")
         if self.max_connections < 0:
             raise ValueError("max_connections must not be negative")
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):

@@ -49,6 +49,7 @@ def snapshot(sites: Iterable[Any], layer: Any) -> dict[str, Any]:
     snap: dict[str, Any] = {
         "connections": 0, "messages_in": 0, "messages_out": 0, "bytes_in": 0,
         "bytes_out": 0, "slow_consumer_closes": 0, "dropped_messages": 0,
+        "compressed_messages": 0, "compression_saved_bytes": 0,
         "handshakes": Counter(), "close_codes": Counter(),
         "latency_buckets": [0] * len(BUCKETS), "latency_count": 0, "latency_sum": 0.0,
     }
@@ -59,6 +60,10 @@ def snapshot(sites: Iterable[Any], layer: Any) -> dict[str, Any]:
             snap[name] += getattr(stats, name)
         snap["slow_consumer_closes"] += site.slow_consumer_closes
         snap["dropped_messages"] += site.dropped_messages
+        deflater = getattr(site, "deflater", None)
+        if deflater is not None:
+            snap["compressed_messages"] += deflater.messages
+            snap["compression_saved_bytes"] += deflater.saved
         snap["handshakes"].update(stats.handshakes)
         snap["close_codes"].update(stats.close_codes)
         snap["latency_buckets"] = [a + b for a, b in
@@ -175,6 +180,8 @@ class Collector:
             ("bytes_out", "WebSocket bytes sent"),
             ("slow_consumer_closes", "Sockets closed 4008 by the slow-consumer policy"),
             ("dropped_messages", "Messages skipped by the slow-consumer drop policy"),
+            ("compressed_messages", "Messages sent compressed (--compression), per client"),
+            ("compression_saved_bytes", "Bytes --compression kept off the wire"),
             ("layer_published", "Channel-layer publishes"),
             ("layer_delivered", "Channel-layer events delivered to local consumers"),
             ("layer_broadcast_frames", "broadcast() frames written to local members"),

@@ -33,6 +33,7 @@ from realtime.accesslog import target as redacted_target
 from realtime.api import PATHS as API_PATHS
 from realtime.api import handle as handle_api
 from realtime.config import ServerConfig
+from realtime.deflate import Deflater
 from realtime.exceptions import NoRoute, Refuse
 from realtime.http import AsyncHttpConsumer
 from realtime.metrics import SiteStats, exposition
@@ -342,6 +343,11 @@ class RealtimeSite(server.Site):
         #: Set by the service with --access-log (a ``realtime.accesslog.AccessLog``).
         self.access_log: Any = None
         self.ws_factory = make_factory(config, reactor)
+        #: Outbound permessage-deflate with --compression (``realtime.deflate``), else None.
+        self.deflater: Deflater | None = (
+            Deflater(config.compression_level, config.compression_min_size)
+            if config.compression else None
+        )
         self.connection_class = WebSocketConnection.for_site(self.ws_factory)
         #: Every WebSocket, from the start of its handshake to the end of its close.
         self.connections: set[WebSocketConnection] = set()

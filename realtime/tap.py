@@ -216,6 +216,10 @@ class Options(usage.Options):
         ["max-connections", None, "0", "Open WebSockets before upgrades get 503 (0: none)."],
         ["max-send-buffer", None, "1MiB",
          "Outbound bytes waiting per connection before --slow-consumer acts."],
+        ["compression-level", None, "1",
+         "zlib level 1 (fastest) to 9 (smallest) for --compression."],
+        ["compression-min-size", None, "128",
+         "With --compression, smaller messages go out uncompressed (bytes)."],
         ["slow-consumer", None, "close",
          "close (4008, abort if the close cannot be written in time) or drop (skip, count)."],
         ["max-connections-per-ip", None, "0",
@@ -267,6 +271,9 @@ class Options(usage.Options):
     ]
 
     optFlags: list[list[Any]] = [
+        ["compression", None,
+         "Accept permessage-deflate offers: messages compressed, no zlib state kept per "
+         "socket (see --compression-level, --compression-min-size)."],
         ["metrics", None, "Serve Prometheus metrics on /metrics (on the main ports)."],
         ["proxy-headers", None,
          "Use X-Forwarded-For/-Proto/-Port from --trusted-proxies, walked from the right."],
@@ -443,6 +450,11 @@ class Options(usage.Options):
             max_connections=_count("max-connections", self["max-connections"], 0),
             max_send_buffer=_size("max-send-buffer", self["max-send-buffer"]),
             slow_consumer=self._choice("slow-consumer", ("close", "drop")),
+            compression=bool(self["compression"]),
+            compression_level=self._level(),
+            compression_min_size=_count(
+                "compression-min-size", self["compression-min-size"], 0
+            ),
             max_connections_per_ip=_count(
                 "max-connections-per-ip", self["max-connections-per-ip"], 0
             ),
@@ -459,6 +471,14 @@ class Options(usage.Options):
             health_path=self["health-path"],
             ready_path=self["ready-path"],
         )
+
+    def _level(self) -> int:
+        level = _count("compression-level", self["compression-level"], 1)
+        if level > 9:
+            raise StartupError(
+                f"--compression-level: must be between 1 and 9, got {self['compression-level']!r}"
+            )
+        return level
 
     def _api_keys(self) -> tuple[str, ...]:
         keys = [self["api-key"]] if self["api-key"] else []

@@ -35,6 +35,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 
 from realtime import _masking
+from realtime.deflate import Deflater, choose, inbound, parse_offers
 from realtime.exceptions import (
     ConnectionClosed,
     HeaderPairs,
@@ -237,6 +238,11 @@ class WebSocketConnection(WebSocketServerProtocol):
     state: Any = None
     #: Messages the ``drop`` policy skipped for this client.
     dropped = 0
+    #: permessage-deflate (``--compression``, ``realtime.deflate``): the site's deflater
+    #: and the window bits this socket's messages are compressed with; None: it does not
+    #: compress (the fan-out's direct path is only for these).
+    _deflater: Deflater | None = None
+    _deflate_bits = 15
 
     #: The largest payload ``_parse_frames`` takes without Autobahn's parser (``for_site``:
     #: within the frame and message limits); -1: every frame goes to Autobahn.
@@ -417,6 +423,13 @@ class WebSocketConnection(WebSocketServerProtocol):
 
         for name, value in [*(headers or ()), *response_headers(self.scope)]:
             lines.append(name + b": " + value)
+        deflate_bits = 0
+        if self.site.deflater is not None:
+            offers = request.requestHeaders.getRawHeaders(b"sec-websocket-extensions")
+            chosen = choose(parse_offers(offers)) if offers else None
+            if chosen is not None:
+                lines.append(b"Sec-WebSocket-Extensions: " + chosen[0])
+                deflate_bits = chosen[1]
         leftover = channel.release_transport()
         # Re-wire the transport (TLS wraps the protocol; plain TCP holds it directly).
         if isinstance(transport, ProtocolWrapper):
@@ -441,6 +454,14 @@ class WebSocketConnection(WebSocketServerProtocol):
         self.websocket_protocol_in_use = subprotocol
         self.websocket_extensions = []
         self.websocket_extensions_in_use = []
+        if deflate_bits:
+            # After makeConnection, which resets it: Autobahn's parser inflates RSV1
+            # messages with it (bounded by --max-message-size after inflation).
+            self._perMessageCompress = inbound(self.config.max_message_size)
+            self.websocket_extensions_in_use = [self._perMessageCompress]
+            self._deflater = self.site.deflater
+            if deflate_bits != 15:
+                self._deflate_bits = deflate_bits
         self.inside_message = False
         self.current_frame: Any = None
         skip_held(self)  # broadcasts made before this accept are not for this socket
@@ -480,6 +501,12 @@ class WebSocketConnection(WebSocketServerProtocol):
         stats = self.stats
         stats.messages_out += 1
         stats.bytes_out += len(payload)
+        deflater = self._deflater
+        if deflater is not None:
+            deflated = deflater.message(opcode, payload, self._deflate_bits)
+            if deflated is not None:
+                self._write(deflated)
+                return
         if len(payload) < 16384:
             self._write(frame_header(opcode, len(payload)) + payload)
         else:
@@ -827,6 +854,10 @@ class WebSocketConnection(WebSocketServerProtocol):
             return True
         if self.in_handshake or self.state != _OPEN or self._slow_closing:
             return False
+        deflater = self._deflater
+        if deflater is not None:
+            # Compressed once per broadcast for every compressing member (never _clean).
+            return self._put(deflater.frame(frame, self._deflate_bits))
         if self._becomes_clean():
             return self.deliver_frame(frame)
         # ``_put``, not ``_write``: the layer delivers a frame in its turn; anything still
@@ -839,8 +870,9 @@ class WebSocketConnection(WebSocketServerProtocol):
         (so the slow-consumer policy sees, counts and drops whole frames)."""
         if self._clean:
             return self.deliver_frame(joined)
-        if self.in_handshake or self.state != _OPEN or self._slow_closing:
-            return False
+        if self.in_handshake or self.state != _OPEN or self._slow_closing \
+                or self._deflater is not None:
+            return False  # compressing: the layer gives them one by one (deliver_frame)
         if self._cork is not None and not self._write_paused and not self._outq:
             return self._put(joined)  # into the cork: this socket's one write for the read
         if self._becomes_clean():
@@ -851,6 +883,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         """Nothing stands between a frame and the socket now: take the fast path."""
         transport: Any = self.transport
         if not self._write_paused and not self._outq and self._cork is None \
+                and self._deflater is None \
                 and self._nothing_buffered(transport) \
                 and not transport.disconnecting and transport.connected:
             self._sock = transport.socket

@@ -375,9 +375,16 @@ def client_frame(
 
 def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
     """Server frames in ``data`` as (opcode, payload); stops at an incomplete frame."""
-    frames: list[tuple[int, bytes]] = []
+    return [(opcode, payload) for _, opcode, payload in parse_frames_rsv(data)]
+
+
+def parse_frames_rsv(data: bytes) -> list[tuple[int, int, bytes]]:
+    """Server frames in ``data`` as (RSV bits, opcode, payload): RSV 4 is a compressed
+    message's first frame (permessage-deflate)."""
+    frames: list[tuple[int, int, bytes]] = []
     i = 0
     while i + 2 <= len(data):
+        rsv = (data[i] >> 4) & 0x7
         opcode = data[i] & 0x0F
         n = data[i + 1] & 0x7F
         i += 2
@@ -393,7 +400,7 @@ def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
             i += 8
         if i + n > len(data):
             break
-        frames.append((opcode, data[i : i + n]))
+        frames.append((rsv, opcode, data[i : i + n]))
         i += n
     return frames
 

@@ -191,6 +191,13 @@ ERRORS = [
     (["--broadcast-delay", "-0.1"], "--broadcast-delay: must not be negative, got '-0.1'"),
     (["--broadcast-delay", "5ms"],
      "--broadcast-delay: expected a number of seconds, got '5ms'"),
+    (["--compression-level", "0"], "--compression-level: must be at least 1, got '0'"),
+    (["--compression-level", "10"],
+     "--compression-level: must be between 1 and 9, got '10'"),
+    (["--compression-level", "fast"],
+     "--compression-level: expected a whole number, got 'fast'"),
+    (["--compression-min-size", "-1"],
+     "--compression-min-size: must be at least 0, got '-1'"),
     (["--max-message-size", "big"],
      "--max-message-size: expected a size in bytes (e.g. 1048576, 64KiB, 1MiB), got 'big'"),
     (["--max-frame-size", "0"], "--max-frame-size: must be at least 1 byte, got '0'"),
@@ -308,6 +315,16 @@ class TestEnvironment:
     def test_bad_value_names_the_option(self, monkeypatch):
         monkeypatch.setenv("REALTIME_PING_INTERVAL", "abc")
         assert error() == "--ping-interval: expected a number of seconds, got 'abc'"
+
+    def test_compression_from_environment(self, monkeypatch):
+        assert parse().config.compression is False
+        monkeypatch.setenv("REALTIME_COMPRESSION", "1")
+        monkeypatch.setenv("REALTIME_COMPRESSION_LEVEL", "6")
+        config = parse().config
+        assert (config.compression, config.compression_level, config.compression_min_size) == (
+            True, 6, 128)
+        config = parse("--compression-min-size", "0", "--compression-level", "9").config
+        assert (config.compression_level, config.compression_min_size) == (9, 0)
 
     def test_value(self, monkeypatch):
         monkeypatch.setenv("REALTIME_MAX_MESSAGE_SIZE", "64KiB")

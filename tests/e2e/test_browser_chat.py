@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import signal
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,13 +37,17 @@ TIMEOUT_MS = 15_000
 RECONNECT_TIMEOUT_MS = 30_000
 RESTART_NOTICE = "The server is restarting; reconnecting…"
 #: Loaded before the page's own script: records every WebSocket's close code in
-#: ``window.closeCodes`` (the page's behaviour is otherwise unchanged).
+#: ``window.closeCodes`` and its negotiated extensions in ``window.socketExtensions`` (the
+#: page's behaviour is otherwise unchanged).
 RECORD_CLOSE_CODES = """
 window.closeCodes = [];
 window.WebSocket = class extends window.WebSocket {
   constructor(...args) {
     super(...args);
     this.addEventListener("close", (e) => window.closeCodes.push(e.code));
+    this.addEventListener("open", () => {
+      window.socketExtensions = (window.socketExtensions || []).concat([this.extensions]);
+    });
   }
 };
 """
@@ -74,17 +80,18 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
-def _chat_server(port: int) -> Server:
-    return start(twistd("--app", CHAT_APP, "--port", f"tcp:{port}:interface=127.0.0.1"))
+def _chat_server(port: int, *options: str) -> Server:
+    return start(twistd("--app", CHAT_APP, "--port", f"tcp:{port}:interface=127.0.0.1",
+                        *options))
 
 
-def _chat_server_on_a_free_port() -> Server:
+def _chat_server_on_a_free_port(*options: str) -> Server:
     for _attempt in range(3):  # the free port may be taken before twistd binds it
         try:
-            return _chat_server(free_port())
+            return _chat_server(free_port(), *options)
         except ServerFailed:
             continue
-    return _chat_server(free_port())
+    return _chat_server(free_port(), *options)
 
 
 def _join(browser: Any, url: str, name: str, room: str) -> Any:
@@ -154,6 +161,39 @@ def test_two_pages_see_each_other_and_each_others_messages(browser, tmp_path):
             bob.context.close()
             expect(alice.locator("#members li")).to_have_text(["alice"])
             expect(alice.locator("#log > div").last).to_have_text("bob left")
+        finally:
+            for page in (alice, bob):
+                page.context.close()
+
+
+def test_chat_with_compression(browser):
+    """Chromium's own permessage-deflate against ``--compression`` (every message
+    compressed, both ways): the extension is in use and the chat works."""
+    from playwright.sync_api import expect
+
+    long_text = "a longer message, " * 8
+    with _chat_server_on_a_free_port("--compression", "--compression-min-size", "1",
+                                     "--metrics") as server:
+        url = f"http://127.0.0.1:{server.port}/"
+        alice = _join(browser, url, "alice", "zip")
+        bob = _join(browser, url, "bob", "zip")
+        try:
+            for page in (alice, bob):
+                expect(page.locator("#members li")).to_have_text(["alice", "bob"])
+                assert page.evaluate("window.socketExtensions") == [
+                    "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+                ]
+            _say(alice, long_text.strip())
+            expect(bob.locator("#log > div")).to_have_text([f"alice: {long_text.strip()}"])
+            _say(bob, "short")
+            expect(alice.locator("#log > div")).to_have_text(
+                ["bob joined", f"alice: {long_text.strip()}", "bob: short"]
+            )
+            assert alice.evaluate("window.closeCodes") == []
+            with urllib.request.urlopen(url + "metrics", timeout=10) as response:
+                scrape = response.read().decode()
+            compressed = re.search(r"^realtime_compressed_messages_total (\S+)$", scrape, re.M)
+            assert compressed is not None and float(compressed.group(1)) >= 4, scrape
         finally:
             for page in (alice, bob):
                 page.context.close()
