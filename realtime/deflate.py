@@ -132,9 +132,9 @@ class Deflater:
         self.level = level
         self.min_size = max(1, min_size)
         self._compressors: dict[int, Any] = {}
-        #: The last broadcast frame compressed, per window size, what it became and the
-        #: bytes that saved: a fan-out asks once per member for the same frame object.
-        self._last: dict[int, tuple[bytes, bytes, int]] = {}
+        #: The last broadcast frames compressed, per window size: what they became, the
+        #: bytes and messages that counted (a fan-out asks once per member, same object).
+        self._last: dict[int, tuple[bytes, bytes, int, int]] = {}
         #: Messages that went out compressed (counted per member), and the bytes that saved.
         self.messages = 0
         self.saved = 0
@@ -162,20 +162,31 @@ class Deflater:
         self.saved += size - len(data)
         return self._header(opcode | _RSV1, len(data)) + data
 
-    def frame(self, frame: bytes, bits: int) -> bytes:
-        """A prepared (uncompressed, final, unmasked) server frame, compressed when that
-        pays; the same frame object asked for again (the next member of a fan-out) gets
-        the same answer without compressing again."""
+    def frame(self, data: bytes, bits: int) -> bytes:
+        """Prepared (uncompressed, final, unmasked) server frames, one or several back to
+        back (held broadcasts joined), each compressed when that pays; the same bytes
+        object asked for again (the next member of a fan-out) gets the same answer without
+        compressing again."""
         last = self._last.get(bits)
-        if last is None or last[0] is not frame:
-            length = frame[1]
-            start = 2 if length < 126 else (4 if length == 126 else 10)
-            before = self.saved
-            compressed = self.message(frame[0] & 0x0F, frame[start:], bits)
-            out = frame if compressed is None else compressed
-            self._last[bits] = (frame, out, self.saved - before)
-            return out
-        if last[1] is not frame:
-            self.messages += 1
+        if last is not None and last[0] is data:
+            self.messages += last[3]
             self.saved += last[2]
-        return last[1]
+            return last[1]
+        messages, saved = self.messages, self.saved
+        parts = []
+        pos, end = 0, len(data)
+        while pos < end:
+            length = data[pos + 1]
+            if length < 126:
+                start = pos + 2
+            elif length == 126:
+                start, length = pos + 4, int.from_bytes(data[pos + 2 : pos + 4], "big")
+            else:
+                start, length = pos + 10, int.from_bytes(data[pos + 2 : pos + 10], "big")
+            stop = start + length
+            compressed = self.message(data[pos] & 0x0F, data[start:stop], bits)
+            parts.append(data[pos:stop] if compressed is None else compressed)
+            pos = stop
+        out = data if self.messages == messages else b"".join(parts)
+        self._last[bits] = (data, out, self.saved - saved, self.messages - messages)
+        return out

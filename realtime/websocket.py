@@ -165,6 +165,32 @@ def make_factory(config: Any, reactor: Any) -> WebSocketServerFactory:
     return factory
 
 
+class _DeflatingSend:
+    """A compressing socket's ``_sock`` on the fan-out's fast path: what is sent (one frame,
+    or held frames joined) goes out compressed, compressed once per broadcast for every
+    member; a send the kernel does not take whole is finished here, the usual way
+    (``_send_rest``), so the caller sees it all sent. An error is left to the caller,
+    which writes the uncompressed frames to Twisted's buffer (valid: RSV1 clear), where
+    Twisted meets the error and closes."""
+
+    __slots__ = ("conn", "sock")
+
+    def __init__(self, conn: WebSocketConnection) -> None:
+        self.conn = conn
+        self.sock = conn.transport.socket  # type: ignore[union-attr]
+
+    def send(self, data: bytes) -> int:
+        conn = self.conn
+        out = conn._deflater.frame(data, conn._deflate_bits)  # type: ignore[union-attr]
+        try:
+            sent = self.sock.send(out)
+        except BlockingIOError:
+            sent = 0
+        if sent != len(out):
+            conn._send_rest(conn.transport, sent, out)
+        return len(data)
+
+
 class WebSocketConnection(WebSocketServerProtocol):
     """One WebSocket: the handshake, the consumer's ordered handler queue, the timers.
 
@@ -240,7 +266,7 @@ class WebSocketConnection(WebSocketServerProtocol):
     dropped = 0
     #: permessage-deflate (``--compression``, ``realtime.deflate``): the site's deflater
     #: and the window bits this socket's messages are compressed with; None: it does not
-    #: compress (the fan-out's direct path is only for these).
+    #: compress. A compressing socket's fast path sends through ``_DeflatingSend``.
     _deflater: Deflater | None = None
     _deflate_bits = 15
 
@@ -854,12 +880,11 @@ class WebSocketConnection(WebSocketServerProtocol):
             return True
         if self.in_handshake or self.state != _OPEN or self._slow_closing:
             return False
-        deflater = self._deflater
-        if deflater is not None:
-            # Compressed once per broadcast for every compressing member (never _clean).
-            return self._put(deflater.frame(frame, self._deflate_bits))
         if self._becomes_clean():
             return self.deliver_frame(frame)
+        deflater = self._deflater
+        if deflater is not None:  # compressed once per broadcast for every member
+            frame = deflater.frame(frame, self._deflate_bits)
         # ``_put``, not ``_write``: the layer delivers a frame in its turn; anything still
         # held is newer and must not go ahead of it.
         return self._put(frame)
@@ -870,11 +895,14 @@ class WebSocketConnection(WebSocketServerProtocol):
         (so the slow-consumer policy sees, counts and drops whole frames)."""
         if self._clean:
             return self.deliver_frame(joined)
-        if self.in_handshake or self.state != _OPEN or self._slow_closing \
-                or self._deflater is not None:
-            return False  # compressing: the layer gives them one by one (deliver_frame)
+        if self.in_handshake or self.state != _OPEN or self._slow_closing:
+            return False
         if self._cork is not None and not self._write_paused and not self._outq:
-            return self._put(joined)  # into the cork: this socket's one write for the read
+            # Into the cork: this socket's one write for the read.
+            deflater = self._deflater
+            if deflater is not None:
+                joined = deflater.frame(joined, self._deflate_bits)
+            return self._put(joined)
         if self._becomes_clean():
             return self.deliver_frame(joined)
         return False
@@ -883,10 +911,9 @@ class WebSocketConnection(WebSocketServerProtocol):
         """Nothing stands between a frame and the socket now: take the fast path."""
         transport: Any = self.transport
         if not self._write_paused and not self._outq and self._cork is None \
-                and self._deflater is None \
                 and self._nothing_buffered(transport) \
                 and not transport.disconnecting and transport.connected:
-            self._sock = transport.socket
+            self._sock = transport.socket if self._deflater is None else _DeflatingSend(self)
             self._clean = True
             return True
         return False

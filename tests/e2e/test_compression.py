@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import zlib
 from typing import Any
 
@@ -161,6 +162,22 @@ def test_a_broadcast_frame_is_compressed_once_for_every_member():
     assert deflater.messages == 4
 
 
+def test_held_frames_joined_are_compressed_one_by_one():
+    """Held broadcasts reach a member joined in one write: each frame in it is compressed
+    on its own (or left as it is when that does not pay), in order, once for all members."""
+    deflater = Deflater()
+    big = [f"{i}:{MESSAGE}".encode() for i in range(3)]
+    joined = b"".join([encode_frame(0x1, big[0]), encode_frame(0x2, b"small"),
+                       encode_frame(0x1, big[1]), encode_frame(0x1, big[2] * 60)])
+    out = deflater.frame(joined, 15)
+    frames = parse_frames_rsv(out)
+    assert [(rsv, opcode) for rsv, opcode, _ in frames] == [(4, 1), (0, 2), (4, 1), (4, 1)]
+    assert [inflate(p) if rsv else p for rsv, _, p in frames] == [
+        big[0], b"small", big[1], big[2] * 60]
+    assert len(out) < len(joined) and deflater.messages == 3
+    assert deflater.frame(joined, 15) is out and deflater.messages == 6
+
+
 # -- real clients against a live server -------------------------------------------------
 
 
@@ -247,6 +264,33 @@ async def test_broadcast_to_members_with_and_without_compression(live):
         assert [(rsv, payload) for rsv, _, payload in frames] == [(0, m) for m in expected]
     assert server.site.deflater.messages == 3 * 6
     for conn in squeezed + plain:
+        conn.abort()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_member_that_falls_behind_gets_every_compressed_frame_intact(live):
+    """Sends the kernel takes only in part (a small send buffer, a client that stops
+    reading) finish through Twisted's buffer and our queue: once the client reads again,
+    every frame arrives whole, compressed, in order."""
+    server = await live(bench_app, compression=True, max_send_buffer=16 * 1024 * 1024)
+    slow = (await _room(server, 1, offer=True))[0]
+    publisher = (await _room(server, 1, offer=False))[0]
+    (member,) = [c for c in server.site.connections
+                 if not c.in_handshake and c._deflater is not None]
+    member.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    slow.stop_reading()
+    rng = random.Random(2)
+    texts = [bytes(rng.choice(b"acgt") for _ in range(20_000)) for _ in range(40)]
+    for text in texts:
+        publisher.write(client_frame(0x1, text))
+    await publisher.wait_for(lambda d: len(parse_frames_rsv(after_headers(d))) >= 40)
+    assert member._outq or member.transport.dataBuffer or member.transport._tempDataLen
+    slow.proto.transport.resumeProducing()
+    await slow.wait_for(lambda d: len(parse_frames_rsv(after_headers(d))) >= 40, timeout=20)
+    frames = parse_frames_rsv(after_headers(slow.data))
+    assert [rsv for rsv, _, _ in frames] == [4] * 40
+    assert [inflate(payload) for _, _, payload in frames] == texts
+    for conn in (slow, publisher):
         conn.abort()
 
 
