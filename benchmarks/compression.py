@@ -8,10 +8,12 @@ Servers on 127.0.0.1, each pinned to core 0 in turn, interleaved pass by pass:
 
 - ``ours``: ``twistd -n realtime --compression`` (no zlib state per socket; one compressed
   frame per broadcast for every member);
+- ``ours-level6``: the same at ``--compression-level 6``, the level Autobahn compresses at
+  (zlib's default), so the two differ only in context takeover and compressing per member;
 - ``ours-plain``: the same server without ``--compression`` (what compression costs);
 - ``autobahn``: the raw Autobahn peer with ``--compression`` (``PerMessageDeflateOfferAccept``
-  for each offer: context takeover, one compressor per socket, each member's copy compressed
-  on its own).
+  for each offer: context takeover, one compressor per socket at zlib level 6, each member's
+  copy compressed on its own).
 
 Daphne has no row: it never negotiates permessage-deflate (its clients get the plain bytes,
 as ``ours-plain``'s do).
@@ -48,7 +50,7 @@ sys.path.insert(0, str(HERE.parent))
 from loadclient import ProcStat, raise_nofile  # noqa: E402
 from run import free_port, pinned, wait_listening  # noqa: E402
 
-SERVERS = ("ours", "ours-plain", "autobahn")
+SERVERS = ("ours", "ours-level6", "ours-plain", "autobahn")
 
 
 def server_argv(name: str, port: int) -> list[str]:
@@ -61,6 +63,8 @@ def server_argv(name: str, port: int) -> list[str]:
             "-n", "--pidfile=", "realtime",
             "--app", "realtime.examples.bench:application",
             "--port", f"tcp:{port}:interface=127.0.0.1"]
+    if name == "ours-level6":  # Autobahn's level (it compresses at zlib's default, 6)
+        return [*argv, "--compression", "--compression-level", "6"]
     return argv + (["--compression"] if name == "ours" else [])
 
 
@@ -206,12 +210,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{fmt(med(name, 'wire_bytes'), '.0f'):>17}"
               f"{fmt(med(name, 'rss_kb_per_member'), '.1f'):>15}"
               f"{sum(delivered):>7}/{len(delivered)} all")
-    if "ours" in servers and "autobahn" in servers:
+    for mine in ("ours", "ours-level6"):
+        if mine not in servers or "autobahn" not in servers:
+            continue
         for key, what in (("cpu_us", "CPU per delivery"),
                           ("rss_kb_per_member", "memory per member")):
-            ours, peer = med("ours", key), med("autobahn", key)
+            ours, peer = med(mine, key), med("autobahn", key)
             if ours and peer:
-                print(f"ours vs raw Autobahn, {what}: {peer / ours:.2f}x less")
+                print(f"{mine} vs raw Autobahn, {what}: {peer / ours:.2f}x less")
     if "ours" in servers and "ours-plain" in servers:
         ours, plain = med("ours", "wire_bytes"), med("ours-plain", "wire_bytes")
         if ours and plain:

@@ -25,6 +25,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
+from autobahn.exception import PayloadExceededError
 from autobahn.websocket.compress_deflate import PerMessageDeflate
 
 EXTENSION = "permessage-deflate"
@@ -100,7 +101,22 @@ def choose(offers: list[tuple[str, list[tuple[str, str | None]]]]) -> tuple[byte
 
 
 class _Inbound(PerMessageDeflate):
-    """Autobahn's inflater for one socket, holding no zlib state between messages."""
+    """Autobahn's inflater for one socket, holding no zlib state between messages.
+
+    Autobahn caps each frame's inflation at the message's remaining budget, but a cap that
+    lands inside a back-reference, with all the input read, leaves the rest of the output
+    pending inside zlib with no error: the message would reach the consumer cut short.
+    Asking for one byte more than the budget tells the two cases apart: more than the
+    budget came out, so the message is over the limit (1009)."""
+
+    def decompress_message_data(self, data: bytes, max_output_len: int | None = None) -> bytes:
+        if max_output_len is None:
+            return super().decompress_message_data(data)
+        out: bytes = super().decompress_message_data(data, max_output_len + 1)
+        if len(out) > max_output_len:
+            raise PayloadExceededError(
+                f"WebSocket message exceeds the inflation limit ({max_output_len} bytes left)")
+        return out
 
     def end_decompress_message(self) -> None:
         try:
@@ -109,8 +125,9 @@ class _Inbound(PerMessageDeflate):
             self._decompressor = None
 
 
-def inbound(max_message_size: int) -> Any:
-    """The object Autobahn's parser inflates a socket's compressed messages with."""
+def inbound() -> Any:
+    """The object Autobahn's parser inflates a socket's compressed messages with (its
+    ``maxMessagePayloadSize`` gives each frame its budget)."""
     return _Inbound(
         is_server=True,
         server_no_context_takeover=True,
@@ -118,12 +135,17 @@ def inbound(max_message_size: int) -> Any:
         server_max_window_bits=15,
         client_max_window_bits=15,  # the largest: inflates whatever the client chose
         mem_level=8,
-        max_message_size=max_message_size,
     )
 
 
 class Deflater:
     """One site's outbound compression: settings, shared compressors, counters."""
+
+    #: Compressed broadcast frames kept (per window size) for members that ask again in
+    #: another shape (a paused member takes a burst frame by frame, the others joined):
+    #: frames up to 64 KiB, 256 KiB in all, then the cache starts over.
+    PIECE_LIMIT = 65536
+    CACHE_LIMIT = 262144
 
     def __init__(self, level: int = 1, min_size: int = 128) -> None:
         from realtime.websocket import frame_header  # (realtime.websocket imports this module)
@@ -132,9 +154,14 @@ class Deflater:
         self.level = level
         self.min_size = max(1, min_size)
         self._compressors: dict[int, Any] = {}
-        #: The last broadcast frames compressed, per window size: what they became, the
-        #: bytes and messages that counted (a fan-out asks once per member, same object).
+        #: The last broadcast bytes asked for, per window size: (them, what they became,
+        #: messages compressed in them, bytes saved): the next member of a fan-out asks for
+        #: the same object.
         self._last: dict[int, tuple[bytes, bytes, int, int]] = {}
+        #: Single frames by content, per window size: (compressed or the frame itself,
+        #: bytes saved), and the bytes they hold.
+        self._pieces: dict[int, dict[bytes, tuple[bytes, int]]] = {}
+        self._pieces_size: dict[int, int] = {}
         #: Messages that went out compressed (counted per member), and the bytes that saved.
         self.messages = 0
         self.saved = 0
@@ -149,31 +176,43 @@ class Deflater:
         data = compressor.compress(payload) + compressor.flush(zlib.Z_FULL_FLUSH)
         return data[:-4] if data.endswith(_TAIL) else data
 
-    def message(self, opcode: int, payload: bytes, bits: int) -> bytes | None:
+    def _compress(self, opcode: int, payload: bytes, bits: int) -> bytes | None:
         """A whole compressed frame for ``payload``; None when it goes uncompressed (under
-        the minimum size, or no smaller compressed)."""
+        the minimum size, or no smaller compressed). Counts nothing."""
         size = len(payload)
         if size < self.min_size:
             return None
         data = self._deflate(payload, bits)
         if len(data) >= size:
             return None
-        self.messages += 1
-        self.saved += size - len(data)
         return self._header(opcode | _RSV1, len(data)) + data
+
+    def message(self, opcode: int, payload: bytes, bits: int) -> bytes | None:
+        """A socket's own send: the compressed frame, or None (send it uncompressed)."""
+        frame = self._compress(opcode, payload, bits)
+        if frame is not None:
+            self.messages += 1
+            self.saved += len(payload) + len(self._header(opcode, len(payload))) - len(frame)
+        return frame
 
     def frame(self, data: bytes, bits: int) -> bytes:
         """Prepared (uncompressed, final, unmasked) server frames, one or several back to
-        back (held broadcasts joined), each compressed when that pays; the same bytes
-        object asked for again (the next member of a fan-out) gets the same answer without
-        compressing again."""
+        back (held broadcasts joined), each compressed when that pays. A frame is
+        compressed once for all members however they take it: the same bytes object asked
+        for again (the next member of a fan-out) gets the same answer at once, and each
+        frame's result is also kept by content (``_pieces``), for the members that take a
+        burst joined while others take it frame by frame."""
         last = self._last.get(bits)
         if last is not None and last[0] is data:
-            self.messages += last[3]
-            self.saved += last[2]
+            self.messages += last[2]
+            self.saved += last[3]
             return last[1]
-        messages, saved = self.messages, self.saved
+        pieces = self._pieces.get(bits)
+        if pieces is None:
+            pieces = self._pieces[bits] = {}
+            self._pieces_size[bits] = 0
         parts = []
+        messages = saved = 0
         pos, end = 0, len(data)
         while pos < end:
             length = data[pos + 1]
@@ -184,9 +223,25 @@ class Deflater:
             else:
                 start, length = pos + 10, int.from_bytes(data[pos + 2 : pos + 10], "big")
             stop = start + length
-            compressed = self.message(data[pos] & 0x0F, data[start:stop], bits)
-            parts.append(data[pos:stop] if compressed is None else compressed)
+            piece = data if pos == 0 and stop == end else data[pos:stop]
+            known = pieces.get(piece)
+            if known is None:
+                compressed = self._compress(data[pos] & 0x0F, data[start:stop], bits)
+                known = (piece, 0) if compressed is None else (
+                    compressed, len(piece) - len(compressed))
+                if len(piece) <= self.PIECE_LIMIT:
+                    if self._pieces_size[bits] + len(piece) > self.CACHE_LIMIT:
+                        pieces.clear()
+                        self._pieces_size[bits] = 0
+                    pieces[piece] = known
+                    self._pieces_size[bits] += len(piece) + len(known[0])
+            if known[1]:
+                messages += 1
+                saved += known[1]
+            parts.append(known[0])
             pos = stop
-        out = data if self.messages == messages else b"".join(parts)
-        self._last[bits] = (data, out, self.saved - saved, self.messages - messages)
+        out = data if not messages else parts[0] if len(parts) == 1 else b"".join(parts)
+        self._last[bits] = (data, out, messages, saved)
+        self.messages += messages
+        self.saved += saved
         return out

@@ -483,7 +483,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         if deflate_bits:
             # After makeConnection, which resets it: Autobahn's parser inflates RSV1
             # messages with it (bounded by --max-message-size after inflation).
-            self._perMessageCompress = inbound(self.config.max_message_size)
+            self._perMessageCompress = inbound()
             self.websocket_extensions_in_use = [self._perMessageCompress]
             self._deflater = self.site.deflater
             if deflate_bits != 15:
@@ -883,7 +883,10 @@ class WebSocketConnection(WebSocketServerProtocol):
         if self._becomes_clean():
             return self.deliver_frame(frame)
         deflater = self._deflater
-        if deflater is not None:  # compressed once per broadcast for every member
+        if deflater is not None and not (
+                (self._write_paused or self._outq)
+                and self._outq_bytes > self.config.max_send_buffer):
+            # (Not for a frame the slow-consumer policy is about to drop or close on.)
             frame = deflater.frame(frame, self._deflate_bits)
         # ``_put``, not ``_write``: the layer delivers a frame in its turn; anything still
         # held is newer and must not go ahead of it.

@@ -121,7 +121,7 @@ def test_each_message_stands_alone():
         assert (rsv, opcode) == (4, 0x1)
         assert inflate(data) == payload
     assert deflater.messages == 3
-    assert deflater.saved == 3 * (len(payload) - len(parse_frames_rsv(frames[0])[0][2]))
+    assert deflater.saved == 3 * (len(encode_frame(0x1, payload)) - len(frames[0]))
 
 
 def test_a_smaller_window_is_kept_to():
@@ -153,10 +153,9 @@ def test_a_broadcast_frame_is_compressed_once_for_every_member():
     frame = encode_frame(0x1, MESSAGE.encode())
     first = deflater.frame(frame, 15)
     assert deflater.frame(frame, 15) is first  # the next member: the same bytes object
-    saved = len(MESSAGE) - len(parse_frames_rsv(first)[0][2])  # payload bytes
-    assert deflater.messages == 2 and deflater.saved == 2 * saved
-    other = encode_frame(0x1, MESSAGE.encode())  # equal bytes, a new broadcast
-    assert deflater.frame(other, 15) == first and deflater.frame(other, 15) is not first
+    assert deflater.messages == 2 and deflater.saved == 2 * (len(frame) - len(first))
+    other = encode_frame(0x1, MESSAGE.encode())  # equal bytes, a new broadcast: known
+    assert deflater.frame(other, 15) is first and deflater.frame(other, 15) is first
     short = encode_frame(0x1, b"hi")
     assert deflater.frame(short, 15) is short
     assert deflater.messages == 4
@@ -176,6 +175,30 @@ def test_held_frames_joined_are_compressed_one_by_one():
         big[0], b"small", big[1], big[2] * 60]
     assert len(out) < len(joined) and deflater.messages == 3
     assert deflater.frame(joined, 15) is out and deflater.messages == 6
+
+
+class CountingDeflater(Deflater):
+    """The real deflater, counting its zlib calls."""
+
+    calls = 0
+
+    def _deflate(self, payload: bytes, bits: int) -> bytes:
+        self.calls += 1
+        return super()._deflate(payload, bits)
+
+
+def test_a_burst_is_compressed_once_whether_members_take_it_joined_or_one_by_one():
+    """Members that can take a held burst in one write ask for the joined bytes; a paused
+    member gets the frames one by one, in between: each frame is still compressed once."""
+    deflater = CountingDeflater()
+    frames = [encode_frame(0x1, f"{i}:{MESSAGE}".encode()) for i in range(3)]
+    joined = b"".join(frames)
+    first = deflater.frame(joined, 15)
+    singles = [deflater.frame(frame, 15) for frame in frames]
+    assert deflater.frame(joined, 15) == first and deflater.frame(frames[0], 15) == singles[0]
+    assert b"".join(singles) == first
+    assert deflater.calls == 3
+    assert deflater.messages == 3 + 3 + 3 + 1
 
 
 # -- real clients against a live server -------------------------------------------------
@@ -292,6 +315,52 @@ async def test_a_member_that_falls_behind_gets_every_compressed_frame_intact(liv
     assert [inflate(payload) for _, _, payload in frames] == texts
     for conn in (slow, publisher):
         conn.abort()
+
+
+@pytest_twisted.ensureDeferred
+async def test_drop_policy_compresses_nothing_it_drops(live):
+    """A compressing member that does not read, under ``--slow-consumer drop``: what is
+    dropped for it is not compressed first (no CPU spent on it, nothing counted)."""
+    server = await live(bench_app, compression=True, slow_consumer="drop",
+                        max_send_buffer=64 * 1024)
+    slow = (await _room(server, 1, offer=True))[0]
+    publisher = (await _room(server, 1, offer=False))[0]
+    (member,) = [c for c in server.site.connections
+                 if not c.in_handshake and c._deflater is not None]
+    member.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    slow.stop_reading()
+    rng = random.Random(3)
+    count = 120
+    for _ in range(count):
+        publisher.write(client_frame(0x1, bytes(rng.choice(b"acgt") for _ in range(8000))))
+    await publisher.wait_for(lambda d: len(parse_frames_rsv(after_headers(d))) >= count)
+    site = server.site
+    assert site.dropped_messages > 0
+    assert site.deflater.messages + site.dropped_messages == count
+    for conn in (slow, publisher):
+        conn.abort()
+
+
+@pytest_twisted.ensureDeferred
+async def test_inflation_that_stops_inside_a_back_reference_is_still_over_the_limit(live):
+    """zlib, capped at the message's budget, can stop inside a back-reference with all the
+    input read and no error: the message must close 1009, not reach the consumer cut."""
+    server = await live(bench_app, compression=True, max_message_size=3696)
+    conn = await ws_open(server.port, "/echo", extra=OFFER)
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -15)
+    data = (compressor.compress(b"a" * 3768) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    conn.write(client_frame(0x2, data, rsv=4))
+    got = await conn.wait_close_frame()
+    assert got is not None and got[0] == 1009, got
+    assert [op for _, op, _ in parse_frames_rsv(after_headers(conn.data))] == [0x8]
+    conn.abort()
+    # Exactly at the limit is a message.
+    conn = await ws_open(server.port, "/echo", extra=OFFER)
+    conn.write(client_frame(0x2, deflate(b"a" * 3696), rsv=4))
+    await conn.wait_frames(1)
+    ((rsv, opcode, payload),) = parse_frames_rsv(after_headers(conn.data))
+    assert (rsv, opcode) == (4, 0x2) and inflate(payload) == b"a" * 3696
+    conn.abort()
 
 
 # -- hostile compressed input ----------------------------------------------------------------
