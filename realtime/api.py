@@ -4,7 +4,9 @@
 and ``POST /api/broadcast`` ``{"groups": ["a", "b"], ...}``, authenticated with
 ``Authorization: Bearer <key>``. ``text`` and ``json`` are written to every member as one
 prepared frame (``broadcast()``); ``event`` is a ``group_send`` to the members' typed
-handlers (``{"type": "chat.message", ...}``). Answers: 200 ``{"ok": true}``; 400 with a JSON
+handlers (``{"type": "chat.message", ...}``). ``POST /api/presence`` ``{"group": "lobby"}``
+answers ``{"group": ..., "count": N, "members": {channel: info}}``: the members added with
+``group_add(..., presence=info)``, in every process. Answers: 200 ``{"ok": true}``; 400 with a JSON
 ``error`` for a bad body; 401 without the key; 405 for a method other than POST; 413 past
 ``--api-body-limit``. Without a configured key these paths are not served (404).
 """
@@ -22,7 +24,8 @@ log = Logger()
 
 PUBLISH = b"/api/publish"
 BROADCAST = b"/api/broadcast"
-PATHS = (PUBLISH, BROADCAST)
+PRESENCE = b"/api/presence"
+PATHS = (PUBLISH, BROADCAST, PRESENCE)
 
 
 class BadBody(ValueError):
@@ -48,6 +51,12 @@ def parse(path: bytes, body: bytes) -> tuple[list[str], str, Any]:
         raise BadBody("the body is not JSON") from None
     if not isinstance(document, dict):
         raise BadBody("the body must be a JSON object")
+    if path == PRESENCE:
+        group = document.get("group")
+        if not isinstance(group, str):
+            raise BadBody("'group' (a string) is required")
+        _check_groups([group])
+        return [group], "presence", None
     if path == PUBLISH:
         group = document.get("group")
         if not isinstance(group, str):
@@ -68,6 +77,11 @@ def parse(path: bytes, body: bytes) -> tuple[list[str], str, Any]:
         raise BadBody("'text' must be a string")
     if kind == "event" and not (isinstance(payload, dict) and isinstance(payload.get("type"), str)):
         raise BadBody("'event' must be an object with a 'type' string")
+    _check_groups(groups)
+    return groups, kind, payload
+
+
+def _check_groups(groups: list[str]) -> None:
     from realtime.layers.base import check_name
 
     for group in groups:
@@ -75,7 +89,6 @@ def parse(path: bytes, body: bytes) -> tuple[list[str], str, Any]:
             check_name(group, "group")
         except TypeError as exc:
             raise BadBody(str(exc)) from None
-    return groups, kind, payload
 
 
 def publish(layer: Any, groups: list[str], kind: str, payload: Any) -> Deferred[Any]:
@@ -121,6 +134,18 @@ def handle(site: Any, request: Any) -> None:
         groups, kind, payload = parse(request.path, body)
     except BadBody as exc:
         answer(400, {"error": str(exc)})
+        return
+    if kind == "presence":
+        d = site.layer.group_presence(groups[0])
+
+        def present(members: dict[str, Any]) -> None:
+            answer(200, {"group": groups[0], "count": len(members), "members": members})
+
+        def unavailable(failure: Any) -> None:
+            log.failure("presence of {group} failed", failure, group=groups[0])
+            answer(503, {"error": "the channel layer is unavailable"}, ((b"retry-after", b"1"),))
+
+        d.addCallbacks(present, unavailable)
         return
     d = publish(site.layer, groups, kind, payload)
 

@@ -6,6 +6,7 @@ a Celery task, a cron script): no asyncio, no Twisted.
     publish(url, key, "lobby", json={"kind": "alert"})
     publish(url, key, "lobby", event={"type": "chat.message", "message": "hi"})
     broadcast(url, key, ["a", "b"], text="to two rooms")
+    presence(url, key, "lobby")  # {"group": "lobby", "count": 2, "members": {...}}
 """
 
 from __future__ import annotations
@@ -69,3 +70,9 @@ def broadcast(
     """POST /api/broadcast: the same to several groups."""
     return _post(url, key, "/api/broadcast", {"groups": list(groups),
                                               **_body(text, json, event)}, timeout)
+
+
+def presence(url: str, key: str, group: str, *, timeout: float = 10.0) -> Any:
+    """POST /api/presence: who is in ``group`` (members added with ``presence=``), in every
+    process: ``{"group", "count", "members": {channel: info}}``."""
+    return _post(url, key, "/api/presence", {"group": group}, timeout)

@@ -65,8 +65,8 @@ def dispatch_event(consumer: Any, event: dict[str, Any]) -> Any:
         return None
     handler = getattr(consumer, name, None)
     if handler is None or not callable(handler):
-        if isinstance(kind, str) and kind.startswith("layer."):
-            return None  # the layer's own notices (layer.gap): optional, logged by the layer
+        if isinstance(kind, str) and kind.startswith(("layer.", "presence.")):
+            return None  # the layer's own notices (layer.gap, presence.join): optional
         log.info("{consumer} has no handler {name}() for event type {kind!r}; dropped",
                  consumer=type(consumer).__name__, name=name, kind=kind)
         return None

@@ -3,9 +3,10 @@
     pip install . && twistd -n --pidfile= realtime --app realtime.examples.chat:application
 
 then open http://127.0.0.1:8000/ in two browser tabs. Works unchanged across processes
-with ``--layer redis://...`` (presence is built from messages, not from process memory):
-a newcomer announces itself with ``chat.join``; every member answers the newcomer's own
-channel with ``chat.here``; ``chat.leave`` goes out on disconnect.
+with ``--layer redis://...``. Who is in the room is the layer's presence: a newcomer joins
+the room's group with ``presence={"name": ...}``, which tells every member
+(``presence.join``), and asks ``group_presence`` who else is there; a page that goes away
+leaves the group when its socket closes, which tells the others (``presence.leave``).
 """
 
 from __future__ import annotations
@@ -36,11 +37,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         self.name = name
         self.group = f"chat.{self.room}"
-        await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        await self.channel_layer.group_send(
-            self.group, {"type": "chat.join", "name": name, "channel": self.channel_name}
-        )
+        # Every member (this one too) hears the join; then the others are listed to it.
+        await self.channel_layer.group_add(self.group, self.channel_name,
+                                           presence={"name": name})
+        members = await self.channel_layer.group_presence(self.group)
+        for channel, info in members.items():
+            if channel != self.channel_name:
+                await self.send_json({"type": "here", "name": info["name"]})
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         text = content.get("message") if isinstance(content, dict) else None
@@ -51,26 +55,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.group, {"type": "chat.message", "name": self.name, "message": text}
         )
 
-    async def disconnect(self, code: int) -> None:
-        if getattr(self, "group", None):
-            await self.channel_layer.group_send(
-                self.group, {"type": "chat.leave", "name": self.name}
-            )
-            await self.channel_layer.group_discard(self.group, self.channel_name)
-
     # -- events from the room ---------------------------------------------------------------
-    async def chat_join(self, event: dict[str, Any]) -> None:
-        await self.send_json({"type": "join", "name": event["name"]})
-        if event["channel"] != self.channel_name:
-            await self.channel_layer.send(
-                event["channel"], {"type": "chat.here", "name": self.name}
-            )
+    async def presence_join(self, event: dict[str, Any]) -> None:
+        await self.send_json({"type": "join", "name": event["info"]["name"]})
 
-    async def chat_here(self, event: dict[str, Any]) -> None:
-        await self.send_json({"type": "here", "name": event["name"]})
-
-    async def chat_leave(self, event: dict[str, Any]) -> None:
-        await self.send_json({"type": "leave", "name": event["name"]})
+    async def presence_leave(self, event: dict[str, Any]) -> None:
+        await self.send_json({"type": "leave", "name": event["info"]["name"]})
 
     async def chat_message(self, event: dict[str, Any]) -> None:
         await self.send_json({"type": "message", "name": event["name"],

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
 
 from realtime.exceptions import ChannelFull  # noqa: F401 (re-exported: realtime.layers)
@@ -405,6 +406,14 @@ def check_message(message: Any) -> dict[str, Any]:
 _UNSET: Any = object()
 
 
+def check_presence(info: Any) -> dict[str, Any] | None:
+    """``presence=`` of ``group_add``: None (no presence) or a dict (of msgpack-safe
+    values, for a Redis layer)."""
+    if info is not None and not isinstance(info, dict):
+        raise TypeError(f"presence must be a dict, not {type(info).__name__}")
+    return info
+
+
 def invalid(group: Any = _UNSET, channel: Any = _UNSET, message: Any = _UNSET) -> Any:
     """A failed Deferred (``TypeError``) when a name or message is bad, else None: what every
     layer method checks first, so that ``await`` raises and a fire-and-forget never does."""
@@ -468,6 +477,9 @@ class BaseChannelLayer:
         #: How many channels are in more than one group: none, and held broadcasts to
         #: different groups cannot reach one member twice (``_join_members`` skips its count).
         self._in_several = 0
+        #: Presence: group -> {channel: info} for this process's members added with
+        #: ``group_add(..., presence=info)`` (``group_presence`` asks every process).
+        self._presence: dict[str, dict[str, dict[str, Any]]] = {}
         #: Queued messages for channels nobody is attached to (workers, ``receive()``).
         self._queues: dict[str, deque[dict[str, Any]]] = {}
         self._waiters: dict[str, deque[Deferred[dict[str, Any]]]] = {}
@@ -496,6 +508,8 @@ class BaseChannelLayer:
                 if not members:
                     del self._groups[group]
                     self._group_emptied(group)
+            if self._presence:
+                self._untrack(group, channel)
 
     # -- local group bookkeeping --------------------------------------------------------------
     def _let_out_member(self, channel: str) -> None:
@@ -537,12 +551,51 @@ class BaseChannelLayer:
         if not members:
             del self._groups[group]
             self._group_emptied(group)
+        if self._presence:
+            self._untrack(group, channel)
 
     def _group_emptied(self, group: str) -> None:
         """Hook: the last local member of ``group`` left (Redis unsubscribes here)."""
 
     def local_members(self, group: str) -> list[str]:
         return list(self._groups.get(group, ()))
+
+    # -- presence ------------------------------------------------------------------------------
+    def _track(self, group: str, channel: str, info: dict[str, Any]) -> Deferred[None]:
+        """``channel``, now a local member of ``group``, is in the group's presence with
+        ``info``; the group hears ``presence.join`` (again when the info changes). Fires
+        once this process's members have had it (as ``group_send`` does)."""
+        if channel not in self._groups.get(group, ()):
+            return succeed(None)  # it left (or its socket closed) while the join was made
+        self._presence.setdefault(group, {})[channel] = info
+        return self._presence_event("presence.join", group, channel, info)
+
+    def _untrack(self, group: str, channel: str) -> None:
+        """``channel`` left ``group``: out of its presence, and the group hears
+        ``presence.leave`` (if it was in it)."""
+        tracked = self._presence.get(group)
+        if tracked is None or channel not in tracked:
+            return
+        info = tracked.pop(channel)
+        if not tracked:
+            del self._presence[group]
+        self._presence_event("presence.leave", group, channel, info)
+
+    def _presence_event(self, kind: str, group: str, channel: str,
+                        info: dict[str, Any]) -> Deferred[None]:
+        """``presence.join``/``presence.leave`` to the group; a layer that cannot send it
+        (Redis down) logs it and goes on: the presence itself is right either way."""
+        event = {"type": kind, "group": group, "channel": channel, "info": info}
+
+        def not_sent(failure: Failure) -> None:
+            log.info("channel layer: {kind} for group {group} not sent: {error}",
+                     kind=kind, group=group, error=failure.getErrorMessage())
+
+        return self.group_send(group, event).addErrback(not_sent)
+
+    def local_presence(self, group: str) -> dict[str, dict[str, Any]]:
+        """This process's members of ``group`` in its presence, with their info."""
+        return dict(self._presence.get(group, ()))
 
     # -- local delivery ------------------------------------------------------------------------
     def _deliver_local(self, channel: str, message: dict[str, Any]) -> bool:
@@ -704,7 +757,13 @@ class BaseChannelLayer:
     def receive(self, channel: str) -> Deferred[dict[str, Any]]:
         raise NotImplementedError
 
-    def group_add(self, group: str, channel: str) -> Deferred[None]:
+    def group_add(self, group: str, channel: str,
+                  presence: dict[str, Any] | None = None) -> Deferred[None]:
+        raise NotImplementedError
+
+    def group_presence(self, group: str) -> Deferred[dict[str, dict[str, Any]]]:
+        """Every member of ``group`` added with ``presence=``, in every process: channel
+        name -> the info it was added with."""
         raise NotImplementedError
 
     def group_discard(self, group: str, channel: str) -> Deferred[None]:

@@ -16,6 +16,7 @@ from realtime.layers.base import (
     BaseChannelLayer,
     ChannelFull,
     check_name,
+    check_presence,
     flush_held,
     invalid,
     prepared_frame,
@@ -37,11 +38,23 @@ class InMemoryChannelLayer(BaseChannelLayer):
             return bad
         return self._receive_local(channel)
 
-    def group_add(self, group: str, channel: str) -> Deferred[None]:
+    def group_add(self, group: str, channel: str,
+                  presence: dict[str, Any] | None = None) -> Deferred[None]:
         if (bad := invalid(group=group, channel=channel)) is not None:
             return bad
+        try:
+            check_presence(presence)
+        except TypeError as exc:
+            return fail(exc)
         self._add_local(group, channel)
+        if presence is not None:
+            return self._track(group, channel, presence)
         return succeed(None)
+
+    def group_presence(self, group: str) -> Deferred[dict[str, dict[str, Any]]]:
+        if (bad := invalid(group=group)) is not None:
+            return bad
+        return succeed(self.local_presence(group))
 
     def group_discard(self, group: str, channel: str) -> Deferred[None]:
         if (bad := invalid(group=group, channel=channel)) is not None:
@@ -70,6 +83,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         flush_held()  # what was broadcast before the flush is still delivered
         self._groups.clear()
         self._memberships.clear()
+        self._presence.clear()
         self._in_several = 0
         self._queues.clear()
         for waiters in self._waiters.values():

@@ -58,6 +58,7 @@ from realtime.layers.base import (
     LayerUnavailable,
     after_release,
     check_name,
+    check_presence,
     flush_held,
     hold,
     invalid,
@@ -82,6 +83,10 @@ LIST_EXPIRY = 86400
 # Pub/sub payload kinds: [kind, ...] msgpack arrays.
 _GROUP, _TEXT, _BYTES = 0, 1, 2  # on a group topic: [kind, origin, seq, body]
 _DIRECT, _ADD, _DISCARD, _ACK = 3, 4, 5, 6  # on a process topic
+# group_presence: the question on the group's topic ([_WHO, origin, seq, None]: every
+# process with members there hears it), each one's answer on the asker's process topic
+# ([_MEMBERS, seq, [[channel, info], ...]]).
+_WHO, _MEMBERS = 7, 8
 
 # LPUSH behind a capacity check, atomically; refreshes the list's expiry.
 _SEND_SCRIPT = """
@@ -559,6 +564,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self._echo: dict[int, tuple[str, Deferred[None]]] = {}
         #: Acks for control messages we sent: seq -> (Deferred, timeout call).
         self._acks: dict[int, tuple[Deferred[None], Any]] = {}
+        #: group_presence questions in flight: seq -> _Census.
+        self._censuses: dict[int, _Census] = {}
         #: Since when the subscriber has been down (wall clock), None while up.
         self._down_since: float | None = None
         self._ready_waiters: list[Deferred[None]] = []
@@ -951,6 +958,11 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _on_group(self, group: str, body: list[Any]) -> None:
         kind, origin, seq, data = body
+        if kind == _WHO:
+            members = [[channel, info] for channel, info in self.local_presence(group).items()]
+            self._publish(self._process_topic + origin,
+                          msgpack.packb([_MEMBERS, seq, members])).addErrback(lambda _: None)
+            return
         if kind == _GROUP:
             self._fan_out(group, data)
         elif kind == _TEXT:
@@ -970,10 +982,17 @@ class RedisChannelLayer(BaseChannelLayer):
             channel, message = body[1], body[2]
             if not self._deliver_local(channel, message):
                 log.info("channel {channel} is over capacity; message dropped", channel=channel)
+        elif kind == _MEMBERS:
+            census = self._censuses.get(body[1])
+            if census is not None:
+                census.answer(body[2])
         elif kind in (_ADD, _DISCARD):
-            _, group, channel, origin, seq = body
+            _, group, channel, origin, seq = body[:5]
             if kind == _ADD:
                 done = self._join(group, channel)
+                if len(body) > 5 and body[5] is not None:
+                    info = body[5]
+                    done.addCallback(lambda _: self._track(group, channel, info))
             else:
                 self._discard_local(group, channel)
                 done = succeed(None)
@@ -1195,13 +1214,46 @@ class RedisChannelLayer(BaseChannelLayer):
         # Its receiver was cancelled meanwhile: keep it for the next receive in this process.
         self._queues.setdefault(channel, deque()).append(message)
 
-    def group_add(self, group: str, channel: str) -> Deferred[None]:
+    def group_add(self, group: str, channel: str,
+                  presence: dict[str, Any] | None = None) -> Deferred[None]:
         if (bad := invalid(group=group, channel=channel)) is not None:
             return bad
+        try:
+            if check_presence(presence) is not None:
+                msgpack.packb(presence)
+        except (TypeError, ValueError) as exc:
+            return fail(TypeError(f"presence must be a dict of msgpack-safe values: {exc}"))
         owner = self._owner(channel)
         if owner is None or owner == self.process_id:
-            return self._join(group, channel)
-        return self._control(_ADD, group, channel, owner)
+            joined = self._join(group, channel)
+            if presence is not None:
+                joined.addCallback(lambda _: self._track(group, channel, presence))
+            return joined
+        return self._control(_ADD, group, channel, owner, presence)
+
+    def group_presence(self, group: str) -> Deferred[dict[str, dict[str, Any]]]:
+        """Asks on the group's topic: every process with members there (the PUBLISH says
+        how many) answers with its own; a process that does not answer in CONTROL_TIMEOUT
+        is left out, with a warning. A process that died is not asked: nothing stale."""
+        if (bad := invalid(group=group)) is not None:
+            return bad
+        if not self._sub_ready:
+            self.stats.unavailable += 1
+            return fail(LayerUnavailable("channel layer: not subscribed to Redis (reconnecting)"))
+        seq = next(self._seq)
+        census = self._censuses[seq] = _Census(group)
+        published = self._publish(self._group_topic + group,
+                                  msgpack.packb([_WHO, self.process_id, seq, None]))
+
+        def asked(processes: int) -> Deferred[dict[str, dict[str, Any]]]:
+            census.expect(processes, self.reactor.callLater(CONTROL_TIMEOUT, census.timed_out))
+            return census.done
+
+        def done(result: Any) -> Any:
+            self._censuses.pop(seq, None)
+            return result
+
+        return published.addCallback(asked).addBoth(done)
 
     def _join(self, group: str, channel: str) -> Deferred[None]:
         self._add_local(group, channel)
@@ -1218,7 +1270,8 @@ class RedisChannelLayer(BaseChannelLayer):
             return succeed(None)
         return self._control(_DISCARD, group, channel, owner)
 
-    def _control(self, kind: int, group: str, channel: str, owner: str) -> Deferred[None]:
+    def _control(self, kind: int, group: str, channel: str, owner: str,
+                 info: dict[str, Any] | None = None) -> Deferred[None]:
         """Ask ``owner`` to add/discard its channel; fires on its ack (or at once if it is
         gone, or after CONTROL_TIMEOUT with a warning)."""
         seq = next(self._seq)
@@ -1231,7 +1284,7 @@ class RedisChannelLayer(BaseChannelLayer):
                          t=CONTROL_TIMEOUT)
                 ack.callback(None)
 
-        payload = msgpack.packb([kind, group, channel, self.process_id, seq])
+        payload = msgpack.packb([kind, group, channel, self.process_id, seq, info])
         published = self._publish(self._process_topic + owner, payload)
 
         def sent(receivers: Any) -> Deferred[None]:
@@ -1268,6 +1321,7 @@ class RedisChannelLayer(BaseChannelLayer):
             del self._groups[group]
             self._group_emptied(group)
         self._memberships.clear()
+        self._presence.clear()
         self._in_several = 0
         self._queues.clear()
         for waiters in self._waiters.values():
@@ -1292,6 +1346,45 @@ class RedisChannelLayer(BaseChannelLayer):
 
 
 builtins_bytes = bytes
+
+
+class _Census:
+    """One ``group_presence`` question: the answers of the processes the PUBLISH reached
+    (they may come before the PUBLISH's own reply says how many), merged."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self.done: Deferred[dict[str, dict[str, Any]]] = Deferred()
+        self.members: dict[str, dict[str, Any]] = {}
+        self.answers = 0
+        self.processes: int | None = None
+        self.timer: Any = None
+
+    def answer(self, members: list[list[Any]]) -> None:
+        self.answers += 1
+        for channel, info in members:
+            self.members[channel] = info
+        self._check()
+
+    def expect(self, processes: int, timer: Any) -> None:
+        self.processes = processes
+        self.timer = timer
+        self._check()
+
+    def _check(self) -> None:
+        if self.processes is not None and self.answers >= self.processes \
+                and not self.done.called:
+            if self.timer is not None and self.timer.active():
+                self.timer.cancel()
+            self.done.callback(self.members)
+
+    def timed_out(self) -> None:
+        if not self.done.called:
+            log.warn("channel layer: presence of group {group}: {missing} of {processes} "
+                     "process(es) did not answer in {t} s; their members are left out",
+                     group=self.group, missing=(self.processes or 0) - self.answers,
+                     processes=self.processes, t=CONTROL_TIMEOUT)
+            self.done.callback(self.members)
 
 
 def prepared_frame_args(text: str | None, data: bytes | None) -> None:

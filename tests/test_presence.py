@@ -1,0 +1,228 @@
+"""Presence: ``group_add(group, channel, presence=info)``, ``group_presence(group)``, the
+``presence.join``/``presence.leave`` events, ``POST /api/presence``. On both layers (the
+Redis one on a real redis-server; two layer instances stand for two processes), and with
+real clients against a live server."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import pytest_twisted
+from websockets.sync.client import connect
+
+from realtime import AsyncJsonWebsocketConsumer, URLRouter, path
+from realtime.client import PublishError
+from realtime.client import presence as presence_api
+from tests.clients import in_thread
+from tests.test_layers import until
+from tests.test_layers_redis import Probe, two_layers  # noqa: F401 (fixture)
+
+# -- the layer API, on every layer -------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_lists_members_added_with_info_and_tells_the_group(layer):
+    a, b, c = Probe(), Probe(), Probe()
+    ca, cb, cc = layer.attach(a), layer.attach(b), layer.attach(c)
+    await layer.group_add("room", cc)  # a member, not in the presence
+    await layer.group_add("room", ca, presence={"user": "ada"})
+    await layer.group_add("room", cb, presence={"user": "bob", "tabs": 2})
+    assert await layer.group_presence("room") == {ca: {"user": "ada"},
+                                                  cb: {"user": "bob", "tabs": 2}}
+    assert await layer.group_presence("empty") == {}
+    # Every member hears each join (the new member too), in order.
+    await until(lambda: len(c.events) == 2 and len(a.events) == 2 and len(b.events) == 1)
+    assert c.events == [
+        {"type": "presence.join", "group": "room", "channel": ca, "info": {"user": "ada"}},
+        {"type": "presence.join", "group": "room", "channel": cb,
+         "info": {"user": "bob", "tabs": 2}},
+    ]
+    # group_discard and a consumer's end both leave the presence, and tell the others.
+    await layer.group_discard("room", ca)
+    layer.detach(cb)
+    await until(lambda: len(c.events) == 4)
+    assert [(e["type"], e["channel"], e["info"]) for e in c.events[2:]] == [
+        ("presence.leave", ca, {"user": "ada"}), ("presence.leave", cb, {"user": "bob", "tabs": 2})]
+    assert await layer.group_presence("room") == {}
+    assert a.events[-1]["type"] == "presence.join"  # ca left: it hears no more of the room
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_is_checked(layer):
+    channel = layer.attach(Probe())
+    with pytest.raises(TypeError, match="presence must be a dict"):
+        await layer.group_add("room", channel, presence=["ada"])
+    with pytest.raises(TypeError):
+        await layer.group_presence("bad group!")
+    assert layer.local_members("room") == []
+
+
+# -- across processes (Redis) -----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_across_processes_asks_only_live_ones(two_layers,  # noqa: F811
+                                                             redis_server):
+    one, two = await two_layers(), await two_layers()
+    third = await two_layers()  # no member: not asked, and it can ask
+    a, b, b2 = Probe(), Probe(), Probe()
+    ca, cb, cb2 = one.attach(a), two.attach(b), two.attach(b2)
+    await one.group_add("hall", ca, presence={"user": "ada"})
+    await two.group_add("hall", cb, presence={"user": "bob"})
+    await two.group_add("hall", cb2)
+    expected = {ca: {"user": "ada"}, cb: {"user": "bob"}}
+    for layer in (one, two, third):
+        assert await layer.group_presence("hall") == expected
+    # Joins are group events: members in every process hear them, from then on.
+    await until(lambda: len(a.events) == 2)
+    assert [(e["type"], e["channel"]) for e in a.events] == [("presence.join", ca),
+                                                             ("presence.join", cb)]
+    assert [e["channel"] for e in b.events] == [cb] and b2.events == []
+    # A remote group_add with presence (process three adds process one's channel).
+    a2 = Probe()
+    ca2 = one.attach(a2)
+    await third.group_add("hall", ca2, presence={"user": "ada", "tab": 2})
+    assert (await third.group_presence("hall"))[ca2] == {"user": "ada", "tab": 2}
+    # A process that goes away (its connections closed, as at a crash) is not asked any
+    # more: its members leave the presence with no expiry to wait for.
+    await two.close()
+    topic = one._group_topic + "hall"
+    await until(lambda: redis_server.call("PUBSUB", "NUMSUB", topic) == [topic, ":1"])
+    assert await third.group_presence("hall") == {ca: {"user": "ada"},
+                                                  ca2: {"user": "ada", "tab": 2}}
+    with pytest.raises(TypeError, match="msgpack-safe"):
+        await one.group_add("hall", ca, presence={"when": object()})
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_while_redis_is_unreachable_fails_at_once(redis_server):
+    from realtime.layers import LayerUnavailable
+    from realtime.layers.redis import RedisChannelLayer
+    from tests.redis_support import free_port
+
+    layer = RedisChannelLayer.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    layer.start()
+    try:
+        with pytest.raises(LayerUnavailable):
+            await layer.group_presence("hall")
+        assert layer.stats.unavailable == 1
+    finally:
+        await layer.close()
+
+
+# -- consumers and the HTTP API on a live server ----------------------------------------------
+
+
+class Lobby(AsyncJsonWebsocketConsumer):
+    """Joins ``lobby`` with its ``?name=`` as presence; passes presence events on."""
+
+    async def connect(self) -> None:
+        name = self.scope["query_string"].decode().partition("=")[2]
+        await self.accept()
+        await self.channel_layer.group_add("lobby", self.channel_name,
+                                           presence={"user": name})
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if content.get("who"):
+            members = await self.channel_layer.group_presence("lobby")
+            await self.send_json({"who": sorted(m["user"] for m in members.values())})
+
+    async def presence_join(self, event: dict[str, Any]) -> None:
+        await self.send_json({"joined": event["info"]["user"]})
+
+    async def presence_leave(self, event: dict[str, Any]) -> None:
+        await self.send_json({"left": event["info"]["user"]})
+
+
+class Quiet(AsyncJsonWebsocketConsumer):
+    """In the presence without presence handlers: the events are dropped silently."""
+
+    async def connect(self) -> None:
+        await self.accept()
+        await self.channel_layer.group_add("lobby", self.channel_name, presence={"user": "q"})
+
+
+application = URLRouter([path("lobby", Lobby.as_asgi()), path("quiet", Quiet.as_asgi())])
+KEY = "presence-test-key-0123456789"
+
+
+@pytest_twisted.ensureDeferred
+async def test_consumers_see_who_is_there_and_who_comes_and_goes(live):
+    from tests.clients import captured_log
+
+    server = await live(application, api_keys=(KEY,))
+
+    def clients() -> list[Any]:
+        out = []
+        with connect(server.ws_url("/lobby?name=ada")) as ada:
+            out.append(json.loads(ada.recv(timeout=5)))  # her own join
+            with connect(server.ws_url("/lobby?name=bob")) as bob, \
+                    connect(server.ws_url("/quiet")):
+                out.append(json.loads(bob.recv(timeout=5)))
+                out.append(json.loads(ada.recv(timeout=5)))
+                out.append(json.loads(ada.recv(timeout=5)))
+                ada.send(json.dumps({"who": True}))
+                out.append(json.loads(ada.recv(timeout=5)))
+                out.append(presence_api(server.http_url("/"), KEY, "lobby"))
+            out.append(json.loads(ada.recv(timeout=5)))
+            out.append(json.loads(ada.recv(timeout=5)))
+        try:
+            presence_api(server.http_url("/"), "wrong-key-0123456789", "lobby")
+        except PublishError as exc:
+            out.append(exc.status)
+        try:
+            presence_api(server.http_url("/"), KEY, "not a group!")
+        except PublishError as exc:
+            out.append(exc.status)
+        return out
+
+    with captured_log() as events:
+        out = await in_thread(clients)
+    assert out[:5] == [{"joined": "ada"}, {"joined": "bob"}, {"joined": "bob"},
+                       {"joined": "q"}, {"who": ["ada", "bob", "q"]}]
+    api = out[5]
+    assert api["group"] == "lobby" and api["count"] == 3
+    assert sorted(m["user"] for m in api["members"].values()) == ["ada", "bob", "q"]
+    assert all(channel.startswith("specific.") for channel in api["members"])
+    assert sorted(map(json.dumps, out[6:8])) == [json.dumps({"left": "bob"}),
+                                                 json.dumps({"left": "q"})]
+    assert out[8:] == [401, 400]
+    # Quiet has no presence handlers: nothing logged about them.
+    assert not [e for e in events if "no handler" in str(e.get("log_format", ""))]
+    assert await server.site.layer.group_presence("lobby") == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_demo_across_two_servers_on_redis(two_layers):  # noqa: F811
+    """The chat demo on two live servers sharing Redis (as two processes would): a newcomer
+    on one learns who is on the other, and the other hears it come and go."""
+    from realtime.examples.chat import application as chat
+    from realtime.testing import serve
+
+    one, two = await two_layers(), await two_layers()
+    first, second = await serve(chat, layer=one), await serve(chat, layer=two)
+    try:
+        def clients() -> list[Any]:
+            out = []
+            with connect(first.ws_url("/ws/chat/ops/?name=ada")) as ada:
+                out.append(json.loads(ada.recv(timeout=5)))
+                with connect(second.ws_url("/ws/chat/ops/?name=bob")) as bob:
+                    out.append(sorted(json.dumps(json.loads(bob.recv(timeout=5)))
+                                      for _ in range(2)))
+                    out.append(json.loads(ada.recv(timeout=5)))
+                out.append(json.loads(ada.recv(timeout=5)))
+            return out
+
+        out = await in_thread(clients)
+    finally:
+        await first.stop()
+        await second.stop()
+    assert out == [
+        {"type": "join", "name": "ada"},
+        sorted([json.dumps({"type": "join", "name": "bob"}),
+                json.dumps({"type": "here", "name": "ada"})]),
+        {"type": "join", "name": "bob"},
+        {"type": "leave", "name": "bob"},
+    ]
