@@ -141,11 +141,19 @@ def handle(site: Any, request: Any) -> None:
         def present(members: dict[str, Any]) -> None:
             answer(200, {"group": groups[0], "count": len(members), "members": members})
 
-        def unavailable(failure: Any) -> None:
-            log.failure("presence of {group} failed", failure, group=groups[0])
-            answer(503, {"error": "the channel layer is unavailable"}, ((b"retry-after", b"1"),))
+        def failed_presence(failure: Any) -> None:
+            from realtime.layers.base import LayerUnavailable
 
-        d.addCallbacks(present, unavailable)
+            if failure.check(LayerUnavailable):
+                log.warn("presence of {group}: {error}", group=groups[0],
+                         error=failure.getErrorMessage())
+                answer(503, {"error": "the channel layer is unavailable"},
+                       ((b"retry-after", b"1"),))
+                return
+            log.failure("presence of {group} failed", failure, group=groups[0])
+            answer(500, {"error": "presence failed"})
+
+        d.addCallback(present).addErrback(failed_presence)
         return
     d = publish(site.layer, groups, kind, payload)
 

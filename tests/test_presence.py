@@ -50,13 +50,53 @@ async def test_presence_lists_members_added_with_info_and_tells_the_group(layer)
 
 
 @pytest_twisted.ensureDeferred
-async def test_presence_is_checked(layer):
+async def test_presence_is_checked_and_copied(layer):
     channel = layer.attach(Probe())
     with pytest.raises(TypeError, match="presence must be a dict"):
         await layer.group_add("room", channel, presence=["ada"])
+    with pytest.raises(TypeError, match="JSON values"):
+        await layer.group_add("room", channel, presence={"avatar": b"\x89PNG"})
     with pytest.raises(TypeError):
         await layer.group_presence("bad group!")
     assert layer.local_members("room") == []
+    info = {"user": "ada", "tabs": [1]}
+    await layer.group_add("room", channel, presence=info)
+    info["tabs"].append(2)
+    assert await layer.group_presence("room") == {channel: {"user": "ada", "tabs": [1]}}
+
+
+@pytest_twisted.ensureDeferred
+async def test_joins_are_announced_once_per_info_and_can_be_silent(layer):
+    watcher, a, b = Probe(), Probe(), Probe()
+    cw, ca, cb = layer.attach(watcher), layer.attach(a), layer.attach(b)
+    await layer.group_add("room", cw)
+    await layer.group_add("room", ca, presence={"user": "ada"})
+    await layer.group_add("room", ca, presence={"user": "ada"})  # the same: no new join
+    await layer.group_add("room", ca)  # without presence: it stays as it was
+    await layer.group_add("room", ca, presence={"user": "ada", "away": True})  # changed
+    await layer.group_add("room", cb, presence={"user": "bob"}, announce=False)
+    await until(lambda: len(watcher.events) == 2)
+    assert [e["info"] for e in watcher.events] == [{"user": "ada"},
+                                                   {"user": "ada", "away": True}]
+    assert await layer.group_presence("room") == {ca: {"user": "ada", "away": True},
+                                                  cb: {"user": "bob"}}
+    layer.detach(cb)  # silent: no leave either
+    layer.detach(ca)
+    await until(lambda: len(watcher.events) == 3)
+    assert watcher.events[2]["type"] == "presence.leave"
+    assert watcher.events[2]["channel"] == ca
+    assert await layer.group_presence("room") == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_consumer_that_has_ended_is_not_put_in_the_presence(layer):
+    watcher, gone = Probe(), Probe()
+    cw, cg = layer.attach(watcher), layer.attach(gone)
+    await layer.group_add("room", cw)
+    layer.detach(cg)
+    await layer.group_add("room", cg, presence={"user": "ghost"})  # e.g. a late callback
+    assert await layer.group_presence("room") == {}
+    assert watcher.events == []
 
 
 # -- across processes (Redis) -----------------------------------------------------------------
@@ -92,8 +132,149 @@ async def test_presence_across_processes_asks_only_live_ones(two_layers,  # noqa
     await until(lambda: redis_server.call("PUBSUB", "NUMSUB", topic) == [topic, ":1"])
     assert await third.group_presence("hall") == {ca: {"user": "ada"},
                                                   ca2: {"user": "ada", "tab": 2}}
-    with pytest.raises(TypeError, match="msgpack-safe"):
+    with pytest.raises(TypeError, match="JSON values"):
         await one.group_add("hall", ca, presence={"when": object()})
+
+
+def _resp(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+class RawRedis:
+    """A bare connection to the test's redis-server: a subscriber that is not a layer (a
+    monitoring tool, a process of an older version), or a publisher of raw payloads."""
+
+    def __init__(self, redis_server: Any) -> None:
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", redis_server.port), timeout=5)
+        self.buffer = b""
+
+    def send(self, *args: bytes) -> None:
+        self.sock.sendall(_resp(*args))
+
+    def read_until(self, marker: bytes) -> bytes:
+        while marker not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("redis closed the connection")
+            self.buffer += chunk
+        return self.buffer
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _last_bulk(data: bytes) -> bytes:
+    """The last bulk string of a pub/sub ``message`` reply in ``data``."""
+    _, _, rest = data.rpartition(b"\r\n$")
+    size, _, body = rest.partition(b"\r\n")
+    return body[: int(size)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_control_messages_stay_readable_by_older_processes(two_layers,  # noqa: F811
+                                                               redis_server):
+    """A group_add for another process's channel is five fields, as before presence (an
+    older process reads exactly five); with presence two more follow. And a five-field one
+    from an older process is still understood."""
+    import msgpack
+
+    one, two = await two_layers(), await two_layers()
+    b = Probe()
+    cb = two.attach(b)
+    tap = RawRedis(redis_server)
+    topic = (two._process_topic + two.process_id).encode()
+    try:
+        tap.send(b"SUBSCRIBE", topic)
+        tap.read_until(b":1\r\n")
+        await one.group_add("plain", cb)
+        body = msgpack.unpackb(_last_bulk(tap.read_until(b"plain")), raw=False)
+        assert len(body) == 5 and body[1:3] == ["plain", cb]
+        await one.group_add("shown", cb, presence={"user": "bob"})
+        body = msgpack.unpackb(_last_bulk(tap.read_until(b"shown")), raw=False)
+        assert body[1:3] == ["shown", cb] and body[5:] == [{"user": "bob"}, True]
+        assert await one.group_presence("shown") == {cb: {"user": "bob"}}
+        old = RawRedis(redis_server)
+        old.send(b"PUBLISH", topic, msgpack.packb([4, "from-old", cb, "0ld0ld0ld0ld", 0]))
+        old.read_until(b"\r\n")
+        old.close()
+        await until(lambda: two.local_members("from-old") == [cb])
+    finally:
+        tap.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subscriber_that_never_answers_is_waited_for_then_left_out(
+        two_layers, redis_server):  # noqa: F811
+    from tests.clients import captured_log
+
+    one = await two_layers()
+    one.presence_timeout = 0.3
+    a = Probe()
+    ca = one.attach(a)
+    await one.group_add("hall", ca, presence={"user": "ada"})
+    monitor, silent = RawRedis(redis_server), RawRedis(redis_server)
+    try:
+        # A pattern subscriber (a monitoring tool) is not counted: no wait at all.
+        monitor.send(b"PSUBSCRIBE", b"realtime:*")
+        monitor.read_until(b":1\r\n")
+        one.presence_timeout = 30.0
+        asked = one.group_presence("hall")
+        await until(lambda: asked.called)
+        assert await asked == {ca: {"user": "ada"}}
+        # A subscriber of the topic itself that never answers: waited for, then left out.
+        one.presence_timeout = 0.3
+        silent.send(b"SUBSCRIBE", (one._group_topic + "hall").encode())
+        silent.read_until(b":1\r\n")
+        with captured_log() as events:
+            assert await one.group_presence("hall") == {ca: {"user": "ada"}}
+        assert any("did not answer" in str(e.get("log_format", "")) for e in events)
+    finally:
+        monitor.close()
+        silent.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_question_in_flight_fails_when_the_layer_closes(redis_server):
+    from twisted.internet import reactor
+
+    from realtime.layers import LayerUnavailable
+    from tests.redis_support import started_layer
+
+    layer = await started_layer(redis_server.url)
+    layer.presence_timeout = 30.0
+    silent = RawRedis(redis_server)
+    try:
+        silent.send(b"SUBSCRIBE", (layer._group_topic + "hall").encode())
+        silent.read_until(b":1\r\n")
+        asked = layer.group_presence("hall")
+        await until(lambda: layer._censuses and next(iter(layer._censuses.values())).timer)
+        await layer.close()
+        with pytest.raises(LayerUnavailable):
+            await asked
+        assert layer._censuses == {}
+        assert not [c for c in reactor.getDelayedCalls()
+                    if getattr(c.func, "__name__", "") == "timed_out"]
+    finally:
+        silent.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_group_joined_while_resubscribing_is_subscribed(two_layers):  # noqa: F811
+    """A group that gets its first member while the subscriber's SUBSCRIBEs are in flight
+    after a reconnect is subscribed once they are answered (it was left out for good)."""
+    one, two = await two_layers(), await two_layers()
+    a = Probe()
+    ca = one.attach(a)
+    proto = one._sub.proto
+    one._sub_down()  # what a lost connection does, then its reconnect: on the live one
+    one._sub_up(proto)
+    await one.group_add("late", ca)  # _subscribe sees the subscriber not ready yet
+    await until(lambda: one.ready)
+    await until(lambda: "late" in one._subscribed)
+    await two.group_send("late", {"type": "hello"})
+    await until(lambda: [e["type"] for e in a.events if e["type"] == "hello"] == ["hello"])
 
 
 @pytest_twisted.ensureDeferred
@@ -108,6 +289,17 @@ async def test_presence_while_redis_is_unreachable_fails_at_once(redis_server):
         with pytest.raises(LayerUnavailable):
             await layer.group_presence("hall")
         assert layer.stats.unavailable == 1
+        # Over HTTP: 503 with Retry-After.
+        from realtime.config import ServerConfig
+        from realtime.testing import serve
+
+        server = await serve(application, ServerConfig(api_keys=(KEY,)), layer=layer)
+        try:
+            with pytest.raises(PublishError) as info:
+                await in_thread(presence_api, server.http_url("/"), KEY, "hall")
+            assert info.value.status == 503
+        finally:
+            await server.stop()
     finally:
         await layer.close()
 

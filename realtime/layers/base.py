@@ -21,6 +21,7 @@ messages reach each member in fewer, larger writes: less CPU, more latency. No m
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import threading
@@ -407,11 +408,17 @@ _UNSET: Any = object()
 
 
 def check_presence(info: Any) -> dict[str, Any] | None:
-    """``presence=`` of ``group_add``: None (no presence) or a dict (of msgpack-safe
-    values, for a Redis layer)."""
-    if info is not None and not isinstance(info, dict):
+    """``presence=`` of ``group_add``: None (no presence) or a dict of JSON values (it
+    crosses processes, and ``/api/presence`` answers it), copied."""
+    if info is None:
+        return None
+    if not isinstance(info, dict):
         raise TypeError(f"presence must be a dict, not {type(info).__name__}")
-    return info
+    try:
+        copied: dict[str, Any] = json.loads(json.dumps(info))
+        return copied
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"presence must be a dict of JSON values: {exc}") from None
 
 
 def invalid(group: Any = _UNSET, channel: Any = _UNSET, message: Any = _UNSET) -> Any:
@@ -477,9 +484,9 @@ class BaseChannelLayer:
         #: How many channels are in more than one group: none, and held broadcasts to
         #: different groups cannot reach one member twice (``_join_members`` skips its count).
         self._in_several = 0
-        #: Presence: group -> {channel: info} for this process's members added with
-        #: ``group_add(..., presence=info)`` (``group_presence`` asks every process).
-        self._presence: dict[str, dict[str, dict[str, Any]]] = {}
+        #: Presence: group -> {channel: (info, announce)} for this process's members added
+        #: with ``group_add(..., presence=info)`` (``group_presence`` asks every process).
+        self._presence: dict[str, dict[str, tuple[dict[str, Any], bool]]] = {}
         #: Queued messages for channels nobody is attached to (workers, ``receive()``).
         self._queues: dict[str, deque[dict[str, Any]]] = {}
         self._waiters: dict[str, deque[Deferred[dict[str, Any]]]] = {}
@@ -561,25 +568,34 @@ class BaseChannelLayer:
         return list(self._groups.get(group, ()))
 
     # -- presence ------------------------------------------------------------------------------
-    def _track(self, group: str, channel: str, info: dict[str, Any]) -> Deferred[None]:
+    def _track(self, group: str, channel: str, info: dict[str, Any],
+               announce: bool = True) -> Deferred[None]:
         """``channel``, now a local member of ``group``, is in the group's presence with
-        ``info``; the group hears ``presence.join`` (again when the info changes). Fires
-        once this process's members have had it (as ``group_send`` does)."""
+        ``info``; with ``announce`` the group hears ``presence.join`` (again when the info
+        changes; not when it is the same). Fires once this process's members have had it
+        (as ``group_send`` does)."""
         if channel not in self._groups.get(group, ()):
             return succeed(None)  # it left (or its socket closed) while the join was made
-        self._presence.setdefault(group, {})[channel] = info
+        if channel.startswith(self.local_prefix()) and channel not in self._receivers:
+            return succeed(None)  # a consumer of this process that has ended: never leaves
+        tracked = self._presence.setdefault(group, {})
+        before = tracked.get(channel)
+        tracked[channel] = (info, announce)
+        if not announce or (before is not None and before[0] == info):
+            return succeed(None)
         return self._presence_event("presence.join", group, channel, info)
 
     def _untrack(self, group: str, channel: str) -> None:
-        """``channel`` left ``group``: out of its presence, and the group hears
-        ``presence.leave`` (if it was in it)."""
+        """``channel`` left ``group``: out of its presence, and (if it announced itself)
+        the group hears ``presence.leave``."""
         tracked = self._presence.get(group)
         if tracked is None or channel not in tracked:
             return
-        info = tracked.pop(channel)
+        info, announce = tracked.pop(channel)
         if not tracked:
             del self._presence[group]
-        self._presence_event("presence.leave", group, channel, info)
+        if announce:
+            self._presence_event("presence.leave", group, channel, info)
 
     def _presence_event(self, kind: str, group: str, channel: str,
                         info: dict[str, Any]) -> Deferred[None]:
@@ -595,7 +611,7 @@ class BaseChannelLayer:
 
     def local_presence(self, group: str) -> dict[str, dict[str, Any]]:
         """This process's members of ``group`` in its presence, with their info."""
-        return dict(self._presence.get(group, ()))
+        return {channel: entry[0] for channel, entry in self._presence.get(group, {}).items()}
 
     # -- local delivery ------------------------------------------------------------------------
     def _deliver_local(self, channel: str, message: dict[str, Any]) -> bool:
@@ -757,8 +773,8 @@ class BaseChannelLayer:
     def receive(self, channel: str) -> Deferred[dict[str, Any]]:
         raise NotImplementedError
 
-    def group_add(self, group: str, channel: str,
-                  presence: dict[str, Any] | None = None) -> Deferred[None]:
+    def group_add(self, group: str, channel: str, presence: dict[str, Any] | None = None,
+                  announce: bool = True) -> Deferred[None]:
         raise NotImplementedError
 
     def group_presence(self, group: str) -> Deferred[dict[str, dict[str, Any]]]:

@@ -38,17 +38,17 @@ class InMemoryChannelLayer(BaseChannelLayer):
             return bad
         return self._receive_local(channel)
 
-    def group_add(self, group: str, channel: str,
-                  presence: dict[str, Any] | None = None) -> Deferred[None]:
+    def group_add(self, group: str, channel: str, presence: dict[str, Any] | None = None,
+                  announce: bool = True) -> Deferred[None]:
         if (bad := invalid(group=group, channel=channel)) is not None:
             return bad
         try:
-            check_presence(presence)
+            presence = check_presence(presence)
         except TypeError as exc:
             return fail(exc)
         self._add_local(group, channel)
         if presence is not None:
-            return self._track(group, channel, presence)
+            return self._track(group, channel, presence, announce)
         return succeed(None)
 
     def group_presence(self, group: str) -> Deferred[dict[str, dict[str, Any]]]:

@@ -88,6 +88,17 @@ _DIRECT, _ADD, _DISCARD, _ACK = 3, 4, 5, 6  # on a process topic
 # ([_MEMBERS, seq, [[channel, info], ...]]).
 _WHO, _MEMBERS = 7, 8
 
+# The presence question, and how many processes hear it: the topic's own subscribers at the
+# moment of the PUBLISH (PUBLISH's reply would count pattern subscribers too, a monitoring
+# ``PSUBSCRIBE realtime:*`` say, which never answer).
+_ASK_SCRIPT = """
+local n = redis.call('PUBSUB', 'NUMSUB', KEYS[1])[2]
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return n
+"""
+#: How long ``group_presence`` waits for every process's answer.
+PRESENCE_TIMEOUT = 2.0
+
 # LPUSH behind a capacity check, atomically; refreshes the list's expiry.
 _SEND_SCRIPT = """
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
@@ -529,6 +540,8 @@ class RedisChannelLayer(BaseChannelLayer):
     """Groups, process channels and named channels across processes through one Redis."""
 
     extensions = ["groups", "flush", "broadcast"]
+    #: How long ``group_presence`` waits for every process's answer (seconds).
+    presence_timeout = PRESENCE_TIMEOUT
 
     def __init__(self, address: RedisAddress, capacity: int = 100, prefix: str = "realtime",
                  reactor: Any = None, ca_certs: list[Any] | None = None) -> None:
@@ -814,6 +827,11 @@ class RedisChannelLayer(BaseChannelLayer):
             if call.active():
                 call.cancel()
             d.callback(None)
+        # Answers to our presence questions come to our subscriber: they are lost.
+        censuses, self._censuses = self._censuses, {}
+        for census in censuses.values():
+            census.fail(LayerUnavailable("channel layer: the Redis subscriber connection was "
+                                         "lost while asking who is in the group"))
 
     # -- connection events -------------------------------------------------------------------------
     def _pub_up(self, proto: Any) -> None:
@@ -848,13 +866,15 @@ class RedisChannelLayer(BaseChannelLayer):
         # A group emptied meanwhile was UNSUBSCRIBEd after our SUBSCRIBE: not subscribed.
         self._subscribed.update(g for g, epoch in epochs.items()
                                 if g in self._groups and self._epochs.get(g, 0) == epoch)
-        # Groups that gained their first member while the SUBSCRIBEs were in flight.
+        # Groups that gained their first member while the SUBSCRIBEs were in flight (their
+        # _subscribe saw the subscriber not ready and left them for now): ready first, or
+        # _subscribe would leave them again, for good.
+        self._sub_ready = True
         for group in list(self._groups):
             if group not in self._subscribed and group not in self._sub_pending:
                 self._subscribe(group)
         since, until = self._down_since, time.time()
         self._down_since = None
-        self._sub_ready = True
         first = self.reconnects == 0 and self.last_outage is None
         if since is not None and not first:
             self.reconnects += 1
@@ -990,9 +1010,9 @@ class RedisChannelLayer(BaseChannelLayer):
             _, group, channel, origin, seq = body[:5]
             if kind == _ADD:
                 done = self._join(group, channel)
-                if len(body) > 5 and body[5] is not None:
-                    info = body[5]
-                    done.addCallback(lambda _: self._track(group, channel, info))
+                if len(body) > 5:  # with presence: [..., info, announce]
+                    info, announce = body[5], body[6]
+                    done.addCallback(lambda _: self._track(group, channel, info, announce))
             else:
                 self._discard_local(group, channel)
                 done = succeed(None)
@@ -1214,46 +1234,53 @@ class RedisChannelLayer(BaseChannelLayer):
         # Its receiver was cancelled meanwhile: keep it for the next receive in this process.
         self._queues.setdefault(channel, deque()).append(message)
 
-    def group_add(self, group: str, channel: str,
-                  presence: dict[str, Any] | None = None) -> Deferred[None]:
+    def group_add(self, group: str, channel: str, presence: dict[str, Any] | None = None,
+                  announce: bool = True) -> Deferred[None]:
         if (bad := invalid(group=group, channel=channel)) is not None:
             return bad
         try:
-            if check_presence(presence) is not None:
-                msgpack.packb(presence)
-        except (TypeError, ValueError) as exc:
-            return fail(TypeError(f"presence must be a dict of msgpack-safe values: {exc}"))
+            presence = check_presence(presence)
+        except TypeError as exc:
+            return fail(exc)
         owner = self._owner(channel)
         if owner is None or owner == self.process_id:
             joined = self._join(group, channel)
             if presence is not None:
-                joined.addCallback(lambda _: self._track(group, channel, presence))
+                info = presence
+                joined.addCallback(lambda _: self._track(group, channel, info, announce))
             return joined
-        return self._control(_ADD, group, channel, owner, presence)
+        extra = () if presence is None else (presence, announce)
+        return self._control(_ADD, group, channel, owner, *extra)
 
     def group_presence(self, group: str) -> Deferred[dict[str, dict[str, Any]]]:
-        """Asks on the group's topic: every process with members there (the PUBLISH says
-        how many) answers with its own; a process that does not answer in CONTROL_TIMEOUT
-        is left out, with a warning. A process that died is not asked: nothing stale."""
+        """Asks on the group's topic: every process subscribed there (as many as the topic
+        had subscribers when it was asked) answers with its own members; one that does not
+        answer in PRESENCE_TIMEOUT is left out, with a warning. A process that died is not
+        asked: nothing stale."""
         if (bad := invalid(group=group)) is not None:
             return bad
         if not self._sub_ready:
             self.stats.unavailable += 1
             return fail(LayerUnavailable("channel layer: not subscribed to Redis (reconnecting)"))
         seq = next(self._seq)
-        census = self._censuses[seq] = _Census(group)
-        published = self._publish(self._group_topic + group,
-                                  msgpack.packb([_WHO, self.process_id, seq, None]))
+        census = self._censuses[seq] = _Census(group, self.presence_timeout)
+        question = msgpack.packb([_WHO, self.process_id, seq, None])
+        asked = self._on_publisher(lambda proto: proto.eval(
+            _ASK_SCRIPT, keys=[self._group_topic + group], args=[question]))
 
-        def asked(processes: int) -> Deferred[dict[str, dict[str, Any]]]:
-            census.expect(processes, self.reactor.callLater(CONTROL_TIMEOUT, census.timed_out))
+        def heard_by(processes: int) -> Deferred[dict[str, dict[str, Any]]]:
+            if self._censuses.get(seq) is census:  # not released meanwhile (subscriber lost)
+                census.expect(int(processes),
+                              self.reactor.callLater(self.presence_timeout, census.timed_out))
             return census.done
 
         def done(result: Any) -> Any:
-            self._censuses.pop(seq, None)
+            if self._censuses.get(seq) is census:
+                del self._censuses[seq]
+            census.stop()
             return result
 
-        return published.addCallback(asked).addBoth(done)
+        return asked.addCallback(heard_by).addBoth(done)
 
     def _join(self, group: str, channel: str) -> Deferred[None]:
         self._add_local(group, channel)
@@ -1271,7 +1298,7 @@ class RedisChannelLayer(BaseChannelLayer):
         return self._control(_DISCARD, group, channel, owner)
 
     def _control(self, kind: int, group: str, channel: str, owner: str,
-                 info: dict[str, Any] | None = None) -> Deferred[None]:
+                 *presence: Any) -> Deferred[None]:
         """Ask ``owner`` to add/discard its channel; fires on its ack (or at once if it is
         gone, or after CONTROL_TIMEOUT with a warning)."""
         seq = next(self._seq)
@@ -1284,7 +1311,8 @@ class RedisChannelLayer(BaseChannelLayer):
                          t=CONTROL_TIMEOUT)
                 ack.callback(None)
 
-        payload = msgpack.packb([kind, group, channel, self.process_id, seq, info])
+        # With presence, [..., info, announce] follow (older processes read five fields).
+        payload = msgpack.packb([kind, group, channel, self.process_id, seq, *presence])
         published = self._publish(self._process_topic + owner, payload)
 
         def sent(receivers: Any) -> Deferred[None]:
@@ -1352,8 +1380,9 @@ class _Census:
     """One ``group_presence`` question: the answers of the processes the PUBLISH reached
     (they may come before the PUBLISH's own reply says how many), merged."""
 
-    def __init__(self, group: str) -> None:
+    def __init__(self, group: str, timeout: float) -> None:
         self.group = group
+        self.timeout = timeout
         self.done: Deferred[dict[str, dict[str, Any]]] = Deferred()
         self.members: dict[str, dict[str, Any]] = {}
         self.answers = 0
@@ -1374,16 +1403,26 @@ class _Census:
     def _check(self) -> None:
         if self.processes is not None and self.answers >= self.processes \
                 and not self.done.called:
-            if self.timer is not None and self.timer.active():
-                self.timer.cancel()
+            self.stop()
             self.done.callback(self.members)
+
+    def stop(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+
+    def fail(self, error: Exception) -> None:
+        self.stop()
+        if not self.done.called:
+            self.done.errback(error)
 
     def timed_out(self) -> None:
         if not self.done.called:
             log.warn("channel layer: presence of group {group}: {missing} of {processes} "
-                     "process(es) did not answer in {t} s; their members are left out",
+                     "subscriber(s) of its topic did not answer in {t} s (a process that "
+                     "died without closing its connection, an older version, a tool "
+                     "subscribed to the topic); their members are left out",
                      group=self.group, missing=(self.processes or 0) - self.answers,
-                     processes=self.processes, t=CONTROL_TIMEOUT)
+                     processes=self.processes, t=self.timeout)
             self.done.callback(self.members)
 
 
