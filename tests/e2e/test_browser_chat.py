@@ -110,6 +110,17 @@ def _join(browser: Any, url: str, name: str, room: str) -> Any:
     return page
 
 
+def _alice_and_bob(browser: Any, url: str, room: str) -> tuple[Any, Any]:
+    """Two pages in ``room``, each listing both."""
+    from playwright.sync_api import expect
+
+    alice = _join(browser, url, "alice", room)
+    bob = _join(browser, url, "bob", room)
+    for page in (alice, bob):
+        expect(page.locator("#members li")).to_have_text(["alice", "bob"])
+    return alice, bob
+
+
 def _say(page: Any, text: str) -> None:
     page.fill("#message", text)
     page.click("#send-form button")
@@ -135,12 +146,8 @@ def test_two_pages_see_each_other_and_each_others_messages(browser, tmp_path):
 
     with _chat_server_on_a_free_port() as server:
         url = f"http://127.0.0.1:{server.port}/"
-        alice = _join(browser, url, "alice", "lobby")
-        bob = _join(browser, url, "bob", "lobby")
+        alice, bob = _alice_and_bob(browser, url, "lobby")
         try:
-            for page in (alice, bob):
-                expect(page.locator("#members li")).to_have_text(["alice", "bob"])
-
             _say(alice, "hello from alice")
             expect(bob.locator("#log > div")).to_have_text(["alice: hello from alice"])
             _say(bob, "hi alice, bob here")
@@ -175,11 +182,9 @@ def test_chat_with_compression(browser):
     with _chat_server_on_a_free_port("--compression", "--compression-min-size", "1",
                                      "--metrics") as server:
         url = f"http://127.0.0.1:{server.port}/"
-        alice = _join(browser, url, "alice", "zip")
-        bob = _join(browser, url, "bob", "zip")
+        alice, bob = _alice_and_bob(browser, url, "zip")
         try:
             for page in (alice, bob):
-                expect(page.locator("#members li")).to_have_text(["alice", "bob"])
                 assert page.evaluate("window.socketExtensions") == [
                     "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
                 ]

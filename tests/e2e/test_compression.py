@@ -290,18 +290,26 @@ async def test_broadcast_to_members_with_and_without_compression(live):
         conn.abort()
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_member_that_falls_behind_gets_every_compressed_frame_intact(live):
-    """Sends the kernel takes only in part (a small send buffer, a client that stops
-    reading) finish through Twisted's buffer and our queue: once the client reads again,
-    every frame arrives whole, compressed, in order."""
-    server = await live(bench_app, compression=True, max_send_buffer=16 * 1024 * 1024)
+async def _stalled_member(server: Any) -> tuple[Any, Any, Any]:
+    """A compressing member that stopped reading (the server's side of its socket with a
+    small send buffer, so sends are taken in part soon), a plain publisher in its room,
+    and the member's server-side connection."""
     slow = (await _room(server, 1, offer=True))[0]
     publisher = (await _room(server, 1, offer=False))[0]
     (member,) = [c for c in server.site.connections
                  if not c.in_handshake and c._deflater is not None]
     member.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     slow.stop_reading()
+    return slow, publisher, member
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_member_that_falls_behind_gets_every_compressed_frame_intact(live):
+    """Sends the kernel takes only in part (a small send buffer, a client that stops
+    reading) finish through Twisted's buffer and our queue: once the client reads again,
+    every frame arrives whole, compressed, in order."""
+    server = await live(bench_app, compression=True, max_send_buffer=16 * 1024 * 1024)
+    slow, publisher, member = await _stalled_member(server)
     rng = random.Random(2)
     texts = [bytes(rng.choice(b"acgt") for _ in range(20_000)) for _ in range(40)]
     for text in texts:
@@ -323,12 +331,7 @@ async def test_drop_policy_compresses_nothing_it_drops(live):
     dropped for it is not compressed first (no CPU spent on it, nothing counted)."""
     server = await live(bench_app, compression=True, slow_consumer="drop",
                         max_send_buffer=64 * 1024)
-    slow = (await _room(server, 1, offer=True))[0]
-    publisher = (await _room(server, 1, offer=False))[0]
-    (member,) = [c for c in server.site.connections
-                 if not c.in_handshake and c._deflater is not None]
-    member.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    slow.stop_reading()
+    slow, publisher, _ = await _stalled_member(server)
     rng = random.Random(3)
     count = 120
     for _ in range(count):
