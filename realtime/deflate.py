@@ -224,17 +224,19 @@ class Deflater:
                 start, length = pos + 10, int.from_bytes(data[pos + 2 : pos + 10], "big")
             stop = start + length
             piece = data if pos == 0 and stop == end else data[pos:stop]
-            known = pieces.get(piece)
+            cacheable = stop - pos <= self.PIECE_LIMIT
+            known = pieces.get(piece) if cacheable else None
             if known is None:
                 compressed = self._compress(data[pos] & 0x0F, data[start:stop], bits)
                 known = (piece, 0) if compressed is None else (
                     compressed, len(piece) - len(compressed))
-                if len(piece) <= self.PIECE_LIMIT:
-                    if self._pieces_size[bits] + len(piece) > self.CACHE_LIMIT:
+                if cacheable:
+                    size = len(piece) + (len(known[0]) if compressed is not None else 0)
+                    if self._pieces_size[bits] + size > self.CACHE_LIMIT:
                         pieces.clear()
                         self._pieces_size[bits] = 0
                     pieces[piece] = known
-                    self._pieces_size[bits] += len(piece) + len(known[0])
+                    self._pieces_size[bits] += size
             if known[1]:
                 messages += 1
                 saved += known[1]

@@ -89,14 +89,37 @@ async def test_joins_are_announced_once_per_info_and_can_be_silent(layer):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_consumer_that_has_ended_is_not_put_in_the_presence(layer):
-    watcher, gone = Probe(), Probe()
-    cw, cg = layer.attach(watcher), layer.attach(gone)
+async def test_announce_stays_as_first_given_so_joins_and_leaves_pair(layer):
+    watcher, quiet = Probe(), Probe()
+    cw, cq = layer.attach(watcher), layer.attach(quiet)
     await layer.group_add("room", cw)
-    layer.detach(cg)
-    await layer.group_add("room", cg, presence={"user": "ghost"})  # e.g. a late callback
+    await layer.group_add("room", cq, presence={"user": "q"}, announce=False)
+    await layer.group_add("room", cq, presence={"user": "q"}, announce=True)
+    await layer.group_add("room", cq, presence={"user": "q2"}, announce=True)
+    assert await layer.group_presence("room") == {cq: {"user": "q2"}}
+    layer.detach(cq)
     assert await layer.group_presence("room") == {}
     assert watcher.events == []
+
+
+@pytest.mark.parametrize("info", [{"score": float("nan")}, {"big": 2**64},
+                                  {"deep": __import__("functools").reduce(
+                                      lambda inner, _: [inner], range(100_000), [])}],
+                         ids=["nan", "int past 64 bits", "too deep"])
+@pytest_twisted.ensureDeferred
+async def test_info_that_cannot_cross_processes_is_refused(layer, info):
+    channel = layer.attach(Probe())
+    with pytest.raises(TypeError, match="JSON values"):
+        await layer.group_add("room", channel, presence=info)
+    assert await layer.group_presence("room") == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_channel_from_new_channel_can_be_in_the_presence(layer):
+    """Not only consumers: a worker's ``new_channel()`` (no receiver attached)."""
+    channel = await layer.new_channel()
+    await layer.group_add("workers", channel, presence={"role": "thumbnails"})
+    assert await layer.group_presence("workers") == {channel: {"role": "thumbnails"}}
 
 
 # -- across processes (Redis) -----------------------------------------------------------------
@@ -261,6 +284,18 @@ async def test_a_question_in_flight_fails_when_the_layer_closes(redis_server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_asked_while_its_own_subscribe_is_in_flight(two_layers):  # noqa: F811
+    """``group_presence`` right after a ``group_add`` not awaited: this process's SUBSCRIBE
+    is answered first, so its own member is counted."""
+    one = await two_layers()
+    ca = one.attach(Probe())
+    joined = one.group_add("fresh", ca, presence={"user": "ada"})
+    assert "fresh" in one._sub_pending
+    assert await one.group_presence("fresh") == {ca: {"user": "ada"}}
+    await joined
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_group_joined_while_resubscribing_is_subscribed(two_layers):  # noqa: F811
     """A group that gets its first member while the subscriber's SUBSCRIBEs are in flight
     after a reconnect is subscribed once they are answered (it was left out for good)."""
@@ -328,6 +363,18 @@ class Lobby(AsyncJsonWebsocketConsumer):
         await self.send_json({"left": event["info"]["user"]})
 
 
+class Late(AsyncJsonWebsocketConsumer):
+    """Joins the presence from disconnect(), after its socket closed (and left its groups):
+    the bridge leaves the groups again when the handler is done."""
+
+    async def connect(self) -> None:
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        await self.channel_layer.group_add("lobby", self.channel_name,
+                                           presence={"user": "late"})
+
+
 class Quiet(AsyncJsonWebsocketConsumer):
     """In the presence without presence handlers: the events are dropped silently."""
 
@@ -336,7 +383,8 @@ class Quiet(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add("lobby", self.channel_name, presence={"user": "q"})
 
 
-application = URLRouter([path("lobby", Lobby.as_asgi()), path("quiet", Quiet.as_asgi())])
+application = URLRouter([path("lobby", Lobby.as_asgi()), path("quiet", Quiet.as_asgi()),
+                         path("late", Late.as_asgi())])
 KEY = "presence-test-key-0123456789"
 
 
@@ -418,3 +466,20 @@ async def test_chat_demo_across_two_servers_on_redis(two_layers):  # noqa: F811
         {"type": "join", "name": "bob"},
         {"type": "leave", "name": "bob"},
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_join_made_after_the_socket_closed_does_not_stay(live):
+    server = await live(application)
+    layer = server.site.layer
+
+    def clients() -> list[Any]:
+        with connect(server.ws_url("/lobby?name=ada")) as ada:
+            assert json.loads(ada.recv(timeout=5)) == {"joined": "ada"}
+            with connect(server.ws_url("/late")):
+                pass
+            return [{"joined": "ada"}] + [json.loads(ada.recv(timeout=5)) for _ in range(2)]
+
+    seen = await in_thread(clients)
+    assert seen == [{"joined": "ada"}, {"joined": "late"}, {"left": "late"}]
+    await until(lambda: layer.local_presence("lobby") == {})

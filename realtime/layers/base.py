@@ -29,6 +29,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import msgpack
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -415,9 +416,10 @@ def check_presence(info: Any) -> dict[str, Any] | None:
     if not isinstance(info, dict):
         raise TypeError(f"presence must be a dict, not {type(info).__name__}")
     try:
-        copied: dict[str, Any] = json.loads(json.dumps(info))
+        copied: dict[str, Any] = json.loads(json.dumps(info, allow_nan=False))
+        msgpack.packb(copied)  # what crosses processes (an int past 64 bits does not)
         return copied
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise TypeError(f"presence must be a dict of JSON values: {exc}") from None
 
 
@@ -576,10 +578,10 @@ class BaseChannelLayer:
         (as ``group_send`` does)."""
         if channel not in self._groups.get(group, ()):
             return succeed(None)  # it left (or its socket closed) while the join was made
-        if channel.startswith(self.local_prefix()) and channel not in self._receivers:
-            return succeed(None)  # a consumer of this process that has ended: never leaves
         tracked = self._presence.setdefault(group, {})
         before = tracked.get(channel)
+        if before is not None:
+            announce = before[1]  # as first added: its joins and leaves stay in pairs
         tracked[channel] = (info, announce)
         if not announce or (before is not None and before[0] == info):
             return succeed(None)

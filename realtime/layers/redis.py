@@ -1262,6 +1262,11 @@ class RedisChannelLayer(BaseChannelLayer):
         if not self._sub_ready:
             self.stats.unavailable += 1
             return fail(LayerUnavailable("channel layer: not subscribed to Redis (reconnecting)"))
+        pending = self._sub_pending.get(group)
+        if pending is not None:  # our own SUBSCRIBE first, or our members are not asked
+            subscribed: Deferred[None] = Deferred()
+            pending.append(subscribed)
+            return subscribed.addCallback(lambda _: self.group_presence(group))
         seq = next(self._seq)
         census = self._censuses[seq] = _Census(group, self.presence_timeout)
         question = msgpack.packb([_WHO, self.process_id, seq, None])
