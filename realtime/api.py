@@ -6,9 +6,10 @@ and ``POST /api/broadcast`` ``{"groups": ["a", "b"], ...}``, authenticated with
 prepared frame (``broadcast()``); ``event`` is a ``group_send`` to the members' typed
 handlers (``{"type": "chat.message", ...}``). ``POST /api/presence`` ``{"group": "lobby"}``
 answers ``{"group": ..., "count": N, "members": {channel: info}}``: the members added with
-``group_add(..., presence=info)``, in every process. Answers: 200 ``{"ok": true}``; 400 with a JSON
-``error`` for a bad body; 401 without the key; 405 for a method other than POST; 413 past
-``--api-body-limit``. Without a configured key these paths are not served (404).
+``group_add(..., presence=info)``, in every process. Answers: 200 ``{"ok": true}``; 400
+with a JSON ``error`` for a bad body; 401 without the key; 405 for a method other than
+POST; 413 past ``--api-body-limit``; 503 while the layer is unavailable. Without a
+configured key these paths are not served (404).
 """
 
 from __future__ import annotations
@@ -51,17 +52,14 @@ def parse(path: bytes, body: bytes) -> tuple[list[str], str, Any]:
         raise BadBody("the body is not JSON") from None
     if not isinstance(document, dict):
         raise BadBody("the body must be a JSON object")
-    if path == PRESENCE:
-        group = document.get("group")
-        if not isinstance(group, str):
-            raise BadBody("'group' (a string) is required")
-        _check_groups([group])
-        return [group], "presence", None
-    if path == PUBLISH:
+    if path in (PUBLISH, PRESENCE):
         group = document.get("group")
         if not isinstance(group, str):
             raise BadBody("'group' (a string) is required")
         groups = [group]
+        if path == PRESENCE:
+            _check_groups(groups)
+            return groups, "presence", None
     else:
         groups = document.get("groups")  # type: ignore[assignment]
         if not isinstance(groups, list) or not groups or not all(

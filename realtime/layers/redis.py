@@ -1382,8 +1382,8 @@ builtins_bytes = bytes
 
 
 class _Census:
-    """One ``group_presence`` question: the answers of the processes the PUBLISH reached
-    (they may come before the PUBLISH's own reply says how many), merged."""
+    """One ``group_presence`` question: the answers of the topic's subscribers when it was
+    asked (they may come before the script's reply says how many), merged."""
 
     def __init__(self, group: str, timeout: float) -> None:
         self.group = group
