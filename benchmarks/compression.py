@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import shutil
@@ -47,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from benchlib import median, ratio  # noqa: E402
 from loadclient import ProcStat, raise_nofile  # noqa: E402
 from run import free_port, pinned, wait_listening  # noqa: E402
 
@@ -196,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def med(name: str, key: str) -> float | None:
-        values = [r[key] for r in rows if r["server"] == name and r.get(key) is not None]
-        return statistics.median(values) if values else None
+        return median(r.get(key) for r in rows if r["server"] == name)
 
     print(f"\n{a.members} members x {a.messages} messages of ~{a.size} B JSON at {a.rate:g}/s, "
           f"{a.passes} passes, medians")
@@ -215,13 +216,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for key, what in (("cpu_us", "CPU per delivery"),
                           ("rss_kb_per_member", "memory per member")):
-            ours, peer = med(mine, key), med("autobahn", key)
-            if ours and peer:
-                print(f"{mine} vs raw Autobahn, {what}: {peer / ours:.2f}x less")
+            less = ratio(med(mine, key), med("autobahn", key), "lower")
+            if less and math.isfinite(less):  # a run too short to measure: nothing
+                print(f"{mine} vs raw Autobahn, {what}: {less:.2f}x less")
     if "ours" in servers and "ours-plain" in servers:
-        ours, plain = med("ours", "wire_bytes"), med("ours-plain", "wire_bytes")
-        if ours and plain:
-            print(f"ours compressed vs plain, wire bytes: {plain / ours:.2f}x fewer")
+        fewer = ratio(med("ours", "wire_bytes"), med("ours-plain", "wire_bytes"), "lower")
+        if fewer and math.isfinite(fewer):
+            print(f"ours compressed vs plain, wire bytes: {fewer:.2f}x fewer")
     return 0
 
 

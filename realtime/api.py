@@ -117,6 +117,9 @@ def handle(site: Any, request: Any) -> None:
         request.write(body)
         request.finish()
 
+    def unavailable() -> None:
+        answer(503, {"error": "the channel layer is unavailable"}, ((b"retry-after", b"1"),))
+
     if request.method != b"POST":
         answer(405, {"error": "use POST"}, ((b"allow", b"POST"),))
         return
@@ -145,8 +148,7 @@ def handle(site: Any, request: Any) -> None:
             if failure.check(LayerUnavailable):
                 log.warn("presence of {group}: {error}", group=groups[0],
                          error=failure.getErrorMessage())
-                answer(503, {"error": "the channel layer is unavailable"},
-                       ((b"retry-after", b"1"),))
+                unavailable()
                 return
             log.failure("presence of {group} failed", failure, group=groups[0])
             answer(500, {"error": "presence failed"})
@@ -160,6 +162,6 @@ def handle(site: Any, request: Any) -> None:
 
     def failed(failure: Any) -> None:
         log.failure("publishing to {groups} failed", failure, groups=groups)
-        answer(503, {"error": "the channel layer is unavailable"}, ((b"retry-after", b"1"),))
+        unavailable()
 
     d.addCallbacks(done, failed)

@@ -191,8 +191,10 @@ class Deflater:
         """A socket's own send: the compressed frame, or None (send it uncompressed)."""
         frame = self._compress(opcode, payload, bits)
         if frame is not None:
+            size = len(payload)
+            header = 2 if size < 126 else 4 if size < 65536 else 10  # frame_header's sizes
             self.messages += 1
-            self.saved += len(payload) + len(self._header(opcode, len(payload))) - len(frame)
+            self.saved += size + header - len(frame)
         return frame
 
     def frame(self, data: bytes, bits: int) -> bytes:

@@ -80,13 +80,15 @@ def _broadcast_delay(value: str) -> float:
     return number
 
 
-def _count(name: str, value: str, minimum: int = 0) -> int:
+def _count(name: str, value: str, minimum: int = 0, maximum: int | None = None) -> int:
     try:
         number = int(value)
     except ValueError:
         raise StartupError(f"--{name}: expected a whole number, got {value!r}") from None
     if number < minimum:
         raise StartupError(f"--{name}: must be at least {minimum}, got {value!r}")
+    if maximum is not None and number > maximum:
+        raise StartupError(f"--{name}: must be between {minimum} and {maximum}, got {value!r}")
     return number
 
 
@@ -451,7 +453,7 @@ class Options(usage.Options):
             max_send_buffer=_size("max-send-buffer", self["max-send-buffer"]),
             slow_consumer=self._choice("slow-consumer", ("close", "drop")),
             compression=bool(self["compression"]),
-            compression_level=self._level(),
+            compression_level=_count("compression-level", self["compression-level"], 1, 9),
             compression_min_size=_count(
                 "compression-min-size", self["compression-min-size"], 0
             ),
@@ -471,14 +473,6 @@ class Options(usage.Options):
             health_path=self["health-path"],
             ready_path=self["ready-path"],
         )
-
-    def _level(self) -> int:
-        level = _count("compression-level", self["compression-level"], 1)
-        if level > 9:
-            raise StartupError(
-                f"--compression-level: must be between 1 and 9, got {self['compression-level']!r}"
-            )
-        return level
 
     def _api_keys(self) -> tuple[str, ...]:
         keys = [self["api-key"]] if self["api-key"] else []

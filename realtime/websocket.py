@@ -173,15 +173,17 @@ class _DeflatingSend:
     which writes the uncompressed frames to Twisted's buffer (valid: RSV1 clear), where
     Twisted meets the error and closes."""
 
-    __slots__ = ("conn", "sock")
+    __slots__ = ("bits", "conn", "deflater", "sock")
 
-    def __init__(self, conn: WebSocketConnection) -> None:
+    def __init__(self, conn: WebSocketConnection, deflater: Deflater) -> None:
         self.conn = conn
         self.sock = conn.transport.socket  # type: ignore[union-attr]
+        self.deflater = deflater
+        self.bits = conn._deflate_bits
 
     def send(self, data: bytes) -> int:
         conn = self.conn
-        out = conn._deflater.frame(data, conn._deflate_bits)  # type: ignore[union-attr]
+        out = self.deflater.frame(data, self.bits)
         try:
             sent = self.sock.send(out)
         except BlockingIOError:
@@ -916,7 +918,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         if not self._write_paused and not self._outq and self._cork is None \
                 and self._nothing_buffered(transport) \
                 and not transport.disconnecting and transport.connected:
-            self._sock = transport.socket if self._deflater is None else _DeflatingSend(self)
+            deflater = self._deflater
+            self._sock = transport.socket if deflater is None else _DeflatingSend(self, deflater)
             self._clean = True
             return True
         return False
