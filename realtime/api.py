@@ -6,7 +6,10 @@ and ``POST /api/broadcast`` ``{"groups": ["a", "b"], ...}``, authenticated with
 prepared frame (``broadcast()``); ``event`` is a ``group_send`` to the members' typed
 handlers (``{"type": "chat.message", ...}``). ``POST /api/presence`` ``{"group": "lobby"}``
 answers ``{"group": ..., "count": N, "members": {channel: info}}``: the members added with
-``group_add(..., presence=info)``, in every process. Answers: 200 ``{"ok": true}``; 400
+``group_add(..., presence=info)``, in every process. ``POST /api/history`` ``{"group":
+"room.a", "since": {"epoch", "offset"}, "limit": N}`` (both optional) answers a history
+group's ``group_history`` (404 for a group no ``--history`` rule matches); an ``event``
+published to such a group answers its ``positions`` too. Answers: 200 ``{"ok": true}``; 400
 with a JSON ``error`` for a bad body; 401 without the key; 405 for a method other than
 POST; 413 past ``--api-body-limit``; 503 while the layer is unavailable. Without a
 configured key these paths are not served (404).
@@ -26,7 +29,8 @@ log = Logger()
 PUBLISH = b"/api/publish"
 BROADCAST = b"/api/broadcast"
 PRESENCE = b"/api/presence"
-PATHS = (PUBLISH, BROADCAST, PRESENCE)
+HISTORY = b"/api/history"
+PATHS = (PUBLISH, BROADCAST, PRESENCE, HISTORY)
 
 
 class BadBody(ValueError):
@@ -52,7 +56,7 @@ def parse(path: bytes, body: bytes) -> tuple[list[str], str, Any]:
         raise BadBody("the body is not JSON") from None
     if not isinstance(document, dict):
         raise BadBody("the body must be a JSON object")
-    if path in (PUBLISH, PRESENCE):
+    if path in (PUBLISH, PRESENCE, HISTORY):
         group = document.get("group")
         if not isinstance(group, str):
             raise BadBody("'group' (a string) is required")
@@ -60,6 +64,9 @@ def parse(path: bytes, body: bytes) -> tuple[list[str], str, Any]:
         if path == PRESENCE:
             _check_groups(groups)
             return groups, "presence", None
+        if path == HISTORY:
+            _check_groups(groups)
+            return groups, "history", _history_query(document)
     else:
         groups = document.get("groups")  # type: ignore[assignment]
         if not isinstance(groups, list) or not groups or not all(
@@ -77,6 +84,18 @@ def parse(path: bytes, body: bytes) -> tuple[list[str], str, Any]:
         raise BadBody("'event' must be an object with a 'type' string")
     _check_groups(groups)
     return groups, kind, payload
+
+
+def _history_query(document: dict[str, Any]) -> tuple[Any, Any]:
+    from realtime.layers.history import check_limit, check_since
+
+    since, limit = document.get("since"), document.get("limit")
+    try:
+        check_since(since)
+        check_limit(limit)
+    except TypeError as exc:
+        raise BadBody(str(exc)) from None
+    return since, limit
 
 
 def _check_groups(groups: list[str]) -> None:
@@ -136,6 +155,29 @@ def handle(site: Any, request: Any) -> None:
     except BadBody as exc:
         answer(400, {"error": str(exc)})
         return
+    if kind == "history":
+        since, limit = payload
+        history = site.layer.group_history(groups[0], since=since, limit=limit)
+
+        def kept(result: dict[str, Any]) -> None:
+            try:
+                answer(200, {"group": groups[0], **result})
+            except (TypeError, ValueError):  # bytes in a message: JSON cannot carry it
+                answer(500, {"error": "a kept message is not JSON (bytes?)"})
+
+        def failed_history(failure: Any) -> None:
+            from realtime.layers.base import LayerUnavailable
+
+            if failure.check(LayerUnavailable):
+                unavailable()
+            elif failure.check(ValueError):
+                answer(404, {"error": failure.getErrorMessage()})
+            else:
+                log.failure("history of {group} failed", failure, group=groups[0])
+                answer(500, {"error": "history failed"})
+
+        history.addCallback(kept).addErrback(failed_history)
+        return
     if kind == "presence":
         d = site.layer.group_presence(groups[0])
 
@@ -157,8 +199,12 @@ def handle(site: Any, request: Any) -> None:
         return
     d = publish(site.layer, groups, kind, payload)
 
-    def done(_: Any) -> None:
-        answer(200, {"ok": True, "groups": len(groups)})
+    def done(results: list[Any]) -> None:
+        document: dict[str, Any] = {"ok": True, "groups": len(groups)}
+        positions = {g: p for g, p in zip(groups, results, strict=True) if p is not None}
+        if positions:  # events to history groups
+            document["positions"] = positions
+        answer(200, document)
 
     def failed(failure: Any) -> None:
         log.failure("publishing to {groups} failed", failure, groups=groups)

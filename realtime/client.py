@@ -7,6 +7,7 @@ a Celery task, a cron script): no asyncio, no Twisted.
     publish(url, key, "lobby", event={"type": "chat.message", "message": "hi"})
     broadcast(url, key, ["a", "b"], text="to two rooms")
     presence(url, key, "lobby")  # {"group": "lobby", "count": 2, "members": {...}}
+    history(url, key, "room.a", limit=50)  # a --history group's last messages
 """
 
 from __future__ import annotations
@@ -76,3 +77,16 @@ def presence(url: str, key: str, group: str, *, timeout: float = 10.0) -> Any:
     """POST /api/presence: who is in ``group`` (members added with ``presence=``), in every
     process: ``{"group", "count", "members": {channel: info}}``."""
     return _post(url, key, "/api/presence", {"group": group}, timeout)
+
+
+def history(url: str, key: str, group: str, *, since: dict[str, Any] | None = None,
+            limit: int | None = None, timeout: float = 10.0) -> Any:
+    """POST /api/history: what a ``--history`` group keeps, ``{"group", "epoch", "offset",
+    "recovered", "messages"}``: the newest ``limit`` (or all), or with ``since`` (a
+    position) every message after it (``recovered`` True) or none (False: too old)."""
+    document: dict[str, Any] = {"group": group}
+    if since is not None:
+        document["since"] = since
+    if limit is not None:
+        document["limit"] = limit
+    return _post(url, key, "/api/history", document, timeout)

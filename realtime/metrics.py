@@ -72,7 +72,7 @@ def snapshot(sites: Iterable[Any], layer: Any) -> dict[str, Any]:
         snap["latency_sum"] += stats.latency_sum
     layer_stats = getattr(layer, "stats", None)
     for name in ("delivered", "dropped", "published", "broadcast_frames", "broadcast_writes",
-                 "gaps", "unavailable"):
+                 "gaps", "unavailable", "history_recovered", "history_unrecovered"):
         snap["layer_" + name] = getattr(layer_stats, name, 0)
     # broadcast() frames are counted by the layer (once per broadcast, off the hot loop).
     snap["messages_out"] += snap["layer_broadcast_frames"]
@@ -191,6 +191,10 @@ class Collector:
             ("layer_reconnects", "Channel-layer reconnects"),
             ("layer_gaps", "Groups told they may have missed messages (layer.gap)"),
             ("layer_unavailable", "Layer calls refused while its backend was unreachable"),
+            ("layer_history_recovered", "Messages replayed from group history (--history) to "
+             "members that missed them (a join with since=, a Redis reconnect)"),
+            ("layer_history_unrecovered", "Recoveries history no longer covered (the app "
+             "was told: recovered False, or layer.gap)"),
         ):
             yield CounterMetricFamily(f"realtime_{name}", help_text, value=t.get(name, 0))
         closes = CounterMetricFamily("realtime_close_codes", "WebSocket closes by code",

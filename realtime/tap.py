@@ -281,12 +281,13 @@ class Options(usage.Options):
          "Use X-Forwarded-For/-Proto/-Port from --trusted-proxies, walked from the right."],
     ]
 
-    _repeatable = ("port", "fd")
+    _repeatable = ("port", "fd", "history")
 
     def __init__(self) -> None:
         super().__init__()
         self["port"] = []
         self["fd"] = []
+        self["history"] = []
 
     def opt_port(self, value: str) -> None:
         """A port number or a Twisted endpoint description (tcp:, ssl:, unix:, systemd:);
@@ -304,6 +305,12 @@ class Options(usage.Options):
     def opt_fd(self, value: str) -> None:
         """Adopt an inherited listening socket on this file descriptor; repeatable."""
         self["fd"].append(value)
+
+    def opt_history(self, value: str) -> None:
+        """PATTERN=SIZE:TTL: groups matching the glob keep their last SIZE group_send
+        messages for TTL seconds after the last, and clients can recover what they missed
+        (group_add(..., since=position)); repeatable, the first match wins."""
+        self["history"].append(value)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         #: The subcommand's own arguments, which ``--workers`` children are started with.
@@ -533,11 +540,17 @@ class Options(usage.Options):
     def _build_layer(self) -> Any:
         """The layer, built (not connected) now so a bad URL stops start-up."""
         from realtime.layers import layer_from_url
+        from realtime.layers.history import apply_rules
 
         try:
-            return layer_from_url(self["layer"])
+            layer = layer_from_url(self["layer"])
         except ValueError as exc:
             raise StartupError(f"--layer: {exc}") from None
+        try:
+            apply_rules(layer, self["history"])
+        except ValueError as exc:
+            raise StartupError(f"--history: {exc}") from None
+        return layer
 
     def _build_listeners(self) -> list[tuple[str, Any]]:
         """(description, how to build the endpoint) pairs, each checked now."""

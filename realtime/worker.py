@@ -60,6 +60,12 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self.channels: list[str] = []
+        self["history"] = []
+
+    def opt_history(self, value: str) -> None:
+        """PATTERN=SIZE:TTL, as the server's --history (a worker's group_send to such a
+        group is kept too: give workers the servers' rules); repeatable."""
+        self["history"].append(value)
 
     def parseArgs(self, *channels: str) -> None:
         self.channels = list(channels)
@@ -69,6 +75,7 @@ class Options(usage.Options):
             value = os.environ.get("REALTIME_" + name.upper().replace("-", "_"))
             if value is not None:
                 self[name] = value
+        self._env_history = os.environ.get("REALTIME_HISTORY", "").split()
         try:
             super().parseOptions(options)
         except usage.UsageError as exc:
@@ -98,6 +105,12 @@ class Options(usage.Options):
             self.layer = layer_from_url(self["layer"])
         except ValueError as exc:
             raise StartupError(f"--layer: {exc}") from None
+        from realtime.layers.history import apply_rules
+
+        try:
+            apply_rules(self.layer, self["history"] or self._env_history)
+        except ValueError as exc:
+            raise StartupError(f"--history: {exc}") from None
         if not hasattr(self.layer, "receive_any"):
             raise StartupError(f"--layer {self['layer']!r}: this layer cannot feed workers")
         self.shutdown_timeout = _seconds("shutdown-timeout", self["shutdown-timeout"])

@@ -49,3 +49,34 @@ async def test_bad_name_is_refused_and_page_is_served():
     assert response["status"] == 200
     assert b"new WebSocket(" in response["body"]
     assert (b"content-type", b"text/html; charset=utf-8") in response["headers"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_newcomer_sees_the_last_messages_of_a_history_room():
+    from realtime.examples import chat as demo
+
+    layer = InMemoryChannelLayer(history={"chat.*": (50, 3600)})
+    ada = chat("ada", layer=layer)
+    await ada.connect()
+    assert await ada.receive_json_from() == {"type": "join", "name": "ada"}
+    for n in range(demo.EARLIER + 2):
+        await ada.send_json_to({"message": f"m{n}"})
+        assert (await ada.receive_json_from())["message"] == f"m{n}"
+    bob = chat("bob", layer=layer)
+    await bob.connect()
+    seen = [await bob.receive_json_from() for _ in range(2 + demo.EARLIER)]
+    earlier = [m for m in seen if m.get("earlier")]
+    assert [m["message"] for m in earlier] == [f"m{n}" for n in range(2, demo.EARLIER + 2)]
+    assert {"type": "here", "name": "ada"} in seen
+    await ada.send_json_to({"message": "after"})
+    assert await bob.receive_json_from() == {"type": "message", "name": "ada",
+                                             "message": "after"}
+    assert await bob.receive_nothing()
+    # Without history the newcomer sees nothing earlier (as before).
+    plain = InMemoryChannelLayer()
+    cy = chat("cy", layer=plain)
+    await cy.connect()
+    assert await cy.receive_json_from() == {"type": "join", "name": "cy"}
+    assert await cy.receive_nothing()
+    for comm in (ada, bob, cy):
+        await comm.disconnect()

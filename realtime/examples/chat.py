@@ -7,6 +7,9 @@ with ``--layer redis://...``. Who is in the room is the layer's presence: a newc
 the room's group with ``presence={"name": ...}``, which tells every member
 (``presence.join``), and asks ``group_presence`` who else is there; a page that goes away
 leaves the group when its socket closes, which tells the others (``presence.leave``).
+With ``--history 'chat.*=50:3600'`` a room keeps its last 50 messages for an hour and a
+newcomer is shown the last ``EARLIER`` of them (those before its join: the rest reach it
+live).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from twisted.web.resource import Resource
 from realtime import AsyncJsonWebsocketConsumer, ProtocolTypeRouter, URLRouter, path
 
 NAME = re.compile(r"^[\w .-]{1,32}$")
+#: How many of a history room's last messages a newcomer is shown.
+EARLIER = 20
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -39,8 +44,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.group = f"chat.{self.room}"
         await self.accept()
         # Every member (this one too) hears the join; then the others are listed to it.
-        await self.channel_layer.group_add(self.group, self.channel_name,
-                                           presence={"name": name})
+        joined = await self.channel_layer.group_add(self.group, self.channel_name,
+                                                    presence={"name": name})
+        if joined is not None:  # the room keeps history (--history)
+            await self._earlier(joined)
         members = await self.channel_layer.group_presence(self.group)
         for channel, info in members.items():
             if channel != self.channel_name:
@@ -54,6 +61,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_send(
             self.group, {"type": "chat.message", "name": self.name, "message": text}
         )
+
+    async def _earlier(self, joined: dict[str, Any]) -> None:
+        """The room's last messages up to the join (those after it come as events)."""
+        kept = await self.channel_layer.group_history(self.group, limit=EARLIER)
+        for message in kept["messages"]:
+            where = message["position"]
+            if where["epoch"] == joined["epoch"] and where["offset"] <= joined["offset"]:
+                await self.send_json({"type": "message", "name": message["name"],
+                                      "message": message["message"], "earlier": True})
 
     # -- events from the room ---------------------------------------------------------------
     async def presence_join(self, event: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
 
 from realtime.exceptions import ChannelFull  # noqa: F401 (re-exported: realtime.layers)
+from realtime.layers.history import META_TTL, POSITION, HistoryRules, check_rule
 
 log = Logger()
 
@@ -449,6 +450,17 @@ def prepared_frame(text: str | None, data: bytes | None) -> bytes:
     return encode_frame(0x2, bytes(data))
 
 
+def _covered(message: dict[str, Any], epoch: str, top: int) -> bool:
+    """A message that came during a recovering join and the read already had."""
+    where = message.get(POSITION)
+    return (isinstance(where, dict) and where.get("epoch") == epoch
+            and where.get("offset", top + 1) <= top)
+
+
+def no_history(group: str) -> Deferred[Any]:
+    return fail(ValueError(f"group {group!r} keeps no history (no --history rule matches it)"))
+
+
 class LayerStats:
     """Counters the operations issue exports as metrics."""
 
@@ -465,15 +477,29 @@ class LayerStats:
         self.unavailable = 0
         #: ``layer.gap`` notices sent (one per group per reconnect).
         self.gaps = 0
+        #: History: messages replayed to members (joins with ``since``, reconnects), and
+        #: recoveries history no longer covered (``recovered`` False, or a reconnect's gap).
+        self.history_recovered = 0
+        self.history_unrecovered = 0
 
 
 class BaseChannelLayer:
     """Local bookkeeping; subclasses decide what crosses processes."""
 
     extensions = ["groups", "flush"]
+    #: How long a history stream's epoch and offset outlive its last publish (seconds).
+    history_meta_ttl = META_TTL
 
-    def __init__(self, capacity: int = 100) -> None:
+    def __init__(self, capacity: int = 100,
+                 history: dict[str, tuple[int, float]] | None = None) -> None:
         self.capacity = capacity
+        #: Which groups keep their last messages (``keep_history``; ``realtime.layers.history``).
+        self.history = HistoryRules()
+        for pattern, (size, ttl) in (history or {}).items():
+            self.keep_history(pattern, size, ttl)
+        #: ``(group, channel)`` joins recovering history (Redis: the read is in flight):
+        #: the group's messages for that member wait here, to follow the missed ones.
+        self._recovering: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.process_id = secrets.token_hex(6)
         self.stats = LayerStats()
         #: Live local consumers by channel name.
@@ -492,6 +518,13 @@ class BaseChannelLayer:
         #: Queued messages for channels nobody is attached to (workers, ``receive()``).
         self._queues: dict[str, deque[dict[str, Any]]] = {}
         self._waiters: dict[str, deque[Deferred[dict[str, Any]]]] = {}
+
+    def keep_history(self, pattern: str, size: int, ttl: float) -> None:
+        """Groups matching ``pattern`` (a glob; the first rule that matches wins) keep their
+        last ``size`` ``group_send`` messages, forgotten ``ttl`` seconds after the last
+        publish; their messages carry a ``position`` (see ``realtime.layers.history``).
+        Every process publishing to such a group must have the same rules."""
+        self.history.add(check_rule(pattern, size, ttl))
 
     # -- the bridge's side ------------------------------------------------------------------
     def local_prefix(self) -> str:
@@ -609,7 +642,8 @@ class BaseChannelLayer:
             log.info("channel layer: {kind} for group {group} not sent: {error}",
                      kind=kind, group=group, error=failure.getErrorMessage())
 
-        return self.group_send(group, event).addErrback(not_sent)
+        # Not recorded in a history group: a replayed join of someone long gone is wrong.
+        return self._group_send(group, event, False).addErrback(not_sent)
 
     def local_presence(self, group: str) -> dict[str, dict[str, Any]]:
         """This process's members of ``group`` in its presence, with their info."""
@@ -639,7 +673,28 @@ class BaseChannelLayer:
         return True
 
     def _fan_out(self, group: str, message: dict[str, Any]) -> None:
+        recovering = self._recovering
         for channel in list(self._groups.get(group, ())):
+            if recovering and (waiting := recovering.get((group, channel))) is not None:
+                waiting.append(message)  # after what it missed (``_recovered``)
+                continue
+            if not self._deliver_local(channel, message):
+                log.info("group {group}: channel {channel} is over capacity; message dropped",
+                         group=group, channel=channel)
+
+    def _recovered(self, group: str, channel: str, missed: list[dict[str, Any]],
+                   result: dict[str, Any] | None) -> None:
+        """A recovering join is answered (``result``: the read's answer; None when it
+        failed): ``missed`` (the missed messages, or a ``layer.gap``), then those that
+        came meanwhile, newer than the read (all of them when it failed), to the member if
+        it is still one."""
+        waiting = self._recovering.pop((group, channel), [])
+        if channel not in self._groups.get(group, ()):
+            return  # it left (or its socket closed) meanwhile
+        if result is not None:
+            epoch, top = result["epoch"], result["offset"]
+            waiting = [m for m in waiting if not _covered(m, epoch, top)]
+        for message in missed + waiting:
             if not self._deliver_local(channel, message):
                 log.info("group {group}: channel {channel} is over capacity; message dropped",
                          group=group, channel=channel)
@@ -776,7 +831,15 @@ class BaseChannelLayer:
         raise NotImplementedError
 
     def group_add(self, group: str, channel: str, presence: dict[str, Any] | None = None,
-                  announce: bool = True) -> Deferred[None]:
+                  announce: bool = True,
+                  since: dict[str, Any] | None = None) -> Deferred[Any]:
+        """Channels' ``group_add``. ``presence=``: see ``group_presence``. In a history
+        group it fires with ``{"epoch", "offset", "recovered", "missed"}``: the stream's
+        position at the join (the channel gets every message after it). With ``since``
+        (a position the client had) the ``missed`` messages after it reach the channel
+        first, ``recovered`` True; when history no longer covers them none do and
+        ``recovered`` is False (reload). Outside history groups: None (``since`` is a
+        ``ValueError``)."""
         raise NotImplementedError
 
     def group_presence(self, group: str) -> Deferred[dict[str, dict[str, Any]]]:
@@ -787,7 +850,23 @@ class BaseChannelLayer:
     def group_discard(self, group: str, channel: str) -> Deferred[None]:
         raise NotImplementedError
 
-    def group_send(self, group: str, message: dict[str, Any]) -> Deferred[None]:
+    def group_send(self, group: str, message: dict[str, Any]) -> Deferred[Any]:
+        """To every member of ``group``; fires with the message's position in a history
+        group (``{"epoch", "offset"}``), else None."""
+        return self._group_send(group, message, True)
+
+    def _group_send(self, group: str, message: dict[str, Any],
+                    record: bool) -> Deferred[Any]:
+        """``group_send``; ``record`` False keeps it out of the group's history."""
+        raise NotImplementedError
+
+    def group_history(self, group: str, since: dict[str, Any] | None = None,
+                      limit: int | None = None) -> Deferred[dict[str, Any]]:
+        """What a history group keeps: ``{"epoch", "offset", "recovered", "messages"}``
+        (``offset``: the newest's). Without ``since``, the newest ``limit`` (or all) and
+        ``recovered`` None; with it, every message after it and ``recovered`` True, or
+        none and False when they are not all kept (or more than ``limit``).
+        ``ValueError`` for a group no rule matches."""
         raise NotImplementedError
 
     def broadcast(

@@ -8,6 +8,7 @@ removed from its groups when its consumer ends.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -19,12 +20,38 @@ from realtime.layers.base import (
     check_presence,
     flush_held,
     invalid,
+    no_history,
     prepared_frame,
 )
+from realtime.layers.history import Stream, answer, check_limit, check_since
+
+#: Streams whose epoch outlived ``history_meta_ttl`` are swept every this many publishes.
+SWEEP_EVERY = 1024
 
 
 class InMemoryChannelLayer(BaseChannelLayer):
     """Groups and channels within one process."""
+
+    def __init__(self, capacity: int = 100,
+                 history: dict[str, tuple[int, float]] | None = None,
+                 reactor: Any = None) -> None:
+        super().__init__(capacity=capacity, history=history)
+        #: History clock: ``reactor.seconds()`` (a test's ``Clock``), else the monotonic one.
+        self._now = reactor.seconds if reactor is not None else time.monotonic
+        self._streams: dict[str, Stream] = {}
+        self._appends = 0
+
+    def _stream(self, group: str, now: float) -> Stream:
+        """``group``'s stream; a new epoch when its old one outlived the meta ttl."""
+        stream = self._streams.get(group)
+        if stream is None or now - stream.last >= self.history_meta_ttl:
+            stream = self._streams[group] = Stream(now)
+        return stream
+
+    def _sweep(self, now: float) -> None:
+        ttl = self.history_meta_ttl
+        for group in [g for g, s in self._streams.items() if now - s.last >= ttl]:
+            del self._streams[group]
 
     def send(self, channel: str, message: dict[str, Any]) -> Deferred[None]:
         if (bad := invalid(channel=channel, message=message)) is not None:
@@ -39,17 +66,57 @@ class InMemoryChannelLayer(BaseChannelLayer):
         return self._receive_local(channel)
 
     def group_add(self, group: str, channel: str, presence: dict[str, Any] | None = None,
-                  announce: bool = True) -> Deferred[None]:
+                  announce: bool = True,
+                  since: dict[str, Any] | None = None) -> Deferred[Any]:
         if (bad := invalid(group=group, channel=channel)) is not None:
             return bad
         try:
             presence = check_presence(presence)
+            position = check_since(since)
         except TypeError as exc:
             return fail(exc)
+        rule = self.history.match(group) if self.history else None
+        if rule is None and position is not None:
+            return no_history(group)
         self._add_local(group, channel)
+        result = None
+        if rule is not None:
+            # Synchronous: nothing can be published between the join and the read.
+            now = self._now()
+            stream = self._stream(group, now)
+            recovered: bool | None = None
+            missed: list[dict[str, Any]] = []
+            if position is not None:
+                recovered, missed = stream.read(position, None, rule, now)
+            result = {"epoch": stream.epoch, "offset": stream.top, "recovered": recovered,
+                      "missed": len(missed)}
+            if missed:
+                self._recovered(group, channel, missed, None)
+                self.stats.history_recovered += len(missed)
+            elif recovered is False:
+                self.stats.history_unrecovered += 1
         if presence is not None:
-            return self._track(group, channel, presence, announce)
-        return succeed(None)
+            return self._track(group, channel, presence, announce).addCallback(
+                lambda _: result)
+        return succeed(result)
+
+    def group_history(self, group: str, since: dict[str, Any] | None = None,
+                      limit: int | None = None) -> Deferred[dict[str, Any]]:
+        if (bad := invalid(group=group)) is not None:
+            return bad
+        try:
+            position = check_since(since)
+            most = check_limit(limit)
+        except TypeError as exc:
+            return fail(exc)
+        rule = self.history.match(group) if self.history else None
+        if rule is None:
+            return no_history(group)
+        now = self._now()
+        stream = self._stream(group, now)
+        recovered, messages = stream.read(position, most, rule, now)
+        return succeed(answer(stream.epoch, stream.top, recovered,
+                              [dict(m) for m in messages]))
 
     def group_presence(self, group: str) -> Deferred[dict[str, dict[str, Any]]]:
         if (bad := invalid(group=group)) is not None:
@@ -62,11 +129,21 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._discard_local(group, channel)
         return succeed(None)
 
-    def group_send(self, group: str, message: dict[str, Any]) -> Deferred[None]:
+    def _group_send(self, group: str, message: dict[str, Any],
+                    record: bool) -> Deferred[Any]:
         if (bad := invalid(group=group, message=message)) is not None:
             return bad
-        self._fan_out(group, message)
-        return succeed(None)
+        rule = self.history.match(group) if record and self.history else None
+        if rule is None:
+            self._fan_out(group, message)
+            return succeed(None)
+        now = self._now()
+        stored = self._stream(group, now).append(message, rule, now)
+        self._appends += 1
+        if self._appends % SWEEP_EVERY == 0:
+            self._sweep(now)
+        self._fan_out(group, stored)
+        return succeed(dict(stored["position"]))
 
     def broadcast(
         self, group: str, text: str | None = None, bytes: bytes | None = None
@@ -84,6 +161,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._groups.clear()
         self._memberships.clear()
         self._presence.clear()
+        self._streams.clear()
+        self._recovering.clear()
         self._in_several = 0
         self._queues.clear()
         for waiters in self._waiters.values():

@@ -62,8 +62,17 @@ from realtime.layers.base import (
     flush_held,
     hold,
     invalid,
+    no_history,
     prepared_frame,
     release,
+)
+from realtime.layers.history import (
+    HistoryRule,
+    answer,
+    check_limit,
+    check_since,
+    new_epoch,
+    positioned,
 )
 
 log = Logger(namespace="realtime.layers.redis")
@@ -87,6 +96,62 @@ _DIRECT, _ADD, _DISCARD, _ACK = 3, 4, 5, 6  # on a process topic
 # process with members there hears it), each one's answer on the asker's process topic
 # ([_MEMBERS, seq, [[channel, info], ...]]).
 _WHO, _MEMBERS = 7, 8
+# A group_send to a history group: [_HGROUP, origin, seq, body, offset, epoch], built by
+# _PUBLISH_SCRIPT (which adds the last two) and kept in the group's history list as is.
+# (A process older than history cannot read it: upgrade every process before --history.)
+_HGROUP = 9
+
+# A history group's publish: the next offset (a new epoch, and an empty list, when the
+# stream's meta hash is gone), the message kept in the list (trimmed to its size; the whole
+# list expires ttl after the last publish) and published, atomically, so subscribers see
+# offsets in order. KEYS: topic, list, meta. ARGV: the payload's first four fields (a
+# six-element msgpack array's head), a new epoch, size, ttl ms, meta ttl ms.
+_PUBLISH_SCRIPT = """
+if redis.call('HSETNX', KEYS[3], 'e', ARGV[2]) == 1 then redis.call('DEL', KEYS[2]) end
+local epoch = redis.call('HGET', KEYS[3], 'e')
+local offset = redis.call('HINCRBY', KEYS[3], 'o', 1)
+local payload = ARGV[1] .. cmsgpack.pack(offset) .. cmsgpack.pack(epoch)
+redis.call('RPUSH', KEYS[2], payload)
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[3], ARGV[5])
+redis.call('PUBLISH', KEYS[1], payload)
+return {offset, epoch}
+"""
+# A history read: {epoch, offset, recovered (-1 not asked, 0, 1), entries}, deciding as
+# realtime.layers.history.decide does. KEYS: meta, list. ARGV: a new epoch (used if the
+# stream has none), meta ttl ms, since's epoch ('' for none), since's offset, limit (0:
+# none, -1: the position only).
+_READ_SCRIPT = """
+if redis.call('HSETNX', KEYS[1], 'e', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'o', 0)
+  redis.call('DEL', KEYS[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+local epoch = redis.call('HGET', KEYS[1], 'e')
+local top = tonumber(redis.call('HGET', KEYS[1], 'o'))
+local kept = redis.call('LLEN', KEYS[2])
+local limit = tonumber(ARGV[5])
+local recovered = -1
+local count = 0
+if limit < 0 then
+  count = 0
+elseif ARGV[3] == '' then
+  count = kept
+  if limit > 0 and count > limit then count = limit end
+else
+  local missed = top - tonumber(ARGV[4])
+  if ARGV[3] ~= epoch or missed < 0 or missed > kept or (limit > 0 and missed > limit) then
+    recovered = 0
+  else
+    recovered = 1
+    count = missed
+  end
+end
+local entries = {}
+if count > 0 then entries = redis.call('LRANGE', KEYS[2], -count, -1) end
+return {epoch, top, recovered, entries}
+"""
 
 # The presence question, and how many processes hear it: the topic's own subscribers at the
 # moment of the PUBLISH (PUBLISH's reply would count pattern subscribers too, a monitoring
@@ -544,8 +609,9 @@ class RedisChannelLayer(BaseChannelLayer):
     presence_timeout = PRESENCE_TIMEOUT
 
     def __init__(self, address: RedisAddress, capacity: int = 100, prefix: str = "realtime",
-                 reactor: Any = None, ca_certs: list[Any] | None = None) -> None:
-        super().__init__(capacity=capacity)
+                 reactor: Any = None, ca_certs: list[Any] | None = None,
+                 history: dict[str, tuple[int, float]] | None = None) -> None:
+        super().__init__(capacity=capacity, history=history)
         self.address = address
         self.prefix = prefix
         self.reactor = reactor
@@ -554,6 +620,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self._group_topic = base + "g:"
         self._process_topic = base + "p:"
         self._list_key = base + "c:"
+        self._history_key = base + "h:"  # a history group's messages (a list)
+        self._meta_key = base + "m:"  # its epoch and offset (a hash)
         self._own_topic = (self._process_topic + self.process_id).encode()
         self._group_prefix = self._group_topic.encode()
         self._seq = itertools.count(1)
@@ -579,6 +647,9 @@ class RedisChannelLayer(BaseChannelLayer):
         self._acks: dict[int, tuple[Deferred[None], Any]] = {}
         #: group_presence questions in flight: seq -> _Census.
         self._censuses: dict[int, _Census] = {}
+        #: History groups: the last position fanned out here (where a reconnect recovers
+        #: from), group -> (epoch, offset).
+        self._seen: dict[str, tuple[str, int]] = {}
         #: Since when the subscriber has been down (wall clock), None while up.
         self._down_since: float | None = None
         self._ready_waiters: list[Deferred[None]] = []
@@ -890,14 +961,80 @@ class RedisChannelLayer(BaseChannelLayer):
                 members = self.local_members(group)
                 if not members:
                     continue
-                self.stats.gaps += 1
-                log.warn("channel layer: group {group}: messages published between {since} and "
-                         "{until} may be lost (Redis connection lost); layer.gap sent to "
-                         "{count} member(s)", group=group, since=_iso(since), until=_iso(until),
-                         count=len(members))
-                self._fan_out(group, {"type": "layer.gap", "group": group, "since": since,
-                                      "until": until})
+                seen = self._seen.get(group)
+                if seen is not None and self.history.match(group) is not None:
+                    self._recover_group(group, members, seen, since, until)
+                else:
+                    self._gap(group, members, since, until)
         self._check_ready()
+
+    def _gap(self, group: str, members: list[str], since: float, until: float) -> None:
+        self.stats.gaps += 1
+        log.warn("channel layer: group {group}: messages published between {since} and "
+                 "{until} may be lost (Redis connection lost); layer.gap sent to {count} "
+                 "member(s)", group=group, since=_iso(since), until=_iso(until),
+                 count=len(members))
+        self._fan_out(group, self._gap_event(group, since, until))
+
+    @staticmethod
+    def _gap_event(group: str, since: float, until: float) -> dict[str, Any]:
+        return {"type": "layer.gap", "group": group, "since": since, "until": until}
+
+    def _recover_group(self, group: str, members: list[str], seen: tuple[str, int],
+                       since: float, until: float) -> None:
+        """After a reconnect, a history group's members get what was published while the
+        subscriber was away, from history (after the last position this process had, so
+        none twice), and no ``layer.gap``; when history does not cover it (or cannot be
+        read) they get the gap as before."""
+        members = [m for m in members if (group, m) not in self._recovering]
+        for member in members:
+            self._recovering[(group, member)] = []
+        d = self.when_ready(CONTROL_TIMEOUT)
+        pending = self._sub_pending.get(group)
+        if pending is not None:  # a SUBSCRIBE sent after the reconnect's: wait for it too
+            subscribed: Deferred[None] = Deferred()
+            pending.append(subscribed)
+            d.addCallback(lambda _: subscribed)
+        d.addCallback(lambda _: self._read_history(group, seen, 0))
+
+        def read(result: dict[str, Any]) -> None:
+            if not result["recovered"]:
+                gap(result)
+                return
+            missed = result.pop("messages")
+            self._saw(group, seen, result["epoch"], result["offset"])
+            for member in members:
+                self._recovered(group, member, missed, result)
+            self.stats.history_recovered += len(missed) * len(members)
+            log.info("channel layer: group {group}: {count} message(s) published while Redis "
+                     "was unreachable recovered from history for {members} member(s)",
+                     group=group, count=len(missed), members=len(members))
+
+        def gap(result: dict[str, Any] | None) -> None:
+            self.stats.gaps += 1
+            self.stats.history_unrecovered += 1
+            log.warn("channel layer: group {group}: messages published between {since} and "
+                     "{until} may be lost (history does not cover them); layer.gap sent",
+                     group=group, since=_iso(since), until=_iso(until))
+            event = [self._gap_event(group, since, until)]
+            if result is not None:
+                result.pop("messages", None)
+                self._saw(group, seen, result["epoch"], result["offset"])
+            for member in members:  # every live message after the gap: none dropped
+                self._recovered(group, member, event, None)
+
+        def failed(failure: Failure) -> None:
+            log.info("channel layer: group {group}: history not read after the reconnect: "
+                     "{error}", group=group, error=failure.getErrorMessage())
+            gap(None)
+
+        d.addCallbacks(read, failed)
+
+    def _saw(self, group: str, before: tuple[str, int], epoch: str, offset: int) -> None:
+        """A read says the stream was at ``epoch``/``offset``: where this process now is,
+        unless a live message moved it on already (or the group is gone)."""
+        if group in self._groups and self._seen.get(group) in (before, None):
+            self._seen[group] = (epoch, offset)
 
     def _sub_down(self) -> None:
         self._sub_ready = False
@@ -946,6 +1083,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 waiter.callback(None)
 
     def _group_emptied(self, group: str) -> None:
+        self._seen.pop(group, None)
         # A SUBSCRIBE still in flight is answered before this UNSUBSCRIBE: it no longer
         # counts (the epoch), and a new first member sends a new SUBSCRIBE.
         if self._inflight:
@@ -977,7 +1115,7 @@ class RedisChannelLayer(BaseChannelLayer):
             log.failure("channel layer: cannot handle a message on {topic!r}", topic=topic)
 
     def _on_group(self, group: str, body: list[Any]) -> None:
-        kind, origin, seq, data = body
+        kind, origin, seq, data = body[:4]
         if kind == _WHO:
             members = [[channel, info] for channel, info in self.local_presence(group).items()]
             self._publish(self._process_topic + origin,
@@ -985,6 +1123,9 @@ class RedisChannelLayer(BaseChannelLayer):
             return
         if kind == _GROUP:
             self._fan_out(group, data)
+        elif kind == _HGROUP:
+            self._seen[group] = (body[5], body[4])
+            self._fan_out(group, positioned(data, body[5], body[4]))
         elif kind == _TEXT:
             self._broadcast_local(group, prepared_frame(data, None))
         elif kind == _BYTES:
@@ -1060,8 +1201,11 @@ class RedisChannelLayer(BaseChannelLayer):
                                             f"{failure.value}"))
         return failure
 
-    def _publish_group(self, group: str, kind: int, data: Any) -> Deferred[None]:
-        """One PUBLISH; when this process has members, fire once they have it too."""
+    def _publish_group(self, group: str, kind: int, data: Any,
+                       rule: HistoryRule | None = None) -> Deferred[Any]:
+        """One PUBLISH (with ``rule``: kept in the group's history too, and the Deferred
+        fires with its position); when this process has members, fire once they have it
+        too."""
         if self._pub is None or self._pub.proto is None:
             self.stats.unavailable += 1
             return fail(LayerUnavailable(
@@ -1071,16 +1215,37 @@ class RedisChannelLayer(BaseChannelLayer):
         if pending is not None:  # our own SUBSCRIBE first, so our members get it too
             d: Deferred[None] = Deferred()
             pending.append(d)
-            return d.addCallback(lambda _: self._publish_group(group, kind, data))
+            return d.addCallback(lambda _: self._publish_group(group, kind, data, rule))
         local = group in self._groups and group in self._subscribed
         seq = next(self._seq) if local else 0
         try:
-            payload = msgpack.packb([kind, self.process_id, seq, data])
+            if rule is None:
+                payload = msgpack.packb([kind, self.process_id, seq, data])
+            else:  # the script adds offset and epoch: a six-element array
+                payload = b"\x96" + b"".join(msgpack.packb(v) for v in (
+                    kind, self.process_id, seq, data))
         except (TypeError, ValueError) as exc:
             return fail(TypeError(f"a channel layer message must be msgpack-safe: {exc}"))
-        published = self._publish(self._group_topic + group, payload)
+        topic = self._group_topic + group
+        position: list[Any] = [None]
+        if rule is None:
+            published: Deferred[Any] = self._publish(topic, payload)
+        else:
+            ttl = int(rule.ttl * 1000)
+            args = [payload, new_epoch(), rule.size, ttl,
+                    max(ttl, int(self.history_meta_ttl * 1000))]
+            published = self._on_publisher(lambda proto: proto.eval(
+                _PUBLISH_SCRIPT, keys=[topic, self._history_key + group,
+                                       self._meta_key + group], args=args))
+            if not (published.called and isinstance(published.result, Failure)):
+                self.stats.published += 1
+
+            def stored(reply: list[Any]) -> None:
+                position[0] = {"epoch": _text(reply[1]), "offset": int(reply[0])}
+
+            published.addCallback(stored)
         if not local:
-            return published.addCallback(lambda _: None)
+            return published.addCallback(lambda _: position[0])
         echo: Deferred[None] = Deferred()
         self._echo[seq] = (group, echo)
 
@@ -1088,7 +1253,10 @@ class RedisChannelLayer(BaseChannelLayer):
             self._echo.pop(seq, None)
             return failure
 
-        return published.addCallbacks(lambda _: echo, failed)
+        def landed(_: Any) -> Deferred[Any]:
+            return echo.addCallback(lambda _: position[0])
+
+        return published.addCallbacks(landed, failed)
 
     # -- the public API ---------------------------------------------------------------------------
     def _owner(self, channel: str) -> str | None:
@@ -1235,22 +1403,99 @@ class RedisChannelLayer(BaseChannelLayer):
         self._queues.setdefault(channel, deque()).append(message)
 
     def group_add(self, group: str, channel: str, presence: dict[str, Any] | None = None,
-                  announce: bool = True) -> Deferred[None]:
+                  announce: bool = True,
+                  since: dict[str, Any] | None = None) -> Deferred[Any]:
         if (bad := invalid(group=group, channel=channel)) is not None:
             return bad
         try:
             presence = check_presence(presence)
+            position = check_since(since)
         except TypeError as exc:
             return fail(exc)
+        rule = self.history.match(group) if self.history else None
+        if rule is None and position is not None:
+            return no_history(group)
         owner = self._owner(channel)
         if owner is None or owner == self.process_id:
-            joined = self._join(group, channel)
+            joined: Deferred[Any]
+            if rule is not None:
+                joined = self._join_history(group, channel, position)
+            else:
+                joined = self._join(group, channel)
             if presence is not None:
                 info = presence
-                joined.addCallback(lambda _: self._track(group, channel, info, announce))
+
+                def track(result: Any) -> Any:
+                    return self._track(group, channel, info, announce).addCallback(
+                        lambda _: result)
+
+                joined.addCallback(track)
             return joined
+        if position is not None:
+            return fail(ValueError("group_add(since=...) needs a channel of this process"))
         extra = () if presence is None else (presence, announce)
         return self._control(_ADD, group, channel, owner, *extra)
+
+    def _join_history(self, group: str, channel: str,
+                      since: tuple[str, int] | None) -> Deferred[dict[str, Any]]:
+        """Join, then read the stream's position (and with ``since`` what was missed) once
+        subscribed; the group's messages that come meanwhile wait (``_recovering``) and
+        follow the missed ones, without those the read had."""
+        key = (group, channel)
+        if key in self._recovering:
+            return fail(ValueError(f"{channel} is already joining {group!r}"))
+        self._recovering[key] = []
+        d = self._join(group, channel)
+        d.addCallback(lambda _: self._read_history(group, since, -1 if since is None else 0))
+
+        def read(result: dict[str, Any]) -> dict[str, Any]:
+            missed = result.pop("messages")
+            if group not in self._seen:  # where a reconnect recovers this group from
+                self._seen[group] = (result["epoch"], result["offset"])
+            self._recovered(group, channel, missed, result)
+            self.stats.history_recovered += len(missed)
+            if result["recovered"] is False:
+                self.stats.history_unrecovered += 1
+            result["missed"] = len(missed)
+            return result
+
+        def failed(failure: Failure) -> Failure:
+            self._recovered(group, channel, [], None)
+            return failure
+
+        return d.addCallbacks(read, failed)
+
+    def _read_history(self, group: str, since: tuple[str, int] | None,
+                      limit: int) -> Deferred[dict[str, Any]]:
+        """``_READ_SCRIPT``'s answer as ``group_history`` gives it."""
+        args = [new_epoch(), max(1000, int(self.history_meta_ttl * 1000)),
+                "" if since is None else since[0], 0 if since is None else since[1], limit]
+        d = self._on_publisher(lambda proto: proto.eval(
+            _READ_SCRIPT, keys=[self._meta_key + group, self._history_key + group],
+            args=args))
+
+        def parsed(reply: list[Any]) -> dict[str, Any]:
+            messages = []
+            for entry in reply[3] or ():
+                body = msgpack.unpackb(entry, raw=False, strict_map_key=False)
+                messages.append(positioned(body[3], body[5], body[4]))
+            recovered = None if int(reply[2]) < 0 else bool(int(reply[2]))
+            return answer(_text(reply[0]), int(reply[1]), recovered, messages)
+
+        return d.addCallback(parsed)
+
+    def group_history(self, group: str, since: dict[str, Any] | None = None,
+                      limit: int | None = None) -> Deferred[dict[str, Any]]:
+        if (bad := invalid(group=group)) is not None:
+            return bad
+        try:
+            position = check_since(since)
+            most = check_limit(limit)
+        except TypeError as exc:
+            return fail(exc)
+        if (self.history.match(group) if self.history else None) is None:
+            return no_history(group)
+        return self._read_history(group, position, most or 0)
 
     def group_presence(self, group: str) -> Deferred[dict[str, dict[str, Any]]]:
         """Asks on the group's topic: every process subscribed there (as many as the topic
@@ -1328,10 +1573,14 @@ class RedisChannelLayer(BaseChannelLayer):
 
         return published.addCallback(sent)
 
-    def group_send(self, group: str, message: dict[str, Any]) -> Deferred[None]:
+    def _group_send(self, group: str, message: dict[str, Any],
+                    record: bool) -> Deferred[Any]:
         if (bad := invalid(group=group, message=message)) is not None:
             return bad
-        return self._publish_group(group, _GROUP, message)
+        rule = self.history.match(group) if record and self.history else None
+        if rule is None:
+            return self._publish_group(group, _GROUP, message)
+        return self._publish_group(group, _HGROUP, message, rule)
 
     def broadcast(
         self, group: str, text: str | None = None, bytes: bytes | None = None
@@ -1367,18 +1616,24 @@ class RedisChannelLayer(BaseChannelLayer):
         return Deferred.fromCoroutine(self._delete_lists(proto))
 
     async def _delete_lists(self, proto: Any) -> None:
-        cursor = 0
-        while True:
-            reply = await proto.execute_command("SCAN", cursor, "MATCH",
-                                                self._list_key + "*", "COUNT", 1000)
-            cursor = int(reply[0])
-            if reply[1]:
-                await proto.execute_command("DEL", *reply[1])
-            if cursor == 0:
-                return
+        """Named channels' lists, and history groups' lists and positions."""
+        for prefix in (self._list_key, self._history_key, self._meta_key):
+            cursor = 0
+            while True:
+                reply = await proto.execute_command("SCAN", cursor, "MATCH",
+                                                    prefix + "*", "COUNT", 1000)
+                cursor = int(reply[0])
+                if reply[1]:
+                    await proto.execute_command("DEL", *reply[1])
+                if cursor == 0:
+                    break
 
 
 builtins_bytes = bytes
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, builtins_bytes) else str(value)
 
 
 class _Census:

@@ -1,0 +1,534 @@
+"""Group history and recovery: ``keep_history``/``--history``, positions on a history
+group's messages, ``group_history``, ``group_add(..., since=position)``. On both layers (the
+Redis one on a real redis-server; two layer instances stand for two processes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from realtime.layers import InMemoryChannelLayer
+from realtime.layers.history import check_rule, decide, parse_rule
+from tests.test_layers import until
+from tests.test_layers_redis import Probe, two_layers  # noqa: F401 (fixture)
+
+
+def fired(d: Any) -> Any:
+    """The result of a Deferred the in-memory layer has already fired."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "not fired"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+def offsets(probe: Probe) -> list[int]:
+    return [e["position"]["offset"] for e in probe.events if "position" in e]
+
+
+# -- rules -----------------------------------------------------------------------------------
+
+def test_rules_parse_and_say_what_is_wrong():
+    rule = parse_rule("room.*=100:300")
+    assert (rule.pattern, rule.size, rule.ttl) == ("room.*", 100, 300.0)
+    assert parse_rule("feed=5:0.5").ttl == 0.5
+    for text, message in [
+        ("room.*", "PATTERN=SIZE:TTL"),
+        ("room.*=100", "PATTERN=SIZE:TTL"),
+        ("room.*=ten:300", "whole SIZE"),
+        ("room.*=0:300", "size must be a whole number from 1"),
+        ("room.*=100:0", "ttl must be a number of seconds above 0"),
+        ("room/*=1:1", "group-name glob"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_rule(text)
+    with pytest.raises(ValueError, match="size"):
+        check_rule("a", True, 1)
+
+
+def test_the_first_matching_rule_wins():
+    layer = InMemoryChannelLayer(history={"room.vip": (5, 10)})
+    layer.keep_history("room.*", 100, 300)
+    assert layer.history.match("room.vip").size == 5
+    assert layer.history.match("room.a").size == 100
+    assert layer.history.match("lobby") is None
+
+
+def test_decide_is_all_or_nothing():
+    # (since, epoch, top, kept, limit) -> (recovered, count)
+    assert decide(None, "e", 10, 4, None) == (None, 4)
+    assert decide(None, "e", 10, 4, 2) == (None, 2)
+    assert decide(("e", 10), "e", 10, 4, None) == (True, 0)
+    assert decide(("e", 7), "e", 10, 4, None) == (True, 3)
+    assert decide(("e", 6), "e", 10, 4, None) == (True, 4)
+    assert decide(("e", 5), "e", 10, 4, None) == (False, 0)  # offset 6 is forgotten
+    assert decide(("e", 11), "e", 10, 4, None) == (False, 0)  # from the future
+    assert decide(("x", 10), "e", 10, 4, None) == (False, 0)  # another epoch
+    assert decide(("e", 7), "e", 10, 4, 2) == (False, 0)  # more than the limit
+
+
+# -- the layer API, on every layer -----------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_history_group_messages_carry_positions_and_are_kept(layer):
+    await layer.flush()  # the Redis server is shared by the tests
+    layer.keep_history("room.*", 3, 60)
+    member = Probe()
+    channel = layer.attach(member)
+    joined = await layer.group_add("room.a", channel)
+    assert joined["offset"] == 0 and joined["recovered"] is None and joined["missed"] == 0
+    epoch = joined["epoch"]
+    sent = [await layer.group_send("room.a", {"type": "chat.message", "n": n})
+            for n in range(5)]
+    assert sent == [{"epoch": epoch, "offset": n} for n in range(1, 6)]
+    await until(lambda: len(member.events) == 5)
+    assert [(e["n"], e["position"]) for e in member.events] == [
+        (n, {"epoch": epoch, "offset": n + 1}) for n in range(5)]
+    kept = await layer.group_history("room.a")
+    assert (kept["epoch"], kept["offset"], kept["recovered"]) == (epoch, 5, None)
+    assert [m["n"] for m in kept["messages"]] == [2, 3, 4]  # the last 3
+    assert [m["n"] for m in (await layer.group_history("room.a", limit=2))["messages"]] == [3, 4]
+    after = await layer.group_history("room.a", since={"epoch": epoch, "offset": 4})
+    assert after["recovered"] is True and [m["n"] for m in after["messages"]] == [4]
+    # A group no rule matches: as before, no position, no history.
+    assert await layer.group_add("lobby", channel) is None
+    assert await layer.group_send("lobby", {"type": "chat.message"}) is None
+    await until(lambda: len(member.events) == 6)
+    assert "position" not in member.events[-1]
+    with pytest.raises(ValueError, match="keeps no history"):
+        await layer.group_history("lobby")
+    with pytest.raises(ValueError, match="keeps no history"):
+        await layer.group_add("lobby", channel, since={"epoch": epoch, "offset": 1})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_member_that_comes_back_gets_what_it_missed_first(layer):
+    await layer.flush()  # the Redis server is shared by the tests
+    layer.keep_history("room.*", 10, 60)
+    member, other = Probe(), Probe()
+    channel, witness = layer.attach(member), layer.attach(other)
+    await layer.group_add("room.a", witness)
+    start = await layer.group_add("room.a", channel)
+    for n in range(3):
+        await layer.group_send("room.a", {"type": "m", "n": n})
+    await until(lambda: len(member.events) == 3)
+    last = member.events[-1]["position"]
+    layer.detach(channel)  # its socket closed
+    for n in range(3, 7):
+        await layer.group_send("room.a", {"type": "m", "n": n})
+    back = Probe()
+    channel = layer.attach(back)
+    result = await layer.group_add("room.a", channel, since=last)
+    assert result == {"epoch": start["epoch"], "offset": 7, "recovered": True, "missed": 4}
+    await layer.group_send("room.a", {"type": "m", "n": 7})
+    await until(lambda: len(back.events) == 5)
+    assert [e["n"] for e in back.events] == [3, 4, 5, 6, 7]
+    assert offsets(back) == [4, 5, 6, 7, 8]
+    # Nothing missed: recovered, nothing replayed.
+    layer.detach(channel)
+    again = Probe()
+    result = await layer.group_add("room.a", layer.attach(again),
+                                   since={"epoch": start["epoch"], "offset": 8})
+    assert (result["recovered"], result["missed"]) == (True, 0)
+    assert again.events == []
+    await until(lambda: len(other.events) == 8)
+    assert offsets(other) == list(range(1, 9))  # the witness had each once
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_that_no_longer_covers_the_gap_replays_nothing(layer):
+    await layer.flush()  # the Redis server is shared by the tests
+    layer.keep_history("room.*", 3, 60)
+    channel = layer.attach(Probe())
+    epoch = (await layer.group_add("room.a", channel))["epoch"]
+    for n in range(6):
+        await layer.group_send("room.a", {"type": "m", "n": n})
+    for top, since in enumerate(({"epoch": epoch, "offset": 2},  # offset 3 is pushed out
+                                 {"epoch": "0ther", "offset": 5},  # another epoch
+                                 {"epoch": epoch, "offset": 9}),  # one it never had
+                                start=6):
+        late = Probe()
+        result = await layer.group_add("room.a", layer.attach(late), since=since)
+        assert (result["offset"], result["recovered"], result["missed"]) == (top, False, 0)
+        assert late.events == []
+        await layer.group_send("room.a", {"type": "m", "n": "live"})
+        await until(lambda late=late: len(late.events) == 1)  # what comes after the join does
+        assert late.events[0]["n"] == "live"
+    assert (await layer.group_history("room.a", since={"epoch": epoch, "offset": 2}))[
+        "messages"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_arguments_are_refused(layer):
+    await layer.flush()  # the Redis server is shared by the tests
+    layer.keep_history("room.*", 3, 60)
+    channel = layer.attach(Probe())
+    for since, message in [(5, "position dict"), ({"offset": 1}, "epoch"),
+                           ({"epoch": "e", "offset": -1}, "offset"),
+                           ({"epoch": "e", "offset": "1"}, "offset")]:
+        with pytest.raises(TypeError, match=message):
+            await layer.group_add("room.a", channel, since=since)
+        with pytest.raises(TypeError, match=message):
+            await layer.group_history("room.a", since=since)
+    with pytest.raises(TypeError, match="limit"):
+        await layer.group_history("room.a", limit=0)
+    with pytest.raises(TypeError):
+        await layer.group_history("bad group!")
+    with pytest.raises(ValueError, match="size"):
+        layer.keep_history("room.*", 0, 60)
+    assert layer.local_members("room.a") == []  # nothing joined by a refused call
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_events_are_not_kept(layer):
+    await layer.flush()  # the Redis server is shared by the tests
+    layer.keep_history("room.*", 10, 60)
+    watcher = Probe()
+    watching = layer.attach(watcher)
+    await layer.group_add("room.a", watching)
+    result = await layer.group_add("room.a", layer.attach(Probe()), presence={"user": "ada"})
+    assert result["offset"] == 0  # a join with presence still answers the position
+    await until(lambda: len(watcher.events) == 1)
+    assert watcher.events[0]["type"] == "presence.join"
+    assert "position" not in watcher.events[0]
+    assert (await layer.group_history("room.a"))["messages"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_flush_starts_a_new_epoch(layer):
+    await layer.flush()  # the Redis server is shared by the tests
+    layer.keep_history("room.*", 10, 60)
+    channel = layer.attach(Probe())
+    before = await layer.group_add("room.a", channel)
+    await layer.group_send("room.a", {"type": "m"})
+    await layer.flush()
+    after = await layer.group_history("room.a", since={"epoch": before["epoch"], "offset": 1})
+    assert after["epoch"] != before["epoch"] and after["offset"] == 0
+    assert after["recovered"] is False
+
+
+def test_memory_history_expires_on_the_layers_clock():
+    clock = Clock()
+    layer = InMemoryChannelLayer(history={"room.*": (10, 30)}, reactor=clock)
+    layer.history_meta_ttl = 100
+    channel = layer.attach(Probe())
+    first = fired(layer.group_add("room.a", channel))
+    layer.group_send("room.a", {"type": "m"})
+    clock.advance(29)
+    layer.group_send("room.a", {"type": "m"})  # ttl counts from the last publish
+    clock.advance(29)
+    assert len(fired(layer.group_history("room.a"))["messages"]) == 2
+    clock.advance(1)
+    kept = fired(layer.group_history("room.a"))
+    assert kept["messages"] == [] and kept["offset"] == 2 and kept["epoch"] == first["epoch"]
+    # Nothing was missed since offset 2: still recoverable within the meta ttl.
+    assert fired(layer.group_history(
+        "room.a", since={"epoch": first["epoch"], "offset": 2}))["recovered"] is True
+    clock.advance(100)
+    late = fired(layer.group_history(
+        "room.a", since={"epoch": first["epoch"], "offset": 2}))
+    assert late["recovered"] is False and late["epoch"] != first["epoch"]
+
+
+def test_memory_streams_past_their_meta_ttl_are_swept():
+    from realtime.layers import memory
+
+    clock = Clock()
+    layer = InMemoryChannelLayer(history={"user.*": (1, 1)}, reactor=clock)
+    layer.history_meta_ttl = 10
+    for n in range(memory.SWEEP_EVERY - 1):
+        layer.group_send(f"user.{n}", {"type": "m"})
+    clock.advance(11)
+    layer.group_send("user.last", {"type": "m"})  # the sweep's turn
+    assert list(layer._streams) == ["user.last"]
+
+
+# -- Redis: across processes ---------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_redis_history_is_shared_by_processes(two_layers):  # noqa: F811
+    a, b = await two_layers(), await two_layers()
+    await a.flush()  # the Redis server is shared by the tests
+    for layer in (a, b):
+        layer.keep_history("room.*", 5, 60)
+    away = Probe()
+    channel = b.attach(away)
+    start = await b.group_add("room.a", channel)
+    positions = [await a.group_send("room.a", {"type": "m", "n": n}) for n in range(3)]
+    assert [p["offset"] for p in positions] == [1, 2, 3]
+    assert {p["epoch"] for p in positions} == {start["epoch"]}
+    await until(lambda: len(away.events) == 3)
+    last = away.events[-1]["position"]
+    b.detach(channel)
+    for n in range(3, 5):
+        await a.group_send("room.a", {"type": "m", "n": n})
+    back = Probe()
+    result = await b.group_add("room.a", b.attach(back), since=last)
+    assert (result["recovered"], result["missed"], result["offset"]) == (True, 2, 5)
+    await until(lambda: len(back.events) == 2)
+    assert [e["n"] for e in back.events] == [3, 4]
+    seen = await a.group_history("room.a")
+    assert [m["n"] for m in seen["messages"]] == [0, 1, 2, 3, 4]
+    assert seen["messages"][0]["position"] == {"epoch": start["epoch"], "offset": 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_recovery_during_a_publish_storm_loses_and_repeats_nothing(
+        two_layers):  # noqa: F811
+    """Messages published while the join subscribes and reads come both live and from the
+    read: each reaches the member once, in order, after the missed ones."""
+    a, b = await two_layers(), await two_layers()
+    await a.flush()  # the Redis server is shared by the tests
+    for layer in (a, b):
+        layer.keep_history("room.*", 1000, 60)
+    first = Probe()
+    channel = b.attach(first)
+    await b.group_add("room.a", channel)
+    await a.group_send("room.a", {"type": "m"})
+    await until(lambda: len(first.events) == 1)
+    since = first.events[0]["position"]
+    b.detach(channel)  # b now has no member: the rejoin subscribes again
+    for _ in range(20):
+        await a.group_send("room.a", {"type": "m"})
+    back = Probe()
+    storm = [a.group_send("room.a", {"type": "m"}) for _ in range(300)]
+    joined = b.group_add("room.a", b.attach(back), since=since)
+    storm += [a.group_send("room.a", {"type": "m"}) for _ in range(300)]
+    result = await joined
+    for d in storm:
+        await d
+    assert result["recovered"] is True and result["missed"] >= 20
+    await until(lambda: offsets(back)[-1:] == [621])
+    assert offsets(back) == list(range(2, 622))
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_a_lost_stream_is_a_new_epoch(two_layers, redis_server):  # noqa: F811
+    from tests.test_presence import RawRedis
+
+    layer = await two_layers()
+    await layer.flush()  # the Redis server is shared by the tests
+    layer.keep_history("room.*", 5, 60)
+    channel = layer.attach(Probe())
+    start = await layer.group_add("room.a", channel)
+    await layer.group_send("room.a", {"type": "m"})
+    raw = RawRedis(redis_server)
+    try:
+        raw.send(b"DEL", layer._meta_key.encode() + b"room.a")  # evicted, or a new Redis
+        raw.read_until(b"\r\n")
+    finally:
+        raw.close()
+    position = await layer.group_send("room.a", {"type": "m"})
+    assert position["epoch"] != start["epoch"] and position["offset"] == 1
+    kept = await layer.group_history("room.a")
+    assert [m["position"]["offset"] for m in kept["messages"]] == [1]  # the old list went too
+    result = await layer.group_add("room.b", channel, since={"epoch": start["epoch"],
+                                                             "offset": 1})
+    assert result["recovered"] is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_history_expires_after_its_ttl(two_layers):  # noqa: F811
+    layer = await two_layers()
+    await layer.flush()  # the Redis server is shared by the tests
+    layer.keep_history("room.*", 5, 0.2)
+    await layer.group_send("room.a", {"type": "m"})
+    assert len((await layer.group_history("room.a"))["messages"]) == 1
+
+    async def forgotten() -> bool:
+        return (await layer.group_history("room.a"))["messages"] == []
+
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in range(100):
+        if await forgotten():
+            break
+        await deferLater(reactor, 0.05, lambda: None)
+    kept = await layer.group_history("room.a")
+    assert kept["messages"] == [] and kept["offset"] == 1  # the position stays
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_since_for_another_process_channel_is_refused(two_layers):  # noqa: F811
+    a, b = await two_layers(), await two_layers()
+    a.keep_history("room.*", 5, 60)
+    remote = b.attach(Probe())
+    with pytest.raises(ValueError, match="channel of this process"):
+        await a.group_add("room.a", remote, since={"epoch": "e", "offset": 0})
+
+
+
+
+# -- consumers, real clients and the HTTP API on live servers ---------------------------------
+
+import json  # noqa: E402
+from urllib.parse import parse_qs  # noqa: E402
+
+from websockets.sync.client import connect  # noqa: E402
+
+from realtime import AsyncJsonWebsocketConsumer, URLRouter, path  # noqa: E402
+from realtime.client import PublishError  # noqa: E402
+from realtime.client import history as history_api  # noqa: E402
+from realtime.client import publish as publish_api  # noqa: E402
+from tests.clients import in_thread  # noqa: E402
+
+KEY = "history-test-key-0123456789"
+
+
+class Room(AsyncJsonWebsocketConsumer):
+    """Joins ``room.<name>``, recovering from ``?epoch=E&offset=N`` when given (what a
+    client keeps of the last message it had); passes messages on with their position."""
+
+    async def connect(self) -> None:
+        query = parse_qs(self.scope["query_string"].decode())
+        since = None
+        if "epoch" in query:
+            since = {"epoch": query["epoch"][0], "offset": int(query["offset"][0])}
+        await self.accept()
+        group = "room." + self.scope["url_route"]["kwargs"]["name"]
+        joined = await self.channel_layer.group_add(group, self.channel_name, since=since)
+        await self.send_json({"joined": joined})
+
+    async def chat_message(self, event: dict[str, Any]) -> None:
+        await self.send_json({"text": event["text"], "position": event["position"]})
+
+
+room_app = URLRouter([path("room/<name>", Room.as_asgi())])
+
+
+def _reconnecting_client(first: Any, second: Any) -> list[Any]:
+    """Connect to ``first``, have 2 messages, leave; 3 are published meanwhile; come back
+    to ``second`` with the last position; then one live message."""
+    out: list[Any] = []
+    base = first.http_url("/")
+    with connect(first.ws_url("/room/a")) as ws:
+        out.append(json.loads(ws.recv(timeout=5)))
+        out.append([publish_api(base, KEY, "room.a", event={"type": "chat.message",
+                                                            "text": t})["positions"]
+                    for t in ("one", "two")])
+        out.append([json.loads(ws.recv(timeout=5)) for _ in range(2)])
+    last = out[-1][-1]["position"]
+    for text in ("three", "four", "five"):
+        publish_api(base, KEY, "room.a", event={"type": "chat.message", "text": text})
+    query = f"?epoch={last['epoch']}&offset={last['offset']}"
+    with connect(second.ws_url("/room/a" + query)) as ws:
+        out.append(json.loads(ws.recv(timeout=5)))
+        out.append([json.loads(ws.recv(timeout=5))["text"] for _ in range(3)])
+        publish_api(second.http_url("/"), KEY, "room.a",
+                    event={"type": "chat.message", "text": "six"})
+        out.append(json.loads(ws.recv(timeout=5)))
+    # Too far behind (the room keeps 4): nothing replayed, told so.
+    with connect(second.ws_url("/room/a" + query.replace(f"={last['offset']}", "=0"))) as ws:
+        out.append(json.loads(ws.recv(timeout=5)))
+    out.append(history_api(base, KEY, "room.a", limit=2))
+    out.append(history_api(base, KEY, "room.a", since=last))
+    for body in ({"group": "lobby"}, {"group": "room.a", "since": {"epoch": 1}},
+                 {"group": "room.a", "limit": 0}):
+        try:
+            history_api(base, KEY, body["group"], since=body.get("since"),
+                        limit=body.get("limit"))
+        except PublishError as exc:
+            out.append((exc.status, exc.error))
+    return out
+
+
+def _check_reconnect(out: list[Any]) -> None:
+    joined = out[0]["joined"]
+    epoch = joined["epoch"]
+    assert joined == {"epoch": epoch, "offset": 0, "recovered": None, "missed": 0}
+    assert out[1] == [{"room.a": {"epoch": epoch, "offset": 1}},
+                      {"room.a": {"epoch": epoch, "offset": 2}}]
+    assert [m["position"]["offset"] for m in out[2]] == [1, 2]
+    assert out[3] == {"joined": {"epoch": epoch, "offset": 5, "recovered": True, "missed": 3}}
+    assert out[4] == ["three", "four", "five"]
+    assert out[5] == {"text": "six", "position": {"epoch": epoch, "offset": 6}}
+    assert out[6] == {"joined": {"epoch": epoch, "offset": 6, "recovered": False, "missed": 0}}
+    newest = out[7]
+    assert (newest["group"], newest["offset"], newest["recovered"]) == ("room.a", 6, None)
+    assert [m["text"] for m in newest["messages"]] == ["five", "six"]
+    assert [m["text"] for m in out[8]["messages"]] == ["three", "four", "five", "six"]
+    assert out[8]["recovered"] is True
+    assert out[9][0] == 404 and "keeps no history" in out[9][1]
+    assert out[10][0] == 400 and "epoch" in out[10][1]
+    assert out[11][0] == 400 and "limit" in out[11][1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_reconnects_gets_what_it_missed(live):
+    server = await live(room_app, api_keys=(KEY,))
+    server.site.layer.keep_history("room.*", 4, 60)
+    await server.site.layer.flush()
+    _check_reconnect(await in_thread(_reconnecting_client, server, server))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_recovers_on_another_server_through_redis(two_layers):  # noqa: F811
+    from realtime.config import ServerConfig
+    from realtime.testing import serve
+
+    one, two = await two_layers(), await two_layers()
+    await one.flush()
+    for layer in (one, two):
+        layer.keep_history("room.*", 4, 60)
+    config = ServerConfig(api_keys=(KEY,))
+    first = await serve(room_app, config, layer=one)
+    second = await serve(room_app, config, layer=two)
+    try:
+        _check_reconnect(await in_thread(_reconnecting_client, first, second))
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+def _kill_subscribers(redis_server: Any) -> None:
+    """Cut every pub/sub connection of the test's Redis (not the server, not its data)."""
+    from tests.test_presence import RawRedis
+
+    raw = RawRedis(redis_server)
+    try:
+        raw.send(b"CLIENT", b"KILL", b"TYPE", b"pubsub")
+        raw.read_until(b"\r\n")
+    finally:
+        raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_reconnect_recovers_a_history_group_instead_of_a_gap(
+        two_layers, redis_server):  # noqa: F811
+    a, b = await two_layers(), await two_layers()
+    await a.flush()
+    for layer in (a, b):
+        layer.keep_history("room.*", 3, 60)
+    members = [Probe(), Probe()]
+    for probe in members:
+        await b.group_add("room.kept", b.attach(probe))
+    short = Probe()
+    await b.group_add("room.short", b.attach(short))
+    plain = Probe()
+    await b.group_add("lobby", b.attach(plain))
+    await a.group_send("room.kept", {"type": "m", "n": 0})
+    await a.group_send("room.short", {"type": "m", "n": 0})
+    await until(lambda: len(members[1].events) == 1 and len(short.events) == 1)
+    _kill_subscribers(redis_server)
+    await until(lambda: not b._sub_ready)
+    for n in (1, 2, 3):  # while b cannot hear them
+        await a.group_send("room.kept", {"type": "m", "n": n})
+    for n in range(1, 6):  # more than room.short keeps (3)
+        await a.group_send("room.short", {"type": "m", "n": n})
+    await b.when_ready(10)
+    await a.group_send("room.kept", {"type": "m", "n": 4})
+    await a.group_send("room.short", {"type": "m", "n": 6})
+    for probe in members:
+        await until(lambda p=probe: len(p.events) == 5)
+        assert [e["n"] for e in probe.events] == [0, 1, 2, 3, 4]  # no gap, none twice
+    assert b.stats.history_recovered == 6
+    await until(lambda: short.events[-1:] and short.events[-1].get("n") == 6)
+    assert [e["type"] for e in short.events] == ["m", "layer.gap", "m"]  # not covered
+    await until(lambda: any(e["type"] == "layer.gap" for e in plain.events))
+    assert b.stats.history_unrecovered == 1 and b.stats.gaps == 2
