@@ -343,3 +343,22 @@ def test_rooms_join_measures_one_write_per_member_against_one_per_room():
     assert "1.00 writes per member per turn" in joined
     assert "3.00 writes per member per turn" in per_room
     assert any("per room / joined:" in line for line in lines)
+
+
+def test_history_benchmark_prints_both_layers_and_their_ratios():
+    """``benchmarks/history.py`` with tiny sizes: both layers ran (its own redis-server),
+    every member had every message (it asserts that), and the ratios are printed."""
+    from tests.redis_support import redis_server_binary
+
+    redis_server_binary()  # skip without it, fail under CI=true
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "history.py"), "--passes", "1", "--members", "5",
+         "--messages", "50", "--missed", "20"],
+        capture_output=True, text=True, timeout=120, cwd=str(ROOT),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for line in ("memory   plain", "memory   history", "redis    plain", "redis    history"):
+        assert line in out, out
+    assert "memory: history's publish costs" in out and "redis: history's publish" in out
+    assert "bytes of Redis memory per kept message" in out

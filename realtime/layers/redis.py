@@ -986,7 +986,14 @@ class RedisChannelLayer(BaseChannelLayer):
         subscriber was away, from history (after the last position this process had, so
         none twice), and no ``layer.gap``; when history does not cover it (or cannot be
         read) they get the gap as before."""
-        members = [m for m in members if (group, m) not in self._recovering]
+        joining = [m for m in members if (group, m) in self._recovering]
+        if joining:
+            # Their join's read may have been made before this outage ended: what it has
+            # not, they may have missed, and are told so after what it has.
+            event = self._gap_event(group, since, until)
+            for member in joining:
+                self._recovering[(group, member)].append(event)
+            members = [m for m in members if (group, m) not in self._recovering]
         for member in members:
             self._recovering[(group, member)] = []
         d = self.when_ready(CONTROL_TIMEOUT)
