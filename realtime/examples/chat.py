@@ -7,9 +7,11 @@ with ``--layer redis://...``. Who is in the room is the layer's presence: a newc
 the room's group with ``presence={"name": ...}``, which tells every member
 (``presence.join``), and asks ``group_presence`` who else is there; a page that goes away
 leaves the group when its socket closes, which tells the others (``presence.leave``).
-With ``--history 'chat.*=50:3600'`` a room keeps its last 50 messages for an hour and a
+With ``--history 'chat.*=50:3600'`` a room keeps its last 50 messages for an hour: a
 newcomer is shown the last ``EARLIER`` of them (those before its join: the rest reach it
-live).
+live), and a page that lost its connection comes back with the position of the last
+message it had (``?epoch=...&offset=...``) and is sent what it missed, or told it may have
+missed some (``gap``) when the room no longer keeps them all.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from twisted.web.resource import Resource
 from realtime import AsyncJsonWebsocketConsumer, ProtocolTypeRouter, URLRouter, path
 
 NAME = re.compile(r"^[\w .-]{1,32}$")
+EPOCH = re.compile(r"^[0-9a-f]{1,64}$")
 #: How many of a history room's last messages a newcomer is shown.
 EARLIER = 20
 
@@ -44,10 +47,17 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.group = f"chat.{self.room}"
         await self.accept()
         # Every member (this one too) hears the join; then the others are listed to it.
-        joined = await self.channel_layer.group_add(self.group, self.channel_name,
-                                                    presence={"name": name})
-        if joined is not None:  # the room keeps history (--history)
-            await self._earlier(joined)
+        since = _since(query)
+        layer = self.channel_layer
+        if since is not None and layer.history.match(self.group) is None:
+            since = None  # the room keeps no history (no --history rule)
+        joined = await layer.group_add(self.group, self.channel_name,
+                                       presence={"name": name}, since=since)
+        if joined is not None:  # the room keeps history
+            if since is None:
+                await self._earlier(joined)
+            elif not joined["recovered"]:  # away too long: what it missed is not all kept
+                await self.send_json({"type": "gap"})
         members = await self.channel_layer.group_presence(self.group)
         for channel, info in members.items():
             if channel != self.channel_name:
@@ -69,7 +79,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             where = message["position"]
             if where["epoch"] == joined["epoch"] and where["offset"] <= joined["offset"]:
                 await self.send_json({"type": "message", "name": message["name"],
-                                      "message": message["message"], "earlier": True})
+                                      "message": message["message"], "earlier": True,
+                                      "position": where})
 
     # -- events from the room ---------------------------------------------------------------
     async def presence_join(self, event: dict[str, Any]) -> None:
@@ -79,11 +90,22 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "leave", "name": event["info"]["name"]})
 
     async def chat_message(self, event: dict[str, Any]) -> None:
-        await self.send_json({"type": "message", "name": event["name"],
-                              "message": event["message"]})
+        message = {"type": "message", "name": event["name"], "message": event["message"]}
+        if "position" in event:  # a history room: the page comes back with the last one
+            message["position"] = event["position"]
+        await self.send_json(message)
 
     async def layer_gap(self, event: dict[str, Any]) -> None:
         await self.send_json({"type": "gap"})
+
+
+def _since(query: dict[str, list[str]]) -> dict[str, Any] | None:
+    """The position a returning page gives (``?epoch=E&offset=N``), if it is one."""
+    epoch = (query.get("epoch") or [""])[0]
+    offset = (query.get("offset") or [""])[0]
+    if EPOCH.match(epoch) and offset.isdigit() and len(offset) <= 18:
+        return {"epoch": epoch, "offset": int(offset)}
+    return None
 
 
 class _Page(Resource):

@@ -241,3 +241,42 @@ def test_drain_notice_then_the_page_reconnects_to_the_restarted_server(browser):
         page.context.close()
     finally:
         server.stop()
+
+
+def test_a_page_that_lost_its_connection_gets_what_it_missed(browser):
+    """With ``--history``: bob's connection drops, alice says two things meanwhile, and
+    bob's page, back with the position of the last message it had, shows them once, in
+    order, with no "missed" notice; a newcomer is shown the room's last messages."""
+    from playwright.sync_api import expect
+
+    with _chat_server_on_a_free_port("--history", "chat.*=50:3600") as server:
+        url = f"http://127.0.0.1:{server.port}/"
+        alice, bob = _alice_and_bob(browser, url, "kept")
+        carol = None
+        try:
+            _say(alice, "first")
+            expect(bob.locator("#log > div")).to_have_text(["alice: first"])
+            # Bob's page holds its retry (so alice's messages surely come while it is away),
+            # then its socket closes as a lost connection would.
+            bob.evaluate("scheduleReconnect = () => { window.held = true; }")
+            bob.evaluate("socket.close(4000)")
+            bob.wait_for_function("window.held === true")
+            expect(alice.locator("#members li")).to_have_text(["alice"])
+            _say(alice, "while you were away")
+            _say(alice, "and this too")
+            expect(alice.locator("#log > div").last).to_have_text("alice: and this too")
+            bob.evaluate("connect()")
+            expect(bob.locator("#status")).to_have_text("connected")
+            expect(bob.locator("#log > div")).to_have_text(
+                ["alice: first", "alice: while you were away", "alice: and this too"])
+            _say(alice, "live again")
+            expect(bob.locator("#log > div").last).to_have_text("alice: live again")
+            expect(bob.locator("#log > div")).to_have_count(4)  # none twice, no gap notice
+            carol = _join(browser, url, "carol", "kept")
+            expect(carol.locator("#log > div")).to_have_text(
+                ["alice: first", "alice: while you were away", "alice: and this too",
+                 "alice: live again"])
+        finally:
+            for page in (alice, bob, carol):
+                if page is not None:
+                    page.context.close()
