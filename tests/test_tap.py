@@ -540,3 +540,27 @@ def test_a_raw_asgi_app_is_a_one_line_startup_error(tmp_path, monkeypatch):
                                              ("/a/b//", "/a/b")])
 def test_root_path_takes_a_trailing_slash_as_daphne_does(given, root):
     assert parse("--root-path", given).config.root_path == root
+
+
+def test_history_rules_from_the_command_line_and_the_environment(monkeypatch):
+    from realtime.worker import Options as WorkerOptions
+
+    options = parse("--history", "room.*=100:300", "--history", "feed=1:0.5")
+    assert [(r.pattern, r.size, r.ttl) for r in options.layer.history.rules] == [
+        ("room.*", 100, 300.0), ("feed", 1, 0.5)]
+    assert options.layer.history.match("room.a").size == 100
+    assert error("--history", "room.*=100") == (
+        "--history: expected PATTERN=SIZE:TTL (e.g. 'room.*=100:300'), got 'room.*=100'")
+    assert error("--history", "room.*=0:300").startswith("--history: history size must be")
+    monkeypatch.setenv("REALTIME_HISTORY", "a.*=2:3 b=4:5")
+    assert [r.pattern for r in parse().layer.history.rules] == ["a.*", "b"]
+    assert [r.pattern for r in parse("--history", "c=1:1").layer.history.rules] == ["c"]
+    # Workers take the same rules (their group_send to such a group is kept too).
+    worker = WorkerOptions()
+    worker.parseOptions(["--app", "realtime.examples.bench:application", "--layer",
+                         "redis://127.0.0.1:1/0", "--history", "room.*=7:60", "jobs"])
+    assert [(r.pattern, r.size) for r in worker.layer.history.rules] == [("room.*", 7)]
+    worker = WorkerOptions()
+    with pytest.raises(StartupError, match="--history: expected PATTERN=SIZE:TTL"):
+        worker.parseOptions(["--app", "realtime.examples.bench:application", "--layer",
+                             "redis://127.0.0.1:1/0", "--history", "nope", "jobs"])
