@@ -532,3 +532,181 @@ async def test_redis_reconnect_recovers_a_history_group_instead_of_a_gap(
     assert [e["type"] for e in short.events] == ["m", "layer.gap", "m"]  # not covered
     await until(lambda: any(e["type"] == "layer.gap" for e in plain.events))
     assert b.stats.history_unrecovered == 1 and b.stats.gaps == 2
+
+
+class HeldReconnect:
+    """Keeps ``layer``'s subscriber from reconnecting until ``release()``: an outage of
+    the test's choosing (the publisher connection stays up)."""
+
+    def __init__(self, layer: Any) -> None:
+        self.link = layer._sub
+        self.due = self.released = False
+        self.link._connect = self._connect  # the instance's, in place of the class's
+
+    def _connect(self) -> None:
+        if self.released:  # a retry scheduled before the release
+            type(self.link)._connect(self.link)
+            return
+        self.link._retry_call = None
+        self.due = True
+
+    def release(self) -> None:
+        self.released = True
+        del self.link._connect
+        if self.due:
+            self.link._connect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_members_that_joined_during_an_outage_get_each_message_once(
+        two_layers, redis_server):  # noqa: F811
+    """Joins made while the subscriber is away (the publisher up) read their position;
+    after the reconnect each member gets what is newer than what it had, once, in order."""
+    a, b = await two_layers(), await two_layers()
+    await a.flush()
+    for layer in (a, b):
+        layer.keep_history("room.*", 100, 60)
+    old = Probe()
+    await b.group_add("room.a", b.attach(old))
+    for _ in range(2):
+        await a.group_send("room.a", {"type": "m"})
+    await until(lambda: offsets(old) == [1, 2])
+    epoch = old.events[0]["position"]["epoch"]
+    held = HeldReconnect(b)
+    _kill_subscribers(redis_server)
+    await until(lambda: not b._sub_ready)
+    for _ in range(3):
+        await a.group_send("room.a", {"type": "m"})  # 3, 4, 5: b hears none live
+    back, new = Probe(), Probe()
+    result = await b.group_add("room.a", b.attach(back), since={"epoch": epoch, "offset": 4})
+    assert (result["recovered"], result["missed"]) == (True, 1)
+    assert (await b.group_add("room.a", b.attach(new)))["offset"] == 5
+    held.release()
+    await b.when_ready(10)
+    await a.group_send("room.a", {"type": "m"})
+    await until(lambda: all(6 in offsets(p) for p in (old, back, new)))
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, 0.2, lambda: None)  # anything late would be here by now
+    assert offsets(old) == [1, 2, 3, 4, 5, 6]  # recovered after the reconnect
+    assert offsets(back) == [5, 6]
+    assert offsets(new) == [6]
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_a_live_message_slower_than_the_read_is_not_given_twice(
+        two_layers):  # noqa: F811
+    """The read (publisher connection) and the live stream (subscriber connection) are not
+    ordered: a live message the read already had, arriving after it, is dropped."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    a, b = await two_layers(), await two_layers()
+    await a.flush()
+    for layer in (a, b):
+        layer.keep_history("room.*", 100, 60)
+    first = Probe()
+    await b.group_add("room.a", b.attach(first))
+    await a.group_send("room.a", {"type": "m"})
+    await until(lambda: offsets(first) == [1])
+    since = first.events[0]["position"]
+    heard = b._sub.on_message
+    b._sub.on_message = lambda topic, payload: reactor.callLater(0.1, heard, topic, payload)
+    try:
+        await a.group_send("room.a", {"type": "m"})  # 2: late on b's subscriber
+        late = Probe()
+        result = await b.group_add("room.a", b.attach(late), since=since)
+        assert (result["recovered"], result["missed"]) == (True, 1)
+        await deferLater(reactor, 0.3, lambda: None)
+    finally:
+        b._sub.on_message = heard
+    assert offsets(late) == [2]
+    assert offsets(first) == [1, 2]
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_a_join_that_cannot_read_leaves_no_member(two_layers):  # noqa: F811
+    from realtime.layers import LayerUnavailable
+
+    layer = await two_layers()
+    layer.keep_history("room.*", 100, 60)
+    channel = layer.attach(Probe())
+    await layer.group_add("lobby", channel)
+    proto, layer._pub.proto = layer._pub.proto, None  # the publisher is away
+    try:
+        with pytest.raises(LayerUnavailable):
+            await layer.group_add("room.a", channel)
+        assert channel not in layer.local_members("room.a")
+        assert layer._recovering == {}
+        assert await layer.group_add("lobby", channel) is None  # a plain group still joins
+    finally:
+        layer._pub.proto = proto
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_leave_and_join_again_while_the_read_is_in_flight(two_layers):  # noqa: F811
+    layer = await two_layers()
+    await layer.flush()
+    layer.keep_history("room.*", 100, 60)
+    member = Probe()
+    channel = layer.attach(member)
+    first = layer.group_add("room.a", channel)
+    layer.group_discard("room.a", channel)
+    second = layer.group_add("room.a", channel)
+    assert (await first)["offset"] == (await second)["offset"] == 0
+    assert layer.local_members("room.a") == [channel]
+    await layer.group_send("room.a", {"type": "m"})
+    await until(lambda: offsets(member) == [1])
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_a_join_made_for_another_process_reads_the_position_there(
+        two_layers, redis_server):  # noqa: F811
+    """``group_add`` of b's channel from a: b joins it and reads the stream's position, so
+    b's reconnect recovers that member too (a answers None: the join is b's)."""
+    a, b = await two_layers(), await two_layers()
+    await a.flush()
+    for layer in (a, b):
+        layer.keep_history("room.*", 100, 60)
+    member = Probe()
+    channel = b.attach(member)
+    assert await a.group_add("room.a", channel) is None
+    assert b._marks["room.a"][channel][1] == 0
+    held = HeldReconnect(b)
+    _kill_subscribers(redis_server)
+    await until(lambda: not b._sub_ready)
+    await a.group_send("room.a", {"type": "m"})
+    held.release()
+    await until(lambda: offsets(member) == [1])
+    assert [e["type"] for e in member.events] == ["m"]  # recovered, no gap
+
+
+def test_memory_history_is_freed_without_publishes():
+    """Streams made by reads and messages past their ttl go at the next sweep, without
+    waiting for the group's next publish."""
+    from realtime.layers import memory
+
+    clock = Clock()
+    layer = InMemoryChannelLayer(history={"room.*": (1000, 60)}, reactor=clock)
+    layer.history_meta_ttl = 3600
+    for n in range(100):
+        for i in range(10):
+            layer.group_send(f"room.{n}", {"type": "m", "i": i})
+    for n in range(500):
+        fired(layer.group_history(f"room.read{n}"))  # reads of groups never published to
+    assert sum(len(s.entries) for s in layer._streams.values()) == 1000
+    clock.advance(61)
+    fired(layer.group_history("room.0"))  # past SWEEP_INTERVAL: a sweep
+    assert sum(len(s.entries) for s in layer._streams.values()) == 0
+    assert len(layer._streams) == 600  # the positions stay, for the meta ttl
+    clock.advance(3600)
+    fired(layer.group_history("room.other"))
+    assert list(layer._streams) == ["room.other"]
+    assert memory.SWEEP_INTERVAL < 60
+
+
+def test_a_limit_past_the_largest_history_is_refused():
+    layer = InMemoryChannelLayer(history={"room.*": (10, 60)})
+    with pytest.raises(TypeError, match="limit must be a whole number from 1 to"):
+        fired(layer.group_history("room.a", limit=10**6))

@@ -450,11 +450,15 @@ def prepared_frame(text: str | None, data: bytes | None) -> bytes:
     return encode_frame(0x2, bytes(data))
 
 
-def _covered(message: dict[str, Any], epoch: str, top: int) -> bool:
-    """A message that came during a recovering join and the read already had."""
-    where = message.get(POSITION)
-    return (isinstance(where, dict) and where.get("epoch") == epoch
-            and where.get("offset", top + 1) <= top)
+def _advance(marks: dict[str, tuple[str, int]], channel: str, where: Any) -> bool:
+    """``channel`` is to get the history message at ``where``: False when it has had that
+    position (or a later one of the same epoch) already, else its mark moves there."""
+    epoch, offset = where["epoch"], where["offset"]
+    had = marks.get(channel)
+    if had is not None and had[0] == epoch and had[1] >= offset:
+        return False
+    marks[channel] = (epoch, offset)
+    return True
 
 
 def no_history(group: str) -> Deferred[Any]:
@@ -487,6 +491,8 @@ class BaseChannelLayer:
     """Local bookkeeping; subclasses decide what crosses processes."""
 
     extensions = ["groups", "flush"]
+    #: Deliver history messages through per-member marks (``_advance``): none twice.
+    _marking = False
     #: How long a history stream's epoch and offset outlive its last publish (seconds).
     history_meta_ttl = META_TTL
 
@@ -498,8 +504,13 @@ class BaseChannelLayer:
         for pattern, (size, ttl) in (history or {}).items():
             self.keep_history(pattern, size, ttl)
         #: ``(group, channel)`` joins recovering history (Redis: the read is in flight):
-        #: the group's messages for that member wait here, to follow the missed ones.
+        #: the group's messages for that member wait here, to follow the missed ones (a
+        #: newer join of the same pair puts a new list here: the older one's read is moot).
         self._recovering: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        #: On layers where a history message can reach a member twice (``_marking``: on
+        #: Redis a read and the live stream race), the last position each member of a
+        #: history group was given: group -> {channel: (epoch, offset)}.
+        self._marks: dict[str, dict[str, tuple[str, int]]] = {}
         self.process_id = secrets.token_hex(6)
         self.stats = LayerStats()
         #: Live local consumers by channel name.
@@ -544,6 +555,8 @@ class BaseChannelLayer:
         if len(groups) > 1:
             self._in_several -= 1
         for group in groups:
+            if self._marks:
+                self._unmark(group, channel)
             members = self._groups.get(group)
             if members is not None:
                 members.pop(channel, None)
@@ -583,6 +596,8 @@ class BaseChannelLayer:
         if members is None or channel not in members:
             return
         del members[channel]
+        if self._marks:
+            self._unmark(group, channel)
         groups = self._memberships.get(channel)
         if groups is not None and group in groups:
             groups.discard(group)
@@ -595,6 +610,13 @@ class BaseChannelLayer:
             self._group_emptied(group)
         if self._presence:
             self._untrack(group, channel)
+
+    def _unmark(self, group: str, channel: str) -> None:
+        marks = self._marks.get(group)
+        if marks is not None:
+            marks.pop(channel, None)
+            if not marks:
+                del self._marks[group]
 
     def _group_emptied(self, group: str) -> None:
         """Hook: the last local member of ``group`` left (Redis unsubscribes here)."""
@@ -674,30 +696,59 @@ class BaseChannelLayer:
 
     def _fan_out(self, group: str, message: dict[str, Any]) -> None:
         recovering = self._recovering
-        for channel in list(self._groups.get(group, ())):
+        members = self._groups.get(group)
+        if not members:
+            return
+        marks = None
+        if self._marking and (where := message.get(POSITION)) is not None:
+            marks = self._marks.setdefault(group, {})
+        for channel in list(members):
             if recovering and (waiting := recovering.get((group, channel))) is not None:
                 waiting.append(message)  # after what it missed (``_recovered``)
                 continue
+            if marks is not None and not _advance(marks, channel, where):
+                continue  # it had this one (from a read)
             if not self._deliver_local(channel, message):
                 log.info("group {group}: channel {channel} is over capacity; message dropped",
                          group=group, channel=channel)
 
     def _recovered(self, group: str, channel: str, missed: list[dict[str, Any]],
-                   result: dict[str, Any] | None) -> None:
-        """A recovering join is answered (``result``: the read's answer; None when it
-        failed): ``missed`` (the missed messages, or a ``layer.gap``), then those that
-        came meanwhile, newer than the read (all of them when it failed), to the member if
-        it is still one."""
-        waiting = self._recovering.pop((group, channel), [])
+                   result: dict[str, Any] | None, waiting: list[dict[str, Any]]) -> int:
+        """A recovering join (or reconnect) of ``channel`` whose messages waited in
+        ``waiting`` is answered (``result``: the read's answer; None when it failed):
+        ``missed`` (the missed messages, or a ``layer.gap``), then those that came
+        meanwhile, newer than the read (all when it failed), to the member if it still is
+        one; through its mark, so none it had before. Nothing when a newer join of the
+        pair took over (its own read covers this one's). How many of ``missed`` it got."""
+        key = (group, channel)
+        if self._recovering.get(key) is not waiting:
+            return 0
+        del self._recovering[key]
         if channel not in self._groups.get(group, ()):
-            return  # it left (or its socket closed) meanwhile
-        if result is not None:
+            return 0  # it left (or its socket closed) meanwhile
+        marks = self._marks.setdefault(group, {}) if self._marking else None
+        replayed = sum(self._recover_one(group, channel, m, marks) for m in missed)
+        if result is not None and marks is not None:
+            # Everything up to the read's position is had (now, or before ``since``).
             epoch, top = result["epoch"], result["offset"]
-            waiting = [m for m in waiting if not _covered(m, epoch, top)]
-        for message in missed + waiting:
-            if not self._deliver_local(channel, message):
-                log.info("group {group}: channel {channel} is over capacity; message dropped",
-                         group=group, channel=channel)
+            had = marks.get(channel)
+            if had is None or had[0] != epoch or had[1] < top:
+                marks[channel] = (epoch, top)
+        for message in waiting:
+            self._recover_one(group, channel, message, marks)
+        return replayed
+
+    def _recover_one(self, group: str, channel: str, message: dict[str, Any],
+                     marks: dict[str, tuple[str, int]] | None) -> bool:
+        """False: the member had it (its mark), or its queue is full."""
+        where = message.get(POSITION)
+        if marks is not None and where is not None and not _advance(marks, channel, where):
+            return False
+        if not self._deliver_local(channel, message):
+            log.info("group {group}: channel {channel} is over capacity; message dropped",
+                     group=group, channel=channel)
+            return False
+        return True
 
     def _broadcast_local(self, group: str, frame: bytes) -> None:
         """Write ``frame`` to every open local member of ``group``; during a read (``hold``),
@@ -838,8 +889,8 @@ class BaseChannelLayer:
         position at the join (the channel gets every message after it). With ``since``
         (a position the client had) the ``missed`` messages after it reach the channel
         first, ``recovered`` True; when history no longer covers them none do and
-        ``recovered`` is False (reload). Outside history groups: None (``since`` is a
-        ``ValueError``)."""
+        ``recovered`` is False (reload). Outside history groups, and for another process's
+        channel (that process joins it and reads): None (``since`` is a ``ValueError``)."""
         raise NotImplementedError
 
     def group_presence(self, group: str) -> Deferred[dict[str, dict[str, Any]]]:

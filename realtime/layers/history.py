@@ -123,8 +123,8 @@ def check_since(since: Any) -> tuple[str, int] | None:
 def check_limit(limit: Any) -> int | None:
     if limit is None:
         return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise TypeError(f"limit must be a whole number >= 1, not {limit!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_SIZE:
+        raise TypeError(f"limit must be a whole number from 1 to {MAX_SIZE}, not {limit!r}")
     return limit
 
 

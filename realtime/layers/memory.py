@@ -25,8 +25,11 @@ from realtime.layers.base import (
 )
 from realtime.layers.history import Stream, answer, check_limit, check_since
 
-#: Streams whose epoch outlived ``history_meta_ttl`` are swept every this many publishes.
+#: History is swept (streams whose epoch outlived ``history_meta_ttl`` dropped, messages
+#: past their ttl freed) every this many history calls, or on the first one this many
+#: seconds after the last sweep.
 SWEEP_EVERY = 1024
+SWEEP_INTERVAL = 10.0
 
 
 class InMemoryChannelLayer(BaseChannelLayer):
@@ -39,19 +42,33 @@ class InMemoryChannelLayer(BaseChannelLayer):
         #: History clock: ``reactor.seconds()`` (a test's ``Clock``), else the monotonic one.
         self._now = reactor.seconds if reactor is not None else time.monotonic
         self._streams: dict[str, Stream] = {}
-        self._appends = 0
+        self._calls = 0
+        self._swept = self._now()
 
     def _stream(self, group: str, now: float) -> Stream:
         """``group``'s stream; a new epoch when its old one outlived the meta ttl."""
+        self._calls += 1
+        if self._calls >= SWEEP_EVERY or now - self._swept >= SWEEP_INTERVAL:
+            self._sweep(now)
         stream = self._streams.get(group)
         if stream is None or now - stream.last >= self.history_meta_ttl:
             stream = self._streams[group] = Stream(now)
         return stream
 
     def _sweep(self, now: float) -> None:
+        """What a stream no longer needs goes: memory does not wait for the group's next
+        publish (a room that went quiet keeps nothing past its ttl)."""
+        self._calls, self._swept = 0, now
         ttl = self.history_meta_ttl
-        for group in [g for g, s in self._streams.items() if now - s.last >= ttl]:
-            del self._streams[group]
+        for group, stream in list(self._streams.items()):
+            if now - stream.last >= ttl:
+                del self._streams[group]
+            elif stream.entries:
+                rule = self.history.match(group)
+                if rule is None:
+                    stream.entries.clear()
+                else:
+                    stream.expire(rule, now)
 
     def send(self, channel: str, message: dict[str, Any]) -> Deferred[None]:
         if (bad := invalid(channel=channel, message=message)) is not None:
@@ -90,10 +107,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 recovered, missed = stream.read(position, None, rule, now)
             result = {"epoch": stream.epoch, "offset": stream.top, "recovered": recovered,
                       "missed": len(missed)}
-            if missed:
-                self._recovered(group, channel, missed, None)
-                self.stats.history_recovered += len(missed)
-            elif recovered is False:
+            for message in missed:  # nothing can come between: no marks needed
+                self.stats.history_recovered += self._recover_one(group, channel, message, None)
+            if recovered is False:
                 self.stats.history_unrecovered += 1
         if presence is not None:
             return self._track(group, channel, presence, announce).addCallback(
@@ -139,9 +155,6 @@ class InMemoryChannelLayer(BaseChannelLayer):
             return succeed(None)
         now = self._now()
         stored = self._stream(group, now).append(message, rule, now)
-        self._appends += 1
-        if self._appends % SWEEP_EVERY == 0:
-            self._sweep(now)
         self._fan_out(group, stored)
         return succeed(dict(stored["position"]))
 
@@ -163,6 +176,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._presence.clear()
         self._streams.clear()
         self._recovering.clear()
+        self._marks.clear()
         self._in_several = 0
         self._queues.clear()
         for waiters in self._waiters.values():

@@ -41,7 +41,7 @@ import functools
 import itertools
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -605,6 +605,7 @@ class RedisChannelLayer(BaseChannelLayer):
     """Groups, process channels and named channels across processes through one Redis."""
 
     extensions = ["groups", "flush", "broadcast"]
+    _marking = True  # a read and the live stream race: members' marks keep them apart
     #: How long ``group_presence`` waits for every process's answer (seconds).
     presence_timeout = PRESENCE_TIMEOUT
 
@@ -647,9 +648,6 @@ class RedisChannelLayer(BaseChannelLayer):
         self._acks: dict[int, tuple[Deferred[None], Any]] = {}
         #: group_presence questions in flight: seq -> _Census.
         self._censuses: dict[int, _Census] = {}
-        #: History groups: the last position fanned out here (where a reconnect recovers
-        #: from), group -> (epoch, offset).
-        self._seen: dict[str, tuple[str, int]] = {}
         #: Since when the subscriber has been down (wall clock), None while up.
         self._down_since: float | None = None
         self._ready_waiters: list[Deferred[None]] = []
@@ -961,9 +959,8 @@ class RedisChannelLayer(BaseChannelLayer):
                 members = self.local_members(group)
                 if not members:
                     continue
-                seen = self._seen.get(group)
-                if seen is not None and self.history.match(group) is not None:
-                    self._recover_group(group, members, seen, since, until)
+                if self.history.match(group) is not None:
+                    self._recover_group(group, members, since, until)
                 else:
                     self._gap(group, members, since, until)
         self._check_ready()
@@ -980,68 +977,70 @@ class RedisChannelLayer(BaseChannelLayer):
     def _gap_event(group: str, since: float, until: float) -> dict[str, Any]:
         return {"type": "layer.gap", "group": group, "since": since, "until": until}
 
-    def _recover_group(self, group: str, members: list[str], seen: tuple[str, int],
-                       since: float, until: float) -> None:
+    def _recover_group(self, group: str, members: list[str], since: float,
+                       until: float) -> None:
         """After a reconnect, a history group's members get what was published while the
-        subscriber was away, from history (after the last position this process had, so
-        none twice), and no ``layer.gap``; when history does not cover it (or cannot be
-        read) they get the gap as before."""
+        subscriber was away, read from history after the oldest position one of them had
+        (each gets only what is newer than its own: its mark), and no ``layer.gap``; when
+        history does not cover it (or cannot be read) they get the gap as before. A member
+        with no position in the stream's epoch (none yet, or an older epoch) gets the gap."""
+        gap_event = self._gap_event(group, since, until)
         joining = [m for m in members if (group, m) in self._recovering]
-        if joining:
-            # Their join's read may have been made before this outage ended: what it has
-            # not, they may have missed, and are told so after what it has.
-            event = self._gap_event(group, since, until)
-            for member in joining:
-                self._recovering[(group, member)].append(event)
-            members = [m for m in members if (group, m) not in self._recovering]
-        for member in members:
-            self._recovering[(group, member)] = []
+        for member in joining:
+            # Its join's read may have been made before this outage ended: what that read
+            # has not, it may have missed, and is told so after what the read has.
+            self._recovering[(group, member)].append(gap_event)
+        marks = self._marks.get(group, {})
+        epochs = Counter(marks[m][0] for m in members if m in marks and m not in joining)
+        epoch = epochs.most_common(1)[0][0] if epochs else None
+        recovering = [m for m in members if m not in joining and m in marks
+                      and marks[m][0] == epoch]
+        unknown = [m for m in members if m not in joining and m not in recovering]
+        if unknown:
+            self.stats.gaps += 1
+            for member in unknown:
+                self._deliver_local(member, gap_event)
+        if epoch is None:
+            return
+        position = (epoch, min(marks[m][1] for m in recovering))
+        waiting: dict[str, list[dict[str, Any]]] = {m: [] for m in recovering}
+        for member, buffer in waiting.items():
+            self._recovering[(group, member)] = buffer
         d = self.when_ready(CONTROL_TIMEOUT)
         pending = self._sub_pending.get(group)
         if pending is not None:  # a SUBSCRIBE sent after the reconnect's: wait for it too
             subscribed: Deferred[None] = Deferred()
             pending.append(subscribed)
             d.addCallback(lambda _: subscribed)
-        d.addCallback(lambda _: self._read_history(group, seen, 0))
+        d.addCallback(lambda _: self._read_history(group, position, 0))
 
         def read(result: dict[str, Any]) -> None:
             if not result["recovered"]:
-                gap(result)
+                gap()
                 return
             missed = result.pop("messages")
-            self._saw(group, seen, result["epoch"], result["offset"])
-            for member in members:
-                self._recovered(group, member, missed, result)
-            self.stats.history_recovered += len(missed) * len(members)
+            for member, buffer in waiting.items():
+                self.stats.history_recovered += self._recovered(group, member, missed, result,
+                                                                buffer)
             log.info("channel layer: group {group}: {count} message(s) published while Redis "
                      "was unreachable recovered from history for {members} member(s)",
-                     group=group, count=len(missed), members=len(members))
+                     group=group, count=len(missed), members=len(waiting))
 
-        def gap(result: dict[str, Any] | None) -> None:
+        def gap() -> None:
             self.stats.gaps += 1
             self.stats.history_unrecovered += 1
             log.warn("channel layer: group {group}: messages published between {since} and "
                      "{until} may be lost (history does not cover them); layer.gap sent",
                      group=group, since=_iso(since), until=_iso(until))
-            event = [self._gap_event(group, since, until)]
-            if result is not None:
-                result.pop("messages", None)
-                self._saw(group, seen, result["epoch"], result["offset"])
-            for member in members:  # every live message after the gap: none dropped
-                self._recovered(group, member, event, None)
+            for member, buffer in waiting.items():  # then every live message: none dropped
+                self._recovered(group, member, [gap_event], None, buffer)
 
         def failed(failure: Failure) -> None:
             log.info("channel layer: group {group}: history not read after the reconnect: "
                      "{error}", group=group, error=failure.getErrorMessage())
-            gap(None)
+            gap()
 
         d.addCallbacks(read, failed)
-
-    def _saw(self, group: str, before: tuple[str, int], epoch: str, offset: int) -> None:
-        """A read says the stream was at ``epoch``/``offset``: where this process now is,
-        unless a live message moved it on already (or the group is gone)."""
-        if group in self._groups and self._seen.get(group) in (before, None):
-            self._seen[group] = (epoch, offset)
 
     def _sub_down(self) -> None:
         self._sub_ready = False
@@ -1090,7 +1089,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 waiter.callback(None)
 
     def _group_emptied(self, group: str) -> None:
-        self._seen.pop(group, None)
+        self._marks.pop(group, None)
         # A SUBSCRIBE still in flight is answered before this UNSUBSCRIBE: it no longer
         # counts (the epoch), and a new first member sends a new SUBSCRIBE.
         if self._inflight:
@@ -1131,7 +1130,6 @@ class RedisChannelLayer(BaseChannelLayer):
         if kind == _GROUP:
             self._fan_out(group, data)
         elif kind == _HGROUP:
-            self._seen[group] = (body[5], body[4])
             self._fan_out(group, positioned(data, body[5], body[4]))
         elif kind == _TEXT:
             self._broadcast_local(group, prepared_frame(data, None))
@@ -1157,7 +1155,11 @@ class RedisChannelLayer(BaseChannelLayer):
         elif kind in (_ADD, _DISCARD):
             _, group, channel, origin, seq = body[:5]
             if kind == _ADD:
-                done = self._join(group, channel)
+                done: Deferred[Any]
+                if self.history.match(group) is not None:  # its position read here too
+                    done = self._join_history(group, channel, None)
+                else:
+                    done = self._join(group, channel)
                 if len(body) > 5:  # with presence: [..., info, announce]
                     info, announce = body[5], body[6]
                     done.addCallback(lambda _: self._track(group, channel, info, announce))
@@ -1449,25 +1451,28 @@ class RedisChannelLayer(BaseChannelLayer):
         subscribed; the group's messages that come meanwhile wait (``_recovering``) and
         follow the missed ones, without those the read had."""
         key = (group, channel)
-        if key in self._recovering:
-            return fail(ValueError(f"{channel} is already joining {group!r}"))
-        self._recovering[key] = []
+        member = channel in self._groups.get(group, ())
+        waiting: list[dict[str, Any]] = []
+        self._recovering[key] = waiting  # a join of the pair still in flight is moot now
         d = self._join(group, channel)
         d.addCallback(lambda _: self._read_history(group, since, -1 if since is None else 0))
 
         def read(result: dict[str, Any]) -> dict[str, Any]:
             missed = result.pop("messages")
-            if group not in self._seen:  # where a reconnect recovers this group from
-                self._seen[group] = (result["epoch"], result["offset"])
-            self._recovered(group, channel, missed, result)
-            self.stats.history_recovered += len(missed)
+            self.stats.history_recovered += self._recovered(group, channel, missed, result,
+                                                            waiting)
             if result["recovered"] is False:
                 self.stats.history_unrecovered += 1
             result["missed"] = len(missed)
             return result
 
         def failed(failure: Failure) -> Failure:
-            self._recovered(group, channel, [], None)
+            if self._recovering.get(key) is waiting and not member:
+                # Not joined: a failed group_add leaves no member behind.
+                del self._recovering[key]
+                self._discard_local(group, channel)
+            else:
+                self._recovered(group, channel, [], None, waiting)
             return failure
 
         return d.addCallbacks(read, failed)
@@ -1606,6 +1611,7 @@ class RedisChannelLayer(BaseChannelLayer):
         """Forget every local group (unsubscribing) and queue, and delete this prefix's
         named-channel lists in Redis."""
         flush_held()
+        self._marks.clear()
         for group in list(self._groups):
             del self._groups[group]
             self._group_emptied(group)
