@@ -672,7 +672,7 @@ async def test_redis_a_join_made_for_another_process_reads_the_position_there(
     member = Probe()
     channel = b.attach(member)
     assert await a.group_add("room.a", channel) is None
-    assert b._marks["room.a"][channel][1] == 0
+    assert b._floors["room.a"][channel][1] == 0  # its read's position
     held = HeldReconnect(b)
     _kill_subscribers(redis_server)
     await until(lambda: not b._sub_ready)
@@ -710,3 +710,40 @@ def test_a_limit_past_the_largest_history_is_refused():
     layer = InMemoryChannelLayer(history={"room.*": (10, 60)})
     with pytest.raises(TypeError, match="limit must be a whole number from 1 to"):
         fired(layer.group_history("room.a", limit=10**6))
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_a_message_in_flight_when_the_last_member_leaves_leaves_nothing(
+        two_layers, redis_server):  # noqa: F811
+    """No stale position stays behind for a group without members here, so a later first
+    member's reconnect recovers from its own join's position."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    a, b = await two_layers(), await two_layers()
+    await a.flush()
+    for layer in (a, b):
+        layer.keep_history("room.*", 100, 60)
+    gone = b.attach(Probe())
+    await b.group_add("room.a", gone)
+    heard = b._sub.on_message
+    b._sub.on_message = lambda topic, payload: reactor.callLater(0.1, heard, topic, payload)
+    try:
+        await a.group_send("room.a", {"type": "m"})  # 1: still on its way to b
+        b.detach(gone)
+        await deferLater(reactor, 0.3, lambda: None)
+    finally:
+        b._sub.on_message = heard
+    assert "room.a" not in b._seen and "room.a" not in b._floors
+    for _ in range(3):
+        await a.group_send("room.a", {"type": "m"})  # 2-4: b has no member
+    late = Probe()
+    assert (await b.group_add("room.a", b.attach(late)))["offset"] == 4
+    held = HeldReconnect(b)
+    _kill_subscribers(redis_server)
+    await until(lambda: not b._sub_ready)
+    await a.group_send("room.a", {"type": "m"})
+    held.release()
+    await until(lambda: offsets(late) == [5])
+    await deferLater(reactor, 0.2, lambda: None)
+    assert offsets(late) == [5]

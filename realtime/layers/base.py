@@ -450,15 +450,10 @@ def prepared_frame(text: str | None, data: bytes | None) -> bytes:
     return encode_frame(0x2, bytes(data))
 
 
-def _advance(marks: dict[str, tuple[str, int]], channel: str, where: Any) -> bool:
-    """``channel`` is to get the history message at ``where``: False when it has had that
-    position (or a later one of the same epoch) already, else its mark moves there."""
-    epoch, offset = where["epoch"], where["offset"]
-    had = marks.get(channel)
-    if had is not None and had[0] == epoch and had[1] >= offset:
-        return False
-    marks[channel] = (epoch, offset)
-    return True
+def _had(had: tuple[str, int] | None, where: Any) -> bool:
+    """A member that has had everything up to ``had`` has had the message at ``where``."""
+    return (had is not None and where is not None and had[0] == where["epoch"]
+            and had[1] >= where["offset"])
 
 
 def no_history(group: str) -> Deferred[Any]:
@@ -491,7 +486,8 @@ class BaseChannelLayer:
     """Local bookkeeping; subclasses decide what crosses processes."""
 
     extensions = ["groups", "flush"]
-    #: Deliver history messages through per-member marks (``_advance``): none twice.
+    #: History messages can reach a member twice (Redis: a read and the live stream race):
+    #: keep ``_floors`` and ``_seen`` so none does.
     _marking = False
     #: How long a history stream's epoch and offset outlive its last publish (seconds).
     history_meta_ttl = META_TTL
@@ -507,10 +503,14 @@ class BaseChannelLayer:
         #: the group's messages for that member wait here, to follow the missed ones (a
         #: newer join of the same pair puts a new list here: the older one's read is moot).
         self._recovering: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        #: On layers where a history message can reach a member twice (``_marking``: on
-        #: Redis a read and the live stream race), the last position each member of a
-        #: history group was given: group -> {channel: (epoch, offset)}.
-        self._marks: dict[str, dict[str, tuple[str, int]]] = {}
+        #: ``_marking`` layers: members of history groups that a read (a join, a reconnect's
+        #: recovery) gave everything up to a position the live stream has not passed yet:
+        #: group -> {channel: (epoch, offset)}; a live message at or before it is skipped,
+        #: the first one after it ends the entry. Few entries: recent joins.
+        self._floors: dict[str, dict[str, tuple[str, int]]] = {}
+        #: ``_marking`` layers: the last history position fanned out live per group; a
+        #: member without a floor has had everything up to it.
+        self._seen: dict[str, tuple[str, int]] = {}
         self.process_id = secrets.token_hex(6)
         self.stats = LayerStats()
         #: Live local consumers by channel name.
@@ -555,8 +555,8 @@ class BaseChannelLayer:
         if len(groups) > 1:
             self._in_several -= 1
         for group in groups:
-            if self._marks:
-                self._unmark(group, channel)
+            if self._floors:
+                self._unfloor(group, channel)
             members = self._groups.get(group)
             if members is not None:
                 members.pop(channel, None)
@@ -596,8 +596,8 @@ class BaseChannelLayer:
         if members is None or channel not in members:
             return
         del members[channel]
-        if self._marks:
-            self._unmark(group, channel)
+        if self._floors:
+            self._unfloor(group, channel)
         groups = self._memberships.get(channel)
         if groups is not None and group in groups:
             groups.discard(group)
@@ -611,12 +611,12 @@ class BaseChannelLayer:
         if self._presence:
             self._untrack(group, channel)
 
-    def _unmark(self, group: str, channel: str) -> None:
-        marks = self._marks.get(group)
-        if marks is not None:
-            marks.pop(channel, None)
-            if not marks:
-                del self._marks[group]
+    def _unfloor(self, group: str, channel: str) -> None:
+        floors = self._floors.get(group)
+        if floors is not None:
+            floors.pop(channel, None)
+            if not floors:
+                del self._floors[group]
 
     def _group_emptied(self, group: str) -> None:
         """Hook: the last local member of ``group`` left (Redis unsubscribes here)."""
@@ -699,51 +699,67 @@ class BaseChannelLayer:
         members = self._groups.get(group)
         if not members:
             return
-        marks = None
+        floors = None
         if self._marking and (where := message.get(POSITION)) is not None:
-            marks = self._marks.setdefault(group, {})
+            self._seen[group] = (where["epoch"], where["offset"])
+            floors = self._floors.get(group)
         for channel in list(members):
             if recovering and (waiting := recovering.get((group, channel))) is not None:
                 waiting.append(message)  # after what it missed (``_recovered``)
                 continue
-            if marks is not None and not _advance(marks, channel, where):
-                continue  # it had this one (from a read)
+            if floors and channel in floors and not self._past_floor(group, channel, where):
+                continue  # a read gave it this one
             if not self._deliver_local(channel, message):
                 log.info("group {group}: channel {channel} is over capacity; message dropped",
                          group=group, channel=channel)
 
+    def _past_floor(self, group: str, channel: str, where: Any) -> bool:
+        """The live message at ``where`` for a member with a floor: False when the read
+        gave it that one; else the live stream has passed the floor, which goes."""
+        floors = self._floors[group]
+        if _had(floors[channel], where):
+            return False
+        del floors[channel]
+        if not floors:
+            del self._floors[group]
+        return True
+
     def _recovered(self, group: str, channel: str, missed: list[dict[str, Any]],
-                   result: dict[str, Any] | None, waiting: list[dict[str, Any]]) -> int:
+                   result: dict[str, Any] | None, waiting: list[dict[str, Any]],
+                   had: tuple[str, int] | None = None) -> int:
         """A recovering join (or reconnect) of ``channel`` whose messages waited in
         ``waiting`` is answered (``result``: the read's answer; None when it failed):
-        ``missed`` (the missed messages, or a ``layer.gap``), then those that came
-        meanwhile, newer than the read (all when it failed), to the member if it still is
-        one; through its mark, so none it had before. Nothing when a newer join of the
-        pair took over (its own read covers this one's). How many of ``missed`` it got."""
+        ``missed`` (the missed messages, or a ``layer.gap``) but those up to ``had``
+        (what it had before), then those that came meanwhile and the read did not have
+        (all when it failed), to the member if it still is one. Nothing when a newer join
+        of the pair took over (its own read covers this one's). How many of ``missed``
+        it got."""
         key = (group, channel)
         if self._recovering.get(key) is not waiting:
             return 0
         del self._recovering[key]
         if channel not in self._groups.get(group, ()):
             return 0  # it left (or its socket closed) meanwhile
-        marks = self._marks.setdefault(group, {}) if self._marking else None
-        replayed = sum(self._recover_one(group, channel, m, marks) for m in missed)
-        if result is not None and marks is not None:
-            # Everything up to the read's position is had (now, or before ``since``).
-            epoch, top = result["epoch"], result["offset"]
-            had = marks.get(channel)
-            if had is None or had[0] != epoch or had[1] < top:
-                marks[channel] = (epoch, top)
+        replayed = 0
+        for message in missed:
+            if not _had(had, message.get(POSITION)):
+                replayed += self._recover_one(group, channel, message)
+        if result is not None and self._marking:
+            # Everything up to the read's position is had: the live stream may still bring
+            # some of it (a slower connection than the read's).
+            self._floors.setdefault(group, {})[channel] = (result["epoch"], result["offset"])
+        floors = self._floors.get(group) if self._marking else None
         for message in waiting:
-            self._recover_one(group, channel, message, marks)
+            where = message.get(POSITION)
+            if (floors and channel in floors and where is not None
+                    and not self._past_floor(group, channel, where)):
+                continue
+            self._recover_one(group, channel, message)
+            floors = self._floors.get(group)
         return replayed
 
-    def _recover_one(self, group: str, channel: str, message: dict[str, Any],
-                     marks: dict[str, tuple[str, int]] | None) -> bool:
-        """False: the member had it (its mark), or its queue is full."""
-        where = message.get(POSITION)
-        if marks is not None and where is not None and not _advance(marks, channel, where):
-            return False
+    def _recover_one(self, group: str, channel: str, message: dict[str, Any]) -> bool:
+        """False: its queue is full."""
         if not self._deliver_local(channel, message):
             log.info("group {group}: channel {channel} is over capacity; message dropped",
                      group=group, channel=channel)

@@ -108,7 +108,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             result = {"epoch": stream.epoch, "offset": stream.top, "recovered": recovered,
                       "missed": len(missed)}
             for message in missed:  # nothing can come between: no marks needed
-                self.stats.history_recovered += self._recover_one(group, channel, message, None)
+                self.stats.history_recovered += self._recover_one(group, channel, message)
             if recovered is False:
                 self.stats.history_unrecovered += 1
         if presence is not None:
@@ -176,7 +176,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._presence.clear()
         self._streams.clear()
         self._recovering.clear()
-        self._marks.clear()
+        self._floors.clear()
         self._in_several = 0
         self._queues.clear()
         for waiters in self._waiters.values():

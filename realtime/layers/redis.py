@@ -605,7 +605,7 @@ class RedisChannelLayer(BaseChannelLayer):
     """Groups, process channels and named channels across processes through one Redis."""
 
     extensions = ["groups", "flush", "broadcast"]
-    _marking = True  # a read and the live stream race: members' marks keep them apart
+    _marking = True  # a read and the live stream race: floors keep them apart
     #: How long ``group_presence`` waits for every process's answer (seconds).
     presence_timeout = PRESENCE_TIMEOUT
 
@@ -981,28 +981,29 @@ class RedisChannelLayer(BaseChannelLayer):
                        until: float) -> None:
         """After a reconnect, a history group's members get what was published while the
         subscriber was away, read from history after the oldest position one of them had
-        (each gets only what is newer than its own: its mark), and no ``layer.gap``; when
-        history does not cover it (or cannot be read) they get the gap as before. A member
-        with no position in the stream's epoch (none yet, or an older epoch) gets the gap."""
+        (each only what is newer than its own: its floor, else the group's last live
+        position), and no ``layer.gap``; when history does not cover it (or cannot be read)
+        they get the gap as before. A member with no position in the epoch most of them are
+        in gets the gap."""
         gap_event = self._gap_event(group, since, until)
         joining = [m for m in members if (group, m) in self._recovering]
         for member in joining:
             # Its join's read may have been made before this outage ended: what that read
             # has not, it may have missed, and is told so after what the read has.
             self._recovering[(group, member)].append(gap_event)
-        marks = self._marks.get(group, {})
-        epochs = Counter(marks[m][0] for m in members if m in marks and m not in joining)
+        floors, seen = self._floors.get(group, {}), self._seen.get(group)
+        had = {m: floors.get(m, seen) for m in members if m not in joining}
+        epochs = Counter(where[0] for where in had.values() if where is not None)
         epoch = epochs.most_common(1)[0][0] if epochs else None
-        recovering = [m for m in members if m not in joining and m in marks
-                      and marks[m][0] == epoch]
-        unknown = [m for m in members if m not in joining and m not in recovering]
+        recovering = [m for m, where in had.items() if where is not None and where[0] == epoch]
+        unknown = [m for m in had if m not in recovering]
         if unknown:
             self.stats.gaps += 1
             for member in unknown:
                 self._deliver_local(member, gap_event)
         if epoch is None:
             return
-        position = (epoch, min(marks[m][1] for m in recovering))
+        position = (epoch, min(w[1] for m in recovering if (w := had[m]) is not None))
         waiting: dict[str, list[dict[str, Any]]] = {m: [] for m in recovering}
         for member, buffer in waiting.items():
             self._recovering[(group, member)] = buffer
@@ -1021,7 +1022,7 @@ class RedisChannelLayer(BaseChannelLayer):
             missed = result.pop("messages")
             for member, buffer in waiting.items():
                 self.stats.history_recovered += self._recovered(group, member, missed, result,
-                                                                buffer)
+                                                                buffer, had[member])
             log.info("channel layer: group {group}: {count} message(s) published while Redis "
                      "was unreachable recovered from history for {members} member(s)",
                      group=group, count=len(missed), members=len(waiting))
@@ -1089,7 +1090,8 @@ class RedisChannelLayer(BaseChannelLayer):
                 waiter.callback(None)
 
     def _group_emptied(self, group: str) -> None:
-        self._marks.pop(group, None)
+        self._floors.pop(group, None)
+        self._seen.pop(group, None)
         # A SUBSCRIBE still in flight is answered before this UNSUBSCRIBE: it no longer
         # counts (the epoch), and a new first member sends a new SUBSCRIBE.
         if self._inflight:
@@ -1459,8 +1461,12 @@ class RedisChannelLayer(BaseChannelLayer):
 
         def read(result: dict[str, Any]) -> dict[str, Any]:
             missed = result.pop("messages")
+            # A member joining again (with since) does not get again what it had.
+            had = self._floors.get(group, {}).get(channel)
+            if had is None and member:
+                had = self._seen.get(group)
             self.stats.history_recovered += self._recovered(group, channel, missed, result,
-                                                            waiting)
+                                                            waiting, had)
             if result["recovered"] is False:
                 self.stats.history_unrecovered += 1
             result["missed"] = len(missed)
@@ -1611,7 +1617,8 @@ class RedisChannelLayer(BaseChannelLayer):
         """Forget every local group (unsubscribing) and queue, and delete this prefix's
         named-channel lists in Redis."""
         flush_held()
-        self._marks.clear()
+        self._floors.clear()
+        self._seen.clear()
         for group in list(self._groups):
             del self._groups[group]
             self._group_emptied(group)
