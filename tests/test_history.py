@@ -747,3 +747,116 @@ async def test_redis_a_message_in_flight_when_the_last_member_leaves_leaves_noth
     await until(lambda: offsets(late) == [5])
     await deferLater(reactor, 0.2, lambda: None)
     assert offsets(late) == [5]
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_joining_again_loses_nothing_and_since_is_for_a_first_join(
+        two_layers):  # noqa: F811
+    """A member added again (a presence update, a join made for it by another process)
+    keeps getting every message, including those on their way meanwhile; ``since`` on a
+    member already in the group is refused (it would replay what it had, or skip what it
+    did not)."""
+    a, b = await two_layers(), await two_layers()
+    await a.flush()
+    for layer in (a, b):
+        layer.keep_history("room.*", 1000, 60)
+    member = Probe()
+    channel = b.attach(member)
+    first = await b.group_add("room.a", channel, presence={"n": 1})
+    burst = [a.group_send("room.a", {"type": "m"}) for _ in range(100)]
+    again = [b.group_add("room.a", channel, presence={"n": 2}),  # on its own process
+             a.group_add("room.a", channel)]  # made for it by another one
+    for d in burst + again:
+        await d
+    await a.group_send("room.a", {"type": "m"})
+    await until(lambda: offsets(member)[-1:] == [101])
+    assert offsets(member) == list(range(1, 102))
+    with pytest.raises(ValueError, match="since= is for its first join"):
+        await b.group_add("room.a", channel, since={"epoch": first["epoch"], "offset": 0})
+    assert channel in b.local_members("room.a")  # still a member, as it was
+
+
+def test_memory_since_is_for_a_first_join():
+    layer = InMemoryChannelLayer(history={"room.*": (10, 60)})
+    member = Probe()
+    channel = layer.attach(member)
+    epoch = fired(layer.group_add("room.a", channel))["epoch"]
+    layer.group_send("room.a", {"type": "m"})
+    with pytest.raises(ValueError, match="since= is for its first join"):
+        fired(layer.group_add("room.a", channel, since={"epoch": epoch, "offset": 0}))
+    assert fired(layer.group_add("room.a", channel))["missed"] == 0  # a plain re-add is fine
+    assert offsets(member) == [1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plain_groups_message_may_have_a_position_key(layer):
+    """Only history groups' positions are the layer's: elsewhere it is the app's key."""
+    await layer.flush()
+    layer.keep_history("room.*", 10, 60)
+    member = Probe()
+    await layer.group_add("lobby", layer.attach(member))
+    for value in ("left", {"x": 1}, {"epoch": "e", "offset": 1}):
+        await layer.group_send("lobby", {"type": "chat.move", "position": value})
+    await until(lambda: len(member.events) == 3)
+    assert [e["position"] for e in member.events] == ["left", {"x": 1},
+                                                      {"epoch": "e", "offset": 1}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_live_messages_before_the_resubscribe_is_done_wait_for_the_recovery(
+        two_layers, redis_server):  # noqa: F811
+    """A group resubscribed early in a reconnect hears live messages before the layer
+    recovers it: they wait, and follow what was published during the outage."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    a, b = await two_layers(), await two_layers()
+    await a.flush()
+    for layer in (a, b):
+        layer.keep_history("room.*", 100, 60)
+    member = Probe()
+    await b.group_add("room.a", b.attach(member))
+    await a.group_send("room.a", {"type": "m"})
+    await until(lambda: offsets(member) == [1])
+    held = HeldReconnect(b)
+    _kill_subscribers(redis_server)
+    await until(lambda: not b._sub_ready)
+    for _ in range(3):
+        await a.group_send("room.a", {"type": "m"})  # 2-4: during the outage
+    done = b._resubscribed
+    b._resubscribed = lambda proto, epochs: reactor.callLater(0.3, done, proto, epochs)
+    try:
+        held.release()
+        await until(lambda: b._sub.proto is not None)
+        await deferLater(reactor, 0.1, lambda: None)  # its SUBSCRIBEs answered
+        for _ in range(2):
+            await a.group_send("room.a", {"type": "m"})  # 5, 6: live, before the recovery
+        assert not b._sub_ready and len(b._outage.get("room.a", [])) == 2
+        await until(lambda: b._sub_ready)
+    finally:
+        del b._resubscribed
+    await until(lambda: offsets(member)[-1:] == [6])
+    await deferLater(reactor, 0.2, lambda: None)
+    assert offsets(member) == [1, 2, 3, 4, 5, 6]
+    assert [e["type"] for e in member.events] == ["m"] * 6  # recovered: no gap
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_a_join_made_for_another_process_that_cannot_read_still_joins(
+        two_layers, monkeypatch):  # noqa: F811
+    from realtime.layers import redis
+
+    monkeypatch.setattr(redis, "CONTROL_TIMEOUT", 0.5)
+    a, b = await two_layers(), await two_layers()
+    for layer in (a, b):
+        layer.keep_history("room.*", 100, 60)
+    member = Probe()
+    channel = b.attach(member)
+    proto, b._pub.proto = b._pub.proto, None  # b cannot read history (nor acknowledge)
+    try:
+        assert await a.group_add("room.a", channel) is None  # after CONTROL_TIMEOUT
+        assert channel in b.local_members("room.a")  # joined all the same
+    finally:
+        b._pub.proto = proto
+    await a.group_send("room.a", {"type": "m"})
+    await until(lambda: len(offsets(member)) == 1)

@@ -450,10 +450,21 @@ def prepared_frame(text: str | None, data: bytes | None) -> bytes:
     return encode_frame(0x2, bytes(data))
 
 
-def _had(had: tuple[str, int] | None, where: Any) -> bool:
+def _had(had: tuple[str, int] | None, where: tuple[str, int] | None) -> bool:
     """A member that has had everything up to ``had`` has had the message at ``where``."""
-    return (had is not None and where is not None and had[0] == where["epoch"]
-            and had[1] >= where["offset"])
+    return (had is not None and where is not None and had[0] == where[0]
+            and had[1] >= where[1])
+
+
+def _where(message: dict[str, Any]) -> tuple[str, int] | None:
+    """A history message's position as ``(epoch, offset)``; None for any other message
+    (a ``layer.gap``, a presence event)."""
+    where = message.get(POSITION)
+    if isinstance(where, dict):
+        epoch, offset = where.get("epoch"), where.get("offset")
+        if isinstance(epoch, str) and isinstance(offset, int):
+            return epoch, offset
+    return None
 
 
 def no_history(group: str) -> Deferred[Any]:
@@ -694,26 +705,30 @@ class BaseChannelLayer:
         queue.append(dict(message))
         return True
 
-    def _fan_out(self, group: str, message: dict[str, Any]) -> None:
+    def _fan_out(self, group: str, message: dict[str, Any],
+                 where: tuple[str, int] | None = None) -> None:
+        """``message`` to every local member of ``group``; ``where``: its position, for a
+        history message on a ``_marking`` layer (members a read gave it skip it)."""
         recovering = self._recovering
         members = self._groups.get(group)
         if not members:
             return
         floors = None
-        if self._marking and (where := message.get(POSITION)) is not None:
-            self._seen[group] = (where["epoch"], where["offset"])
+        if where is not None:
+            self._seen[group] = where
             floors = self._floors.get(group)
         for channel in list(members):
             if recovering and (waiting := recovering.get((group, channel))) is not None:
                 waiting.append(message)  # after what it missed (``_recovered``)
                 continue
-            if floors and channel in floors and not self._past_floor(group, channel, where):
+            if (floors and channel in floors and where is not None
+                    and not self._past_floor(group, channel, where)):
                 continue  # a read gave it this one
             if not self._deliver_local(channel, message):
                 log.info("group {group}: channel {channel} is over capacity; message dropped",
                          group=group, channel=channel)
 
-    def _past_floor(self, group: str, channel: str, where: Any) -> bool:
+    def _past_floor(self, group: str, channel: str, where: tuple[str, int]) -> bool:
         """The live message at ``where`` for a member with a floor: False when the read
         gave it that one; else the live stream has passed the floor, which goes."""
         floors = self._floors[group]
@@ -742,7 +757,7 @@ class BaseChannelLayer:
             return 0  # it left (or its socket closed) meanwhile
         replayed = 0
         for message in missed:
-            if not _had(had, message.get(POSITION)):
+            if not _had(had, _where(message)):
                 replayed += self._recover_one(group, channel, message)
         if result is not None and self._marking:
             # Everything up to the read's position is had: the live stream may still bring
@@ -750,7 +765,7 @@ class BaseChannelLayer:
             self._floors.setdefault(group, {})[channel] = (result["epoch"], result["offset"])
         floors = self._floors.get(group) if self._marking else None
         for message in waiting:
-            where = message.get(POSITION)
+            where = _where(message) if floors else None
             if (floors and channel in floors and where is not None
                     and not self._past_floor(group, channel, where)):
                 continue

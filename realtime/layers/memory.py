@@ -95,6 +95,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
         rule = self.history.match(group) if self.history else None
         if rule is None and position is not None:
             return no_history(group)
+        if position is not None and channel in self._groups.get(group, ()):
+            return fail(ValueError(
+                f"{channel} is already in {group!r}: since= is for its first join (not "
+                "with the consumer's groups attribute: join it in connect())"))
         self._add_local(group, channel)
         result = None
         if rule is not None:

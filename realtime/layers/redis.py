@@ -648,6 +648,9 @@ class RedisChannelLayer(BaseChannelLayer):
         self._acks: dict[int, tuple[Deferred[None], Any]] = {}
         #: group_presence questions in flight: seq -> _Census.
         self._censuses: dict[int, _Census] = {}
+        #: History groups' live messages that came while a reconnect resubscribes (before
+        #: ``_resubscribed`` recovers the group): group -> messages, in order.
+        self._outage: dict[str, list[dict[str, Any]]] = {}
         #: Since when the subscriber has been down (wall clock), None while up.
         self._down_since: float | None = None
         self._ready_waiters: list[Deferred[None]] = []
@@ -986,11 +989,12 @@ class RedisChannelLayer(BaseChannelLayer):
         they get the gap as before. A member with no position in the epoch most of them are
         in gets the gap."""
         gap_event = self._gap_event(group, since, until)
+        outage = self._outage.pop(group, [])  # live since the resubscribe: after the rest
         joining = [m for m in members if (group, m) in self._recovering]
         for member in joining:
             # Its join's read may have been made before this outage ended: what that read
             # has not, it may have missed, and is told so after what the read has.
-            self._recovering[(group, member)].append(gap_event)
+            self._recovering[(group, member)].extend([gap_event, *outage])
         floors, seen = self._floors.get(group, {}), self._seen.get(group)
         had = {m: floors.get(m, seen) for m in members if m not in joining}
         epochs = Counter(where[0] for where in had.values() if where is not None)
@@ -1000,11 +1004,12 @@ class RedisChannelLayer(BaseChannelLayer):
         if unknown:
             self.stats.gaps += 1
             for member in unknown:
-                self._deliver_local(member, gap_event)
+                for message in [gap_event, *outage]:
+                    self._recover_one(group, member, message)
         if epoch is None:
             return
         position = (epoch, min(w[1] for m in recovering if (w := had[m]) is not None))
-        waiting: dict[str, list[dict[str, Any]]] = {m: [] for m in recovering}
+        waiting: dict[str, list[dict[str, Any]]] = {m: list(outage) for m in recovering}
         for member, buffer in waiting.items():
             self._recovering[(group, member)] = buffer
         d = self.when_ready(CONTROL_TIMEOUT)
@@ -1092,6 +1097,7 @@ class RedisChannelLayer(BaseChannelLayer):
     def _group_emptied(self, group: str) -> None:
         self._floors.pop(group, None)
         self._seen.pop(group, None)
+        self._outage.pop(group, None)
         # A SUBSCRIBE still in flight is answered before this UNSUBSCRIBE: it no longer
         # counts (the epoch), and a new first member sends a new SUBSCRIBE.
         if self._inflight:
@@ -1132,7 +1138,14 @@ class RedisChannelLayer(BaseChannelLayer):
         if kind == _GROUP:
             self._fan_out(group, data)
         elif kind == _HGROUP:
-            self._fan_out(group, positioned(data, body[5], body[4]))
+            message, where = positioned(data, body[5], body[4]), (body[5], body[4])
+            if not self._sub_ready and group in self._groups:
+                # A group resubscribed early in a reconnect: its live messages wait for
+                # the group's recovery (they come after what was missed), and do not move
+                # the position the recovery reads from.
+                self._outage.setdefault(group, []).append(message)
+            else:
+                self._fan_out(group, message, where)
         elif kind == _TEXT:
             self._broadcast_local(group, prepared_frame(data, None))
         elif kind == _BYTES:
@@ -1159,7 +1172,10 @@ class RedisChannelLayer(BaseChannelLayer):
             if kind == _ADD:
                 done: Deferred[Any]
                 if self.history.match(group) is not None:  # its position read here too
-                    done = self._join_history(group, channel, None)
+                    done = self._join_history(group, channel, None, keep=True).addErrback(
+                        lambda f: log.info("channel layer: group {group}: position of "
+                                           "{channel} not read: {error}", group=group,
+                                           channel=channel, error=f.getErrorMessage()))
                 else:
                     done = self._join(group, channel)
                 if len(body) > 5:  # with presence: [..., info, announce]
@@ -1447,13 +1463,26 @@ class RedisChannelLayer(BaseChannelLayer):
         extra = () if presence is None else (presence, announce)
         return self._control(_ADD, group, channel, owner, *extra)
 
-    def _join_history(self, group: str, channel: str,
-                      since: tuple[str, int] | None) -> Deferred[dict[str, Any]]:
+    def _join_history(self, group: str, channel: str, since: tuple[str, int] | None,
+                      keep: bool = False) -> Deferred[dict[str, Any]]:
         """Join, then read the stream's position (and with ``since`` what was missed) once
         subscribed; the group's messages that come meanwhile wait (``_recovering``) and
-        follow the missed ones, without those the read had."""
+        follow the missed ones, without those the read had. A member already: its
+        position only (``since`` is for a first join). ``keep``: a failed read leaves
+        the member in (a join made for another process)."""
         key = (group, channel)
-        member = channel in self._groups.get(group, ())
+        if channel in self._groups.get(group, ()):
+            if since is not None:
+                return fail(ValueError(
+                    f"{channel} is already in {group!r}: since= is for its first join (not "
+                    "with the consumer's groups attribute: join it in connect())"))
+
+            def position(result: dict[str, Any]) -> dict[str, Any]:
+                result.pop("messages")
+                result["missed"] = 0
+                return result
+
+            return self._read_history(group, None, -1).addCallback(position)
         waiting: list[dict[str, Any]] = []
         self._recovering[key] = waiting  # a join of the pair still in flight is moot now
         d = self._join(group, channel)
@@ -1461,19 +1490,15 @@ class RedisChannelLayer(BaseChannelLayer):
 
         def read(result: dict[str, Any]) -> dict[str, Any]:
             missed = result.pop("messages")
-            # A member joining again (with since) does not get again what it had.
-            had = self._floors.get(group, {}).get(channel)
-            if had is None and member:
-                had = self._seen.get(group)
             self.stats.history_recovered += self._recovered(group, channel, missed, result,
-                                                            waiting, had)
+                                                            waiting)
             if result["recovered"] is False:
                 self.stats.history_unrecovered += 1
             result["missed"] = len(missed)
             return result
 
         def failed(failure: Failure) -> Failure:
-            if self._recovering.get(key) is waiting and not member:
+            if self._recovering.get(key) is waiting and not keep:
                 # Not joined: a failed group_add leaves no member behind.
                 del self._recovering[key]
                 self._discard_local(group, channel)
@@ -1619,6 +1644,7 @@ class RedisChannelLayer(BaseChannelLayer):
         flush_held()
         self._floors.clear()
         self._seen.clear()
+        self._outage.clear()
         for group in list(self._groups):
             del self._groups[group]
             self._group_emptied(group)
