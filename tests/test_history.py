@@ -27,6 +27,23 @@ def fired(d: Any) -> Any:
     return out[0]
 
 
+async def keeping(layer: Any, size: int) -> None:
+    """``layer`` keeps ``room.*``'s last ``size`` messages, on a Redis emptied of earlier
+    tests' streams (the server is shared by the tests)."""
+    await layer.flush()
+    layer.keep_history("room.*", size, 60)
+
+
+async def history_pair(two_layers: Any, size: int) -> tuple[Any, Any]:  # noqa: F811
+    """Two Redis layers (two processes) keeping ``room.*``'s last ``size`` messages, on a
+    Redis emptied of earlier tests' streams."""
+    a, b = await two_layers(), await two_layers()
+    await a.flush()
+    for layer in (a, b):
+        layer.keep_history("room.*", size, 60)
+    return a, b
+
+
 def offsets(probe: Probe) -> list[int]:
     return [e["position"]["offset"] for e in probe.events if "position" in e]
 
@@ -76,8 +93,7 @@ def test_decide_is_all_or_nothing():
 
 @pytest_twisted.ensureDeferred
 async def test_history_group_messages_carry_positions_and_are_kept(layer):
-    await layer.flush()  # the Redis server is shared by the tests
-    layer.keep_history("room.*", 3, 60)
+    await keeping(layer, 3)
     member = Probe()
     channel = layer.attach(member)
     joined = await layer.group_add("room.a", channel)
@@ -108,8 +124,7 @@ async def test_history_group_messages_carry_positions_and_are_kept(layer):
 
 @pytest_twisted.ensureDeferred
 async def test_a_member_that_comes_back_gets_what_it_missed_first(layer):
-    await layer.flush()  # the Redis server is shared by the tests
-    layer.keep_history("room.*", 10, 60)
+    await keeping(layer, 10)
     member, other = Probe(), Probe()
     channel, witness = layer.attach(member), layer.attach(other)
     await layer.group_add("room.a", witness)
@@ -142,8 +157,7 @@ async def test_a_member_that_comes_back_gets_what_it_missed_first(layer):
 
 @pytest_twisted.ensureDeferred
 async def test_history_that_no_longer_covers_the_gap_replays_nothing(layer):
-    await layer.flush()  # the Redis server is shared by the tests
-    layer.keep_history("room.*", 3, 60)
+    await keeping(layer, 3)
     channel = layer.attach(Probe())
     epoch = (await layer.group_add("room.a", channel))["epoch"]
     for n in range(6):
@@ -165,8 +179,7 @@ async def test_history_that_no_longer_covers_the_gap_replays_nothing(layer):
 
 @pytest_twisted.ensureDeferred
 async def test_bad_arguments_are_refused(layer):
-    await layer.flush()  # the Redis server is shared by the tests
-    layer.keep_history("room.*", 3, 60)
+    await keeping(layer, 3)
     channel = layer.attach(Probe())
     for since, message in [(5, "position dict"), ({"offset": 1}, "epoch"),
                            ({"epoch": "e", "offset": -1}, "offset"),
@@ -186,8 +199,7 @@ async def test_bad_arguments_are_refused(layer):
 
 @pytest_twisted.ensureDeferred
 async def test_presence_events_are_not_kept(layer):
-    await layer.flush()  # the Redis server is shared by the tests
-    layer.keep_history("room.*", 10, 60)
+    await keeping(layer, 10)
     watcher = Probe()
     watching = layer.attach(watcher)
     await layer.group_add("room.a", watching)
@@ -201,8 +213,7 @@ async def test_presence_events_are_not_kept(layer):
 
 @pytest_twisted.ensureDeferred
 async def test_flush_starts_a_new_epoch(layer):
-    await layer.flush()  # the Redis server is shared by the tests
-    layer.keep_history("room.*", 10, 60)
+    await keeping(layer, 10)
     channel = layer.attach(Probe())
     before = await layer.group_add("room.a", channel)
     await layer.group_send("room.a", {"type": "m"})
@@ -252,10 +263,7 @@ def test_memory_streams_past_their_meta_ttl_are_swept():
 
 @pytest_twisted.ensureDeferred
 async def test_redis_history_is_shared_by_processes(two_layers):  # noqa: F811
-    a, b = await two_layers(), await two_layers()
-    await a.flush()  # the Redis server is shared by the tests
-    for layer in (a, b):
-        layer.keep_history("room.*", 5, 60)
+    a, b = await history_pair(two_layers, 5)
     away = Probe()
     channel = b.attach(away)
     start = await b.group_add("room.a", channel)
@@ -282,10 +290,7 @@ async def test_redis_recovery_during_a_publish_storm_loses_and_repeats_nothing(
         two_layers):  # noqa: F811
     """Messages published while the join subscribes and reads come both live and from the
     read: each reaches the member once, in order, after the missed ones."""
-    a, b = await two_layers(), await two_layers()
-    await a.flush()  # the Redis server is shared by the tests
-    for layer in (a, b):
-        layer.keep_history("room.*", 1000, 60)
+    a, b = await history_pair(two_layers, 1000)
     first = Probe()
     channel = b.attach(first)
     await b.group_add("room.a", channel)
@@ -312,8 +317,7 @@ async def test_redis_a_lost_stream_is_a_new_epoch(two_layers, redis_server):  # 
     from tests.test_presence import RawRedis
 
     layer = await two_layers()
-    await layer.flush()  # the Redis server is shared by the tests
-    layer.keep_history("room.*", 5, 60)
+    await keeping(layer, 5)
     channel = layer.attach(Probe())
     start = await layer.group_add("room.a", channel)
     await layer.group_send("room.a", {"type": "m"})
@@ -501,10 +505,7 @@ def _kill_subscribers(redis_server: Any) -> None:
 @pytest_twisted.ensureDeferred
 async def test_redis_reconnect_recovers_a_history_group_instead_of_a_gap(
         two_layers, redis_server):  # noqa: F811
-    a, b = await two_layers(), await two_layers()
-    await a.flush()
-    for layer in (a, b):
-        layer.keep_history("room.*", 3, 60)
+    a, b = await history_pair(two_layers, 3)
     members = [Probe(), Probe()]
     for probe in members:
         await b.group_add("room.kept", b.attach(probe))
@@ -562,10 +563,7 @@ async def test_redis_members_that_joined_during_an_outage_get_each_message_once(
         two_layers, redis_server):  # noqa: F811
     """Joins made while the subscriber is away (the publisher up) read their position;
     after the reconnect each member gets what is newer than what it had, once, in order."""
-    a, b = await two_layers(), await two_layers()
-    await a.flush()
-    for layer in (a, b):
-        layer.keep_history("room.*", 100, 60)
+    a, b = await history_pair(two_layers, 100)
     old = Probe()
     await b.group_add("room.a", b.attach(old))
     for _ in range(2):
@@ -602,10 +600,7 @@ async def test_redis_a_live_message_slower_than_the_read_is_not_given_twice(
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
 
-    a, b = await two_layers(), await two_layers()
-    await a.flush()
-    for layer in (a, b):
-        layer.keep_history("room.*", 100, 60)
+    a, b = await history_pair(two_layers, 100)
     first = Probe()
     await b.group_add("room.a", b.attach(first))
     await a.group_send("room.a", {"type": "m"})
@@ -665,10 +660,7 @@ async def test_redis_a_join_made_for_another_process_reads_the_position_there(
         two_layers, redis_server):  # noqa: F811
     """``group_add`` of b's channel from a: b joins it and reads the stream's position, so
     b's reconnect recovers that member too (a answers None: the join is b's)."""
-    a, b = await two_layers(), await two_layers()
-    await a.flush()
-    for layer in (a, b):
-        layer.keep_history("room.*", 100, 60)
+    a, b = await history_pair(two_layers, 100)
     member = Probe()
     channel = b.attach(member)
     assert await a.group_add("room.a", channel) is None
@@ -720,10 +712,7 @@ async def test_redis_a_message_in_flight_when_the_last_member_leaves_leaves_noth
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
 
-    a, b = await two_layers(), await two_layers()
-    await a.flush()
-    for layer in (a, b):
-        layer.keep_history("room.*", 100, 60)
+    a, b = await history_pair(two_layers, 100)
     gone = b.attach(Probe())
     await b.group_add("room.a", gone)
     heard = b._sub.on_message
@@ -756,10 +745,7 @@ async def test_redis_joining_again_loses_nothing_and_since_is_for_a_first_join(
     keeps getting every message, including those on their way meanwhile; ``since`` on a
     member already in the group is refused (it would replay what it had, or skip what it
     did not)."""
-    a, b = await two_layers(), await two_layers()
-    await a.flush()
-    for layer in (a, b):
-        layer.keep_history("room.*", 1000, 60)
+    a, b = await history_pair(two_layers, 1000)
     member = Probe()
     channel = b.attach(member)
     first = await b.group_add("room.a", channel, presence={"n": 1})
@@ -810,10 +796,7 @@ async def test_redis_live_messages_before_the_resubscribe_is_done_wait_for_the_r
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
 
-    a, b = await two_layers(), await two_layers()
-    await a.flush()
-    for layer in (a, b):
-        layer.keep_history("room.*", 100, 60)
+    a, b = await history_pair(two_layers, 100)
     member = Probe()
     await b.group_add("room.a", b.attach(member))
     await a.group_send("room.a", {"type": "m"})

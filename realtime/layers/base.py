@@ -36,7 +36,15 @@ from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
 
 from realtime.exceptions import ChannelFull  # noqa: F401 (re-exported: realtime.layers)
-from realtime.layers.history import META_TTL, POSITION, HistoryRules, check_rule
+from realtime.layers.history import (
+    META_TTL,
+    POSITION,
+    HistoryRule,
+    HistoryRules,
+    check_limit,
+    check_rule,
+    check_since,
+)
 
 log = Logger()
 
@@ -467,8 +475,8 @@ def _where(message: dict[str, Any]) -> tuple[str, int] | None:
     return None
 
 
-def no_history(group: str) -> Deferred[Any]:
-    return fail(ValueError(f"group {group!r} keeps no history (no --history rule matches it)"))
+def no_history(group: str) -> ValueError:
+    return ValueError(f"group {group!r} keeps no history (no --history rule matches it)")
 
 
 class LayerStats:
@@ -540,6 +548,30 @@ class BaseChannelLayer:
         #: Queued messages for channels nobody is attached to (workers, ``receive()``).
         self._queues: dict[str, deque[dict[str, Any]]] = {}
         self._waiters: dict[str, deque[Deferred[dict[str, Any]]]] = {}
+
+    def _join_args(self, group: str, channel: str, presence: Any, since: Any
+                   ) -> tuple[dict[str, Any] | None, tuple[str, int] | None, HistoryRule | None]:
+        """``group_add``'s arguments checked (``TypeError``, ``ValueError``): the presence
+        info, the position to recover from, the group's history rule."""
+        check_name(group, "group")
+        check_name(channel)
+        info = check_presence(presence)
+        position = check_since(since)
+        rule = self.history.match(group) if self.history else None
+        if rule is None and position is not None:
+            raise no_history(group)
+        return info, position, rule
+
+    def _history_args(self, group: str, since: Any, limit: Any
+                      ) -> tuple[HistoryRule, tuple[str, int] | None, int | None]:
+        """``group_history``'s arguments checked (``TypeError``, ``ValueError``)."""
+        check_name(group, "group")
+        position = check_since(since)
+        most = check_limit(limit)
+        rule = self.history.match(group) if self.history else None
+        if rule is None:
+            raise no_history(group)
+        return rule, position, most
 
     def keep_history(self, pattern: str, size: int, ttl: float) -> None:
         """Groups matching ``pattern`` (a glob; the first rule that matches wins) keep their

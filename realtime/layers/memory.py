@@ -17,13 +17,11 @@ from realtime.layers.base import (
     BaseChannelLayer,
     ChannelFull,
     check_name,
-    check_presence,
     flush_held,
     invalid,
-    no_history,
     prepared_frame,
 )
-from realtime.layers.history import Stream, answer, check_limit, check_since
+from realtime.layers.history import Stream, answer
 
 #: History is swept (streams whose epoch outlived ``history_meta_ttl`` dropped, messages
 #: past their ttl freed) every this many history calls, or on the first one this many
@@ -85,16 +83,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
     def group_add(self, group: str, channel: str, presence: dict[str, Any] | None = None,
                   announce: bool = True,
                   since: dict[str, Any] | None = None) -> Deferred[Any]:
-        if (bad := invalid(group=group, channel=channel)) is not None:
-            return bad
         try:
-            presence = check_presence(presence)
-            position = check_since(since)
-        except TypeError as exc:
+            presence, position, rule = self._join_args(group, channel, presence, since)
+        except (TypeError, ValueError) as exc:
             return fail(exc)
-        rule = self.history.match(group) if self.history else None
-        if rule is None and position is not None:
-            return no_history(group)
         if position is not None and channel in self._groups.get(group, ()):
             return fail(ValueError(
                 f"{channel} is already in {group!r}: since= is for its first join (not "
@@ -122,16 +114,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
 
     def group_history(self, group: str, since: dict[str, Any] | None = None,
                       limit: int | None = None) -> Deferred[dict[str, Any]]:
-        if (bad := invalid(group=group)) is not None:
-            return bad
         try:
-            position = check_since(since)
-            most = check_limit(limit)
-        except TypeError as exc:
+            rule, position, most = self._history_args(group, since, limit)
+        except (TypeError, ValueError) as exc:
             return fail(exc)
-        rule = self.history.match(group) if self.history else None
-        if rule is None:
-            return no_history(group)
         now = self._now()
         stream = self._stream(group, now)
         recovered, messages = stream.read(position, most, rule, now)

@@ -58,19 +58,15 @@ from realtime.layers.base import (
     LayerUnavailable,
     after_release,
     check_name,
-    check_presence,
     flush_held,
     hold,
     invalid,
-    no_history,
     prepared_frame,
     release,
 )
 from realtime.layers.history import (
     HistoryRule,
     answer,
-    check_limit,
-    check_since,
     new_epoch,
     positioned,
 )
@@ -1432,16 +1428,10 @@ class RedisChannelLayer(BaseChannelLayer):
     def group_add(self, group: str, channel: str, presence: dict[str, Any] | None = None,
                   announce: bool = True,
                   since: dict[str, Any] | None = None) -> Deferred[Any]:
-        if (bad := invalid(group=group, channel=channel)) is not None:
-            return bad
         try:
-            presence = check_presence(presence)
-            position = check_since(since)
-        except TypeError as exc:
+            presence, position, rule = self._join_args(group, channel, presence, since)
+        except (TypeError, ValueError) as exc:
             return fail(exc)
-        rule = self.history.match(group) if self.history else None
-        if rule is None and position is not None:
-            return no_history(group)
         owner = self._owner(channel)
         if owner is None or owner == self.process_id:
             joined: Deferred[Any]
@@ -1529,15 +1519,10 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def group_history(self, group: str, since: dict[str, Any] | None = None,
                       limit: int | None = None) -> Deferred[dict[str, Any]]:
-        if (bad := invalid(group=group)) is not None:
-            return bad
         try:
-            position = check_since(since)
-            most = check_limit(limit)
-        except TypeError as exc:
+            _, position, most = self._history_args(group, since, limit)
+        except (TypeError, ValueError) as exc:
             return fail(exc)
-        if (self.history.match(group) if self.history else None) is None:
-            return no_history(group)
         return self._read_history(group, position, most or 0)
 
     def group_presence(self, group: str) -> Deferred[dict[str, dict[str, Any]]]:
