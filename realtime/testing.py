@@ -720,6 +720,252 @@ class HttpCommunicator(_Communicator):
         return _with_timeout(done, timeout, "get_response()").addCallback(parse)
 
 
+#: Scope keys the server builds from the request; any other key of a scope given to
+#: ``ApplicationCommunicator`` (``user``, ``session``...) is set on the connection's scope.
+_REQUEST_KEYS = frozenset({"type", "path", "raw_path", "query_string", "headers",
+                           "subprotocols", "scheme", "http_version", "asgi", "client",
+                           "server", "root_path", "method", "extensions", "state"})
+#: Handshake headers the server writes itself: not the application's accept headers.
+_HANDSHAKE_HEADERS = frozenset({b"upgrade", b"connection", b"sec-websocket-accept",
+                                b"sec-websocket-protocol", b"sec-websocket-extensions"})
+
+
+class _AsgiWebsocket(WebsocketCommunicator):
+    """A ``WebsocketCommunicator`` that also tells what the server did as ASGI messages."""
+
+    def __init__(self, out: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._out = out
+
+    def _response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        super()._response(status, headers)
+        if status == 101:
+            self._out({"type": "websocket.accept", "subprotocol": self.subprotocol,
+                       "headers": [h for h in headers if h[0] not in _HANDSHAKE_HEADERS]})
+        else:  # a refusal is an HTTP response (ASGI's denial response extension)
+            self._out({"type": "websocket.http.response.start", "status": status,
+                       "headers": headers})
+
+    def _frame(self, opcode: int, payload: bytes) -> None:
+        closed = self.close_code is not None
+        super()._frame(opcode, payload)
+        if opcode in (0x1, 0x2):
+            key = "text" if opcode == 0x1 else "bytes"
+            self._out({"type": "websocket.send", key: self._messages.pop()})
+        elif opcode == 0x8 and not closed:
+            self._out({"type": "websocket.close", "code": self.close_code,
+                       "reason": self.close_reason or ""})
+
+
+class ApplicationCommunicator:
+    """asgiref's ``ApplicationCommunicator``, which Channels' tests use below the WebSocket
+    and HTTP communicators: ``send_input(message)`` an ASGI message in,
+    ``receive_output()`` the next one out, ``receive_nothing()``, ``wait()``, ``stop()``.
+    Every method returns a Deferred (await it). By the scope's type:
+
+    - ``channel`` (``{"type": "channel", "channel": NAME}``): a worker's consumer, as
+      ``realtime-runworker`` runs it: each input is a layer message, handled by type one
+      at a time, in order. ``wait()`` fires when every input is handled and re-raises the
+      first handler exception. A worker answers through its layer, not as output.
+    - ``websocket``: ``websocket.connect`` opens the connection (the scope's path, query
+      string, headers and subprotocols make the request; other keys, e.g. ``user``, are set
+      on the consumer's scope); out come ``websocket.accept`` (``subprotocol``, the
+      application's ``headers``) or, for a refusal, ``websocket.http.response.start`` with
+      the HTTP status (ASGI's denial response); ``websocket.receive`` (``text``/``bytes``)
+      is a client frame; ``websocket.send`` and ``websocket.close`` (``code``,
+      ``reason``) come out; ``websocket.disconnect`` (``code``) closes from the client and
+      ``wait()`` then fires once the consumer is done (re-raising a handler's exception).
+    - ``http``: ``http.request`` messages (``body``, ``more_body``) make the request; out
+      come ``http.response.start`` (``status``, ``headers``) and one
+      ``http.response.body`` with the whole body (chunks joined).
+    """
+
+    def __init__(self, application: Any, scope: dict[str, Any], layer: Any = None,
+                 clock: Any = None, config: ServerConfig | None = None) -> None:
+        kind = scope.get("type")
+        if kind not in ("channel", "websocket", "http"):
+            raise ValueError(f"ApplicationCommunicator serves channel, websocket and http "
+                             f"scopes, not {kind!r}")
+        self.application = application
+        self.scope = dict(scope)
+        self.layer = layer
+        self.clock = clock
+        self.config = config
+        self._outputs: _deque[dict[str, Any]] = _deque()
+        self._waiters: list[Deferred[None]] = []
+        self._error: BaseException | None = None
+        self._busy = False  # channel: inputs are being handled
+        self._idle: list[Deferred[None]] = []  # wait()s for the inputs to be handled
+        self._inputs: _deque[dict[str, Any]] = _deque()
+        self._consumer: Any = None
+        self._websocket: _AsgiWebsocket | None = None
+        self._body = bytearray()
+        self._closing: Deferred[None] | None = None
+
+    # -- outputs -------------------------------------------------------------------------------
+    def _out(self, message: dict[str, Any]) -> None:
+        self._outputs.append(message)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def receive_output(self, timeout: float = 1) -> Deferred[dict[str, Any]]:
+        """The next ASGI message the application sent; ``TimeoutError`` after ``timeout``
+        real seconds (a handler's exception instead, when one ended it)."""
+        async def get() -> dict[str, Any]:
+            while not self._outputs:
+                if self._error is not None:
+                    raise self._error
+                waiter: Deferred[None] = Deferred()
+                self._waiters.append(waiter)
+                await _with_timeout(waiter, timeout, "receive_output()")
+            return self._outputs.popleft()
+
+        return Deferred.fromCoroutine(get())
+
+    def receive_nothing(self, timeout: float = 0.1, interval: float = 0.01) -> Deferred[bool]:
+        """True when nothing comes out within ``timeout`` real seconds (``interval`` is
+        accepted and unused: an output ends the wait at once)."""
+        async def check() -> bool:
+            if not self._outputs:
+                waiter: Deferred[None] = Deferred()
+                self._waiters.append(waiter)
+                try:
+                    await _with_timeout(waiter, timeout, "receive_nothing()")
+                except TimeoutError:
+                    pass
+            return not self._outputs
+
+        return Deferred.fromCoroutine(check())
+
+    # -- inputs --------------------------------------------------------------------------------
+    def send_input(self, message: dict[str, Any]) -> Deferred[None]:
+        kind = self.scope["type"]
+        if kind == "channel":
+            return self._channel_input(message)
+        if kind == "websocket":
+            return self._websocket_input(message)
+        return self._http_input(message)
+
+    def _channel_input(self, message: dict[str, Any]) -> Deferred[None]:
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise TypeError("a channel message is a dict with a 'type' str")
+        self._inputs.append(message)
+        if not self._busy:
+            self._busy = True
+            Deferred.fromCoroutine(self._handle_inputs())
+        return _done()
+
+    async def _handle_inputs(self) -> None:
+        from realtime.layers import get_channel_layer
+        from realtime.worker import channel_consumer, handle_message
+
+        try:
+            if self._consumer is None:
+                layer = self.layer if self.layer is not None else get_channel_layer()
+                self._consumer = await channel_consumer(self.application, self.scope, layer)
+            while self._inputs:
+                message = self._inputs.popleft()
+                try:
+                    await handle_message(self._consumer, message, _real_reactor())
+                except Exception as exc:
+                    if self._error is None:
+                        self._error = exc
+        except Exception as exc:  # the application gave no consumer for the scope
+            self._error = self._error or exc
+        finally:
+            self._busy = False
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    def _websocket_input(self, message: dict[str, Any]) -> Deferred[None]:
+        kind = message.get("type")
+        if kind == "websocket.connect":
+            if self._websocket is not None:
+                raise AssertionError("websocket.connect sent twice")
+            path = self.scope.get("path", "/")
+            query = self.scope.get("query_string", b"")
+            if query:
+                path += "?" + (query.decode("latin-1") if isinstance(query, bytes) else query)
+            self._websocket = _AsgiWebsocket(
+                self._out, self.application, path, self.scope.get("headers"),
+                self.scope.get("subprotocols"), self.clock, self.config)
+            self._websocket.scope.update(
+                {k: v for k, v in self.scope.items() if k not in _REQUEST_KEYS})
+            return self._websocket.connect().addCallback(lambda _: None)
+        websocket = self._websocket
+        if websocket is None:
+            raise AssertionError(f"{kind} before websocket.connect")
+        if kind == "websocket.receive":
+            return websocket.send_to(text_data=message.get("text"),
+                                     bytes_data=message.get("bytes"))
+        if kind == "websocket.disconnect":
+            self._closing = websocket.disconnect(message.get("code", 1000))
+            return _done()
+        raise ValueError(f"a websocket scope takes websocket.connect, websocket.receive and "
+                         f"websocket.disconnect, not {kind!r}")
+
+    def _http_input(self, message: dict[str, Any]) -> Deferred[None]:
+        if message.get("type") != "http.request":
+            raise ValueError(f"an http scope takes http.request, not {message.get('type')!r}")
+        self._body += message.get("body", b"")
+        if message.get("more_body", False):
+            return _done()
+        path = self.scope.get("path", "/")
+        query = self.scope.get("query_string", b"")
+        if query:
+            path += "?" + (query.decode("latin-1") if isinstance(query, bytes) else query)
+        http = HttpCommunicator(self.application, self.scope.get("method", "GET"), path,
+                                bytes(self._body), self.scope.get("headers"), self.clock,
+                                self.config)
+        http.scope.update({k: v for k, v in self.scope.items() if k not in _REQUEST_KEYS})
+
+        def answered(response: dict[str, Any]) -> None:
+            self._out({"type": "http.response.start", "status": response["status"],
+                       "headers": response["headers"]})
+            self._out({"type": "http.response.body", "body": response["body"],
+                       "more_body": False})
+
+        self._closing = http.get_response(timeout=10).addCallback(answered)
+        return _done()
+
+    # -- the end -------------------------------------------------------------------------------
+    def wait(self, timeout: float = 1) -> Deferred[None]:
+        """Until the application is done with what it was sent (see the class docstring),
+        re-raising a handler's exception; ``TimeoutError`` after ``timeout``."""
+        async def wait() -> None:
+            if self._busy:
+                idle: Deferred[None] = Deferred()
+                self._idle.append(idle)
+                await _with_timeout(idle, timeout, "wait()")
+            if self._closing is not None:
+                await _with_timeout(self._closing, timeout, "wait()")
+            elif self._websocket is not None:
+                await self._websocket.disconnect(timeout=timeout)
+            connection = self._websocket._connection() if self._websocket else None
+            error = self._error or getattr(connection, "handler_error", None)
+            if error is not None:
+                raise error
+
+        return Deferred.fromCoroutine(wait())
+
+    def stop(self, exceptions: bool = True) -> Deferred[None]:
+        """End it: a WebSocket is closed (1000) and its consumer's handlers finished or
+        cancelled; with ``exceptions`` a handler's exception is re-raised."""
+        async def stop() -> None:
+            if self._websocket is not None and not self._websocket._gone.called:
+                await self._websocket.disconnect(1000)
+            if exceptions:
+                error = self._error or getattr(
+                    self._websocket._connection() if self._websocket else None,
+                    "handler_error", None)
+                if error is not None:
+                    raise error
+
+        return Deferred.fromCoroutine(stop())
+
+
 def _done() -> Deferred[None]:
     d: Deferred[None] = Deferred()
     d.callback(None)

@@ -120,6 +120,40 @@ class Options(usage.Options):
         self.application = load_application(self["app"])
 
 
+async def channel_consumer(application: Any, scope: dict[str, Any], layer: Any) -> Any:
+    """The consumer ``application`` gives for a ``channel`` scope, wired to ``layer`` (what
+    the worker does once per channel; ``testing.ApplicationCommunicator`` too)."""
+    from realtime.middleware import resolve
+
+    consumer = await resolve(application(scope))
+    if getattr(consumer, "scope", None) is None:
+        consumer.scope = scope
+    consumer.channel_layer = layer
+    consumer.channel_name = scope["channel"]
+    return consumer
+
+
+async def handle_message(consumer: Any, message: dict[str, Any], reactor: Any) -> None:
+    """Dispatch one message to ``consumer`` by its type and wait for the handler (in the
+    reactor's thread pool for ``thread_handlers`` consumers); its exception propagates."""
+    from realtime.middleware import resolve
+
+    on_event = getattr(consumer, "_on_event", None)
+    if on_event is None:
+        from realtime.consumer import dispatch_event
+
+        def on_event(event: dict[str, Any]) -> Any:
+            return dispatch_event(consumer, event)
+
+    if getattr(consumer, "thread_handlers", False):
+        from twisted.internet.threads import deferToThreadPool
+
+        result = await deferToThreadPool(reactor, reactor.getThreadPool(), on_event, message)
+    else:
+        result = on_event(message)
+    await resolve(result)
+
+
 class WorkerService(Service):
     """Takes one message at a time from the channels and hands it to its consumer."""
 
@@ -171,33 +205,13 @@ class WorkerService(Service):
         self.reactor.callLater(1.0, self._next)
 
     async def _handle(self, channel: str, message: dict[str, Any]) -> None:
-        from realtime.middleware import resolve
-
         try:
             consumer = self._consumers.get(channel)
             if consumer is None:
                 scope = {"type": "channel", "channel": channel}
-                consumer = await resolve(self.application(scope))
-                if getattr(consumer, "scope", None) is None:
-                    consumer.scope = scope
-                consumer.channel_layer = self.layer
-                consumer.channel_name = channel
+                consumer = await channel_consumer(self.application, scope, self.layer)
                 self._consumers[channel] = consumer
-            on_event = getattr(consumer, "_on_event", None)
-            if on_event is None:
-                from realtime.consumer import dispatch_event
-
-                def on_event(event: dict[str, Any]) -> Any:
-                    return dispatch_event(consumer, event)
-
-            if getattr(consumer, "thread_handlers", False):
-                from twisted.internet.threads import deferToThreadPool
-
-                result = await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                                 on_event, message)
-            else:
-                result = on_event(message)
-            await resolve(result)
+            await handle_message(consumer, message, self.reactor)
             self.handled += 1
         except Exception:
             self.failed += 1
