@@ -67,7 +67,7 @@ async def test_wait_reraises_a_worker_handlers_exception_and_the_next_still_runs
                                    layer=layer)
     await comm.send_input({"type": "thumbnail.make", "path": "broken.png", "reply_to": reply})
     await comm.send_input({"type": "thumbnail.make", "path": "ok.png", "reply_to": reply})
-    with pytest.raises(ValueError, match="broken.png"):
+    with pytest.raises(ValueError, match=r"broken\.png"):
         await comm.wait()
     assert (await layer.receive(reply))["path"] == "ok.png"  # as the worker goes on
 
@@ -169,10 +169,10 @@ async def test_a_websocket_handlers_exception_is_reraised():
 @pytest_twisted.ensureDeferred
 async def test_websocket_inputs_out_of_turn_are_refused():
     comm = ApplicationCommunicator(sockets, greet_scope("ada"))
-    with pytest.raises(AssertionError, match="before websocket.connect"):
+    with pytest.raises(AssertionError, match=r"before websocket\.connect"):
         comm.send_input({"type": "websocket.receive", "text": "hi"})
     await comm.send_input({"type": "websocket.connect"})
-    with pytest.raises(ValueError, match="not 'http.request'"):
+    with pytest.raises(ValueError, match=r"not 'http\.request'"):
         comm.send_input({"type": "http.request"})
     await comm.stop()
     with pytest.raises(ValueError, match="not 'lifespan'"):
