@@ -44,12 +44,18 @@ workers = ChannelNameRouter({"thumbnails": Thumbnailer.as_asgi(),
                              "counts": Counter.as_asgi()})
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_worker_consumer_handles_messages_in_order_and_answers_through_its_layer():
+async def thumbnailer() -> tuple[Any, str, ApplicationCommunicator]:
+    """A layer, a channel for the answers, and a communicator for the thumbnails worker."""
     layer = InMemoryChannelLayer()
     reply = await layer.new_channel()
     comm = ApplicationCommunicator(workers, {"type": "channel", "channel": "thumbnails"},
                                    layer=layer)
+    return layer, reply, comm
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_consumer_handles_messages_in_order_and_answers_through_its_layer():
+    layer, reply, comm = await thumbnailer()
     for name in ("a.png", "b.png"):
         await comm.send_input({"type": "thumbnail.make", "path": name, "reply_to": reply})
     await comm.wait()
@@ -61,10 +67,7 @@ async def test_a_worker_consumer_handles_messages_in_order_and_answers_through_i
 
 @pytest_twisted.ensureDeferred
 async def test_wait_reraises_a_worker_handlers_exception_and_the_next_still_runs():
-    layer = InMemoryChannelLayer()
-    reply = await layer.new_channel()
-    comm = ApplicationCommunicator(workers, {"type": "channel", "channel": "thumbnails"},
-                                   layer=layer)
+    layer, reply, comm = await thumbnailer()
     await comm.send_input({"type": "thumbnail.make", "path": "broken.png", "reply_to": reply})
     await comm.send_input({"type": "thumbnail.make", "path": "ok.png", "reply_to": reply})
     with pytest.raises(ValueError, match=r"broken\.png"):
