@@ -90,6 +90,9 @@ class RealtimeChannel(http.HTTPChannel):
     _linger: Any = None
     _refused = False
     upgrading: WebSocketConnection | None = None
+    #: The upgrade this connection's request made, kept after the handshake (the testing
+    #: communicators read a refused handshake's exception from it).
+    upgraded: WebSocketConnection | None = None
     MAX_LENGTH = MAX_LINE
     totalHeadersSize = MAX_HEAD
     maxHeaders = MAX_HEADERS
@@ -473,7 +476,7 @@ class RealtimeSite(server.Site):
             self.write_refusal(request, Refuse(429), upgrade=True)
             return
         conn = self.connection_class(self, request, scope)
-        request.channel.upgrading = conn
+        request.channel.upgrading = request.channel.upgraded = conn
         self.connections.add(conn)
         if client_ip is not None:
             conn.client_ip = client_ip

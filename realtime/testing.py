@@ -17,6 +17,7 @@ from collections.abc import Iterable as _Iterable
 from typing import Any
 
 from twisted.internet.address import IPv4Address as _IPv4Address
+from twisted.internet.defer import CancelledError as _CancelledError
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone as _ConnectionDone
 from twisted.internet.error import ConnectionLost as _ConnectionLost
@@ -378,9 +379,9 @@ def _real_reactor() -> Any:
     return reactor
 
 
-def _with_timeout(d: Deferred[Any], timeout: float, what: str) -> Deferred[Any]:
-    """Fail ``d`` with ``TimeoutError`` after ``timeout`` real seconds."""
-    if d.called:
+def _with_timeout(d: Deferred[Any], timeout: float | None, what: str) -> Deferred[Any]:
+    """Fail ``d`` with ``TimeoutError`` after ``timeout`` real seconds (None: no limit)."""
+    if d.called or timeout is None:
         return d
     reactor = _real_reactor()
     result: Deferred[Any] = Deferred()
@@ -400,6 +401,12 @@ def _with_timeout(d: Deferred[Any], timeout: float, what: str) -> Deferred[Any]:
 
     d.addBoth(done)
     return result
+
+
+def _host(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """The default ``Host`` line, unless the test gives its own (``AllowedHostsOriginValidator``
+    tests do): one Host header, never two (a 400)."""
+    return [] if any(name == b"host" for name, _ in headers) else [b"Host: testserver"]
 
 
 def _headers(headers: Any) -> list[tuple[bytes, bytes]]:
@@ -532,13 +539,13 @@ class WebsocketCommunicator(_Communicator):
             d.callback(None)
 
     # the API
-    def connect(self, timeout: float = 1) -> Deferred[tuple[bool, Any]]:
+    def connect(self, timeout: float | None = 1) -> Deferred[tuple[bool, Any]]:
         """Open the connection; fires with ``(True, subprotocol)`` or ``(False, status)``."""
         self._server_t, self._transport = self._connect_transport(self._client)
         key = _base64.b64encode(_os.urandom(16))
         lines = [
             f"GET {self.path} HTTP/1.1".encode("latin-1"),
-            b"Host: testserver",
+            *_host(self.headers),
             b"Upgrade: websocket",
             b"Connection: Upgrade",
             b"Sec-WebSocket-Key: " + key,
@@ -649,7 +656,8 @@ class WebsocketCommunicator(_Communicator):
     def _connection(self) -> Any:
         """The server's WebSocket bridge for this connection, if it got that far."""
         protocol = self._server_t.protocol if self._transport is not None else None
-        conn = getattr(protocol, "upgrading", None) or protocol
+        conn = (getattr(protocol, "upgrading", None) or getattr(protocol, "upgraded", None)
+                or protocol)
         return conn if hasattr(conn, "finished") and hasattr(conn, "_busy") else None
 
     @property
@@ -681,7 +689,7 @@ class HttpCommunicator(_Communicator):
         self.body = body
         self.headers = _headers(headers)
 
-    def get_response(self, timeout: float = 1) -> Deferred[dict[str, Any]]:
+    def get_response(self, timeout: float | None = 1) -> Deferred[dict[str, Any]]:
         done: Deferred[bytes] = Deferred()
         received = bytearray()
 
@@ -700,9 +708,10 @@ class HttpCommunicator(_Communicator):
 
         reader = _Reader()
         _, transport = self._connect_transport(reader)
+        self._transport = transport
         lines = [
             f"{self.method} {self.path} HTTP/1.1".encode("latin-1"),
-            b"Host: testserver",
+            *_host(self.headers),
             b"Connection: close",
             b"Content-Length: " + str(len(self.body)).encode(),
         ]
@@ -720,14 +729,23 @@ class HttpCommunicator(_Communicator):
         return _with_timeout(done, timeout, "get_response()").addCallback(parse)
 
 
-#: Scope keys the server builds from the request; any other key of a scope given to
-#: ``ApplicationCommunicator`` (``user``, ``session``...) is set on the connection's scope.
+#: Scope keys the request itself makes (from the scope's path, query string, headers and
+#: subprotocols); any other key of a scope given to ``ApplicationCommunicator`` (``user``,
+#: ``session``, ``client``, ``scheme``...) is laid over the scope the server builds.
 _REQUEST_KEYS = frozenset({"type", "path", "raw_path", "query_string", "headers",
-                           "subprotocols", "scheme", "http_version", "asgi", "client",
-                           "server", "root_path", "method", "extensions", "state"})
+                           "subprotocols", "http_version", "asgi", "method", "extensions",
+                           "state"})
 #: Handshake headers the server writes itself: not the application's accept headers.
 _HANDSHAKE_HEADERS = frozenset({b"upgrade", b"connection", b"sec-websocket-accept",
                                 b"sec-websocket-protocol", b"sec-websocket-extensions"})
+
+
+def _request_path(scope: dict[str, Any]) -> str:
+    path = str(scope.get("path", "/"))
+    query = scope.get("query_string", b"")
+    if query:
+        path += "?" + (query.decode("latin-1") if isinstance(query, bytes) else str(query))
+    return path
 
 
 class _AsgiWebsocket(WebsocketCommunicator):
@@ -736,12 +754,24 @@ class _AsgiWebsocket(WebsocketCommunicator):
     def __init__(self, out: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._out = out
+        self.client_closed = False
+        #: Called when the connection is gone (a waiting ``receive_output`` rechecks).
+        self.on_lost: Any = None
+
+    def _lost(self) -> None:
+        super()._lost()
+        if self.on_lost is not None:
+            self.on_lost()
 
     def _response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         super()._response(status, headers)
         if status == 101:
-            self._out({"type": "websocket.accept", "subprotocol": self.subprotocol,
-                       "headers": [h for h in headers if h[0] not in _HANDSHAKE_HEADERS]})
+            message: dict[str, Any] = {"type": "websocket.accept",
+                                       "subprotocol": self.subprotocol}
+            extra = [h for h in headers if h[0] not in _HANDSHAKE_HEADERS]
+            if extra:
+                message["headers"] = extra
+            self._out(message)
         else:  # a refusal is an HTTP response (ASGI's denial response extension)
             self._out({"type": "websocket.http.response.start", "status": status,
                        "headers": headers})
@@ -752,32 +782,50 @@ class _AsgiWebsocket(WebsocketCommunicator):
         if opcode in (0x1, 0x2):
             key = "text" if opcode == 0x1 else "bytes"
             self._out({"type": "websocket.send", key: self._messages.pop()})
-        elif opcode == 0x8 and not closed:
-            self._out({"type": "websocket.close", "code": self.close_code,
-                       "reason": self.close_reason or ""})
+        elif opcode == 0x8 and not closed and not self.client_closed:
+            # (the server's answer to the client's own close is not the application's)
+            message = {"type": "websocket.close", "code": self.close_code}
+            if self.close_reason:
+                message["reason"] = self.close_reason
+            self._out(message)
+
+    def close_from_client(self, code: int) -> None:
+        """The client's close frame, now (``websocket.disconnect``); ``disconnect()``
+        waits for the consumer later."""
+        if self.connected and not self.closed:
+            self.closed = self.client_closed = True
+            self._transport.write(client_frame(0x8, _struct.pack("!H", code)))
 
 
 class ApplicationCommunicator:
     """asgiref's ``ApplicationCommunicator``, which Channels' tests use below the WebSocket
     and HTTP communicators: ``send_input(message)`` an ASGI message in,
-    ``receive_output()`` the next one out, ``receive_nothing()``, ``wait()``, ``stop()``.
-    Every method returns a Deferred (await it). By the scope's type:
+    ``receive_output()`` the next one out (a handler's exception once nothing else is
+    left), ``receive_nothing()``, ``wait()``, ``stop()``. Every method returns a Deferred
+    (await it). By the scope's type:
 
     - ``channel`` (``{"type": "channel", "channel": NAME}``): a worker's consumer, as
       ``realtime-runworker`` runs it: each input is a layer message, handled by type one
       at a time, in order. ``wait()`` fires when every input is handled and re-raises the
       first handler exception. A worker answers through its layer, not as output.
     - ``websocket``: ``websocket.connect`` opens the connection (the scope's path, query
-      string, headers and subprotocols make the request; other keys, e.g. ``user``, are set
-      on the consumer's scope); out come ``websocket.accept`` (``subprotocol``, the
-      application's ``headers``) or, for a refusal, ``websocket.http.response.start`` with
-      the HTTP status (ASGI's denial response); ``websocket.receive`` (``text``/``bytes``)
-      is a client frame; ``websocket.send`` and ``websocket.close`` (``code``,
-      ``reason``) come out; ``websocket.disconnect`` (``code``) closes from the client and
-      ``wait()`` then fires once the consumer is done (re-raising a handler's exception).
-    - ``http``: ``http.request`` messages (``body``, ``more_body``) make the request; out
-      come ``http.response.start`` (``status``, ``headers``) and one
-      ``http.response.body`` with the whole body (chunks joined).
+      string, headers and subprotocols make the request; other keys, e.g. ``user``, are laid
+      over the consumer's scope); out come ``websocket.accept`` (``subprotocol``, and the
+      application's ``headers`` if it gave any) or, for a refusal,
+      ``websocket.http.response.start`` with the HTTP status (ASGI's denial response, where
+      Channels gives ``websocket.close``); ``websocket.receive`` (``text``/``bytes``) is a
+      client frame; ``websocket.send`` and ``websocket.close`` (``code``; ``reason`` when
+      there is one) come out; ``websocket.disconnect`` (``code``) closes from the client
+      and ``wait()`` fires once the consumer is done.
+    - ``http``: ``http.request`` messages (``body``, ``more_body``) make one request; out
+      come ``http.response.start`` (``status``, lower-case ``headers``, the server's own
+      among them) and one ``http.response.body`` with the whole body (chunks joined);
+      ``http.disconnect`` drops the connection.
+
+    ``wait(timeout)`` and ``stop()`` re-raise a handler's exception (one raised in
+    ``connect()`` too, which the client saw as a 500). A ``wait`` that times out ends the
+    application first (cancels a worker's handler, closes the connection), as asgiref's
+    does. ``layer``: the channel layer its consumers use (default ``get_channel_layer()``).
     """
 
     def __init__(self, application: Any, scope: dict[str, Any], layer: Any = None,
@@ -796,26 +844,46 @@ class ApplicationCommunicator:
         self._error: BaseException | None = None
         self._busy = False  # channel: inputs are being handled
         self._idle: list[Deferred[None]] = []  # wait()s for the inputs to be handled
+        self._handling: Deferred[None] | None = None  # channel: the handler running now
         self._inputs: _deque[dict[str, Any]] = _deque()
         self._consumer: Any = None
         self._websocket: _AsgiWebsocket | None = None
+        self._http: HttpCommunicator | None = None
         self._body = bytearray()
-        self._closing: Deferred[None] | None = None
+        self._response: Deferred[None] | None = None  # http: the response coming
 
     # -- outputs -------------------------------------------------------------------------------
     def _out(self, message: dict[str, Any]) -> None:
         self._outputs.append(message)
+        self._wake()
+
+    def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)
 
+    def _raised(self) -> BaseException | None:
+        """The first exception a handler raised, if one did."""
+        if self._error is not None:
+            return self._error
+        if self._websocket is not None and self._websocket._transport is not None:
+            return getattr(self._websocket._connection(), "handler_error", None)
+        return None
+
+    def _over(self) -> bool:
+        """Nothing more can come out."""
+        if self._websocket is not None:
+            return self._websocket._gone.called
+        return self._error is not None
+
     def receive_output(self, timeout: float = 1) -> Deferred[dict[str, Any]]:
-        """The next ASGI message the application sent; ``TimeoutError`` after ``timeout``
-        real seconds (a handler's exception instead, when one ended it)."""
+        """The next ASGI message the application sent; once nothing is left and a
+        handler raised, that exception; ``TimeoutError`` after ``timeout`` real seconds."""
         async def get() -> dict[str, Any]:
             while not self._outputs:
-                if self._error is not None:
-                    raise self._error
+                error = self._raised()
+                if error is not None and self._over():
+                    raise error
                 waiter: Deferred[None] = Deferred()
                 self._waiters.append(waiter)
                 await _with_timeout(waiter, timeout, "receive_output()")
@@ -842,19 +910,20 @@ class ApplicationCommunicator:
     def send_input(self, message: dict[str, Any]) -> Deferred[None]:
         kind = self.scope["type"]
         if kind == "channel":
-            return self._channel_input(message)
-        if kind == "websocket":
-            return self._websocket_input(message)
-        return self._http_input(message)
+            self._channel_input(message)
+        elif kind == "websocket":
+            self._websocket_input(message)
+        else:
+            self._http_input(message)
+        return _done()
 
-    def _channel_input(self, message: dict[str, Any]) -> Deferred[None]:
+    def _channel_input(self, message: dict[str, Any]) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise TypeError("a channel message is a dict with a 'type' str")
         self._inputs.append(message)
         if not self._busy:
             self._busy = True
             Deferred.fromCoroutine(self._handle_inputs())
-        return _done()
 
     async def _handle_inputs(self) -> None:
         from realtime.layers import get_channel_layer
@@ -866,60 +935,71 @@ class ApplicationCommunicator:
                 self._consumer = await channel_consumer(self.application, self.scope, layer)
             while self._inputs:
                 message = self._inputs.popleft()
+                self._handling = Deferred.fromCoroutine(
+                    handle_message(self._consumer, message, _real_reactor()))
                 try:
-                    await handle_message(self._consumer, message, _real_reactor())
-                except Exception as exc:
+                    await self._handling
+                except Exception as exc:  # CancelledError too: stop() ended it
                     if self._error is None:
                         self._error = exc
         except Exception as exc:  # the application gave no consumer for the scope
             self._error = self._error or exc
+            self._inputs.clear()
         finally:
+            self._handling = None
             self._busy = False
             idle, self._idle = self._idle, []
             for d in idle:
                 d.callback(None)
+            self._wake()
 
-    def _websocket_input(self, message: dict[str, Any]) -> Deferred[None]:
+    def _websocket_input(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "websocket.connect":
             if self._websocket is not None:
                 raise AssertionError("websocket.connect sent twice")
-            path = self.scope.get("path", "/")
-            query = self.scope.get("query_string", b"")
-            if query:
-                path += "?" + (query.decode("latin-1") if isinstance(query, bytes) else query)
             self._websocket = _AsgiWebsocket(
-                self._out, self.application, path, self.scope.get("headers"),
-                self.scope.get("subprotocols"), self.clock, self.config)
+                self._out, self.application, _request_path(self.scope),
+                self.scope.get("headers"), self.scope.get("subprotocols"), self.clock,
+                self.config)
             self._websocket.scope.update(
                 {k: v for k, v in self.scope.items() if k not in _REQUEST_KEYS})
-            return self._websocket.connect().addCallback(lambda _: None)
+            if self.layer is not None:
+                self._websocket.site.layer = self.layer
+            self._websocket.on_lost = self._wake
+            self._websocket.connect(timeout=None)  # what it gives comes out as output
+            return
         websocket = self._websocket
         if websocket is None:
             raise AssertionError(f"{kind} before websocket.connect")
         if kind == "websocket.receive":
-            return websocket.send_to(text_data=message.get("text"),
-                                     bytes_data=message.get("bytes"))
-        if kind == "websocket.disconnect":
-            self._closing = websocket.disconnect(message.get("code", 1000))
-            return _done()
-        raise ValueError(f"a websocket scope takes websocket.connect, websocket.receive and "
-                         f"websocket.disconnect, not {kind!r}")
+            websocket.send_to(text_data=message.get("text"), bytes_data=message.get("bytes"))
+        elif kind == "websocket.disconnect":
+            websocket.close_from_client(message.get("code", 1000))
+        else:
+            raise ValueError(f"a websocket scope takes websocket.connect, websocket.receive "
+                             f"and websocket.disconnect, not {kind!r}")
 
-    def _http_input(self, message: dict[str, Any]) -> Deferred[None]:
-        if message.get("type") != "http.request":
-            raise ValueError(f"an http scope takes http.request, not {message.get('type')!r}")
+    def _http_input(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "http.disconnect":
+            if self._http is not None and not self._response_done():
+                self._http._transport.loseConnection()
+            return
+        if kind != "http.request":
+            raise ValueError(f"an http scope takes http.request and http.disconnect, "
+                             f"not {kind!r}")
+        if self._http is not None:
+            raise AssertionError("the request is complete: one request per communicator")
         self._body += message.get("body", b"")
         if message.get("more_body", False):
-            return _done()
-        path = self.scope.get("path", "/")
-        query = self.scope.get("query_string", b"")
-        if query:
-            path += "?" + (query.decode("latin-1") if isinstance(query, bytes) else query)
-        http = HttpCommunicator(self.application, self.scope.get("method", "GET"), path,
-                                bytes(self._body), self.scope.get("headers"), self.clock,
-                                self.config)
-        http.scope.update({k: v for k, v in self.scope.items() if k not in _REQUEST_KEYS})
+            return
+        self._http = HttpCommunicator(self.application, self.scope.get("method", "GET"),
+                                      _request_path(self.scope), bytes(self._body),
+                                      self.scope.get("headers"), self.clock, self.config)
+        self._http.scope.update({k: v for k, v in self.scope.items() if k not in _REQUEST_KEYS})
+        if self.layer is not None:
+            self._http.site.layer = self.layer
 
         def answered(response: dict[str, Any]) -> None:
             self._out({"type": "http.response.start", "status": response["status"],
@@ -927,40 +1007,55 @@ class ApplicationCommunicator:
             self._out({"type": "http.response.body", "body": response["body"],
                        "more_body": False})
 
-        self._closing = http.get_response(timeout=10).addCallback(answered)
-        return _done()
+        self._response = self._http.get_response(timeout=None).addCallback(answered)
+
+    def _response_done(self) -> bool:
+        return self._response is None or self._response.called
 
     # -- the end -------------------------------------------------------------------------------
     def wait(self, timeout: float = 1) -> Deferred[None]:
         """Until the application is done with what it was sent (see the class docstring),
-        re-raising a handler's exception; ``TimeoutError`` after ``timeout``."""
+        re-raising a handler's exception; after ``timeout`` it is ended and
+        ``TimeoutError`` raised."""
         async def wait() -> None:
-            if self._busy:
-                idle: Deferred[None] = Deferred()
-                self._idle.append(idle)
-                await _with_timeout(idle, timeout, "wait()")
-            if self._closing is not None:
-                await _with_timeout(self._closing, timeout, "wait()")
-            elif self._websocket is not None:
-                await self._websocket.disconnect(timeout=timeout)
-            connection = self._websocket._connection() if self._websocket else None
-            error = self._error or getattr(connection, "handler_error", None)
+            try:
+                if self._busy:
+                    idle: Deferred[None] = Deferred()
+                    self._idle.append(idle)
+                    await _with_timeout(idle, timeout, "wait()")
+                if self._response is not None:
+                    await _with_timeout(self._response, timeout, "wait()")
+                websocket = self._websocket
+                if websocket is not None:
+                    if not websocket.client_closed:  # done when the server closed it
+                        await _with_timeout(websocket._gone, timeout, "wait()")
+                    await websocket.disconnect(timeout=timeout)
+            except TimeoutError:
+                await self.stop(exceptions=False)
+                raise
+            error = self._raised()
             if error is not None:
                 raise error
 
         return Deferred.fromCoroutine(wait())
 
     def stop(self, exceptions: bool = True) -> Deferred[None]:
-        """End it: a WebSocket is closed (1000) and its consumer's handlers finished or
-        cancelled; with ``exceptions`` a handler's exception is re-raised."""
+        """End the application: a worker's handler is cancelled and its queued inputs
+        dropped, a WebSocket closed (1000; its consumer's handlers finished or cancelled),
+        an HTTP connection dropped; with ``exceptions`` a handler's exception is raised."""
         async def stop() -> None:
-            if self._websocket is not None and not self._websocket._gone.called:
-                await self._websocket.disconnect(1000)
+            self._inputs.clear()
+            if self._handling is not None:
+                self._handling.cancel()
+            if self._http is not None and not self._response_done():
+                self._http._transport.loseConnection()
+                if self._response is not None:
+                    self._response.addErrback(lambda _: None)
+            if self._websocket is not None and self._websocket._transport is not None:
+                await self._websocket.disconnect(1000, timeout=0.1)
             if exceptions:
-                error = self._error or getattr(
-                    self._websocket._connection() if self._websocket else None,
-                    "handler_error", None)
-                if error is not None:
+                error = self._raised()
+                if error is not None and not isinstance(error, _CancelledError):
                     raise error
 
         return Deferred.fromCoroutine(stop())
