@@ -403,6 +403,20 @@ def _with_timeout(d: Deferred[Any], timeout: float | None, what: str) -> Deferre
     return result
 
 
+async def _nothing_within(items: _deque[Any], waiters: list[Deferred[None]],
+                          timeout: float) -> bool:
+    """True when ``items`` (a communicator's received messages or outputs) stays empty
+    for ``timeout`` real seconds; an arrival (which fires ``waiters``) ends the wait."""
+    if not items:
+        waiter: Deferred[None] = Deferred()
+        waiters.append(waiter)
+        try:
+            await _with_timeout(waiter, timeout, "receive_nothing()")
+        except TimeoutError:
+            pass
+    return not items
+
+
 def _host(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
     """The default ``Host`` line, unless the test gives its own (``AllowedHostsOriginValidator``
     tests do): one Host header, never two (a 400)."""
@@ -607,18 +621,7 @@ class WebsocketCommunicator(_Communicator):
         """True when no message arrives within ``timeout`` real seconds. ``interval`` is
         Channels' polling step, accepted and unused: an arrival ends the wait at once."""
 
-        async def check() -> bool:
-            if self._messages:
-                return False
-            waiter: Deferred[None] = Deferred()
-            self._waiters.append(waiter)
-            try:
-                await _with_timeout(waiter, timeout, "receive_nothing()")
-            except TimeoutError:
-                return not self._messages
-            return not self._messages
-
-        return Deferred.fromCoroutine(check())
+        return Deferred.fromCoroutine(_nothing_within(self._messages, self._waiters, timeout))
 
     def disconnect(self, code: int = 1000, timeout: float = 1) -> Deferred[None]:
         """Close from the client side and wait until the server has let go and, as
@@ -894,17 +897,7 @@ class ApplicationCommunicator:
     def receive_nothing(self, timeout: float = 0.1, interval: float = 0.01) -> Deferred[bool]:
         """True when nothing comes out within ``timeout`` real seconds (``interval`` is
         accepted and unused: an output ends the wait at once)."""
-        async def check() -> bool:
-            if not self._outputs:
-                waiter: Deferred[None] = Deferred()
-                self._waiters.append(waiter)
-                try:
-                    await _with_timeout(waiter, timeout, "receive_nothing()")
-                except TimeoutError:
-                    pass
-            return not self._outputs
-
-        return Deferred.fromCoroutine(check())
+        return Deferred.fromCoroutine(_nothing_within(self._outputs, self._waiters, timeout))
 
     # -- inputs --------------------------------------------------------------------------------
     def send_input(self, message: dict[str, Any]) -> Deferred[None]:

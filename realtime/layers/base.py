@@ -505,9 +505,6 @@ class BaseChannelLayer:
     """Local bookkeeping; subclasses decide what crosses processes."""
 
     extensions = ["groups", "flush"]
-    #: History messages can reach a member twice (Redis: a read and the live stream race):
-    #: keep ``_floors`` and ``_seen`` so none does.
-    _marking = False
     #: How long a history stream's epoch and offset outlive its last publish (seconds).
     history_meta_ttl = META_TTL
 
@@ -522,13 +519,15 @@ class BaseChannelLayer:
         #: the group's messages for that member wait here, to follow the missed ones (a
         #: newer join of the same pair puts a new list here: the older one's read is moot).
         self._recovering: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        #: ``_marking`` layers: members of history groups that a read (a join, a reconnect's
-        #: recovery) gave everything up to a position the live stream has not passed yet:
-        #: group -> {channel: (epoch, offset)}; a live message at or before it is skipped,
-        #: the first one after it ends the entry. Few entries: recent joins.
+        #: Layers where a history message can reach a member twice (Redis: a read and the
+        #: live stream race; they pass ``_fan_out`` the position): members of history groups
+        #: that a read (a join, a reconnect's recovery) gave everything up to a position the
+        #: live stream has not passed yet: group -> {channel: (epoch, offset)}; a live
+        #: message at or before it is skipped, the first one after it ends the entry. Few
+        #: entries: recent joins.
         self._floors: dict[str, dict[str, tuple[str, int]]] = {}
-        #: ``_marking`` layers: the last history position fanned out live per group; a
-        #: member without a floor has had everything up to it.
+        #: Those layers: the last history position fanned out live per group; a member
+        #: without a floor has had everything up to it.
         self._seen: dict[str, tuple[str, int]] = {}
         self.process_id = secrets.token_hex(6)
         self.stats = LayerStats()
@@ -560,6 +559,10 @@ class BaseChannelLayer:
         rule = self.history.match(group) if self.history else None
         if rule is None and position is not None:
             raise no_history(group)
+        if position is not None and channel in self._groups.get(group, ()):
+            raise ValueError(f"{channel} is already in {group!r}: since= is for its first "
+                             "join (not with the consumer's groups attribute: join it in "
+                             "connect())")
         return info, position, rule
 
     def _history_args(self, group: str, since: Any, limit: Any
@@ -740,7 +743,7 @@ class BaseChannelLayer:
     def _fan_out(self, group: str, message: dict[str, Any],
                  where: tuple[str, int] | None = None) -> None:
         """``message`` to every local member of ``group``; ``where``: its position, for a
-        history message on a ``_marking`` layer (members a read gave it skip it)."""
+        history message that a read may have given some members already (they skip it)."""
         recovering = self._recovering
         members = self._groups.get(group)
         if not members:
@@ -753,23 +756,22 @@ class BaseChannelLayer:
             if recovering and (waiting := recovering.get((group, channel))) is not None:
                 waiting.append(message)  # after what it missed (``_recovered``)
                 continue
-            if (floors and channel in floors and where is not None
-                    and not self._past_floor(group, channel, where)):
+            if floors and channel in floors and self._had_it(group, channel, where):
                 continue  # a read gave it this one
             if not self._deliver_local(channel, message):
                 log.info("group {group}: channel {channel} is over capacity; message dropped",
                          group=group, channel=channel)
 
-    def _past_floor(self, group: str, channel: str, where: tuple[str, int]) -> bool:
-        """The live message at ``where`` for a member with a floor: False when the read
-        gave it that one; else the live stream has passed the floor, which goes."""
-        floors = self._floors[group]
-        if _had(floors[channel], where):
+    def _had_it(self, group: str, channel: str, where: tuple[str, int] | None) -> bool:
+        """A read gave ``channel`` the live message at ``where`` (its floor is at or past
+        it); a message past the floor ends the floor, which the live stream has passed."""
+        floors = self._floors.get(group)
+        if not floors or channel not in floors or where is None:
             return False
-        del floors[channel]
-        if not floors:
-            del self._floors[group]
-        return True
+        if _had(floors[channel], where):
+            return True
+        self._unfloor(group, channel)
+        return False
 
     def _recovered(self, group: str, channel: str, missed: list[dict[str, Any]],
                    result: dict[str, Any] | None, waiting: list[dict[str, Any]],
@@ -791,18 +793,13 @@ class BaseChannelLayer:
         for message in missed:
             if not _had(had, _where(message)):
                 replayed += self._recover_one(group, channel, message)
-        if result is not None and self._marking:
+        if result is not None:
             # Everything up to the read's position is had: the live stream may still bring
             # some of it (a slower connection than the read's).
             self._floors.setdefault(group, {})[channel] = (result["epoch"], result["offset"])
-        floors = self._floors.get(group) if self._marking else None
         for message in waiting:
-            where = _where(message) if floors else None
-            if (floors and channel in floors and where is not None
-                    and not self._past_floor(group, channel, where)):
-                continue
-            self._recover_one(group, channel, message)
-            floors = self._floors.get(group)
+            if not self._had_it(group, channel, _where(message)):
+                self._recover_one(group, channel, message)
         return replayed
 
     def _recover_one(self, group: str, channel: str, message: dict[str, Any]) -> bool:

@@ -87,10 +87,6 @@ class InMemoryChannelLayer(BaseChannelLayer):
             presence, position, rule = self._join_args(group, channel, presence, since)
         except (TypeError, ValueError) as exc:
             return fail(exc)
-        if position is not None and channel in self._groups.get(group, ()):
-            return fail(ValueError(
-                f"{channel} is already in {group!r}: since= is for its first join (not "
-                "with the consumer's groups attribute: join it in connect())"))
         self._add_local(group, channel)
         result = None
         if rule is not None:
@@ -103,7 +99,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 recovered, missed = stream.read(position, None, rule, now)
             result = {"epoch": stream.epoch, "offset": stream.top, "recovered": recovered,
                       "missed": len(missed)}
-            for message in missed:  # nothing can come between: no marks needed
+            for message in missed:  # nothing can come between: no floors needed
                 self.stats.history_recovered += self._recover_one(group, channel, message)
             if recovered is False:
                 self.stats.history_unrecovered += 1
@@ -165,8 +161,6 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._memberships.clear()
         self._presence.clear()
         self._streams.clear()
-        self._recovering.clear()
-        self._floors.clear()
         self._in_several = 0
         self._queues.clear()
         for waiters in self._waiters.values():

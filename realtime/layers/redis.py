@@ -601,7 +601,6 @@ class RedisChannelLayer(BaseChannelLayer):
     """Groups, process channels and named channels across processes through one Redis."""
 
     extensions = ["groups", "flush", "broadcast"]
-    _marking = True  # a read and the live stream race: floors keep them apart
     #: How long ``group_presence`` waits for every process's answer (seconds).
     presence_timeout = PRESENCE_TIMEOUT
 
@@ -1458,14 +1457,10 @@ class RedisChannelLayer(BaseChannelLayer):
         """Join, then read the stream's position (and with ``since`` what was missed) once
         subscribed; the group's messages that come meanwhile wait (``_recovering``) and
         follow the missed ones, without those the read had. A member already: its
-        position only (``since`` is for a first join). ``keep``: a failed read leaves
+        position only. ``keep``: a failed read leaves
         the member in (a join made for another process)."""
         key = (group, channel)
-        if channel in self._groups.get(group, ()):
-            if since is not None:
-                return fail(ValueError(
-                    f"{channel} is already in {group!r}: since= is for its first join (not "
-                    "with the consumer's groups attribute: join it in connect())"))
+        if channel in self._groups.get(group, ()):  # (``since`` was refused: _join_args)
 
             def position(result: dict[str, Any]) -> dict[str, Any]:
                 result.pop("messages")
