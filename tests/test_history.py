@@ -613,9 +613,10 @@ async def test_redis_a_live_message_slower_than_the_read_is_not_given_twice(
         late = Probe()
         result = await b.group_add("room.a", b.attach(late), since=since)
         assert (result["recovered"], result["missed"]) == (True, 1)
-        await deferLater(reactor, 0.3, lambda: None)
+        await until(lambda: offsets(first) == [1, 2])  # the late live message came
     finally:
         b._sub.on_message = heard
+    await deferLater(reactor, 0.1, lambda: None)
     assert offsets(late) == [2]
     assert offsets(first) == [1, 2]
 
@@ -716,11 +717,17 @@ async def test_redis_a_message_in_flight_when_the_last_member_leaves_leaves_noth
     gone = b.attach(Probe())
     await b.group_add("room.a", gone)
     heard = b._sub.on_message
-    b._sub.on_message = lambda topic, payload: reactor.callLater(0.1, heard, topic, payload)
+    came: list[bytes] = []
+
+    def slowly(topic: Any, payload: bytes) -> None:
+        heard(topic, payload)
+        came.append(payload)
+
+    b._sub.on_message = lambda topic, payload: reactor.callLater(0.1, slowly, topic, payload)
     try:
         await a.group_send("room.a", {"type": "m"})  # 1: still on its way to b
         b.detach(gone)
-        await deferLater(reactor, 0.3, lambda: None)
+        await until(lambda: bool(came))
     finally:
         b._sub.on_message = heard
     assert "room.a" not in b._seen and "room.a" not in b._floors
@@ -807,14 +814,16 @@ async def test_redis_live_messages_before_the_resubscribe_is_done_wait_for_the_r
     for _ in range(3):
         await a.group_send("room.a", {"type": "m"})  # 2-4: during the outage
     done = b._resubscribed
-    b._resubscribed = lambda proto, epochs: reactor.callLater(0.3, done, proto, epochs)
+    answered: list[tuple[Any, Any]] = []  # its SUBSCRIBEs answered; the recovery held here
+    b._resubscribed = lambda proto, epochs: answered.append((proto, epochs))
     try:
         held.release()
-        await until(lambda: b._sub.proto is not None)
-        await deferLater(reactor, 0.1, lambda: None)  # its SUBSCRIBEs answered
+        await until(lambda: bool(answered))
         for _ in range(2):
             await a.group_send("room.a", {"type": "m"})  # 5, 6: live, before the recovery
-        assert not b._sub_ready and len(b._outage.get("room.a", [])) == 2
+        await until(lambda: len(b._outage.get("room.a", [])) == 2)
+        assert not b._sub_ready and offsets(member) == [1]
+        done(*answered[0])
         await until(lambda: b._sub_ready)
     finally:
         del b._resubscribed

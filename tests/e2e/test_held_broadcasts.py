@@ -415,6 +415,9 @@ async def test_a_member_of_several_rooms_gets_one_turns_broadcasts_in_one_send(l
             assert conn.response()[0] == 101
         await until(lambda: (len(server.site.layer.local_members("a")),
                              len(server.site.layer.local_members("b"))) == (2, 2))
+        # On Redis a broadcast to a group whose SUBSCRIBE is still on its way waits for it
+        # (so this process's members hear it): the order across groups holds once subscribed.
+        await until(lambda: {"a", "b"} <= getattr(layer, "_subscribed", {"a", "b"}))
         counted = count_all_sends(server)
         writes0 = layer.stats.broadcast_writes
         publisher.write(client_frame(0x1, b"a+b one") + client_frame(0x1, b"a two"))
