@@ -54,6 +54,12 @@ OURS = "ours"
 #: Ours with ``--broadcast-delay`` (``--ours-delay``), fan-out only: what the opt-in trade of
 #: latency for CPU buys. Not in the default ``--servers``.
 OURS_DELAYED = "ours-delayed"
+#: Ours serving Daphne's Channels consumers ported by changing imports
+#: (peers/channels_port_app.py), on the default reactor and on the asyncio reactor. Not in
+#: the default ``--servers``.
+OURS_CHANNELS = "ours-channels"
+OURS_CHANNELS_ASYNCIO = "ours-channels-asyncio"
+OURS_ALL = (OURS, OURS_DELAYED, OURS_CHANNELS, OURS_CHANNELS_ASYNCIO)
 
 
 def _installed_version(name: str) -> str | None:
@@ -83,6 +89,9 @@ class ServerSpec:
     kinds: tuple[str, ...] = ()
     #: More of ours' command line (``ours-delayed``: ``--broadcast-delay``).
     args: tuple[str, ...] = ()
+    #: Ours' ``--app`` and twistd's ``--reactor`` (None: the default one).
+    app: str = "realtime.examples.bench:application"
+    reactor: str | None = None
 
     def python(self, use_venvs: bool) -> str:
         if self.venv is None or not (use_venvs or self.always_venv):
@@ -90,11 +99,12 @@ class ServerSpec:
         return str(VENVS / self.venv / "bin" / "python")
 
     def argv(self, python: str, port: int, extra: Sequence[str] = ()) -> list[str]:
-        if self.name in (OURS, OURS_DELAYED):
+        if self.name in OURS_ALL:
             twistd = Path(python).parent / "twistd"
             cmd = [str(twistd)] if twistd.exists() else [shutil.which("twistd") or "twistd"]
-            return [*cmd, "-n", "--pidfile=", "realtime",
-                    "--app", "realtime.examples.bench:application",
+            if self.reactor is not None:
+                cmd.append(f"--reactor={self.reactor}")
+            return [*cmd, "-n", "--pidfile=", "realtime", "--app", self.app,
                     "--port", f"tcp:{port}:interface=127.0.0.1", *self.args, *extra]
         if self.name == "autobahn":
             return [python, str(PEERS / "autobahn_server.py"), "--port", str(port)]
@@ -124,6 +134,12 @@ def server_specs() -> dict[str, ServerSpec]:
                               ("uvicorn[standard]", "websockets")),
         OURS_DELAYED: ServerSpec(OURS_DELAYED, "ours --broadcast-delay", None,
                                  kinds=("fanout",)),
+        OURS_CHANNELS: ServerSpec(OURS_CHANNELS, "ours, Channels consumers", None,
+                                  app="channels_port_app:application"),
+        OURS_CHANNELS_ASYNCIO: ServerSpec(OURS_CHANNELS_ASYNCIO,
+                                          "ours --reactor=asyncio, Channels consumers", None,
+                                          app="channels_port_app:application",
+                                          reactor="asyncio"),
         # The floor of a fan-out: one bare socket.send() per member per message.
         "sendloop": ServerSpec("sendloop", "bare send() loop", None, kinds=("fanout",)),
     }
@@ -563,7 +579,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--servers", default="ours,autobahn,daphne,uvicorn,sendloop",
                    help="comma-separated: ours, autobahn, daphne, uvicorn, sendloop (the "
                    "floor: a bare send() loop on epoll, fan-out only), ours-delayed (ours "
-                   "with --broadcast-delay, fan-out only; not by default)")
+                   "with --broadcast-delay, fan-out only), ours-channels and "
+                   "ours-channels-asyncio (Daphne's Channels consumers ported by changing "
+                   "imports, on the default and the asyncio reactor); the last three not "
+                   "by default")
     p.add_argument("--scenarios", default="all",
                    help="comma-separated scenario names (default: all)")
     p.add_argument("--passes", type=int, default=3)
@@ -651,10 +670,10 @@ def main(argv: list[str] | None = None) -> int:
         for s in servers:
             if specs[s].venv:
                 ensure_venv(specs[s].venv, specs[s].requirements, log)
-    if opts.ours_ref and {OURS, OURS_DELAYED} & set(servers):
+    if opts.ours_ref and set(OURS_ALL) & set(servers):
         VENVS.mkdir(exist_ok=True)
         ensure_ours_venv(opts.ours_ref, log)
-        for name in (OURS, OURS_DELAYED):
+        for name in OURS_ALL:
             specs[name].venv = "ours"
             specs[name].always_venv = True
     meta_versions = {s: versions(specs[s].python(opts.venvs)) for s in servers}

@@ -11,6 +11,7 @@ from twisted.python.failure import Failure
 
 from realtime.consumer import AppFactoryMixin, dispatch_event
 from realtime.exceptions import check_headers
+from realtime.threads import as_deferred
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -83,7 +84,6 @@ class AsyncHttpConsumer(AppFactoryMixin):
 
     # -- the bridge -----------------------------------------------------------------------
     def _serve(self, request: Request, scope: Scope, layer: Any = None) -> None:
-        from realtime.middleware import resolve
 
         self._request = request
         if getattr(self, "scope", None) is None:
@@ -99,7 +99,7 @@ class AsyncHttpConsumer(AppFactoryMixin):
                 layer.group_add(group, self.channel_name).addErrback(self._join_failed, group)
         request.notifyFinish().addBoth(self._ended)
         body = request.content.read() if request.content is not None else b""
-        chain.addCallback(lambda _: Deferred.fromCoroutine(resolve(self.handle(body))))
+        chain.addCallback(lambda _: as_deferred(self.handle(body)))
         chain.addErrback(self._failed)
         chain.callback(None)
 
@@ -111,12 +111,11 @@ class AsyncHttpConsumer(AppFactoryMixin):
     def deliver(self, event: dict[str, Any]) -> None:
         if self._finished:
             return
-        from realtime.middleware import resolve
 
         def run(_: Any) -> Any:
             if self._finished:
                 return None
-            return Deferred.fromCoroutine(resolve(dispatch_event(self, event)))
+            return as_deferred(dispatch_event(self, event))
 
         self._events.addCallback(run).addErrback(self._failed)
 
@@ -151,7 +150,7 @@ class AsyncHttpConsumer(AppFactoryMixin):
         if self._disconnected:
             return
         self._disconnected = True
-        Deferred.fromCoroutine(self.disconnect()).addErrback(
+        as_deferred(self.disconnect()).addErrback(
             lambda f: log.failure("disconnect() raised", f)
         )
 

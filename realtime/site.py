@@ -48,6 +48,7 @@ from realtime.scope import (
     check_host,
     check_request_line,
 )
+from realtime.threads import as_deferred
 from realtime.websocket import WebSocketConnection, make_factory
 
 log = Logger()
@@ -514,9 +515,7 @@ class RealtimeSite(server.Site):
         if type(result) is Ready:
             result = result.value
         if isinstance(result, Deferred) or hasattr(result, "__await__"):
-            from realtime.middleware import resolve
-
-            d = Deferred.fromCoroutine(resolve(result))
+            d = as_deferred(result)
             d.addCallbacks(self._http_serve, self._http_failed,
                            callbackArgs=(request, scope), errbackArgs=(request, scope))
         else:

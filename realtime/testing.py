@@ -28,6 +28,7 @@ from zope.interface import implementer as _implementer
 
 from realtime.config import ServerConfig
 from realtime.middleware import BaseMiddleware as _BaseMiddleware
+from realtime.threads import as_deferred as _as_deferred
 
 
 def _default_reactor() -> Any:
@@ -916,7 +917,7 @@ class ApplicationCommunicator:
         self._inputs.append(message)
         if not self._busy:
             self._busy = True
-            Deferred.fromCoroutine(self._handle_inputs())
+            _as_deferred(self._handle_inputs())
 
     async def _handle_inputs(self) -> None:
         from realtime.layers import get_channel_layer
@@ -928,7 +929,7 @@ class ApplicationCommunicator:
                 self._consumer = await channel_consumer(self.application, self.scope, layer)
             while self._inputs:
                 message = self._inputs.popleft()
-                self._handling = Deferred.fromCoroutine(
+                self._handling = _as_deferred(
                     handle_message(self._consumer, message, _real_reactor()))
                 try:
                     await self._handling

@@ -4,16 +4,31 @@
 and returns a Deferred; ``async_to_sync`` lets code in a worker thread call something that
 returns a Deferred and wait for it; ``aio`` turns an asyncio awaitable into a Deferred
 (under ``--reactor=asyncio``).
+
+``as_deferred`` is how the server runs an application's coroutines (handlers, middleware, routing).
+Under ``--reactor=asyncio`` it runs them as asyncio Tasks on the reactor's loop, and every
+Task on that loop may await Deferreds too (``install_bridge`` wraps the loop's task
+factory): so a Channels consumer's ``await asyncio.sleep()``, Django's async ORM,
+``asgiref.sync.sync_to_async``, ``asyncio.create_task``/``gather``/``wait_for`` and
+``await self.channel_layer.group_send()`` all work, as under Daphne. Under any other
+reactor coroutines run with ``Deferred.fromCoroutine`` (no Task, nothing scheduled: the
+fast path), and a handler that awaits asyncio code fails with a RuntimeError that says
+to run under ``--reactor=asyncio``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
+
+from realtime.middleware import resolve
 
 T = TypeVar("T")
 
@@ -44,7 +59,6 @@ def async_to_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
     from twisted.python import threadable
     from twisted.python.threadable import isInIOThread
 
-    from realtime.middleware import resolve
 
     name = getattr(fn, "__qualname__", fn)
 
@@ -69,7 +83,7 @@ def async_to_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
             )
 
         def call() -> Deferred[Any]:
-            return Deferred.fromCoroutine(resolve(fn(*args, **kwargs)))
+            return as_deferred(fn(*args, **kwargs))
 
         return blockingCallFromThread(_reactor(), call)
 
@@ -82,3 +96,332 @@ def aio(awaitable: Awaitable[T]) -> Deferred[T]:
     import asyncio
 
     return Deferred.fromFuture(asyncio.ensure_future(awaitable))
+
+
+# -- running coroutines: Twisted's way, or asyncio's under --reactor=asyncio ---------------------
+#
+# Under --reactor=asyncio an application coroutine runs as an asyncio Task (so
+# ``asyncio.current_task()``, ``asyncio.timeout``, anyio and asgiref work in it) wrapped in a
+# ``_Bridge``, which turns the Deferreds it awaits into futures of the loop. Progress on a
+# Deferred is made as Twisted's own driver makes it: inside the Deferred's callback, with the
+# Task made current for the step (what Python 3.12's eager tasks do), and the Task replays the
+# step's outcome on its next turn. So a coroutine that waits for nothing finishes before
+# ``as_deferred`` returns, a ``Clock``-driven test sees its effects at ``advance``, and a
+# cancelled handler gets its CancelledError at once; a wait on an asyncio future resumes on the
+# loop's next turn, as asyncio does.
+
+#: Making a Task current for a step: asyncio's table of current Tasks (3.11), or its swap
+#: function (3.12+). None: not available, so Tasks only step on the loop's turns.
+try:
+    from asyncio.tasks import _current_tasks  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover
+    _current_tasks = None
+try:
+    from asyncio.tasks import _swap_current_task  # type: ignore[attr-defined]
+except ImportError:
+    _swap_current_task = None
+_CAN_SWAP = _current_tasks is not None or _swap_current_task is not None
+_EAGER = sys.version_info >= (3, 12)  # asyncio.Task(..., eager_start=True)
+
+#: The reactor's asyncio loop under ``--reactor=asyncio``, False under another reactor,
+#: None until the first look (the reactor is installed after this module is imported).
+_loop: Any = None
+
+
+def asyncio_loop() -> Any:
+    """The asyncio loop the reactor runs on (its task factory bridged), or None when the
+    reactor is not asyncio's."""
+    global _loop
+    if _loop is None:
+        if "twisted.internet.reactor" not in sys.modules:
+            return None  # no reactor installed yet: never install one from here
+        reactor = _reactor()
+        loop = getattr(reactor, "_asyncioEventloop", None)
+        if loop is None:
+            _loop = False
+        else:
+            install_bridge(loop)
+            _loop = loop
+    return _loop or None
+
+
+def as_deferred(value: Any) -> Deferred[Any]:
+    """A Deferred for ``value`` (a coroutine, Deferred or other awaitable), run until it
+    gives a plain value: as an asyncio Task under ``--reactor=asyncio``, else driven by
+    Twisted (a failure that looks like asyncio code without its loop gets the hint).
+
+    Either way the coroutine starts at once, and the Deferred of one that waits for nothing
+    has fired on return, as ``Deferred.fromCoroutine``'s has."""
+    loop = _loop if _loop is not None else asyncio_loop()
+    if loop:
+        return _run_task(resolve(value), loop)
+    d = Deferred.fromCoroutine(resolve(value))
+    if d.called and not isinstance(d.result, Failure):
+        return d
+    return d.addErrback(_explain)
+
+
+def _run_task(coro: Any, loop: Any) -> Deferred[Any]:
+    import asyncio
+
+    def cancel(_: Deferred[Any]) -> None:
+        waiting = bridge.waiting
+        if waiting is not None:
+            waiting.cancel()  # the coroutine gets its CancelledError now, as in Twisted
+        else:
+            task.cancel()  # waiting for an asyncio future: asyncio's cancellation
+
+    done: Deferred[Any] = Deferred(cancel)
+    bridge = _Bridge(coro, loop, done)
+    if _EAGER:  # the first step runs inside the constructor
+        bridge.context = contextvars.copy_context()
+        task = asyncio.Task(bridge, loop=loop, context=bridge.context,
+                            eager_start=True)  # type: ignore[call-arg, unused-ignore]
+        bridge.task = task
+        if task.done():
+            _retrieve(task)
+    else:
+        bridge.context = contextvars.copy_context()
+        task = asyncio.Task(bridge, loop=loop, context=bridge.context)
+        bridge.task = task
+        if _CAN_SWAP:  # the first step now; the Task's own first step replays it
+            bridge.ready = bridge.step_in_task("send", None)
+    return done
+
+
+def _retrieve(task: Any) -> None:
+    """The outcome went to the Deferred already: no "exception never retrieved"."""
+    if not task.cancelled():
+        task.exception()
+
+
+#: What asyncio says when its code runs without its loop (or a Twisted driver gets its
+#: future): these failures get the hint.
+_NO_LOOP = ("await wasn't used with future", "no running event loop",
+            "There is no current event loop")
+
+
+def _explain(failure: Failure) -> Failure:
+    exc = failure.value
+    if isinstance(exc, RuntimeError) and str(exc).startswith(_NO_LOOP) and not getattr(
+            exc, "_realtime_explained", False):
+        hint = RuntimeError(
+            f"{exc}: this code awaited asyncio code, which needs the asyncio reactor: run "
+            "twistd --reactor=asyncio ... (or await realtime.sync_to_async(...) for blocking "
+            "calls)")
+        hint._realtime_explained = True  # type: ignore[attr-defined]
+        hint.__cause__ = exc
+        return Failure(hint)
+    return failure
+
+
+_Cancelled: Any = None
+
+
+def cancelled_error() -> Any:
+    """The CancelledError a bridged coroutine gets: asyncio's and Twisted's at once, so a
+    handler written for either (Channels' or Twisted's) catches it."""
+    global _Cancelled
+    if _Cancelled is None:
+        import asyncio
+
+        from twisted.internet import defer
+
+        class CancelledError(defer.CancelledError, asyncio.CancelledError):
+            """Cancelled: by the server (``--application-close-timeout``) or a Task's
+            ``cancel()``."""
+
+        _Cancelled = CancelledError
+    return _Cancelled
+
+
+class _Bridge(Coroutine[Any, Any, Any]):
+    """A coroutine as an asyncio Task runs it, the Deferreds it awaits turned into futures
+    of the loop; ``done`` (when given) fires the moment the coroutine finishes."""
+
+    __slots__ = ("_coro", "_loop", "context", "done", "ready", "task", "waiting")
+
+    def __init__(self, coro: Any, loop: Any, done: Deferred[Any] | None = None) -> None:
+        self._coro = coro
+        self._loop = loop
+        self.done = done
+        #: The Task that drives it and that Task's context, once known (a step inside a
+        #: Deferred's callback needs both).
+        self.task: Any = None
+        self.context: Any = None
+        #: A step taken outside the Task, for the Task to replay: ("yield", what it waits
+        #: for), ("return", value) or ("raise", exception).
+        self.ready: tuple[str, Any] | None = None
+        #: The Deferred it waits for, if any (a cancel cancels that).
+        self.waiting: Deferred[Any] | None = None
+
+    # -- stepping ---------------------------------------------------------------------------
+    def _step(self, how: str, arg: Any) -> tuple[str, Any]:
+        try:
+            if how == "send":
+                yielded = self._coro.send(arg)
+            else:
+                yielded = self._coro.throw(arg)
+        except StopIteration as stop:
+            self._finish(stop.value, None)
+            return ("return", stop.value)
+        except BaseException as exc:
+            self._finish(None, exc)
+            return ("raise", exc)
+        return ("yield", self._adapt(yielded))
+
+    def step_in_task(self, how: str, arg: Any) -> tuple[str, Any]:
+        """One step now, outside the Task's turn, with the Task current and in its context."""
+        loop, task = self._loop, self.task
+        if _current_tasks is not None:
+            previous = _current_tasks.get(loop)
+            _current_tasks[loop] = task
+        else:
+            previous = _swap_current_task(loop, task)
+        try:
+            outcome: tuple[str, Any] = self.context.run(self._step, how, arg)
+            return outcome
+        finally:
+            if _current_tasks is not None:
+                if previous is None:
+                    del _current_tasks[loop]
+                else:
+                    _current_tasks[loop] = previous
+            else:
+                _swap_current_task(loop, previous)
+
+    def _finish(self, value: Any, exc: BaseException | None) -> None:
+        done = self.done
+        if done is None or done.called:
+            return
+        if exc is None:
+            done.callback(value)
+            return
+        if self.task is not None:  # the Task ends with it too: given here already
+            self.task.add_done_callback(_retrieve)
+        import asyncio
+
+        if isinstance(exc, asyncio.CancelledError) and not isinstance(exc, cancelled_error()):
+            exc = cancelled_error()(*exc.args)
+        done.errback(Failure(exc))
+
+    @staticmethod
+    def _replay(outcome: tuple[str, Any]) -> Any:
+        kind, value = outcome
+        if kind == "yield":
+            return value
+        if kind == "return":
+            raise StopIteration(value)
+        raise value
+
+    # -- what the Task calls ----------------------------------------------------------------
+    def send(self, value: Any) -> Any:
+        ready = self.ready
+        if ready is not None:
+            self.ready = None
+            return self._replay(ready)
+        return self._replay(self._step("send", value))
+
+    def throw(self, *args: Any) -> Any:
+        exc = args[1] if len(args) > 1 and args[1] is not None else args[0]
+        if isinstance(exc, type):
+            exc = exc()
+        ready, self.ready = self.ready, None
+        if ready is not None:
+            if ready[0] != "yield":
+                return self._replay(ready)  # it finished before the Task saw it
+            if ready[1] is not None:
+                ready[1].cancel()  # cancelled before the Task took the step: stop waiting
+        import asyncio
+
+        if isinstance(exc, asyncio.CancelledError) and not isinstance(exc, cancelled_error()):
+            exc = cancelled_error()(*exc.args)
+        return self._replay(self._step("throw", exc))
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self
+
+    def __iter__(self) -> Any:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    # What a Task's repr and stack look at.
+    @property
+    def cr_frame(self) -> Any:
+        return getattr(self._coro, "cr_frame", None)
+
+    @property
+    def cr_code(self) -> Any:
+        return getattr(self._coro, "cr_code", None)
+
+    @property
+    def cr_running(self) -> bool:
+        return bool(getattr(self._coro, "cr_running", False))
+
+    @property
+    def cr_await(self) -> Any:
+        return getattr(self._coro, "cr_await", None)
+
+    # -- Deferreds as futures ---------------------------------------------------------------
+    def _adapt(self, yielded: Any) -> Any:
+        if not isinstance(yielded, Deferred):
+            self.waiting = None
+            return yielded  # an asyncio future, None (sleep(0)), or a bad yield: the Task's
+        future = self._loop.create_future()
+        deferred: Deferred[Any] = yielded
+        self.waiting = deferred
+
+        def fired(result: Any) -> Any:
+            if self.waiting is deferred:
+                self.waiting = None
+            if future.done():  # the Task stopped waiting (cancelled): nobody reads this
+                return None if isinstance(result, Failure) else result
+            if (self.ready is None and self.task is not None and _CAN_SWAP
+                    and not self.cr_running):
+                # Resume now, as Twisted's driver does: while this callback runs, the
+                # Deferred's result is still ``result``, which the coroutine reads.
+                if not isinstance(result, Failure):
+                    self.ready = self.step_in_task("send", None)
+                elif result.check(CancelledError) and not result.check(cancelled_error()):
+                    self.ready = self.step_in_task("throw", cancelled_error()())
+                else:  # as Twisted's driver does (the Deferred's debug info is not set yet)
+                    self.ready = self.step_in_task("throw", result.value)
+                future.set_result(None)
+                return None
+            future.set_result(None)
+            return result  # kept: the coroutine reads it when the Task resumes it
+
+        def stopped(f: Any) -> None:
+            if f.cancelled() and not deferred.called:
+                deferred.cancel()
+
+        deferred.addBoth(fired)
+        future.add_done_callback(stopped)
+        future._asyncio_future_blocking = True
+        return future
+
+
+def install_bridge(loop: Any) -> None:
+    """Let every Task of ``loop`` await Deferreds: its task factory wraps coroutines in
+    ``_Bridge`` (handing them to any factory already set)."""
+    prior = loop.get_task_factory()
+    if getattr(prior, "_realtime_bridge", False):
+        return
+    import asyncio
+
+    def factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
+        bridge = coro if isinstance(coro, _Bridge) else _Bridge(coro, loop)
+        if prior is not None:
+            return prior(loop, bridge, **kwargs)  # its Task and context are not ours to use
+        bridge.context = kwargs.pop("context", None) or contextvars.copy_context()
+        task = asyncio.Task(bridge, loop=loop, context=bridge.context, **kwargs)
+        bridge.task = task
+        return task
+
+    factory._realtime_bridge = True  # type: ignore[attr-defined]
+    loop.set_task_factory(factory)

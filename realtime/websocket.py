@@ -44,6 +44,7 @@ from realtime.exceptions import (
 )
 from realtime.layers.base import HELD, hold, let_out_for, release, skip_held
 from realtime.routing import Ready
+from realtime.threads import as_deferred
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -319,9 +320,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         if type(result) is Ready:
             result = result.value
         if isinstance(result, Deferred) or hasattr(result, "__await__"):
-            from realtime.middleware import resolve
-
-            d = Deferred.fromCoroutine(resolve(result))
+            d = as_deferred(result)
             d.addCallbacks(self._got_consumer, self._app_failed)
         else:
             self._got_consumer(result)
@@ -1127,9 +1126,7 @@ class WebSocketConnection(WebSocketServerProtocol):
                     if not hasattr(result, "__await__"):
                         handler = None
                         continue
-                    from realtime.middleware import resolve
-
-                    result = Deferred.fromCoroutine(resolve(result))
+                    result = as_deferred(result)
                 self._running = result
                 result.addCallbacks(self._handler_done, self._handler_errback)
                 return

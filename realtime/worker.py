@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from realtime.config import StartupError
+from realtime.threads import as_deferred
 
 log = Logger(namespace="realtime.worker")
 
@@ -190,7 +191,7 @@ class WorkerService(Service):
     def _got(self, pair: tuple[str, dict[str, Any]]) -> None:
         self._receiving = None
         channel, message = pair
-        self._handling = Deferred.fromCoroutine(self._handle(channel, message))
+        self._handling = as_deferred(self._handle(channel, message))
         self._handling.addBoth(self._handled)
 
     def _handled(self, _: Any) -> None:

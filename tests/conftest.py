@@ -55,3 +55,11 @@ def layer(request: Any) -> Any:
     if request.param == "memory":
         return InMemoryChannelLayer()
     return request.getfixturevalue(f"{request.param}_layer")
+
+
+def pytest_ignore_collect(collection_path: Any, config: Any) -> bool | None:
+    """tests/asyncio_reactor/ runs only under ``--reactor=asyncio`` (the main run drives it
+    in a subprocess: tests/test_asyncio_reactor.py)."""
+    if collection_path.name == "asyncio_reactor" and config.getoption("reactor") != "asyncio":
+        return True
+    return None

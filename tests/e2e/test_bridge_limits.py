@@ -3,8 +3,6 @@ deadline, connection and in-flight limits, drain; and the smoke tests under asyn
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
 import sys
 import threading
@@ -593,24 +591,3 @@ async def test_drain_drops_silent_clients_after_close_timeout(live):
         assert await closed_by_server(c, 3)  # not aborted by us
         assert c.frames()[-1] == (0x8, b"\x03\xe9server shutting down")
     assert await rec.wait(3) == [("disconnect", 1001)] * 3
-
-
-# -- asyncio reactor -------------------------------------------------------------------------
-
-
-def test_smoke_tests_pass_under_the_asyncio_reactor():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/e2e/test_smoke_bridge.py", "--reactor=asyncio",
-         "-q", "-p", "no:cacheprovider"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
-    # Every test of the file passes, the asyncio-only one included: none may skip here.
-    tests = len(re.findall(r"^(?:async )?def test_", (REPO / "tests/e2e/test_smoke_bridge.py")
-                           .read_text(), re.M))
-    passed = re.search(r"(\d+) passed", done.stdout)
-    assert passed and int(passed.group(1)) == tests, output
-    assert "failed" not in done.stdout and "skipped" not in done.stdout, output

@@ -214,6 +214,22 @@ def test_console_script():
     stopped_cleanly(server)
 
 
+@pytest.mark.parametrize("spelling", [["--reactor=asyncio"], ["--reactor", "asyncio"]])
+def test_console_script_takes_the_asyncio_reactor(spelling):
+    with start([script("realtime"), *spelling, *APP, "--port", "0"]) as server:
+        echo_tcp(server.port)
+    output = stopped_cleanly(server)
+    assert "reactor class: twisted.internet.asyncioreactor.AsyncioSelectorReactor" in output
+
+
+def test_console_script_unknown_reactor_is_one_line():
+    result = run([script("realtime"), "--reactor=nope", *APP])
+    assert result.returncode == 1
+    assert result.stderr.startswith("realtime: error: --reactor: no reactor named 'nope' "
+                                    "(choose from ")
+    assert "asyncio" in result.stderr and result.stderr.count("\n") == 1
+
+
 @pytest.mark.parametrize("command", ["twistd", "realtime"])
 def test_an_application_in_the_working_directory(tmp_path, command):
     """The README's ``--app myapp.consumers:application``, run from the project's directory

@@ -1,0 +1,355 @@
+"""Channels-style asyncio code in an application, under ``--reactor=asyncio``: handlers,
+middleware, HTTP and worker consumers await asyncio code (``asyncio.sleep``, tasks,
+``asyncio.timeout``, asgiref, Django's async ORM) and Deferreds alike, as under Daphne.
+
+Collected only under ``--reactor=asyncio`` (tests/conftest.py); the main run drives it
+in a subprocess (tests/test_asyncio_reactor.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import urllib.request
+from typing import Any
+
+import pytest_twisted
+from asgiref.sync import sync_to_async as asgiref_sync_to_async
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
+from websockets.sync.client import connect
+
+from realtime import (
+    AsyncConsumer,
+    AsyncHttpConsumer,
+    AsyncWebsocketConsumer,
+    BaseMiddleware,
+    ChannelNameRouter,
+    ProtocolTypeRouter,
+    URLRouter,
+    path,
+)
+from realtime.layers import InMemoryChannelLayer
+from realtime.testing import ApplicationCommunicator, WebsocketCommunicator
+from tests.clients import in_thread
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def test_the_reactor_is_asyncios() -> None:
+    assert type(_reactor()).__name__ == "AsyncioSelectorReactor"
+
+
+def blocking_square(n: int) -> tuple[int, str]:
+    return n * n, threading.current_thread().name
+
+
+class Room(AsyncWebsocketConsumer):
+    """Awaits asyncio code and Deferreds in the same handlers."""
+
+    groups = ["room"]
+    events: list[Any] = []
+
+    async def connect(self) -> None:
+        await asyncio.sleep(0.01)
+        type(self).events.append(("connect in a task", asyncio.current_task() is not None))
+        await self.accept()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None
+                      ) -> None:
+        if text_data == "sleep":
+            async with asyncio.timeout(5):  # needs the current Task
+                await asyncio.sleep(0.01)
+                await self.channel_layer.group_send("room", {"type": "room.say",
+                                                             "text": "slept"})
+        elif text_data == "gather":
+            (square, thread), _, later = await asyncio.gather(
+                asgiref_sync_to_async(blocking_square)(7),
+                self.channel_layer.group_send("room", {"type": "room.say", "text": "g"}),
+                asyncio.wait_for(deferLater(_reactor(), 0.01, lambda: "later"), 5),
+            )
+            on_main = thread == threading.main_thread().name
+            await self.send(text_data=f"{square} {later} main={on_main}")
+        elif text_data == "tick":
+            self.ticker = asyncio.create_task(self.tick())
+
+    async def tick(self) -> None:
+        try:
+            for n in range(3):
+                await asyncio.sleep(0.01)
+                await self.send(text_data=f"tick {n}")
+            await asyncio.sleep(100)
+        except asyncio.CancelledError:
+            type(self).events.append("ticker cancelled")
+            raise
+
+    async def room_say(self, event: dict[str, Any]) -> None:
+        await asyncio.sleep(0)
+        await self.send(text_data=event["text"])
+
+    async def disconnect(self, code: int) -> None:
+        ticker = getattr(self, "ticker", None)
+        if ticker is not None:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+
+
+rooms = URLRouter([path("room", Room.as_asgi())])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_consumer_awaits_asyncio_code_and_the_layer_alike(live: Any) -> None:
+    Room.events = []
+    server = await live(rooms)
+
+    def client() -> tuple[str, str, str]:
+        with connect(server.ws_url("/room")) as a, connect(server.ws_url("/room")) as b:
+            a.send("sleep")
+            first = (a.recv(timeout=5), b.recv(timeout=5))
+            a.send("gather")
+            got = {a.recv(timeout=5), a.recv(timeout=5)}
+            return first[0], first[1], " | ".join(sorted(got))
+
+    slept_a, slept_b, gathered = await in_thread(client)
+    assert (slept_a, slept_b) == ("slept", "slept")
+    # asgiref ran the blocking call in a thread; the group message and the Deferred came.
+    assert gathered == "49 later main=False | g"
+    assert Room.events == [("connect in a task", True)] * 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_task_a_consumer_starts_sends_and_is_cancelled_at_disconnect(live: Any
+                                                                             ) -> None:
+    Room.events = []
+    server = await live(rooms)
+
+    def client() -> list[str]:
+        with connect(server.ws_url("/room")) as ws:
+            ws.send("tick")
+            return [ws.recv(timeout=5) for _ in range(3)]
+
+    assert await in_thread(client) == ["tick 0", "tick 1", "tick 2"]
+    for _ in range(100):
+        if "ticker cancelled" in Room.events:
+            break
+        await deferLater(_reactor(), 0.02, lambda: None)
+    assert Room.events[-1] == "ticker cancelled"
+
+
+class Stuck(AsyncWebsocketConsumer):
+    """Its disconnect() never ends by itself: the server cancels it."""
+
+    events: list[str] = []
+
+    async def disconnect(self, code: int) -> None:
+        wait_for = self.scope["url_route"]["kwargs"]["on"]
+        try:
+            if wait_for == "asyncio":
+                await asyncio.sleep(100)
+            else:
+                await Deferred()
+        except asyncio.CancelledError:  # as a Channels consumer catches it
+            type(self).events.append(f"{wait_for}: cancelled")
+            raise
+
+
+@pytest_twisted.ensureDeferred
+async def test_handlers_waiting_on_asyncio_or_a_deferred_are_cancelled_asyncios_way(
+        ) -> None:
+    Stuck.events = []
+    app = URLRouter([path("stuck/<str:on>", Stuck.as_asgi())])
+    for on in ("asyncio", "deferred"):
+        comm = WebsocketCommunicator(app, f"/stuck/{on}")
+        assert (await comm.connect())[0]
+        await comm.disconnect(timeout=0.1)
+    for _ in range(100):  # asyncio delivers a cancel on the loop's next turn
+        if len(Stuck.events) == 2:
+            break
+        await deferLater(_reactor(), 0.01, lambda: None)
+    assert Stuck.events == ["asyncio: cancelled", "deferred: cancelled"]
+
+
+class UserFromToken(BaseMiddleware):
+    """A user lookup the way a Django project writes one: asgiref around a blocking call."""
+
+    async def resolve_scope(self, scope: dict[str, Any]) -> None:
+        await asyncio.sleep(0)
+        token = dict(scope["headers"]).get(b"x-token", b"").decode()
+        scope["user"] = await asgiref_sync_to_async(lambda: f"user-{token}")()
+
+
+class Hello(AsyncHttpConsumer):
+    async def handle(self, body: bytes) -> None:
+        await asyncio.sleep(0.01)
+        await self.send_response(200, f"hello {self.scope['user']}".encode(),
+                                 headers=[(b"content-type", b"text/plain")])
+
+
+@pytest_twisted.ensureDeferred
+async def test_middleware_and_an_http_consumer_await_asyncio_code(live: Any) -> None:
+    app = ProtocolTypeRouter({"http": UserFromToken(URLRouter([path("hello",
+                                                                    Hello.as_asgi())]))})
+    server = await live(app)
+
+    def get() -> tuple[int, bytes]:
+        request = urllib.request.Request(server.http_url("/hello"),
+                                         headers={"X-Token": "42"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read()
+
+    assert await in_thread(get) == (200, b"hello user-42")
+
+
+class Resizer(AsyncConsumer):
+    async def resize(self, message: dict[str, Any]) -> None:
+        await asyncio.sleep(0.01)
+        size = await asgiref_sync_to_async(len)(message["path"])
+        await self.channel_layer.send(message["reply_to"], {"type": "resized", "size": size})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_consumer_awaits_asyncio_code() -> None:
+    layer = InMemoryChannelLayer()
+    reply = await layer.new_channel()
+    comm = ApplicationCommunicator(ChannelNameRouter({"resize": Resizer.as_asgi()}),
+                                   {"type": "channel", "channel": "resize"}, layer=layer)
+    await comm.send_input({"type": "resize", "path": "a.png", "reply_to": reply})
+    await comm.wait(5)
+    assert await layer.receive(reply) == {"type": "resized", "size": 5}
+
+
+class Echo(AsyncWebsocketConsumer):
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None
+                      ) -> None:
+        await self.send(text_data=text_data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_communicators_still_deliver_synchronously() -> None:
+    """A handler that waits for nothing has answered when ``send_to`` returns, and a
+    ``Clock``'s keepalive closes at ``advance``: no turn of the loop is needed."""
+    clock = Clock()
+    comm = WebsocketCommunicator(URLRouter([path("e", Echo.as_asgi())]), "/e", clock=clock)
+    comm.answer_pings = False
+    connected = comm.connect()
+    assert connected.called and (await connected)[0]
+    comm.send_to(text_data="now")
+    received = comm.receive_from(timeout=None)
+    assert received.called and await received == "now"
+    clock.advance(20)  # the ping
+    clock.advance(29)
+    assert comm.close_code is None
+    clock.advance(1)  # no pong within the ping timeout: the connection is dropped
+    assert comm.close_code == 1006
+
+
+@pytest_twisted.ensureDeferred
+async def test_asyncio_code_awaits_the_testing_api_and_the_layer() -> None:
+    """A test body written for pytest-asyncio (an asyncio Task) awaits the communicators'
+    and the layer's Deferreds."""
+    layer = InMemoryChannelLayer()
+
+    async def channels_style_test() -> list[str]:
+        comm = WebsocketCommunicator(rooms, "/room")
+        comm.site.layer = layer
+        connected, _ = await comm.connect()
+        assert connected
+        await asyncio.sleep(0)
+        await layer.group_send("room", {"type": "room.say", "text": "from the test"})
+        got = [await comm.receive_from()]
+        await comm.send_to(text_data="sleep")
+        got.append(await asyncio.wait_for(comm.receive_from(), 5))
+        await comm.disconnect()
+        return got
+
+    task = asyncio.get_running_loop().create_task(channels_style_test())
+    assert await Deferred.fromFuture(task) == ["from the test", "slept"]
+
+
+# -- Django's async ORM ---------------------------------------------------------------------
+
+_django_ready: list[bool] = []
+
+
+async def django_database(tmp_path_factory: Any) -> None:
+    """Django on a SQLite file (asgiref's thread-sensitive executor opens its own
+    connection), auth's tables migrated; once per process."""
+    if _django_ready:
+        return
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3",
+                               "NAME": str(tmp_path_factory.mktemp("db") / "db.sqlite3")}},
+        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth"],
+        USE_TZ=True,
+    )
+    django.setup()
+
+    def migrate() -> None:  # in a thread: Django refuses sync ORM calls beside a loop
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+
+    await in_thread(migrate)
+    _django_ready.append(True)
+
+
+class SignUp(AsyncWebsocketConsumer):
+    """What a Channels consumer does with Django's async ORM and Channels'
+    ``database_sync_to_async``."""
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None
+                      ) -> None:
+        from channels.db import database_sync_to_async
+        from django.contrib.auth.models import User
+
+        user = await User.objects.acreate(username=text_data)
+        count = await database_sync_to_async(User.objects.count)()
+        again = await User.objects.aget(pk=user.pk)
+        await self.send(text_data=f"{again.username} #{count}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_consumer_uses_djangos_async_orm(live: Any, tmp_path_factory: Any) -> None:
+    await django_database(tmp_path_factory)
+    server = await live(URLRouter([path("signup", SignUp.as_asgi())]))
+
+    def client() -> list[str]:
+        with connect(server.ws_url("/signup")) as ws:
+            answers = []
+            for name in ("ada", "grace"):
+                ws.send(name)
+                answers.append(ws.recv(timeout=10))
+            return answers
+
+    assert await in_thread(client) == ["ada #1", "grace #2"]
+
+
+class Fetcher(AsyncWebsocketConsumer):
+    """httpx runs on anyio, which asks sniffio for the running library: it needs the
+    current Task."""
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None
+                      ) -> None:
+        import httpx
+
+        async with httpx.AsyncClient() as client:
+            response = await client.get(text_data or "")
+        await self.send(text_data=f"{response.status_code} {response.text.strip()}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_consumer_uses_an_anyio_http_client(live: Any) -> None:
+    server = await live(URLRouter([path("fetch", Fetcher.as_asgi())]))
+
+    def client() -> str:
+        with connect(server.ws_url("/fetch")) as ws:
+            ws.send(server.http_url("/healthz"))
+            return ws.recv(timeout=10)
+
+    assert await in_thread(client) == "200 ok"

@@ -1,0 +1,107 @@
+"""Asyncio code in applications: under the default reactor it fails with a line that says
+what to do; under ``--reactor=asyncio`` (a subprocess runs those files with it) it works,
+and the testing API keeps its synchronous delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from websockets.sync.client import connect
+
+from realtime import AsyncWebsocketConsumer, URLRouter, path
+from realtime.testing import WebsocketCommunicator
+from tests.clients import captured_log, in_thread
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Run with --reactor=asyncio: every test in them must pass there (none may skip).
+UNDER_ASYNCIO = [
+    "tests/asyncio_reactor/test_asyncio_consumers.py",
+    "tests/e2e/test_smoke_bridge.py",
+    "tests/test_application_communicator.py",
+    "tests/test_testing.py",
+]
+
+
+def test_the_asyncio_reactor_runs_asyncio_code_and_the_communicator_tests():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *UNDER_ASYNCIO, "--reactor=asyncio",
+         "-q", "-p", "no:cacheprovider", "-p", "no:randomly"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-6000:]
+    tests = sum(len(re.findall(r"^(?:async )?def test_", (REPO / name).read_text(), re.M))
+                for name in UNDER_ASYNCIO)
+    passed = re.search(r"(\d+) passed", done.stdout)
+    # Parametrised tests count more than once: at least one run per test function.
+    assert passed and int(passed.group(1)) >= tests, output[-6000:]
+    assert "failed" not in done.stdout and "skipped" not in done.stdout, output[-6000:]
+
+
+class Sleeper(AsyncWebsocketConsumer):
+    """A Channels consumer's ``await asyncio.sleep()``, here under the default reactor."""
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None
+                      ) -> None:
+        if text_data == "future":
+            loop = asyncio.new_event_loop()
+            try:
+                future = loop.create_future()
+            finally:
+                loop.close()
+            await future
+        await asyncio.sleep(0.01)
+        await self.send(text_data="slept")
+
+
+def _hints(events: list[dict[str, Any]]) -> list[str]:
+    return [str(e["log_failure"].value) for e in events if "log_failure" in e
+            and "needs the asyncio reactor" in str(e["log_failure"].value)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_asyncio_code_under_the_default_reactor_closes_1011_with_a_hint(live):
+    server = await live(URLRouter([path("s", Sleeper.as_asgi())]))
+
+    def client() -> int | None:
+        with connect(server.ws_url("/s")) as ws:
+            ws.send("sleep")
+            try:
+                ws.recv(timeout=5)
+            except Exception:
+                pass
+            return ws.close_code
+
+    with captured_log() as events:
+        assert await in_thread(client) == 1011
+    hints = _hints(events)
+    assert len(hints) == 1, events
+    assert hints[0].startswith("no running event loop: ")
+    assert "twistd --reactor=asyncio" in hints[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_awaited_asyncio_future_gets_the_hint_in_a_communicator():
+    comm = WebsocketCommunicator(URLRouter([path("s", Sleeper.as_asgi())]), "/s")
+    assert (await comm.connect())[0]
+    with captured_log() as events:
+        await comm.send_to(text_data="future")
+        try:
+            await comm.receive_from()
+        except RuntimeError as exc:  # the handler's exception, as Channels' raises it
+            assert "needs the asyncio reactor" in str(exc)
+            assert str(exc).startswith("await wasn't used with future: ")
+        else:
+            raise AssertionError("the handler did not fail")
+    assert comm.close_code == 1011
+    assert len(_hints(events)) == 1
