@@ -168,22 +168,20 @@ def _run_task(coro: Any, loop: Any) -> Deferred[Any]:
         waiting = bridge.waiting
         if waiting is not None:
             waiting.cancel()  # the coroutine gets its CancelledError now, as in Twisted
-        else:
-            task.cancel()  # waiting for an asyncio future: asyncio's cancellation
+        elif bridge.task is not None:
+            bridge.task.cancel()  # waiting for an asyncio future: asyncio's cancellation
 
     done: Deferred[Any] = Deferred(cancel)
     bridge = _Bridge(coro, loop, done)
+    bridge.context = contextvars.copy_context()
+    bridge.outer = contextvars.copy_context()
     if _EAGER:  # the first step runs inside the constructor
-        bridge.context = contextvars.copy_context()
-        task = asyncio.Task(bridge, loop=loop, context=bridge.context,
-                            eager_start=True)  # type: ignore[call-arg, unused-ignore]
-        bridge.task = task
-        if task.done():
-            _retrieve(task)
+        bridge.task = asyncio.Task(bridge, loop=loop, context=bridge.context,
+                                   eager_start=True)  # type: ignore[call-arg, unused-ignore]
+        if bridge.ended is not None:
+            bridge.end()
     else:
-        bridge.context = contextvars.copy_context()
-        task = asyncio.Task(bridge, loop=loop, context=bridge.context)
-        bridge.task = task
+        bridge.task = asyncio.Task(bridge, loop=loop, context=bridge.context)
         if _CAN_SWAP:  # the first step now; the Task's own first step replays it
             bridge.ready = bridge.step_in_task("send", None)
     return done
@@ -218,6 +216,12 @@ def _explain(failure: Failure) -> Failure:
 _Cancelled: Any = None
 
 
+def _asyncio_cancelled() -> Any:
+    import asyncio
+
+    return asyncio.CancelledError
+
+
 def cancelled_error() -> Any:
     """The CancelledError a bridged coroutine gets: asyncio's and Twisted's at once, so a
     handler written for either (Channels' or Twisted's) catches it."""
@@ -235,23 +239,33 @@ def cancelled_error() -> Any:
     return _Cancelled
 
 
+class _Reported(Exception):
+    """What the Task of a coroutine that raised SystemExit or KeyboardInterrupt ends with:
+    its Deferred has that already (under Twisted's driver too it only fails the handler)."""
+
+
 class _Bridge(Coroutine[Any, Any, Any]):
     """A coroutine as an asyncio Task runs it, the Deferreds it awaits turned into futures
-    of the loop; ``done`` (when given) fires the moment the coroutine finishes."""
+    of the loop; ``done`` (when given) fires once the coroutine finishes, outside its
+    context and Task."""
 
-    __slots__ = ("_coro", "_loop", "context", "done", "ready", "task", "waiting")
+    __slots__ = ("_coro", "_loop", "context", "done", "ended", "outer", "ready", "task",
+                 "waiting")
 
     def __init__(self, coro: Any, loop: Any, done: Deferred[Any] | None = None) -> None:
         self._coro = coro
         self._loop = loop
         self.done = done
         #: The Task that drives it and that Task's context, once known (a step inside a
-        #: Deferred's callback needs both).
+        #: Deferred's callback needs both); ``outer``: the context ``done`` fires in.
         self.task: Any = None
         self.context: Any = None
-        #: A step taken outside the Task, for the Task to replay: ("yield", what it waits
-        #: for), ("return", value) or ("raise", exception).
+        self.outer: Any = None
+        #: A step taken outside the Task's turn, for the Task to replay: ("yield", what it
+        #: waits for), ("return", value) or ("raise", exception).
         self.ready: tuple[str, Any] | None = None
+        #: How it finished in a step of the Task's own, for ``end`` to report.
+        self.ended: tuple[str, Any] | None = None
         #: The Deferred it waits for, if any (a cancel cancels that).
         self.waiting: Deferred[Any] | None = None
 
@@ -263,15 +277,14 @@ class _Bridge(Coroutine[Any, Any, Any]):
             else:
                 yielded = self._coro.throw(arg)
         except StopIteration as stop:
-            self._finish(stop.value, None)
             return ("return", stop.value)
         except BaseException as exc:
-            self._finish(None, exc)
             return ("raise", exc)
         return ("yield", self._adapt(yielded))
 
     def step_in_task(self, how: str, arg: Any) -> tuple[str, Any]:
-        """One step now, outside the Task's turn, with the Task current and in its context."""
+        """One step now, outside the Task's turn, with the Task current and in its context;
+        if the coroutine finished, ``done`` fires after (outside both)."""
         loop, task = self._loop, self.task
         if _current_tasks is not None:
             previous = _current_tasks.get(loop)
@@ -280,7 +293,6 @@ class _Bridge(Coroutine[Any, Any, Any]):
             previous = _swap_current_task(loop, task)
         try:
             outcome: tuple[str, Any] = self.context.run(self._step, how, arg)
-            return outcome
         finally:
             if _current_tasks is not None:
                 if previous is None:
@@ -289,29 +301,47 @@ class _Bridge(Coroutine[Any, Any, Any]):
                     _current_tasks[loop] = previous
             else:
                 _swap_current_task(loop, previous)
+        if outcome[0] != "yield":
+            self._finish(outcome)
+        return outcome
 
-    def _finish(self, value: Any, exc: BaseException | None) -> None:
-        done = self.done
+    def end(self) -> None:
+        """Report how a step of the Task's own ended (from the loop, in ``outer``)."""
+        if self.ended is not None:
+            self._finish(self.ended)
+
+    def _finish(self, outcome: tuple[str, Any]) -> None:
+        done, self.done = self.done, None
+        task, self.task = self.task, None  # no cycle Task -> bridge -> Task left behind
+        self.ended = None
+        kind, value = outcome
+        if kind == "raise" and task is not None:  # the Task ends with it too: reported here
+            task.add_done_callback(_retrieve)
         if done is None or done.called:
             return
-        if exc is None:
+        if kind == "return":
             done.callback(value)
             return
-        if self.task is not None:  # the Task ends with it too: given here already
-            self.task.add_done_callback(_retrieve)
         import asyncio
 
-        if isinstance(exc, asyncio.CancelledError) and not isinstance(exc, cancelled_error()):
-            exc = cancelled_error()(*exc.args)
-        done.errback(Failure(exc))
+        if isinstance(value, asyncio.CancelledError) and not isinstance(
+                value, cancelled_error()):
+            value = cancelled_error()(*value.args)
+        done.errback(Failure(value))
 
-    @staticmethod
-    def _replay(outcome: tuple[str, Any]) -> Any:
+    def _replay(self, outcome: tuple[str, Any], own: bool) -> Any:
+        """Give the Task a step's outcome (``own``: a step the Task itself took now)."""
         kind, value = outcome
         if kind == "yield":
             return value
+        if own and self.done is not None:  # reported from the loop, outside this step
+            self.ended = outcome
+            self._loop.call_soon(self.end, context=self.outer)
         if kind == "return":
             raise StopIteration(value)
+        if not isinstance(value, Exception) and self.outer is not None and not isinstance(
+                value, _asyncio_cancelled()):
+            raise _Reported(repr(value))  # SystemExit in a handler: not out of the loop
         raise value
 
     # -- what the Task calls ----------------------------------------------------------------
@@ -319,8 +349,8 @@ class _Bridge(Coroutine[Any, Any, Any]):
         ready = self.ready
         if ready is not None:
             self.ready = None
-            return self._replay(ready)
-        return self._replay(self._step("send", value))
+            return self._replay(ready, False)
+        return self._replay(self._step("send", value), True)
 
     def throw(self, *args: Any) -> Any:
         exc = args[1] if len(args) > 1 and args[1] is not None else args[0]
@@ -329,14 +359,12 @@ class _Bridge(Coroutine[Any, Any, Any]):
         ready, self.ready = self.ready, None
         if ready is not None:
             if ready[0] != "yield":
-                return self._replay(ready)  # it finished before the Task saw it
+                return self._replay(ready, False)  # it finished before the Task saw it
             if ready[1] is not None:
                 ready[1].cancel()  # cancelled before the Task took the step: stop waiting
-        import asyncio
-
-        if isinstance(exc, asyncio.CancelledError) and not isinstance(exc, cancelled_error()):
-            exc = cancelled_error()(*exc.args)
-        return self._replay(self._step("throw", exc))
+        # asyncio's own CancelledError, unchanged: asyncio.timeout() and TaskGroup test it
+        # by identity.
+        return self._replay(self._step("throw", exc), True)
 
     def close(self) -> None:
         self._coro.close()
@@ -381,7 +409,8 @@ class _Bridge(Coroutine[Any, Any, Any]):
                 self.waiting = None
             if future.done():  # the Task stopped waiting (cancelled): nobody reads this
                 return None if isinstance(result, Failure) else result
-            if (self.ready is None and self.task is not None and _CAN_SWAP
+            ready = self.ready  # None, or this very wait (the Task has not replayed it yet)
+            if ((ready is None or ready[1] is future) and self.task is not None and _CAN_SWAP
                     and not self.cr_running):
                 # Resume now, as Twisted's driver does: while this callback runs, the
                 # Deferred's result is still ``result``, which the coroutine reads.
@@ -418,7 +447,8 @@ def install_bridge(loop: Any) -> None:
         bridge = coro if isinstance(coro, _Bridge) else _Bridge(coro, loop)
         if prior is not None:
             return prior(loop, bridge, **kwargs)  # its Task and context are not ours to use
-        bridge.context = kwargs.pop("context", None) or contextvars.copy_context()
+        context = kwargs.pop("context", None)
+        bridge.context = contextvars.copy_context() if context is None else context
         task = asyncio.Task(bridge, loop=loop, context=bridge.context, **kwargs)
         bridge.task = task
         return task

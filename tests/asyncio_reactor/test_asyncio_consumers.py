@@ -353,3 +353,192 @@ async def test_a_consumer_uses_an_anyio_http_client(live: Any) -> None:
             return ws.recv(timeout=10)
 
     assert await in_thread(client) == "200 ok"
+
+
+# -- the bridge's timing, cancellation and clean-up (found in review) -------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_asyncio_timeout_and_taskgroup_behave_as_in_asyncio() -> None:
+    """asyncio.timeout() and TaskGroup test asyncio's CancelledError by identity: the one
+    a Task throws reaches them unchanged, around asyncio waits and Deferreds alike."""
+    from realtime.threads import as_deferred
+
+    async def timed(wait: Any) -> str:
+        try:
+            async with asyncio.timeout(0.02):
+                await wait()
+        except TimeoutError:
+            return "TimeoutError"
+        return "no timeout"
+
+    async def group() -> str:
+        async def child() -> None:
+            await deferLater(_reactor(), 0.01, lambda: None)
+            raise ValueError("child failed")
+
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(child())
+                tasks.create_task(asyncio.sleep(5))
+        except ExceptionGroup as group:
+            return repr(group.exceptions)
+        return "no error"
+
+    assert await as_deferred(timed(lambda: asyncio.sleep(5))) == "TimeoutError"
+    assert await as_deferred(timed(lambda: deferLater(_reactor(), 5, lambda: None))
+                             ) == "TimeoutError"
+    assert await as_deferred(group()) == "(ValueError('child failed'),)"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_clock_resumes_a_handler_at_each_advance() -> None:
+    """Each awaited Deferred resumes the coroutine in its callback, also before the Task's
+    first turn: two advances, two steps, no loop turn needed."""
+    from realtime.threads import as_deferred
+
+    clock = Clock()
+    steps: list[int] = []
+
+    async def handler() -> str:
+        await deferLater(clock, 1, lambda: None)
+        steps.append(1)
+        await deferLater(clock, 1, lambda: None)
+        steps.append(2)
+        return "done"
+
+    done = as_deferred(handler())
+    clock.advance(1)
+    clock.advance(1)
+    assert steps == [1, 2] and done.called and await done == "done"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_handler_stopped_before_its_first_turn_gets_asyncios_cancel() -> None:
+    got: list[str] = []
+
+    class Jobs(AsyncConsumer):
+        async def job(self, message: dict[str, Any]) -> None:
+            try:
+                await deferLater(_reactor(), 10, lambda: None)
+            except asyncio.CancelledError:
+                got.append("asyncio.CancelledError")
+                raise
+
+    comm = ApplicationCommunicator(ChannelNameRouter({"jobs": Jobs.as_asgi()}),
+                                   {"type": "channel", "channel": "jobs"},
+                                   layer=InMemoryChannelLayer())
+    with _asyncio_errors() as errors:
+        comm.send_input({"type": "job"})
+        await comm.stop()  # in the same turn
+        await deferLater(_reactor(), 0.05, lambda: None)
+        import gc
+
+        gc.collect()
+    assert got == ["asyncio.CancelledError"]
+    assert errors == []  # no "Task exception was never retrieved"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handler_does_not_pass_its_context_to_the_next() -> None:
+    """The next handler starts from the finished one's Deferred: not inside its context."""
+    import contextvars
+
+    from realtime.threads import as_deferred
+
+    user: contextvars.ContextVar[str | None] = contextvars.ContextVar("user", default=None)
+    seen: list[str | None] = []
+    gate: Deferred[None] = Deferred()
+
+    async def first() -> None:
+        user.set("alice")
+        await gate
+
+    async def second() -> None:
+        seen.append(user.get())
+
+    done = as_deferred(first())
+    done.addCallback(lambda _: as_deferred(second()))
+    gate.callback(None)
+    await done
+    assert seen == [None]
+
+
+class Exits(AsyncWebsocketConsumer):
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None
+                      ) -> None:
+        if text_data == "later":
+            await asyncio.sleep(0)
+        raise SystemExit(3)
+
+
+@pytest_twisted.ensureDeferred
+async def test_system_exit_in_a_handler_does_not_stop_the_loop(live: Any) -> None:
+    """As under the default reactor, it fails the handler (logged unhandled), and the
+    reactor goes on: the Task does not carry it out of the loop."""
+    server = await live(URLRouter([path("x", Exits.as_asgi()), path("e", Echo.as_asgi())]),
+                        application_close_timeout=0.1)
+
+    def exits(text: str) -> None:
+        with connect(server.ws_url("/x")) as ws:
+            ws.send(text)
+            try:
+                ws.recv(timeout=0.3)
+            except Exception:
+                pass
+
+    def echo() -> str:
+        with connect(server.ws_url("/e")) as ws:
+            ws.send("still here")
+            return ws.recv(timeout=5)
+
+    with _asyncio_errors() as errors:
+        await in_thread(exits, "now")
+        await in_thread(exits, "later")
+        assert await in_thread(echo) == "still here"
+    assert _reactor().running and errors == []
+    await deferLater(_reactor(), 0.3, lambda: None)  # the stuck sockets' handlers cancelled
+    import gc
+
+    gc.collect()  # the failures' "Unhandled error in Deferred", before the leak check
+
+
+@pytest_twisted.ensureDeferred
+async def test_finished_handlers_leave_no_bridge_behind_without_the_cyclic_gc() -> None:
+    import gc
+
+    from realtime.threads import _Bridge, as_deferred
+
+    async def handler(d: Deferred[None]) -> None:
+        await d
+
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(200):
+            d: Deferred[None] = Deferred()
+            as_deferred(handler(d))
+            d.callback(None)
+        await deferLater(_reactor(), 0.02, lambda: None)  # the Tasks' own turns
+        alive = sum(1 for o in gc.get_objects() if isinstance(o, _Bridge))
+    finally:
+        gc.enable()
+    assert alive < 5
+
+
+class _asyncio_errors:
+    """The ERROR records asyncio logs inside the block ("never retrieved", ...)."""
+
+    def __enter__(self) -> list[str]:
+        import logging
+
+        self.records: list[str] = []
+        self.handler = logging.Handler(logging.ERROR)
+        self.handler.emit = lambda record: self.records.append(record.getMessage())
+        logging.getLogger("asyncio").addHandler(self.handler)
+        return self.records
+
+    def __exit__(self, *exc: Any) -> None:
+        import logging
+
+        logging.getLogger("asyncio").removeHandler(self.handler)
