@@ -1,7 +1,9 @@
-"""Profile our server under the echo load with py-spy, and print its top functions.
+"""Profile our server under the echo (or a fan-out) load with py-spy, and print its top
+functions.
 
     pip install py-spy
     python benchmarks/profile_ours.py [--inflight 16] [--seconds 10] [--svg profile.svg]
+    python benchmarks/profile_ours.py --server ours-channels --fanout 5000 --msg-rate 5
 
 Starts ours (the twistd of the Python running this script) pinned to core 0, the load
 client (100 connections, 64 B text) pinned to core 1, samples ours with ``py-spy record
@@ -25,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import OURS, Server, pinned, raise_nofile, server_specs  # noqa: E402
+from run import Server, pinned, raise_nofile, server_specs  # noqa: E402
 
 _PATH_PREFIX = re.compile(r" \((?:/[^()]*?/(?:site-packages|lib/python3\.\d+|main)/)")
 
@@ -61,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--svg", type=Path)
     p.add_argument("--top", type=int, default=12)
+    p.add_argument("--server", default="ours",
+                   choices=("ours", "ours-channels", "ours-channels-asyncio"),
+                   help="which of ours (run.py's names): the bench app, or Daphne's Channels "
+                   "consumers ported, on the default or the asyncio reactor")
+    p.add_argument("--fanout", type=int, metavar="MEMBERS",
+                   help="profile a fan-out to MEMBERS (one publisher, --msg-rate messages/s) "
+                   "instead of the echo load")
+    p.add_argument("--msg-rate", type=float, default=10.0)
     default_client = HERE / ".venvs" / "client" / "bin" / "python"
     p.add_argument("--client-python", default=str(default_client) if default_client.exists()
                    else sys.executable, help="the Python with picows (default: the client "
@@ -71,19 +81,24 @@ def main(argv: list[str] | None = None) -> int:
         print("py-spy is not installed: pip install py-spy", file=sys.stderr)
         return 2
     raise_nofile()
-    spec = server_specs()[OURS]
+    spec = server_specs()[a.server]
     tmp = Path(tempfile.mkdtemp(prefix="profile-ours-"))
     server = Server(spec, sys.executable, tmp / "ours.log", 0)
     client = None
     try:
         server.wait_ready()
+        if a.fanout:
+            load = ["fanout", "--url", f"ws://127.0.0.1:{server.port}/room/bench",
+                    "--members", str(a.fanout), "--rate", str(a.msg_rate), "--size", "64",
+                    "--warmup", "0", "--duration", str(a.seconds + 6)]
+        else:
+            load = ["echo", "--url", f"ws://127.0.0.1:{server.port}/echo",
+                    "--conns", str(a.conns), "--inflight", str(a.inflight), "--size", "64",
+                    "--warmup", "0", "--duration", str(a.seconds + 4)]
         client = subprocess.Popen(pinned(
-            [a.client_python, str(HERE / "loadclient.py"), "echo",
-             "--url", f"ws://127.0.0.1:{server.port}/echo", "--conns", str(a.conns),
-             "--inflight", str(a.inflight), "--size", "64", "--warmup", "0",
-             "--duration", str(a.seconds + 4), "--server-pid", str(server.pid)], 1),
-            stdout=subprocess.PIPE, text=True)
-        time.sleep(2)
+            [a.client_python, str(HERE / "loadclient.py"), *load,
+             "--server-pid", str(server.pid)], 1), stdout=subprocess.PIPE, text=True)
+        time.sleep(6 if a.fanout else 2)  # the members' handshakes first
         raw = tmp / "profile.txt"
         subprocess.run([pyspy, "record", "--format", "raw", "--rate", str(a.rate),
                         "--duration", str(int(a.seconds)), "--function",

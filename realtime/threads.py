@@ -18,10 +18,13 @@ to run under ``--reactor=asyncio``.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
+import inspect
 import sys
 import threading
+import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
@@ -93,8 +96,6 @@ def async_to_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
 def aio(awaitable: Awaitable[T]) -> Deferred[T]:
     """An asyncio awaitable (a coroutine, task or future) as a Deferred, for consumers that
     use asyncio libraries; needs ``--reactor=asyncio``."""
-    import asyncio
-
     return Deferred.fromFuture(asyncio.ensure_future(awaitable))
 
 
@@ -122,6 +123,7 @@ except ImportError:
     _swap_current_task = None
 _CAN_SWAP = _current_tasks is not None or _swap_current_task is not None
 _EAGER = sys.version_info >= (3, 12)  # asyncio.Task(..., eager_start=True)
+_COROUTINE = types.CoroutineType
 
 #: The reactor's asyncio loop under ``--reactor=asyncio``, False under another reactor,
 #: None until the first look (the reactor is installed after this module is imported).
@@ -153,17 +155,58 @@ def as_deferred(value: Any) -> Deferred[Any]:
     Either way the coroutine starts at once, and the Deferred of one that waits for nothing
     has fired on return, as ``Deferred.fromCoroutine``'s has."""
     loop = _loop if _loop is not None else asyncio_loop()
-    if loop:
-        return _run_task(resolve(value), loop)
+    if loop:  # a coroutine as it is (its awaitable result, if any, awaited at its end)
+        return _run_task(value if type(value) is _COROUTINE else resolve(value), loop)
     d = Deferred.fromCoroutine(resolve(value))
     if d.called and not isinstance(d.result, Failure):
         return d
     return d.addErrback(_explain)
 
 
-def _run_task(coro: Any, loop: Any) -> Deferred[Any]:
-    import asyncio
+def run_handler(value: Any) -> Deferred[Any] | None:
+    """Run a handler's awaitable as ``as_deferred`` does, but None when it has finished
+    before this returns (its result is not wanted), and its exception raised here when it
+    failed so: no Deferred for a handler that waits for nothing, the common case.
 
+    Under the default reactor a coroutine's first step runs here, in a copy of the context
+    (as ``Deferred.fromCoroutine`` does); when it waits on a Deferred, Twisted's driver goes
+    on from there (the Deferred's ``__await__`` yields it again), in that context."""
+    loop = _loop if _loop is not None else asyncio_loop()
+    if not loop and type(value) is _COROUTINE:
+        context = contextvars.copy_context()
+        yielded: Any = None
+        try:
+            while True:
+                yielded = context.run(value.send, yielded)
+                # Twisted's driver sends a plain yielded value straight back (None: a bare
+                # ``yield``, asyncio.sleep(0)); a Deferred, a coroutine or a generator it
+                # waits for.
+                if isinstance(yielded, Deferred) or inspect.iscoroutine(yielded) or (
+                        inspect.isgenerator(yielded)):
+                    break
+        except StopIteration as stop:
+            result = stop.value
+            if result is None or not (isinstance(result, Deferred)
+                                      or inspect.isawaitable(result)):
+                return None
+            return as_deferred(result)
+        except BaseException as exc:
+            hinted = _explained(exc)
+            if hinted is exc:
+                raise
+            raise hinted from exc
+        return context.run(Deferred.fromCoroutine, value).addErrback(_explain)
+    d = as_deferred(value)
+    if not d.called:
+        return d
+    result = d.result
+    if isinstance(result, Failure):
+        d.addErrback(lambda _: None)  # given to the caller instead
+        raise result.value
+    return None
+
+
+def _run_task(coro: Any, loop: Any) -> Deferred[Any]:
     def cancel(_: Deferred[Any]) -> None:
         waiting = bridge.waiting
         if waiting is not None:
@@ -201,6 +244,12 @@ _NO_LOOP = ("await wasn't used with future", "no running event loop",
 
 def _explain(failure: Failure) -> Failure:
     exc = failure.value
+    hinted = _explained(exc)
+    return failure if hinted is exc else Failure(hinted)
+
+
+def _explained(exc: BaseException) -> BaseException:
+    """``exc``, or for asyncio code run without its loop, a RuntimeError with the hint."""
     if isinstance(exc, RuntimeError) and str(exc).startswith(_NO_LOOP) and not getattr(
             exc, "_realtime_explained", False):
         hint = RuntimeError(
@@ -209,16 +258,14 @@ def _explain(failure: Failure) -> Failure:
             "calls)")
         hint._realtime_explained = True  # type: ignore[attr-defined]
         hint.__cause__ = exc
-        return Failure(hint)
-    return failure
+        return hint
+    return exc
 
 
 _Cancelled: Any = None
 
 
 def _asyncio_cancelled() -> Any:
-    import asyncio
-
     return asyncio.CancelledError
 
 
@@ -227,8 +274,6 @@ def cancelled_error() -> Any:
     handler written for either (Channels' or Twisted's) catches it."""
     global _Cancelled
     if _Cancelled is None:
-        import asyncio
-
         from twisted.internet import defer
 
         class CancelledError(defer.CancelledError, asyncio.CancelledError):
@@ -320,10 +365,11 @@ class _Bridge(Coroutine[Any, Any, Any]):
         if done is None or done.called:
             return
         if kind == "return":
-            done.callback(value)
+            if isinstance(value, Deferred) or inspect.isawaitable(value):
+                as_deferred(value).chainDeferred(done)  # what ``resolve`` would have done
+            else:
+                done.callback(value)
             return
-        import asyncio
-
         if isinstance(value, asyncio.CancelledError) and not isinstance(
                 value, cancelled_error()):
             value = cancelled_error()(*value.args)
@@ -441,8 +487,6 @@ def install_bridge(loop: Any) -> None:
     prior = loop.get_task_factory()
     if getattr(prior, "_realtime_bridge", False):
         return
-    import asyncio
-
     def factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
         bridge = coro if isinstance(coro, _Bridge) else _Bridge(coro, loop)
         if prior is not None:

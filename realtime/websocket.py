@@ -44,7 +44,7 @@ from realtime.exceptions import (
 )
 from realtime.layers.base import HELD, hold, let_out_for, release, skip_held
 from realtime.routing import Ready
-from realtime.threads import as_deferred
+from realtime.threads import as_deferred, run_handler
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -1126,7 +1126,14 @@ class WebSocketConnection(WebSocketServerProtocol):
                     if not hasattr(result, "__await__"):
                         handler = None
                         continue
-                    result = as_deferred(result)
+                    try:  # a coroutine that waits for nothing is done here: no Deferred
+                        result = run_handler(result)
+                    except BaseException as exc:
+                        self._handler_failed(exc)
+                        result = None
+                    if result is None:
+                        handler = None
+                        continue
                 self._running = result
                 result.addCallbacks(self._handler_done, self._handler_errback)
                 return

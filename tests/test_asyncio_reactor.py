@@ -105,3 +105,59 @@ async def test_an_awaited_asyncio_future_gets_the_hint_in_a_communicator():
             raise AssertionError("the handler did not fail")
     assert comm.close_code == 1011
     assert len(_hints(events)) == 1
+
+
+# -- the default reactor's fast path for handlers that wait for nothing ----------------------
+
+_request: Any = None
+
+
+def _request_var() -> Any:
+    global _request
+    if _request is None:
+        import contextvars
+
+        _request = contextvars.ContextVar("request", default=None)
+    return _request
+
+
+class Steps(AsyncWebsocketConsumer):
+    """Handlers that finish at once, wait on a Deferred, or yield bare (asyncio.sleep(0),
+    which Twisted's driver sends straight back); each records what it saw."""
+
+    seen: list[Any] = []
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None
+                      ) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        var = _request_var()
+        type(self).seen.append((text_data, var.get()))
+        var.set(text_data)  # in the handler's own context: never seen by the next one
+        if text_data == "wait":
+            await deferLater(reactor, 0.01, lambda: None)
+            type(self).seen.append(("after wait", var.get()))
+        elif text_data == "bare":
+            await asyncio.sleep(0)
+            type(self).seen.append(("after bare", var.get()))
+        await self.send(text_data=f"done {text_data}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_handlers_that_wait_for_nothing_finish_inline_in_their_own_context():
+    Steps.seen = []
+    comm = WebsocketCommunicator(URLRouter([path("s", Steps.as_asgi())]), "/s")
+    assert (await comm.connect())[0]
+    for text in ("now", "bare", "wait", "again"):
+        sent = comm.send_to(text_data=text)
+        received = comm.receive_from(timeout=None if text in ("now", "bare") else 1)
+        if text in ("now", "bare"):  # finished before send_to returned: no turn needed
+            # ("again" may find "wait"'s handler still finishing: the test resumed inside
+            # its send.)
+            assert (text, sent.called, received.called) == (text, True, True)
+        assert await received == f"done {text}"
+    assert Steps.seen == [("now", None), ("bare", None), ("after bare", "bare"),
+                          ("wait", None), ("after wait", "wait"), ("again", None)]
+    assert _request_var().get() is None  # nothing leaked into the test's (the reactor's)
+    await comm.disconnect()
