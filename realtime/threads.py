@@ -28,7 +28,7 @@ import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.python.failure import Failure
 
 from realtime.middleware import resolve
@@ -155,8 +155,8 @@ def as_deferred(value: Any) -> Deferred[Any]:
     Either way the coroutine starts at once, and the Deferred of one that waits for nothing
     has fired on return, as ``Deferred.fromCoroutine``'s has."""
     loop = _loop if _loop is not None else asyncio_loop()
-    if loop:  # a coroutine as it is (its awaitable result, if any, awaited at its end)
-        return _run_task(value if type(value) is _COROUTINE else resolve(value), loop)
+    if loop:
+        return _run_task(resolve(value), loop)
     d = Deferred.fromCoroutine(resolve(value))
     if d.called and not isinstance(d.result, Failure):
         return d
@@ -168,42 +168,122 @@ def run_handler(value: Any) -> Deferred[Any] | None:
     before this returns (its result is not wanted), and its exception raised here when it
     failed so: no Deferred for a handler that waits for nothing, the common case.
 
-    Under the default reactor a coroutine's first step runs here, in a copy of the context
-    (as ``Deferred.fromCoroutine`` does); when it waits on a Deferred, Twisted's driver goes
-    on from there (the Deferred's ``__await__`` yields it again), in that context."""
+    Under the default reactor a coroutine runs under ``_Driven``: Twisted's own driving
+    rules, all of its steps in one copy of the context. SystemExit and KeyboardInterrupt
+    come back in a failed Deferred, as Twisted's driver gives them."""
     loop = _loop if _loop is not None else asyncio_loop()
     if not loop and type(value) is _COROUTINE:
-        context = contextvars.copy_context()
-        yielded: Any = None
-        try:
-            while True:
-                yielded = context.run(value.send, yielded)
-                # Twisted's driver sends a plain yielded value straight back (None: a bare
-                # ``yield``, asyncio.sleep(0)); a Deferred, a coroutine or a generator it
-                # waits for.
-                if isinstance(yielded, Deferred) or inspect.iscoroutine(yielded) or (
-                        inspect.isgenerator(yielded)):
-                    break
-        except StopIteration as stop:
-            result = stop.value
-            if result is None or not (isinstance(result, Deferred)
-                                      or inspect.isawaitable(result)):
-                return None
-            return as_deferred(result)
-        except BaseException as exc:
+        driven = _Driven(value)
+        outcome = driven.step(None, None)
+        kind = outcome[0]
+        if kind == "return":
+            return None
+        if kind == "raise":
+            exc = outcome[1]
+            if not isinstance(exc, Exception):
+                return fail(Failure(exc))
             hinted = _explained(exc)
             if hinted is exc:
-                raise
+                raise exc
             raise hinted from exc
-        return context.run(Deferred.fromCoroutine, value).addErrback(_explain)
+        return driven.wait(outcome[1])
     d = as_deferred(value)
     if not d.called:
         return d
     result = d.result
     if isinstance(result, Failure):
+        if not isinstance(result.value, Exception):
+            return d
         d.addErrback(lambda _: None)  # given to the caller instead
         raise result.value
     return None
+
+
+class _Driven:
+    """One coroutine driven by Twisted's rules (``inlineCallbacks``: a plain yielded value is
+    sent back, a Deferred, coroutine or generator is waited for and its result sent in or
+    its failure thrown in), every step in one copy of the context, as
+    ``Deferred.fromCoroutine`` runs it; an awaitable it returns is awaited in that context
+    too. ``step`` runs it to its first wait; ``wait`` gives the Deferred of the rest."""
+
+    __slots__ = ("context", "coro", "done", "waiting")
+
+    def __init__(self, coro: Any) -> None:
+        self.coro = coro
+        self.context = contextvars.copy_context()
+        self.done: Deferred[Any] | None = None
+        self.waiting: Deferred[Any] | None = None
+
+    def step(self, send: Any, throw: BaseException | None) -> tuple[str, Any]:
+        """Until it waits on a Deferred that has not fired: ("wait", that Deferred),
+        ("return", value) or ("raise", exception)."""
+        run = self.context.run
+        yielded: Any
+        while True:
+            try:
+                if throw is None:
+                    yielded = run(self.coro.send, send)
+                else:
+                    yielded = run(self.coro.throw, throw)
+                    throw = None
+            except StopIteration as stop:
+                value = stop.value
+                if isinstance(value, Deferred) or (value is not None
+                                                   and inspect.isawaitable(value)):
+                    self.coro, send = resolve(value), None  # awaited here, as resolve() did
+                    continue
+                return ("return", value)
+            except BaseException as exc:
+                return ("raise", exc)
+            if isinstance(yielded, Deferred):
+                d = yielded
+            elif inspect.iscoroutine(yielded) or inspect.isgenerator(yielded):
+                nested: Any = yielded
+                d = run(Deferred.fromCoroutine, nested)
+            else:
+                send = yielded  # Twisted's driver sends it straight back
+                continue
+            if not d.called or d.paused:
+                return ("wait", d)
+            got: list[Any] = []  # fired already: its result now, without recursing
+            d.addBoth(got.append)
+            result = got[0]
+            if isinstance(result, Failure):
+                send, throw = None, result.value.with_traceback(result.tb)
+            else:
+                send = result
+
+    def wait(self, d: Deferred[Any]) -> Deferred[Any]:
+        def cancel(_: Deferred[Any]) -> None:
+            if self.waiting is not None:
+                self.waiting.cancel()  # the coroutine gets the CancelledError
+
+        self.done = Deferred(cancel)
+        done = self.done
+        self._wait_on(d)
+        return done
+
+    def _wait_on(self, d: Deferred[Any]) -> None:
+        self.waiting = d
+        d.addBoth(self._resume)
+
+    def _resume(self, result: Any) -> None:
+        self.waiting = None
+        if isinstance(result, Failure):
+            outcome = self.step(None, result.value.with_traceback(result.tb))
+        else:
+            outcome = self.step(result, None)
+        kind, value = outcome
+        if kind == "wait":
+            self._wait_on(value)
+            return
+        done, self.done = self.done, None
+        if done is None or done.called:  # cancelled, and it went on anyway
+            return
+        if kind == "return":
+            done.callback(value)
+        else:
+            done.errback(Failure(_explained(value)))
 
 
 def _run_task(coro: Any, loop: Any) -> Deferred[Any]:
@@ -365,10 +445,7 @@ class _Bridge(Coroutine[Any, Any, Any]):
         if done is None or done.called:
             return
         if kind == "return":
-            if isinstance(value, Deferred) or inspect.isawaitable(value):
-                as_deferred(value).chainDeferred(done)  # what ``resolve`` would have done
-            else:
-                done.callback(value)
+            done.callback(value)
             return
         if isinstance(value, asyncio.CancelledError) and not isinstance(
                 value, cancelled_error()):

@@ -161,3 +161,96 @@ async def test_handlers_that_wait_for_nothing_finish_inline_in_their_own_context
                           ("wait", None), ("after wait", "wait"), ("again", None)]
     assert _request_var().get() is None  # nothing leaked into the test's (the reactor's)
     await comm.disconnect()
+
+
+class TwistedRules(AsyncWebsocketConsumer):
+    """What Twisted's driver guarantees a coroutine, kept by the fast path (found in
+    review): one context for all its steps (a ContextVar token set before a wait resets
+    after it), a returned awaitable awaited in that context, and a custom awaitable that
+    yields a Deferred or a coroutine gets its result sent back."""
+
+    async def reply(self) -> None:
+        await self.send(text_data=f"returned sees {_request_var().get()}")
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None
+                      ) -> Any:
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        var = _request_var()
+        if text_data == "token":
+            token = var.set("x")
+            try:
+                await deferLater(reactor, 0.01, lambda: None)
+            finally:
+                var.reset(token)
+            await self.send(text_data=f"reset to {var.get()}")
+        elif text_data == "return":
+            var.set("x")
+            return self.reply()
+        elif text_data == "yields":
+            got = await _Yields(deferLater(reactor, 0.01, lambda: "deferred's result"))
+            nested = await _nested()
+            await self.send(text_data=f"{got} | {nested}")
+        return None
+
+
+class _Yields:
+    def __init__(self, d: Any) -> None:
+        self.d = d
+
+    def __await__(self) -> Any:
+        got = yield self.d  # Twisted's driver sends the Deferred's result back
+        return got
+
+
+def _nested() -> Any:
+    import types
+
+    async def inner() -> str:
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, 0.01, lambda: None)
+        return "inner's result"
+
+    @types.coroutine
+    def outer() -> Any:
+        got = yield inner()  # run by the driver as a nested coroutine
+        return got
+
+    return outer()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_fast_path_keeps_twisteds_driving_rules():
+    comm = WebsocketCommunicator(URLRouter([path("t", TwistedRules.as_asgi())]), "/t")
+    assert (await comm.connect())[0]
+    answers = []
+    for text in ("token", "return", "yields"):
+        await comm.send_to(text_data=text)
+        answers.append(await comm.receive_from())
+    assert answers == ["reset to None", "returned sees x",
+                       "deferred's result | inner's result"]
+    await comm.disconnect()
+
+
+class ExitsAtOnce(AsyncWebsocketConsumer):
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None
+                      ) -> None:
+        raise SystemExit(3)
+
+
+@pytest_twisted.ensureDeferred
+async def test_system_exit_before_any_wait_fails_the_handler_as_twisted_does():
+    """As from Twisted's driver: a failed handler (logged), not an exception out of the
+    caller (here ``send_to``; on a socket, the reactor's read)."""
+    import gc
+
+    comm = WebsocketCommunicator(URLRouter([path("x", ExitsAtOnce.as_asgi())]), "/x")
+    assert (await comm.connect())[0]
+    with captured_log():
+        await comm.send_to(text_data="exit")  # does not raise
+        gc.collect()  # its "Unhandled error in Deferred", inside the capture
+    comm._connection()._kill_handlers(after=0)  # the queue it left busy (as before)
+    await comm.disconnect()

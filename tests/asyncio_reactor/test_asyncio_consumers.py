@@ -542,3 +542,38 @@ class _asyncio_errors:
         import logging
 
         logging.getLogger("asyncio").removeHandler(self.handler)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_awaitable_a_handler_returns_runs_in_its_task_and_is_cancelled_with_it(
+        ) -> None:
+    import contextvars
+
+    from realtime.threads import as_deferred
+
+    var: contextvars.ContextVar[str | None] = contextvars.ContextVar("var", default=None)
+
+    async def other() -> tuple[str | None, bool]:
+        await asyncio.sleep(0)
+        return var.get(), asyncio.current_task() is task[0]
+
+    async def handler() -> Any:
+        task.append(asyncio.current_task())
+        var.set("x")
+        return other()
+
+    task: list[Any] = []
+    assert await as_deferred(handler()) == ("x", True)
+
+    inner: Deferred[str] = Deferred()
+
+    async def returns_a_deferred() -> Any:
+        return inner
+
+    outer = as_deferred(returns_a_deferred())
+    failed: list[str] = []
+    outer.addErrback(lambda f: failed.append(f.type.__name__))
+    outer.cancel()  # what --application-close-timeout does
+    await deferLater(_reactor(), 0.02, lambda: None)
+    assert inner.called and failed == ["CancelledError"]
+    inner.addErrback(lambda f: None)
