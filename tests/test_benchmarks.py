@@ -362,3 +362,17 @@ def test_history_benchmark_prints_both_layers_and_their_ratios():
         assert line in out, out
     assert "memory: history's publish costs" in out and "redis: history's publish" in out
     assert "bytes of Redis memory per kept message" in out
+
+
+def test_the_ported_channels_consumers_are_daphnes_with_other_imports():
+    """``ours-channels`` measures Daphne's consumers ported by changing imports: their
+    classes must stay line for line what Daphne runs."""
+    import re
+
+    def classes(path: Path) -> str:
+        text = path.read_text()
+        return text[re.search(r"^class ", text, re.M).start():].split("\napplication =")[0]
+
+    daphne = classes(BENCH / "peers" / "daphne_app" / "consumers.py").strip()
+    ours = classes(BENCH / "peers" / "channels_port_app.py").strip()
+    assert ours == daphne
