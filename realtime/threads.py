@@ -28,7 +28,8 @@ import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
 from realtime.middleware import resolve
@@ -258,8 +259,7 @@ class _Driven:
             if self.waiting is not None:
                 self.waiting.cancel()  # the coroutine gets the CancelledError
 
-        self.done = Deferred(cancel)
-        done = self.done
+        done = self.done = Deferred(cancel)
         self._wait_on(d)
         return done
 
@@ -342,26 +342,10 @@ def _explained(exc: BaseException) -> BaseException:
     return exc
 
 
-_Cancelled: Any = None
-
-
-def _asyncio_cancelled() -> Any:
-    return asyncio.CancelledError
-
-
-def cancelled_error() -> Any:
-    """The CancelledError a bridged coroutine gets: asyncio's and Twisted's at once, so a
-    handler written for either (Channels' or Twisted's) catches it."""
-    global _Cancelled
-    if _Cancelled is None:
-        from twisted.internet import defer
-
-        class CancelledError(defer.CancelledError, asyncio.CancelledError):
-            """Cancelled: by the server (``--application-close-timeout``) or a Task's
-            ``cancel()``."""
-
-        _Cancelled = CancelledError
-    return _Cancelled
+class CancelledError(defer.CancelledError, asyncio.CancelledError):
+    """The CancelledError a bridged coroutine gets when the server cancels what it waits
+    on (``--application-close-timeout``): asyncio's and Twisted's at once, so a handler
+    written for either (Channels' or Twisted's) catches it."""
 
 
 class _Reported(Exception):
@@ -448,8 +432,8 @@ class _Bridge(Coroutine[Any, Any, Any]):
             done.callback(value)
             return
         if isinstance(value, asyncio.CancelledError) and not isinstance(
-                value, cancelled_error()):
-            value = cancelled_error()(*value.args)
+                value, CancelledError):
+            value = CancelledError(*value.args)
         done.errback(Failure(value))
 
     def _replay(self, outcome: tuple[str, Any], own: bool) -> Any:
@@ -463,7 +447,7 @@ class _Bridge(Coroutine[Any, Any, Any]):
         if kind == "return":
             raise StopIteration(value)
         if not isinstance(value, Exception) and self.outer is not None and not isinstance(
-                value, _asyncio_cancelled()):
+                value, asyncio.CancelledError):
             raise _Reported(repr(value))  # SystemExit in a handler: not out of the loop
         raise value
 
@@ -539,8 +523,8 @@ class _Bridge(Coroutine[Any, Any, Any]):
                 # Deferred's result is still ``result``, which the coroutine reads.
                 if not isinstance(result, Failure):
                     self.ready = self.step_in_task("send", None)
-                elif result.check(CancelledError) and not result.check(cancelled_error()):
-                    self.ready = self.step_in_task("throw", cancelled_error()())
+                elif result.check(defer.CancelledError) and not result.check(CancelledError):
+                    self.ready = self.step_in_task("throw", CancelledError())
                 else:  # as Twisted's driver does (the Deferred's debug info is not set yet)
                     self.ready = self.step_in_task("throw", result.value)
                 future.set_result(None)

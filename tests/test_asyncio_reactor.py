@@ -5,6 +5,7 @@ and the testing API keeps its synchronous delivery."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import re
 import subprocess
@@ -109,16 +110,8 @@ async def test_an_awaited_asyncio_future_gets_the_hint_in_a_communicator():
 
 # -- the default reactor's fast path for handlers that wait for nothing ----------------------
 
-_request: Any = None
-
-
-def _request_var() -> Any:
-    global _request
-    if _request is None:
-        import contextvars
-
-        _request = contextvars.ContextVar("request", default=None)
-    return _request
+#: Set by the handlers below: each handler's steps share one copy of the context.
+REQUEST: contextvars.ContextVar[str | None] = contextvars.ContextVar("request", default=None)
 
 
 class Steps(AsyncWebsocketConsumer):
@@ -132,7 +125,7 @@ class Steps(AsyncWebsocketConsumer):
         from twisted.internet import reactor
         from twisted.internet.task import deferLater
 
-        var = _request_var()
+        var = REQUEST
         type(self).seen.append((text_data, var.get()))
         var.set(text_data)  # in the handler's own context: never seen by the next one
         if text_data == "wait":
@@ -159,7 +152,7 @@ async def test_handlers_that_wait_for_nothing_finish_inline_in_their_own_context
         assert await received == f"done {text}"
     assert Steps.seen == [("now", None), ("bare", None), ("after bare", "bare"),
                           ("wait", None), ("after wait", "wait"), ("again", None)]
-    assert _request_var().get() is None  # nothing leaked into the test's (the reactor's)
+    assert REQUEST.get() is None  # nothing leaked into the test's (the reactor's)
     await comm.disconnect()
 
 
@@ -170,14 +163,14 @@ class TwistedRules(AsyncWebsocketConsumer):
     yields a Deferred or a coroutine gets its result sent back."""
 
     async def reply(self) -> None:
-        await self.send(text_data=f"returned sees {_request_var().get()}")
+        await self.send(text_data=f"returned sees {REQUEST.get()}")
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None
                       ) -> Any:
         from twisted.internet import reactor
         from twisted.internet.task import deferLater
 
-        var = _request_var()
+        var = REQUEST
         if text_data == "token":
             token = var.set("x")
             try:
