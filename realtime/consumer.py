@@ -41,9 +41,10 @@ class ConsumerApp:
         self.consumer_class = consumer_class
         self.initkwargs = initkwargs
 
-    def __call__(self, scope: Scope) -> Any:
-        from realtime.routing import Ready
+    def __call__(self, scope: Scope, *asgi: Any) -> Any:
+        from realtime.routing import Ready, not_asgi
 
+        not_asgi(self, asgi)
         consumer = self.consumer_class(**self.initkwargs)
         consumer.scope = scope
         return Ready(consumer)
@@ -110,7 +111,8 @@ class _WebsocketBase(AppFactoryMixin):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         impls = globals().get("_RAW_RECEIVE_IMPLS", ())
-        cls._raw_receive = bool(impls) and cls.websocket_receive not in impls  # type: ignore[attr-defined]
+        raw = getattr(cls, "websocket_receive", None)  # (realtime.asgi's has none)
+        cls._raw_receive = bool(impls) and raw is not None and raw not in impls
         if cls.thread_handlers:
             for name in ("websocket_connect", "websocket_receive", "websocket_disconnect",
                          "connect", "receive", "disconnect"):

@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from realtime.routing import Application, Scope
+from realtime.routing import Application, Scope, mount, not_asgi
 
 
 async def resolve(value: Any) -> Any:
@@ -29,7 +29,7 @@ class BaseMiddleware:
     def __init__(self, inner: Application) -> None:
         if not callable(inner):
             raise TypeError(f"{type(self).__name__}: the inner application is not callable")
-        self.inner = inner
+        self.inner = mount(inner)
 
     def populate_scope(self, scope: Scope) -> None:
         """Add keys to the scope before the inner application sees it."""
@@ -37,7 +37,8 @@ class BaseMiddleware:
     async def resolve_scope(self, scope: Scope) -> None:
         """Fill in what needs waiting for (a user lookup, a session load)."""
 
-    async def __call__(self, scope: Scope) -> Any:
+    async def __call__(self, scope: Scope, *asgi: Any) -> Any:
+        not_asgi(self, asgi)
         scope = dict(scope)
         self.populate_scope(scope)
         await self.resolve_scope(scope)

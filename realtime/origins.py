@@ -86,10 +86,10 @@ class OriginValidator(BaseMiddleware):
             return True
         return origin_allowed(origin, self.allowed_origins)
 
-    async def __call__(self, scope: Scope) -> Any:
+    async def __call__(self, scope: Scope, *asgi: Any) -> Any:
         if not self.allowed(scope):
             raise Refuse(403)
-        return await super().__call__(scope)
+        return await super().__call__(scope, *asgi)
 
 
 class AllowedHostsOriginValidator(OriginValidator):

@@ -17,16 +17,17 @@ from typing import Any, Protocol
 
 from realtime.exceptions import NoRoute
 
-ASGI_HINT = (
-    "looks like a raw ASGI application or ASGI-3 middleware (scope, receive, send): realtime "
-    "runs consumers, routers, BaseMiddleware (async def __call__(self, scope)) and "
-    "twisted.web resources; serve a Django or other ASGI app with its own server beside it"
+ASGI_MIDDLEWARE_HINT = (
+    "was called as an ASGI application (scope, receive, send): realtime's routers, consumers "
+    "and BaseMiddleware take the scope alone, so ASGI-3 middleware cannot wrap them; wrap "
+    "them in BaseMiddleware (async def __call__(self, scope)) instead, or put the ASGI "
+    "middleware around a raw ASGI app mounted inside"
 )
 
 
 def raw_asgi(app: Any) -> bool:
-    """Whether ``app`` takes ASGI's ``(scope, receive, send)``: mounted here it could only
-    fail on every request, so routers and ``--app`` refuse it up front."""
+    """Whether ``app`` takes ASGI's ``(scope, receive, send)``: routers, middleware and
+    ``--app`` wrap such an app in ``realtime.asgi.AsgiApp``."""
     call: Any
     if inspect.isfunction(app) or inspect.ismethod(app) or isinstance(app, functools.partial):
         call = app  # a partial's signature leaves out what it binds
@@ -45,10 +46,19 @@ def raw_asgi(app: Any) -> bool:
     return len(required) == 3
 
 
-def refuse_raw_asgi(app: Any, what: str) -> None:
-    """``TypeError`` naming ``what`` (where it is mounted) when ``app`` is raw ASGI."""
+def mount(app: Any) -> Any:
+    """``app`` as a realtime application: a raw ASGI app is wrapped in ``AsgiApp``."""
     if raw_asgi(app):
-        raise TypeError(f"{what} {ASGI_HINT}")
+        from realtime.asgi import AsgiApp
+
+        return AsgiApp(app)
+    return app
+
+
+def not_asgi(who: Any, asgi: tuple[Any, ...]) -> None:
+    """``TypeError`` when ASGI-3 middleware called ``who`` with ``receive`` and ``send``."""
+    if asgi:
+        raise TypeError(f"{type(who).__name__} {ASGI_MIDDLEWARE_HINT}")
 
 Scope = dict[str, Any]
 Application = Callable[[Scope], Any]
@@ -170,7 +180,7 @@ class Route:
         name: str | None,
         is_regex: bool,
     ) -> None:
-        refuse_raw_asgi(app, f"route {pattern!r}: the application")
+        app = mount(app)
         if not callable(app):
             from twisted.web.resource import IResource
 
@@ -315,7 +325,8 @@ class URLRouter:
     def matches(self, scope: Scope) -> bool:
         return self.resolve(scope) is not None
 
-    def __call__(self, scope: Scope) -> Any:
+    def __call__(self, scope: Scope, *asgi: Any) -> Any:
+        not_asgi(self, asgi)
         found = self.resolve(scope)
         if found is None:
             raise NoRoute(str(scope.get("path", "")))
@@ -337,10 +348,10 @@ class ProtocolTypeRouter:
         for key, app in application_mapping.items():
             if not callable(app):
                 raise TypeError(f"ProtocolTypeRouter: the {key!r} application is not callable")
-            refuse_raw_asgi(app, f"ProtocolTypeRouter: the {key!r} application")
-        self.application_mapping = dict(application_mapping)
+        self.application_mapping = {key: mount(app) for key, app in application_mapping.items()}
 
-    def __call__(self, scope: Scope) -> Any:
+    def __call__(self, scope: Scope, *asgi: Any) -> Any:
+        not_asgi(self, asgi)
         app = self.application_mapping.get(scope["type"])
         if app is None:
             raise NoRoute(str(scope.get("path", "")))

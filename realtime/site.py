@@ -32,6 +32,7 @@ from twisted.web import http, resource, server
 from realtime.accesslog import target as redacted_target
 from realtime.api import PATHS as API_PATHS
 from realtime.api import handle as handle_api
+from realtime.asgi import AsgiHttp
 from realtime.config import ServerConfig
 from realtime.deflate import Deflater
 from realtime.exceptions import NoRoute, Refuse
@@ -526,6 +527,8 @@ class RealtimeSite(server.Site):
             return
         if isinstance(result, AsyncHttpConsumer):
             result._serve(request, scope, self.layer)
+        elif isinstance(result, AsgiHttp):
+            result.serve(request, self)
         elif isinstance(result, RoutedResource):
             # The resource sees what its route left over: a leaf route renders itself.
             request.scope = result.scope

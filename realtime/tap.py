@@ -177,13 +177,9 @@ def load_application(spec: str) -> Any:
             ) from None
     if not callable(obj):
         raise StartupError(f"--app {spec!r}: {attr!r} is not callable")
-    from realtime.routing import refuse_raw_asgi
+    from realtime.routing import mount
 
-    try:
-        refuse_raw_asgi(obj, f"--app {spec!r}: {attr!r}")
-    except TypeError as exc:
-        raise StartupError(str(exc)) from None
-    return obj
+    return mount(obj)
 
 
 class Options(usage.Options):

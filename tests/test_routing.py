@@ -337,15 +337,15 @@ async def _asgi_with_config(config, scope, receive, send):
                                  _ThreeArgumentMiddleware(_asgi_function),
                                  functools.partial(_asgi_function),
                                  functools.partial(_asgi_with_config, {})])
-def test_a_raw_asgi_application_is_refused_where_it_is_mounted(app):
-    """A Channels project's ``"http": get_asgi_application()`` (or ASGI-3 middleware) could
-    only give 500 on every request here: the router says so when it is built."""
+def test_a_raw_asgi_application_is_wrapped_where_it_is_mounted(app):
+    """A Channels project's ``"http": get_asgi_application()`` (or ASGI-3 middleware) is
+    served through ``realtime.asgi.AsgiApp`` (tests/test_asgi.py serves them)."""
     from realtime import ProtocolTypeRouter
+    from realtime.asgi import AsgiApp
 
-    with pytest.raises(TypeError, match=r"'http' application looks like a raw ASGI"):
-        ProtocolTypeRouter({"http": app})
-    with pytest.raises(TypeError, match=r"route 'x/': the application looks like a raw ASGI"):
-        path("x/", app)
+    mounted = ProtocolTypeRouter({"http": app}).application_mapping["http"]
+    assert isinstance(mounted, AsgiApp) and mounted.app is app
+    assert isinstance(path("x/", app).app, AsgiApp)
 
 
 def test_consumers_middleware_and_routers_are_not_mistaken_for_asgi():

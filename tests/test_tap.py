@@ -527,13 +527,18 @@ def test_application_close_timeout():
         "--application-close-timeout: must not be negative, got '-1'")
 
 
-def test_a_raw_asgi_app_is_a_one_line_startup_error(tmp_path, monkeypatch):
+def test_a_raw_asgi_app_is_served_through_asgiapp(tmp_path, monkeypatch):
+    """``--app myproject.asgi:application`` where that is Django's ``get_asgi_application()``
+    (or any ASGI-3 callable): served through ``realtime.asgi.AsgiApp``."""
+    from realtime.asgi import AsgiApp
+    from realtime.tap import load_application
+
     (tmp_path / "asgi_only_app.py").write_text(
         "async def application(scope, receive, send):\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    message = error("--app", "asgi_only_app:application", app=False)
-    assert message.startswith("--app 'asgi_only_app:application': 'application' looks like a "
-                              "raw ASGI application")
+    loaded = load_application("asgi_only_app:application")
+    assert isinstance(loaded, AsgiApp)
+    assert loaded.app.__module__ == "asgi_only_app"
 
 
 @pytest.mark.parametrize(("given", "root"), [("/ws", "/ws"), ("/ws/", "/ws"), ("/", ""),

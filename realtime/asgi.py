@@ -1,0 +1,459 @@
+"""Raw ASGI 3 applications served beside consumers.
+
+A Channels 4 project's ``asgi.py`` routes ``"http"`` to Django's ``get_asgi_application()``
+(Channels dropped its own HTTP handler for it), and python-socketio, Starlette and FastAPI
+apps are ASGI apps too. Routers, ``BaseMiddleware`` and ``--app`` wrap any application that
+takes ``(scope, receive, send)`` in ``AsgiApp``, so Daphne's job (serve the whole project)
+is done here as well:
+
+- ``"http"``: ``AsgiHttp`` runs the app against the twisted.web request: the body (which
+  twisted.web has read in full) comes in ``http.request`` chunks, ``http.disconnect`` once
+  the response is over or the client went away; the response streams out with
+  ``http.response.start``/``http.response.body``, paused while the client reads slowly.
+- ``"websocket"``: ``AsgiWebsocket`` is a consumer that translates the bridge's calls into
+  ASGI messages (``websocket.connect``/``receive``/``disconnect``) and the app's messages
+  into the bridge's accept, sends and closes; the denial-response extension
+  (``websocket.http.response.*``) refuses the handshake with any status.
+
+Apps that use asyncio (Django, python-socketio, Starlette) need ``--reactor=asyncio``,
+where every coroutine runs as an asyncio Task; under the default reactor an app that only
+awaits ``receive``/``send`` (and Deferreds) works as is.
+The app gets the server's scope (ASGI keys plus Channels' ``url_route`` when routed) with
+``asgi``: ``{"version": "3.0"}``. No lifespan protocol (Daphne has none either).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from realtime.consumer import _WebsocketBase
+from realtime.exceptions import ConnectionClosed, Refuse, check_headers
+from realtime.threads import as_deferred
+
+if TYPE_CHECKING:
+    from twisted.web.server import Request
+
+    from realtime.routing import Scope
+
+log = Logger()
+
+#: What an ``http`` scope says it speaks; ``websocket`` adds send-after-close as OSError (2.4).
+HTTP_ASGI = {"version": "3.0", "spec_version": "2.3"}
+WEBSOCKET_ASGI = {"version": "3.0", "spec_version": "2.4"}
+#: ``http.request`` chunk size: the body is already in memory or a temporary file.
+BODY_CHUNK = 64 * 1024
+
+
+class AsgiApp:
+    """A raw ASGI application made a realtime application (``app(scope)``)."""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, scope: Scope) -> Any:
+        from realtime.routing import Ready
+
+        kind = scope.get("type")
+        if kind == "http":
+            return Ready(AsgiHttp(self.app, scope))
+        if kind == "websocket":
+            consumer = AsgiWebsocket(app=self.app)
+            consumer.scope = scope
+            return Ready(consumer)
+        raise ValueError(f"an ASGI application cannot serve a {kind!r} scope here")
+
+    def __repr__(self) -> str:
+        return f"AsgiApp({self.app!r})"
+
+
+def wrap_asgi(app: Any) -> Any:
+    """``app`` itself, or ``AsgiApp(app)`` when it takes ASGI's ``(scope, receive, send)``."""
+    from realtime.routing import raw_asgi
+
+    return AsgiApp(app) if raw_asgi(app) else app
+
+
+def _body(message: dict[str, Any], key: str) -> bytes:
+    value = message.get(key, b"")
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError(f"ASGI {message.get('type')!r}: {key!r} must be bytes, "
+                        f"not {type(value).__name__}")
+    return bytes(value)
+
+
+def _header_pairs(message: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """The message's ``headers``: pairs of bytes (ASGI says bytes; Daphne answers str with 500)
+    with no CR/LF/NUL and token names."""
+    pairs = []
+    for item in message.get("headers") or ():
+        try:
+            name, value = item
+        except (TypeError, ValueError):
+            raise TypeError(f"ASGI {message.get('type')!r}: a header must be a "
+                            f"[name, value] pair, not {item!r}") from None
+        if not isinstance(name, bytes) or not isinstance(value, bytes):
+            raise TypeError(f"ASGI {message.get('type')!r}: header names and values must "
+                            f"be bytes, not {name!r}: {value!r}")
+        pairs.append((name, value))
+    return check_headers(pairs)
+
+
+@implementer(IPushProducer)
+class AsgiHttp:
+    """One HTTP request served by an ASGI app; also the request's push producer, so a
+    ``send`` waits while twisted.web's buffer for a slow client is full."""
+
+    def __init__(self, app: Any, scope: Scope) -> None:
+        self.app = app
+        self.scope = scope
+        self._request: Any = None
+        self._started: tuple[int, list[tuple[bytes, bytes]]] | None = None
+        self._headers_sent = False
+        self._complete = False  # the app sent its last body
+        self._over = False  # the response ended: finished, cut off, or the client gone
+        self._body_left = True
+        self._waiters: list[Deferred[dict[str, Any]]] = []
+        self._paused: Deferred[None] | None = None
+        self._producing = False  # registered as the request's producer while streaming
+        self._running: Deferred[Any] | None = None
+        self._kill: Any = None
+
+    # -- the bridge ---------------------------------------------------------------------------
+    def serve(self, request: Request, site: Any) -> None:
+        self._request = request
+        self._site = site
+        scope = dict(self.scope)
+        scope["asgi"] = HTTP_ASGI
+        content = request.content
+        if content is not None:
+            content.seek(0)
+        request.notifyFinish().addBoth(self._ended)
+        try:
+            result = self.app(scope, self.receive, self.send)
+        except BaseException as exc:  # a sync __call__ that raised
+            self._app_done(Failure(exc))
+            return
+        self._running = d = as_deferred(result)
+        d.addBoth(self._app_done)
+
+    def receive(self) -> Deferred[dict[str, Any]]:
+        """``http.request`` chunks, then (once the response is over) ``http.disconnect``."""
+        if self._over:  # twisted.web has closed the body's file by now
+            return succeed({"type": "http.disconnect"})
+        if self._body_left:
+            content = self._request.content
+            chunk = content.read(BODY_CHUNK) if content is not None else b""
+            more = bool(chunk) and len(chunk) == BODY_CHUNK and bool(content.read(1))
+            if more:
+                content.seek(-1, 1)
+            self._body_left = more
+            return succeed({"type": "http.request", "body": chunk, "more_body": more})
+        waiter: Deferred[dict[str, Any]] = Deferred(self._waiters.remove)
+        self._waiters.append(waiter)
+        return waiter
+
+    def send(self, message: dict[str, Any]) -> Deferred[None]:
+        kind = message.get("type")
+        if kind == "http.response.start":
+            if self._started is not None:
+                raise RuntimeError("ASGI 'http.response.start' sent twice")
+            status = message.get("status")
+            if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+                raise ValueError(f"ASGI 'http.response.start': bad status {status!r}")
+            self._started = (status, _header_pairs(message))
+            return succeed(None)
+        if kind == "http.response.body":
+            if self._started is None:
+                raise RuntimeError("ASGI 'http.response.body' sent before 'http.response.start'")
+            body = _body(message, "body")
+            more = bool(message.get("more_body", False))
+            if self._complete:
+                raise RuntimeError("ASGI 'http.response.body' sent after the response's last body")
+            self._complete = not more
+            if self._over:  # the client went away, or -t cut the response: a no-op
+                return succeed(None)
+            request = self._request
+            if not self._headers_sent:
+                self._write_head(request)
+            if body:
+                request.write(body)
+            if not more:
+                self._unregister()
+                request.finish()
+                return succeed(None)
+            if not self._producing:  # a stream: wait while the client's buffer is full
+                self._producing = True
+                request.registerProducer(self, True)
+            if self._paused is not None:
+                return self._paused.addCallback(lambda _: None)
+            return succeed(None)
+        raise ValueError(f"ASGI message type {kind!r} is not one an HTTP response can send")
+
+    def _write_head(self, request: Any) -> None:
+        from realtime.cookies import response_headers
+
+        assert self._started is not None
+        status, pairs = self._started
+        self._headers_sent = True
+        request.setResponseCode(status)
+        for name, value in pairs + response_headers(self.scope):
+            request.responseHeaders.addRawHeader(name, value)
+
+    def _unregister(self) -> None:
+        if self._producing:
+            self._producing = False
+            if self._request.channel is not None:
+                self._request.unregisterProducer()
+
+    # -- IPushProducer: twisted.web's buffer for this client ------------------------------------
+    def pauseProducing(self) -> None:
+        if self._paused is None:
+            self._paused = Deferred()
+
+    def resumeProducing(self) -> None:
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
+    # -- the end ------------------------------------------------------------------------------
+    def _ended(self, result: Any) -> None:
+        """The response is over (finished, cut off by ``-t``, or the client went away):
+        waiting ``receive()`` calls get ``http.disconnect``, sends are no-ops from now on,
+        and an app still running has ``--application-close-timeout`` to return."""
+        self._over = True
+        self._unregister()
+        self.resumeProducing()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback({"type": "http.disconnect"})
+        running = self._running
+        if running is not None and not running.called:
+            timeout = self._site.config.application_close_timeout
+            self._kill = self._site.clock.callLater(timeout, self._cancel, timeout)
+
+    def _cancel(self, timeout: float) -> None:
+        self._kill = None
+        running = self._running
+        if running is not None and not running.called:
+            log.warn("ASGI application on {path} still running {timeout} s after its "
+                     "response ended: cancelled", path=self.scope.get("path"), timeout=timeout)
+            running.cancel()
+
+    def _app_done(self, result: Any) -> None:
+        """The app returned or raised: a 500 if it never started a response, a closed
+        connection if it left one unfinished (a truncated body must not look complete)."""
+        self._running = None
+        if self._kill is not None:
+            self._kill.cancel()
+            self._kill = None
+        request = self._request
+        if isinstance(result, Failure):
+            if not (self._over and result.check(CancelledError, asyncio.CancelledError)):
+                log.failure("ASGI application raised on {method} {path}", result,
+                            method=self.scope.get("method"), path=self.scope.get("path"))
+        elif not self._complete and not self._over:
+            log.error("ASGI application returned without completing its response on "
+                      "{method} {path}", method=self.scope.get("method"),
+                      path=self.scope.get("path"))
+        if self._over or self._complete:
+            return
+        self._over = True
+        self._unregister()
+        if not self._headers_sent:
+            self._site.write_refusal(request, Refuse(500), upgrade=False)
+        elif request.channel is not None and request.channel.transport is not None:
+            # What was written goes out, then the connection closes before the last chunk
+            # (or the declared length): the client sees a truncated response.
+            request.channel.transport.loseConnection()
+
+
+class AsgiWebsocket(_WebsocketBase):
+    """A consumer that runs a raw ASGI app for one WebSocket.
+
+    The app runs beside the bridge's handler queue, not in it: ``websocket.receive``
+    messages wait in the bridge's queue (bounded by ``--max-inflight``) until the app takes
+    them, and ``disconnect`` waits for the app to return, so ``--application-close-timeout``
+    cancels an app that hangs, as Daphne kills it.
+    """
+
+    app: Any = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._inbox: deque[dict[str, Any]] = deque()
+        self._taker: Deferred[dict[str, Any]] | None = None
+        self._taken: Deferred[None] | None = None
+        self._running: Deferred[Any] | None = None
+        self._returned: Deferred[None] | None = None
+        self._accepted = False
+        self._closed = False
+        self._denial: tuple[int, list[tuple[bytes, bytes]]] | None = None
+        self._denial_body: list[bytes] = []
+
+    # -- the bridge's calls, as ASGI messages --------------------------------------------------
+    def _on_connect(self) -> None:
+        scope = dict(self.scope)
+        scope["asgi"] = WEBSOCKET_ASGI
+        scope["extensions"] = {"websocket.http.response": {}}
+        self._inbox.append({"type": "websocket.connect"})
+        try:
+            result = self.app(scope, self.receive, self.send)
+        except BaseException as exc:
+            self._app_done(Failure(exc))
+            return
+        self._running = d = as_deferred(result)
+        d.addBoth(self._app_done)
+
+    def _on_receive(self, text: str | None, data: bytes | None) -> Deferred[None] | None:
+        message: dict[str, Any] = {"type": "websocket.receive"}
+        if text is not None:
+            message["text"] = text
+        else:
+            message["bytes"] = data
+        return self._put(message, wait=True)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        log.info("channel-layer event {kind!r} for an ASGI application: dropped",
+                 kind=event.get("type"))
+
+    def _on_disconnect(self, code: int) -> Deferred[None] | None:
+        self._closed = True
+        self._put({"type": "websocket.disconnect", "code": code}, wait=False)
+        running = self._running
+        if running is None or running.called:
+            return None
+        self._returned = Deferred(self._cancel_app)
+        return self._returned
+
+    def _put(self, message: dict[str, Any], wait: bool) -> Deferred[None] | None:
+        """Hand ``message`` to the app; with ``wait``, the handler queue waits until the app
+        has taken it (so unread messages stay bounded by --max-inflight)."""
+        if self._running is None or self._running.called:
+            return None  # the app is done: nobody reads any more
+        taker = self._taker
+        if taker is not None:
+            self._taker = None
+            taker.callback(message)
+            return None
+        self._inbox.append(message)
+        if not wait:
+            return None
+        self._taken = Deferred(self._cancel_app)
+        return self._taken
+
+    def _cancel_app(self, _: Any) -> None:
+        """--application-close-timeout cancelled the handler waiting on the app: the app
+        itself is cancelled (``CancelledError`` where it waits), as Daphne kills it."""
+        running = self._running
+        if running is not None and not running.called:
+            running.cancel()
+
+    # -- the app's receive and send -----------------------------------------------------------
+    def receive(self) -> Deferred[dict[str, Any]]:
+        if self._inbox:
+            message = self._inbox.popleft()
+            taken, self._taken = self._taken, None
+            if taken is not None and not self._inbox:
+                taken.callback(None)
+            return succeed(message)
+        if self._taker is not None:
+            raise RuntimeError("ASGI receive() called again before the last one returned")
+
+        def cancelled(_: Any) -> None:
+            self._taker = None
+
+        self._taker = Deferred(cancelled)
+        return self._taker
+
+    def send(self, message: dict[str, Any]) -> Deferred[None]:
+        kind = message.get("type")
+        conn = self._conn
+        if kind == "websocket.accept":
+            if self._accepted or not conn.in_handshake:
+                raise RuntimeError("ASGI 'websocket.accept' after the handshake was decided")
+            subprotocol = message.get("subprotocol")
+            if subprotocol is not None and not isinstance(subprotocol, str):
+                raise TypeError("ASGI 'websocket.accept': subprotocol must be str or None")
+            conn.accept(subprotocol, _header_pairs(message))
+            self._accepted = True
+        elif kind == "websocket.send":
+            if not self._accepted and conn.in_handshake:
+                conn.accept(None, [])  # as Daphne: a send before accept accepts
+                self._accepted = True
+            if self._closed or not self._accepted:
+                raise ConnectionClosed("the WebSocket is closed")
+            text, data = message.get("text"), message.get("bytes")
+            if text is not None:
+                if not isinstance(text, str):
+                    raise TypeError("ASGI 'websocket.send': text must be str")
+                conn.send_text(text)
+            elif data is not None:
+                conn.send_bytes(_body(message, "bytes"))
+            else:
+                raise ValueError("ASGI 'websocket.send' needs 'bytes' or 'text'")
+        elif kind == "websocket.close":
+            code = message.get("code", 1000)
+            reason = message.get("reason") or None
+            if not isinstance(code, int) or isinstance(code, bool):
+                raise TypeError(f"ASGI 'websocket.close': bad code {code!r}")
+            if reason is not None and not isinstance(reason, str):
+                raise TypeError("ASGI 'websocket.close': reason must be str")
+            if conn.in_handshake:
+                conn.refuse(Refuse(403))
+            elif not self._closed:
+                conn.close_with_code(code, reason)  # ValueError for a code no server sends
+                self._closed = True
+        elif kind == "websocket.http.response.start":
+            if not conn.in_handshake or self._denial is not None:
+                raise RuntimeError(f"ASGI {kind!r} only before the handshake is decided, once")
+            status = message.get("status")
+            if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+                raise ValueError(f"ASGI {kind!r}: bad status {status!r}")
+            self._denial = (status, _header_pairs(message))
+        elif kind == "websocket.http.response.body":
+            if self._denial is None or not conn.in_handshake:
+                raise RuntimeError(f"ASGI {kind!r} before 'websocket.http.response.start'")
+            self._denial_body.append(_body(message, "body"))
+            if not message.get("more_body", False):
+                status, headers = self._denial
+                conn.refuse(Refuse(status, headers, b"".join(self._denial_body)))
+        else:
+            raise ValueError(f"ASGI message type {kind!r} is not one a WebSocket can send")
+        return succeed(None)
+
+    # -- the end ------------------------------------------------------------------------------
+    def _app_done(self, result: Any) -> None:
+        """The app returned or raised: an undecided handshake is refused (500), an open
+        socket closed (1011 after an exception, else 1000)."""
+        self._inbox.clear()
+        taken, self._taken = self._taken, None
+        if taken is not None and not taken.called:
+            taken.callback(None)
+        returned, self._returned = self._returned, None
+        failed = isinstance(result, Failure)
+        if failed and not (self._closed and result.check(CancelledError, asyncio.CancelledError)):
+            log.failure("ASGI application raised on {path}", result, path=self.scope.get("path"))
+        conn = self._conn
+        if conn.in_handshake:
+            if not failed:
+                log.error("ASGI application returned without accepting or closing {path}",
+                          path=self.scope.get("path"))
+            conn.refuse(Refuse(500))
+        elif not self._closed:
+            self._closed = True
+            conn.close_with_code(1011 if failed else 1000, "internal error" if failed else None)
+        if returned is not None and not returned.called:
+            returned.callback(None)
