@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: Run with --reactor=asyncio: every test in them must pass there (none may skip).
 UNDER_ASYNCIO = [
+    "tests/asyncio_reactor/test_asgi_apps.py",
     "tests/asyncio_reactor/test_asyncio_consumers.py",
     "tests/e2e/test_smoke_bridge.py",
     "tests/test_application_communicator.py",

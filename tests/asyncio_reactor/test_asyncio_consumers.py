@@ -30,6 +30,7 @@ from realtime import (
 )
 from realtime.layers import InMemoryChannelLayer
 from realtime.testing import ApplicationCommunicator, WebsocketCommunicator
+from tests.asyncio_reactor.django_project import django_database
 from tests.clients import in_thread
 
 
@@ -270,34 +271,6 @@ async def test_asyncio_code_awaits_the_testing_api_and_the_layer() -> None:
 
 
 # -- Django's async ORM ---------------------------------------------------------------------
-
-_django_ready: list[bool] = []
-
-
-async def django_database(tmp_path_factory: Any) -> None:
-    """Django on a SQLite file (asgiref's thread-sensitive executor opens its own
-    connection), auth's tables migrated; once per process."""
-    if _django_ready:
-        return
-    import django
-    from django.conf import settings
-
-    settings.configure(
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3",
-                               "NAME": str(tmp_path_factory.mktemp("db") / "db.sqlite3")}},
-        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth"],
-        USE_TZ=True,
-    )
-    django.setup()
-
-    def migrate() -> None:  # in a thread: Django refuses sync ORM calls beside a loop
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
-
-    await in_thread(migrate)
-    _django_ready.append(True)
-
 
 class SignUp(AsyncWebsocketConsumer):
     """What a Channels consumer does with Django's async ORM and Channels'

@@ -1,0 +1,160 @@
+"""Real ASGI frameworks served by realtime under ``--reactor=asyncio``: a Channels 4
+project's ``ProtocolTypeRouter({"http": get_asgi_application(), "websocket": ...})`` with
+Django's own views (sync, async, streamed, a form POST, the ORM), and a Starlette app's
+HTTP and WebSocket routes. Real clients against a live server.
+
+Collected only under ``--reactor=asyncio`` (tests/conftest.py); the main run drives it in
+a subprocess (tests/test_asyncio_reactor.py)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import pytest_twisted
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from realtime import AsyncWebsocketConsumer, ProtocolTypeRouter, URLRouter, path
+from realtime.asgi import AsgiApp
+from tests.asyncio_reactor.django_project import django_database
+from tests.clients import in_thread
+
+
+def fetch(url: str, data: bytes | None = None) -> tuple[int, dict[str, list[str]], bytes]:
+    """A blocking request (run it in a thread): status, headers (lower-case names), body."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=10) as r:
+            status, message, body = r.status, r.headers, r.read()
+    except urllib.error.HTTPError as exc:
+        status, message, body = exc.code, exc.headers, exc.read()
+    headers: dict[str, list[str]] = {}
+    for name, value in message.items():
+        headers.setdefault(name.lower(), []).append(value)
+    return status, headers, body
+
+
+class Shout(AsyncWebsocketConsumer):
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None
+                      ) -> None:
+        await self.send(text_data=str(text_data).upper())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_channels_project_serves_djangos_views_and_its_consumers(
+        live: Any, tmp_path_factory: Any) -> None:
+    """What Daphne does for a Channels 4 project: Django's views over HTTP, consumers over
+    WebSocket, one server, one port."""
+    await django_database(tmp_path_factory)
+    from django.core.handlers.asgi import ASGIHandler  # what get_asgi_application() returns
+
+    application = ProtocolTypeRouter({
+        "http": ASGIHandler(),
+        "websocket": URLRouter([path("ws/", Shout.as_asgi())]),
+    })
+    server = await live(application)
+
+    def client() -> list[Any]:
+        out: list[Any] = []
+        status, headers, body = fetch(server.http_url("/sync/?q=x"))
+        out.append((status, json.loads(body), sorted(headers["set-cookie"])))
+        for name in ("view-ada", "view-grace"):
+            form = urllib.parse.urlencode({"name": name}).encode()
+            out.append(fetch(server.http_url("/async/"), form)[::2])
+        status, headers, body = fetch(server.http_url("/stream/"))
+        out.append((status, headers.get("transfer-encoding"), body))
+        out.append(fetch(server.http_url("/missing/"))[0])
+        with connect(server.ws_url("/ws/")) as ws:
+            ws.send("hi")
+            out.append(ws.recv(timeout=10))
+        return out
+
+    def forget() -> None:  # the other Django tests count users from none
+        from django.contrib.auth.models import User
+
+        User.objects.filter(username__startswith="view-").delete()
+
+    try:
+        got = await in_thread(client)
+    finally:
+        await in_thread(forget)
+    status, view, cookies = got[0]
+    assert status == 200
+    assert view["method"] == "GET" and view["path"] == "/sync/" and view["q"] == "x"
+    assert view["main"] is False  # a sync view runs in asgiref's thread, not the reactor's
+    assert view["host"].startswith("127.0.0.1:") and view["remote"] == "127.0.0.1"
+    assert [c.split(";")[0] for c in cookies] == ["a=1", "b=2"]
+    assert got[1] == (200, b"users=1") and got[2] == (200, b"users=2")
+    assert got[3] == (200, ["chunked"], b"chunk0;chunk1;chunk2;chunk3;chunk4;")
+    assert got[4] == 404
+    assert got[5] == "HI"
+
+
+async def starlette_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route, WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    async def hello(request: Any) -> Any:
+        body = await request.body()
+        return JSONResponse({"path": request.url.path, "size": len(body),
+                             "q": request.query_params.get("q")})
+
+    async def numbers(request: Any) -> Any:
+        async def gen() -> Any:
+            for i in range(3):
+                yield f"{i}\n"
+
+        return StreamingResponse(gen(), media_type="text/plain")
+
+    async def echo(websocket: WebSocket) -> None:
+        if websocket.query_params.get("deny"):
+            await websocket.close(code=1008)  # before accept: refused
+            return
+        await websocket.accept(subprotocol="v1")
+        async for text in websocket.iter_text():
+            if text == "quit":
+                await websocket.close(code=4000, reason="asked to")
+                return
+            await websocket.send_json({"echo": text})
+
+    return Starlette(routes=[Route("/hello", hello, methods=["GET", "POST"]),
+                             Route("/numbers", numbers), WebSocketRoute("/ws", echo)])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_starlette_app_over_http_and_websocket(live: Any) -> None:
+    server = await live(AsgiApp(await starlette_app()))
+
+    def client() -> list[Any]:
+        out: list[Any] = []
+        status, _, body = fetch(server.http_url("/hello?q=1"), b"x" * 100_000)
+        out.append((status, json.loads(body)))
+        out.append(fetch(server.http_url("/numbers"))[::2])
+        with connect(server.ws_url("/ws"), subprotocols=["v1"]) as ws:
+            ws.send("a")
+            out.append((ws.subprotocol, json.loads(ws.recv(timeout=10))))
+            ws.send("quit")
+            try:
+                ws.recv(timeout=10)
+            except ConnectionClosed:
+                pass
+            out.append((ws.close_code, ws.close_reason))
+        try:
+            with connect(server.ws_url("/ws?deny=1")):
+                out.append("opened")
+        except InvalidStatus as exc:
+            out.append(exc.response.status_code)
+        return out
+
+    assert await in_thread(client) == [
+        (200, {"path": "/hello", "size": 100_000, "q": "1"}),
+        (200, b"0\n1\n2\n"),
+        ("v1", {"echo": "a"}),
+        (4000, "asked to"),
+        403,
+    ]
