@@ -322,6 +322,24 @@ async def test_an_app_still_running_after_the_client_left_is_cancelled():
     assert any("still running" in str(e.get("log_format", "")) for e in events)
 
 
+async def uses_asyncio(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    import asyncio
+
+    await asyncio.sleep(0.01)  # asyncio code, as Django's handler is
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_asyncio_app_under_the_default_reactor_says_to_use_the_asyncio_one():
+    server = await serve(AsgiApp(uses_asyncio))
+    try:
+        with captured_log() as events:
+            status, _, _ = await in_thread(get, server.http_url("/"))
+    finally:
+        await server.stop()
+    assert status == 500
+    assert any("run twistd --reactor=asyncio" in str(e.get("log_failure", "")) for e in events)
+
+
 class AsgiMiddleware:
     """ASGI-3 middleware (Sentry's kind) put around a realtime router by mistake."""
 
