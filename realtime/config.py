@@ -10,6 +10,21 @@ from dataclasses import dataclass
 
 MiB = 1024 * 1024
 
+_TCHARS = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def is_token(value: str) -> bool:
+    """An RFC 9110 token: what a header name may be."""
+    return bool(value) and _TCHARS.issuperset(value)
+
+
+def _latin1(value: str) -> bool:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 class StartupError(SystemExit):
     """A start-up problem: one line on stderr, exit status 1, no traceback."""
@@ -48,6 +63,10 @@ class ServerConfig:
     #: Trust X-Forwarded-For/-Proto/-Port from peers in ``trusted_proxies``.
     proxy_headers: bool = False
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1")
+    #: The headers that carry the client's address and port (Daphne's
+    #: ``--proxy-headers-host/-port``; e.g. ``X-Real-IP``), read only with ``proxy_headers``.
+    proxy_headers_host: str = "X-Forwarded-For"
+    proxy_headers_port: str = "X-Forwarded-Port"
     #: Serve /metrics on this port (the service sets ``site.metrics``).
     metrics_path: str = "/metrics"
     #: Keys that may POST /api/publish and /api/broadcast; empty: the API is off (404).
@@ -62,11 +81,16 @@ class ServerConfig:
     close_timeout: float = 1.0
     #: Idle timeout of plain HTTP keep-alive connections (twisted.web's own).
     http_timeout: float = 60.0
+    #: Seconds an HTTP request routed to the application may take (Daphne's ``-t``): not
+    #: started by then, 503; started but not finished, the connection is cut. 0: none.
+    http_response_timeout: float = 0.0
     #: Seconds a consumer's handlers may still run after its socket closed (a disconnect()
     #: that hangs, say); then they are cancelled and a warning logged (Daphne's option).
     application_close_timeout: float = 10.0
     health_path: str = "/healthz"
     ready_path: str = "/readyz"
+    #: ``Server`` header value on HTTP responses, refusals and the 101 (``--server-name``);
+    #: empty: none (it tells a scanner nothing).
     server_header: str = ""
     #: permessage-deflate for clients that offer it (``realtime.deflate``): zlib level
     #: 1-9, and the smallest payload worth compressing (smaller ones go uncompressed).
@@ -76,7 +100,8 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         for name in ("ping_interval", "ping_timeout", "connect_timeout", "shutdown_timeout",
-                     "close_timeout", "http_timeout", "application_close_timeout"):
+                     "close_timeout", "http_timeout", "application_close_timeout",
+                     "http_response_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if not 0 <= self.broadcast_delay <= 1:
@@ -99,5 +124,10 @@ class ServerConfig:
             raise ValueError("compression_min_size must not be negative")
         if self.max_connections < 0:
             raise ValueError("max_connections must not be negative")
+        if any(c in self.server_header for c in "\r\n\0") or not _latin1(self.server_header):
+            raise ValueError("server_header must be latin-1 without CR, LF or NUL")
+        for name in ("proxy_headers_host", "proxy_headers_port"):
+            if not is_token(getattr(self, name)):
+                raise ValueError(f"{name} must be an HTTP header name")
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ValueError("root_path must start with '/' and not end with '/'")

@@ -132,12 +132,13 @@ class AsyncHttpConsumer(AppFactoryMixin):
 
     def _ended(self, result: Any) -> None:
         """The response is over: leave the groups, then ``disconnect()`` once, for cleanup:
-        at once if the client went away (Channels' ``http_disconnect``), else after
-        ``handle()`` (or the event handler that sent the last body) has returned."""
+        at once if the client went away (Channels' ``http_disconnect``) or ``--http-timeout``
+        ended the response (``handle()`` may never return), else after ``handle()`` (or the
+        event handler that sent the last body) has returned. Sends after that do nothing."""
         if self.channel_layer is not None and self.channel_name is not None:
             self.channel_layer.detach(self.channel_name)
         self._finished = True
-        if isinstance(result, Failure):
+        if isinstance(result, Failure) or getattr(self._request, "timed_out", False):
             self._disconnect()
         else:
             self._events.addBoth(self._disconnect_then)

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
+from twisted.web.http_headers import Headers
 
 from realtime.accesslog import target as redacted_target
 from realtime.api import PATHS as API_PATHS
@@ -272,11 +273,55 @@ class RealtimeChannel(http.HTTPChannel):
 
 class RealtimeRequest(server.Request):
     """A request dispatched by the site, skipping twisted.web's resource traversal and its
-    default ``Server`` header."""
+    default ``Server`` header (``--server-name`` sets ours), with ``--http-timeout``'s
+    deadline on a response of the application."""
 
     site: RealtimeSite
     channel: RealtimeChannel
     scope: dict[str, Any]
+    _response_deadline: Any = None
+    #: Set when ``--http-timeout`` answered 503 or cut the response off.
+    timed_out = False
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting and self.site is not None:  # the head goes out now
+            name = self.site.server_header
+            if name and not self.responseHeaders.hasHeader(b"server"):
+                self.responseHeaders.setRawHeaders(b"server", [name])
+        super().write(data)
+
+    def start_response_deadline(self, seconds: float) -> None:
+        """``--http-timeout``: a response not started ``seconds`` from now gets 503, one not
+        finished is cut off. Cancelled when the request finishes or the client goes."""
+        self._response_deadline = self.site.clock.callLater(seconds, self._response_overdue,
+                                                            seconds)
+        self.notifyFinish().addBoth(self._stop_response_deadline)
+
+    def _stop_response_deadline(self, _: Any) -> None:
+        call, self._response_deadline = self._response_deadline, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _response_overdue(self, seconds: float) -> None:
+        self._response_deadline = None
+        if self.finished or self._disconnected:
+            return
+        self.timed_out = True
+        method = self.method.decode("latin-1")
+        path = self.path.decode("latin-1", "replace")
+        if not self.startedWriting:
+            log.warn("{method} {path}: no response within --http-timeout {seconds} s: 503",
+                     method=method, path=path, seconds=seconds)
+            # Nothing of the half-made response (a resource's Content-Encoding, cookies).
+            self.responseHeaders = Headers()
+            self.cookies = []
+            self.site.write_refusal(self, Refuse(503), upgrade=False)
+            return
+        log.warn("{method} {path}: response not finished within --http-timeout {seconds} s: "
+                 "cut off", method=method, path=path, seconds=seconds)
+        transport = self.channel.transport if self.channel is not None else None
+        if transport is not None:
+            transport.abortConnection()
 
     def process(self) -> None:
         self.site = self.channel.site
@@ -363,6 +408,10 @@ class RealtimeSite(server.Site):
         #: Open WebSockets per client address (``--max-connections-per-ip``).
         self.per_ip: dict[str, int] = {}
         self._proxies = parse_networks(config.trusted_proxies) if config.proxy_headers else []
+        self._proxy_header_names = (config.proxy_headers_host.lower().encode("latin-1"),
+                                    config.proxy_headers_port.lower().encode("latin-1"))
+        #: ``Server`` on every response that has none of its own (``--server-name``).
+        self.server_header: bytes = config.server_header.encode("latin-1")
 
     def buildProtocol(self, addr: Any) -> Any:
         channel: Any = RealtimeChannel()
@@ -456,7 +505,7 @@ class RealtimeSite(server.Site):
             request.clientproto,
         )
         if self._proxies:
-            apply_proxy_headers(scope, self._proxies)
+            apply_proxy_headers(scope, self._proxies, *self._proxy_header_names)
         return scope
 
     def _websocket(self, request: RealtimeRequest) -> None:
@@ -502,6 +551,8 @@ class RealtimeSite(server.Site):
         return None
 
     def _http(self, request: RealtimeRequest) -> None:
+        if self.config.http_response_timeout:
+            request.start_response_deadline(self.config.http_response_timeout)
         try:
             scope = self._scope(request, "http")
         except BadRequest:
@@ -585,8 +636,6 @@ class RealtimeSite(server.Site):
         request.setResponseCode(refusal.status, refusal.phrase)
         body = refusal.body or refusal.phrase + b"\n"
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        if self.config.server_header:
-            request.setHeader(b"server", self.config.server_header.encode("latin-1"))
         for name, value in refusal.headers:
             request.responseHeaders.addRawHeader(name, value)
         request.setHeader(b"content-length", str(len(body)).encode())

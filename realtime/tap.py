@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from realtime.config import MiB, ServerConfig, StartupError
+from realtime.config import MiB, ServerConfig, StartupError, is_token
 from realtime.endpoints import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -207,6 +207,9 @@ class Options(usage.Options):
          "Seconds from TCP accept to the end of connect(); past it: dropped, or 503."],
         ["application-close-timeout", None, "10",
          "Seconds a consumer's handlers may run after its socket closed; then cancelled."],
+        ["http-timeout", "t", None,
+         "Seconds an HTTP request to the application may take: a response not started by "
+         "then gets 503, one started is cut off (default: none; leave unset for SSE)."],
         ["max-message-size", None, "1MiB", "Largest inbound message; 1009 past it."],
         ["max-frame-size", None, "1MiB", "Largest inbound frame; 1009 past it."],
         ["max-inflight", None, "64",
@@ -227,6 +230,15 @@ class Options(usage.Options):
         ["rate-burst", None, None, "Messages allowed in a burst (default: the rate)."],
         ["trusted-proxies", None, "127.0.0.0/8,::1",
          "Peers whose X-Forwarded-* headers count (with --proxy-headers)."],
+        ["proxy-headers-host", None, None,
+         "With --proxy-headers: the header with the client's address (default "
+         "X-Forwarded-For; e.g. X-Real-IP)."],
+        ["proxy-headers-port", None, None,
+         "With --proxy-headers: the header with the client's port (default "
+         "X-Forwarded-Port)."],
+        ["server-name", "s", None,
+         "Send 'Server: NAME' on HTTP responses and the handshake (default: no Server "
+         "header)."],
         ["allowed-origins", None, None,
          "Refuse (403) Origins matching none of these patterns (comma or space separated)."],
         ["allowed-hosts", None, None,
@@ -254,6 +266,9 @@ class Options(usage.Options):
         ["access-log", None, None,
          "Access log file, or - for stdout: HTTP requests and WebSocket connect/refuse/close."],
         ["log-format", None, "text", "Access log format: text or json."],
+        ["verbosity", "v", "1",
+         "Log level: 0 warnings and errors, 1 info, 2 debug, 3 debug and asyncio's debug "
+         "mode (slow callbacks; with --reactor=asyncio). The access log is --access-log."],
         ["drain-batch", None, "1000", "Sockets closed with 1001 per drain batch."],
         ["drain-interval", None, "0.1", "Seconds between drain batches."],
         ["layer", None, "memory",
@@ -275,6 +290,7 @@ class Options(usage.Options):
         ["metrics", None, "Serve Prometheus metrics on /metrics (on the main ports)."],
         ["proxy-headers", None,
          "Use X-Forwarded-For/-Proto/-Port from --trusted-proxies, walked from the right."],
+        ["no-server-name", None, "No Server header (the default; wins over --server-name)."],
     ]
 
     _repeatable = ("port", "fd", "history")
@@ -348,6 +364,7 @@ class Options(usage.Options):
 
         self.config = self._build_config()
         self.workers = _count("workers", self["workers"], 1)
+        self.verbosity = _count("verbosity", self["verbosity"], 0, 3)
         #: Set in a ``--workers`` child: it serves the supervisor's sockets, spawns nothing.
         self.worker = worker_info()
         if self.worker is not None:
@@ -467,6 +484,12 @@ class Options(usage.Options):
             rate_burst=_count("rate-burst", self["rate-burst"], 1) if self["rate-burst"] else 0,
             proxy_headers=bool(self["proxy-headers"]),
             trusted_proxies=self._networks(),
+            proxy_headers_host=self._proxy_header("proxy-headers-host", "X-Forwarded-For"),
+            proxy_headers_port=self._proxy_header("proxy-headers-port", "X-Forwarded-Port"),
+            http_response_timeout=(
+                _seconds("http-timeout", self["http-timeout"]) if self["http-timeout"] else 0.0
+            ),
+            server_header=self._server_name(),
             api_keys=self._api_keys(),
             api_body_limit=_size("api-body-limit", self["api-body-limit"]),
             drain_batch=_count("drain-batch", self["drain-batch"], 1),
@@ -516,6 +539,30 @@ class Options(usage.Options):
                 self.access_log = AccessLog(self["access-log"], self["log-format"])
             except OSError as exc:
                 raise StartupError(f"--access-log {self['access-log']}: {exc.strerror}") from None
+
+    def _proxy_header(self, name: str, default: str) -> str:
+        """Daphne's --proxy-headers-host/-port: a header name, only with --proxy-headers."""
+        value = self[name]
+        if value is None:
+            return default
+        if not self["proxy-headers"]:
+            raise StartupError(f"--{name}: needs --proxy-headers")
+        if not is_token(value):
+            raise StartupError(f"--{name}: expected an HTTP header name, got {value!r}")
+        return str(value)
+
+    def _server_name(self) -> str:
+        """The ``Server`` header's value; none by default, and with --no-server-name."""
+        name = self["server-name"]
+        if self["no-server-name"] or not name:
+            return ""
+        if any(c in name for c in "\r\n\0"):
+            raise StartupError(f"--server-name: CR, LF and NUL are not allowed, got {name!r}")
+        try:
+            name.encode("latin-1")
+        except UnicodeEncodeError:
+            raise StartupError(f"--server-name: expected latin-1 text, got {name!r}") from None
+        return str(name)
 
     def _networks(self) -> tuple[str, ...]:
         from realtime.proxy import parse_networks
@@ -622,6 +669,15 @@ def makeService(options: Options) -> Any:
     from realtime.site import RealtimeSite
 
     log = Logger(namespace="realtime")
+    if options.parent is not None:  # under twistd, whose logging begins after this returns
+        from realtime.verbosity import filter_log
+
+        filter_log(options.verbosity)
+    if options.verbosity >= 3:
+        from realtime.verbosity import asyncio_debug
+
+        if not asyncio_debug(reactor):
+            log.info("-v 3: asyncio's debug mode needs --reactor=asyncio")
     try:
         from autobahn.websocket import USES_NVX
 
@@ -705,7 +761,8 @@ def _metrics_listener(service: Any, collector: Any, options: Options, reactor: A
     from realtime.service import ListenerService
     from realtime.site import RealtimeSite
 
-    metrics_config = ServerConfig(health_path="", ready_path="")
+    metrics_config = ServerConfig(health_path="", ready_path="",
+                                  server_header=options.config.server_header)
     metrics_site = RealtimeSite(_no_application, metrics_config, reactor, InMemoryChannelLayer())
     metrics_site.metrics = collector
     description = options.metrics_listener

@@ -444,8 +444,10 @@ class WebSocketConnection(WebSocketServerProtocol):
         ]
         if subprotocol is not None:
             lines.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode("latin-1"))
-        if self.config.server_header:
-            lines.append(b"Server: " + self.config.server_header.encode("latin-1"))
+        if self.site.server_header and not any(
+            name.lower() == b"server" for name, _ in headers or ()
+        ):
+            lines.append(b"Server: " + self.site.server_header)
         from realtime.cookies import response_headers
 
         for name, value in [*(headers or ()), *response_headers(self.scope)]:

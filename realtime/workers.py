@@ -77,8 +77,11 @@ from twisted.logger import Logger
 from realtime.config import StartupError
 from realtime.endpoints import adopted_socket_family, describe_address
 from realtime.notify import Notifier
+from realtime.verbosity import RELAY_NAMESPACE
 
 log = Logger()
+#: Workers' lines, relayed whatever -v says: each worker has applied the same -v to them.
+relay = Logger(namespace=RELAY_NAMESPACE)
 
 #: The environment variable that makes a process a worker (JSON; see ``WorkerInfo``).
 WORKER_ENV = "_REALTIME_WORKER"
@@ -273,7 +276,7 @@ class Worker(ProcessProtocol):
     def _relay(self, raw: bytes) -> None:
         line = _TIMESTAMP.sub("", raw.decode("utf-8", "replace").rstrip("\r"))
         if line:
-            log.info("worker {index}: {line}", index=self.index, line=line)
+            relay.info("worker {index}: {line}", index=self.index, line=line)
 
     def processEnded(self, reason: Any) -> None:
         for fd, rest in self._buffers.items():

@@ -396,6 +396,19 @@ def test_proxy_resolution_walks_from_the_right():
         parse_networks(["10.0.0.0/33"])
 
 
+def test_proxy_resolution_with_other_header_names():
+    """--proxy-headers-host/-port (Daphne's): X-Real-IP is read as X-Forwarded-For is, and
+    a port that is not a port number is none (a latin-1 digit like "²" too)."""
+    nets = parse_networks(["127.0.0.0/8"])
+    real = [(b"x-real-ip", b"1.2.3.4"), (b"x-real-port", b"8443"),
+            (b"x-forwarded-for", b"6.6.6.6")]
+    assert resolve_client(("127.0.0.1", 1), real, nets, b"x-real-ip", b"x-real-port") == (
+        ("1.2.3.4", 8443), None)
+    for port in (b"\xb2", b"99999", b"-1", b"80x"):
+        headers = [(b"x-forwarded-for", b"1.2.3.4"), (b"x-forwarded-port", port)]
+        assert resolve_client(("127.0.0.1", 1), headers, nets) == (("1.2.3.4", 0), None)
+
+
 def test_session_repr_is_not_the_data():
     session = Session(MemorySessionStore(), None, {"token": "secret"}, False)
     assert "secret" not in repr(session)

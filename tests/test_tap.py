@@ -67,6 +67,13 @@ class TestDefaults:
         assert options.config.websocket_timeout == 86400
         assert options.config.connect_timeout == 5
         assert options.config.shutdown_timeout == 10
+        # Daphne's -t, -s, --proxy-headers-host/-port and -v defaults (no Server header: ours)
+        assert options.config.http_response_timeout == 0
+        assert options.config.http_timeout == 60  # the keep-alive idle timeout, unchanged
+        assert options.config.server_header == ""
+        assert (options.config.proxy_headers_host, options.config.proxy_headers_port) == (
+            "X-Forwarded-For", "X-Forwarded-Port")
+        assert options.verbosity == 1
 
     def test_default_listener(self):
         assert parse().listeners == [(LOOPBACK_8000, LOOPBACK_8000)]
@@ -223,6 +230,19 @@ ERRORS = [
     (["--fd", "x"], "--fd: expected a whole number, got 'x'"),
     (["--fd", "-1"], "--fd: must be at least 0, got '-1'"),
     (["--fd", "987"], "--fd 987: file descriptor 987 is not a socket (Bad file descriptor)"),
+    (["-t", "soon"], "--http-timeout: expected a number of seconds, got 'soon'"),
+    (["--http-timeout", "-1"], "--http-timeout: must not be negative, got '-1'"),
+    (["--proxy-headers-host", "X-Real-IP"], "--proxy-headers-host: needs --proxy-headers"),
+    (["--proxy-headers-port", "X-Real-Port"], "--proxy-headers-port: needs --proxy-headers"),
+    (["--proxy-headers", "--proxy-headers-host", "X Real IP"],
+     "--proxy-headers-host: expected an HTTP header name, got 'X Real IP'"),
+    (["--proxy-headers", "--proxy-headers-port", "X-Port:"],
+     "--proxy-headers-port: expected an HTTP header name, got 'X-Port:'"),
+    (["-s", "edge\r\nX-Injected: 1"],
+     "--server-name: CR, LF and NUL are not allowed, got 'edge\\r\\nX-Injected: 1'"),
+    (["--server-name", "名前"], "--server-name: expected latin-1 text, got '名前'"),
+    (["-v", "4"], "--verbosity: must be between 0 and 3, got '4'"),
+    (["--verbosity", "loud"], "--verbosity: expected a whole number, got 'loud'"),
     (["--bogus"], "option --bogus not recognized"),
     (["--port"], "option --port requires argument"),
 ]
@@ -518,6 +538,45 @@ def test_daphne_spellings_and_endpoint_option_carry_over():
     assert options["port"] == ["tcp:0:interface=127.0.0.1", "unix:/tmp/rt.sock"]
     assert error("--websocket_timeout", "soon") == (
         "--websocket-timeout: expected a number of seconds, got 'soon'")
+
+
+def test_daphne_options_t_s_proxy_header_names_and_v():
+    config = parse("-t", "2.5", "-s", "edge/2", "--proxy-headers",
+                   "--proxy-headers-host", "X-Real-IP", "--proxy-headers-port",
+                   "X-Real-Port").config
+    assert config.http_response_timeout == 2.5
+    assert config.server_header == "edge/2"
+    assert (config.proxy_headers_host, config.proxy_headers_port) == ("X-Real-IP",
+                                                                      "X-Real-Port")
+    assert parse("--http-timeout=0").config.http_response_timeout == 0  # none, as Daphne
+    assert parse("--server-name", "café").config.server_header == "café"  # latin-1
+    assert parse("-s", "edge", "--no-server-name").config.server_header == ""
+    assert [parse("-v", str(n)).verbosity for n in range(4)] == [0, 1, 2, 3]
+
+
+def test_daphne_options_from_the_environment(monkeypatch):
+    monkeypatch.setenv("REALTIME_HTTP_TIMEOUT", "3")
+    monkeypatch.setenv("REALTIME_SERVER_NAME", "edge")
+    monkeypatch.setenv("REALTIME_PROXY_HEADERS", "1")
+    monkeypatch.setenv("REALTIME_PROXY_HEADERS_HOST", "X-Real-IP")
+    monkeypatch.setenv("REALTIME_VERBOSITY", "0")
+    options = parse()
+    assert options.config.http_response_timeout == 3
+    assert options.config.server_header == "edge"
+    assert options.config.proxy_headers_host == "X-Real-IP"
+    assert options.verbosity == 0
+    assert parse("-v", "2", "-s", "other").verbosity == 2  # the command line wins
+    monkeypatch.setenv("REALTIME_NO_SERVER_NAME", "yes")
+    assert parse().config.server_header == ""
+    monkeypatch.setenv("REALTIME_PROXY_HEADERS", "0")
+    assert error() == "--proxy-headers-host: needs --proxy-headers"
+
+
+def test_cli_proxy_header_names_need_proxy_headers():
+    result = run(twistd(*APP, "--proxy-headers-host", "X-Real-IP"))
+    assert result.returncode == 1
+    assert assert_one_line_error(result) == (
+        "realtime: error: --proxy-headers-host: needs --proxy-headers")
 
 
 def test_application_close_timeout():
