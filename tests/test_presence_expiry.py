@@ -46,6 +46,12 @@ def heal(layer: RedisChannelLayer) -> None:
         link.start()
 
 
+async def gone_from_redis(redis_server: RedisServer, layer: RedisChannelLayer) -> None:
+    """Until Redis has seen ``layer``'s connections close (its topic has no subscriber)."""
+    topic = layer._process_topic + layer.process_id
+    await until(lambda: redis_server.call("PUBSUB", "NUMSUB", topic) == [topic, ":0"])
+
+
 async def check(clock: Clock, *layers: RedisChannelLayer) -> None:
     """One check interval: each layer's PUBSUB NUMSUB is sent and answered."""
     clock.advance(INTERVAL)
@@ -88,8 +94,7 @@ async def test_a_dead_processes_announced_members_leave_after_the_grace(
     assert three._remote.get("hall", ca) == (one.process_id, {"user": "ada"})
 
     crash(two)
-    topic = one._process_topic + pid
-    await until(lambda: redis_server.call("PUBSUB", "NUMSUB", topic) == [topic, ":0"])
+    await gone_from_redis(redis_server, two)
     await check(clock, one, three)  # absent since now
     await check(clock, one, three)  # absent for one interval: not yet
     assert INTERVAL <= GRACE < 2 * INTERVAL
@@ -113,7 +118,7 @@ async def test_a_dead_processes_announced_members_leave_after_the_grace(
 
 
 @pytest_twisted.ensureDeferred
-async def test_leaving_members_and_groups_are_forgotten(two_layers):  # noqa: F811
+async def test_leaving_members_and_groups_are_forgotten(two_layers, redis_server):  # noqa: F811
     clock = Clock()
     one, two = [await clocked(two_layers, clock) for _ in range(2)]
     a = Probe()
@@ -128,6 +133,7 @@ async def test_leaving_members_and_groups_are_forgotten(two_layers):  # noqa: F8
     one.detach(ca)  # one has no member left: it hears no more, and remembers nothing
     assert not one._remote and one._seeded == set()
     crash(two)
+    await gone_from_redis(redis_server, two)
     for _ in range(4):
         await check(clock, one)
     assert kinds(a, "presence.leave") == [("hall", b1, {"user": "bob"})]
@@ -135,7 +141,7 @@ async def test_leaving_members_and_groups_are_forgotten(two_layers):  # noqa: F8
 
 
 @pytest_twisted.ensureDeferred
-async def test_our_own_reconnect_starts_the_window_again(two_layers):  # noqa: F811
+async def test_our_own_reconnect_starts_the_window_again(two_layers, redis_server):  # noqa: F811
     """An absence seen before this process's own connection was lost does not count: the
     other process may be reconnecting too, and gets the whole grace again."""
     clock = Clock()
@@ -146,7 +152,7 @@ async def test_our_own_reconnect_starts_the_window_again(two_layers):  # noqa: F
     await two.group_add("hall", b, presence={"user": "bob"})
     await until(lambda: one._remote.get("hall", b) is not None)
     cut_off(two)
-    await until(lambda: not two.ready)
+    await gone_from_redis(redis_server, two)
     await check(clock, one)
     await check(clock, one)  # absent for one interval
     assert one._absent
@@ -166,7 +172,7 @@ async def test_our_own_reconnect_starts_the_window_again(two_layers):  # noqa: F
 
 @pytest_twisted.ensureDeferred
 async def test_cut_off_then_back_reannounces_and_only_what_was_missed_is_told(
-        two_layers):  # noqa: F811
+        two_layers, redis_server):  # noqa: F811
     """Two is cut off past the grace: one (checking) tells its member two's members left;
     three (not checking meanwhile) still has them. When two is back it re-announces: one's
     member hears the joins again, three's hears nothing twice, only the leave it missed."""
@@ -187,7 +193,7 @@ async def test_cut_off_then_back_reannounces_and_only_what_was_missed_is_told(
     await until(lambda: len(kinds(c, "presence.join")) == 3
                 and len(one._remote.groups.get("hall", {})) == 2)
     cut_off(two)
-    await until(lambda: not two.ready)
+    await gone_from_redis(redis_server, two)
     for _ in range(3):
         await check(one_clock, one)
     assert sorted(kinds(a, "presence.leave")) == sorted([("hall", b1, {"user": "bob"}),
@@ -249,3 +255,41 @@ async def test_a_redis_restart_expires_no_one_and_tells_no_one_twice():
         finally:
             for layer in layers:
                 await layer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_leaves_missed_while_cut_off_are_forgotten_by_asking_again(
+        two_layers, redis_server):  # noqa: F811
+    """One is cut off while two's members leave (published; one misses them). Back, one
+    asks again once the grace has passed: those members are forgotten silently (its
+    member had layer.gap), so when two dies later only the member still there leaves."""
+    clock = Clock()
+    one = await clocked(two_layers, clock)
+    two = await clocked(two_layers, Clock())
+    a = Probe()
+    ca = one.attach(a)
+    await one.group_add("hall", ca)
+    await one.group_add("side", ca)
+    b1, b2, b3 = [two.attach(Probe()) for _ in range(3)]
+    await two.group_add("hall", b1, presence={"user": "bob"})
+    await two.group_add("hall", b3, presence={"user": "bea"})
+    await two.group_add("side", b2, presence={"user": "bo"})
+    await until(lambda: len(kinds(a, "presence.join")) == 3)
+    cut_off(one)
+    await until(lambda: not one.ready)
+    two.detach(b1)  # two stays in "hall" (b3)
+    two.detach(b2)  # two leaves "side" altogether: it will not answer for it
+    heal(one)
+    await one.when_ready(10)
+    assert one._remote.get("hall", b1) is not None  # not yet: asked after the grace
+    await check(clock, one)
+    await check(clock, one)
+    await until(lambda: one._remote.get("hall", b1) is None
+                and one._remote.groups.get("side") is None)
+    assert one._remote.get("hall", b3) == (two.process_id, {"user": "bea"})
+    assert [e["type"] for e in a.events[3:]] == ["layer.gap", "layer.gap"]
+    crash(two)
+    await gone_from_redis(redis_server, two)
+    for _ in range(3):
+        await check(clock, one)
+    assert kinds(a, "presence.leave") == [("hall", b3, {"user": "bea"})]

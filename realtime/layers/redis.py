@@ -1356,14 +1356,15 @@ class RedisChannelLayer(BaseChannelLayer):
             self._unannounced.add(group)
 
     def _schedule_reseed(self) -> None:
-        """After a reconnect, ask again who is in our groups (we missed their joins and
-        leaves meanwhile), once every live process has had time to be back too."""
-        if self._seeded and self._reseed_call is None and not self._closed:
+        """After a reconnect, ask again who is in our groups that use presence (we missed
+        their joins and leaves meanwhile), once every live process has had time to be
+        back too (so a slow one is not taken for one with no members there)."""
+        if (self._seeded or self._remote) and self._reseed_call is None and not self._closed:
             self._reseed_call = self._timer().callLater(self.presence_grace, self._reseed)
 
     def _reseed(self) -> None:
         self._reseed_call = None
-        for group in list(self._seeded):
+        for group in self._seeded | set(self._remote.groups):
             if group not in self._groups:
                 continue
             before = self._remote.groups.get(group, {}).copy()
@@ -1371,15 +1372,36 @@ class RedisChannelLayer(BaseChannelLayer):
                                           callbackArgs=(before,), errbackArgs=(group,))
 
     def _reseeded(self, census: _Census, before: dict[str, tuple[str, dict[str, Any]]]) -> None:
-        """Members known before the question whose process did not answer (it has no
-        member in the group any more) left while we could not hear it: forgotten, without
-        an event (our members had ``layer.gap``)."""
-        if not census.complete:
+        """Members known before the question whose process did not answer: if that process
+        is alive, it has no member in the group any more, and they left while we could
+        not hear it: forgotten, without an event (our members had ``layer.gap``). One that
+        is not alive keeps them, for the checks to expire (with ``presence.leave``)."""
+        group = census.group
+        stale = {channel: entry for channel, entry in before.items()
+                 if entry[0] not in census.origins and self._remote.get(group, channel) is entry}
+        processes = sorted({entry[0] for entry in stale.values()})
+        if not census.complete or not processes:
             return
-        for channel, entry in before.items():
-            if entry[0] not in census.origins and self._remote.get(census.group,
-                                                                   channel) is entry:
-                self._remote.remove(census.group, channel)
+
+        def counted(counts: dict[str, int]) -> None:
+            for channel, entry in stale.items():
+                if counts.get(entry[0]) and self._remote.get(group, channel) is entry:
+                    self._remote.remove(group, channel)
+
+        self._numsub(processes).addCallbacks(counted, lambda _: None)
+
+    def _numsub(self, processes: list[str]) -> Deferred[dict[str, int]]:
+        """How many subscribers each process's topic has (0: its connection is gone)."""
+        proto = self._pub.proto if self._pub is not None else None
+        if proto is None:
+            return fail(LayerUnavailable("channel layer: not connected to Redis"))
+        try:
+            d = proto.execute_command("PUBSUB", "NUMSUB",
+                                      *[self._process_topic + p for p in processes])
+        except Exception as exc:
+            return fail(LayerUnavailable(f"channel layer: Redis connection lost: {exc}"))
+        return d.addCallback(lambda reply: dict(zip(processes, map(int, reply[1::2]),
+                                                    strict=False)))
 
     def _schedule_check(self) -> None:
         if self._check_call is None and self._remote and not self._closed:
@@ -1396,21 +1418,14 @@ class RedisChannelLayer(BaseChannelLayer):
             self._absent.clear()
             return
         self._schedule_check()
-        proto = self._pub.proto if self._pub is not None else None
-        if proto is None or not self._sub_ready or self._checking:
-            return
-        processes = list(self._remote.processes)
+        if not self.ready or self._checking:
+            return  # (after a lost connection the window starts again once it is back)
         gen = self._links_gen
-        try:
-            d = proto.execute_command("PUBSUB", "NUMSUB",
-                                      *[self._process_topic + p for p in processes])
-        except Exception:
-            return  # lost meanwhile: the window starts again when it is back
         self._checking = True
 
-        def counted(reply: list[Any]) -> None:
+        def counted(counts: dict[str, int]) -> None:
             if gen == self._links_gen:
-                self._counted(processes, [int(n) for n in reply[1::2]])
+                self._counted(counts)
 
         def done(result: Any) -> None:
             self._checking = False
@@ -1418,16 +1433,16 @@ class RedisChannelLayer(BaseChannelLayer):
                 log.info("channel layer: presence check not made: {error}",
                          error=result.getErrorMessage())
 
-        d.addCallback(counted).addBoth(done)
+        self._numsub(list(self._remote.processes)).addCallback(counted).addBoth(done)
 
-    def _counted(self, processes: list[str], counts: list[int]) -> None:
+    def _counted(self, counts: dict[str, int]) -> None:
         """A process absent on checks more than ``presence_grace`` apart, with our own
         connections up all the while (a reconnect of ours clears ``_absent``), is gone."""
         now = self._timer().seconds()
         for process in list(self._absent):
             if process not in self._remote.processes:
                 del self._absent[process]
-        for process, count in zip(processes, counts, strict=False):
+        for process, count in counts.items():
             if count:
                 self._absent.pop(process, None)
                 continue
