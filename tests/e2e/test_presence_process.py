@@ -9,6 +9,8 @@ import json
 import signal
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import pytest_twisted
@@ -39,6 +41,18 @@ async def test_a_killed_servers_members_leave_for_the_others(redis_server: Redis
             while json.loads(ws.recv(timeout=5)) != {"type": "join", "name": name}:
                 pass  # "here" for those already in
 
+        def ready() -> None:  # its layer is connected to Redis (it listens before)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/readyz",
+                                                timeout=5):
+                        return
+                except urllib.error.HTTPError:
+                    assert time.monotonic() < deadline, "/readyz did not answer 200"
+                    time.sleep(0.05)
+
+        await in_thread(ready)
         for name in ("ada", "bob"):
             await in_thread(join, name)
         # Shorter than the defaults (5 s checks, 8 s grace), so the test is quick; the
