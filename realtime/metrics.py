@@ -72,7 +72,8 @@ def snapshot(sites: Iterable[Any], layer: Any) -> dict[str, Any]:
         snap["latency_sum"] += stats.latency_sum
     layer_stats = getattr(layer, "stats", None)
     for name in ("delivered", "dropped", "published", "broadcast_frames", "broadcast_writes",
-                 "gaps", "unavailable", "history_recovered", "history_unrecovered"):
+                 "gaps", "unavailable", "history_recovered", "history_unrecovered",
+                 "presence_expired"):
         snap["layer_" + name] = getattr(layer_stats, name, 0)
     # broadcast() frames are counted by the layer (once per broadcast, off the hot loop).
     snap["messages_out"] += snap["layer_broadcast_frames"]
@@ -195,6 +196,8 @@ class Collector:
              "members that missed them (a join with since=, a Redis reconnect)"),
             ("layer_history_unrecovered", "Recoveries history no longer covered (the app "
              "was told: recovered False, or layer.gap)"),
+            ("layer_presence_expired", "presence.leave events made here for the members of "
+             "another process that died without them leaving (Redis layer)"),
         ):
             yield CounterMetricFamily(f"realtime_{name}", help_text, value=t.get(name, 0))
         closes = CounterMetricFamily("realtime_close_codes", "WebSocket closes by code",

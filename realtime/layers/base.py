@@ -499,6 +499,9 @@ class LayerStats:
         #: recoveries history no longer covered (``recovered`` False, or a reconnect's gap).
         self.history_recovered = 0
         self.history_unrecovered = 0
+        #: ``presence.leave`` events this process made for another process's members when
+        #: that process was declared gone (it died without its members leaving; Redis).
+        self.presence_expired = 0
 
 
 class BaseChannelLayer:
@@ -709,9 +712,14 @@ class BaseChannelLayer:
         def not_sent(failure: Failure) -> None:
             log.info("channel layer: {kind} for group {group} not sent: {error}",
                      kind=kind, group=group, error=failure.getErrorMessage())
+            self._presence_not_sent(kind, group)
 
         # Not recorded in a history group: a replayed join of someone long gone is wrong.
         return self._group_send(group, event, False).addErrback(not_sent)
+
+    def _presence_not_sent(self, kind: str, group: str) -> None:
+        """Hook: a presence event could not be published (Redis re-announces its members
+        once it is back, so other processes still learn the change)."""
 
     def local_presence(self, group: str) -> dict[str, dict[str, Any]]:
         """This process's members of ``group`` in its presence, with their info."""

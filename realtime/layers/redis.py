@@ -30,6 +30,15 @@ Like channels_redis's PubSub layer, without its failure modes:
   group: messages published in that window may be lost, and that is never silent.
   Publishing while disconnected fails at once with ``LayerUnavailable`` (a
   ``ConnectionError``), counted in ``stats.unavailable``; nothing is buffered.
+- **Presence of a dead process.** Presence is not stored: ``group_presence`` asks. So that a
+  process that dies without its members leaving (SIGKILL, OOM, a lost host) still has
+  their ``presence.leave`` sent, each process remembers the other processes' announced
+  members of the groups it has members in (from the joins and leaves it hears, and from
+  the answers to its questions) and checks every ``presence_check_interval`` s, with one
+  ``PUBSUB NUMSUB`` of their process topics, that their processes are still subscribed.
+  One absent for longer than a live process takes to reconnect (``presence_grace``) is
+  gone: every process tells its own members that its members left. A process that was
+  only cut off re-announces its members when it is back (``_AGAIN``).
 
 txredisapi imports the global reactor when it is imported, so it is imported in
 ``start()``, after twistd has installed the reactor chosen with ``--reactor``.
@@ -80,6 +89,10 @@ BACKOFF_CAP = 5.0
 CONNECT_TIMEOUT = 3.0
 #: How long ``group_add`` for another process's channel waits for that process's ack.
 CONTROL_TIMEOUT = 5.0
+#: A process absent from Redis for longer than this (its topic unsubscribed on checks this
+#: far apart) is gone: a live one is back sooner (its longest backoff, then a connect
+#: attempt), so a Redis restart or a blip never passes for a death.
+PRESENCE_GRACE = BACKOFF_CAP + CONNECT_TIMEOUT
 #: BRPOP timeout: a receive() on a channel not in the current BRPOP joins within this.
 BRPOP_TIMEOUT = 0.5
 #: A named channel's list expires this long after its last send (nobody receiving it).
@@ -96,6 +109,12 @@ _WHO, _MEMBERS = 7, 8
 # _PUBLISH_SCRIPT (which adds the last two) and kept in the group's history list as is.
 # (A process older than history cannot read it: upgrade every process before --history.)
 _HGROUP = 9
+# After a reconnect, a process's announced members of a group, all of them:
+# [_AGAIN, origin, 0, [[channel, info], ...]]. Those that hear it and knew them already
+# deliver nothing; they tell their members of joins (a process declared gone that was only
+# cut off) and leaves (left while the process could not publish) that they missed.
+# (A process older than expiry ignores it: it never declares anyone gone.)
+_AGAIN = 10
 
 # A history group's publish: the next offset (a new epoch, and an empty list, when the
 # stream's meta hash is gone), the message kept in the list (trimmed to its size; the whole
@@ -159,6 +178,9 @@ return n
 """
 #: How long ``group_presence`` waits for every process's answer.
 PRESENCE_TIMEOUT = 2.0
+#: How often a process that knows other processes' announced members checks that those
+#: processes are alive (their process topic still has its subscriber: one PUBSUB NUMSUB).
+PRESENCE_CHECK_INTERVAL = 5.0
 
 # LPUSH behind a capacity check, atomically; refreshes the list's expiry.
 _SEND_SCRIPT = """
@@ -603,14 +625,22 @@ class RedisChannelLayer(BaseChannelLayer):
     extensions = ["groups", "flush", "broadcast"]
     #: How long ``group_presence`` waits for every process's answer (seconds).
     presence_timeout = PRESENCE_TIMEOUT
+    #: How often other processes' liveness is checked while their members are known, and
+    #: how long one must be absent from Redis to be declared gone (seconds).
+    presence_check_interval = PRESENCE_CHECK_INTERVAL
+    presence_grace = PRESENCE_GRACE
 
     def __init__(self, address: RedisAddress, capacity: int = 100, prefix: str = "realtime",
                  reactor: Any = None, ca_certs: list[Any] | None = None,
-                 history: dict[str, tuple[int, float]] | None = None) -> None:
+                 history: dict[str, tuple[int, float]] | None = None,
+                 clock: Any = None) -> None:
         super().__init__(capacity=capacity, history=history)
         self.address = address
         self.prefix = prefix
         self.reactor = reactor
+        #: What times the presence checks (``callLater``, ``seconds``): the reactor unless
+        #: given (a test's ``Clock``; connections always use the reactor).
+        self.clock = clock
         self._ca_certs = ca_certs
         base = f"{prefix}:{address.db}:"
         self._group_topic = base + "g:"
@@ -655,6 +685,22 @@ class RedisChannelLayer(BaseChannelLayer):
         self._popping = False
         self.reconnects = 0
         self.last_outage: float | None = None
+        #: Other processes' announced members of our groups (see the module docstring).
+        self._remote = _RemotePresence()
+        #: Groups whose other members this process has asked for (once per subscription,
+        #: on its first announced presence join; again after a reconnect).
+        self._seeded: set[str] = set()
+        #: Processes with known members absent on the checks: process -> since (clock).
+        self._absent: dict[str, float] = {}
+        self._check_call: Any = None
+        self._reseed_call: Any = None
+        self._checking = False
+        #: Bumped when a connection is lost: a check answered across it does not count.
+        self._links_gen = 0
+        #: Our announced members must be re-announced once both connections are up (a
+        #: reconnect, a presence event not published); groups whose leave was not published.
+        self._reannounce_due = False
+        self._unannounced: set[str] = set()
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -824,6 +870,10 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _check_ready(self) -> None:
         if self.ready:
+            if self._reannounce_due:
+                self._reannounce_due = False
+                self._reannounce()
+                self._schedule_reseed()
             waiters, self._ready_waiters = self._ready_waiters, []
             for d in waiters:
                 d.callback(None)
@@ -833,6 +883,10 @@ class RedisChannelLayer(BaseChannelLayer):
             return succeed(None)
         self._closed = True
         self._sub_ready = False
+        for call in (self._check_call, self._reseed_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._check_call = self._reseed_call = None
         for d in self._ready_waiters:
             d.errback(LayerUnavailable("the channel layer is closed"))
         self._ready_waiters = []
@@ -908,6 +962,15 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _pub_down(self) -> None:
         log.warn("channel layer: publisher connection to Redis lost; reconnecting")
+        self._links_down()
+
+    def _links_down(self) -> None:
+        """A connection was lost: what we saw of other processes' liveness no longer
+        counts (the window starts again once we are back), and what we announced may not
+        have reached everyone (re-announced then)."""
+        self._links_gen += 1
+        self._absent.clear()
+        self._reannounce_due = True
 
     def _sub_up(self, proto: Any) -> None:
         topics = [self._own_topic] + [self._group_topic + g for g in self._groups]
@@ -1049,6 +1112,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._down_since = time.time()
         log.warn("channel layer: subscriber connection to Redis lost; reconnecting (group "
                  "messages published until it is back are reported as layer.gap)")
+        self._links_down()
         self._release_waiters()
 
     # -- subscriptions -----------------------------------------------------------------------------
@@ -1090,6 +1154,8 @@ class RedisChannelLayer(BaseChannelLayer):
                 waiter.callback(None)
 
     def _group_emptied(self, group: str) -> None:
+        self._remote.drop_group(group)  # we hear no more of its joins and leaves
+        self._seeded.discard(group)
         self._floors.pop(group, None)
         self._seen.pop(group, None)
         self._outage.pop(group, None)
@@ -1126,12 +1192,19 @@ class RedisChannelLayer(BaseChannelLayer):
     def _on_group(self, group: str, body: list[Any]) -> None:
         kind, origin, seq, data = body[:4]
         if kind == _WHO:
-            members = [[channel, info] for channel, info in self.local_presence(group).items()]
+            tracked = self._presence.get(group, {})
+            members = [[channel, entry[0]] for channel, entry in tracked.items()]
+            quiet = [channel for channel, entry in tracked.items() if not entry[1]]
+            # [..., our process, the members that do not announce] follow (an older
+            # asker reads three fields).
+            answer = [_MEMBERS, seq, members, self.process_id, quiet]
             self._publish(self._process_topic + origin,
-                          msgpack.packb([_MEMBERS, seq, members])).addErrback(lambda _: None)
+                          msgpack.packb(answer)).addErrback(lambda _: None)
             return
         if kind == _GROUP:
             self._fan_out(group, data)
+            if origin != self.process_id and data.get("type") in _PRESENCE_TYPES:
+                self._heard(group, origin, data)
         elif kind == _HGROUP:
             message, where = positioned(data, body[5], body[4]), (body[5], body[4])
             if not self._sub_ready and group in self._groups:
@@ -1145,6 +1218,8 @@ class RedisChannelLayer(BaseChannelLayer):
             self._broadcast_local(group, prepared_frame(data, None))
         elif kind == _BYTES:
             self._broadcast_local(group, prepared_frame(None, data))
+        elif kind == _AGAIN:
+            self._reannounced(group, origin, data)
         if seq and origin == self.process_id:
             waiting = self._echo.pop(seq, None)
             if waiting is not None:
@@ -1161,7 +1236,10 @@ class RedisChannelLayer(BaseChannelLayer):
         elif kind == _MEMBERS:
             census = self._censuses.get(body[1])
             if census is not None:
-                census.answer(body[2])
+                origin = body[3] if len(body) > 4 else None
+                census.answer(body[2], origin)
+                if origin is not None:
+                    self._learn(census.group, origin, body[2], body[4])
         elif kind in (_ADD, _DISCARD):
             _, group, channel, origin, seq = body[:5]
             if kind == _ADD:
@@ -1189,6 +1267,205 @@ class RedisChannelLayer(BaseChannelLayer):
                 if waiting[1].active():
                     waiting[1].cancel()
                 waiting[0].callback(None)
+
+    # -- other processes' presence: remembered, expired when their process dies ---------------
+    def _timer(self) -> Any:
+        return self.clock if self.clock is not None else self.reactor
+
+    def _track(self, group: str, channel: str, info: dict[str, Any],
+               announce: bool = True) -> Deferred[None]:
+        """As the base's; and the first announced join of a group here asks who else is in
+        it (in the background), so members that joined before this process subscribed
+        are known too, and get their ``presence.leave`` if their process dies."""
+        d = super()._track(group, channel, info, announce)
+        tracked = self._presence.get(group, {}).get(channel)
+        if tracked is not None and tracked[1] and group not in self._seeded:
+            self._seeded.add(group)
+            if self._sub_ready:
+                self._ask(group).addErrback(self._not_asked, group)
+            else:
+                self._reannounce_due = True  # asked (``_reseed``) once we are connected
+        return d
+
+    @staticmethod
+    def _not_asked(failure: Failure, group: str) -> None:
+        log.info("channel layer: group {group}: other processes' members not asked: "
+                 "{error}", group=group, error=failure.getErrorMessage())
+
+    def _presence_not_sent(self, kind: str, group: str) -> None:
+        if kind == "presence.leave":
+            self._unannounced.add(group)
+        self._reannounce_due = True  # once both connections are up (``_check_ready``)
+
+    def _heard(self, group: str, origin: str, event: dict[str, Any]) -> None:
+        """Another process's ``presence.join``/``presence.leave`` on a group we are in."""
+        channel, info = event.get("channel"), event.get("info")
+        if group not in self._groups or not isinstance(channel, str):
+            return
+        if event["type"] == "presence.leave":
+            self._remote.remove(group, channel)
+        elif isinstance(info, dict):
+            self._remote.add(group, channel, origin, info)
+            self._schedule_check()
+
+    def _learn(self, group: str, origin: str, members: list[list[Any]],
+               quiet: list[str]) -> None:
+        """One process's answer to our question: its announced members of ``group``, all of
+        them, as of its answer (its later joins and leaves come after it, in order)."""
+        if origin == self.process_id or group not in self._groups:
+            return
+        silent = set(quiet)
+        self._remote.replace(group, origin, {channel: info for channel, info in members
+                                             if channel not in silent})
+        self._schedule_check()
+
+    def _reannounced(self, group: str, origin: str, members: list[list[Any]]) -> None:
+        """A process that was cut off from Redis is back with all its announced members of
+        ``group``: our members hear only what they missed (a join of one we had declared
+        gone, or new; a leave that could not be published); none of what we knew."""
+        if origin == self.process_id or group not in self._groups:
+            return
+        now = {channel: info for channel, info in members}
+        for channel, info in self._remote.of(origin, group).items():
+            if channel not in now:
+                self._remote.remove(group, channel)
+                self._fan_out(group, _presence_event("presence.leave", group, channel, info))
+        for channel, info in now.items():
+            if self._remote.get(group, channel) == (origin, info):
+                continue
+            self._remote.add(group, channel, origin, info)
+            self._fan_out(group, _presence_event("presence.join", group, channel, info))
+        self._schedule_check()
+
+    def _reannounce(self) -> None:
+        """Back after a reconnect (or a presence event that was not published): every
+        announced member of ours, one message per group, so a process that declared us
+        gone meanwhile learns them again (and one that did not is told nothing twice)."""
+        groups = self._unannounced | {group for group, tracked in self._presence.items()
+                                      if any(entry[1] for entry in tracked.values())}
+        self._unannounced = set()
+        for group in groups:
+            members = [[channel, entry[0]] for channel, entry
+                       in self._presence.get(group, {}).items() if entry[1]]
+            d = self._publish(self._group_topic + group,
+                              msgpack.packb([_AGAIN, self.process_id, 0, members]))
+            d.addErrback(self._not_reannounced, group)
+
+    def _not_reannounced(self, failure: Failure, group: str) -> None:
+        if not self._presence.get(group):  # lost again: sent with the next reconnect
+            self._unannounced.add(group)
+
+    def _schedule_reseed(self) -> None:
+        """After a reconnect, ask again who is in our groups that use presence (we missed
+        their joins and leaves meanwhile), once every live process has had time to be
+        back too (so a slow one is not taken for one with no members there)."""
+        if (self._seeded or self._remote) and self._reseed_call is None and not self._closed:
+            self._reseed_call = self._timer().callLater(self.presence_grace, self._reseed)
+
+    def _reseed(self) -> None:
+        self._reseed_call = None
+        for group in self._seeded | set(self._remote.groups):
+            if group not in self._groups:
+                continue
+            before = self._remote.groups.get(group, {}).copy()
+            self._ask(group).addCallbacks(self._reseeded, self._not_asked,
+                                          callbackArgs=(before,), errbackArgs=(group,))
+
+    def _reseeded(self, census: _Census, before: dict[str, tuple[str, dict[str, Any]]]) -> None:
+        """Members known before the question whose process did not answer: if that process
+        is alive, it has no member in the group any more, and they left while we could
+        not hear it: forgotten, without an event (our members had ``layer.gap``). One that
+        is not alive keeps them, for the checks to expire (with ``presence.leave``)."""
+        group = census.group
+        stale = {channel: entry for channel, entry in before.items()
+                 if entry[0] not in census.origins and self._remote.get(group, channel) is entry}
+        processes = sorted({entry[0] for entry in stale.values()})
+        if not census.complete or not processes:
+            return
+
+        def counted(counts: dict[str, int]) -> None:
+            for channel, entry in stale.items():
+                if counts.get(entry[0]) and self._remote.get(group, channel) is entry:
+                    self._remote.remove(group, channel)
+
+        self._numsub(processes).addCallbacks(counted, lambda _: None)
+
+    def _numsub(self, processes: list[str]) -> Deferred[dict[str, int]]:
+        """How many subscribers each process's topic has (0: its connection is gone)."""
+        proto = self._pub.proto if self._pub is not None else None
+        if proto is None:
+            return fail(LayerUnavailable("channel layer: not connected to Redis"))
+        try:
+            d = proto.execute_command("PUBSUB", "NUMSUB",
+                                      *[self._process_topic + p for p in processes])
+        except Exception as exc:
+            return fail(LayerUnavailable(f"channel layer: Redis connection lost: {exc}"))
+        return d.addCallback(lambda reply: dict(zip(processes, map(int, reply[1::2]),
+                                                    strict=False)))
+
+    def _schedule_check(self) -> None:
+        if self._check_call is None and self._remote and not self._closed:
+            self._check_call = self._timer().callLater(self.presence_check_interval,
+                                                       self._check_processes)
+
+    def _check_processes(self) -> None:
+        """One ``PUBSUB NUMSUB`` of the process topics of every process whose members we
+        know: a process's subscriber connection is subscribed to its topic while it lives
+        (Redis drops a killed process's connection at once, a vanished host's by
+        ``tcp-keepalive``)."""
+        self._check_call = None
+        if self._closed or not self._remote:
+            self._absent.clear()
+            return
+        self._schedule_check()
+        if not self.ready or self._checking:
+            return  # (after a lost connection the window starts again once it is back)
+        gen = self._links_gen
+        self._checking = True
+
+        def counted(counts: dict[str, int]) -> None:
+            if gen == self._links_gen:
+                self._counted(counts)
+
+        def done(result: Any) -> None:
+            self._checking = False
+            if isinstance(result, Failure):
+                log.info("channel layer: presence check not made: {error}",
+                         error=result.getErrorMessage())
+
+        self._numsub(list(self._remote.processes)).addCallback(counted).addBoth(done)
+
+    def _counted(self, counts: dict[str, int]) -> None:
+        """A process absent on checks more than ``presence_grace`` apart, with our own
+        connections up all the while (a reconnect of ours clears ``_absent``), is gone."""
+        now = self._timer().seconds()
+        for process in list(self._absent):
+            if process not in self._remote.processes:
+                del self._absent[process]
+        for process, count in counts.items():
+            if count:
+                self._absent.pop(process, None)
+                continue
+            since = self._absent.setdefault(process, now)
+            if now - since > self.presence_grace and process in self._remote.processes:
+                self._expire(process, now - since)
+
+    def _expire(self, process: str, absent: float) -> None:
+        """``process`` died without its members leaving: our members of each of its groups
+        hear ``presence.leave`` for each of them, from us (every process tells its own: no
+        publish, nothing heard twice)."""
+        self._absent.pop(process, None)
+        gone = self._remote.drop_process(process)
+        count = 0
+        for group, members in gone.items():
+            for channel, info in members.items():
+                self._fan_out(group, _presence_event("presence.leave", group, channel, info))
+                count += 1
+        self.stats.presence_expired += count
+        log.warn("channel layer: process {process} left Redis {absent:.1f} s ago without its "
+                 "members leaving (it died, or is cut off); presence.leave given here for "
+                 "{count} member(s) of {groups} group(s)", process=process, absent=absent,
+                 count=count, groups=len(gone))
 
     # -- publishing -------------------------------------------------------------------------------
     def _on_publisher(self, command: Callable[[Any], Deferred[Any]]) -> Deferred[Any]:
@@ -1527,6 +1804,10 @@ class RedisChannelLayer(BaseChannelLayer):
         asked: nothing stale."""
         if (bad := invalid(group=group)) is not None:
             return bad
+        return self._ask(group).addCallback(lambda census: census.members)
+
+    def _ask(self, group: str) -> Deferred[_Census]:
+        """``group_presence``'s question; fires with its census (answered, or timed out)."""
         if not self._sub_ready:
             self.stats.unavailable += 1
             return fail(LayerUnavailable("channel layer: not subscribed to Redis (reconnecting)"))
@@ -1534,14 +1815,14 @@ class RedisChannelLayer(BaseChannelLayer):
         if pending is not None:  # our own SUBSCRIBE first, or our members are not asked
             subscribed: Deferred[None] = Deferred()
             pending.append(subscribed)
-            return subscribed.addCallback(lambda _: self.group_presence(group))
+            return subscribed.addCallback(lambda _: self._ask(group))
         seq = next(self._seq)
         census = self._censuses[seq] = _Census(group, self.presence_timeout)
         question = msgpack.packb([_WHO, self.process_id, seq, None])
         asked = self._on_publisher(lambda proto: proto.eval(
             _ASK_SCRIPT, keys=[self._group_topic + group], args=[question]))
 
-        def heard_by(processes: int) -> Deferred[dict[str, dict[str, Any]]]:
+        def heard_by(processes: int) -> Deferred[_Census]:
             if self._censuses.get(seq) is census:  # not released meanwhile (subscriber lost)
                 census.expect(int(processes),
                               self.reactor.callLater(self.presence_timeout, census.timed_out))
@@ -1630,6 +1911,10 @@ class RedisChannelLayer(BaseChannelLayer):
             self._group_emptied(group)
         self._memberships.clear()
         self._presence.clear()
+        self._remote.clear()
+        self._seeded.clear()
+        self._absent.clear()
+        self._unannounced.clear()
         self._in_several = 0
         self._queues.clear()
         for waiters in self._waiters.values():
@@ -1662,6 +1947,81 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, builtins_bytes) else str(value)
 
 
+_PRESENCE_TYPES = ("presence.join", "presence.leave")
+
+
+def _presence_event(kind: str, group: str, channel: str,
+                    info: dict[str, Any]) -> dict[str, Any]:
+    """The event ``_presence_event`` of the base layer sends, made here for a member of
+    another process."""
+    return {"type": kind, "group": group, "channel": channel, "info": info}
+
+
+class _RemotePresence:
+    """Other processes' announced members of the groups we have members in: by group
+    (``{channel: (process, info)}``) and by process (``{group: {channel}}``), to check
+    their processes and expire a dead one's at once."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+        self.processes: dict[str, dict[str, set[str]]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.groups)
+
+    def get(self, group: str, channel: str) -> tuple[str, dict[str, Any]] | None:
+        return self.groups.get(group, {}).get(channel)
+
+    def of(self, process: str, group: str) -> dict[str, dict[str, Any]]:
+        members = self.groups.get(group, {})
+        return {channel: members[channel][1]
+                for channel in self.processes.get(process, {}).get(group, ())}
+
+    def add(self, group: str, channel: str, process: str, info: dict[str, Any]) -> None:
+        self.remove(group, channel)
+        self.groups.setdefault(group, {})[channel] = (process, info)
+        self.processes.setdefault(process, {}).setdefault(group, set()).add(channel)
+
+    def remove(self, group: str, channel: str) -> tuple[str, dict[str, Any]] | None:
+        members = self.groups.get(group)
+        entry = members.pop(channel, None) if members is not None else None
+        if entry is None:
+            return None
+        if not members:
+            del self.groups[group]
+        groups = self.processes[entry[0]]
+        groups[group].discard(channel)
+        if not groups[group]:
+            del groups[group]
+            if not groups:
+                del self.processes[entry[0]]
+        return entry
+
+    def replace(self, group: str, process: str, members: dict[str, dict[str, Any]]) -> None:
+        """``process``'s members of ``group`` are these, and only these."""
+        for channel in list(self.processes.get(process, {}).get(group, ())):
+            if channel not in members:
+                self.remove(group, channel)
+        for channel, info in members.items():
+            self.add(group, channel, process, info)
+
+    def drop_group(self, group: str) -> None:
+        for channel in list(self.groups.get(group, ())):
+            self.remove(group, channel)
+
+    def drop_process(self, process: str) -> dict[str, dict[str, dict[str, Any]]]:
+        """Forget ``process``'s members; what they were, by group."""
+        gone = {group: self.of(process, group) for group in self.processes.get(process, {})}
+        for group, members in gone.items():
+            for channel in members:
+                self.remove(group, channel)
+        return gone
+
+    def clear(self) -> None:
+        self.groups.clear()
+        self.processes.clear()
+
+
 class _Census:
     """One ``group_presence`` question: the answers of the topic's subscribers when it was
     asked (they may come before the script's reply says how many), merged."""
@@ -1669,14 +2029,20 @@ class _Census:
     def __init__(self, group: str, timeout: float) -> None:
         self.group = group
         self.timeout = timeout
-        self.done: Deferred[dict[str, dict[str, Any]]] = Deferred()
+        self.done: Deferred[_Census] = Deferred()
         self.members: dict[str, dict[str, Any]] = {}
         self.answers = 0
         self.processes: int | None = None
         self.timer: Any = None
+        #: The processes that answered (those that say who they are), and whether every
+        #: subscriber did (not timed out).
+        self.origins: set[str] = set()
+        self.complete = False
 
-    def answer(self, members: list[list[Any]]) -> None:
+    def answer(self, members: list[list[Any]], origin: str | None = None) -> None:
         self.answers += 1
+        if origin is not None:
+            self.origins.add(origin)
         for channel, info in members:
             self.members[channel] = info
         self._check()
@@ -1690,7 +2056,8 @@ class _Census:
         if self.processes is not None and self.answers >= self.processes \
                 and not self.done.called:
             self.stop()
-            self.done.callback(self.members)
+            self.complete = True
+            self.done.callback(self)
 
     def stop(self) -> None:
         if self.timer is not None and self.timer.active():
@@ -1709,7 +2076,7 @@ class _Census:
                      "subscribed to the topic); their members are left out",
                      group=self.group, missing=(self.processes or 0) - self.answers,
                      processes=self.processes, t=self.timeout)
-            self.done.callback(self.members)
+            self.done.callback(self)
 
 
 def prepared_frame_args(text: str | None, data: bytes | None) -> None:
