@@ -185,7 +185,8 @@ class AsgiHttp:
             request = self._request
             if not self._headers_sent:
                 self._write_head(request)
-            if body:
+                request.write(body)  # even b"": the head goes out now (SSE, long-poll)
+            elif body:
                 request.write(body)
             if not more:
                 self._unregister()
@@ -226,6 +227,9 @@ class AsgiHttp:
             paused.callback(None)
 
     def stopProducing(self) -> None:
+        """The connection is lost (called before the request hears it): sends from now on
+        are no-ops, not writes to a dead transport that would end in ``finish()``."""
+        self._over = True
         self.resumeProducing()
 
     # -- the end ------------------------------------------------------------------------------
@@ -294,7 +298,7 @@ class AsgiWebsocket(_WebsocketBase):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._inbox: deque[dict[str, Any]] = deque()
-        self._taker: Deferred[dict[str, Any]] | None = None
+        self._waker: Deferred[None] | None = None
         self._taken: Deferred[None] | None = None
         self._running: Deferred[Any] | None = None
         self._returned: Deferred[None] | None = None
@@ -339,17 +343,17 @@ class AsgiWebsocket(_WebsocketBase):
         return self._returned
 
     def _put(self, message: dict[str, Any], wait: bool) -> Deferred[None] | None:
-        """Hand ``message`` to the app; with ``wait``, the handler queue waits until the app
-        has taken it (so unread messages stay bounded by --max-inflight)."""
+        """Queue ``message`` for the app and wake a waiting ``receive()``; with ``wait``, the
+        handler queue waits until the app has taken it (so unread messages stay bounded by
+        --max-inflight). The message stays queued until a receive() returns it: one
+        cancelled while waiting (``asyncio.wait`` then ``cancel``) loses nothing."""
         if self._running is None or self._running.called:
             return None  # the app is done: nobody reads any more
-        taker = self._taker
-        if taker is not None:
-            self._taker = None
-            taker.callback(message)
-            return None
         self._inbox.append(message)
-        if not wait:
+        waker, self._waker = self._waker, None
+        if waker is not None:
+            waker.callback(None)
+        if not wait or not self._inbox:
             return None
         self._taken = Deferred(self._cancel_app)
         return self._taken
@@ -362,26 +366,30 @@ class AsgiWebsocket(_WebsocketBase):
             running.cancel()
 
     # -- the app's receive and send -----------------------------------------------------------
-    def receive(self) -> Deferred[dict[str, Any]]:
-        if self._inbox:
-            message = self._inbox.popleft()
+    async def receive(self) -> dict[str, Any]:
+        while not self._inbox:
+            if self._waker is not None:
+                raise RuntimeError("ASGI receive() called again before the last one returned")
+            waker = self._waker = Deferred()
+            try:
+                await waker
+            finally:
+                if self._waker is waker:
+                    self._waker = None
+        message = self._inbox.popleft()
+        if not self._inbox:
             taken, self._taken = self._taken, None
-            if taken is not None and not self._inbox:
+            if taken is not None:
                 taken.callback(None)
-            return succeed(message)
-        if self._taker is not None:
-            raise RuntimeError("ASGI receive() called again before the last one returned")
-
-        def cancelled(_: Any) -> None:
-            self._taker = None
-
-        self._taker = Deferred(cancelled)
-        return self._taker
+        return message
 
     def send(self, message: dict[str, Any]) -> Deferred[None]:
         kind = message.get("type")
         conn = self._conn
+        gone = self._closed or conn.finished
         if kind == "websocket.accept":
+            if gone and not self._accepted:
+                raise ConnectionClosed("the client left before the handshake was accepted")
             if self._accepted or not conn.in_handshake:
                 raise RuntimeError("ASGI 'websocket.accept' after the handshake was decided")
             subprotocol = message.get("subprotocol")
@@ -416,12 +424,16 @@ class AsgiWebsocket(_WebsocketBase):
             elif not self._closed:
                 conn.close_with_code(code, reason)  # ValueError for a code no server sends
                 self._closed = True
+        elif kind in ("websocket.http.response.start", "websocket.http.response.body") and gone:
+            raise ConnectionClosed("the client left before the handshake was answered")
         elif kind == "websocket.http.response.start":
             if not conn.in_handshake or self._denial is not None:
                 raise RuntimeError(f"ASGI {kind!r} only before the handshake is decided, once")
             status = message.get("status")
-            if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-                raise ValueError(f"ASGI {kind!r}: bad status {status!r}")
+            if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
+                # (a browser follows no redirect on a WebSocket: it fails the connection)
+                raise ValueError(f"ASGI {kind!r}: a denial's status is 400 to 599, not "
+                                 f"{status!r}")
             self._denial = (status, _header_pairs(message))
         elif kind == "websocket.http.response.body":
             if self._denial is None or not conn.in_handshake:

@@ -635,7 +635,8 @@ class RealtimeSite(server.Site):
             return
         request.setResponseCode(refusal.status, refusal.phrase)
         body = refusal.body or refusal.phrase + b"\n"
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        if not any(name.lower() == b"content-type" for name, _ in refusal.headers):
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         for name, value in refusal.headers:
             request.responseHeaders.addRawHeader(name, value)
         request.setHeader(b"content-length", str(len(body)).encode())

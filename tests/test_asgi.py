@@ -593,3 +593,193 @@ def test_a_raw_asgi_app_is_wrapped_where_it_is_mounted():
     assert path("y/", consumer_app).app is consumer_app  # realtime apps stay as they are
     with pytest.raises(TypeError, match="ASGI-3 middleware cannot wrap them"):
         router({"type": "http"}, None, None)
+
+
+# -- regressions (a review of realtime/asgi.py) ------------------------------------------------
+
+gone_progress: list[Any] = []
+
+
+async def long_stream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    for i in range(200):
+        await send({"type": "http.response.body", "body": b"A" * 2 ** 20, "more_body": True})
+        gone_progress.append(i)
+    await send({"type": "http.response.body"})
+    gone_progress.append("done")
+    gone_progress.append(await receive())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_gone_while_a_send_waits_ends_the_stream_there():
+    """The transport stops its producer before the request hears of the loss: the waiting
+    send resumes into a response that is over, so the rest are no-ops (not 200 MiB
+    written to a dead socket and a response logged as complete)."""
+    gone_progress.clear()
+    server = await serve(AsgiApp(long_stream))
+    logged: list[Any] = []
+    real_log = server.site.log
+    server.site.log = lambda request: (logged.append(request.code), real_log(request))
+    try:
+        conn = await raw_connect(server.port)
+        conn.proto.transport.pauseProducing()
+        conn.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(30):
+            await later(0.02)
+        stalled = len(gone_progress)
+        conn.abort()
+        for _ in range(100):
+            if gone_progress and gone_progress[-1] == {"type": "http.disconnect"}:
+                break
+            await later(0.02)
+    finally:
+        await server.stop()
+    assert stalled < 20
+    assert gone_progress[-2:] == ["done", {"type": "http.disconnect"}]
+    # The app ran on with no-op sends, but nothing was written or logged as a response.
+    assert logged == []
+
+
+async def head_first(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Server-sent events: the head goes out with an empty first body, data later."""
+    await receive()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")]})
+    await send({"type": "http.response.body", "body": b"", "more_body": True})
+    await later(0.3)
+    await send({"type": "http.response.body", "body": b"data: hi\n\n"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_empty_first_body_sends_the_head_at_once():
+    server = await serve(AsgiApp(head_first))
+    try:
+        conn = await raw_connect(server.port)
+        conn.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        head = await conn.wait_for(lambda d: b"\r\n\r\n" in d, 0.25)
+        raw = await conn.closed(5)
+    finally:
+        await server.stop()
+    assert head.startswith(b"HTTP/1.1 200 ") and b"text/event-stream" in head
+    assert b"data: hi" not in head  # before the data came
+    assert b"data: hi\n\n" in raw and raw.endswith(b"0\r\n\r\n")
+
+
+accept_first_log: list[Any] = []
+
+
+async def accepts_before_reading(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Accepts before reading websocket.connect, then loads something first: the first
+    message queues behind the unread connect, and none is lost."""
+    await send({"type": "websocket.accept"})
+    await later(0.3)
+    while True:
+        message = await receive()
+        accept_first_log.append(message["type"])
+        if message["type"] == "websocket.disconnect":
+            return
+        if message["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": "echo " + message["text"]})
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_behind_an_unread_connect_all_arrive():
+    accept_first_log.clear()
+    server = await serve(AsgiApp(accepts_before_reading),
+                         ServerConfig(application_close_timeout=1.0))
+    try:
+        def client() -> list[str]:
+            with connect(server.ws_url("/")) as ws:
+                ws.send("a")  # arrives while the app is still loading
+                out = [ws.recv(timeout=3)]
+                ws.send("b")
+                out.append(ws.recv(timeout=3))
+                return out
+
+        with captured_log() as events:
+            out = await in_thread(client)
+            for _ in range(50):
+                if accept_first_log[-1:] == ["websocket.disconnect"]:
+                    break
+                await later(0.02)
+    finally:
+        await server.stop()
+    assert out == ["echo a", "echo b"]
+    assert accept_first_log == ["websocket.connect", "websocket.receive", "websocket.receive",
+                                "websocket.disconnect"]
+    assert not [e for e in events if "still running" in str(e.get("log_format", ""))]
+
+
+accept_late: list[Any] = []
+
+
+async def accepts_late(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await receive()
+    await later(0.3)  # an async auth lookup: the client leaves meanwhile
+    try:
+        await send({"type": "websocket.accept"})
+    except OSError as exc:  # what Starlette turns into WebSocketDisconnect
+        accept_late.append(type(exc).__name__)
+
+
+@pytest_twisted.ensureDeferred
+async def test_accept_after_the_client_left_raises_connection_closed():
+    accept_late.clear()
+    server = await serve(AsgiApp(accepts_late))
+    try:
+        with captured_log() as events:
+            conn = await ws_open_quietly(server.port)
+            conn.abort()
+            for _ in range(50):
+                if accept_late:
+                    break
+                await later(0.02)
+    finally:
+        await server.stop()
+    assert accept_late == ["ConnectionClosed"]
+    assert not [e for e in events if e.get("log_failure") is not None]
+
+
+async def ws_open_quietly(port: int) -> Any:
+    """A handshake written, its answer not waited for."""
+    from tests.clients import handshake
+
+    conn = await raw_connect(port)
+    conn.write(handshake("/"))
+    await later(0.05)
+    return conn
+
+
+def denial(status: int, headers: list[tuple[bytes, bytes]]) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.http.response.start", "status": status,
+                    "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": b'{"login": "/login"}'})
+    return app
+
+
+@pytest.mark.parametrize(("status", "answer", "types"), [
+    (401, 401, ["application/json"]),  # the app's content type, not ours beside it
+    (302, 500, ["text/plain; charset=utf-8"]),  # no redirect on a WebSocket: the app's error
+])
+@pytest_twisted.ensureDeferred
+async def test_a_denial_keeps_the_apps_headers_and_is_an_error_status(status, answer, types):
+    server = await serve(AsgiApp(denial(status, [(b"content-type", b"application/json")])))
+    try:
+        def client() -> Any:
+            try:
+                with connect(server.ws_url("/")):
+                    return "opened"
+            except InvalidStatus as exc:
+                return exc.response.status_code, exc.response.headers.get_all("content-type")
+
+        with captured_log() as events:
+            got = await in_thread(client)
+    finally:
+        await server.stop()
+    assert got == (answer, types)
+    if status == 302:
+        assert any("a denial's status is 400 to 599" in str(e.get("log_failure", ""))
+                   for e in events)

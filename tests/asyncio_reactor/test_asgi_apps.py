@@ -158,3 +158,47 @@ async def test_a_starlette_app_over_http_and_websocket(live: Any) -> None:
         (4000, "asked to"),
         403,
     ]
+
+
+race: list[Any] = []
+
+
+async def cancels_a_receive(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``asyncio.wait({receive, other}, FIRST_COMPLETED)``, the other wins, the pending
+    receive is cancelled: a frame read in that same loop turn stays for the next one."""
+    import asyncio
+
+    await receive()
+    await send({"type": "websocket.accept"})
+    conn = receive.__self__._conn  # the bridge: to read a frame in exactly that turn
+    loop = asyncio.get_running_loop()
+
+    async def recv() -> Any:
+        return await receive()
+
+    pending = asyncio.ensure_future(recv())
+    await asyncio.sleep(0.01)  # it waits in receive() now
+    loop.call_soon(pending.cancel)
+    loop.call_soon(conn.onMessage, b"first", False)
+    await asyncio.sleep(0.05)
+    try:
+        race.append(await asyncio.wait_for(recv(), 2))
+    except TimeoutError:
+        race.append("lost")
+    await send({"type": "websocket.close"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_receive_loses_no_message(live: Any) -> None:
+    race.clear()
+    server = await live(AsgiApp(cancels_a_receive))
+
+    def client() -> None:
+        with connect(server.ws_url("/")) as ws:
+            try:
+                ws.recv(timeout=5)
+            except ConnectionClosed:
+                pass
+
+    await in_thread(client)
+    assert race == [{"type": "websocket.receive", "text": "first"}]
