@@ -101,7 +101,11 @@ class ServerSpec:
     def argv(self, python: str, port: int, extra: Sequence[str] = ()) -> list[str]:
         if self.name in OURS_ALL:
             twistd = Path(python).parent / "twistd"
-            cmd = [str(twistd)] if twistd.exists() else [shutil.which("twistd") or "twistd"]
+            # No twistd beside this Python (a venv on the system's site-packages): twistd
+            # from PATH could be another Python's, serving another checkout's realtime.
+            cmd = [str(twistd)] if twistd.exists() else [
+                python, "-c", "import sys; sys.argv[0] = 'twistd'; "
+                "from twisted.scripts.twistd import run; run()"]
             if self.reactor is not None:
                 cmd.append(f"--reactor={self.reactor}")
             return [*cmd, "-n", "--pidfile=", "realtime", "--app", self.app,
