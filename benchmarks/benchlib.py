@@ -267,7 +267,7 @@ def make_text(nbytes: int, *, ascii_only: bool = False) -> str:
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    kind: str  # echo | fanout | idle
+    kind: str  # echo | fanout | idle | http (django_http.py)
     params: dict[str, Any] = field(default_factory=dict)
     title: str = ""
     time_limit: float = 120.0  # hard limit for the client process, seconds
@@ -372,6 +372,16 @@ METRICS: dict[str, tuple[Metric, ...]] = {
         Metric("kb_per_conn", "server KB RSS/conn", "lower", "{:,.1f}"),
         Metric("handshakes_per_s", "handshakes/s", "higher"),
     ),
+    # benchmarks/django_http.py: keep-alive GETs of a Django view, one at a time per
+    # connection. Errors are summed over the passes (django_http.py adds the sum), not a
+    # median that would hide one bad pass.
+    "http": (
+        Metric("requests_per_s", "requests/s", "higher"),
+        Metric("p50_ms", "latency p50 ms", "lower", "{:,.2f}"),
+        Metric("p99_ms", "latency p99 ms", "lower", "{:,.2f}"),
+        Metric("server_cpu_us_per_request", "server CPU µs/request", "lower", "{:,.1f}"),
+        Metric("http_errors_total", "errors (all passes)", None),
+    ),
 }
 
 # The workers table: figures only (no peer runs these).
@@ -401,6 +411,9 @@ KIND_FIELDS = {
                "max_ms", "server_cpu_us_per_delivery", "ready", "dropped_members"),
     "idle": ("conns", "connected", "failed", "handshakes_per_s", "rss_before_kb",
              "rss_after_kb", "kb_per_conn"),
+    "http": ("conns", "connected", "path", "requests", "requests_per_s", "p50_ms", "p99_ms",
+             "max_ms", "server_cpu_us_per_request", "http_errors", "error_kinds",
+             "body_bytes", "framing"),
 }
 
 
