@@ -1,6 +1,6 @@
 """Django's own views over HTTP: ours (--reactor=asyncio) against Daphne and uvicorn.
 
-    python benchmarks/django_http.py            # 3 passes x 3 servers x 2 views, 3-5 minutes (estimated)
+    python benchmarks/django_http.py            # 3 passes x 3 servers x 2 views: 3-5 minutes
     python benchmarks/django_http.py --quick    # 1 pass, 1 s, 5 connections: under a minute
 
 One Django project (peers/django_http_app/: a sync and an async view returning the same
