@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import resource
+import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +66,11 @@ def latency_summary(samples_ns: list[int]) -> dict[str, float | None]:
     }
 
 
+def error_text(errors: Counter[str]) -> str:
+    """A row's ``error``: the three commonest failures with their counts."""
+    return "; ".join(f"{k} x{v}" for k, v in errors.most_common(3))
+
+
 def ratio(ours: float | None, peer: float | None, better: str) -> float | None:
     """How many times better ours is than the peer: > 1 means ours is better.
 
@@ -79,6 +88,147 @@ def ratio(ours: float | None, peer: float | None, better: str) -> float | None:
     if den == 0:
         return None if num == 0 else math.inf
     return num / den
+
+
+# -- another process's CPU, measured from /proc (the load clients) --------------------------
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def raise_nofile() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+class ProcStat:
+    """CPU seconds and RSS of another process, read from /proc; ``None`` without a pid.
+
+    ``pids`` (``--server-pid 11,12``): the CPU seconds are summed over them (the workers of
+    ``--workers N``); the RSS is the first one's."""
+
+    def __init__(self, pid: int | None, pids: Sequence[int] = ()) -> None:
+        self.pid = pid
+        self.pids = list(pids) or ([pid] if pid else [])
+
+    def cpu_s(self) -> float | None:
+        if not self.pids:
+            return None
+        total = 0.0
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    text = f.read()
+            except OSError:
+                return None
+            fields = text[text.rindex(b")") + 2:].split()
+            # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+            total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return total
+
+    def rss_kb(self) -> int | None:
+        if not self.pid:
+            return None
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+        except OSError:
+            return None
+        return None
+
+
+def core_busy_s(core: int | None) -> float | None:
+    """Busy seconds (user, nice, system, steal) of one core so far, from /proc/stat."""
+    if core is None:
+        return None
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith(f"cpu{core} "):
+                    v = [int(x) for x in line.split()[1:]]
+                    return (v[0] + v[1] + v[2] + (v[7] if len(v) > 7 else 0)) / _CLK_TCK
+    except OSError:
+        pass
+    return None
+
+
+class Window:
+    """Wall time, own CPU time and the server's CPU time between ``start()`` and ``stop()``.
+
+    With the cores the server and the client are pinned to, also how busy those cores were
+    with anything else (other processes): a noisy neighbour shows there, not in our figures.
+    """
+
+    server_core: int | None = None
+    client_core: int | None = None
+
+    def __init__(self, server: ProcStat, aux: dict[str, ProcStat] | None = None) -> None:
+        self.server = server
+        #: Other processes the server needs (Redis, the supervisor): measured on their own.
+        self.aux = aux or {}
+        self.wall = self.cpu = 0.0
+        self.server_cpu: float | None = None
+        self.aux_cpu: dict[str, float | None] = {}
+        self.core_busy: dict[str, float | None] = {}
+
+    def start(self) -> None:
+        self._w0 = time.perf_counter()
+        self._c0 = time.process_time()
+        self._s0 = self.server.cpu_s()
+        self._a0 = {name: proc.cpu_s() for name, proc in self.aux.items()}
+        self._k0 = {"server": core_busy_s(self.server_core),
+                    "client": core_busy_s(self.client_core)}
+
+    def stop(self) -> None:
+        self.wall = time.perf_counter() - self._w0
+        self.cpu = time.process_time() - self._c0
+        s1 = self.server.cpu_s()
+        self.server_cpu = None if s1 is None or self._s0 is None else s1 - self._s0
+        for name, proc in self.aux.items():
+            a1, a0 = proc.cpu_s(), self._a0[name]
+            self.aux_cpu[name] = None if a1 is None or a0 is None else a1 - a0
+        for role, core in (("server", self.server_core), ("client", self.client_core)):
+            k1, k0 = core_busy_s(core), self._k0[role]
+            self.core_busy[role] = None if k1 is None or k0 is None else k1 - k0
+
+    def fields(self) -> dict[str, Any]:
+        wall = self.wall or 1e-9
+        out = {
+            "wall_s": round(self.wall, 3),
+            "client_cpu_share": round(self.cpu / wall, 3),
+            "server_cpu_share": (None if self.server_cpu is None
+                                 else round(self.server_cpu / wall, 3)),
+        }
+        for name, cpu in self.aux_cpu.items():
+            out[f"{name}_cpu_share"] = None if cpu is None else round(cpu / wall, 3)
+        own = {"server": self.server_cpu, "client": self.cpu}
+        for role in ("server", "client"):
+            busy = self.core_busy.get(role)
+            if busy is not None and own[role] is not None:
+                # Ticks are 10 ms: small negative values are rounding.
+                out[f"{role}_core_other"] = round(max(0.0, (busy - own[role]) / wall), 3)
+        return out
+
+    def server_us_per(self, count: int) -> float | None:
+        if self.server_cpu is None or count <= 0:
+            return None
+        return round(self.server_cpu * 1e6 / count, 2)
+
+    def aux_us_per(self, count: int, what: str) -> dict[str, float | None]:
+        """``<name>_cpu_us_per_<what>`` for each auxiliary process."""
+        return {f"{name}_cpu_us_per_{what}": (None if cpu is None or count <= 0
+                                              else round(cpu * 1e6 / count, 2))
+                for name, cpu in self.aux_cpu.items()}
 
 
 # -- UTF-8 safe payloads -----------------------------------------------------------------------
@@ -117,7 +267,7 @@ def make_text(nbytes: int, *, ascii_only: bool = False) -> str:
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    kind: str  # echo | fanout | idle
+    kind: str  # echo | fanout | idle | http (django_http.py)
     params: dict[str, Any] = field(default_factory=dict)
     title: str = ""
     time_limit: float = 120.0  # hard limit for the client process, seconds
@@ -222,6 +372,16 @@ METRICS: dict[str, tuple[Metric, ...]] = {
         Metric("kb_per_conn", "server KB RSS/conn", "lower", "{:,.1f}"),
         Metric("handshakes_per_s", "handshakes/s", "higher"),
     ),
+    # benchmarks/django_http.py: keep-alive GETs of a Django view, one at a time per
+    # connection. Errors are summed over the passes (django_http.py adds the sum), not a
+    # median that would hide one bad pass.
+    "http": (
+        Metric("requests_per_s", "requests/s", "higher"),
+        Metric("p50_ms", "latency p50 ms", "lower", "{:,.2f}"),
+        Metric("p99_ms", "latency p99 ms", "lower", "{:,.2f}"),
+        Metric("server_cpu_us_per_request", "server CPU µs/request", "lower", "{:,.1f}"),
+        Metric("http_errors_total", "errors (all passes)", None),
+    ),
 }
 
 # The workers table: figures only (no peer runs these).
@@ -251,6 +411,9 @@ KIND_FIELDS = {
                "max_ms", "server_cpu_us_per_delivery", "ready", "dropped_members"),
     "idle": ("conns", "connected", "failed", "handshakes_per_s", "rss_before_kb",
              "rss_after_kb", "kb_per_conn"),
+    "http": ("conns", "connected", "path", "requests", "requests_per_s", "p50_ms", "p99_ms",
+             "max_ms", "server_cpu_us_per_request", "http_errors", "error_kinds",
+             "body_bytes", "framing"),
 }
 
 

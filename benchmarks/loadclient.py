@@ -17,7 +17,6 @@ import asyncio
 import gc
 import json
 import os
-import resource
 import struct
 import sys
 import time
@@ -28,150 +27,20 @@ from typing import Any
 from picows import WSCloseCode, WSError, WSListener, WSMsgType, WSTransport, ws_connect
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import latency_summary, make_text
+from benchlib import (
+    ProcStat,
+    Window,
+    error_text,
+    latency_summary,
+    make_text,
+    raise_nofile,
+)
 
 TEXT = WSMsgType.TEXT
 BINARY = WSMsgType.BINARY
 CONTINUATION = WSMsgType.CONTINUATION
 CLOSE = WSMsgType.CLOSE
 _now_ns = time.perf_counter_ns
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def raise_nofile() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; return the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
-
-
-class ProcStat:
-    """CPU seconds and RSS of another process, read from /proc; ``None`` without a pid.
-
-    ``pids`` (``--server-pid 11,12``): the CPU seconds are summed over them (the workers of
-    ``--workers N``); the RSS is the first one's."""
-
-    def __init__(self, pid: int | None, pids: Sequence[int] = ()) -> None:
-        self.pid = pid
-        self.pids = list(pids) or ([pid] if pid else [])
-
-    def cpu_s(self) -> float | None:
-        if not self.pids:
-            return None
-        total = 0.0
-        for pid in self.pids:
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    text = f.read()
-            except OSError:
-                return None
-            fields = text[text.rindex(b")") + 2:].split()
-            # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-            total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
-        return total
-
-    def rss_kb(self) -> int | None:
-        if not self.pid:
-            return None
-        try:
-            with open(f"/proc/{self.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1])
-        except OSError:
-            return None
-        return None
-
-
-def core_busy_s(core: int | None) -> float | None:
-    """Busy seconds (user, nice, system, steal) of one core so far, from /proc/stat."""
-    if core is None:
-        return None
-    try:
-        with open("/proc/stat") as f:
-            for line in f:
-                if line.startswith(f"cpu{core} "):
-                    v = [int(x) for x in line.split()[1:]]
-                    return (v[0] + v[1] + v[2] + (v[7] if len(v) > 7 else 0)) / _CLK_TCK
-    except OSError:
-        pass
-    return None
-
-
-class Window:
-    """Wall time, own CPU time and the server's CPU time between ``start()`` and ``stop()``.
-
-    With the cores the server and the client are pinned to, also how busy those cores were
-    with anything else (other processes): a noisy neighbour shows there, not in our figures.
-    """
-
-    server_core: int | None = None
-    client_core: int | None = None
-
-    def __init__(self, server: ProcStat, aux: dict[str, ProcStat] | None = None) -> None:
-        self.server = server
-        #: Other processes the server needs (Redis, the supervisor): measured on their own.
-        self.aux = aux or {}
-        self.wall = self.cpu = 0.0
-        self.server_cpu: float | None = None
-        self.aux_cpu: dict[str, float | None] = {}
-        self.core_busy: dict[str, float | None] = {}
-
-    def start(self) -> None:
-        self._w0 = time.perf_counter()
-        self._c0 = time.process_time()
-        self._s0 = self.server.cpu_s()
-        self._a0 = {name: proc.cpu_s() for name, proc in self.aux.items()}
-        self._k0 = {"server": core_busy_s(self.server_core),
-                    "client": core_busy_s(self.client_core)}
-
-    def stop(self) -> None:
-        self.wall = time.perf_counter() - self._w0
-        self.cpu = time.process_time() - self._c0
-        s1 = self.server.cpu_s()
-        self.server_cpu = None if s1 is None or self._s0 is None else s1 - self._s0
-        for name, proc in self.aux.items():
-            a1, a0 = proc.cpu_s(), self._a0[name]
-            self.aux_cpu[name] = None if a1 is None or a0 is None else a1 - a0
-        for role, core in (("server", self.server_core), ("client", self.client_core)):
-            k1, k0 = core_busy_s(core), self._k0[role]
-            self.core_busy[role] = None if k1 is None or k0 is None else k1 - k0
-
-    def fields(self) -> dict[str, Any]:
-        wall = self.wall or 1e-9
-        out = {
-            "wall_s": round(self.wall, 3),
-            "client_cpu_share": round(self.cpu / wall, 3),
-            "server_cpu_share": (None if self.server_cpu is None
-                                 else round(self.server_cpu / wall, 3)),
-        }
-        for name, cpu in self.aux_cpu.items():
-            out[f"{name}_cpu_share"] = None if cpu is None else round(cpu / wall, 3)
-        own = {"server": self.server_cpu, "client": self.cpu}
-        for role in ("server", "client"):
-            busy = self.core_busy.get(role)
-            if busy is not None and own[role] is not None:
-                # Ticks are 10 ms: small negative values are rounding.
-                out[f"{role}_core_other"] = round(max(0.0, (busy - own[role]) / wall), 3)
-        return out
-
-    def server_us_per(self, count: int) -> float | None:
-        if self.server_cpu is None or count <= 0:
-            return None
-        return round(self.server_cpu * 1e6 / count, 2)
-
-    def aux_us_per(self, count: int, what: str) -> dict[str, float | None]:
-        """``<name>_cpu_us_per_<what>`` for each auxiliary process."""
-        return {f"{name}_cpu_us_per_{what}": (None if cpu is None or count <= 0
-                                              else round(cpu * 1e6 / count, 2))
-                for name, cpu in self.aux_cpu.items()}
 
 
 def describe_error(exc: BaseException) -> str:
@@ -237,10 +106,6 @@ async def close_all(conns: list[tuple[WSTransport, Any]], time_limit: float = 5.
         for t in waits:
             if t.done() and not t.cancelled():
                 t.exception()
-
-
-def _error_text(errors: Counter[str]) -> str:
-    return "; ".join(f"{k} x{v}" for k, v in errors.most_common(3))
 
 
 # -- echo ----------------------------------------------------------------------------------------
@@ -399,14 +264,14 @@ async def run_echo(url: str, *, conns: int, inflight: int, size: int, binary: bo
 
 
 def _failed(row: dict[str, Any], errors: Counter[str]) -> dict[str, Any]:
-    row.update({"ok": False, "error": _error_text(errors), "wall_s": None,
+    row.update({"ok": False, "error": error_text(errors), "wall_s": None,
                 "client_cpu_share": None, "server_cpu_share": None})
     return row
 
 
 def _finish_row(row: dict[str, Any], errors: Counter[str], ok: bool) -> dict[str, Any]:
     row["ok"] = ok
-    row["error"] = _error_text(errors) if errors else None
+    row["error"] = error_text(errors) if errors else None
     if not ok and not row["error"]:
         row["error"] = "no messages"
     return row

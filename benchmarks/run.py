@@ -26,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,11 @@ class ServerSpec:
     def argv(self, python: str, port: int, extra: Sequence[str] = ()) -> list[str]:
         if self.name in OURS_ALL:
             twistd = Path(python).parent / "twistd"
-            cmd = [str(twistd)] if twistd.exists() else [shutil.which("twistd") or "twistd"]
+            # No twistd beside this Python (a venv on the system's site-packages): twistd
+            # from PATH could be another Python's, serving another checkout's realtime.
+            cmd = [str(twistd)] if twistd.exists() else [
+                python, "-c", "import sys; sys.argv[0] = 'twistd'; "
+                "from twisted.scripts.twistd import run; run()"]
             if self.reactor is not None:
                 cmd.append(f"--reactor={self.reactor}")
             return [*cmd, "-n", "--pidfile=", "realtime", "--app", self.app,
@@ -131,7 +135,8 @@ def server_specs() -> dict[str, ServerSpec]:
                              ("daphne", "channels", "django"),
                              {"DJANGO_SETTINGS_MODULE": "daphne_app.settings"}),
         "uvicorn": ServerSpec("uvicorn", "uvicorn sansio", "uvicorn",
-                              ("uvicorn[standard]", "websockets")),
+                              # django: benchmarks/django_http.py serves Django's views
+                              ("uvicorn[standard]", "websockets", "django")),
         OURS_DELAYED: ServerSpec(OURS_DELAYED, "ours --broadcast-delay", None,
                                  kinds=("fanout",)),
         OURS_CHANNELS: ServerSpec(OURS_CHANNELS, "ours, Channels consumers", None,
@@ -148,7 +153,7 @@ def server_specs() -> dict[str, ServerSpec]:
 CLIENT_VENV = "client"
 CLIENT_REQUIREMENTS = ("picows>=2.3", "uvloop", "matplotlib")
 VERSION_NAMES = ("autobahn", "twisted", "daphne", "channels", "django", "uvicorn",
-                 "websockets", "uvloop", "picows", "realtime")
+                 "websockets", "uvloop", "httptools", "picows", "realtime")
 
 
 # -- virtualenvs ---------------------------------------------------------------------------------
@@ -374,9 +379,9 @@ def client_args(sc: Scenario, port: int, opts: argparse.Namespace) -> list[str]:
     return [*args, "--scenario", sc.name, "--time-limit", str(sc.time_limit)]
 
 
-def run_client(python: str, args: list[str], core: int | None,
-               time_limit: float) -> dict[str, Any]:
-    cmd = pinned([python, str(HERE / "loadclient.py"), *args], core)
+def run_client(python: str, args: list[str], core: int | None, time_limit: float,
+               script: Path = HERE / "loadclient.py") -> dict[str, Any]:
+    cmd = pinned([python, str(script), *args], core)
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=time_limit + 20,
                              stdin=subprocess.DEVNULL)
@@ -418,15 +423,24 @@ def noise(row: dict[str, Any]) -> float:
     return max(row.get("server_core_other") or 0.0, row.get("client_core_other") or 0.0)
 
 
+Attempt = Callable[[ServerSpec, Scenario, argparse.Namespace, int, str, Path],
+                  dict[str, Any]]
+
+
 def run_one(spec: ServerSpec, sc: Scenario, opts: argparse.Namespace, pass_no: int,
-            client_python: str, log_dir: Path) -> dict[str, Any]:
-    """One scenario on a fresh server; run again (``--retries``) when the run was noisy."""
+            client_python: str, log_dir: Path,
+            attempt: Attempt | None = None) -> dict[str, Any]:
+    """One scenario on a fresh server; run again (``--retries``) when the run was noisy.
+
+    ``attempt``: what one run is (default ``run_attempt``; django_http.py passes its own).
+    """
+    run = attempt or run_attempt
     best: dict[str, Any] | None = None
-    for attempt in range(opts.retries + 1):
+    for tries in range(opts.retries + 1):
         waited = wait_for_quiet(opts.quiet_wait) if opts.quiet_wait > 0 else 0.0
-        row = run_attempt(spec, sc, opts, pass_no, client_python, log_dir)
+        row = run(spec, sc, opts, pass_no, client_python, log_dir)
         row["quiet_wait_s"] = waited
-        row["attempts"] = attempt + 1
+        row["attempts"] = tries + 1
         if best is None or (row.get("ok") and (not best.get("ok") or noise(row) < noise(best))):
             best = row
         if not row.get("ok") or noise(best) <= opts.noise_limit:
@@ -527,7 +541,7 @@ def report(rows: list[dict[str, Any]], scenarios: Sequence[Scenario], servers: S
     workers_scenarios = [sc for sc in scenarios if sc.params.get("workers")]
     scenarios = [sc for sc in scenarios if not sc.params.get("workers")]
     peers = [s for s in servers if s != OURS]
-    out = [f"# Benchmark results ({meta['date']})", ""]
+    out = [f"# {meta.get('title', 'Benchmark results')} ({meta['date']})", ""]
     out.append(f"{meta['passes']} interleaved passes, medians; server pinned to core "
                f"{meta['server_core']}, client to core {meta['client_core']}; {meta['cpu']}, "
                f"{os.cpu_count()} cores; Python {platform.python_version()}; "

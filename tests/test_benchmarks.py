@@ -3,7 +3,9 @@
 The smoke run drives ``benchmarks/run.py --quick`` (tiny sizes, one pass, no virtualenvs, no
 pinning) against ours, the raw Autobahn peer and the bare send() loop (fan-out only), all
 from this Python, and ours with ``--workers 2`` on a Redis layer: no timing is asserted,
-only that messages were delivered and that the rows carry the expected fields.
+only that messages were delivered and that the rows carry the expected fields. A second
+smoke run drives ``benchmarks/django_http.py --quick`` (Django's views over HTTP) against ours,
+Daphne and uvicorn from run.py's virtualenvs (built on its first run: marked slow).
 """
 
 from __future__ import annotations
@@ -376,3 +378,55 @@ def test_the_ported_channels_consumers_are_daphnes_with_other_imports():
     daphne = classes(BENCH / "peers" / "daphne_app" / "consumers.py").strip()
     ours = classes(BENCH / "peers" / "channels_port_app.py").strip()
     assert ours == daphne
+
+
+# -- Django over HTTP (benchmarks/django_http.py) ------------------------------------------------
+
+
+def test_http_client_frames_content_length_and_chunked_responses():
+    """The HTTP load client reads a response whole, however it is framed or split."""
+    from httpclient import BadResponse, parse_response
+
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    whole = head + b"Content-Length: 5\r\n\r\nhello"
+    assert parse_response(whole) == (len(whole), 200, 5, "content-length", False)
+    assert parse_response(whole[:-1]) is None
+    chunked = head + b"Transfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2;x=y\r\nlo\r\n0\r\n\r\n"
+    assert parse_response(chunked) == (len(chunked), 200, 5, "chunked", False)
+    for cut in range(len(chunked)):
+        assert parse_response(chunked[:cut]) is None
+    closing = b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    assert parse_response(closing) == (len(closing), 404, 0, "content-length", True)
+    for bad in (b"HTTP/1.1 200 OK\r\n\r\n", b"SSH-2.0\r\n\r\n",
+                head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"):
+        with pytest.raises(BadResponse):
+            parse_response(bad)
+
+
+@pytest.mark.slow
+def test_django_http_quick_run_every_server_answers_without_errors(tmp_path):
+    """``benchmarks/django_http.py --quick`` (1 pass, 1 s, 5 connections), the virtualenvs
+    of run.py (created on the first run, hence the longer limit): every server served both
+    views with no error, and the table has ours' ratio columns. No timing is asserted."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "django_http.py"), "--quick", "--no-pin",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, cwd=str(ROOT),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line)
+            for line in (tmp_path / "django-http-latest.jsonl").read_text().splitlines()]
+    assert {(r["server"], r["scenario"]) for r in rows} == {
+        (s, sc) for s in ("ours", "daphne", "uvicorn") for sc in ("django-sync", "django-async")}
+    for row in rows:
+        _check_fields(row)
+        assert row["ok"], row
+        assert row["http_errors"] == 0, row
+        assert row["requests_per_s"] > 0 and row["connected"] == 5
+        assert row["body_bytes"] == 100  # the views' JSON, whole
+    text = (tmp_path / "django-http-latest.md").read_text()
+    assert text in proc.stdout
+    assert ("| scenario | metric | ours (asyncio reactor) | Daphne+Channels | uvicorn httptools "
+            "| ours (asyncio reactor) vs Daphne+Channels | ours (asyncio reactor) vs uvicorn "
+            "httptools |") in text
+    assert "| django-sync | requests/s |" in text and "No errors in any run." in text
