@@ -109,6 +109,44 @@ def raise_nofile() -> int:
     return soft
 
 
+def client_main(amain: Any, a: Any, label: str) -> int:
+    """A load client's ``main``: ``amain(a)`` on uvloop when it is installed (the client
+    virtualenv has it), one JSON row on stdout; exit 0 when the row says ``ok``."""
+    import asyncio
+    import json
+
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    if uvloop is not None:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            row = runner.run(amain(a))
+    else:
+        row = asyncio.run(amain(a))
+    row["client"] = f"{label}+uvloop" if uvloop is not None else label
+    print(json.dumps(row), flush=True)
+    return 0 if row.get("ok") else 1
+
+
+def runner_defaults(a: Any) -> Any:
+    """The runners' shared option defaults (``run.py``, ``django_http.py``): no waiting for
+    quiet and no retries in quick mode, and the server and client pinned to cores 0 and 1
+    when ``taskset`` and two cores are there."""
+    import os
+    import shutil
+
+    if a.quiet_wait is None:
+        a.quiet_wait = 0.0 if a.quick else 10.0
+    if a.retries is None:
+        a.retries = 0 if a.quick else 1
+    if a.pin and (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
+        a.server_core, a.client_core = 0, 1
+    else:
+        a.server_core = a.client_core = None
+    return a
+
+
 class ProcStat:
     """CPU seconds and RSS of another process, read from /proc; ``None`` without a pid.
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import sys
@@ -32,7 +31,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from benchlib import Scenario  # noqa: E402
+from benchlib import Scenario, runner_defaults  # noqa: E402
 from run import (  # noqa: E402
     CLIENT_REQUIREMENTS,
     CLIENT_VENV,
@@ -167,15 +166,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.quick:
         a.passes, a.duration, a.connections, a.warmup = 1, 1.0, 5, 0.5
-    if a.quiet_wait is None:
-        a.quiet_wait = 0.0 if a.quick else 10.0
-    if a.retries is None:
-        a.retries = 0 if a.quick else 1
-    if a.pin and (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
-        a.server_core, a.client_core = 0, 1
-    else:
-        a.server_core = a.client_core = None
-    return a
+    return runner_defaults(a)
 
 
 def main(argv: list[str] | None = None) -> int:

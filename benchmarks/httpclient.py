@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ProcStat, Window, error_text, latency_summary, raise_nofile
+from benchlib import ProcStat, Window, client_main, error_text, latency_summary, raise_nofile
 
 _now_ns = time.perf_counter_ns
 #: A response head larger than this is an error, not something to wait for.
@@ -311,18 +310,7 @@ async def amain(a: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     raise_nofile()
-    try:
-        import uvloop
-    except ImportError:
-        uvloop = None
-    if uvloop is not None:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            row = runner.run(amain(a))
-    else:
-        row = asyncio.run(amain(a))
-    row["client"] = "asyncio+uvloop" if uvloop is not None else "asyncio"
-    print(json.dumps(row), flush=True)
-    return 0 if row.get("ok") else 1
+    return client_main(amain, a, "asyncio")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import struct
 import sys
@@ -30,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (
     ProcStat,
     Window,
+    client_main,
     error_text,
     latency_summary,
     make_text,
@@ -633,18 +633,7 @@ async def amain(a: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     raise_nofile()
-    try:
-        import uvloop
-    except ImportError:
-        uvloop = None
-    if uvloop is not None:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            row = runner.run(amain(a))
-    else:
-        row = asyncio.run(amain(a))
-    row["client"] = "picows+uvloop" if uvloop is not None else "picows"
-    print(json.dumps(row), flush=True)
-    return 0 if row.get("ok") else 1
+    return client_main(amain, a, "picows")
 
 
 if __name__ == "__main__":

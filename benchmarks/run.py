@@ -45,6 +45,7 @@ from benchlib import (  # noqa: E402
     make_client_table,
     make_table,
     make_workers_table,
+    runner_defaults,
 )
 
 VENVS = HERE / ".venvs"
@@ -627,15 +628,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run ours from a snapshot of this git ref (e.g. HEAD) installed in "
                    ".venvs/ours, instead of from the Python running this script")
     a = p.parse_args(argv)
-    if a.quiet_wait is None:
-        a.quiet_wait = 0.0 if a.quick else 10.0
-    if a.retries is None:
-        a.retries = 0 if a.quick else 1
-    if a.pin and (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
-        a.server_core, a.client_core = 0, 1
-    else:
-        a.server_core = a.client_core = None
-    return a
+    return runner_defaults(a)
 
 
 def _stop_on_signal(signum: int, _frame: Any) -> None:

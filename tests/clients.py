@@ -194,6 +194,36 @@ def later(delay: float) -> Deferred[None]:
     return deferLater(reactor, delay, lambda: None)
 
 
+async def until(condition: Callable[[], Any], timeout: float = 2.0) -> bool:
+    """Wait (bounded: polls every 20 ms on the reactor) until ``condition()`` is true;
+    whether it became true."""
+    for _ in range(max(1, round(timeout / 0.02))):
+        if condition():
+            return True
+        await later(0.02)
+    return bool(condition())
+
+
+def http_get(url: str, data: bytes | None = None, method: str | None = None,
+             headers: dict[str, str] | None = None,
+             ) -> tuple[int, dict[str, list[str]], bytes]:
+    """A blocking request with urllib (run it with ``in_thread``): the status, the headers
+    (lower-case names, every value) and the body; an error status is an answer too."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, message, body = response.status, response.headers, response.read()
+    except urllib.error.HTTPError as exc:
+        status, message, body = exc.code, exc.headers, exc.read()
+    out: dict[str, list[str]] = {}
+    for name, value in message.items():
+        out.setdefault(name.lower(), []).append(value)
+    return status, out, body
+
+
 async def _value(v: T) -> T:
     return v
 

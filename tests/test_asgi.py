@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import urllib.error
 import urllib.request
 from typing import Any
 
@@ -29,22 +28,15 @@ from realtime.asgi import AsgiApp
 from realtime.config import ServerConfig
 from realtime.exceptions import ConnectionClosed
 from realtime.testing import HttpCommunicator, WebsocketCommunicator, serve
-from tests.clients import captured_log, in_thread, later, raw_connect, raw_exchange
-
-
-def get(url: str, data: bytes | None = None, method: str | None = None
-        ) -> tuple[int, dict[str, list[str]], bytes]:
-    """A blocking request (run it in a thread): status, headers (lower-case names), body."""
-    request = urllib.request.Request(url, data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            status, message, body = response.status, response.headers, response.read()
-    except urllib.error.HTTPError as exc:
-        status, message, body = exc.code, exc.headers, exc.read()
-    headers: dict[str, list[str]] = {}
-    for name, value in message.items():
-        headers.setdefault(name.lower(), []).append(value)
-    return status, headers, body
+from tests.clients import (
+    captured_log,
+    http_get,
+    in_thread,
+    later,
+    raw_connect,
+    raw_exchange,
+    until,
+)
 
 
 class Echo(AsyncWebsocketConsumer):
@@ -123,8 +115,8 @@ async def test_url_router_falls_back_to_the_asgi_app_as_in_channels_docs():
     server = await serve(app)
     direct = await serve(AsgiApp(hello))
     try:
-        status, _, body = await in_thread(get, server.http_url("/anything/else"))
-        status2, _, body2 = await in_thread(get, direct.http_url("/x"))
+        status, _, body = await in_thread(http_get, server.http_url("/anything/else"))
+        status2, _, body2 = await in_thread(http_get, direct.http_url("/x"))
     finally:
         await server.stop()
         await direct.stop()
@@ -202,10 +194,7 @@ async def test_the_app_hears_the_client_go_away():
         await later(0.1)
         assert disconnects == []
         conn.proto.transport.loseConnection()
-        for _ in range(100):
-            if len(disconnects) == 2:
-                break
-            await later(0.02)
+        await until(lambda: len(disconnects) == 2, 2)
     finally:
         await server.stop()
     assert disconnects == [{"type": "http.disconnect"}, "sends after the disconnect are no-ops"]
@@ -253,7 +242,7 @@ async def test_an_app_that_fails_before_its_response_gets_500(where, logged):
             raw = await raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n"
                                                   b"Connection: close\r\n\r\n")
             # the server is fine afterwards
-            status, _, _ = await in_thread(get, server.http_url("/"))
+            status, _, _ = await in_thread(http_get, server.http_url("/"))
     finally:
         await server.stop()
     assert raw.startswith(b"HTTP/1.1 500 ")
@@ -312,10 +301,7 @@ async def test_an_app_still_running_after_the_client_left_is_cancelled():
             conn.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             await later(0.05)
             conn.proto.transport.loseConnection()
-            for _ in range(100):
-                if hung:
-                    break
-                await later(0.02)
+            await until(lambda: hung, 2)
     finally:
         await server.stop()
     assert hung == ["CancelledError"]
@@ -333,7 +319,7 @@ async def test_an_asyncio_app_under_the_default_reactor_says_to_use_the_asyncio_
     server = await serve(AsgiApp(uses_asyncio))
     try:
         with captured_log() as events:
-            status, _, _ = await in_thread(get, server.http_url("/"))
+            status, _, _ = await in_thread(http_get, server.http_url("/"))
     finally:
         await server.stop()
     assert status == 500
@@ -356,7 +342,7 @@ async def test_asgi_middleware_around_a_router_says_what_to_do():
     server = await serve(AsgiApp(app))
     try:
         with captured_log() as events:
-            status, _, _ = await in_thread(get, server.http_url("/ws/"))
+            status, _, _ = await in_thread(http_get, server.http_url("/ws/"))
     finally:
         await server.stop()
     assert status == 500
@@ -420,10 +406,7 @@ async def test_a_raw_asgi_websocket_app_accepts_echoes_and_closes():
                 return [*out, ws.close_code, ws.close_reason]
 
         out = await in_thread(client)
-        for _ in range(100):
-            if len(ws_log) == 3:
-                break
-            await later(0.02)
+        await until(lambda: len(ws_log) == 3, 2)
     finally:
         await server.stop()
     assert out == ["chat", "yes", "HELLO", b"\x03\x02\x01", 1008, "policy"]
@@ -443,10 +426,7 @@ async def test_the_app_hears_the_client_close_and_cannot_send_after():
                 return ws.recv(timeout=5)
 
         assert await in_thread(client) == "X"
-        for _ in range(100):
-            if len(ws_log) == 3:
-                break
-            await later(0.02)
+        await until(lambda: len(ws_log) == 3, 2)
     finally:
         await server.stop()
     assert ws_log[1:] == [("disconnect", 1000), ("send after close", True)]
@@ -564,10 +544,7 @@ async def test_an_app_that_ignores_the_close_is_cancelled():
 
         with captured_log() as events:
             await in_thread(client)
-            for _ in range(100):
-                if hung:
-                    break
-                await later(0.02)
+            await until(lambda: hung, 2)
     finally:
         await server.stop()
     assert hung == ["CancelledError"]
@@ -629,10 +606,7 @@ async def test_a_client_gone_while_a_send_waits_ends_the_stream_there():
             await later(0.02)
         stalled = len(gone_progress)
         conn.abort()
-        for _ in range(100):
-            if gone_progress and gone_progress[-1] == {"type": "http.disconnect"}:
-                break
-            await later(0.02)
+        await until(lambda: gone_progress and gone_progress[-1] == {"type": "http.disconnect"}, 2)
     finally:
         await server.stop()
     assert stalled < 20
@@ -699,10 +673,7 @@ async def test_messages_behind_an_unread_connect_all_arrive():
 
         with captured_log() as events:
             out = await in_thread(client)
-            for _ in range(50):
-                if accept_first_log[-1:] == ["websocket.disconnect"]:
-                    break
-                await later(0.02)
+            await until(lambda: accept_first_log[-1:] == ["websocket.disconnect"], 1)
     finally:
         await server.stop()
     assert out == ["echo a", "echo b"]
@@ -731,10 +702,7 @@ async def test_accept_after_the_client_left_raises_connection_closed():
         with captured_log() as events:
             conn = await ws_open_quietly(server.port)
             conn.abort()
-            for _ in range(50):
-                if accept_late:
-                    break
-                await later(0.02)
+            await until(lambda: accept_late, 1)
     finally:
         await server.stop()
     assert accept_late == ["ConnectionClosed"]

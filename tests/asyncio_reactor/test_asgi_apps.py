@@ -9,9 +9,7 @@ a subprocess (tests/test_asyncio_reactor.py)."""
 from __future__ import annotations
 
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
 
 import pytest_twisted
@@ -21,20 +19,7 @@ from websockets.sync.client import connect
 from realtime import AsyncWebsocketConsumer, ProtocolTypeRouter, URLRouter, path
 from realtime.asgi import AsgiApp
 from tests.asyncio_reactor.django_project import django_database
-from tests.clients import in_thread
-
-
-def fetch(url: str, data: bytes | None = None) -> tuple[int, dict[str, list[str]], bytes]:
-    """A blocking request (run it in a thread): status, headers (lower-case names), body."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=10) as r:
-            status, message, body = r.status, r.headers, r.read()
-    except urllib.error.HTTPError as exc:
-        status, message, body = exc.code, exc.headers, exc.read()
-    headers: dict[str, list[str]] = {}
-    for name, value in message.items():
-        headers.setdefault(name.lower(), []).append(value)
-    return status, headers, body
+from tests.clients import http_get, in_thread
 
 
 class Shout(AsyncWebsocketConsumer):
@@ -59,14 +44,14 @@ async def test_a_channels_project_serves_djangos_views_and_its_consumers(
 
     def client() -> list[Any]:
         out: list[Any] = []
-        status, headers, body = fetch(server.http_url("/sync/?q=x"))
+        status, headers, body = http_get(server.http_url("/sync/?q=x"))
         out.append((status, json.loads(body), sorted(headers["set-cookie"])))
         for name in ("view-ada", "view-grace"):
             form = urllib.parse.urlencode({"name": name}).encode()
-            out.append(fetch(server.http_url("/async/"), form)[::2])
-        status, headers, body = fetch(server.http_url("/stream/"))
+            out.append(http_get(server.http_url("/async/"), form)[::2])
+        status, headers, body = http_get(server.http_url("/stream/"))
         out.append((status, headers.get("transfer-encoding"), body))
-        out.append(fetch(server.http_url("/missing/"))[0])
+        out.append(http_get(server.http_url("/missing/"))[0])
         with connect(server.ws_url("/ws/")) as ws:
             ws.send("hi")
             out.append(ws.recv(timeout=10))
@@ -132,9 +117,9 @@ async def test_a_starlette_app_over_http_and_websocket(live: Any) -> None:
 
     def client() -> list[Any]:
         out: list[Any] = []
-        status, _, body = fetch(server.http_url("/hello?q=1"), b"x" * 100_000)
+        status, _, body = http_get(server.http_url("/hello?q=1"), b"x" * 100_000)
         out.append((status, json.loads(body)))
-        out.append(fetch(server.http_url("/numbers"))[::2])
+        out.append(http_get(server.http_url("/numbers"))[::2])
         with connect(server.ws_url("/ws"), subprotocols=["v1"]) as ws:
             ws.send("a")
             out.append((ws.subprotocol, json.loads(ws.recv(timeout=10))))

@@ -450,15 +450,18 @@ def _wait_http(port: int, target: str) -> tuple[int, bytes]:
             conn.close()
 
 
-def _run_logging(*args: str, env: dict[str, str] | None = None) -> str:
-    """Start twistd with ``args``, GET /log, stop; the output once it has exited."""
+def _run_logging(*args: str, env: dict[str, str] | None = None,
+                 line: str = "options-app warn line") -> str:
+    """Start twistd with ``args`` on a free port (``--port 0`` cannot be used: ``-v 0``
+    hides the line that says which), GET /log, wait for ``line``, stop; the output once it
+    has exited."""
     for _attempt in range(3):
         port = free_port()
         server = start(twistd("--app", OPTIONS_APP, "--port", str(port), *args),
                        env={**ENV, **(env or {})}, listeners=0)
         try:
             assert _wait_http(port, "/log") == (200, b"logged")
-            server.wait_for("options-app warn line")
+            server.wait_for(line)
         except ServerFailed:
             if "Address already in use" in server.output():
                 continue
@@ -501,23 +504,9 @@ def test_verbosity_0_under_workers_relays_the_workers_warnings(redis_server):
     if not redis_server.ping():  # another test killed the shared server
         redis_server.kill()
         redis_server.start()
-    for _attempt in range(3):
-        port = free_port()
-        server = start(twistd("--app", OPTIONS_APP, "--port", str(port), "-v", "0",
-                              "--workers", "2", "--layer", redis_server.url,
-                              "--shutdown-timeout", "5"), env=ENV, listeners=0)
-        try:
-            assert _wait_http(port, "/log") == (200, b"logged")
-            server.wait_for(r"worker [12]: .*options-app warn line")
-        except ServerFailed:
-            if "Address already in use" in server.output():
-                continue
-            raise
-        finally:
-            result = server.stop()
-        assert result.returncode == 0, result.output
-        for hidden in ("options-app info line", "workers ready", "started (pid",
-                       "listening on", "serving"):
-            assert hidden not in result.output, hidden
-        return
-    raise AssertionError("no free port")
+    output = _run_logging("-v", "0", "--workers", "2", "--layer", redis_server.url,
+                          "--shutdown-timeout", "5",
+                          line=r"worker [12]: .*options-app warn line")
+    for hidden in ("options-app info line", "workers ready", "started (pid",
+                   "listening on", "serving"):
+        assert hidden not in output, hidden
