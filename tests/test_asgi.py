@@ -314,18 +314,6 @@ async def uses_asyncio(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await asyncio.sleep(0.01)  # asyncio code, as Django's handler is
 
 
-@pytest_twisted.ensureDeferred
-async def test_an_asyncio_app_under_the_default_reactor_says_to_use_the_asyncio_one():
-    server = await serve(AsgiApp(uses_asyncio))
-    try:
-        with captured_log() as events:
-            status, _, _ = await in_thread(http_get, server.http_url("/"))
-    finally:
-        await server.stop()
-    assert status == 500
-    assert any("run twistd --reactor=asyncio" in str(e.get("log_failure", "")) for e in events)
-
-
 class AsgiMiddleware:
     """ASGI-3 middleware (Sentry's kind) put around a realtime router by mistake."""
 
@@ -336,18 +324,21 @@ class AsgiMiddleware:
         await self.app(scope, receive, send)
 
 
+@pytest.mark.parametrize(("app", "logged"), [
+    (uses_asyncio, "run twistd --reactor=asyncio"),
+    (AsgiMiddleware(URLRouter([path("", Echo.as_asgi())])), "ASGI-3 middleware cannot wrap them"),
+])
 @pytest_twisted.ensureDeferred
-async def test_asgi_middleware_around_a_router_says_what_to_do():
-    app = AsgiMiddleware(URLRouter([path("ws/", Echo.as_asgi())]))
+async def test_a_misplaced_app_gets_500_and_a_log_line_saying_what_to_do(app, logged):
+    """An asyncio app under the default reactor; ASGI-3 middleware around a router."""
     server = await serve(AsgiApp(app))
     try:
         with captured_log() as events:
-            status, _, _ = await in_thread(http_get, server.http_url("/ws/"))
+            status, _, _ = await in_thread(http_get, server.http_url("/"))
     finally:
         await server.stop()
     assert status == 500
-    assert any("ASGI-3 middleware cannot wrap them" in str(e.get("log_failure", ""))
-               for e in events)
+    assert any(logged in str(e.get("log_failure", "")) for e in events)
 
 
 @pytest_twisted.ensureDeferred
