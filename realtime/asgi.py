@@ -76,11 +76,28 @@ class AsgiApp:
         return f"AsgiApp({self.app!r})"
 
 
-def wrap_asgi(app: Any) -> Any:
-    """``app`` itself, or ``AsgiApp(app)`` when it takes ASGI's ``(scope, receive, send)``."""
-    from realtime.routing import raw_asgi
+def _run_app(app: Any, scope: Scope, receive: Any, send: Any,
+             done: Any) -> Deferred[Any] | None:
+    """Start ``app`` (as every application coroutine runs: ``as_deferred``) with ``done``
+    called once it returns or raises; its Deferred (cancelled by the close timeout), or
+    None when a plain ``__call__`` raised at once."""
+    try:
+        result = app(scope, receive, send)
+    except BaseException as exc:
+        done(Failure(exc))
+        return None
+    running = as_deferred(result)
+    running.addBoth(done)
+    return running
 
-    return AsgiApp(app) if raw_asgi(app) else app
+
+def _status(message: dict[str, Any], lowest: int, refusal: str) -> int:
+    """The message's ``status``, an int from ``lowest`` to 599 (``ValueError`` saying
+    ``refusal`` and the value otherwise)."""
+    status = message.get("status")
+    if not isinstance(status, int) or isinstance(status, bool) or not lowest <= status <= 599:
+        raise ValueError(f"ASGI {message.get('type')!r}: {refusal} {status!r}")
+    return status
 
 
 def _body(message: dict[str, Any], key: str) -> bytes:
@@ -122,6 +139,7 @@ class AsgiHttp:
         self._complete = False  # the app sent its last body
         self._over = False  # the response ended: finished, cut off, or the client gone
         self._body_left = True
+        self._body_size = 0
         self._waiters: list[Deferred[dict[str, Any]]] = []
         self._paused: Deferred[None] | None = None
         self._producing = False  # registered as the request's producer while streaming
@@ -136,15 +154,10 @@ class AsgiHttp:
         scope["asgi"] = HTTP_ASGI
         content = request.content
         if content is not None:
+            self._body_size = content.seek(0, 2)
             content.seek(0)
         request.notifyFinish().addBoth(self._ended)
-        try:
-            result = self.app(scope, self.receive, self.send)
-        except BaseException as exc:  # a sync __call__ that raised
-            self._app_done(Failure(exc))
-            return
-        self._running = d = as_deferred(result)
-        d.addBoth(self._app_done)
+        self._running = _run_app(self.app, scope, self.receive, self.send, self._app_done)
 
     def receive(self) -> Deferred[dict[str, Any]]:
         """``http.request`` chunks, then (once the response is over) ``http.disconnect``."""
@@ -153,10 +166,7 @@ class AsgiHttp:
         if self._body_left:
             content = self._request.content
             chunk = content.read(BODY_CHUNK) if content is not None else b""
-            more = bool(chunk) and len(chunk) == BODY_CHUNK and bool(content.read(1))
-            if more:
-                content.seek(-1, 1)
-            self._body_left = more
+            self._body_left = more = content is not None and content.tell() < self._body_size
             return succeed({"type": "http.request", "body": chunk, "more_body": more})
         waiter: Deferred[dict[str, Any]] = Deferred(self._waiters.remove)
         self._waiters.append(waiter)
@@ -167,10 +177,7 @@ class AsgiHttp:
         if kind == "http.response.start":
             if self._started is not None:
                 raise RuntimeError("ASGI 'http.response.start' sent twice")
-            status = message.get("status")
-            if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-                raise ValueError(f"ASGI 'http.response.start': bad status {status!r}")
-            self._started = (status, _header_pairs(message))
+            self._started = (_status(message, 100, "bad status"), _header_pairs(message))
             return succeed(None)
         if kind == "http.response.body":
             if self._started is None:
@@ -313,13 +320,7 @@ class AsgiWebsocket(_WebsocketBase):
         scope["asgi"] = WEBSOCKET_ASGI
         scope["extensions"] = {"websocket.http.response": {}}
         self._inbox.append({"type": "websocket.connect"})
-        try:
-            result = self.app(scope, self.receive, self.send)
-        except BaseException as exc:
-            self._app_done(Failure(exc))
-            return
-        self._running = d = as_deferred(result)
-        d.addBoth(self._app_done)
+        self._running = _run_app(self.app, scope, self.receive, self.send, self._app_done)
 
     def _on_receive(self, text: str | None, data: bytes | None) -> Deferred[None] | None:
         message: dict[str, Any] = {"type": "websocket.receive"}
@@ -429,11 +430,8 @@ class AsgiWebsocket(_WebsocketBase):
         elif kind == "websocket.http.response.start":
             if not conn.in_handshake or self._denial is not None:
                 raise RuntimeError(f"ASGI {kind!r} only before the handshake is decided, once")
-            status = message.get("status")
-            if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
-                # (a browser follows no redirect on a WebSocket: it fails the connection)
-                raise ValueError(f"ASGI {kind!r}: a denial's status is 400 to 599, not "
-                                 f"{status!r}")
+            # 400 and up: a browser follows no redirect on a WebSocket (it fails it)
+            status = _status(message, 400, "a denial's status is 400 to 599, not")
             self._denial = (status, _header_pairs(message))
         elif kind == "websocket.http.response.body":
             if self._denial is None or not conn.in_handshake:

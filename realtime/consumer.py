@@ -44,7 +44,8 @@ class ConsumerApp:
     def __call__(self, scope: Scope, *asgi: Any) -> Any:
         from realtime.routing import Ready, not_asgi
 
-        not_asgi(self, asgi)
+        if asgi:
+            raise not_asgi(self)
         consumer = self.consumer_class(**self.initkwargs)
         consumer.scope = scope
         return Ready(consumer)

@@ -38,7 +38,8 @@ class BaseMiddleware:
         """Fill in what needs waiting for (a user lookup, a session load)."""
 
     async def __call__(self, scope: Scope, *asgi: Any) -> Any:
-        not_asgi(self, asgi)
+        if asgi:
+            raise not_asgi(self)
         scope = dict(scope)
         self.populate_scope(scope)
         await self.resolve_scope(scope)

@@ -55,10 +55,9 @@ def mount(app: Any) -> Any:
     return app
 
 
-def not_asgi(who: Any, asgi: tuple[Any, ...]) -> None:
-    """``TypeError`` when ASGI-3 middleware called ``who`` with ``receive`` and ``send``."""
-    if asgi:
-        raise TypeError(f"{type(who).__name__} {ASGI_MIDDLEWARE_HINT}")
+def not_asgi(who: Any) -> TypeError:
+    """The error for ``who`` called by ASGI-3 middleware with ``receive`` and ``send``."""
+    return TypeError(f"{type(who).__name__} {ASGI_MIDDLEWARE_HINT}")
 
 Scope = dict[str, Any]
 Application = Callable[[Scope], Any]
@@ -326,7 +325,8 @@ class URLRouter:
         return self.resolve(scope) is not None
 
     def __call__(self, scope: Scope, *asgi: Any) -> Any:
-        not_asgi(self, asgi)
+        if asgi:
+            raise not_asgi(self)
         found = self.resolve(scope)
         if found is None:
             raise NoRoute(str(scope.get("path", "")))
@@ -351,7 +351,8 @@ class ProtocolTypeRouter:
         self.application_mapping = {key: mount(app) for key, app in application_mapping.items()}
 
     def __call__(self, scope: Scope, *asgi: Any) -> Any:
-        not_asgi(self, asgi)
+        if asgi:
+            raise not_asgi(self)
         app = self.application_mapping.get(scope["type"])
         if app is None:
             raise NoRoute(str(scope.get("path", "")))

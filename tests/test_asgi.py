@@ -423,6 +423,15 @@ async def test_the_app_hears_the_client_close_and_cannot_send_after():
     assert ws_log[1:] == [("disconnect", 1000), ("send after close", True)]
 
 
+def handshake_answer(url: str) -> Any:
+    """A blocking handshake (run it in a thread): "opened", or the refusal's response."""
+    try:
+        with connect(url):
+            return "opened"
+    except InvalidStatus as exc:
+        return exc.response
+
+
 def refusing(how: str) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await receive()
@@ -449,15 +458,8 @@ def refusing(how: str) -> Any:
 async def test_an_asgi_app_refuses_the_handshake(how, status, body):
     server = await serve(AsgiApp(refusing(how)))
     try:
-        def client() -> Any:
-            try:
-                with connect(server.ws_url("/")):
-                    return "opened"
-            except InvalidStatus as exc:
-                return exc.response
-
         with captured_log():
-            response = await in_thread(client)
+            response = await in_thread(handshake_answer, server.ws_url("/"))
     finally:
         await server.stop()
     assert response != "opened"
@@ -727,15 +729,9 @@ def denial(status: int, headers: list[tuple[bytes, bytes]]) -> Any:
 async def test_a_denial_keeps_the_apps_headers_and_is_an_error_status(status, answer, types):
     server = await serve(AsgiApp(denial(status, [(b"content-type", b"application/json")])))
     try:
-        def client() -> Any:
-            try:
-                with connect(server.ws_url("/")):
-                    return "opened"
-            except InvalidStatus as exc:
-                return exc.response.status_code, exc.response.headers.get_all("content-type")
-
         with captured_log() as events:
-            got = await in_thread(client)
+            response = await in_thread(handshake_answer, server.ws_url("/"))
+        got = response.status_code, response.headers.get_all("content-type")
     finally:
         await server.stop()
     assert got == (answer, types)
