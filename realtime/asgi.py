@@ -246,6 +246,7 @@ class AsgiHttp:
         and an app still running has ``--application-close-timeout`` to return."""
         self._over = True
         self._unregister()
+        self._request = None  # nothing uses it now; the app's frames may outlive it
         self.resumeProducing()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:

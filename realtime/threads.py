@@ -235,7 +235,7 @@ class _Driven:
                     continue
                 return ("return", value)
             except BaseException as exc:
-                return ("raise", exc)
+                return ("raise", _unlinked(exc))
             if isinstance(yielded, Deferred):
                 d = yielded
             elif inspect.iscoroutine(yielded) or inspect.isgenerator(yielded):
@@ -308,6 +308,20 @@ def _run_task(coro: Any, loop: Any) -> Deferred[Any]:
         if _CAN_SWAP:  # the first step now; the Task's own first step replays it
             bridge.ready = bridge.step_in_task("send", None)
     return done
+
+
+def _unlinked(exc: BaseException) -> BaseException:
+    """``exc`` without the traceback entry of the frame that caught it (the first).
+
+    A traceback that holds a plain function's frame keeps that frame's callers too once it
+    returns (CPython links ``f_back`` then): for a step taken inside a Deferred's callback,
+    all of twisted.web's request and the reactor's stack. Kept by an exception that sits in
+    a reference cycle (Django's ``RequestAborted`` does, every request), that much more is
+    left to the garbage collector."""
+    tb = exc.__traceback__
+    if tb is not None:
+        exc.__traceback__ = tb.tb_next
+    return exc
 
 
 def _retrieve(task: Any) -> None:
@@ -388,7 +402,7 @@ class _Bridge(Coroutine[Any, Any, Any]):
         except StopIteration as stop:
             return ("return", stop.value)
         except BaseException as exc:
-            return ("raise", exc)
+            return ("raise", _unlinked(exc))
         return ("yield", self._adapt(yielded))
 
     def step_in_task(self, how: str, arg: Any) -> tuple[str, Any]:
@@ -436,42 +450,65 @@ class _Bridge(Coroutine[Any, Any, Any]):
             value = CancelledError(*value.args)
         done.errback(Failure(value))
 
-    def _replay(self, outcome: tuple[str, Any], own: bool) -> Any:
-        """Give the Task a step's outcome (``own``: a step the Task itself took now)."""
+    def _replay(self, outcome: tuple[str, Any], own: bool) -> tuple[str, Any]:
+        """What the Task gets for a step's outcome (``own``: a step the Task itself took
+        now): ("yield", what it waits for) or ("raise", what to raise to it)."""
         kind, value = outcome
         if kind == "yield":
-            return value
-        if own and self.done is not None:  # reported from the loop, outside this step
+            return outcome
+        if self.done is None:  # a Task of the loop's: no cycle Task -> bridge -> Task left
+            self.task = None
+        elif own:  # reported from the loop, outside this step
             self.ended = outcome
             self._loop.call_soon(self.end, context=self.outer)
         if kind == "return":
-            raise StopIteration(value)
+            return ("raise", StopIteration(value))
         if not isinstance(value, Exception) and self.outer is not None and not isinstance(
                 value, asyncio.CancelledError):
-            raise _Reported(repr(value))  # SystemExit in a handler: not out of the loop
-        raise value
+            return ("raise", _Reported(repr(value)))  # SystemExit in a handler: not out of
+        return outcome                                 # the loop
 
     # -- what the Task calls ----------------------------------------------------------------
-    def send(self, value: Any) -> Any:
+    # Each raises its outcome itself, its own traceback entry dropped (a bare ``raise``
+    # adds none): the exception the Task keeps holds no frame of ours, so not the loop's
+    # stack either (see ``_unlinked``).
+    def send(self, value: Any = None) -> Any:
         ready = self.ready
         if ready is not None:
             self.ready = None
-            return self._replay(ready, False)
-        return self._replay(self._step("send", value), True)
+            kind, value = self._replay(ready, False)
+        else:
+            kind, value = self._replay(self._step("send", value), True)
+        if kind == "yield":
+            return value
+        try:
+            raise value
+        except BaseException:
+            _unlinked(value)
+            raise
+
+    __next__ = send
 
     def throw(self, *args: Any) -> Any:
         exc = args[1] if len(args) > 1 and args[1] is not None else args[0]
         if isinstance(exc, type):
             exc = exc()
         ready, self.ready = self.ready, None
-        if ready is not None:
-            if ready[0] != "yield":
-                return self._replay(ready, False)  # it finished before the Task saw it
-            if ready[1] is not None:
+        if ready is not None and ready[0] != "yield":
+            kind, value = self._replay(ready, False)  # it finished before the Task saw it
+        else:
+            if ready is not None and ready[1] is not None:
                 ready[1].cancel()  # cancelled before the Task took the step: stop waiting
-        # asyncio's own CancelledError, unchanged: asyncio.timeout() and TaskGroup test it
-        # by identity.
-        return self._replay(self._step("throw", exc), True)
+            # asyncio's own CancelledError, unchanged: asyncio.timeout() and TaskGroup test
+            # it by identity.
+            kind, value = self._replay(self._step("throw", exc), True)
+        if kind == "yield":
+            return value
+        try:
+            raise value
+        except BaseException:
+            _unlinked(value)
+            raise
 
     def close(self) -> None:
         self._coro.close()
@@ -481,9 +518,6 @@ class _Bridge(Coroutine[Any, Any, Any]):
 
     def __iter__(self) -> Any:
         return self
-
-    def __next__(self) -> Any:
-        return self.send(None)
 
     # What a Task's repr and stack look at.
     @property

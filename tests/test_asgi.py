@@ -279,6 +279,42 @@ async def test_head_gets_the_headers_only():
     assert head.startswith(b"HTTP/1.1 201 ") and body == b""
 
 
+kept: list[Any] = []
+
+
+async def keeps_its_callables(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Keeps ``receive``/``send`` after it returns, as Django's failed disconnect listener
+    does (its frame lives on in a traceback, in a cycle, until the collector runs)."""
+    kept.append((receive, send))
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_app_that_keeps_send_does_not_keep_the_request():
+    import gc
+
+    from realtime.site import RealtimeRequest
+
+    def requests_alive() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, RealtimeRequest))
+
+    server = await serve(AsgiApp(keeps_its_callables))
+    try:
+        before = requests_alive()
+        for _ in range(20):
+            status, _, body = await in_thread(http_get, f"http://127.0.0.1:{server.port}/")
+            assert (status, body) == (200, b"ok")
+        await later(0.05)  # the last connection's close
+        after = requests_alive()
+    finally:
+        await server.stop()
+    assert len(kept) == 20
+    kept.clear()
+    assert after - before < 5  # the app holds 20 sends; none holds its request
+
+
 hung: list[Any] = []
 
 

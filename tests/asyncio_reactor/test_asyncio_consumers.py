@@ -12,6 +12,7 @@ import threading
 import urllib.request
 from typing import Any
 
+import pytest
 import pytest_twisted
 from asgiref.sync import sync_to_async as asgiref_sync_to_async
 from twisted.internet.defer import Deferred
@@ -497,6 +498,101 @@ async def test_finished_handlers_leave_no_bridge_behind_without_the_cyclic_gc() 
     finally:
         gc.enable()
     assert alive < 5
+
+
+class _Marker:
+    """A local of the frame that fires a Deferred: alive only while that frame is kept."""
+
+
+def _fire(d: Deferred[None]) -> Any:
+    import weakref
+
+    marker = _Marker()
+    d.callback(None)  # the waiting coroutine steps (and raises) inside this call
+    return weakref.ref(marker)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_task_keeps_no_frame_of_whoever_fired_its_deferred() -> None:
+    """Django's ``listen_for_disconnect`` fails every request (``RequestAborted``) right
+    inside twisted.web's ``finish()``, and its exception ends in a reference cycle: had the
+    traceback kept the bridge's frames, it would keep their callers (the request, the
+    reactor's stack) for the cyclic collector too."""
+    import gc
+
+    from realtime.threads import aio, as_deferred, asyncio_loop
+
+    asyncio_loop()  # what the server does at start: the loop's Tasks are bridged
+
+    async def fails(d: Deferred[None]) -> None:
+        await d
+        raise ValueError("after the wait")
+
+    gc.collect()
+    gc.disable()
+    try:
+        for start in ("a loop Task", "as_deferred"):
+            d: Deferred[None] = Deferred()
+            failures: list[Any] = []
+            if start == "a loop Task":
+                task = asyncio.ensure_future(fails(d))
+                await deferLater(_reactor(), 0, lambda: None)  # it waits on d now
+            else:
+                as_deferred(fails(d)).addErrback(failures.append)
+            marker = _fire(d)
+            if start == "a loop Task":
+                with pytest.raises(ValueError):
+                    await aio(task)
+                exc = task.exception()
+            else:
+                exc = failures[0].value
+            assert isinstance(exc, ValueError), start
+            assert marker() is None, start  # the exception is alive; the firing frame is not
+            names = []
+            tb = exc.__traceback__
+            while tb is not None:
+                names.append(tb.tb_frame.f_code.co_name)
+                tb = tb.tb_next
+            assert names[-1] == "fails" and "_step" not in names and "send" not in names, (
+                start, names)
+            del exc, failures
+    finally:
+        gc.enable()
+
+
+@pytest_twisted.ensureDeferred
+async def test_finished_loop_tasks_are_freed_without_the_cyclic_gc() -> None:
+    """Tasks asyncio code starts (Django starts two a request) go through the bridge too;
+    once done, nothing of it ties the Task to itself."""
+    import gc
+    import weakref
+
+    from realtime.threads import aio, asyncio_loop
+
+    asyncio_loop()  # what the server does at start: the loop's Tasks are bridged
+
+    async def waits(d: Deferred[None]) -> int:
+        await d  # a step inside the Deferred's callback
+        await asyncio.sleep(0)  # and the last in the Task's own turn
+        return 1
+
+    gc.collect()
+    gc.disable()
+    try:
+        refs = []
+        for _ in range(50):
+            d: Deferred[None] = Deferred()
+            task = asyncio.ensure_future(waits(d))
+            await deferLater(_reactor(), 0, lambda: None)
+            d.callback(None)
+            assert await aio(task) == 1
+            refs.append(weakref.ref(task))
+            del task
+        await deferLater(_reactor(), 0, lambda: None)  # the last one's callbacks are done
+        alive = sum(1 for ref in refs if ref() is not None)
+    finally:
+        gc.enable()
+    assert alive == 0
 
 
 class _asyncio_errors:
