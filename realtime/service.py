@@ -8,6 +8,7 @@ say 503 and new upgrades get a 503, not a refused connection).
 
 from __future__ import annotations
 
+import gc
 import resource
 from typing import Any
 
@@ -51,6 +52,24 @@ def raise_open_files_limit() -> tuple[int, int, int]:
     else:
         log.info("open files: soft {soft} (hard {hard})", soft=soft, hard=shown)
     return soft, new, hard
+
+
+def tune_collector(threshold: int) -> int:
+    """Freeze what start-up built (modules, the application, Django's settings) out of the
+    cyclic collector's passes, and collect the first generation every ``threshold`` new
+    objects instead of Python's 700. Both are the collector's own knobs (``gc.freeze``,
+    ``gc.set_threshold``); requests and handshakes leave cycles (Django's
+    ``RequestAborted`` does, every request), and under load the collector took 15-20 % of
+    the server's CPU with Python's defaults (benchmarks/README.md). Returns how many
+    objects were frozen."""
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(threshold, second, third)
+    frozen = gc.get_freeze_count()
+    log.info("gc: {frozen} start-up objects frozen, first threshold {threshold}",
+             frozen=frozen, threshold=threshold)
+    return frozen
 
 
 class ListenerService(Service):

@@ -279,6 +279,10 @@ class Options(usage.Options):
         ["health-path", None, "/healthz", "Liveness path (200 while running; '' turns it off)."],
         ["ready-path", None, "/readyz",
          "Readiness path (503 while draining; '' turns it off)."],
+        ["gc-threshold", None, "7000",
+         "Python's collector: the first generation's threshold (Python's own: 700), the "
+         "heap built at start-up frozen out of collections; 0 leaves the collector as it "
+         "is."],
         ["workers", None, "1",
          "Worker processes sharing the listeners (more than 1 needs --layer redis://...)."],
     ]
@@ -365,6 +369,7 @@ class Options(usage.Options):
         self.config = self._build_config()
         self.workers = _count("workers", self["workers"], 1)
         self.verbosity = _count("verbosity", self["verbosity"], 0, 3)
+        self.gc_threshold = _count("gc-threshold", self["gc-threshold"], 0)
         #: Set in a ``--workers`` child: it serves the supervisor's sockets, spawns nothing.
         self.worker = worker_info()
         if self.worker is not None:
@@ -725,6 +730,10 @@ def makeService(options: Options) -> Any:
     service = RealtimeService(sites, reactor, options.config.shutdown_timeout, options.layer)
     for listener in listeners:
         listener.setServiceParent(service)
+    if options.parent is not None and options.gc_threshold:  # a process of our own
+        from realtime.service import tune_collector
+
+        reactor.callWhenRunning(tune_collector, options.gc_threshold)
     if options.metrics_enabled:
         _add_metrics(service, sites, options, reactor)
     return service

@@ -74,6 +74,7 @@ class TestDefaults:
         assert (options.config.proxy_headers_host, options.config.proxy_headers_port) == (
             "X-Forwarded-For", "X-Forwarded-Port")
         assert options.verbosity == 1
+        assert options.gc_threshold == 7000  # the collector tuned (README "Performance")
 
     def test_default_listener(self):
         assert parse().listeners == [(LOOPBACK_8000, LOOPBACK_8000)]
@@ -242,6 +243,8 @@ ERRORS = [
      "--server-name: CR, LF and NUL are not allowed, got 'edge\\r\\nX-Injected: 1'"),
     (["--server-name", "名前"], "--server-name: expected latin-1 text, got '名前'"),
     (["-v", "4"], "--verbosity: must be between 0 and 3, got '4'"),
+    (["--gc-threshold", "-1"], "--gc-threshold: must be at least 0, got '-1'"),
+    (["--gc-threshold", "lots"], "--gc-threshold: expected a whole number, got 'lots'"),
     (["--verbosity", "loud"], "--verbosity: expected a whole number, got 'loud'"),
     (["--bogus"], "option --bogus not recognized"),
     (["--port"], "option --port requires argument"),

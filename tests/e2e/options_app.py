@@ -4,11 +4,14 @@
 - ``/log`` logs one line at each of debug, info and warn (``options-app ...``), then 200;
 - ``/block`` holds the reactor thread for 0.3 s (a slow callback for asyncio's debug mode);
 - ``/hang`` never answers (for ``--http-timeout``);
+- ``/gc`` answers the collector's settings as JSON (for ``--gc-threshold``);
 - ``/echo`` (WebSocket) echoes text.
 """
 
 from __future__ import annotations
 
+import gc
+import json
 import time
 
 from twisted.internet.defer import Deferred
@@ -38,6 +41,12 @@ class Hang(AsyncHttpConsumer):
         await Deferred()
 
 
+class GcSettings(AsyncHttpConsumer):
+    async def handle(self, body: bytes) -> None:
+        settings = {"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count()}
+        await self.send_response(200, json.dumps(settings).encode())
+
+
 class Echo(WebsocketConsumer):
     def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         self.send(text_data=text_data)
@@ -45,6 +54,6 @@ class Echo(WebsocketConsumer):
 
 application = ProtocolTypeRouter({
     "http": URLRouter([path("log", LogLines.as_app()), path("block", Block.as_app()),
-                       path("hang", Hang.as_app())]),
+                       path("hang", Hang.as_app()), path("gc", GcSettings.as_app())]),
     "websocket": URLRouter([path("echo", Echo.as_app())]),
 })

@@ -80,6 +80,33 @@ def test_port_zero():
     assert "EPollReactor" in output
 
 
+@pytest.mark.parametrize(("args", "first", "frozen"), [
+    ([], 7000, True),
+    (["--gc-threshold", "20000"], 20000, True),
+    (["--gc-threshold", "0"], 700, False),
+])
+def test_gc_threshold_tunes_the_servers_collector(args, first, frozen):
+    """The start-up heap frozen and the first threshold raised, once the reactor runs;
+    ``--gc-threshold 0`` leaves Python's collector as it is."""
+    import json
+
+    app = ["--app", "tests.e2e.options_app:application"]
+    with start(twistd(*app, "--port", "0", *args), env={"PYTHONPATH": str(REPO)}) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+        try:
+            conn.request("GET", "/gc")
+            answer = json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+    output = stopped_cleanly(server)
+    assert answer["threshold"][0] == first
+    if frozen:
+        assert answer["frozen"] > 10_000  # Twisted, Autobahn and the app at least
+        assert f"first threshold {first}" in output
+    else:
+        assert answer["frozen"] == 0 and "gc:" not in output
+
+
 def test_broadcast_delay_applies_to_the_twistd_server():
     """``--broadcast-delay 0.4``: a message another member sends to the room reaches every
     member no sooner than that (makeService sets the process-wide delay)."""
