@@ -42,7 +42,7 @@ from realtime.exceptions import (
     Refuse,
     StopConsumer,
 )
-from realtime.layers.base import HELD, hold, let_out_for, release, skip_held
+from realtime.layers.base import CORKED, HELD, corking, hold, let_out_for, release, skip_held
 from realtime.routing import Ready
 from realtime.threads import as_deferred, run_handler
 
@@ -860,9 +860,22 @@ class WebSocketConnection(WebSocketServerProtocol):
 
     # -- channel-layer delivery (a Receiver for realtime.layers) ---------------------------------
     def deliver(self, event: dict[str, Any]) -> None:
-        """A layer event: handled in order with this connection's messages."""
+        """A layer event: handled in order with this connection's messages. One that a read
+        brings (a ``group_send`` a handler made, a Redis read) corks this socket's sends
+        until the read is done (``realtime.layers.base.corking``): when several messages
+        are read at once (a burst, a server that fell behind), what their handlers send
+        reaches each member in one write, as held broadcasts do."""
         if not self.finished and self.consumer is not None:
+            if self._cork is None and self._direct and corking():
+                self._cork = []
+                self._clean = False
+                CORKED.append(self)
             self._run(self.consumer._on_event, event)
+
+    def uncork_read(self) -> None:
+        """The read that ``deliver`` corked this socket for is done: write what it got."""
+        if self._cork is not None:
+            self._uncork()
 
     def deliver_frame(self, frame: bytes) -> bool:
         """``broadcast()``: one prepared frame, written unless this socket is not open.

@@ -113,6 +113,28 @@ class _Hold:
     delay_reactor: Any = None
 
 
+#: Receivers whose sends ``deliver`` corked during a read (``corking``): the events a
+#: read's handlers fan out (one ``group_send`` per message in it) reach each member in one
+#: write at the outermost ``release()``.
+CORKED: list[Any] = []
+
+
+def corking() -> bool:
+    """A read is being parsed on this (the reactor's) thread: a receiver that a layer event
+    reaches may cork its sends until ``release()`` (and join ``CORKED``)."""
+    return bool(_Hold.depth) and _Hold.thread == threading.get_ident()
+
+
+def _uncork_read() -> None:
+    corked = CORKED[:]
+    CORKED.clear()
+    for receiver in corked:
+        try:
+            receiver.uncork_read()
+        except Exception:
+            log.failure("writing what a read's layer events sent failed")
+
+
 def hold(reactor: Any = None) -> None:
     """A read starts being parsed (on the reactor thread): hold broadcasts until
     ``release()``. Nests. With a running ``reactor``, what is held at the outermost
@@ -131,7 +153,13 @@ def release() -> None:
     other reads of that time (other publishers' messages to the same group) join them, one
     write per member for all."""
     _Hold.depth -= 1
-    if _Hold.depth or (_Hold.turn is not None and _turn_live()):
+    if _Hold.depth:
+        return
+    if CORKED:
+        # What the handlers of this read's events sent, before the held broadcasts: any of
+        # those broadcast earlier went into the cork already (every write lets them out).
+        _uncork_read()
+    if _Hold.turn is not None and _turn_live():
         return
     if not HELD:
         if _Hold.after:

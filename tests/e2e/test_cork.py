@@ -8,10 +8,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest_twisted
+from twisted.internet.task import deferLater
 
-from realtime import ProtocolTypeRouter, URLRouter, WebsocketConsumer, path
+from realtime import (
+    AsyncWebsocketConsumer,
+    ProtocolTypeRouter,
+    URLRouter,
+    WebsocketConsumer,
+    path,
+)
 from realtime.examples.bench import application as bench_app
-from tests.clients import client_frame, ws_open
+from tests.clients import client_frame, until, ws_open
 
 
 class CountingSocket:
@@ -167,3 +174,78 @@ async def test_a_broadcast_never_overtakes_bytes_waiting_in_twisteds_buffer(live
     layer.broadcast("r", text="two")
     frames = await conn.wait_frames(3)
     assert frames[:3] == [(0x1, b"one"), (0x9, b"realtime"), (0x1, b"two")]
+
+
+class Room(AsyncWebsocketConsumer):
+    """Daphne's benchmark room, as a Channels app writes it: ``group_send`` to a handler per
+    member. ``b:`` messages go out with ``broadcast()`` instead, ``late:`` ones after a wait
+    (the handler sends once the read is long done)."""
+
+    async def connect(self) -> None:
+        await self.channel_layer.group_add("room", self.channel_name)
+        await self.accept()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None
+                      ) -> None:
+        if text_data and text_data.startswith("b:"):
+            await self.channel_layer.broadcast("room", text=text_data)
+        else:
+            await self.channel_layer.group_send("room", {"type": "room.message",
+                                                         "text": text_data})
+
+    async def room_message(self, event: dict[str, Any]) -> None:
+        if event["text"].startswith("late:"):
+            from twisted.internet import reactor
+
+            await deferLater(reactor, 0.01, lambda: None)
+        await self.send(text_data=event["text"])
+
+
+ROOM = ProtocolTypeRouter({"websocket": URLRouter([path("room", Room.as_app())])})
+
+
+async def _room(live: Any, members: int) -> tuple[Any, Any, list[Any], dict[Any, Any]]:
+    """A server with a publisher and ``members`` other members of the room, every socket's
+    sends counted: (server, publisher, members, counters by server-side connection)."""
+    server = await live(ROOM)
+    publisher = await ws_open(server.port, "/room")
+    others = [await ws_open(server.port, "/room") for _ in range(members)]
+    await until(lambda: len(server.site.layer._groups.get("room", ())) == members + 1)
+    return server, publisher, others, count_all_sends(server)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_group_send_events_of_one_read_reach_each_member_in_one_send(live):
+    """Eight messages in one read, each a ``group_send`` to a handler per member: each
+    member's handler sends eight times, and the member gets them in order in one write (a
+    burst, or a server that fell behind and reads several messages at once)."""
+    server, publisher, others, counted = await _room(live, 3)
+    messages = [f"message {i}".encode() for i in range(8)]
+    publisher.write(b"".join(client_frame(0x1, m) for m in messages))
+    for conn in [publisher, *others]:
+        frames = await conn.wait_frames(8)
+        assert frames == [(0x1, m) for m in messages]
+    assert sorted(c.sends for c in counted.values()) == [1, 1, 1, 1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_send_events_and_broadcasts_of_one_read_keep_their_order(live):
+    server, publisher, others, counted = await _room(live, 2)
+    messages = [b"g:1", b"b:2", b"g:3", b"g:4", b"b:5", b"b:6", b"g:7"]
+    publisher.write(b"".join(client_frame(0x1, m) for m in messages))
+    for conn in [publisher, *others]:
+        frames = await conn.wait_frames(len(messages))
+        assert [payload for _, payload in frames] == messages
+    # Per member: the corked handler sends and the broadcasts let out into the cork (one
+    # write), then the broadcasts still held at the read's end (one more).
+    assert max(c.sends for c in counted.values()) <= 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handler_that_sends_after_the_read_is_not_held_back(live):
+    server, publisher, others, counted = await _room(live, 2)
+    publisher.write(client_frame(0x1, b"late:1") + client_frame(0x1, b"now"))
+    for conn in [publisher, *others]:
+        frames = await conn.wait_frames(2)
+        # Each member's handlers run in order: ``now`` waits for ``late:1``'s handler.
+        assert [payload for _, payload in frames] == [b"late:1", b"now"]
