@@ -204,14 +204,14 @@ class Room(AsyncWebsocketConsumer):
 ROOM = ProtocolTypeRouter({"websocket": URLRouter([path("room", Room.as_app())])})
 
 
-async def _room(live: Any, members: int) -> tuple[Any, Any, list[Any], dict[Any, Any]]:
+async def _room(live: Any, members: int) -> tuple[Any, list[Any], dict[Any, Any]]:
     """A server with a publisher and ``members`` other members of the room, every socket's
-    sends counted: (server, publisher, members, counters by server-side connection)."""
+    sends counted: (publisher, members, counters by server-side connection)."""
     server = await live(ROOM)
     publisher = await ws_open(server.port, "/room")
     others = [await ws_open(server.port, "/room") for _ in range(members)]
     await until(lambda: len(server.site.layer._groups.get("room", ())) == members + 1)
-    return server, publisher, others, count_all_sends(server)
+    return publisher, others, count_all_sends(server)
 
 
 @pytest_twisted.ensureDeferred
@@ -219,7 +219,7 @@ async def test_the_group_send_events_of_one_read_reach_each_member_in_one_send(l
     """Eight messages in one read, each a ``group_send`` to a handler per member: each
     member's handler sends eight times, and the member gets them in order in one write (a
     burst, or a server that fell behind and reads several messages at once)."""
-    server, publisher, others, counted = await _room(live, 3)
+    publisher, others, counted = await _room(live, 3)
     messages = [f"message {i}".encode() for i in range(8)]
     publisher.write(b"".join(client_frame(0x1, m) for m in messages))
     for conn in [publisher, *others]:
@@ -230,7 +230,7 @@ async def test_the_group_send_events_of_one_read_reach_each_member_in_one_send(l
 
 @pytest_twisted.ensureDeferred
 async def test_group_send_events_and_broadcasts_of_one_read_keep_their_order(live):
-    server, publisher, others, counted = await _room(live, 2)
+    publisher, others, counted = await _room(live, 2)
     messages = [b"g:1", b"b:2", b"g:3", b"g:4", b"b:5", b"b:6", b"g:7"]
     publisher.write(b"".join(client_frame(0x1, m) for m in messages))
     for conn in [publisher, *others]:
@@ -243,7 +243,7 @@ async def test_group_send_events_and_broadcasts_of_one_read_keep_their_order(liv
 
 @pytest_twisted.ensureDeferred
 async def test_a_handler_that_sends_after_the_read_is_not_held_back(live):
-    server, publisher, others, counted = await _room(live, 2)
+    publisher, others, _ = await _room(live, 2)
     publisher.write(client_frame(0x1, b"late:1") + client_frame(0x1, b"now"))
     for conn in [publisher, *others]:
         frames = await conn.wait_frames(2)
