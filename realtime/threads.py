@@ -471,7 +471,8 @@ class _Bridge(Coroutine[Any, Any, Any]):
     # -- what the Task calls ----------------------------------------------------------------
     # Each raises its outcome itself, its own traceback entry dropped (a bare ``raise``
     # adds none): the exception the Task keeps holds no frame of ours, so not the loop's
-    # stack either (see ``_unlinked``).
+    # stack either (see ``_unlinked``). The lines that do it are repeated on purpose: a
+    # shared helper would put its own frame in the traceback.
     def send(self, value: Any = None) -> Any:
         ready = self.ready
         if ready is not None:
