@@ -56,6 +56,9 @@ class Options(usage.Options):
          "layer)."],
         ["shutdown-timeout", None, "10",
          "Seconds a message being handled may take to finish at SIGTERM/SIGINT."],
+        ["verbosity", "v", "1",
+         "Log level, as the server's -v: 0 warnings and errors, 1 info, 2 debug, 3 debug "
+         "and asyncio's debug mode (with --reactor=asyncio)."],
     ]
 
     def __init__(self) -> None:
@@ -84,7 +87,9 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         from realtime.layers import check_name, layer_from_url
-        from realtime.tap import _seconds, load_application
+        from realtime.tap import _count, _seconds, load_application
+
+        self.verbosity = _count("verbosity", self["verbosity"], 0, 3)
 
         if not self["app"]:
             raise StartupError("--app is required (MODULE:ATTRIBUTE, e.g. a "
@@ -249,5 +254,11 @@ class WorkerService(Service):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
+    if options.parent is not None:  # under twistd, whose logging begins after this returns
+        from realtime.verbosity import asyncio_debug, filter_log
+
+        filter_log(options.verbosity)
+        if options.verbosity >= 3 and not asyncio_debug(reactor):
+            log.info("-v 3: asyncio's debug mode needs --reactor=asyncio")
     return WorkerService(options.application, options.layer, options.channels, reactor,
                          options.shutdown_timeout)

@@ -220,11 +220,26 @@ def test_runworker_refuses_the_memory_layer_and_bad_channels():
         (["--layer", "redis://127.0.0.1:1/0", "bad name"], "channel name must be"),
         (["--layer", "redis://127.0.0.1:1/0", "specific.x!y"], "process-specific"),
         (["--layer", "ftp://x", "thumbnails"], "--layer: unknown layer"),
+        (["--layer", "redis://127.0.0.1:1/0", "-v", "4", "thumbnails"],
+         "--verbosity: must be between 0 and 3, got '4'"),
     ):
         result = run([*base, *extra], env=ENV, cwd=REPO)
         assert result.returncode == 1, result.output
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and expected in lines[0], result.output
+
+
+def test_runworker_verbosity_0_keeps_warnings_only():
+    """Django's management commands take ``-v``; so does the worker. Redis is unreachable
+    here: the warning that says so is kept, the info lines are not."""
+    cmd = [script("twistd"), "-n", "--pidfile=", "realtime-runworker", "-v", "0",
+           "--layer", "redis://127.0.0.1:1/0", "--app", WORKER_APP, "thumbnails"]
+    with start(cmd, env=ENV, cwd=REPO, listeners=0) as worker:
+        worker.wait_for(r"connection to Redis .* refused")
+        result = worker.stop()
+    assert result.returncode == 0, result.output
+    for hidden in ("worker consuming", "starting up", "worker stopped after"):
+        assert hidden not in result.output
 
 
 def test_redis_layer_under_the_asyncio_reactor(redis):
