@@ -674,15 +674,9 @@ def makeService(options: Options) -> Any:
     from realtime.site import RealtimeSite
 
     log = Logger(namespace="realtime")
-    if options.parent is not None:  # under twistd, whose logging begins after this returns
-        from realtime.verbosity import filter_log
+    from realtime.verbosity import apply_verbosity
 
-        filter_log(options.verbosity)
-    if options.verbosity >= 3:
-        from realtime.verbosity import asyncio_debug
-
-        if not asyncio_debug(reactor):
-            log.info("-v 3: asyncio's debug mode needs --reactor=asyncio")
+    apply_verbosity(options.verbosity, reactor, under_twistd=options.parent is not None)
     try:
         from autobahn.websocket import USES_NVX
 

@@ -68,6 +68,18 @@ def filter_log(verbosity: int, beginner: Any = None) -> None:
     beginner.beginLoggingTo = begin_filtered
 
 
+def apply_verbosity(verbosity: int, reactor: Any, under_twistd: bool) -> None:
+    """What ``-v`` does at ``makeService`` (the server's and ``realtime-runworker``'s): the
+    log filter under twistd (whose logging begins after), and asyncio's debug mode at 3."""
+    if under_twistd:
+        filter_log(verbosity)
+    if verbosity >= 3 and not asyncio_debug(reactor):
+        from twisted.logger import Logger
+
+        Logger(namespace="realtime").info("-v 3: asyncio's debug mode needs "
+                                          "--reactor=asyncio")
+
+
 def asyncio_debug(reactor: Any) -> bool:
     """-v 3: asyncio's debug mode on the reactor's loop; False when the reactor is not
     asyncio's."""

@@ -254,11 +254,8 @@ class WorkerService(Service):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
-    if options.parent is not None:  # under twistd, whose logging begins after this returns
-        from realtime.verbosity import asyncio_debug, filter_log
+    from realtime.verbosity import apply_verbosity
 
-        filter_log(options.verbosity)
-        if options.verbosity >= 3 and not asyncio_debug(reactor):
-            log.info("-v 3: asyncio's debug mode needs --reactor=asyncio")
+    apply_verbosity(options.verbosity, reactor, under_twistd=options.parent is not None)
     return WorkerService(options.application, options.layer, options.channels, reactor,
                          options.shutdown_timeout)

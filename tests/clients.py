@@ -442,3 +442,27 @@ def close_code(payload: bytes) -> int | None:
 def after_headers(raw: bytes) -> bytes:
     """What follows the 101 response's blank line (the frames)."""
     return raw.partition(b"\r\n\r\n")[2]
+
+
+class _Marker:
+    """A local of the frame that fires a Deferred: alive only while that frame is kept."""
+
+
+def fire_from_a_frame(d: Any) -> Any:
+    """``d.callback(None)`` from a frame with a local of its own; a weak reference to that
+    local, dead once nothing keeps the frame (a traceback of what the callback resumed)."""
+    import weakref
+
+    marker = _Marker()
+    d.callback(None)  # the waiting coroutine steps (and raises) inside this call
+    return weakref.ref(marker)
+
+
+def traceback_names(exc: BaseException) -> list[str]:
+    """The names of the functions in ``exc``'s traceback, outermost first."""
+    names = []
+    tb = exc.__traceback__
+    while tb is not None:
+        names.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return names

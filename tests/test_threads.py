@@ -5,36 +5,17 @@ The asyncio reactor's side is in tests/asyncio_reactor/test_asyncio_consumers.py
 from __future__ import annotations
 
 import gc
-import weakref
 from typing import Any
 
 from twisted.internet.defer import Deferred
 
 from realtime.threads import as_deferred, run_handler
-
-
-class _Marker:
-    """A local of the frame that fires a Deferred: alive only while that frame is kept."""
-
-
-def _fire(d: Deferred[None]) -> Any:
-    marker = _Marker()
-    d.callback(None)  # the waiting coroutine steps (and raises) inside this call
-    return weakref.ref(marker)
+from tests.clients import fire_from_a_frame, traceback_names
 
 
 async def _fails(d: Deferred[None]) -> None:
     await d
     raise ValueError("after the wait")
-
-
-def _frames(exc: BaseException) -> list[str]:
-    names = []
-    tb = exc.__traceback__
-    while tb is not None:
-        names.append(tb.tb_frame.f_code.co_name)
-        tb = tb.tb_next
-    return names
 
 
 def test_a_failed_handler_keeps_no_frame_of_whoever_fired_its_deferred() -> None:
@@ -50,11 +31,11 @@ def test_a_failed_handler_keeps_no_frame_of_whoever_fired_its_deferred() -> None
         assert running is not None
         failures: list[Any] = []
         running.addErrback(failures.append)
-        marker = _fire(d)
+        marker = fire_from_a_frame(d)
         exc = failures[0].value
         assert isinstance(exc, ValueError)
         assert marker() is None  # the exception lives; the firing frame does not
-        names = _frames(exc)
+        names = traceback_names(exc)
         assert names[-1] == "_fails" and "step" not in names, names
     finally:
         gc.enable()
@@ -69,4 +50,4 @@ def test_a_handler_failing_at_once_keeps_its_traceback() -> None:
     failures: list[Any] = []
     as_deferred(at_once()).addErrback(failures.append)
     assert failures[0].check(KeyError)
-    assert _frames(failures[0].value)[-1] == "at_once"
+    assert traceback_names(failures[0].value)[-1] == "at_once"

@@ -32,7 +32,7 @@ from realtime import (
 from realtime.layers import InMemoryChannelLayer
 from realtime.testing import ApplicationCommunicator, WebsocketCommunicator
 from tests.asyncio_reactor.django_project import django_database
-from tests.clients import in_thread
+from tests.clients import fire_from_a_frame, in_thread, traceback_names
 
 
 def _reactor() -> Any:
@@ -500,18 +500,6 @@ async def test_finished_handlers_leave_no_bridge_behind_without_the_cyclic_gc() 
     assert alive < 5
 
 
-class _Marker:
-    """A local of the frame that fires a Deferred: alive only while that frame is kept."""
-
-
-def _fire(d: Deferred[None]) -> Any:
-    import weakref
-
-    marker = _Marker()
-    d.callback(None)  # the waiting coroutine steps (and raises) inside this call
-    return weakref.ref(marker)
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_failed_task_keeps_no_frame_of_whoever_fired_its_deferred() -> None:
     """Django's ``listen_for_disconnect`` fails every request (``RequestAborted``) right
@@ -539,7 +527,7 @@ async def test_a_failed_task_keeps_no_frame_of_whoever_fired_its_deferred() -> N
                 await deferLater(_reactor(), 0, lambda: None)  # it waits on d now
             else:
                 as_deferred(fails(d)).addErrback(failures.append)
-            marker = _fire(d)
+            marker = fire_from_a_frame(d)
             if start == "a loop Task":
                 with pytest.raises(ValueError):
                     await aio(task)
@@ -548,11 +536,7 @@ async def test_a_failed_task_keeps_no_frame_of_whoever_fired_its_deferred() -> N
                 exc = failures[0].value
             assert isinstance(exc, ValueError), start
             assert marker() is None, start  # the exception is alive; the firing frame is not
-            names = []
-            tb = exc.__traceback__
-            while tb is not None:
-                names.append(tb.tb_frame.f_code.co_name)
-                tb = tb.tb_next
+            names = traceback_names(exc)
             assert names[-1] == "fails" and "_step" not in names and "send" not in names, (
                 start, names)
             del exc, failures

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect, unix_connect
 
+from tests.clients import http_get
 from tests.e2e.support import (
     BENCH_APP,
     REPO,
@@ -92,12 +93,9 @@ def test_gc_threshold_tunes_the_servers_collector(args, first, frozen):
 
     app = ["--app", "tests.e2e.options_app:application"]
     with start(twistd(*app, "--port", "0", *args), env={"PYTHONPATH": str(REPO)}) as server:
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
-        try:
-            conn.request("GET", "/gc")
-            answer = json.loads(conn.getresponse().read())
-        finally:
-            conn.close()
+        status, _, body = http_get(f"http://127.0.0.1:{server.port}/gc")
+        assert status == 200
+        answer = json.loads(body)
     output = stopped_cleanly(server)
     assert answer["threshold"][0] == first
     if frozen:
