@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from realtime.consumer import _WebsocketBase
 from realtime.exceptions import ConnectionClosed, Refuse, check_headers
+from realtime.http2 import cut_off
 from realtime.threads import as_deferred
 
 if TYPE_CHECKING:
@@ -286,10 +287,11 @@ class AsgiHttp:
         self._unregister()
         if not self._headers_sent:
             self._site.write_refusal(request, Refuse(500), upgrade=False)
-        elif request.channel is not None and request.channel.transport is not None:
+        else:
             # What was written goes out, then the connection closes before the last chunk
-            # (or the declared length): the client sees a truncated response.
-            request.channel.transport.loseConnection()
+            # (or the declared length), or the HTTP/2 stream is reset: the client sees a
+            # truncated response.
+            cut_off(request, flush=True)
 
 
 class AsgiWebsocket(_WebsocketBase):

@@ -11,6 +11,7 @@ from twisted.python.failure import Failure
 
 from realtime.consumer import AppFactoryMixin, dispatch_event
 from realtime.exceptions import check_headers
+from realtime.http2 import cut_off
 from realtime.threads import as_deferred
 
 if TYPE_CHECKING:
@@ -168,5 +169,5 @@ class AsyncHttpConsumer(AppFactoryMixin):
             request.setHeader(b"content-length", b"22")
             request.write(b"Internal Server Error\n")
             request.finish()
-        elif request.channel is not None and request.channel.transport is not None:
-            request.channel.transport.abortConnection()
+        else:
+            cut_off(request)  # the client must not take a half-sent body for the whole

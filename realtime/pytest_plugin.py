@@ -5,7 +5,8 @@ later); the fixtures import it when they run.
 
 - ``realtime_server``: ``server = await realtime_server(app, **config)`` starts the real
   server on a free loopback port; ``server.ws_url("/echo")``, ``server.http_url("/")``. After
-  the test every server is stopped and the reactor is checked for leaks.
+  the test every server is stopped and the reactor is checked for leaks. ``tls=`` (a
+  ``CertificateOptions``) serves over TLS, with HTTP/2 offered (``https://``/``wss://`` URLs).
 - ``realtime_leak_check``: the leak check alone, for tests that start their own things. A
   test that leaves a listening port, a connection or a pending delayed call behind fails.
 """
@@ -93,8 +94,8 @@ def realtime_server() -> Iterator[Any]:
     before = _snapshot(reactor)
     servers: list[Any] = []
 
-    async def start(application: Any, **config: Any) -> Any:
-        server = await serve(application, ServerConfig(**config), reactor)
+    async def start(application: Any, tls: Any = None, **config: Any) -> Any:
+        server = await serve(application, ServerConfig(**config), reactor, tls=tls)
         servers.append(server)
         return server
 

@@ -38,6 +38,7 @@ from realtime.config import ServerConfig
 from realtime.deflate import Deflater
 from realtime.exceptions import NoRoute, Refuse
 from realtime.http import AsyncHttpConsumer
+from realtime.http2 import become_h2, cut_off, negotiated_h2, protocols
 from realtime.metrics import SiteStats, exposition
 from realtime.proxy import apply as apply_proxy_headers
 from realtime.proxy import parse_networks
@@ -93,6 +94,9 @@ class RealtimeChannel(http.HTTPChannel):
     _linger: Any = None
     _refused = False
     upgrading: WebSocketConnection | None = None
+    #: The HTTP/2 connection this channel forwards to, once ALPN chose h2 (``realtime.http2``).
+    h2: Any = None
+    _alpn_checked = False
     #: The upgrade this connection's request made, kept after the handshake (the testing
     #: communicators read a refused handshake's exception from it).
     upgraded: WebSocketConnection | None = None
@@ -120,6 +124,19 @@ class RealtimeChannel(http.HTTPChannel):
         return bool(getattr(self, "_HTTPChannel__first_line", 0))
 
     def dataReceived(self, data: bytes) -> None:
+        if self.h2 is not None:
+            self.h2.dataReceived(data)
+            return
+        if not self._alpn_checked:
+            self._alpn_checked = True
+            if negotiated_h2(self.transport):
+                # TLS is up and ALPN chose HTTP/2: the head deadline and the idle timer
+                # are HTTP/1.1's; HTTP/2 has its own idle timeout and stream limits.
+                self.handshake_done()
+                self.setTimeout(None)
+                self.h2 = become_h2(self)
+                self.h2.dataReceived(data)
+                return
         if self._refused:
             return  # lingering after a refusal: discard
         if self.line_mode and not self._buffer and self._at_request_line() and data:
@@ -262,6 +279,10 @@ class RealtimeChannel(http.HTTPChannel):
             self.lost.callback(None)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.h2 is not None:
+            self.h2.connectionLost(reason)
+            self._gone()
+            return
         self.handshake_done()
         if self._linger is not None:
             if self._linger.active():
@@ -289,6 +310,13 @@ class RealtimeRequest(server.Request):
             if name and not self.responseHeaders.hasHeader(b"server"):
                 self.responseHeaders.setRawHeaders(b"server", [name])
         super().write(data)
+
+    def head_done(self) -> None:
+        """The head is in and the request is no pending upgrade: an HTTP/1.1 channel's
+        connect deadline stops (an HTTP/2 stream has none)."""
+        channel = self.channel
+        if isinstance(channel, RealtimeChannel):
+            channel.handshake_done()
 
     def start_response_deadline(self, seconds: float) -> None:
         """``--http-timeout``: a response not started ``seconds`` from now gets 503, one not
@@ -319,9 +347,7 @@ class RealtimeRequest(server.Request):
             return
         log.warn("{method} {path}: response not finished within --http-timeout {seconds} s: "
                  "cut off", method=method, path=path, seconds=seconds)
-        transport = self.channel.transport if self.channel is not None else None
-        if transport is not None:
-            transport.abortConnection()
+        cut_off(self)
 
     def process(self) -> None:
         self.site = self.channel.site
@@ -422,6 +448,10 @@ class RealtimeSite(server.Site):
         channel.callLater = self.reactor.callLater
         return channel
 
+    def acceptableProtocols(self) -> list[bytes]:
+        """ALPN on TLS listeners: ``h2`` first unless ``--no-http2`` (``realtime.http2``)."""
+        return protocols(self.config.http2)
+
     def log(self, request: Any) -> None:
         """One access-log line per finished HTTP request (twisted.web calls this); refused
         upgrades are logged as WebSocket refusals instead."""
@@ -460,25 +490,25 @@ class RealtimeSite(server.Site):
         path = request.path
         cfg = self.config
         if check_host(_header(request, b"host"), request.clientproto) is not None:
-            request.channel.handshake_done()
+            request.head_done()
             self.write_refusal(request, Refuse(400), upgrade=False, close=True)
             return
         if path == cfg.health_path.encode() and cfg.health_path:
-            request.channel.handshake_done()
+            request.head_done()
             self._plain(request, 200, b"ok\n")
             return
         if self.metrics is not None and path == cfg.metrics_path.encode():
-            request.channel.handshake_done()
+            request.head_done()
             content_type, body = exposition(self.metrics)
             request.setHeader(b"content-type", content_type)
             self._plain(request, 200, body, content_type)
             return
         if cfg.api_keys and path in API_PATHS:
-            request.channel.handshake_done()
+            request.head_done()
             handle_api(self, request)
             return
         if path == cfg.ready_path.encode() and cfg.ready_path:
-            request.channel.handshake_done()
+            request.head_done()
             if self.draining:
                 self._plain(request, 503, b"draining\n")
             elif not self.layer.ready:
@@ -489,7 +519,7 @@ class RealtimeSite(server.Site):
         if b"websocket" in _tokens(_header(request, b"upgrade")):
             self._websocket(request)
         else:
-            request.channel.handshake_done()
+            request.head_done()
             self._http(request)
 
     def _scope(self, request: RealtimeRequest, kind: str) -> dict[str, Any]:
@@ -511,19 +541,19 @@ class RealtimeSite(server.Site):
     def _websocket(self, request: RealtimeRequest) -> None:
         refusal = self._check_handshake(request)
         if refusal is not None:
-            request.channel.handshake_done()
+            request.head_done()
             self.write_refusal(request, refusal, upgrade=True)
             return
         try:
             scope = self._scope(request, "websocket")
         except BadRequest:
-            request.channel.handshake_done()
+            request.head_done()
             self.write_refusal(request, Refuse(400), upgrade=True)
             return
         client_ip = scope["client"][0] if scope.get("client") else None
         limit = self.config.max_connections_per_ip
         if limit and client_ip is not None and self.per_ip.get(client_ip, 0) >= limit:
-            request.channel.handshake_done()
+            request.head_done()
             self.write_refusal(request, Refuse(429), upgrade=True)
             return
         conn = self.connection_class(self, request, scope)

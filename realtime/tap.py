@@ -295,6 +295,8 @@ class Options(usage.Options):
         ["proxy-headers", None,
          "Use X-Forwarded-For/-Proto/-Port from --trusted-proxies, walked from the right."],
         ["no-server-name", None, "No Server header (the default; wins over --server-name)."],
+        ["no-http2", None,
+         "Offer only HTTP/1.1 on TLS listeners (HTTP/2 is offered over ALPN by default)."],
     ]
 
     _repeatable = ("port", "fd", "history")
@@ -478,6 +480,7 @@ class Options(usage.Options):
             max_send_buffer=_size("max-send-buffer", self["max-send-buffer"]),
             slow_consumer=self._choice("slow-consumer", ("close", "drop")),
             compression=bool(self["compression"]),
+            http2=not self["no-http2"],
             compression_level=_count("compression-level", self["compression-level"], 1, 9),
             compression_min_size=_count(
                 "compression-min-size", self["compression-min-size"], 0

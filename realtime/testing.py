@@ -44,18 +44,20 @@ class LiveServer:
     #: (restored by ``stop``).
     _delay_before: tuple[float, Any] | None = None
 
-    def __init__(self, site: Any, port: Any) -> None:
+    def __init__(self, site: Any, port: Any, tls: bool = False) -> None:
         self.site = site
         self.listening_port = port
         address = port.getHost()
         self.host: str = address.host
         self.port: int = address.port
+        #: Whether the listener speaks TLS (``wss://`` and ``https://`` URLs).
+        self.tls = tls
 
     def ws_url(self, path: str = "/") -> str:
-        return f"ws://{self.host}:{self.port}{path}"
+        return f"{'wss' if self.tls else 'ws'}://{self.host}:{self.port}{path}"
 
     def http_url(self, path: str = "/") -> str:
-        return f"http://{self.host}:{self.port}{path}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}{path}"
 
     def stop(self) -> Deferred[None]:
         """Stop listening, drop every connection; fires when they are gone."""
@@ -96,15 +98,21 @@ async def serve(
     reactor: Any = None,
     interface: str = "127.0.0.1",
     layer: Any = None,
+    tls: Any = None,
 ) -> LiveServer:
     """Start ``application`` on a free port of ``interface``; returns a ``LiveServer``.
-    Its consumers use ``layer`` (default: ``get_channel_layer()``)."""
+    Its consumers use ``layer`` (default: ``get_channel_layer()``). With ``tls`` (a
+    ``twisted.internet.ssl.CertificateOptions``, e.g. ``PrivateCertificate.options()``) the
+    port speaks TLS and offers HTTP/2 as an ``ssl:`` listener does."""
     from realtime.site import RealtimeSite
 
     reactor = reactor or _default_reactor()
     site = RealtimeSite(application, config or ServerConfig(), reactor, layer)
-    port = reactor.listenTCP(0, site, interface=interface)
-    server = LiveServer(site, port)
+    if tls is None:
+        port = reactor.listenTCP(0, site, interface=interface)
+    else:
+        port = reactor.listenSSL(0, site, tls, interface=interface)
+    server = LiveServer(site, port, tls=tls is not None)
     if site.config.broadcast_delay:  # process-wide (as under twistd), until stop()
         from realtime.layers.base import _Hold, set_broadcast_delay
 

@@ -349,6 +349,14 @@ class TestEnvironment:
         config = parse("--compression-min-size", "0", "--compression-level", "9").config
         assert (config.compression_level, config.compression_min_size) == (9, 0)
 
+    def test_http2_is_on_unless_no_http2(self, monkeypatch):
+        assert parse().config.http2 is True
+        assert parse("--no-http2").config.http2 is False
+        monkeypatch.setenv("REALTIME_NO_HTTP2", "yes")
+        assert parse().config.http2 is False
+        monkeypatch.setenv("REALTIME_NO_HTTP2", "maybe")
+        assert error() == "REALTIME_NO_HTTP2: expected 1/true/yes or 0/false/no, got 'maybe'"
+
     def test_value(self, monkeypatch):
         monkeypatch.setenv("REALTIME_MAX_MESSAGE_SIZE", "64KiB")
         monkeypatch.setenv("REALTIME_WEBSOCKET_CONNECT_TIMEOUT", "2.5")

@@ -145,6 +145,60 @@ async def test_a_starlette_app_over_http_and_websocket(live: Any) -> None:
     ]
 
 
+async def half_then_raise(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A raw ASGI app that starts a streamed response and fails halfway."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"half", "more_body": True})
+    raise RuntimeError("the app broke halfway")
+
+
+@pytest_twisted.ensureDeferred
+async def test_djangos_views_over_http2(live: Any, tmp_path_factory: Any) -> None:
+    """A TLS listener offers HTTP/2 (ALPN): Django's views over it, a streamed one too
+    (DATA frames, no chunked coding); an app that fails halfway has its stream reset, and the
+    connection serves the next request."""
+    import ssl
+
+    import httpx
+    from django.core.handlers.asgi import ASGIHandler
+    from twisted.internet import ssl as twisted_ssl
+
+    from realtime import re_path
+    from tests.e2e.support import self_signed
+
+    await django_database(tmp_path_factory)
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
+    options = twisted_ssl.PrivateCertificate.loadPEM(cert.read_text() + key.read_text())
+    application = URLRouter([path("broken/", AsgiApp(half_then_raise)),
+                             re_path(r"", ASGIHandler())])
+    server = await live(application, tls=options.options())
+
+    def client() -> list[Any]:
+        out: list[Any] = []
+        context = ssl.create_default_context(cafile=str(cert))
+        with httpx.Client(http2=True, verify=context, timeout=10,
+                          limits=httpx.Limits(max_connections=1)) as c:
+            sync = c.get(server.http_url("/sync/?q=h2"))
+            out.append((sync.http_version, sync.status_code, sync.json()["q"]))
+            streamed = c.get(server.http_url("/stream/"))
+            out.append((streamed.http_version, streamed.headers.get("transfer-encoding"),
+                        streamed.content))
+            try:
+                c.get(server.http_url("/broken/"))
+                out.append("complete")
+            except httpx.RemoteProtocolError as exc:
+                out.append("reset" in str(exc).lower())
+            out.append(c.get(server.http_url("/missing/")).status_code)
+        return out
+
+    assert await in_thread(client) == [
+        ("HTTP/2", 200, "h2"),
+        ("HTTP/2", None, b"chunk0;chunk1;chunk2;chunk3;chunk4;"),
+        True,
+        404,
+    ]
+
+
 race: list[Any] = []
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.support import Server, ServerFailed, free_port, start, twistd
+from tests.e2e.support import Server, ServerFailed, free_port, self_signed, start, twistd
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +98,10 @@ def _join(browser: Any, url: str, name: str, room: str) -> Any:
     """A new browser context (its own tab and cookies) that joins ``room`` as ``name``."""
     from playwright.sync_api import expect
 
-    context = browser.new_context(viewport={"width": 760, "height": 560})
+    # A self-signed certificate is accepted (for https:// and wss://); plain http:// is not
+    # affected.
+    context = browser.new_context(viewport={"width": 760, "height": 560},
+                                  ignore_https_errors=True)
     context.set_default_timeout(TIMEOUT_MS)
     context.add_init_script(RECORD_CLOSE_CODES)
     page = context.new_page()
@@ -168,6 +171,30 @@ def test_two_pages_see_each_other_and_each_others_messages(browser, tmp_path):
             bob.context.close()
             expect(alice.locator("#members li")).to_have_text(["alice"])
             expect(alice.locator("#log > div").last).to_have_text("bob left")
+        finally:
+            for page in (alice, bob):
+                page.context.close()
+
+
+def test_chat_over_tls_page_on_http2_and_its_websocket_beside_it(browser, tmp_path):
+    """An ``ssl:`` listener: Chromium loads the page over HTTP/2 (ALPN h2) and opens its
+    ``wss://`` WebSocket on the same port over HTTP/1.1 (no RFC 8441 is announced), and
+    the chat works."""
+    from playwright.sync_api import expect
+
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    with start(twistd("--app", CHAT_APP, "--port",
+                      f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}")):
+        url = f"https://127.0.0.1:{port}/"
+        alice, bob = _alice_and_bob(browser, url, "tls")
+        try:
+            for page in (alice, bob):
+                assert page.evaluate(
+                    "performance.getEntriesByType('navigation')[0].nextHopProtocol") == "h2"
+            _say(alice, "over h2 and wss")
+            expect(bob.locator("#log > div")).to_have_text(["alice: over h2 and wss"])
+            assert alice.evaluate("window.closeCodes") == []
         finally:
             for page in (alice, bob):
                 page.context.close()

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from websockets.sync.client import connect, unix_connect
 
@@ -157,6 +158,10 @@ def test_ssl_self_signed(tmp_path):
         # The certificate is really checked: a default context refuses it.
         with pytest.raises(ssl.SSLCertVerificationError):
             echo_tcp(server.port, ssl=ssl.create_default_context())
+        # HTTP/2 for a client that offers it (ALPN), as Daphne with Twisted[http2].
+        with httpx.Client(http2=True, verify=trusting) as client:
+            response = client.get(f"https://127.0.0.1:{server.port}/healthz")
+        assert (response.http_version, response.text) == ("HTTP/2", "ok\n")
     stopped_cleanly(server)
 
 

@@ -181,6 +181,7 @@ def test_tls_and_unix_listeners_with_workers(redis_url, tmp_path):
     socket every worker shares)."""
     import ssl
 
+    import httpx
     from websockets.sync.client import unix_connect
 
     from tests.e2e.support import self_signed
@@ -208,6 +209,10 @@ def test_tls_and_unix_listeners_with_workers(redis_url, tmp_path):
                                                       open_timeout=TIMEOUT))
                 pids.add(int(ws.recv(timeout=TIMEOUT)))
         assert pids == set(worker_pids(server).values())
+        # Each worker's TLS offers HTTP/2 as a single server's does.
+        with httpx.Client(http2=True, verify=trusting) as client:
+            response = client.get(server.ws_url("/healthz", "https"))
+        assert (response.http_version, response.text) == ("HTTP/2", "ok\n")
         result = server.stop()
     assert result.returncode == 0, result.output
 

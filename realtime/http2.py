@@ -1,0 +1,84 @@
+"""HTTP/2 for HTTP requests on TLS listeners, as Daphne offers it with ``Twisted[http2]``.
+
+ALPN picks the protocol: a client that offers ``h2`` (browsers, curl, httpx) gets HTTP/2
+unless ``--no-http2``; one that offers only ``http/1.1`` or nothing (every WebSocket client:
+HTTP/2 has no ``Upgrade``, and we announce no RFC 8441 extended CONNECT, so browsers open
+their WebSockets on an HTTP/1.1 connection of their own) gets HTTP/1.1. Plain-TCP listeners
+speak HTTP/1.1 only (no h2c), as Daphne's do.
+
+``RealtimeChannel`` stays the transport's protocol either way: when ALPN said ``h2`` it hands
+the transport to Twisted's ``H2Connection`` (``become_h2``) and forwards to it, so the
+site's bookkeeping (open channels, a clean stop in tests) is the same for both. Each HTTP/2
+stream makes a ``RealtimeRequest`` whose ``channel`` is Twisted's ``H2Stream``: its
+``transport`` is None, so code that must end one response early goes through ``cut_off``.
+Header fields HTTP/2 forbids (RFC 9113 8.2.2: a refusal's ``Connection: close``, a 426's
+``Upgrade``) are left out of HTTP/2 heads by h2 itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.error import ConnectionAborted
+from twisted.python.failure import Failure
+from twisted.web import http
+
+
+def available() -> bool:
+    """Whether Twisted's HTTP/2 (the ``h2`` package) can be used here."""
+    return bool(http.H2_ENABLED)
+
+
+def protocols(enabled: bool) -> list[bytes]:
+    """What a TLS listener offers over ALPN, the preferred first."""
+    return [b"h2", b"http/1.1"] if enabled and available() else [b"http/1.1"]
+
+
+def negotiated_h2(transport: Any) -> bool:
+    """Whether ALPN on this (TLS) transport chose HTTP/2; plain TCP never does."""
+    return getattr(transport, "negotiatedProtocol", None) == b"h2"
+
+
+def become_h2(channel: Any) -> Any:
+    """Hand ``channel``'s transport to a new ``H2Connection`` (the same steps as Twisted's
+    own switch in ``_GenericHTTPChannelProtocol``, which cannot host our channel class), and
+    return it; the channel forwards its transport's calls to it from now on."""
+    from twisted.web._http2 import H2Connection  # Twisted exports it nowhere public
+
+    transport = channel.transport
+    producer = channel._networkProducer
+    producer.unregisterProducer()
+    conn: Any = H2Connection(channel.site.clock)
+    conn.requestFactory = channel.requestFactory
+    conn.site = channel.site
+    conn.factory = channel.factory
+    conn.timeOut = channel.timeOut
+    conn.callLater = channel.callLater
+    conn.makeConnection(transport)
+    producer.registerProducer(conn, True)
+    return conn
+
+
+def cut_off(request: Any, flush: bool = False) -> None:
+    """End a response that cannot be completed so that the client sees it incomplete.
+
+    HTTP/1.1: the connection is closed; with ``flush`` what was written goes out first
+    (a chunked body then lacks its last chunk). HTTP/2: the stream is reset (RST_STREAM):
+    the connection and the client's other streams go on."""
+    channel = request.channel
+    if channel is None:
+        return
+    if isinstance(channel, http.HTTPChannel):
+        transport: Any = channel.transport
+        if transport is None:
+            return
+        if flush:
+            transport.loseConnection()
+        else:
+            transport.abortConnection()
+    else:
+        channel.abortConnection()
+        # Twisted tells a request of its stream's loss only when the peer resets it or the
+        # connection goes; here the server reset it, so say it as HTTP/1.1's abort would.
+        if not request._disconnected:
+            request.connectionLost(Failure(ConnectionAborted("HTTP/2 stream reset")))

@@ -1,0 +1,463 @@
+"""HTTP/2 on TLS listeners (``realtime/http2.py``), with real clients: httpx (``http2=True``),
+a raw client on the ``h2`` package for what httpx will not send, and ``websockets`` for the
+WebSockets that share the port over HTTP/1.1.
+
+Each server is the real one (``realtime_server(..., tls=...)``: a ``RealtimeSite`` behind
+Twisted's TLS, as an ``ssl:`` listener builds it) on a free loopback port. The twistd path
+(``--port ssl:...``, ``--no-http2``) is in tests/e2e/test_launch.py; a browser loading a
+page over HTTP/2 and opening its WebSocket on the same port, in test_browser_chat.py."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import httpx
+import pytest
+import pytest_twisted
+from twisted.internet import ssl as twisted_ssl
+from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
+from websockets.sync.client import connect
+
+from realtime import AsyncHttpConsumer, ProtocolTypeRouter, URLRouter, WebsocketConsumer, path
+from tests.clients import Recorder, captured_log, in_thread, until
+from tests.e2e.support import self_signed
+
+TIMEOUT = 10
+
+
+# -- the application --------------------------------------------------------------------------
+class ScopeView(AsyncHttpConsumer):
+    """Answers with what the scope says about the request, and the body's length."""
+
+    async def handle(self, body: bytes) -> None:
+        scope = self.scope
+        answer = {"http_version": scope["http_version"], "scheme": scope["scheme"],
+                  "method": scope["method"], "path": scope["path"], "body": len(body),
+                  "host": dict(scope["headers"]).get(b"host", b"").decode(),
+                  "client_port": scope["client"][1]}
+        await self.send_response(200, json.dumps(answer).encode(),
+                                 headers=[(b"Content-Type", b"application/json")])
+
+
+class Waiter(AsyncHttpConsumer):
+    """Waits for ``gate`` (fired by ``Opener``); with ``stream``, sends a first chunk before.
+    Records its disconnect()."""
+
+    gate: Any = None
+    rec: Any = None
+    stream = False
+
+    async def handle(self, body: bytes) -> None:
+        self.rec.add("waiting")
+        if self.stream:
+            await self.send_headers(headers=[(b"Content-Type", b"text/event-stream")])
+            await self.send_body(b"data: 1\n\n", more_body=True)
+        await self.gate
+        if self.stream:
+            await self.send_body(b"data: 2\n\n")
+        else:
+            await self.send_response(200, b"opened")
+
+    async def disconnect(self) -> None:
+        self.rec.add("disconnect")
+
+
+class Opener(AsyncHttpConsumer):
+    gate: Any = None
+
+    async def handle(self, body: bytes) -> None:
+        if not self.gate.called:
+            self.gate.callback(None)
+        await self.send_response(200, b"open")
+
+
+class FailsMidway(AsyncHttpConsumer):
+    """Starts a response, then raises: the client must not see a complete body."""
+
+    async def handle(self, body: bytes) -> None:
+        await self.send_headers(headers=[(b"Content-Type", b"text/plain")])
+        await self.send_body(b"part one", more_body=True)
+        raise RuntimeError("the view broke halfway")
+
+
+class WithConnectionFields(AsyncHttpConsumer):
+    """Sets header fields HTTP/1.1 allows and HTTP/2 forbids."""
+
+    async def handle(self, body: bytes) -> None:
+        await self.send_response(200, b"fields", headers=[
+            (b"Connection", b"keep-alive"), (b"Keep-Alive", b"timeout=5"),
+            (b"X-Kept", b"yes")])
+
+
+class Page(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        return b"a twisted.web resource"
+
+
+class Echo(WebsocketConsumer):
+    def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        self.send(text_data=text_data)
+
+
+def make_app(**http_routes: Any) -> ProtocolTypeRouter:
+    routes = {"scope": ScopeView.as_app(), "page": Page(),
+              "fields": WithConnectionFields.as_app(), "fails": FailsMidway.as_app()}
+    routes.update(http_routes)
+    return ProtocolTypeRouter({
+        "http": URLRouter([path(name, app) for name, app in routes.items()]),
+        "websocket": URLRouter([path("echo", Echo.as_app()), path("ws-only", Echo.as_app())]),
+    })
+
+
+# -- TLS and clients --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: Any) -> tuple[Path, Any]:
+    """A self-signed certificate for 127.0.0.1: its file (clients trust it) and the server's
+    ``CertificateOptions``."""
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
+    private = twisted_ssl.PrivateCertificate.loadPEM(cert.read_text() + key.read_text())
+    return cert, private.options()
+
+
+def client(cert: Path, http2: bool = True, **kwargs: Any) -> httpx.Client:
+    return httpx.Client(http2=http2, verify=ssl.create_default_context(cafile=str(cert)),
+                        timeout=TIMEOUT, **kwargs)
+
+
+def get(cert: Path, url: str, http2: bool = True) -> httpx.Response:
+    with client(cert, http2) as c:
+        return c.get(url)
+
+
+class RawH2:
+    """A minimal HTTP/2 client on the ``h2`` package over a TLS socket (blocking; run it in
+    a thread): for frames httpx will not send."""
+
+    def __init__(self, port: int, cert: Path, validate: bool = True) -> None:
+        context = ssl.create_default_context(cafile=str(cert))
+        context.set_alpn_protocols(["h2"])
+        raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        assert self.sock.selected_alpn_protocol() == "h2"
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, validate_outbound_headers=validate,
+            normalize_outbound_headers=validate))
+        self.conn.initiate_connection()
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def request(self, target: str, extra: list[tuple[str, str]] | None = None,
+                end: bool = True) -> int:
+        stream = self.conn.get_next_available_stream_id()
+        headers = [(":method", "GET"), (":path", target), (":scheme", "https"),
+                   (":authority", "127.0.0.1")] + (extra or [])
+        self.conn.send_headers(stream, headers, end_stream=end)
+        return stream
+
+    def events_until(self, done: Any, timeout: float = TIMEOUT) -> list[Any]:
+        """Read until ``done(event)`` is true for one event (or the server closes)."""
+        seen: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.flush()
+            try:
+                data = self.sock.recv(65536)
+            except (ConnectionError, ssl.SSLError):
+                return seen
+            if not data:
+                return seen
+            events = self.conn.receive_data(data)
+            for event in events:
+                if isinstance(event, h2.events.DataReceived):
+                    self.conn.acknowledge_received_data(event.flow_controlled_length,
+                                                        event.stream_id)
+            seen += events
+            if any(done(e) for e in events):
+                self.flush()
+                return seen
+        raise TimeoutError(f"no awaited event in {timeout} s: {seen!r}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def body_of(events: list[Any], stream: int) -> bytes:
+    return b"".join(e.data for e in events
+                    if isinstance(e, h2.events.DataReceived) and e.stream_id == stream)
+
+
+def ended(stream: int) -> Any:
+    return lambda e: isinstance(e, h2.events.StreamEnded) and e.stream_id == stream
+
+
+def terminated(e: Any) -> bool:
+    return isinstance(e, h2.events.ConnectionTerminated)
+
+
+# -- the tests --------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_http2_is_negotiated_and_serves_consumers_resources_and_builtins(
+        live, certificate):
+    cert, options = certificate
+    server = await live(make_app(), tls=options)
+    logged: list[dict[str, Any]] = []
+    server.site.access_log = type("Log", (), {"emit": lambda self, **f: logged.append(f)})()
+    big = b"x" * 300_000  # beyond HTTP/2's 64 KiB initial window: flow control must work
+
+    def run() -> list[httpx.Response]:
+        with client(cert) as c:
+            return [c.get(server.http_url("/scope?q=1")), c.post(server.http_url("/scope"),
+                                                                 content=big),
+                    c.get(server.http_url("/page")), c.get(server.http_url("/healthz")),
+                    c.get(server.http_url("/nosuch"))]
+
+    scope, post, page, health, missing = await in_thread(run)
+    assert {r.http_version for r in (scope, post, page, health, missing)} == {"HTTP/2"}
+    assert scope.json() == {"http_version": "2", "scheme": "https", "method": "GET",
+                            "path": "/scope", "body": 0, "host": f"127.0.0.1:{server.port}",
+                            "client_port": post.json()["client_port"]}  # one connection
+    assert post.json()["body"] == len(big)
+    assert (page.status_code, page.text) == (200, "a twisted.web resource")
+    assert (health.status_code, health.text) == (200, "ok\n")
+    assert missing.status_code == 404
+    assert {e["protocol"] for e in logged} == {"HTTP/2"}
+    assert sorted(e["status"] for e in logged) == [200, 200, 200, 200, 404]
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_on_one_connection_run_side_by_side(live, certificate):
+    """/wait answers only once /open has run: over one connection that needs streams
+    (HTTP/1.1 would wait for /wait's answer before sending /open)."""
+    cert, options = certificate
+    rec, gate = Recorder(), Deferred()
+    server = await live(make_app(wait=Waiter.as_app(gate=gate, rec=rec),
+                                 open=Opener.as_app(gate=gate)), tls=options)
+    with client(cert, limits=httpx.Limits(max_connections=1)) as c:
+        waiting = in_thread(c.get, server.http_url("/wait"))
+        assert await rec.wait(1) == ["waiting"]
+        opened = await in_thread(c.get, server.http_url("/open"))
+        first = await waiting
+    assert (first.http_version, first.text, opened.text) == ("HTTP/2", "opened", "open")
+    assert len(server.site.open_channels) == 1  # one TCP connection carried both
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_fields_are_left_out_of_http2_heads(live, certificate):
+    """What HTTP/2 forbids in a head (RFC 9113 8.2.2) is dropped (h2 does it), and the rest
+    of the response goes out. The same responses over HTTP/1.1 keep them."""
+    cert, options = certificate
+    server = await live(make_app(), tls=options, server_header="edge")
+
+    def run(http2: bool) -> list[httpx.Response]:
+        with client(cert, http2) as c:
+            return [c.get(server.http_url("/fields")), c.get(server.http_url("/ws-only"))]
+
+    fields, upgrade_needed = await in_thread(run, True)
+    assert (fields.http_version, fields.status_code, fields.text) == ("HTTP/2", 200, "fields")
+    assert fields.headers["x-kept"] == "yes" and fields.headers["server"] == "edge"
+    assert "connection" not in fields.headers and "keep-alive" not in fields.headers
+    assert upgrade_needed.status_code == 426
+    assert "upgrade" not in upgrade_needed.headers
+    fields1, upgrade_needed1 = await in_thread(run, False)
+    assert fields1.http_version == "HTTP/1.1" and fields1.headers["keep-alive"] == "timeout=5"
+    assert (upgrade_needed1.status_code, upgrade_needed1.headers["upgrade"]) == (426, "websocket")
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_timeout_resets_the_stream_and_the_connection_goes_on(live, certificate):
+    cert, options = certificate
+    rec, gate = Recorder(), Deferred()
+    server = await live(make_app(stream=Waiter.as_app(gate=gate, rec=rec, stream=True)),
+                        tls=options, http_response_timeout=0.3)
+
+    def run() -> tuple[bytes, str, httpx.Response, httpx.Response]:
+        with client(cert, limits=httpx.Limits(max_connections=1)) as c:
+            before = c.get(server.http_url("/scope"))
+            got = b""
+            with pytest.raises(httpx.RemoteProtocolError) as info:
+                with c.stream("GET", server.http_url("/stream")) as response:
+                    for chunk in response.iter_bytes():
+                        got += chunk
+            return got, str(info.value), before, c.get(server.http_url("/scope"))
+
+    with captured_log() as events:
+        got, error, before, after = await in_thread(run)
+        assert await rec.wait(1) == ["waiting", "disconnect"]
+    assert got == b"data: 1\n\n"  # what was sent arrived; the end never did
+    assert "reset" in error.lower()
+    assert (after.http_version, after.status_code) == ("HTTP/2", 200)
+    # The same connection served the requests before and after the reset one.
+    assert after.json()["client_port"] == before.json()["client_port"]
+    assert any("cut off" in e.get("log_format", "") for e in events)
+    gate.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_consumer_that_fails_halfway_resets_its_stream(live, certificate):
+    cert, options = certificate
+    server = await live(make_app(), tls=options)
+
+    def run() -> tuple[bytes, httpx.Response, httpx.Response]:
+        with client(cert, limits=httpx.Limits(max_connections=1)) as c:
+            before = c.get(server.http_url("/scope"))
+            got = b""
+            with pytest.raises(httpx.RemoteProtocolError):
+                with c.stream("GET", server.http_url("/fails")) as response:
+                    for chunk in response.iter_bytes():
+                        got += chunk
+            return got, before, c.get(server.http_url("/scope"))
+
+    with captured_log() as events:
+        got, before, after = await in_thread(run)
+    assert got in (b"", b"part one")  # never a complete-looking body
+    assert after.status_code == 200
+    assert after.json()["client_port"] == before.json()["client_port"]
+    assert any("the view broke halfway" in repr(e.get("log_failure")) for e in events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_the_client_resets_runs_disconnect_and_spares_the_connection(
+        live, certificate):
+    cert, options = certificate
+    rec, gate = Recorder(), Deferred()
+    server = await live(make_app(stream=Waiter.as_app(gate=gate, rec=rec, stream=True)),
+                        tls=options)
+
+    def run() -> tuple[list[Any], list[Any]]:
+        h2c = RawH2(server.port, cert)
+        try:
+            stream = h2c.request("/stream")
+            first = h2c.events_until(lambda e: isinstance(e, h2.events.DataReceived))
+            h2c.conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+            again = h2c.request("/scope")
+            return first, h2c.events_until(ended(again))
+        finally:
+            h2c.close()
+
+    first, second = await in_thread(run)
+    assert b"data: 1" in b"".join(e.data for e in first if hasattr(e, "data"))
+    assert await rec.wait(1) == ["waiting", "disconnect"]
+    scope = json.loads(body_of(second, 3))
+    assert scope["http_version"] == "2"
+    gate.callback(None)  # the late send goes nowhere and raises nothing
+
+
+@pytest_twisted.ensureDeferred
+async def test_websockets_share_the_tls_port_with_http2(live, certificate):
+    """WebSocket clients offer no ALPN or only http/1.1, so they get HTTP/1.1 and their
+    upgrade, while an HTTP/2 connection to the same port is open."""
+    cert, options = certificate
+    server = await live(make_app(), tls=options)
+
+    def run() -> list[str]:
+        answers = []
+        with client(cert) as c:
+            answers.append(c.get(server.http_url("/scope")).http_version)
+            plain = ssl.create_default_context(cafile=str(cert))
+            alpn = ssl.create_default_context(cafile=str(cert))
+            alpn.set_alpn_protocols(["http/1.1"])
+            for context in (plain, alpn):
+                with connect(server.ws_url("/echo"), ssl=context, open_timeout=TIMEOUT) as ws:
+                    ws.send("over TLS")
+                    answers.append(str(ws.recv(timeout=TIMEOUT)))
+            answers.append(c.get(server.http_url("/scope")).http_version)
+        return answers
+
+    assert await in_thread(run) == ["HTTP/2", "over TLS", "over TLS", "HTTP/2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_http2_offers_http11_only(live, certificate):
+    cert, options = certificate
+    server = await live(make_app(), tls=options, http2=False)
+    response = await in_thread(get, cert, server.http_url("/scope"))
+    assert (response.http_version, response.json()["http_version"]) == ("HTTP/1.1", "1.1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_tcp_listeners_do_not_speak_http2(live, certificate):
+    """No h2c: HTTP/2's prior-knowledge preface on a plain port gets 505, as any other
+    version this server does not speak."""
+    server = await live(make_app())
+
+    def run() -> bytes:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            return sock.recv(4096)
+
+    assert (await in_thread(run)).startswith(b"HTTP/1.1 505 ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upgrade_header_over_http2_ends_that_connection_only(live, certificate):
+    """HTTP/2 has no Upgrade (a WebSocket cannot start on a stream): a request that carries
+    one is a protocol error, GOAWAY for its connection; other clients go on."""
+    cert, options = certificate
+    server = await live(make_app(), tls=options)
+
+    def run() -> tuple[list[Any], httpx.Response]:
+        bad = RawH2(server.port, cert, validate=False)
+        try:
+            bad.request("/echo", [("upgrade", "websocket"), ("connection", "upgrade")])
+            events = bad.events_until(terminated)
+        finally:
+            bad.close()
+        return events, get(cert, server.http_url("/scope"))
+
+    events, after = await in_thread(run)
+    goaway = [e for e in events if terminated(e)]
+    assert goaway and goaway[0].error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    assert (after.http_version, after.status_code) == ("HTTP/2", 200)
+    assert await until(lambda: not server.site.open_channels, TIMEOUT)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rapid_reset_flood_is_cut_off_and_others_are_served(live, certificate):
+    """Streams opened and reset at once, over and over (CVE-2023-44487): Twisted's HTTP/2
+    server (>= 26.10, which setup.cfg requires) stops the connection with ENHANCE_YOUR_CALM
+    after its burst of 1,000; a well-behaved client is served meanwhile."""
+    cert, options = certificate
+    server = await live(make_app(), tls=options)
+    stop = threading.Event()
+
+    def flood() -> list[Any]:
+        h2c = RawH2(server.port, cert)
+        try:
+            for _ in range(1_500):
+                stream = h2c.request("/healthz")
+                h2c.conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+                try:
+                    h2c.flush()
+                except (ConnectionError, ssl.SSLError):
+                    break
+            return h2c.events_until(terminated)
+        finally:
+            h2c.close()
+            stop.set()
+
+    flooding = in_thread(flood)
+    answers = []
+    while not stop.is_set() and len(answers) < 50:
+        answers.append((await in_thread(get, cert, server.http_url("/healthz"))).status_code)
+    events = await flooding
+    goaway = [e for e in events if terminated(e)]
+    assert goaway and goaway[0].error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    assert answers and set(answers) == {200}
+    assert (await in_thread(get, cert, server.http_url("/healthz"))).status_code == 200
