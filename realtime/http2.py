@@ -23,6 +23,13 @@ from twisted.internet.error import ConnectionAborted
 from twisted.python.failure import Failure
 from twisted.web import http
 
+_h2: Any
+try:
+    from twisted.web import _http2 as _h2  # Twisted exports its HTTP/2 nowhere public
+except ImportError:  # no h2 package: protocols() offers http/1.1 only
+    _h2 = None
+H2Stream: Any = _h2.H2Stream if _h2 is not None else None
+
 
 def available() -> bool:
     """Whether Twisted's HTTP/2 (the ``h2`` package) can be used here."""
@@ -39,20 +46,32 @@ def negotiated_h2(transport: Any) -> bool:
     return getattr(transport, "negotiatedProtocol", None) == b"h2"
 
 
-def become_h2(channel: Any) -> Any:
-    """Hand ``channel``'s transport to a new ``H2Connection`` (the same steps as Twisted's
-    own switch in ``_GenericHTTPChannelProtocol``, which cannot host our channel class), and
-    return it; the channel forwards its transport's calls to it from now on."""
-    from twisted.web._http2 import H2Connection  # Twisted exports it nowhere public
+if _h2 is not None:
 
+    class RealtimeH2Connection(_h2.H2Connection):
+        """Twisted's HTTP/2 connection with HTTP/1.1's idle rule: the idle timeout closes a
+        connection with nothing in progress (GOAWAY), never one whose request is still
+        being answered (a long poll, a server-sent-events stream)."""
+
+        def timeoutConnection(self) -> None:
+            if self.streams:
+                self.setTimeout(self.timeOut)  # the timer has fired: arm it anew
+                return
+            super().timeoutConnection()
+
+
+def become_h2(channel: Any) -> Any:
+    """Hand ``channel``'s transport to a new ``RealtimeH2Connection`` (the same steps as
+    Twisted's own switch in ``_GenericHTTPChannelProtocol``, which cannot host our channel
+    class), and return it; the channel forwards its transport's calls to it from now on."""
     transport = channel.transport
     producer = channel._networkProducer
     producer.unregisterProducer()
-    conn: Any = H2Connection(channel.site.clock)
+    conn: Any = RealtimeH2Connection(channel.site.clock)
     conn.requestFactory = channel.requestFactory
     conn.site = channel.site
     conn.factory = channel.factory
-    conn.timeOut = channel.timeOut
+    conn.timeOut = channel.site.timeOut  # the channel's own is off (setTimeout(None))
     conn.callLater = channel.callLater
     conn.makeConnection(transport)
     producer.registerProducer(conn, True)
@@ -63,22 +82,28 @@ def cut_off(request: Any, flush: bool = False) -> None:
     """End a response that cannot be completed so that the client sees it incomplete.
 
     HTTP/1.1: the connection is closed; with ``flush`` what was written goes out first
-    (a chunked body then lacks its last chunk). HTTP/2: the stream is reset (RST_STREAM):
-    the connection and the client's other streams go on."""
+    (a chunked body then lacks its last chunk). HTTP/2: the stream is reset (RST_STREAM) at
+    once, ``flush`` or not (what Twisted has not sent yet of it is dropped): the connection
+    and the client's other streams go on."""
     channel = request.channel
     if channel is None:
         return
-    if isinstance(channel, http.HTTPChannel):
-        transport: Any = channel.transport
-        if transport is None:
-            return
-        if flush:
-            transport.loseConnection()
-        else:
-            transport.abortConnection()
-    else:
+    if H2Stream is not None and isinstance(channel, H2Stream):
         channel.abortConnection()
         # Twisted tells a request of its stream's loss only when the peer resets it or the
         # connection goes; here the server reset it, so say it as HTTP/1.1's abort would.
         if not request._disconnected:
             request.connectionLost(Failure(ConnectionAborted("HTTP/2 stream reset")))
+        return
+    transport: Any = getattr(channel, "transport", None)
+    if transport is None:
+        return
+    if flush:
+        transport.loseConnection()
+    else:
+        transport.abortConnection()
+
+
+def on_h2_stream(request: Any) -> bool:
+    """Whether ``request`` came on an HTTP/2 stream."""
+    return H2Stream is not None and isinstance(request.channel, H2Stream)

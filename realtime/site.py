@@ -38,7 +38,7 @@ from realtime.config import ServerConfig
 from realtime.deflate import Deflater
 from realtime.exceptions import NoRoute, Refuse
 from realtime.http import AsyncHttpConsumer
-from realtime.http2 import become_h2, cut_off, negotiated_h2, protocols
+from realtime.http2 import become_h2, cut_off, negotiated_h2, on_h2_stream, protocols
 from realtime.metrics import SiteStats, exposition
 from realtime.proxy import apply as apply_proxy_headers
 from realtime.proxy import parse_networks
@@ -301,8 +301,32 @@ class RealtimeRequest(server.Request):
     channel: RealtimeChannel
     scope: dict[str, Any]
     _response_deadline: Any = None
+    #: An HTTP/2 stream's deadline from its opening to its request complete, body included
+    #: (``--websocket-connect-timeout``, as the HTTP/1.1 channel's head deadline).
+    _stream_deadline: Any = None
     #: Set when ``--http-timeout`` answered 503 or cut the response off.
     timed_out = False
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        if on_h2_stream(self):
+            site = channel.site
+            timeout = site.config.connect_timeout
+            if timeout > 0:
+                self._stream_deadline = site.clock.callLater(timeout, self._stream_overdue)
+
+    def _stream_overdue(self) -> None:
+        self._stream_deadline = None
+        cut_off(self)  # a request that dribbles its head or body: reset its stream
+
+    def _stop_stream_deadline(self) -> None:
+        call, self._stream_deadline = self._stream_deadline, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._stop_stream_deadline()
+        super().connectionLost(reason)
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting and self.site is not None:  # the head goes out now
@@ -350,6 +374,14 @@ class RealtimeRequest(server.Request):
         cut_off(self)
 
     def process(self) -> None:
+        if self._stream_deadline is not None:
+            self._stop_stream_deadline()
+        if self.clientproto == b"HTTP/2":
+            # Twisted adds :authority as a Host; a client may send Host too (RFC 9113
+            # 8.3.1; h2 refuses the two when they differ): one Host, as over HTTP/1.1.
+            hosts = self.requestHeaders.getRawHeaders(b"host")
+            if hosts and len(hosts) > 1 and len(set(hosts)) == 1:
+                self.requestHeaders.setRawHeaders(b"host", hosts[:1])
         self.site = self.channel.site
         self.started = self.site.clock.seconds()
         self.prepath = []

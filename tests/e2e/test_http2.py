@@ -4,7 +4,8 @@ WebSockets that share the port over HTTP/1.1.
 
 Each server is the real one (``realtime_server(..., tls=...)``: a ``RealtimeSite`` behind
 Twisted's TLS, as an ``ssl:`` listener builds it) on a free loopback port. The twistd path
-(``--port ssl:...``, ``--no-http2``) is in tests/e2e/test_launch.py; a browser loading a
+(``--port ssl:...``) is in tests/e2e/test_launch.py (``--no-http2``'s parsing in
+tests/test_tap.py); a browser loading a
 page over HTTP/2 and opening its WebSocket on the same port, in test_browser_chat.py."""
 
 from __future__ import annotations
@@ -71,6 +72,19 @@ class Waiter(AsyncHttpConsumer):
 
     async def disconnect(self) -> None:
         self.rec.add("disconnect")
+
+
+class LongPoll(AsyncHttpConsumer):
+    """Answers after ``seconds`` of silence."""
+
+    seconds = 1.0
+
+    async def handle(self, body: bytes) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, self.seconds, lambda: None)
+        await self.send_response(200, b"event")
 
 
 class Opener(AsyncHttpConsumer):
@@ -164,9 +178,9 @@ class RawH2:
             self.sock.sendall(data)
 
     def request(self, target: str, extra: list[tuple[str, str]] | None = None,
-                end: bool = True) -> int:
+                end: bool = True, method: str = "GET") -> int:
         stream = self.conn.get_next_available_stream_id()
-        headers = [(":method", "GET"), (":path", target), (":scheme", "https"),
+        headers = [(":method", method), (":path", target), (":scheme", "https"),
                    (":authority", "127.0.0.1")] + (extra or [])
         self.conn.send_headers(stream, headers, end_stream=end)
         return stream
@@ -461,3 +475,81 @@ async def test_a_rapid_reset_flood_is_cut_off_and_others_are_served(live, certif
     assert goaway and goaway[0].error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
     assert answers and set(answers) == {200}
     assert (await in_thread(get, cert, server.http_url("/healthz"))).status_code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_connections_close_and_long_polls_are_not_idle(live, certificate):
+    """The idle timeout (60 s; here 0.5) closes an HTTP/2 connection with nothing in
+    progress (GOAWAY), as HTTP/1.1's keep-alive; a request answered after longer than that
+    is in progress, not idle, and is served."""
+    cert, options = certificate
+    server = await live(make_app(poll=LongPoll.as_app(seconds=1.2)), tls=options,
+                        http_timeout=0.5)
+
+    def run() -> tuple[bytes, list[Any], float]:
+        h2c = RawH2(server.port, cert)
+        try:
+            stream = h2c.request("/poll")
+            answer = body_of(h2c.events_until(ended(stream)), stream)
+            idle_from = time.monotonic()
+            return answer, h2c.events_until(terminated), time.monotonic() - idle_from
+        finally:
+            h2c.close()
+
+    answer, events, idle = await in_thread(run)
+    assert answer == b"event"
+    assert [e.error_code for e in events if terminated(e)] == [h2.errors.ErrorCodes.NO_ERROR]
+    assert 0.3 < idle < 5
+    assert await until(lambda: not server.site.open_channels, TIMEOUT)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_that_dribbles_its_body_is_reset_at_the_connect_deadline(
+        live, certificate):
+    """``--websocket-connect-timeout``'s deadline holds for each HTTP/2 stream from its
+    opening to its request complete, as for an HTTP/1.1 head: a body that never ends gets
+    RST_STREAM; the connection and its other streams go on."""
+    cert, options = certificate
+    server = await live(make_app(), tls=options, connect_timeout=0.5)
+
+    def run() -> tuple[list[Any], float, dict[str, Any]]:
+        h2c = RawH2(server.port, cert)
+        try:
+            slow = h2c.request("/scope", [("content-length", "100")], end=False,
+                               method="POST")
+            h2c.conn.send_data(slow, b"x" * 10)
+            started = time.monotonic()
+            events = h2c.events_until(
+                lambda e: isinstance(e, h2.events.StreamReset) and e.stream_id == slow)
+            waited = time.monotonic() - started
+            fine = h2c.request("/scope")
+            return events, waited, json.loads(body_of(h2c.events_until(ended(fine)), fine))
+        finally:
+            h2c.close()
+
+    events, waited, scope = await in_thread(run)
+    assert 0.3 < waited < 5
+    assert not any(isinstance(e, h2.events.ResponseReceived) for e in events)
+    assert scope["http_version"] == "2"
+
+
+@pytest_twisted.ensureDeferred
+async def test_host_beside_authority_is_one_host(live, certificate):
+    """A client (or proxy) may send Host with :authority (RFC 9113 8.3.1): the same value
+    is one Host for the scope and the checks; h2 refuses the two when they differ."""
+    cert, options = certificate
+    server = await live(make_app(), tls=options)
+
+    def run() -> tuple[list[Any], int]:
+        h2c = RawH2(server.port, cert)
+        try:
+            stream = h2c.request("/scope", [("host", "127.0.0.1")])
+            return h2c.events_until(ended(stream)), stream
+        finally:
+            h2c.close()
+
+    events, stream = await in_thread(run)
+    statuses = [dict(e.headers)[b":status"] for e in events
+                if isinstance(e, h2.events.ResponseReceived)]
+    assert statuses == [b"200"]
+    assert json.loads(body_of(events, stream))["host"] == "127.0.0.1"
