@@ -92,11 +92,11 @@ class ServerConfig:
     #: ``Server`` header value on HTTP responses, refusals and the 101 (``--server-name``);
     #: empty: none (it tells a scanner nothing).
     server_header: str = ""
-    #: permessage-deflate for clients that offer it (``realtime.deflate``): zlib level
-    #: 1-9, and the smallest payload worth compressing (smaller ones go uncompressed).
     #: Offer HTTP/2 over ALPN on TLS listeners (``realtime.http2``); ``--no-http2`` turns
     #: it off. Plain-TCP listeners speak HTTP/1.1 whatever this says.
     http2: bool = True
+    #: permessage-deflate for clients that offer it (``realtime.deflate``): zlib level
+    #: 1-9, and the smallest payload worth compressing (smaller ones go uncompressed).
     compression: bool = False
     compression_level: int = 1
     compression_min_size: int = 128

@@ -21,7 +21,6 @@ from typing import Any
 
 from twisted.internet.error import ConnectionAborted
 from twisted.python.failure import Failure
-from twisted.web import http
 
 _h2: Any
 try:
@@ -31,14 +30,9 @@ except ImportError:  # no h2 package: protocols() offers http/1.1 only
 H2Stream: Any = _h2.H2Stream if _h2 is not None else None
 
 
-def available() -> bool:
-    """Whether Twisted's HTTP/2 (the ``h2`` package) can be used here."""
-    return bool(http.H2_ENABLED)
-
-
 def protocols(enabled: bool) -> list[bytes]:
     """What a TLS listener offers over ALPN, the preferred first."""
-    return [b"h2", b"http/1.1"] if enabled and available() else [b"http/1.1"]
+    return [b"h2", b"http/1.1"] if enabled and _h2 is not None else [b"http/1.1"]
 
 
 def negotiated_h2(transport: Any) -> bool:

@@ -374,8 +374,7 @@ class RealtimeRequest(server.Request):
         cut_off(self)
 
     def process(self) -> None:
-        if self._stream_deadline is not None:
-            self._stop_stream_deadline()
+        self._stop_stream_deadline()
         if self.clientproto == b"HTTP/2":
             # Twisted adds :authority as a Host; a client may send Host too (RFC 9113
             # 8.3.1; h2 refuses the two when they differ): one Host, as over HTTP/1.1.

@@ -161,17 +161,15 @@ async def test_djangos_views_over_http2(live: Any, tmp_path_factory: Any) -> Non
 
     import httpx
     from django.core.handlers.asgi import ASGIHandler
-    from twisted.internet import ssl as twisted_ssl
 
     from realtime import re_path
-    from tests.e2e.support import self_signed
+    from tests.e2e.support import self_signed, tls_options
 
     await django_database(tmp_path_factory)
     cert, key = self_signed(tmp_path_factory.mktemp("tls"))
-    options = twisted_ssl.PrivateCertificate.loadPEM(cert.read_text() + key.read_text())
     application = URLRouter([path("broken/", AsgiApp(half_then_raise)),
                              re_path(r"", ASGIHandler())])
-    server = await live(application, tls=options.options())
+    server = await live(application, tls=tls_options(cert, key))
 
     def client() -> list[Any]:
         out: list[Any] = []

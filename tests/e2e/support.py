@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 #: The repository root, from this file's location.
 REPO = Path(__file__).resolve().parents[2]
@@ -132,6 +132,14 @@ def self_signed(directory: str | Path, host: str = "127.0.0.1") -> tuple[Path, P
         serialization.NoEncryption(),
     ))
     return cert_path, key_path
+
+
+def tls_options(cert: Path, key: Path) -> Any:
+    """The server side of ``self_signed``'s pair: Twisted ``CertificateOptions``, as
+    ``realtime.testing.serve(..., tls=...)`` takes them."""
+    from twisted.internet import ssl
+
+    return ssl.PrivateCertificate.loadPEM(cert.read_text() + key.read_text()).options()
 
 
 class Server:

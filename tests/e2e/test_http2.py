@@ -25,14 +25,13 @@ import h2.events
 import httpx
 import pytest
 import pytest_twisted
-from twisted.internet import ssl as twisted_ssl
 from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from websockets.sync.client import connect
 
 from realtime import AsyncHttpConsumer, ProtocolTypeRouter, URLRouter, WebsocketConsumer, path
 from tests.clients import Recorder, captured_log, in_thread, until
-from tests.e2e.support import self_signed
+from tests.e2e.support import self_signed, tls_options
 
 TIMEOUT = 10
 
@@ -142,8 +141,7 @@ def certificate(tmp_path_factory: Any) -> tuple[Path, Any]:
     """A self-signed certificate for 127.0.0.1: its file (clients trust it) and the server's
     ``CertificateOptions``."""
     cert, key = self_signed(tmp_path_factory.mktemp("tls"))
-    private = twisted_ssl.PrivateCertificate.loadPEM(cert.read_text() + key.read_text())
-    return cert, private.options()
+    return cert, tls_options(cert, key)
 
 
 def client(cert: Path, http2: bool = True, **kwargs: Any) -> httpx.Client:
