@@ -19,7 +19,8 @@ Apps that use asyncio (Django, python-socketio, Starlette) need ``--reactor=asyn
 where every coroutine runs as an asyncio Task; under the default reactor an app that only
 awaits ``receive``/``send`` (and Deferreds) works as is.
 The app gets the server's scope (ASGI keys plus Channels' ``url_route`` when routed) with
-``asgi``: ``{"version": "3.0"}``. No lifespan protocol (Daphne has none either).
+``asgi``: ``{"version": "3.0"}``, and ``state`` (a copy of what the app's lifespan start-up
+left there) when ``realtime.lifespan`` ran it.
 """
 
 from __future__ import annotations
@@ -56,14 +57,19 @@ BODY_CHUNK = 64 * 1024
 class AsgiApp:
     """A raw ASGI application made a realtime application (``app(scope)``)."""
 
-    __slots__ = ("app",)
+    __slots__ = ("app", "state")
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        #: The app's lifespan state (``realtime.lifespan``), copied into each scope; None
+        #: while no lifespan ran.
+        self.state: dict[str, Any] | None = None
 
     def __call__(self, scope: Scope) -> Any:
         from realtime.routing import Ready
 
+        if self.state is not None:
+            scope["state"] = self.state.copy()
         kind = scope.get("type")
         if kind == "http":
             return Ready(AsgiHttp(self.app, scope))

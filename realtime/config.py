@@ -95,6 +95,9 @@ class ServerConfig:
     #: Offer HTTP/2 over ALPN on TLS listeners (``realtime.http2``); ``--no-http2`` turns
     #: it off. Plain-TCP listeners speak HTTP/1.1 whatever this says.
     http2: bool = True
+    #: The ASGI lifespan protocol for the application's raw ASGI apps
+    #: (``realtime.lifespan``): ``auto``, ``on`` or ``off``.
+    lifespan: str = "auto"
     #: permessage-deflate for clients that offer it (``realtime.deflate``): zlib level
     #: 1-9, and the smallest payload worth compressing (smaller ones go uncompressed).
     compression: bool = False
@@ -109,6 +112,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must not be negative")
         if not 0 <= self.broadcast_delay <= 1:
             raise ValueError("broadcast_delay must be between 0 and 1 second")
+        if self.lifespan not in ("auto", "on", "off"):
+            raise ValueError("lifespan must be 'auto', 'on' or 'off'")
         if self.slow_consumer not in ("close", "drop"):
             raise ValueError("slow_consumer must be 'close' or 'drop'")
         if self.drain_batch < 1 or self.drain_interval < 0:

@@ -349,10 +349,15 @@ class ProtocolTypeRouter:
             if not callable(app):
                 raise TypeError(f"ProtocolTypeRouter: the {key!r} application is not callable")
         self.application_mapping = {key: mount(app) for key, app in application_mapping.items()}
+        #: The ``"lifespan"`` entry's lifespan state (``realtime.lifespan``): every scope
+        #: routed here gets a copy. None while no lifespan ran.
+        self.state: dict[str, Any] | None = None
 
     def __call__(self, scope: Scope, *asgi: Any) -> Any:
         if asgi:
             raise not_asgi(self)
+        if self.state is not None:
+            scope["state"] = self.state.copy()
         app = self.application_mapping.get(scope["type"])
         if app is None:
             raise NoRoute(str(scope.get("path", "")))

@@ -8,17 +8,24 @@ say 503 and new upgrades get a 503, not a refused connection).
 
 from __future__ import annotations
 
+import atexit
 import gc
+import os
 import resource
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from realtime.config import StartupError
 from realtime.endpoints import describe_address
+from realtime.exceptions import Refuse
+from realtime.lifespan import STARTUP_FAILED, LifespanError, Lifespans
 from realtime.notify import Notifier
 from realtime.site import RealtimeSite
 
@@ -70,6 +77,46 @@ def tune_collector(threshold: int) -> int:
     log.info("gc: {frozen} start-up objects frozen, first threshold {threshold}",
              frozen=frozen, threshold=threshold)
     return frozen
+
+
+#: Set once ``exit_after_shutdown`` has been called: the process is on its way out.
+_exiting = False
+
+
+def exit_after_shutdown(reactor: Any, pidfile: str | None, status: int) -> None:
+    """Stop the reactor and, once it has shut down (services stopped, drain done), end the
+    process with ``status``: twistd itself exits 0 whenever its reactor stopped. Its pidfile
+    (when it names this process) is removed first, as twistd would."""
+
+    global _exiting
+    if _exiting:
+        return
+    _exiting = True
+
+    def end() -> None:
+        # What interpreter exit would run (os._exit skips it): atexit handlers, among them
+        # logging's flush and an error reporter's (Sentry's) queue.
+        atexit._run_exitfuncs()
+        if pidfile:
+            try:
+                with open(pidfile) as f:
+                    ours = f.read().strip() == str(os.getpid())
+                if ours:
+                    os.remove(pidfile)
+            except OSError:
+                pass
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(status)
+
+    reactor.addSystemEventTrigger("after", "shutdown", end)
+    if reactor.running:
+        reactor.stop()
+    else:
+        reactor.callWhenRunning(reactor.stop)
 
 
 class ListenerService(Service):
@@ -130,13 +177,21 @@ class RealtimeService(MultiService):
     """The parent: on stop, drain every site, then close the listeners."""
 
     def __init__(
-        self, sites: list[RealtimeSite], reactor: Any, shutdown_timeout: float, layer: Any = None
+        self, sites: list[RealtimeSite], reactor: Any, shutdown_timeout: float, layer: Any = None,
+        lifespan: Lifespans | None = None, on_failure: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__()
         self.sites = sites
         self.reactor = reactor
         self.shutdown_timeout = shutdown_timeout
         self.layer = layer
+        #: The ASGI lifespans of the application's raw ASGI apps (``realtime.lifespan``).
+        self.lifespan = lifespan
+        #: Called with the exit status when the application's start-up failed (twistd:
+        #: ``exit_after_shutdown``); the status is kept in ``exit_status`` either way.
+        self.on_failure = on_failure
+        self.exit_status = 0
+        self.stopping = False
         #: systemd's notify protocol: READY=1, STOPPING=1, WATCHDOG=1 (no-ops without it).
         self.notifier = Notifier(reactor)
 
@@ -149,17 +204,49 @@ class RealtimeService(MultiService):
         start = getattr(self.layer, "start", None)
         if start is not None:
             start(self.reactor)
-        listening = [child.when_listening() for child in self
-                     if isinstance(child, ListenerService)]
-        gatherResults(listening).addCallback(lambda _: self._ready())
+        waits = [child.when_listening() for child in self if isinstance(child, ListenerService)]
+        if self.lifespan:
+            for site in self.sites:
+                site.gate = []
+            started: Deferred[None] = Deferred()
+            # From the reactor's first turn: asyncio code needs its loop running, which it
+            # is not yet in startup triggers (--reactor=asyncio).
+            self.reactor.callLater(0, lambda: self.lifespan.startup().chainDeferred(started))
+            waits.append(started.addCallbacks(self._started, self._start_failed))
+        gatherResults(waits).addCallback(lambda _: self._ready())
         self.notifier.start_watchdog()
 
+    def _started(self, _: Any) -> None:
+        if not self.stopping:  # else stopService refused the requests waiting
+            for site in self.sites:
+                site.release()
+
+    def _start_failed(self, failure: Failure) -> None:
+        """The application's start-up failed: waiting requests get 503, the process stops
+        with status 3 (``on_failure``). Not when the server stopped first (SIGTERM during
+        start-up): that stop is the exit, with its own status."""
+        if self.stopping:
+            return
+        if failure.check(LifespanError):
+            log.error("application startup failed: {error}", error=failure.value)
+        else:  # pragma: no cover - a bug of ours
+            log.failure("application startup failed", failure)
+        for site in self.sites:
+            site.release(Refuse(503))
+        self.exit_status = STARTUP_FAILED
+        if self.on_failure is not None:
+            self.on_failure(STARTUP_FAILED)
+
     def _ready(self) -> None:
-        if self.running:
+        if self.running and not self.exit_status:
             self.notifier.ready()
 
     def stopService(self) -> Deferred[Any]:
+        self.stopping = True
         self.notifier.stopping()
+        for site in self.sites:
+            if isinstance(site.gate, list):  # stopped during the lifespan start-up
+                site.release(Refuse(503))
         count = sum(len(site.connections) for site in self.sites)
         if count:
             log.info("draining {count} WebSocket connection(s)", count=count)
@@ -176,6 +263,9 @@ class RealtimeService(MultiService):
                 self.reactor._exitSignal = None
             stopped = MultiService.stopService(self)
             stopped.addBoth(self._stop_watchdog)
+            if self.lifespan:
+                lifespan = self.lifespan
+                stopped.addBoth(lambda result: lifespan.shutdown().addBoth(lambda _: result))
             if self.layer is not None:
                 stopped.addBoth(lambda result: self.layer.close().addBoth(lambda _: result))
             return stopped

@@ -94,6 +94,8 @@ class RealtimeChannel(http.HTTPChannel):
     _linger: Any = None
     _refused = False
     upgrading: WebSocketConnection | None = None
+    #: An upgrade request waiting for the lifespan start-up (``RealtimeSite.gate``).
+    waiting: RealtimeRequest | None = None
     #: The HTTP/2 connection this channel forwards to, once ALPN chose h2 (``realtime.http2``).
     h2: Any = None
     _alpn_checked = False
@@ -243,6 +245,9 @@ class RealtimeChannel(http.HTTPChannel):
         self._deadline = None
         if self.upgrading is not None:
             self.upgrading.connect_overrun()
+        elif self.waiting is not None:
+            waiting, self.waiting = self.waiting, None
+            self.site.waited_too_long(waiting)
         elif self.transport is not None:
             self.transport.abortConnection()
 
@@ -385,6 +390,11 @@ class RealtimeRequest(server.Request):
         self.started = self.site.clock.seconds()
         self.prepath = []
         self.postpath = [http.unquote(seg) for seg in self.path[1:].split(b"/")]
+        self.dispatch_guarded()
+
+    def dispatch_guarded(self) -> None:
+        """``site.dispatch`` with a 500 for whatever it raises (also for requests that
+        waited for the lifespan start-up)."""
         try:
             self.site.dispatch(self)
         except Exception:
@@ -462,6 +472,10 @@ class RealtimeSite(server.Site):
         self.open_channels: set[RealtimeChannel] = set()
         self.draining = False
         self._drained: list[Deferred[None]] = []
+        #: Requests for the application wait here while the ASGI lifespan start-up runs
+        #: (a list; ``release`` sends them on), or all get this ``Refuse`` once it failed
+        #: or the server stopped first; None while serving.
+        self.gate: list[RealtimeRequest] | Refuse | None = None
         #: Open WebSockets per client address (``--max-connections-per-ip``).
         self.per_ip: dict[str, int] = {}
         self._proxies = parse_networks(config.trusted_proxies) if config.proxy_headers else []
@@ -542,16 +556,56 @@ class RealtimeSite(server.Site):
             request.head_done()
             if self.draining:
                 self._plain(request, 503, b"draining\n")
+            elif self.gate is not None:
+                self._plain(request, 503, b"starting\n" if isinstance(self.gate, list)
+                            else b"application startup failed\n")
             elif not self.layer.ready:
                 self._plain(request, 503, b"channel layer unavailable\n")
             else:
                 self._plain(request, 200, b"ready\n")
             return
         if b"websocket" in _tokens(_header(request, b"upgrade")):
+            if self.gate is not None:
+                self._at_gate(request, upgrade=True)
+                return
             self._websocket(request)
         else:
             request.head_done()
+            if self.gate is not None:
+                self._at_gate(request, upgrade=False)
+                return
             self._http(request)
+
+    def _at_gate(self, request: RealtimeRequest, upgrade: bool) -> None:
+        gate = self.gate
+        if isinstance(gate, Refuse):
+            self.write_refusal(request, gate, upgrade=upgrade)
+            return
+        assert gate is not None
+        gate.append(request)
+        if upgrade and isinstance(request.channel, RealtimeChannel):
+            # Its connect deadline still runs: past it, 503 (as a connect() overrun).
+            request.channel.waiting = request
+
+    def release(self, refusal: Refuse | None = None) -> None:
+        """The lifespan start-up is over: the waiting requests go on to the application;
+        or, with ``refusal`` (it failed, or the server stopped first), they and every
+        later one get it."""
+        gate, self.gate = self.gate, refusal
+        for request in gate if isinstance(gate, list) else ():
+            if request.finished or request._disconnected:
+                continue
+            channel = request.channel
+            if isinstance(channel, RealtimeChannel):
+                channel.waiting = None
+            request.dispatch_guarded()
+
+    def waited_too_long(self, request: RealtimeRequest) -> None:
+        """A WebSocket handshake waiting for the start-up reached its connect deadline."""
+        if isinstance(self.gate, list) and request in self.gate:
+            self.gate.remove(request)
+        if not (request.finished or request._disconnected):
+            self.write_refusal(request, Refuse(503), upgrade=True)
 
     def _scope(self, request: RealtimeRequest, kind: str) -> dict[str, Any]:
         scope = build_scope(

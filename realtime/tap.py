@@ -12,6 +12,7 @@ import importlib
 import os
 import re
 import sys
+from functools import partial
 from typing import Any
 
 from twisted.python import usage
@@ -283,6 +284,9 @@ class Options(usage.Options):
          "Python's collector: the first generation's threshold (Python's own: 700), the "
          "heap built at start-up frozen out of collections; 0 leaves the collector as it "
          "is."],
+        ["lifespan", None, "auto",
+         "ASGI lifespan for the application's raw ASGI apps (Starlette/FastAPI startup and "
+         "shutdown): auto (apps that do not speak it are skipped), on (they must), off."],
         ["workers", None, "1",
          "Worker processes sharing the listeners (more than 1 needs --layer redis://...)."],
     ]
@@ -479,6 +483,7 @@ class Options(usage.Options):
             max_connections=_count("max-connections", self["max-connections"], 0),
             max_send_buffer=_size("max-send-buffer", self["max-send-buffer"]),
             slow_consumer=self._choice("slow-consumer", ("close", "drop")),
+            lifespan=self._choice("lifespan", ("auto", "on", "off")),
             compression=bool(self["compression"]),
             http2=not self["no-http2"],
             compression_level=_count("compression-level", self["compression-level"], 1, 9),
@@ -673,7 +678,8 @@ def makeService(options: Options) -> Any:
     from twisted.logger import Logger
 
     from realtime.layers.base import set_broadcast_delay
-    from realtime.service import ListenerService, RealtimeService
+    from realtime.lifespan import Lifespans
+    from realtime.service import ListenerService, RealtimeService, exit_after_shutdown
     from realtime.site import RealtimeSite
 
     log = Logger(namespace="realtime")
@@ -690,6 +696,7 @@ def makeService(options: Options) -> Any:
         from realtime.workers import SupervisorService
 
         supervisor = SupervisorService(options, reactor)
+        supervisor.on_failure = partial(exit_after_shutdown, reactor, _pidfile(options))
         if not (options.metrics_enabled and options.metrics_listener):
             return supervisor
         # --metrics-port under --workers: the supervisor serves it, adding up every
@@ -724,7 +731,13 @@ def makeService(options: Options) -> Any:
         site.access_log = options.access_log
     if options.access_log is not None:
         _reopen_on_sighup(reactor, options.access_log)
-    service = RealtimeService(sites, reactor, options.config.shutdown_timeout, options.layer)
+    config = options.config
+    service = RealtimeService(
+        sites, reactor, config.shutdown_timeout, options.layer,
+        lifespan=Lifespans(options.application, config.lifespan, reactor,
+                           config.shutdown_timeout),
+        on_failure=partial(exit_after_shutdown, reactor, _pidfile(options)),
+    )
     for listener in listeners:
         listener.setServiceParent(service)
     if options.parent is not None and options.gc_threshold:  # a process of our own
@@ -734,6 +747,11 @@ def makeService(options: Options) -> Any:
     if options.metrics_enabled:
         _add_metrics(service, sites, options, reactor)
     return service
+
+
+def _pidfile(options: Options) -> str | None:
+    """twistd's ``--pidfile`` (none under the ``realtime`` script or a test)."""
+    return options.parent.get("pidfile") if options.parent is not None else None
 
 
 def _add_metrics(service: Any, sites: list[Any], options: Options, reactor: Any) -> None:

@@ -43,6 +43,9 @@ class LiveServer:
     #: The process's broadcast delay and its reactor before this server set its own
     #: (restored by ``stop``).
     _delay_before: tuple[float, Any] | None = None
+    #: The application's ASGI lifespans (``realtime.lifespan``): started by ``serve``, shut
+    #: down by ``stop``.
+    lifespan: Any = None
 
     def __init__(self, site: Any, port: Any, tls: bool = False) -> None:
         self.site = site
@@ -66,6 +69,8 @@ class LiveServer:
     async def _stop(self) -> None:
         try:
             await self._stop_site()
+            if self.lifespan is not None:
+                await self.lifespan.shutdown()  # once: it forgets the apps it shut down
         finally:
             if self._delay_before is not None:
                 from realtime.layers.base import set_broadcast_delay
@@ -75,7 +80,10 @@ class LiveServer:
 
     async def _stop_site(self) -> None:
         site = self.site
-        await self.listening_port.stopListening()
+        if self.listening_port is None:  # stopped already
+            return
+        port, self.listening_port = self.listening_port, None
+        await port.stopListening()
         site.draining = True
         if site.connections:
             done: Deferred[None] = Deferred()
@@ -103,16 +111,25 @@ async def serve(
     """Start ``application`` on a free port of ``interface``; returns a ``LiveServer``.
     Its consumers use ``layer`` (default: ``get_channel_layer()``). With ``tls`` (a
     ``twisted.internet.ssl.CertificateOptions``, e.g. ``PrivateCertificate.options()``) the
-    port speaks TLS and offers HTTP/2 as an ``ssl:`` listener does."""
+    port speaks TLS and offers HTTP/2 as an ``ssl:`` listener does. The raw ASGI apps in
+    ``application`` get their lifespan start-up before it listens (``config.lifespan``; a
+    failed start-up raises ``realtime.lifespan.LifespanError``) and their shut-down in
+    ``stop()``."""
+    from realtime.lifespan import Lifespans
     from realtime.site import RealtimeSite
 
     reactor = reactor or _default_reactor()
-    site = RealtimeSite(application, config or ServerConfig(), reactor, layer)
+    config = config or ServerConfig()
+    lifespan = Lifespans(application, config.lifespan, reactor, config.shutdown_timeout)
+    if lifespan:
+        await lifespan.startup()
+    site = RealtimeSite(application, config, reactor, layer)
     if tls is None:
         port = reactor.listenTCP(0, site, interface=interface)
     else:
         port = reactor.listenSSL(0, site, tls, interface=interface)
     server = LiveServer(site, port, tls=tls is not None)
+    server.lifespan = lifespan if lifespan else None
     if site.config.broadcast_delay:  # process-wide (as under twistd), until stop()
         from realtime.layers.base import _Hold, set_broadcast_delay
 

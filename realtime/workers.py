@@ -38,12 +38,15 @@ Everything else:
 - Log lines: each child's output is relayed into the supervisor's log, prefixed with
   ``worker N:`` (so ``--logfile`` and journald see every worker).
 - A worker that exits is restarted after 0.5 s, doubling to 10 s while it keeps dying; the
-  delay resets once a worker has stayed up for 10 s.
+  delay resets once a worker has stayed up for 10 s. A worker that exits with status 3 (its
+  application's lifespan start-up failed, ``realtime.lifespan``) before every worker was
+  ready once stops every worker and the supervisor, which exits with 3 too.
 - SIGHUP to the supervisor is passed on to every worker (which reopens its access log, or
   ignores it).
 - SIGTERM/SIGINT to the supervisor: every worker gets SIGTERM and drains (1001 to its
-  sockets); the supervisor exits 0 when every worker has exited (SIGKILL for a worker
-  still there ``--shutdown-timeout`` + 5 s later). A worker whose supervisor dies gets
+  sockets) and shuts its ASGI apps' lifespans down; the supervisor exits 0 when every
+  worker has exited (SIGKILL for a worker still there twice ``--shutdown-timeout`` + 5 s
+  later: the drain, then the lifespan shut-down). A worker whose supervisor dies gets
   SIGTERM from the kernel (``PR_SET_PDEATHSIG``).
 - systemd: workers report READY=1 to the supervisor (their ``NOTIFY_SOCKET`` is the
   supervisor's own datagram socket); the supervisor tells systemd READY=1 once all N are
@@ -76,6 +79,7 @@ from twisted.logger import Logger
 
 from realtime.config import StartupError
 from realtime.endpoints import adopted_socket_family, describe_address
+from realtime.lifespan import STARTUP_FAILED
 from realtime.notify import Notifier
 from realtime.verbosity import RELAY_NAMESPACE
 
@@ -295,6 +299,14 @@ class Worker(ProcessProtocol):
         ended, self.ended = self.ended, succeed(None)
         if sup.stopping:
             log.info("worker {index} (pid {pid}) {how}", index=self.index, pid=pid, how=how)
+        elif getattr(value, "exitCode", None) == STARTUP_FAILED and not sup.all_ready:
+            # The application cannot start (its ASGI lifespan start-up failed) before the
+            # service ever served: restarting would fail again, and so would every other
+            # worker; stop with its status. (Later, a restarted worker's failure is
+            # restarted as any exit: the others still serve.)
+            log.error("worker {index} (pid {pid}): the application's startup failed; "
+                      "stopping every worker", index=self.index, pid=pid)
+            sup.failed(STARTUP_FAILED)
         else:
             if sup.reactor.seconds() - self.started >= STABLE_AFTER:
                 self.delay = FIRST_DELAY
@@ -337,6 +349,12 @@ class SupervisorService(Service):
         self._ready = 0
         self.metrics_dir = os.environ.get(METRICS_DIR_ENV, "")
         self._own_metrics_dir = False
+        #: Called with the exit status when a worker reports a failed start-up (twistd:
+        #: ``realtime.service.exit_after_shutdown``).
+        self.on_failure: Any = None
+        self.exit_status = 0
+        #: Every worker has been ready once (READY=1 went to systemd).
+        self.all_ready = False
 
     def command(self) -> list[str]:
         head = [sys.executable, "-c", _BOOT, "--nodaemon", "--pidfile="]
@@ -413,9 +431,18 @@ class SupervisorService(Service):
         for worker in running:
             worker.signal(number)
 
+    def failed(self, status: int) -> None:
+        """Stop the supervisor (and every worker) and exit with ``status`` (once)."""
+        if self.exit_status:
+            return
+        self.exit_status = status
+        if self.on_failure is not None:
+            self.on_failure(status)
+
     def worker_ready(self) -> None:
         self._ready += 1
         if self._ready == self.count and not self.stopping:
+            self.all_ready = True
             log.info("all {count} workers ready", count=self.count)
             self.notifier.ready()
 
@@ -425,7 +452,9 @@ class SupervisorService(Service):
         self.notifier.stopping()
         log.info("stopping {count} workers", count=self.count)
         ended = gatherResults([worker.stop() for worker in self.workers])
-        deadline = self.reactor.callLater(self.shutdown_timeout + KILL_GRACE, self._kill)
+        # A worker may take the drain's --shutdown-timeout, then as long again for its
+        # ASGI apps' lifespan shut-down (realtime.lifespan).
+        deadline = self.reactor.callLater(2 * self.shutdown_timeout + KILL_GRACE, self._kill)
 
         def _stopped(_: Any) -> Any:
             if deadline.active():

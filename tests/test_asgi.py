@@ -301,6 +301,7 @@ async def test_an_app_that_keeps_send_does_not_keep_the_request():
         return sum(1 for o in gc.get_objects() if isinstance(o, RealtimeRequest))
 
     server = await serve(AsgiApp(keeps_its_callables))
+    kept.clear()  # what the lifespan start-up's call kept
     try:
         before = requests_alive()
         for _ in range(20):
@@ -329,8 +330,8 @@ async def hangs(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_an_app_still_running_after_the_client_left_is_cancelled():
-    hung.clear()
     server = await serve(AsgiApp(hangs), ServerConfig(application_close_timeout=0.2))
+    hung.clear()  # the lifespan start-up's call, cancelled: it took no lifespan.startup
     try:
         with captured_log() as events:
             conn = await raw_connect(server.port)

@@ -357,6 +357,15 @@ class TestEnvironment:
         monkeypatch.setenv("REALTIME_NO_HTTP2", "maybe")
         assert error() == "REALTIME_NO_HTTP2: expected 1/true/yes or 0/false/no, got 'maybe'"
 
+    def test_lifespan_is_auto_unless_said(self, monkeypatch):
+        assert parse().config.lifespan == "auto"
+        assert parse("--lifespan", "off").config.lifespan == "off"
+        monkeypatch.setenv("REALTIME_LIFESPAN", "on")
+        assert parse().config.lifespan == "on"
+        assert parse("--lifespan", "auto").config.lifespan == "auto"  # the command line wins
+        monkeypatch.setenv("REALTIME_LIFESPAN", "always")
+        assert error() == "--lifespan: expected one of auto, on, off, got 'always'"
+
     def test_value(self, monkeypatch):
         monkeypatch.setenv("REALTIME_MAX_MESSAGE_SIZE", "64KiB")
         monkeypatch.setenv("REALTIME_WEBSOCKET_CONNECT_TIMEOUT", "2.5")

@@ -104,8 +104,43 @@ def test_a_worker_still_running_after_the_deadline_is_killed():
     worker.spawn()
     sup.running = True
     sup.stopService()
-    reactor.advance(10.0 + workers.KILL_GRACE)
+    # The drain's --shutdown-timeout (10 s), then as long for the lifespan shut-down.
+    reactor.advance(2 * 10.0 + workers.KILL_GRACE - 0.1)
+    assert worker.process.signals == [15]
+    reactor.advance(0.2)
     assert worker.process.signals == [15, 9]
+
+
+def startup_failed() -> Failure:
+    return Failure(ProcessTerminated(exitCode=workers.STARTUP_FAILED))
+
+
+def test_a_worker_whose_startup_fails_before_all_were_ready_stops_everything_once():
+    sup, _ = supervisor(2)
+    statuses: list[int] = []
+    sup.on_failure = statuses.append
+    first, second = sup.workers
+    first.spawn()
+    second.spawn()
+    sup.worker_ready()
+    first.processEnded(startup_failed())
+    second.processEnded(startup_failed())  # before the stop began: still one exit
+    assert statuses == [3] and sup.exit_status == 3
+    assert first.restart is None and second.restart is None  # no restart scheduled
+
+
+def test_a_restarted_workers_failed_startup_is_restarted_once_all_had_served():
+    sup, _ = supervisor(2)
+    statuses: list[int] = []
+    sup.on_failure = statuses.append
+    first, second = sup.workers
+    first.spawn()
+    second.spawn()
+    sup.worker_ready()
+    sup.worker_ready()
+    assert sup.all_ready
+    first.processEnded(startup_failed())  # a transient failure: the other worker serves
+    assert statuses == [] and first.restart is not None and first.restart.active()
 
 
 def test_child_command_and_environment(monkeypatch):

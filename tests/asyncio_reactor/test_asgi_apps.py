@@ -145,6 +145,45 @@ async def test_a_starlette_app_over_http_and_websocket(live: Any) -> None:
     ]
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_starlette_lifespan_runs_on_asyncio_and_its_state_reaches_requests(
+        live: Any) -> None:
+    """FastAPI's and Starlette's ``lifespan=``: start-up awaits asyncio code, the dict it
+    yields is every request's ``request.state`` (ASGI's lifespan state, which Starlette
+    refuses to use without), and shut-down runs on stop. Mounted inside a Channels-style
+    router, where uvicorn would not start it."""
+    import asyncio
+    import contextlib
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    events: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        await asyncio.sleep(0.05)  # needs asyncio's running loop
+        events.append("startup")
+        yield {"pool": "pool-1"}
+        await asyncio.sleep(0.01)
+        events.append("shutdown")
+
+    async def home(request: Any) -> Any:
+        return JSONResponse({"pool": request.state.pool})
+
+    api = Starlette(routes=[Route("/api/", home)], lifespan=lifespan)
+    server = await live(ProtocolTypeRouter({
+        "http": URLRouter([path("api/", api)]),
+        "websocket": URLRouter([path("ws/", Shout.as_asgi())]),
+    }))
+    assert events == ["startup"]
+    status, _, body = await in_thread(http_get, server.http_url("/api/"))
+    assert (status, json.loads(body)) == (200, {"pool": "pool-1"})
+    await server.stop()
+    assert events == ["startup", "shutdown"]
+
+
 async def half_then_raise(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """A raw ASGI app that starts a streamed response and fails halfway."""
     await send({"type": "http.response.start", "status": 200, "headers": []})
