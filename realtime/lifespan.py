@@ -133,7 +133,7 @@ class Lifespan:
             # It waits for something before taking lifespan.startup, which every lifespan
             # app takes first (Starlette, Quart, python-socketio, ...): an app that serves
             # whatever it is called for, as a long poll that would wait here forever.
-            self._not_lifespan("it waited without taking lifespan.startup")
+            self._not_lifespan("it waited without taking lifespan.startup", guessed=True)
             running.cancel()
         if clock is not None and not answer.called:
             call = clock.callLater(SLOW_STARTUP, self._slow)
@@ -154,11 +154,16 @@ class Lifespan:
         log.warn("ASGI lifespan: {app} has not finished its startup after {seconds} s; "
                  "requests wait for it", app=self.name, seconds=SLOW_STARTUP)
 
-    def _not_lifespan(self, why: str) -> None:
-        """Under ``auto``: the app does not speak lifespan; serve without it."""
+    def _not_lifespan(self, why: str, guessed: bool = False) -> None:
+        """Under ``auto``: the app does not speak lifespan; serve without it. A guess (it
+        waited first) is a warning: a lifespan app that waits first needs ``on``."""
         self.supported = False
-        log.info("ASGI lifespan: {app} does not speak it ({why}); serving without",
-                 app=self.name, why=why)
+        if guessed:
+            log.warn("ASGI lifespan: {app} does not speak it ({why}); serving without "
+                     "(--lifespan on if it does)", app=self.name, why=why)
+        else:
+            log.info("ASGI lifespan: {app} does not speak it ({why}); serving without",
+                     app=self.name, why=why)
         self._answered(None)
 
     def shutdown(self, timeout: float, clock: Any) -> Deferred[None]:
@@ -322,6 +327,10 @@ class Lifespans:
             try:
                 await lifespan.startup(self.clock)
             except LifespanError:
+                running = lifespan._running
+                if running is not None and not running.called:
+                    # It said startup.failed and runs on: cancelled, once out of its send.
+                    self.clock.callLater(0, running.cancel)
                 if not self._stopping:  # else shutdown() is doing this
                     await self._shut_down_started(self.timeout)
                 raise

@@ -241,7 +241,8 @@ async def test_an_app_that_waits_before_taking_startup_is_no_lifespan_under_auto
     assert [formatEvent(e) for e in logged] == [
         "ASGI lifespan: tests.test_lifespan.test_an_app_that_waits_before_taking_startup_is_"
         "no_lifespan_under_auto.<locals>.waits_first does not speak it (it waited without "
-        "taking lifespan.startup); serving without"]
+        "taking lifespan.startup); serving without (--lifespan on if it does)"]
+    assert logged[0]["log_level"].name == "warn"
     started = Lifespans(AsgiApp(waits_first), "on", Clock()).startup()
     assert not started.called and cancelled == ["lifespan"]  # "on" waits for it
 
@@ -273,6 +274,27 @@ async def test_a_failed_startup_shuts_down_the_apps_already_started(live):
         await live(URLRouter([path("ok/", ok), path("bad/", bad)]))
     assert str(raised.value) == "tests.test_lifespan.LifespanApp: database unavailable"
     assert events == ["ok startup", "bad startup", "ok shutdown"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_app_that_runs_on_after_saying_startup_failed_is_cancelled():
+    ends: list[str] = []
+
+    async def fails_and_stays(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no"})
+        try:
+            await Deferred()
+        except CancelledError:
+            ends.append("cancelled")
+            raise
+
+    clock = Clock()
+    with pytest.raises(LifespanError, match=r"fails_and_stays: no$"):
+        await Lifespans(AsgiApp(fails_and_stays), "auto", clock).startup()
+    assert ends == []
+    clock.advance(0)  # out of its send first
+    assert ends == ["cancelled"] and not clock.getDelayedCalls()
 
 
 @pytest_twisted.ensureDeferred
