@@ -138,6 +138,27 @@ async def serve(
     return server
 
 
+class LifespanManager:
+    """``async with LifespanManager(application):`` (asgi-lifespan's name) runs the ASGI
+    lifespan start-up of the raw ASGI apps in ``application`` (``realtime.lifespan``) and,
+    on the way out, their shut-down: for the in-memory communicators, which (as Channels'
+    do) send none. ``serve`` runs it by itself. A failed start-up raises
+    ``realtime.lifespan.LifespanError``."""
+
+    def __init__(self, application: Any, mode: str = "auto", reactor: Any = None,
+                 timeout: float = 10.0) -> None:
+        from realtime.lifespan import Lifespans
+
+        self.lifespans = Lifespans(application, mode, reactor or _default_reactor(), timeout)
+
+    async def __aenter__(self) -> LifespanManager:
+        await self.lifespans.startup()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.lifespans.shutdown()
+
+
 # -- in memory --------------------------------------------------------------------------------
 #
 # The communicators run the application through the server's own code path: a real

@@ -550,3 +550,19 @@ async def test_a_failed_or_raising_shutdown_is_logged_and_the_rest_shut_down():
     lines = [formatEvent(e) for e in logged]
     assert "ASGI lifespan: tests.test_lifespan.raises raised" in lines
     assert "ASGI lifespan: tests.test_lifespan.fails: shutdown failed: pool stuck" in lines
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_lifespan_manager_for_the_in_memory_communicators():
+    from realtime.testing import HttpCommunicator, LifespanManager
+
+    events: list[str] = []
+    application = AsgiApp(LifespanApp("mem", events))
+    async with LifespanManager(application):
+        communicator = HttpCommunicator(application, "GET", "/")
+        response = await communicator.get_response()
+        assert json.loads(response["body"]) == {"app": "mem"}
+    assert events == ["mem startup", "mem shutdown"]
+    with pytest.raises(LifespanError, match="LifespanApp: no"):
+        async with LifespanManager(AsgiApp(LifespanApp("bad", [], fail="no"))):
+            pass
