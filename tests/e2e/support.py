@@ -142,6 +142,14 @@ def tls_options(cert: Path, key: Path) -> Any:
     return ssl.PrivateCertificate.loadPEM(cert.read_text() + key.read_text()).options()
 
 
+def _hear_sigint() -> None:
+    """In the child, before exec: SIGINT back to its default. A suite run as a background
+    job (``bash tests/run.sh &``) ignores SIGINT, children inherit that, and Twisted then
+    leaves SIGINT alone (it installs its handler only over Python's default), so the SIGINT
+    drain test would wait for nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Server:
     """A started process; its output is read continuously so the pipes never fill."""
 
@@ -154,7 +162,7 @@ class Server:
         self.proc = subprocess.Popen(
             self.cmd, env=environment(env), cwd=cwd, pass_fds=tuple(pass_fds),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, errors="replace", bufsize=1,
+            text=True, errors="replace", bufsize=1, preexec_fn=_hear_sigint,
         )
         self.pid = self.proc.pid
         self._readers = [
