@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.redis_support import redis_layer, redis_server  # noqa: F401 (fixtures)
+from tests.redis_support import redis_layer, redis_server, redis_url  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(autouse=True)

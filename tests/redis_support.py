@@ -225,6 +225,16 @@ def redis_server() -> Iterator[RedisServer]:
         server.close()
 
 
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The shared redis-server's URL, restarted first if an earlier test killed it (the
+    process tests under ``--workers`` pass it to ``--layer``)."""
+    if not redis_server.ping():
+        redis_server.kill()
+        redis_server.start()
+    return str(redis_server.url)
+
+
 async def started_layer(url: str, timeout: float = 10.0) -> Any:
     """A ``RedisChannelLayer`` for ``url``, started and ready."""
     from twisted.internet import reactor

@@ -115,14 +115,22 @@ def startup_failed() -> Failure:
     return Failure(ProcessTerminated(exitCode=workers.STARTUP_FAILED))
 
 
-def test_a_worker_whose_startup_fails_before_all_were_ready_stops_everything_once():
+def two_workers_running(ready: int) -> tuple[SupervisorService, list[int]]:
+    """A supervisor with both workers spawned, ``ready`` of them reported ready, and the
+    exit statuses it asks for recorded."""
     sup, _ = supervisor(2)
     statuses: list[int] = []
     sup.on_failure = statuses.append
+    for worker in sup.workers:
+        worker.spawn()
+    for _ in range(ready):
+        sup.worker_ready()
+    return sup, statuses
+
+
+def test_a_worker_whose_startup_fails_before_all_were_ready_stops_everything_once():
+    sup, statuses = two_workers_running(ready=1)
     first, second = sup.workers
-    first.spawn()
-    second.spawn()
-    sup.worker_ready()
     first.processEnded(startup_failed())
     second.processEnded(startup_failed())  # before the stop began: still one exit
     assert statuses == [3] and sup.exit_status == 3
@@ -130,15 +138,9 @@ def test_a_worker_whose_startup_fails_before_all_were_ready_stops_everything_onc
 
 
 def test_a_restarted_workers_failed_startup_is_restarted_once_all_had_served():
-    sup, _ = supervisor(2)
-    statuses: list[int] = []
-    sup.on_failure = statuses.append
-    first, second = sup.workers
-    first.spawn()
-    second.spawn()
-    sup.worker_ready()
-    sup.worker_ready()
+    sup, statuses = two_workers_running(ready=2)
     assert sup.all_ready
+    first = sup.workers[0]
     first.processEnded(startup_failed())  # a transient failure: the other worker serves
     assert statuses == [] and first.restart is not None and first.restart.active()
 

@@ -99,14 +99,6 @@ def test_lifespan_off_and_a_bad_mode(tmp_path):
                              "got 'sometimes'\n")
 
 
-@pytest.fixture
-def redis_url(redis_server) -> str:
-    if not redis_server.ping():  # another test killed the shared server
-        redis_server.kill()
-        redis_server.start()
-    return redis_server.url
-
-
 def test_each_worker_runs_the_lifespan(tmp_path, redis_url):
     log_file = tmp_path / "phases"
     env = {**ENV, "LIFESPAN_LOG": str(log_file)}

@@ -29,14 +29,6 @@ def parent_of(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
-@pytest.fixture
-def redis_url(redis_server) -> str:
-    if not redis_server.ping():  # another test killed the shared server
-        redis_server.kill()
-        redis_server.start()
-    return redis_server.url
-
-
 @contextlib.contextmanager
 def supervisor(redis_url: str, *args: str, workers: int = 2):
     cmd = twistd("--app", APP, "--port", "0", "--workers", str(workers),
