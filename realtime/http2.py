@@ -53,6 +53,14 @@ if _h2 is not None:
                 return
             super().timeoutConnection()
 
+        def go_away(self) -> None:
+            """The drain is over: GOAWAY (no error) and close, once no stream is left."""
+            if self.streams or self.transport is None:
+                return
+            self.conn.close_connection()
+            self.transport.write(self.conn.data_to_send())
+            self.transport.loseConnection()
+
 
 def become_h2(channel: Any) -> Any:
     """Hand ``channel``'s transport to a new ``RealtimeH2Connection`` (the same steps as

@@ -248,14 +248,18 @@ class RealtimeService(MultiService):
             if isinstance(site.gate, list):  # stopped during the lifespan start-up
                 site.release(Refuse(503))
         count = sum(len(site.connections) for site in self.sites)
-        if count:
-            log.info("draining {count} WebSocket connection(s)", count=count)
+        requests = sum(len(site.in_flight) for site in self.sites)
+        if count or requests:
+            log.info("draining {count} WebSocket connection(s) and {requests} HTTP "
+                     "request(s)", count=count, requests=requests)
         drained = gatherResults([site.drain() for site in self.sites])
         deadline = self.reactor.callLater(self.shutdown_timeout, self._deadline)
 
         def _stop(_: Any) -> Any:
             if deadline.active():
                 deadline.cancel()
+            for site in self.sites:
+                site.close_idle()
             # twistd (and twist) re-raise the signal that stopped the reactor once it has
             # shut down, so the exit status would be -15; a finished drain is a clean exit
             # with status 0 (README, "Operations": the drain).
@@ -279,6 +283,8 @@ class RealtimeService(MultiService):
 
     def _deadline(self) -> None:
         left = sum(len(site.connections) for site in self.sites)
-        log.warn("shutdown timeout: closing {left} connection(s) at once", left=left)
+        requests = sum(len(site.in_flight) for site in self.sites)
+        log.warn("shutdown timeout: closing {left} connection(s) and cutting {requests} HTTP "
+                 "response(s) off at once", left=left, requests=requests)
         for site in self.sites:
             site.abort_all()

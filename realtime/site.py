@@ -311,6 +311,8 @@ class RealtimeRequest(server.Request):
     _stream_deadline: Any = None
     #: Set when ``--http-timeout`` answered 503 or cut the response off.
     timed_out = False
+    #: In ``site.in_flight`` (a request for the application) until it ends.
+    tracked = False
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
@@ -332,6 +334,16 @@ class RealtimeRequest(server.Request):
     def connectionLost(self, reason: Failure) -> None:
         self._stop_stream_deadline()
         super().connectionLost(reason)
+        self._untrack()
+
+    def _cleanup(self) -> None:
+        super()._cleanup()  # the response is complete
+        self._untrack()
+
+    def _untrack(self) -> None:
+        if self.tracked:
+            self.tracked = False
+            self.site.request_ended(self)
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting and self.site is not None:  # the head goes out now
@@ -403,6 +415,17 @@ class RealtimeRequest(server.Request):
                 self.site.write_refusal(self, Refuse(500), upgrade=False)
 
 
+def close_after(request: RealtimeRequest) -> None:
+    """While draining: the request's HTTP/1.1 connection closes once its response is done
+    (``Connection: close`` when the head is not out yet). An HTTP/2 stream's connection
+    closes at the end of the drain."""
+    channel = request.channel
+    if isinstance(channel, RealtimeChannel):
+        channel.persistent = False
+        if not request.startedWriting:
+            request.setHeader(b"connection", b"close")
+
+
 def _client_host(request: Any) -> str | None:
     scope = getattr(request, "scope", None)
     if scope and scope.get("client"):
@@ -470,6 +493,9 @@ class RealtimeSite(server.Site):
         self.connections: set[WebSocketConnection] = set()
         #: HTTP connections twisted.web still owns (for a clean stop in tests).
         self.open_channels: set[RealtimeChannel] = set()
+        #: Requests for the application (not built-in paths, not WebSockets) from dispatch
+        #: to their end: the drain waits for them.
+        self.in_flight: set[RealtimeRequest] = set()
         self.draining = False
         self._drained: list[Deferred[None]] = []
         #: Requests for the application wait here while the ASGI lifespan start-up runs
@@ -666,6 +692,10 @@ class RealtimeSite(server.Site):
         return None
 
     def _http(self, request: RealtimeRequest) -> None:
+        self.in_flight.add(request)
+        request.tracked = True
+        if self.draining:
+            close_after(request)
         if self.config.http_response_timeout:
             request.start_response_deadline(self.config.http_response_timeout)
         try:
@@ -787,6 +817,16 @@ class RealtimeSite(server.Site):
                 self.per_ip.pop(conn.client_ip, None)
         self.connections.discard(conn)
         if self.draining and not self.connections:
+            self._maybe_drained()
+
+    def request_ended(self, request: RealtimeRequest) -> None:
+        """An application request finished, or its client went away."""
+        self.in_flight.discard(request)
+        if self.draining and not self.in_flight:
+            self._maybe_drained()
+
+    def _maybe_drained(self) -> None:
+        if not self.connections and not self.in_flight:
             waiting, self._drained = self._drained, []
             for d in waiting:
                 d.callback(None)
@@ -794,14 +834,18 @@ class RealtimeSite(server.Site):
     def drain(self) -> Deferred[None]:
         """Refuse new upgrades with 503 (and say 503 on /readyz) at once, then close the open
         sockets with 1001, ``drain_batch`` of them every ``drain_interval`` seconds (a
-        thundering herd of reconnects is what a deploy must not cause); fires when all are
-        gone. The caller enforces the deadline with ``abort_all``."""
+        thundering herd of reconnects is what a deploy must not cause), and let the HTTP
+        requests in progress finish, each on a connection that closes after it; fires
+        when all are gone. The caller enforces the deadline with ``abort_all``."""
         self.draining = True
-        if not self.connections:
+        for request in self.in_flight:
+            close_after(request)
+        if not self.connections and not self.in_flight:
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._drained.append(d)
-        self._drain_batch(list(self.connections))
+        if self.connections:
+            self._drain_batch(list(self.connections))
         return d
 
     def _drain_batch(self, remaining: list[WebSocketConnection]) -> None:
@@ -814,9 +858,22 @@ class RealtimeSite(server.Site):
                 self.config.drain_interval, self._drain_batch, rest
             )
 
+    def close_idle(self) -> None:
+        """The drain is over: HTTP connections with nothing in progress (keep-alive ones,
+        HTTP/2 ones: GOAWAY) close now, not when the process ends."""
+        for channel in list(self.open_channels):
+            if channel.h2 is not None:
+                channel.h2.go_away()
+            elif not channel.requests:
+                transport: Any = channel.transport
+                if transport is not None:
+                    transport.loseConnection()
+
     def abort_all(self) -> None:
         call = getattr(self, "_drain_call", None)
         if call is not None and call.active():
             call.cancel()
         for conn in list(self.connections):
             conn.abort()
+        for request in list(self.in_flight):
+            cut_off(request)  # a response not finished in time: the client sees it cut

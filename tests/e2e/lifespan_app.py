@@ -5,7 +5,8 @@
 - ``LIFESPAN_DELAY``: seconds the start-up takes (a reactor timer: no asyncio here);
 - ``LIFESPAN_LOG``: a file each phase appends a line to (``startup PID``/``shutdown PID``).
 
-HTTP answers with the state the start-up left (``pid``, ``started``) as ``KEY=VALUE``.
+HTTP answers with the state the start-up left (``pid``, ``started``) as ``KEY=VALUE``;
+``/slow`` takes a second first (and notes ``answered``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     elif scope["type"] == "http":
+        if scope["path"] == "/slow":  # a request still in progress when SIGTERM comes
+            await deferLater(reactor, 1.0, lambda: None)
+            _note("answered")
         state = scope.get("state") or {}
         body = " ".join(f"{k}={v}" for k, v in sorted(state.items())).encode()
         await send({"type": "http.response.start", "status": 200,

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
+import time
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.e2e.support import BENCH_APP, start, twistd
+from tests.clients import http_get
+from tests.e2e.support import BENCH_APP, REPO, start, twistd
 
 
 def _drain_codes(server, count, sig):
@@ -59,3 +63,28 @@ def test_a_client_that_never_answers_the_close_is_dropped_and_exit_is_0():
         result = server.wait(timeout=15)
         stubborn.close()
     assert result.returncode == 0, result.output
+
+
+def test_an_http_request_in_progress_is_answered_before_the_exit(tmp_path):
+    """A deploy's SIGTERM does not drop a request being answered: it finishes (its
+    connection then closes), and only then do the ASGI app's lifespan shut down and the
+    process exit 0."""
+    log_file = tmp_path / "phases"
+    env = {"PYTHONPATH": str(REPO), "LIFESPAN_LOG": str(log_file)}
+    with start(twistd("--app", "tests.e2e.lifespan_app:app", "--port", "0"), env=env) as server:
+        server.wait_for(r"ASGI lifespan: tests\.e2e\.lifespan_app\.app started")
+        answers: list[Any] = []
+        url = f"http://127.0.0.1:{server.port}/slow"
+        client = threading.Thread(target=lambda: answers.append(http_get(url)))
+        client.start()
+        time.sleep(0.3)  # the request is in, its answer a second away
+        server.send_signal(signal.SIGTERM)
+        client.join(15)
+        result = server.wait(15)
+    status, headers, body = answers[0]
+    assert (status, body) == (200, f"pid={server.pid} started=yes".encode())
+    assert headers["connection"] == ["close"]
+    assert result.returncode == 0, result.output
+    assert "draining 0 WebSocket connection(s) and 1 HTTP request(s)" in result.output
+    assert [word for word, _ in (line.split() for line in log_file.read_text().splitlines())
+            ] == ["startup", "answered", "shutdown"]
