@@ -164,6 +164,7 @@ class AsgiHttp:
             self._body_size = content.seek(0, 2)
             content.seek(0)
         request.notifyFinish().addBoth(self._ended)
+        site.asgi_running.add(self)  # the drain waits for the app, not only its response
         self._running = _run_app(self.app, scope, self.receive, self.send, self._app_done)
 
     def receive(self) -> Deferred[dict[str, Any]]:
@@ -278,6 +279,10 @@ class AsgiHttp:
         if self._kill is not None:
             self._kill.cancel()
             self._kill = None
+        site = self._site
+        site.asgi_running.discard(self)
+        if site.draining:
+            site.maybe_drained()
         request = self._request
         if isinstance(result, Failure):
             if not (self._over and result.check(CancelledError, asyncio.CancelledError)):

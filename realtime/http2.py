@@ -41,6 +41,7 @@ def negotiated_h2(transport: Any) -> bool:
 
 
 if _h2 is not None:
+    import h2.connection
 
     class RealtimeH2Connection(_h2.H2Connection):
         """Twisted's HTTP/2 connection with HTTP/1.1's idle rule: the idle timeout closes a
@@ -53,9 +54,29 @@ if _h2 is not None:
                 return
             super().timeoutConnection()
 
-        def go_away(self) -> None:
-            """The drain is over: GOAWAY (no error) and close, once no stream is left."""
-            if self.streams or self.transport is None:
+        #: Draining: the connection closes (GOAWAY, no error) once no stream is left (its
+        #: END_STREAM sent: a response held by flow control is waited for).
+        closing = False
+
+        def drain(self) -> None:
+            """Close once idle. No GOAWAY while streams are in progress: clients on the h2
+            package (httpx) fail the streams still answering when one comes (its state
+            machine closes), though RFC 9113 6.8 allows it; browsers and curl would not."""
+            if self.closing or self.transport is None:
+                return
+            self.closing = True
+            if not self.streams:
+                self._close_if_done()
+
+        def _requestDone(self, streamID: int) -> None:
+            super()._requestDone(streamID)
+            if self.closing and not self.streams:
+                # Not from inside Twisted's send loop or reset handling.
+                self._reactor.callLater(0, self._close_if_done)
+
+        def _close_if_done(self) -> None:
+            if self.streams or self.transport is None or self.conn.state_machine.state \
+                    == h2.connection.ConnectionState.CLOSED:
                 return
             self.conn.close_connection()
             self.transport.write(self.conn.data_to_send())
@@ -77,6 +98,8 @@ def become_h2(channel: Any) -> Any:
     conn.callLater = channel.callLater
     conn.makeConnection(transport)
     producer.registerProducer(conn, True)
+    if channel.site.draining:  # opened during the drain: closes after what it asks now
+        conn.closing = True
     return conn
 
 

@@ -248,18 +248,16 @@ class RealtimeService(MultiService):
             if isinstance(site.gate, list):  # stopped during the lifespan start-up
                 site.release(Refuse(503))
         count = sum(len(site.connections) for site in self.sites)
-        requests = sum(len(site.in_flight) for site in self.sites)
-        if count or requests:
-            log.info("draining {count} WebSocket connection(s) and {requests} HTTP "
-                     "request(s)", count=count, requests=requests)
+        http = sum(len(site.open_channels) for site in self.sites)
+        if count or http:
+            log.info("draining {count} WebSocket connection(s) and {http} HTTP "
+                     "connection(s)", count=count, http=http)
         drained = gatherResults([site.drain() for site in self.sites])
         deadline = self.reactor.callLater(self.shutdown_timeout, self._deadline)
 
         def _stop(_: Any) -> Any:
             if deadline.active():
                 deadline.cancel()
-            for site in self.sites:
-                site.close_idle()
             # twistd (and twist) re-raise the signal that stopped the reactor once it has
             # shut down, so the exit status would be -15; a finished drain is a clean exit
             # with status 0 (README, "Operations": the drain).
@@ -283,8 +281,10 @@ class RealtimeService(MultiService):
 
     def _deadline(self) -> None:
         left = sum(len(site.connections) for site in self.sites)
-        requests = sum(len(site.in_flight) for site in self.sites)
-        log.warn("shutdown timeout: closing {left} connection(s) and cutting {requests} HTTP "
-                 "response(s) off at once", left=left, requests=requests)
+        http = sum(len(site.open_channels) for site in self.sites)
+        log.warn("shutdown timeout: dropping {left} WebSocket connection(s) and {http} HTTP "
+                 "connection(s) at once", left=left, http=http)
         for site in self.sites:
             site.abort_all()
+            site.abort_http()
+            site.drain_over()  # a hard limit: what arrives from now on is the reactor's

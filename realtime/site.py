@@ -282,6 +282,32 @@ class RealtimeChannel(http.HTTPChannel):
         self.site.open_channels.discard(self)
         if not self.lost.called:
             self.lost.callback(None)
+        if self.site.draining:
+            self.site.maybe_drained()
+
+    def drain(self) -> None:
+        """The server drains: a connection with nothing in progress closes now; one with a
+        request (its head or body still coming, or its response still going) closes once
+        that response is done and flushed; HTTP/2 gets GOAWAY and closes after its
+        streams."""
+        if self.h2 is not None:
+            self.h2.drain()
+            return
+        if self.requests:
+            # Past checkPersistence: closes after this response. (Not before a request:
+            # twisted.web drops what a non-persistent connection sends next.)
+            self.persistent = False
+            return
+        if self._at_request_line() and not self._buffer and self.transport is not None:
+            # Nothing of a request yet. twisted.web's own close: a response's bytes still
+            # queued go out first (its network producer, paused by a slow reader, would
+            # otherwise hold the close back).
+            self.loseConnection()
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        if self.site.draining:  # every request while draining is its connection's last
+            return False
+        return bool(super().checkPersistence(request, version))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.h2 is not None:
@@ -311,8 +337,6 @@ class RealtimeRequest(server.Request):
     _stream_deadline: Any = None
     #: Set when ``--http-timeout`` answered 503 or cut the response off.
     timed_out = False
-    #: In ``site.in_flight`` (a request for the application) until it ends.
-    tracked = False
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
@@ -334,22 +358,15 @@ class RealtimeRequest(server.Request):
     def connectionLost(self, reason: Failure) -> None:
         self._stop_stream_deadline()
         super().connectionLost(reason)
-        self._untrack()
-
-    def _cleanup(self) -> None:
-        super()._cleanup()  # the response is complete
-        self._untrack()
-
-    def _untrack(self) -> None:
-        if self.tracked:
-            self.tracked = False
-            self.site.request_ended(self)
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting and self.site is not None:  # the head goes out now
             name = self.site.server_header
             if name and not self.responseHeaders.hasHeader(b"server"):
                 self.responseHeaders.setRawHeaders(b"server", [name])
+            if self.site.draining and isinstance(self.channel, RealtimeChannel):
+                # The connection closes after this response (``RealtimeChannel.drain``).
+                self.responseHeaders.setRawHeaders(b"connection", [b"close"])
         super().write(data)
 
     def head_done(self) -> None:
@@ -413,17 +430,6 @@ class RealtimeRequest(server.Request):
             log.failure("dispatching {uri!r} failed", uri=self.uri)
             if not self.finished and not self._disconnected and self.channel is not None:
                 self.site.write_refusal(self, Refuse(500), upgrade=False)
-
-
-def close_after(request: RealtimeRequest) -> None:
-    """While draining: the request's HTTP/1.1 connection closes once its response is done
-    (``Connection: close`` when the head is not out yet). An HTTP/2 stream's connection
-    closes at the end of the drain."""
-    channel = request.channel
-    if isinstance(channel, RealtimeChannel):
-        channel.persistent = False
-        if not request.startedWriting:
-            request.setHeader(b"connection", b"close")
 
 
 def _client_host(request: Any) -> str | None:
@@ -493,11 +499,12 @@ class RealtimeSite(server.Site):
         self.connections: set[WebSocketConnection] = set()
         #: HTTP connections twisted.web still owns (for a clean stop in tests).
         self.open_channels: set[RealtimeChannel] = set()
-        #: Requests for the application (not built-in paths, not WebSockets) from dispatch
-        #: to their end: the drain waits for them.
-        self.in_flight: set[RealtimeRequest] = set()
+        #: ASGI apps still running for HTTP requests (a response's background work runs
+        #: after it): the drain waits for them, so the lifespan shuts down after.
+        self.asgi_running: set[Any] = set()
         self.draining = False
         self._drained: list[Deferred[None]] = []
+        self._no_websockets: list[Deferred[None]] = []
         #: Requests for the application wait here while the ASGI lifespan start-up runs
         #: (a list; ``release`` sends them on), or all get this ``Refuse`` once it failed
         #: or the server stopped first; None while serving.
@@ -692,10 +699,6 @@ class RealtimeSite(server.Site):
         return None
 
     def _http(self, request: RealtimeRequest) -> None:
-        self.in_flight.add(request)
-        request.tracked = True
-        if self.draining:
-            close_after(request)
         if self.config.http_response_timeout:
             request.start_response_deadline(self.config.http_response_timeout)
         try:
@@ -816,36 +819,51 @@ class RealtimeSite(server.Site):
             else:
                 self.per_ip.pop(conn.client_ip, None)
         self.connections.discard(conn)
-        if self.draining and not self.connections:
-            self._maybe_drained()
-
-    def request_ended(self, request: RealtimeRequest) -> None:
-        """An application request finished, or its client went away."""
-        self.in_flight.discard(request)
-        if self.draining and not self.in_flight:
-            self._maybe_drained()
-
-    def _maybe_drained(self) -> None:
-        if not self.connections and not self.in_flight:
-            waiting, self._drained = self._drained, []
+        if not self.connections and self._no_websockets:
+            waiting, self._no_websockets = self._no_websockets, []
             for d in waiting:
                 d.callback(None)
+        if self.draining:
+            self.maybe_drained()
+
+    def websockets_gone(self) -> Deferred[None]:
+        """Fires once no WebSocket is open (at once if none is)."""
+        if not self.connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._no_websockets.append(d)
+        return d
+
+    def maybe_drained(self) -> None:
+        """While draining: fire the drain once no WebSocket, no HTTP connection and no
+        ASGI app for an HTTP request is left (each of them calls this as it ends)."""
+        if self.draining and not (self.connections or self.open_channels
+                                  or self.asgi_running):
+            self.drain_over()
+
+    def drain_over(self) -> None:
+        """The drain is complete, or its deadline passed (whatever is left is the
+        reactor's to drop)."""
+        waiting, self._drained = self._drained, []
+        for d in waiting:
+            d.callback(None)
 
     def drain(self) -> Deferred[None]:
         """Refuse new upgrades with 503 (and say 503 on /readyz) at once, then close the open
         sockets with 1001, ``drain_batch`` of them every ``drain_interval`` seconds (a
-        thundering herd of reconnects is what a deploy must not cause), and let the HTTP
-        requests in progress finish, each on a connection that closes after it; fires
-        when all are gone. The caller enforces the deadline with ``abort_all``."""
+        thundering herd of reconnects is what a deploy must not cause), and close every
+        HTTP connection once what it is doing is done (``RealtimeChannel.drain``: its
+        response sent, its body read); fires when all are gone and the ASGI apps they ran
+        have returned. The caller enforces the deadline (``abort_all``, ``drain_over``)."""
         self.draining = True
-        for request in self.in_flight:
-            close_after(request)
-        if not self.connections and not self.in_flight:
+        for channel in list(self.open_channels):
+            channel.drain()
+        if self.connections:
+            self._drain_batch(list(self.connections))
+        if not (self.connections or self.open_channels or self.asgi_running):
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._drained.append(d)
-        if self.connections:
-            self._drain_batch(list(self.connections))
         return d
 
     def _drain_batch(self, remaining: list[WebSocketConnection]) -> None:
@@ -858,22 +876,17 @@ class RealtimeSite(server.Site):
                 self.config.drain_interval, self._drain_batch, rest
             )
 
-    def close_idle(self) -> None:
-        """The drain is over: HTTP connections with nothing in progress (keep-alive ones,
-        HTTP/2 ones: GOAWAY) close now, not when the process ends."""
-        for channel in list(self.open_channels):
-            if channel.h2 is not None:
-                channel.h2.go_away()
-            elif not channel.requests:
-                transport: Any = channel.transport
-                if transport is not None:
-                    transport.loseConnection()
-
     def abort_all(self) -> None:
         call = getattr(self, "_drain_call", None)
         if call is not None and call.active():
             call.cancel()
         for conn in list(self.connections):
             conn.abort()
-        for request in list(self.in_flight):
-            cut_off(request)  # a response not finished in time: the client sees it cut
+
+    def abort_http(self) -> None:
+        """The drain's deadline: HTTP connections still busy are dropped (a response not
+        finished in time: the client sees it cut)."""
+        for channel in list(self.open_channels):
+            transport: Any = channel.transport
+            if transport is not None:
+                transport.abortConnection()

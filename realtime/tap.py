@@ -276,7 +276,9 @@ class Options(usage.Options):
          "Channel layer: memory, redis://host:port/db, rediss://..., unix:///path, "
          "redis+sentinel://h1:p1,h2:p2/master/db."],
         ["root-path", None, "", "Prefix stripped from paths before routing (e.g. /ws)."],
-        ["shutdown-timeout", None, "10", "Seconds to drain sockets on SIGTERM/SIGINT."],
+        ["shutdown-timeout", None, "10",
+         "Seconds the drain on SIGTERM/SIGINT may take (WebSockets closed with 1001, HTTP "
+         "responses in progress finished), then as long for the ASGI lifespan shut-down."],
         ["health-path", None, "/healthz", "Liveness path (200 while running; '' turns it off)."],
         ["ready-path", None, "/readyz",
          "Readiness path (503 while draining; '' turns it off)."],

@@ -86,11 +86,9 @@ class LiveServer:
         await port.stopListening()
         site.draining = True
         if site.connections:
-            done: Deferred[None] = Deferred()
-            site._drained.append(done)
+            gone = site.websockets_gone()
             site.abort_all()
-            if site.connections:
-                await done
+            await gone
         channels = list(getattr(site, "open_channels", ()))
         for channel in channels:
             if channel.transport is not None:

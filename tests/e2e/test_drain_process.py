@@ -85,6 +85,6 @@ def test_an_http_request_in_progress_is_answered_before_the_exit(tmp_path):
     assert (status, body) == (200, f"pid={server.pid} started=yes".encode())
     assert headers["connection"] == ["close"]
     assert result.returncode == 0, result.output
-    assert "draining 0 WebSocket connection(s) and 1 HTTP request(s)" in result.output
+    assert "draining 0 WebSocket connection(s) and 1 HTTP connection(s)" in result.output
     assert [word for word, _ in (line.split() for line in log_file.read_text().splitlines())
             ] == ["startup", "answered", "shutdown"]
