@@ -86,6 +86,14 @@ async def port_of(service: RealtimeService) -> int:
     return int((await listener.when_listening()).getHost().port)
 
 
+async def serving(tls: Any = None, **config: Any
+                  ) -> tuple[Gated, RealtimeService, RealtimeSite, int]:
+    """A ``Gated`` app served by a started service: the app, the service, its site, port."""
+    gated = Gated()
+    service, site = start(AsgiApp(gated), tls, **config)
+    return gated, service, site, await port_of(service)
+
+
 def stopping(service: RealtimeService) -> list[Any]:
     """Stop the service; the returned list gets its result when the stop is complete."""
     done: list[Any] = []
@@ -95,9 +103,7 @@ def stopping(service: RealtimeService) -> list[Any]:
 
 @pytest_twisted.ensureDeferred
 async def test_a_request_in_progress_finishes_before_the_server_stops():
-    gated = Gated()
-    service, site = start(AsgiApp(gated))
-    port = await port_of(service)
+    gated, service, site, port = await serving()
     slow = await raw_connect(port)
     slow.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
     idle = await raw_connect(port)  # a keep-alive connection with no request in progress
@@ -134,9 +140,7 @@ async def test_a_request_in_progress_finishes_before_the_server_stops():
 
 @pytest_twisted.ensureDeferred
 async def test_a_big_response_is_flushed_and_a_body_still_arriving_is_read_first():
-    gated = Gated()
-    service, site = start(AsgiApp(gated))
-    port = await port_of(service)
+    gated, service, site, port = await serving()
     upload = await raw_connect(port)
     upload.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
 
@@ -167,9 +171,7 @@ async def test_a_big_response_is_flushed_and_a_body_still_arriving_is_read_first
 
 @pytest_twisted.ensureDeferred
 async def test_the_drain_waits_for_an_asgi_apps_work_after_its_response():
-    gated = Gated()
-    service, site = start(AsgiApp(gated))
-    port = await port_of(service)
+    gated, service, site, port = await serving()
     conn = await raw_connect(port)
     conn.write(b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert (await conn.closed()).endswith(b"done")
@@ -184,9 +186,7 @@ async def test_the_drain_waits_for_an_asgi_apps_work_after_its_response():
 
 @pytest_twisted.ensureDeferred
 async def test_what_is_left_at_the_deadline_is_dropped_and_the_stop_goes_on():
-    gated = Gated()
-    service, site = start(AsgiApp(gated), shutdown_timeout=0.5, http_response_timeout=0.2)
-    port = await port_of(service)
+    gated, service, site, port = await serving(shutdown_timeout=0.5, http_response_timeout=0.2)
     slow = await raw_connect(port)
     slow.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
     stuck = await raw_connect(port)
@@ -211,10 +211,8 @@ async def test_http2_streams_in_progress_finish_then_goaway_closes_the_connectio
     """No GOAWAY while a stream is being answered: an h2-package client (httpx) would fail
     that stream (its state machine closes on GOAWAY). Once the connection's last stream is
     done: GOAWAY (no error, the last stream's id) and close."""
-    gated = Gated()
     cert, key = self_signed(tmp_path)
-    service, site = start(AsgiApp(gated), tls=tls_options(cert, key))
-    port = await port_of(service)
+    gated, service, site, port = await serving(tls_options(cert, key))
 
     def fetch() -> tuple[str, int, bytes]:
         trust = ssl.create_default_context(cafile=str(cert))
