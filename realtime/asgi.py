@@ -281,8 +281,7 @@ class AsgiHttp:
             self._kill = None
         site = self._site
         site.asgi_running.discard(self)
-        if site.draining:
-            site.maybe_drained()
+        site.maybe_drained()
         request = self._request
         if isinstance(result, Failure):
             if not (self._over and result.check(CancelledError, asyncio.CancelledError)):

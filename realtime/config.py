@@ -33,6 +33,10 @@ class StartupError(SystemExit):
         super().__init__(f"realtime: error: {message}")
 
 
+#: ``--lifespan``'s values (``realtime.lifespan``).
+LIFESPAN_MODES = ("auto", "on", "off")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     ping_interval: float = 20.0
@@ -112,7 +116,7 @@ class ServerConfig:
                 raise ValueError(f"{name} must not be negative")
         if not 0 <= self.broadcast_delay <= 1:
             raise ValueError("broadcast_delay must be between 0 and 1 second")
-        if self.lifespan not in ("auto", "on", "off"):
+        if self.lifespan not in LIFESPAN_MODES:
             raise ValueError("lifespan must be 'auto', 'on' or 'off'")
         if self.slow_consumer not in ("close", "drop"):
             raise ValueError("slow_consumer must be 'close' or 'drop'")

@@ -17,8 +17,9 @@ startup too.
   down, and the process exits with status 3 (uvicorn's). Under ``--lifespan auto`` an app
   that raises before answering does not speak lifespan (Django's handler, Channels' router
   without a ``"lifespan"`` entry): one info line and serving goes on without it.
-- Shut-down runs in reverse order once the drain is over and the listeners are closed, each
-  app bounded by ``--shutdown-timeout`` (then cancelled, with a warning).
+- Shut-down runs in reverse order once the drain is over and the listeners are closed, all
+  of the apps within ``--shutdown-timeout`` (one still shutting down then is cancelled,
+  with a warning).
 - ``scope["state"]``: each app's lifespan scope has a ``state`` dict; every ``http`` and
   ``websocket`` scope served by that app gets a shallow copy of it (ASGI's lifespan state),
   and so does every scope routed through a ``ProtocolTypeRouter`` whose ``"lifespan"`` entry
@@ -35,11 +36,12 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from realtime.config import LIFESPAN_MODES as MODES
+
 log = Logger()
 
 #: The exit status when an application's start-up failed (uvicorn's and gunicorn's 3).
 STARTUP_FAILED = 3
-MODES = ("auto", "on", "off")
 #: Seconds of start-up after which a warning says requests are still waiting for it.
 SLOW_STARTUP = 10.0
 LIFESPAN_ASGI = {"version": "3.0", "spec_version": "2.0"}
@@ -72,6 +74,10 @@ def lifespan_apps(application: Any) -> list[tuple[Any, list[Any]]]:
     from realtime.routing import ProtocolTypeRouter, URLRouter
 
     found: dict[int, tuple[Any, list[Any]]] = {}
+
+    def held_by(app: Any, holder: Any) -> None:
+        found.setdefault(id(app), (app, []))[1].append(holder)
+
     seen: set[int] = set()
     stack: list[Any] = [application]
     while stack:
@@ -81,11 +87,11 @@ def lifespan_apps(application: Any) -> list[tuple[Any, list[Any]]]:
         seen.add(id(app))
         children: list[Any] = []
         if isinstance(app, AsgiApp):
-            found.setdefault(id(app.app), (app.app, []))[1].append(app)
+            held_by(app.app, app)
         elif isinstance(app, ProtocolTypeRouter):
             entry = app.application_mapping.get("lifespan")
             if isinstance(entry, AsgiApp):
-                found.setdefault(id(entry.app), (entry.app, []))[1].append(app)
+                held_by(entry.app, app)
             children = list(app.application_mapping.values())
         elif isinstance(app, URLRouter):
             children = [route.app for route in app.routes]

@@ -79,19 +79,11 @@ def tune_collector(threshold: int) -> int:
     return frozen
 
 
-#: Set once ``exit_after_shutdown`` has been called: the process is on its way out.
-_exiting = False
-
-
 def exit_after_shutdown(reactor: Any, pidfile: str | None, status: int) -> None:
     """Stop the reactor and, once it has shut down (services stopped, drain done), end the
     process with ``status``: twistd itself exits 0 whenever its reactor stopped. Its pidfile
-    (when it names this process) is removed first, as twistd would."""
-
-    global _exiting
-    if _exiting:
-        return
-    _exiting = True
+    (when it names this process) is removed first, as twistd would. Its callers call it
+    once (a failed start-up happens once; ``SupervisorService.failed`` guards itself)."""
 
     def end() -> None:
         # What interpreter exit would run (os._exit skips it): atexit handlers, among them

@@ -282,8 +282,7 @@ class RealtimeChannel(http.HTTPChannel):
         self.site.open_channels.discard(self)
         if not self.lost.called:
             self.lost.callback(None)
-        if self.site.draining:
-            self.site.maybe_drained()
+        self.site.maybe_drained()
 
     def drain(self) -> None:
         """The server drains: a connection with nothing in progress closes now; one with a
@@ -823,8 +822,7 @@ class RealtimeSite(server.Site):
             waiting, self._no_websockets = self._no_websockets, []
             for d in waiting:
                 d.callback(None)
-        if self.draining:
-            self.maybe_drained()
+        self.maybe_drained()
 
     def websockets_gone(self) -> Deferred[None]:
         """Fires once no WebSocket is open (at once if none is)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from realtime.config import MiB, ServerConfig, StartupError, is_token
+from realtime.config import LIFESPAN_MODES, MiB, ServerConfig, StartupError, is_token
 from realtime.endpoints import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -485,7 +485,7 @@ class Options(usage.Options):
             max_connections=_count("max-connections", self["max-connections"], 0),
             max_send_buffer=_size("max-send-buffer", self["max-send-buffer"]),
             slow_consumer=self._choice("slow-consumer", ("close", "drop")),
-            lifespan=self._choice("lifespan", ("auto", "on", "off")),
+            lifespan=self._choice("lifespan", LIFESPAN_MODES),
             compression=bool(self["compression"]),
             http2=not self["no-http2"],
             compression_level=_count("compression-level", self["compression-level"], 1, 9),
