@@ -222,6 +222,7 @@ class AsgiHttp:
         status, pairs = self._started
         self._headers_sent = True
         request.setResponseCode(status)
+        request.defaultContentType = None  # what the app says, as twisted.web's WSGI does
         for name, value in pairs + response_headers(self.scope):
             request.responseHeaders.addRawHeader(name, value)
 

@@ -51,6 +51,7 @@ class AsyncHttpConsumer(AppFactoryMixin):
         pairs.extend(response_headers(self.scope))
         request = self._request
         request.setResponseCode(status)
+        request.defaultContentType = None  # no invented text/html: what the consumer says
         for name, value in pairs:
             request.responseHeaders.addRawHeader(name, value)
         self._headers_sent = True

@@ -17,6 +17,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from realtime import (
+    AsyncHttpConsumer,
     AsyncWebsocketConsumer,
     BaseMiddleware,
     ProtocolTypeRouter,
@@ -775,3 +776,35 @@ async def test_a_denial_keeps_the_apps_headers_and_is_an_error_status(status, an
     if status == 302:
         assert any("a denial's status is 400 to 599" in str(e.get("log_failure", ""))
                    for e in events)
+
+
+async def untyped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers JSON without saying so: the server must not call it HTML."""
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b'{"a": "<b>"}'})
+
+
+class Untyped(AsyncHttpConsumer):
+    async def handle(self, body: bytes) -> None:
+        await self.send_response(200, b"<b>plain</b>")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_response_without_a_content_type_gets_none_invented():
+    """twisted.web labels an unlabelled body ``text/html`` (a JSON answer carrying user
+    text would then render as HTML); an ASGI server passes on what the app says, as
+    uvicorn and twisted.web's own WSGI container do."""
+    app = URLRouter([path("consumer", Untyped.as_asgi()), re_path(r"", AsgiApp(untyped))])
+    server = await serve(app)
+    try:
+        heads = []
+        for where in (b"/app", b"/consumer"):
+            raw = await raw_exchange(server.port, b"GET " + where + b" HTTP/1.1\r\nHost: x\r\n"
+                                     b"Connection: close\r\n\r\n")
+            heads.append(raw.partition(b"\r\n\r\n"))
+    finally:
+        await server.stop()
+    for (head, _, body), expected in zip(heads, (b'{"a": "<b>"}', b"<b>plain</b>"), strict=True):
+        assert head.startswith(b"HTTP/1.1 200 ") and expected in body
+        assert b"content-type" not in head.lower()
