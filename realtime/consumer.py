@@ -97,6 +97,9 @@ class AppFactoryMixin:
 
 class _WebsocketBase(AppFactoryMixin):
     groups: ClassVar[list[str]] = []
+    #: Seconds before the token's expiry that a ``token_expiring(event)`` handler, if the
+    #: consumer has one, is called (at most half the time left at accept or refresh).
+    token_expiring_ahead: ClassVar[float] = 30.0
     #: Run plain handlers in the reactor's thread pool, one at a time, in order.
     thread_handlers: ClassVar[bool] = False
     channel_layer_alias: ClassVar[str] = "default"
@@ -168,6 +171,16 @@ class _WebsocketBase(AppFactoryMixin):
         if close:
             self._do_close(close, None)
 
+    def _do_refresh(self, token: str) -> dict[str, Any]:
+        verifier = self.scope.get("token_auth")
+        if verifier is None:
+            raise RuntimeError(
+                "refresh_token() needs TokenAuthMiddleware in front of this consumer"
+            )
+        claims: dict[str, Any] = verifier.refresh(self.scope, token)
+        self._conn.token_refreshed()
+        return claims
+
     def _do_close(self, code: Any, reason: str | None) -> None:
         checked = check_app_close_code(code)
         if reason is not None and not isinstance(reason, str):
@@ -208,6 +221,13 @@ class WebsocketConsumer(_WebsocketBase):
     def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         self._do_close(code, reason)
 
+    def refresh_token(self, token: str) -> dict[str, Any]:
+        """Take a new JWT for this socket's user (in-band, Centrifugo's refresh): verified as
+        at the handshake and for the same ``sub``; ``scope["user"]`` gets its claims and the
+        4001 close moves to its ``exp``. Returns the claims; raises
+        ``realtime.tokens.InvalidToken`` (the old expiry stands)."""
+        return self._do_refresh(token)
+
     def websocket_disconnect(self, message: dict[str, Any]) -> Any:
         return self.disconnect(message["code"])
 
@@ -246,6 +266,10 @@ class AsyncWebsocketConsumer(_WebsocketBase):
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         self._do_close(code, reason)
+
+    async def refresh_token(self, token: str) -> dict[str, Any]:
+        """Take a new JWT for this socket's user (``WebsocketConsumer.refresh_token``)."""
+        return self._do_refresh(token)
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         await self.disconnect(message["code"])

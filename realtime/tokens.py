@@ -7,7 +7,9 @@ algorithms it may verify (HMAC secrets only HS*, RSA keys only RS*/PS*, EC keys 
 Ed25519 only EdDSA), so ``alg: none`` and algorithm confusion are refused. A missing token
 is an anonymous user unless ``required=True`` (401); a bad or expired token is 401 with
 ``WWW-Authenticate``. The token's ``exp`` goes into ``scope["auth_expires_at"]``: the bridge
-closes the socket with 4001 "token expired" at that moment. Tokens are never logged.
+closes the socket with 4001 "token expired" at that moment, unless the consumer took a new
+token for the same user first (``refresh_token``, in-band: no reconnect, no missed
+messages; its ``token_expiring`` handler is told ahead). Tokens are never logged.
 """
 
 from __future__ import annotations
@@ -202,6 +204,7 @@ class TokenAuthMiddleware(BaseMiddleware):
         return float(self.clock.seconds()) if self.clock is not None else time.time()
 
     async def resolve_scope(self, scope: Scope) -> None:
+        scope["token_auth"] = self  # for refresh_token() on the live socket
         token = extract_token(scope)
         if token is None:
             if self.required:
@@ -214,6 +217,28 @@ class TokenAuthMiddleware(BaseMiddleware):
         except InvalidToken as exc:
             challenge = f'Bearer realm="realtime", error="invalid_token", error_description="{exc}"'
             raise Refuse(401, [(b"WWW-Authenticate", challenge.encode())]) from None
+        self._adopt(scope, claims)
+
+    def _adopt(self, scope: Scope, claims: dict[str, Any]) -> None:
         scope["user"] = User(claims.get("sub"), claims=claims)
         if isinstance(claims.get("exp"), int | float):
             scope["auth_expires_at"] = float(claims["exp"]) + self.leeway
+        else:
+            scope.pop("auth_expires_at", None)
+
+    def refresh(self, scope: Scope, token: str) -> dict[str, Any]:
+        """A new token for a live socket: verified as at the handshake (same keys, audience,
+        issuer, leeway) and for the same ``sub``, so a socket never changes who it is. The
+        scope's user (new claims) and ``auth_expires_at`` follow it; the caller re-arms the
+        expiry. ``InvalidToken`` otherwise, and the old expiry stands."""
+        current = getattr(scope.get("user"), "claims", None)
+        if not isinstance(current, dict) or not current:
+            raise InvalidToken("this connection was not opened with a token")
+        if not isinstance(token, str) or not token:
+            raise InvalidToken("malformed token")
+        claims = verify(token, self.keys, self._now(), self.audience, self.issuer,
+                        self.leeway)
+        if claims.get("sub") != current.get("sub"):
+            raise InvalidToken("token is for another user")
+        self._adopt(scope, claims)
+        return claims

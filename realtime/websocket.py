@@ -234,6 +234,7 @@ class WebSocketConnection(WebSocketServerProtocol):
     _lifetime_call: Any = None
     _close_call: Any = None
     _expiry_call: Any = None
+    _expiring_call: Any = None
     _closed_code: int | None = None
     _graceful_drop = False
     _opened_at: float | None = None
@@ -500,11 +501,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         timeout = self.config.websocket_timeout
         if timeout >= 0:
             self._lifetime_call = self.reactor.callLater(timeout, self._lifetime_over)
-        expires = self.scope.get("auth_expires_at")
-        if expires is not None:
-            # The token's exp closes the socket at that moment (TokenAuthMiddleware).
-            delay = max(0.0, float(expires) - self.reactor.seconds())
-            self._expiry_call = self.reactor.callLater(delay, self._token_expired)
+        if self.scope.get("auth_expires_at") is not None:
+            self._arm_token_timers()
         if self._rate:
             self._last_refill = self.reactor.seconds()
         transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
@@ -1056,8 +1054,44 @@ class WebSocketConnection(WebSocketServerProtocol):
                      t=self.config.ping_timeout)
             self.dropConnection(abort=True)
 
+    def _arm_token_timers(self) -> None:
+        """The token's ``exp`` closes the socket at that moment (TokenAuthMiddleware); a
+        consumer with a ``token_expiring`` handler hears of it first, ``token_expiring_ahead``
+        seconds before (at most half the time left), so it can ask its client for a new
+        token (``refresh_token``). Called again after each refresh."""
+        for name in ("_expiry_call", "_expiring_call"):
+            call = getattr(self, name)
+            if call is not None:
+                if call.active():
+                    call.cancel()
+                setattr(self, name, None)
+        expires = self.scope.get("auth_expires_at")
+        if expires is None or self.state != _OPEN:
+            return
+        left = max(0.0, float(expires) - self.reactor.seconds())
+        self._expiry_call = self.reactor.callLater(left, self._token_expired)
+        consumer = self.consumer
+        if left > 0 and callable(getattr(consumer, "token_expiring", None)):
+            ahead = min(float(getattr(consumer, "token_expiring_ahead", 30.0)), left / 2)
+            self._expiring_call = self.reactor.callLater(
+                left - ahead, self._token_expiring, float(expires)
+            )
+
+    def token_refreshed(self) -> None:
+        """``refresh_token`` changed ``scope["auth_expires_at"]``: the timers follow it."""
+        if not self._call_in_io_thread(self.token_refreshed):
+            self._arm_token_timers()
+
+    def _token_expiring(self, expires: float) -> None:
+        self._expiring_call = None
+        if self.state == _OPEN and self.consumer is not None:
+            self._run(self.consumer._on_event, {"type": "token.expiring", "expires_at": expires})
+
     def _token_expired(self) -> None:
         self._expiry_call = None
+        if self._expiring_call is not None:
+            self._expiring_call.cancel()
+            self._expiring_call = None
         self.close_with_code(4001, "token expired")
 
     def _rate_exceeded(self) -> bool:
@@ -1084,7 +1118,7 @@ class WebSocketConnection(WebSocketServerProtocol):
 
     def _cancel_timers(self) -> None:
         for name in ("_ping_call", "_pong_deadline", "_lifetime_call", "_close_call",
-                     "_expiry_call"):
+                     "_expiry_call", "_expiring_call"):
             call = getattr(self, name)
             if call is not None:
                 if call.active():

@@ -7,8 +7,9 @@
   ``GET /logout`` signs out;
 - ``/ws/greet`` greets the session's user, and refuses (403) an anonymous visitor;
 - ``/ws/token`` needs a JWT (``Authorization: Bearer``, ``?token=`` or a ``bearer.<jwt>``
-  subprotocol; 401 without one) and greets its ``sub``; the socket closes with 4001 when
-  the token expires.
+  subprotocol; 401 without one) and greets its ``sub``; 10 s before the token expires it
+  says ``token expiring at EXP``, ``refresh <jwt>`` (a new token for the same user) keeps
+  the socket open past it, else it closes with 4001.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from realtime import (
     path,
 )
 from realtime.auth import AuthMiddlewareStack, User, login, logout
-from realtime.tokens import TokenAuthMiddleware
+from realtime.tokens import InvalidToken, TokenAuthMiddleware
 
 
 class Login(AsyncHttpConsumer):
@@ -56,9 +57,25 @@ class Greeter(AsyncWebsocketConsumer):
 
 
 class TokenGreeter(AsyncWebsocketConsumer):
+    token_expiring_ahead = 10.0
+
     async def connect(self) -> None:
         await self.accept()
         await self.send(text_data=f"hello, {self.scope['user'].claims.get('sub')}")
+
+    async def token_expiring(self, event: dict[str, Any]) -> None:
+        # The socket closes with 4001 at expires_at unless the client sends a new token.
+        await self.send(text_data=f"token expiring at {event['expires_at']:.0f}")
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None
+                      ) -> None:
+        if text_data and text_data.startswith("refresh "):  # "refresh <jwt>", in-band
+            try:
+                claims = await self.refresh_token(text_data.removeprefix("refresh "))
+            except InvalidToken as exc:
+                await self.send(text_data=f"refresh refused: {exc}")
+            else:
+                await self.send(text_data=f"refreshed until {claims.get('exp')}")
 
 
 application = ProtocolTypeRouter(

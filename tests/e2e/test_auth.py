@@ -321,9 +321,22 @@ def test_session_and_token_greeters_against_twistd(tmp_path):
         with connect(f"ws://{base}/ws/token?token={good}") as ws:
             assert ws.recv(timeout=5) == "hello, linus"
         assert status_of(f"ws://{base}/ws/token") == 401
+        # In-band refresh: told at half a 3-second token's life, a new token keeps the
+        # socket open past the first one's exp.
+        short_exp = int(time.time()) + 3
+        short = jwt.encode({"sub": "linus", "exp": short_exp}, JWT_SECRET, algorithm="HS256")
+        with connect(f"ws://{base}/ws/token?token={short}") as ws:
+            assert ws.recv(timeout=5) == "hello, linus"
+            assert ws.recv(timeout=5) == f"token expiring at {short_exp}"
+            renewed = token("linus", ttl=60)
+            ws.send(f"refresh {renewed}")
+            assert ws.recv(timeout=5).startswith("refreshed until ")
+            time.sleep(max(0.0, short_exp + 0.5 - time.time()))
+            ws.send(f"refresh {token('eve')}")
+            assert ws.recv(timeout=5) == "refresh refused: token is for another user"
         output = server.stop().output
     access = log_path.read_text()
     assert "/ws/token?token=[redacted]" in access
-    for secret in (good, good.split(".")[2], cookie.split("=", 1)[1]):
+    for secret in (good, good.split(".")[2], cookie.split("=", 1)[1], renewed):
         assert secret not in access
         assert secret not in output
