@@ -64,6 +64,8 @@ MAX_HEAD = 16384
 MAX_HEADERS = 500
 #: How long a refused connection keeps reading (and discarding) before it closes.
 LINGER = 2.0
+#: Requests for the application held while its lifespan start-up runs (503 past it).
+GATE_LIMIT = 1024
 
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _METHOD_SP = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
@@ -336,6 +338,9 @@ class RealtimeRequest(server.Request):
     _stream_deadline: Any = None
     #: Set when ``--http-timeout`` answered 503 or cut the response off.
     timed_out = False
+    #: ``--http-timeout`` runs (from dispatch, or from arrival for a request that waited
+    #: for the lifespan start-up).
+    deadline_started = False
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
@@ -378,6 +383,7 @@ class RealtimeRequest(server.Request):
     def start_response_deadline(self, seconds: float) -> None:
         """``--http-timeout``: a response not started ``seconds`` from now gets 503, one not
         finished is cut off. Cancelled when the request finishes or the client goes."""
+        self.deadline_started = True
         self._response_deadline = self.site.clock.callLater(seconds, self._response_overdue,
                                                             seconds)
         self.notifyFinish().addBoth(self._stop_response_deadline)
@@ -508,6 +514,7 @@ class RealtimeSite(server.Site):
         #: (a list; ``release`` sends them on), or all get this ``Refuse`` once it failed
         #: or the server stopped first; None while serving.
         self.gate: list[RealtimeRequest] | Refuse | None = None
+        self._gate_overflowed = False
         #: Open WebSockets per client address (``--max-connections-per-ip``).
         self.per_ip: dict[str, int] = {}
         self._proxies = parse_networks(config.trusted_proxies) if config.proxy_headers else []
@@ -609,15 +616,31 @@ class RealtimeSite(server.Site):
             self._http(request)
 
     def _at_gate(self, request: RealtimeRequest, upgrade: bool) -> None:
+        """Hold a request for the application while its lifespan start-up runs: at most
+        ``GATE_LIMIT`` of them (past that, 503 with ``Retry-After``: a restart under load
+        must not pile up memory, then a thundering herd); an upgrade until its connect
+        deadline, an HTTP request until ``--http-timeout`` counted from now."""
         gate = self.gate
         if isinstance(gate, Refuse):
             self.write_refusal(request, gate, upgrade=upgrade)
             return
         assert gate is not None
+        if len(gate) >= GATE_LIMIT:  # first forget those already answered or gone
+            gate[:] = [r for r in gate if not (r.finished or r._disconnected)]
+            if len(gate) >= GATE_LIMIT:
+                if not self._gate_overflowed:
+                    self._gate_overflowed = True
+                    log.warn("{limit} requests already wait for the application's start-up: "
+                             "503 to the next ones until it is done", limit=GATE_LIMIT)
+                self.write_refusal(request, Refuse(503, [(b"Retry-After", b"1")]),
+                                   upgrade=upgrade)
+                return
         gate.append(request)
         if upgrade and isinstance(request.channel, RealtimeChannel):
             # Its connect deadline still runs: past it, 503 (as a connect() overrun).
             request.channel.waiting = request
+        elif not upgrade and self.config.http_response_timeout:
+            request.start_response_deadline(self.config.http_response_timeout)
 
     def release(self, refusal: Refuse | None = None) -> None:
         """The lifespan start-up is over: the waiting requests go on to the application;
@@ -698,7 +721,7 @@ class RealtimeSite(server.Site):
         return None
 
     def _http(self, request: RealtimeRequest) -> None:
-        if self.config.http_response_timeout:
+        if self.config.http_response_timeout and not request.deadline_started:
             request.start_response_deadline(self.config.http_response_timeout)
         try:
             scope = self._scope(request, "http")

@@ -25,7 +25,7 @@ from realtime.lifespan import STARTUP_FAILED, LifespanError, Lifespans, lifespan
 from realtime.middleware import BaseMiddleware
 from realtime.service import ListenerService, RealtimeService
 from realtime.site import RealtimeSite
-from tests.clients import captured_log, http_get, in_thread, until
+from tests.clients import captured_log, http_get, in_thread, raw_connect, until
 
 TIMEOUT = 10
 
@@ -492,6 +492,55 @@ async def test_a_waiting_upgrade_gets_503_at_its_connect_deadline():
     finally:
         gate.callback(None)
         await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_wait_for_startup_is_bounded_in_count_and_by_http_timeout(monkeypatch):
+    """A restart under load: past ``GATE_LIMIT`` held requests the next get 503 with
+    ``Retry-After`` (one log line), a client gone makes room, and ``-t`` counts from
+    arrival, so a held request gets its 503 while the start-up still runs."""
+    import realtime.site as site_module
+
+    monkeypatch.setattr(site_module, "GATE_LIMIT", 2)
+    gate: Deferred[None] = Deferred()
+    app = LifespanApp("slow", [], gate=gate)
+    service, site = _service(AsgiApp(app), [], http_response_timeout=1.5)
+    request = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        port = (await next(iter(service)).when_listening()).getHost().port
+        first, gone = await raw_connect(port), await raw_connect(port)
+        first.write(request)
+        gone.write(request)
+        assert await until(lambda: isinstance(site.gate, list) and len(site.gate) == 2)
+        with captured_log() as logged:
+            over = await in_thread(http_get, f"http://127.0.0.1:{port}/x")
+            assert over[0] == 503 and over[1]["retry-after"] == ["1"]
+            again = await in_thread(http_get, f"http://127.0.0.1:{port}/x")
+            assert again[0] == 503
+        assert [formatEvent(e) for e in logged] == [
+            "2 requests already wait for the application's start-up: 503 to the next ones "
+            "until it is done"]
+        gone.abort()
+        await until(lambda: gone.proto.done.called)
+        third = await raw_connect(port)
+        third.write(request)  # room again: the gone one is forgotten
+        assert await until(lambda: isinstance(site.gate, list) and third_held(site))
+        answered = await first.wait_for(lambda d: b"\r\n\r\n" in d, timeout=5)
+        assert answered.startswith(b"HTTP/1.1 503 ")  # -t 1.5 s from arrival
+        assert not gate.called
+        gate.callback(None)
+        answer = await third.wait_for(lambda d: b"\r\n\r\n" in d, timeout=5)
+        assert answer.startswith(b"HTTP/1.1 200 ")  # released within its -t
+        fresh = await in_thread(http_get, f"http://127.0.0.1:{port}/x")
+        assert fresh[0] == 200
+    finally:
+        if not gate.called:
+            gate.callback(None)
+        await service.stopService()
+
+
+def third_held(site: Any) -> bool:
+    return sum(not (r.finished or r._disconnected) for r in site.gate) == 2
 
 
 @pytest_twisted.ensureDeferred
