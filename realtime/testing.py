@@ -62,9 +62,25 @@ class LiveServer:
     def http_url(self, path: str = "/") -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}{path}"
 
+    #: Callers waiting for a stop in progress (a fixture's teardown and the test itself).
+    _stopping: list[Deferred[None]] | None = None
+
     def stop(self) -> Deferred[None]:
-        """Stop listening, drop every connection; fires when they are gone."""
-        return Deferred.fromCoroutine(self._stop())
+        """Stop listening, drop every connection; fires when they are gone and the lifespan
+        has shut down. A call while a stop runs waits for it; one after is a no-op."""
+        if self._stopping is not None:
+            waiter: Deferred[None] = Deferred()
+            self._stopping.append(waiter)
+            return waiter
+        self._stopping = []
+
+        def done(result: Any) -> Any:
+            waiters, self._stopping = self._stopping or [], None
+            for waiter in waiters:
+                waiter.callback(None)  # a failure is the first caller's to see
+            return result
+
+        return Deferred.fromCoroutine(self._stop()).addBoth(done)
 
     async def _stop(self) -> None:
         try:

@@ -25,7 +25,7 @@ from realtime.lifespan import STARTUP_FAILED, LifespanError, Lifespans, lifespan
 from realtime.middleware import BaseMiddleware
 from realtime.service import ListenerService, RealtimeService
 from realtime.site import RealtimeSite
-from tests.clients import captured_log, http_get, in_thread, raw_connect, until
+from tests.clients import captured_log, http_get, in_thread, later, raw_connect, until
 
 TIMEOUT = 10
 
@@ -615,3 +615,33 @@ async def test_the_lifespan_manager_for_the_in_memory_communicators():
     with pytest.raises(LifespanError, match="LifespanApp: no"):
         async with LifespanManager(AsgiApp(LifespanApp("bad", [], fail="no"))):
             pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_stop_waits_for_the_first_and_the_app_shuts_down_once():
+    """A fixture's teardown stopping a server the test is still stopping: both wait for
+    the one shut-down, which runs once."""
+    events: list[str] = []
+    release: Deferred[None] = Deferred()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "lifespan.startup"
+        await send({"type": "lifespan.startup.complete"})
+        assert (await receive())["type"] == "lifespan.shutdown"
+        events.append("shutdown")
+        await release
+        await send({"type": "lifespan.shutdown.complete"})
+
+    from realtime.testing import serve
+
+    server = await serve(AsgiApp(app))
+    first, second = server.stop(), server.stop()
+    assert await until(lambda: events == ["shutdown"])
+    await later(0.2)  # the listener has closed: each stop is at its lifespan step
+    assert not first.called and not second.called
+    release.callback(None)
+    await first
+    await second
+    assert events == ["shutdown"]
+    await server.stop()  # after: nothing left to do
+    assert events == ["shutdown"]
