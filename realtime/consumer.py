@@ -117,9 +117,13 @@ class _WebsocketBase(AppFactoryMixin):
         impls = globals().get("_RAW_RECEIVE_IMPLS", ())
         raw = getattr(cls, "websocket_receive", None)  # (realtime.asgi's has none)
         cls._raw_receive = bool(impls) and raw is not None and raw not in impls
+        ahead = cls.token_expiring_ahead
+        if isinstance(ahead, bool) or not isinstance(ahead, int | float) or ahead < 0:
+            raise TypeError(f"{cls.__name__}.token_expiring_ahead must be seconds (>= 0), "
+                            f"not {ahead!r}")
         if cls.thread_handlers:
             for name in ("websocket_connect", "websocket_receive", "websocket_disconnect",
-                         "connect", "receive", "disconnect"):
+                         "connect", "receive", "disconnect", "token_expiring"):
                 if inspect.iscoroutinefunction(getattr(cls, name, None)):
                     # Called in a worker thread, a coroutine would only be created, never run.
                     raise TypeError(
@@ -172,14 +176,27 @@ class _WebsocketBase(AppFactoryMixin):
             self._do_close(close, None)
 
     def _do_refresh(self, token: str) -> dict[str, Any]:
-        verifier = self.scope.get("token_auth")
+        from realtime.exceptions import ConnectionClosed
+        from realtime.tokens import SCOPE_KEY
+
+        verifier = self.scope.get(SCOPE_KEY)
         if verifier is None:
             raise RuntimeError(
                 "refresh_token() needs TokenAuthMiddleware in front of this consumer"
             )
+        if self._conn.closing_or_closed:
+            raise ConnectionClosed("refresh_token() on a WebSocket that is closing or closed")
         claims: dict[str, Any] = verifier.refresh(self.scope, token)
         self._conn.token_refreshed()
         return claims
+
+    def _on_token_expiring(self, expires: float) -> Any:
+        """The bridge's ``token.expiring``, when its turn in the handler queue comes: not
+        if the socket closed or a refresh moved the expiry meanwhile."""
+        if self._conn.closing_or_closed or self.scope.get("auth_expires_at") != expires:
+            return None
+        return self.token_expiring(  # type: ignore[attr-defined]
+            {"type": "token.expiring", "expires_at": expires})
 
     def _do_close(self, code: Any, reason: str | None) -> None:
         checked = check_app_close_code(code)

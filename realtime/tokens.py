@@ -32,6 +32,8 @@ RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 EC_ALGORITHMS = ("ES256", "ES384", "ES512")
 OKP_ALGORITHMS = ("EdDSA",)
 SUBPROTOCOL_PREFIX = "bearer."
+#: Where ``TokenAuthMiddleware`` leaves itself in the scope, for ``refresh_token``.
+SCOPE_KEY = "realtime.token_auth"
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,8 @@ def verify(
     """The claims of a valid token; ``InvalidToken`` (with no token text) otherwise."""
     import jwt
 
+    if not token.isascii():  # a JWT is base64url: anything else is not one (nor encodable)
+        raise InvalidToken("malformed token")
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError:
@@ -204,7 +208,7 @@ class TokenAuthMiddleware(BaseMiddleware):
         return float(self.clock.seconds()) if self.clock is not None else time.time()
 
     async def resolve_scope(self, scope: Scope) -> None:
-        scope["token_auth"] = self  # for refresh_token() on the live socket
+        scope[SCOPE_KEY] = self  # for a consumer's refresh_token() on the live socket
         token = extract_token(scope)
         if token is None:
             if self.required:
@@ -238,7 +242,10 @@ class TokenAuthMiddleware(BaseMiddleware):
             raise InvalidToken("malformed token")
         claims = verify(token, self.keys, self._now(), self.audience, self.issuer,
                         self.leeway)
-        if claims.get("sub") != current.get("sub"):
+        # The same subject from the same issuer; with no subject there is nobody to match.
+        if current.get("sub") is None or claims.get("sub") is None:
+            raise InvalidToken("token has no sub: it cannot be matched to this connection")
+        if (claims.get("sub"), claims.get("iss")) != (current.get("sub"), current.get("iss")):
             raise InvalidToken("token is for another user")
         self._adopt(scope, claims)
         return claims

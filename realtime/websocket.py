@@ -801,7 +801,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._outq_bytes = 0
         self._closed_code = 4008
         self.sendCloseFrame(code=4008, reasonUtf8=b"slow consumer", isReply=False)
-        if self._close_call is None:
+        if self._close_call is None and not self.finished:
             self._close_call = self.reactor.callLater(
                 self.config.close_timeout, self._close_deadline
             )
@@ -831,7 +831,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._closed_code = code
         self._flush_queue()
         self.sendCloseFrame(code=code, reasonUtf8=truncate_reason(reason), isReply=False)
-        if self._close_call is None and self.state == _CLOSING:
+        if self._close_call is None and self.state == _CLOSING and not self.finished:
             self._close_call = self.reactor.callLater(
                 self.config.close_timeout, self._close_deadline
             )
@@ -982,7 +982,10 @@ class WebSocketConnection(WebSocketServerProtocol):
         """Every close we start, Autobahn's own 1002/1007/1009 for a protocol violation
         included, gets the close deadline: a peer that never answers is dropped."""
         super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
-        if not isReply and self.state == _CLOSING and self._close_call is None:
+        # Not once the connection is over: a reply that came back at once (the in-memory
+        # communicator) finished it inside the send, and nothing would cancel the timer.
+        if (not isReply and self.state == _CLOSING and self._close_call is None
+                and not self.finished):
             self._close_call = self.reactor.callLater(
                 self.config.close_timeout, self._close_deadline
             )
@@ -1082,13 +1085,24 @@ class WebSocketConnection(WebSocketServerProtocol):
         if not self._call_in_io_thread(self.token_refreshed):
             self._arm_token_timers()
 
+    @property
+    def closing_or_closed(self) -> bool:
+        """Past the handshake and no longer open: nothing more can be done for this socket."""
+        return self.finished or (not self.in_handshake and self.state != _OPEN)
+
     def _token_expiring(self, expires: float) -> None:
         self._expiring_call = None
         if self.state == _OPEN and self.consumer is not None:
-            self._run(self.consumer._on_event, {"type": "token.expiring", "expires_at": expires})
+            # Queued behind the handlers running: it checks again when its turn comes.
+            self._run(self.consumer._on_token_expiring, expires)
 
     def _token_expired(self) -> None:
         self._expiry_call = None
+        expires = self.scope.get("auth_expires_at")
+        if expires is None or float(expires) > self.reactor.seconds():
+            # A refresh (from a handler thread) got in before this timer ran: it stands.
+            self._arm_token_timers()
+            return
         if self._expiring_call is not None:
             self._expiring_call.cancel()
             self._expiring_call = None

@@ -5,6 +5,7 @@ old expiry standing. On a fake clock (the communicator) and on a real server wit
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -18,7 +19,7 @@ from websockets.sync.client import connect
 from realtime import AsyncWebsocketConsumer, URLRouter, WebsocketConsumer, path
 from realtime.settings import configure, reset
 from realtime.testing import WebsocketCommunicator, serve
-from realtime.tokens import InvalidToken, TokenAuthMiddleware, key_from_text
+from realtime.tokens import InvalidToken, TokenAuthMiddleware, key_from_text, verify
 from tests.clients import in_thread
 
 SECRET = "r" * 40
@@ -126,6 +127,10 @@ async def test_a_short_token_is_told_at_half_its_time_left():
     assert await comm.receive_from() == "expiring 1010"
     clock.advance(5)
     assert comm.close_code == 4001
+    # The close's reply came back at once: no close deadline is left behind to fire on a
+    # connection that is over (it raised AlreadyCalledError from Autobahn's dropConnection).
+    clock.advance(30)
+    assert not clock.getDelayedCalls()
 
 
 @pytest.mark.parametrize("bad, reason", [
@@ -230,3 +235,109 @@ async def test_a_threaded_sync_consumer_refreshes_on_a_real_server():
     assert second == "refused: token is for another user"
     assert close == (4001, "token expired")
     assert closed_at >= int(now + 4) - 0.1  # the second token's exp, not the first's
+
+
+@pytest.mark.parametrize("first, second, reason", [
+    ({"uid": "alice"}, {"uid": "mallory", "role": "admin"},
+     "token has no sub: it cannot be matched to this connection"),
+    ({"sub": "ada", "iss": "https://a.example"}, {"sub": "ada", "iss": "https://b.example"},
+     "token is for another user"),
+])
+@pytest_twisted.ensureDeferred
+async def test_a_refresh_needs_the_same_subject_from_the_same_issuer(first, second, reason):
+    """Tokens without ``sub`` match nobody (they would let any such token in), and the
+    same ``sub`` from another issuer is another user."""
+    clock = at(1000)
+    comm = await opened(clock, token(**{"sub": None, "exp": 1060, **first}))
+    await comm.send_to(text_data="refresh " + token(**{"sub": None, "exp": 1500, **second}))
+    assert await comm.receive_from() == f"refused: {reason}"
+    clock.advance(60)
+    assert comm.close_code == 4001
+
+
+@pytest.mark.parametrize("text", ["e\u00e9.x.y", json.loads('"a\\ud800.b.c"')])
+def test_a_token_that_is_not_ascii_is_malformed_not_a_crash(text):
+    """A JWT is base64url. A lone surrogate (``json.loads`` makes one from a JSON client's
+    ``"\\ud800"``) cannot even be encoded: ``InvalidToken``, not ``UnicodeEncodeError``."""
+    with pytest.raises(InvalidToken, match="malformed token"):
+        verify(text, [key_from_text(SECRET)], now=1000.0)
+
+
+class SlowRefresher(AsyncWebsocketConsumer):
+    """Takes 5 s (on the test's clock) before each refresh, or runs into the close."""
+
+    clock: Any = None
+    told: Any = None
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None
+                      ) -> None:
+        from twisted.internet.task import deferLater
+
+        assert text_data is not None
+        await deferLater(self.clock, 5, lambda: None)
+        try:
+            claims = await self.refresh_token(text_data)
+        except Exception as exc:
+            self.told.append(f"{type(exc).__name__}: {exc}")
+        else:
+            self.told.append(f"ok {claims['exp']}")
+
+    async def token_expiring(self, event: dict[str, Any]) -> None:
+        self.told.append(f"expiring {event['expires_at']:.0f}")
+
+
+async def slow(clock: Clock, tok: str, told: list[str]) -> WebsocketCommunicator:
+    consumer = SlowRefresher.as_app(clock=clock, told=told)
+    application = TokenAuthMiddleware(consumer, clock=clock)
+    comm = WebsocketCommunicator(application, f"/?token={tok}", clock=clock)
+    assert (await comm.connect())[0]
+    return comm
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_warning_queued_behind_a_refresh_is_not_given_for_the_old_expiry():
+    clock = at(1000)
+    told: list[str] = []
+    comm = await slow(clock, token(exp=1060), told)
+    clock.advance(28)
+    await comm.send_to(text_data=token(exp=1200))
+    clock.advance(2)  # 1030: the warning comes while the handler waits, and queues
+    clock.advance(3)  # 1033: the refresh is done, then the queued warning's turn
+    assert told == ["ok 1200"]
+    clock.advance(137)  # 1170: 30 s before the new exp
+    assert told == ["ok 1200", "expiring 1200"]
+    await comm.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refresh_after_the_close_raises_and_no_warning_comes_after_it():
+    clock = at(1000)
+    told: list[str] = []
+    comm = await slow(clock, token(exp=1004), told)
+    await comm.send_to(text_data=token(exp=2000))
+    clock.advance(4)  # 4001 while the handler waits (its warning, at 1002, queued)
+    assert comm.close_code == 4001
+    clock.advance(10)
+    assert told == ["ConnectionClosed: refresh_token() on a WebSocket that is closing or closed"]
+    assert not clock.getDelayedCalls()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refresh_that_reached_the_scope_before_the_old_timer_ran_stands():
+    """A ``thread_handlers`` consumer's refresh changes the scope in its thread and moves
+    the timers on the reactor thread after: if the old expiry's timer runs in between, it
+    finds the new expiry and follows it instead of closing."""
+    clock = at(1000)
+    comm = await opened(clock, token(exp=1060))
+    conn = comm._connection()
+    verifier = conn.scope["realtime.token_auth"]
+    verifier.refresh(conn.scope, token(exp=1200))  # the timers not moved yet
+    clock.advance(60)
+    assert comm.close_code is None
+    clock.advance(140)
+    assert comm.close_code == 4001
+
+
+def test_token_expiring_ahead_must_be_seconds():
+    with pytest.raises(TypeError, match="token_expiring_ahead must be seconds"):
+        type("Bad", (AsyncWebsocketConsumer,), {"token_expiring_ahead": "30"})

@@ -7,9 +7,10 @@
   ``GET /logout`` signs out;
 - ``/ws/greet`` greets the session's user, and refuses (403) an anonymous visitor;
 - ``/ws/token`` needs a JWT (``Authorization: Bearer``, ``?token=`` or a ``bearer.<jwt>``
-  subprotocol; 401 without one) and greets its ``sub``; 10 s before the token expires it
-  says ``token expiring at EXP``, ``refresh <jwt>`` (a new token for the same user) keeps
-  the socket open past it, else it closes with 4001.
+  subprotocol; 401 without one) and greets its ``sub``; 10 s before the token expires (or
+  half its time left, for a shorter one) it says ``token expiring at EXP``;
+  ``refresh <jwt>`` (a new token for the same user) keeps the socket open past it, else
+  it closes with 4001.
 """
 
 from __future__ import annotations
