@@ -347,6 +347,21 @@ def test_rooms_join_measures_one_write_per_member_against_one_per_room():
     assert any("per room / joined:" in line for line in lines)
 
 
+def test_group_send_step_measures_both_paths_and_checks_every_frame_arrived():
+    """benchmarks/group_send_step.py, tiny: a group_send to a handler per member and a
+    broadcast, both timed, and the reader got every frame of both (it checks the bytes)."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "group_send_step.py"), "--members", "20", "--turns", "2",
+         "--passes", "1", "--no-pin"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert any(line.strip().startswith("group_send:") and "µs per delivery" in line
+               for line in lines)
+    assert any(line.strip().startswith("broadcast:") for line in lines)
+    assert "every member got every frame (80 frames)" in lines
+
+
 def test_history_benchmark_prints_both_layers_and_their_ratios():
     """``benchmarks/history.py`` with tiny sizes: both layers ran (its own redis-server),
     every member had every message (it asserts that), and the ratios are printed."""
