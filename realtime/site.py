@@ -632,8 +632,7 @@ class RealtimeSite(server.Site):
                     self._gate_overflowed = True
                     log.warn("{limit} requests already wait for the application's start-up: "
                              "503 to the next ones until it is done", limit=GATE_LIMIT)
-                self.write_refusal(request, Refuse(503, [(b"Retry-After", b"1")]),
-                                   upgrade=upgrade)
+                self.write_refusal(request, Refuse(503), upgrade=upgrade)  # Retry-After: 1
                 return
         gate.append(request)
         if upgrade and isinstance(request.channel, RealtimeChannel):
@@ -647,6 +646,7 @@ class RealtimeSite(server.Site):
         or, with ``refusal`` (it failed, or the server stopped first), they and every
         later one get it."""
         gate, self.gate = self.gate, refusal
+        self._gate_overflowed = False
         for request in gate if isinstance(gate, list) else ():
             if request.finished or request._disconnected:
                 continue

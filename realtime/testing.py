@@ -62,25 +62,31 @@ class LiveServer:
     def http_url(self, path: str = "/") -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}{path}"
 
-    #: Callers waiting for a stop in progress (a fixture's teardown and the test itself).
+    #: Callers waiting for the stop in progress (a fixture's teardown and the test itself).
     _stopping: list[Deferred[None]] | None = None
 
     def stop(self) -> Deferred[None]:
         """Stop listening, drop every connection; fires when they are gone and the lifespan
-        has shut down. A call while a stop runs waits for it; one after is a no-op."""
+        has shut down. A call while a stop runs waits for it and gets its outcome (its
+        failure too); cancelling one caller's Deferred leaves the stop running for the
+        others. A call after a failed stop does what is left; after a stop, nothing."""
+        mine: Deferred[None] = Deferred()
         if self._stopping is not None:
-            waiter: Deferred[None] = Deferred()
-            self._stopping.append(waiter)
-            return waiter
-        self._stopping = []
+            self._stopping.append(mine)
+            return mine
+        self._stopping = [mine]
+        Deferred.fromCoroutine(self._stop()).addBoth(self._stopped)
+        return mine
 
-        def done(result: Any) -> Any:
-            waiters, self._stopping = self._stopping or [], None
-            for waiter in waiters:
-                waiter.callback(None)  # a failure is the first caller's to see
-            return result
-
-        return Deferred.fromCoroutine(self._stop()).addBoth(done)
+    def _stopped(self, result: Any) -> None:
+        waiters, self._stopping = self._stopping or [], None
+        for waiter in waiters:
+            if waiter.called:  # cancelled by its caller
+                continue
+            if isinstance(result, _Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(None)
 
     async def _stop(self) -> None:
         try:
@@ -95,11 +101,12 @@ class LiveServer:
                 self._delay_before = None
 
     async def _stop_site(self) -> None:
+        """Each step again on a second call (nothing left to do after a complete stop; what
+        a failed one left undone otherwise)."""
         site = self.site
-        if self.listening_port is None:  # stopped already
-            return
         port, self.listening_port = self.listening_port, None
-        await port.stopListening()
+        if port is not None:
+            await port.stopListening()
         site.draining = True
         if site.connections:
             gone = site.websockets_gone()

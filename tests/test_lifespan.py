@@ -645,3 +645,62 @@ async def test_a_second_stop_waits_for_the_first_and_the_app_shuts_down_once():
     assert events == ["shutdown"]
     await server.stop()  # after: nothing left to do
     assert events == ["shutdown"]
+
+
+class _Accepting(AsyncWebsocketConsumer):
+    pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_stop_fails_for_every_caller_and_a_second_one_finishes_it():
+    from realtime.testing import serve
+    from tests.clients import handshake
+
+    server = await serve(URLRouter([path("ws", _Accepting.as_asgi())]))
+    conn = await raw_connect(server.port)
+    conn.write(handshake("/ws"))
+    assert await until(lambda: len(server.site.connections) == 1)
+    real_abort = server.site.abort_all
+
+    def broken() -> None:
+        raise RuntimeError("abort failed")
+
+    server.site.abort_all = broken
+    outcomes: list[Any] = []
+    for stopping in (server.stop(), server.stop()):
+        stopping.addBoth(outcomes.append)
+    assert await until(lambda: len(outcomes) == 2)
+    assert [type(o.value) for o in outcomes] == [RuntimeError, RuntimeError]
+    server.site.abort_all = real_abort
+    await server.stop()  # does what the failed one left: the socket is dropped
+    assert not server.site.connections
+    assert (await conn.closed(timeout=5)) is not None and conn.proto.done.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelling_one_callers_stop_leaves_it_running_for_the_others():
+    events: list[str] = []
+    release: Deferred[None] = Deferred()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "lifespan.startup"
+        await send({"type": "lifespan.startup.complete"})
+        assert (await receive())["type"] == "lifespan.shutdown"
+        events.append("shutdown")
+        await release
+        events.append("shut down")
+        await send({"type": "lifespan.shutdown.complete"})
+
+    from realtime.testing import serve
+
+    server = await serve(AsgiApp(app))
+    first, second = server.stop(), server.stop()
+    assert await until(lambda: events == ["shutdown"])
+    first.cancel()
+    with pytest.raises(CancelledError):
+        await first
+    await later(0.1)
+    assert not second.called
+    release.callback(None)
+    await second
+    assert events == ["shutdown", "shut down"]
