@@ -617,12 +617,8 @@ async def test_the_lifespan_manager_for_the_in_memory_communicators():
             pass
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_second_stop_waits_for_the_first_and_the_app_shuts_down_once():
-    """A fixture's teardown stopping a server the test is still stopping: both wait for
-    the one shut-down, which runs once."""
-    events: list[str] = []
-    release: Deferred[None] = Deferred()
+def held_shutdown(events: list[str], release: Deferred[None]) -> Any:
+    """A raw ASGI app whose lifespan shut-down waits for ``release``."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         assert (await receive())["type"] == "lifespan.startup"
@@ -630,11 +626,21 @@ async def test_a_second_stop_waits_for_the_first_and_the_app_shuts_down_once():
         assert (await receive())["type"] == "lifespan.shutdown"
         events.append("shutdown")
         await release
+        events.append("shut down")
         await send({"type": "lifespan.shutdown.complete"})
 
+    return AsgiApp(app)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_stop_waits_for_the_first_and_the_app_shuts_down_once():
+    """A fixture's teardown stopping a server the test is still stopping: both wait for
+    the one shut-down, which runs once."""
+    events: list[str] = []
+    release: Deferred[None] = Deferred()
     from realtime.testing import serve
 
-    server = await serve(AsgiApp(app))
+    server = await serve(held_shutdown(events, release))
     first, second = server.stop(), server.stop()
     assert await until(lambda: events == ["shutdown"])
     await later(0.2)  # the listener has closed: each stop is at its lifespan step
@@ -642,9 +648,9 @@ async def test_a_second_stop_waits_for_the_first_and_the_app_shuts_down_once():
     release.callback(None)
     await first
     await second
-    assert events == ["shutdown"]
+    assert events == ["shutdown", "shut down"]
     await server.stop()  # after: nothing left to do
-    assert events == ["shutdown"]
+    assert events == ["shutdown", "shut down"]
 
 
 class _Accepting(AsyncWebsocketConsumer):
@@ -681,19 +687,9 @@ async def test_a_failed_stop_fails_for_every_caller_and_a_second_one_finishes_it
 async def test_cancelling_one_callers_stop_leaves_it_running_for_the_others():
     events: list[str] = []
     release: Deferred[None] = Deferred()
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        assert (await receive())["type"] == "lifespan.startup"
-        await send({"type": "lifespan.startup.complete"})
-        assert (await receive())["type"] == "lifespan.shutdown"
-        events.append("shutdown")
-        await release
-        events.append("shut down")
-        await send({"type": "lifespan.shutdown.complete"})
-
     from realtime.testing import serve
 
-    server = await serve(AsgiApp(app))
+    server = await serve(held_shutdown(events, release))
     first, second = server.stop(), server.stop()
     assert await until(lambda: events == ["shutdown"])
     first.cancel()
