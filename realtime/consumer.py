@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.logger import Logger
 
-from realtime.exceptions import AcceptConnection, check_headers
+from realtime.exceptions import AcceptConnection, ConnectionClosed, check_headers
 
 if TYPE_CHECKING:
     from realtime.routing import Scope
@@ -176,7 +176,6 @@ class _WebsocketBase(AppFactoryMixin):
             self._do_close(close, None)
 
     def _do_refresh(self, token: str) -> dict[str, Any]:
-        from realtime.exceptions import ConnectionClosed
         from realtime.tokens import SCOPE_KEY
 
         verifier = self.scope.get(SCOPE_KEY)
@@ -240,9 +239,10 @@ class WebsocketConsumer(_WebsocketBase):
 
     def refresh_token(self, token: str) -> dict[str, Any]:
         """Take a new JWT for this socket's user (in-band, Centrifugo's refresh): verified as
-        at the handshake and for the same ``sub``; ``scope["user"]`` gets its claims and the
-        4001 close moves to its ``exp``. Returns the claims; raises
-        ``realtime.tokens.InvalidToken`` (the old expiry stands)."""
+        at the handshake and for the same ``sub`` and ``iss``; ``scope["user"]`` gets its
+        claims and the 4001 close moves to its ``exp``. Returns the claims; raises
+        ``realtime.tokens.InvalidToken`` (the old expiry stands), or ``ConnectionClosed`` on
+        a socket that is closing."""
         return self._do_refresh(token)
 
     def websocket_disconnect(self, message: dict[str, Any]) -> Any:

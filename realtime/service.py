@@ -239,8 +239,7 @@ class RealtimeService(MultiService):
         for site in self.sites:
             if isinstance(site.gate, list):  # stopped during the lifespan start-up
                 site.release(Refuse(503))
-        count = sum(len(site.connections) for site in self.sites)
-        http = sum(len(site.open_channels) for site in self.sites)
+        count, http = self._open_counts()
         if count or http:
             log.info("draining {count} WebSocket connection(s) and {http} HTTP "
                      "connection(s)", count=count, http=http)
@@ -271,9 +270,13 @@ class RealtimeService(MultiService):
         self.notifier.stop_watchdog()
         return result
 
+    def _open_counts(self) -> tuple[int, int]:
+        """Open WebSockets and HTTP connections over every site, for the drain's log lines."""
+        return (sum(len(site.connections) for site in self.sites),
+                sum(len(site.open_channels) for site in self.sites))
+
     def _deadline(self) -> None:
-        left = sum(len(site.connections) for site in self.sites)
-        http = sum(len(site.open_channels) for site in self.sites)
+        left, http = self._open_counts()
         log.warn("shutdown timeout: dropping {left} WebSocket connection(s) and {http} HTTP "
                  "connection(s) at once", left=left, http=http)
         for site in self.sites:

@@ -437,6 +437,11 @@ class RealtimeRequest(server.Request):
                 self.site.write_refusal(self, Refuse(500), upgrade=False)
 
 
+def _answered_or_gone(request: Any) -> bool:
+    """Nothing more to write to this request: its response is done or its client left."""
+    return bool(request.finished or request._disconnected)
+
+
 def _client_host(request: Any) -> str | None:
     scope = getattr(request, "scope", None)
     if scope and scope.get("client"):
@@ -626,7 +631,7 @@ class RealtimeSite(server.Site):
             return
         assert gate is not None
         if len(gate) >= GATE_LIMIT:  # first forget those already answered or gone
-            gate[:] = [r for r in gate if not (r.finished or r._disconnected)]
+            gate[:] = [r for r in gate if not _answered_or_gone(r)]
             if len(gate) >= GATE_LIMIT:
                 if not self._gate_overflowed:
                     self._gate_overflowed = True
@@ -648,7 +653,7 @@ class RealtimeSite(server.Site):
         gate, self.gate = self.gate, refusal
         self._gate_overflowed = False
         for request in gate if isinstance(gate, list) else ():
-            if request.finished or request._disconnected:
+            if _answered_or_gone(request):
                 continue
             channel = request.channel
             if isinstance(channel, RealtimeChannel):
@@ -659,8 +664,7 @@ class RealtimeSite(server.Site):
         """A WebSocket handshake waiting for the start-up reached its connect deadline."""
         if isinstance(self.gate, list) and request in self.gate:
             self.gate.remove(request)
-        if not (request.finished or request._disconnected):
-            self.write_refusal(request, Refuse(503), upgrade=True)
+        self.write_refusal(request, Refuse(503), upgrade=True)  # unless answered or gone
 
     def _scope(self, request: RealtimeRequest, kind: str) -> dict[str, Any]:
         scope = build_scope(
@@ -801,7 +805,7 @@ class RealtimeSite(server.Site):
     ) -> None:
         """A refusal as a complete HTTP response: status, headers, a short body. A refused
         upgrade, or ``close`` (a malformed request), ends the connection."""
-        if request.finished or request._disconnected:
+        if _answered_or_gone(request):
             return
         request.setResponseCode(refusal.status, refusal.phrase)
         body = refusal.body or refusal.phrase + b"\n"
@@ -858,9 +862,13 @@ class RealtimeSite(server.Site):
     def maybe_drained(self) -> None:
         """While draining: fire the drain once no WebSocket, no HTTP connection and no
         ASGI app for an HTTP request is left (each of them calls this as it ends)."""
-        if self.draining and not (self.connections or self.open_channels
-                                  or self.asgi_running):
+        if self.draining and not self._busy():
             self.drain_over()
+
+    def _busy(self) -> bool:
+        """What the drain waits for: a WebSocket, an HTTP connection or an ASGI app for an
+        HTTP request."""
+        return bool(self.connections or self.open_channels or self.asgi_running)
 
     def drain_over(self) -> None:
         """The drain is complete, or its deadline passed (whatever is left is the
@@ -881,7 +889,7 @@ class RealtimeSite(server.Site):
             channel.drain()
         if self.connections:
             self._drain_batch(list(self.connections))
-        if not (self.connections or self.open_channels or self.asgi_running):
+        if not self._busy():
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._drained.append(d)

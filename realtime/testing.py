@@ -112,10 +112,8 @@ class LiveServer:
             gone = site.websockets_gone()
             site.abort_all()
             await gone
-        channels = list(getattr(site, "open_channels", ()))
-        for channel in channels:
-            if channel.transport is not None:
-                channel.transport.abortConnection()
+        channels = list(site.open_channels)
+        site.abort_http()
         waits = [ch.lost for ch in channels if not ch.lost.called]
         for wait in waits:
             await wait

@@ -232,7 +232,8 @@ class TokenAuthMiddleware(BaseMiddleware):
 
     def refresh(self, scope: Scope, token: str) -> dict[str, Any]:
         """A new token for a live socket: verified as at the handshake (same keys, audience,
-        issuer, leeway) and for the same ``sub``, so a socket never changes who it is. The
+        issuer, leeway) and for the same ``sub`` and ``iss``, so a socket never changes who
+        it is. The
         scope's user (new claims) and ``auth_expires_at`` follow it; the caller re-arms the
         expiry. ``InvalidToken`` otherwise, and the old expiry stands."""
         current = getattr(scope.get("user"), "claims", None)

@@ -194,6 +194,11 @@ class _DeflatingSend:
         return len(data)
 
 
+#: The per-connection timers (``WebSocketConnection._cancel_timers``); the token's two.
+_TOKEN_TIMERS = ("_expiry_call", "_expiring_call")
+_TIMERS = ("_ping_call", "_pong_deadline", "_lifetime_call", "_close_call", *_TOKEN_TIMERS)
+
+
 class WebSocketConnection(WebSocketServerProtocol):
     """One WebSocket: the handshake, the consumer's ordered handler queue, the timers.
 
@@ -1062,12 +1067,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         consumer with a ``token_expiring`` handler hears of it first, ``token_expiring_ahead``
         seconds before (at most half the time left), so it can ask its client for a new
         token (``refresh_token``). Called again after each refresh."""
-        for name in ("_expiry_call", "_expiring_call"):
-            call = getattr(self, name)
-            if call is not None:
-                if call.active():
-                    call.cancel()
-                setattr(self, name, None)
+        self._cancel_timers(_TOKEN_TIMERS)
         expires = self.scope.get("auth_expires_at")
         if expires is None or self.state != _OPEN:
             return
@@ -1103,9 +1103,7 @@ class WebSocketConnection(WebSocketServerProtocol):
             # A refresh (from a handler thread) got in before this timer ran: it stands.
             self._arm_token_timers()
             return
-        if self._expiring_call is not None:
-            self._expiring_call.cancel()
-            self._expiring_call = None
+        self._cancel_timers(("_expiring_call",))
         self.close_with_code(4001, "token expired")
 
     def _rate_exceeded(self) -> bool:
@@ -1130,9 +1128,8 @@ class WebSocketConnection(WebSocketServerProtocol):
             transport: Any = self.transport
             transport.abortConnection()  # a graceful close that could not flush in time
 
-    def _cancel_timers(self) -> None:
-        for name in ("_ping_call", "_pong_deadline", "_lifetime_call", "_close_call",
-                     "_expiry_call", "_expiring_call"):
+    def _cancel_timers(self, names: tuple[str, ...] = _TIMERS) -> None:
+        for name in names:
             call = getattr(self, name)
             if call is not None:
                 if call.active():
