@@ -806,10 +806,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._outq_bytes = 0
         self._closed_code = 4008
         self.sendCloseFrame(code=4008, reasonUtf8=b"slow consumer", isReply=False)
-        if self._close_call is None and not self.finished:
-            self._close_call = self.reactor.callLater(
-                self.config.close_timeout, self._close_deadline
-            )
+        self._start_close_deadline()
 
     def close(self, code: int = 1000, reason: str | None = None) -> None:
         """Close with an application code (checked by the consumer); before accept: 403."""
@@ -836,10 +833,6 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._closed_code = code
         self._flush_queue()
         self.sendCloseFrame(code=code, reasonUtf8=truncate_reason(reason), isReply=False)
-        if self._close_call is None and self.state == _CLOSING and not self.finished:
-            self._close_call = self.reactor.callLater(
-                self.config.close_timeout, self._close_deadline
-            )
 
     def go_away(self) -> None:
         """Drain: refuse a handshake in progress with 503, close an open socket with 1001."""
@@ -987,10 +980,14 @@ class WebSocketConnection(WebSocketServerProtocol):
         """Every close we start, Autobahn's own 1002/1007/1009 for a protocol violation
         included, gets the close deadline: a peer that never answers is dropped."""
         super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
-        # Not once the connection is over: a reply that came back at once (the in-memory
-        # communicator) finished it inside the send, and nothing would cancel the timer.
-        if (not isReply and self.state == _CLOSING and self._close_call is None
-                and not self.finished):
+        if not isReply and self.state == _CLOSING:
+            self._start_close_deadline()
+
+    def _start_close_deadline(self) -> None:
+        """``close_timeout`` from now, the connection is dropped. Not twice, and not once
+        it is over: a close whose reply came back inside the send (the in-memory
+        communicator) has finished it, and nothing would cancel the timer."""
+        if self._close_call is None and not self.finished:
             self._close_call = self.reactor.callLater(
                 self.config.close_timeout, self._close_deadline
             )
@@ -1010,11 +1007,9 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._clean = False
         if self._graceful_drop:
             abort = False
-        if not abort and self._close_call is None and not self.finished:
+        if not abort:
             # Flushing can stall on a peer that stopped reading: the deadline aborts then.
-            self._close_call = self.reactor.callLater(
-                self.config.close_timeout, self._close_deadline
-            )
+            self._start_close_deadline()
         super().dropConnection(abort=abort)
 
     def onPong(self, payload: bytes) -> None:
