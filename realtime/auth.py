@@ -1,5 +1,10 @@
 """Users: ``AuthMiddleware`` puts ``scope["user"]`` in the scope from the session.
 
+With Django's sessions (a Django project: ``realtime.sessions.DjangoSessionStore``) the
+user is Django's, found as Django's ``get_user`` finds it, and ``login``/``logout`` are
+Django's own, each in a worker thread: a user logged in through a Django view is logged in
+on the socket, as under Channels' ``AuthMiddlewareStack``.
+
 Without Django there is no user model: a *user loader* (an async function, or one returning a
 Deferred) turns the id stored at ``login()`` into your user object; the default gives a
 ``User`` with just that id. ``TokenAuthMiddleware`` (``realtime.tokens``) fills the same
@@ -13,6 +18,7 @@ from typing import Any
 
 from realtime.middleware import BaseMiddleware, resolve
 from realtime.routing import Application, Scope
+from realtime.sessions import is_django_session
 
 SESSION_KEY = "_auth_user_id"
 
@@ -68,6 +74,8 @@ class AuthMiddleware(BaseMiddleware):
     ) -> None:
         super().__init__(inner)
         self.user_loader = user_loader or default_user_loader
+        #: A Django session's user comes from Django (``get_user``) unless a loader is given.
+        self.django_users = user_loader is None
 
     async def resolve_scope(self, scope: Scope) -> None:
         if scope.get("user") is not None and scope["user"].is_authenticated:
@@ -78,6 +86,11 @@ class AuthMiddleware(BaseMiddleware):
                 "AuthMiddleware cannot find scope['session']: wrap it in SessionMiddleware "
                 "(or use AuthMiddlewareStack)"
             )
+        if self.django_users and is_django_session(session):
+            from realtime.db import in_db_thread
+
+            scope["user"] = await in_db_thread(_django_user, session)
+            return
         user_id = session.get(SESSION_KEY)
         user = None
         if user_id is not None:
@@ -85,23 +98,75 @@ class AuthMiddleware(BaseMiddleware):
         scope["user"] = user if user is not None else AnonymousUser()
 
 
+class _Request:
+    """What Django's ``get_user``/``login``/``logout`` read of a request: the session, the
+    user, and ``META`` (where ``login`` rotates the CSRF token: a WebSocket has none)."""
+
+    def __init__(self, session: Any, user: Any = None) -> None:
+        self.session = session
+        self.META: dict[str, Any] = {}
+        if user is not None:
+            self.user = user
+
+
+def _django_user(session: Any) -> Any:
+    """In a worker thread: Django's user for the session (its ``get_user``: the backend
+    the login used, the password-change hash check), or Django's ``AnonymousUser``."""
+    from django.contrib.auth import get_user
+
+    return get_user(_Request(session))
+
+
+def _django_login(session: Any, user: Any, backend: Any, current: Any) -> None:
+    """In a worker thread: Django's ``login`` (a new session key, the ``user_logged_in``
+    signal, ``last_login``), then the session saved: the next request sees the user."""
+    from django.contrib.auth import login as django_login
+
+    django_login(_Request(session, current), user, backend)
+    session.save()
+
+
+def _django_logout(session: Any, current: Any) -> Any:
+    """In a worker thread: Django's ``logout`` (the signal, the session deleted)."""
+    from django.contrib.auth import logout as django_logout
+
+    request = _Request(session, current)
+    django_logout(request)
+    return request.user
+
+
 async def login(scope: Scope, user: Any, backend: Any = None) -> None:
     """Remember ``user`` in the session under a new session id (no fixation).
-    ``backend`` is Channels' argument, accepted so calls port: the ``user_loader`` finds
-    users here, not a Django auth backend."""
+    ``backend`` is Channels' argument: with Django's sessions (``DjangoSessionStore``) this
+    is Django's ``login(request, user, backend)``, run in a worker thread, and the session
+    is saved (Channels leaves the save to you); with realtime's own, the ``user_loader``
+    finds users and ``backend`` is unused."""
     session = scope.get("session")
     if session is None:
         raise ValueError("login() needs scope['session'] (SessionMiddleware)")
     if user is None or getattr(user, "id", None) is None:
         raise ValueError("login() needs a user with an id")
+    if is_django_session(session):
+        from realtime.db import in_db_thread
+
+        await in_db_thread(_django_login, session, user, backend, scope.get("user"))
+        scope["user"] = user
+        return
     session.cycle_key()
     session[SESSION_KEY] = str(user.id)
     scope["user"] = user
 
 
 async def logout(scope: Scope) -> None:
-    """Forget the user: the session is emptied and its id dropped."""
+    """Forget the user: the session is emptied and its id dropped (with Django's sessions,
+    Django's ``logout``: the session is deleted and ``scope["user"]`` is Django's
+    ``AnonymousUser``)."""
     session = scope.get("session")
+    if session is not None and is_django_session(session):
+        from realtime.db import in_db_thread
+
+        scope["user"] = await in_db_thread(_django_logout, session, scope.get("user"))
+        return
     if session is not None:
         session.flush()
     scope["user"] = AnonymousUser()

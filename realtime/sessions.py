@@ -1,9 +1,11 @@
 """Sessions: ``SessionMiddleware`` puts a dict-like ``scope["session"]`` in the scope.
 
-Three stores: ``cookie`` (the whole session, signed with HMAC-SHA256, in the cookie; needs a
-secret key; old keys still verify, so keys rotate without logging everybody out),
-``memory`` and ``redis://...`` (the cookie holds a random session id). A tampered, forged or
-expired cookie is an empty session, never an error.
+Three stores of its own: ``cookie`` (the whole session, signed with HMAC-SHA256, in the
+cookie; needs a secret key; old keys still verify, so keys rotate without logging everybody
+out), ``memory`` and ``redis://...`` (the cookie holds a random session id). A tampered,
+forged or expired cookie is an empty session, never an error. In a Django project (Django
+set up with ``django.contrib.sessions``), ``auto``, the default, means Django's own
+sessions instead (``DjangoSessionStore``): the same cookie and the same users as its views.
 
 Changes made before ``accept()`` go out as ``Set-Cookie`` on the handshake response. After
 accept a cookie-store session cannot reach the browser any more, so ``save()`` raises
@@ -16,7 +18,9 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
@@ -86,9 +90,15 @@ class CookieStore:
         max_age: int = 1209600, clock: Callable[[], float] = time.time,
     ) -> None:
         if not secret_key:
+            hint = ""
+            if os.environ.get("DJANGO_SETTINGS_MODULE"):
+                # A Django project whose middleware was built before django.setup().
+                hint = ("; for Django's own sessions, set Django up (get_asgi_application()) "
+                        "before building the middleware")
             raise ConfigurationError(
                 "SessionMiddleware with the cookie store needs a secret key "
                 "(--secret-key or --secret-key-file), or use --session-store memory|redis://"
+                + hint
             )
         self.signer = Signer([secret_key, *(old_keys or [])])
         self.max_age = max_age
@@ -187,8 +197,85 @@ class RedisSessionStore:
         return succeed(None)
 
 
+class DjangoSessionStore:
+    """Django's own sessions (``SESSION_ENGINE``, ``SESSION_COOKIE_*``): a user logged in
+    through a Django view is logged in on the socket, as under Channels. The session is
+    Django's ``SessionStore`` object, loaded in a worker thread before the consumer runs
+    (its database is not touched on the reactor thread); as in Channels, a change is
+    saved when the app saves it (``await database_sync_to_async(session.save)()``) or by
+    ``login()``/``logout()``. When its key changed before the response head (a login or
+    logout before ``accept()``), the head carries the new cookie (or its deletion)."""
+
+    kind = "django"
+
+    def __init__(self) -> None:
+        from django.conf import settings as django_settings
+
+        self.settings = django_settings
+
+    @property
+    def cookie_name(self) -> str:
+        return str(self.settings.SESSION_COOKIE_NAME)
+
+    def open(self, key: str | None) -> Any:
+        """In a worker thread: the session for cookie value ``key``, loaded now."""
+        from importlib import import_module
+
+        engine = import_module(self.settings.SESSION_ENGINE)
+        session = engine.SessionStore(key or None)
+        session.keys()  # Django loads lazily: here, not on the reactor thread
+        return session
+
+    def response_headers(self, session: Any, had: str | None) -> list[tuple[bytes, bytes]]:
+        """``Set-Cookie`` when the session's key is no longer the cookie's ``had``, as
+        Django's ``SessionMiddleware`` writes it (its settings, its expiry)."""
+        key = session.session_key
+        if key == (had or None):
+            return []
+        conf = self.settings
+        if key is None or session.is_empty():
+            if not had:
+                return []
+            return [delete_cookie(self.cookie_name, path=conf.SESSION_COOKIE_PATH,
+                                  domain=conf.SESSION_COOKIE_DOMAIN)]
+        at_close = session.get_expire_at_browser_close()
+        return [set_cookie(self.cookie_name, key,
+                           max_age=None if at_close else session.get_expiry_age(),
+                           path=conf.SESSION_COOKIE_PATH, domain=conf.SESSION_COOKIE_DOMAIN,
+                           secure=bool(conf.SESSION_COOKIE_SECURE),
+                           httponly=bool(conf.SESSION_COOKIE_HTTPONLY),
+                           samesite=conf.SESSION_COOKIE_SAMESITE or None)]
+
+
+def django_sessions() -> bool:
+    """Django is set up with ``django.contrib.sessions`` installed."""
+    from realtime.db import django_ready
+
+    if not django_ready():
+        return False
+    from django.apps import apps
+
+    return bool(apps.is_installed("django.contrib.sessions"))
+
+
+def is_django_session(session: Any) -> bool:
+    """``session`` is one of Django's ``SessionStore`` objects (``DjangoSessionStore``)."""
+    base = sys.modules.get("django.contrib.sessions.backends.base")
+    return base is not None and isinstance(session, base.SessionBase)
+
+
 def store_from_setting(value: str | None = None) -> Any:
     value = value or settings.session_store
+    if value == "auto":
+        value = "django" if django_sessions() else "cookie"
+    if value == "django":
+        if not django_sessions():
+            raise ConfigurationError(
+                "--session-store django: Django is not set up with django.contrib.sessions "
+                "in INSTALLED_APPS (call django.setup() or get_asgi_application() before "
+                "building the middleware)"
+            )
+        return DjangoSessionStore()
     if value == "cookie":
         return CookieStore(settings.secret_key, settings.old_secret_keys,
                            settings.session_cookie_age)
@@ -197,7 +284,7 @@ def store_from_setting(value: str | None = None) -> Any:
     if value.startswith(("redis://", "rediss://", "unix://")):
         return RedisSessionStore(value)
     raise ConfigurationError(
-        f"--session-store: expected cookie, memory or redis://..., got {value!r}"
+        f"--session-store: expected auto, django, cookie, memory or redis://..., got {value!r}"
     )
 
 
@@ -318,6 +405,15 @@ class SessionMiddleware(BaseMiddleware):
         cookies = scope.get("cookies")
         if cookies is None:
             cookies = scope["cookies"] = cookies_from_scope(scope)
+        if self.store.kind == "django":
+            from realtime.db import in_db_thread
+
+            had = cookies.get(self.store.cookie_name)
+            django_session = await in_db_thread(self.store.open, had)
+            scope["session"] = django_session
+            add_response_headers(
+                scope, lambda: self.store.response_headers(django_session, had))
+            return
         raw = cookies.get(settings.session_cookie_name)
         secure = scope.get("scheme") in ("wss", "https")
         key: str | None = None

@@ -20,8 +20,9 @@ class ConfigurationError(Exception):
 class Settings:
     secret_key: str | None = None
     old_secret_keys: list[str] = field(default_factory=list)
+    #: ``auto`` (Django's sessions in a Django project, else ``cookie``), ``django``,
     #: ``cookie`` (signed; needs ``secret_key``), ``memory`` or a ``redis://`` URL.
-    session_store: str = "cookie"
+    session_store: str = "auto"
     session_cookie_name: str = "sessionid"
     session_cookie_age: int = 1209600  # two weeks, Django's default
     session_cookie_samesite: str = "Lax"

@@ -244,7 +244,9 @@ class Options(usage.Options):
          "Refuse (403) Origins matching none of these patterns (comma or space separated)."],
         ["allowed-hosts", None, None,
          "Refuse (403) Origins whose host is not one of these (AllowedHostsOriginValidator)."],
-        ["session-store", None, "cookie", "Sessions: cookie (signed), memory or redis://..."],
+        ["session-store", None, "auto",
+         "Sessions: auto (Django's in a Django project, else cookie), django, cookie (signed), "
+         "memory or redis://..."],
         ["secret-key", None, None, "Key that signs session cookies."],
         ["secret-key-file", None, None, "Read the secret key from this file."],
         ["old-secret-keys", None, None,
@@ -410,11 +412,12 @@ class Options(usage.Options):
                     f"--secret-key-file {self['secret-key-file']}: the file is empty"
                 )
         store = self["session-store"]
-        if store not in ("cookie", "memory") and not store.startswith(
+        if store not in ("auto", "django", "cookie", "memory") and not store.startswith(
             ("redis://", "rediss://", "unix://")
         ):
             raise StartupError(
-                f"--session-store: expected cookie, memory or redis://..., got {store!r}"
+                f"--session-store: expected auto, django, cookie, memory or redis://..., "
+                f"got {store!r}"
             )
         keys = self._jwt_keys()
         settings_module.configure(

@@ -154,7 +154,10 @@ async def handle_message(consumer: Any, message: dict[str, Any], reactor: Any) -
     if getattr(consumer, "thread_handlers", False):
         from twisted.internet.threads import deferToThreadPool
 
-        result = await deferToThreadPool(reactor, reactor.getThreadPool(), on_event, message)
+        from realtime.db import run_with_hygiene
+
+        result = await deferToThreadPool(reactor, reactor.getThreadPool(), run_with_hygiene,
+                                         on_event, message)
     else:
         result = on_event(message)
     await resolve(result)
