@@ -305,6 +305,82 @@ class AsgiHttp:
             cut_off(request, flush=True)
 
 
+class WebsocketSender:
+    """What a WebSocket application sends as ASGI messages (``websocket.accept``,
+    ``.send``, ``.close``, the denial response), made into the bridge's calls on the
+    consumer's connection, with ASGI's rules: a raw ASGI app's ``send`` and a Channels
+    generic consumer's (``AsyncConsumer``/``SyncConsumer`` on a WebSocket route)."""
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+        self.accepted = False
+        #: The socket closed, or the app closed it: nothing more goes out.
+        self.closed = False
+        self.denial: tuple[int, list[tuple[bytes, bytes]]] | None = None
+        self.denial_body: list[bytes] = []
+
+    def send(self, message: dict[str, Any]) -> None:
+        """One ASGI message: ``ValueError``/``TypeError`` for a malformed one,
+        ``RuntimeError`` for one out of order, ``ConnectionClosed`` once the socket is gone."""
+        kind = message.get("type")
+        conn = self.consumer._conn
+        gone = self.closed or conn.finished
+        if kind == "websocket.accept":
+            if gone and not self.accepted:
+                raise ConnectionClosed("the client left before the handshake was accepted")
+            if self.accepted or not conn.in_handshake:
+                raise RuntimeError("ASGI 'websocket.accept' after the handshake was decided")
+            subprotocol = message.get("subprotocol")
+            if subprotocol is not None and not isinstance(subprotocol, str):
+                raise TypeError("ASGI 'websocket.accept': subprotocol must be str or None")
+            conn.accept(subprotocol, _header_pairs(message))
+            self.accepted = True
+        elif kind == "websocket.send":
+            if not self.accepted and conn.in_handshake:
+                conn.accept(None, [])  # as Daphne: a send before accept accepts
+                self.accepted = True
+            if self.closed or not self.accepted:
+                raise ConnectionClosed("the WebSocket is closed")
+            text, data = message.get("text"), message.get("bytes")
+            if text is not None:
+                if not isinstance(text, str):
+                    raise TypeError("ASGI 'websocket.send': text must be str")
+                conn.send_text(text)
+            elif data is not None:
+                conn.send_bytes(_body(message, "bytes"))
+            else:
+                raise ValueError("ASGI 'websocket.send' needs 'bytes' or 'text'")
+        elif kind == "websocket.close":
+            code = message.get("code", 1000)
+            reason = message.get("reason") or None
+            if not isinstance(code, int) or isinstance(code, bool):
+                raise TypeError(f"ASGI 'websocket.close': bad code {code!r}")
+            if reason is not None and not isinstance(reason, str):
+                raise TypeError("ASGI 'websocket.close': reason must be str")
+            if conn.in_handshake:
+                conn.refuse(Refuse(403))
+            elif not self.closed:
+                conn.close_with_code(code, reason)  # ValueError for a code no server sends
+                self.closed = True
+        elif kind in ("websocket.http.response.start", "websocket.http.response.body") and gone:
+            raise ConnectionClosed("the client left before the handshake was answered")
+        elif kind == "websocket.http.response.start":
+            if not conn.in_handshake or self.denial is not None:
+                raise RuntimeError(f"ASGI {kind!r} only before the handshake is decided, once")
+            # 400 and up: a browser follows no redirect on a WebSocket (it fails it)
+            status = _status(message, 400, "a denial's status is 400 to 599, not")
+            self.denial = (status, _header_pairs(message))
+        elif kind == "websocket.http.response.body":
+            if self.denial is None or not conn.in_handshake:
+                raise RuntimeError(f"ASGI {kind!r} before 'websocket.http.response.start'")
+            self.denial_body.append(_body(message, "body"))
+            if not message.get("more_body", False):
+                status, headers = self.denial
+                conn.refuse(Refuse(status, headers, b"".join(self.denial_body)))
+        else:
+            raise ValueError(f"ASGI message type {kind!r} is not one a WebSocket can send")
+
+
 class AsgiWebsocket(_WebsocketBase):
     """A consumer that runs a raw ASGI app for one WebSocket.
 
@@ -323,10 +399,7 @@ class AsgiWebsocket(_WebsocketBase):
         self._taken: Deferred[None] | None = None
         self._running: Deferred[Any] | None = None
         self._returned: Deferred[None] | None = None
-        self._accepted = False
-        self._closed = False
-        self._denial: tuple[int, list[tuple[bytes, bytes]]] | None = None
-        self._denial_body: list[bytes] = []
+        self._out = WebsocketSender(self)
 
     # -- the bridge's calls, as ASGI messages --------------------------------------------------
     def _on_connect(self) -> None:
@@ -349,7 +422,7 @@ class AsgiWebsocket(_WebsocketBase):
                  kind=event.get("type"))
 
     def _on_disconnect(self, code: int) -> Deferred[None] | None:
-        self._closed = True
+        self._out.closed = True
         self._put({"type": "websocket.disconnect", "code": code}, wait=False)
         running = self._running
         if running is None or running.called:
@@ -399,63 +472,7 @@ class AsgiWebsocket(_WebsocketBase):
         return message
 
     def send(self, message: dict[str, Any]) -> Deferred[None]:
-        kind = message.get("type")
-        conn = self._conn
-        gone = self._closed or conn.finished
-        if kind == "websocket.accept":
-            if gone and not self._accepted:
-                raise ConnectionClosed("the client left before the handshake was accepted")
-            if self._accepted or not conn.in_handshake:
-                raise RuntimeError("ASGI 'websocket.accept' after the handshake was decided")
-            subprotocol = message.get("subprotocol")
-            if subprotocol is not None and not isinstance(subprotocol, str):
-                raise TypeError("ASGI 'websocket.accept': subprotocol must be str or None")
-            conn.accept(subprotocol, _header_pairs(message))
-            self._accepted = True
-        elif kind == "websocket.send":
-            if not self._accepted and conn.in_handshake:
-                conn.accept(None, [])  # as Daphne: a send before accept accepts
-                self._accepted = True
-            if self._closed or not self._accepted:
-                raise ConnectionClosed("the WebSocket is closed")
-            text, data = message.get("text"), message.get("bytes")
-            if text is not None:
-                if not isinstance(text, str):
-                    raise TypeError("ASGI 'websocket.send': text must be str")
-                conn.send_text(text)
-            elif data is not None:
-                conn.send_bytes(_body(message, "bytes"))
-            else:
-                raise ValueError("ASGI 'websocket.send' needs 'bytes' or 'text'")
-        elif kind == "websocket.close":
-            code = message.get("code", 1000)
-            reason = message.get("reason") or None
-            if not isinstance(code, int) or isinstance(code, bool):
-                raise TypeError(f"ASGI 'websocket.close': bad code {code!r}")
-            if reason is not None and not isinstance(reason, str):
-                raise TypeError("ASGI 'websocket.close': reason must be str")
-            if conn.in_handshake:
-                conn.refuse(Refuse(403))
-            elif not self._closed:
-                conn.close_with_code(code, reason)  # ValueError for a code no server sends
-                self._closed = True
-        elif kind in ("websocket.http.response.start", "websocket.http.response.body") and gone:
-            raise ConnectionClosed("the client left before the handshake was answered")
-        elif kind == "websocket.http.response.start":
-            if not conn.in_handshake or self._denial is not None:
-                raise RuntimeError(f"ASGI {kind!r} only before the handshake is decided, once")
-            # 400 and up: a browser follows no redirect on a WebSocket (it fails it)
-            status = _status(message, 400, "a denial's status is 400 to 599, not")
-            self._denial = (status, _header_pairs(message))
-        elif kind == "websocket.http.response.body":
-            if self._denial is None or not conn.in_handshake:
-                raise RuntimeError(f"ASGI {kind!r} before 'websocket.http.response.start'")
-            self._denial_body.append(_body(message, "body"))
-            if not message.get("more_body", False):
-                status, headers = self._denial
-                conn.refuse(Refuse(status, headers, b"".join(self._denial_body)))
-        else:
-            raise ValueError(f"ASGI message type {kind!r} is not one a WebSocket can send")
+        self._out.send(message)
         return succeed(None)
 
     # -- the end ------------------------------------------------------------------------------
@@ -468,7 +485,8 @@ class AsgiWebsocket(_WebsocketBase):
             taken.callback(None)
         returned, self._returned = self._returned, None
         failed = isinstance(result, Failure)
-        if failed and not (self._closed and result.check(CancelledError, asyncio.CancelledError)):
+        cancelled = result.check(CancelledError, asyncio.CancelledError) if failed else None
+        if failed and not (self._out.closed and cancelled):
             log.failure("ASGI application raised on {path}", result, path=self.scope.get("path"))
         conn = self._conn
         if conn.in_handshake:
@@ -476,8 +494,8 @@ class AsgiWebsocket(_WebsocketBase):
                 log.error("ASGI application returned without accepting or closing {path}",
                           path=self.scope.get("path"))
             conn.refuse(Refuse(500))
-        elif not self._closed:
-            self._closed = True
+        elif not self._out.closed:
+            self._out.closed = True
             conn.close_with_code(1011 if failed else 1000, "internal error" if failed else None)
         if returned is not None and not returned.called:
             returned.callback(None)

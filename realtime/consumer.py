@@ -363,26 +363,88 @@ class AsyncJsonWebsocketConsumer(AsyncWebsocketConsumer):
 class _ChannelConsumer(AppFactoryMixin):
     """A consumer of ``channel`` scopes (``twistd realtime-runworker``): each message read
     from a named channel is dispatched by its type (``thumbnail.make`` ->
-    ``thumbnail_make(message)``), one at a time."""
+    ``thumbnail_make(message)``), one at a time.
+
+    On a WebSocket route it is Channels' generic consumer: the client's ASGI messages
+    (``websocket.connect``, ``.receive``, ``.disconnect``) are dispatched the same way, in
+    order with the layer's events, and ``send(message)`` takes ASGI's
+    (``{"type": "websocket.accept"}``, ``websocket.send``, ``websocket.close``, a denial
+    response), checked as a raw ASGI app's are."""
 
     channel_layer_alias: ClassVar[str] = "default"
     thread_handlers: ClassVar[bool] = False
     scope: Scope
     channel_layer: Any = None
     channel_name: str | None = None
+    #: On a WebSocket route: the connection (set by the bridge) and the ASGI sender.
+    _conn: Any = None
+    _sender: Any = None
 
     def _on_event(self, event: dict[str, Any]) -> Any:
         return dispatch_event(self, event)
 
+    # -- the bridge's calls on a WebSocket route ------------------------------------------------
+    def _on_connect(self) -> Any:
+        from realtime.asgi import WebsocketSender
+
+        if not callable(getattr(self, "websocket_connect", None)):
+            raise TypeError(f"{type(self).__name__} has no websocket_connect(message) handler: "
+                            "it cannot serve a WebSocket")
+        self._sender = WebsocketSender(self)
+        return self.websocket_connect({"type": "websocket.connect"})  # type: ignore[attr-defined]
+
+    def _on_receive(self, text: str | None, data: bytes | None) -> Any:
+        message: dict[str, Any] = {"type": "websocket.receive"}
+        if text is not None:
+            message["text"] = text
+        else:
+            message["bytes"] = data
+        return dispatch_event(self, message)
+
+    def _on_disconnect(self, code: int) -> Any:
+        if self._sender is not None:
+            self._sender.closed = True
+        handler = getattr(self, "websocket_disconnect", None)
+        if handler is None:
+            return None
+        return handler({"type": "websocket.disconnect", "code": code})
+
+    def _send_asgi(self, message: dict[str, Any]) -> None:
+        sender = self._sender
+        if sender is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.send() has no client connection to send to (a worker "
+                "consumer sends through self.channel_layer)")
+        if not isinstance(message, dict):
+            raise TypeError("send() takes an ASGI message: a dict with a 'type'")
+        from twisted.python.threadable import isInIOThread
+
+        if isInIOThread():
+            sender.send(message)
+            return
+        from twisted.internet.threads import blockingCallFromThread
+
+        # A SyncConsumer's handler thread: sent on the reactor thread, its error raised here.
+        blockingCallFromThread(self._conn.reactor, sender.send, message)
+
 
 class SyncConsumer(_ChannelConsumer):
-    """Channels' ``SyncConsumer`` for workers: plain handlers that may block (an ORM, a
-    file), so they run in the reactor's thread pool, one at a time and in order. Call the
-    layer from them with ``async_to_sync(self.channel_layer.send)(...)``."""
+    """Channels' ``SyncConsumer`` for workers and WebSocket routes: plain handlers that may
+    block (an ORM, a file), so they run in the reactor's thread pool, one at a time and in
+    order. Call the layer from them with ``async_to_sync(self.channel_layer.send)(...)``."""
 
     thread_handlers: ClassVar[bool] = True
 
+    def send(self, message: dict[str, Any]) -> None:
+        """An ASGI message to the client (on a WebSocket route): returns once it is sent."""
+        self._send_asgi(message)
+
 
 class AsyncConsumer(_ChannelConsumer):
-    """Channels' ``AsyncConsumer`` for workers: ``async def`` (or plain, non-blocking)
-    handlers, run on the reactor thread; each is awaited before the next message."""
+    """Channels' ``AsyncConsumer`` for workers and WebSocket routes: ``async def`` (or
+    plain, non-blocking) handlers, run on the reactor thread; each is awaited before the
+    next message."""
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """An ASGI message to the client (on a WebSocket route)."""
+        self._send_asgi(message)

@@ -764,7 +764,12 @@ class RealtimeSite(server.Site):
         elif resource.IResource.providedBy(result):
             request.render(resource.getChildForRequest(result, request))
         else:
-            log.error("application returned {obj!r} for an HTTP scope", obj=result)
+            hint = ""
+            if hasattr(result, "_send_asgi"):  # Channels' generic AsyncConsumer/SyncConsumer
+                hint = ": generic consumers serve WebSocket routes and workers; use " \
+                       "AsyncHttpConsumer over HTTP"
+            log.error("application returned {obj!r} for an HTTP scope{hint}", obj=result,
+                      hint=hint)
             self.write_refusal(request, Refuse(500), upgrade=False)
 
     def _http_failed(

@@ -1069,7 +1069,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         left = max(0.0, float(expires) - self.reactor.seconds())
         self._expiry_call = self.reactor.callLater(left, self._token_expired)
         consumer = self.consumer
-        if left > 0 and callable(getattr(consumer, "token_expiring", None)):
+        if left > 0 and callable(getattr(consumer, "token_expiring", None)) and hasattr(
+                consumer, "_on_token_expiring"):
             ahead = min(float(getattr(consumer, "token_expiring_ahead", 30.0)), left / 2)
             self._expiring_call = self.reactor.callLater(
                 left - ahead, self._token_expiring, float(expires)
