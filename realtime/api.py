@@ -9,7 +9,9 @@ answers ``{"group": ..., "count": N, "members": {channel: info}}``: the members 
 ``group_add(..., presence=info)``, in every process. ``POST /api/history`` ``{"group":
 "room.a", "since": {"epoch", "offset"}, "limit": N}`` (both optional) answers a history
 group's ``group_history`` (404 for a group no ``--history`` rule matches); an ``event``
-published to such a group answers its ``positions`` too. Answers: 200 ``{"ok": true}``; 400
+published to such a group answers its ``positions`` too. ``POST /api/disconnect``
+``{"group": "user.42", "code": 4003, "reason": "..."}`` (both optional: 1000, none) closes
+every member of the group in every process (``group_close``). Answers: 200 ``{"ok": true}``; 400
 with a JSON ``error`` for a bad body; 401 without the key; 405 for a method other than
 POST; 413 past ``--api-body-limit``; 503 while the layer is unavailable. Without a
 configured key these paths are not served (404).
@@ -30,7 +32,8 @@ PUBLISH = b"/api/publish"
 BROADCAST = b"/api/broadcast"
 PRESENCE = b"/api/presence"
 HISTORY = b"/api/history"
-PATHS = (PUBLISH, BROADCAST, PRESENCE, HISTORY)
+DISCONNECT = b"/api/disconnect"
+PATHS = (PUBLISH, BROADCAST, PRESENCE, HISTORY, DISCONNECT)
 
 
 class BadBody(ValueError):
@@ -56,11 +59,14 @@ def parse(path: bytes, body: bytes) -> tuple[list[str], str, Any]:
         raise BadBody("the body is not JSON") from None
     if not isinstance(document, dict):
         raise BadBody("the body must be a JSON object")
-    if path in (PUBLISH, PRESENCE, HISTORY):
+    if path in (PUBLISH, PRESENCE, HISTORY, DISCONNECT):
         group = document.get("group")
         if not isinstance(group, str):
             raise BadBody("'group' (a string) is required")
         groups = [group]
+        if path == DISCONNECT:
+            _check_groups(groups)
+            return groups, "disconnect", _close_query(document)
         if path == PRESENCE:
             _check_groups(groups)
             return groups, "presence", None
@@ -96,6 +102,17 @@ def _history_query(document: dict[str, Any]) -> tuple[Any, Any]:
     except TypeError as exc:
         raise BadBody(str(exc)) from None
     return since, limit
+
+
+def _close_query(document: dict[str, Any]) -> tuple[Any, Any]:
+    from realtime.layers.base import check_close
+
+    code, reason = document.get("code", 1000), document.get("reason")
+    try:
+        check_close(code, reason)
+    except ValueError as exc:
+        raise BadBody(str(exc)) from None
+    return code, reason
 
 
 def _check_groups(groups: list[str]) -> None:
@@ -177,6 +194,18 @@ def handle(site: Any, request: Any) -> None:
                 answer(500, {"error": "history failed"})
 
         history.addCallback(kept).addErrback(failed_history)
+        return
+    if kind == "disconnect":
+        code, reason = payload
+
+        def closed(_: Any) -> None:
+            answer(200, {"ok": True, "group": groups[0]})
+
+        def failed_close(failure: Any) -> None:
+            log.failure("disconnecting group {group} failed", failure, group=groups[0])
+            unavailable()
+
+        site.layer.group_close(groups[0], code, reason).addCallbacks(closed, failed_close)
         return
     if kind == "presence":
         d = site.layer.group_presence(groups[0])

@@ -90,3 +90,14 @@ def history(url: str, key: str, group: str, *, since: dict[str, Any] | None = No
     if limit is not None:
         document["limit"] = limit
     return _post(url, key, "/api/history", document, timeout)
+
+
+def disconnect(url: str, key: str, group: str, *, code: int = 1000,
+               reason: str | None = None, timeout: float = 5.0) -> Any:
+    """POST /api/disconnect: close every member of ``group`` in every process (a user's
+    sockets when they join ``"user." + id``): WebSockets with ``code`` (1000 or
+    3000-4999) and ``reason``, after what was sent to them before."""
+    document: dict[str, Any] = {"group": group, "code": code}
+    if reason is not None:
+        document["reason"] = reason
+    return _post(url, key, "/api/disconnect", document, timeout)

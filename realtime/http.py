@@ -121,6 +121,23 @@ class AsyncHttpConsumer(AppFactoryMixin):
 
         self._events.addCallback(run).addErrback(self._failed)
 
+    def close_from_layer(self, code: int, reason: str | None) -> None:
+        """``group_close``: after the events before it, the response ends (a stream's last
+        chunk; 503 if its head has not gone out)."""
+        if self._finished:
+            return
+
+        def end(_: Any) -> Any:
+            if self._finished:
+                return None
+            if self._headers_sent:
+                return as_deferred(self.send_body(b""))
+            return as_deferred(self.send_response(
+                503, b"closed by the server\n",
+                headers=[(b"Content-Type", b"text/plain; charset=utf-8")]))
+
+        self._events.addCallback(end).addErrback(self._failed)
+
     #: Never written broadcast frames, so never marked (``realtime.layers.base``).
     _held_seq = -1
     _held_count = 0

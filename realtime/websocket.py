@@ -868,6 +868,17 @@ class WebSocketConnection(WebSocketServerProtocol):
                 CORKED.append(self)
             self._run(self.consumer._on_event, event)
 
+    def close_from_layer(self, code: int, reason: str | None) -> None:
+        """``group_close``: closed in turn, after the events that reached it before."""
+        if not self.finished:
+            self._run(self._closed_by_layer, code, reason)
+
+    def _closed_by_layer(self, code: int, reason: str | None) -> None:
+        if self.in_handshake:
+            self.refuse(Refuse(403))
+        elif self.state == _OPEN:
+            self.close_with_code(code, reason)
+
     def uncork_read(self) -> None:
         """The read that ``deliver`` corked this socket for is done: write what it got."""
         if self._cork is not None:

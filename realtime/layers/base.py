@@ -460,6 +460,16 @@ def check_presence(info: Any) -> dict[str, Any] | None:
         raise TypeError(f"presence must be a dict of JSON values: {exc}") from None
 
 
+def check_close(code: Any, reason: Any) -> None:
+    """``group_close``'s arguments: a close code an application may send (1000 or
+    3000-4999, as ``close()`` takes) and a str reason or None; else ``ValueError``."""
+    if not isinstance(code, int) or isinstance(code, bool) or not (
+            code == 1000 or 3000 <= code <= 4999):
+        raise ValueError(f"close code must be 1000 or 3000-4999, not {code!r}")
+    if reason is not None and not isinstance(reason, str):
+        raise ValueError(f"close reason must be a str, not {reason!r}")
+
+
 def invalid(group: Any = _UNSET, channel: Any = _UNSET, message: Any = _UNSET) -> Any:
     """A failed Deferred (``TypeError``) when a name or message is bad, else None: what every
     layer method checks first, so that ``await`` raises and a fire-and-forget never does."""
@@ -1020,6 +1030,40 @@ class BaseChannelLayer:
         self, group: str, text: str | None = None, bytes: bytes | None = None
     ) -> Deferred[None]:
         raise NotImplementedError
+
+    def group_close(self, group: str, code: int = 1000,
+                    reason: str | None = None) -> Deferred[None]:
+        """Close every member of ``group``, in every process: Centrifugo's server-side
+        disconnect, Socket.IO's ``disconnectSockets`` (a user's sockets, when they join a
+        group of their own). A WebSocket closes with ``code`` (1000 or 3000-4999) and
+        ``reason`` once the events sent to it before have been handled (one still in its
+        handshake is refused, 403); an HTTP consumer's response ends (503 before its
+        head). ``ValueError`` for a bad code or reason, ``TypeError`` for a bad name."""
+        raise NotImplementedError
+
+    def _close_args(self, group: str, code: Any, reason: Any) -> Deferred[None] | None:
+        """A failed Deferred for bad ``group_close`` arguments, else None."""
+        if (bad := invalid(group=group)) is not None:
+            return bad
+        try:
+            check_close(code, reason)
+        except ValueError as exc:
+            return fail(exc)
+        return None
+
+    def _close_local(self, group: str, code: int, reason: str | None) -> None:
+        """``group_close`` for this process's members of ``group``."""
+        members = self._groups.get(group)
+        if not members:
+            return
+        for receiver in list(members.values()):
+            close = getattr(receiver, "close_from_layer", None)
+            if close is None:
+                continue
+            try:
+                close(code, reason)
+            except Exception:
+                log.failure("closing a member of group {group} failed", group=group)
 
     def flush(self) -> Deferred[None]:
         raise NotImplementedError

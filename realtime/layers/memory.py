@@ -155,6 +155,13 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._broadcast_local(group, frame)
         return succeed(None)
 
+    def group_close(self, group: str, code: int = 1000,
+                    reason: str | None = None) -> Deferred[None]:
+        if (bad := self._close_args(group, code, reason)) is not None:
+            return bad
+        self._close_local(group, code, reason)
+        return succeed(None)
+
     def flush(self) -> Deferred[None]:
         flush_held()  # what was broadcast before the flush is still delivered
         self._groups.clear()

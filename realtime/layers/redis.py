@@ -115,6 +115,9 @@ _HGROUP = 9
 # cut off) and leaves (left while the process could not publish) that they missed.
 # (A process older than expiry ignores it: it never declares anyone gone.)
 _AGAIN = 10
+# group_close: [_CLOSE, origin, seq, [code, reason]] on the group's topic; every process
+# with members there closes them. (A process older than group_close ignores it.)
+_CLOSE = 11
 
 # A history group's publish: the next offset (a new epoch, and an empty list, when the
 # stream's meta hash is gone), the message kept in the list (trimmed to its size; the whole
@@ -1220,6 +1223,8 @@ class RedisChannelLayer(BaseChannelLayer):
             self._broadcast_local(group, prepared_frame(None, data))
         elif kind == _AGAIN:
             self._reannounced(group, origin, data)
+        elif kind == _CLOSE:
+            self._close_local(group, data[0], data[1])
         if seq and origin == self.process_id:
             waiting = self._echo.pop(seq, None)
             if waiting is not None:
@@ -1898,6 +1903,12 @@ class RedisChannelLayer(BaseChannelLayer):
             return self._publish_group(group, _TEXT, text)
         assert bytes is not None
         return self._publish_group(group, _BYTES, builtins_bytes(bytes))
+
+    def group_close(self, group: str, code: int = 1000,
+                    reason: str | None = None) -> Deferred[None]:
+        if (bad := self._close_args(group, code, reason)) is not None:
+            return bad
+        return self._publish_group(group, _CLOSE, [code, reason]).addCallback(lambda _: None)
 
     def flush(self) -> Deferred[None]:
         """Forget every local group (unsubscribing) and queue, and delete this prefix's
