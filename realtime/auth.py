@@ -89,7 +89,7 @@ class AuthMiddleware(BaseMiddleware):
         if self.django_users and is_django_session(session):
             from realtime.db import in_db_thread
 
-            scope["user"] = await in_db_thread(_django_user, session)
+            scope["user"] = await in_db_thread(_django_user, scope, session)
             return
         user_id = session.get(SESSION_KEY)
         user = None
@@ -98,58 +98,102 @@ class AuthMiddleware(BaseMiddleware):
         scope["user"] = user if user is not None else AnonymousUser()
 
 
-class _Request:
-    """What Django's ``get_user``/``login``/``logout`` read of a request: the session, the
-    user, and ``META`` (where ``login`` rotates the CSRF token: a WebSocket has none)."""
+def _request(scope: Scope, session: Any, user: Any = None) -> Any:
+    """A Django ``HttpRequest`` for Django's ``get_user``/``login``/``logout`` and the
+    receivers of their signals: the session, the user, and what the scope says of the
+    request (its headers in ``META``, client, server, path, cookies)."""
+    from django.http import HttpRequest
 
-    def __init__(self, session: Any, user: Any = None) -> None:
-        self.session = session
-        self.META: dict[str, Any] = {}
-        if user is not None:
-            self.user = user
+    request = HttpRequest()
+    request.session = session
+    request.method = "GET"
+    request.path = request.path_info = scope.get("path", "/")
+    meta = request.META
+    for name, value in scope.get("headers", ()):
+        key = name.decode("latin-1").upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        text = value.decode("latin-1")
+        meta[key] = f"{meta[key]},{text}" if key in meta else text
+    client, server = scope.get("client"), scope.get("server")
+    if client:
+        meta["REMOTE_ADDR"], meta["REMOTE_PORT"] = client[0], client[1]
+    if server:
+        meta["SERVER_NAME"], meta["SERVER_PORT"] = server[0], str(server[1])
+    meta["QUERY_STRING"] = scope.get("query_string", b"").decode("latin-1")
+    request.COOKIES = dict(scope.get("cookies") or {})
+    if user is not None:
+        request.user = user
+    return request
 
 
-def _django_user(session: Any) -> Any:
+def _is_django_user(user: Any) -> bool:
+    """A Django user (a model instance, or Django's ``AnonymousUser``)."""
+    return type(user).__module__.startswith("django.") or hasattr(user, "_meta")
+
+
+def _django_user(scope: Scope, session: Any) -> Any:
     """In a worker thread: Django's user for the session (its ``get_user``: the backend
-    the login used, the password-change hash check), or Django's ``AnonymousUser``."""
+    the login used, the password-change hash check), or Django's ``AnonymousUser``. When
+    that changed the session (a hash upgraded after a ``SECRET_KEY`` rotation, which
+    cycles the key), it is saved here: its old row is gone."""
     from django.contrib.auth import get_user
 
-    return get_user(_Request(session))
+    user = get_user(_request(scope, session))
+    if session.modified and not session.is_empty():
+        session.save()
+    return user
 
 
-def _django_login(session: Any, user: Any, backend: Any, current: Any) -> None:
+def _django_login(scope: Scope, session: Any, user: Any, backend: Any) -> None:
     """In a worker thread: Django's ``login`` (a new session key, the ``user_logged_in``
     signal, ``last_login``), then the session saved: the next request sees the user."""
     from django.contrib.auth import login as django_login
 
-    django_login(_Request(session, current), user, backend)
+    django_login(_request(scope, session, scope.get("user")), user, backend)
     session.save()
 
 
-def _django_logout(session: Any, current: Any) -> Any:
-    """In a worker thread: Django's ``logout`` (the signal, the session deleted)."""
-    from django.contrib.auth import logout as django_logout
+def _loader_login(session: Any, user: Any) -> None:
+    """In a worker thread: a ``user_loader`` user (not Django's) in a Django session."""
+    session.cycle_key()
+    session[SESSION_KEY] = str(user.id)
+    session.save()
 
-    request = _Request(session, current)
+
+def _django_logout(scope: Scope, session: Any) -> Any:
+    """In a worker thread: Django's ``logout`` (the signal, the session deleted); Django's
+    ``AnonymousUser``. A ``user_loader`` user's session is just flushed."""
+    from django.contrib.auth import logout as django_logout
+    from django.contrib.auth.models import AnonymousUser as DjangoAnonymousUser
+
+    current = scope.get("user")
+    if current is not None and not _is_django_user(current):
+        session.flush()
+        return AnonymousUser()
+    request = _request(scope, session, current)
     django_logout(request)
-    return request.user
+    return getattr(request, "user", None) or DjangoAnonymousUser()
 
 
 async def login(scope: Scope, user: Any, backend: Any = None) -> None:
     """Remember ``user`` in the session under a new session id (no fixation).
-    ``backend`` is Channels' argument: with Django's sessions (``DjangoSessionStore``) this
-    is Django's ``login(request, user, backend)``, run in a worker thread, and the session
-    is saved (Channels leaves the save to you); with realtime's own, the ``user_loader``
-    finds users and ``backend`` is unused."""
+    ``backend`` is Channels' argument: with Django's sessions (``DjangoSessionStore``) and
+    a Django user this is Django's ``login(request, user, backend)``, run in a worker
+    thread, and the session is saved (Channels leaves the save to you); elsewhere the
+    ``user_loader`` finds users and ``backend`` is unused."""
     session = scope.get("session")
     if session is None:
         raise ValueError("login() needs scope['session'] (SessionMiddleware)")
-    if user is None or getattr(user, "id", None) is None:
+    if user is None or getattr(user, "pk", getattr(user, "id", None)) is None:
         raise ValueError("login() needs a user with an id")
     if is_django_session(session):
         from realtime.db import in_db_thread
 
-        await in_db_thread(_django_login, session, user, backend, scope.get("user"))
+        if _is_django_user(user):
+            await in_db_thread(_django_login, scope, session, user, backend)
+        else:
+            await in_db_thread(_loader_login, session, user)
         scope["user"] = user
         return
     session.cycle_key()
@@ -165,7 +209,7 @@ async def logout(scope: Scope) -> None:
     if session is not None and is_django_session(session):
         from realtime.db import in_db_thread
 
-        scope["user"] = await in_db_thread(_django_logout, session, scope.get("user"))
+        scope["user"] = await in_db_thread(_django_logout, scope, session)
         return
     if session is not None:
         session.flush()

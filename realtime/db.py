@@ -26,36 +26,53 @@ from twisted.internet.defer import Deferred
 T = TypeVar("T")
 
 
+#: Django's ``close_old_connections``, once Django is set up (it stays set up).
+_close: Callable[[], None] | None = None
+
+
 def django_ready() -> bool:
     """Django is imported, configured and set up (``django.setup()`` has run): its database
     and models may be used. False without Django, before ``DJANGO_SETTINGS_MODULE`` is
     read, or while the app registry is still loading."""
+    global _close
+    if _close is not None:
+        return True
     if "django.apps" not in sys.modules:
         return False
     from django.apps import apps
     from django.conf import settings
 
-    return bool(settings.configured and apps.ready)
+    if not (settings.configured and apps.ready):
+        return False
+    from django.db import close_old_connections as close
+
+    _close = close
+    return True
 
 
 def close_old_connections() -> None:
     """Django's ``close_old_connections()`` when Django is set up, else nothing: closes this
     thread's connections that are past ``CONN_MAX_AGE`` or unusable."""
-    if django_ready():
-        from django.db import close_old_connections as close
-
-        close()
+    if _close is not None or django_ready():
+        assert _close is not None
+        _close()
 
 
 def run_with_hygiene(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call ``fn`` in this (worker) thread between two ``close_old_connections()``."""
-    if not django_ready():
-        return fn(*args, **kwargs)
-    close_old_connections()
+    """Call ``fn`` in this (worker) thread between two ``close_old_connections()``: the
+    one before drops a connection a database restart broke, or one past its age, before
+    ``fn`` queries; the one after leaves none open past ``CONN_MAX_AGE``."""
+    close = _close
+    if close is None:
+        if not django_ready():
+            return fn(*args, **kwargs)
+        close = _close
+        assert close is not None
+    close()
     try:
         return fn(*args, **kwargs)
     finally:
-        close_old_connections()
+        close()
 
 
 def in_db_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:

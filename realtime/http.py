@@ -48,6 +48,8 @@ class AsyncHttpConsumer(AppFactoryMixin):
         pairs = check_headers(headers)
         from realtime.cookies import response_headers
 
+        for before in self.scope.get("realtime.before_head", ()):
+            await before()  # e.g. a Django session's save: its cookie goes in this head
         pairs.extend(response_headers(self.scope))
         request = self._request
         request.setResponseCode(status)

@@ -226,6 +226,12 @@ class DjangoSessionStore:
         session.keys()  # Django loads lazily: here, not on the reactor thread
         return session
 
+    def save_if_changed(self, session: Any) -> None:
+        """In a worker thread: save a changed, non-empty session (what Django's
+        ``SessionMiddleware`` does before a response, and Channels' before an HTTP one)."""
+        if session.modified and not session.is_empty():
+            session.save()
+
     def response_headers(self, session: Any, had: str | None) -> list[tuple[bytes, bytes]]:
         """``Set-Cookie`` when the session's key is no longer the cookie's ``had``, as
         Django's ``SessionMiddleware`` writes it (its settings, its expiry)."""
@@ -233,18 +239,24 @@ class DjangoSessionStore:
         if key == (had or None):
             return []
         conf = self.settings
+        samesite = conf.SESSION_COOKIE_SAMESITE or None
         if key is None or session.is_empty():
             if not had:
                 return []
-            return [delete_cookie(self.cookie_name, path=conf.SESSION_COOKIE_PATH,
-                                  domain=conf.SESSION_COOKIE_DOMAIN)]
+            # As Django's delete_cookie: a __Secure-/__Host- name, or SameSite=None, is only
+            # deleted by a Secure cookie.
+            secure = self.cookie_name.startswith(("__Secure-", "__Host-")) or (
+                samesite is not None and samesite.lower() == "none")
+            return [set_cookie(self.cookie_name, "", max_age=0, expires=0,
+                               path=conf.SESSION_COOKIE_PATH, domain=conf.SESSION_COOKIE_DOMAIN,
+                               secure=secure, samesite=samesite)]
         at_close = session.get_expire_at_browser_close()
         return [set_cookie(self.cookie_name, key,
                            max_age=None if at_close else session.get_expiry_age(),
                            path=conf.SESSION_COOKIE_PATH, domain=conf.SESSION_COOKIE_DOMAIN,
                            secure=bool(conf.SESSION_COOKIE_SECURE),
                            httponly=bool(conf.SESSION_COOKIE_HTTPONLY),
-                           samesite=conf.SESSION_COOKIE_SAMESITE or None)]
+                           samesite=samesite)]
 
 
 def django_sessions() -> bool:
@@ -258,6 +270,22 @@ def django_sessions() -> bool:
     return bool(apps.is_installed("django.contrib.sessions"))
 
 
+def _django_not_set_up() -> bool:
+    """A Django project whose middleware is built before ``django.setup()``: choosing
+    realtime's own cookie store then would overwrite Django's ``sessionid``. (Set up
+    without ``django.contrib.sessions``, a project has no Django sessions to read.)"""
+    from realtime.db import django_ready
+
+    if django_ready():
+        return False
+    if "django.conf" in sys.modules:
+        from django.conf import settings as django_settings
+
+        if django_settings.configured:
+            return True
+    return bool(os.environ.get("DJANGO_SETTINGS_MODULE"))
+
+
 def is_django_session(session: Any) -> bool:
     """``session`` is one of Django's ``SessionStore`` objects (``DjangoSessionStore``)."""
     base = sys.modules.get("django.contrib.sessions.backends.base")
@@ -267,7 +295,16 @@ def is_django_session(session: Any) -> bool:
 def store_from_setting(value: str | None = None) -> Any:
     value = value or settings.session_store
     if value == "auto":
-        value = "django" if django_sessions() else "cookie"
+        if django_sessions():
+            value = "django"
+        elif _django_not_set_up():
+            raise ConfigurationError(
+                "--session-store auto: Django is configured but not set up yet, so its "
+                "sessions cannot be read; call django.setup() (or get_asgi_application()) "
+                "before building the middleware, or choose --session-store cookie"
+            )
+        else:
+            value = "cookie"
     if value == "django":
         if not django_sessions():
             raise ConfigurationError(
@@ -398,6 +435,9 @@ class SessionMiddleware(BaseMiddleware):
     def __init__(self, inner: Application, store: Any = None) -> None:
         super().__init__(inner)
         self.store = store if store is not None else store_from_setting()
+        if self.store.kind == "django":
+            log.info("sessions: Django's ({engine})",
+                     engine=self.store.settings.SESSION_ENGINE)
 
     async def resolve_scope(self, scope: Scope) -> None:
         if "session" in scope:
@@ -411,6 +451,11 @@ class SessionMiddleware(BaseMiddleware):
             had = cookies.get(self.store.cookie_name)
             django_session = await in_db_thread(self.store.open, had)
             scope["session"] = django_session
+            # An HTTP consumer's changes are saved before its head (as Django and Channels
+            # do for HTTP); a WebSocket's are saved by the app (Channels' rule).
+            if scope.get("type") == "http":
+                scope.setdefault("realtime.before_head", []).append(
+                    lambda: in_db_thread(self.store.save_if_changed, django_session))
             add_response_headers(
                 scope, lambda: self.store.response_headers(django_session, had))
             return

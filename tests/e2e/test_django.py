@@ -128,6 +128,31 @@ def test_logout_before_accept_deletes_django_cookie_and_nothing_else(django_serv
         assert json.loads(ws.recv(timeout=10))["user"] == "eve"
         assert "Set-Cookie" not in ws.response.headers
     assert whoami(django_server, cookie)["user"] == "eve"
+    ws = connect(django_server.ws_url("/ws/who?logout"), additional_headers={"Cookie": cookie})
+    with ws:
+        assert json.loads(ws.recv(timeout=10))["user"] is None
+        deletion = ws.response.headers["Set-Cookie"]
+    assert deletion.startswith("sessionid=;") and "Max-Age=0" in deletion, deletion
+    assert "SameSite=Lax" in deletion and "Path=/" in deletion
+    assert whoami(django_server, cookie)["user"] is None
+
+
+def test_logout_without_auth_middleware_and_loader_users_in_django_sessions(django_server):
+    cookie = django_login(django_server, "hal")
+    with connect(django_server.ws_url("/ws/bare"), additional_headers={"Cookie": cookie}) as ws:
+        ws.send("logout")
+        after = json.loads(ws.recv(timeout=10))
+    assert after == {"user": "AnonymousUser", "key": None}
+    assert whoami(django_server, cookie)["user"] is None
+    # A user_loader's users (not Django's) live in Django's sessions too.
+    with connect(django_server.ws_url("/ws/loader")) as ws:
+        assert json.loads(ws.recv(timeout=10)) == {"id": None, "source": None}
+        ws.send("42")
+        key = json.loads(ws.recv(timeout=10))["key"]
+    assert key
+    with connect(django_server.ws_url("/ws/loader"),
+                 additional_headers={"Cookie": f"sessionid={key}"}) as ws:
+        assert json.loads(ws.recv(timeout=10)) == {"id": "42", "source": "loader"}
 
 
 def collect(url, count):
@@ -148,7 +173,6 @@ def test_orm_in_threads_never_finds_a_connection_left_open(site_db, route):
     with start(twistd(*APP), env=env_for(site_db), cwd=REPO) as server:
         states = collect(server.ws_url(route), 12)
     assert [s["open_at_entry"] for s in states] == [False] * 12
-    assert all(s["users"] >= 0 for s in states)
 
 
 def test_django_sessions_under_the_default_reactor(django_server, site_db):
@@ -162,16 +186,25 @@ def test_django_sessions_under_the_default_reactor(django_server, site_db):
     assert hello["kind"] == "django.contrib.auth.models.User"
 
 
-def test_an_http_consumers_login_sets_djangos_cookie(django_server, site_db):
+def test_an_http_consumers_login_and_session_change_set_djangos_cookie(django_server,
+                                                                     site_db):
     with start(twistd(*APP), env=env_for(site_db), cwd=REPO) as server:
         status, headers, body = http_get(
             f"http://127.0.0.1:{server.port}/consumer-login/?name=gus")
+        changed = http_get(f"http://127.0.0.1:{server.port}/consumer-login/")
     assert status == 200, body
     answer = json.loads(body)
     assert answer["user"] == "gus"
     (cookie,) = headers["set-cookie"]
     assert cookie.startswith(f"sessionid={answer['key']};")
     assert whoami(django_server, cookie.split(";")[0])["user"] == "gus"
+    # A session change in an HTTP consumer is saved before its head, cookie and all.
+    status, headers, body = changed
+    assert status == 200, body
+    assert json.loads(body)["key"] is None  # no session before the response's head
+    (cookie,) = headers["set-cookie"]
+    assert cookie.startswith("sessionid=") and not cookie.startswith("sessionid=;")
+    assert whoami(django_server, cookie.split(";")[0]) == {"user": None, "seen": "http"}
 
 
 def test_session_store_django_without_django_stops_startup_with_one_line():

@@ -21,8 +21,10 @@ from realtime import (  # noqa: E402
     WebsocketConsumer,
     path,
 )
-from realtime.auth import AuthMiddlewareStack, login, logout  # noqa: E402
+from realtime.auth import AuthMiddleware, AuthMiddlewareStack, User, login, logout  # noqa: E402
+from realtime.cookies import CookieMiddleware  # noqa: E402
 from realtime.db import database_sync_to_async  # noqa: E402
+from realtime.sessions import SessionMiddleware, SessionMiddlewareStack  # noqa: E402
 
 
 def describe(scope: dict[str, Any]) -> dict[str, Any]:
@@ -46,9 +48,12 @@ class Who(AsyncWebsocketConsumer):
     session change saved as Channels' docs save it)."""
 
     async def connect(self) -> None:
-        name = self.scope["query_string"].decode().partition("login=")[2]
+        query = self.scope["query_string"].decode()
+        name = query.partition("login=")[2]
         if name:  # a login before accept: the 101 carries the new session cookie
             await login(self.scope, await self.user(name))
+        if query == "logout":  # a logout before accept: the 101 deletes the cookie
+            await logout(self.scope)
         await self.accept()
         await self.send(text_data=json.dumps(describe(self.scope)))
 
@@ -68,6 +73,35 @@ class Who(AsyncWebsocketConsumer):
             self.scope["session"]["seen"] = arg
             await database_sync_to_async(self.scope["session"].save)()
         await self.send(text_data=json.dumps(describe(self.scope)))
+
+
+class Bare(AsyncWebsocketConsumer):
+    """``/ws/bare``: sessions without AuthMiddleware (no ``scope["user"]``): ``logout``."""
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None
+                      ) -> None:
+        await logout(self.scope)
+        await self.send(text_data=json.dumps({"user": type(self.scope["user"]).__name__,
+                                              "key": self.scope["session"].session_key}))
+
+
+async def load_user(user_id: str) -> Any:
+    return User(user_id, source="loader")
+
+
+class Loader(AsyncWebsocketConsumer):
+    """``/ws/loader``: Django's sessions with realtime's ``user_loader`` users."""
+
+    async def connect(self) -> None:
+        await self.accept()
+        user = self.scope["user"]
+        await self.send(text_data=json.dumps({"id": user.id,
+                                              "source": getattr(user, "source", None)}))
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None
+                      ) -> None:
+        await login(self.scope, User(text_data))
+        await self.send(text_data=json.dumps({"key": self.scope["session"].session_key}))
 
 
 class ThreadedDb(WebsocketConsumer):
@@ -96,17 +130,25 @@ class ConsumerLogin(AsyncHttpConsumer):
         from django.contrib.auth.models import User
 
         name = self.scope["query_string"].decode().partition("name=")[2]
-        user = (await database_sync_to_async(User.objects.get_or_create)(username=name))[0]
-        await login(self.scope, user)
+        if name:
+            user = (await database_sync_to_async(User.objects.get_or_create)(
+                username=name))[0]
+        if name:
+            await login(self.scope, user)
+        else:  # a plain session change: saved before the head, its cookie in it
+            self.scope["session"]["seen"] = "http"
         await self.send_response(200, json.dumps(describe(self.scope)).encode(),
                                  headers=[(b"Content-Type", b"application/json")])
 
 
-websocket = AuthMiddlewareStack(URLRouter([
-    path("ws/who", Who.as_asgi()),
-    path("ws/threaded", ThreadedDb.as_asgi()),
-    path("ws/async", AsyncDb.as_asgi()),
-]))
+websocket = URLRouter([
+    path("ws/who", AuthMiddlewareStack(Who.as_asgi())),
+    path("ws/threaded", AuthMiddlewareStack(ThreadedDb.as_asgi())),
+    path("ws/async", AuthMiddlewareStack(AsyncDb.as_asgi())),
+    path("ws/bare", SessionMiddlewareStack(Bare.as_asgi())),
+    path("ws/loader", CookieMiddleware(SessionMiddleware(AuthMiddleware(Loader.as_asgi(),
+                                                                         load_user)))),
+])
 
 if os.environ.get("SITE_HTTP") == "django":  # Django's views need --reactor=asyncio
     from django.core.asgi import get_asgi_application
