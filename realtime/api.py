@@ -202,8 +202,15 @@ def handle(site: Any, request: Any) -> None:
             answer(200, {"ok": True, "group": groups[0]})
 
         def failed_close(failure: Any) -> None:
+            from realtime.layers.base import LayerUnavailable
+
+            if failure.check(LayerUnavailable):
+                log.warn("disconnecting group {group}: {error}", group=groups[0],
+                         error=failure.getErrorMessage())
+                unavailable()
+                return
             log.failure("disconnecting group {group} failed", failure, group=groups[0])
-            unavailable()
+            answer(500, {"error": "disconnect failed"})
 
         site.layer.group_close(groups[0], code, reason).addCallbacks(closed, failed_close)
         return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.logger import Logger
@@ -383,6 +384,16 @@ class _ChannelConsumer(AppFactoryMixin):
     def _on_event(self, event: dict[str, Any]) -> Any:
         return dispatch_event(self, event)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.thread_handlers:
+            for name in ("websocket_connect", "websocket_receive", "websocket_disconnect"):
+                if inspect.iscoroutinefunction(getattr(cls, name, None)):
+                    # Called in a worker thread, a coroutine would only be created, never run.
+                    raise TypeError(
+                        f"{cls.__name__}: a SyncConsumer (thread_handlers) takes plain (def) "
+                        f"handlers; {name}() is async def: use AsyncConsumer")
+
     # -- the bridge's calls on a WebSocket route ------------------------------------------------
     def _on_connect(self) -> Any:
         from realtime.asgi import WebsocketSender
@@ -422,10 +433,30 @@ class _ChannelConsumer(AppFactoryMixin):
         if isInIOThread():
             sender.send(message)
             return
-        from twisted.internet.threads import blockingCallFromThread
-
         # A SyncConsumer's handler thread: sent on the reactor thread, its error raised here.
-        blockingCallFromThread(self._conn.reactor, sender.send, message)
+        # Not blockingCallFromThread: a reactor that stops (and joins this thread's pool)
+        # would never run the call, and both would wait for ever.
+        conn = self._conn
+        if conn.finished:
+            raise ConnectionClosed("send on a WebSocket that is closed")
+        reactor = conn.reactor
+        done = threading.Event()
+        outcome: list[BaseException | None] = []
+
+        def on_reactor() -> None:
+            try:
+                sender.send(message)
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+            done.set()
+
+        reactor.callFromThread(on_reactor)
+        while not done.wait(0.5):
+            if getattr(reactor, "_stopped", False) or not getattr(reactor, "running", True):
+                raise ConnectionClosed("send while the server is stopping")
+        if outcome[0] is not None:
+            raise outcome[0]
 
 
 class SyncConsumer(_ChannelConsumer):

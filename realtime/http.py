@@ -38,6 +38,8 @@ class AsyncHttpConsumer(AppFactoryMixin):
     #: handle(), then the layer events, then disconnect(), one after another (``_serve``).
     _events: Deferred[Any]
     _disconnected = False
+    #: ``group_close``'s deadline while ``handle()`` or a handler keeps the end waiting.
+    _close_deadline: Any = None
 
     async def handle(self, body: bytes) -> None:
         raise NotImplementedError("AsyncHttpConsumer subclasses must implement handle(body)")
@@ -125,20 +127,36 @@ class AsyncHttpConsumer(AppFactoryMixin):
 
     def close_from_layer(self, code: int, reason: str | None) -> None:
         """``group_close``: after the events before it, the response ends (a stream's last
-        chunk; 503 if its head has not gone out)."""
+        chunk; 503 if its head has not gone out). A ``handle()`` or handler still running
+        ``--application-close-timeout`` seconds later (an event stream's keepalive loop)
+        does not keep it open: it ends then, and sends after that do nothing."""
         if self._finished:
             return
+        site: Any = self._request.site
+        if self._close_deadline is None:
+            self._close_deadline = site.clock.callLater(
+                site.config.application_close_timeout, self._end)
 
         def end(_: Any) -> Any:
-            if self._finished:
-                return None
-            if self._headers_sent:
-                return as_deferred(self.send_body(b""))
-            return as_deferred(self.send_response(
-                503, b"closed by the server\n",
-                headers=[(b"Content-Type", b"text/plain; charset=utf-8")]))
+            self._cancel_close_deadline()
+            return self._end()
 
         self._events.addCallback(end).addErrback(self._failed)
+
+    def _cancel_close_deadline(self) -> None:
+        deadline, self._close_deadline = self._close_deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+    def _end(self) -> Any:
+        self._close_deadline = None
+        if self._finished:
+            return None
+        if self._headers_sent:
+            return as_deferred(self.send_body(b""))
+        return as_deferred(self.send_response(
+            503, b"closed by the server\n",
+            headers=[(b"Content-Type", b"text/plain; charset=utf-8")]))
 
     #: Never written broadcast frames, so never marked (``realtime.layers.base``).
     _held_seq = -1
@@ -158,6 +176,7 @@ class AsyncHttpConsumer(AppFactoryMixin):
         event handler that sent the last body) has returned. Sends after that do nothing."""
         if self.channel_layer is not None and self.channel_name is not None:
             self.channel_layer.detach(self.channel_name)
+        self._cancel_close_deadline()
         self._finished = True
         if isinstance(result, Failure) or getattr(self._request, "timed_out", False):
             self._disconnect()

@@ -196,7 +196,8 @@ class _DeflatingSend:
 
 #: The per-connection timers (``WebSocketConnection._cancel_timers``); the token's two.
 _TOKEN_TIMERS = ("_expiry_call", "_expiring_call")
-_TIMERS = ("_ping_call", "_pong_deadline", "_lifetime_call", "_close_call", *_TOKEN_TIMERS)
+_TIMERS = ("_ping_call", "_pong_deadline", "_lifetime_call", "_close_call", "_layer_close_call",
+           *_TOKEN_TIMERS)
 
 
 class WebSocketConnection(WebSocketServerProtocol):
@@ -238,6 +239,8 @@ class WebSocketConnection(WebSocketServerProtocol):
     _pong_deadline: Any = None
     _lifetime_call: Any = None
     _close_call: Any = None
+    #: ``group_close``'s deadline while a handler keeps the queued close waiting.
+    _layer_close_call: Any = None
     _expiry_call: Any = None
     _expiring_call: Any = None
     _closed_code: int | None = None
@@ -869,11 +872,19 @@ class WebSocketConnection(WebSocketServerProtocol):
             self._run(self.consumer._on_event, event)
 
     def close_from_layer(self, code: int, reason: str | None) -> None:
-        """``group_close``: closed in turn, after the events that reached it before."""
-        if not self.finished:
-            self._run(self._closed_by_layer, code, reason)
+        """``group_close``: closed in turn, after the events that reached it before; a
+        handler that keeps it waiting past ``--application-close-timeout`` does not keep
+        the socket open (it closes then, and the handler is cancelled as after any
+        close)."""
+        if self.finished:
+            return
+        self._run(self._closed_by_layer, code, reason)
+        if self._busy and self._layer_close_call is None:
+            self._layer_close_call = self.reactor.callLater(
+                self.config.application_close_timeout, self._closed_by_layer, code, reason)
 
     def _closed_by_layer(self, code: int, reason: str | None) -> None:
+        self._cancel_timers(("_layer_close_call",))
         if self.in_handshake:
             self.refuse(Refuse(403))
         elif self.state == _OPEN:
@@ -1262,8 +1273,9 @@ class WebSocketConnection(WebSocketServerProtocol):
         if isinstance(exc, Refuse) and self.in_handshake:
             self.refuse(exc)
             return
-        if isinstance(exc, ConnectionClosed) and self.state in (_CLOSING, _CLOSED):
-            return
+        if isinstance(exc, ConnectionClosed) and (self.finished
+                                                  or self.state in (_CLOSING, _CLOSED)):
+            return  # the client left (during the handshake, too): nothing went wrong
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise exc
         log.failure(

@@ -222,3 +222,49 @@ async def test_send_outside_a_websocket_names_the_layer():
     consumer = AsyncRoom()
     with pytest.raises(RuntimeError, match="no client connection"):
         await consumer.send({"type": "websocket.send", "text": "x"})
+
+
+class LeavesEarly(AsyncConsumer):
+    async def websocket_connect(self, event):
+        from tests.clients import later
+
+        await later(0.3)  # the client has gone by now
+        await self.send({"type": "websocket.accept"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_leaves_during_a_slow_connect_is_not_an_error(live):
+    from tests.clients import later, raw_connect
+
+    server = await live(URLRouter([path("late", LeavesEarly.as_asgi())]))
+    with captured_log() as events:
+        conn = await raw_connect(server.port)
+        conn.write(b"GET /late HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                   b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   b"Sec-WebSocket-Version: 13\r\n\r\n")
+        await later(0.05)
+        conn.abort()
+        await later(0.5)
+    assert not [e for e in events if "raised" in str(e.get("log_format", ""))], events
+
+
+def test_a_sync_consumer_refuses_async_handlers_at_class_creation():
+    with pytest.raises(TypeError, match=r"websocket_receive\(\) is async def: use AsyncConsumer"):
+        class Wrong(SyncConsumer):
+            async def websocket_receive(self, event):
+                pass
+
+
+def test_a_server_stopping_while_a_sync_handler_sends_still_exits():
+    """A SyncConsumer's send waits for the reactor thread; a reactor that stops (and joins
+    the thread pool) meanwhile must not leave both waiting for ever."""
+    from tests.e2e.support import REPO, start, twistd
+
+    with start(twistd("--app", "tests.e2e.generic_app:application", "--port", "0",
+                      "--shutdown-timeout", "0.5"), env={"PYTHONPATH": str(REPO)},
+               cwd=REPO) as server:
+        with connect(server.ws_url("/slow")) as ws:
+            ws.send("go")
+            assert ws.recv(timeout=5) == "working"
+            result = server.stop(timeout=15)
+    assert result.returncode == 0, result.output

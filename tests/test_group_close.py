@@ -190,3 +190,53 @@ async def test_group_close_ends_an_event_stream(live):
             return first + response.read()  # read() returns once the response has ended
 
     assert await in_thread(stream) == b"data: open\n"
+
+
+class Slow(AsyncWebsocketConsumer):
+    """A member whose handlers wait: ``chat.message`` a moment, ``stuck`` for ever."""
+
+    async def connect(self) -> None:
+        await self.channel_layer.group_add("user.slow", self.channel_name)
+        await self.accept()
+        await self.send(text_data="joined")
+
+    async def chat_message(self, event: dict[str, Any]) -> None:
+        from tests.clients import later
+
+        await later(0.2)
+        await self.send(text_data=event["text"])
+
+    async def stuck(self, event: dict[str, Any]) -> None:
+        from twisted.internet.defer import Deferred
+
+        await Deferred()  # never fires: cancelled once the socket is closed
+
+
+SLOW = URLRouter([path("slow", Slow.as_asgi())])
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_close_waits_for_a_handler_that_is_sending_what_came_before(live):
+    server = await live(SLOW)
+    ws = await in_thread(lambda: open_member_at(server, "/slow"))
+    layer = server.site.layer
+    layer.group_send("user.slow", {"type": "chat.message", "text": "one"})
+    layer.group_send("user.slow", {"type": "chat.message", "text": "two"})
+    await layer.group_close("user.slow", 4003, "bye")
+    assert await in_thread(closed_with, ws) == (["one", "two"], 4003, "bye")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handler_that_hangs_does_not_keep_the_socket_open(live):
+    server = await live(SLOW, application_close_timeout=0.5)
+    ws = await in_thread(lambda: open_member_at(server, "/slow"))
+    layer = server.site.layer
+    layer.group_send("user.slow", {"type": "stuck"})
+    await layer.group_close("user.slow", 4003, "banned")
+    assert await in_thread(closed_with, ws) == ([], 4003, "banned")
+
+
+def open_member_at(server: Any, where: str) -> Any:
+    ws = connect(server.ws_url(where)).__enter__()
+    assert ws.recv(timeout=5) == "joined"
+    return ws

@@ -68,6 +68,8 @@ class Receiver(Protocol):
 
     def deliver_joined(self, joined: bytes) -> bool: ...
 
+    def close_from_layer(self, code: int, reason: str | None) -> None: ...
+
 
 # -- held broadcasts ------------------------------------------------------------------------------
 
@@ -1036,9 +1038,13 @@ class BaseChannelLayer:
         """Close every member of ``group``, in every process: Centrifugo's server-side
         disconnect, Socket.IO's ``disconnectSockets`` (a user's sockets, when they join a
         group of their own). A WebSocket closes with ``code`` (1000 or 3000-4999) and
-        ``reason`` once the events sent to it before have been handled (one still in its
-        handshake is refused, 403); an HTTP consumer's response ends (503 before its
-        head). ``ValueError`` for a bad code or reason, ``TypeError`` for a bad name."""
+        ``reason`` once the events sent to it before have been handled (a member whose
+        ``connect()`` has not run yet is refused, 403; one still in ``connect()`` is
+        closed after it), or ``--application-close-timeout`` seconds after, if a handler
+        keeps it waiting; an HTTP consumer's response ends (503 before its head). As
+        every group message, it reaches the processes subscribed at that moment: one cut
+        off from Redis then does not close its members. ``ValueError`` for a bad code or
+        reason, ``TypeError`` for a bad name."""
         raise NotImplementedError
 
     def _close_args(self, group: str, code: Any, reason: Any) -> Deferred[None] | None:
