@@ -156,6 +156,18 @@ def handle(site: Any, request: Any) -> None:
     def unavailable() -> None:
         answer(503, {"error": "the channel layer is unavailable"}, ((b"retry-after", b"1"),))
 
+    def layer_failed(failure: Any, what: str) -> None:
+        """503 while the layer is unavailable (a warning), else 500 (the traceback)."""
+        from realtime.layers.base import LayerUnavailable
+
+        if failure.check(LayerUnavailable):
+            log.warn("{what} of {group}: {error}", what=what, group=groups[0],
+                     error=failure.getErrorMessage())
+            unavailable()
+            return
+        log.failure("{what} of {group} failed", failure, what=what, group=groups[0])
+        answer(500, {"error": f"{what} failed"})
+
     if request.method != b"POST":
         answer(405, {"error": "use POST"}, ((b"allow", b"POST"),))
         return
@@ -201,18 +213,8 @@ def handle(site: Any, request: Any) -> None:
         def closed(_: Any) -> None:
             answer(200, {"ok": True, "group": groups[0]})
 
-        def failed_close(failure: Any) -> None:
-            from realtime.layers.base import LayerUnavailable
-
-            if failure.check(LayerUnavailable):
-                log.warn("disconnecting group {group}: {error}", group=groups[0],
-                         error=failure.getErrorMessage())
-                unavailable()
-                return
-            log.failure("disconnecting group {group} failed", failure, group=groups[0])
-            answer(500, {"error": "disconnect failed"})
-
-        site.layer.group_close(groups[0], code, reason).addCallbacks(closed, failed_close)
+        site.layer.group_close(groups[0], code, reason).addCallbacks(
+            closed, layer_failed, errbackArgs=("disconnect",))
         return
     if kind == "presence":
         d = site.layer.group_presence(groups[0])
@@ -220,18 +222,7 @@ def handle(site: Any, request: Any) -> None:
         def present(members: dict[str, Any]) -> None:
             answer(200, {"group": groups[0], "count": len(members), "members": members})
 
-        def failed_presence(failure: Any) -> None:
-            from realtime.layers.base import LayerUnavailable
-
-            if failure.check(LayerUnavailable):
-                log.warn("presence of {group}: {error}", group=groups[0],
-                         error=failure.getErrorMessage())
-                unavailable()
-                return
-            log.failure("presence of {group} failed", failure, group=groups[0])
-            answer(500, {"error": "presence failed"})
-
-        d.addCallback(present).addErrback(failed_presence)
+        d.addCallback(present).addErrback(layer_failed, "presence")
         return
     d = publish(site.layer, groups, kind, payload)
 
