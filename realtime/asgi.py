@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from realtime.consumer import _WebsocketBase
+from realtime.consumer import _WebsocketBase, receive_message
 from realtime.exceptions import ConnectionClosed, Refuse, check_headers
 from realtime.http2 import cut_off
 from realtime.threads import as_deferred
@@ -410,12 +410,7 @@ class AsgiWebsocket(_WebsocketBase):
         self._running = _run_app(self.app, scope, self.receive, self.send, self._app_done)
 
     def _on_receive(self, text: str | None, data: bytes | None) -> Deferred[None] | None:
-        message: dict[str, Any] = {"type": "websocket.receive"}
-        if text is not None:
-            message["text"] = text
-        else:
-            message["bytes"] = data
-        return self._put(message, wait=True)
+        return self._put(receive_message(text, data), wait=True)
 
     def _on_event(self, event: dict[str, Any]) -> None:
         log.info("channel-layer event {kind!r} for an ASGI application: dropped",

@@ -99,29 +99,15 @@ class AuthMiddleware(BaseMiddleware):
 
 
 def _request(scope: Scope, session: Any, user: Any = None) -> Any:
-    """A Django ``HttpRequest`` for Django's ``get_user``/``login``/``logout`` and the
-    receivers of their signals: the session, the user, and what the scope says of the
-    request (its headers in ``META``, client, server, path, cookies)."""
-    from django.http import HttpRequest
+    """A Django request for Django's ``get_user``/``login``/``logout`` and the receivers of
+    their signals: Django's own ``ASGIRequest`` built from the scope (headers in ``META``,
+    client, server, path, cookies), with the session and the user."""
+    import io
 
-    request = HttpRequest()
+    from django.core.handlers.asgi import ASGIRequest
+
+    request = ASGIRequest({**scope, "method": "GET"}, io.BytesIO())
     request.session = session
-    request.method = "GET"
-    request.path = request.path_info = scope.get("path", "/")
-    meta = request.META
-    for name, value in scope.get("headers", ()):
-        key = name.decode("latin-1").upper().replace("-", "_")
-        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            key = "HTTP_" + key
-        text = value.decode("latin-1")
-        meta[key] = f"{meta[key]},{text}" if key in meta else text
-    client, server = scope.get("client"), scope.get("server")
-    if client:
-        meta["REMOTE_ADDR"], meta["REMOTE_PORT"] = client[0], client[1]
-    if server:
-        meta["SERVER_NAME"], meta["SERVER_PORT"] = server[0], str(server[1])
-    meta["QUERY_STRING"] = scope.get("query_string", b"").decode("latin-1")
-    request.COOKIES = dict(scope.get("cookies") or {})
     if user is not None:
         request.user = user
     return request

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.logger import Logger
@@ -53,6 +52,22 @@ class ConsumerApp:
 
     def __repr__(self) -> str:
         return f"{self.consumer_class.__name__}.as_app()"
+
+
+def receive_message(text: str | None, data: bytes | None) -> dict[str, Any]:
+    """The ASGI ``websocket.receive`` message of one client message (``text`` or ``data``)."""
+    if text is not None:
+        return {"type": "websocket.receive", "text": text}
+    return {"type": "websocket.receive", "bytes": data}
+
+
+def refuse_async_handlers(cls: type, names: tuple[str, ...], advice: str) -> None:
+    """A class whose handlers run in worker threads (``thread_handlers``) must not have
+    ``async def`` ones among ``names``: called in a thread, a coroutine would only be
+    created, never run. ``TypeError`` naming the first, then ``advice``."""
+    for name in names:
+        if inspect.iscoroutinefunction(getattr(cls, name, None)):
+            raise TypeError(advice.format(cls=cls.__name__, name=name))
 
 
 def dispatch_event(consumer: Any, event: dict[str, Any]) -> Any:
@@ -123,15 +138,12 @@ class _WebsocketBase(AppFactoryMixin):
             raise TypeError(f"{cls.__name__}.token_expiring_ahead must be seconds (>= 0), "
                             f"not {ahead!r}")
         if cls.thread_handlers:
-            for name in ("websocket_connect", "websocket_receive", "websocket_disconnect",
-                         "connect", "receive", "disconnect", "token_expiring"):
-                if inspect.iscoroutinefunction(getattr(cls, name, None)):
-                    # Called in a worker thread, a coroutine would only be created, never run.
-                    raise TypeError(
-                        f"{cls.__name__}: thread_handlers = True is for plain (def) handlers; "
-                        f"{name}() is async def: drop thread_handlers (coroutines run on the "
-                        "reactor) or make the handlers plain"
-                    )
+            refuse_async_handlers(
+                cls, ("websocket_connect", "websocket_receive", "websocket_disconnect",
+                      "connect", "receive", "disconnect", "token_expiring"),
+                "{cls}: thread_handlers = True is for plain (def) handlers; {name}() is "
+                "async def: drop thread_handlers (coroutines run on the reactor) or make the "
+                "handlers plain")
 
     # -- bridge entry points -------------------------------------------------------------
     def _on_connect(self) -> Any:
@@ -139,12 +151,8 @@ class _WebsocketBase(AppFactoryMixin):
 
     def _on_receive(self, text: str | None, data: bytes | None) -> Any:
         if self._raw_receive:
-            message: dict[str, Any] = {"type": "websocket.receive"}
-            if text is not None:
-                message["text"] = text
-            else:
-                message["bytes"] = data
-            return self.websocket_receive(message)  # type: ignore[attr-defined]
+            return self.websocket_receive(  # type: ignore[attr-defined]
+                receive_message(text, data))
         # By keyword, as Channels calls it: ``def receive(self, text_data)`` must work.
         if text is not None:
             return self.receive(text_data=text)  # type: ignore[attr-defined]
@@ -387,12 +395,10 @@ class _ChannelConsumer(AppFactoryMixin):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.thread_handlers:
-            for name in ("websocket_connect", "websocket_receive", "websocket_disconnect"):
-                if inspect.iscoroutinefunction(getattr(cls, name, None)):
-                    # Called in a worker thread, a coroutine would only be created, never run.
-                    raise TypeError(
-                        f"{cls.__name__}: a SyncConsumer (thread_handlers) takes plain (def) "
-                        f"handlers; {name}() is async def: use AsyncConsumer")
+            refuse_async_handlers(
+                cls, ("websocket_connect", "websocket_receive", "websocket_disconnect"),
+                "{cls}: a SyncConsumer (thread_handlers) takes plain (def) handlers; {name}() "
+                "is async def: use AsyncConsumer")
 
     # -- the bridge's calls on a WebSocket route ------------------------------------------------
     def _on_connect(self) -> Any:
@@ -405,12 +411,7 @@ class _ChannelConsumer(AppFactoryMixin):
         return self.websocket_connect({"type": "websocket.connect"})  # type: ignore[attr-defined]
 
     def _on_receive(self, text: str | None, data: bytes | None) -> Any:
-        message: dict[str, Any] = {"type": "websocket.receive"}
-        if text is not None:
-            message["text"] = text
-        else:
-            message["bytes"] = data
-        return dispatch_event(self, message)
+        return dispatch_event(self, receive_message(text, data))
 
     def _on_disconnect(self, code: int) -> Any:
         if self._sender is not None:
@@ -434,29 +435,11 @@ class _ChannelConsumer(AppFactoryMixin):
             sender.send(message)
             return
         # A SyncConsumer's handler thread: sent on the reactor thread, its error raised here.
-        # Not blockingCallFromThread: a reactor that stops (and joins this thread's pool)
-        # would never run the call, and both would wait for ever.
-        conn = self._conn
-        if conn.finished:
+        if self._conn.finished:
             raise ConnectionClosed("send on a WebSocket that is closed")
-        reactor = conn.reactor
-        done = threading.Event()
-        outcome: list[BaseException | None] = []
+        from realtime.threads import run_on_reactor
 
-        def on_reactor() -> None:
-            try:
-                sender.send(message)
-                outcome.append(None)
-            except BaseException as exc:
-                outcome.append(exc)
-            done.set()
-
-        reactor.callFromThread(on_reactor)
-        while not done.wait(0.5):
-            if getattr(reactor, "_stopped", False) or not getattr(reactor, "running", True):
-                raise ConnectionClosed("send while the server is stopping")
-        if outcome[0] is not None:
-            raise outcome[0]
+        run_on_reactor(self._conn.reactor, sender.send, message)
 
 
 class SyncConsumer(_ChannelConsumer):

@@ -84,8 +84,14 @@ def set_cookie(
     return (b"Set-Cookie", "; ".join(parts).encode("latin-1"))
 
 
-def delete_cookie(key: str, path: str = "/", domain: str | None = None) -> tuple[bytes, bytes]:
-    return set_cookie(key, "", max_age=0, expires=0, path=path, domain=domain, samesite=None)
+def delete_cookie(key: str, path: str = "/", domain: str | None = None,
+                  samesite: str | None = None) -> tuple[bytes, bytes]:
+    """As Django's ``delete_cookie``: a ``__Secure-``/``__Host-`` name, or
+    ``SameSite=None``, is only deleted by a ``Secure`` cookie."""
+    secure = key.startswith(("__Secure-", "__Host-")) or (
+        samesite is not None and samesite.lower() == "none")
+    return set_cookie(key, "", max_age=0, expires=0, path=path, domain=domain, secure=secure,
+                      samesite=samesite)
 
 
 class CookieMiddleware(BaseMiddleware):

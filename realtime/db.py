@@ -53,7 +53,7 @@ def django_ready() -> bool:
 def close_old_connections() -> None:
     """Django's ``close_old_connections()`` when Django is set up, else nothing: closes this
     thread's connections that are past ``CONN_MAX_AGE`` or unusable."""
-    if _close is not None or django_ready():
+    if django_ready():
         assert _close is not None
         _close()
 
@@ -62,26 +62,29 @@ def run_with_hygiene(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call ``fn`` in this (worker) thread between two ``close_old_connections()``: the
     one before drops a connection a database restart broke, or one past its age, before
     ``fn`` queries; the one after leaves none open past ``CONN_MAX_AGE``."""
-    close = _close
-    if close is None:
-        if not django_ready():
-            return fn(*args, **kwargs)
-        close = _close
-        assert close is not None
-    close()
+    if not django_ready():
+        return fn(*args, **kwargs)
+    close_old_connections()
     try:
         return fn(*args, **kwargs)
     finally:
-        close()
+        close_old_connections()
+
+
+def in_pool(reactor: Any, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
+    """Run ``fn(*args, **kwargs)`` in ``reactor``'s thread pool with connection hygiene:
+    how every handler, ORM call and session load that goes to a thread goes."""
+    from twisted.internet.threads import deferToThreadPool
+
+    return deferToThreadPool(reactor, reactor.getThreadPool(), run_with_hygiene, fn,
+                             *args, **kwargs)
 
 
 def in_db_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
-    """Run ``fn(*args, **kwargs)`` in the reactor's thread pool with connection hygiene."""
+    """``in_pool`` on the global reactor."""
     from twisted.internet import reactor
-    from twisted.internet.threads import deferToThreadPool
 
-    pool = reactor.getThreadPool()
-    return deferToThreadPool(reactor, pool, run_with_hygiene, fn, *args, **kwargs)
+    return in_pool(reactor, fn, *args, **kwargs)
 
 
 def database_sync_to_async(fn: Callable[..., T]) -> Callable[..., Deferred[T]]:

@@ -243,13 +243,8 @@ class DjangoSessionStore:
         if key is None or session.is_empty():
             if not had:
                 return []
-            # As Django's delete_cookie: a __Secure-/__Host- name, or SameSite=None, is only
-            # deleted by a Secure cookie.
-            secure = self.cookie_name.startswith(("__Secure-", "__Host-")) or (
-                samesite is not None and samesite.lower() == "none")
-            return [set_cookie(self.cookie_name, "", max_age=0, expires=0,
-                               path=conf.SESSION_COOKIE_PATH, domain=conf.SESSION_COOKIE_DOMAIN,
-                               secure=secure, samesite=samesite)]
+            return [delete_cookie(self.cookie_name, path=conf.SESSION_COOKIE_PATH,
+                                  domain=conf.SESSION_COOKIE_DOMAIN, samesite=samesite)]
         at_close = session.get_expire_at_browser_close()
         return [set_cookie(self.cookie_name, key,
                            max_age=None if at_close else session.get_expiry_age(),

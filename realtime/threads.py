@@ -55,6 +55,33 @@ def sync_to_async(fn: Callable[..., T]) -> Callable[..., Deferred[T]]:
     return wrapper
 
 
+def run_on_reactor(reactor: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """From a worker thread: ``fn(*args)`` on the reactor thread, its result returned or its
+    exception raised here. Not ``blockingCallFromThread``: a reactor that stops (and joins
+    this thread's pool) would never run the call, and both would wait for ever; here the
+    wait ends with ``ConnectionClosed`` once the reactor has stopped."""
+    from realtime.exceptions import ConnectionClosed
+
+    done = threading.Event()
+    outcome: list[tuple[bool, Any]] = []
+
+    def on_reactor() -> None:
+        try:
+            outcome.append((True, fn(*args)))
+        except BaseException as exc:
+            outcome.append((False, exc))
+        done.set()
+
+    reactor.callFromThread(on_reactor)
+    while not done.wait(0.5):
+        if getattr(reactor, "_stopped", False) or not getattr(reactor, "running", True):
+            raise ConnectionClosed("send while the server is stopping")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
 def async_to_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a Deferred- or coroutine-returning function for a worker thread: the call runs on
     the reactor thread and the worker waits for its result (``blockingCallFromThread``).

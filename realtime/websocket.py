@@ -1220,12 +1220,9 @@ class WebSocketConnection(WebSocketServerProtocol):
     def _in_thread(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> Deferred[Any]:
         """A ``thread_handlers`` handler in the pool, Django's stale connections closed
         before and after (as Channels runs a sync consumer's handlers: ``realtime.db``)."""
-        from twisted.internet.threads import deferToThreadPool
+        from realtime.db import in_pool
 
-        from realtime.db import run_with_hygiene
-
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                 run_with_hygiene, handler, *args)
+        return in_pool(self.reactor, handler, *args)
 
     def _handler_done(self, _: Any) -> None:
         self._running = None

@@ -152,12 +152,9 @@ async def handle_message(consumer: Any, message: dict[str, Any], reactor: Any) -
             return dispatch_event(consumer, event)
 
     if getattr(consumer, "thread_handlers", False):
-        from twisted.internet.threads import deferToThreadPool
+        from realtime.db import in_pool
 
-        from realtime.db import run_with_hygiene
-
-        result = await deferToThreadPool(reactor, reactor.getThreadPool(), run_with_hygiene,
-                                         on_event, message)
+        result = await in_pool(reactor, on_event, message)
     else:
         result = on_event(message)
     await resolve(result)
