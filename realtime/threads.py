@@ -56,40 +56,49 @@ def sync_to_async(fn: Callable[..., T]) -> Callable[..., Deferred[T]]:
 
 
 def run_on_reactor(reactor: Any, fn: Callable[..., Any], *args: Any) -> Any:
-    """From a worker thread: ``fn(*args)`` on the reactor thread, its result returned or its
-    exception raised here. Not ``blockingCallFromThread``: a reactor that stops (and joins
-    this thread's pool) would never run the call, and both would wait for ever; here the
-    wait ends with ``ConnectionClosed`` once the reactor has stopped."""
+    """From a worker thread: ``fn(*args)`` on the reactor thread, its result returned (a
+    Deferred's once it fires) or its exception raised here. Not ``blockingCallFromThread``:
+    a reactor that stops (and joins this thread's pool) would never run the call, and both
+    would wait for ever; here the wait ends with ``ConnectionClosed`` once the reactor has
+    stopped."""
     from realtime.exceptions import ConnectionClosed
 
     done = threading.Event()
     outcome: list[tuple[bool, Any]] = []
 
+    def settle(result: Any) -> None:
+        outcome.append((not isinstance(result, Failure), result))
+        done.set()
+
     def on_reactor() -> None:
         try:
-            outcome.append((True, fn(*args)))
-        except BaseException as exc:
-            outcome.append((False, exc))
-        done.set()
+            result = fn(*args)
+        except BaseException:
+            settle(Failure())
+            return
+        if isinstance(result, Deferred):
+            result.addBoth(settle)
+        else:
+            settle(result)
 
     reactor.callFromThread(on_reactor)
     while not done.wait(0.5):
         if getattr(reactor, "_stopped", False) or not getattr(reactor, "running", True):
-            raise ConnectionClosed("send while the server is stopping")
+            name = getattr(fn, "__qualname__", "a call")
+            raise ConnectionClosed(f"the server stopped before {name} finished on its thread")
     ok, value = outcome[0]
     if not ok:
-        raise value
+        value.raiseException()  # with the traceback from the reactor thread
     return value
 
 
 def async_to_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a Deferred- or coroutine-returning function for a worker thread: the call runs on
-    the reactor thread and the worker waits for its result (``blockingCallFromThread``).
+    the reactor thread and the worker waits for its result (``run_on_reactor``: a server
+    that stops meanwhile makes it raise ``ConnectionClosed`` rather than wait for ever).
     Called on the reactor thread itself it raises ``RuntimeError`` instead of hanging."""
-    from twisted.internet.threads import blockingCallFromThread
     from twisted.python import threadable
     from twisted.python.threadable import isInIOThread
-
 
     name = getattr(fn, "__qualname__", fn)
 
@@ -116,7 +125,8 @@ def async_to_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
         def call() -> Deferred[Any]:
             return as_deferred(fn(*args, **kwargs))
 
-        return blockingCallFromThread(_reactor(), call)
+        call.__qualname__ = f"async_to_sync({name})"
+        return run_on_reactor(_reactor(), call)
 
     return wrapper
 

@@ -255,16 +255,20 @@ def test_a_sync_consumer_refuses_async_handlers_at_class_creation():
                 pass
 
 
-def test_a_server_stopping_while_a_sync_handler_sends_still_exits():
-    """A SyncConsumer's send waits for the reactor thread; a reactor that stops (and joins
-    the thread pool) meanwhile must not leave both waiting for ever."""
+@pytest.mark.parametrize("route", ["slow", "slowlayer"])
+def test_a_server_stopping_while_a_sync_handler_waits_on_the_reactor_still_exits(route):
+    """A SyncConsumer's send, and an ``async_to_sync`` call, wait for the reactor thread; a
+    reactor that stops (and joins the thread pool) meanwhile must not leave both waiting
+    for ever. The call raises ConnectionClosed in the handler's thread instead."""
     from tests.e2e.support import REPO, start, twistd
 
     with start(twistd("--app", "tests.e2e.generic_app:application", "--port", "0",
                       "--shutdown-timeout", "0.5"), env={"PYTHONPATH": str(REPO)},
                cwd=REPO) as server:
-        with connect(server.ws_url("/slow")) as ws:
+        with connect(server.ws_url("/" + route)) as ws:
             ws.send("go")
             assert ws.recv(timeout=5) == "working"
             result = server.stop(timeout=15)
     assert result.returncode == 0, result.output
+    if route == "slowlayer":
+        assert "async_to_sync raised ConnectionClosed" in result.output, result.output

@@ -1,15 +1,19 @@
-"""``realtime.threads`` under the default reactor: what a failed handler's exception keeps.
+"""``realtime.threads`` under the default reactor: what a failed handler's exception keeps,
+and ``async_to_sync`` from a worker thread waiting for a Deferred that fires later.
 
 The asyncio reactor's side is in tests/asyncio_reactor/test_asyncio_consumers.py."""
 
 from __future__ import annotations
 
 import gc
+import traceback
 from typing import Any
 
+import pytest_twisted
+from twisted.internet import reactor, task, threads
 from twisted.internet.defer import Deferred
 
-from realtime.threads import as_deferred, run_handler
+from realtime.threads import as_deferred, async_to_sync, run_handler
 from tests.clients import fire_from_a_frame, traceback_names
 
 
@@ -51,3 +55,28 @@ def test_a_handler_failing_at_once_keeps_its_traceback() -> None:
     as_deferred(at_once()).addErrback(failures.append)
     assert failures[0].check(KeyError)
     assert traceback_names(failures[0].value)[-1] == "at_once"
+
+
+async def _later(value: str, fail: bool) -> str:
+    await task.deferLater(reactor, 0.05, lambda: None)
+    if fail:
+        raise LookupError(value)
+    return value * 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_to_sync_in_a_thread_waits_for_the_result_and_raises_the_error() -> None:
+    """The worker gets the coroutine's value once its Deferred fires on the reactor, and its
+    exception with the traceback of the reactor-side frames."""
+
+    def worker() -> tuple[str, str]:
+        value = async_to_sync(_later)("ab", False)
+        try:
+            async_to_sync(_later)("gone", True)
+        except LookupError:
+            return value, traceback.format_exc()
+        return value, "no exception"
+
+    value, trace = await threads.deferToThread(worker)
+    assert value == "abab"
+    assert "LookupError: gone" in trace and "_later" in trace, trace
