@@ -440,16 +440,19 @@ class Options(usage.Options):
         if algorithms and "none" in [a.lower() for a in algorithms]:
             raise StartupError("--jwt-algorithms: 'none' is never accepted")
         keys: list[Any] = []
-        try:
-            if self["jwt-key"]:
-                keys.append(key_from_text(self["jwt-key"], algorithms))
-            if self["jwt-key-file"]:
-                text = _read_file("jwt-key-file", self["jwt-key-file"])
-                keys.append(key_from_text(text, algorithms))
-            if self["jwks-file"]:
-                keys.extend(keys_from_jwks(_read_file("jwks-file", self["jwks-file"]), algorithms))
-        except ConfigurationError as exc:
-            raise StartupError(f"JWT key: {exc}") from None
+        for name in ("jwt-key", "jwt-key-file", "jwks-file"):
+            value = self[name]
+            if not value:
+                continue
+            where = f"--{name}" if name == "jwt-key" else f"--{name} {value}"
+            text = value if name == "jwt-key" else _read_file(name, value)
+            try:
+                if name == "jwks-file":
+                    keys.extend(keys_from_jwks(text, algorithms))
+                else:
+                    keys.append(key_from_text(text, algorithms))
+            except ConfigurationError as exc:
+                raise StartupError(f"{where}: {exc}") from None
         return keys
 
     def _wrap(self, application: Any) -> Any:
@@ -734,8 +737,15 @@ def makeService(options: Options) -> Any:
         become_worker(options.worker)
     for site in sites:
         site.access_log = options.access_log
-    if options.access_log is not None:
-        _reopen_on_sighup(reactor, options.access_log)
+    from realtime.reload import KeyFiles, on_sighup
+
+    reloads: list[Any] = []
+    if options.access_log is not None and options.access_log.path != "-":
+        reloads.append(options.access_log.reopen)
+    keys = KeyFiles(options, sites)
+    if keys.wanted:
+        reloads.append(keys)
+    on_sighup(reactor, reloads)
     config = options.config
     service = RealtimeService(
         sites, reactor, config.shutdown_timeout, options.layer,
@@ -826,12 +836,3 @@ def _no_application(scope: Any) -> Any:
     from realtime.exceptions import NoRoute
 
     raise NoRoute(scope.get("path", ""))
-
-
-def _reopen_on_sighup(reactor: Any, access_log: Any) -> None:
-    import signal
-
-    def handler(signum: int, frame: Any) -> None:
-        reactor.callFromThread(access_log.reopen)
-
-    signal.signal(signal.SIGHUP, handler)

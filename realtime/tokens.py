@@ -193,7 +193,9 @@ class TokenAuthMiddleware(BaseMiddleware):
         clock: Any = None,
     ) -> None:
         super().__init__(inner)
-        self.keys = list(keys if keys is not None else settings.jwt_keys)
+        #: Keys given here stay; None: ``settings.jwt_keys``, read at each verification so
+        #: that a SIGHUP re-reading ``--jwt-key-file``/``--jwks-file`` reaches this middleware.
+        self._keys = list(keys) if keys is not None else None
         if not self.keys:
             raise ConfigurationError(
                 "TokenAuthMiddleware needs a key: --jwt-key, --jwt-key-file or --jwks-file"
@@ -203,6 +205,14 @@ class TokenAuthMiddleware(BaseMiddleware):
         self.issuer = issuer if issuer is not None else settings.jwt_issuer
         self.leeway = leeway if leeway is not None else settings.jwt_leeway
         self.clock = clock
+
+    @property
+    def keys(self) -> list[VerificationKey]:
+        return self._keys if self._keys is not None else settings.jwt_keys
+
+    @keys.setter
+    def keys(self, value: Sequence[VerificationKey]) -> None:
+        self._keys = list(value)
 
     def _now(self) -> float:
         return float(self.clock.seconds()) if self.clock is not None else time.time()

@@ -223,6 +223,28 @@ def test_sighup_is_passed_on_and_kills_nobody(redis_url):
     assert result.returncode == 0, result.output
 
 
+def test_sighup_reloads_the_api_keys_in_every_worker(redis_url, tmp_path):
+    """The supervisor passes SIGHUP on; each worker re-reads --api-key-file, so whichever
+    worker a request reaches takes the new key and refuses the old one."""
+    from realtime.client import PublishError, publish
+
+    old, new = "old-api-key-0123456789", "new-api-key-0123456789"
+    key_file = tmp_path / "api.keys"
+    key_file.write_text(old)
+    with supervisor(redis_url, "--api-key-file", str(key_file)) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        key_file.write_text(new)
+        server.send_signal(signal.SIGHUP)
+        server.wait_for(r"SIGHUP: reloaded 1 API key\(s\)", count=2, timeout=TIMEOUT)
+        for _ in range(8):  # new connections: the kernel spreads them over both workers
+            assert publish(base, new, "g", text="x")["ok"] is True
+            with pytest.raises(PublishError) as refused:
+                publish(base, old, "g", text="x")
+            assert refused.value.status == 401
+        result = server.stop()
+    assert result.returncode == 0, result.output
+
+
 def _scrape(url: str) -> dict[str, float]:
     import urllib.request
 
