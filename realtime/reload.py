@@ -81,7 +81,12 @@ class KeyFiles:
             return
         done = []
         if jwt_keys is not None:
-            settings.jwt_keys = jwt_keys  # a new list: a verification in progress keeps its own
+            source = settings.jwt_key_source
+            if source is not None:  # --jwks-url's keys stay with the files' new ones
+                source.static = jwt_keys
+                source.publish()
+            else:  # a new list: a verification in progress keeps its own
+                settings.jwt_keys = jwt_keys
             done.append(f"{len(jwt_keys)} JWT key(s)")
         if api_keys is not None:
             for site in self.sites:

@@ -28,6 +28,9 @@ class Settings:
     session_cookie_samesite: str = "Lax"
     #: JWT verification keys: a list of ``realtime.tokens.VerificationKey``.
     jwt_keys: list[Any] = field(default_factory=list)
+    #: Where ``jwt_keys`` partly come from when they can be refetched (``--jwks-url``:
+    #: ``realtime.jwks.JwksUrl``); None: they are all static.
+    jwt_key_source: Any = None
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_leeway: float = 0.0

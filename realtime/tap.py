@@ -254,6 +254,10 @@ class Options(usage.Options):
         ["jwt-key", None, None, "JWT verification key: an HMAC secret or a PEM public key."],
         ["jwt-key-file", None, None, "Read the JWT key (secret or PEM) from this file."],
         ["jwks-file", None, None, "A JSON Web Key Set file of verification keys."],
+        ["jwks-url", None, None,
+         "Fetch verification keys from this JWKS endpoint (https://; an identity provider's): "
+         "at start-up, every --jwks-refresh seconds, at SIGHUP and for an unknown key id."],
+        ["jwks-refresh", None, "300", "Seconds between two fetches of --jwks-url (0: none)."],
         ["jwt-algorithms", None, None,
          "Algorithms the key may verify (default: every one of its type; never none)."],
         ["jwt-audience", None, None, "Required 'aud' claim."],
@@ -314,6 +318,8 @@ class Options(usage.Options):
         self["port"] = []
         self["fd"] = []
         self["history"] = []
+        #: ``--jwks-url``'s ``realtime.jwks.JwksUrl`` (set by ``postOptions``).
+        self.jwks_source: Any = None
 
     def opt_port(self, value: str) -> None:
         """A port number or a Twisted endpoint description (tcp:, ssl:, unix:, systemd:);
@@ -420,11 +426,15 @@ class Options(usage.Options):
                 f"got {store!r}"
             )
         keys = self._jwt_keys()
+        self.jwks_source = self._jwks_url(keys)
+        if self.jwks_source is not None:
+            keys = self.jwks_source.static + self.jwks_source.keys
         settings_module.configure(
             secret_key=secret or None,
             old_secret_keys=_words(self["old-secret-keys"]),
             session_store=store,
             jwt_keys=keys,
+            jwt_key_source=self.jwks_source,
             jwt_audience=self["jwt-audience"],
             jwt_issuer=self["jwt-issuer"],
             jwt_leeway=_seconds("jwt-leeway", self["jwt-leeway"]),
@@ -454,6 +464,34 @@ class Options(usage.Options):
             except ConfigurationError as exc:
                 raise StartupError(f"{where}: {exc}") from None
         return keys
+
+    def _jwks_url(self, static: list[Any]) -> Any:
+        """``--jwks-url``'s keys, fetched now (a failure stops start-up), as a ``JwksUrl``
+        that refetches them; None without the option."""
+        from urllib.parse import urlsplit
+
+        from realtime.jwks import JwksUrl, fetch
+        from realtime.settings import ConfigurationError
+
+        url = self["jwks-url"]
+        interval = _seconds("jwks-refresh", self["jwks-refresh"])
+        if not url:
+            return None
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+        except ValueError:
+            raise StartupError(f"--jwks-url: not a URL: {url!r}") from None
+        loopback = host in ("localhost", "127.0.0.1", "::1")
+        if not host or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+            raise StartupError(f"--jwks-url: must be https://... (http:// only to a loopback "
+                               f"address: keys fetched in clear can be forged), got {url!r}")
+        algorithms = _words(self["jwt-algorithms"]) or None
+        try:
+            keys = fetch(url, algorithms)
+        except ConfigurationError as exc:
+            raise StartupError(f"--jwks-url {url}: {exc}") from None
+        return JwksUrl(url, algorithms, static, keys, interval)
 
     def _wrap(self, application: Any) -> Any:
         """``--allowed-origins`` / ``--allowed-hosts`` apply the validators without code."""
@@ -745,6 +783,9 @@ def makeService(options: Options) -> Any:
     keys = KeyFiles(options, sites)
     if keys.wanted:
         reloads.append(keys)
+    if options.jwks_source is not None:
+        options.jwks_source.start(reactor)
+        reloads.append(options.jwks_source.refresh)
     on_sighup(reactor, reloads)
     config = options.config
     service = RealtimeService(

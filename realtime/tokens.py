@@ -32,6 +32,7 @@ RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 EC_ALGORITHMS = ("ES256", "ES384", "ES512")
 OKP_ALGORITHMS = ("EdDSA",)
 SUBPROTOCOL_PREFIX = "bearer."
+UNKNOWN_KID = "unknown key id"
 #: Where ``TokenAuthMiddleware`` leaves itself in the scope, for ``refresh_token``.
 SCOPE_KEY = "realtime.token_auth"
 
@@ -155,6 +156,8 @@ def verify(
     alg, kid = header.get("alg"), header.get("kid")
     candidates = [k for k in keys if alg in k.algorithms and (kid is None or k.kid in (None, kid))]
     if not candidates:
+        if kid is not None and any(alg in k.algorithms for k in keys):
+            raise InvalidToken(UNKNOWN_KID)  # a new key, perhaps: a JWKS URL is refetched
         raise InvalidToken("no key for this token's algorithm")
     last = "invalid token"
     for key in candidates:
@@ -226,12 +229,27 @@ class TokenAuthMiddleware(BaseMiddleware):
             scope.setdefault("user", AnonymousUser())
             return
         try:
-            claims = verify(token, self.keys, self._now(), self.audience, self.issuer,
-                            self.leeway)
+            claims = await self._verify(token)
         except InvalidToken as exc:
             challenge = f'Bearer realm="realtime", error="invalid_token", error_description="{exc}"'
             raise Refuse(401, [(b"WWW-Authenticate", challenge.encode())]) from None
         self._adopt(scope, claims)
+
+    async def _verify(self, token: str) -> dict[str, Any]:
+        """``verify``, and once more after a ``--jwks-url`` refetch when the token names a
+        key id we lack (the provider rotated to a key we have not fetched yet)."""
+        try:
+            return verify(token, self.keys, self._now(), self.audience, self.issuer,
+                          self.leeway)
+        except InvalidToken as exc:
+            refetch = self._unknown_kid() if str(exc) == UNKNOWN_KID else None
+            if refetch is None or not await refetch:
+                raise
+        return verify(token, self.keys, self._now(), self.audience, self.issuer, self.leeway)
+
+    def _unknown_kid(self) -> Any:
+        source = settings.jwt_key_source if self._keys is None else None
+        return source.unknown_kid() if source is not None else None
 
     def _adopt(self, scope: Scope, claims: dict[str, Any]) -> None:
         scope["user"] = User(claims.get("sub"), claims=claims)
@@ -251,8 +269,13 @@ class TokenAuthMiddleware(BaseMiddleware):
             raise InvalidToken("this connection was not opened with a token")
         if not isinstance(token, str) or not token:
             raise InvalidToken("malformed token")
-        claims = verify(token, self.keys, self._now(), self.audience, self.issuer,
-                        self.leeway)
+        try:
+            claims = verify(token, self.keys, self._now(), self.audience, self.issuer,
+                            self.leeway)
+        except InvalidToken as exc:
+            if str(exc) == UNKNOWN_KID:
+                self._unknown_kid()  # refetched meanwhile: the client's next try may pass
+            raise
         # The same subject from the same issuer; with no subject there is nobody to match.
         if current.get("sub") is None or claims.get("sub") is None:
             raise InvalidToken("token has no sub: it cannot be matched to this connection")
