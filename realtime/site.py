@@ -42,6 +42,7 @@ from realtime.http2 import become_h2, cut_off, negotiated_h2, on_h2_stream, prot
 from realtime.metrics import SiteStats, exposition
 from realtime.proxy import apply as apply_proxy_headers
 from realtime.proxy import parse_networks
+from realtime.ratelimit import TokenBucket
 from realtime.routing import Ready, RoutedResource, route_matches
 from realtime.scope import (
     BadRequest,
@@ -520,6 +521,11 @@ class RealtimeSite(server.Site):
         #: or the server stopped first; None while serving.
         self.gate: list[RealtimeRequest] | Refuse | None = None
         self._gate_overflowed = False
+        #: ``--handshake-rate``'s bucket; ``twistd realtime`` gives every site of the
+        #: process the same one (the limit is per process).
+        self.handshakes: TokenBucket | None = (
+            TokenBucket(config.handshake_rate, config.handshake_burst, self.clock)
+            if config.handshake_rate else None)
         #: Open WebSockets per client address (``--max-connections-per-ip``).
         self.per_ip: dict[str, int] = {}
         self._proxies = parse_networks(config.trusted_proxies) if config.proxy_headers else []
@@ -722,6 +728,15 @@ class RealtimeSite(server.Site):
         limit = self.config.max_connections
         if limit and len(self.connections) >= limit:
             return Refuse(503)
+        bucket = self.handshakes
+        if bucket is not None and not bucket.take():
+            if not bucket.refusing:  # once per spell of refusals (the process's), not per one
+                bucket.refusing = True
+                log.warn("WebSocket handshakes over --handshake-rate {rate:g}/s: 503 until "
+                         "the rate falls", rate=bucket.rate)
+            return Refuse(503, [(b"Retry-After", str(bucket.wait()).encode())])
+        if bucket is not None:
+            bucket.refusing = False
         return None
 
     def _http(self, request: RealtimeRequest) -> None:

@@ -229,6 +229,11 @@ class Options(usage.Options):
         ["rate-limit", None, None,
          "Inbound messages per second per connection, e.g. 20/s; close 1008 past it."],
         ["rate-burst", None, None, "Messages allowed in a burst (default: the rate)."],
+        ["handshake-rate", None, None,
+         "WebSocket handshakes per second this process starts (e.g. 200/s, 6000/m); past it "
+         "503 with Retry-After: a reconnect storm cannot swamp the CPU (default: no limit)."],
+        ["handshake-burst", None, None,
+         "Handshakes allowed at once above --handshake-rate (default: the rate)."],
         ["trusted-proxies", None, "127.0.0.0/8,::1",
          "Peers whose X-Forwarded-* headers count (with --proxy-headers)."],
         ["proxy-headers-host", None, None,
@@ -541,6 +546,9 @@ class Options(usage.Options):
             ),
             rate_limit=_rate("rate-limit", self["rate-limit"]),
             rate_burst=_count("rate-burst", self["rate-burst"], 1) if self["rate-burst"] else 0,
+            handshake_rate=_rate("handshake-rate", self["handshake-rate"]),
+            handshake_burst=(_count("handshake-burst", self["handshake-burst"], 1)
+                             if self["handshake-burst"] else 0),
             proxy_headers=bool(self["proxy-headers"]),
             trusted_proxies=self._networks(),
             proxy_headers_host=self._proxy_header("proxy-headers-host", "X-Forwarded-For"),
@@ -773,6 +781,8 @@ def makeService(options: Options) -> Any:
         from realtime.workers import become_worker
 
         become_worker(options.worker)
+    for site in sites[1:]:
+        site.handshakes = sites[0].handshakes  # --handshake-rate is per process
     for site in sites:
         site.access_log = options.access_log
     from realtime.reload import KeyFiles, on_sighup

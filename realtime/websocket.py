@@ -43,6 +43,7 @@ from realtime.exceptions import (
     StopConsumer,
 )
 from realtime.layers.base import CORKED, HELD, corking, hold, let_out_for, release, skip_held
+from realtime.ratelimit import TokenBucket
 from realtime.routing import Ready
 from realtime.threads import as_deferred, run_handler
 
@@ -246,10 +247,7 @@ class WebSocketConnection(WebSocketServerProtocol):
     _closed_code: int | None = None
     _graceful_drop = False
     _opened_at: float | None = None
-    _rate = 0.0
-    _burst = 1.0
-    _tokens = 0.0
-    _last_refill = 0.0
+    _bucket: TokenBucket | None = None
     # Outbound flow control: frames wait in _outq while the transport's buffer is full.
     _write_paused = False
     _outq: deque[bytes] | None = None
@@ -310,11 +308,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         self.id = next(_ids)
         self.stats = site.stats
         rate = self.config.rate_limit
-        if rate:
-            # Inbound rate limit: a token bucket, refilled on the reactor's clock.
-            self._rate = rate
-            self._burst = float(self.config.rate_burst or max(1.0, rate))
-            self._tokens = self._burst
+        if rate:  # inbound rate limit (--rate-limit, --rate-burst)
+            self._bucket = TokenBucket(rate, self.config.rate_burst, self.reactor)
 
     # -- handshake (twisted.web owns the socket) --------------------------------------------
     def start(self) -> None:
@@ -511,8 +506,8 @@ class WebSocketConnection(WebSocketServerProtocol):
             self._lifetime_call = self.reactor.callLater(timeout, self._lifetime_over)
         if self.scope.get("auth_expires_at") is not None:
             self._arm_token_timers()
-        if self._rate:
-            self._last_refill = self.reactor.seconds()
+        if self._bucket is not None:
+            self._bucket.last = self.reactor.seconds()  # full from the accept on
         transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
         transport.resumeProducing()
         if leftover:
@@ -974,7 +969,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         stats = self.stats
         stats.messages_in += 1
         stats.bytes_in += len(payload)
-        if self._rate and self._rate_exceeded():
+        if self._bucket is not None and not self._bucket.take():
             if not self._slow_closing and self.state == _OPEN:
                 log.info("closing {peer}: message rate over --rate-limit", peer=self.peer)
                 self.close_with_code(1008, "rate limit exceeded")
@@ -1123,16 +1118,6 @@ class WebSocketConnection(WebSocketServerProtocol):
             return
         self._cancel_timers(("_expiring_call",))
         self.close_with_code(4001, "token expired")
-
-    def _rate_exceeded(self) -> bool:
-        """Take one token for an inbound message; False when the bucket is empty."""
-        now = self.reactor.seconds()
-        self._tokens = min(self._burst, self._tokens + (now - self._last_refill) * self._rate)
-        self._last_refill = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return False
-        return True
 
     def _lifetime_over(self) -> None:
         self._lifetime_call = None
