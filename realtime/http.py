@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 from realtime.consumer import AppFactoryMixin, dispatch_event
 from realtime.exceptions import check_headers
 from realtime.http2 import cut_off
+from realtime.layers.base import HELD, frame_event, let_out_for
 from realtime.threads import as_deferred
 
 if TYPE_CHECKING:
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from realtime.routing import Scope
 
 log = Logger()
+#: Consumer classes told that they miss ``broadcast_message()``.
+_WARNED: set[type] = set()
 
 
 class AsyncHttpConsumer(AppFactoryMixin):
@@ -117,6 +120,14 @@ class AsyncHttpConsumer(AppFactoryMixin):
     def deliver(self, event: dict[str, Any]) -> None:
         if self._finished:
             return
+        if HELD:  # broadcasts held for this turn were before this event: they go first
+            let_out_for(self, self.channel_name)
+        self._queue(event)
+
+    def _queue(self, event: dict[str, Any]) -> None:
+        """Run the event's handler after handle() and the events before it."""
+        if self._finished:
+            return
 
         def run(_: Any) -> Any:
             if self._finished:
@@ -132,6 +143,8 @@ class AsyncHttpConsumer(AppFactoryMixin):
         does not keep it open: it ends then, and sends after that do nothing."""
         if self._finished:
             return
+        if HELD:  # broadcasts held for this turn were before the close
+            let_out_for(self, self.channel_name)
         site: Any = self._request.site
         if self._close_deadline is None:
             self._close_deadline = site.clock.callLater(
@@ -158,16 +171,30 @@ class AsyncHttpConsumer(AppFactoryMixin):
             503, b"closed by the server\n",
             headers=[(b"Content-Type", b"text/plain; charset=utf-8")]))
 
-    #: Never written broadcast frames, so never marked (``realtime.layers.base``).
+    #: How far it has had the held broadcasts (``realtime.layers.base.let_out_for``).
     _held_seq = -1
     _held_count = 0
 
     def deliver_frame(self, frame: bytes) -> bool:
-        """``broadcast()`` frames are WebSocket frames: not for an HTTP response."""
-        return False
+        """``broadcast()`` to this response (an event stream, a long poll): the payload as a
+        ``broadcast.message`` event (``text`` or ``bytes``) for ``broadcast_message()``, in
+        order with the layer's other events, as Centrifugo's publications reach its SSE
+        clients too. A consumer without the handler is told once (per class) and skipped."""
+        if self._finished:
+            return False
+        if getattr(self, "broadcast_message", None) is None:
+            cls = type(self)
+            if cls not in _WARNED:
+                _WARNED.add(cls)
+                log.warn("{consumer} is in a group that gets broadcast() messages but has "
+                         "no broadcast_message() handler: they are skipped",
+                         consumer=cls.__name__)
+            return False
+        self._queue(frame_event(frame))  # the layer's delivery: never back to let_out_for
+        return True
 
     def deliver_joined(self, joined: bytes) -> bool:
-        return False
+        return False  # one frame at a time: each is an event of its own
 
     def _ended(self, result: Any) -> None:
         """The response is over: leave the groups, then ``disconnect()`` once, for cleanup:

@@ -498,6 +498,17 @@ def prepared_frame(text: str | None, data: bytes | None) -> bytes:
     return encode_frame(0x2, bytes(data))
 
 
+def frame_event(frame: bytes) -> dict[str, Any]:
+    """A ``prepared_frame`` back as a ``broadcast.message`` event (``text`` or ``bytes``),
+    for a member that is no WebSocket (an HTTP consumer's event stream)."""
+    opcode, size = frame[0] & 0x0F, frame[1] & 0x7F
+    start = 2 if size < 126 else 4 if size == 126 else 10
+    payload = frame[start:]
+    if opcode == 0x1:
+        return {"type": "broadcast.message", "text": payload.decode("utf-8")}
+    return {"type": "broadcast.message", "bytes": payload}
+
+
 def _had(had: tuple[str, int] | None, where: tuple[str, int] | None) -> bool:
     """A member that has had everything up to ``had`` has had the message at ``where``."""
     return (had is not None and where is not None and had[0] == where[0]
