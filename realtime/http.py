@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from realtime.consumer import AppFactoryMixin, dispatch_event
 from realtime.exceptions import check_headers
@@ -43,6 +45,12 @@ class AsyncHttpConsumer(AppFactoryMixin):
     _disconnected = False
     #: ``group_close``'s deadline while ``handle()`` or a handler keeps the end waiting.
     _close_deadline: Any = None
+    #: The stream's push producer: paused while the client's buffer is full.
+    _producer: _StreamProducer | None = None
+    #: While ``handle()`` runs (its sends wait for a client that does not read).
+    _in_handle = False
+    #: Sends skipped by ``--slow-consumer drop``.
+    _dropped = 0
 
     async def handle(self, body: bytes) -> None:
         raise NotImplementedError("AsyncHttpConsumer subclasses must implement handle(body)")
@@ -72,11 +80,28 @@ class AsyncHttpConsumer(AppFactoryMixin):
             raise RuntimeError("send_headers() must come before send_body()")
         if self._finished:
             return
+        producer = self._producer
+        if producer is not None and producer.paused is not None and not self._in_handle:
+            # An event handler's send while the client does not read: written (events are
+            # not held up), up to --max-send-buffer bytes, then the slow-consumer policy.
+            if producer.waiting > self._site().config.max_send_buffer:
+                self._slow_consumer(producer.waiting)
+                return
+            producer.waiting += len(body)
         if body:
             self._request.write(body)
         if not more_body:
             self._finished = True
+            self._stop_producing()
             self._request.finish()
+            return
+        if producer is None:
+            producer = self._producer = _StreamProducer()
+            self._request.registerProducer(producer, True)
+        if producer.paused is not None and self._in_handle:
+            # handle()'s own loop (a download, a generated stream) goes at the client's
+            # pace, as a raw ASGI app's send does, instead of piling up in memory.
+            await producer.paused
 
     async def send_response(
         self, status: int, body: bytes, *, headers: Any = None
@@ -108,9 +133,19 @@ class AsyncHttpConsumer(AppFactoryMixin):
                 layer.group_add(group, self.channel_name).addErrback(self._join_failed, group)
         request.notifyFinish().addBoth(self._ended)
         body = request.content.read() if request.content is not None else b""
-        chain.addCallback(lambda _: as_deferred(self.handle(body)))
+        chain.addCallback(self._handle, body)
         chain.addErrback(self._failed)
         chain.callback(None)
+
+    def _handle(self, _: Any, body: bytes) -> Deferred[Any]:
+        self._in_handle = True
+        done = as_deferred(self.handle(body))
+
+        def over(result: Any) -> Any:
+            self._in_handle = False
+            return result
+
+        return done.addBoth(over)
 
     def _join_failed(self, failure: Failure, group: str) -> None:
         log.failure("{consumer} could not join group {group}", failure,
@@ -135,6 +170,35 @@ class AsyncHttpConsumer(AppFactoryMixin):
             return as_deferred(dispatch_event(self, event))
 
         self._events.addCallback(run).addErrback(self._failed)
+
+    def _site(self) -> Any:
+        return self._request.site
+
+    def _slow_consumer(self, waiting: int) -> None:
+        """``--slow-consumer`` for a stream whose client does not read: ``drop`` skips the
+        send (counted), ``close`` cuts the response off."""
+        site = self._site()
+        peer = self.scope.get("client")
+        if site.config.slow_consumer == "drop":
+            site.dropped_messages += 1
+            self._dropped += 1
+            if self._dropped == 1:
+                log.info("dropping sends to the stream of {peer}: slow consumer ({waiting} "
+                         "bytes waiting)", peer=peer, waiting=waiting)
+            return
+        site.slow_consumer_closes += 1
+        log.info("cutting off the stream of {peer}: slow consumer ({waiting} bytes waiting)",
+                 peer=peer, waiting=waiting)
+        self._finished = True
+        self._stop_producing()
+        cut_off(self._request)
+
+    def _stop_producing(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            if self._request.channel is not None:
+                self._request.unregisterProducer()
+            producer.resumeProducing()  # a send waiting for the client returns
 
     def close_from_layer(self, code: int, reason: str | None) -> None:
         """``group_close``: after the events before it, the response ends (a stream's last
@@ -205,6 +269,9 @@ class AsyncHttpConsumer(AppFactoryMixin):
             self.channel_layer.detach(self.channel_name)
         self._cancel_close_deadline()
         self._finished = True
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.resumeProducing()  # a send waiting for the client returns (a no-op)
         if isinstance(result, Failure) or getattr(self._request, "timed_out", False):
             self._disconnect()
         else:
@@ -237,3 +304,28 @@ class AsyncHttpConsumer(AppFactoryMixin):
             request.finish()
         else:
             cut_off(request)  # the client must not take a half-sent body for the whole
+
+
+@implementer(IPushProducer)
+class _StreamProducer:
+    """What twisted.web pauses while a streaming response's client does not read (its
+    buffer full; over HTTP/2, its flow-control window shut): ``paused`` is a Deferred to
+    wait on then."""
+
+    def __init__(self) -> None:
+        self.paused: Deferred[None] | None = None
+        #: Bytes written since the pause (by event handlers, which do not wait).
+        self.waiting = 0
+
+    def pauseProducing(self) -> None:
+        if self.paused is None:
+            self.paused = Deferred()
+
+    def resumeProducing(self) -> None:
+        self.waiting = 0
+        paused, self.paused = self.paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()  # the connection is gone: sends from now on do nothing
