@@ -80,6 +80,9 @@ class ServerConfig:
     #: Keys that may POST /api/publish and /api/broadcast; empty: the API is off (404).
     api_keys: tuple[str, ...] = ()
     api_body_limit: int = 64 * 1024
+    #: Largest request body on every other path (413 past it: twisted.web would otherwise
+    #: spool any size to a temporary file before the application runs); 0: none.
+    http_body_limit: int = 10 * MiB
     #: Drain: sockets closed with 1001 per batch, and the pause between batches.
     drain_batch: int = 1000
     drain_interval: float = 0.1
@@ -142,6 +145,8 @@ class ServerConfig:
             raise ValueError("compression_min_size must not be negative")
         if self.max_connections < 0:
             raise ValueError("max_connections must not be negative")
+        if self.http_body_limit < 0:
+            raise ValueError("http_body_limit must not be negative (0: no limit)")
         if any(c in self.server_header for c in "\r\n\0") or not _latin1(self.server_header):
             raise ValueError("server_header must be latin-1 without CR, LF or NUL")
         for name in ("proxy_headers_host", "proxy_headers_port"):

@@ -12,7 +12,9 @@ site's bookkeeping (open channels, a clean stop in tests) is the same for both. 
 stream makes a ``RealtimeRequest`` whose ``channel`` is Twisted's ``H2Stream``: its
 ``transport`` is None, so code that must end one response early goes through ``cut_off``.
 Header fields HTTP/2 forbids (RFC 9113 8.2.2: a refusal's ``Connection: close``, a 426's
-``Upgrade``) are left out of HTTP/2 heads by h2 itself.
+``Upgrade``) are left out of HTTP/2 heads by h2 itself. A stream whose body is over its
+limit (``RealtimeRequest.refuse_body``) gets a complete 413, then RST_STREAM(NO_ERROR): the
+client stops sending (RFC 9113 8.1) and the connection goes on.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def negotiated_h2(transport: Any) -> bool:
 
 if _h2 is not None:
     import h2.connection
+    import h2.errors
 
     class RealtimeH2Connection(_h2.H2Connection):
         """Twisted's HTTP/2 connection with HTTP/1.1's idle rule: the idle timeout closes a
@@ -68,11 +71,33 @@ if _h2 is not None:
             if not self.streams:
                 self._close_if_done()
 
+        def _requestReceived(self, event: Any) -> None:
+            super()._requestReceived(event)
+            request = self.streams[event.stream_id]._request
+            if getattr(request, "body_refused", False):
+                # Its content-length is over the body limit (``RealtimeRequest.gotLength``):
+                # answered now that Twisted knows the stream.
+                request.refuse_body()
+
         def _requestDone(self, streamID: int) -> None:
+            stream = self.streams.get(streamID)
             super()._requestDone(streamID)
+            if getattr(getattr(stream, "_request", None), "body_refused", False):
+                self._stop_upload(streamID)
             if self.closing and not self.streams:
                 # Not from inside Twisted's send loop or reset handling.
                 self._reactor.callLater(0, self._close_if_done)
+
+        def _stop_upload(self, streamID: int) -> None:
+            """The complete response (a 413) is out before the request body: RST_STREAM with
+            NO_ERROR asks the client to stop sending it (RFC 9113 8.1). Without it the
+            stream stays open at the client's end, and Twisted, which forgot the stream,
+            would fail the whole connection on its next DATA frame."""
+            stream = self.conn.streams.get(streamID)
+            if stream is None or stream.closed or self.transport is None:
+                return  # the client ended or reset it already
+            self.conn.reset_stream(streamID, h2.errors.ErrorCodes.NO_ERROR)
+            self.transport.write(self.conn.data_to_send())
 
         def _close_if_done(self) -> None:
             if self.streams or self.transport is None or self.conn.state_machine.state \

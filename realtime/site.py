@@ -11,10 +11,13 @@ The channel also checks every request's head before twisted.web parses it, so th
 kind of malformed input gets its own RFC 9110/9112 answer (twisted.web would answer a bare
 400 to most of them and close without a word on a too-long line): 400 for a malformed line,
 414 for a too-long request-target, 431 for a head past ``MAX_HEAD`` bytes or
-``MAX_HEADERS`` fields, 501 for an unknown transfer coding, 505 for another HTTP version.
-Such a refusal is a complete response with ``Connection: close``; then the channel
-half-closes and discards input for up to ``LINGER`` seconds, so that a client still sending
-reads the answer instead of a reset. tests/e2e/test_hostile.py has the table of answers.
+``MAX_HEADERS`` fields, 501 for an unknown transfer coding, 505 for another HTTP version;
+and 413 for a body over ``--http-body-limit`` (``--api-body-limit`` on the API's paths),
+from its ``Content-Length`` or, chunked, once what arrived is over (twisted.web would spool
+any size to a temporary file before the application runs). Such a refusal is a complete
+response with ``Connection: close``; then the channel half-closes and discards input for up
+to ``LINGER`` seconds, so that a client still sending reads the answer instead of a reset.
+tests/e2e/test_hostile.py has the table of answers (tests/test_http_body_limit.py the 413s).
 """
 
 from __future__ import annotations
@@ -193,12 +196,11 @@ class RealtimeChannel(http.HTTPChannel):
     def allHeadersReceived(self) -> None:
         if self._refused:
             return
-        config = self.site.config
-        if config.api_keys and self.length is not None and self.length > config.api_body_limit:
-            request = self.requests[-1] if self.requests else None
-            if request is not None and request.path in API_PATHS:
-                self.refuse_head(413)  # answered before the body is read
-                return
+        request: RealtimeRequest = self.requests[-1]
+        request.body_limit, request.body_limit_option = self.site.body_limit(self._path)
+        if self.length is not None and request.body_limit and self.length > request.body_limit:
+            request.refuse_body()  # from the Content-Length, before the body is read
+            return
         super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
@@ -216,9 +218,10 @@ class RealtimeChannel(http.HTTPChannel):
         self.refuse_head(400)
 
     def refuse_head(self, status: int) -> None:
-        """Answer a malformed request head with ``status`` and close; what the client still
-        sends is read and discarded for up to ``LINGER`` seconds (then the connection is
-        closed), so that it sees the answer rather than a reset."""
+        """Answer a malformed request head (or a body over its limit, from the head or
+        midway) with ``status`` and close; what the client still sends is read and
+        discarded for up to ``LINGER`` seconds (then the connection is closed), so that it
+        sees the answer rather than a reset."""
         if self._refused:
             return
         self._refused = True
@@ -342,6 +345,16 @@ class RealtimeRequest(server.Request):
     #: ``--http-timeout`` runs (from dispatch, or from arrival for a request that waited
     #: for the lifespan start-up).
     deadline_started = False
+    #: The largest body this request may send and the option that set it
+    #: (``RealtimeSite.body_limit``); 0: none.
+    body_limit = 0
+    body_limit_option = "--http-body-limit"
+    #: Body bytes received so far (a chunked or HTTP/2 body has no length to check first).
+    body_received = 0
+    #: Its body is over ``body_limit``: 413, and nothing (application or built-in path)
+    #: ever runs for it.
+    body_refused = False
+    _body_answered = False
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
@@ -412,6 +425,64 @@ class RealtimeRequest(server.Request):
         log.warn("{method} {path}: response not finished within --http-timeout {seconds} s: "
                  "cut off", method=method, path=path, seconds=seconds)
         cut_off(self)
+
+    # -- the body limit (``--http-body-limit``, ``--api-body-limit``) -------------------------
+    def gotLength(self, length: int | None) -> None:
+        if on_h2_stream(self):
+            # An HTTP/2 stream's head: its :path came first (RFC 9113 8.3), the limit is known.
+            channel: Any = self.channel
+            self.body_limit, self.body_limit_option = channel.site.body_limit(channel.path or b"")
+        if length is not None and self.body_limit and length > self.body_limit:
+            # No temporary file for it. HTTP/2: answered once Twisted has set the stream up
+            # (``RealtimeH2Connection._requestReceived``); HTTP/1.1 never gets here.
+            self.body_refused = True
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_refused:
+            return  # what a refused client still sends is dropped
+        self.body_received += len(data)
+        if self.body_limit and self.body_received > self.body_limit:
+            self.refuse_body()
+            return
+        super().handleContentChunk(data)
+
+    def refuse_body(self) -> None:
+        """413 for a body over ``body_limit`` (announced, or counted as it arrives), before
+        anything runs for the request. HTTP/1.1: the channel answers and closes
+        (``refuse_head``: the connection is in the middle of a body it will not read).
+        HTTP/2: 413 on the stream, then RST_STREAM(NO_ERROR) so that the client stops
+        sending (RFC 9113 8.1, ``RealtimeH2Connection``); its other streams go on."""
+        self.body_refused = True
+        if self._body_answered:
+            return
+        self._body_answered = True
+        channel: Any = self.channel
+        h1 = isinstance(channel, RealtimeChannel)
+        method, target = (channel._command, channel._path) if h1 else (channel.command,
+                                                                        channel.path)
+        log.info("{method} {path}: request body over {option} ({limit} bytes): 413",
+                 method=method.decode("latin-1"),
+                 path=target.partition(b"?")[0].decode("latin-1", "replace"),
+                 option=self.body_limit_option, limit=self.body_limit)
+        if self.content is not None:
+            self.content.close()  # a chunked body's temporary file goes now
+            self.content = None
+        if h1:
+            channel.refuse_head(413)
+            return
+        self._stop_stream_deadline()
+        # requestReceived never runs for it: what the access log and write() read.
+        self.method, self.uri, self.clientproto = method, target, b"HTTP/2"
+        self.path = target.partition(b"?")[0]
+        self.site = channel.site
+        self.site.write_refusal(self, Refuse(413), upgrade=False)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.body_refused:
+            return  # an HTTP/2 stream that ended after its 413 was queued
+        super().requestReceived(command, path, version)
 
     def process(self) -> None:
         self._stop_stream_deadline()
@@ -579,6 +650,15 @@ class RealtimeSite(server.Site):
             duration=None if started is None else self.clock.seconds() - started,
             user_agent=user_agent, **fields,
         )
+
+    def body_limit(self, target: bytes) -> tuple[int, str]:
+        """The largest request body for a request-target, and the option that sets it:
+        ``--api-body-limit`` on the publish API's paths (when the API is on), else
+        ``--http-body-limit`` (0: none)."""
+        config = self.config
+        if config.api_keys and target.partition(b"?")[0] in API_PATHS:
+            return config.api_body_limit, "--api-body-limit"
+        return config.http_body_limit, "--http-body-limit"
 
     # -- dispatch ------------------------------------------------------------------------------
     def dispatch(self, request: RealtimeRequest) -> None:

@@ -105,6 +105,19 @@ def _size(name: str, value: str) -> int:
     return number
 
 
+def _body_limit(name: str, value: str) -> int:
+    """A size, or ``0``/``none`` for no limit (uploads a proxy in front already bounds)."""
+    if value.strip().lower() == "none":
+        return 0
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise StartupError(
+            f"--{name}: expected a size in bytes (e.g. 1048576, 64KiB, 10MiB) or 0/none for "
+            f"no limit, got {value!r}"
+        ) from None
+
+
 def _words(value: str | None) -> list[str]:
     return [w for w in re.split(r"[,\s]+", value or "") if w]
 
@@ -275,6 +288,8 @@ class Options(usage.Options):
          "Enables POST /api/publish and /api/broadcast for 'Authorization: Bearer KEY'."],
         ["api-key-file", None, None, "API keys, one per line (rotation: several may hold)."],
         ["api-body-limit", None, "64KiB", "Largest API request body; 413 past it."],
+        ["http-body-limit", None, "10MiB",
+         "Largest request body on every other path; 413 past it (0 or none: no limit)."],
         ["access-log", None, None,
          "Access log file, or - for stdout: HTTP requests and WebSocket connect/refuse/close."],
         ["log-format", None, "text", "Access log format: text or json."],
@@ -559,6 +574,7 @@ class Options(usage.Options):
             server_header=self._server_name(),
             api_keys=self._api_keys(),
             api_body_limit=_size("api-body-limit", self["api-body-limit"]),
+            http_body_limit=_body_limit("http-body-limit", self["http-body-limit"]),
             drain_batch=_count("drain-batch", self["drain-batch"], 1),
             drain_interval=_seconds("drain-interval", self["drain-interval"]),
             root_path=root_path,
