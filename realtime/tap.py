@@ -15,6 +15,7 @@ import sys
 from functools import partial
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.python import usage
 
 from realtime.config import LIFESPAN_MODES, MiB, ServerConfig, StartupError, is_token
@@ -40,6 +41,10 @@ def parse_size(value: str) -> int:
         raise ValueError(value)
     unit = (m.group(2) or "").lower()[:1]
     return int(m.group(1)) * _UNITS[unit]
+
+
+#: Notes from option parsing that are not errors (a JWKS key skipped, say).
+_log = Logger(namespace="realtime")
 
 
 def _seconds(name: str, value: str, allow_negative_one: bool = False) -> float:
@@ -402,6 +407,12 @@ class Options(usage.Options):
                                "realtime.examples.bench:application)")
         from realtime.workers import worker_info
 
+        if worker_info() is not None:
+            # A reload (SIGHUP) passed on while this worker still starts (imports the app,
+            # fetches --jwks-url) must not kill it: SIGHUP's default action would.
+            import signal
+
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.config = self._build_config()
         self.workers = _count("workers", self["workers"], 1)
         self.verbosity = _count("verbosity", self["verbosity"], 0, 3)
@@ -478,7 +489,11 @@ class Options(usage.Options):
             text = value if name == "jwt-key" else _read_file(name, value)
             try:
                 if name == "jwks-file":
-                    keys.extend(keys_from_jwks(text, algorithms))
+                    skipped: list[str] = []
+                    keys.extend(keys_from_jwks(text, algorithms, skipped=skipped))
+                    for reason in skipped:
+                        _log.info("--jwks-file {path}: skipped {reason}", path=value,
+                                  reason=reason)
                 else:
                     keys.append(key_from_text(text, algorithms))
             except ConfigurationError as exc:
@@ -488,30 +503,26 @@ class Options(usage.Options):
     def _jwks_url(self, static: list[Any]) -> Any:
         """``--jwks-url``'s keys, fetched now (a failure stops start-up), as a ``JwksUrl``
         that refetches them; None without the option."""
-        from urllib.parse import urlsplit
-
-        from realtime.jwks import JwksUrl, fetch
+        from realtime.jwks import JwksUrl, check_url, fetch
         from realtime.settings import ConfigurationError
 
         url = self["jwks-url"]
         interval = _seconds("jwks-refresh", self["jwks-refresh"])
+        if 0 < interval < 1:
+            raise StartupError(f"--jwks-refresh: 0 (off) or at least 1 second, got "
+                               f"{self['jwks-refresh']!r}")
         if not url:
             return None
-        try:
-            parts = urlsplit(url)
-            host = parts.hostname
-        except ValueError:
-            raise StartupError(f"--jwks-url: not a URL: {url!r}") from None
-        loopback = host in ("localhost", "127.0.0.1", "::1")
-        if not host or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
-            raise StartupError(f"--jwks-url: must be https://... (http:// only to a loopback "
-                               f"address: keys fetched in clear can be forged), got {url!r}")
+        why = check_url(url)
+        if why is not None:
+            raise StartupError(f"--jwks-url: {why}")
         algorithms = _words(self["jwt-algorithms"]) or None
+        skipped: list[str] = []
         try:
-            keys = fetch(url, algorithms)
+            keys = fetch(url, algorithms, skipped)
         except ConfigurationError as exc:
             raise StartupError(f"--jwks-url {url}: {exc}") from None
-        return JwksUrl(url, algorithms, static, keys, interval)
+        return JwksUrl(url, algorithms, static, keys, interval, skipped)
 
     def _wrap(self, application: Any) -> Any:
         """``--allowed-origins`` / ``--allowed-hosts`` apply the validators without code."""
@@ -588,11 +599,13 @@ class Options(usage.Options):
         if self["api-key-file"]:
             keys += [line.strip() for line in
                      _read_file("api-key-file", self["api-key-file"]).splitlines() if line.strip()]
-        for key in keys:
+        for number, key in enumerate(keys):
+            where = ("--api-key" if number == 0 and self["api-key"]
+                     else f"--api-key-file {self['api-key-file']}")
             if len(key) < 16:
-                raise StartupError("--api-key: a key must be at least 16 characters")
+                raise StartupError(f"{where}: a key must be at least 16 characters")
             if not key.isascii() or any(c.isspace() for c in key):
-                raise StartupError("--api-key: a key must be ASCII without spaces")
+                raise StartupError(f"{where}: a key must be ASCII without spaces")
         return tuple(keys)
 
     def _build_extras(self) -> None:

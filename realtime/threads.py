@@ -83,7 +83,10 @@ def run_on_reactor(reactor: Any, fn: Callable[..., Any], *args: Any) -> Any:
 
     reactor.callFromThread(on_reactor)
     while not done.wait(0.5):
-        if getattr(reactor, "_stopped", False) or not getattr(reactor, "running", True):
+        # Not ``_stopped``: that is set when the stop is asked for, and the reactor still
+        # runs calls through the drain. ``running`` goes False as it stops running them,
+        # before it joins the thread pool; a reactor not started yet will run it later.
+        if getattr(reactor, "_startedBefore", True) and not getattr(reactor, "running", True):
             name = getattr(fn, "__qualname__", "a call")
             raise ConnectionClosed(f"the server stopped before {name} finished on its thread")
     ok, value = outcome[0]

@@ -93,7 +93,13 @@ def key_from_text(text: str, algorithms: Sequence[str] | None = None) -> Verific
     return _pin(stripped, algorithms)
 
 
-def keys_from_jwks(text: str, algorithms: Sequence[str] | None = None) -> list[VerificationKey]:
+def keys_from_jwks(text: str, algorithms: Sequence[str] | None = None, remote: bool = False,
+                   skipped: list[str] | None = None) -> list[VerificationKey]:
+    """The signing keys of a JSON Web Key Set. A key that cannot verify here is skipped
+    and said why in ``skipped`` (an encryption key, as Keycloak publishes beside its
+    signing key; a type or ``alg`` outside ``algorithms``; an HMAC secret under 32 bytes,
+    or any HMAC secret when ``remote``: a JWKS URL is public, so anyone could sign with
+    it); ``ConfigurationError`` when none is left."""
     import jwt
 
     try:
@@ -101,17 +107,51 @@ def keys_from_jwks(text: str, algorithms: Sequence[str] | None = None) -> list[V
         entries = document["keys"]
     except (ValueError, KeyError, TypeError):
         raise ConfigurationError("the JWKS file is not a JSON object with a 'keys' list") from None
-    keys = []
-    for entry in entries:
-        try:
-            jwk = jwt.PyJWK(entry)
-        except jwt.PyJWTError as exc:
-            raise ConfigurationError(f"bad key in the JWKS file: {exc}") from None
-        pinned = [entry["alg"]] if entry.get("alg") else algorithms
-        keys.append(_pin(jwk.key, pinned, entry.get("kid")))
+    if not isinstance(entries, list):
+        raise ConfigurationError("the JWKS file is not a JSON object with a 'keys' list")
+    keys: list[VerificationKey] = []
+    reasons: list[str] = []
+    for number, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            reasons.append(f"key #{number}: not a JSON object")
+            continue
+        kid = entry.get("kid") if isinstance(entry.get("kid"), str) else None
+        why = _unusable(entry, algorithms, remote)
+        if why is None:
+            try:
+                jwk = jwt.PyJWK(entry)
+                if entry.get("kty") == "oct" and len(jwk.key) < 32:
+                    why = "an HMAC secret shorter than 32 bytes"
+                else:
+                    alg = entry.get("alg")
+                    keys.append(_pin(jwk.key, [alg] if alg else algorithms, kid))
+            except (jwt.PyJWTError, ConfigurationError, TypeError, ValueError) as exc:
+                why = str(exc) or type(exc).__name__
+        if why is not None:
+            reasons.append(f"key {kid or '#' + str(number)}: {why}")
+    if skipped is not None:
+        skipped.extend(reasons)
     if not keys:
-        raise ConfigurationError("the JWKS file has no keys")
+        if not reasons:
+            raise ConfigurationError("the JWKS file has no keys")
+        raise ConfigurationError("the JWKS file has no usable key (" + "; ".join(reasons[:3])
+                                 + ("; ..." if len(reasons) > 3 else "") + ")")
     return keys
+
+
+def _unusable(entry: dict[str, Any], algorithms: Sequence[str] | None,
+              remote: bool) -> str | None:
+    """Why a JWK cannot verify tokens here, or None."""
+    use, ops, alg = entry.get("use"), entry.get("key_ops"), entry.get("alg")
+    if use is not None and use != "sig":
+        return f"not a signing key (use {use!r})"
+    if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
+        return "its key_ops do not include verify"
+    if entry.get("kty") == "oct" and remote:
+        return "an HMAC secret published at a URL (anyone who reads it could sign)"
+    if alg is not None and (alg == "none" or (algorithms and alg not in algorithms)):
+        return f"its alg {alg!r} is not one --jwt-algorithms allows"
+    return None
 
 
 class InvalidToken(Exception):
@@ -201,7 +241,8 @@ class TokenAuthMiddleware(BaseMiddleware):
         self._keys = list(keys) if keys is not None else None
         if not self.keys:
             raise ConfigurationError(
-                "TokenAuthMiddleware needs a key: --jwt-key, --jwt-key-file or --jwks-file"
+                "TokenAuthMiddleware needs a key: --jwt-key, --jwt-key-file, --jwks-file or "
+                "--jwks-url"
             )
         self.required = required
         self.audience = audience if audience is not None else settings.jwt_audience

@@ -41,8 +41,8 @@ Everything else:
   delay resets once a worker has stayed up for 10 s. A worker that exits with status 3 (its
   application's lifespan start-up failed, ``realtime.lifespan``) before every worker was
   ready once stops every worker and the supervisor, which exits with 3 too.
-- SIGHUP to the supervisor is passed on to every worker (which reopens its access log, or
-  ignores it).
+- SIGHUP to the supervisor is passed on to every worker, which reloads (``realtime.reload``:
+  the access log, the key files, ``--jwks-url``); a worker still starting ignores it.
 - SIGTERM/SIGINT to the supervisor: every worker gets SIGTERM and drains (1001 to its
   sockets) and shuts its ASGI apps' lifespans down; the supervisor exits 0 when every
   worker has exited (SIGKILL for a worker still there twice ``--shutdown-timeout`` + 5 s
@@ -193,8 +193,8 @@ class _TLSEndpoint:
 
 def become_worker(info: WorkerInfo) -> None:
     """In a worker: SIGTERM (and so a drain) when the supervisor dies, even by SIGKILL; and
-    SIGHUP, which the supervisor passes on, ignored unless something (the access log)
-    installs its own handler."""
+    SIGHUP, which the supervisor passes on, ignored until ``realtime.reload`` installs its
+    handler."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         libc = ctypes.CDLL(None, use_errno=True)

@@ -293,6 +293,40 @@ def test_tokens_audience_issuer_leeway_and_jwks(tmp_path):
         key_from_text("short")
 
 
+def test_a_jwks_keeps_its_usable_signing_keys_and_says_why_it_skips_the_others():
+    ec_key = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(
+        ec.generate_private_key(ec.SECP256R1()).public_key()))
+    short = {"kty": "oct", "kid": "short", "k": jwt.utils.base64url_encode(b"x" * 8).decode()}
+    good_secret = {"kty": "oct", "kid": "hs", "alg": "HS256",
+                   "k": jwt.utils.base64url_encode(b"s" * 40).decode()}
+    entries = [
+        {**ec_key, "kid": "es", "alg": "ES256", "use": "sig"},
+        {**ec_key, "kid": "enc", "use": "enc"},
+        {**ec_key, "kid": "noverify", "key_ops": ["encrypt"]},
+        short, good_secret, "not a key", {"kty": "EC", "kid": "broken"},
+    ]
+    skipped: list[str] = []
+    keys = keys_from_jwks(json.dumps({"keys": entries}), skipped=skipped)
+    assert [k.kid for k in keys] == ["es", "hs"]
+    assert skipped[:4] == ["key enc: not a signing key (use 'enc')",
+                           "key noverify: its key_ops do not include verify",
+                           "key short: an HMAC secret shorter than 32 bytes",
+                           "key #5: not a JSON object"]
+    assert skipped[4].startswith("key broken: ")
+    # --jwt-algorithms binds a key that names its own alg too; a URL gets no secrets.
+    with pytest.raises(ConfigurationError) as refused:
+        keys_from_jwks(json.dumps({"keys": entries}), ["RS256", "HS256"], remote=True)
+    assert str(refused.value).startswith(
+        "the JWKS file has no usable key (key es: its alg 'ES256' is not one "
+        "--jwt-algorithms allows; key enc: not a signing key")
+    assert "key hs: an HMAC secret published at a URL" not in str(refused.value)  # 3 shown
+    skipped = []
+    with pytest.raises(ConfigurationError):
+        keys_from_jwks(json.dumps({"keys": [good_secret]}), remote=True, skipped=skipped)
+    assert skipped == ["key hs: an HMAC secret published at a URL (anyone who reads it "
+                       "could sign)"]
+
+
 def test_extract_token_sources_and_subprotocol_removal():
     assert extract_token(ws_scope([(b"authorization", b"Bearer abc")])) == "abc"
     assert extract_token(ws_scope(query=b"x=1&token=qq")) == "qq"

@@ -9,6 +9,7 @@ import gc
 import traceback
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor, task, threads
 from twisted.internet.defer import Deferred
@@ -80,3 +81,34 @@ async def test_async_to_sync_in_a_thread_waits_for_the_result_and_raises_the_err
     value, trace = await threads.deferToThread(worker)
     assert value == "abab"
     assert "LookupError: gone" in trace and "_later" in trace, trace
+
+
+class _Reactor:
+    """Just what ``run_on_reactor`` reads: a thread that runs the calls, after ``delay``."""
+
+    def __init__(self, running: bool, started: bool, stopping: bool, delay: float) -> None:
+        self.running, self._startedBefore, self._stopped = running, started, stopping
+        self.delay = delay
+
+    def callFromThread(self, fn: Any, *args: Any) -> None:
+        import threading
+
+        threading.Timer(self.delay, fn, args).start()
+
+
+@pytest.mark.parametrize("running, started, stopping, outcome", [
+    (True, True, True, "done"),  # draining: asked to stop, still running calls
+    (False, False, False, "done"),  # not started yet: it will run the call
+    (False, True, True, "ConnectionClosed"),  # stopped running calls: never will
+])
+def test_run_on_reactor_waits_unless_the_reactor_has_stopped_running_calls(
+        running, started, stopping, outcome) -> None:
+    from realtime.exceptions import ConnectionClosed
+    from realtime.threads import run_on_reactor
+
+    fake = _Reactor(running, started, stopping, delay=1.0)  # past one 0.5 s check
+    try:
+        result = run_on_reactor(fake, lambda: "done")
+    except ConnectionClosed:
+        result = "ConnectionClosed"
+    assert result == outcome
