@@ -63,6 +63,9 @@ class ServerConfig:
     #: many may come at once; past them 503 with ``Retry-After``. 0: no limit.
     handshake_rate: float = 0.0
     handshake_burst: int = 0
+    #: Open WebSockets one signed-in user may have in this process (``--max-connections-
+    #: per-user``; Centrifugo's ``user_connection_limit``); past it 429. 0: no limit.
+    max_connections_per_user: int = 0
     #: Seconds a ``broadcast()`` may wait so that a group's messages of that time reach each
     #: member in one write (less CPU, more latency); 0: only to the end of the reactor turn.
     #: Process-wide: applied by ``twistd realtime`` and ``testing.serve`` (until ``stop()``),
@@ -135,6 +138,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.handshake_rate < 0 or self.handshake_burst < 0:
             raise ValueError("handshake_rate and handshake_burst must not be negative")
+        if self.max_connections_per_user < 0:
+            raise ValueError("max_connections_per_user must not be negative")
         if self.rate_limit < 0 or self.rate_burst < 0 or self.max_connections_per_ip < 0:
             raise ValueError(
                 "rate_limit, rate_burst and max_connections_per_ip must not be negative"

@@ -599,6 +599,8 @@ class RealtimeSite(server.Site):
             if config.handshake_rate else None)
         #: Open WebSockets per client address (``--max-connections-per-ip``).
         self.per_ip: dict[str, int] = {}
+        #: Open WebSockets per signed-in user (``--max-connections-per-user``).
+        self.per_user: dict[str, int] = {}
         self._proxies = parse_networks(config.trusted_proxies) if config.proxy_headers else []
         self._proxy_header_names = (config.proxy_headers_host.lower().encode("latin-1"),
                                     config.proxy_headers_port.lower().encode("latin-1"))
@@ -937,6 +939,23 @@ class RealtimeSite(server.Site):
     def opened(self, conn: WebSocketConnection) -> None:
         """A WebSocket's handshake completed (hook for metrics)."""
 
+    def count_user(self, conn: WebSocketConnection) -> bool:
+        """``--max-connections-per-user``, as ``accept()`` is called: count the socket for
+        its signed-in user (``scope["user"]``: Django's, ``login()``'s or a token's), or
+        False when that user has as many open already. Anonymous users are not counted:
+        ``--max-connections-per-ip`` is for them."""
+        key = user_key(conn.scope.get("user"))
+        if key is None:
+            return True
+        count = self.per_user.get(key, 0)
+        if count >= self.config.max_connections_per_user:
+            log.info("refused a WebSocket for user {user}: {count} open, "
+                     "--max-connections-per-user", user=key, count=count)
+            return False
+        self.per_user[key] = count + 1
+        conn.user_key = key
+        return True
+
     def closed(self, conn: WebSocketConnection) -> None:
         if conn in self.connections and conn.client_ip is not None:
             left = self.per_ip.get(conn.client_ip, 1) - 1
@@ -944,6 +963,13 @@ class RealtimeSite(server.Site):
                 self.per_ip[conn.client_ip] = left
             else:
                 self.per_ip.pop(conn.client_ip, None)
+        if conn.user_key is not None:
+            key, conn.user_key = conn.user_key, None
+            left = self.per_user.get(key, 1) - 1
+            if left > 0:
+                self.per_user[key] = left
+            else:
+                self.per_user.pop(key, None)
         self.connections.discard(conn)
         if not self.connections and self._no_websockets:
             waiting, self._no_websockets = self._no_websockets, []
@@ -1019,3 +1045,18 @@ class RealtimeSite(server.Site):
             transport: Any = channel.transport
             if transport is not None:
                 transport.abortConnection()
+
+
+def user_key(user: Any) -> str | None:
+    """Who a scope's user is, for counting: its ``pk`` (Django), ``id`` (``login()``'s
+    ``User``) or token ``sub``; None for an anonymous user or none at all."""
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    for name in ("pk", "id"):
+        value = getattr(user, name, None)
+        if value is not None:
+            return f"{type(value).__name__}:{value}"
+    claims = getattr(user, "claims", None)
+    if isinstance(claims, dict) and claims.get("sub") is not None:
+        return f"sub:{claims['sub']}"
+    return None

@@ -247,6 +247,9 @@ class Options(usage.Options):
         ["rate-limit", None, None,
          "Inbound messages per second per connection, e.g. 20/s; close 1008 past it."],
         ["rate-burst", None, None, "Messages allowed in a burst (default: the rate)."],
+        ["max-connections-per-user", None, "0",
+         "Open WebSockets one signed-in user may have (in this process); past it 429. "
+         "0: no limit."],
         ["handshake-rate", None, None,
          "WebSocket handshakes per second this process starts (e.g. 200/s, 6000/m); past it "
          "503 with Retry-After: a reconnect storm cannot swamp the CPU (default: no limit)."],
@@ -572,6 +575,9 @@ class Options(usage.Options):
             ),
             rate_limit=_rate("rate-limit", self["rate-limit"]),
             rate_burst=_count("rate-burst", self["rate-burst"], 1) if self["rate-burst"] else 0,
+            max_connections_per_user=_count(
+                "max-connections-per-user", self["max-connections-per-user"], 0
+            ),
             handshake_rate=_rate("handshake-rate", self["handshake-rate"]),
             handshake_burst=(_count("handshake-burst", self["handshake-burst"], 1)
                              if self["handshake-burst"] else 0),

@@ -224,6 +224,8 @@ class WebSocketConnection(WebSocketServerProtocol):
     _held_count = 0
     #: The client address this socket counts against (``--max-connections-per-ip``).
     client_ip: str | None = None
+    #: The signed-in user it counts for (``--max-connections-per-user``), once accepted.
+    user_key: str | None = None
     _busy = False
     #: The handler Deferred in flight, and the timer that cancels it once the socket has been
     #: closed for --application-close-timeout.
@@ -422,6 +424,9 @@ class WebSocketConnection(WebSocketServerProtocol):
             if self.finished or self.state != _OPEN:
                 return
             raise RuntimeError("accept() on a WebSocket that is already open")
+        if self.config.max_connections_per_user and not self.site.count_user(self):
+            self.refuse(Refuse(429))  # --max-connections-per-user: this user has enough
+            return
         request = self._request
         assert request is not None
         self.in_handshake = False
