@@ -3,6 +3,7 @@ long-poll and server-sent events (``send_body(..., more_body=True)``)."""
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -23,8 +24,9 @@ if TYPE_CHECKING:
     from realtime.routing import Scope
 
 log = Logger()
-#: Consumer classes told that they miss ``broadcast_message()``.
-_WARNED: set[type] = set()
+#: Consumer classes told that they miss ``broadcast_message()`` (weak: classes made on the
+#: fly go when unused).
+_WARNED: weakref.WeakSet[type] = weakref.WeakSet()
 
 
 class AsyncHttpConsumer(AppFactoryMixin):
@@ -81,9 +83,11 @@ class AsyncHttpConsumer(AppFactoryMixin):
         if self._finished:
             return
         producer = self._producer
-        if producer is not None and producer.paused is not None and not self._in_handle:
+        if (producer is not None and producer.paused is not None and not self._in_handle
+                and more_body):
             # An event handler's send while the client does not read: written (events are
             # not held up), up to --max-send-buffer bytes, then the slow-consumer policy.
+            # (Never the last one: dropping it would leave the response open for ever.)
             if producer.waiting > self._site().config.max_send_buffer:
                 self._slow_consumer(producer.waiting)
                 return
@@ -265,10 +269,10 @@ class AsyncHttpConsumer(AppFactoryMixin):
         at once if the client went away (Channels' ``http_disconnect``) or ``--http-timeout``
         ended the response (``handle()`` may never return), else after ``handle()`` (or the
         event handler that sent the last body) has returned. Sends after that do nothing."""
+        self._finished = True  # first: what detach() lets out of held broadcasts is not ours
         if self.channel_layer is not None and self.channel_name is not None:
             self.channel_layer.detach(self.channel_name)
         self._cancel_close_deadline()
-        self._finished = True
         producer, self._producer = self._producer, None
         if producer is not None:
             producer.resumeProducing()  # a send waiting for the client returns (a no-op)

@@ -46,10 +46,20 @@ if _h2 is not None:
     import h2.connection
     import h2.errors
 
+    #: Bytes queued on one HTTP/2 stream past which its producer is paused, and below which
+    #: it is resumed (``RealtimeH2Connection.writeDataToStream``).
+    QUEUE_HIGH = 256 * 1024
+    QUEUE_LOW = 64 * 1024
+
     class RealtimeH2Connection(_h2.H2Connection):
         """Twisted's HTTP/2 connection with HTTP/1.1's idle rule: the idle timeout closes a
         connection with nothing in progress (GOAWAY), never one whose request is still
         being answered (a long poll, a server-sent-events stream)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            #: Streams whose producer ``writeDataToStream`` paused for their queue.
+            self._queue_paused: set[int] = set()
 
         def timeoutConnection(self) -> None:
             if self.streams:
@@ -88,6 +98,37 @@ if _h2 is not None:
                 # Not from inside Twisted's send loop or reset handling.
                 self._reactor.callLater(0, self._close_if_done)
 
+        def writeDataToStream(self, streamID: int, data: bytes) -> None:
+            """Twisted pauses a stream's producer only when its flow-control window runs
+            out, and a client may offer a window of 2 GiB: its writes would pile up in the
+            stream's queue without ever waiting (``AsyncHttpConsumer`` backpressure,
+            ``--slow-consumer``). Past ``QUEUE_HIGH`` queued bytes the producer is paused
+            too, as HTTP/1.1's full transport pauses it; the send loop resumes it below
+            ``QUEUE_LOW``."""
+            super().writeDataToStream(streamID, data)
+            stream = self.streams.get(streamID)
+            if (stream is not None and stream.producer is not None
+                    and stream._producerProducing and self._queued(streamID) > QUEUE_HIGH):
+                stream._producerProducing = False
+                stream.producer.pauseProducing()
+                self._queue_paused.add(streamID)
+
+        def _queued(self, streamID: int) -> int:
+            return sum(len(part) for part in self._outboundStreamQueues.get(streamID, ())
+                       if isinstance(part, bytes))
+
+        def _sendPrioritisedData(self, *args: Any) -> None:
+            super()._sendPrioritisedData(*args)
+            paused = self._queue_paused
+            if paused:
+                for streamID in list(paused):
+                    stream = self.streams.get(streamID)
+                    if stream is None:
+                        paused.discard(streamID)
+                    elif self._queued(streamID) < QUEUE_LOW:
+                        paused.discard(streamID)
+                        stream.windowUpdated()  # resumes it while its window is open
+
         def _stop_upload(self, streamID: int) -> None:
             """The complete response (a 413) is out before the request body: RST_STREAM with
             NO_ERROR asks the client to stop sending it (RFC 9113 8.1). Without it the
@@ -97,7 +138,7 @@ if _h2 is not None:
             if stream is None or stream.closed or self.transport is None:
                 return  # the client ended or reset it already
             self.conn.reset_stream(streamID, h2.errors.ErrorCodes.NO_ERROR)
-            self.transport.write(self.conn.data_to_send())
+            self._tryToWriteControlData()  # in order, and buffered while the client is slow
 
         def _close_if_done(self) -> None:
             if self.streams or self.transport is None or self.conn.state_machine.state \

@@ -10,7 +10,7 @@ from typing import Any
 class TokenBucket:
     """``rate`` tokens a second, at most ``burst`` saved up; starts full."""
 
-    __slots__ = ("burst", "clock", "last", "rate", "refusing", "tokens")
+    __slots__ = ("burst", "clock", "last", "rate", "refused", "tokens", "warned_at")
 
     def __init__(self, rate: float, burst: float, clock: Any) -> None:
         self.rate = rate
@@ -18,13 +18,15 @@ class TokenBucket:
         self.clock = clock
         self.tokens = self.burst
         self.last = clock.seconds()
-        #: For the owner: whether it said (logged) that it refuses, so it says so once.
-        self.refusing = False
+        #: For the owner's log: refusals not reported yet, and when it last reported.
+        self.refused = 0
+        self.warned_at = float("-inf")
 
     def take(self) -> bool:
         """Spend one token; False (and nothing spent) when there is none."""
         now = self.clock.seconds()
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        # The reactor's clock is the wall clock: a step back (NTP) must not take tokens.
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.last) * self.rate)
         self.last = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0

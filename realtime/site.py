@@ -59,6 +59,8 @@ from realtime.threads import as_deferred
 from realtime.websocket import WebSocketConnection, make_factory
 
 log = Logger()
+#: Seconds between two warnings about handshakes refused over ``--handshake-rate``.
+RATE_WARN_EVERY = 10.0
 
 #: One line of a request's head (the request line or a header field line), in bytes.
 MAX_LINE = 16384
@@ -788,6 +790,11 @@ class RealtimeSite(server.Site):
             request.head_done()
             self.write_refusal(request, Refuse(429), upgrade=True)
             return
+        refusal = self._over_handshake_rate()
+        if refusal is not None:
+            request.head_done()
+            self.write_refusal(request, refusal, upgrade=True)
+            return
         conn = self.connection_class(self, request, scope)
         request.channel.upgrading = request.channel.upgraded = conn
         self.connections.add(conn)
@@ -810,16 +817,23 @@ class RealtimeSite(server.Site):
         limit = self.config.max_connections
         if limit and len(self.connections) >= limit:
             return Refuse(503)
-        bucket = self.handshakes
-        if bucket is not None and not bucket.take():
-            if not bucket.refusing:  # once per spell of refusals (the process's), not per one
-                bucket.refusing = True
-                log.warn("WebSocket handshakes over --handshake-rate {rate:g}/s: 503 until "
-                         "the rate falls", rate=bucket.rate)
-            return Refuse(503, [(b"Retry-After", str(bucket.wait()).encode())])
-        if bucket is not None:
-            bucket.refusing = False
         return None
+
+    def _over_handshake_rate(self) -> Refuse | None:
+        """``--handshake-rate``: a token for this handshake, or 503 with ``Retry-After``.
+        Taken last, once every other check passed: a refused client (per-IP limit, bad
+        request) spends nobody's share. Logged at most every ``RATE_WARN_EVERY`` seconds,
+        with the count refused meanwhile (a storm is not a line per refusal)."""
+        bucket = self.handshakes
+        if bucket is None or bucket.take():
+            return None
+        bucket.refused += 1
+        now = self.clock.seconds()
+        if now - bucket.warned_at >= RATE_WARN_EVERY:
+            log.warn("{count} WebSocket handshake(s) over --handshake-rate {rate:g}/s "
+                     "answered 503", count=bucket.refused, rate=bucket.rate)
+            bucket.refused, bucket.warned_at = 0, now
+        return Refuse(503, [(b"Retry-After", str(bucket.wait()).encode())])
 
     def _http(self, request: RealtimeRequest) -> None:
         if self.config.http_response_timeout and not request.deadline_started:

@@ -39,6 +39,10 @@ def test_the_bucket_spends_refills_and_says_how_long_to_wait():
     clock.advance(60)  # a long quiet spell saves up only the burst
     assert [bucket.take() for _ in range(3)] == [True, True, False]
     assert TokenBucket(20.0, 0, clock).burst == 20.0  # no burst given: the rate
+    clock.advance(60)
+    assert bucket.take()  # full again (2), one taken
+    clock.rightNow -= 3600  # the wall clock stepped back an hour (NTP)
+    assert bucket.take() and bucket.tokens == 0  # the last one: nothing taken for the step
 
 
 @pytest_twisted.ensureDeferred
@@ -73,9 +77,10 @@ def test_the_limit_is_per_process_across_listeners_and_checked_at_start_up():
         assert handshake(second) == 101
         assert handshake(first) == (503, "10")
         assert handshake(second) == (503, "10")
-        server.wait_for(r"WebSocket handshakes over --handshake-rate 0.1/s: 503 until the "
-                        r"rate falls")
-        assert server.output().count("over --handshake-rate") == 1  # once, not per refusal
+        server.wait_for(r"1 WebSocket handshake\(s\) over --handshake-rate 0.1/s answered "
+                        r"503")
+        # The second refusal, within 10 s of the first, is not a line of its own.
+        assert server.output().count("over --handshake-rate") == 1
     for args, says in [
         (("--handshake-rate", "fast"),
          "--handshake-rate: expected a rate such as 20/s or 600/m, got 'fast'"),
@@ -85,6 +90,21 @@ def test_the_limit_is_per_process_across_listeners_and_checked_at_start_up():
         result = run(twistd("--app", BENCH_APP, "--port", "0", *args))
         assert result.returncode == 1
         assert result.stderr == f"realtime: error: {says}\n", result.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handshake_refused_for_another_reason_spends_no_token(live):
+    """One client held at --max-connections-per-ip retrying must not spend the process's
+    handshakes for everyone else."""
+    server = await live(bench, handshake_rate=0.01, handshake_burst=3,
+                        max_connections_per_ip=1)
+
+    def flow():
+        with connect(server.ws_url("/echo"), proxy=None):
+            return [handshake(server.ws_url("/echo")) for _ in range(4)]
+
+    assert [status for status, _ in await in_thread(flow)] == [429] * 4
+    assert server.site.handshakes.tokens >= 1.9  # only the open socket's was spent
 
 
 @pytest.mark.parametrize("field", ["handshake_rate", "handshake_burst"])

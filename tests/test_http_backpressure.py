@@ -1,9 +1,9 @@
 """An ``AsyncHttpConsumer``'s stream and a client that does not read: ``send_body`` waits
 while the client's buffer is full (a ``handle()`` loop goes at the client's pace instead of
-piling the body up in memory), and layer events waiting behind it are bounded by
-``--max-inflight``, past which ``--slow-consumer`` acts (``close`` cuts the stream off,
-``drop`` skips events) while a reading member of the same group gets everything. Real
-servers; raw sockets that stop reading."""
+piling the body up in memory, over HTTP/1.1 and HTTP/2), and event handlers' sends are
+bounded by ``--max-send-buffer``, past which ``--slow-consumer`` acts (``close`` cuts the
+stream off, ``drop`` skips sends but never the last) while a reading member of the same
+group gets everything. Real servers; raw sockets that stop reading."""
 
 from __future__ import annotations
 
@@ -131,8 +131,60 @@ async def test_events_for_a_stalled_stream_meet_the_slow_consumer_policy(live, p
         assert got[-1] == b"data: end"
         if policy == "close":
             assert (site.slow_consumer_closes, site.dropped_messages) == (1, 0)
-            assert len(layer._groups.get("feed", {})) == 0  # the cut-off one left too
         else:
             assert site.slow_consumer_closes == 0 and site.dropped_messages > 0
+        # Either way the stalled member's response is over (``drop`` never skips the last
+        # send, which ends it), so it left the group.
+        assert await until(lambda: len(layer._groups.get("feed", {})) == 0, timeout=5)
     finally:
         sock.close()
+
+
+BIG: list[int] = []
+
+
+class BigDownload(AsyncHttpConsumer):
+    async def handle(self, body: bytes) -> None:
+        await self.send_headers(headers=[(b"Content-Type", b"application/octet-stream")])
+        BIG.append(0)
+        for _ in range(1000):
+            await self.send_body(b"x" * CHUNK, more_body=True)
+            BIG[-1] += 1
+        await self.send_body(b"")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_http2_client_with_a_huge_window_that_does_not_read_is_waited_for(
+        live, certificate):
+    """Twisted pauses an HTTP/2 stream only when its flow-control window runs out; a
+    client may offer 2 GiB. A full transport pauses the streams too."""
+    import h2.settings
+
+    from tests.e2e.test_http2 import RawH2
+
+    cert, options = certificate
+    server = await live(URLRouter([path("big", BigDownload.as_asgi())]), tls=options)
+    BIG.clear()
+
+    def run() -> int | None:
+        client = RawH2(server.port, cert)
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        client.conn.increment_flow_control_window(2**31 - 1 - 65535)
+        client.request("/big")
+        client.flush()
+        time.sleep(2)  # reads nothing
+        written = BIG[-1] if BIG else None
+        client.close()
+        return written
+
+    written = await in_thread(run)
+    assert written is not None and written < 500  # not the whole 62.5 MiB in memory
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: Any) -> Any:
+    from tests.e2e.support import self_signed, tls_options
+
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
+    return cert, tls_options(cert, key)

@@ -142,3 +142,44 @@ async def test_a_member_without_the_handler_is_skipped_with_one_warning(live):
     texts = [formatEvent(event) for event in lines]
     warnings = [text for text in texts if "no broadcast_message() handler" in text]
     assert len(warnings) == 1 and warnings[0].startswith("NoHandler "), texts
+
+
+CALLS: list[str] = []
+
+
+class Recording(AsyncHttpConsumer):
+    groups = ["late"]
+
+    async def handle(self, body: bytes) -> None:
+        await self.send_headers(headers=[(b"Content-Type", b"text/event-stream")])
+        await self.send_body(b"data: open\n\n", more_body=True)
+
+    async def broadcast_message(self, event: dict[str, Any]) -> None:
+        CALLS.append(f"finished={self._request.finished} gone={self._request._disconnected}")
+        await self.send_body(b"data: x\n\n", more_body=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_broadcast_held_as_the_response_ends_is_not_handled_after_it(live):
+    """With --broadcast-delay the frame waits; the client leaves meanwhile: its handler
+    must not run on the dead request (it raised there)."""
+    from tests.clients import later
+
+    server = await live(URLRouter([path("late", Recording.as_asgi())]), broadcast_delay=0.3)
+    layer = server.site.layer
+    CALLS.clear()
+
+    def open_stream():
+        response = urllib.request.urlopen(server.http_url("/late"), timeout=5)
+        assert response.readline().strip() == b"data: open"
+        return response
+
+    response = await in_thread(open_stream)
+    await layer.broadcast("late", text="held")  # waits up to 0.3 s
+    await in_thread(response.close)
+    with captured_log() as events:
+        await later(0.6)
+    assert CALLS == []
+    from twisted.logger import formatEvent
+
+    assert not [formatEvent(e) for e in events if e.get("log_failure")]

@@ -233,6 +233,9 @@ def test_sighup_reloads_the_api_keys_in_every_worker(redis_url, tmp_path):
     key_file.write_text(old)
     with supervisor(redis_url, "--api-key-file", str(key_file)) as server:
         base = f"http://127.0.0.1:{server.port}"
+        # Listening is not the layer connected: a publish before that is a 503.
+        server.wait_for(r"publisher connected to Redis", count=2, timeout=TIMEOUT)
+        server.wait_for(r"subscriber connected to Redis", count=2, timeout=TIMEOUT)
         key_file.write_text(new)
         server.send_signal(signal.SIGHUP)
         server.wait_for(r"SIGHUP: reloaded 1 API key\(s\)", count=2, timeout=TIMEOUT)
