@@ -213,7 +213,7 @@ class AsyncHttpConsumer(AppFactoryMixin):
             return
         if HELD:  # broadcasts held for this turn were before the close
             let_out_for(self, self.channel_name)
-        site: Any = self._request.site
+        site = self._site()
         if self._close_deadline is None:
             self._close_deadline = site.clock.callLater(
                 site.config.application_close_timeout, self._end)
@@ -273,9 +273,7 @@ class AsyncHttpConsumer(AppFactoryMixin):
         if self.channel_layer is not None and self.channel_name is not None:
             self.channel_layer.detach(self.channel_name)
         self._cancel_close_deadline()
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            producer.resumeProducing()  # a send waiting for the client returns (a no-op)
+        self._stop_producing()  # a send waiting for the client returns (a no-op)
         if isinstance(result, Failure) or getattr(self._request, "timed_out", False):
             self._disconnect()
         else:

@@ -785,12 +785,8 @@ class RealtimeSite(server.Site):
             self.write_refusal(request, Refuse(400), upgrade=True)
             return
         client_ip = scope["client"][0] if scope.get("client") else None
-        limit = self.config.max_connections_per_ip
-        if limit and client_ip is not None and self.per_ip.get(client_ip, 0) >= limit:
-            request.head_done()
-            self.write_refusal(request, Refuse(429), upgrade=True)
-            return
-        refusal = self._over_handshake_rate()
+        # The per-IP limit first: a client held there spends no --handshake-rate token.
+        refusal = self._over_ip_limit(client_ip) or self._over_handshake_rate()
         if refusal is not None:
             request.head_done()
             self.write_refusal(request, refusal, upgrade=True)
@@ -817,6 +813,13 @@ class RealtimeSite(server.Site):
         limit = self.config.max_connections
         if limit and len(self.connections) >= limit:
             return Refuse(503)
+        return None
+
+    def _over_ip_limit(self, client_ip: str | None) -> Refuse | None:
+        """``--max-connections-per-ip``: 429 when this address has as many open."""
+        limit = self.config.max_connections_per_ip
+        if limit and client_ip is not None and self.per_ip.get(client_ip, 0) >= limit:
+            return Refuse(429)
         return None
 
     def _over_handshake_rate(self) -> Refuse | None:
@@ -972,18 +975,10 @@ class RealtimeSite(server.Site):
 
     def closed(self, conn: WebSocketConnection) -> None:
         if conn in self.connections and conn.client_ip is not None:
-            left = self.per_ip.get(conn.client_ip, 1) - 1
-            if left > 0:
-                self.per_ip[conn.client_ip] = left
-            else:
-                self.per_ip.pop(conn.client_ip, None)
+            _count_down(self.per_ip, conn.client_ip)
         if conn.user_key is not None:
             key, conn.user_key = conn.user_key, None
-            left = self.per_user.get(key, 1) - 1
-            if left > 0:
-                self.per_user[key] = left
-            else:
-                self.per_user.pop(key, None)
+            _count_down(self.per_user, key)
         self.connections.discard(conn)
         if not self.connections and self._no_websockets:
             waiting, self._no_websockets = self._no_websockets, []
@@ -1059,6 +1054,15 @@ class RealtimeSite(server.Site):
             transport: Any = channel.transport
             if transport is not None:
                 transport.abortConnection()
+
+
+def _count_down(counts: dict[str, int], key: str) -> None:
+    """One fewer open for ``key``; gone from ``counts`` at none."""
+    left = counts.get(key, 1) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 def user_key(user: Any) -> str | None:

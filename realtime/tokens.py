@@ -280,12 +280,15 @@ class TokenAuthMiddleware(BaseMiddleware):
         """``verify``, and once more after a ``--jwks-url`` refetch when the token names a
         key id we lack (the provider rotated to a key we have not fetched yet)."""
         try:
-            return verify(token, self.keys, self._now(), self.audience, self.issuer,
-                          self.leeway)
+            return self._check(token)
         except InvalidToken as exc:
             refetch = self._unknown_kid() if str(exc) == UNKNOWN_KID else None
             if refetch is None or not await refetch:
                 raise
+        return self._check(token)
+
+    def _check(self, token: str) -> dict[str, Any]:
+        """``verify`` with this middleware's keys and checks, now."""
         return verify(token, self.keys, self._now(), self.audience, self.issuer, self.leeway)
 
     def _unknown_kid(self) -> Any:
@@ -311,8 +314,7 @@ class TokenAuthMiddleware(BaseMiddleware):
         if not isinstance(token, str) or not token:
             raise InvalidToken("malformed token")
         try:
-            claims = verify(token, self.keys, self._now(), self.audience, self.issuer,
-                            self.leeway)
+            claims = self._check(token)
         except InvalidToken as exc:
             if str(exc) == UNKNOWN_KID:
                 self._unknown_kid()  # refetched meanwhile: the client's next try may pass

@@ -17,33 +17,26 @@ from realtime.layers.base import frame_event, prepared_frame
 from tests.clients import captured_log, in_thread
 
 
-class Events(AsyncHttpConsumer):
+class NoHandler(AsyncHttpConsumer):
+    """An event stream of the news group without ``broadcast_message()``."""
+
     groups = ["news"]
 
     async def handle(self, body: bytes) -> None:
         await self.send_headers(headers=[(b"Content-Type", b"text/event-stream")])
         await self.send_body(b"data: open\n\n", more_body=True)
 
+    async def news_end(self, event: dict[str, Any]) -> None:
+        await self.send_body(b"data: end\n\n")
+
+
+class Events(NoHandler):
     async def broadcast_message(self, event: dict[str, Any]) -> None:
         data = event["text"] if "text" in event else "bytes:" + event["bytes"].hex()
         await self.send_body(f"data: {data}\n\n".encode(), more_body=True)
 
     async def news_item(self, event: dict[str, Any]) -> None:
         await self.send_body(f"data: event {event['n']}\n\n".encode(), more_body=True)
-
-    async def news_end(self, event: dict[str, Any]) -> None:
-        await self.send_body(b"data: end\n\n")
-
-
-class NoHandler(AsyncHttpConsumer):
-    groups = ["news"]
-
-    async def handle(self, body: bytes) -> None:
-        await self.send_headers(headers=[(b"Content-Type", b"text/event-stream")])
-        await self.send_body(b"data: open\n\n", more_body=True)
-
-    async def news_end(self, event: dict[str, Any]) -> None:
-        await self.send_body(b"data: end\n\n")
 
 
 class Publisher(AsyncWebsocketConsumer):
@@ -147,12 +140,8 @@ async def test_a_member_without_the_handler_is_skipped_with_one_warning(live):
 CALLS: list[str] = []
 
 
-class Recording(AsyncHttpConsumer):
+class Recording(NoHandler):
     groups = ["late"]
-
-    async def handle(self, body: bytes) -> None:
-        await self.send_headers(headers=[(b"Content-Type", b"text/event-stream")])
-        await self.send_body(b"data: open\n\n", more_body=True)
 
     async def broadcast_message(self, event: dict[str, Any]) -> None:
         CALLS.append(f"finished={self._request.finished} gone={self._request._disconnected}")

@@ -19,10 +19,7 @@ class Slow(SyncConsumer):
         self.send({"type": "websocket.send", "text": "done"})
 
 
-class SlowLayer(SyncConsumer):
-    def websocket_connect(self, event):
-        self.send({"type": "websocket.accept"})
-
+class SlowLayer(Slow):
     def websocket_receive(self, event):
         self.send({"type": "websocket.send", "text": "working"})
         time.sleep(2)  # the server is told to stop meanwhile
