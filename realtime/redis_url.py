@@ -1,71 +1,65 @@
-"""Redis URLs and lazy txredisapi clients, shared by the Redis session store (and usable by
-anything else that needs a plain Redis connection).
+"""Plain Redis connections from a URL, for the Redis session store (and anything else that
+needs simple commands rather than a channel layer).
 
-txredisapi imports the global reactor when it is imported, so it is imported here only when
-a client is actually made (after twistd has installed the reactor).
+The URL is read by the layer's own parser (``realtime.layers.redis.parse_url``), so
+``--session-store`` takes every form ``--layer`` does: an ACL user and password, ``rediss://``
+with ``ssl_ca_certs``, ``unix://``, ``redis+sentinel://``. txredisapi imports the global
+reactor when it is imported, so it is imported here only when a client is actually made
+(after twistd has installed the reactor).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+
+from twisted.internet.defer import Deferred, gatherResults
+
+from realtime.layers.redis import RedisAddress, _load_ca_certs, parse_url
 
 
-@dataclass(frozen=True)
-class RedisTarget:
-    host: str | None
-    port: int
-    db: int
-    path: str | None = None
-    tls: bool = False
-    password: str | None = None
-    ca_file: str | None = None
+def parse_redis_url(url: str) -> RedisAddress:
+    """The address in ``url``; ``ValueError`` names what is wrong (the layer's ``capacity=``
+    and ``prefix=`` mean nothing here, so they are refused). A ``ssl_ca_certs`` file is read
+    now, so a bad one stops start-up."""
+    address, options = parse_url(url)
+    if options:
+        raise ValueError(
+            f"{url!r}: {', '.join(sorted(options))} is a channel-layer option (--layer)"
+        )
+    if address.ca_certs:
+        _load_ca_certs(address.ca_certs, url)
+    return address
 
 
-def parse_redis_url(url: str) -> RedisTarget:
-    """``redis://[:password@]host:port/db``, ``rediss://...`` (TLS), ``unix:///path?db=N``;
-    ``ValueError`` names what is wrong."""
-    parts = urlsplit(url)
-    query = parse_qs(parts.query)
-    if parts.scheme == "unix":
-        if not parts.path:
-            raise ValueError(f"{url!r}: unix:// needs a socket path")
-        db = int(query.get("db", ["0"])[0])
-        return RedisTarget(None, 0, db, path=parts.path,
-                           password=unquote(parts.password) if parts.password else None)
-    if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"{url!r}: expected redis://, rediss:// or unix://")
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        raise ValueError(f"{url!r}: bad port") from None
-    db_text = parts.path.lstrip("/") or "0"
-    if not db_text.isdigit():
-        raise ValueError(f"{url!r}: the database must be a number, got {db_text!r}")
-    return RedisTarget(
-        parts.hostname or "localhost", port, int(db_text), tls=parts.scheme == "rediss",
-        password=unquote(parts.password) if parts.password else None,
-        ca_file=query.get("ssl_ca_certs", [None])[0],
-    )
+class LazyClient:
+    """A txredisapi lazy connection (it reconnects by itself) to an address's master, as
+    ``commands``; ``disconnect()`` also closes the connections to its sentinels."""
 
+    def __init__(self, address: RedisAddress) -> None:
+        import txredisapi
 
-def lazy_client(target: RedisTarget) -> Any:
-    """A txredisapi lazy connection (reconnects by itself) for simple commands."""
-    import txredisapi
+        self._sentinel: Any = None
+        auth: dict[str, Any] = {"dbid": address.db, "password": address.password,
+                                "username": address.username}
+        if address.kind == "unix":
+            self.commands: Any = txredisapi.lazyUnixConnection(address.path, **auth)
+            return
+        if address.kind == "sentinel":
+            # The URL's credentials are the master's; the sentinels are asked without them.
+            self._sentinel = txredisapi.Sentinel(list(address.sentinels))
+            self.commands = self._sentinel.master_for(address.master, **auth)
+            return
+        if address.tls:
+            from twisted.internet import ssl
 
-    if target.path is not None:
-        return txredisapi.lazyUnixConnection(target.path, dbid=target.db,
-                                             password=target.password)
-    kwargs: dict[str, Any] = {"dbid": target.db, "password": target.password}
-    if target.tls:
-        from twisted.internet import ssl
+            certs = (_load_ca_certs(address.ca_certs, address.describe())
+                     if address.ca_certs else None)
+            trust = ssl.trustRootFromCertificates(certs) if certs else ssl.platformTrust()
+            auth["ssl_context_factory"] = ssl.optionsForClientTLS(address.host, trustRoot=trust)
+        self.commands = txredisapi.lazyConnection(address.host, address.port, **auth)
 
-        if target.ca_file:
-            with open(target.ca_file, "rb") as f:
-                authority = ssl.Certificate.loadPEM(f.read())
-            options = ssl.optionsForClientTLS(target.host or "localhost", authority)
-        else:
-            options = ssl.optionsForClientTLS(target.host or "localhost")
-        kwargs["ssl_context_factory"] = options
-    return txredisapi.lazyConnection(target.host, target.port, **kwargs)
+    def disconnect(self) -> Deferred[Any]:
+        closing = [self.commands.disconnect()]
+        if self._sentinel is not None:
+            closing.append(self._sentinel.disconnect())
+        return gatherResults(closing, consumeErrors=True)

@@ -147,8 +147,13 @@ class MemorySessionStore:
         return succeed(None)
 
 
+#: The ``--session-store`` values that are Redis URLs (the forms ``--layer`` takes).
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+
+
 class RedisSessionStore:
-    """Sessions in Redis (``SETEX realtime:session:<id>``), shared by every process."""
+    """Sessions in Redis (``SETEX realtime:session:<id>``), shared by every process. The
+    URL takes the forms ``--layer`` does (an ACL user, TLS, a socket, Sentinel)."""
 
     kind = "server"
     prefix = "realtime:session:"
@@ -156,15 +161,15 @@ class RedisSessionStore:
     def __init__(self, url: str) -> None:
         from realtime.redis_url import parse_redis_url
 
-        self.target = parse_redis_url(url)
+        self.address = parse_redis_url(url)
         self._client: Any = None
 
     def _connection(self) -> Any:
         if self._client is None:
-            from realtime.redis_url import lazy_client
+            from realtime.redis_url import LazyClient
 
-            self._client = lazy_client(self.target)
-        return self._client
+            self._client = LazyClient(self.address)
+        return self._client.commands
 
     def load(self, key: str) -> Deferred[dict[str, Any] | None]:
         d: Deferred[Any] = self._connection().get(self.prefix + key)
@@ -313,8 +318,11 @@ def store_from_setting(value: str | None = None) -> Any:
                            settings.session_cookie_age)
     if value == "memory":
         return MemorySessionStore()
-    if value.startswith(("redis://", "rediss://", "unix://")):
-        return RedisSessionStore(value)
+    if value.startswith(REDIS_SCHEMES):
+        try:
+            return RedisSessionStore(value)
+        except ValueError as exc:
+            raise ConfigurationError(f"--session-store: {exc}") from None
     raise ConfigurationError(
         f"--session-store: expected auto, django, cookie, memory or redis://..., got {value!r}"
     )

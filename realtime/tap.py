@@ -443,6 +443,8 @@ class Options(usage.Options):
     def _configure_settings(self) -> None:
         """What middleware reads at import time; set before the application is imported."""
         from realtime import settings as settings_module
+        from realtime.redis_url import parse_redis_url
+        from realtime.sessions import REDIS_SCHEMES
 
         secret = self["secret-key"]
         if self["secret-key-file"]:
@@ -452,9 +454,12 @@ class Options(usage.Options):
                     f"--secret-key-file {self['secret-key-file']}: the file is empty"
                 )
         store = self["session-store"]
-        if store not in ("auto", "django", "cookie", "memory") and not store.startswith(
-            ("redis://", "rediss://", "unix://")
-        ):
+        if store.startswith(REDIS_SCHEMES):
+            try:
+                parse_redis_url(store)
+            except ValueError as exc:
+                raise StartupError(f"--session-store: {exc}") from None
+        elif store not in ("auto", "django", "cookie", "memory"):
             raise StartupError(
                 f"--session-store: expected auto, django, cookie, memory or redis://..., "
                 f"got {store!r}"

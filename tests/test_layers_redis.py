@@ -305,6 +305,23 @@ async def test_unix_socket(two_layers):
         await two.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_an_acl_user_signs_in_as_itself(two_layers):
+    """``redis://user:password@host``: every connection of the layer is that ACL user's."""
+    from tests.test_redis_sessions import ACL, client_users
+
+    with RedisServer(args=ACL) as redis:
+        url = f"redis://app:s3cret@127.0.0.1:{redis.port}/0"
+        one, two = await two_layers(url), await two_layers(url)
+        b = Probe()
+        await two.group_add("acl", two.attach(b))
+        await one.group_send("acl", {"type": "as.app"})
+        await until(lambda: b.events == [{"type": "as.app"}])
+        users = client_users(redis)
+        assert users.count("default") == 1  # CLIENT LIST's own connection
+        assert users.count("app") == len(users) - 1 >= 2
+
+
 # -- TLS ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

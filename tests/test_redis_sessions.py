@@ -1,0 +1,97 @@
+"""``--session-store`` Redis URLs take every form ``--layer`` does (an ACL user, TLS with a
+CA file, Sentinel), on real redis-servers; a bad URL stops start-up with one line."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+
+from realtime.sessions import RedisSessionStore
+from tests.redis_support import RedisServer, free_port
+
+ACL = ["--user", "app", "on", ">s3cret", "~*", "&*", "+@all"]
+
+
+def client_users(redis: RedisServer) -> list[str]:
+    """The ACL user of each client connected to ``redis`` (CLIENT LIST)."""
+    listing = redis.call("CLIENT", "LIST")
+    return [field[len("user="):] for line in listing.splitlines()
+            for field in line.split() if field.startswith("user=")]
+
+
+async def round_trip(store: RedisSessionStore) -> None:
+    assert await store.load("k1") is None
+    await store.save("k1", {"user": "7"}, 60)
+    assert await store.load("k1") == {"user": "7"}
+    await store.delete("k1")
+    assert await store.load("k1") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_acl_user_and_password_are_used():
+    """``redis://user:password@host``: the store signs in as that ACL user (before, the user
+    name was dropped and AUTH went to the default user with the user's password)."""
+    with RedisServer(args=ACL) as redis:
+        store = RedisSessionStore(f"redis://app:s3cret@127.0.0.1:{redis.port}/2")
+        try:
+            await round_trip(store)
+            assert client_users(redis) == ["app", "default"]  # the store's, this CLIENT LIST's
+        finally:
+            await store.close()
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_rediss_with_a_ca_file():
+    with RedisServer(tls=True) as redis:
+        store = RedisSessionStore(
+            f"rediss://127.0.0.1:{redis.tls_port}/0?ssl_ca_certs={redis.cert}")
+        try:
+            await round_trip(store)
+        finally:
+            await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sentinel_finds_the_master():
+    """``redis+sentinel://``: the first sentinel listed is not there, the next one names the
+    master, and the sessions land on it."""
+    with RedisServer() as master, RedisServer(sentinel_of=("sessions", master.port)) as sentinel:
+        store = RedisSessionStore(f"redis+sentinel://127.0.0.1:{free_port()},"
+                                  f"127.0.0.1:{sentinel.port}/sessions/0")
+        try:
+            await store.save("k3", {"via": "sentinel"}, 60)
+            assert master.call("GET", "realtime:session:k3") == '{"via": "sentinel"}'
+            assert await store.load("k3") == {"via": "sentinel"}
+        finally:
+            await store.close()
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("redis://127.0.0.1:6390/x", "the database must be a number, got 'x'"),
+    ("redis://127.0.0.1/0?capacity=5", "capacity is a channel-layer option (--layer)"),
+    ("redis://127.0.0.1/0?colour=red", "unknown option 'colour'"),
+    ("rediss://h/0?ssl_ca_certs=/nonexistent.pem", "No such file or directory"),
+    ("redis+sentinel://127.0.0.1:1", "no master name"),
+])
+def test_a_bad_url_stops_start_up_with_one_line(url, expected):
+    from realtime.config import StartupError
+    from realtime.tap import Options
+
+    with pytest.raises(StartupError) as error:
+        Options().parseOptions(["--app", "realtime.examples.bench:application",
+                                "--session-store", url])
+    message = str(error.value)
+    assert message.startswith("realtime: error: --session-store: "), message
+    assert expected in message and "\n" not in message
+
+
+def test_every_layer_form_is_accepted_at_start_up():
+    from realtime.tap import Options
+
+    for url in ("redis://app:pw@127.0.0.1:6390/3", "unix:///run/redis.sock?db=2",
+                "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster/1"):
+        options = Options()
+        options.parseOptions(["--app", "realtime.examples.bench:application",
+                              "--session-store", url])
+        assert options.config is not None
