@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
 
 from realtime.cookies import add_response_headers, cookies_from_scope, delete_cookie, set_cookie
@@ -157,12 +158,17 @@ class RedisSessionStore:
 
     kind = "server"
     prefix = "realtime:session:"
+    #: Seconds a command may wait for Redis (a connection, then the reply): past it the
+    #: request fails with ``SessionError`` (a 500 naming the store) instead of hanging for
+    #: as long as Redis is away. Below ``--websocket-connect-timeout``'s default of 5 s.
+    timeout = 3.0
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, reactor: Any = None) -> None:
         from realtime.redis_url import parse_redis_url
 
         self.address = parse_redis_url(url)
         self._client: Any = None
+        self._reactor = reactor
 
     def _connection(self) -> Any:
         if self._client is None:
@@ -171,8 +177,21 @@ class RedisSessionStore:
             self._client = LazyClient(self.address)
         return self._client.commands
 
+    def _bounded(self, d: Deferred[Any]) -> Deferred[Any]:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+
+        def timed_out(failure: Any) -> None:
+            failure.trap(DeferredTimeout)
+            raise SessionError(f"--session-store {self.address.describe()}: no answer from "
+                               f"Redis within {self.timeout:g} s")
+
+        return d.addTimeout(self.timeout, self._reactor).addErrback(timed_out)
+
     def load(self, key: str) -> Deferred[dict[str, Any] | None]:
-        d: Deferred[Any] = self._connection().get(self.prefix + key)
+        d: Deferred[Any] = self._bounded(self._connection().get(self.prefix + key))
 
         def decode(raw: Any) -> dict[str, Any] | None:
             if raw is None:
@@ -186,13 +205,13 @@ class RedisSessionStore:
         return d.addCallback(decode)
 
     def save(self, key: str, data: dict[str, Any], max_age: int) -> Deferred[None]:
-        d: Deferred[Any] = self._connection().setex(
+        d: Deferred[Any] = self._bounded(self._connection().setex(
             self.prefix + key, max_age, json.dumps(data)
-        )
+        ))
         return d.addCallback(lambda _: None)
 
     def delete(self, key: str) -> Deferred[None]:
-        d: Deferred[Any] = self._connection().delete(self.prefix + key)
+        d: Deferred[Any] = self._bounded(self._connection().delete(self.prefix + key))
         return d.addCallback(lambda _: None)
 
     def close(self) -> Deferred[None]:

@@ -67,6 +67,25 @@ async def test_sentinel_finds_the_master():
             await store.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_redis_away_fails_a_request_quickly_with_a_reason():
+    """No Redis at the address: a load, a save and a delete fail with ``SessionError``
+    naming the store after ``timeout`` s (they waited for Redis for ever before: an HTTP
+    request with a session cookie hung until the client gave up)."""
+    from realtime.sessions import SessionError
+
+    store = RedisSessionStore(f"redis://127.0.0.1:{free_port()}/0")
+    store.timeout = 0.3
+    try:
+        for call in (lambda: store.load("k"), lambda: store.save("k", {}, 60),
+                     lambda: store.delete("k")):
+            with pytest.raises(SessionError, match=r"--session-store redis://127.0.0.1:\d+/0: "
+                                                   r"no answer from Redis within 0.3 s"):
+                await call()
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize(("url", "expected"), [
     ("redis://127.0.0.1:6390/x", "the database must be a number, got 'x'"),
     ("redis://127.0.0.1/0?capacity=5", "capacity is a channel-layer option (--layer)"),
