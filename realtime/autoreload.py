@@ -34,6 +34,7 @@ from typing import Any
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from realtime.lifespan import STARTUP_FAILED
 from realtime.workers import KILL_GRACE, SupervisorService, Worker
 
 log = Logger()
@@ -232,6 +233,8 @@ class ReloadWorker(Worker):
         return "server"
 
     def exited(self, pid: int | None, how: str, status: int | None) -> None:
+        if status == STARTUP_FAILED and not self.replacing:
+            how += " (the application's startup failed)"
         if self.replacing:
             log.info("server (pid {pid}) {how}", pid=pid, how=how)
         else:

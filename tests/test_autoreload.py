@@ -144,13 +144,18 @@ def test_a_change_drains_the_server_then_starts_a_new_one(tmp_path):
     assert not reactor.getDelayedCalls()  # the kill deadline is cancelled
 
 
-def test_a_server_that_cannot_start_waits_for_the_next_change(tmp_path):
+@pytest.mark.parametrize("status", [1, autoreload.STARTUP_FAILED])
+def test_a_server_that_cannot_start_waits_for_the_next_change(tmp_path, status):
+    """A SyntaxError (1) or a failed lifespan start-up (3, which stops --workers)."""
     sup, reactor = reload_supervisor(tmp_path)
+    statuses: list[int] = []
+    sup.on_failure = statuses.append
     server = sup.server
     server.spawn()
-    server.processEnded(Failure(ProcessTerminated(exitCode=1)))  # a SyntaxError
+    server.processEnded(Failure(ProcessTerminated(exitCode=status)))
     reactor.advance(60)
-    assert len(reactor.spawned) == 1 and server.pid is None and sup.exit_status == 0
+    assert len(reactor.spawned) == 1 and server.pid is None
+    assert statuses == [] and sup.exit_status == 0
     sup.changed([str(tmp_path / "app.py")])
     assert len(reactor.spawned) == 2 and server.pid == 1001
 
