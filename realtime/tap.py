@@ -168,11 +168,16 @@ def _import(module_name: str) -> Any:
         return importlib.import_module(module_name)
 
 
-def load_application(spec: str) -> Any:
-    """Import ``package.module:attribute``; errors name the module or the attribute."""
+def _split_app(spec: str) -> tuple[str, str]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise StartupError(f"--app: expected MODULE:ATTRIBUTE, got {spec!r}")
+    return module_name, attr
+
+
+def load_application(spec: str) -> Any:
+    """Import ``package.module:attribute``; errors name the module or the attribute."""
+    module_name, attr = _split_app(spec)
     try:
         module = _import(module_name)
     except ImportError as exc:
@@ -337,15 +342,21 @@ class Options(usage.Options):
         ["no-server-name", None, "No Server header (the default; wins over --server-name)."],
         ["no-http2", None,
          "Offer only HTTP/1.1 on TLS listeners (HTTP/2 is offered over ALPN by default)."],
+        ["reload", None,
+         "Development only: run the server in a child process and restart it when a "
+         "watched file changes (see --reload-dir; not with --workers)."],
     ]
 
-    _repeatable = ("port", "fd", "history")
+    _repeatable = ("port", "fd", "history", "reload-dir", "reload-include", "reload-exclude")
 
     def __init__(self) -> None:
         super().__init__()
         self["port"] = []
         self["fd"] = []
         self["history"] = []
+        self["reload-dir"] = []
+        self["reload-include"] = []
+        self["reload-exclude"] = []
         #: ``--jwks-url``'s ``realtime.jwks.JwksUrl`` (set by ``postOptions``).
         self.jwks_source: Any = None
 
@@ -371,6 +382,21 @@ class Options(usage.Options):
         messages for TTL seconds after the last, and clients can recover what they missed
         (group_add(..., since=position)); repeatable, the first match wins."""
         self["history"].append(value)
+
+    def opt_reload_dir(self, value: str) -> None:
+        """With --reload: a directory to watch (repeatable, or comma separated; default:
+        the current directory and the one the --app package is in)."""
+        self["reload-dir"].append(value)
+
+    def opt_reload_include(self, value: str) -> None:
+        """With --reload: also watch files matching these globs (e.g. '*.html'); repeatable
+        or comma separated (*.py always)."""
+        self["reload-include"].append(value)
+
+    def opt_reload_exclude(self, value: str) -> None:
+        """With --reload: ignore files and directories matching these globs (e.g.
+        'migrations'); repeatable or comma separated."""
+        self["reload-exclude"].append(value)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         #: The subcommand's own arguments, which ``--workers`` children are started with.
@@ -422,6 +448,7 @@ class Options(usage.Options):
         self.gc_threshold = _count("gc-threshold", self["gc-threshold"], 0)
         #: Set in a ``--workers`` child: it serves the supervisor's sockets, spawns nothing.
         self.worker = worker_info()
+        self._reload_options()
         if self.worker is not None:
             self.workers = 1
             self.listeners = self.worker.listener_specs()
@@ -438,7 +465,37 @@ class Options(usage.Options):
         from realtime.layers import set_channel_layer
 
         set_channel_layer(self.layer)
+        if self.reload:  # its child imports the application; a broken one must not stop it
+            _split_app(self["app"])
+            self.application = None
+            return
         self.application = self._wrap(load_application(self["app"]))
+
+    def _reload_options(self) -> None:
+        """``--reload`` and its directories and globs; a ``--reload`` server's child (a
+        worker) serves and watches nothing."""
+        from realtime.autoreload import DEFAULT_INCLUDE, default_dirs, outermost
+
+        self.reload = bool(self["reload"]) and self.worker is None
+        dirs = [d for value in self["reload-dir"] for d in _words(value)]
+        self.reload_include = [*DEFAULT_INCLUDE, *(p for value in self["reload-include"]
+                                                   for p in _words(value))]
+        self.reload_exclude = [p for value in self["reload-exclude"] for p in _words(value)]
+        self.reload_dirs: list[str] = []
+        if self.worker is not None:
+            return
+        if not self.reload:
+            for name in ("reload-dir", "reload-include", "reload-exclude"):
+                if self[name]:
+                    raise StartupError(f"--{name}: needs --reload")
+            return
+        if self.workers > 1:
+            raise StartupError(f"--reload and --workers {self.workers} cannot be used "
+                               "together: --reload runs one server process")
+        for directory in dirs:
+            if not os.path.isdir(directory):
+                raise StartupError(f"--reload-dir {directory}: not a directory")
+        self.reload_dirs = outermost(dirs or default_dirs(self["app"]))
 
     def _configure_settings(self) -> None:
         """What middleware reads at import time; set before the application is imported."""
@@ -786,10 +843,12 @@ def makeService(options: Options) -> Any:
         log.info("autobahn NVX acceleration: {on}", on="on" if USES_NVX else "off")
     except ImportError:  # pragma: no cover - older autobahn
         pass
-    if options.workers > 1:
+    if options.workers > 1 or options.reload:
+        from realtime.autoreload import ReloadSupervisor
         from realtime.workers import SupervisorService
 
-        supervisor = SupervisorService(options, reactor)
+        supervisor = (ReloadSupervisor(options, reactor) if options.reload
+                      else SupervisorService(options, reactor))
         supervisor.on_failure = partial(exit_after_shutdown, reactor, _pidfile(options))
         if not (options.metrics_enabled and options.metrics_listener):
             return supervisor

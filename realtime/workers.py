@@ -241,7 +241,14 @@ class Worker(ProcessProtocol):
         self.delay = FIRST_DELAY
         self.restart: Any = None
         self.ended: Deferred[None] = succeed(None)
+        #: The pid ``stop`` sent SIGTERM to: a second ``stop`` does not signal it again.
+        self._terminated: int | None = None
         self._buffers = {1: b"", 2: b""}
+
+    @property
+    def name(self) -> str:
+        """How log lines name this process."""
+        return f"worker {self.index}"
 
     def spawn(self) -> None:
         self.restart = None
@@ -265,7 +272,7 @@ class Worker(ProcessProtocol):
         self.process = sup.reactor.spawnProcess(self, sys.executable, sup.command(), env=env,
                                                 childFDs=fds)
         self.pid = self.process.pid
-        log.info("worker {index} started (pid {pid})", index=self.index, pid=self.pid)
+        log.info("{name} started (pid {pid})", name=self.name, pid=self.pid)
 
     def connectionMade(self) -> None:
         transport: Any = self.transport  # called inside spawnProcess
@@ -280,7 +287,7 @@ class Worker(ProcessProtocol):
     def _relay(self, raw: bytes) -> None:
         line = _TIMESTAMP.sub("", raw.decode("utf-8", "replace").rstrip("\r"))
         if line:
-            relay.info("worker {index}: {line}", index=self.index, line=line)
+            relay.info("{name}: {line}", name=self.name, line=line)
 
     def processEnded(self, reason: Any) -> None:
         for fd, rest in self._buffers.items():
@@ -298,23 +305,29 @@ class Worker(ProcessProtocol):
         pid, self.pid = self.pid, None
         ended, self.ended = self.ended, succeed(None)
         if sup.stopping:
-            log.info("worker {index} (pid {pid}) {how}", index=self.index, pid=pid, how=how)
-        elif getattr(value, "exitCode", None) == STARTUP_FAILED and not sup.all_ready:
+            log.info("{name} (pid {pid}) {how}", name=self.name, pid=pid, how=how)
+        else:
+            self.exited(pid, how, getattr(value, "exitCode", None))
+        ended.callback(None)
+
+    def exited(self, pid: int | None, how: str, status: int | None) -> None:
+        """The process ended by itself (the supervisor is not stopping): restart it."""
+        sup = self.supervisor
+        if status == STARTUP_FAILED and not sup.all_ready:
             # The application cannot start (its ASGI lifespan start-up failed) before the
             # service ever served: restarting would fail again, and so would every other
             # worker; stop with its status. (Later, a restarted worker's failure is
             # restarted as any exit: the others still serve.)
-            log.error("worker {index} (pid {pid}): the application's startup failed; "
-                      "stopping every worker", index=self.index, pid=pid)
+            log.error("{name} (pid {pid}): the application's startup failed; "
+                      "stopping every worker", name=self.name, pid=pid)
             sup.failed(STARTUP_FAILED)
-        else:
-            if sup.reactor.seconds() - self.started >= STABLE_AFTER:
-                self.delay = FIRST_DELAY
-            log.warn("worker {index} (pid {pid}) {how}; restarting in {delay} s",
-                     index=self.index, pid=pid, how=how, delay=self.delay)
-            self.restart = sup.reactor.callLater(self.delay, self.spawn)
-            self.delay = min(self.delay * 2, MAX_DELAY)
-        ended.callback(None)
+            return
+        if sup.reactor.seconds() - self.started >= STABLE_AFTER:
+            self.delay = FIRST_DELAY
+        log.warn("{name} (pid {pid}) {how}; restarting in {delay} s",
+                 name=self.name, pid=pid, how=how, delay=self.delay)
+        self.restart = sup.reactor.callLater(self.delay, self.spawn)
+        self.delay = min(self.delay * 2, MAX_DELAY)
 
     def signal(self, number: int) -> None:
         if self.pid is not None:
@@ -324,15 +337,20 @@ class Worker(ProcessProtocol):
                 pass
 
     def stop(self) -> Deferred[None]:
+        """SIGTERM (once per process; no restart after it); fires once it has exited."""
         if self.restart is not None and self.restart.active():
             self.restart.cancel()
         self.restart = None
-        self.signal(signal.SIGTERM)
+        if self.pid is not None and self.pid != self._terminated:
+            self._terminated = self.pid
+            self.signal(signal.SIGTERM)
         return self.ended
 
 
 class SupervisorService(Service):
     """Binds the listeners, runs ``count`` workers on them, stops them on SIGTERM."""
+
+    worker_class: type[Worker] = Worker
 
     def __init__(self, options: Any, reactor: Any) -> None:
         self.reactor = reactor
@@ -341,7 +359,7 @@ class SupervisorService(Service):
         self.listeners: list[tuple[str, Any]] = options.listeners
         self.shutdown_timeout: float = options.config.shutdown_timeout
         self.bound: list[_Bound] = []
-        self.workers = [Worker(self, i) for i in range(1, self.count + 1)]
+        self.workers = [self.worker_class(self, i) for i in range(1, self.count + 1)]
         self.stopping = False
         self.notifier = Notifier(reactor)
         self.notify_name = f"realtime-workers-{os.getpid()}-{secrets.token_hex(4)}"
@@ -355,6 +373,10 @@ class SupervisorService(Service):
         self.exit_status = 0
         #: Every worker has been ready once (READY=1 went to systemd).
         self.all_ready = False
+
+    def what(self) -> str:
+        """What the start and stop lines call the children."""
+        return f"{self.count} workers"
 
     def command(self) -> list[str]:
         head = [sys.executable, "-c", _BOOT, "--nodaemon", "--pidfile="]
@@ -414,7 +436,7 @@ class SupervisorService(Service):
         if not self.metrics_dir:
             self.metrics_dir = tempfile.mkdtemp(prefix="realtime-metrics-")
             self._own_metrics_dir = True
-        log.info("starting {count} workers", count=self.count)
+        log.info("starting {what}", what=self.what())
         for worker in self.workers:
             worker.spawn()
         signal.signal(signal.SIGHUP, self._sighup)
@@ -450,7 +472,7 @@ class SupervisorService(Service):
         super().stopService()
         self.stopping = True
         self.notifier.stopping()
-        log.info("stopping {count} workers", count=self.count)
+        log.info("stopping {what}", what=self.what())
         ended = gatherResults([worker.stop() for worker in self.workers])
         # A worker may take the drain's --shutdown-timeout, then as long again for its
         # ASGI apps' lifespan shut-down (realtime.lifespan).

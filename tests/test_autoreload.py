@@ -1,0 +1,256 @@
+"""realtime.autoreload in process: what a scan watches, the watcher's settling on a Clock,
+the reload supervisor's restarts on a fake reactor, and the ``--reload`` options. The real
+processes are tests/e2e/test_dev_reload.py."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from realtime import autoreload
+from realtime.autoreload import ReloadSupervisor, Watcher, default_dirs, outermost, scan
+from realtime.config import StartupError
+from realtime.tap import Options
+from tests.test_workers_supervisor import FakeReactor
+
+APP = "realtime.examples.bench:application"
+
+
+class Tree:
+    """Files under a directory, each write's mtime a second past the last one's."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.stamp = 1_700_000_000 * 10**9
+
+    def write(self, *names: str) -> None:
+        for name in names:
+            path = self.root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(name)
+            self.stamp += 10**9
+            os.utime(path, ns=(self.stamp, self.stamp))
+
+
+def relative(root: Path, paths) -> list[str]:
+    return sorted(os.path.relpath(p, root) for p in paths)
+
+
+def test_scan_watches_python_files_and_skips_caches_vcs_virtualenvs_and_hidden(tmp_path):
+    tree = Tree(tmp_path)
+    tree.write("app.py", "chat/consumers.py", "chat/templates/room.html", "README.md",
+               "chat/__pycache__/consumers.cpython-311.py", ".git/hooks/x.py",
+               ".hidden.py", "node_modules/pkg/x.py", "env/lib/site.py",
+               "env/pyvenv.cfg", "build/lib/site-packages/dep.py")
+    assert relative(tmp_path, scan([str(tmp_path)])) == ["app.py", "chat/consumers.py"]
+    found = scan([str(tmp_path)], include=("*.py", "*.html"), exclude=("chat/templates",))
+    assert relative(tmp_path, found) == ["app.py", "chat/consumers.py"]
+    found = scan([str(tmp_path)], include=("*.py", "*.html"), exclude=("consumers.py",))
+    assert relative(tmp_path, found) == ["app.py", "chat/templates/room.html"]
+
+
+def watcher(root: Path) -> tuple[Watcher, Clock, list[list[str]]]:
+    clock = Clock()
+    calls: list[list[str]] = []
+    w = Watcher([str(root)], calls.append, clock, interval=0.5, settle=0.2)
+    return w, clock, calls
+
+
+def test_files_saved_together_are_one_change_once_they_settle(tmp_path):
+    tree = Tree(tmp_path)
+    tree.write("a.py", "b.py", "c.py")
+    w, clock, calls = watcher(tmp_path)
+    assert w.start() == 3
+    clock.advance(0.5)
+    assert calls == []  # nothing changed
+    tree.write("a.py")
+    clock.advance(0.5)  # seen; waits for it to settle
+    tree.write("b.py")  # a second save meanwhile
+    clock.advance(0.2)
+    assert calls == []
+    (tmp_path / "c.py").unlink()
+    tree.write("d.py")
+    clock.advance(0.2)
+    assert calls == []
+    clock.advance(0.2)  # quiet for one settle period
+    assert [relative(tmp_path, c) for c in calls] == [["a.py", "b.py", "c.py", "d.py"]]
+    clock.advance(5)
+    assert len(calls) == 1
+    w.stop()
+    assert not clock.getDelayedCalls()
+
+
+def test_files_that_keep_changing_restart_after_a_bounded_wait(tmp_path):
+    tree = Tree(tmp_path)
+    tree.write("a.py")
+    w, clock, calls = watcher(tmp_path)
+    w.start()
+    tree.write("a.py")
+    clock.advance(0.5)
+    for _ in range(autoreload.MAX_SETTLE_ROUNDS):
+        tree.write("a.py")
+        clock.advance(0.2)
+        assert calls == []
+    tree.write("a.py")
+    clock.advance(0.2)
+    assert len(calls) == 1
+
+
+def test_default_dirs_add_the_app_package_directory_unless_installed(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "mysite").mkdir(parents=True)
+    (project / "mysite" / "__init__.py").write_text("")
+    (project / "solo.py").write_text("")
+    monkeypatch.syspath_prepend(str(project))
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    assert default_dirs("mysite.asgi:application", str(here)) == [str(here), str(project)]
+    assert default_dirs("solo:application", str(here)) == [str(here), str(project)]
+    assert default_dirs("pytest:main", str(here)) == [str(here)]  # site-packages
+    assert default_dirs("json:loads", str(here)) == [str(here)]  # the standard library
+    assert default_dirs("nowhere_at_all:app", str(here)) == [str(here)]
+    assert outermost([str(project), str(project / "mysite"), str(here), str(project)]) == [
+        str(project), str(here)]
+    assert outermost([str(project / "mysite"), str(tmp_path)]) == [str(tmp_path)]
+
+
+def reload_supervisor(tmp_path: Path) -> tuple[ReloadSupervisor, FakeReactor]:
+    reactor = FakeReactor()
+    options = SimpleNamespace(workers=1, argv=["--app", APP, "--reload"], listeners=[],
+                              config=SimpleNamespace(shutdown_timeout=2.0),
+                              reload_dirs=[str(tmp_path)], reload_include=["*.py"],
+                              reload_exclude=[])
+    return ReloadSupervisor(options, reactor), reactor
+
+
+def test_a_change_drains_the_server_then_starts_a_new_one(tmp_path):
+    sup, reactor = reload_supervisor(tmp_path)
+    server = sup.server
+    server.spawn()
+    old = server.process
+    sup.changed([str(tmp_path / "app.py")])
+    assert old.signals == [15] and len(reactor.spawned) == 1  # not before it has exited
+    sup.changed([str(tmp_path / "app.py")])  # a change while it drains: no second signal
+    assert old.signals == [15]
+    server.processEnded(Failure(ProcessDone(0)))
+    assert len(reactor.spawned) == 2 and server.pid == 1001
+    assert not reactor.getDelayedCalls()  # the kill deadline is cancelled
+
+
+@pytest.mark.parametrize("status", [1, autoreload.STARTUP_FAILED])
+def test_a_server_that_cannot_start_waits_for_the_next_change(tmp_path, status):
+    """A SyntaxError (1) or a failed lifespan start-up (3, which stops --workers)."""
+    sup, reactor = reload_supervisor(tmp_path)
+    statuses: list[int] = []
+    sup.on_failure = statuses.append
+    server = sup.server
+    server.spawn()
+    server.processEnded(Failure(ProcessTerminated(exitCode=status)))
+    reactor.advance(60)
+    assert len(reactor.spawned) == 1 and server.pid is None
+    assert statuses == [] and sup.exit_status == 0
+    sup.changed([str(tmp_path / "app.py")])
+    assert len(reactor.spawned) == 2 and server.pid == 1001
+
+
+def test_a_server_that_does_not_exit_for_a_restart_is_killed(tmp_path):
+    sup, reactor = reload_supervisor(tmp_path)
+    server = sup.server
+    server.spawn()
+    sup.changed([str(tmp_path / "app.py")])
+    reactor.advance(2 * 2.0 + autoreload.KILL_GRACE)
+    assert server.process.signals == [15, 9]
+    server.processEnded(Failure(ProcessTerminated(signal=9)))
+    assert len(reactor.spawned) == 2
+
+
+def test_stopping_while_a_restart_drains_signals_once_and_starts_nothing(tmp_path):
+    sup, reactor = reload_supervisor(tmp_path)
+    server = sup.server
+    server.spawn()
+    sup.changed([str(tmp_path / "app.py")])
+    sup.running = True
+    stopped = sup.stopService()
+    fired: list[object] = []
+    stopped.addBoth(fired.append)
+    assert server.process.signals == [15]
+    server.processEnded(Failure(ProcessDone(0)))
+    assert fired == [[]] and len(reactor.spawned) == 1
+    assert not reactor.getDelayedCalls()
+
+
+@pytest.fixture
+def _no_realtime_environment(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("REALTIME_"):
+            monkeypatch.delenv(name)
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(["--app", APP, *args])
+    return options
+
+
+def error(*args: str) -> str:
+    with pytest.raises(StartupError) as info:
+        parse(*args)
+    return str(info.value).removeprefix("realtime: error: ")
+
+
+@pytest.mark.usefixtures("_no_realtime_environment")
+def test_reload_options(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    options = parse("--reload", "--reload-dir", f"{a},{b}", "--reload-dir", str(a / ".."),
+                    "--reload-include", "*.html, *.txt", "--reload-exclude", "migrations")
+    assert options.reload and options.application is None  # the child imports it
+    assert options.reload_dirs == [str(tmp_path)]
+    assert options.reload_include == ["*.py", "*.html", "*.txt"]
+    assert options.reload_exclude == ["migrations"]
+    monkeypatch.chdir(a)
+    assert parse("--reload").reload_dirs == outermost(default_dirs(APP, str(a)))
+    assert parse("--reload").reload_dirs[0] == str(a)
+    monkeypatch.setenv("REALTIME_RELOAD", "1")
+    monkeypatch.setenv("REALTIME_RELOAD_DIR", f"{b}")
+    assert parse().reload_dirs == [str(b)]
+    monkeypatch.delenv("REALTIME_RELOAD")
+    assert error() == "--reload-dir: needs --reload"
+    monkeypatch.delenv("REALTIME_RELOAD_DIR")
+    assert not parse("--workers", "1").reload
+
+
+@pytest.mark.usefixtures("_no_realtime_environment")
+def test_reload_errors(tmp_path):
+    assert error("--reload-include", "*.html") == "--reload-include: needs --reload"
+    assert error("--reload", "--reload-dir", str(tmp_path / "missing")) == (
+        f"--reload-dir {tmp_path / 'missing'}: not a directory")
+    assert error("--reload", "--workers", "3", "--layer", "redis://127.0.0.1/0") == (
+        "--reload and --workers 3 cannot be used together: --reload runs one server process")
+    with pytest.raises(StartupError, match="expected MODULE:ATTRIBUTE"):
+        Options().parseOptions(["--app", "nocolon", "--reload"])
+
+
+def test_a_reload_child_neither_watches_nor_refuses(monkeypatch):
+    import json
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        marker = {"index": 1, "parent": os.getppid(), "listeners": [[sock.fileno(), "tcp:0"]]}
+        monkeypatch.setenv("_REALTIME_WORKER", json.dumps(marker))
+        import signal
+
+        monkeypatch.setattr(signal, "signal", lambda *a: None)
+        options = parse("--reload", "--reload-dir", "/nonexistent")
+    assert not options.reload and options.reload_dirs == [] and options.application
+    assert sys.modules["realtime.examples.bench"]
