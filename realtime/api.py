@@ -3,18 +3,18 @@
 ``POST /api/publish`` ``{"group": "lobby", "text": "..." | "json": {...} | "event": {...}}``
 and ``POST /api/broadcast`` ``{"groups": ["a", "b"], ...}``, authenticated with
 ``Authorization: Bearer <key>``. ``text`` and ``json`` are written to every member as one
-prepared frame (``broadcast()``); ``event`` is a ``group_send`` to the members' typed
-handlers (``{"type": "chat.message", ...}``). ``POST /api/presence`` ``{"group": "lobby"}``
-answers ``{"group": ..., "count": N, "members": {channel: info}}``: the members added with
-``group_add(..., presence=info)``, in every process. ``POST /api/history`` ``{"group":
-"room.a", "since": {"epoch", "offset"}, "limit": N}`` (both optional) answers a history
-group's ``group_history`` (404 for a group no ``--history`` rule matches); an ``event``
-published to such a group answers its ``positions`` too. ``POST /api/disconnect``
-``{"group": "user.42", "code": 4003, "reason": "..."}`` (both optional: 1000, none) closes
-every member of the group in every process (``group_close``). Answers: 200 ``{"ok": true}``; 400
-with a JSON ``error`` for a bad body; 401 without the key; 405 for a method other than
-POST; 413 past ``--api-body-limit``; 503 while the layer is unavailable. Without a
-configured key these paths are not served (404).
+prepared frame (``broadcast()``; ``"exclude": [channel, ...]`` leaves those out); ``event``
+is a ``group_send`` to the members' typed handlers (``{"type": "chat.message", ...}``).
+``POST /api/presence`` ``{"group": "lobby"}`` answers ``{"group": ..., "count": N,
+"members": {channel: info}}``: the members added with ``group_add(..., presence=info)``, in
+every process. ``POST /api/history`` ``{"group": "room.a", "since": {"epoch", "offset"},
+"limit": N}`` (both optional) answers a history group's ``group_history`` (404 for a group
+no ``--history`` rule matches); an ``event`` published to such a group answers its
+``positions`` too. ``POST /api/disconnect`` ``{"group": "user.42", "code": 4003, "reason":
+"..."}`` (both optional: 1000, none) closes every member of the group in every process
+(``group_close``). Answers: 200 ``{"ok": true}``; 400 with a JSON ``error`` for a bad body;
+401 without the key; 405 for a method other than POST; 413 past ``--api-body-limit``; 503
+while the layer is unavailable. Without a configured key these paths are not served (404).
 """
 
 from __future__ import annotations
@@ -89,7 +89,30 @@ def parse(path: bytes, body: bytes) -> tuple[list[str], str, Any]:
     if kind == "event" and not (isinstance(payload, dict) and isinstance(payload.get("type"), str)):
         raise BadBody("'event' must be an object with a 'type' string")
     _check_groups(groups)
+    if "exclude" in document:
+        if kind == "event":
+            raise BadBody("'exclude' applies to 'text' and 'json', not to 'event'")
+        return groups, kind, Excluding(payload, _exclude(document["exclude"]))
     return groups, kind, payload
+
+
+class Excluding:
+    """A ``text`` or ``json`` payload with the channels ``broadcast()`` leaves out."""
+
+    def __init__(self, payload: Any, exclude: tuple[str, ...] | None) -> None:
+        self.payload = payload
+        self.exclude = exclude
+
+
+def _exclude(value: Any) -> tuple[str, ...] | None:
+    from realtime.layers.base import check_exclude
+
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadBody("'exclude' must be a list of channel names")
+    try:
+        return check_exclude(value)
+    except TypeError as exc:
+        raise BadBody(f"'exclude': {exc}") from None
 
 
 def _history_query(document: dict[str, Any]) -> tuple[Any, Any]:
@@ -126,12 +149,15 @@ def _check_groups(groups: list[str]) -> None:
 
 
 def publish(layer: Any, groups: list[str], kind: str, payload: Any) -> Deferred[Any]:
+    exclude = None
+    if isinstance(payload, Excluding):
+        payload, exclude = payload.payload, payload.exclude
     calls = []
     for group in groups:
         if kind == "text":
-            calls.append(layer.broadcast(group, text=payload))
+            calls.append(layer.broadcast(group, text=payload, exclude=exclude))
         elif kind == "json":
-            calls.append(layer.broadcast(group, text=json.dumps(payload)))
+            calls.append(layer.broadcast(group, text=json.dumps(payload), exclude=exclude))
         else:
             calls.append(layer.group_send(group, payload))
     return gatherResults(calls, consumeErrors=True)

@@ -29,11 +29,14 @@ class PublishError(Exception):
         self.error = error
 
 
-def _body(text: str | None, json: Any, event: dict[str, Any] | None) -> dict[str, Any]:
+def _body(text: str | None, json: Any, event: dict[str, Any] | None,
+          exclude: str | list[str] | None = None) -> dict[str, Any]:
     given = {k: v for k, v in (("text", text), ("json", json), ("event", event))
              if v is not None and v is not _MISSING}
     if len(given) != 1:
         raise ValueError("give exactly one of text=, json= or event=")
+    if exclude is not None:
+        given["exclude"] = [exclude] if isinstance(exclude, str) else list(exclude)
     return given
 
 
@@ -57,20 +60,24 @@ def _post(url: str, key: str, path: str, document: dict[str, Any], timeout: floa
 
 def publish(
     url: str, key: str, group: str, *, text: str | None = None, json: Any = None,
-    event: dict[str, Any] | None = None, timeout: float = 5.0,
+    event: dict[str, Any] | None = None, exclude: str | list[str] | None = None,
+    timeout: float = 5.0,
 ) -> Any:
     """POST /api/publish: ``text`` (a string), ``json`` (any JSON value, sent as text) or
-    ``event`` (a typed event for ``group_send``) to every member of ``group``."""
-    return _post(url, key, "/api/publish", {"group": group, **_body(text, json, event)}, timeout)
+    ``event`` (a typed event for ``group_send``) to every member of ``group``; ``exclude``
+    (with ``text``/``json``): the channel names left out, such as the sender's."""
+    return _post(url, key, "/api/publish",
+                 {"group": group, **_body(text, json, event, exclude)}, timeout)
 
 
 def broadcast(
     url: str, key: str, groups: list[str], *, text: str | None = None, json: Any = None,
-    event: dict[str, Any] | None = None, timeout: float = 5.0,
+    event: dict[str, Any] | None = None, exclude: str | list[str] | None = None,
+    timeout: float = 5.0,
 ) -> Any:
     """POST /api/broadcast: the same to several groups."""
     return _post(url, key, "/api/broadcast", {"groups": list(groups),
-                                              **_body(text, json, event)}, timeout)
+                                              **_body(text, json, event, exclude)}, timeout)
 
 
 def presence(url: str, key: str, group: str, *, timeout: float = 10.0) -> Any:

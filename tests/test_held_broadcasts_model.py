@@ -107,7 +107,7 @@ class Rec:
 
 
 def run(seed: int, delay: float = 0.0, closers: bool = True, nlayers: int = 2,
-        answers: bool = False):
+        answers: bool = False, exclusions: bool = False):
     rnd = random.Random(seed)
     threadable.registerAsIOThread()
     reactor = Turns()
@@ -155,11 +155,16 @@ def run(seed: int, delay: float = 0.0, closers: bool = True, nlayers: int = 2,
         if big:
             body += "x" * rnd.choice([20000, 30000, 40000])
         frame = text(body)
-        log.append(("b", layers.index(L), g, n[0]))
+        # Some leave members out (broadcast(exclude=)): members of the group or not.
+        left_out = (set(rnd.sample(range(len(recs)), min(len(recs), rnd.randint(1, 2))))
+                    if exclusions and rnd.random() < 0.3 else set())
+        log.append(("b", layers.index(L), g, n[0], sorted(left_out)))
         for i, (_r, RL) in enumerate(recs):
-            if RL is L and g in member[i] and accepted[i] and not detached[i]:
+            if (RL is L and g in member[i] and accepted[i] and not detached[i]
+                    and i not in left_out):
                 expected[i].append(frame)
-        L.broadcast(g, text=body)
+        L.broadcast(g, text=body,
+                    exclude=[recs[i][0].channel for i in left_out] if left_out else None)
 
     def join(i, g):
         r, L = recs[i]
@@ -308,3 +313,11 @@ def test_reads_parsed_inside_a_flush(seed: int) -> None:
     inside the flush that wrote to them), with and without a delay, no closers: every
     frame exactly once, nothing lost, nothing left held."""
     run(seed, delay=0.05 if seed % 20 == 3 else 0.0, closers=False, answers=True)
+
+
+@pytest.mark.parametrize("seed", range(4, 3000, 10))
+def test_broadcasts_that_leave_members_out(seed: int) -> None:
+    """``broadcast(exclude=)``: an excluded member gets nothing of that broadcast and
+    everything else in order (what was held before it, what is broadcast after it to the
+    same held entry), on two layers, with closers, with and without a delay."""
+    run(seed, delay=0.05 if seed % 20 == 4 else 0.0, exclusions=True)

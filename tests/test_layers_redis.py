@@ -207,6 +207,32 @@ async def test_broadcast_one_prepared_frame_per_process(two_layers):
 
 
 @pytest_twisted.ensureDeferred
+async def test_broadcast_leaves_out_the_excluded_channels_in_every_process(two_layers):
+    """``exclude=`` crosses Redis: a channel of the publishing process and one of another
+    process are both left out, the rest get the frame; the next broadcast reaches all."""
+    from realtime.websocket import encode_frame
+
+    one, two = await two_layers(), await two_layers()
+    a1, a2, b1, b2 = Probe(), Probe(), Probe(), Probe()
+    names = {}
+    for layer, probe in ((one, a1), (one, a2), (two, b1), (two, b2)):
+        names[probe] = layer.attach(probe)
+        await layer.group_add("x", names[probe])
+    await one.broadcast("x", text="first", exclude=[names[a1], names[b2]])
+    await two.broadcast("x", bytes=b"second", exclude=names[b1])
+    await one.broadcast("x", text="third")
+    await until(lambda: all(len(p.frames) == n for p, n in ((a1, 2), (a2, 3), (b1, 2),
+                                                             (b2, 2))))
+    first, second, third = (encode_frame(0x1, b"first"), encode_frame(0x2, b"second"),
+                            encode_frame(0x1, b"third"))
+    assert a1.frames == [second, third] and b2.frames == [second, third]
+    assert b1.frames == [first, third] and a2.frames == [first, second, third]
+    for bad in (5, ["no spaces"], [None]):
+        with pytest.raises(TypeError):
+            await one.broadcast("x", text="t", exclude=bad)
+
+
+@pytest_twisted.ensureDeferred
 async def test_named_channels_are_lists_with_capacity_and_one_receiver_each(redis_server,
                                                                              two_layers):
     url = redis_server.url + "?capacity=3&prefix=named"

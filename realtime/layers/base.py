@@ -26,7 +26,7 @@ import re
 import secrets
 import threading
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import msgpack
@@ -487,6 +487,24 @@ def invalid(group: Any = _UNSET, channel: Any = _UNSET, message: Any = _UNSET) -
     return None
 
 
+def check_exclude(exclude: Any) -> tuple[str, ...] | None:
+    """``broadcast``'s ``exclude=``: None, a channel name or an iterable of them (a
+    ``TypeError`` otherwise), as a tuple; None when empty."""
+    if exclude is None:
+        return None
+    if isinstance(exclude, str):
+        names: tuple[Any, ...] = (exclude,)
+    else:
+        try:
+            names = tuple(exclude)
+        except TypeError:
+            raise TypeError(f"exclude must be a channel name or a list of them, not "
+                            f"{exclude!r}") from None
+    for name in names:
+        check_name(name)
+    return names or None
+
+
 def prepared_frame(text: str | None, data: bytes | None) -> bytes:
     from realtime.websocket import encode_frame, utf8
 
@@ -869,13 +887,16 @@ class BaseChannelLayer:
             return False
         return True
 
-    def _broadcast_local(self, group: str, frame: bytes) -> None:
-        """Write ``frame`` to every open local member of ``group``; during a read (``hold``),
-        the rest of its turn, or always with a broadcast delay, it is held, to leave with the
-        other broadcasts to the group of that time in one write."""
+    def _broadcast_local(self, group: str, frame: bytes,
+                         exclude: tuple[str, ...] | None = None) -> None:
+        """Write ``frame`` to every open local member of ``group`` (but the channels in
+        ``exclude``); during a read (``hold``), the rest of its turn, or always with a
+        broadcast delay, it is held, to leave with the other broadcasts to the group of that
+        time in one write."""
         if _Hold.depth or _Hold.turn is not None:
             if _holding():
                 if group in self._groups:
+                    skipped = self._excluded(group, exclude) if exclude else None
                     last = HELD[-1] if HELD else None
                     if last is not None and last[0] is self and last[1] == group:
                         last[2].append(frame)
@@ -886,6 +907,9 @@ class BaseChannelLayer:
                         _BY_GROUP.setdefault((self, group), []).append(entry)
                         if self not in _LAYERS:
                             _LAYERS.append(self)
+                    if skipped:
+                        for receiver in skipped:
+                            _mark(receiver)  # had everything held, this frame included
                     _Hold.size += len(frame)
                     if _Hold.size > JOIN_LIMIT:
                         flush_held()  # in order; what waits for the turn's end still does
@@ -894,29 +918,46 @@ class BaseChannelLayer:
             if _Hold.thread != threading.get_ident() and getattr(reactor, "running", False):
                 # A worker thread's call (outside the contract: ``async_to_sync`` is the
                 # way) while the reactor thread holds: on that thread, behind the held ones.
-                reactor.callFromThread(self._broadcast_local, group, frame)
+                reactor.callFromThread(self._broadcast_local, group, frame, exclude)
                 return
         elif _Hold.delay and isInIOThread():
             # A broadcast outside a read (a timer's, the HTTP API's) waits the delay too.
             hold(_Hold.delay_reactor)
             try:
-                self._broadcast_local(group, frame)
+                self._broadcast_local(group, frame, exclude)
             finally:
                 release()
             return
-        self._send_frames(group, [frame])
+        self._send_frames(group, [frame], exclude=exclude)
 
-    def _send_frames(self, group: str, frames: list[bytes], seq: int = -1) -> None:
+    def _excluded(self, group: str, exclude: tuple[str, ...]) -> list[Any]:
+        """The local members of ``group`` a held broadcast must skip, each given its share of
+        what is held before it first (``let_out_for``): marked after the frame is held,
+        they have had it, and get only what is broadcast later."""
+        members = self._groups.get(group) or {}
+        skipped = []
+        for channel in exclude:
+            receiver = members.get(channel)
+            if receiver is not None:
+                if HELD:
+                    let_out_for(receiver, channel)
+                skipped.append(receiver)
+        return skipped
+
+    def _send_frames(self, group: str, frames: list[bytes], seq: int = -1,
+                     exclude: tuple[str, ...] | None = None) -> None:
         """The fan-out loop. Several frames (a held burst) go to a member as one write when
         its socket takes them at once (``deliver_joined``), else one by one, and are counted
         as written. ``seq``: the held entry's, when some members may have had some of it
-        (``let_out_for``): they get only the rest."""
+        (``let_out_for``): they get only the rest. ``exclude``: channels left out (a
+        broadcast written at once; held ones mark them instead)."""
         members = self._groups.get(group)
         if members is None:
             return
         # A copy (a few µs for thousands of members): a write whose transport runs code at
         # once (no socket does) may join or leave the group while the loop goes on.
-        receivers: Any = list(members.values())
+        receivers: Any = (list(members.values()) if exclude is None else
+                          [r for channel, r in members.items() if channel not in exclude])
         if seq >= 0:
             receivers = self._not_had(receivers, frames, seq)
         stats = self.stats
@@ -1040,8 +1081,12 @@ class BaseChannelLayer:
         raise NotImplementedError
 
     def broadcast(
-        self, group: str, text: str | None = None, bytes: bytes | None = None
+        self, group: str, text: str | None = None, bytes: bytes | None = None,
+        exclude: str | Iterable[str] | None = None,
     ) -> Deferred[None]:
+        """One prepared frame to every open member of ``group`` in every process, but the
+        channels in ``exclude`` (the sender's ``self.channel_name``: Socket.IO's
+        ``skip_sid``, Phoenix's ``broadcast_from``)."""
         raise NotImplementedError
 
     def group_close(self, group: str, code: int = 1000,

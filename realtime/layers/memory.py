@@ -9,6 +9,7 @@ removed from its groups when its consumer ends.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -16,6 +17,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from realtime.layers.base import (
     BaseChannelLayer,
     ChannelFull,
+    check_exclude,
     check_name,
     flush_held,
     invalid,
@@ -145,14 +147,16 @@ class InMemoryChannelLayer(BaseChannelLayer):
         return succeed(dict(stored["position"]))
 
     def broadcast(
-        self, group: str, text: str | None = None, bytes: bytes | None = None
+        self, group: str, text: str | None = None, bytes: bytes | None = None,
+        exclude: str | Iterable[str] | None = None,
     ) -> Deferred[None]:
         try:
             check_name(group, "group")
+            skip = check_exclude(exclude)
             frame = prepared_frame(text, bytes)
         except (TypeError, ValueError) as exc:
             return fail(exc)
-        self._broadcast_local(group, frame)
+        self._broadcast_local(group, frame, skip)
         return succeed(None)
 
     def group_close(self, group: str, code: int = 1000,

@@ -51,7 +51,7 @@ import itertools
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -66,6 +66,7 @@ from realtime.layers.base import (
     ChannelFull,
     LayerUnavailable,
     after_release,
+    check_exclude,
     check_name,
     flush_held,
     hold,
@@ -100,6 +101,7 @@ LIST_EXPIRY = 86400
 
 # Pub/sub payload kinds: [kind, ...] msgpack arrays.
 _GROUP, _TEXT, _BYTES = 0, 1, 2  # on a group topic: [kind, origin, seq, body]
+# (_TEXT, _BYTES: a fifth field lists the channels broadcast(exclude=) leaves out)
 _DIRECT, _ADD, _DISCARD, _ACK = 3, 4, 5, 6  # on a process topic
 # group_presence: the question on the group's topic ([_WHO, origin, seq, None]: every
 # process with members there hears it), each one's answer on the asker's process topic
@@ -1218,9 +1220,11 @@ class RedisChannelLayer(BaseChannelLayer):
             else:
                 self._fan_out(group, message, where)
         elif kind == _TEXT:
-            self._broadcast_local(group, prepared_frame(data, None))
+            self._broadcast_local(group, prepared_frame(data, None),
+                                  tuple(body[4]) if len(body) > 4 else None)
         elif kind == _BYTES:
-            self._broadcast_local(group, prepared_frame(None, data))
+            self._broadcast_local(group, prepared_frame(None, data),
+                                  tuple(body[4]) if len(body) > 4 else None)
         elif kind == _AGAIN:
             self._reannounced(group, origin, data)
         elif kind == _CLOSE:
@@ -1506,7 +1510,8 @@ class RedisChannelLayer(BaseChannelLayer):
         return failure
 
     def _publish_group(self, group: str, kind: int, data: Any,
-                       rule: HistoryRule | None = None) -> Deferred[Any]:
+                       rule: HistoryRule | None = None,
+                       extra: tuple[Any, ...] = ()) -> Deferred[Any]:
         """One PUBLISH (with ``rule``: kept in the group's history too, and the Deferred
         fires with its position); when this process has members, fire once they have it
         too."""
@@ -1519,12 +1524,12 @@ class RedisChannelLayer(BaseChannelLayer):
         if pending is not None:  # our own SUBSCRIBE first, so our members get it too
             d: Deferred[None] = Deferred()
             pending.append(d)
-            return d.addCallback(lambda _: self._publish_group(group, kind, data, rule))
+            return d.addCallback(lambda _: self._publish_group(group, kind, data, rule, extra))
         local = group in self._groups and group in self._subscribed
         seq = next(self._seq) if local else 0
         try:
             if rule is None:
-                payload = msgpack.packb([kind, self.process_id, seq, data])
+                payload = msgpack.packb([kind, self.process_id, seq, data, *extra])
             else:  # the script adds offset and epoch: a six-element array
                 payload = b"\x96" + b"".join(msgpack.packb(v) for v in (
                     kind, self.process_id, seq, data))
@@ -1892,17 +1897,22 @@ class RedisChannelLayer(BaseChannelLayer):
         return self._publish_group(group, _HGROUP, message, rule)
 
     def broadcast(
-        self, group: str, text: str | None = None, bytes: bytes | None = None
+        self, group: str, text: str | None = None, bytes: bytes | None = None,
+        exclude: str | Iterable[str] | None = None,
     ) -> Deferred[None]:
         try:
             check_name(group, "group")
+            skip = check_exclude(exclude)
             prepared_frame_args(text, bytes)
         except (TypeError, ValueError) as exc:
             return fail(exc)
+        # The channels to leave out ride as a fifth field (a process of an older version
+        # reads four, and writes to them too).
+        extra = (list(skip),) if skip else ()
         if text is not None:
-            return self._publish_group(group, _TEXT, text)
+            return self._publish_group(group, _TEXT, text, extra=extra)
         assert bytes is not None
-        return self._publish_group(group, _BYTES, builtins_bytes(bytes))
+        return self._publish_group(group, _BYTES, builtins_bytes(bytes), extra=extra)
 
     def group_close(self, group: str, code: int = 1000,
                     reason: str | None = None) -> Deferred[None]:
