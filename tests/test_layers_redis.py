@@ -17,6 +17,10 @@ from tests.test_layers import until
 class Probe:
     """A receiver (what the bridge is to the layer) that records what it gets."""
 
+    #: How far it has had the held broadcasts (``Receiver``).
+    _held_seq = -1
+    _held_count = 0
+
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.frames: list[bytes] = []
