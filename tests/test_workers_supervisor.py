@@ -4,6 +4,7 @@ never spawns children), the child's endpoints around an inherited socket, the co
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 from types import SimpleNamespace
@@ -242,3 +243,29 @@ def test_reuseport_group_shares_one_port():
     finally:
         for sock in group:
             sock.close()
+
+
+def test_a_workers_unix_port_leaves_the_supervisors_socket_listening_and_in_place(tmp_path):
+    """Twisted's unix port shuts its socket down and removes its path when it stops: a
+    worker's (each restart under --reload) would take both away from the supervisor, which
+    holds the socket for the next worker (that one then could not start, and no client
+    could connect)."""
+    from twisted.internet import reactor
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.protocol import Factory
+
+    path = tmp_path / "rt.sock"
+    with socket.socket(socket.AF_UNIX) as held:  # the supervisor's
+        held.bind(str(path))
+        held.listen()
+        for _ in range(2):  # a worker, then its replacement
+            fd = os.dup(held.fileno())
+            endpoint = workers._AdoptedSpec(fd, socket.AF_UNIX, f"unix:{path}")(reactor)
+            ports: list[Any] = []
+            endpoint.listen(Factory()).addCallbacks(ports.append, lambda f: f.raiseException())
+            (port,) = ports
+            port.stopReading()
+            port.connectionLost(Failure(ConnectionDone()))  # the worker exits
+            assert path.exists()
+            with socket.socket(socket.AF_UNIX) as client:  # still listening, for the next
+                client.connect(str(path))

@@ -132,3 +132,48 @@ def test_reload_refuses_more_than_one_worker():
     assert result.returncode == 1
     assert result.stderr == ("realtime: error: --reload and --workers 2 cannot be used "
                              "together: --reload runs one server process\n")
+
+
+def test_unix_and_tls_listeners_serve_after_a_restart(tmp_path):
+    """A child that exits must not take the supervisor's unix socket path with it (Twisted's
+    port removes its path when it stops): the next server adopts the same socket and
+    clients still find it by its path. TLS is wrapped around the new server's socket."""
+    import ssl
+
+    from websockets.sync.client import unix_connect
+
+    from tests.e2e.support import self_signed
+
+    cert, key = self_signed(tmp_path)
+    sock = tmp_path / "rt.sock"
+    files = Files(tmp_path)
+    files.write(greeting='GREETING = "v1"\n', reloadapp=APP)
+    cmd = twistd("--app", "reloadapp:application", "--reload", "--reload-dir", str(tmp_path),
+                 "--port", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+                 "-u", str(sock), "--shutdown-timeout", "2")
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    trusting = ssl.create_default_context(cafile=str(cert))
+    trusting.maximum_version = ssl.TLSVersion.TLSv1_2  # see tests/e2e/test_workers.py
+
+    def over_unix() -> str:
+        with unix_connect(str(sock), "ws://localhost/hello", open_timeout=TIMEOUT) as ws:
+            return str(ws.recv(timeout=TIMEOUT)).split()[0]
+
+    def over_tls() -> str:
+        with connect(server.ws_url("/hello", "wss"), ssl=trusting, open_timeout=TIMEOUT,
+                     proxy=None) as ws:
+            return str(ws.recv(timeout=TIMEOUT)).split()[0]
+
+    with start(cmd, env=env, cwd=tmp_path, listeners=2) as server:
+        server.wait_for(READY)
+        assert (over_unix(), over_tls()) == ("v1", "v1")
+        files.write(greeting='GREETING = "v2"\n')
+        server.wait_for(r"server \(pid \d+\) exited with status 0")
+        assert sock.exists()
+        server.wait_for(READY, count=2)
+        assert (over_unix(), over_tls()) == ("v2", "v2")
+        server.send_signal(signal.SIGTERM)
+        result = server.wait(timeout=TIMEOUT)
+    assert result.returncode == 0, result.output
+    assert "Traceback" not in result.output and "realtime: error" not in result.output
+    assert not sock.exists()  # the supervisor's to remove, at the end
