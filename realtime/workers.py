@@ -74,7 +74,12 @@ from twisted.application.service import Service
 from twisted.internet import fdesc, tcp, unix
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
-from twisted.internet.error import CannotListenError, ProcessDone, ProcessTerminated
+from twisted.internet.error import (
+    CannotListenError,
+    ProcessDone,
+    ProcessExitedAlready,
+    ProcessTerminated,
+)
 from twisted.internet.protocol import DatagramProtocol, Factory, ProcessProtocol
 from twisted.logger import Logger
 
@@ -99,6 +104,9 @@ MAX_DELAY = 10.0
 STABLE_AFTER = 10.0
 #: Seconds past ``--shutdown-timeout`` before a worker that has not exited is killed.
 KILL_GRACE = 5.0
+#: Seconds a reaped worker's output pipes may stay open (held by a process it started)
+#: before its exit counts anyway.
+PIPE_GRACE = 1.0
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d{4}|Z)? ")
 #: Starts a child exactly as ``twistd``, on the supervisor's own ``sys.path``.
 #: Its own process group: a signal to the supervisor's group (Ctrl-C in a terminal) reaches
@@ -269,7 +277,51 @@ class _Ready(DatagramProtocol):
             self.supervisor.worker_ready()
 
 
-class Worker(ProcessProtocol):
+class _Process(ProcessProtocol):
+    """One child process's pipes and exit, for its ``Worker``. The worker hears of the exit
+    once the output is read too (so the last lines come before the exit line), or
+    ``PIPE_GRACE`` seconds after the process was reaped when its pipes stay open: a process
+    it started (``subprocess.Popen`` in the application, which inherits stdout and stderr)
+    may hold them for as long as it runs, and neither a restart nor the supervisor's own
+    stop may wait for that."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self._buffers = {1: b"", 2: b""}
+        self._grace: Any = None
+        self._reported = False
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport  # called inside spawnProcess
+        transport.closeStdin()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        lines = (self._buffers.get(childFD, b"") + data).split(b"\n")
+        self._buffers[childFD] = lines.pop()
+        for line in lines:
+            self.worker._relay(line)
+
+    def processExited(self, reason: Any) -> None:
+        self._grace = self.worker.supervisor.reactor.callLater(PIPE_GRACE, self._report,
+                                                                reason)
+
+    def processEnded(self, reason: Any) -> None:
+        for fd, rest in self._buffers.items():
+            if rest:
+                self.worker._relay(rest)
+            self._buffers[fd] = b""
+        self._report(reason)
+
+    def _report(self, reason: Any) -> None:
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        self._grace = None
+        if not self._reported:
+            self._reported = True
+            self.worker.processEnded(reason)
+
+
+class Worker:
     """One worker process, restarted with backoff until the supervisor stops."""
 
     def __init__(self, supervisor: SupervisorService, index: int) -> None:
@@ -283,7 +335,6 @@ class Worker(ProcessProtocol):
         self.ended: Deferred[None] = succeed(None)
         #: The pid ``stop`` sent SIGTERM to: a second ``stop`` does not signal it again.
         self._terminated: int | None = None
-        self._buffers = {1: b"", 2: b""}
 
     @property
     def name(self) -> str:
@@ -309,20 +360,10 @@ class Worker(ProcessProtocol):
         if sup.metrics_dir:
             env[METRICS_DIR_ENV] = sup.metrics_dir
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self.process = sup.reactor.spawnProcess(self, sys.executable, sup.command(), env=env,
-                                                childFDs=fds)
+        self.process = sup.reactor.spawnProcess(_Process(self), sys.executable, sup.command(),
+                                                env=env, childFDs=fds)
         self.pid = self.process.pid
         log.info("{name} started (pid {pid})", name=self.name, pid=self.pid)
-
-    def connectionMade(self) -> None:
-        transport: Any = self.transport  # called inside spawnProcess
-        transport.closeStdin()
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        lines = (self._buffers.get(childFD, b"") + data).split(b"\n")
-        self._buffers[childFD] = lines.pop()
-        for line in lines:
-            self._relay(line)
 
     def _relay(self, raw: bytes) -> None:
         line = _TIMESTAMP.sub("", raw.decode("utf-8", "replace").rstrip("\r"))
@@ -330,10 +371,7 @@ class Worker(ProcessProtocol):
             relay.info("{name}: {line}", name=self.name, line=line)
 
     def processEnded(self, reason: Any) -> None:
-        for fd, rest in self._buffers.items():
-            if rest:
-                self._relay(rest)
-            self._buffers[fd] = b""
+        """The process has exited (``_Process`` says when)."""
         sup = self.supervisor
         value = reason.value
         if isinstance(value, ProcessTerminated) and value.signal is not None:
@@ -373,7 +411,7 @@ class Worker(ProcessProtocol):
         if self.pid is not None:
             try:
                 self.process.signalProcess(number)
-            except OSError:  # pragma: no cover - already gone
+            except (OSError, ProcessExitedAlready):  # already gone (reaped)
                 pass
 
     def stop(self) -> Deferred[None]:
@@ -539,8 +577,8 @@ class SupervisorService(Service):
     def _kill(self) -> None:
         for worker in self.workers:
             if worker.pid is not None:
-                log.warn("worker {index} (pid {pid}) still running: SIGKILL",
-                         index=worker.index, pid=worker.pid)
+                log.warn("{name} (pid {pid}) still running: SIGKILL", name=worker.name,
+                         pid=worker.pid)
                 worker.signal(signal.SIGKILL)
 
 

@@ -254,3 +254,51 @@ def test_a_reload_child_neither_watches_nor_refuses(monkeypatch):
         options = parse("--reload", "--reload-dir", "/nonexistent")
     assert not options.reload and options.reload_dirs == [] and options.application
     assert sys.modules["realtime.examples.bench"]
+
+
+def test_a_restart_does_not_wait_for_pipes_a_process_the_server_started_holds(tmp_path):
+    """The application started a process (it inherits stdout and stderr): the server has
+    exited, but its pipes stay open. The new server starts PIPE_GRACE later anyway; before,
+    nothing started until that process ended, and the kill deadline raised
+    ProcessExitedAlready."""
+    from realtime import workers
+
+    sup, reactor = reload_supervisor(tmp_path)
+    server = sup.server
+    server.spawn()
+    proto = reactor.spawned[0]["proto"]
+    sup.changed([str(tmp_path / "app.py")])
+    proto.childDataReceived(1, b"last words\n")
+    proto.processExited(Failure(ProcessDone(0)))  # reaped; processEnded does not come
+    assert len(reactor.spawned) == 1
+    reactor.advance(workers.PIPE_GRACE)
+    assert len(reactor.spawned) == 2 and server.pid == 1001
+    proto.processEnded(Failure(ProcessDone(0)))  # the other process ended at last
+    assert len(reactor.spawned) == 2 and server.pid == 1001  # counted once
+
+
+def test_an_exit_whose_output_is_read_counts_at_once_and_once(tmp_path):
+    sup, reactor = reload_supervisor(tmp_path)
+    server = sup.server
+    server.spawn()
+    proto = reactor.spawned[0]["proto"]
+    sup.changed([str(tmp_path / "app.py")])
+    proto.processExited(Failure(ProcessDone(0)))
+    proto.processEnded(Failure(ProcessDone(0)))
+    assert len(reactor.spawned) == 2 and server.pid == 1001
+    assert not [c for c in reactor.getDelayedCalls() if c.func.__name__ == "_report"]
+
+
+def test_a_signal_to_a_reaped_server_is_no_error(tmp_path):
+    from twisted.internet.error import ProcessExitedAlready
+
+    sup, _reactor = reload_supervisor(tmp_path)
+    server = sup.server
+    server.spawn()
+
+    def reaped(number: int) -> None:
+        raise ProcessExitedAlready()
+
+    server.process.signalProcess = reaped
+    sup.changed([str(tmp_path / "app.py")])  # SIGTERM: raised into the watcher before
+    sup.forward(1)

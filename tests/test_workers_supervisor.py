@@ -45,7 +45,7 @@ class FakeReactor(Clock):
     def spawnProcess(self, proto: Any, executable: str, args: list[str], env: dict[str, str],
                      childFDs: dict[int, Any]) -> FakeProcess:
         process = FakeProcess(1000 + len(self.spawned))
-        self.spawned.append({"args": args, "env": env, "fds": childFDs})
+        self.spawned.append({"args": args, "env": env, "fds": childFDs, "proto": proto})
         proto.makeConnection(process)
         return process
 

@@ -177,3 +177,43 @@ def test_unix_and_tls_listeners_serve_after_a_restart(tmp_path):
     assert result.returncode == 0, result.output
     assert "Traceback" not in result.output and "realtime: error" not in result.output
     assert not sock.exists()  # the supervisor's to remove, at the end
+
+
+HELPER = '''\
+import os
+import subprocess
+import sys
+
+# A helper the application starts (an asset watcher, say): it inherits stdout and stderr.
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+with open(os.path.join(os.path.dirname(__file__), "helpers"), "a") as f:
+    f.write(f"{helper.pid}\\n")
+'''
+
+
+def test_a_process_the_server_started_does_not_hold_up_the_restart(tmp_path):
+    """The old server has exited, but a process it started still holds its stdout: the
+    new server starts anyway (it waited for that process to end), and SIGTERM stops."""
+    files = Files(tmp_path)
+    files.write(greeting='GREETING = "v1"\n', helper=HELPER, reloadapp="import helper\n" + APP)
+    cmd = twistd("--app", "reloadapp:application", "--reload", "--reload-dir", str(tmp_path),
+                 "--port", "tcp:0:interface=127.0.0.1", "--shutdown-timeout", "2")
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    try:
+        with start(cmd, env=env, cwd=tmp_path) as server:
+            first = int(server.wait_for(READY)[0].group(1))
+            files.write(greeting='GREETING = "v2"\n')
+            server.wait_for(rf"server \(pid {first}\) exited with status 0", timeout=TIMEOUT)
+            second = int(server.wait_for(READY, count=2, timeout=TIMEOUT)[1].group(1))
+            assert hello(server) == ("v2", second)
+            server.send_signal(signal.SIGTERM)
+            result = server.wait(timeout=TIMEOUT)
+        assert result.returncode == 0, result.output
+        assert "Traceback" not in result.output
+    finally:
+        helpers = tmp_path / "helpers"
+        for pid in map(int, helpers.read_text().split() if helpers.exists() else []):
+            try:  # only the helpers this test's servers started, by pid
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
