@@ -222,6 +222,21 @@ def describe(paths: Sequence[str], limit: int = 3) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def forget_bytecode(paths: Iterable[str]) -> None:
+    """Remove the cached bytecode (``__pycache__/*.pyc``) of changed modules. Python trusts
+    a .pyc whose recorded source mtime, in whole seconds, and size match the source's: a
+    module saved again within the second the last server compiled it, at the same size
+    (``v1`` -> ``v2``), would be imported from the old bytecode and the change not served."""
+    for path in paths:
+        if not path.endswith(".py"):
+            continue
+        for optimization in ("", 1, 2):
+            try:
+                os.remove(importlib.util.cache_from_source(path, optimization=optimization))
+            except (OSError, NotImplementedError, ValueError):  # none; no cache
+                continue
+
+
 class ReloadWorker(Worker):
     """The server child: stopped and started again on a change, never restarted on its own
     (a server that could not start waits for the fix)."""
@@ -298,6 +313,7 @@ class ReloadSupervisor(SupervisorService):
     def changed(self, paths: list[str]) -> None:
         if self.stopping:
             return
+        forget_bytecode(paths)
         log.info("reload: {files} changed; restarting the server", files=describe(paths))
         self.server.replace()
 

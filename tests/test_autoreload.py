@@ -302,3 +302,20 @@ def test_a_signal_to_a_reaped_server_is_no_error(tmp_path):
     server.process.signalProcess = reaped
     sup.changed([str(tmp_path / "app.py")])  # SIGTERM: raised into the watcher before
     sup.forward(1)
+
+
+def test_a_change_removes_the_changed_modules_bytecode(tmp_path):
+    """Python would import a same-size module saved within the second it was compiled from
+    the old .pyc (its check is the source's mtime in whole seconds, and its size)."""
+    import importlib.util
+    import py_compile
+
+    sup, _reactor = reload_supervisor(tmp_path)
+    changed, kept = tmp_path / "app.py", tmp_path / "other.py"
+    for module in (changed, kept):
+        module.write_text("X = 1\n")
+        py_compile.compile(str(module), doraise=True)
+    (tmp_path / "page.html").write_text("")
+    sup.changed([str(changed), str(tmp_path / "gone.py"), str(tmp_path / "page.html")])
+    assert not os.path.exists(importlib.util.cache_from_source(str(changed)))
+    assert os.path.exists(importlib.util.cache_from_source(str(kept)))

@@ -217,3 +217,28 @@ def test_a_process_the_server_started_does_not_hold_up_the_restart(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_a_save_within_the_same_second_at_the_same_size_is_served(tmp_path):
+    """Python trusts a .pyc whose recorded source mtime (whole seconds) and size match: the
+    supervisor removes a changed module's .pyc, or the new server would serve the old
+    code."""
+    greeting = tmp_path / "greeting.py"
+    second = (time.time_ns() // 10**9 - 60) * 10**9
+
+    def save(text: str, at: int) -> None:
+        greeting.write_text(text)
+        os.utime(greeting, ns=(second + at, second + at))
+
+    save('GREETING = "v1"\n', 0)
+    (tmp_path / "reloadapp.py").write_text(APP)
+    cmd = twistd("--app", "reloadapp:application", "--reload", "--reload-dir", str(tmp_path),
+                 "--port", "tcp:0:interface=127.0.0.1", "--shutdown-timeout", "2")
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}", "PYTHONDONTWRITEBYTECODE": None}
+    with start(cmd, env=env, cwd=tmp_path) as server:
+        first = int(server.wait_for(READY)[0].group(1))
+        assert hello(server) == ("v1", first)
+        assert list((tmp_path / "__pycache__").glob("greeting.*.pyc"))  # it was cached
+        save('GREETING = "v2"\n', 500_000_000)
+        second_pid = int(server.wait_for(READY, count=2)[1].group(1))
+        assert hello(server) == ("v2", second_pid)
