@@ -5,7 +5,8 @@
 and starts the server as a child process on them, as it starts a worker. It polls the
 watched directories (``--reload-dir``; by default the current directory, plus the one the
 ``--app`` module's top-level package is in when that is elsewhere and not an installed
-package's) for ``*.py`` files every ``POLL_INTERVAL`` seconds: their mtime, size and inode.
+package's) for ``*.py`` files every ``POLL_INTERVAL`` seconds (less often when one scan
+takes long: ``SCAN_BACKOFF``): their mtime, size and inode.
 Once a change has settled (``SETTLE`` seconds without another: files saved together
 restart once), the server is stopped as SIGTERM stops it (open WebSockets get 1001; killed
 if still there twice ``--shutdown-timeout`` + 5 s later) and a new one started.
@@ -31,7 +32,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from realtime.lifespan import STARTUP_FAILED
@@ -45,6 +45,10 @@ POLL_INTERVAL = 0.5
 SETTLE = 0.2
 #: Files that keep changing delay a restart by at most this many ``SETTLE`` rounds.
 MAX_SETTLE_ROUNDS = 10
+#: The next scan waits at least this many times as long as the last one took: a huge tree
+#: costs the supervisor at most about a fifth of a core instead of all of it, and it still
+#: relays output and handles signals in between.
+SCAN_BACKOFF = 4
 DEFAULT_INCLUDE = ("*.py",)
 #: Directories never walked, besides hidden ones and virtualenvs (with a pyvenv.cfg).
 SKIPPED_DIRS = frozenset({"__pycache__", "node_modules", "site-packages", "dist-packages"})
@@ -64,6 +68,7 @@ def scan(dirs: Iterable[str], include: Sequence[str] = DEFAULT_INCLUDE,
     directories are not followed."""
     found: dict[str, Stamp] = {}
     for top in dirs:
+        prefix = os.path.join(top, "")  # entry paths start with it (os.path.relpath is slow)
         stack = [top]
         while stack:
             try:
@@ -75,7 +80,7 @@ def scan(dirs: Iterable[str], include: Sequence[str] = DEFAULT_INCLUDE,
                 name = entry.name
                 if name.startswith("."):
                     continue
-                relative = os.path.relpath(entry.path, top)
+                relative = entry.path[len(prefix):]
                 try:
                     if entry.is_dir(follow_symlinks=False):
                         if not (name in SKIPPED_DIRS or _matches(name, relative, exclude)
@@ -97,7 +102,7 @@ class Watcher:
     def __init__(self, dirs: Sequence[str], on_change: Callable[[list[str]], None],
                  reactor: Any, include: Sequence[str] = DEFAULT_INCLUDE,
                  exclude: Sequence[str] = (), interval: float = POLL_INTERVAL,
-                 settle: float = SETTLE) -> None:
+                 settle: float = SETTLE, timer: Callable[[], float] = time.monotonic) -> None:
         self.dirs = list(dirs)
         self.on_change = on_change
         self.reactor = reactor
@@ -105,8 +110,11 @@ class Watcher:
         self.exclude = tuple(exclude)
         self.interval = interval
         self.settle = settle
+        self.timer = timer
         self.files: dict[str, Stamp] = {}
-        self._loop: LoopingCall | None = None
+        #: How long the last scan took (seconds).
+        self.took = 0.0
+        self._next: Any = None
         self._settling: Any = None
         self._pending: set[str] = set()
         self._rounds = 0
@@ -115,27 +123,38 @@ class Watcher:
     def start(self) -> int:
         """Take the first snapshot and start polling; returns how many files are watched."""
         self.files = self._scan()
-        self._loop = LoopingCall(self.poll)
-        self._loop.clock = self.reactor
-        self._loop.start(self.interval, now=False)
+        self._schedule()
         return len(self.files)
 
     def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-        if self._settling is not None and self._settling.active():
-            self._settling.cancel()
-        self._settling = None
+        for call in (self._next, self._settling):
+            if call is not None and call.active():
+                call.cancel()
+        self._next = self._settling = None
+
+    @property
+    def every(self) -> float:
+        """Seconds until the next scan: ``interval``, longer after a slow scan."""
+        return max(self.interval, SCAN_BACKOFF * self.took)
+
+    def _schedule(self) -> None:
+        self._next = self.reactor.callLater(self.every, self._tick)
+
+    def _tick(self) -> None:
+        try:
+            self.poll()
+        finally:
+            self._schedule()
 
     def _scan(self) -> dict[str, Stamp]:
-        began = time.monotonic()
+        began = self.timer()
         files = scan(self.dirs, self.include, self.exclude)
-        took = time.monotonic() - began
-        if took > self.interval / 2 and not self._warned:
+        self.took = self.timer() - began
+        if self.took > self.interval / 2 and not self._warned:
             self._warned = True
-            log.warn("reload: scanning {count} file(s) took {took:.2f} s; watch less with "
-                     "--reload-dir or --reload-exclude", count=len(files), took=took)
+            log.warn("reload: scanning {count} file(s) took {took:.2f} s, so they are "
+                     "scanned every {every:.1f} s; watch less with --reload-dir or "
+                     "--reload-exclude", count=len(files), took=self.took, every=self.every)
         return files
 
     def _changes(self) -> set[str]:
