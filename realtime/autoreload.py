@@ -261,10 +261,16 @@ class ReloadWorker(Worker):
     (a server that could not start waits for the fix)."""
 
     replacing = False
+    #: It said READY=1: its SIGHUP handler is in place.
+    ready = False
 
     @property
     def name(self) -> str:
         return "server"
+
+    def spawn(self) -> None:
+        self.ready = False
+        super().spawn()
 
     def exited(self, pid: int | None, how: str, status: int | None) -> None:
         if status == STARTUP_FAILED and not self.replacing:
@@ -336,9 +342,20 @@ class ReloadSupervisor(SupervisorService):
         log.info("reload: {files} changed; restarting the server", files=describe(paths))
         self.server.replace()
 
+    def forward(self, number: int) -> None:
+        """SIGHUP for a server still starting would kill it (its handler is not installed
+        yet) and nothing would start another until a file changes; it reads everything
+        afresh as it starts anyway."""
+        if self.server.pid is not None and not self.server.ready:
+            log.info("signal {number}: the server is still starting (and reads everything "
+                     "afresh); not passed on", number=number)
+            return
+        super().forward(number)
+
     def worker_ready(self) -> None:
         if self.stopping:
             return
+        self.server.ready = True
         log.info("server (pid {pid}) ready", pid=self.server.pid)
         if not self.all_ready:
             self.all_ready = True

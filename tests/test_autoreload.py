@@ -351,3 +351,20 @@ def test_a_slow_scan_makes_the_next_one_wait_longer(tmp_path, monkeypatch):
     assert len(scans) == 5
     w.stop()
     assert not clock.getDelayedCalls()
+
+
+def test_sighup_is_not_passed_on_to_a_server_still_starting(tmp_path):
+    """Its handler is not installed yet: SIGHUP would kill it, and no server would run
+    until the next change."""
+    sup, _reactor = reload_supervisor(tmp_path)
+    server = sup.server
+    server.spawn()
+    sup.forward(1)
+    assert server.process.signals == []
+    sup.worker_ready()
+    sup.forward(1)
+    assert server.process.signals == [1]
+    sup.changed([str(tmp_path / "app.py")])
+    server.processEnded(Failure(ProcessDone(0)))
+    sup.forward(1)  # the new one is starting
+    assert server.pid == 1001 and server.process.signals == []
