@@ -269,3 +269,23 @@ def test_a_workers_unix_port_leaves_the_supervisors_socket_listening_and_in_plac
             assert path.exists()
             with socket.socket(socket.AF_UNIX) as client:  # still listening, for the next
                 client.connect(str(path))
+
+
+def test_a_workers_metrics_snapshot_is_written_once_more_as_it_stops(tmp_path):
+    """Every half second, and at the end (after the drain): a worker that exits (each
+    --reload restart) leaves its last counts; they were up to half a second old."""
+    from realtime.metrics import SnapshotWriter, snapshot_timer
+
+    clock = Clock()
+    writes: list[float] = []
+    writer = SnapshotWriter(str(tmp_path), [], None)
+    writer.write = lambda: writes.append(clock.seconds())  # type: ignore[method-assign]
+    timer = snapshot_timer(writer, clock)
+    timer.startService()
+    clock.advance(0.3)
+    assert writes == [0.0]
+    stopped: list[object] = []
+    timer.stopService().addCallback(stopped.append)
+    assert writes == [0.0, 0.3] and stopped == [None]
+    clock.advance(5)
+    assert writes == [0.0, 0.3]
