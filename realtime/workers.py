@@ -343,6 +343,7 @@ class Worker:
 
     def spawn(self) -> None:
         self.restart = None
+        self._terminated = None  # a new process, even if its pid is an old one's again
         sup = self.supervisor
         self.ended = Deferred()
         self.started = sup.reactor.seconds()

@@ -368,3 +368,27 @@ def test_sighup_is_not_passed_on_to_a_server_still_starting(tmp_path):
     server.processEnded(Failure(ProcessDone(0)))
     sup.forward(1)  # the new one is starting
     assert server.pid == 1001 and server.process.signals == []
+
+
+def test_a_new_server_with_a_reused_pid_still_gets_sigterm(tmp_path, monkeypatch):
+    """stop() signals each process once, by pid: a new server whose pid the kernel gave
+    again (after the pids wrapped) was never told to stop."""
+    from tests.test_workers_supervisor import FakeProcess
+
+    sup, reactor = reload_supervisor(tmp_path)
+    spawn = reactor.spawnProcess
+
+    def same_pid(*args, **kwargs):
+        spawn(*args, **kwargs)
+        process = FakeProcess(1000)
+        args[0].makeConnection(process)
+        return process
+
+    monkeypatch.setattr(reactor, "spawnProcess", same_pid)
+    server = sup.server
+    server.spawn()
+    sup.changed([str(tmp_path / "app.py")])
+    server.processEnded(Failure(ProcessDone(0)))
+    assert len(reactor.spawned) == 2 and server.pid == 1000
+    sup.changed([str(tmp_path / "app.py")])
+    assert server.process.signals == [15]
