@@ -15,7 +15,9 @@ if still there twice ``--shutdown-timeout`` + 5 s later) and a new one started.
   SyntaxError, a failed lifespan start-up) is logged and the next change starts another.
 - The listening sockets stay open in the supervisor across restarts: a client that
   connects meanwhile waits in the queue for the new server instead of being refused.
-- SIGTERM/SIGINT stop the server and the supervisor (status 0); SIGHUP is passed on.
+- SIGTERM/SIGINT stop the server and the supervisor (status 0); SIGHUP is passed on to a
+  server that is ready (one still starting would die of it).
+- A changed module's ``.pyc`` is removed before the restart (``forget_bytecode``).
 
 Not for production: a crashed server is not restarted until a file changes (systemd's
 ``Restart=`` and ``--workers`` restart processes; this only reloads code).

@@ -18,7 +18,8 @@ How connections are spread:
   keeps its copy of every socket open, so connections that reach a dead worker's socket
   wait in its queue for the replacement (0.5 s later) instead of being refused.
 - Other listeners (``unix:``, ``systemd:``, ``--fd``): one socket that every worker
-  accepts from.
+  accepts from (a worker's ``unix:`` port neither shuts it down nor removes its path when
+  the worker exits: the supervisor holds it for the next).
 
 Measured (2 cores, ``--workers 2``, 400 WebSockets opened to ``/pid`` of
 tests/e2e/worker_app.py and kept open, counted per worker pid, 8 runs each; the share of
@@ -36,7 +37,9 @@ listeners use SO_REUSEPORT.
 Everything else:
 
 - Log lines: each child's output is relayed into the supervisor's log, prefixed with
-  ``worker N:`` (so ``--logfile`` and journald see every worker).
+  ``worker N:`` (so ``--logfile`` and journald see every worker). A child's exit counts
+  once its output is read, or ``PIPE_GRACE`` after it was reaped when a process it started
+  still holds its stdout.
 - A worker that exits is restarted after 0.5 s, doubling to 10 s while it keeps dying; the
   delay resets once a worker has stayed up for 10 s. A worker that exits with status 3 (its
   application's lifespan start-up failed, ``realtime.lifespan``) before every worker was

@@ -392,3 +392,20 @@ def test_a_new_server_with_a_reused_pid_still_gets_sigterm(tmp_path, monkeypatch
     assert len(reactor.spawned) == 2 and server.pid == 1000
     sup.changed([str(tmp_path / "app.py")])
     assert server.process.signals == [15]
+
+
+def test_a_save_by_rename_with_the_same_mtime_and_size_counts(tmp_path):
+    """vim (backupcopy=no), JetBrains' safe write: a new file renamed over the old one; the
+    inode tells it apart even when mtime and size are the old ones."""
+    tree = Tree(tmp_path)
+    tree.write("a.py")
+    w, clock, calls = watcher(tmp_path)
+    w.start()
+    old = (tmp_path / "a.py").stat()
+    replacement = tmp_path / "a.py___jb_tmp___"
+    replacement.write_text("a.p!")  # same size
+    os.utime(replacement, ns=(old.st_atime_ns, old.st_mtime_ns))
+    os.replace(replacement, tmp_path / "a.py")
+    clock.advance(0.5)  # seen
+    clock.advance(0.2)  # settled
+    assert [relative(tmp_path, c) for c in calls] == [["a.py"]]
