@@ -5,7 +5,8 @@
 and starts the server as a child process on them, as it starts a worker. It polls the
 watched directories (``--reload-dir``; by default the current directory, plus the one the
 ``--app`` module's top-level package is in when that is elsewhere and not an installed
-package's) for ``*.py`` files every ``POLL_INTERVAL`` seconds: their mtime, size and inode.
+package's) for ``*.py`` files every ``POLL_INTERVAL`` seconds (less often when one scan
+takes long: ``SCAN_BACKOFF``): their mtime, size and inode.
 Once a change has settled (``SETTLE`` seconds without another: files saved together
 restart once), the server is stopped as SIGTERM stops it (open WebSockets get 1001; killed
 if still there twice ``--shutdown-timeout`` + 5 s later) and a new one started.
@@ -14,7 +15,9 @@ if still there twice ``--shutdown-timeout`` + 5 s later) and a new one started.
   SyntaxError, a failed lifespan start-up) is logged and the next change starts another.
 - The listening sockets stay open in the supervisor across restarts: a client that
   connects meanwhile waits in the queue for the new server instead of being refused.
-- SIGTERM/SIGINT stop the server and the supervisor (status 0); SIGHUP is passed on.
+- SIGTERM/SIGINT stop the server and the supervisor (status 0); SIGHUP is passed on to a
+  server that is ready (one still starting would die of it).
+- A changed module's ``.pyc`` is removed before the restart (``forget_bytecode``).
 
 Not for production: a crashed server is not restarted until a file changes (systemd's
 ``Restart=`` and ``--workers`` restart processes; this only reloads code).
@@ -31,7 +34,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from realtime.lifespan import STARTUP_FAILED
@@ -45,6 +47,10 @@ POLL_INTERVAL = 0.5
 SETTLE = 0.2
 #: Files that keep changing delay a restart by at most this many ``SETTLE`` rounds.
 MAX_SETTLE_ROUNDS = 10
+#: The next scan waits at least this many times as long as the last one took: a huge tree
+#: costs the supervisor at most about a fifth of a core instead of all of it, and it still
+#: relays output and handles signals in between.
+SCAN_BACKOFF = 4
 DEFAULT_INCLUDE = ("*.py",)
 #: Directories never walked, besides hidden ones and virtualenvs (with a pyvenv.cfg).
 SKIPPED_DIRS = frozenset({"__pycache__", "node_modules", "site-packages", "dist-packages"})
@@ -64,6 +70,7 @@ def scan(dirs: Iterable[str], include: Sequence[str] = DEFAULT_INCLUDE,
     directories are not followed."""
     found: dict[str, Stamp] = {}
     for top in dirs:
+        prefix = os.path.join(top, "")  # entry paths start with it (os.path.relpath is slow)
         stack = [top]
         while stack:
             try:
@@ -75,7 +82,7 @@ def scan(dirs: Iterable[str], include: Sequence[str] = DEFAULT_INCLUDE,
                 name = entry.name
                 if name.startswith("."):
                     continue
-                relative = os.path.relpath(entry.path, top)
+                relative = entry.path[len(prefix):]
                 try:
                     if entry.is_dir(follow_symlinks=False):
                         if not (name in SKIPPED_DIRS or _matches(name, relative, exclude)
@@ -97,7 +104,7 @@ class Watcher:
     def __init__(self, dirs: Sequence[str], on_change: Callable[[list[str]], None],
                  reactor: Any, include: Sequence[str] = DEFAULT_INCLUDE,
                  exclude: Sequence[str] = (), interval: float = POLL_INTERVAL,
-                 settle: float = SETTLE) -> None:
+                 settle: float = SETTLE, timer: Callable[[], float] = time.monotonic) -> None:
         self.dirs = list(dirs)
         self.on_change = on_change
         self.reactor = reactor
@@ -105,8 +112,11 @@ class Watcher:
         self.exclude = tuple(exclude)
         self.interval = interval
         self.settle = settle
+        self.timer = timer
         self.files: dict[str, Stamp] = {}
-        self._loop: LoopingCall | None = None
+        #: How long the last scan took (seconds).
+        self.took = 0.0
+        self._next: Any = None
         self._settling: Any = None
         self._pending: set[str] = set()
         self._rounds = 0
@@ -115,27 +125,38 @@ class Watcher:
     def start(self) -> int:
         """Take the first snapshot and start polling; returns how many files are watched."""
         self.files = self._scan()
-        self._loop = LoopingCall(self.poll)
-        self._loop.clock = self.reactor
-        self._loop.start(self.interval, now=False)
+        self._schedule()
         return len(self.files)
 
     def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-        if self._settling is not None and self._settling.active():
-            self._settling.cancel()
-        self._settling = None
+        for call in (self._next, self._settling):
+            if call is not None and call.active():
+                call.cancel()
+        self._next = self._settling = None
+
+    @property
+    def every(self) -> float:
+        """Seconds until the next scan: ``interval``, longer after a slow scan."""
+        return max(self.interval, SCAN_BACKOFF * self.took)
+
+    def _schedule(self) -> None:
+        self._next = self.reactor.callLater(self.every, self._tick)
+
+    def _tick(self) -> None:
+        try:
+            self.poll()
+        finally:
+            self._schedule()
 
     def _scan(self) -> dict[str, Stamp]:
-        began = time.monotonic()
+        began = self.timer()
         files = scan(self.dirs, self.include, self.exclude)
-        took = time.monotonic() - began
-        if took > self.interval / 2 and not self._warned:
+        self.took = self.timer() - began
+        if self.took > self.interval / 2 and not self._warned:
             self._warned = True
-            log.warn("reload: scanning {count} file(s) took {took:.2f} s; watch less with "
-                     "--reload-dir or --reload-exclude", count=len(files), took=took)
+            log.warn("reload: scanning {count} file(s) took {took:.2f} s, so they are "
+                     "scanned every {every:.1f} s; watch less with --reload-dir or "
+                     "--reload-exclude", count=len(files), took=self.took, every=self.every)
         return files
 
     def _changes(self) -> set[str]:
@@ -222,15 +243,36 @@ def describe(paths: Sequence[str], limit: int = 3) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def forget_bytecode(paths: Iterable[str]) -> None:
+    """Remove the cached bytecode (``__pycache__/*.pyc``) of changed modules. Python trusts
+    a .pyc whose recorded source mtime, in whole seconds, and size match the source's: a
+    module saved again within the second the last server compiled it, at the same size
+    (``v1`` -> ``v2``), would be imported from the old bytecode and the change not served."""
+    for path in paths:
+        if not path.endswith(".py"):
+            continue
+        for optimization in ("", 1, 2):
+            try:
+                os.remove(importlib.util.cache_from_source(path, optimization=optimization))
+            except (OSError, NotImplementedError, ValueError):  # none; no cache
+                continue
+
+
 class ReloadWorker(Worker):
     """The server child: stopped and started again on a change, never restarted on its own
     (a server that could not start waits for the fix)."""
 
     replacing = False
+    #: It said READY=1: its SIGHUP handler is in place.
+    ready = False
 
     @property
     def name(self) -> str:
         return "server"
+
+    def spawn(self) -> None:
+        self.ready = False
+        super().spawn()
 
     def exited(self, pid: int | None, how: str, status: int | None) -> None:
         if status == STARTUP_FAILED and not self.replacing:
@@ -298,12 +340,24 @@ class ReloadSupervisor(SupervisorService):
     def changed(self, paths: list[str]) -> None:
         if self.stopping:
             return
+        forget_bytecode(paths)
         log.info("reload: {files} changed; restarting the server", files=describe(paths))
         self.server.replace()
+
+    def forward(self, number: int) -> None:
+        """SIGHUP for a server still starting would kill it (its handler is not installed
+        yet) and nothing would start another until a file changes; it reads everything
+        afresh as it starts anyway."""
+        if self.server.pid is not None and not self.server.ready:
+            log.info("signal {number}: the server is still starting (and reads everything "
+                     "afresh); not passed on", number=number)
+            return
+        super().forward(number)
 
     def worker_ready(self) -> None:
         if self.stopping:
             return
+        self.server.ready = True
         log.info("server (pid {pid}) ready", pid=self.server.pid)
         if not self.all_ready:
             self.all_ready = True

@@ -135,6 +135,25 @@ class SnapshotWriter:
         return found
 
 
+def snapshot_timer(writer: SnapshotWriter, reactor: Any) -> Any:
+    """A service writing ``writer``'s snapshot every half second, and once more when it
+    stops (after the drain): a worker that exits (each ``--reload`` restart) leaves its
+    last counts, not those of up to half a second before."""
+    from twisted.application.internet import TimerService
+
+    class SnapshotTimer(TimerService):
+        def stopService(self) -> Any:
+            def last(result: Any) -> Any:
+                writer.write()
+                return result
+
+            return super().stopService().addCallback(last)
+
+    timer = SnapshotTimer(0.5, writer.write)
+    timer.clock = reactor
+    return timer
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -922,17 +922,13 @@ def _pidfile(options: Options) -> str | None:
 def _add_metrics(service: Any, sites: list[Any], options: Options, reactor: Any) -> None:
     """/metrics on the main ports, or on its own listener (--metrics-port); under --workers
     (``REALTIME_METRICS_DIR`` set by the parent) with totals across every worker."""
-    from twisted.application.internet import TimerService
-
-    from realtime.metrics import Collector, SnapshotWriter
+    from realtime.metrics import Collector, SnapshotWriter, snapshot_timer
 
     writer = None
     directory = os.environ.get("REALTIME_METRICS_DIR")
     if directory:
         writer = SnapshotWriter(directory, sites, options.layer)
-        timer = TimerService(0.5, writer.write)
-        timer.clock = reactor
-        timer.setServiceParent(service)
+        snapshot_timer(writer, reactor).setServiceParent(service)
     collector = Collector(sites, options.layer, writer)
     if options.metrics_listener is None:
         for site in sites:

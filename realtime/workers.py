@@ -18,7 +18,8 @@ How connections are spread:
   keeps its copy of every socket open, so connections that reach a dead worker's socket
   wait in its queue for the replacement (0.5 s later) instead of being refused.
 - Other listeners (``unix:``, ``systemd:``, ``--fd``): one socket that every worker
-  accepts from.
+  accepts from (a worker's ``unix:`` port neither shuts it down nor removes its path when
+  the worker exits: the supervisor holds it for the next).
 
 Measured (2 cores, ``--workers 2``, 400 WebSockets opened to ``/pid`` of
 tests/e2e/worker_app.py and kept open, counted per worker pid, 8 runs each; the share of
@@ -36,7 +37,9 @@ listeners use SO_REUSEPORT.
 Everything else:
 
 - Log lines: each child's output is relayed into the supervisor's log, prefixed with
-  ``worker N:`` (so ``--logfile`` and journald see every worker).
+  ``worker N:`` (so ``--logfile`` and journald see every worker). A child's exit counts
+  once its output is read, or ``PIPE_GRACE`` after it was reaped when a process it started
+  still holds its stdout.
 - A worker that exits is restarted after 0.5 s, doubling to 10 s while it keeps dying; the
   delay resets once a worker has stayed up for 10 s. A worker that exits with status 3 (its
   application's lifespan start-up failed, ``realtime.lifespan``) before every worker was
@@ -71,9 +74,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import fdesc, tcp, unix
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.error import CannotListenError, ProcessDone, ProcessTerminated
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.error import (
+    CannotListenError,
+    ProcessDone,
+    ProcessExitedAlready,
+    ProcessTerminated,
+)
 from twisted.internet.protocol import DatagramProtocol, Factory, ProcessProtocol
 from twisted.logger import Logger
 
@@ -98,6 +107,9 @@ MAX_DELAY = 10.0
 STABLE_AFTER = 10.0
 #: Seconds past ``--shutdown-timeout`` before a worker that has not exited is killed.
 KILL_GRACE = 5.0
+#: Seconds a reaped worker's output pipes may stay open (held by a process it started)
+#: before its exit counts anyway.
+PIPE_GRACE = 1.0
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d{4}|Z)? ")
 #: Starts a child exactly as ``twistd``, on the supervisor's own ``sys.path``.
 #: Its own process group: a signal to the supervisor's group (Ctrl-C in a terminal) reaches
@@ -155,10 +167,49 @@ class _AdoptedSpec:
     def __call__(self, reactor: Any) -> Any:
         from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 
-        adopted = AdoptedStreamServerEndpoint(reactor, self.fd, self.family)
+        adopted = (_AdoptedUNIXEndpoint(reactor, self.fd, self.family)
+                   if self.family == socket.AF_UNIX
+                   else AdoptedStreamServerEndpoint(reactor, self.fd, self.family))
         if self.description.split(":", 1)[0] not in ("ssl", "tls", "haproxy"):
             return adopted
         return _around(serverFromString(reactor, self.description), adopted)
+
+
+class _AdoptedUNIXEndpoint:
+    """A worker's end of the supervisor's ``unix:`` socket. Twisted's port removes its
+    socket's path when it stops listening: a worker that exits (every ``--reload``
+    restart, a crashed worker) would take the path away from the supervisor, which holds
+    the socket for the next worker (that one could not start: the path it chmods is
+    gone), and clients could not connect any more. The supervisor removes it at the end."""
+
+    def __init__(self, reactor: Any, fd: int, family: Any) -> None:
+        self.reactor = reactor
+        self.fd = fd
+        self.family = family
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        try:
+            fdesc.setNonBlocking(self.fd)
+            port = _SharedUNIXPort._fromListeningDescriptor(self.reactor, self.fd, factory)
+            port.startListening()
+            os.close(self.fd)  # the port has its own copy (as AdoptedStreamServerEndpoint)
+        except BaseException:
+            return fail()
+        return succeed(port)
+
+
+class _SharedUNIXPort(unix.Port):
+    """A unix port on an inherited socket that the supervisor holds for the next worker:
+    stopping neither shuts the socket down (which would refuse every later client, as
+    ``tcp.Port`` knows for an adopted socket and ``unix.Port`` does not) nor removes its
+    path."""
+
+    _shouldShutdown = False
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.lockFile is not None:
+            self.lockFile.unlock()
+        tcp.Port.connectionLost(self, reason)
 
 
 def _around(endpoint: Any, adopted: Any) -> Any:
@@ -229,7 +280,51 @@ class _Ready(DatagramProtocol):
             self.supervisor.worker_ready()
 
 
-class Worker(ProcessProtocol):
+class _Process(ProcessProtocol):
+    """One child process's pipes and exit, for its ``Worker``. The worker hears of the exit
+    once the output is read too (so the last lines come before the exit line), or
+    ``PIPE_GRACE`` seconds after the process was reaped when its pipes stay open: a process
+    it started (``subprocess.Popen`` in the application, which inherits stdout and stderr)
+    may hold them for as long as it runs, and neither a restart nor the supervisor's own
+    stop may wait for that."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self._buffers = {1: b"", 2: b""}
+        self._grace: Any = None
+        self._reported = False
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport  # called inside spawnProcess
+        transport.closeStdin()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        lines = (self._buffers.get(childFD, b"") + data).split(b"\n")
+        self._buffers[childFD] = lines.pop()
+        for line in lines:
+            self.worker._relay(line)
+
+    def processExited(self, reason: Any) -> None:
+        self._grace = self.worker.supervisor.reactor.callLater(PIPE_GRACE, self._report,
+                                                                reason)
+
+    def processEnded(self, reason: Any) -> None:
+        for fd, rest in self._buffers.items():
+            if rest:
+                self.worker._relay(rest)
+            self._buffers[fd] = b""
+        self._report(reason)
+
+    def _report(self, reason: Any) -> None:
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        self._grace = None
+        if not self._reported:
+            self._reported = True
+            self.worker.processEnded(reason)
+
+
+class Worker:
     """One worker process, restarted with backoff until the supervisor stops."""
 
     def __init__(self, supervisor: SupervisorService, index: int) -> None:
@@ -243,7 +338,6 @@ class Worker(ProcessProtocol):
         self.ended: Deferred[None] = succeed(None)
         #: The pid ``stop`` sent SIGTERM to: a second ``stop`` does not signal it again.
         self._terminated: int | None = None
-        self._buffers = {1: b"", 2: b""}
 
     @property
     def name(self) -> str:
@@ -252,6 +346,7 @@ class Worker(ProcessProtocol):
 
     def spawn(self) -> None:
         self.restart = None
+        self._terminated = None  # a new process, even if its pid is an old one's again
         sup = self.supervisor
         self.ended = Deferred()
         self.started = sup.reactor.seconds()
@@ -269,20 +364,10 @@ class Worker(ProcessProtocol):
         if sup.metrics_dir:
             env[METRICS_DIR_ENV] = sup.metrics_dir
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self.process = sup.reactor.spawnProcess(self, sys.executable, sup.command(), env=env,
-                                                childFDs=fds)
+        self.process = sup.reactor.spawnProcess(_Process(self), sys.executable, sup.command(),
+                                                env=env, childFDs=fds)
         self.pid = self.process.pid
         log.info("{name} started (pid {pid})", name=self.name, pid=self.pid)
-
-    def connectionMade(self) -> None:
-        transport: Any = self.transport  # called inside spawnProcess
-        transport.closeStdin()
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        lines = (self._buffers.get(childFD, b"") + data).split(b"\n")
-        self._buffers[childFD] = lines.pop()
-        for line in lines:
-            self._relay(line)
 
     def _relay(self, raw: bytes) -> None:
         line = _TIMESTAMP.sub("", raw.decode("utf-8", "replace").rstrip("\r"))
@@ -290,10 +375,7 @@ class Worker(ProcessProtocol):
             relay.info("{name}: {line}", name=self.name, line=line)
 
     def processEnded(self, reason: Any) -> None:
-        for fd, rest in self._buffers.items():
-            if rest:
-                self._relay(rest)
-            self._buffers[fd] = b""
+        """The process has exited (``_Process`` says when)."""
         sup = self.supervisor
         value = reason.value
         if isinstance(value, ProcessTerminated) and value.signal is not None:
@@ -333,7 +415,7 @@ class Worker(ProcessProtocol):
         if self.pid is not None:
             try:
                 self.process.signalProcess(number)
-            except OSError:  # pragma: no cover - already gone
+            except (OSError, ProcessExitedAlready):  # already gone (reaped)
                 pass
 
     def stop(self) -> Deferred[None]:
@@ -499,8 +581,8 @@ class SupervisorService(Service):
     def _kill(self) -> None:
         for worker in self.workers:
             if worker.pid is not None:
-                log.warn("worker {index} (pid {pid}) still running: SIGKILL",
-                         index=worker.index, pid=worker.pid)
+                log.warn("{name} (pid {pid}) still running: SIGKILL", name=worker.name,
+                         pid=worker.pid)
                 worker.signal(signal.SIGKILL)
 
 

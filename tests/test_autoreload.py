@@ -254,3 +254,158 @@ def test_a_reload_child_neither_watches_nor_refuses(monkeypatch):
         options = parse("--reload", "--reload-dir", "/nonexistent")
     assert not options.reload and options.reload_dirs == [] and options.application
     assert sys.modules["realtime.examples.bench"]
+
+
+def test_a_restart_does_not_wait_for_pipes_a_process_the_server_started_holds(tmp_path):
+    """The application started a process (it inherits stdout and stderr): the server has
+    exited, but its pipes stay open. The new server starts PIPE_GRACE later anyway; before,
+    nothing started until that process ended, and the kill deadline raised
+    ProcessExitedAlready."""
+    from realtime import workers
+
+    sup, reactor = reload_supervisor(tmp_path)
+    server = sup.server
+    server.spawn()
+    proto = reactor.spawned[0]["proto"]
+    sup.changed([str(tmp_path / "app.py")])
+    proto.childDataReceived(1, b"last words\n")
+    proto.processExited(Failure(ProcessDone(0)))  # reaped; processEnded does not come
+    assert len(reactor.spawned) == 1
+    reactor.advance(workers.PIPE_GRACE)
+    assert len(reactor.spawned) == 2 and server.pid == 1001
+    proto.processEnded(Failure(ProcessDone(0)))  # the other process ended at last
+    assert len(reactor.spawned) == 2 and server.pid == 1001  # counted once
+
+
+def test_an_exit_whose_output_is_read_counts_at_once_and_once(tmp_path):
+    sup, reactor = reload_supervisor(tmp_path)
+    server = sup.server
+    server.spawn()
+    proto = reactor.spawned[0]["proto"]
+    sup.changed([str(tmp_path / "app.py")])
+    proto.processExited(Failure(ProcessDone(0)))
+    proto.processEnded(Failure(ProcessDone(0)))
+    assert len(reactor.spawned) == 2 and server.pid == 1001
+    assert not [c for c in reactor.getDelayedCalls() if c.func.__name__ == "_report"]
+
+
+def test_a_signal_to_a_reaped_server_is_no_error(tmp_path):
+    from twisted.internet.error import ProcessExitedAlready
+
+    sup, _reactor = reload_supervisor(tmp_path)
+    server = sup.server
+    server.spawn()
+
+    def reaped(number: int) -> None:
+        raise ProcessExitedAlready()
+
+    server.process.signalProcess = reaped
+    sup.changed([str(tmp_path / "app.py")])  # SIGTERM: raised into the watcher before
+    sup.forward(1)
+
+
+def test_a_change_removes_the_changed_modules_bytecode(tmp_path):
+    """Python would import a same-size module saved within the second it was compiled from
+    the old .pyc (its check is the source's mtime in whole seconds, and its size)."""
+    import importlib.util
+    import py_compile
+
+    sup, _reactor = reload_supervisor(tmp_path)
+    changed, kept = tmp_path / "app.py", tmp_path / "other.py"
+    for module in (changed, kept):
+        module.write_text("X = 1\n")
+        py_compile.compile(str(module), doraise=True)
+    (tmp_path / "page.html").write_text("")
+    sup.changed([str(changed), str(tmp_path / "gone.py"), str(tmp_path / "page.html")])
+    assert not os.path.exists(importlib.util.cache_from_source(str(changed)))
+    assert os.path.exists(importlib.util.cache_from_source(str(kept)))
+
+
+def test_a_slow_scan_makes_the_next_one_wait_longer(tmp_path, monkeypatch):
+    """Scanning a huge tree every 0.5 s kept the supervisor busy all the time (18,000 files
+    under /usr: about a second a scan): the next scan now waits SCAN_BACKOFF times as long
+    as the last one took."""
+    Tree(tmp_path).write("a.py")
+    clock = Clock()
+    now, duration, scans = [0.0], [0.0], []
+    real_scan = autoreload.scan
+
+    def slow_scan(*args, **kwargs):
+        scans.append(clock.seconds())
+        now[0] += duration[0]
+        return real_scan(*args, **kwargs)
+
+    monkeypatch.setattr(autoreload, "scan", slow_scan)
+    w = Watcher([str(tmp_path)], [].append, clock, interval=0.5, settle=0.2,
+                timer=lambda: now[0])
+    w.start()
+    clock.advance(0.5)
+    clock.advance(0.5)
+    assert scans == [0.0, 0.5, 1.0]  # quick scans: every interval
+    duration[0] = 1.0
+    clock.advance(0.5)
+    assert w.took == 1.0 and w.every == autoreload.SCAN_BACKOFF * 1.0
+    clock.advance(autoreload.SCAN_BACKOFF - 0.1)
+    assert len(scans) == 4
+    clock.advance(0.1)
+    assert len(scans) == 5
+    w.stop()
+    assert not clock.getDelayedCalls()
+
+
+def test_sighup_is_not_passed_on_to_a_server_still_starting(tmp_path):
+    """Its handler is not installed yet: SIGHUP would kill it, and no server would run
+    until the next change."""
+    sup, _reactor = reload_supervisor(tmp_path)
+    server = sup.server
+    server.spawn()
+    sup.forward(1)
+    assert server.process.signals == []
+    sup.worker_ready()
+    sup.forward(1)
+    assert server.process.signals == [1]
+    sup.changed([str(tmp_path / "app.py")])
+    server.processEnded(Failure(ProcessDone(0)))
+    sup.forward(1)  # the new one is starting
+    assert server.pid == 1001 and server.process.signals == []
+
+
+def test_a_new_server_with_a_reused_pid_still_gets_sigterm(tmp_path, monkeypatch):
+    """stop() signals each process once, by pid: a new server whose pid the kernel gave
+    again (after the pids wrapped) was never told to stop."""
+    from tests.test_workers_supervisor import FakeProcess
+
+    sup, reactor = reload_supervisor(tmp_path)
+    spawn = reactor.spawnProcess
+
+    def same_pid(*args, **kwargs):
+        spawn(*args, **kwargs)
+        process = FakeProcess(1000)
+        args[0].makeConnection(process)
+        return process
+
+    monkeypatch.setattr(reactor, "spawnProcess", same_pid)
+    server = sup.server
+    server.spawn()
+    sup.changed([str(tmp_path / "app.py")])
+    server.processEnded(Failure(ProcessDone(0)))
+    assert len(reactor.spawned) == 2 and server.pid == 1000
+    sup.changed([str(tmp_path / "app.py")])
+    assert server.process.signals == [15]
+
+
+def test_a_save_by_rename_with_the_same_mtime_and_size_counts(tmp_path):
+    """vim (backupcopy=no), JetBrains' safe write: a new file renamed over the old one; the
+    inode tells it apart even when mtime and size are the old ones."""
+    tree = Tree(tmp_path)
+    tree.write("a.py")
+    w, clock, calls = watcher(tmp_path)
+    w.start()
+    old = (tmp_path / "a.py").stat()
+    replacement = tmp_path / "a.py___jb_tmp___"
+    replacement.write_text("a.p!")  # same size
+    os.utime(replacement, ns=(old.st_atime_ns, old.st_mtime_ns))
+    os.replace(replacement, tmp_path / "a.py")
+    clock.advance(0.5)  # seen
+    clock.advance(0.2)  # settled
+    assert [relative(tmp_path, c) for c in calls] == [["a.py"]]

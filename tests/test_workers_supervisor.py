@@ -4,6 +4,7 @@ never spawns children), the child's endpoints around an inherited socket, the co
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 from types import SimpleNamespace
@@ -44,7 +45,7 @@ class FakeReactor(Clock):
     def spawnProcess(self, proto: Any, executable: str, args: list[str], env: dict[str, str],
                      childFDs: dict[int, Any]) -> FakeProcess:
         process = FakeProcess(1000 + len(self.spawned))
-        self.spawned.append({"args": args, "env": env, "fds": childFDs})
+        self.spawned.append({"args": args, "env": env, "fds": childFDs, "proto": proto})
         proto.makeConnection(process)
         return process
 
@@ -242,3 +243,49 @@ def test_reuseport_group_shares_one_port():
     finally:
         for sock in group:
             sock.close()
+
+
+def test_a_workers_unix_port_leaves_the_supervisors_socket_listening_and_in_place(tmp_path):
+    """Twisted's unix port shuts its socket down and removes its path when it stops: a
+    worker's (each restart under --reload) would take both away from the supervisor, which
+    holds the socket for the next worker (that one then could not start, and no client
+    could connect)."""
+    from twisted.internet import reactor
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.protocol import Factory
+
+    path = tmp_path / "rt.sock"
+    with socket.socket(socket.AF_UNIX) as held:  # the supervisor's
+        held.bind(str(path))
+        held.listen()
+        for _ in range(2):  # a worker, then its replacement
+            fd = os.dup(held.fileno())
+            endpoint = workers._AdoptedSpec(fd, socket.AF_UNIX, f"unix:{path}")(reactor)
+            ports: list[Any] = []
+            endpoint.listen(Factory()).addCallbacks(ports.append, lambda f: f.raiseException())
+            (port,) = ports
+            port.stopReading()
+            port.connectionLost(Failure(ConnectionDone()))  # the worker exits
+            assert path.exists()
+            with socket.socket(socket.AF_UNIX) as client:  # still listening, for the next
+                client.connect(str(path))
+
+
+def test_a_workers_metrics_snapshot_is_written_once_more_as_it_stops(tmp_path):
+    """Every half second, and at the end (after the drain): a worker that exits (each
+    --reload restart) leaves its last counts; they were up to half a second old."""
+    from realtime.metrics import SnapshotWriter, snapshot_timer
+
+    clock = Clock()
+    writes: list[float] = []
+    writer = SnapshotWriter(str(tmp_path), [], None)
+    writer.write = lambda: writes.append(clock.seconds())  # type: ignore[method-assign]
+    timer = snapshot_timer(writer, clock)
+    timer.startService()
+    clock.advance(0.3)
+    assert writes == [0.0]
+    stopped: list[object] = []
+    timer.stopService().addCallback(stopped.append)
+    assert writes == [0.0, 0.3] and stopped == [None]
+    clock.advance(5)
+    assert writes == [0.0, 0.3]

@@ -132,3 +132,113 @@ def test_reload_refuses_more_than_one_worker():
     assert result.returncode == 1
     assert result.stderr == ("realtime: error: --reload and --workers 2 cannot be used "
                              "together: --reload runs one server process\n")
+
+
+def test_unix_and_tls_listeners_serve_after_a_restart(tmp_path):
+    """A child that exits must not take the supervisor's unix socket path with it (Twisted's
+    port removes its path when it stops): the next server adopts the same socket and
+    clients still find it by its path. TLS is wrapped around the new server's socket."""
+    import ssl
+
+    from websockets.sync.client import unix_connect
+
+    from tests.e2e.support import self_signed
+
+    cert, key = self_signed(tmp_path)
+    sock = tmp_path / "rt.sock"
+    files = Files(tmp_path)
+    files.write(greeting='GREETING = "v1"\n', reloadapp=APP)
+    cmd = twistd("--app", "reloadapp:application", "--reload", "--reload-dir", str(tmp_path),
+                 "--port", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+                 "-u", str(sock), "--shutdown-timeout", "2")
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    trusting = ssl.create_default_context(cafile=str(cert))
+    trusting.maximum_version = ssl.TLSVersion.TLSv1_2  # see tests/e2e/test_workers.py
+
+    def over_unix() -> str:
+        with unix_connect(str(sock), "ws://localhost/hello", open_timeout=TIMEOUT) as ws:
+            return str(ws.recv(timeout=TIMEOUT)).split()[0]
+
+    def over_tls() -> str:
+        with connect(server.ws_url("/hello", "wss"), ssl=trusting, open_timeout=TIMEOUT,
+                     proxy=None) as ws:
+            return str(ws.recv(timeout=TIMEOUT)).split()[0]
+
+    with start(cmd, env=env, cwd=tmp_path, listeners=2) as server:
+        server.wait_for(READY)
+        assert (over_unix(), over_tls()) == ("v1", "v1")
+        files.write(greeting='GREETING = "v2"\n')
+        server.wait_for(r"server \(pid \d+\) exited with status 0")
+        assert sock.exists()
+        server.wait_for(READY, count=2)
+        assert (over_unix(), over_tls()) == ("v2", "v2")
+        server.send_signal(signal.SIGTERM)
+        result = server.wait(timeout=TIMEOUT)
+    assert result.returncode == 0, result.output
+    assert "Traceback" not in result.output and "realtime: error" not in result.output
+    assert not sock.exists()  # the supervisor's to remove, at the end
+
+
+HELPER = '''\
+import os
+import subprocess
+import sys
+
+# A helper the application starts (an asset watcher, say): it inherits stdout and stderr.
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+with open(os.path.join(os.path.dirname(__file__), "helpers"), "a") as f:
+    f.write(f"{helper.pid}\\n")
+'''
+
+
+def test_a_process_the_server_started_does_not_hold_up_the_restart(tmp_path):
+    """The old server has exited, but a process it started still holds its stdout: the
+    new server starts anyway (it waited for that process to end), and SIGTERM stops."""
+    files = Files(tmp_path)
+    files.write(greeting='GREETING = "v1"\n', helper=HELPER, reloadapp="import helper\n" + APP)
+    cmd = twistd("--app", "reloadapp:application", "--reload", "--reload-dir", str(tmp_path),
+                 "--port", "tcp:0:interface=127.0.0.1", "--shutdown-timeout", "2")
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    try:
+        with start(cmd, env=env, cwd=tmp_path) as server:
+            first = int(server.wait_for(READY)[0].group(1))
+            files.write(greeting='GREETING = "v2"\n')
+            server.wait_for(rf"server \(pid {first}\) exited with status 0", timeout=TIMEOUT)
+            second = int(server.wait_for(READY, count=2, timeout=TIMEOUT)[1].group(1))
+            assert hello(server) == ("v2", second)
+            server.send_signal(signal.SIGTERM)
+            result = server.wait(timeout=TIMEOUT)
+        assert result.returncode == 0, result.output
+        assert "Traceback" not in result.output
+    finally:
+        helpers = tmp_path / "helpers"
+        for pid in map(int, helpers.read_text().split() if helpers.exists() else []):
+            try:  # only the helpers this test's servers started, by pid
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_save_within_the_same_second_at_the_same_size_is_served(tmp_path):
+    """Python trusts a .pyc whose recorded source mtime (whole seconds) and size match: the
+    supervisor removes a changed module's .pyc, or the new server would serve the old
+    code."""
+    greeting = tmp_path / "greeting.py"
+    second = (time.time_ns() // 10**9 - 60) * 10**9
+
+    def save(text: str, at: int) -> None:
+        greeting.write_text(text)
+        os.utime(greeting, ns=(second + at, second + at))
+
+    save('GREETING = "v1"\n', 0)
+    (tmp_path / "reloadapp.py").write_text(APP)
+    cmd = twistd("--app", "reloadapp:application", "--reload", "--reload-dir", str(tmp_path),
+                 "--port", "tcp:0:interface=127.0.0.1", "--shutdown-timeout", "2")
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}", "PYTHONDONTWRITEBYTECODE": None}
+    with start(cmd, env=env, cwd=tmp_path) as server:
+        first = int(server.wait_for(READY)[0].group(1))
+        assert hello(server) == ("v1", first)
+        assert list((tmp_path / "__pycache__").glob("greeting.*.pyc"))  # it was cached
+        save('GREETING = "v2"\n', 500_000_000)
+        second_pid = int(server.wait_for(READY, count=2)[1].group(1))
+        assert hello(server) == ("v2", second_pid)
