@@ -366,3 +366,27 @@ def test_snapshots_add_up_and_a_dead_worker_has_nothing_in_progress(tmp_path):
     assert len(total["http_buckets"]) == len(HTTP_BUCKETS) + 1
     assert total["http_buckets"][-1] == 1 and sum(total["http_buckets"]) == 3
     assert total["http_sum"] == pytest.approx(100.002)
+
+
+@pytest_twisted.ensureDeferred
+async def test_twisted_webs_own_400_for_a_malformed_form_is_counted(live, certificate):
+    """twisted.web answers a multipart body it cannot parse with 400 itself, before the
+    application: counted and logged, over HTTP/1.1 and HTTP/2."""
+    cert, options = certificate
+    server, logged = await serve(live, tls=options)
+    form = {"Content-Type": "multipart/form-data"}  # no boundary: not a multipart
+
+    def post(http2: bool) -> httpx.Response:
+        context = ssl.create_default_context(cafile=str(cert))
+        with httpx.Client(http2=http2, verify=context, timeout=TIMEOUT) as c:
+            return c.post(server.http_url("/ok"), content=b"--x\r\nnot a part", headers=form)
+
+    answers = [await in_thread(post, False), await in_thread(post, True)]
+    assert [(r.http_version, r.status_code) for r in answers] == [
+        ("HTTP/1.1", 400), ("HTTP/2", 400)]
+    assert await until(lambda: server.site.stats.http_in_progress == 0, TIMEOUT)
+    values = read(server)
+    assert requests(values) == {("POST", "400"): 2}
+    assert histogram_count(values) == 2
+    assert sorted((r["protocol"], r["status"], r["target"]) for r in logged) == [
+        ("HTTP/1.1", 400, "/ok"), ("HTTP/2", 400, "/ok")]
