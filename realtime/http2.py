@@ -89,6 +89,15 @@ if _h2 is not None:
                 # answered now that Twisted knows the stream.
                 request.refuse_body()
 
+        def _respondToBadRequestAndDisconnect(self, streamID: int) -> None:
+            """Twisted's own 400 on a stream (a malformed form body): counted and logged as
+            the HTTP/1.1 channel's refusals are (``RealtimeSite.http_done``)."""
+            request = getattr(self.streams.get(streamID), "_request", None)
+            if request is not None and not getattr(request, "_http_done", True):
+                request.code = 400
+                self.site.http_done(request, 400)
+            super()._respondToBadRequestAndDisconnect(streamID)
+
         def _requestDone(self, streamID: int) -> None:
             stream = self.streams.get(streamID)
             super()._requestDone(streamID)

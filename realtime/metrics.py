@@ -6,6 +6,12 @@ counting costs nothing measurable. Under ``--workers`` every worker writes a sna
 counters to a shared directory (``REALTIME_METRICS_DIR``) every half second and at exit;
 whichever worker answers a scrape adds up every snapshot (its own counted live), so totals
 are correct across processes (at most half a second behind for the others).
+
+HTTP requests (WebSocket upgrades are ``realtime_handshakes``' alone) are counted where each
+one ends, in ``RealtimeSite.http_done``, with the status the access log writes: the
+response's, or ``NO_RESPONSE`` (499, nginx's "client closed request") when the connection
+or stream ended before its head was sent. A stream (SSE, a long poll) is in progress, and
+timed, until its response ends; a client that leaves mid-stream counts as the status sent.
 """
 
 from __future__ import annotations
@@ -13,12 +19,22 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 #: Handshake latency buckets, seconds (from TCP accept to the 101 or the refusal).
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+#: HTTP request duration buckets, seconds (from the request's first byte to its response's
+#: end): longer ones for long polls and streams.
+HTTP_BUCKETS = (*BUCKETS, 10.0, 30.0, 60.0)
+#: Methods counted under their own name; any other is "other" (a bounded label).
+METHODS = {m: m.decode() for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT",
+                                   b"OPTIONS", b"TRACE", b"PATCH")}
+#: The status counted (and logged) for an HTTP request whose connection or stream ended
+#: before its response's head went out: nginx's 499.
+NO_RESPONSE = 499
 
 
 class SiteStats:
@@ -34,6 +50,17 @@ class SiteStats:
         self.latency_buckets = [0] * len(BUCKETS)
         self.latency_count = 0
         self.latency_sum = 0.0
+        #: HTTP requests by (method label, status), and those begun but not yet ended.
+        self.http_requests: Counter[tuple[str, int]] = Counter()
+        self.http_in_progress = 0
+        #: Per bucket (not cumulative: one add per request), the last past every bound.
+        self.http_buckets = [0] * (len(HTTP_BUCKETS) + 1)
+        self.http_sum = 0.0
+
+    def observe_http(self, method: bytes, status: int, seconds: float) -> None:
+        self.http_requests[METHODS.get(method, "other"), status] += 1
+        self.http_buckets[bisect_left(HTTP_BUCKETS, seconds)] += 1
+        self.http_sum += seconds
 
     def observe_handshake(self, status: int, seconds: float) -> None:
         self.handshakes[status] += 1
@@ -52,6 +79,8 @@ def snapshot(sites: Iterable[Any], layer: Any) -> dict[str, Any]:
         "compressed_messages": 0, "compression_saved_bytes": 0,
         "handshakes": Counter(), "close_codes": Counter(),
         "latency_buckets": [0] * len(BUCKETS), "latency_count": 0, "latency_sum": 0.0,
+        "http_requests": Counter(), "http_in_progress": 0,
+        "http_buckets": [0] * (len(HTTP_BUCKETS) + 1), "http_sum": 0.0,
     }
     for site in sites:
         stats: SiteStats = site.stats
@@ -70,6 +99,11 @@ def snapshot(sites: Iterable[Any], layer: Any) -> dict[str, Any]:
                                    zip(snap["latency_buckets"], stats.latency_buckets, strict=True)]
         snap["latency_count"] += stats.latency_count
         snap["latency_sum"] += stats.latency_sum
+        snap["http_requests"].update(stats.http_requests)
+        snap["http_in_progress"] += stats.http_in_progress
+        snap["http_buckets"] = [a + b for a, b in
+                                zip(snap["http_buckets"], stats.http_buckets, strict=True)]
+        snap["http_sum"] += stats.http_sum
     layer_stats = getattr(layer, "stats", None)
     for name in ("delivered", "dropped", "published", "broadcast_frames", "broadcast_writes",
                  "gaps", "unavailable", "history_recovered", "history_unrecovered",
@@ -81,6 +115,7 @@ def snapshot(sites: Iterable[Any], layer: Any) -> dict[str, Any]:
     snap["layer_reconnects"] = getattr(layer, "reconnects", 0)
     snap["handshakes"] = {str(k): v for k, v in snap["handshakes"].items()}
     snap["close_codes"] = {str(k): v for k, v in snap["close_codes"].items()}
+    snap["http_requests"] = {f"{m} {s}": v for (m, s), v in snap["http_requests"].items()}
     return snap
 
 
@@ -130,7 +165,8 @@ class SnapshotWriter:
                 continue
             pid = int(name[len("worker-"):-len(".json")])
             if not _alive(pid):
-                snap["connections"] = 0  # a gauge: a dead worker holds no sockets
+                # gauges: a dead worker holds no sockets, answers no request
+                snap["connections"] = snap["http_in_progress"] = 0
             found.append(snap)
         return found
 
@@ -231,6 +267,28 @@ class Collector:
         yield HistogramMetricFamily(
             "realtime_handshake_seconds", "From TCP accept to the handshake's answer",
             buckets=cumulative, sum_value=t["latency_sum"],
+        )
+        requests = CounterMetricFamily(
+            "realtime_http_requests", "HTTP requests by method (others: other) and response "
+            "status (499: none, the connection or stream ended first); WebSocket upgrades are not",
+            labels=["method", "status"])
+        for key, count in sorted(t["http_requests"].items()):
+            method, _, status = key.partition(" ")
+            requests.add_metric([method, status], count)
+        yield requests
+        yield GaugeMetricFamily("realtime_http_requests_in_progress",
+                                "HTTP requests begun and not ended (an open SSE stream, a "
+                                "long poll; a scrape counts itself)",
+                                value=t["http_in_progress"])
+        running = 0
+        http_cumulative = []
+        for le, count in zip((*HTTP_BUCKETS, "+Inf"), t["http_buckets"], strict=True):
+            running += count
+            http_cumulative.append((str(le), running))
+        yield HistogramMetricFamily(
+            "realtime_http_request_seconds", "From an HTTP request's first byte to its "
+            "response's end (a stream's whole length)",
+            buckets=http_cumulative, sum_value=t["http_sum"],
         )
 
 

@@ -18,6 +18,10 @@ any size to a temporary file before the application runs). Such a refusal is a c
 response with ``Connection: close``; then the channel half-closes and discards input for up
 to ``LINGER`` seconds, so that a client still sending reads the answer instead of a reset.
 tests/e2e/test_hostile.py has the table of answers (tests/test_http_body_limit.py the 413s).
+
+Every HTTP request (not a WebSocket upgrade) is counted for /metrics and access-logged in
+one place as it ends, ``RealtimeSite.http_done``: its response finished, refused by the
+channel, or its connection or stream gone first (499 when no response had started).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from realtime.deflate import Deflater
 from realtime.exceptions import NoRoute, Refuse
 from realtime.http import AsyncHttpConsumer
 from realtime.http2 import become_h2, cut_off, negotiated_h2, on_h2_stream, protocols
-from realtime.metrics import SiteStats, exposition
+from realtime.metrics import NO_RESPONSE, SiteStats, exposition
 from realtime.proxy import apply as apply_proxy_headers
 from realtime.proxy import parse_networks
 from realtime.ratelimit import TokenBucket
@@ -107,6 +111,9 @@ class RealtimeChannel(http.HTTPChannel):
     #: The HTTP/2 connection this channel forwards to, once ALPN chose h2 (``realtime.http2``).
     h2: Any = None
     _alpn_checked = False
+    #: When the request now being read sent its first byte (its duration is counted from
+    #: there, as nginx's ``$request_time``); taken by the request it makes.
+    request_began: float | None = None
     #: The upgrade this connection's request made, kept after the handshake (the testing
     #: communicators read a refused handshake's exception from it).
     upgraded: WebSocketConnection | None = None
@@ -153,6 +160,7 @@ class RealtimeChannel(http.HTTPChannel):
             # The first byte of a request: a keep-alive connection's next request gets the
             # same deadline as the first; a request that cannot be HTTP (a TLS ClientHello
             # on a plain port, binary junk) is refused at once instead of at the deadline.
+            self.request_began = self.site.clock.seconds()
             self._arm_deadline()
             if data[0] not in _TCHAR and data[0] not in b"\r\n":
                 self.refuse_head(400)
@@ -235,6 +243,7 @@ class RealtimeChannel(http.HTTPChannel):
         if transport is None:
             return
         transport.write(refusal_bytes(status, self.site.config.server_header))
+        self.site.head_refused(self, status)
         self._networkProducer.unregisterProducer()
         reactor: Any = self.site.reactor
         if isinstance(transport, ProtocolWrapper) or not hasattr(transport, "loseWriteConnection"):
@@ -357,11 +366,26 @@ class RealtimeRequest(server.Request):
     #: ever runs for it.
     body_refused = False
     _body_answered = False
+    #: A WebSocket upgrade: ``realtime_handshakes`` and the access log's WS lines have it,
+    #: not the HTTP metrics.
+    websocket = False
+    #: Counted (``RealtimeSite.http_done``), or never to be (an upgrade).
+    _http_done = False
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
+        site: RealtimeSite = channel.site
+        self.site = site
+        #: From the request's first byte (HTTP/1.1: its request line's; HTTP/2: its HEADERS)
+        #: to its response's end: the access log's duration and the metrics'.
+        began = getattr(channel, "request_began", None)
+        if began is None:
+            began = site.clock.seconds()
+        else:
+            channel.request_began = None
+        self.began: float = began
+        site.stats.http_in_progress += 1  # until http_done, or not_http
         if on_h2_stream(self):
-            site = channel.site
             timeout = site.config.connect_timeout
             if timeout > 0:
                 self._stream_deadline = site.clock.callLater(timeout, self._stream_overdue)
@@ -377,7 +401,37 @@ class RealtimeRequest(server.Request):
 
     def connectionLost(self, reason: Failure) -> None:
         self._stop_stream_deadline()
+        if not self._http_done and not self.finished:
+            # Ended before its response did: the client left, or the server cut it off (a
+            # deadline, the drain's end). The status sent, or 499 when none was.
+            self.head_from_channel()
+            self.site.http_done(self, self.code if self.startedWriting else NO_RESPONSE)
         super().connectionLost(reason)
+
+    def not_http(self) -> None:
+        """A WebSocket upgrade: out of the HTTP metrics (it was in progress since its
+        request line)."""
+        self.websocket = True
+        if not self._http_done:
+            self._http_done = True
+            self.site.stats.http_in_progress -= 1
+
+    def head_from_channel(self) -> None:
+        """A request that ends before ``requestReceived`` (a 413, a refused head, a client
+        gone mid-body): its method, target and version as its channel parsed them, for the
+        access log and the metrics (``-`` for what was never read)."""
+        if self.path is not None:
+            return
+        channel: Any = self.channel
+        if isinstance(channel, RealtimeChannel):
+            method, target, version = (getattr(channel, name, None)
+                                       for name in ("_command", "_path", "_version"))
+        elif channel is not None:  # an HTTP/2 stream
+            method, target, version = channel.command, channel.path, b"HTTP/2"
+        else:
+            method = target = version = None
+        self.method, self.uri, self.clientproto = method or b"-", target or b"-", version or b"-"
+        self.path = self.uri.partition(b"?")[0]
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting and self.site is not None:  # the head goes out now
@@ -475,10 +529,7 @@ class RealtimeRequest(server.Request):
             channel.refuse_head(413)
             return
         self._stop_stream_deadline()
-        # requestReceived never runs for it: what the access log and write() read.
-        self.method, self.uri, self.clientproto = method, target, b"HTTP/2"
-        self.path = target.partition(b"?")[0]
-        self.site = channel.site
+        self.head_from_channel()  # requestReceived never runs for it
         self.site.write_refusal(self, Refuse(413), upgrade=False)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
@@ -494,8 +545,6 @@ class RealtimeRequest(server.Request):
             hosts = self.requestHeaders.getRawHeaders(b"host")
             if hosts and len(hosts) > 1 and len(set(hosts)) == 1:
                 self.requestHeaders.setRawHeaders(b"host", hosts[:1])
-        self.site = self.channel.site
-        self.started = self.site.clock.seconds()
         self.prepath = []
         self.postpath = [http.unquote(seg) for seg in self.path[1:].split(b"/")]
         self.dispatch_guarded()
@@ -508,7 +557,7 @@ class RealtimeRequest(server.Request):
         except Exception:
             log.failure("dispatching {uri!r} failed", uri=self.uri)
             if not self.finished and not self._disconnected and self.channel is not None:
-                self.site.write_refusal(self, Refuse(500), upgrade=False)
+                self.site.write_refusal(self, Refuse(500), upgrade=self.websocket)
 
 
 def _answered_or_gone(request: Any) -> bool:
@@ -623,19 +672,52 @@ class RealtimeSite(server.Site):
         return protocols(self.config.http2)
 
     def log(self, request: Any) -> None:
-        """One access-log line per finished HTTP request (twisted.web calls this); refused
-        upgrades are logged as WebSocket refusals instead."""
-        access = self.access_log
-        if access is None or getattr(request, "_logged_as_ws", False):
+        """twisted.web calls this as a request finishes (``Request.finish``)."""
+        self.http_done(request, request.code)
+
+    def http_done(self, request: RealtimeRequest, status: int) -> None:
+        """An HTTP request ended, with ``status`` sent (``NO_RESPONSE`` for none): the one
+        place it is counted for /metrics and written to the access log. Its response
+        finished (``log``), or was refused by the channel (``head_refused``), or the
+        connection or stream went first (``RealtimeRequest.connectionLost``). Once per
+        request; never for a WebSocket upgrade (``not_http``)."""
+        if request._http_done:
             return
-        started = getattr(request, "started", None)
-        access.emit(
-            kind="http", client=_client_host(request), method=request.method.decode("latin-1"),
-            target=target_of(request), protocol=request.clientproto.decode("latin-1"),
-            status=request.code, bytes=request.sentLength,
-            duration=None if started is None else self.clock.seconds() - started,
-            user_agent=_user_agent(request),
-        )
+        request._http_done = True
+        stats = self.stats
+        stats.http_in_progress -= 1
+        duration = self.clock.seconds() - request.began
+        stats.observe_http(request.method, status, duration)
+        access = self.access_log
+        if access is not None:
+            access.emit(
+                kind="http", client=_client_host(request),
+                method=request.method.decode("latin-1"), target=target_of(request),
+                protocol=request.clientproto.decode("latin-1"), status=status,
+                bytes=request.sentLength, duration=duration, user_agent=_user_agent(request),
+            )
+
+    def head_refused(self, channel: RealtimeChannel, status: int) -> None:
+        """The channel answered ``status`` itself (a malformed head, a body over its
+        limit; ``RealtimeChannel.refuse_head``): counted and logged as any response. Before
+        its request line was read there is no request: ``-`` for what is unknown."""
+        sent = len(Refuse(status).phrase) + 1
+        request = channel.requests[-1] if channel.requests else None
+        if request is not None and not request._http_done:
+            request.head_from_channel()
+            request.code, request.sentLength = status, sent
+            self.http_done(request, status)
+            return
+        began = channel.request_began
+        duration = 0.0 if began is None else self.clock.seconds() - began
+        self.stats.observe_http(b"-", status, duration)
+        access = self.access_log
+        if access is not None:
+            transport: Any = channel.transport
+            peer = transport.getPeer() if transport is not None else None
+            access.emit(kind="http", client=getattr(peer, "host", None), method="-",
+                        target="-", protocol="-", status=status, bytes=sent,
+                        duration=duration, user_agent=None)
 
     def log_ws(
         self, kind: str, scope: dict[str, Any], started: float | None, **fields: Any
@@ -699,6 +781,7 @@ class RealtimeSite(server.Site):
                 self._plain(request, 200, b"ready\n")
             return
         if b"websocket" in _tokens(_header(request, b"upgrade")):
+            request.not_http()
             if self.gate is not None:
                 self._at_gate(request, upgrade=True)
                 return
@@ -941,7 +1024,6 @@ class RealtimeSite(server.Site):
                 "raw_path": request.path, "query_string": request.uri.partition(b"?")[2],
                 "client": (_client_host(request), 0), "headers": []}
             self.log_ws("ws_reject", scope, started, status=refusal.status)
-            request._logged_as_ws = True  # type: ignore[attr-defined]
         if upgrade or close:
             # A refused upgrade ends the connection (RFC 6455 4.2.2); twisted.web only closes
             # on the request's own Connection header, so say it to the channel too.

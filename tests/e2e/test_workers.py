@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -265,7 +266,8 @@ def _scrape(url: str) -> dict[str, float]:
 @pytest.mark.parametrize("where", ["main-port", "metrics-port"])
 def test_metrics_totals_add_up_across_workers(redis_url, where):
     """/metrics (on a worker's main port, or on the supervisor's --metrics-port) counts the
-    traffic of both workers: every message sent, whichever worker took it."""
+    traffic of both workers: every message sent and every HTTP request, whichever worker
+    took it."""
     extra = ("--metrics",) if where == "main-port" else ("--metrics-port", "0")
     with supervisor(redis_url, *extra) as server, contextlib.ExitStack() as stack:
         if where == "metrics-port":
@@ -298,3 +300,26 @@ def test_metrics_totals_add_up_across_workers(redis_url, where):
                                                  sent)
             time.sleep(0.1)
         assert values["realtime_connections[]"] == len(clients)
+
+        # HTTP: POSTs (scrapes are GETs), each on a connection of its own, until both
+        # workers have answered some.
+        posted: collections.Counter[int] = collections.Counter()
+        while len(posted) < 2 and sum(posted.values()) < 60:
+            request = urllib.request.Request(f"http://127.0.0.1:{server.port}/pid", b"x")
+            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+                posted[int(response.read())] += 1
+        assert set(posted) == pids, posted
+        expected = sum(posted.values())
+        # A scrape on a worker is in progress as it counts; the supervisor's is no worker's.
+        own = 1 if where == "main-port" else 0
+        post_200 = "realtime_http_requests_total[('method', 'POST'), ('status', '200')]"
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            values = _scrape(url)
+            if (values.get(post_200) == expected
+                    and values["realtime_http_requests_in_progress[]"] == own):
+                break
+            assert time.monotonic() < deadline, (values.get(post_200), expected)
+            time.sleep(0.1)
+        counted = sum(v for k, v in values.items() if k.startswith("realtime_http_requests_total["))
+        assert values["realtime_http_request_seconds_count[]"] == counted >= expected

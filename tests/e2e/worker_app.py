@@ -5,14 +5,23 @@ with the repository on ``PYTHONPATH``):
   it reached), then echoes text;
 - ``/room/<name>`` joins group ``name`` (before it accepts), sends the pid, then
   broadcasts each text message to the group through the channel layer, so members on
-  different workers only meet through Redis.
+  different workers only meet through Redis;
+- HTTP ``/pid`` answers the serving process's pid (each request on a connection of its
+  own reaches either worker).
 """
 
 from __future__ import annotations
 
 import os
 
-from realtime import AsyncWebsocketConsumer, ProtocolTypeRouter, URLRouter, WebsocketConsumer, path
+from realtime import (
+    AsyncHttpConsumer,
+    AsyncWebsocketConsumer,
+    ProtocolTypeRouter,
+    URLRouter,
+    WebsocketConsumer,
+    path,
+)
 
 
 class PidConsumer(WebsocketConsumer):
@@ -40,7 +49,13 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=event["text"])
 
 
+class PidView(AsyncHttpConsumer):
+    async def handle(self, body: bytes) -> None:
+        await self.send_response(200, str(os.getpid()).encode())
+
+
 application = ProtocolTypeRouter(
-    {"websocket": URLRouter([path("pid", PidConsumer.as_app()),
+    {"http": URLRouter([path("pid", PidView.as_app())]),
+     "websocket": URLRouter([path("pid", PidConsumer.as_app()),
                              path("room/<slug:name>", RoomConsumer.as_app())])}
 )
