@@ -200,6 +200,10 @@ def verify(
             raise InvalidToken(UNKNOWN_KID)  # a new key, perhaps: a JWKS URL is refetched
         raise InvalidToken("no key for this token's algorithm")
     last = "invalid token"
+    # A key id that no key carries, tried against keys without one (a static --jwt-key)
+    # and failing them, is an unknown key id too (a JWKS URL is refetched), not a bad
+    # signature.
+    named = kid is None or any(k.kid == kid for k in candidates)
     for key in candidates:
         try:
             claims = jwt.decode(
@@ -219,7 +223,7 @@ def verify(
         if nbf is not None and (not isinstance(nbf, int | float) or now < nbf - leeway):
             raise InvalidToken("token not yet valid")
         return dict(claims)
-    raise InvalidToken(last)
+    raise InvalidToken(last if named or last != "bad signature" else UNKNOWN_KID)
 
 
 class TokenAuthMiddleware(BaseMiddleware):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
@@ -247,6 +248,32 @@ def test_tokens_hmac_valid_expired_forged_and_none():
         verify("not.a.token", [key], now)
     with pytest.raises(InvalidToken):
         verify(good[:-4] + "AAAA", [key], now)
+
+
+def test_an_unknown_kid_beside_a_key_without_one_is_an_unknown_key_id():
+    """A static key without a ``kid`` (``--jwt-key``) beside JWKS keys: a token naming a
+    key id nobody has is tried against the static key and, failing it, is an unknown key
+    id (so a ``--jwks-url`` is refetched), not a bad signature; one the static key signed
+    passes whatever its ``kid``; a token naming a known key id with a bad signature stays
+    a bad signature."""
+    static = key_from_text(SECRET)
+    other = "o" * 40
+    [listed] = keys_from_jwks(json.dumps({"keys": [{
+        "kty": "oct", "kid": "k1", "alg": "HS256",
+        "k": base64.urlsafe_b64encode(other.encode()).rstrip(b"=").decode()}]}),
+        ("HS256",))
+    keys = [static, listed]
+    now = 1_000_000
+    rotated = jwt.encode({"sub": "u"}, "n" * 40, algorithm="HS256", headers={"kid": "k2"})
+    with pytest.raises(InvalidToken, match=r"^unknown key id$"):
+        verify(rotated, keys, now)
+    assert verify(jwt.encode({"sub": "s"}, SECRET, algorithm="HS256", headers={"kid": "k9"}),
+                  keys, now)["sub"] == "s"
+    forged = jwt.encode({"sub": "u"}, "n" * 40, algorithm="HS256", headers={"kid": "k1"})
+    with pytest.raises(InvalidToken, match=r"^bad signature$"):
+        verify(forged, keys, now)
+    with pytest.raises(InvalidToken, match=r"^bad signature$"):
+        verify(jwt.encode({"sub": "u"}, "n" * 40, algorithm="HS256"), keys, now)
 
 
 def test_tokens_algorithm_confusion_is_refused():
