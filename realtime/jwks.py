@@ -117,7 +117,8 @@ class JwksUrl:
     call from another thread there)."""
 
     def __init__(self, url: str, algorithms: Sequence[str] | None, static: Sequence[Any],
-                 keys: Sequence[Any], interval: float, skipped: Sequence[str] = ()) -> None:
+                 keys: Sequence[Any], interval: float, skipped: Sequence[str] = (),
+                 missing: bool = False) -> None:
         self.url = url
         self.algorithms = list(algorithms) if algorithms else None
         self.static = list(static)
@@ -129,6 +130,10 @@ class JwksUrl:
         self._last_miss = float("-inf")
         self._loop: Any = None
         self._skipped = list(skipped)
+        #: The start-up fetch failed (a worker restarted while the provider was away):
+        #: fetched every ``MISS_INTERVAL`` s from ``start()`` until one succeeds.
+        self.missing = missing
+        self._retry: Any = None
         for reason in self._skipped:
             log.info("JWKS {url}: skipped {reason}", url=url, reason=reason)
 
@@ -146,12 +151,18 @@ class JwksUrl:
             self._loop = LoopingCall(self.refresh)
             self._loop.clock = reactor
             self._loop.start(self.interval, now=False)
+        if self.missing:
+            self._retry = LoopingCall(self.refresh)
+            self._retry.clock = reactor
+            self._retry.start(MISS_INTERVAL, now=True)
+        if self._loop is not None or self._retry is not None:
             reactor.addSystemEventTrigger("before", "shutdown", self.stop)
 
     def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        for loop in (self._loop, self._retry):
+            if loop is not None and loop.running:
+                loop.stop()
+        self._loop = self._retry = None
 
     def refresh(self) -> Deferred[bool]:
         """Fetch again (one fetch at a time: callers during a fetch wait for it); fires True
@@ -180,11 +191,19 @@ class JwksUrl:
         if ok:
             self.keys = outcome
             self.publish()
+            if self.missing:
+                self.missing = False
+                if self._retry is not None and self._retry.running:
+                    self._retry.stop()
+                self._retry = None
             log.info("JWKS {url}: {count} key(s)", url=self.url, count=len(outcome))
             if skipped != self._skipped:
                 self._skipped = skipped
                 for reason in skipped:
                     log.info("JWKS {url}: skipped {reason}", url=self.url, reason=reason)
+        elif self.missing:
+            log.warn("JWKS {url}: still no keys, tokens are refused: {message}",
+                     url=self.url, message=str(outcome))
         else:
             log.warn("JWKS {url}: not refreshed, the keys in use stay: {message}",
                      url=self.url, message=str(outcome))

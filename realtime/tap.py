@@ -568,7 +568,7 @@ class Options(usage.Options):
     def _jwks_url(self, static: list[Any]) -> Any:
         """``--jwks-url``'s keys, fetched now (a failure stops start-up), as a ``JwksUrl``
         that refetches them; None without the option."""
-        from realtime.jwks import JwksUrl, check_url, fetch
+        from realtime.jwks import MISS_INTERVAL, JwksUrl, check_url, fetch
         from realtime.settings import ConfigurationError
 
         url = self["jwks-url"]
@@ -586,7 +586,16 @@ class Options(usage.Options):
         try:
             keys = fetch(url, algorithms, skipped)
         except ConfigurationError as exc:
-            raise StartupError(f"--jwks-url {url}: {exc}") from None
+            from realtime.workers import worker_info
+
+            if worker_info() is None:
+                raise StartupError(f"--jwks-url {url}: {exc}") from None
+            # A worker (re)started while the provider is away: the supervisor checked the
+            # URL when it started, so serve, refusing tokens, until the provider answers.
+            _log.error("--jwks-url {url}: {error}; tokens are refused until it answers "
+                       "(asked every {every:g} s)", url=url, error=str(exc),
+                       every=MISS_INTERVAL)
+            return JwksUrl(url, algorithms, static, [], interval, skipped, missing=True)
         return JwksUrl(url, algorithms, static, keys, interval, skipped)
 
     def _wrap(self, application: Any) -> Any:

@@ -243,7 +243,8 @@ class TokenAuthMiddleware(BaseMiddleware):
         #: Keys given here stay; None: ``settings.jwt_keys``, read at each verification so
         #: that a SIGHUP re-reading ``--jwt-key-file``/``--jwks-file`` reaches this middleware.
         self._keys = list(keys) if keys is not None else None
-        if not self.keys:
+        # A --jwks-url whose provider was away as this worker started has no keys yet.
+        if not self.keys and (self._keys is not None or settings.jwt_key_source is None):
             raise ConfigurationError(
                 "TokenAuthMiddleware needs a key: --jwt-key, --jwt-key-file, --jwks-file or "
                 "--jwks-url"

@@ -241,3 +241,33 @@ def test_a_provider_that_drips_its_answer_is_cut_at_the_timeout(monkeypatch):
         module.fetch(f"http://127.0.0.1:{port}/jwks.json")
     assert time.monotonic() - started < 3
     listener.close()
+
+
+def test_a_worker_restarted_while_the_provider_is_down_serves_and_fetches_later(provider,
+                                                                               redis_url):
+    """Under ``--workers`` the supervisor checked the URL at start-up; a worker that
+    restarts while the provider is down starts anyway, refusing tokens (no keys), and
+    fetches every 10 s until the provider answers; it then verifies as the others do.
+    (Before, the restarted worker failed its start-up again and again while the provider
+    was away.)"""
+    import os
+
+    from tests.e2e.test_workers import worker_pids
+
+    cmd = twistd("--app", AUTH_APP, "--port", "0", "--secret-key", SECRET,
+                 "--jwks-url", provider.url, "--jwks-refresh", "0", "--workers", "2",
+                 "--layer", redis_url, "--shutdown-timeout", "5")
+    with start(cmd, cwd=REPO) as server:
+        server.wait_for(r"all 2 workers ready")
+        victim = worker_pids(server)[1]
+        provider.status = 503
+        os.kill(victim, signal.SIGKILL)
+        server.wait_for(r"--jwks-url \S+: .*; tokens are refused until it answers")
+        server.wait_for(r"JWKS \S+: still no keys, tokens are refused")  # it serves
+        assert worker_pids(server)[1] != victim
+        provider.status = 200
+        server.wait_for(r"JWKS \S+: 1 key\(s\)", timeout=30)
+        url = server.ws_url("/ws/token") + "?token="
+        assert [status_of(url + token("k1")) for _ in range(8)] == [101] * 8
+        result = server.stop()
+    assert result.returncode == 0, result.output
