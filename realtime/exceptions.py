@@ -121,3 +121,9 @@ class ConnectionClosed(OSError):
 class ChannelFull(Exception):
     """``send`` to a channel whose queue is at capacity (Channels' exception; also
     ``realtime.layers.ChannelFull``)."""
+
+
+class TooManyGroups(ValueError):
+    """``group_add`` for a connection already in as many groups as
+    ``--max-groups-per-connection`` allows (Centrifugo's ``channel_limit``): a client that
+    asks for rooms one by one cannot make the server hold unbounded memberships."""

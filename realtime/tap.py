@@ -252,6 +252,9 @@ class Options(usage.Options):
         ["rate-limit", None, None,
          "Inbound messages per second per connection, e.g. 20/s; close 1008 past it."],
         ["rate-burst", None, None, "Messages allowed in a burst (default: the rate)."],
+        ["max-groups-per-connection", None, "128",
+         "Groups one connection may be in (Centrifugo's channel_limit); a group_add past it "
+         "fails with TooManyGroups. 0: no limit."],
         ["max-connections-per-user", None, "0",
          "Open WebSockets one signed-in user may have (in this process); past it 429. "
          "0: no limit."],
@@ -766,6 +769,8 @@ class Options(usage.Options):
             apply_rules(layer, self["history"])
         except ValueError as exc:
             raise StartupError(f"--history: {exc}") from None
+        layer.max_groups_per_connection = _count(
+            "max-groups-per-connection", self["max-groups-per-connection"], 0)
         return layer
 
     def _build_listeners(self) -> list[tuple[str, Any]]:

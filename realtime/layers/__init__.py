@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from realtime.exceptions import TooManyGroups
 from realtime.layers.base import BaseChannelLayer, ChannelFull, LayerUnavailable, check_name
 from realtime.layers.memory import InMemoryChannelLayer
 
@@ -47,6 +48,7 @@ __all__ = [
     "ChannelFull",
     "InMemoryChannelLayer",
     "LayerUnavailable",
+    "TooManyGroups",
     "check_name",
     "get_channel_layer",
     "layer_from_url",

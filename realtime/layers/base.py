@@ -35,7 +35,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
 
-from realtime.exceptions import ChannelFull  # noqa: F401 (re-exported: realtime.layers)
+from realtime.exceptions import (
+    ChannelFull,  # noqa: F401 (re-exported: realtime.layers)
+    TooManyGroups,
+)
 from realtime.layers.history import (
     META_TTL,
     POSITION,
@@ -579,6 +582,9 @@ class BaseChannelLayer:
     extensions = ["groups", "flush"]
     #: How long a history stream's epoch and offset outlive its last publish (seconds).
     history_meta_ttl = META_TTL
+    #: Groups one local consumer's channel may be in (``--max-groups-per-connection``;
+    #: 0: no limit): past it ``group_add`` fails with ``TooManyGroups``.
+    max_groups_per_connection = 128
 
     def __init__(self, capacity: int = 100,
                  history: dict[str, tuple[int, float]] | None = None) -> None:
@@ -628,6 +634,13 @@ class BaseChannelLayer:
         check_name(channel)
         info = check_presence(presence)
         position = check_since(since)
+        limit = self.max_groups_per_connection
+        if limit and channel in self._receivers:
+            joined = self._memberships.get(channel)
+            if joined is not None and len(joined) >= limit and group not in joined:
+                raise TooManyGroups(
+                    f"{channel} is in {len(joined)} groups, as many as "
+                    f"--max-groups-per-connection allows: not added to {group!r}")
         rule = self.history.match(group) if self.history else None
         if rule is None and position is not None:
             raise no_history(group)
