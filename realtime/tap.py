@@ -168,6 +168,20 @@ def _import(module_name: str) -> Any:
         return importlib.import_module(module_name)
 
 
+def _config_path(argv: list[str]) -> str | None:
+    """``--config PATH`` (or ``--config=PATH``) from the arguments, else
+    ``REALTIME_CONFIG``: read before the rest, whose values win over the file's."""
+    path = os.environ.get("REALTIME_CONFIG") or None
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg[len("--config="):]
+    return path
+
+
 def _split_app(spec: str) -> tuple[str, str]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
@@ -333,6 +347,9 @@ class Options(usage.Options):
          "shutdown): auto (apps that do not speak it are skipped), on (they must), off."],
         ["workers", None, "1",
          "Worker processes sharing the listeners (more than 1 needs --layer redis://...)."],
+        ["config", None, None,
+         "A TOML file of options (ping-interval = 10, port = [\"tcp:8000\"], metrics = "
+         "true); the environment and the command line win over it."],
     ]
 
     optFlags: list[list[Any]] = [
@@ -404,11 +421,51 @@ class Options(usage.Options):
     def parseOptions(self, options: list[str] | None = None) -> None:
         #: The subcommand's own arguments, which ``--workers`` children are started with.
         self.argv = list(options or [])
+        path = _config_path(self.argv)
+        if path:
+            self._from_file(path)
         self._from_environment()
         try:
             super().parseOptions(_daphne_spellings(options))
         except usage.UsageError as exc:
             raise StartupError(str(exc)) from None
+
+    def _from_file(self, path: str) -> None:
+        """``--config``: a TOML table of option names (``ping-interval`` or
+        ``ping_interval``) filling what the environment and the command line will not set;
+        an unknown name or a value of the wrong kind stops start-up, naming it."""
+        import tomllib
+
+        try:
+            with open(path, "rb") as handle:
+                table = tomllib.load(handle)
+        except OSError as exc:
+            raise StartupError(f"--config {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise StartupError(f"--config {path}: not TOML: {exc}") from None
+        parameters = {p[0] for p in self.optParameters} - {"config"}
+        flags = {f[0] for f in self.optFlags}
+        for key, value in table.items():
+            name = key.replace("_", "-")
+            where = f"--config {path}: {key}"
+            if name in flags:
+                if not isinstance(value, bool):
+                    raise StartupError(f"{where}: expected true or false, got {value!r}")
+                self[name] = int(value)
+            elif name in self._repeatable:
+                items = value if isinstance(value, list) else [value]
+                if not all(isinstance(v, str | int) and not isinstance(v, bool)
+                           for v in items):
+                    raise StartupError(f"{where}: expected a string or a list of strings, "
+                                       f"got {value!r}")
+                self["_env_" + name] = [str(v) for v in items]
+            elif name in parameters:
+                if isinstance(value, bool) or not isinstance(value, str | int | float):
+                    raise StartupError(f"{where}: expected a string or a number, "
+                                       f"got {value!r}")
+                self[name] = str(value)
+            else:
+                raise StartupError(f"{where}: no such option")
 
     def _from_environment(self) -> None:
         """``REALTIME_<NAME>`` fills what the command line will not set."""

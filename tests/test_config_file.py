@@ -1,0 +1,91 @@
+"""``--config FILE`` (or ``REALTIME_CONFIG``): options from a TOML file, under the
+environment and the command line; a bad file or key stops start-up with one line naming
+it; a real ``twistd realtime --config`` serves what the file says."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+from realtime.config import StartupError
+from realtime.tap import Options
+from tests.e2e.support import REPO, start, twistd
+
+BASE = ["--app", "realtime.examples.bench:application"]
+
+
+def parsed(args, monkeypatch=None, env=None):
+    if monkeypatch is not None:
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+    options = Options()
+    options.parseOptions(args)
+    return options
+
+
+def test_the_file_fills_what_the_environment_and_the_command_line_leave(tmp_path,
+                                                                        monkeypatch):
+    config = tmp_path / "realtime.toml"
+    config.write_text(
+        'app = "realtime.examples.bench:application"\n'
+        "ping-interval = 7\n"
+        "ping_timeout = 12.5\n"  # Daphne's underscore spelling works too
+        "metrics = true\n"
+        'port = ["tcp:0:interface=127.0.0.1", "0"]\n'
+        'history = "room.*=10:60"\n'
+        "max-groups-per-connection = 5\n"
+    )
+    options = parsed(["--config", str(config)])
+    assert options["ping-interval"] == "7" and options["ping-timeout"] == "12.5"
+    assert options["metrics"] == 1
+    assert options["port"] == ["tcp:0:interface=127.0.0.1", "0"]
+    assert options["history"] == ["room.*=10:60"]
+    assert options.layer.max_groups_per_connection == 5
+    # The environment wins over the file, the command line over both.
+    options = parsed([f"--config={config}"], monkeypatch, {"REALTIME_PING_INTERVAL": "8"})
+    assert options["ping-interval"] == "8"
+    options = parsed(["--config", str(config), "--ping-interval", "9", "--port", "0"])
+    assert options["ping-interval"] == "9" and options["port"] == ["0"]
+    # REALTIME_CONFIG names the file when the command line does not.
+    options = parsed(BASE, monkeypatch, {"REALTIME_CONFIG": str(config)})
+    assert options["ping-timeout"] == "12.5"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("ping-intervall = 7\n", "ping-intervall: no such option"),
+    ("metrics = 1\n", "metrics: expected true or false, got 1"),
+    ("ping-interval = true\n", "ping-interval: expected a string or a number, got True"),
+    ("ping-interval = [1, 2]\n", "ping-interval: expected a string or a number"),
+    ("port = [{a = 1}]\n", "port: expected a string or a list of strings"),
+    ("[server]\nport = 1\n", "server: no such option"),
+    ("ping-interval = \n", "not TOML: "),
+])
+def test_a_bad_file_stops_start_up_with_one_line_naming_it(tmp_path, text, expected):
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    with pytest.raises(StartupError) as error:
+        parsed([*BASE, "--config", str(config)])
+    message = str(error.value)
+    assert message.startswith(f"realtime: error: --config {config}: "), message
+    assert expected in message and "\n" not in message
+
+
+def test_a_missing_file_is_named(tmp_path):
+    with pytest.raises(StartupError) as error:
+        parsed([*BASE, "--config", str(tmp_path / "none.toml")])
+    assert str(error.value) == (f"realtime: error: --config {tmp_path / 'none.toml'}: "
+                                "No such file or directory")
+
+
+def test_a_server_runs_on_its_config_file(tmp_path):
+    config = tmp_path / "realtime.toml"
+    config.write_text('app = "realtime.examples.bench:application"\n'
+                      'port = "tcp:0:interface=127.0.0.1"\n'
+                      "metrics = true\n")
+    with start(twistd("--config", str(config)), cwd=REPO) as server:
+        url = server.ws_url("/metrics", scheme="http")
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert b"realtime_connections" in response.read()
+        result = server.stop()
+    assert result.returncode == 0, result.output
