@@ -365,6 +365,9 @@ class Options(usage.Options):
         ["reload", None,
          "Development only: run the server in a child process and restart it when a "
          "watched file changes (see --reload-dir; not with --workers)."],
+        ["check", None,
+         "Check the options and import the application, then exit 0 without serving "
+         "(before a restart: a bad value exits 1 with the line that says why)."],
     ]
 
     _repeatable = ("port", "fd", "history", "reload-dir", "reload-include", "reload-exclude")
@@ -525,11 +528,17 @@ class Options(usage.Options):
         from realtime.layers import set_channel_layer
 
         set_channel_layer(self.layer)
-        if self.reload:  # its child imports the application; a broken one must not stop it
+        if self.reload and not self["check"]:
+            # Its child imports the application; a broken one must not stop it.
             _split_app(self["app"])
             self.application = None
             return
         self.application = self._wrap(load_application(self["app"]))
+        if self["check"]:
+            where = ", ".join(desc for desc, _ in self.listeners) or "no listener"
+            print(f"realtime: configuration OK: {self['app']} on {where}, "
+                  f"layer {self['layer']}", flush=True)
+            raise SystemExit(0)
 
     def _reload_options(self) -> None:
         """``--reload`` and its directories and globs; a ``--reload`` server's child (a
