@@ -179,6 +179,34 @@ async def test_requests_are_counted_by_method_and_status_and_upgrades_are_not(li
 
 
 @pytest_twisted.ensureDeferred
+async def test_pipelined_requests_are_each_answered_and_counted_once(live):
+    """Requests pipelined in one write, the first with a body (its response is made while
+    the channel still parses that write, and the next request arrives in a nested
+    ``dataReceived``): each is answered, counted and logged once."""
+    server, logged = await serve(live)
+    conn = await raw_connect(server.port)
+    conn.write(b"POST /ok HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n\r\nabc"
+               b"HEAD /ok HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+               b"PUT /ok HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\n\r\nx"
+               b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert await closed_by_server(conn, TIMEOUT)
+    assert conn.data.count(b"HTTP/1.1 200 OK\r\n") == 4, conn.data
+    values = read(server)
+    expected = {("POST", "200"): 1, ("HEAD", "200"): 1, ("PUT", "200"): 1, ("GET", "200"): 1}
+    assert requests(values) == expected
+    assert histogram_count(values) == 4
+    assert in_progress(values) == 0
+    assert [r["method"] for r in logged] == ["POST", "HEAD", "PUT", "GET"]
+    # A bare LF in the request pipelined after a body is still refused.
+    bare = await raw_exchange(server.port, b"POST /ok HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                           b"Content-Length: 3\r\n\r\nabc"
+                                           b"GET /ok HTTP/1.1\nHost: 127.0.0.1\n\n")
+    assert bare.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert bare.count(b"HTTP/1.1 400 Bad Request\r\n") == 1
+    assert requests(read(server)) == expected | {("POST", "200"): 2, ("other", "400"): 1}
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_scrape_counts_itself_in_progress_then_as_a_request(live):
     server, _ = await serve(live)
 
