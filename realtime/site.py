@@ -166,8 +166,12 @@ class RealtimeChannel(http.HTTPChannel):
                 self.refuse_head(400)
                 return
         super().dataReceived(data)
-        if self.line_mode and not self._refused and b"\n" in self._buffer:
+        if (self.line_mode and not self._refused and not self._busyReceiving
+                and b"\n" in self._buffer):
             # The line delimiter is CRLF, so any LF still buffered is a bare LF (RFC 9112 2.2).
+            # Not in a nested call (a response finished while the channel parsed a body:
+            # twisted.web hands the pipelined bytes after it back through dataReceived,
+            # which only buffers them); the outer call checks once it parsed them.
             self.refuse_head(400)
 
     def lineReceived(self, line: bytes) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from tests.clients import (
     closed_by_server,
     http_get,
     in_thread,
-    later,
     parse_response,
     raw_connect,
     raw_exchange,
@@ -41,8 +39,6 @@ from tests.e2e.support import self_signed, tls_options
 
 LIMIT = 1000
 TIMEOUT = 10
-#: How long the SSE test keeps its stream open (a lower bound of its duration).
-OPEN_FOR = 0.3
 
 
 # -- the application ------------------------------------------------------------------------
@@ -179,6 +175,34 @@ async def test_requests_are_counted_by_method_and_status_and_upgrades_are_not(li
 
 
 @pytest_twisted.ensureDeferred
+async def test_pipelined_requests_are_each_answered_and_counted_once(live):
+    """Requests pipelined in one write, the first with a body (its response is made while
+    the channel still parses that write, and the next request arrives in a nested
+    ``dataReceived``): each is answered, counted and logged once."""
+    server, logged = await serve(live)
+    conn = await raw_connect(server.port)
+    conn.write(b"POST /ok HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n\r\nabc"
+               b"HEAD /ok HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+               b"PUT /ok HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\n\r\nx"
+               b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert await closed_by_server(conn, TIMEOUT)
+    assert conn.data.count(b"HTTP/1.1 200 OK\r\n") == 4, conn.data
+    values = read(server)
+    expected = {("POST", "200"): 1, ("HEAD", "200"): 1, ("PUT", "200"): 1, ("GET", "200"): 1}
+    assert requests(values) == expected
+    assert histogram_count(values) == 4
+    assert in_progress(values) == 0
+    assert [r["method"] for r in logged] == ["POST", "HEAD", "PUT", "GET"]
+    # A bare LF in the request pipelined after a body is still refused.
+    bare = await raw_exchange(server.port, b"POST /ok HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                           b"Content-Length: 3\r\n\r\nabc"
+                                           b"GET /ok HTTP/1.1\nHost: 127.0.0.1\n\n")
+    assert bare.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert bare.count(b"HTTP/1.1 400 Bad Request\r\n") == 1
+    assert requests(read(server)) == expected | {("POST", "200"): 2, ("other", "400"): 1}
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_scrape_counts_itself_in_progress_then_as_a_request(live):
     server, _ = await serve(live)
 
@@ -193,33 +217,54 @@ async def test_a_scrape_counts_itself_in_progress_then_as_a_request(live):
     assert requests(second) == {("GET", "200"): 1} and histogram_count(second) == 1
 
 
+class Clock:
+    """The site's clock for durations: the reactor's, but its time moves only when told
+    (``advance``), so that a duration is known exactly."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.now = 1000.0
+
+    def seconds(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.reactor, name)  # callLater: the real reactor's
+
+
 @pytest_twisted.ensureDeferred
 async def test_an_sse_stream_is_in_progress_while_open_and_counted_as_it_closes(live):
     """Open, it is in the gauge and not yet counted; the client closing it ends it with
     the status it was sent (200: an SSE stream's normal end is its client leaving), timed
-    to its end, not to its head."""
+    from its request's first byte to its end, not to its head."""
     server, logged = await serve(live)
+    clock = server.site.clock = Clock(server.site.clock)
     conn = await raw_connect(server.port)
-    conn.write(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    conn.write(b"GET /stream HTTP/1.1\r\n")
+    assert await until(lambda: server.site.stats.http_in_progress == 1, TIMEOUT)
+    clock.advance(1.0)  # the head takes 1 s to come
+    conn.write(b"Host: 127.0.0.1\r\n\r\n")
     await conn.wait_for(lambda d: b"data: 1\n\n" in d)
-    got_event = time.monotonic()
     assert parse_response(conn.data)[0] == 200
     values = read(server)
     assert in_progress(values) == 1
     assert requests(values) == {} and histogram_count(values) == 0
 
-    await later(OPEN_FOR)  # the stream stays open a while (not a wait for anything)
-    open_for = time.monotonic() - got_event
+    clock.advance(7.5)  # the stream is open for 7.5 s of the site's time
     conn.proto.transport.loseConnection()
     assert await until(lambda: server.site.stats.http_in_progress == 0, TIMEOUT)
     values = read(server)
     assert in_progress(values) == 0
     assert requests(values) == {("GET", "200"): 1}
     assert histogram_count(values) == 1
-    # The server's clock ran from before the event was sent to after the client closed.
-    assert values["realtime_http_request_seconds_sum{}"] >= open_for >= OPEN_FOR
-    assert values['realtime_http_request_seconds_bucket{"le": "0.1"}'] == 0
-    assert [(r["status"], r["target"]) for r in logged] == [(200, "/stream")]
+    assert values["realtime_http_request_seconds_sum{}"] == 8.5
+    assert values['realtime_http_request_seconds_bucket{"le": "5.0"}'] == 0
+    assert values['realtime_http_request_seconds_bucket{"le": "10.0"}'] == 1
+    assert [(r["status"], r["target"], r["duration"]) for r in logged] == [
+        (200, "/stream", 8.5)]
 
 
 @pytest_twisted.ensureDeferred
