@@ -322,15 +322,20 @@ async def test_redis_restart_reconnects_resubscribes_and_reports_the_gap():
             await two.close()
 
 
+async def crossing(two_layers, url, group):
+    """Two layers on ``url``; an event sent by the first reaches a member of the second."""
+    one, two = await two_layers(url), await two_layers(url)
+    b = Probe()
+    await two.group_add(group, two.attach(b))
+    await one.group_send(group, {"type": f"over.{group}"})
+    await until(lambda: b.events == [{"type": f"over.{group}"}])
+    return one, two
+
+
 @pytest_twisted.ensureDeferred
 async def test_unix_socket(two_layers):
     with RedisServer(unix_socket=True) as redis:
-        url = f"unix://{redis.unix_socket}?db=1"
-        one, two = await two_layers(url), await two_layers(url)
-        b = Probe()
-        await two.group_add("u", two.attach(b))
-        await one.group_send("u", {"type": "over.unix"})
-        await until(lambda: b.events == [{"type": "over.unix"}])
+        one, two = await crossing(two_layers, f"unix://{redis.unix_socket}?db=1", "unix")
         await one.close()
         await two.close()
 
@@ -341,12 +346,7 @@ async def test_an_acl_user_signs_in_as_itself(two_layers):
     from tests.test_redis_sessions import ACL, client_users
 
     with RedisServer(args=ACL) as redis:
-        url = f"redis://app:s3cret@127.0.0.1:{redis.port}/0"
-        one, two = await two_layers(url), await two_layers(url)
-        b = Probe()
-        await two.group_add("acl", two.attach(b))
-        await one.group_send("acl", {"type": "as.app"})
-        await until(lambda: b.events == [{"type": "as.app"}])
+        await crossing(two_layers, f"redis://app:s3cret@127.0.0.1:{redis.port}/0", "acl")
         users = client_users(redis)
         assert users.count("default") == 1  # CLIENT LIST's own connection
         assert users.count("app") == len(users) - 1 >= 2
@@ -363,11 +363,7 @@ def tls_redis() -> Any:
 @pytest_twisted.ensureDeferred
 async def test_rediss_verifies_the_server_with_the_given_ca(tls_redis, two_layers):
     url = f"rediss://127.0.0.1:{tls_redis.tls_port}/0?ssl_ca_certs={tls_redis.cert}"
-    one, two = await two_layers(url), await two_layers(url)
-    b = Probe()
-    await two.group_add("secure", two.attach(b))
-    await one.group_send("secure", {"type": "over.tls"})
-    await until(lambda: b.events == [{"type": "over.tls"}])
+    one, _ = await crossing(two_layers, url, "tls")
     transport = one._pub.proto.transport
     assert transport.getPeerCertificate() is not None  # really TLS
 
