@@ -184,9 +184,15 @@ class RedisSessionStore:
             self._reactor = reactor
 
         def timed_out(failure: Any) -> None:
+            from txredisapi import ConnectionError as NotConnected
+
+            where = f"--session-store {self.address.describe()}"
+            if failure.check(NotConnected):  # lost, or given up on (a refused password)
+                raise SessionError(f"{where}: {failure.getErrorMessage()}")
             failure.trap(DeferredTimeout)
-            raise SessionError(f"--session-store {self.address.describe()}: no answer from "
-                               f"Redis within {self.timeout:g} s")
+            if self._client is not None:
+                self._client.forget_cancelled()
+            raise SessionError(f"{where}: no answer from Redis within {self.timeout:g} s")
 
         return d.addTimeout(self.timeout, self._reactor).addErrback(timed_out)
 

@@ -835,3 +835,156 @@ def test_members_in_several_groups_are_counted_through_joins_leaves_detaches_and
     assert layer._in_several == 1
     assert layer.flush().called
     assert layer._in_several == 0 and layer._memberships == {}
+
+
+# -- broadcast(exclude=) -------------------------------------------------------------------------
+
+def test_an_excluded_member_of_several_groups_gets_the_rest_in_order():
+    """g1, g2 (not to m), h1, g3 in one read: m (in g and h) gets g1 at once (what was
+    held for it before g2), then h1 and g3 together; the others get all four in one
+    write. The mark set by the exclusion holds across the turn's joins."""
+    layer = InMemoryChannelLayer()
+    m, m_channel = member(layer, "g", "h")
+    both, _ = member(layer, "g", "h")
+    only_g, _ = member(layer, "g")
+    hold()
+    layer.broadcast("g", text="g1")
+    layer.broadcast("g", text="g2", exclude=m_channel)
+    assert m.writes == [text("g1")] and both.writes == []
+    layer.broadcast("h", text="h1")
+    layer.broadcast("g", text="g3")
+    release()
+    assert m.writes == [text("g1"), text("h1") + text("g3")]
+    assert both.writes == [text("g1") + text("g2") + text("h1") + text("g3")]
+    assert only_g.writes == [text("g1") + text("g2") + text("g3")]
+    assert HELD == []
+
+
+def test_excluding_a_channel_outside_the_group_changes_nothing_for_it():
+    """A channel of this process in another group only (or of another layer, or of no
+    one): no write, no mark; its held frames leave with everyone's at the turn's end."""
+    layer, other = InMemoryChannelLayer(), InMemoryChannelLayer()
+    elsewhere, elsewhere_channel = member(layer, "h")
+    foreign, foreign_channel = member(other, "g")
+    in_g, _ = member(layer, "g", "h")
+    hold()
+    layer.broadcast("h", text="h1")
+    other.broadcast("g", text="o1")
+    layer.broadcast("g", text="g1",
+                    exclude=[elsewhere_channel, foreign_channel, "specific.nobody!x"])
+    assert elsewhere.writes == [] and foreign.writes == [] and in_g.writes == []
+    assert elsewhere._held_seq == -1 and foreign._held_seq == -1
+    release()
+    assert elsewhere.writes == [text("h1")]
+    assert foreign.writes == [text("o1")]
+    assert in_g.writes == [text("h1") + text("g1")]
+
+
+def test_the_join_limit_flush_right_after_an_exclusion():
+    """A broadcast that leaves m out and takes what is held past the limit: everything goes
+    at once, m gets only what was held before it, and what follows in the turn."""
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    m, m_channel = member(layer, "g", "h")
+    x, _ = member(layer, "g", "h")
+    big = "x" * 70000
+    read(reactor, lambda: layer.broadcast("h", text="h1"),
+         lambda: layer.broadcast("g", text=big, exclude=m_channel))
+    assert not HELD
+    assert m.writes == [text("h1")]
+    assert b"".join(x.writes) == text("h1") + text(big)
+    read(reactor, lambda: layer.broadcast("g", text="g2"))
+    reactor.end_turn()
+    assert m.writes == [text("h1"), text("g2")]
+    assert x.writes[-1] == text("g2")
+
+
+def test_exclusions_with_a_delay_and_from_a_worker_thread():
+    """A timer's broadcast waiting the delay, and a worker thread's (moved to the reactor
+    thread, behind the held ones): each leaves its excluded member out, the rest in
+    order."""
+    from twisted.python import threadable
+
+    threadable.registerAsIOThread()
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    set_broadcast_delay(0.05, reactor)
+    m, m_channel = member(layer, "g")
+    n, n_channel = member(layer, "g")
+    layer.broadcast("g", text="timer", exclude=m_channel)
+    read(reactor, lambda: layer.broadcast("g", text="read"))
+    worker = threading.Thread(
+        target=lambda: layer.broadcast("g", text="thread", exclude=[n_channel]))
+    worker.start()
+    worker.join()
+    reactor.end_turn()
+    # n's share of what was held went out before the broadcast that leaves it out (as
+    # before a write of its own: the delay is a ceiling); m still waits.
+    assert m.writes == [] and n.writes == [text("timer") + text("read")]
+    reactor.advance(0.05)
+    assert m.writes == [text("read") + text("thread")]
+    assert n.writes == [text("timer") + text("read")]
+
+
+def test_an_exclusion_outside_a_read_is_written_at_once_to_the_others():
+    layer = InMemoryChannelLayer()
+    m, m_channel = member(layer, "g")
+    n, _ = member(layer, "g")
+    layer.broadcast("g", text="now", exclude=(m_channel,))
+    assert m.writes == [] and n.writes == [text("now")]
+    assert m._held_seq == -1
+
+
+class AnswersOnce(Recording):
+    """At its next write once ``answer`` is set, a read of its own is parsed at once (no
+    socket does; see ``Answering``): ``answer()`` runs inside that write."""
+
+    answer: Any = None
+
+    def deliver_frame(self, frame: bytes) -> bool:
+        ok = super().deliver_frame(frame)
+        answer, self.answer = self.answer, None
+        if answer is not None:
+            answer()
+        return ok
+
+
+def test_a_read_parsed_inside_the_excluded_members_own_share_costs_it_no_frame():
+    """The excluded member's share, written before the broadcast that leaves it out, sets
+    off a read that broadcasts to the group: that frame is held after the member's mark
+    was taken, and the member still gets it (it was marked past it: lost)."""
+    layer = InMemoryChannelLayer()
+    a = AnswersOnce()
+    a_channel = layer.attach(a)
+    layer._add_local("g", a_channel)
+    b, _ = member(layer, "g")
+    a.answer = lambda: read(None, lambda: layer.broadcast("g", text="answer"))
+    hold()
+    layer.broadcast("g", text="g1")
+    layer.broadcast("g", text="g2", exclude=a_channel)
+    release()
+    assert sorted(atoms(b"".join(a.writes))) == sorted([text("g1"), text("answer")])
+    assert sorted(atoms(b"".join(b.writes))) == sorted(
+        [text("g1"), text("answer"), text("g2")])
+    assert HELD == []
+
+
+def test_a_read_parsed_inside_a_flush_that_leaves_a_later_member_out_costs_it_no_frame():
+    """At the turn's end an entry gives two marked members its rest; the first one's write
+    sets off a read whose broadcast leaves the second out (marking it past everything
+    held, the entry in flight no longer among it): the second still gets the rest."""
+    reactor, layer = Turns(), InMemoryChannelLayer()
+    first = AnswersOnce()
+    first_channel = layer.attach(first)
+    layer._add_local("g", first_channel)
+    second, second_channel = member(layer, "g")
+    read(reactor, lambda: layer.broadcast("g", text="g1"))
+    let_out_for(first, first_channel)  # their own writes: both marked after g1
+    let_out_for(second, second_channel)
+    read(reactor, lambda: layer.broadcast("g", text="g2"))
+    first.answer = lambda: read(
+        reactor, lambda: layer.broadcast("g", text="answer", exclude=second_channel))
+    reactor.end_turn()
+    reactor.end_turn()  # the answer's own turn
+    assert sorted(atoms(b"".join(first.writes))) == sorted(
+        [text("g1"), text("g2"), text("answer")])
+    assert second.writes == [text("g1"), text("g2")]
+    assert HELD == []

@@ -3,6 +3,8 @@ CA file, Sentinel), on real redis-servers; a bad URL stops start-up with one lin
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import pytest_twisted
 
@@ -114,3 +116,153 @@ def test_every_layer_form_is_accepted_at_start_up():
         options.parseOptions(["--app", "realtime.examples.bench:application",
                               "--session-store", url])
         assert options.config is not None
+
+
+def _log_lines() -> tuple[list[str], Any]:
+    """Every log line (with a failure's traceback) until the returned call stops it."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        line = formatEvent(event)
+        if "log_failure" in event:
+            line += "\n" + event["log_failure"].getTraceback()
+        lines.append(line)
+
+    globalLogPublisher.addObserver(observe)
+    return lines, lambda: globalLogPublisher.removeObserver(observe)
+
+
+async def _sleep(seconds: float) -> None:
+    from twisted.internet import reactor, task
+
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sentinel_with_the_masters_password_user_and_database():
+    """The URL's user, password and database are the master's (the sentinels are asked
+    without them, as the layer asks them)."""
+    with RedisServer(args=ACL) as master, \
+            RedisServer(sentinel_of=("sessions", master.port)) as sentinel:
+        master.call("CONFIG", "SET", "requirepass", "pw")  # the default user's, for Sentinel
+        sentinel.call("SENTINEL", "SET", "sessions", "auth-pass", "pw")
+        store = RedisSessionStore(f"redis+sentinel://app:s3cret@127.0.0.1:{sentinel.port}"
+                                  f"/sessions/4")
+        try:
+            await round_trip(store)
+            await store.save("k4", {"db": 4}, 60)
+            assert "app" in client_users_with(master, "pw")
+            assert await store.load("k4") == {"db": 4}
+            assert_in_db(master, "pw", 4, "realtime:session:k4")
+        finally:
+            await store.close()
+
+
+def client_users_with(redis: RedisServer, password: str) -> list[str]:
+    reply = _authed(redis, password, ["CLIENT", "LIST"])
+    return [field[len("user="):] for line in reply.splitlines()
+            for field in line.split() if field.startswith("user=")]
+
+
+def assert_in_db(redis: RedisServer, password: str, db: int, key: str) -> None:
+    assert _authed(redis, password, ["SELECT", str(db)], ["EXISTS", key]) == ":1"
+
+
+def _authed(redis: RedisServer, password: str, *commands: list[str]) -> Any:
+    import socket
+
+    from tests.redis_support import _Reply
+
+    with socket.create_connection(("127.0.0.1", redis.port), timeout=2) as s:
+        reply = _Reply(s)
+        result = None
+        for args in (["AUTH", password], *commands):
+            parts = [f"*{len(args)}\r\n".encode()]
+            for arg in args:
+                parts.append(b"$%d\r\n%s\r\n" % (len(arg.encode()), arg.encode()))
+            s.sendall(b"".join(parts))
+            result = reply.read()
+        return result
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_password_behind_sentinel_is_one_log_line():
+    """A wrong password for the master Sentinel names: refused as on a plain connection
+    (one "could not auth" line, then SessionError at once). txredisapi sent ROLE without
+    waiting for AUTH: the connection stayed open and never ready, every request waited
+    for the time limit, and two "Unhandled error in Deferred" were logged."""
+    import gc
+
+    from realtime.sessions import SessionError
+
+    with RedisServer() as master, \
+            RedisServer(sentinel_of=("sessions", master.port)) as sentinel:
+        master.call("CONFIG", "SET", "requirepass", "pw")
+        sentinel.call("SENTINEL", "SET", "sessions", "auth-pass", "pw")
+        lines, stop = _log_lines()
+        store = RedisSessionStore(f"redis+sentinel://:wrong@127.0.0.1:{sentinel.port}"
+                                  f"/sessions/0")
+        store.timeout = 1.0
+        try:
+            with pytest.raises(SessionError):
+                await store.load("k")
+            with pytest.raises(SessionError, match=r"--session-store sentinel .*: Not connected"):
+                await store.load("k")
+        finally:
+            await store.close()
+            await _sleep(0.1)
+            gc.collect()
+            stop()
+    assert [line for line in lines if "could not auth" in line and "WRONGPASS" in line], lines
+    assert not [line for line in lines if "Unhandled error" in line], lines
+
+
+@pytest_twisted.ensureDeferred
+async def test_closing_a_sentinel_store_leaves_no_timer_behind():
+    """Closed while no sentinel answers: txredisapi's 10 s discovery timer is cancelled
+    (it was left pending after close)."""
+    from twisted.internet import reactor
+
+    from realtime.sessions import SessionError
+
+    before = set(reactor.getDelayedCalls())
+    store = RedisSessionStore(f"redis+sentinel://127.0.0.1:{free_port()}/sessions/0")
+    store.timeout = 0.2
+    with pytest.raises(SessionError):
+        await store.load("k")
+    await store.close()
+    await _sleep(0.05)
+    left = [call for call in reactor.getDelayedCalls()
+            if call not in before and call.active()]
+    assert not left, left
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_that_time_out_leave_nothing_waiting():
+    """With Redis away, each request that gives up leaves nothing behind (txredisapi kept
+    its cancelled wait for a connection until one came: one per request for as long as
+    Redis was away)."""
+    import gc
+
+    from twisted.internet.defer import Deferred
+
+    from realtime.sessions import SessionError
+
+    def alive() -> int:
+        gc.collect()
+        return sum(isinstance(o, Deferred) for o in gc.get_objects())
+
+    store = RedisSessionStore(f"redis://127.0.0.1:{free_port()}/0")
+    store.timeout = 0.02
+    try:
+        with pytest.raises(SessionError):
+            await store.load("k")
+        before = alive()
+        for _ in range(30):
+            with pytest.raises(SessionError):
+                await store.load("k")
+        assert alive() - before < 5
+    finally:
+        await store.close()

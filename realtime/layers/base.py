@@ -948,14 +948,19 @@ class BaseChannelLayer:
         what is held before it first (``let_out_for``): marked after the frame is held,
         they have had it, and get only what is broadcast later."""
         members = self._groups.get(group) or {}
-        skipped = []
-        for channel in exclude:
-            receiver = members.get(channel)
-            if receiver is not None:
-                if HELD:
-                    let_out_for(receiver, channel)
-                skipped.append(receiver)
-        return skipped
+        skipped = [(channel, receiver) for channel in exclude
+                   if (receiver := members.get(channel)) is not None]
+        while skipped and HELD:
+            for channel, receiver in skipped:
+                let_out_for(receiver, channel)
+            # A write above that made a read parse at once (no socket does) may have held
+            # more since: the mark must not pass frames that receiver has not had.
+            last = HELD[-1] if HELD else None
+            if last is None or all(receiver._held_seq == last[3]
+                                   and receiver._held_count == len(last[2])
+                                   for _, receiver in skipped):
+                break
+        return [receiver for _, receiver in skipped]
 
     def _send_frames(self, group: str, frames: list[bytes], seq: int = -1,
                      exclude: tuple[str, ...] | None = None) -> None:
@@ -993,6 +998,7 @@ class BaseChannelLayer:
         """The members that have had none of held entry ``seq``; those that had its first
         frames (a write of their own came between) get the rest now, on their own."""
         whole = []
+        rests = []
         for receiver in receivers:
             if receiver is None:
                 continue
@@ -1002,7 +1008,12 @@ class BaseChannelLayer:
             elif upto == seq:
                 rest = frames[receiver._held_count:]
                 if rest:
-                    self._deliver_frames(receiver, rest)
+                    rests.append((receiver, rest))
+        # Every mark read before the first write: a write that made a read parse at once
+        # (no socket does) could mark a later member past this entry, which is out of
+        # HELD already (a broadcast there that leaves it out) and would never reach it.
+        for receiver, rest in rests:
+            self._deliver_frames(receiver, rest)
         return whole
 
     def _deliver_frames(self, receiver: Any, frames: list[bytes],
