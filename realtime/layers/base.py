@@ -974,8 +974,11 @@ class BaseChannelLayer:
             return
         # A copy (a few µs for thousands of members): a write whose transport runs code at
         # once (no socket does) may join or leave the group while the loop goes on.
-        receivers: Any = (list(members.values()) if exclude is None else
-                          [r for channel, r in members.items() if channel not in exclude])
+        if exclude is None:
+            receivers: Any = list(members.values())
+        else:
+            skip = exclude if len(exclude) < 8 else frozenset(exclude)  # a long list: hashed
+            receivers = [r for channel, r in members.items() if channel not in skip]
         if seq >= 0:
             receivers = self._not_had(receivers, frames, seq)
         stats = self.stats
