@@ -60,6 +60,8 @@ if _h2 is not None:
             super().__init__(*args, **kwargs)
             #: Streams whose producer ``writeDataToStream`` paused for their queue.
             self._queue_paused: set[int] = set()
+            #: Streams refused from their head: no 100 Continue (``refuse_continue``).
+            self._no_continue: set[int] = set()
 
         def timeoutConnection(self) -> None:
             if self.streams:
@@ -137,6 +139,18 @@ if _h2 is not None:
                     elif self._queued(streamID) < QUEUE_LOW:
                         paused.discard(streamID)
                         stream.windowUpdated()  # resumes it while its window is open
+
+        def _send100Continue(self, streamID: int) -> None:
+            """Twisted answers ``Expect: 100-continue`` right after the head; a stream whose
+            declared body is over its limit gets its 413 instead (``refuse_continue``), as
+            over HTTP/1.1: a 100 first would ask the client to send what is refused."""
+            if streamID in self._no_continue:
+                self._no_continue.discard(streamID)
+                return
+            super()._send100Continue(streamID)
+
+        def refuse_continue(self, streamID: int) -> None:
+            self._no_continue.add(streamID)
 
         def _stop_upload(self, streamID: int) -> None:
             """The complete response (a 413) is out before the request body: RST_STREAM with

@@ -494,8 +494,13 @@ class RealtimeRequest(server.Request):
             self.body_limit, self.body_limit_option = channel.site.body_limit(channel.path or b"")
         if length is not None and self.body_limit and length > self.body_limit:
             # No temporary file for it. HTTP/2: answered once Twisted has set the stream up
-            # (``RealtimeH2Connection._requestReceived``); HTTP/1.1 never gets here.
+            # (``RealtimeH2Connection._requestReceived``), with no 100 Continue before it;
+            # HTTP/1.1 never gets here.
             self.body_refused = True
+            stream: Any = self.channel
+            refuse = getattr(getattr(stream, "_conn", None), "refuse_continue", None)
+            if refuse is not None:
+                refuse(stream.streamID)
             return
         super().gotLength(length)
 

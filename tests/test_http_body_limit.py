@@ -398,6 +398,47 @@ async def test_http2_streams_over_the_limit_get_413_and_the_others_go_on(live, c
         (413, "POST", "/consumer", "HTTP/2")]
 
 
+@pytest_twisted.ensureDeferred
+async def test_http2_expect_100_continue_over_the_limit_gets_413_without_a_100(live,
+                                                                              certificate):
+    """``expect: 100-continue`` on an HTTP/2 stream whose content-length is over the limit:
+    the 413 without a 100 before it (a 100 asks the client to send the body that is
+    refused; Twisted sends it right after the head); a stream within the limit still gets
+    its 100, then its answer."""
+    cert, options = certificate
+    rec = Recorder()
+    server = await serve(live, rec, tls=options)
+
+    def informational(events: list[Any], stream: int) -> list[bytes]:
+        return [dict(e.headers)[b":status"] for e in events
+                if isinstance(e, h2.events.InformationalResponseReceived)
+                and e.stream_id == stream]
+
+    def run_client() -> dict[str, Any]:
+        h2c = RawH2(server.port, cert)
+        try:
+            over = h2c.request("/consumer", [("content-length", str(LIMIT + 1)),
+                                             ("expect", "100-continue")],
+                               end=False, method="POST")
+            events = h2c.events_until(reset(over))
+            out = {"over": (informational(events, over), status_of(events, over))}
+            within = h2c.request("/consumer", [("content-length", "3"),
+                                               ("expect", "100-continue")],
+                                 end=False, method="POST")
+            events = h2c.events_until(lambda e: isinstance(
+                e, h2.events.InformationalResponseReceived) and e.stream_id == within)
+            h2c.conn.send_data(within, b"abc", end_stream=True)
+            events += h2c.events_until(ended(within))
+            out["within"] = (informational(events, within), status_of(events, within),
+                             body_of(events, within))
+        finally:
+            h2c.close()
+        return out
+
+    out = await in_thread(run_client)
+    assert out == {"over": ([], 413), "within": ([b"100"], 200, b"3")}
+
+
 # -- the option -----------------------------------------------------------------------------
 def parse_limit(*args: str) -> int:
     options = Options()
