@@ -133,7 +133,16 @@ class RealtimeSocket extends EventTarget {
       throw new RangeError(`a client closes with 1000 or 3000-4999, not ${code}`);
     }
     const ws = this.#ws;
-    if (ws !== null) ws.close(code, reason); // throws for a reason over 123 bytes
+    if (ws !== null) {
+      ws.close(code, reason); // throws for a reason over 123 bytes
+      // Let go of it at once (a connect() may follow before it has closed): its close
+      // event is the last thing it reports.
+      this.#ws = null;
+      ws.onopen = ws.onmessage = null;
+      ws.onclose = ({ code, reason, wasClean }) => {
+        this.#emit("close", { code, reason, wasClean, willReconnect: false });
+      };
+    }
     const was = this.#state;
     this.#generation += 1;
     clearTimeout(this.#timer);
@@ -203,10 +212,6 @@ class RealtimeSocket extends EventTarget {
     this.#ws = null;
     const { code, reason, wasClean } = closed;
     const info = { code, reason, wasClean };
-    if (this.#state === "closed") { // our own close()
-      this.#emit("close", { ...info, willReconnect: false });
-      return;
-    }
     if (this.#openedAt && Date.now() - this.#openedAt >= this.#options.stableAfter) {
       this.#attempt = 0; // it had been up a while: start the backoff over
     }

@@ -316,6 +316,14 @@ def test_close_stops_reconnecting_and_connect_starts_again(browser, server):
         page.evaluate("window.clients.open.socket.connect()")
         _wait(page, "window.clients.open.seen.opens === 2")
         assert page.evaluate("window.clients.open.socket.state") == "open"
+        # close() then connect() in the same turn: the old socket's close does not stop
+        # the new one.
+        page.evaluate("(() => { const s = window.clients.open.socket; s.close(); "
+                      "s.connect(); })()")
+        _wait(page, "window.clients.open.seen.opens === 3 && "
+                    "window.clients.open.seen.closes.length === 2")
+        assert page.evaluate("window.clients.open.socket.state") == "open"
+        assert [c["willReconnect"] for c in _seen(page, "open")["closes"]] == [False, False]
         page.evaluate("window.clients.witness.socket.close()")
     finally:
         page.context.close()
