@@ -47,8 +47,11 @@ async def test_bad_name_is_refused_and_page_is_served():
     assert await chat("x" * 40).connect() == (False, 403)
     response = await HttpCommunicator(application, "GET", "/").get_response()
     assert response["status"] == 200
-    assert b"new WebSocket(" in response["body"]
+    assert b'import { RealtimeSocket } from "./realtime.js"' in response["body"]
     assert (b"content-type", b"text/html; charset=utf-8") in response["headers"]
+    client = await HttpCommunicator(application, "GET", "/realtime.js").get_response()
+    assert client["status"] == 200
+    assert b"class RealtimeSocket extends EventTarget" in client["body"]
 
 
 @pytest_twisted.ensureDeferred

@@ -1,4 +1,5 @@
-"""The chat demo: a page at ``/`` and its socket at ``/ws/chat/<room>/``.
+"""The chat demo: a page at ``/`` and its socket at ``/ws/chat/<room>/``; the page's
+client, ``realtime.js`` (reconnects with backoff, resumes history), at ``/realtime.js``.
 
     pip install . && twistd -n --pidfile= realtime --app realtime.examples.chat:application
 
@@ -24,6 +25,7 @@ from urllib.parse import parse_qs
 from twisted.web.resource import Resource
 
 from realtime import AsyncJsonWebsocketConsumer, ProtocolTypeRouter, URLRouter, path
+from realtime.static import client_app
 
 NAME = re.compile(r"^[\w .-]{1,32}$")
 EPOCH = re.compile(r"^[0-9a-f]{1,64}$")
@@ -130,7 +132,7 @@ def _page() -> _Page:
 
 application = ProtocolTypeRouter(
     {
-        "http": URLRouter([path("", _page())]),
+        "http": URLRouter([path("", _page()), path("realtime.js", client_app())]),
         "websocket": URLRouter([path("ws/chat/<slug:room>/", ChatConsumer.as_asgi())]),
     }
 )
