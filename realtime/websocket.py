@@ -52,6 +52,10 @@ if TYPE_CHECKING:
 
     from realtime.site import RealtimeSite
 
+#: The subprotocol the server answers when a client offered it and the application picked
+#: none (``accept()``): how a browser can send its token as a ``bearer.<jwt>`` entry.
+MARKER_PROTOCOL = "realtime"
+
 log = Logger()
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -413,6 +417,11 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._finish(1006)
 
     def accept(self, subprotocol: str | None = None, headers: HeaderPairs | None = None) -> None:
+        if subprotocol is None and MARKER_PROTOCOL in self.scope["subprotocols"]:
+            # A browser fails a handshake whose offered subprotocols get no answer; a
+            # client that offers "realtime" (realtime.js, beside its bearer.<jwt> entry)
+            # gets it when the application picks none.
+            subprotocol = MARKER_PROTOCOL
         if subprotocol is not None and subprotocol not in self.scope["subprotocols"]:
             raise ValueError(
                 f"subprotocol {subprotocol!r} was not offered by the client "

@@ -28,8 +28,9 @@ const EVENTS = ["open", "message", "close", "reconnecting", "error"];
 const DEFAULTS = {
   protocols: [],
   token: null,          // a string, or a function (may be async) called before every connect
-  tokenIn: "auto",      // "protocol" (a bearer.<jwt> subprotocol entry), "query" (?token=),
-                        // "auto": the entry when there are protocols, else the query
+  tokenIn: "protocol",  // "protocol": a bearer.<jwt> subprotocol entry (beside "realtime",
+                        // which the server answers when the app picks no protocol; kept out
+                        // of URLs and proxy logs), "query": ?token=; "auto" = "protocol"
   params: null,         // an object, or a function (may be async) called before every connect
   minDelay: 500,        // ms: the first retry waits up to this (full jitter)...
   maxDelay: 20000,      // ...doubling each failed try up to this
@@ -162,12 +163,15 @@ class RealtimeSocket extends EventTarget {
       if (generation !== this.#generation) return; // closed meanwhile
       let protocols = this.#options.protocols;
       protocols = typeof protocols === "string" ? [protocols] : [...(protocols || [])];
-      // A browser fails a handshake that offered subprotocols when the server picks none,
-      // and the server never picks the bearer entry: so "auto" sends it only beside
-      // protocols of the app (of which the server picks one), else in the query.
+      // A browser fails a handshake whose offered subprotocols get no answer, and the
+      // server never picks the bearer entry: "realtime" goes beside it, which the server
+      // answers when the application picks none of the app's own protocols.
       let { tokenIn } = this.#options;
-      if (tokenIn === "auto") tokenIn = protocols.length ? "protocol" : "query";
-      if (token && tokenIn === "protocol") protocols.push(`bearer.${token}`);
+      if (tokenIn === "auto") tokenIn = "protocol";
+      if (token && tokenIn === "protocol") {
+        if (!protocols.includes("realtime")) protocols.push("realtime");
+        protocols.push(`bearer.${token}`);
+      }
       const url = this.#address(params, tokenIn === "query" ? token : null);
       const WebSocketClass = this.#options.WebSocket || globalThis.WebSocket;
       ws = protocols.length ? new WebSocketClass(url, protocols) : new WebSocketClass(url);

@@ -81,9 +81,11 @@ def _hello(scope: dict[str, Any], **more: Any) -> str:
 
 
 def _first_offered(scope: dict[str, Any]) -> str | None:
-    """The subprotocol a consumer picks: a browser fails a handshake that offered some and
-    got none back (the token's ``bearer.`` entry is no longer among them here)."""
-    return (scope.get("subprotocols") or [None])[0]
+    """The subprotocol a consumer picks: the first of the app's own (the token's
+    ``bearer.`` entry is no longer among them; ``realtime``, offered beside it, is the
+    server's to answer when the app picks none)."""
+    own = [p for p in scope.get("subprotocols") or [] if p != "realtime"]
+    return own[0] if own else None
 
 
 class Echo(AsyncWebsocketConsumer):

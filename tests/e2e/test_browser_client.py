@@ -245,9 +245,24 @@ def test_token_asked_again_on_every_reconnect(browser, server):
         hellos = [m["hello"] for m in seen["messages"]]
         assert [h["n"] for h in hellos] == list(range(1, len(hellos) + 1))
         assert page.evaluate("window.tokenCalls") in (len(hellos), len(hellos) + 1)
-        # The bearer entry is taken out of the subprotocols the app sees.
-        assert all(h["subprotocols"] == ["app.v2"] and h["sub"] == "ada" for h in hellos)
+        # The bearer entry is taken out of the subprotocols the app sees ("realtime", the
+        # marker offered beside it, stays: the app picked its own).
+        assert all(h["subprotocols"] == ["app.v2", "realtime"] and h["sub"] == "ada"
+                   for h in hellos)
         assert all(h["query"] == "close=4008" for h in hellos)  # not in the query
+
+        # No protocols of the app: the entry goes beside "realtime", which the server
+        # answers when the consumer picks none (a browser fails a handshake whose offered
+        # subprotocols get no answer); the token stays out of the URL.
+        page.evaluate(f"window.plainToken = {json.dumps(tokens[0])}")
+        _open(page, "plain", "/ws/token", json.dumps(FAST)[:-1] + """,
+            json: true, token: () => window.plainToken}""")
+        _wait(page, "window.clients.plain.seen.messages.length >= 1")
+        seen = _seen(page, "plain")
+        assert seen["messages"][0]["hello"]["query"] == ""
+        assert seen["messages"][0]["hello"]["subprotocols"] == ["realtime"]
+        assert page.evaluate("window.clients.plain.socket.state") == "open"
+        page.evaluate("window.clients.plain.socket.close()")
 
         # ?token=: the first token expires in two seconds or so and the server closes with
         # 4001; the page asks token() again and the next connection carries the new one.
@@ -255,7 +270,8 @@ def test_token_asked_again_on_every_reconnect(browser, server):
         page.evaluate(f"window.queryTokens = [{json.dumps(short)}, {json.dumps(tokens[1])}];"
                       "window.queryCalls = 0")
         _open(page, "query", "/ws/token", json.dumps(FAST)[:-1] + """,
-            json: true, token: () => window.queryTokens[window.queryCalls++]}""")
+            json: true, tokenIn: "query",
+            token: () => window.queryTokens[window.queryCalls++]}""")
         _wait(page, "window.clients.query.seen.opens >= 2")
         page.evaluate("window.clients.query.socket.close()")
         seen = _seen(page, "query")
