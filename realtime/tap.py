@@ -2,8 +2,9 @@
 
 Every option is validated in ``postOptions``, before twistd forks or binds anything, and a
 bad value stops start-up with one line naming the option (``StartupError``), never a usage
-dump or a traceback. Every option also reads ``REALTIME_<NAME>`` from the environment; the
-command line wins.
+dump or a traceback. Every option also reads ``REALTIME_<NAME>`` from the environment and
+a key of the ``--config`` TOML file; the command line wins over the environment, the
+environment over the file.
 """
 
 from __future__ import annotations
@@ -230,7 +231,9 @@ class Options(usage.Options):
         "Serve an application of Channels-style consumers over WebSocket and HTTP. "
         "With no listener option, listens on tcp:8000:interface=127.0.0.1. "
         "Every option also reads REALTIME_<NAME> from the environment (e.g. "
-        "REALTIME_PING_INTERVAL); the command line wins. Built-in paths (--health-path, "
+        "REALTIME_PING_INTERVAL) and from the TOML file of --config (ping-interval = 10); "
+        "the command line wins over the environment, the environment over the file. "
+        "Built-in paths (--health-path, "
         "--ready-path) match before the application's routes."
     )
 
