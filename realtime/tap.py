@@ -2,8 +2,9 @@
 
 Every option is validated in ``postOptions``, before twistd forks or binds anything, and a
 bad value stops start-up with one line naming the option (``StartupError``), never a usage
-dump or a traceback. Every option also reads ``REALTIME_<NAME>`` from the environment; the
-command line wins.
+dump or a traceback. Every option also reads ``REALTIME_<NAME>`` from the environment and
+a key of the ``--config`` TOML file; the command line wins over the environment, the
+environment over the file.
 """
 
 from __future__ import annotations
@@ -168,17 +169,21 @@ def _import(module_name: str) -> Any:
         return importlib.import_module(module_name)
 
 
-def _config_path(argv: list[str]) -> str | None:
-    """``--config PATH`` (or ``--config=PATH``) from the arguments, else
-    ``REALTIME_CONFIG``: read before the rest, whose values win over the file's."""
+def _config_path(argv: list[str], short: str, long: list[str]) -> str | None:
+    """``--config PATH`` from the arguments as getopt reads them (``--config=PATH``, and
+    an abbreviation such as ``--conf PATH``, which the parse that follows takes as
+    ``--config`` too), else ``REALTIME_CONFIG``: read before the rest, whose values win
+    over the file's. Arguments getopt refuses are left to that parse to report."""
+    import getopt
+
     path = os.environ.get("REALTIME_CONFIG") or None
-    for i, arg in enumerate(argv):
-        if arg == "--":
-            break
-        if arg == "--config" and i + 1 < len(argv):
-            path = argv[i + 1]
-        elif arg.startswith("--config="):
-            path = arg[len("--config="):]
+    try:
+        found, _ = getopt.getopt(argv, short, long)
+    except getopt.GetoptError:
+        return path
+    for name, value in found:
+        if name == "--config":
+            path = value
     return path
 
 
@@ -226,7 +231,9 @@ class Options(usage.Options):
         "Serve an application of Channels-style consumers over WebSocket and HTTP. "
         "With no listener option, listens on tcp:8000:interface=127.0.0.1. "
         "Every option also reads REALTIME_<NAME> from the environment (e.g. "
-        "REALTIME_PING_INTERVAL); the command line wins. Built-in paths (--health-path, "
+        "REALTIME_PING_INTERVAL) and from the TOML file of --config (ping-interval = 10); "
+        "the command line wins over the environment, the environment over the file. "
+        "Built-in paths (--health-path, "
         "--ready-path) match before the application's routes."
     )
 
@@ -424,7 +431,7 @@ class Options(usage.Options):
     def parseOptions(self, options: list[str] | None = None) -> None:
         #: The subcommand's own arguments, which ``--workers`` children are started with.
         self.argv = list(options or [])
-        path = _config_path(self.argv)
+        path = _config_path(_daphne_spellings(self.argv) or [], self.shortOpt, self.longOpt)
         if path:
             self._from_file(path)
         self._from_environment()
@@ -448,9 +455,13 @@ class Options(usage.Options):
             raise StartupError(f"--config {path}: not TOML: {exc}") from None
         parameters = {p[0] for p in self.optParameters} - {"config"}
         flags = {f[0] for f in self.optFlags}
+        spelled: dict[str, str] = {}
         for key, value in table.items():
             name = key.replace("_", "-")
             where = f"--config {path}: {key}"
+            if name in spelled:  # ping-interval and ping_interval: which was meant?
+                raise StartupError(f"{where}: the same option as {spelled[name]}")
+            spelled[name] = key
             if name in flags:
                 if not isinstance(value, bool):
                     raise StartupError(f"{where}: expected true or false, got {value!r}")
@@ -536,8 +547,11 @@ class Options(usage.Options):
         self.application = self._wrap(load_application(self["app"]))
         if self["check"]:
             where = ", ".join(desc for desc, _ in self.listeners) or "no listener"
-            print(f"realtime: configuration OK: {self['app']} on {where}, "
-                  f"layer {self['layer']}", flush=True)
+            # The layer as its log lines name it: a password in the URL stays out.
+            address = getattr(self.layer, "address", None)
+            layer = address.describe() if address is not None else "memory"
+            print(f"realtime: configuration OK: {self['app']} on {where}, layer {layer}",
+                  flush=True)
             raise SystemExit(0)
 
     def _reload_options(self) -> None:

@@ -373,7 +373,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         if not waiting:
             for d in joins:
                 d.addErrback(self._join_failed)
-            self._run(consumer._on_connect)
+            if not self.finished:  # a join that failed at once refused the handshake
+                self._run(consumer._on_connect)
             return
         # As in Channels: the ``groups`` are joined before connect() runs (with Redis, a
         # SUBSCRIBE in flight), so a group_send right after the handshake reaches this member.
@@ -388,9 +389,18 @@ class WebSocketConnection(WebSocketServerProtocol):
 
     def _join_failed(self, failure: Failure) -> None:
         failure = getattr(failure.value, "subFailure", failure)
-        log.failure("joining the consumer's groups failed", failure)
+        if failure.check(TypeError, ValueError):
+            # The consumer's own fault (a bad group name, more groups than
+            # --max-groups-per-connection allows): no retry helps, so 500, not 503.
+            log.error("{consumer}: its groups cannot be joined: {error}; handshake refused",
+                      consumer=type(self.consumer).__qualname__,
+                      error=failure.getErrorMessage())
+            status = 500
+        else:
+            log.failure("joining the consumer's groups failed", failure)
+            status = 503
         if self.in_handshake and not self.finished:
-            self.refuse(Refuse(503))
+            self.refuse(Refuse(status))
 
     def _handshake_lost(self, failure: Failure) -> None:
         """The client went away while ``connect()`` ran."""

@@ -52,6 +52,17 @@ def test_the_file_fills_what_the_environment_and_the_command_line_leave(tmp_path
     assert options["ping-timeout"] == "12.5"
 
 
+@pytest.mark.parametrize("spelling", ["--conf {}", "--confi={}"])
+def test_an_abbreviated_config_option_reads_the_file(tmp_path, spelling):
+    """getopt takes ``--conf FILE`` as ``--config FILE``: the file is read then too (it
+    was named in the options and silently left unread)."""
+    config = tmp_path / "realtime.toml"
+    config.write_text('app = "realtime.examples.bench:application"\nping-interval = 7\n')
+    args = spelling.format(config).split(" ")
+    options = parsed(args)
+    assert options["config"] == str(config) and options["ping-interval"] == "7"
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("ping-intervall = 7\n", "ping-intervall: no such option"),
     ("metrics = 1\n", "metrics: expected true or false, got 1"),
@@ -60,6 +71,11 @@ def test_the_file_fills_what_the_environment_and_the_command_line_leave(tmp_path
     ("port = [{a = 1}]\n", "port: expected a string or a list of strings"),
     ("[server]\nport = 1\n", "server: no such option"),
     ("ping-interval = \n", "not TOML: "),
+    # Two spellings of one option: which one was meant is not guessed.
+    ("ping-interval = 7\nping_interval = 9\n", "ping_interval: the same option as "
+                                               "ping-interval"),
+    ("max_send_buffer = 1\nmax-send-buffer = 2\n", "max-send-buffer: the same option as "
+                                                   "max_send_buffer"),
 ])
 def test_a_bad_file_stops_start_up_with_one_line_naming_it(tmp_path, text, expected):
     config = tmp_path / "bad.toml"
@@ -119,3 +135,18 @@ def test_check_validates_everything_and_serves_nothing(tmp_path):
         bad = run(twistd("--config", str(config), *extra, "--check"), cwd=REPO)
         assert bad.returncode == 1 and expected in bad.stderr, (extra, bad)
         assert bad.stdout == ""
+
+
+def test_check_names_the_layer_without_its_password(capsys):
+    """``--check``'s line names the layer as the log does: a password in the URL (which
+    ends up in a CI log or the journal) is left out."""
+    for url, named in (("redis://:s3cret@127.0.0.1:1/0", "redis://127.0.0.1:1/0"),
+                       ("redis://user:s3cret@127.0.0.1:1/2", "redis://127.0.0.1:1/2"),
+                       ("redis+sentinel://:s3cret@h1:1,h2:2/mymaster/0",
+                        "sentinel h1:1,h2:2 master mymaster db 0"),
+                       ("memory", "memory")):
+        with pytest.raises(SystemExit) as exit_:
+            parsed([*BASE, "--port", "0", "--layer", url, "--check"])
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        assert out.endswith(f", layer {named}\n") and "s3cret" not in out, out

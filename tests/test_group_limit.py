@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from realtime import AsyncWebsocketConsumer, URLRouter, path
 from realtime.layers import TooManyGroups
-from tests.clients import in_thread
+from tests.clients import captured_log, in_thread
 
 
 class Joiner(AsyncWebsocketConsumer):
@@ -37,7 +38,19 @@ class Joiner(AsyncWebsocketConsumer):
             await layer.broadcast(group, text=text)
 
 
-app = URLRouter([path("join", Joiner.as_app())])
+class Crowded(AsyncWebsocketConsumer):
+    """Its ``groups`` attribute lists more groups than the test's limit allows."""
+
+    groups = ["a", "b", "c"]
+    connected: list[str] = []
+
+    async def connect(self) -> None:
+        type(self).connected.append(self.channel_name)
+        await self.channel_layer.group_add("late", self.channel_name)
+        await self.accept()
+
+
+app = URLRouter([path("join", Joiner.as_app()), path("crowded", Crowded.as_app())])
 
 
 @pytest_twisted.ensureDeferred
@@ -65,6 +78,44 @@ async def test_past_the_limit_group_add_fails_and_the_socket_stays_open(layer):
         "is in 2 groups, as many as --max-groups-per-connection allows: not added to 'c'")
     assert answers[3:] == ["ok", "ok", "ok"]  # a group it is in; room made by leaving one
     assert heard == "in c"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_groups_attribute_past_the_limit_is_a_500_and_connect_never_runs(layer):
+    """A consumer class whose ``groups`` lists more groups than the limit: the handshake
+    is refused with 500 (the class's fault: a retry would fail again, so not 503) and one
+    error line naming the class and the limit; its ``connect()`` never runs (on the
+    in-memory layer the failing join failed at once, and ``connect()`` used to run after
+    the refusal and after ``disconnect()``, its own ``group_add`` then leaving a member
+    nobody would ever detach), and no membership is left behind."""
+    from realtime.testing import serve
+
+    layer.max_groups_per_connection = 2
+    Crowded.connected = []
+    server = await serve(app, layer=layer)
+
+    def flow():
+        try:
+            with connect(server.ws_url("/crowded"), open_timeout=5):
+                return 101
+        except InvalidStatus as exc:
+            return exc.response.status_code
+
+    try:
+        with captured_log() as events:
+            status = await in_thread(flow)
+    finally:
+        await server.stop()
+    assert status == 500
+    assert layer._memberships == {} and layer.local_members("late") == []
+    assert Crowded.connected == []
+    errors = [e for e in events if e.get("log_level") is not None
+              and e["log_level"].name in ("error", "critical")]
+    assert len(errors) == 1, errors
+    event = errors[0]
+    assert event["consumer"] == "Crowded" and "failure" not in event
+    assert event["error"].endswith("is in 2 groups, as many as --max-groups-per-connection "
+                                   "allows: not added to 'c'")
 
 
 @pytest_twisted.ensureDeferred
