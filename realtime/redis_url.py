@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 
-from realtime.layers.redis import RedisAddress, _load_ca_certs, parse_url
+from realtime.layers.redis import RedisAddress, _load_ca_certs, parse_url, redact_url
 
 
 def parse_redis_url(url: str) -> RedisAddress:
@@ -24,10 +24,11 @@ def parse_redis_url(url: str) -> RedisAddress:
     address, options = parse_url(url)
     if options:
         raise ValueError(
-            f"{url!r}: {', '.join(sorted(options))} is a channel-layer option (--layer)"
+            f"{redact_url(url)!r}: {', '.join(sorted(options))} is a channel-layer option "
+            "(--layer)"
         )
     if address.ca_certs:
-        _load_ca_certs(address.ca_certs, url)
+        _load_ca_certs(address.ca_certs, redact_url(url))
     return address
 
 

@@ -266,3 +266,24 @@ async def test_requests_that_time_out_leave_nothing_waiting():
         assert alive() - before < 5
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(("option", "url"), [
+    ("--layer", "redis://app:s3cr3t@127.0.0.1:6390/x"),
+    ("--layer", "redis://127.0.0.1/0?password=s3cr3t&colour=red"),
+    ("--layer", "rediz://:s3cr3t@127.0.0.1/0"),
+    ("--layer", "redis+sentinel://:s3cr3t@127.0.0.1:1"),
+    ("--session-store", "redis://:s3cr3t@127.0.0.1/0?capacity=5"),
+    ("--session-store", "unix://:s3cr3t@/tmp/none.sock?db=x"),
+])
+def test_a_start_up_error_never_shows_the_password(option, url):
+    """The one-line error names the URL with its password as ``***`` (it goes to stderr,
+    the journal, CI logs)."""
+    from realtime.config import StartupError
+    from realtime.tap import Options
+
+    with pytest.raises(StartupError) as error:
+        Options().parseOptions(["--app", "realtime.examples.bench:application", option, url])
+    message = str(error.value)
+    assert message.startswith(f"realtime: error: {option}: ") and "***" in message, message
+    assert "s3cr3t" not in message

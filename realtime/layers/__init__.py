@@ -27,6 +27,12 @@ def set_channel_layer(layer: BaseChannelLayer, alias: str = "default") -> None:
     _layers[alias] = layer
 
 
+def _redacted(url: str) -> str:
+    from realtime.layers.redis import redact_url  # (imports no txredisapi)
+
+    return redact_url(url)
+
+
 def layer_from_url(url: str, reactor: Any = None) -> BaseChannelLayer:
     """``memory`` or a Redis URL (``redis://``, ``rediss://``, ``unix://``,
     ``redis+sentinel://``); ``ValueError`` names what is wrong."""
@@ -38,7 +44,8 @@ def layer_from_url(url: str, reactor: Any = None) -> BaseChannelLayer:
 
         return RedisChannelLayer.from_url(url, reactor)
     raise ValueError(
-        f"unknown layer {url!r}: use memory, redis://host:port/db, rediss://, unix:///path "
+        f"unknown layer {_redacted(url)!r}: use memory, redis://host:port/db, rediss://, "
+        "unix:///path "
         "or redis+sentinel://h1:p1,h2:p2/master/db"
     )
 

@@ -49,6 +49,7 @@ from __future__ import annotations
 import functools
 import itertools
 import random
+import re
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -224,6 +225,21 @@ class RedisAddress:
         return f"{scheme}://{_host_port(self.host, self.port)}/{self.db}"
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its password (``user:password@``, ``:password@``, ``?password=``)
+    replaced by ``***``: what error messages and logs may show."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        netloc, slash, tail = rest.partition("/")
+        userinfo, at, hosts = netloc.rpartition("@")
+        if at:
+            user, colon, _ = userinfo.partition(":")
+            userinfo = f"{user}:***" if colon else "***"
+            rest = f"{userinfo}@{hosts}{slash}{tail}"
+        url = f"{scheme}{sep}{rest}"
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+
+
 def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -287,28 +303,29 @@ def parse_url(url: str) -> tuple[RedisAddress, dict[str, str]]:
     """``redis://[user:password@]host[:port][/db]``, ``rediss://...[?ssl_ca_certs=PATH]``,
     ``unix://[:password@]/path[?db=N]``, ``redis+sentinel://[:password@]h1:p1,h2:p2/master[/db]``;
     plus ``capacity=N`` and ``prefix=NAME`` on any. ``ValueError`` names what is wrong."""
+    shown = redact_url(url)  # error messages never carry a password
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
-        raise ValueError(f"{url!r}: expected redis://, rediss://, unix:// or redis+sentinel://")
+        raise ValueError(f"{shown!r}: expected redis://, rediss://, unix:// or redis+sentinel://")
     rest, _, fragment = rest.partition("#")
     if fragment:
-        raise ValueError(f"{url!r}: unexpected fragment #{fragment}")
+        raise ValueError(f"{shown!r}: unexpected fragment #{fragment}")
     rest, _, query_text = rest.partition("?")
     try:
         parsed_query = parse_qs(query_text, keep_blank_values=True, strict_parsing=bool(query_text))
     except ValueError:
-        raise ValueError(f"{url!r}: cannot parse the query {query_text!r}") from None
+        raise ValueError(f"{shown!r}: cannot parse the query {query_text!r}") from None
     query: dict[str, str] = {}
     for key, values in parsed_query.items():
         if key not in _QUERY_KEYS:
             raise ValueError(
-                f"{url!r}: unknown option {key!r} (known: {', '.join(sorted(_QUERY_KEYS))})"
+                f"{shown!r}: unknown option {key!r} (known: {', '.join(sorted(_QUERY_KEYS))})"
             )
         if len(values) != 1:
-            raise ValueError(f"{url!r}: option {key!r} given more than once")
+            raise ValueError(f"{shown!r}: option {key!r} given more than once")
         query[key] = values[0]
     if "ssl_ca_certs" in query and scheme != "rediss":
-        raise ValueError(f"{url!r}: ssl_ca_certs is for rediss:// URLs")
+        raise ValueError(f"{shown!r}: ssl_ca_certs is for rediss:// URLs")
     netloc, slash, path = rest.partition("/")
     userinfo, at, hosts = netloc.rpartition("@")
     username = password = None
@@ -322,36 +339,36 @@ def parse_url(url: str) -> tuple[RedisAddress, dict[str, str]]:
         password = query.pop("password")
     if scheme == "unix":
         if hosts:
-            raise ValueError(f"{url!r}: a unix:// URL takes no host (unix:///path/to/socket)")
+            raise ValueError(f"{shown!r}: a unix:// URL takes no host (unix:///path/to/socket)")
         socket_path = unquote(slash + path)
         if not path:
-            raise ValueError(f"{url!r}: no socket path (unix:///path/to/socket)")
-        db = _parse_db(query.pop("db"), url) if "db" in query else 0
+            raise ValueError(f"{shown!r}: no socket path (unix:///path/to/socket)")
+        db = _parse_db(query.pop("db"), shown) if "db" in query else 0
         return RedisAddress("unix", path=socket_path, db=db, username=username,
                             password=password), query
     if "db" in query:
-        raise ValueError(f"{url!r}: give the database in the path (/{query['db']}), not ?db=")
+        raise ValueError(f"{shown!r}: give the database in the path (/{query['db']}), not ?db=")
     if scheme == "redis+sentinel":
         if not hosts:
-            raise ValueError(f"{url!r}: no sentinel hosts")
-        sentinels = tuple(_parse_hostport(h, url, 26379) for h in hosts.split(","))
+            raise ValueError(f"{shown!r}: no sentinel hosts")
+        sentinels = tuple(_parse_hostport(h, shown, 26379) for h in hosts.split(","))
         master, _, db_text = path.partition("/")
         if not master:
-            raise ValueError(f"{url!r}: no master name (redis+sentinel://h1:p1,h2:p2/master/db)")
-        db = _parse_db(db_text, url) if db_text else 0
+            raise ValueError(f"{shown!r}: no master name (redis+sentinel://h1:p1,h2:p2/master/db)")
+        db = _parse_db(db_text, shown) if db_text else 0
         return RedisAddress("sentinel", sentinels=sentinels, master=unquote(master), db=db,
                             username=username, password=password), query
     if not hosts:
-        raise ValueError(f"{url!r}: no host")
+        raise ValueError(f"{shown!r}: no host")
     if "," in hosts:
-        raise ValueError(f"{url!r}: one host only (use redis+sentinel:// for several)")
-    host, port = _parse_hostport(hosts, url, 6379)
+        raise ValueError(f"{shown!r}: one host only (use redis+sentinel:// for several)")
+    host, port = _parse_hostport(hosts, shown, 6379)
     if "/" in path:
-        raise ValueError(f"{url!r}: unexpected path {'/' + path!r} (expected /db)")
-    db = _parse_db(path, url) if path else 0
+        raise ValueError(f"{shown!r}: unexpected path {'/' + path!r} (expected /db)")
+    db = _parse_db(path, shown) if path else 0
     ca = query.pop("ssl_ca_certs", None)
     if ca is not None and not ca:
-        raise ValueError(f"{url!r}: ssl_ca_certs is empty")
+        raise ValueError(f"{shown!r}: ssl_ca_certs is empty")
     return RedisAddress("tcp", host=host, port=port, db=db, username=username,
                         password=password, tls=scheme == "rediss", ca_certs=ca), query
 
@@ -712,18 +729,20 @@ class RedisChannelLayer(BaseChannelLayer):
     def from_url(cls, url: str, reactor: Any = None) -> RedisChannelLayer:
         """Parse and check ``url`` fully (a CA file included); connects nothing."""
         address, options = parse_url(url)
+        shown = redact_url(url)
         capacity = 100
         if "capacity" in options:
             text = options["capacity"]
             if not text.isdigit() or int(text) < 1:
-                raise ValueError(f"{url!r}: capacity must be a whole number >= 1, got {text!r}")
+                raise ValueError(f"{shown!r}: capacity must be a whole number >= 1, got {text!r}")
             capacity = int(text)
         prefix = options.get("prefix", "realtime")
         try:
             check_name(prefix, "prefix")
         except TypeError:
-            raise ValueError(f"{url!r}: prefix must be letters, digits, '-', '_' or '.'") from None
-        ca_certs = _load_ca_certs(address.ca_certs, url) if address.ca_certs else None
+            raise ValueError(
+                f"{shown!r}: prefix must be letters, digits, '-', '_' or '.'") from None
+        ca_certs = _load_ca_certs(address.ca_certs, shown) if address.ca_certs else None
         if address.tls and ca_certs is None:
             from twisted.internet.ssl import platformTrust
 
