@@ -88,6 +88,16 @@ async def test_redis_away_fails_a_request_quickly_with_a_reason():
         await store.close()
 
 
+def start_up_error(*args: str) -> str:
+    """The one-line error of a start-up with these options."""
+    from realtime.config import StartupError
+    from realtime.tap import Options
+
+    with pytest.raises(StartupError) as error:
+        Options().parseOptions(["--app", "realtime.examples.bench:application", *args])
+    return str(error.value)
+
+
 @pytest.mark.parametrize(("url", "expected"), [
     ("redis://127.0.0.1:6390/x", "the database must be a number, got 'x'"),
     ("redis://127.0.0.1/0?capacity=5", "capacity is a channel-layer option (--layer)"),
@@ -96,13 +106,7 @@ async def test_redis_away_fails_a_request_quickly_with_a_reason():
     ("redis+sentinel://127.0.0.1:1", "no master name"),
 ])
 def test_a_bad_url_stops_start_up_with_one_line(url, expected):
-    from realtime.config import StartupError
-    from realtime.tap import Options
-
-    with pytest.raises(StartupError) as error:
-        Options().parseOptions(["--app", "realtime.examples.bench:application",
-                                "--session-store", url])
-    message = str(error.value)
+    message = start_up_error("--session-store", url)
     assert message.startswith("realtime: error: --session-store: "), message
     assert expected in message and "\n" not in message
 
@@ -279,11 +283,6 @@ async def test_requests_that_time_out_leave_nothing_waiting():
 def test_a_start_up_error_never_shows_the_password(option, url):
     """The one-line error names the URL with its password as ``***`` (it goes to stderr,
     the journal, CI logs)."""
-    from realtime.config import StartupError
-    from realtime.tap import Options
-
-    with pytest.raises(StartupError) as error:
-        Options().parseOptions(["--app", "realtime.examples.bench:application", option, url])
-    message = str(error.value)
+    message = start_up_error(option, url)
     assert message.startswith(f"realtime: error: {option}: ") and "***" in message, message
     assert "s3cr3t" not in message
