@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from typing import Any
 
+from twisted.internet import fdesc, tcp, unix
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred, fail, succeed
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -97,3 +100,62 @@ def describe_address(addr: Any) -> str:
         name = addr.name.decode() if isinstance(addr.name, bytes) else addr.name
         return f"unix:{name}"
     return str(addr)
+
+
+# -- inherited unix sockets -----------------------------------------------------------------------
+class AdoptedUNIXEndpoint:
+    """An inherited ``unix`` listening socket (``--fd``, ``systemd:``, a ``--workers``
+    child's end of the supervisor's socket). Twisted's port shuts such a socket down and
+    removes its path when it stops listening, which takes the socket away from whoever
+    else holds it: systemd (socket activation: the next start, or a client connecting
+    meanwhile, finds no socket), the supervisor (the next worker or ``--reload`` server
+    could not start). This one does neither; the socket's owner removes the path."""
+
+    def __init__(self, reactor: Any, fd: int, family: Any = socket.AF_UNIX) -> None:
+        self.reactor = reactor
+        self.fd = fd
+        self.family = family
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        try:
+            fdesc.setNonBlocking(self.fd)
+            port = SharedUNIXPort._fromListeningDescriptor(self.reactor, self.fd, factory)
+            port.startListening()
+            os.close(self.fd)  # the port has its own copy (as AdoptedStreamServerEndpoint)
+        except BaseException:
+            return fail()
+        return succeed(port)
+
+
+class SharedUNIXPort(unix.Port):
+    """A unix port on an inherited socket: stopping neither shuts the socket down (which
+    would refuse every later client of the socket's other holders, as ``tcp.Port`` knows
+    for an adopted socket and ``unix.Port`` does not) nor removes its path."""
+
+    _shouldShutdown = False
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.lockFile is not None:
+            self.lockFile.unlock()
+        tcp.Port.connectionLost(self, reason)
+
+
+def adopted_endpoint(reactor: Any, fd: int, family: Any) -> Any:
+    """The endpoint of an inherited listening socket (``--fd``): unix ones are left whole
+    when the server stops (``AdoptedUNIXEndpoint``)."""
+    from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+
+    if family == socket.AF_UNIX:
+        return AdoptedUNIXEndpoint(reactor, fd, family)
+    return AdoptedStreamServerEndpoint(reactor, fd, family)
+
+
+def keep_adopted_unix(reactor: Any, endpoint: Any) -> Any:
+    """``endpoint`` (from a description), with a ``systemd:`` unix socket adopted through
+    ``AdoptedUNIXEndpoint``: systemd keeps listening on it after this process stops."""
+    from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+
+    if isinstance(endpoint, AdoptedStreamServerEndpoint) and \
+            endpoint.addressFamily == socket.AF_UNIX:
+        return AdoptedUNIXEndpoint(reactor, endpoint.fileno, socket.AF_UNIX)
+    return endpoint

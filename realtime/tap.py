@@ -919,9 +919,10 @@ def _describe_error(exc: BaseException, description: str = "") -> str:
 def makeService(options: Options) -> Any:
     """Build the service tree; the reactor is installed by now, so it is imported here."""
     from twisted.internet import reactor
-    from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+    from twisted.internet.endpoints import serverFromString
     from twisted.logger import Logger
 
+    from realtime.endpoints import adopted_endpoint, keep_adopted_unix
     from realtime.layers.base import set_broadcast_delay
     from realtime.lifespan import Lifespans
     from realtime.service import ListenerService, RealtimeService, exit_after_shutdown
@@ -961,11 +962,11 @@ def makeService(options: Options) -> Any:
     for description, spec in options.listeners:
         site = RealtimeSite(options.application, options.config, reactor, options.layer)
         if isinstance(spec, tuple):
-            endpoint = AdoptedStreamServerEndpoint(reactor, spec[0], spec[1])
+            endpoint = adopted_endpoint(reactor, spec[0], spec[1])
         elif callable(spec):  # a --workers child's inherited socket
             endpoint = spec(reactor)
         else:
-            endpoint = serverFromString(reactor, spec)
+            endpoint = keep_adopted_unix(reactor, serverFromString(reactor, spec))
         sites.append(site)
         listeners.append(ListenerService(endpoint, description, site))
         if options.worker is not None:

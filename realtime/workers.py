@@ -74,9 +74,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import fdesc, tcp, unix
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.error import (
     CannotListenError,
     ProcessDone,
@@ -87,7 +86,12 @@ from twisted.internet.protocol import DatagramProtocol, Factory, ProcessProtocol
 from twisted.logger import Logger
 
 from realtime.config import StartupError
-from realtime.endpoints import adopted_socket_family, describe_address
+from realtime.endpoints import (
+    adopted_endpoint,
+    adopted_socket_family,
+    describe_address,
+    keep_adopted_unix,
+)
 from realtime.lifespan import STARTUP_FAILED
 from realtime.notify import Notifier
 from realtime.verbosity import RELAY_NAMESPACE
@@ -165,51 +169,12 @@ class _AdoptedSpec:
         self.description = description
 
     def __call__(self, reactor: Any) -> Any:
-        from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+        from twisted.internet.endpoints import serverFromString
 
-        adopted = (_AdoptedUNIXEndpoint(reactor, self.fd, self.family)
-                   if self.family == socket.AF_UNIX
-                   else AdoptedStreamServerEndpoint(reactor, self.fd, self.family))
+        adopted = adopted_endpoint(reactor, self.fd, self.family)
         if self.description.split(":", 1)[0] not in ("ssl", "tls", "haproxy"):
             return adopted
         return _around(serverFromString(reactor, self.description), adopted)
-
-
-class _AdoptedUNIXEndpoint:
-    """A worker's end of the supervisor's ``unix:`` socket. Twisted's port removes its
-    socket's path when it stops listening: a worker that exits (every ``--reload``
-    restart, a crashed worker) would take the path away from the supervisor, which holds
-    the socket for the next worker (that one could not start: the path it chmods is
-    gone), and clients could not connect any more. The supervisor removes it at the end."""
-
-    def __init__(self, reactor: Any, fd: int, family: Any) -> None:
-        self.reactor = reactor
-        self.fd = fd
-        self.family = family
-
-    def listen(self, factory: Any) -> Deferred[Any]:
-        try:
-            fdesc.setNonBlocking(self.fd)
-            port = _SharedUNIXPort._fromListeningDescriptor(self.reactor, self.fd, factory)
-            port.startListening()
-            os.close(self.fd)  # the port has its own copy (as AdoptedStreamServerEndpoint)
-        except BaseException:
-            return fail()
-        return succeed(port)
-
-
-class _SharedUNIXPort(unix.Port):
-    """A unix port on an inherited socket that the supervisor holds for the next worker:
-    stopping neither shuts the socket down (which would refuse every later client, as
-    ``tcp.Port`` knows for an adopted socket and ``unix.Port`` does not) nor removes its
-    path."""
-
-    _shouldShutdown = False
-
-    def connectionLost(self, reason: Any) -> None:
-        if self.lockFile is not None:
-            self.lockFile.unlock()
-        tcp.Port.connectionLost(self, reason)
 
 
 def _around(endpoint: Any, adopted: Any) -> Any:
@@ -482,12 +447,12 @@ class SupervisorService(Service):
     def _bind(self, description: str, spec: Any) -> _Bound:
         """TCP (also under ssl:, tls:, haproxy:): one SO_REUSEPORT socket per worker, all
         bound here; anything else (unix:, systemd:, --fd): one socket all workers share."""
-        from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+        from twisted.internet.endpoints import serverFromString
 
         if isinstance(spec, tuple):
-            endpoint = AdoptedStreamServerEndpoint(self.reactor, spec[0], spec[1])
+            endpoint = adopted_endpoint(self.reactor, spec[0], spec[1])
         else:
-            endpoint = serverFromString(self.reactor, spec)
+            endpoint = keep_adopted_unix(self.reactor, serverFromString(self.reactor, spec))
         tcp = _innermost(endpoint)
         if tcp is not None:
             bound = _Bound(_kind(description, spec), sockets=_reuseport_group(

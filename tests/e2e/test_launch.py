@@ -179,6 +179,9 @@ def test_inherited_fd():
 
 
 def test_inherited_unix_fd(tmp_path):
+    """An inherited unix socket is its owner's (systemd's, with socket activation): the
+    server that stops leaves it listening, its path in place (Twisted's port shut it down
+    and removed the path: the next start, or a client meanwhile, found no socket)."""
     path = str(tmp_path / "adopted.sock")
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(path)
@@ -187,7 +190,13 @@ def test_inherited_unix_fd(tmp_path):
         with start(twistd(*APP, "--fd", str(fd)), pass_fds=[fd]) as server:
             assert server.addresses == [f"unix:{path}"]
             echo_unix(path)
-    stopped_cleanly(server)
+        stopped_cleanly(server)
+        assert os.path.exists(path)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(path)  # queued on the socket its owner still holds
+        with start(twistd(*APP, "--fd", str(fd)), pass_fds=[fd]) as again:
+            echo_unix(path)  # the next server serves on it
+        stopped_cleanly(again)
 
 
 def test_helper_reports_a_failed_start():
