@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import socket
@@ -152,9 +153,19 @@ def adopted_endpoint(reactor: Any, fd: int, family: Any) -> Any:
 
 def keep_adopted_unix(reactor: Any, endpoint: Any) -> Any:
     """``endpoint`` (from a description), with a ``systemd:`` unix socket adopted through
-    ``AdoptedUNIXEndpoint``: systemd keeps listening on it after this process stops."""
+    ``AdoptedUNIXEndpoint``: systemd keeps listening on it after this process stops. Also
+    inside a wrapper (``haproxy:systemd:domain=UNIX:...``, the PROXY protocol in front)."""
     from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 
+    for attribute in ("_wrappedEndpoint", "endpoint"):  # haproxy:, tls: (SNI)
+        inner = getattr(endpoint, attribute, None)
+        if inner is not None:
+            kept = keep_adopted_unix(reactor, inner)
+            if kept is inner:
+                return endpoint
+            outer = copy.copy(endpoint)
+            setattr(outer, attribute, kept)
+            return outer
     if isinstance(endpoint, AdoptedStreamServerEndpoint) and \
             endpoint.addressFamily == socket.AF_UNIX:
         return AdoptedUNIXEndpoint(reactor, endpoint.fileno, socket.AF_UNIX)

@@ -84,7 +84,12 @@ if _h2 is not None:
                 self._close_if_done()
 
         def _requestReceived(self, event: Any) -> None:
-            super()._requestReceived(event)
+            try:
+                super()._requestReceived(event)
+            finally:
+                # Twisted asks for the 100 (``_send100Continue``) while it reads the head,
+                # or never (no ``Expect``): a refused stream's mark is not needed past it.
+                self._no_continue.discard(event.stream_id)
             request = self.streams[event.stream_id]._request
             if getattr(request, "body_refused", False):
                 # Its content-length is over the body limit (``RealtimeRequest.gotLength``):
@@ -145,7 +150,6 @@ if _h2 is not None:
             declared body is over its limit gets its 413 instead (``refuse_continue``), as
             over HTTP/1.1: a 100 first would ask the client to send what is refused."""
             if streamID in self._no_continue:
-                self._no_continue.discard(streamID)
                 return
             super()._send100Continue(streamID)
 

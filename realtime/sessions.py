@@ -348,8 +348,11 @@ def store_from_setting(value: str | None = None) -> Any:
             return RedisSessionStore(value)
         except ValueError as exc:
             raise ConfigurationError(f"--session-store: {exc}") from None
+    from realtime.layers.redis import redact_url  # (imports no txredisapi)
+
     raise ConfigurationError(
-        f"--session-store: expected auto, django, cookie, memory or redis://..., got {value!r}"
+        f"--session-store: expected auto, django, cookie, memory or redis://..., "
+        f"got {redact_url(value)!r}"
     )
 
 

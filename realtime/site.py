@@ -497,10 +497,11 @@ class RealtimeRequest(server.Request):
             # (``RealtimeH2Connection._requestReceived``), with no 100 Continue before it;
             # HTTP/1.1 never gets here.
             self.body_refused = True
-            stream: Any = self.channel
-            refuse = getattr(getattr(stream, "_conn", None), "refuse_continue", None)
-            if refuse is not None:
-                refuse(stream.streamID)
+            if on_h2_stream(self):
+                stream: Any = self.channel
+                refuse = getattr(stream._conn, "refuse_continue", None)
+                if refuse is not None:
+                    refuse(stream.streamID)
             return
         super().gotLength(length)
 

@@ -600,9 +600,11 @@ class Options(usage.Options):
             except ValueError as exc:
                 raise StartupError(f"--session-store: {exc}") from None
         elif store not in ("auto", "django", "cookie", "memory"):
+            from realtime.layers.redis import redact_url
+
             raise StartupError(
                 f"--session-store: expected auto, django, cookie, memory or redis://..., "
-                f"got {store!r}"
+                f"got {redact_url(store)!r}"
             )
         keys = self._jwt_keys()
         self.jwks_source = self._jwks_url(keys)

@@ -169,12 +169,23 @@ class _AdoptedSpec:
         self.description = description
 
     def __call__(self, reactor: Any) -> Any:
+        return self._build(reactor, self.description)
+
+    def _build(self, reactor: Any, description: str) -> Any:
         from twisted.internet.endpoints import serverFromString
 
+        kind, _, inner = description.partition(":")
+        if kind == "haproxy":
+            # Around the socket, not around what the rest describes: parsing a systemd:
+            # description again in the child fails (its LISTEN_FDS went with the
+            # supervisor), and whatever it describes is replaced by the socket anyway.
+            from twisted.protocols.haproxy import proxyEndpoint
+
+            return proxyEndpoint(self._build(reactor, inner))
         adopted = adopted_endpoint(reactor, self.fd, self.family)
-        if self.description.split(":", 1)[0] not in ("ssl", "tls", "haproxy"):
+        if kind not in ("ssl", "tls"):
             return adopted
-        return _around(serverFromString(reactor, self.description), adopted)
+        return _around(serverFromString(reactor, description), adopted)
 
 
 def _around(endpoint: Any, adopted: Any) -> Any:

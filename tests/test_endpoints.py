@@ -6,6 +6,7 @@ import os
 import socket
 
 import pytest
+import pytest_twisted
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
 from realtime.endpoints import (
@@ -14,6 +15,7 @@ from realtime.endpoints import (
     build_endpoint_description_strings,
     describe_address,
     is_port_number,
+    keep_adopted_unix,
     port_description,
     with_backlog,
 )
@@ -207,3 +209,43 @@ class TestAdoptedSocketFamily:
             os.fstat(fd)
         with pytest.raises(ValueError, match="987 is not a socket"):
             adopted_socket_family(fd)
+
+
+class TestKeepAdoptedUnix:
+    """A ``systemd:`` unix socket is systemd's: the port that stops leaves it listening
+    with its path, also behind the PROXY protocol (``haproxy:systemd:domain=UNIX:...``)."""
+
+    @pytest.mark.parametrize("haproxy", [False, True])
+    @pytest_twisted.ensureDeferred
+    async def test_stopping_leaves_the_socket_listening_with_its_path(self, tmp_path,
+                                                                       haproxy):
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+        from twisted.internet.protocol import Factory, Protocol
+        from twisted.protocols.haproxy import proxyEndpoint
+
+        path = str(tmp_path / "systemd.sock")
+        with socket.socket(socket.AF_UNIX) as owner:  # systemd's socket
+            owner.bind(path)
+            owner.listen()
+            endpoint = AdoptedStreamServerEndpoint(reactor, os.dup(owner.fileno()),
+                                                   socket.AF_UNIX)
+            described = proxyEndpoint(endpoint) if haproxy else endpoint
+            port = await keep_adopted_unix(reactor, described).listen(
+                Factory.forProtocol(Protocol))
+            await port.stopListening()
+            assert os.path.exists(path)
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(path)  # waits in the backlog for the next start
+            owner.settimeout(5)
+            owner.accept()[0].close()
+
+    def test_other_endpoints_are_left_alone(self):
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+        from twisted.protocols.haproxy import proxyEndpoint
+
+        tcp = TCP4ServerEndpoint(reactor, 0)
+        wrapped = proxyEndpoint(tcp)
+        assert keep_adopted_unix(reactor, tcp) is tcp
+        assert keep_adopted_unix(reactor, wrapped) is wrapped

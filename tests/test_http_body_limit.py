@@ -439,6 +439,47 @@ async def test_http2_expect_100_continue_over_the_limit_gets_413_without_a_100(l
     assert out == {"over": ([], 413), "within": ([b"100"], 200, b"3")}
 
 
+@pytest_twisted.ensureDeferred
+async def test_http2_refused_streams_leave_no_mark_on_the_connection(live, certificate,
+                                                                     monkeypatch):
+    """A stream refused from its head is marked so that it gets no 100 Continue; the mark
+    goes once its head is read, whether it asked for a 100 or not (stream ids are never
+    reused: a long connection refusing many streams without ``expect`` would pile them
+    up)."""
+    from realtime.http2 import RealtimeH2Connection
+
+    cert, options = certificate
+    server = await serve(live, Recorder(), tls=options)
+    connections: list[Any] = []
+    init = RealtimeH2Connection.__init__
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        connections.append(self)
+
+    monkeypatch.setattr(RealtimeH2Connection, "__init__", recording)
+
+    def run_client() -> list[int]:
+        h2c = RawH2(server.port, cert)
+        try:
+            statuses = []
+            for expect in ([], [("expect", "100-continue")], []):
+                over = h2c.request("/consumer", [("content-length", str(LIMIT + 1)),
+                                                 *expect], end=False, method="POST")
+                statuses.append(status_of(h2c.events_until(reset(over)), over))
+            within = h2c.request("/consumer", [("content-length", "3")], end=False,
+                                 method="POST")
+            h2c.conn.send_data(within, b"abc", end_stream=True)
+            statuses.append(status_of(h2c.events_until(ended(within)), within))
+            return statuses
+        finally:
+            h2c.close()
+
+    assert await in_thread(run_client) == [413, 413, 413, 200]
+    [conn] = connections
+    assert conn._no_continue == set()
+
+
 # -- the option -----------------------------------------------------------------------------
 def parse_limit(*args: str) -> int:
     options = Options()

@@ -279,6 +279,18 @@ async def test_requests_that_time_out_leave_nothing_waiting():
     ("--layer", "redis+sentinel://:s3cr3t@127.0.0.1:1"),
     ("--session-store", "redis://:s3cr3t@127.0.0.1/0?capacity=5"),
     ("--session-store", "unix://:s3cr3t@/tmp/none.sock?db=x"),
+    # A typo in the scheme: not taken for a Redis URL, still one to hide.
+    ("--session-store", "rediz://:s3cr3t@127.0.0.1/0"),
+    # An unencoded '/', '?' or '#' (a base64 password: '/', '+', '='), which cut the URL
+    # inside the password: no piece of it in the error, which says what to do.
+    ("--layer", "redis://:s3cr3t/x+Y==@127.0.0.1:6379/0"),
+    ("--session-store", "redis://app:12/s3cr3t@127.0.0.1/0"),
+    ("--layer", "redis://:s3cr3t?x@127.0.0.1/0"),
+    ("--session-store", "redis+sentinel://:s3cr3t#x@127.0.0.1:1/m/0"),
+    ("--layer", "unix://:s3/cr3t@/tmp/none.sock"),
+    # ?password= in a query that does not parse, or with a fragment after it.
+    ("--layer", "redis://127.0.0.1/0?password=s3cr3t&oops"),
+    ("--session-store", "redis://127.0.0.1/0?password=ab#s3cr3t"),
 ])
 def test_a_start_up_error_never_shows_the_password(option, url):
     """The one-line error names the URL with its password as ``***`` (it goes to stderr,
@@ -286,3 +298,35 @@ def test_a_start_up_error_never_shows_the_password(option, url):
     message = start_up_error(option, url)
     assert message.startswith(f"realtime: error: {option}: ") and "***" in message, message
     assert "s3cr3t" not in message
+
+
+@pytest.mark.parametrize("url", [
+    "unix:///tmp/redis@main.sock",  # an '@' in the socket's path
+    "rediss://127.0.0.1/0?ssl_ca_certs=/nonexistent/ca@corp.pem",  # ... in an option
+])
+def test_an_at_sign_past_the_host_is_no_password(url):
+    from realtime.layers.redis import parse_url, redact_url
+
+    assert redact_url(url) == url
+    assert parse_url(url)[0].password is None
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://u:p@ss@[::1]:6379/0", "redis://u:***@[::1]:6379/0"),
+    ("redis://:p%40ss@[::1]/0", "redis://:***@[::1]/0"),
+    ("redis://:a/b+c==@h:1/0", "redis://:***@h:1/0"),
+    ("unix://:p@s/s@/run/r.sock?db=1", "unix://:***@/run/r.sock?db=1"),
+    ("redis://h/0?password=p#x", "redis://h/0?password=***"),
+])
+def test_redact_url(url, shown):
+    from realtime.layers.redis import redact_url
+
+    assert redact_url(url) == shown
+
+
+def test_the_unknown_store_error_of_the_middleware_hides_the_password():
+    from realtime.sessions import ConfigurationError, store_from_setting
+
+    with pytest.raises(ConfigurationError) as error:
+        store_from_setting("rediz://:s3cr3t@127.0.0.1/0")
+    assert "s3cr3t" not in str(error.value) and "***" in str(error.value)

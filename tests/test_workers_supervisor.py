@@ -228,6 +228,30 @@ def test_child_endpoints_around_the_inherited_socket(listening, tmp_path):
     assert isinstance(tls.endpoint, AdoptedStreamServerEndpoint)
     proxied = workers._AdoptedSpec(fd, socket.AF_INET, "haproxy:tcp:0")(reactor)
     assert isinstance(proxied._wrappedEndpoint, AdoptedStreamServerEndpoint)
+    proxied_tls = workers._AdoptedSpec(fd, socket.AF_INET,
+                                       f"haproxy:ssl:0:privateKey={key}:certKey={cert}")(reactor)
+    assert isinstance(proxied_tls._wrappedEndpoint, workers._TLSEndpoint)
+
+
+def test_a_child_behind_haproxy_on_a_systemd_socket(tmp_path):
+    """``haproxy:systemd:domain=UNIX:index=0`` under --workers or --reload: the child wraps
+    the inherited socket without parsing ``systemd:`` again (its LISTEN_FDS are the
+    supervisor's, gone: the child failed with IndexError at every start), and leaves the
+    socket to systemd when it stops."""
+    from twisted.internet import reactor
+
+    from realtime.endpoints import AdoptedUNIXEndpoint
+
+    with socket.socket(socket.AF_UNIX) as held:
+        held.bind(str(tmp_path / "rt.sock"))
+        held.listen()
+        fd = os.dup(held.fileno())
+        try:
+            endpoint = workers._AdoptedSpec(fd, socket.AF_UNIX,
+                                            "haproxy:systemd:domain=UNIX:index=0")(reactor)
+            assert isinstance(endpoint._wrappedEndpoint, AdoptedUNIXEndpoint)
+        finally:
+            os.close(fd)
 
 
 def test_reuseport_group_shares_one_port():

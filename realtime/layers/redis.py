@@ -225,19 +225,34 @@ class RedisAddress:
         return f"{scheme}://{_host_port(self.host, self.port)}/{self.db}"
 
 
+#: Where a URL's options surely begin (a password may hold an unencoded ``?``).
+_OPTIONS_START = re.compile("[?&](?:" + "|".join(sorted(_QUERY_KEYS)) + ")=")
+_PASSWORD_OPTION = re.compile(r"((?:^|[?&])password=)[^&]*")
+
+
+def _userinfo_end(scheme: str, rest: str) -> int:
+    """Where the ``user:password`` of a URL (``rest``: past its ``://``) ends: its ``@``,
+    or -1. The last ``@`` before the options, so that a password with an unencoded ``@``,
+    ``/``, ``?`` or ``#`` is found whole (a path or an option may hold an ``@`` too: a unix
+    socket's path follows the ``@/``, a ``ssl_ca_certs`` path an option's ``=``)."""
+    options = _OPTIONS_START.search(rest)
+    limit = options.start() if options else len(rest)
+    if scheme == "unix":
+        return rest.rfind("@/", 0, limit) if not rest.startswith("/") else -1
+    return rest.rfind("@", 0, limit)
+
+
 def redact_url(url: str) -> str:
     """``url`` with its password (``user:password@``, ``:password@``, ``?password=``)
     replaced by ``***``: what error messages and logs may show."""
     scheme, sep, rest = url.partition("://")
     if sep:
-        netloc, slash, tail = rest.partition("/")
-        userinfo, at, hosts = netloc.rpartition("@")
-        if at:
-            user, colon, _ = userinfo.partition(":")
-            userinfo = f"{user}:***" if colon else "***"
-            rest = f"{userinfo}@{hosts}{slash}{tail}"
+        at = _userinfo_end(scheme, rest)
+        if at >= 0:
+            user, colon, _ = rest[:at].partition(":")
+            rest = (f"{user}:***" if colon else "***") + rest[at:]
         url = f"{scheme}{sep}{rest}"
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+    return _PASSWORD_OPTION.sub(r"\1***", url)
 
 
 def _host_port(host: str, port: int) -> str:
@@ -304,17 +319,35 @@ def parse_url(url: str) -> tuple[RedisAddress, dict[str, str]]:
     ``unix://[:password@]/path[?db=N]``, ``redis+sentinel://[:password@]h1:p1,h2:p2/master[/db]``;
     plus ``capacity=N`` and ``prefix=NAME`` on any. ``ValueError`` names what is wrong."""
     shown = redact_url(url)  # error messages never carry a password
+    try:
+        return _parse_url(url, shown)
+    except ValueError:
+        scheme, _, rest = url.partition("://")
+        at = _userinfo_end(scheme, rest)
+        if at >= 0 and any(c in rest[:at] for c in "/?#"):
+            # The URL was cut inside the password: the error would name a piece of it.
+            raise ValueError(
+                f"{shown!r}: a '/', '?' or '#' in the user name or password must be "
+                "percent-encoded (%2F, %3F, %23)"
+            ) from None
+        raise
+
+
+def _parse_url(url: str, shown: str) -> tuple[RedisAddress, dict[str, str]]:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
         raise ValueError(f"{shown!r}: expected redis://, rediss://, unix:// or redis+sentinel://")
     rest, _, fragment = rest.partition("#")
     if fragment:
-        raise ValueError(f"{shown!r}: unexpected fragment #{fragment}")
+        # Not when it is the end of a ?password= (shown as ***).
+        named = f" #{fragment}" if shown.endswith(f"#{fragment}") else ""
+        raise ValueError(f"{shown!r}: unexpected fragment{named}")
     rest, _, query_text = rest.partition("?")
     try:
         parsed_query = parse_qs(query_text, keep_blank_values=True, strict_parsing=bool(query_text))
     except ValueError:
-        raise ValueError(f"{shown!r}: cannot parse the query {query_text!r}") from None
+        query_shown = _PASSWORD_OPTION.sub(r"\1***", query_text)
+        raise ValueError(f"{shown!r}: cannot parse the query {query_shown!r}") from None
     query: dict[str, str] = {}
     for key, values in parsed_query.items():
         if key not in _QUERY_KEYS:
