@@ -41,6 +41,7 @@ const DEFAULTS = {
   binaryType: null,     // "blob" (the browser's default) or "arraybuffer"
   shouldReconnect: null, // (event, byDefault) => true | false | undefined (the default)
   autoConnect: true,    // false: call connect() yourself
+  retryOnOnline: true,  // the browser's "online" event ends a backoff wait at once
   WebSocket: null,      // the WebSocket class (default: globalThis.WebSocket at each connect)
 };
 
@@ -58,6 +59,13 @@ class RealtimeSocket extends EventTarget {
   #timer = null;
   #generation = 0; // a close() or connect() makes earlier async steps moot
   #openedAt = 0;
+  // The browser came back online: a retry waiting out its backoff goes now.
+  #online = () => {
+    if (this.#timer === null) return;
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#open(this.#generation);
+  };
 
   static RECONNECT_CODES = RECONNECT_CODES;
 
@@ -105,6 +113,7 @@ class RealtimeSocket extends EventTarget {
     if (this.#state !== "closed") return;
     this.#attempt = 0;
     this.#state = "connecting";
+    if (this.#options.retryOnOnline) globalThis.addEventListener?.("online", this.#online);
     this.#open(++this.#generation);
   }
 
@@ -148,6 +157,7 @@ class RealtimeSocket extends EventTarget {
     this.#generation += 1;
     clearTimeout(this.#timer);
     this.#timer = null;
+    globalThis.removeEventListener?.("online", this.#online);
     this.#queue = [];
     this.#state = "closed";
     if (ws === null && was !== "closed") {
@@ -235,6 +245,7 @@ class RealtimeSocket extends EventTarget {
       this.#generation += 1;
       this.#queue = [];
       this.#state = "closed";
+      globalThis.removeEventListener?.("online", this.#online);
       this.#emit("close", { ...info, willReconnect: false });
     }
   }

@@ -343,3 +343,22 @@ def test_close_stops_reconnecting_and_connect_starts_again(browser, server):
         page.evaluate("window.clients.witness.socket.close()")
     finally:
         page.context.close()
+
+
+def test_the_online_event_ends_a_backoff_wait(browser, server):
+    """A client waiting out a long backoff (60 s) tries at once when the browser fires
+    "online" (the network came back); with retryOnOnline false it keeps waiting."""
+    page = _page(browser, f"http://127.0.0.1:{server.port}")
+    slow = json.dumps({"minDelay": 60000, "maxDelay": 60000, "jitter": False})
+    try:
+        _open(page, "eager", "/ws/close?code=4008", slow)
+        _open(page, "patient", "/ws/close?code=4008", slow[:-1] + ", retryOnOnline: false}")
+        _wait(page, "['eager', 'patient'].every((n) => "
+                    "window.clients[n].seen.reconnecting.length === 1)")
+        page.evaluate("window.dispatchEvent(new Event('online'))")
+        _wait(page, "window.clients.eager.seen.opens === 2")  # long before 60 s
+        assert _seen(page, "patient")["opens"] == 1
+        assert page.evaluate("window.clients.patient.socket.state") == "reconnecting"
+    finally:
+        page.evaluate("Object.values(window.clients).forEach((c) => c.socket.close())")
+        page.context.close()
