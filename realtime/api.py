@@ -23,7 +23,7 @@ import hmac
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.logger import Logger
 
 log = Logger()
@@ -150,6 +150,16 @@ def publish(layer: Any, groups: list[str], kind: str, payload: Any) -> Deferred[
     exclude = None
     if isinstance(payload, Excluding):
         payload, exclude = payload.payload, payload.exclude
+    if kind == "event" and exclude is not None:
+        # Every group asked first: a refusal (a history group) answers 400 having sent
+        # nothing, not after the groups before it had the event.
+        check = getattr(layer, "check_group_send_exclude", None)
+        try:
+            for group in groups:
+                if check is not None:
+                    check(group)
+        except (TypeError, ValueError) as exc:
+            return fail(exc)
     calls = []
     for group in groups:
         if kind == "text":

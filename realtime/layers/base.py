@@ -1103,12 +1103,20 @@ class BaseChannelLayer:
             return self._group_send(group, message, True)
         try:
             skip = check_exclude(exclude)
-            if skip and self.history and self.history.match(group) is not None:
-                raise ValueError(f"group_send(exclude=...) is not for history group "
-                                 f"{group!r}: its members recover every message it keeps")
+            if skip:
+                self.check_group_send_exclude(group)
         except (TypeError, ValueError) as exc:
             return fail(exc)
         return self._group_send(group, message, True, skip)
+
+    def check_group_send_exclude(self, group: str) -> None:
+        """``ValueError`` when ``group_send(group, ..., exclude=...)`` is refused (a history
+        group); ``TypeError`` for a bad group name. The publish API asks this of every group
+        first, so a refusal sends to none of them."""
+        check_name(group, "group")
+        if self.history and self.history.match(group) is not None:
+            raise ValueError(f"group_send(exclude=...) is not for history group "
+                             f"{group!r}: its members recover every message it keeps")
 
     def _group_send(self, group: str, message: dict[str, Any], record: bool,
                     exclude: tuple[str, ...] | None = None) -> Deferred[Any]:

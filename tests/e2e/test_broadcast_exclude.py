@@ -11,7 +11,7 @@ import pytest_twisted
 from websockets.sync.client import connect
 
 from realtime import AsyncWebsocketConsumer, URLRouter, path
-from realtime.client import PublishError, publish
+from realtime.client import PublishError, broadcast, publish
 from tests.clients import in_thread
 from tests.e2e.test_operations import KEY, get
 
@@ -113,13 +113,20 @@ async def test_the_publish_api_leaves_out_the_channels_it_names():
                 client_error = None
             except PublishError as exc:
                 client_error = exc.status, exc.error
+            try:  # refused for kept.1: room, asked first, does not have it either
+                broadcast(url, KEY, ["room", "kept.1"],
+                          event={"type": "chat.message", "text": "partial"}, exclude=name_b)
+                several_error = None
+            except PublishError as exc:
+                several_error = exc.status, exc.error
             publish(url, KEY, "room", text="five")  # to all: b's next is this one
             return ([a.recv(timeout=5) for _ in range(3)],
                     [b.recv(timeout=5) for _ in range(3)],
-                    [c.recv(timeout=5) for _ in range(5)], refusals, client_error)
+                    [c.recv(timeout=5) for _ in range(5)], refusals, client_error,
+                    several_error)
 
     try:
-        got_a, got_b, got_c, refusals, client_error = await in_thread(flow)
+        got_a, got_b, got_c, refusals, client_error, several_error = await in_thread(flow)
     finally:
         await server.stop()
     assert got_a == ["three", "event four", "five"]
@@ -132,3 +139,4 @@ async def test_the_publish_api_leaves_out_the_channels_it_names():
     assert errors[1] == "'exclude' must be a list of channel names"
     assert errors[2].startswith("'exclude': channel name must be")
     assert client_error == (400, errors[0])
+    assert several_error == (400, errors[0])
