@@ -1585,7 +1585,7 @@ class RedisChannelLayer(BaseChannelLayer):
             else:  # the script adds offset and epoch: a six-element array
                 payload = b"\x96" + b"".join(msgpack.packb(v) for v in (
                     kind, self.process_id, seq, data))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # (an int past 64 bits)
             return fail(TypeError(f"a channel layer message must be msgpack-safe: {exc}"))
         topic = self._group_topic + group
         position: list[Any] = [None]
@@ -1640,7 +1640,7 @@ class RedisChannelLayer(BaseChannelLayer):
             return succeed(None)
         try:
             payload = msgpack.packb([_DIRECT, channel, message] if owner else message)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             return fail(TypeError(f"a channel layer message must be msgpack-safe: {exc}"))
         if owner is not None:
             d = self._publish(self._process_topic + owner, payload)
