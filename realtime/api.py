@@ -3,11 +3,11 @@
 ``POST /api/publish`` ``{"group": "lobby", "text": "..." | "json": {...} | "event": {...}}``
 and ``POST /api/broadcast`` ``{"groups": ["a", "b"], ...}``, authenticated with
 ``Authorization: Bearer <key>``. ``text`` and ``json`` are written to every member as one
-prepared frame (``broadcast()``; ``"exclude": [channel, ...]`` leaves those out); ``event``
-is a ``group_send`` to the members' typed handlers (``{"type": "chat.message", ...}``).
-``POST /api/presence`` ``{"group": "lobby"}`` answers ``{"group": ..., "count": N,
-"members": {channel: info}}``: the members added with ``group_add(..., presence=info)``, in
-every process. ``POST /api/history`` ``{"group": "room.a", "since": {"epoch", "offset"},
+prepared frame (``broadcast()``); ``event`` is a ``group_send`` to the members' typed
+handlers (``{"type": "chat.message", ...}``); ``"exclude": [channel, ...]`` leaves those out
+of either. ``POST /api/presence`` ``{"group": "lobby"}`` answers ``{"group": ..., "count":
+N, "members": {channel: info}}``: the members added with ``group_add(..., presence=info)``,
+in every process. ``POST /api/history`` ``{"group": "room.a", "since": {"epoch", "offset"},
 "limit": N}`` (both optional) answers a history group's ``group_history`` (404 for a group
 no ``--history`` rule matches); an ``event`` published to such a group answers its
 ``positions`` too. ``POST /api/disconnect`` ``{"group": "user.42", "code": 4003, "reason":
@@ -23,7 +23,7 @@ import hmac
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.logger import Logger
 
 log = Logger()
@@ -90,14 +90,12 @@ def parse(path: bytes, body: bytes) -> tuple[list[str], str, Any]:
         raise BadBody("'event' must be an object with a 'type' string")
     _check_groups(groups)
     if "exclude" in document:
-        if kind == "event":
-            raise BadBody("'exclude' applies to 'text' and 'json', not to 'event'")
         return groups, kind, Excluding(payload, _exclude(document["exclude"]))
     return groups, kind, payload
 
 
 class Excluding:
-    """A ``text`` or ``json`` payload with the channels ``broadcast()`` leaves out."""
+    """A payload with the channels ``broadcast()`` or ``group_send`` leaves out."""
 
     def __init__(self, payload: Any, exclude: tuple[str, ...] | None) -> None:
         self.payload = payload
@@ -152,12 +150,24 @@ def publish(layer: Any, groups: list[str], kind: str, payload: Any) -> Deferred[
     exclude = None
     if isinstance(payload, Excluding):
         payload, exclude = payload.payload, payload.exclude
+    if kind == "event" and exclude is not None:
+        # Every group asked first: a refusal (a history group) answers 400 having sent
+        # nothing, not after the groups before it had the event.
+        check = getattr(layer, "check_group_send_exclude", None)
+        try:
+            for group in groups:
+                if check is not None:
+                    check(group)
+        except (TypeError, ValueError) as exc:
+            return fail(exc)
     calls = []
     for group in groups:
         if kind == "text":
             calls.append(layer.broadcast(group, text=payload, exclude=exclude))
         elif kind == "json":
             calls.append(layer.broadcast(group, text=json.dumps(payload), exclude=exclude))
+        elif exclude is not None:
+            calls.append(layer.group_send(group, payload, exclude=exclude))
         else:
             calls.append(layer.group_send(group, payload))
     return gatherResults(calls, consumeErrors=True)
@@ -260,6 +270,10 @@ def handle(site: Any, request: Any) -> None:
         answer(200, document)
 
     def failed(failure: Any) -> None:
+        cause = getattr(failure.value, "subFailure", failure)  # gatherResults' FirstError
+        if cause.check(ValueError, TypeError):  # e.g. exclude in a history group
+            answer(400, {"error": cause.getErrorMessage()})
+            return
         log.failure("publishing to {groups} failed", failure, groups=groups)
         unavailable()
 

@@ -64,8 +64,9 @@ def publish(
     timeout: float = 5.0,
 ) -> Any:
     """POST /api/publish: ``text`` (a string), ``json`` (any JSON value, sent as text) or
-    ``event`` (a typed event for ``group_send``) to every member of ``group``; ``exclude``
-    (with ``text``/``json``): the channel names left out, such as the sender's."""
+    ``event`` (a typed event for ``group_send``) to every member of ``group``; ``exclude``:
+    the channel names left out, such as the sender's (for an ``event``, not in a history
+    group: a 400)."""
     return _post(url, key, "/api/publish",
                  {"group": group, **_body(text, json, event, exclude)}, timeout)
 

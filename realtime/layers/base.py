@@ -831,9 +831,11 @@ class BaseChannelLayer:
         return True
 
     def _fan_out(self, group: str, message: dict[str, Any],
-                 where: tuple[str, int] | None = None) -> None:
-        """``message`` to every local member of ``group``; ``where``: its position, for a
-        history message that a read may have given some members already (they skip it)."""
+                 where: tuple[str, int] | None = None,
+                 exclude: tuple[str, ...] | None = None) -> None:
+        """``message`` to every local member of ``group`` (but ``exclude``); ``where``: its
+        position, for a history message that a read may have given some members already
+        (they skip it)."""
         recovering = self._recovering
         members = self._groups.get(group)
         if not members:
@@ -843,6 +845,8 @@ class BaseChannelLayer:
             self._seen[group] = where
             floors = self._floors.get(group)
         for channel in list(members):
+            if exclude and channel in exclude:
+                continue
             if recovering and (waiting := recovering.get((group, channel))) is not None:
                 waiting.append(message)  # after what it missed (``_recovered``)
                 continue
@@ -1088,14 +1092,36 @@ class BaseChannelLayer:
     def group_discard(self, group: str, channel: str) -> Deferred[None]:
         raise NotImplementedError
 
-    def group_send(self, group: str, message: dict[str, Any]) -> Deferred[Any]:
-        """To every member of ``group``; fires with the message's position in a history
-        group (``{"epoch", "offset"}``), else None."""
-        return self._group_send(group, message, True)
+    def group_send(self, group: str, message: dict[str, Any],
+                   exclude: str | Iterable[str] | None = None) -> Deferred[Any]:
+        """To every member of ``group`` but the channels in ``exclude`` (the sender's
+        ``self.channel_name``: its handler does not run for its own message); fires with
+        the message's position in a history group (``{"epoch", "offset"}``), else None.
+        ``exclude`` is refused (``ValueError``) in a history group, whose members recover
+        every message it keeps."""
+        if exclude is None:
+            return self._group_send(group, message, True)
+        try:
+            skip = check_exclude(exclude)
+            if skip:
+                self.check_group_send_exclude(group)
+        except (TypeError, ValueError) as exc:
+            return fail(exc)
+        return self._group_send(group, message, True, skip)
 
-    def _group_send(self, group: str, message: dict[str, Any],
-                    record: bool) -> Deferred[Any]:
-        """``group_send``; ``record`` False keeps it out of the group's history."""
+    def check_group_send_exclude(self, group: str) -> None:
+        """``ValueError`` when ``group_send(group, ..., exclude=...)`` is refused (a history
+        group); ``TypeError`` for a bad group name. The publish API asks this of every group
+        first, so a refusal sends to none of them."""
+        check_name(group, "group")
+        if self.history and self.history.match(group) is not None:
+            raise ValueError(f"group_send(exclude=...) is not for history group "
+                             f"{group!r}: its members recover every message it keeps")
+
+    def _group_send(self, group: str, message: dict[str, Any], record: bool,
+                    exclude: tuple[str, ...] | None = None) -> Deferred[Any]:
+        """``group_send``; ``record`` False keeps it out of the group's history;
+        ``exclude``: channels left out (never with a history rule)."""
         raise NotImplementedError
 
     def group_history(self, group: str, since: dict[str, Any] | None = None,

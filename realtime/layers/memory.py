@@ -133,13 +133,13 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._discard_local(group, channel)
         return succeed(None)
 
-    def _group_send(self, group: str, message: dict[str, Any],
-                    record: bool) -> Deferred[Any]:
+    def _group_send(self, group: str, message: dict[str, Any], record: bool,
+                    exclude: tuple[str, ...] | None = None) -> Deferred[Any]:
         if (bad := invalid(group=group, message=message)) is not None:
             return bad
         rule = self.history.match(group) if record and self.history else None
         if rule is None:
-            self._fan_out(group, message)
+            self._fan_out(group, message, exclude=exclude)
             return succeed(None)
         now = self._now()
         stored = self._stream(group, now).append(message, rule, now)

@@ -102,7 +102,7 @@ LIST_EXPIRY = 86400
 
 # Pub/sub payload kinds: [kind, ...] msgpack arrays.
 _GROUP, _TEXT, _BYTES = 0, 1, 2  # on a group topic: [kind, origin, seq, body]
-# (_TEXT, _BYTES: a fifth field lists the channels broadcast(exclude=) leaves out)
+# (_GROUP, _TEXT, _BYTES: a fifth field lists the channels exclude= leaves out)
 _DIRECT, _ADD, _DISCARD, _ACK = 3, 4, 5, 6  # on a process topic
 # group_presence: the question on the group's topic ([_WHO, origin, seq, None]: every
 # process with members there hears it), each one's answer on the asker's process topic
@@ -1259,7 +1259,7 @@ class RedisChannelLayer(BaseChannelLayer):
                           msgpack.packb(answer)).addErrback(lambda _: None)
             return
         if kind == _GROUP:
-            self._fan_out(group, data)
+            self._fan_out(group, data, exclude=tuple(body[4]) if len(body) > 4 else None)
             if origin != self.process_id and data.get("type") in _PRESENCE_TYPES:
                 self._heard(group, origin, data)
         elif kind == _HGROUP:
@@ -1585,7 +1585,7 @@ class RedisChannelLayer(BaseChannelLayer):
             else:  # the script adds offset and epoch: a six-element array
                 payload = b"\x96" + b"".join(msgpack.packb(v) for v in (
                     kind, self.process_id, seq, data))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # (an int past 64 bits)
             return fail(TypeError(f"a channel layer message must be msgpack-safe: {exc}"))
         topic = self._group_topic + group
         position: list[Any] = [None]
@@ -1640,7 +1640,7 @@ class RedisChannelLayer(BaseChannelLayer):
             return succeed(None)
         try:
             payload = msgpack.packb([_DIRECT, channel, message] if owner else message)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             return fail(TypeError(f"a channel layer message must be msgpack-safe: {exc}"))
         if owner is not None:
             d = self._publish(self._process_topic + owner, payload)
@@ -1939,13 +1939,15 @@ class RedisChannelLayer(BaseChannelLayer):
 
         return published.addCallback(sent)
 
-    def _group_send(self, group: str, message: dict[str, Any],
-                    record: bool) -> Deferred[Any]:
+    def _group_send(self, group: str, message: dict[str, Any], record: bool,
+                    exclude: tuple[str, ...] | None = None) -> Deferred[Any]:
         if (bad := invalid(group=group, message=message)) is not None:
             return bad
         rule = self.history.match(group) if record and self.history else None
         if rule is None:
-            return self._publish_group(group, _GROUP, message)
+            # The channels left out ride as a fifth field, as broadcast()'s do.
+            return self._publish_group(group, _GROUP, message,
+                                       extra=(list(exclude),) if exclude else ())
         return self._publish_group(group, _HGROUP, message, rule)
 
     def broadcast(
