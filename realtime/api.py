@@ -52,7 +52,8 @@ def authorized(request: Any, keys: tuple[str, ...]) -> bool:
 
 
 def parse(path: bytes, body: bytes) -> tuple[list[str], str, Any]:
-    """(groups, kind, payload) of a request body; ``BadBody`` says what is wrong."""
+    """(groups, kind, payload) of a request body (a publish's payload: the message and the
+    channels to leave out, or None); ``BadBody`` says what is wrong."""
     try:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -89,17 +90,8 @@ def parse(path: bytes, body: bytes) -> tuple[list[str], str, Any]:
     if kind == "event" and not (isinstance(payload, dict) and isinstance(payload.get("type"), str)):
         raise BadBody("'event' must be an object with a 'type' string")
     _check_groups(groups)
-    if "exclude" in document:
-        return groups, kind, Excluding(payload, _exclude(document["exclude"]))
-    return groups, kind, payload
-
-
-class Excluding:
-    """A payload with the channels ``broadcast()`` or ``group_send`` leaves out."""
-
-    def __init__(self, payload: Any, exclude: tuple[str, ...] | None) -> None:
-        self.payload = payload
-        self.exclude = exclude
+    exclude = _exclude(document["exclude"]) if "exclude" in document else None
+    return groups, kind, (payload, exclude)
 
 
 def _exclude(value: Any) -> tuple[str, ...] | None:
@@ -146,30 +138,23 @@ def _check_groups(groups: list[str]) -> None:
             raise BadBody(str(exc)) from None
 
 
-def publish(layer: Any, groups: list[str], kind: str, payload: Any) -> Deferred[Any]:
-    exclude = None
-    if isinstance(payload, Excluding):
-        payload, exclude = payload.payload, payload.exclude
-    if kind == "event" and exclude is not None:
+def publish(layer: Any, groups: list[str], kind: str, payload: Any,
+            exclude: tuple[str, ...] | None = None) -> Deferred[Any]:
+    if kind == "event" and exclude:
         # Every group asked first: a refusal (a history group) answers 400 having sent
         # nothing, not after the groups before it had the event.
-        check = getattr(layer, "check_group_send_exclude", None)
         try:
             for group in groups:
-                if check is not None:
-                    check(group)
+                layer.check_group_send_exclude(group)
         except (TypeError, ValueError) as exc:
             return fail(exc)
     calls = []
     for group in groups:
-        if kind == "text":
-            calls.append(layer.broadcast(group, text=payload, exclude=exclude))
-        elif kind == "json":
-            calls.append(layer.broadcast(group, text=json.dumps(payload), exclude=exclude))
-        elif exclude is not None:
+        if kind == "event":
             calls.append(layer.group_send(group, payload, exclude=exclude))
         else:
-            calls.append(layer.group_send(group, payload))
+            text = payload if kind == "text" else json.dumps(payload)
+            calls.append(layer.broadcast(group, text=text, exclude=exclude))
     return gatherResults(calls, consumeErrors=True)
 
 
@@ -260,7 +245,8 @@ def handle(site: Any, request: Any) -> None:
 
         d.addCallback(present).addErrback(layer_failed, "presence")
         return
-    d = publish(site.layer, groups, kind, payload)
+    message, exclude = payload
+    d = publish(site.layer, groups, kind, message, exclude)
 
     def done(results: list[Any]) -> None:
         document: dict[str, Any] = {"ok": True, "groups": len(groups)}

@@ -694,17 +694,20 @@ class RealtimeSite(server.Site):
         if request._http_done:
             return
         request._http_done = True
-        stats = self.stats
-        stats.http_in_progress -= 1
-        duration = self.clock.seconds() - request.began
-        stats.observe_http(request.method, status, duration)
-        access = self.access_log
-        if access is not None:
-            access.emit(
-                kind="http", client=_client_host(request),
-                method=request.method.decode("latin-1"), target=target_of(request),
-                protocol=request.clientproto.decode("latin-1"), status=status,
-                bytes=request.sentLength, duration=duration, user_agent=_user_agent(request),
+        self.stats.http_in_progress -= 1
+        self._http_ended(_client_host(request), request.method, target_of(request),
+                         request.clientproto.decode("latin-1"), status, request.sentLength,
+                         self.clock.seconds() - request.began, _user_agent(request))
+
+    def _http_ended(self, client: str | None, method: bytes, target: str, protocol: str,
+                    status: int, sent: int, duration: float, user_agent: str | None) -> None:
+        """Counted for /metrics, and one access-log line."""
+        self.stats.observe_http(method, status, duration)
+        if self.access_log is not None:
+            self.access_log.emit(
+                kind="http", client=client, method=method.decode("latin-1"), target=target,
+                protocol=protocol, status=status, bytes=sent, duration=duration,
+                user_agent=user_agent,
             )
 
     def head_refused(self, channel: RealtimeChannel, status: int) -> None:
@@ -719,15 +722,10 @@ class RealtimeSite(server.Site):
             self.http_done(request, status)
             return
         began = channel.request_began
-        duration = 0.0 if began is None else self.clock.seconds() - began
-        self.stats.observe_http(b"-", status, duration)
-        access = self.access_log
-        if access is not None:
-            transport: Any = channel.transport
-            peer = transport.getPeer() if transport is not None else None
-            access.emit(kind="http", client=getattr(peer, "host", None), method="-",
-                        target="-", protocol="-", status=status, bytes=sent,
-                        duration=duration, user_agent=None)
+        transport: Any = channel.transport
+        peer = transport.getPeer() if transport is not None else None
+        self._http_ended(getattr(peer, "host", None), b"-", "-", "-", status, sent,
+                         0.0 if began is None else self.clock.seconds() - began, None)
 
     def log_ws(
         self, kind: str, scope: dict[str, Any], started: float | None, **fields: Any

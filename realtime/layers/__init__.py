@@ -27,12 +27,6 @@ def set_channel_layer(layer: BaseChannelLayer, alias: str = "default") -> None:
     _layers[alias] = layer
 
 
-def _redacted(url: str) -> str:
-    from realtime.layers.redis import redact_url  # (imports no txredisapi)
-
-    return redact_url(url)
-
-
 def layer_from_url(url: str, reactor: Any = None) -> BaseChannelLayer:
     """``memory`` or a Redis URL (``redis://``, ``rediss://``, ``unix://``,
     ``redis+sentinel://``); ``ValueError`` names what is wrong."""
@@ -43,8 +37,10 @@ def layer_from_url(url: str, reactor: Any = None) -> BaseChannelLayer:
         from realtime.layers.redis import RedisChannelLayer
 
         return RedisChannelLayer.from_url(url, reactor)
+    from realtime.layers.redis import redact_url  # (imports no txredisapi)
+
     raise ValueError(
-        f"unknown layer {_redacted(url)!r}: use memory, redis://host:port/db, rediss://, "
+        f"unknown layer {redact_url(url)!r}: use memory, redis://host:port/db, rediss://, "
         "unix:///path "
         "or redis+sentinel://h1:p1,h2:p2/master/db"
     )
