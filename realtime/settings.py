@@ -36,6 +36,10 @@ class Settings:
     jwt_leeway: float = 0.0
     allowed_hosts: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)
+    #: ``realtime.pubsub``: namespaces by name (``--namespace``) and whether a client may
+    #: connect without a token (``--pubsub-anonymous``).
+    pubsub_namespaces: dict[str, Any] = field(default_factory=dict)
+    pubsub_anonymous: bool = False
 
 
 settings = Settings()

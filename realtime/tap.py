@@ -375,9 +375,13 @@ class Options(usage.Options):
         ["check", None,
          "Check the options and import the application, then exit 0 without serving "
          "(before a restart: a bad value exits 1 with the line that says why)."],
+        ["pubsub-anonymous", None,
+         "realtime.pubsub: a client may connect without a token (Centrifugo's "
+         "allow_anonymous_connect_without_token)."],
     ]
 
-    _repeatable = ("port", "fd", "history", "reload-dir", "reload-include", "reload-exclude")
+    _repeatable = ("port", "fd", "history", "reload-dir", "reload-include", "reload-exclude",
+                   "namespace")
 
     def __init__(self) -> None:
         super().__init__()
@@ -387,6 +391,7 @@ class Options(usage.Options):
         self["reload-dir"] = []
         self["reload-include"] = []
         self["reload-exclude"] = []
+        self["namespace"] = []
         #: ``--jwks-url``'s ``realtime.jwks.JwksUrl`` (set by ``postOptions``).
         self.jwks_source: Any = None
 
@@ -412,6 +417,12 @@ class Options(usage.Options):
         messages for TTL seconds after the last, and clients can recover what they missed
         (group_add(..., since=position)); repeatable, the first match wins."""
         self["history"].append(value)
+
+    def opt_namespace(self, value: str) -> None:
+        """NAME:OPTION,OPTION=VALUE,...: a realtime.pubsub namespace with Centrifugo's
+        option names (presence, join_leave, history_size=100, history_ttl=300s,
+        allow_subscribe_for_client, ...); ':OPTIONS' for channels without one; repeatable."""
+        self["namespace"].append(value)
 
     def opt_reload_dir(self, value: str) -> None:
         """With --reload: a directory to watch (repeatable, or comma separated; default:
@@ -851,6 +862,13 @@ class Options(usage.Options):
             apply_rules(layer, self["history"])
         except ValueError as exc:
             raise StartupError(f"--history: {exc}") from None
+        from realtime import pubsub
+
+        try:
+            pubsub.configure(self["namespace"], anonymous=bool(self["pubsub-anonymous"]),
+                             layer=layer)
+        except ValueError as exc:
+            raise StartupError(f"--namespace: {exc}") from None
         layer.max_groups_per_connection = _count(
             "max-groups-per-connection", self["max-groups-per-connection"], 0)
         return layer

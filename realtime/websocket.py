@@ -1141,7 +1141,9 @@ class WebSocketConnection(WebSocketServerProtocol):
             self._arm_token_timers()
             return
         self._cancel_timers(("_expiring_call",))
-        self.close_with_code(4001, "token expired")
+        # realtime.pubsub's consumer closes with Centrifugo's code, which its SDKs know.
+        code, reason = getattr(self.consumer, "token_expired_close", (4001, "token expired"))
+        self.close_with_code(code, reason)
 
     def _lifetime_over(self) -> None:
         self._lifetime_call = None

@@ -1,0 +1,813 @@
+"""Centrifugo's client protocol (JSON) on realtime's channel layers.
+
+Why: a team that runs Centrifugo beside its app keeps its clients (centrifuge-js,
+centrifuge-python, the mobile SDKs), its connection and subscription JWTs and its namespace
+rules, points them at ``--app realtime.pubsub:application``, and gains what Centrifugo keeps
+for its PRO edition or an HTTP proxy: permission and RPC hooks written in Python
+(``PubSubConsumer`` subclasses), the Channels consumers beside them on one port, and the
+layers' history, presence and Redis fan-out.
+
+A client channel ``ns:name`` is the layer group ``channel_group(channel)`` (escaped, so any
+channel name maps to a valid group name, and every channel of a namespace shares the group
+prefix ``namespace_prefix(ns)``, which ``--namespace``'s history rules match). Publications
+of a namespace without history go out as one prepared frame per channel (``broadcast``);
+with history as ``group_send`` events (``{"type": "pubsub.pub"}``) that carry their stream
+position, so clients recover what they missed after a reconnect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from realtime.consumer import AsyncWebsocketConsumer
+from realtime.layers.base import MAX_NAME
+from realtime.settings import settings
+
+log = Logger(namespace="realtime.pubsub")
+
+#: The group-name prefix of every client channel's group.
+GROUP_PREFIX = "ps."
+#: Centrifugo's default ``channel_max_length``.
+CHANNEL_MAX = 255
+#: A connection that sends no ``connect`` command within this many seconds is closed (3502).
+STALE_AFTER = 10.0
+#: Commands one frame may carry (centrifuge-js batches a connection's subscribes).
+MAX_COMMANDS_PER_FRAME = 1000
+
+_NAMESPACE_NAME = re.compile(r"^[a-zA-Z0-9_.\-]{1,64}$")
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+# Client error codes (Centrifugo's, so its SDKs react as they do there).
+INTERNAL, UNAUTHORIZED, UNKNOWN_CHANNEL, PERMISSION_DENIED = 100, 101, 102, 103
+METHOD_NOT_FOUND, ALREADY_SUBSCRIBED, LIMIT_EXCEEDED, BAD_REQUEST = 104, 105, 106, 107
+NOT_AVAILABLE, TOKEN_EXPIRED, UNRECOVERABLE_POSITION = 108, 109, 112
+_MESSAGES = {
+    INTERNAL: "internal server error", UNAUTHORIZED: "unauthorized",
+    UNKNOWN_CHANNEL: "unknown channel", PERMISSION_DENIED: "permission denied",
+    METHOD_NOT_FOUND: "method not found", ALREADY_SUBSCRIBED: "already subscribed",
+    LIMIT_EXCEEDED: "limit exceeded", BAD_REQUEST: "bad request",
+    NOT_AVAILABLE: "not available", TOKEN_EXPIRED: "token expired",
+    UNRECOVERABLE_POSITION: "unrecoverable position",
+}
+# Close codes (Centrifugo's disconnect codes: 3000-3499 reconnect, 3500-3999 do not).
+CLOSE_EXPIRED = (3005, "connection expired")
+CLOSE_SUB_EXPIRED = (3006, "subscription expired")
+CLOSE_INVALID_TOKEN = (3500, "invalid token")
+CLOSE_BAD_REQUEST = (3501, "bad request")
+CLOSE_STALE = (3502, "stale")
+#: Unsubscribe push code: the client resubscribes (and recovers) at once.
+UNSUB_INSUFFICIENT_STATE = 2500
+#: SubscribeRequest.flag bit: answer 112 instead of ``recovered: false``.
+FLAG_REJECT_UNRECOVERED = 2
+
+
+class PubSubError(Exception):
+    """A client error reply: ``{"error": {"code", "message"}}``; raise it from a hook."""
+
+    def __init__(self, code: int, message: str | None = None, temporary: bool = False) -> None:
+        super().__init__(message or _MESSAGES.get(code, "error"))
+        self.code = code
+        self.message = message or _MESSAGES.get(code, "error")
+        self.temporary = temporary
+
+    def reply(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.temporary:
+            error["temporary"] = True
+        return error
+
+
+class _Close(Exception):
+    """End the connection with this close code (a disconnect in Centrifugo's terms)."""
+
+    def __init__(self, close: tuple[int, str]) -> None:
+        super().__init__(close[1])
+        self.close = close
+
+
+# -- namespaces ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Namespace:
+    """One namespace's options, by Centrifugo's names (all off by default: a channel is
+    then open only to a subscription token)."""
+
+    name: str = ""
+    presence: bool = False
+    join_leave: bool = False
+    force_push_join_leave: bool = False
+    history_size: int = 0
+    history_ttl: float = 0.0
+    force_recovery: bool = False
+    allow_recovery: bool = False
+    allow_subscribe_for_client: bool = False
+    allow_subscribe_for_anonymous: bool = False
+    allow_publish_for_subscriber: bool = False
+    allow_publish_for_client: bool = False
+    allow_publish_for_anonymous: bool = False
+    allow_history_for_subscriber: bool = False
+    allow_history_for_client: bool = False
+    allow_history_for_anonymous: bool = False
+    allow_presence_for_subscriber: bool = False
+    allow_presence_for_client: bool = False
+    allow_presence_for_anonymous: bool = False
+    allow_user_limited_channels: bool = False
+
+    @property
+    def history(self) -> bool:
+        """Whether its channels keep history (so publications carry positions)."""
+        return self.history_size > 0 and self.history_ttl > 0
+
+
+_OPTIONS = {f.name: f.type for f in fields(Namespace) if f.name != "name"}
+
+
+def _duration(value: str, where: str) -> float:
+    """Seconds from ``300``, ``300s``, ``5m``, ``1h`` or ``2d`` (Centrifugo writes "300s")."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?", value.strip())
+    if not match:
+        raise ValueError(f"{where}: expected seconds (300, 300s, 5m, 1h), got {value!r}")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+def parse_namespace(spec: str) -> Namespace:
+    """``NAME:OPTION,OPTION=VALUE,...`` (``--namespace``); an empty NAME is the namespace of
+    channels without one. ``ValueError`` names what is wrong."""
+    name, sep, rest = spec.partition(":")
+    if not sep:
+        raise ValueError(f"expected NAME:OPTIONS (':OPTIONS' for channels without a "
+                         f"namespace), got {spec!r}")
+    name = name.strip()
+    if name and not _NAMESPACE_NAME.match(name):
+        raise ValueError(f"namespace {name!r}: a name is 1-64 letters, digits, '_', '-', '.'")
+    values: dict[str, Any] = {}
+    for item in (part.strip() for part in rest.split(",")):
+        if not item:
+            continue
+        option, has_value, value = item.partition("=")
+        option = option.strip().replace("-", "_")
+        where = f"namespace {name or '(default)'!r}: {option}"
+        if option not in _OPTIONS:
+            raise ValueError(f"namespace {name or '(default)'!r}: no option {option!r} "
+                             f"(known: {', '.join(sorted(_OPTIONS))})")
+        if option in values:
+            raise ValueError(f"{where} given twice")
+        if option == "history_size":
+            if not value.strip().isdigit():
+                raise ValueError(f"{where}: expected a number of publications, got {value!r}")
+            values[option] = int(value)
+        elif option == "history_ttl":
+            values[option] = _duration(value, where)
+        elif not has_value or value.strip().lower() in ("true", "1", "yes"):
+            values[option] = True
+        elif value.strip().lower() in ("false", "0", "no"):
+            values[option] = False
+        else:
+            raise ValueError(f"{where}: expected true or false, got {value!r}")
+    namespace = Namespace(name=name, **values)
+    if (namespace.history_size > 0) != (namespace.history_ttl > 0):
+        raise ValueError(f"namespace {name or '(default)'!r}: history_size and history_ttl "
+                         "go together")
+    if (namespace.force_recovery or namespace.allow_recovery) and not namespace.history:
+        raise ValueError(f"namespace {name or '(default)'!r}: recovery needs history "
+                         "(history_size and history_ttl)")
+    return namespace
+
+
+def parse_namespaces(specs: Iterable[str | Namespace]) -> dict[str, Namespace]:
+    """Namespaces by name; the same name twice is a ``ValueError``."""
+    found: dict[str, Namespace] = {}
+    for spec in specs:
+        namespace = spec if isinstance(spec, Namespace) else parse_namespace(spec)
+        if namespace.name in found:
+            raise ValueError(f"namespace {namespace.name or '(default)'!r} given twice")
+        found[namespace.name] = namespace
+    return found
+
+
+def namespace_name(channel: str) -> str:
+    """The namespace of ``ns:rest`` (a leading ``$``, private, is not part of it)."""
+    name, sep, _ = channel.lstrip("$").partition(":")
+    return name if sep else ""
+
+
+def _escape(text: str) -> str:
+    return "".join(c if c in _SAFE else "".join(f"_{b:02X}" for b in c.encode())
+                   for c in text)
+
+
+def namespace_prefix(namespace: str) -> str:
+    """The prefix of the groups of every channel in ``namespace`` (history rules glob it)."""
+    escaped = _escape(namespace)
+    if len(escaped) > 40:  # "_n" never comes out of _escape (it writes "_" + two hex digits)
+        escaped = "_n" + hashlib.sha256(namespace.encode()).hexdigest()[:24]
+    return f"{GROUP_PREFIX}{escaped}."
+
+
+def channel_group(channel: str) -> str:
+    """The layer group of a client channel: a valid group name for any channel."""
+    head = namespace_prefix(namespace_name(channel))
+    group = head + _escape(channel)
+    if len(group) > MAX_NAME:
+        group = head + "_h" + hashlib.sha256(channel.encode()).hexdigest()[:40]
+    return group
+
+
+def check_channel(channel: Any) -> str:
+    if not isinstance(channel, str) or not channel:
+        raise PubSubError(BAD_REQUEST, "channel required")
+    if len(channel) > CHANNEL_MAX or any(ord(c) < 0x20 for c in channel):
+        raise PubSubError(BAD_REQUEST, "bad channel name")
+    return channel
+
+
+def configure(namespaces: Iterable[str | Namespace] = (), anonymous: bool = False,
+              layer: Any = None) -> dict[str, Namespace]:
+    """Set the namespaces (``--namespace``) and whether a client may connect without a
+    token (``--pubsub-anonymous``) for this process, and the history rules of those that
+    keep history on ``layer`` (the default layer). Every process that publishes to such
+    channels needs the same (``twistd realtime`` does it from the options)."""
+    from realtime.layers import get_channel_layer
+
+    found = parse_namespaces(namespaces)
+    target = layer if layer is not None else get_channel_layer()
+    for namespace in found.values():
+        if namespace.history:
+            target.keep_history(namespace_prefix(namespace.name) + "*",
+                                size=namespace.history_size, ttl=namespace.history_ttl)
+    settings.pubsub_namespaces = found
+    settings.pubsub_anonymous = anonymous
+    return found
+
+
+def _namespace(channel: str, namespaces: Mapping[str, Namespace] | None = None) -> Namespace:
+    known = settings.pubsub_namespaces if namespaces is None else namespaces
+    name = namespace_name(channel)
+    namespace = known.get(name)
+    if namespace is None:
+        if name:
+            raise PubSubError(UNKNOWN_CHANNEL)
+        return Namespace()  # channels without a namespace, none configured: tokens only
+    return namespace
+
+
+def _dumps(document: Any) -> str:
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+
+
+def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
+            layer: Any = None) -> Deferred[dict[str, Any] | None]:
+    """Publish ``data`` (any JSON value) to a client channel, in every process: the
+    position ``{"epoch", "offset"}`` in a namespace with history, else None.
+    ``PubSubError`` (102) for a channel of an unknown namespace; ``TypeError`` for data
+    JSON cannot carry."""
+    from realtime.layers import get_channel_layer
+
+    check_channel(channel)
+    namespace = _namespace(channel)
+    target = layer if layer is not None else get_channel_layer()
+    group = channel_group(channel)
+    if namespace.history:
+        _dumps(data)  # TypeError now, not in every member's handler
+        message: dict[str, Any] = {"type": "pubsub.pub", "channel": channel, "data": data}
+        if info:
+            message["info"] = info
+        result: Deferred[Any] = target.group_send(group, message)
+        return result
+    pub: dict[str, Any] = {"data": data}
+    if info:
+        pub["info"] = info
+    frame = _dumps({"push": {"channel": channel, "pub": pub}})
+    sent: Deferred[Any] = target.broadcast(group, text=frame)
+    sent.addCallback(lambda _: None)
+    return sent
+
+
+# -- the consumer ------------------------------------------------------------------------------
+
+@dataclass
+class _Sub:
+    channel: str
+    group: str
+    namespace: Namespace
+    recoverable: bool
+    join_leave: bool
+    info: dict[str, Any]
+    epoch: str = ""
+    expiry: Any = None  # an IDelayedCall
+
+
+class PubSubConsumer(AsyncWebsocketConsumer):
+    """Centrifugo's bidirectional JSON protocol: ``connect``, ``subscribe``,
+    ``unsubscribe``, ``publish``, ``presence``, ``presence_stats``, ``history``,
+    ``refresh``, ``sub_refresh``, ``rpc``, ``send`` and pings, with namespace permissions
+    and connection and subscription JWTs (``--jwt-key`` and the other ``--jwt-*`` options).
+
+    Subclass it to decide in Python what Centrifugo asks an HTTP proxy for:
+    ``can_subscribe``, ``can_publish``, ``rpc``, ``on_message``.
+    """
+
+    #: None: the ``--namespace`` options (``realtime.pubsub.configure``).
+    namespaces: ClassVar[Mapping[str, Namespace] | None] = None
+    #: None: ``--pubsub-anonymous``. Whether a client may connect without a token.
+    allow_anonymous: ClassVar[bool | None] = None
+    #: The connection token's ``exp`` passed without a ``refresh``: close with this.
+    token_expired_close: ClassVar[tuple[int, str]] = CLOSE_EXPIRED
+
+    # -- hooks ---------------------------------------------------------------------------------
+    async def can_subscribe(self, channel: str, data: Any) -> bool:
+        """Asked when neither a token nor the namespace lets the client in (Centrifugo's
+        subscribe proxy, in-process); ``self.user`` is the connection's user id ("" when
+        anonymous). Raise ``PubSubError`` for another error code."""
+        return False
+
+    async def can_publish(self, channel: str, data: Any) -> bool:
+        """Asked when the namespace does not let this client publish to ``channel``."""
+        return False
+
+    async def rpc(self, method: str, data: Any) -> Any:
+        """A client's ``rpc`` command: return the result data (any JSON value)."""
+        raise PubSubError(METHOD_NOT_FOUND)
+
+    async def on_message(self, data: Any) -> None:
+        """A client's ``send`` (asynchronous message, no reply)."""
+
+    # -- connection ------------------------------------------------------------------------------
+    async def connect(self) -> None:
+        self.client_id = str(uuid.uuid4())
+        self.user = ""
+        self.conn_info: Any = None
+        self._subs: dict[str, _Sub] = {}
+        self._by_group: dict[str, _Sub] = {}
+        self._connected = False
+        self._claims: dict[str, Any] = {}
+        await self.accept()
+        self._stale = self._conn.reactor.callLater(STALE_AFTER, self._close_stale)
+
+    def _close_stale(self) -> None:
+        self._stale = None
+        if not self._connected:
+            self._conn.close(*CLOSE_STALE)
+
+    def _namespaces(self) -> Mapping[str, Namespace]:
+        return self.namespaces if self.namespaces is not None else settings.pubsub_namespaces
+
+    def _now(self) -> float:
+        return float(self._conn.reactor.seconds())
+
+    async def disconnect(self, code: int) -> None:
+        stale = getattr(self, "_stale", None)
+        if stale is not None and stale.active():
+            stale.cancel()
+        for sub in getattr(self, "_subs", {}).values():
+            if sub.expiry is not None and sub.expiry.active():
+                sub.expiry.cancel()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None:  # the protobuf protocol is not spoken here
+            self._conn.close(3506, "inappropriate protocol")
+            return
+        lines = [line for line in text_data.split("\n") if line.strip()]
+        if len(lines) > MAX_COMMANDS_PER_FRAME:
+            self._conn.close(*CLOSE_BAD_REQUEST)
+            return
+        for line in lines:
+            if self._conn.closing_or_closed:
+                return
+            try:
+                command = json.loads(line)
+            except ValueError:
+                command = None
+            if not isinstance(command, dict):
+                self._conn.close(*CLOSE_BAD_REQUEST)
+                return
+            try:
+                await self._command(command)
+            except _Close as close:
+                self._conn.close(*close.close)
+                return
+
+    async def _command(self, command: dict[str, Any]) -> None:
+        if not command:
+            return  # a pong to a server ping
+        ident = command.get("id", 0)
+        if isinstance(ident, bool) or not isinstance(ident, int) or ident < 0:
+            raise _Close(CLOSE_BAD_REQUEST)
+        methods = [m for m in _METHODS if m in command]
+        if not methods:
+            if ident:
+                self._reply(ident, error=PubSubError(METHOD_NOT_FOUND).reply())
+                return
+            raise _Close(CLOSE_BAD_REQUEST)
+        method = methods[0]
+        params = command[method]
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise _Close(CLOSE_BAD_REQUEST)
+        if method == "send":
+            if self._connected:
+                await self.on_message(params.get("data"))
+            return
+        if not ident:
+            raise _Close(CLOSE_BAD_REQUEST)
+        if method == "connect":
+            if self._connected:
+                raise _Close(CLOSE_BAD_REQUEST)
+        elif not self._connected:
+            raise _Close(CLOSE_BAD_REQUEST)
+        try:
+            result = await getattr(self, "_cmd_" + method)(params)
+        except PubSubError as exc:
+            self._reply(ident, error=exc.reply())
+            return
+        self._reply(ident, **{method: result})
+
+    def _reply(self, ident: int, **fields_: Any) -> None:
+        if not self._conn.closing_or_closed:
+            self._conn.send_text(_dumps({"id": ident, **fields_}))
+
+    def _push(self, channel: str, **fields_: Any) -> None:
+        if not self._conn.closing_or_closed:
+            self._conn.send_text(_dumps({"push": {"channel": channel, **fields_}}))
+
+    # -- tokens ----------------------------------------------------------------------------------
+    async def _verify(self, token: Any) -> dict[str, Any]:
+        from realtime.tokens import UNKNOWN_KID, InvalidToken, verify
+
+        if not isinstance(token, str) or not token:
+            raise _Close(CLOSE_INVALID_TOKEN)
+        if not settings.jwt_keys and settings.jwt_key_source is None:
+            raise _Close(CLOSE_INVALID_TOKEN)  # nothing verifies tokens here
+
+        def check() -> dict[str, Any]:
+            return verify(token, settings.jwt_keys, self._now(), settings.jwt_audience,
+                          settings.jwt_issuer, settings.jwt_leeway)
+
+        try:
+            try:
+                return check()
+            except InvalidToken as exc:
+                source = settings.jwt_key_source
+                if str(exc) != UNKNOWN_KID or source is None or not await source.unknown_kid():
+                    raise
+            return check()
+        except InvalidToken as exc:
+            if str(exc) == "token expired":
+                raise PubSubError(TOKEN_EXPIRED) from None
+            log.info("pubsub: token refused: {reason}", reason=str(exc))
+            raise _Close(CLOSE_INVALID_TOKEN) from None
+
+    def _expiry(self, claims: dict[str, Any]) -> tuple[bool, int, float | None]:
+        """(expires, ttl in whole seconds, the moment) of a token's ``exp``."""
+        exp = claims.get("exp")
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            return False, 0, None
+        at = float(exp) + settings.jwt_leeway
+        return True, max(1, int(at - self._now())), at
+
+    def _adopt(self, claims: dict[str, Any]) -> dict[str, Any]:
+        from realtime.auth import User
+
+        self._claims = claims
+        expires, ttl, at = self._expiry(claims)
+        self.scope["user"] = User(claims.get("sub"), claims=claims)
+        if at is not None:
+            self.scope["auth_expires_at"] = at
+        else:
+            self.scope.pop("auth_expires_at", None)
+        self._conn.token_refreshed()
+        return {"expires": True, "ttl": ttl} if expires else {}
+
+    async def _cmd_connect(self, params: dict[str, Any]) -> dict[str, Any]:
+        token = params.get("token")
+        result: dict[str, Any] = {"client": self.client_id, "version": _version()}
+        user: Any = self.scope.get("user")
+        if token:
+            claims = await self._verify(token)
+            sub = claims.get("sub", "")
+            if not isinstance(sub, str):
+                raise _Close(CLOSE_INVALID_TOKEN)
+            self.user = sub
+            self.conn_info = claims.get("info")
+            result.update(self._adopt(claims))
+        elif getattr(user, "is_authenticated", False) and getattr(user, "id", None):
+            self.user = str(user.id)  # a handshake token or session (middleware)
+        else:
+            anonymous = (self.allow_anonymous if self.allow_anonymous is not None
+                         else settings.pubsub_anonymous)
+            if not anonymous:
+                raise PubSubError(UNAUTHORIZED)
+        self._connected = True
+        if self._stale is not None and self._stale.active():
+            self._stale.cancel()
+        self._stale = None
+        return result
+
+    async def _cmd_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
+        if not self._claims:
+            raise PubSubError(BAD_REQUEST, "this connection has no token to refresh")
+        claims = await self._verify(params.get("token"))
+        if (claims.get("sub", ""), claims.get("iss")) != (self.user, self._claims.get("iss")):
+            raise _Close(CLOSE_INVALID_TOKEN)
+        info = claims.get("info")
+        if info is not None:
+            self.conn_info = info
+        result = {"client": self.client_id, "version": _version()}
+        expires = self._adopt(claims)
+        result.update(expires or {"expires": False})
+        return result
+
+    # -- subscriptions ---------------------------------------------------------------------------
+    def _client_info(self, chan_info: Any = None) -> dict[str, Any]:
+        info: dict[str, Any] = {"user": self.user, "client": self.client_id}
+        if self.conn_info is not None:
+            info["conn_info"] = self.conn_info
+        if chan_info is not None:
+            info["chan_info"] = chan_info
+        return info
+
+    async def _sub_token(self, channel: str, token: Any) -> dict[str, Any]:
+        claims = await self._verify(token)
+        if claims.get("channel") != channel or claims.get("sub", "") != self.user:
+            raise PubSubError(PERMISSION_DENIED)
+        return claims
+
+    def _arm_sub_expiry(self, sub: _Sub, at: float | None) -> None:
+        if sub.expiry is not None and sub.expiry.active():
+            sub.expiry.cancel()
+        sub.expiry = None
+        if at is not None:
+            sub.expiry = self._conn.reactor.callLater(
+                max(0.0, at - self._now()), self._conn.close, *CLOSE_SUB_EXPIRED)
+
+    async def _cmd_subscribe(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = check_channel(params.get("channel"))
+        if channel in self._subs:
+            raise PubSubError(ALREADY_SUBSCRIBED)
+        namespace = _namespace(channel, self._namespaces())
+        token = params.get("token")
+        claims: dict[str, Any] = {}
+        if token:
+            claims = await self._sub_token(channel, token)
+        elif channel.startswith("$"):
+            raise PubSubError(PERMISSION_DENIED)
+        elif not (self._user_limited(channel, namespace) or self._allowed(
+                namespace.allow_subscribe_for_client, namespace.allow_subscribe_for_anonymous)):
+            if not await self.can_subscribe(channel, params.get("data")):
+                raise PubSubError(PERMISSION_DENIED)
+        recoverable = namespace.history and (namespace.force_recovery or (
+            namespace.allow_recovery and params.get("recoverable") is True))
+        join_leave = namespace.join_leave and (
+            namespace.force_push_join_leave or params.get("join_leave") is True)
+        since = None
+        if recoverable and params.get("recover") is True:
+            epoch, offset = params.get("epoch", ""), params.get("offset", 0)
+            if not isinstance(epoch, str) or isinstance(offset, bool) or not isinstance(
+                    offset, int) or offset < 0:
+                raise PubSubError(BAD_REQUEST)
+            since = {"epoch": epoch, "offset": offset}
+        group = channel_group(channel)
+        info = self._client_info(claims.get("info"))
+        sub = _Sub(channel, group, namespace, bool(recoverable), join_leave, info)
+        presence = info if namespace.presence or namespace.join_leave else None
+        self._subs[channel] = sub
+        self._by_group[group] = sub
+        try:
+            joined = await self._join(group, presence, since)
+        except BaseException:
+            self._forget(sub)
+            raise
+        result: dict[str, Any] = {}
+        expires, ttl, at = self._expiry(claims)
+        if expires:
+            result.update(expires=True, ttl=ttl)
+        self._arm_sub_expiry(sub, at)
+        if isinstance(joined, dict) and namespace.history:
+            sub.epoch = joined["epoch"]
+            if recoverable:
+                result.update(recoverable=True, epoch=joined["epoch"])
+                if since is None:
+                    result["offset"] = joined["offset"]
+                elif joined.get("recovered"):
+                    # The missed ones follow as pushes, each with its offset.
+                    result.update(offset=since["offset"], recovered=True, was_recovering=True)
+                else:
+                    flag = params.get("flag", 0)
+                    if isinstance(flag, int) and flag & FLAG_REJECT_UNRECOVERED:
+                        self._forget(sub)
+                        await self.channel_layer.group_discard(group, self.channel_name)
+                        raise PubSubError(UNRECOVERABLE_POSITION)
+                    result.update(offset=joined["offset"], recovered=False,
+                                  was_recovering=True)
+        return result
+
+    async def _join(self, group: str, presence: Any, since: Any) -> Any:
+        from realtime.layers import TooManyGroups
+
+        try:
+            return await self.channel_layer.group_add(group, self.channel_name,
+                                                      presence=presence, since=since)
+        except TooManyGroups:
+            raise PubSubError(LIMIT_EXCEEDED) from None
+        except (ValueError, TypeError):
+            raise PubSubError(BAD_REQUEST) from None
+
+    def _forget(self, sub: _Sub) -> None:
+        self._subs.pop(sub.channel, None)
+        if self._by_group.get(sub.group) is sub:
+            del self._by_group[sub.group]
+        self._arm_sub_expiry(sub, None)
+
+    def _allowed(self, for_client: bool, for_anonymous: bool) -> bool:
+        return for_client if self.user else for_anonymous
+
+    def _user_limited(self, channel: str, namespace: Namespace) -> bool:
+        if not namespace.allow_user_limited_channels or "#" not in channel or not self.user:
+            return False
+        return self.user in channel.rpartition("#")[2].split(",")
+
+    async def _cmd_unsubscribe(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = check_channel(params.get("channel"))
+        sub = self._subs.get(channel)
+        if sub is not None:
+            self._forget(sub)
+            await self.channel_layer.group_discard(sub.group, self.channel_name)
+        return {}
+
+    async def _cmd_sub_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = check_channel(params.get("channel"))
+        sub = self._subs.get(channel)
+        if sub is None:
+            raise PubSubError(PERMISSION_DENIED)
+        claims = await self._sub_token(channel, params.get("token"))
+        expires, ttl, at = self._expiry(claims)
+        self._arm_sub_expiry(sub, at)
+        return {"expires": True, "ttl": ttl} if expires else {}
+
+    # -- publish, history, presence ----------------------------------------------------------------
+    async def _cmd_publish(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = check_channel(params.get("channel"))
+        if "data" not in params:
+            raise PubSubError(BAD_REQUEST, "data required")
+        data = params["data"]
+        namespace = _namespace(channel, self._namespaces())
+        if not ((namespace.allow_publish_for_subscriber and channel in self._subs)
+                or self._allowed(namespace.allow_publish_for_client,
+                                 namespace.allow_publish_for_anonymous)):
+            if not await self.can_publish(channel, data):
+                raise PubSubError(PERMISSION_DENIED)
+        sub = self._subs.get(channel)
+        info = sub.info if sub is not None else self._client_info()
+        try:
+            await publish(channel, data, info, layer=self.channel_layer)
+        except TypeError:
+            raise PubSubError(BAD_REQUEST) from None
+        return {}
+
+    def _may_read(self, channel: str, subscriber: bool, client: bool, anonymous: bool) -> None:
+        if not ((subscriber and channel in self._subs) or self._allowed(client, anonymous)):
+            raise PubSubError(PERMISSION_DENIED)
+
+    async def _cmd_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = check_channel(params.get("channel"))
+        namespace = _namespace(channel, self._namespaces())
+        if not namespace.history:
+            raise PubSubError(NOT_AVAILABLE)
+        self._may_read(channel, namespace.allow_history_for_subscriber,
+                       namespace.allow_history_for_client, namespace.allow_history_for_anonymous)
+        limit = params.get("limit", 0)
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise PubSubError(BAD_REQUEST)
+        since = params.get("since")
+        if since is not None:
+            if not isinstance(since, dict):
+                raise PubSubError(BAD_REQUEST)
+            since = {"epoch": since.get("epoch", ""), "offset": since.get("offset", 0)}
+        layer_limit = None if limit < 0 else max(1, min(limit, 100_000))
+        try:
+            kept = await self.channel_layer.group_history(channel_group(channel), since=since,
+                                                          limit=layer_limit)
+        except (ValueError, TypeError):
+            raise PubSubError(BAD_REQUEST) from None
+        if since is not None and kept.get("recovered") is False:
+            raise PubSubError(UNRECOVERABLE_POSITION)
+        messages = [] if limit == 0 else kept["messages"]
+        if params.get("reverse") is True:
+            messages = list(reversed(messages))
+        return {"publications": [_publication(m) for m in messages],
+                "epoch": kept["epoch"], "offset": kept["offset"]}
+
+    async def _cmd_presence(self, params: dict[str, Any]) -> dict[str, Any]:
+        members = await self._presence(params)
+        return {"presence": {info.get("client", name): info for name, info in members.items()}}
+
+    async def _cmd_presence_stats(self, params: dict[str, Any]) -> dict[str, Any]:
+        members = await self._presence(params)
+        users = {info.get("user", "") for info in members.values()}
+        return {"num_clients": len(members), "num_users": len(users)}
+
+    async def _presence(self, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        channel = check_channel(params.get("channel"))
+        namespace = _namespace(channel, self._namespaces())
+        if not namespace.presence:
+            raise PubSubError(NOT_AVAILABLE)
+        self._may_read(channel, namespace.allow_presence_for_subscriber,
+                       namespace.allow_presence_for_client,
+                       namespace.allow_presence_for_anonymous)
+        members: dict[str, dict[str, Any]] = await self.channel_layer.group_presence(
+            channel_group(channel))
+        return members
+
+    async def _cmd_rpc(self, params: dict[str, Any]) -> dict[str, Any]:
+        method = params.get("method", "")
+        if not isinstance(method, str):
+            raise PubSubError(BAD_REQUEST)
+        data = await self.rpc(method, params.get("data"))
+        return {"data": data} if data is not None else {}
+
+    async def _cmd_ping(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    # -- layer events ------------------------------------------------------------------------------
+    async def pubsub_pub(self, event: dict[str, Any]) -> None:
+        """A publication in a history channel (``publish``): pushed with its offset."""
+        group = event.get("group")
+        sub = self._by_group.get(group) if isinstance(group, str) else None
+        if sub is None:
+            sub = self._subs.get(event.get("channel", ""))
+        if sub is None:
+            return
+        position = event.get("position")
+        if isinstance(position, dict) and sub.epoch and position.get("epoch") != sub.epoch:
+            # A new epoch (history lost): the client must resubscribe and recover.
+            self._lost(sub)
+            return
+        self._push(sub.channel, pub=_publication(event))
+
+    async def presence_join(self, event: dict[str, Any]) -> None:
+        sub = self._by_group.get(event.get("group", ""))
+        if sub is not None and sub.join_leave:
+            self._push(sub.channel, join={"info": event.get("info") or {}})
+
+    async def presence_leave(self, event: dict[str, Any]) -> None:
+        sub = self._by_group.get(event.get("group", ""))
+        if sub is not None and sub.join_leave:
+            self._push(sub.channel, leave={"info": event.get("info") or {}})
+
+    async def layer_gap(self, event: dict[str, Any]) -> None:
+        """The layer lost messages of a group (its Redis connection dropped): a recoverable
+        subscription is told to resubscribe, which recovers what history still has."""
+        sub = self._by_group.get(event.get("group", ""))
+        if sub is not None and sub.recoverable:
+            self._lost(sub)
+
+    def _lost(self, sub: _Sub) -> None:
+        self._forget(sub)
+        self.channel_layer.group_discard(sub.group, self.channel_name)
+        self._push(sub.channel, unsubscribe={"code": UNSUB_INSUFFICIENT_STATE,
+                                             "reason": "insufficient state"})
+
+
+_METHODS = ("connect", "subscribe", "unsubscribe", "publish", "presence", "presence_stats",
+            "history", "ping", "send", "rpc", "refresh", "sub_refresh")
+
+
+def _publication(message: dict[str, Any]) -> dict[str, Any]:
+    pub: dict[str, Any] = {"data": message.get("data")}
+    if message.get("info"):
+        pub["info"] = message["info"]
+    position = message.get("position")
+    if isinstance(position, dict) and isinstance(position.get("offset"), int):
+        pub["offset"] = position["offset"]
+    return pub
+
+
+def _version() -> str:
+    from realtime import __version__
+
+    return f"realtime {__version__}"
+
+
+#: ``--app realtime.pubsub:application``: the protocol at ``/connection/websocket``
+#: (Centrifugo's path), and nothing else.
+def _application() -> Any:
+    from realtime.routing import URLRouter, path
+
+    return URLRouter([path("connection/websocket", PubSubConsumer.as_asgi())])
+
+
+application = _application()
+
+__all__ = ["Namespace", "PubSubConsumer", "PubSubError", "application", "channel_group",
+           "configure", "namespace_prefix", "parse_namespace", "parse_namespaces", "publish"]
