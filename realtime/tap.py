@@ -225,6 +225,31 @@ def load_application(spec: str) -> Any:
     return mount(obj)
 
 
+def _namespace_specs(value: Any, where: str) -> list[str]:
+    """``[[namespaces]]`` tables (``name = "chat"``, ``presence = true``,
+    ``history_ttl = "300s"``, ...) as ``--namespace`` values."""
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise StartupError(f"{where}: expected [[namespaces]] tables")
+    specs = []
+    for table in value:
+        name = table.get("name", "")
+        if not isinstance(name, str):
+            raise StartupError(f"{where}: a namespace's name must be a string")
+        options = []
+        for option, setting in table.items():
+            if option == "name":
+                continue
+            if isinstance(setting, bool):
+                options.append(f"{option}={'true' if setting else 'false'}")
+            elif isinstance(setting, int | float | str) and "," not in str(setting):
+                options.append(f"{option}={setting}")
+            else:
+                raise StartupError(f"{where}: {name or '(default)'}.{option}: expected true, "
+                                   f"false, a number or a duration, got {setting!r}")
+        specs.append(f"{name}:{','.join(options)}")
+    return specs
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -470,6 +495,8 @@ class Options(usage.Options):
         for key, value in table.items():
             name = key.replace("_", "-")
             where = f"--config {path}: {key}"
+            if name == "namespaces":  # Centrifugo's shape: [[namespaces]] tables
+                name, value = "namespace", _namespace_specs(value, where)
             if name in spelled:  # ping-interval and ping_interval: which was meant?
                 raise StartupError(f"{where}: the same option as {spelled[name]}")
             spelled[name] = key

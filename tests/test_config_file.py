@@ -150,3 +150,40 @@ def test_check_names_the_layer_without_its_password(capsys):
         assert exit_.value.code == 0
         out = capsys.readouterr().out
         assert out.endswith(f", layer {named}\n") and "s3cret" not in out, out
+
+
+def test_namespaces_in_centrifugo_shape(tmp_path):
+    """``[[namespaces]]`` tables, as a Centrifugo config has them, are ``--namespace``s;
+    a value that cannot be an option's stops start-up naming the file and the table."""
+    from realtime.settings import reset, settings
+
+    config = tmp_path / "realtime.toml"
+    config.write_text(
+        'app = "realtime.pubsub:application"\n'
+        "[[namespaces]]\n"
+        'name = "chat"\n'
+        "presence = true\n"
+        "history_size = 10\n"
+        'history_ttl = "5m"\n'
+        "force_recovery = true\n"
+        "[[namespaces]]\n"
+        'name = ""\n'
+        "allow_subscribe_for_anonymous = true\n"
+    )
+    try:
+        parsed(["--config", str(config), "--port", "tcp:0:interface=127.0.0.1"])
+        chat = settings.pubsub_namespaces["chat"]
+        assert chat.presence and chat.force_recovery and chat.history_size == 10
+        assert chat.history_ttl == 300.0 and not chat.allow_subscribe_for_client
+        assert settings.pubsub_namespaces[""].allow_subscribe_for_anonymous
+    finally:
+        reset()
+    config.write_text('app = "realtime.pubsub:application"\n'
+                      '[[namespaces]]\nname = "chat"\nhistory_ttl = ["300s"]\n')
+    with pytest.raises(StartupError, match=r"realtime.toml: namespaces: chat.history_ttl"):
+        parsed(["--config", str(config)])
+    config.write_text('app = "realtime.pubsub:application"\n'
+                      '[[namespaces]]\nname = "chat"\npresense = true\n')
+    with pytest.raises(StartupError, match=r"--namespace: namespace 'chat': no option "
+                                           r"'presense'"):
+        parsed(["--config", str(config), "--port", "tcp:0:interface=127.0.0.1"])
