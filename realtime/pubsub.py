@@ -517,7 +517,15 @@ class PubSubConsumer(AsyncWebsocketConsumer):
     async def _cmd_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
         if not self._claims:
             raise PubSubError(BAD_REQUEST, "this connection has no token to refresh")
-        claims = await self._verify(params.get("token"))
+        try:
+            claims = await self._verify(params.get("token"))
+        except PubSubError as exc:
+            if exc.code != TOKEN_EXPIRED:
+                raise
+            # As Centrifugo: the connection expires (3005, reconnect), and the client's
+            # connect then asks for a fresh token; an error reply (109) would end it for
+            # good in centrifuge-js.
+            raise _Close(CLOSE_EXPIRED) from None
         if (claims.get("sub", ""), claims.get("iss")) != (self.user, self._claims.get("iss")):
             raise _Close(CLOSE_INVALID_TOKEN)
         info = claims.get("info")

@@ -311,3 +311,31 @@ def test_the_connection_token_is_refreshed_before_it_expires(centrifuge_js, brow
         assert page.page_errors == []
     finally:
         page.context.close()
+
+
+def test_an_expired_refresh_token_expires_the_connection_and_the_sdk_comes_back(
+        centrifuge_js, browser, server):
+    """``getToken`` hands out a token that has already expired: the server closes with 3005
+    (connection expired; Centrifugo does the same) rather than answering 109, which
+    centrifuge-js takes as final. The SDK reconnects, its connect is told 109, it asks
+    ``getToken`` again, and it is connected (and subscribed) with the fresh token."""
+    channel = "chat:expired-refresh"
+    page = _page(browser, server)
+    try:
+        page.evaluate(f"window.tokens.ada = {json.dumps([_token('ada', ttl=-10), _token('ada')])}")
+        _client(page, "ada", json.dumps({"token": _token("ada", ttl=2)})[:-1] + ", getToken: true}")
+        _subscribe(page, "ada", channel)
+        _wait(page, "window.clients.ada.seen.connected.length === 2 && "
+                    f"{_rec('ada', channel)}.subscribed.length === 2", timeout=10_000)
+        seen = _seen(page, "ada")
+        assert seen["tokenCalls"] == 2
+        assert seen["disconnected"] == []
+        assert [c["code"] for c in seen["connecting"]] == [0, 3005]
+        # The refresh call cut short by the close (11: connection closed), then the
+        # reconnect's connect told its token expired.
+        assert [(e["type"], e["error"]["code"]) for e in seen["errors"]] == [
+            ("refresh", 11), ("connect", 109)]
+        assert page.evaluate(f"{_js('ada')}.state") == "connected"
+        assert page.page_errors == []
+    finally:
+        page.context.close()
