@@ -6,9 +6,11 @@
   (the page's own host) and records everything it does in ``window.clients[name]``, and
   ``sub(name, channel, options)``, which subscribes that client and records the
   subscription's events in ``window.clients[name].subs[channel]``;
-- ``/centrifuge.js`` is the installed npm package's browser bundle (``dist/centrifuge.js``
-  under ``tests/.node``, where ``tests/run.sh`` installs ``centrifuge``), read at request
-  time: 404 when it is not installed;
+- ``/protobuf`` is the same page on the package's protobuf build
+  (``/centrifuge.protobuf.js``), which realtime does not speak;
+- ``/centrifuge.js`` and ``/centrifuge.protobuf.js`` are the installed npm package's
+  browser bundles (``dist/`` under ``tests/.node``, where ``tests/run.sh`` installs
+  ``centrifuge``), read at request time: 404 when it is not installed;
 - ``/connection/websocket`` is ``realtime.pubsub.PubSubConsumer``.
 """
 
@@ -22,6 +24,7 @@ from realtime.pubsub import PubSubConsumer
 #: Where tests/run.sh installs centrifuge-js (npm install --prefix tests/.node).
 PACKAGE = Path(__file__).resolve().parents[1] / ".node" / "node_modules" / "centrifuge"
 BUNDLE = PACKAGE / "dist" / "centrifuge.js"
+PROTOBUF_BUNDLE = PACKAGE / "dist" / "centrifuge.protobuf.js"
 
 #: The page's recorder. Tokens for ``getToken`` come from ``window.tokens[name]`` (the test
 #: puts them there); each call is counted.
@@ -68,9 +71,11 @@ window.sub = (name, channel, options) => {
   return sub;
 };
 """
-PAGE = f"""<!doctype html>
+
+def _page(script: str) -> bytes:
+    return f"""<!doctype html>
 <meta charset="utf-8"><title>centrifuge-js against realtime.pubsub</title>
-<script src="/centrifuge.js"></script>
+<script src="/{script}"></script>
 <script>
 {RECORDER}
 window.ready = typeof Centrifuge === "function";
@@ -79,20 +84,24 @@ window.ready = typeof Centrifuge === "function";
 
 
 class Page(AsyncHttpConsumer):
+    body = b""
+
     async def handle(self, body: bytes) -> None:
-        await self.send_response(200, PAGE,
+        await self.send_response(200, self.body,
                                  headers=[(b"content-type", b"text/html; charset=utf-8")])
 
 
 class Bundle(AsyncHttpConsumer):
-    """The installed package's browser bundle, read now (it is never copied into the
+    """An installed bundle of the package, read now (it is never copied into the
     repository)."""
+
+    file = BUNDLE
 
     async def handle(self, body: bytes) -> None:
         try:
-            script = BUNDLE.read_bytes()
+            script = self.file.read_bytes()
         except FileNotFoundError:
-            await self.send_response(404, f"{BUNDLE} is not installed (tests/run.sh)".encode(),
+            await self.send_response(404, f"{self.file} is not installed (tests/run.sh)".encode(),
                                      headers=[(b"content-type", b"text/plain")])
             return
         await self.send_response(200, script, headers=[
@@ -102,8 +111,10 @@ class Bundle(AsyncHttpConsumer):
 application = ProtocolTypeRouter(
     {
         "http": URLRouter([
-            path("", Page.as_app()),
+            path("", Page.as_app(body=_page("centrifuge.js"))),
+            path("protobuf", Page.as_app(body=_page("centrifuge.protobuf.js"))),
             path("centrifuge.js", Bundle.as_app()),
+            path("centrifuge.protobuf.js", Bundle.as_app(file=PROTOBUF_BUNDLE)),
         ]),
         "websocket": URLRouter([
             path("connection/websocket", PubSubConsumer.as_asgi()),

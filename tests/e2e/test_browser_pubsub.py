@@ -94,14 +94,14 @@ def _token(user: str, ttl: float = 300, key: str = JWT_SECRET) -> str:
     return jwt.encode({"sub": user, "exp": int(time.time() + ttl)}, key, algorithm="HS256")
 
 
-def _page(browser: Any, server: Server) -> Any:
+def _page(browser: Any, server: Server, path: str = "/") -> Any:
     context = browser.new_context()
     context.set_default_timeout(TIMEOUT_MS)
     context.add_init_script(RECORD_SOCKETS)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"http://127.0.0.1:{server.port}/")
+    page.goto(f"http://127.0.0.1:{server.port}{path}")
     page.wait_for_function("window.ready === true")
     page.page_errors = errors  # uncaught exceptions in the page: none expected
     return page
@@ -336,6 +336,24 @@ def test_an_expired_refresh_token_expires_the_connection_and_the_sdk_comes_back(
         assert [(e["type"], e["error"]["code"]) for e in seen["errors"]] == [
             ("refresh", 11), ("connect", 109)]
         assert page.evaluate(f"{_js('ada')}.state") == "connected"
+        assert page.page_errors == []
+    finally:
+        page.context.close()
+
+
+def test_the_protobuf_build_is_told_3506_and_stops(centrifuge_js, browser, server):
+    """centrifuge-js's protobuf build (``centrifuge.protobuf.js``) offers the
+    ``centrifuge-protobuf`` subprotocol, which realtime does not speak: the handshake is
+    accepted and closed with 3506 (inappropriate protocol), so the SDK stops with that
+    code instead of retrying a refused handshake forever."""
+    page = _page(browser, server, "/protobuf")
+    try:
+        _client(page, "proto", json.dumps({"token": _token("ada")}))
+        _wait(page, "window.clients.proto.seen.disconnected.length === 1")
+        seen = _seen(page, "proto")
+        assert seen["disconnected"] == [{"code": 3506, "reason": "inappropriate protocol"}]
+        assert seen["connected"] == [] and seen["states"] == ["connecting", "disconnected"]
+        assert page.evaluate("window.sockets.map((s) => s.protocol)") == ["centrifuge-protobuf"]
         assert page.page_errors == []
     finally:
         page.context.close()
