@@ -64,6 +64,9 @@ CLOSE_SUB_EXPIRED = (3006, "subscription expired")
 CLOSE_INVALID_TOKEN = (3500, "invalid token")
 CLOSE_BAD_REQUEST = (3501, "bad request")
 CLOSE_STALE = (3502, "stale")
+CLOSE_PROTOBUF = (3506, "inappropriate protocol")
+#: The WebSocket subprotocol of Centrifugo's protobuf clients (not spoken here).
+PROTOBUF_SUBPROTOCOL = "centrifuge-protobuf"
 #: Unsubscribe push code: the client resubscribes (and recovers) at once.
 UNSUB_INSUFFICIENT_STATE = 2500
 #: SubscribeRequest.flag bit: answer 112 instead of ``recovered: false``.
@@ -351,6 +354,13 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         self._by_group: dict[str, _Sub] = {}
         self._connected = False
         self._claims: dict[str, Any] = {}
+        if PROTOBUF_SUBPROTOCOL in (self.scope.get("subprotocols") or ()):
+            # centrifuge-js's protobuf build offers only this subprotocol: refused at the
+            # handshake, the browser reports a bare transport error and the SDK retries
+            # forever; accepted then closed with 3506, it stops and says why.
+            await self.accept(PROTOBUF_SUBPROTOCOL)
+            self._conn.close(*CLOSE_PROTOBUF)
+            return
         await self.accept()
         self._stale = self._conn.reactor.callLater(STALE_AFTER, self._close_stale)
 
@@ -375,7 +385,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None:  # the protobuf protocol is not spoken here
-            self._conn.close(3506, "inappropriate protocol")
+            self._conn.close(*CLOSE_PROTOBUF)
             return
         lines = [line for line in text_data.split("\n") if line.strip()]
         if len(lines) > MAX_COMMANDS_PER_FRAME:
@@ -517,7 +527,15 @@ class PubSubConsumer(AsyncWebsocketConsumer):
     async def _cmd_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
         if not self._claims:
             raise PubSubError(BAD_REQUEST, "this connection has no token to refresh")
-        claims = await self._verify(params.get("token"))
+        try:
+            claims = await self._verify(params.get("token"))
+        except PubSubError as exc:
+            if exc.code != TOKEN_EXPIRED:
+                raise
+            # As Centrifugo: the connection expires (3005, reconnect), and the client's
+            # connect then asks for a fresh token; an error reply (109) would end it for
+            # good in centrifuge-js.
+            raise _Close(CLOSE_EXPIRED) from None
         if (claims.get("sub", ""), claims.get("iss")) != (self.user, self._claims.get("iss")):
             raise _Close(CLOSE_INVALID_TOKEN)
         info = claims.get("info")
