@@ -40,6 +40,11 @@ GROUP_PREFIX = "ps."
 CHANNEL_MAX = 255
 #: A connection that sends no ``connect`` command within this many seconds is closed (3502).
 STALE_AFTER = 10.0
+#: Seconds between the server's pings (``{}``) once connected: the SDKs answer each with a
+#: pong and reconnect when pings stop coming (a dead server, a half-open connection that
+#: TCP has not noticed); a client whose pong has not come by the next ping is closed with
+#: 3012. 0: no pings (the WebSocket pings of ``--ping-interval`` still run).
+PING_INTERVAL = 25.0
 #: Commands one frame may carry (centrifuge-js batches a connection's subscribes).
 MAX_COMMANDS_PER_FRAME = 1000
 
@@ -64,6 +69,7 @@ CLOSE_SUB_EXPIRED = (3006, "subscription expired")
 CLOSE_INVALID_TOKEN = (3500, "invalid token")
 CLOSE_BAD_REQUEST = (3501, "bad request")
 CLOSE_STALE = (3502, "stale")
+CLOSE_NO_PONG = (3012, "no pong")
 CLOSE_PROTOBUF = (3506, "inappropriate protocol")
 #: The WebSocket subprotocol of Centrifugo's protobuf clients (not spoken here).
 PROTOBUF_SUBPROTOCOL = "centrifuge-protobuf"
@@ -354,6 +360,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         self._by_group: dict[str, _Sub] = {}
         self._connected = False
         self._claims: dict[str, Any] = {}
+        self._ping_call: Any = None
+        self._ponged = True
         if PROTOBUF_SUBPROTOCOL in (self.scope.get("subprotocols") or ()):
             # centrifuge-js's protobuf build offers only this subprotocol: refused at the
             # handshake, the browser reports a bare transport error and the SDK retries
@@ -376,9 +384,10 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         return float(self._conn.reactor.seconds())
 
     async def disconnect(self, code: int) -> None:
-        stale = getattr(self, "_stale", None)
-        if stale is not None and stale.active():
-            stale.cancel()
+        for name in ("_stale", "_ping_call"):
+            call = getattr(self, name, None)
+            if call is not None and call.active():
+                call.cancel()
         for sub in getattr(self, "_subs", {}).values():
             if sub.expiry is not None and sub.expiry.active():
                 sub.expiry.cancel()
@@ -409,7 +418,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
 
     async def _command(self, command: dict[str, Any]) -> None:
         if not command:
-            return  # a pong to a server ping
+            self._ponged = True  # a pong to a server ping
+            return
         ident = command.get("id", 0)
         if isinstance(ident, bool) or not isinstance(ident, int) or ident < 0:
             raise _Close(CLOSE_BAD_REQUEST)
@@ -522,7 +532,23 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         if self._stale is not None and self._stale.active():
             self._stale.cancel()
         self._stale = None
+        if PING_INTERVAL > 0:
+            result.update(ping=max(1, round(PING_INTERVAL)), pong=True)
+            self._ponged = True
+            self._ping_call = self._conn.reactor.callLater(PING_INTERVAL, self._ping)
         return result
+
+    def _ping(self) -> None:
+        """Centrifugo's application-level ping: ``{}``; the client's pong is ``{}`` too."""
+        self._ping_call = None
+        if self._conn.closing_or_closed:
+            return
+        if not self._ponged:
+            self._conn.close(*CLOSE_NO_PONG)
+            return
+        self._ponged = False
+        self._conn.send_text("{}")
+        self._ping_call = self._conn.reactor.callLater(PING_INTERVAL, self._ping)
 
     async def _cmd_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
         if not self._claims:
@@ -668,7 +694,14 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         sub = self._subs.get(channel)
         if sub is None:
             raise PubSubError(PERMISSION_DENIED)
-        claims = await self._sub_token(channel, params.get("token"))
+        try:
+            claims = await self._sub_token(channel, params.get("token"))
+        except PubSubError as exc:
+            if exc.code != TOKEN_EXPIRED:
+                raise
+            # As a connection refresh: the subscription expires (3006, the SDK reconnects
+            # and subscribes with a fresh token); 109 here would end it for good.
+            raise _Close(CLOSE_SUB_EXPIRED) from None
         expires, ttl, at = self._expiry(claims)
         self._arm_sub_expiry(sub, at)
         return {"expires": True, "ttl": ttl} if expires else {}
@@ -767,7 +800,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         if sub is None:
             return
         position = event.get("position")
-        if isinstance(position, dict) and sub.epoch and position.get("epoch") != sub.epoch:
+        if (sub.recoverable and isinstance(position, dict) and sub.epoch
+                and position.get("epoch") != sub.epoch):
             # A new epoch (history lost): the client must resubscribe and recover.
             self._lost(sub)
             return
@@ -792,7 +826,11 @@ class PubSubConsumer(AsyncWebsocketConsumer):
 
     def _lost(self, sub: _Sub) -> None:
         self._forget(sub)
-        self.channel_layer.group_discard(sub.group, self.channel_name)
+        left = self.channel_layer.group_discard(sub.group, self.channel_name)
+        if isinstance(left, Deferred):  # the layer away: its membership ends with the socket
+            left.addErrback(lambda failure: log.info(
+                "pubsub: leaving {group} failed: {error}", group=sub.group,
+                error=failure.getErrorMessage()))
         self._push(sub.channel, unsubscribe={"code": UNSUB_INSUFFICIENT_STATE,
                                              "reason": "insufficient state"})
 
