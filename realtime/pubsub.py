@@ -428,10 +428,20 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             raise _Close(CLOSE_BAD_REQUEST)
         try:
             result = await getattr(self, "_cmd_" + method)(params)
+            reply = _dumps({"id": ident, method: result})
         except PubSubError as exc:
             self._reply(ident, error=exc.reply())
             return
-        self._reply(ident, **{method: result})
+        except _Close:
+            raise
+        except Exception:
+            # A hook that raised or returned what JSON cannot carry: this command fails
+            # (Centrifugo's internal error), not the connection and its subscriptions.
+            log.failure("pubsub: {method} failed", method=method)
+            self._reply(ident, error=PubSubError(INTERNAL).reply())
+            return
+        if not self._conn.closing_or_closed:
+            self._conn.send_text(reply)
 
     def _reply(self, ident: int, **fields_: Any) -> None:
         if not self._conn.closing_or_closed:
