@@ -262,7 +262,17 @@ def _namespace(channel: str, namespaces: Mapping[str, Namespace] | None = None) 
 
 
 def _dumps(document: Any) -> str:
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    """JSON text; ``TypeError`` for what JSON cannot carry (NaN and the infinities too:
+    Python writes them, but a browser's ``JSON.parse`` and Go's decoder refuse them)."""
+    try:
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False)
+    except ValueError as exc:
+        raise TypeError(str(exc)) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
@@ -385,7 +395,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             if self._conn.closing_or_closed:
                 return
             try:
-                command = json.loads(line)
+                command = json.loads(line, parse_constant=_no_constant)
             except ValueError:
                 command = None
             if not isinstance(command, dict):
