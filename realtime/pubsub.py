@@ -714,7 +714,13 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             if not isinstance(since, dict):
                 raise PubSubError(BAD_REQUEST)
             since = {"epoch": since.get("epoch", ""), "offset": since.get("offset", 0)}
-        layer_limit = None if limit < 0 else max(1, min(limit, 100_000))
+        reverse = params.get("reverse") is True
+        want = None if limit < 0 else max(1, min(limit, 100_000))
+        # Centrifugo's pages: without since the oldest kept first (reverse: the newest
+        # first), with since the first ones after it; the layer gives the newest ``limit``
+        # (and with since refuses more than ``limit``), so it is asked for them all but
+        # for the newest.
+        layer_limit = want if since is None and reverse else None
         try:
             kept = await self.channel_layer.group_history(channel_group(channel), since=since,
                                                           limit=layer_limit)
@@ -723,8 +729,10 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         if since is not None and kept.get("recovered") is False:
             raise PubSubError(UNRECOVERABLE_POSITION)
         messages = [] if limit == 0 else kept["messages"]
-        if params.get("reverse") is True:
+        if reverse:
             messages = list(reversed(messages))
+        if want is not None:
+            messages = messages[:want]
         return {"publications": [_publication(m) for m in messages],
                 "epoch": kept["epoch"], "offset": kept["offset"]}
 
