@@ -40,6 +40,10 @@ GROUP_PREFIX = "ps."
 CHANNEL_MAX = 255
 #: A connection that sends no ``connect`` command within this many seconds is closed (3502).
 STALE_AFTER = 10.0
+#: Seconds past a token's ``exp`` the server waits for ``refresh`` (``sub_refresh``)
+#: before it closes 3005 (3006): Centrifugo's ``client_expired_close_delay``. The SDKs
+#: refresh once the reply's ``ttl`` (whole seconds) has passed, about at ``exp``.
+EXPIRED_CLOSE_DELAY = 25.0
 #: Commands one frame may carry (centrifuge-js batches a connection's subscribes).
 MAX_COMMANDS_PER_FRAME = 1000
 
@@ -503,7 +507,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         expires, ttl, at = self._expiry(claims)
         self.scope["user"] = User(claims.get("sub"), claims=claims)
         if at is not None:
-            self.scope["auth_expires_at"] = at
+            self.scope["auth_expires_at"] = at + EXPIRED_CLOSE_DELAY
         else:
             self.scope.pop("auth_expires_at", None)
         self._conn.token_refreshed()
@@ -569,7 +573,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         sub.expiry = None
         if at is not None:
             sub.expiry = self._conn.reactor.callLater(
-                max(0.0, at - self._now()), self._conn.close, *CLOSE_SUB_EXPIRED)
+                max(0.0, at + EXPIRED_CLOSE_DELAY - self._now()), self._conn.close,
+                *CLOSE_SUB_EXPIRED)
 
     async def _cmd_subscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = check_channel(params.get("channel"))
