@@ -45,6 +45,10 @@ STALE_AFTER = 10.0
 #: TCP has not noticed); a client whose pong has not come by the next ping is closed with
 #: 3012. 0: no pings (the WebSocket pings of ``--ping-interval`` still run).
 PING_INTERVAL = 25.0
+#: Seconds past a token's ``exp`` the server waits for ``refresh`` (``sub_refresh``)
+#: before it closes 3005 (3006): Centrifugo's ``client_expired_close_delay``. The SDKs
+#: refresh once the reply's ``ttl`` (whole seconds) has passed, about at ``exp``.
+EXPIRED_CLOSE_DELAY = 25.0
 #: Commands one frame may carry (centrifuge-js batches a connection's subscribes).
 MAX_COMMANDS_PER_FRAME = 1000
 
@@ -271,7 +275,17 @@ def _namespace(channel: str, namespaces: Mapping[str, Namespace] | None = None) 
 
 
 def _dumps(document: Any) -> str:
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    """JSON text; ``TypeError`` for what JSON cannot carry (NaN and the infinities too:
+    Python writes them, but a browser's ``JSON.parse`` and Go's decoder refuse them)."""
+    try:
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False)
+    except ValueError as exc:
+        raise TypeError(str(exc)) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
@@ -404,7 +418,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             if self._conn.closing_or_closed:
                 return
             try:
-                command = json.loads(line)
+                command = json.loads(line, parse_constant=_no_constant)
             except ValueError:
                 command = None
             if not isinstance(command, dict):
@@ -448,10 +462,20 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             raise _Close(CLOSE_BAD_REQUEST)
         try:
             result = await getattr(self, "_cmd_" + method)(params)
+            reply = _dumps({"id": ident, method: result})
         except PubSubError as exc:
             self._reply(ident, error=exc.reply())
             return
-        self._reply(ident, **{method: result})
+        except _Close:
+            raise
+        except Exception:
+            # A hook that raised or returned what JSON cannot carry: this command fails
+            # (Centrifugo's internal error), not the connection and its subscriptions.
+            log.failure("pubsub: {method} failed", method=method)
+            self._reply(ident, error=PubSubError(INTERNAL).reply())
+            return
+        if not self._conn.closing_or_closed:
+            self._conn.send_text(reply)
 
     def _reply(self, ident: int, **fields_: Any) -> None:
         if not self._conn.closing_or_closed:
@@ -503,7 +527,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         expires, ttl, at = self._expiry(claims)
         self.scope["user"] = User(claims.get("sub"), claims=claims)
         if at is not None:
-            self.scope["auth_expires_at"] = at
+            self.scope["auth_expires_at"] = at + EXPIRED_CLOSE_DELAY
         else:
             self.scope.pop("auth_expires_at", None)
         self._conn.token_refreshed()
@@ -593,7 +617,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         sub.expiry = None
         if at is not None:
             sub.expiry = self._conn.reactor.callLater(
-                max(0.0, at - self._now()), self._conn.close, *CLOSE_SUB_EXPIRED)
+                max(0.0, at + EXPIRED_CLOSE_DELAY - self._now()), self._conn.close,
+                *CLOSE_SUB_EXPIRED)
 
     async def _cmd_subscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = check_channel(params.get("channel"))
@@ -745,7 +770,13 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             if not isinstance(since, dict):
                 raise PubSubError(BAD_REQUEST)
             since = {"epoch": since.get("epoch", ""), "offset": since.get("offset", 0)}
-        layer_limit = None if limit < 0 else max(1, min(limit, 100_000))
+        reverse = params.get("reverse") is True
+        want = None if limit < 0 else max(1, min(limit, 100_000))
+        # Centrifugo's pages: without since the oldest kept first (reverse: the newest
+        # first), with since the first ones after it; the layer gives the newest ``limit``
+        # (and with since refuses more than ``limit``), so it is asked for them all but
+        # for the newest.
+        layer_limit = want if since is None and reverse else None
         try:
             kept = await self.channel_layer.group_history(channel_group(channel), since=since,
                                                           limit=layer_limit)
@@ -754,8 +785,10 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         if since is not None and kept.get("recovered") is False:
             raise PubSubError(UNRECOVERABLE_POSITION)
         messages = [] if limit == 0 else kept["messages"]
-        if params.get("reverse") is True:
+        if reverse:
             messages = list(reversed(messages))
+        if want is not None:
+            messages = messages[:want]
         return {"publications": [_publication(m) for m in messages],
                 "epoch": kept["epoch"], "offset": kept["offset"]}
 
