@@ -316,6 +316,45 @@ def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
     return sent
 
 
+async def read_history(layer: Any, channel: str, limit: int, since: dict[str, Any] | None,
+                       reverse: bool) -> dict[str, Any]:
+    """Centrifugo's history pages: ``{"publications", "epoch", "offset"}``. ``limit`` 0:
+    the position only; -1: all kept; N: at most N. Without ``since``, the oldest kept first
+    (``reverse``: the newest first); with it, those after it, oldest first (``reverse``:
+    those before it, newest first). ``PubSubError`` 112 when ``since`` is not in the
+    stream kept (another epoch, or pushed out)."""
+    from realtime.layers.history import check_since
+
+    try:
+        check_since(since)
+    except TypeError:
+        raise PubSubError(BAD_REQUEST) from None
+    group = channel_group(channel)
+    want = None if limit < 0 else min(limit, 100_000)
+    # The layer gives the newest ``limit`` (and with since refuses more than ``limit``),
+    # so it is asked for them all but for the newest.
+    layer_limit = max(1, want) if want is not None and since is None and reverse else None
+    try:
+        kept = await layer.group_history(group, since=None if reverse else since,
+                                         limit=layer_limit)
+    except (ValueError, TypeError):
+        raise PubSubError(BAD_REQUEST) from None
+    messages = kept["messages"]
+    if since is not None:
+        if reverse:
+            if since["epoch"] != kept["epoch"] or since["offset"] > kept["offset"]:
+                raise PubSubError(UNRECOVERABLE_POSITION)
+            messages = [m for m in messages if m["position"]["offset"] < since["offset"]]
+        elif kept.get("recovered") is False:
+            raise PubSubError(UNRECOVERABLE_POSITION)
+    if reverse:
+        messages = list(reversed(messages))
+    if want is not None:
+        messages = messages[:want]
+    return {"publications": [_publication(m) for m in messages],
+            "epoch": kept["epoch"], "offset": kept["offset"]}
+
+
 # -- the consumer ------------------------------------------------------------------------------
 
 @dataclass
@@ -451,7 +490,10 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             raise _Close(CLOSE_BAD_REQUEST)
         if method == "send":
             if self._connected:
-                await self.on_message(params.get("data"))
+                try:
+                    await self.on_message(params.get("data"))
+                except Exception:  # no reply to carry an error: logged, the socket stays
+                    log.failure("pubsub: on_message failed")
             return
         if not ident:
             raise _Close(CLOSE_BAD_REQUEST)
@@ -472,7 +514,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             # A hook that raised or returned what JSON cannot carry: this command fails
             # (Centrifugo's internal error), not the connection and its subscriptions.
             log.failure("pubsub: {method} failed", method=method)
-            self._reply(ident, error=PubSubError(INTERNAL).reply())
+            # Temporary, as Centrifugo's: the SDKs try again (a subscribe resubscribes).
+            self._reply(ident, error=PubSubError(INTERNAL, temporary=True).reply())
             return
         if not self._conn.closing_or_closed:
             self._conn.send_text(reply)
@@ -770,27 +813,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             if not isinstance(since, dict):
                 raise PubSubError(BAD_REQUEST)
             since = {"epoch": since.get("epoch", ""), "offset": since.get("offset", 0)}
-        reverse = params.get("reverse") is True
-        want = None if limit < 0 else max(1, min(limit, 100_000))
-        # Centrifugo's pages: without since the oldest kept first (reverse: the newest
-        # first), with since the first ones after it; the layer gives the newest ``limit``
-        # (and with since refuses more than ``limit``), so it is asked for them all but
-        # for the newest.
-        layer_limit = want if since is None and reverse else None
-        try:
-            kept = await self.channel_layer.group_history(channel_group(channel), since=since,
-                                                          limit=layer_limit)
-        except (ValueError, TypeError):
-            raise PubSubError(BAD_REQUEST) from None
-        if since is not None and kept.get("recovered") is False:
-            raise PubSubError(UNRECOVERABLE_POSITION)
-        messages = [] if limit == 0 else kept["messages"]
-        if reverse:
-            messages = list(reversed(messages))
-        if want is not None:
-            messages = messages[:want]
-        return {"publications": [_publication(m) for m in messages],
-                "epoch": kept["epoch"], "offset": kept["offset"]}
+        return await read_history(self.channel_layer, channel, limit, since,
+                                  params.get("reverse") is True)
 
     async def _cmd_presence(self, params: dict[str, Any]) -> dict[str, Any]:
         members = await self._presence(params)

@@ -1,0 +1,225 @@
+"""``realtime.pubsub``: application-level pings (Centrifugo's ``{}`` every 25 s, answered
+by the SDKs with ``{}``) and the refresh answers that keep an SDK reconnecting: a real
+server, Centrifugo's own Python SDK and a raw WebSocket client; history paged backwards;
+failing hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import jwt
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from realtime import pubsub
+from realtime.config import ServerConfig
+from realtime.settings import configure, reset
+from realtime.testing import serve
+from realtime.tokens import key_from_text
+from tests.clients import in_thread
+
+SECRET = "p" * 40
+
+
+def token(**claims):
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+@pytest.fixture(autouse=True)
+def _settings(monkeypatch):
+    monkeypatch.setattr(pubsub, "PING_INTERVAL", 0.3)
+    configure(jwt_keys=[key_from_text(SECRET)])
+    pubsub.configure(["chat:allow_subscribe_for_client"], layer=_Rules())
+    yield
+    reset()
+
+
+class _Rules:
+    """configure() asks the layer to keep history for namespaces that have it: none here."""
+
+    def keep_history(self, *args, **kwargs):
+        raise AssertionError("no namespace here keeps history")
+
+
+def closed_with(ws) -> tuple[int | None, str]:
+    """Read until the server closes: its close code and reason."""
+    try:
+        while True:
+            ws.recv(timeout=5)
+    except ConnectionClosed as closed:
+        assert closed.rcvd is not None, "closed without a close frame"
+        return closed.rcvd.code, closed.rcvd.reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_never_pongs_is_closed_3012(live):
+    server = await live(pubsub.application)
+
+    def flow():
+        with connect(server.ws_url("/connection/websocket")) as ws:
+            ws.send(json.dumps({"id": 1, "connect": {"token": token(sub="ada")}}))
+            reply = json.loads(ws.recv(timeout=5))
+            first_ping = ws.recv(timeout=5)
+            return reply, first_ping, closed_with(ws)
+
+    reply, first_ping, close = await in_thread(flow)
+    assert reply["connect"]["ping"] == 1 and reply["connect"]["pong"] is True
+    assert first_ping == "{}"
+    assert close == (3012, "no pong")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_pongs_stays(live):
+    server = await live(pubsub.application)
+
+    def flow():
+        with connect(server.ws_url("/connection/websocket")) as ws:
+            ws.send(json.dumps({"id": 1, "connect": {"token": token(sub="ada")}}))
+            json.loads(ws.recv(timeout=5))
+            pings = 0
+            deadline = time.monotonic() + 1.5  # five intervals
+            while time.monotonic() < deadline:
+                assert ws.recv(timeout=2) == "{}"
+                pings += 1
+                ws.send("{}")
+            ws.send(json.dumps({"id": 2, "subscribe": {"channel": "chat:a"}}))
+            while (frame := ws.recv(timeout=5)) == "{}":
+                ws.send("{}")
+            return pings, json.loads(frame)
+
+    pings, subscribed = await in_thread(flow)
+    assert pings >= 3
+    assert subscribed == {"id": 2, "subscribe": {}}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_sdk_answers_pings_and_stays_connected(live):
+    from centrifuge import Client
+
+    server = await live(pubsub.application)
+
+    async def flow():
+        client = Client(server.ws_url("/connection/websocket"), token=token(sub="ada"))
+        await client.connect()
+        await asyncio.sleep(1.5)  # five ping intervals
+        state = client.state
+        await client.disconnect()
+        return state
+
+    state = await in_thread(lambda: asyncio.run(flow()))
+    assert state.value == "connected"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_expired_subscription_token_on_sub_refresh_closes_3006(live):
+    server = await live(pubsub.application)
+    now = time.time()
+
+    def flow():
+        with connect(server.ws_url("/connection/websocket")) as ws:
+            ws.send(json.dumps({"id": 1, "connect": {"token": token(sub="ada")}}))
+            json.loads(ws.recv(timeout=5))
+            ws.send(json.dumps({"id": 2, "subscribe": {"channel": "$secret", "token": token(
+                sub="ada", channel="$secret", exp=int(now) + 60)}}))
+            reply = json.loads(ws.recv(timeout=5))
+            ws.send(json.dumps({"id": 3, "sub_refresh": {"channel": "$secret", "token": token(
+                sub="ada", channel="$secret", exp=int(now) - 10)}}))
+            return reply, closed_with(ws)
+
+    reply, close = await in_thread(flow)
+    assert reply["subscribe"]["expires"] is True and 50 <= reply["subscribe"]["ttl"] <= 60
+    assert close == (3006, "subscription expired")
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_before_a_position_newest_first(live):
+    """``history`` with ``since`` and ``reverse`` pages backwards, as Centrifugo's does:
+    the publications before the position, newest first (a client loading older messages
+    of a chat it already shows); a position of another epoch is 112."""
+    from realtime.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    pubsub.configure(["log:allow_subscribe_for_client,allow_history_for_client,"
+                      "history_size=10,history_ttl=60"], layer=layer)
+    server = await serve(pubsub.application, ServerConfig(), reactor, layer=layer)
+    try:
+        for n in range(1, 7):
+            await pubsub.publish("log:a", n, layer=layer)
+
+        def flow():
+            with connect(server.ws_url("/connection/websocket")) as ws:
+                ws.send(json.dumps({"id": 1, "connect": {"token": token(sub="ada")}}))
+                epoch = None
+                answers = []
+                for ident, params in enumerate([
+                        {"limit": 0},
+                        {"limit": 2, "since": "EPOCH5", "reverse": True},
+                        {"limit": -1, "since": "EPOCH3", "reverse": True},
+                        {"limit": 2, "since": "EPOCH2"},
+                        {"limit": 2, "since": {"epoch": "other", "offset": 2}, "reverse": True},
+                        {"limit": 2, "since": {"epoch": "x", "offset": "2"}, "reverse": True},
+                ], start=2):
+                    if isinstance(params.get("since"), str):
+                        params["since"] = {"epoch": epoch, "offset": int(params["since"][5:])}
+                    ws.send(json.dumps({"id": ident, "history": {"channel": "log:a", **params}}))
+                    while (frame := json.loads(ws.recv(timeout=5))).get("id") != ident:
+                        pass
+                    if epoch is None:
+                        epoch = frame["history"]["epoch"]
+                    answers.append(frame)
+                return answers
+
+        answers = await in_thread(flow)
+    finally:
+        await server.stop()
+
+    def offsets(answer):
+        return [(p["data"], p["offset"]) for p in answer["history"].get("publications", [])]
+
+    assert answers[0]["history"]["offset"] == 6 and offsets(answers[0]) == []
+    assert offsets(answers[1]) == [(4, 4), (3, 3)]
+    assert offsets(answers[2]) == [(2, 2), (1, 1)]
+    assert offsets(answers[3]) == [(3, 3), (4, 4)]
+    assert answers[4]["error"]["code"] == 112
+    assert answers[5]["error"]["code"] == 107
+
+
+class Failing(pubsub.PubSubConsumer):
+    async def on_message(self, data):
+        raise RuntimeError("boom " + str(data))
+
+    async def rpc(self, method, data):
+        raise RuntimeError("rpc boom")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_hook_keeps_the_connection(live):
+    """``send`` has no reply to carry an error: a failing ``on_message`` is logged and the
+    socket stays; a failing ``rpc`` answers 100, temporary (the SDKs may try again)."""
+    from realtime import URLRouter, path
+    from tests.clients import captured_log
+
+    server = await live(URLRouter([path("connection/websocket", Failing.as_asgi())]))
+
+    def flow():
+        with connect(server.ws_url("/connection/websocket")) as ws:
+            ws.send(json.dumps({"id": 1, "connect": {"token": token(sub="ada")}}))
+            json.loads(ws.recv(timeout=5))
+            ws.send(json.dumps({"send": {"data": "x"}}))
+            ws.send(json.dumps({"id": 2, "rpc": {"method": "m", "data": 1}}))
+            rpc = json.loads(ws.recv(timeout=5))
+            ws.send(json.dumps({"id": 3, "subscribe": {"channel": "chat:a"}}))
+            return rpc, json.loads(ws.recv(timeout=5))
+
+    with captured_log() as events:
+        rpc, subscribed = await in_thread(flow)
+    assert rpc == {"id": 2, "error": {"code": 100, "message": "internal server error",
+                                      "temporary": True}}
+    assert subscribed == {"id": 3, "subscribe": {}}
+    failures = [e for e in events if e.get("log_failure") is not None]
+    assert sorted(str(e["log_failure"].value) for e in failures) == ["boom x", "rpc boom"]
