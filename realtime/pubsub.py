@@ -862,7 +862,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             # A new epoch (history lost): the client must resubscribe and recover.
             self._lost(sub)
             return
-        self._push(sub.channel, pub=_publication(event))
+        if not self._conn.closing_or_closed:
+            self._conn.send_text(_push_frame(sub.channel, event))
 
     async def presence_join(self, event: dict[str, Any]) -> None:
         sub = self._by_group.get(event.get("group", ""))
@@ -894,6 +895,26 @@ class PubSubConsumer(AsyncWebsocketConsumer):
 
 _METHODS = ("connect", "subscribe", "unsubscribe", "publish", "presence", "presence_stats",
             "history", "ping", "send", "rpc", "refresh", "sub_refresh")
+
+
+#: The push frames of the last publications of history channels, by (channel, epoch,
+#: offset), which name one publication: encoded once for all the members of a process.
+_PUSHES: dict[tuple[str, Any, int], str] = {}
+
+
+def _push_frame(channel: str, event: dict[str, Any]) -> str:
+    position = event.get("position")
+    key = None
+    if isinstance(position, dict) and isinstance(position.get("offset"), int):
+        key = (channel, position.get("epoch"), position["offset"])
+        if (text := _PUSHES.get(key)) is not None:
+            return text
+    text = _dumps({"push": {"channel": channel, "pub": _publication(event)}})
+    if key is not None:
+        if len(_PUSHES) >= 64:
+            del _PUSHES[next(iter(_PUSHES))]
+        _PUSHES[key] = text
+    return text
 
 
 def _publication(message: dict[str, Any]) -> dict[str, Any]:
