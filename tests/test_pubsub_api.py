@@ -118,11 +118,11 @@ class Sdk(ClientEventHandler):
             if event[0] == kind:
                 return event
 
-    async def nothing_within(self, seconds: float) -> list[tuple[Any, ...]]:
-        await asyncio.sleep(seconds)
+    async def before(self, kind: str) -> list[tuple[Any, ...]]:
+        """The events before the next one of ``kind``; fails after WAIT."""
         found = []
-        while not self.events.empty():
-            found.append(self.events.get_nowait())
+        while (event := await asyncio.wait_for(self.events.get(), WAIT))[0] != kind:
+            found.append(event)
         return found
 
 
@@ -350,7 +350,9 @@ async def test_disconnect_by_user_closes_its_connections(start):
             await cent.disconnect(DisconnectRequest(user="alice"))
             rest = await alice.next("disconnected")
             stats = await cent.presence_stats(PresenceStatsRequest(channel=chat))
-            bob_events = await bob.nothing_within(0.2)
+            # bob still gets what is published, and nothing else happened to him first
+            await cent.publish(PublishRequest(channel=chat, data="still here"))
+            bob_events = await bob.before("pub")
         await close(alice, alice2, bob)
         return one, rest, stats, bob_events
 
