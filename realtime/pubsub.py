@@ -29,7 +29,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from realtime.consumer import AsyncWebsocketConsumer
-from realtime.layers.base import MAX_NAME
+from realtime.layers.base import MAX_NAME, UNCOUNTED_GROUP_PREFIX
 from realtime.settings import settings
 
 log = Logger(namespace="realtime.pubsub")
@@ -38,8 +38,9 @@ log = Logger(namespace="realtime.pubsub")
 GROUP_PREFIX = "ps."
 #: The group-name prefix of each user's group (every connection of a user with a non-empty
 #: id is in ``user_group(user)``: the server API's ``unsubscribe`` and ``disconnect`` reach
-#: them there, in every process). It cannot collide with a channel's group ("ps.").
-USER_GROUP_PREFIX = "ps-user."
+#: them there, in every process). It cannot collide with a channel's group ("ps."), and
+#: does not count against ``--max-groups-per-connection``.
+USER_GROUP_PREFIX = UNCOUNTED_GROUP_PREFIX
 #: Centrifugo's default ``channel_max_length``.
 CHANNEL_MAX = 255
 #: A connection that sends no ``connect`` command within this many seconds is closed (3502).
@@ -918,8 +919,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
     # -- the server API's unsubscribe and disconnect (realtime.pubsub_api) -----------------------
     async def _join_user_group(self) -> None:
         """A connection with a user id joins ``user_group(user)`` before its connect
-        reply, so the server API reaches it from then on (it takes one of the
-        connection's ``--max-groups-per-connection``)."""
+        reply, so the server API reaches it from then on (not counted against
+        ``--max-groups-per-connection``)."""
         if not self.user:
             return
         try:
@@ -943,9 +944,13 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         if sub is None or not self._addressed(event):
             return
         self._forget(sub)
-        await self.channel_layer.group_discard(sub.group, self.channel_name)
         code, reason = UNSUB_SERVER
         self._push(sub.channel, unsubscribe={"code": code, "reason": reason})
+        try:
+            await self.channel_layer.group_discard(sub.group, self.channel_name)
+        except Exception as exc:  # it left the channel here; the layer drops it on close
+            log.warn("pubsub: leaving {group} failed: {error}", group=sub.group,
+                     error=str(exc) or type(exc).__name__)
 
     async def pubsub_disconnect(self, event: dict[str, Any]) -> None:
         """The server API's ``disconnect`` of some of a user's connections (``client``,
