@@ -39,13 +39,12 @@ from realtime.pubsub import (
     METHOD_NOT_FOUND,
     NOT_AVAILABLE,
     UNAUTHORIZED,
-    UNRECOVERABLE_POSITION,
     PubSubError,
     _namespace,
-    _publication,
     channel_group,
     check_channel,
     publish,
+    read_history,
     user_group,
 )
 
@@ -120,9 +119,13 @@ def handle(site: Any, request: Any) -> None:
     Deferred.fromCoroutine(_run(site.layer, method, params)).addCallbacks(done, failed)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _object(body: bytes) -> dict[str, Any]:
-    try:
-        document = json.loads(body)
+    try:  # NaN and the infinities are not JSON (Centrifugo and the SDKs refuse them)
+        document = json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError):
         raise BadBody("the body is not JSON") from None
     if not isinstance(document, dict):
@@ -308,9 +311,8 @@ async def _presence_stats(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _history(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
-    """Centrifugo's history iteration: without ``since`` from the stream's start (the
-    oldest kept), or its end with ``reverse``; with it, after that position (before it
-    with ``reverse``); ``limit`` 0 (default) answers only the position, -1 everything."""
+    """Centrifugo's history pages (``realtime.pubsub.read_history``): ``limit`` 0 (the
+    default) answers only the position, -1 everything kept."""
     channel = _channel(params)
     limit = _field(params, "limit", int, 0)
     reverse = _field(params, "reverse", bool, False)
@@ -327,30 +329,7 @@ async def _history(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
         since = {"epoch": epoch, "offset": offset}
     if not _namespace(channel).history:
         raise PubSubError(NOT_AVAILABLE)
-    group = channel_group(channel)
-    newest = limit if limit > 0 and reverse and since is None else None
-    try:
-        kept = await layer.group_history(
-            group, since=since if since is not None and not reverse else None, limit=newest)
-    except ValueError:  # no history rule for the group in this process
-        raise PubSubError(NOT_AVAILABLE, "not available: this process keeps no history "
-                          "for the channel (realtime.pubsub.configure)") from None
-    messages: list[dict[str, Any]] = kept["messages"]
-    if since is not None:
-        if reverse:
-            if since["epoch"] != kept["epoch"]:
-                raise PubSubError(UNRECOVERABLE_POSITION)
-            messages = [m for m in messages if _publication(m).get("offset", 0) < since["offset"]]
-        elif kept.get("recovered") is False:
-            raise PubSubError(UNRECOVERABLE_POSITION)
-    if reverse:
-        messages = list(reversed(messages))
-    if limit == 0:
-        messages = []
-    elif limit > 0:
-        messages = messages[:limit]
-    return {"publications": [_publication(m) for m in messages],
-            "epoch": kept["epoch"], "offset": kept["offset"]}
+    return await read_history(layer, channel, limit, since, reverse)
 
 
 async def _unsubscribe(layer: Any, params: dict[str, Any]) -> dict[str, Any]:

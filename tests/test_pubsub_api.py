@@ -364,6 +364,26 @@ async def test_disconnect_by_user_closes_its_connections(start):
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_user_group_takes_none_of_max_groups_per_connection(start):
+    from realtime.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    layer.max_groups_per_connection = 1
+    server = await start(layer)
+    chat = unique("chat")
+
+    async def scenario() -> Any:
+        alice = await connect(server, "alice", chat)  # 106 if her user group counted
+        async with api(server) as cent:
+            await cent.unsubscribe(UnsubscribeRequest(user="alice", channel=chat))
+            seen = await alice.next("unsubscribed")
+        await close(alice)
+        return seen
+
+    assert await run(scenario) == ("unsubscribed", chat, 2000, "server unsubscribe")
+
+
+@pytest_twisted.ensureDeferred
 async def test_over_redis_the_api_of_one_server_reaches_clients_of_another(start, redis_server):
     from tests.redis_support import started_layer
 
@@ -420,6 +440,7 @@ async def test_bad_bodies_and_bad_values(start):
     chat = unique("chat")
     not_json = await post(server, "publish", b"{nope")
     array = await post(server, "publish", b"[]")
+    nan = await post(server, "publish", b'{"channel": "%s", "data": NaN}' % chat.encode())
     wrong_type = await post(server, "publish", json.dumps({"channel": 5, "data": 1}).encode())
     no_channel = await post(server, "publish", json.dumps({"data": 1}).encode())
     no_data = await post(server, "publish", json.dumps({"channel": chat}).encode())
@@ -431,7 +452,7 @@ async def test_bad_bodies_and_bad_values(start):
     bad_batch = await post(server, "batch", json.dumps(
         {"commands": [{"publish": {"channel": chat, "data": 1}}, {"nope": {}}, 7]}).encode())
     # not JSON, not an object, a field of the wrong type: 400, Centrifugo's error shape
-    for status, body in (not_json, array, wrong_type):
+    for status, body in (not_json, array, nan, wrong_type):
         assert status == 400 and body["error"]["code"] == 107, (status, body)
     # values Centrifugo refuses: 200 with the error
     for status, body in (no_channel, no_data, binary, bad_code, no_user):
