@@ -15,6 +15,11 @@ no ``--history`` rule matches); an ``event`` published to such a group answers i
 (``group_close``). Answers: 200 ``{"ok": true}``; 400 with a JSON ``error`` for a bad body;
 401 without the key; 405 for a method other than POST; 413 past ``--api-body-limit``; 503
 while the layer is unavailable. Without a configured key these paths are not served (404).
+
+Centrifugo's server API shares these paths (and adds ``/api/presence_stats``,
+``/api/unsubscribe``, ``/api/batch``): a request whose key comes as ``X-API-Key: <key>`` or
+``Authorization: apikey <key>`` (or to a path only Centrifugo has) is answered by
+``realtime.pubsub_api`` instead, in Centrifugo's form, for ``realtime.pubsub``'s channels.
 """
 
 from __future__ import annotations
@@ -33,7 +38,10 @@ BROADCAST = b"/api/broadcast"
 PRESENCE = b"/api/presence"
 HISTORY = b"/api/history"
 DISCONNECT = b"/api/disconnect"
-PATHS = (PUBLISH, BROADCAST, PRESENCE, HISTORY, DISCONNECT)
+#: The paths only Centrifugo's server API has (``realtime.pubsub_api``); the others are
+#: both APIs', told apart by how the key is given.
+CENTRIFUGO_PATHS = (b"/api/presence_stats", b"/api/unsubscribe", b"/api/batch")
+PATHS = (PUBLISH, BROADCAST, PRESENCE, HISTORY, DISCONNECT, *CENTRIFUGO_PATHS)
 
 
 class BadBody(ValueError):
@@ -158,21 +166,35 @@ def publish(layer: Any, groups: list[str], kind: str, payload: Any,
     return gatherResults(calls, consumeErrors=True)
 
 
+def respond(request: Any, status: int, document: dict[str, Any],
+            headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """Answer ``request`` with a JSON document (nothing once it is over)."""
+    body = json.dumps(document).encode() + b"\n"
+    if request.finished or request._disconnected:
+        return
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"content-length", str(len(body)).encode())
+    request.setHeader(b"cache-control", b"no-store")
+    for name, value in headers:
+        request.setHeader(name, value)
+    request.write(body)
+    request.finish()
+
+
 def handle(site: Any, request: Any) -> None:
-    """Answer one API request (the site routes the two paths here when a key is set)."""
+    """Answer one API request (the site routes ``PATHS`` here when a key is set): in
+    Centrifugo's form (``realtime.pubsub_api``) when the key comes as ``X-API-Key`` or
+    ``Authorization: apikey``, or the path is one only Centrifugo's API has."""
+    from realtime import pubsub_api
+
+    if pubsub_api.centrifugo_form(request):
+        pubsub_api.handle(site, request)
+        return
+
     def answer(status: int, document: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()
                ) -> None:
-        body = json.dumps(document).encode() + b"\n"
-        if request.finished or request._disconnected:
-            return
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"content-length", str(len(body)).encode())
-        request.setHeader(b"cache-control", b"no-store")
-        for name, value in headers:
-            request.setHeader(name, value)
-        request.write(body)
-        request.finish()
+        respond(request, status, document, headers)
 
     def unavailable() -> None:
         answer(503, {"error": "the channel layer is unavailable"}, ((b"retry-after", b"1"),))

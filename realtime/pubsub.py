@@ -29,13 +29,18 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from realtime.consumer import AsyncWebsocketConsumer
-from realtime.layers.base import MAX_NAME
+from realtime.layers.base import MAX_NAME, UNCOUNTED_GROUP_PREFIX
 from realtime.settings import settings
 
 log = Logger(namespace="realtime.pubsub")
 
 #: The group-name prefix of every client channel's group.
 GROUP_PREFIX = "ps."
+#: The group-name prefix of each user's group (every connection of a user with a non-empty
+#: id is in ``user_group(user)``: the server API's ``unsubscribe`` and ``disconnect`` reach
+#: them there, in every process). It cannot collide with a channel's group ("ps."), and
+#: does not count against ``--max-groups-per-connection``.
+USER_GROUP_PREFIX = UNCOUNTED_GROUP_PREFIX
 #: Centrifugo's default ``channel_max_length``.
 CHANNEL_MAX = 255
 #: A connection that sends no ``connect`` command within this many seconds is closed (3502).
@@ -79,6 +84,10 @@ CLOSE_PROTOBUF = (3506, "inappropriate protocol")
 PROTOBUF_SUBPROTOCOL = "centrifuge-protobuf"
 #: Unsubscribe push code: the client resubscribes (and recovers) at once.
 UNSUB_INSUFFICIENT_STATE = 2500
+#: Unsubscribe push of the server API's ``unsubscribe``: the client stays unsubscribed.
+UNSUB_SERVER = (2000, "server unsubscribe")
+#: The server API's ``disconnect`` without a ``disconnect`` object: no reconnect.
+CLOSE_FORCE_DISCONNECT = (3503, "force disconnect")
 #: SubscribeRequest.flag bit: answer 112 instead of ``recovered: false``.
 FLAG_REJECT_UNRECOVERED = 2
 
@@ -236,6 +245,14 @@ def channel_group(channel: str) -> str:
     return group
 
 
+def user_group(user: str) -> str:
+    """The layer group every connection of ``user`` (a non-empty user id) is in."""
+    group = USER_GROUP_PREFIX + _escape(user)
+    if len(group) > MAX_NAME:
+        group = USER_GROUP_PREFIX + "_h" + hashlib.sha256(user.encode()).hexdigest()[:40]
+    return group
+
+
 def check_channel(channel: Any) -> str:
     if not isinstance(channel, str) or not channel:
         raise PubSubError(BAD_REQUEST, "channel required")
@@ -289,9 +306,11 @@ def _no_constant(name: str) -> Any:
 
 
 def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
-            layer: Any = None) -> Deferred[dict[str, Any] | None]:
+            layer: Any = None, tags: dict[str, str] | None = None
+            ) -> Deferred[dict[str, Any] | None]:
     """Publish ``data`` (any JSON value) to a client channel, in every process: the
-    position ``{"epoch", "offset"}`` in a namespace with history, else None.
+    position ``{"epoch", "offset"}`` in a namespace with history, else None. ``tags``
+    (str to str) reach the clients with the publication (Centrifugo's publication tags).
     ``PubSubError`` (102) for a channel of an unknown namespace; ``TypeError`` for data
     JSON cannot carry."""
     from realtime.layers import get_channel_layer
@@ -305,11 +324,15 @@ def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
         message: dict[str, Any] = {"type": "pubsub.pub", "channel": channel, "data": data}
         if info:
             message["info"] = info
+        if tags:
+            message["tags"] = tags
         result: Deferred[Any] = target.group_send(group, message)
         return result
     pub: dict[str, Any] = {"data": data}
     if info:
         pub["info"] = info
+    if tags:
+        pub["tags"] = tags
     frame = _dumps({"push": {"channel": channel, "pub": pub}})
     sent: Deferred[Any] = target.broadcast(group, text=frame)
     sent.addCallback(lambda _: None)
@@ -595,6 +618,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
                          else settings.pubsub_anonymous)
             if not anonymous:
                 raise PubSubError(UNAUTHORIZED)
+        await self._join_user_group()
         self._connected = True
         if self._stale is not None and self._stale.active():
             self._stale.cancel()
@@ -892,6 +916,49 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         self._push(sub.channel, unsubscribe={"code": UNSUB_INSUFFICIENT_STATE,
                                              "reason": "insufficient state"})
 
+    # -- the server API's unsubscribe and disconnect (realtime.pubsub_api) -----------------------
+    async def _join_user_group(self) -> None:
+        """A connection with a user id joins ``user_group(user)`` before its connect
+        reply, so the server API reaches it from then on (not counted against
+        ``--max-groups-per-connection``)."""
+        if not self.user:
+            return
+        try:
+            await self.channel_layer.group_add(user_group(self.user), self.channel_name)
+        except Exception as exc:
+            log.warn("pubsub: joining the group of user {user!r} failed: {error}",
+                     user=self.user, error=str(exc) or type(exc).__name__)
+            raise PubSubError(INTERNAL, temporary=True) from None
+
+    def _addressed(self, event: dict[str, Any]) -> bool:
+        """Whether a user-group event is for this connection (``client``, ``whitelist``)."""
+        client = event.get("client")
+        if client and client != self.client_id:
+            return False
+        whitelist = event.get("whitelist")
+        return not (isinstance(whitelist, list) and self.client_id in whitelist)
+
+    async def pubsub_unsubscribe(self, event: dict[str, Any]) -> None:
+        """The server API's ``unsubscribe``: leave ``channel``, push ``unsubscribe``."""
+        sub = self._subs.get(event.get("channel", ""))
+        if sub is None or not self._addressed(event):
+            return
+        self._forget(sub)
+        code, reason = UNSUB_SERVER
+        self._push(sub.channel, unsubscribe={"code": code, "reason": reason})
+        try:
+            await self.channel_layer.group_discard(sub.group, self.channel_name)
+        except Exception as exc:  # it left the channel here; the layer drops it on close
+            log.warn("pubsub: leaving {group} failed: {error}", group=sub.group,
+                     error=str(exc) or type(exc).__name__)
+
+    async def pubsub_disconnect(self, event: dict[str, Any]) -> None:
+        """The server API's ``disconnect`` of some of a user's connections (``client``,
+        ``whitelist``; all of them go by ``group_close``)."""
+        if self._addressed(event):
+            self._conn.close(event.get("code", CLOSE_FORCE_DISCONNECT[0]),
+                             event.get("reason", CLOSE_FORCE_DISCONNECT[1]))
+
 
 _METHODS = ("connect", "subscribe", "unsubscribe", "publish", "presence", "presence_stats",
             "history", "ping", "send", "rpc", "refresh", "sub_refresh")
@@ -921,6 +988,8 @@ def _publication(message: dict[str, Any]) -> dict[str, Any]:
     pub: dict[str, Any] = {"data": message.get("data")}
     if message.get("info"):
         pub["info"] = message["info"]
+    if message.get("tags"):
+        pub["tags"] = message["tags"]
     position = message.get("position")
     if isinstance(position, dict) and isinstance(position.get("offset"), int):
         pub["offset"] = position["offset"]
@@ -944,4 +1013,5 @@ def _application() -> Any:
 application = _application()
 
 __all__ = ["Namespace", "PubSubConsumer", "PubSubError", "application", "channel_group",
-           "configure", "namespace_prefix", "parse_namespace", "parse_namespaces", "publish"]
+           "configure", "namespace_prefix", "parse_namespace", "parse_namespaces", "publish",
+           "user_group"]

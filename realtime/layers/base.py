@@ -53,6 +53,10 @@ log = Logger()
 
 _NAME = re.compile(r"^[a-zA-Z0-9\-_.]+(![a-zA-Z0-9\-_.]*)?$")
 MAX_NAME = 99
+#: The prefix of the group each connection of a user joins to be reached by user
+#: (``realtime.pubsub.user_group``): one per connection, not counted against
+#: ``max_groups_per_connection`` (which bounds the channels a client subscribes to).
+UNCOUNTED_GROUP_PREFIX = "ps-user."
 
 
 class LayerUnavailable(ConnectionError):
@@ -637,10 +641,13 @@ class BaseChannelLayer:
         limit = self.max_groups_per_connection
         if limit and channel in self._receivers:
             joined = self._memberships.get(channel)
-            if joined is not None and len(joined) >= limit and group not in joined:
-                raise TooManyGroups(
-                    f"{channel} is in {len(joined)} groups, as many as "
-                    f"--max-groups-per-connection allows: not added to {group!r}")
+            if joined is not None and len(joined) >= limit and group not in joined and (
+                    not group.startswith(UNCOUNTED_GROUP_PREFIX)):
+                counted = sum(not g.startswith(UNCOUNTED_GROUP_PREFIX) for g in joined)
+                if counted >= limit:
+                    raise TooManyGroups(
+                        f"{channel} is in {counted} groups, as many as "
+                        f"--max-groups-per-connection allows: not added to {group!r}")
         rule = self.history.match(group) if self.history else None
         if rule is None and position is not None:
             raise no_history(group)
