@@ -390,6 +390,9 @@ class _Sub:
     info: dict[str, Any]
     epoch: str = ""
     expiry: Any = None  # an IDelayedCall
+    #: A server-side subscription (the connection token's ``channels``): the client
+    #: cannot unsubscribe from it.
+    server: bool = False
 
 
 class PubSubConsumer(AsyncWebsocketConsumer):
@@ -603,6 +606,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         token = params.get("token")
         result: dict[str, Any] = {"client": self.client_id, "version": _version()}
         user: Any = self.scope.get("user")
+        claims: dict[str, Any] = {}
         if token:
             claims = await self._verify(token)
             sub = claims.get("sub", "")
@@ -619,6 +623,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             if not anonymous:
                 raise PubSubError(UNAUTHORIZED)
         await self._join_user_group()
+        if token and claims.get("channels") is not None:
+            result["subs"] = await self._server_subs(claims["channels"], params.get("subs"))
         self._connected = True
         if self._stale is not None and self._stale.active():
             self._stale.cancel()
@@ -628,6 +634,34 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             self._ponged = True
             self._ping_call = self._conn.reactor.callLater(PING_INTERVAL, self._ping)
         return result
+
+    async def _server_subs(self, channels: Any, asked: Any) -> dict[str, Any]:
+        """Server-side subscriptions: the connection token's ``channels`` (Centrifugo's
+        claim), joined before the connect reply, whose ``subs`` has their results; a
+        client coming back asks to recover them in its connect's ``subs``."""
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            raise _Close(CLOSE_INVALID_TOKEN)
+        asked = asked if isinstance(asked, dict) else {}
+        results: dict[str, Any] = {}
+        for channel in dict.fromkeys(channels):
+            check_channel(channel)
+            if channel in self._subs:
+                continue
+            namespace = _namespace(channel, self._namespaces())
+            recoverable = namespace.history and (namespace.force_recovery
+                                                 or namespace.allow_recovery)
+            request = asked.get(channel)
+            since = None
+            if recoverable and isinstance(request, dict) and request.get("recover") is True:
+                epoch, offset = request.get("epoch", ""), request.get("offset", 0)
+                if isinstance(epoch, str) and not isinstance(offset, bool) and isinstance(
+                        offset, int) and offset >= 0:
+                    since = {"epoch": epoch, "offset": offset}
+            results[channel] = await self._open(
+                channel, namespace, {}, recoverable,
+                namespace.join_leave and namespace.force_push_join_leave, since,
+                reject=False, server=True)
+        return results
 
     def _ping(self) -> None:
         """Centrifugo's application-level ping: ``{}``; the client's pong is ``{}`` too."""
@@ -713,9 +747,19 @@ class PubSubConsumer(AsyncWebsocketConsumer):
                     offset, int) or offset < 0:
                 raise PubSubError(BAD_REQUEST)
             since = {"epoch": epoch, "offset": offset}
+        flag = params.get("flag", 0)
+        reject = isinstance(flag, int) and bool(flag & FLAG_REJECT_UNRECOVERED)
+        return await self._open(channel, namespace, claims, bool(recoverable), join_leave,
+                                since, reject)
+
+    async def _open(self, channel: str, namespace: Namespace, claims: dict[str, Any],
+                    recoverable: bool, join_leave: bool, since: dict[str, Any] | None,
+                    reject: bool, server: bool = False) -> dict[str, Any]:
+        """Join the channel's group: the subscribe result (a server-side subscription's
+        too: the connect reply's ``subs``)."""
         group = channel_group(channel)
         info = self._client_info(claims.get("info"))
-        sub = _Sub(channel, group, namespace, bool(recoverable), join_leave, info)
+        sub = _Sub(channel, group, namespace, recoverable, join_leave, info, server=server)
         presence = info if namespace.presence or namespace.join_leave else None
         self._subs[channel] = sub
         self._by_group[group] = sub
@@ -739,8 +783,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
                     # The missed ones follow as pushes, each with its offset.
                     result.update(offset=since["offset"], recovered=True, was_recovering=True)
                 else:
-                    flag = params.get("flag", 0)
-                    if isinstance(flag, int) and flag & FLAG_REJECT_UNRECOVERED:
+                    if reject:
                         self._forget(sub)
                         await self.channel_layer.group_discard(group, self.channel_name)
                         raise PubSubError(UNRECOVERABLE_POSITION)
@@ -776,7 +819,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
     async def _cmd_unsubscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = check_channel(params.get("channel"))
         sub = self._subs.get(channel)
-        if sub is not None:
+        if sub is not None and not sub.server:  # a server-side one stays (as Centrifugo's)
             self._forget(sub)
             await self.channel_layer.group_discard(sub.group, self.channel_name)
         return {}

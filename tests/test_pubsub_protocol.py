@@ -223,3 +223,88 @@ async def test_a_failing_hook_keeps_the_connection(live):
     assert subscribed == {"id": 3, "subscribe": {}}
     failures = [e for e in events if e.get("log_failure") is not None]
     assert sorted(str(e["log_failure"].value) for e in failures) == ["boom x", "rpc boom"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_side_subscriptions_from_the_token(live):
+    """The connection token's ``channels`` (Centrifugo's claim): the client is subscribed
+    before the connect reply, gets their publications at client level, cannot unsubscribe
+    from them, and recovers what it missed when it reconnects (the SDK sends its
+    positions in the connect's ``subs``)."""
+    from centrifuge import Client, ClientEventHandler
+
+    from realtime.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    pubsub.configure(["personal:", "news:history_size=10,history_ttl=60,force_recovery"],
+                     layer=layer)
+    server = await serve(pubsub.application, ServerConfig(), reactor, layer=layer)
+    channels = ["personal:ada", "news:all"]
+    try:
+        async def sdk():
+            seen: list = []
+
+            class Events(ClientEventHandler):
+                async def on_subscribed(self, ctx):
+                    seen.append(("subscribed", ctx.channel, ctx.recovered))
+
+                async def on_publication(self, ctx):
+                    seen.append((ctx.channel, ctx.pub.data, ctx.pub.offset))
+
+            client = Client(server.ws_url("/connection/websocket"),
+                            token=token(sub="ada", channels=channels), events=Events())
+            await client.connect()
+            await client.ready()
+            await in_reactor(pubsub.publish, "personal:ada", "hello")
+            await in_reactor(pubsub.publish, "news:all", "one")
+            await wait_for(lambda: len(seen) >= 4)
+            await client.disconnect()
+            await in_reactor(pubsub.publish, "news:all", "two")
+            await in_reactor(pubsub.publish, "news:all", "three")
+            await client.connect()
+            await client.ready()
+            await wait_for(lambda: len(seen) >= 8)
+            await client.disconnect()
+            return seen
+
+        from twisted.internet import threads
+
+        def in_reactor_call(fn, *args):
+            return threads.blockingCallFromThread(reactor, fn, *args, layer=layer)
+
+        async def in_reactor(fn, *args):
+            return await asyncio.get_running_loop().run_in_executor(
+                None, lambda: in_reactor_call(fn, *args))
+
+        async def wait_for(condition):
+            for _ in range(100):
+                if condition():
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError("timed out")
+
+        seen = await in_thread(lambda: asyncio.run(sdk()))
+
+        def raw():
+            with connect(server.ws_url("/connection/websocket")) as ws:
+                ws.send(json.dumps({"id": 1, "connect": {
+                    "token": token(sub="bob", channels=["personal:bob"])}}))
+                reply = json.loads(ws.recv(timeout=5))
+                ws.send(json.dumps({"id": 2, "unsubscribe": {"channel": "personal:bob"}}))
+                ws.send(json.dumps({"id": 3, "subscribe": {"channel": "personal:bob"}}))
+                answers = json.loads(ws.recv(timeout=5)), json.loads(ws.recv(timeout=5))
+                in_reactor_call(pubsub.publish, "personal:bob", "still here")
+                return (reply, *answers, json.loads(ws.recv(timeout=5)))
+
+        reply, unsubscribed, again, pushed = await in_thread(raw)
+    finally:
+        await server.stop()
+    assert sorted(seen[:2]) == [("subscribed", "news:all", False),
+                                ("subscribed", "personal:ada", False)]
+    assert seen[2:4] == [("personal:ada", "hello", 0), ("news:all", "one", 1)]
+    assert ("subscribed", "news:all", True) in seen[4:6]
+    assert seen[6:] == [("news:all", "two", 2), ("news:all", "three", 3)]
+    assert reply["connect"]["subs"] == {"personal:bob": {}}
+    assert unsubscribed == {"id": 2, "unsubscribe": {}}
+    assert pushed == {"push": {"channel": "personal:bob", "pub": {"data": "still here"}}}
+    assert again == {"id": 3, "error": {"code": 105, "message": "already subscribed"}}
