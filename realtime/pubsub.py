@@ -581,6 +581,16 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             log.info("pubsub: token refused: {reason}", reason=str(exc))
             raise _Close(CLOSE_INVALID_TOKEN) from None
 
+    async def _verify_connection(self, token: Any) -> dict[str, Any]:
+        """A connection token's claims: one with a ``channel`` claim is a subscription
+        token, refused (3500) for connect and refresh, as Centrifugo refuses it."""
+        claims = await self._verify(token)
+        if claims.get("channel") is not None:
+            log.info("pubsub: a subscription token (channel claim) offered as a "
+                     "connection token")
+            raise _Close(CLOSE_INVALID_TOKEN)
+        return claims
+
     def _expiry(self, claims: dict[str, Any]) -> tuple[bool, int, float | None]:
         """(expires, ttl in whole seconds, the moment) of a token's ``exp``."""
         exp = claims.get("exp")
@@ -608,7 +618,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         user: Any = self.scope.get("user")
         claims: dict[str, Any] = {}
         if token:
-            claims = await self._verify(token)
+            claims = await self._verify_connection(token)
             sub = claims.get("sub", "")
             if not isinstance(sub, str):
                 raise _Close(CLOSE_INVALID_TOKEN)
@@ -679,7 +689,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         if not self._claims:
             raise PubSubError(BAD_REQUEST, "this connection has no token to refresh")
         try:
-            claims = await self._verify(params.get("token"))
+            claims = await self._verify_connection(params.get("token"))
         except PubSubError as exc:
             if exc.code != TOKEN_EXPIRED:
                 raise

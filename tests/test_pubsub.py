@@ -306,6 +306,26 @@ async def test_a_bad_signature_closes_3500_and_the_sdk_stays_away(pubsub_server)
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_subscription_token_is_no_connection_token(pubsub_server):
+    """As Centrifugo: a token with a ``channel`` claim (a subscription token, perhaps for
+    an anonymous user, and anonymous connections not allowed) closes 3500, on connect and
+    on refresh."""
+    server = await pubsub_server("chat:")
+
+    def on_connect(c: Raw) -> Any:
+        c.send("connect", {"token": token("", channel="chat:room")})
+        return c.closed()
+
+    def on_refresh(c: Raw) -> Any:
+        c.connect(token("ada"))
+        c.send("refresh", {"token": token("ada", channel="chat:room")})
+        return c.closed()
+
+    assert await raw(server, on_connect) == 3500
+    assert await raw(server, on_refresh) == 3500
+
+
+@pytest_twisted.ensureDeferred
 async def test_no_token_is_101_unless_anonymous_is_allowed(pubsub_server):
     server = await pubsub_server()
 
