@@ -624,7 +624,6 @@ class PubSubConsumer(AsyncWebsocketConsumer):
                 raise _Close(CLOSE_INVALID_TOKEN)
             self.user = sub
             self.conn_info = claims.get("info")
-            result.update(self._adopt(claims))
         elif getattr(user, "is_authenticated", False) and getattr(user, "id", None):
             self.user = str(user.id)  # a handshake token or session (middleware)
         else:
@@ -632,9 +631,16 @@ class PubSubConsumer(AsyncWebsocketConsumer):
                          else settings.pubsub_anonymous)
             if not anonymous:
                 raise PubSubError(UNAUTHORIZED)
-        await self._join_user_group()
-        if token and claims.get("channels") is not None:
-            result["subs"] = await self._server_subs(claims["channels"], params.get("subs"))
+        try:
+            await self._join_user_group()
+            if token and claims.get("channels") is not None:
+                result["subs"] = await self._server_subs(claims["channels"],
+                                                         params.get("subs"))
+        except Exception:
+            await self._undo_connect()
+            raise
+        if token:
+            result.update(self._adopt(claims))
         self._connected = True
         if self._stale is not None and self._stale.active():
             self._stale.cancel()
@@ -644,6 +650,23 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             self._ponged = True
             self._ping_call = self._conn.reactor.callLater(PING_INTERVAL, self._ping)
         return result
+
+    async def _undo_connect(self) -> None:
+        """A connect that failed after joining groups (a server-side subscription refused,
+        say): leave them all, so the client, not connected, gets nothing from them, and
+        may connect again."""
+        groups = [sub.group for sub in self._subs.values()]
+        for sub in list(self._subs.values()):
+            self._forget(sub)
+        if self.user:
+            groups.append(user_group(self.user))
+        self.user, self.conn_info = "", None
+        for group in groups:
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception as exc:  # the layer drops it on close
+                log.warn("pubsub: leaving {group} failed: {error}", group=group,
+                         error=str(exc) or type(exc).__name__)
 
     async def _server_subs(self, channels: Any, asked: Any) -> dict[str, Any]:
         """Server-side subscriptions: the connection token's ``channels`` (Centrifugo's

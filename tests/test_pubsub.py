@@ -326,6 +326,29 @@ async def test_a_subscription_token_is_no_connection_token(pubsub_server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_connect_refused_halfway_through_its_server_side_subscriptions(
+        pubsub_server):
+    """A token whose ``channels`` name a channel of an unknown namespace after a good one:
+    the connect is refused (102) and leaves the groups it joined (the client, not
+    connected, gets no publication of the first), and the token's user does not stay
+    (a connect without a token is still 101)."""
+    server = await pubsub_server("ok:")
+
+    def flow(c: Raw) -> Any:
+        failed = c.call("connect", {"token": token("ada", channels=["ok:a", "nope:b"])})
+        from_thread(pubsub.publish, "ok:a", "not for you", layer=server.site.layer)
+        anonymous = c.call("connect", {})
+        connected = c.call("connect", {"token": token("ada")})
+        return failed, anonymous, connected, c.pushes
+
+    failed, anonymous, connected, pushes = await raw(server, flow)
+    assert failed["error"]["code"] == 102
+    assert anonymous["error"]["code"] == 101
+    assert "connect" in connected
+    assert pushes == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_no_token_is_101_unless_anonymous_is_allowed(pubsub_server):
     server = await pubsub_server()
 
