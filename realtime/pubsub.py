@@ -256,7 +256,8 @@ def user_group(user: str) -> str:
 def check_channel(channel: Any) -> str:
     if not isinstance(channel, str) or not channel:
         raise PubSubError(BAD_REQUEST, "channel required")
-    if len(channel) > CHANNEL_MAX or any(ord(c) < 0x20 for c in channel):
+    if len(channel) > CHANNEL_MAX or any(ord(c) < 0x20 or 0xD800 <= ord(c) <= 0xDFFF
+                                         for c in channel):
         raise PubSubError(BAD_REQUEST, "bad channel name")
     return channel
 
@@ -295,10 +296,19 @@ def _dumps(document: Any) -> str:
     """JSON text; ``TypeError`` for what JSON cannot carry (NaN and the infinities too:
     Python writes them, but a browser's ``JSON.parse`` and Go's decoder refuse them)."""
     try:
-        return json.dumps(document, separators=(",", ":"), ensure_ascii=False,
+        text = json.dumps(document, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False)
     except ValueError as exc:
         raise TypeError(str(exc)) from None
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            # A lone surrogate ("\ud800" in a client's JSON: a string cut inside an
+            # emoji) cannot go out as UTF-8, and the send failed in every member's handler
+            # (1011). Escaped, it reaches the clients as Centrifugo passes it on.
+            text = json.dumps(document, separators=(",", ":"), allow_nan=False)
+    return text
 
 
 def _no_constant(name: str) -> Any:

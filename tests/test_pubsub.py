@@ -974,6 +974,7 @@ def hostile_cases() -> list[tuple[str, Callable[[Raw], Any], Any]]:
         ("a 256-character channel", error("subscribe", {"channel": "open:" + "x" * 251}),
          (107, {})),
         ("a control character", error("subscribe", {"channel": "open:a\x01b"}), (107, {})),
+        ("a lone surrogate", error("subscribe", {"channel": "open:a\ud800"}), (107, {})),
         ("no channel", error("subscribe", {}), (107, {})),
         ("a bad recovery position", error("subscribe", {
             "channel": "rec:y", "recover": True, "epoch": 5, "offset": 1}), (107, {})),
@@ -1015,6 +1016,34 @@ async def test_hostile_input_closes_or_refuses_that_client_only(pubsub_server):
     assert got == {name: expected for name, _, expected in cases}
     assert replies == list(range(10, 1010))
     assert push["push"]["pub"]["data"] == "still here" and pong == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lone_surrogate_in_published_data_reaches_the_subscribers(pubsub_server):
+    """``"\\ud800"`` (a JavaScript string cut inside an emoji) is valid JSON that Python
+    reads as a lone surrogate, which UTF-8 cannot carry: the push goes out escaped (as
+    Centrifugo passes it on), and the subscribers stay (the send failed in each one's
+    handler, closing it 1011, and again on every recovery from history)."""
+    server = await pubsub_server("open:allow_subscribe_for_client,allow_publish_for_client",
+                                 FEED)
+
+    def flow(c: Raw) -> Any:
+        c.connect()
+        got = []
+        for channel in ("open:x", "feed:y"):
+            c.result("subscribe", {"channel": channel})
+            c.ws.send(json.dumps({"id": 99, "publish": {"channel": channel,
+                                                        "data": "a\ud800"}}))
+            got.append(c.push())
+            got.append(c.recv())
+        return got, c.result("history", {"channel": "feed:y", "limit": -1}), c.result("ping")
+
+    got, history, pong = await raw(server, flow)
+    pushes = sorted((m for m in got if "push" in m), key=lambda m: m["push"]["channel"])
+    assert [m["push"]["pub"]["data"] for m in pushes] == ["a\ud800", "a\ud800"]
+    assert [m for m in got if "id" in m] == [{"id": 99, "publish": {}}] * 2
+    assert history["publications"][0]["data"] == "a\ud800"
+    assert pong == {}
 
 
 @pytest_twisted.ensureDeferred
