@@ -79,6 +79,8 @@ CLOSE_INVALID_TOKEN = (3500, "invalid token")
 CLOSE_BAD_REQUEST = (3501, "bad request")
 CLOSE_STALE = (3502, "stale")
 CLOSE_NO_PONG = (3012, "no pong")
+#: A server-side subscription lost its stream's state: reconnect (and recover) it.
+CLOSE_INSUFFICIENT_STATE = (3010, "insufficient state")
 CLOSE_PROTOBUF = (3506, "inappropriate protocol")
 #: The WebSocket subprotocol of Centrifugo's protobuf clients (not spoken here).
 PROTOBUF_SUBPROTOCOL = "centrifuge-protobuf"
@@ -993,6 +995,12 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             self._lost(sub)
 
     def _lost(self, sub: _Sub) -> None:
+        if sub.server:
+            # The client cannot resubscribe to a server-side subscription (the SDKs drop
+            # it at an unsubscribe push): as Centrifugo, close 3010 and the reconnect
+            # recovers it (the connect's subs).
+            self._conn.close(*CLOSE_INSUFFICIENT_STATE)
+            return
         self._forget(sub)
         left = self.channel_layer.group_discard(sub.group, self.channel_name)
         if isinstance(left, Deferred):  # the layer away: its membership ends with the socket

@@ -349,6 +349,23 @@ async def test_a_connect_refused_halfway_through_its_server_side_subscriptions(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_server_side_subscription_that_lost_its_state_reconnects(pubsub_server):
+    """A recoverable server-side subscription told of a gap (or a new epoch): closed 3010
+    (Centrifugo's insufficient state: reconnect, and the connect's ``subs`` recover it),
+    not an unsubscribe push, at which the SDKs drop a server-side subscription for good."""
+    server = await pubsub_server(RECOVER)
+    group = pubsub.channel_group("feed:all")
+
+    def flow(c: Raw) -> Any:
+        c.connect(token("ada", channels=["feed:all"]))
+        from_thread(server.site.layer.group_send, group, {"type": "layer.gap", "group": group})
+        return c.closed(), c.pushes
+
+    code, pushes = await raw(server, flow)
+    assert code == 3010 and pushes == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_no_token_is_101_unless_anonymous_is_allowed(pubsub_server):
     server = await pubsub_server()
 
