@@ -777,8 +777,13 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             claims = await self._sub_token(channel, token)
         elif channel.startswith("$"):
             raise PubSubError(PERMISSION_DENIED)
-        elif not (self._user_limited(channel, namespace) or self._allowed(
-                namespace.allow_subscribe_for_client, namespace.allow_subscribe_for_anonymous)):
+        elif namespace.allow_user_limited_channels and "#" in channel:
+            # A user-limited channel is its users' alone (without a token): neither the
+            # namespace's allow_subscribe_* nor can_subscribe is asked (Centrifugo's order).
+            if not self._user_limited(channel, namespace):
+                raise PubSubError(PERMISSION_DENIED)
+        elif not self._allowed(namespace.allow_subscribe_for_client,
+                               namespace.allow_subscribe_for_anonymous):
             if not await self.can_subscribe(channel, params.get("data")):
                 raise PubSubError(PERMISSION_DENIED)
         recoverable = namespace.history and (namespace.force_recovery or (

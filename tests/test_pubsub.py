@@ -469,6 +469,33 @@ async def test_who_may_subscribe(pubsub_server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_user_limited_channel_is_its_users_alone(pubsub_server):
+    """In a namespace open to every client that also has user-limited channels, ``#ada``
+    is still Ada's alone (Centrifugo asks neither ``allow_subscribe_for_client`` nor its
+    proxy for a user-limited channel): bob and the hook are refused, a token lets in."""
+    class Lenient(PubSubConsumer):
+        async def can_subscribe(self, channel: str, data: Any) -> bool:
+            return True
+
+    app = URLRouter([path("connection/websocket", Lenient.as_asgi())])
+    server = await pubsub_server("open:allow_subscribe_for_client,allow_user_limited_channels",
+                                 "hooked:allow_user_limited_channels", app=app)
+
+    def as_bob(client: Raw) -> Any:
+        client.connect(token("bob"))
+        return (client.error("subscribe", {"channel": "open:dialog#ada,carl"}),
+                client.error("subscribe", {"channel": "hooked:dialog#ada"}),
+                client.result("subscribe", {"channel": "open:dialog#ada,bob"}),
+                client.result("subscribe", {"channel": "open:plain"}),
+                client.result("subscribe", {"channel": "open:dialog#ada", "token": token(
+                    "bob", channel="open:dialog#ada")}))
+
+    *refused_or_not, with_token = await raw(server, as_bob)
+    assert refused_or_not == [103, 103, {}, {}]
+    assert with_token["expires"] is True
+
+
+@pytest_twisted.ensureDeferred
 async def test_max_groups_per_connection_is_106(pubsub_server):
     from realtime.layers import InMemoryChannelLayer
 
