@@ -79,6 +79,8 @@ CLOSE_INVALID_TOKEN = (3500, "invalid token")
 CLOSE_BAD_REQUEST = (3501, "bad request")
 CLOSE_STALE = (3502, "stale")
 CLOSE_NO_PONG = (3012, "no pong")
+#: A server-side subscription lost its stream's state: reconnect (and recover) it.
+CLOSE_INSUFFICIENT_STATE = (3010, "insufficient state")
 CLOSE_PROTOBUF = (3506, "inappropriate protocol")
 #: The WebSocket subprotocol of Centrifugo's protobuf clients (not spoken here).
 PROTOBUF_SUBPROTOCOL = "centrifuge-protobuf"
@@ -256,7 +258,8 @@ def user_group(user: str) -> str:
 def check_channel(channel: Any) -> str:
     if not isinstance(channel, str) or not channel:
         raise PubSubError(BAD_REQUEST, "channel required")
-    if len(channel) > CHANNEL_MAX or any(ord(c) < 0x20 for c in channel):
+    if len(channel) > CHANNEL_MAX or any(ord(c) < 0x20 or 0xD800 <= ord(c) <= 0xDFFF
+                                         for c in channel):
         raise PubSubError(BAD_REQUEST, "bad channel name")
     return channel
 
@@ -295,10 +298,19 @@ def _dumps(document: Any) -> str:
     """JSON text; ``TypeError`` for what JSON cannot carry (NaN and the infinities too:
     Python writes them, but a browser's ``JSON.parse`` and Go's decoder refuse them)."""
     try:
-        return json.dumps(document, separators=(",", ":"), ensure_ascii=False,
+        text = json.dumps(document, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False)
     except ValueError as exc:
         raise TypeError(str(exc)) from None
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            # A lone surrogate ("\ud800" in a client's JSON: a string cut inside an
+            # emoji) cannot go out as UTF-8, and the send failed in every member's handler
+            # (1011). Escaped, it reaches the clients as Centrifugo passes it on.
+            text = json.dumps(document, separators=(",", ":"), allow_nan=False)
+    return text
 
 
 def _no_constant(name: str) -> Any:
@@ -581,6 +593,16 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             log.info("pubsub: token refused: {reason}", reason=str(exc))
             raise _Close(CLOSE_INVALID_TOKEN) from None
 
+    async def _verify_connection(self, token: Any) -> dict[str, Any]:
+        """A connection token's claims: one with a ``channel`` claim is a subscription
+        token, refused (3500) for connect and refresh, as Centrifugo refuses it."""
+        claims = await self._verify(token)
+        if claims.get("channel") is not None:
+            log.info("pubsub: a subscription token (channel claim) offered as a "
+                     "connection token")
+            raise _Close(CLOSE_INVALID_TOKEN)
+        return claims
+
     def _expiry(self, claims: dict[str, Any]) -> tuple[bool, int, float | None]:
         """(expires, ttl in whole seconds, the moment) of a token's ``exp``."""
         exp = claims.get("exp")
@@ -608,13 +630,12 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         user: Any = self.scope.get("user")
         claims: dict[str, Any] = {}
         if token:
-            claims = await self._verify(token)
+            claims = await self._verify_connection(token)
             sub = claims.get("sub", "")
             if not isinstance(sub, str):
                 raise _Close(CLOSE_INVALID_TOKEN)
             self.user = sub
             self.conn_info = claims.get("info")
-            result.update(self._adopt(claims))
         elif getattr(user, "is_authenticated", False) and getattr(user, "id", None):
             self.user = str(user.id)  # a handshake token or session (middleware)
         else:
@@ -622,9 +643,16 @@ class PubSubConsumer(AsyncWebsocketConsumer):
                          else settings.pubsub_anonymous)
             if not anonymous:
                 raise PubSubError(UNAUTHORIZED)
-        await self._join_user_group()
-        if token and claims.get("channels") is not None:
-            result["subs"] = await self._server_subs(claims["channels"], params.get("subs"))
+        try:
+            await self._join_user_group()
+            if token and claims.get("channels") is not None:
+                result["subs"] = await self._server_subs(claims["channels"],
+                                                         params.get("subs"))
+        except Exception:
+            await self._undo_connect()
+            raise
+        if token:
+            result.update(self._adopt(claims))
         self._connected = True
         if self._stale is not None and self._stale.active():
             self._stale.cancel()
@@ -634,6 +662,23 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             self._ponged = True
             self._ping_call = self._conn.reactor.callLater(PING_INTERVAL, self._ping)
         return result
+
+    async def _undo_connect(self) -> None:
+        """A connect that failed after joining groups (a server-side subscription refused,
+        say): leave them all, so the client, not connected, gets nothing from them, and
+        may connect again."""
+        groups = [sub.group for sub in self._subs.values()]
+        for sub in list(self._subs.values()):
+            self._forget(sub)
+        if self.user:
+            groups.append(user_group(self.user))
+        self.user, self.conn_info = "", None
+        for group in groups:
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception as exc:  # the layer drops it on close
+                log.warn("pubsub: leaving {group} failed: {error}", group=group,
+                         error=str(exc) or type(exc).__name__)
 
     async def _server_subs(self, channels: Any, asked: Any) -> dict[str, Any]:
         """Server-side subscriptions: the connection token's ``channels`` (Centrifugo's
@@ -679,7 +724,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         if not self._claims:
             raise PubSubError(BAD_REQUEST, "this connection has no token to refresh")
         try:
-            claims = await self._verify(params.get("token"))
+            claims = await self._verify_connection(params.get("token"))
         except PubSubError as exc:
             if exc.code != TOKEN_EXPIRED:
                 raise
@@ -732,8 +777,13 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             claims = await self._sub_token(channel, token)
         elif channel.startswith("$"):
             raise PubSubError(PERMISSION_DENIED)
-        elif not (self._user_limited(channel, namespace) or self._allowed(
-                namespace.allow_subscribe_for_client, namespace.allow_subscribe_for_anonymous)):
+        elif namespace.allow_user_limited_channels and "#" in channel:
+            # A user-limited channel is its users' alone (without a token): neither the
+            # namespace's allow_subscribe_* nor can_subscribe is asked (Centrifugo's order).
+            if not self._user_limited(channel, namespace):
+                raise PubSubError(PERMISSION_DENIED)
+        elif not self._allowed(namespace.allow_subscribe_for_client,
+                               namespace.allow_subscribe_for_anonymous):
             if not await self.can_subscribe(channel, params.get("data")):
                 raise PubSubError(PERMISSION_DENIED)
         recoverable = namespace.history and (namespace.force_recovery or (
@@ -950,6 +1000,12 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             self._lost(sub)
 
     def _lost(self, sub: _Sub) -> None:
+        if sub.server:
+            # The client cannot resubscribe to a server-side subscription (the SDKs drop
+            # it at an unsubscribe push): as Centrifugo, close 3010 and the reconnect
+            # recovers it (the connect's subs).
+            self._conn.close(*CLOSE_INSUFFICIENT_STATE)
+            return
         self._forget(sub)
         left = self.channel_layer.group_discard(sub.group, self.channel_name)
         if isinstance(left, Deferred):  # the layer away: its membership ends with the socket

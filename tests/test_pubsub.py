@@ -306,6 +306,66 @@ async def test_a_bad_signature_closes_3500_and_the_sdk_stays_away(pubsub_server)
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_subscription_token_is_no_connection_token(pubsub_server):
+    """As Centrifugo: a token with a ``channel`` claim (a subscription token, perhaps for
+    an anonymous user, and anonymous connections not allowed) closes 3500, on connect and
+    on refresh."""
+    server = await pubsub_server("chat:")
+
+    def on_connect(c: Raw) -> Any:
+        c.send("connect", {"token": token("", channel="chat:room")})
+        return c.closed()
+
+    def on_refresh(c: Raw) -> Any:
+        c.connect(token("ada"))
+        c.send("refresh", {"token": token("ada", channel="chat:room")})
+        return c.closed()
+
+    assert await raw(server, on_connect) == 3500
+    assert await raw(server, on_refresh) == 3500
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connect_refused_halfway_through_its_server_side_subscriptions(
+        pubsub_server):
+    """A token whose ``channels`` name a channel of an unknown namespace after a good one:
+    the connect is refused (102) and leaves the groups it joined (the client, not
+    connected, gets no publication of the first), and the token's user does not stay
+    (a connect without a token is still 101)."""
+    server = await pubsub_server("ok:")
+
+    def flow(c: Raw) -> Any:
+        failed = c.call("connect", {"token": token("ada", channels=["ok:a", "nope:b"])})
+        from_thread(pubsub.publish, "ok:a", "not for you", layer=server.site.layer)
+        anonymous = c.call("connect", {})
+        connected = c.call("connect", {"token": token("ada")})
+        return failed, anonymous, connected, c.pushes
+
+    failed, anonymous, connected, pushes = await raw(server, flow)
+    assert failed["error"]["code"] == 102
+    assert anonymous["error"]["code"] == 101
+    assert "connect" in connected
+    assert pushes == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_side_subscription_that_lost_its_state_reconnects(pubsub_server):
+    """A recoverable server-side subscription told of a gap (or a new epoch): closed 3010
+    (Centrifugo's insufficient state: reconnect, and the connect's ``subs`` recover it),
+    not an unsubscribe push, at which the SDKs drop a server-side subscription for good."""
+    server = await pubsub_server(RECOVER)
+    group = pubsub.channel_group("feed:all")
+
+    def flow(c: Raw) -> Any:
+        c.connect(token("ada", channels=["feed:all"]))
+        from_thread(server.site.layer.group_send, group, {"type": "layer.gap", "group": group})
+        return c.closed(), c.pushes
+
+    code, pushes = await raw(server, flow)
+    assert code == 3010 and pushes == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_no_token_is_101_unless_anonymous_is_allowed(pubsub_server):
     server = await pubsub_server()
 
@@ -406,6 +466,33 @@ async def test_who_may_subscribe(pubsub_server):
         "anon": 103, "closed": 103, "unknown": 102, "private": 103, "wrong channel": 103,
         "other user": 103, "expired": 109, "not hers": 103, "again": 105}
     assert await raw(server, anonymous) == (103, {}, 103)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_limited_channel_is_its_users_alone(pubsub_server):
+    """In a namespace open to every client that also has user-limited channels, ``#ada``
+    is still Ada's alone (Centrifugo asks neither ``allow_subscribe_for_client`` nor its
+    proxy for a user-limited channel): bob and the hook are refused, a token lets in."""
+    class Lenient(PubSubConsumer):
+        async def can_subscribe(self, channel: str, data: Any) -> bool:
+            return True
+
+    app = URLRouter([path("connection/websocket", Lenient.as_asgi())])
+    server = await pubsub_server("open:allow_subscribe_for_client,allow_user_limited_channels",
+                                 "hooked:allow_user_limited_channels", app=app)
+
+    def as_bob(client: Raw) -> Any:
+        client.connect(token("bob"))
+        return (client.error("subscribe", {"channel": "open:dialog#ada,carl"}),
+                client.error("subscribe", {"channel": "hooked:dialog#ada"}),
+                client.result("subscribe", {"channel": "open:dialog#ada,bob"}),
+                client.result("subscribe", {"channel": "open:plain"}),
+                client.result("subscribe", {"channel": "open:dialog#ada", "token": token(
+                    "bob", channel="open:dialog#ada")}))
+
+    *refused_or_not, with_token = await raw(server, as_bob)
+    assert refused_or_not == [103, 103, {}, {}]
+    assert with_token["expires"] is True
 
 
 @pytest_twisted.ensureDeferred
@@ -931,6 +1018,7 @@ def hostile_cases() -> list[tuple[str, Callable[[Raw], Any], Any]]:
         ("a 256-character channel", error("subscribe", {"channel": "open:" + "x" * 251}),
          (107, {})),
         ("a control character", error("subscribe", {"channel": "open:a\x01b"}), (107, {})),
+        ("a lone surrogate", error("subscribe", {"channel": "open:a\ud800"}), (107, {})),
         ("no channel", error("subscribe", {}), (107, {})),
         ("a bad recovery position", error("subscribe", {
             "channel": "rec:y", "recover": True, "epoch": 5, "offset": 1}), (107, {})),
@@ -972,6 +1060,34 @@ async def test_hostile_input_closes_or_refuses_that_client_only(pubsub_server):
     assert got == {name: expected for name, _, expected in cases}
     assert replies == list(range(10, 1010))
     assert push["push"]["pub"]["data"] == "still here" and pong == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lone_surrogate_in_published_data_reaches_the_subscribers(pubsub_server):
+    """``"\\ud800"`` (a JavaScript string cut inside an emoji) is valid JSON that Python
+    reads as a lone surrogate, which UTF-8 cannot carry: the push goes out escaped (as
+    Centrifugo passes it on), and the subscribers stay (the send failed in each one's
+    handler, closing it 1011, and again on every recovery from history)."""
+    server = await pubsub_server("open:allow_subscribe_for_client,allow_publish_for_client",
+                                 FEED)
+
+    def flow(c: Raw) -> Any:
+        c.connect()
+        got = []
+        for channel in ("open:x", "feed:y"):
+            c.result("subscribe", {"channel": channel})
+            c.ws.send(json.dumps({"id": 99, "publish": {"channel": channel,
+                                                        "data": "a\ud800"}}))
+            got.append(c.push())
+            got.append(c.recv())
+        return got, c.result("history", {"channel": "feed:y", "limit": -1}), c.result("ping")
+
+    got, history, pong = await raw(server, flow)
+    pushes = sorted((m for m in got if "push" in m), key=lambda m: m["push"]["channel"])
+    assert [m["push"]["pub"]["data"] for m in pushes] == ["a\ud800", "a\ud800"]
+    assert [m for m in got if "id" in m] == [{"id": 99, "publish": {}}] * 2
+    assert history["publications"][0]["data"] == "a\ud800"
+    assert pong == {}
 
 
 @pytest_twisted.ensureDeferred
