@@ -35,8 +35,9 @@ sys.path.insert(0, os.path.dirname(HERE))
 HANDSHAKE = (b"GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
              b"Sec-WebSocket-Version: 13\r\n\r\n")
-NAMESPACES = ["plain:allow_subscribe_for_anonymous",
-              "kept:allow_subscribe_for_anonymous,history_size=100,history_ttl=300"]
+NAMESPACES = ["plain:allow_subscribe_for_client,allow_subscribe_for_anonymous",
+              "kept:allow_subscribe_for_client,allow_subscribe_for_anonymous,"
+              "history_size=100,history_ttl=300"]
 CHANNELS = ("plain:bench", "kept:bench")
 
 

@@ -859,7 +859,10 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         self._arm_sub_expiry(sub, None)
 
     def _allowed(self, for_client: bool, for_anonymous: bool) -> bool:
-        return for_client if self.user else for_anonymous
+        """Centrifugo's rule: ``allow_*_for_client`` lets signed-in clients in, and anonymous
+        ones too when ``allow_*_for_anonymous`` extends it (alone, that does nothing), so a
+        configuration ported from Centrifugo opens exactly what it opened there."""
+        return for_client and (bool(self.user) or for_anonymous)
 
     def _user_limited(self, channel: str, namespace: Namespace) -> bool:
         if not namespace.allow_user_limited_channels or "#" not in channel or not self.user:
@@ -898,7 +901,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             raise PubSubError(BAD_REQUEST, "data required")
         data = params["data"]
         namespace = _namespace(channel, self._namespaces())
-        if not ((namespace.allow_publish_for_subscriber and channel in self._subs)
+        if not (self._allowed(namespace.allow_publish_for_subscriber and channel in self._subs,
+                              namespace.allow_publish_for_anonymous)
                 or self._allowed(namespace.allow_publish_for_client,
                                  namespace.allow_publish_for_anonymous)):
             if not await self.can_publish(channel, data):
@@ -912,7 +916,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         return {}
 
     def _may_read(self, channel: str, subscriber: bool, client: bool, anonymous: bool) -> None:
-        if not ((subscriber and channel in self._subs) or self._allowed(client, anonymous)):
+        if not (self._allowed(subscriber and channel in self._subs, anonymous)
+                or self._allowed(client, anonymous)):
             raise PubSubError(PERMISSION_DENIED)
 
     async def _cmd_history(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -308,3 +308,35 @@ async def test_server_side_subscriptions_from_the_token(live):
     assert unsubscribed == {"id": 2, "unsubscribe": {}}
     assert pushed == {"push": {"channel": "personal:bob", "pub": {"data": "still here"}}}
     assert again == {"id": 3, "error": {"code": 105, "message": "already subscribed"}}
+
+
+@pytest_twisted.ensureDeferred
+async def test_anonymous_subscribers_publish_only_with_for_anonymous(live):
+    """Centrifugo's rule for anonymous clients: ``allow_publish_for_subscriber`` lets a
+    signed-in subscriber publish; an anonymous one needs ``allow_publish_for_anonymous``
+    too."""
+    pubsub.configure([
+        "talk:allow_subscribe_for_client,allow_subscribe_for_anonymous,"
+        "allow_publish_for_subscriber",
+        "open:allow_subscribe_for_client,allow_subscribe_for_anonymous,"
+        "allow_publish_for_subscriber,allow_publish_for_anonymous",
+    ], anonymous=True, layer=_Rules())
+    server = await live(pubsub.application)
+
+    def flow(tok):
+        with connect(server.ws_url("/connection/websocket")) as ws:
+            ws.send(json.dumps({"id": 1, "connect": {"token": tok} if tok else {}}))
+            answers = [json.loads(ws.recv(timeout=5))]
+            for ident, (method, params) in enumerate([
+                    ("subscribe", {"channel": "talk:a"}),
+                    ("publish", {"channel": "talk:a", "data": 1}),
+                    ("subscribe", {"channel": "open:a"}),
+                    ("publish", {"channel": "open:a", "data": 2})], start=2):
+                ws.send(json.dumps({"id": ident, method: params}))
+                while "push" in (answer := json.loads(ws.recv(timeout=5))):
+                    pass
+                answers.append(answer.get("error", {}).get("code", "ok"))
+            return answers[1:]
+
+    assert await in_thread(flow, None) == ["ok", 103, "ok", "ok"]
+    assert await in_thread(flow, token(sub="ada")) == ["ok", "ok", "ok", "ok"]
