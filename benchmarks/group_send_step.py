@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from typing import Any
+
+from inprocess import drain, run_measure
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -53,28 +53,7 @@ def reader(port: int, members: int) -> None:
             raise SystemExit("a frame came before the measuring started")
         s.setblocking(False)
     print("ready", flush=True)
-    poller = select.epoll()
-    for s in socks:
-        poller.register(s.fileno(), select.EPOLLIN)
-    by_fd = {s.fileno(): s for s in socks}
-    poller.register(sys.stdin.fileno(), select.EPOLLIN)
-    received = 0
-    while True:
-        for fd, _ in poller.poll():
-            if fd == sys.stdin.fileno():  # the end: what was read, once all has arrived
-                poller.unregister(fd)
-                while events := poller.poll(0.3):
-                    for fd, _ in events:
-                        try:
-                            received += len(by_fd[fd].recv(65536))
-                        except BlockingIOError:
-                            pass
-                print(received, flush=True)
-                return
-            try:
-                received += len(by_fd[fd].recv(65536))
-            except BlockingIOError:
-                pass
+    drain(socks)
 
 
 async def measure(opts: argparse.Namespace) -> None:
@@ -151,25 +130,7 @@ def main() -> None:
     p.add_argument("--passes", type=int, default=5)
     p.add_argument("--no-pin", dest="pin", action="store_false")
     opts = p.parse_args()
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * opts.members + 100)),
-                                                hard))
-    from twisted.internet import reactor
-    from twisted.internet.defer import Deferred
-
-    failed: list[Any] = []
-
-    def run() -> None:
-        d = Deferred.fromCoroutine(measure(opts))
-        d.addErrback(lambda f: (failed.append(f), print(f.getTraceback(), file=sys.stderr)))
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(run)
-    reactor.run()
-    if failed:
-        raise SystemExit(1)
+    run_measure(measure, opts)
 
 
 if __name__ == "__main__":

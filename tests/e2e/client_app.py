@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from realtime import (
-    AsyncHttpConsumer,
     AsyncWebsocketConsumer,
     ProtocolTypeRouter,
     URLRouter,
@@ -27,6 +26,7 @@ from realtime import (
 )
 from realtime.static import client_app
 from realtime.tokens import TokenAuthMiddleware
+from tests.e2e.pages import Page
 
 #: What both pages share: ``client(name, path, options)`` and its recorder.
 RECORDER = """
@@ -65,14 +65,6 @@ CLASSIC_PAGE = f"""<!doctype html>
 window.ready = typeof RealtimeSocket === "function";
 </script>
 """.encode()
-
-
-class Page(AsyncHttpConsumer):
-    body = b""
-
-    async def handle(self, body: bytes) -> None:
-        await self.send_response(200, self.body,
-                                 headers=[(b"content-type", b"text/html; charset=utf-8")])
 
 
 def _hello(scope: dict[str, Any], **more: Any) -> str:

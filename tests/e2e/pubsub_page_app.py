@@ -20,6 +20,7 @@ from pathlib import Path
 
 from realtime import AsyncHttpConsumer, ProtocolTypeRouter, URLRouter, path
 from realtime.pubsub import PubSubConsumer
+from tests.e2e.pages import Page
 
 #: Where tests/run.sh installs centrifuge-js (npm install --prefix tests/.node).
 PACKAGE = Path(__file__).resolve().parents[1] / ".node" / "node_modules" / "centrifuge"
@@ -81,14 +82,6 @@ def _page(script: str) -> bytes:
 window.ready = typeof Centrifuge === "function";
 </script>
 """.encode()
-
-
-class Page(AsyncHttpConsumer):
-    body = b""
-
-    async def handle(self, body: bytes) -> None:
-        await self.send_response(200, self.body,
-                                 headers=[(b"content-type", b"text/html; charset=utf-8")])
 
 
 class Bundle(AsyncHttpConsumer):
