@@ -78,6 +78,7 @@ CLOSE_SUB_EXPIRED = (3006, "subscription expired")
 CLOSE_INVALID_TOKEN = (3500, "invalid token")
 CLOSE_BAD_REQUEST = (3501, "bad request")
 CLOSE_STALE = (3502, "stale")
+CLOSE_CONNECTION_LIMIT = (3504, "connection limit")
 CLOSE_NO_PONG = (3012, "no pong")
 #: A server-side subscription lost its stream's state: reconnect (and recover) it.
 CLOSE_INSUFFICIENT_STATE = (3010, "insufficient state")
@@ -643,6 +644,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
                          else settings.pubsub_anonymous)
             if not anonymous:
                 raise PubSubError(UNAUTHORIZED)
+        if token and self.user:
+            self._count_user(claims)
         try:
             await self._join_user_group()
             if token and claims.get("channels") is not None:
@@ -662,6 +665,22 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             self._ponged = True
             self._ping_call = self._conn.reactor.callLater(PING_INTERVAL, self._ping)
         return result
+
+    def _count_user(self, claims: dict[str, Any]) -> None:
+        """``--max-connections-per-user`` for a user who signs in with the connect command
+        (the handshake counted only users signed in there): Centrifugo's
+        ``user_connection_limit``, closed with 3504."""
+        conn = self._conn
+        if not conn.config.max_connections_per_user or conn.user_key is not None:
+            return
+        from realtime.auth import User
+
+        previous = self.scope.get("user")
+        self.scope["user"] = User(self.user, claims=claims)
+        counted = conn.site.count_user(conn)
+        self.scope["user"] = previous
+        if not counted:
+            raise _Close(CLOSE_CONNECTION_LIMIT)
 
     async def _undo_connect(self) -> None:
         """A connect that failed after joining groups (a server-side subscription refused,

@@ -340,3 +340,37 @@ async def test_anonymous_subscribers_publish_only_with_for_anonymous(live):
 
     assert await in_thread(flow, None) == ["ok", 103, "ok", "ok"]
     assert await in_thread(flow, token(sub="ada")) == ["ok", "ok", "ok", "ok"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_connections_per_user_counts_connect_command_users(live):
+    """``--max-connections-per-user`` (Centrifugo's ``user_connection_limit``) for users who
+    sign in with the connect command: past it, 3504 (the SDKs do not reconnect); another
+    user is not affected, and a closed connection frees its place."""
+    server = await live(pubsub.application, max_connections_per_user=1)
+    url = server.ws_url("/connection/websocket")
+
+    def connected(ws, sub):
+        ws.send(json.dumps({"id": 1, "connect": {"token": token(sub=sub)}}))
+        return json.loads(ws.recv(timeout=5))
+
+    def flow():
+        with connect(url) as first, connect(url) as second, connect(url) as bob:
+            ok = connected(first, "ada")
+            second.send(json.dumps({"id": 1, "connect": {"token": token(sub="ada")}}))
+            refused = closed_with(second)
+            other = connected(bob, "bob")
+        deadline = time.monotonic() + 5
+        while True:  # until the first one's close has reached the server
+            with connect(url) as again:
+                try:
+                    later = connected(again, "ada")
+                    break
+                except ConnectionClosed:
+                    if time.monotonic() > deadline:
+                        raise
+        return ok, refused, other, later
+
+    ok, refused, other, later = await in_thread(flow)
+    assert "connect" in ok and "connect" in other and "connect" in later
+    assert refused == (3504, "connection limit")
