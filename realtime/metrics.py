@@ -56,6 +56,8 @@ class SiteStats:
         #: Per bucket (not cumulative: one add per request), the last past every bound.
         self.http_buckets = [0] * (len(HTTP_BUCKETS) + 1)
         self.http_sum = 0.0
+        #: realtime.pubsub commands by (method, result): "ok" or the error code.
+        self.pubsub_commands: Counter[tuple[str, str]] = Counter()
 
     def observe_http(self, method: bytes, status: int, seconds: float) -> None:
         self.http_requests[METHODS.get(method, "other"), status] += 1
@@ -81,6 +83,7 @@ def snapshot(sites: Iterable[Any], layer: Any) -> dict[str, Any]:
         "latency_buckets": [0] * len(BUCKETS), "latency_count": 0, "latency_sum": 0.0,
         "http_requests": Counter(), "http_in_progress": 0,
         "http_buckets": [0] * (len(HTTP_BUCKETS) + 1), "http_sum": 0.0,
+        "pubsub_commands": Counter(),
     }
     for site in sites:
         stats: SiteStats = site.stats
@@ -104,6 +107,7 @@ def snapshot(sites: Iterable[Any], layer: Any) -> dict[str, Any]:
         snap["http_buckets"] = [a + b for a, b in
                                 zip(snap["http_buckets"], stats.http_buckets, strict=True)]
         snap["http_sum"] += stats.http_sum
+        snap["pubsub_commands"].update(stats.pubsub_commands)
     layer_stats = getattr(layer, "stats", None)
     for name in ("delivered", "dropped", "published", "broadcast_frames", "broadcast_writes",
                  "gaps", "unavailable", "history_recovered", "history_unrecovered",
@@ -116,6 +120,7 @@ def snapshot(sites: Iterable[Any], layer: Any) -> dict[str, Any]:
     snap["handshakes"] = {str(k): v for k, v in snap["handshakes"].items()}
     snap["close_codes"] = {str(k): v for k, v in snap["close_codes"].items()}
     snap["http_requests"] = {f"{m} {s}": v for (m, s), v in snap["http_requests"].items()}
+    snap["pubsub_commands"] = {f"{m} {r}": v for (m, r), v in snap["pubsub_commands"].items()}
     return snap
 
 
@@ -276,6 +281,13 @@ class Collector:
             method, _, status = key.partition(" ")
             requests.add_metric([method, status], count)
         yield requests
+        commands = CounterMetricFamily(
+            "realtime_pubsub_commands", "Centrifugo-protocol commands (realtime.pubsub) by "
+            "method and result (ok, or the error code answered)", labels=["method", "result"])
+        for key, count in sorted(t.get("pubsub_commands", {}).items()):
+            method, _, result = key.partition(" ")
+            commands.add_metric([method, result], count)
+        yield commands
         yield GaugeMetricFamily("realtime_http_requests_in_progress",
                                 "HTTP requests begun and not ended (an open SSE stream, a "
                                 "long poll; a scrape counts itself)",

@@ -545,6 +545,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             result = await getattr(self, "_cmd_" + method)(params)
             reply = _dumps({"id": ident, method: result})
         except PubSubError as exc:
+            self._count(method, str(exc.code))
             self._reply(ident, error=exc.reply())
             return
         except _Close:
@@ -554,10 +555,18 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             # (Centrifugo's internal error), not the connection and its subscriptions.
             log.failure("pubsub: {method} failed", method=method)
             # Temporary, as Centrifugo's: the SDKs try again (a subscribe resubscribes).
+            self._count(method, str(INTERNAL))
             self._reply(ident, error=PubSubError(INTERNAL, temporary=True).reply())
             return
+        self._count(method, "ok")
         if not self._conn.closing_or_closed:
             self._conn.send_text(reply)
+
+    def _count(self, method: str, result: str) -> None:
+        """``realtime_pubsub_commands_total{method, result}`` (``--metrics``)."""
+        stats = getattr(getattr(self._conn, "site", None), "stats", None)
+        if stats is not None:
+            stats.pubsub_commands[method, result] += 1
 
     def _reply(self, ident: int, **fields_: Any) -> None:
         if not self._conn.closing_or_closed:

@@ -374,3 +374,36 @@ async def test_max_connections_per_user_counts_connect_command_users(live):
     ok, refused, other, later = await in_thread(flow)
     assert "connect" in ok and "connect" in other and "connect" in later
     assert refused == (3504, "connection limit")
+
+
+@pytest_twisted.ensureDeferred
+async def test_commands_are_counted_for_metrics(live):
+    """``realtime_pubsub_commands_total{method, result}``: each command answered, by its
+    result (``ok`` or the error code)."""
+    from realtime.metrics import Collector, exposition
+    from tests.test_http_metrics import parse
+
+    server = await live(pubsub.application)
+    server.site.metrics = Collector([server.site], server.site.layer)
+
+    def flow():
+        with connect(server.ws_url("/connection/websocket")) as ws:
+            for ident, command in enumerate([
+                    {"connect": {"token": token(sub="ada")}},
+                    {"subscribe": {"channel": "chat:a"}},
+                    {"subscribe": {"channel": "chat:b"}},
+                    {"subscribe": {"channel": "nowhere:x"}},
+                    {"rpc": {"method": "m"}}], start=1):
+                ws.send(json.dumps({"id": ident, **command}))
+                json.loads(ws.recv(timeout=5))
+
+    await in_thread(flow)
+    values = parse(exposition(server.site.metrics)[1].decode())
+    counted = {key: value for key, value in values.items()
+               if key.startswith("realtime_pubsub_commands_total")}
+    assert counted == {
+        'realtime_pubsub_commands_total{"method": "connect", "result": "ok"}': 1.0,
+        'realtime_pubsub_commands_total{"method": "subscribe", "result": "ok"}': 2.0,
+        'realtime_pubsub_commands_total{"method": "subscribe", "result": "102"}': 1.0,
+        'realtime_pubsub_commands_total{"method": "rpc", "result": "104"}': 1.0,
+    }
