@@ -814,10 +814,17 @@ class PubSubConsumer(AsyncWebsocketConsumer):
                                namespace.allow_subscribe_for_anonymous):
             if not await self.can_subscribe(channel, params.get("data")):
                 raise PubSubError(PERMISSION_DENIED)
+        # What the client asks for, as Centrifugo grants it: recovery with allow_recovery or
+        # a right to the channel's history, join/leave pushes with a right to its presence
+        # (who is there), each as the subscriber it is about to be.
         recoverable = namespace.history and (namespace.force_recovery or (
-            namespace.allow_recovery and params.get("recoverable") is True))
-        join_leave = namespace.join_leave and (
-            namespace.force_push_join_leave or params.get("join_leave") is True)
+            params.get("recoverable") is True and (namespace.allow_recovery or self._reads(
+                True, namespace.allow_history_for_subscriber,
+                namespace.allow_history_for_client, namespace.allow_history_for_anonymous))))
+        join_leave = namespace.join_leave and (namespace.force_push_join_leave or (
+            params.get("join_leave") is True and self._reads(
+                True, namespace.allow_presence_for_subscriber,
+                namespace.allow_presence_for_client, namespace.allow_presence_for_anonymous)))
         since = None
         if recoverable and params.get("recover") is True:
             epoch, offset = params.get("epoch", ""), params.get("offset", 0)
@@ -943,9 +950,14 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             raise PubSubError(BAD_REQUEST) from None
         return {}
 
+    def _reads(self, subscribed: bool, subscriber: bool, client: bool, anonymous: bool) -> bool:
+        """Whether this client may read a channel's history or presence, given the
+        namespace's ``allow_*_for_subscriber``/``_for_client``/``_for_anonymous``."""
+        return self._allowed(subscriber and subscribed, anonymous) or self._allowed(client,
+                                                                                   anonymous)
+
     def _may_read(self, channel: str, subscriber: bool, client: bool, anonymous: bool) -> None:
-        if not (self._allowed(subscriber and channel in self._subs, anonymous)
-                or self._allowed(client, anonymous)):
+        if not self._reads(channel in self._subs, subscriber, client, anonymous):
             raise PubSubError(PERMISSION_DENIED)
 
     async def _cmd_history(self, params: dict[str, Any]) -> dict[str, Any]:
