@@ -454,6 +454,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         self._claims: dict[str, Any] = {}
         self._ping_call: Any = None
         self._ponged = True
+        #: _count_user counted this connection's user (the connect command's token).
+        self._counted_user = False
         if PROTOBUF_SUBPROTOCOL in (self.scope.get("subprotocols") or ()):
             # centrifuge-js's protobuf build offers only this subprotocol: refused at the
             # handshake, the browser reports a bare transport error and the SDK retries
@@ -682,6 +684,10 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         conn = self._conn
         if not conn.config.max_connections_per_user or conn.user_key is not None:
             return
+        if conn.finished:
+            # Closed while the connect waited (for a token's key): site.closed() has run,
+            # and nothing would give the place back.
+            raise _Close(CLOSE_CONNECTION_LIMIT)
         from realtime.auth import User
 
         previous = self.scope.get("user")
@@ -690,6 +696,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         self.scope["user"] = previous
         if not counted:
             raise _Close(CLOSE_CONNECTION_LIMIT)
+        self._counted_user = True
 
     async def _undo_connect(self) -> None:
         """A connect that failed after joining groups (a server-side subscription refused,
@@ -698,6 +705,9 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         groups = [sub.group for sub in self._subs.values()]
         for sub in list(self._subs.values()):
             self._forget(sub)
+        if self._counted_user:  # --max-connections-per-user: not this user's connection
+            self._counted_user = False
+            self._conn.site.uncount_user(self._conn)
         if self.user:
             groups.append(user_group(self.user))
         self.user, self.conn_info = "", None

@@ -497,3 +497,82 @@ async def test_a_client_with_history_access_may_ask_recoverable(live):
             "plain": False, "asked": True, "read": False, "open": True}
     finally:
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_connect_gives_back_its_user_count(live):
+    """``--max-connections-per-user``: a connect refused after its user was counted (a
+    server-side subscription in an unknown namespace: error 102, the socket stays) does not
+    hold that user's place, and a connect tried again on that socket counts its own user."""
+    server = await live(pubsub.application, max_connections_per_user=1)
+    url = server.ws_url("/connection/websocket")
+
+    def connect_as(ws, sub, **claims):
+        ws.send(json.dumps({"id": 1, "connect": {"token": token(sub=sub, **claims)}}))
+        try:
+            return json.loads(ws.recv(timeout=5))
+        except ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd is not None else None
+
+    def flow():
+        with connect(url) as first, connect(url) as ada, connect(url) as bob:
+            failed = connect_as(first, "ada", channels=["nowhere:x"])
+            ada_ok = connect_as(ada, "ada")
+            retried = connect_as(first, "bob")
+            bob_refused = connect_as(bob, "bob")
+        return failed, ada_ok, retried, bob_refused
+
+    failed, ada_ok, retried, bob_refused = await in_thread(flow)
+    assert failed["error"]["code"] == 102
+    assert "connect" in ada_ok and "connect" in retried
+    assert bob_refused == 3504
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socket_closed_while_its_connect_waits_is_not_counted(live):
+    """``--max-connections-per-user``: a socket that closes while its connect waits for a
+    token's key (an unknown ``kid``: the JWKS is fetched again) is gone when the connect
+    goes on; counting its user then would hold that user's place for good."""
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import deferLater
+
+    from realtime.settings import settings
+    from realtime.tokens import VerificationKey
+
+    fetched: list[Deferred] = []
+
+    class Source:
+        def unknown_kid(self):
+            fetched.append(Deferred())
+            return fetched[-1]
+
+    configure(jwt_keys=[VerificationKey(SECRET, ("HS256",), "old")], jwt_key_source=Source())
+    server = await live(pubsub.application, max_connections_per_user=1)
+    url = server.ws_url("/connection/websocket")
+    new_kid = jwt.encode({"sub": "ada"}, SECRET, algorithm="HS256", headers={"kid": "new"})
+
+    def send_and_leave():
+        with connect(url) as ws:
+            ws.send(json.dumps({"id": 1, "connect": {"token": new_kid}}))
+            deadline = time.monotonic() + 5
+            while not fetched and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the server waits for the key (a poll, not a pause)
+
+    await in_thread(send_and_leave)
+    assert fetched
+    deadline = time.monotonic() + 5
+    while server.site.connections and time.monotonic() < deadline:  # the close reached it
+        await deferLater(reactor, 0.01, lambda: None)
+    assert not server.site.connections
+    settings.jwt_keys = [VerificationKey(SECRET, ("HS256",), "new")]
+    fetched[0].callback(True)
+
+    def again():
+        with connect(url) as ws:
+            ws.send(json.dumps({"id": 1, "connect": {"token": new_kid}}))
+            try:
+                return json.loads(ws.recv(timeout=5))
+            except ConnectionClosed as closed:
+                return closed.rcvd.code if closed.rcvd is not None else None
+
+    assert "connect" in await in_thread(again)
