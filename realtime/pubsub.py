@@ -454,6 +454,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         self._claims: dict[str, Any] = {}
         self._ping_call: Any = None
         self._ponged = True
+        #: _count_user counted this connection's user (the connect command's token).
+        self._counted_user = False
         if PROTOBUF_SUBPROTOCOL in (self.scope.get("subprotocols") or ()):
             # centrifuge-js's protobuf build offers only this subprotocol: refused at the
             # handshake, the browser reports a bare transport error and the SDK retries
@@ -682,6 +684,10 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         conn = self._conn
         if not conn.config.max_connections_per_user or conn.user_key is not None:
             return
+        if conn.finished:
+            # Closed while the connect waited (for a token's key): site.closed() has run,
+            # and nothing would give the place back.
+            raise _Close(CLOSE_CONNECTION_LIMIT)
         from realtime.auth import User
 
         previous = self.scope.get("user")
@@ -690,6 +696,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         self.scope["user"] = previous
         if not counted:
             raise _Close(CLOSE_CONNECTION_LIMIT)
+        self._counted_user = True
 
     async def _undo_connect(self) -> None:
         """A connect that failed after joining groups (a server-side subscription refused,
@@ -698,6 +705,9 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         groups = [sub.group for sub in self._subs.values()]
         for sub in list(self._subs.values()):
             self._forget(sub)
+        if self._counted_user:  # --max-connections-per-user: not this user's connection
+            self._counted_user = False
+            self._conn.site.uncount_user(self._conn)
         if self.user:
             groups.append(user_group(self.user))
         self.user, self.conn_info = "", None
@@ -814,10 +824,17 @@ class PubSubConsumer(AsyncWebsocketConsumer):
                                namespace.allow_subscribe_for_anonymous):
             if not await self.can_subscribe(channel, params.get("data")):
                 raise PubSubError(PERMISSION_DENIED)
+        # What the client asks for, as Centrifugo grants it: recovery with allow_recovery or
+        # a right to the channel's history, join/leave pushes with a right to its presence
+        # (who is there), each as the subscriber it is about to be.
         recoverable = namespace.history and (namespace.force_recovery or (
-            namespace.allow_recovery and params.get("recoverable") is True))
-        join_leave = namespace.join_leave and (
-            namespace.force_push_join_leave or params.get("join_leave") is True)
+            params.get("recoverable") is True and (namespace.allow_recovery or self._reads(
+                True, namespace.allow_history_for_subscriber,
+                namespace.allow_history_for_client, namespace.allow_history_for_anonymous))))
+        join_leave = namespace.join_leave and (namespace.force_push_join_leave or (
+            params.get("join_leave") is True and self._reads(
+                True, namespace.allow_presence_for_subscriber,
+                namespace.allow_presence_for_client, namespace.allow_presence_for_anonymous)))
         since = None
         if recoverable and params.get("recover") is True:
             epoch, offset = params.get("epoch", ""), params.get("offset", 0)
@@ -943,9 +960,14 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             raise PubSubError(BAD_REQUEST) from None
         return {}
 
+    def _reads(self, subscribed: bool, subscriber: bool, client: bool, anonymous: bool) -> bool:
+        """Whether this client may read a channel's history or presence, given the
+        namespace's ``allow_*_for_subscriber``/``_for_client``/``_for_anonymous``."""
+        return self._allowed(subscriber and subscribed, anonymous) or self._allowed(client,
+                                                                                   anonymous)
+
     def _may_read(self, channel: str, subscriber: bool, client: bool, anonymous: bool) -> None:
-        if not (self._allowed(subscriber and channel in self._subs, anonymous)
-                or self._allowed(client, anonymous)):
+        if not self._reads(channel in self._subs, subscriber, client, anonymous):
             raise PubSubError(PERMISSION_DENIED)
 
     async def _cmd_history(self, params: dict[str, Any]) -> dict[str, Any]:

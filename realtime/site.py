@@ -1063,12 +1063,16 @@ class RealtimeSite(server.Site):
         conn.user_key = key
         return True
 
-    def closed(self, conn: WebSocketConnection) -> None:
-        if conn in self.connections and conn.client_ip is not None:
-            _count_down(self.per_ip, conn.client_ip)
+    def uncount_user(self, conn: WebSocketConnection) -> None:
+        """Give back the place ``count_user`` took for the socket's user, if it took one."""
         if conn.user_key is not None:
             key, conn.user_key = conn.user_key, None
             _count_down(self.per_user, key)
+
+    def closed(self, conn: WebSocketConnection) -> None:
+        if conn in self.connections and conn.client_ip is not None:
+            _count_down(self.per_ip, conn.client_ip)
+        self.uncount_user(conn)
         self.connections.discard(conn)
         if not self.connections and self._no_websockets:
             waiting, self._no_websockets = self._no_websockets, []

@@ -302,7 +302,8 @@ class Options(usage.Options):
          "Groups one connection may be in (Centrifugo's channel_limit); a group_add past it "
          "fails with TooManyGroups. 0: no limit."],
         ["max-connections-per-user", None, "0",
-         "Open WebSockets one signed-in user may have (in this process); past it 429. "
+         "Open WebSockets one signed-in user may have (in this process); past it 429 "
+         "(3504 for a realtime.pubsub connect command's user). "
          "0: no limit."],
         ["handshake-rate", None, None,
          "WebSocket handshakes per second this process starts (e.g. 200/s, 6000/m); past it "

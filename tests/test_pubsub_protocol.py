@@ -407,3 +407,172 @@ async def test_commands_are_counted_for_metrics(live):
         'realtime_pubsub_commands_total{"method": "subscribe", "result": "102"}': 1.0,
         'realtime_pubsub_commands_total{"method": "rpc", "result": "104"}': 1.0,
     }
+
+
+def _answer(ws, ident, pushes):
+    """The reply to command ``ident``; the pushes read before it go to ``pushes`` (pings,
+    ``{}``, are dropped)."""
+    while (frame := json.loads(ws.recv(timeout=5))).get("id") != ident:
+        if "push" in frame:
+            pushes.append(frame)
+    return frame
+
+
+@pytest_twisted.ensureDeferred
+async def test_join_leave_asked_by_a_client_needs_presence_permission(live):
+    """Centrifugo honours a client's ``join_leave: true`` only for a client that may ask the
+    channel's presence (``allow_presence_for_subscriber``/``_for_client``, anonymous ones
+    with ``_for_anonymous``): join and leave pushes show who is there, as presence does."""
+    pubsub.configure([
+        "hidden:allow_subscribe_for_client,allow_subscribe_for_anonymous,presence,join_leave",
+        "seen:allow_subscribe_for_client,allow_subscribe_for_anonymous,presence,join_leave,"
+        "allow_presence_for_subscriber",
+    ], anonymous=True, layer=_Rules())
+    server = await live(pubsub.application)
+    url = server.ws_url("/connection/websocket")
+
+    def flow(tok):
+        pushes: list = []
+        with connect(url) as watcher, connect(url) as bob:
+            watcher.send(json.dumps({"id": 1, "connect": {"token": tok} if tok else {}}))
+            _answer(watcher, 1, pushes)
+            for ident, channel in enumerate(("hidden:a", "seen:a"), start=2):
+                watcher.send(json.dumps({"id": ident, "subscribe": {
+                    "channel": channel, "join_leave": True}}))
+                _answer(watcher, ident, pushes)
+            bob.send(json.dumps({"id": 1, "connect": {"token": token(sub="bob")}}))
+            _answer(bob, 1, [])
+            for ident, channel in enumerate(("hidden:a", "seen:a"), start=2):
+                bob.send(json.dumps({"id": ident, "subscribe": {"channel": channel}}))
+                _answer(bob, ident, [])
+            # bob's joins reach the watcher in his order: hidden:a's (if any) came first.
+            while not any(p["push"].get("join", {}).get("info", {}).get("user") == "bob"
+                          for p in pushes if p["push"]["channel"] == "seen:a"):
+                if "push" in (frame := json.loads(watcher.recv(timeout=5))):
+                    pushes.append(frame)
+        return sorted({p["push"]["channel"] for p in pushes if "join" in p["push"]})
+
+    assert await in_thread(flow, token(sub="ada")) == ["seen:a"]
+    # An anonymous subscriber has no presence here (no allow_presence_for_anonymous).
+    pubsub.configure([
+        "hidden:allow_subscribe_for_client,allow_subscribe_for_anonymous,presence,join_leave,"
+        "allow_presence_for_subscriber",
+        "seen:allow_subscribe_for_client,allow_subscribe_for_anonymous,presence,join_leave,"
+        "allow_presence_for_subscriber,allow_presence_for_anonymous",
+    ], anonymous=True, layer=_Rules())
+    assert await in_thread(flow, None) == ["seen:a"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_with_history_access_may_ask_recoverable(live):
+    """Centrifugo makes a subscription recoverable when the client asks (``recoverable:
+    true``) and the namespace has ``allow_recovery`` or the client may ask the channel's
+    history (``allow_history_for_subscriber``/``_for_client``; anonymous clients with
+    ``_for_anonymous``)."""
+    from realtime.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    kept = "allow_subscribe_for_client,allow_subscribe_for_anonymous,history_size=10," \
+           "history_ttl=60"
+    pubsub.configure([f"plain:{kept}", f"asked:{kept},allow_recovery",
+                      f"read:{kept},allow_history_for_subscriber",
+                      f"open:{kept},allow_history_for_subscriber,allow_history_for_anonymous"],
+                     anonymous=True, layer=layer)
+    server = await serve(pubsub.application, ServerConfig(), reactor, layer=layer)
+    try:
+        def flow(tok):
+            with connect(server.ws_url("/connection/websocket")) as ws:
+                ws.send(json.dumps({"id": 1, "connect": {"token": tok} if tok else {}}))
+                _answer(ws, 1, [])
+                got = {}
+                for ident, name in enumerate(("plain", "asked", "read", "open"), start=2):
+                    ws.send(json.dumps({"id": ident, "subscribe": {
+                        "channel": f"{name}:a", "recoverable": True}}))
+                    got[name] = _answer(ws, ident, [])["subscribe"].get("recoverable", False)
+                return got
+
+        assert await in_thread(flow, token(sub="ada")) == {
+            "plain": False, "asked": True, "read": True, "open": True}
+        assert await in_thread(flow, None) == {
+            "plain": False, "asked": True, "read": False, "open": True}
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_connect_gives_back_its_user_count(live):
+    """``--max-connections-per-user``: a connect refused after its user was counted (a
+    server-side subscription in an unknown namespace: error 102, the socket stays) does not
+    hold that user's place, and a connect tried again on that socket counts its own user."""
+    server = await live(pubsub.application, max_connections_per_user=1)
+    url = server.ws_url("/connection/websocket")
+
+    def connect_as(ws, sub, **claims):
+        ws.send(json.dumps({"id": 1, "connect": {"token": token(sub=sub, **claims)}}))
+        try:
+            return json.loads(ws.recv(timeout=5))
+        except ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd is not None else None
+
+    def flow():
+        with connect(url) as first, connect(url) as ada, connect(url) as bob:
+            failed = connect_as(first, "ada", channels=["nowhere:x"])
+            ada_ok = connect_as(ada, "ada")
+            retried = connect_as(first, "bob")
+            bob_refused = connect_as(bob, "bob")
+        return failed, ada_ok, retried, bob_refused
+
+    failed, ada_ok, retried, bob_refused = await in_thread(flow)
+    assert failed["error"]["code"] == 102
+    assert "connect" in ada_ok and "connect" in retried
+    assert bob_refused == 3504
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socket_closed_while_its_connect_waits_is_not_counted(live):
+    """``--max-connections-per-user``: a socket that closes while its connect waits for a
+    token's key (an unknown ``kid``: the JWKS is fetched again) is gone when the connect
+    goes on; counting its user then would hold that user's place for good."""
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import deferLater
+
+    from realtime.settings import settings
+    from realtime.tokens import VerificationKey
+
+    fetched: list[Deferred] = []
+
+    class Source:
+        def unknown_kid(self):
+            fetched.append(Deferred())
+            return fetched[-1]
+
+    configure(jwt_keys=[VerificationKey(SECRET, ("HS256",), "old")], jwt_key_source=Source())
+    server = await live(pubsub.application, max_connections_per_user=1)
+    url = server.ws_url("/connection/websocket")
+    new_kid = jwt.encode({"sub": "ada"}, SECRET, algorithm="HS256", headers={"kid": "new"})
+
+    def send_and_leave():
+        with connect(url) as ws:
+            ws.send(json.dumps({"id": 1, "connect": {"token": new_kid}}))
+            deadline = time.monotonic() + 5
+            while not fetched and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the server waits for the key (a poll, not a pause)
+
+    await in_thread(send_and_leave)
+    assert fetched
+    deadline = time.monotonic() + 5
+    while server.site.connections and time.monotonic() < deadline:  # the close reached it
+        await deferLater(reactor, 0.01, lambda: None)
+    assert not server.site.connections
+    settings.jwt_keys = [VerificationKey(SECRET, ("HS256",), "new")]
+    fetched[0].callback(True)
+
+    def again():
+        with connect(url) as ws:
+            ws.send(json.dumps({"id": 1, "connect": {"token": new_kid}}))
+            try:
+                return json.loads(ws.recv(timeout=5))
+            except ConnectionClosed as closed:
+                return closed.rcvd.code if closed.rcvd is not None else None
+
+    assert "connect" in await in_thread(again)
