@@ -616,11 +616,21 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         return claims
 
     def _expiry(self, claims: dict[str, Any]) -> tuple[bool, int, float | None]:
-        """(expires, ttl in whole seconds, the moment) of a token's ``exp``."""
-        exp = claims.get("exp")
+        """(expires, ttl in whole seconds, the moment) of a connection or subscription:
+        the token's ``expire_at`` when it has one (Centrifugo's claim: the token's ``exp``
+        is still checked, but the connection or subscription lasts until ``expire_at``;
+        ``0``: it does not expire: a one-time token), else its ``exp``."""
+        if "expire_at" in claims:
+            exp, leeway = claims["expire_at"], 0.0
+            if isinstance(exp, bool) or not isinstance(exp, int | float):
+                raise _Close(CLOSE_INVALID_TOKEN)
+            if exp == 0:
+                return False, 0, None
+        else:
+            exp, leeway = claims.get("exp"), settings.jwt_leeway
         if isinstance(exp, bool) or not isinstance(exp, int | float):
             return False, 0, None
-        at = float(exp) + settings.jwt_leeway
+        at = float(exp) + leeway
         return True, max(1, int(at - self._now())), at
 
     def _adopt(self, claims: dict[str, Any]) -> dict[str, Any]:

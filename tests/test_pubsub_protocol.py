@@ -576,3 +576,41 @@ async def test_a_socket_closed_while_its_connect_waits_is_not_counted(live):
                 return closed.rcvd.code if closed.rcvd is not None else None
 
     assert "connect" in await in_thread(again)
+
+
+@pytest_twisted.ensureDeferred
+async def test_expire_at_decides_how_long_a_connection_or_subscription_lasts(live,
+                                                                             monkeypatch):
+    """Centrifugo's ``expire_at`` claim: the token's ``exp`` is checked as ever, but the
+    connection (subscription) lasts until ``expire_at``; ``0``: it does not expire (a
+    one-time token); a value that is no number is an invalid token (3500)."""
+    monkeypatch.setattr(pubsub, "EXPIRED_CLOSE_DELAY", 0.2)
+    monkeypatch.setattr(pubsub, "PING_INTERVAL", 0)  # the lasting one sleeps past exp
+    server = await live(pubsub.application)
+    url = server.ws_url("/connection/websocket")
+    now = int(time.time())
+
+    def connected(ws, **claims):
+        ws.send(json.dumps({"id": 1, "connect": {"token": token(sub="ada", **claims)}}))
+        return json.loads(ws.recv(timeout=5))
+
+    def flow():
+        with connect(url) as short, connect(url) as forever, connect(url) as bad:
+            soon = connected(short, exp=now + 60, expire_at=now + 1)
+            lasting = connected(forever, exp=now + 2, expire_at=0)
+            forever.send(json.dumps({"id": 2, "subscribe": {"channel": "$x", "token": token(
+                sub="ada", channel="$x", exp=now + 60, expire_at=0)}}))
+            subscribed = json.loads(forever.recv(timeout=5))
+            bad.send(json.dumps({"id": 1, "connect": {"token": token(
+                sub="ada", exp=now + 60, expire_at="later")}}))
+            refused = closed_with(bad)
+            ended = closed_with(short)
+            time.sleep(max(0.0, now + 2.5 - time.time()))  # past the token's exp + grace
+            forever.send(json.dumps({"id": 3, "ping": {}}))
+            return soon, lasting, subscribed, refused, ended, json.loads(forever.recv(timeout=5))
+
+    soon, lasting, subscribed, refused, ended, pong = await in_thread(flow)
+    assert soon["connect"]["expires"] is True and soon["connect"]["ttl"] == 1
+    assert "expires" not in lasting["connect"] and "expires" not in subscribed["subscribe"]
+    assert refused == (3500, "invalid token") and ended == (3005, "connection expired")
+    assert pong == {"id": 3, "ping": {}}
