@@ -187,3 +187,27 @@ def test_namespaces_in_centrifugo_shape(tmp_path):
     with pytest.raises(StartupError, match=r"--namespace: namespace 'chat': no option "
                                            r"'presense'"):
         parsed(["--config", str(config), "--port", "tcp:0:interface=127.0.0.1"])
+
+
+def test_the_contrib_pubsub_config_checks(tmp_path):
+    """contrib/pubsub/realtime.toml, its key files pointed at real ones, passes ``--check``
+    with the namespaces it declares (a Centrifugo user's starting point must work)."""
+    from tests.e2e.support import run
+
+    (tmp_path / "jwt.key").write_text("k" * 40 + "\n")
+    (tmp_path / "api.keys").write_text("api-key-" + "a" * 32 + "\n")
+    text = (REPO / "contrib" / "pubsub" / "realtime.toml").read_text()
+    config = tmp_path / "realtime.toml"
+    config.write_text(text.replace("/etc/realtime/", f"{tmp_path}/"))
+    checked = run(twistd("--config", str(config), "--check"), cwd=REPO)
+    assert checked.returncode == 0, checked
+    assert "configuration OK: realtime.pubsub:application" in checked.stdout
+    options = parsed(["--config", str(config)])
+    from realtime.settings import reset, settings
+
+    try:
+        assert options["namespace"][0].startswith("chat:presence=true,")
+        assert set(settings.pubsub_namespaces) == {"chat", "personal", ""}
+        assert settings.pubsub_namespaces["chat"].history_ttl == 300.0
+    finally:
+        reset()
