@@ -656,6 +656,14 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             sub = claims.get("sub", "")
             if not isinstance(sub, str):
                 raise _Close(CLOSE_INVALID_TOKEN)
+            known = getattr(user, "id", None) if getattr(user, "is_authenticated", False) \
+                else None
+            if known is not None and str(known) != sub:
+                # Signed in at the handshake as someone else: one socket, one user (and
+                # --max-connections-per-user counted the handshake's).
+                log.info("pubsub: a connect token for {sub} on a socket of {user}", sub=sub,
+                         user=str(known))
+                raise _Close(CLOSE_INVALID_TOKEN)
             self.user = sub
             self.conn_info = claims.get("info")
         elif getattr(user, "is_authenticated", False) and getattr(user, "id", None):

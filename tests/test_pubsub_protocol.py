@@ -614,3 +614,27 @@ async def test_expire_at_decides_how_long_a_connection_or_subscription_lasts(liv
     assert "expires" not in lasting["connect"] and "expires" not in subscribed["subscribe"]
     assert refused == (3500, "invalid token") and ended == (3005, "connection expired")
     assert pong == {"id": 3, "ping": {}}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socket_signed_in_at_the_handshake_takes_no_token_of_another_user(live):
+    """One socket, one user: signed in at the handshake (``TokenAuthMiddleware``) as ada, a
+    connect token for bob closes 3500; ada's own token is taken (its claims: its expiry)."""
+    from realtime import URLRouter, path
+    from realtime.tokens import TokenAuthMiddleware
+
+    app = TokenAuthMiddleware(URLRouter([path("connection/websocket",
+                                              pubsub.PubSubConsumer.as_asgi())]))
+    server = await live(app)
+    url = server.ws_url("/connection/websocket")
+
+    def flow(sub):
+        with connect(url, additional_headers={"Authorization": f"Bearer {token(sub='ada')}"}
+                     ) as ws:
+            ws.send(json.dumps({"id": 1, "connect": {"token": token(sub=sub)}}))
+            if sub == "ada":
+                return json.loads(ws.recv(timeout=5))
+            return closed_with(ws)
+
+    assert await in_thread(flow, "bob") == (3500, "invalid token")
+    assert "connect" in await in_thread(flow, "ada")
