@@ -232,9 +232,10 @@ def _namespace_specs(value: Any, where: str) -> list[str]:
         raise StartupError(f"{where}: expected [[namespaces]] tables")
     specs = []
     for table in value:
-        name = table.get("name", "")
-        if not isinstance(name, str):
-            raise StartupError(f"{where}: a namespace's name must be a string")
+        name = table.get("name")
+        if not isinstance(name, str):  # a forgotten name must not open unnamespaced channels
+            raise StartupError(f"{where}: every [[namespaces]] table needs a name (a string; "
+                               'name = "" for channels without a namespace)')
         options = []
         for option, setting in table.items():
             if option == "name":

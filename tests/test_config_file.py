@@ -183,6 +183,10 @@ def test_namespaces_in_centrifugo_shape(tmp_path):
     with pytest.raises(StartupError, match=r"realtime.toml: namespaces: chat.history_ttl"):
         parsed(["--config", str(config)])
     config.write_text('app = "realtime.pubsub:application"\n'
+                      '[[namespaces]]\npresence = true\n')
+    with pytest.raises(StartupError, match=r"every \[\[namespaces\]\] table needs a name"):
+        parsed(["--config", str(config)])
+    config.write_text('app = "realtime.pubsub:application"\n'
                       '[[namespaces]]\nname = "chat"\npresense = true\n')
     with pytest.raises(StartupError, match=r"--namespace: namespace 'chat': no option "
                                            r"'presense'"):
