@@ -25,7 +25,8 @@ import subprocess
 import sys
 import time
 
-from inprocess import drain, run_measure
+from inprocess import drain
+from inprocess import main as step_main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -121,16 +122,7 @@ async def measure(opts: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--reader":
-        reader(int(sys.argv[2]), int(sys.argv[3]))
-        return
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--members", type=int, default=2000)
-    p.add_argument("--turns", type=int, default=60)
-    p.add_argument("--passes", type=int, default=5)
-    p.add_argument("--no-pin", dest="pin", action="store_false")
-    opts = p.parse_args()
-    run_measure(measure, opts)
+    step_main(__doc__ or "", reader, measure)
 
 
 if __name__ == "__main__":

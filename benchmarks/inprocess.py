@@ -1,6 +1,6 @@
 """What the in-process step benchmarks share (``group_send_step.py``,
-``pubsub_fanout.py``): the reader process's drain loop and the reactor run of a
-``measure(opts)`` coroutine."""
+``pubsub_fanout.py``): their command line, the reader process's drain loop and the reactor
+run of a ``measure(opts)`` coroutine."""
 
 from __future__ import annotations
 
@@ -37,6 +37,21 @@ def drain(socks: list[socket.socket]) -> None:
                 received += len(by_fd[fd].recv(65536))
             except BlockingIOError:
                 pass
+
+
+def main(doc: str, reader: Callable[[int, int], None],
+         measure: Callable[[argparse.Namespace], Coroutine[Any, Any, None]]) -> None:
+    """A step benchmark's command line: ``--reader PORT MEMBERS`` (the reader process),
+    else ``--members``, ``--turns``, ``--passes``, ``--no-pin`` and the measuring run."""
+    if len(sys.argv) > 1 and sys.argv[1] == "--reader":
+        reader(int(sys.argv[2]), int(sys.argv[3]))
+        return
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--members", type=int, default=2000)
+    p.add_argument("--turns", type=int, default=60)
+    p.add_argument("--passes", type=int, default=5)
+    p.add_argument("--no-pin", dest="pin", action="store_false")
+    run_measure(measure, p.parse_args())
 
 
 def run_measure(measure: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],
