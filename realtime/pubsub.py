@@ -1186,4 +1186,4 @@ application = _application()
 
 __all__ = ["Namespace", "PubSubConsumer", "PubSubError", "application", "channel_group",
            "configure", "namespace_prefix", "parse_namespace", "parse_namespaces", "publish",
-           "user_group"]
+           "read_history", "user_group"]
