@@ -1038,8 +1038,10 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         return {}
 
     # -- layer events ------------------------------------------------------------------------------
-    async def pubsub_pub(self, event: dict[str, Any]) -> None:
-        """A publication in a history channel (``publish``): pushed with its offset."""
+    def pubsub_pub(self, event: dict[str, Any]) -> None:
+        """A publication in a history channel (``publish``): pushed with its offset. A plain
+        method, as the join/leave handlers: no coroutine per member (benchmarks/README,
+        step 17)."""
         group = event.get("group")
         sub = self._by_group.get(group) if isinstance(group, str) else None
         if sub is None:
@@ -1055,12 +1057,12 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         if not self._conn.closing_or_closed:
             self._conn.send_text(_push_frame(sub.channel, event))
 
-    async def presence_join(self, event: dict[str, Any]) -> None:
+    def presence_join(self, event: dict[str, Any]) -> None:
         sub = self._by_group.get(event.get("group", ""))
         if sub is not None and sub.join_leave:
             self._push(sub.channel, join={"info": event.get("info") or {}})
 
-    async def presence_leave(self, event: dict[str, Any]) -> None:
+    def presence_leave(self, event: dict[str, Any]) -> None:
         sub = self._by_group.get(event.get("group", ""))
         if sub is not None and sub.join_leave:
             self._push(sub.channel, leave={"info": event.get("info") or {}})
