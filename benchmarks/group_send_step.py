@@ -21,11 +21,10 @@ import argparse
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import time
 
-from inprocess import drain
+from inprocess import drain, start_reader
 from inprocess import main as step_main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -71,18 +70,9 @@ async def measure(opts: argparse.Namespace) -> None:
     # No keepalive pings: the reader counts bytes, and every one must be a frame sent.
     server = await serve(channels_port_app.application, ServerConfig(ping_interval=86400),
                          layer=layer)
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--reader", str(server.port), str(opts.members)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = await start_reader(__file__, server.port, opts.members, opts.pin,
+                               "the reader did not open its members")
     try:
-        if opts.pin:
-            os.sched_setaffinity(0, {0})
-            os.sched_setaffinity(child.pid, {1})
-        assert child.stdout is not None
-        from twisted.internet.threads import deferToThread
-
-        if (await deferToThread(child.stdout.readline)).strip() != "ready":
-            raise SystemExit("the reader did not open its members")
         deadline = time.monotonic() + 120
         while len(layer._groups.get("room.bench", ())) < opts.members:
             if time.monotonic() > deadline or child.poll() is not None:

@@ -5,11 +5,31 @@ run of a ``measure(opts)`` coroutine."""
 from __future__ import annotations
 
 import argparse
+import os
 import select
 import socket
+import subprocess
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+
+async def start_reader(script: str, port: int, members: int, pin: bool,
+                       refused: str) -> subprocess.Popen[str]:
+    """The reader process (``script --reader PORT MEMBERS``) on the other core (``pin``),
+    once it says its members are ready; ``SystemExit(refused)`` if it does not."""
+    child = subprocess.Popen([sys.executable, script, "--reader", str(port), str(members)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if pin:
+        os.sched_setaffinity(0, {0})
+        os.sched_setaffinity(child.pid, {1})
+    assert child.stdout is not None
+    from twisted.internet.threads import deferToThread
+
+    if (await deferToThread(child.stdout.readline)).strip() != "ready":
+        child.kill()
+        raise SystemExit(refused)
+    return child
 
 
 def drain(socks: list[socket.socket]) -> None:

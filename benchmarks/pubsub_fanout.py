@@ -23,11 +23,10 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import time
 
-from inprocess import drain
+from inprocess import drain, start_reader
 from inprocess import main as step_main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -90,19 +89,10 @@ async def measure(opts: argparse.Namespace) -> None:
     pubsub.PING_INTERVAL = 0  # the reader counts bytes: every one must be a push
     pubsub.configure(NAMESPACES, anonymous=True, layer=layer)
     server = await serve(pubsub.application, ServerConfig(ping_interval=86400), layer=layer)
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--reader", str(server.port), str(opts.members)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = await start_reader(__file__, server.port, opts.members, opts.pin,
+                               "the reader did not subscribe its members")
     expected = 0
     try:
-        if opts.pin:
-            os.sched_setaffinity(0, {0})
-            os.sched_setaffinity(child.pid, {1})
-        assert child.stdout is not None
-        from twisted.internet.threads import deferToThread
-
-        if (await deferToThread(child.stdout.readline)).strip() != "ready":
-            raise SystemExit("the reader did not subscribe its members")
         deadline = time.monotonic() + 120
         groups = [pubsub.channel_group(c) for c in CHANNELS]
         while any(len(layer._groups.get(g, ())) < opts.members for g in groups):
