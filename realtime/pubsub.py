@@ -134,6 +134,8 @@ class Namespace:
     history_ttl: float = 0.0
     force_recovery: bool = False
     allow_recovery: bool = False
+    force_positioning: bool = False
+    allow_positioning: bool = False
     allow_subscribe_for_client: bool = False
     allow_subscribe_for_anonymous: bool = False
     allow_publish_for_subscriber: bool = False
@@ -205,6 +207,9 @@ def parse_namespace(spec: str) -> Namespace:
                          "go together")
     if (namespace.force_recovery or namespace.allow_recovery) and not namespace.history:
         raise ValueError(f"namespace {name or '(default)'!r}: recovery needs history "
+                         "(history_size and history_ttl)")
+    if (namespace.force_positioning or namespace.allow_positioning) and not namespace.history:
+        raise ValueError(f"namespace {name or '(default)'!r}: positioning needs history "
                          "(history_size and history_ttl)")
     return namespace
 
@@ -406,6 +411,9 @@ class _Sub:
     #: A server-side subscription (the connection token's ``channels``): the client
     #: cannot unsubscribe from it.
     server: bool = False
+    #: Positioned (Centrifugo's ``positioned``): the client keeps its stream position and
+    #: is told, as a recoverable one, when the stream lost its state.
+    positioned: bool = False
 
 
 class PubSubConsumer(AsyncWebsocketConsumer):
@@ -761,7 +769,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             results[channel] = await self._open(
                 channel, namespace, {}, recoverable,
                 namespace.join_leave and namespace.force_push_join_leave, since,
-                reject=False, server=True)
+                reject=False, server=True,
+                positioned=namespace.force_positioning and not recoverable)
         return results
 
     def _ping(self) -> None:
@@ -862,17 +871,25 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             since = {"epoch": epoch, "offset": offset}
         flag = params.get("flag", 0)
         reject = isinstance(flag, int) and bool(flag & FLAG_REJECT_UNRECOVERED)
+        positioned = namespace.history and not recoverable and (
+            namespace.force_positioning or (params.get("positioned") is True and (
+                namespace.allow_positioning or self._reads(
+                    True, namespace.allow_history_for_subscriber,
+                    namespace.allow_history_for_client,
+                    namespace.allow_history_for_anonymous))))
         return await self._open(channel, namespace, claims, bool(recoverable), join_leave,
-                                since, reject)
+                                since, reject, positioned=bool(positioned))
 
     async def _open(self, channel: str, namespace: Namespace, claims: dict[str, Any],
                     recoverable: bool, join_leave: bool, since: dict[str, Any] | None,
-                    reject: bool, server: bool = False) -> dict[str, Any]:
+                    reject: bool, server: bool = False,
+                    positioned: bool = False) -> dict[str, Any]:
         """Join the channel's group: the subscribe result (a server-side subscription's
         too: the connect reply's ``subs``)."""
         group = channel_group(channel)
         info = self._client_info(claims.get("info"))
-        sub = _Sub(channel, group, namespace, recoverable, join_leave, info, server=server)
+        sub = _Sub(channel, group, namespace, recoverable, join_leave, info, server=server,
+                   positioned=positioned)
         presence = info if namespace.presence or namespace.join_leave else None
         self._subs[channel] = sub
         self._by_group[group] = sub
@@ -888,6 +905,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         self._arm_sub_expiry(sub, at)
         if isinstance(joined, dict) and namespace.history:
             sub.epoch = joined["epoch"]
+            if positioned:
+                result.update(positioned=True, epoch=joined["epoch"], offset=joined["offset"])
             if recoverable:
                 result.update(recoverable=True, epoch=joined["epoch"])
                 if since is None:
@@ -1049,7 +1068,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         if sub is None:
             return
         position = event.get("position")
-        if (sub.recoverable and isinstance(position, dict) and sub.epoch
+        if ((sub.recoverable or sub.positioned) and isinstance(position, dict) and sub.epoch
                 and position.get("epoch") != sub.epoch):
             # A new epoch (history lost): the client must resubscribe and recover.
             self._lost(sub)
@@ -1071,7 +1090,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         """The layer lost messages of a group (its Redis connection dropped): a recoverable
         subscription is told to resubscribe, which recovers what history still has."""
         sub = self._by_group.get(event.get("group", ""))
-        if sub is not None and sub.recoverable:
+        if sub is not None and (sub.recoverable or sub.positioned):
             self._lost(sub)
 
     def _lost(self, sub: _Sub) -> None:

@@ -638,3 +638,70 @@ async def test_a_socket_signed_in_at_the_handshake_takes_no_token_of_another_use
 
     assert await in_thread(flow, "bob") == (3500, "invalid token")
     assert "connect" in await in_thread(flow, "ada")
+
+
+@pytest_twisted.ensureDeferred
+async def test_positioned_subscriptions(live):
+    """Centrifugo's positioning: with ``force_positioning``, or a client asking
+    (``positioned: true``) with ``allow_positioning`` or a right to the channel's history,
+    the subscribe reply carries the stream position and every push its offset; without
+    either the request is not granted; a namespace without history cannot have it."""
+    from centrifuge import Client, SubscriptionEventHandler
+
+    from realtime.layers import InMemoryChannelLayer
+
+    kept = "history_size=10,history_ttl=60,allow_subscribe_for_client"
+    layer = InMemoryChannelLayer()
+    pubsub.configure([f"forced:{kept},force_positioning",
+                      f"asked:{kept},allow_positioning,allow_publish_for_subscriber",
+                      f"reader:{kept},allow_history_for_client", f"plain:{kept}"],
+                     layer=layer)
+    with pytest.raises(ValueError, match="positioning needs history"):
+        pubsub.parse_namespace("bad:allow_positioning")
+    server = await serve(pubsub.application, ServerConfig(), reactor, layer=layer)
+    url = server.ws_url("/connection/websocket")
+    try:
+        def raw():
+            with connect(url) as ws:
+                ws.send(json.dumps({"id": 1, "connect": {"token": token(sub="ada")}}))
+                json.loads(ws.recv(timeout=5))
+                replies = {}
+                for ident, channel in enumerate(
+                        ["forced:a", "asked:a", "reader:a", "plain:a"], start=2):
+                    ws.send(json.dumps({"id": ident, "subscribe": {
+                        "channel": channel, "positioned": channel != "forced:a"}}))
+                    replies[channel] = json.loads(ws.recv(timeout=5))["subscribe"]
+                return replies
+
+        replies = await in_thread(raw)
+
+        async def sdk():
+            got = []
+
+            class Events(SubscriptionEventHandler):
+                async def on_subscribed(self, ctx):
+                    got.append((ctx.positioned, ctx.stream_position.offset))
+
+                async def on_publication(self, ctx):
+                    got.append(ctx.pub.offset)
+
+            client = Client(url, token=token(sub="bob"))
+            await client.connect()
+            sub = client.new_subscription("asked:b", Events(), positioned=True)
+            await sub.subscribe()
+            await sub.publish("x")
+            for _ in range(100):
+                if len(got) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            await client.disconnect()
+            return got
+
+        got = await in_thread(lambda: asyncio.run(sdk()))
+    finally:
+        await server.stop()
+    for channel in ("forced:a", "asked:a", "reader:a"):
+        assert replies[channel]["positioned"] is True and replies[channel]["offset"] == 0
+        assert isinstance(replies[channel]["epoch"], str) and replies[channel]["epoch"]
+    assert replies["plain:a"] == {}
+    assert got == [(True, 0), 1]
