@@ -53,8 +53,12 @@ def authorized(request: Any, keys: tuple[str, ...]) -> bool:
     scheme, _, token = header.partition(b" ")
     if scheme.lower() != b"bearer" or not token:
         return False
-    given = token.strip()
-    # Compare against every key (constant time each) so timing says nothing of which.
+    return key_matches(token.strip(), keys)
+
+
+def key_matches(given: bytes, keys: tuple[str, ...]) -> bool:
+    """Whether ``given`` is one of ``keys``: compared against every key (constant time
+    each) so timing says nothing of which."""
     results = [hmac.compare_digest(given, key.encode()) for key in keys]
     return any(results)
 

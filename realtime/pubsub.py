@@ -244,21 +244,23 @@ def namespace_prefix(namespace: str) -> str:
     return f"{GROUP_PREFIX}{escaped}."
 
 
+def _group_name(head: str, text: str) -> str:
+    """``head`` and ``text`` escaped; a hash of ``text`` when that is too long for a group
+    name ("_h" never comes out of _escape either)."""
+    group = head + _escape(text)
+    if len(group) > MAX_NAME:
+        group = head + "_h" + hashlib.sha256(text.encode()).hexdigest()[:40]
+    return group
+
+
 def channel_group(channel: str) -> str:
     """The layer group of a client channel: a valid group name for any channel."""
-    head = namespace_prefix(namespace_name(channel))
-    group = head + _escape(channel)
-    if len(group) > MAX_NAME:
-        group = head + "_h" + hashlib.sha256(channel.encode()).hexdigest()[:40]
-    return group
+    return _group_name(namespace_prefix(namespace_name(channel)), channel)
 
 
 def user_group(user: str) -> str:
     """The layer group every connection of ``user`` (a non-empty user id) is in."""
-    group = USER_GROUP_PREFIX + _escape(user)
-    if len(group) > MAX_NAME:
-        group = USER_GROUP_PREFIX + "_h" + hashlib.sha256(user.encode()).hexdigest()[:40]
-    return group
+    return _group_name(USER_GROUP_PREFIX, user)
 
 
 def check_channel(channel: Any) -> str:
@@ -319,7 +321,8 @@ def _dumps(document: Any) -> str:
     return text
 
 
-def _no_constant(name: str) -> Any:
+def refuse_constant(name: str) -> Any:
+    """``json.loads(..., parse_constant=)``: NaN and the infinities are not JSON."""
     raise ValueError(f"{name} is not JSON")
 
 
@@ -337,21 +340,16 @@ def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
     namespace = _namespace(channel)
     target = layer if layer is not None else get_channel_layer()
     group = channel_group(channel)
+    message: dict[str, Any] = {"type": "pubsub.pub", "channel": channel, "data": data}
+    if info:
+        message["info"] = info
+    if tags:
+        message["tags"] = tags
     if namespace.history:
         _dumps(data)  # TypeError now, not in every member's handler
-        message: dict[str, Any] = {"type": "pubsub.pub", "channel": channel, "data": data}
-        if info:
-            message["info"] = info
-        if tags:
-            message["tags"] = tags
         result: Deferred[Any] = target.group_send(group, message)
         return result
-    pub: dict[str, Any] = {"data": data}
-    if info:
-        pub["info"] = info
-    if tags:
-        pub["tags"] = tags
-    frame = _dumps({"push": {"channel": channel, "pub": pub}})
+    frame = _dumps({"push": {"channel": channel, "pub": _publication(message)}})
     sent: Deferred[Any] = target.broadcast(group, text=frame)
     sent.addCallback(lambda _: None)
     return sent
@@ -506,7 +504,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             if self._conn.closing_or_closed:
                 return
             try:
-                command = json.loads(line, parse_constant=_no_constant)
+                command = json.loads(line, parse_constant=refuse_constant)
             except ValueError:
                 command = None
             if not isinstance(command, dict):
@@ -588,7 +586,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
 
     # -- tokens ----------------------------------------------------------------------------------
     async def _verify(self, token: Any) -> dict[str, Any]:
-        from realtime.tokens import UNKNOWN_KID, InvalidToken, verify
+        from realtime.tokens import InvalidToken, verify, verify_refetching
 
         if not isinstance(token, str) or not token:
             raise _Close(CLOSE_INVALID_TOKEN)
@@ -600,13 +598,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
                           settings.jwt_issuer, settings.jwt_leeway)
 
         try:
-            try:
-                return check()
-            except InvalidToken as exc:
-                source = settings.jwt_key_source
-                if str(exc) != UNKNOWN_KID or source is None or not await source.unknown_kid():
-                    raise
-            return check()
+            return await verify_refetching(check, settings.jwt_key_source)
         except InvalidToken as exc:
             if str(exc) == "token expired":
                 raise PubSubError(TOKEN_EXPIRED) from None
@@ -716,11 +708,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             raise _Close(CLOSE_CONNECTION_LIMIT)
         from realtime.auth import User
 
-        previous = self.scope.get("user")
-        self.scope["user"] = User(self.user, claims=claims)
-        counted = conn.site.count_user(conn)
-        self.scope["user"] = previous
-        if not counted:
+        if not conn.site.count_user(conn, User(self.user, claims=claims)):
             raise _Close(CLOSE_CONNECTION_LIMIT)
         self._counted_user = True
 
@@ -761,11 +749,11 @@ class PubSubConsumer(AsyncWebsocketConsumer):
                                                  or namespace.allow_recovery)
             request = asked.get(channel)
             since = None
-            if recoverable and isinstance(request, dict) and request.get("recover") is True:
-                epoch, offset = request.get("epoch", ""), request.get("offset", 0)
-                if isinstance(epoch, str) and not isinstance(offset, bool) and isinstance(
-                        offset, int) and offset >= 0:
-                    since = {"epoch": epoch, "offset": offset}
+            if recoverable and isinstance(request, dict):
+                try:
+                    since = _asked_position(request)
+                except PubSubError:  # a bad position: no recovery, the rest connects
+                    since = None
             results[channel] = await self._open(
                 channel, namespace, {}, recoverable,
                 namespace.join_leave and namespace.force_push_join_leave, since,
@@ -854,29 +842,18 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         # What the client asks for, as Centrifugo grants it: recovery with allow_recovery or
         # a right to the channel's history, join/leave pushes with a right to its presence
         # (who is there), each as the subscriber it is about to be.
+        reads_history = self._reads_history(namespace, subscribed=True)
         recoverable = namespace.history and (namespace.force_recovery or (
-            params.get("recoverable") is True and (namespace.allow_recovery or self._reads(
-                True, namespace.allow_history_for_subscriber,
-                namespace.allow_history_for_client, namespace.allow_history_for_anonymous))))
+            params.get("recoverable") is True and (namespace.allow_recovery or reads_history)))
         join_leave = namespace.join_leave and (namespace.force_push_join_leave or (
-            params.get("join_leave") is True and self._reads(
-                True, namespace.allow_presence_for_subscriber,
-                namespace.allow_presence_for_client, namespace.allow_presence_for_anonymous)))
-        since = None
-        if recoverable and params.get("recover") is True:
-            epoch, offset = params.get("epoch", ""), params.get("offset", 0)
-            if not isinstance(epoch, str) or isinstance(offset, bool) or not isinstance(
-                    offset, int) or offset < 0:
-                raise PubSubError(BAD_REQUEST)
-            since = {"epoch": epoch, "offset": offset}
+            params.get("join_leave") is True
+            and self._reads_presence(namespace, subscribed=True)))
+        since = _asked_position(params) if recoverable else None
         flag = params.get("flag", 0)
         reject = isinstance(flag, int) and bool(flag & FLAG_REJECT_UNRECOVERED)
         positioned = namespace.history and not recoverable and (
             namespace.force_positioning or (params.get("positioned") is True and (
-                namespace.allow_positioning or self._reads(
-                    True, namespace.allow_history_for_subscriber,
-                    namespace.allow_history_for_client,
-                    namespace.allow_history_for_anonymous))))
+                namespace.allow_positioning or reads_history)))
         return await self._open(channel, namespace, claims, bool(recoverable), join_leave,
                                 since, reject, positioned=bool(positioned))
 
@@ -983,10 +960,9 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             raise PubSubError(BAD_REQUEST, "data required")
         data = params["data"]
         namespace = _namespace(channel, self._namespaces())
-        if not (self._allowed(namespace.allow_publish_for_subscriber and channel in self._subs,
-                              namespace.allow_publish_for_anonymous)
-                or self._allowed(namespace.allow_publish_for_client,
-                                 namespace.allow_publish_for_anonymous)):
+        if not self._reads(channel in self._subs, namespace.allow_publish_for_subscriber,
+                           namespace.allow_publish_for_client,
+                           namespace.allow_publish_for_anonymous):
             if not await self.can_publish(channel, data):
                 raise PubSubError(PERMISSION_DENIED)
         sub = self._subs.get(channel)
@@ -998,22 +974,29 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         return {}
 
     def _reads(self, subscribed: bool, subscriber: bool, client: bool, anonymous: bool) -> bool:
-        """Whether this client may read a channel's history or presence, given the
-        namespace's ``allow_*_for_subscriber``/``_for_client``/``_for_anonymous``."""
+        """Whether this client may publish to, or read the history or presence of, a
+        channel, given the namespace's ``allow_*_for_subscriber``/``_for_client``/
+        ``_for_anonymous``."""
         return self._allowed(subscriber and subscribed, anonymous) or self._allowed(client,
                                                                                    anonymous)
 
-    def _may_read(self, channel: str, subscriber: bool, client: bool, anonymous: bool) -> None:
-        if not self._reads(channel in self._subs, subscriber, client, anonymous):
-            raise PubSubError(PERMISSION_DENIED)
+    def _reads_history(self, namespace: Namespace, subscribed: bool) -> bool:
+        return self._reads(subscribed, namespace.allow_history_for_subscriber,
+                           namespace.allow_history_for_client,
+                           namespace.allow_history_for_anonymous)
+
+    def _reads_presence(self, namespace: Namespace, subscribed: bool) -> bool:
+        return self._reads(subscribed, namespace.allow_presence_for_subscriber,
+                           namespace.allow_presence_for_client,
+                           namespace.allow_presence_for_anonymous)
 
     async def _cmd_history(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = check_channel(params.get("channel"))
         namespace = _namespace(channel, self._namespaces())
         if not namespace.history:
             raise PubSubError(NOT_AVAILABLE)
-        self._may_read(channel, namespace.allow_history_for_subscriber,
-                       namespace.allow_history_for_client, namespace.allow_history_for_anonymous)
+        if not self._reads_history(namespace, subscribed=channel in self._subs):
+            raise PubSubError(PERMISSION_DENIED)
         limit = params.get("limit", 0)
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise PubSubError(BAD_REQUEST)
@@ -1039,9 +1022,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         namespace = _namespace(channel, self._namespaces())
         if not namespace.presence:
             raise PubSubError(NOT_AVAILABLE)
-        self._may_read(channel, namespace.allow_presence_for_subscriber,
-                       namespace.allow_presence_for_client,
-                       namespace.allow_presence_for_anonymous)
+        if not self._reads_presence(namespace, subscribed=channel in self._subs):
+            raise PubSubError(PERMISSION_DENIED)
         members: dict[str, dict[str, Any]] = await self.channel_layer.group_presence(
             channel_group(channel))
         return members
@@ -1175,6 +1157,18 @@ def _push_frame(channel: str, event: dict[str, Any]) -> str:
             del _PUSHES[next(iter(_PUSHES))]
         _PUSHES[key] = text
     return text
+
+
+def _asked_position(request: dict[str, Any]) -> dict[str, Any] | None:
+    """The position a subscribe request (``recover``, ``epoch``, ``offset``) asks to
+    recover from; None when it asks none; ``PubSubError`` 107 for a bad one."""
+    if request.get("recover") is not True:
+        return None
+    epoch, offset = request.get("epoch", ""), request.get("offset", 0)
+    if not isinstance(epoch, str) or isinstance(offset, bool) or not isinstance(
+            offset, int) or offset < 0:
+        raise PubSubError(BAD_REQUEST)
+    return {"epoch": epoch, "offset": offset}
 
 
 def _publication(message: dict[str, Any]) -> dict[str, Any]:

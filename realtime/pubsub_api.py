@@ -22,7 +22,6 @@ longer keeps), 100 internal (the channel layer failed; the message says so).
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -30,7 +29,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
-from realtime.api import CENTRIFUGO_PATHS, respond
+from realtime.api import CENTRIFUGO_PATHS, key_matches, respond
 from realtime.pubsub import (
     BAD_REQUEST,
     CLOSE_FORCE_DISCONNECT,
@@ -45,6 +44,7 @@ from realtime.pubsub import (
     check_channel,
     publish,
     read_history,
+    refuse_constant,
     user_group,
 )
 
@@ -76,10 +76,8 @@ def authorized(request: Any, keys: tuple[str, ...]) -> bool:
         scheme, _, token = (request.getHeader(b"authorization") or b"").partition(b" ")
         if scheme.lower() in (b"apikey", b"bearer"):
             given = token
-    if not given or not given.strip():
-        return False
-    results = [hmac.compare_digest(given.strip(), key.encode()) for key in keys]
-    return any(results)
+    given = (given or b"").strip()
+    return bool(given) and key_matches(given, keys)
 
 
 def _error(code: int, detail: str | None = None) -> dict[str, Any]:
@@ -119,13 +117,9 @@ def handle(site: Any, request: Any) -> None:
     Deferred.fromCoroutine(_run(site.layer, method, params)).addCallbacks(done, failed)
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _object(body: bytes) -> dict[str, Any]:
     try:  # NaN and the infinities are not JSON (Centrifugo and the SDKs refuse them)
-        document = json.loads(body, parse_constant=_refuse_constant)
+        document = json.loads(body, parse_constant=refuse_constant)
     except (ValueError, UnicodeDecodeError):
         raise BadBody("the body is not JSON") from None
     if not isinstance(document, dict):

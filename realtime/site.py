@@ -1046,12 +1046,13 @@ class RealtimeSite(server.Site):
     def opened(self, conn: WebSocketConnection) -> None:
         """A WebSocket's handshake completed (hook for metrics)."""
 
-    def count_user(self, conn: WebSocketConnection) -> bool:
+    def count_user(self, conn: WebSocketConnection, user: Any = None) -> bool:
         """``--max-connections-per-user``, as ``accept()`` is called: count the socket for
-        its signed-in user (``scope["user"]``: Django's, ``login()``'s or a token's), or
+        its signed-in user (``scope["user"]``: Django's, ``login()``'s or a token's; or
+        ``user``, one who signs in later, as realtime.pubsub's connect command), or
         False when that user has as many open already. Anonymous users are not counted:
         ``--max-connections-per-ip`` is for them."""
-        key = user_key(conn.scope.get("user"))
+        key = user_key(user if user is not None else conn.scope.get("user"))
         if key is None:
             return True
         count = self.per_user.get(key, 0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -226,6 +226,21 @@ def verify(
     raise InvalidToken(last if named or last != "bad signature" else UNKNOWN_KID)
 
 
+async def verify_refetching(check: Callable[[], dict[str, Any]],
+                            source: Any) -> dict[str, Any]:
+    """``check()`` (a ``verify``), and once more after ``source`` (``--jwks-url``'s
+    ``JwksUrl``, or None) refetched its keys when the token names a key id we lack (the
+    provider rotated to a key we have not fetched yet)."""
+    try:
+        return check()
+    except InvalidToken as exc:
+        # unknown_kid() is None when a refetch was made less than 10 s ago.
+        refetch = source.unknown_kid() if str(exc) == UNKNOWN_KID and source else None
+        if refetch is None or not await refetch:
+            raise
+    return check()
+
+
 class TokenAuthMiddleware(BaseMiddleware):
     """``scope["user"]`` from a JWT; keys and checks default to the ``--jwt-*`` options."""
 
@@ -282,15 +297,8 @@ class TokenAuthMiddleware(BaseMiddleware):
         self._adopt(scope, claims)
 
     async def _verify(self, token: str) -> dict[str, Any]:
-        """``verify``, and once more after a ``--jwks-url`` refetch when the token names a
-        key id we lack (the provider rotated to a key we have not fetched yet)."""
-        try:
-            return self._check(token)
-        except InvalidToken as exc:
-            refetch = self._unknown_kid() if str(exc) == UNKNOWN_KID else None
-            if refetch is None or not await refetch:
-                raise
-        return self._check(token)
+        return await verify_refetching(lambda: self._check(token),
+                                       settings.jwt_key_source if self._keys is None else None)
 
     def _check(self, token: str) -> dict[str, Any]:
         """``verify`` with this middleware's keys and checks, now."""
