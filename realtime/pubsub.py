@@ -17,6 +17,7 @@ position, so clients recover what they missed after a reconnect.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -82,8 +83,7 @@ CLOSE_CONNECTION_LIMIT = (3504, "connection limit")
 CLOSE_NO_PONG = (3012, "no pong")
 #: A server-side subscription lost its stream's state: reconnect (and recover) it.
 CLOSE_INSUFFICIENT_STATE = (3010, "insufficient state")
-CLOSE_PROTOBUF = (3506, "inappropriate protocol")
-#: The WebSocket subprotocol of Centrifugo's protobuf clients (not spoken here).
+#: The WebSocket subprotocol of Centrifugo's Protobuf clients (``realtime.pubsub_proto``).
 PROTOBUF_SUBPROTOCOL = "centrifuge-protobuf"
 #: Unsubscribe push code: the client resubscribes (and recovers) at once.
 UNSUB_INSUFFICIENT_STATE = 2500
@@ -326,17 +326,31 @@ def refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def from_bytes(data: bytes | bytearray | memoryview) -> Any:
+    """Binary data (a Protobuf client's, the server API's ``b64data``, ``publish(channel,
+    b"...")``) as realtime.pubsub carries it: the JSON value when it is UTF-8 JSON text (so
+    JSON clients get it as JSON, as Centrifugo embeds it), else the bytes themselves
+    (Protobuf clients get them byte for byte, JSON clients as ``b64data``)."""
+    data = bytes(data)
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=refuse_constant)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return data
+
+
 def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
             layer: Any = None, tags: dict[str, str] | None = None
             ) -> Deferred[dict[str, Any] | None]:
-    """Publish ``data`` (any JSON value) to a client channel, in every process: the
-    position ``{"epoch", "offset"}`` in a namespace with history, else None. ``tags``
-    (str to str) reach the clients with the publication (Centrifugo's publication tags).
-    ``PubSubError`` (102) for a channel of an unknown namespace; ``TypeError`` for data
-    JSON cannot carry."""
+    """Publish ``data`` (any JSON value, or ``bytes``: see ``from_bytes``) to a client
+    channel, in every process: the position ``{"epoch", "offset"}`` in a namespace with
+    history, else None. ``tags`` (str to str) reach the clients with the publication
+    (Centrifugo's publication tags). ``PubSubError`` (102) for a channel of an unknown
+    namespace; ``TypeError`` for data JSON cannot carry."""
     from realtime.layers import get_channel_layer
 
     check_channel(channel)
+    if isinstance(data, bytes | bytearray | memoryview):
+        data = from_bytes(data)
     namespace = _namespace(channel)
     target = layer if layer is not None else get_channel_layer()
     group = channel_group(channel)
@@ -346,7 +360,8 @@ def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
     if tags:
         message["tags"] = tags
     if namespace.history:
-        _dumps(data)  # TypeError now, not in every member's handler
+        if not isinstance(data, bytes):
+            _dumps(data)  # TypeError now, not in every member's handler
         result: Deferred[Any] = target.group_send(group, message)
         return result
     frame = _dumps({"push": {"channel": channel, "pub": _publication(message)}})
@@ -430,6 +445,10 @@ class PubSubConsumer(AsyncWebsocketConsumer):
     allow_anonymous: ClassVar[bool | None] = None
     #: The connection token's ``exp`` passed without a ``refresh``: close with this.
     token_expired_close: ClassVar[tuple[int, str]] = CLOSE_EXPIRED
+    #: This client speaks the Protobuf format (it offered ``centrifuge-protobuf``): binary
+    #: frames of length-prefixed messages (``realtime.pubsub_proto``); data fields arrive
+    #: as ``from_bytes`` gives them, and hooks may return ``bytes`` for it.
+    binary = False
 
     # -- hooks ---------------------------------------------------------------------------------
     async def can_subscribe(self, channel: str, data: Any) -> bool:
@@ -463,13 +482,16 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         #: _count_user counted this connection's user (the connect command's token).
         self._counted_user = False
         if PROTOBUF_SUBPROTOCOL in (self.scope.get("subprotocols") or ()):
-            # centrifuge-js's protobuf build offers only this subprotocol: refused at the
-            # handshake, the browser reports a bare transport error and the SDK retries
-            # forever; accepted then closed with 3506, it stops and says why.
+            from realtime import pubsub_proto
+
+            pubsub_proto.schema()  # built at the first such client, not at start-up
+            self.binary = True
             await self.accept(PROTOBUF_SUBPROTOCOL)
-            self._conn.close(*CLOSE_PROTOBUF)
-            return
-        await self.accept()
+            # Publications of channels without history are broadcast() as JSON frames:
+            # this socket gets each once translated (for all such sockets of the process).
+            self._conn.translate_broadcasts(_binary_broadcast)
+        else:
+            await self.accept()
         self._stale = self._conn.reactor.callLater(STALE_AFTER, self._close_stale)
 
     def _close_stale(self) -> None:
@@ -493,20 +515,35 @@ class PubSubConsumer(AsyncWebsocketConsumer):
                 sub.expiry.cancel()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if text_data is None:  # the protobuf protocol is not spoken here
-            self._conn.close(*CLOSE_PROTOBUF)
-            return
-        lines = [line for line in text_data.split("\n") if line.strip()]
-        if len(lines) > MAX_COMMANDS_PER_FRAME:
-            self._conn.close(*CLOSE_BAD_REQUEST)
-            return
-        for line in lines:
+        """One frame: JSON commands, one per line (text frames), or Protobuf ones (binary
+        frames, ``binary``); a frame of the other kind, or one that is not commands, closes
+        the connection with 3501 after the commands before the bad one have run."""
+        commands: list[Any]
+        if self.binary:
+            from realtime import pubsub_proto
+
+            try:
+                if bytes_data is None:
+                    raise pubsub_proto.DecodeError("a text frame")
+                commands = pubsub_proto.decode(bytes_data, MAX_COMMANDS_PER_FRAME)
+            except pubsub_proto.DecodeError as exc:
+                log.info("pubsub: a bad Protobuf frame: {error}", error=str(exc))
+                commands = [None]
+        else:
+            lines = ([line for line in text_data.split("\n") if line.strip()]
+                     if text_data is not None else [""])
+            if len(lines) > MAX_COMMANDS_PER_FRAME:
+                self._conn.close(*CLOSE_BAD_REQUEST)
+                return
+            commands = lines
+        for command in commands:
             if self._conn.closing_or_closed:
                 return
-            try:
-                command = json.loads(line, parse_constant=refuse_constant)
-            except ValueError:
-                command = None
+            if isinstance(command, str):
+                try:
+                    command = json.loads(command, parse_constant=refuse_constant)
+                except ValueError:
+                    command = None
             if not isinstance(command, dict):
                 self._conn.close(*CLOSE_BAD_REQUEST)
                 return
@@ -535,6 +572,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             params = {}
         if not isinstance(params, dict):
             raise _Close(CLOSE_BAD_REQUEST)
+        if self.binary and isinstance(params.get("data"), bytes):
+            params["data"] = from_bytes(params["data"])
         if method == "send":
             if self._connected:
                 try:
@@ -551,7 +590,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             raise _Close(CLOSE_BAD_REQUEST)
         try:
             result = await getattr(self, "_cmd_" + method)(params)
-            reply = _dumps({"id": ident, method: result})
+            reply = self._encode({"id": ident, method: result})
         except PubSubError as exc:
             self._count(method, str(exc.code))
             self._reply(ident, error=exc.reply())
@@ -567,8 +606,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             self._reply(ident, error=PubSubError(INTERNAL, temporary=True).reply())
             return
         self._count(method, "ok")
-        if not self._conn.closing_or_closed:
-            self._conn.send_text(reply)
+        self._write(reply)
 
     def _count(self, method: str, result: str) -> None:
         """``realtime_pubsub_commands_total{method, result}`` (``--metrics``)."""
@@ -576,13 +614,26 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         if stats is not None:
             stats.pubsub_commands[method, result] += 1
 
-    def _reply(self, ident: int, **fields_: Any) -> None:
+    def _encode(self, document: dict[str, Any]) -> str | bytes:
+        """A reply or push in this client's format; ``TypeError`` for what it cannot carry."""
+        if self.binary:
+            from realtime import pubsub_proto
+
+            return pubsub_proto.encode(document)
+        return _dumps(document)
+
+    def _write(self, payload: str | bytes) -> None:
         if not self._conn.closing_or_closed:
-            self._conn.send_text(_dumps({"id": ident, **fields_}))
+            if isinstance(payload, str):
+                self._conn.send_text(payload)
+            else:
+                self._conn.send_bytes(payload)
+
+    def _reply(self, ident: int, **fields_: Any) -> None:
+        self._write(self._encode({"id": ident, **fields_}))
 
     def _push(self, channel: str, **fields_: Any) -> None:
-        if not self._conn.closing_or_closed:
-            self._conn.send_text(_dumps({"push": {"channel": channel, **fields_}}))
+        self._write(self._encode({"push": {"channel": channel, **fields_}}))
 
     # -- tokens ----------------------------------------------------------------------------------
     async def _verify(self, token: Any) -> dict[str, Any]:
@@ -770,7 +821,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             self._conn.close(*CLOSE_NO_PONG)
             return
         self._ponged = False
-        self._conn.send_text("{}")
+        self._write(_BINARY_PING if self.binary else "{}")
         self._ping_call = self._conn.reactor.callLater(PING_INTERVAL, self._ping)
 
     async def _cmd_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -1056,7 +1107,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             self._lost(sub)
             return
         if not self._conn.closing_or_closed:
-            self._conn.send_text(_push_frame(sub.channel, event))
+            self._write(_push_frame(sub.channel, event, self.binary))
 
     def presence_join(self, event: dict[str, Any]) -> None:
         sub = self._by_group.get(event.get("group", ""))
@@ -1139,24 +1190,64 @@ _METHODS = ("connect", "subscribe", "unsubscribe", "publish", "presence", "prese
             "history", "ping", "send", "rpc", "refresh", "sub_refresh")
 
 
+#: A server ping in the Protobuf format: an empty ``Reply``, length-prefixed.
+_BINARY_PING = b"\x00"
+
 #: The push frames of the last publications of history channels, by (channel, epoch,
-#: offset), which name one publication: encoded once for all the members of a process.
-_PUSHES: dict[tuple[str, Any, int], str] = {}
+#: offset, binary), which name one publication in one format: encoded once for all the
+#: members of a process.
+_PUSHES: dict[tuple[str, Any, int, bool], str | bytes] = {}
 
 
-def _push_frame(channel: str, event: dict[str, Any]) -> str:
+def _push_frame(channel: str, event: dict[str, Any], binary: bool = False) -> str | bytes:
     position = event.get("position")
     key = None
     if isinstance(position, dict) and isinstance(position.get("offset"), int):
-        key = (channel, position.get("epoch"), position["offset"])
-        if (text := _PUSHES.get(key)) is not None:
-            return text
-    text = _dumps({"push": {"channel": channel, "pub": _publication(event)}})
+        key = (channel, position.get("epoch"), position["offset"], binary)
+        if (found := _PUSHES.get(key)) is not None:
+            return found
+    document = {"push": {"channel": channel, "pub": _publication(event)}}
+    if binary:
+        from realtime import pubsub_proto
+
+        payload: str | bytes = pubsub_proto.encode(document)
+    else:
+        payload = _dumps(document)
     if key is not None:
         if len(_PUSHES) >= 64:
             del _PUSHES[next(iter(_PUSHES))]
-        _PUSHES[key] = text
-    return text
+        _PUSHES[key] = payload
+    return payload
+
+
+#: ``broadcast()`` frames translated for Protobuf clients, by frame (the same bytes object
+#: reaches every member, and hashes once): the last few publications.
+_TRANSLATED: dict[bytes, bytes | None] = {}
+
+
+def _binary_broadcast(frame: bytes) -> bytes | None:
+    """A publication's JSON frame (``publish`` in a channel without history) as the
+    Protobuf frame of the same push; None (skipped, with a warning) for a frame that is
+    no push (a ``broadcast()`` to a channel's group from elsewhere)."""
+    if frame in _TRANSLATED:
+        return _TRANSLATED[frame]
+    from realtime import pubsub_proto
+    from realtime.layers.base import frame_event, prepared_frame
+
+    out: bytes | None = None
+    try:
+        event = frame_event(frame)
+        document = json.loads(event["text"]) if "text" in event else None
+        if isinstance(document, dict) and isinstance(document.get("push"), dict):
+            out = prepared_frame(None, pubsub_proto.encode(document))
+    except (ValueError, TypeError):
+        pass
+    if out is None:
+        log.warn("pubsub: a broadcast frame that is no push skipped for a Protobuf client")
+    if len(_TRANSLATED) >= 16:
+        del _TRANSLATED[next(iter(_TRANSLATED))]
+    _TRANSLATED[frame] = out
+    return out
 
 
 def _asked_position(request: dict[str, Any]) -> dict[str, Any] | None:
@@ -1172,7 +1263,12 @@ def _asked_position(request: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _publication(message: dict[str, Any]) -> dict[str, Any]:
-    pub: dict[str, Any] = {"data": message.get("data")}
+    """A publication in the JSON protocol's form. Binary data (bytes that are not JSON:
+    ``from_bytes``) cannot go in a JSON frame: ``data`` is null and ``b64data`` has them
+    (Centrifugo's API name; ``realtime.pubsub_proto`` writes them back as bytes)."""
+    data = message.get("data")
+    pub: dict[str, Any] = ({"data": None, "b64data": base64.b64encode(data).decode("ascii")}
+                           if isinstance(data, bytes) else {"data": data})
     if message.get("info"):
         pub["info"] = message["info"]
     if message.get("tags"):

@@ -22,6 +22,7 @@ longer keeps), 100 internal (the channel layer failed; the message says so).
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -42,6 +43,7 @@ from realtime.pubsub import (
     _namespace,
     channel_group,
     check_channel,
+    from_bytes,
     publish,
     read_history,
     refuse_constant,
@@ -230,18 +232,28 @@ def _user(params: dict[str, Any]) -> str:
 
 def _publication_args(params: dict[str, Any]) -> tuple[Any, dict[str, str] | None]:
     """(data, tags) of ``publish``/``broadcast``. ``skip_history``, ``idempotency_key``,
-    ``delta`` and ``version`` are read and not acted on; ``b64data`` (binary) is refused:
-    the clients here speak JSON."""
+    ``delta`` and ``version`` are read and not acted on. ``b64data`` (binary data, base64)
+    goes before ``data``, as in Centrifugo: Protobuf clients get its bytes, JSON clients
+    its JSON when it is JSON text, else ``b64data`` (``pubsub.from_bytes``)."""
     _field(params, "skip_history", bool, False)
     _field(params, "idempotency_key", str, "")
-    if _field(params, "b64data", str, ""):
-        raise PubSubError(BAD_REQUEST, "bad request: b64data is not supported (JSON clients)")
+    b64data = _field(params, "b64data", str, "")
+    if b64data:
+        try:
+            data = base64.b64decode(b64data, validate=True)
+        except ValueError:
+            raise PubSubError(BAD_REQUEST, "bad request: b64data is not base64") from None
+        return from_bytes(data), _tags(params)
     if "data" not in params:
         raise PubSubError(BAD_REQUEST, "bad request: data required")
+    return params["data"], _tags(params)
+
+
+def _tags(params: dict[str, Any]) -> dict[str, str] | None:
     tags = _field(params, "tags", dict, None)
     if tags is not None and not all(isinstance(v, str) for v in tags.values()):
         raise BadBody("'tags' maps strings to strings")
-    return params["data"], tags or None
+    return tags or None
 
 
 def _position(position: Any) -> dict[str, Any]:

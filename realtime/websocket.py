@@ -285,6 +285,9 @@ class WebSocketConnection(WebSocketServerProtocol):
     #: compress. A compressing socket's fast path sends through ``_DeflatingSend``.
     _deflater: Deflater | None = None
     _deflate_bits = 15
+    #: ``translate_broadcasts``: broadcast frames pass through it on their way to this
+    #: socket (which then never takes the fast path); None: they go out as they are.
+    _translate: Callable[[bytes], bytes | None] | None = None
 
     #: The largest payload ``_parse_frames`` takes without Autobahn's parser (``for_site``:
     #: within the frame and message limits); -1: every frame goes to Autobahn.
@@ -933,7 +936,13 @@ class WebSocketConnection(WebSocketServerProtocol):
             return True
         if self.in_handshake or self.state != _OPEN or self._slow_closing:
             return False
-        if self._becomes_clean():
+        translate = self._translate
+        if translate is not None:
+            translated = translate(frame)
+            if translated is None:
+                return False
+            frame = translated
+        elif self._becomes_clean():
             return self.deliver_frame(frame)
         deflater = self._deflater
         if deflater is not None and not (
@@ -951,7 +960,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         (so the slow-consumer policy sees, counts and drops whole frames)."""
         if self._clean:
             return self.deliver_frame(joined)
-        if self.in_handshake or self.state != _OPEN or self._slow_closing:
+        if (self.in_handshake or self.state != _OPEN or self._slow_closing
+                or self._translate is not None):  # translated frame by frame
             return False
         if self._cork is not None and not self._write_paused and not self._outq:
             # Into the cork: this socket's one write for the read.
@@ -963,11 +973,21 @@ class WebSocketConnection(WebSocketServerProtocol):
             return self.deliver_frame(joined)
         return False
 
+    def translate_broadcasts(self, translate: Callable[[bytes], bytes | None] | None) -> None:
+        """Pass every ``broadcast()`` frame for this socket through ``translate`` (a prepared
+        frame in, the frame to write out, or None to skip it): a consumer whose client
+        speaks another encoding of what its group broadcasts (``realtime.pubsub``'s
+        Protobuf clients) stays in the one group, its translated frames in order with the
+        rest. Such a socket takes the slow path; ``translate`` should cache by frame (the
+        same bytes object reaches every member)."""
+        self._translate = translate
+        self._clean = False
+
     def _becomes_clean(self) -> bool:
         """Nothing stands between a frame and the socket now: take the fast path."""
         transport: Any = self.transport
-        if not self._write_paused and not self._outq and self._cork is None \
-                and self._nothing_buffered(transport) \
+        if self._translate is None and not self._write_paused and not self._outq \
+                and self._cork is None and self._nothing_buffered(transport) \
                 and not transport.disconnecting and transport.connected:
             deflater = self._deflater
             self._sock = transport.socket if deflater is None else _DeflatingSend(self, deflater)

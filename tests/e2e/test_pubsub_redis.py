@@ -107,3 +107,43 @@ async def test_history_and_recovery_cross_servers(two_layers, pubsub_server):  #
         (0, 1, "bob"), (1, 2, "bob"), (2, 3, "bob")]
     assert (live.pub.data, live.pub.offset) == ("live", 4)
     assert [p.data for p in since.publications] == [2, "live"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_protobuf_clients_binary_data_crosses_servers(two_layers, pubsub_server):  # noqa: F811
+    """A Protobuf client's binary data through Redis (msgpack carries the bytes), in a
+    channel without history (a broadcast frame, translated by the other server for its
+    Protobuf client) and in one with history (kept in Redis, recovered byte for byte)."""
+    one, two = two_layers
+    first = await pubsub_server(CHAT, RECOVER, layer=one)
+    second = await pubsub_server(CHAT, RECOVER, layer=two)
+    binary = bytes(range(255, -1, -1))
+
+    async def scenario() -> Any:
+        ada, _ = sdk_client(first, token("ada"), use_protobuf=True)
+        bob, _ = sdk_client(second, token("bob"), use_protobuf=True)
+        carl, _ = sdk_client(second, token("carl"))  # JSON
+        for client in (ada, bob, carl):
+            await client.connect()
+        _, at_bob = await subscribed(bob, "chat:room")
+        _, at_carl = await subscribed(carl, "chat:room")
+        _, feed = await subscribed(bob, "feed:x")
+        await feed.next("subscribed")
+        await subscribed(ada, "chat:room")
+        await ada.publish("chat:room", binary)
+        await ada.publish("chat:room", b'{"n": 1}')
+        live = [(await at_bob.next("publication")).pub.data for _ in range(2)]
+        json_side = [(await at_carl.next("publication")).pub.data for _ in range(2)]
+        await bob.disconnect()
+        await ada.publish("feed:x", binary)
+        await bob.connect()
+        again = await feed.next("subscribed")
+        missed = await feed.next("publication")
+        for client in (ada, bob, carl):
+            await client.disconnect()
+        return live, json_side, again, missed
+
+    live, json_side, again, missed = await run(scenario)
+    assert live == [binary, b'{"n":1}']
+    assert json_side == [None, {"n": 1}]
+    assert again.recovered and (missed.pub.data, missed.pub.offset) == (binary, 1)
