@@ -1,4 +1,5 @@
-"""Centrifugo's client protocol (JSON) on realtime's channel layers.
+"""Centrifugo's client protocol (JSON, and Protobuf: ``realtime.pubsub_proto``) on
+realtime's channel layers.
 
 Why: a team that runs Centrifugo beside its app keeps its clients (centrifuge-js,
 centrifuge-python, the mobile SDKs), its connection and subscription JWTs and its namespace
@@ -430,7 +431,8 @@ class _Sub:
 
 
 class PubSubConsumer(AsyncWebsocketConsumer):
-    """Centrifugo's bidirectional JSON protocol: ``connect``, ``subscribe``,
+    """Centrifugo's bidirectional protocol (JSON, or Protobuf for a client that offers
+    ``centrifuge-protobuf``: ``binary``): ``connect``, ``subscribe``,
     ``unsubscribe``, ``publish``, ``presence``, ``presence_stats``, ``history``,
     ``refresh``, ``sub_refresh``, ``rpc``, ``send`` and pings, with namespace permissions
     and connection and subscription JWTs (``--jwt-key`` and the other ``--jwt-*`` options).
@@ -462,7 +464,9 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         return False
 
     async def rpc(self, method: str, data: Any) -> Any:
-        """A client's ``rpc`` command: return the result data (any JSON value)."""
+        """A client's ``rpc`` command: return the result data (any JSON value; ``bytes``
+        too for a Protobuf client). ``data`` is what ``from_bytes`` makes of a Protobuf
+        client's bytes."""
         raise PubSubError(METHOD_NOT_FOUND)
 
     async def on_message(self, data: Any) -> None:
