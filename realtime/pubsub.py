@@ -24,7 +24,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred
@@ -799,22 +799,28 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             check_channel(channel)
             if channel in self._subs:
                 continue
-            namespace = _namespace(channel, self._namespaces())
-            recoverable = namespace.history and (namespace.force_recovery
-                                                 or namespace.allow_recovery)
             request = asked.get(channel)
             since = None
-            if recoverable and isinstance(request, dict):
+            if isinstance(request, dict):
                 try:
                     since = _asked_position(request)
                 except PubSubError:  # a bad position: no recovery, the rest connects
                     since = None
-            results[channel] = await self._open(
-                channel, namespace, {}, recoverable,
-                namespace.join_leave and namespace.force_push_join_leave, since,
-                reject=False, server=True,
-                positioned=namespace.force_positioning and not recoverable)
+            results[channel] = await self._server_sub(
+                channel, _namespace(channel, self._namespaces()), {}, since)
         return results
+
+    async def _server_sub(self, channel: str, namespace: Namespace, claims: dict[str, Any],
+                          since: dict[str, Any] | None) -> dict[str, Any]:
+        """A server-side subscription (the token's ``channels``, the server API's
+        ``subscribe``): recoverable with the namespace's recovery, from ``since``."""
+        recoverable = namespace.history and (namespace.force_recovery
+                                             or namespace.allow_recovery)
+        return await self._open(
+            channel, namespace, claims, recoverable,
+            namespace.join_leave and namespace.force_push_join_leave,
+            since if recoverable else None, reject=False, server=True,
+            positioned=namespace.force_positioning and not recoverable)
 
     def _ping(self) -> None:
         """Centrifugo's application-level ping: ``{}``; the client's pong is ``{}`` too."""
@@ -1181,6 +1187,55 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         except Exception as exc:  # it left the channel here; the layer drops it on close
             log.warn("pubsub: leaving {group} failed: {error}", group=sub.group,
                      error=str(exc) or type(exc).__name__)
+
+    async def pubsub_subscribe(self, event: dict[str, Any]) -> None:
+        """The server API's ``subscribe``: a server-side subscription of this connection
+        (the client cannot unsubscribe from it; lost with the connection, as in
+        Centrifugo), announced with a ``subscribe`` push, the SDKs' server-side
+        ``subscribed`` event; ``override`` sets namespace options for it."""
+        channel = event.get("channel")
+        if (not self._connected or not isinstance(channel, str) or channel in self._subs
+                or not self._addressed(event)):
+            return
+        try:
+            namespace = _namespace(channel, self._namespaces())
+            override = event.get("override")
+            if isinstance(override, dict) and override:
+                namespace = replace(namespace, **override)
+                if not namespace.history:  # recovery and positioning need history
+                    namespace = replace(namespace, force_recovery=False,
+                                        force_positioning=False)
+            claims = {"info": event["info"]} if "info" in event else {}
+            result = await self._server_sub(channel, namespace, claims, event.get("since"))
+        except PubSubError as exc:
+            log.info("pubsub: the server API's subscribe to {channel} refused for {client}: "
+                     "{error}", channel=channel, client=self.client_id, error=exc.message)
+            return
+        push: dict[str, Any] = {key: result[key] for key in (
+            "recoverable", "epoch", "offset", "positioned") if key in result}
+        if event.get("data") is not None:
+            push["data"] = event["data"]
+        self._push(channel, subscribe=push)
+
+    def pubsub_refresh(self, event: dict[str, Any]) -> None:
+        """The server API's ``refresh``: ``expired`` closes the connection with 3005 (the
+        SDK reconnects with a fresh token); else it lasts until ``expire_at`` (Unix seconds;
+        absent: it no longer expires), told with a ``refresh`` push."""
+        if not self._connected or not self._addressed(event):
+            return
+        if event.get("expired"):
+            self._conn.close(*CLOSE_EXPIRED)
+            return
+        at = event.get("expire_at")
+        if isinstance(at, int | float) and not isinstance(at, bool) and at > 0:
+            self.scope["auth_expires_at"] = float(at) + EXPIRED_CLOSE_DELAY
+            refresh: dict[str, Any] = {"expires": True,
+                                       "ttl": max(1, int(float(at) - self._now()))}
+        else:
+            self.scope.pop("auth_expires_at", None)
+            refresh = {"expires": False}
+        self._conn.token_refreshed()
+        self._write(self._encode({"push": {"refresh": refresh}}))
 
     async def pubsub_disconnect(self, event: dict[str, Any]) -> None:
         """The server API's ``disconnect`` of some of a user's connections (``client``,

@@ -324,18 +324,23 @@ async def _history(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
     reverse = _field(params, "reverse", bool, False)
     since = _field(params, "since", dict, None)
     if since is not None:
-        epoch, offset = since.get("epoch", ""), since.get("offset", 0)
-        if epoch is None:
-            epoch = ""
-        if offset is None:
-            offset = 0
-        if not isinstance(epoch, str) or isinstance(offset, bool) or not isinstance(
-                offset, int) or offset < 0:
-            raise BadBody("'since' is {\"offset\": int, \"epoch\": str}")
-        since = {"epoch": epoch, "offset": offset}
+        since = _since(since)
     if not _namespace(channel).history:
         raise PubSubError(NOT_AVAILABLE)
     return await read_history(layer, channel, limit, since, reverse)
+
+
+def _since(since: dict[str, Any]) -> dict[str, Any]:
+    """A stream position ``{"offset": int, "epoch": str}`` (either may be absent or null)."""
+    epoch, offset = since.get("epoch", ""), since.get("offset", 0)
+    if epoch is None:
+        epoch = ""
+    if offset is None:
+        offset = 0
+    if not isinstance(epoch, str) or isinstance(offset, bool) or not isinstance(
+            offset, int) or offset < 0:
+        raise BadBody("a stream position is {\"offset\": int, \"epoch\": str}")
+    return {"epoch": epoch, "offset": offset}
 
 
 async def _unsubscribe(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
@@ -346,6 +351,79 @@ async def _unsubscribe(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
     client = _field(params, "client", str, "")
     if client:
         event["client"] = client
+    await layer.group_send(user_group(user), event)
+    return {}
+
+
+#: The namespace options ``subscribe``'s ``override`` may set (Centrifugo's
+#: ChannelOptionsOverride), each ``{"value": bool}``.
+_OVERRIDES = ("presence", "join_leave", "force_push_join_leave", "force_positioning",
+              "force_recovery")
+
+
+def _json_or_b64(params: dict[str, Any], name: str) -> tuple[bool, Any]:
+    """(given, value) of ``name`` (any JSON) or ``b64name`` (base64: ``from_bytes``)."""
+    encoded = _field(params, "b64" + name, str, "")
+    if encoded:
+        try:
+            return True, from_bytes(base64.b64decode(encoded, validate=True))
+        except ValueError:
+            raise PubSubError(BAD_REQUEST, f"bad request: b64{name} is not base64") from None
+    return params.get(name) is not None, params.get(name)
+
+
+async def _subscribe(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Subscribe each connection of ``user`` (or one ``client``), in every process, to
+    ``channel`` as a server-side subscription (``PubSubConsumer.pubsub_subscribe``)."""
+    user = _user(params)
+    channel = _channel(params)
+    namespace = _namespace(channel)  # 102 for an unknown namespace
+    event: dict[str, Any] = {"type": "pubsub.subscribe", "channel": channel}
+    client = _field(params, "client", str, "")
+    if client:
+        event["client"] = client
+    for name in ("info", "data"):
+        given, value = _json_or_b64(params, name)
+        if given:
+            event[name] = value
+    since = _field(params, "recover_since", dict, None)
+    if since is not None:
+        event["since"] = _since(since)
+    override = _field(params, "override", dict, {})
+    options = {}
+    for name, value in override.items():
+        if name not in _OVERRIDES:
+            raise BadBody(f"'override' sets only {', '.join(_OVERRIDES)}")
+        if value is None:
+            continue
+        if not isinstance(value, dict) or not isinstance(value.get("value"), bool):
+            raise BadBody(f"'override.{name}' is {{\"value\": bool}}")
+        options[name] = value["value"]
+    if options.get("force_recovery") and not namespace.history:
+        raise PubSubError(BAD_REQUEST, "bad request: force_recovery needs history in the "
+                          "channel's namespace")
+    if options:
+        event["override"] = options
+    await layer.group_send(user_group(user), event)
+    return {}
+
+
+async def _refresh(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Each connection of ``user`` (or one ``client``) now expires at ``expire_at`` (Unix
+    seconds; absent: never), or at once with ``expired`` (3005)
+    (``PubSubConsumer.pubsub_refresh``)."""
+    user = _user(params)
+    event: dict[str, Any] = {"type": "pubsub.refresh"}
+    client = _field(params, "client", str, "")
+    if client:
+        event["client"] = client
+    if _field(params, "expired", bool, False):
+        event["expired"] = True
+    expire_at = _field(params, "expire_at", int, 0)
+    if expire_at < 0:
+        raise BadBody("'expire_at' is Unix seconds")
+    if expire_at:
+        event["expire_at"] = expire_at
     await layer.group_send(user_group(user), event)
     return {}
 
@@ -391,6 +469,8 @@ _METHODS: dict[str, _Method] = {
     "presence": _presence,
     "presence_stats": _presence_stats,
     "history": _history,
+    "subscribe": _subscribe,
     "unsubscribe": _unsubscribe,
+    "refresh": _refresh,
     "disconnect": _disconnect,
 }

@@ -25,11 +25,14 @@ from cent import (
     PresenceRequest,
     PresenceStatsRequest,
     PublishRequest,
+    RefreshRequest,
     StreamPosition,
+    SubscribeRequest,
     UnsubscribeRequest,
 )
 from cent import Client as CentClient
 from centrifuge import Client, ClientEventHandler, SubscriptionEventHandler
+from websockets.exceptions import ConnectionClosed
 
 from realtime import pubsub
 from tests.clients import http_get, in_thread
@@ -111,6 +114,17 @@ class Sdk(ClientEventHandler):
 
     async def on_disconnected(self, ctx: Any) -> None:
         await self.events.put(("disconnected", ctx.code, ctx.reason))
+
+    async def on_connecting(self, ctx: Any) -> None:
+        if ctx.code:  # a reconnect, after a close code < 3500 (0: the first connect)
+            await self.events.put(("connecting", ctx.code, ctx.reason))
+
+    async def on_subscribed(self, ctx: Any) -> None:  # a server-side subscription
+        await self.events.put(("server subscribed", ctx.channel, ctx.recoverable,
+                               ctx.stream_position, ctx.data))
+
+    async def on_publication(self, ctx: Any) -> None:  # in a server-side subscription
+        await self.events.put(("server pub", ctx.channel, ctx.pub.data, ctx.pub.offset))
 
     async def next(self, kind: str) -> tuple[Any, ...]:
         """The next event of ``kind`` (others before it are dropped); fails after WAIT."""
@@ -368,6 +382,120 @@ async def test_unsubscribe_by_user_reaches_every_connection_of_that_user(start):
     assert bob_got[2] == "after"
     # alice left only that channel: the other one still reaches her, and "after" did not
     assert alice_got[1:3] == (other, "still")
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscribe_by_user_makes_server_side_subscriptions(start):
+    """Centrifugo's ``subscribe``: each connection of the user (or one ``client``), JSON
+    and Protobuf alike, in every process, gets a server-side subscription, announced with
+    a ``subscribe`` push (the SDK's client-level ``subscribed``) carrying ``data``; a
+    ``recover_since`` position replays what came after it."""
+    server = await start()
+    chat, news = unique("chat"), unique("news")
+
+    async def scenario() -> Any:
+        alice = await connect(server, "alice")
+        alice_pb = await connect(server, "alice", use_protobuf=True)
+        bob = await connect(server, "bob")
+        async with api(server) as cent:
+            await cent.subscribe(SubscribeRequest(user="alice", channel=chat,
+                                                  data={"why": "invited"}))
+            subscribed = [await alice.next("server subscribed"),
+                          await alice_pb.next("server subscribed")]
+            await cent.publish(PublishRequest(channel=chat, data="hello"))
+            got = [await alice.next("server pub"), await alice_pb.next("server pub")]
+            first = await cent.publish(PublishRequest(channel=news, data=1))
+            await cent.publish(PublishRequest(channel=news, data=2))
+            await cent.subscribe(SubscribeRequest(
+                user="alice", client=alice.client_id, channel=news,
+                recover_since=StreamPosition(offset=first.offset, epoch=first.epoch)))
+            recovering = await alice.next("server subscribed")
+            replayed = await alice.next("server pub")
+            stats = await cent.presence_stats(PresenceStatsRequest(channel=chat))
+            bob_events = [bob.events.get_nowait()[0] for _ in range(bob.events.qsize())]
+        await close(alice, alice_pb, bob)
+        return subscribed, got, recovering, replayed, stats, bob_events
+
+    subscribed, got, recovering, replayed, stats, bob_events = await run(scenario)
+    assert [s[:3] for s in subscribed] == [("server subscribed", chat, False)] * 2
+    assert subscribed[0][4] == {"why": "invited"}
+    assert subscribed[1][4] == b'{"why":"invited"}'  # Protobuf: the data's JSON text
+    assert got == [("server pub", chat, "hello", 0), ("server pub", chat, b'"hello"', 0)]
+    assert recovering[1:3] == (news, True)
+    assert replayed == ("server pub", news, 2, 2)
+    assert (stats.num_clients, stats.num_users) == (2, 1)  # both of alice's; presence
+    assert bob_events == []  # nothing of alice's reached bob
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscribe_and_refresh_refuse_what_they_cannot_do(start):
+    server = await start()
+    chat = unique("chat")
+    answers = {
+        "unknown namespace": await post(server, "subscribe", json.dumps(
+            {"user": "alice", "channel": "nowhere:x"}).encode()),
+        "no user": await post(server, "subscribe", json.dumps({"channel": chat}).encode()),
+        "bad override": await post(server, "subscribe", json.dumps(
+            {"user": "alice", "channel": chat, "override": {"history_size": 5}}).encode()),
+        "recovery without history": await post(server, "subscribe", json.dumps(
+            {"user": "alice", "channel": chat,
+             "override": {"force_recovery": {"value": True}}}).encode()),
+        "bad since": await post(server, "subscribe", json.dumps(
+            {"user": "alice", "channel": chat, "recover_since": {"offset": -1}}).encode()),
+        "refresh, no user": await post(server, "refresh", b"{}"),
+        "refresh, bad expire_at": await post(server, "refresh", json.dumps(
+            {"user": "alice", "expire_at": "soon"}).encode()),
+    }
+    assert {name: (status, body.get("error", {}).get("code"))
+            for name, (status, body) in answers.items()} == {
+        "unknown namespace": (200, 102), "no user": (200, 107), "bad override": (400, 107),
+        "recovery without history": (200, 107), "bad since": (400, 107),
+        "refresh, no user": (200, 107), "refresh, bad expire_at": (400, 107)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_refresh_by_user_moves_or_ends_the_connections_expiry(start, monkeypatch):
+    """Centrifugo's ``refresh``: ``expire_at`` is when the user's connections expire (a
+    ``refresh`` push tells the client; 3005 once it passed, after the grace); ``expired``
+    ends them at once with 3005 (the SDKs reconnect with a fresh token)."""
+    import time
+
+    from websockets.sync.client import connect as ws_connect
+
+    monkeypatch.setattr(pubsub, "EXPIRED_CLOSE_DELAY", 0.1)
+    server = await start()
+
+    async def scenario() -> Any:
+        alice = await connect(server, "alice")
+        bob = await connect(server, "bob")
+        async with api(server) as cent:
+            await cent.refresh(RefreshRequest(user="alice", expired=True))
+            ended = await alice.next("connecting")  # 3005: the SDK reconnects
+        await close(alice, bob)
+        return ended
+
+    def timed() -> Any:
+        with ws_connect(server.ws_url("/connection/websocket")) as ws:
+            ws.send(json.dumps({"id": 1, "connect": {"token": token("carl")}}))
+            connected = json.loads(ws.recv(timeout=WAIT))
+            at = int(time.time()) + 2
+            status, _, _ = http_get(server.http_url("/api/refresh"), method="POST", data=(
+                json.dumps({"user": "carl", "expire_at": at}).encode()),
+                headers={"X-API-Key": KEY})
+            push = json.loads(ws.recv(timeout=WAIT))
+            try:
+                while True:
+                    ws.recv(timeout=WAIT)
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd is not None else None
+            return connected, status, push, code, time.time() - at
+
+    ended = await run(scenario)
+    assert ended == ("connecting", 3005, "connection expired")
+    connected, status, push, code, late = await in_thread(timed)
+    assert "expires" not in connected["connect"] and status == 200
+    assert push == {"push": {"refresh": {"expires": True, "ttl": pytest.approx(2, abs=1)}}}
+    assert code == 3005 and -0.2 < late < 2.0
 
 
 @pytest_twisted.ensureDeferred

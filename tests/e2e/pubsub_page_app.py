@@ -6,8 +6,10 @@
   (the page's own host) and records everything it does in ``window.clients[name]``, and
   ``sub(name, channel, options)``, which subscribes that client and records the
   subscription's events in ``window.clients[name].subs[channel]``;
-- ``/protobuf`` is the same page on the package's protobuf build
-  (``/centrifuge.protobuf.js``), which realtime does not speak;
+- ``/protobuf`` is the same page on the package's Protobuf build
+  (``/centrifuge.protobuf.js``): its clients offer the ``centrifuge-protobuf``
+  subprotocol, which realtime.pubsub speaks (``realtime.pubsub_proto``); their data is a
+  ``Uint8Array`` both ways (``publish`` takes one, ``ctx.data`` is one);
 - ``/centrifuge.js`` and ``/centrifuge.protobuf.js`` are the installed npm package's
   browser bundles (``dist/`` under ``tests/.node``, where ``tests/run.sh`` installs
   ``centrifuge``), read at request time: 404 when it is not installed;

@@ -5,13 +5,16 @@ against ``realtime.pubsub``.
 it these tests skip, except under ``CI=true`` where that is a failure. The same headless
 Chromium as tests/e2e/test_browser_chat.py (its ``browser`` fixture) loads the page of
 ``tests/e2e/pubsub_page_app.py`` from a ``twistd realtime`` subprocess on 127.0.0.1 run with
-``--jwt-key`` and a ``chat`` namespace with history, recovery, presence and join/leave. The
-page's ``Centrifuge`` clients record their events; every wait is on a JS condition with a
-bound.
+``--jwt-key``, a ``chat`` namespace with history, recovery, presence and join/leave, and a
+``live`` namespace without history (its publications are ``broadcast()`` frames, which
+Protobuf sockets get translated). The page's ``Centrifuge`` clients record their events;
+every wait is on a JS condition with a bound. ``/protobuf`` is the same page on the
+package's Protobuf build (``centrifuge-protobuf``): its data is ``Uint8Array`` both ways.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -35,13 +38,24 @@ JWT_SECRET = "p" * 40
 NAMESPACE = ("chat:allow_subscribe_for_client,allow_publish_for_subscriber,presence,"
              "join_leave,force_push_join_leave,history_size=50,history_ttl=300s,"
              "force_recovery,allow_history_for_subscriber,allow_presence_for_subscriber")
+#: No history: publications go out as ``broadcast()`` frames (``_binary_broadcast``
+#: translates them for Protobuf sockets).
+LIVE_NAMESPACE = "live:allow_subscribe_for_client,allow_publish_for_subscriber"
 
 
-#: Loaded before the page's scripts: every WebSocket the page opens, in ``window.sockets``.
+#: Loaded before the page's scripts: every WebSocket the page opens, in ``window.sockets``,
+#: each with the text frames it received in ``texts`` (the JSON protocol's raw replies).
 RECORD_SOCKETS = """
 window.sockets = [];
 window.WebSocket = class extends window.WebSocket {
-  constructor(...args) { super(...args); window.sockets.push(this); }
+  constructor(...args) {
+    super(...args);
+    this.texts = [];
+    this.addEventListener("message", (e) => {
+      if (typeof e.data === "string") this.texts.push(e.data);
+    });
+    window.sockets.push(this);
+  }
 };
 """
 
@@ -72,7 +86,8 @@ browser = test_browser_chat.browser
 
 def _server(port: int) -> Server:
     return start(twistd("--app", APP, "--port", f"tcp:{port}:interface=127.0.0.1",
-                        "--jwt-key", JWT_SECRET, "--namespace", NAMESPACE),
+                        "--jwt-key", JWT_SECRET, "--namespace", NAMESPACE,
+                        "--namespace", LIVE_NAMESPACE),
                  env={"PYTHONPATH": str(REPO)}, cwd=REPO)
 
 
@@ -341,19 +356,243 @@ def test_an_expired_refresh_token_expires_the_connection_and_the_sdk_comes_back(
         page.context.close()
 
 
-def test_the_protobuf_build_is_told_3506_and_stops(centrifuge_js, browser, server):
-    """centrifuge-js's protobuf build (``centrifuge.protobuf.js``) offers the
-    ``centrifuge-protobuf`` subprotocol, which realtime does not speak: the handshake is
-    accepted and closed with 3506 (inappropriate protocol), so the SDK stops with that
-    code instead of retrying a refused handshake forever."""
-    page = _page(browser, server, "/protobuf")
+# -- the Protobuf build ------------------------------------------------------------------------
+
+PROTOBUF = "/protobuf"
+#: Bytes that are not UTF-8 (0x80 and up alone), every value once.
+ALL_BYTES = list(range(256))
+#: UTF-8 text that is not JSON: carried byte for byte, not as a JSON string.
+NOT_JSON = "héllo, not JSON 👋".encode()
+#: JSON text with spaces: carried as that JSON value, so it reaches others compact.
+SPACED_JSON = b'{"a": 1, "b": [true, null]}'
+COMPACT_JSON = b'{"a":1,"b":[true,null]}'
+
+
+def _u8(data: bytes | list[int]) -> str:
+    """The JS expression of a ``Uint8Array`` of ``data``."""
+    return f"new Uint8Array({json.dumps(list(data))})"
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _received_bytes(page: Any, name: str, channel: str) -> list[list[int] | None]:
+    """The data of each publication ``name`` received in ``channel``, as lists of numbers
+    (None when it is no ``Uint8Array``)."""
+    return page.evaluate(f"{_rec(name, channel)}.pubs.map((p) => "
+                         "p.data instanceof Uint8Array ? Array.from(p.data) : null)")
+
+
+def _uint64(value: Any) -> int | None:
+    """An offset from the Protobuf build: protobufjs decodes ``uint64`` fields as ``Long``
+    objects (``{low, high, unsigned}`` once serialized), not numbers; None when absent."""
+    if isinstance(value, dict):
+        return (value["high"] & 0xFFFFFFFF) << 32 | (value["low"] & 0xFFFFFFFF)
+    return value
+
+
+def _offsets(pubs: list[dict[str, Any]]) -> list[int | None]:
+    return [_uint64(p["offset"]) for p in pubs]
+
+
+def _protocols(page: Any) -> list[str]:
+    return page.evaluate("window.sockets.map((s) => s.protocol)")
+
+
+@pytest.mark.parametrize("channel", ["chat:bytes", "live:bytes"])
+def test_the_protobuf_build_publishes_and_receives_bytes(centrifuge_js, browser, server,
+                                                          channel):
+    """Two pages on the Protobuf build connect over ``centrifuge-protobuf`` and subscribe
+    (in a channel with history, and in one without, whose publications are broadcast
+    frames translated for Protobuf sockets). What one publishes reaches both as a
+    ``Uint8Array``: bytes that are not UTF-8, and UTF-8 text that is not JSON, byte for
+    byte; JSON text as its compact form. The publisher's user comes along; in the channel
+    with history, increasing offsets."""
+    ada, bob = _page(browser, server, PROTOBUF), _page(browser, server, PROTOBUF)
     try:
-        _client(page, "proto", json.dumps({"token": _token("ada")}))
-        _wait(page, "window.clients.proto.seen.disconnected.length === 1")
-        seen = _seen(page, "proto")
-        assert seen["disconnected"] == [{"code": 3506, "reason": "inappropriate protocol"}]
-        assert seen["connected"] == [] and seen["states"] == ["connecting", "disconnected"]
-        assert page.evaluate("window.sockets.map((s) => s.protocol)") == ["centrifuge-protobuf"]
-        assert page.page_errors == []
+        _client(ada, "ada", json.dumps({"token": _token("ada")}))
+        _client(bob, "bob", json.dumps({"token": _token("bob")}))
+        _subscribe(ada, "ada", channel)
+        _subscribe(bob, "bob", channel)
+        for page, name in ((ada, "ada"), (bob, "bob")):
+            _wait(page, f"{_rec(name, channel)}.subscribed.length === 1")
+            assert _protocols(page) == ["centrifuge-protobuf"]
+            assert page.evaluate("window.sockets[0].binaryType") == "arraybuffer"
+        if channel.startswith("chat:"):
+            _wait(ada, f"{_rec('ada', channel)}.joins.some((j) => j.user === 'bob')")
+
+        sent = [ALL_BYTES, list(NOT_JSON), list(reversed(ALL_BYTES)), list(SPACED_JSON)]
+        for data in sent:
+            ada.evaluate(f"{_js('ada', channel)}.publish({_u8(data)})")
+        _wait(bob, f"{_rec('bob', channel)}.pubs.length === 4")
+        _wait(ada, f"{_rec('ada', channel)}.pubs.length === 4")
+        expected = [*sent[:3], list(COMPACT_JSON)]
+        assert _received_bytes(bob, "bob", channel) == expected
+        assert _received_bytes(ada, "ada", channel) == expected
+        pubs = _record(bob, "bob", channel)["pubs"]
+        assert [p["user"] for p in pubs] == ["ada"] * 4
+        offsets = _offsets(pubs)
+        assert offsets == _offsets(_record(ada, "ada", channel)["pubs"])
+        if channel.startswith("chat:"):
+            assert offsets == list(range(offsets[0], offsets[0] + 4)) and offsets[0] >= 1
+        else:  # no history, no positions
+            assert set(offsets) <= {None, 0}
+        for page, name in ((ada, "ada"), (bob, "bob")):
+            seen = _seen(page, name)
+            assert seen["errors"] == [] and seen["disconnected"] == []
+            assert page.page_errors == []
     finally:
-        page.context.close()
+        ada.context.close()
+        bob.context.close()
+
+
+def _raw_pubs(page: Any, channel: str) -> list[Any]:
+    """The publications in ``channel`` among the JSON page's raw frames (replies are
+    newline separated), as the server wrote them."""
+    pubs = []
+    for text in page.evaluate("window.sockets.flatMap((s) => s.texts)"):
+        for line in text.splitlines():
+            push = json.loads(line).get("push") if line.strip() else None
+            if push and push.get("channel") == channel and "pub" in push:
+                pubs.append(push["pub"])
+    return pubs
+
+
+@pytest.mark.parametrize("channel", ["chat:mixed", "live:mixed"])
+def test_json_and_protobuf_builds_share_a_channel(centrifuge_js, browser, server, channel):
+    """A JSON-build page and a Protobuf-build page in one channel: the JSON page's object
+    reaches the Protobuf page as the UTF-8 bytes of its compact JSON text; the Protobuf
+    page's JSON text (``TextEncoder``) reaches the JSON page as the object; its bytes that
+    are not UTF-8 reach the JSON page's socket as ``"data": null`` and ``b64data`` (which
+    centrifuge-js's JSON build hands on as ``null``)."""
+    jay, pro = _page(browser, server), _page(browser, server, PROTOBUF)
+    try:
+        _client(jay, "jay", json.dumps({"token": _token("jay")}))
+        _client(pro, "pro", json.dumps({"token": _token("pro")}))
+        _subscribe(jay, "jay", channel)
+        _subscribe(pro, "pro", channel)
+        _wait(jay, f"{_rec('jay', channel)}.subscribed.length === 1")
+        _wait(pro, f"{_rec('pro', channel)}.subscribed.length === 1")
+        assert _protocols(jay) == [""] and _protocols(pro) == ["centrifuge-protobuf"]
+
+        from_json = {"text": "héllo 👋 \"quoted\"\nline", "n": [1, 2.5, None], "ok": True}
+        jay.evaluate(f"{_js('jay', channel)}.publish({json.dumps(from_json)})")
+        _wait(pro, f"{_rec('pro', channel)}.pubs.length === 1")
+        assert _received_bytes(pro, "pro", channel) == [list(_compact(from_json))]
+        decoded = pro.evaluate(f"(() => {{ const text = new TextDecoder('utf-8', "
+                               f"{{fatal: true}}).decode({_rec('pro', channel)}.pubs[0].data);"
+                               " return {text, value: JSON.parse(text)}; })()")
+        assert decoded == {"text": _compact(from_json).decode(), "value": from_json}
+        assert _record(pro, "pro", channel)["pubs"][0]["user"] == "jay"
+
+        from_protobuf = {"from": "protobuf", "list": [1, {"x": "ü"}], "none": None}
+        pro.evaluate(f"{_js('pro', channel)}.publish(new TextEncoder().encode("
+                     f"JSON.stringify({json.dumps(from_protobuf)})))")
+        _wait(jay, f"{_rec('jay', channel)}.pubs.length === 2")
+        pubs = _record(jay, "jay", channel)["pubs"]
+        assert [p["data"] for p in pubs] == [from_json, from_protobuf]
+        assert [p["user"] for p in pubs] == ["jay", "pro"]
+
+        pro.evaluate(f"{_js('pro', channel)}.publish({_u8(ALL_BYTES)})")
+        _wait(jay, f"{_rec('jay', channel)}.pubs.length === 3")
+        assert _record(jay, "jay", channel)["pubs"][2]["data"] is None
+        raw = _raw_pubs(jay, channel)
+        assert [p["data"] for p in raw] == [from_json, from_protobuf, None]
+        assert "b64data" not in raw[0] and "b64data" not in raw[1]
+        assert base64.b64decode(raw[2]["b64data"]) == bytes(ALL_BYTES)
+        # The Protobuf page got all three as bytes (its own two as it sent them, compact).
+        _wait(pro, f"{_rec('pro', channel)}.pubs.length === 3")
+        assert _received_bytes(pro, "pro", channel) == [
+            list(_compact(from_json)), list(_compact(from_protobuf)), ALL_BYTES]
+        for page, name in ((jay, "jay"), (pro, "pro")):
+            assert _seen(page, name)["errors"] == []
+            assert page.page_errors == []
+    finally:
+        jay.context.close()
+        pro.context.close()
+
+
+def _history(page: Any, name: str, channel: str, options: str) -> dict[str, Any]:
+    """``sub.history(options)`` with each publication's data as a list of numbers."""
+    return page.evaluate(
+        f"{_js(name, channel)}.history({options}).then((r) => ({{epoch: r.epoch, "
+        "offset: r.offset, publications: r.publications.map((p) => ({data: "
+        "p.data instanceof Uint8Array ? Array.from(p.data) : null, offset: p.offset, "
+        "user: p.info ? p.info.user : null}))}))")
+
+
+def test_the_protobuf_build_reads_history_and_presence_and_recovers(
+        centrifuge_js, browser, server):
+    """Through the Protobuf build in the channel with history: joins, presence and
+    presenceStats; ``history({limit: -1})`` gives every publication's bytes (binary, and
+    JSON text compact) with their offsets, ``{limit: 1, reverse: true}`` the newest; after
+    a ``disconnect()`` the resubscription recovers what was published meanwhile (the
+    subscribe reply's nested publications), bytes intact, and live ones follow."""
+    channel = "chat:proto-state"
+    ada, bob = _page(browser, server, PROTOBUF), _page(browser, server, PROTOBUF)
+    try:
+        _client(ada, "ada", json.dumps({"token": _token("ada")}))
+        _client(bob, "bob", json.dumps({"token": _token("bob")}))
+        _subscribe(ada, "ada", channel)
+        _wait(ada, f"{_rec('ada', channel)}.subscribed.length === 1")
+        _subscribe(bob, "bob", channel)
+        _wait(bob, f"{_rec('bob', channel)}.subscribed.length === 1")
+        first = _record(bob, "bob", channel)["subscribed"][0]
+        assert first["recoverable"] and not first["wasRecovering"]
+        _wait(ada, f"{_rec('ada', channel)}.joins.some((j) => j.user === 'bob')")
+
+        stats = bob.evaluate(f"{_js('bob', channel)}.presenceStats()")
+        assert stats == {"numClients": 2, "numUsers": 2}
+        presence = ada.evaluate(f"{_js('ada', channel)}.presence()")["clients"]
+        assert sorted(info["user"] for info in presence.values()) == ["ada", "bob"]
+        assert all(client == info["client"] for client, info in presence.items())
+        assert _seen(ada, "ada")["connected"][0]["client"] in presence
+        assert _seen(bob, "bob")["connected"][0]["client"] in presence
+
+        sent = [ALL_BYTES, list(SPACED_JSON), [0xFF, 0x00, 0x80]]
+        for data in sent:
+            ada.evaluate(f"{_js('ada', channel)}.publish({_u8(data)})")
+        _wait(bob, f"{_rec('bob', channel)}.pubs.length === 3")
+        live = _offsets(_record(bob, "bob", channel)["pubs"])
+        assert live == list(range(live[0], live[0] + 3)) and live[0] >= 1
+        expected = [ALL_BYTES, list(COMPACT_JSON), [0xFF, 0x00, 0x80]]
+
+        history = _history(bob, "bob", channel, "{limit: -1}")
+        assert [p["data"] for p in history["publications"]] == expected
+        assert _offsets(history["publications"]) == live
+        assert [p["user"] for p in history["publications"]] == ["ada"] * 3
+        assert _uint64(history["offset"]) == live[-1] and history["epoch"]
+        latest = _history(ada, "ada", channel, "{limit: 1, reverse: true}")
+        assert [p["data"] for p in latest["publications"]] == [[0xFF, 0x00, 0x80]]
+        assert latest["epoch"] == history["epoch"]
+
+        bob.evaluate(f"{_js('bob')}.disconnect()")
+        _wait(ada, f"{_rec('ada', channel)}.leaves.some((j) => j.user === 'bob')")
+        missed = [list(range(255, -1, -3)), list(NOT_JSON)]
+        for data in missed:
+            ada.evaluate(f"{_js('ada', channel)}.publish({_u8(data)})")
+        _wait(ada, f"{_rec('ada', channel)}.pubs.length === 5")
+        bob.evaluate(f"{_js('bob')}.connect()")
+        _wait(bob, f"{_rec('bob', channel)}.subscribed.length === 2 && "
+                   f"{_rec('bob', channel)}.pubs.length >= 5")
+        record = _record(bob, "bob", channel)
+        again = record["subscribed"][1]
+        assert again["wasRecovering"] is True and again["recovered"] is True
+        assert _received_bytes(bob, "bob", channel) == [*expected, *missed]
+        offsets = _offsets(record["pubs"])
+        assert offsets == list(range(live[0], live[0] + 5))
+        assert again["streamPosition"]["epoch"] == history["epoch"]
+
+        ada.evaluate(f"{_js('ada', channel)}.publish({_u8([1, 2, 3])})")
+        _wait(bob, f"{_rec('bob', channel)}.pubs.length === 6")
+        assert _received_bytes(bob, "bob", channel)[-1] == [1, 2, 3]
+        assert _offsets(_record(bob, "bob", channel)["pubs"])[-1] == offsets[-1] + 1
+        assert _seen(bob, "bob")["disconnected"] == [{"code": 0, "reason": "disconnect called"}]
+        assert _protocols(bob) == ["centrifuge-protobuf"] * 2
+        for page, name in ((ada, "ada"), (bob, "bob")):
+            assert _seen(page, name)["errors"] == []
+            assert page.page_errors == []
+    finally:
+        ada.context.close()
+        bob.context.close()
