@@ -253,7 +253,7 @@ async def measure(opts: argparse.Namespace) -> None:
     pubsub.configure(NAMESPACES, anonymous=True, layer=layer)
     server = await serve(pubsub.application, ServerConfig(ping_interval=86400), layer=layer)
     os.environ[PROTOBUF_ENV] = "1" if opts.protobuf else ""  # the reader inherits it
-    child = await start_reader(__file__, server.port, opts.members, opts.pin,
+    child = await start_reader(os.environ.get("PROBE", __file__), server.port, opts.members, opts.pin,
                                "the reader did not subscribe its members")
     expected = 0
     published = dict.fromkeys(PROTOBUF_CHANNELS, 0)

@@ -19,7 +19,9 @@ from twisted.logger import ILogObserver, Logger, LogPublisher
 from zope.interface import implementer
 
 SENSITIVE = frozenset({"token", "access_token", "jwt", "api_key", "apikey", "key", "password",
-                       "secret", "auth", "authorization", "session", "sessionid"})
+                       "secret", "auth", "authorization", "session", "sessionid",
+                       # Centrifugo's unidirectional connect command (realtime.pubsub): its token
+                       "cf_connect"})
 
 
 def redact_query(query: bytes) -> str:

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
+from urllib.parse import parse_qs
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -82,6 +83,10 @@ CLOSE_BAD_REQUEST = (3501, "bad request")
 CLOSE_STALE = (3502, "stale")
 CLOSE_CONNECTION_LIMIT = (3504, "connection limit")
 CLOSE_NO_PONG = (3012, "no pong")
+#: A unidirectional connect that failed on the server's side: reconnect.
+CLOSE_SERVER_ERROR = (3004, "internal server error")
+CLOSE_PERMISSION_DENIED = (3507, "permission denied")
+CLOSE_CHANNEL_LIMIT = (3505, "channel limit")
 #: A server-side subscription lost its stream's state: reconnect (and recover) it.
 CLOSE_INSUFFICIENT_STATE = (3010, "insufficient state")
 #: The WebSocket subprotocol of Centrifugo's Protobuf clients (``realtime.pubsub_proto``).
@@ -92,6 +97,13 @@ UNSUB_INSUFFICIENT_STATE = 2500
 UNSUB_SERVER = (2000, "server unsubscribe")
 #: The server API's ``disconnect`` without a ``disconnect`` object: no reconnect.
 CLOSE_FORCE_DISCONNECT = (3503, "force disconnect")
+#: A unidirectional connect's error as the close code that ends it (no reply reaches such
+#: a client): an expired token reconnects (with a fresh one), a refused one does not.
+_UNI_CLOSES = {
+    TOKEN_EXPIRED: CLOSE_EXPIRED, UNAUTHORIZED: (3500, "unauthorized"),
+    INTERNAL: CLOSE_SERVER_ERROR, PERMISSION_DENIED: CLOSE_PERMISSION_DENIED,
+    LIMIT_EXCEEDED: CLOSE_CHANNEL_LIMIT,
+}
 #: SubscribeRequest.flag bit: answer 112 instead of ``recovered: false``.
 FLAG_REJECT_UNRECOVERED = 2
 
@@ -451,6 +463,9 @@ class PubSubConsumer(AsyncWebsocketConsumer):
     #: frames of length-prefixed messages (``realtime.pubsub_proto``); data fields arrive
     #: as ``from_bytes`` gives them, and hooks may return ``bytes`` for it.
     binary = False
+    #: Centrifugo's unidirectional WebSocket (``UniPubSubConsumer``): no commands but the
+    #: first message's connect request; the server writes bare pushes.
+    unidirectional: ClassVar[bool] = False
 
     # -- hooks ---------------------------------------------------------------------------------
     async def can_subscribe(self, channel: str, data: Any) -> bool:
@@ -485,6 +500,10 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         self._ponged = True
         #: _count_user counted this connection's user (the connect command's token).
         self._counted_user = False
+        self._stale: Any = None
+        if self.unidirectional:
+            await self._connect_unidirectional()
+            return
         if PROTOBUF_SUBPROTOCOL in (self.scope.get("subprotocols") or ()):
             from realtime import pubsub_proto
 
@@ -497,6 +516,50 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         else:
             await self.accept()
         self._stale = self._conn.reactor.callLater(STALE_AFTER, self._close_stale)
+
+    async def _connect_unidirectional(self) -> None:
+        await self.accept()
+        # broadcast() frames of channels without history wrap their push as for the
+        # bidirectional clients: this socket gets each bare (translated once per frame).
+        self._conn.translate_broadcasts(_uni_broadcast)
+        self._uni_started = False
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        asked = query.get("cf_connect")
+        if asked:  # Centrifugo's connect request in the URL (as for its uni_sse)
+            await self._uni_connect(asked[0])
+            return
+        self._stale = self._conn.reactor.callLater(STALE_AFTER, self._close_stale)
+
+    async def _uni_connect(self, text: str) -> None:
+        """The unidirectional connect: ``text`` is a ConnectRequest (``token``, ``subs``
+        with recovery positions, ...); the answer is a ``connect`` push, or a close code
+        (``_UNI_CLOSES``: no error reply can reach such a client)."""
+        self._uni_started = True
+        try:
+            params = json.loads(text, parse_constant=refuse_constant)
+        except ValueError:
+            params = None
+        if not isinstance(params, dict):
+            self._count("connect", str(BAD_REQUEST))
+            self._conn.close(*CLOSE_BAD_REQUEST)
+            return
+        try:
+            result = await self._cmd_connect(params)
+            push = _dumps({"connect": {k: v for k, v in result.items() if k != "pong"}})
+        except _Close as close:
+            self._conn.close(*close.close)
+            return
+        except PubSubError as exc:
+            self._count("connect", str(exc.code))
+            self._conn.close(*_UNI_CLOSES.get(exc.code, CLOSE_BAD_REQUEST))
+            return
+        except Exception:
+            log.failure("pubsub: a unidirectional connect failed")
+            self._count("connect", str(INTERNAL))
+            self._conn.close(*CLOSE_SERVER_ERROR)
+            return
+        self._count("connect", "ok")
+        self._write(push)
 
     def _close_stale(self) -> None:
         self._stale = None
@@ -523,6 +586,15 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         frames, ``binary``); a frame of the other kind, or one that is not commands, closes
         the connection with 3501 after the commands before the bad one have run."""
         commands: list[Any]
+        if self.unidirectional:
+            # The first message is the connect request; anything after it is ignored, as
+            # Centrifugo does (a client's keep-alive messages, say).
+            if not self._uni_started:
+                if text_data is None:
+                    self._conn.close(*CLOSE_BAD_REQUEST)
+                    return
+                await self._uni_connect(text_data)
+            return
         if self.binary:
             from realtime import pubsub_proto
 
@@ -620,6 +692,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
 
     def _encode(self, document: dict[str, Any]) -> str | bytes:
         """A reply or push in this client's format; ``TypeError`` for what it cannot carry."""
+        if self.unidirectional and "push" in document:
+            return _dumps(document["push"])  # bare pushes
         if self.binary:
             from realtime import pubsub_proto
 
@@ -827,7 +901,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         self._ping_call = None
         if self._conn.closing_or_closed:
             return
-        if not self._ponged:
+        if not self._ponged and not self.unidirectional:  # no pongs from those
             self._conn.close(*CLOSE_NO_PONG)
             return
         self._ponged = False
@@ -1117,7 +1191,8 @@ class PubSubConsumer(AsyncWebsocketConsumer):
             self._lost(sub)
             return
         if not self._conn.closing_or_closed:
-            self._write(_push_frame(sub.channel, event, self.binary))
+            self._write(_push_frame(sub.channel, event,
+                                    _UNI if self.unidirectional else self.binary))
 
     def presence_join(self, event: dict[str, Any]) -> None:
         sub = self._by_group.get(event.get("group", ""))
@@ -1253,25 +1328,27 @@ _METHODS = ("connect", "subscribe", "unsubscribe", "publish", "presence", "prese
 _BINARY_PING = b"\x00"
 
 #: The push frames of the last publications of history channels, by (channel, epoch,
-#: offset, binary), which name one publication in one format: encoded once for all the
+#: offset, format), which name one publication in one format: encoded once for all the
 #: members of a process.
-_PUSHES: dict[tuple[str, Any, int, bool], str | bytes] = {}
+_PUSHES: dict[tuple[str, Any, int, Any], str | bytes] = {}
+#: ``_push_frame``'s format for unidirectional clients (False: JSON, True: Protobuf).
+_UNI = "uni"
 
 
-def _push_frame(channel: str, event: dict[str, Any], binary: bool = False) -> str | bytes:
+def _push_frame(channel: str, event: dict[str, Any], form: bool | str = False) -> str | bytes:
     position = event.get("position")
     key = None
     if isinstance(position, dict) and isinstance(position.get("offset"), int):
-        key = (channel, position.get("epoch"), position["offset"], binary)
+        key = (channel, position.get("epoch"), position["offset"], form)
         if (found := _PUSHES.get(key)) is not None:
             return found
-    document = {"push": {"channel": channel, "pub": _publication(event)}}
-    if binary:
+    push = {"channel": channel, "pub": _publication(event)}
+    if form is True:
         from realtime import pubsub_proto
 
-        payload: str | bytes = pubsub_proto.encode(document)
+        payload: str | bytes = pubsub_proto.encode({"push": push})
     else:
-        payload = _dumps(document)
+        payload = _dumps(push if form == _UNI else {"push": push})
     if key is not None:
         if len(_PUSHES) >= 64:
             del _PUSHES[next(iter(_PUSHES))]
@@ -1309,6 +1386,34 @@ def _binary_broadcast(frame: bytes) -> bytes | None:
     return out
 
 
+#: ``broadcast()`` frames bare for unidirectional clients, by frame.
+_UNWRAPPED: dict[bytes, bytes | None] = {}
+
+
+def _uni_broadcast(frame: bytes) -> bytes | None:
+    """A publication's JSON frame (``{"push": {...}}``) as the bare push a unidirectional
+    client gets; None (skipped) for a frame that is no push."""
+    if frame in _UNWRAPPED:
+        return _UNWRAPPED[frame]
+    from realtime.layers.base import frame_event, prepared_frame
+
+    out: bytes | None = None
+    try:
+        event = frame_event(frame)
+        document = json.loads(event["text"]) if "text" in event else None
+        if isinstance(document, dict) and isinstance(document.get("push"), dict):
+            out = prepared_frame(_dumps(document["push"]), None)
+    except (ValueError, TypeError):
+        pass
+    if out is None:
+        log.warn("pubsub: a broadcast frame that is no push skipped for a unidirectional "
+                 "client")
+    if len(_UNWRAPPED) >= 16:
+        del _UNWRAPPED[next(iter(_UNWRAPPED))]
+    _UNWRAPPED[frame] = out
+    return out
+
+
 def _asked_position(request: dict[str, Any]) -> dict[str, Any] | None:
     """The position a subscribe request (``recover``, ``epoch``, ``offset``) asks to
     recover from; None when it asks none; ``PubSubError`` 107 for a bad one."""
@@ -1338,22 +1443,37 @@ def _publication(message: dict[str, Any]) -> dict[str, Any]:
     return pub
 
 
+class UniPubSubConsumer(PubSubConsumer):
+    """Centrifugo's unidirectional WebSocket (``/connection/uni_websocket``): a plain
+    ``WebSocket`` in a browser, no SDK. The first message (or the ``cf_connect`` query
+    parameter) is a connect request, ``{"token": "<JWT>", "subs": {channel: {"recover":
+    true, "offset": N, "epoch": "..."}}}``; the server answers with a ``connect`` push and
+    then writes bare pushes (``{"channel": ..., "pub": {...}}``, join, leave, unsubscribe,
+    subscribe), and ``{}`` every ``PING_INTERVAL`` (no pong expected). Subscriptions are
+    server-side: the token's ``channels`` claim and the server API's ``subscribe``. JSON
+    only, as Centrifugo's."""
+
+    unidirectional = True
+
+
 def _version() -> str:
     from realtime import __version__
 
     return f"realtime {__version__}"
 
 
-#: ``--app realtime.pubsub:application``: the protocol at ``/connection/websocket``
-#: (Centrifugo's path), and nothing else.
+#: ``--app realtime.pubsub:application``: the protocol at ``/connection/websocket`` and
+#: the unidirectional one at ``/connection/uni_websocket`` (Centrifugo's paths), and
+#: nothing else.
 def _application() -> Any:
     from realtime.routing import URLRouter, path
 
-    return URLRouter([path("connection/websocket", PubSubConsumer.as_asgi())])
+    return URLRouter([path("connection/websocket", PubSubConsumer.as_asgi()),
+                      path("connection/uni_websocket", UniPubSubConsumer.as_asgi())])
 
 
 application = _application()
 
-__all__ = ["Namespace", "PubSubConsumer", "PubSubError", "application", "channel_group",
-           "configure", "namespace_prefix", "parse_namespace", "parse_namespaces", "publish",
-           "read_history", "user_group"]
+__all__ = ["Namespace", "PubSubConsumer", "PubSubError", "UniPubSubConsumer", "application",
+           "channel_group", "configure", "from_bytes", "namespace_prefix", "parse_namespace",
+           "parse_namespaces", "publish", "read_history", "user_group"]

@@ -413,9 +413,9 @@ def test_the_protobuf_build_publishes_and_receives_bytes(centrifuge_js, browser,
     try:
         _client(ada, "ada", json.dumps({"token": _token("ada")}))
         _client(bob, "bob", json.dumps({"token": _token("bob")}))
-        _subscribe(ada, "ada", channel)
-        _subscribe(bob, "bob", channel)
+        # Ada first (so that she sees Bob join), then Bob.
         for page, name in ((ada, "ada"), (bob, "bob")):
+            _subscribe(page, name, channel)
             _wait(page, f"{_rec(name, channel)}.subscribed.length === 1")
             assert _protocols(page) == ["centrifuge-protobuf"]
             assert page.evaluate("window.sockets[0].binaryType") == "arraybuffer"

@@ -1,0 +1,202 @@
+"""``realtime.pubsub.UniPubSubConsumer``: Centrifugo's unidirectional WebSocket
+(``/connection/uni_websocket``) against a real server with a plain WebSocket client (the
+``websockets`` package, as a page's ``new WebSocket(...)`` would be): the connect request
+as the first message or in ``cf_connect``, bare pushes, pings, recovery, server-side
+subscriptions by token and by the server API, and the close codes of a failed connect."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import pytest_twisted
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from realtime import pubsub
+from realtime.accesslog import redact_query
+from tests.clients import http_get, in_thread
+from tests.test_pubsub import (  # noqa: F401  (fixtures)
+    SECRET,
+    WAIT,
+    _settings,
+    from_thread,
+    pubsub_server,
+    token,
+)
+
+UNI = "/connection/uni_websocket"
+FEED = "feed:history_size=10,history_ttl=60s,force_recovery"
+ROOM = "room:presence,join_leave,force_push_join_leave"
+KEY = "uni-test-api-key-0123456789"
+
+
+def next_message(ws: ClientConnection) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(ws.recv(timeout=WAIT))
+    return message
+
+
+def pushes(ws: ClientConnection, count: int, skip_pings: bool = True) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    while len(got) < count:
+        message = next_message(ws)
+        if message or not skip_pings:
+            got.append(message)
+    return got
+
+
+def closed(ws: ClientConnection) -> tuple[int | None, str | None]:
+    try:
+        while True:
+            ws.recv(timeout=WAIT)
+    except ConnectionClosed as exc:
+        return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd is not None else (None, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plain_websocket_gets_bare_pushes_of_its_server_side_channels(
+        pubsub_server):  # noqa: F811
+    from realtime.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    server = await pubsub_server(FEED, ROOM, layer=layer)
+
+    def flow() -> Any:
+        with connect(server.ws_url(UNI), open_timeout=WAIT) as ws:
+            ws.send(json.dumps({"token": token("ada", info={"name": "Ada"},
+                                               channels=["feed:news", "room:x"])}))
+            connected = next_message(ws)
+            joined = next_message(ws)  # her own join (force_push_join_leave)
+            from_thread(pubsub.publish, "feed:news", {"n": 1}, layer=layer)
+            from_thread(pubsub.publish, "room:x", BINARY, layer=layer)
+            ws.send("anything after the connect is ignored")
+            from_thread(pubsub.publish, "room:x", "text", layer=layer)
+            return connected, joined, pushes(ws, 3)
+
+    connected, joined, got = await in_thread(flow)
+    assert set(connected) == {"connect"}
+    body = connected["connect"]
+    assert body["client"] and body["version"].startswith("realtime ") and body["ping"] == 25
+    assert "pong" not in body  # nothing is expected back
+    assert body["subs"]["feed:news"]["recoverable"] is True
+    assert body["subs"]["room:x"] == {}
+    assert joined == {"channel": "room:x", "join": {"info": {
+        "user": "ada", "client": body["client"], "conn_info": {"name": "Ada"}}}}
+    assert got[0] == {"channel": "feed:news", "pub": {"data": {"n": 1}, "offset": 1}}
+    assert got[1]["channel"] == "room:x" and got[1]["pub"]["data"] is None
+    assert got[1]["pub"]["b64data"]  # binary data: a JSON client gets it in base64
+    assert got[2] == {"channel": "room:x", "pub": {"data": "text"}}
+
+
+BINARY = bytes(range(256))
+
+
+@pytest_twisted.ensureDeferred
+async def test_cf_connect_pings_and_recovery(pubsub_server, monkeypatch):  # noqa: F811
+    """The connect request may come in the URL (``cf_connect``, redacted from access
+    logs); ``{}`` arrives every PING_INTERVAL and no pong is wanted; a client that comes
+    back with its position in ``subs`` recovers what it missed."""
+    from realtime.layers import InMemoryChannelLayer
+
+    monkeypatch.setattr(pubsub, "PING_INTERVAL", 0.2)
+    layer = InMemoryChannelLayer()
+    server = await pubsub_server(FEED, layer=layer)
+    tok = token("ada", channels=["feed:news"])
+
+    def url(request: dict[str, Any]) -> str:
+        return server.ws_url(UNI) + "?cf_connect=" + quote(json.dumps(request))
+
+    def flow() -> Any:
+        with connect(url({"token": tok}), open_timeout=WAIT) as ws:
+            first = next_message(ws)["connect"]["subs"]["feed:news"]
+            time.sleep(0.7)  # three pings, none answered
+            from_thread(pubsub.publish, "feed:news", "live", layer=layer)
+            seen = pushes(ws, 4, skip_pings=False)
+        for n in range(3):
+            from_thread(pubsub.publish, "feed:news", n, layer=layer)
+        position = {"recover": True, "offset": 1, "epoch": first["epoch"]}
+        with connect(url({"token": tok, "subs": {"feed:news": position}}),
+                     open_timeout=WAIT) as ws:
+            again = next_message(ws)["connect"]["subs"]["feed:news"]
+            missed = pushes(ws, 3)
+        return first, seen, again, missed
+
+    first, seen, again, missed = await in_thread(flow)
+    assert first["recoverable"] and first["offset"] == 0
+    assert len([message for message in seen if message == {}]) >= 3  # pings, unanswered
+    assert {"channel": "feed:news", "pub": {"data": "live", "offset": 1}} in seen
+    assert (again["recovered"], again["was_recovering"]) == (True, True)
+    assert [m["pub"] for m in missed] == [{"data": n, "offset": n + 2} for n in range(3)]
+    assert "cf_connect=[redacted]" in redact_query(b"cf_connect=" + quote(
+        json.dumps({"token": tok})).encode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_connect_is_a_close_code(pubsub_server, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(pubsub, "STALE_AFTER", 0.3)
+    server = await pubsub_server(FEED)
+
+    def close_of(first: Any) -> Any:
+        with connect(server.ws_url(UNI), open_timeout=WAIT) as ws:
+            if first is not None:
+                ws.send(first)
+            return closed(ws)
+
+    def flow() -> Any:
+        return {
+            "not JSON": close_of("{nope"),
+            "not an object": close_of("[1]"),
+            "binary": close_of(b'{"token": "x"}'),
+            "a bad signature": close_of(json.dumps({"token": token("ada", key="x" * 40)})),
+            "expired": close_of(json.dumps({"token": token("ada", ttl=-10)})),
+            "no token": close_of(json.dumps({})),
+            "an unknown namespace": close_of(json.dumps(
+                {"token": token("ada", channels=["nowhere:x"])})),
+            "nothing sent": close_of(None),
+        }
+
+    assert await in_thread(flow) == {
+        "not JSON": (3501, "bad request"), "not an object": (3501, "bad request"),
+        "binary": (3501, "bad request"), "a bad signature": (3500, "invalid token"),
+        "expired": (3005, "connection expired"), "no token": (3500, "unauthorized"),
+        "an unknown namespace": (3501, "bad request"), "nothing sent": (3502, "stale")}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_server_api_subscribes_and_refreshes_a_unidirectional_client(
+        pubsub_server):  # noqa: F811
+    from realtime.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    server = await pubsub_server(FEED, ROOM, layer=layer, api_keys=(KEY,))
+
+    def api(method: str, body: dict[str, Any]) -> int:
+        status, _, _ = http_get(server.http_url(f"/api/{method}"), method="POST",
+                                data=json.dumps(body).encode(), headers={"X-API-Key": KEY})
+        return status
+
+    def flow() -> Any:
+        with connect(server.ws_url(UNI), open_timeout=WAIT) as ws:
+            ws.send(json.dumps({"token": token("ada")}))
+            connected = next_message(ws)
+            statuses = [api("subscribe", {"user": "ada", "channel": "room:x",
+                                          "data": {"why": "invited"}})]
+            subscribed = pushes(ws, 2)  # the subscribe push, her own join
+            from_thread(pubsub.publish, "room:x", "hello", layer=layer)
+            pub = pushes(ws, 1)[0]
+            at = int(time.time()) + 60
+            statuses.append(api("refresh", {"user": "ada", "expire_at": at}))
+            refresh = pushes(ws, 1)[0]
+            statuses.append(api("refresh", {"user": "ada", "expired": True}))
+            return connected, statuses, subscribed, pub, refresh, closed(ws)
+
+    connected, statuses, subscribed, pub, refresh, end = await in_thread(flow)
+    assert "subs" not in connected["connect"] and statuses == [200, 200, 200]
+    assert subscribed[0] == {"channel": "room:x", "subscribe": {"data": {"why": "invited"}}}
+    assert subscribed[1]["join"]["info"]["user"] == "ada"
+    assert pub == {"channel": "room:x", "pub": {"data": "hello"}}
+    assert refresh == {"refresh": {"expires": True, "ttl": pytest.approx(60, abs=2)}}
+    assert end == (3005, "connection expired")
