@@ -442,16 +442,16 @@ class _Sub:
     positioned: bool = False
 
 
-class PubSubConsumer(AsyncWebsocketConsumer):
-    """Centrifugo's bidirectional protocol (JSON, or Protobuf for a client that offers
-    ``centrifuge-protobuf``: ``binary``): ``connect``, ``subscribe``,
-    ``unsubscribe``, ``publish``, ``presence``, ``presence_stats``, ``history``,
-    ``refresh``, ``sub_refresh``, ``rpc``, ``send`` and pings, with namespace permissions
-    and connection and subscription JWTs (``--jwt-key`` and the other ``--jwt-*`` options).
+class _Protocol:
+    """Centrifugo's client protocol, whatever carries it: its state, commands, pushes and
+    layer events. ``PubSubConsumer`` carries it on a WebSocket, ``UniStreamConsumer`` on a
+    streamed HTTP response; ``self._conn`` is the transport (a ``WebSocketConnection``, or
+    ``_StreamConn``)."""
 
-    Subclass it to decide in Python what Centrifugo asks an HTTP proxy for:
-    ``can_subscribe``, ``can_publish``, ``rpc``, ``on_message``.
-    """
+    scope: Any
+    channel_layer: Any
+    channel_name: Any
+    _conn: Any
 
     #: None: the ``--namespace`` options (``realtime.pubsub.configure``).
     namespaces: ClassVar[Mapping[str, Namespace] | None] = None
@@ -488,7 +488,7 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         """A client's ``send`` (asynchronous message, no reply)."""
 
     # -- connection ------------------------------------------------------------------------------
-    async def connect(self) -> None:
+    def _init_state(self) -> None:
         self.client_id = str(uuid.uuid4())
         self.user = ""
         self.conn_info: Any = None
@@ -501,34 +501,17 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         #: _count_user counted this connection's user (the connect command's token).
         self._counted_user = False
         self._stale: Any = None
-        if self.unidirectional:
-            await self._connect_unidirectional()
-            return
-        if PROTOBUF_SUBPROTOCOL in (self.scope.get("subprotocols") or ()):
-            from realtime import pubsub_proto
-
-            pubsub_proto.schema()  # built at the first such client, not at start-up
-            self.binary = True
-            await self.accept(PROTOBUF_SUBPROTOCOL)
-            # Publications of channels without history are broadcast() as JSON frames:
-            # this socket gets each once translated (for all such sockets of the process).
-            self._conn.translate_broadcasts(_binary_broadcast)
-        else:
-            await self.accept()
-        self._stale = self._conn.reactor.callLater(STALE_AFTER, self._close_stale)
-
-    async def _connect_unidirectional(self) -> None:
-        await self.accept()
-        # broadcast() frames of channels without history wrap their push as for the
-        # bidirectional clients: this socket gets each bare (translated once per frame).
-        self._conn.translate_broadcasts(_uni_broadcast)
         self._uni_started = False
-        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        asked = query.get("cf_connect")
-        if asked:  # Centrifugo's connect request in the URL (as for its uni_sse)
-            await self._uni_connect(asked[0])
-            return
-        self._stale = self._conn.reactor.callLater(STALE_AFTER, self._close_stale)
+
+    def _cleanup(self) -> None:
+        """The connection is over: its timers go."""
+        for name in ("_stale", "_ping_call"):
+            call = getattr(self, name, None)
+            if call is not None and call.active():
+                call.cancel()
+        for sub in getattr(self, "_subs", {}).values():
+            if sub.expiry is not None and sub.expiry.active():
+                sub.expiry.cancel()
 
     async def _uni_connect(self, text: str) -> None:
         """The unidirectional connect: ``text`` is a ConnectRequest (``token``, ``subs``
@@ -571,63 +554,6 @@ class PubSubConsumer(AsyncWebsocketConsumer):
 
     def _now(self) -> float:
         return float(self._conn.reactor.seconds())
-
-    async def disconnect(self, code: int) -> None:
-        for name in ("_stale", "_ping_call"):
-            call = getattr(self, name, None)
-            if call is not None and call.active():
-                call.cancel()
-        for sub in getattr(self, "_subs", {}).values():
-            if sub.expiry is not None and sub.expiry.active():
-                sub.expiry.cancel()
-
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        """One frame: JSON commands, one per line (text frames), or Protobuf ones (binary
-        frames, ``binary``); a frame of the other kind, or one that is not commands, closes
-        the connection with 3501 after the commands before the bad one have run."""
-        commands: list[Any]
-        if self.unidirectional:
-            # The first message is the connect request; anything after it is ignored, as
-            # Centrifugo does (a client's keep-alive messages, say).
-            if not self._uni_started:
-                if text_data is None:
-                    self._conn.close(*CLOSE_BAD_REQUEST)
-                    return
-                await self._uni_connect(text_data)
-            return
-        if self.binary:
-            from realtime import pubsub_proto
-
-            try:
-                if bytes_data is None:
-                    raise pubsub_proto.DecodeError("a text frame")
-                commands = pubsub_proto.decode(bytes_data, MAX_COMMANDS_PER_FRAME)
-            except pubsub_proto.DecodeError as exc:
-                log.info("pubsub: a bad Protobuf frame: {error}", error=str(exc))
-                commands = [None]
-        else:
-            lines = ([line for line in text_data.split("\n") if line.strip()]
-                     if text_data is not None else [""])
-            if len(lines) > MAX_COMMANDS_PER_FRAME:
-                self._conn.close(*CLOSE_BAD_REQUEST)
-                return
-            commands = lines
-        for command in commands:
-            if self._conn.closing_or_closed:
-                return
-            if isinstance(command, str):
-                try:
-                    command = json.loads(command, parse_constant=refuse_constant)
-                except ValueError:
-                    command = None
-            if not isinstance(command, dict):
-                self._conn.close(*CLOSE_BAD_REQUEST)
-                return
-            try:
-                await self._command(command)
-            except _Close as close:
-                self._conn.close(*close.close)
-                return
 
     async def _command(self, command: dict[str, Any]) -> None:
         if not command:
@@ -1318,6 +1244,99 @@ class PubSubConsumer(AsyncWebsocketConsumer):
         if self._addressed(event):
             self._conn.close(event.get("code", CLOSE_FORCE_DISCONNECT[0]),
                              event.get("reason", CLOSE_FORCE_DISCONNECT[1]))
+
+
+class PubSubConsumer(_Protocol, AsyncWebsocketConsumer):
+    """Centrifugo's bidirectional protocol (JSON, or Protobuf for a client that offers
+    ``centrifuge-protobuf``: ``binary``): ``connect``, ``subscribe``,
+    ``unsubscribe``, ``publish``, ``presence``, ``presence_stats``, ``history``,
+    ``refresh``, ``sub_refresh``, ``rpc``, ``send`` and pings, with namespace permissions
+    and connection and subscription JWTs (``--jwt-key`` and the other ``--jwt-*`` options).
+
+    Subclass it to decide in Python what Centrifugo asks an HTTP proxy for:
+    ``can_subscribe``, ``can_publish``, ``rpc``, ``on_message``.
+    """
+
+    async def connect(self) -> None:
+        self._init_state()
+        if self.unidirectional:
+            await self._connect_unidirectional()
+            return
+        if PROTOBUF_SUBPROTOCOL in (self.scope.get("subprotocols") or ()):
+            from realtime import pubsub_proto
+
+            pubsub_proto.schema()  # built at the first such client, not at start-up
+            self.binary = True
+            await self.accept(PROTOBUF_SUBPROTOCOL)
+            # Publications of channels without history are broadcast() as JSON frames:
+            # this socket gets each once translated (for all such sockets of the process).
+            self._conn.translate_broadcasts(_binary_broadcast)
+        else:
+            await self.accept()
+        self._stale = self._conn.reactor.callLater(STALE_AFTER, self._close_stale)
+
+    async def _connect_unidirectional(self) -> None:
+        await self.accept()
+        # broadcast() frames of channels without history wrap their push as for the
+        # bidirectional clients: this socket gets each bare (translated once per frame).
+        self._conn.translate_broadcasts(_uni_broadcast)
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        asked = query.get("cf_connect")
+        if asked:  # Centrifugo's connect request in the URL (as for its uni_sse)
+            await self._uni_connect(asked[0])
+            return
+        self._stale = self._conn.reactor.callLater(STALE_AFTER, self._close_stale)
+
+    async def disconnect(self, code: int) -> None:
+        self._cleanup()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """One frame: JSON commands, one per line (text frames), or Protobuf ones (binary
+        frames, ``binary``); a frame of the other kind, or one that is not commands, closes
+        the connection with 3501 after the commands before the bad one have run."""
+        commands: list[Any]
+        if self.unidirectional:
+            # The first message is the connect request; anything after it is ignored, as
+            # Centrifugo does (a client's keep-alive messages, say).
+            if not self._uni_started:
+                if text_data is None:
+                    self._conn.close(*CLOSE_BAD_REQUEST)
+                    return
+                await self._uni_connect(text_data)
+            return
+        if self.binary:
+            from realtime import pubsub_proto
+
+            try:
+                if bytes_data is None:
+                    raise pubsub_proto.DecodeError("a text frame")
+                commands = pubsub_proto.decode(bytes_data, MAX_COMMANDS_PER_FRAME)
+            except pubsub_proto.DecodeError as exc:
+                log.info("pubsub: a bad Protobuf frame: {error}", error=str(exc))
+                commands = [None]
+        else:
+            lines = ([line for line in text_data.split("\n") if line.strip()]
+                     if text_data is not None else [""])
+            if len(lines) > MAX_COMMANDS_PER_FRAME:
+                self._conn.close(*CLOSE_BAD_REQUEST)
+                return
+            commands = lines
+        for command in commands:
+            if self._conn.closing_or_closed:
+                return
+            if isinstance(command, str):
+                try:
+                    command = json.loads(command, parse_constant=refuse_constant)
+                except ValueError:
+                    command = None
+            if not isinstance(command, dict):
+                self._conn.close(*CLOSE_BAD_REQUEST)
+                return
+            try:
+                await self._command(command)
+            except _Close as close:
+                self._conn.close(*close.close)
+                return
 
 
 _METHODS = ("connect", "subscribe", "unsubscribe", "publish", "presence", "presence_stats",
