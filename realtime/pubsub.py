@@ -32,8 +32,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from realtime.consumer import AsyncWebsocketConsumer
-from realtime.layers.base import MAX_NAME, UNCOUNTED_GROUP_PREFIX
+from realtime.http import AsyncHttpConsumer
+from realtime.layers.base import MAX_NAME, UNCOUNTED_GROUP_PREFIX, frame_event
 from realtime.settings import settings
+from realtime.threads import as_deferred
 
 log = Logger(namespace="realtime.pubsub")
 
@@ -1387,7 +1389,7 @@ def _binary_broadcast(frame: bytes) -> bytes | None:
     if frame in _TRANSLATED:
         return _TRANSLATED[frame]
     from realtime import pubsub_proto
-    from realtime.layers.base import frame_event, prepared_frame
+    from realtime.layers.base import prepared_frame
 
     out: bytes | None = None
     try:
@@ -1414,7 +1416,7 @@ def _uni_broadcast(frame: bytes) -> bytes | None:
     client gets; None (skipped) for a frame that is no push."""
     if frame in _UNWRAPPED:
         return _UNWRAPPED[frame]
-    from realtime.layers.base import frame_event, prepared_frame
+    from realtime.layers.base import prepared_frame
 
     out: bytes | None = None
     try:
@@ -1475,6 +1477,160 @@ class UniPubSubConsumer(PubSubConsumer):
     unidirectional = True
 
 
+#: A streamed connect's refusal, before anything was written: the HTTP status (an
+#: EventSource stops at an error status; a stream that ends, it opens again).
+_STREAM_STATUS = {3500: 401, 3005: 401, 3507: 403, 3504: 429, 3004: 500}
+
+
+class _StreamConn:
+    """What ``_Protocol`` asks of its connection, for a streamed HTTP response: each
+    message one server-sent event (``data: <json>``, ``sse``) or one line of JSON; a close
+    is Centrifugo's ``disconnect`` push and the end of the response (or, before anything
+    was written, an HTTP status: ``_STREAM_STATUS``); the token's expiry a timer."""
+
+    user_key: Any = None
+
+    def __init__(self, consumer: UniStreamConsumer) -> None:
+        self.consumer = consumer
+        self.site = consumer._site()
+        self.config = self.site.config
+        self.reactor = self.site.clock
+        self.scope = consumer.scope
+        self._expiry: Any = None
+        self._started = False
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.consumer._finished)
+
+    @property
+    def closing_or_closed(self) -> bool:
+        return bool(self.consumer._finished)
+
+    def _send(self, body: bytes, more: bool = True) -> None:
+        as_deferred(self.consumer.send_body(body, more_body=more)).addErrback(
+            lambda failure: log.failure("pubsub: a stream write failed", failure))
+
+    def send_text(self, text: str) -> None:
+        if self.consumer._finished:
+            return
+        if not self._started:
+            self._started = True
+            as_deferred(self.consumer.send_headers(status=200, headers=(
+                self.consumer.stream_headers))).addErrback(
+                lambda failure: log.failure("pubsub: a stream's head failed", failure))
+        payload = text.encode()
+        self._send(b"data: " + payload + b"\n\n" if self.consumer.sse else payload + b"\n")
+
+    def send_bytes(self, data: bytes) -> None:  # JSON only: nothing sends bytes here
+        raise TypeError("a unidirectional stream carries JSON text")
+
+    def close(self, code: int, reason: str | None = None) -> None:
+        if self.consumer._finished:
+            return
+        self._cancel_expiry()
+        push = _dumps({"disconnect": {"code": code, "reason": reason or ""}})
+        if not self._started:
+            self._started = True
+            status = _STREAM_STATUS.get(code, 400)
+            as_deferred(self.consumer.send_response(status, push.encode() + b"\n", headers=[
+                (b"Content-Type", b"application/json")])).addErrback(
+                lambda failure: log.failure("pubsub: a stream's refusal failed", failure))
+            return
+        self.send_text(push)
+        self._send(b"", more=False)
+
+    def token_refreshed(self) -> None:
+        """``scope["auth_expires_at"]`` changed: the expiry follows it."""
+        self._cancel_expiry()
+        at = self.scope.get("auth_expires_at")
+        if at is not None:
+            self._expiry = self.reactor.callLater(
+                max(0.0, float(at) - self.reactor.seconds()), self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self.close(*self.consumer.token_expired_close)
+
+    def _cancel_expiry(self) -> None:
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+
+
+class UniStreamConsumer(_Protocol, AsyncHttpConsumer):
+    """Centrifugo's unidirectional HTTP streaming (``/connection/uni_http_stream``: POST a
+    connect request, read lines of JSON) and, with ``sse = True``, its server-sent events
+    (``/connection/uni_sse``: ``GET ?cf_connect=<connect request>`` from an
+    ``EventSource``, or POST it): the pushes of ``UniPubSubConsumer``, one per line or
+    event. A refused connect is an HTTP status with the ``disconnect`` push as its body;
+    later, a ``disconnect`` push ends the stream (an ``EventSource`` opens it again unless
+    the page closes it: do that for codes of 3500 and up)."""
+
+    unidirectional = True
+    #: Server-sent events (``data: <json>``) instead of lines of JSON.
+    sse = False
+
+    @property
+    def stream_headers(self) -> list[tuple[bytes, bytes]]:
+        kind = b"text/event-stream" if self.sse else b"application/json"
+        return [(b"Content-Type", kind), (b"Cache-Control", b"no-cache"),
+                (b"X-Accel-Buffering", b"no")]  # nginx: pass each event on at once
+
+    async def handle(self, body: bytes) -> None:
+        self._init_state()
+        self._conn = _StreamConn(self)
+        method = self.scope.get("method", "GET")
+        if method == "POST":
+            text = body.decode("utf-8", "replace")
+        elif method == "GET" and self.sse:
+            query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+            text = query.get("cf_connect", ["{}"])[0]
+        else:
+            await self.send_response(405, b"", headers=[
+                (b"Allow", b"GET, POST" if self.sse else b"POST")])
+            return
+        await self._uni_connect(text)
+
+    def deliver_frame(self, frame: bytes) -> bool:
+        """``broadcast()`` (a publication of a channel without history): its bare push, as
+        an event in order with the others."""
+        if self._finished:
+            return False
+        bare = _uni_broadcast(frame)
+        if bare is None:
+            return False
+        self._queue(frame_event(bare))
+        return True
+
+    def broadcast_message(self, event: dict[str, Any]) -> None:
+        self._conn.send_text(event["text"])
+
+    def close_from_layer(self, code: int, reason: str | None) -> None:
+        """``group_close`` (the server API's ``disconnect`` of a user, a drain): the
+        ``disconnect`` push, then the end."""
+        if not self._finished and getattr(self, "_conn", None) is not None:
+            self._queue({"type": "pubsub.stream_close", "code": code, "reason": reason})
+        super().close_from_layer(code, reason)
+
+    def pubsub_stream_close(self, event: dict[str, Any]) -> None:
+        self._conn.close(event["code"], event.get("reason"))
+
+    async def disconnect(self) -> None:
+        self._cleanup()
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn._cancel_expiry()
+            if conn.user_key is not None:
+                self._site().uncount_user(conn)
+
+
+class UniSseConsumer(UniStreamConsumer):
+    """Centrifugo's ``uni_sse``: ``UniStreamConsumer`` as server-sent events."""
+
+    sse = True
+
+
 def _version() -> str:
     from realtime import __version__
 
@@ -1485,14 +1641,21 @@ def _version() -> str:
 #: the unidirectional one at ``/connection/uni_websocket`` (Centrifugo's paths), and
 #: nothing else.
 def _application() -> Any:
-    from realtime.routing import URLRouter, path
+    from realtime.routing import ProtocolTypeRouter, URLRouter, path
 
-    return URLRouter([path("connection/websocket", PubSubConsumer.as_asgi()),
-                      path("connection/uni_websocket", UniPubSubConsumer.as_asgi())])
+    return ProtocolTypeRouter({
+        "websocket": URLRouter([
+            path("connection/websocket", PubSubConsumer.as_asgi()),
+            path("connection/uni_websocket", UniPubSubConsumer.as_asgi())]),
+        "http": URLRouter([
+            path("connection/uni_sse", UniSseConsumer.as_asgi()),
+            path("connection/uni_http_stream", UniStreamConsumer.as_asgi())]),
+    })
 
 
 application = _application()
 
-__all__ = ["Namespace", "PubSubConsumer", "PubSubError", "UniPubSubConsumer", "application",
+__all__ = ["Namespace", "PubSubConsumer", "PubSubError", "UniPubSubConsumer", "UniSseConsumer",
+           "UniStreamConsumer", "application",
            "channel_group", "configure", "from_bytes", "namespace_prefix", "parse_namespace",
            "parse_namespaces", "publish", "read_history", "user_group"]

@@ -200,3 +200,173 @@ async def test_the_server_api_subscribes_and_refreshes_a_unidirectional_client(
     assert pub == {"channel": "room:x", "pub": {"data": "hello"}}
     assert refresh == {"refresh": {"expires": True, "ttl": pytest.approx(60, abs=2)}}
     assert end == (3005, "connection expired")
+
+
+# -- server-sent events and HTTP streaming ---------------------------------------------------------
+
+class Stream:
+    """A streamed response read with httpx: each message (an SSE event's data, or a line of
+    JSON) parsed; the status, the headers."""
+
+    def __init__(self, response: Any, sse: bool) -> None:
+        self.response = response
+        self.sse = sse
+        self.lines = response.iter_lines()
+
+    def next(self) -> Any:
+        for line in self.lines:
+            if self.sse:
+                if line.startswith("data: "):
+                    return json.loads(line[len("data: "):])
+            elif line.strip():
+                return json.loads(line)
+        return "ended"
+
+    def pushes(self, count: int) -> list[Any]:
+        got: list[Any] = []
+        while len(got) < count:
+            message = self.next()
+            if message != {}:
+                got.append(message)
+        return got
+
+    def rest(self) -> list[Any]:
+        """Every message until the response ends."""
+        got = []
+        while (message := self.next()) != "ended":
+            got.append(message)
+        return got
+
+
+def open_stream(server: Any, kind: str, request: dict[str, Any] | None, **options: Any) -> Any:
+    """``httpx.stream`` on ``uni_sse`` (GET with ``cf_connect``) or ``uni_http_stream``
+    (POST): a context manager of the response."""
+    import httpx
+
+    if kind == "sse":
+        url = server.http_url("/connection/uni_sse")
+        if request is not None:
+            url += "?cf_connect=" + quote(json.dumps(request))
+        return httpx.stream("GET", url, timeout=WAIT, **options)
+    return httpx.stream("POST", server.http_url("/connection/uni_http_stream"),
+                        content=json.dumps(request).encode(), timeout=WAIT, **options)
+
+
+@pytest.mark.parametrize("kind", ["sse", "http_stream"])
+@pytest_twisted.ensureDeferred
+async def test_a_stream_gets_the_pushes_of_its_channels(pubsub_server, kind,  # noqa: F811
+                                                       monkeypatch):
+    from realtime.layers import InMemoryChannelLayer
+
+    monkeypatch.setattr(pubsub, "PING_INTERVAL", 0.2)
+    layer = InMemoryChannelLayer()
+    server = await pubsub_server(FEED, ROOM, layer=layer, api_keys=(KEY,))
+
+    def api(method: str, body: dict[str, Any]) -> int:
+        status, _, _ = http_get(server.http_url(f"/api/{method}"), method="POST",
+                                data=json.dumps(body).encode(), headers={"X-API-Key": KEY})
+        return status
+
+    def flow() -> Any:
+        request = {"token": token("ada", channels=["feed:news", "room:x"])}
+        with open_stream(server, kind, request) as response:
+            stream = Stream(response, sse=kind == "sse")
+            connected = stream.next()
+            joined = stream.next()
+            from_thread(pubsub.publish, "feed:news", {"n": 1}, layer=layer)
+            from_thread(pubsub.publish, "room:x", "plain", layer=layer)
+            got = stream.pushes(2)
+            time.sleep(0.5)
+            from_thread(pubsub.publish, "room:x", "after pings", layer=layer)
+            statuses = [api("subscribe", {"user": "ada", "channel": "feed:other"})]
+            later = []
+            while (message := stream.next()) != {"channel": "room:x", "pub": {
+                    "data": "after pings"}}:
+                later.append(message)
+            subscribed = stream.pushes(1)
+            statuses.append(api("disconnect", {"user": "ada"}))
+            end = stream.rest()
+            return (response.status_code, response.headers.get("content-type"), connected,
+                    joined, got, later, subscribed, statuses, end)
+
+    (status, content_type, connected, joined, got, later, subscribed, statuses,
+     end) = await in_thread(flow)
+    assert status == 200
+    assert content_type == ("text/event-stream" if kind == "sse" else "application/json")
+    assert set(connected["connect"]["subs"]) == {"feed:news", "room:x"}
+    assert joined["channel"] == "room:x" and joined["join"]["info"]["user"] == "ada"
+    assert got == [{"channel": "feed:news", "pub": {"data": {"n": 1}, "offset": 1}},
+                   {"channel": "room:x", "pub": {"data": "plain"}}]
+    assert later and all(message == {} for message in later)  # pings
+    assert subscribed == [{"channel": "feed:other", "subscribe": {
+        "recoverable": True, "epoch": subscribed[0]["subscribe"]["epoch"], "offset": 0}}]
+    assert statuses == [200, 200]
+    assert end[-1] == {"disconnect": {"code": 3503, "reason": "force disconnect"}}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_stream_is_an_http_status(pubsub_server):  # noqa: F811
+    server = await pubsub_server(FEED, max_connections_per_user=1)
+
+    def answer(kind: str, request: Any) -> tuple[int, Any]:
+        with open_stream(server, kind, request) as response:
+            body = response.read()
+            return response.status_code, json.loads(body) if body else None
+
+    def flow() -> Any:
+        got = {
+            "a bad signature": answer("sse", {"token": token("ada", key="x" * 40)}),
+            "no token": answer("http_stream", {}),
+            "expired": answer("sse", {"token": token("ada", ttl=-10)}),
+            "an unknown namespace": answer("http_stream", {
+                "token": token("ada", channels=["nowhere:x"])}),
+        }
+        import httpx
+
+        got["not JSON"] = (httpx.post(server.http_url("/connection/uni_http_stream"),
+                                      content=b"{nope").status_code, None)
+        got["GET on http_stream"] = (httpx.get(server.http_url(
+            "/connection/uni_http_stream")).status_code, None)
+        with open_stream(server, "sse", {"token": token("bob")}) as first:
+            held = Stream(first, sse=True)  # (a Stream dropped closes its response)
+            assert held.next()["connect"]["client"]
+            got["bob's second"] = answer("http_stream", {"token": token("bob")})
+        time.sleep(0.2)  # the first stream's end reaches the server
+        with open_stream(server, "sse", {"token": token("bob")}) as again:
+            got["bob again"] = (again.status_code, Stream(again, sse=True).next().keys())
+        return got
+
+    got = await in_thread(flow)
+
+    def disconnect(code: int, reason: str) -> dict[str, Any]:
+        return {"disconnect": {"code": code, "reason": reason}}
+
+    assert got == {
+        "a bad signature": (401, disconnect(3500, "invalid token")),
+        "no token": (401, disconnect(3500, "unauthorized")),
+        "expired": (401, disconnect(3005, "connection expired")),
+        "an unknown namespace": (400, disconnect(3501, "bad request")),
+        "not JSON": (400, None),
+        "GET on http_stream": (405, None),
+        "bob's second": (429, disconnect(3504, "connection limit")),
+        "bob again": (200, {"connect": None}.keys()),
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_past_its_token_ends_with_3005(pubsub_server, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(pubsub, "EXPIRED_CLOSE_DELAY", 0.1)
+    monkeypatch.setattr(pubsub, "PING_INTERVAL", 0)
+    server = await pubsub_server(FEED)
+
+    def flow() -> Any:
+        with open_stream(server, "sse", {"token": token("ada", ttl=1.5)}) as response:
+            stream = Stream(response, sse=True)
+            connected = stream.next()
+            started = time.time()
+            return connected, stream.rest(), time.time() - started
+
+    connected, rest, took = await in_thread(flow)
+    assert connected["connect"]["expires"] is True
+    assert rest == [{"disconnect": {"code": 3005, "reason": "connection expired"}}]
+    assert 0.3 < took < 3.0
