@@ -88,6 +88,8 @@ CLOSE_NO_PONG = (3012, "no pong")
 #: A unidirectional connect that failed on the server's side: reconnect.
 CLOSE_SERVER_ERROR = (3004, "internal server error")
 CLOSE_PERMISSION_DENIED = (3507, "permission denied")
+#: The server shuts down: reconnect (to another one).
+CLOSE_SHUTDOWN = (3001, "shutdown")
 CLOSE_CHANNEL_LIMIT = (3505, "channel limit")
 #: A server-side subscription lost its stream's state: reconnect (and recover) it.
 CLOSE_INSUFFICIENT_STATE = (3010, "insufficient state")
@@ -1498,6 +1500,9 @@ class _StreamConn:
         self.scope = consumer.scope
         self._expiry: Any = None
         self._started = False
+        listeners = getattr(self.site, "drain_listeners", None)
+        if listeners is not None:
+            listeners.add(self)
 
     @property
     def finished(self) -> bool:
@@ -1539,6 +1544,12 @@ class _StreamConn:
             return
         self.send_text(push)
         self._send(b"", more=False)
+
+    def server_draining(self) -> None:
+        """The server drains (SIGTERM): Centrifugo's shutdown push (3001, reconnect), then
+        the end, so the client reconnects to another server at once."""
+        if self._started:
+            self.close(*CLOSE_SHUTDOWN)
 
     def token_refreshed(self) -> None:
         """``scope["auth_expires_at"]`` changed: the expiry follows it."""

@@ -27,6 +27,7 @@ channel, or its connection or stream gone first (499 when no response had starte
 from __future__ import annotations
 
 import re
+import weakref
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -648,6 +649,10 @@ class RealtimeSite(server.Site):
         self.draining = False
         self._drained: list[Deferred[None]] = []
         self._no_websockets: list[Deferred[None]] = []
+        #: Told ``server_draining()`` when the drain starts: a long stream that can end
+        #: itself in its protocol's terms (realtime.pubsub's streams: a 3001 push) instead
+        #: of holding the drain until ``--shutdown-timeout``.
+        self.drain_listeners: weakref.WeakSet[Any] = weakref.WeakSet()
         #: Requests for the application wait here while the ASGI lifespan start-up runs
         #: (a list; ``release`` sends them on), or all get this ``Refuse`` once it failed
         #: or the server stopped first; None while serving.
@@ -1115,6 +1120,11 @@ class RealtimeSite(server.Site):
         response sent, its body read); fires when all are gone and the ASGI apps they ran
         have returned. The caller enforces the deadline (``abort_all``, ``drain_over``)."""
         self.draining = True
+        for listener in list(self.drain_listeners):
+            try:
+                listener.server_draining()
+            except Exception:
+                log.failure("{listener} failed at the drain's start", listener=listener)
         for channel in list(self.open_channels):
             channel.drain()
         if self.connections:

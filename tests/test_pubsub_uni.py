@@ -370,3 +370,24 @@ async def test_a_stream_past_its_token_ends_with_3005(pubsub_server, monkeypatch
     assert connected["connect"]["expires"] is True
     assert rest == [{"disconnect": {"code": 3005, "reason": "connection expired"}}]
     assert 0.3 < took < 3.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_drain_ends_a_stream_with_3001(pubsub_server):  # noqa: F811
+    """SIGTERM's drain: a stream gets Centrifugo's shutdown push (3001: reconnect, to
+    another server) and ends at once, instead of holding the drain until
+    ``--shutdown-timeout``."""
+    server = await pubsub_server(FEED)
+
+    def flow() -> Any:
+        with open_stream(server, "sse", {"token": token("ada")}) as response:
+            stream = Stream(response, sse=True)
+            connected = stream.next()
+            drained = from_thread(server.site.drain)
+            started = time.time()
+            return connected, stream.rest(), time.time() - started, drained
+
+    connected, rest, took, _ = await in_thread(flow)
+    assert "connect" in connected
+    assert rest == [{"disconnect": {"code": 3001, "reason": "shutdown"}}]
+    assert took < 2.0
