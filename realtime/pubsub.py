@@ -1379,17 +1379,20 @@ def _push_frame(channel: str, event: dict[str, Any], form: bool | str = False) -
     return payload
 
 
-#: ``broadcast()`` frames translated for Protobuf clients, by frame (the same bytes object
-#: reaches every member, and hashes once): the last few publications.
-_TRANSLATED: dict[bytes, bytes | None] = {}
+#: ``broadcast()`` frames translated for the sockets that do not take them as they are, by
+#: (form, frame) (the same bytes object reaches every member, and hashes once): the last
+#: few publications.
+_TRANSLATED: dict[tuple[bool | str, bytes], bytes | None] = {}
 
 
-def _binary_broadcast(frame: bytes) -> bytes | None:
-    """A publication's JSON frame (``publish`` in a channel without history) as the
-    Protobuf frame of the same push; None (skipped, with a warning) for a frame that is
-    no push (a ``broadcast()`` to a channel's group from elsewhere)."""
-    if frame in _TRANSLATED:
-        return _TRANSLATED[frame]
+def _translated(frame: bytes, form: bool | str) -> bytes | None:
+    """A publication's JSON frame (``publish`` in a channel without history: ``{"push":
+    {...}}``) as a Protobuf client (``form`` True) or a unidirectional one (``_UNI``: the
+    bare push) takes it; None (skipped, with a warning) for a frame that is no push (a
+    ``broadcast()`` to a channel's group from elsewhere)."""
+    key = (form, frame)
+    if key in _TRANSLATED:
+        return _TRANSLATED[key]
     from realtime import pubsub_proto
     from realtime.layers.base import prepared_frame
 
@@ -1398,43 +1401,25 @@ def _binary_broadcast(frame: bytes) -> bytes | None:
         event = frame_event(frame)
         document = json.loads(event["text"]) if "text" in event else None
         if isinstance(document, dict) and isinstance(document.get("push"), dict):
-            out = prepared_frame(None, pubsub_proto.encode(document))
+            out = (prepared_frame(None, pubsub_proto.encode(document)) if form is True
+                   else prepared_frame(_dumps(document["push"]), None))
     except (ValueError, TypeError):
         pass
     if out is None:
-        log.warn("pubsub: a broadcast frame that is no push skipped for a Protobuf client")
+        log.warn("pubsub: a broadcast frame that is no push skipped for a {client} client",
+                 client="Protobuf" if form is True else "unidirectional")
     if len(_TRANSLATED) >= 16:
         del _TRANSLATED[next(iter(_TRANSLATED))]
-    _TRANSLATED[frame] = out
+    _TRANSLATED[key] = out
     return out
 
 
-#: ``broadcast()`` frames bare for unidirectional clients, by frame.
-_UNWRAPPED: dict[bytes, bytes | None] = {}
+def _binary_broadcast(frame: bytes) -> bytes | None:
+    return _translated(frame, True)
 
 
 def _uni_broadcast(frame: bytes) -> bytes | None:
-    """A publication's JSON frame (``{"push": {...}}``) as the bare push a unidirectional
-    client gets; None (skipped) for a frame that is no push."""
-    if frame in _UNWRAPPED:
-        return _UNWRAPPED[frame]
-    from realtime.layers.base import prepared_frame
-
-    out: bytes | None = None
-    try:
-        event = frame_event(frame)
-        document = json.loads(event["text"]) if "text" in event else None
-        if isinstance(document, dict) and isinstance(document.get("push"), dict):
-            out = prepared_frame(_dumps(document["push"]), None)
-    except (ValueError, TypeError):
-        pass
-    if out is None:
-        log.warn("pubsub: a broadcast frame that is no push skipped for a unidirectional "
-                 "client")
-    if len(_UNWRAPPED) >= 16:
-        del _UNWRAPPED[next(iter(_UNWRAPPED))]
-    _UNWRAPPED[frame] = out
-    return out
+    return _translated(frame, _UNI)
 
 
 def _asked_position(request: dict[str, Any]) -> dict[str, Any] | None:

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from realtime import pubsub, pubsub_proto
@@ -23,6 +22,7 @@ from tests.clients import in_thread
 from tests.test_pubsub import (  # noqa: F401  (fixtures)
     PATH,
     WAIT,
+    Raw,
     _settings,
     pubsub_server,
     run,
@@ -270,14 +270,9 @@ class Hooks(PubSubConsumer):
         self.seen.append(("message", data))
 
 
-class RawPb:
-    """A raw Protobuf-protocol client (websockets' sync client), its messages built with
-    centrifuge-python's generated classes (Centrifugo's schema, not ours)."""
-
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
-        self.ids = 0
-        self.pushes: list[dict[str, Any]] = []
+class RawPb(Raw):
+    """``Raw`` in the Protobuf format, its messages built with centrifuge-python's
+    generated classes (Centrifugo's schema, not ours); a frame may carry several."""
 
     @staticmethod
     def frame(*commands: dict[str, Any]) -> bytes:
@@ -292,7 +287,8 @@ class RawPb:
         self.ws.send(self.frame({"id": self.ids, method: params or {}}))
         return self.ids
 
-    def recv(self) -> list[dict[str, Any]]:
+    def recv_all(self) -> list[dict[str, Any]]:
+        """The replies of the next frame."""
         from centrifuge.codecs import _ProtobufCodec
 
         data = self.ws.recv(timeout=WAIT)
@@ -300,34 +296,10 @@ class RawPb:
         replies: list[dict[str, Any]] = _ProtobufCodec.decode_replies(data)
         return replies
 
-    def call(self, method: str, params: Any = None) -> dict[str, Any]:
-        ident = self.send(method, params)
-        while True:
-            for message in self.recv():
-                if message.get("id") == ident:
-                    return message
-                self.pushes.append(message)
-
-    def result(self, method: str, params: Any = None) -> dict[str, Any]:
-        reply = self.call(method, params)
-        assert "error" not in reply, reply
-        result: dict[str, Any] = reply.get(method, {})
-        return result
-
-    def error(self, method: str, params: Any = None) -> int:
-        reply = self.call(method, params)
-        assert "error" in reply, reply
-        return int(reply["error"]["code"])
-
-    def connect(self, tok: str | None = None) -> dict[str, Any]:
-        return self.result("connect", {"token": tok if tok is not None else token()})
-
-    def closed(self) -> int | None:
-        try:
-            while True:
-                self.ws.recv(timeout=WAIT)
-        except ConnectionClosed as exc:
-            return exc.rcvd.code if exc.rcvd is not None else None
+    def recv(self) -> dict[str, Any]:
+        if not getattr(self, "_unread", None):
+            self._unread = self.recv_all()
+        return self._unread.pop(0)
 
 
 def raw_pb(server: Any, flow: Any) -> Any:
@@ -452,7 +424,7 @@ async def test_hostile_protobuf_frames_close_or_refuse_that_client_only(pubsub_s
                     client.connect(token("eve"))
                     other.send(data)
                     if isinstance(expected, tuple):
-                        reply = next(m for m in client.recv() if m.get("id") == 9)
+                        reply = next(m for m in client.recv_all() if m.get("id") == 9)
                         got[name] = (reply["error"]["code"], None)
                     else:
                         got[name] = client.closed()
@@ -463,9 +435,9 @@ async def test_hostile_protobuf_frames_close_or_refuse_that_client_only(pubsub_s
                 other.send(RawPb.frame(*({"id": n + 10, "ping": {}} for n in range(1000))))
                 ids: list[int] = []
                 while len(ids) < 1000:
-                    ids += [m["id"] for m in batch.recv()]
+                    ids += [m["id"] for m in batch.recv_all()]
             witness.result("publish", {"channel": "open:x", "data": b64(b"still here")})
-            pushes = witness.pushes or witness.recv()
+            pushes = witness.pushes or witness.recv_all()
             return got, ids, pushes
 
     got, ids, pushes = await in_thread(flow)

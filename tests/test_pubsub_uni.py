@@ -34,6 +34,13 @@ ROOM = "room:presence,join_leave,force_push_join_leave"
 KEY = "uni-test-api-key-0123456789"
 
 
+def call_api(server: Any, method: str, body: dict[str, Any]) -> int:
+    """A Centrifugo server API call (blocking): its HTTP status."""
+    status, _, _ = http_get(server.http_url(f"/api/{method}"), method="POST",
+                            data=json.dumps(body).encode(), headers={"X-API-Key": KEY})
+    return status
+
+
 def next_message(ws: ClientConnection) -> dict[str, Any]:
     message: dict[str, Any] = json.loads(ws.recv(timeout=WAIT))
     return message
@@ -173,24 +180,19 @@ async def test_the_server_api_subscribes_and_refreshes_a_unidirectional_client(
     layer = InMemoryChannelLayer()
     server = await pubsub_server(FEED, ROOM, layer=layer, api_keys=(KEY,))
 
-    def api(method: str, body: dict[str, Any]) -> int:
-        status, _, _ = http_get(server.http_url(f"/api/{method}"), method="POST",
-                                data=json.dumps(body).encode(), headers={"X-API-Key": KEY})
-        return status
-
     def flow() -> Any:
         with connect(server.ws_url(UNI), open_timeout=WAIT) as ws:
             ws.send(json.dumps({"token": token("ada")}))
             connected = next_message(ws)
-            statuses = [api("subscribe", {"user": "ada", "channel": "room:x",
+            statuses = [call_api(server, "subscribe", {"user": "ada", "channel": "room:x",
                                           "data": {"why": "invited"}})]
             subscribed = pushes(ws, 2)  # the subscribe push, her own join
             from_thread(pubsub.publish, "room:x", "hello", layer=layer)
             pub = pushes(ws, 1)[0]
             at = int(time.time()) + 60
-            statuses.append(api("refresh", {"user": "ada", "expire_at": at}))
+            statuses.append(call_api(server, "refresh", {"user": "ada", "expire_at": at}))
             refresh = pushes(ws, 1)[0]
-            statuses.append(api("refresh", {"user": "ada", "expired": True}))
+            statuses.append(call_api(server, "refresh", {"user": "ada", "expired": True}))
             return connected, statuses, subscribed, pub, refresh, closed(ws)
 
     connected, statuses, subscribed, pub, refresh, end = await in_thread(flow)
@@ -262,11 +264,6 @@ async def test_a_stream_gets_the_pushes_of_its_channels(pubsub_server, kind,  # 
     layer = InMemoryChannelLayer()
     server = await pubsub_server(FEED, ROOM, layer=layer, api_keys=(KEY,))
 
-    def api(method: str, body: dict[str, Any]) -> int:
-        status, _, _ = http_get(server.http_url(f"/api/{method}"), method="POST",
-                                data=json.dumps(body).encode(), headers={"X-API-Key": KEY})
-        return status
-
     def flow() -> Any:
         request = {"token": token("ada", channels=["feed:news", "room:x"])}
         with open_stream(server, kind, request) as response:
@@ -278,13 +275,13 @@ async def test_a_stream_gets_the_pushes_of_its_channels(pubsub_server, kind,  # 
             got = stream.pushes(2)
             time.sleep(0.5)
             from_thread(pubsub.publish, "room:x", "after pings", layer=layer)
-            statuses = [api("subscribe", {"user": "ada", "channel": "feed:other"})]
+            statuses = [call_api(server, "subscribe", {"user": "ada", "channel": "feed:other"})]
             later = []
             while (message := stream.next()) != {"channel": "room:x", "pub": {
                     "data": "after pings"}}:
                 later.append(message)
             subscribed = stream.pushes(1)
-            statuses.append(api("disconnect", {"user": "ada"}))
+            statuses.append(call_api(server, "disconnect", {"user": "ada"}))
             end = stream.rest()
             return (response.status_code, response.headers.get("content-type"), connected,
                     joined, got, later, subscribed, statuses, end)
