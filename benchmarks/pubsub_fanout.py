@@ -1,30 +1,31 @@
 """What one ``realtime.pubsub.publish`` costs the server per subscriber (Centrifugo's
 protocol): in a namespace without history (one prepared push frame, ``broadcast``) and in
 one with history (a positioned ``group_send``: each member's handler writes the push,
-encoded once per process), beside a plain ``broadcast()`` of a frame of the same size to
-the same sockets; with ``--protobuf``, the same two publications to as many subscribers
-in Centrifugo's Protobuf format too. One process, real loopback sockets.
+encoded once per process), to JSON subscribers and to as many Protobuf ones, beside a
+plain ``broadcast()`` of a frame of the same size to the JSON subscribers. One process,
+real loopback sockets.
 
     python benchmarks/pubsub_fanout.py [--members 2000] [--turns 60] [--passes 5]
-                                       [--protobuf]
+                                       [--no-protobuf]
 
 Serves ``realtime.pubsub.application`` in this process (anonymous connections, no
 application pings); a reader process on the other core opens the subscribers'
 WebSockets, sends each ``connect`` and ``subscribe`` as centrifuge-js would, and drains
-them, so each write pays the receiver's wake-up as in a real fan-out. With
-``--protobuf`` it opens as many more that offer the ``centrifuge-protobuf`` subprotocol
-and send those commands in Protobuf (centrifuge-python's generated classes, each command
-length-prefixed with a varint, as its Protobuf codec does), subscribed to channels of
-their own: a Protobuf publication row is the same publish to the same number of
-subscribers, all Protobuf clients (a channel without history: its JSON frame translated
-once per publication for them, ``WebSocketConnection.translate_broadcasts``; with
-history: the push encoded once per publication in Protobuf).
-Each turn is one publish inside one read (``hold()``/``release()``), as a publisher's
-message makes it. Printed: the reactor thread's CPU (user + system, ``thread_time``) per
-delivery, medians over the passes (the kinds interleaved in every pass), and the ratios
-to ``broadcast()`` (to the JSON subscribers); then a check that every subscriber got every
-push (JSON: bytes counted; Protobuf: each binary frame's length-prefixed ``Reply``
-messages parsed, the publications counted per channel, their data and offsets checked).
+them, so each write pays the receiver's wake-up as in a real fan-out. Then as many
+Protobuf subscribers (not with ``--no-protobuf``): they offer the ``centrifuge-protobuf``
+subprotocol and send those commands in Protobuf, each a binary frame (centrifuge-python's
+generated classes, each command length-prefixed with a varint, as its Protobuf codec
+does), to channels of their own in the same two namespaces: a Protobuf row is the same
+publish to the same number of subscribers, all Protobuf clients (without history: the
+JSON frame translated once per publication for them,
+``WebSocketConnection.translate_broadcasts``; with history: the push encoded once per
+publication in Protobuf). Each turn is one publish inside one read
+(``hold()``/``release()``), as a publisher's message makes it. Printed: the reactor
+thread's CPU (user + system, ``thread_time``) per delivery, medians over the passes (the
+kinds interleaved in every pass), and the ratios to ``broadcast()``; then a check that
+every subscriber got every push (JSON: bytes counted; Protobuf: each binary frame's
+varint-length-prefixed ``Reply`` messages parsed, the publications counted by channel,
+their data and offsets checked).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from inprocess import drain, run_measure, start_reader
@@ -54,8 +56,10 @@ CHANNELS = ("plain:bench", "kept:bench")
 #: The Protobuf subscribers' channels (the same namespaces: one without history, one with).
 PROTOBUF_CHANNELS = ("plain:protobuf", "kept:protobuf")
 DATA = {"text": "x" * 48}
-#: Set for the reader process: open the Protobuf subscribers too (``--protobuf``).
+#: Set for the reader process: open the Protobuf subscribers too (not ``--no-protobuf``).
 PROTOBUF_ENV = "PUBSUB_FANOUT_PROTOBUF"
+#: Subscribers connecting at once (below Twisted's listen backlog of 50).
+BATCH = 32
 
 JSON_ROWS = ("broadcast()", "publish, no history", "publish, history")
 PROTOBUF_ROWS = ("publish, no history, Protobuf", "publish, history, Protobuf")
@@ -170,59 +174,85 @@ class Recording:
         return sum(len(c) for c in self.chunks[1:]), bad
 
 
+def open_json(port: int) -> socket.socket:
+    """A JSON subscriber's socket: the handshake, ``connect`` and a ``subscribe`` to each
+    of ``CHANNELS`` sent, as centrifuge-js sends them."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(HANDSHAKE + client_frame('{"id":1,"connect":{}}')
+              + b"".join(client_frame(json.dumps(
+                  {"id": n, "subscribe": {"channel": c}}, separators=(",", ":")))
+                  for n, c in enumerate(CHANNELS, 2)))
+    return s
+
+
+def json_subscribed(s: socket.socket) -> socket.socket:
+    """``s`` once its replies (connect, then each subscribe) are in, non-blocking."""
+    got = b""
+    while got.count(b'"id":') < 1 + len(CHANNELS):
+        got += s.recv(65536)
+    if not got.startswith(b"HTTP/1.1 101") or b'"error"' in got:
+        raise SystemExit(f"refused: {got[:200]!r}")
+    s.setblocking(False)
+    return s
+
+
+def open_protobuf(port: int) -> socket.socket:
+    """A Protobuf subscriber's socket: the handshake offering ``centrifuge-protobuf``,
+    then ``connect`` and a ``subscribe`` to each of ``PROTOBUF_CHANNELS``, each command a
+    binary frame, as centrifuge-python sends them in its Protobuf mode."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(PROTOBUF_HANDSHAKE + client_frame(protobuf_command({"id": 1, "connect": {}}))
+              + b"".join(client_frame(protobuf_command({"id": n, "subscribe": {"channel": c}}))
+                         for n, c in enumerate(PROTOBUF_CHANNELS, 2)))
+    return s
+
+
+def protobuf_subscribed(s: socket.socket) -> Recording:
+    """``s`` once its replies are in (the subprotocol accepted, no error), non-blocking,
+    recording what it reads from then on."""
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += s.recv(65536)
+    head, _, rest = got.partition(b"\r\n\r\n")
+    if (not head.startswith(b"HTTP/1.1 101")
+            or b"sec-websocket-protocol: centrifuge-protobuf" not in head.lower()):
+        raise SystemExit(f"refused: {head[:300]!r}")
+    answered = 0
+    while answered < 1 + len(PROTOBUF_CHANNELS):  # connect, then each subscribe
+        frames, rest = server_frames(rest)
+        for opcode, payload in frames:
+            for reply in replies(payload) if opcode == 0x2 else ():
+                if reply.HasField("error") or not reply.id:
+                    raise SystemExit(f"refused: {reply}")
+                answered += 1
+        if answered < 1 + len(PROTOBUF_CHANNELS):
+            rest += s.recv(65536)
+    s.setblocking(False)
+    return Recording(s, rest)
+
+
 def reader(port: int, members: int) -> None:
     """Open ``members`` subscribers of both channels (and as many Protobuf subscribers of
     their two channels when ``PROTOBUF_ENV`` is set), then read and drop everything until
     stdin closes; print the bytes read after the subscribe replies, then (a JSON line) the
     Protobuf subscribers' bytes, their publications by channel (min and max over them)
-    and the frames or replies that were no expected publication."""
-    protobuf = os.environ.get(PROTOBUF_ENV) == "1"
-    socks = []
-    for _ in range(members):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(HANDSHAKE + client_frame('{"id":1,"connect":{}}')
-                  + b"".join(client_frame(json.dumps(
-                      {"id": n, "subscribe": {"channel": c}}, separators=(",", ":")))
-                      for n, c in enumerate(CHANNELS, 2)))
-        socks.append(s)
-    binary_socks = []
-    for _ in range(members if protobuf else 0):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(PROTOBUF_HANDSHAKE + client_frame(protobuf_command({"id": 1, "connect": {}}))
-                  + b"".join(client_frame(protobuf_command(
-                      {"id": n, "subscribe": {"channel": c}}))
-                      for n, c in enumerate(PROTOBUF_CHANNELS, 2)))
-        binary_socks.append(s)
-    for s in socks:
-        got = b""
-        while got.count(b'"id":') < 1 + len(CHANNELS):  # connect, then each subscribe
-            got += s.recv(65536)
-        if not got.startswith(b"HTTP/1.1 101") or b'"error"' in got:
-            raise SystemExit(f"refused: {got[:200]!r}")
-        s.setblocking(False)
-    recording = []
-    for s in binary_socks:
-        got = b""
-        while b"\r\n\r\n" not in got:
-            got += s.recv(65536)
-        head, _, rest = got.partition(b"\r\n\r\n")
-        if (not head.startswith(b"HTTP/1.1 101")
-                or b"sec-websocket-protocol: centrifuge-protobuf" not in head.lower()):
-            raise SystemExit(f"refused: {head[:300]!r}")
-        answered = 0
-        while answered < 1 + len(PROTOBUF_CHANNELS):  # connect, then each subscribe
-            frames, rest = server_frames(rest)
-            for opcode, payload in frames:
-                for reply in replies(payload) if opcode == 0x2 else ():
-                    if reply.HasField("error") or not reply.id:
-                        raise SystemExit(f"refused: {reply}")
-                    answered += 1
-            if answered < 1 + len(PROTOBUF_CHANNELS):
-                rest += s.recv(65536)
-        s.setblocking(False)
-        recording.append(Recording(s, rest))
+    and the frames or replies that were no expected publication.
+
+    The subscribers connect ``BATCH`` at a time, each batch once the last one's replies
+    are in: with more connections than the server's listen backlog waiting, the kernel
+    drops SYNs and each of those connections waits a second to try again."""
+    kinds: list[tuple[Callable[[int], socket.socket], Callable[[socket.socket], Any]]] = [
+        (open_json, json_subscribed)]
+    if os.environ.get(PROTOBUF_ENV) == "1":
+        kinds.append((open_protobuf, protobuf_subscribed))
+    opened: list[Any] = []
+    for opener, subscribed in kinds:
+        for start in range(0, members, BATCH):
+            batch = [opener(port) for _ in range(min(BATCH, members - start))]
+            opened += [subscribed(s) for s in batch]
     print("ready", flush=True)
-    drain(socks + recording)  # type: ignore[operator]  # Recording reads as a socket
+    drain(opened)  # a Recording reads as a socket
+    recording = [r for r in opened if isinstance(r, Recording)]
     counts: dict[str, list[int]] = {c: [] for c in PROTOBUF_CHANNELS}
     binary_bytes = bad = 0
     for r in recording:
@@ -253,7 +283,7 @@ async def measure(opts: argparse.Namespace) -> None:
     pubsub.configure(NAMESPACES, anonymous=True, layer=layer)
     server = await serve(pubsub.application, ServerConfig(ping_interval=86400), layer=layer)
     os.environ[PROTOBUF_ENV] = "1" if opts.protobuf else ""  # the reader inherits it
-    child = await start_reader(os.environ.get("PROBE", __file__), server.port, opts.members, opts.pin,
+    child = await start_reader(__file__, server.port, opts.members, opts.pin,
                                "the reader did not subscribe its members")
     expected = 0
     published = dict.fromkeys(PROTOBUF_CHANNELS, 0)
@@ -307,7 +337,10 @@ async def measure(opts: argparse.Namespace) -> None:
     finally:
         out, _ = child.communicate(timeout=120)  # closes stdin: the reader counts, ends
         await server.stop()
-    total, tally = out.split("\n")[-3:-1]
+    lines = out.split("\n")[-3:-1]  # the bytes read, then the Protobuf tally
+    if len(lines) != 2 or child.returncode:
+        raise SystemExit(f"the reader failed ({child.returncode}): {out[-300:]!r}")
+    total, tally = lines
     binary = json.loads(tally)
     received = int(total) - binary["bytes"]
     if received != expected * opts.members:
@@ -326,7 +359,7 @@ async def measure(opts: argparse.Namespace) -> None:
 
 def main() -> None:
     """``inprocess.main``'s command line (``--reader PORT MEMBERS``, ``--members``,
-    ``--turns``, ``--passes``, ``--no-pin``) and ``--protobuf``."""
+    ``--turns``, ``--passes``, ``--no-pin``) and ``--no-protobuf``."""
     if len(sys.argv) > 1 and sys.argv[1] == "--reader":
         reader(int(sys.argv[2]), int(sys.argv[3]))
         return
@@ -335,8 +368,8 @@ def main() -> None:
     p.add_argument("--turns", type=int, default=60)
     p.add_argument("--passes", type=int, default=5)
     p.add_argument("--no-pin", dest="pin", action="store_false")
-    p.add_argument("--protobuf", action="store_true",
-                   help="also publish to as many Protobuf subscribers (two more rows)")
+    p.add_argument("--no-protobuf", dest="protobuf", action="store_false",
+                   help="no Protobuf subscribers (the JSON rows only)")
     run_measure(measure, p.parse_args())
 
 
