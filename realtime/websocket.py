@@ -199,6 +199,56 @@ class _DeflatingSend:
         return len(data)
 
 
+class _TranslatingSend:
+    """A translating socket's ``_sock`` on the fan-out's fast path
+    (``translate_broadcasts``): each frame of what is sent (one, or held frames joined)
+    goes out translated, those the translation skips left out, through ``sock`` (the
+    socket, or a ``_DeflatingSend``). A send the kernel does not take whole, and an error,
+    are finished here (``_send_rest``: on an error the translated bytes go to Twisted's
+    buffer, where Twisted meets it and closes), so the caller sees it all sent and never
+    writes an untranslated frame."""
+
+    __slots__ = ("conn", "sock", "translate")
+
+    def __init__(self, conn: WebSocketConnection, translate: Callable[[bytes], bytes | None],
+                 sock: Any) -> None:
+        self.conn = conn
+        self.translate = translate
+        self.sock = sock
+
+    def send(self, data: bytes) -> int:
+        translate = self.translate
+        parts = [translate(frame) for frame in _frames(data)]
+        out = b"".join(part for part in parts if part is not None)
+        if out:
+            try:
+                sent = self.sock.send(out)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = -1
+            if sent != len(out):
+                self.conn._send_rest(self.conn.transport, sent, out)
+        return len(data)
+
+
+def _frames(data: bytes) -> list[bytes]:
+    """The frames of prepared (unmasked) frames joined back to back."""
+    frames = []
+    at = 0
+    while at < len(data):
+        size = data[at + 1] & 0x7F
+        head = 2
+        if size == 126:
+            size, head = int.from_bytes(data[at + 2:at + 4], "big"), 4
+        elif size == 127:
+            size, head = int.from_bytes(data[at + 2:at + 10], "big"), 10
+        end = at + head + size
+        frames.append(data if at == 0 and end == len(data) else data[at:end])
+        at = end
+    return frames
+
+
 #: The per-connection timers (``WebSocketConnection._cancel_timers``); the token's two.
 _TOKEN_TIMERS = ("_expiry_call", "_expiring_call")
 _TIMERS = ("_ping_call", "_pong_deadline", "_lifetime_call", "_close_call", "_layer_close_call",
@@ -936,14 +986,14 @@ class WebSocketConnection(WebSocketServerProtocol):
             return True
         if self.in_handshake or self.state != _OPEN or self._slow_closing:
             return False
+        if self._becomes_clean():
+            return self.deliver_frame(frame)
         translate = self._translate
         if translate is not None:
             translated = translate(frame)
             if translated is None:
                 return False
             frame = translated
-        elif self._becomes_clean():
-            return self.deliver_frame(frame)
         deflater = self._deflater
         if deflater is not None and not (
                 (self._write_paused or self._outq)
@@ -978,19 +1028,21 @@ class WebSocketConnection(WebSocketServerProtocol):
         frame in, the frame to write out, or None to skip it): a consumer whose client
         speaks another encoding of what its group broadcasts (``realtime.pubsub``'s
         Protobuf clients) stays in the one group, its translated frames in order with the
-        rest. Such a socket takes the slow path; ``translate`` should cache by frame (the
-        same bytes object reaches every member)."""
+        rest. Its fast path sends through ``_TranslatingSend``; ``translate`` should cache
+        by frame (the same bytes object reaches every member)."""
         self._translate = translate
         self._clean = False
 
     def _becomes_clean(self) -> bool:
         """Nothing stands between a frame and the socket now: take the fast path."""
         transport: Any = self.transport
-        if self._translate is None and not self._write_paused and not self._outq \
-                and self._cork is None and self._nothing_buffered(transport) \
+        if not self._write_paused and not self._outq and self._cork is None \
+                and self._nothing_buffered(transport) \
                 and not transport.disconnecting and transport.connected:
             deflater = self._deflater
             self._sock = transport.socket if deflater is None else _DeflatingSend(self, deflater)
+            if self._translate is not None:
+                self._sock = _TranslatingSend(self, self._translate, self._sock)
             self._clean = True
             return True
         return False

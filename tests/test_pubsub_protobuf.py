@@ -445,3 +445,45 @@ async def test_hostile_protobuf_frames_close_or_refuse_that_client_only(pubsub_s
     assert ids == list(range(10, 1010))
     (push,) = [p for p in pushes if "pub" in p.get("push", {})]
     assert base64.b64decode(push["push"]["pub"]["data"]) == b"still here"
+
+
+@pytest.mark.parametrize("compression", [False, True], ids=["plain", "deflate"])
+@pytest_twisted.ensureDeferred
+async def test_held_broadcasts_reach_protobuf_and_unidirectional_sockets_translated(
+        pubsub_server, compression):  # noqa: F811
+    """``--broadcast-delay`` holds a channel's publications and writes them joined, one
+    ``send()`` per member: a Protobuf socket gets each translated (``_TranslatingSend``
+    splits the joined frames), with permessage-deflate too, in order, beside a JSON one."""
+    from realtime.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    server = await pubsub_server(OPEN, layer=layer, broadcast_delay=0.2,
+                                 compression=compression)
+
+    async def scenario() -> Any:
+        from tests.test_pubsub import from_thread
+
+        pb, pb_events = pb_client(server, token("pb"))
+        js, js_events = sdk_client(server, token("js"))
+        for client, events in ((pb, pb_events), (js, js_events)):
+            await client.connect()
+            await events.next("connected")
+        _, at_pb = await subscribed(pb, "open:held")
+        _, at_js = await subscribed(js, "open:held")
+        # One first: its delivery finds each socket clean and puts it on the fast path,
+        # where the next ones, held, go out joined (one send() per member).
+        from_thread(pubsub.publish, "open:held", "first", layer=layer)
+        assert (await at_pb.next("publication")).pub.data == b'"first"'
+        assert (await at_js.next("publication")).pub.data == "first"
+        for n in range(5):  # within one delay: held, then joined
+            from_thread(pubsub.publish, "open:held", BINARY if n == 2 else {"n": n},
+                        layer=layer)
+        got_pb = [(await at_pb.next("publication")).pub.data for _ in range(5)]
+        got_js = [(await at_js.next("publication")).pub.data for _ in range(5)]
+        for client in (pb, js):
+            await client.disconnect()
+        return got_pb, got_js
+
+    got_pb, got_js = await run(scenario)
+    assert got_pb == [b'{"n":0}', b'{"n":1}', BINARY, b'{"n":3}', b'{"n":4}']
+    assert got_js == [{"n": 0}, {"n": 1}, None, {"n": 3}, {"n": 4}]
