@@ -350,9 +350,26 @@ def from_bytes(data: bytes | bytearray | memoryview) -> Any:
     (Protobuf clients get them byte for byte, JSON clients as ``b64data``)."""
     data = bytes(data)
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=refuse_constant)
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        value = json.loads(data.decode("utf-8"), parse_constant=refuse_constant)
+        _dumps(value)  # 1e400 reads as inf, which JSON clients cannot take
+    except (ValueError, TypeError, RecursionError):  # not JSON text, or too deep
         return data
+    return value if _carried(value) else data
+
+
+def _carried(value: Any) -> bool:
+    """Whether the layers carry ``value`` (msgpack: integers from -2**63 to 2**64-1)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not -(1 << 63) <= item < (1 << 64):
+                return False
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+    return True
 
 
 def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
@@ -638,10 +655,27 @@ class _Protocol:
                 self._conn.send_bytes(payload)
 
     def _reply(self, ident: int, **fields_: Any) -> None:
-        self._write(self._encode({"id": ident, **fields_}))
+        try:
+            payload = self._encode({"id": ident, **fields_})
+        except TypeError:  # an error a hook made up that this format cannot carry
+            log.failure("pubsub: a reply could not be encoded")
+            payload = self._encode({"id": ident, "error": PubSubError(
+                INTERNAL, temporary=True).reply()})
+        self._write(payload)
 
     def _push(self, channel: str, **fields_: Any) -> None:
-        self._write(self._encode({"push": {"channel": channel, **fields_}}))
+        self._write_push({"push": {"channel": channel, **fields_}})
+
+    def _write_push(self, document: dict[str, Any]) -> None:
+        """A push, or nothing (logged) when this client's format cannot carry it: the
+        connection and its other pushes go on (JSON clients may have had it)."""
+        try:
+            payload = self._encode(document)
+        except TypeError as exc:
+            log.warn("pubsub: a push to {client} skipped: it cannot be encoded ({error})",
+                     client=self.client_id, error=str(exc))
+            return
+        self._write(payload)
 
     # -- tokens ----------------------------------------------------------------------------------
     async def _verify(self, token: Any) -> dict[str, Any]:
@@ -1098,6 +1132,8 @@ class _Protocol:
         if not isinstance(method, str):
             raise PubSubError(BAD_REQUEST)
         data = await self.rpc(method, params.get("data"))
+        if isinstance(data, bytes) and not self.binary:
+            data = from_bytes(data)  # JSON text as JSON; other bytes: error 100
         return {"data": data} if data is not None else {}
 
     async def _cmd_ping(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -1121,8 +1157,15 @@ class _Protocol:
             self._lost(sub)
             return
         if not self._conn.closing_or_closed:
-            self._write(_push_frame(sub.channel, event,
-                                    _UNI if self.unidirectional else self.binary))
+            try:
+                payload = _push_frame(sub.channel, event,
+                                      _UNI if self.unidirectional else self.binary)
+            except TypeError as exc:  # a publication this format cannot carry: skipped
+                log.warn("pubsub: a publication in {channel} skipped for {client}: it "
+                         "cannot be encoded ({error})", channel=sub.channel,
+                         client=self.client_id, error=str(exc))
+                return
+            self._write(payload)
 
     def presence_join(self, event: dict[str, Any]) -> None:
         sub = self._by_group.get(event.get("group", ""))
@@ -1240,7 +1283,7 @@ class _Protocol:
             self.scope.pop("auth_expires_at", None)
             refresh = {"expires": False}
         self._conn.token_refreshed()
-        self._write(self._encode({"push": {"refresh": refresh}}))
+        self._write_push({"push": {"refresh": refresh}})
 
     async def pubsub_disconnect(self, event: dict[str, Any]) -> None:
         """The server API's ``disconnect`` of some of a user's connections (``client``,
@@ -1311,16 +1354,18 @@ class PubSubConsumer(_Protocol, AsyncWebsocketConsumer):
         if self.binary:
             from realtime import pubsub_proto
 
-            try:
-                if bytes_data is None:
-                    raise pubsub_proto.DecodeError("a text frame")
-                commands = pubsub_proto.decode(bytes_data, MAX_COMMANDS_PER_FRAME)
-            except pubsub_proto.DecodeError as exc:
-                log.info("pubsub: a bad Protobuf frame: {error}", error=str(exc))
-                commands = [None]
+            error: Exception | None
+            if not bytes_data:  # a text frame, or an empty one (Centrifugo's bad request)
+                commands, error = [], pubsub_proto.DecodeError("not a Protobuf frame")
+            else:
+                commands, error = pubsub_proto.decode_prefix(bytes_data,
+                                                             MAX_COMMANDS_PER_FRAME)
+            if error is not None:  # the ones before it run, then the close
+                log.info("pubsub: a bad Protobuf frame: {error}", error=str(error))
+                commands = [*commands, None]
         else:
             lines = ([line for line in text_data.split("\n") if line.strip()]
-                     if text_data is not None else [""])
+                     if text_data else [""])  # a binary frame, an empty one: 3501
             if len(lines) > MAX_COMMANDS_PER_FRAME:
                 self._conn.close(*CLOSE_BAD_REQUEST)
                 return
@@ -1379,20 +1424,13 @@ def _push_frame(channel: str, event: dict[str, Any], form: bool | str = False) -
     return payload
 
 
-#: ``broadcast()`` frames translated for the sockets that do not take them as they are, by
-#: (form, frame) (the same bytes object reaches every member, and hashes once): the last
-#: few publications.
-_TRANSLATED: dict[tuple[bool | str, bytes], bytes | None] = {}
-
-
 def _translated(frame: bytes, form: bool | str) -> bytes | None:
     """A publication's JSON frame (``publish`` in a channel without history: ``{"push":
     {...}}``) as a Protobuf client (``form`` True) or a unidirectional one (``_UNI``: the
     bare push) takes it; None (skipped, with a warning) for a frame that is no push (a
-    ``broadcast()`` to a channel's group from elsewhere)."""
-    key = (form, frame)
-    if key in _TRANSLATED:
-        return _TRANSLATED[key]
+    ``broadcast()`` to a channel's group from elsewhere), or one that cannot be
+    translated. Once per frame and process: ``WebSocketConnection.translate_broadcasts``
+    keeps what it made."""
     from realtime import pubsub_proto
     from realtime.layers.base import prepared_frame
 
@@ -1403,14 +1441,11 @@ def _translated(frame: bytes, form: bool | str) -> bytes | None:
         if isinstance(document, dict) and isinstance(document.get("push"), dict):
             out = (prepared_frame(None, pubsub_proto.encode(document)) if form is True
                    else prepared_frame(_dumps(document["push"]), None))
-    except (ValueError, TypeError):
-        pass
+    except Exception:  # a frame nobody can translate is skipped, not fatal
+        out = None
     if out is None:
         log.warn("pubsub: a broadcast frame that is no push skipped for a {client} client",
                  client="Protobuf" if form is True else "unidirectional")
-    if len(_TRANSLATED) >= 16:
-        del _TRANSLATED[next(iter(_TRANSLATED))]
-    _TRANSLATED[key] = out
     return out
 
 

@@ -362,13 +362,16 @@ _OVERRIDES = ("presence", "join_leave", "force_push_join_leave", "force_position
 
 
 def _json_or_b64(params: dict[str, Any], name: str) -> tuple[bool, Any]:
-    """(given, value) of ``name`` (any JSON) or ``b64name`` (base64: ``from_bytes``)."""
+    """(given, value) of ``name`` (any JSON) or ``b64name`` (base64 of JSON text)."""
     encoded = _field(params, "b64" + name, str, "")
     if encoded:
         try:
-            return True, from_bytes(base64.b64decode(encoded, validate=True))
+            value = from_bytes(base64.b64decode(encoded, validate=True))
         except ValueError:
             raise PubSubError(BAD_REQUEST, f"bad request: b64{name} is not base64") from None
+        if isinstance(value, bytes):  # presence and JSON clients carry it as JSON
+            raise PubSubError(BAD_REQUEST, f"bad request: b64{name} must be JSON text here")
+        return True, value
     return params.get(name) is not None, params.get(name)
 
 

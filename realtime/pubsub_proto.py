@@ -187,6 +187,16 @@ def varint(number: int) -> bytes:
 def decode(frame: bytes, limit: int) -> list[dict[str, Any]]:
     """The commands of one binary frame, as the JSON protocol's dicts (an empty one is a
     pong); ``DecodeError`` for a frame that is not commands, or has more than ``limit``."""
+    commands, error = decode_prefix(frame, limit)
+    if error is not None:
+        raise error
+    return commands
+
+
+def decode_prefix(frame: bytes, limit: int) -> tuple[list[dict[str, Any]], DecodeError | None]:
+    """The commands of a frame up to the first that is not one, and the ``DecodeError``
+    that stopped there (None: all of it read), so the good ones run first, as a JSON
+    frame's lines do; more than ``limit`` commands: none, and the error."""
     from google.protobuf.message import DecodeError as ProtobufError
 
     command_class = schema()["Command"]
@@ -196,7 +206,7 @@ def decode(frame: bytes, limit: int) -> list[dict[str, Any]]:
         size = shift = 0
         while True:
             if position >= end or shift > 28:
-                raise DecodeError("bad length")
+                return commands, DecodeError("bad length")
             byte = frame[position]
             position += 1
             size |= (byte & 0x7F) << shift
@@ -204,17 +214,17 @@ def decode(frame: bytes, limit: int) -> list[dict[str, Any]]:
             if not byte & 0x80:
                 break
         if position + size > end:
-            raise DecodeError("truncated")
+            return commands, DecodeError("truncated")
         if len(commands) >= limit:
-            raise DecodeError("too many commands")
+            return [], DecodeError("too many commands")
         command = command_class()
         try:
             command.ParseFromString(frame[position:position + size])
-        except (ProtobufError, RecursionError) as exc:
-            raise DecodeError(str(exc) or "not a command") from None
+            commands.append(_to_dict(command))
+        except (ProtobufError, RecursionError, DecodeError) as exc:
+            return commands, DecodeError(str(exc) or "not a command")
         position += size
-        commands.append(_to_dict(command))
-    return commands
+    return commands, None
 
 
 def encode(document: dict[str, Any]) -> bytes:
@@ -239,6 +249,17 @@ def _json_bytes(value: Any) -> bytes:
     return _dumps(value).encode()
 
 
+def _text(value: Any) -> Any:
+    """A string Protobuf takes (UTF-8): a lone surrogate (which JSON allows, and
+    ``_dumps`` escapes for JSON clients) becomes U+FFFD, as Go's encoders write it."""
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
+
+
 def _fill(message: Any, document: dict[str, Any]) -> None:
     descriptor = message.DESCRIPTOR
     for name, value in document.items():
@@ -249,23 +270,25 @@ def _fill(message: Any, document: dict[str, Any]) -> None:
             continue  # null beside b64data
         field = descriptor.fields_by_name.get(name)
         if field is None:
+            if descriptor.name == "ClientInfo":
+                continue  # an info dict of the app's (``publish(info=)``): what fits
             raise ValueError(f"no field {name!r} in {descriptor.name}")
         kind = field.message_type
         if kind is None:
             if field.type == field.TYPE_BYTES:
                 setattr(message, name, _json_bytes(value))
             elif _repeated(field):
-                getattr(message, name).extend(value)
+                getattr(message, name).extend(_text(item) for item in value)
             else:
-                setattr(message, name, value)
+                setattr(message, name, _text(value))
         elif kind.GetOptions().map_entry:
             target = getattr(message, name)
             nested = kind.fields_by_name["value"].message_type is not None
             for key, item in value.items():
                 if nested:
-                    _fill(target[key], item)
+                    _fill(target[_text(key)], item)
                 else:
-                    target[key] = item
+                    target[_text(key)] = _text(item)
         elif _repeated(field):
             target = getattr(message, name)
             for item in value:

@@ -201,25 +201,27 @@ class _DeflatingSend:
 
 class _TranslatingSend:
     """A translating socket's ``_sock`` on the fan-out's fast path
-    (``translate_broadcasts``): each frame of what is sent (one, or held frames joined)
-    goes out translated, those the translation skips left out, through ``sock`` (the
-    socket, or a ``_DeflatingSend``). A send the kernel does not take whole, and an error,
-    are finished here (``_send_rest``: on an error the translated bytes go to Twisted's
-    buffer, where Twisted meets it and closes), so the caller sees it all sent and never
-    writes an untranslated frame."""
+    (``translate_broadcasts``): what is sent (one frame, or held frames joined) goes out
+    translated, each frame, those the translation skips left out, through ``sock`` (the
+    socket, or a ``_DeflatingSend``); translated once per process (``_memo``: the same
+    bytes reach every member), so a member costs a lookup and a ``send()``. A send the
+    kernel does not take whole, and an error, are finished here (``_send_rest``: on an
+    error the translated bytes go to Twisted's buffer, where Twisted meets it and
+    closes), so the caller sees it all sent and never writes an untranslated frame."""
 
-    __slots__ = ("conn", "sock", "translate")
+    __slots__ = ("conn", "memo", "sock", "translate")
 
     def __init__(self, conn: WebSocketConnection, translate: Callable[[bytes], bytes | None],
                  sock: Any) -> None:
         self.conn = conn
         self.translate = translate
         self.sock = sock
+        self.memo = _memo(translate)
 
     def send(self, data: bytes) -> int:
-        translate = self.translate
-        parts = [translate(frame) for frame in _frames(data)]
-        out = b"".join(part for part in parts if part is not None)
+        out = self.memo.outs.get(data)
+        if out is None:
+            out = _translate(self.translate, data)
         if out:
             try:
                 sent = self.sock.send(out)
@@ -230,6 +232,52 @@ class _TranslatingSend:
             if sent != len(out):
                 self.conn._send_rest(self.conn.transport, sent, out)
         return len(data)
+
+
+#: How many bytes of frames each translation's memo keeps: above what is ever held at once
+#: (``layers.base.JOIN_LIMIT``), so a burst's frames are translated once for all members.
+MEMO_BYTES = 1 << 20
+
+
+class _Memo:
+    """Frames (or held frames joined) and their translation, oldest out first past
+    ``MEMO_BYTES``."""
+
+    __slots__ = ("outs", "size")
+
+    def __init__(self) -> None:
+        self.outs: dict[bytes, bytes] = {}
+        self.size = 0
+
+    def put(self, data: bytes, out: bytes) -> None:
+        self.outs[data] = out
+        self.size += len(data) + len(out)
+        outs = self.outs
+        while self.size > MEMO_BYTES and len(outs) > 1:
+            oldest = next(iter(outs))
+            self.size -= len(oldest) + len(outs.pop(oldest))
+
+
+_MEMOS: dict[Any, _Memo] = {}
+
+
+def _memo(translate: Callable[[bytes], bytes | None]) -> _Memo:
+    memo = _MEMOS.get(translate)
+    if memo is None:
+        memo = _MEMOS[translate] = _Memo()
+    return memo
+
+
+def _translate(translate: Callable[[bytes], bytes | None], data: bytes) -> bytes:
+    """``data`` (a frame, or frames joined) translated frame by frame, those skipped left
+    out (empty: nothing to write); once per process (the memo)."""
+    memo = _memo(translate)
+    out = memo.outs.get(data)
+    if out is None:
+        parts = [translate(frame) for frame in _frames(data)]
+        out = b"".join(part for part in parts if part is not None)
+        memo.put(data, out)
+    return out
 
 
 def _frames(data: bytes) -> list[bytes]:
@@ -990,10 +1038,9 @@ class WebSocketConnection(WebSocketServerProtocol):
             return self.deliver_frame(frame)
         translate = self._translate
         if translate is not None:
-            translated = translate(frame)
-            if translated is None:
+            frame = _translate(translate, frame)
+            if not frame:
                 return False
-            frame = translated
         deflater = self._deflater
         if deflater is not None and not (
                 (self._write_paused or self._outq)
@@ -1028,8 +1075,9 @@ class WebSocketConnection(WebSocketServerProtocol):
         frame in, the frame to write out, or None to skip it): a consumer whose client
         speaks another encoding of what its group broadcasts (``realtime.pubsub``'s
         Protobuf clients) stays in the one group, its translated frames in order with the
-        rest. Its fast path sends through ``_TranslatingSend``; ``translate`` should cache
-        by frame (the same bytes object reaches every member)."""
+        rest. Its fast path sends through ``_TranslatingSend``. Each frame is translated
+        once per process (``_memo``): ``translate`` must be one function for every socket
+        (a module's function, not a closure per socket), and pure."""
         self._translate = translate
         self._clean = False
 

@@ -1006,6 +1006,7 @@ def hostile_cases() -> list[tuple[str, Callable[[Raw], Any], Any]]:
 
     return [
         ("invalid JSON", frame("{nope"), 3501),
+        ("an empty frame", frame(""), 3501),  # Centrifugo: "empty request received"
         ("invalid JSON on a later line", frame('{"id":9,"ping":{}}\n{nope'), 3501),
         ("an array", frame("[1, 2]"), 3501),
         ("a number", frame("5"), 3501),

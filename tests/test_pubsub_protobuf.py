@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -132,6 +133,13 @@ def test_from_bytes_takes_json_text_as_json():
     assert pubsub.from_bytes(b"plain words") == b"plain words"
     assert pubsub.from_bytes(BINARY) == BINARY
     assert pubsub.from_bytes(b"NaN") == b"NaN"  # not JSON (Python would read it)
+    # JSON text the server could not carry stays bytes: too deep for the parser, a number
+    # JSON clients cannot read back (inf), an integer msgpack (Redis) cannot carry
+    assert pubsub.from_bytes(b"[" * 5000) == b"[" * 5000
+    assert pubsub.from_bytes(b"1e400") == b"1e400"
+    assert pubsub.from_bytes(b"[18446744073709551616]") == b"[18446744073709551616]"
+    assert pubsub.from_bytes(b"[18446744073709551615, -9223372036854775808]") == [
+        2**64 - 1, -(2**63)]
 
 
 # -- Protobuf and JSON clients in one channel -----------------------------------------------------
@@ -391,6 +399,7 @@ def hostile_frames() -> list[tuple[str, Any, Any]]:
         ("a length past the frame", b"\x05\x08\x01", 3501),
         ("a corrupt message", b"\x03\xff\xff\xff", 3501),
         ("a text frame", '{"id":1,"ping":{}}', 3501),
+        ("an empty frame", b"", 3501),
         ("no id", RawPb.frame({"subscribe": {"channel": "open:x"}}), 3501),
         ("1001 commands in a frame", RawPb.frame(
             *({"id": n + 10, "ping": {}} for n in range(1001))), 3501),
@@ -487,3 +496,121 @@ async def test_held_broadcasts_reach_protobuf_and_unidirectional_sockets_transla
     got_pb, got_js = await run(scenario)
     assert got_pb == [b'{"n":0}', b'{"n":1}', BINARY, b'{"n":3}', b'{"n":4}']
     assert got_js == [{"n": 0}, {"n": 1}, None, {"n": 3}, {"n": 4}]
+
+
+# -- what the Protobuf format cannot carry as given ----------------------------------------------
+
+@pytest.mark.parametrize("namespace", [OPEN, FEED], ids=["broadcast", "history"])
+@pytest_twisted.ensureDeferred
+async def test_what_protobuf_cannot_carry_as_given_still_reaches_its_clients(
+        pubsub_server, namespace):  # noqa: F811
+    """A lone surrogate in a tag (JSON allows it), an ``info`` with keys of the app's, and
+    bytes that look like JSON nobody can carry: the Protobuf client gets each publication
+    (U+FFFD for the surrogate, ClientInfo's fields of the info, the bytes as they were),
+    and stays connected; the JSON client beside it gets them too."""
+    from realtime.layers import InMemoryChannelLayer
+    from tests.test_pubsub import from_thread
+
+    layer = InMemoryChannelLayer()
+    server = await pubsub_server(namespace, layer=layer)
+    channel = namespace.split(":")[0] + ":odd"
+    deep = b"[" * 5000
+
+    async def scenario() -> Any:
+        pb, pb_events = pb_client(server, token("pb"))
+        js, js_events = sdk_client(server, token("js"))
+        for client, events in ((pb, pb_events), (js, js_events)):
+            await client.connect()
+            await events.next("connected")
+        _, at_pb = await subscribed(pb, channel)
+        _, at_js = await subscribed(js, channel)
+        from_thread(pubsub.publish, channel, 1, tags={"k": "a\ud800b"}, layer=layer)
+        from_thread(pubsub.publish, channel, 2, info={"user": "backend", "name": "B"},
+                    layer=layer)
+        await pb.publish(channel, deep)
+        got_pb = [(await at_pb.next("publication")).pub for _ in range(3)]
+        got_js = [(await at_js.next("publication")).pub for _ in range(3)]
+        await pb_events.none("disconnected", 0.2)
+        await pb_events.none("connecting", 0.01)
+        for client in (pb, js):
+            await client.disconnect()
+        return got_pb, got_js
+
+    got_pb, got_js = await run(scenario)
+    assert [p.data for p in got_pb] == [b"1", b"2", deep]
+    assert got_pb[0].tags == {"k": "a\ufffdb"} and got_pb[1].info.user == "backend"
+    assert [p.data for p in got_js] == [1, 2, None]
+    assert got_js[0].tags == {"k": "a\ud800b"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_commands_before_a_bad_one_run(pubsub_server):  # noqa: F811
+    """As a JSON frame's lines (and Centrifugo): the commands of a Protobuf frame before
+    one that does not parse run, then the connection closes with 3501."""
+    server = await pubsub_server(OPEN)
+
+    def flow(witness: RawPb) -> Any:
+        witness.connect(token("bob"))
+        witness.result("subscribe", {"channel": "open:x"})
+        with connect(server.ws_url(PATH), open_timeout=WAIT,
+                     subprotocols=[pubsub.PROTOBUF_SUBPROTOCOL]) as ws:
+            other = RawPb(ws)
+            other.connect(token("eve"))
+            ws.send(RawPb.frame({"id": 5, "publish": {"channel": "open:x", "data": b64(
+                b'"before"')}}) + b"\x03\xff\xff\xff")
+            code = other.closed()
+        while "pub" not in (push := witness.recv()).get("push", {}):
+            pass  # join pushes (OPEN forces them)
+        return code, push
+
+    code, push = await raw_pb(server, flow)
+    assert code == 3501
+    assert base64.b64decode(push["push"]["pub"]["data"]) == b'"before"'
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_held_burst_is_translated_once_per_frame(pubsub_server, monkeypatch):  # noqa: F811
+    """``--broadcast-delay`` holds 40 publications; six Protobuf members get all 40, and
+    each frame is translated once in the process, not once per member."""
+    from realtime.layers import InMemoryChannelLayer
+
+    calls: list[bytes] = []
+    real = pubsub._translated
+
+    def counted(frame: bytes, form: Any) -> Any:
+        calls.append(frame)
+        return real(frame, form)
+
+    monkeypatch.setattr(pubsub, "_translated", counted)
+    layer = InMemoryChannelLayer()
+    server = await pubsub_server(OPEN, layer=layer, broadcast_delay=0.1)
+
+    def burst() -> None:
+        for n in range(40):
+            pubsub.publish("open:burst", {"n": n}, layer=layer)
+
+    def flow() -> Any:
+        from tests.test_pubsub import from_thread
+
+        with ExitStack() as stack:
+            clients = [RawPb(stack.enter_context(connect(
+                server.ws_url(PATH), open_timeout=WAIT,
+                subprotocols=[pubsub.PROTOBUF_SUBPROTOCOL]))) for _ in range(6)]
+            for client in clients:
+                client.connect(token("ada"))
+                client.result("subscribe", {"channel": "open:burst"})
+            from_thread(burst)
+            got = []
+            for client in clients:
+                datas = []
+                while len(datas) < 40:
+                    message = client.recv()
+                    if "pub" in message.get("push", {}):
+                        datas.append(json.loads(base64.b64decode(
+                            message["push"]["pub"]["data"])))
+                got.append(datas)
+            return got
+
+    got = await in_thread(flow)
+    assert got == [[{"n": n} for n in range(40)]] * 6
+    assert len(calls) == len(set(calls)) == 40
