@@ -448,14 +448,16 @@ def test_django_http_quick_run_every_server_answers_without_errors(tmp_path):
 
 
 def test_smoke_pubsub_fanout_delivers_every_push():
-    """``benchmarks/pubsub_fanout.py`` with tiny sizes: it measures the three kinds and
-    finds every push at every subscriber (it exits 1 otherwise)."""
+    """``benchmarks/pubsub_fanout.py`` with tiny sizes: it measures the five kinds (JSON
+    and Protobuf subscribers) and finds every push at every subscriber (it exits 1
+    otherwise)."""
     result = subprocess.run(
         [sys.executable, "benchmarks/pubsub_fanout.py", "--members", "20", "--turns", "2",
          "--passes", "1", "--no-pin"],
         capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    assert [line.split(":")[0].strip() for line in lines[:3]] == [
-        "broadcast()", "publish, no history", "publish, history"]
+    assert [line.split(":")[0].strip() for line in lines[:5]] == [
+        "broadcast()", "publish, no history", "publish, history",
+        "publish, no history, Protobuf", "publish, history, Protobuf"]
     assert lines[-1].startswith("every subscriber got every push")
