@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import re
+import secrets
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -509,6 +510,14 @@ class _Protocol:
         """A client's ``send`` (asynchronous message, no reply)."""
 
     # -- connection ------------------------------------------------------------------------------
+    def _session_info(self) -> dict[str, Any]:
+        """What the connect reply adds for a stream client's later requests
+        (``StreamConsumer``: its ``session`` and ``node``)."""
+        return {}
+
+    async def pubsub_emulation(self, event: dict[str, Any]) -> None:
+        """Emulation requests are a ``StreamConsumer``'s: anything else ignores them."""
+
     def _init_state(self) -> None:
         self.client_id = str(uuid.uuid4())
         self.user = ""
@@ -575,6 +584,48 @@ class _Protocol:
 
     def _now(self) -> float:
         return float(self._conn.reactor.seconds())
+
+    async def _run_frame(self, text_data: str | None, bytes_data: bytes | None) -> None:
+        """The commands of one frame (a WebSocket message, a stream's first request, an
+        emulation request): JSON, one per line, or Protobuf (``binary``); a frame of the
+        other kind, or one that is not commands, closes the connection with 3501 after
+        the commands before the bad one have run."""
+        commands: list[Any]
+        if self.binary:
+            from realtime import pubsub_proto
+
+            error: Exception | None
+            if not bytes_data:  # a text frame, or an empty one (Centrifugo's bad request)
+                commands, error = [], pubsub_proto.DecodeError("not a Protobuf frame")
+            else:
+                commands, error = pubsub_proto.decode_prefix(bytes_data,
+                                                             MAX_COMMANDS_PER_FRAME)
+            if error is not None:  # the ones before it run, then the close
+                log.info("pubsub: a bad Protobuf frame: {error}", error=str(error))
+                commands = [*commands, None]
+        else:
+            lines = ([line for line in text_data.split("\n") if line.strip()]
+                     if text_data else [""])  # a binary frame, an empty one: 3501
+            if len(lines) > MAX_COMMANDS_PER_FRAME:
+                self._conn.close(*CLOSE_BAD_REQUEST)
+                return
+            commands = lines
+        for command in commands:
+            if self._conn.closing_or_closed:
+                return
+            if isinstance(command, str):
+                try:
+                    command = json.loads(command, parse_constant=refuse_constant)
+                except ValueError:
+                    command = None
+            if not isinstance(command, dict):
+                self._conn.close(*CLOSE_BAD_REQUEST)
+                return
+            try:
+                await self._command(command)
+            except _Close as close:
+                self._conn.close(*close.close)
+                return
 
     async def _command(self, command: dict[str, Any]) -> None:
         if not command:
@@ -782,6 +833,7 @@ class _Protocol:
         if self._stale is not None and self._stale.active():
             self._stale.cancel()
         self._stale = None
+        result.update(self._session_info())
         if PING_INTERVAL > 0:
             result.update(ping=max(1, round(PING_INTERVAL)), pong=True)
             self._ponged = True
@@ -1341,7 +1393,6 @@ class PubSubConsumer(_Protocol, AsyncWebsocketConsumer):
         """One frame: JSON commands, one per line (text frames), or Protobuf ones (binary
         frames, ``binary``); a frame of the other kind, or one that is not commands, closes
         the connection with 3501 after the commands before the bad one have run."""
-        commands: list[Any]
         if self.unidirectional:
             # The first message is the connect request; anything after it is ignored, as
             # Centrifugo does (a client's keep-alive messages, say).
@@ -1351,41 +1402,7 @@ class PubSubConsumer(_Protocol, AsyncWebsocketConsumer):
                     return
                 await self._uni_connect(text_data)
             return
-        if self.binary:
-            from realtime import pubsub_proto
-
-            error: Exception | None
-            if not bytes_data:  # a text frame, or an empty one (Centrifugo's bad request)
-                commands, error = [], pubsub_proto.DecodeError("not a Protobuf frame")
-            else:
-                commands, error = pubsub_proto.decode_prefix(bytes_data,
-                                                             MAX_COMMANDS_PER_FRAME)
-            if error is not None:  # the ones before it run, then the close
-                log.info("pubsub: a bad Protobuf frame: {error}", error=str(error))
-                commands = [*commands, None]
-        else:
-            lines = ([line for line in text_data.split("\n") if line.strip()]
-                     if text_data else [""])  # a binary frame, an empty one: 3501
-            if len(lines) > MAX_COMMANDS_PER_FRAME:
-                self._conn.close(*CLOSE_BAD_REQUEST)
-                return
-            commands = lines
-        for command in commands:
-            if self._conn.closing_or_closed:
-                return
-            if isinstance(command, str):
-                try:
-                    command = json.loads(command, parse_constant=refuse_constant)
-                except ValueError:
-                    command = None
-            if not isinstance(command, dict):
-                self._conn.close(*CLOSE_BAD_REQUEST)
-                return
-            try:
-                await self._command(command)
-            except _Close as close:
-                self._conn.close(*close.close)
-                return
+        await self._run_frame(text_data, bytes_data)
 
 
 _METHODS = ("connect", "subscribe", "unsubscribe", "publish", "presence", "presence_stats",
@@ -1506,9 +1523,10 @@ _STREAM_STATUS = {3500: 401, 3005: 401, 3507: 403, 3504: 429, 3004: 500}
 
 class _StreamConn:
     """What ``_Protocol`` asks of its connection, for a streamed HTTP response: each
-    message one server-sent event (``data: <json>``, ``sse``) or one line of JSON; a close
-    is Centrifugo's ``disconnect`` push and the end of the response (or, before anything
-    was written, an HTTP status: ``_STREAM_STATUS``); the token's expiry a timer."""
+    message one server-sent event (``data: <json>``, ``sse``), one line of JSON, or
+    Protobuf messages as they are; a close is Centrifugo's ``disconnect`` push and the end
+    of the response (for a unidirectional client, before anything was written, an HTTP
+    status instead: ``_STREAM_STATUS``); the token's expiry a timer."""
 
     user_key: Any = None
 
@@ -1536,33 +1554,49 @@ class _StreamConn:
         as_deferred(self.consumer.send_body(body, more_body=more)).addErrback(
             lambda failure: log.failure("pubsub: a stream write failed", failure))
 
-    def send_text(self, text: str) -> None:
-        if self.consumer._finished:
-            return
+    def _head(self) -> None:
         if not self._started:
             self._started = True
             as_deferred(self.consumer.send_headers(status=200, headers=(
                 self.consumer.stream_headers))).addErrback(
                 lambda failure: log.failure("pubsub: a stream's head failed", failure))
+
+    def send_text(self, text: str) -> None:
+        """One JSON message: a server-sent event, or a line."""
+        if self.consumer._finished:
+            return
+        self._head()
         payload = text.encode()
         self._send(b"data: " + payload + b"\n\n" if self.consumer.sse else payload + b"\n")
 
-    def send_bytes(self, data: bytes) -> None:  # JSON only: nothing sends bytes here
-        raise TypeError("a unidirectional stream carries JSON text")
+    def send_bytes(self, data: bytes) -> None:
+        """Protobuf messages (each length-prefixed already): as they are."""
+        if self.consumer._finished:
+            return
+        self._head()
+        self._send(data)
 
     def close(self, code: int, reason: str | None = None) -> None:
         if self.consumer._finished:
             return
         self._cancel_expiry()
-        push = _dumps({"disconnect": {"code": code, "reason": reason or ""}})
-        if not self._started:
+        push = self.consumer._encode({"push": {"disconnect": {"code": code,
+                                                             "reason": reason or ""}}})
+        if not self._started and self.consumer.unidirectional:
+            # No SDK reads the stream: an EventSource stops at an error status (and
+            # would open a stream that ended again). An SDK's stream gets the push (200).
             self._started = True
             status = _STREAM_STATUS.get(code, 400)
-            as_deferred(self.consumer.send_response(status, push.encode() + b"\n", headers=[
-                (b"Content-Type", b"application/json")])).addErrback(
+            body, kind = ((push.encode() + b"\n", b"application/json")
+                          if isinstance(push, str) else (push, b"application/octet-stream"))
+            as_deferred(self.consumer.send_response(status, body, headers=[
+                (b"Content-Type", kind)])).addErrback(
                 lambda failure: log.failure("pubsub: a stream's refusal failed", failure))
             return
-        self.send_text(push)
+        if isinstance(push, str):
+            self.send_text(push)
+        else:
+            self.send_bytes(push)
         self._send(b"", more=False)
 
     def server_draining(self) -> None:
@@ -1604,7 +1638,8 @@ class UniStreamConsumer(_Protocol, AsyncHttpConsumer):
 
     @property
     def stream_headers(self) -> list[tuple[bytes, bytes]]:
-        kind = b"text/event-stream" if self.sse else b"application/json"
+        kind = (b"text/event-stream" if self.sse else b"application/octet-stream"
+                if self.binary else b"application/json")
         return [(b"Content-Type", kind), (b"Cache-Control", b"no-cache"),
                 (b"X-Accel-Buffering", b"no")]  # nginx: pass each event on at once
 
@@ -1624,18 +1659,27 @@ class UniStreamConsumer(_Protocol, AsyncHttpConsumer):
         await self._uni_connect(text)
 
     def deliver_frame(self, frame: bytes) -> bool:
-        """``broadcast()`` (a publication of a channel without history): its bare push, as
-        an event in order with the others."""
+        """``broadcast()`` (a publication of a channel without history): as this client
+        takes it (bare, Protobuf, or the JSON push as it is), as an event in order with
+        the others; translated once per process."""
         if self._finished:
             return False
-        bare = _uni_broadcast(frame)
-        if bare is None:
-            return False
-        self._queue(frame_event(bare))
+        from realtime.websocket import _translate
+
+        translate = (_uni_broadcast if self.unidirectional else _binary_broadcast
+                     if self.binary else None)
+        if translate is not None:
+            frame = _translate(translate, frame)
+            if not frame:
+                return False
+        self._queue(frame_event(frame))
         return True
 
     def broadcast_message(self, event: dict[str, Any]) -> None:
-        self._conn.send_text(event["text"])
+        if "text" in event:
+            self._conn.send_text(event["text"])
+        else:
+            self._conn.send_bytes(event["bytes"])
 
     def close_from_layer(self, code: int, reason: str | None) -> None:
         """``group_close`` (the server API's ``disconnect`` of a user, a drain): the
@@ -1662,6 +1706,117 @@ class UniSseConsumer(UniStreamConsumer):
     sse = True
 
 
+class StreamConsumer(UniStreamConsumer):
+    """The bidirectional protocol over a streamed HTTP response: centrifuge-js's
+    fallbacks when WebSocket is not there (``transports: [{transport: "http_stream",
+    endpoint: ".../connection/http_stream"}, {transport: "sse", ...}]``). The stream's
+    first request carries the client's first commands (``connect``: the POST body, JSON
+    lines or, as ``application/octet-stream``, Protobuf; for ``sse = True`` the
+    ``cf_connect`` query parameter, JSON); the replies and pushes come down the stream;
+    the client's later commands come as POSTs to ``/emulation`` (``EmulationConsumer``),
+    which reach this stream, in whatever process holds it, through the channel layer:
+    the connect reply's ``node`` is its channel name, its ``session`` a secret the
+    requests must carry."""
+
+    unidirectional = False
+
+    async def handle(self, body: bytes) -> None:
+        self._init_state()
+        self._conn = _StreamConn(self)
+        self._session = secrets.token_urlsafe(18)
+        method = self.scope.get("method", "GET")
+        if self.sse and method == "GET":
+            query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+            await self._run_frame(query.get("cf_connect", [""])[0], None)
+        elif not self.sse and method == "POST":
+            kind = dict(self.scope.get("headers", ())).get(b"content-type", b"")
+            if kind.split(b";")[0].strip().lower() == b"application/octet-stream":
+                from realtime import pubsub_proto
+
+                pubsub_proto.schema()
+                self.binary = True
+                await self._run_frame(None, body)
+            else:
+                await self._run_frame(body.decode("utf-8", "replace"), None)
+        else:
+            await self.send_response(405, b"", headers=[
+                (b"Allow", b"GET" if self.sse else b"POST")])
+            return
+        if not self._connected and not self._finished:
+            # The first request did not connect (its error reply is written): the stream
+            # ends, and the SDK tries again (with a fresh token after 109).
+            self._conn._head()
+            self._conn._send(b"", more=False)
+
+    def _session_info(self) -> dict[str, Any]:
+        return {"session": self._session, "node": self.channel_name}
+
+    async def pubsub_emulation(self, event: dict[str, Any]) -> None:
+        """A later request of this client's (``EmulationConsumer``): its commands, when it
+        carries this stream's session."""
+        session = event.get("session")
+        if (not isinstance(session, str) or self._finished
+                or not secrets.compare_digest(session, self._session)):
+            return
+        await self._run_frame(event.get("text"), event.get("bytes"))
+
+
+class SseConsumer(StreamConsumer):
+    """``StreamConsumer`` as server-sent events (centrifuge-js's ``sse`` transport: an
+    ``EventSource``, JSON only)."""
+
+    sse = True
+
+
+class EmulationConsumer(AsyncHttpConsumer):
+    """``/emulation``: a stream client's later commands (centrifuge-js POSTs ``{"session",
+    "node", "data"}`` as JSON, or an ``EmulationRequest`` as Protobuf), passed on to its
+    ``StreamConsumer`` through the channel layer (``node`` is its channel name, in any
+    process); 200 with nothing, 400 for what is not such a request, 413 past
+    ``--max-message-size``."""
+
+    async def handle(self, body: bytes) -> None:
+        from realtime.layers.base import check_name
+
+        if self.scope.get("method") != "POST":
+            await self.send_response(405, b"", headers=[(b"Allow", b"POST")])
+            return
+        if len(body) > self._site().config.max_message_size:
+            await self.send_response(413, b"")
+            return
+        event: dict[str, Any] = {"type": "pubsub.emulation"}
+        kind = dict(self.scope.get("headers", ())).get(b"content-type", b"")
+        try:
+            if kind.split(b";")[0].strip().lower() == b"application/octet-stream":
+                from realtime import pubsub_proto
+
+                request = pubsub_proto.decode_message("EmulationRequest", body)
+                event["bytes"] = request.get("data", b"")
+            else:
+                request = json.loads(body, parse_constant=refuse_constant)
+                if not isinstance(request, dict):
+                    raise ValueError("not an object")
+                data = request.get("data")
+                event["text"] = data if isinstance(data, str) else _dumps(data)
+            node, session = request.get("node"), request.get("session")
+            if not isinstance(node, str) or not isinstance(session, str):
+                raise ValueError("node and session required")
+            check_name(node)
+        except (ValueError, TypeError, RecursionError):
+            await self.send_response(400, b"not an emulation request\n", headers=[
+                (b"Content-Type", b"text/plain; charset=utf-8")])
+            return
+        event["session"] = session
+        try:
+            await self.channel_layer.send(node, event)
+        except Exception as exc:  # a full or unavailable layer: the client may retry
+            log.info("pubsub: an emulation request not passed on: {error}",
+                     error=str(exc) or type(exc).__name__)
+            await self.send_response(503, b"")
+            return
+        await self.send_response(200, b"")
+
+
 def _version() -> str:
     from realtime import __version__
 
@@ -1680,13 +1835,17 @@ def _application() -> Any:
             path("connection/uni_websocket", UniPubSubConsumer.as_asgi())]),
         "http": URLRouter([
             path("connection/uni_sse", UniSseConsumer.as_asgi()),
-            path("connection/uni_http_stream", UniStreamConsumer.as_asgi())]),
+            path("connection/uni_http_stream", UniStreamConsumer.as_asgi()),
+            path("connection/http_stream", StreamConsumer.as_asgi()),
+            path("connection/sse", SseConsumer.as_asgi()),
+            path("emulation", EmulationConsumer.as_asgi())]),
     })
 
 
 application = _application()
 
-__all__ = ["Namespace", "PubSubConsumer", "PubSubError", "UniPubSubConsumer", "UniSseConsumer",
-           "UniStreamConsumer", "application",
+__all__ = ["EmulationConsumer", "Namespace", "PubSubConsumer", "PubSubError", "SseConsumer",
+           "StreamConsumer", "UniPubSubConsumer", "UniSseConsumer", "UniStreamConsumer",
+           "application",
            "channel_group", "configure", "from_bytes", "namespace_prefix", "parse_namespace",
            "parse_namespaces", "publish", "read_history", "user_group"]

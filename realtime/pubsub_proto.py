@@ -87,6 +87,7 @@ _SCHEMA = {
     "SendRequest": "data:1:bytes",
     "FilterNode": "op:1:string key:2:string cmp:3:string val:4:string *vals:5:string "
                   "*nodes:6:FilterNode",
+    "EmulationRequest": "node:1:string session:2:string data:3:bytes",
 }
 
 _PACKAGE = "realtime.pubsub.protocol"
@@ -225,6 +226,18 @@ def decode_prefix(frame: bytes, limit: int) -> tuple[list[dict[str, Any]], Decod
             return commands, DecodeError(str(exc) or "not a command")
         position += size
     return commands, None
+
+
+def decode_message(name: str, body: bytes) -> dict[str, Any]:
+    """One message of the schema (not length-prefixed) as a dict; ``DecodeError``."""
+    from google.protobuf.message import DecodeError as ProtobufError
+
+    message = schema()[name]()
+    try:
+        message.ParseFromString(body)
+        return _to_dict(message)
+    except (ProtobufError, RecursionError) as exc:
+        raise DecodeError(str(exc) or f"not a {name}") from None
 
 
 def encode(document: dict[str, Any]) -> bytes:

@@ -1,0 +1,231 @@
+"""``realtime.pubsub.StreamConsumer``/``SseConsumer`` and ``EmulationConsumer``: the
+bidirectional protocol over a streamed HTTP response (centrifuge-js's ``http_stream`` and
+``sse`` fallbacks), its later commands as POSTs to ``/emulation``, against a real server
+with httpx; in JSON and, for ``http_stream``, Protobuf (messages built with
+centrifuge-python's generated classes). Browser tests with centrifuge-js's own fallback
+transports are in tests/e2e/test_browser_pubsub.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+import pytest_twisted
+
+from realtime import pubsub
+from tests.clients import in_thread
+from tests.test_pubsub import (  # noqa: F401  (fixtures)
+    WAIT,
+    _settings,
+    from_thread,
+    pubsub_server,
+    token,
+)
+from tests.test_pubsub_protobuf import RawPb
+
+ROOM = "room:allow_subscribe_for_client,allow_publish_for_subscriber,presence," \
+       "allow_presence_for_subscriber"
+FEED = "feed:history_size=10,history_ttl=60s,force_recovery,allow_subscribe_for_client"
+
+
+class Session:
+    """One emulated connection: the stream (read message by message) and the client's
+    later commands, POSTed to /emulation with the session and node of the connect reply."""
+
+    def __init__(self, server: Any, kind: str, response: Any) -> None:
+        self.server = server
+        self.kind = kind
+        self.response = response
+        self.binary = kind == "protobuf"
+        self.chunks = response.iter_bytes() if self.binary else response.iter_lines()
+        self.buffer = b""
+        self.ids = 1  # the connect was 1
+        self.session = self.node = ""
+        self.pending: list[dict[str, Any]] = []
+        self.seen: list[Any] = []
+
+    def recv(self) -> Any:
+        message = self._recv()
+        self.seen.append(message)
+        return message
+
+    def _recv(self) -> Any:
+        if self.pending:
+            return self.pending.pop(0)
+        if self.binary:
+            from centrifuge.codecs import _ProtobufCodec
+
+            while True:
+                if self.buffer:
+                    try:
+                        replies = _ProtobufCodec.decode_replies(self.buffer)
+                    except Exception:  # an incomplete message: read on
+                        replies = None
+                    if replies is not None:
+                        self.buffer = b""
+                        self.pending = replies[1:]
+                        return replies[0]
+                chunk = next(self.chunks, None)
+                if chunk is None:
+                    return "ended"
+                self.buffer += chunk
+        for line in self.chunks:
+            if self.kind == "sse":
+                if line.startswith("data: "):
+                    return json.loads(line[len("data: "):])
+            elif line.strip():
+                return json.loads(line)
+        return "ended"
+
+    def reply(self, ident: int) -> dict[str, Any]:
+        while True:
+            message = self.recv()
+            assert message != "ended"
+            if message.get("id") == ident:
+                return message
+
+    def post(self, *commands: dict[str, Any], session: str | None = None) -> int:
+        body: Any
+        if self.binary:
+            from centrifuge.protocol import client_pb2
+
+            request = client_pb2.EmulationRequest(
+                node=self.node, session=session if session is not None else self.session,
+                data=RawPb.frame(*commands))
+            body, kind = request.SerializeToString(), "application/octet-stream"
+        else:
+            body = json.dumps({"node": self.node,
+                               "session": session if session is not None else self.session,
+                               "data": "\n".join(json.dumps(c) for c in commands)})
+            kind = "application/json"
+        answer = httpx.post(self.server.http_url("/emulation"), content=body,
+                            headers={"Content-Type": kind}, timeout=WAIT)
+        return answer.status_code
+
+    def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.ids += 1
+        assert self.post({"id": self.ids, method: params}) == 200
+        return self.reply(self.ids)
+
+
+def open_session(server: Any, kind: str, connect: dict[str, Any]) -> Any:
+    command = {"id": 1, "connect": connect}
+    if kind == "sse":
+        return httpx.stream("GET", server.http_url("/connection/sse") + "?cf_connect="
+                            + quote(json.dumps(command)), timeout=WAIT)
+    if kind == "protobuf":
+        return httpx.stream("POST", server.http_url("/connection/http_stream"),
+                            content=RawPb.frame(command), timeout=WAIT,
+                            headers={"Content-Type": "application/octet-stream"})
+    return httpx.stream("POST", server.http_url("/connection/http_stream"),
+                        content=json.dumps(command).encode(), timeout=WAIT,
+                        headers={"Content-Type": "application/json"})
+
+
+def data_of(session: Session, pub: dict[str, Any]) -> Any:
+    if session.binary:
+        return json.loads(base64.b64decode(pub["data"]))
+    return pub["data"]
+
+
+@pytest.mark.parametrize("kind", ["http_stream", "sse", "protobuf"])
+@pytest_twisted.ensureDeferred
+async def test_an_emulated_connection_speaks_the_whole_protocol(pubsub_server, kind,  # noqa: F811
+                                                                monkeypatch):
+    from realtime.layers import InMemoryChannelLayer
+
+    monkeypatch.setattr(pubsub, "PING_INTERVAL", 0.3)
+    layer = InMemoryChannelLayer()
+    server = await pubsub_server(ROOM, FEED, layer=layer)
+
+    def flow() -> Any:
+        with open_session(server, kind, {"token": token("ada")}) as response:
+            session = Session(server, kind, response)
+            connected = session.reply(1)["connect"]
+            session.session, session.node = connected["session"], connected["node"]
+            subscribed = session.call("subscribe", {"channel": "room:x"})
+            published = session.call("publish", {"channel": "room:x", "data": (
+                base64.b64encode(b'{"from": "ada"}').decode() if session.binary
+                else {"from": "ada"})})
+            from_thread(pubsub.publish, "room:x", "server", layer=layer)
+            pubs = []
+            pings = 0
+            while len(pubs) < 2 or pings < 2:
+                message = session.recv()
+                if message == {}:
+                    pings += 1
+                    assert session.post({}) == 200  # the pong
+                elif "pub" in message.get("push", {}):
+                    pubs.append(data_of(session, message["push"]["pub"]))
+            stats = session.call("presence_stats", {"channel": "room:x"})
+            wrong = session.post({"id": 99, "ping": {}}, session="not-the-session")
+            after = session.call("ping", {})
+            return (response.status_code, response.headers["content-type"], connected,
+                    subscribed, published, pubs, stats, wrong, after, session.seen)
+
+    (status, content_type, connected, subscribed, published, pubs, stats, wrong,
+     after, seen) = await in_thread(flow)
+    assert status == 200
+    assert content_type == {"sse": "text/event-stream", "http_stream": "application/json",
+                            "protobuf": "application/octet-stream"}[kind]
+    assert connected["client"] and connected["session"] and connected["node"]
+    assert "error" not in subscribed and "error" not in published
+    assert pubs == [{"from": "ada"}, "server"]
+    assert stats["presence_stats"] == {"num_clients": 1, "num_users": 1}
+    assert wrong == 200  # answered alike; the command never reached the stream
+    assert after == {"id": 5, "ping": {}}
+    assert not [m for m in seen if isinstance(m, dict) and m.get("id") == 99]
+
+
+@pytest.mark.parametrize("kind", ["http_stream", "sse", "protobuf"])
+@pytest_twisted.ensureDeferred
+async def test_a_refused_connect_is_told_down_the_stream(pubsub_server, kind):  # noqa: F811
+    """An SDK reads the stream: a refused connect is its disconnect push (200), which tells
+    centrifuge-js not to reconnect (3500), or an error reply (109: it fetches a token and
+    tries again); either way the stream ends."""
+    server = await pubsub_server(ROOM)
+
+    def flow() -> Any:
+        got = []
+        for tok in (token("ada", key="x" * 40), token("ada", ttl=-10)):
+            with open_session(server, kind, {"token": tok}) as response:
+                session = Session(server, kind, response)
+                got.append((response.status_code, session.recv(), session.recv()))
+        return got
+
+    bad, expired = await in_thread(flow)
+    assert bad == (200, {"push": {"disconnect": {"code": 3500, "reason": "invalid token"}}},
+                   "ended")
+    assert expired[0] == 200 and expired[1]["error"]["code"] == 109 and expired[2] == "ended"
+
+
+@pytest_twisted.ensureDeferred
+async def test_emulation_requests_that_are_none(pubsub_server):  # noqa: F811
+    server = await pubsub_server(ROOM)
+
+    def post(body: bytes, kind: str = "application/json", method: str = "POST") -> int:
+        return httpx.request(method, server.http_url("/emulation"), content=body,
+                             headers={"Content-Type": kind}, timeout=WAIT).status_code
+
+    def flow() -> Any:
+        return {
+            "not JSON": post(b"{nope"),
+            "an array": post(b"[]"),
+            "no node": post(json.dumps({"session": "s", "data": "{}"}).encode()),
+            "a bad node": post(json.dumps({"node": "no spaces", "session": "s",
+                                           "data": "{}"}).encode()),
+            "not Protobuf": post(b"\xff\xff", "application/octet-stream"),
+            "too large": post(json.dumps({"node": "x", "session": "s",
+                                          "data": "x" * (1 << 21)}).encode()),
+            "GET": post(b"", method="GET"),
+            "a node nobody has": post(json.dumps({"node": "specific.gone!x",
+                                                  "session": "s", "data": "{}"}).encode()),
+        }
+
+    assert await in_thread(flow) == {
+        "not JSON": 400, "an array": 400, "no node": 400, "a bad node": 400,
+        "not Protobuf": 400, "too large": 413, "GET": 405, "a node nobody has": 200}
