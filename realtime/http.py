@@ -276,11 +276,20 @@ class AsyncHttpConsumer(AppFactoryMixin):
         self._stop_producing()  # a send waiting for the client returns (a no-op)
         if isinstance(result, Failure) or getattr(self._request, "timed_out", False):
             self._disconnect()
+            # A handler still running (handle() waiting on the layer, say) may join groups
+            # after the detach above: once the handlers are done, leave again.
+            self._events.addBoth(self._detach_again)
         else:
             self._events.addBoth(self._disconnect_then)
 
     def _disconnect_then(self, result: Any) -> Any:
+        self._detach_again(None)
         self._disconnect()
+        return result
+
+    def _detach_again(self, result: Any) -> Any:
+        if self.channel_layer is not None and self.channel_name is not None:
+            self.channel_layer.detach(self.channel_name)
         return result
 
     def _disconnect(self) -> None:

@@ -34,7 +34,13 @@ from twisted.logger import Logger
 
 from realtime.consumer import AsyncWebsocketConsumer
 from realtime.http import AsyncHttpConsumer
-from realtime.layers.base import MAX_NAME, UNCOUNTED_GROUP_PREFIX, frame_event
+from realtime.layers.base import (
+    HELD,
+    MAX_NAME,
+    UNCOUNTED_GROUP_PREFIX,
+    frame_event,
+    let_out_for,
+)
 from realtime.settings import settings
 from realtime.threads import as_deferred
 
@@ -60,6 +66,8 @@ PING_INTERVAL = 25.0
 #: before it closes 3005 (3006): Centrifugo's ``client_expired_close_delay``. The SDKs
 #: refresh once the reply's ``ttl`` (whole seconds) has passed, about at ``exp``.
 EXPIRED_CLOSE_DELAY = 25.0
+#: The longest expiry the server API's ``refresh`` sets (Centrifugo's: a year).
+MAX_TTL = 365 * 86400.0
 #: Commands one frame may carry (centrifuge-js batches a connection's subscribes).
 MAX_COMMANDS_PER_FRAME = 1000
 
@@ -550,7 +558,7 @@ class _Protocol:
         self._uni_started = True
         try:
             params = json.loads(text, parse_constant=refuse_constant)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser
             params = None
         if not isinstance(params, dict):
             self._count("connect", str(BAD_REQUEST))
@@ -573,6 +581,14 @@ class _Protocol:
             return
         self._count("connect", "ok")
         self._write(push)
+        self._shutdown_if_draining()
+
+    def _shutdown_if_draining(self) -> None:
+        """A stream connected while the server drains (it began during the connect, or
+        the request came after it began) ends at once with 3001: the client goes to
+        another server (``_StreamConn.server_draining`` ends those connected before)."""
+        if getattr(self._conn, "draining", False):
+            self._conn.close(*CLOSE_SHUTDOWN)
 
     def _close_stale(self) -> None:
         self._stale = None
@@ -616,7 +632,7 @@ class _Protocol:
             if isinstance(command, str):
                 try:
                     command = json.loads(command, parse_constant=refuse_constant)
-                except ValueError:
+                except (ValueError, RecursionError):  # not JSON, or nested past the parser
                     command = None
             if not isinstance(command, dict):
                 self._conn.close(*CLOSE_BAD_REQUEST)
@@ -827,6 +843,11 @@ class _Protocol:
         except Exception:
             await self._undo_connect()
             raise
+        if self._conn.closing_or_closed:
+            # Gone while the connect waited (a token's key, the layer): nothing is left
+            # behind (groups, presence, the user's place, timers).
+            await self._undo_connect()
+            raise _Close(CLOSE_BAD_REQUEST)
         if token:
             result.update(self._adopt(claims))
         self._connected = True
@@ -1026,6 +1047,9 @@ class _Protocol:
         except BaseException:
             self._forget(sub)
             raise
+        if self._conn.closing_or_closed:  # gone while it joined: no timers for it
+            self._forget(sub)
+            raise _Close(CLOSE_BAD_REQUEST)
         result: dict[str, Any] = {}
         expires, ttl, at = self._expiry(claims)
         if expires:
@@ -1307,6 +1331,8 @@ class _Protocol:
                                         force_positioning=False)
             claims = {"info": event["info"]} if "info" in event else {}
             result = await self._server_sub(channel, namespace, claims, event.get("since"))
+        except _Close:  # the connection went away meanwhile
+            return
         except PubSubError as exc:
             log.info("pubsub: the server API's subscribe to {channel} refused for {client}: "
                      "{error}", channel=channel, client=self.client_id, error=exc.message)
@@ -1328,9 +1354,13 @@ class _Protocol:
             return
         at = event.get("expire_at")
         if isinstance(at, int | float) and not isinstance(at, bool) and at > 0:
-            self.scope["auth_expires_at"] = float(at) + EXPIRED_CLOSE_DELAY
-            refresh: dict[str, Any] = {"expires": True,
-                                       "ttl": max(1, int(float(at) - self._now()))}
+            now = self._now()
+            if at <= now:  # already past: expired now, as Centrifugo does
+                self._conn.close(*CLOSE_EXPIRED)
+                return
+            at = min(float(at), now + MAX_TTL)
+            self.scope["auth_expires_at"] = at + EXPIRED_CLOSE_DELAY
+            refresh: dict[str, Any] = {"expires": True, "ttl": max(1, int(at - now))}
         else:
             self.scope.pop("auth_expires_at", None)
             refresh = {"expires": False}
@@ -1379,7 +1409,7 @@ class PubSubConsumer(_Protocol, AsyncWebsocketConsumer):
         # broadcast() frames of channels without history wrap their push as for the
         # bidirectional clients: this socket gets each bare (translated once per frame).
         self._conn.translate_broadcasts(_uni_broadcast)
-        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        query = parse_qs(self.scope.get("query_string", b"").decode("utf-8", "replace"))
         asked = query.get("cf_connect")
         if asked:  # Centrifugo's connect request in the URL (as for its uni_sse)
             await self._uni_connect(asked[0])
@@ -1516,9 +1546,10 @@ class UniPubSubConsumer(PubSubConsumer):
     unidirectional = True
 
 
-#: A streamed connect's refusal, before anything was written: the HTTP status (an
-#: EventSource stops at an error status; a stream that ends, it opens again).
-_STREAM_STATUS = {3500: 401, 3005: 401, 3507: 403, 3504: 429, 3004: 500}
+#: A unidirectional stream's connect refused for good (3500 and up; 3005: the token in the
+#: URL expired), before anything was written: the HTTP status (an EventSource stops at an
+#: error status; a stream that ends, it opens again); 400 for the others.
+_STREAM_STATUS = {3500: 401, 3005: 401, 3507: 403, 3504: 429}
 
 
 class _StreamConn:
@@ -1545,6 +1576,10 @@ class _StreamConn:
     @property
     def finished(self) -> bool:
         return bool(self.consumer._finished)
+
+    @property
+    def draining(self) -> bool:
+        return bool(getattr(self.site, "draining", False))
 
     @property
     def closing_or_closed(self) -> bool:
@@ -1582,9 +1617,11 @@ class _StreamConn:
         self._cancel_expiry()
         push = self.consumer._encode({"push": {"disconnect": {"code": code,
                                                              "reason": reason or ""}}})
-        if not self._started and self.consumer.unidirectional:
-            # No SDK reads the stream: an EventSource stops at an error status (and
-            # would open a stream that ended again). An SDK's stream gets the push (200).
+        if not self._started and self.consumer.unidirectional and (
+                code >= 3500 or code == CLOSE_EXPIRED[0]):
+            # No SDK reads the stream: an EventSource stops at an error status (and would
+            # open a stream that ended again: with the same token, for 3005). A code that
+            # says "reconnect", and an SDK's stream, get the push (200), then the end.
             self._started = True
             status = _STREAM_STATUS.get(code, 400)
             body, kind = ((push.encode() + b"\n", b"application/json")
@@ -1609,7 +1646,7 @@ class _StreamConn:
         """``scope["auth_expires_at"]`` changed: the expiry follows it."""
         self._cancel_expiry()
         at = self.scope.get("auth_expires_at")
-        if at is not None:
+        if at is not None and not self.consumer._finished:
             self._expiry = self.reactor.callLater(
                 max(0.0, float(at) - self.reactor.seconds()), self._expired)
 
@@ -1646,17 +1683,27 @@ class UniStreamConsumer(_Protocol, AsyncHttpConsumer):
     async def handle(self, body: bytes) -> None:
         self._init_state()
         self._conn = _StreamConn(self)
+        if await self._too_large(body):
+            return
         method = self.scope.get("method", "GET")
         if method == "POST":
             text = body.decode("utf-8", "replace")
         elif method == "GET" and self.sse:
-            query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+            query = parse_qs(self.scope.get("query_string", b"").decode("utf-8", "replace"))
             text = query.get("cf_connect", ["{}"])[0]
         else:
             await self.send_response(405, b"", headers=[
                 (b"Allow", b"GET, POST" if self.sse else b"POST")])
             return
         await self._uni_connect(text)
+
+    async def _too_large(self, body: bytes) -> bool:
+        """A first request past ``--max-message-size`` (a connect request is small;
+        Centrifugo's limit is 64 KiB): 413."""
+        if len(body) <= self._site().config.max_message_size:
+            return False
+        await self.send_response(413, b"")
+        return True
 
     def deliver_frame(self, frame: bytes) -> bool:
         """``broadcast()`` (a publication of a channel without history): as this client
@@ -1685,6 +1732,8 @@ class UniStreamConsumer(_Protocol, AsyncHttpConsumer):
         """``group_close`` (the server API's ``disconnect`` of a user, a drain): the
         ``disconnect`` push, then the end."""
         if not self._finished and getattr(self, "_conn", None) is not None:
+            if HELD:  # broadcasts held for this turn were before the close: they go first
+                let_out_for(self, self.channel_name)
             self._queue({"type": "pubsub.stream_close", "code": code, "reason": reason})
         super().close_from_layer(code, reason)
 
@@ -1724,9 +1773,11 @@ class StreamConsumer(UniStreamConsumer):
         self._init_state()
         self._conn = _StreamConn(self)
         self._session = secrets.token_urlsafe(18)
+        if await self._too_large(body):
+            return
         method = self.scope.get("method", "GET")
         if self.sse and method == "GET":
-            query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+            query = parse_qs(self.scope.get("query_string", b"").decode("utf-8", "replace"))
             await self._run_frame(query.get("cf_connect", [""])[0], None)
         elif not self.sse and method == "POST":
             kind = dict(self.scope.get("headers", ())).get(b"content-type", b"")
@@ -1747,6 +1798,8 @@ class StreamConsumer(UniStreamConsumer):
             # ends, and the SDK tries again (with a fresh token after 109).
             self._conn._head()
             self._conn._send(b"", more=False)
+        elif self._connected:
+            self._shutdown_if_draining()
 
     def _session_info(self) -> dict[str, Any]:
         return {"session": self._session, "node": self.channel_name}

@@ -423,7 +423,7 @@ async def _refresh(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
     if _field(params, "expired", bool, False):
         event["expired"] = True
     expire_at = _field(params, "expire_at", int, 0)
-    if expire_at < 0:
+    if not 0 <= expire_at < 1 << 63:
         raise BadBody("'expire_at' is Unix seconds")
     if expire_at:
         event["expire_at"] = expire_at

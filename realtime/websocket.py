@@ -23,6 +23,7 @@ import hashlib
 import itertools
 import struct
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -258,7 +259,8 @@ class _Memo:
             self.size -= len(oldest) + len(outs.pop(oldest))
 
 
-_MEMOS: dict[Any, _Memo] = {}
+#: By translation function, held weakly: a memo goes with its function.
+_MEMOS: weakref.WeakKeyDictionary[Any, _Memo] = weakref.WeakKeyDictionary()
 
 
 def _memo(translate: Callable[[bytes], bytes | None]) -> _Memo:
