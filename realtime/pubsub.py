@@ -1660,7 +1660,29 @@ class _StreamConn:
         self._expiry = None
 
 
-class UniStreamConsumer(_Protocol, AsyncHttpConsumer):
+class _Cors(AsyncHttpConsumer):
+    """Answers a page of another origin may read (the SDKs fetch with ``mode: "cors"``):
+    every head names the request's ``Origin`` (``--allowed-origins`` refused the others
+    with 403 before this), and a preflight (``OPTIONS``) is answered; no credentials."""
+
+    async def send_headers(self, *, status: int = 200, headers: Any = None) -> None:
+        pairs = list(headers or [])
+        origin = dict(self.scope.get("headers", ())).get(b"origin")
+        if origin:
+            pairs += [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin")]
+        await super().send_headers(status=status, headers=pairs)
+
+    async def _preflight(self) -> bool:
+        if self.scope.get("method") != "OPTIONS":
+            return False
+        await self.send_response(204, b"", headers=[
+            (b"Access-Control-Allow-Methods", b"GET, POST, OPTIONS"),
+            (b"Access-Control-Allow-Headers", b"Content-Type"),
+            (b"Access-Control-Max-Age", b"600")])
+        return True
+
+
+class UniStreamConsumer(_Protocol, _Cors):
     """Centrifugo's unidirectional HTTP streaming (``/connection/uni_http_stream``: POST a
     connect request, read lines of JSON) and, with ``sse = True``, its server-sent events
     (``/connection/uni_sse``: ``GET ?cf_connect=<connect request>`` from an
@@ -1683,7 +1705,7 @@ class UniStreamConsumer(_Protocol, AsyncHttpConsumer):
     async def handle(self, body: bytes) -> None:
         self._init_state()
         self._conn = _StreamConn(self)
-        if await self._too_large(body):
+        if await self._preflight() or await self._too_large(body):
             return
         method = self.scope.get("method", "GET")
         if method == "POST":
@@ -1773,7 +1795,7 @@ class StreamConsumer(UniStreamConsumer):
         self._init_state()
         self._conn = _StreamConn(self)
         self._session = secrets.token_urlsafe(18)
-        if await self._too_large(body):
+        if await self._preflight() or await self._too_large(body):
             return
         method = self.scope.get("method", "GET")
         if self.sse and method == "GET":
@@ -1821,7 +1843,7 @@ class SseConsumer(StreamConsumer):
     sse = True
 
 
-class EmulationConsumer(AsyncHttpConsumer):
+class EmulationConsumer(_Cors):
     """``/emulation``: a stream client's later commands (centrifuge-js POSTs ``{"session",
     "node", "data"}`` as JSON, or an ``EmulationRequest`` as Protobuf), passed on to its
     ``StreamConsumer`` through the channel layer (``node`` is its channel name, in any
@@ -1831,6 +1853,8 @@ class EmulationConsumer(AsyncHttpConsumer):
     async def handle(self, body: bytes) -> None:
         from realtime.layers.base import check_name
 
+        if await self._preflight():
+            return
         if self.scope.get("method") != "POST":
             await self.send_response(405, b"", headers=[(b"Allow", b"POST")])
             return

@@ -229,3 +229,60 @@ async def test_emulation_requests_that_are_none(pubsub_server):  # noqa: F811
     assert await in_thread(flow) == {
         "not JSON": 400, "an array": 400, "no node": 400, "a bad node": 400,
         "not Protobuf": 400, "too large": 413, "GET": 405, "a node nobody has": 200}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_page_of_another_origin_may_read_the_streams(pubsub_server):  # noqa: F811
+    """The SDKs fetch with ``mode: "cors"``: the answers name the page's origin, and a
+    preflight is answered; ``--allowed-origins`` refuses the other origins (403)."""
+    server = await pubsub_server(ROOM)
+    app = "https://app.example.com"
+
+    def flow() -> Any:
+        preflight = httpx.options(server.http_url("/emulation"), headers={
+            "Origin": app, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type"}, timeout=WAIT)
+        with httpx.stream("POST", server.http_url("/connection/http_stream"),
+                          content=json.dumps({"id": 1, "connect": {"token": token("ada")}}),
+                          headers={"Origin": app, "Content-Type": "application/json"},
+                          timeout=WAIT) as response:
+            stream_headers = response.headers
+        with httpx.stream("GET", server.http_url("/connection/uni_sse") + "?cf_connect="
+                          + quote(json.dumps({"token": token("ada")})),
+                          headers={"Origin": app}, timeout=WAIT) as response:
+            sse_headers = response.headers
+        same_origin = httpx.post(server.http_url("/emulation"), content=b"{}", timeout=WAIT)
+        return preflight, stream_headers, sse_headers, same_origin
+
+    preflight, stream_headers, sse_headers, same_origin = await in_thread(flow)
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == app
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert preflight.headers["access-control-allow-headers"].lower() == "content-type"
+    assert stream_headers["access-control-allow-origin"] == app
+    assert sse_headers["access-control-allow-origin"] == app
+    assert "access-control-allow-origin" not in same_origin.headers
+
+
+@pytest_twisted.ensureDeferred
+async def test_allowed_origins_refuse_the_other_pages(pubsub_server):  # noqa: F811
+    """``--allowed-origins`` (an ``OriginValidator`` around the app) refuses a page of
+    another origin before any of this: its preflight and its stream get 403."""
+    from realtime.origins import OriginValidator
+
+    app = OriginValidator(pubsub.application, ["https://app.example.com"])
+    server = await pubsub_server(ROOM, app=app)
+
+    def flow() -> Any:
+        def status(origin: str) -> tuple[int, int]:
+            preflight = httpx.options(server.http_url("/emulation"), headers={
+                "Origin": origin, "Access-Control-Request-Method": "POST"}, timeout=WAIT)
+            stream = httpx.post(server.http_url("/connection/uni_http_stream"),
+                                content=json.dumps({"token": token("ada", key="x" * 40)}),
+                                headers={"Origin": origin}, timeout=WAIT)
+            return preflight.status_code, stream.status_code
+        return status("https://evil.example.com"), status("https://app.example.com")
+
+    evil, app_page = await in_thread(flow)
+    assert evil == (403, 403)
+    assert app_page == (204, 401)  # let through: a bad token's answer
