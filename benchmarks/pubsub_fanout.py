@@ -113,17 +113,12 @@ def replies(payload: bytes) -> list[Any]:
     """The ``Reply`` messages of one binary frame (several, each varint-length-prefixed)."""
     from centrifuge.protocol import client_pb2
 
+    from realtime.pubsub_proto import read_varint
+
     out = []
     position = 0
     while position < len(payload):
-        size = shift = 0
-        while True:
-            byte = payload[position]
-            position += 1
-            size |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
+        size, position = read_varint(payload, position)
         out.append(client_pb2.Reply.FromString(payload[position:position + size]))
         position += size
     assert position == len(payload), "a Reply cut short"

@@ -185,6 +185,21 @@ def varint(number: int) -> bytes:
     return bytes(out)
 
 
+def read_varint(data: bytes, position: int) -> tuple[int, int]:
+    """A message's length prefix at ``position``: (the length, where the message starts);
+    ``DecodeError`` past the data or past 35 bits (no frame is that long)."""
+    size = shift = 0
+    while True:
+        if position >= len(data) or shift > 28:
+            raise DecodeError("bad length")
+        byte = data[position]
+        position += 1
+        size |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return size, position
+
+
 def decode(frame: bytes, limit: int) -> list[dict[str, Any]]:
     """The commands of one binary frame, as the JSON protocol's dicts (an empty one is a
     pong); ``DecodeError`` for a frame that is not commands, or has more than ``limit``."""
@@ -204,16 +219,10 @@ def decode_prefix(frame: bytes, limit: int) -> tuple[list[dict[str, Any]], Decod
     commands: list[dict[str, Any]] = []
     position, end = 0, len(frame)
     while position < end:
-        size = shift = 0
-        while True:
-            if position >= end or shift > 28:
-                return commands, DecodeError("bad length")
-            byte = frame[position]
-            position += 1
-            size |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
+        try:
+            size, position = read_varint(frame, position)
+        except DecodeError as exc:
+            return commands, exc
         if position + size > end:
             return commands, DecodeError("truncated")
         if len(commands) >= limit:

@@ -42,6 +42,22 @@ class SlowLayer(InMemoryChannelLayer):
         return deferLater(reactor, self.delay, lambda: None).addCallback(lambda _: d)
 
 
+def rest_of(ws: Any, wait: float, still_open: str) -> list[Any]:
+    """What a WebSocket gets until it closes (then ``("closed", code)``), or until nothing
+    came for ``wait`` seconds (then ``still_open``)."""
+    from websockets.exceptions import ConnectionClosed
+
+    got: list[Any] = []
+    try:
+        while True:
+            got.append(json.loads(ws.recv(timeout=wait)))
+    except ConnectionClosed as exc:
+        got.append(("closed", exc.rcvd.code if exc.rcvd else None))
+    except TimeoutError:
+        got.append(still_open)
+    return got
+
+
 def memberships(layer: Any) -> dict[str, Any]:
     return {name: sorted(groups) for name, groups in layer._memberships.items()}
 
@@ -166,7 +182,6 @@ async def test_stream_opened_during_drain(pubsub_server):  # noqa: F811
 async def test_api_refresh_expire_at_in_the_past_expires_now(pubsub_server):  # noqa: F811
     """Centrifugo (centrifuge's Client.Refresh): expire_at with ttl <= 0 closes with
     DisconnectExpired (3005) at once, without a refresh push."""
-    from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
     server = await pubsub_server(FEED, api_keys=(KEY,))
 
@@ -176,13 +191,7 @@ async def test_api_refresh_expire_at_in_the_past_expires_now(pubsub_server):  # 
             ws.send(json.dumps({"token": token("ada")}))
             next_message(ws)
             call_api(server, "refresh", {"user": "ada", "expire_at": int(time.time()) - 5})
-            try:
-                while True:
-                    got.append(json.loads(ws.recv(timeout=3)))
-            except ConnectionClosed as exc:
-                got.append(("closed", exc.rcvd.code if exc.rcvd else None))
-            except TimeoutError:
-                got.append("still open after 3 s")
+            got += rest_of(ws, 3, "still open after 3 s")
         return got
 
     got = await in_thread(flow)
@@ -419,7 +428,6 @@ async def test_deeply_nested_command_bidirectional(pubsub_server):  # noqa: F811
 async def test_api_refresh_huge_expire_at(pubsub_server, expire_at):  # noqa: F811
     """``expire_at`` past 64 bits is a bad body (400); a far one is held to a year
     (Centrifugo's limit); the connection stays either way."""
-    from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
     server = await pubsub_server(FEED, api_keys=(KEY,))
 
@@ -432,13 +440,7 @@ async def test_api_refresh_huge_expire_at(pubsub_server, expire_at):  # noqa: F8
             r = httpx.post(server.http_url("/api/refresh"), headers={"X-API-Key": KEY},
                            content=f'{{"user": "ada", "expire_at": {expire_at}}}'.encode())
             got.append(r.status_code)
-            try:
-                while True:
-                    got.append(json.loads(ws.recv(timeout=1)))
-            except ConnectionClosed as exc:
-                got.append(("closed", exc.rcvd.code if exc.rcvd else None))
-            except TimeoutError:
-                got.append("open")
+            got += rest_of(ws, 1, "open")
         return got
 
     got = await in_thread(flow)

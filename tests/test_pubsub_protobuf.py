@@ -43,6 +43,15 @@ def pb_client(server: Any, tok: str = "", **options: Any) -> tuple[Any, Any]:
     return sdk_client(server, tok, use_protobuf=True, **options)
 
 
+async def pb_and_json(server: Any) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """A Protobuf SDK client (user "pb") and a JSON one ("js"), both connected."""
+    pairs = (pb_client(server, token("pb")), sdk_client(server, token("js")))
+    for client, events in pairs:
+        await client.connect()
+        await events.next("connected")
+    return pairs
+
+
 # -- the schema ------------------------------------------------------------------------------------
 
 def _fields(descriptor: Any) -> dict[str, tuple[Any, ...]]:
@@ -472,11 +481,7 @@ async def test_held_broadcasts_reach_protobuf_and_unidirectional_sockets_transla
     async def scenario() -> Any:
         from tests.test_pubsub import from_thread
 
-        pb, pb_events = pb_client(server, token("pb"))
-        js, js_events = sdk_client(server, token("js"))
-        for client, events in ((pb, pb_events), (js, js_events)):
-            await client.connect()
-            await events.next("connected")
+        (pb, _), (js, _) = await pb_and_json(server)
         _, at_pb = await subscribed(pb, "open:held")
         _, at_js = await subscribed(js, "open:held")
         # One first: its delivery finds each socket clean and puts it on the fast path,
@@ -517,11 +522,7 @@ async def test_what_protobuf_cannot_carry_as_given_still_reaches_its_clients(
     deep = b"[" * 5000
 
     async def scenario() -> Any:
-        pb, pb_events = pb_client(server, token("pb"))
-        js, js_events = sdk_client(server, token("js"))
-        for client, events in ((pb, pb_events), (js, js_events)):
-            await client.connect()
-            await events.next("connected")
+        (pb, pb_events), (js, _) = await pb_and_json(server)
         _, at_pb = await subscribed(pb, channel)
         _, at_js = await subscribed(js, channel)
         from_thread(pubsub.publish, channel, 1, tags={"k": "a\ud800b"}, layer=layer)
