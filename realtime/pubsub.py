@@ -1817,9 +1817,12 @@ class StreamConsumer(UniStreamConsumer):
             return
         if not self._connected and not self._finished:
             # The first request did not connect (its error reply is written): the stream
-            # ends, and the SDK tries again (with a fresh token after 109).
+            # stays open until the client, having read the reply, closes it (as
+            # Centrifugo's): ended now, centrifuge-js may see the end before the reply and
+            # try again with the same expired token instead of asking for a fresh one.
+            # One left open is closed as stale (3502) after STALE_AFTER.
             self._conn._head()
-            self._conn._send(b"", more=False)
+            self._stale = self._conn.reactor.callLater(STALE_AFTER, self._close_stale)
         elif self._connected:
             self._shutdown_if_draining()
 

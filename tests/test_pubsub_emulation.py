@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -80,6 +81,13 @@ class Session:
             elif line.strip():
                 return json.loads(line)
         return "ended"
+
+    def rest(self) -> list[Any]:
+        """Every message until the stream ends, then "ended"."""
+        got = []
+        while (message := self.recv()) != "ended":
+            got.append(message)
+        return [*got, "ended"]
 
     def reply(self, ident: int) -> dict[str, Any]:
         while True:
@@ -183,10 +191,14 @@ async def test_an_emulated_connection_speaks_the_whole_protocol(pubsub_server, k
 
 @pytest.mark.parametrize("kind", ["http_stream", "sse", "protobuf"])
 @pytest_twisted.ensureDeferred
-async def test_a_refused_connect_is_told_down_the_stream(pubsub_server, kind):  # noqa: F811
+async def test_a_refused_connect_is_told_down_the_stream(pubsub_server, kind,  # noqa: F811
+                                                         monkeypatch):
     """An SDK reads the stream: a refused connect is its disconnect push (200), which tells
-    centrifuge-js not to reconnect (3500), or an error reply (109: it fetches a token and
-    tries again); either way the stream ends."""
+    centrifuge-js not to reconnect (3500), after which the stream ends; or an error reply
+    (109: it fetches a token and tries again), after which the stream stays open for the
+    client to close, as Centrifugo's (ended at once, the SDK may see the end before the
+    reply), and is closed as stale (3502) if the client does not."""
+    monkeypatch.setattr(pubsub, "STALE_AFTER", 0.5)
     server = await pubsub_server(ROOM)
 
     def flow() -> Any:
@@ -194,13 +206,18 @@ async def test_a_refused_connect_is_told_down_the_stream(pubsub_server, kind):  
         for tok in (token("ada", key="x" * 40), token("ada", ttl=-10)):
             with open_session(server, kind, {"token": tok}) as response:
                 session = Session(server, kind, response)
-                got.append((response.status_code, session.recv(), session.recv()))
+                started = time.monotonic()
+                got.append((response.status_code, *session.rest(),
+                            time.monotonic() - started))
         return got
 
     bad, expired = await in_thread(flow)
-    assert bad == (200, {"push": {"disconnect": {"code": 3500, "reason": "invalid token"}}},
-                   "ended")
-    assert expired[0] == 200 and expired[1]["error"]["code"] == 109 and expired[2] == "ended"
+    assert bad[:3] == (200, {"push": {"disconnect": {"code": 3500, "reason": "invalid token"}}},
+                       "ended") and bad[3] < 0.4
+    assert expired[:2] == (200, {"id": 1, "error": {"code": 109, "message": "token expired"}})
+    assert expired[2:4] == ({"push": {"disconnect": {"code": 3502, "reason": "stale"}}},
+                            "ended")
+    assert 0.4 < expired[4] < 3.0
 
 
 @pytest_twisted.ensureDeferred
