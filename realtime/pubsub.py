@@ -289,6 +289,13 @@ def user_group(user: str) -> str:
     return _group_name(USER_GROUP_PREFIX, user)
 
 
+def emulation_group(node: str) -> str:
+    """The group a ``StreamConsumer`` (channel name ``node``) is alone in, which
+    ``/emulation`` sends its client's requests to ("_e" never comes out of ``_escape``, so
+    no user's group is named so; uncounted, as the users' groups)."""
+    return _group_name(USER_GROUP_PREFIX + "_e.", node)
+
+
 def check_channel(channel: Any) -> str:
     if not isinstance(channel, str) or not channel:
         raise PubSubError(BAD_REQUEST, "channel required")
@@ -986,7 +993,7 @@ class _Protocol:
         if sub.expiry is not None and sub.expiry.active():
             sub.expiry.cancel()
         sub.expiry = None
-        if at is not None:
+        if at is not None and not self._conn.closing_or_closed:  # none for a gone client
             sub.expiry = self._conn.reactor.callLater(
                 max(0.0, at + EXPIRED_CLOSE_DELAY - self._now()), self._conn.close,
                 *CLOSE_SUB_EXPIRED)
@@ -1666,10 +1673,10 @@ class _Cors(AsyncHttpConsumer):
     with 403 before this), and a preflight (``OPTIONS``) is answered; no credentials."""
 
     async def send_headers(self, *, status: int = 200, headers: Any = None) -> None:
-        pairs = list(headers or [])
+        pairs = [*(headers or []), (b"Vary", b"Origin")]
         origin = dict(self.scope.get("headers", ())).get(b"origin")
         if origin:
-            pairs += [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin")]
+            pairs.append((b"Access-Control-Allow-Origin", origin))
         await super().send_headers(status=status, headers=pairs)
 
     async def _preflight(self) -> bool:
@@ -1798,10 +1805,24 @@ class StreamConsumer(UniStreamConsumer):
         if await self._preflight() or await self._too_large(body):
             return
         method = self.scope.get("method", "GET")
+        if method not in (("GET", "POST") if self.sse else ("POST",)):
+            await self.send_response(405, b"", headers=[
+                (b"Allow", b"GET, POST, OPTIONS" if self.sse else b"POST, OPTIONS")])
+            return
+        try:  # where /emulation reaches this stream, in whatever process holds it
+            await self.channel_layer.group_add(emulation_group(self.channel_name),
+                                               self.channel_name)
+        except Exception as exc:
+            log.warn("pubsub: a stream could not join its emulation group: {error}",
+                     error=str(exc) or type(exc).__name__)
+            self._conn.close(*CLOSE_SERVER_ERROR)
+            return
         if self.sse and method == "GET":
             query = parse_qs(self.scope.get("query_string", b"").decode("utf-8", "replace"))
             await self._run_frame(query.get("cf_connect", [""])[0], None)
-        elif not self.sse and method == "POST":
+        elif self.sse:
+            await self._run_frame(body.decode("utf-8", "replace"), None)
+        else:
             kind = dict(self.scope.get("headers", ())).get(b"content-type", b"")
             if kind.split(b";")[0].strip().lower() == b"application/octet-stream":
                 from realtime import pubsub_proto
@@ -1811,11 +1832,9 @@ class StreamConsumer(UniStreamConsumer):
                 await self._run_frame(None, body)
             else:
                 await self._run_frame(body.decode("utf-8", "replace"), None)
-        else:
-            await self.send_response(405, b"", headers=[
-                (b"Allow", b"GET" if self.sse else b"POST")])
-            return
-        if not self._connected and not self._finished:
+        if not self._connected and not self._finished and self._conn.draining:
+            self._conn.close(*CLOSE_SHUTDOWN)  # not held open while the server drains
+        elif not self._connected and not self._finished:
             # The first request did not connect (its error reply is written): the stream
             # stays open until the client, having read the reply, closes it (as
             # Centrifugo's): ended now, centrifuge-js may see the end before the reply and
@@ -1831,10 +1850,10 @@ class StreamConsumer(UniStreamConsumer):
 
     async def pubsub_emulation(self, event: dict[str, Any]) -> None:
         """A later request of this client's (``EmulationConsumer``): its commands, when it
-        carries this stream's session."""
+        carries this stream's session (anything else is ignored)."""
         session = event.get("session")
         if (not isinstance(session, str) or self._finished
-                or not secrets.compare_digest(session, self._session)):
+                or not secrets.compare_digest(session.encode(), self._session.encode())):
             return
         await self._run_frame(event.get("text"), event.get("bytes"))
 
@@ -1874,27 +1893,29 @@ class EmulationConsumer(_Cors):
                 event["bytes"] = request.get("data", b"")
             else:
                 request = json.loads(body, parse_constant=refuse_constant)
-                if not isinstance(request, dict):
-                    raise ValueError("not an object")
-                data = request.get("data")
-                event["text"] = data if isinstance(data, str) else _dumps(data)
+                if not isinstance(request, dict) or not isinstance(request.get("data"), str):
+                    raise ValueError("not an object with data (the commands' JSON text)")
+                event["text"] = request["data"]
             node, session = request.get("node"), request.get("session")
             if not isinstance(node, str) or not isinstance(session, str):
                 raise ValueError("node and session required")
             check_name(node)
+            session.encode("ascii")  # a session is ASCII (UnicodeEncodeError: ValueError)
         except (ValueError, TypeError, RecursionError):
             await self.send_response(400, b"not an emulation request\n", headers=[
                 (b"Content-Type", b"text/plain; charset=utf-8")])
             return
         event["session"] = session
         try:
-            await self.channel_layer.send(node, event)
-        except Exception as exc:  # a full or unavailable layer: the client may retry
+            # To the stream's own group: delivered only while the stream lives (in any
+            # process), never queued for a name nobody reads, never to another channel.
+            await self.channel_layer.group_send(emulation_group(node), event)
+        except Exception as exc:  # an unavailable layer: the client may retry
             log.info("pubsub: an emulation request not passed on: {error}",
                      error=str(exc) or type(exc).__name__)
             await self.send_response(503, b"")
             return
-        await self.send_response(200, b"")
+        await self.send_response(204, b"")
 
 
 def _version() -> str:
@@ -1903,9 +1924,10 @@ def _version() -> str:
     return f"realtime {__version__}"
 
 
-#: ``--app realtime.pubsub:application``: the protocol at ``/connection/websocket`` and
-#: the unidirectional one at ``/connection/uni_websocket`` (Centrifugo's paths), and
-#: nothing else.
+#: ``--app realtime.pubsub:application``: the protocol at Centrifugo's paths
+#: (``/connection/websocket``; over HTTP ``/connection/http_stream``, ``/connection/sse``
+#: and ``/emulation``; unidirectional ``/connection/uni_websocket``, ``/connection/uni_sse``
+#: and ``/connection/uni_http_stream``), and nothing else.
 def _application() -> Any:
     from realtime.routing import ProtocolTypeRouter, URLRouter, path
 

@@ -116,7 +116,7 @@ class Session:
 
     def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         self.ids += 1
-        assert self.post({"id": self.ids, method: params}) == 200
+        assert self.post({"id": self.ids, method: params}) == 204
         return self.reply(self.ids)
 
 
@@ -166,7 +166,7 @@ async def test_an_emulated_connection_speaks_the_whole_protocol(pubsub_server, k
                 message = session.recv()
                 if message == {}:
                     pings += 1
-                    assert session.post({}) == 200  # the pong
+                    assert session.post({}) == 204  # the pong
                 elif "pub" in message.get("push", {}):
                     pubs.append(data_of(session, message["push"]["pub"]))
             stats = session.call("presence_stats", {"channel": "room:x"})
@@ -184,7 +184,7 @@ async def test_an_emulated_connection_speaks_the_whole_protocol(pubsub_server, k
     assert "error" not in subscribed and "error" not in published
     assert pubs == [{"from": "ada"}, "server"]
     assert stats["presence_stats"] == {"num_clients": 1, "num_users": 1}
-    assert wrong == 200  # answered alike; the command never reached the stream
+    assert wrong == 204  # answered alike; the command never reached the stream
     assert after == {"id": 5, "ping": {}}
     assert not [m for m in seen if isinstance(m, dict) and m.get("id") == 99]
 
@@ -236,6 +236,10 @@ async def test_emulation_requests_that_are_none(pubsub_server):  # noqa: F811
             "a bad node": post(json.dumps({"node": "no spaces", "session": "s",
                                            "data": "{}"}).encode()),
             "not Protobuf": post(b"\xff\xff", "application/octet-stream"),
+            "data not a string": post(json.dumps({"node": "x", "session": "s",
+                                                  "data": {"id": 1}}).encode()),
+            "a session not ASCII": post(json.dumps({"node": "x", "session": "é",
+                                                    "data": "{}"}).encode()),
             "too large": post(json.dumps({"node": "x", "session": "s",
                                           "data": "x" * (1 << 21)}).encode()),
             "GET": post(b"", method="GET"),
@@ -245,7 +249,8 @@ async def test_emulation_requests_that_are_none(pubsub_server):  # noqa: F811
 
     assert await in_thread(flow) == {
         "not JSON": 400, "an array": 400, "no node": 400, "a bad node": 400,
-        "not Protobuf": 400, "too large": 413, "GET": 405, "a node nobody has": 200}
+        "not Protobuf": 400, "data not a string": 400, "a session not ASCII": 400,
+        "too large": 413, "GET": 405, "a node nobody has": 204}
 
 
 @pytest_twisted.ensureDeferred
@@ -303,3 +308,61 @@ async def test_allowed_origins_refuse_the_other_pages(pubsub_server):  # noqa: F
     evil, app_page = await in_thread(flow)
     assert evil == (403, 403)
     assert app_page == (204, 401)  # let through: a bad token's answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_emulation_reaches_live_streams_only(pubsub_server):  # noqa: F811
+    """``/emulation`` sends to the stream's own group: nothing is kept for a stream that
+    ended or a name nobody holds (a layer queue per name was kept for ever), nothing
+    reaches an app's channel of that name, and a request with another session, even one
+    that is not ASCII, leaves the stream as it was."""
+    from realtime.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    server = await pubsub_server(ROOM, layer=layer)
+    got: list[Any] = []
+    layer.receive("jobs").addCallback(got.append)
+
+    def post(node: str, session: str, data: str = "{}") -> int:
+        return httpx.post(server.http_url("/emulation"), content=json.dumps(
+            {"node": node, "session": session, "data": data}).encode(),
+            headers={"Content-Type": "application/json"}, timeout=WAIT).status_code
+
+    def flow() -> Any:
+        with open_session(server, "http_stream", {"token": token("ada")}) as response:
+            session = Session(server, "http_stream", response)
+            connected = session.reply(1)["connect"]
+            session.session, session.node = connected["session"], connected["node"]
+            stranger = post(session.node, "not-" + session.session[4:])
+            sneaky = httpx.post(server.http_url("/emulation"), content=json.dumps(
+                {"node": session.node, "session": session.session[:-1] + "\u00e9",
+                 "data": "{}"}).encode(), timeout=WAIT).status_code
+            alive = session.call("ping", {})
+        late = [session.post({}) for _ in range(3)]  # after the stream ended
+        junk = [post(f"junk{n}", "x", "x" * 1000) for n in range(5)] + [post("jobs", "x")]
+        return stranger, sneaky, alive, late, junk
+
+    stranger, sneaky, alive, late, junk = await in_thread(flow)
+    assert (stranger, sneaky) == (204, 400)
+    assert alive == {"id": 2, "ping": {}}
+    assert late == [204] * 3 and junk == [204] * 6
+    assert {name: len(queue) for name, queue in layer._queues.items()} == {}
+    assert got == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_stream_during_the_drain_ends_with_3001(pubsub_server,  # noqa: F811
+                                                                monkeypatch):
+    monkeypatch.setattr(pubsub, "STALE_AFTER", 3.0)
+    server = await pubsub_server(ROOM)
+
+    def flow() -> Any:
+        from_thread(lambda: server.site.drain() and None)
+        with open_session(server, "http_stream", {"token": token("ada", ttl=-10)}) as resp:
+            started = time.monotonic()
+            return Session(server, "http_stream", resp).rest(), time.monotonic() - started
+
+    rest, took = await in_thread(flow)
+    assert rest == [{"id": 1, "error": {"code": 109, "message": "token expired"}},
+                    {"push": {"disconnect": {"code": 3001, "reason": "shutdown"}}}, "ended"]
+    assert took < 1.5

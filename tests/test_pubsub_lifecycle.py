@@ -451,3 +451,49 @@ async def test_api_refresh_huge_expire_at(pubsub_server, expire_at):  # noqa: F8
             pubsub.MAX_TTL, abs=5)}}
     else:
         assert got == [400, "open"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_gone_during_sub_refresh_leaves_no_timer(pubsub_server):  # noqa: F811
+    """A stream's client leaves while its ``sub_refresh`` waits for a rotated key: no
+    subscription expiry is armed for it afterwards (the leak check finds none)."""
+    import jwt as pyjwt
+
+    from realtime.settings import settings
+    from realtime.tokens import VerificationKey
+    from tests.test_pubsub_emulation import Session, open_session
+
+    class SlowJwks:
+        def unknown_kid(self) -> Any:
+            def fetched() -> bool:
+                settings.jwt_keys = [*settings.jwt_keys,
+                                     VerificationKey(SECRET, ("HS256",), "k2")]
+                return True
+            return deferLater(reactor, 0.5, fetched)
+
+    server = await pubsub_server("feed:allow_subscribe_for_client")
+    settings.jwt_keys = [VerificationKey(SECRET, ("HS256",), "k1")]
+    settings.jwt_key_source = SlowJwks()
+    now = int(time.time())
+
+    def signed(claims: dict[str, Any], kid: str) -> str:
+        return pyjwt.encode(claims, SECRET, algorithm="HS256", headers={"kid": kid})
+
+    def flow() -> Any:
+        connect = {"token": signed({"sub": "ada", "exp": now + 60}, "k1")}
+        with open_session(server, "http_stream", connect) as response:
+            session = Session(server, "http_stream", response)
+            connected = session.reply(1)["connect"]
+            session.session, session.node = connected["session"], connected["node"]
+            subscribed = session.call("subscribe", {"channel": "$feed:x", "token": signed(
+                {"sub": "ada", "exp": now + 60, "channel": "$feed:x"}, "k1")})
+            session.ids += 1
+            session.post({"id": session.ids, "sub_refresh": {"channel": "$feed:x", "token":
+                          signed({"sub": "ada", "exp": now + 120, "channel": "$feed:x"},
+                                 "k2")}})
+            time.sleep(0.1)
+        time.sleep(1.0)  # the key came after the client left
+        return subscribed
+
+    subscribed = await in_thread(flow)
+    assert subscribed["subscribe"]["expires"] is True

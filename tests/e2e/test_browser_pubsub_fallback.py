@@ -174,7 +174,7 @@ async def test_the_json_build_over_a_fallback_transport(
     the ``connected`` context says ``transport``; no WebSocket is opened. Both subscribe to
     chat:room (Ada sees Bob join); what Ada publishes and what Python publishes reach
     both, in order, with increasing offsets; presence, presenceStats and history answer.
-    Every one of those later commands went as a POST to /emulation (200) with its
+    Every one of those later commands went as a POST to /emulation (204) with its
     stream's session and node, the server's pings were answered there (pongs), and the
     connection outlives several ping intervals (the server closes one without pongs:
     3012)."""
@@ -204,7 +204,7 @@ async def test_the_json_build_over_a_fallback_transport(
             history = page.evaluate(f"{_js('bob', channel)}.history({{limit: 10}})")
             # Three pings of the server's (1 s apart) answered through /emulation.
             _wait(page, "window.traffic.filter((t) => t.url === '/emulation' && "
-                        "JSON.parse(t.body).data === '{}' && t.status === 200).length >= 6")
+                        "JSON.parse(t.body).data === '{}' && t.status === 204).length >= 6")
             state = page.evaluate(f"[{_js('ada')}.state, {_js('bob')}.state]")
             return (published, position, stats, presence, history, state,
                     {name: _record(page, name, channel) for name in ("ada", "bob")},
@@ -248,7 +248,7 @@ async def test_the_json_build_over_a_fallback_transport(
     assert sorted(jwt.decode(c["connect"]["token"], options={"verify_signature": False})["sub"]
                   for c in connects) == ["ada", "bob"]
     emulated = _emulated(traffic)
-    assert emulated and all(r["status"] == 200 for r in emulated)
+    assert emulated and all(r["status"] == 204 for r in emulated)
     # Each with the session and node its stream's connect reply gave.
     given = {(m[0]["connect"]["session"], m[0]["connect"]["node"])
              for m in _stream_messages(traffic, transport)}
@@ -310,7 +310,7 @@ async def test_the_protobuf_build_over_http_stream_carries_bytes(
         centrifuge_js, chromium, pubsub_server, monkeypatch, channel):  # noqa: F811
     """Two clients of the Protobuf build, given only ``http_stream``: the stream's POST and
     every /emulation request are ``application/octet-stream`` (Protobuf ``Command``s in
-    ``EmulationRequest``s), all 200. What Ada publishes (a ``Uint8Array`` of 0..255, and
+    ``EmulationRequest``s), all 204. What Ada publishes (a ``Uint8Array`` of 0..255, and
     those bytes reversed) reaches both byte for byte, in a channel with history (with
     increasing offsets, and ``history`` gives the same bytes back) and in one without
     (``broadcast()`` frames translated for Protobuf streams); bytes Python publishes too.
@@ -348,7 +348,7 @@ async def test_the_protobuf_build_over_http_stream_carries_bytes(
             # Three pings each (1 s apart): an EmulationRequest whose data is one empty
             # command (length 0), field 3 = [0] at its end.
             _wait(page, "window.traffic.filter((t) => t.url === '/emulation' && "
-                        "t.status === 200 && t.body.slice(-3).join() === '26,1,0').length >= 6")
+                        "t.status === 204 && t.body.slice(-3).join() === '26,1,0').length >= 6")
             state = page.evaluate(f"[{_js('ada')}.state, {_js('bob')}.state]")
             return ({name: _received_bytes(page, name, channel) for name in ("ada", "bob")},
                     {name: _record(page, name, channel) for name in ("ada", "bob")},
@@ -385,7 +385,7 @@ async def test_the_protobuf_build_over_http_stream_carries_bytes(
         assert fetch["type"] == "application/octet-stream"
         assert isinstance(fetch["body"], list)  # bytes, not text
     emulated = _pb_emulated(traffic)
-    assert all((r["status"], r["type"]) == (200, "application/octet-stream") for r in emulated)
+    assert all((r["status"], r["type"]) == (204, "application/octet-stream") for r in emulated)
     assert len({(r["session"], r["node"]) for r in emulated}) == 2  # one per stream
     commands = [c for r in emulated for c in r["commands"]]
     assert sum(1 for c in commands if c == {}) >= 6  # pongs
@@ -449,7 +449,7 @@ async def test_a_websocket_that_fails_falls_back_to_http_stream(
     assert [p["data"] for p in record["pubs"]] == ["over the fallback"]
     streams = [f for f in traffic["fetches"] if f["url"] == "/connection/http_stream"]
     assert [(f["method"], f["status"]) for f in streams] == [("POST", 200)]
-    assert any(f["url"] == "/emulation" and f["status"] == 200 for f in traffic["fetches"])
+    assert any(f["url"] == "/emulation" and f["status"] == 204 for f in traffic["fetches"])
     assert errors == []
 
 
