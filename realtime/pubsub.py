@@ -1948,6 +1948,6 @@ application = _application()
 
 __all__ = ["EmulationConsumer", "Namespace", "PubSubConsumer", "PubSubError", "SseConsumer",
            "StreamConsumer", "UniPubSubConsumer", "UniSseConsumer", "UniStreamConsumer",
-           "application",
-           "channel_group", "configure", "from_bytes", "namespace_prefix", "parse_namespace",
-           "parse_namespaces", "publish", "read_history", "user_group"]
+           "application", "channel_group", "configure", "emulation_group", "from_bytes",
+           "namespace_prefix", "parse_namespace", "parse_namespaces", "publish",
+           "read_history", "user_group"]
