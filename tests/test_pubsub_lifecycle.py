@@ -58,6 +58,12 @@ def rest_of(ws: Any, wait: float, still_open: str) -> list[Any]:
     return got
 
 
+def assert_nothing_left(layer: Any, channel: str = "room:x") -> None:
+    """No connection of the test is in any group, or in the channel's presence."""
+    assert (memberships(layer), layer.local_presence(pubsub.channel_group(channel))) == (
+        {}, {})
+
+
 def memberships(layer: Any) -> dict[str, Any]:
     return {name: sorted(groups) for name, groups in layer._memberships.items()}
 
@@ -288,9 +294,7 @@ async def test_stream_gone_while_connect_awaits_jwks(pubsub_server):  # noqa: F8
         time.sleep(1.0)
 
     await in_thread(flow)
-    room = pubsub.channel_group("room:x")
-    leftover = (memberships(layer), layer.local_presence(room))
-    assert leftover == ({}, {}), leftover
+    assert_nothing_left(layer)
 
 
 @pytest_twisted.ensureDeferred
@@ -380,9 +384,7 @@ async def test_stream_gone_during_api_subscribe(pubsub_server):  # noqa: F811
         time.sleep(1.5)
 
     await in_thread(flow)
-    room = pubsub.channel_group("room:x")
-    leftover = (memberships(layer), layer.local_presence(room))
-    assert leftover == ({}, {}), leftover
+    assert_nothing_left(layer)
 
 
 @pytest_twisted.ensureDeferred
@@ -403,8 +405,7 @@ async def test_ws_gone_during_api_subscribe_control(pubsub_server):  # noqa: F81
         time.sleep(1.5)
 
     await in_thread(flow)
-    room = pubsub.channel_group("room:x")
-    assert (memberships(layer), layer.local_presence(room)) == ({}, {})
+    assert_nothing_left(layer)
 
 
 @pytest_twisted.ensureDeferred

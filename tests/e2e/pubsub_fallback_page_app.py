@@ -27,8 +27,7 @@ from __future__ import annotations
 
 from realtime import ProtocolTypeRouter, URLRouter, path
 from realtime.pubsub import EmulationConsumer, PubSubConsumer, SseConsumer, StreamConsumer
-from tests.e2e.pages import Page
-from tests.e2e.pubsub_page_app import PROTOBUF_BUNDLE, RECORDER, Bundle
+from tests.e2e.pubsub_page_app import RECORDER, page_routes
 
 #: Loaded before the page's scripts (Playwright's init script): the page's traffic.
 RECORD_TRAFFIC = """
@@ -129,10 +128,7 @@ window.ready = typeof Centrifuge === "function";
 application = ProtocolTypeRouter(
     {
         "http": URLRouter([
-            path("", Page.as_app(body=_page("centrifuge.js"))),
-            path("protobuf", Page.as_app(body=_page("centrifuge.protobuf.js"))),
-            path("centrifuge.js", Bundle.as_app()),
-            path("centrifuge.protobuf.js", Bundle.as_app(file=PROTOBUF_BUNDLE)),
+            *page_routes(_page),
             path("connection/http_stream", StreamConsumer.as_asgi()),
             path("connection/sse", SseConsumer.as_asgi()),
             path("emulation", EmulationConsumer.as_asgi()),

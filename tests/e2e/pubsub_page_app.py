@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from realtime import AsyncHttpConsumer, ProtocolTypeRouter, URLRouter, path
 from realtime.pubsub import PubSubConsumer
@@ -103,14 +104,19 @@ class Bundle(AsyncHttpConsumer):
             (b"content-type", b"text/javascript; charset=utf-8")])
 
 
+def page_routes(page: Any = _page) -> list[Any]:
+    """The two pages (``page(bundle)`` makes each) and the two bundles."""
+    return [
+        path("", Page.as_app(body=page("centrifuge.js"))),
+        path("protobuf", Page.as_app(body=page("centrifuge.protobuf.js"))),
+        path("centrifuge.js", Bundle.as_app()),
+        path("centrifuge.protobuf.js", Bundle.as_app(file=PROTOBUF_BUNDLE)),
+    ]
+
+
 application = ProtocolTypeRouter(
     {
-        "http": URLRouter([
-            path("", Page.as_app(body=_page("centrifuge.js"))),
-            path("protobuf", Page.as_app(body=_page("centrifuge.protobuf.js"))),
-            path("centrifuge.js", Bundle.as_app()),
-            path("centrifuge.protobuf.js", Bundle.as_app(file=PROTOBUF_BUNDLE)),
-        ]),
+        "http": URLRouter(page_routes()),
         "websocket": URLRouter([
             path("connection/websocket", PubSubConsumer.as_asgi()),
         ]),

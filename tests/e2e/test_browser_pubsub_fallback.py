@@ -37,7 +37,11 @@ from tests.clients import http_get, in_thread
 from tests.e2e.pubsub_fallback_page_app import RECORD_TRAFFIC
 from tests.e2e.pubsub_fallback_page_app import application as APP
 from tests.e2e.test_browser_chat import TIMEOUT_MS
-from tests.e2e.test_browser_pubsub import centrifuge_js  # noqa: F401  (fixture)
+from tests.e2e.test_browser_pubsub import (
+    _js,
+    _rec,
+    centrifuge_js,  # noqa: F401  (fixture)
+)
 from tests.e2e.test_browser_pubsub_uni import chromium  # noqa: F401  (fixture)
 from tests.test_pubsub import (  # noqa: F401  (fixtures)
     _settings,
@@ -97,17 +101,6 @@ def _connect(page: Any, name: str, transports: list[dict[str, str]],
              options: dict[str, Any]) -> None:
     page.evaluate(f"window.fallback({json.dumps(name)}, {json.dumps(transports)}, "
                   f"{json.dumps(options)}).connect()")
-
-
-def _js(name: str, channel: str | None = None) -> str:
-    """The JS expression of a client (or of its subscription to ``channel``)."""
-    if channel is None:
-        return f"window.clients[{json.dumps(name)}].client"
-    return f"window.clients[{json.dumps(name)}].subs[{json.dumps(channel)}].sub"
-
-
-def _rec(name: str, channel: str) -> str:
-    return f"window.clients[{json.dumps(name)}].subs[{json.dumps(channel)}].record"
 
 
 def _seen_js(name: str) -> str:
