@@ -330,6 +330,15 @@ async def _history(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
     return await read_history(layer, channel, limit, since, reverse)
 
 
+async def _history_remove(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Forget a channel's publications, not its position (``group_history_remove``)."""
+    channel = _channel(params)
+    if not _namespace(channel).history:
+        raise PubSubError(NOT_AVAILABLE)
+    await layer.group_history_remove(channel_group(channel))
+    return {}
+
+
 def _since(since: dict[str, Any]) -> dict[str, Any]:
     """A stream position ``{"offset": int, "epoch": str}`` (either may be absent or null)."""
     epoch, offset = since.get("epoch", ""), since.get("offset", 0)
@@ -472,6 +481,7 @@ _METHODS: dict[str, _Method] = {
     "presence": _presence,
     "presence_stats": _presence_stats,
     "history": _history,
+    "history_remove": _history_remove,
     "subscribe": _subscribe,
     "unsubscribe": _unsubscribe,
     "refresh": _refresh,

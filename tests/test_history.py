@@ -123,6 +123,33 @@ async def test_history_group_messages_carry_positions_and_are_kept(layer):
 
 
 @pytest_twisted.ensureDeferred
+async def test_history_remove_forgets_the_messages_not_the_position(layer):
+    """Centrifugo's ``history_remove``: what the group keeps goes; its epoch and offset
+    stay, so the next message continues the stream and a member that comes back from
+    before is told it was not recovered (never a partial replay)."""
+    await keeping(layer, 5)
+    member = Probe()
+    channel = layer.attach(member)
+    epoch = (await layer.group_add("room.a", channel))["epoch"]
+    for n in range(3):
+        await layer.group_send("room.a", {"type": "m", "n": n})
+    await until(lambda: len(member.events) == 3)
+    await layer.group_history_remove("room.a")
+    kept = await layer.group_history("room.a")
+    assert (kept["epoch"], kept["offset"], kept["messages"]) == (epoch, 3, [])
+    assert await layer.group_send("room.a", {"type": "m", "n": 3}) == {"epoch": epoch,
+                                                                        "offset": 4}
+    assert [m["n"] for m in (await layer.group_history("room.a"))["messages"]] == [3]
+    layer.detach(channel)
+    back = Probe()
+    result = await layer.group_add("room.a", layer.attach(back),
+                                   since={"epoch": epoch, "offset": 1})
+    assert (result["recovered"], result["offset"]) == (False, 4)
+    with pytest.raises(ValueError, match="keeps no history"):
+        await layer.group_history_remove("lobby")
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_member_that_comes_back_gets_what_it_missed_first(layer):
     await keeping(layer, 10)
     member, other = Probe(), Probe()

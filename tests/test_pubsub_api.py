@@ -21,6 +21,7 @@ from cent import (
     CentTransportError,
     CentUnauthorizedError,
     DisconnectRequest,
+    HistoryRemoveRequest,
     HistoryRequest,
     PresenceRequest,
     PresenceStatsRequest,
@@ -253,6 +254,34 @@ async def test_b64data_reaches_protobuf_clients_byte_for_byte(start):
     assert status == 200
     assert [(p["data"], p.get("b64data")) for p in raw["result"]["publications"]] == [
         (None, base64.b64encode(binary).decode()), ({"n": [1, 2]}, None)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_remove_forgets_the_publications_not_the_position(start):
+    server = await start()
+    news, plain = unique("news"), unique("plain")
+
+    async def scenario() -> Any:
+        async with api(server) as cent:
+            for n in range(2):
+                await cent.publish(PublishRequest(channel=news, data=n))
+            await cent.history_remove(HistoryRemoveRequest(channel=news))
+            after = await cent.history(HistoryRequest(channel=news, limit=-1))
+            third = await cent.publish(PublishRequest(channel=news, data=2))
+            kept = await cent.history(HistoryRequest(channel=news, limit=-1))
+            errors = []
+            for channel in (plain, "nowhere:x"):
+                try:
+                    await cent.history_remove(HistoryRemoveRequest(channel=channel))
+                except CentApiResponseError as exc:
+                    errors.append(exc.code)
+        return after, third, kept, errors
+
+    after, third, kept, errors = await run(scenario)
+    assert (after.publications, after.offset) == ([], 2)
+    assert third.offset == 3 and third.epoch == after.epoch
+    assert [(p.data, p.offset) for p in kept.publications] == [(2, 3)]
+    assert errors == [108, 102]  # no history in "plain"; no such namespace
 
 
 @pytest_twisted.ensureDeferred

@@ -1140,6 +1140,13 @@ class BaseChannelLayer:
         ``ValueError`` for a group no rule matches."""
         raise NotImplementedError
 
+    def group_history_remove(self, group: str) -> Deferred[None]:
+        """Forget the messages a history group keeps (Centrifugo's ``history_remove``),
+        not its position: the next message has the next offset, and a client that comes
+        back from before is told it was not recovered. ``ValueError`` for a group no rule
+        matches."""
+        raise NotImplementedError
+
     def broadcast(
         self, group: str, text: str | None = None, bytes: bytes | None = None,
         exclude: str | Iterable[str] | None = None,

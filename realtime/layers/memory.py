@@ -110,6 +110,16 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 lambda _: result)
         return succeed(result)
 
+    def group_history_remove(self, group: str) -> Deferred[None]:
+        try:
+            self._history_args(group, None, None)  # a group some rule matches
+        except (TypeError, ValueError) as exc:
+            return fail(exc)
+        stream = self._streams.get(group)
+        if stream is not None:
+            stream.entries.clear()
+        return succeed(None)
+
     def group_history(self, group: str, since: dict[str, Any] | None = None,
                       limit: int | None = None) -> Deferred[dict[str, Any]]:
         try:

@@ -1851,6 +1851,16 @@ class RedisChannelLayer(BaseChannelLayer):
 
         return d.addCallback(parsed)
 
+    def group_history_remove(self, group: str) -> Deferred[None]:
+        """The group's list goes; its position (the meta key) stays, in every process."""
+        try:
+            self._history_args(group, None, None)  # a group some rule matches
+        except (TypeError, ValueError) as exc:
+            return fail(exc)
+        d = self._on_publisher(lambda proto: proto.execute_command(
+            "DEL", self._history_key + group))
+        return d.addCallback(lambda _: None)
+
     def group_history(self, group: str, since: dict[str, Any] | None = None,
                       limit: int | None = None) -> Deferred[dict[str, Any]]:
         try:
