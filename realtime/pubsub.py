@@ -1712,7 +1712,7 @@ class UniStreamConsumer(_Protocol, _Cors):
     async def handle(self, body: bytes) -> None:
         self._init_state()
         self._conn = _StreamConn(self)
-        if await self._preflight() or await self._too_large(body):
+        if await self._preflight() or await self._refused_at_once(body):
             return
         method = self.scope.get("method", "GET")
         if method == "POST":
@@ -1726,13 +1726,21 @@ class UniStreamConsumer(_Protocol, _Cors):
             return
         await self._uni_connect(text)
 
-    async def _too_large(self, body: bytes) -> bool:
+    async def _refused_at_once(self, body: bytes) -> bool:
         """A first request past ``--max-message-size`` (a connect request is small;
-        Centrifugo's limit is 64 KiB): 413."""
-        if len(body) <= self._site().config.max_message_size:
-            return False
-        await self.send_response(413, b"")
-        return True
+        Centrifugo's limit is 64 KiB): 413. And ``--max-connections-per-ip``, counted with
+        the address's WebSockets: 429 past it."""
+        if len(body) > self._site().config.max_message_size:
+            await self.send_response(413, b"")
+            return True
+        client = self.scope.get("client")
+        ip = client[0] if client else None
+        if self._site().config.max_connections_per_ip and ip is not None:
+            if not self._site().count_ip(ip):
+                await self.send_response(429, b"")
+                return True
+            self._counted_ip = ip
+        return False
 
     def deliver_frame(self, frame: bytes) -> bool:
         """``broadcast()`` (a publication of a channel without history): as this client
@@ -1771,6 +1779,9 @@ class UniStreamConsumer(_Protocol, _Cors):
 
     async def disconnect(self) -> None:
         self._cleanup()
+        ip, self._counted_ip = getattr(self, "_counted_ip", None), None
+        if ip is not None:
+            self._site().uncount_ip(ip)
         conn = getattr(self, "_conn", None)
         if conn is not None:
             conn._cancel_expiry()
@@ -1802,7 +1813,7 @@ class StreamConsumer(UniStreamConsumer):
         self._init_state()
         self._conn = _StreamConn(self)
         self._session = secrets.token_urlsafe(18)
-        if await self._preflight() or await self._too_large(body):
+        if await self._preflight() or await self._refused_at_once(body):
             return
         method = self.scope.get("method", "GET")
         if method not in (("GET", "POST") if self.sse else ("POST",)):

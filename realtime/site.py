@@ -911,6 +911,20 @@ class RealtimeSite(server.Site):
             return Refuse(503)
         return None
 
+    def count_ip(self, client_ip: str | None) -> bool:
+        """``--max-connections-per-ip`` for a long HTTP stream (realtime.pubsub's): count it
+        with the address's WebSockets, or False when the address has as many open."""
+        if client_ip is None:
+            return True
+        if self._over_ip_limit(client_ip) is not None:
+            return False
+        self.per_ip[client_ip] = self.per_ip.get(client_ip, 0) + 1
+        return True
+
+    def uncount_ip(self, client_ip: str) -> None:
+        """Give back the place ``count_ip`` took."""
+        _count_down(self.per_ip, client_ip)
+
     def _over_ip_limit(self, client_ip: str | None) -> Refuse | None:
         """``--max-connections-per-ip``: 429 when this address has as many open."""
         limit = self.config.max_connections_per_ip

@@ -388,3 +388,31 @@ async def test_the_drain_ends_a_stream_with_3001(pubsub_server):  # noqa: F811
     assert "connect" in connected
     assert rest == [{"disconnect": {"code": 3001, "reason": "shutdown"}}]
     assert took < 2.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_streams_count_with_websockets_per_ip(pubsub_server):  # noqa: F811
+    """``--max-connections-per-ip`` counts a stream with the address's WebSockets: past
+    it, a stream gets 429 (as a WebSocket's handshake does), and its place comes back
+    when it ends."""
+    from websockets.exceptions import InvalidStatus
+
+    server = await pubsub_server(FEED, max_connections_per_ip=1)
+
+    def flow() -> Any:
+        with open_stream(server, "sse", {"token": token("ada")}) as first:
+            held = Stream(first, sse=True)  # (a Stream dropped closes its response)
+            assert "connect" in held.next()
+            with open_stream(server, "http_stream", {"token": token("bob")}) as second:
+                stream_status = second.status_code
+            try:
+                with connect(server.ws_url(UNI), open_timeout=WAIT):
+                    ws_status = 101
+            except InvalidStatus as exc:
+                ws_status = exc.response.status_code
+        time.sleep(0.2)  # the first stream's end reaches the server
+        with open_stream(server, "sse", {"token": token("ada")}) as again:
+            again_status = again.status_code
+        return stream_status, ws_status, again_status
+
+    assert await in_thread(flow) == (429, 429, 200)
