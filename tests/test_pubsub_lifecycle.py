@@ -229,6 +229,9 @@ async def test_deeply_nested_connect_request_is_a_bad_request(pubsub_server):  #
 async def test_streams_translate_a_broadcast_once_per_frame(pubsub_server, monkeypatch):  # noqa: F811
     """A publication of a channel without history reaches N streams: translated once per
     process (as for WebSockets: the memo), not once per stream."""
+    import uuid
+
+    unique = uuid.uuid4().hex
     layer = InMemoryChannelLayer()
     server = await pubsub_server(ROOM, layer=layer)
     calls: list[int] = []
@@ -247,7 +250,9 @@ async def test_streams_translate_a_broadcast_once_per_frame(pubsub_server, monke
                 streams[-1].next()
             time.sleep(0.3)
             calls.clear()
-            from_thread(pubsub.publish, "room:x", "hello", layer=layer)
+            # A payload of its own: translations are kept per process, by frame (another
+            # test's "hello" in room:x would be translated already).
+            from_thread(pubsub.publish, "room:x", unique, layer=layer)
             got = []
             for stream in streams:
                 while (m := stream.next()) and "pub" not in m:
@@ -256,7 +261,7 @@ async def test_streams_translate_a_broadcast_once_per_frame(pubsub_server, monke
             return got
 
     got = await in_thread(flow)
-    assert all(m == {"channel": "room:x", "pub": {"data": "hello"}} for m in got)
+    assert all(m == {"channel": "room:x", "pub": {"data": unique}} for m in got)
     assert len(calls) == 1, len(calls)
 
 
