@@ -1576,6 +1576,10 @@ class _StreamConn:
         self.scope = consumer.scope
         self._expiry: Any = None
         self._started = False
+        #: The response's writes, one after another: a head that waits (a Django
+        #: session saved before it, in a thread) holds the bodies after it.
+        self._tail: Deferred[Any] = Deferred()
+        self._tail.callback(None)
         listeners = getattr(self.site, "drain_listeners", None)
         if listeners is not None:
             listeners.add(self)
@@ -1592,16 +1596,21 @@ class _StreamConn:
     def closing_or_closed(self) -> bool:
         return bool(self.consumer._finished)
 
+    def _then(self, write: Any, what: str) -> None:
+        """``write()`` once the writes before it are done (at once when none waits)."""
+        def failed(failure: Any) -> None:
+            log.failure("pubsub: a stream's {what} failed", failure, what=what)
+
+        self._tail.addCallback(lambda _: as_deferred(write())).addErrback(failed)
+
     def _send(self, body: bytes, more: bool = True) -> None:
-        as_deferred(self.consumer.send_body(body, more_body=more)).addErrback(
-            lambda failure: log.failure("pubsub: a stream write failed", failure))
+        self._then(lambda: self.consumer.send_body(body, more_body=more), "write")
 
     def _head(self) -> None:
         if not self._started:
             self._started = True
-            as_deferred(self.consumer.send_headers(status=200, headers=(
-                self.consumer.stream_headers))).addErrback(
-                lambda failure: log.failure("pubsub: a stream's head failed", failure))
+            self._then(lambda: self.consumer.send_headers(
+                status=200, headers=self.consumer.stream_headers), "head")
 
     def send_text(self, text: str) -> None:
         """One JSON message: a server-sent event, or a line."""
@@ -1633,9 +1642,8 @@ class _StreamConn:
             status = _STREAM_STATUS.get(code, 400)
             body, kind = ((push.encode() + b"\n", b"application/json")
                           if isinstance(push, str) else (push, b"application/octet-stream"))
-            as_deferred(self.consumer.send_response(status, body, headers=[
-                (b"Content-Type", kind)])).addErrback(
-                lambda failure: log.failure("pubsub: a stream's refusal failed", failure))
+            self._then(lambda: self.consumer.send_response(status, body, headers=[
+                (b"Content-Type", kind)]), "refusal")
             return
         if isinstance(push, str):
             self.send_text(push)

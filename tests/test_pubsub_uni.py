@@ -416,3 +416,38 @@ async def test_streams_count_with_websockets_per_ip(pubsub_server):  # noqa: F81
         return stream_status, ws_status, again_status
 
     assert await in_thread(flow) == (429, 429, 200)
+
+
+@pytest.mark.parametrize("kind", ["sse", "http_stream"])
+@pytest_twisted.ensureDeferred
+async def test_a_head_that_waits_holds_the_stream_in_order(pubsub_server, kind):  # noqa: F811
+    """A middleware's ``realtime.before_head`` hook that waits (Django's session, saved in
+    a thread before the head of an HTTP response: ``AuthMiddlewareStack`` around the
+    app) holds the stream's writes behind the head, in order; none is lost or fails."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    from realtime import BaseMiddleware
+    from realtime.layers import InMemoryChannelLayer
+
+    class SlowHead(BaseMiddleware):
+        async def __call__(self, scope: Any) -> Any:
+            if scope.get("type") == "http":
+                scope.setdefault("realtime.before_head", []).append(
+                    lambda: deferLater(reactor, 0.3, lambda: None))
+            return await self.inner(scope)
+
+    layer = InMemoryChannelLayer()
+    server = await pubsub_server(FEED, ROOM, layer=layer, app=SlowHead(pubsub.application))
+
+    def flow() -> Any:
+        request = {"token": token("ada", channels=["room:x", "feed:news"])}
+        with open_stream(server, kind, request) as response:
+            stream = Stream(response, sse=kind == "sse")
+            from_thread(pubsub.publish, "feed:news", "kept", layer=layer)
+            return response.status_code, [stream.next() for _ in range(3)]
+
+    status, got = await in_thread(flow)
+    assert status == 200
+    assert "connect" in got[0] and got[1]["join"]["info"]["user"] == "ada"
+    assert got[2] == {"channel": "feed:news", "pub": {"data": "kept", "offset": 1}}
