@@ -43,6 +43,7 @@ from realtime.layers.base import (
 )
 from realtime.settings import settings
 from realtime.threads import as_deferred
+from realtime.websocket import _translate
 
 log = Logger(namespace="realtime.pubsub")
 
@@ -525,6 +526,11 @@ class _Protocol:
         """A client's ``send`` (asynchronous message, no reply)."""
 
     # -- connection ------------------------------------------------------------------------------
+    @property
+    def _form(self) -> str:
+        """How this client takes its pushes (``_JSON``, ``_PROTOBUF``, ``_UNI``)."""
+        return _UNI if self.unidirectional else _PROTOBUF if self.binary else _JSON
+
     def _session_info(self) -> dict[str, Any]:
         """What the connect reply adds for a stream client's later requests
         (``StreamConsumer``: its ``session`` and ``node``)."""
@@ -1241,8 +1247,7 @@ class _Protocol:
             return
         if not self._conn.closing_or_closed:
             try:
-                payload = _push_frame(sub.channel, event,
-                                      _UNI if self.unidirectional else self.binary)
+                payload = _push_frame(sub.channel, event, self._form)
             except TypeError as exc:  # a publication this format cannot carry: skipped
                 log.warn("pubsub: a publication in {channel} skipped for {client}: it "
                          "cannot be encoded ({error})", channel=sub.channel,
@@ -1406,7 +1411,7 @@ class PubSubConsumer(_Protocol, AsyncWebsocketConsumer):
             await self.accept(PROTOBUF_SUBPROTOCOL)
             # Publications of channels without history are broadcast() as JSON frames:
             # this socket gets each once translated (for all such sockets of the process).
-            self._conn.translate_broadcasts(_binary_broadcast)
+            self._conn.translate_broadcasts(_TRANSLATIONS[self._form])
         else:
             await self.accept()
         self._stale = self._conn.reactor.callLater(STALE_AFTER, self._close_stale)
@@ -1415,7 +1420,7 @@ class PubSubConsumer(_Protocol, AsyncWebsocketConsumer):
         await self.accept()
         # broadcast() frames of channels without history wrap their push as for the
         # bidirectional clients: this socket gets each bare (translated once per frame).
-        self._conn.translate_broadcasts(_uni_broadcast)
+        self._conn.translate_broadcasts(_TRANSLATIONS[self._form])
         query = parse_qs(self.scope.get("query_string", b"").decode("utf-8", "replace"))
         asked = query.get("cf_connect")
         if asked:  # Centrifugo's connect request in the URL (as for its uni_sse)
@@ -1449,15 +1454,17 @@ _METHODS = ("connect", "subscribe", "unsubscribe", "publish", "presence", "prese
 #: A server ping in the Protobuf format: an empty ``Reply``, length-prefixed.
 _BINARY_PING = b"\x00"
 
+#: What a client takes its pushes as (``_Protocol._form``): the JSON protocol's, the
+#: Protobuf protocol's, or bare JSON pushes (unidirectional).
+_JSON, _PROTOBUF, _UNI = "json", "protobuf", "uni"
+
 #: The push frames of the last publications of history channels, by (channel, epoch,
-#: offset, format), which name one publication in one format: encoded once for all the
+#: offset, form), which name one publication in one form: encoded once for all the
 #: members of a process.
-_PUSHES: dict[tuple[str, Any, int, Any], str | bytes] = {}
-#: ``_push_frame``'s format for unidirectional clients (False: JSON, True: Protobuf).
-_UNI = "uni"
+_PUSHES: dict[tuple[str, Any, int, str], str | bytes] = {}
 
 
-def _push_frame(channel: str, event: dict[str, Any], form: bool | str = False) -> str | bytes:
+def _push_frame(channel: str, event: dict[str, Any], form: str = _JSON) -> str | bytes:
     position = event.get("position")
     key = None
     if isinstance(position, dict) and isinstance(position.get("offset"), int):
@@ -1465,7 +1472,7 @@ def _push_frame(channel: str, event: dict[str, Any], form: bool | str = False) -
         if (found := _PUSHES.get(key)) is not None:
             return found
     push = {"channel": channel, "pub": _publication(event)}
-    if form is True:
+    if form == _PROTOBUF:
         from realtime import pubsub_proto
 
         payload: str | bytes = pubsub_proto.encode({"push": push})
@@ -1478,9 +1485,9 @@ def _push_frame(channel: str, event: dict[str, Any], form: bool | str = False) -
     return payload
 
 
-def _translated(frame: bytes, form: bool | str) -> bytes | None:
+def _translated(frame: bytes, form: str) -> bytes | None:
     """A publication's JSON frame (``publish`` in a channel without history: ``{"push":
-    {...}}``) as a Protobuf client (``form`` True) or a unidirectional one (``_UNI``: the
+    {...}}``) as a Protobuf client (``_PROTOBUF``) or a unidirectional one (``_UNI``: the
     bare push) takes it; None (skipped, with a warning) for a frame that is no push (a
     ``broadcast()`` to a channel's group from elsewhere), or one that cannot be
     translated. Once per frame and process: ``WebSocketConnection.translate_broadcasts``
@@ -1493,22 +1500,27 @@ def _translated(frame: bytes, form: bool | str) -> bytes | None:
         event = frame_event(frame)
         document = json.loads(event["text"]) if "text" in event else None
         if isinstance(document, dict) and isinstance(document.get("push"), dict):
-            out = (prepared_frame(None, pubsub_proto.encode(document)) if form is True
+            out = (prepared_frame(None, pubsub_proto.encode(document)) if form == _PROTOBUF
                    else prepared_frame(_dumps(document["push"]), None))
     except Exception:  # a frame nobody can translate is skipped, not fatal
         out = None
     if out is None:
         log.warn("pubsub: a broadcast frame that is no push skipped for a {client} client",
-                 client="Protobuf" if form is True else "unidirectional")
+                 client="Protobuf" if form == _PROTOBUF else "unidirectional")
     return out
 
 
 def _binary_broadcast(frame: bytes) -> bytes | None:
-    return _translated(frame, True)
+    return _translated(frame, _PROTOBUF)
 
 
 def _uni_broadcast(frame: bytes) -> bytes | None:
     return _translated(frame, _UNI)
+
+
+#: Each form's broadcast translation (one function each: the translations are kept per
+#: function, ``WebSocketConnection.translate_broadcasts``); JSON clients take the frame.
+_TRANSLATIONS = {_PROTOBUF: _binary_broadcast, _UNI: _uni_broadcast}
 
 
 def _asked_position(request: dict[str, Any]) -> dict[str, Any] | None:
@@ -1551,6 +1563,13 @@ class UniPubSubConsumer(PubSubConsumer):
     only, as Centrifugo's."""
 
     unidirectional = True
+
+
+def _binary_body(scope: Any) -> bool:
+    """Whether a request's body is Protobuf (``Content-Type: application/octet-stream``,
+    as centrifuge-js's Protobuf build sends it)."""
+    kind = dict(scope.get("headers", ())).get(b"content-type", b"")
+    return bool(kind.split(b";")[0].strip().lower() == b"application/octet-stream")
 
 
 #: A unidirectional stream's connect refused for good (3500 and up; 3005: the token in the
@@ -1718,21 +1737,30 @@ class UniStreamConsumer(_Protocol, _Cors):
                 (b"X-Accel-Buffering", b"no")]  # nginx: pass each event on at once
 
     async def handle(self, body: bytes) -> None:
+        method = await self._start(body)
+        if method is None:
+            return
+        text = body.decode("utf-8", "replace") if method == "POST" else self._cf_connect("{}")
+        await self._uni_connect(text)
+
+    async def _start(self, body: bytes) -> str | None:
+        """A stream's start: its state, a preflight's answer, the limits, the method (POST,
+        or GET for server-sent events); the method, or None once it is answered."""
         self._init_state()
         self._conn = _StreamConn(self)
         if await self._preflight() or await self._refused_at_once(body):
-            return
+            return None
         method = self.scope.get("method", "GET")
-        if method == "POST":
-            text = body.decode("utf-8", "replace")
-        elif method == "GET" and self.sse:
-            query = parse_qs(self.scope.get("query_string", b"").decode("utf-8", "replace"))
-            text = query.get("cf_connect", ["{}"])[0]
-        else:
-            await self.send_response(405, b"", headers=[
-                (b"Allow", b"GET, POST" if self.sse else b"POST")])
-            return
-        await self._uni_connect(text)
+        if method == "POST" or (method == "GET" and self.sse):
+            return str(method)
+        await self.send_response(405, b"", headers=[
+            (b"Allow", b"GET, POST, OPTIONS" if self.sse else b"POST, OPTIONS")])
+        return None
+
+    def _cf_connect(self, default: str) -> str:
+        """The connect request (or command) in the URL's ``cf_connect`` parameter."""
+        query = parse_qs(self.scope.get("query_string", b"").decode("utf-8", "replace"))
+        return query.get("cf_connect", [default])[0]
 
     async def _refused_at_once(self, body: bytes) -> bool:
         """A first request past ``--max-message-size`` (a connect request is small;
@@ -1756,10 +1784,7 @@ class UniStreamConsumer(_Protocol, _Cors):
         the others; translated once per process."""
         if self._finished:
             return False
-        from realtime.websocket import _translate
-
-        translate = (_uni_broadcast if self.unidirectional else _binary_broadcast
-                     if self.binary else None)
+        translate = _TRANSLATIONS.get(self._form)
         if translate is not None:
             frame = _translate(translate, frame)
             if not frame:
@@ -1818,15 +1843,9 @@ class StreamConsumer(UniStreamConsumer):
     unidirectional = False
 
     async def handle(self, body: bytes) -> None:
-        self._init_state()
-        self._conn = _StreamConn(self)
         self._session = secrets.token_urlsafe(18)
-        if await self._preflight() or await self._refused_at_once(body):
-            return
-        method = self.scope.get("method", "GET")
-        if method not in (("GET", "POST") if self.sse else ("POST",)):
-            await self.send_response(405, b"", headers=[
-                (b"Allow", b"GET, POST, OPTIONS" if self.sse else b"POST, OPTIONS")])
+        method = await self._start(body)
+        if method is None:
             return
         try:  # where /emulation reaches this stream, in whatever process holds it
             await self.channel_layer.group_add(emulation_group(self.channel_name),
@@ -1836,21 +1855,16 @@ class StreamConsumer(UniStreamConsumer):
                      error=str(exc) or type(exc).__name__)
             self._conn.close(*CLOSE_SERVER_ERROR)
             return
-        if self.sse and method == "GET":
-            query = parse_qs(self.scope.get("query_string", b"").decode("utf-8", "replace"))
-            await self._run_frame(query.get("cf_connect", [""])[0], None)
-        elif self.sse:
-            await self._run_frame(body.decode("utf-8", "replace"), None)
-        else:
-            kind = dict(self.scope.get("headers", ())).get(b"content-type", b"")
-            if kind.split(b";")[0].strip().lower() == b"application/octet-stream":
-                from realtime import pubsub_proto
+        if method == "GET":
+            await self._run_frame(self._cf_connect(""), None)
+        elif not self.sse and _binary_body(self.scope):
+            from realtime import pubsub_proto
 
-                pubsub_proto.schema()
-                self.binary = True
-                await self._run_frame(None, body)
-            else:
-                await self._run_frame(body.decode("utf-8", "replace"), None)
+            pubsub_proto.schema()
+            self.binary = True
+            await self._run_frame(None, body)
+        else:
+            await self._run_frame(body.decode("utf-8", "replace"), None)
         if not self._connected and not self._finished and self._conn.draining:
             self._conn.close(*CLOSE_SHUTDOWN)  # not held open while the server drains
         elif not self._connected and not self._finished:
@@ -1903,9 +1917,8 @@ class EmulationConsumer(_Cors):
             await self.send_response(413, b"")
             return
         event: dict[str, Any] = {"type": "pubsub.emulation"}
-        kind = dict(self.scope.get("headers", ())).get(b"content-type", b"")
         try:
-            if kind.split(b";")[0].strip().lower() == b"application/octet-stream":
+            if _binary_body(self.scope):
                 from realtime import pubsub_proto
 
                 request = pubsub_proto.decode_message("EmulationRequest", body)

@@ -168,6 +168,12 @@ async def connect(server: Any, user: str, *channels: str, use_protobuf: bool = F
     return sdk
 
 
+async def alice_twice_and_bob(server: Any, channel: str) -> tuple[Sdk, Sdk, Sdk]:
+    """Two connections of alice's and one of bob's, each subscribed to ``channel``."""
+    return (await connect(server, "alice", channel), await connect(server, "alice", channel),
+            await connect(server, "bob", channel))
+
+
 async def close(*sdks: Sdk) -> None:
     for sdk in sdks:
         assert sdk.client is not None
@@ -361,9 +367,7 @@ async def test_presence_and_presence_stats(start):
     chat = unique("chat")
 
     async def scenario() -> Any:
-        alice = await connect(server, "alice", chat)
-        alice2 = await connect(server, "alice", chat)
-        bob = await connect(server, "bob", chat)
+        alice, alice2, bob = await alice_twice_and_bob(server, chat)
         async with api(server) as cent:
             presence = await cent.presence(PresenceRequest(channel=chat))
             stats = await cent.presence_stats(PresenceStatsRequest(channel=chat))
@@ -533,9 +537,7 @@ async def test_disconnect_by_user_closes_its_connections(start):
     chat = unique("chat")
 
     async def scenario() -> Any:
-        alice = await connect(server, "alice", chat)
-        alice2 = await connect(server, "alice", chat)
-        bob = await connect(server, "bob", chat)
+        alice, alice2, bob = await alice_twice_and_bob(server, chat)
         async with api(server) as cent:
             # One connection of alice's, by client id, with a code of the caller's.
             await cent.disconnect(DisconnectRequest(

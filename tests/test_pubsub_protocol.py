@@ -46,6 +46,12 @@ class _Rules:
         raise AssertionError("no namespace here keeps history")
 
 
+def connected_as_ada(ws) -> dict:
+    """Send a connect with ada's token: the reply."""
+    ws.send(json.dumps({"id": 1, "connect": {"token": token(sub="ada")}}))
+    return json.loads(ws.recv(timeout=5))
+
+
 def closed_with(ws) -> tuple[int | None, str]:
     """Read until the server closes: its close code and reason."""
     try:
@@ -62,8 +68,7 @@ async def test_a_client_that_never_pongs_is_closed_3012(live):
 
     def flow():
         with connect(server.ws_url("/connection/websocket")) as ws:
-            ws.send(json.dumps({"id": 1, "connect": {"token": token(sub="ada")}}))
-            reply = json.loads(ws.recv(timeout=5))
+            reply = connected_as_ada(ws)
             first_ping = ws.recv(timeout=5)
             return reply, first_ping, closed_with(ws)
 
@@ -79,8 +84,7 @@ async def test_a_client_that_pongs_stays(live):
 
     def flow():
         with connect(server.ws_url("/connection/websocket")) as ws:
-            ws.send(json.dumps({"id": 1, "connect": {"token": token(sub="ada")}}))
-            json.loads(ws.recv(timeout=5))
+            connected_as_ada(ws)
             pings = 0
             deadline = time.monotonic() + 1.5  # five intervals
             while time.monotonic() < deadline:
@@ -122,8 +126,7 @@ async def test_an_expired_subscription_token_on_sub_refresh_closes_3006(live):
 
     def flow():
         with connect(server.ws_url("/connection/websocket")) as ws:
-            ws.send(json.dumps({"id": 1, "connect": {"token": token(sub="ada")}}))
-            json.loads(ws.recv(timeout=5))
+            connected_as_ada(ws)
             ws.send(json.dumps({"id": 2, "subscribe": {"channel": "$secret", "token": token(
                 sub="ada", channel="$secret", exp=int(now) + 60)}}))
             reply = json.loads(ws.recv(timeout=5))
@@ -208,8 +211,7 @@ async def test_a_failing_hook_keeps_the_connection(live):
 
     def flow():
         with connect(server.ws_url("/connection/websocket")) as ws:
-            ws.send(json.dumps({"id": 1, "connect": {"token": token(sub="ada")}}))
-            json.loads(ws.recv(timeout=5))
+            connected_as_ada(ws)
             ws.send(json.dumps({"send": {"data": "x"}}))
             ws.send(json.dumps({"id": 2, "rpc": {"method": "m", "data": 1}}))
             rpc = json.loads(ws.recv(timeout=5))
@@ -663,8 +665,7 @@ async def test_positioned_subscriptions(live):
     try:
         def raw():
             with connect(url) as ws:
-                ws.send(json.dumps({"id": 1, "connect": {"token": token(sub="ada")}}))
-                json.loads(ws.recv(timeout=5))
+                connected_as_ada(ws)
                 replies = {}
                 for ident, channel in enumerate(
                         ["forced:a", "asked:a", "reader:a", "plain:a"], start=2):
