@@ -41,7 +41,8 @@ DISCONNECT = b"/api/disconnect"
 #: The paths only Centrifugo's server API has (``realtime.pubsub_api``); the others are
 #: both APIs', told apart by how the key is given.
 CENTRIFUGO_PATHS = (b"/api/presence_stats", b"/api/subscribe", b"/api/unsubscribe",
-                    b"/api/refresh", b"/api/history_remove", b"/api/batch")
+                    b"/api/refresh", b"/api/history_remove", b"/api/batch", b"/api/info",
+                    b"/api/channels")
 PATHS = (PUBLISH, BROADCAST, PRESENCE, HISTORY, DISCONNECT, *CENTRIFUGO_PATHS)
 
 

@@ -19,11 +19,17 @@ position, so clients recover what they missed after a reconnect.
 from __future__ import annotations
 
 import base64
+import fnmatch
 import hashlib
 import json
+import os
 import re
 import secrets
+import socket
+import time
 import uuid
+import weakref
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
@@ -40,6 +46,7 @@ from realtime.layers.base import (
     UNCOUNTED_GROUP_PREFIX,
     frame_event,
     let_out_for,
+    on_survey,
 )
 from realtime.settings import settings
 from realtime.threads import as_deferred
@@ -460,6 +467,56 @@ async def read_history(layer: Any, channel: str, limit: int, since: dict[str, An
             "epoch": kept["epoch"], "offset": kept["offset"]}
 
 
+# -- this process's clients: what the server API's info and channels ask every process --------
+
+#: Connected clients of every carrier, held weakly (one that ends leaves by itself).
+_CLIENTS: weakref.WeakSet[_Protocol] = weakref.WeakSet()
+_STARTED = time.monotonic()
+#: The layer surveys (``BaseChannelLayer.survey``) of the server API's ``info``, ``channels``.
+INFO_SURVEY = "pubsub.info"
+CHANNELS_SURVEY = "pubsub.channels"
+
+
+def _clients_of(layer: Any) -> list[_Protocol]:
+    return [client for client in list(_CLIENTS)
+            if client._connected and client.channel_layer is layer
+            and not client._conn.closing_or_closed]
+
+
+def node_info(layer: Any, args: Any = None) -> dict[str, Any]:
+    """This process's node in Centrifugo's ``info``: its clients (distinct users, anonymous
+    ones as one, as Centrifugo counts), the channels they are in and their subscriptions."""
+    from realtime import __version__
+
+    clients = _clients_of(layer)
+    channels: set[str] = set()
+    for client in clients:
+        channels.update(client._subs)
+    return {"uid": layer.process_id, "name": f"{socket.gethostname()}_{os.getpid()}",
+            "version": __version__, "num_clients": len(clients),
+            "num_users": len({client.user for client in clients}),
+            "num_channels": len(channels),
+            "num_subs": sum(len(client._subs) for client in clients),
+            "uptime": int(time.monotonic() - _STARTED)}
+
+
+def channel_counts(layer: Any, pattern: Any = "") -> dict[str, int]:
+    """This process's subscribers of each channel whose name matches ``pattern`` (a glob:
+    ``*``, ``?``, ``[...]``; empty: every channel)."""
+    if not isinstance(pattern, str):
+        return {}
+    match = re.compile(fnmatch.translate(pattern), re.DOTALL).fullmatch if pattern else None
+    counts: Counter[str] = Counter()
+    for client in _clients_of(layer):
+        counts.update(channel for channel in client._subs
+                      if match is None or match(channel))
+    return dict(counts)
+
+
+on_survey(INFO_SURVEY, node_info)
+on_survey(CHANNELS_SURVEY, channel_counts)
+
+
 # -- the consumer ------------------------------------------------------------------------------
 
 @dataclass
@@ -864,6 +921,7 @@ class _Protocol:
         if token:
             result.update(self._adopt(claims))
         self._connected = True
+        _CLIENTS.add(self)
         if self._stale is not None and self._stale.active():
             self._stale.cancel()
         self._stale = None

@@ -10,7 +10,9 @@ and a JSON object; the answer is 200 with ``{"result": {...}}`` or ``{"error": {
 that way, or its path is one only Centrifugo's API has (``presence_stats``, ``unsubscribe``,
 ``batch``); ``Authorization: Bearer KEY`` on the shared paths is realtime's own API
 (``realtime.api``). Methods: ``publish``, ``broadcast``, ``presence``, ``presence_stats``,
-``history``, ``unsubscribe``, ``disconnect`` and ``batch`` of them.
+``history``, ``history_remove``, ``subscribe``, ``unsubscribe``, ``refresh``,
+``disconnect``, ``info`` (every process serving ``realtime.pubsub`` is a node), ``channels``
+(the channels with subscribers, over every process: a layer survey) and ``batch`` of them.
 
 HTTP statuses, as Centrifugo's: 401 for a missing or wrong key, 400 for a body that is not a
 JSON object or has a field of the wrong type, 405 for a method other than POST, 413 past
@@ -33,7 +35,9 @@ from twisted.logger import Logger
 from realtime.api import CENTRIFUGO_PATHS, key_matches, respond
 from realtime.pubsub import (
     BAD_REQUEST,
+    CHANNELS_SURVEY,
     CLOSE_FORCE_DISCONNECT,
+    INFO_SURVEY,
     INTERNAL,
     LIMIT_EXCEEDED,
     METHOD_NOT_FOUND,
@@ -474,6 +478,29 @@ async def _disconnect(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+async def _info(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Every process serving ``realtime.pubsub`` on this layer is a node (``node_info``);
+    a process that serves other apps only answers nothing and is left out."""
+    answers = await layer.survey(INFO_SURVEY)
+    nodes = [node for node in answers.values() if isinstance(node, dict)]
+    nodes.sort(key=lambda node: str(node.get("name", "")))
+    return {"nodes": nodes}
+
+
+async def _channels(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """The channels with at least one subscriber anywhere, those whose name matches
+    ``pattern`` (a glob) if given, each with its subscribers over every node."""
+    pattern = _field(params, "pattern", str, "")
+    answers = await layer.survey(CHANNELS_SURVEY, pattern)
+    counts: dict[str, int] = {}
+    for answer in answers.values():
+        if isinstance(answer, dict):
+            for channel, count in answer.items():
+                counts[channel] = counts.get(channel, 0) + count
+    return {"channels": {channel: {"num_clients": count}
+                         for channel, count in sorted(counts.items())}}
+
+
 _Method = Callable[[Any, dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]]
 _METHODS: dict[str, _Method] = {
     "publish": _publish,
@@ -486,4 +513,6 @@ _METHODS: dict[str, _Method] = {
     "unsubscribe": _unsubscribe,
     "refresh": _refresh,
     "disconnect": _disconnect,
+    "info": _info,
+    "channels": _channels,
 }

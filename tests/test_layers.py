@@ -356,3 +356,51 @@ def test_server_config_validates_the_policy():
     with pytest.raises(ValueError):
         ServerConfig(slow_consumer="block")
     Deferred()  # keep the import used
+
+
+# -- surveys: group_sizes ---------------------------------------------------------------------
+
+class _Member:
+    """A receiver that takes nothing (group_sizes counts members, it delivers nothing)."""
+
+    _held_seq = -1
+    _held_count = 0
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        pass
+
+    def deliver_frame(self, frame: bytes) -> bool:
+        return True
+
+    def deliver_joined(self, joined: bytes) -> bool:
+        return True
+
+    def close_from_layer(self, code: int, reason: str | None) -> None:
+        pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_sizes_counts_members_by_prefix_and_forgets_those_gone():
+    from realtime.layers.base import on_survey
+
+    layer = InMemoryChannelLayer()
+    a, b = layer.attach(_Member()), layer.attach(_Member())
+    await layer.group_add("room.1", a)
+    await layer.group_add("room.1", b)
+    await layer.group_add("room.2", b)
+    await layer.group_add("lobby", a)
+    await layer.group_add("room.1", "worker-channel")  # a named channel is a member too
+    assert await layer.group_sizes("room.") == {"room.1": 3, "room.2": 1}
+    assert await layer.group_sizes() == {"room.1": 3, "room.2": 1, "lobby": 1}
+    layer.detach(b)
+    assert await layer.group_sizes("room.") == {"room.1": 2}
+    with pytest.raises(TypeError):
+        await layer.group_sizes(b"room.")  # type: ignore[arg-type]
+    # A question nobody answers here is None; an answer that fails is None (and logged).
+    assert await layer.survey("tests.nobody.asks") == {layer.process_id: None}
+
+    def broken(layer: Any, args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    on_survey("tests.broken", broken)
+    assert await layer.survey("tests.broken") == {layer.process_id: None}

@@ -578,3 +578,68 @@ def test_reconnect_backoff_doubles_from_a_tenth_of_a_second_up_to_five():
         assert 0.75 * ceiling <= delay <= ceiling  # jittered down by at most a quarter
     assert max(delays) <= BACKOFF_CAP
     assert delays[-1] >= 0.75 * BACKOFF_CAP  # capped, not still doubling
+
+
+# -- surveys ----------------------------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_surveys_hear_every_process_and_group_sizes_add_them_up(two_layers, redis_server):
+    import uuid
+
+    url = f"{redis_server.url}?prefix=survey{uuid.uuid4().hex[:8]}"
+    one, two = await two_layers(url), await two_layers(url)
+    a1, a2, b = one.attach(Probe()), one.attach(Probe()), two.attach(Probe())
+    await one.group_add("room.1", a1)
+    await one.group_add("room.1", a2)
+    await two.group_add("room.1", b)
+    await two.group_add("room.2", b)
+    await one.group_add("lobby", a1)
+    assert await one.group_sizes("room.") == {"room.1": 3, "room.2": 1}
+    assert await two.group_sizes() == {"room.1": 3, "room.2": 1, "lobby": 1}
+    one.detach(a2)
+    two.detach(b)
+    assert await two.group_sizes("room.") == {"room.1": 1}
+    assert await one.survey("tests.nobody.asks") == {one.process_id: None,
+                                                      two.process_id: None}
+    with pytest.raises(TypeError):
+        await one.survey("tests.args", object())  # not a msgpack value
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_survey_leaves_out_a_subscriber_that_never_answers(two_layers, redis_server):
+    """Something else subscribed to the surveys topic (a process that hangs, a tool) is
+    waited for PRESENCE_TIMEOUT, then left out: the survey still answers."""
+    import socket
+    import uuid
+
+    from twisted.internet import reactor
+
+    prefix = f"survey{uuid.uuid4().hex[:8]}"
+    one = await two_layers(f"{redis_server.url}?prefix={prefix}")
+    two = await two_layers(f"{redis_server.url}?prefix={prefix}")
+    topic = f"{prefix}:0:s".encode()
+    mute = socket.create_connection(("127.0.0.1", redis_server.port))
+    try:
+        mute.sendall(b"*2\r\n$9\r\nSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(topic), topic))
+        assert mute.recv(1024).startswith(b"*3\r\n$9\r\nsubscribe")
+        one.presence_timeout = 0.3
+        started = reactor.seconds()
+        answers = await one.survey("tests.nobody.asks")
+        assert answers == {one.process_id: None, two.process_id: None}
+        assert reactor.seconds() - started >= 0.3  # it waited for the silent one
+    finally:
+        mute.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_survey_fails_at_once_while_redis_is_away():
+    port = free_port()
+    layer = RedisChannelLayer.from_url(f"redis://127.0.0.1:{port}/0")
+    from twisted.internet import reactor
+
+    layer.start(reactor)
+    try:
+        with pytest.raises(LayerUnavailable):
+            await layer.group_sizes()
+    finally:
+        await layer.close()

@@ -20,9 +20,11 @@ from cent import (
     CentApiResponseError,
     CentTransportError,
     CentUnauthorizedError,
+    ChannelsRequest,
     DisconnectRequest,
     HistoryRemoveRequest,
     HistoryRequest,
+    InfoRequest,
     PresenceRequest,
     PresenceStatsRequest,
     PublishRequest,
@@ -609,6 +611,78 @@ async def test_over_redis_the_api_of_one_server_reaches_clients_of_another(start
     assert disconnected == ("disconnected", 3503, "force disconnect")
 
 
+# -- info and channels ----------------------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_info_and_channels_count_the_clients_and_subscriptions(start):
+    from realtime import __version__
+
+    server = await start()
+    chat, plain = unique("chat"), unique("plain")
+
+    async def scenario() -> Any:
+        async with api(server) as cent:
+            before = await cent.info(InfoRequest())
+            alice, alice2, bob = await alice_twice_and_bob(server, chat)
+            carol = await connect(server, "carol", plain)
+            info = await cent.info(InfoRequest())
+            everything = await cent.channels(ChannelsRequest())
+            chats = await cent.channels(ChannelsRequest(pattern="chat:*"))
+            one = await cent.channels(ChannelsRequest(pattern=plain[:-1] + "?"))
+            none = await cent.channels(ChannelsRequest(pattern="news:*"))
+            await close(alice2, carol)
+            for _ in range(100):  # until the server has seen the two closes
+                after = await cent.channels(ChannelsRequest())
+                if sum(c.num_clients for c in after.channels.values()) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            after_info = await cent.info(InfoRequest())
+        await close(alice, bob)
+        return before, info, everything, chats, one, none, after, after_info
+
+    before, info, everything, chats, one, none, after, after_info = await run(scenario)
+    assert [(n.num_clients, n.num_subs) for n in before.nodes] == [(0, 0)]
+    [node] = info.nodes
+    assert node.uid == server.site.layer.process_id and node.version == __version__
+    assert (node.num_clients, node.num_users, node.num_channels, node.num_subs) == (4, 3, 2, 4)
+    assert node.uptime >= 0 and node.name
+    assert {name: c.num_clients for name, c in everything.channels.items()} == {
+        chat: 3, plain: 1}
+    assert {name: c.num_clients for name, c in chats.channels.items()} == {chat: 3}
+    assert list(one.channels) == [plain]
+    assert none.channels == {}
+    # Gone clients leave the counts.
+    assert {name: c.num_clients for name, c in after.channels.items()} == {chat: 2}
+    [node] = after_info.nodes
+    assert (node.num_clients, node.num_users, node.num_subs) == (2, 2, 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_redis_info_lists_every_node_and_channels_adds_them_up(start, redis_server):
+    from tests.redis_support import started_layer
+
+    url = f"{redis_server.url}?prefix=info{uuid.uuid4().hex[:8]}"
+    a = await start(await started_layer(url))
+    b = await start(await started_layer(url))
+    chat = unique("chat")
+
+    async def scenario() -> Any:
+        alice = await connect(a, "alice", chat)
+        bob = await connect(b, "bob", chat)
+        bob2 = await connect(b, "bob", chat, unique("plain"))
+        async with api(a) as cent:
+            info = await cent.info(InfoRequest())
+            channels = await cent.channels(ChannelsRequest(pattern="chat:*"))
+        await close(alice, bob, bob2)
+        return info, channels
+
+    info, channels = await run(scenario)
+    nodes = {node.uid: (node.num_clients, node.num_users, node.num_subs) for node in info.nodes}
+    assert nodes == {a.site.layer.process_id: (1, 1, 1),
+                     b.site.layer.process_id: (2, 1, 3)}
+    assert {name: c.num_clients for name, c in channels.channels.items()} == {chat: 3}
+
+
 # -- batch ----------------------------------------------------------------------------------------
 
 @pytest_twisted.ensureDeferred
@@ -640,6 +714,7 @@ async def test_bad_bodies_and_bad_values(start):
     array = await post(server, "publish", b"[]")
     nan = await post(server, "publish", b'{"channel": "%s", "data": NaN}' % chat.encode())
     wrong_type = await post(server, "publish", json.dumps({"channel": 5, "data": 1}).encode())
+    bad_pattern = await post(server, "channels", json.dumps({"pattern": ["chat:*"]}).encode())
     no_channel = await post(server, "publish", json.dumps({"data": 1}).encode())
     no_data = await post(server, "publish", json.dumps({"channel": chat}).encode())
     not_base64 = await post(server, "publish",
@@ -650,7 +725,7 @@ async def test_bad_bodies_and_bad_values(start):
     bad_batch = await post(server, "batch", json.dumps(
         {"commands": [{"publish": {"channel": chat, "data": 1}}, {"nope": {}}, 7]}).encode())
     # not JSON, not an object, a field of the wrong type: 400, Centrifugo's error shape
-    for status, body in (not_json, array, nan, wrong_type):
+    for status, body in (not_json, array, nan, wrong_type, bad_pattern):
         assert status == 400 and body["error"]["code"] == 107, (status, body)
     # values Centrifugo refuses: 200 with the error
     for status, body in (no_channel, no_data, not_base64, bad_code, no_user):

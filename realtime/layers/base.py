@@ -580,6 +580,26 @@ class LayerStats:
         self.presence_expired = 0
 
 
+#: Survey answers by question (``on_survey``): ``answer(layer, args)`` gives this process's.
+_SURVEYS: dict[str, Callable[[Any, Any], Any]] = {}
+#: ``group_sizes``' question: this process's members of each group with a given prefix.
+GROUP_SIZES = "realtime.group_sizes"
+
+
+def on_survey(name: str, answer: Callable[[Any, Any], Any]) -> None:
+    """This process answers ``layer.survey(name, args)`` with ``answer(layer, args)``, for
+    every layer: a value msgpack carries (dicts, lists, str, numbers, None). A module
+    registers its questions at import, so every process that serves it answers them."""
+    _SURVEYS[name] = answer
+
+
+def _local_group_sizes(layer: BaseChannelLayer, prefix: Any) -> dict[str, int]:
+    if not isinstance(prefix, str):
+        return {}
+    return {group: len(members) for group, members in layer._groups.items()
+            if group.startswith(prefix)}
+
+
 class BaseChannelLayer:
     """Local bookkeeping; subclasses decide what crosses processes."""
 
@@ -1194,6 +1214,43 @@ class BaseChannelLayer:
             except Exception:
                 log.failure("closing a member of group {group} failed", group=group)
 
+    # -- surveys: one question every process answers -----------------------------------------
+    def survey(self, name: str, args: Any = None) -> Deferred[dict[str, Any]]:
+        """Every process's answer to the question ``name`` (``on_survey``), by process id:
+        what no one process knows (which groups are busy, how many clients each process
+        holds). Here only this process answers; the Redis layer asks every process on the
+        same Redis and prefix (one that does not answer in time is left out, with a
+        warning). A process without an answer for ``name`` answers None."""
+        if not isinstance(name, str):
+            return fail(TypeError(f"a survey's name is a str, not {type(name).__name__}"))
+        return succeed({self.process_id: self._answer(name, args)})
+
+    def _answer(self, name: str, args: Any) -> Any:
+        answer = _SURVEYS.get(name)
+        if answer is None:
+            return None
+        try:
+            return answer(self, args)
+        except Exception:
+            log.failure("channel layer: the answer to survey {name!r} failed", name=name)
+            return None
+
+    def group_sizes(self, prefix: str = "") -> Deferred[dict[str, int]]:
+        """How many members each group whose name starts with ``prefix`` has, over every
+        process (a survey): "how many are in this room" without presence, which Channels'
+        layers cannot tell. Groups with no member anywhere are not listed."""
+        if not isinstance(prefix, str):
+            return fail(TypeError(f"prefix is a str, not {type(prefix).__name__}"))
+
+        def added(answers: dict[str, Any]) -> dict[str, int]:
+            sizes: Counter[str] = Counter()
+            for answer in answers.values():
+                if isinstance(answer, dict):
+                    sizes.update(answer)
+            return dict(sizes)
+
+        return self.survey(GROUP_SIZES, prefix).addCallback(added)
+
     def flush(self) -> Deferred[None]:
         raise NotImplementedError
 
@@ -1205,3 +1262,6 @@ class BaseChannelLayer:
     def ready(self) -> bool:
         """False while the layer cannot reach its backend (``/readyz`` says 503)."""
         return True
+
+
+on_survey(GROUP_SIZES, _local_group_sizes)

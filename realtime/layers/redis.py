@@ -121,6 +121,10 @@ _AGAIN = 10
 # group_close: [_CLOSE, origin, seq, [code, reason]] on the group's topic; every process
 # with members there closes them. (A process older than group_close ignores it.)
 _CLOSE = 11
+# survey(): the question on the surveys topic every process subscribes to, [_SURVEY, origin,
+# seq, name, args]; each one's answer on the asker's process topic, [_ANSWER, seq, process,
+# answer]. (A process older than surveys is not subscribed there: not counted, not waited for.)
+_SURVEY, _ANSWER = 12, 13
 
 # A history group's publish: the next offset (a new epoch, and an empty list, when the
 # stream's meta hash is gone), the message kept in the list (trimmed to its size; the whole
@@ -704,6 +708,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self._history_key = base + "h:"  # a history group's messages (a list)
         self._meta_key = base + "m:"  # its epoch and offset (a hash)
         self._own_topic = (self._process_topic + self.process_id).encode()
+        self._survey_topic = base + "s"  # every process's: survey()
+        self._survey_bytes = self._survey_topic.encode()
         self._group_prefix = self._group_topic.encode()
         self._seq = itertools.count(1)
         self._pub: _Link | None = None
@@ -1030,7 +1036,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self._reannounce_due = True
 
     def _sub_up(self, proto: Any) -> None:
-        topics = [self._own_topic] + [self._group_topic + g for g in self._groups]
+        topics = [self._own_topic, self._survey_bytes] + [
+            self._group_topic + g for g in self._groups]
         self._subscribed.clear()
         waits = [proto.execute_command("SUBSCRIBE", topic, apply_timeout=False)
                  for topic in topics]
@@ -1243,6 +1250,8 @@ class RedisChannelLayer(BaseChannelLayer):
                 self._on_control(body)
             elif topic.startswith(self._group_prefix):
                 self._on_group(topic[len(self._group_prefix):].decode(), body)
+            elif topic == self._survey_bytes:
+                self._on_survey(body)
         except Exception:
             log.failure("channel layer: cannot handle a message on {topic!r}", topic=topic)
 
@@ -1322,6 +1331,10 @@ class RedisChannelLayer(BaseChannelLayer):
                 done.addCallback(lambda _: self._publish(
                     self._process_topic + origin, msgpack.packb([_ACK, seq])))
                 done.addErrback(lambda _: None)
+        elif kind == _ANSWER:
+            survey = self._censuses.get(body[1])
+            if isinstance(survey, _Survey):
+                survey.heard(body[2], body[3])
         elif kind == _ACK:
             waiting = self._acks.pop(body[1], None)
             if waiting is not None:
@@ -1908,6 +1921,42 @@ class RedisChannelLayer(BaseChannelLayer):
 
         return asked.addCallback(heard_by).addBoth(done)
 
+    def survey(self, name: str, args: Any = None) -> Deferred[dict[str, Any]]:
+        """Asks on the surveys topic: every process subscribed there when it was asked
+        answers (one that does not in PRESENCE_TIMEOUT is left out, with a warning)."""
+        if not isinstance(name, str):
+            return super().survey(name, args)
+        if not self._sub_ready:
+            self.stats.unavailable += 1
+            return fail(LayerUnavailable("channel layer: not subscribed to Redis (reconnecting)"))
+        seq = next(self._seq)
+        try:
+            question = msgpack.packb([_SURVEY, self.process_id, seq, name, args])
+        except (TypeError, ValueError) as exc:
+            return fail(TypeError(f"a survey's args must be msgpack values: {exc}"))
+        survey = self._censuses[seq] = _Survey(name, self.presence_timeout)
+        asked = self._publish(self._survey_topic, question)
+
+        def heard_by(processes: int) -> Deferred[_Census]:
+            if self._censuses.get(seq) is survey:  # not released meanwhile (subscriber lost)
+                survey.expect(int(processes),
+                              self.reactor.callLater(self.presence_timeout, survey.timed_out))
+            return survey.done
+
+        def done(result: Any) -> Any:
+            if self._censuses.get(seq) is survey:
+                del self._censuses[seq]
+            survey.stop()
+            return result
+
+        return asked.addCallback(heard_by).addBoth(done).addCallback(
+            lambda _: survey.answers_by)
+
+    def _on_survey(self, body: list[Any]) -> None:
+        _, origin, seq, name, args = body[:5]
+        answer = msgpack.packb([_ANSWER, seq, self.process_id, self._answer(name, args)])
+        self._publish(self._process_topic + origin, answer).addErrback(lambda _: None)
+
     def _join(self, group: str, channel: str) -> Deferred[None]:
         self._add_local(group, channel)
         if group in self._subscribed:
@@ -2160,6 +2209,29 @@ class _Census:
                      "died without closing its connection, an older version, a tool "
                      "subscribed to the topic); their members are left out",
                      group=self.group, missing=(self.processes or 0) - self.answers,
+                     processes=self.processes, t=self.timeout)
+            self.done.callback(self)
+
+
+class _Survey(_Census):
+    """One ``survey`` question: the answers of the processes subscribed to the surveys
+    topic when it was asked, by process id."""
+
+    def __init__(self, name: str, timeout: float) -> None:
+        super().__init__(name, timeout)
+        self.answers_by: dict[str, Any] = {}
+
+    def heard(self, origin: str, answer: Any) -> None:
+        self.answers_by[origin] = answer
+        self.answers += 1
+        self._check()
+
+    def timed_out(self) -> None:
+        if not self.done.called:
+            log.warn("channel layer: survey {name!r}: {missing} of {processes} process(es) "
+                     "did not answer in {t} s (a process that died without closing its "
+                     "connection); left out", name=self.group,
+                     missing=(self.processes or 0) - self.answers,
                      processes=self.processes, t=self.timeout)
             self.done.callback(self)
 
