@@ -29,7 +29,7 @@ import socket
 import time
 import uuid
 import weakref
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
@@ -182,6 +182,13 @@ class Namespace:
     allow_presence_for_client: bool = False
     allow_presence_for_anonymous: bool = False
     allow_user_limited_channels: bool = False
+    #: Delta compression a subscriber may ask for (``delta: "fossil"``; only "fossil"
+    #: exists), in a recoverable or positioned subscription: it then gets the publications
+    #: marked for it (``delta_publish``, the API's ``delta``) as Fossil deltas of the one
+    #: before (``realtime.fossil``).
+    allowed_delta_types: tuple[str, ...] = ()
+    #: Every publication in the namespace is marked for delta compression.
+    delta_publish: bool = False
 
     @property
     def history(self) -> bool:
@@ -190,6 +197,8 @@ class Namespace:
 
 
 _OPTIONS = {f.name: f.type for f in fields(Namespace) if f.name != "name"}
+#: The delta compression a namespace may allow (``allowed_delta_types``).
+DELTA_TYPES = ("fossil",)
 
 
 def _duration(value: str, where: str) -> float:
@@ -229,6 +238,13 @@ def parse_namespace(spec: str) -> Namespace:
             values[option] = int(value)
         elif option == "history_ttl":
             values[option] = _duration(value, where)
+        elif option == "allowed_delta_types":
+            # "fossil" (--namespace), or "fossil+..." for a [[namespaces]] list
+            kinds = tuple(kind.strip() for kind in value.split("+") if kind.strip())
+            if any(kind not in DELTA_TYPES for kind in kinds):
+                raise ValueError(f"{where}: the delta types are {', '.join(DELTA_TYPES)}, "
+                                 f"got {value!r}")
+            values[option] = kinds
         elif not has_value or value.strip().lower() in ("true", "1", "yes"):
             values[option] = True
         elif value.strip().lower() in ("false", "0", "no"):
@@ -245,6 +261,10 @@ def parse_namespace(spec: str) -> Namespace:
     if (namespace.force_positioning or namespace.allow_positioning) and not namespace.history:
         raise ValueError(f"namespace {name or '(default)'!r}: positioning needs history "
                          "(history_size and history_ttl)")
+    if namespace.allowed_delta_types and not namespace.history:
+        raise ValueError(f"namespace {name or '(default)'!r}: delta compression needs "
+                         "history (history_size and history_ttl), and subscribers with "
+                         "recovery or positioning")
     return namespace
 
 
@@ -397,13 +417,15 @@ def _carried(value: Any) -> bool:
 
 
 def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
-            layer: Any = None, tags: dict[str, str] | None = None
-            ) -> Deferred[dict[str, Any] | None]:
+            layer: Any = None, tags: dict[str, str] | None = None,
+            delta: bool | None = None) -> Deferred[dict[str, Any] | None]:
     """Publish ``data`` (any JSON value, or ``bytes``: see ``from_bytes``) to a client
     channel, in every process: the position ``{"epoch", "offset"}`` in a namespace with
     history, else None. ``tags`` (str to str) reach the clients with the publication
-    (Centrifugo's publication tags). ``PubSubError`` (102) for a channel of an unknown
-    namespace; ``TypeError`` for data JSON cannot carry."""
+    (Centrifugo's publication tags). ``delta`` marks it for delta compression (None: the
+    namespace's ``delta_publish``): subscribers that asked for it and have the one before
+    get a Fossil delta. ``PubSubError`` (102) for a channel of an unknown namespace;
+    ``TypeError`` for data JSON cannot carry."""
     from realtime.layers import get_channel_layer
 
     check_channel(channel)
@@ -418,6 +440,8 @@ def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
     if tags:
         message["tags"] = tags
     if namespace.history:
+        if delta or (delta is None and namespace.delta_publish):
+            message["delta"] = True
         if not isinstance(data, bytes):
             _dumps(data)  # TypeError now, not in every member's handler
         result: Deferred[Any] = target.group_send(group, message)
@@ -535,6 +559,11 @@ class _Sub:
     #: Positioned (Centrifugo's ``positioned``): the client keeps its stream position and
     #: is told, as a recoverable one, when the stream lost its state.
     positioned: bool = False
+    #: Delta compression negotiated (``delta: "fossil"``): every publication's data is
+    #: sent as text (JSON) or bytes (Protobuf), those marked for it as a Fossil delta of
+    #: the one before when the client has that one (``base``: its offset).
+    delta: bool = False
+    base: int | None = None
 
 
 class _Protocol:
@@ -1097,19 +1126,24 @@ class _Protocol:
         positioned = namespace.history and not recoverable and (
             namespace.force_positioning or (params.get("positioned") is True and (
                 namespace.allow_positioning or reads_history)))
+        # Delta compression, as Centrifugo grants it: a type the namespace allows, in a
+        # subscription that recovers or keeps its position (else it is not negotiated and
+        # the client gets whole publications).
+        delta = (params.get("delta") in namespace.allowed_delta_types
+                 and bool(recoverable or positioned))
         return await self._open(channel, namespace, claims, bool(recoverable), join_leave,
-                                since, reject, positioned=bool(positioned))
+                                since, reject, positioned=bool(positioned), delta=delta)
 
     async def _open(self, channel: str, namespace: Namespace, claims: dict[str, Any],
                     recoverable: bool, join_leave: bool, since: dict[str, Any] | None,
                     reject: bool, server: bool = False,
-                    positioned: bool = False) -> dict[str, Any]:
+                    positioned: bool = False, delta: bool = False) -> dict[str, Any]:
         """Join the channel's group: the subscribe result (a server-side subscription's
         too: the connect reply's ``subs``)."""
         group = channel_group(channel)
         info = self._client_info(claims.get("info"))
         sub = _Sub(channel, group, namespace, recoverable, join_leave, info, server=server,
-                   positioned=positioned)
+                   positioned=positioned, delta=delta)
         presence = info if namespace.presence or namespace.join_leave else None
         self._subs[channel] = sub
         self._by_group[group] = sub
@@ -1125,6 +1159,8 @@ class _Protocol:
         expires, ttl, at = self._expiry(claims)
         if expires:
             result.update(expires=True, ttl=ttl)
+        if delta:
+            result["delta"] = True
         self._arm_sub_expiry(sub, at)
         if isinstance(joined, dict) and namespace.history:
             sub.epoch = joined["epoch"]
@@ -1305,8 +1341,10 @@ class _Protocol:
             return
         if not self._conn.closing_or_closed:
             try:
-                payload = _push_frame(sub.channel, event, self._form)
+                payload = (_delta_push(sub, event, self._form) if sub.delta
+                           else _push_frame(sub.channel, event, self._form))
             except TypeError as exc:  # a publication this format cannot carry: skipped
+                sub.base = None  # (the next one goes whole)
                 log.warn("pubsub: a publication in {channel} skipped for {client}: it "
                          "cannot be encoded ({error})", channel=sub.channel,
                          client=self.client_id, error=str(exc))
@@ -1540,6 +1578,116 @@ def _push_frame(channel: str, event: dict[str, Any], form: str = _JSON) -> str |
         if len(_PUSHES) >= 64:
             del _PUSHES[next(iter(_PUSHES))]
         _PUSHES[key] = payload
+    return payload
+
+
+class _Chain:
+    """A history channel's last publications' data as a delta subscriber has it (JSON
+    text or the bytes), by offset, and the deltas between them: made once per process."""
+
+    KEEP = 4
+    #: The bytes every chain of the process keeps (``_trim_chains``).
+    total = 0
+
+    def __init__(self) -> None:
+        self.targets: dict[int, bytes] = {}
+        self.deltas: dict[int, bytes] = {}
+        self.size = 0
+
+    def target(self, offset: int, data: Any) -> bytes:
+        found = self.targets.get(offset)
+        if found is None:
+            found = data if isinstance(data, bytes) else _dumps(data).encode()
+            self.targets[offset] = found
+            before = self.size
+            self.size += len(found)
+            while len(self.targets) > self.KEEP:
+                oldest = min(self.targets)
+                self.size -= len(self.targets.pop(oldest))
+                self.deltas.pop(oldest, None)
+            _Chain.total += self.size - before
+        return found
+
+    def delta(self, offset: int, text: bool) -> bytes | None:
+        """The delta from ``offset - 1`` to ``offset`` (None without the one before)."""
+        source = self.targets.get(offset - 1)
+        if source is None:
+            return None
+        made = self.deltas.get(offset)
+        if made is None:
+            from realtime import fossil
+
+            made = self.deltas[offset] = fossil.create(source, self.targets[offset], text)
+        return made
+
+
+#: Delta subscribers' channels by (group, epoch), the most recently used last; at most
+#: CHAINS_BYTES of data kept in all (the least recently used go first: their subscribers
+#: get the next publication whole).
+_CHAINS: OrderedDict[tuple[str, Any], _Chain] = OrderedDict()
+CHAINS_BYTES = 32 * 1024 * 1024
+
+
+def _chain(group: str, epoch: Any) -> _Chain:
+    key = (group, epoch)
+    chain = _CHAINS.get(key)
+    if chain is None:
+        chain = _CHAINS[key] = _Chain()
+    else:
+        _CHAINS.move_to_end(key)
+    return chain
+
+
+def _trim_chains() -> None:
+    while _Chain.total > CHAINS_BYTES and len(_CHAINS) > 1:
+        _, chain = _CHAINS.popitem(last=False)
+        _Chain.total -= chain.size
+
+
+def _delta_push(sub: _Sub, event: dict[str, Any], form: str) -> str | bytes:
+    """A publication for a subscriber with delta compression: its data as JSON text in a
+    string (JSON; centrifuge-js parses it) or the bytes (Protobuf); a Fossil delta of the
+    one before (``"delta": true``) when the publication is marked for it and the client
+    got that one. Made once per process and form, as ``_push_frame``'s."""
+    position = event.get("position")
+    offset = position.get("offset") if isinstance(position, dict) else None
+    data = event.get("data")
+    if not isinstance(offset, int) or (isinstance(data, bytes) and form == _JSON):
+        sub.base = None  # (binary data cannot be text: a JSON client has no base then)
+        return _push_frame(sub.channel, event, form)
+    epoch = position.get("epoch") if isinstance(position, dict) else None
+    chain = _chain(sub.group, epoch)
+    body = chain.target(offset, data)
+    use_delta = (event.get("delta") is True and sub.base == offset - 1
+                 and offset - 1 in chain.targets)
+    sub.base = offset
+    kind = f"{form}+delta" if use_delta else f"{form}+whole"
+    key = (sub.channel, epoch, offset, kind)
+    if (found := _PUSHES.get(key)) is not None:
+        return found
+    if use_delta:
+        made = chain.delta(offset, text=form == _JSON)
+        assert made is not None
+        body = made
+    _trim_chains()
+    if form == _JSON:
+        pub = _publication({**event, "data": None})
+        pub["data"] = body.decode("utf-8")
+    else:
+        pub = _publication({**event, "data": body})
+    if use_delta:
+        pub["delta"] = True
+    push = {"channel": sub.channel, "pub": pub}
+    payload: str | bytes
+    if form == _PROTOBUF:
+        from realtime import pubsub_proto
+
+        payload = pubsub_proto.encode({"push": push})
+    else:
+        payload = _dumps({"push": push})
+    if len(_PUSHES) >= 64:
+        del _PUSHES[next(iter(_PUSHES))]
+    _PUSHES[key] = payload
     return payload
 
 

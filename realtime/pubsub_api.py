@@ -235,10 +235,11 @@ def _user(params: dict[str, Any]) -> str:
 
 
 def _publication_args(params: dict[str, Any]) -> tuple[Any, dict[str, str] | None]:
-    """(data, tags) of ``publish``/``broadcast``. ``skip_history``, ``idempotency_key``,
-    ``delta`` and ``version`` are read and not acted on. ``b64data`` (binary data, base64)
-    goes before ``data``, as in Centrifugo: Protobuf clients get its bytes, JSON clients
-    its JSON when it is JSON text, else ``b64data`` (``pubsub.from_bytes``)."""
+    """(data, tags) of ``publish``/``broadcast``. ``skip_history``, ``idempotency_key``
+    and ``version`` are read and not acted on (``delta``: ``_delta``). ``b64data``
+    (binary data, base64) goes before ``data``, as in Centrifugo: Protobuf clients get its
+    bytes, JSON clients its JSON when it is JSON text, else ``b64data``
+    (``pubsub.from_bytes``)."""
     _field(params, "skip_history", bool, False)
     _field(params, "idempotency_key", str, "")
     b64data = _field(params, "b64data", str, "")
@@ -251,6 +252,12 @@ def _publication_args(params: dict[str, Any]) -> tuple[Any, dict[str, str] | Non
     if "data" not in params:
         raise PubSubError(BAD_REQUEST, "bad request: data required")
     return params["data"], _tags(params)
+
+
+def _delta(params: dict[str, Any]) -> bool | None:
+    """``delta: true`` marks a publication for delta compression (the namespace's
+    ``delta_publish`` when absent; ``false`` does not turn that off, as in Centrifugo)."""
+    return True if _field(params, "delta", bool, False) else None
 
 
 def _tags(params: dict[str, Any]) -> dict[str, str] | None:
@@ -271,7 +278,8 @@ def _position(position: Any) -> dict[str, Any]:
 async def _publish(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
     channel = _channel(params)
     data, tags = _publication_args(params)
-    return _position(await publish(channel, data, layer=layer, tags=tags))
+    return _position(await publish(channel, data, layer=layer, tags=tags,
+                                   delta=_delta(params)))
 
 
 async def _broadcast(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
@@ -281,13 +289,15 @@ async def _broadcast(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
     if not channels:
         raise PubSubError(BAD_REQUEST, "bad request: channels required")
     data, tags = _publication_args(params)
+    delta = _delta(params)
 
     async def one(channel: str) -> dict[str, Any]:
         try:
             if not channel:
                 raise PubSubError(BAD_REQUEST, "bad request: channel required")
             try:
-                position = await publish(check_channel(channel), data, layer=layer, tags=tags)
+                position = await publish(check_channel(channel), data, layer=layer, tags=tags,
+                                         delta=delta)
             except PubSubError:
                 raise
             except Exception as exc:

@@ -244,9 +244,13 @@ def _namespace_specs(value: Any, where: str) -> list[str]:
                 options.append(f"{option}={'true' if setting else 'false'}")
             elif isinstance(setting, int | float | str) and "," not in str(setting):
                 options.append(f"{option}={setting}")
+            elif isinstance(setting, list) and all(
+                    isinstance(item, str) and item.isidentifier() for item in setting):
+                options.append(f"{option}={'+'.join(setting)}")  # allowed_delta_types
             else:
                 raise StartupError(f"{where}: {name or '(default)'}.{option}: expected true, "
-                                   f"false, a number or a duration, got {setting!r}")
+                                   f"false, a number, a duration or a list of names, got "
+                                   f"{setting!r}")
         specs.append(f"{name}:{','.join(options)}")
     return specs
 

@@ -211,7 +211,8 @@ def test_the_contrib_pubsub_config_checks(tmp_path):
 
     try:
         assert options["namespace"][0].startswith("chat:presence=true,")
-        assert set(settings.pubsub_namespaces) == {"chat", "personal", ""}
+        assert set(settings.pubsub_namespaces) == {"chat", "live", "personal", ""}
         assert settings.pubsub_namespaces["chat"].history_ttl == 300.0
+        assert settings.pubsub_namespaces["live"].allowed_delta_types == ("fossil",)
     finally:
         reset()

@@ -41,6 +41,10 @@ NAMESPACE = ("chat:allow_subscribe_for_client,allow_publish_for_subscriber,prese
 #: No history: publications go out as ``broadcast()`` frames (``_binary_broadcast``
 #: translates them for Protobuf sockets).
 LIVE_NAMESPACE = "live:allow_subscribe_for_client,allow_publish_for_subscriber"
+#: Delta compression on every publication (subscribers that ask: ``delta: "fossil"``).
+DELTA_NAMESPACE = ("delta:allow_subscribe_for_client,allow_publish_for_subscriber,"
+                   "history_size=10,history_ttl=300s,force_recovery,"
+                   "allowed_delta_types=fossil,delta_publish")
 
 
 #: Loaded before the page's scripts: every WebSocket the page opens, in ``window.sockets``,
@@ -87,7 +91,7 @@ browser = test_browser_chat.browser
 def _server(port: int) -> Server:
     return start(twistd("--app", APP, "--port", f"tcp:{port}:interface=127.0.0.1",
                         "--jwt-key", JWT_SECRET, "--namespace", NAMESPACE,
-                        "--namespace", LIVE_NAMESPACE),
+                        "--namespace", LIVE_NAMESPACE, "--namespace", DELTA_NAMESPACE),
                  env={"PYTHONPATH": str(REPO)}, cwd=REPO)
 
 
@@ -593,6 +597,49 @@ def test_the_protobuf_build_reads_history_and_presence_and_recovers(
         for page, name in ((ada, "ada"), (bob, "bob")):
             assert _seen(page, name)["errors"] == []
             assert page.page_errors == []
+    finally:
+        ada.context.close()
+        bob.context.close()
+
+
+@pytest.mark.parametrize("build", ["json", "protobuf"])
+def test_centrifuge_js_applies_fossil_deltas(centrifuge_js, browser, server, build):
+    """centrifuge-js's ``delta: "fossil"``: Ada's subscription negotiates it; Bob (no
+    delta) publishes a scoreboard four times, a few scores changing each time. Ada's
+    publications are the scoreboards Bob published (the SDK applied the deltas and checked
+    their checksums), the first whole and the others as deltas far smaller than the
+    document (its own ``deltaStats()``); Bob's are whole."""
+    from tests.test_pubsub_delta import board
+
+    channel = f"delta:{build}"
+    path = PROTOBUF if build == "protobuf" else "/"
+    ada, bob = _page(browser, server, path), _page(browser, server, path)
+    try:
+        _client(ada, "ada", json.dumps({"token": _token("ada")}))
+        _client(bob, "bob", json.dumps({"token": _token("bob")}))
+        ada.evaluate(f"window.sub('ada', {json.dumps(channel)}, "
+                     "{delta: 'fossil'}).subscribe()")
+        _wait(ada, f"{_rec('ada', channel)}.subscribed.length === 1")
+        _subscribe(bob, "bob", channel)
+        _wait(bob, f"{_rec('bob', channel)}.subscribed.length === 1")
+        boards = [board(n, changed=3) for n in range(1, 5)]
+        encode = (lambda b: _u8(_compact(b))) if build == "protobuf" else json.dumps
+        for sent in boards:
+            bob.evaluate(f"{_js('bob', channel)}.publish({encode(sent)})")
+        _wait(ada, f"{_rec('ada', channel)}.pubs.length === 4")
+        _wait(bob, f"{_rec('bob', channel)}.pubs.length === 4")
+        if build == "protobuf":
+            got = [bytes(b) for b in _received_bytes(ada, "ada", channel)]
+            assert got == [_compact(b) for b in boards]
+        else:
+            assert [p["data"] for p in _record(ada, "ada", channel)["pubs"]] == boards
+            assert [p["data"] for p in _record(bob, "bob", channel)["pubs"]] == boards
+        stats = ada.evaluate(f"{_js('ada', channel)}.deltaStats()")
+        assert (stats["numFullPayloads"], stats["numDeltaPayloads"]) == (1, 3), stats
+        assert stats["bytesReceived"] < len(_compact(boards[0])) * 1.2, stats
+        assert bob.evaluate(f"{_js('bob', channel)}.deltaStats()")["numDeltaPayloads"] == 0
+        for page, name in ((ada, "ada"), (bob, "bob")):
+            assert _seen(page, name)["errors"] == [] and page.page_errors == []
     finally:
         ada.context.close()
         bob.context.close()

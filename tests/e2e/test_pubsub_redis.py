@@ -147,3 +147,40 @@ async def test_protobuf_clients_binary_data_crosses_servers(two_layers, pubsub_s
     assert live == [binary, b'{"n":1}']
     assert json_side == [None, {"n": 1}]
     assert again.recovered and (missed.pub.data, missed.pub.offset) == (binary, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_delta_compression_across_servers(two_layers, pubsub_server):  # noqa: F811
+    """Publications made on one server reach a delta subscriber on the other as deltas
+    (the other process makes them from what Redis brings), and a reconnect to the first
+    server recovers whole-then-deltas from the history in Redis."""
+    from centrifuge.client import DeltaType
+
+    from tests.test_pubsub_delta import SCORES, board
+
+    one, two = two_layers
+    first = await pubsub_server(SCORES, layer=one)
+    second = await pubsub_server(SCORES, layer=two)
+
+    async def scenario() -> Any:
+        ada, _ = sdk_client(second, token("ada"))
+        await ada.connect()
+        _, events = await subscribed(ada, "scores:league", delta=DeltaType.FOSSIL)
+        got = []
+        for n in range(1, 4):
+            from_thread(pubsub.publish, "scores:league", board(n, changed=4), layer=one)
+            got.append((await events.next("publication")).pub)
+        await ada.disconnect()
+        for n in range(4, 6):
+            from_thread(pubsub.publish, "scores:league", board(n, changed=4), layer=one)
+        ada._address = first.ws_url("/connection/websocket")  # back, to the other server
+        await ada.connect()
+        for _ in range(2):
+            got.append((await events.next("publication")).pub)
+        await ada.disconnect()
+        return got
+
+    got = await run(scenario)
+    assert [(pub.data, pub.offset) for pub in got] == [
+        (board(n, changed=4), n) for n in range(1, 6)]
+    assert [pub.delta for pub in got] == [False, True, True, False, True]
