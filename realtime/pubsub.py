@@ -1512,11 +1512,19 @@ class PubSubConsumer(_Protocol, AsyncWebsocketConsumer):
             await self.accept()
         self._stale = self._conn.reactor.callLater(STALE_AFTER, self._close_stale)
 
+    @staticmethod
+    def _disconnect_push(code: int, reason: str | None) -> str:
+        """The unidirectional WebSocket's last message: Centrifugo's disconnect push."""
+        return _dumps({"disconnect": {"code": code, "reason": reason or ""}})
+
     async def _connect_unidirectional(self) -> None:
         await self.accept()
         # broadcast() frames of channels without history wrap their push as for the
         # bidirectional clients: this socket gets each bare (translated once per frame).
         self._conn.translate_broadcasts(_TRANSLATIONS[self._form])
+        # Every close the server makes is told in a disconnect push first (a browser's
+        # WebSocket hides the close frame's code behind an event; Centrifugo >= 6.5.1).
+        self._conn.close_notice = self._disconnect_push
         query = parse_qs(self.scope.get("query_string", b"").decode("utf-8", "replace"))
         asked = query.get("cf_connect")
         if asked:  # Centrifugo's connect request in the URL (as for its uni_sse)

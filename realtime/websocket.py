@@ -322,6 +322,11 @@ class WebSocketConnection(WebSocketServerProtocol):
     finished = False
     disconnect_code: int | None = None
     channel_name: str | None = None
+    #: A text message sent just before every close frame the server starts with an
+    #: application's code (``close_with_code``: the consumer's ``close``, ``group_close``,
+    #: the drain), made from the code and reason: for clients that cannot read a close
+    #: frame's code (Centrifugo's unidirectional WebSocket sends a ``disconnect`` push).
+    close_notice: Callable[[int, str | None], str] | None = None
     #: How far this socket has had the held broadcasts: entry ``seq`` and how many of its
     #: frames (``realtime.layers.base.let_out_for``).
     _held_seq = -1
@@ -955,6 +960,9 @@ class WebSocketConnection(WebSocketServerProtocol):
             return
         if self.state != _OPEN:
             return
+        if self.close_notice is not None:
+            notice, self.close_notice = self.close_notice, None
+            self.send_text(notice(code, reason))
         self._closed_code = code
         self._flush_queue()
         self.sendCloseFrame(code=code, reasonUtf8=truncate_reason(reason), isReply=False)

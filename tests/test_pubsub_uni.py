@@ -150,7 +150,11 @@ async def test_a_failed_connect_is_a_close_code(pubsub_server, monkeypatch):  # 
         with connect(server.ws_url(UNI), open_timeout=WAIT) as ws:
             if first is not None:
                 ws.send(first)
-            return closed(ws)
+            last = json.loads(ws.recv(timeout=WAIT))
+            code, reason = closed(ws)
+        # The close is told in a disconnect push first (Centrifugo >= 6.5.1).
+        assert last == {"disconnect": {"code": code, "reason": reason}}, last
+        return code, reason
 
     def flow() -> Any:
         return {
@@ -193,15 +197,25 @@ async def test_the_server_api_subscribes_and_refreshes_a_unidirectional_client(
             statuses.append(call_api(server, "refresh", {"user": "ada", "expire_at": at}))
             refresh = pushes(ws, 1)[0]
             statuses.append(call_api(server, "refresh", {"user": "ada", "expired": True}))
-            return connected, statuses, subscribed, pub, refresh, closed(ws)
+            end = (pushes(ws, 1)[0], closed(ws))
+        with connect(server.ws_url(UNI), open_timeout=WAIT) as ws:
+            ws.send(json.dumps({"token": token("bob")}))
+            next_message(ws)
+            statuses.append(call_api(server, "disconnect", {"user": "bob"}))  # group_close
+            gone = (pushes(ws, 1)[0], closed(ws))
+        return connected, statuses, subscribed, pub, refresh, end, gone
 
-    connected, statuses, subscribed, pub, refresh, end = await in_thread(flow)
-    assert "subs" not in connected["connect"] and statuses == [200, 200, 200]
+    connected, statuses, subscribed, pub, refresh, end, gone = await in_thread(flow)
+    assert "subs" not in connected["connect"] and statuses == [200, 200, 200, 200]
     assert subscribed[0] == {"channel": "room:x", "subscribe": {"data": {"why": "invited"}}}
     assert subscribed[1]["join"]["info"]["user"] == "ada"
     assert pub == {"channel": "room:x", "pub": {"data": "hello"}}
     assert refresh == {"refresh": {"expires": True, "ttl": pytest.approx(60, abs=2)}}
-    assert end == (3005, "connection expired")
+    # Each close the server makes is told in a disconnect push just before it.
+    assert end == ({"disconnect": {"code": 3005, "reason": "connection expired"}},
+                   (3005, "connection expired"))
+    assert gone == ({"disconnect": {"code": 3503, "reason": "force disconnect"}},
+                    (3503, "force disconnect"))
 
 
 # -- server-sent events and HTTP streaming ---------------------------------------------------------
