@@ -465,3 +465,22 @@ async def test_a_head_that_waits_holds_the_stream_in_order(pubsub_server, kind):
     assert status == 200
     assert "connect" in got[0] and got[1]["join"]["info"]["user"] == "ada"
     assert got[2] == {"channel": "feed:news", "pub": {"data": "kept", "offset": 1}}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_drain_tells_a_unidirectional_websocket_before_its_close(
+        pubsub_server):  # noqa: F811
+    server = await pubsub_server(FEED)
+
+    def flow() -> Any:
+        with connect(server.ws_url(UNI), open_timeout=WAIT) as ws:
+            ws.send(json.dumps({"token": token("ada")}))
+            next_message(ws)
+            from twisted.internet import reactor
+
+            reactor.callFromThread(server.site.drain)
+            return pushes(ws, 1)[0], closed(ws)
+
+    assert await in_thread(flow) == (
+        {"disconnect": {"code": 1001, "reason": "server shutting down"}},
+        (1001, "server shutting down"))
