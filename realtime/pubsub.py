@@ -1460,6 +1460,8 @@ class _Protocol:
         if event.get("expired"):
             self._conn.close(*CLOSE_EXPIRED)
             return
+        if "info" in event:  # the connection's info from now on (what it publishes, joins)
+            self.conn_info = event["info"]
         at = event.get("expire_at")
         if isinstance(at, int | float) and not isinstance(at, bool) and at > 0:
             now = self._now()

@@ -436,8 +436,8 @@ async def _subscribe(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
 
 async def _refresh(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
     """Each connection of ``user`` (or one ``client``) now expires at ``expire_at`` (Unix
-    seconds; absent: never), or at once with ``expired`` (3005)
-    (``PubSubConsumer.pubsub_refresh``)."""
+    seconds; absent: never), or at once with ``expired`` (3005); ``info``/``b64info`` is
+    its new connection info (``PubSubConsumer.pubsub_refresh``)."""
     user = _user(params)
     event: dict[str, Any] = {"type": "pubsub.refresh"}
     client = _field(params, "client", str, "")
@@ -450,6 +450,9 @@ async def _refresh(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
         raise BadBody("'expire_at' is Unix seconds")
     if expire_at:
         event["expire_at"] = expire_at
+    given, info = _json_or_b64(params, "info")
+    if given:
+        event["info"] = info
     await layer.group_send(user_group(user), event)
     return {}
 

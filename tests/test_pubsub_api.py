@@ -534,6 +534,47 @@ async def test_refresh_by_user_moves_or_ends_the_connections_expiry(start, monke
 
 
 @pytest_twisted.ensureDeferred
+async def test_refresh_with_info_is_the_connections_info_from_then_on(start):
+    """``refresh``'s ``info`` (or ``b64info``): what the connection subscribes to (and
+    publishes) afterwards carries it as its ``conn_info``; what it joined before keeps the
+    info it joined with."""
+    from websockets.sync.client import connect as ws_connect
+
+    server = await start()
+    first, second = unique("chat"), unique("chat")
+
+    def api_post(method: str, body: dict[str, Any]) -> Any:
+        status, _, raw = http_get(server.http_url(f"/api/{method}"), method="POST",
+                                  data=json.dumps(body).encode(), headers={"X-API-Key": KEY})
+        return status, json.loads(raw)
+
+    def conn_info(channel: str) -> Any:
+        _, answer = api_post("presence", {"channel": channel})
+        [member] = answer["result"]["presence"].values()
+        return member.get("conn_info")
+
+    def flow() -> Any:
+        with ws_connect(server.ws_url("/connection/websocket")) as ws:
+            def call(ident: int, method: str, params: dict[str, Any]) -> Any:
+                ws.send(json.dumps({"id": ident, method: params}))
+                while (reply := json.loads(ws.recv(timeout=WAIT))).get("id") != ident:
+                    pass
+                return reply
+
+            call(1, "connect", {"token": token("alice")})
+            answers = [api_post("refresh", {"user": "alice", "info": {"role": "admin"}})]
+            call(2, "subscribe", {"channel": first})
+            answers.append(api_post("refresh", {"user": "alice", "b64info": base64.b64encode(
+                b'{"role":"guest"}').decode()}))
+            call(3, "subscribe", {"channel": second})
+            return answers, conn_info(first), conn_info(second)
+
+    answers, as_admin, as_guest = await in_thread(flow)
+    assert answers == [(200, {"result": {}})] * 2
+    assert (as_admin, as_guest) == ({"role": "admin"}, {"role": "guest"})
+
+
+@pytest_twisted.ensureDeferred
 async def test_disconnect_by_user_closes_its_connections(start):
     server = await start()
     chat = unique("chat")
