@@ -189,6 +189,10 @@ class Namespace:
     allowed_delta_types: tuple[str, ...] = ()
     #: Every publication in the namespace is marked for delta compression.
     delta_publish: bool = False
+    #: A subscriber may filter the publications it gets by their tags (a subscribe
+    #: request's ``tf``: ``realtime.pubsub_filter``). Publications of such a namespace
+    #: without history go to each member as an event (not one ``broadcast()`` frame).
+    allow_tags_filter: bool = False
 
     @property
     def history(self) -> bool:
@@ -439,12 +443,15 @@ def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
         message["info"] = info
     if tags:
         message["tags"] = tags
-    if namespace.history:
-        if delta or (delta is None and namespace.delta_publish):
+    if namespace.history or namespace.allow_tags_filter:
+        # Members handle it one by one: history positions it; tags filters may refuse it.
+        if namespace.history and (delta or (delta is None and namespace.delta_publish)):
             message["delta"] = True
         if not isinstance(data, bytes):
             _dumps(data)  # TypeError now, not in every member's handler
         result: Deferred[Any] = target.group_send(group, message)
+        if not namespace.history:
+            result.addCallback(lambda _: None)
         return result
     frame = _dumps({"push": {"channel": channel, "pub": _publication(message)}})
     sent: Deferred[Any] = target.broadcast(group, text=frame)
@@ -564,6 +571,9 @@ class _Sub:
     #: the one before when the client has that one (``base``: its offset).
     delta: bool = False
     base: int | None = None
+    #: The subscriber's tags filter (``realtime.pubsub_filter``): a publication whose tags
+    #: it refuses is not sent to it.
+    filter: Any = None
 
 
 class _Protocol:
@@ -1126,24 +1136,43 @@ class _Protocol:
         positioned = namespace.history and not recoverable and (
             namespace.force_positioning or (params.get("positioned") is True and (
                 namespace.allow_positioning or reads_history)))
+        tags_filter = self._tags_filter(params.get("tf"), namespace)
         # Delta compression, as Centrifugo grants it: a type the namespace allows, in a
-        # subscription that recovers or keeps its position (else it is not negotiated and
-        # the client gets whole publications).
+        # subscription that recovers or keeps its position and filters nothing (else it is
+        # not negotiated and the client gets whole publications).
         delta = (params.get("delta") in namespace.allowed_delta_types
-                 and bool(recoverable or positioned))
+                 and bool(recoverable or positioned) and tags_filter is None)
         return await self._open(channel, namespace, claims, bool(recoverable), join_leave,
-                                since, reject, positioned=bool(positioned), delta=delta)
+                                since, reject, positioned=bool(positioned), delta=delta,
+                                tags_filter=tags_filter)
+
+    @staticmethod
+    def _tags_filter(tf: Any, namespace: Namespace) -> Any:
+        """A subscribe request's ``tf`` compiled (None without one); 107 for one the
+        namespace does not allow (``allow_tags_filter``) or that does not compile."""
+        if tf is None or tf == {}:  # (an empty Protobuf FilterNode is no filter)
+            return None
+        if not namespace.allow_tags_filter:
+            raise PubSubError(BAD_REQUEST, "bad request: tags filters are not allowed in "
+                              f"namespace {namespace.name!r}")
+        from realtime.pubsub_filter import FilterError, compile_filter
+
+        try:
+            return compile_filter(tf)
+        except FilterError as exc:
+            raise PubSubError(BAD_REQUEST, f"bad request: {exc}") from None
 
     async def _open(self, channel: str, namespace: Namespace, claims: dict[str, Any],
                     recoverable: bool, join_leave: bool, since: dict[str, Any] | None,
                     reject: bool, server: bool = False,
-                    positioned: bool = False, delta: bool = False) -> dict[str, Any]:
+                    positioned: bool = False, delta: bool = False,
+                    tags_filter: Any = None) -> dict[str, Any]:
         """Join the channel's group: the subscribe result (a server-side subscription's
         too: the connect reply's ``subs``)."""
         group = channel_group(channel)
         info = self._client_info(claims.get("info"))
         sub = _Sub(channel, group, namespace, recoverable, join_leave, info, server=server,
-                   positioned=positioned, delta=delta)
+                   positioned=positioned, delta=delta, filter=tags_filter)
         presence = info if namespace.presence or namespace.join_leave else None
         self._subs[channel] = sub
         self._by_group[group] = sub
@@ -1338,6 +1367,8 @@ class _Protocol:
                 and position.get("epoch") != sub.epoch):
             # A new epoch (history lost): the client must resubscribe and recover.
             self._lost(sub)
+            return
+        if sub.filter is not None and not sub.filter(event.get("tags") or {}):
             return
         if not self._conn.closing_or_closed:
             try:

@@ -45,6 +45,10 @@ LIVE_NAMESPACE = "live:allow_subscribe_for_client,allow_publish_for_subscriber"
 DELTA_NAMESPACE = ("delta:allow_subscribe_for_client,allow_publish_for_subscriber,"
                    "history_size=10,history_ttl=300s,force_recovery,"
                    "allowed_delta_types=fossil,delta_publish")
+#: Publications filtered by their tags (``tagsFilter``); no history.
+TAGS_NAMESPACE = "tags:allow_subscribe_for_client,allow_tags_filter"
+#: The server API's key (publications with tags come from it).
+API_KEY = "b" * 24
 
 
 #: Loaded before the page's scripts: every WebSocket the page opens, in ``window.sockets``,
@@ -91,7 +95,8 @@ browser = test_browser_chat.browser
 def _server(port: int) -> Server:
     return start(twistd("--app", APP, "--port", f"tcp:{port}:interface=127.0.0.1",
                         "--jwt-key", JWT_SECRET, "--namespace", NAMESPACE,
-                        "--namespace", LIVE_NAMESPACE, "--namespace", DELTA_NAMESPACE),
+                        "--namespace", LIVE_NAMESPACE, "--namespace", DELTA_NAMESPACE,
+                        "--namespace", TAGS_NAMESPACE, "--api-key", API_KEY),
                  env={"PYTHONPATH": str(REPO)}, cwd=REPO)
 
 
@@ -638,6 +643,47 @@ def test_centrifuge_js_applies_fossil_deltas(centrifuge_js, browser, server, bui
         assert (stats["numFullPayloads"], stats["numDeltaPayloads"]) == (1, 3), stats
         assert stats["bytesReceived"] < len(_compact(boards[0])) * 1.2, stats
         assert bob.evaluate(f"{_js('bob', channel)}.deltaStats()")["numDeltaPayloads"] == 0
+        for page, name in ((ada, "ada"), (bob, "bob")):
+            assert _seen(page, name)["errors"] == [] and page.page_errors == []
+    finally:
+        ada.context.close()
+        bob.context.close()
+
+
+def test_centrifuge_js_tags_filter_gets_only_matching_publications(centrifuge_js, browser,
+                                                                   server):
+    """centrifuge-js's ``tagsFilter`` (the documented AND of an equality and a set): of
+    four publications with tags from the server API, Ada's subscription gets the one that
+    matches; Bob's, without a filter, gets all four, in order."""
+    from tests.clients import http_get
+
+    channel = "tags:stocks"
+    ada, bob = _page(browser, server), _page(browser, server)
+    try:
+        _client(ada, "ada", json.dumps({"token": _token("ada")}))
+        _client(bob, "bob", json.dumps({"token": _token("bob")}))
+        tags_filter = {"op": "and", "nodes": [
+            {"key": "ticker", "cmp": "eq", "val": "AAPL"},
+            {"key": "source", "cmp": "in", "vals": ["NASDAQ", "NYSE"]}]}
+        ada.evaluate(f"window.sub('ada', {json.dumps(channel)}, "
+                     f"{{tagsFilter: {json.dumps(tags_filter)}}}).subscribe()")
+        _wait(ada, f"{_rec('ada', channel)}.subscribed.length === 1")
+        _subscribe(bob, "bob", channel)
+        _wait(bob, f"{_rec('bob', channel)}.subscribed.length === 1")
+        sent = [({"ticker": "MSFT", "source": "NASDAQ"}, 1),
+                ({"ticker": "AAPL", "source": "LSE"}, 2),
+                ({"ticker": "AAPL", "source": "NYSE"}, 3), ({}, 4)]
+        for tags, n in sent:
+            status, _, _ = http_get(
+                f"http://127.0.0.1:{server.port}/api/publish", method="POST",
+                data=json.dumps({"channel": channel, "data": {"n": n}, "tags": tags}).encode(),
+                headers={"X-API-Key": API_KEY})
+            assert status == 200
+        _wait(bob, f"{_rec('bob', channel)}.pubs.length === 4")
+        _wait(ada, f"{_rec('ada', channel)}.pubs.length >= 1")
+        assert [p["data"] for p in _record(bob, "bob", channel)["pubs"]] == [
+            {"n": n} for n in (1, 2, 3, 4)]
+        assert [p["data"] for p in _record(ada, "ada", channel)["pubs"]] == [{"n": 3}]
         for page, name in ((ada, "ada"), (bob, "bob")):
             assert _seen(page, name)["errors"] == [] and page.page_errors == []
     finally:
