@@ -492,8 +492,8 @@ async def _disconnect(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _info(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
-    """Every process serving ``realtime.pubsub`` on this layer is a node (``node_info``);
-    a process that serves other apps only answers nothing and is left out."""
+    """Every process on this layer that loaded ``realtime.pubsub`` (every ``realtime``
+    server does) is a node (``node_info``); one that did not answers None, left out."""
     answers = await layer.survey(INFO_SURVEY)
     nodes = [node for node in answers.values() if isinstance(node, dict)]
     nodes.sort(key=lambda node: str(node.get("name", "")))

@@ -3,12 +3,15 @@ stand for two processes (each has its own process id, connections and subscripti
 
 from __future__ import annotations
 
+import socket
+import uuid
 from typing import Any
 
 import pytest
 import pytest_twisted
 
 from realtime.layers import ChannelFull, LayerUnavailable, layer_from_url
+from realtime.layers.base import on_survey
 from realtime.layers.redis import RedisChannelLayer, parse_url
 from tests.redis_support import RedisServer, free_port, started_layer
 from tests.test_layers import until
@@ -643,3 +646,110 @@ async def test_a_survey_fails_at_once_while_redis_is_away():
             await layer.group_sizes()
     finally:
         await layer.close()
+
+
+# -- surveys: review 1's reproductions (each failed before its fix) -------------------------
+
+def _prefix() -> str:
+    return f"survey{uuid.uuid4().hex[:8]}"
+
+
+def _raw(port: int, *args: bytes) -> socket.socket:
+    """A plain Redis connection of our own that sends one command (a 'tool')."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    sock.sendall(b"".join(parts))
+    return sock
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pattern_subscriber_does_not_make_every_survey_wait(two_layers, redis_server):
+    """Correct: a survey waits for the processes subscribed to the surveys topic, as
+    ``group_presence`` does (``_ASK_SCRIPT``: PUBSUB NUMSUB, then PUBLISH, precisely so
+    that a monitoring ``PSUBSCRIBE realtime:*`` is not waited for). Now: survey() uses
+    PUBLISH's reply, which counts pattern subscribers too, so with any PSUBSCRIBE matching
+    the topic every survey (info, channels, group_sizes) waits the whole presence_timeout
+    and logs that a process did not answer."""
+    from twisted.internet import reactor
+
+    prefix = _prefix()
+    one = await two_layers(f"{redis_server.url}?prefix={prefix}")
+    two = await two_layers(f"{redis_server.url}?prefix={prefix}")
+    tool = _raw(redis_server.port, b"PSUBSCRIBE", f"{prefix}:*".encode())
+    try:
+        assert tool.recv(1024).startswith(b"*3\r\n$10\r\npsubscribe")
+        one.presence_timeout = 1.0
+        started = reactor.seconds()
+        answers = await one.survey("tests.survey.nobody")
+        elapsed = reactor.seconds() - started
+        assert answers == {one.process_id: None, two.process_id: None}
+        assert elapsed < 0.5, f"waited {elapsed:.2f} s for a pattern subscriber"
+    finally:
+        tool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_msgpack_cannot_carry_is_none_at_once(two_layers, redis_server):
+    """Correct: an answer msgpack cannot carry (an object, an int past 64 bits) is treated
+    like an answer that raises: that process answers None (logged), at once; the asker
+    neither waits presence_timeout nor loses the process (the in-memory layer does answer
+    it). Now: packb raises in ``_on_survey`` inside the subscriber's message handler
+    (logged as 'cannot handle a message on ...:s'), no answer is published, and every such
+    survey waits presence_timeout and leaves every process out ({})."""
+    from twisted.internet import reactor
+
+    on_survey("tests.survey.object", lambda layer, args: object())
+    on_survey("tests.survey.bigint", lambda layer, args: {"n": 2 ** 70})
+    prefix = _prefix()
+    one = await two_layers(f"{redis_server.url}?prefix={prefix}")
+    two = await two_layers(f"{redis_server.url}?prefix={prefix}")
+    one.presence_timeout = 1.0
+    for name in ("tests.survey.object", "tests.survey.bigint"):
+        started = reactor.seconds()
+        answers = await one.survey(name)
+        elapsed = reactor.seconds() - started
+        assert answers == {one.process_id: None, two.process_id: None}, (name, answers)
+        assert elapsed < 0.5, (name, elapsed)
+
+
+@pytest_twisted.ensureDeferred
+async def test_survey_args_past_64_bits_are_a_failed_deferred(two_layers, redis_server):
+    """Correct: args msgpack cannot carry give a failed Deferred (TypeError, as for
+    ``object()``), like every other layer method. Now: msgpack raises OverflowError for
+    an int past 64 bits, which ``survey`` does not catch (only TypeError, ValueError): it
+    escapes synchronously from survey() instead."""
+    layer = await two_layers(f"{redis_server.url}?prefix={_prefix()}")
+    try:
+        d = layer.survey("tests.survey.args", 2 ** 70)
+    except OverflowError:
+        pytest.fail("survey() raised OverflowError instead of returning a failed Deferred")
+    with pytest.raises(TypeError):
+        await d
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_answer_does_not_cut_the_askers_subscriber(two_layers, redis_server):
+    """Correct: a survey whose answers are large (``channels`` or ``group_sizes("")`` on
+    a big deployment, any question's answer: 'any value msgpack carries') either answers
+    or fails alone; it does not take the asker's subscriber connection down. Now: each
+    answer is one PUBLISH to the asker's process topic, and one past Redis's default
+    ``client-output-buffer-limit pubsub 32mb`` makes Redis close the asker's subscriber:
+    the survey fails with LayerUnavailable, and every group of that process gets a
+    layer.gap (messages lost) and a resubscribe."""
+    on_survey("tests.survey.huge", lambda layer, args: "x" * (40 * 1024 * 1024)
+              if args == layer.process_id else None)
+    prefix = _prefix()
+    one = await two_layers(f"{redis_server.url}?prefix={prefix}")
+    two = await two_layers(f"{redis_server.url}?prefix={prefix}")
+    reconnects = one.reconnects
+    lost = None
+    try:
+        answers = await one.survey("tests.survey.huge", two.process_id)
+    except LayerUnavailable as exc:
+        lost = exc
+        answers = None
+    assert lost is None, f"the asker's subscriber was cut: {lost}"
+    assert answers is not None and set(answers) == {one.process_id, two.process_id}
+    assert one.reconnects == reconnects

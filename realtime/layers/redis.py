@@ -188,6 +188,8 @@ return n
 """
 #: How long ``group_presence`` waits for every process's answer.
 PRESENCE_TIMEOUT = 2.0
+#: A survey answer larger than this (packed) goes in a key, not in the pub/sub message.
+SURVEY_INLINE_MAX = 1024 * 1024
 #: How often a process that knows other processes' announced members checks that those
 #: processes are alive (their process topic still has its subscriber: one PUBSUB NUMSUB).
 PRESENCE_CHECK_INTERVAL = 5.0
@@ -1015,7 +1017,7 @@ class RedisChannelLayer(BaseChannelLayer):
         censuses, self._censuses = self._censuses, {}
         for census in censuses.values():
             census.fail(LayerUnavailable("channel layer: the Redis subscriber connection was "
-                                         "lost while asking who is in the group"))
+                                         "lost while asking the other processes"))
 
     # -- connection events -------------------------------------------------------------------------
     def _pub_up(self, proto: Any) -> None:
@@ -1334,7 +1336,10 @@ class RedisChannelLayer(BaseChannelLayer):
         elif kind == _ANSWER:
             survey = self._censuses.get(body[1])
             if isinstance(survey, _Survey):
-                survey.heard(body[2], body[3])
+                if len(body) > 4 and isinstance(body[4], str):  # a large one, in a key
+                    self._fetch_answer(survey, body[4])
+                else:
+                    survey.heard(body[2], body[3])
         elif kind == _ACK:
             waiting = self._acks.pop(body[1], None)
             if waiting is not None:
@@ -1932,10 +1937,13 @@ class RedisChannelLayer(BaseChannelLayer):
         seq = next(self._seq)
         try:
             question = msgpack.packb([_SURVEY, self.process_id, seq, name, args])
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             return fail(TypeError(f"a survey's args must be msgpack values: {exc}"))
         survey = self._censuses[seq] = _Survey(name, self.presence_timeout)
-        asked = self._publish(self._survey_topic, question)
+        # The topic's own subscribers (PUBLISH's reply would count pattern subscribers
+        # too, which never answer: _ASK_SCRIPT, as group_presence).
+        asked = self._on_publisher(lambda proto: proto.eval(
+            _ASK_SCRIPT, keys=[self._survey_topic], args=[question]))
 
         def heard_by(processes: int) -> Deferred[_Census]:
             if self._censuses.get(seq) is survey:  # not released meanwhile (subscriber lost)
@@ -1954,8 +1962,43 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _on_survey(self, body: list[Any]) -> None:
         _, origin, seq, name, args = body[:5]
-        answer = msgpack.packb([_ANSWER, seq, self.process_id, self._answer(name, args)])
-        self._publish(self._process_topic + origin, answer).addErrback(lambda _: None)
+        value = self._answer(name, args) if isinstance(name, str) else None
+        try:
+            answer = msgpack.packb([_ANSWER, seq, self.process_id, value])
+        except (TypeError, ValueError, OverflowError):
+            # As an answer that raises: None, at once (the asker does not wait for us).
+            log.failure("channel layer: the answer to survey {name!r} is not a msgpack "
+                        "value", name=name)
+            answer = msgpack.packb([_ANSWER, seq, self.process_id, None])
+        topic = self._process_topic + origin
+        if len(answer) <= SURVEY_INLINE_MAX:
+            self._publish(topic, answer).addErrback(lambda _: None)
+            return
+        # Too large for one pub/sub message (Redis cuts a subscriber whose output buffer
+        # passes client-output-buffer-limit pubsub: the asker's, with all its groups):
+        # kept in a key for the asker to GET, with only its name published.
+        key = f"{self._survey_topic}:a:{self.process_id}:{seq}"
+        ttl = int((self.presence_timeout + 10) * 1000)
+        stored = self._on_publisher(lambda proto: proto.execute_command(
+            "SET", key, answer, "PX", ttl))
+        stored.addCallback(lambda _: self._publish(topic, msgpack.packb(
+            [_ANSWER, seq, self.process_id, None, key])))
+        stored.addErrback(lambda _: None)
+
+    def _fetch_answer(self, survey: _Survey, key: str) -> None:
+        """A large answer (``_on_survey``): read from its key, then counted."""
+        def read(payload: Any) -> None:
+            body = msgpack.unpackb(payload, raw=False, strict_map_key=False) \
+                if isinstance(payload, bytes) else None
+            if isinstance(body, list) and len(body) > 3:
+                survey.heard(body[2], body[3])
+
+        got = self._on_publisher(lambda proto: proto.execute_command("GET", key))
+        got.addCallback(read)
+        got.addErrback(lambda f: log.info("channel layer: a survey answer not read: "
+                                          "{error}", error=f.getErrorMessage()))
+        self._on_publisher(lambda proto: proto.execute_command("DEL", key)).addErrback(
+            lambda _: None)
 
     def _join(self, group: str, channel: str) -> Deferred[None]:
         self._add_local(group, channel)
