@@ -245,7 +245,7 @@ def parse_namespace(spec: str) -> Namespace:
         elif option == "allowed_delta_types":
             # "fossil" (--namespace), or "fossil+..." for a [[namespaces]] list
             kinds = tuple(kind.strip() for kind in value.split("+") if kind.strip())
-            if any(kind not in DELTA_TYPES for kind in kinds):
+            if not has_value or any(kind not in DELTA_TYPES for kind in kinds):
                 raise ValueError(f"{where}: the delta types are {', '.join(DELTA_TYPES)}, "
                                  f"got {value!r}")
             values[option] = kinds
@@ -1374,13 +1374,17 @@ class _Protocol:
             try:
                 payload = (_delta_push(sub, event, self._form) if sub.delta
                            else _push_frame(sub.channel, event, self._form))
-            except TypeError as exc:  # a publication this format cannot carry: skipped
-                sub.base = None  # (the next one goes whole)
+            except (TypeError, UnicodeDecodeError) as exc:  # one this format cannot carry
+                sub.base = None  # (skipped: the next one goes whole)
                 log.warn("pubsub: a publication in {channel} skipped for {client}: it "
                          "cannot be encoded ({error})", channel=sub.channel,
                          client=self.client_id, error=str(exc))
                 return
+            dropped = self._conn.dropped
             self._write(payload)
+            if sub.delta and self._conn.dropped != dropped:
+                # --slow-consumer drop skipped it: it is no base for the next delta.
+                sub.base = None
 
     def presence_join(self, event: dict[str, Any]) -> None:
         sub = self._by_group.get(event.get("group", ""))
@@ -1627,46 +1631,64 @@ class _Chain:
     text or the bytes), by offset, and the deltas between them: made once per process."""
 
     KEEP = 4
+    #: What a chain costs besides its bytes (its dicts, its key), counted in ``size``.
+    OVERHEAD = 1024
     #: The bytes every chain of the process keeps (``_trim_chains``).
     total = 0
 
     def __init__(self) -> None:
         self.targets: dict[int, bytes] = {}
-        self.deltas: dict[int, bytes] = {}
-        self.size = 0
+        #: offset -> the delta from the one before, or None where it was not worth it.
+        self.deltas: dict[int, bytes | None] = {}
+        self.size = self.OVERHEAD
+        _Chain.total += self.OVERHEAD
+
+    def _grow(self, added: int) -> None:
+        self.size += added
+        _Chain.total += added
 
     def target(self, offset: int, data: Any) -> bytes:
         found = self.targets.get(offset)
         if found is None:
             found = data if isinstance(data, bytes) else _dumps(data).encode()
             self.targets[offset] = found
-            before = self.size
-            self.size += len(found)
+            self._grow(len(found))
             while len(self.targets) > self.KEEP:
                 oldest = min(self.targets)
-                self.size -= len(self.targets.pop(oldest))
-                self.deltas.pop(oldest, None)
-            _Chain.total += self.size - before
+                dropped = self.deltas.pop(oldest, None)
+                self._grow(-len(self.targets.pop(oldest)) - len(dropped or b""))
         return found
 
     def delta(self, offset: int, text: bool) -> bytes | None:
-        """The delta from ``offset - 1`` to ``offset`` (None without the one before)."""
+        """The delta from ``offset - 1`` to ``offset``; None without the one before, for a
+        publication over DELTA_MAX (the plain-Python codec would hold the reactor), or when
+        the delta is no smaller than the publication (it goes whole, as Centrifugo's)."""
         source = self.targets.get(offset - 1)
         if source is None:
             return None
-        made = self.deltas.get(offset)
-        if made is None:
+        if offset in self.deltas:
+            return self.deltas[offset]
+        target = self.targets[offset]
+        made: bytes | None = None
+        if len(target) <= DELTA_MAX and len(source) <= DELTA_MAX:
             from realtime import fossil
 
-            made = self.deltas[offset] = fossil.create(source, self.targets[offset], text)
+            made = fossil.create(source, target, text)
+            if len(made) >= len(target):
+                made = None
+        self.deltas[offset] = made
+        self._grow(len(made or b""))
         return made
 
 
 #: Delta subscribers' channels by (group, epoch), the most recently used last; at most
-#: CHAINS_BYTES of data kept in all (the least recently used go first: their subscribers
-#: get the next publication whole).
+#: CHAINS_BYTES in all, data and deltas and each chain's overhead counted (the least
+#: recently used go first: their subscribers get the next publication whole).
 _CHAINS: OrderedDict[tuple[str, Any], _Chain] = OrderedDict()
 CHAINS_BYTES = 32 * 1024 * 1024
+#: A publication larger than this goes whole to delta subscribers (``fossil.create`` is
+#: plain Python: about 0.2 s of the reactor per MB that has nothing in common).
+DELTA_MAX = 1024 * 1024
 
 
 def _chain(group: str, epoch: Any) -> _Chain:
@@ -1699,24 +1721,25 @@ def _delta_push(sub: _Sub, event: dict[str, Any], form: str) -> str | bytes:
     epoch = position.get("epoch") if isinstance(position, dict) else None
     chain = _chain(sub.group, epoch)
     body = chain.target(offset, data)
-    use_delta = (event.get("delta") is True and sub.base == offset - 1
-                 and offset - 1 in chain.targets)
+    made = None
+    if event.get("delta") is True and sub.base == offset - 1:
+        # Text (copies on characters) whenever the data is JSON text, whoever asks first:
+        # the one delta serves JSON and Protobuf members alike.
+        made = chain.delta(offset, text=not isinstance(data, bytes))
+    _trim_chains()
     sub.base = offset
-    kind = f"{form}+delta" if use_delta else f"{form}+whole"
+    kind = f"{form}+delta" if made is not None else f"{form}+whole"
     key = (sub.channel, epoch, offset, kind)
     if (found := _PUSHES.get(key)) is not None:
         return found
-    if use_delta:
-        made = chain.delta(offset, text=form == _JSON)
-        assert made is not None
+    if made is not None:
         body = made
-    _trim_chains()
     if form == _JSON:
         pub = _publication({**event, "data": None})
         pub["data"] = body.decode("utf-8")
     else:
         pub = _publication({**event, "data": body})
-    if use_delta:
+    if made is not None:
         pub["delta"] = True
     push = {"channel": sub.channel, "pub": pub}
     payload: str | bytes
@@ -1861,6 +1884,11 @@ class _StreamConn:
     @property
     def closing_or_closed(self) -> bool:
         return bool(self.consumer._finished)
+
+    @property
+    def dropped(self) -> int:
+        """Sends ``--slow-consumer drop`` skipped (as ``WebSocketConnection.dropped``)."""
+        return int(self.consumer._dropped)
 
     def _then(self, write: Any, what: str) -> None:
         """``write()`` once the writes before it are done (at once when none waits)."""

@@ -15,10 +15,14 @@ from centrifuge.client import DeltaType
 from centrifuge.fossil import apply_delta as sdk_apply
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from websockets.sync.client import connect
 
 from realtime import fossil, pubsub
 from realtime.layers import InMemoryChannelLayer
 from tests.test_pubsub import (  # noqa: F401
+    PATH,
+    WAIT,
+    Raw,
     _settings,
     from_thread,
     pubsub_server,
@@ -28,6 +32,7 @@ from tests.test_pubsub import (  # noqa: F401
     subscribed,
     token,
 )
+from tests.test_pubsub_protobuf import RawPb
 
 #: A namespace with delta compression on every publication, recovering subscribers.
 SCORES = ("scores:allow_subscribe_for_client,history_size=10,history_ttl=60s,"
@@ -122,6 +127,8 @@ def test_the_namespace_options_and_their_errors():
         pubsub.parse_namespace("x:history_size=1,history_ttl=1s,allowed_delta_types=xdelta")
     with pytest.raises(ValueError, match="delta compression needs history"):
         pubsub.parse_namespace("x:allowed_delta_types=fossil")
+    with pytest.raises(ValueError, match="delta types are fossil"):  # no value: a slip
+        pubsub.parse_namespace("x:history_size=1,history_ttl=1s,allowed_delta_types")
 
 
 def test_a_toml_namespace_lists_its_delta_types(tmp_path):
@@ -271,6 +278,29 @@ async def test_the_sdk_applies_the_deltas_and_recovers_after_a_reconnect(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_delta_no_smaller_than_the_publication_goes_whole(pubsub_server):  # noqa: F811
+    """As Centrifugo (5.4.1 and later): nothing in common, the publication itself."""
+    layer = InMemoryChannelLayer()
+    server = await pubsub_server(SCORES, layer=layer)
+
+    def flow(c: Any) -> Any:
+        c.connect()
+        c.result("subscribe", {"channel": "scores:y", "delta": "fossil"})
+        pubs = []
+        for data in ({"a": "x" * 60}, {"b": "y" * 60}, {"b": "y" * 60, "c": 1}):
+            from_thread(pubsub.publish, "scores:y", data, layer=layer)
+            pubs.append(c.push()["push"]["pub"])
+        return pubs
+
+    first, unrelated, similar = await raw(server, flow)
+    assert "delta" not in unrelated and json.loads(unrelated["data"]) == {"b": "y" * 60}
+    assert similar["delta"] is True
+    assert json.loads(fossil.apply(unrelated["data"].encode(), similar["data"].encode())) \
+        == {"b": "y" * 60, "c": 1}
+    assert "delta" not in first
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_client_that_missed_the_one_before_gets_the_next_whole(pubsub_server):  # noqa: F811
     """A member whose last publication was skipped (unencodable for its format) must not
     get a delta against what it never had."""
@@ -326,3 +356,186 @@ async def test_deltas_are_made_once_per_publication_for_every_subscriber(
     assert datas == [[board(n, changed=2)] * 5 for n in range(1, 4)]
     assert len(made) == 2  # the second and the third publication, once each
 
+
+
+# -- review 1's reproductions (each failed before its fix) -------------------------------------
+
+def accent(letter: str) -> dict[str, Any]:
+    """A document whose next version differs in one accented letter's second byte (é is
+    C3 A9, è is C3 A8): a byte-wise delta's copy ends inside that character."""
+    return {"text": "x" * 40 + letter + "y" * 40}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_json_delta_subscriber_gets_text_deltas_when_a_protobuf_one_came_first(
+        pubsub_server):  # noqa: F811
+    """A Protobuf and a JSON delta subscriber of one channel in one process: the delta is
+    made once per publication (``_Chain.deltas``), and the first member to need it decides
+    whether it is made as text. Made for the Protobuf client first (bytes: a copy may end
+    inside a UTF-8 character), the JSON client's ``body.decode("utf-8")`` raises in its
+    handler. Correct: the JSON client gets a delta (valid UTF-8, in a JSON string) that
+    turns its previous publication into the new one, and stays connected."""
+    layer = InMemoryChannelLayer()
+    server = await pubsub_server(SCORES, layer=layer)
+
+    def flow(j: Raw) -> Any:
+        with connect(server.ws_url(PATH), open_timeout=WAIT,
+                     subprotocols=[pubsub.PROTOBUF_SUBPROTOCOL]) as ws:
+            pb = RawPb(ws)
+            pb.connect(token("pb"))
+            # The Protobuf client joins the group first: it is handed each publication first.
+            pb.result("subscribe", {"channel": "scores:acc", "delta": "fossil"})
+            j.connect(token("js"))
+            j.result("subscribe", {"channel": "scores:acc", "delta": "fossil"})
+            from_thread(pubsub.publish, "scores:acc", accent("é"), layer=layer)
+            pb_first = pb.push()["push"]["pub"]
+            js_first = j.push()["push"]["pub"]
+            from_thread(pubsub.publish, "scores:acc", accent("è"), layer=layer)
+            pb_second = pb.push()["push"]["pub"]
+            try:
+                js_second = j.push()
+            except Exception as exc:  # the connection closed, or nothing came
+                js_second = repr(exc)
+            return pb_first, pb_second, js_first, js_second
+
+    _, pb_second, js_first, js_second = await raw(server, flow)
+    assert pb_second.get("delta") is True  # the Protobuf client got its (byte) delta
+    assert isinstance(js_second, dict) and "push" in js_second, js_second
+    pub = js_second["push"]["pub"]
+    base = js_first["data"].encode()
+    got = fossil.apply(base, pub["data"].encode()) if pub.get("delta") else pub["data"]
+    assert json.loads(got) == accent("è")
+
+
+#: Delta allowed, publications marked by their publisher; positioning on request.
+DOCS = ("docs:allow_subscribe_for_client,history_size=100,history_ttl=60s,"
+        "allow_positioning,allowed_delta_types=fossil")
+
+
+def messages(frames: list[tuple[int, bytes]]) -> list[dict[str, Any]]:
+    out = []
+    for opcode, payload in frames:
+        if opcode == 0x1:
+            out += [json.loads(line) for line in payload.decode().split("\n") if line]
+    return out
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_publication_the_slow_consumer_policy_dropped_is_no_delta_base(
+        pubsub_server):  # noqa: F811
+    """``--slow-consumer drop`` skips frames for a client that does not keep up, after
+    ``pubsub_pub`` set ``sub.base`` to that publication's offset: the next marked
+    publication goes as a delta of one the client never got (centrifuge-js's and
+    centrifuge-python's ``applyDelta`` fail on it: bad checksum). Correct: a publication
+    whose frame was dropped is not a base; the next one goes whole."""
+    import random
+    import socket
+
+    from tests.clients import client_frame, later, until, ws_open
+
+    layer = InMemoryChannelLayer()
+    server = await pubsub_server(DOCS, layer=layer, slow_consumer="drop",
+                                 max_send_buffer=64 * 1024)
+    conn = await ws_open(server.port, PATH)
+    assert conn.response()[0] == 101
+    conn.write(client_frame(0x1, json.dumps({"id": 1, "connect": {"token": token()}}).encode()))
+    conn.write(client_frame(0x1, json.dumps({"id": 2, "subscribe": {
+        "channel": "docs:big", "delta": "fossil", "positioned": True}}).encode()))
+    replies = messages(await conn.wait_frames(
+        lambda fs: len(messages(fs)) >= 2, timeout=WAIT))
+    assert replies[1]["subscribe"]["delta"] is True, replies
+    port = conn.proto.transport.getHost().port
+    (server_conn,) = [c for c in server.site.connections
+                      if c.transport.getPeer().port == port]
+    server_conn.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    conn.stop_reading()
+
+    rnd = random.Random(7)
+    docs: list[Any] = []
+    for _ in range(300):  # unmarked, unlike one another: whole and large
+        docs.append({"n": len(docs) + 1, "body": rnd.randbytes(24000).hex()})
+        await pubsub.publish("docs:big", docs[-1], layer=layer, delta=False)
+        await later(0.002)
+        if server.site.dropped_messages:
+            break
+    assert server.site.dropped_messages, "nothing was dropped"
+    # The client reads again and takes everything queued; then one marked publication,
+    # a small edit of the last one (dropped: it came while the queue was full).
+    conn.proto.transport.resumeProducing()
+    assert await until(lambda: not server_conn._outq_bytes, timeout=10)
+    await later(0.2)
+    docs.append({**docs[-1], "n": len(docs) + 1})
+    await pubsub.publish("docs:big", docs[-1], layer=layer, delta=True)
+    last = len(docs)
+    got = messages(await conn.wait_frames(
+        lambda fs: any(m.get("push", {}).get("pub", {}).get("offset") == last
+                       for m in messages(fs)), timeout=10))
+    conn.abort()
+    pubs = [m["push"]["pub"] for m in got if "pub" in m.get("push", {})]
+    assert pubs[-1]["offset"] == last
+    # What a client does with them (centrifuge-js: applyDelta to the one it has).
+    had, base = None, b""
+    for pub in pubs:
+        if pub.get("delta"):
+            assert had == pub["offset"] - 1, (
+                f"publication {pub['offset']} is a delta of {pub['offset'] - 1}, "
+                f"the client has {had} (the slow-consumer policy dropped the ones between)")
+            base = fossil.apply(base, pub["data"].encode())
+        else:
+            base = pub["data"].encode()
+        had = pub["offset"]
+    assert json.loads(base) == docs[-1]
+
+
+def chains_memory() -> int:
+    """The bytes ``pubsub._CHAINS`` holds: the mapping, its keys, every chain and its
+    dicts, their data."""
+    import sys
+
+    total = sys.getsizeof(pubsub._CHAINS)
+    for key, chain in pubsub._CHAINS.items():
+        total += sys.getsizeof(key) + sum(sys.getsizeof(part) for part in key)
+        total += sys.getsizeof(chain) + sys.getsizeof(chain.__dict__)
+        for table in (chain.targets, chain.deltas):
+            total += sys.getsizeof(table)
+            total += sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in table.items())
+    return total
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_chains_are_bounded_in_memory_not_only_in_data(
+        pubsub_server, monkeypatch):  # noqa: F811
+    """``CHAINS_BYTES`` bounds the data the chains keep (``_Chain.total``), not the chains:
+    one per (channel, epoch) a delta subscriber ever had a publication in, kept until that
+    data passes the bound. With small publications (a counter, a status) each chain costs
+    far more than its data (a ``_Chain``, two dicts, its key: several hundred bytes for a
+    few bytes counted), so the process keeps hundreds of times ``CHAINS_BYTES`` (32 MiB by
+    default: gigabytes) before it drops any, channels long left among them. Correct: what
+    the chains keep stays within a small multiple of ``CHAINS_BYTES`` (count each chain's
+    overhead, or bound their number)."""
+    monkeypatch.setattr(pubsub, "CHAINS_BYTES", 64 * 1024)
+    monkeypatch.setattr(pubsub, "_CHAINS", type(pubsub._CHAINS)())
+    monkeypatch.setattr(pubsub._Chain, "total", 0)
+    layer = InMemoryChannelLayer()
+    layer.max_groups_per_connection = 100_000
+    server = await pubsub_server(DOCS, layer=layer)
+    count = 2000
+
+    def flow(c: Raw) -> Any:
+        c.connect()
+        for i in range(count):
+            c.send("subscribe", {"channel": f"docs:{i}", "delta": "fossil", "positioned": True})
+        replies = [c.recv() for _ in range(count)]
+        assert all("subscribe" in r for r in replies), replies[:3]
+        for i in range(count):
+            from_thread(pubsub.publish, f"docs:{i}", {"on": True}, layer=layer)
+        pushes = [c.push() for _ in range(count)]
+        return pushes
+
+    pushes = await raw(server, flow)
+    assert len(pushes) == count
+    held = chains_memory()
+    assert pubsub._Chain.total <= pubsub.CHAINS_BYTES  # the bound it keeps: the data
+    assert held <= 2 * pubsub.CHAINS_BYTES, (
+        f"{len(pubsub._CHAINS)} chains hold {held} bytes for {pubsub._Chain.total} bytes "
+        f"of data counted against CHAINS_BYTES={pubsub.CHAINS_BYTES}")
