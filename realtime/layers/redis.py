@@ -1907,10 +1907,18 @@ class RedisChannelLayer(BaseChannelLayer):
             pending.append(subscribed)
             return subscribed.addCallback(lambda _: self._ask(group))
         seq = next(self._seq)
-        census = self._censuses[seq] = _Census(group, self.presence_timeout)
         question = msgpack.packb([_WHO, self.process_id, seq, None])
+        return self._put(seq, _Census(group, self.presence_timeout),
+                         self._group_topic + group, question)
+
+    def _put(self, seq: int, census: _Census, topic: str, question: bytes
+             ) -> Deferred[_Census]:
+        """``question`` on ``topic``, behind ``PUBSUB NUMSUB`` (``_ASK_SCRIPT``: a pattern
+        subscriber, which never answers, is not waited for); fires with ``census`` once as
+        many answers came as the topic had subscribers, or after ``presence_timeout``."""
+        self._censuses[seq] = census
         asked = self._on_publisher(lambda proto: proto.eval(
-            _ASK_SCRIPT, keys=[self._group_topic + group], args=[question]))
+            _ASK_SCRIPT, keys=[topic], args=[question]))
 
         def heard_by(processes: int) -> Deferred[_Census]:
             if self._censuses.get(seq) is census:  # not released meanwhile (subscriber lost)
@@ -1939,25 +1947,8 @@ class RedisChannelLayer(BaseChannelLayer):
             question = msgpack.packb([_SURVEY, self.process_id, seq, name, args])
         except (TypeError, ValueError, OverflowError) as exc:
             return fail(TypeError(f"a survey's args must be msgpack values: {exc}"))
-        survey = self._censuses[seq] = _Survey(name, self.presence_timeout)
-        # The topic's own subscribers (PUBLISH's reply would count pattern subscribers
-        # too, which never answer: _ASK_SCRIPT, as group_presence).
-        asked = self._on_publisher(lambda proto: proto.eval(
-            _ASK_SCRIPT, keys=[self._survey_topic], args=[question]))
-
-        def heard_by(processes: int) -> Deferred[_Census]:
-            if self._censuses.get(seq) is survey:  # not released meanwhile (subscriber lost)
-                survey.expect(int(processes),
-                              self.reactor.callLater(self.presence_timeout, survey.timed_out))
-            return survey.done
-
-        def done(result: Any) -> Any:
-            if self._censuses.get(seq) is survey:
-                del self._censuses[seq]
-            survey.stop()
-            return result
-
-        return asked.addCallback(heard_by).addBoth(done).addCallback(
+        survey = _Survey(name, self.presence_timeout)
+        return self._put(seq, survey, self._survey_topic, question).addCallback(
             lambda _: survey.answers_by)
 
     def _on_survey(self, body: list[Any]) -> None:
