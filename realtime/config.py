@@ -103,6 +103,9 @@ class ServerConfig:
     application_close_timeout: float = 10.0
     health_path: str = "/healthz"
     ready_path: str = "/readyz"
+    #: The admin UI's page (``--admin-path``, ``realtime.admin``); empty: off. Served only
+    #: with ``api_keys``: the page calls the server API with one.
+    admin_path: str = ""
     #: ``Server`` header value on HTTP responses, refusals and the 101 (``--server-name``);
     #: empty: none (it tells a scanner nothing).
     server_header: str = ""
@@ -157,5 +160,7 @@ class ServerConfig:
         for name in ("proxy_headers_host", "proxy_headers_port"):
             if not is_token(getattr(self, name)):
                 raise ValueError(f"{name} must be an HTTP header name")
+        if self.admin_path and (not self.admin_path.startswith("/") or not self.api_keys):
+            raise ValueError("admin_path must start with '/' and needs api_keys")
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ValueError("root_path must start with '/' and not end with '/'")

@@ -39,6 +39,7 @@ from twisted.web import http, resource, server
 from twisted.web.http_headers import Headers
 
 from realtime.accesslog import target as redacted_target
+from realtime.admin import serve as serve_admin
 from realtime.api import PATHS as API_PATHS
 from realtime.api import handle as handle_api
 from realtime.asgi import AsgiHttp
@@ -780,6 +781,10 @@ class RealtimeSite(server.Site):
         if cfg.api_keys and path in API_PATHS:
             request.head_done()
             handle_api(self, request)
+            return
+        if cfg.admin_path and cfg.api_keys and path == cfg.admin_path.encode():
+            request.head_done()
+            serve_admin(request)
             return
         if path == cfg.ready_path.encode() and cfg.ready_path:
             request.head_done()

@@ -376,6 +376,10 @@ class Options(usage.Options):
         ["health-path", None, "/healthz", "Liveness path (200 while running; '' turns it off)."],
         ["ready-path", None, "/readyz",
          "Readiness path (503 while draining; '' turns it off)."],
+        ["admin-path", None, "",
+         "Serve the admin web UI (status, channels, publish, disconnect; it calls /api/ "
+         "with the key typed into it) at this path, e.g. /admin; needs --api-key. "
+         "Default: off."],
         ["gc-threshold", None, "7000",
          "Python's collector: the first generation's threshold (Python's own: 700), the "
          "heap built at start-up frozen out of collections; 0 leaves the collector as it "
@@ -746,6 +750,7 @@ class Options(usage.Options):
         for name in ("health-path", "ready-path"):
             if self[name] and not self[name].startswith("/"):
                 raise StartupError(f"--{name}: must start with '/', got {self[name]!r}")
+        api_keys = self._api_keys()
         return ServerConfig(
             ping_interval=_seconds("ping-interval", self["ping-interval"]),
             ping_timeout=_seconds("ping-timeout", self["ping-timeout"]),
@@ -789,7 +794,7 @@ class Options(usage.Options):
                 _seconds("http-timeout", self["http-timeout"]) if self["http-timeout"] else 0.0
             ),
             server_header=self._server_name(),
-            api_keys=self._api_keys(),
+            api_keys=api_keys,
             api_body_limit=_size("api-body-limit", self["api-body-limit"]),
             http_body_limit=_body_limit("http-body-limit", self["http-body-limit"]),
             drain_batch=_count("drain-batch", self["drain-batch"], 1),
@@ -798,7 +803,29 @@ class Options(usage.Options):
             shutdown_timeout=_seconds("shutdown-timeout", self["shutdown-timeout"]),
             health_path=self["health-path"],
             ready_path=self["ready-path"],
+            admin_path=self._admin_path(api_keys),
         )
+
+    def _admin_path(self, api_keys: tuple[str, ...]) -> str:
+        """``--admin-path``: a path of its own, and only with the server API's key (the
+        page is nothing but a client of that API)."""
+        path = self["admin-path"] or ""
+        if not path:
+            return ""
+        if not path.startswith("/") or not all(
+                c.isascii() and c.isprintable() and not c.isspace() and c not in "?#"
+                for c in path):
+            raise StartupError(f"--admin-path: expected a path starting with '/', got {path!r}")
+        if not api_keys:
+            raise StartupError("--admin-path needs --api-key (or --api-key-file): the admin "
+                               "UI calls the server API with that key")
+        taken = {self["health-path"]: "--health-path", self["ready-path"]: "--ready-path",
+                 ServerConfig.metrics_path: "--metrics"}
+        if path in taken:
+            raise StartupError(f"--admin-path {path}: the same path as {taken[path]}")
+        if path == "/api" or path.startswith("/api/"):
+            raise StartupError(f"--admin-path {path}: /api/ is the server API's")
+        return str(path)
 
     def _api_keys(self) -> tuple[str, ...]:
         keys = [self["api-key"]] if self["api-key"] else []
