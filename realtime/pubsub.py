@@ -442,11 +442,16 @@ def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
     if info:
         message["info"] = info
     if tags:
+        if not isinstance(tags, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+            raise TypeError("tags map str to str")
         message["tags"] = tags
     if namespace.history or namespace.allow_tags_filter:
         # Members handle it one by one: history positions it; tags filters may refuse it.
         if namespace.history and (delta or (delta is None and namespace.delta_publish)):
             message["delta"] = True
+        if not namespace.history:  # names it for _push_frame: encoded once per process
+            message["uid"] = secrets.token_hex(8)
         if not isinstance(data, bytes):
             _dumps(data)  # TypeError now, not in every member's handler
         result: Deferred[Any] = target.group_send(group, message)
@@ -1277,7 +1282,9 @@ class _Protocol:
             if not await self.can_publish(channel, data):
                 raise PubSubError(PERMISSION_DENIED)
         sub = self._subs.get(channel)
-        info = sub.info if sub is not None else self._client_info()
+        # The connection's info as it is now (a server API refresh may have changed it),
+        # with the subscription's own chan_info.
+        info = self._client_info(sub.info.get("chan_info") if sub is not None else None)
         try:
             await publish(channel, data, info, layer=self.channel_layer)
         except TypeError:
@@ -1368,7 +1375,7 @@ class _Protocol:
             # A new epoch (history lost): the client must resubscribe and recover.
             self._lost(sub)
             return
-        if sub.filter is not None and not sub.filter(event.get("tags") or {}):
+        if sub.filter is not None and not self._passes(sub, event.get("tags")):
             return
         if not self._conn.closing_or_closed:
             try:
@@ -1385,6 +1392,17 @@ class _Protocol:
             if sub.delta and self._conn.dropped != dropped:
                 # --slow-consumer drop skipped it: it is no base for the next delta.
                 sub.base = None
+
+    @staticmethod
+    def _passes(sub: _Sub, tags: Any) -> bool:
+        """Whether a publication's tags pass the subscriber's filter; tags that are no
+        str-to-str mapping (a publisher that did not go through ``publish``) do not."""
+        if tags is None:
+            tags = {}
+        try:
+            return bool(sub.filter(tags))
+        except (TypeError, AttributeError, ValueError):
+            return False
 
     def presence_join(self, event: dict[str, Any]) -> None:
         sub = self._by_group.get(event.get("group", ""))
@@ -1610,8 +1628,10 @@ def _push_frame(channel: str, event: dict[str, Any], form: str = _JSON) -> str |
     key = None
     if isinstance(position, dict) and isinstance(position.get("offset"), int):
         key = (channel, position.get("epoch"), position["offset"], form)
-        if (found := _PUSHES.get(key)) is not None:
-            return found
+    elif isinstance(uid := event.get("uid"), str):  # a tags-filter namespace's, no history
+        key = (channel, uid, -1, form)
+    if key is not None and (found := _PUSHES.get(key)) is not None:
+        return found
     push = {"channel": channel, "pub": _publication(event)}
     if form == _PROTOBUF:
         from realtime import pubsub_proto

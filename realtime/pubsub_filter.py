@@ -16,6 +16,7 @@ when the tag is absent), ``in``, ``nin`` (true when absent), ``ex``, ``nex``, ``
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,11 +33,15 @@ class FilterError(ValueError):
     """A filter that cannot be compiled (the subscribe is refused: bad request)."""
 
 
-def _number(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
+#: A decimal number as Go's ``strconv.ParseFloat`` (Centrifugo's) reads one: no
+#: underscores, no spaces, ASCII digits only.
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+
+
+def _number(text: Any) -> float | None:
+    if not isinstance(text, str) or not _DECIMAL.fullmatch(text):
         return None
+    value = float(text)
     return value if math.isfinite(value) else None
 
 

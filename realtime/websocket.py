@@ -963,6 +963,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         if self.close_notice is not None:
             notice, self.close_notice = self.close_notice, None
             self.send_text(notice(code, reason))
+            if self.state != _OPEN:  # the notice met --slow-consumer close: 4008 it is
+                return
         self._closed_code = code
         self._flush_queue()
         self.sendCloseFrame(code=code, reasonUtf8=truncate_reason(reason), isReply=False)

@@ -1166,3 +1166,41 @@ def test_namespace_options_at_start_up():
     assert namespace_error("chat").startswith("--namespace: expected NAME:OPTIONS")
     assert namespace_error("bad name:presence").startswith(
         "--namespace: namespace 'bad name': a name is")
+
+
+# -- the server API's refresh with info (review 2's reproduction) ---------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_refresh_info_reaches_what_the_connection_publishes_in_a_channel_it_is_in(
+        pubsub_server):
+    """After ``refresh`` with ``info``, a publication the connection makes carries the new
+    ``conn_info`` (the CHANGELOG: "the connections' info from then on (... their
+    publications)"; Centrifugo builds a publication's ClientInfo from the connection's
+    current info). With ``allow_publish_for_subscriber`` a client can only publish into
+    channels it is subscribed to, so the old info must not stick to those publications."""
+    from tests.clients import http_get
+
+    key = "k" * 20
+    server = await pubsub_server(
+        "chat:allow_subscribe_for_client,allow_publish_for_subscriber", api_keys=(key,))
+
+    def refresh() -> int:
+        status, _, _ = http_get(server.http_url("/api/refresh"), method="POST", data=json.dumps(
+            {"user": "ada", "info": {"role": "admin"}}).encode(), headers={"X-API-Key": key})
+        return status
+
+    def flow() -> Any:
+        with connect(server.ws_url(PATH), open_timeout=WAIT) as a, \
+                connect(server.ws_url(PATH), open_timeout=WAIT) as b:
+            ada, bob = Raw(a), Raw(b)
+            ada.connect(token("ada", info={"role": "guest"}))
+            bob.connect(token("bob"))
+            ada.result("subscribe", {"channel": "chat:x"})
+            bob.result("subscribe", {"channel": "chat:x"})
+            assert refresh() == 200
+            ada.call("ping", {})  # the refresh push has reached ada (and been handled)
+            ada.result("publish", {"channel": "chat:x", "data": {"n": 1}})
+            pub = bob.push()["push"]["pub"]
+            return pub["info"].get("conn_info")
+
+    assert await in_thread(flow) == {"role": "admin"}
