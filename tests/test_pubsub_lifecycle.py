@@ -201,7 +201,10 @@ async def test_api_refresh_expire_at_in_the_past_expires_now(pubsub_server):  # 
         return got
 
     got = await in_thread(flow)
-    assert got == [("closed", 3005)], got
+    # No refresh push: the disconnect push (this unidirectional socket's last message
+    # before every close) and the close.
+    assert got == [{"disconnect": {"code": 3005, "reason": "connection expired"}},
+                   ("closed", 3005)], got
 
 
 @pytest_twisted.ensureDeferred
