@@ -368,7 +368,8 @@ class Options(usage.Options):
         ["drain-interval", None, "0.1", "Seconds between drain batches."],
         ["layer", None, "memory",
          "Channel layer: memory, redis://host:port/db, rediss://..., unix:///path, "
-         "redis+sentinel://h1:p1,h2:p2/master/db."],
+         "redis+sentinel://h1:p1,h2:p2/master/db; several Redis URLs separated by spaces "
+         "spread the groups over those servers."],
         ["root-path", None, "", "Prefix stripped from paths before routing (e.g. /ws)."],
         ["shutdown-timeout", None, "10",
          "Seconds the drain on SIGTERM/SIGINT may take (WebSockets closed with 1001, HTTP "

@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from tests.redis_support import redis_layer, redis_server, redis_url  # noqa: F401 (fixtures)
+from tests.redis_support import (  # noqa: F401 (fixtures)
+    redis_layer,
+    redis_server,
+    redis_url,
+    second_redis_server,
+    sharded_layer,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -43,8 +49,8 @@ def live(realtime_server: Any) -> Any:
 
 
 #: The layers every layer test runs against; the Redis layer runs on a real redis-server that
-#: tests/redis_support.py starts.
-LAYER_KINDS = ["memory", "redis"]
+#: tests/redis_support.py starts, the sharded one on two.
+LAYER_KINDS = ["memory", "redis", "sharded"]
 
 
 @pytest.fixture(params=LAYER_KINDS)

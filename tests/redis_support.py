@@ -255,3 +255,31 @@ async def redis_layer(redis_server: RedisServer) -> Any:
     layer = await started_layer(redis_server.url)
     yield layer
     await layer.close()
+
+
+@pytest.fixture(scope="session")
+def second_redis_server() -> Iterator[RedisServer]:
+    """Another redis-server (the sharded layer's second shard)."""
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def sharded_layer(redis_server: RedisServer, second_redis_server: RedisServer) -> Any:
+    """A started ``ShardedRedisChannelLayer`` over both servers."""
+    from twisted.internet import reactor
+
+    from realtime.layers import layer_from_url
+
+    for server in (redis_server, second_redis_server):
+        if not server.ping():  # a test restarted or killed it
+            server.kill()
+            server.start()
+    layer = layer_from_url(f"{redis_server.url} {second_redis_server.url}")
+    layer.start(reactor)
+    await layer.when_ready(10)
+    yield layer
+    await layer.close()

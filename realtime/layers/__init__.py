@@ -28,10 +28,15 @@ def set_channel_layer(layer: BaseChannelLayer, alias: str = "default") -> None:
 
 
 def layer_from_url(url: str, reactor: Any = None) -> BaseChannelLayer:
-    """``memory`` or a Redis URL (``redis://``, ``rediss://``, ``unix://``,
-    ``redis+sentinel://``); ``ValueError`` names what is wrong."""
+    """``memory``, a Redis URL (``redis://``, ``rediss://``, ``unix://``,
+    ``redis+sentinel://``), or several separated by spaces (``realtime.layers.sharded``:
+    groups spread over those servers); ``ValueError`` names what is wrong."""
     if url in ("memory", "memory://"):
         return InMemoryChannelLayer()
+    if len(url.split()) > 1:  # several Redis servers, groups spread over them
+        from realtime.layers.sharded import ShardedRedisChannelLayer
+
+        return ShardedRedisChannelLayer.from_url(url, reactor)
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme in ("redis", "rediss", "unix", "redis+sentinel"):
         from realtime.layers.redis import RedisChannelLayer

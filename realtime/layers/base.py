@@ -26,7 +26,7 @@ import re
 import secrets
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import msgpack
@@ -596,7 +596,7 @@ def on_survey(name: str, answer: Callable[[Any, Any], Any]) -> None:
 def _local_group_sizes(layer: BaseChannelLayer, prefix: Any) -> dict[str, int]:
     if not isinstance(prefix, str):
         return {}
-    return {group: len(members) for group, members in layer._groups.items()
+    return {group: len(members) for group, members in layer.local_groups().items()
             if group.startswith(prefix)}
 
 
@@ -713,16 +713,20 @@ class BaseChannelLayer:
         if len(groups) > 1:
             self._in_several -= 1
         for group in groups:
-            if self._floors:
-                self._unfloor(group, channel)
-            members = self._groups.get(group)
-            if members is not None:
-                members.pop(channel, None)
-                if not members:
-                    del self._groups[group]
-                    self._group_emptied(group)
-            if self._presence:
-                self._untrack(group, channel)
+            self._forget_member(group, channel)
+
+    def _forget_member(self, group: str, channel: str) -> None:
+        """``detach``'s part for one of the channel's groups (its memberships are gone)."""
+        if self._floors:
+            self._unfloor(group, channel)
+        members = self._groups.get(group)
+        if members is not None:
+            members.pop(channel, None)
+            if not members:
+                del self._groups[group]
+                self._group_emptied(group)
+        if self._presence:
+            self._untrack(group, channel)
 
     # -- local group bookkeeping --------------------------------------------------------------
     def _let_out_member(self, channel: str) -> None:
@@ -781,6 +785,10 @@ class BaseChannelLayer:
 
     def local_members(self, group: str) -> list[str]:
         return list(self._groups.get(group, ()))
+
+    def local_groups(self) -> Mapping[str, Mapping[str, Any]]:
+        """This process's groups with members here (group -> its local members)."""
+        return self._groups
 
     # -- presence ------------------------------------------------------------------------------
     def _track(self, group: str, channel: str, info: dict[str, Any],
