@@ -12,8 +12,10 @@ import pytest
 import pytest_twisted
 
 from realtime.layers import LayerUnavailable, TooManyGroups, layer_from_url
+from realtime.layers.base import HELD, set_broadcast_delay
 from realtime.layers.redis import RedisChannelLayer
 from realtime.layers.sharded import ShardedRedisChannelLayer
+from realtime.websocket import encode_frame
 from tests.redis_support import RedisServer
 from tests.test_layers import until
 from tests.test_layers_redis import Probe
@@ -190,8 +192,12 @@ def test_urls_are_checked_each_and_one_is_a_plain_redis_layer(tmp_path):
     assert isinstance(layer_from_url("redis://127.0.0.1:6379/0"), RedisChannelLayer)
     layer = layer_from_url("redis://127.0.0.1:6379/0  rediss://cache.example:6390/1")
     assert isinstance(layer, ShardedRedisChannelLayer) and len(layer.shards) == 2
-    with pytest.raises(ValueError, match="the same Redis twice"):
+    with pytest.raises(ValueError, match="the same Redis as"):
         layer_from_url("redis://h:1/0 redis://h:1/0")
+    with pytest.raises(ValueError, match="the same Redis as"):  # however it is spelt
+        layer_from_url("redis://H:1/0 redis://h:1?capacity=100")
+    with pytest.raises(ValueError, match="same capacity= and prefix="):
+        layer_from_url("redis://h:1/0?prefix=a redis://h:2/0?prefix=b")
     with pytest.raises(ValueError, match="port"):
         layer_from_url("redis://127.0.0.1:6379/0 redis://h:notaport/0")
     with pytest.raises(ValueError, match="ca"):
@@ -209,3 +215,144 @@ def test_the_command_line_takes_several_servers_and_stops_on_a_bad_one():
     with pytest.raises(StartupError, match="--layer: 'mysql://x': expected redis://"):
         Options().parseOptions(["--app", "realtime.examples.bench:application",
                                 "--layer", "redis://127.0.0.1:1/0 mysql://x"])
+
+
+# -- review 3's reproductions (each failed before its fix) -------------------------------------
+
+def text(payload: str) -> bytes:
+    return encode_frame(0x1, payload.encode())
+
+
+@pytest.fixture
+def sharded(redis_server: RedisServer, second_redis_server: RedisServer) -> Any:
+    """``await make()``: a started sharded layer over both session servers, with a key
+    prefix of the test's own; closed after the test."""
+    from twisted.internet import reactor
+
+    prefix = f"held{uuid.uuid4().hex[:8]}"
+    layers: list[ShardedRedisChannelLayer] = []
+
+    async def make() -> ShardedRedisChannelLayer:
+        for server in (redis_server, second_redis_server):
+            if not server.ping():
+                server.kill()
+                server.start()
+        layer = layer_from_url(f"{redis_server.url}?prefix={prefix} "
+                               f"{second_redis_server.url}?prefix={prefix}")
+        assert isinstance(layer, ShardedRedisChannelLayer)
+        layer.start(reactor)
+        await layer.when_ready(10)
+        layers.append(layer)
+        return layer
+
+    yield make
+    set_broadcast_delay(0)
+    for layer in layers:
+        pytest_twisted.blockon(layer.close())
+
+
+@pytest.mark.parametrize("order", ["131", "311"])
+@pytest_twisted.ensureDeferred
+async def test_held_broadcasts_on_two_shards_reach_a_member_of_both_all_in_order(sharded, order):
+    """A member of groups on two servers gets every broadcast, in the order held.
+
+    With a broadcast delay (or several reads in one reactor turn) the broadcasts to g1
+    (shard 0), g3 (shard 1) and g2 (shard 0) are held in that order. ``_join_members``
+    joins shard 0's two entries for the member and marks it as having had everything up to
+    g2's entry ("a receiver is attached to one layer"); shard 1's g3 entry, between them,
+    then skips the member as already had: the frame is lost (and were it not, it would
+    come after g2's). The same when g3's entry is held first ("311": one read from the
+    second server, then one from the first with both of its groups' messages, in one
+    reactor turn, no delay needed). Correct: the member gets every frame, in the order
+    held."""
+    from twisted.internet import reactor
+
+    layer = await sharded()
+    g1, g2 = groups_on(layer, 0, 2, "held")
+    [g3] = groups_on(layer, 1, 1, "held")
+    member = Probe()
+    channel = layer.attach(member)
+    for group in (g1, g2, g3):
+        await layer.group_add(group, channel)
+    set_broadcast_delay(1.0, reactor)
+    sent = []
+    plan = [(g1, "1"), (g3, "3"), (g2, "2")] if order == "131" else [(g3, "3"), (g1, "1"),
+                                                                      (g2, "2")]
+    for count, (group, payload) in enumerate(plan, 1):
+        sent.append(layer.broadcast(group, text=payload))
+        await until(lambda count=count: len(HELD) == count)  # held in this order
+    await until(lambda: not HELD, timeout=5)
+    for d in sent:
+        await d
+    assert member.frames == [text(payload) for _, payload in plan]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_same_redis_under_two_spellings_is_refused(redis_server, second_redis_server):
+    """``redis://127.0.0.1:PORT/0`` and ``redis://127.0.0.1:PORT`` (db 0 by default) are the
+    same Redis, database and prefix: ``from_url`` refuses "the same Redis twice", but
+    compares the URL strings only, so these are taken as two shards. Both shards of every
+    process then subscribe to the process's own topic on that one server, and each direct
+    ``send()`` to a consumer (and each remote ``group_add`` control message) is handled
+    twice: the consumer gets every message twice. Correct: refused (ValueError), as the
+    identical spelling is (compare the parsed address, db and prefix)."""
+    from twisted.internet import reactor
+
+    port = redis_server.port
+    url = f"redis://127.0.0.1:{port}/0 redis://127.0.0.1:{port}"
+    try:
+        one, two = layer_from_url(url), layer_from_url(url)
+    except ValueError:
+        return  # refused: correct
+    layers = [one, two]
+    try:
+        for layer in layers:
+            layer.start(reactor)
+            await layer.when_ready(10)
+        b = Probe()
+        cb = two.attach(b)
+        await one.send(cb, {"type": "direct"})
+        await until(lambda: len(b.events) >= 1)
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, 0.3, lambda: None)  # a second copy, if any, has come
+        assert b.events == [{"type": "direct"}], "the same Redis twice: sent twice"
+    finally:
+        for layer in layers:
+            await layer.close()
+
+
+def test_a_password_with_a_space_is_never_shown(redis_server):
+    """A single Redis URL whose password holds a space (``parse_url`` takes it, and
+    ``layer_from_url`` did before 2055f0f) is now split on the space into two "URLs"; the
+    first half, password included, is then quoted unredacted in the ValueError (which
+    ``--layer`` prints at start-up). Correct: either the URL is taken as one server, as
+    before, or the error does not show any part of the password."""
+    secret = "s3cr3t"
+    url = f"redis://:{secret} pa55@127.0.0.1:{redis_server.port}/0"
+    try:
+        layer = layer_from_url(url)
+    except ValueError as exc:
+        assert secret not in str(exc), f"password shown: {exc}"
+        return
+    assert not isinstance(layer, ShardedRedisChannelLayer)
+
+
+@pytest_twisted.ensureDeferred
+async def test_when_ready_times_out_with_timeouterror_as_one_redis_does(redis_server):
+    """``when_ready(timeout)`` fails with ``TimeoutError`` when Redis is not ready in time
+    (RedisChannelLayer's contract, which callers catch). The sharded layer gathers its
+    shards' Deferreds with ``gatherResults``: a server that is away gives
+    ``defer.FirstError`` instead, and ``except TimeoutError`` misses it. Correct: the
+    shard's ``TimeoutError`` itself (unwrap the FirstError)."""
+    from twisted.internet import reactor
+
+    with RedisServer() as away:
+        away.kill()
+        layer = layer_from_url(f"{redis_server.url} {away.url}")
+        layer.start(reactor)
+        try:
+            with pytest.raises(TimeoutError):
+                await layer.when_ready(0.5)
+        finally:
+            await layer.close()

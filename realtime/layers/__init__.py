@@ -33,9 +33,9 @@ def layer_from_url(url: str, reactor: Any = None) -> BaseChannelLayer:
     groups spread over those servers); ``ValueError`` names what is wrong."""
     if url in ("memory", "memory://"):
         return InMemoryChannelLayer()
-    if len(url.split()) > 1:  # several Redis servers, groups spread over them
-        from realtime.layers.sharded import ShardedRedisChannelLayer
+    from realtime.layers.sharded import ShardedRedisChannelLayer, several
 
+    if several(url):  # several Redis servers, groups spread over them
         return ShardedRedisChannelLayer.from_url(url, reactor)
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme in ("redis", "rediss", "unix", "redis+sentinel"):

@@ -303,8 +303,13 @@ def _join_members() -> None:
     that cannot take a joined write now (its mark is put back). One marked earlier (it had
     part of what is held) takes the general ``let_out_for``.
 
-    Everything is read before the first write, and marks name the layer's last entry as it
-    was then (a receiver is attached to one layer; were one in two, the other layer's later
+    Layers that share their receivers (the shards of ``realtime.layers.sharded``: one
+    receiver in groups on several of them) are one *family* here: their entries are joined
+    together, in held order, and a mark names the family's last entry (joined per layer, a
+    member's mark past another shard's earlier entry made that entry skip it: lost).
+
+    Everything is read before the first write, and marks name the family's last entry as
+    it was then (a receiver is attached to one family; were one in two, the other's later
     entries would still reach it): a write that makes another read parse at once (no
     socket does; a transport that did could add entries or frames, or let everything out)
     changes nothing decided here, and if that read let the held entries out, this stops."""
@@ -312,14 +317,19 @@ def _join_members() -> None:
     first = HELD[0]
     first_seq = first[3]
     plans = []
-    for layer in list(_LAYERS):
-        mine = [(entry, frames) for entry, frames in snapshot if entry[0] is layer]
+    families: dict[int, list[Any]] = {}
+    for held_layer in _LAYERS:
+        families.setdefault(id(held_layer._receivers), []).append(held_layer)
+    for family in families.values():
+        layer = family[0]
+        mine = [(entry, frames) for entry, frames in snapshot
+                if any(entry[0] is member for member in family)]
         if len(mine) < 2:
             continue
-        if not layer._in_several and len({entry[1] for entry, _ in mine}) == len(mine):
+        if not layer._in_several and len(
+                {(id(entry[0]), entry[1]) for entry, _ in mine}) == len(mine):
             continue  # no channel in two groups, no group held twice: no one reached twice
-        groups = layer._groups
-        reached = [groups.get(entry[1]) or {} for entry, _ in mine]
+        reached = [entry[0]._groups.get(entry[1]) or {} for entry, _ in mine]
         times: Counter[str] = Counter()
         for members in reached:
             times.update(members.keys())

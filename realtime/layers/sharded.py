@@ -29,10 +29,38 @@ from collections import ChainMap
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.python.failure import Failure
 
 from realtime.layers.base import BaseChannelLayer, invalid
 from realtime.layers.redis import RedisChannelLayer, redact_url
+
+#: The schemes one Redis URL starts with: a ``--layer`` value made of several such URLs
+#: separated by whitespace is a sharded layer (anything else is one URL, as before: a
+#: password with a space in it is never cut up, and never shown).
+SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+
+
+def several(url: str) -> list[str] | None:
+    """The URLs of a sharded ``--layer`` value, or None for one URL; ``ValueError`` for a
+    list with a URL of another scheme."""
+    parts = url.split()
+    if len(parts) < 2 or not any("://" in part for part in parts[1:]):
+        return None  # one URL (a password may hold a space)
+    for part in parts:
+        if not part.startswith(SCHEMES):
+            raise ValueError(f"{redact_url(part)!r}: expected redis://, rediss://, unix:// or "
+                             "redis+sentinel://")
+    return parts
+
+
+def _first_error(failure: Failure) -> Failure:
+    """What ``gatherResults`` wraps in ``FirstError``: the shard's own error (a
+    ``TimeoutError`` from ``when_ready``, as one Redis gives)."""
+    if failure.check(FirstError):
+        inner: Failure = failure.value.subFailure
+        return inner
+    return failure
 
 
 class _Shard(RedisChannelLayer):
@@ -62,9 +90,9 @@ class _Shard(RedisChannelLayer):
 
     @_in_several.setter
     def _in_several(self, value: int) -> None:
-        # (BaseChannelLayer.__init__ sets it to 0 before _parent is there: nothing to do)
-        if hasattr(self, "_parent"):
-            self._parent._in_several = value
+        # (BaseChannelLayer.__init__ sets it to 0 while the shard is built: the parent,
+        # built just before, has no members yet)
+        self._parent._in_several = value
 
     @property
     def max_groups_per_connection(self) -> int:  # type: ignore[override]
@@ -85,6 +113,11 @@ class _Shard(RedisChannelLayer):
             await super()._requeue()
 
 
+#: What each shard keeps of its own but the parent sets for all.
+_SHARD_SETTINGS = frozenset({"presence_timeout", "presence_check_interval", "presence_grace",
+                             "clock"})
+
+
 class ShardedRedisChannelLayer(BaseChannelLayer):
     """Groups spread over several Redis servers (see the module docstring)."""
 
@@ -98,12 +131,23 @@ class ShardedRedisChannelLayer(BaseChannelLayer):
 
     @classmethod
     def from_url(cls, url: str, reactor: Any = None) -> ShardedRedisChannelLayer:
-        """Space-separated Redis URLs, each checked as ``RedisChannelLayer.from_url``
-        checks one; the same one twice is a ``ValueError``."""
-        urls = url.split()
-        if len(set(urls)) != len(urls):
-            raise ValueError(f"{redact_url(url)!r}: the same Redis twice")
-        return cls([RedisChannelLayer.from_url(one, reactor) for one in urls])
+        """Redis URLs separated by whitespace, each checked as
+        ``RedisChannelLayer.from_url`` checks one; the same server twice (however it is
+        spelt) or URLs with different ``capacity``/``prefix`` are a ``ValueError``."""
+        urls = several(url) or [url]
+        layers = [RedisChannelLayer.from_url(one, reactor) for one in urls]
+        seen: dict[tuple[Any, ...], str] = {}
+        for one, layer in zip(urls, layers, strict=True):
+            a = layer.address
+            where = (a.kind, a.host.lower(), a.port, a.path, a.db, a.sentinels, a.master)
+            if where in seen:
+                raise ValueError(f"{redact_url(one)!r}: the same Redis as "
+                                 f"{redact_url(seen[where])!r}")
+            seen[where] = one
+        if len({(layer.capacity, layer.prefix) for layer in layers}) > 1:
+            raise ValueError(f"{redact_url(url)!r}: every URL needs the same capacity= and "
+                             "prefix=")
+        return cls(layers)
 
     def shard(self, name: str) -> _Shard:
         """The shard a group (its name) lives on: the same in every process."""
@@ -121,15 +165,18 @@ class ShardedRedisChannelLayer(BaseChannelLayer):
 
     def when_ready(self, timeout: float | None = None) -> Deferred[None]:
         waits = [shard.when_ready(timeout) for shard in self.shards]
-        return gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
+        return gatherResults(waits, consumeErrors=True).addCallbacks(
+            lambda _: None, _first_error)
 
     def close(self) -> Deferred[None]:
         closed = [shard.close() for shard in self.shards]
-        return gatherResults(closed, consumeErrors=True).addCallback(lambda _: None)
+        return gatherResults(closed, consumeErrors=True).addCallbacks(
+            lambda _: None, _first_error)
 
     def flush(self) -> Deferred[None]:
         flushed = [shard.flush() for shard in self.shards]
-        return gatherResults(flushed, consumeErrors=True).addCallback(lambda _: None)
+        return gatherResults(flushed, consumeErrors=True).addCallbacks(
+            lambda _: None, _first_error)
 
     @property
     def reconnects(self) -> int:
@@ -137,17 +184,21 @@ class ShardedRedisChannelLayer(BaseChannelLayer):
 
     @property
     def last_outage(self) -> float | None:
+        """The longest of the shards' last outages (seconds)."""
         outages = [s.last_outage for s in self.shards if s.last_outage is not None]
         return max(outages) if outages else None
 
-    @property
-    def presence_timeout(self) -> float:
-        return self.shards[0].presence_timeout
+    # Settings each shard keeps of its own (presence questions and checks): set on all.
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _SHARD_SETTINGS and "shards" in self.__dict__:
+            for shard in self.shards:
+                setattr(shard, name, value)
 
-    @presence_timeout.setter
-    def presence_timeout(self, value: float) -> None:
-        for shard in self.shards:
-            shard.presence_timeout = value
+    def __getattr__(self, name: str) -> Any:
+        if name in _SHARD_SETTINGS and "shards" in self.__dict__:
+            return getattr(self.shards[0], name)
+        raise AttributeError(name)
 
     # -- local bookkeeping: each group on its shard ------------------------------------------
     def _forget_member(self, group: str, channel: str) -> None:
