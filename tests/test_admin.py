@@ -210,6 +210,10 @@ def test_the_page_loads_nothing_and_writes_no_html():
     assert 'fetch("/api/" + method' in SOURCE and '"X-API-Key": state.key' in SOURCE
     for storage in ("localStorage", "sessionStorage", "document.cookie", "indexedDB"):
         assert storage not in SOURCE, storage
+    # The proxy's credentials in front of the page guard its calls too (not "omit").
+    assert 'credentials: "same-origin"' in SOURCE and '"omit"' not in SOURCE
+    # Rows are never spread into one call's arguments (past ~100 000 that throws).
+    assert not re.search(r"(replaceChildren|append)\(\s*\.\.\.", SOURCE)
 
 
 @pytest_twisted.ensureDeferred
