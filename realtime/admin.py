@@ -4,7 +4,9 @@ Why: Centrifugo ships an admin UI (its nodes, channels, a publish form); a team 
 it keeps that view. The page, ``realtime/static/admin.html`` (HTML with one inline style
 and one inline script: nothing is fetched from anywhere else, nothing is built), asks for
 an API key, keeps it in the page's memory only (a reload asks again) and sends it nowhere
-but the same-origin ``POST /api/<method>`` calls, in ``X-API-Key``
+but the same-origin ``POST /api/<method>`` calls (at the origin's root, whatever
+``--root-path``; with the browser's credentials for the origin, so a proxy's access
+control in front of the page guards them too), in ``X-API-Key``
 (``realtime.pubsub_api``: ``info``, ``channels``, ``presence_stats``, ``presence``,
 ``history``, ``publish``, ``disconnect``, ``unsubscribe``). The server gives the page no
 data of its own and no other power: without a key it is an empty form.

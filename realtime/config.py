@@ -26,6 +26,26 @@ def _latin1(value: str) -> bool:
     return True
 
 
+def admin_path_problem(path: str, health_path: str, ready_path: str,
+                       metrics_path: str) -> tuple[str, str] | None:
+    """What is wrong with an admin path, or None: ``("syntax", "")`` (not a path starting
+    with '/', or with '?', '#', a space or a character outside printable ASCII: a request's
+    path never equals it), ``("taken", "health_path" | "ready_path" | "metrics_path")``
+    (a built-in path: those match first, or it would hide them) or ``("api", "")`` (under
+    ``/api/``, the server API's). ``ServerConfig`` and ``tap.Options`` both ask this."""
+    if not path.startswith("/") or not all(
+            c.isascii() and c.isprintable() and not c.isspace() and c not in "?#"
+            for c in path):
+        return ("syntax", "")
+    for name, taken in (("health_path", health_path), ("ready_path", ready_path),
+                        ("metrics_path", metrics_path)):
+        if taken and path == taken:
+            return ("taken", name)
+    if path == "/api" or path.startswith("/api/"):
+        return ("api", "")
+    return None
+
+
 class StartupError(SystemExit):
     """A start-up problem: one line on stderr, exit status 1, no traceback."""
 
@@ -160,7 +180,19 @@ class ServerConfig:
         for name in ("proxy_headers_host", "proxy_headers_port"):
             if not is_token(getattr(self, name)):
                 raise ValueError(f"{name} must be an HTTP header name")
-        if self.admin_path and (not self.admin_path.startswith("/") or not self.api_keys):
-            raise ValueError("admin_path must start with '/' and needs api_keys")
+        if self.admin_path:
+            self._check_admin_path()
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ValueError("root_path must start with '/' and not end with '/'")
+
+    def _check_admin_path(self) -> None:
+        problem = admin_path_problem(self.admin_path, self.health_path, self.ready_path,
+                                     self.metrics_path)
+        if problem is None and self.api_keys:
+            return
+        if problem is None or problem[0] == "syntax":
+            raise ValueError("admin_path must start with '/' (printable ASCII without spaces, "
+                             "'?' or '#') and needs api_keys")
+        if problem[0] == "taken":
+            raise ValueError(f"admin_path {self.admin_path!r} is the same path as {problem[1]}")
+        raise ValueError(f"admin_path {self.admin_path!r}: /api/ is the server API's")

@@ -19,7 +19,14 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python import usage
 
-from realtime.config import LIFESPAN_MODES, MiB, ServerConfig, StartupError, is_token
+from realtime.config import (
+    LIFESPAN_MODES,
+    MiB,
+    ServerConfig,
+    StartupError,
+    admin_path_problem,
+    is_token,
+)
 from realtime.endpoints import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -813,18 +820,18 @@ class Options(usage.Options):
         path = self["admin-path"] or ""
         if not path:
             return ""
-        if not path.startswith("/") or not all(
-                c.isascii() and c.isprintable() and not c.isspace() and c not in "?#"
-                for c in path):
+        problem = admin_path_problem(path, self["health-path"], self["ready-path"],
+                                     ServerConfig.metrics_path)
+        if problem is not None and problem[0] == "syntax":
             raise StartupError(f"--admin-path: expected a path starting with '/', got {path!r}")
         if not api_keys:
             raise StartupError("--admin-path needs --api-key (or --api-key-file): the admin "
                                "UI calls the server API with that key")
-        taken = {self["health-path"]: "--health-path", self["ready-path"]: "--ready-path",
-                 ServerConfig.metrics_path: "--metrics"}
-        if path in taken:
-            raise StartupError(f"--admin-path {path}: the same path as {taken[path]}")
-        if path == "/api" or path.startswith("/api/"):
+        if problem is not None and problem[0] == "taken":
+            option = {"health_path": "--health-path", "ready_path": "--ready-path",
+                      "metrics_path": "--metrics"}[problem[1]]
+            raise StartupError(f"--admin-path {path}: the same path as {option}")
+        if problem is not None:
             raise StartupError(f"--admin-path {path}: /api/ is the server API's")
         return str(path)
 

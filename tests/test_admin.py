@@ -93,6 +93,27 @@ def test_a_config_needs_a_key_and_a_path():
         ServerConfig(admin_path="admin", api_keys=(KEY,))
 
 
+#: admin_path values ``tap.Options`` refuses (ERRORS) that ``ServerConfig`` (built directly:
+#: realtime.testing.serve, the realtime_server fixture) refuses too.
+REFUSED_BY_THE_COMMAND_LINE = ["/readyz", "/healthz", "/metrics", "/api/info", "/admin?x=1",
+                               "/ad min"]
+
+
+@pytest.mark.parametrize("admin_path", REFUSED_BY_THE_COMMAND_LINE)
+def test_a_config_refuses_what_the_command_line_refuses(admin_path):
+    """A probe's path (the page would answer /readyz with 200 while draining), /metrics,
+    the API's, one with '?' or a space (never matched)."""
+    with pytest.raises(ValueError):
+        ServerConfig(admin_path=admin_path, api_keys=(KEY,))
+
+
+def test_a_config_frees_a_built_in_path_moved_elsewhere():
+    assert ServerConfig(admin_path="/healthz", health_path="/live",
+                        api_keys=(KEY,)).admin_path == "/healthz"
+    assert ServerConfig(admin_path="/readyz", ready_path="",
+                        api_keys=(KEY,)).admin_path == "/readyz"
+
+
 # -- the page as served ---------------------------------------------------------------------------
 
 class Ok(AsyncHttpConsumer):
@@ -189,3 +210,19 @@ def test_the_page_loads_nothing_and_writes_no_html():
     assert 'fetch("/api/" + method' in SOURCE and '"X-API-Key": state.key' in SOURCE
     for storage in ("localStorage", "sessionStorage", "document.cookie", "indexedDB"):
         assert storage not in SOURCE, storage
+    # The proxy's credentials in front of the page guard its calls too (not "omit").
+    assert 'credentials: "same-origin"' in SOURCE and '"omit"' not in SOURCE
+    # Rows are never spread into one call's arguments (past ~100 000 that throws).
+    assert not re.search(r"(replaceChildren|append)\(\s*\.\.\.", SOURCE)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_readiness_probe_stays_the_probe(live):
+    """``ServerConfig(admin_path="/readyz")`` is refused (above); were it taken, a load
+    balancer would read 200 (the page) whatever the readiness, draining included."""
+    try:
+        server = await live(APPLICATION, api_keys=(KEY,), admin_path="/readyz")
+    except ValueError:
+        return  # refused: fine
+    status, headers, body = await get(server, "/readyz")
+    assert body == b"ready\n", (status, headers.get("content-type"), body[:40])

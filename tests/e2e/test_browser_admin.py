@@ -12,12 +12,15 @@ none is expected (the inline script and style run by their hashes; nothing else 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import queue
 import re
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -44,6 +47,11 @@ document.addEventListener("securitypolicyviolation",
 """
 
 browser = test_browser_chat.browser
+#: An integer JSON carries exactly but a JavaScript number cannot (past 2**53).
+BIG = 12345678901234567891
+#: The most rows one of the page's tables shows (its MAX_ROWS).
+MAX_ROWS = int(re.search(r"const MAX_ROWS = (\d+);", (REPO / "realtime" / "static" /
+                                                     "admin.html").read_text()).group(1))
 
 
 def _server(port: int) -> Server:
@@ -275,9 +283,48 @@ def test_a_wrong_key_is_told_and_signs_nobody_in(browser, server):
         _sign_in(page)
         expect(page.locator("#nodes tbody tr")).to_have_count(1)
         expect(page.locator("#login-error")).to_be_empty()
+        page.fill("#pattern", "chat:*")
+        page.fill("#publish-form [name=channel]", "chat:secret")
+        page.fill("#publish-form [name=data]", "{not json")
+        page.click("#publish-form button")
+        expect(page.locator("#publish-error")).to_contain_text("the data is not JSON")
         page.click("#sign-out")
         expect(page.locator("#login")).to_be_visible()
         expect(page.locator("#admin")).to_be_hidden()
+        # Nothing of that session is left for the next one.
+        for selector in ("#publish-error", "#nodes tbody", "#updated"):
+            expect(page.locator(selector)).to_be_empty()
+        expect(page.locator("#pattern")).to_have_value("")
+        expect(page.locator("#publish-form [name=channel]")).to_have_value("")
+        expect(page.locator("#publish-form [name=data]")).to_have_value('{"text": "hello"}')
+        _clean(page)
+    finally:
+        page.context.close()
+
+
+def test_a_failure_other_than_a_refused_key_still_signs_in(browser, server):
+    """Only a 401 keeps the sign-in form; any other failure (here a proxy's 503 for the
+    first ``info``) opens the page, which says what went wrong until a refresh works."""
+    from playwright.sync_api import expect
+
+    page = _admin(browser, server)
+    answered: list[str] = []
+
+    def unavailable(route: Any) -> None:
+        if answered:
+            route.continue_()
+            return
+        answered.append(route.request.url)
+        route.fulfill(status=503, body="upstream down\n", content_type="text/plain")
+
+    try:
+        page.route("**/api/info", unavailable)
+        _sign_in(page)
+        expect(page.locator("#admin")).to_be_visible()
+        expect(page.locator("#login-error")).to_be_empty()
+        expect(page.locator("#nodes tbody tr")).to_have_count(1)
+        expect(page.locator("#status-error")).to_be_empty()
+        assert answered
         _clean(page)
     finally:
         page.context.close()
@@ -316,3 +363,304 @@ def test_untrusted_names_and_data_are_shown_as_text(browser, server, sdks):
         _clean(page)
     finally:
         page.context.close()
+
+
+def _api(server: Server, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/api/{method}", data=json.dumps(params).encode(),
+        headers={"X-API-Key": KEY, "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _own_server(*args: str) -> Server:
+    """A server of the test's own (one it stops, or fills), as ``server`` with ``args``."""
+    for _attempt in range(3):
+        try:
+            return start(twistd("--app", "realtime.pubsub:application", "--port",
+                                f"tcp:{free_port()}:interface=127.0.0.1", "--api-key", KEY,
+                                "--admin-path", "/admin", *args),
+                         env={"PYTHONPATH": str(REPO)}, cwd=REPO)
+        except ServerFailed:
+            continue
+    raise ServerFailed("no server")
+
+
+# -- data as typed and as kept: numbers JavaScript cannot hold stay exact ------------------------
+
+def test_the_publish_form_sends_the_json_as_typed(browser, server, sdks):
+    """The publish form sends the data as typed (it only checks that it is JSON): an
+    integer past 2**53 reaches the subscriber exactly, and ``1.0`` stays a float (parsed
+    and serialised again by JavaScript they would be 12345678901234567000 and 1)."""
+    from playwright.sync_api import expect
+
+    sdk = sdks("ada", "chat:numbers")
+    page = _admin(browser, server)
+    try:
+        _sign_in(page)
+        expect(page.locator("#nodes tbody tr")).to_have_count(1)
+        page.fill("#publish-form [name=channel]", "chat:numbers")
+        page.fill("#publish-form [name=data]", f'{{"id": {BIG}, "price": 1.0}}')
+        page.click("#publish-form button")
+        expect(page.locator("#publish-result")).to_contain_text("published to chat:numbers")
+        kind, channel, data = sdk.next()
+        assert (kind, channel) == ("pub", "chat:numbers")
+        assert data["id"] == BIG, data
+        assert isinstance(data["price"], float), data
+        page.get_by_role("button", name="chat:numbers").click()
+        expect(page.locator("#channel-history pre")).to_have_text(
+            f'{{"id":{BIG},"price":1.0}}')
+        _clean(page)
+    finally:
+        page.context.close()
+
+
+def test_history_shows_the_data_kept(browser, server, sdks):
+    """A channel's history shows the publication's data as the server keeps it: an
+    integer past 2**53 published through the API (exactly) shows with all its digits,
+    not rounded (…67000, a number never published)."""
+    from playwright.sync_api import expect
+
+    sdks("ada", "chat:kept")
+    assert "result" in _api(server, "publish", {"channel": "chat:kept", "data": {"id": BIG}})
+    page = _admin(browser, server)
+    try:
+        _sign_in(page)
+        page.get_by_role("button", name="chat:kept").click()
+        expect(page.locator("#channel-history pre")).to_have_count(1)
+        expect(page.locator("#channel-history pre")).to_contain_text(str(BIG))
+        _clean(page)
+    finally:
+        page.context.close()
+
+
+# -- a channel's panel shows that channel's answers only ----------------------------------------
+
+def test_a_late_answer_for_the_channel_clicked_before_is_dropped(browser, server, sdks):
+    """Click channel A (its presence/history answers are slow), then channel B: the panel
+    titled B shows B's presence, and A's answers, arriving last, are dropped (they do not
+    replace B's)."""
+    from playwright.sync_api import expect
+
+    sdks("ada", "chat:late-a")
+    sdks("bob", "chat:late-b")
+    page = _admin(browser, server)
+    held: list[Any] = []
+    done: list[str] = []
+
+    def hold_a(route: Any) -> None:
+        if '"chat:late-a"' in (route.request.post_data or ""):
+            held.append(route)  # the network is slow for A's three calls
+        else:
+            route.continue_()
+
+    page.on("requestfinished", lambda request: done.append(request.post_data or ""))
+    try:
+        _sign_in(page)
+        page.fill("#pattern", "chat:late-*")
+        page.click("#channels-form button")
+        rows = page.locator("#channel-list td.channel")
+        expect(rows).to_have_text(["chat:late-a", "chat:late-b"])
+        page.route("**/api/*", hold_a)
+        page.get_by_role("button", name="chat:late-a").click()
+        page.wait_for_function("() => true")  # let the three requests be issued
+        page.get_by_role("button", name="chat:late-b").click()
+        expect(page.locator("#channel-name")).to_have_text("chat:late-b")
+        expect(page.locator("#channel-presence td").nth(1)).to_have_text("bob")
+        expect(page.locator("#channel-stats")).to_have_text("1 clients, 1 users")
+        assert len(held) == 3, [r.request.url for r in held]
+        for route in held:
+            route.continue_()
+        for _ in range(100):  # bounded: A's three answers arrive
+            if sum('"chat:late-a"' in body for body in done) >= 3:
+                break
+            page.wait_for_timeout(100)
+        page.wait_for_timeout(500)  # and are handled
+        expect(page.locator("#channel-name")).to_have_text("chat:late-b")
+        assert page.locator("#channel-presence td").nth(1).text_content() == "bob"
+        # The refreshes list the pattern last submitted, not what is being typed.
+        page.fill("#pattern", "nothing-matches-*")
+        stamp = page.locator("#updated").text_content()
+        expect(page.locator("#updated")).not_to_have_text(stamp or "", timeout=15_000)
+        expect(rows).to_have_text(["chat:late-a", "chat:late-b"])
+        _clean(page)
+    finally:
+        page.context.close()
+
+
+# -- behind a proxy's access control ------------------------------------------------------------
+
+class _Gate(BaseHTTPRequestHandler):
+    """A reverse proxy with access control, as the README asks for ("Put it behind your
+    proxy's access control too"): a request without the proxy's session cookie (what an
+    SSO proxy such as oauth2-proxy, or nginx ``auth_request``, checks) is 401; others
+    go on, unchanged, to the server."""
+
+    upstream = 0
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _forward(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None  # read, even when refused
+        if "sso=operator" not in (self.headers.get("Cookie") or ""):
+            body = b"sign in at the proxy first\n"
+            self.send_response(401)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() not in ("host", "connection", "cookie")}
+        conn = http.client.HTTPConnection("127.0.0.1", self.upstream, timeout=10)
+        try:
+            conn.request(self.command, self.path, body=body, headers=headers)
+            answer = conn.getresponse()
+            data = answer.read()
+        finally:
+            conn.close()
+        self.send_response(answer.status)
+        for name, value in answer.getheaders():
+            if name.lower() not in ("connection", "transfer-encoding", "content-length"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_HEAD = _forward
+
+
+@pytest.fixture
+def gate(server: Server) -> Iterator[int]:
+    handler = type("Gate", (_Gate,), {"upstream": server.port})
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield proxy.server_address[1]
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(10)
+
+
+def test_the_page_works_behind_a_proxy_that_checks_the_operators_session(browser, gate):
+    """Behind a proxy with access control (its session cookie, or HTTP Basic auth) the
+    page, loaded through it, signs in with the right key: its same-origin API calls carry
+    the browser's credentials for that origin like the page's own load did. When the
+    proxy refuses a call (the session is gone), the page shows the proxy's answer, and
+    does not say that the key is wrong."""
+    from playwright.sync_api import expect
+
+    origin = f"http://127.0.0.1:{gate}"
+    context = browser.new_context()
+    context.set_default_timeout(TIMEOUT_MS)
+    context.add_cookies([{"name": "sso", "value": "operator", "url": origin}])
+    page = context.new_page()
+    try:
+        page.goto(origin + "/admin")
+        expect(page.locator("#login")).to_be_visible()  # the page came through the proxy
+        _sign_in(page)
+        expect(page.locator("#login-error")).to_be_empty()
+        expect(page.locator("#nodes tbody tr")).to_have_count(1)
+        context.clear_cookies()
+        expect(page.locator("#status-error")).to_have_text(
+            "info: HTTP 401 (not from the server API): sign in at the proxy first",
+            timeout=15_000)
+        expect(page.locator("#admin")).to_be_visible()  # still signed in
+        page.click("#sign-out")
+        _sign_in(page)
+        expect(page.locator("#login-error")).to_have_text(
+            "info: HTTP 401 (not from the server API): sign in at the proxy first")
+        expect(page.locator("#admin")).to_be_hidden()
+    finally:
+        context.close()
+
+
+# -- a failed refresh ----------------------------------------------------------------------------
+
+def test_a_failed_refresh_does_not_claim_the_old_numbers_are_fresh(browser):
+    """When a refresh fails (the server is gone, Redis is down: error 100, a proxy's 503),
+    the header keeps the time of the last refresh that worked and says the last one
+    failed: what is shown is not claimed to be current."""
+    from playwright.sync_api import expect
+
+    own = _own_server()
+    page = None
+    try:
+        page = _admin(browser, own)
+        _sign_in(page)
+        expect(page.locator("#nodes tbody tr")).to_have_count(1)
+        expect(page.locator("#updated")).not_to_be_empty()
+        expect(page.locator("#stale")).to_be_empty()
+        own.stop()
+        expect(page.locator("#status-error")).not_to_be_empty(timeout=15_000)
+        expect(page.locator("#stale")).to_have_text("the last refresh failed")
+        first = page.locator("#updated").text_content()
+        page.wait_for_timeout(7_000)  # past the next refresh (every 5 s)
+        later = page.locator("#updated").text_content()
+        rows = page.locator("#nodes tbody tr").count()
+        assert later == first or rows == 0, (first, later, rows)
+    finally:
+        if page is not None:
+            page.context.close()
+        if own.proc.poll() is None:
+            own.stop()
+
+
+# -- a long channel list ---------------------------------------------------------------------------
+
+#: Channels with a subscriber: past the rows the page shows (MAX_ROWS). With every one a
+#: row, and the rows spread into one call (``replaceChildren(...rows)``), 150 000 threw a
+#: RangeError and the next refresh left the list empty with no error; the page now builds
+#: at most MAX_ROWS rows without spreading them (200 000 pass: ~40 s, too long for here).
+MANY = 2 * MAX_ROWS + 500
+
+
+def test_a_long_channel_list_is_cut_and_says_how_long_it_is(browser):
+    """A server with more channels with subscribers than the page shows (one connection,
+    server-side subscriptions through the API's ``subscribe``): the page shows the first
+    MAX_ROWS, says how many there are, with no error, now and after the next refresh."""
+    from playwright.sync_api import expect
+
+    namespaces = [arg for ns in NAMESPACES for arg in ("--namespace", ns)]
+    own = _own_server("--jwt-key", JWT_SECRET, "--max-groups-per-connection", "0",
+                      *namespaces)
+    sdk = page = None
+    try:
+        sdk = Sdk(own, "ada")
+        sdk.subscribe()
+        for first in range(0, MANY, 1000):
+            answer = _api(own, "batch", {"commands": [
+                {"subscribe": {"user": "ada", "channel": f"plain:c{i}"}}
+                for i in range(first, min(first + 1000, MANY))]})
+            assert all("error" not in reply for reply in answer["replies"])
+        for _ in range(120):  # bounded: the subscriptions are made
+            if len(_api(own, "channels", {})["result"]["channels"]) >= MANY:
+                break
+            sdk.loop.call_soon_threadsafe(lambda: None)
+            threading.Event().wait(0.5)
+        page = _admin(browser, own)
+        _sign_in(page)
+        expect(page.locator("#nodes td.channels")).to_have_text(str(MANY))
+        expect(page.locator("#updated")).not_to_be_empty(timeout=30_000)
+        first_stamp = page.locator("#updated").text_content()
+        first = (page.locator("#channels-error").text_content(),
+                 page.locator("#channels-summary").text_content())
+        expect(page.locator("#updated")).not_to_have_text(first_stamp, timeout=30_000)
+        later = (page.locator("#channels-error").text_content(),
+                 page.locator("#channels-summary").text_content(),
+                 page.locator("#channel-list tbody tr").count())
+        assert later[0] == "" and str(MANY) in (later[1] or ""), (first, later)
+        assert later[2] == MAX_ROWS, later
+        assert f"showing the first {MAX_ROWS}" in (later[1] or ""), later
+        _clean(page)
+    finally:
+        if page is not None:
+            page.context.close()
+        if sdk is not None:
+            sdk.close()
+        own.stop()
