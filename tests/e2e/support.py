@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -276,6 +276,17 @@ def start(cmd: Sequence[str], env: Env | None = None, cwd: str | Path = "/",
     if listeners:
         server.wait_listening(listeners, timeout)
     return server
+
+
+def on_a_free_port(make: Callable[[int], Server], attempts: int = 3) -> Server:
+    """``make(port)`` on a port that was free a moment ago, again on another if it was
+    taken before the server bound it (``ServerFailed``), at most ``attempts`` times."""
+    for _ in range(attempts - 1):
+        try:
+            return make(free_port())
+        except ServerFailed:
+            continue
+    return make(free_port())
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -28,7 +28,7 @@ import pytest
 from centrifuge import Client, ClientEventHandler, SubscriptionEventHandler
 
 from tests.e2e import test_browser_chat
-from tests.e2e.support import REPO, Server, ServerFailed, free_port, start, twistd
+from tests.e2e.support import REPO, Server, ServerFailed, free_port, on_a_free_port, start, twistd
 from tests.e2e.test_browser_chat import TIMEOUT_MS
 
 pytestmark = pytest.mark.slow
@@ -64,15 +64,7 @@ def _server(port: int) -> Server:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    for _attempt in range(2):  # the free port may be taken before twistd binds it
-        try:
-            running = _server(free_port())
-            break
-        except ServerFailed:
-            continue
-    else:
-        running = _server(free_port())
-    with running:
+    with on_a_free_port(_server) as running:
         yield running
 
 

@@ -21,7 +21,7 @@ import jwt
 import pytest
 
 from tests.e2e import test_browser_chat
-from tests.e2e.support import REPO, Server, ServerFailed, free_port, start, twistd
+from tests.e2e.support import REPO, Server, on_a_free_port, start, twistd
 from tests.e2e.test_browser_chat import RECORD_CLOSE_CODES, TIMEOUT_MS
 
 pytestmark = pytest.mark.slow
@@ -42,12 +42,7 @@ def _server(port: int) -> Server:
 
 
 def _server_on_a_free_port() -> Server:
-    for _attempt in range(2):  # the free port may be taken before twistd binds it
-        try:
-            return _server(free_port())
-        except ServerFailed:
-            continue
-    return _server(free_port())
+    return on_a_free_port(_server)
 
 
 @pytest.fixture(scope="module")
