@@ -90,6 +90,22 @@ def check_header_line(line: bytes) -> int | None:
     return None
 
 
+def origin_form(target: bytes) -> tuple[bytes, bytes | None]:
+    """A request-target in absolute form (``http://host:port/path?query``, which RFC 9112
+    3.2.2 has servers accept although clients send it only to proxies) as the path and
+    query it names, and its authority (the Host to use, userinfo dropped); any other
+    target as it is, with None."""
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return target, None
+    end = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    authority, path = rest[:end], rest[end:]
+    authority = authority.rpartition(b"@")[2]
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return path, authority
+
+
 def check_host(hosts: Sequence[bytes], http_version: bytes) -> int | None:
     """400 for an HTTP/1.1 request without Host, any request with more than one, or a Host
     that is not ``host[:port]`` (RFC 9112 3.2)."""

@@ -60,6 +60,7 @@ from realtime.scope import (
     check_header_line,
     check_host,
     check_request_line,
+    origin_form,
 )
 from realtime.threads import as_deferred
 from realtime.websocket import WebSocketConnection, make_factory
@@ -375,6 +376,8 @@ class RealtimeRequest(server.Request):
     #: A WebSocket upgrade: ``realtime_handshakes`` and the access log's WS lines have it,
     #: not the HTTP metrics.
     websocket = False
+    #: An absolute-form target without a host (``GET http:///x``): 400.
+    bad_target = False
     #: Counted (``RealtimeSite.http_done``), or never to be (an upgrade).
     _http_done = False
 
@@ -547,6 +550,12 @@ class RealtimeRequest(server.Request):
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self.body_refused:
             return  # an HTTP/2 stream that ended after its 413 was queued
+        path, authority = origin_form(path)
+        if authority is not None:
+            # RFC 9112 3.2.2: the target's authority, not the Host header, names the host
+            # (an http URI with no host is invalid, RFC 9110 4.2.1: 400).
+            self.requestHeaders.setRawHeaders(b"host", [authority])
+            self.bad_target = not authority
         super().requestReceived(command, path, version)
 
     def process(self) -> None:
@@ -764,7 +773,8 @@ class RealtimeSite(server.Site):
     def dispatch(self, request: RealtimeRequest) -> None:
         path = request.path
         cfg = self.config
-        if check_host(_header(request, b"host"), request.clientproto) is not None:
+        if request.bad_target or check_host(_header(request, b"host"),
+                                            request.clientproto) is not None:
             request.head_done()
             self.write_refusal(request, Refuse(400), upgrade=False, close=True)
             return

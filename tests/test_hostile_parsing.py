@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import re
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
@@ -29,6 +30,7 @@ from realtime.scope import (
     check_header_line,
     check_host,
     check_request_line,
+    origin_form,
 )
 from tests.clients import captured_log
 
@@ -255,3 +257,28 @@ def test_channel_answers_or_waits_never_raises(line, headers, eol, complete, chu
     channel.connectionLost(Failure(ConnectionDone()))
     for call in site.reactor.getDelayedCalls():
         call.cancel()
+
+
+@pytest.mark.parametrize("target, expected", [
+    (b"/chat?x=1", (b"/chat?x=1", None)),
+    (b"*", (b"*", None)),
+    (b"http://example.com:8000/ws/chat?x=1", (b"/ws/chat?x=1", b"example.com:8000")),
+    (b"HTTPS://Example.com/a", (b"/a", b"Example.com")),
+    (b"http://example.com", (b"/", b"example.com")),
+    (b"http://example.com?q", (b"/?q", b"example.com")),
+    (b"http://user:pw@example.com/a", (b"/a", b"example.com")),
+    (b"http:///a", (b"/a", b"")),
+    (b"ftp://example.com/a", (b"ftp://example.com/a", None)),
+    (b"/redirect?to=http://x/", (b"/redirect?to=http://x/", None)),
+])
+def test_an_absolute_form_target_is_its_path_and_its_authority(target, expected):
+    """RFC 9112 3.2.2: a server accepts ``GET http://host/path``; the path routes, the
+    authority is the Host."""
+    assert origin_form(target) == expected
+
+
+@given(st.binary(max_size=200))
+@SETTINGS
+def test_origin_form_never_raises_and_keeps_a_path(target):
+    path, authority = origin_form(target)
+    assert (authority is None and path == target) or path.startswith(b"/")

@@ -581,6 +581,36 @@ async def test_dribbled_second_request_on_a_keep_alive_connection_is_dropped(liv
     assert conn.data.count(b"HTTP/1.1 ") == 1
 
 
+@pytest_twisted.ensureDeferred
+async def test_absolute_form_targets_route_and_name_the_host(live):
+    """RFC 9112 3.2.2: ``GET http://host:port/path HTTP/1.1`` (what a client sends to a
+    proxy, and a server must accept): built-in paths and the application's routes answer
+    as for ``/path``, WebSocket upgrades too, and the target's authority is the Host (a
+    malformed Host header beside it is ignored); one with an empty authority is 400."""
+    server = await start(live)
+    authority = f"127.0.0.1:{server.port}".encode()
+
+    async def status(request: bytes) -> int:
+        conn = await raw_connect(server.port)
+        conn.write(request)
+        await conn.wait_for(lambda d: split_response(d) is not None, 5)
+        parsed = split_response(conn.data)
+        conn.abort()
+        assert parsed is not None
+        return parsed[0]
+
+    assert await status(b"GET http://" + authority + b"/healthz HTTP/1.1\r\nHost: a/b\r\n\r\n") \
+        == 200
+    assert await status(b"GET http:///healthz HTTP/1.1\r\nHost: x\r\n\r\n") == 400
+    conn = await raw_connect(server.port)
+    conn.write(handshake("/echo").replace(b"GET /echo", b"GET http://" + authority + b"/echo"))
+    await conn.wait_for(lambda d: b"\r\n\r\n" in d, 5)
+    assert conn.data.startswith(b"HTTP/1.1 101 ")
+    conn.send_text("absolute")
+    assert await conn.wait_frames(1) == [(0x1, b"absolute")]
+    conn.abort()
+
+
 # -- last: the server is still fine ------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_zz_after_everything_a_fresh_client_echoes_and_rss_grew_under_50_mb(live):
