@@ -16,8 +16,10 @@ no ``--history`` rule matches); an ``event`` published to such a group answers i
 401 without the key; 405 for a method other than POST; 413 past ``--api-body-limit``; 503
 while the layer is unavailable. Without a configured key these paths are not served (404).
 
-Centrifugo's server API shares these paths (and adds ``/api/presence_stats``,
-``/api/unsubscribe``, ``/api/batch``): a request whose key comes as ``X-API-Key: <key>`` or
+Centrifugo's server API shares these paths (and adds its own, ``CENTRIFUGO_PATHS``:
+``/api/presence_stats``, ``/api/subscribe``, ``/api/unsubscribe``, ``/api/refresh``,
+``/api/history_remove``, ``/api/info``, ``/api/channels``, ``/api/batch``): a request
+whose key comes as ``X-API-Key: <key>`` or
 ``Authorization: apikey <key>`` (or to a path only Centrifugo has) is answered by
 ``realtime.pubsub_api`` instead, in Centrifugo's form, for ``realtime.pubsub``'s channels.
 """

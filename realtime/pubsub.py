@@ -13,7 +13,8 @@ channel name maps to a valid group name, and every channel of a namespace shares
 prefix ``namespace_prefix(ns)``, which ``--namespace``'s history rules match). Publications
 of a namespace without history go out as one prepared frame per channel (``broadcast``);
 with history as ``group_send`` events (``{"type": "pubsub.pub"}``) that carry their stream
-position, so clients recover what they missed after a reconnect.
+position, so clients recover what they missed after a reconnect; with ``allow_tags_filter``
+as such events too (each member's tags filter decides).
 """
 
 from __future__ import annotations

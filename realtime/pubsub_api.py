@@ -7,8 +7,10 @@ calls keep working unchanged.
 ``POST /api/<method>`` with the key in ``X-API-Key: KEY`` (or ``Authorization: apikey KEY``)
 and a JSON object; the answer is 200 with ``{"result": {...}}`` or ``{"error": {"code",
 "message"}}`` (Centrifugo's API error codes). A request is in this form when its key comes
-that way, or its path is one only Centrifugo's API has (``presence_stats``, ``unsubscribe``,
-``batch``); ``Authorization: Bearer KEY`` on the shared paths is realtime's own API
+that way, or its path is one only Centrifugo's API has (``realtime.api.CENTRIFUGO_PATHS``:
+``presence_stats``, ``subscribe``, ``unsubscribe``, ``refresh``, ``history_remove``,
+``info``, ``channels``, ``batch``); ``Authorization: Bearer KEY`` on the shared paths is
+realtime's own API
 (``realtime.api``). Methods: ``publish``, ``broadcast``, ``presence``, ``presence_stats``,
 ``history``, ``history_remove``, ``subscribe``, ``unsubscribe``, ``refresh``,
 ``disconnect``, ``info`` (every process serving ``realtime.pubsub`` is a node), ``channels``

@@ -270,8 +270,8 @@ class Options(usage.Options):
         "Every option also reads REALTIME_<NAME> from the environment (e.g. "
         "REALTIME_PING_INTERVAL) and from the TOML file of --config (ping-interval = 10); "
         "the command line wins over the environment, the environment over the file. "
-        "Built-in paths (--health-path, "
-        "--ready-path) match before the application's routes."
+        "Built-in paths (--health-path, --ready-path, /metrics, the server API's /api/ "
+        "paths with a key, --admin-path) match before the application's routes."
     )
 
     optParameters: list[list[Any]] = [
@@ -360,7 +360,8 @@ class Options(usage.Options):
          "Serve /metrics on its own listener (a port number on 127.0.0.1, or a description) "
          "instead of the main ports; implies --metrics."],
         ["api-key", None, None,
-         "Enables POST /api/publish and /api/broadcast for 'Authorization: Bearer KEY'."],
+         "Enables the HTTP API on /api/ (realtime's with 'Authorization: Bearer KEY', "
+         "Centrifugo's with 'X-API-Key: KEY') and --admin-path."],
         ["api-key-file", None, None, "API keys, one per line (rotation: several may hold)."],
         ["api-body-limit", None, "64KiB", "Largest API request body; 413 past it."],
         ["http-body-limit", None, "10MiB",

@@ -210,8 +210,10 @@ def test_the_command_line_takes_several_servers_and_stops_on_a_bad_one():
 
     options = Options()
     options.parseOptions(["--app", "realtime.examples.bench:application",
-                          "--layer", "redis://127.0.0.1:1/0 redis://127.0.0.1:2/0"])
+                          "--layer", "redis://:s3cret@127.0.0.1:1/0 redis://127.0.0.1:2/0"])
     assert isinstance(options.layer, ShardedRedisChannelLayer)
+    # What --check and the logs name: every server, no password.
+    assert options.layer.address.describe() == "redis://127.0.0.1:1/0 redis://127.0.0.1:2/0"
     with pytest.raises(StartupError, match="--layer: 'mysql://x': expected redis://"):
         Options().parseOptions(["--app", "realtime.examples.bench:application",
                                 "--layer", "redis://127.0.0.1:1/0 mysql://x"])

@@ -113,6 +113,16 @@ class _Shard(RedisChannelLayer):
             await super()._requeue()
 
 
+class _Servers:
+    """A sharded layer's ``address``, for what names it (``describe()``)."""
+
+    def __init__(self, shards: list[_Shard]) -> None:
+        self.shards = shards
+
+    def describe(self) -> str:
+        return " ".join(shard.address.describe() for shard in self.shards)
+
+
 #: What each shard keeps of its own but the parent sets for all.
 _SHARD_SETTINGS = frozenset({"presence_timeout", "presence_check_interval", "presence_grace",
                              "clock"})
@@ -127,7 +137,8 @@ class ShardedRedisChannelLayer(BaseChannelLayer):
         super().__init__(capacity=layers[0].capacity)
         self.shards = [_Shard(self, index, layer) for index, layer in enumerate(layers)]
         self.reactor = layers[0].reactor
-        self.address = self.shards[0].address
+        #: What logs and ``--check`` name: every server, no password.
+        self.address = _Servers(self.shards)
 
     @classmethod
     def from_url(cls, url: str, reactor: Any = None) -> ShardedRedisChannelLayer:
@@ -136,6 +147,7 @@ class ShardedRedisChannelLayer(BaseChannelLayer):
         spelt) or URLs with different ``capacity``/``prefix`` are a ``ValueError``."""
         urls = several(url) or [url]
         layers = [RedisChannelLayer.from_url(one, reactor) for one in urls]
+        # As written (names are not resolved: localhost and 127.0.0.1 are two servers).
         seen: dict[tuple[Any, ...], str] = {}
         for one, layer in zip(urls, layers, strict=True):
             a = layer.address
