@@ -599,6 +599,9 @@ class _Protocol:
     allow_anonymous: ClassVar[bool | None] = None
     #: The connection token's ``exp`` passed without a ``refresh``: close with this.
     token_expired_close: ClassVar[tuple[int, str]] = CLOSE_EXPIRED
+    #: The drain (SIGTERM) closes the connection with Centrifugo's shutdown (reconnect),
+    #: as the streams end (``WebSocketConnection.go_away``).
+    drain_close: ClassVar[tuple[int, str]] = CLOSE_SHUTDOWN
     #: This client speaks the Protobuf format (it offered ``centrifuge-protobuf``): binary
     #: frames of length-prefixed messages (``realtime.pubsub_proto``); data fields arrive
     #: as ``from_bytes`` gives them, and hooks may return ``bytes`` for it.

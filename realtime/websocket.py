@@ -970,11 +970,14 @@ class WebSocketConnection(WebSocketServerProtocol):
         self.sendCloseFrame(code=code, reasonUtf8=truncate_reason(reason), isReply=False)
 
     def go_away(self) -> None:
-        """Drain: refuse a handshake in progress with 503, close an open socket with 1001."""
+        """Drain: refuse a handshake in progress with 503, close an open socket with 1001
+        (or the consumer's ``drain_close``: Centrifugo's 3001 for ``realtime.pubsub``)."""
         if self.in_handshake:
             self.refuse(Refuse(503))
         elif self.state == _OPEN:
-            self.close_with_code(1001, "server shutting down")
+            code, reason = getattr(self.consumer, "drain_close", None) or (
+                1001, "server shutting down")
+            self.close_with_code(code, reason)
 
     def abort(self) -> None:
         if self.in_handshake:

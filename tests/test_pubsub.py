@@ -1204,3 +1204,45 @@ async def test_refresh_info_reaches_what_the_connection_publishes_in_a_channel_i
             return pub["info"].get("conn_info")
 
     assert await in_thread(flow) == {"role": "admin"}
+
+
+# -- a lone surrogate over every layer (review 5's reproduction) ---------------------------
+
+#: A tags-filter namespace without history: its publications are layer events since
+#: today (group_send), no longer one broadcast() frame.
+MARKET = "market:allow_subscribe_for_client,allow_publish_for_client,allow_tags_filter"
+#: The same without tags filters: one broadcast() frame, as before.
+OPEN = "open:allow_subscribe_for_client,allow_publish_for_client"
+#: With history: events that Redis keeps too.
+KEPT = ("kept:allow_subscribe_for_client,allow_publish_for_client,history_size=5,"
+        "history_ttl=60s")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lone_surrogate_crosses_every_layer_in_every_kind_of_namespace(
+        layer, pubsub_server):
+    """``"a\\ud800"`` (valid JSON: a JavaScript string cut inside an emoji) published to a
+    channel of a tags-filter namespace reaches its subscribers over Redis (and the sharded
+    layer) as it does in a namespace without filters, escaped as Centrifugo passes it on.
+
+    Such publications (and those with history) are layer events: the raw str went into
+    msgpack, which refuses a lone surrogate, so over Redis the publish failed with 107,
+    where the broadcast() frame (``_dumps``-escaped text) of a namespace without either
+    went out (review 5; the Redis layer now packs with ``surrogatepass``)."""
+    server = await pubsub_server(OPEN, MARKET, KEPT, layer=layer)
+
+    def flow(c: Raw) -> Any:
+        c.connect()
+        got = []
+        for channel in ("open:x", "market:x", "kept:x"):
+            c.result("subscribe", {"channel": channel})
+            reply = c.call("publish", {"channel": channel, "data": "a\ud800"})
+            got.append((channel, reply, c.push() if "error" not in reply else None))
+        return got
+
+    got = await raw(server, flow)
+    replies = {channel: reply for channel, reply, _ in got}
+    pushes = {channel: push["push"]["pub"]["data"] for channel, _, push in got if push}
+    assert replies == {"open:x": {"id": 3, "publish": {}}, "market:x": {"id": 5, "publish": {}},
+                       "kept:x": {"id": 7, "publish": {}}}, replies
+    assert pushes == dict.fromkeys(("open:x", "market:x", "kept:x"), "a\ud800")

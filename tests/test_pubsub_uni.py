@@ -468,19 +468,25 @@ async def test_a_head_that_waits_holds_the_stream_in_order(pubsub_server, kind):
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_drain_tells_a_unidirectional_websocket_before_its_close(
+async def test_the_drain_closes_pubsub_websockets_with_centrifugos_shutdown(
         pubsub_server):  # noqa: F811
+    """SIGTERM's drain: Centrifugo's 3001 "shutdown" (reconnect), as the streams end, on
+    the bidirectional WebSocket and the unidirectional one (told in a disconnect push
+    first); other consumers' sockets keep 1001."""
+    from twisted.internet import reactor
+
     server = await pubsub_server(FEED)
 
     def flow() -> Any:
-        with connect(server.ws_url(UNI), open_timeout=WAIT) as ws:
-            ws.send(json.dumps({"token": token("ada")}))
-            next_message(ws)
-            from twisted.internet import reactor
-
+        with connect(server.ws_url(UNI), open_timeout=WAIT) as uni, \
+                connect(server.ws_url("/connection/websocket"), open_timeout=WAIT) as bi:
+            uni.send(json.dumps({"token": token("ada")}))
+            next_message(uni)
+            bi.send(json.dumps({"id": 1, "connect": {"token": token("bob")}}))
+            next_message(bi)
             reactor.callFromThread(server.site.drain)
-            return pushes(ws, 1)[0], closed(ws)
+            return pushes(uni, 1)[0], closed(uni), closed(bi)
 
     assert await in_thread(flow) == (
-        {"disconnect": {"code": 1001, "reason": "server shutting down"}},
-        (1001, "server shutting down"))
+        {"disconnect": {"code": 3001, "reason": "shutdown"}}, (3001, "shutdown"),
+        (3001, "shutdown"))

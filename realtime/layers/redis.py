@@ -989,7 +989,7 @@ class RedisChannelLayer(BaseChannelLayer):
             for message in reversed(queue):  # RPUSH: the oldest is popped (BRPOP) first
                 try:
                     await proto.execute_command("RPUSH", self._list_key + channel,
-                                                msgpack.packb(message))
+                                                _pack(message))
                     count += 1
                 except Exception:
                     log.warn("channel layer: could not put a message back on {channel}",
@@ -1247,7 +1247,7 @@ class RedisChannelLayer(BaseChannelLayer):
     # -- incoming pub/sub messages ---------------------------------------------------------------
     def _on_message(self, topic: bytes, payload: bytes) -> None:
         try:
-            body = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            body = _unpack(payload)
             if topic == self._own_topic:
                 self._on_control(body)
             elif topic.startswith(self._group_prefix):
@@ -1267,7 +1267,7 @@ class RedisChannelLayer(BaseChannelLayer):
             # asker reads three fields).
             answer = [_MEMBERS, seq, members, self.process_id, quiet]
             self._publish(self._process_topic + origin,
-                          msgpack.packb(answer)).addErrback(lambda _: None)
+                          _pack(answer)).addErrback(lambda _: None)
             return
         if kind == _GROUP:
             self._fan_out(group, data, exclude=tuple(body[4]) if len(body) > 4 else None)
@@ -1331,7 +1331,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 done = succeed(None)
             if origin and seq:
                 done.addCallback(lambda _: self._publish(
-                    self._process_topic + origin, msgpack.packb([_ACK, seq])))
+                    self._process_topic + origin, _pack([_ACK, seq])))
                 done.addErrback(lambda _: None)
         elif kind == _ANSWER:
             survey = self._censuses.get(body[1])
@@ -1427,7 +1427,7 @@ class RedisChannelLayer(BaseChannelLayer):
             members = [[channel, entry[0]] for channel, entry
                        in self._presence.get(group, {}).items() if entry[1]]
             d = self._publish(self._group_topic + group,
-                              msgpack.packb([_AGAIN, self.process_id, 0, members]))
+                              _pack([_AGAIN, self.process_id, 0, members]))
             d.addErrback(self._not_reannounced, group)
 
     def _not_reannounced(self, failure: Failure, group: str) -> None:
@@ -1599,9 +1599,9 @@ class RedisChannelLayer(BaseChannelLayer):
         seq = next(self._seq) if local else 0
         try:
             if rule is None:
-                payload = msgpack.packb([kind, self.process_id, seq, data, *extra])
+                payload = _pack([kind, self.process_id, seq, data, *extra])
             else:  # the script adds offset and epoch: a six-element array
-                payload = b"\x96" + b"".join(msgpack.packb(v) for v in (
+                payload = b"\x96" + b"".join(_pack(v) for v in (
                     kind, self.process_id, seq, data))
         except (TypeError, ValueError, OverflowError) as exc:  # (an int past 64 bits)
             return fail(TypeError(f"a channel layer message must be msgpack-safe: {exc}"))
@@ -1657,7 +1657,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 return fail(ChannelFull(channel))
             return succeed(None)
         try:
-            payload = msgpack.packb([_DIRECT, channel, message] if owner else message)
+            payload = _pack([_DIRECT, channel, message] if owner else message)
         except (TypeError, ValueError, OverflowError) as exc:
             return fail(TypeError(f"a channel layer message must be msgpack-safe: {exc}"))
         if owner is not None:
@@ -1767,7 +1767,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _popped(self, channel: str, payload: bytes) -> None:
         try:
-            message = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            message = _unpack(payload)
         except Exception:
             log.failure("channel {channel}: cannot decode a message; dropped", channel=channel)
             return
@@ -1862,7 +1862,7 @@ class RedisChannelLayer(BaseChannelLayer):
         def parsed(reply: list[Any]) -> dict[str, Any]:
             messages = []
             for entry in reply[3] or ():
-                body = msgpack.unpackb(entry, raw=False, strict_map_key=False)
+                body = _unpack(entry)
                 messages.append(positioned(body[3], body[5], body[4]))
             recovered = None if int(reply[2]) < 0 else bool(int(reply[2]))
             return answer(_text(reply[0]), int(reply[1]), recovered, messages)
@@ -1907,7 +1907,7 @@ class RedisChannelLayer(BaseChannelLayer):
             pending.append(subscribed)
             return subscribed.addCallback(lambda _: self._ask(group))
         seq = next(self._seq)
-        question = msgpack.packb([_WHO, self.process_id, seq, None])
+        question = _pack([_WHO, self.process_id, seq, None])
         return self._put(seq, _Census(group, self.presence_timeout),
                          self._group_topic + group, question)
 
@@ -1944,7 +1944,7 @@ class RedisChannelLayer(BaseChannelLayer):
             return fail(LayerUnavailable("channel layer: not subscribed to Redis (reconnecting)"))
         seq = next(self._seq)
         try:
-            question = msgpack.packb([_SURVEY, self.process_id, seq, name, args])
+            question = _pack([_SURVEY, self.process_id, seq, name, args])
         except (TypeError, ValueError, OverflowError) as exc:
             return fail(TypeError(f"a survey's args must be msgpack values: {exc}"))
         survey = _Survey(name, self.presence_timeout)
@@ -1955,12 +1955,12 @@ class RedisChannelLayer(BaseChannelLayer):
         _, origin, seq, name, args = body[:5]
         value = self._answer(name, args) if isinstance(name, str) else None
         try:
-            answer = msgpack.packb([_ANSWER, seq, self.process_id, value])
+            answer = _pack([_ANSWER, seq, self.process_id, value])
         except (TypeError, ValueError, OverflowError):
             # As an answer that raises: None, at once (the asker does not wait for us).
             log.failure("channel layer: the answer to survey {name!r} is not a msgpack "
                         "value", name=name)
-            answer = msgpack.packb([_ANSWER, seq, self.process_id, None])
+            answer = _pack([_ANSWER, seq, self.process_id, None])
         topic = self._process_topic + origin
         if len(answer) <= SURVEY_INLINE_MAX:
             self._publish(topic, answer).addErrback(lambda _: None)
@@ -1972,14 +1972,14 @@ class RedisChannelLayer(BaseChannelLayer):
         ttl = int((self.presence_timeout + 10) * 1000)
         stored = self._on_publisher(lambda proto: proto.execute_command(
             "SET", key, answer, "PX", ttl))
-        stored.addCallback(lambda _: self._publish(topic, msgpack.packb(
+        stored.addCallback(lambda _: self._publish(topic, _pack(
             [_ANSWER, seq, self.process_id, None, key])))
         stored.addErrback(lambda _: None)
 
     def _fetch_answer(self, survey: _Survey, key: str) -> None:
         """A large answer (``_on_survey``): read from its key, then counted."""
         def read(payload: Any) -> None:
-            body = msgpack.unpackb(payload, raw=False, strict_map_key=False) \
+            body = _unpack(payload) \
                 if isinstance(payload, bytes) else None
             if isinstance(body, list) and len(body) > 3:
                 survey.heard(body[2], body[3])
@@ -2021,7 +2021,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 ack.callback(None)
 
         # With presence, [..., info, announce] follow (older processes read five fields).
-        payload = msgpack.packb([kind, group, channel, self.process_id, seq, *presence])
+        payload = _pack([kind, group, channel, self.process_id, seq, *presence])
         published = self._publish(self._process_topic + owner, payload)
 
         def sent(receivers: Any) -> Deferred[None]:
@@ -2268,6 +2268,18 @@ class _Survey(_Census):
                      missing=(self.processes or 0) - self.answers,
                      processes=self.processes, t=self.timeout)
             self.done.callback(self)
+
+
+def _pack(value: Any) -> bytes:
+    """What crosses Redis: msgpack, a lone surrogate kept (JSON carries one: a JavaScript
+    string cut inside an emoji; ``publish`` escapes it for the clients)."""
+    packed: bytes = msgpack.packb(value, unicode_errors="surrogatepass")
+    return packed
+
+
+def _unpack(payload: bytes) -> Any:
+    return msgpack.unpackb(payload, raw=False, strict_map_key=False,
+                           unicode_errors="surrogatepass")
 
 
 def prepared_frame_args(text: str | None, data: bytes | None) -> None:
