@@ -478,7 +478,12 @@ async def _disconnect(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
         except ValueError:
             raise PubSubError(BAD_REQUEST, "bad request: a disconnect code is 3000-4999 (or "
                               "1000) here: a WebSocket close code") from None
-        if len(reason.encode()) > MAX_REASON:
+        try:
+            encoded = reason.encode()
+        except UnicodeEncodeError:  # a lone surrogate: no close frame carries it
+            raise PubSubError(BAD_REQUEST, "bad request: a disconnect reason is UTF-8 "
+                              "text") from None
+        if len(encoded) > MAX_REASON:
             raise PubSubError(BAD_REQUEST, f"bad request: a disconnect reason is at most "
                               f"{MAX_REASON} bytes")
     if client or whitelist:

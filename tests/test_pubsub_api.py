@@ -762,6 +762,8 @@ async def test_bad_bodies_and_bad_values(start):
                             json.dumps({"channel": chat, "b64data": "AA!E"}).encode())
     bad_code = await post(server, "disconnect", json.dumps(
         {"user": "alice", "disconnect": {"code": 2000, "reason": "x"}}).encode())
+    bad_reason = await post(server, "disconnect", json.dumps(
+        {"user": "alice", "disconnect": {"code": 4000, "reason": "a\ud800"}}).encode())
     no_user = await post(server, "unsubscribe", json.dumps({"channel": chat}).encode())
     bad_batch = await post(server, "batch", json.dumps(
         {"commands": [{"publish": {"channel": chat, "data": 1}}, {"nope": {}}, 7]}).encode())
@@ -769,7 +771,7 @@ async def test_bad_bodies_and_bad_values(start):
     for status, body in (not_json, array, nan, wrong_type, bad_pattern):
         assert status == 400 and body["error"]["code"] == 107, (status, body)
     # values Centrifugo refuses: 200 with the error
-    for status, body in (no_channel, no_data, not_base64, bad_code, no_user):
+    for status, body in (no_channel, no_data, not_base64, bad_code, bad_reason, no_user):
         assert status == 200 and body["error"]["code"] == 107, (status, body)
     assert bad_batch[0] == 200
     assert [list(r) for r in bad_batch[1]["replies"]] == [["publish"], ["error"], ["error"]]
