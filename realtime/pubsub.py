@@ -20,7 +20,6 @@ as such events too (each member's tags filter decides).
 from __future__ import annotations
 
 import base64
-import fnmatch
 import hashlib
 import json
 import os
@@ -537,12 +536,59 @@ def node_info(layer: Any, args: Any = None) -> dict[str, Any]:
             "uptime": int(time.monotonic() - _STARTED)}
 
 
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """Centrifugo's channel patterns (the gobwas/glob syntax its ``channels`` takes): ``*``
+    any run of characters, ``?`` one, ``[abc]``, ``[a-z]``, ``[!abc]`` a class,
+    ``{a,b}`` alternatives (nested too), ``\\`` the next character as it is.
+    ``ValueError`` for an unclosed ``{`` or ``[``."""
+    out: list[str] = []
+    depth = 0
+    at = 0
+    while at < len(pattern):
+        char = pattern[at]
+        if char == "\\" and at + 1 < len(pattern):
+            out.append(re.escape(pattern[at + 1]))
+            at += 2
+            continue
+        if char == "*":
+            out.append(".*")
+        elif char == "?":
+            out.append(".")
+        elif char == "[":
+            end = pattern.find("]", at + 2)
+            if end < 0:
+                raise ValueError(f"pattern {pattern!r}: '[' without ']'")
+            inner = pattern[at + 1:end]
+            negate = inner.startswith("!")
+            inner = inner[1:] if negate else inner
+            body = "".join("-" if c == "-" else re.escape(c) for c in inner)
+            out.append(f"[{'^' if negate else ''}{body}]")
+            at = end
+        elif char == "{":
+            depth += 1
+            out.append("(?:")
+        elif char == "," and depth:
+            out.append("|")
+        elif char == "}" and depth:
+            depth -= 1
+            out.append(")")
+        else:
+            out.append(re.escape(char))
+        at += 1
+    if depth:
+        raise ValueError(f"pattern {pattern!r}: '{{' without '}}'")
+    return re.compile("".join(out), re.DOTALL)
+
+
 def channel_counts(layer: Any, pattern: Any = "") -> dict[str, int]:
-    """This process's subscribers of each channel whose name matches ``pattern`` (a glob:
-    ``*``, ``?``, ``[...]``; empty: every channel)."""
+    """This process's subscribers of each channel whose name matches ``pattern``
+    (``compile_glob``; empty: every channel)."""
     if not isinstance(pattern, str):
         return {}
-    match = re.compile(fnmatch.translate(pattern), re.DOTALL).fullmatch if pattern else None
+    try:
+        match = compile_glob(pattern).fullmatch if pattern else None
+    except (ValueError, re.error):
+        return {}
     counts: Counter[str] = Counter()
     for client in _clients_of(layer):
         counts.update(channel for channel in client._subs

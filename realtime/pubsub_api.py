@@ -49,6 +49,7 @@ from realtime.pubsub import (
     _namespace,
     channel_group,
     check_channel,
+    compile_glob,
     from_bytes,
     publish,
     read_history,
@@ -509,8 +510,13 @@ async def _info(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
 
 async def _channels(layer: Any, params: dict[str, Any]) -> dict[str, Any]:
     """The channels with at least one subscriber anywhere, those whose name matches
-    ``pattern`` (a glob) if given, each with its subscribers over every node."""
+    ``pattern`` (Centrifugo's glob: ``pubsub.compile_glob``; 107 for one that does not
+    compile) if given, each with its subscribers over every node."""
     pattern = _field(params, "pattern", str, "")
+    try:
+        compile_glob(pattern)
+    except ValueError as exc:
+        raise PubSubError(BAD_REQUEST, f"bad request: {exc}") from None
     answers = await layer.survey(CHANNELS_SURVEY, pattern)
     counts: dict[str, int] = {}
     for answer in answers.values():

@@ -671,6 +671,12 @@ async def test_info_and_channels_count_the_clients_and_subscriptions(start):
             chats = await cent.channels(ChannelsRequest(pattern="chat:*"))
             one = await cent.channels(ChannelsRequest(pattern=plain[:-1] + "?"))
             none = await cent.channels(ChannelsRequest(pattern="news:*"))
+            both = await cent.channels(ChannelsRequest(pattern="{chat,plain}:*"))
+            try:
+                await cent.channels(ChannelsRequest(pattern="{chat:*"))
+                unclosed = None
+            except CentApiResponseError as exc:
+                unclosed = exc.code
             await close(alice2, carol)
             for _ in range(100):  # until the server has seen the two closes
                 after = await cent.channels(ChannelsRequest())
@@ -679,9 +685,10 @@ async def test_info_and_channels_count_the_clients_and_subscriptions(start):
                 await asyncio.sleep(0.05)
             after_info = await cent.info(InfoRequest())
         await close(alice, bob)
-        return before, info, everything, chats, one, none, after, after_info
+        return before, info, everything, chats, one, none, after, after_info, both, unclosed
 
-    before, info, everything, chats, one, none, after, after_info = await run(scenario)
+    (before, info, everything, chats, one, none, after, after_info, both,
+     unclosed) = await run(scenario)
     assert [(n.num_clients, n.num_subs) for n in before.nodes] == [(0, 0)]
     [node] = info.nodes
     assert node.uid == server.site.layer.process_id and node.version == __version__
@@ -692,6 +699,8 @@ async def test_info_and_channels_count_the_clients_and_subscriptions(start):
     assert {name: c.num_clients for name, c in chats.channels.items()} == {chat: 3}
     assert list(one.channels) == [plain]
     assert none.channels == {}
+    assert set(both.channels) == {chat, plain}  # Centrifugo's {a,b} alternatives
+    assert unclosed == 107
     # Gone clients leave the counts.
     assert {name: c.num_clients for name, c in after.channels.items()} == {chat: 2}
     [node] = after_info.nodes
@@ -844,3 +853,16 @@ async def test_an_unavailable_layer_is_a_clear_error(start):
         assert body["error"] == {"code": 100, "message":
                                  "internal server error: the channel layer is unavailable"}
     assert [r["error"]["code"] for r in broadcast[1]["result"]["responses"]] == [100, 100]
+
+
+@pytest.mark.parametrize("pattern, name, matches", [
+    ("chat:*", "chat:a", True), ("chat:*", "news:a", False),
+    ("{chat,news}:*", "news:x", True), ("{chat,news}:*", "feed:x", False),
+    ("{a,{b,c}d}", "cd", True), ("{a,{b,c}d}", "c", False),
+    ("a?c", "abc", True), ("[a-c]x", "bx", True), ("[!a-c]x", "bx", False),
+    ("[!a-c]x", "dx", True), ("a\\*b", "a*b", True), ("a\\*b", "axb", False),
+    ("x.y", "xzy", False), ("*", "", True),
+])
+def test_channel_patterns_are_centrifugos_globs(pattern, name, matches):
+    """gobwas/glob, as Centrifugo's ``channels`` reads its ``pattern``."""
+    assert bool(pubsub.compile_glob(pattern).fullmatch(name)) is matches
