@@ -268,27 +268,38 @@ async def test_streams_translate_a_broadcast_once_per_frame(pubsub_server, monke
     assert len(calls) == 1, len(calls)
 
 
+class SlowJwks:
+    """--jwks-url's refetch of a rotated key ("k2"), answered 0.5 s late."""
+
+    def unknown_kid(self) -> Any:
+        from realtime.settings import settings
+        from realtime.tokens import VerificationKey
+
+        def fetched() -> bool:
+            settings.jwt_keys = [*settings.jwt_keys, VerificationKey(SECRET, ("HS256",), "k2")]
+            return True
+        return deferLater(reactor, 0.5, fetched)
+
+
+def rotating_keys() -> None:
+    """Only "k1" is known; "k2" comes later, from ``SlowJwks``."""
+    from realtime.settings import settings
+    from realtime.tokens import VerificationKey
+
+    settings.jwt_keys = [VerificationKey(SECRET, ("HS256",), "k1")]
+    settings.jwt_key_source = SlowJwks()
+
+
 @pytest_twisted.ensureDeferred
 async def test_stream_gone_while_connect_awaits_jwks(pubsub_server):  # noqa: F811
     """The same with a plain in-memory layer: the client leaves while the connect waits
     for --jwks-url's refetch of a rotated key."""
     import jwt as pyjwt
 
-    from realtime.settings import settings
-    from realtime.tokens import VerificationKey
-
-    class SlowJwks:
-        def unknown_kid(self) -> Any:
-            def fetched() -> bool:
-                settings.jwt_keys = [*settings.jwt_keys,
-                                     VerificationKey(SECRET, ("HS256",), "k2")]
-                return True
-            return deferLater(reactor, 0.5, fetched)
 
     layer = InMemoryChannelLayer()
     server = await pubsub_server(FEED, ROOM, layer=layer)
-    settings.jwt_keys = [VerificationKey(SECRET, ("HS256",), "k1")]
-    settings.jwt_key_source = SlowJwks()
+    rotating_keys()
     tok = pyjwt.encode({"sub": "ada", "exp": int(time.time()) + 60, "channels": ["room:x"]},
                        SECRET, algorithm="HS256", headers={"kid": "k2"})
 
@@ -468,21 +479,10 @@ async def test_a_stream_gone_during_sub_refresh_leaves_no_timer(pubsub_server): 
     subscription expiry is armed for it afterwards (the leak check finds none)."""
     import jwt as pyjwt
 
-    from realtime.settings import settings
-    from realtime.tokens import VerificationKey
     from tests.test_pubsub_emulation import Session, open_session
 
-    class SlowJwks:
-        def unknown_kid(self) -> Any:
-            def fetched() -> bool:
-                settings.jwt_keys = [*settings.jwt_keys,
-                                     VerificationKey(SECRET, ("HS256",), "k2")]
-                return True
-            return deferLater(reactor, 0.5, fetched)
-
     server = await pubsub_server("feed:allow_subscribe_for_client")
-    settings.jwt_keys = [VerificationKey(SECRET, ("HS256",), "k1")]
-    settings.jwt_key_source = SlowJwks()
+    rotating_keys()
     now = int(time.time())
 
     def signed(claims: dict[str, Any], kid: str) -> str:
