@@ -1682,7 +1682,12 @@ def _push_frame(channel: str, event: dict[str, Any], form: str = _JSON) -> str |
         key = (channel, uid, -1, form)
     if key is not None and (found := _PUSHES.get(key)) is not None:
         return found
-    push = {"channel": channel, "pub": _publication(event)}
+    return _encoded({"channel": channel, "pub": _publication(event)}, form, key)
+
+
+def _encoded(push: dict[str, Any], form: str, key: tuple[str, Any, int, str] | None
+             ) -> str | bytes:
+    """A push as ``form`` takes it, kept in ``_PUSHES`` under ``key`` (the last 64)."""
     if form == _PROTOBUF:
         from realtime import pubsub_proto
 
@@ -1811,18 +1816,7 @@ def _delta_push(sub: _Sub, event: dict[str, Any], form: str) -> str | bytes:
         pub = _publication({**event, "data": body})
     if made is not None:
         pub["delta"] = True
-    push = {"channel": sub.channel, "pub": pub}
-    payload: str | bytes
-    if form == _PROTOBUF:
-        from realtime import pubsub_proto
-
-        payload = pubsub_proto.encode({"push": push})
-    else:
-        payload = _dumps({"push": push})
-    if len(_PUSHES) >= 64:
-        del _PUSHES[next(iter(_PUSHES))]
-    _PUSHES[key] = payload
-    return payload
+    return _encoded({"channel": sub.channel, "pub": pub}, form, key)
 
 
 def _translated(frame: bytes, form: str) -> bytes | None:
