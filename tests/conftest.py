@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from tests.redis_support import (  # noqa: F401 (fixtures)
+    cluster_layer,
+    redis_cluster,
     redis_layer,
     redis_server,
     redis_url,
@@ -50,7 +52,7 @@ def live(realtime_server: Any) -> Any:
 
 #: The layers every layer test runs against; the Redis layer runs on a real redis-server that
 #: tests/redis_support.py starts, the sharded one on two.
-LAYER_KINDS = ["memory", "redis", "sharded"]
+LAYER_KINDS = ["memory", "redis", "sharded", "cluster"]
 
 
 @pytest.fixture(params=LAYER_KINDS)

@@ -65,6 +65,8 @@ class RedisServer:
         self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "redis.log"
+        #: A cluster node's bus port (``RedisCluster``).
+        self.bus_port = 0
         #: A Sentinel monitoring this (name, port) master instead of a plain server.
         self.sentinel_of = sentinel_of
         if tls:
@@ -279,6 +281,121 @@ async def sharded_layer(redis_server: RedisServer, second_redis_server: RedisSer
             server.kill()
             server.start()
     layer = layer_from_url(f"{redis_server.url} {second_redis_server.url}")
+    layer.start(reactor)
+    await layer.when_ready(10)
+    yield layer
+    await layer.close()
+
+
+#: What every node of a test cluster runs with: a node away fails only its own slots
+#: (``cluster-require-full-coverage no``), and is declared failed after 1 s.
+CLUSTER_ARGS = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no")
+
+
+class RedisCluster:
+    """A Redis Cluster of our own: ``masters`` redis-servers on free loopback ports with
+    the 16384 slots split evenly, and ``replicas`` more, each replicating a master in turn.
+    A node killed and started again (same port, same directory: its ``nodes.conf``) comes
+    back with its slots."""
+
+    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
+        self.nodes: list[RedisServer] = []
+        try:
+            for _ in range(masters + replicas):
+                # (the cluster bus's port: the default, port + 10000, may be past 65535)
+                bus = free_port()
+                self.nodes.append(RedisServer(args=(*CLUSTER_ARGS, "--cluster-port", str(bus))))
+                self.nodes[-1].bus_port = bus
+            self.masters = self.nodes[:masters]
+            for i, node in enumerate(self.masters):
+                first, last = i * 16384 // masters, (i + 1) * 16384 // masters - 1
+                node.call("CLUSTER", "ADDSLOTSRANGE", str(first), str(last))
+            for node in self.nodes[1:]:
+                self.nodes[0].call("CLUSTER", "MEET", "127.0.0.1", str(node.port),
+                                   str(node.bus_port))
+            self.wait_ok()
+            for i, replica in enumerate(self.nodes[masters:]):
+                master = self.masters[i % masters]
+                assert replica.call("CLUSTER", "REPLICATE", self.node_id(master)) == "+OK"
+            self.wait_ok()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.masters)
+        return f"redis+cluster://{hosts}"
+
+    @staticmethod
+    def node_id(node: RedisServer) -> str:
+        return str(node.call("CLUSTER", "MYID"))
+
+    def wait_ok(self, timeout: float = 15.0) -> None:
+        """Until every running node says ``cluster_state:ok`` and knows every node."""
+        deadline = time.monotonic() + timeout
+        while True:
+            running = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+            try:
+                if all("cluster_state:ok" in n.call("CLUSTER", "INFO")
+                       and len(n.call("CLUSTER", "NODES").strip().splitlines())
+                       == len(self.nodes) for n in running):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test Redis Cluster did not come up")
+            time.sleep(0.05)
+
+    def owner(self, slot: int) -> RedisServer:
+        """The master that holds ``slot`` now."""
+        for node in self.masters:
+            if node.proc is None or node.proc.poll() is not None:
+                continue
+            for entry in node.call("CLUSTER", "SLOTS"):
+                if int(entry[0]) <= slot <= int(entry[1]):
+                    port = int(entry[2][1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise LookupError(slot)
+
+    def move(self, slot: int, target: RedisServer) -> None:
+        """Reshard ``slot`` (its keys too) to ``target``, as ``redis-cli --cluster reshard``
+        does."""
+        source = self.owner(slot)
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        target.call("CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+        source.call("CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+        while keys := source.call("CLUSTER", "GETKEYSINSLOT", str(slot), "100"):
+            source.call("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000",
+                        "KEYS", *keys)
+        for node in [target, source] + [n for n in self.masters if n not in (source, target)]:
+            node.call("CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A three-node Redis Cluster shared by the session's tests (tests that move slots or
+    stop nodes make their own)."""
+    cluster = RedisCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def cluster_layer(redis_cluster: RedisCluster) -> Any:
+    """A started ``ClusterRedisChannelLayer`` on the session's cluster."""
+    from twisted.internet import reactor
+
+    from realtime.layers import layer_from_url
+
+    layer = layer_from_url(redis_cluster.url)
     layer.start(reactor)
     await layer.when_ready(10)
     yield layer

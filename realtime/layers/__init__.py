@@ -29,8 +29,9 @@ def set_channel_layer(layer: BaseChannelLayer, alias: str = "default") -> None:
 
 def layer_from_url(url: str, reactor: Any = None) -> BaseChannelLayer:
     """``memory``, a Redis URL (``redis://``, ``rediss://``, ``unix://``,
-    ``redis+sentinel://``), or several separated by spaces (``realtime.layers.sharded``:
-    groups spread over those servers); ``ValueError`` names what is wrong."""
+    ``redis+sentinel://``), several separated by spaces (``realtime.layers.sharded``:
+    groups spread over those servers), or a Redis Cluster's (``redis+cluster://``,
+    ``realtime.layers.cluster``); ``ValueError`` names what is wrong."""
     if url in ("memory", "memory://"):
         return InMemoryChannelLayer()
     from realtime.layers.sharded import ShardedRedisChannelLayer, several
@@ -38,6 +39,10 @@ def layer_from_url(url: str, reactor: Any = None) -> BaseChannelLayer:
     if several(url):  # several Redis servers, groups spread over them
         return ShardedRedisChannelLayer.from_url(url, reactor)
     scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        from realtime.layers.cluster import ClusterRedisChannelLayer
+
+        return ClusterRedisChannelLayer.from_url(url, reactor)
     if scheme in ("redis", "rediss", "unix", "redis+sentinel"):
         from realtime.layers.redis import RedisChannelLayer
 
@@ -47,7 +52,7 @@ def layer_from_url(url: str, reactor: Any = None) -> BaseChannelLayer:
     raise ValueError(
         f"unknown layer {redact_url(url)!r}: use memory, redis://host:port/db, rediss://, "
         "unix:///path "
-        "or redis+sentinel://h1:p1,h2:p2/master/db"
+        "redis+sentinel://h1:p1,h2:p2/master/db or redis+cluster://h1:p1,h2:p2"
     )
 
 

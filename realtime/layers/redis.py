@@ -202,14 +202,19 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
-_QUERY_KEYS = {"ssl_ca_certs", "db", "capacity", "prefix", "password"}
+_QUERY_KEYS = {"ssl_ca_certs", "db", "capacity", "prefix", "password", "partitions"}
+#: A Redis Cluster layer's partitions (``?partitions=``): each is one hash tag, so one slot
+#: and one node at a time (``realtime.layers.cluster``).
+DEFAULT_PARTITIONS = 16
+MAX_PARTITIONS = 256
+_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
 
 
 @dataclass(frozen=True)
 class RedisAddress:
     """Where Redis is, parsed from a ``--layer`` URL."""
 
-    kind: str  # "tcp", "unix" or "sentinel"
+    kind: str  # "tcp", "unix", "sentinel" or "cluster"
     host: str = ""
     port: int = 6379
     path: str = ""
@@ -220,6 +225,11 @@ class RedisAddress:
     ca_certs: str | None = None
     sentinels: tuple[tuple[str, int], ...] = ()
     master: str = ""
+    #: A Redis Cluster's nodes as given (any of them answers where each slot is), its
+    #: partitions, and (one partition's address) the partition's hash tag.
+    nodes: tuple[tuple[str, int], ...] = ()
+    partitions: int = 0
+    tag: str = ""
 
     def describe(self) -> str:
         if self.kind == "unix":
@@ -227,6 +237,11 @@ class RedisAddress:
         if self.kind == "sentinel":
             hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
             return f"sentinel {hosts} master {self.master} db {self.db}"
+        if self.kind == "cluster":
+            hosts = ",".join(_host_port(h, p) for h, p in self.nodes)
+            scheme = "rediss" if self.tls else "redis"
+            where = f" partition {{{self.tag}}}" if self.tag else ""
+            return f"{scheme}+cluster://{hosts}{where}"
         scheme = "rediss" if self.tls else "redis"
         return f"{scheme}://{_host_port(self.host, self.port)}/{self.db}"
 
@@ -322,8 +337,10 @@ def _load_ca_certs(path: str, url: str) -> list[Any]:
 
 def parse_url(url: str) -> tuple[RedisAddress, dict[str, str]]:
     """``redis://[user:password@]host[:port][/db]``, ``rediss://...[?ssl_ca_certs=PATH]``,
-    ``unix://[:password@]/path[?db=N]``, ``redis+sentinel://[:password@]h1:p1,h2:p2/master[/db]``;
-    plus ``capacity=N`` and ``prefix=NAME`` on any. ``ValueError`` names what is wrong."""
+    ``unix://[:password@]/path[?db=N]``, ``redis+sentinel://[:password@]h1:p1,h2:p2/master[/db]``,
+    ``redis+cluster://[user:password@]h1:p1,h2:p2[?partitions=N]`` (``rediss+cluster://``
+    with TLS); plus ``capacity=N`` and ``prefix=NAME`` on any. ``ValueError`` names what
+    is wrong."""
     shown = redact_url(url)  # error messages never carry a password
     try:
         return _parse_url(url, shown)
@@ -341,8 +358,9 @@ def parse_url(url: str) -> tuple[RedisAddress, dict[str, str]]:
 
 def _parse_url(url: str, shown: str) -> tuple[RedisAddress, dict[str, str]]:
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
-        raise ValueError(f"{shown!r}: expected redis://, rediss://, unix:// or redis+sentinel://")
+    if not sep or scheme not in _SCHEMES:
+        raise ValueError(f"{shown!r}: expected redis://, rediss://, unix://, redis+sentinel:// "
+                         "or redis+cluster://")
     rest, _, fragment = rest.partition("#")
     if fragment:
         # Not when it is the end of a ?password= (shown as ***).
@@ -363,8 +381,10 @@ def _parse_url(url: str, shown: str) -> tuple[RedisAddress, dict[str, str]]:
         if len(values) != 1:
             raise ValueError(f"{shown!r}: option {key!r} given more than once")
         query[key] = values[0]
-    if "ssl_ca_certs" in query and scheme != "rediss":
+    if "ssl_ca_certs" in query and scheme not in ("rediss", "rediss+cluster"):
         raise ValueError(f"{shown!r}: ssl_ca_certs is for rediss:// URLs")
+    if "partitions" in query and not scheme.endswith("+cluster"):
+        raise ValueError(f"{shown!r}: partitions is for redis+cluster:// URLs")
     netloc, slash, path = rest.partition("/")
     userinfo, at, hosts = netloc.rpartition("@")
     username = password = None
@@ -397,6 +417,8 @@ def _parse_url(url: str, shown: str) -> tuple[RedisAddress, dict[str, str]]:
         db = _parse_db(db_text, shown) if db_text else 0
         return RedisAddress("sentinel", sentinels=sentinels, master=unquote(master), db=db,
                             username=username, password=password), query
+    if scheme.endswith("+cluster"):
+        return _parse_cluster(scheme, hosts, path, query, shown, username, password)
     if not hosts:
         raise ValueError(f"{shown!r}: no host")
     if "," in hosts:
@@ -410,6 +432,27 @@ def _parse_url(url: str, shown: str) -> tuple[RedisAddress, dict[str, str]]:
         raise ValueError(f"{shown!r}: ssl_ca_certs is empty")
     return RedisAddress("tcp", host=host, port=port, db=db, username=username,
                         password=password, tls=scheme == "rediss", ca_certs=ca), query
+
+
+def _parse_cluster(scheme: str, hosts: str, path: str, query: dict[str, str], shown: str,
+                   username: str | None, password: str | None
+                   ) -> tuple[RedisAddress, dict[str, str]]:
+    """``redis+cluster://`` and ``rediss+cluster://``: some of the cluster's nodes (any one
+    that answers tells where every slot is), database 0 (a cluster has no other)."""
+    if not hosts:
+        raise ValueError(f"{shown!r}: no cluster node (redis+cluster://h1:p1,h2:p2)")
+    nodes = tuple(_parse_hostport(h, shown, 6379) for h in hosts.split(","))
+    if path not in ("", "0"):
+        raise ValueError(f"{shown!r}: a Redis Cluster has database 0 only, got /{path}")
+    text = query.pop("partitions", str(DEFAULT_PARTITIONS))
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PARTITIONS:
+        raise ValueError(f"{shown!r}: partitions must be a whole number from 1 to "
+                         f"{MAX_PARTITIONS}, got {text!r}")
+    ca = query.pop("ssl_ca_certs", None)
+    if ca is not None and not ca:
+        raise ValueError(f"{shown!r}: ssl_ca_certs is empty")
+    return RedisAddress("cluster", nodes=nodes, partitions=int(text), username=username,
+                        password=password, tls=scheme == "rediss+cluster", ca_certs=ca), query
 
 
 # -- connections ---------------------------------------------------------------------------------
@@ -448,8 +491,27 @@ def _protocols() -> dict[str, Any]:
             if self.link is not None:
                 self.link.lost(self, why)
 
+        def replyReceived(self, reply: Any) -> None:
+            if (isinstance(reply, txredisapi.ResponseError) and self.link is not None
+                    and str(reply).startswith(("MOVED ", "ASK "))):
+                # A Redis Cluster node that no longer holds the partition's slot: the
+                # command fails, and the connection goes to whichever node has it now.
+                self.link.moved(self, str(reply))
+            super().replyReceived(reply)
+
     class Subscriber(Command):
         """The subscriber connection: messages go to the layer, replies to their commands."""
+
+        #: SUNSUBSCRIBEs sent and not yet answered, per topic: any other ``sunsubscribe``
+        #: is the cluster's (the slot moved to another node).
+        _leaving: Counter[bytes] | None = None
+
+        def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            if args and args[0] == "SUNSUBSCRIBE":
+                if self._leaving is None:
+                    self._leaving = Counter()
+                self._leaving.update(t.encode() if isinstance(t, str) else t for t in args[1:])
+            return super().execute_command(*args, **kwargs)
 
         def dataReceived(self, data: bytes, unpause: bool = False) -> Any:
             # Broadcasts that arrive in one read (one reactor turn) reach each local member
@@ -462,11 +524,19 @@ def _protocols() -> dict[str, Any]:
                 release()
 
         def replyReceived(self, reply: Any) -> None:
-            if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
-                if self.link is not None:
-                    self.link.on_message(reply[1], reply[2])
-                return
-            self.replyQueue.put(reply)
+            if isinstance(reply, list) and len(reply) == 3:
+                kind = reply[0]
+                if kind == b"message" or kind == b"smessage":
+                    if self.link is not None:
+                        self.link.on_message(reply[1], reply[2])
+                    return
+                if kind == b"sunsubscribe":
+                    if not self._leaving or not self._leaving[reply[1]]:
+                        if self.link is not None:
+                            self.link.moved(self, f"the cluster moved {reply[1]!r}'s slot")
+                        return
+                    self._leaving[reply[1]] -= 1
+            Command.replyReceived(self, reply)
 
     _protocol_classes.update(Command=Command, Subscriber=Subscriber,
                              ResponseError=txredisapi.ResponseError,
@@ -623,6 +693,21 @@ class _Link:
                      "retrying", link=self.name, address=self.layer.address.describe(),
                      problem=text)
 
+    def moved(self, proto: Any, text: str) -> None:
+        """A Redis Cluster node answered MOVED or ASK, or dropped our shard channels: the
+        partition's slot is elsewhere now. The connection is closed; the next one asks the
+        cluster (or goes where MOVED said) first."""
+        if proto is not self.proto and proto is not self.pending:
+            return
+        if text.startswith("MOVED "):
+            target = text.split()[2] if len(text.split()) > 2 else ""
+            host, _, port = target.rpartition(":")
+            if host and port.isdigit():
+                self.layer._moved_to = (host.strip("[]"), int(port))
+        self.problem(f"Redis Cluster: {text}")
+        if proto.transport is not None:
+            proto.transport.loseConnection()
+
     def lost(self, proto: Any, reason: Failure) -> None:
         closing = self._closing.pop(proto, None)
         if closing is not None:
@@ -690,6 +775,12 @@ class RedisChannelLayer(BaseChannelLayer):
     #: how long one must be absent from Redis to be declared gone (seconds).
     presence_check_interval = PRESENCE_CHECK_INTERVAL
     presence_grace = PRESENCE_GRACE
+    #: Pub/sub's commands and the scripts that publish (a Redis Cluster partition uses
+    #: sharded pub/sub instead: SSUBSCRIBE, SPUBLISH, PUBSUB SHARDNUMSUB).
+    _SUBSCRIBE, _UNSUBSCRIBE, _PUBLISH = "SUBSCRIBE", "UNSUBSCRIBE", "PUBLISH"
+    _NUMSUB = "NUMSUB"
+    _publish_script = _PUBLISH_SCRIPT
+    _ask_script = _ASK_SCRIPT
 
     def __init__(self, address: RedisAddress, capacity: int = 100, prefix: str = "realtime",
                  reactor: Any = None, ca_certs: list[Any] | None = None,
@@ -703,16 +794,10 @@ class RedisChannelLayer(BaseChannelLayer):
         #: given (a test's ``Clock``; connections always use the reactor).
         self.clock = clock
         self._ca_certs = ca_certs
-        base = f"{prefix}:{address.db}:"
-        self._group_topic = base + "g:"
-        self._process_topic = base + "p:"
-        self._list_key = base + "c:"
-        self._history_key = base + "h:"  # a history group's messages (a list)
-        self._meta_key = base + "m:"  # its epoch and offset (a hash)
-        self._own_topic = (self._process_topic + self.process_id).encode()
-        self._survey_topic = base + "s"  # every process's: survey()
-        self._survey_bytes = self._survey_topic.encode()
-        self._group_prefix = self._group_topic.encode()
+        self._names(self._key_base())
+        #: Where a Redis Cluster's MOVED said the partition is now: the next connection's
+        #: address, once (``_Link.moved``).
+        self._moved_to: tuple[str, int] | None = None
         self._seq = itertools.count(1)
         self._pub: _Link | None = None
         self._sub: _Link | None = None
@@ -765,10 +850,36 @@ class RedisChannelLayer(BaseChannelLayer):
         self._reannounce_due = False
         self._unannounced: set[str] = set()
 
+    def _key_base(self) -> str:
+        return f"{self.prefix}:{self.address.db}:"
+
+    def _names(self, base: str) -> None:
+        """Every key and topic starts with ``base``: ``<prefix>:<db>:`` (a Redis Cluster
+        partition's: ``<prefix>:{<tag>}:``, so that all of them are in one slot)."""
+        self._group_topic = base + "g:"
+        self._process_topic = base + "p:"
+        self._list_key = base + "c:"
+        self._history_key = base + "h:"  # a history group's messages (a list)
+        self._meta_key = base + "m:"  # its epoch and offset (a hash)
+        self._own_topic = (self._process_topic + self.process_id).encode()
+        self._survey_topic = base + "s"  # every process's: survey()
+        self._survey_bytes = self._survey_topic.encode()
+        self._group_prefix = self._group_topic.encode()
+
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_url(cls, url: str, reactor: Any = None) -> RedisChannelLayer:
         """Parse and check ``url`` fully (a CA file included); connects nothing."""
+        address, options = cls.parse_options(url)
+        if address.kind == "cluster":
+            raise ValueError(f"{redact_url(url)!r}: a Redis Cluster is "
+                             "realtime.layers.cluster's (layer_from_url)")
+        return cls(address, reactor=reactor, **options)
+
+    @staticmethod
+    def parse_options(url: str) -> tuple[RedisAddress, dict[str, Any]]:
+        """``url``'s address and the layer's keyword arguments (``capacity``, ``prefix``,
+        ``ca_certs``: the certificates read now, so a bad file stops start-up)."""
         address, options = parse_url(url)
         shown = redact_url(url)
         capacity = 100
@@ -788,8 +899,7 @@ class RedisChannelLayer(BaseChannelLayer):
             from twisted.internet.ssl import platformTrust
 
             platformTrust()  # fails now if the system has no trust store support
-        return cls(address, capacity=capacity, prefix=prefix, reactor=reactor,
-                   ca_certs=ca_certs)
+        return address, {"capacity": capacity, "prefix": prefix, "ca_certs": ca_certs}
 
     def _endpoint(self) -> Deferred[Any]:
         """A client endpoint for the master (after a Sentinel lookup for sentinel URLs)."""
@@ -803,9 +913,14 @@ class RedisChannelLayer(BaseChannelLayer):
             d = Deferred.fromCoroutine(self._discover_master())
             return d.addCallback(lambda hp: HostnameEndpoint(self.reactor, hp[0], hp[1],
                                                              timeout=CONNECT_TIMEOUT))
-        endpoint: Any = HostnameEndpoint(self.reactor, address.host, address.port,
-                                         timeout=CONNECT_TIMEOUT)
-        if address.tls:
+        return succeed(self._tcp_endpoint(address.host, address.port))
+
+    def _tcp_endpoint(self, host: str, port: int) -> Any:
+        """A client endpoint for ``host:port``, through TLS for ``rediss``."""
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        endpoint: Any = HostnameEndpoint(self.reactor, host, port, timeout=CONNECT_TIMEOUT)
+        if self.address.tls:
             from twisted.internet.endpoints import wrapClientTLS
             from twisted.internet.ssl import (
                 optionsForClientTLS,
@@ -815,9 +930,8 @@ class RedisChannelLayer(BaseChannelLayer):
 
             trust = (trustRootFromCertificates(self._ca_certs) if self._ca_certs
                      else platformTrust())
-            endpoint = wrapClientTLS(optionsForClientTLS(address.host, trustRoot=trust),
-                                     endpoint)
-        return succeed(endpoint)
+            endpoint = wrapClientTLS(optionsForClientTLS(host, trustRoot=trust), endpoint)
+        return endpoint
 
     def _sentinel_endpoint(self) -> Deferred[Any]:
         """The sentinels in turn, for the watcher's connection."""
@@ -1041,7 +1155,7 @@ class RedisChannelLayer(BaseChannelLayer):
         topics = [self._own_topic, self._survey_bytes] + [
             self._group_topic + g for g in self._groups]
         self._subscribed.clear()
-        waits = [proto.execute_command("SUBSCRIBE", topic, apply_timeout=False)
+        waits = [proto.execute_command(self._SUBSCRIBE, topic, apply_timeout=False)
                  for topic in topics]
         epochs = {g: self._epochs.get(g, 0) for g in self._groups}
         self._inflight += 1
@@ -1197,7 +1311,7 @@ class RedisChannelLayer(BaseChannelLayer):
         epoch = self._epochs.get(group, 0)
         self._inflight += 1
         try:
-            sent = proto.execute_command("SUBSCRIBE", self._group_topic + group,
+            sent = proto.execute_command(self._SUBSCRIBE, self._group_topic + group,
                                          apply_timeout=False)
         except Exception:
             self._subscribed_now(group, proto, waiters, epoch, ok=False)
@@ -1239,7 +1353,7 @@ class RedisChannelLayer(BaseChannelLayer):
         proto = self._sub.proto if self._sub is not None else None
         if proto is not None:
             try:
-                proto.execute_command("UNSUBSCRIBE", self._group_topic + group).addErrback(
+                proto.execute_command(self._UNSUBSCRIBE, self._group_topic + group).addErrback(
                     lambda _: None)
             except Exception:  # lost meanwhile: nothing to unsubscribe
                 pass
@@ -1475,7 +1589,7 @@ class RedisChannelLayer(BaseChannelLayer):
         if proto is None:
             return fail(LayerUnavailable("channel layer: not connected to Redis"))
         try:
-            d = proto.execute_command("PUBSUB", "NUMSUB",
+            d = proto.execute_command("PUBSUB", self._NUMSUB,
                                       *[self._process_topic + p for p in processes])
         except Exception as exc:
             return fail(LayerUnavailable(f"channel layer: Redis connection lost: {exc}"))
@@ -1564,7 +1678,7 @@ class RedisChannelLayer(BaseChannelLayer):
         return d.addErrback(self._publish_failed)
 
     def _publish(self, topic: str, payload: bytes) -> Deferred[int]:
-        d = self._on_publisher(lambda proto: proto.execute_command("PUBLISH", topic, payload))
+        d = self._on_publisher(lambda proto: proto.execute_command(self._PUBLISH, topic, payload))
         if not (d.called and isinstance(d.result, Failure)):
             self.stats.published += 1
         return d
@@ -1577,6 +1691,11 @@ class RedisChannelLayer(BaseChannelLayer):
             self.stats.unavailable += 1
             return Failure(LayerUnavailable(f"channel layer: Redis connection lost: "
                                             f"{failure.value}"))
+        if failure.check(errors["ResponseError"]) and str(failure.value).startswith(
+                ("MOVED ", "ASK ")):
+            self.stats.unavailable += 1  # the connection is moving (_Link.moved)
+            return Failure(LayerUnavailable(f"channel layer: the Redis Cluster moved this "
+                                            f"partition ({failure.value}); reconnecting"))
         return failure
 
     def _publish_group(self, group: str, kind: int, data: Any,
@@ -1614,7 +1733,7 @@ class RedisChannelLayer(BaseChannelLayer):
             args = [payload, new_epoch(), rule.size, ttl,
                     max(ttl, int(self.history_meta_ttl * 1000))]
             published = self._on_publisher(lambda proto: proto.eval(
-                _PUBLISH_SCRIPT, keys=[topic, self._history_key + group,
+                self._publish_script, keys=[topic, self._history_key + group,
                                        self._meta_key + group], args=args))
             if not (published.called and isinstance(published.result, Failure)):
                 self.stats.published += 1
@@ -1918,7 +2037,7 @@ class RedisChannelLayer(BaseChannelLayer):
         many answers came as the topic had subscribers, or after ``presence_timeout``."""
         self._censuses[seq] = census
         asked = self._on_publisher(lambda proto: proto.eval(
-            _ASK_SCRIPT, keys=[topic], args=[question]))
+            self._ask_script, keys=[topic], args=[question]))
 
         def heard_by(processes: int) -> Deferred[_Census]:
             if self._censuses.get(seq) is census:  # not released meanwhile (subscriber lost)

@@ -75,7 +75,7 @@ class _Shard(RedisChannelLayer):
         super().__init__(layer.address, capacity=layer.capacity, prefix=layer.prefix,
                          reactor=layer.reactor, ca_certs=layer._ca_certs, clock=layer.clock)
         self.process_id = parent.process_id
-        self._own_topic = (self._process_topic + self.process_id).encode()
+        self._names(self._key_base())  # the process topic is the parent's process's
         self._receivers = parent._receivers
         self._memberships = parent._memberships
         self._queues = parent._queues
@@ -131,11 +131,15 @@ _SHARD_SETTINGS = frozenset({"presence_timeout", "presence_check_interval", "pre
 class ShardedRedisChannelLayer(BaseChannelLayer):
     """Groups spread over several Redis servers (see the module docstring)."""
 
+    #: What each shard is (``realtime.layers.cluster`` makes Redis Cluster partitions).
+    _shard_class: type[_Shard] = _Shard
+
     def __init__(self, layers: list[RedisChannelLayer]) -> None:
-        if len(layers) < 2:
-            raise ValueError("a sharded layer needs at least two Redis servers")
+        if not layers:
+            raise ValueError("a sharded layer needs Redis servers")
         super().__init__(capacity=layers[0].capacity)
-        self.shards = [_Shard(self, index, layer) for index, layer in enumerate(layers)]
+        self.shards = [self._shard_class(self, index, layer)
+                       for index, layer in enumerate(layers)]
         self.reactor = layers[0].reactor
         #: What logs and ``--check`` name: every server, no password.
         self.address = _Servers(self.shards)
@@ -146,6 +150,9 @@ class ShardedRedisChannelLayer(BaseChannelLayer):
         ``RedisChannelLayer.from_url`` checks one; the same server twice (however it is
         spelt) or URLs with different ``capacity``/``prefix`` are a ``ValueError``."""
         urls = several(url) or [url]
+        if len(urls) < 2:
+            raise ValueError(f"{redact_url(url)!r}: a sharded layer needs at least two Redis "
+                             "servers")
         layers = [RedisChannelLayer.from_url(one, reactor) for one in urls]
         # As written (names are not resolved: localhost and 127.0.0.1 are two servers).
         seen: dict[tuple[Any, ...], str] = {}

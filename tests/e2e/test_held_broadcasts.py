@@ -421,8 +421,16 @@ async def test_a_member_of_several_rooms_gets_one_turns_broadcasts_in_one_send(l
         counted = count_all_sends(server)
         writes0 = layer.stats.broadcast_writes
         publisher.write(client_frame(0x1, b"a+b one") + client_frame(0x1, b"a two"))
-        assert await both.wait_frames(3) == [
-            (0x1, b"a: one"), (0x1, b"b: one"), (0x1, b"a: two")]
+        got = await both.wait_frames(3)
+        if getattr(layer, "shard", lambda g: None)("a") is getattr(
+                layer, "shard", lambda g: None)("b"):
+            assert got == [(0x1, b"a: one"), (0x1, b"b: one"), (0x1, b"a: two")]
+        else:
+            # Groups on two Redis servers (or cluster partitions) come over two
+            # connections: each group's order holds, not the order between them.
+            assert [f for f in got if f[1].startswith(b"a")] == [
+                (0x1, b"a: one"), (0x1, b"a: two")]
+            assert [f for f in got if f[1].startswith(b"b")] == [(0x1, b"b: one")]
         assert await only_a.wait_frames(2) == [(0x1, b"a: one"), (0x1, b"a: two")]
         assert await only_b.wait_frames(1) == [(0x1, b"b: one")]
         if layer.__class__.__name__ == "InMemoryChannelLayer":

@@ -1,0 +1,258 @@
+"""The Redis layer over a Redis Cluster: groups spread over its nodes by hash slot.
+
+Why: a managed Redis in cluster mode (ElastiCache, Memorystore, Azure Cache) is often the
+only Redis a team gets, and past one server's throughput a cluster is how Redis grows;
+channels_redis does not work on one (channels_redis #420, #381). ``--layer
+redis+cluster://node1:6379,node2:6379`` (some of the nodes: any one that answers tells
+where every slot is; ``rediss+cluster://`` with TLS).
+
+How: the layer has a fixed number of *partitions* (``?partitions=N``, 16 by default), each
+a shard of ``ShardedRedisChannelLayer`` whose every key and topic carries one hash tag
+(``<prefix>:{<tag>}:...``): one slot, so one node at any time, and the Lua scripts that
+touch a group's history and topic together stay on one node, as a cluster requires. A
+group lives in partition ``crc32(name) % N`` (every process computes the same: start every
+process with the same ``partitions``). The tags are chosen so that their slots are spread
+evenly over the slot space (``partition_tags``): a cluster whose nodes hold equal slot
+ranges gets equal shares of the partitions (the bare indexes ``{0}``, ``{1}``, ... hash to
+scattered slots and can leave nodes without any).
+
+Pub/sub is sharded pub/sub (Redis 7.0 or later): SSUBSCRIBE, SPUBLISH and PUBSUB
+SHARDNUMSUB, so a message goes only to the node that holds its partition's slot, not over
+the cluster bus to every node as PUBLISH does.
+
+Each partition connects to the node that holds its slot, found with ``CLUSTER SLOTS`` (the
+URL's nodes first, then those learnt from earlier answers). When the slot moves (a
+resharding, a failover): a command answered ``MOVED``/``ASK`` fails with
+``LayerUnavailable`` and its connection is closed; a subscriber whose channels the node
+drops (an ``sunsubscribe`` it did not ask for) is closed too; both reconnect to the node
+that holds the slot now (where MOVED said, else asked again), as after any lost
+connection: the partition's groups are resubscribed and their members get ``layer.gap``
+(a history group's members its recovery).
+
+Cost: two connections per partition and process (publisher and subscriber), and one for
+named channels' BRPOP: 33 per process with 16 partitions.
+"""
+
+from __future__ import annotations
+
+import binascii
+import functools
+from dataclasses import replace
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
+
+from realtime.layers.redis import (
+    _ASK_SCRIPT,
+    _PUBLISH_SCRIPT,
+    CONNECT_TIMEOUT,
+    RedisAddress,
+    RedisChannelLayer,
+    _Factory,
+    _host_port,
+    _reason,
+    redact_url,
+)
+from realtime.layers.sharded import ShardedRedisChannelLayer, _Shard
+
+#: A Redis Cluster's hash slots.
+SLOTS = 16384
+
+
+def key_slot(key: bytes) -> int:
+    """The slot Redis Cluster gives ``key``: CRC16 (XMODEM) of its hash tag (the first
+    non-empty ``{...}``) or of the whole key, modulo 16384."""
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1:end]
+    return binascii.crc_hqx(key, 0) % SLOTS
+
+
+@functools.cache
+def partition_tags(count: int) -> tuple[str, ...]:
+    """``count`` hash tags, the k-th one (``r<i>``, the first that fits) in the middle half
+    of the k-th of ``count`` equal ranges of slots: spread evenly over the nodes of a
+    cluster with equal slot ranges, whatever their number."""
+    tags = []
+    for k in range(count):
+        low, high = k * SLOTS // count, (k + 1) * SLOTS // count
+        quarter = (high - low) // 4
+        i = 0
+        while not low + quarter <= key_slot(b"r%d" % i) < high - quarter:
+            i += 1
+        tags.append(f"r{i}")
+    return tuple(tags)
+
+
+def _sharded(script: str) -> str:
+    """A script of the single-Redis layer with sharded pub/sub's commands."""
+    changed = script.replace("'PUBLISH'", "'SPUBLISH'").replace("'NUMSUB'", "'SHARDNUMSUB'")
+    assert changed != script
+    return changed
+
+
+def _slot_table(reply: Any, asked: str) -> list[tuple[int, int, str, int]]:
+    """``CLUSTER SLOTS``'s answer as (first slot, last slot, master host, master port);
+    a master without a known address (an empty host) is the node asked."""
+    table = []
+    for entry in reply:
+        first, last, master = int(entry[0]), int(entry[1]), entry[2]
+        host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+        table.append((first, last, host if host not in ("", "?") else asked, int(master[1])))
+    return table
+
+
+class _Partition(_Shard):
+    """One partition: its hash tag's slot, on whichever node holds it."""
+
+    _SUBSCRIBE, _UNSUBSCRIBE, _PUBLISH = "SSUBSCRIBE", "SUNSUBSCRIBE", "SPUBLISH"
+    _NUMSUB = "SHARDNUMSUB"
+    _publish_script = _sharded(_PUBLISH_SCRIPT)
+    _ask_script = _sharded(_ASK_SCRIPT)
+
+    _parent: ClusterRedisChannelLayer
+
+    def __init__(self, parent: ClusterRedisChannelLayer, index: int,
+                 layer: RedisChannelLayer) -> None:
+        self.tag = parent.tags[index]
+        self.slot = key_slot(self.tag.encode())
+        super().__init__(parent, index, layer)
+        #: What its connections' log lines name: the cluster and the partition.
+        self.address = replace(layer.address, tag=self.tag)
+
+    def _key_base(self) -> str:
+        return f"{self.prefix}:{{{self.tag}}}:"
+
+    def _endpoint(self) -> Deferred[Any]:
+        """Where MOVED said the slot went (once), else the node the cluster says holds it."""
+        moved, self._moved_to = self._moved_to, None
+        if moved is not None:
+            return succeed(self._tcp_endpoint(*moved))
+        return self._parent.locate(self.slot).addCallback(
+            lambda node: self._tcp_endpoint(*node))
+
+
+class _Probe:
+    """What a one-off connection (a ``CLUSTER SLOTS``) reports to, in place of a ``_Link``."""
+
+    protocol_name = "Command"
+    to_sentinel = False
+    on_message = None
+
+    def __init__(self, layer: RedisChannelLayer) -> None:
+        self.layer = layer
+        self.answer: Deferred[Any] = Deferred()
+        self._problem: str | None = None
+
+    def problem(self, text: str) -> None:  # AUTH refused, ...
+        self._problem = text
+
+    def lost(self, proto: Any, reason: Failure) -> None:
+        if not self.answer.called:
+            self.answer.errback(ConnectionError(self._problem or _reason(reason)))
+
+    def moved(self, proto: Any, text: str) -> None:
+        pass  # (CLUSTER SLOTS is answered by any node)
+
+
+class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
+    """Groups spread over a Redis Cluster's nodes (see the module docstring)."""
+
+    _shard_class = _Partition
+
+    def __init__(self, address: RedisAddress, capacity: int = 100,
+                 prefix: str = "realtime", reactor: Any = None,
+                 ca_certs: list[Any] | None = None) -> None:
+        if address.kind != "cluster":
+            raise ValueError(f"{address.describe()}: not a Redis Cluster address")
+        #: Each partition's hash tag.
+        self.tags = partition_tags(address.partitions)
+        #: Nodes learnt from the last ``CLUSTER SLOTS`` (asked after the URL's).
+        self._known: tuple[tuple[str, int], ...] = ()
+        self._locating: list[tuple[int, Deferred[tuple[str, int]]]] = []
+        super().__init__([
+            RedisChannelLayer(address, capacity=capacity, prefix=prefix, reactor=reactor,
+                              ca_certs=ca_certs)
+            for _ in range(address.partitions)])
+        self.address = address  # type: ignore[assignment]
+        self.cluster = address
+
+    @classmethod
+    def from_url(cls, url: str, reactor: Any = None) -> ClusterRedisChannelLayer:
+        """Parse and check ``url`` fully (a CA file included); connects nothing."""
+        address, options = RedisChannelLayer.parse_options(url)
+        if address.kind != "cluster":
+            raise ValueError(f"{redact_url(url)!r}: expected redis+cluster:// or "
+                             "rediss+cluster://")
+        return cls(address, reactor=reactor, **options)
+
+    # -- where each slot is ----------------------------------------------------------------
+    def locate(self, slot: int) -> Deferred[tuple[str, int]]:
+        """The (host, port) of the node that holds ``slot`` now: one ``CLUSTER SLOTS``,
+        shared by every partition that asks while it is in flight."""
+        d: Deferred[tuple[str, int]] = Deferred()
+        self._locating.append((slot, d))
+        if len(self._locating) == 1:
+            Deferred.fromCoroutine(self._slots()).addBoth(self._located)
+        return d
+
+    def _located(self, result: Any) -> None:
+        waiting, self._locating = self._locating, []
+        for slot, d in waiting:
+            if d.called:  # cancelled (the layer closed)
+                continue
+            if isinstance(result, Failure):
+                d.errback(result)
+                continue
+            node = next(((host, port) for first, last, host, port in result
+                         if first <= slot <= last), None)
+            if node is None:
+                d.errback(LookupError(f"no Redis Cluster node holds slot {slot} (is every "
+                                      "slot assigned?)"))
+            else:
+                d.callback(node)
+
+    async def _slots(self) -> list[tuple[int, int, str, int]]:
+        """``CLUSTER SLOTS`` from the first node that answers."""
+        problems = []
+        for host, port in dict.fromkeys(self.cluster.nodes + self._known):
+            try:
+                table = await self._ask(host, port)
+            except Exception as exc:
+                problems.append(f"{_host_port(host, port)}: {exc or type(exc).__name__}")
+                continue
+            self._known = tuple(dict.fromkeys((h, p) for _, _, h, p in table))
+            return table
+        raise LookupError("no Redis Cluster node answered CLUSTER SLOTS: "
+                          + "; ".join(problems))
+
+    async def _ask(self, host: str, port: int) -> list[tuple[int, int, str, int]]:
+        first = self.shards[0]
+        probe = _Probe(first)
+        proto = await first._tcp_endpoint(host, port).connect(_Factory(probe))  # type: ignore[arg-type]
+        timer = self.reactor.callLater(CONNECT_TIMEOUT, proto.transport.abortConnection)
+
+        def answered(reply: Any) -> None:
+            if not probe.answer.called:
+                probe.answer.callback(reply)
+
+        def failed(failure: Failure) -> None:
+            if not probe.answer.called:
+                probe.answer.errback(failure)
+
+        try:
+            asked = proto.whenConnected().addCallback(
+                lambda p: p.execute_command("CLUSTER", "SLOTS"))
+            asked.addCallbacks(answered, failed)
+            return _slot_table(await probe.answer, host)
+        finally:
+            if timer.active():
+                timer.cancel()
+            if proto.transport is not None:
+                proto.transport.loseConnection()
+
+
+__all__ = ["ClusterRedisChannelLayer", "key_slot", "partition_tags"]
