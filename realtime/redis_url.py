@@ -22,6 +22,9 @@ def parse_redis_url(url: str) -> RedisAddress:
     and ``prefix=`` mean nothing here, so they are refused). A ``ssl_ca_certs`` file is read
     now, so a bad one stops start-up."""
     address, options = parse_url(url)
+    if address.kind == "cluster":
+        raise ValueError(f"{redact_url(url)!r}: a Redis Cluster is for --layer; this takes one "
+                         "Redis (redis://, rediss://, unix:// or redis+sentinel://)")
     if options:
         raise ValueError(
             f"{redact_url(url)!r}: {', '.join(sorted(options))} is a channel-layer option "

@@ -148,8 +148,10 @@ class MemorySessionStore:
         return succeed(None)
 
 
-#: The ``--session-store`` values that are Redis URLs (the forms ``--layer`` takes).
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+#: The ``--session-store`` values that are Redis URLs (the forms ``--layer`` takes; a
+#: cluster's is refused by name).
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://",
+                 "rediss+cluster://")
 
 
 class RedisSessionStore:

@@ -377,7 +377,8 @@ class Options(usage.Options):
         ["layer", None, "memory",
          "Channel layer: memory, redis://host:port/db, rediss://..., unix:///path, "
          "redis+sentinel://h1:p1,h2:p2/master/db; several Redis URLs separated by spaces "
-         "spread the groups over those servers."],
+         "spread the groups over those servers; redis+cluster://h1:p1,h2:p2 over a Redis "
+         "Cluster."],
         ["root-path", None, "", "Prefix stripped from paths before routing (e.g. /ws)."],
         ["shutdown-timeout", None, "10",
          "Seconds the drain on SIGTERM/SIGINT may take (WebSockets closed with 1001, HTTP "

@@ -52,8 +52,8 @@ class Options(usage.Options):
          "ChannelNameRouter."],
         ["layer", None, "memory",
          "Channel layer: redis://host:port/db, rediss://..., unix:///path, "
-         "redis+sentinel://h1:p1,h2:p2/master/db (memory is refused: workers need a shared "
-         "layer)."],
+         "redis+sentinel://h1:p1,h2:p2/master/db, several separated by spaces, "
+         "redis+cluster://h1:p1,h2:p2 (memory is refused: workers need a shared layer)."],
         ["shutdown-timeout", None, "10",
          "Seconds a message being handled may take to finish at SIGTERM/SIGINT."],
         ["verbosity", "v", "1",
@@ -106,7 +106,8 @@ class Options(usage.Options):
                                    "consume named channels (no '!')")
         if self["layer"] in ("memory", "memory://"):
             raise StartupError("--layer: a worker needs a shared layer (redis://host:port/db, "
-                               "rediss://, unix://, redis+sentinel://), not memory")
+                               "rediss://, unix://, redis+sentinel://, redis+cluster://), not "
+                               "memory")
         try:
             self.layer = layer_from_url(self["layer"])
         except ValueError as exc:

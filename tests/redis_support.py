@@ -288,9 +288,11 @@ async def sharded_layer(redis_server: RedisServer, second_redis_server: RedisSer
 
 
 #: What every node of a test cluster runs with: a node away fails only its own slots
-#: (``cluster-require-full-coverage no``), and is declared failed after 1 s.
+#: (``cluster-require-full-coverage no``), and is declared failed after 1 s; a replica
+#: syncs at once (not after the default 5 s wait for more replicas).
 CLUSTER_ARGS = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no")
+                "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no",
+                "--repl-diskless-sync-delay", "0")
 
 
 class RedisCluster:
@@ -319,6 +321,12 @@ class RedisCluster:
                 master = self.masters[i % masters]
                 assert replica.call("CLUSTER", "REPLICATE", self.node_id(master)) == "+OK"
             self.wait_ok()
+            deadline = time.monotonic() + START_TIMEOUT  # (a replica that never synced
+            for replica in self.nodes[masters:]:          # is never promoted)
+                while "master_link_status:up" not in replica.call("INFO", "replication"):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("a test cluster replica did not sync")
+                    time.sleep(0.05)
         except BaseException:
             self.close()
             raise
@@ -353,9 +361,9 @@ class RedisCluster:
         for node in self.masters:
             if node.proc is None or node.proc.poll() is not None:
                 continue
-            for entry in node.call("CLUSTER", "SLOTS"):
-                if int(entry[0]) <= slot <= int(entry[1]):
-                    port = int(entry[2][1])
+            for entry in node.call("CLUSTER", "SLOTS"):  # (integers come as ":N")
+                if int(entry[0][1:]) <= slot <= int(entry[1][1:]):
+                    port = int(entry[2][1][1:])
                     return next(n for n in self.nodes if n.port == port)
         raise LookupError(slot)
 

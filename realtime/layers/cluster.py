@@ -127,8 +127,8 @@ class _Partition(_Shard):
         return f"{self.prefix}:{{{self.tag}}}:"
 
     def _endpoint(self) -> Deferred[Any]:
-        """Where MOVED said the slot went (once), else the node the cluster says holds it."""
-        moved, self._moved_to = self._moved_to, None
+        """Where MOVED said the slot went, else the node the cluster says holds it."""
+        moved = self._moved_to
         if moved is not None:
             return succeed(self._tcp_endpoint(*moved))
         return self._parent.locate(self.slot).addCallback(

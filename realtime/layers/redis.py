@@ -676,6 +676,7 @@ class _Link:
     def _failed(self, failure: Failure) -> None:
         self._connecting = None
         self._cancel_ready_call()
+        self.layer._moved_to = None  # (where MOVED said may be gone too: ask again)
         if self.stopped:
             return
         self.problem(_reason(failure))
@@ -695,8 +696,8 @@ class _Link:
 
     def moved(self, proto: Any, text: str) -> None:
         """A Redis Cluster node answered MOVED or ASK, or dropped our shard channels: the
-        partition's slot is elsewhere now. The connection is closed; the next one asks the
-        cluster (or goes where MOVED said) first."""
+        partition's slot is elsewhere now. The layer's connections are closed; the next ones
+        go where MOVED said (else ask the cluster)."""
         if proto is not self.proto and proto is not self.pending:
             return
         if text.startswith("MOVED "):
@@ -707,6 +708,12 @@ class _Link:
         self.problem(f"Redis Cluster: {text}")
         if proto.transport is not None:
             proto.transport.loseConnection()
+        # The layer's other connections are to the same slot's old node: they go too (a
+        # history group's recovery must not read from there).
+        for other in (self.layer._pub, self.layer._sub, self.layer._pop):
+            if other is not None and other is not self and other.proto is not None \
+                    and other.proto.transport is not None:
+                other.proto.transport.loseConnection()
 
     def lost(self, proto: Any, reason: Failure) -> None:
         closing = self._closing.pop(proto, None)

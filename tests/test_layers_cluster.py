@@ -1,0 +1,315 @@
+"""The Redis layer over a Redis Cluster (``realtime.layers.cluster``): real clusters of
+redis-servers (three masters; one test adds a replica), two layers standing for two
+processes. Each group lives in a partition whose hash tag puts all its keys and topics in
+one slot, on whichever node holds it; pub/sub is sharded; a moved slot, a node away and a
+failover each cost only the partitions concerned, reported as ``layer.gap``.
+(tests/conftest.py also runs every generic layer test against it: LAYER_KINDS.)"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from realtime.layers import LayerUnavailable, layer_from_url
+from realtime.layers.cluster import SLOTS, ClusterRedisChannelLayer, key_slot, partition_tags
+from realtime.layers.redis import RedisChannelLayer
+from tests.redis_support import RedisCluster, RedisServer
+from tests.test_layers import until
+from tests.test_layers_redis import Probe
+
+
+def in_partition(layer: ClusterRedisChannelLayer, index: int, tag: str) -> str:
+    """A group name (with ``tag``) that lives in partition ``index``."""
+    n = 0
+    while layer.shards.index(layer.shard(f"{tag}.{n}")) != index:
+        n += 1
+    return f"{tag}.{n}"
+
+
+def slot_of(layer: ClusterRedisChannelLayer, group: str) -> int:
+    return key_slot(layer.shard(group)._group_topic.encode())
+
+
+def shardnumsub(node: RedisServer, topic: str) -> int:
+    return int(node.call("PUBSUB", "SHARDNUMSUB", topic)[1].lstrip(":"))
+
+
+async def started(url: str) -> ClusterRedisChannelLayer:
+    from twisted.internet import reactor
+
+    layer = layer_from_url(url)
+    assert isinstance(layer, ClusterRedisChannelLayer)
+    layer.start(reactor)
+    await layer.when_ready(10)
+    return layer
+
+
+@pytest.fixture
+def two_processes(redis_cluster: RedisCluster) -> Any:
+    """``await make()``: a started cluster layer on the session's cluster (a key prefix of
+    the test's own), closed after the test."""
+    prefix = f"cl{uuid.uuid4().hex[:8]}"
+    layers: list[ClusterRedisChannelLayer] = []
+
+    async def make(partitions: int = 16) -> ClusterRedisChannelLayer:
+        layer = await started(f"{redis_cluster.url}?prefix={prefix}&partitions={partitions}")
+        layers.append(layer)
+        return layer
+
+    make.prefix = prefix  # type: ignore[attr-defined]
+    yield make
+    for layer in layers:
+        pytest_twisted.blockon(layer.close())
+
+
+def test_key_slot_is_redis_clusters_and_partitions_spread_evenly(redis_cluster):
+    node = redis_cluster.masters[0]
+    for key in ["foo", "{user1000}.following", "a{}b", "{}{x}", "x{y}z{w}", "é",
+                "prefix:{r7}:g:room"]:
+        assert key_slot(key.encode()) == int(node.call("CLUSTER", "KEYSLOT", key).lstrip(":"))
+    for count in (1, 3, 16, 100, 256):
+        tags = partition_tags(count)
+        assert len(set(tags)) == count
+        for k, tag in enumerate(tags):  # each in the middle half of its range of slots
+            low, high = k * SLOTS // count, (k + 1) * SLOTS // count
+            assert low <= key_slot(tag.encode()) < high
+    # 16 partitions on the test cluster's three equal ranges: 5, 6 and 5 of them.
+    owners = [redis_cluster.owner(key_slot(t.encode())).port for t in partition_tags(16)]
+    assert sorted(owners.count(node.port) for node in redis_cluster.masters) == [5, 5, 6]
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_group_lives_in_its_partition_on_the_node_that_holds_it(
+        two_processes, redis_cluster):
+    one, two = await two_processes(), await two_processes()
+    prefix = two_processes.prefix
+    # Groups in partitions on each of the three nodes.
+    groups = [in_partition(one, k, "room") for k in range(16)]
+    owners = {redis_cluster.owner(slot_of(one, g)).port for g in groups}
+    assert owners == {node.port for node in redis_cluster.masters}
+    one.keep_history(f"{groups[0]}", 10, 60)
+    two.keep_history(f"{groups[0]}", 10, 60)
+    a, b = Probe(), Probe()
+    ca, cb = one.attach(a), two.attach(b)
+    for group in groups:
+        await two.group_add(group, cb)
+    await one.group_add(groups[0], ca)
+    for group in groups:
+        await one.group_send(group, {"type": "hello", "group": group})
+    await until(lambda: len(b.events) == 16)
+    assert sorted(e["group"] for e in b.events) == sorted(groups)
+    assert [e["group"] for e in a.events] == [groups[0]]
+    # The partition's tag keeps the group's topic and history keys in one slot, on the node
+    # that holds it; the topic is a shard channel (SSUBSCRIBE), not a plain one.
+    tag = one.shard(groups[0]).tag
+    topic, history = f"{prefix}:{{{tag}}}:g:{groups[0]}", f"{prefix}:{{{tag}}}:h:{groups[0]}"
+    owner = redis_cluster.owner(key_slot(topic.encode()))
+    assert key_slot(topic.encode()) == key_slot(history.encode())
+    assert shardnumsub(owner, topic) == 2
+    assert owner.call("PUBSUB", "NUMSUB", topic)[1] == ":0"
+    assert owner.call("EXISTS", history) == ":1"
+    kept = await two.group_history(groups[0])
+    assert [m["group"] for m in kept["messages"]] == [groups[0]]
+    # b goes: its shard channels go with it.
+    two.detach(cb)
+    await until(lambda: shardnumsub(owner, topic) == 1)
+    assert two.local_groups() == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_direct_sends_remote_joins_named_channels_presence_and_surveys(two_processes):
+    one, two = await two_processes(), await two_processes()
+    prefix = two_processes.prefix
+    a, b = Probe(), Probe()
+    ca, cb = one.attach(a), two.attach(b)
+    await one.send(cb, {"type": "direct"})  # another process's consumer
+    await until(lambda: b.events == [{"type": "direct"}])
+    group = in_partition(one, 9, f"{prefix}-remote")
+    await one.group_add(group, cb)  # another process's consumer, added from here
+    assert two.local_members(group) == [cb]
+    await one.group_send(group, {"type": "to.group"})
+    await until(lambda: b.events[-1:] == [{"type": "to.group"}])
+    await one.send("thumbnails", {"type": "job", "n": 1})  # a worker's named channel
+    assert await two.receive("thumbnails") == {"type": "job", "n": 1}
+    feeds = [in_partition(one, k, f"{prefix}-feed") for k in (1, 6, 12)]
+    for feed in feeds:
+        await one.group_add(feed, ca, presence={"user": "ada"})
+        await two.group_add(feed, cb, presence={"user": "bob"})
+    for feed in feeds:
+        members = await one.group_presence(feed)
+        assert sorted(info["user"] for info in members.values()) == ["ada", "bob"]
+    assert await one.group_sizes(f"{prefix}-feed") == dict.fromkeys(feeds, 2)
+    two.detach(cb)
+    await until(lambda: len([e for e in a.events if e["type"] == "presence.leave"]) == 3)
+    assert await two.group_sizes(f"{prefix}-feed") == dict.fromkeys(feeds, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_moved_slot_costs_its_partition_a_gap_and_keeps_its_history():
+    """A resharding moves one partition's slot (and its keys) to another node: that node's
+    old connections are told (MOVED, an unasked ``sunsubscribe``), reconnect where the slot
+    is, and its groups' members get ``layer.gap`` (a history group: what it missed, from
+    the moved history); the other partitions notice nothing."""
+    cluster = RedisCluster()
+    try:
+        one, two = await started(cluster.url), await started(cluster.url)
+        try:
+            moving, steady = in_partition(one, 3, "moving"), in_partition(one, 12, "steady")
+            feed = in_partition(one, 3, "feed")
+            for layer in (one, two):
+                layer.keep_history("feed.*", 10, 60)
+            b = Probe()
+            cb = two.attach(b)
+            for group in (moving, steady, feed):
+                await two.group_add(group, cb)
+            await one.group_send(feed, {"type": "before"})
+            await until(lambda: len(b.events) == 1)
+            slot = slot_of(one, moving)
+            source = cluster.owner(slot)
+            target = next(n for n in cluster.masters if n is not source)
+            cluster.move(slot, target)
+            # Publishing there is answered MOVED (LayerUnavailable) until the publisher
+            # has moved; the subscriber was dropped by the old node and resubscribes.
+            await until(lambda: any(e["type"] == "layer.gap" for e in b.events), 10)
+            await until(lambda: one.ready and two.ready, 10)
+
+            async def sent(group: str, message: dict[str, Any]) -> int:
+                """Sent, after how many LayerUnavailable (at most one per connection moved:
+                MOVED, then the reconnect)."""
+                from twisted.internet import reactor
+                from twisted.internet.task import deferLater
+
+                for failures in range(20):
+                    try:
+                        await one.group_send(group, message)
+                        return failures
+                    except LayerUnavailable:
+                        await deferLater(reactor, 0.05, lambda: None)  # (a turn: the close)
+                        await until(lambda: one.ready, 10)
+                raise AssertionError("never sent")
+
+            assert await sent(moving, {"type": "after"}) <= 1
+            assert await sent(feed, {"type": "after.feed"}) <= 1
+            await one.group_send(steady, {"type": "steady"})
+            await until(lambda: {"after", "after.feed", "steady"}
+                        <= {e["type"] for e in b.events}, 10)
+            gaps = [e["group"] for e in b.events if e["type"] == "layer.gap"]
+            assert gaps == [moving]  # not steady's partition; feed recovered (nothing lost)
+            kept = await two.group_history(feed)  # the history moved with the slot
+            assert [m["type"] for m in kept["messages"]] == ["before", "after.feed"]
+            assert kept["offset"] == 2
+            assert cluster.owner(slot) is target
+            topic = one.shard(moving)._group_topic + moving
+            assert shardnumsub(target, topic) == 1 and shardnumsub(source, topic) == 0
+        finally:
+            await one.close()
+            await two.close()
+    finally:
+        cluster.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_away_costs_only_its_partitions_and_a_replica_takes_over(monkeypatch):
+    """Three masters, a replica of the first. The first is killed: its partitions fail
+    (LayerUnavailable) while the others carry on; the replica is promoted, the layers find
+    it (CLUSTER SLOTS from the nodes that are left), and only those partitions' members get
+    ``layer.gap``."""
+    monkeypatch.setattr("realtime.layers.redis.BACKOFF_CAP", 0.5)  # (retries: 5 s apart)
+    cluster = RedisCluster(masters=3, replicas=1)
+    try:
+        one, two = await started(cluster.url), await started(cluster.url)
+        try:
+            victim, replica = cluster.masters[0], cluster.nodes[3]
+            shaky = next(g for g in (in_partition(one, k, "g") for k in range(16))
+                         if cluster.owner(slot_of(one, g)) is victim)
+            steady = next(g for g in (in_partition(one, k, "g") for k in range(16))
+                          if cluster.owner(slot_of(one, g)) is not victim)
+            b = Probe()
+            cb = two.attach(b)
+            await two.group_add(shaky, cb)
+            await two.group_add(steady, cb)
+            victim.kill()
+            await until(lambda: not one.ready and not two.ready, 10)
+            with pytest.raises(LayerUnavailable):
+                await one.group_send(shaky, {"type": "lost"})
+            await one.group_send(steady, {"type": "still"})  # other nodes carry on
+            await until(lambda: [e["type"] for e in b.events] == ["still"])
+            await one.when_ready(20)  # the replica was promoted, and found
+            await two.when_ready(20)
+            assert cluster.owner(slot_of(one, shaky)) is replica
+            gaps = [e["group"] for e in b.events if e["type"] == "layer.gap"]
+            assert gaps == [shaky]
+            await one.group_send(shaky, {"type": "back"})
+            await until(lambda: b.events[-1:] == [{"type": "back"}])
+        finally:
+            await one.close()
+            await two.close()
+    finally:
+        cluster.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redis_that_is_not_a_cluster_is_named_in_the_log(redis_server):
+    """A plain Redis behind a redis+cluster:// URL: never ready, and the reason is Redis's
+    own ("cluster support disabled"), not a hang."""
+    from twisted.internet import reactor
+
+    layer = layer_from_url(f"redis+cluster://127.0.0.1:{redis_server.port}")
+    layer.start(reactor)
+    try:
+        with pytest.raises(TimeoutError):
+            await layer.when_ready(1)
+        problems = {link._last_problem for link in (layer.shards[0]._pub, layer.shards[0]._sub)}
+        assert any("cluster support disabled" in (p or "") for p in problems), problems
+    finally:
+        await layer.close()
+
+
+def test_cluster_urls_are_checked(tmp_path):
+    layer = layer_from_url("redis+cluster://u:s3cret@n1:7000,[::1]:7001?partitions=4&prefix=x")
+    assert isinstance(layer, ClusterRedisChannelLayer) and len(layer.shards) == 4
+    assert layer.address.describe() == "redis+cluster://n1:7000,[::1]:7001"
+    assert layer.shards[1].address.describe() == (
+        f"redis+cluster://n1:7000,[::1]:7001 partition {{{partition_tags(4)[1]}}}")
+    assert layer.shards[1]._group_topic == f"x:{{{partition_tags(4)[1]}}}:g:"
+    assert len(layer_from_url("rediss+cluster://n1").shards) == 16  # the default
+    for url, problem in [
+        ("redis+cluster://n1?partitions=0", "partitions must be a whole number from 1 to 256"),
+        ("redis+cluster://n1?partitions=257", "from 1 to 256, got '257'"),
+        ("redis+cluster://n1/3", "a Redis Cluster has database 0 only"),
+        ("redis+cluster://", "no cluster node"),
+        ("redis+cluster://n1:notaport", "not a port number"),
+        ("redis://n1?partitions=4", "partitions is for redis+cluster:// URLs"),
+        ("redis+cluster://n1?ssl_ca_certs=/x.pem", "ssl_ca_certs is for rediss://"),
+        (f"rediss+cluster://n1?ssl_ca_certs={tmp_path / 'missing.pem'}", "ssl_ca_certs"),
+        ("redis+cluster://:hunter2@n1?partitions=x", "'redis+cluster://:***@n1?partitions=x'"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(problem)) as caught:
+            layer_from_url(url)
+        assert "hunter2" not in str(caught.value)
+    # A cluster is one --layer value, not one of a sharded list's URLs.
+    with pytest.raises(ValueError, match="expected redis://"):
+        layer_from_url("redis://h:1/0 redis+cluster://n1")
+    with pytest.raises(ValueError, match=r"realtime\.layers\.cluster"):
+        RedisChannelLayer.from_url("redis+cluster://n1")
+
+
+def test_the_command_line_takes_a_cluster_and_the_session_store_refuses_one():
+    from realtime.config import StartupError
+    from realtime.tap import Options
+
+    options = Options()
+    options.parseOptions(["--app", "realtime.examples.bench:application",
+                          "--layer", "redis+cluster://:s3cret@127.0.0.1:7000,127.0.0.1:7001"])
+    assert isinstance(options.layer, ClusterRedisChannelLayer)
+    assert options.layer.address.describe() == "redis+cluster://127.0.0.1:7000,127.0.0.1:7001"
+    with pytest.raises(StartupError, match=r"--layer: .*partitions must be"):
+        Options().parseOptions(["--app", "realtime.examples.bench:application",
+                                "--layer", "redis+cluster://127.0.0.1:7000?partitions=0"])
+    with pytest.raises(StartupError, match=r"--session-store: .*Redis Cluster"):
+        Options().parseOptions(["--app", "realtime.examples.bench:application",
+                                "--session-store", "redis+cluster://127.0.0.1:7000"])
