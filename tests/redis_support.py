@@ -56,7 +56,8 @@ class RedisServer:
 
     def __init__(self, port: int | None = None, args: Sequence[str] = (),
                  unix_socket: bool = False, tls: bool = False,
-                 sentinel_of: tuple[str, int] | None = None) -> None:
+                 sentinel_of: tuple[str, int] | None = None,
+                 password: str | None = None) -> None:
         self.binary = redis_server_binary()
         self.dir = Path(tempfile.mkdtemp(prefix="realtime-redis-"))
         self.port = port or free_port()
@@ -67,6 +68,8 @@ class RedisServer:
         self.log = self.dir / "redis.log"
         #: A cluster node's bus port (``RedisCluster``).
         self.bus_port = 0
+        #: What ``call`` AUTHs with first (a server started with ``--requirepass``).
+        self.password = password
         #: A Sentinel monitoring this (name, port) master instead of a plain server.
         self.sentinel_of = sentinel_of
         if tls:
@@ -152,6 +155,13 @@ class RedisServer:
         """One command over a fresh connection: ``+OK`` -> "+OK", ``:1`` -> ":1", a bulk
         string -> str, an array -> list."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            if self.password is not None:
+                s.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n"
+                          % (len(self.password), self.password.encode()))
+                reply = _Reply(s)
+                reply.read()
+                if reply.buffer:
+                    raise ConnectionError("unexpected data after AUTH")
             parts = [f"*{len(args)}\r\n".encode()]
             for arg in args:
                 data = arg.encode()
@@ -299,16 +309,35 @@ class RedisCluster:
     """A Redis Cluster of our own: ``masters`` redis-servers on free loopback ports with
     the 16384 slots split evenly, and ``replicas`` more, each replicating a master in turn.
     A node killed and started again (same port, same directory: its ``nodes.conf``) comes
-    back with its slots."""
+    back with its slots. With ``tls``, clients and the cluster bus speak TLS too (one
+    certificate for every node, ``cert``; the tests' own commands stay on the plain port),
+    and ``url`` is a ``rediss+cluster://`` one that trusts it."""
 
-    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 0, tls: bool = False,
+                 password: str | None = None) -> None:
         self.nodes: list[RedisServer] = []
+        self.dir = Path(tempfile.mkdtemp(prefix="realtime-cluster-"))
+        self.tls = tls
+        extra: tuple[str, ...] = ()
+        if tls:
+            from tests.e2e.support import self_signed
+
+            self.cert, key = self_signed(self.dir)
+            extra = ("--tls-cert-file", str(self.cert), "--tls-key-file", str(key),
+                     "--tls-ca-cert-file", str(self.cert), "--tls-auth-clients", "no",
+                     "--tls-cluster", "yes", "--tls-replication", "yes")
+        if password is not None:
+            extra += ("--requirepass", password, "--masterauth", password)
+        self.password = password
         try:
             for _ in range(masters + replicas):
                 # (the cluster bus's port: the default, port + 10000, may be past 65535)
                 bus = free_port()
-                self.nodes.append(RedisServer(args=(*CLUSTER_ARGS, "--cluster-port", str(bus))))
+                tls_port = ("--tls-port", str(free_port())) if tls else ()
+                self.nodes.append(RedisServer(args=(*CLUSTER_ARGS, "--cluster-port", str(bus),
+                                                    *tls_port, *extra), password=password))
                 self.nodes[-1].bus_port = bus
+                self.nodes[-1].tls_port = int(tls_port[1]) if tls else None
             self.masters = self.nodes[:masters]
             for i, node in enumerate(self.masters):
                 first, last = i * 16384 // masters, (i + 1) * 16384 // masters - 1
@@ -333,8 +362,12 @@ class RedisCluster:
 
     @property
     def url(self) -> str:
+        auth = f":{self.password}@" if self.password is not None else ""
+        if self.tls:
+            hosts = ",".join(f"127.0.0.1:{node.tls_port}" for node in self.masters)
+            return f"rediss+cluster://{auth}{hosts}?ssl_ca_certs={self.cert}"
         hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.masters)
-        return f"redis+cluster://{hosts}"
+        return f"redis+cluster://{auth}{hosts}"
 
     @staticmethod
     def node_id(node: RedisServer) -> str:
@@ -383,6 +416,7 @@ class RedisCluster:
     def close(self) -> None:
         for node in self.nodes:
             node.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -253,6 +253,78 @@ async def test_a_node_away_costs_only_its_partitions_and_a_replica_takes_over(mo
 
 
 @pytest_twisted.ensureDeferred
+async def test_rediss_cluster_verifies_every_node_with_the_given_ca(tmp_path):
+    """``rediss+cluster://``: CLUSTER SLOTS over TLS names the nodes' TLS ports, and each
+    partition's connection verifies its node against ``ssl_ca_certs``; a CA that did not
+    sign them: never ready, the TLS error named."""
+    from twisted.internet import reactor
+
+    from tests.e2e.support import self_signed
+
+    cluster = RedisCluster(tls=True)
+    try:
+        one, two = await started(cluster.url), await started(cluster.url)
+        try:
+            b = Probe()
+            cb = two.attach(b)
+            groups = [in_partition(one, k, "secure") for k in (0, 7, 15)]  # three nodes
+            assert len({cluster.owner(slot_of(one, g)).port for g in groups}) == 3
+            for group in groups:
+                await two.group_add(group, cb)
+                await one.group_send(group, {"type": "tls", "group": group})
+            await until(lambda: len(b.events) == 3)
+            assert sorted(e["group"] for e in b.events) == sorted(groups)
+        finally:
+            await one.close()
+            await two.close()
+        other, _ = self_signed(tmp_path)
+        stranger = layer_from_url(cluster.url.replace(str(cluster.cert), str(other)))
+        stranger.start(reactor)
+        try:
+            with pytest.raises(TimeoutError):
+                await stranger.when_ready(1)
+            problem = stranger.shards[0]._pub._last_problem or ""
+            assert "no Redis Cluster node answered CLUSTER SLOTS" in problem
+            assert "certificate verify failed" in problem
+        finally:
+            await stranger.close()
+    finally:
+        cluster.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cluster_with_a_password_and_a_wrong_one():
+    """The URL's password AUTHs every connection, the nodes asked CLUSTER SLOTS included;
+    a wrong one: never ready, Redis's refusal named, the password never shown."""
+    from twisted.internet import reactor
+
+    cluster = RedisCluster(masters=1, password="s3cret-pass")
+    try:
+        one, two = await started(cluster.url), await started(cluster.url)
+        try:
+            b = Probe()
+            cb = two.attach(b)
+            await two.group_add("locked", cb)
+            await one.group_send("locked", {"type": "in"})
+            await until(lambda: b.events == [{"type": "in"}])
+        finally:
+            await one.close()
+            await two.close()
+        wrong = layer_from_url(cluster.url.replace("s3cret-pass", "wrong-pass"))
+        wrong.start(reactor)
+        try:
+            with pytest.raises(TimeoutError):
+                await wrong.when_ready(1)
+            problem = wrong.shards[0]._pub._last_problem or ""
+            assert "could not auth" in problem and "WRONGPASS" in problem, problem
+            assert "wrong-pass" not in problem and "wrong-pass" not in wrong.address.describe()
+        finally:
+            await wrong.close()
+    finally:
+        cluster.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_redis_that_is_not_a_cluster_is_named_in_the_log(redis_server):
     """A plain Redis behind a redis+cluster:// URL: never ready, and the reason is Redis's
     own ("cluster support disabled"), not a hang."""

@@ -51,6 +51,7 @@ from realtime.layers.redis import (
     RedisChannelLayer,
     _Factory,
     _host_port,
+    _protocols,
     _reason,
     redact_url,
 )
@@ -240,6 +241,8 @@ class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
                 probe.answer.callback(reply)
 
         def failed(failure: Failure) -> None:
+            if failure.check(_protocols()["ConnectionError"]):
+                return  # lost: probe.lost() tells why (a TLS error, AUTH refused, ...)
             if not probe.answer.called:
                 probe.answer.errback(failure)
 
