@@ -17,6 +17,7 @@ import pytest_twisted
 from realtime.layers import LayerUnavailable, layer_from_url
 from realtime.layers.cluster import SLOTS, ClusterRedisChannelLayer, key_slot, partition_tags
 from realtime.layers.redis import RedisChannelLayer
+from tests.clients import captured_log
 from tests.redis_support import RedisCluster, RedisServer
 from tests.test_layers import until
 from tests.test_layers_redis import Probe
@@ -118,6 +119,25 @@ async def test_each_group_lives_in_its_partition_on_the_node_that_holds_it(
     two.detach(cb)
     await until(lambda: shardnumsub(owner, topic) == 1)
     assert two.local_groups() == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_up_says_one_line_for_every_partition(redis_cluster):
+    """Not 32 lines (a publisher and a subscriber per partition): one, naming the nodes."""
+    from twisted.logger import LogLevel, formatEvent
+
+    with captured_log() as events:
+        layer = await started(redis_cluster.url)
+        await until(lambda: any(e.get("log_namespace") == "realtime.layers.cluster"
+                                for e in events))
+    await layer.close()
+    said = [formatEvent(e) for e in events if e.get("log_level") in (LogLevel.info,
+                                                                      LogLevel.warn)
+            and str(e.get("log_namespace", "")).startswith("realtime.layers")]
+    nodes = ", ".join(f"127.0.0.1:{port}"
+                      for port in sorted(node.port for node in redis_cluster.masters))
+    assert said == [f"channel layer: connected to the Redis Cluster ({redis_cluster.url}): "
+                    f"16 partitions on 3 node(s) ({nodes})"]
 
 
 @pytest_twisted.ensureDeferred

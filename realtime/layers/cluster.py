@@ -41,6 +41,7 @@ from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from realtime.layers.redis import (
@@ -56,6 +57,8 @@ from realtime.layers.redis import (
     redact_url,
 )
 from realtime.layers.sharded import ShardedRedisChannelLayer, _Shard
+
+log = Logger(namespace="realtime.layers.cluster")
 
 #: A Redis Cluster's hash slots.
 SLOTS = 16384
@@ -120,6 +123,8 @@ class _Partition(_Shard):
                  layer: RedisChannelLayer) -> None:
         self.tag = parent.tags[index]
         self.slot = key_slot(self.tag.encode())
+        #: The node its connections go to (host, port): the last one located.
+        self.node: tuple[str, int] = ("", 0)
         super().__init__(parent, index, layer)
         #: What its connections' log lines name: the cluster and the partition.
         self.address = replace(layer.address, tag=self.tag)
@@ -127,13 +132,23 @@ class _Partition(_Shard):
     def _key_base(self) -> str:
         return f"{self.prefix}:{{{self.tag}}}:"
 
+    def _connected_log(self, link: str) -> None:
+        """Said once for every partition, by the layer (``ClusterRedisChannelLayer.start``)."""
+        log.debug("channel layer: {link} connected to Redis ({address}) at {node}", link=link,
+                  address=self.address.describe(), node=_host_port(*self.node))
+
     def _endpoint(self) -> Deferred[Any]:
         """Where MOVED said the slot went, else the node the cluster says holds it."""
         moved = self._moved_to
         if moved is not None:
+            self.node = moved
             return succeed(self._tcp_endpoint(*moved))
-        return self._parent.locate(self.slot).addCallback(
-            lambda node: self._tcp_endpoint(*node))
+
+        def found(node: tuple[str, int]) -> Any:
+            self.node = node
+            return self._tcp_endpoint(*node)
+
+        return self._parent.locate(self.slot).addCallback(found)
 
 
 class _Probe:
@@ -189,6 +204,17 @@ class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
             raise ValueError(f"{redact_url(url)!r}: expected redis+cluster:// or "
                              "rediss+cluster://")
         return cls(address, reactor=reactor, **options)
+
+    def start(self, reactor: Any = None) -> None:
+        super().start(reactor)
+        self.when_ready().addCallbacks(self._connected, lambda _: None)
+
+    def _connected(self, _: Any) -> None:
+        nodes = {shard.node for shard in self.shards}  # type: ignore[attr-defined]
+        log.info("channel layer: connected to the Redis Cluster ({address}): {partitions} "
+                 "partitions on {count} node(s) ({nodes})", address=self.address.describe(),
+                 partitions=len(self.shards), count=len(nodes),
+                 nodes=", ".join(_host_port(*node) for node in sorted(nodes)))
 
     # -- where each slot is ----------------------------------------------------------------
     def locate(self, slot: int) -> Deferred[tuple[str, int]]:

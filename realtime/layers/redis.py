@@ -1141,9 +1141,14 @@ class RedisChannelLayer(BaseChannelLayer):
                                          "lost while asking the other processes"))
 
     # -- connection events -------------------------------------------------------------------------
-    def _pub_up(self, proto: Any) -> None:
-        log.info("channel layer: publisher connected to Redis ({address})",
+    def _connected_log(self, link: str) -> None:
+        """The first connection's line (a Redis Cluster's partitions log one line for all:
+        ``realtime.layers.cluster``)."""
+        log.info("channel layer: {link} connected to Redis ({address})", link=link,
                  address=self.address.describe())
+
+    def _pub_up(self, proto: Any) -> None:
+        self._connected_log("publisher")
         self._check_ready()
 
     def _pub_down(self) -> None:
@@ -1200,8 +1205,7 @@ class RedisChannelLayer(BaseChannelLayer):
                      "{count} group(s)", outage=until - since, count=len(self._groups))
         else:
             self.last_outage = 0.0
-            log.info("channel layer: subscriber connected to Redis ({address})",
-                     address=self.address.describe())
+            self._connected_log("subscriber")
         if since is not None:
             for group in list(self._groups):
                 members = self.local_members(group)
