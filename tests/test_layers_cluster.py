@@ -405,3 +405,107 @@ def test_the_command_line_takes_a_cluster_and_the_session_store_refuses_one():
     with pytest.raises(StartupError, match=r"--session-store: .*Redis Cluster"):
         Options().parseOptions(["--app", "realtime.examples.bench:application",
                                 "--session-store", "redis+cluster://127.0.0.1:7000"])
+
+
+# -- the review's reproductions (each failed before its fix) ------------------------------------
+
+def migrating(cluster: RedisCluster, slot: int) -> tuple[RedisServer, RedisServer]:
+    """Open a migration of ``slot`` (as ``redis-cli --cluster reshard`` does first) without
+    moving any key yet: the window a resharding of a busy slot spends in."""
+    source = cluster.owner(slot)
+    target = next(n for n in cluster.masters if n is not source)
+    target.call("CLUSTER", "SETSLOT", str(slot), "IMPORTING", cluster.node_id(source))
+    source.call("CLUSTER", "SETSLOT", str(slot), "MIGRATING", cluster.node_id(target))
+    return source, target
+
+
+async def pause(seconds: float) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, seconds, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_migrating_slot_keeps_its_partition_connected():
+    """While a slot migrates, the source keeps its shard channels until the hand-over; a
+    command answered ASK (a key already moved, or never there: a presence question's
+    topic) fails alone with LayerUnavailable. It used to close the partition's connections
+    (ASK taken for MOVED): a false ``layer.gap`` for every member, and with a named channel
+    received on partition 0 (BRPOP answered ASK) a reconnect every 0.1 s. A history
+    publish whose keys are still on the source goes through (its topic is not a declared
+    key: with it, the source answered TRYAGAIN, as a txredisapi error)."""
+    cluster = RedisCluster()
+    try:
+        one, two = await started(cluster.url), await started(cluster.url)
+        try:
+            for layer in (one, two):
+                layer.keep_history("feed.*", 10, 60)
+            group, feed = in_partition(one, 0, "mig"), in_partition(one, 0, "feed")
+            a, b = Probe(), Probe()
+            ca, cb = one.attach(a), two.attach(b)
+            for group_ in (group, feed):
+                await one.group_add(group_, ca, presence={"u": "ada"})
+                await two.group_add(group_, cb, presence={"u": "bob"})
+            await one.group_send(feed, {"type": "before"})
+            migrating(cluster, slot_of(one, group))
+            receiving = one.receive("jobs")  # BRPOP on partition 0, during its migration
+            receiving.addErrback(lambda _: None)
+            try:
+                members = await one.group_presence(group)
+                assert sorted(m["u"] for m in members.values()) == ["ada", "bob"]
+            except LayerUnavailable:
+                pass  # (the question's topic is a declared key: ASK, for now)
+            await one.group_send(feed, {"type": "during"})
+            await one.group_send(group, {"type": "live"})
+            await pause(1.5)
+            receiving.cancel()
+            assert [e["type"] for e in a.events if e["type"] == "layer.gap"] == []
+            assert one.shards[0].reconnects == 0 and two.shards[0].reconnects == 0
+            kept = await one.group_history(feed)
+            assert [m["type"] for m in kept["messages"]] == ["before", "during"]
+            await until(lambda: {"during", "live"} <= {e["type"] for e in b.events})
+        finally:
+            await one.close()
+            await two.close()
+    finally:
+        cluster.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_ends_the_search_for_the_cluster():
+    """``close()`` while CLUSTER SLOTS waits on a node that accepts and never answers: the
+    probe connection goes at once, and no other node is asked (it used to stay open until
+    its 3 s timer, then the closed layer asked the next node)."""
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+
+    class Silent(Protocol):
+        def connectionMade(self) -> None:
+            self.factory.open.append(self)  # type: ignore[attr-defined]
+
+        def connectionLost(self, reason: Any = None) -> None:
+            self.factory.open.remove(self)  # type: ignore[attr-defined]
+
+    factories, ports = [], []
+    for _ in range(2):
+        factory = Factory.forProtocol(Silent)
+        factory.open = []  # type: ignore[attr-defined]
+        factories.append(factory)
+        ports.append(reactor.listenTCP(0, factory, interface="127.0.0.1"))
+    try:
+        url = "redis+cluster://" + ",".join(f"127.0.0.1:{p.getHost().port}" for p in ports)
+        layer = layer_from_url(url + "?partitions=2")
+        layer.start(reactor)
+        await until(lambda: len(factories[0].open) == 1)
+        await layer.close()
+        await pause(0.2)
+        assert factories[0].open == []
+        await pause(3.2)  # (past the probe's timer)
+        assert factories[1].open == []
+    finally:
+        for port in ports:
+            await port.stopListening()
+        for factory in factories:
+            for proto in list(factory.open):
+                proto.transport.abortConnection()

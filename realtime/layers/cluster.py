@@ -189,6 +189,9 @@ class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
         #: Nodes learnt from the last ``CLUSTER SLOTS`` (asked after the URL's).
         self._known: tuple[tuple[str, int], ...] = ()
         self._locating: list[tuple[int, Deferred[tuple[str, int]]]] = []
+        #: The ``CLUSTER SLOTS`` connections open now (``close()`` aborts them).
+        self._probes: set[Any] = set()
+        self._closing = False
         super().__init__([
             RedisChannelLayer(address, capacity=capacity, prefix=prefix, reactor=reactor,
                               ca_certs=ca_certs)
@@ -208,6 +211,15 @@ class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
     def start(self, reactor: Any = None) -> None:
         super().start(reactor)
         self.when_ready().addCallbacks(self._connected, lambda _: None)
+
+    def close(self) -> Deferred[None]:
+        """Also ends a ``CLUSTER SLOTS`` in flight (a hung node would hold its connection
+        for ``CONNECT_TIMEOUT``, and the search would go on to the next node)."""
+        self._closing = True
+        for proto in list(self._probes):
+            if proto.transport is not None:
+                proto.transport.abortConnection()
+        return super().close()
 
     def _connected(self, _: Any) -> None:
         nodes = {shard.node for shard in self.shards}  # type: ignore[attr-defined]
@@ -246,6 +258,8 @@ class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
         """``CLUSTER SLOTS`` from the first node that answers."""
         problems = []
         for host, port in dict.fromkeys(self.cluster.nodes + self._known):
+            if self._closing:
+                raise LookupError("the channel layer is closed")
             try:
                 table = await self._ask(host, port)
             except Exception as exc:
@@ -260,6 +274,10 @@ class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
         first = self.shards[0]
         probe = _Probe(first)
         proto = await first._tcp_endpoint(host, port).connect(_Factory(probe))  # type: ignore[arg-type]
+        if self._closing:
+            proto.transport.abortConnection()
+            raise LookupError("the channel layer is closed")
+        self._probes.add(proto)
         timer = self.reactor.callLater(CONNECT_TIMEOUT, proto.transport.abortConnection)
 
         def answered(reply: Any) -> None:
@@ -278,6 +296,7 @@ class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
             asked.addCallbacks(answered, failed)
             return _slot_table(await probe.answer, host)
         finally:
+            self._probes.discard(proto)
             if timer.active():
                 timer.cancel()
             if proto.transport is not None:

@@ -129,18 +129,20 @@ _SURVEY, _ANSWER = 12, 13
 # A history group's publish: the next offset (a new epoch, and an empty list, when the
 # stream's meta hash is gone), the message kept in the list (trimmed to its size; the whole
 # list expires ttl after the last publish) and published, atomically, so subscribers see
-# offsets in order. KEYS: topic, list, meta. ARGV: the payload's first four fields (a
-# six-element msgpack array's head), a new epoch, size, ttl ms, meta ttl ms.
+# offsets in order. KEYS: list, meta. ARGV: the payload's first four fields (a six-element
+# msgpack array's head), a new epoch, size, ttl ms, meta ttl ms, the topic. (The topic is
+# not a key: a Redis Cluster that is moving the slot answers TRYAGAIN for a script whose
+# declared keys are partly missing, and a topic is never a key that exists.)
 _PUBLISH_SCRIPT = """
-if redis.call('HSETNX', KEYS[3], 'e', ARGV[2]) == 1 then redis.call('DEL', KEYS[2]) end
-local epoch = redis.call('HGET', KEYS[3], 'e')
-local offset = redis.call('HINCRBY', KEYS[3], 'o', 1)
+if redis.call('HSETNX', KEYS[2], 'e', ARGV[2]) == 1 then redis.call('DEL', KEYS[1]) end
+local epoch = redis.call('HGET', KEYS[2], 'e')
+local offset = redis.call('HINCRBY', KEYS[2], 'o', 1)
 local payload = ARGV[1] .. cmsgpack.pack(offset) .. cmsgpack.pack(epoch)
-redis.call('RPUSH', KEYS[2], payload)
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('PEXPIRE', KEYS[3], ARGV[5])
-redis.call('PUBLISH', KEYS[1], payload)
+redis.call('RPUSH', KEYS[1], payload)
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('PUBLISH', ARGV[6], payload)
 return {offset, epoch}
 """
 # A history read: {epoch, offset, recovered (-1 not asked, 0, 1), entries}, deciding as
@@ -457,6 +459,9 @@ def _parse_cluster(scheme: str, hosts: str, path: str, query: dict[str, str], sh
 
 # -- connections ---------------------------------------------------------------------------------
 
+#: A Redis Cluster's answers that mean "not now, not here" (``LayerUnavailable``).
+_CLUSTER_BUSY = ("MOVED ", "ASK ", "TRYAGAIN ", "CLUSTERDOWN ")
+
 _protocol_classes: dict[str, Any] = {}
 
 
@@ -493,9 +498,11 @@ def _protocols() -> dict[str, Any]:
 
         def replyReceived(self, reply: Any) -> None:
             if (isinstance(reply, txredisapi.ResponseError) and self.link is not None
-                    and str(reply).startswith(("MOVED ", "ASK "))):
+                    and str(reply).startswith("MOVED ")):
                 # A Redis Cluster node that no longer holds the partition's slot: the
                 # command fails, and the connection goes to whichever node has it now.
+                # (ASK and TRYAGAIN, while the slot migrates, fail only their command:
+                # the slot and its shard channels are this node's until it is handed over.)
                 self.link.moved(self, str(reply))
             super().replyReceived(reply)
 
@@ -667,6 +674,7 @@ class _Link:
         self._cancel_ready_call()
         if self.pending is not proto or self.stopped or not proto.connected:
             return
+        self.layer._moved_to = None  # (there now: a later move is told again)
         self.pending = None
         self.proto = proto
         self.attempt = 0
@@ -695,7 +703,7 @@ class _Link:
                      problem=text)
 
     def moved(self, proto: Any, text: str) -> None:
-        """A Redis Cluster node answered MOVED or ASK, or dropped our shard channels: the
+        """A Redis Cluster node answered MOVED, or dropped our shard channels: the
         partition's slot is elsewhere now. The layer's connections are closed; the next ones
         go where MOVED said (else ask the cluster)."""
         if proto is not self.proto and proto is not self.pending:
@@ -838,6 +846,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._pop_waiters: deque[tuple[tuple[str, ...], Deferred[tuple[str, dict[str, Any]]]]]
         self._pop_waiters = deque()
         self._popping = False
+        self._pop_retry: Any = None
         self.reconnects = 0
         self.last_outage: float | None = None
         #: Other processes' announced members of our groups (see the module docstring).
@@ -1069,10 +1078,10 @@ class RedisChannelLayer(BaseChannelLayer):
             return succeed(None)
         self._closed = True
         self._sub_ready = False
-        for call in (self._check_call, self._reseed_call):
+        for call in (self._check_call, self._reseed_call, self._pop_retry):
             if call is not None and call.active():
                 call.cancel()
-        self._check_call = self._reseed_call = None
+        self._check_call = self._reseed_call = self._pop_retry = None
         for d in self._ready_waiters:
             d.errback(LayerUnavailable("the channel layer is closed"))
         self._ready_waiters = []
@@ -1703,10 +1712,12 @@ class RedisChannelLayer(BaseChannelLayer):
             return Failure(LayerUnavailable(f"channel layer: Redis connection lost: "
                                             f"{failure.value}"))
         if failure.check(errors["ResponseError"]) and str(failure.value).startswith(
-                ("MOVED ", "ASK ")):
-            self.stats.unavailable += 1  # the connection is moving (_Link.moved)
-            return Failure(LayerUnavailable(f"channel layer: the Redis Cluster moved this "
-                                            f"partition ({failure.value}); reconnecting"))
+                _CLUSTER_BUSY):
+            # MOVED: the connection is moving (_Link.moved); ASK, TRYAGAIN: the slot is
+            # migrating (keys on two nodes); CLUSTERDOWN: the cluster refuses for now.
+            self.stats.unavailable += 1
+            return Failure(LayerUnavailable(f"channel layer: the Redis Cluster cannot take "
+                                            f"this now ({failure.value})"))
         return failure
 
     def _publish_group(self, group: str, kind: int, data: Any,
@@ -1742,10 +1753,10 @@ class RedisChannelLayer(BaseChannelLayer):
         else:
             ttl = int(rule.ttl * 1000)
             args = [payload, new_epoch(), rule.size, ttl,
-                    max(ttl, int(self.history_meta_ttl * 1000))]
+                    max(ttl, int(self.history_meta_ttl * 1000)), topic]
             published = self._on_publisher(lambda proto: proto.eval(
-                self._publish_script, keys=[topic, self._history_key + group,
-                                       self._meta_key + group], args=args))
+                self._publish_script, keys=[self._history_key + group,
+                                            self._meta_key + group], args=args))
             if not (published.called and isinstance(published.result, Failure)):
                 self.stats.published += 1
 
@@ -1892,6 +1903,10 @@ class RedisChannelLayer(BaseChannelLayer):
 
         def lost(failure: Failure) -> None:
             self._popping = False  # the link reconnects, and _pop_up resumes
+            if str(failure.value).startswith(_CLUSTER_BUSY):
+                # A Redis Cluster slot migrating (or MOVED: the link moves): the
+                # connection stays; BRPOP again in a while, not at once.
+                self._pop_retry = self.reactor.callLater(BRPOP_TIMEOUT, self._pop_loop, proto)
 
         d.addCallbacks(popped, lost)
 
