@@ -4,8 +4,9 @@ Why: Centrifugo ships an admin UI (its nodes, channels, a publish form); a team 
 it keeps that view. The page, ``realtime/static/admin.html`` (HTML with one inline style
 and one inline script: nothing is fetched from anywhere else, nothing is built), asks for
 an API key, keeps it in the page's memory only (a reload asks again) and sends it nowhere
-but the same-origin ``POST /api/<method>`` calls (at the origin's root, whatever
-``--root-path``; with the browser's credentials for the origin, so a proxy's access
+but the same-origin ``POST /api/<method>`` calls (beside the page: a proxy that routes
+this server under a path prefix serves the page at ``<prefix>/admin`` and the API at
+``<prefix>/api/``; with the browser's credentials for the origin, so a proxy's access
 control in front of the page guards them too), in ``X-API-Key``
 (``realtime.pubsub_api``: ``info``, ``channels``, ``presence_stats``, ``presence``,
 ``history``, ``publish``, ``disconnect``, ``unsubscribe``). The server gives the page no
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import re
 from functools import cache
 from importlib import resources
@@ -72,6 +74,11 @@ def serve(request: Any) -> None:
     """Answer a request for the admin path (``RealtimeSite.dispatch`` sends it here when
     ``--admin-path`` and an API key are set)."""
     body, policy = page()
+    # The path it was asked at (the admin path): the page's script finds the server API
+    # beside it, under a proxy's path prefix too.
+    served = html.escape(request.path.decode("ascii", "replace"), quote=True)
+    body = body.replace(b"<head>\n", b'<head>\n<meta name="realtime-admin-path" content="'
+                        + served.encode("ascii", "replace") + b'">\n', 1)
     for name, value in HEADERS:
         request.setHeader(name, value)
     if request.method not in (b"GET", b"HEAD"):

@@ -148,11 +148,25 @@ async def test_not_served_when_off(live):
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_path_told_to_the_page_is_text_in_an_attribute(live):
+    """An admin path may hold quotes and angle brackets (printable ASCII): the meta tag
+    that tells the page its path carries them escaped, never as markup."""
+    server = await live(APPLICATION, api_keys=(KEY,), admin_path='/x"><b>&')
+    raw = await raw_exchange(server.port, http_request('/x"><b>&'))
+    status, _, body = parse_response(raw)
+    assert status == 200
+    assert b'<meta name="realtime-admin-path" content="/x&quot;&gt;&lt;b&gt;&amp;">' in body
+    assert body.count(b"<b>") == SOURCE.encode().count(b"<b>")
+
+
+@pytest_twisted.ensureDeferred
 async def test_get_serves_the_page_with_strict_headers(live):
     server = await live(APPLICATION, api_keys=(KEY,), admin_path="/admin")
     status, headers, body = await get(server, "/admin?anything=1")
     assert status == 200
-    assert body == SOURCE.encode()
+    # The page as written, with the path it was asked at (where its script finds /api/).
+    assert body == SOURCE.replace(
+        "<head>\n", '<head>\n<meta name="realtime-admin-path" content="/admin">\n', 1).encode()
     assert headers["content-type"] == ["text/html; charset=utf-8"]
     assert headers["cache-control"] == ["no-store"]
     assert headers["x-content-type-options"] == ["nosniff"]
@@ -184,7 +198,8 @@ async def test_head_has_the_headers_and_no_body_and_other_methods_get_405(live):
     status, headers, body = parse_response(raw)
     assert status == 200 and body == b""
     assert headers[b"content-type"] == [b"text/html; charset=utf-8"]
-    assert headers[b"content-length"] == [str(len(SOURCE.encode())).encode()]
+    meta = b'<meta name="realtime-admin-path" content="/admin">\n'
+    assert headers[b"content-length"] == [str(len(SOURCE.encode()) + len(meta)).encode()]
     assert headers[b"content-security-policy"][0].startswith(b"default-src 'none'; ")
     for method in ("POST", "PUT", "DELETE"):
         status, headers, body = await get(server, "/admin", method)
@@ -207,7 +222,8 @@ def test_the_page_loads_nothing_and_writes_no_html():
     assert not re.search(r"\son[a-z]+=", SOURCE)
     assert not re.search(r"\sstyle=", SOURCE)
     # The key goes in X-API-Key to the same origin's /api/, and is kept nowhere but memory.
-    assert 'fetch("/api/" + method' in SOURCE and '"X-API-Key": state.key' in SOURCE
+    assert 'fetch(API + method' in SOURCE and '"X-API-Key": state.key' in SOURCE
+    assert 'return prefix + "/api/";' in SOURCE  # beside the page, never another origin
     for storage in ("localStorage", "sessionStorage", "document.cookie", "indexedDB"):
         assert storage not in SOURCE, storage
     # The proxy's credentials in front of the page guard its calls too (not "omit").

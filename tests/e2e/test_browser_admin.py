@@ -504,6 +504,9 @@ class _Gate(BaseHTTPRequestHandler):
 
     upstream = 0
     protocol_version = "HTTP/1.1"
+    #: A path prefix this server is routed under (``/ops``): the rest of the origin is
+    #: another application's (404 here).
+    prefix = ""
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -519,11 +522,22 @@ class _Gate(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
             return
+        path = self.path
+        if self.prefix:
+            if not path.startswith(self.prefix + "/"):
+                body = b"not this application\n"
+                self.send_response(404)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            path = path[len(self.prefix):]
         headers = {k: v for k, v in self.headers.items()
                    if k.lower() not in ("host", "connection", "cookie")}
         conn = http.client.HTTPConnection("127.0.0.1", self.upstream, timeout=10)
         try:
-            conn.request(self.command, self.path, body=body, headers=headers)
+            conn.request(self.command, path, body=body, headers=headers)
             answer = conn.getresponse()
             data = answer.read()
         finally:
@@ -539,9 +553,9 @@ class _Gate(BaseHTTPRequestHandler):
     do_GET = do_POST = do_HEAD = _forward
 
 
-@pytest.fixture
-def gate(server: Server) -> Iterator[int]:
-    handler = type("Gate", (_Gate,), {"upstream": server.port})
+@pytest.fixture(params=[""])
+def gate(server: Server, request: Any) -> Iterator[int]:
+    handler = type("Gate", (_Gate,), {"upstream": server.port, "prefix": request.param})
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
@@ -583,6 +597,31 @@ def test_the_page_works_behind_a_proxy_that_checks_the_operators_session(browser
         expect(page.locator("#login-error")).to_have_text(
             "info: HTTP 401 (not from the server API): sign in at the proxy first")
         expect(page.locator("#admin")).to_be_hidden()
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("gate", ["/ops"], indirect=True)
+def test_the_page_finds_the_api_under_a_proxys_path_prefix(browser, gate):
+    """A proxy routes this server under /ops (the origin's root is another application):
+    the page, at /ops/admin, calls /ops/api/ (it called /api/ at the root: 404 from the
+    other application, and nobody could sign in)."""
+    from playwright.sync_api import expect
+
+    origin = f"http://127.0.0.1:{gate}"
+    context = browser.new_context()
+    context.set_default_timeout(TIMEOUT_MS)
+    context.add_cookies([{"name": "sso", "value": "operator", "url": origin}])
+    page = context.new_page()
+    calls: list[str] = []
+    page.on("request", lambda r: calls.append(r.url) if "/api/" in r.url else None)
+    try:
+        page.goto(origin + "/ops/admin")
+        expect(page.locator("#login")).to_be_visible()
+        _sign_in(page)
+        expect(page.locator("#login-error")).to_be_empty()
+        expect(page.locator("#nodes tbody tr")).to_have_count(1)
+        assert calls and all(url.startswith(origin + "/ops/api/") for url in calls)
     finally:
         context.close()
 
