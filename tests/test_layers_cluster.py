@@ -345,6 +345,35 @@ async def test_a_cluster_with_a_password_and_a_wrong_one():
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_connection_to_a_replica_goes_on_to_its_master():
+    """A partition sent to a replica (a stale address: here a MOVED hint) is told MOVED by
+    its first keyed read and connects to the master: never left on a replica, whose
+    shard channels and PUBSUB SHARDNUMSUB are its own."""
+    from twisted.internet import reactor
+
+    cluster = RedisCluster(masters=3, replicas=1)
+    try:
+        master, replica = cluster.masters[0], cluster.nodes[3]
+        layer = layer_from_url(cluster.url)
+        partition = next(p for p in layer.shards
+                         if cluster.owner(key_slot(p.tag.encode())) is master)
+        partition._moved_to = ("127.0.0.1", replica.port)
+        layer.start(reactor)
+        try:
+            await layer.when_ready(10)
+            assert partition.node == ("127.0.0.1", master.port)
+            channel = layer.attach(Probe())
+            group = next(g for g in (f"r.{n}" for n in range(200))
+                         if layer.shard(g) is partition)
+            await layer.group_add(group, channel)
+            assert shardnumsub(master, partition._group_topic + group) == 1
+        finally:
+            await layer.close()
+    finally:
+        cluster.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_redis_that_is_not_a_cluster_is_named_in_the_log(redis_server):
     """A plain Redis behind a redis+cluster:// URL: never ready, and the reason is Redis's
     own ("cluster support disabled"), not a hang."""

@@ -649,6 +649,10 @@ class _Link:
         if self.layer.address.kind == "sentinel" and not self.to_sentinel:
             d.addCallback(lambda _: proto.execute_command("ROLE"))
             d.addCallback(self._check_role)
+        elif self.layer.address.kind == "cluster":
+            # A keyed read of the partition's slot: a node that does not serve it as its
+            # master (a stale address, a replica) answers MOVED (_Link.moved: elsewhere).
+            d.addCallback(lambda _: proto.execute_command("EXISTS", self.layer._survey_topic))
         d.addCallback(lambda _: self._ready(proto))
         return d
 
