@@ -252,3 +252,37 @@ def test_redis_layer_under_the_asyncio_reactor(redis):
             a.send(json.dumps({"text": "on asyncio"}))
             assert recv_json(a, "chat")["text"] == "on asyncio"
         assert "AsyncioSelectorReactor" in server.output()
+
+
+def test_two_processes_and_a_worker_on_a_redis_cluster(redis_cluster):
+    """``--layer redis+cluster://...``: typed group messages and a consumer's channel across
+    two server processes, and a worker's named channel, over a three-node Redis Cluster."""
+    import uuid
+
+    url = f"{redis_cluster.url}?prefix=e2e{uuid.uuid4().hex[:8]}&partitions=4"
+    worker_cmd = [script("twistd"), "-n", "--pidfile=", "realtime-runworker",
+                  "--layer", url, "--app", WORKER_APP, "thumbnails"]
+    with serve(url) as one, serve(url) as two, \
+            start(worker_cmd, env=ENV, cwd=REPO, listeners=0) as worker:
+        wait_status(one, 200)
+        wait_status(two, 200)
+        worker.wait_for(r"worker consuming thumbnails")
+        assert "16 partitions" not in one.output()
+        assert re.search(r"connected to the Redis Cluster .*: 4 partitions on \d node",
+                         one.output())
+        with typed(one) as a, typed(two) as c:
+            a.send(json.dumps({"text": "from one"}))
+            c.send(json.dumps({"text": "from two"}))
+            for ws in (a, c):
+                got = [recv_json(ws, "chat"), recv_json(ws, "chat")]
+                assert sorted(m["text"] for m in got) == ["from one", "from two"]
+            with connect(two.ws_url("/typed/other")) as e:
+                hello = recv_json(e, "hello")
+                a.send(json.dumps({"send_to": hello["channel"], "text": "psst"}))
+                assert recv_json(e, "direct") == {"type": "direct", "text": "psst",
+                                                  "pid": one.pid}
+            for n in range(5):
+                c.send(json.dumps({"enqueue": "thumbnails", "n": n}))
+            done = [recv_json(c, "done", timeout=10) for _ in range(5)]
+            assert sorted(m["n"] for m in done) == list(range(5))
+            assert {m["worker"] for m in done} == {worker.pid}
