@@ -605,3 +605,34 @@ def failures(agg: dict[Key, dict[str, Any]]) -> list[str]:
             out.append(f"{srv} {sc}: {a['ok_passes']}/{a['passes']} passes ok; "
                        + "; ".join(a["errors"]))
     return out
+
+
+class CountingReceiver:
+    """A channel-layer receiver that counts what it gets (what the bridge is to the layer,
+    minus the socket): the layer benchmarks' members (history.py, layers.py)."""
+
+    _held_seq = -1
+    _held_count = 0
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last: dict[str, Any] | None = None
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        self.count += 1
+        self.last = event
+
+    def deliver_frame(self, frame: bytes) -> bool:
+        return True
+
+    def deliver_joined(self, joined: bytes) -> bool:
+        return True
+
+
+def free_port() -> int:
+    """A free loopback port (for a server of the benchmark's own)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

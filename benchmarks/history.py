@@ -39,34 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from benchlib import median, ratio  # noqa: E402
-
-
-class Counter:
-    """A receiver that counts (what the bridge is to the layer, minus the socket)."""
-
-    _held_seq = -1
-    _held_count = 0
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.last: dict[str, Any] | None = None
-
-    def deliver(self, event: dict[str, Any]) -> None:
-        self.count += 1
-        self.last = event
-
-    def deliver_frame(self, frame: bytes) -> bool:
-        return True
-
-    def deliver_joined(self, joined: bytes) -> bool:
-        return True
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from benchlib import CountingReceiver, free_port, median, ratio  # noqa: E402
 
 
 def _cpu_of(pid: int) -> float:
@@ -80,7 +53,7 @@ class Redis:
         if binary is None:
             raise SystemExit("redis-server is not installed (apt-get install redis-server), "
                              "or pass --no-redis")
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="history-bench-")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
@@ -118,7 +91,7 @@ class Redis:
 
 async def _publish(layer: Any, group: str, args: argparse.Namespace,
                    redis: Redis | None) -> dict[str, float]:
-    members = [Counter() for _ in range(args.members)]
+    members = [CountingReceiver() for _ in range(args.members)]
     channels = [layer.attach(m) for m in members]
     for channel in channels:
         await layer.group_add(group, channel)
@@ -140,7 +113,7 @@ async def _recover(layer: Any, group: str, args: argparse.Namespace) -> float:
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
 
-    member = Counter()
+    member = CountingReceiver()
     channel = layer.attach(member)
     await layer.group_add(group, channel)
     await layer.group_send(group, {"type": "chat.message", "n": -1})
@@ -151,7 +124,7 @@ async def _recover(layer: Any, group: str, args: argparse.Namespace) -> float:
     text = "x" * args.size
     for n in range(args.missed):
         await layer.group_send(group, {"type": "chat.message", "n": n, "text": text})
-    back = Counter()
+    back = CountingReceiver()
     start = time.perf_counter()
     result = await layer.group_add(group, layer.attach(back), since=since)
     while back.count < args.missed:

@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from benchlib import median  # noqa: E402
+from benchlib import CountingReceiver, free_port, median  # noqa: E402
 
 KINDS = ("memory", "redis", "sharded", "cluster")
 SCENARIOS = ("one group", "many groups")
@@ -57,32 +57,11 @@ SLOTS = 16384
 START_TIMEOUT = 15.0
 
 
-class Counter:
-    """A receiver that counts (what the bridge is to the layer, minus the socket)."""
-
-    _held_seq = -1
-    _held_count = 0
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def deliver(self, event: dict[str, Any]) -> None:
-        self.count += 1
-
-    def deliver_frame(self, frame: bytes) -> bool:
-        return True
-
-    def deliver_joined(self, joined: bytes) -> bool:
-        return True
 
 
 # -- our own redis-servers -------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cpu_of(pid: int) -> float:
@@ -144,9 +123,9 @@ class Server:
         self.dir = tempfile.mkdtemp(prefix="layers-bench-")
         self.proc: subprocess.Popen[bytes] | None = None
         for _ in range(3):
-            self.port = _free_port()
+            self.port = free_port()
             # (a cluster bus's default port, port + 10000, may be past 65535)
-            self.bus_port = _free_port() if bus else 0
+            self.bus_port = free_port() if bus else 0
             ports = ("--cluster-port", str(self.bus_port)) if bus else ()
             self.proc = subprocess.Popen(
                 [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
@@ -272,7 +251,7 @@ async def _measure(send_all: Any, messages: int, pids: list[int]) -> dict[str, f
 async def _one_group(layer: Any, args: argparse.Namespace,
                      pids: list[int]) -> dict[str, float]:
     group = "one"
-    members = [Counter() for _ in range(args.members)]
+    members = [CountingReceiver() for _ in range(args.members)]
     channels = [layer.attach(m) for m in members]
     for channel in channels:
         await layer.group_add(group, channel)
@@ -298,7 +277,7 @@ async def _many_groups(layer: Any, args: argparse.Namespace,
     from twisted.internet.defer import gatherResults
 
     groups = [f"many.{g}" for g in range(args.groups)]
-    members = {group: [Counter() for _ in range(GROUP_SIZE)] for group in groups}
+    members = {group: [CountingReceiver() for _ in range(GROUP_SIZE)] for group in groups}
     channels = []
     for group in groups:
         for m in members[group]:

@@ -7,8 +7,10 @@ failover each cost only the partitions concerned, reported as ``layer.gap``.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -47,6 +49,23 @@ async def started(url: str) -> ClusterRedisChannelLayer:
     layer.start(reactor)
     await layer.when_ready(10)
     return layer
+
+
+@contextlib.asynccontextmanager
+async def cluster_processes(**options: Any) -> AsyncIterator[
+        tuple[RedisCluster, ClusterRedisChannelLayer, ClusterRedisChannelLayer]]:
+    """A cluster of the test's own (``RedisCluster(**options)``: tests that move slots,
+    stop nodes or need TLS or a password) and two started layers on it, closed after."""
+    cluster = RedisCluster(**options)
+    try:
+        one, two = await started(cluster.url), await started(cluster.url)
+        try:
+            yield cluster, one, two
+        finally:
+            await one.close()
+            await two.close()
+    finally:
+        cluster.close()
 
 
 @pytest.fixture
@@ -174,62 +193,54 @@ async def test_a_moved_slot_costs_its_partition_a_gap_and_keeps_its_history():
     old connections are told (MOVED, an unasked ``sunsubscribe``), reconnect where the slot
     is, and its groups' members get ``layer.gap`` (a history group: what it missed, from
     the moved history); the other partitions notice nothing."""
-    cluster = RedisCluster()
-    try:
-        one, two = await started(cluster.url), await started(cluster.url)
-        try:
-            moving, steady = in_partition(one, 3, "moving"), in_partition(one, 12, "steady")
-            feed = in_partition(one, 3, "feed")
-            for layer in (one, two):
-                layer.keep_history("feed.*", 10, 60)
-            b = Probe()
-            cb = two.attach(b)
-            for group in (moving, steady, feed):
-                await two.group_add(group, cb)
-            await one.group_send(feed, {"type": "before"})
-            await until(lambda: len(b.events) == 1)
-            slot = slot_of(one, moving)
-            source = cluster.owner(slot)
-            target = next(n for n in cluster.masters if n is not source)
-            cluster.move(slot, target)
-            # Publishing there is answered MOVED (LayerUnavailable) until the publisher
-            # has moved; the subscriber was dropped by the old node and resubscribes.
-            await until(lambda: any(e["type"] == "layer.gap" for e in b.events), 10)
-            await until(lambda: one.ready and two.ready, 10)
+    async with cluster_processes() as (cluster, one, two):
+        moving, steady = in_partition(one, 3, "moving"), in_partition(one, 12, "steady")
+        feed = in_partition(one, 3, "feed")
+        for layer in (one, two):
+            layer.keep_history("feed.*", 10, 60)
+        b = Probe()
+        cb = two.attach(b)
+        for group in (moving, steady, feed):
+            await two.group_add(group, cb)
+        await one.group_send(feed, {"type": "before"})
+        await until(lambda: len(b.events) == 1)
+        slot = slot_of(one, moving)
+        source = cluster.owner(slot)
+        target = next(n for n in cluster.masters if n is not source)
+        cluster.move(slot, target)
+        # Publishing there is answered MOVED (LayerUnavailable) until the publisher
+        # has moved; the subscriber was dropped by the old node and resubscribes.
+        await until(lambda: any(e["type"] == "layer.gap" for e in b.events), 10)
+        await until(lambda: one.ready and two.ready, 10)
 
-            async def sent(group: str, message: dict[str, Any]) -> int:
-                """Sent, after how many LayerUnavailable (at most one per connection moved:
-                MOVED, then the reconnect)."""
-                from twisted.internet import reactor
-                from twisted.internet.task import deferLater
+        async def sent(group: str, message: dict[str, Any]) -> int:
+            """Sent, after how many LayerUnavailable (at most one per connection moved:
+            MOVED, then the reconnect)."""
+            from twisted.internet import reactor
+            from twisted.internet.task import deferLater
 
-                for failures in range(20):
-                    try:
-                        await one.group_send(group, message)
-                        return failures
-                    except LayerUnavailable:
-                        await deferLater(reactor, 0.05, lambda: None)  # (a turn: the close)
-                        await until(lambda: one.ready, 10)
-                raise AssertionError("never sent")
+            for failures in range(20):
+                try:
+                    await one.group_send(group, message)
+                    return failures
+                except LayerUnavailable:
+                    await deferLater(reactor, 0.05, lambda: None)  # (a turn: the close)
+                    await until(lambda: one.ready, 10)
+            raise AssertionError("never sent")
 
-            assert await sent(moving, {"type": "after"}) <= 1
-            assert await sent(feed, {"type": "after.feed"}) <= 1
-            await one.group_send(steady, {"type": "steady"})
-            await until(lambda: {"after", "after.feed", "steady"}
-                        <= {e["type"] for e in b.events}, 10)
-            gaps = [e["group"] for e in b.events if e["type"] == "layer.gap"]
-            assert gaps == [moving]  # not steady's partition; feed recovered (nothing lost)
-            kept = await two.group_history(feed)  # the history moved with the slot
-            assert [m["type"] for m in kept["messages"]] == ["before", "after.feed"]
-            assert kept["offset"] == 2
-            assert cluster.owner(slot) is target
-            topic = one.shard(moving)._group_topic + moving
-            assert shardnumsub(target, topic) == 1 and shardnumsub(source, topic) == 0
-        finally:
-            await one.close()
-            await two.close()
-    finally:
-        cluster.close()
+        assert await sent(moving, {"type": "after"}) <= 1
+        assert await sent(feed, {"type": "after.feed"}) <= 1
+        await one.group_send(steady, {"type": "steady"})
+        await until(lambda: {"after", "after.feed", "steady"}
+                    <= {e["type"] for e in b.events}, 10)
+        gaps = [e["group"] for e in b.events if e["type"] == "layer.gap"]
+        assert gaps == [moving]  # not steady's partition; feed recovered (nothing lost)
+        kept = await two.group_history(feed)  # the history moved with the slot
+        assert [m["type"] for m in kept["messages"]] == ["before", "after.feed"]
+        assert kept["offset"] == 2
+        assert cluster.owner(slot) is target
+        topic = one.shard(moving)._group_topic + moving
+        assert shardnumsub(target, topic) == 1 and shardnumsub(source, topic) == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -239,37 +250,29 @@ async def test_a_node_away_costs_only_its_partitions_and_a_replica_takes_over(mo
     it (CLUSTER SLOTS from the nodes that are left), and only those partitions' members get
     ``layer.gap``."""
     monkeypatch.setattr("realtime.layers.redis.BACKOFF_CAP", 0.5)  # (retries: 5 s apart)
-    cluster = RedisCluster(masters=3, replicas=1)
-    try:
-        one, two = await started(cluster.url), await started(cluster.url)
-        try:
-            victim, replica = cluster.masters[0], cluster.nodes[3]
-            shaky = next(g for g in (in_partition(one, k, "g") for k in range(16))
-                         if cluster.owner(slot_of(one, g)) is victim)
-            steady = next(g for g in (in_partition(one, k, "g") for k in range(16))
-                          if cluster.owner(slot_of(one, g)) is not victim)
-            b = Probe()
-            cb = two.attach(b)
-            await two.group_add(shaky, cb)
-            await two.group_add(steady, cb)
-            victim.kill()
-            await until(lambda: not one.ready and not two.ready, 10)
-            with pytest.raises(LayerUnavailable):
-                await one.group_send(shaky, {"type": "lost"})
-            await one.group_send(steady, {"type": "still"})  # other nodes carry on
-            await until(lambda: [e["type"] for e in b.events] == ["still"])
-            await one.when_ready(20)  # the replica was promoted, and found
-            await two.when_ready(20)
-            assert cluster.owner(slot_of(one, shaky)) is replica
-            gaps = [e["group"] for e in b.events if e["type"] == "layer.gap"]
-            assert gaps == [shaky]
-            await one.group_send(shaky, {"type": "back"})
-            await until(lambda: b.events[-1:] == [{"type": "back"}])
-        finally:
-            await one.close()
-            await two.close()
-    finally:
-        cluster.close()
+    async with cluster_processes(masters=3, replicas=1) as (cluster, one, two):
+        victim, replica = cluster.masters[0], cluster.nodes[3]
+        shaky = next(g for g in (in_partition(one, k, "g") for k in range(16))
+                     if cluster.owner(slot_of(one, g)) is victim)
+        steady = next(g for g in (in_partition(one, k, "g") for k in range(16))
+                      if cluster.owner(slot_of(one, g)) is not victim)
+        b = Probe()
+        cb = two.attach(b)
+        await two.group_add(shaky, cb)
+        await two.group_add(steady, cb)
+        victim.kill()
+        await until(lambda: not one.ready and not two.ready, 10)
+        with pytest.raises(LayerUnavailable):
+            await one.group_send(shaky, {"type": "lost"})
+        await one.group_send(steady, {"type": "still"})  # other nodes carry on
+        await until(lambda: [e["type"] for e in b.events] == ["still"])
+        await one.when_ready(20)  # the replica was promoted, and found
+        await two.when_ready(20)
+        assert cluster.owner(slot_of(one, shaky)) is replica
+        gaps = [e["group"] for e in b.events if e["type"] == "layer.gap"]
+        assert gaps == [shaky]
+        await one.group_send(shaky, {"type": "back"})
+        await until(lambda: b.events[-1:] == [{"type": "back"}])
 
 
 @pytest_twisted.ensureDeferred
@@ -281,22 +284,16 @@ async def test_rediss_cluster_verifies_every_node_with_the_given_ca(tmp_path):
 
     from tests.e2e.support import self_signed
 
-    cluster = RedisCluster(tls=True)
-    try:
-        one, two = await started(cluster.url), await started(cluster.url)
-        try:
-            b = Probe()
-            cb = two.attach(b)
-            groups = [in_partition(one, k, "secure") for k in (0, 7, 15)]  # three nodes
-            assert len({cluster.owner(slot_of(one, g)).port for g in groups}) == 3
-            for group in groups:
-                await two.group_add(group, cb)
-                await one.group_send(group, {"type": "tls", "group": group})
-            await until(lambda: len(b.events) == 3)
-            assert sorted(e["group"] for e in b.events) == sorted(groups)
-        finally:
-            await one.close()
-            await two.close()
+    async with cluster_processes(tls=True) as (cluster, one, two):
+        b = Probe()
+        cb = two.attach(b)
+        groups = [in_partition(one, k, "secure") for k in (0, 7, 15)]  # three nodes
+        assert len({cluster.owner(slot_of(one, g)).port for g in groups}) == 3
+        for group in groups:
+            await two.group_add(group, cb)
+            await one.group_send(group, {"type": "tls", "group": group})
+        await until(lambda: len(b.events) == 3)
+        assert sorted(e["group"] for e in b.events) == sorted(groups)
         other, _ = self_signed(tmp_path)
         stranger = layer_from_url(cluster.url.replace(str(cluster.cert), str(other)))
         stranger.start(reactor)
@@ -308,8 +305,6 @@ async def test_rediss_cluster_verifies_every_node_with_the_given_ca(tmp_path):
             assert "certificate verify failed" in problem
         finally:
             await stranger.close()
-    finally:
-        cluster.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -318,18 +313,12 @@ async def test_a_cluster_with_a_password_and_a_wrong_one():
     a wrong one: never ready, Redis's refusal named, the password never shown."""
     from twisted.internet import reactor
 
-    cluster = RedisCluster(masters=1, password="s3cret-pass")
-    try:
-        one, two = await started(cluster.url), await started(cluster.url)
-        try:
-            b = Probe()
-            cb = two.attach(b)
-            await two.group_add("locked", cb)
-            await one.group_send("locked", {"type": "in"})
-            await until(lambda: b.events == [{"type": "in"}])
-        finally:
-            await one.close()
-            await two.close()
+    async with cluster_processes(masters=1, password="s3cret-pass") as (cluster, one, two):
+        b = Probe()
+        cb = two.attach(b)
+        await two.group_add("locked", cb)
+        await one.group_send("locked", {"type": "in"})
+        await until(lambda: b.events == [{"type": "in"}])
         wrong = layer_from_url(cluster.url.replace("s3cret-pass", "wrong-pass"))
         wrong.start(reactor)
         try:
@@ -340,8 +329,6 @@ async def test_a_cluster_with_a_password_and_a_wrong_one():
             assert "wrong-pass" not in problem and "wrong-pass" not in wrong.address.describe()
         finally:
             await wrong.close()
-    finally:
-        cluster.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -464,41 +451,33 @@ async def test_a_migrating_slot_keeps_its_partition_connected():
     received on partition 0 (BRPOP answered ASK) a reconnect every 0.1 s. A history
     publish whose keys are still on the source goes through (its topic is not a declared
     key: with it, the source answered TRYAGAIN, as a txredisapi error)."""
-    cluster = RedisCluster()
-    try:
-        one, two = await started(cluster.url), await started(cluster.url)
+    async with cluster_processes() as (cluster, one, two):
+        for layer in (one, two):
+            layer.keep_history("feed.*", 10, 60)
+        group, feed = in_partition(one, 0, "mig"), in_partition(one, 0, "feed")
+        a, b = Probe(), Probe()
+        ca, cb = one.attach(a), two.attach(b)
+        for group_ in (group, feed):
+            await one.group_add(group_, ca, presence={"u": "ada"})
+            await two.group_add(group_, cb, presence={"u": "bob"})
+        await one.group_send(feed, {"type": "before"})
+        migrating(cluster, slot_of(one, group))
+        receiving = one.receive("jobs")  # BRPOP on partition 0, during its migration
+        receiving.addErrback(lambda _: None)
         try:
-            for layer in (one, two):
-                layer.keep_history("feed.*", 10, 60)
-            group, feed = in_partition(one, 0, "mig"), in_partition(one, 0, "feed")
-            a, b = Probe(), Probe()
-            ca, cb = one.attach(a), two.attach(b)
-            for group_ in (group, feed):
-                await one.group_add(group_, ca, presence={"u": "ada"})
-                await two.group_add(group_, cb, presence={"u": "bob"})
-            await one.group_send(feed, {"type": "before"})
-            migrating(cluster, slot_of(one, group))
-            receiving = one.receive("jobs")  # BRPOP on partition 0, during its migration
-            receiving.addErrback(lambda _: None)
-            try:
-                members = await one.group_presence(group)
-                assert sorted(m["u"] for m in members.values()) == ["ada", "bob"]
-            except LayerUnavailable:
-                pass  # (the question's topic is a declared key: ASK, for now)
-            await one.group_send(feed, {"type": "during"})
-            await one.group_send(group, {"type": "live"})
-            await pause(1.5)
-            receiving.cancel()
-            assert [e["type"] for e in a.events if e["type"] == "layer.gap"] == []
-            assert one.shards[0].reconnects == 0 and two.shards[0].reconnects == 0
-            kept = await one.group_history(feed)
-            assert [m["type"] for m in kept["messages"]] == ["before", "during"]
-            await until(lambda: {"during", "live"} <= {e["type"] for e in b.events})
-        finally:
-            await one.close()
-            await two.close()
-    finally:
-        cluster.close()
+            members = await one.group_presence(group)
+            assert sorted(m["u"] for m in members.values()) == ["ada", "bob"]
+        except LayerUnavailable:
+            pass  # (the question's topic is a declared key: ASK, for now)
+        await one.group_send(feed, {"type": "during"})
+        await one.group_send(group, {"type": "live"})
+        await pause(1.5)
+        receiving.cancel()
+        assert [e["type"] for e in a.events if e["type"] == "layer.gap"] == []
+        assert one.shards[0].reconnects == 0 and two.shards[0].reconnects == 0
+        kept = await one.group_history(feed)
+        assert [m["type"] for m in kept["messages"]] == ["before", "during"]
+        await until(lambda: {"during", "live"} <= {e["type"] for e in b.events})
 
 
 @pytest_twisted.ensureDeferred

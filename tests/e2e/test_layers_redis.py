@@ -115,21 +115,26 @@ def test_bench_room_across_two_processes_reaches_all_three_clients(redis):
                         f"{i}:{n}" for n in range(5)]
 
 
+def typed_across(one: Server, two: Server, a: ClientConnection, c: ClientConnection) -> None:
+    """A typed group message from each process reaches both (each from its process), and
+    ``send()`` reaches a consumer's channel in the other process."""
+    a.send(json.dumps({"text": "from one"}))
+    c.send(json.dumps({"text": "from two"}))
+    for ws in (a, c):
+        got = [recv_json(ws, "chat"), recv_json(ws, "chat")]
+        assert sorted(m["text"] for m in got) == ["from one", "from two"]
+        pids = {m["text"]: m["pid"] for m in got}
+        assert pids["from one"] == one.pid and pids["from two"] == two.pid
+    with connect(two.ws_url("/typed/other")) as e:
+        hello = recv_json(e, "hello")
+        a.send(json.dumps({"send_to": hello["channel"], "text": "psst"}))
+        assert recv_json(e, "direct") == {"type": "direct", "text": "psst", "pid": one.pid}
+
+
 def test_typed_group_send_and_send_cross_processes_both_ways(two_servers):
     one, two = two_servers
     with typed(one) as a, typed(two) as c:
-        a.send(json.dumps({"text": "from one"}))
-        c.send(json.dumps({"text": "from two"}))
-        for ws in (a, c):
-            got = [recv_json(ws, "chat"), recv_json(ws, "chat")]
-            assert sorted(m["text"] for m in got) == ["from one", "from two"]
-            pids = {m["text"]: m["pid"] for m in got}
-            assert pids["from one"] == one.pid and pids["from two"] == two.pid
-        # send() to a consumer's channel in the other process.
-        with connect(two.ws_url("/typed/other")) as e:
-            hello = recv_json(e, "hello")
-            a.send(json.dumps({"send_to": hello["channel"], "text": "psst"}))
-            assert recv_json(e, "direct") == {"type": "direct", "text": "psst", "pid": one.pid}
+        typed_across(one, two, a, c)
 
 
 def test_redis_killed_and_restarted_sockets_stay_open_rooms_resume_and_gap_reported(redis):
@@ -271,16 +276,7 @@ def test_two_processes_and_a_worker_on_a_redis_cluster(redis_cluster):
         assert re.search(r"connected to the Redis Cluster .*: 4 partitions on \d node",
                          one.output())
         with typed(one) as a, typed(two) as c:
-            a.send(json.dumps({"text": "from one"}))
-            c.send(json.dumps({"text": "from two"}))
-            for ws in (a, c):
-                got = [recv_json(ws, "chat"), recv_json(ws, "chat")]
-                assert sorted(m["text"] for m in got) == ["from one", "from two"]
-            with connect(two.ws_url("/typed/other")) as e:
-                hello = recv_json(e, "hello")
-                a.send(json.dumps({"send_to": hello["channel"], "text": "psst"}))
-                assert recv_json(e, "direct") == {"type": "direct", "text": "psst",
-                                                  "pid": one.pid}
+            typed_across(one, two, a, c)
             for n in range(5):
                 c.send(json.dumps({"enqueue": "thumbnails", "n": n}))
             done = [recv_json(c, "done", timeout=10) for _ in range(5)]
