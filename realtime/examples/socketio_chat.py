@@ -1,0 +1,57 @@
+"""A python-socketio chat app, ported by changing its import (``realtime.socketio``).
+
+    twistd -n --pidfile= realtime --app realtime.examples.socketio_chat:application
+    # several processes: add --workers 2 --layer redis://127.0.0.1:6379/0
+
+Connect with ``socket.io-client`` (``transports: ["websocket"]``) or python-socketio's
+client (``transports=["websocket"]``) to ``http://127.0.0.1:8000``, with ``auth:
+{name}``: ``join(room)`` enters a room (acked with its rooms), ``say({room, text})`` sends
+``said`` to the room's other members, ``who()`` answers with the name the session keeps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from realtime import ProtocolTypeRouter, URLRouter, path
+from realtime.socketio import AsyncServer, ConnectionRefusedError
+
+sio = AsyncServer()
+
+
+@sio.event
+async def connect(sid: str, environ: dict[str, Any], auth: dict[str, Any] | None) -> None:
+    name = (auth or {}).get("name")
+    if not isinstance(name, str) or not name:
+        raise ConnectionRefusedError("a name is required")
+    await sio.save_session(sid, {"name": name})
+
+
+@sio.event
+async def join(sid: str, room: str) -> list[Any]:
+    await sio.enter_room(sid, room)
+    return sio.rooms(sid)
+
+
+@sio.event
+async def say(sid: str, data: dict[str, Any]) -> None:
+    session = await sio.get_session(sid)
+    await sio.emit("said", {"name": session["name"], "text": data.get("text")},
+                   room=data.get("room"), skip_sid=sid)
+
+
+@sio.event
+async def who(sid: str) -> str:
+    return str((await sio.get_session(sid))["name"])
+
+
+@sio.event
+async def disconnect(sid: str, reason: str) -> None:
+    pass  # the session is still readable here, as in python-socketio
+
+
+# The WebSocket transport, and Engine.IO's 400 for a polling request, at /socket.io/.
+application = ProtocolTypeRouter({
+    "websocket": URLRouter([path("socket.io/", sio.as_asgi())]),
+    "http": URLRouter([path("socket.io/", sio.as_asgi())]),
+})
