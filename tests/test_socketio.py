@@ -1,0 +1,516 @@
+"""``realtime.socketio`` against Socket.IO's own clients: python-socketio's ``Client``
+(websocket-client, in worker threads), Node's ``socket.io-client`` (tests/.node, pinned by
+tests/run.sh), and raw ``websockets`` for what no client sends (malformed packets, an
+unanswered ping). Real servers on the in-memory layer; rooms across two layers on a real
+redis-server at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+import socketio
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from realtime import socketio as rsio
+from realtime.routing import URLRouter, path
+from tests.clients import in_thread, until
+
+WAIT = 5.0
+NODE_MODULES = Path(__file__).parent / ".node" / "node_modules"
+NODE_SCRIPT = Path(__file__).parent / "node" / "socketio_client.js"
+
+
+def app(sio: rsio.AsyncServer) -> URLRouter:
+    return URLRouter([path("socket.io/", sio.as_asgi())])
+
+
+async def start(live: Any, sio: rsio.AsyncServer, **config: Any) -> str:
+    server = await live(app(sio), **config)
+    return f"http://127.0.0.1:{server.port}"
+
+
+class PyClient:
+    """python-socketio's sync client (its own threads), every event it gets queued."""
+
+    def __init__(self, *events: str, namespace: str = "/") -> None:
+        self.client = socketio.Client(reconnection=False)
+        self.got: queue.Queue[tuple[str, Any]] = queue.Queue()
+        for event in events:
+            self.client.on(event, self._recorder(event), namespace=namespace)
+        self.client.on("disconnect", lambda *reason: self.got.put(("disconnect", reason)))
+
+    def _recorder(self, event: str) -> Any:
+        return lambda *args: self.got.put((event, args[0] if len(args) == 1 else args))
+
+    async def connect(self, url: str, **kwargs: Any) -> PyClient:
+        await in_thread(lambda: self.client.connect(url, transports=["websocket"],
+                                                    wait_timeout=WAIT, **kwargs))
+        return self
+
+    async def next(self) -> tuple[str, Any]:
+        return await in_thread(self.got.get, True, WAIT)
+
+    async def nothing(self) -> bool:
+        """Whether nothing more comes (within half a second)."""
+        try:
+            await in_thread(self.got.get, True, 0.5)
+        except queue.Empty:
+            return True
+        return False
+
+    async def call(self, *args: Any, **kwargs: Any) -> Any:
+        return await in_thread(lambda: self.client.call(*args, timeout=WAIT, **kwargs))
+
+    async def emit(self, *args: Any, **kwargs: Any) -> None:
+        await in_thread(lambda: self.client.emit(*args, **kwargs))
+
+    async def disconnect(self) -> None:
+        await in_thread(self.client.disconnect)
+
+
+def ws_url(url: str, query: str = "EIO=4&transport=websocket") -> str:
+    return url.replace("http://", "ws://") + "/socket.io/?" + query
+
+
+class Raw:
+    """A raw WebSocket (websockets, in worker threads) for packets no client sends."""
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+
+    @classmethod
+    async def open(cls, url: str) -> Raw:
+        # (entered as a context manager, as websockets wants; closed by close())
+        raw = cls(await in_thread(lambda: connect(ws_url(url), open_timeout=WAIT).__enter__()))
+        opened = await raw.recv()
+        assert isinstance(opened, str) and opened.startswith("0{")
+        raw.handshake = json.loads(opened[1:])
+        return raw
+
+    async def send(self, message: str | bytes) -> None:
+        await in_thread(self.conn.send, message)
+
+    async def recv(self) -> str | bytes:
+        return await in_thread(self.conn.recv, WAIT)
+
+    async def closed(self) -> tuple[int | None, str]:
+        """The close code and reason the server sent (every message before it skipped)."""
+        def wait() -> tuple[int | None, str]:
+            try:
+                while True:
+                    self.conn.recv(WAIT)
+            except ConnectionClosed as exc:
+                return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
+        return await in_thread(wait)
+
+    async def close(self) -> None:
+        await in_thread(self.conn.close)
+
+
+# -- python-socketio's client -----------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_connect_with_auth_then_events_acks_and_binary_both_ways(live):
+    sio = rsio.AsyncServer()
+    seen: dict[str, Any] = {}
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        seen["auth"], seen["path"], seen["sid"] = auth, environ["path"], sid
+
+    @sio.event
+    async def echo(sid, *args):
+        return args  # a tuple: several ack arguments
+
+    @sio.on("upload")
+    def upload(sid, data):  # a plain handler works too
+        return data["blob"][::-1]
+
+    @sio.event
+    async def ready(sid):
+        seen["answer"] = await sio.call("ask", 21, to=sid, timeout=WAIT)
+        await sio.emit("bin", {"name": "b", "blob": b"\x00\xff"}, to=sid)
+
+    url = await start(live, sio)
+    client = PyClient("bin")
+    client.client.on("ask", lambda n: (n * 2, "py"))
+    await client.connect(url, auth={"token": "t"})
+    assert seen["auth"] == {"token": "t"} and seen["path"] == "/socket.io/"
+    assert client.client.get_sid() == seen["sid"]
+    assert await client.call("echo", ("hi", 3)) == ("hi", 3)
+    assert await client.call("upload", {"blob": b"\x01\x02\x03"}) == b"\x03\x02\x01"
+    await client.emit("ready")
+    assert await client.next() == ("bin", {"name": "b", "blob": b"\x00\xff"})
+    assert seen["answer"] == (42, "py")
+    await client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_connect_is_connect_error_with_the_message_and_data(live):
+    sio = rsio.AsyncServer()
+    reasons: list[str] = []
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        if auth == {"token": "bad"}:
+            raise rsio.ConnectionRefusedError("bad token", {"retry": False})
+        return auth is not None  # False: refused with python-socketio's default message
+
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    url = await start(live, sio)
+    client = PyClient()
+    client.client.on("connect_error", lambda data: client.got.put(("connect_error", data)))
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(url, auth={"token": "bad"})
+    assert await client.next() == ("connect_error",
+                                   {"message": "bad token", "data": {"retry": False}})
+    client = PyClient()
+    client.client.on("connect_error", lambda data: client.got.put(("connect_error", data)))
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(url)
+    assert await client.next() == ("connect_error",
+                                   {"message": "Connection rejected by server"})
+    assert not sio._sockets and reasons == []  # never connected, so never disconnected
+    ok = await PyClient().connect(url, auth={"token": "good"})
+    assert ok.client.connected
+    await ok.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_namespaces_are_multiplexed_with_their_own_sids_and_handlers(live):
+    sio = rsio.AsyncServer()
+    sids: dict[str, str] = {}
+
+    @sio.on("connect", namespace="/chat")
+    async def chat_connect(sid, environ):  # the two-argument form: no auth
+        sids["/chat"] = sid
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        sids["/"] = sid
+
+    @sio.on("where", namespace="/chat")
+    async def chat_where(sid):
+        return "chat", sio.rooms(sid, namespace="/chat")
+
+    @sio.on("*")
+    async def anything(event, sid, *args):  # the catch-all of "/"
+        return f"caught {event}"
+
+    url = await start(live, sio)
+    client = await PyClient().connect(url, namespaces=["/", "/chat"])
+    assert client.client.get_sid("/") == sids["/"]
+    assert client.client.get_sid("/chat") == sids["/chat"] != sids["/"]
+    assert await client.call("where", namespace="/chat") == ("chat", [sids["/chat"]])
+    assert await client.call("whatever") == "caught whatever"
+    with pytest.raises(socketio.exceptions.TimeoutError):  # /chat has no catch-all
+        await in_thread(lambda: client.client.call("whatever", namespace="/chat", timeout=0.5))
+    await client.disconnect()
+
+    refused = PyClient()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await refused.connect(url, namespaces=["/elsewhere"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_rooms_with_skip_sid_leave_and_close_room(live):
+    sio = rsio.AsyncServer()
+
+    @sio.event
+    async def join(sid, room):
+        await sio.enter_room(sid, room)
+        return sio.rooms(sid)
+
+    @sio.event
+    async def shout(sid, room, text):
+        await sio.emit("said", text, room=room, skip_sid=sid)
+
+    url = await start(live, sio)
+    ada, bob, eve = [await PyClient("said").connect(url) for _ in range(3)]
+    assert await ada.call("join", "r") == [ada.client.get_sid(), "r"]
+    await bob.call("join", "r")
+    await ada.emit("shout", ("r", "hello"))
+    assert await bob.next() == ("said", "hello")
+    assert await ada.nothing() and await eve.nothing()  # the sender skipped; eve not in it
+
+    # From outside any handler (a script in the same process): to a room and to a sid.
+    await sio.leave_room(bob.client.get_sid(), "r")
+    await sio.emit("said", "to r", to="r")
+    assert await ada.next() == ("said", "to r")
+    assert await bob.nothing()
+    await sio.emit("said", "to eve", to=eve.client.get_sid())
+    await sio.send("plain")  # the "message" event, to everyone in "/"
+    assert await eve.next() == ("said", "to eve")
+    await sio.close_room("r")
+    assert await until(lambda: sio.rooms(ada.client.get_sid()) == [ada.client.get_sid()])
+    await sio.emit("said", "nobody", room="r")
+    assert await ada.nothing()
+    for client in (ada, bob, eve):
+        await client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_and_the_disconnect_reasons(live):
+    sio = rsio.AsyncServer()
+    reasons: dict[str, str] = {}
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        await sio.save_session(sid, {"user": auth["user"]})
+
+    @sio.event
+    async def whoami(sid):
+        async with sio.session(sid) as session:
+            session["asked"] = True
+        return (await sio.get_session(sid))["user"]
+
+    @sio.event
+    async def disconnect(sid, reason):  # the session is still there
+        reasons[(await sio.get_session(sid))["user"]] = reason
+
+    url = await start(live, sio)
+    ada = await PyClient().connect(url, auth={"user": "ada"})
+    assert await ada.call("whoami") == "ada"
+    ada_sid = ada.client.get_sid()
+    assert (await sio.get_session(ada_sid))["asked"] is True
+    await sio.disconnect(ada_sid)
+    assert await ada.next() == ("disconnect", ("server disconnect",))
+    bob, eve = await Raw.open(url), await Raw.open(url)
+    for raw, user in ((bob, "bob"), (eve, "eve")):
+        await raw.send("40" + json.dumps({"user": user}))
+        assert (await raw.recv()).startswith('40{"sid":')
+    await bob.send("41")  # what socket.io-client sends on disconnect()
+    await eve.close()  # gone without a word
+    assert await until(lambda: len(reasons) == 3)
+    assert reasons == {"ada": "server disconnect", "bob": "client disconnect",
+                       "eve": "transport close"}
+    assert not sio._sockets
+    with pytest.raises(KeyError):
+        await sio.get_session(ada_sid)
+    await ada.disconnect()
+    await bob.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pings_keep_a_client_and_a_missing_pong_ends_one(live):
+    sio = rsio.AsyncServer(ping_interval=0.1, ping_timeout=0.2)
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    sio.on("echo", lambda sid, data: data)
+    url = await start(live, sio)
+    client = await PyClient().connect(url)
+    raw = await Raw.open(url)
+    assert raw.handshake["pingInterval"] == 100 and raw.handshake["pingTimeout"] == 200
+    assert raw.handshake["upgrades"] == [] and raw.handshake["maxPayload"] == 1_000_000
+    await raw.send("40")
+    assert (await raw.recv()).startswith('40{"sid":')
+    assert await raw.recv() == "2"  # a ping, left unanswered
+    assert await raw.closed() == rsio.CLOSE_PING_TIMEOUT
+    assert reasons == ["ping timeout"]
+    assert client.client.connected  # python-socketio answered every ping meanwhile
+    assert await client.call("echo", "alive") == "alive"
+    await client.disconnect()
+
+
+# -- hostile input ---------------------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_input_gets_a_specific_answer_and_the_server_stays_up(live):
+    sio = rsio.AsyncServer(max_http_buffer_size=1000)
+    sio.on("echo", lambda sid, data: data)
+    url = await start(live, sio)
+    for bad in ("4x", "42[1]", '42["connect"]', "43[]", "4{}", '40"a"', '45-["a"]', "9",
+                '451-["a",{"_placeholder":true,"num":3}]'):
+        raw = await Raw.open(url)
+        await raw.send("40")
+        await raw.recv()
+        await raw.send(bad)
+        if bad.startswith("451-"):  # announced one attachment: wait for it
+            await raw.send(b"\x00")
+        assert await raw.closed() == rsio.CLOSE_MALFORMED, bad
+
+    raw = await Raw.open(url)
+    await raw.send(b"\x00\x01")  # no packet waits for attachments
+    assert await raw.closed() == rsio.CLOSE_UNEXPECTED_BINARY
+
+    raw = await Raw.open(url)
+    await raw.send("42" + json.dumps(["echo", "x" * 1000]))  # over maxPayload
+    assert await raw.closed() == rsio.CLOSE_TOO_BIG
+
+    raw = await Raw.open(url)
+    assert raw.handshake["maxPayload"] == 1000
+    await raw.send("40/nope,")
+    assert await raw.recv() == '44/nope,{"message":"Invalid namespace"}'
+    await raw.send("40")  # the connection is still good
+    assert (await raw.recv()).startswith('40{"sid":')
+    await raw.send('421["echo",{"_placeholder":false}]')
+    assert await raw.recv() == '431[{"_placeholder":false}]'
+    await raw.close()
+
+    client = await PyClient().connect(url)
+    assert await client.call("echo", "still up") == "still up"
+    await client.disconnect()
+
+
+def _handshake_refusal(url: str) -> tuple[int, bytes]:
+    """The HTTP status and body a WebSocket handshake to ``url`` is refused with."""
+    try:
+        with connect(url, open_timeout=WAIT):
+            pass
+    except InvalidStatus as exc:
+        return exc.response.status_code, exc.response.body or b""
+    raise AssertionError(f"{url} accepted the handshake")
+
+
+@pytest_twisted.ensureDeferred
+async def test_eio3_and_polling_are_refused_with_engineios_errors(live):
+    sio = rsio.AsyncServer()
+    url = await start(live, sio)
+    status, body = await in_thread(_handshake_refusal, ws_url(url, "EIO=3&transport=websocket"))
+    assert (status, json.loads(body)) == (400, {"code": 5,
+                                                "message": "Unsupported protocol version"})
+    polling = url + "/socket.io/?EIO=4&transport=polling"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        await in_thread(lambda: urllib.request.urlopen(polling, timeout=WAIT))
+    assert refused.value.code == 400
+    assert json.loads(refused.value.read()) == {"code": 0, "message": "Transport unknown"}
+    refused.value.close()
+    # python-socketio's client on its default transports starts with polling: refused.
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await in_thread(lambda: socketio.Client(reconnection=False).connect(
+            url, wait_timeout=WAIT))
+
+
+# -- Node's socket.io-client ------------------------------------------------------------------
+
+def _node(url: str, token: str) -> list[dict[str, Any]]:
+    env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
+    done = subprocess.run(["node", str(NODE_SCRIPT), url, token], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+@pytest.fixture
+def socket_io_client() -> None:
+    """Node and socket.io-client in tests/.node (tests/run.sh): skipped without them,
+    failed under CI=true."""
+    if shutil.which("node") is None or not (NODE_MODULES / "socket.io-client").is_dir():
+        reason = "needs node and socket.io-client in tests/.node (bash tests/run.sh)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest_twisted.ensureDeferred
+async def test_socket_io_client_of_node(live, socket_io_client):
+    sio = rsio.AsyncServer()
+    seen: dict[str, Any] = {}
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        if auth.get("token") != "js":
+            raise rsio.ConnectionRefusedError("who are you?", {"token": auth.get("token")})
+        seen["sid"] = sid
+
+    sio.on("echo", lambda sid, *args: args)
+    sio.on("echo", lambda sid, text: f"{text}!", namespace="/chat")
+
+    @sio.event
+    async def upload(sid, data):
+        return data["blob"][::-1]
+
+    @sio.event
+    async def ready(sid):
+        seen["answer"] = await sio.call("ask", 21, to=sid, timeout=WAIT)
+        await sio.emit("bin", {"name": "b", "blob": b"\x00\xff"}, to=sid)
+        await sio.emit("bye", to=sid)
+
+    url = await start(live, sio)
+    lines = await in_thread(_node, url, "js")
+    assert lines[0] == {"connected": seen["sid"]}
+    assert lines[1:] == [
+        {"echoed": ["hi", 3]}, {"reversed": [3, 2, 1]},
+        {"chat": lines[3]["chat"], "same_engine": True}, {"chat_echo": "in chat!"},
+        {"bin": [0, 255], "name": "b"}, {"done": True}]
+    assert lines[3]["chat"] != seen["sid"]
+    assert seen["answer"] == (42, "js")
+    refused = await in_thread(_node, url, "nope")
+    assert refused == [{"connect_error": "who are you?", "data": {"token": "nope"}}]
+
+
+# -- across processes ---------------------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_rooms_sids_and_disconnects_reach_another_process_through_redis(
+        redis_url, realtime_leak_check):
+    """Two servers on two Redis layers (two processes' worth): what one process's ``sio``
+    does reaches the other's sockets."""
+    from realtime.testing import serve
+    from tests.redis_support import started_layer
+
+    layers = [await started_layer(redis_url) for _ in range(2)]
+    servers = []
+    try:
+        sios = [rsio.AsyncServer(channel_layer=layer) for layer in layers]
+        reasons: list[str] = []
+        sios[0].on("disconnect", lambda sid, reason: reasons.append(reason))
+        for sio, layer in zip(sios, layers, strict=True):
+            servers.append(await serve(app(sio), layer=layer))
+        one = await PyClient("said").connect(f"http://127.0.0.1:{servers[0].port}")
+        two = await PyClient("said").connect(f"http://127.0.0.1:{servers[1].port}")
+        sid_one, sid_two = one.client.get_sid(), two.client.get_sid()
+        other = sios[1]  # the process that does not hold sid_one
+        await other.enter_room(sid_one, "lobby")
+        assert await until(lambda: sios[0].rooms(sid_one) == [sid_one, "lobby"])
+        await other.enter_room(sid_two, "lobby")
+        await other.emit("said", "to the lobby", room="lobby", skip_sid=sid_two)
+        assert await one.next() == ("said", "to the lobby")
+        assert await two.nothing()
+        await other.emit("said", b"\x01binary", room="lobby")  # attachments: group_send
+        assert await one.next() == ("said", b"\x01binary")
+        assert await two.next() == ("said", b"\x01binary")
+        await other.emit("said", "just you", to=sid_one)
+        assert await one.next() == ("said", "just you")
+        await other.emit("said", "everyone")
+        assert {await one.next(), await two.next()} == {("said", "everyone")}
+        await other.disconnect(sid_one)
+        assert await one.next() == ("disconnect", ("server disconnect",))
+        assert await until(lambda: reasons == ["server disconnect"])
+        await two.disconnect()
+    finally:
+        for server in servers:
+            await server.stop()
+        for layer in layers:
+            await layer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_example_chat_app(live):
+    from realtime.examples import socketio_chat
+
+    server = await live(socketio_chat.application)
+    url = f"http://127.0.0.1:{server.port}"
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await PyClient().connect(url)  # no name
+    ada = await PyClient("said").connect(url, auth={"name": "ada"})
+    bob = await PyClient("said").connect(url, auth={"name": "bob"})
+    assert await ada.call("join", "tea") == [ada.client.get_sid(), "tea"]
+    await bob.call("join", "tea")
+    assert await bob.call("who") == "bob"
+    await bob.emit("say", {"room": "tea", "text": "hi"})
+    assert await ada.next() == ("said", {"name": "bob", "text": "hi"})
+    assert await bob.nothing()
+    await ada.disconnect()
+    await bob.disconnect()
