@@ -43,6 +43,8 @@ _EIO_OPEN, _EIO_CLOSE, _EIO_PING, _EIO_PONG, _EIO_MESSAGE, _EIO_UPGRADE, _EIO_NO
 CONNECT, DISCONNECT, EVENT, ACK, CONNECT_ERROR, BINARY_EVENT, BINARY_ACK = range(7)
 #: Binary attachments one packet may announce (each is one more frame to wait for).
 MAX_ATTACHMENTS = 100
+#: Namespaces one connection may join at once (bounds what ``namespaces="*"`` lets in).
+MAX_NAMESPACES = 100
 #: Digits an ack id may have (socket.io-client counts up from 0).
 _MAX_ACK_DIGITS = 15
 #: Events a client may not send: the server's own lifecycle names.
@@ -338,7 +340,8 @@ class AsyncServer:
     is). ``channel_layer``: the layer ``emit`` and friends use (default: the connected
     consumers', else ``get_channel_layer(channel_layer_alias)``). python-socketio's
     ``async_mode``, ``cors_allowed_origins``, ``logger`` and ``engineio_logger`` are
-    accepted and ignored (origins: ``--allowed-origins``).
+    accepted and ignored (origins: ``--allowed-origins``). A packet's binary attachments
+    count together against ``max_http_buffer_size``.
     """
 
     reason = Reason
@@ -726,6 +729,9 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                 self._refuse(CLOSE_UNEXPECTED_BINARY, "a binary frame with no packet waiting")
                 return
             pending.attachments.append(bytes_data or b"")
+            if sum(map(len, pending.attachments)) > self._max_payload:
+                self._refuse(CLOSE_TOO_BIG, "a packet's attachments over maxPayload")
+                return
             if len(pending.attachments) < pending.missing:
                 return
             self._pending = None
@@ -792,6 +798,10 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         if not server._serves(namespace):
             self._send(encode_packet(CONNECT_ERROR, namespace,
                                      {"message": "Invalid namespace"})[0])
+            return
+        if len(self._sockets) >= MAX_NAMESPACES:
+            self._send(encode_packet(CONNECT_ERROR, namespace,
+                                     {"message": "Too many namespaces"})[0])
             return
         assert self.channel_name is not None
         sid = _new_sid(self.channel_name)

@@ -348,6 +348,14 @@ async def test_malformed_input_gets_a_specific_answer_and_the_server_stays_up(li
     await raw.send("42" + json.dumps(["echo", "x" * 1000]))  # over maxPayload
     assert await raw.closed() == rsio.CLOSE_TOO_BIG
 
+    raw = await Raw.open(url)  # attachments under maxPayload each, over it together
+    await raw.send("40")
+    await raw.recv()
+    await raw.send('452-["echo",[{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]]')
+    await raw.send(b"x" * 600)
+    await raw.send(b"y" * 600)
+    assert await raw.closed() == rsio.CLOSE_TOO_BIG
+
     raw = await Raw.open(url)
     assert raw.handshake["maxPayload"] == 1000
     await raw.send("40/nope,")
