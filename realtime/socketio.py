@@ -427,6 +427,17 @@ class AsyncServer:
 
         return get_channel_layer(self.channel_layer_alias)
 
+    def _channel(self, sid: Any) -> str | None:
+        """The channel to reach ``sid`` through; None for a sid of this process that is
+        gone (a message to its channel would only wait in the layer's queue)."""
+        channel = channel_of(sid)
+        if channel is None or sid in self._sockets:
+            return channel
+        prefix = getattr(self.channel_layer, "local_prefix", None)
+        if prefix is not None and channel.startswith(prefix()):
+            return None
+        return channel
+
     def _local(self, sid: str, namespace: str | None) -> _Socket | None:
         socket = self._sockets.get(sid)
         if socket is None or (namespace is not None and socket.namespace != namespace):
@@ -463,9 +474,9 @@ class AsyncServer:
         layer = self.channel_layer
         targets = target if isinstance(target, list | tuple | set) else [target]
         for one in targets:
-            channel = channel_of(one)
-            if channel is not None:  # a sid: its own connection, through the layer
-                if one in skip:
+            if channel_of(one) is not None:  # a sid: its own connection, through the layer
+                channel = self._channel(one)
+                if channel is None or one in skip:
                     continue
                 await layer.send(channel, {"type": "sio.packet", "sid": one, "text": text,
                                            "binary": attachments})
@@ -525,7 +536,7 @@ class AsyncServer:
         if socket is not None:
             await socket.consumer._enter(socket, room)
             return
-        channel = channel_of(sid)
+        channel = self._channel(sid)
         if channel is not None:
             await self.channel_layer.send(channel, {"type": "sio.room", "sid": sid,
                                                     "room": str(room), "enter": True})
@@ -536,7 +547,7 @@ class AsyncServer:
         if socket is not None:
             await socket.consumer._leave(socket, room_group(namespace, room))
             return
-        channel = channel_of(sid)
+        channel = self._channel(sid)
         if channel is not None:
             await self.channel_layer.send(channel, {"type": "sio.room", "sid": sid,
                                                     "room": str(room), "enter": False})
@@ -585,7 +596,7 @@ class AsyncServer:
         if socket is not None:
             await socket.consumer._server_disconnect(socket)
             return
-        channel = channel_of(sid)
+        channel = self._channel(sid)
         if channel is not None:
             await self.channel_layer.send(channel, {"type": "sio.disconnect", "sid": sid})
 

@@ -298,6 +298,10 @@ async def test_sessions_and_the_disconnect_reasons(live):
     assert not sio._sockets
     with pytest.raises(KeyError):
         await sio.get_session(ada_sid)
+    for _ in range(150):  # a gone sid of this process: dropped, never queued in the layer
+        await sio.emit("late", to=ada_sid)
+        await sio.disconnect(ada_sid)
+        await sio.enter_room(ada_sid, "r")
     await ada.disconnect()
     await bob.close()
 
