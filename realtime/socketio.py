@@ -1,5 +1,5 @@
-"""Socket.IO (protocol v5 over Engine.IO v4, WebSocket transport) with python-socketio's
-server API, on realtime's channel layers.
+"""Socket.IO (protocol v5 over Engine.IO v4: HTTP long-polling, WebSocket, and the upgrade
+from one to the other) with python-socketio's server API, on realtime's channel layers.
 
 Why: a team on python-socketio keeps its clients (``socket.io-client``, python-socketio's
 ``Client``/``AsyncClient``) unchanged and ports its server by changing imports:
@@ -13,12 +13,18 @@ sid names its connection's layer channel (``emit(to=sid)``, ``disconnect(sid)`` 
 group goes out as one prepared frame (``broadcast``); a packet with binary attachments as
 one layer event per member (several frames).
 
-Not served: HTTP long-polling (a polling request gets Engine.IO's 400 "Transport
-unknown"): clients connect with ``transports: ["websocket"]``.
+A polling session (``_PollingSession``) lives in the process that opened it, as
+python-engineio's do: behind several processes, polling needs sticky sessions (a request
+for a sid another process holds gets 400 "Session ID unknown"). It is its own layer
+receiver, so its sids, rooms and acks stay the same when it upgrades to a WebSocket: from
+then on its packets go out through that WebSocket, and the WebSocket's messages come in
+through the session.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import inspect
 import json
@@ -27,13 +33,14 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from realtime.consumer import AsyncWebsocketConsumer
 from realtime.exceptions import Refuse
 from realtime.http import AsyncHttpConsumer
-from realtime.layers.base import MAX_NAME
+from realtime.layers.base import HELD, MAX_NAME, frame_event, let_out_for, skip_held
+from realtime.threads import as_deferred
 
 log = Logger(namespace="realtime.socketio")
 
@@ -62,7 +69,15 @@ CLOSE_PING_TIMEOUT = (1008, "ping timeout")
 _TRANSPORT_UNKNOWN = b'{"code":0,"message":"Transport unknown"}'
 _SESSION_UNKNOWN = b'{"code":1,"message":"Session ID unknown"}'
 _BAD_VERSION = b'{"code":5,"message":"Unsupported protocol version"}'
+_BAD_HANDSHAKE = b'{"code":2,"message":"Bad handshake method"}'
+_BAD_REQUEST = b'{"code":3,"message":"Bad request"}'
+_FORBIDDEN = b'{"code":4,"message":"Forbidden"}'
 _JSON_HEADERS = [(b"Content-Type", b"application/json")]
+#: A polling session's queued packets past this many close it (and past
+#: ``--max-send-buffer`` bytes): a client that does not poll holds no unbounded memory.
+MAX_QUEUED_PACKETS = 10_000
+#: Engine.IO's payload separator (between the packets of one polling request or response).
+_SEPARATOR = "\x1e"
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 #: A sid: 8 random characters, then its connection's channel name
@@ -338,21 +353,28 @@ class AsyncServer:
     Engine.IO ``maxPayload``: longer messages close the connection) are python-engineio's
     options; ``namespaces`` ("*": any) lists namespaces open without handlers ("/" always
     is). ``channel_layer``: the layer ``emit`` and friends use (default: the connected
-    consumers', else ``get_channel_layer(channel_layer_alias)``). python-socketio's
-    ``async_mode``, ``cors_allowed_origins``, ``logger`` and ``engineio_logger`` are
-    accepted and ignored (origins: ``--allowed-origins``). A packet's binary attachments
-    count together against ``max_http_buffer_size``.
+    consumers', else ``get_channel_layer(channel_layer_alias)``).
+
+    ``cors_allowed_origins`` (python-engineio's: a list of origins in ``realtime.origins``'
+    pattern forms, or "*") is the cross-origin pages whose polling requests are answered
+    (with ``Access-Control-Allow-Origin`` and credentials); by default only the server's
+    own origin and those ``--allowed-origins`` lets in; a polling request from another
+    origin gets 403. python-socketio's ``async_mode``, ``logger`` and ``engineio_logger``
+    are accepted and ignored. A packet's binary attachments count together against
+    ``max_http_buffer_size``.
     """
 
     reason = Reason
-    _IGNORED = frozenset({"async_mode", "cors_allowed_origins", "cors_credentials",
+    _IGNORED = frozenset({"async_mode", "cors_credentials",
                           "logger", "engineio_logger", "async_handlers", "transports",
                           "monitor_clients", "http_compression", "compression_threshold"})
 
     def __init__(self, namespaces: Iterable[str] | str | None = None,
                  ping_interval: float = 25.0, ping_timeout: float = 20.0,
                  max_http_buffer_size: int = 1_000_000, channel_layer: Any = None,
-                 channel_layer_alias: str = "default", **kwargs: Any) -> None:
+                 channel_layer_alias: str = "default",
+                 cors_allowed_origins: str | Iterable[str] | None = None,
+                 **kwargs: Any) -> None:
         unknown = set(kwargs) - self._IGNORED
         if unknown:
             raise TypeError(f"AsyncServer() got unknown options: {sorted(unknown)}")
@@ -368,6 +390,12 @@ class AsyncServer:
         self.handlers: dict[str, dict[str, Callable[..., Any]]] = {}
         #: The sockets connected to this process, by sid.
         self._sockets: dict[str, _Socket] = {}
+        #: The polling sessions this process holds, by Engine.IO sid.
+        self._polling: dict[str, _PollingSession] = {}
+        self.cors_allowed_origins: list[str] | None = (
+            None if cors_allowed_origins is None
+            else [cors_allowed_origins] if isinstance(cors_allowed_origins, str)
+            else list(cors_allowed_origins))
 
     # -- handlers ---------------------------------------------------------------------------
     def on(self, event: str, handler: Callable[..., Any] | None = None,
@@ -588,7 +616,20 @@ class AsyncServer:
         return None if socket is None else socket.consumer.scope
 
     def transport(self, sid: str, namespace: str | None = None) -> str:
-        return "websocket"
+        """"polling" or "websocket": what the connection of ``sid`` (of this process)
+        uses now."""
+        socket = self._local(sid, namespace or "/")
+        conn = None if socket is None else socket.consumer._conn
+        return str(getattr(conn, "transport_name", "websocket"))
+
+    async def shutdown(self) -> None:
+        """Close this process's connections: every polling session (upgraded or not) and
+        every WebSocket with a namespace connected; their ``disconnect`` handlers run (a
+        server drain does this for polling sessions by itself)."""
+        for session in list(self._polling.values()):
+            session.close_with_code(1001)
+        for socket in list(self._sockets.values()):
+            socket.consumer._conn.close_with_code(1001)
 
     async def disconnect(self, sid: str, namespace: str | None = None) -> None:
         """Disconnect ``sid`` from its namespace (the client is told), in any process."""
@@ -619,8 +660,8 @@ class AsyncServer:
 
 
 class SocketIOApp:
-    """``AsyncServer.as_asgi()``: a ``SocketIOConsumer`` for a WebSocket, Engine.IO's 400
-    for an HTTP (polling) request."""
+    """``AsyncServer.as_asgi()``: a ``SocketIOConsumer`` for a WebSocket, a
+    ``PollingConsumer`` for an HTTP (long-polling) request."""
 
     def __init__(self, server: AsyncServer) -> None:
         self.server = server
@@ -632,18 +673,435 @@ class SocketIOApp:
             raise not_asgi(self)
         if scope.get("type") == "websocket":
             return SocketIOConsumer.as_app(server=self.server)(scope)
-        return PollingRefused.as_app()(scope)
+        return PollingConsumer.as_app(server=self.server)(scope)
 
 
-class PollingRefused(AsyncHttpConsumer):
-    """HTTP long-polling is not served: Engine.IO's "Transport unknown" (400)."""
+def _params(scope: dict[str, Any]) -> dict[str, str]:
+    query = scope.get("query_string", b"").decode("latin-1")
+    return dict(part.partition("=")[::2] for part in query.split("&") if part)
+
+
+def _encode_payload(items: list[str | bytes]) -> bytes:
+    """Engine.IO v4 packets as one polling response: binary as ``b<base64>``."""
+    return _SEPARATOR.join(
+        item if isinstance(item, str) else "b" + base64.b64encode(item).decode("ascii")
+        for item in items).encode()
+
+
+def _decode_payload(body: bytes) -> list[str | bytes]:
+    """A polling POST's packets; ``_Malformed`` for what is not Engine.IO v4's payload."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Malformed("not UTF-8") from None
+    items: list[str | bytes] = []
+    for part in text.split(_SEPARATOR):
+        if not part:
+            raise _Malformed("an empty packet")
+        if part[0] == "b":
+            try:
+                items.append(base64.b64decode(part[1:], validate=True))
+            except (binascii.Error, ValueError):
+                raise _Malformed("invalid base64") from None
+        else:
+            items.append(part)
+    return items
+
+
+class _PollingSession:
+    """One Engine.IO session opened by polling, in this process: its packets queue until
+    a GET takes them (``MAX_QUEUED_PACKETS``, ``--max-send-buffer``), a POST's go to its
+    ``SocketIOConsumer``, which is not a WebSocket's but this session's (``_conn``); after
+    an upgrade, the WebSocket's. A layer receiver of its own (the sids name its channel),
+    so the upgrade changes nothing of its sockets. Its messages, POSTs and layer events are
+    handled one at a time, in order, as a WebSocket's are."""
+
+    #: How far it has had the held broadcasts (``realtime.layers.base.let_out_for``).
+    _held_seq = -1
+    _held_count = 0
+
+    def __init__(self, server: AsyncServer, http: PollingConsumer, sid: str) -> None:
+        site = http._site()
+        self.server = server
+        self.sid = sid
+        self.site = site
+        self.config = site.config
+        self.reactor = site.clock
+        self.layer = http.channel_layer
+        self.max_payload = min(server.max_http_buffer_size, site.config.max_message_size)
+        self.closed = False
+        self.close_code: int | None = None
+        #: The WebSocket it upgraded to (a ``WebSocketConnection``), and the one probing.
+        self.ws: Any = None
+        self.upgrading: SocketIOConsumer | None = None
+        self._probed = False
+        self._queue: list[str | bytes] = []
+        self._queued = 0  # bytes, as encoded
+        self._waiter: Deferred[list[str | bytes] | None] | None = None
+        self._flush_call: Any = None
+        self._tail: Deferred[Any] = succeed(None)
+        consumer = self.consumer = SocketIOConsumer(server=server)
+        consumer.scope = http.scope
+        consumer._conn = self  # type: ignore[assignment]
+        consumer.channel_layer = self.layer
+        self.channel_name = consumer.channel_name = self.layer.attach(self)
+        skip_held(self)  # broadcast before it opened: not for it
+        server._polling[sid] = self
+        listeners = getattr(site, "drain_listeners", None)
+        if listeners is not None:
+            listeners.add(self)
+
+    @property
+    def transport_name(self) -> str:
+        return "polling" if self.ws is None else "websocket"
+
+    # -- what SocketIOConsumer asks of its connection -------------------------------------
+    @property
+    def closing_or_closed(self) -> bool:
+        return self.closed or (self.ws is not None and bool(self.ws.closing_or_closed))
+
+    def send_text(self, text: str) -> None:
+        self._send(text)
+
+    def send_bytes(self, data: bytes) -> None:
+        self._send(bytes(data))
+
+    def _send(self, item: str | bytes, own: bool = True) -> None:
+        if self.closed:
+            return
+        if self.ws is not None:
+            if isinstance(item, str):
+                self.ws.send_text(item)
+            else:
+                self.ws.send_bytes(item)
+            return
+        if own and HELD:  # broadcasts held for this turn were before this packet
+            let_out_for(self, self.channel_name)
+        size = (len(item.encode()) if isinstance(item, str)
+                else 1 + (len(item) + 2) // 3 * 4) + 1
+        if (len(self._queue) >= MAX_QUEUED_PACKETS
+                or self._queued + size > self.config.max_send_buffer):
+            self.site.slow_consumer_closes += 1
+            log.info("socketio: closing a polling session: {count} packets ({size} bytes) "
+                     "waiting for a GET", count=len(self._queue), size=self._queued)
+            self.close_with_code(1008, "slow consumer")
+            return
+        self._queue.append(item)
+        self._queued += size
+        if self._waiter is not None and self._flush_call is None:
+            # The packets of this turn (a packet's attachments) go in one response.
+            self._flush_call = self.reactor.callLater(0, self._flush)
+
+    def close_with_code(self, code: int, reason: str | None = None) -> None:
+        if self.closed:
+            return
+        if self.ws is not None:
+            self.ws.close_with_code(code, reason)  # its end ends this session
+            return
+        self._finish(code)
+
+    # -- the layer's side ---------------------------------------------------------------------
+    def deliver(self, event: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        if HELD:
+            let_out_for(self, self.channel_name)
+        self.run(lambda: self.consumer._on_event(event))
+
+    def deliver_frame(self, frame: bytes) -> bool:
+        if self.closing_or_closed:
+            return False
+        event = frame_event(frame)
+        item: str | bytes = event["text"] if "text" in event else event["bytes"]
+        self.run(lambda: self._send(item, own=False))
+        return True
+
+    def deliver_joined(self, joined: bytes) -> bool:
+        return False  # frame by frame
+
+    def close_from_layer(self, code: int, reason: str | None) -> None:
+        self.run(lambda: self.close_with_code(code, reason))
+
+    def server_draining(self) -> None:
+        """The server drains: the session ends (its ``disconnect`` handlers run)."""
+        self.close_with_code(1001)
+
+    # -- one thing at a time ------------------------------------------------------------------
+    def run(self, step: Callable[[], Any]) -> None:
+        """``step()`` once the steps before it are done (at once when none waits)."""
+        def go(_: Any) -> Any:
+            return as_deferred(step())
+
+        self._tail.addCallback(go).addErrback(
+            lambda failure: log.failure("socketio: a polling session's step failed", failure))
+
+    def done(self) -> Deferred[None]:
+        """Fires once the steps run so far are done."""
+        barrier: Deferred[None] = Deferred()
+
+        def fire(result: Any) -> Any:
+            barrier.callback(None)
+            return result
+
+        self._tail.addBoth(fire)
+        return barrier
+
+    # -- polling ------------------------------------------------------------------------------
+    def poll(self) -> Deferred[list[str | bytes] | None] | None:
+        """A GET: fires with the packets to answer (at once if some wait), or None when the
+        GET went away first; None (no Deferred) if another GET waits already."""
+        if self._waiter is not None:
+            return None
+        waiter: Deferred[list[str | bytes] | None] = Deferred()
+        self._waiter = waiter
+        if self._queue or self.closed or self._probed:
+            self._flush()
+        return waiter
+
+    def poll_gone(self, waiter: Deferred[Any]) -> None:
+        """The GET's client went away: its packets stay queued for the next one."""
+        if self._waiter is waiter:
+            self._waiter = None
+            self._cancel_flush()
+            waiter.callback(None)
+
+    def _cancel_flush(self) -> None:
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _flush(self, noop: bool = False) -> None:
+        """Answer the waiting GET: the queued packets (a noop if none; only a noop with
+        ``noop``: the rest waits for the WebSocket), then the close packet if closed."""
+        self._flush_call = None
+        waiter, self._waiter = self._waiter, None
+        if waiter is None:
+            return
+        items: list[str | bytes] = []
+        if not noop and self._queue:
+            items, self._queue, self._queued = self._queue, [], 0
+        if self.closed:
+            items.append(_EIO_CLOSE)
+        waiter.callback(items or [_EIO_NOOP])
+
+    async def post(self, body: bytes) -> bool:
+        """A POST's packets, handled in order; False if they were not Engine.IO's, or made
+        the session close for an error."""
+        try:
+            items = _decode_payload(body)
+        except _Malformed as exc:
+            self.fail(str(exc))
+            return False
+        consumer = self.consumer
+        for item in items:
+            if isinstance(item, str):
+                self.run(lambda text=item: consumer.receive(text_data=text))  # type: ignore[misc]
+            else:
+                self.run(lambda data=item: consumer.receive(bytes_data=data))  # type: ignore[misc]
+        await self.done()
+        return not self.closed or self.close_code == 1000
+
+    def fail(self, why: str) -> None:
+        """A request the protocol does not allow: the session closes ("transport error")."""
+        log.info("socketio: closing a polling session: {why}", why=why)
+        if self.consumer._close_reason is None:
+            self.consumer._close_reason = Reason.TRANSPORT_ERROR
+        self.close_with_code(CLOSE_MALFORMED[0], why)
+
+    # -- the upgrade --------------------------------------------------------------------------
+    def begin_upgrade(self, ws: SocketIOConsumer) -> bool:
+        if self.closed or self.ws is not None or self.upgrading is not None:
+            return False
+        self.upgrading = ws
+        return True
+
+    async def from_websocket(self, ws: SocketIOConsumer, text: str | None,
+                             data: bytes | None) -> None:
+        """A message of ``ws``: the probe and the upgrade, then this session's packets."""
+        if self.ws is None:
+            if self.upgrading is not ws or self.closed:
+                ws._conn.close_with_code(1000)
+            elif text == _EIO_PING + "probe":
+                ws._conn.send_text(_EIO_PONG + "probe")
+                self._probed = True
+                self._flush(noop=True)  # the client waits for its GET before upgrading
+            elif text == _EIO_UPGRADE and self._probed:
+                self._upgrade(ws)
+            else:
+                ws._conn.close_with_code(*CLOSE_MALFORMED)
+            return
+        self.run(lambda: self.consumer.receive(text_data=text, bytes_data=data))
+        await self.done()
+
+    def _upgrade(self, ws: SocketIOConsumer) -> None:
+        self.upgrading = None
+        self._probed = False
+        self._flush(noop=True)
+        self._cancel_flush()
+        self.ws = ws._conn
+        items, self._queue, self._queued = self._queue, [], 0
+        for item in items:
+            self._send(item)
+
+    def websocket_closed(self, ws: SocketIOConsumer, code: int) -> None:
+        if self.upgrading is ws:  # the probe failed: polling goes on
+            self.upgrading = None
+            self._probed = False
+        elif self.ws is not None and self.ws is ws._conn:
+            self._finish(code)
+
+    # -- the end ------------------------------------------------------------------------------
+    def _finish(self, code: int) -> None:
+        """Closed: a waiting GET gets the close packet, the sockets their ``disconnect``
+        handlers, then the channel goes."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        if self.server._polling.get(self.sid) is self:
+            del self.server._polling[self.sid]
+        listeners = getattr(self.site, "drain_listeners", None)
+        if listeners is not None:
+            listeners.discard(self)
+        self._cancel_flush()
+        self._flush()
+        self._queue, self._queued = [], 0
+        self.run(lambda: self.consumer.disconnect(code))
+        self.run(lambda: self.layer.detach(self.channel_name))
+
+
+class PollingConsumer(AsyncHttpConsumer):
+    """Engine.IO's HTTP long-polling: a GET without ``sid`` opens a session (the answer
+    is its open packet), a GET with one takes its packets (waiting for some), a POST
+    brings the client's. Errors are Engine.IO's 400s (code 1: an unknown session, 3: a
+    bad request, which closes the session), 413 for a POST over ``maxPayload``."""
+
+    server: ClassVar[AsyncServer | None] = None
+    _session: _PollingSession | None = None
+    _waiting: Deferred[Any] | None = None
+
+    @property
+    def _server(self) -> AsyncServer:
+        assert self.server is not None
+        return self.server
+
+    def _origin(self) -> bytes | None:
+        for name, value in self.scope.get("headers", ()):
+            if name == b"origin":
+                return bytes(value)
+        return None
+
+    def _origin_allowed(self, origin: bytes) -> bool:
+        """``cors_allowed_origins``; by default the server's own origin and what
+        ``--allowed-origins`` lets in (python-engineio's default is the first only)."""
+        from realtime.origins import origin_allowed
+        from realtime.settings import settings
+
+        text = origin.decode("latin-1")
+        patterns = self._server.cors_allowed_origins
+        if patterns is not None:
+            return origin_allowed(text, patterns)
+        host = dict(self.scope.get("headers", ())).get(b"host", b"").decode("latin-1")
+        scheme = "https" if self.scope.get("scheme") == "https" else "http"
+        return (text.lower() == f"{scheme}://{host}".lower()
+                or (bool(settings.allowed_origins)
+                    and origin_allowed(text, settings.allowed_origins)))
+
+    async def send_headers(self, *, status: int = 200, headers: Any = None) -> None:
+        pairs = [*(headers or []), (b"Cache-Control", b"no-store")]
+        origin = self._origin()
+        if origin:
+            pairs += [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin"),
+                      (b"Access-Control-Allow-Credentials", b"true")]
+        await super().send_headers(status=status, headers=pairs)
+
+    async def _error(self, status: int, body: bytes) -> None:
+        await self.send_response(status, body, headers=_JSON_HEADERS)
 
     async def handle(self, body: bytes) -> None:
-        await self.send_response(400, _TRANSPORT_UNKNOWN, headers=_JSON_HEADERS)
+        origin = self._origin()
+        if origin and not self._origin_allowed(origin):
+            await self._error(403, _FORBIDDEN)
+            return
+        method = self.scope.get("method")
+        if method == "OPTIONS":  # a CORS preflight
+            await self.send_response(204, b"", headers=[
+                (b"Access-Control-Allow-Methods", b"GET, POST, OPTIONS"),
+                (b"Access-Control-Allow-Headers", b"Content-Type"),
+                (b"Access-Control-Max-Age", b"600")])
+            return
+        params = _params(self.scope)
+        if params.get("EIO") != "4":
+            await self._error(400, _BAD_VERSION)
+            return
+        if params.get("transport") != "polling":
+            await self._error(400, _TRANSPORT_UNKNOWN)
+            return
+        sid = params.get("sid")
+        if not sid:
+            if method != "GET":
+                await self._error(400, _BAD_HANDSHAKE)
+                return
+            await self._open()
+            return
+        session = self._server._polling.get(sid)
+        if session is None:
+            await self._error(400, _SESSION_UNKNOWN)
+            return
+        if session.ws is not None:  # upgraded: polling is over for it (the session lives)
+            await self._error(400, _BAD_REQUEST)
+            return
+        if method == "GET":
+            await self._poll(session)
+        elif method == "POST":
+            await self._post(session, body)
+        else:
+            await self._error(400, _BAD_REQUEST)
+
+    async def _open(self) -> None:
+        if self.channel_layer is None:
+            log.error("realtime.socketio needs a channel layer")
+            await self.send_response(500, b"")
+            return
+        sid = secrets.token_urlsafe(15)
+        session = _PollingSession(self._server, self, sid)
+        session.consumer._open(sid, ["websocket"], session.max_payload)
+        await self._poll(session)
+
+    async def _poll(self, session: _PollingSession) -> None:
+        waiter = session.poll()
+        if waiter is None:
+            session.fail("a second GET while one waits")
+            await self._error(400, _BAD_REQUEST)
+            return
+        self._session, self._waiting = session, waiter
+        items = await waiter
+        self._waiting = None
+        if items is None:
+            return  # the client went away
+        await self.send_response(200, _encode_payload(items), headers=[
+            (b"Content-Type", b"text/plain; charset=UTF-8")])
+
+    async def _post(self, session: _PollingSession, body: bytes) -> None:
+        if len(body) > session.max_payload:
+            session.fail("a POST over maxPayload")
+            await self._error(413, _BAD_REQUEST)
+            return
+        if not await session.post(body):
+            await self._error(400, _BAD_REQUEST)
+            return
+        await self.send_response(200, b"ok", headers=[
+            (b"Content-Type", b"text/html; charset=UTF-8")])
+
+    async def disconnect(self) -> None:
+        if self._session is not None and self._waiting is not None:
+            self._session.poll_gone(self._waiting)
 
 
 class SocketIOConsumer(AsyncWebsocketConsumer):
-    """One Engine.IO connection: its Socket.IO namespaces, pings and pending packets."""
+    """One Engine.IO connection: its Socket.IO namespaces, pings and pending packets (a
+    polling session's too, then on a ``_PollingSession`` instead of a WebSocket); or the
+    WebSocket a polling session upgrades to (``_upgrade_of``), which only carries it."""
 
     server: ClassVar[AsyncServer | None] = None
 
@@ -656,6 +1114,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self._close_reason: str | None = None
         self._next_ack = 0
         self._max_payload = 0
+        self._upgrade_of: _PollingSession | None = None
 
     @property
     def _server(self) -> AsyncServer:
@@ -663,28 +1122,37 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         return self.server
 
     async def connect(self) -> None:
-        query = self.scope.get("query_string", b"").decode("latin-1")
-        params = dict(part.partition("=")[::2] for part in query.split("&") if part)
+        params = _params(self.scope)
         if params.get("EIO") != "4":
             raise Refuse(400, _JSON_HEADERS, _BAD_VERSION)
         if params.get("transport", "websocket") != "websocket":
             raise Refuse(400, _JSON_HEADERS, _TRANSPORT_UNKNOWN)
-        if params.get("sid"):  # an upgrade of a polling session, which we never open
-            raise Refuse(400, _JSON_HEADERS, _SESSION_UNKNOWN)
         if self.channel_layer is None:
             log.error("realtime.socketio needs a channel layer")
             raise Refuse(500)
         server = self._server
+        if params.get("sid"):  # the upgrade of a polling session (of this process)
+            session = server._polling.get(params["sid"])
+            if session is None or not session.begin_upgrade(self):
+                raise Refuse(400, _JSON_HEADERS, _SESSION_UNKNOWN)
+            self._upgrade_of = session
+            await self.accept()
+            return
+        await self.accept()
+        self._open(secrets.token_urlsafe(15), [],
+                   min(server.max_http_buffer_size, self._conn.config.max_message_size))
+
+    def _open(self, sid: str, upgrades: list[str], max_payload: int) -> None:
+        """Engine.IO's open packet, then the pings."""
+        server = self._server
         if server._channel_layer is None:
             server._channel_layer = self.channel_layer
-        await self.accept()
-        self._max_payload = min(server.max_http_buffer_size,
-                                self._conn.config.max_message_size)
+        self._max_payload = max_payload
         self._send(_EIO_OPEN + _dumps({
-            "sid": secrets.token_urlsafe(15), "upgrades": [],
+            "sid": sid, "upgrades": upgrades,
             "pingInterval": int(server.ping_interval * 1000),
             "pingTimeout": int(server.ping_timeout * 1000),
-            "maxPayload": self._max_payload}))
+            "maxPayload": max_payload}))
         self._ping = self._conn.reactor.callLater(server.ping_interval, self._send_ping)
 
     # -- Engine.IO ---------------------------------------------------------------------------
@@ -726,6 +1194,9 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self._conn.close_with_code(*close)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self._upgrade_of is not None:
+            await self._upgrade_of.from_websocket(self, text_data, bytes_data)
+            return
         if self._conn.closing_or_closed:
             return
         size = len(bytes_data or b"") if text_data is None else len(text_data)
@@ -906,6 +1377,9 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         await self._forget(socket, Reason.SERVER_DISCONNECT)
 
     async def disconnect(self, code: int) -> None:
+        if self._upgrade_of is not None:
+            self._upgrade_of.websocket_closed(self, code)
+            return
         self._stop_timers()
         self._pending = None
         reason = self._close_reason or Reason.TRANSPORT_CLOSE
@@ -945,6 +1419,6 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             await self._server_disconnect(socket)
 
 
-__all__ = ["AsyncServer", "CallTimeoutError", "ConnectionRefusedError", "PollingRefused",
+__all__ = ["AsyncServer", "CallTimeoutError", "ConnectionRefusedError", "PollingConsumer",
            "Reason", "SocketIOApp", "SocketIOConsumer", "SocketIOError", "channel_of",
            "decode_packet", "encode_packet", "namespace_group", "room_group"]

@@ -1,24 +1,26 @@
 """``realtime.socketio`` against Socket.IO's own clients: python-socketio's ``Client``
-(websocket-client, in worker threads), Node's ``socket.io-client`` (tests/.node, pinned by
-tests/run.sh), and raw ``websockets`` for what no client sends (malformed packets, an
-unanswered ping). Real servers on the in-memory layer; rooms across two layers on a real
-redis-server at the end."""
+(websocket-client and requests, in worker threads), Node's ``socket.io-client`` (tests/.node,
+pinned by tests/run.sh), each on WebSocket, on polling, and on polling then the upgrade;
+raw ``websockets`` and ``http.client`` for what no client sends (malformed packets, an
+unanswered ping, a second GET). Real servers on the in-memory layer; rooms across two
+layers on a real redis-server at the end."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import queue
 import shutil
 import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_twisted
 import socketio
+from twisted.internet.defer import Deferred
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -35,9 +37,32 @@ def app(sio: rsio.AsyncServer) -> URLRouter:
     return URLRouter([path("socket.io/", sio.as_asgi())])
 
 
+#: The servers a test started (``start``): shut down after it (``_shutdown``).
+_STARTED: list[rsio.AsyncServer] = []
+
+
 async def start(live: Any, sio: rsio.AsyncServer, **config: Any) -> str:
     server = await live(app(sio), **config)
+    _STARTED.append(sio)
     return f"http://127.0.0.1:{server.port}"
+
+
+@pytest.fixture(autouse=True)
+def _shutdown(live: Any) -> Any:
+    """After each test (before ``live`` stops its servers and checks for leaks): the
+    polling sessions left open are closed. python-engineio's client loses its close packet
+    when ``disconnect()`` comes while its write loop is busy (it leaves the loop without
+    sending it); its session would last until the ping timeout."""
+    yield
+    while _STARTED:
+        pytest_twisted.blockon(Deferred.fromCoroutine(_STARTED.pop().shutdown()))
+
+
+def quick_server(**options: Any) -> rsio.AsyncServer:
+    """An ``AsyncServer`` with a short ping interval: a GET waits half a second at most,
+    so python-engineio's ``disconnect()`` over polling (which waits for its GET) is quick
+    even when its close packet was lost (above)."""
+    return rsio.AsyncServer(**{"ping_interval": 0.5, "ping_timeout": 0.5, **options})
 
 
 class PyClient:
@@ -53,8 +78,11 @@ class PyClient:
     def _recorder(self, event: str) -> Any:
         return lambda *args: self.got.put((event, args[0] if len(args) == 1 else args))
 
-    async def connect(self, url: str, **kwargs: Any) -> PyClient:
-        await in_thread(lambda: self.client.connect(url, transports=["websocket"],
+    async def connect(self, url: str, transports: list[str] | None = ["websocket"],  # noqa: B006
+                      **kwargs: Any) -> PyClient:
+        """Connect on ``transports`` (None: the client's default, polling then the
+        upgrade)."""
+        await in_thread(lambda: self.client.connect(url, transports=transports,
                                                     wait_timeout=WAIT, **kwargs))
         return self
 
@@ -62,9 +90,9 @@ class PyClient:
         return await in_thread(self.got.get, True, WAIT)
 
     async def nothing(self) -> bool:
-        """Whether nothing more comes (within half a second)."""
+        """Whether nothing more comes (within 0.3 s)."""
         try:
-            await in_thread(self.got.get, True, 0.5)
+            await in_thread(self.got.get, True, 0.3)
         except queue.Empty:
             return True
         return False
@@ -120,9 +148,18 @@ class Raw:
 
 # -- python-socketio's client -----------------------------------------------------------------
 
+#: python-socketio's client on each transport: WebSocket only, its default (polling, then
+#: the upgrade to WebSocket) and polling only; what ``sio.transport()`` says after connect.
+TRANSPORTS = pytest.mark.parametrize("transports,transport", [
+    (["websocket"], "websocket"), (None, "websocket"), (["polling"], "polling")],
+    ids=["websocket", "upgrade", "polling"])
+
+
+@TRANSPORTS
 @pytest_twisted.ensureDeferred
-async def test_connect_with_auth_then_events_acks_and_binary_both_ways(live):
-    sio = rsio.AsyncServer()
+async def test_connect_with_auth_then_events_acks_and_binary_both_ways(live, transports,
+                                                                       transport):
+    sio = quick_server()
     seen: dict[str, Any] = {}
 
     @sio.event
@@ -145,9 +182,10 @@ async def test_connect_with_auth_then_events_acks_and_binary_both_ways(live):
     url = await start(live, sio)
     client = PyClient("bin")
     client.client.on("ask", lambda n: (n * 2, "py"))
-    await client.connect(url, auth={"token": "t"})
+    await client.connect(url, transports, auth={"token": "t"})
     assert seen["auth"] == {"token": "t"} and seen["path"] == "/socket.io/"
     assert client.client.get_sid() == seen["sid"]
+    assert sio.transport(seen["sid"]) == client.client.transport() == transport
     assert await client.call("echo", ("hi", 3)) == ("hi", 3)
     assert await client.call("upload", {"blob": b"\x01\x02\x03"}) == b"\x03\x02\x01"
     await client.emit("ready")
@@ -158,7 +196,7 @@ async def test_connect_with_auth_then_events_acks_and_binary_both_ways(live):
 
 @pytest_twisted.ensureDeferred
 async def test_a_refused_connect_is_connect_error_with_the_message_and_data(live):
-    sio = rsio.AsyncServer()
+    sio = quick_server()
     reasons: list[str] = []
 
     @sio.event
@@ -189,7 +227,7 @@ async def test_a_refused_connect_is_connect_error_with_the_message_and_data(live
 
 @pytest_twisted.ensureDeferred
 async def test_namespaces_are_multiplexed_with_their_own_sids_and_handlers(live):
-    sio = rsio.AsyncServer()
+    sio = quick_server()
     sids: dict[str, str] = {}
 
     @sio.on("connect", namespace="/chat")
@@ -223,9 +261,11 @@ async def test_namespaces_are_multiplexed_with_their_own_sids_and_handlers(live)
         await refused.connect(url, namespaces=["/elsewhere"])
 
 
+@pytest.mark.parametrize("transports,transport", [
+    (["websocket"], "websocket"), (["polling"], "polling")], ids=["websocket", "polling"])
 @pytest_twisted.ensureDeferred
-async def test_rooms_with_skip_sid_leave_and_close_room(live):
-    sio = rsio.AsyncServer()
+async def test_rooms_with_skip_sid_leave_and_close_room(live, transports, transport):
+    sio = quick_server()
 
     @sio.event
     async def join(sid, room):
@@ -237,7 +277,7 @@ async def test_rooms_with_skip_sid_leave_and_close_room(live):
         await sio.emit("said", text, room=room, skip_sid=sid)
 
     url = await start(live, sio)
-    ada, bob, eve = [await PyClient("said").connect(url) for _ in range(3)]
+    ada, bob, eve = [await PyClient("said").connect(url, transports) for _ in range(3)]
     assert await ada.call("join", "r") == [ada.client.get_sid(), "r"]
     await bob.call("join", "r")
     await ada.emit("shout", ("r", "hello"))
@@ -256,13 +296,16 @@ async def test_rooms_with_skip_sid_leave_and_close_room(live):
     assert await until(lambda: sio.rooms(ada.client.get_sid()) == [ada.client.get_sid()])
     await sio.emit("said", "nobody", room="r")
     assert await ada.nothing()
+    assert sio.transport(eve.client.get_sid()) == transport
+    await sio.disconnect(eve.client.get_sid())  # the server's disconnect, on this transport
+    assert await eve.next() == ("disconnect", ("server disconnect",))
     for client in (ada, bob, eve):
         await client.disconnect()
 
 
 @pytest_twisted.ensureDeferred
 async def test_sessions_and_the_disconnect_reasons(live):
-    sio = rsio.AsyncServer()
+    sio = quick_server()
     reasons: dict[str, str] = {}
 
     @sio.event
@@ -331,7 +374,7 @@ async def test_pings_keep_a_client_and_a_missing_pong_ends_one(live):
 
 @pytest_twisted.ensureDeferred
 async def test_malformed_input_gets_a_specific_answer_and_the_server_stays_up(live):
-    sio = rsio.AsyncServer(max_http_buffer_size=1000)
+    sio = quick_server(max_http_buffer_size=1000)
     sio.on("echo", lambda sid, data: data)
     url = await start(live, sio)
     for bad in ("4x", "42[1]", '42["connect"]', "43[]", "4{}", '40"a"', '45-["a"]', "9",
@@ -386,29 +429,230 @@ def _handshake_refusal(url: str) -> tuple[int, bytes]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_eio3_and_polling_are_refused_with_engineios_errors(live):
-    sio = rsio.AsyncServer()
+async def test_eio3_is_refused_with_engineios_error_on_both_transports(live):
+    sio = quick_server()
     url = await start(live, sio)
     status, body = await in_thread(_handshake_refusal, ws_url(url, "EIO=3&transport=websocket"))
     assert (status, json.loads(body)) == (400, {"code": 5,
                                                 "message": "Unsupported protocol version"})
-    polling = url + "/socket.io/?EIO=4&transport=polling"
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        await in_thread(lambda: urllib.request.urlopen(polling, timeout=WAIT))
-    assert refused.value.code == 400
-    assert json.loads(refused.value.read()) == {"code": 0, "message": "Transport unknown"}
-    refused.value.close()
-    # python-socketio's client on its default transports starts with polling: refused.
-    with pytest.raises(socketio.exceptions.ConnectionError):
-        await in_thread(lambda: socketio.Client(reconnection=False).connect(
-            url, wait_timeout=WAIT))
+    assert await Polling.request(url, "GET", "EIO=3&transport=polling") == (
+        400, {"code": 5, "message": "Unsupported protocol version"})
+    assert await Polling.request(url, "GET", "EIO=4&transport=flash") == (
+        400, {"code": 0, "message": "Transport unknown"})
+
+
+# -- HTTP long-polling -------------------------------------------------------------------------
+
+def _http(url: str, method: str, body: bytes = b"",
+          origin: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=WAIT)
+    try:
+        conn.request(method, f"{parts.path}?{parts.query}", body=body or None,
+                     headers={"Origin": origin} if origin else {})
+        response = conn.getresponse()
+        return (response.status, {k.lower(): v for k, v in response.getheaders()},
+                response.read())
+    finally:
+        conn.close()
+
+
+class Polling:
+    """A raw Engine.IO polling session (http.client, in worker threads)."""
+
+    def __init__(self, url: str, sid: str, handshake: dict[str, Any]) -> None:
+        self.url, self.sid, self.handshake = url, sid, handshake
+        self.base = f"{url}/socket.io/?EIO=4&transport=polling&sid={sid}"
+
+    @staticmethod
+    async def request(url: str, method: str, query: str,
+                      body: bytes = b"") -> tuple[int, Any]:
+        """Status and JSON body of a request that gets an Engine.IO error."""
+        status, _, answer = await in_thread(_http, f"{url}/socket.io/?{query}", method, body)
+        return status, json.loads(answer)
+
+    @classmethod
+    async def open(cls, url: str, connect: bool = True) -> Polling:
+        """A session (connected to "/" with ``connect``)."""
+        status, headers, body = await in_thread(
+            _http, f"{url}/socket.io/?EIO=4&transport=polling", "GET")
+        assert status == 200 and headers["content-type"] == "text/plain; charset=UTF-8"
+        assert body.startswith(b"0{")
+        handshake = json.loads(body[1:])
+        session = cls(url, handshake["sid"], handshake)
+        if connect:
+            assert await session.post("40") == (200, b"ok")
+            (connected,) = await session.get()
+            assert connected.startswith('40{"sid":')
+            session.socket_sid = json.loads(connected[2:])["sid"]
+        return session
+
+    async def get(self) -> Any:
+        """The packets of one GET; (status, JSON) for an error."""
+        status, _, body = await in_thread(_http, self.base, "GET")
+        if status != 200:
+            return status, json.loads(body)
+        return body.decode().split("\x1e")
+
+    async def post(self, payload: str | bytes) -> tuple[int, Any]:
+        data = payload.encode() if isinstance(payload, str) else payload
+        status, headers, body = await in_thread(_http, self.base, "POST", data)
+        if status == 200:
+            assert headers["content-type"] == "text/html; charset=UTF-8"
+            return status, body
+        return status, json.loads(body)
+
+
+UNKNOWN = (400, {"code": 1, "message": "Session ID unknown"})
+BAD_REQUEST = (400, {"code": 3, "message": "Bad request"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_keeps_its_sids_rooms_and_queue_across_the_upgrade(live):
+    """Socket.IO over polling first (a room joined, an ack), then the probe (which answers
+    the waiting GET with a noop) and the upgrade: what was queued meanwhile, the room and
+    the acks go on over the WebSocket, with the same sid."""
+    sio = quick_server()
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+
+    @sio.event
+    async def join(sid, room):
+        await sio.enter_room(sid, room)
+        return "joined", sio.transport(sid)
+
+    url = await start(live, sio)
+    session = await Polling.open(url)
+    assert session.handshake["upgrades"] == ["websocket"]
+    sid = session.socket_sid
+    assert await session.post('421["join","r"]') == (200, b"ok")
+    assert await session.get() == ['431["joined","polling"]']
+    waiting = Deferred.fromCoroutine(session.get())  # a GET waits for packets
+    assert await until(lambda: sio._polling[session.sid]._waiter is not None)
+    ws = await in_thread(lambda: connect(
+        ws_url(url, f"EIO=4&transport=websocket&sid={session.sid}"),
+        open_timeout=WAIT).__enter__())
+    await in_thread(ws.send, "2probe")
+    assert await in_thread(ws.recv, WAIT) == "3probe"
+    assert await waiting == ["6"]  # the probe let the waiting GET go with a noop
+    await sio.emit("said", "queued", to=sid)  # before the upgrade: on the polling side
+    await in_thread(ws.send, "5")
+    assert await in_thread(ws.recv, WAIT) == '42["said","queued"]'
+    assert sio.transport(sid) == "websocket"
+    await sio.emit("said", b"\x01", room="r")  # the room joined on polling
+    assert await in_thread(ws.recv, WAIT) == '451-["said",{"_placeholder":true,"num":0}]'
+    assert await in_thread(ws.recv, WAIT) == b"\x01"
+    await in_thread(ws.send, '422["join","r2"]')
+    assert await in_thread(ws.recv, WAIT) == '432["joined","websocket"]'
+    assert sio.rooms(sid) == [sid, "r", "r2"]
+    assert await session.get() == BAD_REQUEST  # polling is over for it; it lives on
+    assert sio.rooms(sid) == [sid, "r", "r2"]
+    await in_thread(ws.close)
+    assert await until(lambda: reasons == ["transport close"])
+    assert not sio._sockets and not sio._polling
+    assert await session.get() == UNKNOWN
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_polling_requests_get_specific_answers(live):
+    sio = quick_server(max_http_buffer_size=1000)
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    sio.on("echo", lambda sid, data: data)
+    url = await start(live, sio)
+    bystander = await PyClient().connect(url, ["polling"])
+
+    assert await Polling.request(url, "POST", "EIO=4&transport=polling", b"40") == (
+        400, {"code": 2, "message": "Bad handshake method"})  # a POST opens nothing
+    for method in ("GET", "POST"):
+        assert await Polling.request(
+            url, method, "EIO=4&transport=polling&sid=nope", b"40") == UNKNOWN
+    assert list(sio._polling) == [bystander.client.eio.sid]  # nothing opened
+
+    session = await Polling.open(url)  # a second GET while one waits: both sessions end
+    first = Deferred.fromCoroutine(session.get())
+    assert await until(lambda: sio._polling[session.sid]._waiter is not None)
+    assert await session.get() == BAD_REQUEST
+    assert await first == ["1"]  # the close packet
+    assert await session.get() == UNKNOWN
+
+    session = await Polling.open(url)
+    assert await session.post("42" + json.dumps(["echo", "x" * 1000])) == (413, BAD_REQUEST[1])
+    assert await session.get() == UNKNOWN
+
+    for garbage in (b"4x", b"b!!", b"40\x1e\x1e", b"\xff", b"2probe", b"5"):
+        session = await Polling.open(url)
+        assert await session.post(garbage) == BAD_REQUEST, garbage
+        assert await session.get() == UNKNOWN, garbage
+    assert await until(lambda: len(reasons) == 8)
+    assert reasons == ["transport error"] * 8
+    assert list(sio._polling) == [bystander.client.eio.sid]
+    assert await bystander.call("echo", "still up") == "still up"
+    await bystander.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_poller_is_closed_past_the_bound_and_pings_go_through_polls(live):
+    """A session that does not GET: its packets past --max-send-buffer close it; a
+    polling client that does is not touched, and answers the pings by POST; one that
+    neither GETs nor answers is closed for the ping timeout."""
+    sio = rsio.AsyncServer(ping_interval=0.2, ping_timeout=0.3)
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    sio.on("echo", lambda sid, data: data)
+    url = await start(live, sio, max_send_buffer=4096)
+    bystander = await PyClient("said").connect(url, ["polling"])
+    slow = await Polling.open(url)
+    assert slow.handshake["pingInterval"] == 200 and slow.handshake["pingTimeout"] == 300
+    for n in range(30):  # 30 broadcasts of 200 bytes
+        await sio.emit("said", f"{n:03}" + "x" * 197)
+        assert await bystander.next() == ("said", f"{n:03}" + "x" * 197)
+    assert reasons == ["transport close"]  # past 4096 bytes queued
+    assert await slow.get() == UNKNOWN
+
+    silent = await Polling.open(url)
+    assert await until(lambda: len(reasons) == 2, timeout=2)
+    assert reasons[1] == "ping timeout"
+    assert await silent.get() == UNKNOWN
+    assert await bystander.call("echo", "alive") == "alive"  # pinged all along
+    await bystander.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cors_for_the_same_origin_and_cors_allowed_origins(live):
+    sio = rsio.AsyncServer(cors_allowed_origins=["http://app.example"])
+    url = await start(live, sio)
+    handshake = f"{url}/socket.io/?EIO=4&transport=polling"
+    status, headers, _ = await in_thread(_http, handshake, "OPTIONS", b"",
+                                         "http://app.example")
+    assert status == 204 and "POST" in headers["access-control-allow-methods"]
+    status, headers, _ = await in_thread(_http, handshake, "GET", b"",
+                                         "http://app.example")
+    assert status == 200 and headers["access-control-allow-origin"] == "http://app.example"
+    assert headers["access-control-allow-credentials"] == "true"
+    status, _, body = await in_thread(_http, handshake, "GET", b"",
+                                      "http://evil.example")
+    assert (status, json.loads(body)) == (403, {"code": 4, "message": "Forbidden"})
+
+    default = rsio.AsyncServer()  # by default: the server's own origin only
+    own = await start(live, default)
+    handshake = f"{own}/socket.io/?EIO=4&transport=polling"
+    status, headers, _ = await in_thread(_http, handshake, "GET", b"", own)
+    assert status == 200 and headers["access-control-allow-origin"] == own
+    status, _, _ = await in_thread(_http, handshake, "GET", b"",
+                                   "http://app.example")
+    assert status == 403
+    assert len(sio._polling) == len(default._polling) == 1
+    await sio.shutdown()
+    await default.shutdown()
+    assert not sio._polling and not default._polling
 
 
 # -- Node's socket.io-client ------------------------------------------------------------------
 
-def _node(url: str, token: str) -> list[dict[str, Any]]:
+def _node(url: str, token: str, transports: str = "websocket") -> list[dict[str, Any]]:
     env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
-    done = subprocess.run(["node", str(NODE_SCRIPT), url, token], env=env,
+    done = subprocess.run(["node", str(NODE_SCRIPT), url, token, transports], env=env,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
@@ -425,9 +669,12 @@ def socket_io_client() -> None:
         pytest.skip(reason)
 
 
+@pytest.mark.parametrize("transports,transport", [
+    ("websocket", "websocket"), ("polling,websocket", "websocket"), ("polling", "polling")],
+    ids=["websocket", "upgrade", "polling"])
 @pytest_twisted.ensureDeferred
-async def test_socket_io_client_of_node(live, socket_io_client):
-    sio = rsio.AsyncServer()
+async def test_socket_io_client_of_node(live, socket_io_client, transports, transport):
+    sio = quick_server()
     seen: dict[str, Any] = {}
 
     @sio.event
@@ -450,16 +697,17 @@ async def test_socket_io_client_of_node(live, socket_io_client):
         await sio.emit("bye", to=sid)
 
     url = await start(live, sio)
-    lines = await in_thread(_node, url, "js")
+    lines = await in_thread(_node, url, "js", transports)
     assert lines[0] == {"connected": seen["sid"]}
     assert lines[1:] == [
         {"echoed": ["hi", 3]}, {"reversed": [3, 2, 1]},
         {"chat": lines[3]["chat"], "same_engine": True}, {"chat_echo": "in chat!"},
-        {"bin": [0, 255], "name": "b"}, {"done": True}]
+        {"bin": [0, 255], "name": "b"}, {"done": True, "transport": transport}]
     assert lines[3]["chat"] != seen["sid"]
     assert seen["answer"] == (42, "js")
-    refused = await in_thread(_node, url, "nope")
+    refused = await in_thread(_node, url, "nope", transports)
     assert refused == [{"connect_error": "who are you?", "data": {"token": "nope"}}]
+    assert await until(lambda: not sio._polling)  # the client's close reached the server
 
 
 # -- across processes ---------------------------------------------------------------------------
