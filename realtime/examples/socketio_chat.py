@@ -1,10 +1,11 @@
 """A python-socketio chat app, ported by changing its import (``realtime.socketio``).
 
     twistd -n --pidfile= realtime --app realtime.examples.socketio_chat:application
-    # several processes: add --workers 2 --layer redis://127.0.0.1:6379/0
+    # several processes: add --workers 2 --layer redis://127.0.0.1:6379/0 (then clients
+    # use transports: ["websocket"]: polling sessions need sticky sessions)
 
-Connect with ``socket.io-client`` (``transports: ["websocket"]``) or python-socketio's
-client (``transports=["websocket"]``) to ``http://127.0.0.1:8000``, with ``auth:
+Connect with ``socket.io-client`` or python-socketio's client (polling, then the upgrade
+to WebSocket; or either alone) to ``http://127.0.0.1:8000``, with ``auth:
 {name}``: ``join(room)`` enters a room (acked with its rooms), ``say({room, text})`` sends
 ``said`` to the room's other members, ``who()`` answers with the name the session keeps.
 """
@@ -50,7 +51,7 @@ async def disconnect(sid: str, reason: str) -> None:
     pass  # the session is still readable here, as in python-socketio
 
 
-# The WebSocket transport, and Engine.IO's 400 for a polling request, at /socket.io/.
+# WebSocket and HTTP long-polling, at /socket.io/.
 application = ProtocolTypeRouter({
     "websocket": URLRouter([path("socket.io/", sio.as_asgi())]),
     "http": URLRouter([path("socket.io/", sio.as_asgi())]),
