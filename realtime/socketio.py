@@ -76,6 +76,9 @@ _JSON_HEADERS = [(b"Content-Type", b"application/json")]
 #: A polling session's queued packets past this many close it (and past
 #: ``--max-send-buffer`` bytes): a client that does not poll holds no unbounded memory.
 MAX_QUEUED_PACKETS = 10_000
+#: Seconds a probed WebSocket has to send the upgrade packet (engine.io's
+#: ``upgradeTimeout``): past them it is closed and the session goes on polling.
+UPGRADE_TIMEOUT = 10.0
 #: Engine.IO's payload separator (between the packets of one polling request or response).
 _SEPARATOR = "\x1e"
 
@@ -735,6 +738,7 @@ class _PollingSession:
         self.ws: Any = None
         self.upgrading: SocketIOConsumer | None = None
         self._probed = False
+        self._upgrade_deadline: Any = None
         self._queue: list[str | bytes] = []
         self._queued = 0  # bytes, as encoded
         self._waiter: Deferred[list[str | bytes] | None] | None = None
@@ -921,21 +925,34 @@ class _PollingSession:
         if self.ws is None:
             if self.upgrading is not ws or self.closed:
                 ws._conn.close_with_code(1000)
-            elif text == _EIO_PING + "probe":
+            elif text == _EIO_PING + "probe" and not self._probed:
                 ws._conn.send_text(_EIO_PONG + "probe")
                 self._probed = True
+                self._upgrade_deadline = self.reactor.callLater(
+                    UPGRADE_TIMEOUT, self._probe_failed, ws, (1000, "upgrade timeout"))
                 self._flush(noop=True)  # the client waits for its GET before upgrading
             elif text == _EIO_UPGRADE and self._probed:
                 self._upgrade(ws)
             else:
-                ws._conn.close_with_code(*CLOSE_MALFORMED)
+                self._probe_failed(ws, CLOSE_MALFORMED)
             return
         self.run(lambda: self.consumer.receive(text_data=text, bytes_data=data))
         await self.done()
 
-    def _upgrade(self, ws: SocketIOConsumer) -> None:
+    def _probe_failed(self, ws: SocketIOConsumer, close: tuple[int, str]) -> None:
+        """The probing WebSocket closes at once (another may probe); polling goes on."""
+        self._end_probe()
+        ws._conn.close_with_code(*close)
+
+    def _end_probe(self) -> None:
         self.upgrading = None
         self._probed = False
+        call, self._upgrade_deadline = self._upgrade_deadline, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _upgrade(self, ws: SocketIOConsumer) -> None:
+        self._end_probe()
         self._flush(noop=True)
         self._cancel_flush()
         self.ws = ws._conn
@@ -945,8 +962,7 @@ class _PollingSession:
 
     def websocket_closed(self, ws: SocketIOConsumer, code: int) -> None:
         if self.upgrading is ws:  # the probe failed: polling goes on
-            self.upgrading = None
-            self._probed = False
+            self._end_probe()
         elif self.ws is not None and self.ws is ws._conn:
             self._finish(code)
 
@@ -966,6 +982,9 @@ class _PollingSession:
         self._cancel_flush()
         self._flush()
         self._queue, self._queued = [], 0
+        if self.upgrading is not None:
+            self.upgrading._conn.close_with_code(1000)
+        self._end_probe()
         self.run(lambda: self.consumer.disconnect(code))
         self.run(lambda: self.layer.detach(self.channel_name))
 

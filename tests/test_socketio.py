@@ -554,6 +554,28 @@ async def test_a_session_keeps_its_sids_rooms_and_queue_across_the_upgrade(live)
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_failed_or_stalled_probe_leaves_the_session_on_polling(live, monkeypatch):
+    monkeypatch.setattr(rsio, "UPGRADE_TIMEOUT", 0.2)
+    sio = quick_server()
+    sio.on("echo", lambda sid, data: data)
+    url = await start(live, sio)
+    session = await Polling.open(url)
+    probe = ws_url(url, f"EIO=4&transport=websocket&sid={session.sid}")
+    for first, then in (("2nope", None), ("2probe", "4x"), ("2probe", None)):
+        ws = await in_thread(lambda: connect(probe, open_timeout=WAIT).__enter__())
+        await in_thread(ws.send, first)
+        if first == "2probe":
+            assert await in_thread(ws.recv, WAIT) == "3probe"
+        if then is not None:  # not the upgrade packet: closed; else the timeout closes it
+            await in_thread(ws.send, then)
+        assert await Raw(ws).closed() == (
+            rsio.CLOSE_MALFORMED if first != "2probe" or then else (1000, "upgrade timeout"))
+        assert await session.post('421["echo","polling"]') == (200, b"ok")
+        assert await session.get() == ['431["polling"]']
+    assert sio.transport(session.socket_sid) == "polling"
+
+
+@pytest_twisted.ensureDeferred
 async def test_hostile_polling_requests_get_specific_answers(live):
     sio = quick_server(max_http_buffer_size=1000)
     reasons: list[str] = []
