@@ -130,7 +130,16 @@ class _Malformed(Exception):
 # -- packets -----------------------------------------------------------------------------------
 
 def _dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON, non-ASCII as is; escaped (``\\ud83d``) when the text has a lone
+    surrogate (legal JSON, e.g. JS's ``slice()`` through an emoji), which UTF-8 cannot
+    carry, as python-socketio does (``ensure_ascii``)."""
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return json.dumps(data, separators=(",", ":"))
+    return text
 
 
 def _deconstruct(data: Any, attachments: list[bytes]) -> Any:
@@ -164,8 +173,12 @@ def encode_packet(kind: int, namespace: str = "/", data: Any = None,
     """One Socket.IO packet as its Engine.IO text frame and its binary frames (bytes in
     ``data`` become attachments, EVENT/ACK become BINARY_EVENT/BINARY_ACK)."""
     attachments: list[bytes] = []
-    if data is not None and kind in (EVENT, ACK):
-        data = _deconstruct(data, attachments)
+    try:
+        if data is not None and kind in (EVENT, ACK):
+            data = _deconstruct(data, attachments)
+        payload = None if data is None else _dumps(data)
+    except RecursionError:
+        raise ValueError("data nested too deeply to send") from None
     if attachments:
         kind = BINARY_EVENT if kind == EVENT else BINARY_ACK
     parts = [_EIO_MESSAGE, str(kind)]
@@ -175,8 +188,8 @@ def encode_packet(kind: int, namespace: str = "/", data: Any = None,
         parts.append(namespace + ",")
     if ack_id is not None:
         parts.append(str(ack_id))
-    if data is not None:
-        parts.append(_dumps(data))
+    if payload is not None:
+        parts.append(payload)
     return "".join(parts), attachments
 
 
@@ -216,7 +229,9 @@ def decode_packet(text: str) -> Packet:
     if text.startswith("/", i):
         comma = text.find(",", i)
         end = comma if comma >= 0 else len(text)
-        namespace = text[i:end]
+        # "/chat?x=1": the query is dropped, as python-socketio does (socket.io-client
+        # sends its query with the Engine.IO URL: the scope's query_string).
+        namespace = text[i:end].partition("?")[0]
         i = end + 1 if comma >= 0 else end
     j = i
     while j < len(text) and text[j].isdigit() and text[j].isascii():
@@ -231,8 +246,8 @@ def decode_packet(text: str) -> Packet:
     if rest:
         try:
             data = json.loads(rest)
-        except ValueError:
-            raise _Malformed("invalid JSON") from None
+        except (ValueError, RecursionError):
+            raise _Malformed("invalid JSON (or nested too deeply)") from None
     if kind == CONNECT:
         if not (data is None or isinstance(data, dict)) or ack_id is not None:
             raise _Malformed("bad CONNECT")
@@ -446,8 +461,10 @@ class AsyncServer:
         return None, args
 
     def _serves(self, namespace: str) -> bool:
+        """Whether ``namespace`` is open: listed, "*", or with handlers of its own
+        (namespace "*"'s handlers serve the open ones, as python-socketio's do)."""
         return (self.namespaces == "*" or namespace in self.namespaces
-                or namespace in self.handlers or "*" in self.handlers)
+                or namespace in self.handlers)
 
     # -- the layer ----------------------------------------------------------------------------
     @property
@@ -1176,9 +1193,16 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
 
     # -- Engine.IO ---------------------------------------------------------------------------
     def _send(self, text: str, attachments: Iterable[bytes] = ()) -> None:
+        """One packet (its attachments after it); one that is not UTF-8 (a lone surrogate
+        from a layer event no ``_dumps`` made) is dropped, the connection goes on."""
         if self._conn.closing_or_closed:
             return
-        self._conn.send_text(text)
+        try:
+            self._conn.send_text(text)
+        except UnicodeEncodeError:
+            log.warn("socketio: dropped a packet that is not UTF-8: {text!r}",
+                     text=text[:100])
+            return
         for data in attachments:
             self._conn.send_bytes(data)
 
@@ -1240,6 +1264,9 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                 pending.data = _reconstruct(pending.data, pending.attachments)
             except _Malformed as exc:
                 self._refuse(CLOSE_MALFORMED, str(exc))
+                return
+            except RecursionError:
+                self._refuse(CLOSE_MALFORMED, "a packet nested too deeply")
                 return
             await self._dispatch(pending)
             return

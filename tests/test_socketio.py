@@ -7,6 +7,7 @@ layers on a real redis-server at the end."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -796,3 +797,120 @@ async def test_the_example_chat_app(live):
     assert await bob.nothing()
     await ada.disconnect()
     await bob.disconnect()
+
+
+# -- review's reproductions ----------------------------------------------------------------------
+
+async def _joined(url: str) -> Raw:
+    raw = await Raw.open(url)
+    await raw.send("40")
+    assert (await raw.recv()).startswith('40{"sid":')
+    return raw
+
+
+@pytest.mark.parametrize("transports", [["websocket"], ["polling"]], ids=["websocket", "polling"])
+@pytest_twisted.ensureDeferred
+async def test_a_lone_surrogate_relayed_to_a_sid_reaches_the_recipient(live, transports):
+    """Legal JSON ("\\ud83d": JS's ``slice()`` through an emoji) that UTF-8 cannot carry
+    goes out escaped, as python-socketio's does; a packet that still is not UTF-8 (a layer
+    event no ``_dumps`` made) is dropped, its recipient stays."""
+    sio = quick_server()
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+
+    @sio.event
+    async def dm(sid, to, text):
+        await sio.emit("dm", text, to=to)
+        await sio.emit("dm", text, room="r")
+
+    sio.on("join", lambda sid: sio.enter_room(sid, "r"))
+    url = await start(live, sio)
+    bob = await PyClient("dm").connect(url, transports)
+    await bob.call("join")
+    eve = await _joined(url)
+    await eve.send(f'42["dm",{json.dumps(bob.client.get_sid())},"\\ud83d"]')
+    assert await bob.next() == ("dm", "\ud83d")  # to the sid
+    assert await bob.next() == ("dm", "\ud83d")  # to the room
+    sid = bob.client.get_sid()
+    await sio.channel_layer.send(rsio.channel_of(sid), {
+        "type": "sio.packet", "sid": sid, "namespace": "/", "text": '42["dm","\ud83d"]'})
+    await sio.emit("dm", "after", to=sid)
+    assert await bob.next() == ("dm", "after")
+    assert reasons == []
+    await bob.disconnect()
+    await eve.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lone_surrogate_in_an_ack_is_sent(live):
+    sio = rsio.AsyncServer()
+    sio.on("echo", lambda sid, data: data)
+    url = await start(live, sio)
+    raw = await _joined(url)
+    await raw.send('421["echo","\\ud83d"]')
+    assert await raw.recv() == '431["\\ud83d"]'
+    await raw.send('422["echo","é"]')  # the rest of non-ASCII still goes as is
+    assert await raw.recv() == '432["é"]'
+    await raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_catch_all_namespace_handler_does_not_open_every_namespace(live):
+    sio = rsio.AsyncServer(namespaces=["/open"])
+    seen: list[str] = []
+    sio.on("connect", lambda namespace, sid, environ: seen.append(namespace), namespace="*")
+    url = await start(live, sio)
+    raw = await _joined(url)
+    await raw.send("40/anything,")
+    assert await raw.recv() == '44/anything,{"message":"Invalid namespace"}'
+    await raw.send("40/open,")  # an open one: namespace "*"'s handler serves it
+    assert (await raw.recv()).startswith('40/open,{"sid":')
+    assert seen == ["/", "/open"]
+    await raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_namespace_with_a_query_string(live):
+    """The query is dropped, as python-socketio does."""
+    sio = rsio.AsyncServer(namespaces=["/chat"])
+    sio.on("echo", lambda sid, data: data, namespace="/chat")
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40/chat?x=1,")
+    assert (await raw.recv()).startswith('40/chat,{"sid":')
+    await raw.send('42/chat?x=1,1["echo","q"]')
+    assert await raw.recv() == '43/chat,1["q"]'
+    await raw.close()
+
+
+@pytest.mark.parametrize("text,attachment", [
+    ('451-["e",' + "[" * 600 + '{"_placeholder":true,"num":0}' + "]" * 600 + "]", b"x"),
+    ('42["e",' + "[" * 100_000 + "]" * 100_000 + "]", None)], ids=["binary", "text"])
+@pytest_twisted.ensureDeferred
+async def test_deep_json_is_a_malformed_packet(live, text, attachment):
+    """A RecursionError (``json.loads``, ``_reconstruct``) is a malformed packet: 1002 on a
+    WebSocket, 400 code 3 on polling (the session closes), not 1011 and a traceback."""
+    sio = rsio.AsyncServer()
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    url = await start(live, sio, max_message_size=1_000_000)
+    raw = await _joined(url)
+    await raw.send(text)
+    if attachment:
+        await raw.send(attachment)
+    assert await raw.closed() == rsio.CLOSE_MALFORMED
+    session = await Polling.open(url)
+    payload = text + ("\x1eb" + base64.b64encode(attachment).decode() if attachment else "")
+    assert await session.post(payload) == BAD_REQUEST
+    assert await session.get() == UNKNOWN
+    assert await until(lambda: reasons == ["transport error"] * 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_data_nested_too_deeply_to_send_is_refused_by_emit(live):
+    sio = rsio.AsyncServer()
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(ValueError, match="nested too deeply"):
+        await sio.emit("e", deep)
