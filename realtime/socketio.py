@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import inspect
 import json
@@ -294,8 +295,20 @@ def namespace_group(namespace: str) -> str:
     return _group("a", namespace)
 
 
-def _new_sid(channel: str) -> str:
-    token = secrets.token_urlsafe(6)
+@functools.lru_cache(maxsize=256)
+def _namespace_tag(namespace: str) -> str:
+    """Four characters of a sid that tell its namespace (``skip_sid`` and ``emit(to=sid,
+    namespace=)`` check a sid of another process by them)."""
+    digest = hashlib.sha256(namespace.encode("utf-8", "surrogatepass")).digest()
+    return base64.urlsafe_b64encode(digest[:3]).decode()
+
+
+def _in_namespace(sid: str, namespace: str) -> bool:
+    return sid[4:8] == _namespace_tag(namespace)
+
+
+def _new_sid(channel: str, namespace: str = "/") -> str:
+    token = secrets.token_urlsafe(3) + _namespace_tag(namespace)
     head, _, tail = channel.partition("!")
     if head.startswith("specific.") and tail:
         return f"{token}.{head[len('specific.'):]}.{tail}"
@@ -334,6 +347,15 @@ def _positional_count(handler: Callable[..., Any]) -> int:
 
 
 # -- the server --------------------------------------------------------------------------------
+
+def _first_target(socket: _Socket, keys: list[str]) -> int | None:
+    """The index of the first of ``keys`` (``AsyncServer._target_key``) ``socket`` is in."""
+    everyone = namespace_group(socket.namespace)
+    for index, key in enumerate(keys):
+        if key == socket.sid or key == everyone or key in socket.rooms:
+            return index
+    return None
+
 
 class _Socket:
     """One namespace connection in this process."""
@@ -476,10 +498,11 @@ class AsyncServer:
         return get_channel_layer(self.channel_layer_alias)
 
     def _channel(self, sid: Any) -> str | None:
-        """The channel to reach ``sid`` through; None for a sid of this process that is
-        gone (a message to its channel would only wait in the layer's queue)."""
+        """The channel to reach ``sid`` (of another process) through; None for a sid of
+        this process (gone, or of another namespace than asked: a message to its channel
+        would only wait in the layer's queue)."""
         channel = channel_of(sid)
-        if channel is None or sid in self._sockets:
+        if channel is None:
             return channel
         prefix = getattr(self.channel_layer, "local_prefix", None)
         if prefix is not None and channel.startswith(prefix()):
@@ -517,25 +540,49 @@ class AsyncServer:
 
     async def _send_packet(self, text: str, attachments: list[bytes], namespace: str,
                            target: Any, skip_sid: str | Iterable[str] | None) -> None:
-        skip = [skip_sid] if isinstance(skip_sid, str) else list(skip_sid or ())
-        exclude = [c for c in map(channel_of, skip) if c is not None]
+        """A sid of this process gets the packet at once (as its acks do: one ordered path
+        per client); another's, a room or the namespace through the layer, whose events
+        each connection takes at once too (``SocketIOConsumer.take_event_now``). To several
+        targets, each member takes it from the first target it is in (``_first_target``):
+        once, as in python-socketio."""
+        skip = {skip_sid} if isinstance(skip_sid, str) else set(skip_sid or ())
+        # Only the skipped sids of this namespace (a "/" sid leaves its /chat socket in).
+        exclude = [channel for sid in skip if isinstance(sid, str)
+                   and _in_namespace(sid, namespace)
+                   and (channel := channel_of(sid)) is not None]
         layer = self.channel_layer
-        targets = target if isinstance(target, list | tuple | set) else [target]
-        for one in targets:
-            if channel_of(one) is not None:  # a sid: its own connection, through the layer
-                channel = self._channel(one)
-                if channel is None or one in skip:
+        targets = list(target) if isinstance(target, list | tuple | set) else [target]
+        keys = [self._target_key(one, namespace) for one in targets] if len(targets) > 1 \
+            else None
+        for via, one in enumerate(targets):
+            event: dict[str, Any] = {"type": "sio.packet", "namespace": namespace,
+                                     "text": text, "binary": attachments}
+            if keys is not None:
+                event["targets"], event["via"] = keys, via
+            if channel_of(one) is not None:  # a sid
+                if one in skip or not _in_namespace(one, namespace):
                     continue
-                await layer.send(channel, {"type": "sio.packet", "sid": one, "text": text,
-                                           "binary": attachments})
+                socket = self._local(one, namespace)
+                if socket is not None:
+                    if keys is None or _first_target(socket, keys) == via:
+                        socket.consumer._send(text, attachments)
+                    continue
+                channel = self._channel(one)
+                if channel is not None:
+                    await layer.send(channel, {**event, "sid": one})
                 continue
-            group = namespace_group(namespace) if one is None else room_group(namespace, one)
-            if attachments:
-                await layer.group_send(group, {"type": "sio.packet", "text": text,
-                                               "binary": attachments},
-                                       exclude=exclude or None)
+            group = keys[via] if keys is not None else self._target_key(one, namespace)
+            if attachments or keys is not None:
+                await layer.group_send(group, event, exclude=exclude or None)
             else:
                 await layer.broadcast(group, text=text, exclude=exclude or None)
+
+    @staticmethod
+    def _target_key(target: Any, namespace: str) -> str:
+        """A sid, or the layer group of a room (the namespace's for None)."""
+        if channel_of(target) is not None:
+            return str(target)
+        return namespace_group(namespace) if target is None else room_group(namespace, target)
 
     async def send(self, data: Any, to: Any = None, room: Any = None,
                    skip_sid: str | Iterable[str] | None = None, namespace: str | None = None,
@@ -578,8 +625,11 @@ class AsyncServer:
     # -- rooms --------------------------------------------------------------------------------
     async def enter_room(self, sid: str, room: Any, namespace: str | None = None) -> None:
         """Put ``sid`` in ``room``; a sid in another process joins there (through the
-        layer), after this returns."""
+        layer), after this returns. A sid not in ``namespace``: nothing happens. Another
+        sid as the room: ``ValueError``, as in python-socketio."""
         namespace = namespace or "/"
+        if room != sid and channel_of(room) is not None:
+            raise ValueError("cannot enter a sid room")
         socket = self._local(sid, namespace)
         if socket is not None:
             await socket.consumer._enter(socket, room)
@@ -587,6 +637,7 @@ class AsyncServer:
         channel = self._channel(sid)
         if channel is not None:
             await self.channel_layer.send(channel, {"type": "sio.room", "sid": sid,
+                                                    "namespace": namespace,
                                                     "room": str(room), "enter": True})
 
     async def leave_room(self, sid: str, room: Any, namespace: str | None = None) -> None:
@@ -598,6 +649,7 @@ class AsyncServer:
         channel = self._channel(sid)
         if channel is not None:
             await self.channel_layer.send(channel, {"type": "sio.room", "sid": sid,
+                                                    "namespace": namespace,
                                                     "room": str(room), "enter": False})
 
     async def close_room(self, room: Any, namespace: str | None = None) -> None:
@@ -652,14 +704,17 @@ class AsyncServer:
             socket.consumer._conn.close_with_code(1001)
 
     async def disconnect(self, sid: str, namespace: str | None = None) -> None:
-        """Disconnect ``sid`` from its namespace (the client is told), in any process."""
-        socket = self._local(sid, namespace or "/")
+        """Disconnect ``sid`` from ``namespace`` (the client is told), in any process; a
+        sid of another namespace is left alone."""
+        namespace = namespace or "/"
+        socket = self._local(sid, namespace)
         if socket is not None:
             await socket.consumer._server_disconnect(socket)
             return
         channel = self._channel(sid)
         if channel is not None:
-            await self.channel_layer.send(channel, {"type": "sio.disconnect", "sid": sid})
+            await self.channel_layer.send(channel, {"type": "sio.disconnect", "sid": sid,
+                                                    "namespace": namespace})
 
     async def sleep(self, seconds: float = 0) -> None:
         from twisted.internet import reactor
@@ -827,6 +882,8 @@ class _PollingSession:
             return
         if HELD:
             let_out_for(self, self.channel_name)
+        if self.consumer.take_event_now(event):
+            return
         self.run(lambda: self.consumer._on_event(event))
 
     def deliver_frame(self, frame: bytes) -> bool:
@@ -834,7 +891,7 @@ class _PollingSession:
             return False
         event = frame_event(frame)
         item: str | bytes = event["text"] if "text" in event else event["bytes"]
-        self.run(lambda: self._send(item, own=False))
+        self._send(item, own=False)  # at once, as packets are (take_event_now)
         return True
 
     def deliver_joined(self, joined: bytes) -> bool:
@@ -1332,7 +1389,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                                      {"message": "Too many namespaces"})[0])
             return
         assert self.channel_name is not None
-        sid = _new_sid(self.channel_name)
+        sid = _new_sid(self.channel_name, namespace)
         socket = _Socket(self, namespace, sid)
         self._sockets[namespace] = socket
         server._sockets[sid] = socket
@@ -1434,14 +1491,37 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
 
     # -- layer events --------------------------------------------------------------------------
     def _mine(self, event: dict[str, Any]) -> _Socket | None:
+        """The socket a sid-addressed event is for: of this connection and of the event's
+        namespace (an event of an older process has none)."""
         sid = event.get("sid")
         socket = self._server._sockets.get(sid) if isinstance(sid, str) else None
-        return socket if socket is not None and socket.consumer is self else None
+        namespace = event.get("namespace")
+        if socket is None or socket.consumer is not self or (
+                namespace is not None and socket.namespace != namespace):
+            return None
+        return socket
+
+    def take_event_now(self, event: dict[str, Any]) -> bool:
+        """The bridge's hook: a packet goes out when the layer brings it, not behind the
+        messages this connection's queue holds (a handler's ``emit(to=sid)`` made while
+        ``receive`` runs, then its ack: they go out in that order)."""
+        if event.get("type") != "sio.packet":
+            return False
+        self.sio_packet(event)
+        return True
 
     def sio_packet(self, event: dict[str, Any]) -> None:
         """A packet for this connection (a sid of it) or a room it is in."""
-        if "sid" in event and self._mine(event) is None:
-            return  # that namespace disconnected since
+        if "sid" in event:
+            socket = self._mine(event)
+            if socket is None:
+                return  # that namespace disconnected since
+        else:
+            socket = self._sockets.get(event.get("namespace"))  # type: ignore[arg-type]
+        targets = event.get("targets")
+        if targets is not None and (socket is None
+                                    or _first_target(socket, targets) != event.get("via")):
+            return  # it has it from an earlier target
         self._send(event["text"], event.get("binary") or ())
 
     async def sio_room(self, event: dict[str, Any]) -> None:

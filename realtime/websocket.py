@@ -1004,6 +1004,16 @@ class WebSocketConnection(WebSocketServerProtocol):
                 self._cork = []
                 self._clean = False
                 CORKED.append(self)
+            # A consumer may take an event at once, outside its queue (realtime.socketio's
+            # packets: one ordered path per client with what its handlers send directly).
+            now = getattr(self.consumer, "take_event_now", None)
+            if now is not None and not self.in_handshake:
+                try:
+                    if now(event):
+                        return
+                except Exception as exc:
+                    self._handler_failed(exc)
+                    return
             self._run(self.consumer._on_event, event)
 
     def close_from_layer(self, code: int, reason: str | None) -> None:

@@ -766,6 +766,14 @@ async def test_rooms_sids_and_disconnects_reach_another_process_through_redis(
         assert await two.next() == ("said", b"\x01binary")
         await other.emit("said", "just you", to=sid_one)
         assert await one.next() == ("said", "just you")
+        await other.enter_room(sid_one, "den")  # in both rooms: the packet once
+        assert await until(lambda: "den" in sios[0].rooms(sid_one))
+        await other.emit("said", "once", to=["lobby", "den"])
+        assert await one.next() == ("said", "once")
+        assert await two.next() == ("said", "once")
+        await other.emit("said", "wrong namespace", to=sid_one, namespace="/chat")
+        await other.disconnect(sid_one, namespace="/chat")
+        assert await one.nothing()
         await other.emit("said", "everyone")
         assert {await one.next(), await two.next()} == {("said", "everyone")}
         await other.disconnect(sid_one)
@@ -914,3 +922,94 @@ async def test_data_nested_too_deeply_to_send_is_refused_by_emit(live):
         deep = [deep]
     with pytest.raises(ValueError, match="nested too deeply"):
         await sio.emit("e", deep)
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_handlers_packets_to_its_client_keep_their_order(live):
+    """A sid of this process gets its packets at once, as its acks; the layer's (a binary
+    group emit, a remote emit) are taken at once too: one ordered path per client, on
+    both transports."""
+    sio = quick_server()
+
+    @sio.event
+    async def hello(sid):
+        await sio.emit("first", to=sid)
+        await sio.emit("second")  # everyone in "/": a prepared frame
+        await sio.emit("bin", b"\x01")  # attachments: one layer event per member
+        await sio.emit("fourth", to=sid)
+        return "fifth"
+
+    want = ['42["first"]', '42["second"]', '451-["bin",{"_placeholder":true,"num":0}]',
+            b"\x01", '42["fourth"]', '431["fifth"]']
+    url = await start(live, sio)
+    raw = await _joined(url)
+    await raw.send('421["hello"]')
+    assert [await raw.recv() for _ in range(6)] == want
+    await raw.close()
+
+    session = await Polling.open(url)
+    assert await session.post('421["hello"]') == (200, b"ok")
+    got: list[Any] = []
+    while len(got) < 6:
+        got += [base64.b64decode(item[1:]) if item.startswith("b") else item
+                for item in await session.get()]
+    assert got == want
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_namespace_argument_leaves_a_sid_of_another_namespace_alone(live):
+    """``disconnect``, ``enter_room``, ``leave_room``, ``emit(to=sid)`` and ``skip_sid``
+    with a namespace the sid is not in: no-ops, as in python-socketio."""
+    sio = rsio.AsyncServer(namespaces=["/chat"])
+    reasons: list[tuple[str, str]] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(("/", reason)))
+    sio.on("echo", lambda sid, data: data)
+    url = await start(live, sio)
+    client = PyClient()
+    client.client.on("said", lambda data: client.got.put(("said", data)), namespace="/chat")
+    await client.connect(url, namespaces=["/", "/chat"])
+    root, chat = client.client.get_sid("/"), client.client.get_sid("/chat")
+    await sio.disconnect(root, namespace="/chat")  # root is not a /chat sid
+    await sio.enter_room(root, "r", namespace="/chat")
+    await sio.enter_room(chat, "r", namespace="/chat")
+    await sio.leave_room(root, "r", namespace="/chat")
+    assert sio.rooms(chat, namespace="/chat") == [chat, "r"]
+    await sio.emit("said", "wrong namespace", to=root, namespace="/chat")
+    await sio.emit("said", "to /chat", namespace="/chat", skip_sid=root)  # not a /chat sid
+    assert await client.next() == ("said", "to /chat")
+    assert await client.nothing()
+    assert reasons == []
+    assert await client.call("echo", 1) == 1
+    with pytest.raises(ValueError, match="cannot enter a sid room"):
+        await sio.enter_room(root, chat)
+    await client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_emit_to_a_list_of_rooms_reaches_each_member_once(live):
+    """Each member takes the packet from the first target it is in (text and binary; a
+    sid in the list counts as its own room)."""
+    sio = rsio.AsyncServer()
+
+    @sio.event
+    async def join(sid, rooms):
+        for room in rooms:
+            await sio.enter_room(sid, room)
+
+    url = await start(live, sio)
+    ada = await PyClient("news").connect(url)
+    bob = await PyClient("news").connect(url)
+    await ada.call("join", ["a", "b"])
+    await bob.call("join", ["b"])
+    await sio.emit("news", "once", to=["a", "b"])
+    await sio.emit("news", b"bin", to=["b", "a"])
+    await sio.emit("news", "sid too", to=["a", ada.client.get_sid(), bob.client.get_sid()])
+    for client in (ada, bob):
+        assert [await client.next() for _ in range(3)] == [
+            ("news", "once"), ("news", b"bin"), ("news", "sid too")]
+        assert await client.nothing()
+    await sio.emit("news", "skipped", to=["a", "b"], skip_sid=ada.client.get_sid())
+    assert await bob.next() == ("news", "skipped")
+    assert await ada.nothing()
+    await ada.disconnect()
+    await bob.disconnect()
