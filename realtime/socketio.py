@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import functools
 import hashlib
 import inspect
@@ -34,7 +35,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 
 from realtime.consumer import AsyncWebsocketConsumer
@@ -64,6 +65,11 @@ CLOSE_MALFORMED = (1002, "invalid packet")
 CLOSE_UNEXPECTED_BINARY = (1003, "unexpected binary frame")
 CLOSE_TOO_BIG = (1009, "message too big")
 CLOSE_PING_TIMEOUT = (1008, "ping timeout")
+#: No namespace connected within ``CONNECT_TIMEOUT``.
+CLOSE_CONNECT_TIMEOUT = (1008, "connect timeout")
+#: Seconds a connection has to connect a namespace (the JS server's ``connectTimeout``):
+#: one that only answers pings holds nothing for long.
+CONNECT_TIMEOUT = 45.0
 
 #: Engine.IO's HTTP error bodies (its ``code``s: 0 unknown transport, 1 unknown session id,
 #: 5 unsupported protocol version).
@@ -360,9 +366,11 @@ def _first_target(socket: _Socket, keys: list[str]) -> int | None:
 class _Socket:
     """One namespace connection in this process."""
 
-    __slots__ = ("acks", "consumer", "namespace", "rooms", "session", "sid")
+    __slots__ = ("acks", "consumer", "namespace", "pending", "rooms", "session", "sid")
 
     def __init__(self, consumer: SocketIOConsumer, namespace: str, sid: str) -> None:
+        #: Its connect handler runs: its packets are ignored until CONNECT is answered.
+        self.pending = True
         self.consumer = consumer
         self.namespace = namespace
         self.sid = sid
@@ -1059,6 +1067,7 @@ class _PollingSession:
         if self.upgrading is not None:
             self.upgrading._conn.close_with_code(1000)
         self._end_probe()
+        self.consumer.closed_now()
         self.run(lambda: self.consumer.disconnect(code))
         self.run(lambda: self.layer.detach(self.channel_name))
 
@@ -1208,6 +1217,11 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self._next_ack = 0
         self._max_payload = 0
         self._upgrade_of: _PollingSession | None = None
+        #: Handler tasks running (events' and connect's): ``--max-inflight`` at most.
+        self._tasks: set[Deferred[Any]] = set()
+        self._slot: Deferred[None] | None = None
+        self._cancel_call: Any = None
+        self._connect_deadline: Any = None
 
     @property
     def _server(self) -> AsyncServer:
@@ -1247,6 +1261,65 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             "pingTimeout": int(server.ping_timeout * 1000),
             "maxPayload": max_payload}))
         self._ping = self._conn.reactor.callLater(server.ping_interval, self._send_ping)
+        self._connect_deadline = self._conn.reactor.callLater(CONNECT_TIMEOUT,
+                                                              self._no_connect)
+
+    def _no_connect(self) -> None:
+        self._connect_deadline = None
+        if not any(not socket.pending for socket in self._sockets.values()):
+            self._refuse(CLOSE_CONNECT_TIMEOUT, "no namespace connected in time")
+
+    # -- handler tasks -----------------------------------------------------------------------
+    def _spawn(self, work: Awaitable[Any], what: str) -> None:
+        """Run ``work`` as a task of this connection (``_bounded`` counts them)."""
+        def failed(failure: Any) -> None:
+            if not failure.check(CancelledError):
+                log.failure("socketio: {what} failed", failure, what=what)
+
+        task: Deferred[Any] = Deferred.fromCoroutine(_maybe_await(work))
+        if task.called:
+            task.addErrback(failed)
+            return
+        self._tasks.add(task)
+
+        def done(result: Any) -> Any:
+            self._tasks.discard(task)
+            self._wake()
+            if not self._tasks and self._cancel_call is not None:
+                if self._cancel_call.active():
+                    self._cancel_call.cancel()
+                self._cancel_call = None
+            return result
+
+        task.addBoth(done).addErrback(failed)
+
+    def _wake(self) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.callback(None)
+
+    async def _bounded(self) -> None:
+        """At ``--max-inflight`` tasks, wait for one to end: ``receive`` returns later, so
+        the bridge stops reading this WebSocket (a polling POST is answered later)."""
+        limit = self._conn.config.max_inflight
+        while len(self._tasks) >= limit and not self._conn.closing_or_closed:
+            if self._slot is None:
+                self._slot = Deferred()
+            await self._slot
+
+    def closed_now(self) -> None:
+        """The bridge's hook: the connection is gone (a ``receive`` waiting in
+        ``_bounded`` returns, so ``disconnect`` comes)."""
+        self._wake()
+
+    def _cancel_tasks(self) -> None:
+        self._cancel_call = None
+        if self._tasks:
+            log.warn("socketio: {count} handlers still running {timeout} s after their "
+                     "connection closed: cancelled", count=len(self._tasks),
+                     timeout=self._conn.config.application_close_timeout)
+        for task in list(self._tasks):
+            task.cancel()
 
     # -- Engine.IO ---------------------------------------------------------------------------
     def _send(self, text: str, attachments: Iterable[bytes] = ()) -> None:
@@ -1282,10 +1355,10 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self._ping = self._conn.reactor.callLater(self._server.ping_interval, self._send_ping)
 
     def _stop_timers(self) -> None:
-        for call in (self._ping, self._pong_deadline):
+        for call in (self._ping, self._pong_deadline, self._connect_deadline):
             if call is not None and call.active():
                 call.cancel()
-        self._ping = self._pong_deadline = None
+        self._ping = self._pong_deadline = self._connect_deadline = None
 
     def _refuse(self, close: tuple[int, str], why: str) -> None:
         log.info("socketio: closing a connection: {why}", why=why)
@@ -1326,6 +1399,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                 self._refuse(CLOSE_MALFORMED, "a packet nested too deeply")
                 return
             await self._dispatch(pending)
+            await self._bounded()
             return
         if self._pending is not None:
             self._refuse(CLOSE_MALFORMED, "a text frame while attachments were awaited")
@@ -1341,6 +1415,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                 self._pending = packet
                 return
             await self._dispatch(packet)
+            await self._bounded()
         elif kind == _EIO_PONG and len(text_data) == 1:
             self._pong()
         elif kind == _EIO_PING and len(text_data) == 1:
@@ -1361,12 +1436,14 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         socket = self._sockets.get(packet.namespace)
         if socket is None:
             return  # not connected to that namespace: ignored, as python-socketio does
+        if socket.pending:  # its connect handler runs: only a DISCONNECT counts
+            if packet.kind == DISCONNECT:
+                await self._drop(socket)
+            return
         if packet.kind == DISCONNECT:
             await self._forget(socket, Reason.CLIENT_DISCONNECT)
         elif packet.kind in (EVENT, BINARY_EVENT):
-            task = Deferred.fromCoroutine(self._event(socket, packet))
-            task.addErrback(lambda failure: log.failure(
-                "socketio: the {event!r} handler failed", failure, event=packet.data[0]))
+            self._spawn(self._event(socket, packet), f"the {packet.data[0]!r} handler")
         else:  # ACK, BINARY_ACK
             assert packet.ack_id is not None
             callback = socket.acks.pop(packet.ack_id, None)
@@ -1394,6 +1471,11 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self._sockets[namespace] = socket
         server._sockets[sid] = socket
         await self.channel_layer.group_add(namespace_group(namespace), self.channel_name)
+        # A task, as python-socketio's: a slow one holds no other namespace, ack or pong.
+        self._spawn(self._connect_handler(socket, auth), "the connect handler")
+
+    async def _connect_handler(self, socket: _Socket, auth: Any) -> None:
+        server, namespace, sid = self._server, socket.namespace, socket.sid
         refusal: dict[str, Any] | None = None
         # No auth, or an empty one (python-socketio's client sends {}): None, as there.
         handler, args = server._handler("connect", namespace, (sid, self.scope, auth or None))
@@ -1405,6 +1487,10 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                     refusal = ConnectionRefusedError().error_args
         except ConnectionRefusedError as exc:
             refusal = exc.error_args
+        except builtins.ConnectionRefusedError:  # as python-socketio takes it
+            refusal = {"message": "Connection refused by server"}
+        except CancelledError:
+            raise
         except Exception:
             log.failure("socketio: the connect handler failed")
             refusal = {"message": "Internal server error"}
@@ -1414,6 +1500,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             await self._drop(socket)
             self._send(encode_packet(CONNECT_ERROR, namespace, refusal)[0])
             return
+        socket.pending = False
         self._send(encode_packet(CONNECT, namespace, {"sid": sid})[0])
 
     async def _event(self, socket: _Socket, packet: Packet) -> None:
@@ -1422,10 +1509,16 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         if handler is None:
             return
         result = await _maybe_await(handler(*args))
-        if packet.ack_id is None or socket.namespace not in self._sockets:
-            return
+        if packet.ack_id is None or self._sockets.get(socket.namespace) is not socket:
+            return  # (a reconnected namespace's new socket did not ask)
         data = [] if result is None else list(result) if isinstance(result, tuple) else [result]
-        self._send(*encode_packet(ACK, socket.namespace, data, packet.ack_id))
+        try:
+            ack = encode_packet(ACK, socket.namespace, data, packet.ack_id)
+        except ValueError as exc:
+            log.info("socketio: the {event!r} handler's ack not sent: {why}",
+                     event=packet.data[0], why=str(exc))
+            return
+        self._send(*ack)
 
     def _ack_id(self, socket: _Socket, callback: Callable[..., Any]) -> int:
         ack_id = self._next_ack
@@ -1460,6 +1553,9 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         session and rooms (as in python-socketio), but no more of its packets."""
         if self._sockets.get(socket.namespace) is not socket:
             return
+        if socket.pending:  # never connected: no disconnect handler
+            await self._drop(socket)
+            return
         del self._sockets[socket.namespace]
         handler, args = self._server._handler("disconnect", socket.namespace,
                                               (socket.sid, reason))
@@ -1488,6 +1584,11 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         reason = self._close_reason or Reason.TRANSPORT_CLOSE
         for socket in list(self._sockets.values()):
             await self._forget(socket, reason)
+        if self._tasks and self._cancel_call is None:
+            # As the bridge does for a consumer's handlers: --application-close-timeout
+            # to end, then cancelled.
+            self._cancel_call = self._conn.reactor.callLater(
+                self._conn.config.application_close_timeout, self._cancel_tasks)
 
     # -- layer events --------------------------------------------------------------------------
     def _mine(self, event: dict[str, Any]) -> _Socket | None:

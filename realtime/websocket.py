@@ -1464,6 +1464,9 @@ class WebSocketConnection(WebSocketServerProtocol):
             # Out of every group now, not after disconnect() (which waits behind any handler
             # still running, and may never finish): a closed socket is no group's member.
             self._detach()
+            lost = getattr(self.consumer, "closed_now", None)
+            if lost is not None:  # a consumer may learn it at once (realtime.socketio)
+                lost()
             self._run(self.consumer._on_disconnect, code)
             self._run(self._detach)  # and out of any group disconnect() itself joined
             if self._busy:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 import pytest_twisted
 import socketio
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -1013,3 +1013,104 @@ async def test_emit_to_a_list_of_rooms_reaches_each_member_once(live):
     assert await ada.nothing()
     await ada.disconnect()
     await bob.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_connect_handler_does_not_stall_the_connection(live):
+    """The connect handler runs as a task: the connection's other namespaces, acks and
+    pongs go on; the pending namespace's events are ignored until CONNECT is answered, a
+    second CONNECT too."""
+    sio = rsio.AsyncServer(ping_interval=0.1, ping_timeout=0.2, namespaces=["/slow"])
+    reasons: list[str] = []
+    seen: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    sio.on("echo", lambda sid, data: data)
+    sio.on("echo", lambda sid, data: seen.append(data), namespace="/slow")
+
+    @sio.on("connect", namespace="/slow")
+    async def slow(sid, environ, auth):
+        await sio.sleep(0.5)  # an auth lookup over HTTP, say: longer than 0.1 + 0.2
+
+    url = await start(live, sio)
+    client = await PyClient().connect(url)
+    pkt = client.client.packet_class(0, data={}, namespace="/slow")  # CONNECT /slow
+    await in_thread(client.client._send_packet, pkt)
+    await in_thread(client.client._send_packet, pkt)  # a second one: ignored
+    early = client.client.packet_class(2, data=["echo", "early"], namespace="/slow")
+    await in_thread(client.client._send_packet, early)
+    assert await client.call("echo", 1) == 1  # at once
+    await sio.sleep(0.6)
+    assert reasons == [] and seen == []
+    assert len([s for s in sio._sockets.values() if s.namespace == "/slow"]) == 1
+    assert await client.call("echo", 2) == 2
+    await client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_builtin_connection_refused_error_refuses(live):
+    sio = rsio.AsyncServer()
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        raise ConnectionRefusedError  # the builtin one, as python-socketio takes it
+
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    assert await raw.recv() == '44{"message":"Connection refused by server"}'
+    await raw.close()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+@pytest_twisted.ensureDeferred
+async def test_one_connections_concurrent_handlers_are_bounded(live, transport):
+    """At ``--max-inflight`` handler tasks a connection's next message waits for one to
+    end (the WebSocket is not read meanwhile; a POST is answered later); what still runs
+    ``--application-close-timeout`` after the disconnect handler is cancelled."""
+    sio = rsio.AsyncServer()
+    state = {"now": 0, "most": 0, "cancelled": 0}
+
+    @sio.event
+    async def slow(sid, seconds):
+        state["now"] += 1
+        state["most"] = max(state["most"], state["now"])
+        try:
+            await sio.sleep(seconds)
+        except CancelledError:
+            state["cancelled"] += 1
+            raise
+        finally:
+            state["now"] -= 1
+
+    url = await start(live, sio, max_inflight=8, application_close_timeout=0.3)
+    if transport == "websocket":
+        raw = await _joined(url)
+        await in_thread(lambda: [raw.conn.send('42["slow",0.05]') for _ in range(100)])
+        await raw.send('42["slow",60]')
+        assert await until(lambda: state["now"] == 1, timeout=5)
+        await raw.close()
+    else:
+        session = await Polling.open(url)
+        assert await session.post("\x1e".join(['42["slow",0.05]'] * 40)) == (200, b"ok")
+        assert state["now"] <= 8  # answered once the rest could start
+        assert await session.post('42["slow",60]') == (200, b"ok")
+        assert await session.post("1") == (200, b"ok")  # the client's close
+    assert await until(lambda: state["now"] == 0, timeout=5)
+    assert 1 < state["most"] <= 8
+    assert state["cancelled"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_that_connects_no_namespace_is_closed(live, monkeypatch):
+    monkeypatch.setattr(rsio, "CONNECT_TIMEOUT", 0.3)
+    sio = rsio.AsyncServer()
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    assert await raw.closed() == rsio.CLOSE_CONNECT_TIMEOUT
+    raw = await _joined(url)  # connected in time: kept
+    await sio.sleep(0.4)
+    await raw.send("2")
+    assert await raw.recv() == "3"
+    await raw.close()
+    session = await Polling.open(url, connect=False)
+    assert await session.get() == ["1"]  # the close packet
