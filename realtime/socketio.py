@@ -405,9 +405,10 @@ class AsyncServer:
 
     ``cors_allowed_origins`` (python-engineio's: a list of origins in ``realtime.origins``'
     pattern forms, or "*") is the cross-origin pages whose polling requests are answered
-    (with ``Access-Control-Allow-Origin`` and credentials); by default only the server's
-    own origin and those ``--allowed-origins`` lets in; a polling request from another
-    origin gets 403. python-socketio's ``async_mode``, ``logger`` and ``engineio_logger``
+    (with ``Access-Control-Allow-Origin`` and credentials) and whose WebSockets open; by
+    default only the server's own origin and those ``--allowed-origins`` lets in; a
+    request from another origin gets 403 on either transport (one without ``Origin``, no
+    browser's, passes). python-socketio's ``async_mode``, ``logger`` and ``engineio_logger``
     are accepted and ignored. A packet's binary attachments count together against
     ``max_http_buffer_size``.
     """
@@ -759,6 +760,35 @@ class SocketIOApp:
         return PollingConsumer.as_app(server=self.server)(scope)
 
 
+def _origin_of(scope: dict[str, Any]) -> bytes | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"origin":
+            return bytes(value)
+    return None
+
+
+def _origin_ok(server: AsyncServer, scope: dict[str, Any]) -> bool:
+    """A request without ``Origin`` (no browser's), or one ``cors_allowed_origins`` lets
+    in; by default the server's own origin and what ``--allowed-origins`` lets in
+    (python-engineio's default is the first only). The same on both transports: a page of
+    another site opens no WebSocket with the user's cookies either."""
+    from realtime.origins import origin_allowed
+    from realtime.settings import settings
+
+    origin = _origin_of(scope)
+    if not origin:
+        return True
+    text = origin.decode("latin-1")
+    patterns = server.cors_allowed_origins
+    if patterns is not None:
+        return origin_allowed(text, patterns)
+    host = dict(scope.get("headers", ())).get(b"host", b"").decode("latin-1")
+    scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+    return (text.lower() == f"{scheme}://{host}".lower()
+            or (bool(settings.allowed_origins)
+                and origin_allowed(text, settings.allowed_origins)))
+
+
 def _params(scope: dict[str, Any]) -> dict[str, str]:
     query = scope.get("query_string", b"").decode("latin-1")
     return dict(part.partition("=")[::2] for part in query.split("&") if part)
@@ -1088,26 +1118,7 @@ class PollingConsumer(AsyncHttpConsumer):
         return self.server
 
     def _origin(self) -> bytes | None:
-        for name, value in self.scope.get("headers", ()):
-            if name == b"origin":
-                return bytes(value)
-        return None
-
-    def _origin_allowed(self, origin: bytes) -> bool:
-        """``cors_allowed_origins``; by default the server's own origin and what
-        ``--allowed-origins`` lets in (python-engineio's default is the first only)."""
-        from realtime.origins import origin_allowed
-        from realtime.settings import settings
-
-        text = origin.decode("latin-1")
-        patterns = self._server.cors_allowed_origins
-        if patterns is not None:
-            return origin_allowed(text, patterns)
-        host = dict(self.scope.get("headers", ())).get(b"host", b"").decode("latin-1")
-        scheme = "https" if self.scope.get("scheme") == "https" else "http"
-        return (text.lower() == f"{scheme}://{host}".lower()
-                or (bool(settings.allowed_origins)
-                    and origin_allowed(text, settings.allowed_origins)))
+        return _origin_of(self.scope)
 
     async def send_headers(self, *, status: int = 200, headers: Any = None) -> None:
         pairs = [*(headers or []), (b"Cache-Control", b"no-store")]
@@ -1121,8 +1132,7 @@ class PollingConsumer(AsyncHttpConsumer):
         await self.send_response(status, body, headers=_JSON_HEADERS)
 
     async def handle(self, body: bytes) -> None:
-        origin = self._origin()
-        if origin and not self._origin_allowed(origin):
+        if not _origin_ok(self._server, self.scope):
             await self._error(403, _FORBIDDEN)
             return
         method = self.scope.get("method")
@@ -1229,6 +1239,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         return self.server
 
     async def connect(self) -> None:
+        if not _origin_ok(self._server, self.scope):
+            raise Refuse(403, _JSON_HEADERS, _FORBIDDEN)
         params = _params(self.scope)
         if params.get("EIO") != "4":
             raise Refuse(400, _JSON_HEADERS, _BAD_VERSION)

@@ -1114,3 +1114,34 @@ async def test_a_connection_that_connects_no_namespace_is_closed(live, monkeypat
     await raw.close()
     session = await Polling.open(url, connect=False)
     assert await session.get() == ["1"]  # the close packet
+
+
+def _handshake_status(url: str, origin: str | None) -> int:
+    try:
+        with connect(url, origin=origin, open_timeout=WAIT):  # type: ignore[arg-type]
+            return 101
+    except InvalidStatus as exc:
+        return exc.response.status_code
+
+
+@pytest_twisted.ensureDeferred
+async def test_websocket_handshakes_follow_the_origin_rule_of_polling(live):
+    """``cors_allowed_origins`` (by default the server's own origin) on the WebSocket too,
+    the upgrade's included: a page of another site opens none with the user's cookies;
+    a client without ``Origin`` passes."""
+    sio = rsio.AsyncServer(cors_allowed_origins=["https://good.example"])
+    url = await start(live, sio)
+    assert await in_thread(_handshake_status, ws_url(url), "https://good.example") == 101
+    assert await in_thread(_handshake_status, ws_url(url), "https://evil.example") == 403
+    assert await in_thread(_handshake_status, ws_url(url), None) == 101
+    session = await Polling.open(url)  # (no Origin)
+    probe = ws_url(url, f"EIO=4&transport=websocket&sid={session.sid}")
+    assert await in_thread(_handshake_status, probe, "https://evil.example") == 403
+
+    default = rsio.AsyncServer()
+    own = await start(live, default)
+    assert await in_thread(_handshake_status, ws_url(own), own) == 101
+    assert await in_thread(_handshake_status, ws_url(own), "http://localhost:1") == 403
+    client = await PyClient().connect(own)  # websocket-client sends the server's origin
+    assert client.client.connected
+    await client.disconnect()
