@@ -854,6 +854,7 @@ class _PollingSession:
         self._waiter: Deferred[list[str | bytes] | None] | None = None
         self._flush_call: Any = None
         self._tail: Deferred[Any] = succeed(None)
+        self._ended: list[Deferred[None]] = []  # server_stopping()'s
         consumer = self.consumer = SocketIOConsumer(server=server)
         consumer.scope = http.scope
         consumer._conn = self  # type: ignore[assignment]
@@ -941,6 +942,17 @@ class _PollingSession:
     def server_draining(self) -> None:
         """The server drains: the session ends (its ``disconnect`` handlers run)."""
         self.close_with_code(1001)
+
+    def server_stopping(self) -> Deferred[None]:
+        """``realtime.testing``'s ``LiveServer.stop()``: ends as at a drain; fires once
+        its ``disconnect`` handlers ran and it left the layer."""
+        if self.closed or self.ws is None:  # it ends now (or did): its steps are queued
+            self.close_with_code(1001)
+            return self.done()
+        ended: Deferred[None] = Deferred()  # once its WebSocket's end ends it
+        self._ended.append(ended)
+        self.close_with_code(1001)
+        return ended
 
     # -- one thing at a time ------------------------------------------------------------------
     def run(self, step: Callable[[], Any]) -> None:
@@ -1100,6 +1112,12 @@ class _PollingSession:
         self.consumer.closed_now()
         self.run(lambda: self.consumer.disconnect(code))
         self.run(lambda: self.layer.detach(self.channel_name))
+        self.run(self._fire_ended)
+
+    def _fire_ended(self) -> None:
+        ended, self._ended = self._ended, []
+        for d in ended:
+            d.callback(None)
 
 
 class PollingConsumer(AsyncHttpConsumer):

@@ -38,25 +38,12 @@ def app(sio: rsio.AsyncServer) -> URLRouter:
     return URLRouter([path("socket.io/", sio.as_asgi())])
 
 
-#: The servers a test started (``start``): shut down after it (``_shutdown``).
-_STARTED: list[rsio.AsyncServer] = []
-
-
 async def start(live: Any, sio: rsio.AsyncServer, **config: Any) -> str:
+    """``live`` serving ``sio``; its stop closes the polling sessions left open (python-
+    engineio's client loses its close packet when ``disconnect()`` comes while its write
+    loop is busy; such a session would last until the ping timeout)."""
     server = await live(app(sio), **config)
-    _STARTED.append(sio)
     return f"http://127.0.0.1:{server.port}"
-
-
-@pytest.fixture(autouse=True)
-def _shutdown(live: Any) -> Any:
-    """After each test (before ``live`` stops its servers and checks for leaks): the
-    polling sessions left open are closed. python-engineio's client loses its close packet
-    when ``disconnect()`` comes while its write loop is busy (it leaves the loop without
-    sending it); its session would last until the ping timeout."""
-    yield
-    while _STARTED:
-        pytest_twisted.blockon(Deferred.fromCoroutine(_STARTED.pop().shutdown()))
 
 
 def quick_server(**options: Any) -> rsio.AsyncServer:
@@ -1145,3 +1132,24 @@ async def test_websocket_handshakes_follow_the_origin_rule_of_polling(live):
     client = await PyClient().connect(own)  # websocket-client sends the server's origin
     assert client.client.connected
     await client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_test_servers_stop_ends_polling_sessions(realtime_leak_check):
+    """``LiveServer.stop()`` ends the polling sessions (upgraded or not) as a drain does:
+    their disconnect handlers run before it returns."""
+    from realtime.testing import serve
+
+    sio = quick_server()
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    server = await serve(app(sio))
+    url = f"http://127.0.0.1:{server.port}"
+    await Polling.open(url)
+    upgraded = await PyClient().connect(url, None)
+    assert sio.transport(upgraded.client.get_sid()) == "websocket"
+    assert len(sio._polling) == 2
+    await server.stop()
+    assert sorted(reasons) == ["transport close"] * 2
+    assert not sio._polling and not sio._sockets
+    await upgraded.disconnect()
