@@ -790,6 +790,11 @@ async def test_the_example_chat_app(live):
     await bob.emit("say", {"room": "tea", "text": "hi"})
     assert await ada.next() == ("said", {"name": "bob", "text": "hi"})
     assert await bob.nothing()
+    for bad in ({"text": "to everyone?"}, {"room": "elsewhere", "text": "x"}, "x",
+                {"room": "tea", "text": 5}):
+        assert "error" in await bob.call("say", bad)
+    assert "error" in await bob.call("join", ["not", "a", "room"])
+    assert await ada.nothing()
     await ada.disconnect()
     await bob.disconnect()
 

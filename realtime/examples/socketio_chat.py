@@ -7,7 +7,8 @@
 Connect with ``socket.io-client`` or python-socketio's client (polling, then the upgrade
 to WebSocket; or either alone) to ``http://127.0.0.1:8000``, with ``auth:
 {name}``: ``join(room)`` enters a room (acked with its rooms), ``say({room, text})`` sends
-``said`` to the room's other members, ``who()`` answers with the name the session keeps.
+``said`` to the other members of a room it joined (anything else is answered with
+``{"error"}``), ``who()`` answers with the name the session keeps.
 """
 
 from __future__ import annotations
@@ -28,17 +29,30 @@ async def connect(sid: str, environ: dict[str, Any], auth: dict[str, Any] | None
     await sio.save_session(sid, {"name": name})
 
 
+def _room(room: Any) -> str | None:
+    """A room name a client may give (a short string); None otherwise."""
+    return room if isinstance(room, str) and 0 < len(room) <= 100 else None
+
+
 @sio.event
-async def join(sid: str, room: str) -> list[Any]:
+async def join(sid: str, room: Any) -> Any:
+    if _room(room) is None:
+        return {"error": "a room is a string of 1 to 100 characters"}
     await sio.enter_room(sid, room)
     return sio.rooms(sid)
 
 
 @sio.event
-async def say(sid: str, data: dict[str, Any]) -> None:
+async def say(sid: str, data: Any) -> Any:
+    # Checked: a missing room would be None, which emit() takes as "everyone".
+    room = _room(data.get("room")) if isinstance(data, dict) else None
+    text = data.get("text") if isinstance(data, dict) else None
+    if room is None or room not in sio.rooms(sid) or not isinstance(text, str):
+        return {"error": "say({room, text}) to a room you joined"}
     session = await sio.get_session(sid)
-    await sio.emit("said", {"name": session["name"], "text": data.get("text")},
-                   room=data.get("room"), skip_sid=sid)
+    await sio.emit("said", {"name": session["name"], "text": text[:1000]},
+                   room=room, skip_sid=sid)
+    return None
 
 
 @sio.event
