@@ -9,9 +9,10 @@ rooms and sessions, mounted with ``path("socket.io/", sio.as_asgi())``.
 Scale-out comes from the layer, not from a client manager: every connected socket is in
 its namespace's group (``emit`` to everyone), each room is a group (``enter_room``), and a
 sid names its connection's layer channel (``emit(to=sid)``, ``disconnect(sid)`` and
-``enter_room(sid)`` reach it in any process through the layer). A text-only packet to a
-group goes out as one prepared frame (``broadcast``); a packet with binary attachments as
-one layer event per member (several frames).
+``enter_room(sid)`` reach it in any process through the layer; in its own process at
+once). A text-only packet to a group goes out as one prepared frame (``broadcast``); a
+packet with binary attachments, or to several targets, as one layer event per member,
+which each connection takes at once: a client gets one handler's packets in order.
 
 A polling session (``_PollingSession``) lives in the process that opened it, as
 python-engineio's do: behind several processes, polling needs sticky sessions (a request
