@@ -1094,13 +1094,13 @@ async def test_one_connections_concurrent_handlers_are_bounded(live, transport):
 
 @pytest_twisted.ensureDeferred
 async def test_a_connection_that_connects_no_namespace_is_closed(live, monkeypatch):
-    monkeypatch.setattr(rsio, "CONNECT_TIMEOUT", 0.3)
+    monkeypatch.setattr(rsio, "CONNECT_TIMEOUT", 0.2)
     sio = rsio.AsyncServer()
     url = await start(live, sio)
     raw = await Raw.open(url)
     assert await raw.closed() == rsio.CLOSE_CONNECT_TIMEOUT
     raw = await _joined(url)  # connected in time: kept
-    await sio.sleep(0.4)
+    await sio.sleep(0.3)
     await raw.send("2")
     assert await raw.recv() == "3"
     await raw.close()
