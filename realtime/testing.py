@@ -108,6 +108,11 @@ class LiveServer:
         if port is not None:
             await port.stopListening()
         site.draining = True
+        # What outlives its requests (a Socket.IO polling session) ends too: a production
+        # drain ends it (server_draining); here its ``server_stopping()`` does, and the
+        # stop waits for it.
+        ending = [stop() for listener in list(getattr(site, "drain_listeners", ()))
+                  if (stop := getattr(listener, "server_stopping", None)) is not None]
         if site.connections:
             gone = site.websockets_gone()
             site.abort_all()
@@ -117,6 +122,9 @@ class LiveServer:
         waits = [ch.lost for ch in channels if not ch.lost.called]
         for wait in waits:
             await wait
+        for end in ending:
+            if end is not None:
+                await end
 
 
 async def serve(

@@ -1004,6 +1004,16 @@ class WebSocketConnection(WebSocketServerProtocol):
                 self._cork = []
                 self._clean = False
                 CORKED.append(self)
+            # A consumer may take an event at once, outside its queue (realtime.socketio's
+            # packets: one ordered path per client with what its handlers send directly).
+            now = getattr(self.consumer, "take_event_now", None)
+            if now is not None and not self.in_handshake:
+                try:
+                    if now(event):
+                        return
+                except Exception as exc:
+                    self._handler_failed(exc)
+                    return
             self._run(self.consumer._on_event, event)
 
     def close_from_layer(self, code: int, reason: str | None) -> None:
@@ -1454,6 +1464,9 @@ class WebSocketConnection(WebSocketServerProtocol):
             # Out of every group now, not after disconnect() (which waits behind any handler
             # still running, and may never finish): a closed socket is no group's member.
             self._detach()
+            lost = getattr(self.consumer, "closed_now", None)
+            if lost is not None:  # a consumer may learn it at once (realtime.socketio)
+                lost()
             self._run(self.consumer._on_disconnect, code)
             self._run(self._detach)  # and out of any group disconnect() itself joined
             if self._busy:

@@ -1,0 +1,1682 @@
+"""Socket.IO (protocol v5 over Engine.IO v4: HTTP long-polling, WebSocket, and the upgrade
+from one to the other) with python-socketio's server API, on realtime's channel layers.
+
+Why: a team on python-socketio keeps its clients (``socket.io-client``, python-socketio's
+``Client``/``AsyncClient``) unchanged and ports its server by changing imports:
+``sio = realtime.socketio.AsyncServer()``, the same ``@sio.event`` handlers, ``emit``,
+rooms and sessions, mounted with ``path("socket.io/", sio.as_asgi())``.
+
+Scale-out comes from the layer, not from a client manager: every connected socket is in
+its namespace's group (``emit`` to everyone), each room is a group (``enter_room``), and a
+sid names its connection's layer channel (``emit(to=sid)``, ``disconnect(sid)`` and
+``enter_room(sid)`` reach it in any process through the layer; in its own process at
+once). A text-only packet to a group goes out as one prepared frame (``broadcast``); a
+packet with binary attachments, or to several targets, as one layer event per member,
+which each connection takes at once: a client gets one handler's packets in order.
+
+A polling session (``_PollingSession``) lives in the process that opened it, as
+python-engineio's do: behind several processes, polling needs sticky sessions (a request
+for a sid another process holds gets 400 "Session ID unknown"). It is its own layer
+receiver, so its sids, rooms and acks stay the same when it upgrades to a WebSocket: from
+then on its packets go out through that WebSocket, and the WebSocket's messages come in
+through the session.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+import functools
+import hashlib
+import inspect
+import json
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, ClassVar
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.logger import Logger
+
+from realtime.consumer import AsyncWebsocketConsumer
+from realtime.exceptions import Refuse
+from realtime.http import AsyncHttpConsumer
+from realtime.layers.base import HELD, MAX_NAME, frame_event, let_out_for, skip_held
+from realtime.threads import as_deferred
+
+log = Logger(namespace="realtime.socketio")
+
+# Engine.IO v4 packet types (text frames start with one).
+_EIO_OPEN, _EIO_CLOSE, _EIO_PING, _EIO_PONG, _EIO_MESSAGE, _EIO_UPGRADE, _EIO_NOOP = "0123456"
+# Socket.IO v5 packet types.
+CONNECT, DISCONNECT, EVENT, ACK, CONNECT_ERROR, BINARY_EVENT, BINARY_ACK = range(7)
+#: Binary attachments one packet may announce (each is one more frame to wait for).
+MAX_ATTACHMENTS = 100
+#: Namespaces one connection may join at once (bounds what ``namespaces="*"`` lets in).
+MAX_NAMESPACES = 100
+#: Digits an ack id may have (socket.io-client counts up from 0).
+_MAX_ACK_DIGITS = 15
+#: Events a client may not send: the server's own lifecycle names.
+RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconnecting",
+                             "newListener", "removeListener"})
+#: Close code and reason for a packet that is not Engine.IO/Socket.IO.
+CLOSE_MALFORMED = (1002, "invalid packet")
+#: A binary frame when no packet waits for attachments.
+CLOSE_UNEXPECTED_BINARY = (1003, "unexpected binary frame")
+CLOSE_TOO_BIG = (1009, "message too big")
+CLOSE_PING_TIMEOUT = (1008, "ping timeout")
+#: No namespace connected within ``CONNECT_TIMEOUT``.
+CLOSE_CONNECT_TIMEOUT = (1008, "connect timeout")
+#: Seconds a connection has to connect a namespace (the JS server's ``connectTimeout``):
+#: one that only answers pings holds nothing for long.
+CONNECT_TIMEOUT = 45.0
+
+#: Engine.IO's HTTP error bodies (its ``code``s: 0 unknown transport, 1 unknown session id,
+#: 5 unsupported protocol version).
+_TRANSPORT_UNKNOWN = b'{"code":0,"message":"Transport unknown"}'
+_SESSION_UNKNOWN = b'{"code":1,"message":"Session ID unknown"}'
+_BAD_VERSION = b'{"code":5,"message":"Unsupported protocol version"}'
+_BAD_HANDSHAKE = b'{"code":2,"message":"Bad handshake method"}'
+_BAD_REQUEST = b'{"code":3,"message":"Bad request"}'
+_FORBIDDEN = b'{"code":4,"message":"Forbidden"}'
+_JSON_HEADERS = [(b"Content-Type", b"application/json")]
+#: A polling session's queued packets past this many close it (and past
+#: ``--max-send-buffer`` bytes): a client that does not poll holds no unbounded memory.
+MAX_QUEUED_PACKETS = 10_000
+#: Seconds a probed WebSocket has to send the upgrade packet (engine.io's
+#: ``upgradeTimeout``): past them it is closed and the session goes on polling.
+UPGRADE_TIMEOUT = 10.0
+#: Engine.IO's payload separator (between the packets of one polling request or response).
+_SEPARATOR = "\x1e"
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+#: A sid: 8 random characters, then its connection's channel name
+#: (``specific.<process>!<id>``) as ``<process>.<id>``.
+_SID = re.compile(r"^[A-Za-z0-9_-]{8}\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)$")
+
+
+class SocketIOError(Exception):
+    """python-socketio's base exception."""
+
+
+class ConnectionRefusedError(SocketIOError):
+    """Raise from a ``connect`` handler to refuse: the client gets CONNECT_ERROR with
+    ``{"message": args[0]}`` (and ``"data"``: the second argument, or the rest)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        if not args:
+            self.error_args: dict[str, Any] = {"message": "Connection rejected by server"}
+        else:
+            self.error_args = {"message": str(args[0])}
+            if len(args) == 2:
+                self.error_args["data"] = args[1]
+            elif len(args) > 2:
+                self.error_args["data"] = list(args[1:])
+
+
+class CallTimeoutError(SocketIOError, TimeoutError):
+    """``call()`` got no acknowledgement in time (python-socketio's ``TimeoutError``; a
+    builtin ``TimeoutError`` too, so ``except TimeoutError`` catches it)."""
+
+
+class Reason:
+    """Why a socket disconnected: the ``disconnect(sid, reason)`` handler's argument."""
+
+    SERVER_DISCONNECT = "server disconnect"
+    CLIENT_DISCONNECT = "client disconnect"
+    PING_TIMEOUT = "ping timeout"
+    TRANSPORT_CLOSE = "transport close"
+    TRANSPORT_ERROR = "transport error"
+
+
+class _Malformed(Exception):
+    """A packet the protocol does not allow: the connection closes."""
+
+
+# -- packets -----------------------------------------------------------------------------------
+
+def _dumps(data: Any) -> str:
+    """Compact JSON, non-ASCII as is; escaped (``\\ud83d``) when the text has a lone
+    surrogate (legal JSON, e.g. JS's ``slice()`` through an emoji), which UTF-8 cannot
+    carry, as python-socketio does (``ensure_ascii``)."""
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return json.dumps(data, separators=(",", ":"))
+    return text
+
+
+def _deconstruct(data: Any, attachments: list[bytes]) -> Any:
+    """``data`` with each bytes value replaced by a placeholder (its bytes appended)."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        attachments.append(bytes(data))
+        return {"_placeholder": True, "num": len(attachments) - 1}
+    if isinstance(data, list | tuple):
+        return [_deconstruct(item, attachments) for item in data]
+    if isinstance(data, dict):
+        return {key: _deconstruct(value, attachments) for key, value in data.items()}
+    return data
+
+
+def _reconstruct(data: Any, attachments: list[bytes]) -> Any:
+    if isinstance(data, list):
+        return [_reconstruct(item, attachments) for item in data]
+    if isinstance(data, dict):
+        if data.get("_placeholder") is True:
+            num = data.get("num")
+            if (not isinstance(num, int) or isinstance(num, bool)
+                    or not 0 <= num < len(attachments)):
+                raise _Malformed("placeholder out of range")
+            return attachments[num]
+        return {key: _reconstruct(value, attachments) for key, value in data.items()}
+    return data
+
+
+def encode_packet(kind: int, namespace: str = "/", data: Any = None,
+                  ack_id: int | None = None) -> tuple[str, list[bytes]]:
+    """One Socket.IO packet as its Engine.IO text frame and its binary frames (bytes in
+    ``data`` become attachments, EVENT/ACK become BINARY_EVENT/BINARY_ACK)."""
+    attachments: list[bytes] = []
+    try:
+        if data is not None and kind in (EVENT, ACK):
+            data = _deconstruct(data, attachments)
+        payload = None if data is None else _dumps(data)
+    except RecursionError:
+        raise ValueError("data nested too deeply to send") from None
+    if attachments:
+        kind = BINARY_EVENT if kind == EVENT else BINARY_ACK
+    parts = [_EIO_MESSAGE, str(kind)]
+    if attachments:
+        parts.append(f"{len(attachments)}-")
+    if namespace != "/":
+        parts.append(namespace + ",")
+    if ack_id is not None:
+        parts.append(str(ack_id))
+    if payload is not None:
+        parts.append(payload)
+    return "".join(parts), attachments
+
+
+class Packet:
+    """A decoded Socket.IO packet (attachments still to come when ``missing`` > 0)."""
+
+    __slots__ = ("ack_id", "attachments", "data", "kind", "missing", "namespace")
+
+    def __init__(self, kind: int, namespace: str, ack_id: int | None, data: Any,
+                 missing: int) -> None:
+        self.kind = kind
+        self.namespace = namespace
+        self.ack_id = ack_id
+        self.data = data
+        self.missing = missing
+        self.attachments: list[bytes] = []
+
+
+def decode_packet(text: str) -> Packet:
+    """A Socket.IO packet (an Engine.IO message's payload); ``_Malformed`` if it is not
+    one a client may send."""
+    if not text or text[0] not in "0123456":
+        raise _Malformed("unknown packet type")
+    kind = int(text[0])
+    i = 1
+    missing = 0
+    if kind in (BINARY_EVENT, BINARY_ACK):
+        dash = text.find("-", i)
+        count = text[i:dash] if dash > 0 else ""
+        if not count.isdigit() or len(count) > 3:
+            raise _Malformed("bad attachment count")
+        missing = int(count)
+        if not 0 < missing <= MAX_ATTACHMENTS:
+            raise _Malformed("bad attachment count")
+        i = dash + 1
+    namespace = "/"
+    if text.startswith("/", i):
+        comma = text.find(",", i)
+        end = comma if comma >= 0 else len(text)
+        # "/chat?x=1": the query is dropped, as python-socketio does (socket.io-client
+        # sends its query with the Engine.IO URL: the scope's query_string).
+        namespace = text[i:end].partition("?")[0]
+        i = end + 1 if comma >= 0 else end
+    j = i
+    while j < len(text) and text[j].isdigit() and text[j].isascii():
+        j += 1
+    ack_id = None
+    if j > i:
+        if j - i > _MAX_ACK_DIGITS:
+            raise _Malformed("ack id too long")
+        ack_id = int(text[i:j])
+    rest = text[j:]
+    data: Any = None
+    if rest:
+        try:
+            data = json.loads(rest)
+        except (ValueError, RecursionError):
+            raise _Malformed("invalid JSON (or nested too deeply)") from None
+    if kind == CONNECT:
+        if not (data is None or isinstance(data, dict)) or ack_id is not None:
+            raise _Malformed("bad CONNECT")
+    elif kind == DISCONNECT:
+        if data is not None or ack_id is not None:
+            raise _Malformed("bad DISCONNECT")
+    elif kind in (EVENT, BINARY_EVENT):
+        if (not isinstance(data, list) or not data or not isinstance(data[0], str)
+                or data[0] in RESERVED_EVENTS):
+            raise _Malformed("bad EVENT")
+    elif kind in (ACK, BINARY_ACK):
+        if not isinstance(data, list) or ack_id is None:
+            raise _Malformed("bad ACK")
+    else:
+        raise _Malformed("a client does not send CONNECT_ERROR")
+    return Packet(kind, namespace, ack_id, data, missing)
+
+
+# -- names -------------------------------------------------------------------------------------
+
+def _escape(text: str) -> str:
+    return "".join(c if c in _SAFE else "".join(f"_{b:02X}" for b in c.encode())
+                   for c in text)
+
+
+def _group(kind: str, namespace: str, room: str = "") -> str:
+    """A layer group for ``namespace`` (kind "a": all its sockets) or one of its rooms
+    (kind "r"); hashed when escaping makes it too long ("_h" never comes out of _escape)."""
+    name = f"sio{kind}.{_escape(namespace)}.{_escape(room)}"
+    if len(name) > MAX_NAME:
+        digest = hashlib.sha256(f"{namespace}\x00{room}".encode()).hexdigest()[:40]
+        name = f"sio{kind}._h{digest}"
+    return name
+
+
+def room_group(namespace: str, room: Any) -> str:
+    """The layer group of ``room`` in ``namespace`` (for ``broadcast``/``group_send``
+    from code that has no ``AsyncServer``)."""
+    return _group("r", namespace, str(room))
+
+
+def namespace_group(namespace: str) -> str:
+    """The layer group every socket connected to ``namespace`` is in."""
+    return _group("a", namespace)
+
+
+@functools.lru_cache(maxsize=256)
+def _namespace_tag(namespace: str) -> str:
+    """Four characters of a sid that tell its namespace (``skip_sid`` and ``emit(to=sid,
+    namespace=)`` check a sid of another process by them)."""
+    digest = hashlib.sha256(namespace.encode("utf-8", "surrogatepass")).digest()
+    return base64.urlsafe_b64encode(digest[:3]).decode()
+
+
+def _in_namespace(sid: str, namespace: str) -> bool:
+    return sid[4:8] == _namespace_tag(namespace)
+
+
+def _new_sid(channel: str, namespace: str = "/") -> str:
+    token = secrets.token_urlsafe(3) + _namespace_tag(namespace)
+    head, _, tail = channel.partition("!")
+    if head.startswith("specific.") and tail:
+        return f"{token}.{head[len('specific.'):]}.{tail}"
+    raise ValueError(f"unexpected channel name {channel!r}")
+
+
+def channel_of(sid: Any) -> str | None:
+    """The layer channel of the connection ``sid`` belongs to (None: not a sid)."""
+    if not isinstance(sid, str):
+        return None
+    match = _SID.match(sid)
+    if match is None:
+        return None
+    return f"specific.{match.group(1)}!{match.group(2)}"
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+def _positional_count(handler: Callable[..., Any]) -> int:
+    """How many positional arguments ``handler`` takes (a large number for ``*args``)."""
+    try:
+        params = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return 99
+    count = 0
+    for param in params:
+        if param.kind is param.VAR_POSITIONAL:
+            return 99
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            count += 1
+    return count
+
+
+# -- the server --------------------------------------------------------------------------------
+
+def _first_target(socket: _Socket, keys: list[str]) -> int | None:
+    """The index of the first of ``keys`` (``AsyncServer._target_key``) ``socket`` is in."""
+    everyone = namespace_group(socket.namespace)
+    for index, key in enumerate(keys):
+        if key == socket.sid or key == everyone or key in socket.rooms:
+            return index
+    return None
+
+
+class _Socket:
+    """One namespace connection in this process."""
+
+    __slots__ = ("acks", "consumer", "namespace", "pending", "rooms", "session", "sid")
+
+    def __init__(self, consumer: SocketIOConsumer, namespace: str, sid: str) -> None:
+        #: Its connect handler runs: its packets are ignored until CONNECT is answered.
+        self.pending = True
+        self.consumer = consumer
+        self.namespace = namespace
+        self.sid = sid
+        self.rooms: dict[str, Any] = {}  # group -> the room as given
+        self.session: dict[Any, Any] = {}
+        self.acks: dict[int, Callable[..., Any]] = {}
+
+
+class _Session:
+    """``async with sio.session(sid) as session``: saved on exit."""
+
+    def __init__(self, server: AsyncServer, sid: str, namespace: str | None) -> None:
+        self.server, self.sid, self.namespace = server, sid, namespace
+        self.session: dict[Any, Any] = {}
+
+    async def __aenter__(self) -> dict[Any, Any]:
+        self.session = await self.server.get_session(self.sid, self.namespace)
+        return self.session
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.server.save_session(self.sid, self.session, self.namespace)
+
+
+class AsyncServer:
+    """python-socketio's ``AsyncServer`` API over realtime's layers.
+
+    ``ping_interval``/``ping_timeout`` (seconds) and ``max_http_buffer_size`` (the
+    Engine.IO ``maxPayload``: longer messages close the connection) are python-engineio's
+    options; ``namespaces`` ("*": any) lists namespaces open without handlers ("/" always
+    is). ``channel_layer``: the layer ``emit`` and friends use (default: the connected
+    consumers', else ``get_channel_layer(channel_layer_alias)``).
+
+    ``cors_allowed_origins`` (python-engineio's: a list of origins in ``realtime.origins``'
+    pattern forms, or "*") is the cross-origin pages whose polling requests are answered
+    (with ``Access-Control-Allow-Origin`` and credentials) and whose WebSockets open; by
+    default only the server's own origin and those ``--allowed-origins`` lets in; a
+    request from another origin gets 403 on either transport (one without ``Origin``, no
+    browser's, passes). python-socketio's ``async_mode``, ``logger`` and ``engineio_logger``
+    are accepted and ignored. A packet's binary attachments count together against
+    ``max_http_buffer_size``.
+    """
+
+    reason = Reason
+    _IGNORED = frozenset({"async_mode", "cors_credentials",
+                          "logger", "engineio_logger", "async_handlers", "transports",
+                          "monitor_clients", "http_compression", "compression_threshold"})
+
+    def __init__(self, namespaces: Iterable[str] | str | None = None,
+                 ping_interval: float = 25.0, ping_timeout: float = 20.0,
+                 max_http_buffer_size: int = 1_000_000, channel_layer: Any = None,
+                 channel_layer_alias: str = "default",
+                 cors_allowed_origins: str | Iterable[str] | None = None,
+                 **kwargs: Any) -> None:
+        unknown = set(kwargs) - self._IGNORED
+        if unknown:
+            raise TypeError(f"AsyncServer() got unknown options: {sorted(unknown)}")
+        if ping_interval <= 0 or ping_timeout <= 0 or max_http_buffer_size <= 0:
+            raise ValueError("ping_interval, ping_timeout and max_http_buffer_size are > 0")
+        self.namespaces: str | set[str] = (
+            "*" if namespaces == "*" else set(namespaces or ()) | {"/"})
+        self.ping_interval = float(ping_interval)
+        self.ping_timeout = float(ping_timeout)
+        self.max_http_buffer_size = int(max_http_buffer_size)
+        self.channel_layer_alias = channel_layer_alias
+        self._channel_layer = channel_layer
+        self.handlers: dict[str, dict[str, Callable[..., Any]]] = {}
+        #: The sockets connected to this process, by sid.
+        self._sockets: dict[str, _Socket] = {}
+        #: The polling sessions this process holds, by Engine.IO sid.
+        self._polling: dict[str, _PollingSession] = {}
+        self.cors_allowed_origins: list[str] | None = (
+            None if cors_allowed_origins is None
+            else [cors_allowed_origins] if isinstance(cors_allowed_origins, str)
+            else list(cors_allowed_origins))
+
+    # -- handlers ---------------------------------------------------------------------------
+    def on(self, event: str, handler: Callable[..., Any] | None = None,
+           namespace: str | None = None) -> Any:
+        """Register ``handler`` for ``event`` (a decorator without ``handler``); "*" is the
+        catch-all event (its handler gets the event name first), and namespace "*" every
+        namespace (its handler gets the namespace before the sid)."""
+        namespace = namespace or "/"
+
+        def set_handler(handler: Callable[..., Any]) -> Callable[..., Any]:
+            self.handlers.setdefault(namespace, {})[event] = handler
+            return handler
+
+        if handler is None:
+            return set_handler
+        set_handler(handler)
+        return None
+
+    def event(self, *args: Any, **kwargs: Any) -> Any:
+        """``@sio.event`` (the function's name is the event) or ``@sio.event(namespace=)``."""
+        if len(args) == 1 and not kwargs and callable(args[0]):
+            return self.on(args[0].__name__)(args[0])
+
+        def set_handler(handler: Callable[..., Any]) -> Callable[..., Any]:
+            self.on(handler.__name__, handler, namespace=kwargs.get("namespace"))
+            return handler
+
+        return set_handler
+
+    def _handler(self, event: str, namespace: str,
+                 args: tuple[Any, ...]) -> tuple[Callable[..., Any] | None, tuple[Any, ...]]:
+        """The handler for ``event`` and its arguments, in python-socketio's order: this
+        namespace's, its catch-all, then namespace "*"'s."""
+        reserved = event in ("connect", "disconnect")
+        own = self.handlers.get(namespace, {})
+        if event in own:
+            return own[event], args
+        if not reserved and "*" in own:
+            return own["*"], (event, *args)
+        anywhere = self.handlers.get("*", {})
+        if event in anywhere:
+            return anywhere[event], (namespace, *args)
+        if not reserved and "*" in anywhere:
+            return anywhere["*"], (event, namespace, *args)
+        return None, args
+
+    def _serves(self, namespace: str) -> bool:
+        """Whether ``namespace`` is open: listed, "*", or with handlers of its own
+        (namespace "*"'s handlers serve the open ones, as python-socketio's do)."""
+        return (self.namespaces == "*" or namespace in self.namespaces
+                or namespace in self.handlers)
+
+    # -- the layer ----------------------------------------------------------------------------
+    @property
+    def channel_layer(self) -> Any:
+        if self._channel_layer is not None:
+            return self._channel_layer
+        from realtime.layers import get_channel_layer
+
+        return get_channel_layer(self.channel_layer_alias)
+
+    def _channel(self, sid: Any) -> str | None:
+        """The channel to reach ``sid`` (of another process) through; None for a sid of
+        this process (gone, or of another namespace than asked: a message to its channel
+        would only wait in the layer's queue)."""
+        channel = channel_of(sid)
+        if channel is None:
+            return channel
+        prefix = getattr(self.channel_layer, "local_prefix", None)
+        if prefix is not None and channel.startswith(prefix()):
+            return None
+        return channel
+
+    def _local(self, sid: str, namespace: str | None) -> _Socket | None:
+        socket = self._sockets.get(sid)
+        if socket is None or (namespace is not None and socket.namespace != namespace):
+            return None
+        return socket
+
+    # -- sending ------------------------------------------------------------------------------
+    async def emit(self, event: str, data: Any = None, to: Any = None, room: Any = None,
+                   skip_sid: str | Iterable[str] | None = None, namespace: str | None = None,
+                   callback: Callable[..., Any] | None = None) -> None:
+        """Send ``event`` to a sid, a room (or a list of them), or the whole namespace, in
+        every process. ``data``: one argument, or a tuple of them; bytes anywhere in it go
+        as binary attachments. ``callback`` (called with the client's ack arguments) needs
+        ``to`` to be one sid connected to this process."""
+        namespace = namespace or "/"
+        if not isinstance(event, str):
+            raise TypeError("the event name is a str")
+        args = [] if data is None else list(data) if isinstance(data, tuple) else [data]
+        target = to if to is not None else room
+        ack_id = None
+        if callback is not None:
+            socket = self._local(target, namespace) if isinstance(target, str) else None
+            if socket is None:
+                raise ValueError("emit(callback=...) needs to= one sid connected to this "
+                                 "process")
+            ack_id = socket.consumer._ack_id(socket, callback)
+        text, attachments = encode_packet(EVENT, namespace, [event, *args], ack_id)
+        await self._send_packet(text, attachments, namespace, target, skip_sid)
+
+    async def _send_packet(self, text: str, attachments: list[bytes], namespace: str,
+                           target: Any, skip_sid: str | Iterable[str] | None) -> None:
+        """A sid of this process gets the packet at once (as its acks do: one ordered path
+        per client); another's, a room or the namespace through the layer, whose events
+        each connection takes at once too (``SocketIOConsumer.take_event_now``). To several
+        targets, each member takes it from the first target it is in (``_first_target``):
+        once, as in python-socketio."""
+        skip = {skip_sid} if isinstance(skip_sid, str) else set(skip_sid or ())
+        # Only the skipped sids of this namespace (a "/" sid leaves its /chat socket in).
+        exclude = [channel for sid in skip if isinstance(sid, str)
+                   and _in_namespace(sid, namespace)
+                   and (channel := channel_of(sid)) is not None]
+        layer = self.channel_layer
+        targets = list(target) if isinstance(target, list | tuple | set) else [target]
+        keys = [self._target_key(one, namespace) for one in targets] if len(targets) > 1 \
+            else None
+        for via, one in enumerate(targets):
+            event: dict[str, Any] = {"type": "sio.packet", "namespace": namespace,
+                                     "text": text, "binary": attachments}
+            if keys is not None:
+                event["targets"], event["via"] = keys, via
+            if channel_of(one) is not None:  # a sid
+                if one in skip or not _in_namespace(one, namespace):
+                    continue
+                socket = self._local(one, namespace)
+                if socket is not None:
+                    if keys is None or _first_target(socket, keys) == via:
+                        socket.consumer._send(text, attachments)
+                    continue
+                channel = self._channel(one)
+                if channel is not None:
+                    await layer.send(channel, {**event, "sid": one})
+                continue
+            group = keys[via] if keys is not None else self._target_key(one, namespace)
+            if attachments or keys is not None:
+                await layer.group_send(group, event, exclude=exclude or None)
+            else:
+                await layer.broadcast(group, text=text, exclude=exclude or None)
+
+    @staticmethod
+    def _target_key(target: Any, namespace: str) -> str:
+        """A sid, or the layer group of a room (the namespace's for None)."""
+        if channel_of(target) is not None:
+            return str(target)
+        return namespace_group(namespace) if target is None else room_group(namespace, target)
+
+    async def send(self, data: Any, to: Any = None, room: Any = None,
+                   skip_sid: str | Iterable[str] | None = None, namespace: str | None = None,
+                   callback: Callable[..., Any] | None = None) -> None:
+        """``emit("message", data, ...)``."""
+        await self.emit("message", data, to=to, room=room, skip_sid=skip_sid,
+                        namespace=namespace, callback=callback)
+
+    async def call(self, event: str, data: Any = None, to: str | None = None,
+                   sid: str | None = None, namespace: str | None = None,
+                   timeout: float = 60) -> Any:
+        """Emit to one sid (of this process) and wait for its ack: its one argument, or a
+        tuple of several (None for none); ``CallTimeoutError`` after ``timeout`` s."""
+        target = to or sid
+        socket = self._local(target, namespace or "/") if target else None
+        if socket is None:
+            raise ValueError("call() needs to= one sid connected to this process")
+        reactor = socket.consumer._conn.reactor
+        done: Deferred[tuple[Any, ...]] = Deferred()
+
+        def answered(*args: Any) -> None:
+            if not done.called:
+                done.callback(args)
+
+        def timed_out() -> None:
+            if not done.called:
+                done.errback(CallTimeoutError(f"no ack for {event!r} in {timeout} s"))
+
+        timer = reactor.callLater(timeout, timed_out)
+        try:
+            await self.emit(event, data, to=target, namespace=namespace, callback=answered)
+            args = await done
+        finally:
+            if timer.active():
+                timer.cancel()
+        if not args:
+            return None
+        return args[0] if len(args) == 1 else args
+
+    # -- rooms --------------------------------------------------------------------------------
+    async def enter_room(self, sid: str, room: Any, namespace: str | None = None) -> None:
+        """Put ``sid`` in ``room``; a sid in another process joins there (through the
+        layer), after this returns. A sid not in ``namespace``: nothing happens. Another
+        sid as the room: ``ValueError``, as in python-socketio."""
+        namespace = namespace or "/"
+        if room != sid and channel_of(room) is not None:
+            raise ValueError("cannot enter a sid room")
+        socket = self._local(sid, namespace)
+        if socket is not None:
+            await socket.consumer._enter(socket, room)
+            return
+        channel = self._channel(sid)
+        if channel is not None:
+            await self.channel_layer.send(channel, {"type": "sio.room", "sid": sid,
+                                                    "namespace": namespace,
+                                                    "room": str(room), "enter": True})
+
+    async def leave_room(self, sid: str, room: Any, namespace: str | None = None) -> None:
+        namespace = namespace or "/"
+        socket = self._local(sid, namespace)
+        if socket is not None:
+            await socket.consumer._leave(socket, room_group(namespace, room))
+            return
+        channel = self._channel(sid)
+        if channel is not None:
+            await self.channel_layer.send(channel, {"type": "sio.room", "sid": sid,
+                                                    "namespace": namespace,
+                                                    "room": str(room), "enter": False})
+
+    async def close_room(self, room: Any, namespace: str | None = None) -> None:
+        """Every member, in every process, leaves ``room``."""
+        group = room_group(namespace or "/", room)
+        await self.channel_layer.group_send(group, {"type": "sio.close_room", "group": group})
+
+    def rooms(self, sid: str, namespace: str | None = None) -> list[Any]:
+        """The rooms of a sid connected to this process (its own sid first), else []."""
+        socket = self._local(sid, namespace or "/")
+        if socket is None:
+            return []
+        return [sid, *socket.rooms.values()]
+
+    # -- sessions and the rest ------------------------------------------------------------------
+    async def get_session(self, sid: str, namespace: str | None = None) -> dict[Any, Any]:
+        """The session dict of a sid connected to this process (``KeyError`` otherwise)."""
+        socket = self._local(sid, namespace or "/")
+        if socket is None:
+            raise KeyError(sid)
+        return socket.session
+
+    async def save_session(self, sid: str, session: dict[Any, Any],
+                           namespace: str | None = None) -> None:
+        socket = self._local(sid, namespace or "/")
+        if socket is None:
+            raise KeyError(sid)
+        socket.session = session
+
+    def session(self, sid: str, namespace: str | None = None) -> _Session:
+        return _Session(self, sid, namespace)
+
+    def get_environ(self, sid: str, namespace: str | None = None) -> dict[str, Any] | None:
+        """The connection's ASGI scope (python-socketio's WSGI-style environ)."""
+        socket = self._local(sid, namespace or "/")
+        return None if socket is None else socket.consumer.scope
+
+    def transport(self, sid: str, namespace: str | None = None) -> str:
+        """"polling" or "websocket": what the connection of ``sid`` (of this process)
+        uses now."""
+        socket = self._local(sid, namespace or "/")
+        conn = None if socket is None else socket.consumer._conn
+        return str(getattr(conn, "transport_name", "websocket"))
+
+    async def shutdown(self) -> None:
+        """Close this process's connections: every polling session (upgraded or not) and
+        every WebSocket with a namespace connected; their ``disconnect`` handlers run (a
+        server drain does this for polling sessions by itself)."""
+        for session in list(self._polling.values()):
+            session.close_with_code(1001)
+        for socket in list(self._sockets.values()):
+            socket.consumer._conn.close_with_code(1001)
+
+    async def disconnect(self, sid: str, namespace: str | None = None) -> None:
+        """Disconnect ``sid`` from ``namespace`` (the client is told), in any process; a
+        sid of another namespace is left alone."""
+        namespace = namespace or "/"
+        socket = self._local(sid, namespace)
+        if socket is not None:
+            await socket.consumer._server_disconnect(socket)
+            return
+        channel = self._channel(sid)
+        if channel is not None:
+            await self.channel_layer.send(channel, {"type": "sio.disconnect", "sid": sid,
+                                                    "namespace": namespace})
+
+    async def sleep(self, seconds: float = 0) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, seconds, lambda: None)
+
+    def start_background_task(self, target: Callable[..., Awaitable[Any]], *args: Any,
+                              **kwargs: Any) -> Deferred[Any]:
+        """Run ``target(*args, **kwargs)`` on the reactor; failures are logged."""
+        task: Deferred[Any] = Deferred.fromCoroutine(_maybe_await(target(*args, **kwargs)))
+        task.addErrback(lambda failure: log.failure("a background task failed", failure))
+        return task
+
+    def as_asgi(self) -> SocketIOApp:
+        """The application to mount at ``socket.io/`` (WebSocket and HTTP scopes)."""
+        return SocketIOApp(self)
+
+
+class SocketIOApp:
+    """``AsyncServer.as_asgi()``: a ``SocketIOConsumer`` for a WebSocket, a
+    ``PollingConsumer`` for an HTTP (long-polling) request."""
+
+    def __init__(self, server: AsyncServer) -> None:
+        self.server = server
+
+    def __call__(self, scope: dict[str, Any], *asgi: Any) -> Any:
+        from realtime.routing import not_asgi
+
+        if asgi:
+            raise not_asgi(self)
+        if scope.get("type") == "websocket":
+            return SocketIOConsumer.as_app(server=self.server)(scope)
+        return PollingConsumer.as_app(server=self.server)(scope)
+
+
+def _origin_of(scope: dict[str, Any]) -> bytes | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"origin":
+            return bytes(value)
+    return None
+
+
+def _origin_ok(server: AsyncServer, scope: dict[str, Any]) -> bool:
+    """A request without ``Origin`` (no browser's), or one ``cors_allowed_origins`` lets
+    in; by default the server's own origin and what ``--allowed-origins`` lets in
+    (python-engineio's default is the first only). The same on both transports: a page of
+    another site opens no WebSocket with the user's cookies either."""
+    from realtime.origins import origin_allowed
+    from realtime.settings import settings
+
+    origin = _origin_of(scope)
+    if not origin:
+        return True
+    text = origin.decode("latin-1")
+    patterns = server.cors_allowed_origins
+    if patterns is not None:
+        return origin_allowed(text, patterns)
+    host = dict(scope.get("headers", ())).get(b"host", b"").decode("latin-1")
+    scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+    return (text.lower() == f"{scheme}://{host}".lower()
+            or (bool(settings.allowed_origins)
+                and origin_allowed(text, settings.allowed_origins)))
+
+
+def _params(scope: dict[str, Any]) -> dict[str, str]:
+    query = scope.get("query_string", b"").decode("latin-1")
+    return dict(part.partition("=")[::2] for part in query.split("&") if part)
+
+
+def _encode_payload(items: list[str | bytes]) -> bytes:
+    """Engine.IO v4 packets as one polling response: binary as ``b<base64>``."""
+    return _SEPARATOR.join(
+        item if isinstance(item, str) else "b" + base64.b64encode(item).decode("ascii")
+        for item in items).encode()
+
+
+def _decode_payload(body: bytes) -> list[str | bytes]:
+    """A polling POST's packets; ``_Malformed`` for what is not Engine.IO v4's payload."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Malformed("not UTF-8") from None
+    items: list[str | bytes] = []
+    for part in text.split(_SEPARATOR):
+        if not part:
+            raise _Malformed("an empty packet")
+        if part[0] == "b":
+            try:
+                items.append(base64.b64decode(part[1:], validate=True))
+            except (binascii.Error, ValueError):
+                raise _Malformed("invalid base64") from None
+        else:
+            items.append(part)
+    return items
+
+
+class _PollingSession:
+    """One Engine.IO session opened by polling, in this process: its packets queue until
+    a GET takes them (``MAX_QUEUED_PACKETS``, ``--max-send-buffer``), a POST's go to its
+    ``SocketIOConsumer``, which is not a WebSocket's but this session's (``_conn``); after
+    an upgrade, the WebSocket's. A layer receiver of its own (the sids name its channel),
+    so the upgrade changes nothing of its sockets. Its messages, POSTs and layer events are
+    handled one at a time, in order, as a WebSocket's are."""
+
+    #: How far it has had the held broadcasts (``realtime.layers.base.let_out_for``).
+    _held_seq = -1
+    _held_count = 0
+
+    def __init__(self, server: AsyncServer, http: PollingConsumer, sid: str) -> None:
+        site = http._site()
+        self.server = server
+        self.sid = sid
+        self.site = site
+        self.config = site.config
+        self.reactor = site.clock
+        self.layer = http.channel_layer
+        self.max_payload = min(server.max_http_buffer_size, site.config.max_message_size)
+        self.closed = False
+        self.close_code: int | None = None
+        #: The WebSocket it upgraded to (a ``WebSocketConnection``), and the one probing.
+        self.ws: Any = None
+        self.upgrading: SocketIOConsumer | None = None
+        self._probed = False
+        self._upgrade_deadline: Any = None
+        self._queue: list[str | bytes] = []
+        self._queued = 0  # bytes, as encoded
+        self._waiter: Deferred[list[str | bytes] | None] | None = None
+        self._flush_call: Any = None
+        self._tail: Deferred[Any] = succeed(None)
+        self._ended: list[Deferred[None]] = []  # server_stopping()'s
+        consumer = self.consumer = SocketIOConsumer(server=server)
+        consumer.scope = http.scope
+        consumer._conn = self  # type: ignore[assignment]
+        consumer.channel_layer = self.layer
+        self.channel_name = consumer.channel_name = self.layer.attach(self)
+        skip_held(self)  # broadcast before it opened: not for it
+        server._polling[sid] = self
+        listeners = getattr(site, "drain_listeners", None)
+        if listeners is not None:
+            listeners.add(self)
+
+    @property
+    def transport_name(self) -> str:
+        return "polling" if self.ws is None else "websocket"
+
+    # -- what SocketIOConsumer asks of its connection -------------------------------------
+    @property
+    def closing_or_closed(self) -> bool:
+        return self.closed or (self.ws is not None and bool(self.ws.closing_or_closed))
+
+    def send_text(self, text: str) -> None:
+        self._send(text)
+
+    def send_bytes(self, data: bytes) -> None:
+        self._send(bytes(data))
+
+    def _send(self, item: str | bytes, own: bool = True) -> None:
+        if self.closed:
+            return
+        if self.ws is not None:
+            if isinstance(item, str):
+                self.ws.send_text(item)
+            else:
+                self.ws.send_bytes(item)
+            return
+        if own and HELD:  # broadcasts held for this turn were before this packet
+            let_out_for(self, self.channel_name)
+        size = (len(item.encode()) if isinstance(item, str)
+                else 1 + (len(item) + 2) // 3 * 4) + 1
+        if (len(self._queue) >= MAX_QUEUED_PACKETS
+                or self._queued + size > self.config.max_send_buffer):
+            self.site.slow_consumer_closes += 1
+            log.info("socketio: closing a polling session: {count} packets ({size} bytes) "
+                     "waiting for a GET", count=len(self._queue), size=self._queued)
+            self.close_with_code(1008, "slow consumer")
+            return
+        self._queue.append(item)
+        self._queued += size
+        if self._waiter is not None and self._flush_call is None:
+            # The packets of this turn (a packet's attachments) go in one response.
+            self._flush_call = self.reactor.callLater(0, self._flush)
+
+    def close_with_code(self, code: int, reason: str | None = None) -> None:
+        if self.closed:
+            return
+        if self.ws is not None:
+            self.ws.close_with_code(code, reason)  # its end ends this session
+            return
+        self._finish(code)
+
+    # -- the layer's side ---------------------------------------------------------------------
+    def deliver(self, event: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        if HELD:
+            let_out_for(self, self.channel_name)
+        if self.consumer.take_event_now(event):
+            return
+        self.run(lambda: self.consumer._on_event(event))
+
+    def deliver_frame(self, frame: bytes) -> bool:
+        if self.closing_or_closed:
+            return False
+        event = frame_event(frame)
+        item: str | bytes = event["text"] if "text" in event else event["bytes"]
+        self._send(item, own=False)  # at once, as packets are (take_event_now)
+        return True
+
+    def deliver_joined(self, joined: bytes) -> bool:
+        return False  # frame by frame
+
+    def close_from_layer(self, code: int, reason: str | None) -> None:
+        self.run(lambda: self.close_with_code(code, reason))
+
+    def server_draining(self) -> None:
+        """The server drains: the session ends (its ``disconnect`` handlers run)."""
+        self.close_with_code(1001)
+
+    def server_stopping(self) -> Deferred[None]:
+        """``realtime.testing``'s ``LiveServer.stop()``: ends as at a drain; fires once
+        its ``disconnect`` handlers ran and it left the layer."""
+        if self.closed or self.ws is None:  # it ends now (or did): its steps are queued
+            self.close_with_code(1001)
+            return self.done()
+        ended: Deferred[None] = Deferred()  # once its WebSocket's end ends it
+        self._ended.append(ended)
+        self.close_with_code(1001)
+        return ended
+
+    # -- one thing at a time ------------------------------------------------------------------
+    def run(self, step: Callable[[], Any]) -> None:
+        """``step()`` once the steps before it are done (at once when none waits)."""
+        def go(_: Any) -> Any:
+            return as_deferred(step())
+
+        self._tail.addCallback(go).addErrback(
+            lambda failure: log.failure("socketio: a polling session's step failed", failure))
+
+    def done(self) -> Deferred[None]:
+        """Fires once the steps run so far are done."""
+        barrier: Deferred[None] = Deferred()
+
+        def fire(result: Any) -> Any:
+            barrier.callback(None)
+            return result
+
+        self._tail.addBoth(fire)
+        return barrier
+
+    # -- polling ------------------------------------------------------------------------------
+    def poll(self) -> Deferred[list[str | bytes] | None] | None:
+        """A GET: fires with the packets to answer (at once if some wait), or None when the
+        GET went away first; None (no Deferred) if another GET waits already."""
+        if self._waiter is not None:
+            return None
+        waiter: Deferred[list[str | bytes] | None] = Deferred()
+        self._waiter = waiter
+        if self._queue or self.closed or self._probed:
+            self._flush()
+        return waiter
+
+    def poll_gone(self, waiter: Deferred[Any]) -> None:
+        """The GET's client went away: its packets stay queued for the next one."""
+        if self._waiter is waiter:
+            self._waiter = None
+            self._cancel_flush()
+            waiter.callback(None)
+
+    def _cancel_flush(self) -> None:
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _flush(self, noop: bool = False) -> None:
+        """Answer the waiting GET: the queued packets (a noop if none; only a noop with
+        ``noop``: the rest waits for the WebSocket), then the close packet if closed."""
+        self._flush_call = None
+        waiter, self._waiter = self._waiter, None
+        if waiter is None:
+            return
+        items: list[str | bytes] = []
+        if not noop and self._queue:
+            items, self._queue, self._queued = self._queue, [], 0
+        if self.closed:
+            items.append(_EIO_CLOSE)
+        waiter.callback(items or [_EIO_NOOP])
+
+    async def post(self, body: bytes) -> bool:
+        """A POST's packets, handled in order; False if they were not Engine.IO's, or made
+        the session close for an error."""
+        try:
+            items = _decode_payload(body)
+        except _Malformed as exc:
+            self.fail(str(exc))
+            return False
+        consumer = self.consumer
+        for item in items:
+            if isinstance(item, str):
+                self.run(lambda text=item: consumer.receive(text_data=text))  # type: ignore[misc]
+            else:
+                self.run(lambda data=item: consumer.receive(bytes_data=data))  # type: ignore[misc]
+        await self.done()
+        return not self.closed or self.close_code == 1000
+
+    def fail(self, why: str) -> None:
+        """A request the protocol does not allow: the session closes ("transport error")."""
+        log.info("socketio: closing a polling session: {why}", why=why)
+        if self.consumer._close_reason is None:
+            self.consumer._close_reason = Reason.TRANSPORT_ERROR
+        self.close_with_code(CLOSE_MALFORMED[0], why)
+
+    # -- the upgrade --------------------------------------------------------------------------
+    def begin_upgrade(self, ws: SocketIOConsumer) -> bool:
+        if self.closed or self.ws is not None or self.upgrading is not None:
+            return False
+        self.upgrading = ws
+        return True
+
+    async def from_websocket(self, ws: SocketIOConsumer, text: str | None,
+                             data: bytes | None) -> None:
+        """A message of ``ws``: the probe and the upgrade, then this session's packets."""
+        if self.ws is None:
+            if self.upgrading is not ws or self.closed:
+                ws._conn.close_with_code(1000)
+            elif text == _EIO_PING + "probe" and not self._probed:
+                ws._conn.send_text(_EIO_PONG + "probe")
+                self._probed = True
+                self._upgrade_deadline = self.reactor.callLater(
+                    UPGRADE_TIMEOUT, self._probe_failed, ws, (1000, "upgrade timeout"))
+                self._flush(noop=True)  # the client waits for its GET before upgrading
+            elif text == _EIO_UPGRADE and self._probed:
+                self._upgrade(ws)
+            else:
+                self._probe_failed(ws, CLOSE_MALFORMED)
+            return
+        self.run(lambda: self.consumer.receive(text_data=text, bytes_data=data))
+        await self.done()
+
+    def _probe_failed(self, ws: SocketIOConsumer, close: tuple[int, str]) -> None:
+        """The probing WebSocket closes at once (another may probe); polling goes on."""
+        self._end_probe()
+        ws._conn.close_with_code(*close)
+
+    def _end_probe(self) -> None:
+        self.upgrading = None
+        self._probed = False
+        call, self._upgrade_deadline = self._upgrade_deadline, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _upgrade(self, ws: SocketIOConsumer) -> None:
+        self._end_probe()
+        self._flush(noop=True)
+        self._cancel_flush()
+        self.ws = ws._conn
+        items, self._queue, self._queued = self._queue, [], 0
+        for item in items:
+            self._send(item)
+
+    def websocket_closed(self, ws: SocketIOConsumer, code: int) -> None:
+        if self.upgrading is ws:  # the probe failed: polling goes on
+            self._end_probe()
+        elif self.ws is not None and self.ws is ws._conn:
+            self._finish(code)
+
+    # -- the end ------------------------------------------------------------------------------
+    def _finish(self, code: int) -> None:
+        """Closed: a waiting GET gets the close packet, the sockets their ``disconnect``
+        handlers, then the channel goes."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        if self.server._polling.get(self.sid) is self:
+            del self.server._polling[self.sid]
+        listeners = getattr(self.site, "drain_listeners", None)
+        if listeners is not None:
+            listeners.discard(self)
+        self._cancel_flush()
+        self._flush()
+        self._queue, self._queued = [], 0
+        if self.upgrading is not None:
+            self.upgrading._conn.close_with_code(1000)
+        self._end_probe()
+        self.consumer.closed_now()
+        self.run(lambda: self.consumer.disconnect(code))
+        self.run(lambda: self.layer.detach(self.channel_name))
+        self.run(self._fire_ended)
+
+    def _fire_ended(self) -> None:
+        ended, self._ended = self._ended, []
+        for d in ended:
+            d.callback(None)
+
+
+class PollingConsumer(AsyncHttpConsumer):
+    """Engine.IO's HTTP long-polling: a GET without ``sid`` opens a session (the answer
+    is its open packet), a GET with one takes its packets (waiting for some), a POST
+    brings the client's. Errors are Engine.IO's 400s (code 1: an unknown session, 3: a
+    bad request, which closes the session), 413 for a POST over ``maxPayload``."""
+
+    server: ClassVar[AsyncServer | None] = None
+    _session: _PollingSession | None = None
+    _waiting: Deferred[Any] | None = None
+
+    @property
+    def _server(self) -> AsyncServer:
+        assert self.server is not None
+        return self.server
+
+    def _origin(self) -> bytes | None:
+        return _origin_of(self.scope)
+
+    async def send_headers(self, *, status: int = 200, headers: Any = None) -> None:
+        pairs = [*(headers or []), (b"Cache-Control", b"no-store")]
+        origin = self._origin()
+        if origin:
+            pairs += [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin"),
+                      (b"Access-Control-Allow-Credentials", b"true")]
+        await super().send_headers(status=status, headers=pairs)
+
+    async def _error(self, status: int, body: bytes) -> None:
+        await self.send_response(status, body, headers=_JSON_HEADERS)
+
+    async def handle(self, body: bytes) -> None:
+        if not _origin_ok(self._server, self.scope):
+            await self._error(403, _FORBIDDEN)
+            return
+        method = self.scope.get("method")
+        if method == "OPTIONS":  # a CORS preflight
+            await self.send_response(204, b"", headers=[
+                (b"Access-Control-Allow-Methods", b"GET, POST, OPTIONS"),
+                (b"Access-Control-Allow-Headers", b"Content-Type"),
+                (b"Access-Control-Max-Age", b"600")])
+            return
+        params = _params(self.scope)
+        if params.get("EIO") != "4":
+            await self._error(400, _BAD_VERSION)
+            return
+        if params.get("transport") != "polling":
+            await self._error(400, _TRANSPORT_UNKNOWN)
+            return
+        sid = params.get("sid")
+        if not sid:
+            if method != "GET":
+                await self._error(400, _BAD_HANDSHAKE)
+                return
+            await self._open()
+            return
+        session = self._server._polling.get(sid)
+        if session is None:
+            await self._error(400, _SESSION_UNKNOWN)
+            return
+        if session.ws is not None:  # upgraded: polling is over for it (the session lives)
+            await self._error(400, _BAD_REQUEST)
+            return
+        if method == "GET":
+            await self._poll(session)
+        elif method == "POST":
+            await self._post(session, body)
+        else:
+            await self._error(400, _BAD_REQUEST)
+
+    async def _open(self) -> None:
+        if self.channel_layer is None:
+            log.error("realtime.socketio needs a channel layer")
+            await self.send_response(500, b"")
+            return
+        sid = secrets.token_urlsafe(15)
+        session = _PollingSession(self._server, self, sid)
+        session.consumer._open(sid, ["websocket"], session.max_payload)
+        await self._poll(session)
+
+    async def _poll(self, session: _PollingSession) -> None:
+        waiter = session.poll()
+        if waiter is None:
+            session.fail("a second GET while one waits")
+            await self._error(400, _BAD_REQUEST)
+            return
+        self._session, self._waiting = session, waiter
+        items = await waiter
+        self._waiting = None
+        if items is None:
+            return  # the client went away
+        await self.send_response(200, _encode_payload(items), headers=[
+            (b"Content-Type", b"text/plain; charset=UTF-8")])
+
+    async def _post(self, session: _PollingSession, body: bytes) -> None:
+        if len(body) > session.max_payload:
+            session.fail("a POST over maxPayload")
+            await self._error(413, _BAD_REQUEST)
+            return
+        if not await session.post(body):
+            await self._error(400, _BAD_REQUEST)
+            return
+        await self.send_response(200, b"ok", headers=[
+            (b"Content-Type", b"text/html; charset=UTF-8")])
+
+    async def disconnect(self) -> None:
+        if self._session is not None and self._waiting is not None:
+            self._session.poll_gone(self._waiting)
+
+
+class SocketIOConsumer(AsyncWebsocketConsumer):
+    """One Engine.IO connection: its Socket.IO namespaces, pings and pending packets (a
+    polling session's too, then on a ``_PollingSession`` instead of a WebSocket); or the
+    WebSocket a polling session upgrades to (``_upgrade_of``), which only carries it."""
+
+    server: ClassVar[AsyncServer | None] = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._sockets: dict[str, _Socket] = {}  # by namespace
+        self._pending: Packet | None = None
+        self._ping: Any = None
+        self._pong_deadline: Any = None
+        self._close_reason: str | None = None
+        self._next_ack = 0
+        self._max_payload = 0
+        self._upgrade_of: _PollingSession | None = None
+        #: Handler tasks running (events' and connect's): ``--max-inflight`` at most.
+        self._tasks: set[Deferred[Any]] = set()
+        self._slot: Deferred[None] | None = None
+        self._cancel_call: Any = None
+        self._connect_deadline: Any = None
+
+    @property
+    def _server(self) -> AsyncServer:
+        assert self.server is not None
+        return self.server
+
+    async def connect(self) -> None:
+        if not _origin_ok(self._server, self.scope):
+            raise Refuse(403, _JSON_HEADERS, _FORBIDDEN)
+        params = _params(self.scope)
+        if params.get("EIO") != "4":
+            raise Refuse(400, _JSON_HEADERS, _BAD_VERSION)
+        if params.get("transport", "websocket") != "websocket":
+            raise Refuse(400, _JSON_HEADERS, _TRANSPORT_UNKNOWN)
+        if self.channel_layer is None:
+            log.error("realtime.socketio needs a channel layer")
+            raise Refuse(500)
+        server = self._server
+        if params.get("sid"):  # the upgrade of a polling session (of this process)
+            session = server._polling.get(params["sid"])
+            if session is None or not session.begin_upgrade(self):
+                raise Refuse(400, _JSON_HEADERS, _SESSION_UNKNOWN)
+            self._upgrade_of = session
+            await self.accept()
+            return
+        await self.accept()
+        self._open(secrets.token_urlsafe(15), [],
+                   min(server.max_http_buffer_size, self._conn.config.max_message_size))
+
+    def _open(self, sid: str, upgrades: list[str], max_payload: int) -> None:
+        """Engine.IO's open packet, then the pings."""
+        server = self._server
+        if server._channel_layer is None:
+            server._channel_layer = self.channel_layer
+        self._max_payload = max_payload
+        self._send(_EIO_OPEN + _dumps({
+            "sid": sid, "upgrades": upgrades,
+            "pingInterval": int(server.ping_interval * 1000),
+            "pingTimeout": int(server.ping_timeout * 1000),
+            "maxPayload": max_payload}))
+        self._ping = self._conn.reactor.callLater(server.ping_interval, self._send_ping)
+        self._connect_deadline = self._conn.reactor.callLater(CONNECT_TIMEOUT,
+                                                              self._no_connect)
+
+    def _no_connect(self) -> None:
+        self._connect_deadline = None
+        if not any(not socket.pending for socket in self._sockets.values()):
+            self._refuse(CLOSE_CONNECT_TIMEOUT, "no namespace connected in time")
+
+    # -- handler tasks -----------------------------------------------------------------------
+    def _spawn(self, work: Awaitable[Any], what: str) -> None:
+        """Run ``work`` as a task of this connection (``_bounded`` counts them)."""
+        def failed(failure: Any) -> None:
+            if not failure.check(CancelledError):
+                log.failure("socketio: {what} failed", failure, what=what)
+
+        task: Deferred[Any] = Deferred.fromCoroutine(_maybe_await(work))
+        if task.called:
+            task.addErrback(failed)
+            return
+        self._tasks.add(task)
+
+        def done(result: Any) -> Any:
+            self._tasks.discard(task)
+            self._wake()
+            if not self._tasks and self._cancel_call is not None:
+                if self._cancel_call.active():
+                    self._cancel_call.cancel()
+                self._cancel_call = None
+            return result
+
+        task.addBoth(done).addErrback(failed)
+
+    def _wake(self) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.callback(None)
+
+    async def _bounded(self) -> None:
+        """At ``--max-inflight`` tasks, wait for one to end: ``receive`` returns later, so
+        the bridge stops reading this WebSocket (a polling POST is answered later)."""
+        limit = self._conn.config.max_inflight
+        while len(self._tasks) >= limit and not self._conn.closing_or_closed:
+            if self._slot is None:
+                self._slot = Deferred()
+            await self._slot
+
+    def closed_now(self) -> None:
+        """The bridge's hook: the connection is gone (a ``receive`` waiting in
+        ``_bounded`` returns, so ``disconnect`` comes)."""
+        self._wake()
+
+    def _cancel_tasks(self) -> None:
+        self._cancel_call = None
+        if self._tasks:
+            log.warn("socketio: {count} handlers still running {timeout} s after their "
+                     "connection closed: cancelled", count=len(self._tasks),
+                     timeout=self._conn.config.application_close_timeout)
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- Engine.IO ---------------------------------------------------------------------------
+    def _send(self, text: str, attachments: Iterable[bytes] = ()) -> None:
+        """One packet (its attachments after it); one that is not UTF-8 (a lone surrogate
+        from a layer event no ``_dumps`` made) is dropped, the connection goes on."""
+        if self._conn.closing_or_closed:
+            return
+        try:
+            self._conn.send_text(text)
+        except UnicodeEncodeError:
+            log.warn("socketio: dropped a packet that is not UTF-8: {text!r}",
+                     text=text[:100])
+            return
+        for data in attachments:
+            self._conn.send_bytes(data)
+
+    def _send_ping(self) -> None:
+        self._ping = None
+        self._send(_EIO_PING)
+        self._pong_deadline = self._conn.reactor.callLater(self._server.ping_timeout,
+                                                           self._no_pong)
+
+    def _no_pong(self) -> None:
+        self._pong_deadline = None
+        self._close_reason = Reason.PING_TIMEOUT
+        self._conn.close_with_code(*CLOSE_PING_TIMEOUT)
+
+    def _pong(self) -> None:
+        if self._pong_deadline is None:
+            return  # unasked: ignored, as Engine.IO does
+        self._pong_deadline.cancel()
+        self._pong_deadline = None
+        self._ping = self._conn.reactor.callLater(self._server.ping_interval, self._send_ping)
+
+    def _stop_timers(self) -> None:
+        for call in (self._ping, self._pong_deadline, self._connect_deadline):
+            if call is not None and call.active():
+                call.cancel()
+        self._ping = self._pong_deadline = self._connect_deadline = None
+
+    def _refuse(self, close: tuple[int, str], why: str) -> None:
+        log.info("socketio: closing a connection: {why}", why=why)
+        self._close_reason = Reason.TRANSPORT_ERROR
+        self._pending = None
+        self._conn.close_with_code(*close)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self._upgrade_of is not None:
+            await self._upgrade_of.from_websocket(self, text_data, bytes_data)
+            return
+        if self._conn.closing_or_closed:
+            return
+        size = len(bytes_data or b"") if text_data is None else len(text_data)
+        if size > self._max_payload or (
+                text_data is not None and size * 4 > self._max_payload
+                and len(text_data.encode()) > self._max_payload):
+            self._refuse(CLOSE_TOO_BIG, "a message over maxPayload")
+            return
+        if text_data is None:
+            pending = self._pending
+            if pending is None:
+                self._refuse(CLOSE_UNEXPECTED_BINARY, "a binary frame with no packet waiting")
+                return
+            pending.attachments.append(bytes_data or b"")
+            if sum(map(len, pending.attachments)) > self._max_payload:
+                self._refuse(CLOSE_TOO_BIG, "a packet's attachments over maxPayload")
+                return
+            if len(pending.attachments) < pending.missing:
+                return
+            self._pending = None
+            try:
+                pending.data = _reconstruct(pending.data, pending.attachments)
+            except _Malformed as exc:
+                self._refuse(CLOSE_MALFORMED, str(exc))
+                return
+            except RecursionError:
+                self._refuse(CLOSE_MALFORMED, "a packet nested too deeply")
+                return
+            await self._dispatch(pending)
+            await self._bounded()
+            return
+        if self._pending is not None:
+            self._refuse(CLOSE_MALFORMED, "a text frame while attachments were awaited")
+            return
+        kind = text_data[:1]
+        if kind == _EIO_MESSAGE:
+            try:
+                packet = decode_packet(text_data[1:])
+            except _Malformed as exc:
+                self._refuse(CLOSE_MALFORMED, str(exc))
+                return
+            if packet.missing:
+                self._pending = packet
+                return
+            await self._dispatch(packet)
+            await self._bounded()
+        elif kind == _EIO_PONG and len(text_data) == 1:
+            self._pong()
+        elif kind == _EIO_PING and len(text_data) == 1:
+            self._send(_EIO_PONG)
+        elif kind == _EIO_CLOSE and len(text_data) == 1:
+            self._close_reason = Reason.CLIENT_DISCONNECT
+            self._conn.close_with_code(1000)
+        elif kind == _EIO_NOOP and len(text_data) == 1:
+            pass
+        else:
+            self._refuse(CLOSE_MALFORMED, "not an Engine.IO packet")
+
+    # -- Socket.IO ---------------------------------------------------------------------------
+    async def _dispatch(self, packet: Packet) -> None:
+        if packet.kind == CONNECT:
+            await self._connect_namespace(packet.namespace, packet.data)
+            return
+        socket = self._sockets.get(packet.namespace)
+        if socket is None:
+            return  # not connected to that namespace: ignored, as python-socketio does
+        if socket.pending:  # its connect handler runs: only a DISCONNECT counts
+            if packet.kind == DISCONNECT:
+                await self._drop(socket)
+            return
+        if packet.kind == DISCONNECT:
+            await self._forget(socket, Reason.CLIENT_DISCONNECT)
+        elif packet.kind in (EVENT, BINARY_EVENT):
+            self._spawn(self._event(socket, packet), f"the {packet.data[0]!r} handler")
+        else:  # ACK, BINARY_ACK
+            assert packet.ack_id is not None
+            callback = socket.acks.pop(packet.ack_id, None)
+            if callback is not None:
+                try:
+                    await _maybe_await(callback(*packet.data))
+                except Exception:
+                    log.failure("socketio: an ack callback failed")
+
+    async def _connect_namespace(self, namespace: str, auth: Any) -> None:
+        server = self._server
+        if namespace in self._sockets:
+            return  # connected already: ignored
+        if not server._serves(namespace):
+            self._send(encode_packet(CONNECT_ERROR, namespace,
+                                     {"message": "Invalid namespace"})[0])
+            return
+        if len(self._sockets) >= MAX_NAMESPACES:
+            self._send(encode_packet(CONNECT_ERROR, namespace,
+                                     {"message": "Too many namespaces"})[0])
+            return
+        assert self.channel_name is not None
+        sid = _new_sid(self.channel_name, namespace)
+        socket = _Socket(self, namespace, sid)
+        self._sockets[namespace] = socket
+        server._sockets[sid] = socket
+        await self.channel_layer.group_add(namespace_group(namespace), self.channel_name)
+        # A task, as python-socketio's: a slow one holds no other namespace, ack or pong.
+        self._spawn(self._connect_handler(socket, auth), "the connect handler")
+
+    async def _connect_handler(self, socket: _Socket, auth: Any) -> None:
+        server, namespace, sid = self._server, socket.namespace, socket.sid
+        refusal: dict[str, Any] | None = None
+        # No auth, or an empty one (python-socketio's client sends {}): None, as there.
+        handler, args = server._handler("connect", namespace, (sid, self.scope, auth or None))
+        try:
+            if handler is not None:
+                if _positional_count(handler) < len(args):
+                    args = args[:-1]  # connect(sid, environ): no auth argument
+                if await _maybe_await(handler(*args)) is False:
+                    refusal = ConnectionRefusedError().error_args
+        except ConnectionRefusedError as exc:
+            refusal = exc.error_args
+        except builtins.ConnectionRefusedError:  # as python-socketio takes it
+            refusal = {"message": "Connection refused by server"}
+        except CancelledError:
+            raise
+        except Exception:
+            log.failure("socketio: the connect handler failed")
+            refusal = {"message": "Internal server error"}
+        if self._sockets.get(namespace) is not socket:
+            return  # disconnected meanwhile
+        if refusal is not None:
+            await self._drop(socket)
+            self._send(encode_packet(CONNECT_ERROR, namespace, refusal)[0])
+            return
+        socket.pending = False
+        self._send(encode_packet(CONNECT, namespace, {"sid": sid})[0])
+
+    async def _event(self, socket: _Socket, packet: Packet) -> None:
+        handler, args = self._server._handler(packet.data[0], socket.namespace,
+                                              (socket.sid, *packet.data[1:]))
+        if handler is None:
+            return
+        result = await _maybe_await(handler(*args))
+        if packet.ack_id is None or self._sockets.get(socket.namespace) is not socket:
+            return  # (a reconnected namespace's new socket did not ask)
+        data = [] if result is None else list(result) if isinstance(result, tuple) else [result]
+        try:
+            ack = encode_packet(ACK, socket.namespace, data, packet.ack_id)
+        except ValueError as exc:
+            log.info("socketio: the {event!r} handler's ack not sent: {why}",
+                     event=packet.data[0], why=str(exc))
+            return
+        self._send(*ack)
+
+    def _ack_id(self, socket: _Socket, callback: Callable[..., Any]) -> int:
+        ack_id = self._next_ack
+        self._next_ack += 1
+        socket.acks[ack_id] = callback
+        return ack_id
+
+    async def _enter(self, socket: _Socket, room: Any) -> None:
+        group = room_group(socket.namespace, room)
+        if group in socket.rooms:
+            return
+        socket.rooms[group] = room
+        await self.channel_layer.group_add(group, self.channel_name)
+
+    async def _leave(self, socket: _Socket, group: str) -> None:
+        if group in socket.rooms:
+            del socket.rooms[group]
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def _drop(self, socket: _Socket) -> None:
+        """Forget ``socket`` here and in the layer (no handler, nothing sent)."""
+        self._sockets.pop(socket.namespace, None)
+        self._server._sockets.pop(socket.sid, None)
+        if self._conn.closing_or_closed:
+            return  # the layer forgets a closed connection's groups itself
+        for group in [namespace_group(socket.namespace), *socket.rooms]:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        socket.rooms.clear()
+
+    async def _forget(self, socket: _Socket, reason: str) -> None:
+        """The ``disconnect`` handler, then ``_drop``: the handler still sees the sid's
+        session and rooms (as in python-socketio), but no more of its packets."""
+        if self._sockets.get(socket.namespace) is not socket:
+            return
+        if socket.pending:  # never connected: no disconnect handler
+            await self._drop(socket)
+            return
+        del self._sockets[socket.namespace]
+        handler, args = self._server._handler("disconnect", socket.namespace,
+                                              (socket.sid, reason))
+        try:
+            if handler is not None:
+                if _positional_count(handler) < len(args):
+                    args = args[:-1]  # disconnect(sid): no reason argument
+                await _maybe_await(handler(*args))
+        except Exception:
+            log.failure("socketio: the disconnect handler failed")
+        finally:
+            await self._drop(socket)
+
+    async def _server_disconnect(self, socket: _Socket) -> None:
+        if self._sockets.get(socket.namespace) is not socket:
+            return
+        self._send(encode_packet(DISCONNECT, socket.namespace)[0])
+        await self._forget(socket, Reason.SERVER_DISCONNECT)
+
+    async def disconnect(self, code: int) -> None:
+        if self._upgrade_of is not None:
+            self._upgrade_of.websocket_closed(self, code)
+            return
+        self._stop_timers()
+        self._pending = None
+        reason = self._close_reason or Reason.TRANSPORT_CLOSE
+        for socket in list(self._sockets.values()):
+            await self._forget(socket, reason)
+        if self._tasks and self._cancel_call is None:
+            # As the bridge does for a consumer's handlers: --application-close-timeout
+            # to end, then cancelled.
+            self._cancel_call = self._conn.reactor.callLater(
+                self._conn.config.application_close_timeout, self._cancel_tasks)
+
+    # -- layer events --------------------------------------------------------------------------
+    def _mine(self, event: dict[str, Any]) -> _Socket | None:
+        """The socket a sid-addressed event is for: of this connection and of the event's
+        namespace (an event of an older process has none)."""
+        sid = event.get("sid")
+        socket = self._server._sockets.get(sid) if isinstance(sid, str) else None
+        namespace = event.get("namespace")
+        if socket is None or socket.consumer is not self or (
+                namespace is not None and socket.namespace != namespace):
+            return None
+        return socket
+
+    def take_event_now(self, event: dict[str, Any]) -> bool:
+        """The bridge's hook: a packet goes out when the layer brings it, not behind the
+        messages this connection's queue holds (a handler's ``emit(to=sid)`` made while
+        ``receive`` runs, then its ack: they go out in that order)."""
+        if event.get("type") != "sio.packet":
+            return False
+        self.sio_packet(event)
+        return True
+
+    def sio_packet(self, event: dict[str, Any]) -> None:
+        """A packet for this connection (a sid of it) or a room it is in."""
+        if "sid" in event:
+            socket = self._mine(event)
+            if socket is None:
+                return  # that namespace disconnected since
+        else:
+            socket = self._sockets.get(event.get("namespace"))  # type: ignore[arg-type]
+        targets = event.get("targets")
+        if targets is not None and (socket is None
+                                    or _first_target(socket, targets) != event.get("via")):
+            return  # it has it from an earlier target
+        self._send(event["text"], event.get("binary") or ())
+
+    async def sio_room(self, event: dict[str, Any]) -> None:
+        socket = self._mine(event)
+        if socket is None:
+            return
+        if event.get("enter"):
+            await self._enter(socket, event["room"])
+        else:
+            await self._leave(socket, room_group(socket.namespace, event["room"]))
+
+    async def sio_close_room(self, event: dict[str, Any]) -> None:
+        group = event.get("group")
+        for socket in list(self._sockets.values()):
+            if group in socket.rooms:
+                await self._leave(socket, group)
+
+    async def sio_disconnect(self, event: dict[str, Any]) -> None:
+        socket = self._mine(event)
+        if socket is not None:
+            await self._server_disconnect(socket)
+
+
+__all__ = ["AsyncServer", "CallTimeoutError", "ConnectionRefusedError", "PollingConsumer",
+           "Reason", "SocketIOApp", "SocketIOConsumer", "SocketIOError", "channel_of",
+           "decode_packet", "encode_packet", "namespace_group", "room_group"]

@@ -1,0 +1,1160 @@
+"""``realtime.socketio`` against Socket.IO's own clients: python-socketio's ``Client``
+(websocket-client and requests, in worker threads), Node's ``socket.io-client`` (tests/.node,
+pinned by tests/run.sh), each on WebSocket, on polling, and on polling then the upgrade;
+raw ``websockets`` and ``http.client`` for what no client sends (malformed packets, an
+unanswered ping, a second GET). Real servers on the in-memory layer; rooms across two
+layers on a real redis-server at the end."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import queue
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import pytest_twisted
+import socketio
+from twisted.internet.defer import CancelledError, Deferred
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from realtime import socketio as rsio
+from realtime.routing import URLRouter, path
+from tests.clients import in_thread, until
+
+WAIT = 5.0
+NODE_MODULES = Path(__file__).parent / ".node" / "node_modules"
+NODE_SCRIPT = Path(__file__).parent / "node" / "socketio_client.js"
+
+
+def app(sio: rsio.AsyncServer) -> URLRouter:
+    return URLRouter([path("socket.io/", sio.as_asgi())])
+
+
+async def start(live: Any, sio: rsio.AsyncServer, **config: Any) -> str:
+    """``live`` serving ``sio``; its stop closes the polling sessions left open (python-
+    engineio's client loses its close packet when ``disconnect()`` comes while its write
+    loop is busy; such a session would last until the ping timeout)."""
+    server = await live(app(sio), **config)
+    return f"http://127.0.0.1:{server.port}"
+
+
+def quick_server(**options: Any) -> rsio.AsyncServer:
+    """An ``AsyncServer`` with a short ping interval: a GET waits a second at most,
+    so python-engineio's ``disconnect()`` over polling (which waits for its GET) is quick
+    even when its close packet was lost (above)."""
+    return rsio.AsyncServer(**{"ping_interval": 1.0, "ping_timeout": 0.5, **options})
+
+
+class PyClient:
+    """python-socketio's sync client (its own threads), every event it gets queued."""
+
+    def __init__(self, *events: str, namespace: str = "/") -> None:
+        self.client = socketio.Client(reconnection=False)
+        self.got: queue.Queue[tuple[str, Any]] = queue.Queue()
+        for event in events:
+            self.client.on(event, self._recorder(event), namespace=namespace)
+        self.client.on("disconnect", lambda *reason: self.got.put(("disconnect", reason)))
+
+    def _recorder(self, event: str) -> Any:
+        return lambda *args: self.got.put((event, args[0] if len(args) == 1 else args))
+
+    async def connect(self, url: str, transports: list[str] | None = ["websocket"],  # noqa: B006
+                      **kwargs: Any) -> PyClient:
+        """Connect on ``transports`` (None: the client's default, polling then the
+        upgrade)."""
+        await in_thread(lambda: self.client.connect(url, transports=transports,
+                                                    wait_timeout=WAIT, **kwargs))
+        return self
+
+    async def next(self) -> tuple[str, Any]:
+        return await in_thread(self.got.get, True, WAIT)
+
+    async def nothing(self) -> bool:
+        """Whether nothing more comes (within 0.3 s)."""
+        try:
+            await in_thread(self.got.get, True, 0.3)
+        except queue.Empty:
+            return True
+        return False
+
+    async def call(self, *args: Any, **kwargs: Any) -> Any:
+        return await in_thread(lambda: self.client.call(*args, timeout=WAIT, **kwargs))
+
+    async def emit(self, *args: Any, **kwargs: Any) -> None:
+        await in_thread(lambda: self.client.emit(*args, **kwargs))
+
+    async def disconnect(self) -> None:
+        await in_thread(self.client.disconnect)
+
+
+def ws_url(url: str, query: str = "EIO=4&transport=websocket") -> str:
+    return url.replace("http://", "ws://") + "/socket.io/?" + query
+
+
+class Raw:
+    """A raw WebSocket (websockets, in worker threads) for packets no client sends."""
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+
+    @classmethod
+    async def open(cls, url: str) -> Raw:
+        # (entered as a context manager, as websockets wants; closed by close())
+        raw = cls(await in_thread(lambda: connect(ws_url(url), open_timeout=WAIT).__enter__()))
+        opened = await raw.recv()
+        assert isinstance(opened, str) and opened.startswith("0{")
+        raw.handshake = json.loads(opened[1:])
+        return raw
+
+    async def send(self, message: str | bytes) -> None:
+        await in_thread(self.conn.send, message)
+
+    async def recv(self) -> str | bytes:
+        return await in_thread(self.conn.recv, WAIT)
+
+    async def closed(self) -> tuple[int | None, str]:
+        """The close code and reason the server sent (every message before it skipped)."""
+        def wait() -> tuple[int | None, str]:
+            try:
+                while True:
+                    self.conn.recv(WAIT)
+            except ConnectionClosed as exc:
+                return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
+        return await in_thread(wait)
+
+    async def close(self) -> None:
+        await in_thread(self.conn.close)
+
+
+# -- python-socketio's client -----------------------------------------------------------------
+
+#: python-socketio's client on each transport: WebSocket only, its default (polling, then
+#: the upgrade to WebSocket) and polling only; what ``sio.transport()`` says after connect.
+TRANSPORTS = pytest.mark.parametrize("transports,transport", [
+    (["websocket"], "websocket"), (None, "websocket"), (["polling"], "polling")],
+    ids=["websocket", "upgrade", "polling"])
+
+
+@TRANSPORTS
+@pytest_twisted.ensureDeferred
+async def test_connect_with_auth_then_events_acks_and_binary_both_ways(live, transports,
+                                                                       transport):
+    sio = quick_server()
+    seen: dict[str, Any] = {}
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        seen["auth"], seen["path"], seen["sid"] = auth, environ["path"], sid
+
+    @sio.event
+    async def echo(sid, *args):
+        return args  # a tuple: several ack arguments
+
+    @sio.on("upload")
+    def upload(sid, data):  # a plain handler works too
+        return data["blob"][::-1]
+
+    @sio.event
+    async def ready(sid):
+        seen["answer"] = await sio.call("ask", 21, to=sid, timeout=WAIT)
+        await sio.emit("bin", {"name": "b", "blob": b"\x00\xff"}, to=sid)
+
+    url = await start(live, sio)
+    client = PyClient("bin")
+    client.client.on("ask", lambda n: (n * 2, "py"))
+    await client.connect(url, transports, auth={"token": "t"})
+    assert seen["auth"] == {"token": "t"} and seen["path"] == "/socket.io/"
+    assert client.client.get_sid() == seen["sid"]
+    assert sio.transport(seen["sid"]) == client.client.transport() == transport
+    assert await client.call("echo", ("hi", 3)) == ("hi", 3)
+    assert await client.call("upload", {"blob": b"\x01\x02\x03"}) == b"\x03\x02\x01"
+    await client.emit("ready")
+    assert await client.next() == ("bin", {"name": "b", "blob": b"\x00\xff"})
+    assert seen["answer"] == (42, "py")
+    await client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_connect_is_connect_error_with_the_message_and_data(live):
+    sio = quick_server()
+    reasons: list[str] = []
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        if auth == {"token": "bad"}:
+            raise rsio.ConnectionRefusedError("bad token", {"retry": False})
+        return auth is not None  # False: refused with python-socketio's default message
+
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    url = await start(live, sio)
+    client = PyClient()
+    client.client.on("connect_error", lambda data: client.got.put(("connect_error", data)))
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(url, auth={"token": "bad"})
+    assert await client.next() == ("connect_error",
+                                   {"message": "bad token", "data": {"retry": False}})
+    client = PyClient()
+    client.client.on("connect_error", lambda data: client.got.put(("connect_error", data)))
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(url)
+    assert await client.next() == ("connect_error",
+                                   {"message": "Connection rejected by server"})
+    assert not sio._sockets and reasons == []  # never connected, so never disconnected
+    ok = await PyClient().connect(url, auth={"token": "good"})
+    assert ok.client.connected
+    await ok.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_namespaces_are_multiplexed_with_their_own_sids_and_handlers(live):
+    sio = quick_server()
+    sids: dict[str, str] = {}
+
+    @sio.on("connect", namespace="/chat")
+    async def chat_connect(sid, environ):  # the two-argument form: no auth
+        sids["/chat"] = sid
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        sids["/"] = sid
+
+    @sio.on("where", namespace="/chat")
+    async def chat_where(sid):
+        return "chat", sio.rooms(sid, namespace="/chat")
+
+    @sio.on("*")
+    async def anything(event, sid, *args):  # the catch-all of "/"
+        return f"caught {event}"
+
+    url = await start(live, sio)
+    client = await PyClient().connect(url, namespaces=["/", "/chat"])
+    assert client.client.get_sid("/") == sids["/"]
+    assert client.client.get_sid("/chat") == sids["/chat"] != sids["/"]
+    assert await client.call("where", namespace="/chat") == ("chat", [sids["/chat"]])
+    assert await client.call("whatever") == "caught whatever"
+    with pytest.raises(socketio.exceptions.TimeoutError):  # /chat has no catch-all
+        await in_thread(lambda: client.client.call("whatever", namespace="/chat", timeout=0.5))
+    await client.disconnect()
+
+    refused = PyClient()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await refused.connect(url, namespaces=["/elsewhere"])
+
+
+@pytest.mark.parametrize("transports,transport", [
+    (["websocket"], "websocket"), (["polling"], "polling")], ids=["websocket", "polling"])
+@pytest_twisted.ensureDeferred
+async def test_rooms_with_skip_sid_leave_and_close_room(live, transports, transport):
+    sio = quick_server()
+
+    @sio.event
+    async def join(sid, room):
+        await sio.enter_room(sid, room)
+        return sio.rooms(sid)
+
+    @sio.event
+    async def shout(sid, room, text):
+        await sio.emit("said", text, room=room, skip_sid=sid)
+
+    url = await start(live, sio)
+    ada, bob, eve = [await PyClient("said").connect(url, transports) for _ in range(3)]
+    assert await ada.call("join", "r") == [ada.client.get_sid(), "r"]
+    await bob.call("join", "r")
+    await ada.emit("shout", ("r", "hello"))
+    assert await bob.next() == ("said", "hello")
+    assert await ada.nothing() and await eve.nothing()  # the sender skipped; eve not in it
+
+    # From outside any handler (a script in the same process): to a room and to a sid.
+    await sio.leave_room(bob.client.get_sid(), "r")
+    await sio.emit("said", "to r", to="r")
+    assert await ada.next() == ("said", "to r")
+    assert await bob.nothing()
+    await sio.emit("said", "to eve", to=eve.client.get_sid())
+    await sio.send("plain")  # the "message" event, to everyone in "/"
+    assert await eve.next() == ("said", "to eve")
+    await sio.close_room("r")
+    assert await until(lambda: sio.rooms(ada.client.get_sid()) == [ada.client.get_sid()])
+    await sio.emit("said", "nobody", room="r")
+    assert await ada.nothing()
+    assert sio.transport(eve.client.get_sid()) == transport
+    await sio.disconnect(eve.client.get_sid())  # the server's disconnect, on this transport
+    assert await eve.next() == ("disconnect", ("server disconnect",))
+    for client in (ada, bob, eve):
+        await client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_and_the_disconnect_reasons(live):
+    sio = rsio.AsyncServer()
+    reasons: dict[str, str] = {}
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        await sio.save_session(sid, {"user": auth["user"]})
+
+    @sio.event
+    async def whoami(sid):
+        async with sio.session(sid) as session:
+            session["asked"] = True
+        return (await sio.get_session(sid))["user"]
+
+    @sio.event
+    async def disconnect(sid, reason):  # the session is still there
+        reasons[(await sio.get_session(sid))["user"]] = reason
+
+    url = await start(live, sio)
+    ada = await PyClient().connect(url, auth={"user": "ada"})
+    assert await ada.call("whoami") == "ada"
+    ada_sid = ada.client.get_sid()
+    assert (await sio.get_session(ada_sid))["asked"] is True
+    await sio.disconnect(ada_sid)
+    assert await ada.next() == ("disconnect", ("server disconnect",))
+    bob, eve = await Raw.open(url), await Raw.open(url)
+    for raw, user in ((bob, "bob"), (eve, "eve")):
+        await raw.send("40" + json.dumps({"user": user}))
+        assert (await raw.recv()).startswith('40{"sid":')
+    await bob.send("41")  # what socket.io-client sends on disconnect()
+    await eve.close()  # gone without a word
+    assert await until(lambda: len(reasons) == 3)
+    assert reasons == {"ada": "server disconnect", "bob": "client disconnect",
+                       "eve": "transport close"}
+    assert not sio._sockets
+    with pytest.raises(KeyError):
+        await sio.get_session(ada_sid)
+    for _ in range(150):  # a gone sid of this process: dropped, never queued in the layer
+        await sio.emit("late", to=ada_sid)
+        await sio.disconnect(ada_sid)
+        await sio.enter_room(ada_sid, "r")
+    await ada.disconnect()
+    await bob.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pings_keep_a_client_and_a_missing_pong_ends_one(live):
+    sio = rsio.AsyncServer(ping_interval=0.1, ping_timeout=0.2)
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    sio.on("echo", lambda sid, data: data)
+    url = await start(live, sio)
+    client = await PyClient().connect(url)
+    raw = await Raw.open(url)
+    assert raw.handshake["pingInterval"] == 100 and raw.handshake["pingTimeout"] == 200
+    assert raw.handshake["upgrades"] == [] and raw.handshake["maxPayload"] == 1_000_000
+    await raw.send("40")
+    assert (await raw.recv()).startswith('40{"sid":')
+    assert await raw.recv() == "2"  # a ping, left unanswered
+    assert await raw.closed() == rsio.CLOSE_PING_TIMEOUT
+    assert reasons == ["ping timeout"]
+    assert client.client.connected  # python-socketio answered every ping meanwhile
+    assert await client.call("echo", "alive") == "alive"
+    await client.disconnect()
+
+
+# -- hostile input ---------------------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_input_gets_a_specific_answer_and_the_server_stays_up(live):
+    sio = rsio.AsyncServer(max_http_buffer_size=1000)
+    sio.on("echo", lambda sid, data: data)
+    url = await start(live, sio)
+    for bad in ("4x", "42[1]", '42["connect"]', "43[]", "4{}", '40"a"', '45-["a"]', "9",
+                '451-["a",{"_placeholder":true,"num":3}]'):
+        raw = await Raw.open(url)
+        await raw.send("40")
+        await raw.recv()
+        await raw.send(bad)
+        if bad.startswith("451-"):  # announced one attachment: wait for it
+            await raw.send(b"\x00")
+        assert await raw.closed() == rsio.CLOSE_MALFORMED, bad
+
+    raw = await Raw.open(url)
+    await raw.send(b"\x00\x01")  # no packet waits for attachments
+    assert await raw.closed() == rsio.CLOSE_UNEXPECTED_BINARY
+
+    raw = await Raw.open(url)
+    await raw.send("42" + json.dumps(["echo", "x" * 1000]))  # over maxPayload
+    assert await raw.closed() == rsio.CLOSE_TOO_BIG
+
+    raw = await Raw.open(url)  # attachments under maxPayload each, over it together
+    await raw.send("40")
+    await raw.recv()
+    await raw.send('452-["echo",[{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]]')
+    await raw.send(b"x" * 600)
+    await raw.send(b"y" * 600)
+    assert await raw.closed() == rsio.CLOSE_TOO_BIG
+
+    raw = await Raw.open(url)
+    assert raw.handshake["maxPayload"] == 1000
+    await raw.send("40/nope,")
+    assert await raw.recv() == '44/nope,{"message":"Invalid namespace"}'
+    await raw.send("40")  # the connection is still good
+    assert (await raw.recv()).startswith('40{"sid":')
+    await raw.send('421["echo",{"_placeholder":false}]')
+    assert await raw.recv() == '431[{"_placeholder":false}]'
+    await raw.close()
+
+    client = await PyClient().connect(url)
+    assert await client.call("echo", "still up") == "still up"
+    await client.disconnect()
+
+
+def _handshake_refusal(url: str) -> tuple[int, bytes]:
+    """The HTTP status and body a WebSocket handshake to ``url`` is refused with."""
+    try:
+        with connect(url, open_timeout=WAIT):
+            pass
+    except InvalidStatus as exc:
+        return exc.response.status_code, exc.response.body or b""
+    raise AssertionError(f"{url} accepted the handshake")
+
+
+@pytest_twisted.ensureDeferred
+async def test_eio3_is_refused_with_engineios_error_on_both_transports(live):
+    sio = quick_server()
+    url = await start(live, sio)
+    status, body = await in_thread(_handshake_refusal, ws_url(url, "EIO=3&transport=websocket"))
+    assert (status, json.loads(body)) == (400, {"code": 5,
+                                                "message": "Unsupported protocol version"})
+    assert await Polling.request(url, "GET", "EIO=3&transport=polling") == (
+        400, {"code": 5, "message": "Unsupported protocol version"})
+    assert await Polling.request(url, "GET", "EIO=4&transport=flash") == (
+        400, {"code": 0, "message": "Transport unknown"})
+
+
+# -- HTTP long-polling -------------------------------------------------------------------------
+
+def _http(url: str, method: str, body: bytes = b"",
+          origin: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=WAIT)
+    try:
+        conn.request(method, f"{parts.path}?{parts.query}", body=body or None,
+                     headers={"Origin": origin} if origin else {})
+        response = conn.getresponse()
+        return (response.status, {k.lower(): v for k, v in response.getheaders()},
+                response.read())
+    finally:
+        conn.close()
+
+
+class Polling:
+    """A raw Engine.IO polling session (http.client, in worker threads)."""
+
+    def __init__(self, url: str, sid: str, handshake: dict[str, Any]) -> None:
+        self.url, self.sid, self.handshake = url, sid, handshake
+        self.base = f"{url}/socket.io/?EIO=4&transport=polling&sid={sid}"
+
+    @staticmethod
+    async def request(url: str, method: str, query: str,
+                      body: bytes = b"") -> tuple[int, Any]:
+        """Status and JSON body of a request that gets an Engine.IO error."""
+        status, _, answer = await in_thread(_http, f"{url}/socket.io/?{query}", method, body)
+        return status, json.loads(answer)
+
+    @classmethod
+    async def open(cls, url: str, connect: bool = True) -> Polling:
+        """A session (connected to "/" with ``connect``)."""
+        status, headers, body = await in_thread(
+            _http, f"{url}/socket.io/?EIO=4&transport=polling", "GET")
+        assert status == 200 and headers["content-type"] == "text/plain; charset=UTF-8"
+        assert body.startswith(b"0{")
+        handshake = json.loads(body[1:])
+        session = cls(url, handshake["sid"], handshake)
+        if connect:
+            assert await session.post("40") == (200, b"ok")
+            (connected,) = await session.get()
+            assert connected.startswith('40{"sid":')
+            session.socket_sid = json.loads(connected[2:])["sid"]
+        return session
+
+    async def get(self) -> Any:
+        """The packets of one GET; (status, JSON) for an error."""
+        status, _, body = await in_thread(_http, self.base, "GET")
+        if status != 200:
+            return status, json.loads(body)
+        return body.decode().split("\x1e")
+
+    async def post(self, payload: str | bytes) -> tuple[int, Any]:
+        data = payload.encode() if isinstance(payload, str) else payload
+        status, headers, body = await in_thread(_http, self.base, "POST", data)
+        if status == 200:
+            assert headers["content-type"] == "text/html; charset=UTF-8"
+            return status, body
+        return status, json.loads(body)
+
+
+UNKNOWN = (400, {"code": 1, "message": "Session ID unknown"})
+BAD_REQUEST = (400, {"code": 3, "message": "Bad request"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_keeps_its_sids_rooms_and_queue_across_the_upgrade(live):
+    """Socket.IO over polling first (a room joined, an ack), then the probe (which answers
+    the waiting GET with a noop) and the upgrade: what was queued meanwhile, the room and
+    the acks go on over the WebSocket, with the same sid."""
+    sio = quick_server()
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+
+    @sio.event
+    async def join(sid, room):
+        await sio.enter_room(sid, room)
+        return "joined", sio.transport(sid)
+
+    url = await start(live, sio)
+    session = await Polling.open(url)
+    assert session.handshake["upgrades"] == ["websocket"]
+    sid = session.socket_sid
+    assert await session.post('421["join","r"]') == (200, b"ok")
+    assert await session.get() == ['431["joined","polling"]']
+    waiting = Deferred.fromCoroutine(session.get())  # a GET waits for packets
+    assert await until(lambda: sio._polling[session.sid]._waiter is not None)
+    ws = await in_thread(lambda: connect(
+        ws_url(url, f"EIO=4&transport=websocket&sid={session.sid}"),
+        open_timeout=WAIT).__enter__())
+    await in_thread(ws.send, "2probe")
+    assert await in_thread(ws.recv, WAIT) == "3probe"
+    assert await waiting == ["6"]  # the probe let the waiting GET go with a noop
+    await sio.emit("said", "queued", to=sid)  # before the upgrade: on the polling side
+    await in_thread(ws.send, "5")
+    assert await in_thread(ws.recv, WAIT) == '42["said","queued"]'
+    assert sio.transport(sid) == "websocket"
+    await sio.emit("said", b"\x01", room="r")  # the room joined on polling
+    assert await in_thread(ws.recv, WAIT) == '451-["said",{"_placeholder":true,"num":0}]'
+    assert await in_thread(ws.recv, WAIT) == b"\x01"
+    await in_thread(ws.send, '422["join","r2"]')
+    assert await in_thread(ws.recv, WAIT) == '432["joined","websocket"]'
+    assert sio.rooms(sid) == [sid, "r", "r2"]
+    assert await session.get() == BAD_REQUEST  # polling is over for it; it lives on
+    assert sio.rooms(sid) == [sid, "r", "r2"]
+    await in_thread(ws.close)
+    assert await until(lambda: reasons == ["transport close"])
+    assert not sio._sockets and not sio._polling
+    assert await session.get() == UNKNOWN
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_or_stalled_probe_leaves_the_session_on_polling(live, monkeypatch):
+    monkeypatch.setattr(rsio, "UPGRADE_TIMEOUT", 0.2)
+    sio = quick_server()
+    sio.on("echo", lambda sid, data: data)
+    url = await start(live, sio)
+    session = await Polling.open(url)
+    probe = ws_url(url, f"EIO=4&transport=websocket&sid={session.sid}")
+    for first, then in (("2nope", None), ("2probe", "4x"), ("2probe", None)):
+        ws = await in_thread(lambda: connect(probe, open_timeout=WAIT).__enter__())
+        await in_thread(ws.send, first)
+        if first == "2probe":
+            assert await in_thread(ws.recv, WAIT) == "3probe"
+        if then is not None:  # not the upgrade packet: closed; else the timeout closes it
+            await in_thread(ws.send, then)
+        assert await Raw(ws).closed() == (
+            rsio.CLOSE_MALFORMED if first != "2probe" or then else (1000, "upgrade timeout"))
+        assert await session.post('421["echo","polling"]') == (200, b"ok")
+        assert await session.get() == ['431["polling"]']
+    assert sio.transport(session.socket_sid) == "polling"
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_polling_requests_get_specific_answers(live):
+    sio = quick_server(max_http_buffer_size=1000)
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    sio.on("echo", lambda sid, data: data)
+    url = await start(live, sio)
+    bystander = await PyClient().connect(url, ["polling"])
+
+    assert await Polling.request(url, "POST", "EIO=4&transport=polling", b"40") == (
+        400, {"code": 2, "message": "Bad handshake method"})  # a POST opens nothing
+    for method in ("GET", "POST"):
+        assert await Polling.request(
+            url, method, "EIO=4&transport=polling&sid=nope", b"40") == UNKNOWN
+    assert list(sio._polling) == [bystander.client.eio.sid]  # nothing opened
+
+    session = await Polling.open(url)  # a second GET while one waits: both sessions end
+    first = Deferred.fromCoroutine(session.get())
+    assert await until(lambda: sio._polling[session.sid]._waiter is not None)
+    assert await session.get() == BAD_REQUEST
+    assert await first == ["1"]  # the close packet
+    assert await session.get() == UNKNOWN
+
+    session = await Polling.open(url)
+    assert await session.post("42" + json.dumps(["echo", "x" * 1000])) == (413, BAD_REQUEST[1])
+    assert await session.get() == UNKNOWN
+
+    for garbage in (b"4x", b"b!!", b"40\x1e\x1e", b"\xff", b"2probe", b"5"):
+        session = await Polling.open(url)
+        assert await session.post(garbage) == BAD_REQUEST, garbage
+        assert await session.get() == UNKNOWN, garbage
+    assert await until(lambda: len(reasons) == 8)
+    assert reasons == ["transport error"] * 8
+    assert list(sio._polling) == [bystander.client.eio.sid]
+    assert await bystander.call("echo", "still up") == "still up"
+    await bystander.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_poller_is_closed_past_the_bound_and_pings_go_through_polls(live):
+    """A session that does not GET: its packets past --max-send-buffer close it; a
+    polling client that does is not touched, and answers the pings by POST; one that
+    neither GETs nor answers is closed for the ping timeout."""
+    sio = rsio.AsyncServer(ping_interval=1.0, ping_timeout=0.3)
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    sio.on("echo", lambda sid, data: data)
+    url = await start(live, sio, max_send_buffer=4096)
+    bystander = await PyClient("said").connect(url, ["polling"])
+    slow = await Polling.open(url)
+    assert slow.handshake["pingInterval"] == 1000 and slow.handshake["pingTimeout"] == 300
+    for n in range(30):  # 30 broadcasts of 200 bytes
+        await sio.emit("said", f"{n:03}" + "x" * 197)
+        assert await bystander.next() == ("said", f"{n:03}" + "x" * 197)
+    assert reasons == ["transport close"]  # past 4096 bytes queued
+    assert await slow.get() == UNKNOWN
+
+    silent = await Polling.open(url)
+    assert await until(lambda: len(reasons) == 2, timeout=3)
+    assert reasons[1] == "ping timeout"
+    assert await silent.get() == UNKNOWN
+    assert await bystander.call("echo", "alive") == "alive"  # pinged all along
+    await bystander.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cors_for_the_same_origin_and_cors_allowed_origins(live):
+    sio = rsio.AsyncServer(cors_allowed_origins=["http://app.example"])
+    url = await start(live, sio)
+    handshake = f"{url}/socket.io/?EIO=4&transport=polling"
+    status, headers, _ = await in_thread(_http, handshake, "OPTIONS", b"",
+                                         "http://app.example")
+    assert status == 204 and "POST" in headers["access-control-allow-methods"]
+    status, headers, _ = await in_thread(_http, handshake, "GET", b"",
+                                         "http://app.example")
+    assert status == 200 and headers["access-control-allow-origin"] == "http://app.example"
+    assert headers["access-control-allow-credentials"] == "true"
+    status, _, body = await in_thread(_http, handshake, "GET", b"",
+                                      "http://evil.example")
+    assert (status, json.loads(body)) == (403, {"code": 4, "message": "Forbidden"})
+
+    default = rsio.AsyncServer()  # by default: the server's own origin only
+    own = await start(live, default)
+    handshake = f"{own}/socket.io/?EIO=4&transport=polling"
+    status, headers, _ = await in_thread(_http, handshake, "GET", b"", own)
+    assert status == 200 and headers["access-control-allow-origin"] == own
+    status, _, _ = await in_thread(_http, handshake, "GET", b"",
+                                   "http://app.example")
+    assert status == 403
+    assert len(sio._polling) == len(default._polling) == 1
+    await sio.shutdown()
+    await default.shutdown()
+    assert not sio._polling and not default._polling
+
+
+# -- Node's socket.io-client ------------------------------------------------------------------
+
+def _node(url: str, token: str, transports: str = "websocket") -> list[dict[str, Any]]:
+    env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
+    done = subprocess.run(["node", str(NODE_SCRIPT), url, token, transports], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+@pytest.fixture
+def socket_io_client() -> None:
+    """Node and socket.io-client in tests/.node (tests/run.sh): skipped without them,
+    failed under CI=true."""
+    if shutil.which("node") is None or not (NODE_MODULES / "socket.io-client").is_dir():
+        reason = "needs node and socket.io-client in tests/.node (bash tests/run.sh)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest.mark.parametrize("transports,transport", [
+    ("websocket", "websocket"), ("polling,websocket", "websocket"), ("polling", "polling")],
+    ids=["websocket", "upgrade", "polling"])
+@pytest_twisted.ensureDeferred
+async def test_socket_io_client_of_node(live, socket_io_client, transports, transport):
+    sio = quick_server()
+    seen: dict[str, Any] = {}
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        if auth.get("token") != "js":
+            raise rsio.ConnectionRefusedError("who are you?", {"token": auth.get("token")})
+        seen["sid"] = sid
+
+    sio.on("echo", lambda sid, *args: args)
+    sio.on("echo", lambda sid, text: f"{text}!", namespace="/chat")
+
+    @sio.event
+    async def upload(sid, data):
+        return data["blob"][::-1]
+
+    @sio.event
+    async def ready(sid):
+        seen["answer"] = await sio.call("ask", 21, to=sid, timeout=WAIT)
+        await sio.emit("bin", {"name": "b", "blob": b"\x00\xff"}, to=sid)
+        await sio.emit("bye", to=sid)
+
+    url = await start(live, sio)
+    lines = await in_thread(_node, url, "js", transports)
+    assert lines[0] == {"connected": seen["sid"]}
+    assert lines[1:] == [
+        {"echoed": ["hi", 3]}, {"reversed": [3, 2, 1]},
+        {"chat": lines[3]["chat"], "same_engine": True}, {"chat_echo": "in chat!"},
+        {"bin": [0, 255], "name": "b"}, {"done": True, "transport": transport}]
+    assert lines[3]["chat"] != seen["sid"]
+    assert seen["answer"] == (42, "js")
+    refused = await in_thread(_node, url, "nope", transports)
+    assert refused == [{"connect_error": "who are you?", "data": {"token": "nope"}}]
+    assert await until(lambda: not sio._polling)  # the client's close reached the server
+
+
+# -- across processes ---------------------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_rooms_sids_and_disconnects_reach_another_process_through_redis(
+        redis_url, realtime_leak_check):
+    """Two servers on two Redis layers (two processes' worth): what one process's ``sio``
+    does reaches the other's sockets."""
+    from realtime.testing import serve
+    from tests.redis_support import started_layer
+
+    layers = [await started_layer(redis_url) for _ in range(2)]
+    servers = []
+    try:
+        sios = [rsio.AsyncServer(channel_layer=layer) for layer in layers]
+        reasons: list[str] = []
+        sios[0].on("disconnect", lambda sid, reason: reasons.append(reason))
+        for sio, layer in zip(sios, layers, strict=True):
+            servers.append(await serve(app(sio), layer=layer))
+        one = await PyClient("said").connect(f"http://127.0.0.1:{servers[0].port}")
+        two = await PyClient("said").connect(f"http://127.0.0.1:{servers[1].port}")
+        sid_one, sid_two = one.client.get_sid(), two.client.get_sid()
+        other = sios[1]  # the process that does not hold sid_one
+        await other.enter_room(sid_one, "lobby")
+        assert await until(lambda: sios[0].rooms(sid_one) == [sid_one, "lobby"])
+        await other.enter_room(sid_two, "lobby")
+        await other.emit("said", "to the lobby", room="lobby", skip_sid=sid_two)
+        assert await one.next() == ("said", "to the lobby")
+        assert await two.nothing()
+        await other.emit("said", b"\x01binary", room="lobby")  # attachments: group_send
+        assert await one.next() == ("said", b"\x01binary")
+        assert await two.next() == ("said", b"\x01binary")
+        await other.emit("said", "just you", to=sid_one)
+        assert await one.next() == ("said", "just you")
+        await other.enter_room(sid_one, "den")  # in both rooms: the packet once
+        assert await until(lambda: "den" in sios[0].rooms(sid_one))
+        await other.emit("said", "once", to=["lobby", "den"])
+        assert await one.next() == ("said", "once")
+        assert await two.next() == ("said", "once")
+        await other.emit("said", "wrong namespace", to=sid_one, namespace="/chat")
+        await other.disconnect(sid_one, namespace="/chat")
+        assert await one.nothing()
+        await other.emit("said", "everyone")
+        assert {await one.next(), await two.next()} == {("said", "everyone")}
+        await other.disconnect(sid_one)
+        assert await one.next() == ("disconnect", ("server disconnect",))
+        assert await until(lambda: reasons == ["server disconnect"])
+        await two.disconnect()
+    finally:
+        for server in servers:
+            await server.stop()
+        for layer in layers:
+            await layer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_example_chat_app(live):
+    from realtime.examples import socketio_chat
+
+    server = await live(socketio_chat.application)
+    url = f"http://127.0.0.1:{server.port}"
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await PyClient().connect(url)  # no name
+    ada = await PyClient("said").connect(url, auth={"name": "ada"})
+    bob = await PyClient("said").connect(url, auth={"name": "bob"})
+    assert await ada.call("join", "tea") == [ada.client.get_sid(), "tea"]
+    await bob.call("join", "tea")
+    assert await bob.call("who") == "bob"
+    await bob.emit("say", {"room": "tea", "text": "hi"})
+    assert await ada.next() == ("said", {"name": "bob", "text": "hi"})
+    assert await bob.nothing()
+    for bad in ({"text": "to everyone?"}, {"room": "elsewhere", "text": "x"}, "x",
+                {"room": "tea", "text": 5}):
+        assert "error" in await bob.call("say", bad)
+    assert "error" in await bob.call("join", ["not", "a", "room"])
+    assert await ada.nothing()
+    await ada.disconnect()
+    await bob.disconnect()
+
+
+# -- review's reproductions ----------------------------------------------------------------------
+
+async def _joined(url: str) -> Raw:
+    raw = await Raw.open(url)
+    await raw.send("40")
+    assert (await raw.recv()).startswith('40{"sid":')
+    return raw
+
+
+@pytest.mark.parametrize("transports", [["websocket"], ["polling"]], ids=["websocket", "polling"])
+@pytest_twisted.ensureDeferred
+async def test_a_lone_surrogate_relayed_to_a_sid_reaches_the_recipient(live, transports):
+    """Legal JSON ("\\ud83d": JS's ``slice()`` through an emoji) that UTF-8 cannot carry
+    goes out escaped, as python-socketio's does; a packet that still is not UTF-8 (a layer
+    event no ``_dumps`` made) is dropped, its recipient stays."""
+    sio = quick_server()
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+
+    @sio.event
+    async def dm(sid, to, text):
+        await sio.emit("dm", text, to=to)
+        await sio.emit("dm", text, room="r")
+
+    sio.on("join", lambda sid: sio.enter_room(sid, "r"))
+    url = await start(live, sio)
+    bob = await PyClient("dm").connect(url, transports)
+    await bob.call("join")
+    eve = await _joined(url)
+    await eve.send(f'42["dm",{json.dumps(bob.client.get_sid())},"\\ud83d"]')
+    assert await bob.next() == ("dm", "\ud83d")  # to the sid
+    assert await bob.next() == ("dm", "\ud83d")  # to the room
+    sid = bob.client.get_sid()
+    await sio.channel_layer.send(rsio.channel_of(sid), {
+        "type": "sio.packet", "sid": sid, "namespace": "/", "text": '42["dm","\ud83d"]'})
+    await sio.emit("dm", "after", to=sid)
+    assert await bob.next() == ("dm", "after")
+    assert reasons == []
+    await bob.disconnect()
+    await eve.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lone_surrogate_in_an_ack_is_sent(live):
+    sio = rsio.AsyncServer()
+    sio.on("echo", lambda sid, data: data)
+    url = await start(live, sio)
+    raw = await _joined(url)
+    await raw.send('421["echo","\\ud83d"]')
+    assert await raw.recv() == '431["\\ud83d"]'
+    await raw.send('422["echo","é"]')  # the rest of non-ASCII still goes as is
+    assert await raw.recv() == '432["é"]'
+    await raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_catch_all_namespace_handler_does_not_open_every_namespace(live):
+    sio = rsio.AsyncServer(namespaces=["/open"])
+    seen: list[str] = []
+    sio.on("connect", lambda namespace, sid, environ: seen.append(namespace), namespace="*")
+    url = await start(live, sio)
+    raw = await _joined(url)
+    await raw.send("40/anything,")
+    assert await raw.recv() == '44/anything,{"message":"Invalid namespace"}'
+    await raw.send("40/open,")  # an open one: namespace "*"'s handler serves it
+    assert (await raw.recv()).startswith('40/open,{"sid":')
+    assert seen == ["/", "/open"]
+    await raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_namespace_with_a_query_string(live):
+    """The query is dropped, as python-socketio does."""
+    sio = rsio.AsyncServer(namespaces=["/chat"])
+    sio.on("echo", lambda sid, data: data, namespace="/chat")
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40/chat?x=1,")
+    assert (await raw.recv()).startswith('40/chat,{"sid":')
+    await raw.send('42/chat?x=1,1["echo","q"]')
+    assert await raw.recv() == '43/chat,1["q"]'
+    await raw.close()
+
+
+@pytest.mark.parametrize("text,attachment", [
+    ('451-["e",' + "[" * 600 + '{"_placeholder":true,"num":0}' + "]" * 600 + "]", b"x"),
+    ('42["e",' + "[" * 100_000 + "]" * 100_000 + "]", None)], ids=["binary", "text"])
+@pytest_twisted.ensureDeferred
+async def test_deep_json_is_a_malformed_packet(live, text, attachment):
+    """A RecursionError (``json.loads``, ``_reconstruct``) is a malformed packet: 1002 on a
+    WebSocket, 400 code 3 on polling (the session closes), not 1011 and a traceback."""
+    sio = rsio.AsyncServer()
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    url = await start(live, sio, max_message_size=1_000_000)
+    raw = await _joined(url)
+    await raw.send(text)
+    if attachment:
+        await raw.send(attachment)
+    assert await raw.closed() == rsio.CLOSE_MALFORMED
+    session = await Polling.open(url)
+    payload = text + ("\x1eb" + base64.b64encode(attachment).decode() if attachment else "")
+    assert await session.post(payload) == BAD_REQUEST
+    assert await session.get() == UNKNOWN
+    assert await until(lambda: reasons == ["transport error"] * 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_data_nested_too_deeply_to_send_is_refused_by_emit(live):
+    sio = rsio.AsyncServer()
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(ValueError, match="nested too deeply"):
+        await sio.emit("e", deep)
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_handlers_packets_to_its_client_keep_their_order(live):
+    """A sid of this process gets its packets at once, as its acks; the layer's (a binary
+    group emit, a remote emit) are taken at once too: one ordered path per client, on
+    both transports."""
+    sio = quick_server()
+
+    @sio.event
+    async def hello(sid):
+        await sio.emit("first", to=sid)
+        await sio.emit("second")  # everyone in "/": a prepared frame
+        await sio.emit("bin", b"\x01")  # attachments: one layer event per member
+        await sio.emit("fourth", to=sid)
+        return "fifth"
+
+    want = ['42["first"]', '42["second"]', '451-["bin",{"_placeholder":true,"num":0}]',
+            b"\x01", '42["fourth"]', '431["fifth"]']
+    url = await start(live, sio)
+    raw = await _joined(url)
+    await raw.send('421["hello"]')
+    assert [await raw.recv() for _ in range(6)] == want
+    await raw.close()
+
+    session = await Polling.open(url)
+    assert await session.post('421["hello"]') == (200, b"ok")
+    got: list[Any] = []
+    while len(got) < 6:
+        got += [base64.b64decode(item[1:]) if item.startswith("b") else item
+                for item in await session.get()]
+    assert got == want
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_namespace_argument_leaves_a_sid_of_another_namespace_alone(live):
+    """``disconnect``, ``enter_room``, ``leave_room``, ``emit(to=sid)`` and ``skip_sid``
+    with a namespace the sid is not in: no-ops, as in python-socketio."""
+    sio = rsio.AsyncServer(namespaces=["/chat"])
+    reasons: list[tuple[str, str]] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(("/", reason)))
+    sio.on("echo", lambda sid, data: data)
+    url = await start(live, sio)
+    client = PyClient()
+    client.client.on("said", lambda data: client.got.put(("said", data)), namespace="/chat")
+    await client.connect(url, namespaces=["/", "/chat"])
+    root, chat = client.client.get_sid("/"), client.client.get_sid("/chat")
+    await sio.disconnect(root, namespace="/chat")  # root is not a /chat sid
+    await sio.enter_room(root, "r", namespace="/chat")
+    await sio.enter_room(chat, "r", namespace="/chat")
+    await sio.leave_room(root, "r", namespace="/chat")
+    assert sio.rooms(chat, namespace="/chat") == [chat, "r"]
+    await sio.emit("said", "wrong namespace", to=root, namespace="/chat")
+    await sio.emit("said", "to /chat", namespace="/chat", skip_sid=root)  # not a /chat sid
+    assert await client.next() == ("said", "to /chat")
+    assert await client.nothing()
+    assert reasons == []
+    assert await client.call("echo", 1) == 1
+    with pytest.raises(ValueError, match="cannot enter a sid room"):
+        await sio.enter_room(root, chat)
+    await client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_emit_to_a_list_of_rooms_reaches_each_member_once(live):
+    """Each member takes the packet from the first target it is in (text and binary; a
+    sid in the list counts as its own room)."""
+    sio = rsio.AsyncServer()
+
+    @sio.event
+    async def join(sid, rooms):
+        for room in rooms:
+            await sio.enter_room(sid, room)
+
+    url = await start(live, sio)
+    ada = await PyClient("news").connect(url)
+    bob = await PyClient("news").connect(url)
+    await ada.call("join", ["a", "b"])
+    await bob.call("join", ["b"])
+    await sio.emit("news", "once", to=["a", "b"])
+    await sio.emit("news", b"bin", to=["b", "a"])
+    await sio.emit("news", "sid too", to=["a", ada.client.get_sid(), bob.client.get_sid()])
+    for client in (ada, bob):
+        assert [await client.next() for _ in range(3)] == [
+            ("news", "once"), ("news", b"bin"), ("news", "sid too")]
+        assert await client.nothing()
+    await sio.emit("news", "skipped", to=["a", "b"], skip_sid=ada.client.get_sid())
+    assert await bob.next() == ("news", "skipped")
+    assert await ada.nothing()
+    await ada.disconnect()
+    await bob.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_connect_handler_does_not_stall_the_connection(live):
+    """The connect handler runs as a task: the connection's other namespaces, acks and
+    pongs go on; the pending namespace's events are ignored until CONNECT is answered, a
+    second CONNECT too."""
+    sio = rsio.AsyncServer(ping_interval=0.1, ping_timeout=0.2, namespaces=["/slow"])
+    reasons: list[str] = []
+    seen: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    sio.on("echo", lambda sid, data: data)
+    sio.on("echo", lambda sid, data: seen.append(data), namespace="/slow")
+
+    @sio.on("connect", namespace="/slow")
+    async def slow(sid, environ, auth):
+        await sio.sleep(0.5)  # an auth lookup over HTTP, say: longer than 0.1 + 0.2
+
+    url = await start(live, sio)
+    client = await PyClient().connect(url)
+    pkt = client.client.packet_class(0, data={}, namespace="/slow")  # CONNECT /slow
+    await in_thread(client.client._send_packet, pkt)
+    await in_thread(client.client._send_packet, pkt)  # a second one: ignored
+    early = client.client.packet_class(2, data=["echo", "early"], namespace="/slow")
+    await in_thread(client.client._send_packet, early)
+    assert await client.call("echo", 1) == 1  # at once
+    await sio.sleep(0.6)
+    assert reasons == [] and seen == []
+    assert len([s for s in sio._sockets.values() if s.namespace == "/slow"]) == 1
+    assert await client.call("echo", 2) == 2
+    await client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_builtin_connection_refused_error_refuses(live):
+    sio = rsio.AsyncServer()
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        raise ConnectionRefusedError  # the builtin one, as python-socketio takes it
+
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    assert await raw.recv() == '44{"message":"Connection refused by server"}'
+    await raw.close()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+@pytest_twisted.ensureDeferred
+async def test_one_connections_concurrent_handlers_are_bounded(live, transport):
+    """At ``--max-inflight`` handler tasks a connection's next message waits for one to
+    end (the WebSocket is not read meanwhile; a POST is answered later); what still runs
+    ``--application-close-timeout`` after the disconnect handler is cancelled."""
+    sio = rsio.AsyncServer()
+    state = {"now": 0, "most": 0, "cancelled": 0}
+
+    @sio.event
+    async def slow(sid, seconds):
+        state["now"] += 1
+        state["most"] = max(state["most"], state["now"])
+        try:
+            await sio.sleep(seconds)
+        except CancelledError:
+            state["cancelled"] += 1
+            raise
+        finally:
+            state["now"] -= 1
+
+    url = await start(live, sio, max_inflight=8, application_close_timeout=0.3)
+    if transport == "websocket":
+        raw = await _joined(url)
+        await in_thread(lambda: [raw.conn.send('42["slow",0.05]') for _ in range(100)])
+        await raw.send('42["slow",60]')
+        assert await until(lambda: state["now"] == 1, timeout=5)
+        await raw.close()
+    else:
+        session = await Polling.open(url)
+        assert await session.post("\x1e".join(['42["slow",0.05]'] * 40)) == (200, b"ok")
+        assert state["now"] <= 8  # answered once the rest could start
+        assert await session.post('42["slow",60]') == (200, b"ok")
+        assert await session.post("1") == (200, b"ok")  # the client's close
+    assert await until(lambda: state["now"] == 0, timeout=5)
+    assert 1 < state["most"] <= 8
+    assert state["cancelled"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_that_connects_no_namespace_is_closed(live, monkeypatch):
+    monkeypatch.setattr(rsio, "CONNECT_TIMEOUT", 0.2)
+    sio = rsio.AsyncServer()
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    assert await raw.closed() == rsio.CLOSE_CONNECT_TIMEOUT
+    raw = await _joined(url)  # connected in time: kept
+    await sio.sleep(0.3)
+    await raw.send("2")
+    assert await raw.recv() == "3"
+    await raw.close()
+    session = await Polling.open(url, connect=False)
+    assert await session.get() == ["1"]  # the close packet
+
+
+def _handshake_status(url: str, origin: str | None) -> int:
+    try:
+        with connect(url, origin=origin, open_timeout=WAIT):  # type: ignore[arg-type]
+            return 101
+    except InvalidStatus as exc:
+        return exc.response.status_code
+
+
+@pytest_twisted.ensureDeferred
+async def test_websocket_handshakes_follow_the_origin_rule_of_polling(live):
+    """``cors_allowed_origins`` (by default the server's own origin) on the WebSocket too,
+    the upgrade's included: a page of another site opens none with the user's cookies;
+    a client without ``Origin`` passes."""
+    sio = rsio.AsyncServer(cors_allowed_origins=["https://good.example"])
+    url = await start(live, sio)
+    assert await in_thread(_handshake_status, ws_url(url), "https://good.example") == 101
+    assert await in_thread(_handshake_status, ws_url(url), "https://evil.example") == 403
+    assert await in_thread(_handshake_status, ws_url(url), None) == 101
+    session = await Polling.open(url)  # (no Origin)
+    probe = ws_url(url, f"EIO=4&transport=websocket&sid={session.sid}")
+    assert await in_thread(_handshake_status, probe, "https://evil.example") == 403
+
+    default = rsio.AsyncServer()
+    own = await start(live, default)
+    assert await in_thread(_handshake_status, ws_url(own), own) == 101
+    assert await in_thread(_handshake_status, ws_url(own), "http://localhost:1") == 403
+    client = await PyClient().connect(own)  # websocket-client sends the server's origin
+    assert client.client.connected
+    await client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_test_servers_stop_ends_polling_sessions(realtime_leak_check):
+    """``LiveServer.stop()`` ends the polling sessions (upgraded or not) as a drain does:
+    their disconnect handlers run before it returns."""
+    from realtime.testing import serve
+
+    sio = quick_server()
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    server = await serve(app(sio))
+    url = f"http://127.0.0.1:{server.port}"
+    await Polling.open(url)
+    upgraded = await PyClient().connect(url, None)
+    assert sio.transport(upgraded.client.get_sid()) == "websocket"
+    assert len(sio._polling) == 2
+    await server.stop()
+    assert sorted(reasons) == ["transport close"] * 2
+    assert not sio._polling and not sio._sockets
+    await upgraded.disconnect()
