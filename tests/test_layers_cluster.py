@@ -481,11 +481,13 @@ async def test_a_migrating_slot_keeps_its_partition_connected():
 
 
 @pytest_twisted.ensureDeferred
-async def test_close_ends_the_search_for_the_cluster():
+async def test_close_ends_the_search_for_the_cluster(monkeypatch):
     """``close()`` while CLUSTER SLOTS waits on a node that accepts and never answers: the
     probe connection goes at once, and no other node is asked (it used to stay open until
-    its 3 s timer, then the closed layer asked the next node)."""
+    its timer, 3 s, here 0.5, then the closed layer asked the next node)."""
     from twisted.internet import reactor
+
+    monkeypatch.setattr("realtime.layers.cluster.CONNECT_TIMEOUT", 0.5)
     from twisted.internet.protocol import Factory, Protocol
 
     class Silent(Protocol):
@@ -509,7 +511,7 @@ async def test_close_ends_the_search_for_the_cluster():
         await layer.close()
         await pause(0.2)
         assert factories[0].open == []
-        await pause(3.2)  # (past the probe's timer)
+        await pause(0.7)  # (past the probe's timer)
         assert factories[1].open == []
     finally:
         for port in ports:
