@@ -370,12 +370,19 @@ def _build_venv(base: Path, mode: str) -> Path:
     return env_dir
 
 
-@pytest.fixture(scope="module")
-def venv_builds(tmp_path_factory) -> Any:
-    """Both virtualenvs, built side by side (they are independent: one core each):
-    ``{mode: Future[Path]}``."""
+@pytest.fixture(scope="module", autouse=True)
+def venv_builds(request, tmp_path_factory) -> Any:
+    """Both virtualenvs, built side by side (they are independent) from the module's start
+    (when any test selected uses ``venv``), while its other tests run: none of those times
+    anything but a lower bound. ``{mode: Future[Path]}``; the ``venv`` tests are last in
+    the module, and wait for theirs."""
     from concurrent.futures import ThreadPoolExecutor
 
+    here = request.module.__name__
+    if not any(item.module.__name__ == here and "venv" in item.fixturenames
+               for item in request.session.items):
+        yield {}
+        return
     bases = {mode: tmp_path_factory.mktemp(f"venv-{mode}") for mode in VENV_MODES}
     with ThreadPoolExecutor(max_workers=len(VENV_MODES)) as pool:
         yield {mode: pool.submit(_build_venv, bases[mode], mode) for mode in VENV_MODES}
