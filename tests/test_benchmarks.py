@@ -16,6 +16,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -170,23 +171,188 @@ def test_table_marks_unsupported_ours_as_na():
     assert "n/a" in client
 
 
+def test_rooms_join_measures_one_write_per_member_against_one_per_room():
+    """benchmarks/rooms_join.py, tiny: both modes deliver every frame (it asserts that),
+    joined in one write per member per turn, per room in one per room."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "rooms_join.py"), "--members", "20", "--rooms", "3",
+         "--turns", "2", "--passes", "1", "--gap", "0"],
+        capture_output=True, text=True, timeout=120, check=True)
+    lines = proc.stdout.splitlines()
+    joined = next(line for line in lines if line.strip().startswith("joined"))
+    per_room = next(line for line in lines if line.strip().startswith("per room "))
+    assert "1.00 writes per member per turn" in joined
+    assert "3.00 writes per member per turn" in per_room
+    assert any("per room / joined:" in line for line in lines)
+
+
+def test_group_send_step_measures_both_paths_and_checks_every_frame_arrived():
+    """benchmarks/group_send_step.py, tiny: a group_send to a handler per member and a
+    broadcast, both timed, and the reader got every frame of both (it checks the bytes)."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "group_send_step.py"), "--members", "20", "--turns", "2",
+         "--passes", "1", "--no-pin"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert any(line.strip().startswith("group_send:") and "µs per delivery" in line
+               for line in lines)
+    assert any(line.strip().startswith("broadcast:") for line in lines)
+    assert "every member got every frame (80 frames)" in lines
+
+
+def test_history_benchmark_prints_both_layers_and_their_ratios():
+    """``benchmarks/history.py`` with tiny sizes: both layers ran (its own redis-server),
+    every member had every message (it asserts that), and the ratios are printed."""
+    from tests.redis_support import redis_server_binary
+
+    redis_server_binary()  # skip without it, fail under CI=true
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "history.py"), "--passes", "1", "--members", "5",
+         "--messages", "50", "--missed", "20"],
+        capture_output=True, text=True, timeout=120, cwd=str(ROOT),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for line in ("memory   plain", "memory   history", "redis    plain", "redis    history"):
+        assert line in out, out
+    assert "memory: history's publish costs" in out and "redis: history's publish" in out
+    assert "bytes of Redis memory per kept message" in out
+
+
+def test_the_ported_channels_consumers_are_daphnes_with_other_imports():
+    """``ours-channels`` measures Daphne's consumers ported by changing imports: their
+    classes must stay line for line what Daphne runs."""
+    import re
+
+    def classes(path: Path) -> str:
+        text = path.read_text()
+        return text[re.search(r"^class ", text, re.M).start():].split("\napplication =")[0]
+
+    daphne = classes(BENCH / "peers" / "daphne_app" / "consumers.py").strip()
+    ours = classes(BENCH / "peers" / "channels_port_app.py").strip()
+    assert ours == daphne
+
+
+# -- Django over HTTP (benchmarks/django_http.py) ------------------------------------------------
+
+
+def test_http_client_frames_content_length_and_chunked_responses():
+    """The HTTP load client reads a response whole, however it is framed or split."""
+    from httpclient import BadResponse, parse_response
+
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    whole = head + b"Content-Length: 5\r\n\r\nhello"
+    assert parse_response(whole) == (len(whole), 200, 5, "content-length", False)
+    assert parse_response(whole[:-1]) is None
+    chunked = head + b"Transfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2;x=y\r\nlo\r\n0\r\n\r\n"
+    assert parse_response(chunked) == (len(chunked), 200, 5, "chunked", False)
+    for cut in range(len(chunked)):
+        assert parse_response(chunked[:cut]) is None
+    closing = b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    assert parse_response(closing) == (len(closing), 404, 0, "content-length", True)
+    for bad in (b"HTTP/1.1 200 OK\r\n\r\n", b"SSH-2.0\r\n\r\n",
+                head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"):
+        with pytest.raises(BadResponse):
+            parse_response(bad)
+
+
+@pytest.mark.slow
+def test_django_http_quick_run_every_server_answers_without_errors(tmp_path):
+    """``benchmarks/django_http.py --quick`` (1 pass, 1 s, 5 connections), the virtualenvs
+    of run.py (created on the first run, hence the longer limit): every server served both
+    views with no error, and the table has ours' ratio columns. No timing is asserted."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "django_http.py"), "--quick", "--no-pin",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, cwd=str(ROOT),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line)
+            for line in (tmp_path / "django-http-latest.jsonl").read_text().splitlines()]
+    assert {(r["server"], r["scenario"]) for r in rows} == {
+        (s, sc) for s in ("ours", "daphne", "uvicorn") for sc in ("django-sync", "django-async")}
+    for row in rows:
+        _check_fields(row)
+        assert row["ok"], row
+        assert row["http_errors"] == 0, row
+        assert row["requests_per_s"] > 0 and row["connected"] == 5
+        assert row["body_bytes"] == 100  # the views' JSON, whole
+    text = (tmp_path / "django-http-latest.md").read_text()
+    assert text in proc.stdout
+    assert ("| scenario | metric | ours (asyncio reactor) | Daphne+Channels | uvicorn httptools "
+            "| ours (asyncio reactor) vs Daphne+Channels | ours (asyncio reactor) vs uvicorn "
+            "httptools |") in text
+    assert "| django-sync | requests/s |" in text and "No errors in any run." in text
+
+
+def test_smoke_pubsub_fanout_delivers_every_push():
+    """``benchmarks/pubsub_fanout.py`` with tiny sizes: it measures the five kinds (JSON
+    and Protobuf subscribers) and finds every push at every subscriber (it exits 1
+    otherwise)."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/pubsub_fanout.py", "--members", "20", "--turns", "2",
+         "--passes", "1", "--no-pin"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0].strip() for line in lines[:5]] == [
+        "broadcast()", "publish, no history", "publish, history",
+        "publish, no history, Protobuf", "publish, history, Protobuf"]
+    assert lines[-1].startswith("every subscriber got every push")
+
+
 # -- smoke run ---------------------------------------------------------------------------------
 
 UNDER_CI = os.environ.get("CI", "").lower() == "true"
 # Outside CI a missing test extra skips; under CI=true it fails (the run cannot import it).
-needs_picows = pytest.mark.skipif(
-    importlib.util.find_spec("picows") is None and not UNDER_CI,
-    reason="the load client needs picows (the test extra)")
+NO_PICOWS = importlib.util.find_spec("picows") is None and not UNDER_CI
+needs_picows = pytest.mark.skipif(NO_PICOWS, reason="the load client needs picows (the test extra)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def smoke_started(request, tmp_path_factory):
+    """The smoke run's process, started when the module starts (when any test selected uses
+    ``smoke``): it runs beside the module's other benchmark runs above (Django over HTTP,
+    ...), whose results no more than its own depend on timing. ``smoke`` waits for it.
+    These tests are last in the module for that reason."""
+    here = request.module.__name__
+    if NO_PICOWS or not any(item.module.__name__ == here and "smoke" in item.fixturenames
+                            for item in request.session.items):
+        yield None
+        return
+    out = tmp_path_factory.mktemp("bench")
+    logs = tmp_path_factory.mktemp("bench-output")  # files, not pipes: nobody reads meanwhile
+    deadline = time.monotonic() + 240
+    with open(logs / "stdout", "w+") as stdout, open(logs / "stderr", "w+") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(BENCH / "run.py"), "--quick", "--no-venvs", "--no-pin",
+             "--no-chart", "--servers", "ours,autobahn,sendloop", "--passes", "1",
+             "--out", str(out)],
+            stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, text=True, cwd=str(ROOT),
+        )
+        try:
+            yield out, proc, deadline, logs
+        finally:
+            if proc.poll() is None:  # a test failed or was interrupted before ``smoke`` waited
+                proc.terminate()  # run.py stops its server on SIGTERM
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "run.py"), "--quick", "--no-venvs", "--no-pin",
-         "--no-chart", "--servers", "ours,autobahn,sendloop", "--passes", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=240, cwd=str(ROOT),
-    )
+def smoke(smoke_started):
+    out, proc, deadline, logs = smoke_started
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    proc = subprocess.CompletedProcess(proc.args, proc.returncode, (logs / "stdout").read_text(),
+                                       (logs / "stderr").read_text())
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "latest.jsonl").read_text().splitlines()]
     return out, proc, rows
@@ -330,134 +496,3 @@ def test_chart_from_smoke_rows(smoke, tmp_path):
     subprocess.run([sys.executable, str(BENCH / "chart.py"), str(out / "latest.jsonl"),
                     str(png), "--servers", "ours,autobahn", "--quick"], check=True, timeout=120)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_rooms_join_measures_one_write_per_member_against_one_per_room():
-    """benchmarks/rooms_join.py, tiny: both modes deliver every frame (it asserts that),
-    joined in one write per member per turn, per room in one per room."""
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "rooms_join.py"), "--members", "20", "--rooms", "3",
-         "--turns", "2", "--passes", "1", "--gap", "0"],
-        capture_output=True, text=True, timeout=120, check=True)
-    lines = proc.stdout.splitlines()
-    joined = next(line for line in lines if line.strip().startswith("joined"))
-    per_room = next(line for line in lines if line.strip().startswith("per room "))
-    assert "1.00 writes per member per turn" in joined
-    assert "3.00 writes per member per turn" in per_room
-    assert any("per room / joined:" in line for line in lines)
-
-
-def test_group_send_step_measures_both_paths_and_checks_every_frame_arrived():
-    """benchmarks/group_send_step.py, tiny: a group_send to a handler per member and a
-    broadcast, both timed, and the reader got every frame of both (it checks the bytes)."""
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "group_send_step.py"), "--members", "20", "--turns", "2",
-         "--passes", "1", "--no-pin"],
-        capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
-    assert any(line.strip().startswith("group_send:") and "µs per delivery" in line
-               for line in lines)
-    assert any(line.strip().startswith("broadcast:") for line in lines)
-    assert "every member got every frame (80 frames)" in lines
-
-
-def test_history_benchmark_prints_both_layers_and_their_ratios():
-    """``benchmarks/history.py`` with tiny sizes: both layers ran (its own redis-server),
-    every member had every message (it asserts that), and the ratios are printed."""
-    from tests.redis_support import redis_server_binary
-
-    redis_server_binary()  # skip without it, fail under CI=true
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "history.py"), "--passes", "1", "--members", "5",
-         "--messages", "50", "--missed", "20"],
-        capture_output=True, text=True, timeout=120, cwd=str(ROOT),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
-    for line in ("memory   plain", "memory   history", "redis    plain", "redis    history"):
-        assert line in out, out
-    assert "memory: history's publish costs" in out and "redis: history's publish" in out
-    assert "bytes of Redis memory per kept message" in out
-
-
-def test_the_ported_channels_consumers_are_daphnes_with_other_imports():
-    """``ours-channels`` measures Daphne's consumers ported by changing imports: their
-    classes must stay line for line what Daphne runs."""
-    import re
-
-    def classes(path: Path) -> str:
-        text = path.read_text()
-        return text[re.search(r"^class ", text, re.M).start():].split("\napplication =")[0]
-
-    daphne = classes(BENCH / "peers" / "daphne_app" / "consumers.py").strip()
-    ours = classes(BENCH / "peers" / "channels_port_app.py").strip()
-    assert ours == daphne
-
-
-# -- Django over HTTP (benchmarks/django_http.py) ------------------------------------------------
-
-
-def test_http_client_frames_content_length_and_chunked_responses():
-    """The HTTP load client reads a response whole, however it is framed or split."""
-    from httpclient import BadResponse, parse_response
-
-    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-    whole = head + b"Content-Length: 5\r\n\r\nhello"
-    assert parse_response(whole) == (len(whole), 200, 5, "content-length", False)
-    assert parse_response(whole[:-1]) is None
-    chunked = head + b"Transfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2;x=y\r\nlo\r\n0\r\n\r\n"
-    assert parse_response(chunked) == (len(chunked), 200, 5, "chunked", False)
-    for cut in range(len(chunked)):
-        assert parse_response(chunked[:cut]) is None
-    closing = b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    assert parse_response(closing) == (len(closing), 404, 0, "content-length", True)
-    for bad in (b"HTTP/1.1 200 OK\r\n\r\n", b"SSH-2.0\r\n\r\n",
-                head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"):
-        with pytest.raises(BadResponse):
-            parse_response(bad)
-
-
-@pytest.mark.slow
-def test_django_http_quick_run_every_server_answers_without_errors(tmp_path):
-    """``benchmarks/django_http.py --quick`` (1 pass, 1 s, 5 connections), the virtualenvs
-    of run.py (created on the first run, hence the longer limit): every server served both
-    views with no error, and the table has ours' ratio columns. No timing is asserted."""
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "django_http.py"), "--quick", "--no-pin",
-         "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=900, cwd=str(ROOT),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line)
-            for line in (tmp_path / "django-http-latest.jsonl").read_text().splitlines()]
-    assert {(r["server"], r["scenario"]) for r in rows} == {
-        (s, sc) for s in ("ours", "daphne", "uvicorn") for sc in ("django-sync", "django-async")}
-    for row in rows:
-        _check_fields(row)
-        assert row["ok"], row
-        assert row["http_errors"] == 0, row
-        assert row["requests_per_s"] > 0 and row["connected"] == 5
-        assert row["body_bytes"] == 100  # the views' JSON, whole
-    text = (tmp_path / "django-http-latest.md").read_text()
-    assert text in proc.stdout
-    assert ("| scenario | metric | ours (asyncio reactor) | Daphne+Channels | uvicorn httptools "
-            "| ours (asyncio reactor) vs Daphne+Channels | ours (asyncio reactor) vs uvicorn "
-            "httptools |") in text
-    assert "| django-sync | requests/s |" in text and "No errors in any run." in text
-
-
-def test_smoke_pubsub_fanout_delivers_every_push():
-    """``benchmarks/pubsub_fanout.py`` with tiny sizes: it measures the five kinds (JSON
-    and Protobuf subscribers) and finds every push at every subscriber (it exits 1
-    otherwise)."""
-    result = subprocess.run(
-        [sys.executable, "benchmarks/pubsub_fanout.py", "--members", "20", "--turns", "2",
-         "--passes", "1", "--no-pin"],
-        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
-    assert result.returncode == 0, result.stderr[-2000:]
-    lines = result.stdout.splitlines()
-    assert [line.split(":")[0].strip() for line in lines[:5]] == [
-        "broadcast()", "publish, no history", "publish, history",
-        "publish, no history, Protobuf", "publish, history, Protobuf"]
-    assert lines[-1].startswith("every subscriber got every push")

@@ -34,12 +34,37 @@ from tests.test_pubsub_uni import (
 
 
 class SlowLayer(InMemoryChannelLayer):
-    """group_add answers 0.5 s late (a Redis SUBSCRIBE in flight)."""
+    """group_add answers 0.5 s late (a Redis SUBSCRIBE in flight). ``joins``: how many
+    group_adds were asked for; ``pending``: how many have not answered yet."""
     delay = 0.5
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.joins = self.pending = 0
+
     def group_add(self, group, channel, *args, **kwargs):
+        self.joins += 1
+        self.pending += 1
         d = super().group_add(group, channel, *args, **kwargs)
-        return deferLater(reactor, self.delay, lambda: None).addCallback(lambda _: d)
+        return deferLater(reactor, self.delay, self._answered).addCallback(lambda _: d)
+
+    def _answered(self) -> None:
+        self.pending -= 1
+
+
+def wait_until(check: Any, timeout: float) -> None:
+    """From a test's thread: poll ``check()`` (called in the reactor) every 20 ms until it is
+    true or ``timeout`` seconds have passed; the test's own assertions then decide."""
+    deadline = time.monotonic() + timeout
+    while not from_thread(check) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def joins_answered(layer: Any, after: int = 0) -> Any:
+    """A check for ``wait_until``: more than ``after`` joins were asked for, and every one
+    has answered (the server's callbacks on them have run). The checks that follow it ask
+    for ``pending == 0`` too: a state seen while a join is in flight is not the last."""
+    return lambda: layer.joins > after and layer.pending == 0
 
 
 def rest_of(ws: Any, wait: float, still_open: str) -> list[Any]:
@@ -83,7 +108,11 @@ async def test_stream_gone_mid_connect_leaves_no_membership(pubsub_server):  # n
                        timeout=0.2)
         except httpx.TimeoutException:
             pass
-        time.sleep(2.0)  # every delayed join has completed
+        # Every delayed join has completed (as a 2 s sleep waited for before), then what the
+        # server does about the gone client has had 1.5 s.
+        wait_until(joins_answered(layer), 5.0)
+        wait_until(lambda: layer.pending == 0 and memberships(layer) == {}
+                   and layer.local_presence(pubsub.channel_group("room:x")) == {}, 1.5)
 
     await in_thread(flow)
     room = pubsub.channel_group("room:x")
@@ -105,7 +134,9 @@ async def test_stream_gone_mid_connect_presence_and_count(pubsub_server):  # noq
                        timeout=0.2)
         except httpx.TimeoutException:
             pass
-        time.sleep(2.0)
+        wait_until(joins_answered(layer), 5.0)
+        wait_until(lambda: layer.pending == 0 and server.site.per_user == {}
+                   and layer.local_presence(pubsub.channel_group("room:x")) == {}, 1.5)
 
     await in_thread(flow)
     room = pubsub.channel_group("room:x")
@@ -124,7 +155,9 @@ async def test_ws_gone_mid_connect_control(pubsub_server):  # noqa: F811
         with connect(server.ws_url(UNI), open_timeout=WAIT) as ws:
             ws.send(json.dumps({"token": token("ada", channels=["room:x"])}))
             time.sleep(0.2)
-        time.sleep(2.0)
+        wait_until(joins_answered(layer), 5.0)
+        wait_until(lambda: layer.pending == 0 and memberships(layer) == {}
+                   and layer.local_presence(pubsub.channel_group("room:x")) == {}, 1.5)
 
     await in_thread(flow)
     room = pubsub.channel_group("room:x")
@@ -379,11 +412,21 @@ async def test_held_publication_before_group_close_reaches_the_stream(pubsub_ser
 
 
 class LateLayer(InMemoryChannelLayer):
-    """group_add takes effect 0.5 s late (as Redis's join and presence, after SUBSCRIBE)."""
+    """group_add takes effect 0.5 s late (as Redis's join and presence, after SUBSCRIBE).
+    ``joins`` and ``pending`` as ``SlowLayer``'s."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.joins = self.pending = 0
 
     def group_add(self, group, channel, *args, **kwargs):
-        return deferLater(reactor, 0.5, lambda: None).addCallback(
-            lambda _: super(LateLayer, self).group_add(group, channel, *args, **kwargs))
+        self.joins += 1
+        self.pending += 1
+
+        def join(_: Any) -> Any:
+            self.pending -= 1
+            return super(LateLayer, self).group_add(group, channel, *args, **kwargs)
+        return deferLater(reactor, 0.5, lambda: None).addCallback(join)
 
 
 @pytest_twisted.ensureDeferred
@@ -397,10 +440,15 @@ async def test_stream_gone_during_api_subscribe(pubsub_server):  # noqa: F811
         with open_stream(server, "http_stream", {"token": token("ada")}) as response:
             stream = Stream(response, sse=False)
             stream.next()
+            joined = from_thread(lambda: layer.joins)
             threading.Thread(target=call_api, args=(server, "subscribe", {
                 "user": "ada", "channel": "room:x"})).start()
             time.sleep(0.2)
-        time.sleep(1.5)
+        # The subscribe's join has taken effect (a 1.5 s sleep waited for it before), then
+        # what the server does about the gone client has had 1 s.
+        wait_until(joins_answered(layer, joined), 5.0)
+        wait_until(lambda: layer.pending == 0 and memberships(layer) == {}
+                   and layer.local_presence(pubsub.channel_group("room:x")) == {}, 1.0)
 
     await in_thread(flow)
     assert_nothing_left(layer)
@@ -418,10 +466,15 @@ async def test_ws_gone_during_api_subscribe_control(pubsub_server):  # noqa: F81
         with connect(server.ws_url(UNI), open_timeout=WAIT) as ws:
             ws.send(json.dumps({"token": token("ada")}))
             next_message(ws)
+            joined = from_thread(lambda: layer.joins)
             threading.Thread(target=call_api, args=(server, "subscribe", {
                 "user": "ada", "channel": "room:x"})).start()
             time.sleep(0.2)
-        time.sleep(1.5)
+        # The subscribe's join has taken effect (a 1.5 s sleep waited for it before), then
+        # what the server does about the gone client has had 1 s.
+        wait_until(joins_answered(layer, joined), 5.0)
+        wait_until(lambda: layer.pending == 0 and memberships(layer) == {}
+                   and layer.local_presence(pubsub.channel_group("room:x")) == {}, 1.0)
 
     await in_thread(flow)
     assert_nothing_left(layer)

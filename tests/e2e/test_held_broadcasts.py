@@ -318,7 +318,7 @@ async def test_a_write_whose_held_broadcasts_overflow_the_member_follows_no_4008
     for (the 1000, the answer) does not follow that close frame."""
     limit = 32 * 1024  # under what may be held (JOIN_LIMIT)
     server = await live(BURST_CLOSE, max_send_buffer=limit, slow_consumer="close",
-                        close_timeout=4.0)  # time to read what was written before the close
+                        close_timeout=2.0)  # time to read what was written before the close
     stalled, sender, conn = await stalled_and_sender(server)
     if then == "close":
         stalled.send_text("me")

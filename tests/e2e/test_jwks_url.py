@@ -247,17 +247,17 @@ def test_a_worker_restarted_while_the_provider_is_down_serves_and_fetches_later(
                                                                                redis_url):
     """Under ``--workers`` the supervisor checked the URL at start-up; a worker that
     restarts while the provider is down starts anyway, refusing tokens (no keys), and
-    fetches every 10 s until the provider answers; it then verifies as the others do.
-    (Before, the restarted worker failed its start-up again and again while the provider
-    was away.)"""
+    fetches every 10 s (here every second: ``jwks_retry_app``) until the provider answers;
+    it then verifies as the others do. (Before, the restarted worker failed its start-up
+    again and again while the provider was away.)"""
     import os
 
     from tests.e2e.test_workers import worker_pids
 
-    cmd = twistd("--app", AUTH_APP, "--port", "0", "--secret-key", SECRET,
-                 "--jwks-url", provider.url, "--jwks-refresh", "0", "--workers", "2",
-                 "--layer", redis_url, "--shutdown-timeout", "5")
-    with start(cmd, cwd=REPO) as server:
+    cmd = twistd("--app", "tests.e2e.jwks_retry_app:application", "--port", "0",
+                 "--secret-key", SECRET, "--jwks-url", provider.url, "--jwks-refresh", "0",
+                 "--workers", "2", "--layer", redis_url, "--shutdown-timeout", "5")
+    with start(cmd, env={"PYTHONPATH": str(REPO)}, cwd=REPO) as server:
         server.wait_for(r"all 2 workers ready")
         victim = worker_pids(server)[1]
         provider.status = 503

@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -343,22 +344,55 @@ def _venv_env() -> dict[str, str | None]:
             "PYTHONHOME": None, "PYTHONSTARTUP": None, "VIRTUAL_ENV": None}
 
 
-@pytest.fixture(scope="module", params=["install", "editable-strict"])
-def venv(request, tmp_path_factory) -> Path:
-    """A fresh virtualenv (no system site-packages) with a copy of the repository installed
-    normally or as a strict editable install. One per install mode, shared by its tests."""
-    base = tmp_path_factory.mktemp(f"venv-{request.param}")
+VENV_MODES = ("install", "editable-strict")
+
+
+def _build_venv(base: Path, mode: str) -> Path:
+    """A fresh virtualenv (no system site-packages) in ``base`` with a copy of the repository
+    installed normally (``install``) or as a strict editable install (``editable-strict``).
+
+    The venv is made without pip (no ensurepip) and this interpreter's pip installs into it
+    (``pip --python``): the same packages land in the venv's site-packages, without the
+    seconds ensurepip takes."""
     source = base / "src"
     shutil.copytree(REPO, source, ignore=_NOT_SOURCE)
     env_dir = base / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True, timeout=120)
-    pip = [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q"]
-    if request.param == "install":
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True,
+                   timeout=120)
+    pip = [sys.executable, "-m", "pip", "--python", str(env_dir / "bin" / "python"),
+           "install", "-q"]
+    if mode == "install":
         cmd = [*pip, str(source)]
     else:
         cmd = [*pip, "-e", str(source), "--config-settings", "editable_mode=strict"]
     result = run(cmd, env=_venv_env(), cwd=base, timeout=300)
     assert result.returncode == 0, result.output
+    return env_dir
+
+
+@pytest.fixture(scope="module", autouse=True)
+def venv_builds(request, tmp_path_factory) -> Any:
+    """Both virtualenvs, built side by side (they are independent) from the module's start
+    (when any test selected uses ``venv``), while its other tests run: none of those times
+    anything but a lower bound. ``{mode: Future[Path]}``; the ``venv`` tests are last in
+    the module, and wait for theirs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    here = request.module.__name__
+    if not any(item.module.__name__ == here and "venv" in item.fixturenames
+               for item in request.session.items):
+        yield {}
+        return
+    bases = {mode: tmp_path_factory.mktemp(f"venv-{mode}") for mode in VENV_MODES}
+    with ThreadPoolExecutor(max_workers=len(VENV_MODES)) as pool:
+        yield {mode: pool.submit(_build_venv, bases[mode], mode) for mode in VENV_MODES}
+
+
+@pytest.fixture(scope="module", params=VENV_MODES)
+def venv(request, venv_builds) -> Path:
+    """A fresh virtualenv (no system site-packages) with a copy of the repository installed
+    normally or as a strict editable install. One per install mode, shared by its tests."""
+    env_dir = venv_builds[request.param].result(timeout=400)
     # The venv really is separate: it does not see this interpreter's packages.
     check = run([str(env_dir / "bin" / "python"), "-c", "import pytest"], env=_venv_env())
     assert check.returncode != 0

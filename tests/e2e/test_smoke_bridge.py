@@ -43,7 +43,8 @@ async def test_version_8_gets_426(live):
 
 @pytest_twisted.ensureDeferred
 async def test_lifetime_closes_with_1000(live):
-    server = await live(application, websocket_timeout=0.2)
+    # close_timeout: the raw client never answers the close; it has the frame at once
+    server = await live(application, websocket_timeout=0.2, close_timeout=0.3)
     raw = await raw_exchange(server.port, handshake(), timeout=3)
     assert raw.startswith(b"HTTP/1.1 101 ")
     frames = parse_frames(after_headers(raw))

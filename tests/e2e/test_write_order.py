@@ -86,7 +86,7 @@ async def test_a_large_frame_waits_as_one_item(live):
 
 @pytest_twisted.ensureDeferred
 async def test_the_slow_consumer_close_follows_whole_frames(live):
-    server = await live(APP, max_send_buffer=100000, close_timeout=5.0)
+    server = await live(APP, max_send_buffer=100000, close_timeout=2.0)
     conn = await ws_open(server.port, "/q")
     (ws,) = server.site.connections
     conn.proto.transport.pauseProducing()
