@@ -644,11 +644,7 @@ class AsyncServer:
         if socket is not None:
             await socket.consumer._enter(socket, room)
             return
-        channel = self._channel(sid)
-        if channel is not None:
-            await self.channel_layer.send(channel, {"type": "sio.room", "sid": sid,
-                                                    "namespace": namespace,
-                                                    "room": str(room), "enter": True})
+        await self._room_elsewhere(sid, namespace, room, enter=True)
 
     async def leave_room(self, sid: str, room: Any, namespace: str | None = None) -> None:
         namespace = namespace or "/"
@@ -656,11 +652,15 @@ class AsyncServer:
         if socket is not None:
             await socket.consumer._leave(socket, room_group(namespace, room))
             return
+        await self._room_elsewhere(sid, namespace, room, enter=False)
+
+    async def _room_elsewhere(self, sid: str, namespace: str, room: Any, enter: bool) -> None:
+        """A sid of another process enters or leaves ``room`` there (through the layer)."""
         channel = self._channel(sid)
         if channel is not None:
             await self.channel_layer.send(channel, {"type": "sio.room", "sid": sid,
                                                     "namespace": namespace,
-                                                    "room": str(room), "enter": False})
+                                                    "room": str(room), "enter": enter})
 
     async def close_room(self, room: Any, namespace: str | None = None) -> None:
         """Every member, in every process, leaves ``room``."""
