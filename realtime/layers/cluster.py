@@ -21,13 +21,16 @@ SHARDNUMSUB, so a message goes only to the node that holds its partition's slot,
 the cluster bus to every node as PUBLISH does.
 
 Each partition connects to the node that holds its slot, found with ``CLUSTER SLOTS`` (the
-URL's nodes first, then those learnt from earlier answers). When the slot moves (a
-resharding, a failover): a command answered ``MOVED``/``ASK`` fails with
-``LayerUnavailable`` and its connection is closed; a subscriber whose channels the node
-drops (an ``sunsubscribe`` it did not ask for) is closed too; both reconnect to the node
-that holds the slot now (where MOVED said, else asked again), as after any lost
-connection: the partition's groups are resubscribed and their members get ``layer.gap``
-(a history group's members its recovery).
+URL's nodes first, then those learnt from earlier answers; each connection's first keyed
+read checks the node serves the slot as master). When the slot has moved (a resharding
+handed over, a failover): a command answered ``MOVED`` fails with ``LayerUnavailable``,
+and a subscriber whose channels the node drops (an ``sunsubscribe`` it did not ask for)
+knows too; the partition's connections reconnect to the node that holds the slot now
+(where MOVED said, else asked again), as after any lost connection: its groups are
+resubscribed and their members get ``layer.gap`` (a history group's members its
+recovery). While the slot migrates (before the hand-over) nothing moves: a command
+answered ``ASK`` or ``TRYAGAIN`` (a key already moved) fails alone with
+``LayerUnavailable``.
 
 Cost: two connections per partition and process (publisher and subscriber), and one for
 named channels' BRPOP: 33 per process with 16 partitions.
