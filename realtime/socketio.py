@@ -1198,7 +1198,7 @@ class PollingConsumer(AsyncHttpConsumer):
     async def send_headers(self, *, status: int = 200, headers: Any = None) -> None:
         pairs = [*(headers or []), (b"Cache-Control", b"no-store")]
         origin = self._origin()
-        if origin:
+        if origin and _origin_ok(self._server, self.scope):  # none for a refused origin
             pairs += [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin"),
                       (b"Access-Control-Allow-Credentials", b"true")]
         await super().send_headers(status=status, headers=pairs)
@@ -1281,8 +1281,13 @@ class PollingConsumer(AsyncHttpConsumer):
             await self._error(400, _BAD_REQUEST)
             return
         self._session, self._waiting = session, waiter
-        items = await waiter
-        self._waiting = None
+        try:
+            items = await waiter
+        finally:  # the request ends (or was cancelled): no GET waits any more
+            self._waiting = None
+            if session._waiter is waiter:
+                session._waiter = None
+                session._cancel_flush()
         if items is None:
             return  # the client went away
         await self.send_response(200, _encode_payload(items), headers=[

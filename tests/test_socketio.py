@@ -640,9 +640,10 @@ async def test_cors_for_the_same_origin_and_cors_allowed_origins(live):
                                          "http://app.example")
     assert status == 200 and headers["access-control-allow-origin"] == "http://app.example"
     assert headers["access-control-allow-credentials"] == "true"
-    status, _, body = await in_thread(_http, handshake, "GET", b"",
-                                      "http://evil.example")
+    status, headers, body = await in_thread(_http, handshake, "GET", b"",
+                                            "http://evil.example")
     assert (status, json.loads(body)) == (403, {"code": 4, "message": "Forbidden"})
+    assert "access-control-allow-origin" not in headers  # no CORS for a refused origin
 
     default = rsio.AsyncServer()  # by default: the server's own origin only
     own = await start(live, default)
