@@ -80,6 +80,8 @@ _BAD_VERSION = b'{"code":5,"message":"Unsupported protocol version"}'
 _BAD_HANDSHAKE = b'{"code":2,"message":"Bad handshake method"}'
 _BAD_REQUEST = b'{"code":3,"message":"Bad request"}'
 _FORBIDDEN = b'{"code":4,"message":"Forbidden"}'
+_UNAVAILABLE = b'{"code":3,"message":"Service unavailable"}'
+_TOO_MANY = b'{"code":3,"message":"Too many connections"}'
 _JSON_HEADERS = [(b"Content-Type", b"application/json")]
 #: A polling session's queued packets past this many close it (and past
 #: ``--max-send-buffer`` bytes): a client that does not poll holds no unbounded memory.
@@ -855,7 +857,11 @@ class _PollingSession:
         self._waiter: Deferred[list[str | bytes] | None] | None = None
         self._flush_call: Any = None
         self._tail: Deferred[Any] = succeed(None)
+        self._running: Deferred[Any] | None = None  # the step running on ``_tail``
+        self._kill_call: Any = None
         self._ended: list[Deferred[None]] = []  # server_stopping()'s
+        #: The address ``--max-connections-per-ip`` counted it for (``site.count_ip``).
+        self.counted_ip: str | None = None
         consumer = self.consumer = SocketIOConsumer(server=server)
         consumer.scope = http.scope
         consumer._conn = self  # type: ignore[assignment]
@@ -922,7 +928,11 @@ class _PollingSession:
             return
         if HELD:
             let_out_for(self, self.channel_name)
-        if self.consumer.take_event_now(event):
+        try:
+            if self.consumer.take_event_now(event):
+                return
+        except Exception:  # not into the layer's delivery loop
+            log.failure("socketio: a polling session's layer event failed")
             return
         self.run(lambda: self.consumer._on_event(event))
 
@@ -959,10 +969,20 @@ class _PollingSession:
     def run(self, step: Callable[[], Any]) -> None:
         """``step()`` once the steps before it are done (at once when none waits)."""
         def go(_: Any) -> Any:
-            return as_deferred(step())
+            running = self._running = as_deferred(step())
 
-        self._tail.addCallback(go).addErrback(
-            lambda failure: log.failure("socketio: a polling session's step failed", failure))
+            def over(result: Any) -> Any:
+                if self._running is running:
+                    self._running = None
+                return result
+
+            return running.addBoth(over)
+
+        def failed(failure: Any) -> None:
+            if not failure.check(CancelledError):
+                log.failure("socketio: a polling session's step failed", failure)
+
+        self._tail.addCallback(go).addErrback(failed)
 
     def done(self) -> Deferred[None]:
         """Fires once the steps run so far are done."""
@@ -1042,6 +1062,9 @@ class _PollingSession:
         if self.closed or self.ws is not None or self.upgrading is not None:
             return False
         self.upgrading = ws
+        # From the WebSocket's open: one that never probes does not hold the upgrade.
+        self._upgrade_deadline = self.reactor.callLater(
+            UPGRADE_TIMEOUT, self._probe_failed, ws, (1000, "upgrade timeout"))
         return True
 
     async def from_websocket(self, ws: SocketIOConsumer, text: str | None,
@@ -1053,8 +1076,6 @@ class _PollingSession:
             elif text == _EIO_PING + "probe" and not self._probed:
                 ws._conn.send_text(_EIO_PONG + "probe")
                 self._probed = True
-                self._upgrade_deadline = self.reactor.callLater(
-                    UPGRADE_TIMEOUT, self._probe_failed, ws, (1000, "upgrade timeout"))
                 self._flush(noop=True)  # the client waits for its GET before upgrading
             elif text == _EIO_UPGRADE and self._probed:
                 self._upgrade(ws)
@@ -1081,6 +1102,7 @@ class _PollingSession:
         self._flush(noop=True)
         self._cancel_flush()
         self.ws = ws._conn
+        self._uncount()  # its WebSocket counts now (the site counted it)
         items, self._queue, self._queued = self._queue, [], 0
         for item in items:
             self._send(item)
@@ -1110,12 +1132,46 @@ class _PollingSession:
         if self.upgrading is not None:
             self.upgrading._conn.close_with_code(1000)
         self._end_probe()
-        self.consumer.closed_now()
+        self._uncount()
+        # Out of the layer and its groups now, not after the disconnect handlers (which
+        # wait behind any step still running, and may never return), as a WebSocket.
+        self.layer.detach(self.channel_name)
+        self.consumer.closed_now()  # a step waiting in ``_bounded`` goes on
         self.run(lambda: self.consumer.disconnect(code))
-        self.run(lambda: self.layer.detach(self.channel_name))
+        self.run(lambda: self.layer.detach(self.channel_name))  # groups it joined since
         self.run(self._fire_ended)
+        if self._kill_call is None and not self._ended_already():
+            self._kill_call = self.reactor.callLater(
+                self.config.application_close_timeout, self._kill)
+
+    def _ended_already(self) -> bool:
+        """Its steps all ran (``_fire_ended`` too)."""
+        return self._running is None and not self._tail.paused
+
+    def _kill(self) -> None:
+        """--application-close-timeout after the close, a step still runs: cancelled, so
+        the disconnect handlers, the detach and ``server_stopping()`` come (the bridge's
+        ``_kill_handlers``); a disconnect handler that never returns is cancelled too."""
+        self._kill_call = None
+        running = self._running
+        if running is None:
+            return
+        log.warn("socketio: a polling session's step still running {timeout} s after it "
+                 "closed: cancelled", timeout=self.config.application_close_timeout)
+        running.cancel()
+        if self._running is not None:  # the next one (its disconnect handlers): the same
+            self._kill_call = self.reactor.callLater(
+                self.config.application_close_timeout, self._kill)
+
+    def _uncount(self) -> None:
+        ip, self.counted_ip = self.counted_ip, None
+        if ip is not None:
+            self.site.uncount_ip(ip)
 
     def _fire_ended(self) -> None:
+        call, self._kill_call = self._kill_call, None
+        if call is not None and call.active():
+            call.cancel()
         ended, self._ended = self._ended, []
         for d in ended:
             d.callback(None)
@@ -1142,7 +1198,7 @@ class PollingConsumer(AsyncHttpConsumer):
     async def send_headers(self, *, status: int = 200, headers: Any = None) -> None:
         pairs = [*(headers or []), (b"Cache-Control", b"no-store")]
         origin = self._origin()
-        if origin:
+        if origin and _origin_ok(self._server, self.scope):  # none for a refused origin
             pairs += [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin"),
                       (b"Access-Control-Allow-Credentials", b"true")]
         await super().send_headers(status=status, headers=pairs)
@@ -1194,8 +1250,27 @@ class PollingConsumer(AsyncHttpConsumer):
             log.error("realtime.socketio needs a channel layer")
             await self.send_response(500, b"")
             return
+        site = self._site()
+        if getattr(site, "draining", False):  # as a WebSocket's handshake is refused
+            await self._error(503, _UNAVAILABLE)
+            return
+        server = self._server
+        limit = site.config.max_connections  # WebSockets and polling sessions
+        if limit and len(getattr(site, "connections", ())) + sum(
+                session.ws is None for session in server._polling.values()) >= limit:
+            await self._error(503, _UNAVAILABLE)
+            return
+        client = self.scope.get("client")
+        ip = client[0] if client else None
+        counted = None
+        if site.config.max_connections_per_ip and ip is not None:
+            if not site.count_ip(ip):  # with the address's WebSockets and HTTP streams
+                await self._error(429, _TOO_MANY)
+                return
+            counted = ip
         sid = secrets.token_urlsafe(15)
-        session = _PollingSession(self._server, self, sid)
+        session = _PollingSession(server, self, sid)
+        session.counted_ip = counted
         session.consumer._open(sid, ["websocket"], session.max_payload)
         await self._poll(session)
 
@@ -1206,8 +1281,13 @@ class PollingConsumer(AsyncHttpConsumer):
             await self._error(400, _BAD_REQUEST)
             return
         self._session, self._waiting = session, waiter
-        items = await waiter
-        self._waiting = None
+        try:
+            items = await waiter
+        finally:  # the request ends (or was cancelled): no GET waits any more
+            self._waiting = None
+            if session._waiter is waiter:
+                session._waiter = None
+                session._cancel_flush()
         if items is None:
             return  # the client went away
         await self.send_response(200, _encode_payload(items), headers=[
@@ -1340,7 +1420,12 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
 
     def closed_now(self) -> None:
         """The bridge's hook: the connection is gone (a ``receive`` waiting in
-        ``_bounded`` returns, so ``disconnect`` comes)."""
+        ``_bounded`` returns, so ``disconnect`` comes). The WebSocket a polling session
+        upgraded to ends the session here, not in ``disconnect`` (queued behind a
+        ``receive`` that waits for the session, it may be dropped at the kill)."""
+        if self._upgrade_of is not None:
+            code = getattr(self._conn, "disconnect_code", None)
+            self._upgrade_of.websocket_closed(self, 1006 if code is None else code)
         self._wake()
 
     def _cancel_tasks(self) -> None:

@@ -640,9 +640,10 @@ async def test_cors_for_the_same_origin_and_cors_allowed_origins(live):
                                          "http://app.example")
     assert status == 200 and headers["access-control-allow-origin"] == "http://app.example"
     assert headers["access-control-allow-credentials"] == "true"
-    status, _, body = await in_thread(_http, handshake, "GET", b"",
-                                      "http://evil.example")
+    status, headers, body = await in_thread(_http, handshake, "GET", b"",
+                                            "http://evil.example")
     assert (status, json.loads(body)) == (403, {"code": 4, "message": "Forbidden"})
+    assert "access-control-allow-origin" not in headers  # no CORS for a refused origin
 
     default = rsio.AsyncServer()  # by default: the server's own origin only
     own = await start(live, default)
@@ -1158,3 +1159,135 @@ async def test_the_test_servers_stop_ends_polling_sessions(realtime_leak_check):
     assert sorted(reasons) == ["transport close"] * 2
     assert not sio._polling and not sio._sockets
     await upgraded.disconnect()
+
+
+# -- review's reproductions (polling) -------------------------------------------------------
+
+def _polling_handshake(url: str) -> tuple[int, bytes]:
+    status, _, body = _http(f"{url}/socket.io/?EIO=4&transport=polling", "GET")
+    return status, body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_polling_handshake_during_a_drain_is_refused_as_an_upgrade_is(live):
+    """After ``site.drain()`` a polling handshake gets 503 as a WebSocket's does (it was
+    accepted, never told of the drain, and held the drain until its deadline)."""
+    sio = quick_server()
+    server = await live(app(sio))
+    url = f"http://127.0.0.1:{server.port}"
+    server.site.drain()
+    assert await in_thread(_handshake_status, ws_url(url), None) == 503
+    status, body = await in_thread(_polling_handshake, url)
+    assert status == 503 and json.loads(body)["code"] == 3
+    assert not sio._polling
+
+
+@pytest_twisted.ensureDeferred
+async def test_polling_sessions_count_toward_the_connection_limits(live):
+    """--max-connections-per-ip (with the address's WebSockets) and --max-connections
+    count polling sessions: past them 429 / 503; a closed session gives its place back."""
+    sio = rsio.AsyncServer()
+    url = await start(live, sio, max_connections_per_ip=2)
+    first = await Polling.open(url)
+    await Polling.open(url)
+    status, body = await in_thread(_polling_handshake, url)
+    assert status == 429 and json.loads(body)["code"] == 3
+    assert await in_thread(_handshake_status, ws_url(url), None) == 429
+    assert len(sio._polling) == 2
+    await first.post("1")  # the client closes it
+    assert await until(lambda: len(sio._polling) == 1)
+    assert (await in_thread(_polling_handshake, url))[0] == 200
+
+    other = rsio.AsyncServer()
+    url = await start(live, other, max_connections=1)
+    await Polling.open(url)
+    assert (await in_thread(_polling_handshake, url))[0] == 503
+    assert len(other._polling) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upgraded_session_whose_receive_waits_is_ended_by_the_close(live):
+    """After the upgrade, the WebSocket's ``receive`` awaits the session's step; one that
+    waits (at --max-inflight) when the client closes used to hold the WebSocket's
+    ``disconnect()``, which the --application-close-timeout kill then dropped: the session
+    never ended. Its close ends it now."""
+    sio = rsio.AsyncServer()
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    forever: Deferred[None] = Deferred()
+
+    @sio.event
+    async def hang(sid):
+        await forever
+
+    url = await start(live, sio, max_inflight=1, application_close_timeout=0.3)
+    session = await Polling.open(url)
+    try:
+        ws = await in_thread(lambda: connect(
+            ws_url(url, f"EIO=4&transport=websocket&sid={session.sid}"),
+            open_timeout=WAIT).__enter__())
+        await in_thread(ws.send, "2probe")
+        assert await in_thread(ws.recv, WAIT) == "3probe"
+        await in_thread(ws.send, "5")
+        assert await until(lambda: sio.transport(session.socket_sid) == "websocket")
+        await in_thread(ws.send, '42["hang"]')  # its receive waits for a slot
+        consumer = sio._polling[session.sid].consumer
+        assert await until(lambda: consumer._slot is not None)
+        await in_thread(ws.close)
+        await sio.sleep(0.5)  # past --application-close-timeout
+        forever.callback(None)
+        assert await until(lambda: reasons == ["transport close"], timeout=2)
+        assert not sio._polling and not sio._sockets
+    finally:
+        if not forever.called:
+            forever.callback(None)
+        left = sio._polling.get(session.sid)
+        if left is not None:  # else the fixture's stop() hangs for ever
+            left._finish(1006)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_polling_session_leaves_the_layer_when_it_closes(live):
+    """A closed polling session leaves the layer (its channel, its groups) before its
+    disconnect handler runs, as a WebSocket does; a handler that does not return is
+    cancelled --application-close-timeout later (the session's steps end)."""
+    sio = quick_server()
+    forever: Deferred[None] = Deferred()
+
+    @sio.event
+    async def disconnect(sid, reason):
+        await forever
+
+    url = await start(live, sio, application_close_timeout=0.3)
+    try:
+        session = await Polling.open(url)
+        polling = sio._polling[session.sid]
+        channel, layer = polling.channel_name, sio.channel_layer
+        assert channel in layer._receivers
+        assert await until(lambda: not sio._polling, timeout=3)  # no GET: ping timeout
+        assert channel not in layer._receivers, "closed session still attached"
+        assert not any(channel in members for members in layer._groups.values())
+        assert polling._running is not None  # its disconnect handler waits
+        assert await until(lambda: polling._running is None, timeout=2)  # cancelled
+        assert forever.called
+    finally:
+        if not forever.called:
+            forever.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_websocket_that_never_probes_does_not_block_the_upgrade(live, monkeypatch):
+    """UPGRADE_TIMEOUT runs from the WebSocket's open: one that opens with the sid and
+    sends nothing is closed, and another may upgrade the session."""
+    monkeypatch.setattr(rsio, "UPGRADE_TIMEOUT", 0.2)
+    sio = quick_server()
+    url = await start(live, sio)
+    session = await Polling.open(url)
+    probe = ws_url(url, f"EIO=4&transport=websocket&sid={session.sid}")
+    stalled = await in_thread(lambda: connect(probe, open_timeout=WAIT).__enter__())
+    await sio.sleep(0.5)
+    ws = await in_thread(lambda: connect(probe, open_timeout=WAIT).__enter__())
+    await in_thread(ws.send, "2probe")
+    assert await in_thread(ws.recv, WAIT) == "3probe"
+    await Raw(ws).close()
+    await Raw(stalled).close()
