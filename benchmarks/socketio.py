@@ -1,7 +1,7 @@
 """Socket.IO: realtime.socketio against python-socketio under uvicorn, side by side.
 
-    python benchmarks/socketio.py             # 3 passes x 3 servers x 4 scenarios: ~6 minutes
-    python benchmarks/socketio.py --quick     # 1 pass, tiny sizes: about 40 s
+    python benchmarks/socketio.py             # 3 passes x 3 servers x 4 scenarios: 5-6 minutes
+    python benchmarks/socketio.py --quick     # 1 pass, tiny sizes: about 30 s
 
 The same app on every server (peers/socketio_app.py: an ``echo`` handler that acks its
 argument, ``join`` into a room, ``say`` that emits to the room), served the way each
@@ -89,7 +89,9 @@ class SioServerSpec(ServerSpec):
 
 def sio_specs() -> dict[str, SioServerSpec]:
     return {
-        OURS: SioServerSpec(OURS, "ours", None,
+        # This checkout's realtime first on the path: the Python running this script may
+        # have realtime installed from another checkout (an editable install of main).
+        OURS: SioServerSpec(OURS, "ours", None, env={"PYTHONPATH": str(HERE.parent)},
                             app="socketio_app:application"),
         PSIO: SioServerSpec(PSIO, "python-socketio+uvicorn", VENV, REQUIREMENTS,
                             app="socketio_app:app"),
