@@ -5,7 +5,7 @@
     python benchmarks/sioclient.py fanout --url $URL --members 1000 --rate 10
     python benchmarks/sioclient.py idle   --url $URL --conns 2000
 
-benchmarks/socketio.py runs it, in its own process (pinned to its own core), so the
+benchmarks/socket_io.py runs it, in its own process (pinned to its own core), so the
 server's CPU is the server's alone. Not python-socketio's client, which would be the
 bottleneck: each connection reads Engine.IO's open packet (``0{...}``), sends ``40``
 (connect the "/" namespace), reads ``40{"sid":...}``; answers every ping (``2``) with a

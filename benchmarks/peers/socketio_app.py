@@ -1,4 +1,4 @@
-"""The Socket.IO benchmark's app (benchmarks/socketio.py), the same handlers on both servers.
+"""The Socket.IO benchmark's app (benchmarks/socket_io.py), the same handlers on both servers.
 
     twistd -n --pidfile= realtime --app socketio_app:application          # realtime.socketio
     uvicorn --host 127.0.0.1 --port 8003 socketio_app:app                 # python-socketio

@@ -1,7 +1,7 @@
 """Socket.IO: realtime.socketio against python-socketio under uvicorn, side by side.
 
-    python benchmarks/socketio.py             # 3 passes x 3 servers x 4 scenarios: 5-6 minutes
-    python benchmarks/socketio.py --quick     # 1 pass, tiny sizes: about 30 s
+    python benchmarks/socket_io.py             # 3 passes x 3 servers x 4 scenarios: 5-6 minutes
+    python benchmarks/socket_io.py --quick     # 1 pass, tiny sizes: about 30 s
 
 The same app on every server (peers/socketio_app.py: an ``echo`` handler that acks its
 argument, ``join`` into a room, ``say`` that emits to the room), served the way each
