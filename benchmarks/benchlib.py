@@ -109,11 +109,43 @@ def raise_nofile() -> int:
     return soft
 
 
+def client_arguments(url_help: str | None = None) -> Any:
+    """The options every load client takes (an ``argparse`` parent parser): ``--url``,
+    ``--scenario``, ``--time-limit``, ``--server-core``, ``--client-core``."""
+    import argparse
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", required=True, help=url_help)
+    common.add_argument("--scenario")
+    common.add_argument("--time-limit", type=float, default=120.0,
+                        help="hard limit in seconds (the process exits past it)")
+    common.add_argument("--server-core", type=int,
+                        help="the core the server is pinned to (to report other load on it)")
+    common.add_argument("--client-core", type=int,
+                        help="the core this client is pinned to (likewise)")
+    return common
+
+
+async def within_time_limit(coro: Any, a: Any, scenario: str) -> dict[str, Any]:
+    """A load client's scenario ``coro``'s row, or a failed row past ``--time-limit``."""
+    import asyncio
+
+    try:
+        row: dict[str, Any] = await asyncio.wait_for(coro, a.time_limit)
+        return row
+    except TimeoutError:
+        return {"scenario": scenario, "kind": a.kind, "ok": False,
+                "error": f"client time limit {a.time_limit:g} s"}
+
+
 def client_main(amain: Any, a: Any, label: str) -> int:
-    """A load client's ``main``: ``amain(a)`` on uvloop when it is installed (the client
-    virtualenv has it), one JSON row on stdout; exit 0 when the row says ``ok``."""
+    """A load client's ``main``: the open-files limit raised, ``amain(a)`` on uvloop when it
+    is installed (the client virtualenv has it), one JSON row on stdout; exit 0 when the row
+    says ``ok``."""
     import asyncio
     import json
+
+    raise_nofile()
 
     try:
         import uvloop

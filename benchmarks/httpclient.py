@@ -25,7 +25,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ProcStat, Window, client_main, error_text, latency_summary, raise_nofile
+from benchlib import ProcStat, Window, client_main, error_text, latency_summary
 
 _now_ns = time.perf_counter_ns
 #: A response head larger than this is an error, not something to wait for.
@@ -308,9 +308,7 @@ async def amain(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
-    raise_nofile()
-    return client_main(amain, a, "asyncio")
+    return client_main(amain, parse_args(argv), "asyncio")
 
 
 if __name__ == "__main__":

@@ -29,11 +29,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (
     ProcStat,
     Window,
+    client_arguments,
     client_main,
     error_text,
     latency_summary,
     make_text,
-    raise_nofile,
+    within_time_limit,
 )
 
 TEXT = WSMsgType.TEXT
@@ -562,19 +563,11 @@ async def run_idle(url: str, *, conns: int, concurrency: int = 100, settle: floa
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="kind", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", required=True)
+    common = client_arguments()
     common.add_argument("--server-pid", help="the server's PID; for fan-out also several, "
                         "comma-separated (the workers of --workers N), whose CPU is summed")
     common.add_argument("--aux-pid", action="append", default=[], metavar="NAME:PID",
                         help="fan-out: a process the server needs (redis:PID), measured apart")
-    common.add_argument("--scenario")
-    common.add_argument("--time-limit", type=float, default=120.0,
-                        help="hard limit in seconds (the process exits past it)")
-    common.add_argument("--server-core", type=int,
-                        help="the core the server is pinned to (to report other load on it)")
-    common.add_argument("--client-core", type=int,
-                        help="the core this client is pinned to (likewise)")
     e = sub.add_parser("echo", parents=[common])
     e.add_argument("--conns", type=int, default=100)
     e.add_argument("--inflight", type=int, default=1)
@@ -623,17 +616,11 @@ async def amain(a: argparse.Namespace) -> dict[str, Any]:
                                         (x.partition(":") for x in a.aux_pid)), **kw)
     else:
         coro = run_idle(a.url, conns=a.conns, concurrency=a.concurrency, settle=a.settle, **kw)
-    try:
-        return await asyncio.wait_for(coro, a.time_limit)
-    except TimeoutError:
-        return {"scenario": kw["scenario"], "kind": a.kind, "ok": False,
-                "error": f"client time limit {a.time_limit:g} s"}
+    return await within_time_limit(coro, a, kw["scenario"])
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
-    raise_nofile()
-    return client_main(amain, a, "picows")
+    return client_main(amain, parse_args(argv), "picows")
 
 
 if __name__ == "__main__":

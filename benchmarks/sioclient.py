@@ -40,7 +40,15 @@ from typing import Any
 from picows import WSListener, WSMsgType, WSTransport
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ProcStat, Window, client_main, latency_summary, make_text, raise_nofile
+from benchlib import (
+    ProcStat,
+    Window,
+    client_arguments,
+    client_main,
+    latency_summary,
+    make_text,
+    within_time_limit,
+)
 from loadclient import _failed, _finish_row, close_all, connect_many
 
 TEXT = WSMsgType.TEXT
@@ -511,14 +519,8 @@ async def run_idle(url: str, *, conns: int, concurrency: int, settle: float,
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="kind", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", required=True,
-                        help="ws://HOST:PORT/socket.io/?EIO=4&transport=websocket")
+    common = client_arguments("ws://HOST:PORT/socket.io/?EIO=4&transport=websocket")
     common.add_argument("--server-pid", type=int)
-    common.add_argument("--scenario")
-    common.add_argument("--time-limit", type=float, default=120.0)
-    common.add_argument("--server-core", type=int)
-    common.add_argument("--client-core", type=int)
     e = sub.add_parser("echo", parents=[common])
     e.add_argument("--conns", type=int, default=10)
     e.add_argument("--inflight", type=int, default=1)
@@ -553,17 +555,11 @@ async def amain(a: argparse.Namespace) -> dict[str, Any]:
     else:
         coro = run_idle(a.url, conns=a.conns, concurrency=a.concurrency, settle=a.settle,
                         **kw)
-    try:
-        return await asyncio.wait_for(coro, a.time_limit)
-    except TimeoutError:
-        return {"scenario": kw["scenario"], "kind": a.kind, "ok": False,
-                "error": f"client time limit {a.time_limit:g} s"}
+    return await within_time_limit(coro, a, kw["scenario"])
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
-    raise_nofile()
-    return client_main(amain, a, "picows")
+    return client_main(amain, parse_args(argv), "picows")
 
 
 if __name__ == "__main__":
