@@ -34,6 +34,21 @@ def check_app_close_code(code: Any) -> int:
     return code
 
 
+def compact_json(document: Any, allow_nan: bool = True) -> str:
+    """Compact JSON, non-ASCII as is, escaped (``\\ud83d``) only when the text holds a lone
+    surrogate (legal JSON: a JavaScript string cut inside an emoji), which a text frame's
+    UTF-8 cannot carry (``realtime.pubsub``, ``realtime.socketio``). ``ValueError`` for NaN
+    and the infinities when not ``allow_nan``."""
+    text = json.dumps(document, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=allow_nan)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            text = json.dumps(document, separators=(",", ":"), allow_nan=allow_nan)
+    return text
+
+
 class ConsumerApp:
     """The application ``Consumer.as_app(**initkwargs)`` returns: one new consumer per scope."""
 

@@ -38,12 +38,13 @@ from urllib.parse import parse_qs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from realtime.consumer import AsyncWebsocketConsumer
+from realtime.consumer import AsyncWebsocketConsumer, compact_json
 from realtime.http import AsyncHttpConsumer
 from realtime.layers.base import (
     HELD,
     MAX_NAME,
     UNCOUNTED_GROUP_PREFIX,
+    escape_name,
     frame_event,
     let_out_for,
     on_survey,
@@ -80,7 +81,6 @@ MAX_TTL = 365 * 86400.0
 MAX_COMMANDS_PER_FRAME = 1000
 
 _NAMESPACE_NAME = re.compile(r"^[a-zA-Z0-9_.\-]{1,64}$")
-_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 
 # Client error codes (Centrifugo's, so its SDKs react as they do there).
 INTERNAL, UNAUTHORIZED, UNKNOWN_CHANNEL, PERMISSION_DENIED = 100, 101, 102, 103
@@ -289,23 +289,18 @@ def namespace_name(channel: str) -> str:
     return name if sep else ""
 
 
-def _escape(text: str) -> str:
-    return "".join(c if c in _SAFE else "".join(f"_{b:02X}" for b in c.encode())
-                   for c in text)
-
-
 def namespace_prefix(namespace: str) -> str:
     """The prefix of the groups of every channel in ``namespace`` (history rules glob it)."""
-    escaped = _escape(namespace)
-    if len(escaped) > 40:  # "_n" never comes out of _escape (it writes "_" + two hex digits)
+    escaped = escape_name(namespace)
+    if len(escaped) > 40:  # "_n" never comes out of escape_name (it writes "_" + two hex digits)
         escaped = "_n" + hashlib.sha256(namespace.encode()).hexdigest()[:24]
     return f"{GROUP_PREFIX}{escaped}."
 
 
 def _group_name(head: str, text: str) -> str:
     """``head`` and ``text`` escaped; a hash of ``text`` when that is too long for a group
-    name ("_h" never comes out of _escape either)."""
-    group = head + _escape(text)
+    name ("_h" never comes out of escape_name either)."""
+    group = head + escape_name(text)
     if len(group) > MAX_NAME:
         group = head + "_h" + hashlib.sha256(text.encode()).hexdigest()[:40]
     return group
@@ -323,7 +318,7 @@ def user_group(user: str) -> str:
 
 def emulation_group(node: str) -> str:
     """The group a ``StreamConsumer`` (channel name ``node``) is alone in, which
-    ``/emulation`` sends its client's requests to ("_e" never comes out of ``_escape``, so
+    ``/emulation`` sends its client's requests to ("_e" never comes out of ``escape_name``, so
     no user's group is named so; uncounted, as the users' groups)."""
     return _group_name(USER_GROUP_PREFIX + "_e.", node)
 
@@ -371,19 +366,11 @@ def _dumps(document: Any) -> str:
     """JSON text; ``TypeError`` for what JSON cannot carry (NaN and the infinities too:
     Python writes them, but a browser's ``JSON.parse`` and Go's decoder refuse them)."""
     try:
-        text = json.dumps(document, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False)
+        # (a lone surrogate, which failed the send in every member's handler with 1011,
+        # goes out escaped: as Centrifugo passes it on)
+        return compact_json(document, allow_nan=False)
     except ValueError as exc:
         raise TypeError(str(exc)) from None
-    if not text.isascii():
-        try:
-            text.encode()
-        except UnicodeEncodeError:
-            # A lone surrogate ("\ud800" in a client's JSON: a string cut inside an
-            # emoji) cannot go out as UTF-8, and the send failed in every member's handler
-            # (1011). Escaped, it reaches the clients as Centrifugo passes it on.
-            text = json.dumps(document, separators=(",", ":"), allow_nan=False)
-    return text
 
 
 def refuse_constant(name: str) -> Any:

@@ -39,10 +39,17 @@ from typing import Any, ClassVar
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 
-from realtime.consumer import AsyncWebsocketConsumer
+from realtime.consumer import AsyncWebsocketConsumer, compact_json
 from realtime.exceptions import Refuse
 from realtime.http import AsyncHttpConsumer
-from realtime.layers.base import HELD, MAX_NAME, frame_event, let_out_for, skip_held
+from realtime.layers.base import (
+    HELD,
+    MAX_NAME,
+    escape_name,
+    frame_event,
+    let_out_for,
+    skip_held,
+)
 from realtime.threads import as_deferred
 
 log = Logger(namespace="realtime.socketio")
@@ -92,7 +99,6 @@ UPGRADE_TIMEOUT = 10.0
 #: Engine.IO's payload separator (between the packets of one polling request or response).
 _SEPARATOR = "\x1e"
 
-_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 #: A sid: 8 random characters, then its connection's channel name
 #: (``specific.<process>!<id>``) as ``<process>.<id>``.
 _SID = re.compile(r"^[A-Za-z0-9_-]{8}\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)$")
@@ -139,19 +145,6 @@ class _Malformed(Exception):
 
 # -- packets -----------------------------------------------------------------------------------
 
-def _dumps(data: Any) -> str:
-    """Compact JSON, non-ASCII as is; escaped (``\\ud83d``) when the text has a lone
-    surrogate (legal JSON, e.g. JS's ``slice()`` through an emoji), which UTF-8 cannot
-    carry, as python-socketio does (``ensure_ascii``)."""
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    if not text.isascii():
-        try:
-            text.encode()
-        except UnicodeEncodeError:
-            return json.dumps(data, separators=(",", ":"))
-    return text
-
-
 def _deconstruct(data: Any, attachments: list[bytes]) -> Any:
     """``data`` with each bytes value replaced by a placeholder (its bytes appended)."""
     if isinstance(data, bytes | bytearray | memoryview):
@@ -186,7 +179,7 @@ def encode_packet(kind: int, namespace: str = "/", data: Any = None,
     try:
         if data is not None and kind in (EVENT, ACK):
             data = _deconstruct(data, attachments)
-        payload = None if data is None else _dumps(data)
+        payload = None if data is None else compact_json(data)
     except RecursionError:
         raise ValueError("data nested too deeply to send") from None
     if attachments:
@@ -278,15 +271,10 @@ def decode_packet(text: str) -> Packet:
 
 # -- names -------------------------------------------------------------------------------------
 
-def _escape(text: str) -> str:
-    return "".join(c if c in _SAFE else "".join(f"_{b:02X}" for b in c.encode())
-                   for c in text)
-
-
 def _group(kind: str, namespace: str, room: str = "") -> str:
     """A layer group for ``namespace`` (kind "a": all its sockets) or one of its rooms
-    (kind "r"); hashed when escaping makes it too long ("_h" never comes out of _escape)."""
-    name = f"sio{kind}.{_escape(namespace)}.{_escape(room)}"
+    (kind "r"); hashed when escaping makes it too long ("_h" never comes out of escape_name)."""
+    name = f"sio{kind}.{escape_name(namespace)}.{escape_name(room)}"
     if len(name) > MAX_NAME:
         digest = hashlib.sha256(f"{namespace}\x00{room}".encode()).hexdigest()[:40]
         name = f"sio{kind}._h{digest}"
@@ -1366,7 +1354,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         if server._channel_layer is None:
             server._channel_layer = self.channel_layer
         self._max_payload = max_payload
-        self._send(_EIO_OPEN + _dumps({
+        self._send(_EIO_OPEN + compact_json({
             "sid": sid, "upgrades": upgrades,
             "pingInterval": int(server.ping_interval * 1000),
             "pingTimeout": int(server.ping_timeout * 1000),
@@ -1440,7 +1428,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
     # -- Engine.IO ---------------------------------------------------------------------------
     def _send(self, text: str, attachments: Iterable[bytes] = ()) -> None:
         """One packet (its attachments after it); one that is not UTF-8 (a lone surrogate
-        from a layer event no ``_dumps`` made) is dropped, the connection goes on."""
+        from a layer event no ``compact_json`` made) is dropped, the connection goes on."""
         if self._conn.closing_or_closed:
             return
         try:

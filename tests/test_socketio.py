@@ -814,7 +814,7 @@ async def _joined(url: str) -> Raw:
 async def test_a_lone_surrogate_relayed_to_a_sid_reaches_the_recipient(live, transports):
     """Legal JSON ("\\ud83d": JS's ``slice()`` through an emoji) that UTF-8 cannot carry
     goes out escaped, as python-socketio's does; a packet that still is not UTF-8 (a layer
-    event no ``_dumps`` made) is dropped, its recipient stays."""
+    event no ``compact_json`` made) is dropped, its recipient stays."""
     sio = quick_server()
     reasons: list[str] = []
     sio.on("disconnect", lambda sid, reason: reasons.append(reason))

@@ -439,6 +439,18 @@ def _mark(receiver: Any) -> None:
     _Hold.marked = True
 
 
+#: The characters ``escape_name`` keeps as they are (``_`` is not one: it starts escapes).
+NAME_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+
+def escape_name(text: str) -> str:
+    """``text`` in characters every group name allows, any other as ``_XX`` per UTF-8 byte:
+    distinct texts stay distinct (``realtime.pubsub``'s channels, ``realtime.socketio``'s
+    namespaces and rooms as group names)."""
+    return "".join(c if c in NAME_SAFE else "".join(f"_{b:02X}" for b in c.encode())
+                   for c in text)
+
+
 def check_name(name: Any, what: str = "channel") -> str:
     """ASCII letters, digits, ``-``, ``_``, ``.`` (and a ``!`` suffix on channels), under
     100 characters; anything else is a ``TypeError`` (as in Channels)."""
