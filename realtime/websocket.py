@@ -347,6 +347,9 @@ class WebSocketConnection(WebSocketServerProtocol):
     _pending: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
     _paused = False
     _threaded = False
+    #: The consumer's ``take_event_now`` (layer events it takes at once, outside its queue:
+    #: ``realtime.socketio``), looked up once, not per event.
+    _take_now: Any = None
     _ping_call: Any = None
     _pong_deadline: Any = None
     _lifetime_call: Any = None
@@ -470,6 +473,7 @@ class WebSocketConnection(WebSocketServerProtocol):
             self.scope = consumer.scope
         consumer._conn = self
         self._threaded = bool(getattr(consumer, "thread_handlers", False))
+        self._take_now = getattr(consumer, "take_event_now", None)
         layer = self.site.layer
         joins = []
         if layer is not None:
@@ -1006,7 +1010,7 @@ class WebSocketConnection(WebSocketServerProtocol):
                 CORKED.append(self)
             # A consumer may take an event at once, outside its queue (realtime.socketio's
             # packets: one ordered path per client with what its handlers send directly).
-            now = getattr(self.consumer, "take_event_now", None)
+            now = self._take_now
             if now is not None and not self.in_handshake:
                 try:
                     if now(event):
