@@ -13,6 +13,8 @@ sid names its connection's layer channel (``emit(to=sid)``, ``disconnect(sid)`` 
 once). A text-only packet to a group goes out as one prepared frame (``broadcast``); a
 packet with binary attachments, or to several targets, as one layer event per member,
 which each connection takes at once: a client gets one handler's packets in order.
+From outside the server (a Django view, a Celery task), ``Emitter`` does the same through
+the server API (``--api-key``): python-socketio's write-only manager.
 
 A polling session (``_PollingSession``) lives in the process that opened it, as
 python-engineio's do: behind several processes, polling needs sticky sessions (a request
