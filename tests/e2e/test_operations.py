@@ -215,17 +215,19 @@ async def test_send_api_reaches_one_channel_and_checks_its_body(live):
 
 @pytest_twisted.ensureDeferred
 async def test_send_api_answers_429_for_a_full_channel_and_503_without_the_layer(
-        realtime_leak_check):
+        redis_url, realtime_leak_check):
     """ChannelFull (the receiver is behind) is 429 with Retry-After; an unreachable Redis is
-    503 with Retry-After, as the other endpoints answer."""
+    503 with Retry-After, as the other endpoints answer; an event Redis cannot carry (an int
+    past 64 bits) is 400."""
     from twisted.internet import reactor
 
     from realtime.config import ServerConfig
     from realtime.layers import InMemoryChannelLayer
     from realtime.layers.redis import RedisChannelLayer
     from realtime.testing import serve
-    from tests.redis_support import free_port
+    from tests.redis_support import free_port, started_layer
 
+    redis = await started_layer(redis_url)
     small = InMemoryChannelLayer(capacity=2)
     down = RedisChannelLayer.from_url(f"redis://127.0.0.1:{free_port()}/0")
     down.start(reactor)
@@ -249,10 +251,18 @@ async def test_send_api_answers_429_for_a_full_channel_and_503_without_the_layer
             return out
 
         out = await in_thread(flow)
+        there = await serve(Named.as_app(), ServerConfig(api_keys=(KEY,)), layer=redis)
+        servers.append(there)
+        status, _, body = await in_thread(
+            get, there.http_url("/api/send"),
+            b'{"channel": "c", "event": {"type": "t", "n": 1180591620717411303424}}',
+            {"Authorization": f"Bearer {KEY}"})
     finally:
         for server in servers:
             await server.stop()
         await down.close()
+        await redis.close()
+    assert status == 400 and "msgpack-safe" in json.loads(body)["error"]
     full = (429, "channel 'nobody.reads' is full (its receiver is behind)")
     unavailable = (503, "the channel layer is unavailable")
     assert out == [200, 200, full, (429, "1"),
