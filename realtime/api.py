@@ -12,7 +12,12 @@ in every process. ``POST /api/history`` ``{"group": "room.a", "since": {"epoch",
 no ``--history`` rule matches); an ``event`` published to such a group answers its
 ``positions`` too. ``POST /api/disconnect`` ``{"group": "user.42", "code": 4003, "reason":
 "..."}`` (both optional: 1000, none) closes every member of the group in every process
-(``group_close``). Answers: 200 ``{"ok": true}``; 400 with a JSON ``error`` for a bad body;
+(``group_close``). ``POST /api/send`` ``{"channel": "specific.a1!b2", "event": {"type":
+...}}`` is Channels' ``channel_layer.send`` from outside: one typed event to one channel
+(a connection's ``channel_name``, in whatever process holds it; ``realtime.socketio.Emitter``
+reaches a sid this way); 429 with ``Retry-After`` when that channel's queue is full
+(``ChannelFull``: its receiver is behind, a retry may pass). Answers: 200 ``{"ok": true}``;
+400 with a JSON ``error`` for a bad body;
 401 without the key; 405 for a method other than POST; 413 past ``--api-body-limit``; 503
 while the layer is unavailable. Without a configured key these paths are not served (404).
 
@@ -22,6 +27,8 @@ Centrifugo's server API shares these paths (and adds its own, ``CENTRIFUGO_PATHS
 whose key comes as ``X-API-Key: <key>`` or
 ``Authorization: apikey <key>`` (or to a path only Centrifugo has) is answered by
 ``realtime.pubsub_api`` instead, in Centrifugo's form, for ``realtime.pubsub``'s channels.
+``/api/send`` is realtime's only (``REALTIME_PATHS``: Centrifugo's API has no ``send``), so
+it always takes ``Authorization: Bearer <key>``.
 """
 
 from __future__ import annotations
@@ -40,12 +47,15 @@ BROADCAST = b"/api/broadcast"
 PRESENCE = b"/api/presence"
 HISTORY = b"/api/history"
 DISCONNECT = b"/api/disconnect"
+SEND = b"/api/send"
+#: The paths only realtime's API has: never in Centrifugo's form, whatever the key's header.
+REALTIME_PATHS = (SEND,)
 #: The paths only Centrifugo's server API has (``realtime.pubsub_api``); the others are
 #: both APIs', told apart by how the key is given.
 CENTRIFUGO_PATHS = (b"/api/presence_stats", b"/api/subscribe", b"/api/unsubscribe",
                     b"/api/refresh", b"/api/history_remove", b"/api/batch", b"/api/info",
                     b"/api/channels")
-PATHS = (PUBLISH, BROADCAST, PRESENCE, HISTORY, DISCONNECT, *CENTRIFUGO_PATHS)
+PATHS = (PUBLISH, BROADCAST, PRESENCE, HISTORY, DISCONNECT, SEND, *CENTRIFUGO_PATHS)
 
 
 class BadBody(ValueError):
@@ -69,13 +79,16 @@ def key_matches(given: bytes, keys: tuple[str, ...]) -> bool:
 
 def parse(path: bytes, body: bytes) -> tuple[list[str], str, Any]:
     """(groups, kind, payload) of a request body (a publish's payload: the message and the
-    channels to leave out, or None); ``BadBody`` says what is wrong."""
+    channels to leave out, or None; a send's: the channel, as its one "group", and the
+    event); ``BadBody`` says what is wrong."""
     try:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise BadBody("the body is not JSON") from None
     if not isinstance(document, dict):
         raise BadBody("the body must be a JSON object")
+    if path == SEND:
+        return _send_query(document)
     if path in (PUBLISH, PRESENCE, HISTORY, DISCONNECT):
         group = document.get("group")
         if not isinstance(group, str):
@@ -108,6 +121,21 @@ def parse(path: bytes, body: bytes) -> tuple[list[str], str, Any]:
     _check_groups(groups)
     exclude = _exclude(document["exclude"]) if "exclude" in document else None
     return groups, kind, (payload, exclude)
+
+
+def _send_query(document: dict[str, Any]) -> tuple[list[str], str, Any]:
+    from realtime.layers.base import check_name
+
+    channel, event = document.get("channel"), document.get("event")
+    if not isinstance(channel, str):
+        raise BadBody("'channel' (a string) is required")
+    try:
+        check_name(channel, "channel")
+    except TypeError as exc:
+        raise BadBody(str(exc)) from None
+    if not (isinstance(event, dict) and isinstance(event.get("type"), str) and event["type"]):
+        raise BadBody("'event' must be an object with a non-empty 'type' string")
+    return [channel], "send", event
 
 
 def _exclude(value: Any) -> tuple[str, ...] | None:
@@ -266,6 +294,23 @@ def handle(site: Any, request: Any) -> None:
 
         site.layer.group_close(groups[0], code, reason).addCallbacks(
             closed, layer_failed, errbackArgs=("disconnect",))
+        return
+    if kind == "send":
+        from realtime.exceptions import ChannelFull
+
+        def sent(_: Any) -> None:
+            answer(200, {"ok": True, "channel": groups[0]})
+
+        def send_failed(failure: Any) -> None:
+            if failure.check(ChannelFull):
+                answer(429, {"error": f"channel {groups[0]!r} is full (its receiver is "
+                                      "behind)"}, ((b"retry-after", b"1"),))
+            elif failure.check(TypeError):  # e.g. an int past 64 bits for msgpack
+                answer(400, {"error": failure.getErrorMessage()})
+            else:
+                layer_failed(failure, "send")
+
+        site.layer.send(groups[0], payload).addCallbacks(sent, send_failed)
         return
     if kind == "presence":
         d = site.layer.group_presence(groups[0])

@@ -8,6 +8,7 @@ a Celery task, a cron script): no asyncio, no Twisted.
     broadcast(url, key, ["a", "b"], text="to two rooms")
     presence(url, key, "lobby")  # {"group": "lobby", "count": 2, "members": {...}}
     history(url, key, "room.a", limit=50)  # a --history group's last messages
+    send(url, key, "specific.a1!b2", {"type": "chat.message", "message": "hi"})  # one channel
 """
 
 from __future__ import annotations
@@ -109,3 +110,12 @@ def disconnect(url: str, key: str, group: str, *, code: int = 1000,
     if reason is not None:
         document["reason"] = reason
     return _post(url, key, "/api/disconnect", document, timeout)
+
+
+def send(url: str, key: str, channel: str, event: dict[str, Any], *,
+         timeout: float = 5.0) -> Any:
+    """POST /api/send: ``event`` (a typed event, ``{"type": "chat.message", ...}``) to one
+    channel, as ``channel_layer.send`` does (a consumer's ``channel_name``, in whatever
+    process holds it); a ``PublishError`` with status 429 when that channel's queue is
+    full."""
+    return _post(url, key, "/api/send", {"channel": channel, "event": event}, timeout)

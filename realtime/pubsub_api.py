@@ -34,7 +34,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
-from realtime.api import CENTRIFUGO_PATHS, key_matches, respond
+from realtime.api import CENTRIFUGO_PATHS, REALTIME_PATHS, key_matches, respond
 from realtime.pubsub import (
     BAD_REQUEST,
     CHANNELS_SURVEY,
@@ -70,7 +70,10 @@ class BadBody(ValueError):
 
 
 def centrifugo_form(request: Any) -> bool:
-    """Whether an API request is in Centrifugo's form (see the module's docstring)."""
+    """Whether an API request is in Centrifugo's form (see the module's docstring; never
+    on ``REALTIME_PATHS``, which Centrifugo's API does not have)."""
+    if request.path in REALTIME_PATHS:
+        return False
     if request.path in CENTRIFUGO_PATHS or request.getHeader(b"x-api-key") is not None:
         return True
     scheme = (request.getHeader(b"authorization") or b"").partition(b" ")[0]

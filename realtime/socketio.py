@@ -13,6 +13,8 @@ sid names its connection's layer channel (``emit(to=sid)``, ``disconnect(sid)`` 
 once). A text-only packet to a group goes out as one prepared frame (``broadcast``); a
 packet with binary attachments, or to several targets, as one layer event per member,
 which each connection takes at once: a client gets one handler's packets in order.
+From outside the server (a Django view, a Celery task), ``Emitter`` does the same through
+the server API (``--api-key``): python-socketio's write-only manager.
 
 A polling session (``_PollingSession``) lives in the process that opened it, as
 python-engineio's do: behind several processes, polling needs sticky sessions (a request
@@ -172,14 +174,16 @@ def _reconstruct(data: Any, attachments: list[bytes]) -> Any:
 
 
 def encode_packet(kind: int, namespace: str = "/", data: Any = None,
-                  ack_id: int | None = None) -> tuple[str, list[bytes]]:
+                  ack_id: int | None = None, allow_nan: bool = True) -> tuple[str, list[bytes]]:
     """One Socket.IO packet as its Engine.IO text frame and its binary frames (bytes in
-    ``data`` become attachments, EVENT/ACK become BINARY_EVENT/BINARY_ACK)."""
+    ``data`` become attachments, EVENT/ACK become BINARY_EVENT/BINARY_ACK). Not
+    ``allow_nan``: NaN and the infinities are a ``ValueError`` (JavaScript's
+    ``JSON.parse`` refuses them)."""
     attachments: list[bytes] = []
     try:
         if data is not None and kind in (EVENT, ACK):
             data = _deconstruct(data, attachments)
-        payload = None if data is None else compact_json(data)
+        payload = None if data is None else compact_json(data, allow_nan)
     except RecursionError:
         raise ValueError("data nested too deeply to send") from None
     if attachments:
@@ -322,6 +326,58 @@ def channel_of(sid: Any) -> str | None:
     return f"specific.{match.group(1)}!{match.group(2)}"
 
 
+def _target_key(target: Any, namespace: str) -> str:
+    """A sid, or the layer group of a room (the namespace's for None)."""
+    if channel_of(target) is not None:
+        return str(target)
+    return namespace_group(namespace) if target is None else room_group(namespace, target)
+
+
+def _deliveries(text: str, attachments: list[bytes], namespace: str, target: Any,
+                skip_sid: str | Iterable[str] | None,
+                ) -> tuple[list[tuple[str, str, dict[str, Any] | None]], list[str]]:
+    """How one packet reaches ``target`` (a sid, a room, a list of them; None: the
+    namespace), for ``AsyncServer.emit`` and ``Emitter.emit`` alike: steps ``("sid", sid,
+    event)`` (a ``sio.packet`` event to its channel), ``("group", group, event)`` (a
+    ``group_send``: attachments, or one of several targets, whose members take it from
+    the first target they are in) and ``("group", group, None)`` (one text frame,
+    ``broadcast``); and the channels to exclude: only the skipped sids of ``namespace``
+    (a "/" sid leaves its /chat socket in)."""
+    skip = {skip_sid} if isinstance(skip_sid, str) else set(skip_sid or ())
+    exclude = [channel for sid in skip if isinstance(sid, str)
+               and _in_namespace(sid, namespace)
+               and (channel := channel_of(sid)) is not None]
+    targets = list(target) if isinstance(target, list | tuple | set) else [target]
+    keys = [_target_key(one, namespace) for one in targets] if len(targets) > 1 else None
+    steps: list[tuple[str, str, dict[str, Any] | None]] = []
+    for via, one in enumerate(targets):
+        event: dict[str, Any] = {"type": "sio.packet", "namespace": namespace,
+                                 "text": text, "binary": attachments}
+        if keys is not None:
+            event["targets"], event["via"] = keys, via
+        if channel_of(one) is not None:  # a sid
+            if one not in skip and _in_namespace(one, namespace):
+                steps.append(("sid", one, {**event, "sid": one}))
+            continue
+        group = keys[via] if keys is not None else _target_key(one, namespace)
+        steps.append(("group", group, event if attachments or keys is not None else None))
+    return steps, exclude
+
+
+def _room_event(sid: str, namespace: str, room: Any, enter: bool) -> dict[str, Any]:
+    """The layer event that has ``sid`` enter or leave ``room`` where it is connected."""
+    return {"type": "sio.room", "sid": sid, "namespace": namespace, "room": str(room),
+            "enter": enter}
+
+
+def _close_room_event(group: str) -> dict[str, Any]:
+    return {"type": "sio.close_room", "group": group}
+
+
+def _disconnect_event(sid: str, namespace: str) -> dict[str, Any]:
+    return {"type": "sio.disconnect", "sid": sid, "namespace": namespace}
+
+
 async def _maybe_await(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
@@ -346,7 +402,7 @@ def _positional_count(handler: Callable[..., Any]) -> int:
 # -- the server --------------------------------------------------------------------------------
 
 def _first_target(socket: _Socket, keys: list[str]) -> int | None:
-    """The index of the first of ``keys`` (``AsyncServer._target_key``) ``socket`` is in."""
+    """The index of the first of ``keys`` (``_target_key``) ``socket`` is in."""
     everyone = namespace_group(socket.namespace)
     for index, key in enumerate(keys):
         if key == socket.sid or key == everyone or key in socket.rooms:
@@ -545,44 +601,24 @@ class AsyncServer:
         each connection takes at once too (``SocketIOConsumer.take_event_now``). To several
         targets, each member takes it from the first target it is in (``_first_target``):
         once, as in python-socketio."""
-        skip = {skip_sid} if isinstance(skip_sid, str) else set(skip_sid or ())
-        # Only the skipped sids of this namespace (a "/" sid leaves its /chat socket in).
-        exclude = [channel for sid in skip if isinstance(sid, str)
-                   and _in_namespace(sid, namespace)
-                   and (channel := channel_of(sid)) is not None]
+        steps, exclude = _deliveries(text, attachments, namespace, target, skip_sid)
         layer = self.channel_layer
-        targets = list(target) if isinstance(target, list | tuple | set) else [target]
-        keys = [self._target_key(one, namespace) for one in targets] if len(targets) > 1 \
-            else None
-        for via, one in enumerate(targets):
-            event: dict[str, Any] = {"type": "sio.packet", "namespace": namespace,
-                                     "text": text, "binary": attachments}
-            if keys is not None:
-                event["targets"], event["via"] = keys, via
-            if channel_of(one) is not None:  # a sid
-                if one in skip or not _in_namespace(one, namespace):
-                    continue
-                socket = self._local(one, namespace)
+        for kind, name, event in steps:
+            if kind == "sid":
+                assert event is not None
+                socket = self._local(name, namespace)
                 if socket is not None:
-                    if keys is None or _first_target(socket, keys) == via:
+                    keys = event.get("targets")
+                    if keys is None or _first_target(socket, keys) == event["via"]:
                         socket.consumer._send(text, attachments)
                     continue
-                channel = self._channel(one)
+                channel = self._channel(name)
                 if channel is not None:
-                    await layer.send(channel, {**event, "sid": one})
-                continue
-            group = keys[via] if keys is not None else self._target_key(one, namespace)
-            if attachments or keys is not None:
-                await layer.group_send(group, event, exclude=exclude or None)
+                    await layer.send(channel, event)
+            elif event is not None:
+                await layer.group_send(name, event, exclude=exclude or None)
             else:
-                await layer.broadcast(group, text=text, exclude=exclude or None)
-
-    @staticmethod
-    def _target_key(target: Any, namespace: str) -> str:
-        """A sid, or the layer group of a room (the namespace's for None)."""
-        if channel_of(target) is not None:
-            return str(target)
-        return namespace_group(namespace) if target is None else room_group(namespace, target)
+                await layer.broadcast(name, text=text, exclude=exclude or None)
 
     async def send(self, data: Any, to: Any = None, room: Any = None,
                    skip_sid: str | Iterable[str] | None = None, namespace: str | None = None,
@@ -648,14 +684,12 @@ class AsyncServer:
         """A sid of another process enters or leaves ``room`` there (through the layer)."""
         channel = self._channel(sid)
         if channel is not None:
-            await self.channel_layer.send(channel, {"type": "sio.room", "sid": sid,
-                                                    "namespace": namespace,
-                                                    "room": str(room), "enter": enter})
+            await self.channel_layer.send(channel, _room_event(sid, namespace, room, enter))
 
     async def close_room(self, room: Any, namespace: str | None = None) -> None:
         """Every member, in every process, leaves ``room``."""
         group = room_group(namespace or "/", room)
-        await self.channel_layer.group_send(group, {"type": "sio.close_room", "group": group})
+        await self.channel_layer.group_send(group, _close_room_event(group))
 
     def rooms(self, sid: str, namespace: str | None = None) -> list[Any]:
         """The rooms of a sid connected to this process (its own sid first), else []."""
@@ -713,8 +747,7 @@ class AsyncServer:
             return
         channel = self._channel(sid)
         if channel is not None:
-            await self.channel_layer.send(channel, {"type": "sio.disconnect", "sid": sid,
-                                                    "namespace": namespace})
+            await self.channel_layer.send(channel, _disconnect_event(sid, namespace))
 
     async def sleep(self, seconds: float = 0) -> None:
         from twisted.internet import reactor
@@ -1750,6 +1783,119 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             await self._server_disconnect(socket)
 
 
-__all__ = ["AsyncServer", "CallTimeoutError", "ConnectionRefusedError", "PollingConsumer",
-           "Reason", "SocketIOApp", "SocketIOConsumer", "SocketIOError", "channel_of",
-           "decode_packet", "encode_packet", "namespace_group", "room_group"]
+# -- from outside the server ----------------------------------------------------------------
+
+def _check_namespace(namespace: Any) -> str:
+    if (not isinstance(namespace, str) or not namespace.startswith("/")
+            or any(c in namespace for c in ",?") or not namespace.isprintable()):
+        raise ValueError(f"a namespace is a str that starts with '/', without ',' or '?' "
+                         f"(printable), not {namespace!r}")
+    return namespace
+
+
+def _check_sid(sid: Any) -> str:
+    if channel_of(sid) is None:
+        raise ValueError(f"not a realtime.socketio sid: {sid!r}")
+    return str(sid)
+
+
+class Emitter:
+    """Emit to Socket.IO clients from outside the server (a Django view, a Celery task, a
+    script): python-socketio's ``RedisManager(url, write_only=True)``, through realtime's
+    HTTP API (``--api-key``; ``realtime.client``: the standard library, no reactor, no
+    asyncio), so it reaches every process of the server, which need not share a Redis
+    with the caller.
+
+    The methods are ``AsyncServer``'s (not the manager's: its ``enter_room(sid, namespace,
+    room)`` takes another order), with every argument after the first two keyword-only.
+    Each is one HTTP request per target, done when the server's layer took it (a sid's
+    ``enter_room`` happens where it is connected, just after); a refusal is a
+    ``realtime.client.PublishError`` (its ``status``: 400, 401, 429 when a sid's queue is
+    full, 503 while the layer is down). Bytes in ``data`` are a ``ValueError``: binary
+    attachments are frames of their own, which the API's JSON does not carry (emit them
+    from the server's ``AsyncServer``, or send base64 text)."""
+
+    def __init__(self, url: str, api_key: str, *, timeout: float = 10.0) -> None:
+        self.url = url
+        self.api_key = api_key
+        self.timeout = timeout
+
+    def emit(self, event: str, data: Any = None, *, to: Any = None, room: Any = None,
+             skip_sid: str | Iterable[str] | None = None, namespace: str = "/") -> None:
+        """``event`` to a sid, a room, a list of them (each client once), or the whole
+        ``namespace`` (neither ``to`` nor ``room``), in every process, but the sids of
+        ``skip_sid``; ``data``: one argument, or a tuple of them (JSON values)."""
+        from realtime import client
+
+        _check_namespace(namespace)
+        if not isinstance(event, str):
+            raise TypeError("the event name is a str")
+        args = [] if data is None else list(data) if isinstance(data, tuple) else [data]
+        try:
+            text, attachments = encode_packet(EVENT, namespace, [event, *args],
+                                              allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"data must be JSON values: {exc}") from None
+        if attachments:
+            raise ValueError("bytes in data: binary attachments cannot go through the HTTP "
+                             "API (emit them from the server's AsyncServer, or send base64)")
+        target = to if to is not None else room
+        steps, exclude = _deliveries(text, [], namespace, target, skip_sid)
+        for kind, name, packet in steps:
+            if kind == "sid":
+                assert packet is not None
+                self._send(name, packet)
+            elif packet is not None:
+                client.publish(self.url, self.api_key, name, event=packet,
+                               exclude=exclude or None, timeout=self.timeout)
+            else:
+                client.publish(self.url, self.api_key, name, text=text,
+                               exclude=exclude or None, timeout=self.timeout)
+
+    def send(self, data: Any, *, to: Any = None, room: Any = None,
+             skip_sid: str | Iterable[str] | None = None, namespace: str = "/") -> None:
+        """``emit("message", data, ...)``."""
+        self.emit("message", data, to=to, room=room, skip_sid=skip_sid, namespace=namespace)
+
+    def enter_room(self, sid: str, room: Any, *, namespace: str = "/") -> None:
+        """Put ``sid`` in ``room`` where it is connected (a sid of another namespace:
+        nothing happens; another sid as the room: ``ValueError``, as ``AsyncServer``)."""
+        self._room(sid, room, namespace, enter=True)
+
+    def leave_room(self, sid: str, room: Any, *, namespace: str = "/") -> None:
+        self._room(sid, room, namespace, enter=False)
+
+    def close_room(self, room: Any, *, namespace: str = "/") -> None:
+        """Every member, in every process, leaves ``room``."""
+        from realtime import client
+
+        group = room_group(_check_namespace(namespace), room)
+        client.publish(self.url, self.api_key, group, event=_close_room_event(group),
+                       timeout=self.timeout)
+
+    def disconnect(self, sid: str, *, namespace: str = "/") -> None:
+        """Disconnect ``sid`` from ``namespace`` (the client is told; its ``disconnect``
+        handler runs with "server disconnect")."""
+        _check_namespace(namespace)
+        if _in_namespace(_check_sid(sid), namespace):
+            self._send(sid, _disconnect_event(sid, namespace))
+
+    def _room(self, sid: str, room: Any, namespace: str, enter: bool) -> None:
+        _check_namespace(namespace)
+        _check_sid(sid)
+        if enter and room != sid and channel_of(room) is not None:
+            raise ValueError("cannot enter a sid room")
+        if _in_namespace(sid, namespace):
+            self._send(sid, _room_event(sid, namespace, room, enter))
+
+    def _send(self, sid: str, event: dict[str, Any]) -> None:
+        from realtime import client
+
+        channel = channel_of(sid)
+        assert channel is not None
+        client.send(self.url, self.api_key, channel, event, timeout=self.timeout)
+
+
+__all__ = ["AsyncServer", "CallTimeoutError", "ConnectionRefusedError", "Emitter",
+           "PollingConsumer", "Reason", "SocketIOApp", "SocketIOConsumer", "SocketIOError",
+           "channel_of", "decode_packet", "encode_packet", "namespace_group", "room_group"]

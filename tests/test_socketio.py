@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from realtime import socketio as rsio
+from realtime.client import PublishError
 from realtime.routing import URLRouter, path
 from tests.clients import in_thread, until
 
@@ -1291,3 +1292,152 @@ async def test_a_websocket_that_never_probes_does_not_block_the_upgrade(live, mo
     assert await in_thread(ws.recv, WAIT) == "3probe"
     await Raw(ws).close()
     await Raw(stalled).close()
+
+
+# -- the Emitter (from outside the server, through the HTTP API) --------------------------------
+
+API_KEY = "test-api-key-0123456789"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_emitter_reaches_rooms_sids_and_namespaces_on_every_transport(live):
+    """``Emitter`` (sync, in a worker thread as a Django view's would be) against clients on
+    WebSocket, polling, and polling upgraded to WebSocket: rooms (one broadcast frame, which
+    each transport carries), skip_sid, a sid, a list of targets, a namespace, the room
+    changes, close_room and disconnect, all seen by the clients."""
+    sio = quick_server()
+    sio.on("connect", lambda sid, environ: None, namespace="/chat")
+    url = await start(live, sio, api_keys=(API_KEY,))
+    emitter = rsio.Emitter(url, API_KEY)
+    ada = await PyClient("said", "message").connect(url, ["websocket"],
+                                                    namespaces=["/", "/chat"])
+    ada.client.on("said", lambda data: ada.got.put(("chat", data)), namespace="/chat")
+    bob = await PyClient("said", "message").connect(url, ["polling"])
+    cat = await PyClient("said", "message").connect(url, None)  # the upgrade
+    assert await until(lambda: cat.client.transport() == "websocket", WAIT)
+    clients = (ada, bob, cat)
+    a, b, c = (client.client.get_sid() for client in clients)
+    assert [sio.transport(sid) for sid in (a, b, c)] == ["websocket", "polling", "websocket"]
+
+    async def run(call: Any) -> Any:
+        return await in_thread(call)
+
+    async def each() -> list[Any]:
+        return [await client.next() for client in clients]
+
+    async def quiet(*some: PyClient) -> bool:
+        return all([await client.nothing() for client in some])
+
+    for sid in (a, b, c):
+        await run(lambda sid=sid: emitter.enter_room(sid, "r"))
+    assert await until(lambda: all("r" in sio.rooms(sid) for sid in (a, b, c)))
+    await run(lambda: emitter.emit("said", "to r", room="r"))
+    assert await each() == [("said", "to r")] * 3
+    await run(lambda: emitter.emit("said", "not bob", to="r", skip_sid=b))
+    assert await ada.next() == await cat.next() == ("said", "not bob")
+    await run(lambda: emitter.emit("said", {"just": "bob"}, to=b))
+    assert await bob.next() == ("said", {"just": "bob"})
+    assert await quiet(ada, cat)
+    await run(lambda: emitter.emit("said", ("two", 2)))  # "/": everyone; two arguments
+    assert await each() == [("said", ("two", 2))] * 3
+    await run(lambda: emitter.send("plain", skip_sid=[a, c]))
+    assert await bob.next() == ("message", "plain")
+    assert await quiet(ada, cat)
+
+    await run(lambda: emitter.leave_room(b, "r"))
+    await run(lambda: emitter.enter_room(a, "den"))
+    assert await until(lambda: "r" not in sio.rooms(b) and "den" in sio.rooms(a))
+    await run(lambda: emitter.emit("said", "once", to=["r", "den", b]))
+    assert await each() == [("said", "once")] * 3  # ada in r and den: once
+
+    chat = ada.client.get_sid("/chat")
+    await run(lambda: emitter.emit("said", "in /chat", namespace="/chat"))
+    assert await ada.next() == ("chat", "in /chat")
+    await run(lambda: emitter.emit("said", "a '/' sid", to=a, namespace="/chat"))
+    await run(lambda: emitter.emit("said", "to /chat", to=chat, namespace="/chat"))
+    assert await ada.next() == ("chat", "to /chat")  # not the "/" sid's
+    await run(lambda: emitter.enter_room(chat, "r"))  # no namespace: "/", not chat's
+    await run(lambda: emitter.disconnect(chat))
+    assert await quiet(*clients)
+    assert sio.rooms(chat, namespace="/chat") == [chat]
+
+    await run(lambda: emitter.close_room("r"))
+    assert await until(lambda: not any("r" in sio.rooms(sid) for sid in (a, b, c)))
+    assert sio.rooms(a) == [a, "den"]
+    await run(lambda: emitter.emit("said", "nobody", room="r"))
+    assert await quiet(*clients)
+    await run(lambda: emitter.disconnect(b))
+    await run(lambda: emitter.disconnect(chat, namespace="/chat"))
+    assert await bob.next() == ("disconnect", ("server disconnect",))
+    assert await until(lambda: ada.client.get_sid("/chat") is None)
+    with pytest.raises(PublishError) as refused:
+        await run(lambda: rsio.Emitter(url, "wrong-key-000000000").emit("said", "x"))
+    assert refused.value.status == 401
+    for client in (ada, cat):
+        await client.disconnect()
+
+
+def test_the_emitter_refuses_what_it_cannot_send_before_any_request():
+    """Bad input is a ``ValueError`` (``TypeError`` for a non-str event name) that says
+    what is wrong, raised before any request: the URL here has no server."""
+    emitter = rsio.Emitter("http://127.0.0.1:9", API_KEY, timeout=0.5)
+    sid = "abcdefgh.proc.chan"  # the form of a sid (channel_of finds its channel)
+    assert rsio.channel_of(sid) == "specific.proc!chan"
+    cases = [
+        (lambda: emitter.emit("e", 1, namespace="chat"), "a namespace is a str"),
+        (lambda: emitter.emit("e", 1, namespace="/a,b"), "a namespace is a str"),
+        (lambda: emitter.close_room("r", namespace="/q?x=1"), "a namespace is a str"),
+        (lambda: emitter.emit("e", {1, 2}), "data must be JSON values"),
+        (lambda: emitter.emit("e", float("nan")), "data must be JSON values"),
+        (lambda: emitter.emit("e", {"blob": b"\x00"}), "bytes in data"),
+        (lambda: emitter.enter_room("not a sid", "r"), "not a realtime.socketio sid"),
+        (lambda: emitter.disconnect(42), "not a realtime.socketio sid"),
+        (lambda: emitter.enter_room(sid, "zyxwvuts.proc.other"), "cannot enter a sid room"),
+    ]
+    for call, error in cases:
+        with pytest.raises(ValueError, match=error.replace("?", r"\?")):
+            call()
+    with pytest.raises(TypeError, match="the event name is a str"):
+        emitter.emit(b"e")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):  # python-socketio's manager order: not taken silently
+        emitter.enter_room(sid, "/chat", "r")  # type: ignore[misc]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_emitter_reaches_a_socket_of_another_process_through_redis(
+        redis_url, realtime_leak_check):
+    """Two servers on two Redis layers: the Emitter asks one of them, the sockets are on
+    the other (one polling, one on WebSocket)."""
+    from realtime.config import ServerConfig
+    from realtime.testing import serve
+    from tests.redis_support import started_layer
+
+    layers = [await started_layer(redis_url) for _ in range(2)]
+    servers = []
+    try:
+        sios = [quick_server(channel_layer=layer) for layer in layers]
+        for sio, layer in zip(sios, layers, strict=True):
+            servers.append(await serve(app(sio), ServerConfig(api_keys=(API_KEY,)),
+                                       layer=layer))
+        emitter = rsio.Emitter(f"http://127.0.0.1:{servers[0].port}", API_KEY)
+        there = f"http://127.0.0.1:{servers[1].port}"
+        one = await PyClient("said").connect(there, ["polling"])
+        two = await PyClient("said").connect(there, ["websocket"])
+        sid_one, sid_two = one.client.get_sid(), two.client.get_sid()
+        for sid in (sid_one, sid_two):
+            await in_thread(lambda sid=sid: emitter.enter_room(sid, "lobby"))
+        assert await until(lambda: all("lobby" in sios[1].rooms(sid)
+                                       for sid in (sid_one, sid_two)))
+        await in_thread(lambda: emitter.emit("said", "lobby", room="lobby", skip_sid=sid_two))
+        assert await one.next() == ("said", "lobby")
+        await in_thread(lambda: emitter.emit("said", "you", to=sid_two))
+        assert await two.next() == ("said", "you")
+        assert await one.nothing()
+        await in_thread(lambda: emitter.disconnect(sid_one))
+        assert await one.next() == ("disconnect", ("server disconnect",))
+        await two.disconnect()
+    finally:
+        for server in servers:
+            await server.stop()
+        for layer in layers:
+            await layer.close()

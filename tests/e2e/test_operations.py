@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
 from realtime import AsyncWebsocketConsumer, URLRouter, path
-from realtime.client import PublishError, broadcast, publish
+from realtime.client import PublishError, broadcast, publish, send
 from realtime.examples.bench import application as bench
 from tests.clients import in_thread
 
@@ -154,6 +154,119 @@ async def test_sync_client_publishes_into_a_room(live):
         return got
 
     assert await in_thread(flow) == ["from django", '{"a": 1}', "event:hi", "both", "both", 401]
+
+
+class Named(AsyncWebsocketConsumer):
+    """Tells its client its channel name; a ``chat.message`` event comes back as text."""
+
+    async def connect(self):
+        await self.accept()
+        await self.send(text_data=self.channel_name)
+
+    async def chat_message(self, event):
+        await self.send(text_data="event:" + event["message"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_api_reaches_one_channel_and_checks_its_body(live):
+    server = await live(Named.as_app(), api_keys=(KEY,))
+    base, url = server.http_url(""), server.http_url("/api/send")
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+    def answer(body, headers=auth):
+        status, _, text = get(url, body, headers)
+        return status, json.loads(text).get("error")
+
+    def flow():
+        out = {}
+        with connect(server.ws_url("/")) as one, connect(server.ws_url("/")) as two:
+            channel = one.recv(timeout=5)
+            two.recv(timeout=5)
+            out["sent"] = send(base, KEY, channel, {"type": "chat.message", "message": "hi"})
+            out["got"] = one.recv(timeout=5)
+            try:
+                two.recv(timeout=0.3)
+                out["two"] = "got it too"
+            except TimeoutError:
+                out["two"] = "nothing"
+        out["get"] = get(url)[0]
+        out["nochannel"] = answer(b'{"event": {"type": "t"}}')
+        out["badchannel"] = answer(b'{"channel": "no spaces", "event": {"type": "t"}}')
+        out["noevent"] = answer(b'{"channel": "c"}')
+        out["notype"] = answer(b'{"channel": "c", "event": {"message": "x"}}')
+        out["emptytype"] = answer(b'{"channel": "c", "event": {"type": ""}}')
+        out["array"] = answer(b'[]')
+        # Centrifugo's key header does not make /api/send Centrifugo's (it has no send).
+        out["apikey"] = answer(b'{"channel": "c", "event": {"type": "t"}}',
+                               {"X-API-Key": KEY})
+        return out
+
+    out = await in_thread(flow)
+    assert out["sent"]["ok"] is True and out["sent"]["channel"].startswith("specific.")
+    assert out["got"] == "event:hi" and out["two"] == "nothing"
+    assert out["get"] == 405
+    assert out["nochannel"] == (400, "'channel' (a string) is required")
+    assert out["badchannel"][0] == 400 and "channel name must be" in out["badchannel"][1]
+    assert out["noevent"] == out["notype"] == out["emptytype"] == (
+        400, "'event' must be an object with a non-empty 'type' string")
+    assert out["array"] == (400, "the body must be a JSON object")
+    assert out["apikey"] == (401, "a valid 'Authorization: Bearer <key>' is required")
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_api_answers_429_for_a_full_channel_and_503_without_the_layer(
+        redis_url, realtime_leak_check):
+    """ChannelFull (the receiver is behind) is 429 with Retry-After; an unreachable Redis is
+    503 with Retry-After, as the other endpoints answer; an event Redis cannot carry (an int
+    past 64 bits) is 400."""
+    from twisted.internet import reactor
+
+    from realtime.config import ServerConfig
+    from realtime.layers import InMemoryChannelLayer
+    from realtime.layers.redis import RedisChannelLayer
+    from realtime.testing import serve
+    from tests.redis_support import free_port, started_layer
+
+    redis = await started_layer(redis_url)
+    small = InMemoryChannelLayer(capacity=2)
+    down = RedisChannelLayer.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    down.start(reactor)
+    servers = [await serve(Named.as_app(), ServerConfig(api_keys=(KEY,)), layer=layer)
+               for layer in (small, down)]
+    try:
+        def flow():
+            out = []
+            for server in servers:
+                base = server.http_url("")
+                for _ in range(3):
+                    try:
+                        send(base, KEY, "nobody.reads", {"type": "t"})
+                        out.append(200)
+                    except PublishError as exc:
+                        out.append((exc.status, exc.error))
+                status, headers, _ = get(server.http_url("/api/send"),
+                                         b'{"channel": "nobody.reads", "event": {"type": "t"}}',
+                                         {"Authorization": f"Bearer {KEY}"})
+                out.append((status, headers.get("Retry-After")))
+            return out
+
+        out = await in_thread(flow)
+        there = await serve(Named.as_app(), ServerConfig(api_keys=(KEY,)), layer=redis)
+        servers.append(there)
+        status, _, body = await in_thread(
+            get, there.http_url("/api/send"),
+            b'{"channel": "c", "event": {"type": "t", "n": 1180591620717411303424}}',
+            {"Authorization": f"Bearer {KEY}"})
+    finally:
+        for server in servers:
+            await server.stop()
+        await down.close()
+        await redis.close()
+    assert status == 400 and "msgpack-safe" in json.loads(body)["error"]
+    full = (429, "channel 'nobody.reads' is full (its receiver is behind)")
+    unavailable = (503, "the channel layer is unavailable")
+    assert out == [200, 200, full, (429, "1"),
+                   unavailable, unavailable, unavailable, (503, "1")]
 
 
 @pytest_twisted.ensureDeferred
