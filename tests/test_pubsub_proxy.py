@@ -410,3 +410,44 @@ def test_proxy_options_at_start_up(tmp_path, monkeypatch):
     assert startup_error("--proxy-http-headers", "Cookie Bad:Name") == (
         "--proxy-http-headers: 'Bad:Name' is not a header name")
     assert pubsub.Namespace().subscribe_proxy_enabled is False
+
+
+# -- binary data, subclasses ---------------------------------------------------------------------
+
+class Overriding(pubsub.PubSubConsumer):
+    """A subclass's hook wins over the proxy; ``super()`` still asks it."""
+
+    async def rpc(self, method: str, data: Any) -> Any:
+        if method == "local":
+            return {"from": "python"}
+        return await super().rpc(method, data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_binary_data_goes_as_b64data_and_a_subclass_hook_wins(pubsub_server, backend):
+    import base64
+
+    from realtime.routing import URLRouter, path
+
+    backend.proxy("connect", "rpc")
+    backend.answers.update(TOKEN_FREE)
+    backend.answers["rpc"] = lambda body: {"result": {"b64data": base64.b64encode(
+        b"\xfe" + base64.b64decode(body["b64data"])).decode()}}
+    app = URLRouter([path("connection/websocket", Overriding.as_asgi())])
+    server = await pubsub_server(app=app)
+
+    async def scenario() -> Any:
+        client, events = sdk_client(server, use_protobuf=True)
+        await client.connect()
+        await events.next("connected")
+        binary = await client.rpc("bin", b"\x00\xff")
+        local = await client.rpc("local", b"{}")
+        await client.disconnect()
+        return binary.data, local.data
+
+    binary, local = await run(scenario)
+    assert binary == b"\xfe\x00\xff"
+    assert json.loads(local) == {"from": "python"}
+    (asked,) = backend.of("rpc")
+    assert asked["b64data"] == "AP8=" and "data" not in asked
+    assert (asked["protocol"], asked["encoding"]) == ("protobuf", "binary")
