@@ -553,7 +553,8 @@ def _refresh_due(p: _Protocol) -> None:
     if not configured("refresh"):
         p._conn.close(*CLOSE_EXPIRED)
         return
-    Deferred.fromCoroutine(_refresh(p))
+    Deferred.fromCoroutine(_refresh(p)).addErrback(
+        lambda failure: log.failure("pubsub: the refresh proxy call failed", failure))
 
 
 async def _refresh(p: _Protocol) -> None:
@@ -604,7 +605,8 @@ def _sub_refresh_due(p: _Protocol, sub: _Sub) -> None:
     if not enabled("sub_refresh", sub.namespace):
         p._conn.close(*CLOSE_SUB_EXPIRED)
         return
-    Deferred.fromCoroutine(_sub_refresh(p, sub))
+    Deferred.fromCoroutine(_sub_refresh(p, sub)).addErrback(
+        lambda failure: log.failure("pubsub: the sub_refresh proxy call failed", failure))
 
 
 async def _sub_refresh(p: _Protocol, sub: _Sub) -> None:

@@ -451,3 +451,30 @@ async def test_binary_data_goes_as_b64data_and_a_subclass_hook_wins(pubsub_serve
     (asked,) = backend.of("rpc")
     assert asked["b64data"] == "AP8=" and "data" not in asked
     assert (asked["protocol"], asked["encoding"]) == ("protobuf", "binary")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_unidirectional_connect_through_the_proxy(pubsub_server, backend):
+    from websockets.exceptions import ConnectionClosed
+
+    backend.proxy("connect", http_headers=("Authorization",))
+    backend.answers["connect"] = lambda body: (
+        {"result": {"user": "ada", "data": {"hi": 1}}} if body["data"] == "ok"
+        else (503, b"busy"))
+    server = await pubsub_server()
+
+    def uni(data: str) -> Any:
+        with connect(server.ws_url("/connection/uni_websocket"), open_timeout=WAIT,
+                     additional_headers={"Authorization": "Bearer t"}) as ws:
+            ws.send(json.dumps({"data": data}))
+            try:
+                return json.loads(ws.recv(timeout=WAIT))
+            except ConnectionClosed as exc:
+                return exc.rcvd.code if exc.rcvd is not None else None
+
+    pushed, failed = await asyncio_gather(in_thread(uni, "ok"), in_thread(uni, "fail"))
+    assert pushed["connect"]["data"] == {"hi": 1}
+    # (the unidirectional WebSocket tells its close in a disconnect push first)
+    assert failed == {"disconnect": {"code": 3004, "reason": "internal server error"}}
+    assert {body["transport"] for body in backend.of("connect")} == {"uni_websocket"}
+    assert {headers["authorization"] for _, headers, _ in backend.requests} == {"Bearer t"}
