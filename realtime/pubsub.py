@@ -193,6 +193,14 @@ class Namespace:
     #: request's ``tf``: ``realtime.pubsub_filter``). Publications of such a namespace
     #: without history go to each member as an event (not one ``broadcast()`` frame).
     allow_tags_filter: bool = False
+    #: Centrifugo's channel proxies (``realtime.pubsub_proxy``; their endpoints are
+    #: ``--proxy-subscribe-endpoint``, ...): the backend decides who subscribes and
+    #: publishes here (instead of the ``allow_*`` options) and refreshes subscriptions
+    #: with an ``expire_at``. Centrifugo v5's ``proxy_subscribe``, ``proxy_publish`` and
+    #: ``proxy_sub_refresh`` are these too.
+    subscribe_proxy_enabled: bool = False
+    publish_proxy_enabled: bool = False
+    sub_refresh_proxy_enabled: bool = False
 
     @property
     def history(self) -> bool:
@@ -201,6 +209,10 @@ class Namespace:
 
 
 _OPTIONS = {f.name: f.type for f in fields(Namespace) if f.name != "name"}
+#: Centrifugo v5's names of namespace options that v6 renamed.
+_V5_NAMES = {"proxy_subscribe": "subscribe_proxy_enabled",
+             "proxy_publish": "publish_proxy_enabled",
+             "proxy_sub_refresh": "sub_refresh_proxy_enabled"}
 #: The delta compression a namespace may allow (``allowed_delta_types``).
 DELTA_TYPES = ("fossil",)
 
@@ -230,6 +242,7 @@ def parse_namespace(spec: str) -> Namespace:
             continue
         option, has_value, value = item.partition("=")
         option = option.strip().replace("-", "_")
+        option = _V5_NAMES.get(option, option)
         where = f"namespace {name or '(default)'!r}: {option}"
         if option not in _OPTIONS:
             raise ValueError(f"namespace {name or '(default)'!r}: no option {option!r} "
@@ -625,6 +638,8 @@ class _Protocol:
     channel_layer: Any
     channel_name: Any
     _conn: Any
+    #: What the subscribe or publish proxy granted (a ``pubsub_proxy.Granted``).
+    _granted: Any
 
     #: None: the ``--namespace`` options (``realtime.pubsub.configure``).
     namespaces: ClassVar[Mapping[str, Namespace] | None] = None
@@ -642,22 +657,48 @@ class _Protocol:
     #: Centrifugo's unidirectional WebSocket (``UniPubSubConsumer``): no commands but the
     #: first message's connect request; the server writes bare pushes.
     unidirectional: ClassVar[bool] = False
+    #: Centrifugo's name of the transport (the proxies' ``transport`` field).
+    transport_name: ClassVar[str] = "websocket"
 
     # -- hooks ---------------------------------------------------------------------------------
     async def can_subscribe(self, channel: str, data: Any) -> bool:
         """Asked when neither a token nor the namespace lets the client in (Centrifugo's
-        subscribe proxy, in-process); ``self.user`` is the connection's user id ("" when
-        anonymous). Raise ``PubSubError`` for another error code."""
+        subscribe proxy, in-process), and always in a namespace with
+        ``subscribe_proxy_enabled``; ``self.user`` is the connection's user id ("" when
+        anonymous). Raise ``PubSubError`` for another error code. This one asks the
+        subscribe proxy where the namespace enables it (``realtime.pubsub_proxy``: its
+        ``info``, ``data``, ``override`` and ``expire_at`` go with the subscription), else
+        refuses."""
+        from realtime import pubsub_proxy
+
+        namespace = _namespace(channel, self._namespaces())
+        if pubsub_proxy.enabled("subscribe", namespace):
+            self._granted = await pubsub_proxy.subscribe(self, channel, data)
+            return True
         return False
 
     async def can_publish(self, channel: str, data: Any) -> bool:
-        """Asked when the namespace does not let this client publish to ``channel``."""
+        """Asked when the namespace does not let this client publish to ``channel``, and
+        always in a namespace with ``publish_proxy_enabled``. This one asks the publish
+        proxy there (its ``data`` replaces the client's, its ``tags`` go along), else
+        refuses."""
+        from realtime import pubsub_proxy
+
+        namespace = _namespace(channel, self._namespaces())
+        if pubsub_proxy.enabled("publish", namespace):
+            self._granted = await pubsub_proxy.publish(self, channel, data)
+            return True
         return False
 
     async def rpc(self, method: str, data: Any) -> Any:
         """A client's ``rpc`` command: return the result data (any JSON value; ``bytes``
         too for a Protobuf client). ``data`` is what ``from_bytes`` makes of a Protobuf
-        client's bytes."""
+        client's bytes. This one asks the RPC proxy (``--proxy-rpc-endpoint``, every
+        method), else answers 104 (method not found)."""
+        from realtime import pubsub_proxy
+
+        if pubsub_proxy.configured("rpc"):
+            return await pubsub_proxy.rpc(self, method, data)
         raise PubSubError(METHOD_NOT_FOUND)
 
     async def on_message(self, data: Any) -> None:
@@ -691,10 +732,16 @@ class _Protocol:
         self._counted_user = False
         self._stale: Any = None
         self._uni_started = False
+        #: The connect proxy's ``meta`` (sent back with ``--proxy-include-connection-meta``).
+        self.conn_meta: Any = None
+        #: When a proxied connection's ``expire_at`` comes (``realtime.pubsub_proxy``).
+        self._proxy_refresh_call: Any = None
+        #: What the subscribe or publish proxy granted, for the command that asked.
+        self._granted = None
 
     def _cleanup(self) -> None:
         """The connection is over: its timers go."""
-        for name in ("_stale", "_ping_call"):
+        for name in ("_stale", "_ping_call", "_proxy_refresh_call"):
             call = getattr(self, name, None)
             if call is not None and call.active():
                 call.cancel()
@@ -958,10 +1005,13 @@ class _Protocol:
         return {"expires": True, "ttl": ttl} if expires else {}
 
     async def _cmd_connect(self, params: dict[str, Any]) -> dict[str, Any]:
+        from realtime import pubsub_proxy
+
         token = params.get("token")
         result: dict[str, Any] = {"client": self.client_id, "version": _version()}
         user: Any = self.scope.get("user")
         claims: dict[str, Any] = {}
+        granted: pubsub_proxy.Granted | None = None
         if token:
             claims = await self._verify_connection(token)
             sub = claims.get("sub", "")
@@ -979,17 +1029,25 @@ class _Protocol:
             self.conn_info = claims.get("info")
         elif getattr(user, "is_authenticated", False) and getattr(user, "id", None):
             self.user = str(user.id)  # a handshake token or session (middleware)
+        elif pubsub_proxy.configured("connect"):
+            # Centrifugo's connect proxy: the backend names the user (the cookie it got).
+            granted = await pubsub_proxy.connect(self, params)
+            self.user, self.conn_meta = granted.user, granted.meta
+            self.conn_info = granted.info[1] if granted.info[0] else None
         else:
             anonymous = (self.allow_anonymous if self.allow_anonymous is not None
                          else settings.pubsub_anonymous)
             if not anonymous:
                 raise PubSubError(UNAUTHORIZED)
-        if token and self.user:
+        if (token or granted is not None) and self.user:
             self._count_user(claims)
         try:
             await self._join_user_group()
             if token and claims.get("channels") is not None:
                 result["subs"] = await self._server_subs(claims["channels"],
+                                                         params.get("subs"))
+            elif granted is not None and granted.channels:
+                result["subs"] = await self._server_subs(granted.channels,
                                                          params.get("subs"))
         except Exception:
             await self._undo_connect()
@@ -1002,6 +1060,11 @@ class _Protocol:
         if token:
             result.update(self._adopt(claims))
         self._connected = True
+        if granted is not None:
+            if granted.data[0]:
+                result["data"] = granted.data[1]
+            # No expires/ttl for the client: the server asks the refresh proxy itself.
+            pubsub_proxy.arm_refresh(self, granted.expire_at)
         _CLIENTS.add(self)
         if self._stale is not None and self._stale.active():
             self._stale.cancel()
@@ -1042,7 +1105,7 @@ class _Protocol:
             self._conn.site.uncount_user(self._conn)
         if self.user:
             groups.append(user_group(self.user))
-        self.user, self.conn_info = "", None
+        self.user, self.conn_info, self.conn_meta = "", None, None
         for group in groups:
             try:
                 await self.channel_layer.group_discard(group, self.channel_name)
@@ -1144,12 +1207,15 @@ class _Protocol:
                 *CLOSE_SUB_EXPIRED)
 
     async def _cmd_subscribe(self, params: dict[str, Any]) -> dict[str, Any]:
+        from realtime import pubsub_proxy
+
         channel = check_channel(params.get("channel"))
         if channel in self._subs:
             raise PubSubError(ALREADY_SUBSCRIBED)
         namespace = _namespace(channel, self._namespaces())
         token = params.get("token")
         claims: dict[str, Any] = {}
+        granted: pubsub_proxy.Granted | None = None
         if token:
             claims = await self._sub_token(channel, token)
         elif channel.startswith("$"):
@@ -1159,10 +1225,17 @@ class _Protocol:
             # namespace's allow_subscribe_* nor can_subscribe is asked (Centrifugo's order).
             if not self._user_limited(channel, namespace):
                 raise PubSubError(PERMISSION_DENIED)
-        elif not self._allowed(namespace.allow_subscribe_for_client,
-                               namespace.allow_subscribe_for_anonymous):
+        elif namespace.subscribe_proxy_enabled or not self._allowed(
+                namespace.allow_subscribe_for_client, namespace.allow_subscribe_for_anonymous):
+            # (with the subscribe proxy enabled the backend decides: Centrifugo's order)
+            self._granted = None
             if not await self.can_subscribe(channel, params.get("data")):
                 raise PubSubError(PERMISSION_DENIED)
+            granted, self._granted = self._granted, None
+        if granted is not None:
+            namespace = pubsub_proxy.overridden(namespace, granted.override)
+            if granted.info[0]:
+                claims = {"info": granted.info[1]}
         # What the client asks for, as Centrifugo grants it: recovery with allow_recovery or
         # a right to the channel's history, join/leave pushes with a right to its presence
         # (who is there), each as the subscriber it is about to be.
@@ -1184,9 +1257,16 @@ class _Protocol:
         # not negotiated and the client gets whole publications).
         delta = (params.get("delta") in namespace.allowed_delta_types
                  and bool(recoverable or positioned) and tags_filter is None)
-        return await self._open(channel, namespace, claims, bool(recoverable), join_leave,
-                                since, reject, positioned=bool(positioned), delta=delta,
-                                tags_filter=tags_filter)
+        result = await self._open(channel, namespace, claims, bool(recoverable), join_leave,
+                                  since, reject, positioned=bool(positioned), delta=delta,
+                                  tags_filter=tags_filter)
+        if granted is not None:
+            if granted.data[0]:
+                result["data"] = granted.data[1]
+            sub = self._subs.get(channel)
+            if sub is not None and granted.expire_at is not None:
+                pubsub_proxy.arm_sub_refresh(self, sub, granted.expire_at)
+        return result
 
     @staticmethod
     def _tags_filter(tf: Any, namespace: Namespace) -> Any:
@@ -1313,17 +1393,24 @@ class _Protocol:
             raise PubSubError(BAD_REQUEST, "data required")
         data = params["data"]
         namespace = _namespace(channel, self._namespaces())
-        if not self._reads(channel in self._subs, namespace.allow_publish_for_subscriber,
-                           namespace.allow_publish_for_client,
-                           namespace.allow_publish_for_anonymous):
+        tags = None
+        if namespace.publish_proxy_enabled or not self._reads(
+                channel in self._subs, namespace.allow_publish_for_subscriber,
+                namespace.allow_publish_for_client, namespace.allow_publish_for_anonymous):
+            self._granted = None
             if not await self.can_publish(channel, data):
                 raise PubSubError(PERMISSION_DENIED)
+            granted, self._granted = self._granted, None
+            if granted is not None:  # the publish proxy's: its data instead, its tags
+                if granted.data[0]:
+                    data = granted.data[1]
+                tags = granted.tags
         sub = self._subs.get(channel)
         # The connection's info as it is now (a server API refresh may have changed it),
         # with the subscription's own chan_info.
         info = self._client_info(sub.info.get("chan_info") if sub is not None else None)
         try:
-            await publish(channel, data, info, layer=self.channel_layer)
+            await publish(channel, data, info, layer=self.channel_layer, tags=tags)
         except TypeError:
             raise PubSubError(BAD_REQUEST) from None
         return {}
@@ -1884,6 +1971,7 @@ class UniPubSubConsumer(PubSubConsumer):
     only, as Centrifugo's."""
 
     unidirectional = True
+    transport_name = "uni_websocket"
 
 
 def _binary_body(scope: Any) -> bool:
@@ -2052,6 +2140,7 @@ class UniStreamConsumer(_Protocol, _Cors):
     the page closes it: do that for codes of 3500 and up)."""
 
     unidirectional = True
+    transport_name = "uni_http_stream"
     #: Server-sent events (``data: <json>``) instead of lines of JSON.
     sse = False
 
@@ -2152,6 +2241,7 @@ class UniSseConsumer(UniStreamConsumer):
     """Centrifugo's ``uni_sse``: ``UniStreamConsumer`` as server-sent events."""
 
     sse = True
+    transport_name = "uni_sse"
 
 
 class StreamConsumer(UniStreamConsumer):
@@ -2167,6 +2257,7 @@ class StreamConsumer(UniStreamConsumer):
     requests must carry."""
 
     unidirectional = False
+    transport_name = "http_stream"
 
     async def handle(self, body: bytes) -> None:
         self._session = secrets.token_urlsafe(18)
@@ -2222,6 +2313,7 @@ class SseConsumer(StreamConsumer):
     ``EventSource``, JSON only)."""
 
     sse = True
+    transport_name = "sse"
 
 
 class EmulationConsumer(_Cors):

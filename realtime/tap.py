@@ -397,6 +397,29 @@ class Options(usage.Options):
         ["lifespan", None, "auto",
          "ASGI lifespan for the application's raw ASGI apps (Starlette/FastAPI startup and "
          "shutdown): auto (apps that do not speak it are skipped), on (they must), off."],
+        ["proxy-connect-endpoint", None, "",
+         "realtime.pubsub: Centrifugo's connect proxy: POST a connect without a token to "
+         "this http(s) URL; the backend's result names the user (realtime.pubsub_proxy)."],
+        ["proxy-refresh-endpoint", None, "",
+         "realtime.pubsub: Centrifugo's refresh proxy, asked when a proxied connection's "
+         "expire_at comes (without it, the connection closes 3005 then)."],
+        ["proxy-subscribe-endpoint", None, "",
+         "realtime.pubsub: Centrifugo's subscribe proxy, for namespaces with "
+         "subscribe_proxy_enabled."],
+        ["proxy-publish-endpoint", None, "",
+         "realtime.pubsub: Centrifugo's publish proxy, for namespaces with "
+         "publish_proxy_enabled."],
+        ["proxy-sub-refresh-endpoint", None, "",
+         "realtime.pubsub: Centrifugo's sub_refresh proxy, for namespaces with "
+         "sub_refresh_proxy_enabled."],
+        ["proxy-rpc-endpoint", None, "",
+         "realtime.pubsub: Centrifugo's RPC proxy, asked for every RPC method."],
+        ["proxy-timeout", None, "1s",
+         "Seconds a proxy request may take (1, 1s, 500ms); past it the client gets error "
+         "100."],
+        ["proxy-http-headers", None, "",
+         "Headers of the client's handshake sent on to the proxies (e.g. 'Cookie "
+         "Authorization Origin X-Forwarded-For'); default: none."],
         ["workers", None, "1",
          "Worker processes sharing the listeners (more than 1 needs --layer redis://...)."],
         ["config", None, None,
@@ -423,10 +446,14 @@ class Options(usage.Options):
         ["pubsub-anonymous", None,
          "realtime.pubsub: a client may connect without a token (Centrifugo's "
          "allow_anonymous_connect_without_token)."],
+        ["proxy-include-connection-meta", None,
+         "Send the connect proxy's meta with the other proxy requests."],
+        ["proxy-binary-encoding", None,
+         "Proxy payloads as b64data/b64info (Centrifugo's binary_encoding)."],
     ]
 
     _repeatable = ("port", "fd", "history", "reload-dir", "reload-include", "reload-exclude",
-                   "namespace")
+                   "namespace", "proxy-static-header")
 
     def __init__(self) -> None:
         super().__init__()
@@ -437,6 +464,7 @@ class Options(usage.Options):
         self["reload-include"] = []
         self["reload-exclude"] = []
         self["namespace"] = []
+        self["proxy-static-header"] = []
         #: ``--jwks-url``'s ``realtime.jwks.JwksUrl`` (set by ``postOptions``).
         self.jwks_source: Any = None
 
@@ -468,6 +496,11 @@ class Options(usage.Options):
         option names (presence, join_leave, history_size=100, history_ttl=300s,
         allow_subscribe_for_client, ...); ':OPTIONS' for channels without one; repeatable."""
         self["namespace"].append(value)
+
+    def opt_proxy_static_header(self, value: str) -> None:
+        """'Name: value': a header every proxy request carries (a forwarded one of the same
+        name wins); repeatable."""
+        self["proxy-static-header"].append(value)
 
     def opt_reload_dir(self, value: str) -> None:
         """With --reload: a directory to watch (repeatable, or comma separated; default:
@@ -517,6 +550,12 @@ class Options(usage.Options):
             where = f"--config {path}: {key}"
             if name == "namespaces":  # Centrifugo's shape: [[namespaces]] tables
                 name, value = "namespace", _namespace_specs(value, where)
+            elif name in ("proxy-static-headers", "proxy-static-http-headers") and isinstance(
+                    value, dict):  # Centrifugo's map (v5: proxy_static_http_headers)
+                name, value = "proxy-static-header", [f"{k}: {v}" for k, v in value.items()]
+            elif name == "proxy-http-headers" and isinstance(value, list) and all(
+                    isinstance(v, str) for v in value):  # Centrifugo's array
+                value = " ".join(value)
             if name in spelled:  # ping-interval and ping_interval: which was meant?
                 raise StartupError(f"{where}: the same option as {spelled[name]}")
             spelled[name] = key
@@ -587,6 +626,7 @@ class Options(usage.Options):
         else:
             self.listeners = self._build_listeners()
         self.layer = self._build_layer()
+        self._build_proxy()
         if self.workers > 1 and self["layer"] in ("memory", "memory://"):
             raise StartupError(f"--workers {self.workers} needs a shared channel layer: "
                                "use --layer redis://...")
@@ -942,6 +982,55 @@ class Options(usage.Options):
         layer.max_groups_per_connection = _count(
             "max-groups-per-connection", self["max-groups-per-connection"], 0)
         return layer
+
+    def _build_proxy(self) -> None:
+        """Centrifugo's event proxies (``realtime.pubsub_proxy``), each option checked; a
+        namespace that enables a channel proxy needs its endpoint."""
+        from realtime import pubsub, pubsub_proxy
+        from realtime.settings import settings
+
+        endpoints = {}
+        for event in pubsub_proxy.EVENTS:
+            name = f"proxy-{event.replace('_', '-')}-endpoint"
+            url = (self[name] or "").strip()
+            if url:
+                try:
+                    endpoints[event] = pubsub_proxy.check_endpoint(url)
+                except ValueError as exc:
+                    raise StartupError(f"--{name}: {exc}") from None
+        try:
+            timeout = pubsub._duration(self["proxy-timeout"], "--proxy-timeout")
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        if not timeout > 0:
+            raise StartupError(f"--proxy-timeout: must be more than 0, got "
+                               f"{self['proxy-timeout']!r}")
+        headers = _words(self["proxy-http-headers"])
+        for header in headers:
+            if not is_token(header):
+                raise StartupError(f"--proxy-http-headers: {header!r} is not a header name")
+        static = []
+        for value in self["proxy-static-header"]:
+            try:
+                static.append(pubsub_proxy.parse_static_header(value))
+            except ValueError as exc:
+                raise StartupError(f"--proxy-static-header: {exc}") from None
+        for namespace in settings.pubsub_namespaces.values():
+            for event in pubsub_proxy.CHANNEL_EVENTS:
+                if getattr(namespace, f"{event}_proxy_enabled") and event not in endpoints:
+                    raise StartupError(
+                        f"--namespace: namespace {namespace.name or '(default)'!r}: "
+                        f"{event}_proxy_enabled needs "
+                        f"--proxy-{event.replace('_', '-')}-endpoint")
+        try:
+            settings.pubsub_proxy = pubsub_proxy.ProxyConfig(
+                endpoints=endpoints, timeout=timeout, http_headers=tuple(headers),
+                static_headers=tuple(static),
+                include_connection_meta=bool(self["proxy-include-connection-meta"]),
+                binary_encoding=bool(self["proxy-binary-encoding"]),
+            ) if endpoints else None
+        except ValueError as exc:
+            raise StartupError(f"--proxy-static-header: {exc}") from None
 
     def _build_listeners(self) -> list[tuple[str, Any]]:
         """(description, how to build the endpoint) pairs, each checked now."""

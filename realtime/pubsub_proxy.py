@@ -1,0 +1,639 @@
+"""Centrifugo's event proxies over HTTP for ``realtime.pubsub``: ``connect``, ``refresh``,
+``subscribe``, ``publish``, ``sub_refresh`` and ``rpc`` as JSON POSTs to the backend's
+endpoints, requests and responses as Centrifugo's proxy documentation has them.
+
+Why: a team moving from Centrifugo already has these endpoints in its backend (the connect
+proxy that authenticates by the session cookie, the subscribe proxy that checks
+permissions); it points realtime at them and changes nothing there. HTTP/JSON only (no
+gRPC proxies).
+
+The in-process hooks stay the way to decide in Python: ``_Protocol.can_subscribe``,
+``can_publish`` and ``rpc`` call the proxy here when it is configured (and, for channels,
+enabled in the namespace); a subclass that overrides a hook decides instead (``super()``
+still asks the proxy). The connect and refresh proxies have no hook: they are asked for a
+connection without a token (nor a user from the handshake), and when such a connection's
+``expire_at`` comes.
+
+One ``HTTPConnectionPool`` per process keeps connections to the backend open; a backend
+that is down, slow past ``--proxy-timeout``, answers other than 200 or not JSON (or more
+than ``MAX_RESPONSE`` bytes) fails that one command with Centrifugo's internal error (100,
+temporary: the SDKs retry), logged in one line.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from realtime.config import MiB, is_token
+
+if TYPE_CHECKING:
+    from realtime.pubsub import Namespace, _Protocol, _Sub
+
+log = Logger(namespace="realtime.pubsub_proxy")
+
+#: The proxied events, by Centrifugo's names.
+EVENTS = ("connect", "refresh", "subscribe", "publish", "sub_refresh", "rpc")
+#: The channel-wide ones, which a namespace enables (``subscribe_proxy_enabled``, ...).
+CHANNEL_EVENTS = ("subscribe", "publish", "sub_refresh")
+#: The largest response body read from the backend.
+MAX_RESPONSE = MiB
+#: Seconds before a refresh (sub_refresh) the backend could not answer is asked again
+#: (Centrifugo retries too: a backend restart does not end the connections).
+RETRY_AFTER = 10.0
+#: ``SubscribeResult.override`` fields: per-connection namespace options.
+_OVERRIDES = ("presence", "join_leave", "force_push_join_leave", "force_recovery",
+              "force_positioning")
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """The endpoints (event -> http(s) URL) and how requests go to them."""
+
+    endpoints: Mapping[str, str] = field(default_factory=dict)
+    #: Seconds a request may take (Centrifugo's default: 1 s).
+    timeout: float = 1.0
+    #: Headers of the client's handshake (WebSocket upgrade, stream request) sent on.
+    http_headers: tuple[str, ...] = ()
+    #: Headers every request carries (a forwarded header of the same name wins).
+    static_headers: tuple[tuple[str, str], ...] = ()
+    #: Send the connection's ``meta`` (the connect proxy's) with the other requests.
+    include_connection_meta: bool = False
+    #: Payloads as ``b64data`` always (Centrifugo's ``binary_encoding``); otherwise only
+    #: binary data that is not JSON text goes as ``b64data``.
+    binary_encoding: bool = False
+
+    def __post_init__(self) -> None:
+        for event, url in self.endpoints.items():
+            if event not in EVENTS:
+                raise ValueError(f"no {event!r} proxy (known: {', '.join(EVENTS)})")
+            check_endpoint(url)
+        if not self.timeout > 0 or self.timeout == float("inf"):
+            raise ValueError("timeout must be more than 0 seconds")
+        for name in self.http_headers:
+            if not is_token(name):
+                raise ValueError(f"http_headers: {name!r} is not a header name")
+        for name, value in self.static_headers:
+            if not is_token(name):
+                raise ValueError(f"static_headers: {name!r} is not a header name")
+            if any(c in value for c in "\r\n\0") or not value.isascii():
+                raise ValueError(f"static_headers: {name}'s value must be ASCII without "
+                                 "CR, LF or NUL")
+
+    def url(self, event: str) -> str | None:
+        return self.endpoints.get(event) or None
+
+
+def check_endpoint(url: str) -> str:
+    """``url`` when it is an http:// or https:// URL with a host, else ``ValueError``."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (a bad port is a ValueError)
+    except ValueError:
+        raise ValueError(f"expected an http:// or https:// URL, got {url!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(
+            c.isspace() or not c.isprintable() for c in url):
+        raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+    return url
+
+
+def parse_static_header(value: str) -> tuple[str, str]:
+    """``Name: value`` (``--proxy-static-header``)."""
+    name, sep, text = value.partition(":")
+    if not sep or not is_token(name.strip()):
+        raise ValueError(f"expected 'Name: value', got {value!r}")
+    return name.strip(), text.strip()
+
+
+def config() -> ProxyConfig | None:
+    from realtime.settings import settings
+
+    found: ProxyConfig | None = settings.pubsub_proxy
+    return found
+
+
+def configured(event: str) -> bool:
+    proxy = config()
+    return proxy is not None and proxy.url(event) is not None
+
+
+def enabled(event: str, namespace: Namespace) -> bool:
+    """A channel-wide proxy asked for a channel of ``namespace``: its endpoint is set and
+    the namespace enables it (``subscribe_proxy_enabled``, ...)."""
+    return bool(getattr(namespace, f"{event}_proxy_enabled")) and configured(event)
+
+
+# -- the HTTP client ------------------------------------------------------------------------------
+
+class ProxyFailure(Exception):
+    """The backend gave no usable answer (unreachable, timeout, status, body)."""
+
+
+class _Body(Protocol):
+    """A response body, up to ``MAX_RESPONSE`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.done: Deferred[bytes] = Deferred(self._cancel)
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.done.errback(ProxyFailure(f"response body over {self.limit} bytes"))
+            self.transport.stopProducing()  # type: ignore[union-attr]
+            return
+        self.parts.append(data)
+
+    def _cancel(self, _: Deferred[bytes]) -> None:
+        if self.transport is not None:  # the timeout: stop reading
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        from twisted.web.client import ResponseDone
+
+        if self.done.called:
+            return
+        if reason is not None and reason.check(ResponseDone):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(ProxyFailure("response body cut short"))
+
+
+class _Client:
+    """An ``Agent`` on a persistent pool, made at the first request (in the reactor)."""
+
+    def __init__(self) -> None:
+        from twisted.internet import reactor as running
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        reactor: Any = running
+        self.reactor = reactor
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = 16
+        self.agent = Agent(reactor, pool=self.pool)
+        self.trigger = reactor.addSystemEventTrigger("before", "shutdown", close)
+
+    async def post(self, url: str, body: bytes, headers: dict[bytes, list[bytes]],
+                   timeout: float) -> Any:
+        from twisted.internet.defer import TimeoutError as DeferTimeout
+        from twisted.internet.error import ConnectError
+        from twisted.internet.error import TimeoutError as ConnTimeout
+        from twisted.web.client import FileBodyProducer, ResponseFailed
+        from twisted.web.http_headers import Headers
+
+        async def exchange() -> tuple[int, bytes]:
+            from io import BytesIO
+
+            producer: Any = FileBodyProducer(BytesIO(body))
+            response: Any = await self.agent.request(b"POST", url.encode("ascii"),
+                                                     Headers(headers), producer)
+            protocol = _Body(MAX_RESPONSE)
+            response.deliverBody(protocol)
+            return response.code, await protocol.done
+
+        request = Deferred.fromCoroutine(exchange())
+        request.addTimeout(timeout, self.reactor)
+        try:
+            status, payload = await request
+        except (DeferTimeout, ConnTimeout):
+            raise ProxyFailure(f"no answer within {timeout:g} s") from None
+        except ProxyFailure:
+            raise
+        except ConnectError as exc:
+            raise ProxyFailure(f"cannot connect ({exc.__class__.__name__})") from None
+        except ResponseFailed as exc:
+            reasons = ", ".join(r.getErrorMessage() for r in exc.reasons) or "no response"
+            raise ProxyFailure(f"request failed ({reasons})") from None
+        except Exception as exc:  # TLS, DNS, a URL Agent refuses
+            raise ProxyFailure(f"request failed ({type(exc).__name__}: {exc})") from None
+        if status != 200:
+            raise ProxyFailure(f"HTTP status {status}")
+        from realtime.pubsub import refuse_constant
+
+        try:
+            return json.loads(payload, parse_constant=refuse_constant)
+        except (ValueError, RecursionError):
+            raise ProxyFailure("the response is not JSON") from None
+
+
+_CLIENT: _Client | None = None
+
+
+def close() -> Deferred[None]:
+    """Close the pool's idle connections (at shutdown; tests, before the leak check)."""
+    global _CLIENT
+    client, _CLIENT = _CLIENT, None
+    if client is None:
+        from twisted.internet.defer import succeed
+
+        return succeed(None)
+    try:
+        client.reactor.removeSystemEventTrigger(client.trigger)
+    except (ValueError, KeyError):  # running as that trigger
+        pass
+    closed: Deferred[None] = client.pool.closeCachedConnections()
+    return closed
+
+
+def _client() -> _Client:
+    global _CLIENT
+    if _CLIENT is None:
+        _CLIENT = _Client()
+    return _CLIENT
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+def _put_data(body: dict[str, Any], key: str, data: Any, proxy: ProxyConfig) -> None:
+    """``data`` as ``key`` (JSON), or ``b64`` + key for binary data (and always with
+    ``binary_encoding``)."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        body["b64" + key] = base64.b64encode(bytes(data)).decode("ascii")
+    elif proxy.binary_encoding:
+        from realtime.pubsub import _dumps
+
+        body["b64" + key] = base64.b64encode(_dumps(data).encode("utf-8")).decode("ascii")
+    else:
+        body[key] = data
+
+
+def _request(p: _Protocol, event: str, proxy: ProxyConfig) -> dict[str, Any]:
+    """The fields every request has: Centrifugo's ``client``, ``transport``,
+    ``protocol``, ``encoding`` (and ``user``, ``meta`` past the connect)."""
+    body: dict[str, Any] = {
+        "client": p.client_id, "transport": p.transport_name,
+        "protocol": "protobuf" if p.binary else "json",
+        "encoding": "binary" if p.binary else "json",
+    }
+    if event != "connect":
+        body["user"] = p.user
+        if proxy.include_connection_meta and p.conn_meta is not None:
+            body["meta"] = p.conn_meta
+    return body
+
+
+def _headers(p: _Protocol, proxy: ProxyConfig) -> dict[bytes, list[bytes]]:
+    headers: dict[bytes, list[bytes]] = {}
+    for name, value in proxy.static_headers:
+        headers[name.lower().encode("ascii")] = [value.encode("ascii")]
+    wanted = {name.lower().encode("ascii") for name in proxy.http_headers}
+    forwarded: dict[bytes, list[bytes]] = {}
+    for raw, value in p.scope.get("headers") or ():
+        key = bytes(raw).lower()
+        if key in wanted:
+            forwarded.setdefault(key, []).append(bytes(value))
+    headers.update(forwarded)  # the client's win over the static ones
+    headers[b"content-type"] = [b"application/json"]
+    return headers
+
+
+async def _call(p: _Protocol, event: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST ``body`` to the event's endpoint: the response's ``result`` (``{}`` when it has
+    none, for the events that may answer so); its ``error`` as ``PubSubError``, its
+    ``disconnect`` as a close (connect, subscribe, publish, rpc only, as Centrifugo);
+    anything unexpected as error 100 (temporary), logged."""
+    from realtime.pubsub import INTERNAL, PubSubError, _Close, _dumps
+
+    proxy = config()
+    url = proxy.url(event) if proxy is not None else None
+    if proxy is None or url is None:
+        raise PubSubError(INTERNAL, temporary=True)
+    try:
+        reply = await _client().post(url, _dumps(body).encode("utf-8"),
+                                     _headers(p, proxy), proxy.timeout)
+        if not isinstance(reply, dict):
+            raise ProxyFailure("the response is not a JSON object")
+        if event not in ("refresh", "sub_refresh"):
+            disconnect = reply.get("disconnect")
+            if disconnect is not None:
+                raise _Close(_disconnect(disconnect))
+            error = reply.get("error")
+            if error is not None:
+                raise _error(error)
+        result = reply.get("result")
+        if result is None and event in ("subscribe", "publish", "rpc"):
+            return {}
+        if not isinstance(result, dict):
+            raise ProxyFailure("no result object in the response")
+        return result
+    except ProxyFailure as exc:
+        log.warn("pubsub: the {event} proxy {url} failed: {why} (the client gets error "
+                 "100)", event=event, url=url, why=str(exc))
+        raise PubSubError(INTERNAL, temporary=True) from None
+
+
+def _disconnect(value: Any) -> tuple[int, str]:
+    if not isinstance(value, dict):
+        raise ProxyFailure("disconnect is not an object")
+    code, reason = value.get("code"), value.get("reason", "")
+    if isinstance(code, bool) or not isinstance(code, int) or not 3000 <= code <= 4999:
+        raise ProxyFailure(f"disconnect code {code!r} is not 3000-4999")
+    if not isinstance(reason, str):
+        raise ProxyFailure("disconnect reason is not a string")
+    # A close frame's reason is at most 123 bytes (Centrifugo asks for 32).
+    return code, reason.encode("utf-8")[:123].decode("utf-8", "ignore")
+
+
+def _error(value: Any) -> Exception:
+    from realtime.pubsub import PubSubError
+
+    if not isinstance(value, dict):
+        return ProxyFailure("error is not an object")
+    code, message = value.get("code"), value.get("message")
+    if isinstance(code, bool) or not isinstance(code, int) or not 0 < code < 1 << 32:
+        return ProxyFailure(f"error code {code!r} is not a positive integer")
+    if message is not None and not isinstance(message, str):
+        return ProxyFailure("error message is not a string")
+    return PubSubError(code, message or None, temporary=value.get("temporary") is True)
+
+
+def _payload(result: dict[str, Any], key: str) -> tuple[bool, Any]:
+    """(present, value) of ``key`` or its ``b64`` twin (decoded as ``from_bytes`` does)."""
+    from realtime.pubsub import from_bytes
+
+    encoded = result.get("b64" + key)
+    if encoded is not None:
+        if not isinstance(encoded, str):
+            raise ProxyFailure(f"b64{key} is not a string")
+        try:
+            return True, from_bytes(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError):
+            raise ProxyFailure(f"b64{key} is not base64") from None
+    if key in result:
+        return True, result[key]
+    return False, None
+
+
+def _expire_at(result: dict[str, Any]) -> float | None:
+    at = result.get("expire_at")
+    if at is None or at == 0:
+        return None
+    if isinstance(at, bool) or not isinstance(at, int | float) or at < 0:
+        raise ProxyFailure(f"expire_at {at!r} is not Unix seconds")
+    return float(at)
+
+
+def _info(result: dict[str, Any]) -> tuple[bool, Any]:
+    present, info = _payload(result, "info")
+    if isinstance(info, bytes):  # it goes into JSON documents (presence, publications)
+        raise ProxyFailure("b64info is not JSON text")
+    return present, info
+
+
+# -- the events ----------------------------------------------------------------------------------
+
+@dataclass
+class Granted:
+    """What a connect, subscribe or publish proxy answered, checked."""
+
+    user: str = ""
+    info: tuple[bool, Any] = (False, None)
+    data: tuple[bool, Any] = (False, None)
+    expire_at: float | None = None
+    channels: list[str] = field(default_factory=list)
+    meta: Any = None
+    override: dict[str, bool] = field(default_factory=dict)
+    tags: dict[str, str] | None = None
+
+
+async def connect(p: _Protocol, params: dict[str, Any]) -> Granted:
+    """Centrifugo's ConnectRequest: its ``user``, ``info``, ``data``, ``channels`` (and the
+    keys of ``subs``), ``expire_at`` and ``meta``."""
+    from realtime.pubsub import INTERNAL, PubSubError
+
+    proxy = config()
+    assert proxy is not None
+    body = _request(p, "connect", proxy)
+    for key in ("name", "version"):
+        if isinstance(params.get(key), str) and params[key]:
+            body[key] = params[key]
+    if params.get("data") is not None:
+        _put_data(body, "data", params["data"], proxy)
+    result = await _call(p, "connect", body)
+    try:
+        user = result.get("user", "")
+        if not isinstance(user, str):
+            raise ProxyFailure("user is not a string")
+        channels = result.get("channels") or []
+        subs = result.get("subs") or {}
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels) \
+                or not isinstance(subs, dict):
+            raise ProxyFailure("channels is not a list of strings (or subs not an object)")
+        return Granted(user=user, info=_info(result), data=_payload(result, "data"),
+                       expire_at=_expire_at(result), channels=[*channels, *subs],
+                       meta=result.get("meta"))
+    except ProxyFailure as exc:
+        log.warn("pubsub: the connect proxy answered what cannot be used: {why} (the "
+                 "client gets error 100)", why=str(exc))
+        raise PubSubError(INTERNAL, temporary=True) from None
+
+
+async def subscribe(p: _Protocol, channel: str, data: Any) -> Granted:
+    """Centrifugo's SubscribeRequest: ``info`` (the subscription's chan_info), ``data``
+    (in the subscribe reply), ``override`` and ``expire_at``."""
+    proxy = config()
+    assert proxy is not None
+    body = _request(p, "subscribe", proxy)
+    body["channel"] = channel
+    if data is not None:
+        _put_data(body, "data", data, proxy)
+    result = await _call(p, "subscribe", body)
+    return _checked("subscribe", lambda: Granted(
+        info=_info(result), data=_payload(result, "data"), expire_at=_expire_at(result),
+        override=_override(result.get("override"))))
+
+
+async def publish(p: _Protocol, channel: str, data: Any) -> Granted:
+    """Centrifugo's PublishRequest: ``data`` (or ``b64data``) replaces what the client
+    published, ``tags`` go with the publication."""
+    proxy = config()
+    assert proxy is not None
+    body = _request(p, "publish", proxy)
+    body["channel"] = channel
+    _put_data(body, "data", data, proxy)
+    result = await _call(p, "publish", body)
+
+    def granted() -> Granted:
+        tags = result.get("tags")
+        if tags is not None and not (isinstance(tags, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in tags.items())):
+            raise ProxyFailure("tags is not an object of strings")
+        return Granted(data=_payload(result, "data"), tags=tags or None)
+
+    return _checked("publish", granted)
+
+
+async def rpc(p: _Protocol, method: str, data: Any) -> Any:
+    """Centrifugo's RPCRequest: the result's ``data`` (or ``b64data``) is the reply's."""
+    proxy = config()
+    assert proxy is not None
+    body = _request(p, "rpc", proxy)
+    if method:
+        body["method"] = method
+    if data is not None:
+        _put_data(body, "data", data, proxy)
+    result = await _call(p, "rpc", body)
+    return _checked("rpc", lambda: _payload(result, "data")[1])
+
+
+def _checked(event: str, make: Any) -> Any:
+    from realtime.pubsub import INTERNAL, PubSubError
+
+    try:
+        return make()
+    except ProxyFailure as exc:
+        log.warn("pubsub: the {event} proxy answered what cannot be used: {why} (the "
+                 "client gets error 100)", event=event, why=str(exc))
+        raise PubSubError(INTERNAL, temporary=True) from None
+
+
+def _override(value: Any) -> dict[str, bool]:
+    """``{"presence": {"value": true}, ...}`` as ``{"presence": True}``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProxyFailure("override is not an object")
+    found = {}
+    for name in _OVERRIDES:
+        item = value.get(name)
+        if item is None:
+            continue
+        if not isinstance(item, dict) or not isinstance(item.get("value", False), bool):
+            raise ProxyFailure(f"override.{name} is not {{\"value\": true|false}}")
+        found[name] = bool(item.get("value", False))
+    return found
+
+
+def overridden(namespace: Namespace, override: dict[str, bool]) -> Namespace:
+    """The namespace as this subscription sees it (``SubscribeResult.override``):
+    recovery and positioning only where the namespace keeps history."""
+    if not override:
+        return namespace
+    if not namespace.history:
+        override = {k: v for k, v in override.items()
+                    if k not in ("force_recovery", "force_positioning")}
+    changes: dict[str, Any] = dict(override)
+    return replace(namespace, **changes)
+
+
+# -- refresh and sub_refresh -------------------------------------------------------------------
+
+def arm_refresh(p: _Protocol, at: float | None) -> None:
+    """The proxied connection lasts until ``at`` (Unix seconds; None: for ever): then the
+    refresh proxy is asked (without one it closes 3005: the client reconnects and the
+    connect proxy is asked again)."""
+    call = p._proxy_refresh_call
+    if call is not None and call.active():
+        call.cancel()
+    p._proxy_refresh_call = None
+    if at is not None and not p._conn.closing_or_closed:
+        p._proxy_refresh_call = p._conn.reactor.callLater(
+            max(0.0, at - p._now()), _refresh_due, p)
+
+
+def _refresh_due(p: _Protocol) -> None:
+    from realtime.pubsub import CLOSE_EXPIRED
+
+    p._proxy_refresh_call = None
+    if p._conn.closing_or_closed:
+        return
+    if not configured("refresh"):
+        p._conn.close(*CLOSE_EXPIRED)
+        return
+    Deferred.fromCoroutine(_refresh(p)).addErrback(
+        lambda failure: log.failure("pubsub: the refresh proxy call failed", failure))
+
+
+async def _refresh(p: _Protocol) -> None:
+    from realtime.pubsub import CLOSE_EXPIRED, PubSubError
+
+    proxy = config()
+    if proxy is None:
+        return
+    try:
+        result = await _call(p, "refresh", _request(p, "refresh", proxy))
+        expired = result.get("expired") is True
+        at = None if expired else _expire_at(result)
+        present, info = _info(result)
+    except (PubSubError, ProxyFailure) as exc:
+        if isinstance(exc, ProxyFailure):
+            log.warn("pubsub: the refresh proxy answered what cannot be used: {why}",
+                     why=str(exc))
+        if not p._conn.closing_or_closed:  # asked again later: the connection stays
+            p._proxy_refresh_call = p._conn.reactor.callLater(RETRY_AFTER, _refresh_due, p)
+        return
+    if p._conn.closing_or_closed:
+        return
+    if expired or (at is not None and at <= p._now()):
+        p._conn.close(*CLOSE_EXPIRED)
+        return
+    if present:
+        p.conn_info = info
+    arm_refresh(p, at)
+
+
+def arm_sub_refresh(p: _Protocol, sub: _Sub, at: float | None) -> None:
+    """A proxied subscription lasts until ``at``: then the sub_refresh proxy is asked
+    where the namespace enables it (else it closes 3006, as an unrefreshed token)."""
+    if sub.expiry is not None and sub.expiry.active():
+        sub.expiry.cancel()
+    sub.expiry = None
+    if at is not None and not p._conn.closing_or_closed:
+        sub.expiry = p._conn.reactor.callLater(max(0.0, at - p._now()),
+                                               _sub_refresh_due, p, sub)
+
+
+def _sub_refresh_due(p: _Protocol, sub: _Sub) -> None:
+    from realtime.pubsub import CLOSE_SUB_EXPIRED
+
+    sub.expiry = None
+    if p._conn.closing_or_closed or p._subs.get(sub.channel) is not sub:
+        return
+    if not enabled("sub_refresh", sub.namespace):
+        p._conn.close(*CLOSE_SUB_EXPIRED)
+        return
+    Deferred.fromCoroutine(_sub_refresh(p, sub)).addErrback(
+        lambda failure: log.failure("pubsub: the sub_refresh proxy call failed", failure))
+
+
+async def _sub_refresh(p: _Protocol, sub: _Sub) -> None:
+    from realtime.pubsub import CLOSE_SUB_EXPIRED, PubSubError
+
+    proxy = config()
+    if proxy is None:
+        return
+    body = _request(p, "sub_refresh", proxy)
+    body["channel"] = sub.channel
+    try:
+        result = await _call(p, "sub_refresh", body)
+        expired = result.get("expired") is True
+        at = None if expired else _expire_at(result)
+        present, info = _info(result)
+    except (PubSubError, ProxyFailure) as exc:
+        if isinstance(exc, ProxyFailure):
+            log.warn("pubsub: the sub_refresh proxy answered what cannot be used: {why}",
+                     why=str(exc))
+        if not p._conn.closing_or_closed and p._subs.get(sub.channel) is sub:
+            sub.expiry = p._conn.reactor.callLater(RETRY_AFTER, _sub_refresh_due, p, sub)
+        return
+    if p._conn.closing_or_closed or p._subs.get(sub.channel) is not sub:
+        return
+    if expired or (at is not None and at <= p._now()):
+        p._conn.close(*CLOSE_SUB_EXPIRED)
+        return
+    if present:
+        sub.info = p._client_info(info)
+    arm_sub_refresh(p, sub, at)

@@ -1,0 +1,480 @@
+# ruff: noqa: F811  (the fixtures imported from tests.test_pubsub, taken as arguments)
+"""``realtime.pubsub_proxy``: Centrifugo's event proxies over HTTP, against a real backend (a
+twisted.web resource on 127.0.0.1 that records each request and answers as the test says)
+and real clients (centrifuge-python, and a raw ``websockets`` client where the test sets
+the handshake's headers or reads a close code)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import pytest_twisted
+from websockets.sync.client import connect
+
+from realtime import pubsub, pubsub_proxy
+from realtime.pubsub_proxy import ProxyConfig
+from realtime.settings import settings
+from tests.clients import in_thread
+from tests.test_pubsub import (  # noqa: F401 (fixtures)
+    PATH,
+    WAIT,
+    Raw,
+    _settings,
+    asyncio_gather,
+    pubsub_server,
+    run,
+    sdk_client,
+    subscribed,
+)
+
+#: A backend answer that never comes (the proxy's timeout).
+HANG = object()
+
+
+class Backend:
+    """The application backend: ``answers[event](body)`` is the JSON it answers (a dict),
+    ``(status, bytes)`` for a raw response, or ``HANG``; ``requests`` is every request,
+    ``(event, headers, body)``."""
+
+    def __init__(self) -> None:
+        from twisted.web.resource import Resource
+
+        self.requests: list[tuple[str, dict[str, str], dict[str, Any]]] = []
+        self.answers: dict[str, Callable[[dict[str, Any]], Any]] = {}
+        self.port: Any = None
+        backend = self
+
+        class Endpoint(Resource):
+            isLeaf = True
+
+            def render_POST(self, request: Any) -> Any:
+                from twisted.web.server import NOT_DONE_YET
+
+                event = request.path.decode().strip("/")
+                body = json.loads(request.content.read())
+                headers = {k.decode().lower(): b", ".join(v).decode()
+                           for k, v in request.requestHeaders.getAllRawHeaders()}
+                backend.requests.append((event, headers, body))
+                answer = backend.answers[event](body)
+                if answer is HANG:
+                    return NOT_DONE_YET
+                if isinstance(answer, tuple):
+                    request.setResponseCode(answer[0])
+                    return answer[1]
+                request.setHeader(b"content-type", b"application/json")
+                return json.dumps(answer).encode()
+
+        self.resource = Endpoint()
+
+    def url(self, event: str) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}/{event}"
+
+    def proxy(self, *events: str, **options: Any) -> None:
+        """Point realtime at this backend for ``events``."""
+        settings.pubsub_proxy = ProxyConfig(
+            endpoints={event: self.url(event) for event in events}, **options)
+
+    def of(self, event: str) -> list[dict[str, Any]]:
+        return [body for kind, _, body in self.requests if kind == event]
+
+
+@pytest.fixture
+def backend(pubsub_server: Any) -> Any:
+    from twisted.internet import reactor
+    from twisted.web.server import Site
+
+    found = Backend()
+    found.port = reactor.listenTCP(0, Site(found.resource), interface="127.0.0.1")
+    yield found
+    pytest_twisted.blockon(pubsub_proxy.close())
+    pytest_twisted.blockon(found.port.stopListening())
+
+
+def raw(server: Any, flow: Callable[[Raw], Any], **headers: str) -> Any:
+    """``flow(Raw)`` in a worker thread, the handshake with ``headers``."""
+    def go() -> Any:
+        with connect(server.ws_url(PATH), open_timeout=WAIT,
+                     additional_headers=headers) as ws:
+            return flow(Raw(ws))
+
+    return in_thread(go)
+
+
+def connected(params: dict[str, Any] | None = None) -> Callable[[Raw], Any]:
+    return lambda client: client.call("connect", params or {})
+
+
+# -- connect -------------------------------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_the_connect_proxy_authenticates_by_the_forwarded_cookie(pubsub_server, backend):
+    backend.proxy("connect", http_headers=("Cookie", "X-Forwarded-For"),
+                  static_headers=(("X-Key", "static"), ("Cookie", "overridden")))
+    sessions = {"sessionid=abc": "56"}
+    backend.answers["connect"] = lambda body: {"result": {
+        "user": sessions[backend.requests[-1][1]["cookie"]], "info": {"name": "Ada"},
+        "data": {"greeting": "hi"}, "channels": ["news:all"], "meta": {"plan": "pro"}}}
+    server = await pubsub_server("chat:allow_subscribe_for_client,presence,"
+                                 "allow_presence_for_subscriber", "news:")
+
+    def flow(client: Raw) -> Any:
+        reply = client.result("connect", {"data": {"hello": 1}, "name": "js"})
+        client.result("subscribe", {"channel": "chat:room"})
+        return reply, client.result("presence", {"channel": "chat:room"})
+
+    reply, presence = await raw(server, flow, Cookie="sessionid=abc", Origin="http://x")
+    assert reply["data"] == {"greeting": "hi"} and "news:all" in reply["subs"]
+    assert "expires" not in reply
+    (member,) = presence["presence"].values()
+    assert member["user"] == "56" and member["conn_info"] == {"name": "Ada"}
+    ((event, headers, body),) = backend.requests
+    assert event == "connect"
+    assert body == {"client": reply["client"], "transport": "websocket", "protocol": "json",
+                    "encoding": "json", "name": "js", "data": {"hello": 1}}
+    assert headers["cookie"] == "sessionid=abc" and headers["x-key"] == "static"
+    assert "origin" not in headers and headers["content-type"] == "application/json"
+
+    async def sdk() -> Any:  # centrifuge-python: the reply's data reaches its connected event
+        client, events = sdk_client(server, headers={"Cookie": "sessionid=abc"})
+        await client.connect()
+        ctx = await events.next("connected")
+        await client.disconnect()
+        return ctx
+
+    ctx = await run(sdk)
+    assert ctx.data == {"greeting": "hi"}
+    assert backend.requests[-1][2]["transport"] == "websocket"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_connect_proxy_refuses_by_error_and_by_disconnect(pubsub_server, backend):
+    backend.proxy("connect")
+    answers = {"err": {"error": {"code": 1000, "message": "custom error"}},
+               "bye": {"disconnect": {"code": 4501, "reason": "unauthorized"}}}
+    backend.answers["connect"] = lambda body: answers[body["data"]]
+    server = await pubsub_server()
+
+    def refused(client: Raw) -> Any:
+        return client.call("connect", {"data": "err"})
+
+    def closed(client: Raw) -> Any:
+        client.send("connect", {"data": "bye"})
+        return client.closed()
+
+    reply, code = await asyncio_gather(raw(server, refused), raw(server, closed))
+    assert reply["error"] == {"code": 1000, "message": "custom error"}
+    assert code == 4501
+
+
+# -- channels ------------------------------------------------------------------------------------
+
+TOKEN_FREE = {"connect": lambda body: {"result": {"user": "ada"}}}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_subscribe_proxy_decides_in_the_namespaces_that_enable_it(pubsub_server,
+                                                                           backend):
+    backend.proxy("connect", "subscribe")
+    backend.answers.update(TOKEN_FREE)
+    backend.answers["subscribe"] = lambda body: (
+        {"result": {"info": {"seat": 3}, "data": {"welcome": body["channel"]}}}
+        if body["channel"].endswith(":yes") else
+        {"error": {"code": 403, "message": "permission denied"}})
+    # allow_subscribe_for_client does not open it: the backend decides (Centrifugo's order)
+    server = await pubsub_server("gated:subscribe_proxy_enabled,allow_subscribe_for_client,"
+                                 "presence,allow_presence_for_subscriber",
+                                 "open:allow_subscribe_for_client")
+
+    def flow(client: Raw) -> Any:
+        client.result("connect")
+        allowed = client.result("subscribe", {"channel": "gated:yes", "data": "please"})
+        members = client.result("presence", {"channel": "gated:yes"})
+        return (allowed, members, client.call("subscribe", {"channel": "gated:no"}),
+                client.result("subscribe", {"channel": "open:x"}))
+
+    allowed, members, refused, opened = await raw(server, flow)
+    assert allowed == {"data": {"welcome": "gated:yes"}}
+    (member,) = members["presence"].values()
+    assert member["chan_info"] == {"seat": 3} and member["user"] == "ada"
+    assert refused["error"] == {"code": 403, "message": "permission denied"}
+    assert opened == {}
+    asked = backend.of("subscribe")
+    assert [body["channel"] for body in asked] == ["gated:yes", "gated:no"]
+    assert asked[0]["user"] == "ada" and asked[0]["data"] == "please"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_publish_proxy_replaces_the_data(pubsub_server, backend):
+    backend.proxy("connect", "publish")
+    backend.answers.update(TOKEN_FREE)
+
+    def publish(body: dict[str, Any]) -> Any:
+        if body["data"] == "spam":
+            return {"error": {"code": 1403, "message": "no spam"}}
+        return {"result": {"data": {"text": body["data"]["text"].upper(), "by": body["user"]}}}
+
+    backend.answers["publish"] = publish
+    server = await pubsub_server("board:allow_subscribe_for_client,publish_proxy_enabled")
+
+    async def scenario() -> Any:
+        client, events = sdk_client(server)
+        await client.connect()
+        await events.next("connected")
+        sub, sub_events = await subscribed(client, "board:1")
+        await sub.publish({"text": "hello"})
+        publication = await sub_events.next("publication")
+        try:
+            await sub.publish("spam")
+        except Exception as exc:  # centrifuge.ReplyError
+            refused = exc
+        await client.disconnect()
+        return publication, refused
+
+    publication, refused = await run(scenario)
+    assert publication.pub.data == {"text": "HELLO", "by": "ada"}
+    assert (refused.code, refused.message) == (1403, "no spam")
+    assert [body["channel"] for body in backend.of("publish")] == ["board:1", "board:1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_rpc_proxy_answers_every_method(pubsub_server, backend):
+    backend.proxy("connect", "rpc")
+    backend.answers.update(TOKEN_FREE)
+    backend.answers["rpc"] = lambda body: (
+        {"result": {"data": {"price": 2019, "for": body["data"]}}}
+        if body["method"] == "getCurrentPrice" else
+        {"error": {"code": 1404, "message": "no such method"}})
+    server = await pubsub_server()
+
+    async def scenario() -> Any:
+        client, events = sdk_client(server)
+        await client.connect()
+        await events.next("connected")
+        result = await client.rpc("getCurrentPrice", {"object_id": 12})
+        try:
+            await client.rpc("other", None)
+        except Exception as exc:
+            refused = exc
+        await client.disconnect()
+        return result, refused
+
+    result, refused = await run(scenario)
+    assert result.data == {"price": 2019, "for": {"object_id": 12}}
+    assert refused.code == 1404
+    first, second = backend.of("rpc")
+    assert first["method"] == "getCurrentPrice" and first["user"] == "ada"
+    assert second["method"] == "other" and "data" not in second
+
+
+# -- refresh, sub_refresh ------------------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_refresh_and_sub_refresh_prolong_then_expire(pubsub_server, backend):
+    backend.proxy("connect", "refresh", "subscribe", "sub_refresh",
+                  include_connection_meta=True)
+    soon = lambda: time.time() + 0.3  # noqa: E731
+    # the "conn" connection expires (and is refreshed twice), "sub" only its subscription
+    backend.answers["connect"] = lambda body: {"result": {
+        "user": body["data"], "expire_at": soon() if body["data"] == "conn" else 0,
+        "meta": {"m": 1}}}
+    refreshes: dict[str, int] = {}
+
+    def refresh(body: dict[str, Any]) -> Any:
+        refreshes[body["user"]] = refreshes.get(body["user"], 0) + 1
+        if body["user"] == "conn" and refreshes["conn"] < 3:
+            return {"result": {"expire_at": soon(), "info": {"round": refreshes["conn"]}}}
+        return {"result": {"expired": True}}
+
+    backend.answers["refresh"] = refresh
+    backend.answers["subscribe"] = lambda body: {"result": {"expire_at": soon()}}
+    backend.answers["sub_refresh"] = lambda body: {"result": {"expired": True}}
+    server = await pubsub_server("s:subscribe_proxy_enabled,sub_refresh_proxy_enabled")
+
+    def conn(client: Raw) -> Any:
+        client.result("connect", {"data": "conn"})
+        return client.closed()
+
+    def sub(client: Raw) -> Any:
+        client.result("connect", {"data": "sub"})
+        client.result("subscribe", {"channel": "s:1"})
+        return client.closed()
+
+    conn_code, sub_code = await asyncio_gather(raw(server, conn), raw(server, sub))
+    assert (conn_code, sub_code) == (3005, 3006)
+    assert refreshes == {"conn": 3}
+    asked = backend.of("refresh")
+    assert asked[0]["meta"] == {"m": 1} and asked[0]["transport"] == "websocket"
+    (sub_asked,) = backend.of("sub_refresh")
+    assert sub_asked["channel"] == "s:1" and sub_asked["user"] == "sub"
+
+
+# -- failures ------------------------------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_backend_is_error_100_and_the_server_goes_on(pubsub_server, backend,
+                                                                    monkeypatch):
+    monkeypatch.setattr(pubsub_proxy, "MAX_RESPONSE", 1000)
+    backend.proxy("connect", "rpc", timeout=0.3)
+    backend.answers.update(TOKEN_FREE)
+    answers = {"500": (500, b"oops"), "garbage": (200, b"<html>"), "slow": HANG,
+               "array": (200, b"[1]"), "big": (200, b"[" + b" " * 2000 + b"]"),
+               "bad-result": {"result": 5}, "bad-error": {"error": {"code": "x"}},
+               "ok": {"result": {"data": "fine"}}}
+    backend.answers["rpc"] = lambda body: answers[body["method"]]
+    server = await pubsub_server()
+
+    def flow(client: Raw) -> Any:
+        client.result("connect")
+        codes = {method: client.call("rpc", {"method": method}).get("error")
+                 for method in answers}
+        return codes, client.result("rpc", {"method": "ok"})
+
+    codes, after = await raw(server, flow)
+    internal = {"code": 100, "message": "internal server error", "temporary": True}
+    assert codes == {**dict.fromkeys(answers, internal), "ok": None}
+    assert after == {"data": "fine"}
+
+    # the backend is down: the connect fails with 100, and the server serves on
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory
+
+    gone = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+    down = f"http://127.0.0.1:{gone.getHost().port}/connect"
+    await gone.stopListening()
+    settings.pubsub_proxy = ProxyConfig(endpoints={"connect": down})
+    assert (await raw(server, lambda client: client.call("connect")))["error"] == internal
+    backend.proxy("connect", "rpc")
+    assert (await raw(server, flow))[1] == {"data": "fine"}
+
+
+# -- start-up ------------------------------------------------------------------------------------
+
+def startup_error(*args: str) -> str:
+    from realtime.config import StartupError
+    from realtime.tap import Options
+
+    with pytest.raises(StartupError) as info:
+        Options().parseOptions(["--app", "realtime.pubsub:application", *args])
+    return str(info.value).removeprefix("realtime: error: ")
+
+
+def test_proxy_options_at_start_up(tmp_path, monkeypatch):
+    from realtime.tap import Options
+
+    options = Options()
+    options.parseOptions([
+        "--app", "realtime.pubsub:application",
+        "--proxy-connect-endpoint", "http://127.0.0.1:3000/centrifugo/connect",
+        "--proxy-subscribe-endpoint", "https://backend.example/centrifugo/subscribe",
+        "--namespace", "chat:subscribe_proxy_enabled", "--namespace", "v5:proxy_subscribe",
+        "--proxy-http-headers", "Cookie, Authorization", "--proxy-timeout", "500ms",
+        "--proxy-static-header", "X-Key: secret"])
+    proxy = settings.pubsub_proxy
+    assert proxy.endpoints == {"connect": "http://127.0.0.1:3000/centrifugo/connect",
+                               "subscribe": "https://backend.example/centrifugo/subscribe"}
+    assert proxy.timeout == 0.5 and proxy.http_headers == ("Cookie", "Authorization")
+    assert proxy.static_headers == (("X-Key", "secret"),)
+    assert settings.pubsub_namespaces["v5"].subscribe_proxy_enabled
+
+    config = tmp_path / "realtime.toml"
+    config.write_text('app = "realtime.pubsub:application"\n'
+                      'proxy_rpc_endpoint = "http://127.0.0.1:3000/rpc"\n'
+                      'proxy_http_headers = ["Cookie"]\n'
+                      'proxy_timeout = "2s"\n'
+                      '[proxy_static_http_headers]\n"X-Custom" = "custom value"\n')
+    Options().parseOptions(["--config", str(config)])
+    assert settings.pubsub_proxy.endpoints == {"rpc": "http://127.0.0.1:3000/rpc"}
+    assert settings.pubsub_proxy.timeout == 2.0
+    assert settings.pubsub_proxy.static_headers == (("X-Custom", "custom value"),)
+    monkeypatch.setenv("REALTIME_PROXY_PUBLISH_ENDPOINT", "grpc://127.0.0.1:9000")
+    assert startup_error() == (
+        "--proxy-publish-endpoint: expected an http:// or https:// URL, got "
+        "'grpc://127.0.0.1:9000'")
+    monkeypatch.delenv("REALTIME_PROXY_PUBLISH_ENDPOINT")
+
+    assert startup_error("--proxy-connect-endpoint", "localhost:3000") == (
+        "--proxy-connect-endpoint: expected an http:// or https:// URL, got 'localhost:3000'")
+    assert startup_error("--proxy-rpc-endpoint", "http://h/x", "--proxy-timeout",
+                         "soon").startswith("--proxy-timeout: expected seconds")
+    assert startup_error("--proxy-rpc-endpoint", "http://h/x", "--proxy-timeout", "0") == (
+        "--proxy-timeout: must be more than 0, got '0'")
+    assert startup_error("--namespace", "chat:publish_proxy_enabled") == (
+        "--namespace: namespace 'chat': publish_proxy_enabled needs "
+        "--proxy-publish-endpoint")
+    assert startup_error("--proxy-static-header", "X-Key") == (
+        "--proxy-static-header: expected 'Name: value', got 'X-Key'")
+    assert startup_error("--proxy-http-headers", "Cookie Bad:Name") == (
+        "--proxy-http-headers: 'Bad:Name' is not a header name")
+    assert pubsub.Namespace().subscribe_proxy_enabled is False
+
+
+# -- binary data, subclasses ---------------------------------------------------------------------
+
+class Overriding(pubsub.PubSubConsumer):
+    """A subclass's hook wins over the proxy; ``super()`` still asks it."""
+
+    async def rpc(self, method: str, data: Any) -> Any:
+        if method == "local":
+            return {"from": "python"}
+        return await super().rpc(method, data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_binary_data_goes_as_b64data_and_a_subclass_hook_wins(pubsub_server, backend):
+    import base64
+
+    from realtime.routing import URLRouter, path
+
+    backend.proxy("connect", "rpc")
+    backend.answers.update(TOKEN_FREE)
+    backend.answers["rpc"] = lambda body: {"result": {"b64data": base64.b64encode(
+        b"\xfe" + base64.b64decode(body["b64data"])).decode()}}
+    app = URLRouter([path("connection/websocket", Overriding.as_asgi())])
+    server = await pubsub_server(app=app)
+
+    async def scenario() -> Any:
+        client, events = sdk_client(server, use_protobuf=True)
+        await client.connect()
+        await events.next("connected")
+        binary = await client.rpc("bin", b"\x00\xff")
+        local = await client.rpc("local", b"{}")
+        await client.disconnect()
+        return binary.data, local.data
+
+    binary, local = await run(scenario)
+    assert binary == b"\xfe\x00\xff"
+    assert json.loads(local) == {"from": "python"}
+    (asked,) = backend.of("rpc")
+    assert asked["b64data"] == "AP8=" and "data" not in asked
+    assert (asked["protocol"], asked["encoding"]) == ("protobuf", "binary")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_unidirectional_connect_through_the_proxy(pubsub_server, backend):
+    from websockets.exceptions import ConnectionClosed
+
+    backend.proxy("connect", http_headers=("Authorization",))
+    backend.answers["connect"] = lambda body: (
+        {"result": {"user": "ada", "data": {"hi": 1}}} if body["data"] == "ok"
+        else (503, b"busy"))
+    server = await pubsub_server()
+
+    def uni(data: str) -> Any:
+        with connect(server.ws_url("/connection/uni_websocket"), open_timeout=WAIT,
+                     additional_headers={"Authorization": "Bearer t"}) as ws:
+            ws.send(json.dumps({"data": data}))
+            try:
+                return json.loads(ws.recv(timeout=WAIT))
+            except ConnectionClosed as exc:
+                return exc.rcvd.code if exc.rcvd is not None else None
+
+    pushed, failed = await asyncio_gather(in_thread(uni, "ok"), in_thread(uni, "fail"))
+    assert pushed["connect"]["data"] == {"hi": 1}
+    # (the unidirectional WebSocket tells its close in a disconnect push first)
+    assert failed == {"disconnect": {"code": 3004, "reason": "internal server error"}}
+    assert {body["transport"] for body in backend.of("connect")} == {"uni_websocket"}
+    assert {headers["authorization"] for _, headers, _ in backend.requests} == {"Bearer t"}
