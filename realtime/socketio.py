@@ -385,6 +385,106 @@ class _Session:
         await self.server.save_session(self.sid, self.session, self.namespace)
 
 
+class AsyncNamespace:
+    """python-socketio's class-based namespace: ``on_<event>`` methods (``async def`` or
+    plain) are the namespace's handlers, ``AsyncServer.register_namespace(instance)``
+    serves it. ``on_connect(sid, environ[, auth])`` and ``on_disconnect(sid[, reason])``
+    take the arguments they name, as the decorators' handlers do; an event's return value
+    is its ack. ``emit``, ``send``, ``call``, the rooms and the sessions are the server's,
+    in this namespace unless ``namespace=`` says otherwise.
+
+    An event is looked up as ``"on_" + event`` (``trigger_event``, which a subclass may
+    override to route events itself): one whose name is no identifier ("my-event", "two
+    words") finds no method unless one is set under that name (``setattr``), and is
+    ignored (acked with no arguments), as in python-socketio. In the ``"*"`` class, every
+    method gets the namespace before the sid, and ``emit`` and friends need
+    ``namespace=``."""
+
+    def __init__(self, namespace: str | None = None) -> None:
+        self.namespace = namespace or "/"
+        self.server: AsyncServer | None = None
+
+    def is_asyncio_based(self) -> bool:
+        return True
+
+    def _set_server(self, server: AsyncServer) -> None:
+        self.server = server
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        """Call ``on_<event>`` with ``args`` (None if there is none); ``connect`` and
+        ``disconnect`` without the arguments their method does not take (``auth``,
+        ``reason``)."""
+        handler = getattr(self, "on_" + (event or ""), None)
+        if handler is None or not callable(handler):
+            return None
+        if event in ("connect", "disconnect") and _positional_count(handler) < len(args):
+            args = args[:-1]
+        return await _maybe_await(handler(*args))
+
+    def _at(self, namespace: str | None) -> tuple[AsyncServer, str]:
+        if self.server is None:
+            raise RuntimeError("this namespace is not registered: "
+                               "AsyncServer.register_namespace(it) first")
+        namespace = namespace or self.namespace
+        if namespace == "*":
+            raise ValueError("the '*' namespace class names the namespace: namespace=")
+        return self.server, namespace
+
+    async def emit(self, event: str, data: Any = None, to: Any = None, room: Any = None,
+                   skip_sid: str | Iterable[str] | None = None, namespace: str | None = None,
+                   callback: Callable[..., Any] | None = None) -> None:
+        server, namespace = self._at(namespace)
+        await server.emit(event, data, to=to, room=room, skip_sid=skip_sid,
+                          namespace=namespace, callback=callback)
+
+    async def send(self, data: Any, to: Any = None, room: Any = None,
+                   skip_sid: str | Iterable[str] | None = None, namespace: str | None = None,
+                   callback: Callable[..., Any] | None = None) -> None:
+        server, namespace = self._at(namespace)
+        await server.send(data, to=to, room=room, skip_sid=skip_sid, namespace=namespace,
+                          callback=callback)
+
+    async def call(self, event: str, data: Any = None, to: str | None = None,
+                   sid: str | None = None, namespace: str | None = None,
+                   timeout: float = 60) -> Any:
+        server, namespace = self._at(namespace)
+        return await server.call(event, data, to=to, sid=sid, namespace=namespace,
+                                 timeout=timeout)
+
+    async def enter_room(self, sid: str, room: Any, namespace: str | None = None) -> None:
+        server, namespace = self._at(namespace)
+        await server.enter_room(sid, room, namespace=namespace)
+
+    async def leave_room(self, sid: str, room: Any, namespace: str | None = None) -> None:
+        server, namespace = self._at(namespace)
+        await server.leave_room(sid, room, namespace=namespace)
+
+    async def close_room(self, room: Any, namespace: str | None = None) -> None:
+        server, namespace = self._at(namespace)
+        await server.close_room(room, namespace=namespace)
+
+    def rooms(self, sid: str, namespace: str | None = None) -> list[Any]:
+        server, namespace = self._at(namespace)
+        return server.rooms(sid, namespace=namespace)
+
+    async def get_session(self, sid: str, namespace: str | None = None) -> dict[Any, Any]:
+        server, namespace = self._at(namespace)
+        return await server.get_session(sid, namespace=namespace)
+
+    async def save_session(self, sid: str, session: dict[Any, Any],
+                           namespace: str | None = None) -> None:
+        server, namespace = self._at(namespace)
+        await server.save_session(sid, session, namespace=namespace)
+
+    def session(self, sid: str, namespace: str | None = None) -> _Session:
+        server, namespace = self._at(namespace)
+        return server.session(sid, namespace=namespace)
+
+    async def disconnect(self, sid: str, namespace: str | None = None) -> None:
+        server, namespace = self._at(namespace)
+        await server.disconnect(sid, namespace=namespace)
+
+
 class AsyncServer:
     """python-socketio's ``AsyncServer`` API over realtime's layers.
 
@@ -428,6 +528,8 @@ class AsyncServer:
         self.channel_layer_alias = channel_layer_alias
         self._channel_layer = channel_layer
         self.handlers: dict[str, dict[str, Callable[..., Any]]] = {}
+        #: ``register_namespace``'s classes, by namespace ("*": the catch-all one).
+        self.namespace_handlers: dict[str, AsyncNamespace] = {}
         #: The sockets connected to this process, by sid.
         self._sockets: dict[str, _Socket] = {}
         #: The polling sessions this process holds, by Engine.IO sid.
@@ -465,10 +567,29 @@ class AsyncServer:
 
         return set_handler
 
+    def register_namespace(self, namespace_handler: AsyncNamespace) -> None:
+        """Serve ``namespace_handler.namespace`` (which it opens) with the ``on_<event>``
+        methods of an ``AsyncNamespace``; "*": every open namespace without a class of
+        its own (its methods get the namespace before the sid). The decorators' handlers
+        of the same namespace, and namespace "*"'s, come first (python-socketio's order);
+        a second class for the same namespace replaces the first."""
+        if not isinstance(namespace_handler, AsyncNamespace):
+            hint = (" (python-socketio's: derive from realtime.socketio.AsyncNamespace)"
+                    if type(namespace_handler).__module__.startswith("socketio") else "")
+            raise TypeError(f"register_namespace() takes a realtime.socketio.AsyncNamespace "
+                            f"instance, not {type(namespace_handler).__name__}{hint}")
+        namespace = namespace_handler.namespace
+        if not isinstance(namespace, str) or not (namespace == "*"
+                                                   or namespace.startswith("/")):
+            raise ValueError(f"a namespace starts with '/' (or is '*'), not {namespace!r}")
+        namespace_handler._set_server(self)
+        self.namespace_handlers[namespace] = namespace_handler
+
     def _handler(self, event: str, namespace: str,
                  args: tuple[Any, ...]) -> tuple[Callable[..., Any] | None, tuple[Any, ...]]:
         """The handler for ``event`` and its arguments, in python-socketio's order: this
-        namespace's, its catch-all, then namespace "*"'s."""
+        namespace's, its catch-all, namespace "*"'s, then the namespace's class
+        (``register_namespace``), then the "*" class."""
         reserved = event in ("connect", "disconnect")
         own = self.handlers.get(namespace, {})
         if event in own:
@@ -480,13 +601,22 @@ class AsyncServer:
             return anywhere[event], (namespace, *args)
         if not reserved and "*" in anywhere:
             return anywhere["*"], (event, namespace, *args)
+        # Then the namespace's class, else the "*" class (given the namespace): its
+        # trigger_event has every event that got this far, as python-socketio's does.
+        space = self.namespace_handlers.get(namespace)
+        if space is not None:
+            return space.trigger_event, (event, *args)
+        space = self.namespace_handlers.get("*")
+        if space is not None:
+            return space.trigger_event, (event, namespace, *args)
         return None, args
 
     def _serves(self, namespace: str) -> bool:
-        """Whether ``namespace`` is open: listed, "*", or with handlers of its own
-        (namespace "*"'s handlers serve the open ones, as python-socketio's do)."""
+        """Whether ``namespace`` is open: listed, "*", or with handlers or a class of its
+        own (namespace "*"'s handlers and class serve the open ones, as python-socketio's
+        do)."""
         return (self.namespaces == "*" or namespace in self.namespaces
-                or namespace in self.handlers)
+                or namespace in self.handlers or namespace in self.namespace_handlers)
 
     # -- the layer ----------------------------------------------------------------------------
     @property
@@ -1750,6 +1880,6 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             await self._server_disconnect(socket)
 
 
-__all__ = ["AsyncServer", "CallTimeoutError", "ConnectionRefusedError", "PollingConsumer",
-           "Reason", "SocketIOApp", "SocketIOConsumer", "SocketIOError", "channel_of",
-           "decode_packet", "encode_packet", "namespace_group", "room_group"]
+__all__ = ["AsyncNamespace", "AsyncServer", "CallTimeoutError", "ConnectionRefusedError",
+           "PollingConsumer", "Reason", "SocketIOApp", "SocketIOConsumer", "SocketIOError",
+           "channel_of", "decode_packet", "encode_packet", "namespace_group", "room_group"]

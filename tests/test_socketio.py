@@ -61,7 +61,8 @@ class PyClient:
         self.got: queue.Queue[tuple[str, Any]] = queue.Queue()
         for event in events:
             self.client.on(event, self._recorder(event), namespace=namespace)
-        self.client.on("disconnect", lambda *reason: self.got.put(("disconnect", reason)))
+        self.client.on("disconnect", lambda *reason: self.got.put(("disconnect", reason)),
+                       namespace=namespace)
 
     def _recorder(self, event: str) -> Any:
         return lambda *args: self.got.put((event, args[0] if len(args) == 1 else args))
@@ -1291,3 +1292,270 @@ async def test_a_websocket_that_never_probes_does_not_block_the_upgrade(live, mo
     assert await in_thread(ws.recv, WAIT) == "3probe"
     await Raw(ws).close()
     await Raw(stalled).close()
+
+
+# -- class-based namespaces (AsyncNamespace) ---------------------------------------------------
+
+class ChatNamespace(rsio.AsyncNamespace):
+    """Every kind of method: async and plain, the server's calls through ``self``."""
+
+    def __init__(self, namespace: str) -> None:
+        super().__init__(namespace)
+        self.reasons: list[str] = []
+
+    async def on_connect(self, sid, environ, auth):
+        if auth == {"token": "bad"}:
+            raise rsio.ConnectionRefusedError("bad token", {"retry": False})
+        if auth == {"token": "no"}:
+            return False
+        await self.save_session(sid, {"user": auth["user"]})
+        await self.enter_room(sid, "lobby")
+        return None
+
+    async def on_whoami(self, sid):
+        async with self.session(sid) as session:
+            session["asked"] = True
+        return (await self.get_session(sid))["user"], self.rooms(sid)
+
+    def on_shout(self, sid, text):  # a plain method
+        return text.upper(), self.rooms(sid)[1:]
+
+    async def on_say(self, sid, text):
+        await self.emit("said", text, room="lobby", skip_sid=sid)
+        await self.send(f"sent {text}", to=sid)  # the "message" event
+        return "ok"
+
+    async def on_ask(self, sid):
+        return await self.call("question", 20, to=sid, timeout=WAIT)
+
+    async def on_part(self, sid):
+        await self.leave_room(sid, "lobby")
+        return self.rooms(sid)
+
+    async def on_kick(self, sid):
+        await self.disconnect(sid)
+
+    def on_disconnect(self, sid, reason):
+        self.reasons.append(reason)
+
+
+@pytest.mark.parametrize("transports", [["websocket"], ["polling"]],
+                         ids=["websocket", "polling"])
+@pytest_twisted.ensureDeferred
+async def test_a_namespace_class_serves_its_namespace(live, transports):
+    """``register_namespace`` opens the namespace; its methods are the handlers (acks from
+    their return values), and ``self.emit``/rooms/sessions/``disconnect`` act in it."""
+    sio = quick_server()
+    chat = ChatNamespace("/chat")
+    sio.register_namespace(chat)
+    assert chat.server is sio
+    url = await start(live, sio)
+    ada = PyClient("said", "message", namespace="/chat")
+    bob = PyClient("said", namespace="/chat")
+    ada.client.on("question", lambda n: n + 1, namespace="/chat")
+    await ada.connect(url, transports, namespaces=["/chat"], auth={"user": "ada"})
+    await bob.connect(url, transports, namespaces=["/chat"], auth={"user": "bob"})
+    ada_sid = ada.client.get_sid("/chat")
+    assert await ada.call("whoami", namespace="/chat") == ("ada", [ada_sid, "lobby"])
+    assert (await sio.get_session(ada_sid, namespace="/chat"))["asked"] is True
+    assert await ada.call("shout", "hi", namespace="/chat") == ("HI", ["lobby"])
+    assert await ada.call("say", "hello", namespace="/chat") == "ok"
+    assert await bob.next() == ("said", "hello")
+    assert await ada.next() == ("message", "sent hello")
+    assert await ada.call("ask", namespace="/chat") == 21
+    assert await ada.call("part", namespace="/chat") == [ada_sid]
+    await bob.emit("say", "again", namespace="/chat")
+    assert await ada.nothing()  # ada left the lobby
+    await bob.emit("kick", namespace="/chat")
+    assert await bob.next() == ("disconnect", ("server disconnect",))
+    await ada.disconnect()  # (its DISCONNECT packet may be lost in python-engineio's close)
+    assert await until(lambda: len(chat.reasons) == 2)
+    assert chat.reasons[0] == "server disconnect"
+    assert chat.reasons[1] in ("client disconnect", "transport close")
+    await bob.disconnect()
+    raw = await Raw.open(url)
+    await raw.send('40/chat,{"user":"eve"}')
+    assert (await raw.recv()).startswith('40/chat,{"sid":')
+    await raw.send("41/chat,")
+    assert await until(lambda: len(chat.reasons) == 3)
+    assert chat.reasons[2] == "client disconnect"
+    await raw.close()
+
+    for auth, message in (({"token": "bad"}, "bad token"),
+                          ({"token": "no"}, "Connection rejected by server")):
+        refused = PyClient()
+        refused.client.on("connect_error", lambda data, r=refused: r.got.put(("error", data)),
+                          namespace="/chat")
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await refused.connect(url, transports, namespaces=["/chat"], auth=auth)
+        assert (await refused.next())[1]["message"] == message
+    assert not sio._sockets
+
+
+@pytest_twisted.ensureDeferred
+async def test_namespace_classes_the_catch_all_class_and_event_names_no_method_has(live):
+    """Legacy ``on_connect(sid, environ)``/``on_disconnect(sid)``; the "*" class serves
+    the open namespaces without a class (given the namespace) and opens none; an event
+    named "my-event" or "two words" finds no ``on_`` method (acked empty) unless one is
+    set under that name or ``trigger_event`` routes it."""
+    sio = quick_server(namespaces=["/a", "/b"])
+    seen: list[Any] = []
+
+    class Legacy(rsio.AsyncNamespace):
+        def on_connect(self, sid, environ):
+            seen.append(("connect", environ["path"]))
+
+        async def on_disconnect(self, sid):
+            seen.append(("disconnect", sid))
+
+        async def trigger_event(self, event, *args):
+            if event == "my-event":  # routed by hand: no method can be named on_my-event
+                return "routed"
+            return await super().trigger_event(event, *args)
+
+    class Anywhere(rsio.AsyncNamespace):
+        async def on_connect(self, namespace, sid, environ, auth):
+            seen.append(("any", namespace))
+
+        async def on_echo(self, namespace, sid, data):
+            try:
+                await self.emit("x", to=sid)
+            except ValueError as exc:  # the "*" class names the namespace
+                assert "namespace=" in str(exc)
+            await self.emit("where", namespace, to=sid, namespace=namespace)
+            return namespace, data
+
+        def on_disconnect(self, namespace, sid, reason):
+            seen.append(("gone", namespace, reason))
+
+    legacy, anywhere = Legacy("/legacy"), Anywhere("*")
+    setattr(legacy, "on_two words", lambda sid: "spaced")  # (no identifier)
+    sio.register_namespace(legacy)
+    sio.register_namespace(anywhere)
+    url = await start(live, sio)
+    client = PyClient("where", namespace="/a")
+    await client.connect(url, namespaces=["/legacy", "/a", "/b"])
+    assert ("connect", "/socket.io/") in seen
+    assert {("any", "/a"), ("any", "/b")} <= set(seen)
+    assert await client.call("my-event", namespace="/legacy") == "routed"
+    assert await client.call("two words", namespace="/legacy") == "spaced"
+    assert await client.call("other-event", namespace="/legacy") is None  # acked, empty
+    assert await client.call("echo", 1, namespace="/a") == ("/a", 1)
+    assert await client.next() == ("where", "/a")
+    assert await client.call("echo", 2, namespace="/b") == ("/b", 2)
+    legacy_sid = client.client.get_sid("/legacy")
+    await sio.disconnect(client.client.get_sid("/b"), namespace="/b")
+    assert await until(lambda: ("gone", "/b", "server disconnect") in seen)
+    await client.disconnect()
+    assert await until(lambda: ("disconnect", legacy_sid) in seen)
+    assert await until(lambda: any(item[:2] == ("gone", "/a") for item in seen))
+
+    raw = await Raw.open(url)  # the "*" class opens no namespace
+    await raw.send("40/c,")
+    assert await raw.recv() == '44/c,{"message":"Invalid namespace"}'
+    await raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_decorators_come_before_the_namespace_class(live):
+    """python-socketio's order: the namespace's decorator handlers (its catch-all too),
+    then namespace "*"'s, then the class; what they do not handle, the class does."""
+    sio = quick_server()
+    seen: list[str] = []
+
+    class Mixed(rsio.AsyncNamespace):
+        def on_connect(self, sid, environ, auth):
+            seen.append("class connect")
+
+        def on_echo(self, sid, data):
+            return "class", data
+
+        def on_wild(self, sid):
+            return "class wild"
+
+        def on_other(self, sid):
+            return "class other"
+
+    sio.register_namespace(Mixed("/mix"))
+
+    @sio.on("connect", namespace="/mix")
+    def decorated_connect(sid, environ):
+        seen.append("decorator connect")
+
+    sio.on("echo", lambda sid, data: ("decorator", data), namespace="/mix")
+    sio.on("wild", lambda namespace, sid: f"* decorator in {namespace}", namespace="*")
+    url = await start(live, sio)
+    client = await PyClient().connect(url, namespaces=["/mix"])
+    assert seen == ["decorator connect"]
+    assert await client.call("echo", 1, namespace="/mix") == ("decorator", 1)
+    assert await client.call("wild", namespace="/mix") == "* decorator in /mix"
+    assert await client.call("other", namespace="/mix") == "class other"
+
+    @sio.on("*", namespace="/mix")  # the namespace's catch-all: the class gets no events
+    def caught(event, sid, *args):
+        return f"caught {event}"
+
+    assert await client.call("other", namespace="/mix") == "caught other"
+    await client.disconnect()
+
+
+def test_register_namespace_refuses_what_is_not_a_namespace_class():
+    sio = rsio.AsyncServer()
+    with pytest.raises(TypeError, match=r"AsyncNamespace instance, not object"):
+        sio.register_namespace(object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="python-socketio's"):
+        sio.register_namespace(socketio.AsyncNamespace("/chat"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        sio.register_namespace(rsio.AsyncNamespace)  # type: ignore[arg-type]  # the class
+    for bad in ("chat", "", 3):
+        space = rsio.AsyncNamespace()
+        space.namespace = bad  # type: ignore[assignment]
+        with pytest.raises(ValueError, match="starts with '/'"):
+            sio.register_namespace(space)
+    assert sio.namespace_handlers == {}
+    assert rsio.AsyncNamespace().namespace == "/"
+    with pytest.raises(RuntimeError, match="not registered"):
+        rsio.AsyncNamespace("/x").rooms("sid")
+
+
+@pytest_twisted.ensureDeferred
+async def test_socket_io_client_of_node_with_namespace_classes(live, socket_io_client):
+    """Node's client through the same flow as with decorators (its default transports:
+    polling, then the upgrade), served by two classes."""
+    sio = quick_server()
+    seen: dict[str, Any] = {}
+
+    class Main(rsio.AsyncNamespace):
+        def on_connect(self, sid, environ, auth):
+            if auth.get("token") != "js":
+                raise rsio.ConnectionRefusedError("who are you?", {"token": auth.get("token")})
+            seen["sid"] = sid
+
+        def on_echo(self, sid, *args):
+            return args
+
+        async def on_upload(self, sid, data):
+            return data["blob"][::-1]
+
+        async def on_ready(self, sid):
+            seen["answer"] = await self.call("ask", 21, to=sid, timeout=WAIT)
+            await self.emit("bin", {"name": "b", "blob": b"\x00\xff"}, to=sid)
+            await self.emit("bye", to=sid)
+
+    class Chat(rsio.AsyncNamespace):
+        def on_echo(self, sid, text):
+            return f"{text}!"
+
+    sio.register_namespace(Main())
+    sio.register_namespace(Chat("/chat"))
+    url = await start(live, sio)
+    lines = await in_thread(_node, url, "js", "polling,websocket")
+    assert lines[0] == {"connected": seen["sid"]}
+    assert lines[1:] == [
+        {"echoed": ["hi", 3]}, {"reversed": [3, 2, 1]},
+        {"chat": lines[3]["chat"], "same_engine": True}, {"chat_echo": "in chat!"},
+        {"bin": [0, 255], "name": "b"}, {"done": True, "transport": "websocket"}]
+    assert seen["answer"] == (42, "js")
+    refused = await in_thread(_node, url, "nope", "websocket")
+    assert refused == [{"connect_error": "who are you?", "data": {"token": "nope"}}]
+    assert await until(lambda: not sio._polling)
