@@ -980,6 +980,8 @@ class _PollingSession:
         self._ended: list[Deferred[None]] = []  # server_stopping()'s
         #: The address ``--max-connections-per-ip`` counted it for (``site.count_ip``).
         self.counted_ip: str | None = None
+        #: The user ``--max-connections-per-user`` counted it for (``site.count_user``).
+        self.user_key: str | None = None
         consumer = self.consumer = SocketIOConsumer(server=server)
         consumer.scope = http.scope
         consumer._conn = self  # type: ignore[assignment]
@@ -1282,9 +1284,13 @@ class _PollingSession:
                 self.config.application_close_timeout, self._kill)
 
     def _uncount(self) -> None:
+        """Give back its places in the per-IP and per-user counts (closed, or upgraded:
+        its WebSocket holds them then)."""
         ip, self.counted_ip = self.counted_ip, None
         if ip is not None:
             self.site.uncount_ip(ip)
+        if self.user_key is not None:
+            self.site.uncount_user(self)
 
     def _fire_ended(self) -> None:
         call, self._kill_call = self._kill_call, None
@@ -1304,6 +1310,8 @@ class PollingConsumer(AsyncHttpConsumer):
     server: ClassVar[AsyncServer | None] = None
     _session: _PollingSession | None = None
     _waiting: Deferred[Any] | None = None
+    #: ``site.count_user``'s key for the handshake, until the session takes it.
+    user_key: str | None = None
 
     @property
     def _server(self) -> AsyncServer:
@@ -1386,9 +1394,17 @@ class PollingConsumer(AsyncHttpConsumer):
                 await self._error(429, _TOO_MANY)
                 return
             counted = ip
+        # --max-connections-per-user: counted with the user's WebSockets (``count_user``
+        # keeps the key on the object it is given: this request, then the session).
+        if site.config.max_connections_per_user and not site.count_user(self):
+            if counted is not None:
+                site.uncount_ip(counted)
+            await self._error(429, _TOO_MANY)
+            return
         sid = secrets.token_urlsafe(15)
         session = _PollingSession(server, self, sid)
         session.counted_ip = counted
+        session.user_key, self.user_key = self.user_key, None
         session.consumer._open(sid, ["websocket"], session.max_payload)
         await self._poll(session)
 

@@ -461,10 +461,11 @@ class Polling:
         return status, json.loads(answer)
 
     @classmethod
-    async def open(cls, url: str, connect: bool = True) -> Polling:
-        """A session (connected to "/" with ``connect``)."""
+    async def open(cls, url: str, connect: bool = True, query: str = "") -> Polling:
+        """A session (connected to "/" with ``connect``; ``query`` added to the
+        handshake's)."""
         status, headers, body = await in_thread(
-            _http, f"{url}/socket.io/?EIO=4&transport=polling", "GET")
+            _http, f"{url}/socket.io/?EIO=4&transport=polling{query}", "GET")
         assert status == 200 and headers["content-type"] == "text/plain; charset=UTF-8"
         assert body.startswith(b"0{")
         handshake = json.loads(body[1:])
@@ -1559,3 +1560,78 @@ async def test_socket_io_client_of_node_with_namespace_classes(live, socket_io_c
     refused = await in_thread(_node, url, "nope", "websocket")
     assert refused == [{"connect_error": "who are you?", "data": {"token": "nope"}}]
     assert await until(lambda: not sio._polling)
+
+
+# -- polling and --max-connections-per-user ----------------------------------------------------
+
+JWT_SECRET = "s" * 40
+
+
+def _token(sub: str) -> str:
+    import time
+
+    import jwt
+
+    return jwt.encode({"sub": sub, "exp": int(time.time()) + 60}, JWT_SECRET,
+                      algorithm="HS256")
+
+
+@pytest_twisted.ensureDeferred
+async def test_polling_sessions_count_toward_the_per_user_limit(live):
+    """A signed-in user's polling sessions count with their WebSockets until they close or
+    upgrade (during the probe both count: at the limit the upgrade is refused and the
+    session stays on polling); past the limit a polling handshake gets 429 with
+    Engine.IO's error body, as --max-connections-per-ip's; anonymous users are not
+    counted."""
+    from realtime.tokens import TokenAuthMiddleware, key_from_text
+
+    sio = quick_server()
+    sio.on("echo", lambda sid, data: data)
+    server = await live(URLRouter([path("socket.io/", TokenAuthMiddleware(
+        sio.as_asgi(), keys=[key_from_text(JWT_SECRET)]))]), max_connections_per_user=2)
+    url = f"http://127.0.0.1:{server.port}"
+    ada = f"&token={_token('ada')}"
+    first = await Polling.open(url, query=ada)
+    assert server.site.per_user == {"str:ada": 1}
+    ws = Raw(await in_thread(lambda: connect(
+        ws_url(url, "EIO=4&transport=websocket" + ada), open_timeout=WAIT).__enter__()))
+    assert (await ws.recv()).startswith("0{")  # type: ignore[union-attr]
+    assert server.site.per_user == {"str:ada": 2}
+    status, _, body = await in_thread(
+        _http, f"{url}/socket.io/?EIO=4&transport=polling{ada}", "GET")
+    assert (status, json.loads(body)) == (429, {"code": 3, "message": "Too many connections"})
+    assert await in_thread(_handshake_status, ws_url(url, "EIO=4" + ada), None) == 429
+    bob = await Polling.open(url, query=f"&token={_token('bob')}")
+    anonymous = [await Polling.open(url) for _ in range(3)]
+    assert server.site.per_user == {"str:ada": 2, "str:bob": 1}
+    assert len(sio._polling) == 5  # the refused handshake opened nothing
+
+    assert await first.post("1") == (200, b"ok")  # closed: its place is free
+    assert await until(lambda: server.site.per_user == {"str:ada": 1, "str:bob": 1})
+    second = await Polling.open(url, query=ada)
+    probe = ws_url(url, f"EIO=4&transport=websocket&sid={second.sid}{ada}")
+    assert await in_thread(_handshake_status, probe, None) == 429  # ada has 2 open
+    assert await second.post('421["echo","still polling"]') == (200, b"ok")
+    assert await second.get() == ['431["still polling"]']
+
+    # Through python-socketio's client (polling, then the upgrade): at the limit it
+    # stays on polling.
+    client = PyClient()
+    await client.connect(url, None, headers={"Authorization": f"Bearer {_token('bob')}"})
+    assert server.site.per_user == {"str:ada": 2, "str:bob": 2}
+    assert await client.call("echo", "hi") == "hi"
+    assert client.client.transport() == sio.transport(client.client.get_sid()) == "polling"
+    await client.disconnect()
+    assert await until(lambda: server.site.per_user == {"str:ada": 2, "str:bob": 1})
+
+    await bob.post("1")  # bob's client upgrades now: the session's place goes to the WebSocket
+    client = PyClient()
+    await client.connect(url, None, headers={"Authorization": f"Bearer {_token('bob')}"})
+    assert await until(lambda: client.client.transport() == "websocket")
+    assert await until(lambda: server.site.per_user == {"str:ada": 2, "str:bob": 1})
+    await client.disconnect()
+    for session in (second, *anonymous):
+        await session.post("1")
+    assert await until(lambda: server.site.per_user == {"str:ada": 1})
+    await ws.close()
+    assert await until(lambda: server.site.per_user == {})
