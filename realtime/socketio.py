@@ -972,6 +972,8 @@ class _PollingSession:
         self._upgrade_deadline: Any = None
         self._queue: list[str | bytes] = []
         self._queued = 0  # bytes, as encoded
+        #: Packets ``--slow-consumer drop`` dropped (``site.dropped_messages`` counts them).
+        self.dropped = 0
         self._waiter: Deferred[list[str | bytes] | None] | None = None
         self._flush_call: Any = None
         self._tail: Deferred[Any] = succeed(None)
@@ -985,6 +987,7 @@ class _PollingSession:
         consumer = self.consumer = SocketIOConsumer(server=server)
         consumer.scope = http.scope
         consumer._conn = self  # type: ignore[assignment]
+        consumer._polled_by = self
         consumer.channel_layer = self.layer
         self.channel_name = consumer.channel_name = self.layer.attach(self)
         skip_held(self)  # broadcast before it opened: not for it
@@ -1003,35 +1006,69 @@ class _PollingSession:
         return self.closed or (self.ws is not None and bool(self.ws.closing_or_closed))
 
     def send_text(self, text: str) -> None:
-        self._send(text)
+        self.send_packet(text)
 
     def send_bytes(self, data: bytes) -> None:
-        self._send(bytes(data))
-
-    def _send(self, item: str | bytes, own: bool = True) -> None:
         if self.closed:
             return
         if self.ws is not None:
-            if isinstance(item, str):
-                self.ws.send_text(item)
-            else:
-                self.ws.send_bytes(item)
+            self.ws.send_bytes(data)
+        else:
+            self._enqueue([bytes(data)], droppable=False)
+
+    def send_packet(self, text: str, attachments: Iterable[bytes] = (),
+                    own: bool = True) -> None:
+        """An Engine.IO packet (a Socket.IO packet with its binary attachments): queued
+        whole, or under ``--slow-consumer drop`` dropped whole (``_enqueue``).
+        ``UnicodeEncodeError`` (nothing queued) for text UTF-8 cannot carry."""
+        if self.closed:
+            return
+        if self.ws is not None:
+            self.ws.send_text(text)
+            for data in attachments:
+                self.ws.send_bytes(data)
             return
         if own and HELD:  # broadcasts held for this turn were before this packet
             let_out_for(self, self.channel_name)
-        size = (len(item.encode()) if isinstance(item, str)
-                else 1 + (len(item) + 2) // 3 * 4) + 1
-        if (len(self._queue) >= MAX_QUEUED_PACKETS
-                or self._queued + size > self.config.max_send_buffer):
-            self.site.slow_consumer_closes += 1
-            log.info("socketio: closing a polling session: {count} packets ({size} bytes) "
-                     "waiting for a GET", count=len(self._queue), size=self._queued)
-            self.close_with_code(1008, "slow consumer")
-            return
-        self._queue.append(item)
+        # A Socket.IO EVENT or ACK (binary or not) is a message --slow-consumer drop may
+        # drop; Engine.IO's own packets and CONNECT/DISCONNECT/CONNECT_ERROR change the
+        # session's state, and are never dropped.
+        droppable = len(text) > 1 and text[0] == _EIO_MESSAGE and text[1] in "2356"
+        self._enqueue([text, *map(bytes, attachments)], droppable)
+
+    def _enqueue(self, items: list[str | bytes], droppable: bool) -> None:
+        """Queue ``items`` for the next GET. Past ``MAX_QUEUED_PACKETS`` or
+        ``--max-send-buffer``: the session closes (``--slow-consumer close``), or
+        (``drop``) a droppable packet is dropped whole and counted, and the others go on
+        up to twice those bounds (past them the session closes too)."""
+        size = sum((len(item.encode()) if isinstance(item, str)
+                    else 1 + (len(item) + 2) // 3 * 4) + 1 for item in items)
+        count = len(self._queue) + len(items)
+        limit = self.config.max_send_buffer
+        if count > MAX_QUEUED_PACKETS or self._queued + size > limit:
+            if self.config.slow_consumer == "drop":
+                if droppable:
+                    self.site.dropped_messages += 1
+                    self.dropped += 1
+                    if self.dropped == 1:
+                        log.info("socketio: dropping packets for a polling session: {count} "
+                                 "packets ({size} bytes) waiting for a GET",
+                                 count=len(self._queue), size=self._queued)
+                    return
+                over = count > 2 * MAX_QUEUED_PACKETS or self._queued + size > 2 * limit
+            else:
+                over = True
+            if over:
+                self.site.slow_consumer_closes += 1
+                log.info("socketio: closing a polling session: {count} packets ({size} "
+                         "bytes) waiting for a GET", count=len(self._queue),
+                         size=self._queued)
+                self.close_with_code(1008, "slow consumer")
+                return
+        self._queue.extend(items)
         self._queued += size
         if self._waiter is not None and self._flush_call is None:
-            # The packets of this turn (a packet's attachments) go in one response.
+            # The packets of this turn go in one response.
             self._flush_call = self.reactor.callLater(0, self._flush)
 
     def close_with_code(self, code: int, reason: str | None = None) -> None:
@@ -1060,8 +1097,13 @@ class _PollingSession:
         if self.closing_or_closed:
             return False
         event = frame_event(frame)
-        item: str | bytes = event["text"] if "text" in event else event["bytes"]
-        self._send(item, own=False)  # at once, as packets are (take_event_now)
+        try:  # at once, as packets are (take_event_now)
+            if "text" in event:
+                self.send_packet(event["text"], own=False)
+            else:
+                self._enqueue([event["bytes"]], droppable=False)
+        except UnicodeEncodeError:
+            log.warn("socketio: dropped a packet that is not UTF-8")
         return True
 
     def deliver_joined(self, joined: bytes) -> bool:
@@ -1225,7 +1267,10 @@ class _PollingSession:
         self._uncount()  # its WebSocket counts now (the site counted it)
         items, self._queue, self._queued = self._queue, [], 0
         for item in items:
-            self._send(item)
+            if isinstance(item, str):
+                self.ws.send_text(item)
+            else:
+                self.ws.send_bytes(item)
 
     def websocket_closed(self, ws: SocketIOConsumer, code: int) -> None:
         if self.upgrading is ws:  # the probe failed: polling goes on
@@ -1460,6 +1505,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self._next_ack = 0
         self._max_payload = 0
         self._upgrade_of: _PollingSession | None = None
+        #: The polling session this consumer is the Socket.IO side of (its ``_conn``).
+        self._polled_by: _PollingSession | None = None
         #: Handler tasks running (events' and connect's): ``--max-inflight`` at most.
         self._tasks: set[Deferred[Any]] = set()
         self._slot: Deferred[None] | None = None
@@ -1578,6 +1625,9 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         if self._conn.closing_or_closed:
             return
         try:
+            if self._polled_by is not None:  # queued (or dropped) with its attachments
+                self._polled_by.send_packet(text, attachments)
+                return
             self._conn.send_text(text)
         except UnicodeEncodeError:
             log.warn("socketio: dropped a packet that is not UTF-8: {text!r}",

@@ -1621,8 +1621,9 @@ async def test_polling_sessions_count_toward_the_per_user_limit(live):
     assert server.site.per_user == {"str:ada": 2, "str:bob": 2}
     assert await client.call("echo", "hi") == "hi"
     assert client.client.transport() == sio.transport(client.client.get_sid()) == "polling"
-    await client.disconnect()
-    assert await until(lambda: server.site.per_user == {"str:ada": 2, "str:bob": 1})
+    await client.disconnect()  # (its close packet may be lost: then the ping timeout)
+    assert await until(lambda: server.site.per_user == {"str:ada": 2, "str:bob": 1},
+                       timeout=WAIT)
 
     await bob.post("1")  # bob's client upgrades now: the session's place goes to the WebSocket
     client = PyClient()
@@ -1632,6 +1633,47 @@ async def test_polling_sessions_count_toward_the_per_user_limit(live):
     await client.disconnect()
     for session in (second, *anonymous):
         await session.post("1")
-    assert await until(lambda: server.site.per_user == {"str:ada": 1})
+    assert await until(lambda: server.site.per_user == {"str:ada": 1}, timeout=WAIT)
     await ws.close()
     assert await until(lambda: server.site.per_user == {})
+
+
+# -- --slow-consumer drop on polling -------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_slow_consumer_drop_keeps_a_slow_poller_and_drops_whole_packets(live):
+    """Under ``--slow-consumer drop`` a session that does not GET keeps its place: the
+    EVENT packets past --max-send-buffer are dropped whole (a packet with its attachments,
+    never a part: the client's decoder would take the next packet for an attachment) and
+    counted in ``dropped_messages``; a CONNECT answer is not dropped; the next GET gets
+    what was kept, in order, and the session goes on."""
+    sio = rsio.AsyncServer(namespaces=["/other"])
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    server = await live(app(sio), max_send_buffer=4096, slow_consumer="drop")
+    url = f"http://127.0.0.1:{server.port}"
+    slow = await Polling.open(url)
+    for n in range(10):  # about 870 bytes each as polling sends them (base64)
+        await sio.emit("bin", (n, b"\x00" * 300, b"\x01" * 300), to=slow.socket_sid)
+    for n in range(30):  # broadcasts (one prepared frame each) of about 215 bytes
+        await sio.emit("said", f"{n:03}" + "x" * 197)
+    assert await slow.post("40/other,") == (200, b"ok")  # its answer is queued all the same
+    items = await slow.get()
+    assert items[-1].startswith('40/other,{"sid":')
+    binary, said, rest = [], [], items[:-1]
+    while rest:
+        text, rest = rest[0], rest[1:]
+        if text.startswith("452-"):  # each binary packet with both its attachments
+            assert [item[:1] for item in rest[:2]] == ["b", "b"], rest[:2]
+            binary.append(json.loads(text[4:])[1])
+            rest = rest[2:]
+        else:
+            said.append(json.loads(text[2:])[1][:3])
+    assert binary == list(range(len(binary))) and 0 < len(binary) < 10
+    assert said == [f"{n:03}" for n in range(len(said))] and len(said) < 30
+    assert server.site.dropped_messages == 40 - len(binary) - len(said)
+    assert server.site.slow_consumer_closes == 0 and reasons == []
+    await sio.emit("said", "after")  # it goes on
+    assert await slow.get() == ['42["said","after"]']
+    assert await slow.post("1") == (200, b"ok")
+    assert await until(lambda: reasons == ["client disconnect"])  # (the handler of "/")
