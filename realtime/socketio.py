@@ -345,6 +345,21 @@ def _positional_count(handler: Callable[..., Any]) -> int:
 
 # -- the server --------------------------------------------------------------------------------
 
+def _send_frames(conn: Any, text: str, attachments: Iterable[bytes]) -> None:
+    """A packet and its attachments on a WebSocket (``WebSocketConnection``): under
+    ``--slow-consumer drop``, when they would not all fit in its queue, none goes (counted
+    as one dropped message): the client would take the next packet for an attachment."""
+    attachments = list(attachments)
+    if attachments and conn.config.slow_consumer == "drop" and conn.would_overflow(
+            len(text.encode()) + sum(map(len, attachments)) + 10 * (1 + len(attachments))):
+        conn.site.dropped_messages += 1
+        conn.dropped += 1
+        return
+    conn.send_text(text)
+    for data in attachments:
+        conn.send_bytes(data)
+
+
 def _first_target(socket: _Socket, keys: list[str]) -> int | None:
     """The index of the first of ``keys`` (``AsyncServer._target_key``) ``socket`` is in."""
     everyone = namespace_group(socket.namespace)
@@ -1024,9 +1039,7 @@ class _PollingSession:
         if self.closed:
             return
         if self.ws is not None:
-            self.ws.send_text(text)
-            for data in attachments:
-                self.ws.send_bytes(data)
+            _send_frames(self.ws, text, attachments)
             return
         if own and HELD:  # broadcasts held for this turn were before this packet
             let_out_for(self, self.channel_name)
@@ -1627,14 +1640,11 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         try:
             if self._polled_by is not None:  # queued (or dropped) with its attachments
                 self._polled_by.send_packet(text, attachments)
-                return
-            self._conn.send_text(text)
+            else:
+                _send_frames(self._conn, text, attachments)
         except UnicodeEncodeError:
             log.warn("socketio: dropped a packet that is not UTF-8: {text!r}",
                      text=text[:100])
-            return
-        for data in attachments:
-            self._conn.send_bytes(data)
 
     def _send_ping(self) -> None:
         self._ping = None

@@ -1677,3 +1677,31 @@ async def test_slow_consumer_drop_keeps_a_slow_poller_and_drops_whole_packets(li
     assert await slow.get() == ['42["said","after"]']
     assert await slow.post("1") == (200, b"ok")
     assert await until(lambda: reasons == ["client disconnect"])  # (the handler of "/")
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_consumer_drop_on_a_websocket_drops_a_packet_with_its_attachments(live):
+    """On a WebSocket too, ``--slow-consumer drop`` never cuts a packet from its binary
+    attachments: a packet whose frames would not all fit in the send queue is dropped
+    whole (one dropped message); what the client gets is whole packets, in order."""
+    sio = rsio.AsyncServer()
+    server = await live(app(sio), max_send_buffer=64 * 1024, slow_consumer="drop")
+    url = f"http://127.0.0.1:{server.port}"
+    raw = Raw(await in_thread(lambda: connect(ws_url(url), open_timeout=WAIT, max_queue=1,
+                                              max_size=None).__enter__()))
+    assert (await raw.recv()).startswith("0{")  # type: ignore[union-attr]
+    await raw.send("40")
+    sid = json.loads((await raw.recv())[2:])["sid"]
+    blob = b"\x07" * 16384
+    for n in range(300):  # about 10 MB in one reactor turn, to a client that reads slowly
+        await sio.emit("bin", (n, blob, blob), to=sid)
+    conn = sio._sockets[sid].consumer._conn
+    assert server.site.dropped_messages > 0 and conn.dropped == server.site.dropped_messages
+    got: list[int] = []
+    while len(got) + server.site.dropped_messages < 300:
+        text = await raw.recv()
+        assert isinstance(text, str) and text.startswith("452-"), text[:20]
+        assert [await raw.recv(), await raw.recv()] == [blob, blob]
+        got.append(json.loads(text[4:])[1])
+    assert got == sorted(got) and len(got) + server.site.dropped_messages == 300
+    await raw.close()
