@@ -1085,13 +1085,14 @@ class RealtimeSite(server.Site):
         its signed-in user (``scope["user"]``: Django's, ``login()``'s or a token's; or
         ``user``, one who signs in later, as realtime.pubsub's connect command), or
         False when that user has as many open already. Anonymous users are not counted:
-        ``--max-connections-per-ip`` is for them."""
+        ``--max-connections-per-ip`` is for them. ``conn`` may be anything with a
+        ``scope`` and a ``user_key`` (a Socket.IO polling session's handshake)."""
         key = user_key(user if user is not None else conn.scope.get("user"))
         if key is None:
             return True
         count = self.per_user.get(key, 0)
         if count >= self.config.max_connections_per_user:
-            log.info("refused a WebSocket for user {user}: {count} open, "
+            log.info("refused a connection for user {user}: {count} open, "
                      "--max-connections-per-user", user=key, count=count)
             return False
         self.per_user[key] = count + 1

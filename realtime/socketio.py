@@ -401,6 +401,21 @@ def _positional_count(handler: Callable[..., Any]) -> int:
 
 # -- the server --------------------------------------------------------------------------------
 
+def _send_frames(conn: Any, text: str, attachments: Iterable[bytes]) -> None:
+    """A packet and its attachments on a WebSocket (``WebSocketConnection``): under
+    ``--slow-consumer drop``, when they would not all fit in its queue, none goes (counted
+    as one dropped message): the client would take the next packet for an attachment."""
+    attachments = list(attachments)
+    if attachments and conn.config.slow_consumer == "drop" and conn.would_overflow(
+            len(text.encode()) + sum(map(len, attachments)) + 10 * (1 + len(attachments))):
+        conn.site.dropped_messages += 1
+        conn.dropped += 1
+        return
+    conn.send_text(text)
+    for data in attachments:
+        conn.send_bytes(data)
+
+
 def _first_target(socket: _Socket, keys: list[str]) -> int | None:
     """The index of the first of ``keys`` (``_target_key``) ``socket`` is in."""
     everyone = namespace_group(socket.namespace)
@@ -439,6 +454,106 @@ class _Session:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.server.save_session(self.sid, self.session, self.namespace)
+
+
+class AsyncNamespace:
+    """python-socketio's class-based namespace: ``on_<event>`` methods (``async def`` or
+    plain) are the namespace's handlers, ``AsyncServer.register_namespace(instance)``
+    serves it. ``on_connect(sid, environ[, auth])`` and ``on_disconnect(sid[, reason])``
+    take the arguments they name, as the decorators' handlers do; an event's return value
+    is its ack. ``emit``, ``send``, ``call``, the rooms and the sessions are the server's,
+    in this namespace unless ``namespace=`` says otherwise.
+
+    An event is looked up as ``"on_" + event`` (``trigger_event``, which a subclass may
+    override to route events itself): one whose name is no identifier ("my-event", "two
+    words") finds no method unless one is set under that name (``setattr``), and is
+    ignored (acked with no arguments), as in python-socketio. In the ``"*"`` class, every
+    method gets the namespace before the sid, and ``emit`` and friends need
+    ``namespace=``."""
+
+    def __init__(self, namespace: str | None = None) -> None:
+        self.namespace = namespace or "/"
+        self.server: AsyncServer | None = None
+
+    def is_asyncio_based(self) -> bool:
+        return True
+
+    def _set_server(self, server: AsyncServer) -> None:
+        self.server = server
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        """Call ``on_<event>`` with ``args`` (None if there is none); ``connect`` and
+        ``disconnect`` without the arguments their method does not take (``auth``,
+        ``reason``)."""
+        handler = getattr(self, "on_" + (event or ""), None)
+        if handler is None or not callable(handler):
+            return None
+        if event in ("connect", "disconnect") and _positional_count(handler) < len(args):
+            args = args[:-1]
+        return await _maybe_await(handler(*args))
+
+    def _at(self, namespace: str | None) -> tuple[AsyncServer, str]:
+        if self.server is None:
+            raise RuntimeError("this namespace is not registered: "
+                               "AsyncServer.register_namespace(it) first")
+        namespace = namespace or self.namespace
+        if namespace == "*":
+            raise ValueError("the '*' namespace class names the namespace: namespace=")
+        return self.server, namespace
+
+    async def emit(self, event: str, data: Any = None, to: Any = None, room: Any = None,
+                   skip_sid: str | Iterable[str] | None = None, namespace: str | None = None,
+                   callback: Callable[..., Any] | None = None) -> None:
+        server, namespace = self._at(namespace)
+        await server.emit(event, data, to=to, room=room, skip_sid=skip_sid,
+                          namespace=namespace, callback=callback)
+
+    async def send(self, data: Any, to: Any = None, room: Any = None,
+                   skip_sid: str | Iterable[str] | None = None, namespace: str | None = None,
+                   callback: Callable[..., Any] | None = None) -> None:
+        server, namespace = self._at(namespace)
+        await server.send(data, to=to, room=room, skip_sid=skip_sid, namespace=namespace,
+                          callback=callback)
+
+    async def call(self, event: str, data: Any = None, to: str | None = None,
+                   sid: str | None = None, namespace: str | None = None,
+                   timeout: float = 60) -> Any:
+        server, namespace = self._at(namespace)
+        return await server.call(event, data, to=to, sid=sid, namespace=namespace,
+                                 timeout=timeout)
+
+    async def enter_room(self, sid: str, room: Any, namespace: str | None = None) -> None:
+        server, namespace = self._at(namespace)
+        await server.enter_room(sid, room, namespace=namespace)
+
+    async def leave_room(self, sid: str, room: Any, namespace: str | None = None) -> None:
+        server, namespace = self._at(namespace)
+        await server.leave_room(sid, room, namespace=namespace)
+
+    async def close_room(self, room: Any, namespace: str | None = None) -> None:
+        server, namespace = self._at(namespace)
+        await server.close_room(room, namespace=namespace)
+
+    def rooms(self, sid: str, namespace: str | None = None) -> list[Any]:
+        server, namespace = self._at(namespace)
+        return server.rooms(sid, namespace=namespace)
+
+    async def get_session(self, sid: str, namespace: str | None = None) -> dict[Any, Any]:
+        server, namespace = self._at(namespace)
+        return await server.get_session(sid, namespace=namespace)
+
+    async def save_session(self, sid: str, session: dict[Any, Any],
+                           namespace: str | None = None) -> None:
+        server, namespace = self._at(namespace)
+        await server.save_session(sid, session, namespace=namespace)
+
+    def session(self, sid: str, namespace: str | None = None) -> _Session:
+        server, namespace = self._at(namespace)
+        return server.session(sid, namespace=namespace)
+
+    async def disconnect(self, sid: str, namespace: str | None = None) -> None:
+        server, namespace = self._at(namespace)
+        await server.disconnect(sid, namespace=namespace)
 
 
 class AsyncServer:
@@ -484,6 +599,8 @@ class AsyncServer:
         self.channel_layer_alias = channel_layer_alias
         self._channel_layer = channel_layer
         self.handlers: dict[str, dict[str, Callable[..., Any]]] = {}
+        #: ``register_namespace``'s classes, by namespace ("*": the catch-all one).
+        self.namespace_handlers: dict[str, AsyncNamespace] = {}
         #: The sockets connected to this process, by sid.
         self._sockets: dict[str, _Socket] = {}
         #: The polling sessions this process holds, by Engine.IO sid.
@@ -521,10 +638,29 @@ class AsyncServer:
 
         return set_handler
 
+    def register_namespace(self, namespace_handler: AsyncNamespace) -> None:
+        """Serve ``namespace_handler.namespace`` (which it opens) with the ``on_<event>``
+        methods of an ``AsyncNamespace``; "*": every open namespace without a class of
+        its own (its methods get the namespace before the sid). The decorators' handlers
+        of the same namespace, and namespace "*"'s, come first (python-socketio's order);
+        a second class for the same namespace replaces the first."""
+        if not isinstance(namespace_handler, AsyncNamespace):
+            hint = (" (python-socketio's: derive from realtime.socketio.AsyncNamespace)"
+                    if type(namespace_handler).__module__.startswith("socketio") else "")
+            raise TypeError(f"register_namespace() takes a realtime.socketio.AsyncNamespace "
+                            f"instance, not {type(namespace_handler).__name__}{hint}")
+        namespace = namespace_handler.namespace
+        if not isinstance(namespace, str) or not (namespace == "*"
+                                                   or namespace.startswith("/")):
+            raise ValueError(f"a namespace starts with '/' (or is '*'), not {namespace!r}")
+        namespace_handler._set_server(self)
+        self.namespace_handlers[namespace] = namespace_handler
+
     def _handler(self, event: str, namespace: str,
                  args: tuple[Any, ...]) -> tuple[Callable[..., Any] | None, tuple[Any, ...]]:
         """The handler for ``event`` and its arguments, in python-socketio's order: this
-        namespace's, its catch-all, then namespace "*"'s."""
+        namespace's, its catch-all, namespace "*"'s, then the namespace's class
+        (``register_namespace``), then the "*" class."""
         reserved = event in ("connect", "disconnect")
         own = self.handlers.get(namespace, {})
         if event in own:
@@ -536,13 +672,22 @@ class AsyncServer:
             return anywhere[event], (namespace, *args)
         if not reserved and "*" in anywhere:
             return anywhere["*"], (event, namespace, *args)
+        # Then the namespace's class, else the "*" class (given the namespace): its
+        # trigger_event has every event that got this far, as python-socketio's does.
+        space = self.namespace_handlers.get(namespace)
+        if space is not None:
+            return space.trigger_event, (event, *args)
+        space = self.namespace_handlers.get("*")
+        if space is not None:
+            return space.trigger_event, (event, namespace, *args)
         return None, args
 
     def _serves(self, namespace: str) -> bool:
-        """Whether ``namespace`` is open: listed, "*", or with handlers of its own
-        (namespace "*"'s handlers serve the open ones, as python-socketio's do)."""
+        """Whether ``namespace`` is open: listed, "*", or with handlers or a class of its
+        own (namespace "*"'s handlers and class serve the open ones, as python-socketio's
+        do)."""
         return (self.namespaces == "*" or namespace in self.namespaces
-                or namespace in self.handlers)
+                or namespace in self.handlers or namespace in self.namespace_handlers)
 
     # -- the layer ----------------------------------------------------------------------------
     @property
@@ -875,6 +1020,8 @@ class _PollingSession:
         self._upgrade_deadline: Any = None
         self._queue: list[str | bytes] = []
         self._queued = 0  # bytes, as encoded
+        #: Packets ``--slow-consumer drop`` dropped (``site.dropped_messages`` counts them).
+        self.dropped = 0
         self._waiter: Deferred[list[str | bytes] | None] | None = None
         self._flush_call: Any = None
         self._tail: Deferred[Any] = succeed(None)
@@ -883,9 +1030,12 @@ class _PollingSession:
         self._ended: list[Deferred[None]] = []  # server_stopping()'s
         #: The address ``--max-connections-per-ip`` counted it for (``site.count_ip``).
         self.counted_ip: str | None = None
+        #: The user ``--max-connections-per-user`` counted it for (``site.count_user``).
+        self.user_key: str | None = None
         consumer = self.consumer = SocketIOConsumer(server=server)
         consumer.scope = http.scope
         consumer._conn = self  # type: ignore[assignment]
+        consumer._polled_by = self
         consumer.channel_layer = self.layer
         self.channel_name = consumer.channel_name = self.layer.attach(self)
         skip_held(self)  # broadcast before it opened: not for it
@@ -904,35 +1054,67 @@ class _PollingSession:
         return self.closed or (self.ws is not None and bool(self.ws.closing_or_closed))
 
     def send_text(self, text: str) -> None:
-        self._send(text)
+        self.send_packet(text)
 
     def send_bytes(self, data: bytes) -> None:
-        self._send(bytes(data))
-
-    def _send(self, item: str | bytes, own: bool = True) -> None:
         if self.closed:
             return
         if self.ws is not None:
-            if isinstance(item, str):
-                self.ws.send_text(item)
-            else:
-                self.ws.send_bytes(item)
+            self.ws.send_bytes(data)
+        else:
+            self._enqueue([bytes(data)], droppable=False)
+
+    def send_packet(self, text: str, attachments: Iterable[bytes] = (),
+                    own: bool = True) -> None:
+        """An Engine.IO packet (a Socket.IO packet with its binary attachments): queued
+        whole, or under ``--slow-consumer drop`` dropped whole (``_enqueue``).
+        ``UnicodeEncodeError`` (nothing queued) for text UTF-8 cannot carry."""
+        if self.closed:
+            return
+        if self.ws is not None:
+            _send_frames(self.ws, text, attachments)
             return
         if own and HELD:  # broadcasts held for this turn were before this packet
             let_out_for(self, self.channel_name)
-        size = (len(item.encode()) if isinstance(item, str)
-                else 1 + (len(item) + 2) // 3 * 4) + 1
-        if (len(self._queue) >= MAX_QUEUED_PACKETS
-                or self._queued + size > self.config.max_send_buffer):
-            self.site.slow_consumer_closes += 1
-            log.info("socketio: closing a polling session: {count} packets ({size} bytes) "
-                     "waiting for a GET", count=len(self._queue), size=self._queued)
-            self.close_with_code(1008, "slow consumer")
-            return
-        self._queue.append(item)
+        # A Socket.IO EVENT or ACK (binary or not) is a message --slow-consumer drop may
+        # drop; Engine.IO's own packets and CONNECT/DISCONNECT/CONNECT_ERROR change the
+        # session's state, and are never dropped.
+        droppable = len(text) > 1 and text[0] == _EIO_MESSAGE and text[1] in "2356"
+        self._enqueue([text, *map(bytes, attachments)], droppable)
+
+    def _enqueue(self, items: list[str | bytes], droppable: bool) -> None:
+        """Queue ``items`` for the next GET. Past ``MAX_QUEUED_PACKETS`` or
+        ``--max-send-buffer``: the session closes (``--slow-consumer close``), or
+        (``drop``) a droppable packet is dropped whole and counted, and the others go on
+        up to twice those bounds (past them the session closes too)."""
+        size = sum((len(item.encode()) if isinstance(item, str)
+                    else 1 + (len(item) + 2) // 3 * 4) + 1 for item in items)
+        count = len(self._queue) + len(items)
+        limit = self.config.max_send_buffer
+        if count > MAX_QUEUED_PACKETS or self._queued + size > limit:
+            if self.config.slow_consumer == "drop":
+                if droppable:
+                    self.site.dropped_messages += 1
+                    self.dropped += 1
+                    if self.dropped == 1:
+                        log.info("socketio: dropping packets for a polling session: {count} "
+                                 "packets ({size} bytes) waiting for a GET",
+                                 count=len(self._queue), size=self._queued)
+                    return
+                over = count > 2 * MAX_QUEUED_PACKETS or self._queued + size > 2 * limit
+            else:
+                over = True
+            if over:
+                self.site.slow_consumer_closes += 1
+                log.info("socketio: closing a polling session: {count} packets ({size} "
+                         "bytes) waiting for a GET", count=len(self._queue),
+                         size=self._queued)
+                self.close_with_code(1008, "slow consumer")
+                return
+        self._queue.extend(items)
         self._queued += size
         if self._waiter is not None and self._flush_call is None:
-            # The packets of this turn (a packet's attachments) go in one response.
+            # The packets of this turn go in one response.
             self._flush_call = self.reactor.callLater(0, self._flush)
 
     def close_with_code(self, code: int, reason: str | None = None) -> None:
@@ -961,8 +1143,13 @@ class _PollingSession:
         if self.closing_or_closed:
             return False
         event = frame_event(frame)
-        item: str | bytes = event["text"] if "text" in event else event["bytes"]
-        self._send(item, own=False)  # at once, as packets are (take_event_now)
+        try:  # at once, as packets are (take_event_now)
+            if "text" in event:
+                self.send_packet(event["text"], own=False)
+            else:
+                self._enqueue([event["bytes"]], droppable=False)
+        except UnicodeEncodeError:
+            log.warn("socketio: dropped a packet that is not UTF-8")
         return True
 
     def deliver_joined(self, joined: bytes) -> bool:
@@ -1126,7 +1313,10 @@ class _PollingSession:
         self._uncount()  # its WebSocket counts now (the site counted it)
         items, self._queue, self._queued = self._queue, [], 0
         for item in items:
-            self._send(item)
+            if isinstance(item, str):
+                self.ws.send_text(item)
+            else:
+                self.ws.send_bytes(item)
 
     def websocket_closed(self, ws: SocketIOConsumer, code: int) -> None:
         if self.upgrading is ws:  # the probe failed: polling goes on
@@ -1185,9 +1375,13 @@ class _PollingSession:
                 self.config.application_close_timeout, self._kill)
 
     def _uncount(self) -> None:
+        """Give back its places in the per-IP and per-user counts (closed, or upgraded:
+        its WebSocket holds them then)."""
         ip, self.counted_ip = self.counted_ip, None
         if ip is not None:
             self.site.uncount_ip(ip)
+        if self.user_key is not None:
+            self.site.uncount_user(self)
 
     def _fire_ended(self) -> None:
         call, self._kill_call = self._kill_call, None
@@ -1207,6 +1401,8 @@ class PollingConsumer(AsyncHttpConsumer):
     server: ClassVar[AsyncServer | None] = None
     _session: _PollingSession | None = None
     _waiting: Deferred[Any] | None = None
+    #: ``site.count_user``'s key for the handshake, until the session takes it.
+    user_key: str | None = None
 
     @property
     def _server(self) -> AsyncServer:
@@ -1289,9 +1485,17 @@ class PollingConsumer(AsyncHttpConsumer):
                 await self._error(429, _TOO_MANY)
                 return
             counted = ip
+        # --max-connections-per-user: counted with the user's WebSockets (``count_user``
+        # keeps the key on the object it is given: this request, then the session).
+        if site.config.max_connections_per_user and not site.count_user(self):
+            if counted is not None:
+                site.uncount_ip(counted)
+            await self._error(429, _TOO_MANY)
+            return
         sid = secrets.token_urlsafe(15)
         session = _PollingSession(server, self, sid)
         session.counted_ip = counted
+        session.user_key, self.user_key = self.user_key, None
         session.consumer._open(sid, ["websocket"], session.max_payload)
         await self._poll(session)
 
@@ -1347,6 +1551,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self._next_ack = 0
         self._max_payload = 0
         self._upgrade_of: _PollingSession | None = None
+        #: The polling session this consumer is the Socket.IO side of (its ``_conn``).
+        self._polled_by: _PollingSession | None = None
         #: Handler tasks running (events' and connect's): ``--max-inflight`` at most.
         self._tasks: set[Deferred[Any]] = set()
         self._slot: Deferred[None] | None = None
@@ -1465,13 +1671,13 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         if self._conn.closing_or_closed:
             return
         try:
-            self._conn.send_text(text)
+            if self._polled_by is not None:  # queued (or dropped) with its attachments
+                self._polled_by.send_packet(text, attachments)
+            else:
+                _send_frames(self._conn, text, attachments)
         except UnicodeEncodeError:
             log.warn("socketio: dropped a packet that is not UTF-8: {text!r}",
                      text=text[:100])
-            return
-        for data in attachments:
-            self._conn.send_bytes(data)
 
     def _send_ping(self) -> None:
         self._ping = None
@@ -1896,6 +2102,7 @@ class Emitter:
         client.send(self.url, self.api_key, channel, event, timeout=self.timeout)
 
 
-__all__ = ["AsyncServer", "CallTimeoutError", "ConnectionRefusedError", "Emitter",
-           "PollingConsumer", "Reason", "SocketIOApp", "SocketIOConsumer", "SocketIOError",
-           "channel_of", "decode_packet", "encode_packet", "namespace_group", "room_group"]
+__all__ = ["AsyncNamespace", "AsyncServer", "CallTimeoutError", "ConnectionRefusedError",
+           "Emitter", "PollingConsumer", "Reason", "SocketIOApp", "SocketIOConsumer",
+           "SocketIOError", "channel_of", "decode_packet", "encode_packet", "namespace_group",
+           "room_group"]

@@ -679,6 +679,14 @@ class WebSocketConnection(WebSocketServerProtocol):
             self._write(frame_header(opcode, len(payload)), payload)
 
     # -- outbound flow control -----------------------------------------------------------------
+    def would_overflow(self, size: int) -> bool:
+        """Whether ``size`` more bytes sent now would pass ``--max-send-buffer`` in our
+        queue (some of their frames met by the slow-consumer policy): a sender whose
+        messages only make sense together (a Socket.IO packet and its binary
+        attachments) drops them all instead of having some dropped."""
+        return bool((self._write_paused or self._outq)
+                    and self._outq_bytes + size > self.config.max_send_buffer)
+
     def _write(self, data: bytes, more: bytes | None = None) -> bool:
         """Write whole frames; while the transport's buffer is full they wait in our queue,
         and a frame that would be queued while more than ``max_send_buffer`` bytes already

@@ -62,7 +62,8 @@ class PyClient:
         self.got: queue.Queue[tuple[str, Any]] = queue.Queue()
         for event in events:
             self.client.on(event, self._recorder(event), namespace=namespace)
-        self.client.on("disconnect", lambda *reason: self.got.put(("disconnect", reason)))
+        self.client.on("disconnect", lambda *reason: self.got.put(("disconnect", reason)),
+                       namespace=namespace)
 
     def _recorder(self, event: str) -> Any:
         return lambda *args: self.got.put((event, args[0] if len(args) == 1 else args))
@@ -461,10 +462,11 @@ class Polling:
         return status, json.loads(answer)
 
     @classmethod
-    async def open(cls, url: str, connect: bool = True) -> Polling:
-        """A session (connected to "/" with ``connect``)."""
+    async def open(cls, url: str, connect: bool = True, query: str = "") -> Polling:
+        """A session (connected to "/" with ``connect``; ``query`` added to the
+        handshake's)."""
         status, headers, body = await in_thread(
-            _http, f"{url}/socket.io/?EIO=4&transport=polling", "GET")
+            _http, f"{url}/socket.io/?EIO=4&transport=polling{query}", "GET")
         assert status == 200 and headers["content-type"] == "text/plain; charset=UTF-8"
         assert body.startswith(b"0{")
         handshake = json.loads(body[1:])
@@ -1441,3 +1443,415 @@ async def test_the_emitter_reaches_a_socket_of_another_process_through_redis(
             await server.stop()
         for layer in layers:
             await layer.close()
+
+
+# -- class-based namespaces (AsyncNamespace) ---------------------------------------------------
+
+class ChatNamespace(rsio.AsyncNamespace):
+    """Every kind of method: async and plain, the server's calls through ``self``."""
+
+    def __init__(self, namespace: str) -> None:
+        super().__init__(namespace)
+        self.reasons: list[str] = []
+
+    async def on_connect(self, sid, environ, auth):
+        if auth == {"token": "bad"}:
+            raise rsio.ConnectionRefusedError("bad token", {"retry": False})
+        if auth == {"token": "no"}:
+            return False
+        await self.save_session(sid, {"user": auth["user"]})
+        await self.enter_room(sid, "lobby")
+        return None
+
+    async def on_whoami(self, sid):
+        async with self.session(sid) as session:
+            session["asked"] = True
+        return (await self.get_session(sid))["user"], self.rooms(sid)
+
+    def on_shout(self, sid, text):  # a plain method
+        return text.upper(), self.rooms(sid)[1:]
+
+    async def on_say(self, sid, text):
+        await self.emit("said", text, room="lobby", skip_sid=sid)
+        await self.send(f"sent {text}", to=sid)  # the "message" event
+        return "ok"
+
+    async def on_ask(self, sid):
+        return await self.call("question", 20, to=sid, timeout=WAIT)
+
+    async def on_part(self, sid):
+        await self.leave_room(sid, "lobby")
+        return self.rooms(sid)
+
+    async def on_kick(self, sid):
+        await self.disconnect(sid)
+
+    def on_disconnect(self, sid, reason):
+        self.reasons.append(reason)
+
+
+@pytest.mark.parametrize("transports", [["websocket"], ["polling"]],
+                         ids=["websocket", "polling"])
+@pytest_twisted.ensureDeferred
+async def test_a_namespace_class_serves_its_namespace(live, transports):
+    """``register_namespace`` opens the namespace; its methods are the handlers (acks from
+    their return values), and ``self.emit``/rooms/sessions/``disconnect`` act in it."""
+    sio = quick_server()
+    chat = ChatNamespace("/chat")
+    sio.register_namespace(chat)
+    assert chat.server is sio
+    url = await start(live, sio)
+    ada = PyClient("said", "message", namespace="/chat")
+    bob = PyClient("said", namespace="/chat")
+    ada.client.on("question", lambda n: n + 1, namespace="/chat")
+    await ada.connect(url, transports, namespaces=["/chat"], auth={"user": "ada"})
+    await bob.connect(url, transports, namespaces=["/chat"], auth={"user": "bob"})
+    ada_sid = ada.client.get_sid("/chat")
+    assert await ada.call("whoami", namespace="/chat") == ("ada", [ada_sid, "lobby"])
+    assert (await sio.get_session(ada_sid, namespace="/chat"))["asked"] is True
+    assert await ada.call("shout", "hi", namespace="/chat") == ("HI", ["lobby"])
+    assert await ada.call("say", "hello", namespace="/chat") == "ok"
+    assert await bob.next() == ("said", "hello")
+    assert await ada.next() == ("message", "sent hello")
+    assert await ada.call("ask", namespace="/chat") == 21
+    assert await ada.call("part", namespace="/chat") == [ada_sid]
+    await bob.emit("say", "again", namespace="/chat")
+    assert await ada.nothing()  # ada left the lobby
+    await bob.emit("kick", namespace="/chat")
+    assert await bob.next() == ("disconnect", ("server disconnect",))
+    await ada.disconnect()  # (its DISCONNECT packet may be lost in python-engineio's close)
+    assert await until(lambda: len(chat.reasons) == 2)
+    assert chat.reasons[0] == "server disconnect"
+    assert chat.reasons[1] in ("client disconnect", "transport close")
+    await bob.disconnect()
+    raw = await Raw.open(url)
+    await raw.send('40/chat,{"user":"eve"}')
+    assert (await raw.recv()).startswith('40/chat,{"sid":')
+    await raw.send("41/chat,")
+    assert await until(lambda: len(chat.reasons) == 3)
+    assert chat.reasons[2] == "client disconnect"
+    await raw.close()
+
+    for auth, message in (({"token": "bad"}, "bad token"),
+                          ({"token": "no"}, "Connection rejected by server")):
+        refused = PyClient()
+        refused.client.on("connect_error", lambda data, r=refused: r.got.put(("error", data)),
+                          namespace="/chat")
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await refused.connect(url, transports, namespaces=["/chat"], auth=auth)
+        assert (await refused.next())[1]["message"] == message
+    assert not sio._sockets
+
+
+@pytest_twisted.ensureDeferred
+async def test_namespace_classes_the_catch_all_class_and_event_names_no_method_has(live):
+    """Legacy ``on_connect(sid, environ)``/``on_disconnect(sid)``; the "*" class serves
+    the open namespaces without a class (given the namespace) and opens none; an event
+    named "my-event" or "two words" finds no ``on_`` method (acked empty) unless one is
+    set under that name or ``trigger_event`` routes it."""
+    sio = quick_server(namespaces=["/a", "/b"])
+    seen: list[Any] = []
+
+    class Legacy(rsio.AsyncNamespace):
+        def on_connect(self, sid, environ):
+            seen.append(("connect", environ["path"]))
+
+        async def on_disconnect(self, sid):
+            seen.append(("disconnect", sid))
+
+        async def trigger_event(self, event, *args):
+            if event == "my-event":  # routed by hand: no method can be named on_my-event
+                return "routed"
+            return await super().trigger_event(event, *args)
+
+    class Anywhere(rsio.AsyncNamespace):
+        async def on_connect(self, namespace, sid, environ, auth):
+            seen.append(("any", namespace))
+
+        async def on_echo(self, namespace, sid, data):
+            try:
+                await self.emit("x", to=sid)
+            except ValueError as exc:  # the "*" class names the namespace
+                assert "namespace=" in str(exc)
+            await self.emit("where", namespace, to=sid, namespace=namespace)
+            return namespace, data
+
+        def on_disconnect(self, namespace, sid, reason):
+            seen.append(("gone", namespace, reason))
+
+    legacy, anywhere = Legacy("/legacy"), Anywhere("*")
+    setattr(legacy, "on_two words", lambda sid: "spaced")  # (no identifier)
+    sio.register_namespace(legacy)
+    sio.register_namespace(anywhere)
+    url = await start(live, sio)
+    client = PyClient("where", namespace="/a")
+    await client.connect(url, namespaces=["/legacy", "/a", "/b"])
+    assert ("connect", "/socket.io/") in seen
+    assert {("any", "/a"), ("any", "/b")} <= set(seen)
+    assert await client.call("my-event", namespace="/legacy") == "routed"
+    assert await client.call("two words", namespace="/legacy") == "spaced"
+    assert await client.call("other-event", namespace="/legacy") is None  # acked, empty
+    assert await client.call("echo", 1, namespace="/a") == ("/a", 1)
+    assert await client.next() == ("where", "/a")
+    assert await client.call("echo", 2, namespace="/b") == ("/b", 2)
+    legacy_sid = client.client.get_sid("/legacy")
+    await sio.disconnect(client.client.get_sid("/b"), namespace="/b")
+    assert await until(lambda: ("gone", "/b", "server disconnect") in seen)
+    await client.disconnect()
+    assert await until(lambda: ("disconnect", legacy_sid) in seen)
+    assert await until(lambda: any(item[:2] == ("gone", "/a") for item in seen))
+
+    raw = await Raw.open(url)  # the "*" class opens no namespace
+    await raw.send("40/c,")
+    assert await raw.recv() == '44/c,{"message":"Invalid namespace"}'
+    await raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_decorators_come_before_the_namespace_class(live):
+    """python-socketio's order: the namespace's decorator handlers (its catch-all too),
+    then namespace "*"'s, then the class; what they do not handle, the class does."""
+    sio = quick_server()
+    seen: list[str] = []
+
+    class Mixed(rsio.AsyncNamespace):
+        def on_connect(self, sid, environ, auth):
+            seen.append("class connect")
+
+        def on_echo(self, sid, data):
+            return "class", data
+
+        def on_wild(self, sid):
+            return "class wild"
+
+        def on_other(self, sid):
+            return "class other"
+
+    sio.register_namespace(Mixed("/mix"))
+
+    @sio.on("connect", namespace="/mix")
+    def decorated_connect(sid, environ):
+        seen.append("decorator connect")
+
+    sio.on("echo", lambda sid, data: ("decorator", data), namespace="/mix")
+    sio.on("wild", lambda namespace, sid: f"* decorator in {namespace}", namespace="*")
+    url = await start(live, sio)
+    client = await PyClient().connect(url, namespaces=["/mix"])
+    assert seen == ["decorator connect"]
+    assert await client.call("echo", 1, namespace="/mix") == ("decorator", 1)
+    assert await client.call("wild", namespace="/mix") == "* decorator in /mix"
+    assert await client.call("other", namespace="/mix") == "class other"
+
+    @sio.on("*", namespace="/mix")  # the namespace's catch-all: the class gets no events
+    def caught(event, sid, *args):
+        return f"caught {event}"
+
+    assert await client.call("other", namespace="/mix") == "caught other"
+    await client.disconnect()
+
+
+def test_register_namespace_refuses_what_is_not_a_namespace_class():
+    sio = rsio.AsyncServer()
+    with pytest.raises(TypeError, match=r"AsyncNamespace instance, not object"):
+        sio.register_namespace(object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="python-socketio's"):
+        sio.register_namespace(socketio.AsyncNamespace("/chat"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        sio.register_namespace(rsio.AsyncNamespace)  # type: ignore[arg-type]  # the class
+    for bad in ("chat", "", 3):
+        space = rsio.AsyncNamespace()
+        space.namespace = bad  # type: ignore[assignment]
+        with pytest.raises(ValueError, match="starts with '/'"):
+            sio.register_namespace(space)
+    assert sio.namespace_handlers == {}
+    assert rsio.AsyncNamespace().namespace == "/"
+    with pytest.raises(RuntimeError, match="not registered"):
+        rsio.AsyncNamespace("/x").rooms("sid")
+
+
+@pytest_twisted.ensureDeferred
+async def test_socket_io_client_of_node_with_namespace_classes(live, socket_io_client):
+    """Node's client through the same flow as with decorators (its default transports:
+    polling, then the upgrade), served by two classes."""
+    sio = quick_server()
+    seen: dict[str, Any] = {}
+
+    class Main(rsio.AsyncNamespace):
+        def on_connect(self, sid, environ, auth):
+            if auth.get("token") != "js":
+                raise rsio.ConnectionRefusedError("who are you?", {"token": auth.get("token")})
+            seen["sid"] = sid
+
+        def on_echo(self, sid, *args):
+            return args
+
+        async def on_upload(self, sid, data):
+            return data["blob"][::-1]
+
+        async def on_ready(self, sid):
+            seen["answer"] = await self.call("ask", 21, to=sid, timeout=WAIT)
+            await self.emit("bin", {"name": "b", "blob": b"\x00\xff"}, to=sid)
+            await self.emit("bye", to=sid)
+
+    class Chat(rsio.AsyncNamespace):
+        def on_echo(self, sid, text):
+            return f"{text}!"
+
+    sio.register_namespace(Main())
+    sio.register_namespace(Chat("/chat"))
+    url = await start(live, sio)
+    lines = await in_thread(_node, url, "js", "polling,websocket")
+    assert lines[0] == {"connected": seen["sid"]}
+    assert lines[1:] == [
+        {"echoed": ["hi", 3]}, {"reversed": [3, 2, 1]},
+        {"chat": lines[3]["chat"], "same_engine": True}, {"chat_echo": "in chat!"},
+        {"bin": [0, 255], "name": "b"}, {"done": True, "transport": "websocket"}]
+    assert seen["answer"] == (42, "js")
+    refused = await in_thread(_node, url, "nope", "websocket")
+    assert refused == [{"connect_error": "who are you?", "data": {"token": "nope"}}]
+    assert await until(lambda: not sio._polling)
+
+
+# -- polling and --max-connections-per-user ----------------------------------------------------
+
+JWT_SECRET = "s" * 40
+
+
+def _token(sub: str) -> str:
+    import time
+
+    import jwt
+
+    return jwt.encode({"sub": sub, "exp": int(time.time()) + 60}, JWT_SECRET,
+                      algorithm="HS256")
+
+
+@pytest_twisted.ensureDeferred
+async def test_polling_sessions_count_toward_the_per_user_limit(live):
+    """A signed-in user's polling sessions count with their WebSockets until they close or
+    upgrade (during the probe both count: at the limit the upgrade is refused and the
+    session stays on polling); past the limit a polling handshake gets 429 with
+    Engine.IO's error body, as --max-connections-per-ip's; anonymous users are not
+    counted."""
+    from realtime.tokens import TokenAuthMiddleware, key_from_text
+
+    sio = quick_server()
+    sio.on("echo", lambda sid, data: data)
+    server = await live(URLRouter([path("socket.io/", TokenAuthMiddleware(
+        sio.as_asgi(), keys=[key_from_text(JWT_SECRET)]))]), max_connections_per_user=2)
+    url = f"http://127.0.0.1:{server.port}"
+    ada = f"&token={_token('ada')}"
+    first = await Polling.open(url, query=ada)
+    assert server.site.per_user == {"str:ada": 1}
+    ws = Raw(await in_thread(lambda: connect(
+        ws_url(url, "EIO=4&transport=websocket" + ada), open_timeout=WAIT).__enter__()))
+    assert (await ws.recv()).startswith("0{")  # type: ignore[union-attr]
+    assert server.site.per_user == {"str:ada": 2}
+    status, _, body = await in_thread(
+        _http, f"{url}/socket.io/?EIO=4&transport=polling{ada}", "GET")
+    assert (status, json.loads(body)) == (429, {"code": 3, "message": "Too many connections"})
+    assert await in_thread(_handshake_status, ws_url(url, "EIO=4" + ada), None) == 429
+    bob = await Polling.open(url, query=f"&token={_token('bob')}")
+    anonymous = [await Polling.open(url) for _ in range(3)]
+    assert server.site.per_user == {"str:ada": 2, "str:bob": 1}
+    assert len(sio._polling) == 5  # the refused handshake opened nothing
+
+    assert await first.post("1") == (200, b"ok")  # closed: its place is free
+    assert await until(lambda: server.site.per_user == {"str:ada": 1, "str:bob": 1})
+    second = await Polling.open(url, query=ada)
+    probe = ws_url(url, f"EIO=4&transport=websocket&sid={second.sid}{ada}")
+    assert await in_thread(_handshake_status, probe, None) == 429  # ada has 2 open
+    assert await second.post('421["echo","still polling"]') == (200, b"ok")
+    assert await second.get() == ['431["still polling"]']
+
+    # Through python-socketio's client (polling, then the upgrade): at the limit it
+    # stays on polling.
+    client = PyClient()
+    await client.connect(url, None, headers={"Authorization": f"Bearer {_token('bob')}"})
+    assert server.site.per_user == {"str:ada": 2, "str:bob": 2}
+    assert await client.call("echo", "hi") == "hi"
+    assert client.client.transport() == sio.transport(client.client.get_sid()) == "polling"
+    await client.disconnect()  # (its close packet may be lost: then the ping timeout)
+    assert await until(lambda: server.site.per_user == {"str:ada": 2, "str:bob": 1},
+                       timeout=WAIT)
+
+    await bob.post("1")  # bob's client upgrades now: the session's place goes to the WebSocket
+    client = PyClient()
+    await client.connect(url, None, headers={"Authorization": f"Bearer {_token('bob')}"})
+    assert await until(lambda: client.client.transport() == "websocket")
+    assert await until(lambda: server.site.per_user == {"str:ada": 2, "str:bob": 1})
+    await client.disconnect()
+    for session in (second, *anonymous):
+        await session.post("1")
+    assert await until(lambda: server.site.per_user == {"str:ada": 1}, timeout=WAIT)
+    await ws.close()
+    assert await until(lambda: server.site.per_user == {})
+
+
+# -- --slow-consumer drop on polling -------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_slow_consumer_drop_keeps_a_slow_poller_and_drops_whole_packets(live):
+    """Under ``--slow-consumer drop`` a session that does not GET keeps its place: the
+    EVENT packets past --max-send-buffer are dropped whole (a packet with its attachments,
+    never a part: the client's decoder would take the next packet for an attachment) and
+    counted in ``dropped_messages``; a CONNECT answer is not dropped; the next GET gets
+    what was kept, in order, and the session goes on."""
+    sio = rsio.AsyncServer(namespaces=["/other"])
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    server = await live(app(sio), max_send_buffer=4096, slow_consumer="drop")
+    url = f"http://127.0.0.1:{server.port}"
+    slow = await Polling.open(url)
+    for n in range(10):  # about 870 bytes each as polling sends them (base64)
+        await sio.emit("bin", (n, b"\x00" * 300, b"\x01" * 300), to=slow.socket_sid)
+    for n in range(30):  # broadcasts (one prepared frame each) of about 215 bytes
+        await sio.emit("said", f"{n:03}" + "x" * 197)
+    assert await slow.post("40/other,") == (200, b"ok")  # its answer is queued all the same
+    items = await slow.get()
+    assert items[-1].startswith('40/other,{"sid":')
+    binary, said, rest = [], [], items[:-1]
+    while rest:
+        text, rest = rest[0], rest[1:]
+        if text.startswith("452-"):  # each binary packet with both its attachments
+            assert [item[:1] for item in rest[:2]] == ["b", "b"], rest[:2]
+            binary.append(json.loads(text[4:])[1])
+            rest = rest[2:]
+        else:
+            said.append(json.loads(text[2:])[1][:3])
+    assert binary == list(range(len(binary))) and 0 < len(binary) < 10
+    assert said == [f"{n:03}" for n in range(len(said))] and len(said) < 30
+    assert server.site.dropped_messages == 40 - len(binary) - len(said)
+    assert server.site.slow_consumer_closes == 0 and reasons == []
+    await sio.emit("said", "after")  # it goes on
+    assert await slow.get() == ['42["said","after"]']
+    assert await slow.post("1") == (200, b"ok")
+    assert await until(lambda: reasons == ["client disconnect"])  # (the handler of "/")
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_consumer_drop_on_a_websocket_drops_a_packet_with_its_attachments(live):
+    """On a WebSocket too, ``--slow-consumer drop`` never cuts a packet from its binary
+    attachments: a packet whose frames would not all fit in the send queue is dropped
+    whole (one dropped message); what the client gets is whole packets, in order."""
+    sio = rsio.AsyncServer()
+    server = await live(app(sio), max_send_buffer=64 * 1024, slow_consumer="drop")
+    url = f"http://127.0.0.1:{server.port}"
+    raw = Raw(await in_thread(lambda: connect(ws_url(url), open_timeout=WAIT, max_queue=1,
+                                              max_size=None).__enter__()))
+    assert (await raw.recv()).startswith("0{")  # type: ignore[union-attr]
+    await raw.send("40")
+    sid = json.loads((await raw.recv())[2:])["sid"]
+    blob = b"\x07" * 16384
+    for n in range(300):  # about 10 MB in one reactor turn, to a client that reads slowly
+        await sio.emit("bin", (n, blob, blob), to=sid)
+    conn = sio._sockets[sid].consumer._conn
+    assert server.site.dropped_messages > 0 and conn.dropped == server.site.dropped_messages
+    got: list[int] = []
+    while len(got) + server.site.dropped_messages < 300:
+        text = await raw.recv()
+        assert isinstance(text, str) and text.startswith("452-"), text[:20]
+        assert [await raw.recv(), await raw.recv()] == [blob, blob]
+        got.append(json.loads(text[4:])[1])
+    assert got == sorted(got) and len(got) + server.site.dropped_messages == 300
+    await raw.close()
