@@ -16,8 +16,10 @@ no ``--history`` rule matches); an ``event`` published to such a group answers i
 ...}}`` is Channels' ``channel_layer.send`` from outside: one typed event to one channel
 (a connection's ``channel_name``, in whatever process holds it; ``realtime.socketio.Emitter``
 reaches a sid this way); 429 with ``Retry-After`` when that channel's queue is full
-(``ChannelFull``: its receiver is behind, a retry may pass). Answers: 200 ``{"ok": true}``;
-400 with a JSON ``error`` for a bad body;
+(``ChannelFull``: its receiver is behind, a retry may pass). An ``event``'s type may not
+be the ASGI protocol's (``websocket.*``, ``http.*``, ``lifespan.*``: it would call the
+consumer's own ``websocket_receive``, ``websocket_disconnect``...). Answers: 200 ``{"ok":
+true}``; 400 with a JSON ``error`` for a bad body;
 401 without the key; 405 for a method other than POST; 413 past ``--api-body-limit``; 503
 while the layer is unavailable. Without a configured key these paths are not served (404).
 
@@ -118,6 +120,8 @@ def parse(path: bytes, body: bytes) -> tuple[list[str], str, Any]:
         raise BadBody("'text' must be a string")
     if kind == "event" and not (isinstance(payload, dict) and isinstance(payload.get("type"), str)):
         raise BadBody("'event' must be an object with a 'type' string")
+    if kind == "event":
+        _check_event_type(payload["type"])
     _check_groups(groups)
     exclude = _exclude(document["exclude"]) if "exclude" in document else None
     return groups, kind, (payload, exclude)
@@ -135,7 +139,21 @@ def _send_query(document: dict[str, Any]) -> tuple[list[str], str, Any]:
         raise BadBody(str(exc)) from None
     if not (isinstance(event, dict) and isinstance(event.get("type"), str) and event["type"]):
         raise BadBody("'event' must be an object with a non-empty 'type' string")
+    _check_event_type(event["type"])
     return [channel], "send", event
+
+
+#: The ASGI protocol's message types: a layer event of one would call a consumer's own
+#: ``websocket_receive``/``websocket_disconnect``... (its client's message, its end).
+ASGI_TYPES = ("websocket.", "http.", "lifespan.")
+
+
+def _check_event_type(kind: str) -> None:
+    """An event's type names the consumer method it calls (``chat.message`` ->
+    ``chat_message``): not one of the ASGI protocol's, which only the server may say."""
+    if kind.startswith(ASGI_TYPES):
+        raise BadBody(f"'event' type {kind!r} is the ASGI protocol's (the server's own "
+                      "messages about a connection), not an application event")
 
 
 def _exclude(value: Any) -> tuple[str, ...] | None:

@@ -700,8 +700,8 @@ class AsyncServer:
 
     def _channel(self, sid: Any) -> str | None:
         """The channel to reach ``sid`` (of another process) through; None for a sid of
-        this process (gone, or of another namespace than asked: a message to its channel
-        would only wait in the layer's queue)."""
+        this process (gone, or of another namespace than asked: nothing here would take a
+        message to its channel)."""
         channel = channel_of(sid)
         if channel is None:
             return channel
@@ -2016,8 +2016,9 @@ class Emitter:
     room)`` takes another order), with every argument after the first two keyword-only.
     Each is one HTTP request per target, done when the server's layer took it (a sid's
     ``enter_room`` happens where it is connected, just after); a refusal is a
-    ``realtime.client.PublishError`` (its ``status``: 400, 401, 429 when a sid's queue is
-    full, 503 while the layer is down). Bytes in ``data`` are a ``ValueError``: binary
+    ``realtime.client.PublishError`` (its ``status``: 400, 401, 404 without ``--api-key``,
+    413 past ``--api-body-limit``, 429 when a sid's queue is full, 503 while the layer is
+    down). Bytes in ``data`` are a ``ValueError``: binary
     attachments are frames of their own, which the API's JSON does not carry (emit them
     from the server's ``AsyncServer``, or send base64 text)."""
 

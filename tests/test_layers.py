@@ -154,6 +154,24 @@ async def test_send_to_a_channel_name_reaches_that_consumer(layer):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_send_to_a_gone_consumers_channel_is_dropped_not_kept(layer):
+    """A consumer's channel (``attach``) is never received from once it is detached: what
+    is sent to it later (a stored ``channel_name``, a sid, ``POST /api/send``) is dropped and
+    counted, not queued for ever, and past the capacity it is no ``ChannelFull``. A
+    ``new_channel()`` name still queues until a ``receive()``."""
+    gone = layer.attach(_Member())
+    layer.detach(gone)
+    before = layer.stats.dropped
+    for n in range(layer.capacity + 3):
+        await layer.send(gone, {"type": "late", "n": n})
+    assert gone not in layer._queues
+    assert layer.stats.dropped == before + layer.capacity + 3
+    reply = await layer.new_channel()
+    await layer.send(reply, {"type": "answer"})
+    assert (await layer.receive(reply))["type"] == "answer"
+
+
+@pytest_twisted.ensureDeferred
 async def test_new_channel_receive_and_group_send_outside_consumers(layer):
     channel = await layer.new_channel()
     await layer.group_add("outside", channel)

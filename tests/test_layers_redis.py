@@ -188,6 +188,14 @@ async def test_send_to_another_processes_channel_and_remote_group_add(two_layers
     await until(lambda: len(b.events) == 2)
     await one.group_discard("remote", cb)
     assert two.local_members("remote") == []
+    # A consumer of process two that is gone: two drops what comes for it (and counts
+    # it), keeping nothing.
+    two.detach(cb)
+    dropped = two.stats.dropped
+    for n in range(two.capacity + 1):
+        await one.send(cb, {"type": "late", "n": n})
+    await until(lambda: two.stats.dropped == dropped + two.capacity + 1)
+    assert cb not in two._queues
     # A channel whose process is gone: the message is dropped (at-most-once) and counted.
     before = one.stats.dropped
     await one.send("specific.0123456789ab!gone", {"type": "t"})

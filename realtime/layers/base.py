@@ -727,6 +727,16 @@ class BaseChannelLayer:
         self._receivers[name] = receiver
         return name
 
+    def _gone_consumer(self, channel: str) -> bool:
+        """Whether ``channel`` (not attached now) was an ``attach`` name of this process: a
+        consumer that is gone, which nothing will ever receive from, so a message for it
+        (a stored ``channel_name``, a sid, ``POST /api/send``) is dropped, not kept for
+        ever. ``new_channel()`` names have another form: they queue for ``receive()``."""
+        prefix = self.local_prefix()
+        tail = channel[len(prefix):]
+        return (len(tail) == 12 and channel.startswith(prefix)
+                and all(c in "0123456789abcdef" for c in tail))
+
     def detach(self, channel: str) -> None:
         """The consumer is gone: forget the channel and its memberships."""
         self._let_out_member(channel)
@@ -879,6 +889,9 @@ class BaseChannelLayer:
                 del self._waiters[channel]
             d.callback(dict(message))
             self.stats.delivered += 1
+            return True
+        if self._gone_consumer(channel):
+            self.stats.dropped += 1  # at-most-once, as for a channel of a process gone
             return True
         queue = self._queues.setdefault(channel, deque())
         if len(queue) >= self.capacity:
@@ -1120,8 +1133,10 @@ class BaseChannelLayer:
 
     # -- the public API (Channels' names; every method returns a Deferred) ------------------------
     def new_channel(self, prefix: str = "specific") -> Deferred[str]:
+        """A channel name for ``receive()`` (its tail starts with "n": never taken for a
+        gone consumer's, ``_gone_consumer``)."""
         check_name(prefix)
-        return succeed(f"{prefix}.{self.process_id}!{secrets.token_hex(6)}")
+        return succeed(f"{prefix}.{self.process_id}!n{secrets.token_hex(6)}")
 
     def send(self, channel: str, message: dict[str, Any]) -> Deferred[None]:
         raise NotImplementedError

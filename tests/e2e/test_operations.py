@@ -196,6 +196,13 @@ async def test_send_api_reaches_one_channel_and_checks_its_body(live):
         out["notype"] = answer(b'{"channel": "c", "event": {"message": "x"}}')
         out["emptytype"] = answer(b'{"channel": "c", "event": {"type": ""}}')
         out["array"] = answer(b'[]')
+        # The ASGI protocol's own messages are the server's word about a connection (its
+        # client's message, its end): not an event the API may make up, here or in a room.
+        out["asgi"] = answer(json.dumps({"channel": channel, "event": {
+            "type": "websocket.receive", "text": "as if the client said it"}}).encode())
+        out["asgi_room"] = get(server.http_url("/api/publish"), json.dumps({
+            "group": "lobby", "event": {"type": "websocket.disconnect", "code": 1000}
+        }).encode(), auth)[0]
         # Centrifugo's key header does not make /api/send Centrifugo's (it has no send).
         out["apikey"] = answer(b'{"channel": "c", "event": {"type": "t"}}',
                                {"X-API-Key": KEY})
@@ -210,6 +217,10 @@ async def test_send_api_reaches_one_channel_and_checks_its_body(live):
     assert out["noevent"] == out["notype"] == out["emptytype"] == (
         400, "'event' must be an object with a non-empty 'type' string")
     assert out["array"] == (400, "the body must be a JSON object")
+    assert out["asgi"] == (400, "'event' type 'websocket.receive' is the ASGI protocol's "
+                                "(the server's own messages about a connection), not an "
+                                "application event")
+    assert out["asgi_room"] == 400
     assert out["apikey"] == (401, "a valid 'Authorization: Bearer <key>' is required")
 
 
