@@ -172,6 +172,34 @@ async def test_a_send_to_a_gone_consumers_channel_is_dropped_not_kept(layer):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_queue_nobody_reads_expires_as_channels_messages_do():
+    """A ``receive()`` channel whose reader went away (or a name nothing reads, through
+    ``POST /api/send``) keeps its messages ``expiry`` seconds after its last one, as
+    Channels' layers do, not for the life of the process; a queue still being sent to,
+    or read, stays."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    layer = InMemoryChannelLayer(reactor=clock)
+    stale, busy = await layer.new_channel(), await layer.new_channel()
+    for n in range(3):
+        await layer.send(stale, {"type": "note", "n": n})
+    clock.advance(layer.expiry / 2)
+    await layer.send(busy, {"type": "note", "n": 0})
+    clock.advance(layer.expiry / 2 + 1)
+    before = layer.stats.dropped
+    await layer.send(busy, {"type": "note", "n": 1})  # a queued message sweeps
+    assert stale not in layer._queues and stale not in layer._queued_at
+    assert layer.stats.dropped == before + 3
+    waiting = layer.receive(stale)
+    assert not waiting.called
+    waiting.cancel()
+    waiting.addErrback(lambda f: None)
+    assert [(await layer.receive(busy))["n"] for _ in range(2)] == [0, 1]
+    assert busy not in layer._queued_at  # read empty: nothing left to expire
+
+
+@pytest_twisted.ensureDeferred
 async def test_new_channel_receive_and_group_send_outside_consumers(layer):
     channel = await layer.new_channel()
     await layer.group_add("outside", channel)

@@ -25,6 +25,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -632,6 +633,12 @@ class BaseChannelLayer:
     #: 0: no limit): past it ``group_add`` fails with ``TooManyGroups``.
     max_groups_per_connection = 128
 
+    #: Seconds a queue of messages nobody reads (a ``receive()`` channel whose reader went
+    #: away, a name nothing will read) is kept after its last message: Channels' message
+    #: ``expiry`` (60 s), per queue. Without it such queues, each up to ``capacity``
+    #: messages, would stay for the life of the process.
+    expiry = 60.0
+
     def __init__(self, capacity: int = 100,
                  history: dict[str, tuple[int, float]] | None = None) -> None:
         self.capacity = capacity
@@ -670,6 +677,10 @@ class BaseChannelLayer:
         self._presence: dict[str, dict[str, tuple[dict[str, Any], bool]]] = {}
         #: Queued messages for channels nobody is attached to (workers, ``receive()``).
         self._queues: dict[str, deque[dict[str, Any]]] = {}
+        #: When each queue last had a message (``_expire_queues``), and when they were
+        #: last swept.
+        self._queued_at: dict[str, float] = {}
+        self._queues_swept = 0.0
         self._waiters: dict[str, deque[Deferred[dict[str, Any]]]] = {}
 
     def _join_args(self, group: str, channel: str, presence: Any, since: Any
@@ -893,12 +904,33 @@ class BaseChannelLayer:
         if self._gone_consumer(channel):
             self.stats.dropped += 1  # at-most-once, as for a channel of a process gone
             return True
+        now = self._queue_clock()
+        if now - self._queues_swept >= self.expiry / 4:
+            self._expire_queues(now)
         queue = self._queues.setdefault(channel, deque())
         if len(queue) >= self.capacity:
             self.stats.dropped += 1
             return False
         queue.append(dict(message))
+        self._queued_at[channel] = now
         return True
+
+    def _queue_clock(self) -> float:
+        """The clock of ``expiry`` (the memory layer's is its injected reactor's)."""
+        return time.monotonic()
+
+    def _expire_queues(self, now: float) -> None:
+        """Drop the queues that had no message for ``expiry`` seconds (their messages
+        counted as dropped): at most once per ``expiry / 4``, on a queued message, so a
+        queue lives at most ``1.25 * expiry`` past its last message and the sweep costs
+        nothing while nothing queues."""
+        self._queues_swept = now
+        for channel, at in list(self._queued_at.items()):
+            if now - at >= self.expiry:
+                del self._queued_at[channel]
+                queue = self._queues.pop(channel, None)
+                if queue:
+                    self.stats.dropped += len(queue)
 
     def _fan_out(self, group: str, message: dict[str, Any],
                  where: tuple[str, int] | None = None,
@@ -1126,6 +1158,7 @@ class BaseChannelLayer:
             message = queue.popleft()
             if not queue:
                 del self._queues[channel]
+                self._queued_at.pop(channel, None)
             return succeed(message)
         d: Deferred[dict[str, Any]] = Deferred()
         self._waiters.setdefault(channel, deque()).append(d)

@@ -45,6 +45,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._calls = 0
         self._swept = self._now()
 
+    def _queue_clock(self) -> float:
+        return self._now()
+
     def _stream(self, group: str, now: float) -> Stream:
         """``group``'s stream; a new epoch when its old one outlived the meta ttl."""
         self._calls += 1
@@ -184,6 +187,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._streams.clear()
         self._in_several = 0
         self._queues.clear()
+        self._queued_at.clear()
         for waiters in self._waiters.values():
             for d in waiters:
                 d.cancel()

@@ -2234,6 +2234,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._unannounced.clear()
         self._in_several = 0
         self._queues.clear()
+        self._queued_at.clear()
         for waiters in self._waiters.values():
             for d in waiters:
                 d.cancel()
