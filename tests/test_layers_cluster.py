@@ -469,6 +469,15 @@ async def test_a_migrating_slot_keeps_its_partition_connected():
         await until(lambda: {"during", "live"} <= {e["type"] for e in b.events})
 
 
+class Closable(Probe):
+    def __init__(self) -> None:
+        super().__init__()
+        self.closes: list[tuple[int, str | None]] = []
+
+    def close_from_layer(self, code: int, reason: str | None) -> None:
+        self.closes.append((code, reason))
+
+
 #: A survey answer past SURVEY_INLINE_MAX (1 MiB): kept in a key, its name published.
 LARGE = 1536 * 1024
 
@@ -510,6 +519,21 @@ async def test_presence_and_surveys_are_answered_while_their_slot_migrates_and_a
             assert sorted(m["u"] for m in members.values()) == ["ada", "bob"]
             await surveyed(one, two, "room", group)
         await until(lambda: answer_keys(source) == answer_keys(target) == [])
+        # Joins, leaves and group_close publish or (un)subscribe topics: the source's.
+        c = Closable()
+        cc = two.attach(c)
+        await one.group_add(group, cc, presence={"u": "cy"})
+        assert sorted(m["u"] for m in (await one.group_presence(group)).values()) == [
+            "ada", "bob", "cy"]
+        await one.group_discard(group, cc)
+        closing = in_partition(one, 0, "closing")
+        await two.group_add(closing, cc)
+        await one.group_close(closing, 4000, "bye")
+        await until(lambda: c.closes == [(4000, "bye")])
+        # A named channel's new list is the target's: sent now, received after the
+        # hand-over (BRPOP on the source is answered ASK until then).
+        await one.send("jobs", {"type": "job"})
+        receiving = two.receive("jobs")
         assert one.shards[0].reconnects == two.shards[0].reconnects == 0
         assert one.shards[0].node == ("127.0.0.1", source.port)
 
@@ -526,6 +550,7 @@ async def test_presence_and_surveys_are_answered_while_their_slot_migrates_and_a
         assert sorted(m["u"] for m in members.values()) == ["ada", "bob"]
         await surveyed(one, two, "room", group)
         await until(lambda: answer_keys(target) == [])
+        assert await receiving == {"type": "job"}
         assert [e["group"] for e in a.events if e["type"] == "layer.gap"] == [group]
 
 

@@ -1849,9 +1849,11 @@ class RedisChannelLayer(BaseChannelLayer):
             log.debug("channel {channel}: its process is gone; message dropped", channel=channel)
 
     def _push(self, channel: str, payload: bytes) -> Deferred[None]:
+        # (On a Redis Cluster slot that is migrating, a list not on the source any more, or
+        # new, is the importing node's: its receivers' BRPOP takes it after the hand-over.)
         d = self._on_publisher(lambda proto: proto.eval(
             _SEND_SCRIPT, keys=[self._list_key + channel],
-            args=[payload, self.capacity, LIST_EXPIRY]))
+            args=[payload, self.capacity, LIST_EXPIRY]), asking=True)
 
         def pushed(result: Any) -> None:
             if result != 1:
