@@ -560,8 +560,9 @@ async def test_history_reads_follow_their_keys_to_the_importing_node():
     ASK, and reads (``group_history``, a join's recovery), ``group_history_remove`` and a
     partition's reconnect (its connection check, a key never there: ASK) follow it. What
     still fails meanwhile, alone (LayerUnavailable): a publish to that group (its topic's
-    subscribers are the source's), and a read of a history group with no keys yet
-    (the target answers TRYAGAIN to a script whose keys are all missing)."""
+    subscribers are the source's), and a read of a history group whose list is not beside
+    its position: no keys yet, or its list removed (the target answers TRYAGAIN to a script
+    whose keys are not all there)."""
     async with cluster_processes() as (cluster, one, two):
         for layer in (one, two):
             layer.keep_history("feed.*", 10, 60)
@@ -596,6 +597,8 @@ async def test_history_reads_follow_their_keys_to_the_importing_node():
         await one.group_history_remove(feed)  # (its list goes, its position stays)
         assert target.call("CLUSTER", "COUNTKEYSINSLOT", slot) == ":1"
         assert target.call("CLUSTER", "GETKEYSINSLOT", slot, "10") == [shard._meta_key + feed]
+        with pytest.raises(LayerUnavailable, match="TRYAGAIN"):  # (its list is gone)
+            await one.group_history(feed)
 
 
 @pytest_twisted.ensureDeferred

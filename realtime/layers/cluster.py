@@ -28,9 +28,18 @@ and a subscriber whose channels the node drops (an ``sunsubscribe`` it did not a
 knows too; the partition's connections reconnect to the node that holds the slot now
 (where MOVED said, else asked again), as after any lost connection: its groups are
 resubscribed and their members get ``layer.gap`` (a history group's members its
-recovery). While the slot migrates (before the hand-over) nothing moves: a command
-answered ``ASK`` or ``TRYAGAIN`` (a key already moved) fails alone with
-``LayerUnavailable``.
+recovery); a script the old node tells "non local key" (one with no declared key, the
+presence question's) counts as MOVED. While the slot migrates (before the hand-over)
+nothing moves: topics (messages, presence questions, surveys) stay the source's, whose
+shard channels are subscribed until the hand-over, so no script names a topic as a key.
+A key the source no longer has (moved already, or new) is answered ``ASK``: the commands
+that can follow it to the importing node (``ASKING``, then the command, on a connection
+of its own: ``_Partition._follow_ask``) do (a survey's large answer, written and read;
+history reads and ``group_history_remove``; a named channel's send, taken by its
+receivers after the hand-over); the others fail alone with ``LayerUnavailable``: a
+history publish whose keys moved (ASK: its subscribers are the source's), and a script
+whose keys are not all on one node (``TRYAGAIN``: a history read of a group with no keys
+yet, or whose list expired before its position).
 
 Cost: two connections per partition and process (publisher and subscriber), and one for
 named channels' BRPOP: 33 per process with 16 partitions.
