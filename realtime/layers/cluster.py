@@ -185,6 +185,7 @@ class _Partition(_Shard):
         def unreachable(reason: Failure) -> Failure:
             if reason.check(_protocols()["ResponseError"]):
                 return reason
+            self.stats.unavailable += 1
             return Failure(LayerUnavailable(
                 f"channel layer: the Redis Cluster node importing slot {self.slot} "
                 f"({_host_port(*node)}): {reason.getErrorMessage()}"))
