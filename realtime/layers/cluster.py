@@ -170,9 +170,10 @@ class _Partition(_Shard):
     def _follow_ask(self, failure: Failure, command: Callable[[Any], Deferred[Any]]) -> Any:
         """ASK (the slot is migrating, and the command's keys are on the importing node
         already, or are new): the command once more on that node, after ``ASKING``, over a
-        connection of its own (rare: a survey's large answer, a history read of moved
-        keys). What it answers there (TRYAGAIN: keys on both nodes, or none of a script's
-        several) fails as the source's would."""
+        connection of its own, opened and closed for it (only until the hand-over, and
+        only for keys that moved: a survey's large answer, a history read, a named
+        channel's send). What it answers there (TRYAGAIN: a script's keys not all there)
+        fails as the source's would."""
         text = str(failure.value)
         if not (failure.check(_protocols()["ResponseError"]) and text.startswith("ASK ")):
             return failure

@@ -467,6 +467,8 @@ def _parse_cluster(scheme: str, hosts: str, path: str, query: dict[str, str], sh
 _CLUSTER_BUSY = ("MOVED ", "ASK ", "TRYAGAIN ", "CLUSTERDOWN ")
 #: What a Redis Cluster node says to a script that publishes on (or touches) a slot it no
 #: longer holds: a script with no declared key (``_ASK_SCRIPT``) gets this, not MOVED.
+#: (Mid-migration the layer's scripts get ASK or TRYAGAIN instead: each declares every key
+#: it touches, and a shard channel stays the source's until the hand-over.)
 _NOT_LOCAL = "Script attempted to access a non local key"
 
 
