@@ -402,14 +402,34 @@ class RedisCluster:
 
     def move(self, slot: int, target: RedisServer) -> None:
         """Reshard ``slot`` (its keys too) to ``target``, as ``redis-cli --cluster reshard``
-        does."""
+        does: ``migrating``, then ``hand_over``."""
+        source, _ = self.migrating(slot, target)
+        self.hand_over(slot, source, target)
+
+    def migrating(self, slot: int, target: RedisServer | None = None
+                  ) -> tuple[RedisServer, RedisServer]:
+        """Open a migration of ``slot`` to ``target`` (by default another master) without
+        moving any key yet (the source MIGRATING, the target IMPORTING): the window a
+        resharding of a busy slot spends in. Returns (source, target)."""
         source = self.owner(slot)
-        source_id, target_id = self.node_id(source), self.node_id(target)
-        target.call("CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
-        source.call("CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+        if target is None:
+            target = next(n for n in self.masters if n is not source)
+        target.call("CLUSTER", "SETSLOT", str(slot), "IMPORTING", self.node_id(source))
+        source.call("CLUSTER", "SETSLOT", str(slot), "MIGRATING", self.node_id(target))
+        return source, target
+
+    @staticmethod
+    def migrate(source: RedisServer, target: RedisServer, *keys: str) -> None:
+        """Move these keys of a migrating slot to the node importing it."""
+        assert source.call("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000",
+                           "KEYS", *keys) == "+OK"
+
+    def hand_over(self, slot: int, source: RedisServer, target: RedisServer) -> None:
+        """End ``migrating``: the slot's keys left on the source go, and every master is
+        told the slot is the target's."""
         while keys := source.call("CLUSTER", "GETKEYSINSLOT", str(slot), "100"):
-            source.call("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000",
-                        "KEYS", *keys)
+            self.migrate(source, target, *keys)
+        target_id = self.node_id(target)
         for node in [target, source] + [n for n in self.masters if n not in (source, target)]:
             node.call("CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
 

@@ -17,6 +17,7 @@ import pytest
 import pytest_twisted
 
 from realtime.layers import LayerUnavailable, layer_from_url
+from realtime.layers.base import on_survey
 from realtime.layers.cluster import SLOTS, ClusterRedisChannelLayer, key_slot, partition_tags
 from realtime.layers.redis import RedisChannelLayer
 from tests.clients import captured_log
@@ -425,16 +426,6 @@ def test_the_command_line_takes_a_cluster_and_the_session_store_refuses_one():
 
 # -- the review's reproductions (each failed before its fix) ------------------------------------
 
-def migrating(cluster: RedisCluster, slot: int) -> tuple[RedisServer, RedisServer]:
-    """Open a migration of ``slot`` (as ``redis-cli --cluster reshard`` does first) without
-    moving any key yet: the window a resharding of a busy slot spends in."""
-    source = cluster.owner(slot)
-    target = next(n for n in cluster.masters if n is not source)
-    target.call("CLUSTER", "SETSLOT", str(slot), "IMPORTING", cluster.node_id(source))
-    source.call("CLUSTER", "SETSLOT", str(slot), "MIGRATING", cluster.node_id(target))
-    return source, target
-
-
 async def pause(seconds: float) -> None:
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
@@ -445,10 +436,11 @@ async def pause(seconds: float) -> None:
 @pytest_twisted.ensureDeferred
 async def test_a_migrating_slot_keeps_its_partition_connected():
     """While a slot migrates, the source keeps its shard channels until the hand-over; a
-    command answered ASK (a key already moved, or never there: a presence question's
-    topic) fails alone with LayerUnavailable. It used to close the partition's connections
-    (ASK taken for MOVED): a false ``layer.gap`` for every member, and with a named channel
-    received on partition 0 (BRPOP answered ASK) a reconnect every 0.1 s. A history
+    command answered ASK (a key already moved, or never there) fails alone with
+    LayerUnavailable, unless it can follow the ASK (see the tests below). It used to close
+    the partition's connections (ASK taken for MOVED): a false ``layer.gap`` for every
+    member, and with a named channel received on partition 0 (BRPOP answered ASK) a
+    reconnect every 0.1 s. A presence question is answered (its topic is no key). A history
     publish whose keys are still on the source goes through (its topic is not a declared
     key: with it, the source answered TRYAGAIN, as a txredisapi error)."""
     async with cluster_processes() as (cluster, one, two):
@@ -461,14 +453,11 @@ async def test_a_migrating_slot_keeps_its_partition_connected():
             await one.group_add(group_, ca, presence={"u": "ada"})
             await two.group_add(group_, cb, presence={"u": "bob"})
         await one.group_send(feed, {"type": "before"})
-        migrating(cluster, slot_of(one, group))
+        cluster.migrating(slot_of(one, group))
         receiving = one.receive("jobs")  # BRPOP on partition 0, during its migration
         receiving.addErrback(lambda _: None)
-        try:
-            members = await one.group_presence(group)
-            assert sorted(m["u"] for m in members.values()) == ["ada", "bob"]
-        except LayerUnavailable:
-            pass  # (the question's topic is a declared key: ASK, for now)
+        members = await one.group_presence(group)  # (its topic is no key: no ASK)
+        assert sorted(m["u"] for m in members.values()) == ["ada", "bob"]
         await one.group_send(feed, {"type": "during"})
         await one.group_send(group, {"type": "live"})
         await pause(1.5)
@@ -478,6 +467,138 @@ async def test_a_migrating_slot_keeps_its_partition_connected():
         kept = await one.group_history(feed)
         assert [m["type"] for m in kept["messages"]] == ["before", "during"]
         await until(lambda: {"during", "live"} <= {e["type"] for e in b.events})
+
+
+class Closable(Probe):
+    def __init__(self) -> None:
+        super().__init__()
+        self.closes: list[tuple[int, str | None]] = []
+
+    def close_from_layer(self, code: int, reason: str | None) -> None:
+        self.closes.append((code, reason))
+
+
+#: A survey answer past SURVEY_INLINE_MAX (1 MiB): kept in a key, its name published.
+LARGE = 1536 * 1024
+
+
+def answer_keys(node: RedisServer) -> list[str]:
+    """The large survey answers ``node`` keeps (``<prefix>:{tag}:s:a:<process>:<seq>``)."""
+    return [key for key in node.call("KEYS", "*") if ":s:a:" in key]
+
+
+async def surveyed(one: ClusterRedisChannelLayer, two: ClusterRedisChannelLayer,
+                   prefix: str, group: str) -> None:
+    """A small survey (``group_sizes``) and a large one, each answered by both."""
+    assert await one.group_sizes(prefix) == {group: 2}
+    answers = await one.survey("tests.cluster.large", LARGE)
+    assert answers == {one.process_id: one.process_id[0] * LARGE,
+                       two.process_id: two.process_id[0] * LARGE}
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_and_surveys_are_answered_while_their_slot_migrates_and_after():
+    """Partition 0 carries the surveys topic; its slot migrates. A presence question and a
+    survey publish on topics, which stay the source's until the hand-over: both are
+    answered (their script named the topic as a key: ASK, LayerUnavailable). A large
+    survey answer is a new key, which the source sends to the target (ASK): written there
+    (ASKING) and read from there, then deleted. After the hand-over, a question still sent
+    to the source (its script told "non local key") fails with LayerUnavailable and moves
+    the partition; once moved, all of it is answered by the target."""
+    on_survey("tests.cluster.large", lambda layer, size: layer.process_id[0] * size)
+    async with cluster_processes() as (cluster, one, two):
+        group = in_partition(one, 0, "room")
+        a, b = Probe(), Probe()
+        ca, cb = one.attach(a), two.attach(b)
+        await one.group_add(group, ca, presence={"u": "ada"})
+        await two.group_add(group, cb, presence={"u": "bob"})
+        slot = slot_of(one, group)
+        source, target = cluster.migrating(slot)
+        for _ in range(2):
+            members = await one.group_presence(group)
+            assert sorted(m["u"] for m in members.values()) == ["ada", "bob"]
+            await surveyed(one, two, "room", group)
+        await until(lambda: answer_keys(source) == answer_keys(target) == [])
+        # Joins, leaves and group_close publish or (un)subscribe topics: the source's.
+        c = Closable()
+        cc = two.attach(c)
+        await one.group_add(group, cc, presence={"u": "cy"})
+        assert sorted(m["u"] for m in (await one.group_presence(group)).values()) == [
+            "ada", "bob", "cy"]
+        await one.group_discard(group, cc)
+        closing = in_partition(one, 0, "closing")
+        await two.group_add(closing, cc)
+        await one.group_close(closing, 4000, "bye")
+        await until(lambda: c.closes == [(4000, "bye")])
+        # A named channel's new list is the target's: sent now, received after the
+        # hand-over (BRPOP on the source is answered ASK until then).
+        await one.send("jobs", {"type": "job"})
+        receiving = two.receive("jobs")
+        assert one.shards[0].reconnects == two.shards[0].reconnects == 0
+        assert one.shards[0].node == ("127.0.0.1", source.port)
+
+        # The hand-over, before one's subscriber hears its shard channels dropped: its
+        # publisher asks the source, which holds the slot no more.
+        one.shards[0]._sub.proto.transport.pauseProducing()
+        cluster.hand_over(slot, source, target)
+        with pytest.raises(LayerUnavailable, match="non local key"):
+            await one.group_presence(group)
+        await until(lambda: one.ready and two.ready
+                    and one.shards[0].node == two.shards[0].node == ("127.0.0.1",
+                                                                     target.port), 10)
+        members = await two.group_presence(group)
+        assert sorted(m["u"] for m in members.values()) == ["ada", "bob"]
+        await surveyed(one, two, "room", group)
+        await until(lambda: answer_keys(target) == [])
+        assert await receiving == {"type": "job"}
+        assert [e["group"] for e in a.events if e["type"] == "layer.gap"] == [group]
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_reads_follow_their_keys_to_the_importing_node():
+    """A history group's keys moved to the target before the hand-over: the source answers
+    ASK, and reads (``group_history``, a join's recovery), ``group_history_remove`` and a
+    partition's reconnect (its connection check, a key never there: ASK) follow it. What
+    still fails meanwhile, alone (LayerUnavailable): a publish to that group (its topic's
+    subscribers are the source's), and a read of a history group whose list is not beside
+    its position: no keys yet, or its list removed (the target answers TRYAGAIN to a script
+    whose keys are not all there)."""
+    async with cluster_processes() as (cluster, one, two):
+        for layer in (one, two):
+            layer.keep_history("feed.*", 10, 60)
+        feed, fresh = in_partition(one, 5, "feed"), in_partition(one, 5, "feed.fresh")
+        for n in range(3):
+            await one.group_send(feed, {"type": "m", "n": n})
+        kept = await one.group_history(feed)
+        shard = one.shard(feed)
+        source, target = cluster.migrating(slot_of(one, feed))
+        cluster.migrate(source, target, shard._meta_key + feed, shard._history_key + feed)
+
+        moved = await two.group_history(feed)
+        assert [m["n"] for m in moved["messages"]] == [0, 1, 2]
+        assert (moved["epoch"], moved["offset"]) == (kept["epoch"], 3)
+        b = Probe()
+        cb = two.attach(b)
+        joined = await two.group_add(feed, cb, since={"epoch": kept["epoch"], "offset": 1})
+        assert (joined["recovered"], joined["missed"]) == (True, 2)
+        assert [e["n"] for e in b.events] == [1, 2]
+        with pytest.raises(LayerUnavailable, match="ASK"):
+            await one.group_send(feed, {"type": "m", "n": 3})
+        with pytest.raises(LayerUnavailable, match="TRYAGAIN"):
+            await one.group_history(fresh)
+
+        link = one.shard(feed)._pub
+        cut = link.proto
+        cut.transport.loseConnection()
+        await until(lambda: link.proto not in (None, cut), 5)
+        assert one.shard(feed).node == ("127.0.0.1", source.port)
+        slot = str(slot_of(one, feed))
+        assert target.call("CLUSTER", "COUNTKEYSINSLOT", slot) == ":2"
+        await one.group_history_remove(feed)  # (its list goes, its position stays)
+        assert target.call("CLUSTER", "COUNTKEYSINSLOT", slot) == ":1"
+        assert target.call("CLUSTER", "GETKEYSINSLOT", slot, "10") == [shard._meta_key + feed]
+        with pytest.raises(LayerUnavailable, match="TRYAGAIN"):  # (its list is gone)
+            await one.group_history(feed)
 
 
 @pytest_twisted.ensureDeferred

@@ -28,9 +28,18 @@ and a subscriber whose channels the node drops (an ``sunsubscribe`` it did not a
 knows too; the partition's connections reconnect to the node that holds the slot now
 (where MOVED said, else asked again), as after any lost connection: its groups are
 resubscribed and their members get ``layer.gap`` (a history group's members its
-recovery). While the slot migrates (before the hand-over) nothing moves: a command
-answered ``ASK`` or ``TRYAGAIN`` (a key already moved) fails alone with
-``LayerUnavailable``.
+recovery); a script the old node tells "non local key" (one with no declared key, the
+presence question's) counts as MOVED. While the slot migrates (before the hand-over)
+nothing moves: topics (messages, presence questions, surveys) stay the source's, whose
+shard channels are subscribed until the hand-over, so no script names a topic as a key.
+A key the source no longer has (moved already, or new) is answered ``ASK``: the commands
+that can follow it to the importing node (``ASKING``, then the command, on a connection
+of its own: ``_Partition._follow_ask``) do (a survey's large answer, written and read;
+history reads and ``group_history_remove``; a named channel's send, taken by its
+receivers after the hand-over); the others fail alone with ``LayerUnavailable``: a
+history publish whose keys moved (ASK: its subscribers are the source's), and a script
+whose keys are not all on one node (``TRYAGAIN``: a history read of a group with no keys
+yet, or whose list expired before its position).
 
 Cost: two connections per partition and process (publisher and subscriber), and one for
 named channels' BRPOP: 33 per process with 16 partitions.
@@ -40,6 +49,7 @@ from __future__ import annotations
 
 import binascii
 import functools
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -47,6 +57,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from realtime.layers.base import LayerUnavailable
 from realtime.layers.redis import (
     _ASK_SCRIPT,
     _PUBLISH_SCRIPT,
@@ -65,6 +76,9 @@ log = Logger(namespace="realtime.layers.cluster")
 
 #: A Redis Cluster's hash slots.
 SLOTS = 16384
+#: How long a command followed to the node an ASK names may take, its connection included
+#: (a survey's large answer is megabytes).
+ASK_TIMEOUT = 10.0
 
 
 def key_slot(key: bytes) -> int:
@@ -153,9 +167,37 @@ class _Partition(_Shard):
 
         return self._parent.locate(self.slot).addCallback(found)
 
+    def _follow_ask(self, failure: Failure, command: Callable[[Any], Deferred[Any]]) -> Any:
+        """ASK (the slot is migrating, and the command's keys are on the importing node
+        already, or are new): the command once more on that node, after ``ASKING``, over a
+        connection of its own, opened and closed for it (only until the hand-over, and
+        only for keys that moved: a survey's large answer, a history read, a named
+        channel's send). What it answers there (TRYAGAIN: a script's keys not all there)
+        fails as the source's would."""
+        text = str(failure.value)
+        if not (failure.check(_protocols()["ResponseError"]) and text.startswith("ASK ")):
+            return failure
+        fields = text.split()
+        host, _, port = (fields[2] if len(fields) > 2 else "").rpartition(":")
+        if not host or not port.isdigit():
+            return failure
+        node = (host.strip("[]"), int(port))
+
+        def unreachable(reason: Failure) -> Failure:
+            if reason.check(_protocols()["ResponseError"]):
+                return reason
+            self.stats.unavailable += 1
+            return Failure(LayerUnavailable(
+                f"channel layer: the Redis Cluster node importing slot {self.slot} "
+                f"({_host_port(*node)}): {reason.getErrorMessage()}"))
+
+        return Deferred.fromCoroutine(self._parent.on_node(
+            *node, command, asking=True, timeout=ASK_TIMEOUT)).addErrback(unreachable)
+
 
 class _Probe:
-    """What a one-off connection (a ``CLUSTER SLOTS``) reports to, in place of a ``_Link``."""
+    """What a one-off connection (a ``CLUSTER SLOTS``, a command ASK sent to another node)
+    reports to, in place of a ``_Link``."""
 
     protocol_name = "Command"
     to_sentinel = False
@@ -174,7 +216,7 @@ class _Probe:
             self.answer.errback(ConnectionError(self._problem or _reason(reason)))
 
     def moved(self, proto: Any, text: str) -> None:
-        pass  # (CLUSTER SLOTS is answered by any node)
+        pass  # (CLUSTER SLOTS is answered by any node; an ASKING command's MOVED fails it)
 
 
 class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
@@ -264,7 +306,8 @@ class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
             if self._closing:
                 raise LookupError("the channel layer is closed")
             try:
-                table = await self._ask(host, port)
+                table = _slot_table(await self.on_node(
+                    host, port, lambda proto: proto.execute_command("CLUSTER", "SLOTS")), host)
             except Exception as exc:
                 problems.append(f"{_host_port(host, port)}: {exc or type(exc).__name__}")
                 continue
@@ -273,7 +316,12 @@ class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
         raise LookupError("no Redis Cluster node answered CLUSTER SLOTS: "
                           + "; ".join(problems))
 
-    async def _ask(self, host: str, port: int) -> list[tuple[int, int, str, int]]:
+    async def on_node(self, host: str, port: int, command: Callable[[Any], Deferred[Any]],
+                      asking: bool = False, timeout: float = CONNECT_TIMEOUT) -> Any:
+        """``command(protocol)``'s answer from the node ``host:port``, over a connection
+        of its own, closed after (AUTH and TLS as the layer's); with ``asking``, after
+        ``ASKING`` (a node importing a slot serves its keys to the next command). The
+        whole within ``timeout``; ``close()`` ends it."""
         first = self.shards[0]
         probe = _Probe(first)
         proto = await first._tcp_endpoint(host, port).connect(_Factory(probe))  # type: ignore[arg-type]
@@ -281,7 +329,7 @@ class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
             proto.transport.abortConnection()
             raise LookupError("the channel layer is closed")
         self._probes.add(proto)
-        timer = self.reactor.callLater(CONNECT_TIMEOUT, proto.transport.abortConnection)
+        timer = self.reactor.callLater(timeout, proto.transport.abortConnection)
 
         def answered(reply: Any) -> None:
             if not probe.answer.called:
@@ -293,11 +341,15 @@ class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
             if not probe.answer.called:
                 probe.answer.errback(failure)
 
+        def run(p: Any) -> Deferred[Any]:
+            if asking:  # (pipelined: it applies to the command that follows)
+                p.execute_command("ASKING").addErrback(lambda _: None)
+            return command(p)
+
         try:
-            asked = proto.whenConnected().addCallback(
-                lambda p: p.execute_command("CLUSTER", "SLOTS"))
+            asked = proto.whenConnected().addCallback(run)
             asked.addCallbacks(answered, failed)
-            return _slot_table(await probe.answer, host)
+            return await probe.answer
         finally:
             self._probes.discard(proto)
             if timer.active():

@@ -180,12 +180,16 @@ if count > 0 then entries = redis.call('LRANGE', KEYS[2], -count, -1) end
 return {epoch, top, recovered, entries}
 """
 
-# The presence question, and how many processes hear it: the topic's own subscribers at the
-# moment of the PUBLISH (PUBLISH's reply would count pattern subscribers too, a monitoring
-# ``PSUBSCRIBE realtime:*`` say, which never answer).
+# The presence question (and a survey's), and how many processes hear it: the topic's own
+# subscribers at the moment of the PUBLISH (PUBLISH's reply would count pattern subscribers
+# too, a monitoring ``PSUBSCRIBE realtime:*`` say, which never answer). ARGV: the question,
+# the topic. (The topic is not a key: a Redis Cluster that is moving the slot answers ASK
+# for a script whose declared key does not exist, and a topic never does; its shard
+# channels stay the source's until the hand-over. A process older than this evaluates its
+# own text, with the topic in KEYS: the messages are the same.)
 _ASK_SCRIPT = """
-local n = redis.call('PUBSUB', 'NUMSUB', KEYS[1])[2]
-redis.call('PUBLISH', KEYS[1], ARGV[1])
+local n = redis.call('PUBSUB', 'NUMSUB', ARGV[2])[2]
+redis.call('PUBLISH', ARGV[2], ARGV[1])
 return n
 """
 #: How long ``group_presence`` waits for every process's answer.
@@ -461,6 +465,21 @@ def _parse_cluster(scheme: str, hosts: str, path: str, query: dict[str, str], sh
 
 #: A Redis Cluster's answers that mean "not now, not here" (``LayerUnavailable``).
 _CLUSTER_BUSY = ("MOVED ", "ASK ", "TRYAGAIN ", "CLUSTERDOWN ")
+#: What a Redis Cluster node says to a script that publishes on (or touches) a slot it no
+#: longer holds: a script with no declared key (``_ASK_SCRIPT``) gets this, not MOVED.
+#: (Mid-migration the layer's scripts get ASK or TRYAGAIN instead: each declares every key
+#: it touches, and a shard channel stays the source's until the hand-over.)
+_NOT_LOCAL = "Script attempted to access a non local key"
+
+
+def _not_here(text: str) -> bool:
+    """A Redis Cluster node's answer that the slot is another node's now (handed over)."""
+    return text.startswith("MOVED ") or _NOT_LOCAL in text
+
+
+def _cluster_busy(text: str) -> bool:
+    """A Redis Cluster's answer that this command cannot run here now."""
+    return text.startswith(_CLUSTER_BUSY) or _NOT_LOCAL in text
 
 _protocol_classes: dict[str, Any] = {}
 
@@ -498,7 +517,7 @@ def _protocols() -> dict[str, Any]:
 
         def replyReceived(self, reply: Any) -> None:
             if (isinstance(reply, txredisapi.ResponseError) and self.link is not None
-                    and str(reply).startswith("MOVED ")):
+                    and _not_here(str(reply))):
                 # A Redis Cluster node that no longer holds the partition's slot: the
                 # command fails, and the connection goes to whichever node has it now.
                 # (ASK and TRYAGAIN, while the slot migrates, fail only their command:
@@ -651,8 +670,10 @@ class _Link:
             d.addCallback(self._check_role)
         elif self.layer.address.kind == "cluster":
             # A keyed read of the partition's slot: a node that does not serve it as its
-            # master (a stale address, a replica) answers MOVED (_Link.moved: elsewhere).
-            d.addCallback(lambda _: proto.execute_command("EXISTS", self.layer._survey_topic))
+            # master (a stale address, a replica) answers MOVED (_Link.moved: elsewhere);
+            # the master that is migrating it answers ASK (the key is not there): its own.
+            d.addCallback(lambda _: proto.execute_command(
+                "EXISTS", self.layer._survey_topic).addErrback(_asked_is_here))
         d.addCallback(lambda _: self._ready(proto))
         return d
 
@@ -772,6 +793,11 @@ class _Link:
                 proto.transport.loseConnection()
         self.proto = self.pending = None
         return gatherResults(waits).addCallback(lambda _: None)
+
+
+def _asked_is_here(failure: Failure) -> Failure | None:
+    """ASK: the node still holds the slot (it is migrating it to the node named)."""
+    return None if str(failure.value).startswith("ASK ") else failure
 
 
 def _reason(failure: Failure) -> str:
@@ -1685,9 +1711,12 @@ class RedisChannelLayer(BaseChannelLayer):
                  count=count, groups=len(gone))
 
     # -- publishing -------------------------------------------------------------------------------
-    def _on_publisher(self, command: Callable[[Any], Deferred[Any]]) -> Deferred[Any]:
+    def _on_publisher(self, command: Callable[[Any], Deferred[Any]],
+                      asking: bool = False) -> Deferred[Any]:
         """``command(protocol)`` on the publisher connection; while Redis is unreachable it
-        fails at once with ``LayerUnavailable`` (counted), never buffering."""
+        fails at once with ``LayerUnavailable`` (counted), never buffering. ``asking``: a
+        command whose keys may be on a Redis Cluster's importing node while their slot
+        migrates, run there when the source answers ASK (``_follow_ask``)."""
         proto = self._pub.proto if self._pub is not None else None
         if proto is None:
             self.stats.unavailable += 1
@@ -1699,7 +1728,13 @@ class RedisChannelLayer(BaseChannelLayer):
         except Exception:
             self.stats.unavailable += 1
             return fail(LayerUnavailable("channel layer: the Redis connection was just lost"))
+        if asking:
+            d.addErrback(self._follow_ask, command)
         return d.addErrback(self._publish_failed)
+
+    def _follow_ask(self, failure: Failure, command: Callable[[Any], Deferred[Any]]) -> Any:
+        """Only a Redis Cluster answers ASK (``realtime.layers.cluster._Partition``)."""
+        return failure
 
     def _publish(self, topic: str, payload: bytes) -> Deferred[int]:
         d = self._on_publisher(lambda proto: proto.execute_command(self._PUBLISH, topic, payload))
@@ -1715,10 +1750,10 @@ class RedisChannelLayer(BaseChannelLayer):
             self.stats.unavailable += 1
             return Failure(LayerUnavailable(f"channel layer: Redis connection lost: "
                                             f"{failure.value}"))
-        if failure.check(errors["ResponseError"]) and str(failure.value).startswith(
-                _CLUSTER_BUSY):
-            # MOVED: the connection is moving (_Link.moved); ASK, TRYAGAIN: the slot is
-            # migrating (keys on two nodes); CLUSTERDOWN: the cluster refuses for now.
+        if failure.check(errors["ResponseError"]) and _cluster_busy(str(failure.value)):
+            # MOVED (or a script told the slot is not local): the connection is moving
+            # (_Link.moved); ASK, TRYAGAIN: the slot is migrating (keys on two nodes);
+            # CLUSTERDOWN: the cluster refuses for now.
             self.stats.unavailable += 1
             return Failure(LayerUnavailable(f"channel layer: the Redis Cluster cannot take "
                                             f"this now ({failure.value})"))
@@ -1816,9 +1851,11 @@ class RedisChannelLayer(BaseChannelLayer):
             log.debug("channel {channel}: its process is gone; message dropped", channel=channel)
 
     def _push(self, channel: str, payload: bytes) -> Deferred[None]:
+        # (On a Redis Cluster slot that is migrating, a list not on the source any more, or
+        # new, is the importing node's: its receivers' BRPOP takes it after the hand-over.)
         d = self._on_publisher(lambda proto: proto.eval(
             _SEND_SCRIPT, keys=[self._list_key + channel],
-            args=[payload, self.capacity, LIST_EXPIRY]))
+            args=[payload, self.capacity, LIST_EXPIRY]), asking=True)
 
         def pushed(result: Any) -> None:
             if result != 1:
@@ -1907,7 +1944,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
         def lost(failure: Failure) -> None:
             self._popping = False  # the link reconnects, and _pop_up resumes
-            if str(failure.value).startswith(_CLUSTER_BUSY):
+            if _cluster_busy(str(failure.value)):
                 # A Redis Cluster slot migrating (or MOVED: the link moves): the
                 # connection stays; BRPOP again in a while, not at once.
                 self._pop_retry = self.reactor.callLater(BRPOP_TIMEOUT, self._pop_loop, proto)
@@ -2006,7 +2043,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 "" if since is None else since[0], 0 if since is None else since[1], limit]
         d = self._on_publisher(lambda proto: proto.eval(
             _READ_SCRIPT, keys=[self._meta_key + group, self._history_key + group],
-            args=args))
+            args=args), asking=True)
 
         def parsed(reply: list[Any]) -> dict[str, Any]:
             messages = []
@@ -2025,7 +2062,7 @@ class RedisChannelLayer(BaseChannelLayer):
         except (TypeError, ValueError) as exc:
             return fail(exc)
         d = self._on_publisher(lambda proto: proto.execute_command(
-            "DEL", self._history_key + group))
+            "DEL", self._history_key + group), asking=True)
         return d.addCallback(lambda _: None)
 
     def group_history(self, group: str, since: dict[str, Any] | None = None,
@@ -2067,7 +2104,7 @@ class RedisChannelLayer(BaseChannelLayer):
         many answers came as the topic had subscribers, or after ``presence_timeout``."""
         self._censuses[seq] = census
         asked = self._on_publisher(lambda proto: proto.eval(
-            self._ask_script, keys=[topic], args=[question]))
+            self._ask_script, keys=[], args=[question, topic]))
 
         def heard_by(processes: int) -> Deferred[_Census]:
             if self._censuses.get(seq) is census:  # not released meanwhile (subscriber lost)
@@ -2119,11 +2156,15 @@ class RedisChannelLayer(BaseChannelLayer):
         # kept in a key for the asker to GET, with only its name published.
         key = f"{self._survey_topic}:a:{self.process_id}:{seq}"
         ttl = int((self.presence_timeout + 10) * 1000)
+        # (A new key, so on a Redis Cluster slot that is migrating it goes to the node
+        # importing it, as ASK says; the asker's GET follows the same ASK.)
         stored = self._on_publisher(lambda proto: proto.execute_command(
-            "SET", key, answer, "PX", ttl))
+            "SET", key, answer, "PX", ttl), asking=True)
         stored.addCallback(lambda _: self._publish(topic, _pack(
             [_ANSWER, seq, self.process_id, None, key])))
-        stored.addErrback(lambda _: None)
+        stored.addErrback(lambda f: log.info("channel layer: an answer to survey {name!r} "
+                                             "not given: {error}", name=name,
+                                             error=f.getErrorMessage()))
 
     def _fetch_answer(self, survey: _Survey, key: str) -> None:
         """A large answer (``_on_survey``): read from its key, then counted."""
@@ -2133,12 +2174,18 @@ class RedisChannelLayer(BaseChannelLayer):
             if isinstance(body, list) and len(body) > 3:
                 survey.heard(body[2], body[3])
 
-        got = self._on_publisher(lambda proto: proto.execute_command("GET", key))
+        def delete(result: Any) -> Any:
+            # Once the GET is answered: each may follow an ASK over a connection of its
+            # own, and the DEL's could come first.
+            self._on_publisher(lambda proto: proto.execute_command("DEL", key),
+                               asking=True).addErrback(lambda _: None)
+            return result
+
+        got = self._on_publisher(lambda proto: proto.execute_command("GET", key), asking=True)
+        got.addBoth(delete)
         got.addCallback(read)
         got.addErrback(lambda f: log.info("channel layer: a survey answer not read: "
                                           "{error}", error=f.getErrorMessage()))
-        self._on_publisher(lambda proto: proto.execute_command("DEL", key)).addErrback(
-            lambda _: None)
 
     def _join(self, group: str, channel: str) -> Deferred[None]:
         self._add_local(group, channel)
