@@ -172,18 +172,20 @@ async def test_a_lost_connection_comes_back_with_its_sid_rooms_session_and_misse
     await sio.emit("missed", 5, room="room", skip_sid=sid)
     await sio.enter_room(sid, "joined while away")
     await sio.emit("missed", 6, room="joined while away")
+    await sio.emit("missed", 7, to=["room", "joined while away"])  # once
     await client.tell("reconnect")
     back = await client.until("connected")
     assert back["connected"] == sid and back["recovered"] is True
-    lines = [await client.next() for _ in range(4)]
+    lines = [await client.next() for _ in range(5)]
     assert _events(lines) == [("missed", [1]), ("missed", [2]),
-                              ("missed", [3, {"bytes": [1, 2]}]), ("missed", [6])]
+                              ("missed", [3, {"bytes": [1, 2]}]), ("missed", [6]),
+                              ("missed", [7])]
     assert sio.seen[-1] == {"sid": sid, "auth": {"token": "js"}, "recovered": True}
     assert sorted(map(str, sio.rooms(sid))) == sorted([sid, "room", "joined while away"])
     assert await sio.get_session(sid) == {"user": "ada"}
     assert sio._recovery.kept_count() == 0
-    await sio.emit("live", 7, room="room")  # and on it goes
-    assert _events([await client.until("event")]) == [("live", [7])]
+    await sio.emit("live", 8, room="room")  # and on it goes
+    assert _events([await client.until("event")]) == [("live", [8])]
     # socket.disconnect(): not recoverable; everything of the socket goes.
     channel = sio._sockets[sid].channel
     await client.tell("leave")
