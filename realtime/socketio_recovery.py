@@ -143,7 +143,7 @@ class _Kept:
         self.size += size
         recovery = self.recovery
         while len(self.packets) > recovery.max_packets or (
-                self.size > self.max_bytes and len(self.packets) > 1):
+                self.size > self.max_bytes and (self.parked or len(self.packets) > 1)):
             if self.parked:
                 log.info("socketio: a disconnected socket missed more than {packets} packets "
                          "or --max-send-buffer bytes: not kept", packets=recovery.max_packets)

@@ -163,7 +163,9 @@ async def test_a_lost_connection_comes_back_with_its_sid_rooms_session_and_misse
     sid = await _connected_then_cut(sio, client, upgrade=transports == "polling,websocket")
     assert sio.reasons == ["client disconnect" if transports == "polling"  # Engine.IO's close
                            else "transport close"]
-    assert sio.rooms(sid) == [] and sio.transport(sid) == "websocket"  # not connected here
+    assert sio.rooms(sid) == [] and not sio.recovered(sid)  # not connected here
+    with pytest.raises(KeyError):
+        await sio.get_session(sid)
     # Meanwhile: to its room, to its sid, to everyone, with attachments; not to it.
     await sio.emit("missed", 1, room="room")
     await sio.emit("missed", 2, to=sid)
@@ -426,3 +428,21 @@ async def test_a_pong_confirms_what_went_before_its_ping_and_no_offset_replays_a
     assert json.loads((await _packet(third))[2:]) == {"sid": sid, "pid": pid}
     assert [json.loads((await _packet(third))[2:])[0] for _ in range(2)] == ["two", "three"]
     await third.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_room_and_disconnect_reach_a_kept_socket(live):
+    sio = recovering_server()
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    sid = json.loads((await _packet(raw))[2:])["sid"]
+    await raw.close()
+    assert await until(lambda: sio._recovery.kept_count() == 1)
+    kept = sio._recovery._by_sid[sid]
+    await sio.close_room("room")
+    assert await until(lambda: not kept.socket.rooms)
+    assert sio.channel_layer.local_members(rsio.room_group("/", "room")) == []
+    await sio.disconnect(sid)  # a server disconnect: not coming back
+    assert sio._recovery.kept_count() == 0 and not sio._recovery._by_pid
+    assert not _holds(sio.channel_layer, channel_of(sid))
