@@ -130,6 +130,8 @@ class _Kept:
         self.keep = False  # its connection was lost in a way it may come back from
         self.recovered = False
         self.expiry: Any = None
+        #: ``Recovery._settle``'s call, from the connection's loss until ``drop``.
+        self.settle: Any = None
         self.site: Any = None
         self.done = False
         self.max_bytes = 1 << 22  # --max-send-buffer (``Recovery.open`` sets it)
@@ -391,19 +393,44 @@ class Recovery:
     def connection_lost(self, consumer: SocketIOConsumer, code: int) -> None:
         """Its connection ended (``disconnect(code)``): its sockets are kept once their
         ``disconnect`` handlers ran (not after a DISCONNECT or a server disconnect: those
-        sockets left ``consumer._sockets`` first)."""
-        if code in _NOT_KEPT_CODES:
-            return
+        sockets left ``consumer._sockets`` first). Whatever happens to the handlers, each
+        socket is kept or let go at last (``_settle``): its channel is not the connection's,
+        so nothing else would take it out of the layer."""
+        conn = consumer._conn
         for socket in consumer._sockets.values():
             kept = self._by_sid.get(socket.sid)
             if kept is not None and kept.socket is socket:
-                kept.keep = True
+                kept.keep = code not in _NOT_KEPT_CODES
+                if kept.settle is None:
+                    kept.settle = conn.reactor.callLater(
+                        conn.config.application_close_timeout + 1.0, self._settle, kept,
+                        socket)
+
+    def _settle(self, kept: _Kept, socket: _Socket) -> None:
+        """Its ``disconnect`` step never came to ``_drop`` (cancelled at the kill)."""
+        kept.settle = None
+        if kept.done or kept.parked or kept.socket is not socket:
+            return
+        log.warn("socketio: socket {sid} outlived its connection's disconnect step",
+                 sid=socket.sid)
+        if socket.consumer._sockets.get(socket.namespace) is socket:
+            del socket.consumer._sockets[socket.namespace]
+        if self.server._sockets.get(socket.sid) is socket:
+            del self.server._sockets[socket.sid]
+        self.drop(socket)
+
+    @staticmethod
+    def _unsettle(kept: _Kept) -> None:
+        call, kept.settle = kept.settle, None
+        if call is not None and call.active():
+            call.cancel()
 
     def drop(self, socket: _Socket) -> None:
         """``_drop``: the socket is gone from its connection: kept for a reconnect, or let go."""
         kept = self._by_sid.get(socket.sid)
         if kept is None or kept.socket is not socket or kept.done:
             return
+        self._unsettle(kept)
         if kept.keep and kept.announced and not self.server._sockets.get(socket.sid):
             self._park(kept)
         else:
@@ -446,6 +473,7 @@ class Recovery:
         if kept.done:
             return
         self._unpark(kept)
+        self._unsettle(kept)
         kept.done = True
         if self._by_pid.get(kept.pid) is kept:
             del self._by_pid[kept.pid]

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred
 
 from realtime import socketio as rsio
 from tests.clients import in_thread, until
@@ -445,4 +446,27 @@ async def test_close_room_and_disconnect_reach_a_kept_socket(live):
     assert sio.channel_layer.local_members(rsio.room_group("/", "room")) == []
     await sio.disconnect(sid)  # a server disconnect: not coming back
     assert sio._recovery.kept_count() == 0 and not sio._recovery._by_pid
+    assert not _holds(sio.channel_layer, channel_of(sid))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_disconnect_handler_that_never_returns_does_not_leak_the_socket(live):
+    """Cancelled --application-close-timeout after the close, it still lets the socket be
+    kept (and then let go): its own channel is not the connection's, which the bridge
+    detaches by itself."""
+    sio = quick_server(connection_state_recovery={"max_disconnection_duration": 0.5})
+    forever: Deferred[None] = Deferred()
+
+    @sio.event
+    async def disconnect(sid, reason):
+        await forever
+
+    url = await start(live, sio, application_close_timeout=0.3)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    sid = json.loads((await _packet(raw))[2:])["sid"]
+    await raw.close()
+    assert await until(lambda: sio._recovery.kept_count() == 1, timeout=3)
+    assert forever.called  # cancelled
+    assert await until(lambda: not sio._recovery._by_sid, timeout=3)  # expired
     assert not _holds(sio.channel_layer, channel_of(sid))
