@@ -334,7 +334,7 @@ def _target_key(target: Any, namespace: str) -> str:
 
 
 def _deliveries(text: str, attachments: list[bytes], namespace: str, target: Any,
-                skip_sid: str | Iterable[str] | None,
+                skip_sid: str | Iterable[str] | None, offset: str | None = None,
                 ) -> tuple[list[tuple[str, str, dict[str, Any] | None]], list[str]]:
     """How one packet reaches ``target`` (a sid, a room, a list of them; None: the
     namespace), for ``AsyncServer.emit`` and ``Emitter.emit`` alike: steps ``("sid", sid,
@@ -342,7 +342,8 @@ def _deliveries(text: str, attachments: list[bytes], namespace: str, target: Any
     ``group_send``: attachments, or one of several targets, whose members take it from
     the first target they are in) and ``("group", group, None)`` (one text frame,
     ``broadcast``); and the channels to exclude: only the skipped sids of ``namespace``
-    (a "/" sid leaves its /chat socket in)."""
+    (a "/" sid leaves its /chat socket in). A packet with an ``offset`` (connection state
+    recovery) is always an event: each member's socket keeps it, to replay."""
     skip = {skip_sid} if isinstance(skip_sid, str) else set(skip_sid or ())
     exclude = [channel for sid in skip if isinstance(sid, str)
                and _in_namespace(sid, namespace)
@@ -355,12 +356,15 @@ def _deliveries(text: str, attachments: list[bytes], namespace: str, target: Any
                                  "text": text, "binary": attachments}
         if keys is not None:
             event["targets"], event["via"] = keys, via
+        if offset is not None:
+            event["offset"] = offset
         if channel_of(one) is not None:  # a sid
             if one not in skip and _in_namespace(one, namespace):
                 steps.append(("sid", one, {**event, "sid": one}))
             continue
         group = keys[via] if keys is not None else _target_key(one, namespace)
-        steps.append(("group", group, event if attachments or keys is not None else None))
+        framed = attachments or keys is not None or offset is not None
+        steps.append(("group", group, event if framed else None))
     return steps, exclude
 
 
@@ -428,14 +432,18 @@ def _first_target(socket: _Socket, keys: list[str]) -> int | None:
 class _Socket:
     """One namespace connection in this process."""
 
-    __slots__ = ("acks", "consumer", "namespace", "pending", "rooms", "session", "sid")
+    __slots__ = ("acks", "channel", "consumer", "namespace", "pending", "rooms", "session", "sid")
 
-    def __init__(self, consumer: SocketIOConsumer, namespace: str, sid: str) -> None:
+    def __init__(self, consumer: SocketIOConsumer, namespace: str, sid: str,
+                 channel: str | None = None) -> None:
         #: Its connect handler runs: its packets are ignored until CONNECT is answered.
         self.pending = True
         self.consumer = consumer
         self.namespace = namespace
         self.sid = sid
+        #: The layer channel its sid names and its groups hold: its connection's, or (with
+        #: connection state recovery) its own (``realtime.socketio_recovery``).
+        self.channel = channel or consumer.channel_name
         self.rooms: dict[str, Any] = {}  # group -> the room as given
         self.session: dict[Any, Any] = {}
         self.acks: dict[int, Callable[..., Any]] = {}
@@ -573,6 +581,12 @@ class AsyncServer:
     browser's, passes). python-socketio's ``async_mode``, ``logger`` and ``engineio_logger``
     are accepted and ignored. A packet's binary attachments count together against
     ``max_http_buffer_size``.
+
+    ``connection_state_recovery`` (off by default, as in Node's server): True or
+    ``{"max_disconnection_duration": 120, "max_packets": 1000}`` keeps a socket whose
+    connection was lost for that many seconds, in this process, for socket.io-client's
+    reconnect to restore (same sid, rooms, session, and the packets it missed); see
+    ``realtime.socketio_recovery`` and ``recovered()``.
     """
 
     reason = Reason
@@ -585,6 +599,7 @@ class AsyncServer:
                  max_http_buffer_size: int = 1_000_000, channel_layer: Any = None,
                  channel_layer_alias: str = "default",
                  cors_allowed_origins: str | Iterable[str] | None = None,
+                 connection_state_recovery: bool | dict[str, Any] | None = None,
                  **kwargs: Any) -> None:
         unknown = set(kwargs) - self._IGNORED
         if unknown:
@@ -609,6 +624,12 @@ class AsyncServer:
             None if cors_allowed_origins is None
             else [cors_allowed_origins] if isinstance(cors_allowed_origins, str)
             else list(cors_allowed_origins))
+        #: Connection state recovery (``realtime.socketio_recovery.Recovery``), or None.
+        self._recovery: Any = None
+        if connection_state_recovery:
+            from realtime.socketio_recovery import Recovery
+
+            self._recovery = Recovery(self, connection_state_recovery)
 
     # -- handlers ---------------------------------------------------------------------------
     def on(self, event: str, handler: Callable[..., Any] | None = None,
@@ -706,8 +727,9 @@ class AsyncServer:
         if channel is None:
             return channel
         prefix = getattr(self.channel_layer, "local_prefix", None)
-        if prefix is not None and channel.startswith(prefix()):
-            return None
+        if prefix is not None and channel.startswith(prefix()) and (
+                self._recovery is None or not self._recovery.kept_here(sid)):
+            return None  # (a kept socket's channel takes what is sent to it)
         return channel
 
     def _local(self, sid: str, namespace: str | None) -> _Socket | None:
@@ -736,17 +758,23 @@ class AsyncServer:
                 raise ValueError("emit(callback=...) needs to= one sid connected to this "
                                  "process")
             ack_id = socket.consumer._ack_id(socket, callback)
+        offset = None
+        if self._recovery is not None and callback is None:
+            # Node's: the packet's offset as its last argument (the client's position).
+            offset = self._recovery.new_offset()
+            args.append(offset)
         text, attachments = encode_packet(EVENT, namespace, [event, *args], ack_id)
-        await self._send_packet(text, attachments, namespace, target, skip_sid)
+        await self._send_packet(text, attachments, namespace, target, skip_sid, offset)
 
     async def _send_packet(self, text: str, attachments: list[bytes], namespace: str,
-                           target: Any, skip_sid: str | Iterable[str] | None) -> None:
+                           target: Any, skip_sid: str | Iterable[str] | None,
+                           offset: str | None = None) -> None:
         """A sid of this process gets the packet at once (as its acks do: one ordered path
         per client); another's, a room or the namespace through the layer, whose events
         each connection takes at once too (``SocketIOConsumer.take_event_now``). To several
         targets, each member takes it from the first target it is in (``_first_target``):
         once, as in python-socketio."""
-        steps, exclude = _deliveries(text, attachments, namespace, target, skip_sid)
+        steps, exclude = _deliveries(text, attachments, namespace, target, skip_sid, offset)
         layer = self.channel_layer
         for kind, name, event in steps:
             if kind == "sid":
@@ -755,7 +783,10 @@ class AsyncServer:
                 if socket is not None:
                     keys = event.get("targets")
                     if keys is None or _first_target(socket, keys) == event["via"]:
-                        socket.consumer._send(text, attachments)
+                        if self._recovery is not None:
+                            self._recovery.packet(socket, text, attachments, offset)
+                        else:
+                            socket.consumer._send(text, attachments)
                     continue
                 channel = self._channel(name)
                 if channel is not None:
@@ -861,6 +892,14 @@ class AsyncServer:
     def session(self, sid: str, namespace: str | None = None) -> _Session:
         return _Session(self, sid, namespace)
 
+    def recovered(self, sid: str, namespace: str | None = None) -> bool:
+        """Whether ``sid`` (connected to this process) was restored by connection state
+        recovery at its latest connect (Node's ``socket.recovered``): its rooms, session
+        and missed packets are back. False without ``connection_state_recovery``."""
+        socket = self._local(sid, namespace or "/")
+        return socket is not None and self._recovery is not None and (
+            self._recovery.recovered(socket))
+
     def get_environ(self, sid: str, namespace: str | None = None) -> dict[str, Any] | None:
         """The connection's ASGI scope (python-socketio's WSGI-style environ)."""
         socket = self._local(sid, namespace or "/")
@@ -881,6 +920,8 @@ class AsyncServer:
             session.close_with_code(1001)
         for socket in list(self._sockets.values()):
             socket.consumer._conn.close_with_code(1001)
+        if self._recovery is not None:
+            self._recovery.release_all()  # the sockets kept for a reconnect
 
     async def disconnect(self, sid: str, namespace: str | None = None) -> None:
         """Disconnect ``sid`` from ``namespace`` (the client is told), in any process; a
@@ -1682,6 +1723,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
     def _send_ping(self) -> None:
         self._ping = None
         self._send(_EIO_PING)
+        if self._server._recovery is not None:
+            self._server._recovery.ping_sent(self)
         self._pong_deadline = self._conn.reactor.callLater(self._server.ping_timeout,
                                                            self._no_pong)
 
@@ -1695,6 +1738,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             return  # unasked: ignored, as Engine.IO does
         self._pong_deadline.cancel()
         self._pong_deadline = None
+        if self._server._recovery is not None:
+            self._server._recovery.pong(self)  # what went before the ping has arrived
         self._ping = self._conn.reactor.callLater(self._server.ping_interval, self._send_ping)
 
     def _stop_timers(self) -> None:
@@ -1809,11 +1854,15 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                                      {"message": "Too many namespaces"})[0])
             return
         assert self.channel_name is not None
-        sid = _new_sid(self.channel_name, namespace)
-        socket = _Socket(self, namespace, sid)
+        if server._recovery is not None:  # a socket of its own channel, or one restored
+            socket, auth = server._recovery.open(self, namespace, auth)
+            sid = socket.sid
+        else:
+            sid = _new_sid(self.channel_name, namespace)
+            socket = _Socket(self, namespace, sid)
         self._sockets[namespace] = socket
         server._sockets[sid] = socket
-        await self.channel_layer.group_add(namespace_group(namespace), self.channel_name)
+        await self.channel_layer.group_add(namespace_group(namespace), socket.channel)
         # A task, as python-socketio's: a slow one holds no other namespace, ack or pong.
         self._spawn(self._connect_handler(socket, auth), "the connect handler")
 
@@ -1844,6 +1893,9 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             self._send(encode_packet(CONNECT_ERROR, namespace, refusal)[0])
             return
         socket.pending = False
+        if server._recovery is not None:  # {sid, pid}, then the packets it missed
+            server._recovery.connected(socket)
+            return
         self._send(encode_packet(CONNECT, namespace, {"sid": sid})[0])
 
     async def _event(self, socket: _Socket, packet: Packet) -> None:
@@ -1874,17 +1926,20 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         if group in socket.rooms:
             return
         socket.rooms[group] = room
-        await self.channel_layer.group_add(group, self.channel_name)
+        await self.channel_layer.group_add(group, socket.channel)
 
     async def _leave(self, socket: _Socket, group: str) -> None:
         if group in socket.rooms:
             del socket.rooms[group]
-            await self.channel_layer.group_discard(group, self.channel_name)
+            await self.channel_layer.group_discard(group, socket.channel)
 
     async def _drop(self, socket: _Socket) -> None:
         """Forget ``socket`` here and in the layer (no handler, nothing sent)."""
         self._sockets.pop(socket.namespace, None)
         self._server._sockets.pop(socket.sid, None)
+        if self._server._recovery is not None:  # kept for a reconnect, or let go
+            self._server._recovery.drop(socket)
+            return
         if self._conn.closing_or_closed:
             return  # the layer forgets a closed connection's groups itself
         for group in [namespace_group(socket.namespace), *socket.rooms]:
@@ -1925,6 +1980,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self._stop_timers()
         self._pending = None
         reason = self._close_reason or Reason.TRANSPORT_CLOSE
+        if self._server._recovery is not None:  # its sockets are kept past their handlers
+            self._server._recovery.connection_lost(self, code)
         for socket in list(self._sockets.values()):
             await self._forget(socket, reason)
         if self._tasks and self._cancel_call is None:
