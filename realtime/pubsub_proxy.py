@@ -272,11 +272,13 @@ def _put_data(body: dict[str, Any], key: str, data: Any, proxy: ProxyConfig) -> 
 
 def _request(p: _Protocol, event: str, proxy: ProxyConfig) -> dict[str, Any]:
     """The fields every request has: Centrifugo's ``client``, ``transport``,
-    ``protocol``, ``encoding`` (and ``user``, ``meta`` past the connect)."""
+    ``protocol``, ``encoding`` (and ``user``, ``meta`` past the connect). ``encoding`` is
+    the proxy's, as Centrifugo's: ``binary`` with ``binary_encoding`` (payloads as
+    ``b64data``), whatever the client's protocol."""
     body: dict[str, Any] = {
         "client": p.client_id, "transport": p.transport_name,
         "protocol": "protobuf" if p.binary else "json",
-        "encoding": "binary" if p.binary else "json",
+        "encoding": "binary" if proxy.binary_encoding else "json",
     }
     if event != "connect":
         body["user"] = p.user
@@ -410,8 +412,10 @@ class Granted:
 
 
 async def connect(p: _Protocol, params: dict[str, Any]) -> Granted:
-    """Centrifugo's ConnectRequest: its ``user``, ``info``, ``data``, ``channels`` (and the
-    keys of ``subs``), ``expire_at`` and ``meta``."""
+    """Centrifugo's ConnectRequest (with ``channels``: the server-side subscriptions a
+    client coming back asks to recover, its ``subs``' keys); the result's ``user``,
+    ``info``, ``data``, ``channels`` (and the keys of ``subs``), ``expire_at`` and
+    ``meta``."""
     from realtime.pubsub import INTERNAL, PubSubError
 
     proxy = config()
@@ -420,6 +424,9 @@ async def connect(p: _Protocol, params: dict[str, Any]) -> Granted:
     for key in ("name", "version"):
         if isinstance(params.get(key), str) and params[key]:
             body[key] = params[key]
+    asked = params.get("subs")
+    if isinstance(asked, dict) and asked:
+        body["channels"] = [channel for channel in asked if isinstance(channel, str)]
     if params.get("data") is not None:
         _put_data(body, "data", params["data"], proxy)
     result = await _call(p, "connect", body)

@@ -122,7 +122,8 @@ async def test_the_connect_proxy_authenticates_by_the_forwarded_cookie(pubsub_se
                                  "allow_presence_for_subscriber", "news:")
 
     def flow(client: Raw) -> Any:
-        reply = client.result("connect", {"data": {"hello": 1}, "name": "js"})
+        reply = client.result("connect", {"data": {"hello": 1}, "name": "js",
+                                          "subs": {"news:all": {}}})
         client.result("subscribe", {"channel": "chat:room"})
         return reply, client.result("presence", {"channel": "chat:room"})
 
@@ -134,7 +135,8 @@ async def test_the_connect_proxy_authenticates_by_the_forwarded_cookie(pubsub_se
     ((event, headers, body),) = backend.requests
     assert event == "connect"
     assert body == {"client": reply["client"], "transport": "websocket", "protocol": "json",
-                    "encoding": "json", "name": "js", "data": {"hello": 1}}
+                    "encoding": "json", "name": "js", "data": {"hello": 1},
+                    "channels": ["news:all"]}  # (the server-side ones it asks back)
     assert headers["cookie"] == "sessionid=abc" and headers["x-key"] == "static"
     assert "origin" not in headers and headers["content-type"] == "application/json"
 
@@ -450,7 +452,29 @@ async def test_binary_data_goes_as_b64data_and_a_subclass_hook_wins(pubsub_serve
     assert json.loads(local) == {"from": "python"}
     (asked,) = backend.of("rpc")
     assert asked["b64data"] == "AP8=" and "data" not in asked
-    assert (asked["protocol"], asked["encoding"]) == ("protobuf", "binary")
+    # Centrifugo's encoding is the proxy's (binary_encoding), not the client's protocol
+    assert (asked["protocol"], asked["encoding"]) == ("protobuf", "json")
+
+
+@pytest_twisted.ensureDeferred
+async def test_binary_encoding_sends_every_payload_as_b64data(pubsub_server, backend):
+    import base64
+
+    backend.proxy("connect", "rpc", binary_encoding=True)
+    backend.answers["connect"] = lambda body: {"result": {"user": "ada"}}
+    backend.answers["rpc"] = lambda body: {"result": {"b64data": body["b64data"]}}
+    server = await pubsub_server()
+
+    def flow(client: Raw) -> Any:
+        client.result("connect", {"data": {"hello": 1}})
+        return client.result("rpc", {"method": "echo", "data": {"n": 1}})
+
+    assert await raw(server, flow) == {"data": {"n": 1}}
+    connect_body, rpc_body = backend.of("connect")[0], backend.of("rpc")[0]
+    assert json.loads(base64.b64decode(connect_body["b64data"])) == {"hello": 1}
+    assert json.loads(base64.b64decode(rpc_body["b64data"])) == {"n": 1}
+    assert "data" not in connect_body and "data" not in rpc_body
+    assert (rpc_body["protocol"], rpc_body["encoding"]) == ("json", "binary")
 
 
 @pytest_twisted.ensureDeferred
