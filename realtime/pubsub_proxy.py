@@ -48,8 +48,8 @@ CHANNEL_EVENTS = ("subscribe", "publish", "sub_refresh")
 #: The largest response body read from the backend.
 MAX_RESPONSE = MiB
 #: Seconds before a refresh (sub_refresh) the backend could not answer is asked again
-#: (Centrifugo retries too: a backend restart does not end the connections).
-RETRY_AFTER = 10.0
+#: (Centrifugo's minute: a backend restart does not end the connections).
+RETRY_AFTER = 60.0
 #: ``SubscribeResult.override`` fields: per-connection namespace options.
 _OVERRIDES = ("presence", "join_leave", "force_push_join_leave", "force_recovery",
               "force_positioning")
@@ -328,6 +328,8 @@ async def _call(p: _Protocol, event: str, body: dict[str, Any]) -> dict[str, Any
         result = reply.get("result")
         if result is None and event in ("subscribe", "publish", "rpc"):
             return {}
+        if result is None and event in ("refresh", "sub_refresh"):
+            return {"expired": True}  # (Centrifugo's: no result, an error say, expires)
         if not isinstance(result, dict):
             raise ProxyFailure("no result object in the response")
         return result
@@ -541,7 +543,9 @@ def overridden(namespace: Namespace, override: dict[str, bool]) -> Namespace:
 def arm_refresh(p: _Protocol, at: float | None) -> None:
     """The proxied connection lasts until ``at`` (Unix seconds; None: for ever): then the
     refresh proxy is asked (without one it closes 3005: the client reconnects and the
-    connect proxy is asked again)."""
+    connect proxy is asked again). Its answer must prolong it (a later ``expire_at``);
+    any other (``expired``, no ``result``, none or a past ``expire_at``) closes 3005,
+    as Centrifugo's; a call that failed is asked again ``RETRY_AFTER`` later."""
     call = p._proxy_refresh_call
     if call is not None and call.active():
         call.cancel()
@@ -572,8 +576,7 @@ async def _refresh(p: _Protocol) -> None:
         return
     try:
         result = await _call(p, "refresh", _request(p, "refresh", proxy))
-        expired = result.get("expired") is True
-        at = None if expired else _expire_at(result)
+        at = None if result.get("expired") is True else _expire_at(result)
         present, info = _info(result)
     except (PubSubError, ProxyFailure) as exc:
         if isinstance(exc, ProxyFailure):
@@ -584,7 +587,7 @@ async def _refresh(p: _Protocol) -> None:
         return
     if p._conn.closing_or_closed:
         return
-    if expired or (at is not None and at <= p._now()):
+    if at is None or at <= p._now():  # expired, or not prolonged (Centrifugo's: it ends)
         p._conn.close(*CLOSE_EXPIRED)
         return
     if present:
@@ -626,8 +629,7 @@ async def _sub_refresh(p: _Protocol, sub: _Sub) -> None:
     body["channel"] = sub.channel
     try:
         result = await _call(p, "sub_refresh", body)
-        expired = result.get("expired") is True
-        at = None if expired else _expire_at(result)
+        at = None if result.get("expired") is True else _expire_at(result)
         present, info = _info(result)
     except (PubSubError, ProxyFailure) as exc:
         if isinstance(exc, ProxyFailure):
@@ -638,7 +640,7 @@ async def _sub_refresh(p: _Protocol, sub: _Sub) -> None:
         return
     if p._conn.closing_or_closed or p._subs.get(sub.channel) is not sub:
         return
-    if expired or (at is not None and at <= p._now()):
+    if at is None or at <= p._now():  # expired, or not prolonged (Centrifugo's: it ends)
         p._conn.close(*CLOSE_SUB_EXPIRED)
         return
     if present:

@@ -314,6 +314,48 @@ async def test_refresh_and_sub_refresh_prolong_then_expire(pubsub_server, backen
     assert sub_asked["channel"] == "s:1" and sub_asked["user"] == "sub"
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_refresh_without_a_new_expire_at_expires_and_a_failed_one_is_retried(
+        pubsub_server, backend, monkeypatch):
+    """As Centrifugo: a refresh answer without ``result`` (an ``error``, say) or without
+    a future ``expire_at`` ends the connection (3005; the subscription: 3006); one the
+    backend could not give (500) is asked again ``RETRY_AFTER`` later."""
+    monkeypatch.setattr(pubsub_proxy, "RETRY_AFTER", 0.2)
+    backend.proxy("connect", "refresh", "subscribe", "sub_refresh")
+    soon = lambda: time.time() + 0.3  # noqa: E731
+    backend.answers["connect"] = lambda body: {"result": {
+        "user": body["data"], "expire_at": 0 if body["data"] == "sub" else soon()}}
+    refreshes: dict[str, int] = {}
+    answers = {"empty": lambda: {"result": {}},
+               "refused": lambda: {"error": {"code": 403, "message": "no"}},
+               "flaky": lambda: (500, b"down") if refreshes["flaky"] == 1 else {
+                   "result": {"expired": True}}}
+
+    def refresh(body: dict[str, Any]) -> Any:
+        refreshes[body["user"]] = refreshes.get(body["user"], 0) + 1
+        return answers[body["user"]]()
+
+    backend.answers["refresh"] = refresh
+    backend.answers["subscribe"] = lambda body: {"result": {"expire_at": soon()}}
+    backend.answers["sub_refresh"] = lambda body: {"result": {"info": {"x": 1}}}
+    server = await pubsub_server("s:subscribe_proxy_enabled,sub_refresh_proxy_enabled")
+
+    def conn(user: str) -> Callable[[Raw], Any]:
+        def flow(client: Raw) -> Any:
+            client.result("connect", {"data": user})
+            if user == "sub":
+                client.result("subscribe", {"channel": "s:1"})
+            return client.closed()
+
+        return flow
+
+    codes = await asyncio_gather(*(raw(server, conn(user))
+                                   for user in ("empty", "refused", "flaky", "sub")))
+    assert codes == [3005, 3005, 3005, 3006]
+    assert refreshes == {"empty": 1, "refused": 1, "flaky": 2}
+    assert len(backend.of("sub_refresh")) == 1
+
+
 # -- failures ------------------------------------------------------------------------------------
 
 @pytest_twisted.ensureDeferred
