@@ -50,6 +50,13 @@ MAX_RESPONSE = MiB
 #: Seconds before a refresh (sub_refresh) the backend could not answer is asked again
 #: (Centrifugo's minute: a backend restart does not end the connections).
 RETRY_AFTER = 60.0
+#: Headers a proxy request's own connection and framing decide (Twisted's ``Agent`` would
+#: send a forwarded ``Content-Length`` beside its own, and a forwarded ``Host`` instead
+#: of the endpoint's): neither forwarded nor static ones (Go's client, Centrifugo's,
+#: ignores them too). ``Content-Type`` is always ``application/json``.
+NOT_SENT_ON = frozenset({"host", "content-length", "transfer-encoding", "connection",
+                         "keep-alive", "proxy-connection", "te", "trailer", "upgrade",
+                         "expect"})
 #: ``SubscribeResult.override`` fields: per-connection namespace options.
 _OVERRIDES = ("presence", "join_leave", "force_push_join_leave", "force_recovery",
               "force_positioning")
@@ -80,17 +87,31 @@ class ProxyConfig:
         if not self.timeout > 0 or self.timeout == float("inf"):
             raise ValueError("timeout must be more than 0 seconds")
         for name in self.http_headers:
-            if not is_token(name):
-                raise ValueError(f"http_headers: {name!r} is not a header name")
+            try:
+                check_header_name(name)
+            except ValueError as exc:
+                raise ValueError(f"http_headers: {exc}") from None
         for name, value in self.static_headers:
-            if not is_token(name):
-                raise ValueError(f"static_headers: {name!r} is not a header name")
+            try:
+                check_header_name(name)
+            except ValueError as exc:
+                raise ValueError(f"static_headers: {exc}") from None
             if any(c in value for c in "\r\n\0") or not value.isascii():
                 raise ValueError(f"static_headers: {name}'s value must be ASCII without "
                                  "CR, LF or NUL")
 
     def url(self, event: str) -> str | None:
         return self.endpoints.get(event) or None
+
+
+def check_header_name(name: str) -> str:
+    """``name`` when a proxy request may carry it, else ``ValueError`` saying why."""
+    if not is_token(name):
+        raise ValueError(f"{name!r} is not a header name")
+    if name.lower() in NOT_SENT_ON:
+        raise ValueError(f"{name!r} is the proxy request's own header (its connection's "
+                         "or framing's), not one to send")
+    return name
 
 
 def check_endpoint(url: str) -> str:
@@ -111,7 +132,10 @@ def parse_static_header(value: str) -> tuple[str, str]:
     name, sep, text = value.partition(":")
     if not sep or not is_token(name.strip()):
         raise ValueError(f"expected 'Name: value', got {value!r}")
-    return name.strip(), text.strip()
+    name, text = check_header_name(name.strip()), text.strip()
+    if any(c in text for c in "\r\n\0") or not text.isascii():
+        raise ValueError(f"{name}'s value must be ASCII without CR, LF or NUL")
+    return name, text
 
 
 def config() -> ProxyConfig | None:

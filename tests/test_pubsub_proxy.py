@@ -453,6 +453,18 @@ def test_proxy_options_at_start_up(tmp_path, monkeypatch):
         "--proxy-static-header: expected 'Name: value', got 'X-Key'")
     assert startup_error("--proxy-http-headers", "Cookie Bad:Name") == (
         "--proxy-http-headers: 'Bad:Name' is not a header name")
+    # the request's own headers: a client's Host or Content-Length never reaches the backend
+    for header in ("Host", "content-length", "Transfer-Encoding", "Connection"):
+        assert startup_error("--proxy-http-headers", f"Cookie {header}") == (
+            f"--proxy-http-headers: {header!r} is the proxy request's own header (its "
+            "connection's or framing's), not one to send")
+    assert startup_error("--proxy-static-header", "Host: backend.internal") == (
+        "--proxy-static-header: 'Host' is the proxy request's own header (its "
+        "connection's or framing's), not one to send")
+    assert startup_error("--proxy-static-header", "X-Key: caf\u00e9") == (
+        "--proxy-static-header: X-Key's value must be ASCII without CR, LF or NUL")
+    with pytest.raises(ValueError, match="http_headers: 'Upgrade' is the proxy request"):
+        ProxyConfig(endpoints={"rpc": "http://h/"}, http_headers=("Upgrade",))
     assert pubsub.Namespace().subscribe_proxy_enabled is False
 
 
