@@ -536,9 +536,10 @@ async def test_a_unidirectional_connect_through_the_proxy(pubsub_server, backend
     from websockets.exceptions import ConnectionClosed
 
     backend.proxy("connect", http_headers=("Authorization",))
-    backend.answers["connect"] = lambda body: (
-        {"result": {"user": "ada", "data": {"hi": 1}}} if body["data"] == "ok"
-        else (503, b"busy"))
+    answers = {"ok": {"result": {"user": "ada", "data": {"hi": 1}}}, "fail": (503, b"busy"),
+               "refused": {"error": {"code": 1403, "message": "no"}},
+               "bye": {"disconnect": {"code": 4501, "reason": "unauthorized"}}}
+    backend.answers["connect"] = lambda body: answers[body["data"]]
     server = await pubsub_server()
 
     def uni(data: str) -> Any:
@@ -550,9 +551,13 @@ async def test_a_unidirectional_connect_through_the_proxy(pubsub_server, backend
             except ConnectionClosed as exc:
                 return exc.rcvd.code if exc.rcvd is not None else None
 
-    pushed, failed = await asyncio_gather(in_thread(uni, "ok"), in_thread(uni, "fail"))
+    pushed, failed, refused, bye = await asyncio_gather(
+        *(in_thread(uni, data) for data in ("ok", "fail", "refused", "bye")))
     assert pushed["connect"]["data"] == {"hi": 1}
-    # (the unidirectional WebSocket tells its close in a disconnect push first)
-    assert failed == {"disconnect": {"code": 3004, "reason": "internal server error"}}
+    # (the unidirectional WebSocket tells its close in a disconnect push first); the
+    # backend's error too is 3004 (Centrifugo's: no error reply reaches such a client)
+    assert failed == refused == {"disconnect": {"code": 3004,
+                                                "reason": "internal server error"}}
+    assert bye == {"disconnect": {"code": 4501, "reason": "unauthorized"}}
     assert {body["transport"] for body in backend.of("connect")} == {"uni_websocket"}
     assert {headers["authorization"] for _, headers, _ in backend.requests} == {"Bearer t"}
