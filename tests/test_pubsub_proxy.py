@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred
 from websockets.sync.client import connect
 
 from realtime import pubsub, pubsub_proxy
@@ -37,7 +38,8 @@ HANG = object()
 
 class Backend:
     """The application backend: ``answers[event](body)`` is the JSON it answers (a dict),
-    ``(status, bytes)`` for a raw response, or ``HANG``; ``requests`` is every request,
+    ``(status, bytes)`` for a raw response, ``HANG``, or a Deferred (the JSON when it
+    fires); ``requests`` is every request,
     ``(event, headers, body)``."""
 
     def __init__(self) -> None:
@@ -61,6 +63,14 @@ class Backend:
                 backend.requests.append((event, headers, body))
                 answer = backend.answers[event](body)
                 if answer is HANG:
+                    return NOT_DONE_YET
+                if isinstance(answer, Deferred):  # answered when the test fires it
+                    def write(result: Any) -> None:
+                        request.setHeader(b"content-type", b"application/json")
+                        request.write(json.dumps(result).encode())
+                        request.finish()
+
+                    answer.addCallback(write)
                     return NOT_DONE_YET
                 if isinstance(answer, tuple):
                     request.setResponseCode(answer[0])
@@ -170,6 +180,39 @@ async def test_the_connect_proxy_refuses_by_error_and_by_disconnect(pubsub_serve
     reply, code = await asyncio_gather(raw(server, refused), raw(server, closed))
     assert reply["error"] == {"code": 1000, "message": "custom error"}
     assert code == 4501
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_gone_while_the_connect_proxy_answers_leaves_nothing(pubsub_server,
+                                                                           backend):
+    """The backend answers after the client left: no place of --max-connections-per-user
+    taken, no group joined, no timer, nothing written; the user connects again."""
+    from tests.clients import until
+
+    backend.proxy("connect")
+    held: Deferred[Any] = Deferred()
+    answers = iter([held, {"result": {"user": "ada", "channels": ["news:x"]}}])
+    backend.answers["connect"] = lambda body: next(answers)
+    from realtime.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    server = await pubsub_server("news:", max_connections_per_user=1, layer=layer)
+
+    def leave(client: Raw) -> None:
+        client.send("connect")  # and gone before the answer
+
+    await raw(server, leave)
+    assert await until(lambda: not server.site.connections and backend.requests)
+    held.callback({"result": {"user": "ada", "channels": ["news:x"],
+                              "expire_at": time.time() + 60}})
+    # the answer read (its connection back in the pool), then another client of the user
+    assert await until(lambda: any(pubsub_proxy._client().pool._connections.values()))
+    again = await raw(server, lambda client: client.result("connect"))
+    assert "news:x" in again["subs"]  # (the user's place was free)
+    assert await until(lambda: not server.site.connections)
+    assert server.site.per_user == {}
+    groups = (pubsub.user_group("ada"), pubsub.channel_group("news:x"))
+    assert not any(layer.local_members(group) for group in groups)
 
 
 # -- channels ------------------------------------------------------------------------------------
