@@ -1031,7 +1031,12 @@ class _Protocol:
             self.user = str(user.id)  # a handshake token or session (middleware)
         elif pubsub_proxy.configured("connect"):
             # Centrifugo's connect proxy: the backend names the user (the cookie it got).
-            granted = await pubsub_proxy.connect(self, params)
+            try:
+                granted = await pubsub_proxy.connect(self, params)
+            except PubSubError:
+                if self.unidirectional:  # no error reply reaches it: Centrifugo's 3004
+                    raise _Close(CLOSE_SERVER_ERROR) from None
+                raise
             self.user, self.conn_meta = granted.user, granted.meta
             self.conn_info = granted.info[1] if granted.info[0] else None
         else:

@@ -48,8 +48,15 @@ CHANNEL_EVENTS = ("subscribe", "publish", "sub_refresh")
 #: The largest response body read from the backend.
 MAX_RESPONSE = MiB
 #: Seconds before a refresh (sub_refresh) the backend could not answer is asked again
-#: (Centrifugo retries too: a backend restart does not end the connections).
-RETRY_AFTER = 10.0
+#: (Centrifugo's minute: a backend restart does not end the connections).
+RETRY_AFTER = 60.0
+#: Headers a proxy request's own connection and framing decide (Twisted's ``Agent`` would
+#: send a forwarded ``Content-Length`` beside its own, and a forwarded ``Host`` instead
+#: of the endpoint's): neither forwarded nor static ones (Go's client, Centrifugo's,
+#: ignores them too). ``Content-Type`` is always ``application/json``.
+NOT_SENT_ON = frozenset({"host", "content-length", "transfer-encoding", "connection",
+                         "keep-alive", "proxy-connection", "te", "trailer", "upgrade",
+                         "expect"})
 #: ``SubscribeResult.override`` fields: per-connection namespace options.
 _OVERRIDES = ("presence", "join_leave", "force_push_join_leave", "force_recovery",
               "force_positioning")
@@ -80,17 +87,31 @@ class ProxyConfig:
         if not self.timeout > 0 or self.timeout == float("inf"):
             raise ValueError("timeout must be more than 0 seconds")
         for name in self.http_headers:
-            if not is_token(name):
-                raise ValueError(f"http_headers: {name!r} is not a header name")
+            try:
+                check_header_name(name)
+            except ValueError as exc:
+                raise ValueError(f"http_headers: {exc}") from None
         for name, value in self.static_headers:
-            if not is_token(name):
-                raise ValueError(f"static_headers: {name!r} is not a header name")
+            try:
+                check_header_name(name)
+            except ValueError as exc:
+                raise ValueError(f"static_headers: {exc}") from None
             if any(c in value for c in "\r\n\0") or not value.isascii():
                 raise ValueError(f"static_headers: {name}'s value must be ASCII without "
                                  "CR, LF or NUL")
 
     def url(self, event: str) -> str | None:
         return self.endpoints.get(event) or None
+
+
+def check_header_name(name: str) -> str:
+    """``name`` when a proxy request may carry it, else ``ValueError`` saying why."""
+    if not is_token(name):
+        raise ValueError(f"{name!r} is not a header name")
+    if name.lower() in NOT_SENT_ON:
+        raise ValueError(f"{name!r} is the proxy request's own header (its connection's "
+                         "or framing's), not one to send")
+    return name
 
 
 def check_endpoint(url: str) -> str:
@@ -111,7 +132,10 @@ def parse_static_header(value: str) -> tuple[str, str]:
     name, sep, text = value.partition(":")
     if not sep or not is_token(name.strip()):
         raise ValueError(f"expected 'Name: value', got {value!r}")
-    return name.strip(), text.strip()
+    name, text = check_header_name(name.strip()), text.strip()
+    if any(c in text for c in "\r\n\0") or not text.isascii():
+        raise ValueError(f"{name}'s value must be ASCII without CR, LF or NUL")
+    return name, text
 
 
 def config() -> ProxyConfig | None:
@@ -272,11 +296,13 @@ def _put_data(body: dict[str, Any], key: str, data: Any, proxy: ProxyConfig) -> 
 
 def _request(p: _Protocol, event: str, proxy: ProxyConfig) -> dict[str, Any]:
     """The fields every request has: Centrifugo's ``client``, ``transport``,
-    ``protocol``, ``encoding`` (and ``user``, ``meta`` past the connect)."""
+    ``protocol``, ``encoding`` (and ``user``, ``meta`` past the connect). ``encoding`` is
+    the proxy's, as Centrifugo's: ``binary`` with ``binary_encoding`` (payloads as
+    ``b64data``), whatever the client's protocol."""
     body: dict[str, Any] = {
         "client": p.client_id, "transport": p.transport_name,
         "protocol": "protobuf" if p.binary else "json",
-        "encoding": "binary" if p.binary else "json",
+        "encoding": "binary" if proxy.binary_encoding else "json",
     }
     if event != "connect":
         body["user"] = p.user
@@ -326,6 +352,8 @@ async def _call(p: _Protocol, event: str, body: dict[str, Any]) -> dict[str, Any
         result = reply.get("result")
         if result is None and event in ("subscribe", "publish", "rpc"):
             return {}
+        if result is None and event in ("refresh", "sub_refresh"):
+            return {"expired": True}  # (Centrifugo's: no result, an error say, expires)
         if not isinstance(result, dict):
             raise ProxyFailure("no result object in the response")
         return result
@@ -410,8 +438,10 @@ class Granted:
 
 
 async def connect(p: _Protocol, params: dict[str, Any]) -> Granted:
-    """Centrifugo's ConnectRequest: its ``user``, ``info``, ``data``, ``channels`` (and the
-    keys of ``subs``), ``expire_at`` and ``meta``."""
+    """Centrifugo's ConnectRequest (with ``channels``: the server-side subscriptions a
+    client coming back asks to recover, its ``subs``' keys); the result's ``user``,
+    ``info``, ``data``, ``channels`` (and the keys of ``subs``), ``expire_at`` and
+    ``meta``."""
     from realtime.pubsub import INTERNAL, PubSubError
 
     proxy = config()
@@ -420,6 +450,9 @@ async def connect(p: _Protocol, params: dict[str, Any]) -> Granted:
     for key in ("name", "version"):
         if isinstance(params.get(key), str) and params[key]:
             body[key] = params[key]
+    asked = params.get("subs")
+    if isinstance(asked, dict) and asked:
+        body["channels"] = [channel for channel in asked if isinstance(channel, str)]
     if params.get("data") is not None:
         _put_data(body, "data", params["data"], proxy)
     result = await _call(p, "connect", body)
@@ -534,7 +567,9 @@ def overridden(namespace: Namespace, override: dict[str, bool]) -> Namespace:
 def arm_refresh(p: _Protocol, at: float | None) -> None:
     """The proxied connection lasts until ``at`` (Unix seconds; None: for ever): then the
     refresh proxy is asked (without one it closes 3005: the client reconnects and the
-    connect proxy is asked again)."""
+    connect proxy is asked again). Its answer must prolong it (a later ``expire_at``);
+    any other (``expired``, no ``result``, none or a past ``expire_at``) closes 3005,
+    as Centrifugo's; a call that failed is asked again ``RETRY_AFTER`` later."""
     call = p._proxy_refresh_call
     if call is not None and call.active():
         call.cancel()
@@ -565,8 +600,7 @@ async def _refresh(p: _Protocol) -> None:
         return
     try:
         result = await _call(p, "refresh", _request(p, "refresh", proxy))
-        expired = result.get("expired") is True
-        at = None if expired else _expire_at(result)
+        at = None if result.get("expired") is True else _expire_at(result)
         present, info = _info(result)
     except (PubSubError, ProxyFailure) as exc:
         if isinstance(exc, ProxyFailure):
@@ -577,7 +611,7 @@ async def _refresh(p: _Protocol) -> None:
         return
     if p._conn.closing_or_closed:
         return
-    if expired or (at is not None and at <= p._now()):
+    if at is None or at <= p._now():  # expired, or not prolonged (Centrifugo's: it ends)
         p._conn.close(*CLOSE_EXPIRED)
         return
     if present:
@@ -619,8 +653,7 @@ async def _sub_refresh(p: _Protocol, sub: _Sub) -> None:
     body["channel"] = sub.channel
     try:
         result = await _call(p, "sub_refresh", body)
-        expired = result.get("expired") is True
-        at = None if expired else _expire_at(result)
+        at = None if result.get("expired") is True else _expire_at(result)
         present, info = _info(result)
     except (PubSubError, ProxyFailure) as exc:
         if isinstance(exc, ProxyFailure):
@@ -631,7 +664,7 @@ async def _sub_refresh(p: _Protocol, sub: _Sub) -> None:
         return
     if p._conn.closing_or_closed or p._subs.get(sub.channel) is not sub:
         return
-    if expired or (at is not None and at <= p._now()):
+    if at is None or at <= p._now():  # expired, or not prolonged (Centrifugo's: it ends)
         p._conn.close(*CLOSE_SUB_EXPIRED)
         return
     if present:

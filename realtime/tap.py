@@ -499,7 +499,7 @@ class Options(usage.Options):
 
     def opt_proxy_static_header(self, value: str) -> None:
         """'Name: value': a header every proxy request carries (a forwarded one of the same
-        name wins); repeatable."""
+        name wins: never name a secret's header in --proxy-http-headers); repeatable."""
         self["proxy-static-header"].append(value)
 
     def opt_reload_dir(self, value: str) -> None:
@@ -1007,14 +1007,17 @@ class Options(usage.Options):
                                f"{self['proxy-timeout']!r}")
         headers = _words(self["proxy-http-headers"])
         for header in headers:
-            if not is_token(header):
-                raise StartupError(f"--proxy-http-headers: {header!r} is not a header name")
+            try:
+                pubsub_proxy.check_header_name(header)
+            except ValueError as exc:
+                raise StartupError(f"--proxy-http-headers: {exc}") from None
         static = []
         for value in self["proxy-static-header"]:
             try:
-                static.append(pubsub_proxy.parse_static_header(value))
+                name, text = pubsub_proxy.parse_static_header(value)
             except ValueError as exc:
                 raise StartupError(f"--proxy-static-header: {exc}") from None
+            static.append((name, text))
         for namespace in settings.pubsub_namespaces.values():
             for event in pubsub_proxy.CHANNEL_EVENTS:
                 if getattr(namespace, f"{event}_proxy_enabled") and event not in endpoints:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred
 from websockets.sync.client import connect
 
 from realtime import pubsub, pubsub_proxy
@@ -37,7 +38,8 @@ HANG = object()
 
 class Backend:
     """The application backend: ``answers[event](body)`` is the JSON it answers (a dict),
-    ``(status, bytes)`` for a raw response, or ``HANG``; ``requests`` is every request,
+    ``(status, bytes)`` for a raw response, ``HANG``, or a Deferred (the JSON when it
+    fires); ``requests`` is every request,
     ``(event, headers, body)``."""
 
     def __init__(self) -> None:
@@ -61,6 +63,14 @@ class Backend:
                 backend.requests.append((event, headers, body))
                 answer = backend.answers[event](body)
                 if answer is HANG:
+                    return NOT_DONE_YET
+                if isinstance(answer, Deferred):  # answered when the test fires it
+                    def write(result: Any) -> None:
+                        request.setHeader(b"content-type", b"application/json")
+                        request.write(json.dumps(result).encode())
+                        request.finish()
+
+                    answer.addCallback(write)
                     return NOT_DONE_YET
                 if isinstance(answer, tuple):
                     request.setResponseCode(answer[0])
@@ -122,7 +132,8 @@ async def test_the_connect_proxy_authenticates_by_the_forwarded_cookie(pubsub_se
                                  "allow_presence_for_subscriber", "news:")
 
     def flow(client: Raw) -> Any:
-        reply = client.result("connect", {"data": {"hello": 1}, "name": "js"})
+        reply = client.result("connect", {"data": {"hello": 1}, "name": "js",
+                                          "subs": {"news:all": {}}})
         client.result("subscribe", {"channel": "chat:room"})
         return reply, client.result("presence", {"channel": "chat:room"})
 
@@ -134,7 +145,8 @@ async def test_the_connect_proxy_authenticates_by_the_forwarded_cookie(pubsub_se
     ((event, headers, body),) = backend.requests
     assert event == "connect"
     assert body == {"client": reply["client"], "transport": "websocket", "protocol": "json",
-                    "encoding": "json", "name": "js", "data": {"hello": 1}}
+                    "encoding": "json", "name": "js", "data": {"hello": 1},
+                    "channels": ["news:all"]}  # (the server-side ones it asks back)
     assert headers["cookie"] == "sessionid=abc" and headers["x-key"] == "static"
     assert "origin" not in headers and headers["content-type"] == "application/json"
 
@@ -168,6 +180,39 @@ async def test_the_connect_proxy_refuses_by_error_and_by_disconnect(pubsub_serve
     reply, code = await asyncio_gather(raw(server, refused), raw(server, closed))
     assert reply["error"] == {"code": 1000, "message": "custom error"}
     assert code == 4501
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_gone_while_the_connect_proxy_answers_leaves_nothing(pubsub_server,
+                                                                           backend):
+    """The backend answers after the client left: no place of --max-connections-per-user
+    taken, no group joined, no timer, nothing written; the user connects again."""
+    from tests.clients import until
+
+    backend.proxy("connect")
+    held: Deferred[Any] = Deferred()
+    answers = iter([held, {"result": {"user": "ada", "channels": ["news:x"]}}])
+    backend.answers["connect"] = lambda body: next(answers)
+    from realtime.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    server = await pubsub_server("news:", max_connections_per_user=1, layer=layer)
+
+    def leave(client: Raw) -> None:
+        client.send("connect")  # and gone before the answer
+
+    await raw(server, leave)
+    assert await until(lambda: not server.site.connections and backend.requests)
+    held.callback({"result": {"user": "ada", "channels": ["news:x"],
+                              "expire_at": time.time() + 60}})
+    # the answer read (its connection back in the pool), then another client of the user
+    assert await until(lambda: any(pubsub_proxy._client().pool._connections.values()))
+    again = await raw(server, lambda client: client.result("connect"))
+    assert "news:x" in again["subs"]  # (the user's place was free)
+    assert await until(lambda: not server.site.connections)
+    assert server.site.per_user == {}
+    groups = (pubsub.user_group("ada"), pubsub.channel_group("news:x"))
+    assert not any(layer.local_members(group) for group in groups)
 
 
 # -- channels ------------------------------------------------------------------------------------
@@ -312,6 +357,48 @@ async def test_refresh_and_sub_refresh_prolong_then_expire(pubsub_server, backen
     assert sub_asked["channel"] == "s:1" and sub_asked["user"] == "sub"
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_refresh_without_a_new_expire_at_expires_and_a_failed_one_is_retried(
+        pubsub_server, backend, monkeypatch):
+    """As Centrifugo: a refresh answer without ``result`` (an ``error``, say) or without
+    a future ``expire_at`` ends the connection (3005; the subscription: 3006); one the
+    backend could not give (500) is asked again ``RETRY_AFTER`` later."""
+    monkeypatch.setattr(pubsub_proxy, "RETRY_AFTER", 0.2)
+    backend.proxy("connect", "refresh", "subscribe", "sub_refresh")
+    soon = lambda: time.time() + 0.3  # noqa: E731
+    backend.answers["connect"] = lambda body: {"result": {
+        "user": body["data"], "expire_at": 0 if body["data"] == "sub" else soon()}}
+    refreshes: dict[str, int] = {}
+    answers = {"empty": lambda: {"result": {}},
+               "refused": lambda: {"error": {"code": 403, "message": "no"}},
+               "flaky": lambda: (500, b"down") if refreshes["flaky"] == 1 else {
+                   "result": {"expired": True}}}
+
+    def refresh(body: dict[str, Any]) -> Any:
+        refreshes[body["user"]] = refreshes.get(body["user"], 0) + 1
+        return answers[body["user"]]()
+
+    backend.answers["refresh"] = refresh
+    backend.answers["subscribe"] = lambda body: {"result": {"expire_at": soon()}}
+    backend.answers["sub_refresh"] = lambda body: {"result": {"info": {"x": 1}}}
+    server = await pubsub_server("s:subscribe_proxy_enabled,sub_refresh_proxy_enabled")
+
+    def conn(user: str) -> Callable[[Raw], Any]:
+        def flow(client: Raw) -> Any:
+            client.result("connect", {"data": user})
+            if user == "sub":
+                client.result("subscribe", {"channel": "s:1"})
+            return client.closed()
+
+        return flow
+
+    codes = await asyncio_gather(*(raw(server, conn(user))
+                                   for user in ("empty", "refused", "flaky", "sub")))
+    assert codes == [3005, 3005, 3005, 3006]
+    assert refreshes == {"empty": 1, "refused": 1, "flaky": 2}
+    assert len(backend.of("sub_refresh")) == 1
+
+
 # -- failures ------------------------------------------------------------------------------------
 
 @pytest_twisted.ensureDeferred
@@ -409,6 +496,18 @@ def test_proxy_options_at_start_up(tmp_path, monkeypatch):
         "--proxy-static-header: expected 'Name: value', got 'X-Key'")
     assert startup_error("--proxy-http-headers", "Cookie Bad:Name") == (
         "--proxy-http-headers: 'Bad:Name' is not a header name")
+    # the request's own headers: a client's Host or Content-Length never reaches the backend
+    for header in ("Host", "content-length", "Transfer-Encoding", "Connection"):
+        assert startup_error("--proxy-http-headers", f"Cookie {header}") == (
+            f"--proxy-http-headers: {header!r} is the proxy request's own header (its "
+            "connection's or framing's), not one to send")
+    assert startup_error("--proxy-static-header", "Host: backend.internal") == (
+        "--proxy-static-header: 'Host' is the proxy request's own header (its "
+        "connection's or framing's), not one to send")
+    assert startup_error("--proxy-static-header", "X-Key: caf\u00e9") == (
+        "--proxy-static-header: X-Key's value must be ASCII without CR, LF or NUL")
+    with pytest.raises(ValueError, match="http_headers: 'Upgrade' is the proxy request"):
+        ProxyConfig(endpoints={"rpc": "http://h/"}, http_headers=("Upgrade",))
     assert pubsub.Namespace().subscribe_proxy_enabled is False
 
 
@@ -450,7 +549,29 @@ async def test_binary_data_goes_as_b64data_and_a_subclass_hook_wins(pubsub_serve
     assert json.loads(local) == {"from": "python"}
     (asked,) = backend.of("rpc")
     assert asked["b64data"] == "AP8=" and "data" not in asked
-    assert (asked["protocol"], asked["encoding"]) == ("protobuf", "binary")
+    # Centrifugo's encoding is the proxy's (binary_encoding), not the client's protocol
+    assert (asked["protocol"], asked["encoding"]) == ("protobuf", "json")
+
+
+@pytest_twisted.ensureDeferred
+async def test_binary_encoding_sends_every_payload_as_b64data(pubsub_server, backend):
+    import base64
+
+    backend.proxy("connect", "rpc", binary_encoding=True)
+    backend.answers["connect"] = lambda body: {"result": {"user": "ada"}}
+    backend.answers["rpc"] = lambda body: {"result": {"b64data": body["b64data"]}}
+    server = await pubsub_server()
+
+    def flow(client: Raw) -> Any:
+        client.result("connect", {"data": {"hello": 1}})
+        return client.result("rpc", {"method": "echo", "data": {"n": 1}})
+
+    assert await raw(server, flow) == {"data": {"n": 1}}
+    connect_body, rpc_body = backend.of("connect")[0], backend.of("rpc")[0]
+    assert json.loads(base64.b64decode(connect_body["b64data"])) == {"hello": 1}
+    assert json.loads(base64.b64decode(rpc_body["b64data"])) == {"n": 1}
+    assert "data" not in connect_body and "data" not in rpc_body
+    assert (rpc_body["protocol"], rpc_body["encoding"]) == ("json", "binary")
 
 
 @pytest_twisted.ensureDeferred
@@ -458,9 +579,10 @@ async def test_a_unidirectional_connect_through_the_proxy(pubsub_server, backend
     from websockets.exceptions import ConnectionClosed
 
     backend.proxy("connect", http_headers=("Authorization",))
-    backend.answers["connect"] = lambda body: (
-        {"result": {"user": "ada", "data": {"hi": 1}}} if body["data"] == "ok"
-        else (503, b"busy"))
+    answers = {"ok": {"result": {"user": "ada", "data": {"hi": 1}}}, "fail": (503, b"busy"),
+               "refused": {"error": {"code": 1403, "message": "no"}},
+               "bye": {"disconnect": {"code": 4501, "reason": "unauthorized"}}}
+    backend.answers["connect"] = lambda body: answers[body["data"]]
     server = await pubsub_server()
 
     def uni(data: str) -> Any:
@@ -472,9 +594,13 @@ async def test_a_unidirectional_connect_through_the_proxy(pubsub_server, backend
             except ConnectionClosed as exc:
                 return exc.rcvd.code if exc.rcvd is not None else None
 
-    pushed, failed = await asyncio_gather(in_thread(uni, "ok"), in_thread(uni, "fail"))
+    pushed, failed, refused, bye = await asyncio_gather(
+        *(in_thread(uni, data) for data in ("ok", "fail", "refused", "bye")))
     assert pushed["connect"]["data"] == {"hi": 1}
-    # (the unidirectional WebSocket tells its close in a disconnect push first)
-    assert failed == {"disconnect": {"code": 3004, "reason": "internal server error"}}
+    # (the unidirectional WebSocket tells its close in a disconnect push first); the
+    # backend's error too is 3004 (Centrifugo's: no error reply reaches such a client)
+    assert failed == refused == {"disconnect": {"code": 3004,
+                                                "reason": "internal server error"}}
+    assert bye == {"disconnect": {"code": 4501, "reason": "unauthorized"}}
     assert {body["transport"] for body in backend.of("connect")} == {"uni_websocket"}
     assert {headers["authorization"] for _, headers, _ in backend.requests} == {"Bearer t"}
