@@ -1735,7 +1735,9 @@ async def test_polling_sessions_count_toward_the_per_user_limit(live):
     counted."""
     from realtime.tokens import TokenAuthMiddleware, key_from_text
 
-    sio = quick_server()
+    # The raw sessions and the raw WebSocket never answer a ping: with quick_server's
+    # (1 s + 0.5 s) a loaded machine would see them close for "ping timeout" mid-test.
+    sio = rsio.AsyncServer(ping_interval=WAIT, ping_timeout=WAIT)
     sio.on("echo", lambda sid, data: data)
     server = await live(URLRouter([path("socket.io/", TokenAuthMiddleware(
         sio.as_asgi(), keys=[key_from_text(JWT_SECRET)]))]), max_connections_per_user=2)
@@ -1773,7 +1775,7 @@ async def test_polling_sessions_count_toward_the_per_user_limit(live):
     assert client.client.transport() == sio.transport(client.client.get_sid()) == "polling"
     await client.disconnect()  # (its close packet may be lost: then the ping timeout)
     assert await until(lambda: server.site.per_user == {"str:ada": 2, "str:bob": 1},
-                       timeout=WAIT)
+                       timeout=3 * WAIT)
 
     await bob.post("1")  # bob's client upgrades now: the session's place goes to the WebSocket
     client = PyClient()
