@@ -402,18 +402,14 @@ def _positional_count(handler: Callable[..., Any]) -> int:
 # -- the server --------------------------------------------------------------------------------
 
 def _send_frames(conn: Any, text: str, attachments: Iterable[bytes]) -> None:
-    """A packet and its attachments on a WebSocket (``WebSocketConnection``): under
-    ``--slow-consumer drop``, when they would not all fit in its queue, none goes (counted
-    as one dropped message): the client would take the next packet for an attachment."""
+    """A packet and its attachments on a WebSocket (``WebSocketConnection``), in one write
+    (``send_together``): the slow-consumer policy never drops some of them (the client
+    would take the next packet for an attachment)."""
     attachments = list(attachments)
-    if attachments and conn.config.slow_consumer == "drop" and conn.would_overflow(
-            len(text.encode()) + sum(map(len, attachments)) + 10 * (1 + len(attachments))):
-        conn.site.dropped_messages += 1
-        conn.dropped += 1
-        return
-    conn.send_text(text)
-    for data in attachments:
-        conn.send_bytes(data)
+    if attachments:
+        conn.send_together(text, *attachments)
+    else:
+        conn.send_text(text)
 
 
 def _first_target(socket: _Socket, keys: list[str]) -> int | None:
@@ -1312,11 +1308,8 @@ class _PollingSession:
         self.ws = ws._conn
         self._uncount()  # its WebSocket counts now (the site counted it)
         items, self._queue, self._queued = self._queue, [], 0
-        for item in items:
-            if isinstance(item, str):
-                self.ws.send_text(item)
-            else:
-                self.ws.send_bytes(item)
+        if items:  # in one write: no packet cut from its attachments (``send_together``)
+            self.ws.send_together(*items)
 
     def websocket_closed(self, ws: SocketIOConsumer, code: int) -> None:
         if self.upgrading is ws:  # the probe failed: polling goes on

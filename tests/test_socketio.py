@@ -1857,3 +1857,36 @@ async def test_slow_consumer_drop_on_a_websocket_drops_a_packet_with_its_attachm
         got.append(json.loads(text[4:])[1])
     assert got == sorted(got) and len(got) + server.site.dropped_messages == 300
     await raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_consumer_drop_on_a_websocket_never_cuts_a_large_packet(live):
+    """A binary packet larger than --max-send-buffer to a client whose queue is empty
+    goes out whole (one large send to an idle client does), even when the transport's
+    buffer fills in the middle of it: none of its attachments is dropped alone; what
+    follows it is queued or dropped as a whole packet."""
+    sio = rsio.AsyncServer()
+    server = await live(app(sio), max_send_buffer=64 * 1024, slow_consumer="drop")
+    url = f"http://127.0.0.1:{server.port}"
+    raw = Raw(await in_thread(lambda: connect(ws_url(url), open_timeout=WAIT, max_queue=1,
+                                              max_size=None).__enter__()))
+    assert (await raw.recv()).startswith("0{")  # type: ignore[union-attr]
+    await raw.send("40")
+    sid = json.loads((await raw.recv())[2:])["sid"]
+    blobs = [bytes([n]) * (4 << 20) for n in range(4)]  # 16 MiB: past the kernel's buffers
+    await sio.emit("big", (0, *blobs), to=sid)
+    for n in range(1, 4):
+        await sio.emit("small", (n, b"\x09" * 100), to=sid)
+    assert await raw.recv() == '454-["big",0,{"_placeholder":true,"num":0},' \
+        '{"_placeholder":true,"num":1},{"_placeholder":true,"num":2},' \
+        '{"_placeholder":true,"num":3}]'
+    for blob in blobs:
+        assert await raw.recv() == blob
+    got = []
+    while len(got) + server.site.dropped_messages < 3:
+        text = await raw.recv()
+        assert isinstance(text, str) and text.startswith('451-["small",'), text[:40]
+        assert await raw.recv() == b"\x09" * 100
+        got.append(json.loads(text[4:])[1])
+    assert got == list(range(1, 4))[:len(got)]
+    await raw.close()
