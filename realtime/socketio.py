@@ -513,7 +513,7 @@ class AsyncNamespace:
 
     async def call(self, event: str, data: Any = None, to: str | None = None,
                    sid: str | None = None, namespace: str | None = None,
-                   timeout: float = 60) -> Any:
+                   timeout: float | None = 60) -> Any:
         server, namespace = self._at(namespace)
         return await server.call(event, data, to=to, sid=sid, namespace=namespace,
                                  timeout=timeout)
@@ -770,9 +770,10 @@ class AsyncServer:
 
     async def call(self, event: str, data: Any = None, to: str | None = None,
                    sid: str | None = None, namespace: str | None = None,
-                   timeout: float = 60) -> Any:
+                   timeout: float | None = 60) -> Any:
         """Emit to one sid (of this process) and wait for its ack: its one argument, or a
-        tuple of several (None for none); ``CallTimeoutError`` after ``timeout`` s."""
+        tuple of several (None for none); ``CallTimeoutError`` after ``timeout`` s (None:
+        no timeout, as in python-socketio: an ack that never comes is waited for forever)."""
         target = to or sid
         socket = self._local(target, namespace or "/") if target else None
         if socket is None:
@@ -788,12 +789,12 @@ class AsyncServer:
             if not done.called:
                 done.errback(CallTimeoutError(f"no ack for {event!r} in {timeout} s"))
 
-        timer = reactor.callLater(timeout, timed_out)
+        timer = None if timeout is None else reactor.callLater(timeout, timed_out)
         try:
             await self.emit(event, data, to=target, namespace=namespace, callback=answered)
             args = await done
         finally:
-            if timer.active():
+            if timer is not None and timer.active():
                 timer.cancel()
         if not args:
             return None

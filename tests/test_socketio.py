@@ -1476,8 +1476,8 @@ class ChatNamespace(rsio.AsyncNamespace):
         await self.send(f"sent {text}", to=sid)  # the "message" event
         return "ok"
 
-    async def on_ask(self, sid):
-        return await self.call("question", 20, to=sid, timeout=WAIT)
+    async def on_ask(self, sid):  # timeout=None: no timeout, as python-socketio's
+        return await self.call("question", 20, to=sid, timeout=None)
 
     async def on_part(self, sid):
         await self.leave_room(sid, "lobby")
@@ -1763,6 +1763,7 @@ async def test_polling_sessions_count_toward_the_per_user_limit(live):
     second = await Polling.open(url, query=ada)
     probe = ws_url(url, f"EIO=4&transport=websocket&sid={second.sid}{ada}")
     assert await in_thread(_handshake_status, probe, None) == 429  # ada has 2 open
+    assert await until(lambda: sio._polling[second.sid].upgrading is None)
     assert await second.post('421["echo","still polling"]') == (200, b"ok")
     assert await second.get() == ['431["still polling"]']
 
