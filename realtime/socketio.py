@@ -406,18 +406,14 @@ def _positional_count(handler: Callable[..., Any]) -> int:
 # -- the server --------------------------------------------------------------------------------
 
 def _send_frames(conn: Any, text: str, attachments: Iterable[bytes]) -> None:
-    """A packet and its attachments on a WebSocket (``WebSocketConnection``): under
-    ``--slow-consumer drop``, when they would not all fit in its queue, none goes (counted
-    as one dropped message): the client would take the next packet for an attachment."""
+    """A packet and its attachments on a WebSocket (``WebSocketConnection``), in one write
+    (``send_together``): the slow-consumer policy never drops some of them (the client
+    would take the next packet for an attachment)."""
     attachments = list(attachments)
-    if attachments and conn.config.slow_consumer == "drop" and conn.would_overflow(
-            len(text.encode()) + sum(map(len, attachments)) + 10 * (1 + len(attachments))):
-        conn.site.dropped_messages += 1
-        conn.dropped += 1
-        return
-    conn.send_text(text)
-    for data in attachments:
-        conn.send_bytes(data)
+    if attachments:
+        conn.send_together(text, *attachments)
+    else:
+        conn.send_text(text)
 
 
 def _first_target(socket: _Socket, keys: list[str]) -> int | None:
@@ -525,7 +521,7 @@ class AsyncNamespace:
 
     async def call(self, event: str, data: Any = None, to: str | None = None,
                    sid: str | None = None, namespace: str | None = None,
-                   timeout: float = 60) -> Any:
+                   timeout: float | None = 60) -> Any:
         server, namespace = self._at(namespace)
         return await server.call(event, data, to=to, sid=sid, namespace=namespace,
                                  timeout=timeout)
@@ -805,9 +801,10 @@ class AsyncServer:
 
     async def call(self, event: str, data: Any = None, to: str | None = None,
                    sid: str | None = None, namespace: str | None = None,
-                   timeout: float = 60) -> Any:
+                   timeout: float | None = 60) -> Any:
         """Emit to one sid (of this process) and wait for its ack: its one argument, or a
-        tuple of several (None for none); ``CallTimeoutError`` after ``timeout`` s."""
+        tuple of several (None for none); ``CallTimeoutError`` after ``timeout`` s (None:
+        no timeout, as in python-socketio: an ack that never comes is waited for forever)."""
         target = to or sid
         socket = self._local(target, namespace or "/") if target else None
         if socket is None:
@@ -823,12 +820,12 @@ class AsyncServer:
             if not done.called:
                 done.errback(CallTimeoutError(f"no ack for {event!r} in {timeout} s"))
 
-        timer = reactor.callLater(timeout, timed_out)
+        timer = None if timeout is None else reactor.callLater(timeout, timed_out)
         try:
             await self.emit(event, data, to=target, namespace=namespace, callback=answered)
             args = await done
         finally:
-            if timer.active():
+            if timer is not None and timer.active():
                 timer.cancel()
         if not args:
             return None
@@ -1353,11 +1350,8 @@ class _PollingSession:
         self.ws = ws._conn
         self._uncount()  # its WebSocket counts now (the site counted it)
         items, self._queue, self._queued = self._queue, [], 0
-        for item in items:
-            if isinstance(item, str):
-                self.ws.send_text(item)
-            else:
-                self.ws.send_bytes(item)
+        if items:  # in one write: no packet cut from its attachments (``send_together``)
+            self.ws.send_together(*items)
 
     def websocket_closed(self, ws: SocketIOConsumer, code: int) -> None:
         if self.upgrading is ws:  # the probe failed: polling goes on

@@ -679,13 +679,33 @@ class WebSocketConnection(WebSocketServerProtocol):
             self._write(frame_header(opcode, len(payload)), payload)
 
     # -- outbound flow control -----------------------------------------------------------------
-    def would_overflow(self, size: int) -> bool:
-        """Whether ``size`` more bytes sent now would pass ``--max-send-buffer`` in our
-        queue (some of their frames met by the slow-consumer policy): a sender whose
-        messages only make sense together (a Socket.IO packet and its binary
-        attachments) drops them all instead of having some dropped."""
-        return bool((self._write_paused or self._outq)
-                    and self._outq_bytes + size > self.config.max_send_buffer)
+    def send_together(self, *messages: str | bytes) -> None:
+        """Messages that only make sense together (a Socket.IO packet and its binary
+        attachments), each its own frame, in one write: the slow-consumer policy meets
+        them as one (``_write``), so they are sent or queued, or dropped (one dropped
+        message), all of them; never some, even when the transport's buffer fills in the
+        middle of them. Only that path pays for the join."""
+        if self._call_in_io_thread(self.send_together, *messages):
+            return
+        if self.in_handshake:
+            self.accept()
+        if self.state != _OPEN:
+            raise ConnectionClosed("send on a WebSocket that is closing or closed")
+        stats = self.stats
+        deflater = self._deflater
+        frames: list[bytes] = []
+        for message in messages:
+            opcode, payload = (0x1, utf8(message)) if isinstance(message, str) else (
+                0x2, message)
+            stats.messages_out += 1
+            stats.bytes_out += len(payload)
+            if deflater is not None:
+                deflated = deflater.message(opcode, payload, self._deflate_bits)
+                if deflated is not None:
+                    frames.append(deflated)
+                    continue
+            frames += (frame_header(opcode, len(payload)), payload)
+        self._write(b"".join(frames))
 
     def _write(self, data: bytes, more: bytes | None = None) -> bool:
         """Write whole frames; while the transport's buffer is full they wait in our queue,

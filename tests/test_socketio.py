@@ -1476,8 +1476,8 @@ class ChatNamespace(rsio.AsyncNamespace):
         await self.send(f"sent {text}", to=sid)  # the "message" event
         return "ok"
 
-    async def on_ask(self, sid):
-        return await self.call("question", 20, to=sid, timeout=WAIT)
+    async def on_ask(self, sid):  # timeout=None: no timeout, as python-socketio's
+        return await self.call("question", 20, to=sid, timeout=None)
 
     async def on_part(self, sid):
         await self.leave_room(sid, "lobby")
@@ -1735,7 +1735,9 @@ async def test_polling_sessions_count_toward_the_per_user_limit(live):
     counted."""
     from realtime.tokens import TokenAuthMiddleware, key_from_text
 
-    sio = quick_server()
+    # The raw sessions and the raw WebSocket never answer a ping: with quick_server's
+    # (1 s + 0.5 s) a loaded machine would see them close for "ping timeout" mid-test.
+    sio = rsio.AsyncServer(ping_interval=WAIT, ping_timeout=WAIT)
     sio.on("echo", lambda sid, data: data)
     server = await live(URLRouter([path("socket.io/", TokenAuthMiddleware(
         sio.as_asgi(), keys=[key_from_text(JWT_SECRET)]))]), max_connections_per_user=2)
@@ -1761,6 +1763,7 @@ async def test_polling_sessions_count_toward_the_per_user_limit(live):
     second = await Polling.open(url, query=ada)
     probe = ws_url(url, f"EIO=4&transport=websocket&sid={second.sid}{ada}")
     assert await in_thread(_handshake_status, probe, None) == 429  # ada has 2 open
+    assert await until(lambda: sio._polling[second.sid].upgrading is None)
     assert await second.post('421["echo","still polling"]') == (200, b"ok")
     assert await second.get() == ['431["still polling"]']
 
@@ -1773,7 +1776,7 @@ async def test_polling_sessions_count_toward_the_per_user_limit(live):
     assert client.client.transport() == sio.transport(client.client.get_sid()) == "polling"
     await client.disconnect()  # (its close packet may be lost: then the ping timeout)
     assert await until(lambda: server.site.per_user == {"str:ada": 2, "str:bob": 1},
-                       timeout=WAIT)
+                       timeout=3 * WAIT)
 
     await bob.post("1")  # bob's client upgrades now: the session's place goes to the WebSocket
     client = PyClient()
@@ -1854,4 +1857,37 @@ async def test_slow_consumer_drop_on_a_websocket_drops_a_packet_with_its_attachm
         assert [await raw.recv(), await raw.recv()] == [blob, blob]
         got.append(json.loads(text[4:])[1])
     assert got == sorted(got) and len(got) + server.site.dropped_messages == 300
+    await raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_consumer_drop_on_a_websocket_never_cuts_a_large_packet(live):
+    """A binary packet larger than --max-send-buffer to a client whose queue is empty
+    goes out whole (one large send to an idle client does), even when the transport's
+    buffer fills in the middle of it: none of its attachments is dropped alone; what
+    follows it is queued or dropped as a whole packet."""
+    sio = rsio.AsyncServer()
+    server = await live(app(sio), max_send_buffer=64 * 1024, slow_consumer="drop")
+    url = f"http://127.0.0.1:{server.port}"
+    raw = Raw(await in_thread(lambda: connect(ws_url(url), open_timeout=WAIT, max_queue=1,
+                                              max_size=None).__enter__()))
+    assert (await raw.recv()).startswith("0{")  # type: ignore[union-attr]
+    await raw.send("40")
+    sid = json.loads((await raw.recv())[2:])["sid"]
+    blobs = [bytes([n]) * (4 << 20) for n in range(4)]  # 16 MiB: past the kernel's buffers
+    await sio.emit("big", (0, *blobs), to=sid)
+    for n in range(1, 4):
+        await sio.emit("small", (n, b"\x09" * 100), to=sid)
+    assert await raw.recv() == '454-["big",0,{"_placeholder":true,"num":0},' \
+        '{"_placeholder":true,"num":1},{"_placeholder":true,"num":2},' \
+        '{"_placeholder":true,"num":3}]'
+    for blob in blobs:
+        assert await raw.recv() == blob
+    got = []
+    while len(got) + server.site.dropped_messages < 3:
+        text = await raw.recv()
+        assert isinstance(text, str) and text.startswith('451-["small",'), text[:40]
+        assert await raw.recv() == b"\x09" * 100
+        got.append(json.loads(text[4:])[1])
+    assert got == list(range(1, 4))[:len(got)]
     await raw.close()
