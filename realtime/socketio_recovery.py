@@ -22,8 +22,8 @@ How it is kept here: with recovery on, each socket has a layer channel of its ow
 names it; its namespace and rooms are groups of it), attached to a ``_Kept`` receiver, not
 to its connection. While connected, ``_Kept`` passes packets on and keeps those sent since
 the client's last pong (a pong answers a ping sent after them: the client has them);
-when the connection is lost (not a DISCONNECT packet, not a server disconnect, not a server
-drain), the socket's ``disconnect`` handler runs as Node's does, and the channel stays in
+when the connection is lost (not a DISCONNECT packet, not a server disconnect or a
+``group_close``, not a server drain), the socket's ``disconnect`` handler runs as Node's does, and the channel stays in
 its groups: packets for it from any process (``--layer redis://``) are kept, in order, for
 ``max_disconnection_duration`` seconds, up to ``max_packets`` and ``--max-send-buffer``
 bytes (past either, the socket is let go: its reconnect gets a fresh one). A reconnect that
@@ -128,6 +128,9 @@ class _Kept:
         #: The client has had the pid (a CONNECT answer): it can come back.
         self.announced = False
         self.keep = False  # its connection was lost in a way it may come back from
+        #: Told to go (``group_close``, a server disconnect while its connection closes):
+        #: the connection's loss that follows does not keep it (``connection_lost``).
+        self.final = False
         self.recovered = False
         self.expiry: Any = None
         #: ``Recovery._settle``'s call, from the connection's loss until ``drop``.
@@ -232,7 +235,7 @@ class _Kept:
         connection is lost: its rooms change (a reconnect has them), a disconnect lets it go."""
         kind, socket = event.get("type"), self.socket
         if kind == "sio.disconnect" and event.get("sid") == socket.sid:
-            self.keep = False
+            self.keep, self.final = False, True
             if self.parked:
                 self.recovery.release(self)
         elif kind == "sio.room" and event.get("sid") == socket.sid:
@@ -268,7 +271,7 @@ class _Kept:
         """``group_close`` of a group it is in: its connection closes; one lost goes."""
         if self.done:
             return
-        self.keep = False
+        self.keep, self.final = False, True  # as Node's disconnectSockets: not recoverable
         if self.parked:
             self.recovery.release(self)
         else:
@@ -343,7 +346,7 @@ class Recovery:
         kept._trim(at)  # the client has those
         kept.mark = -1
         kept.holding = kept.recovered = True
-        kept.keep = False
+        kept.keep = kept.final = False
         socket = kept.socket
         socket.consumer = consumer
         socket.pending = True
@@ -400,7 +403,7 @@ class Recovery:
         for socket in consumer._sockets.values():
             kept = self._by_sid.get(socket.sid)
             if kept is not None and kept.socket is socket:
-                kept.keep = code not in _NOT_KEPT_CODES
+                kept.keep = code not in _NOT_KEPT_CODES and not kept.final
                 if kept.settle is None:
                     kept.settle = conn.reactor.callLater(
                         conn.config.application_close_timeout + 1.0, self._settle, kept,

@@ -470,3 +470,26 @@ async def test_a_disconnect_handler_that_never_returns_does_not_leak_the_socket(
     assert forever.called  # cancelled
     assert await until(lambda: not sio._recovery._by_sid, timeout=3)  # expired
     assert not _holds(sio.channel_layer, channel_of(sid))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_group_close_lets_the_socket_go(live):
+    """``group_close`` (README: how to disconnect a user's sockets) closes the connection
+    with its code; the socket is not kept for a reconnect (Node's ``disconnectSockets``
+    is not recoverable either): its pid restores nothing."""
+    sio = recovering_server()
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    answer = json.loads((await _packet(raw))[2:])
+    sid, pid = answer["sid"], answer["pid"]
+    await sio.channel_layer.group_close(rsio.room_group("/", "room"), 4000, "banned")
+    assert (await raw.closed())[0] == 4000
+    assert await until(lambda: sio.reasons), "no disconnect handler"
+    assert await until(lambda: not sio._recovery._by_sid), "a closed socket is kept"
+    assert sio._recovery.kept_count() == 0 and not sio._recovery._by_pid
+    assert not _holds(sio.channel_layer, channel_of(sid))
+    again = await Raw.open(url)
+    await again.send("40" + json.dumps({"pid": pid}))
+    assert json.loads((await _packet(again))[2:])["sid"] != sid
+    await again.close()
