@@ -21,16 +21,17 @@ The wire, as Node's server speaks it:
 How it is kept here: with recovery on, each socket has a layer channel of its own (its sid
 names it; its namespace and rooms are groups of it), attached to a ``_Kept`` receiver, not
 to its connection. While connected, ``_Kept`` passes packets on and keeps those sent since
-the client's last pong (a pong answers a ping sent after them: the client has them);
-when the connection is lost (not a DISCONNECT packet, not a server disconnect or a
-``group_close``, not a server drain), the socket's ``disconnect`` handler runs as Node's does, and the channel stays in
-its groups: packets for it from any process (``--layer redis://``) are kept, in order, for
-``max_disconnection_duration`` seconds, up to ``max_packets`` and ``--max-send-buffer``
-bytes (past either, the socket is let go: its reconnect gets a fresh one). A reconnect that
-brings its pid restores it; expiry, a forged or unknown pid or offset, or a reconnect that
-lands in another process (the state is in this process's memory: recovery needs the client
-back on the same process, as polling does — sticky sessions) gets a fresh socket, and
-the kept one leaves every group and frees everything.
+the client's last pong (a pong answers a ping sent after them: the client has them); when
+the connection is lost (not a DISCONNECT packet, not a server disconnect or a
+``group_close``, not a server drain), the socket's ``disconnect`` handler runs as Node's
+does, and the channel stays in its groups: packets for it from any process (``--layer
+redis://``) are kept, in order, for ``max_disconnection_duration`` seconds, up to
+``max_packets`` and ``--max-send-buffer`` bytes (past either, the socket is let go: its
+reconnect gets a fresh one). A reconnect that brings its pid restores it; expiry, a forged
+or unknown pid or offset, or a reconnect that lands in another process (the state is in
+this process's memory: recovery needs the client back on the same process, as polling does
+— sticky sessions) gets a fresh socket, and the kept one leaves every group and frees
+everything.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ MAX_PACKETS = 1000
 #: Close codes after which a socket is not kept: the server goes away (a drain, a stop,
 #: ``shutdown()``), or the page did (a browser's WebSocket closes with it on unload).
 _NOT_KEPT_CODES = frozenset({1001})
+#: A restored socket's connection closes with it when more packets came than it may keep
+#: before its missed ones could be sent (a gap would follow): the reconnect gets a new one.
+CLOSE_MISSED_TOO_MANY = (1008, "missed too many packets")
 
 
 def _options(value: Any) -> tuple[float, int]:
@@ -153,6 +157,14 @@ class _Kept:
                 log.info("socketio: a disconnected socket missed more than {packets} packets "
                          "or --max-send-buffer bytes: not kept", packets=recovery.max_packets)
                 recovery.release(self)
+                return False
+            if self.holding:  # restored: its missed packets are not sent yet, none may go
+                log.info("socketio: a restored socket missed more than {packets} packets or "
+                         "--max-send-buffer bytes before its connect handler returned: let "
+                         "go, its connection closed", packets=recovery.max_packets)
+                conn = self.socket.consumer._conn
+                recovery.release(self)  # (``connected`` answers nothing now)
+                conn.close_with_code(*CLOSE_MISSED_TOO_MANY)
                 return False
             seq, _, _, _, dropped = self.packets.popleft()
             self.size -= dropped
@@ -357,7 +369,9 @@ class Recovery:
     def connected(self, socket: _Socket) -> None:
         """The connect handler accepted: CONNECT with the sid and the pid, then (restored)
         the packets the client missed, in order, then the rest."""
-        kept = self._by_sid[socket.sid]
+        kept = self._by_sid.get(socket.sid)
+        if kept is None or kept.socket is not socket:
+            return  # let go while its connect handler ran: its connection closes
         consumer = socket.consumer
         consumer._send(encode_packet(CONNECT, socket.namespace,
                                      {"sid": socket.sid, "pid": kept.pid})[0])

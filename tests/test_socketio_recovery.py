@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
+from websockets.exceptions import ConnectionClosed
 
 from realtime import socketio as rsio
+from realtime import socketio_recovery as rsio_recovery
 from tests.clients import in_thread, until
 from tests.test_socketio import WAIT, PyClient, Raw, app, quick_server, start
 
@@ -493,3 +495,50 @@ async def test_a_group_close_lets_the_socket_go(live):
     await again.send("40" + json.dumps({"pid": pid}))
     assert json.loads((await _packet(again))[2:])["sid"] != sid
     await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_packets_past_the_bound_while_a_restore_waits_never_leave_a_gap(live):
+    """Restored, its missed packets wait for the connect handler: one more packet past
+    ``max_packets`` must not drop a missed one the client never had (a recovered socket
+    with a gap); the socket is let go instead, and its connection closes."""
+    sio = quick_server(connection_state_recovery={"max_disconnection_duration": 5,
+                                                  "max_packets": 3})
+    gate: Deferred[None] = Deferred()
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        if sio.recovered(sid):
+            await gate
+        else:
+            await sio.enter_room(sid, "room")
+
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    answer = json.loads((await _packet(raw))[2:])
+    sid, pid = answer["sid"], answer["pid"]
+    await raw.close()
+    assert await until(lambda: sio._recovery.kept_count() == 1)
+    for n in range(3):  # kept: the bound is not passed
+        await sio.emit("missed", n, room="room")
+    again = await Raw.open(url)
+    await again.send("40" + json.dumps({"pid": pid}))
+    assert await until(lambda: sio._recovery._by_sid[sid].holding)
+    await sio.emit("missed", 3, room="room")  # past the bound
+    assert await until(lambda: not sio._recovery._by_sid)  # let go at once
+    assert not _holds(sio.channel_layer, channel_of(sid))
+    gate.callback(None)
+
+    def rest() -> tuple[list[Any], Any]:
+        got = []
+        try:
+            while True:
+                message = again.conn.recv(WAIT)
+                if message != "2":
+                    got.append(message)
+        except ConnectionClosed as exc:
+            return got, exc.rcvd and (exc.rcvd.code, exc.rcvd.reason)
+
+    assert await in_thread(rest) == ([], rsio_recovery.CLOSE_MISSED_TOO_MANY)
+    assert sio._sockets == {}
