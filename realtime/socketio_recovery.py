@@ -159,17 +159,28 @@ class _Kept:
                 recovery.release(self)
                 return False
             if self.holding:  # restored: its missed packets are not sent yet, none may go
-                log.info("socketio: a restored socket missed more than {packets} packets or "
-                         "--max-send-buffer bytes before its connect handler returned: let "
-                         "go, its connection closed", packets=recovery.max_packets)
-                conn = self.socket.consumer._conn
-                recovery.release(self)  # (``connected`` answers nothing now)
-                conn.close_with_code(*CLOSE_MISSED_TOO_MANY)
+                self._overflow()
                 return False
             seq, _, _, _, dropped = self.packets.popleft()
             self.size -= dropped
             self.lost = seq
         return True
+
+    def _overflow(self) -> None:
+        """Restored, it had more than it may keep before its connect handler returned:
+        let go, its connection closed (a replay would have a gap)."""
+        log.info("socketio: a restored socket had more than {packets} packets or "
+                 "--max-send-buffer bytes before its connect handler returned: let go, its "
+                 "connection closed", packets=self.recovery.max_packets)
+        conn = self.socket.consumer._conn
+        self.recovery.release(self)  # (``connected`` answers nothing now)
+        conn.close_with_code(*CLOSE_MISSED_TOO_MANY)
+
+    def take_later(self) -> list[tuple[str, tuple[bytes, ...]]]:
+        """The packets without an offset that came while ``holding``, out of the bound."""
+        later, self.later = self.later, []
+        self.size -= sum(len(text) + sum(map(len, attachments)) for text, attachments in later)
+        return later
 
     def confirm(self) -> None:
         """A pong: the packets sent before its ping have arrived."""
@@ -209,8 +220,12 @@ class _Kept:
         if self.parked:
             return
         if self.holding:
-            if offset is None:
+            if offset is None:  # (bounded with the missed ones)
                 self.later.append((text, attachments))
+                self.size += len(text) + sum(len(data) for data in attachments)
+                if (len(self.packets) + len(self.later) > self.recovery.max_packets
+                        or self.size > self.max_bytes):
+                    self._overflow()
             return
         self.socket.consumer._send(text, attachments)
 
@@ -380,8 +395,7 @@ class Recovery:
             kept.holding = False
             for _, _, text, attachments, _ in list(kept.packets):
                 consumer._send(text, attachments)
-            later, kept.later = kept.later, []
-            for text, attachments in later:
+            for text, attachments in kept.take_later():
                 consumer._send(text, attachments)
 
     def packet(self, socket: _Socket, text: str, attachments: list[bytes],
@@ -457,7 +471,7 @@ class Recovery:
         conn = kept.socket.consumer._conn
         kept.parked = True
         kept.holding = False
-        kept.later = []
+        kept.take_later()  # (not kept: they have no offset)
         kept.mark = -1
         kept.expiry = conn.reactor.callLater(self.max_disconnection_duration,
                                              self._expired, kept)

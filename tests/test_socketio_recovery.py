@@ -542,3 +542,37 @@ async def test_packets_past_the_bound_while_a_restore_waits_never_leave_a_gap(li
 
     assert await in_thread(rest) == ([], rsio_recovery.CLOSE_MISSED_TOO_MANY)
     assert sio._sockets == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_packets_without_an_offset_held_for_a_restore_are_bounded_too(live):
+    """Packets with an ack id (no offset) that come while a restored socket's connect
+    handler runs wait behind its missed ones: they count against ``max_packets``."""
+    sio = quick_server(connection_state_recovery={"max_disconnection_duration": 5,
+                                                  "max_packets": 3})
+    gate: Deferred[None] = Deferred()
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        if sio.recovered(sid):
+            await gate
+
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    answer = json.loads((await _packet(raw))[2:])
+    sid, pid = answer["sid"], answer["pid"]
+    await raw.close()
+    assert await until(lambda: sio._recovery.kept_count() == 1)
+    again = await Raw.open(url)
+    await again.send("40" + json.dumps({"pid": pid}))
+    assert await until(lambda: sio._recovery._by_sid[sid].holding)
+    for n in range(3):
+        await sio.emit("ask", n, to=sid, callback=lambda *args: None)
+    assert len(sio._recovery._by_sid[sid].later) == 3  # within the bound: held
+    await sio.emit("ask", 3, to=sid, callback=lambda *args: None)
+    assert not sio._recovery._by_sid, "held past the bound"
+    gate.callback(None)
+    assert (await again.closed()) == rsio_recovery.CLOSE_MISSED_TOO_MANY
+    assert await until(lambda: not sio._sockets)
+    assert not _holds(sio.channel_layer, channel_of(sid))
