@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from realtime.layers.base import skip_held
+from realtime.layers.base import HELD, let_out_for, skip_held
 from realtime.socketio import (
     CONNECT,
     _first_target,
@@ -227,6 +227,8 @@ class _Kept:
                         or self.size > self.max_bytes):
                     self._overflow()
             return
+        if HELD:  # room broadcasts held for this turn were before this packet
+            let_out_for(self, self.channel)
         self.socket.consumer._send(text, attachments)
 
     def deliver(self, event: dict[str, Any]) -> None:
@@ -239,6 +241,8 @@ class _Kept:
             elif self.parked or self._lost():
                 self._while_lost(event)
             else:  # in order with its connection's own events
+                if HELD:  # (and after the room broadcasts held before it)
+                    let_out_for(self, self.channel)
                 self.socket.consumer._conn.deliver(event)
         except Exception:  # not into the layer's delivery loop
             log.failure("socketio: a layer event for a recoverable socket failed")

@@ -576,3 +576,26 @@ async def test_packets_without_an_offset_held_for_a_restore_are_bounded_too(live
     assert (await again.closed()) == rsio_recovery.CLOSE_MISSED_TOO_MANY
     assert await until(lambda: not sio._sockets)
     assert not _holds(sio.channel_layer, channel_of(sid))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_held_broadcast_to_its_room_goes_before_a_later_packet(live):
+    """A room broadcast held for the end of the read (or ``--broadcast-delay``; the
+    ``Emitter``'s are such frames) reaches the socket before a packet sent to it after,
+    as it does without recovery (its own channel, not its connection's, is the member)."""
+    from realtime.layers.base import hold, release
+
+    sio = recovering_server()
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    sid = json.loads((await _packet(raw))[2:])["sid"]
+    hold()
+    try:
+        await sio.channel_layer.broadcast(rsio.room_group("/", "room"), text='42["frame"]')
+        await sio.emit("after", to=sid)
+    finally:
+        release()
+    assert json.loads((await _packet(raw))[2:])[0] == "frame"
+    assert json.loads((await _packet(raw))[2:])[0] == "after"
+    await raw.close()
