@@ -460,6 +460,13 @@ class Recovery:
         if call is not None and call.active():
             call.cancel()
 
+    def let_go(self, socket: _Socket) -> None:
+        """A server disconnect while its connection's loss is handled (its ``disconnect``
+        handler runs): not kept when that ends."""
+        kept = self._by_sid.get(socket.sid)
+        if kept is not None and kept.socket is socket:
+            kept.keep, kept.final = False, True
+
     def drop(self, socket: _Socket) -> None:
         """``_drop``: the socket is gone from its connection: kept for a reconnect, or let go."""
         kept = self._by_sid.get(socket.sid)

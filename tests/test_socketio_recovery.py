@@ -601,3 +601,29 @@ async def test_a_held_broadcast_to_its_room_goes_before_a_later_packet(live):
     assert json.loads((await _packet(raw))[2:])[0] == "frame"
     assert json.loads((await _packet(raw))[2:])[0] == "after"
     await raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_disconnect_sid_while_its_disconnect_handler_runs_is_not_lost(live):
+    """The connection is lost and its ``disconnect`` handler runs (the socket is not
+    kept yet): a server ``disconnect(sid)`` then still means it is not coming back."""
+    sio = quick_server(connection_state_recovery={"max_disconnection_duration": 5})
+    gate: Deferred[None] = Deferred()
+    running: list[str] = []
+
+    @sio.event
+    async def disconnect(sid, reason):
+        running.append(sid)
+        await gate
+
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    sid = json.loads((await _packet(raw))[2:])["sid"]
+    await raw.close()
+    assert await until(lambda: running)
+    await sio.disconnect(sid)
+    gate.callback(None)
+    assert await until(lambda: not sio._recovery._by_sid), "kept after disconnect(sid)"
+    assert sio._recovery.kept_count() == 0
+    assert not _holds(sio.channel_layer, channel_of(sid))
