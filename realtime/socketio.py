@@ -1963,6 +1963,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
 
     async def _server_disconnect(self, socket: _Socket) -> None:
         if self._sockets.get(socket.namespace) is not socket:
+            if self._server._recovery is not None:  # its connection's loss is handled:
+                self._server._recovery.let_go(socket)  # it is not kept, then
             return
         self._send(encode_packet(DISCONNECT, socket.namespace)[0])
         await self._forget(socket, Reason.SERVER_DISCONNECT)

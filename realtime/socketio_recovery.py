@@ -21,16 +21,17 @@ The wire, as Node's server speaks it:
 How it is kept here: with recovery on, each socket has a layer channel of its own (its sid
 names it; its namespace and rooms are groups of it), attached to a ``_Kept`` receiver, not
 to its connection. While connected, ``_Kept`` passes packets on and keeps those sent since
-the client's last pong (a pong answers a ping sent after them: the client has them);
-when the connection is lost (not a DISCONNECT packet, not a server disconnect, not a server
-drain), the socket's ``disconnect`` handler runs as Node's does, and the channel stays in
-its groups: packets for it from any process (``--layer redis://``) are kept, in order, for
-``max_disconnection_duration`` seconds, up to ``max_packets`` and ``--max-send-buffer``
-bytes (past either, the socket is let go: its reconnect gets a fresh one). A reconnect that
-brings its pid restores it; expiry, a forged or unknown pid or offset, or a reconnect that
-lands in another process (the state is in this process's memory: recovery needs the client
-back on the same process, as polling does — sticky sessions) gets a fresh socket, and
-the kept one leaves every group and frees everything.
+the client's last pong (a pong answers a ping sent after them: the client has them); when
+the connection is lost (not a DISCONNECT packet, not a server disconnect or a
+``group_close``, not a server drain), the socket's ``disconnect`` handler runs as Node's
+does, and the channel stays in its groups: packets for it from any process (``--layer
+redis://``) are kept, in order, for ``max_disconnection_duration`` seconds, up to
+``max_packets`` and ``--max-send-buffer`` bytes (past either, the socket is let go: its
+reconnect gets a fresh one). A reconnect that brings its pid restores it; expiry, a forged
+or unknown pid or offset, or a reconnect that lands in another process (the state is in
+this process's memory: recovery needs the client back on the same process, as polling does
+— sticky sessions) gets a fresh socket, and the kept one leaves every group and frees
+everything.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from realtime.layers.base import skip_held
+from realtime.layers.base import HELD, let_out_for, skip_held
 from realtime.socketio import (
     CONNECT,
     _first_target,
@@ -66,6 +67,9 @@ MAX_PACKETS = 1000
 #: Close codes after which a socket is not kept: the server goes away (a drain, a stop,
 #: ``shutdown()``), or the page did (a browser's WebSocket closes with it on unload).
 _NOT_KEPT_CODES = frozenset({1001})
+#: A restored socket's connection closes with it when more packets came than it may keep
+#: before its missed ones could be sent (a gap would follow): the reconnect gets a new one.
+CLOSE_MISSED_TOO_MANY = (1008, "missed too many packets")
 
 
 def _options(value: Any) -> tuple[float, int]:
@@ -128,6 +132,9 @@ class _Kept:
         #: The client has had the pid (a CONNECT answer): it can come back.
         self.announced = False
         self.keep = False  # its connection was lost in a way it may come back from
+        #: Told to go (``group_close``, a server disconnect while its connection closes):
+        #: the connection's loss that follows does not keep it (``connection_lost``).
+        self.final = False
         self.recovered = False
         self.expiry: Any = None
         #: ``Recovery._settle``'s call, from the connection's loss until ``drop``.
@@ -151,10 +158,29 @@ class _Kept:
                          "or --max-send-buffer bytes: not kept", packets=recovery.max_packets)
                 recovery.release(self)
                 return False
+            if self.holding:  # restored: its missed packets are not sent yet, none may go
+                self._overflow()
+                return False
             seq, _, _, _, dropped = self.packets.popleft()
             self.size -= dropped
             self.lost = seq
         return True
+
+    def _overflow(self) -> None:
+        """Restored, it had more than it may keep before its connect handler returned:
+        let go, its connection closed (a replay would have a gap)."""
+        log.info("socketio: a restored socket had more than {packets} packets or "
+                 "--max-send-buffer bytes before its connect handler returned: let go, its "
+                 "connection closed", packets=self.recovery.max_packets)
+        conn = self.socket.consumer._conn
+        self.recovery.release(self)  # (``connected`` answers nothing now)
+        conn.close_with_code(*CLOSE_MISSED_TOO_MANY)
+
+    def take_later(self) -> list[tuple[str, tuple[bytes, ...]]]:
+        """The packets without an offset that came while ``holding``, out of the bound."""
+        later, self.later = self.later, []
+        self.size -= sum(len(text) + sum(map(len, attachments)) for text, attachments in later)
+        return later
 
     def confirm(self) -> None:
         """A pong: the packets sent before its ping have arrived."""
@@ -194,9 +220,15 @@ class _Kept:
         if self.parked:
             return
         if self.holding:
-            if offset is None:
+            if offset is None:  # (bounded with the missed ones)
                 self.later.append((text, attachments))
+                self.size += len(text) + sum(len(data) for data in attachments)
+                if (len(self.packets) + len(self.later) > self.recovery.max_packets
+                        or self.size > self.max_bytes):
+                    self._overflow()
             return
+        if HELD:  # room broadcasts held for this turn were before this packet
+            let_out_for(self, self.channel)
         self.socket.consumer._send(text, attachments)
 
     def deliver(self, event: dict[str, Any]) -> None:
@@ -209,6 +241,8 @@ class _Kept:
             elif self.parked or self._lost():
                 self._while_lost(event)
             else:  # in order with its connection's own events
+                if HELD:  # (and after the room broadcasts held before it)
+                    let_out_for(self, self.channel)
                 self.socket.consumer._conn.deliver(event)
         except Exception:  # not into the layer's delivery loop
             log.failure("socketio: a layer event for a recoverable socket failed")
@@ -232,7 +266,7 @@ class _Kept:
         connection is lost: its rooms change (a reconnect has them), a disconnect lets it go."""
         kind, socket = event.get("type"), self.socket
         if kind == "sio.disconnect" and event.get("sid") == socket.sid:
-            self.keep = False
+            self.keep, self.final = False, True
             if self.parked:
                 self.recovery.release(self)
         elif kind == "sio.room" and event.get("sid") == socket.sid:
@@ -268,7 +302,7 @@ class _Kept:
         """``group_close`` of a group it is in: its connection closes; one lost goes."""
         if self.done:
             return
-        self.keep = False
+        self.keep, self.final = False, True  # as Node's disconnectSockets: not recoverable
         if self.parked:
             self.recovery.release(self)
         else:
@@ -343,7 +377,7 @@ class Recovery:
         kept._trim(at)  # the client has those
         kept.mark = -1
         kept.holding = kept.recovered = True
-        kept.keep = False
+        kept.keep = kept.final = False
         socket = kept.socket
         socket.consumer = consumer
         socket.pending = True
@@ -354,7 +388,9 @@ class Recovery:
     def connected(self, socket: _Socket) -> None:
         """The connect handler accepted: CONNECT with the sid and the pid, then (restored)
         the packets the client missed, in order, then the rest."""
-        kept = self._by_sid[socket.sid]
+        kept = self._by_sid.get(socket.sid)
+        if kept is None or kept.socket is not socket:
+            return  # let go while its connect handler ran: its connection closes
         consumer = socket.consumer
         consumer._send(encode_packet(CONNECT, socket.namespace,
                                      {"sid": socket.sid, "pid": kept.pid})[0])
@@ -363,8 +399,7 @@ class Recovery:
             kept.holding = False
             for _, _, text, attachments, _ in list(kept.packets):
                 consumer._send(text, attachments)
-            later, kept.later = kept.later, []
-            for text, attachments in later:
+            for text, attachments in kept.take_later():
                 consumer._send(text, attachments)
 
     def packet(self, socket: _Socket, text: str, attachments: list[bytes],
@@ -400,7 +435,7 @@ class Recovery:
         for socket in consumer._sockets.values():
             kept = self._by_sid.get(socket.sid)
             if kept is not None and kept.socket is socket:
-                kept.keep = code not in _NOT_KEPT_CODES
+                kept.keep = code not in _NOT_KEPT_CODES and not kept.final
                 if kept.settle is None:
                     kept.settle = conn.reactor.callLater(
                         conn.config.application_close_timeout + 1.0, self._settle, kept,
@@ -425,6 +460,13 @@ class Recovery:
         if call is not None and call.active():
             call.cancel()
 
+    def let_go(self, socket: _Socket) -> None:
+        """A server disconnect while its connection's loss is handled (its ``disconnect``
+        handler runs): not kept when that ends."""
+        kept = self._by_sid.get(socket.sid)
+        if kept is not None and kept.socket is socket:
+            kept.keep, kept.final = False, True
+
     def drop(self, socket: _Socket) -> None:
         """``_drop``: the socket is gone from its connection: kept for a reconnect, or let go."""
         kept = self._by_sid.get(socket.sid)
@@ -440,7 +482,7 @@ class Recovery:
         conn = kept.socket.consumer._conn
         kept.parked = True
         kept.holding = False
-        kept.later = []
+        kept.take_later()  # (not kept: they have no offset)
         kept.mark = -1
         kept.expiry = conn.reactor.callLater(self.max_disconnection_duration,
                                              self._expired, kept)

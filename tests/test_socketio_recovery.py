@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
+from websockets.exceptions import ConnectionClosed
 
 from realtime import socketio as rsio
+from realtime import socketio_recovery as rsio_recovery
 from tests.clients import in_thread, until
 from tests.test_socketio import WAIT, PyClient, Raw, app, quick_server, start
 
@@ -247,9 +249,11 @@ async def test_past_its_bound_a_lost_socket_is_let_go(live, node_client):
     sid = await _connected_then_cut(sio, client)
     kept = sio._recovery._by_sid[sid]
     n = 0
-    while len(kept.packets) < 3:  # (with "hello", unless a pong came after it)
+    for n in range(4):  # bounded: three kept (with "hello", unless a pong came after it)
+        if len(kept.packets) >= 3:
+            break
         await sio.emit("missed", n, room="room")
-        n += 1
+    assert len(kept.packets) == 3, kept.packets
     assert sio._recovery.kept_count() == 1  # three: still kept
     await sio.emit("missed", n, room="room")
     assert sio._recovery.kept_count() == 0
@@ -469,4 +473,157 @@ async def test_a_disconnect_handler_that_never_returns_does_not_leak_the_socket(
     assert await until(lambda: sio._recovery.kept_count() == 1, timeout=3)
     assert forever.called  # cancelled
     assert await until(lambda: not sio._recovery._by_sid, timeout=3)  # expired
+    assert not _holds(sio.channel_layer, channel_of(sid))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_group_close_lets_the_socket_go(live):
+    """``group_close`` (README: how to disconnect a user's sockets) closes the connection
+    with its code; the socket is not kept for a reconnect (Node's ``disconnectSockets``
+    is not recoverable either): its pid restores nothing."""
+    sio = recovering_server()
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    answer = json.loads((await _packet(raw))[2:])
+    sid, pid = answer["sid"], answer["pid"]
+    await sio.channel_layer.group_close(rsio.room_group("/", "room"), 4000, "banned")
+    assert (await raw.closed())[0] == 4000
+    assert await until(lambda: sio.reasons), "no disconnect handler"
+    assert await until(lambda: not sio._recovery._by_sid), "a closed socket is kept"
+    assert sio._recovery.kept_count() == 0 and not sio._recovery._by_pid
+    assert not _holds(sio.channel_layer, channel_of(sid))
+    again = await Raw.open(url)
+    await again.send("40" + json.dumps({"pid": pid}))
+    assert json.loads((await _packet(again))[2:])["sid"] != sid
+    await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_packets_past_the_bound_while_a_restore_waits_never_leave_a_gap(live):
+    """Restored, its missed packets wait for the connect handler: one more packet past
+    ``max_packets`` must not drop a missed one the client never had (a recovered socket
+    with a gap); the socket is let go instead, and its connection closes."""
+    sio = quick_server(connection_state_recovery={"max_disconnection_duration": 5,
+                                                  "max_packets": 3})
+    gate: Deferred[None] = Deferred()
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        if sio.recovered(sid):
+            await gate
+        else:
+            await sio.enter_room(sid, "room")
+
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    answer = json.loads((await _packet(raw))[2:])
+    sid, pid = answer["sid"], answer["pid"]
+    await raw.close()
+    assert await until(lambda: sio._recovery.kept_count() == 1)
+    for n in range(3):  # kept: the bound is not passed
+        await sio.emit("missed", n, room="room")
+    again = await Raw.open(url)
+    await again.send("40" + json.dumps({"pid": pid}))
+    assert await until(lambda: sio._recovery._by_sid[sid].holding)
+    await sio.emit("missed", 3, room="room")  # past the bound
+    assert await until(lambda: not sio._recovery._by_sid)  # let go at once
+    assert not _holds(sio.channel_layer, channel_of(sid))
+    gate.callback(None)
+
+    def rest() -> tuple[list[Any], Any]:
+        got = []
+        try:
+            while True:
+                message = again.conn.recv(WAIT)
+                if message != "2":
+                    got.append(message)
+        except ConnectionClosed as exc:
+            return got, exc.rcvd and (exc.rcvd.code, exc.rcvd.reason)
+
+    assert await in_thread(rest) == ([], rsio_recovery.CLOSE_MISSED_TOO_MANY)
+    assert sio._sockets == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_packets_without_an_offset_held_for_a_restore_are_bounded_too(live):
+    """Packets with an ack id (no offset) that come while a restored socket's connect
+    handler runs wait behind its missed ones: they count against ``max_packets``."""
+    sio = quick_server(connection_state_recovery={"max_disconnection_duration": 5,
+                                                  "max_packets": 3})
+    gate: Deferred[None] = Deferred()
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        if sio.recovered(sid):
+            await gate
+
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    answer = json.loads((await _packet(raw))[2:])
+    sid, pid = answer["sid"], answer["pid"]
+    await raw.close()
+    assert await until(lambda: sio._recovery.kept_count() == 1)
+    again = await Raw.open(url)
+    await again.send("40" + json.dumps({"pid": pid}))
+    assert await until(lambda: sio._recovery._by_sid[sid].holding)
+    for n in range(3):
+        await sio.emit("ask", n, to=sid, callback=lambda *args: None)
+    assert len(sio._recovery._by_sid[sid].later) == 3  # within the bound: held
+    await sio.emit("ask", 3, to=sid, callback=lambda *args: None)
+    assert not sio._recovery._by_sid, "held past the bound"
+    gate.callback(None)
+    assert (await again.closed()) == rsio_recovery.CLOSE_MISSED_TOO_MANY
+    assert await until(lambda: not sio._sockets)
+    assert not _holds(sio.channel_layer, channel_of(sid))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_held_broadcast_to_its_room_goes_before_a_later_packet(live):
+    """A room broadcast held for the end of the read (or ``--broadcast-delay``; the
+    ``Emitter``'s are such frames) reaches the socket before a packet sent to it after,
+    as it does without recovery (its own channel, not its connection's, is the member)."""
+    from realtime.layers.base import hold, release
+
+    sio = recovering_server()
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    sid = json.loads((await _packet(raw))[2:])["sid"]
+    hold()
+    try:
+        await sio.channel_layer.broadcast(rsio.room_group("/", "room"), text='42["frame"]')
+        await sio.emit("after", to=sid)
+    finally:
+        release()
+    assert json.loads((await _packet(raw))[2:])[0] == "frame"
+    assert json.loads((await _packet(raw))[2:])[0] == "after"
+    await raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_disconnect_sid_while_its_disconnect_handler_runs_is_not_lost(live):
+    """The connection is lost and its ``disconnect`` handler runs (the socket is not
+    kept yet): a server ``disconnect(sid)`` then still means it is not coming back."""
+    sio = quick_server(connection_state_recovery={"max_disconnection_duration": 5})
+    gate: Deferred[None] = Deferred()
+    running: list[str] = []
+
+    @sio.event
+    async def disconnect(sid, reason):
+        running.append(sid)
+        await gate
+
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    sid = json.loads((await _packet(raw))[2:])["sid"]
+    await raw.close()
+    assert await until(lambda: running)
+    await sio.disconnect(sid)
+    gate.callback(None)
+    assert await until(lambda: not sio._recovery._by_sid), "kept after disconnect(sid)"
+    assert sio._recovery.kept_count() == 0
     assert not _holds(sio.channel_layer, channel_of(sid))
