@@ -313,7 +313,7 @@ class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
         #: Nodes learnt from the last ``CLUSTER SLOTS`` (asked after the URL's).
         self._known: tuple[tuple[str, int], ...] = ()
         self._locating: list[tuple[int, Deferred[tuple[str, int]]]] = []
-        #: The ``CLUSTER SLOTS`` connections open now (``close()`` aborts them).
+        #: ``on_node``'s connections open now, or their attempts (``close()`` ends them).
         self._probes: set[Any] = set()
         self._closing = False
         super().__init__([
@@ -341,7 +341,9 @@ class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
         for ``CONNECT_TIMEOUT``, and the search would go on to the next node)."""
         self._closing = True
         for proto in list(self._probes):
-            if proto.transport is not None:
+            if isinstance(proto, Deferred):  # still connecting
+                proto.cancel()
+            elif proto.transport is not None:
                 proto.transport.abortConnection()
         return super().close()
 
@@ -401,9 +403,16 @@ class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
         of its own, closed after (AUTH and TLS as the layer's; ``CLUSTER SLOTS``, the
         commands a partition follows ASK with). The whole within ``timeout``; ``close()``
         ends it."""
+        if self._closing:
+            raise LookupError("the channel layer is closed")
         first = self.shards[0]
         probe = _Probe(first)
-        proto = await first._tcp_endpoint(host, port).connect(_Factory(probe))  # type: ignore[arg-type]
+        connecting = first._tcp_endpoint(host, port).connect(_Factory(probe))  # type: ignore[arg-type]
+        self._probes.add(connecting)  # (close() cancels it: no attempt outlives the layer)
+        try:
+            proto = await connecting
+        finally:
+            self._probes.discard(connecting)
         if self._closing:
             proto.transport.abortConnection()
             raise LookupError("the channel layer is closed")
