@@ -18,7 +18,13 @@ import pytest_twisted
 
 from realtime.layers import LayerUnavailable, layer_from_url
 from realtime.layers.base import on_survey
-from realtime.layers.cluster import SLOTS, ClusterRedisChannelLayer, key_slot, partition_tags
+from realtime.layers.cluster import (
+    ASK_TIMEOUT,
+    SLOTS,
+    ClusterRedisChannelLayer,
+    key_slot,
+    partition_tags,
+)
 from realtime.layers.redis import RedisChannelLayer
 from tests.clients import captured_log
 from tests.redis_support import RedisCluster, RedisServer
@@ -640,3 +646,66 @@ async def test_close_ends_the_search_for_the_cluster(monkeypatch):
         for factory in factories:
             for proto in list(factory.open):
                 proto.transport.abortConnection()
+
+
+def connections_received(node: RedisServer) -> int:
+    """How many connections ``node`` has accepted so far (this question's included)."""
+    stats = node.call("INFO", "stats")
+    return int(re.search(r"total_connections_received:(\d+)", stats).group(1))  # type: ignore[union-attr]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sends_that_follow_ask_share_a_connection_and_keep_their_order():
+    """A burst of sends to a named channel whose list is the importing node's (partition 0's
+    slot migrating: every named channel's): each is answered ASK by the source and follows
+    it, over TLS with the password as every connection. They go over one connection at a
+    time per partition, in the order they were sent (each used to open its own: a busy
+    channel opened thousands at once, and took its messages in whichever order those
+    connections came up), and the receiver takes them in that order after the hand-over."""
+    from twisted.internet.defer import gatherResults
+
+    async with cluster_processes(tls=True, password="s3cret-pass") as (cluster, one, two):
+        slot = key_slot(one.shards[0]._list_key.encode())
+        source, target = cluster.migrating(slot)
+        before = connections_received(target)
+        count = 80  # (within the channel's capacity, 100)
+        await gatherResults([one.send("jobs", {"type": "job", "n": n}) for n in range(count)])
+        # (each batch of followed commands: one connection; here two or three batches)
+        assert connections_received(target) - before <= 1 + 10
+        cluster.hand_over(slot, source, target)
+        assert target.call("LLEN", one.shards[0]._list_key + "jobs") == f":{count}"
+        taken = [(await two.receive("jobs"))["n"] for _ in range(count)]
+        assert taken == list(range(count))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_send_after_the_hand_over_waits_for_those_still_following_ask():
+    """A send followed ASK and its connection to the importing node is slow (held here);
+    the hand-over comes, the partition moves there, and a later send to the same channel
+    goes there directly: it waits for the followed one, so the channel's messages stay in
+    order (it used to overtake it)."""
+    from twisted.internet.defer import Deferred
+
+    async with cluster_processes() as (cluster, one, two):
+        first_partition = one.shards[0]
+        slot = key_slot(first_partition._list_key.encode())
+        source, target = cluster.migrating(slot)
+        gate: Deferred[None] = Deferred()
+        on_node = one.on_node
+
+        async def held(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("timeout") == ASK_TIMEOUT:  # (not a CLUSTER SLOTS)
+                await gate
+            return await on_node(*args, **kwargs)
+
+        one.on_node = held  # type: ignore[method-assign]
+        first = one.send("jobs", {"type": "job", "n": 0})
+        await until(lambda: first_partition._asking)
+        cluster.hand_over(slot, source, target)  # (its shard channels dropped: it moves)
+        await until(lambda: one.ready and first_partition.node == ("127.0.0.1", target.port),
+                    10)
+        second = one.send("jobs", {"type": "job", "n": 1})
+        gate.callback(None)
+        await first
+        await second
+        assert [(await two.receive("jobs"))["n"] for _ in range(2)] == [0, 1]

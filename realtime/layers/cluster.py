@@ -33,8 +33,10 @@ presence question's) counts as MOVED. While the slot migrates (before the hand-o
 nothing moves: topics (messages, presence questions, surveys) stay the source's, whose
 shard channels are subscribed until the hand-over, so no script names a topic as a key.
 A key the source no longer has (moved already, or new) is answered ``ASK``: the commands
-that can follow it to the importing node (``ASKING``, then the command, on a connection
-of its own: ``_Partition._follow_ask``) do (a survey's large answer, written and read;
+that can follow it to the importing node (``ASKING``, then the command) do, in the order
+the source answered them, over one connection per partition at a time that carries
+those waiting together (``_Partition._run_asked``; a command that may follow ASK waits
+meanwhile, so none overtakes them after the hand-over) (a survey's large answer, written and read;
 history reads and ``group_history_remove``; a named channel's send, taken by its
 receivers after the hand-over); the others fail alone with ``LayerUnavailable``: a
 history publish whose keys moved (ASK: its subscribers are the source's), and a script
@@ -42,18 +44,20 @@ whose keys are not all on one node (``TRYAGAIN``: a history read of a group with
 yet, or whose list expired before its position).
 
 Cost: two connections per partition and process (publisher and subscriber), and one for
-named channels' BRPOP: 33 per process with 16 partitions.
+named channels' BRPOP: 33 per process with 16 partitions (and, while a slot migrates,
+one more at a time for its partition's commands that follow ASK).
 """
 
 from __future__ import annotations
 
 import binascii
 import functools
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -79,6 +83,8 @@ SLOTS = 16384
 #: How long a command followed to the node an ASK names may take, its connection included
 #: (a survey's large answer is megabytes).
 ASK_TIMEOUT = 10.0
+#: At most this many followed commands go over one connection (the rest over the next).
+ASK_BATCH = 1000
 
 
 def key_slot(key: bytes) -> int:
@@ -143,6 +149,13 @@ class _Partition(_Shard):
         #: The node its connections go to (host, port): the last one located.
         self.node: tuple[str, int] = ("", 0)
         super().__init__(parent, index, layer)
+        #: Commands the source answered ASK for, waiting for their turn on the importing
+        #: node: (node, command, Deferred); ``_asking`` while ``_run_asked`` runs them, and
+        #: what may follow ASK meanwhile waits in ``_behind``.
+        self._asked: deque[tuple[tuple[str, int], Callable[[Any], Deferred[Any]],
+                                 Deferred[Any]]] = deque()
+        self._asking = False
+        self._behind: list[Deferred[None]] = []
         #: What its connections' log lines name: the cluster and the partition.
         self.address = replace(layer.address, tag=self.tag)
 
@@ -167,10 +180,22 @@ class _Partition(_Shard):
 
         return self._parent.locate(self.slot).addCallback(found)
 
+    def _on_publisher(self, command: Callable[[Any], Deferred[Any]],
+                      asking: bool = False) -> Deferred[Any]:
+        """While commands follow ASK (``_follow_ask``), one that may follow it too waits
+        until they are done: after the hand-over it would go to the importing node
+        directly, and could overtake them there (a named channel's messages reordered)."""
+        if asking and self._asking:
+            held: Deferred[None] = Deferred()
+            self._behind.append(held)
+            return held.addCallback(
+                lambda _: RedisChannelLayer._on_publisher(self, command, asking))
+        return super()._on_publisher(command, asking)
+
     def _follow_ask(self, failure: Failure, command: Callable[[Any], Deferred[Any]]) -> Any:
         """ASK (the slot is migrating, and the command's keys are on the importing node
         already, or are new): the command once more on that node, after ``ASKING``, over a
-        connection of its own, opened and closed for it (only until the hand-over, and
+        connection of the partition's own (``_run_asked``: only until the hand-over, and
         only for keys that moved: a survey's large answer, a history read, a named
         channel's send). What it answers there (TRYAGAIN: a script's keys not all there)
         fails as the source's would."""
@@ -191,8 +216,62 @@ class _Partition(_Shard):
                 f"channel layer: the Redis Cluster node importing slot {self.slot} "
                 f"({_host_port(*node)}): {reason.getErrorMessage()}"))
 
-        return Deferred.fromCoroutine(self._parent.on_node(
-            *node, command, asking=True, timeout=ASK_TIMEOUT)).addErrback(unreachable)
+        followed: Deferred[Any] = Deferred()
+        self._asked.append((node, command, followed))
+        if not self._asking:
+            self._asking = True
+            Deferred.fromCoroutine(self._run_asked())
+        return followed.addErrback(unreachable)
+
+    async def _run_asked(self) -> None:
+        """The commands ASK sent elsewhere, in the order the source answered them: those
+        waiting go together, ``ASKING`` before each, over one connection to the node
+        (``on_node``), then the next ones over the next; at most one connection per
+        partition (a busy named channel is every send), and none overtakes another."""
+        try:
+            while self._asked:
+                node = self._asked[0][0]
+                batch: list[tuple[tuple[str, int], Callable[[Any], Deferred[Any]],
+                                  Deferred[Any]]] = []
+                while self._asked and self._asked[0][0] == node and len(batch) < ASK_BATCH:
+                    batch.append(self._asked.popleft())
+
+                def run(proto: Any, batch: list[Any] = batch) -> Deferred[Any]:
+                    replies = []
+                    for _, command, followed in batch:
+                        # (pipelined, on the same connection: the importing node serves
+                        # the slot's keys to the command right after ASKING)
+                        proto.execute_command("ASKING").addErrback(lambda _: None)
+                        try:
+                            reply = command(proto)
+                        except Exception:
+                            followed.errback(Failure())
+                            continue
+                        replies.append(reply.addBoth(_settle, followed))
+                    return gatherResults(replies)
+
+                try:
+                    await self._parent.on_node(*node, run, timeout=ASK_TIMEOUT)
+                except Exception:
+                    problem = Failure()
+                    for _, _, followed in batch:
+                        if not followed.called:
+                            followed.errback(problem)
+        finally:
+            self._asking = False
+            behind, self._behind = self._behind, []
+            for held in behind:
+                held.callback(None)
+
+
+def _settle(result: Any, followed: Deferred[Any]) -> None:
+    """A followed command's answer goes to whoever waits for it, at once."""
+    if followed.called:
+        return
+    if isinstance(result, Failure):
+        followed.errback(result)
+    else:
+        followed.callback(result)
 
 
 class _Probe:
@@ -234,7 +313,7 @@ class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
         #: Nodes learnt from the last ``CLUSTER SLOTS`` (asked after the URL's).
         self._known: tuple[tuple[str, int], ...] = ()
         self._locating: list[tuple[int, Deferred[tuple[str, int]]]] = []
-        #: The ``CLUSTER SLOTS`` connections open now (``close()`` aborts them).
+        #: ``on_node``'s connections open now, or their attempts (``close()`` ends them).
         self._probes: set[Any] = set()
         self._closing = False
         super().__init__([
@@ -262,7 +341,9 @@ class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
         for ``CONNECT_TIMEOUT``, and the search would go on to the next node)."""
         self._closing = True
         for proto in list(self._probes):
-            if proto.transport is not None:
+            if isinstance(proto, Deferred):  # still connecting
+                proto.cancel()
+            elif proto.transport is not None:
                 proto.transport.abortConnection()
         return super().close()
 
@@ -317,14 +398,21 @@ class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
                           + "; ".join(problems))
 
     async def on_node(self, host: str, port: int, command: Callable[[Any], Deferred[Any]],
-                      asking: bool = False, timeout: float = CONNECT_TIMEOUT) -> Any:
+                      timeout: float = CONNECT_TIMEOUT) -> Any:
         """``command(protocol)``'s answer from the node ``host:port``, over a connection
-        of its own, closed after (AUTH and TLS as the layer's); with ``asking``, after
-        ``ASKING`` (a node importing a slot serves its keys to the next command). The
-        whole within ``timeout``; ``close()`` ends it."""
+        of its own, closed after (AUTH and TLS as the layer's; ``CLUSTER SLOTS``, the
+        commands a partition follows ASK with). The whole within ``timeout``; ``close()``
+        ends it."""
+        if self._closing:
+            raise LookupError("the channel layer is closed")
         first = self.shards[0]
         probe = _Probe(first)
-        proto = await first._tcp_endpoint(host, port).connect(_Factory(probe))  # type: ignore[arg-type]
+        connecting = first._tcp_endpoint(host, port).connect(_Factory(probe))  # type: ignore[arg-type]
+        self._probes.add(connecting)  # (close() cancels it: no attempt outlives the layer)
+        try:
+            proto = await connecting
+        finally:
+            self._probes.discard(connecting)
         if self._closing:
             proto.transport.abortConnection()
             raise LookupError("the channel layer is closed")
@@ -341,13 +429,8 @@ class ClusterRedisChannelLayer(ShardedRedisChannelLayer):
             if not probe.answer.called:
                 probe.answer.errback(failure)
 
-        def run(p: Any) -> Deferred[Any]:
-            if asking:  # (pipelined: it applies to the command that follows)
-                p.execute_command("ASKING").addErrback(lambda _: None)
-            return command(p)
-
         try:
-            asked = proto.whenConnected().addCallback(run)
+            asked = proto.whenConnected().addCallback(command)
             asked.addCallbacks(answered, failed)
             return await probe.answer
         finally:
