@@ -99,7 +99,9 @@ def backend(pubsub_server: Any) -> Any:
 
     found = Backend()
     found.port = reactor.listenTCP(0, Site(found.resource), interface="127.0.0.1")
+    pubsub_proxy.GATE.calls.clear()
     yield found
+    assert (pubsub_proxy.GATE.inflight, pubsub_proxy.GATE.waiting) == (0, 0)
     pytest_twisted.blockon(pubsub_proxy.close())
     pytest_twisted.blockon(found.port.stopListening())
 
@@ -492,19 +494,20 @@ def test_proxy_options_at_start_up(tmp_path, monkeypatch):
     assert startup_error("--namespace", "chat:publish_proxy_enabled") == (
         "--namespace: namespace 'chat': publish_proxy_enabled needs "
         "--proxy-publish-endpoint")
-    assert startup_error("--proxy-static-header", "X-Key") == (
+    rpc = ("--proxy-rpc-endpoint", "http://h/x")
+    assert startup_error(*rpc, "--proxy-static-header", "X-Key") == (
         "--proxy-static-header: expected 'Name: value', got 'X-Key'")
-    assert startup_error("--proxy-http-headers", "Cookie Bad:Name") == (
+    assert startup_error(*rpc, "--proxy-http-headers", "Cookie Bad:Name") == (
         "--proxy-http-headers: 'Bad:Name' is not a header name")
     # the request's own headers: a client's Host or Content-Length never reaches the backend
     for header in ("Host", "content-length", "Transfer-Encoding", "Connection"):
-        assert startup_error("--proxy-http-headers", f"Cookie {header}") == (
+        assert startup_error(*rpc, "--proxy-http-headers", f"Cookie {header}") == (
             f"--proxy-http-headers: {header!r} is the proxy request's own header (its "
             "connection's or framing's), not one to send")
-    assert startup_error("--proxy-static-header", "Host: backend.internal") == (
+    assert startup_error(*rpc, "--proxy-static-header", "Host: backend.internal") == (
         "--proxy-static-header: 'Host' is the proxy request's own header (its "
         "connection's or framing's), not one to send")
-    assert startup_error("--proxy-static-header", "X-Key: caf\u00e9") == (
+    assert startup_error(*rpc, "--proxy-static-header", "X-Key: caf\u00e9") == (
         "--proxy-static-header: X-Key's value must be ASCII without CR, LF or NUL")
     with pytest.raises(ValueError, match="http_headers: 'Upgrade' is the proxy request"):
         ProxyConfig(endpoints={"rpc": "http://h/"}, http_headers=("Upgrade",))
@@ -604,3 +607,112 @@ async def test_a_unidirectional_connect_through_the_proxy(pubsub_server, backend
     assert bye == {"disconnect": {"code": 4501, "reason": "unauthorized"}}
     assert {body["transport"] for body in backend.of("connect")} == {"uni_websocket"}
     assert {headers["authorization"] for _, headers, _ in backend.requests} == {"Bearer t"}
+
+
+# -- the bound on requests in flight -----------------------------------------------------------
+
+def _gauges() -> tuple[int, int, dict[str, int]]:
+    """(in flight, queued, calls) as ``--metrics`` exposes them."""
+    from realtime.metrics import snapshot
+
+    snap = snapshot([], None)
+    return (snap["pubsub_proxy_inflight"], snap["pubsub_proxy_queued"],
+            snap["pubsub_proxy_calls"])
+
+
+def _calling(server: Any, method: str) -> Any:
+    """A client that connects, then calls ``method`` (its reply, in a worker thread)."""
+    def flow(client: Raw) -> Any:
+        client.result("connect")
+        return client.call("rpc", {"method": method})
+
+    return raw(server, flow)
+
+
+@pytest_twisted.ensureDeferred
+async def test_at_most_max_inflight_requests_reach_the_backend_the_rest_in_order(
+        pubsub_server, backend):
+    """A slow backend: two requests in flight at a time (--proxy-max-inflight 2), the
+    other calls wait and reach it in the order they were made; every one is answered."""
+    from tests.clients import until
+
+    backend.proxy("rpc", max_inflight=2, timeout=WAIT)
+    held: dict[str, Deferred[Any]] = {}
+
+    def rpc(body: dict[str, Any]) -> Any:
+        held[body["method"]] = Deferred()
+        return held[body["method"]]
+
+    backend.answers["rpc"] = rpc
+    server = await pubsub_server(anonymous=True)
+    calls = []
+    for i in range(5):  # each queued (or in flight) before the next is made
+        calls.append(_calling(server, f"m{i}"))
+        assert await until(lambda i=i: len(held) + pubsub_proxy.GATE.waiting == i + 1)
+    assert sorted(held) == ["m0", "m1"]  # the backend sees two, and no more
+    assert _gauges()[:2] == (2, 3)
+    # answered out of order: each answer lets the next waiter in, the queue's order kept
+    for name, seen in (("m1", 3), ("m0", 4), ("m2", 5), ("m3", 5), ("m4", 5)):
+        held[name].callback({"result": {"data": name}})
+        assert await until(lambda seen=seen: len(backend.of("rpc")) == seen)
+        assert pubsub_proxy.GATE.inflight <= 2
+        assert len(held) - sum(d.called for d in held.values()) <= 2  # at the backend
+    replies = await asyncio_gather(*calls)
+    assert [reply["rpc"]["data"] for reply in replies] == ["m0", "m1", "m2", "m3", "m4"]
+    assert [body["method"] for body in backend.of("rpc")] == ["m0", "m1", "m2", "m3", "m4"]
+    inflight, queued, counted = _gauges()
+    assert (inflight, queued) == (0, 0) and counted == {"rpc answered": 5}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_times_out_from_when_it_queued_and_a_client_gone_frees_its_place(
+        pubsub_server, backend):
+    """One place (--proxy-max-inflight 1), held: a call queued with a short timeout fails
+    with error 100 when it passes, never reaching the backend; a client that leaves while
+    its connect waits is dropped from the queue at once, and the one after it is served
+    when the place frees."""
+    from tests.clients import until
+
+    backend.proxy("connect", "rpc", max_inflight=1, timeout=WAIT)
+    hold: Deferred[Any] = Deferred()
+    backend.answers["connect"] = lambda body: {"result": {"user": body.get("data", "")}}
+    backend.answers["rpc"] = lambda body: hold if body["method"] == "hold" else {
+        "result": {"data": body["method"]}}
+    server = await pubsub_server()
+
+    def holder(client: Raw) -> Any:
+        client.result("connect", {"data": "holder"})
+        return client.call("rpc", {"method": "hold"})
+
+    held = raw(server, holder)
+    assert await until(lambda: pubsub_proxy.GATE.inflight == 1 and backend.of("rpc"))
+
+    # the timeout counts from the queue: this call never gets the place
+    backend.proxy("connect", "rpc", max_inflight=1, timeout=0.2)
+    def timed_out(client: Raw) -> Any:
+        return client.call("connect", {"data": "late"})
+
+    late = await raw(server, timed_out)
+    assert late["error"] == {"code": 100, "message": "internal server error",
+                             "temporary": True}
+    backend.proxy("connect", "rpc", max_inflight=1, timeout=WAIT)
+
+    def leaves(client: Raw) -> None:  # its connect waits, and it goes
+        client.send("connect", {"data": "gone"})
+        deadline = time.monotonic() + WAIT
+        while pubsub_proxy.GATE.waiting != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    await raw(server, leaves)
+    assert await until(lambda: _gauges()[1] == 0)  # dropped at once, not at its deadline
+    assert _gauges()[2].get("connect dropped") == 1
+    after = raw(server, lambda client: client.result("connect", {"data": "after"}))
+    assert await until(lambda: pubsub_proxy.GATE.waiting == 1)
+    assert [body.get("data") for body in backend.of("connect")] == ["holder"]
+    hold.callback({"result": {"data": "done"}})
+    assert (await after)["client"] and (await held)["rpc"] == {"data": "done"}
+    # the one that left and the one timed out never reached the backend
+    assert [body.get("data") for body in backend.of("connect")] == ["holder", "after"]
+    calls = _gauges()[2]
+    assert calls == {"connect answered": 2, "rpc answered": 1, "connect queue_timeout": 1,
+                     "connect dropped": 1}
