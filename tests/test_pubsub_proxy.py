@@ -716,3 +716,146 @@ async def test_a_call_times_out_from_when_it_queued_and_a_client_gone_frees_its_
     calls = _gauges()[2]
     assert calls == {"connect answered": 2, "rpc answered": 1, "connect queue_timeout": 1,
                      "connect dropped": 1}
+
+
+# -- headers emulation -------------------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_emulated_headers_go_with_every_proxy_request_of_the_connection(pubsub_server,
+                                                                             backend):
+    """The connect command's ``headers`` (centrifuge-js's ``headers`` option), in JSON and
+    Protobuf: the listed names reach the connect, subscribe and rpc requests, over the
+    static ones and under the handshake's; other names never; a bad value is 107."""
+    from tests.test_pubsub_protobuf import raw_pb
+
+    backend.proxy("connect", "subscribe", "rpc", http_headers=("Authorization",),
+                  emulated_headers=("Authorization", "X-Token"),
+                  static_headers=(("X-Token", "static"), ("X-Static", "s")))
+    backend.answers["connect"] = lambda body: {"result": {"user": "ada"}}
+    backend.answers["subscribe"] = lambda body: {"result": {}}
+    backend.answers["rpc"] = lambda body: {"result": {"data": "ok"}}
+    server = await pubsub_server("p:subscribe_proxy_enabled")
+    sent = {"authorization": "Bearer emulated", "X-TOKEN": "tok", "Cookie": "forged=1"}
+
+    def flow(client: Raw) -> Any:
+        client.result("connect", {"headers": sent})
+        client.result("subscribe", {"channel": "p:1"})
+        return client.result("rpc", {"method": "m"})
+
+    assert await raw(server, flow) == {"data": "ok"}
+    emulated = backend.requests[:]
+    assert [event for event, _, _ in emulated] == ["connect", "subscribe", "rpc"]
+    for _, headers, _ in emulated:
+        assert headers["authorization"] == "Bearer emulated" and headers["x-token"] == "tok"
+        assert headers["x-static"] == "s" and "cookie" not in headers
+    # the handshake's own header wins over the client's map
+    await raw(server, flow, Authorization="Bearer real")
+    assert {headers["authorization"] for _, headers, _ in backend.requests[3:]} == {
+        "Bearer real"}
+
+    def protobuf(client: Any) -> Any:
+        client.result("connect", {"headers": {"X-Token": "pb"}})
+        return client.result("rpc", {"method": "m"})
+
+    await raw_pb(server, protobuf)
+    assert [headers.get("x-token") for _, headers, _ in backend.requests[6:]] == ["pb", "pb"]
+    assert all("authorization" not in headers for _, headers, _ in backend.requests[6:])
+
+    before = len(backend.requests)
+    bad = [{"X-Token": "a\r\nX-Evil: 1"}, {"X-Token": "x" * 9000}, {"X-Token": "caf\u00e9"},
+           {"X-Token": 5}, ["X-Token"]]
+    replies = await asyncio_gather(*(raw(server, connected({"headers": h})) for h in bad))
+    assert {reply["error"]["code"] for reply in replies} == {107}
+    assert "must be ASCII without CR, LF or NUL" in replies[0]["error"]["message"]
+    assert len(backend.requests) == before  # none reached the backend
+    # a name not listed is not read at all: any value, no error
+    ok = await raw(server, connected({"headers": {"X-Other": "a\r\nb"}}))
+    assert "error" not in ok
+
+
+def test_emulated_headers_and_max_inflight_at_start_up(tmp_path):
+    from realtime.tap import Options
+
+    Options().parseOptions(["--app", "realtime.pubsub:application", "--proxy-rpc-endpoint",
+                            "http://h/x", "--proxy-emulated-headers", "Authorization,X-Token",
+                            "--proxy-max-inflight", "0"])
+    proxy = settings.pubsub_proxy
+    assert proxy.emulated_headers == ("Authorization", "X-Token")
+    assert proxy.max_inflight == 0 and proxy.timeout == 1.0
+    Options().parseOptions(["--app", "realtime.pubsub:application", "--proxy-rpc-endpoint",
+                            "http://h/x"])
+    assert settings.pubsub_proxy.max_inflight == 64
+    assert settings.pubsub_proxy.emulated_headers == ()
+    config = tmp_path / "realtime.toml"
+    config.write_text('app = "realtime.pubsub:application"\n'
+                      'proxy_connect_endpoint = "http://127.0.0.1:3000/connect"\n'
+                      'proxy_emulated_headers = ["Authorization"]\n'
+                      'proxy_max_inflight = 16\n')
+    Options().parseOptions(["--config", str(config)])
+    assert settings.pubsub_proxy.emulated_headers == ("Authorization",)
+    assert settings.pubsub_proxy.max_inflight == 16
+    rpc = ("--proxy-rpc-endpoint", "http://h/x")
+    assert startup_error(*rpc, "--proxy-emulated-headers", "Host") == (
+        "--proxy-emulated-headers: 'Host' is the proxy request's own header (its "
+        "connection's or framing's), not one to send")
+    assert startup_error(*rpc, "--proxy-max-inflight", "-1") == (
+        "--proxy-max-inflight: must be at least 0, got '-1'")
+    assert startup_error(*rpc, "--proxy-max-inflight", "many") == (
+        "--proxy-max-inflight: expected a whole number, got 'many'")
+    # an option of the proxies without any endpoint: one line naming it
+    for args in (("--proxy-timeout", "2s"), ("--proxy-max-inflight", "8"),
+                 ("--proxy-http-headers", "Cookie"), ("--proxy-emulated-headers", "X-A"),
+                 ("--proxy-static-header", "X-Key: v"), ("--proxy-binary-encoding",),
+                 ("--proxy-include-connection-meta",)):
+        assert startup_error(*args) == (
+            f"{args[0]}: needs a proxy endpoint (--proxy-connect-endpoint, ..., "
+            "--proxy-rpc-endpoint)")
+    with pytest.raises(ValueError, match="emulated_headers: 'Upgrade' is the proxy"):
+        ProxyConfig(endpoints={"rpc": "http://h/"}, emulated_headers=("Upgrade",))
+    with pytest.raises(ValueError, match="max_inflight"):
+        ProxyConfig(endpoints={"rpc": "http://h/"}, max_inflight=-1)
+
+
+class Wrapping(pubsub.PubSubConsumer):
+    """Hooks that return ``super()``'s answer (the backend's grant kept), or their own."""
+
+    async def can_subscribe(self, channel: str, data: Any) -> Any:
+        if channel == "p:mine":
+            return True  # decided here: nothing of the backend's
+        return await super().can_subscribe(channel, data)
+
+    async def can_publish(self, channel: str, data: Any) -> Any:
+        if not data:
+            return False
+        return await super().can_publish(channel, data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_hooks_hand_the_proxys_grant_back_as_their_answer(pubsub_server, backend):
+    """A subclass that returns ``super()``'s answer keeps the backend's ``data`` (and
+    ``info``, ...); one that answers True itself gets none of it; the publish proxy's
+    ``skip_history`` is true or false (else error 100)."""
+    from realtime.routing import URLRouter, path
+
+    backend.proxy("subscribe", "publish")
+    backend.answers["subscribe"] = lambda body: {"result": {"data": {"from": "backend"}}}
+    backend.answers["publish"] = lambda body: (
+        {"result": {"data": {"n": 2}, "skip_history": True}} if body["data"] == {"n": 1}
+        else {"result": {"skip_history": "yes"}})
+    app = URLRouter([path("connection/websocket", Wrapping.as_asgi())])
+    server = await pubsub_server("p:subscribe_proxy_enabled,publish_proxy_enabled",
+                                 anonymous=True, app=app)
+
+    def flow(client: Raw) -> Any:
+        client.result("connect")
+        proxied = client.result("subscribe", {"channel": "p:1"})
+        mine = client.result("subscribe", {"channel": "p:mine"})
+        client.result("publish", {"channel": "p:1", "data": {"n": 1}})
+        pub = client.push()
+        return proxied, mine, pub, client.call("publish", {"channel": "p:1", "data": 3})
+
+    proxied, mine, pub, refused = await raw(server, flow)
+    assert proxied == {"data": {"from": "backend"}} and mine == {}
+    assert pub["push"]["pub"]["data"] == {"n": 2}
+    assert refused["error"]["code"] == 100
+    assert [body["channel"] for body in backend.of("subscribe")] == ["p:1"]
