@@ -363,6 +363,8 @@ class Gate:
         self.queue.append(waiter)
         self.waiting += 1
         p._proxy_waiting.add(waiter)
+        if limit <= 0 or self.inflight < limit:  # (a limit raised since): let them in now
+            self._grant()
         await waiter.ready
 
     def leave(self) -> None:

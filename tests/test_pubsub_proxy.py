@@ -612,12 +612,22 @@ async def test_a_unidirectional_connect_through_the_proxy(pubsub_server, backend
 # -- the bound on requests in flight -----------------------------------------------------------
 
 def _gauges() -> tuple[int, int, dict[str, int]]:
-    """(in flight, queued, calls) as ``--metrics`` exposes them."""
-    from realtime.metrics import snapshot
+    """(in flight, queued, calls) as a ``--metrics`` scrape has them."""
+    from prometheus_client.parser import text_string_to_metric_families
 
-    snap = snapshot([], None)
-    return (snap["pubsub_proxy_inflight"], snap["pubsub_proxy_queued"],
-            snap["pubsub_proxy_calls"])
+    from realtime.metrics import Collector, exposition
+
+    found: dict[str, Any] = {"calls": {}}
+    text = exposition(Collector([], None))[1].decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "realtime_pubsub_proxy_calls_total":
+                key = f"{sample.labels['event']} {sample.labels['outcome']}"
+                found["calls"][key] = int(sample.value)
+            elif sample.name.startswith("realtime_pubsub_proxy_"):
+                found[sample.name] = int(sample.value)
+    return (found["realtime_pubsub_proxy_inflight"], found["realtime_pubsub_proxy_queued"],
+            found["calls"])
 
 
 def _calling(server: Any, method: str) -> Any:
