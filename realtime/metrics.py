@@ -117,6 +117,11 @@ def snapshot(sites: Iterable[Any], layer: Any) -> dict[str, Any]:
     snap["messages_out"] += snap["layer_broadcast_frames"]
     snap["bytes_out"] += getattr(layer_stats, "broadcast_bytes", 0)
     snap["layer_reconnects"] = getattr(layer, "reconnects", 0)
+    from realtime.pubsub_proxy import GATE  # (this process's, whatever its sites)
+
+    snap["pubsub_proxy_inflight"] = GATE.inflight
+    snap["pubsub_proxy_queued"] = GATE.waiting
+    snap["pubsub_proxy_calls"] = {f"{e} {o}": n for (e, o), n in GATE.calls.items()}
     snap["handshakes"] = {str(k): v for k, v in snap["handshakes"].items()}
     snap["close_codes"] = {str(k): v for k, v in snap["close_codes"].items()}
     snap["http_requests"] = {f"{m} {s}": v for (m, s), v in snap["http_requests"].items()}
@@ -288,6 +293,20 @@ class Collector:
             method, _, result = key.partition(" ")
             commands.add_metric([method, result], count)
         yield commands
+        yield GaugeMetricFamily("realtime_pubsub_proxy_inflight", "Centrifugo-proxy "
+                                "requests (realtime.pubsub_proxy) in flight to the backend",
+                                value=t.get("pubsub_proxy_inflight", 0))
+        yield GaugeMetricFamily("realtime_pubsub_proxy_queued", "Centrifugo-proxy calls "
+                                "waiting for a place (--proxy-max-inflight)",
+                                value=t.get("pubsub_proxy_queued", 0))
+        calls = CounterMetricFamily(
+            "realtime_pubsub_proxy_calls", "Centrifugo-proxy calls by event and outcome "
+            "(answered, failed, timeout, queue_timeout, dropped: the client left while it "
+            "waited)", labels=["event", "outcome"])
+        for key, count in sorted(t.get("pubsub_proxy_calls", {}).items()):
+            event, _, outcome = key.partition(" ")
+            calls.add_metric([event, outcome], count)
+        yield calls
         yield GaugeMetricFamily("realtime_http_requests_in_progress",
                                 "HTTP requests begun and not ended (an open SSE stream, a "
                                 "long poll; a scrape counts itself)",

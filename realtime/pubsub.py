@@ -32,7 +32,7 @@ import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qs
 
 from twisted.internet.defer import Deferred
@@ -40,6 +40,9 @@ from twisted.logger import Logger
 
 from realtime.consumer import AsyncWebsocketConsumer, compact_json
 from realtime.http import AsyncHttpConsumer
+
+if TYPE_CHECKING:
+    from realtime.pubsub_proxy import Granted
 from realtime.layers.base import (
     HELD,
     MAX_NAME,
@@ -638,8 +641,6 @@ class _Protocol:
     channel_layer: Any
     channel_name: Any
     _conn: Any
-    #: What the subscribe or publish proxy granted (a ``pubsub_proxy.Granted``).
-    _granted: Any
 
     #: None: the ``--namespace`` options (``realtime.pubsub.configure``).
     namespaces: ClassVar[Mapping[str, Namespace] | None] = None
@@ -661,33 +662,32 @@ class _Protocol:
     transport_name: ClassVar[str] = "websocket"
 
     # -- hooks ---------------------------------------------------------------------------------
-    async def can_subscribe(self, channel: str, data: Any) -> bool:
+    async def can_subscribe(self, channel: str, data: Any) -> bool | Granted:
         """Asked when neither a token nor the namespace lets the client in (Centrifugo's
         subscribe proxy, in-process), and always in a namespace with
         ``subscribe_proxy_enabled``; ``self.user`` is the connection's user id ("" when
         anonymous). Raise ``PubSubError`` for another error code. This one asks the
-        subscribe proxy where the namespace enables it (``realtime.pubsub_proxy``: its
-        ``info``, ``data``, ``override`` and ``expire_at`` go with the subscription), else
-        refuses."""
+        subscribe proxy where the namespace enables it and returns its answer (a
+        ``pubsub_proxy.Granted``, true: its ``info``, ``data``, ``override`` and
+        ``expire_at`` go with the subscription; a subclass returns ``super()``'s to keep
+        them), else refuses."""
         from realtime import pubsub_proxy
 
         namespace = _namespace(channel, self._namespaces())
         if pubsub_proxy.enabled("subscribe", namespace):
-            self._granted = await pubsub_proxy.subscribe(self, channel, data)
-            return True
+            return await pubsub_proxy.subscribe(self, channel, data)
         return False
 
-    async def can_publish(self, channel: str, data: Any) -> bool:
+    async def can_publish(self, channel: str, data: Any) -> bool | Granted:
         """Asked when the namespace does not let this client publish to ``channel``, and
         always in a namespace with ``publish_proxy_enabled``. This one asks the publish
-        proxy there (its ``data`` replaces the client's, its ``tags`` go along), else
-        refuses."""
+        proxy there and returns its answer (a ``pubsub_proxy.Granted``, true: its ``data``
+        replaces the client's, its ``tags`` go along), else refuses."""
         from realtime import pubsub_proxy
 
         namespace = _namespace(channel, self._namespaces())
         if pubsub_proxy.enabled("publish", namespace):
-            self._granted = await pubsub_proxy.publish(self, channel, data)
-            return True
+            return await pubsub_proxy.publish(self, channel, data)
         return False
 
     async def rpc(self, method: str, data: Any) -> Any:
@@ -736,11 +736,22 @@ class _Protocol:
         self.conn_meta: Any = None
         #: When a proxied connection's ``expire_at`` comes (``realtime.pubsub_proxy``).
         self._proxy_refresh_call: Any = None
-        #: What the subscribe or publish proxy granted, for the command that asked.
-        self._granted = None
+        #: The connect command's emulated headers for the proxies (``--proxy-emulated-
+        #: headers``), and this connection's proxy calls waiting for a place.
+        self._emulated_headers: dict[bytes, bytes] = {}
+        self._proxy_waiting: set[Any] = set()
+
+    def closed_now(self) -> None:
+        """The socket is gone (told at once, before ``disconnect`` waits behind a running
+        command): its proxy calls waiting for a place leave the queue."""
+        from realtime import pubsub_proxy
+
+        pubsub_proxy.drop_waiting(self)
 
     def _cleanup(self) -> None:
-        """The connection is over: its timers go."""
+        """The connection is over: its timers go, and its proxy calls still queued."""
+        if getattr(self, "_proxy_waiting", None):
+            self.closed_now()
         for name in ("_stale", "_ping_call", "_proxy_refresh_call"):
             call = getattr(self, name, None)
             if call is not None and call.active():
@@ -1012,6 +1023,7 @@ class _Protocol:
         user: Any = self.scope.get("user")
         claims: dict[str, Any] = {}
         granted: pubsub_proxy.Granted | None = None
+        pubsub_proxy.take_emulated_headers(self, params)  # (for every proxy of this one)
         if token:
             claims = await self._verify_connection(token)
             sub = claims.get("sub", "")
@@ -1233,10 +1245,11 @@ class _Protocol:
         elif namespace.subscribe_proxy_enabled or not self._allowed(
                 namespace.allow_subscribe_for_client, namespace.allow_subscribe_for_anonymous):
             # (with the subscribe proxy enabled the backend decides: Centrifugo's order)
-            self._granted = None
-            if not await self.can_subscribe(channel, params.get("data")):
+            answer = await self.can_subscribe(channel, params.get("data"))
+            if not answer:
                 raise PubSubError(PERMISSION_DENIED)
-            granted, self._granted = self._granted, None
+            if isinstance(answer, pubsub_proxy.Granted):
+                granted = answer
         if granted is not None:
             namespace = pubsub_proxy.overridden(namespace, granted.override)
             if granted.info[0]:
@@ -1393,6 +1406,8 @@ class _Protocol:
 
     # -- publish, history, presence ----------------------------------------------------------------
     async def _cmd_publish(self, params: dict[str, Any]) -> dict[str, Any]:
+        from realtime import pubsub_proxy
+
         channel = check_channel(params.get("channel"))
         if "data" not in params:
             raise PubSubError(BAD_REQUEST, "data required")
@@ -1402,11 +1417,10 @@ class _Protocol:
         if namespace.publish_proxy_enabled or not self._reads(
                 channel in self._subs, namespace.allow_publish_for_subscriber,
                 namespace.allow_publish_for_client, namespace.allow_publish_for_anonymous):
-            self._granted = None
-            if not await self.can_publish(channel, data):
+            granted = await self.can_publish(channel, data)
+            if not granted:
                 raise PubSubError(PERMISSION_DENIED)
-            granted, self._granted = self._granted, None
-            if granted is not None:  # the publish proxy's: its data instead, its tags
+            if isinstance(granted, pubsub_proxy.Granted):  # its data instead, its tags
                 if granted.data[0]:
                     data = granted.data[1]
                 tags = granted.tags

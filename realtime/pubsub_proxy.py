@@ -18,6 +18,18 @@ One ``HTTPConnectionPool`` per process keeps connections to the backend open; a 
 that is down, slow past ``--proxy-timeout``, answers other than 200 or not JSON (or more
 than ``MAX_RESPONSE`` bytes) fails that one command with Centrifugo's internal error (100,
 temporary: the SDKs retry), logged in one line.
+
+At most ``--proxy-max-inflight`` requests are in flight per process, across endpoints
+(``GATE``; Centrifugo has no bound): after a deploy every client reconnects at once and
+each connect is a backend request, so the rest wait first come first served, their
+``--proxy-timeout`` counted from when they queued (a queue drains, it never grows without
+bound in time), and a call whose client left is dropped from the queue.
+
+Headers emulation (Centrifugo v6.9's ``emulated_headers``): a browser's WebSocket cannot
+set headers, so centrifuge-js sends a ``headers`` map in the connect command; the names
+listed in ``--proxy-emulated-headers`` go from it to every proxy request of that
+connection, under the handshake's (``--proxy-http-headers``) and over the static ones.
+They are the client's: never a name the backend trusts as the edge's.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -57,6 +70,8 @@ RETRY_AFTER = 60.0
 NOT_SENT_ON = frozenset({"host", "content-length", "transfer-encoding", "connection",
                          "keep-alive", "proxy-connection", "te", "trailer", "upgrade",
                          "expect"})
+#: The longest emulated header value taken from a connect command (bytes of its UTF-8).
+MAX_EMULATED_VALUE = 8192
 #: ``SubscribeResult.override`` fields: per-connection namespace options.
 _OVERRIDES = ("presence", "join_leave", "force_push_join_leave", "force_recovery",
               "force_positioning")
@@ -78,6 +93,12 @@ class ProxyConfig:
     #: Payloads as ``b64data`` always (Centrifugo's ``binary_encoding``); otherwise only
     #: binary data that is not JSON text goes as ``b64data``.
     binary_encoding: bool = False
+    #: Requests in flight at once in this process, every endpoint together (0: no bound);
+    #: the others wait in a FIFO queue (``GATE``).
+    max_inflight: int = 64
+    #: Headers of the connect command's ``headers`` map (Centrifugo's headers emulation)
+    #: sent on with every proxy request of that connection.
+    emulated_headers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for event, url in self.endpoints.items():
@@ -86,11 +107,16 @@ class ProxyConfig:
             check_endpoint(url)
         if not self.timeout > 0 or self.timeout == float("inf"):
             raise ValueError("timeout must be more than 0 seconds")
-        for name in self.http_headers:
-            try:
-                check_header_name(name)
-            except ValueError as exc:
-                raise ValueError(f"http_headers: {exc}") from None
+        if isinstance(self.max_inflight, bool) or not isinstance(self.max_inflight, int) \
+                or self.max_inflight < 0:
+            raise ValueError("max_inflight must be a whole number, 0 or more")
+        for option, names in (("http_headers", self.http_headers),
+                              ("emulated_headers", self.emulated_headers)):
+            for name in names:
+                try:
+                    check_header_name(name)
+                except ValueError as exc:
+                    raise ValueError(f"{option}: {exc}") from None
         for name, value in self.static_headers:
             try:
                 check_header_name(name)
@@ -160,6 +186,18 @@ def enabled(event: str, namespace: Namespace) -> bool:
 
 class ProxyFailure(Exception):
     """The backend gave no usable answer (unreachable, timeout, status, body)."""
+
+
+class ProxyTimeout(ProxyFailure):
+    """No answer within ``--proxy-timeout``."""
+
+
+class QueueTimeout(ProxyTimeout):
+    """``--proxy-timeout`` passed while the call waited for a place (``Gate``)."""
+
+
+class ProxyGone(Exception):
+    """The client left while its call waited for a place: the call is dropped."""
 
 
 class _Body(Protocol):
@@ -233,7 +271,7 @@ class _Client:
         try:
             status, payload = await request
         except (DeferTimeout, ConnTimeout):
-            raise ProxyFailure(f"no answer within {timeout:g} s") from None
+            raise ProxyTimeout(f"no answer within {timeout:g} s") from None
         except ProxyFailure:
             raise
         except ConnectError as exc:
@@ -279,6 +317,127 @@ def _client() -> _Client:
     return _CLIENT
 
 
+# -- the bound on requests in flight -------------------------------------------------------------
+
+class _Waiter:
+    """A call waiting for a place: its client, what fires when it has one, its deadline."""
+
+    __slots__ = ("done", "p", "ready", "timer")
+
+    def __init__(self, p: _Protocol) -> None:
+        self.p = p
+        self.ready: Deferred[None] = Deferred(lambda _: GATE._forget(self))
+        self.timer: Any = None
+        self.done = False
+
+
+class Gate:
+    """At most ``limit`` proxy requests in flight in this process (every endpoint
+    together); the other calls wait first come first served. ``calls`` counts them by
+    (event, outcome): ``answered`` (a JSON object: a result, an error or a disconnect),
+    ``failed`` (unreachable, a status, a body that cannot be used), ``timeout`` (in flight
+    past its deadline), ``queue_timeout`` (never left the queue), ``dropped`` (its client
+    left while it waited)."""
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        #: Waiters in order; those timed out or dropped are skipped (``waiting`` counts the
+        #: others), so leaving the queue costs nothing.
+        self.queue: deque[_Waiter] = deque()
+        self.waiting = 0
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self._granting = False
+        #: Queue timeouts not logged yet, and when the last line was (one a second at most:
+        #: a reconnect storm is not a line per client).
+        self._unlogged = 0
+        self._logged_at = float("-inf")
+
+    async def enter(self, p: _Protocol, limit: int, timeout: float, reactor: Any) -> None:
+        """A place for one request (``leave`` gives it back); ``QueueTimeout`` when
+        ``timeout`` passes first, ``ProxyGone`` when the client leaves first."""
+        if limit <= 0 or (self.inflight < limit and not self.waiting):
+            self.inflight += 1
+            return
+        waiter = _Waiter(p)
+        waiter.timer = reactor.callLater(timeout, self._expire, waiter, timeout, reactor)
+        self.queue.append(waiter)
+        self.waiting += 1
+        p._proxy_waiting.add(waiter)
+        if limit <= 0 or self.inflight < limit:  # (a limit raised since): let them in now
+            self._grant()
+        await waiter.ready
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        self._grant()
+
+    def _grant(self) -> None:
+        """Places to the first waiters (a trampoline: a call that fails at once and leaves
+        again does not recurse)."""
+        if self._granting:
+            return
+        self._granting = True
+        try:
+            while self.waiting:
+                proxy = config()
+                limit = proxy.max_inflight if proxy is not None else 0
+                if 0 < limit <= self.inflight:
+                    return
+                waiter = self.queue.popleft()
+                if waiter.done:
+                    continue
+                if waiter.p._conn.closing_or_closed:  # gone (a stream tells no one at once)
+                    self._drop(waiter, ProxyGone())
+                    continue
+                self._forget(waiter)
+                self.inflight += 1
+                waiter.ready.callback(None)
+        finally:
+            self._granting = False
+
+    def _forget(self, waiter: _Waiter) -> None:
+        """Out of the queue (it stays in the deque, skipped)."""
+        if waiter.done:
+            return
+        waiter.done = True
+        self.waiting -= 1
+        waiter.p._proxy_waiting.discard(waiter)
+        if waiter.timer is not None and waiter.timer.active():
+            waiter.timer.cancel()
+        if not self.waiting:
+            self.queue.clear()
+
+    def _drop(self, waiter: _Waiter, why: Exception) -> None:
+        if not waiter.done:
+            self._forget(waiter)
+            waiter.ready.errback(why)
+
+    def _expire(self, waiter: _Waiter, timeout: float, reactor: Any) -> None:
+        waiter.timer = None
+        self._unlogged += 1
+        now = reactor.seconds()
+        if now - self._logged_at >= 1.0:
+            log.warn("pubsub: {count} proxy call(s) waited {timeout:g} s for one of the "
+                     "{limit} places in flight (--proxy-max-inflight) and failed (the "
+                     "clients get error 100)", count=self._unlogged, timeout=timeout,
+                     limit=self.inflight)
+            self._unlogged, self._logged_at = 0, now
+        self._drop(waiter, QueueTimeout(f"no place within {timeout:g} s"))
+
+    def drop(self, p: _Protocol) -> None:
+        """``p``'s client left: its waiting calls go (``ProxyGone``)."""
+        for waiter in list(getattr(p, "_proxy_waiting", ())):
+            self._drop(waiter, ProxyGone())
+
+
+GATE = Gate()
+
+
+def drop_waiting(p: _Protocol) -> None:
+    """The connection is over: its calls waiting for a place leave the queue."""
+    GATE.drop(p)
+
+
 # -- requests ----------------------------------------------------------------------------------
 
 def _put_data(body: dict[str, Any], key: str, data: Any, proxy: ProxyConfig) -> None:
@@ -292,6 +451,35 @@ def _put_data(body: dict[str, Any], key: str, data: Any, proxy: ProxyConfig) -> 
         body["b64" + key] = base64.b64encode(_dumps(data).encode("utf-8")).decode("ascii")
     else:
         body[key] = data
+
+
+def take_emulated_headers(p: _Protocol, params: dict[str, Any]) -> None:
+    """The connect command's ``headers`` map (Centrifugo's headers emulation): the names in
+    ``--proxy-emulated-headers`` (any case) are kept for this connection's proxy requests;
+    others are ignored. ``PubSubError`` 107 for a map that is not of strings, or a kept
+    value with CR, LF, NUL, non-ASCII, or over ``MAX_EMULATED_VALUE`` bytes."""
+    from realtime.pubsub import BAD_REQUEST, PubSubError
+
+    proxy = config()
+    given = params.get("headers")
+    if proxy is None or not proxy.emulated_headers or given is None or given == {}:
+        return
+    if not isinstance(given, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in given.items()):
+        raise PubSubError(BAD_REQUEST, "bad request: headers must map names to strings")
+    wanted = {name.lower() for name in proxy.emulated_headers}
+    kept: dict[bytes, bytes] = {}
+    for name, value in given.items():
+        key = name.lower()
+        if key not in wanted:
+            continue
+        if not value.isascii() or any(c in value for c in "\r\n\0") \
+                or len(value) > MAX_EMULATED_VALUE:
+            raise PubSubError(BAD_REQUEST, f"bad request: header {name[:64]!r} must be "
+                              f"ASCII without CR, LF or NUL, at most {MAX_EMULATED_VALUE} "
+                              "bytes")
+        kept.setdefault(key.encode("ascii"), value.encode("ascii"))
+    p._emulated_headers = kept
 
 
 def _request(p: _Protocol, event: str, proxy: ProxyConfig) -> dict[str, Any]:
@@ -312,16 +500,20 @@ def _request(p: _Protocol, event: str, proxy: ProxyConfig) -> dict[str, Any]:
 
 
 def _headers(p: _Protocol, proxy: ProxyConfig) -> dict[bytes, list[bytes]]:
+    """Static headers, under the connect command's emulated ones, under the handshake's
+    (Centrifugo's order: the edge's win over the client's map)."""
     headers: dict[bytes, list[bytes]] = {}
     for name, value in proxy.static_headers:
         headers[name.lower().encode("ascii")] = [value.encode("ascii")]
+    for key, text in p._emulated_headers.items():
+        headers[key] = [text]
     wanted = {name.lower().encode("ascii") for name in proxy.http_headers}
     forwarded: dict[bytes, list[bytes]] = {}
     for raw, value in p.scope.get("headers") or ():
         key = bytes(raw).lower()
         if key in wanted:
             forwarded.setdefault(key, []).append(bytes(value))
-    headers.update(forwarded)  # the client's win over the static ones
+    headers.update(forwarded)  # the handshake's win over the emulated and static ones
     headers[b"content-type"] = [b"application/json"]
     return headers
 
@@ -337,30 +529,56 @@ async def _call(p: _Protocol, event: str, body: dict[str, Any]) -> dict[str, Any
     url = proxy.url(event) if proxy is not None else None
     if proxy is None or url is None:
         raise PubSubError(INTERNAL, temporary=True)
+    client = _client()
+    deadline = client.reactor.seconds() + proxy.timeout  # from the queue on
     try:
-        reply = await _client().post(url, _dumps(body).encode("utf-8"),
-                                     _headers(p, proxy), proxy.timeout)
-        if not isinstance(reply, dict):
-            raise ProxyFailure("the response is not a JSON object")
-        if event not in ("refresh", "sub_refresh"):
-            disconnect = reply.get("disconnect")
-            if disconnect is not None:
-                raise _Close(_disconnect(disconnect))
-            error = reply.get("error")
-            if error is not None:
-                raise _error(error)
-        result = reply.get("result")
-        if result is None and event in ("subscribe", "publish", "rpc"):
-            return {}
-        if result is None and event in ("refresh", "sub_refresh"):
-            return {"expired": True}  # (Centrifugo's: no result, an error say, expires)
-        if not isinstance(result, dict):
-            raise ProxyFailure("no result object in the response")
-        return result
+        await GATE.enter(p, proxy.max_inflight, proxy.timeout, client.reactor)
+    except ProxyGone:
+        GATE.calls[event, "dropped"] += 1
+        raise PubSubError(INTERNAL, temporary=True) from None
+    except QueueTimeout:  # (Gate logs these, a line a second at most)
+        GATE.calls[event, "queue_timeout"] += 1
+        raise PubSubError(INTERNAL, temporary=True) from None
+    try:
+        try:
+            reply = await client.post(url, _dumps(body).encode("utf-8"), _headers(p, proxy),
+                                      max(0.001, deadline - client.reactor.seconds()))
+        finally:
+            GATE.leave()
+        result = _answer(event, reply)
     except ProxyFailure as exc:
+        GATE.calls[event, "timeout" if isinstance(exc, ProxyTimeout) else "failed"] += 1
         log.warn("pubsub: the {event} proxy {url} failed: {why} (the client gets error "
                  "100)", event=event, url=url, why=str(exc))
         raise PubSubError(INTERNAL, temporary=True) from None
+    except (PubSubError, _Close):  # the backend's error or disconnect
+        GATE.calls[event, "answered"] += 1
+        raise
+    GATE.calls[event, "answered"] += 1
+    return result
+
+
+def _answer(event: str, reply: Any) -> dict[str, Any]:
+    """The result of a proxy's JSON answer (see ``_call``)."""
+    from realtime.pubsub import _Close
+
+    if not isinstance(reply, dict):
+        raise ProxyFailure("the response is not a JSON object")
+    if event not in ("refresh", "sub_refresh"):
+        disconnect = reply.get("disconnect")
+        if disconnect is not None:
+            raise _Close(_disconnect(disconnect))
+        error = reply.get("error")
+        if error is not None:
+            raise _error(error)
+    result = reply.get("result")
+    if result is None and event in ("subscribe", "publish", "rpc"):
+        return {}
+    if result is None and event in ("refresh", "sub_refresh"):
+        return {"expired": True}  # (Centrifugo's: no result, an error say, expires)
+    if not isinstance(result, dict):
+        raise ProxyFailure("no result object in the response")
+    return result
 
 
 def _disconnect(value: Any) -> tuple[int, str]:
@@ -491,7 +709,8 @@ async def subscribe(p: _Protocol, channel: str, data: Any) -> Granted:
 
 async def publish(p: _Protocol, channel: str, data: Any) -> Granted:
     """Centrifugo's PublishRequest: ``data`` (or ``b64data``) replaces what the client
-    published, ``tags`` go with the publication."""
+    published, ``tags`` go with the publication; ``skip_history`` is checked (true or
+    false) and not acted on, as the server API's: a namespace with history keeps it."""
     proxy = config()
     assert proxy is not None
     body = _request(p, "publish", proxy)
@@ -504,6 +723,8 @@ async def publish(p: _Protocol, channel: str, data: Any) -> Granted:
         if tags is not None and not (isinstance(tags, dict) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in tags.items())):
             raise ProxyFailure("tags is not an object of strings")
+        if not isinstance(result.get("skip_history", False), bool):
+            raise ProxyFailure("skip_history is not true or false")
         return Granted(data=_payload(result, "data"), tags=tags or None)
 
     return _checked("publish", granted)

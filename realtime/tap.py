@@ -414,12 +414,20 @@ class Options(usage.Options):
          "sub_refresh_proxy_enabled."],
         ["proxy-rpc-endpoint", None, "",
          "realtime.pubsub: Centrifugo's RPC proxy, asked for every RPC method."],
-        ["proxy-timeout", None, "1s",
-         "Seconds a proxy request may take (1, 1s, 500ms); past it the client gets error "
-         "100."],
+        ["proxy-timeout", None, None,
+         "Seconds a proxy request may take from when it is asked, a wait for a place "
+         "(--proxy-max-inflight) included (1, 1s, 500ms; default 1s); past it the client "
+         "gets error 100."],
+        ["proxy-max-inflight", None, None,
+         "Proxy requests in flight at once in this process, every endpoint together "
+         "(default 64; 0: no bound); the others wait in order, within --proxy-timeout."],
         ["proxy-http-headers", None, "",
          "Headers of the client's handshake sent on to the proxies (e.g. 'Cookie "
          "Authorization Origin X-Forwarded-For'); default: none."],
+        ["proxy-emulated-headers", None, "",
+         "Headers of the connect command's headers map (centrifuge-js's headers option: "
+         "the client's own, untrusted) sent on to the proxies, under the handshake's; "
+         "default: none."],
         ["workers", None, "1",
          "Worker processes sharing the listeners (more than 1 needs --layer redis://...)."],
         ["config", None, None,
@@ -553,7 +561,8 @@ class Options(usage.Options):
             elif name in ("proxy-static-headers", "proxy-static-http-headers") and isinstance(
                     value, dict):  # Centrifugo's map (v5: proxy_static_http_headers)
                 name, value = "proxy-static-header", [f"{k}: {v}" for k, v in value.items()]
-            elif name == "proxy-http-headers" and isinstance(value, list) and all(
+            elif name in ("proxy-http-headers", "proxy-emulated-headers") and isinstance(
+                    value, list) and all(
                     isinstance(v, str) for v in value):  # Centrifugo's array
                 value = " ".join(value)
             if name in spelled:  # ping-interval and ping_interval: which was meant?
@@ -998,19 +1007,29 @@ class Options(usage.Options):
                     endpoints[event] = pubsub_proxy.check_endpoint(url)
                 except ValueError as exc:
                     raise StartupError(f"--{name}: {exc}") from None
+        given = [f"--{name}" for name in (
+            "proxy-timeout", "proxy-max-inflight", "proxy-http-headers",
+            "proxy-emulated-headers", "proxy-static-header", "proxy-include-connection-meta",
+            "proxy-binary-encoding") if self[name] not in (None, "", [], 0)]
+        if given and not endpoints:
+            raise StartupError(f"{given[0]}: needs a proxy endpoint (--proxy-connect-"
+                               "endpoint, ..., --proxy-rpc-endpoint)")
         try:
-            timeout = pubsub._duration(self["proxy-timeout"], "--proxy-timeout")
+            timeout = pubsub._duration(self["proxy-timeout"] or "1s", "--proxy-timeout")
         except ValueError as exc:
             raise StartupError(str(exc)) from None
         if not timeout > 0:
             raise StartupError(f"--proxy-timeout: must be more than 0, got "
                                f"{self['proxy-timeout']!r}")
-        headers = _words(self["proxy-http-headers"])
-        for header in headers:
-            try:
-                pubsub_proxy.check_header_name(header)
-            except ValueError as exc:
-                raise StartupError(f"--proxy-http-headers: {exc}") from None
+        max_inflight = _count("proxy-max-inflight", self["proxy-max-inflight"] or "64")
+        lists: dict[str, tuple[str, ...]] = {}
+        for option in ("proxy-http-headers", "proxy-emulated-headers"):
+            for header in _words(self[option]):
+                try:
+                    pubsub_proxy.check_header_name(header)
+                except ValueError as exc:
+                    raise StartupError(f"--{option}: {exc}") from None
+            lists[option] = tuple(_words(self[option]))
         static = []
         for value in self["proxy-static-header"]:
             try:
@@ -1027,10 +1046,12 @@ class Options(usage.Options):
                         f"--proxy-{event.replace('_', '-')}-endpoint")
         try:
             settings.pubsub_proxy = pubsub_proxy.ProxyConfig(
-                endpoints=endpoints, timeout=timeout, http_headers=tuple(headers),
-                static_headers=tuple(static),
+                endpoints=endpoints, timeout=timeout,
+                http_headers=lists["proxy-http-headers"], static_headers=tuple(static),
                 include_connection_meta=bool(self["proxy-include-connection-meta"]),
                 binary_encoding=bool(self["proxy-binary-encoding"]),
+                max_inflight=max_inflight,
+                emulated_headers=lists["proxy-emulated-headers"],
             ) if endpoints else None
         except ValueError as exc:
             raise StartupError(f"--proxy-static-header: {exc}") from None

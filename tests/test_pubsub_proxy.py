@@ -99,7 +99,9 @@ def backend(pubsub_server: Any) -> Any:
 
     found = Backend()
     found.port = reactor.listenTCP(0, Site(found.resource), interface="127.0.0.1")
+    pubsub_proxy.GATE.calls.clear()
     yield found
+    assert (pubsub_proxy.GATE.inflight, pubsub_proxy.GATE.waiting) == (0, 0)
     pytest_twisted.blockon(pubsub_proxy.close())
     pytest_twisted.blockon(found.port.stopListening())
 
@@ -492,19 +494,20 @@ def test_proxy_options_at_start_up(tmp_path, monkeypatch):
     assert startup_error("--namespace", "chat:publish_proxy_enabled") == (
         "--namespace: namespace 'chat': publish_proxy_enabled needs "
         "--proxy-publish-endpoint")
-    assert startup_error("--proxy-static-header", "X-Key") == (
+    rpc = ("--proxy-rpc-endpoint", "http://h/x")
+    assert startup_error(*rpc, "--proxy-static-header", "X-Key") == (
         "--proxy-static-header: expected 'Name: value', got 'X-Key'")
-    assert startup_error("--proxy-http-headers", "Cookie Bad:Name") == (
+    assert startup_error(*rpc, "--proxy-http-headers", "Cookie Bad:Name") == (
         "--proxy-http-headers: 'Bad:Name' is not a header name")
     # the request's own headers: a client's Host or Content-Length never reaches the backend
     for header in ("Host", "content-length", "Transfer-Encoding", "Connection"):
-        assert startup_error("--proxy-http-headers", f"Cookie {header}") == (
+        assert startup_error(*rpc, "--proxy-http-headers", f"Cookie {header}") == (
             f"--proxy-http-headers: {header!r} is the proxy request's own header (its "
             "connection's or framing's), not one to send")
-    assert startup_error("--proxy-static-header", "Host: backend.internal") == (
+    assert startup_error(*rpc, "--proxy-static-header", "Host: backend.internal") == (
         "--proxy-static-header: 'Host' is the proxy request's own header (its "
         "connection's or framing's), not one to send")
-    assert startup_error("--proxy-static-header", "X-Key: caf\u00e9") == (
+    assert startup_error(*rpc, "--proxy-static-header", "X-Key: caf\u00e9") == (
         "--proxy-static-header: X-Key's value must be ASCII without CR, LF or NUL")
     with pytest.raises(ValueError, match="http_headers: 'Upgrade' is the proxy request"):
         ProxyConfig(endpoints={"rpc": "http://h/"}, http_headers=("Upgrade",))
@@ -604,3 +607,265 @@ async def test_a_unidirectional_connect_through_the_proxy(pubsub_server, backend
     assert bye == {"disconnect": {"code": 4501, "reason": "unauthorized"}}
     assert {body["transport"] for body in backend.of("connect")} == {"uni_websocket"}
     assert {headers["authorization"] for _, headers, _ in backend.requests} == {"Bearer t"}
+
+
+# -- the bound on requests in flight -----------------------------------------------------------
+
+def _gauges() -> tuple[int, int, dict[str, int]]:
+    """(in flight, queued, calls) as a ``--metrics`` scrape has them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from realtime.metrics import Collector, exposition
+
+    found: dict[str, Any] = {"calls": {}}
+    text = exposition(Collector([], None))[1].decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "realtime_pubsub_proxy_calls_total":
+                key = f"{sample.labels['event']} {sample.labels['outcome']}"
+                found["calls"][key] = int(sample.value)
+            elif sample.name.startswith("realtime_pubsub_proxy_"):
+                found[sample.name] = int(sample.value)
+    return (found["realtime_pubsub_proxy_inflight"], found["realtime_pubsub_proxy_queued"],
+            found["calls"])
+
+
+def _calling(server: Any, method: str) -> Any:
+    """A client that connects, then calls ``method`` (its reply, in a worker thread)."""
+    def flow(client: Raw) -> Any:
+        client.result("connect")
+        return client.call("rpc", {"method": method})
+
+    return raw(server, flow)
+
+
+@pytest_twisted.ensureDeferred
+async def test_at_most_max_inflight_requests_reach_the_backend_the_rest_in_order(
+        pubsub_server, backend):
+    """A slow backend: two requests in flight at a time (--proxy-max-inflight 2), the
+    other calls wait and reach it in the order they were made; every one is answered."""
+    from tests.clients import until
+
+    backend.proxy("rpc", max_inflight=2, timeout=WAIT)
+    held: dict[str, Deferred[Any]] = {}
+
+    def rpc(body: dict[str, Any]) -> Any:
+        held[body["method"]] = Deferred()
+        return held[body["method"]]
+
+    backend.answers["rpc"] = rpc
+    server = await pubsub_server(anonymous=True)
+    calls = []
+    for i in range(5):  # each queued (or in flight) before the next is made
+        calls.append(_calling(server, f"m{i}"))
+        assert await until(lambda i=i: len(held) + pubsub_proxy.GATE.waiting == i + 1)
+    assert sorted(held) == ["m0", "m1"]  # the backend sees two, and no more
+    assert _gauges()[:2] == (2, 3)
+    # answered out of order: each answer lets the next waiter in, the queue's order kept
+    for name, seen in (("m1", 3), ("m0", 4), ("m2", 5), ("m3", 5), ("m4", 5)):
+        held[name].callback({"result": {"data": name}})
+        assert await until(lambda seen=seen: len(backend.of("rpc")) == seen)
+        assert pubsub_proxy.GATE.inflight <= 2
+        assert len(held) - sum(d.called for d in held.values()) <= 2  # at the backend
+    replies = await asyncio_gather(*calls)
+    assert [reply["rpc"]["data"] for reply in replies] == ["m0", "m1", "m2", "m3", "m4"]
+    assert [body["method"] for body in backend.of("rpc")] == ["m0", "m1", "m2", "m3", "m4"]
+    inflight, queued, counted = _gauges()
+    assert (inflight, queued) == (0, 0) and counted == {"rpc answered": 5}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_times_out_from_when_it_queued_and_a_client_gone_frees_its_place(
+        pubsub_server, backend):
+    """One place (--proxy-max-inflight 1), held: a call queued with a short timeout fails
+    with error 100 when it passes, never reaching the backend; a client that leaves while
+    its connect waits is dropped from the queue at once, and the one after it is served
+    when the place frees."""
+    from tests.clients import until
+
+    backend.proxy("connect", "rpc", max_inflight=1, timeout=WAIT)
+    hold: Deferred[Any] = Deferred()
+    backend.answers["connect"] = lambda body: {"result": {"user": body.get("data", "")}}
+    backend.answers["rpc"] = lambda body: hold if body["method"] == "hold" else {
+        "result": {"data": body["method"]}}
+    server = await pubsub_server()
+
+    def holder(client: Raw) -> Any:
+        client.result("connect", {"data": "holder"})
+        return client.call("rpc", {"method": "hold"})
+
+    held = raw(server, holder)
+    assert await until(lambda: pubsub_proxy.GATE.inflight == 1 and backend.of("rpc"))
+
+    # the timeout counts from the queue: this call never gets the place
+    backend.proxy("connect", "rpc", max_inflight=1, timeout=0.2)
+    def timed_out(client: Raw) -> Any:
+        return client.call("connect", {"data": "late"})
+
+    late = await raw(server, timed_out)
+    assert late["error"] == {"code": 100, "message": "internal server error",
+                             "temporary": True}
+    backend.proxy("connect", "rpc", max_inflight=1, timeout=WAIT)
+
+    def leaves(client: Raw) -> None:  # its connect waits, and it goes
+        client.send("connect", {"data": "gone"})
+        deadline = time.monotonic() + WAIT
+        while pubsub_proxy.GATE.waiting != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    await raw(server, leaves)
+    assert await until(lambda: _gauges()[1] == 0)  # dropped at once, not at its deadline
+    assert _gauges()[2].get("connect dropped") == 1
+    after = raw(server, lambda client: client.result("connect", {"data": "after"}))
+    assert await until(lambda: pubsub_proxy.GATE.waiting == 1)
+    assert [body.get("data") for body in backend.of("connect")] == ["holder"]
+    hold.callback({"result": {"data": "done"}})
+    assert (await after)["client"] and (await held)["rpc"] == {"data": "done"}
+    # the one that left and the one timed out never reached the backend
+    assert [body.get("data") for body in backend.of("connect")] == ["holder", "after"]
+    calls = _gauges()[2]
+    assert calls == {"connect answered": 2, "rpc answered": 1, "connect queue_timeout": 1,
+                     "connect dropped": 1}
+
+
+# -- headers emulation -------------------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_emulated_headers_go_with_every_proxy_request_of_the_connection(pubsub_server,
+                                                                             backend):
+    """The connect command's ``headers`` (centrifuge-js's ``headers`` option), in JSON and
+    Protobuf: the listed names reach the connect, subscribe and rpc requests, over the
+    static ones and under the handshake's; other names never; a bad value is 107."""
+    from tests.test_pubsub_protobuf import raw_pb
+
+    backend.proxy("connect", "subscribe", "rpc", http_headers=("Authorization",),
+                  emulated_headers=("Authorization", "X-Token"),
+                  static_headers=(("X-Token", "static"), ("X-Static", "s")))
+    backend.answers["connect"] = lambda body: {"result": {"user": "ada"}}
+    backend.answers["subscribe"] = lambda body: {"result": {}}
+    backend.answers["rpc"] = lambda body: {"result": {"data": "ok"}}
+    server = await pubsub_server("p:subscribe_proxy_enabled")
+    sent = {"authorization": "Bearer emulated", "X-TOKEN": "tok", "Cookie": "forged=1"}
+
+    def flow(client: Raw) -> Any:
+        client.result("connect", {"headers": sent})
+        client.result("subscribe", {"channel": "p:1"})
+        return client.result("rpc", {"method": "m"})
+
+    assert await raw(server, flow) == {"data": "ok"}
+    emulated = backend.requests[:]
+    assert [event for event, _, _ in emulated] == ["connect", "subscribe", "rpc"]
+    for _, headers, _ in emulated:
+        assert headers["authorization"] == "Bearer emulated" and headers["x-token"] == "tok"
+        assert headers["x-static"] == "s" and "cookie" not in headers
+    # the handshake's own header wins over the client's map
+    await raw(server, flow, Authorization="Bearer real")
+    assert {headers["authorization"] for _, headers, _ in backend.requests[3:]} == {
+        "Bearer real"}
+
+    def protobuf(client: Any) -> Any:
+        client.result("connect", {"headers": {"X-Token": "pb"}})
+        return client.result("rpc", {"method": "m"})
+
+    await raw_pb(server, protobuf)
+    assert [headers.get("x-token") for _, headers, _ in backend.requests[6:]] == ["pb", "pb"]
+    assert all("authorization" not in headers for _, headers, _ in backend.requests[6:])
+
+    before = len(backend.requests)
+    bad = [{"X-Token": "a\r\nX-Evil: 1"}, {"X-Token": "x" * 9000}, {"X-Token": "caf\u00e9"},
+           {"X-Token": 5}, ["X-Token"]]
+    replies = await asyncio_gather(*(raw(server, connected({"headers": h})) for h in bad))
+    assert {reply["error"]["code"] for reply in replies} == {107}
+    assert "must be ASCII without CR, LF or NUL" in replies[0]["error"]["message"]
+    assert len(backend.requests) == before  # none reached the backend
+    # a name not listed is not read at all: any value, no error
+    ok = await raw(server, connected({"headers": {"X-Other": "a\r\nb"}}))
+    assert "error" not in ok
+
+
+def test_emulated_headers_and_max_inflight_at_start_up(tmp_path):
+    from realtime.tap import Options
+
+    Options().parseOptions(["--app", "realtime.pubsub:application", "--proxy-rpc-endpoint",
+                            "http://h/x", "--proxy-emulated-headers", "Authorization,X-Token",
+                            "--proxy-max-inflight", "0"])
+    proxy = settings.pubsub_proxy
+    assert proxy.emulated_headers == ("Authorization", "X-Token")
+    assert proxy.max_inflight == 0 and proxy.timeout == 1.0
+    Options().parseOptions(["--app", "realtime.pubsub:application", "--proxy-rpc-endpoint",
+                            "http://h/x"])
+    assert settings.pubsub_proxy.max_inflight == 64
+    assert settings.pubsub_proxy.emulated_headers == ()
+    config = tmp_path / "realtime.toml"
+    config.write_text('app = "realtime.pubsub:application"\n'
+                      'proxy_connect_endpoint = "http://127.0.0.1:3000/connect"\n'
+                      'proxy_emulated_headers = ["Authorization"]\n'
+                      'proxy_max_inflight = 16\n')
+    Options().parseOptions(["--config", str(config)])
+    assert settings.pubsub_proxy.emulated_headers == ("Authorization",)
+    assert settings.pubsub_proxy.max_inflight == 16
+    rpc = ("--proxy-rpc-endpoint", "http://h/x")
+    assert startup_error(*rpc, "--proxy-emulated-headers", "Host") == (
+        "--proxy-emulated-headers: 'Host' is the proxy request's own header (its "
+        "connection's or framing's), not one to send")
+    assert startup_error(*rpc, "--proxy-max-inflight", "-1") == (
+        "--proxy-max-inflight: must be at least 0, got '-1'")
+    assert startup_error(*rpc, "--proxy-max-inflight", "many") == (
+        "--proxy-max-inflight: expected a whole number, got 'many'")
+    # an option of the proxies without any endpoint: one line naming it
+    for args in (("--proxy-timeout", "2s"), ("--proxy-max-inflight", "8"),
+                 ("--proxy-http-headers", "Cookie"), ("--proxy-emulated-headers", "X-A"),
+                 ("--proxy-static-header", "X-Key: v"), ("--proxy-binary-encoding",),
+                 ("--proxy-include-connection-meta",)):
+        assert startup_error(*args) == (
+            f"{args[0]}: needs a proxy endpoint (--proxy-connect-endpoint, ..., "
+            "--proxy-rpc-endpoint)")
+    with pytest.raises(ValueError, match="emulated_headers: 'Upgrade' is the proxy"):
+        ProxyConfig(endpoints={"rpc": "http://h/"}, emulated_headers=("Upgrade",))
+    with pytest.raises(ValueError, match="max_inflight"):
+        ProxyConfig(endpoints={"rpc": "http://h/"}, max_inflight=-1)
+
+
+class Wrapping(pubsub.PubSubConsumer):
+    """Hooks that return ``super()``'s answer (the backend's grant kept), or their own."""
+
+    async def can_subscribe(self, channel: str, data: Any) -> Any:
+        if channel == "p:mine":
+            return True  # decided here: nothing of the backend's
+        return await super().can_subscribe(channel, data)
+
+    async def can_publish(self, channel: str, data: Any) -> Any:
+        if not data:
+            return False
+        return await super().can_publish(channel, data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_hooks_hand_the_proxys_grant_back_as_their_answer(pubsub_server, backend):
+    """A subclass that returns ``super()``'s answer keeps the backend's ``data`` (and
+    ``info``, ...); one that answers True itself gets none of it; the publish proxy's
+    ``skip_history`` is true or false (else error 100)."""
+    from realtime.routing import URLRouter, path
+
+    backend.proxy("subscribe", "publish")
+    backend.answers["subscribe"] = lambda body: {"result": {"data": {"from": "backend"}}}
+    backend.answers["publish"] = lambda body: (
+        {"result": {"data": {"n": 2}, "skip_history": True}} if body["data"] == {"n": 1}
+        else {"result": {"skip_history": "yes"}})
+    app = URLRouter([path("connection/websocket", Wrapping.as_asgi())])
+    server = await pubsub_server("p:subscribe_proxy_enabled,publish_proxy_enabled",
+                                 anonymous=True, app=app)
+
+    def flow(client: Raw) -> Any:
+        client.result("connect")
+        proxied = client.result("subscribe", {"channel": "p:1"})
+        mine = client.result("subscribe", {"channel": "p:mine"})
+        client.result("publish", {"channel": "p:1", "data": {"n": 1}})
+        pub = client.push()
+        return proxied, mine, pub, client.call("publish", {"channel": "p:1", "data": 3})
+
+    proxied, mine, pub, refused = await raw(server, flow)
+    assert proxied == {"data": {"from": "backend"}} and mine == {}
+    assert pub["push"]["pub"]["data"] == {"n": 2}
+    assert refused["error"]["code"] == 100
+    assert [body["channel"] for body in backend.of("subscribe")] == ["p:1"]
