@@ -2518,5 +2518,5 @@ class Emitter:
 
 __all__ = ["AsyncNamespace", "AsyncServer", "CallTimeoutError", "ConnectionRefusedError",
            "Emitter", "PollingConsumer", "Reason", "SocketIOApp", "SocketIOConsumer",
-           "SocketIOError", "channel_of", "decode_packet", "encode_packet", "namespace_group",
-           "room_group"]
+           "SocketIOError", "channel_of", "decode_msgpack_packet", "decode_packet",
+           "encode_msgpack_packet", "encode_packet", "namespace_group", "room_group"]

@@ -16,7 +16,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
 
 from realtime import socketio as rsio
-from tests.clients import until
+from tests.clients import in_thread, until
 from tests.test_socketio import (
     TRANSPORTS,
     WAIT,
@@ -29,24 +29,31 @@ from tests.test_socketio import (
 
 # -- acks across processes ----------------------------------------------------------------------
 
-async def _two_processes(redis_url: str) -> tuple[list[Any], list[Any], list[Any]]:
+async def _two_processes(redis_url: str, **options: Any,
+                         ) -> tuple[list[Any], list[Any], list[Any]]:
+    """Two layers on ``redis_url``, each with a server; ``options`` for the first's
+    ``AsyncServer`` (the one the clients connect to)."""
     from realtime.testing import serve
     from tests.redis_support import started_layer
 
     layers = [await started_layer(redis_url) for _ in range(2)]
-    sios = [rsio.AsyncServer(channel_layer=layer) for layer in layers]
+    sios = [rsio.AsyncServer(channel_layer=layer, **(options if n == 0 else {}))
+            for n, layer in enumerate(layers)]
     servers = [await serve(app(sio), layer=layer)
                for sio, layer in zip(sios, layers, strict=True)]
     return layers, sios, servers
 
 
+@pytest.mark.parametrize("recovery", [False, True], ids=["plain", "recovery"])
 @pytest_twisted.ensureDeferred
 async def test_acks_of_a_sid_in_another_process_come_back_to_the_caller(
-        redis_url, realtime_leak_check):
+        redis_url, realtime_leak_check, recovery):
     """``call()`` and ``emit(callback=)`` from the process that does not hold the sid: the
     answer (text, several arguments, bytes) reaches the caller that asked, among several
-    calls in flight at once from both processes; then the reply channel is released."""
-    layers, sios, servers = await _two_processes(redis_url)
+    calls in flight at once from both processes; then the reply channel is released. With
+    connection state recovery on where the sid is (its own channel, ``_Kept``) too."""
+    layers, sios, servers = await _two_processes(
+        redis_url, connection_state_recovery=recovery or None)
     try:
         one = await PyClient().connect(f"http://127.0.0.1:{servers[0].port}")
         one.client.on("echo", lambda data: data)
@@ -116,10 +123,14 @@ async def test_a_remote_call_that_times_out_or_whose_target_goes_leaves_nothing(
         called: list[Any] = []
         await there.emit("slow", "never", to=sid, callback=called.append)
         waiting = Deferred.fromCoroutine(there.call("slow", "gone", to=sid, timeout=60))
+        here = Deferred.fromCoroutine(sios[0].call("slow", "here", to=sid, timeout=60))
         assert await until(lambda: len(there._replies.pending) == 2)
+        assert await until(lambda: len(sios[0]._sockets[sid].acks) == 3)
         await sios[0].disconnect(sid)  # before the client answered
         with pytest.raises(rsio.CallTimeoutError, match="not connected"):
             await waiting
+        with pytest.raises(rsio.CallTimeoutError, match="not connected"):
+            await here  # a sid of its own process: the same
         assert there._replies.pending == {} and called == []
         release.set()
 
@@ -253,3 +264,41 @@ def test_the_serializer_option_is_checked():
         rsio.AsyncServer(serializer="cbor")
     with pytest.raises(ValueError, match="msgpack"):
         rsio.Emitter("http://127.0.0.1:1", "k", serializer="json")
+
+
+API_KEY = "test-api-key-0123456789"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_emitter_speaks_to_a_msgpack_server(live):
+    """``Emitter(serializer="msgpack")``: its packets go as layer events, which each
+    connection (WebSocket or polling) sends as msgpack; a room, a sid, the namespace."""
+    sio = quick_server(serializer="msgpack")
+    sio.on("connect", lambda sid, environ: sio.enter_room(sid, "lobby"))
+    url = await start(live, sio, api_keys=(API_KEY,))
+    emitter = rsio.Emitter(url, API_KEY, serializer="msgpack")
+    ws = await PyClient("said", serializer="msgpack").connect(url, ["websocket"])
+    poll = await PyClient("said", serializer="msgpack").connect(url, ["polling"])
+    await until(lambda: all(len(sio.rooms(client.client.get_sid())) == 2
+                            for client in (ws, poll)))
+    await in_thread(lambda: emitter.emit("said", "lobby", room="lobby"))
+    assert await ws.next() == ("said", "lobby")
+    assert await poll.next() == ("said", "lobby")
+    await in_thread(lambda: emitter.emit("said", "you", to=poll.client.get_sid()))
+    assert await poll.next() == ("said", "you")
+    await in_thread(lambda: emitter.emit("said", {"all": [1, "é"]}))
+    assert await ws.next() == ("said", {"all": [1, "é"]})
+    assert await poll.next() == ("said", {"all": [1, "é"]})
+    await ws.disconnect()
+    await poll.disconnect()
+
+
+def test_a_msgpack_packets_type_is_read_without_decoding_it():
+    """What ``--slow-consumer drop`` may drop from a poller's queue: EVENTs and ACKs."""
+    kinds = [rsio._msgpack_kind(rsio.encode_msgpack_packet(kind, "/chat", data, ack_id))
+             for kind, data, ack_id in [(rsio.EVENT, ["e", b"\x00"], None),
+                                        (rsio.ACK, [], 12),
+                                        (rsio.CONNECT, {"sid": "x"}, None),
+                                        (rsio.DISCONNECT, None, None)]]
+    assert kinds == [rsio.EVENT, rsio.ACK, rsio.CONNECT, rsio.DISCONNECT]
+    assert rsio._msgpack_kind(b"\x93\x01\x02\x03") is None
