@@ -787,11 +787,15 @@ class AsyncServer:
     connection was lost for that many seconds, in this process, for socket.io-client's
     reconnect to restore (same sid, rooms, session, and the packets it missed); see
     ``realtime.socketio_recovery`` and ``recovered()``.
+
+    ``serializer="msgpack"`` (python-socketio's): every Socket.IO packet is one binary
+    message, a msgpack map; its clients must use it too. ``transports`` and
+    ``allow_upgrades`` are python-engineio's.
     """
 
     reason = Reason
     _IGNORED = frozenset({"async_mode", "cors_credentials",
-                          "logger", "engineio_logger", "async_handlers", "transports",
+                          "logger", "engineio_logger", "async_handlers",
                           "monitor_clients", "http_compression", "compression_threshold"})
 
     def __init__(self, namespaces: Iterable[str] | str | None = None,
@@ -800,10 +804,21 @@ class AsyncServer:
                  channel_layer_alias: str = "default",
                  cors_allowed_origins: str | Iterable[str] | None = None,
                  connection_state_recovery: bool | dict[str, Any] | None = None,
-                 serializer: str = "default", **kwargs: Any) -> None:
+                 serializer: str = "default", allow_upgrades: bool = True,
+                 transports: Iterable[str] | None = None, **kwargs: Any) -> None:
         unknown = set(kwargs) - self._IGNORED
         if unknown:
             raise TypeError(f"AsyncServer() got unknown options: {sorted(unknown)}")
+        #: python-engineio's: the transports a client may use (polling handshakes or
+        #: WebSockets otherwise get 400 "Transport unknown"), and whether a polling
+        #: session may upgrade.
+        self.transports = frozenset(
+            [transports] if isinstance(transports, str)
+            else transports or ("polling", "websocket"))
+        if not self.transports or not self.transports <= {"polling", "websocket"}:
+            raise ValueError(f'transports are "polling" and/or "websocket", not '
+                             f"{sorted(self.transports)}")
+        self.allow_upgrades = bool(allow_upgrades) and "websocket" in self.transports
         if serializer not in ("default", "msgpack"):
             raise ValueError(f'serializer is "default" or "msgpack", not {serializer!r} '
                              "(python-socketio's Packet subclasses are not supported)")
@@ -1774,7 +1789,7 @@ class PollingConsumer(AsyncHttpConsumer):
         if params.get("EIO") != "4":
             await self._error(400, _BAD_VERSION)
             return
-        if params.get("transport") != "polling":
+        if params.get("transport") != "polling" or "polling" not in self._server.transports:
             await self._error(400, _TRANSPORT_UNKNOWN)
             return
         sid = params.get("sid")
@@ -1832,7 +1847,8 @@ class PollingConsumer(AsyncHttpConsumer):
         session = _PollingSession(server, self, sid)
         session.counted_ip = counted
         session.user_key, self.user_key = self.user_key, None
-        session.consumer._open(sid, ["websocket"], session.max_payload)
+        session.consumer._open(sid, ["websocket"] if server.allow_upgrades else [],
+                               session.max_payload)
         await self._poll(session)
 
     async def _poll(self, session: _PollingSession) -> None:
@@ -1906,7 +1922,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         params = _params(self.scope)
         if params.get("EIO") != "4":
             raise Refuse(400, _JSON_HEADERS, _BAD_VERSION)
-        if params.get("transport", "websocket") != "websocket":
+        if (params.get("transport", "websocket") != "websocket"
+                or "websocket" not in self._server.transports):
             raise Refuse(400, _JSON_HEADERS, _TRANSPORT_UNKNOWN)
         if self.channel_layer is None:
             log.error("realtime.socketio needs a channel layer")
@@ -1914,7 +1931,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         server = self._server
         if params.get("sid"):  # the upgrade of a polling session (of this process)
             session = server._polling.get(params["sid"])
-            if session is None or not session.begin_upgrade(self):
+            if session is None or not server.allow_upgrades or not session.begin_upgrade(
+                    self):
                 raise Refuse(400, _JSON_HEADERS, _SESSION_UNKNOWN)
             self._upgrade_of = session
             await self.accept()

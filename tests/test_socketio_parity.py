@@ -7,6 +7,7 @@ sends."""
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -22,9 +23,12 @@ from tests.test_socketio import (
     WAIT,
     PyClient,
     Raw,
+    _handshake_refusal,
+    _polling_handshake,
     app,
     quick_server,
     start,
+    ws_url,
 )
 
 # -- acks across processes ----------------------------------------------------------------------
@@ -302,3 +306,34 @@ def test_a_msgpack_packets_type_is_read_without_decoding_it():
                                         (rsio.DISCONNECT, None, None)]]
     assert kinds == [rsio.EVENT, rsio.ACK, rsio.CONNECT, rsio.DISCONNECT]
     assert rsio._msgpack_kind(b"\x93\x01\x02\x03") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_transports_and_allow_upgrades_are_python_engineios(live):
+    """``transports=`` refuses the other transport with Engine.IO's "Transport unknown";
+    ``allow_upgrades=False`` (or polling only) offers no upgrade and refuses a probe, so
+    python-socketio's client on its default transports stays on polling."""
+    unknown = b'{"code":0,"message":"Transport unknown"}'
+    url = await start(live, quick_server(transports=["websocket"]))
+    assert await in_thread(_polling_handshake, url) == (400, unknown)
+    one = await PyClient().connect(url, ["websocket"])
+    await one.disconnect()
+
+    url = await start(live, quick_server(transports="polling"))
+    assert await in_thread(_handshake_refusal, ws_url(url)) == (400, unknown)
+    status, body = await in_thread(_polling_handshake, url)
+    assert status == 200 and b'"upgrades":[]' in body
+
+    sio = quick_server(allow_upgrades=False)
+    url = await start(live, sio)
+    status, body = await in_thread(_polling_handshake, url)
+    assert status == 200 and b'"upgrades":[]' in body
+    sid = json.loads(body.decode()[1:])["sid"]
+    assert (await in_thread(_handshake_refusal, ws_url(
+        url, f"EIO=4&transport=websocket&sid={sid}")))[0] == 400
+    two = await PyClient().connect(url, None)  # its default: polling, then the upgrade
+    assert not await until(lambda: two.client.transport() == "websocket", 0.5)
+    assert sio.transport(two.client.get_sid()) == "polling"
+    await two.disconnect()
+    with pytest.raises(ValueError, match="transports"):
+        rsio.AsyncServer(transports=["carrier-pigeon"])
