@@ -38,6 +38,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
+import msgpack
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 
@@ -64,6 +65,8 @@ CONNECT, DISCONNECT, EVENT, ACK, CONNECT_ERROR, BINARY_EVENT, BINARY_ACK = range
 MAX_ATTACHMENTS = 100
 #: Namespaces one connection may join at once (bounds what ``namespaces="*"`` lets in).
 MAX_NAMESPACES = 100
+#: Acks one server awaits from sids of other processes at most (``_Replies``).
+MAX_REMOTE_ACKS = 10_000
 #: Digits an ack id may have (socket.io-client counts up from 0).
 _MAX_ACK_DIGITS = 15
 #: Events a client may not send: the server's own lifecycle names.
@@ -215,9 +218,9 @@ class Packet:
         self.attachments: list[bytes] = []
 
 
-def decode_packet(text: str) -> Packet:
+def decode_packet(text: str, strict: bool = True) -> Packet:
     """A Socket.IO packet (an Engine.IO message's payload); ``_Malformed`` if it is not
-    one a client may send."""
+    one a client may send (not ``strict``: any packet, a server's too)."""
     if not text or text[0] not in "0123456":
         raise _Malformed("unknown packet type")
     kind = int(text[0])
@@ -255,6 +258,13 @@ def decode_packet(text: str) -> Packet:
             data = json.loads(rest)
         except (ValueError, RecursionError):
             raise _Malformed("invalid JSON (or nested too deeply)") from None
+    if strict:
+        _check_packet(kind, ack_id, data)
+    return Packet(kind, namespace, ack_id, data, missing)
+
+
+def _check_packet(kind: int, ack_id: int | None, data: Any) -> None:
+    """``_Malformed`` for what a client may not send."""
     if kind == CONNECT:
         if not (data is None or isinstance(data, dict)) or ack_id is not None:
             raise _Malformed("bad CONNECT")
@@ -270,7 +280,81 @@ def decode_packet(text: str) -> Packet:
             raise _Malformed("bad ACK")
     else:
         raise _Malformed("a client does not send CONNECT_ERROR")
-    return Packet(kind, namespace, ack_id, data, missing)
+
+
+# -- the msgpack serializer (python-socketio's ``serializer="msgpack"``) -------------------------
+#
+# Each Socket.IO packet is one binary Engine.IO message: a msgpack map ``{"type", "data",
+# "nsp"[, "id"]}`` (python-socketio's ``MsgPackPacket``, socket.io-msgpack-parser's), with
+# bytes in its data as they are (no attachments, no BINARY_* types).
+
+def _msgpack_packet(fields: dict[str, Any]) -> bytes:
+    """A packet's map, in this key order (``_msgpack_kind`` reads the type from it).
+    ``ValueError`` for what msgpack cannot carry as it is (a lone surrogate, nesting
+    past 512), ``TypeError`` for what it cannot carry at all."""
+    try:
+        packed: bytes = msgpack.packb(fields)
+    except OverflowError:
+        raise ValueError("an integer past 64 bits: msgpack cannot carry it") from None
+    return packed
+
+
+def encode_msgpack_packet(kind: int, namespace: str = "/", data: Any = None,
+                          ack_id: int | None = None) -> bytes:
+    """One Socket.IO packet as python-socketio's msgpack serializer writes it."""
+    fields: dict[str, Any] = {"type": kind, "data": data, "nsp": namespace}
+    if ack_id is not None:
+        fields["id"] = ack_id
+    return _msgpack_packet(fields)
+
+
+def _msgpack_kind(packet: bytes) -> int | None:
+    """The type of a packet ``encode_msgpack_packet`` made (a fixmap whose first key is
+    "type", a small int), without decoding it; None for other bytes."""
+    if len(packet) > 6 and packet[0] in (0x83, 0x84) and packet[1:6] == b"\xa4type":
+        return packet[6] if packet[6] < 0x80 else None
+    return None
+
+
+def _unpack(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data)
+    except Exception:  # msgpack's own (ExtraData, FormatError, StackError), ValueError
+        raise _Malformed("not a msgpack packet") from None
+
+
+def decode_msgpack_packet(data: bytes) -> Packet:
+    """A Socket.IO packet in msgpack (a binary Engine.IO message); ``_Malformed`` if it
+    is not one a client may send."""
+    fields = _unpack(data)
+    if not isinstance(fields, dict):
+        raise _Malformed("a msgpack packet is a map")
+    kind, namespace, ack_id = fields.get("type"), fields.get("nsp"), fields.get("id")
+    if not isinstance(kind, int) or isinstance(kind, bool) or kind not in range(7):
+        raise _Malformed("unknown packet type")
+    if namespace is None:
+        namespace = "/"
+    if not isinstance(namespace, str) or not namespace.startswith("/"):
+        raise _Malformed("bad namespace")
+    if ack_id is not None and (not isinstance(ack_id, int) or isinstance(ack_id, bool)
+                               or not 0 <= ack_id < 10 ** _MAX_ACK_DIGITS):
+        raise _Malformed("bad ack id")
+    if kind in (BINARY_EVENT, BINARY_ACK):
+        raise _Malformed("no binary packet types with msgpack")
+    payload = fields.get("data")
+    _check_packet(kind, ack_id, payload)
+    return Packet(kind, namespace.partition("?")[0], ack_id, payload, 0)
+
+
+def _transcode(text: str, attachments: Iterable[bytes]) -> bytes:
+    """A text packet (``encode_packet``'s: made by code that does not know the serializer,
+    an ``Emitter``'s) as a msgpack one."""
+    packet = decode_packet(text[1:], strict=False)
+    data = packet.data
+    if packet.missing:
+        data = _reconstruct(data, list(attachments))
+    kind = {BINARY_EVENT: EVENT, BINARY_ACK: ACK}.get(packet.kind, packet.kind)
+    return encode_msgpack_packet(kind, packet.namespace, data, packet.ack_id)
 
 
 # -- names -------------------------------------------------------------------------------------
@@ -333,7 +417,7 @@ def _target_key(target: Any, namespace: str) -> str:
     return namespace_group(namespace) if target is None else room_group(namespace, target)
 
 
-def _deliveries(text: str, attachments: list[bytes], namespace: str, target: Any,
+def _deliveries(text: str | bytes, attachments: list[bytes], namespace: str, target: Any,
                 skip_sid: str | Iterable[str] | None, offset: str | None = None,
                 ) -> tuple[list[tuple[str, str, dict[str, Any] | None]], list[str]]:
     """How one packet reaches ``target`` (a sid, a room, a list of them; None: the
@@ -366,6 +450,23 @@ def _deliveries(text: str, attachments: list[bytes], namespace: str, target: Any
         framed = attachments or keys is not None or offset is not None
         steps.append(("group", group, event if framed else None))
     return steps, exclude
+
+
+def _with_ack_id(packet: str | bytes, at: int, ack_id: int) -> str | bytes:
+    """An EVENT packet made without an ack id (``_ack_at``: where it goes), with one."""
+    if isinstance(packet, bytes):  # msgpack: a map; the id is one more key
+        return _msgpack_packet({**_unpack(packet), "id": ack_id})
+    return packet[:at] + str(ack_id) + packet[at:]
+
+
+def _reply_gone(layer: Any, event: dict[str, Any]) -> None:
+    """Tell the server that asked for an ack (``event``'s ``reply_to``) that the sid went
+    before its client answered (or was not there)."""
+    reply_to, token = event.get("reply_to"), event.get("ack")
+    if not isinstance(reply_to, str) or not isinstance(token, int):
+        return
+    layer.send(reply_to, {"type": "sio.ack", "ack": token, "gone": True}).addErrback(
+        lambda failure: log.failure("socketio: an ack's asker not told", failure))
 
 
 def _room_event(sid: str, namespace: str, room: Any, enter: bool) -> dict[str, Any]:
@@ -405,12 +506,14 @@ def _positional_count(handler: Callable[..., Any]) -> int:
 
 # -- the server --------------------------------------------------------------------------------
 
-def _send_frames(conn: Any, text: str, attachments: Iterable[bytes]) -> None:
+def _send_frames(conn: Any, text: str | bytes, attachments: Iterable[bytes]) -> None:
     """A packet and its attachments on a WebSocket (``WebSocketConnection``), in one write
     (``send_together``): the slow-consumer policy never drops some of them (the client
-    would take the next packet for an attachment)."""
+    would take the next packet for an attachment). A msgpack packet is one binary frame."""
     attachments = list(attachments)
-    if attachments:
+    if isinstance(text, bytes):
+        conn.send_bytes(text)
+    elif attachments:
         conn.send_together(text, *attachments)
     else:
         conn.send_text(text)
@@ -423,6 +526,105 @@ def _first_target(socket: _Socket, keys: list[str]) -> int | None:
         if key == socket.sid or key == everyone or key in socket.rooms:
             return index
     return None
+
+
+def _ack_at(text: str, namespace: str) -> int:
+    """Where the ack id goes in ``text``, an EVENT packet ``encode_packet`` made without
+    one: after its type, attachment count and namespace."""
+    at = 2  # "4" and the packet type
+    if text[1] == str(BINARY_EVENT):
+        at = text.index("-", at) + 1
+    return at + (len(namespace) + 1 if namespace != "/" else 0)
+
+
+class _Answer:
+    """An ack callback, and what to call instead when its socket goes before the client
+    answered (``call()`` fails at once; a sid asked from another process tells it)."""
+
+    __slots__ = ("callback", "gone")
+
+    def __init__(self, callback: Callable[..., Any],
+                 gone: Callable[[], Any] | None = None) -> None:
+        self.callback = callback
+        self.gone = gone
+
+    def __call__(self, *args: Any) -> Any:
+        return self.callback(*args)
+
+
+class _Replies:
+    """The acks one ``AsyncServer`` asked of sids in other processes: a layer receiver of
+    its own (one channel per server and layer, attached at the first such ack,
+    detached by ``shutdown()``). The process holding the sid answers with a ``sio.ack``
+    event: ``{"ack": token, "args": [...]}``, or ``{"ack": token, "gone": True}`` when the
+    sid disconnected (or was not there) before its client answered. An entry lives until
+    then, or until ``call()``'s timeout; at most ``MAX_REMOTE_ACKS`` (the oldest goes,
+    for an ``emit(callback=)`` to a process that died)."""
+
+    _held_seq = -1
+    _held_count = 0
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self.channel: str = layer.attach(self)
+        skip_held(self)
+        self.pending: dict[int, _Answer] = {}
+        self._next = 0
+
+    def add(self, callback: Callable[..., Any], gone: Callable[[], Any] | None) -> int:
+        token = self._next
+        self._next += 1
+        self.pending[token] = _Answer(callback, gone)
+        while len(self.pending) > MAX_REMOTE_ACKS:
+            oldest = next(iter(self.pending))
+            log.warn("socketio: more than {count} acks awaited from other processes: the "
+                     "oldest is forgotten", count=MAX_REMOTE_ACKS)
+            self._gone(self.pending.pop(oldest))
+        return token
+
+    def forget(self, token: int) -> None:
+        self.pending.pop(token, None)
+
+    def release(self) -> None:
+        """Off the layer; what waits (a ``call()``) fails as for a sid gone."""
+        self.layer.detach(self.channel)
+        pending, self.pending = self.pending, {}
+        for answer in pending.values():
+            self._gone(answer)
+
+    @staticmethod
+    def _gone(answer: _Answer) -> None:
+        if answer.gone is not None:
+            answer.gone()
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        if event.get("type") != "sio.ack":
+            return
+        token = event.get("ack")
+        answer = self.pending.pop(token, None) if isinstance(token, int) else None
+        if answer is None:
+            return  # timed out, or not ours
+        args = event.get("args")
+        if event.get("gone") or not isinstance(args, list):
+            self._gone(answer)
+            return
+        try:
+            result = answer(*args)
+        except Exception:
+            log.failure("socketio: an ack callback failed")
+            return
+        if inspect.isawaitable(result):
+            Deferred.fromCoroutine(_maybe_await(result)).addErrback(
+                lambda failure: log.failure("socketio: an ack callback failed", failure))
+
+    def deliver_frame(self, frame: bytes) -> bool:
+        return True  # in no group: nothing is broadcast to it
+
+    def deliver_joined(self, joined: bytes) -> bool:
+        return True
+
+    def close_from_layer(self, code: int, reason: str | None) -> None:
+        pass
 
 
 class _Socket:
@@ -507,21 +709,23 @@ class AsyncNamespace:
 
     async def emit(self, event: str, data: Any = None, to: Any = None, room: Any = None,
                    skip_sid: str | Iterable[str] | None = None, namespace: str | None = None,
-                   callback: Callable[..., Any] | None = None) -> None:
+                   callback: Callable[..., Any] | None = None, ignore_queue: bool = False,
+                   ) -> None:
         server, namespace = self._at(namespace)
         await server.emit(event, data, to=to, room=room, skip_sid=skip_sid,
                           namespace=namespace, callback=callback)
 
     async def send(self, data: Any, to: Any = None, room: Any = None,
                    skip_sid: str | Iterable[str] | None = None, namespace: str | None = None,
-                   callback: Callable[..., Any] | None = None) -> None:
+                   callback: Callable[..., Any] | None = None, ignore_queue: bool = False,
+                   ) -> None:
         server, namespace = self._at(namespace)
         await server.send(data, to=to, room=room, skip_sid=skip_sid, namespace=namespace,
                           callback=callback)
 
     async def call(self, event: str, data: Any = None, to: str | None = None,
                    sid: str | None = None, namespace: str | None = None,
-                   timeout: float | None = 60) -> Any:
+                   timeout: float | None = 60, ignore_queue: bool = False) -> Any:
         server, namespace = self._at(namespace)
         return await server.call(event, data, to=to, sid=sid, namespace=namespace,
                                  timeout=timeout)
@@ -583,11 +787,15 @@ class AsyncServer:
     connection was lost for that many seconds, in this process, for socket.io-client's
     reconnect to restore (same sid, rooms, session, and the packets it missed); see
     ``realtime.socketio_recovery`` and ``recovered()``.
+
+    ``serializer="msgpack"`` (python-socketio's): every Socket.IO packet is one binary
+    message, a msgpack map; its clients must use it too. ``transports`` and
+    ``allow_upgrades`` are python-engineio's.
     """
 
     reason = Reason
     _IGNORED = frozenset({"async_mode", "cors_credentials",
-                          "logger", "engineio_logger", "async_handlers", "transports",
+                          "logger", "engineio_logger", "async_handlers",
                           "monitor_clients", "http_compression", "compression_threshold"})
 
     def __init__(self, namespaces: Iterable[str] | str | None = None,
@@ -596,10 +804,26 @@ class AsyncServer:
                  channel_layer_alias: str = "default",
                  cors_allowed_origins: str | Iterable[str] | None = None,
                  connection_state_recovery: bool | dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+                 serializer: str = "default", allow_upgrades: bool = True,
+                 transports: Iterable[str] | None = None, **kwargs: Any) -> None:
         unknown = set(kwargs) - self._IGNORED
         if unknown:
             raise TypeError(f"AsyncServer() got unknown options: {sorted(unknown)}")
+        #: python-engineio's: the transports a client may use (polling handshakes or
+        #: WebSockets otherwise get 400 "Transport unknown"), and whether a polling
+        #: session may upgrade.
+        self.transports = frozenset(
+            [transports] if isinstance(transports, str)
+            else transports or ("polling", "websocket"))
+        if not self.transports or not self.transports <= {"polling", "websocket"}:
+            raise ValueError(f'transports are "polling" and/or "websocket", not '
+                             f"{sorted(self.transports)}")
+        self.allow_upgrades = bool(allow_upgrades) and "websocket" in self.transports
+        if serializer not in ("default", "msgpack"):
+            raise ValueError(f'serializer is "default" or "msgpack", not {serializer!r} '
+                             "(python-socketio's Packet subclasses are not supported)")
+        #: ``serializer="msgpack"``: every Socket.IO packet is one binary message.
+        self.msgpack = serializer == "msgpack"
         if ping_interval <= 0 or ping_timeout <= 0 or max_http_buffer_size <= 0:
             raise ValueError("ping_interval, ping_timeout and max_http_buffer_size are > 0")
         self.namespaces: str | set[str] = (
@@ -620,6 +844,8 @@ class AsyncServer:
             None if cors_allowed_origins is None
             else [cors_allowed_origins] if isinstance(cors_allowed_origins, str)
             else list(cors_allowed_origins))
+        #: The acks asked of sids in other processes (``_replies_on``), or None.
+        self._replies: _Replies | None = None
         #: Connection state recovery (``realtime.socketio_recovery.Recovery``), or None.
         self._recovery: Any = None
         if connection_state_recovery:
@@ -735,34 +961,99 @@ class AsyncServer:
         return socket
 
     # -- sending ------------------------------------------------------------------------------
+    def _encode(self, kind: int, namespace: str, data: Any = None,
+                ack_id: int | None = None) -> tuple[str | bytes, list[bytes]]:
+        """A packet in this server's serializer: JSON text and its attachments, or one
+        msgpack message."""
+        if self.msgpack:
+            return encode_msgpack_packet(kind, namespace, data, ack_id), []
+        return encode_packet(kind, namespace, data, ack_id)
+
     async def emit(self, event: str, data: Any = None, to: Any = None, room: Any = None,
                    skip_sid: str | Iterable[str] | None = None, namespace: str | None = None,
-                   callback: Callable[..., Any] | None = None) -> None:
+                   callback: Callable[..., Any] | None = None, ignore_queue: bool = False,
+                   ) -> None:
         """Send ``event`` to a sid, a room (or a list of them), or the whole namespace, in
         every process. ``data``: one argument, or a tuple of them; bytes anywhere in it go
         as binary attachments. ``callback`` (called with the client's ack arguments) needs
-        ``to`` to be one sid connected to this process."""
+        ``to`` to be one sid, of this process or another (its ack comes back through the
+        layer). ``ignore_queue`` is python-socketio's, accepted and ignored (a sid of this
+        process is always reached directly, the others through the layer)."""
+        await self._emit(event, data, to, room, skip_sid, namespace, callback)
+
+    async def _emit(self, event: str, data: Any, to: Any, room: Any,
+                    skip_sid: str | Iterable[str] | None, namespace: str | None,
+                    callback: Callable[..., Any] | None,
+                    gone: Callable[[], None] | None = None) -> int | None:
+        """``emit``; with a ``callback`` for a sid of another process, the token its ack
+        comes back under (``_Replies``), else None. ``gone``: called instead of
+        ``callback`` when the sid turns out to be disconnected."""
         namespace = namespace or "/"
         if not isinstance(event, str):
             raise TypeError("the event name is a str")
         args = [] if data is None else list(data) if isinstance(data, tuple) else [data]
         target = to if to is not None else room
         ack_id = None
+        remote: str | None = None  # the channel of a sid of another process asked to ack
         if callback is not None:
-            socket = self._local(target, namespace) if isinstance(target, str) else None
-            if socket is None:
-                raise ValueError("emit(callback=...) needs to= one sid connected to this "
-                                 "process")
-            ack_id = socket.consumer._ack_id(socket, callback)
+            if channel_of(target) is None:
+                raise ValueError("emit(callback=...) and call() need to= one sid")
+            socket = self._local(target, namespace)
+            if socket is not None:
+                ack_id = socket.consumer._ack_id(socket, _Answer(callback, gone))
+            else:
+                remote = self._channel(target) if _in_namespace(target, namespace) else None
+                if remote is None:  # a sid gone from this process, or of another namespace
+                    if gone is not None:
+                        gone()
+                    return None
         offset = None
         if self._recovery is not None and callback is None:
             # Node's: the packet's offset as its last argument (the client's position).
             offset = self._recovery.new_offset()
             args.append(offset)
-        text, attachments = encode_packet(EVENT, namespace, [event, *args], ack_id)
+        text, attachments = self._encode(EVENT, namespace, [event, *args], ack_id)
+        if remote is not None:
+            assert callback is not None
+            return await self._ask(remote, target, namespace, text, attachments, callback,
+                                   gone)
         await self._send_packet(text, attachments, namespace, target, skip_sid, offset)
+        return None
 
-    async def _send_packet(self, text: str, attachments: list[bytes], namespace: str,
+    async def _ask(self, channel: str, sid: str, namespace: str, text: str | bytes,
+                   attachments: list[bytes], callback: Callable[..., Any],
+                   gone: Callable[[], None] | None) -> int:
+        """The packet to ``sid`` in another process, asking for its ack: the consumer there
+        gives it an ack id of its connection and sends the client's answer to this
+        server's reply channel (python-socketio's pubsub managers do the same with a
+        callback tuple and a ``callback`` message)."""
+        layer = self.channel_layer
+        replies = self._replies_on(layer)
+        token = replies.add(callback, gone)
+        event = {"type": "sio.packet", "sid": sid, "namespace": namespace, "text": text,
+                 "binary": attachments, "reply_to": replies.channel, "ack": token,
+                 "at": 0 if isinstance(text, bytes) else _ack_at(text, namespace)}
+        try:
+            await layer.send(channel, event)
+        except BaseException:
+            replies.forget(token)
+            raise
+        return token
+
+    def _replies_on(self, layer: Any) -> _Replies:
+        """This server's reply channel on ``layer`` (attached at the first ack asked of
+        another process; ``shutdown()`` detaches it)."""
+        replies = self._replies
+        if replies is None or replies.layer is not layer:
+            if replies is not None:
+                replies.release()
+            if not callable(getattr(layer, "attach", None)):
+                raise ValueError("an ack from a sid of another process needs a channel "
+                                 "layer of realtime's (attach)")
+            replies = self._replies = _Replies(layer)
+        return replies
+
+    async def _send_packet(self, text: str | bytes, attachments: list[bytes], namespace: str,
                            target: Any, skip_sid: str | Iterable[str] | None,
                            offset: str | None = None) -> None:
         """A sid of this process gets the packet at once (as its acks do: one ordered path
@@ -789,44 +1080,61 @@ class AsyncServer:
                     await layer.send(channel, event)
             elif event is not None:
                 await layer.group_send(name, event, exclude=exclude or None)
+            elif isinstance(text, bytes):  # msgpack: one prepared binary frame
+                await layer.broadcast(name, bytes=text, exclude=exclude or None)
             else:
                 await layer.broadcast(name, text=text, exclude=exclude or None)
 
     async def send(self, data: Any, to: Any = None, room: Any = None,
                    skip_sid: str | Iterable[str] | None = None, namespace: str | None = None,
-                   callback: Callable[..., Any] | None = None) -> None:
+                   callback: Callable[..., Any] | None = None, ignore_queue: bool = False,
+                   ) -> None:
         """``emit("message", data, ...)``."""
         await self.emit("message", data, to=to, room=room, skip_sid=skip_sid,
                         namespace=namespace, callback=callback)
 
     async def call(self, event: str, data: Any = None, to: str | None = None,
                    sid: str | None = None, namespace: str | None = None,
-                   timeout: float | None = 60) -> Any:
-        """Emit to one sid (of this process) and wait for its ack: its one argument, or a
-        tuple of several (None for none); ``CallTimeoutError`` after ``timeout`` s (None:
-        no timeout, as in python-socketio: an ack that never comes is waited for forever)."""
+                   timeout: float | None = 60, ignore_queue: bool = False) -> Any:
+        """Emit to one sid (of this process or another) and wait for its ack: its one
+        argument, or a tuple of several (None for none); ``CallTimeoutError`` after
+        ``timeout`` s (None: no timeout, as in python-socketio: an ack that never comes is
+        waited for forever), or at once when the sid is known to be disconnected (here,
+        or by its process, also when it disconnects before answering)."""
         target = to or sid
-        socket = self._local(target, namespace or "/") if target else None
-        if socket is None:
-            raise ValueError("call() needs to= one sid connected to this process")
-        reactor = socket.consumer._conn.reactor
+        if not isinstance(target, str) or channel_of(target) is None:
+            raise ValueError("call() needs to= one sid")
+        local = self._local(target, namespace or "/")
+        if local is not None:
+            reactor = local.consumer._conn.reactor
+        else:
+            from twisted.internet import reactor
         done: Deferred[tuple[Any, ...]] = Deferred()
 
         def answered(*args: Any) -> None:
             if not done.called:
                 done.callback(args)
 
+        def gone() -> None:
+            if not done.called:
+                done.errback(CallTimeoutError(f"no ack for {event!r}: {target} is not "
+                                              f"connected"))
+
         def timed_out() -> None:
             if not done.called:
                 done.errback(CallTimeoutError(f"no ack for {event!r} in {timeout} s"))
 
         timer = None if timeout is None else reactor.callLater(timeout, timed_out)
+        token = None
         try:
-            await self.emit(event, data, to=target, namespace=namespace, callback=answered)
+            token = await self._emit(event, data, target, None, None, namespace, answered,
+                                     gone)
             args = await done
         finally:
             if timer is not None and timer.active():
                 timer.cancel()
+            if token is not None and self._replies is not None:
+                self._replies.forget(token)  # (timed out: its late answer finds nothing)
         if not args:
             return None
         return args[0] if len(args) == 1 else args
@@ -919,10 +1227,15 @@ class AsyncServer:
             socket.consumer._conn.close_with_code(1001)
         if self._recovery is not None:
             self._recovery.release_all()  # the sockets kept for a reconnect
+        replies, self._replies = self._replies, None
+        if replies is not None:  # off the layer; a call() waiting fails
+            replies.release()
 
-    async def disconnect(self, sid: str, namespace: str | None = None) -> None:
+    async def disconnect(self, sid: str, namespace: str | None = None,
+                         ignore_queue: bool = False) -> None:
         """Disconnect ``sid`` from ``namespace`` (the client is told), in any process; a
-        sid of another namespace is left alone."""
+        sid of another namespace is left alone. ``ignore_queue``: python-socketio's,
+        accepted and ignored."""
         namespace = namespace or "/"
         socket = self._local(sid, namespace)
         if socket is not None:
@@ -1102,7 +1415,7 @@ class _PollingSession:
         else:
             self._enqueue([bytes(data)], droppable=False)
 
-    def send_packet(self, text: str, attachments: Iterable[bytes] = (),
+    def send_packet(self, text: str | bytes, attachments: Iterable[bytes] = (),
                     own: bool = True) -> None:
         """An Engine.IO packet (a Socket.IO packet with its binary attachments): queued
         whole, or under ``--slow-consumer drop`` dropped whole (``_enqueue``).
@@ -1117,7 +1430,10 @@ class _PollingSession:
         # A Socket.IO EVENT or ACK (binary or not) is a message --slow-consumer drop may
         # drop; Engine.IO's own packets and CONNECT/DISCONNECT/CONNECT_ERROR change the
         # session's state, and are never dropped.
-        droppable = len(text) > 1 and text[0] == _EIO_MESSAGE and text[1] in "2356"
+        if isinstance(text, bytes):  # a msgpack packet (its type read from its head)
+            droppable = _msgpack_kind(text) in (EVENT, ACK)
+        else:
+            droppable = len(text) > 1 and text[0] == _EIO_MESSAGE and text[1] in "2356"
         self._enqueue([text, *map(bytes, attachments)], droppable)
 
     def _enqueue(self, items: list[str | bytes], droppable: bool) -> None:
@@ -1184,8 +1500,8 @@ class _PollingSession:
         try:  # at once, as packets are (take_event_now)
             if "text" in event:
                 self.send_packet(event["text"], own=False)
-            else:
-                self._enqueue([event["bytes"]], droppable=False)
+            else:  # a msgpack room packet, or bytes a broadcast() sent
+                self.send_packet(event["bytes"], own=False)
         except UnicodeEncodeError:
             log.warn("socketio: dropped a packet that is not UTF-8")
         return True
@@ -1473,7 +1789,7 @@ class PollingConsumer(AsyncHttpConsumer):
         if params.get("EIO") != "4":
             await self._error(400, _BAD_VERSION)
             return
-        if params.get("transport") != "polling":
+        if params.get("transport") != "polling" or "polling" not in self._server.transports:
             await self._error(400, _TRANSPORT_UNKNOWN)
             return
         sid = params.get("sid")
@@ -1531,7 +1847,8 @@ class PollingConsumer(AsyncHttpConsumer):
         session = _PollingSession(server, self, sid)
         session.counted_ip = counted
         session.user_key, self.user_key = self.user_key, None
-        session.consumer._open(sid, ["websocket"], session.max_payload)
+        session.consumer._open(sid, ["websocket"] if server.allow_upgrades else [],
+                               session.max_payload)
         await self._poll(session)
 
     async def _poll(self, session: _PollingSession) -> None:
@@ -1605,7 +1922,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         params = _params(self.scope)
         if params.get("EIO") != "4":
             raise Refuse(400, _JSON_HEADERS, _BAD_VERSION)
-        if params.get("transport", "websocket") != "websocket":
+        if (params.get("transport", "websocket") != "websocket"
+                or "websocket" not in self._server.transports):
             raise Refuse(400, _JSON_HEADERS, _TRANSPORT_UNKNOWN)
         if self.channel_layer is None:
             log.error("realtime.socketio needs a channel layer")
@@ -1613,7 +1931,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         server = self._server
         if params.get("sid"):  # the upgrade of a polling session (of this process)
             session = server._polling.get(params["sid"])
-            if session is None or not session.begin_upgrade(self):
+            if session is None or not server.allow_upgrades or not session.begin_upgrade(
+                    self):
                 raise Refuse(400, _JSON_HEADERS, _SESSION_UNKNOWN)
             self._upgrade_of = session
             await self.accept()
@@ -1700,12 +2019,17 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             task.cancel()
 
     # -- Engine.IO ---------------------------------------------------------------------------
-    def _send(self, text: str, attachments: Iterable[bytes] = ()) -> None:
+    def _send(self, text: str | bytes, attachments: Iterable[bytes] = ()) -> None:
         """One packet (its attachments after it); one that is not UTF-8 (a lone surrogate
-        from a layer event no ``compact_json`` made) is dropped, the connection goes on."""
+        from a layer event no ``compact_json`` made) is dropped, the connection goes on.
+        With the msgpack serializer a text Socket.IO packet (the server's CONNECT, an
+        ``Emitter``'s) goes as msgpack."""
         if self._conn.closing_or_closed:
             return
         try:
+            if (isinstance(text, str) and text[:1] == _EIO_MESSAGE
+                    and self._server.msgpack):
+                text, attachments = _transcode(text, attachments), ()
             if self._polled_by is not None:  # queued (or dropped) with its attachments
                 self._polled_by.send_packet(text, attachments)
             else:
@@ -1713,6 +2037,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         except UnicodeEncodeError:
             log.warn("socketio: dropped a packet that is not UTF-8: {text!r}",
                      text=text[:100])
+        except (_Malformed, ValueError, TypeError) as exc:  # (``_transcode``)
+            log.warn("socketio: dropped a packet msgpack cannot carry: {why}", why=str(exc))
 
     def _send_ping(self) -> None:
         self._ping = None
@@ -1760,6 +2086,15 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                 and len(text_data.encode()) > self._max_payload):
             self._refuse(CLOSE_TOO_BIG, "a message over maxPayload")
             return
+        if text_data is None and self._server.msgpack:  # each packet one binary message
+            try:
+                packet = decode_msgpack_packet(bytes_data or b"")
+            except _Malformed as exc:
+                self._refuse(CLOSE_MALFORMED, str(exc))
+                return
+            await self._dispatch(packet)
+            await self._bounded()
+            return
         if text_data is None:
             pending = self._pending
             if pending is None:
@@ -1787,7 +2122,9 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             self._refuse(CLOSE_MALFORMED, "a text frame while attachments were awaited")
             return
         kind = text_data[:1]
-        if kind == _EIO_MESSAGE:
+        if kind == _EIO_MESSAGE and self._server.msgpack:
+            self._refuse(CLOSE_MALFORMED, "a text packet with the msgpack serializer")
+        elif kind == _EIO_MESSAGE:
             try:
                 packet = decode_packet(text_data[1:])
             except _Malformed as exc:
@@ -1902,7 +2239,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             return  # (a reconnected namespace's new socket did not ask)
         data = [] if result is None else list(result) if isinstance(result, tuple) else [result]
         try:
-            ack = encode_packet(ACK, socket.namespace, data, packet.ack_id)
+            ack = self._server._encode(ACK, socket.namespace, data, packet.ack_id)
         except ValueError as exc:
             log.info("socketio: the {event!r} handler's ack not sent: {why}",
                      event=packet.data[0], why=str(exc))
@@ -1928,9 +2265,17 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(group, socket.channel)
 
     async def _drop(self, socket: _Socket) -> None:
-        """Forget ``socket`` here and in the layer (no handler, nothing sent)."""
+        """Forget ``socket`` here and in the layer (no handler, nothing sent); the acks it
+        owes will not come (a ``call()`` waiting for one fails now)."""
         self._sockets.pop(socket.namespace, None)
         self._server._sockets.pop(socket.sid, None)
+        acks, socket.acks = socket.acks, {}
+        for answer in acks.values():
+            if isinstance(answer, _Answer) and answer.gone is not None:
+                try:
+                    answer.gone()
+                except Exception:
+                    log.failure("socketio: telling an ack's asker its socket went failed")
         if self._server._recovery is not None:  # kept for a reconnect, or let go
             self._server._recovery.drop(socket)
             return
@@ -2011,15 +2356,41 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         """A packet for this connection (a sid of it) or a room it is in."""
         if "sid" in event:
             socket = self._mine(event)
-            if socket is None:
-                return  # that namespace disconnected since
+            if socket is None:  # that namespace disconnected since
+                if "reply_to" in event:
+                    _reply_gone(self.channel_layer, event)
+                return
         else:
             socket = self._sockets.get(event.get("namespace"))  # type: ignore[arg-type]
         targets = event.get("targets")
         if targets is not None and (socket is None
                                     or _first_target(socket, targets) != event.get("via")):
             return  # it has it from an earlier target
-        self._send(event["text"], event.get("binary") or ())
+        text = event["text"]
+        if "reply_to" in event:
+            assert socket is not None
+            text = self._asked(socket, event)
+            if text is None:
+                return
+        self._send(text, event.get("binary") or ())
+
+    def _asked(self, socket: _Socket, event: dict[str, Any]) -> str | bytes | None:
+        """A packet from another process that asks for the client's ack: given an ack id
+        of this connection whose answer goes back to the asking server's reply channel
+        (``_Replies``), as does the news that the socket went first. None for an event
+        that is not such a packet."""
+        reply_to, token, at = event.get("reply_to"), event.get("ack"), event.get("at")
+        text = event.get("text")
+        if not (isinstance(reply_to, str) and isinstance(token, int)
+                and isinstance(at, int) and isinstance(text, str | bytes)):
+            return None
+        layer = self.channel_layer
+
+        def answered(*args: Any) -> Any:
+            return layer.send(reply_to, {"type": "sio.ack", "ack": token, "args": list(args)})
+
+        ack_id = self._ack_id(socket, _Answer(answered, lambda: _reply_gone(layer, event)))
+        return _with_ack_id(text, at, ack_id)
 
     async def sio_room(self, event: dict[str, Any]) -> None:
         socket = self._mine(event)
@@ -2075,10 +2446,16 @@ class Emitter:
     attachments are frames of their own, which the API's JSON does not carry (emit them
     from the server's ``AsyncServer``, or send base64 text)."""
 
-    def __init__(self, url: str, api_key: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, api_key: str, *, timeout: float = 10.0,
+                 serializer: str = "default") -> None:
+        if serializer not in ("default", "msgpack"):
+            raise ValueError(f'serializer is "default" or "msgpack", not {serializer!r}')
         self.url = url
         self.api_key = api_key
         self.timeout = timeout
+        #: The server's ``serializer="msgpack"``: packets go as layer events, which each
+        #: connection turns into msgpack (a prepared frame would reach it as JSON text).
+        self.msgpack = serializer == "msgpack"
 
     def emit(self, event: str, data: Any = None, *, to: Any = None, room: Any = None,
              skip_sid: str | Iterable[str] | None = None, namespace: str = "/") -> None:
@@ -2102,6 +2479,9 @@ class Emitter:
         target = to if to is not None else room
         steps, exclude = _deliveries(text, [], namespace, target, skip_sid)
         for kind, name, packet in steps:
+            if packet is None and self.msgpack:
+                packet = {"type": "sio.packet", "namespace": namespace, "text": text,
+                          "binary": []}
             if kind == "sid":
                 assert packet is not None
                 self._send(name, packet)
@@ -2158,5 +2538,5 @@ class Emitter:
 
 __all__ = ["AsyncNamespace", "AsyncServer", "CallTimeoutError", "ConnectionRefusedError",
            "Emitter", "PollingConsumer", "Reason", "SocketIOApp", "SocketIOConsumer",
-           "SocketIOError", "channel_of", "decode_packet", "encode_packet", "namespace_group",
-           "room_group"]
+           "SocketIOError", "channel_of", "decode_msgpack_packet", "decode_packet",
+           "encode_msgpack_packet", "encode_packet", "namespace_group", "room_group"]

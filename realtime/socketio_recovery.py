@@ -49,6 +49,7 @@ from realtime.socketio import (
     CONNECT,
     _first_target,
     _new_sid,
+    _reply_gone,
     _Socket,
     encode_packet,
     room_group,
@@ -259,7 +260,15 @@ class _Kept:
         targets = event.get("targets")
         if targets is not None and _first_target(socket, targets) != event.get("via"):
             return  # it has it from an earlier target
-        self.take(event["text"], event.get("binary"), event.get("offset"))
+        text = event["text"]
+        if "reply_to" in event:  # an ack asked from another process: not while lost
+            if self.parked or self._lost():
+                _reply_gone(self.layer, event)
+                return
+            text = socket.consumer._asked(socket, event)
+            if text is None:
+                return
+        self.take(text, event.get("binary"), event.get("offset"))
 
     def _while_lost(self, event: dict[str, Any]) -> None:
         """What ``sio.room``/``sio.close_room``/``sio.disconnect`` do to a socket whose

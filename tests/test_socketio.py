@@ -57,8 +57,8 @@ def quick_server(**options: Any) -> rsio.AsyncServer:
 class PyClient:
     """python-socketio's sync client (its own threads), every event it gets queued."""
 
-    def __init__(self, *events: str, namespace: str = "/") -> None:
-        self.client = socketio.Client(reconnection=False)
+    def __init__(self, *events: str, namespace: str = "/", **options: Any) -> None:
+        self.client = socketio.Client(reconnection=False, **options)
         self.got: queue.Queue[tuple[str, Any]] = queue.Queue()
         for event in events:
             self.client.on(event, self._recorder(event), namespace=namespace)

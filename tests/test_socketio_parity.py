@@ -1,0 +1,339 @@
+"""``realtime.socketio``'s parity with python-socketio's pub/sub managers and serializers:
+acks (``emit(callback=)``, ``call()``) from a process that does not hold the sid, through
+two Redis layers on a real redis-server (two processes' worth, as in test_socketio.py), and
+``serializer="msgpack"`` against python-socketio's ``Client(serializer="msgpack")`` on
+each transport, with raw WebSockets for what its frames look like and what no client
+sends."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import msgpack
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred, DeferredList
+
+from realtime import socketio as rsio
+from tests.clients import in_thread, until
+from tests.test_socketio import (
+    TRANSPORTS,
+    WAIT,
+    PyClient,
+    Raw,
+    _handshake_refusal,
+    _polling_handshake,
+    app,
+    quick_server,
+    start,
+    ws_url,
+)
+
+# -- acks across processes ----------------------------------------------------------------------
+
+async def _two_processes(redis_url: str, **options: Any,
+                         ) -> tuple[list[Any], list[Any], list[Any]]:
+    """Two layers on ``redis_url``, each with a server; ``options`` for the first's
+    ``AsyncServer`` (the one the clients connect to)."""
+    from realtime.testing import serve
+    from tests.redis_support import started_layer
+
+    layers = [await started_layer(redis_url) for _ in range(2)]
+    sios = [rsio.AsyncServer(channel_layer=layer, **(options if n == 0 else {}))
+            for n, layer in enumerate(layers)]
+    servers = [await serve(app(sio), layer=layer)
+               for sio, layer in zip(sios, layers, strict=True)]
+    return layers, sios, servers
+
+
+@pytest.mark.parametrize("recovery", [False, True], ids=["plain", "recovery"])
+@pytest_twisted.ensureDeferred
+async def test_acks_of_a_sid_in_another_process_come_back_to_the_caller(
+        redis_url, realtime_leak_check, recovery):
+    """``call()`` and ``emit(callback=)`` from the process that does not hold the sid: the
+    answer (text, several arguments, bytes) reaches the caller that asked, among several
+    calls in flight at once from both processes; then the reply channel is released. With
+    connection state recovery on where the sid is (its own channel, ``_Kept``) too."""
+    layers, sios, servers = await _two_processes(
+        redis_url, connection_state_recovery=recovery or None)
+    try:
+        one = await PyClient().connect(f"http://127.0.0.1:{servers[0].port}")
+        one.client.on("echo", lambda data: data)
+        one.client.on("pair", lambda a, b: (b, a))
+        one.client.on("blob", lambda: b"\x00\xffbinary")
+        sid = one.client.get_sid()
+        there = sios[1]  # not the process that holds ``sid``
+        assert await there.call("echo", "hello", to=sid, timeout=WAIT) == "hello"
+        assert await there.call("pair", ("a", 1), sid=sid, timeout=WAIT) == (1, "a")
+        assert await there.call("blob", to=sid, timeout=WAIT) == b"\x00\xffbinary"
+
+        got: Deferred[tuple[Any, ...]] = Deferred()
+        await there.emit("pair", ("x", {"k": [1, 2]}), to=sid,
+                         callback=lambda *args: got.callback(args))
+        assert await got == ({"k": [1, 2]}, "x")
+
+        async def call(sio: rsio.AsyncServer, n: int) -> Any:
+            return await sio.call("echo", {"n": n}, to=sid, timeout=WAIT)
+
+        calls = [Deferred.fromCoroutine(call(sios[n % 2], n)) for n in range(12)]
+        answers = await DeferredList(calls, fireOnOneErrback=True, consumeErrors=True)
+        assert [answer for _, answer in answers] == [{"n": n} for n in range(12)]
+        assert there._replies is not None and there._replies.pending == {}
+
+        channel = there._replies.channel
+        assert channel in layers[1]._receivers
+        await there.shutdown()  # the reply channel leaves the layer
+        assert there._replies is None and channel not in layers[1]._receivers
+        await one.disconnect()
+    finally:
+        for server in servers:
+            await server.stop()
+        for layer in layers:
+            await layer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_remote_call_that_times_out_or_whose_target_goes_leaves_nothing(
+        redis_url, realtime_leak_check):
+    """A ``call()`` to a sid of another process that does not answer in time fails with
+    ``CallTimeoutError`` and forgets its entry (the late answer finds nothing); one whose
+    target disconnects before answering fails at once (not at its timeout), as does an
+    ``emit(callback=)``'s entry go; a sid known gone here fails without waiting."""
+    layers, sios, servers = await _two_processes(redis_url)
+    release = threading.Event()
+    try:
+        one = await PyClient().connect(f"http://127.0.0.1:{servers[0].port}")
+        late: list[Any] = []
+
+        def slow(data: Any) -> Any:
+            release.wait(WAIT)  # (python-socketio's client runs it in its read thread)
+            late.append(data)
+            return data
+
+        one.client.on("slow", slow)
+        sid = one.client.get_sid()
+        there = sios[1]
+        with pytest.raises(rsio.CallTimeoutError, match=r"in 0\.3 s"):
+            await there.call("slow", "late", to=sid, timeout=0.3)
+        assert there._replies is not None and there._replies.pending == {}
+        release.set()
+        assert await until(lambda: late == ["late"])
+        assert await there.call("slow", "now", to=sid, timeout=WAIT) == "now"
+        assert there._replies.pending == {}
+
+        release.clear()
+        called: list[Any] = []
+        await there.emit("slow", "never", to=sid, callback=called.append)
+        waiting = Deferred.fromCoroutine(there.call("slow", "gone", to=sid, timeout=60))
+        here = Deferred.fromCoroutine(sios[0].call("slow", "here", to=sid, timeout=60))
+        assert await until(lambda: len(there._replies.pending) == 2)
+        assert await until(lambda: len(sios[0]._sockets[sid].acks) == 3)
+        await sios[0].disconnect(sid)  # before the client answered
+        with pytest.raises(rsio.CallTimeoutError, match="not connected"):
+            await waiting
+        with pytest.raises(rsio.CallTimeoutError, match="not connected"):
+            await here  # a sid of its own process: the same
+        assert there._replies.pending == {} and called == []
+        release.set()
+
+        # A sid of this process that is not connected: no wait at all.
+        two = await PyClient().connect(f"http://127.0.0.1:{servers[1].port}")
+        gone_sid = two.client.get_sid()
+        await two.disconnect()
+        assert await until(lambda: gone_sid not in there._sockets)
+        with pytest.raises(rsio.CallTimeoutError, match="not connected"):
+            await there.call("slow", "x", to=gone_sid, timeout=60)
+        with pytest.raises(ValueError, match="one sid"):
+            await there.call("slow", "x", to="lobby")
+        with pytest.raises(ValueError, match="one sid"):
+            await there.emit("slow", "x", room="lobby", callback=called.append)
+        await there.shutdown()
+    finally:
+        release.set()
+        for server in servers:
+            await server.stop()
+        for layer in layers:
+            await layer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ignore_queue_is_accepted_and_changes_nothing(live):
+    sio = quick_server()
+    ns = rsio.AsyncNamespace("/")
+    sio.register_namespace(ns)
+    url = await start(live, sio)
+    one = await PyClient("said", "message").connect(url)
+    one.client.on("echo", lambda data: data)
+    sid = one.client.get_sid()
+    await sio.emit("said", "q", to=sid, ignore_queue=True)
+    assert await one.next() == ("said", "q")
+    await sio.send("m", to=sid, ignore_queue=True)
+    assert await one.next() == ("message", "m")
+    assert await sio.call("echo", 1, to=sid, ignore_queue=True) == 1
+    await ns.emit("said", "ns", to=sid, ignore_queue=True)
+    assert await one.next() == ("said", "ns")
+    assert await ns.call("echo", 2, to=sid, ignore_queue=True) == 2
+    await sio.disconnect(sid, ignore_queue=True)
+    assert await one.next() == ("disconnect", ("server disconnect",))
+
+
+# -- the msgpack serializer --------------------------------------------------------------------
+
+@TRANSPORTS
+@pytest_twisted.ensureDeferred
+async def test_msgpack_with_python_socketios_client(live, transports, transport):
+    """``serializer="msgpack"`` with python-socketio's msgpack client on WebSocket, on
+    polling (binary messages as base64 in the payloads) and through the upgrade: auth,
+    events and acks with bytes in them both ways, a room emit, ``call()``."""
+    sio = quick_server(serializer="msgpack")
+    seen: list[Any] = []
+
+    @sio.event
+    async def connect(sid: str, environ: Any, auth: Any) -> None:
+        seen.append(auth)
+        await sio.enter_room(sid, "lobby")
+
+    @sio.event
+    async def echo(sid: str, data: Any) -> Any:
+        return data, b"\x00ok"
+
+    url = await start(live, sio)
+    one = await PyClient("said", serializer="msgpack").connect(
+        url, transports, auth={"token": "t"})
+    if transports is None:
+        assert await until(lambda: one.client.transport() == "websocket", WAIT)
+    sid = one.client.get_sid()
+    assert seen == [{"token": "t"}] and sio.transport(sid) == transport
+    data = {"blob": b"\x01\x02\xff", "list": [1, 2.5, None, "é"]}
+    assert await one.call("echo", data) == (data, b"\x00ok")
+    await sio.emit("said", {"b": b"\xfe"}, room="lobby")
+    assert await one.next() == ("said", {"b": b"\xfe"})
+    await sio.emit("said", "just you", to=sid)
+    assert await one.next() == ("said", "just you")
+    one.client.on("ask", lambda data: [data, b"\x07"])
+    assert await sio.call("ask", b"\x03", to=sid, timeout=WAIT) == [b"\x03", b"\x07"]
+    await sio.disconnect(sid)
+    assert await one.next() == ("disconnect", ("server disconnect",))
+
+
+async def _next_packet(raw: Raw) -> Any:
+    """The next Socket.IO packet, which must be a binary frame (pings answered)."""
+    while True:
+        frame = await raw.recv()
+        if frame != "2":
+            assert isinstance(frame, bytes), frame
+            return msgpack.unpackb(frame)
+        await raw.send("3")
+
+
+async def _msgpack_raw(url: str) -> tuple[Raw, str]:
+    raw = await Raw.open(url)
+    await raw.send(msgpack.packb({"type": 0, "data": None, "nsp": "/"}))
+    answer = await _next_packet(raw)
+    assert answer["type"] == 0 and answer["nsp"] == "/"
+    return raw, answer["data"]["sid"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_msgpack_frames_are_binary_and_bad_ones_close_the_connection(live):
+    """With msgpack every Socket.IO packet is one binary frame, a room emit's prepared
+    frame too; a text packet, bytes that are not a msgpack packet and a packet a client
+    may not send close the connection 1002 (the server goes on)."""
+    sio = quick_server(serializer="msgpack")
+    sio.on("connect", lambda sid, environ: sio.enter_room(sid, "room"))
+    sio.on("nothing", lambda sid: None)
+    url = await start(live, sio)
+    raw, sid = await _msgpack_raw(url)
+    await until(lambda: sio.rooms(sid) == [sid, "room"])
+    await sio.emit("said", "to the room", room="room")
+    assert await _next_packet(raw) == {"type": 2, "data": ["said", "to the room"], "nsp": "/"}
+    await raw.send(msgpack.packb({"type": 2, "data": ["nothing"], "nsp": "/", "id": 7}))
+    assert await _next_packet(raw) == {"type": 3, "data": [], "nsp": "/", "id": 7}
+    await raw.close()
+    for bad in ("42[\"e\"]", b"\xc1", msgpack.packb([2, "e"]),
+                msgpack.packb({"type": 4, "data": {}, "nsp": "/"}),
+                msgpack.packb({"type": 2, "data": ["connect"], "nsp": "/"}),
+                msgpack.packb({"type": 2, "data": ["e"], "nsp": "/", "id": -1})):
+        raw, _ = await _msgpack_raw(url)
+        await raw.send(bad)
+        assert (await raw.closed())[0] == 1002, bad
+    raw, _ = await _msgpack_raw(url)  # still up
+    await raw.close()
+
+
+def test_the_serializer_option_is_checked():
+    with pytest.raises(ValueError, match="msgpack"):
+        rsio.AsyncServer(serializer="cbor")
+    with pytest.raises(ValueError, match="msgpack"):
+        rsio.Emitter("http://127.0.0.1:1", "k", serializer="json")
+
+
+API_KEY = "test-api-key-0123456789"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_emitter_speaks_to_a_msgpack_server(live):
+    """``Emitter(serializer="msgpack")``: its packets go as layer events, which each
+    connection (WebSocket or polling) sends as msgpack; a room, a sid, the namespace."""
+    sio = quick_server(serializer="msgpack")
+    sio.on("connect", lambda sid, environ: sio.enter_room(sid, "lobby"))
+    url = await start(live, sio, api_keys=(API_KEY,))
+    emitter = rsio.Emitter(url, API_KEY, serializer="msgpack")
+    ws = await PyClient("said", serializer="msgpack").connect(url, ["websocket"])
+    poll = await PyClient("said", serializer="msgpack").connect(url, ["polling"])
+    await until(lambda: all(len(sio.rooms(client.client.get_sid())) == 2
+                            for client in (ws, poll)))
+    await in_thread(lambda: emitter.emit("said", "lobby", room="lobby"))
+    assert await ws.next() == ("said", "lobby")
+    assert await poll.next() == ("said", "lobby")
+    await in_thread(lambda: emitter.emit("said", "you", to=poll.client.get_sid()))
+    assert await poll.next() == ("said", "you")
+    await in_thread(lambda: emitter.emit("said", {"all": [1, "é"]}))
+    assert await ws.next() == ("said", {"all": [1, "é"]})
+    assert await poll.next() == ("said", {"all": [1, "é"]})
+    await ws.disconnect()
+    await poll.disconnect()
+
+
+def test_a_msgpack_packets_type_is_read_without_decoding_it():
+    """What ``--slow-consumer drop`` may drop from a poller's queue: EVENTs and ACKs."""
+    kinds = [rsio._msgpack_kind(rsio.encode_msgpack_packet(kind, "/chat", data, ack_id))
+             for kind, data, ack_id in [(rsio.EVENT, ["e", b"\x00"], None),
+                                        (rsio.ACK, [], 12),
+                                        (rsio.CONNECT, {"sid": "x"}, None),
+                                        (rsio.DISCONNECT, None, None)]]
+    assert kinds == [rsio.EVENT, rsio.ACK, rsio.CONNECT, rsio.DISCONNECT]
+    assert rsio._msgpack_kind(b"\x93\x01\x02\x03") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_transports_and_allow_upgrades_are_python_engineios(live):
+    """``transports=`` refuses the other transport with Engine.IO's "Transport unknown";
+    ``allow_upgrades=False`` (or polling only) offers no upgrade and refuses a probe, so
+    python-socketio's client on its default transports stays on polling."""
+    unknown = b'{"code":0,"message":"Transport unknown"}'
+    url = await start(live, quick_server(transports=["websocket"]))
+    assert await in_thread(_polling_handshake, url) == (400, unknown)
+    one = await PyClient().connect(url, ["websocket"])
+    await one.disconnect()
+
+    url = await start(live, quick_server(transports="polling"))
+    assert await in_thread(_handshake_refusal, ws_url(url)) == (400, unknown)
+    status, body = await in_thread(_polling_handshake, url)
+    assert status == 200 and b'"upgrades":[]' in body
+
+    sio = quick_server(allow_upgrades=False)
+    url = await start(live, sio)
+    status, body = await in_thread(_polling_handshake, url)
+    assert status == 200 and b'"upgrades":[]' in body
+    sid = json.loads(body.decode()[1:])["sid"]
+    assert (await in_thread(_handshake_refusal, ws_url(
+        url, f"EIO=4&transport=websocket&sid={sid}")))[0] == 400
+    two = await PyClient().connect(url, None)  # its default: polling, then the upgrade
+    assert not await until(lambda: two.client.transport() == "websocket", 0.5)
+    assert sio.transport(two.client.get_sid()) == "polling"
+    await two.disconnect()
+    with pytest.raises(ValueError, match="transports"):
+        rsio.AsyncServer(transports=["carrier-pigeon"])
