@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import sys
 import time
 from collections import Counter
@@ -35,13 +34,13 @@ from run import (  # noqa: E402
     OURS,
     RESULTS,
     ServerSpec,
-    _stop_on_signal,
+    chosen_servers,
     client_attempt,
     cpu_model,
     prepare_venvs,
-    raise_nofile,
     report,
     run_passes,
+    runner_start,
     server_specs,
     versions,
 )
@@ -151,15 +150,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    raise_nofile()
-    signal.signal(signal.SIGTERM, _stop_on_signal)
-    signal.signal(signal.SIGINT, _stop_on_signal)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = runner_start()
     specs = http_specs()
-    servers = [s.strip() for s in opts.servers.split(",") if s.strip()]
-    unknown = [s for s in servers if s not in specs]
-    if unknown or not servers:
-        log(f"unknown servers: {', '.join(unknown)} (known: {', '.join(specs)})")
+    servers = chosen_servers(opts, specs, log)
+    if servers is None:
         return 2
     t_start = time.monotonic()
     client_python = prepare_venvs(specs, servers, opts, log)

@@ -206,10 +206,11 @@ def ensure_ours_venv(ref: str, log: Any) -> str:
     return python
 
 
-def versions(python: str) -> dict[str, str]:
+def versions(python: str, names: Sequence[str] = VERSION_NAMES) -> dict[str, str]:
+    """The versions of the packages ``names`` (those installed) in ``python``."""
     code = ("import json, importlib.metadata as m\n"
             "out = {}\n"
-            f"for n in {list(VERSION_NAMES)!r}:\n"
+            f"for n in {list(names)!r}:\n"
             "    try: out[n] = m.version(n)\n"
             "    except m.PackageNotFoundError: pass\n"
             "print(json.dumps(out))")
@@ -648,6 +649,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return runner_defaults(a)
 
 
+def runner_start() -> Callable[[str], None]:
+    """A runner's start: the open-files limit raised, SIGTERM and SIGINT unwinding (each
+    server is stopped in its attempt's ``finally``); its log, stderr."""
+    raise_nofile()
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
+    return lambda msg: print(msg, file=sys.stderr, flush=True)
+
+
+def chosen_servers(opts: argparse.Namespace, specs: dict[str, ServerSpec],
+                   log: Any) -> list[str] | None:
+    """``--servers``, or None (said on ``log``) when it names none or one not in ``specs``."""
+    servers = [s.strip() for s in opts.servers.split(",") if s.strip()]
+    unknown = [s for s in servers if s not in specs]
+    if unknown or not servers:
+        log(f"unknown servers: {', '.join(unknown)} (known: {', '.join(specs)})")
+        return None
+    return servers
+
+
 def prepare_venvs(specs: dict[str, ServerSpec], servers: Sequence[str],
                   opts: argparse.Namespace, log: Any) -> str:
     """The client's and the servers' virtualenvs (with ``--venvs``); the client's Python."""
@@ -698,18 +719,13 @@ def _stop_on_signal(signum: int, _frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    raise_nofile()
-    signal.signal(signal.SIGTERM, _stop_on_signal)
-    signal.signal(signal.SIGINT, _stop_on_signal)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = runner_start()
     specs = server_specs()
     delayed = specs[OURS_DELAYED]
     delayed.args = ("--broadcast-delay", f"{opts.ours_delay:g}")
     delayed.label = f"ours --broadcast-delay {opts.ours_delay:g}"
-    servers = [s.strip() for s in opts.servers.split(",") if s.strip()]
-    unknown = [s for s in servers if s not in specs]
-    if unknown:
-        log(f"unknown servers: {', '.join(unknown)} (known: {', '.join(specs)})")
+    servers = chosen_servers(opts, specs, log)
+    if servers is None:
         return 2
     pool = QUICK_SCENARIOS if opts.quick else FULL_SCENARIOS
     if OURS in servers:

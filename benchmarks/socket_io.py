@@ -31,9 +31,7 @@ does.)
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -48,13 +46,13 @@ from run import (  # noqa: E402
     OURS,
     RESULTS,
     ServerSpec,
-    _stop_on_signal,
+    chosen_servers,
     client_attempt,
     cpu_model,
     prepare_venvs,
-    raise_nofile,
     report,
     run_passes,
+    runner_start,
     versions,
 )
 
@@ -63,6 +61,8 @@ VENV = "socketio"
 REQUIREMENTS = ("uvicorn[standard]", "websockets", "python-socketio")
 PSIO = "psio"
 PSIO_SANSIO = "psio-sansio"
+#: Versions reported for the python-socketio servers, beside run.py's.
+PSIO_VERSIONS = ("python-socketio", "python-engineio")
 #: Engine.IO's WebSocket transport, no polling first.
 PATH = "/socket.io/?EIO=4&transport=websocket"
 
@@ -192,15 +192,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    raise_nofile()
-    signal.signal(signal.SIGTERM, _stop_on_signal)
-    signal.signal(signal.SIGINT, _stop_on_signal)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = runner_start()
     specs = sio_specs()
-    servers = [s.strip() for s in opts.servers.split(",") if s.strip()]
-    unknown = [s for s in servers if s not in specs]
-    if unknown or not servers:
-        log(f"unknown servers: {', '.join(unknown)} (known: {', '.join(specs)})")
+    servers = chosen_servers(opts, specs, log)
+    if servers is None:
         return 2
     scs = scenarios(opts)
     t_start = time.monotonic()
@@ -208,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     meta_versions = {s: versions(specs[s].python(opts.venvs)) for s in servers}
     for s in servers:
         if specs[s].venv:
-            meta_versions[s].update(versions_of(specs[s].python(opts.venvs)))
+            meta_versions[s].update(versions(specs[s].python(opts.venvs), PSIO_VERSIONS))
 
     opts.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -245,22 +240,6 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     log(f"rows: {jsonl}; table: {opts.out / 'socketio-latest.md'}; {elapsed:.1f} min")
     return 0
-
-
-def versions_of(python: str) -> dict[str, str]:
-    """python-socketio's and python-engineio's versions (run.py's ``versions`` lists the
-    others)."""
-    import subprocess
-
-    code = ("import json, importlib.metadata as m\n"
-            "print(json.dumps({n: m.version(n) for n in "
-            "('python-socketio', 'python-engineio')}))")
-    try:
-        res = subprocess.run([python, "-c", code], capture_output=True, text=True,
-                             timeout=30, cwd="/")
-        return json.loads(res.stdout)
-    except (OSError, ValueError, subprocess.TimeoutExpired):
-        return {}
 
 
 if __name__ == "__main__":
