@@ -48,8 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from benchlib import median, ratio  # noqa: E402
-from loadclient import ProcStat, raise_nofile  # noqa: E402
+from benchlib import ProcStat, median, raise_nofile, ratio  # noqa: E402
 from run import free_port, pinned, wait_listening  # noqa: E402
 
 SERVERS = ("ours", "ours-level6", "ours-plain", "autobahn")

@@ -18,9 +18,7 @@ benchmarks/results/django-http-latest.md (also printed).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import signal
 import sys
 import time
 from collections import Counter
@@ -33,22 +31,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from benchlib import Scenario, runner_defaults  # noqa: E402
 from run import (  # noqa: E402
-    CLIENT_REQUIREMENTS,
-    CLIENT_VENV,
     OURS,
     RESULTS,
-    VENVS,
-    Server,
     ServerSpec,
-    _check_alive,
-    _stamped,
-    _stop_on_signal,
+    chosen_servers,
+    client_attempt,
     cpu_model,
-    ensure_venv,
-    raise_nofile,
+    prepare_venvs,
     report,
-    run_client,
-    run_one,
+    run_passes,
+    runner_start,
     server_specs,
     versions,
 )
@@ -97,28 +89,15 @@ def http_specs() -> dict[str, HttpServerSpec]:
     }
 
 
-def run_attempt(spec: ServerSpec, sc: Scenario, opts: argparse.Namespace, pass_no: int,
-                client_python: str, log_dir: Path) -> dict[str, Any]:
-    """One fresh server, one client run against one view, the server stopped by its PID."""
-    server = Server(spec, spec.python(opts.venvs),
-                    log_dir / f"{spec.name}-{sc.name}-p{pass_no}.log", opts.server_core)
-    started = time.monotonic()
-    try:
-        server.wait_ready()
-        args = ["--url", f"http://127.0.0.1:{server.port}{sc.params['path']}",
-                "--conns", str(opts.connections), "--duration", str(opts.duration),
-                "--warmup", str(opts.warmup), "--server-pid", str(server.pid),
-                "--scenario", sc.name, "--time-limit", str(sc.time_limit)]
-        if opts.server_core is not None:
-            args += ["--server-core", str(opts.server_core),
-                     "--client-core", str(opts.client_core)]
-        row = run_client(client_python, args, opts.client_core, sc.time_limit, script=CLIENT)
-        _check_alive(row, server)
-    except RuntimeError as exc:
-        row = {"ok": False, "error": str(exc)}
-    finally:
-        server.stop()
-    return _stamped(row, spec, sc, pass_no, started)
+def client_args(sc: Scenario, port: int, opts: argparse.Namespace) -> list[str]:
+    return ["--url", f"http://127.0.0.1:{port}{sc.params['path']}",
+            "--conns", str(opts.connections), "--duration", str(opts.duration),
+            "--warmup", str(opts.warmup), "--scenario", sc.name,
+            "--time-limit", str(sc.time_limit)]
+
+
+#: One fresh server, one client run against one view, the server stopped by its PID.
+run_attempt = client_attempt(client_args, CLIENT)
 
 
 def error_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -171,41 +150,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    raise_nofile()
-    signal.signal(signal.SIGTERM, _stop_on_signal)
-    signal.signal(signal.SIGINT, _stop_on_signal)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = runner_start()
     specs = http_specs()
-    servers = [s.strip() for s in opts.servers.split(",") if s.strip()]
-    unknown = [s for s in servers if s not in specs]
-    if unknown or not servers:
-        log(f"unknown servers: {', '.join(unknown)} (known: {', '.join(specs)})")
+    servers = chosen_servers(opts, specs, log)
+    if servers is None:
         return 2
     t_start = time.monotonic()
-    client_python = sys.executable
-    if opts.venvs:
-        VENVS.mkdir(exist_ok=True)
-        client_python = ensure_venv(CLIENT_VENV, CLIENT_REQUIREMENTS, log)
-        for s in servers:
-            if specs[s].venv:
-                ensure_venv(specs[s].venv, specs[s].requirements, log)
+    client_python = prepare_venvs(specs, servers, opts, log)
     meta_versions = {s: versions(specs[s].python(opts.venvs)) for s in servers}
 
     opts.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     jsonl = opts.out / f"django-http-{stamp}.jsonl"
     log_dir = opts.out / "logs" / f"django-http-{stamp}"
-    rows: list[dict[str, Any]] = []
-    with open(jsonl, "w") as f:
-        for pass_no in range(1, opts.passes + 1):
-            for s in servers:
-                for sc in SCENARIOS:
-                    row = run_one(specs[s], sc, opts, pass_no, client_python, log_dir,
-                                  attempt=run_attempt)
-                    rows.append(row)
-                    f.write(json.dumps(row) + "\n")
-                    f.flush()
-                    log(summary_line(row))
+    rows = run_passes(specs, servers, SCENARIOS, opts, client_python, jsonl, log_dir, log,
+                      attempt=run_attempt)
     shutil.copyfile(jsonl, opts.out / "django-http-latest.jsonl")
     elapsed = (time.monotonic() - t_start) / 60
     errors = error_lines(rows)
@@ -231,16 +190,6 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     log(f"rows: {jsonl}; table: {opts.out / 'django-http-latest.md'}; {elapsed:.1f} min")
     return 0
-
-
-def summary_line(row: dict[str, Any]) -> str:
-    head = f"pass {row['pass']} {row['server']:>8} {row['scenario']:<13}"
-    if not row.get("ok"):
-        return f"{head} FAILED: {row.get('error')}"
-    return (f"{head} {row['requests_per_s']:>9,.0f} req/s  p50 {row.get('p50_ms')} ms  "
-            f"p99 {row.get('p99_ms')} ms  {row.get('server_cpu_us_per_request')} us/req  "
-            f"errors {row.get('http_errors')}  (client CPU {row.get('client_cpu_share')}, "
-            f"server CPU {row.get('server_cpu_share')}, {row['elapsed_s']} s)")
 
 
 if __name__ == "__main__":

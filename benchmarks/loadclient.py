@@ -109,12 +109,23 @@ async def close_all(conns: list[tuple[WSTransport, Any]], time_limit: float = 5.
                 t.exception()
 
 
+class State:
+    """What every connection of one run shares (sioclient.py's add the Socket.IO handshake's
+    counts: its states subclass these, cooperatively)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed_by_server = 0
+        self.closing = False
+
+
 # -- echo ----------------------------------------------------------------------------------------
 
 
-class EchoState:
+class EchoState(State):
     def __init__(self, payload: bytes, msg_type: WSMsgType, inflight: int,
                  count: int | None) -> None:
+        super().__init__()
         self.payload = payload
         self.size = len(payload)
         self.msg_type = msg_type
@@ -127,8 +138,6 @@ class EchoState:
         self.lat: list[int] = []
         self.active = 0
         self.idle = asyncio.Event()
-        self.closed_by_server = 0
-        self.closing = False
 
 
 class EchoConn(WSListener):
@@ -202,25 +211,22 @@ class EchoConn(WSListener):
 async def run_echo(url: str, *, conns: int, inflight: int, size: int, binary: bool = False,
                    count: int | None = None, duration: float = 5.0, warmup: float = 1.0,
                    server_pid: int | None = None, scenario: str = "echo",
-                   time_limit: float = 60.0) -> dict[str, Any]:
-    payload = make_text(size).encode("utf-8") if not binary else os.urandom(size)
-    st = EchoState(payload, BINARY if binary else TEXT, inflight, count)
+                   time_limit: float = 60.0, framing: Framing | None = None) -> dict[str, Any]:
+    fr = framing or WEBSOCKET
+    payload = fr.payload(size, binary)
+    st = fr.EchoState(payload, BINARY if binary else TEXT, inflight, count)
     row: dict[str, Any] = {"scenario": scenario, "kind": "echo", "conns": conns,
-                           "inflight": inflight, "size": size, "binary": binary}
-    listeners: list[EchoConn] = []
-
-    def factory(_i: int) -> EchoConn:
-        conn = EchoConn(st)
-        listeners.append(conn)
-        return conn
-
-    made, errors = await connect_many(url, conns, factory, time_limit=min(30, time_limit / 2))
-    row["connected"] = len(made)
-    if not made:
+                           "inflight": inflight, "size": size, **fr.head("echo", binary=binary)}
+    made, errors = await fr.connect(url, conns, st, lambda _i: fr.EchoConn(st),
+                                    concurrency=100, time_limit=min(30, time_limit / 2))
+    ready = fr.ready(made)
+    row["connected"] = len(ready)
+    if not ready:
         return _failed(row, errors or Counter({"no connection": 1}))
-    window = Window(ProcStat(server_pid))
-    for _, lst in made:
-        lst.start()
+    window = Window(fr.stat(server_pid))
+    for conn in ready:
+        conn.start()
+    late = False
     if count is None:
         await asyncio.sleep(warmup)
         gc.disable()
@@ -236,7 +242,7 @@ async def run_echo(url: str, *, conns: int, inflight: int, size: int, binary: bo
         try:
             await asyncio.wait_for(st.idle.wait(), 5)
         except TimeoutError:
-            pass
+            late = True
     else:
         st.measuring = True
         r0 = 0
@@ -259,9 +265,10 @@ async def run_echo(url: str, *, conns: int, inflight: int, size: int, binary: bo
         "mismatched": st.mismatched,
         "closed_by_server": st.closed_by_server,
     })
-    if count is not None and st.received < count * len(made):
-        errors[f"only {st.received} of {count * len(made)} echoes"] += 1
-    return _finish_row(row, errors, ok=messages > 0 and st.mismatched == 0)
+    if count is not None and st.received < count * len(ready):
+        errors[f"only {st.received} of {count * len(ready)} echoes"] += 1
+    ok = fr.echo_done(st, row, errors, late)
+    return _finish_row(row, errors, ok=ok and messages > 0 and st.mismatched == 0)
 
 
 def _failed(row: dict[str, Any], errors: Counter[str]) -> dict[str, Any]:
@@ -284,16 +291,17 @@ def _finish_row(row: dict[str, Any], errors: Counter[str], ok: bool) -> dict[str
 _HEAD = 31
 
 
-class FanoutState:
+class FanoutState(State):
     def __init__(self) -> None:
+        super().__init__()
         self.counts: list[int] = []
         self.total = 0
         self.m0 = 1 << 62
         self.m1 = 1 << 62
         self.measured = 0
         self.lat: list[int] = []
-        self.ready = 0
-        self.dropped = 0
+        self.ready = 0  # members that have had a message
+        self.ready_at_probe = 0
         self.bad = 0
         self.all_in = asyncio.Event()
         self.expected = -1
@@ -344,7 +352,7 @@ class RoomConn(WSListener):
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.open:
             self.open = False
-            self.st.dropped += 1
+            self.st.closed_by_server += 1
 
 
 async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
@@ -354,7 +362,8 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
                      concurrency: int = 100, time_limit: float = 150.0,
                      server_pids: Sequence[int] = (),
                      aux_pids: dict[str, int] | None = None,
-                     burst: int = 1, publishers: int = 1) -> dict[str, Any]:
+                     burst: int = 1, publishers: int = 1,
+                     framing: Framing | None = None) -> dict[str, Any]:
     """One room of ``members``; member 0 also sends ``rate`` messages/s to it.
 
     ``burst`` > 1: the messages go in bursts of that many, written in one write (so they
@@ -368,35 +377,38 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
     the latency of each message it gets. Messages sent in the measurement window that have
     not reached every member ``drain`` seconds after the window are lost.
     """
+    fr = framing or WEBSOCKET
     if size < _HEAD:
         raise ValueError(f"fan-out messages need at least {_HEAD} bytes")
-    st = FanoutState()
-    padding = make_text(size - _HEAD, ascii_only=True).encode()
+    st = fr.FanoutState()
+    # The message, with its sequence number and send time still to put in.
+    template = fr.template(make_text(size - _HEAD, ascii_only=True).encode())
     if burst < 1 or publishers < 1:
         raise ValueError("burst and publishers must be at least 1")
     if burst > 1 and publishers > 1:
         raise ValueError("burst and publishers do not combine")
     row: dict[str, Any] = {"scenario": scenario, "kind": "fanout", "members": members,
-                           "rate": rate, "size": size, "burst": burst,
-                           "publishers": publishers,
+                           "rate": rate, "size": size,
+                           **fr.head("fanout", burst=burst, publishers=publishers),
                            "offered_per_s": members * rate}
     deadline = time.monotonic() + time_limit - 5
-    made, errors = await connect_many(url, members, lambda _i: RoomConn(st),
-                                      concurrency=concurrency,
-                                      time_limit=min(60.0, time_limit / 3))
-    row["connected"] = len(made)
-    if not made:
+    made, errors = await fr.connect(url, members, st, lambda _i: fr.RoomConn(st),
+                                    concurrency=concurrency,
+                                    time_limit=min(60.0, time_limit / 3))
+    joined = fr.ready(made)
+    row["connected"] = len(joined)
+    if not joined:
         return _failed(row, errors or Counter({"no connection": 1}))
-    sender = made[0][0]
-    n = len(made)
+    sender = joined[0].tr
+    n = len(joined)
     if publishers > n:
         return _failed(row, Counter({f"only {n} members for {publishers} publishers": 1}))
-    voices = [tr for tr, _ in made[:publishers]]
+    voices = [c.tr for c in joined[:publishers]]
 
     def send(via: Any = sender) -> int:
         seq = len(st.counts)
         st.counts.append(0)
-        via.send(TEXT, b"%010d %019d " % (seq, _now_ns()) + padding)
+        via.send(TEXT, template % (seq, _now_ns()))
         return seq
 
     def send_burst() -> None:
@@ -406,7 +418,7 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
         for _ in range(burst):
             seq = len(st.counts)
             st.counts.append(0)
-            payload = b"%010d %019d " % (seq, now) + padding
+            payload = template % (seq, now)
             n = len(payload)
             head = bytes((0x81, 0x80 | n)) if n < 126 else struct.pack("!BBH", 0x81, 0xFE, n)
             frames.append(head + b"\0\0\0\0" + payload)
@@ -417,13 +429,13 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
     # Probe: until every member has had a message (the server has them all in the room).
     t_probe = last = loop.time()
     send()
-    while st.ready < n - st.dropped and loop.time() - t_probe < probe_timeout:
+    while st.ready < n - st.closed_by_server and loop.time() - t_probe < probe_timeout:
         await asyncio.sleep(0.02)
         if loop.time() - last >= 0.5:
             send()
             last = loop.time()
-    row["ready"] = st.ready >= n - st.dropped
-    row["ready_members"] = st.ready
+    row["ready"] = st.ready >= n - st.closed_by_server
+    st.ready_at_probe = st.ready
     row["ready_s"] = round(loop.time() - t_probe, 3)
 
     interval = max(burst, publishers) / rate
@@ -454,9 +466,9 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
 
     if count is None:
         await paced(warmup, None)
-    window = Window(ProcStat(server_pid, server_pids),
-                    {name: ProcStat(pid) for name, pid in (aux_pids or {}).items()})
-    members_at_start = n - st.dropped
+    window = Window(fr.stat(server_pid, server_pids),
+                    {name: fr.stat(pid) for name, pid in (aux_pids or {}).items()})
+    members_at_start = n - st.closed_by_server
     gc.disable()
     st.m0 = len(st.counts)
     tot0 = st.total
@@ -481,9 +493,10 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
     delivered = st.measured
     lost = max(0, st.expected - delivered)
     window_deliveries = tot1 - tot0
-    dropped = st.dropped
-    for _, lst in made:
-        lst.open = False
+    dropped = st.closed_by_server
+    st.closing = True
+    for _, conn in made:
+        conn.open = False
     await close_all(made)
     row.update(window.fields())
     row.update(latency_summary(st.lat))
@@ -493,15 +506,15 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
         "delivered": delivered,
         "lost": lost,
         "lost_pct": round(100.0 * lost / st.expected, 3) if st.expected > 0 else None,
+        **fr.fanout_fields(st, joined, sent, window),
         "delivered_per_s": round(window_deliveries / window.wall, 1) if window.wall else None,
         "server_cpu_us_per_delivery": window.server_us_per(window_deliveries),
         **window.aux_us_per(window_deliveries, "delivery"),
-        "server_processes": len(window.server.pids),
         "dropped_members": dropped,
         "malformed": st.bad,
     })
     if not row["ready"]:
-        errors[f"only {st.ready} of {n} members got the probe"] += 1
+        errors[f"only {st.ready_at_probe} of {n} members got the probe"] += 1
     # Delivering nothing is a result (lost 100 %), not a failure of the run.
     return _finish_row(row, errors, ok=sent > 0)
 
@@ -510,7 +523,7 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
 
 
 class IdleConn(WSListener):
-    def __init__(self) -> None:
+    def __init__(self, st: State) -> None:
         self.frames = 0
 
     def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
@@ -519,29 +532,35 @@ class IdleConn(WSListener):
 
 async def run_idle(url: str, *, conns: int, concurrency: int = 100, settle: float = 1.0,
                    server_pid: int | None = None, scenario: str = "idle",
-                   time_limit: float = 150.0) -> dict[str, Any]:
-    proc = ProcStat(server_pid)
+                   time_limit: float = 150.0, framing: Framing | None = None) -> dict[str, Any]:
+    fr = framing or WEBSOCKET
+    proc = fr.stat(server_pid)
     row: dict[str, Any] = {"scenario": scenario, "kind": "idle", "conns": conns,
                            "concurrency": concurrency}
     # Warm the server up (lazy imports, first-connection caches) before the baseline.
-    warm, werr = await connect_many(url, min(10, conns), lambda _i: IdleConn(),
-                                    concurrency=concurrency, time_limit=20)
+    wst = fr.IdleState()
+    warm, werr = await fr.connect(url, min(10, conns), wst, lambda _i: fr.IdleConn(wst),
+                                  concurrency=concurrency, time_limit=20)
+    warmed = len(fr.ready(warm))
+    wst.closing = True
     await close_all(warm)
-    if not warm:
+    if not warmed:
         return _failed(row, werr or Counter({"no connection": 1}))
     await asyncio.sleep(0.5)
     rss0 = proc.rss_kb()
+    st = fr.IdleState()
     window = Window(proc)
     window.start()
-    made, errors = await connect_many(url, conns, lambda _i: IdleConn(),
-                                      concurrency=concurrency,
-                                      time_limit=max(10.0, time_limit - 30))
+    made, errors = await fr.connect(url, conns, st, lambda _i: fr.IdleConn(st),
+                                    concurrency=concurrency,
+                                    time_limit=max(10.0, time_limit - 30))
     window.stop()
     await asyncio.sleep(settle)
     rss1 = proc.rss_kb()
-    still_open = sum(1 for tr, _ in made if not tr.is_disconnected)
+    still_open = sum(1 for tr, conn in made if fr.is_open(tr, conn))
+    connected = len(fr.ready(made))
+    st.closing = True
     await close_all(made, time_limit=10)
-    connected = len(made)
     row.update(window.fields())
     row.update({
         "connected": connected,
@@ -554,55 +573,136 @@ async def run_idle(url: str, *, conns: int, concurrency: int = 100, settle: floa
         "kb_per_conn": (round((rss1 - rss0) / connected, 2)
                         if rss0 is not None and rss1 is not None and connected else None),
     })
-    return _finish_row(row, errors, ok=connected > 0)
+    return _finish_row(row, errors, ok=connected > 0 and fr.idle_ok(still_open, made))
+
+
+# -- the protocol ----------------------------------------------------------------------------------
+
+
+class Framing:
+    """What the runners above need to know of a protocol: the bench protocol over plain
+    WebSockets here (``WEBSOCKET``); sioclient.py's subclass supplies Engine.IO/Socket.IO's.
+
+    The runners ask it once per run, or once per connection; never per frame: each frame
+    goes to its connection class's own ``on_ws_frame`` (the hot loop, written per protocol),
+    so sharing the runners puts no indirection on the plain-WebSocket path.
+    """
+
+    EchoState: Callable[[bytes, WSMsgType, int, int | None], Any] = EchoState
+    EchoConn: Callable[[Any], Any] = EchoConn
+    FanoutState: Callable[[], Any] = FanoutState
+    RoomConn: Callable[[Any], Any] = RoomConn
+    IdleState: Callable[[], Any] = State
+    IdleConn: Callable[[Any], Any] = IdleConn
+    #: Reads the server's CPU time and RSS.
+    stat: Callable[..., ProcStat] = ProcStat
+
+    async def connect(self, url: str, n: int, st: Any, factory: Callable[[int], WSListener],
+                      *, concurrency: int, time_limit: float
+                      ) -> tuple[list[tuple[WSTransport, Any]], Counter[str]]:
+        """``n`` connections, ready for the scenario (here: the WebSocket is open)."""
+        return await connect_many(url, n, factory, concurrency=concurrency,
+                                  time_limit=time_limit)
+
+    def ready(self, made: list[tuple[WSTransport, Any]]) -> list[Any]:
+        """The connections of ``made`` the scenario runs on."""
+        return [conn for _, conn in made]
+
+    def is_open(self, transport: WSTransport, conn: Any) -> bool:
+        return not transport.is_disconnected
+
+    def payload(self, size: int, binary: bool) -> bytes:
+        """An echo message of ``size`` bytes."""
+        return make_text(size).encode("utf-8") if not binary else os.urandom(size)
+
+    def template(self, padding: bytes) -> bytes:
+        """A fan-out message, ``%`` formatted with its sequence number and send time (ns):
+        ``SSSSSSSSSS TTTTTTTTTTTTTTTTTTT `` and the padding."""
+        return b"%010d %019d " + padding.replace(b"%", b"%%")
+
+    def head(self, kind: str, **options: Any) -> dict[str, Any]:
+        """The row's fields for the options only this protocol's client has."""
+        return options
+
+    def echo_done(self, st: Any, row: dict[str, Any], errors: Counter[str],
+                  late: bool) -> bool:
+        """The protocol's own fields and checks of an echo run (``late``: replies still
+        missing 5 s after the window); False fails the run."""
+        return True
+
+    def fanout_fields(self, st: Any, joined: list[Any], sent: int,
+                      window: Window) -> dict[str, Any]:
+        return {"ready_members": st.ready_at_probe,
+                "server_processes": len(window.server.pids)}
+
+    def idle_ok(self, still_open: int, made: list[tuple[WSTransport, Any]]) -> bool:
+        return True
+
+
+WEBSOCKET = Framing()
 
 
 # -- command line ------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def scenario_parser(description: str, common: argparse.ArgumentParser, *, conns: int,
+                    rate: float, fanout_warmup: float, idle_conns: int
+                    ) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser,
+                               argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The command line both load clients share: the parser and its ``echo``, ``fanout``
+    and ``idle`` subcommands (each client adds its own options), with the options these do
+    not have at what they mean without them."""
+    p = argparse.ArgumentParser(description=description)
+    p.set_defaults(binary=False, count=None, probe_timeout=15.0, burst=1, publishers=1,
+                   aux_pid=[])
     sub = p.add_subparsers(dest="kind", required=True)
+    e = sub.add_parser("echo", parents=[common])
+    e.add_argument("--conns", type=int, default=conns)
+    e.add_argument("--inflight", type=int, default=1)
+    e.add_argument("--size", type=int, default=64)
+    e.add_argument("--duration", type=float, default=5.0)
+    e.add_argument("--warmup", type=float, default=1.0)
+    f = sub.add_parser("fanout", parents=[common])
+    f.add_argument("--members", type=int, default=1000)
+    f.add_argument("--rate", type=float, default=rate)
+    f.add_argument("--size", type=int, default=64)
+    f.add_argument("--duration", type=float, default=8.0)
+    f.add_argument("--warmup", type=float, default=fanout_warmup)
+    f.add_argument("--drain", type=float, default=5.0)
+    i = sub.add_parser("idle", parents=[common])
+    i.add_argument("--conns", type=int, default=idle_conns)
+    i.add_argument("--concurrency", type=int, default=100)
+    i.add_argument("--settle", type=float, default=1.0)
+    return p, e, f, i
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common = client_arguments()
     common.add_argument("--server-pid", help="the server's PID; for fan-out also several, "
                         "comma-separated (the workers of --workers N), whose CPU is summed")
     common.add_argument("--aux-pid", action="append", default=[], metavar="NAME:PID",
                         help="fan-out: a process the server needs (redis:PID), measured apart")
-    e = sub.add_parser("echo", parents=[common])
-    e.add_argument("--conns", type=int, default=100)
-    e.add_argument("--inflight", type=int, default=1)
-    e.add_argument("--size", type=int, default=64)
+    p, e, f, _ = scenario_parser(__doc__.split("\n\n")[0], common, conns=100, rate=50.0,
+                                 fanout_warmup=2.0, idle_conns=5000)
     e.add_argument("--binary", action="store_true")
     e.add_argument("--count", type=int, help="messages per connection (instead of a duration)")
-    e.add_argument("--duration", type=float, default=5.0)
-    e.add_argument("--warmup", type=float, default=1.0)
-    f = sub.add_parser("fanout", parents=[common])
-    f.add_argument("--members", type=int, default=1000)
-    f.add_argument("--rate", type=float, default=50.0)
-    f.add_argument("--size", type=int, default=64)
     f.add_argument("--count", type=int, help="messages to send (instead of a duration)")
-    f.add_argument("--duration", type=float, default=8.0)
-    f.add_argument("--warmup", type=float, default=2.0)
-    f.add_argument("--drain", type=float, default=5.0)
     f.add_argument("--probe-timeout", type=float, default=15.0)
     f.add_argument("--burst", type=int, default=1,
                    help="messages per burst, written at once (rate/burst bursts per second)")
     f.add_argument("--publishers", type=int, default=1,
                    help="members that each send one message per tick, on their own sockets "
                         "(rate/publishers ticks per second)")
-    i = sub.add_parser("idle", parents=[common])
-    i.add_argument("--conns", type=int, default=5000)
-    i.add_argument("--concurrency", type=int, default=100)
-    i.add_argument("--settle", type=float, default=1.0)
     return p.parse_args(argv)
 
 
-async def amain(a: argparse.Namespace) -> dict[str, Any]:
+async def amain(a: argparse.Namespace, framing: Framing | None = None) -> dict[str, Any]:
     Window.server_core = a.server_core
     Window.client_core = a.client_core
-    pids = [int(p) for p in a.server_pid.split(",")] if a.server_pid else []
+    pids = [int(p) for p in str(a.server_pid).split(",")] if a.server_pid else []
     kw: dict[str, Any] = {"server_pid": pids[0] if pids else None,
-                          "scenario": a.scenario or a.kind, "time_limit": a.time_limit}
+                          "scenario": a.scenario or a.kind, "time_limit": a.time_limit,
+                          "framing": framing}
     if a.kind == "echo":
         coro = run_echo(a.url, conns=a.conns, inflight=a.inflight, size=a.size,
                         binary=a.binary, count=a.count, duration=a.duration,

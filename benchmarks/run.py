@@ -206,10 +206,11 @@ def ensure_ours_venv(ref: str, log: Any) -> str:
     return python
 
 
-def versions(python: str) -> dict[str, str]:
+def versions(python: str, names: Sequence[str] = VERSION_NAMES) -> dict[str, str]:
+    """The versions of the packages ``names`` (those installed) in ``python``."""
     code = ("import json, importlib.metadata as m\n"
             "out = {}\n"
-            f"for n in {list(VERSION_NAMES)!r}:\n"
+            f"for n in {list(names)!r}:\n"
             "    try: out[n] = m.version(n)\n"
             "    except m.PackageNotFoundError: pass\n"
             "print(json.dumps(out))")
@@ -450,27 +451,44 @@ def run_one(spec: ServerSpec, sc: Scenario, opts: argparse.Namespace, pass_no: i
     return best
 
 
+def client_attempt(make_args: Callable[[Scenario, int, argparse.Namespace], list[str]],
+                   script: Path = HERE / "loadclient.py") -> Attempt:
+    """An ``Attempt``: one fresh server pinned to its core, one run of the load client
+    ``script`` (``make_args``: its arguments for a scenario and the server's port; the
+    server's PID and the cores are added), the server stopped by its PID. What
+    socket_io.py and django_http.py run, with their own clients."""
+
+    def attempt(spec: ServerSpec, sc: Scenario, opts: argparse.Namespace, pass_no: int,
+                client_python: str, log_dir: Path) -> dict[str, Any]:
+        server = Server(spec, spec.python(opts.venvs),
+                        log_dir / f"{spec.name}-{sc.name}-p{pass_no}.log", opts.server_core)
+        started = time.monotonic()
+        try:
+            server.wait_ready()
+            args = [*make_args(sc, server.port, opts), "--server-pid", str(server.pid)]
+            if opts.server_core is not None:
+                args += ["--server-core", str(opts.server_core),
+                         "--client-core", str(opts.client_core)]
+            row = run_client(client_python, args, opts.client_core, sc.time_limit,
+                             script=script)
+            _check_alive(row, server)
+        except RuntimeError as exc:
+            row = {"ok": False, "error": str(exc)}
+        finally:
+            server.stop()
+        return _stamped(row, spec, sc, pass_no, started)
+
+    return attempt
+
+
+_loadclient_attempt = client_attempt(client_args)
+
+
 def run_attempt(spec: ServerSpec, sc: Scenario, opts: argparse.Namespace, pass_no: int,
                 client_python: str, log_dir: Path) -> dict[str, Any]:
     if sc.params.get("workers"):
         return run_workers_attempt(spec, sc, opts, pass_no, client_python, log_dir)
-    python = spec.python(opts.venvs)
-    server = Server(spec, python, log_dir / f"{spec.name}-{sc.name}-p{pass_no}.log",
-                    opts.server_core)
-    started = time.monotonic()
-    try:
-        server.wait_ready()
-        args = [*client_args(sc, server.port, opts), "--server-pid", str(server.pid)]
-        if opts.server_core is not None:
-            args += ["--server-core", str(opts.server_core),
-                     "--client-core", str(opts.client_core)]
-        row = run_client(client_python, args, opts.client_core, sc.time_limit)
-        _check_alive(row, server)
-    except RuntimeError as exc:
-        row = {"ok": False, "error": str(exc)}
-    finally:
-        server.stop()
-    return _stamped(row, spec, sc, pass_no, started)
+    return _loadclient_attempt(spec, sc, opts, pass_no, client_python, log_dir)
 
 
 def _check_alive(row: dict[str, Any], server: Server) -> None:
@@ -631,6 +649,68 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return runner_defaults(a)
 
 
+def runner_start() -> Callable[[str], None]:
+    """A runner's start: the open-files limit raised, SIGTERM and SIGINT unwinding (each
+    server is stopped in its attempt's ``finally``); its log, stderr."""
+    raise_nofile()
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
+    return lambda msg: print(msg, file=sys.stderr, flush=True)
+
+
+def chosen_servers(opts: argparse.Namespace, specs: dict[str, ServerSpec],
+                   log: Any) -> list[str] | None:
+    """``--servers``, or None (said on ``log``) when it names none or one not in ``specs``."""
+    servers = [s.strip() for s in opts.servers.split(",") if s.strip()]
+    unknown = [s for s in servers if s not in specs]
+    if unknown or not servers:
+        log(f"unknown servers: {', '.join(unknown)} (known: {', '.join(specs)})")
+        return None
+    return servers
+
+
+def prepare_venvs(specs: dict[str, ServerSpec], servers: Sequence[str],
+                  opts: argparse.Namespace, log: Any) -> str:
+    """The client's and the servers' virtualenvs (with ``--venvs``); the client's Python."""
+    if not opts.venvs:
+        return sys.executable
+    VENVS.mkdir(exist_ok=True)
+    client_python = ensure_venv(CLIENT_VENV, CLIENT_REQUIREMENTS, log)
+    for s in servers:
+        if specs[s].venv:
+            ensure_venv(specs[s].venv, specs[s].requirements, log)
+    return client_python
+
+
+def run_passes(specs: dict[str, ServerSpec], servers: Sequence[str],
+               scenarios: Sequence[Scenario], opts: argparse.Namespace, client_python: str,
+               jsonl: Path, log_dir: Path, log: Any, *, attempt: Attempt | None = None,
+               budget_end: float | None = None) -> list[dict[str, Any]]:
+    """Every scenario on every server, pass after pass (interleaved); each row written to
+    ``jsonl`` as it comes and summed up on ``log``. Past ``budget_end`` (``time.monotonic``),
+    no more waiting for quiet or retries. What socket_io.py and django_http.py run too."""
+    rows: list[dict[str, Any]] = []
+    with open(jsonl, "w") as f:
+        for pass_no in range(1, opts.passes + 1):
+            for s in servers:
+                for sc in scenarios:
+                    if sc.params.get("workers") and s != OURS:
+                        continue
+                    if specs[s].kinds and sc.kind not in specs[s].kinds:
+                        continue
+                    if budget_end is not None and (opts.retries or opts.quiet_wait) and \
+                            time.monotonic() > budget_end:
+                        log("past 70 % of the time budget: no more waiting or retries")
+                        opts.retries, opts.quiet_wait = 0, 0.0
+                    row = run_one(specs[s], sc, opts, pass_no, client_python, log_dir,
+                                  attempt=attempt)
+                    rows.append(row)
+                    f.write(json.dumps(row) + "\n")
+                    f.flush()
+                    log(summary_line(row))
+    return rows
+
+
 def _stop_on_signal(signum: int, _frame: Any) -> None:
     # Unwind: the current server is stopped in run_attempt's finally, the client is killed by
     # subprocess.run.
@@ -639,18 +719,13 @@ def _stop_on_signal(signum: int, _frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    raise_nofile()
-    signal.signal(signal.SIGTERM, _stop_on_signal)
-    signal.signal(signal.SIGINT, _stop_on_signal)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = runner_start()
     specs = server_specs()
     delayed = specs[OURS_DELAYED]
     delayed.args = ("--broadcast-delay", f"{opts.ours_delay:g}")
     delayed.label = f"ours --broadcast-delay {opts.ours_delay:g}"
-    servers = [s.strip() for s in opts.servers.split(",") if s.strip()]
-    unknown = [s for s in servers if s not in specs]
-    if unknown:
-        log(f"unknown servers: {', '.join(unknown)} (known: {', '.join(specs)})")
+    servers = chosen_servers(opts, specs, log)
+    if servers is None:
         return 2
     pool = QUICK_SCENARIOS if opts.quick else FULL_SCENARIOS
     if OURS in servers:
@@ -670,13 +745,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.monotonic()
     retries_asked = opts.retries
-    client_python = sys.executable
-    if opts.venvs:
-        VENVS.mkdir(exist_ok=True)
-        client_python = ensure_venv(CLIENT_VENV, CLIENT_REQUIREMENTS, log)
-        for s in servers:
-            if specs[s].venv:
-                ensure_venv(specs[s].venv, specs[s].requirements, log)
+    client_python = prepare_venvs(specs, servers, opts, log)
     if opts.ours_ref and set(OURS_ALL) & set(servers):
         VENVS.mkdir(exist_ok=True)
         ensure_ours_venv(opts.ours_ref, log)
@@ -691,25 +760,9 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     jsonl = opts.out / f"run-{stamp}.jsonl"
     log_dir = opts.out / "logs" / stamp
-    rows: list[dict[str, Any]] = []
     labels = {s: specs[s].label for s in servers}
-    with open(jsonl, "w") as f:
-        for pass_no in range(1, opts.passes + 1):
-            for s in servers:
-                for sc in scenarios:
-                    if sc.params.get("workers") and s != OURS:
-                        continue
-                    if specs[s].kinds and sc.kind not in specs[s].kinds:
-                        continue
-                    if (opts.retries or opts.quiet_wait) and \
-                            time.monotonic() - t_start > 0.7 * 60 * opts.budget_min:
-                        log("past 70 % of the time budget: no more waiting or retries")
-                        opts.retries, opts.quiet_wait = 0, 0.0
-                    row = run_one(specs[s], sc, opts, pass_no, client_python, log_dir)
-                    rows.append(row)
-                    f.write(json.dumps(row) + "\n")
-                    f.flush()
-                    log(summary_line(row))
+    rows = run_passes(specs, servers, scenarios, opts, client_python, jsonl, log_dir, log,
+                      budget_end=t_start + 0.7 * 60 * opts.budget_min)
     shutil.copyfile(jsonl, opts.out / "latest.jsonl")
     elapsed = (time.monotonic() - t_start) / 60
     meta = {
@@ -740,16 +793,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary_line(row: dict[str, Any]) -> str:
-    head = f"pass {row['pass']} {row['server']:>8} {row['scenario']:<15}"
+    """One run's figures, as the passes go (every runner's: each kind of row its own)."""
+    head = f"pass {row['pass']} {row['server']:>11} {row['scenario']:<19}"
     if not row.get("ok"):
         return f"{head} FAILED: {row.get('error')}"
     kind = row.get("kind")
     if kind == "echo":
-        body = f"{row['msgs_per_s']:>10,.0f} msg/s  p99 {row.get('p99_ms')} ms"
+        body = (f"{row['msgs_per_s']:>10,.0f} msg/s  p99 {row.get('p99_ms')} ms  "
+                f"{row.get('server_cpu_us_per_msg')} us/msg")
     elif kind == "fanout":
+        short = (f"members short {row['members_short']}  " if "members_short" in row
+                 else "")
         body = (f"{row['delivered_per_s']:>10,.0f} deliveries/s  p50 {row.get('p50_ms')} ms  "
-                f"p99 {row.get('p99_ms')} ms  lost {row.get('lost_pct')} %  "
+                f"p99 {row.get('p99_ms')} ms  lost {row.get('lost_pct')} %  {short}"
                 f"{row.get('server_cpu_us_per_delivery')} us/delivery")
+    elif kind == "http":
+        body = (f"{row['requests_per_s']:>10,.0f} req/s  p50 {row.get('p50_ms')} ms  "
+                f"p99 {row.get('p99_ms')} ms  {row.get('server_cpu_us_per_request')} us/req  "
+                f"errors {row.get('http_errors')}")
     else:
         body = (f"{row.get('kb_per_conn')} KB/conn  "
                 f"{row.get('handshakes_per_s'):,.0f} handshakes/s")

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import sys
 import time
@@ -40,16 +39,9 @@ from typing import Any
 from picows import WSListener, WSMsgType, WSTransport
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (
-    ProcStat,
-    Window,
-    client_arguments,
-    client_main,
-    latency_summary,
-    make_text,
-    within_time_limit,
-)
-from loadclient import _failed, _finish_row, close_all, connect_many
+import loadclient
+from benchlib import ProcStat, Window, client_arguments, client_main, make_text
+from loadclient import Framing, amain, connect_many, scenario_parser
 
 TEXT = WSMsgType.TEXT
 CONTINUATION = WSMsgType.CONTINUATION
@@ -58,8 +50,6 @@ _now_ns = time.perf_counter_ns
 ROOM = "bench"
 #: ``42["said","`` before a fan-out message's text.
 _SAID = b'42["said","'
-#: The text's head: ``SSSSSSSSSS TTTTTTTTTTTTTTTTTTT `` (sequence number, send time in ns).
-_HEAD = 31
 
 
 class SchedStat(ProcStat):
@@ -77,16 +67,16 @@ class SchedStat(ProcStat):
             return super().cpu_s()
 
 
-class State:
-    """What every connection of one run shares."""
+class State(loadclient.State):
+    """What every connection of one run shares: loadclient's, and the Socket.IO handshakes'
+    counts (each run's state is its loadclient state and this, cooperatively)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.connected = 0  # Socket.IO "/" connected (and joined, for fan-out)
         self.all_connected = asyncio.Event()
         self.want = 0
         self.refused = 0
-        self.closed_by_server = 0
-        self.closing = False
         self.bad = 0
 
     def one_connected(self) -> None:
@@ -186,20 +176,12 @@ async def connect_all(url: str, n: int, st: State, factory: Any, *, concurrency:
 # -- echo ----------------------------------------------------------------------------------------
 
 
-class EchoState(State):
-    def __init__(self, payload: bytes, inflight: int) -> None:
-        super().__init__()
-        self.payload = payload
+class EchoState(loadclient.EchoState, State):
+    def __init__(self, payload: bytes, msg_type: WSMsgType, inflight: int,
+                 count: int | None) -> None:
+        super().__init__(payload, msg_type, inflight, count)
         #: The ack's tail after its id: ``["<payload>"]``.
         self.tail = b'["' + payload + b'"]'
-        self.inflight = inflight
-        self.received = 0
-        self.mismatched = 0
-        self.measuring = False
-        self.sending = True
-        self.lat: list[int] = []
-        self.active = 0
-        self.idle = asyncio.Event()
 
 
 class EchoConn(SioConn):
@@ -262,70 +244,11 @@ class EchoConn(SioConn):
                 self.est.idle.set()
 
 
-async def run_echo(url: str, *, conns: int, inflight: int, size: int, duration: float,
-                   warmup: float, server_pid: int | None, scenario: str,
-                   time_limit: float) -> dict[str, Any]:
-    payload = make_text(size, ascii_only=True).encode()
-    st = EchoState(payload, inflight)
-    row: dict[str, Any] = {"scenario": scenario, "kind": "echo", "conns": conns,
-                           "inflight": inflight, "size": size}
-    made, errors = await connect_all(url, conns, st, lambda _i: EchoConn(st), concurrency=100,
-                                     time_limit=min(30.0, time_limit / 2))
-    row["connected"] = st.connected
-    if not st.connected:
-        return _failed(row, errors or Counter({"no connection": 1}))
-    window = Window(SchedStat(server_pid))
-    for _, conn in made:
-        conn.start()
-    await asyncio.sleep(warmup)
-    gc.disable()
-    st.measuring = True
-    r0 = st.received
-    window.start()
-    await asyncio.sleep(duration)
-    window.stop()
-    r1 = st.received
-    st.measuring = False
-    gc.enable()
-    st.sending = False
-    try:
-        await asyncio.wait_for(st.idle.wait(), 5)
-    except TimeoutError:
-        errors["acks still missing 5 s after the window"] += 1
-    st.closing = True
-    await close_all(made)
-    messages = r1 - r0
-    row.update(window.fields())
-    row.update(latency_summary(st.lat))
-    row.update({
-        "messages": messages,
-        "msgs_per_s": round(messages / window.wall, 1) if window.wall else None,
-        "server_cpu_us_per_msg": window.server_us_per(messages),
-        "mismatched": st.mismatched,
-        "closed_by_server": st.closed_by_server,
-        "unexpected_packets": st.bad,
-    })
-    if st.closed_by_server:
-        errors[f"{st.closed_by_server} connections closed by the server"] += 1
-    return _finish_row(row, errors, ok=messages > 0 and st.mismatched == 0
-                       and not st.closed_by_server)
-
-
 # -- fan-out ---------------------------------------------------------------------------------------
 
 
-class FanoutState(State):
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: list[int] = []  # deliveries per message (by sequence number)
-        self.total = 0
-        self.m0 = 1 << 62
-        self.m1 = 1 << 62
-        self.measured = 0
-        self.lat: list[int] = []
-        self.probed = 0
-        self.all_in = asyncio.Event()
-        self.expected = -1
+class FanoutState(loadclient.FanoutState, State):
+    pass
 
 
 class RoomConn(SioConn):
@@ -351,7 +274,7 @@ class RoomConn(SioConn):
             return
         st.total += 1
         if self.got == 0:
-            st.probed += 1
+            st.ready += 1
         self.got += 1
         if seq < len(st.counts):
             st.counts[seq] += 1
@@ -363,203 +286,78 @@ class RoomConn(SioConn):
                 st.all_in.set()
 
 
-async def run_fanout(url: str, *, members: int, rate: float, size: int, duration: float,
-                     warmup: float, drain: float, server_pid: int | None, scenario: str,
-                     time_limit: float) -> dict[str, Any]:
-    if size < _HEAD:
-        raise ValueError(f"fan-out messages need at least {_HEAD} bytes")
-    st = FanoutState()
-    padding = make_text(size - _HEAD, ascii_only=True).encode()
-    row: dict[str, Any] = {"scenario": scenario, "kind": "fanout", "members": members,
-                           "rate": rate, "size": size, "offered_per_s": members * rate}
-    deadline = time.monotonic() + time_limit - 5
-    conns: list[RoomConn] = []
+# -- the protocol ----------------------------------------------------------------------------------
 
-    def factory(_i: int) -> RoomConn:
-        conn = RoomConn(st)
-        conns.append(conn)
-        return conn
 
-    made, errors = await connect_all(url, members, st, factory, concurrency=100,
-                                     time_limit=min(60.0, time_limit / 3))
-    row["connected"] = st.connected
-    joined = [c for _, c in made if c.ready]
-    if not joined:
-        return _failed(row, errors or Counter({"no connection": 1}))
-    sender = joined[0].tr
-    assert sender is not None
-    n = len(joined)
-    head = b'42["say","%s","' % ROOM.encode()
+class SocketIOFraming(Framing):
+    """loadclient's runners on Engine.IO/Socket.IO: connections are ready once connected to
+    "/" (and in the room, for fan-out), echoes are acks, fan-out messages ``say`` events."""
 
-    def send() -> None:
-        seq = len(st.counts)
-        st.counts.append(0)
-        sender.send(TEXT, head + b"%010d %019d " % (seq, _now_ns()) + padding + b'"]')
+    EchoState = EchoState
+    EchoConn = EchoConn
+    FanoutState = FanoutState
+    RoomConn = RoomConn
+    IdleState = State
+    IdleConn = SioConn
+    stat = SchedStat
 
-    loop = asyncio.get_running_loop()
-    # Probe: until every member has had a message (each is in the room).
-    t_probe = last = loop.time()
-    send()
-    while st.probed < n and loop.time() - t_probe < 15:
-        await asyncio.sleep(0.02)
-        if loop.time() - last >= 0.5:
-            send()
-            last = loop.time()
-    row["ready"] = st.probed >= n
-    row["ready_s"] = round(loop.time() - t_probe, 3)
-    if not row["ready"]:
-        errors[f"only {st.probed} of {n} members got the probe"] += 1
+    async def connect(self, url: str, n: int, st: Any, factory: Any, *, concurrency: int,
+                      time_limit: float) -> tuple[list[tuple[WSTransport, Any]],
+                                                  Counter[str]]:
+        return await connect_all(url, n, st, factory, concurrency=concurrency,
+                                 time_limit=time_limit)
 
-    async def paced(seconds: float) -> None:
-        start = next_t = loop.time()
-        while loop.time() - start < seconds and time.monotonic() < deadline:
-            if sender.is_disconnected:
-                return
-            send()
-            next_t += 1 / rate
-            delay = next_t - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+    def ready(self, made: list[tuple[WSTransport, Any]]) -> list[Any]:
+        return [conn for _, conn in made if conn.ready]
 
-    await paced(warmup)
-    window = Window(SchedStat(server_pid))
-    gc.disable()
-    st.m0 = len(st.counts)
-    tot0 = st.total
-    window.start()
-    await paced(duration)
-    st.m1 = len(st.counts)
-    sent = st.m1 - st.m0
-    st.expected = sent * n
-    window.stop()
-    tot1 = st.total
-    if st.measured < st.expected:
-        try:
-            await asyncio.wait_for(st.all_in.wait(),
-                                   max(0.1, min(drain, deadline - time.monotonic())))
-        except TimeoutError:
-            pass
-    gc.enable()
-    delivered = st.measured
-    lost = max(0, st.expected - delivered)
-    per_member = [c.got_window for c in joined]
-    short = sum(1 for g in per_member if g < sent)
-    st.closing = True
-    await close_all(made)
-    window_deliveries = tot1 - tot0
-    row.update(window.fields())
-    row.update(latency_summary(st.lat))
-    row.update({
-        "sent": sent,
-        "expected": st.expected,
-        "delivered": delivered,
-        "lost": lost,
-        "lost_pct": round(100.0 * lost / st.expected, 3) if st.expected > 0 else None,
+    def is_open(self, transport: WSTransport, conn: Any) -> bool:
+        return bool(conn.open)
+
+    def payload(self, size: int, binary: bool) -> bytes:
+        return make_text(size, ascii_only=True).encode()
+
+    def template(self, padding: bytes) -> bytes:
+        return (b'42["say","%s","' % ROOM.encode() + super().template(padding) + b'"]')
+
+    def head(self, kind: str, **options: Any) -> dict[str, Any]:
+        return {}
+
+    def echo_done(self, st: Any, row: dict[str, Any], errors: Counter[str],
+                  late: bool) -> bool:
+        row["unexpected_packets"] = st.bad
+        if late:
+            errors["acks still missing 5 s after the window"] += 1
+        if st.closed_by_server:
+            errors[f"{st.closed_by_server} connections closed by the server"] += 1
+        return not st.closed_by_server
+
+    def fanout_fields(self, st: Any, joined: list[Any], sent: int,
+                      window: Window) -> dict[str, Any]:
         # What each client counted of the window's messages: all of them, or who missed some.
-        "members_short": short,
-        "member_min": min(per_member),
-        "member_max": max(per_member),
-        "delivered_per_s": round(window_deliveries / window.wall, 1) if window.wall else None,
-        "server_cpu_us_per_delivery": window.server_us_per(window_deliveries),
-        "dropped_members": st.closed_by_server,
-        "malformed": st.bad,
-    })
-    return _finish_row(row, errors, ok=sent > 0)
+        per_member = [c.got_window for c in joined]
+        return {"members_short": sum(1 for g in per_member if g < sent),
+                "member_min": min(per_member), "member_max": max(per_member)}
+
+    def idle_ok(self, still_open: int, made: list[tuple[WSTransport, Any]]) -> bool:
+        return still_open == len(made)
 
 
-# -- idle --------------------------------------------------------------------------------------
-
-
-async def run_idle(url: str, *, conns: int, concurrency: int, settle: float,
-                   server_pid: int | None, scenario: str, time_limit: float) -> dict[str, Any]:
-    proc = SchedStat(server_pid)
-    row: dict[str, Any] = {"scenario": scenario, "kind": "idle", "conns": conns,
-                           "concurrency": concurrency}
-    # Warm the server up (lazy imports, first-connection caches) before the baseline.
-    wst = State()
-    warm, werr = await connect_all(url, min(10, conns), wst, lambda _i: SioConn(wst),
-                                   concurrency=concurrency, time_limit=20)
-    wst.closing = True
-    await close_all(warm)
-    if not wst.connected:
-        return _failed(row, werr or Counter({"no connection": 1}))
-    await asyncio.sleep(0.5)
-    rss0 = proc.rss_kb()
-    st = State()
-    window = Window(proc)
-    window.start()
-    made, errors = await connect_all(url, conns, st, lambda _i: SioConn(st),
-                                     concurrency=concurrency,
-                                     time_limit=max(10.0, time_limit - 30))
-    window.stop()
-    await asyncio.sleep(settle)
-    rss1 = proc.rss_kb()
-    still_open = sum(1 for _, c in made if c.open)
-    st.closing = True
-    await close_all(made, time_limit=10)
-    connected = st.connected
-    row.update(window.fields())
-    row.update({
-        "connected": connected,
-        "failed": conns - connected,
-        "still_open": still_open,
-        "handshakes_per_s": round(connected / window.wall, 1) if window.wall else None,
-        "server_cpu_us_per_handshake": window.server_us_per(connected),
-        "rss_before_kb": rss0,
-        "rss_after_kb": rss1,
-        "kb_per_conn": (round((rss1 - rss0) / connected, 2)
-                        if rss0 is not None and rss1 is not None and connected else None),
-    })
-    return _finish_row(row, errors, ok=connected > 0 and still_open == len(made))
+SOCKETIO = SocketIOFraming()
 
 
 # -- command line ------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="kind", required=True)
     common = client_arguments("ws://HOST:PORT/socket.io/?EIO=4&transport=websocket")
     common.add_argument("--server-pid", type=int)
-    e = sub.add_parser("echo", parents=[common])
-    e.add_argument("--conns", type=int, default=10)
-    e.add_argument("--inflight", type=int, default=1)
-    e.add_argument("--size", type=int, default=64)
-    e.add_argument("--duration", type=float, default=5.0)
-    e.add_argument("--warmup", type=float, default=1.0)
-    f = sub.add_parser("fanout", parents=[common])
-    f.add_argument("--members", type=int, default=1000)
-    f.add_argument("--rate", type=float, default=10.0)
-    f.add_argument("--size", type=int, default=64)
-    f.add_argument("--duration", type=float, default=8.0)
-    f.add_argument("--warmup", type=float, default=1.0)
-    f.add_argument("--drain", type=float, default=5.0)
-    i = sub.add_parser("idle", parents=[common])
-    i.add_argument("--conns", type=int, default=2000)
-    i.add_argument("--concurrency", type=int, default=100)
-    i.add_argument("--settle", type=float, default=1.0)
+    p, *_ = scenario_parser(__doc__.split("\n\n")[0], common, conns=10, rate=10.0,
+                            fanout_warmup=1.0, idle_conns=2000)
     return p.parse_args(argv)
 
 
-async def amain(a: argparse.Namespace) -> dict[str, Any]:
-    Window.server_core = a.server_core
-    Window.client_core = a.client_core
-    kw: dict[str, Any] = {"server_pid": a.server_pid, "scenario": a.scenario or a.kind,
-                          "time_limit": a.time_limit}
-    if a.kind == "echo":
-        coro = run_echo(a.url, conns=a.conns, inflight=a.inflight, size=a.size,
-                        duration=a.duration, warmup=a.warmup, **kw)
-    elif a.kind == "fanout":
-        coro = run_fanout(a.url, members=a.members, rate=a.rate, size=a.size,
-                          duration=a.duration, warmup=a.warmup, drain=a.drain, **kw)
-    else:
-        coro = run_idle(a.url, conns=a.conns, concurrency=a.concurrency, settle=a.settle,
-                        **kw)
-    return await within_time_limit(coro, a, kw["scenario"])
-
-
 def main(argv: list[str] | None = None) -> int:
-    return client_main(amain, parse_args(argv), "picows")
+    return client_main(lambda a: amain(a, SOCKETIO), parse_args(argv), "picows")
 
 
 if __name__ == "__main__":

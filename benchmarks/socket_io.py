@@ -31,9 +31,7 @@ does.)
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -45,22 +43,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from benchlib import Scenario, runner_defaults  # noqa: E402
 from run import (  # noqa: E402
-    CLIENT_REQUIREMENTS,
-    CLIENT_VENV,
     OURS,
     RESULTS,
-    VENVS,
-    Server,
     ServerSpec,
-    _check_alive,
-    _stamped,
-    _stop_on_signal,
+    chosen_servers,
+    client_attempt,
     cpu_model,
-    ensure_venv,
-    raise_nofile,
+    prepare_venvs,
     report,
-    run_client,
-    run_one,
+    run_passes,
+    runner_start,
     versions,
 )
 
@@ -69,6 +61,8 @@ VENV = "socketio"
 REQUIREMENTS = ("uvicorn[standard]", "websockets", "python-socketio")
 PSIO = "psio"
 PSIO_SANSIO = "psio-sansio"
+#: Versions reported for the python-socketio servers, beside run.py's.
+PSIO_VERSIONS = ("python-socketio", "python-engineio")
 #: Engine.IO's WebSocket transport, no polling first.
 PATH = "/socket.io/?EIO=4&transport=websocket"
 
@@ -125,36 +119,21 @@ def client_args(sc: Scenario, port: int, opts: argparse.Namespace) -> list[str]:
     p = sc.params
     url = ["--url", f"ws://127.0.0.1:{port}{PATH}"]
     if sc.kind == "echo":
-        return ["echo", *url, "--conns", str(p["conns"]), "--inflight", str(p["inflight"]),
+        args = ["echo", *url, "--conns", str(p["conns"]), "--inflight", str(p["inflight"]),
                 "--size", str(p["size"]), "--duration", str(opts.echo_duration),
                 "--warmup", str(opts.warmup)]
-    if sc.kind == "fanout":
-        return ["fanout", *url, "--members", str(p["members"]), "--rate", str(p["rate"]),
+    elif sc.kind == "fanout":
+        args = ["fanout", *url, "--members", str(p["members"]), "--rate", str(p["rate"]),
                 "--size", str(p["size"]), "--duration", str(opts.fanout_duration),
                 "--warmup", str(opts.warmup), "--drain", str(opts.drain)]
-    return ["idle", *url, "--conns", str(p["conns"]), "--concurrency", str(p["concurrency"])]
+    else:
+        args = ["idle", *url, "--conns", str(p["conns"]),
+                "--concurrency", str(p["concurrency"])]
+    return [*args, "--scenario", sc.name, "--time-limit", str(sc.time_limit)]
 
 
-def run_attempt(spec: ServerSpec, sc: Scenario, opts: argparse.Namespace, pass_no: int,
-                client_python: str, log_dir: Path) -> dict[str, Any]:
-    """One fresh server, one client run, the server stopped by its PID."""
-    server = Server(spec, spec.python(opts.venvs),
-                    log_dir / f"{spec.name}-{sc.name}-p{pass_no}.log", opts.server_core)
-    started = time.monotonic()
-    try:
-        server.wait_ready()
-        args = [*client_args(sc, server.port, opts), "--server-pid", str(server.pid),
-                "--scenario", sc.name, "--time-limit", str(sc.time_limit)]
-        if opts.server_core is not None:
-            args += ["--server-core", str(opts.server_core),
-                     "--client-core", str(opts.client_core)]
-        row = run_client(client_python, args, opts.client_core, sc.time_limit, script=CLIENT)
-        _check_alive(row, server)
-    except RuntimeError as exc:
-        row = {"ok": False, "error": str(exc)}
-    finally:
-        server.stop()
-    return _stamped(row, spec, sc, pass_no, started)
+#: One fresh server, one sioclient.py run, the server stopped by its PID.
+run_attempt = client_attempt(client_args, CLIENT)
 
 
 def loss_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -213,44 +192,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    raise_nofile()
-    signal.signal(signal.SIGTERM, _stop_on_signal)
-    signal.signal(signal.SIGINT, _stop_on_signal)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = runner_start()
     specs = sio_specs()
-    servers = [s.strip() for s in opts.servers.split(",") if s.strip()]
-    unknown = [s for s in servers if s not in specs]
-    if unknown or not servers:
-        log(f"unknown servers: {', '.join(unknown)} (known: {', '.join(specs)})")
+    servers = chosen_servers(opts, specs, log)
+    if servers is None:
         return 2
     scs = scenarios(opts)
     t_start = time.monotonic()
-    client_python = sys.executable
-    if opts.venvs:
-        VENVS.mkdir(exist_ok=True)
-        client_python = ensure_venv(CLIENT_VENV, CLIENT_REQUIREMENTS, log)
-        if any(specs[s].venv for s in servers):
-            ensure_venv(VENV, REQUIREMENTS, log)
+    client_python = prepare_venvs(specs, servers, opts, log)
     meta_versions = {s: versions(specs[s].python(opts.venvs)) for s in servers}
     for s in servers:
         if specs[s].venv:
-            meta_versions[s].update(versions_of(specs[s].python(opts.venvs)))
+            meta_versions[s].update(versions(specs[s].python(opts.venvs), PSIO_VERSIONS))
 
     opts.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     jsonl = opts.out / f"socketio-{stamp}.jsonl"
     log_dir = opts.out / "logs" / f"socketio-{stamp}"
-    rows: list[dict[str, Any]] = []
-    with open(jsonl, "w") as f:
-        for pass_no in range(1, opts.passes + 1):
-            for s in servers:
-                for sc in scs:
-                    row = run_one(specs[s], sc, opts, pass_no, client_python, log_dir,
-                                  attempt=run_attempt)
-                    rows.append(row)
-                    f.write(json.dumps(row) + "\n")
-                    f.flush()
-                    log(summary_line(row))
+    rows = run_passes(specs, servers, scs, opts, client_python, jsonl, log_dir, log,
+                      attempt=run_attempt)
     shutil.copyfile(jsonl, opts.out / "socketio-latest.jsonl")
     elapsed = (time.monotonic() - t_start) / 60
     notes = ["Scenarios: " + "; ".join(f"`{sc.name}`: {sc.title}" for sc in scs)
@@ -280,41 +240,6 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     log(f"rows: {jsonl}; table: {opts.out / 'socketio-latest.md'}; {elapsed:.1f} min")
     return 0
-
-
-def versions_of(python: str) -> dict[str, str]:
-    """python-socketio's and python-engineio's versions (run.py's ``versions`` lists the
-    others)."""
-    import subprocess
-
-    code = ("import json, importlib.metadata as m\n"
-            "print(json.dumps({n: m.version(n) for n in "
-            "('python-socketio', 'python-engineio')}))")
-    try:
-        res = subprocess.run([python, "-c", code], capture_output=True, text=True,
-                             timeout=30, cwd="/")
-        return json.loads(res.stdout)
-    except (OSError, ValueError, subprocess.TimeoutExpired):
-        return {}
-
-
-def summary_line(row: dict[str, Any]) -> str:
-    head = f"pass {row['pass']} {row['server']:>11} {row['scenario']:<19}"
-    if not row.get("ok"):
-        return f"{head} FAILED: {row.get('error')}"
-    kind = row.get("kind")
-    if kind == "echo":
-        body = (f"{row['msgs_per_s']:>9,.0f} msg/s  p99 {row.get('p99_ms')} ms  "
-                f"{row.get('server_cpu_us_per_msg')} us/msg")
-    elif kind == "fanout":
-        body = (f"{row['delivered_per_s']:>9,.0f} deliveries/s  p50 {row.get('p50_ms')} ms  "
-                f"lost {row.get('lost_pct')} %  members short {row.get('members_short')}  "
-                f"{row.get('server_cpu_us_per_delivery')} us/delivery")
-    else:
-        body = (f"{row.get('kb_per_conn')} KB/conn  "
-                f"{row.get('handshakes_per_s'):,.0f} handshakes/s")
-    return (f"{head} {body}  (client CPU {row.get('client_cpu_share')}, "
-            f"server CPU {row.get('server_cpu_share')}, {row['elapsed_s']} s)")
 
 
 if __name__ == "__main__":
