@@ -267,20 +267,33 @@ class _Client:
             return response.code, await protocol.done
 
         request = Deferred.fromCoroutine(exchange())
-        request.addTimeout(timeout, self.reactor)
+        # Our own timer, not addTimeout: cancelled, the Agent fails with its own errors
+        # (ResponseNeverReceived, ConnectingCancelledError, RequestGenerationFailed), which
+        # addTimeout passes on as they are: a timeout would be told as another failure.
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            request.cancel()
+
+        timer = self.reactor.callLater(timeout, expire)
         try:
             status, payload = await request
-        except (DeferTimeout, ConnTimeout):
-            raise ProxyTimeout(f"no answer within {timeout:g} s") from None
-        except ProxyFailure:
-            raise
-        except ConnectError as exc:
-            raise ProxyFailure(f"cannot connect ({exc.__class__.__name__})") from None
-        except ResponseFailed as exc:
-            reasons = ", ".join(r.getErrorMessage() for r in exc.reasons) or "no response"
-            raise ProxyFailure(f"request failed ({reasons})") from None
-        except Exception as exc:  # TLS, DNS, a URL Agent refuses
+        except Exception as exc:
+            if expired or isinstance(exc, DeferTimeout | ConnTimeout):
+                raise ProxyTimeout(f"no answer within {timeout:.3g} s") from None
+            if isinstance(exc, ProxyFailure):
+                raise
+            if isinstance(exc, ConnectError):
+                raise ProxyFailure(f"cannot connect ({exc.__class__.__name__})") from None
+            if isinstance(exc, ResponseFailed):
+                reasons = ", ".join(r.getErrorMessage() for r in exc.reasons) or "no response"
+                raise ProxyFailure(f"request failed ({reasons})") from None
+            # TLS, DNS, a URL Agent refuses
             raise ProxyFailure(f"request failed ({type(exc).__name__}: {exc})") from None
+        finally:
+            if timer.active():
+                timer.cancel()
         if status != 200:
             raise ProxyFailure(f"HTTP status {status}")
         from realtime.pubsub import refuse_constant
