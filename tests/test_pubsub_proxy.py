@@ -963,3 +963,37 @@ async def test_a_backend_that_does_not_answer_in_time_is_a_timeout(pubsub_server
         globalLogPublisher.removeObserver(seen)
     assert _gauges()[2] == {"connect timeout": 1, "rpc timeout": 1}
     assert len(lines) == 2 and all("no answer within 0.2 s" in line for line in lines)
+
+
+def test_a_call_waits_three_quarters_of_the_timeout_at_most_and_gets_the_rest():
+    """On a clock: a call queued behind the one place fails (``QueueTimeout``) at 3/4 of
+    --proxy-timeout, not at its end, when the backend would have had no time left; one let
+    in before then has a quarter at least; the place and the queue are given back."""
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+
+    settings.pubsub_proxy = ProxyConfig(endpoints={"rpc": "http://h/"}, max_inflight=1)
+    clock, gate = Clock(), pubsub_proxy.Gate()
+
+    def client() -> Any:
+        return SimpleNamespace(_conn=SimpleNamespace(closing_or_closed=False),
+                               _proxy_waiting=set())
+
+    first = Deferred.fromCoroutine(gate.enter(client(), 1, 1.0, clock))
+    assert first.called and gate.inflight == 1
+    late = Deferred.fromCoroutine(gate.enter(client(), 1, 1.0, clock))
+    failures: list[Any] = []
+    late.addErrback(failures.append)
+    clock.advance(0.74)
+    assert not late.called and gate.waiting == 1
+    clock.advance(0.02)  # 0.76 s: 0.24 s left would be too little
+    assert failures and failures[0].check(pubsub_proxy.QueueTimeout)
+    assert gate.waiting == 0 and not gate.queue
+    soon = Deferred.fromCoroutine(gate.enter(client(), 1, 1.0, clock))
+    clock.advance(0.7)  # let in with 0.3 s left
+    gate.leave()
+    assert soon.called and gate.inflight == 1 and gate.waiting == 0
+    assert not clock.getDelayedCalls()  # its queue timer went with it
+    gate.leave()
+    assert gate.inflight == 0
