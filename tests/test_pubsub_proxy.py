@@ -997,3 +997,37 @@ def test_a_call_waits_three_quarters_of_the_timeout_at_most_and_gets_the_rest():
     assert not clock.getDelayedCalls()  # its queue timer went with it
     gate.leave()
     assert gate.inflight == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_client_that_leaves_while_its_connect_waits_is_dropped_at_once(
+        pubsub_server, backend):
+    """An HTTP-stream client whose connect waits for the one place and that goes (its
+    connection closed) is dropped from the queue at once, not at its deadline."""
+    import socket
+
+    from tests.clients import until
+
+    backend.proxy("connect", max_inflight=1, timeout=WAIT)
+    hold: Deferred[Any] = Deferred()
+    backend.answers["connect"] = lambda body: hold
+    server = await pubsub_server()
+
+    def stream() -> socket.socket:
+        body = json.dumps({"id": 1, "connect": {}}).encode()
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+        sock.sendall(b"POST /connection/http_stream HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        return sock
+
+    first = await in_thread(stream)
+    assert await until(lambda: pubsub_proxy.GATE.inflight == 1)
+    second = await in_thread(stream)
+    assert await until(lambda: pubsub_proxy.GATE.waiting == 1)
+    second.close()
+    assert await until(lambda: pubsub_proxy.GATE.waiting == 0)  # (WAIT is its deadline)
+    assert _gauges()[2] == {"connect dropped": 1}
+    hold.callback({"result": {"user": ""}})
+    first.close()
+    assert await until(lambda: pubsub_proxy.GATE.inflight == 0)
+    assert len(backend.of("connect")) == 1
