@@ -627,8 +627,8 @@ def _gauges() -> tuple[int, int, dict[str, int]]:
                 found["calls"][key] = int(sample.value)
             elif sample.name.startswith("realtime_pubsub_proxy_"):
                 found[sample.name] = int(sample.value)
-    return (found["realtime_pubsub_proxy_inflight"], found["realtime_pubsub_proxy_queued"],
-            found["calls"])
+    return (found["realtime_pubsub_proxy_requests_in_progress"],
+            found["realtime_pubsub_proxy_calls_queued"], found["calls"])
 
 
 def _calling(server: Any, method: str) -> Any:
