@@ -293,11 +293,12 @@ class Collector:
             method, _, result = key.partition(" ")
             commands.add_metric([method, result], count)
         yield commands
-        yield GaugeMetricFamily("realtime_pubsub_proxy_inflight", "Centrifugo-proxy "
-                                "requests (realtime.pubsub_proxy) in flight to the backend",
-                                value=t.get("pubsub_proxy_inflight", 0))
-        yield GaugeMetricFamily("realtime_pubsub_proxy_queued", "Centrifugo-proxy calls "
-                                "waiting for a place (--proxy-max-inflight)",
+        yield GaugeMetricFamily(
+            "realtime_pubsub_proxy_requests_in_progress", "Centrifugo-proxy requests "
+            "(realtime.pubsub_proxy) in flight to the backend (--proxy-max-inflight at most)",
+            value=t.get("pubsub_proxy_inflight", 0))
+        yield GaugeMetricFamily("realtime_pubsub_proxy_calls_queued", "Centrifugo-proxy "
+                                "calls waiting for a place (--proxy-max-inflight)",
                                 value=t.get("pubsub_proxy_queued", 0))
         calls = CounterMetricFamily(
             "realtime_pubsub_proxy_calls", "Centrifugo-proxy calls by event and outcome "

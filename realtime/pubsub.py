@@ -743,15 +743,15 @@ class _Protocol:
 
     def closed_now(self) -> None:
         """The socket is gone (told at once, before ``disconnect`` waits behind a running
-        command): its proxy calls waiting for a place leave the queue."""
-        from realtime import pubsub_proxy
+        command): its proxy calls waiting for a place leave the queue (none: nothing)."""
+        if getattr(self, "_proxy_waiting", None):
+            from realtime import pubsub_proxy
 
-        pubsub_proxy.drop_waiting(self)
+            pubsub_proxy.drop_waiting(self)
 
     def _cleanup(self) -> None:
         """The connection is over: its timers go, and its proxy calls still queued."""
-        if getattr(self, "_proxy_waiting", None):
-            self.closed_now()
+        self.closed_now()
         for name in ("_stale", "_ping_call", "_proxy_refresh_call"):
             call = getattr(self, name, None)
             if call is not None and call.active():

@@ -23,7 +23,9 @@ At most ``--proxy-max-inflight`` requests are in flight per process, across endp
 (``GATE``; Centrifugo has no bound): after a deploy every client reconnects at once and
 each connect is a backend request, so the rest wait first come first served, their
 ``--proxy-timeout`` counted from when they queued (a queue drains, it never grows without
-bound in time), and a call whose client left is dropped from the queue.
+bound in time): one still waiting at three quarters of it fails there (``QUEUE_SHARE``:
+the backend gets no request it has no time left to answer), and a call whose client left
+is dropped from the queue.
 
 Headers emulation (Centrifugo v6.9's ``emulated_headers``): a browser's WebSocket cannot
 set headers, so centrifuge-js sends a ``headers`` map in the connect command; the names
@@ -70,6 +72,11 @@ RETRY_AFTER = 60.0
 NOT_SENT_ON = frozenset({"host", "content-length", "transfer-encoding", "connection",
                          "keep-alive", "proxy-connection", "te", "trailer", "upgrade",
                          "expect"})
+#: The share of ``--proxy-timeout`` a call may spend waiting for a place: one let in has
+#: the rest (a quarter) for the backend. Let in with milliseconds left, it would take a
+#: place and the backend's work only to time out: under a sustained overload the oldest
+#: waiter is always near its deadline, and every request would.
+QUEUE_SHARE = 0.75
 #: The longest emulated header value taken from a connect command (bytes of its UTF-8).
 MAX_EMULATED_VALUE = 8192
 #: ``SubscribeResult.override`` fields: per-connection namespace options.
@@ -267,20 +274,33 @@ class _Client:
             return response.code, await protocol.done
 
         request = Deferred.fromCoroutine(exchange())
-        request.addTimeout(timeout, self.reactor)
+        # Our own timer, not addTimeout: cancelled, the Agent fails with its own errors
+        # (ResponseNeverReceived, ConnectingCancelledError, RequestGenerationFailed), which
+        # addTimeout passes on as they are: a timeout would be told as another failure.
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            request.cancel()
+
+        timer = self.reactor.callLater(timeout, expire)
         try:
             status, payload = await request
-        except (DeferTimeout, ConnTimeout):
-            raise ProxyTimeout(f"no answer within {timeout:g} s") from None
-        except ProxyFailure:
-            raise
-        except ConnectError as exc:
-            raise ProxyFailure(f"cannot connect ({exc.__class__.__name__})") from None
-        except ResponseFailed as exc:
-            reasons = ", ".join(r.getErrorMessage() for r in exc.reasons) or "no response"
-            raise ProxyFailure(f"request failed ({reasons})") from None
-        except Exception as exc:  # TLS, DNS, a URL Agent refuses
+        except Exception as exc:
+            if expired or isinstance(exc, DeferTimeout | ConnTimeout):
+                raise ProxyTimeout(f"no answer within {timeout:.3g} s") from None
+            if isinstance(exc, ProxyFailure):
+                raise
+            if isinstance(exc, ConnectError):
+                raise ProxyFailure(f"cannot connect ({exc.__class__.__name__})") from None
+            if isinstance(exc, ResponseFailed):
+                reasons = ", ".join(r.getErrorMessage() for r in exc.reasons) or "no response"
+                raise ProxyFailure(f"request failed ({reasons})") from None
+            # TLS, DNS, a URL Agent refuses
             raise ProxyFailure(f"request failed ({type(exc).__name__}: {exc})") from None
+        finally:
+            if timer.active():
+                timer.cancel()
         if status != 200:
             raise ProxyFailure(f"HTTP status {status}")
         from realtime.pubsub import refuse_constant
@@ -354,12 +374,14 @@ class Gate:
 
     async def enter(self, p: _Protocol, limit: int, timeout: float, reactor: Any) -> None:
         """A place for one request (``leave`` gives it back); ``QueueTimeout`` when
-        ``timeout`` passes first, ``ProxyGone`` when the client leaves first."""
+        ``QUEUE_SHARE`` of ``timeout`` passes first, ``ProxyGone`` when the client leaves
+        first."""
         if limit <= 0 or (self.inflight < limit and not self.waiting):
             self.inflight += 1
             return
         waiter = _Waiter(p)
-        waiter.timer = reactor.callLater(timeout, self._expire, waiter, timeout, reactor)
+        waiter.timer = reactor.callLater(timeout * QUEUE_SHARE, self._expire, waiter,
+                                         timeout * QUEUE_SHARE, limit, reactor)
         self.queue.append(waiter)
         self.waiting += 1
         p._proxy_waiting.add(waiter)
@@ -412,17 +434,17 @@ class Gate:
             self._forget(waiter)
             waiter.ready.errback(why)
 
-    def _expire(self, waiter: _Waiter, timeout: float, reactor: Any) -> None:
+    def _expire(self, waiter: _Waiter, waited: float, limit: int, reactor: Any) -> None:
         waiter.timer = None
         self._unlogged += 1
         now = reactor.seconds()
         if now - self._logged_at >= 1.0:
-            log.warn("pubsub: {count} proxy call(s) waited {timeout:g} s for one of the "
-                     "{limit} places in flight (--proxy-max-inflight) and failed (the "
-                     "clients get error 100)", count=self._unlogged, timeout=timeout,
-                     limit=self.inflight)
+            log.warn("pubsub: {count} proxy call(s) waited {waited:.3g} s (3/4 of "
+                     "--proxy-timeout) for one of the {limit} places in flight "
+                     "(--proxy-max-inflight) and failed (the clients get error 100)",
+                     count=self._unlogged, waited=waited, limit=limit)
             self._unlogged, self._logged_at = 0, now
-        self._drop(waiter, QueueTimeout(f"no place within {timeout:g} s"))
+        self._drop(waiter, QueueTimeout(f"no place within {waited:.3g} s"))
 
     def drop(self, p: _Protocol) -> None:
         """``p``'s client left: its waiting calls go (``ProxyGone``)."""

@@ -420,7 +420,8 @@ class Options(usage.Options):
          "gets error 100."],
         ["proxy-max-inflight", None, None,
          "Proxy requests in flight at once in this process, every endpoint together "
-         "(default 64; 0: no bound); the others wait in order, within --proxy-timeout."],
+         "(default 64; 0: no bound); the others wait in order, 3/4 of --proxy-timeout at "
+         "most (a call let in has the rest)."],
         ["proxy-http-headers", None, "",
          "Headers of the client's handshake sent on to the proxies (e.g. 'Cookie "
          "Authorization Origin X-Forwarded-For'); default: none."],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -626,8 +627,8 @@ def _gauges() -> tuple[int, int, dict[str, int]]:
                 found["calls"][key] = int(sample.value)
             elif sample.name.startswith("realtime_pubsub_proxy_"):
                 found[sample.name] = int(sample.value)
-    return (found["realtime_pubsub_proxy_inflight"], found["realtime_pubsub_proxy_queued"],
-            found["calls"])
+    return (found["realtime_pubsub_proxy_requests_in_progress"],
+            found["realtime_pubsub_proxy_calls_queued"], found["calls"])
 
 
 def _calling(server: Any, method: str) -> Any:
@@ -869,3 +870,164 @@ async def test_the_hooks_hand_the_proxys_grant_back_as_their_answer(pubsub_serve
     assert pub["push"]["pub"]["data"] == {"n": 2}
     assert refused["error"]["code"] == 100
     assert [body["channel"] for body in backend.of("subscribe")] == ["p:1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_storm_of_failures_timeouts_and_leaves_gives_every_place_back(
+        pubsub_server, backend):
+    """Two places, calls that are answered, refused, fail (a status, not JSON), hang past
+    --proxy-timeout, time out in the queue, and clients that leave while their connect is
+    in flight or queued: afterwards nothing is in flight or queued (a place kept would
+    wedge the proxy for good), every call is counted once, and a call still gets in."""
+    from tests.clients import until
+    from tests.test_pubsub import token
+
+    backend.proxy("connect", "rpc", max_inflight=2, timeout=0.4)
+    backend.answers["connect"] = lambda body: HANG
+    backend.answers["rpc"] = lambda body: {
+        "ok": {"result": {"data": "ok"}}, "err": {"error": {"code": 1000, "message": "no"}},
+        "500": (500, b""), "junk": (200, b"[")}.get(body["method"], HANG)
+    server = await pubsub_server(anonymous=True)
+    methods = ["ok", "hang", "err", "500", "hang", "junk", "ok", "hang"]
+
+    def worker(offset: int) -> Callable[[Raw], list[dict[str, Any]]]:
+        def flow(client: Raw) -> list[dict[str, Any]]:
+            client.connect(token())  # (a token: no connect proxy)
+            return [client.call("rpc", {"method": methods[(offset + i) % len(methods)]})
+                    for i in range(5)]
+        return flow
+
+    def leaver(client: Raw) -> None:  # asks the connect proxy, and goes at once
+        client.send("connect", {"data": "gone"})
+
+    runs = [raw(server, worker(i)) for i in range(6)] + [raw(server, leaver)
+                                                          for _ in range(3)]
+    replies = [reply for got in await asyncio_gather(*runs) if got for reply in got]
+    assert await until(lambda: (pubsub_proxy.GATE.inflight, pubsub_proxy.GATE.waiting)
+                       == (0, 0), timeout=WAIT)
+    assert not pubsub_proxy.GATE.queue  # no skipped waiter left behind either
+    inflight, queued, calls = _gauges()
+    assert (inflight, queued) == (0, 0)
+    assert len(replies) == 30
+    good = sum("error" not in r or r["error"]["code"] == 1000 for r in replies)
+    assert good == calls.get("rpc answered", 0)
+    assert len(replies) - good == sum(calls.get(f"rpc {o}", 0) for o in (
+        "failed", "timeout", "queue_timeout"))
+    assert all(r["error"]["code"] == 100 for r in replies
+               if "error" in r and r["error"]["code"] != 1000)
+    assert calls.get("rpc dropped", 0) == 0 and calls.get("connect answered", 0) == 0
+    assert 0 < sum(n for key, n in calls.items() if key.startswith("connect ")) <= 3
+    sent = len(backend.of("rpc"))  # a call let in reached the backend (or timed out first)
+    assert good + calls.get("rpc failed", 0) <= sent <= good + calls.get(
+        "rpc failed", 0) + calls.get("rpc timeout", 0)
+
+    def after(client: Raw) -> Any:
+        client.connect(token())
+        return client.result("rpc", {"method": "ok"})
+
+    assert await raw(server, after) == {"data": "ok"}
+    assert _gauges()[:2] == (0, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backend_that_does_not_answer_in_time_is_a_timeout(pubsub_server, backend):
+    """A request in flight past --proxy-timeout is ``timeout`` in the calls counter and
+    the log line says so (the Agent's cancelled request fails with its own errors, a
+    ``ResponseNeverReceived`` say: not ``failed``)."""
+    from twisted.logger import globalLogPublisher
+
+    backend.proxy("connect", "rpc", timeout=0.2)
+    backend.answers["connect"] = backend.answers["rpc"] = lambda body: HANG
+    server = await pubsub_server(anonymous=True)
+    lines: list[str] = []
+
+    def seen(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "realtime.pubsub_proxy":
+            from twisted.logger import formatEvent
+
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(seen)
+    try:
+        reply = await raw(server, connected())
+        assert reply["error"]["code"] == 100
+        settings.pubsub_proxy = replace(settings.pubsub_proxy, endpoints={
+            "rpc": backend.url("rpc")})
+
+        def flow(client: Raw) -> Any:
+            client.result("connect")
+            return client.call("rpc", {"method": "m"})
+
+        assert (await raw(server, flow))["error"]["code"] == 100
+    finally:
+        globalLogPublisher.removeObserver(seen)
+    assert _gauges()[2] == {"connect timeout": 1, "rpc timeout": 1}
+    assert len(lines) == 2 and all("no answer within 0.2 s" in line for line in lines)
+
+
+def test_a_call_waits_three_quarters_of_the_timeout_at_most_and_gets_the_rest():
+    """On a clock: a call queued behind the one place fails (``QueueTimeout``) at 3/4 of
+    --proxy-timeout, not at its end, when the backend would have had no time left; one let
+    in before then has a quarter at least; the place and the queue are given back."""
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+
+    settings.pubsub_proxy = ProxyConfig(endpoints={"rpc": "http://h/"}, max_inflight=1)
+    clock, gate = Clock(), pubsub_proxy.Gate()
+
+    def client() -> Any:
+        return SimpleNamespace(_conn=SimpleNamespace(closing_or_closed=False),
+                               _proxy_waiting=set())
+
+    first = Deferred.fromCoroutine(gate.enter(client(), 1, 1.0, clock))
+    assert first.called and gate.inflight == 1
+    late = Deferred.fromCoroutine(gate.enter(client(), 1, 1.0, clock))
+    failures: list[Any] = []
+    late.addErrback(failures.append)
+    clock.advance(0.74)
+    assert not late.called and gate.waiting == 1
+    clock.advance(0.02)  # 0.76 s: 0.24 s left would be too little
+    assert failures and failures[0].check(pubsub_proxy.QueueTimeout)
+    assert gate.waiting == 0 and not gate.queue
+    soon = Deferred.fromCoroutine(gate.enter(client(), 1, 1.0, clock))
+    clock.advance(0.7)  # let in with 0.3 s left
+    gate.leave()
+    assert soon.called and gate.inflight == 1 and gate.waiting == 0
+    assert not clock.getDelayedCalls()  # its queue timer went with it
+    gate.leave()
+    assert gate.inflight == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_client_that_leaves_while_its_connect_waits_is_dropped_at_once(
+        pubsub_server, backend):
+    """An HTTP-stream client whose connect waits for the one place and that goes (its
+    connection closed) is dropped from the queue at once, not at its deadline."""
+    import socket
+
+    from tests.clients import until
+
+    backend.proxy("connect", max_inflight=1, timeout=WAIT)
+    hold: Deferred[Any] = Deferred()
+    backend.answers["connect"] = lambda body: hold
+    server = await pubsub_server()
+
+    def stream() -> socket.socket:
+        body = json.dumps({"id": 1, "connect": {}}).encode()
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+        sock.sendall(b"POST /connection/http_stream HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        return sock
+
+    first = await in_thread(stream)
+    assert await until(lambda: pubsub_proxy.GATE.inflight == 1)
+    second = await in_thread(stream)
+    assert await until(lambda: pubsub_proxy.GATE.waiting == 1)
+    second.close()
+    assert await until(lambda: pubsub_proxy.GATE.waiting == 0)  # (WAIT is its deadline)
+    assert _gauges()[2] == {"connect dropped": 1}
+    hold.callback({"result": {"user": ""}})
+    first.close()
+    assert await until(lambda: pubsub_proxy.GATE.inflight == 0)
+    assert len(backend.of("connect")) == 1
