@@ -35,6 +35,7 @@ import inspect
 import json
 import re
 import secrets
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
@@ -573,6 +574,8 @@ class _Replies:
         self._next = 0
         #: Entries forgotten past ``MAX_REMOTE_ACKS`` (one warning, at the first).
         self.evicted = 0
+        #: Releases it when its server is garbage (``AsyncServer._replies_on``).
+        self.finalizer: weakref.finalize[..., Any] | None = None
 
     def add(self, callback: Callable[..., Any], gone: Callable[..., Any] | None) -> int:
         token = self._next
@@ -594,6 +597,8 @@ class _Replies:
 
     def release(self) -> None:
         """Off the layer; what waits (a ``call()``) fails now."""
+        if self.finalizer is not None:
+            self.finalizer.detach()  # (once)
         self.layer.detach(self.channel)
         pending, self.pending = self.pending, {}
         for answer in pending.values():
@@ -1074,6 +1079,9 @@ class AsyncServer:
                 raise ValueError("an ack from a sid of another process needs a channel "
                                  "layer of realtime's (attach)")
             replies = self._replies = _Replies(layer)
+            # A server dropped without ``shutdown()`` takes its channel off the layer too
+            # (the layer holds the receiver, which holds nothing of the server).
+            replies.finalizer = weakref.finalize(self, replies.release)
         return replies
 
     async def _send_packet(self, text: str | bytes, attachments: list[bytes], namespace: str,

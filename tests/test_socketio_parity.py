@@ -7,6 +7,7 @@ sends."""
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 from typing import Any
@@ -191,6 +192,32 @@ async def test_past_max_remote_acks_the_oldest_is_forgotten_with_one_warning(
         await there.shutdown()
     finally:
         release.set()
+        for server in servers:
+            await server.stop()
+        for layer in layers:
+            await layer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_dropped_without_shutdown_leaves_the_layer(redis_url,
+                                                                  realtime_leak_check):
+    """An ``AsyncServer`` that asked an ack of another process and is then dropped (no
+    ``shutdown()``; several servers on one layer, as in tests) takes its reply channel
+    off the layer, which lives on: nothing holds it or its forgotten callbacks."""
+    layers, _, servers = await _two_processes(redis_url)
+    try:
+        one = await PyClient().connect(f"http://127.0.0.1:{servers[0].port}")
+        one.client.on("echo", lambda data: data)
+        extra = rsio.AsyncServer(channel_layer=layers[1])  # served nowhere: asks only
+        assert await extra.call("echo", "hi", to=one.client.get_sid(), timeout=WAIT) == "hi"
+        assert extra._replies is not None
+        channel = extra._replies.channel
+        assert channel in layers[1]._receivers
+        del extra
+        gc.collect()
+        assert channel not in layers[1]._receivers
+        await one.disconnect()
+    finally:
         for server in servers:
             await server.stop()
         for layer in layers:
