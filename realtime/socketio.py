@@ -35,6 +35,7 @@ import inspect
 import json
 import re
 import secrets
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
@@ -539,12 +540,13 @@ def _ack_at(text: str, namespace: str) -> int:
 
 class _Answer:
     """An ack callback, and what to call instead when its socket goes before the client
-    answered (``call()`` fails at once; a sid asked from another process tells it)."""
+    answered (``call()`` fails at once; a sid asked from another process tells it).
+    ``gone`` takes why, when it is not that (None)."""
 
     __slots__ = ("callback", "gone")
 
     def __init__(self, callback: Callable[..., Any],
-                 gone: Callable[[], Any] | None = None) -> None:
+                 gone: Callable[..., Any] | None = None) -> None:
         self.callback = callback
         self.gone = gone
 
@@ -570,32 +572,45 @@ class _Replies:
         skip_held(self)
         self.pending: dict[int, _Answer] = {}
         self._next = 0
+        #: Entries forgotten past ``MAX_REMOTE_ACKS`` (one warning, at the first).
+        self.evicted = 0
+        #: Releases it when its server is garbage (``AsyncServer._replies_on``).
+        self.finalizer: weakref.finalize[..., Any] | None = None
 
-    def add(self, callback: Callable[..., Any], gone: Callable[[], Any] | None) -> int:
+    def add(self, callback: Callable[..., Any], gone: Callable[..., Any] | None) -> int:
         token = self._next
         self._next += 1
         self.pending[token] = _Answer(callback, gone)
         while len(self.pending) > MAX_REMOTE_ACKS:
             oldest = next(iter(self.pending))
-            log.warn("socketio: more than {count} acks awaited from other processes: the "
-                     "oldest is forgotten", count=MAX_REMOTE_ACKS)
-            self._gone(self.pending.pop(oldest))
+            self.evicted += 1
+            if self.evicted == 1:  # (not once per packet: a process that died sends on)
+                log.warn("socketio: more than {count} acks awaited from other processes "
+                         "(MAX_REMOTE_ACKS): the oldest are forgotten", count=MAX_REMOTE_ACKS)
+            self._gone(self.pending.pop(oldest),
+                       f"forgotten: more than MAX_REMOTE_ACKS ({MAX_REMOTE_ACKS}) acks were "
+                       "awaited from other processes")
         return token
 
     def forget(self, token: int) -> None:
         self.pending.pop(token, None)
 
     def release(self) -> None:
-        """Off the layer; what waits (a ``call()``) fails as for a sid gone."""
+        """Off the layer; what waits (a ``call()``) fails now."""
+        if self.finalizer is not None:
+            self.finalizer.detach()  # (once)
         self.layer.detach(self.channel)
         pending, self.pending = self.pending, {}
         for answer in pending.values():
-            self._gone(answer)
+            self._gone(answer, "the server shut down (its reply channel was released)")
 
     @staticmethod
-    def _gone(answer: _Answer) -> None:
+    def _gone(answer: _Answer, why: str | None = None) -> None:
         if answer.gone is not None:
-            answer.gone()
+            try:
+                answer.gone(why)
+            except Exception:
+                log.failure("socketio: telling an ack's asker it will not come failed")
 
     def deliver(self, event: dict[str, Any]) -> None:
         if event.get("type") != "sio.ack":
@@ -813,8 +828,8 @@ class AsyncServer:
         #: WebSockets otherwise get 400 "Transport unknown"), and whether a polling
         #: session may upgrade.
         self.transports = frozenset(
-            [transports] if isinstance(transports, str)
-            else transports or ("polling", "websocket"))
+            ("polling", "websocket") if transports is None
+            else [transports] if isinstance(transports, str) else transports)
         if not self.transports or not self.transports <= {"polling", "websocket"}:
             raise ValueError(f'transports are "polling" and/or "websocket", not '
                              f"{sorted(self.transports)}")
@@ -979,50 +994,63 @@ class AsyncServer:
         ``to`` to be one sid, of this process or another (its ack comes back through the
         layer). ``ignore_queue`` is python-socketio's, accepted and ignored (a sid of this
         process is always reached directly, the others through the layer)."""
-        await self._emit(event, data, to, room, skip_sid, namespace, callback)
+        if callback is not None:
+            await self._emit(event, data, to, room, skip_sid, namespace, callback)
+            return
+        # Without an ack (most emits): here, not through ``_emit`` (no coroutine more).
+        namespace = namespace or "/"
+        if not isinstance(event, str):
+            raise TypeError("the event name is a str")
+        args = [] if data is None else list(data) if isinstance(data, tuple) else [data]
+        offset = None
+        if self._recovery is not None:
+            # Node's: the packet's offset as its last argument (the client's position).
+            offset = self._recovery.new_offset()
+            args.append(offset)
+        if self.msgpack:
+            text: str | bytes = encode_msgpack_packet(EVENT, namespace, [event, *args])
+            attachments: list[bytes] = []
+        else:
+            text, attachments = encode_packet(EVENT, namespace, [event, *args])
+        await self._send_packet(text, attachments, namespace,
+                                to if to is not None else room, skip_sid, offset)
 
     async def _emit(self, event: str, data: Any, to: Any, room: Any,
                     skip_sid: str | Iterable[str] | None, namespace: str | None,
-                    callback: Callable[..., Any] | None,
-                    gone: Callable[[], None] | None = None) -> int | None:
-        """``emit``; with a ``callback`` for a sid of another process, the token its ack
-        comes back under (``_Replies``), else None. ``gone``: called instead of
-        ``callback`` when the sid turns out to be disconnected."""
+                    callback: Callable[..., Any],
+                    gone: Callable[..., None] | None = None) -> int | None:
+        """``emit`` with a ``callback`` (and ``call()``): for a sid of another process, the
+        token its ack comes back under (``_Replies``), else None. ``gone``: called instead
+        of ``callback`` when the sid turns out to be disconnected."""
         namespace = namespace or "/"
         if not isinstance(event, str):
             raise TypeError("the event name is a str")
         args = [] if data is None else list(data) if isinstance(data, tuple) else [data]
         target = to if to is not None else room
+        if channel_of(target) is None:
+            raise ValueError("emit(callback=...) and call() need to= one sid")
         ack_id = None
         remote: str | None = None  # the channel of a sid of another process asked to ack
-        if callback is not None:
-            if channel_of(target) is None:
-                raise ValueError("emit(callback=...) and call() need to= one sid")
-            socket = self._local(target, namespace)
-            if socket is not None:
-                ack_id = socket.consumer._ack_id(socket, _Answer(callback, gone))
-            else:
-                remote = self._channel(target) if _in_namespace(target, namespace) else None
-                if remote is None:  # a sid gone from this process, or of another namespace
-                    if gone is not None:
-                        gone()
-                    return None
-        offset = None
-        if self._recovery is not None and callback is None:
-            # Node's: the packet's offset as its last argument (the client's position).
-            offset = self._recovery.new_offset()
-            args.append(offset)
+        socket = self._local(target, namespace)
+        if socket is not None:
+            ack_id = socket.consumer._ack_id(socket, _Answer(callback, gone))
+        else:
+            remote = self._channel(target) if _in_namespace(target, namespace) else None
+            if remote is None:  # a sid gone from this process, or of another namespace
+                if gone is not None:
+                    gone()
+                return None
+        # (no offset: a packet asking for an ack is not replayed by connection recovery)
         text, attachments = self._encode(EVENT, namespace, [event, *args], ack_id)
         if remote is not None:
-            assert callback is not None
             return await self._ask(remote, target, namespace, text, attachments, callback,
                                    gone)
-        await self._send_packet(text, attachments, namespace, target, skip_sid, offset)
+        await self._send_packet(text, attachments, namespace, target, skip_sid)
         return None
 
     async def _ask(self, channel: str, sid: str, namespace: str, text: str | bytes,
                    attachments: list[bytes], callback: Callable[..., Any],
-                   gone: Callable[[], None] | None) -> int:
+                   gone: Callable[..., None] | None) -> int:
         """The packet to ``sid`` in another process, asking for its ack: the consumer there
         gives it an ack id of its connection and sends the client's answer to this
         server's reply channel (python-socketio's pubsub managers do the same with a
@@ -1051,6 +1079,9 @@ class AsyncServer:
                 raise ValueError("an ack from a sid of another process needs a channel "
                                  "layer of realtime's (attach)")
             replies = self._replies = _Replies(layer)
+            # A server dropped without ``shutdown()`` takes its channel off the layer too
+            # (the layer holds the receiver, which holds nothing of the server).
+            replies.finalizer = weakref.finalize(self, replies.release)
         return replies
 
     async def _send_packet(self, text: str | bytes, attachments: list[bytes], namespace: str,
@@ -1115,10 +1146,10 @@ class AsyncServer:
             if not done.called:
                 done.callback(args)
 
-        def gone() -> None:
+        def gone(why: str | None = None) -> None:
             if not done.called:
-                done.errback(CallTimeoutError(f"no ack for {event!r}: {target} is not "
-                                              f"connected"))
+                done.errback(CallTimeoutError(
+                    f"no ack for {event!r}: {why or f'{target} is not connected'}"))
 
         def timed_out() -> None:
             if not done.called:
@@ -1910,6 +1941,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self._slot: Deferred[None] | None = None
         self._cancel_call: Any = None
         self._connect_deadline: Any = None
+        #: The server's ``serializer="msgpack"`` (read by ``_send``, for every packet).
+        self._msgpack = self.server is not None and self.server.msgpack
 
     @property
     def _server(self) -> AsyncServer:
@@ -2026,10 +2059,14 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         ``Emitter``'s) goes as msgpack."""
         if self._conn.closing_or_closed:
             return
-        try:
-            if (isinstance(text, str) and text[:1] == _EIO_MESSAGE
-                    and self._server.msgpack):
+        if self._msgpack and isinstance(text, str) and text[:1] == _EIO_MESSAGE:
+            try:
                 text, attachments = _transcode(text, attachments), ()
+            except (_Malformed, ValueError, TypeError) as exc:
+                log.warn("socketio: dropped a packet msgpack cannot carry: {why}",
+                         why=str(exc))
+                return
+        try:
             if self._polled_by is not None:  # queued (or dropped) with its attachments
                 self._polled_by.send_packet(text, attachments)
             else:
@@ -2037,8 +2074,6 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         except UnicodeEncodeError:
             log.warn("socketio: dropped a packet that is not UTF-8: {text!r}",
                      text=text[:100])
-        except (_Malformed, ValueError, TypeError) as exc:  # (``_transcode``)
-            log.warn("socketio: dropped a packet msgpack cannot carry: {why}", why=str(exc))
 
     def _send_ping(self) -> None:
         self._ping = None
@@ -2389,7 +2424,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         def answered(*args: Any) -> Any:
             return layer.send(reply_to, {"type": "sio.ack", "ack": token, "args": list(args)})
 
-        ack_id = self._ack_id(socket, _Answer(answered, lambda: _reply_gone(layer, event)))
+        ack_id = self._ack_id(socket, _Answer(answered, lambda why=None: _reply_gone(layer, event)))
         return _with_ack_id(text, at, ack_id)
 
     async def sio_room(self, event: dict[str, Any]) -> None:

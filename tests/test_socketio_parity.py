@@ -7,6 +7,7 @@ sends."""
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 from typing import Any
@@ -17,7 +18,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
 
 from realtime import socketio as rsio
-from tests.clients import in_thread, until
+from tests.clients import captured_log, in_thread, until
 from tests.test_socketio import (
     TRANSPORTS,
     WAIT,
@@ -150,6 +151,96 @@ async def test_a_remote_call_that_times_out_or_whose_target_goes_leaves_nothing(
         with pytest.raises(ValueError, match="one sid"):
             await there.emit("slow", "x", room="lobby", callback=called.append)
         await there.shutdown()
+    finally:
+        release.set()
+        for server in servers:
+            await server.stop()
+        for layer in layers:
+            await layer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_past_max_remote_acks_the_oldest_is_forgotten_with_one_warning(
+        redis_url, realtime_leak_check, monkeypatch):
+    """Past ``MAX_REMOTE_ACKS`` awaited answers the oldest entry goes: a ``call()`` that
+    waited for it fails saying why (its sid is connected: not "not connected"), an
+    ``emit(callback=)``'s is never called; one warning for the overflow, not one per
+    packet past it (a process that died would otherwise flood the log)."""
+    monkeypatch.setattr(rsio, "MAX_REMOTE_ACKS", 2)
+    layers, sios, servers = await _two_processes(redis_url)
+    release = threading.Event()
+    try:
+        one = await PyClient().connect(f"http://127.0.0.1:{servers[0].port}")
+        one.client.on("slow", lambda data: (release.wait(WAIT), data)[1])
+        sid = one.client.get_sid()
+        there = sios[1]
+        with captured_log() as events:
+            first = Deferred.fromCoroutine(there.call("slow", 0, to=sid, timeout=60))
+            called: list[Any] = []
+            for n in range(1, 6):
+                await there.emit("slow", n, to=sid, callback=called.append)
+            with pytest.raises(rsio.CallTimeoutError, match="MAX_REMOTE_ACKS") as caught:
+                await first
+            assert "not connected" not in str(caught.value)
+            assert there._replies is not None and len(there._replies.pending) == 2
+        warnings = [event for event in events
+                    if "acks awaited" in event.get("log_format", "")]
+        assert len(warnings) == 1, warnings
+        release.set()
+        assert await until(lambda: called == [4, 5])  # the two kept; 1..3 forgotten
+        assert there._replies.pending == {}
+        await there.shutdown()
+    finally:
+        release.set()
+        for server in servers:
+            await server.stop()
+        for layer in layers:
+            await layer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_dropped_without_shutdown_leaves_the_layer(redis_url,
+                                                                  realtime_leak_check):
+    """An ``AsyncServer`` that asked an ack of another process and is then dropped (no
+    ``shutdown()``; several servers on one layer, as in tests) takes its reply channel
+    off the layer, which lives on: nothing holds it or its forgotten callbacks."""
+    layers, _, servers = await _two_processes(redis_url)
+    try:
+        one = await PyClient().connect(f"http://127.0.0.1:{servers[0].port}")
+        one.client.on("echo", lambda data: data)
+        extra = rsio.AsyncServer(channel_layer=layers[1])  # served nowhere: asks only
+        assert await extra.call("echo", "hi", to=one.client.get_sid(), timeout=WAIT) == "hi"
+        assert extra._replies is not None
+        channel = extra._replies.channel
+        assert channel in layers[1]._receivers
+        del extra
+        gc.collect()
+        assert channel not in layers[1]._receivers
+        await one.disconnect()
+    finally:
+        for server in servers:
+            await server.stop()
+        for layer in layers:
+            await layer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_waiting_at_shutdown_fails_saying_so(redis_url, realtime_leak_check):
+    """``shutdown()`` releases the reply channel: a ``call()`` still waiting for a sid of
+    another process fails at once, and says it was the shutdown (not "not connected")."""
+    layers, sios, servers = await _two_processes(redis_url)
+    release = threading.Event()
+    try:
+        one = await PyClient().connect(f"http://127.0.0.1:{servers[0].port}")
+        one.client.on("slow", lambda: (release.wait(WAIT), None)[1])
+        there = sios[1]
+        waiting = Deferred.fromCoroutine(
+            there.call("slow", to=one.client.get_sid(), timeout=60))
+        assert await until(lambda: there._replies is not None
+                           and len(there._replies.pending) == 1)
+        await there.shutdown()
+        with pytest.raises(rsio.CallTimeoutError, match="shut down"):
+            await waiting
     finally:
         release.set()
         for server in servers:
@@ -337,3 +428,5 @@ async def test_transports_and_allow_upgrades_are_python_engineios(live):
     await two.disconnect()
     with pytest.raises(ValueError, match="transports"):
         rsio.AsyncServer(transports=["carrier-pigeon"])
+    with pytest.raises(ValueError, match="transports"):  # (python-engineio: no valid one)
+        rsio.AsyncServer(transports=[])
