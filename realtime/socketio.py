@@ -2295,10 +2295,11 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             server._admin.connected(socket)
 
     async def _event(self, socket: _Socket, packet: Packet) -> None:
-        if self._server._admin is not None:
-            self._server._admin.received(socket, packet.data)
-        handler, args = self._server._handler(packet.data[0], socket.namespace,
-                                              (socket.sid, *packet.data[1:]))
+        server = self._server
+        if server._admin is not None:
+            server._admin.received(socket, packet.data)
+        handler, args = server._handler(packet.data[0], socket.namespace,
+                                        (socket.sid, *packet.data[1:]))
         if handler is None:
             return
         result = await _maybe_await(handler(*args))

@@ -6,11 +6,13 @@ layer; two processes' worth on a real redis-server at the end."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_twisted
@@ -258,9 +260,25 @@ async def test_wrong_credentials_are_refused_and_production_mode_sends_less(live
         await ui.close()
         await sio.shutdown()
 
-    sio = quick_server()
+    # The hosted UI's origin, let in as the README says (polling and WebSocket alike).
+    sio = quick_server(cors_allowed_origins=["https://admin.socket.io"])
     sio.instrument(auth={"username": "admin", "password": "s3cret"}, namespace="/ops")
     url = await start(live, sio)
+
+    def handshake(origin: str) -> tuple[int, str | None]:
+        conn = http.client.HTTPConnection(urlsplit(url).netloc, timeout=5)
+        try:
+            conn.request("GET", "/socket.io/?EIO=4&transport=polling",
+                         headers={"Origin": origin})
+            response = conn.getresponse()
+            response.read()
+            return response.status, response.getheader("Access-Control-Allow-Origin")
+        finally:
+            conn.close()
+
+    assert await in_thread(handshake, "https://admin.socket.io") == (
+        200, "https://admin.socket.io")
+    assert (await in_thread(handshake, "https://elsewhere.example"))[0] == 403
     ui = Admin(url, {"username": "admin", "password": "s3cret!"}, namespace="/ops")
     assert await ui.first("connect_error") == "authentication failed"
     await ui.close()
