@@ -863,6 +863,8 @@ class AsyncServer:
         self._replies: _Replies | None = None
         #: Connection state recovery (``realtime.socketio_recovery.Recovery``), or None.
         self._recovery: Any = None
+        #: The Admin UI's hooks (``instrument()``: ``realtime.socketio_admin``), or None.
+        self._admin: Any = None
         if connection_state_recovery:
             from realtime.socketio_recovery import Recovery
 
@@ -1014,6 +1016,9 @@ class AsyncServer:
             text, attachments = encode_packet(EVENT, namespace, [event, *args])
         await self._send_packet(text, attachments, namespace,
                                 to if to is not None else room, skip_sid, offset)
+        if self._admin is not None:
+            self._admin.sent(event, args[:-1] if offset is not None else args, namespace,
+                             to if to is not None else room, skip_sid)
 
     async def _emit(self, event: str, data: Any, to: Any, room: Any,
                     skip_sid: str | Iterable[str] | None, namespace: str | None,
@@ -1042,6 +1047,8 @@ class AsyncServer:
                 return None
         # (no offset: a packet asking for an ack is not replayed by connection recovery)
         text, attachments = self._encode(EVENT, namespace, [event, *args], ack_id)
+        if self._admin is not None:
+            self._admin.sent(event, args, namespace, target, skip_sid)
         if remote is not None:
             return await self._ask(remote, target, namespace, text, attachments, callback,
                                    gone)
@@ -1261,6 +1268,8 @@ class AsyncServer:
         replies, self._replies = self._replies, None
         if replies is not None:  # off the layer; a call() waiting fails
             replies.release()
+        if self._admin is not None:  # its stats tick, its layer channel
+            self._admin.stop()
 
     async def disconnect(self, sid: str, namespace: str | None = None,
                          ignore_queue: bool = False) -> None:
@@ -1288,6 +1297,21 @@ class AsyncServer:
         task: Deferred[Any] = Deferred.fromCoroutine(_maybe_await(target(*args, **kwargs)))
         task.addErrback(lambda failure: log.failure("a background task failed", failure))
         return task
+
+    def instrument(self, auth: Any = None, mode: str = "development", read_only: bool = False,
+                   server_id: str | None = None, namespace: str = "/admin",
+                   server_stats_interval: float = 2) -> Any:
+        """Serve the Socket.IO Admin UI (https://admin.socket.io) on ``namespace``, as
+        python-socketio's: ``auth`` a dict the UI's login must equal, a list of them, a
+        callable (sync or async) taking the login, or False for none (None: ``ValueError``);
+        ``mode="production"`` sends only the config and ``server_stats``; ``read_only``
+        refuses the UI's commands. Returns ``realtime.socketio_admin``'s
+        ``InstrumentedAsyncServer``."""
+        from realtime.socketio_admin import InstrumentedAsyncServer
+
+        return InstrumentedAsyncServer(self, auth=auth, mode=mode, read_only=read_only,
+                                       server_id=server_id, namespace=namespace,
+                                       server_stats_interval=server_stats_interval)
 
     def as_asgi(self) -> SocketIOApp:
         """The application to mount at ``socket.io/`` (WebSocket and HTTP scopes)."""
@@ -1696,6 +1720,8 @@ class _PollingSession:
         self._cancel_flush()
         self.ws = ws._conn
         self._uncount()  # its WebSocket counts now (the site counted it)
+        if self.server._admin is not None:
+            self.server._admin.upgraded(self.consumer)
         items, self._queue, self._queued = self._queue, [], 0
         if items:  # in one write: no packet cut from its attachments (``send_together``)
             self.ws.send_together(*items)
@@ -1988,6 +2014,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self._ping = self._conn.reactor.callLater(server.ping_interval, self._send_ping)
         self._connect_deadline = self._conn.reactor.callLater(CONNECT_TIMEOUT,
                                                               self._no_connect)
+        if server._admin is not None:
+            server._admin.opened(self)
 
     def _no_connect(self) -> None:
         self._connect_deadline = None
@@ -2261,12 +2289,17 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         socket.pending = False
         if server._recovery is not None:  # {sid, pid}, then the packets it missed
             server._recovery.connected(socket)
-            return
-        self._send(encode_packet(CONNECT, namespace, {"sid": sid})[0])
+        else:
+            self._send(encode_packet(CONNECT, namespace, {"sid": sid})[0])
+        if server._admin is not None:
+            server._admin.connected(socket)
 
     async def _event(self, socket: _Socket, packet: Packet) -> None:
-        handler, args = self._server._handler(packet.data[0], socket.namespace,
-                                              (socket.sid, *packet.data[1:]))
+        server = self._server
+        if server._admin is not None:
+            server._admin.received(socket, packet.data)
+        handler, args = server._handler(packet.data[0], socket.namespace,
+                                        (socket.sid, *packet.data[1:]))
         if handler is None:
             return
         result = await _maybe_await(handler(*args))
@@ -2293,11 +2326,15 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             return
         socket.rooms[group] = room
         await self.channel_layer.group_add(group, socket.channel)
+        if self._server._admin is not None:
+            self._server._admin.room(socket, room, True)
 
     async def _leave(self, socket: _Socket, group: str) -> None:
         if group in socket.rooms:
-            del socket.rooms[group]
+            room = socket.rooms.pop(group)
             await self.channel_layer.group_discard(group, socket.channel)
+            if self._server._admin is not None:
+                self._server._admin.room(socket, room, False)
 
     async def _drop(self, socket: _Socket) -> None:
         """Forget ``socket`` here and in the layer (no handler, nothing sent); the acks it
@@ -2329,6 +2366,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             await self._drop(socket)
             return
         del self._sockets[socket.namespace]
+        if self._server._admin is not None:
+            self._server._admin.disconnected(socket, reason)
         handler, args = self._server._handler("disconnect", socket.namespace,
                                               (socket.sid, reason))
         try:
@@ -2356,6 +2395,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self._stop_timers()
         self._pending = None
         reason = self._close_reason or Reason.TRANSPORT_CLOSE
+        if self._server._admin is not None and self._max_payload:  # (it had opened)
+            self._server._admin.closed()
         if self._server._recovery is not None:  # its sockets are kept past their handlers
             self._server._recovery.connection_lost(self, code)
         for socket in list(self._sockets.values()):
