@@ -51,6 +51,10 @@ HOSTNAME = _socket.gethostname()
 #: ``ALL_EVENTS`` in development mode (python-socketio's list).
 _COMMANDS = ["EMIT", "JOIN", "LEAVE", "DISCONNECT", "MJOIN", "MLEAVE", "MDISCONNECT"]
 MODES = ("development", "production")
+#: The room of the admin namespace its sockets enter once their login is accepted: the
+#: admin events go to it, not to the namespace, whose group a socket is in while its
+#: connect handler (the login check) runs, and stays in when refused until it is dropped.
+ADMINS_ROOM = "realtime:admins"
 
 
 def _now_iso(seconds: float) -> str:
@@ -230,8 +234,10 @@ class InstrumentedAsyncServer:
                                         what=getattr(work, "__name__", "a step")))
 
     def _post(self, event: str, *args: Any, to: str | None = None) -> None:
-        """One admin event to every admin client (in every process), or to ``to``."""
-        self._spawn(self.sio.emit(event, args, to=to, namespace=self.admin_namespace))
+        """One admin event to every admin client (in every process: the admins' room,
+        never a login being checked), or to ``to``."""
+        self._spawn(self.sio.emit(event, args, to=to or ADMINS_ROOM,
+                                  namespace=self.admin_namespace))
 
     def _time(self) -> float:
         return self._clock.seconds() if self._clock is not None else 0.0
@@ -341,17 +347,22 @@ class InstrumentedAsyncServer:
         now = self._time()
         self._connected_at[socket.sid] = now
         if socket.namespace == self.admin_namespace:
-            self._post("config", {"supportedFeatures": self.features}, to=socket.sid)
-            if self.development:
-                sockets = [self._serialize(one) for one in list(self.sio._sockets.values())
-                           if not one.pending]
-                self._post("all_sockets", sockets, to=socket.sid)
-                if self._channel is not None:  # the other processes' sockets
-                    self._spawn(self._channel.layer.group_send(self._group, {
-                        "type": "sio.admin_sockets", "to": socket.sid,
-                        "from": self._channel.channel}))
+            self._spawn(self._welcome(socket))
         if self.development:
             self._post("socket_connected", self._serialize(socket), _now_iso(now))
+
+    async def _welcome(self, socket: _Socket) -> None:
+        """An admin client let in: into the admins' room, then its config and sockets."""
+        await self.sio.enter_room(socket.sid, ADMINS_ROOM, namespace=self.admin_namespace)
+        self._post("config", {"supportedFeatures": self.features}, to=socket.sid)
+        if self.development:
+            sockets = [self._serialize(one) for one in list(self.sio._sockets.values())
+                       if not one.pending]
+            self._post("all_sockets", sockets, to=socket.sid)
+            if self._channel is not None:  # the other processes' sockets
+                await self._channel.layer.group_send(self._group, {
+                    "type": "sio.admin_sockets", "to": socket.sid,
+                    "from": self._channel.channel})
 
     def disconnected(self, socket: _Socket, reason: str) -> None:
         self._connected_at.pop(socket.sid, None)
@@ -366,7 +377,8 @@ class InstrumentedAsyncServer:
                                               "transport": "websocket"})
 
     def room(self, socket: _Socket, room: Any, joined: bool) -> None:
-        if self.development and not socket.pending:
+        if self.development and not socket.pending and not (
+                room == ADMINS_ROOM and socket.namespace == self.admin_namespace):
             self._post("room_joined" if joined else "room_left", socket.namespace, room,
                        socket.sid, _now_iso(self._time()))
 
@@ -462,7 +474,8 @@ class InstrumentedAsyncServer:
                 "issued": at * 1000,
                 "time": _now_iso(at) if at else "",
             },
-            "rooms": self.sio.rooms(socket.sid, socket.namespace),
+            "rooms": [room for room in self.sio.rooms(socket.sid, socket.namespace)
+                      if room != ADMINS_ROOM or socket.namespace != self.admin_namespace],
         }
 
 

@@ -329,3 +329,52 @@ async def test_a_ui_on_one_process_sees_and_commands_the_others_through_redis(
             await server.stop()
         for layer in layers:
             await layer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_login_being_checked_or_refused_gets_nothing_and_commands_nothing(live):
+    """A client on /admin whose (slow) login is still being checked is not an admin: no
+    admin event reaches it meanwhile (the sockets' handshakes, the events' data), and its
+    commands, before CONNECT, while pending or after the refusal, do nothing."""
+    from twisted.internet.defer import Deferred
+
+    from tests.test_socketio import Raw
+
+    gate: Deferred[bool] = Deferred()
+    checked: list[Any] = []
+
+    async def check(login):  # a login looked up elsewhere: slow
+        checked.append(login)
+        return True if login == LOGIN else await gate
+
+    sio = quick_server(ping_interval=5)
+    sio.instrument(auth=check, server_stats_interval=0.1)
+    url = await start(live, sio)
+    ada = await PyClient().connect(url)
+    sid_ada = ada.client.get_sid()
+    ui = Admin(url, LOGIN)
+    intruder = await Raw.open(url)
+    try:
+        await ui.expect("all_sockets")
+        await intruder.send('42/admin,["join","/","stolen"]')  # before any CONNECT
+        await intruder.send('40/admin,{"username":"admin","password":"guess"}')
+        assert await until(lambda: len(checked) == 2)
+        await intruder.send('42/admin,["join","/","stolen"]')  # while its login is checked
+        bob = await PyClient().connect(url)  # an admin event with bob's handshake...
+        await ui.expect("socket_connected",
+                        lambda args: args[0]["id"] == bob.client.get_sid())
+        await ui.expect("server_stats")  # ...and the stats: sent to the admins
+        gate.callback(False)
+        assert await intruder.recv() == '44/admin,{"message":"authentication failed"}'
+        await intruder.send('42/admin,["join","/","stolen"]')  # refused: still nothing
+        await intruder.send('42/admin,["_disconnect","/",false]')
+        await ui.command("join", "/", "mark", sid_ada)  # (after the intruder's, in order)
+        assert await until(lambda: "mark" in sio.rooms(sid_ada))
+        assert "stolen" not in sio.rooms(sid_ada) and sio.rooms(bob.client.get_sid()) == [
+            bob.client.get_sid()]
+        await bob.disconnect()
+        await ada.disconnect()
+    finally:
+        await intruder.close()
+        await ui.close()
+        await sio.shutdown()
