@@ -55,6 +55,11 @@ MODES = ("development", "production")
 #: admin events go to it, not to the namespace, whose group a socket is in while its
 #: connect handler (the login check) runs, and stays in when refused until it is dropped.
 ADMINS_ROOM = "realtime:admins"
+#: Request headers whose values the UI does not get (python-socketio and Node send them):
+#: the users' sessions and tokens, which a browser page (often admin.socket.io's) would
+#: show to whoever looks, and keep in its memory.
+REDACTED_HEADERS = frozenset({"cookie", "authorization", "proxy-authorization"})
+REDACTED = "(redacted)"
 
 
 def _now_iso(seconds: float) -> str:
@@ -453,7 +458,8 @@ class InstrumentedAsyncServer:
         scope = socket.consumer.scope or {}
         headers: dict[str, str] = {}
         for name, value in scope.get("headers") or ():
-            headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+            key = name.decode("latin-1").lower()
+            headers[key] = REDACTED if key in REDACTED_HEADERS else value.decode("latin-1")
         raw_query = (scope.get("query_string") or b"").decode("latin-1")
         query = {key: values[0] if len(values) == 1 else values
                  for key, values in parse_qs(raw_query).items()}

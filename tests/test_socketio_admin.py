@@ -121,7 +121,9 @@ async def test_the_ui_gets_config_sockets_stats_and_every_event_in_development(l
     sio.on("disconnect", lambda sid, reason: reasons.append(reason))
 
     url = await start(live, sio)
-    ada = await PyClient("welcome").connect(url, None)  # polling, then the upgrade
+    ada = await PyClient("welcome").connect(url, None, headers={  # polling, the upgrade
+        "Cookie": "session=users-secret", "Authorization": "Bearer users-token",
+        "X-Shown": "yes"})
     ui = Admin(url, LOGIN)
     try:
         admin_sid = await ui.first("connected")
@@ -135,6 +137,9 @@ async def test_the_ui_gets_config_sockets_stats_and_every_event_in_development(l
         assert mine["nsp"] == "/" and mine["rooms"] == [mine["id"]] and mine["data"] == {}
         assert mine["transport"] == sio.transport(mine["id"])
         assert mine["handshake"]["address"] == "127.0.0.1"
+        headers = mine["handshake"]["headers"]  # the users' credentials stay here
+        assert headers["x-shown"] == "yes"
+        assert headers["cookie"] == headers["authorization"] == "(redacted)"
         assert mine["handshake"]["query"]["EIO"] == "4"
         assert mine["handshake"]["url"].startswith("/socket.io/?")
         assert by_id[admin_sid]["nsp"] == "/admin"  # the UI sees itself, as in Node
