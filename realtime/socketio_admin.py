@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
-from weakref import WeakSet
+from weakref import WeakSet, finalize, ref
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -108,19 +108,24 @@ class _AdminChannel:
     _held_count = 0
 
     def __init__(self, admin: InstrumentedAsyncServer, layer: Any) -> None:
-        self.admin = admin
+        # Weakly: the layer holds this receiver, and a server dropped without shutdown()
+        # must not be kept by it (its finalizer detaches this, as _Replies's does).
+        self.admin = ref(admin)
         self.layer = layer
         self.channel: str = layer.attach(self)
         skip_held(self)
 
     def deliver(self, event: dict[str, Any]) -> None:
+        admin = self.admin()
+        if admin is None:
+            return
         kind = event.get("type")
         if kind == "sio.admin_sockets":
             to = event.get("to")
             if isinstance(to, str) and event.get("from") != self.channel:
-                self.admin._spawn(self.admin._report_sockets(to))
+                admin._spawn(admin._report_sockets(to))
         elif kind == "sio.admin_command":
-            self.admin._spawn(self.admin._run_command(event))
+            admin._spawn(admin._run_command(event))
 
     def deliver_frame(self, frame: bytes) -> bool:
         return True  # nothing is broadcast to the group
@@ -176,6 +181,7 @@ class InstrumentedAsyncServer:
         self._tick: Any = None
         self._started = 0.0
         self._channel: _AdminChannel | None = None
+        self._finalizer: finalize[..., Any] | None = None
         self._connected_at: dict[str, float] = {}
         features = ["AGGREGATED_EVENTS"] + ([] if self.read_only else _COMMANDS)
         if self.development:
@@ -197,14 +203,18 @@ class InstrumentedAsyncServer:
 
         self._clock = clock
         self._started = clock.seconds()
-        tick = self._tick = LoopingCall(self._emit_stats)
+        # The tick and the layer hold this weakly: a server dropped without shutdown() is
+        # garbage, and its finalizer stops both (the reactor and the layer live on).
+        tick = self._tick = LoopingCall(_tick, ref(self))
         tick.clock = clock
         tick.start(self.server_stats_interval, now=False).addErrback(
             lambda failure: log.failure("socketio admin: the stats tick failed", failure))
         layer = self.sio.channel_layer
+        channel = None
         if callable(getattr(layer, "attach", None)):
             channel = self._channel = _AdminChannel(self, layer)
             self._spawn(layer.group_add(self._group, channel.channel))
+        self._finalizer = finalize(self, _release, tick, channel)
 
     @property
     def _group(self) -> str:
@@ -217,11 +227,11 @@ class InstrumentedAsyncServer:
     def stop(self) -> None:
         """No more stats; off the layer (started again by the next connection)."""
         tick, self._tick = self._tick, None
-        if tick is not None and tick.running:
-            tick.stop()
         channel, self._channel = self._channel, None
-        if channel is not None:
-            channel.layer.detach(channel.channel)
+        finalizer, self._finalizer = self._finalizer, None
+        if finalizer is not None:
+            finalizer.detach()
+        _release(tick, channel)
 
     async def shutdown(self) -> None:
         self.stop()
@@ -483,6 +493,21 @@ class InstrumentedAsyncServer:
             "rooms": [room for room in self.sio.rooms(socket.sid, socket.namespace)
                       if room != ADMINS_ROOM or socket.namespace != self.admin_namespace],
         }
+
+
+def _tick(admin: ref[InstrumentedAsyncServer]) -> None:
+    instrumented = admin()
+    if instrumented is not None:
+        instrumented._emit_stats()
+
+
+def _release(tick: Any, channel: _AdminChannel | None) -> None:
+    """The stats tick stopped, the admin channel off the layer (``stop()``, or the
+    finalizer of a server dropped without it)."""
+    if tick is not None and tick.running:
+        tick.stop()
+    if channel is not None:
+        channel.layer.detach(channel.channel)
 
 
 async def _awaited(value: Any) -> Any:

@@ -383,3 +383,30 @@ async def test_a_login_being_checked_or_refused_gets_nothing_and_commands_nothin
         await intruder.close()
         await ui.close()
         await sio.shutdown()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_dropped_without_shutdown_stops_its_stats_and_leaves_the_layer():
+    """An instrumented ``AsyncServer`` dropped without ``shutdown()`` (several on one
+    layer, as in tests) is garbage: its stats tick stops and its admin channel leaves the
+    layer, which lives on (nothing of the server is held by either)."""
+    import gc
+
+    from twisted.internet.task import Clock
+
+    from realtime.layers.memory import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    clock = Clock()
+    sio = rsio.AsyncServer(channel_layer=layer)
+    admin = sio.instrument(auth=False, server_stats_interval=1)
+    admin._start(clock)  # as the first connection does
+    assert admin._channel is not None
+    channel = admin._channel.channel
+    assert channel in layer._receivers and clock.getDelayedCalls()
+    clock.advance(1)  # a tick with no admin client: nothing breaks
+    del sio, admin
+    gc.collect()
+    assert channel not in layer._receivers
+    assert clock.getDelayedCalls() == []
+    await layer.close()
