@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
-from weakref import WeakSet
+from weakref import WeakSet, finalize, ref
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -51,6 +51,15 @@ HOSTNAME = _socket.gethostname()
 #: ``ALL_EVENTS`` in development mode (python-socketio's list).
 _COMMANDS = ["EMIT", "JOIN", "LEAVE", "DISCONNECT", "MJOIN", "MLEAVE", "MDISCONNECT"]
 MODES = ("development", "production")
+#: The room of the admin namespace its sockets enter once their login is accepted: the
+#: admin events go to it, not to the namespace, whose group a socket is in while its
+#: connect handler (the login check) runs, and stays in when refused until it is dropped.
+ADMINS_ROOM = "realtime:admins"
+#: Request headers whose values the UI does not get (python-socketio and Node send them):
+#: the users' sessions and tokens, which a browser page (often admin.socket.io's) would
+#: show to whoever looks, and keep in its memory.
+REDACTED_HEADERS = frozenset({"cookie", "authorization", "proxy-authorization"})
+REDACTED = "(redacted)"
 
 
 def _now_iso(seconds: float) -> str:
@@ -99,19 +108,24 @@ class _AdminChannel:
     _held_count = 0
 
     def __init__(self, admin: InstrumentedAsyncServer, layer: Any) -> None:
-        self.admin = admin
+        # Weakly: the layer holds this receiver, and a server dropped without shutdown()
+        # must not be kept by it (its finalizer detaches this, as _Replies's does).
+        self.admin = ref(admin)
         self.layer = layer
         self.channel: str = layer.attach(self)
         skip_held(self)
 
     def deliver(self, event: dict[str, Any]) -> None:
+        admin = self.admin()
+        if admin is None:
+            return
         kind = event.get("type")
         if kind == "sio.admin_sockets":
             to = event.get("to")
             if isinstance(to, str) and event.get("from") != self.channel:
-                self.admin._spawn(self.admin._report_sockets(to))
+                admin._spawn(admin._report_sockets(to))
         elif kind == "sio.admin_command":
-            self.admin._spawn(self.admin._run_command(event))
+            admin._spawn(admin._run_command(event))
 
     def deliver_frame(self, frame: bytes) -> bool:
         return True  # nothing is broadcast to the group
@@ -167,6 +181,7 @@ class InstrumentedAsyncServer:
         self._tick: Any = None
         self._started = 0.0
         self._channel: _AdminChannel | None = None
+        self._finalizer: finalize[..., Any] | None = None
         self._connected_at: dict[str, float] = {}
         features = ["AGGREGATED_EVENTS"] + ([] if self.read_only else _COMMANDS)
         if self.development:
@@ -188,14 +203,18 @@ class InstrumentedAsyncServer:
 
         self._clock = clock
         self._started = clock.seconds()
-        tick = self._tick = LoopingCall(self._emit_stats)
+        # The tick and the layer hold this weakly: a server dropped without shutdown() is
+        # garbage, and its finalizer stops both (the reactor and the layer live on).
+        tick = self._tick = LoopingCall(_tick, ref(self))
         tick.clock = clock
         tick.start(self.server_stats_interval, now=False).addErrback(
             lambda failure: log.failure("socketio admin: the stats tick failed", failure))
         layer = self.sio.channel_layer
+        channel = None
         if callable(getattr(layer, "attach", None)):
             channel = self._channel = _AdminChannel(self, layer)
             self._spawn(layer.group_add(self._group, channel.channel))
+        self._finalizer = finalize(self, _release, tick, channel)
 
     @property
     def _group(self) -> str:
@@ -208,11 +227,11 @@ class InstrumentedAsyncServer:
     def stop(self) -> None:
         """No more stats; off the layer (started again by the next connection)."""
         tick, self._tick = self._tick, None
-        if tick is not None and tick.running:
-            tick.stop()
         channel, self._channel = self._channel, None
-        if channel is not None:
-            channel.layer.detach(channel.channel)
+        finalizer, self._finalizer = self._finalizer, None
+        if finalizer is not None:
+            finalizer.detach()
+        _release(tick, channel)
 
     async def shutdown(self) -> None:
         self.stop()
@@ -230,8 +249,10 @@ class InstrumentedAsyncServer:
                                         what=getattr(work, "__name__", "a step")))
 
     def _post(self, event: str, *args: Any, to: str | None = None) -> None:
-        """One admin event to every admin client (in every process), or to ``to``."""
-        self._spawn(self.sio.emit(event, args, to=to, namespace=self.admin_namespace))
+        """One admin event to every admin client (in every process: the admins' room,
+        never a login being checked), or to ``to``."""
+        self._spawn(self.sio.emit(event, args, to=to or ADMINS_ROOM,
+                                  namespace=self.admin_namespace))
 
     def _time(self) -> float:
         return self._clock.seconds() if self._clock is not None else 0.0
@@ -341,17 +362,22 @@ class InstrumentedAsyncServer:
         now = self._time()
         self._connected_at[socket.sid] = now
         if socket.namespace == self.admin_namespace:
-            self._post("config", {"supportedFeatures": self.features}, to=socket.sid)
-            if self.development:
-                sockets = [self._serialize(one) for one in list(self.sio._sockets.values())
-                           if not one.pending]
-                self._post("all_sockets", sockets, to=socket.sid)
-                if self._channel is not None:  # the other processes' sockets
-                    self._spawn(self._channel.layer.group_send(self._group, {
-                        "type": "sio.admin_sockets", "to": socket.sid,
-                        "from": self._channel.channel}))
+            self._spawn(self._welcome(socket))
         if self.development:
             self._post("socket_connected", self._serialize(socket), _now_iso(now))
+
+    async def _welcome(self, socket: _Socket) -> None:
+        """An admin client let in: into the admins' room, then its config and sockets."""
+        await self.sio.enter_room(socket.sid, ADMINS_ROOM, namespace=self.admin_namespace)
+        self._post("config", {"supportedFeatures": self.features}, to=socket.sid)
+        if self.development:
+            sockets = [self._serialize(one) for one in list(self.sio._sockets.values())
+                       if not one.pending]
+            self._post("all_sockets", sockets, to=socket.sid)
+            if self._channel is not None:  # the other processes' sockets
+                await self._channel.layer.group_send(self._group, {
+                    "type": "sio.admin_sockets", "to": socket.sid,
+                    "from": self._channel.channel})
 
     def disconnected(self, socket: _Socket, reason: str) -> None:
         self._connected_at.pop(socket.sid, None)
@@ -366,7 +392,8 @@ class InstrumentedAsyncServer:
                                               "transport": "websocket"})
 
     def room(self, socket: _Socket, room: Any, joined: bool) -> None:
-        if self.development and not socket.pending:
+        if self.development and not socket.pending and not (
+                room == ADMINS_ROOM and socket.namespace == self.admin_namespace):
             self._post("room_joined" if joined else "room_left", socket.namespace, room,
                        socket.sid, _now_iso(self._time()))
 
@@ -441,7 +468,8 @@ class InstrumentedAsyncServer:
         scope = socket.consumer.scope or {}
         headers: dict[str, str] = {}
         for name, value in scope.get("headers") or ():
-            headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+            key = name.decode("latin-1").lower()
+            headers[key] = REDACTED if key in REDACTED_HEADERS else value.decode("latin-1")
         raw_query = (scope.get("query_string") or b"").decode("latin-1")
         query = {key: values[0] if len(values) == 1 else values
                  for key, values in parse_qs(raw_query).items()}
@@ -462,8 +490,24 @@ class InstrumentedAsyncServer:
                 "issued": at * 1000,
                 "time": _now_iso(at) if at else "",
             },
-            "rooms": self.sio.rooms(socket.sid, socket.namespace),
+            "rooms": [room for room in self.sio.rooms(socket.sid, socket.namespace)
+                      if room != ADMINS_ROOM or socket.namespace != self.admin_namespace],
         }
+
+
+def _tick(admin: ref[InstrumentedAsyncServer]) -> None:
+    instrumented = admin()
+    if instrumented is not None:
+        instrumented._emit_stats()
+
+
+def _release(tick: Any, channel: _AdminChannel | None) -> None:
+    """The stats tick stopped, the admin channel off the layer (``stop()``, or the
+    finalizer of a server dropped without it)."""
+    if tick is not None and tick.running:
+        tick.stop()
+    if channel is not None:
+        channel.layer.detach(channel.channel)
 
 
 async def _awaited(value: Any) -> Any:

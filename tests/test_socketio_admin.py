@@ -121,7 +121,9 @@ async def test_the_ui_gets_config_sockets_stats_and_every_event_in_development(l
     sio.on("disconnect", lambda sid, reason: reasons.append(reason))
 
     url = await start(live, sio)
-    ada = await PyClient("welcome").connect(url, None)  # polling, then the upgrade
+    ada = await PyClient("welcome").connect(url, None, headers={  # polling, the upgrade
+        "Cookie": "session=users-secret", "Authorization": "Bearer users-token",
+        "X-Shown": "yes"})
     ui = Admin(url, LOGIN)
     try:
         admin_sid = await ui.first("connected")
@@ -135,6 +137,9 @@ async def test_the_ui_gets_config_sockets_stats_and_every_event_in_development(l
         assert mine["nsp"] == "/" and mine["rooms"] == [mine["id"]] and mine["data"] == {}
         assert mine["transport"] == sio.transport(mine["id"])
         assert mine["handshake"]["address"] == "127.0.0.1"
+        headers = mine["handshake"]["headers"]  # the users' credentials stay here
+        assert headers["x-shown"] == "yes"
+        assert headers["cookie"] == headers["authorization"] == "(redacted)"
         assert mine["handshake"]["query"]["EIO"] == "4"
         assert mine["handshake"]["url"].startswith("/socket.io/?")
         assert by_id[admin_sid]["nsp"] == "/admin"  # the UI sees itself, as in Node
@@ -329,3 +334,79 @@ async def test_a_ui_on_one_process_sees_and_commands_the_others_through_redis(
             await server.stop()
         for layer in layers:
             await layer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_login_being_checked_or_refused_gets_nothing_and_commands_nothing(live):
+    """A client on /admin whose (slow) login is still being checked is not an admin: no
+    admin event reaches it meanwhile (the sockets' handshakes, the events' data), and its
+    commands, before CONNECT, while pending or after the refusal, do nothing."""
+    from twisted.internet.defer import Deferred
+
+    from tests.test_socketio import Raw
+
+    gate: Deferred[bool] = Deferred()
+    checked: list[Any] = []
+
+    async def check(login):  # a login looked up elsewhere: slow
+        checked.append(login)
+        return True if login == LOGIN else await gate
+
+    sio = quick_server(ping_interval=5)
+    sio.instrument(auth=check, server_stats_interval=0.1)
+    url = await start(live, sio)
+    ada = await PyClient().connect(url)
+    sid_ada = ada.client.get_sid()
+    ui = Admin(url, LOGIN)
+    intruder = await Raw.open(url)
+    try:
+        await ui.expect("all_sockets")
+        await intruder.send('42/admin,["join","/","stolen"]')  # before any CONNECT
+        await intruder.send('40/admin,{"username":"admin","password":"guess"}')
+        assert await until(lambda: len(checked) == 2)
+        await intruder.send('42/admin,["join","/","stolen"]')  # while its login is checked
+        bob = await PyClient().connect(url)  # an admin event with bob's handshake...
+        await ui.expect("socket_connected",
+                        lambda args: args[0]["id"] == bob.client.get_sid())
+        await ui.expect("server_stats")  # ...and the stats: sent to the admins
+        gate.callback(False)
+        assert await intruder.recv() == '44/admin,{"message":"authentication failed"}'
+        await intruder.send('42/admin,["join","/","stolen"]')  # refused: still nothing
+        await intruder.send('42/admin,["_disconnect","/",false]')
+        await ui.command("join", "/", "mark", sid_ada)  # (after the intruder's, in order)
+        assert await until(lambda: "mark" in sio.rooms(sid_ada))
+        assert "stolen" not in sio.rooms(sid_ada) and sio.rooms(bob.client.get_sid()) == [
+            bob.client.get_sid()]
+        await bob.disconnect()
+        await ada.disconnect()
+    finally:
+        await intruder.close()
+        await ui.close()
+        await sio.shutdown()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_dropped_without_shutdown_stops_its_stats_and_leaves_the_layer():
+    """An instrumented ``AsyncServer`` dropped without ``shutdown()`` (several on one
+    layer, as in tests) is garbage: its stats tick stops and its admin channel leaves the
+    layer, which lives on (nothing of the server is held by either)."""
+    import gc
+
+    from twisted.internet.task import Clock
+
+    from realtime.layers.memory import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    clock = Clock()
+    sio = rsio.AsyncServer(channel_layer=layer)
+    admin = sio.instrument(auth=False, server_stats_interval=1)
+    admin._start(clock)  # as the first connection does
+    assert admin._channel is not None
+    channel = admin._channel.channel
+    assert channel in layer._receivers and clock.getDelayedCalls()
+    clock.advance(1)  # a tick with no admin client: nothing breaks
+    del sio, admin
+    gc.collect()
+    assert channel not in layer._receivers
+    assert clock.getDelayedCalls() == []
+    await layer.close()
