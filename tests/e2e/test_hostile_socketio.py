@@ -55,13 +55,10 @@ from twisted.internet.defer import Deferred
 from realtime import socketio as rsio
 from realtime.routing import URLRouter, path
 from tests.clients import (
-    after_headers,
     captured_log,
     client_frame,
     closed_by_server,
     handshake,
-    later,
-    parse_frames,
     parse_response,
     raw_connect,
     until,
@@ -789,3 +786,179 @@ async def test_probe(live, row: ProbeRow):
             assert response[0] == 400, response
             assert json.loads(response[2])["code"] in (1, 3)
     assert failures(events) == []
+
+
+# -- floods and slow clients ---------------------------------------------------------------------
+async def echo_over_websocket(port: int) -> None:
+    """A fresh WebSocket client connects, gets an ack, and closes."""
+    conn = await ws_open(port)
+    conn.write(T('421["echo","fresh"]'))
+    frames = await conn.wait_frames(3)
+    assert texts(frames)[2] == '431["fresh"]', frames
+    conn.send_close(1000)
+    assert await wait_close(conn) == 1000
+    assert await closed_by_server(conn, 2)
+
+
+async def polled_sid(port: int, sid: str) -> str:
+    """CONNECT "/" over polling: the socket's sid."""
+    conn, response = await exchange(port, post(b"40").replace(b"SID", sid.encode()))
+    conn.abort()
+    assert response is not None and response[0] == 200, response
+    conn, response = await exchange(port, get().replace(b"SID", sid.encode()))
+    conn.abort()
+    assert response is not None and response[2].startswith(b"40{"), response
+    socket_sid: str = json.loads(response[2][2:])["sid"]
+    return socket_sid
+
+
+@pytest_twisted.ensureDeferred
+async def test_polling_sessions_from_one_ip_past_the_per_ip_limit_are_429(live):
+    server = await start(live, max_connections_per_ip=5)
+    sids = [await open_session(server.port) for _ in range(5)]
+    conn, response = await exchange(server.port, get("EIO=4&transport=polling"))
+    conn.abort()
+    assert response is not None and response[0] == 429, response
+    assert json.loads(response[2]) == {"code": 3, "message": "Too many connections"}
+    assert len(server.sio._polling) == 5
+    # A session that ends gives its place back.
+    conn, response = await exchange(server.port, post(b"1").replace(b"SID", sids[0].encode()))
+    conn.abort()
+    assert response is not None and response[0] == 200
+    assert sids[0] not in server.sio._polling
+    await open_session(server.port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_poller_that_never_polls_is_closed_at_the_queue_bound(live):
+    """Packets for a session no GET takes queue up to ``MAX_QUEUED_PACKETS``; past it the
+    session closes (the default ``--slow-consumer close``) and its memory goes."""
+    server = await start(live)
+    sid = await open_session(server.port)
+    socket_sid = await polled_sid(server.port, sid)
+    session = server.sio._polling[sid]
+    most = 0
+    for i in range(rsio.MAX_QUEUED_PACKETS + 10):
+        await server.sio.emit("tick", i, to=socket_sid)
+        most = max(most, len(session._queue))
+        if session.closed:
+            break
+    assert session.closed and sid not in server.sio._polling
+    assert most <= rsio.MAX_QUEUED_PACKETS
+    assert session._queue == []
+    conn, response = await exchange(server.port, get().replace(b"SID", sid.encode()))
+    conn.abort()
+    assert response is not None and response[0] == 400
+    assert json.loads(response[2])["code"] == 1
+    await echo_over_websocket(server.port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ten_thousand_tiny_packets_in_one_write_run_at_most_max_inflight_handlers(live):
+    server = await start(live, max_inflight=16)
+    held = server.sio.held
+    conn = await ws_open(server.port)
+    count = 10_000
+    conn.write(T('42["hold"]') * count)
+    assert await until(lambda: len(held) == 16)
+    most = len(held)
+    released = 0
+    while released < count:
+        assert await until(lambda: held, 5), released
+        most = max(most, len(held))
+        while held:
+            held.pop().callback(None)
+            released += 1
+    assert most <= 16
+    (socket,) = server.sio._sockets.values()
+    assert not socket.consumer._tasks
+    conn.write(T('421["echo","after"]'))
+    frames = await conn.wait_frames(3)
+    assert texts(frames)[2] == '431["after"]'
+    conn.send_close(1000)
+    assert await wait_close(conn) == 1000
+    await echo_over_websocket(server.port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_acks_that_never_come_leave_nothing_behind(live):
+    """``call()``s to a client that never answers time out and forget their ack ids; and
+    ``emit(callback=)``s past ``MAX_PENDING_ACKS`` forget the oldest: a socket's pending
+    acks stay bounded."""
+    from twisted.internet.defer import gatherResults
+
+    server = await start(live)
+    conn = await ws_open(server.port)
+    (socket,) = server.sio._sockets.values()
+
+    async def unanswered(i: int) -> str:
+        try:
+            await server.sio.call("ask", i, to=socket.sid, timeout=0.1)
+        except rsio.CallTimeoutError as exc:
+            return str(exc)
+        return "answered?"
+
+    got = await gatherResults([Deferred.fromCoroutine(unanswered(i)) for i in range(2000)])
+    assert set(got) == {"no ack for 'ask' in 0.1 s"}
+    assert socket.acks == {}
+    for i in range(rsio.MAX_PENDING_ACKS + 100):
+        await server.sio.emit("ask", i, to=socket.sid, callback=lambda *args: None)
+    assert len(socket.acks) == rsio.MAX_PENDING_ACKS
+    # A call() past the bound: its ack id is forgotten in time, it fails and says why.
+    late = Deferred.fromCoroutine(server.sio.call("ask", to=socket.sid, timeout=None))
+    for i in range(rsio.MAX_PENDING_ACKS):
+        await server.sio.emit("ask", i, to=socket.sid, callback=lambda *args: None)
+    with pytest.raises(rsio.CallTimeoutError, match="MAX_PENDING_ACKS"):
+        await late
+    conn.abort()
+    assert await until(lambda: not server.site.connections)
+    await echo_over_websocket(server.port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_slowloris_200_polling_posts_are_dropped_at_the_connect_deadline(live):
+    """200 POSTs to a session dribble their body (a byte every 50 ms): each is dropped at
+    the 0.5 s connect deadline without an answer and no byte of them reaches the session,
+    while a fresh client still works; the session lives on."""
+    from twisted.internet import reactor
+    from twisted.internet.task import LoopingCall
+
+    server = await start(live)
+    sid = await open_session(server.port)
+    body = b'42["echo","slow"]'
+    head = post(b"", length=len(body)).replace(b"SID", sid.encode())
+    clients = [await raw_connect(server.port) for _ in range(200)]
+    for client in clients:
+        client.write(head)
+    position = [0]
+
+    def dribble() -> None:
+        i = position[0]
+        position[0] += 1
+        for client in clients:
+            if not client.is_closed and i < len(body) - 1:
+                client.write(body[i : i + 1])
+
+    loop = LoopingCall(dribble)
+    loop.clock = reactor
+    loop.start(0.05)
+    try:
+        await echo_over_websocket(server.port)
+        assert await until(lambda: all(c.is_closed for c in clients), 4)
+    finally:
+        loop.stop()
+    assert all(c.data == b"" for c in clients)
+    assert sid in server.sio._polling
+    assert not server.site.open_channels
+
+
+# -- last: the server is still fine ------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_zz_after_everything_a_fresh_client_works_and_rss_grew_under_50_mb(live):
+    server = await start(live)
+    await echo_over_websocket(server.port)
+    sid = await open_session(server.port)
+    await polled_sid(server.port, sid)
+    gc.collect()
+    grown_mb = (rss_kb() - _RSS_BEFORE[0]) / 1024
+    assert grown_mb < 50, f"RSS grew by {grown_mb:.1f} MB over the hostile Socket.IO suite"
