@@ -62,6 +62,8 @@ EVENTS = ("connect", "refresh", "subscribe", "publish", "sub_refresh", "rpc")
 CHANNEL_EVENTS = ("subscribe", "publish", "sub_refresh")
 #: The largest response body read from the backend.
 MAX_RESPONSE = MiB
+#: The latest ``expire_at`` taken (the last second of year 9999; Centrifugo's is an int64).
+MAX_EXPIRE_AT = 253_402_300_799
 #: Seconds before a refresh (sub_refresh) the backend could not answer is asked again
 #: (Centrifugo's minute: a backend restart does not end the connections).
 RETRY_AFTER = 60.0
@@ -646,11 +648,15 @@ def _payload(result: dict[str, Any], key: str) -> tuple[bool, Any]:
 
 
 def _expire_at(result: dict[str, Any]) -> float | None:
+    """Unix seconds up to ``MAX_EXPIRE_AT``: an integer past a float's range (an
+    OverflowError, a traceback), infinity (1e400 in JSON) or 1e300 (a timer the reactor
+    cannot wait for) is a ``ProxyFailure``, as is a negative one."""
     at = result.get("expire_at")
     if at is None or at == 0:
         return None
-    if isinstance(at, bool) or not isinstance(at, int | float) or at < 0:
-        raise ProxyFailure(f"expire_at {at!r} is not Unix seconds")
+    if isinstance(at, bool) or not isinstance(at, int | float) or not 0 <= at <= MAX_EXPIRE_AT:
+        raise ProxyFailure(f"expire_at {str(at)[:40]} is not Unix seconds "
+                           f"(0 to {MAX_EXPIRE_AT})")
     return float(at)
 
 

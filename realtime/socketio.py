@@ -68,6 +68,9 @@ MAX_ATTACHMENTS = 100
 MAX_NAMESPACES = 100
 #: Acks one server awaits from sids of other processes at most (``_Replies``).
 MAX_REMOTE_ACKS = 10_000
+#: Acks one socket of this process is asked for and has not answered, at most (past it
+#: the oldest is forgotten: a client that never answers holds no unbounded memory).
+MAX_PENDING_ACKS = 10_000
 #: Digits an ack id may have (socket.io-client counts up from 0).
 _MAX_ACK_DIGITS = 15
 #: Events a client may not send: the server's own lifecycle names.
@@ -543,12 +546,22 @@ class _Answer:
     answered (``call()`` fails at once; a sid asked from another process tells it).
     ``gone`` takes why, when it is not that (None)."""
 
-    __slots__ = ("callback", "gone")
+    __slots__ = ("ack_id", "callback", "gone", "socket")
 
     def __init__(self, callback: Callable[..., Any],
                  gone: Callable[..., Any] | None = None) -> None:
         self.callback = callback
         self.gone = gone
+        #: Where it waits (``SocketIOConsumer._ack_id``): a timed-out ``call()`` takes it
+        #: out of its socket's acks.
+        self.socket: _Socket | None = None
+        self.ack_id = -1
+
+    def forget(self) -> None:
+        """Out of its socket's acks (a ``call()`` that timed out: no answer comes for it)."""
+        where, ack_id = self.socket, self.ack_id
+        if where is not None and where.acks.get(ack_id) is self:
+            del where.acks[ack_id]
 
     def __call__(self, *args: Any) -> Any:
         return self.callback(*args)
@@ -1036,9 +1049,14 @@ class AsyncServer:
             raise ValueError("emit(callback=...) and call() need to= one sid")
         ack_id = None
         remote: str | None = None  # the channel of a sid of another process asked to ack
+        if isinstance(callback, _Answer):  # call()'s (it forgets the ack id at its timeout)
+            answer = callback
+            callback, gone = answer.callback, answer.gone
+        else:
+            answer = _Answer(callback, gone)
         socket = self._local(target, namespace)
         if socket is not None:
-            ack_id = socket.consumer._ack_id(socket, _Answer(callback, gone))
+            ack_id = socket.consumer._ack_id(socket, answer)
         else:
             remote = self._channel(target) if _in_namespace(target, namespace) else None
             if remote is None:  # a sid gone from this process, or of another namespace
@@ -1164,15 +1182,16 @@ class AsyncServer:
 
         timer = None if timeout is None else reactor.callLater(timeout, timed_out)
         token = None
+        answer = _Answer(answered, gone)
         try:
-            token = await self._emit(event, data, target, None, None, namespace, answered,
-                                     gone)
+            token = await self._emit(event, data, target, None, None, namespace, answer)
             args = await done
         finally:
             if timer is not None and timer.active():
                 timer.cancel()
             if token is not None and self._replies is not None:
                 self._replies.forget(token)  # (timed out: its late answer finds nothing)
+            answer.forget()  # (timed out: the ack id of a local sid goes too)
         if not args:
             return None
         return args[0] if len(args) == 1 else args
@@ -1958,6 +1977,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self._pong_deadline: Any = None
         self._close_reason: str | None = None
         self._next_ack = 0
+        #: Acks forgotten past ``MAX_PENDING_ACKS`` (one warning, at the first).
+        self._acks_evicted = 0
         self._max_payload = 0
         self._upgrade_of: _PollingSession | None = None
         #: The polling session this consumer is the Socket.IO side of (its ``_conn``).
@@ -2318,6 +2339,22 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         ack_id = self._next_ack
         self._next_ack += 1
         socket.acks[ack_id] = callback
+        if isinstance(callback, _Answer):
+            callback.socket, callback.ack_id = socket, ack_id
+        while len(socket.acks) > MAX_PENDING_ACKS:  # the oldest goes (dicts keep order)
+            oldest = socket.acks.pop(next(iter(socket.acks)))
+            if self._acks_evicted == 0:
+                log.warn("socketio: more than {count} acks awaited from one client "
+                         "(MAX_PENDING_ACKS): the oldest are forgotten",
+                         count=MAX_PENDING_ACKS)
+            self._acks_evicted += 1
+            gone = getattr(oldest, "gone", None)
+            if gone is not None:
+                try:
+                    gone(f"forgotten: more than MAX_PENDING_ACKS ({MAX_PENDING_ACKS}) acks "
+                         "were awaited from this client")
+                except Exception:
+                    log.failure("socketio: telling an ack's asker it will not come failed")
         return ack_id
 
     async def _enter(self, socket: _Socket, room: Any) -> None:

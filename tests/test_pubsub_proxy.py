@@ -20,7 +20,7 @@ from websockets.sync.client import connect
 from realtime import pubsub, pubsub_proxy
 from realtime.pubsub_proxy import ProxyConfig
 from realtime.settings import settings
-from tests.clients import in_thread
+from tests.clients import captured_log, in_thread
 from tests.test_pubsub import (  # noqa: F401 (fixtures)
     PATH,
     WAIT,
@@ -439,6 +439,159 @@ async def test_a_failing_backend_is_error_100_and_the_server_goes_on(pubsub_serv
     assert (await raw(server, lambda client: client.call("connect")))["error"] == internal
     backend.proxy("connect", "rpc")
     assert (await raw(server, flow))[1] == {"data": "fine"}
+
+
+# -- a backend answering garbage: the table ------------------------------------------------------
+
+def _response(body: bytes, status: bytes = b"200 OK", *headers: bytes) -> bytes:
+    head = [b"HTTP/1.1 " + status, b"Content-Type: application/json", b"Connection: close",
+            b"Content-Length: %d" % len(body), *headers]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def _result(**fields: Any) -> bytes:
+    return json.dumps({"result": {"user": "ada", **fields}}).encode()
+
+
+#: ``GARBAGE_TABLE``: each row is what the connect proxy's backend answers (raw bytes on
+#: its TCP connection; ``trickle``: one byte every 50 ms, ``reset``: the bytes then a TCP
+#: reset, ``hang``: nothing); the client's connect gets error 100 (internal, temporary)
+#: every time, the server logs one warning line (no traceback), and the next client,
+#: with a working backend, connects.
+GARBAGE_TABLE: list[tuple[str, str, bytes]] = [
+    ("status-500", "send", _response(b"oops", b"500 Internal Server Error")),
+    ("status-204", "send", _response(b"", b"204 No Content")),
+    ("redirect-302", "send", _response(b"", b"302 Found", b"Location: http://127.0.0.1:1/")),
+    ("redirect-307", "send", _response(b"", b"307 Temporary Redirect", b"Location: /x")),
+    ("html", "send", _response(b"<html>hi</html>")),
+    ("empty-body", "send", _response(b"")),
+    ("not-utf8", "send", _response(b'{"result":{"user":"\xff"}}')),
+    ("json-array", "send", _response(b'[{"result":{"user":"ada"}}]')),
+    ("json-string", "send", _response(b'"ok"')),
+    ("json-null", "send", _response(b"null")),
+    ("json-nan", "send", _response(b'{"result":{"user":"ada","meta":NaN}}')),
+    ("json-trailing", "send", _response(b'{"result":{"user":"ada"}} x')),
+    ("deep-nesting", "send", _response(b'{"result":{"user":"ada","meta":'
+                                       + b"[" * 100_000 + b"]" * 100_000 + b"}}")),
+    ("huge-float-expire-at", "send", _response(b'{"result":{"user":"ada","expire_at":1e400}}')),
+    ("huge-int-expire-at", "send", _response(
+        b'{"result":{"user":"ada","expire_at":1' + b"0" * 400 + b"}}")),
+    ("far-expire-at", "send", _response(_result(expire_at=1e300))),
+    ("negative-expire-at", "send", _response(_result(expire_at=-5))),
+    ("string-expire-at", "send", _response(_result(expire_at="soon"))),
+    ("bool-expire-at", "send", _response(_result(expire_at=True))),
+    ("result-array", "send", _response(b'{"result":[1]}')),
+    ("result-string", "send", _response(b'{"result":"ada"}')),
+    ("no-result", "send", _response(b"{}")),
+    ("user-number", "send", _response(b'{"result":{"user":5}}')),
+    ("user-null", "send", _response(b'{"result":{"user":null}}')),
+    ("channels-string", "send", _response(_result(channels="news"))),
+    ("channels-numbers", "send", _response(_result(channels=[1, 2]))),
+    ("subs-array", "send", _response(_result(subs=["news"]))),
+    ("b64info-garbage", "send", _response(_result(b64info="!!!"))),
+    ("b64info-binary", "send", _response(_result(b64info="/w=="))),
+    ("b64data-number", "send", _response(_result(b64data=5))),
+    ("error-not-object", "send", _response(b'{"error":"no"}')),
+    ("error-code-string", "send", _response(b'{"error":{"code":"403"}}')),
+    ("error-code-zero", "send", _response(b'{"error":{"code":0}}')),
+    ("error-code-huge", "send", _response(b'{"error":{"code":1' + b"0" * 30 + b"}}")),
+    ("error-message-number", "send", _response(b'{"error":{"code":403,"message":5}}')),
+    ("disconnect-code-1000", "send", _response(b'{"disconnect":{"code":1000}}')),
+    ("disconnect-not-object", "send", _response(b'{"disconnect":[4000]}')),
+    ("disconnect-reason-number", "send", _response(
+        b'{"disconnect":{"code":4000,"reason":5}}')),
+    ("body-10-mb", "send", _response(b" " * (10 * 1024 * 1024) + b"{}")),
+    ("length-lies-long", "send", _response(b"{}").replace(b"Length: 2", b"Length: 200")),
+    ("chunked-garbage", "send", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+    ("not-http", "send", b"SSH-2.0-OpenSSH_9.6\r\n"),
+    ("nothing-then-close", "send", b""),
+    ("reset-mid-body", "reset", _response(_result())[:-5]),
+    ("slow-trickle", "trickle", _response(_result())),
+    ("hang", "hang", b""),
+]
+
+
+class _GarbageBackend:
+    """A backend that reads one request and answers ``(mode, data)`` as raw bytes."""
+
+    def __init__(self, mode: str, data: bytes) -> None:
+        self.mode, self.data = mode, data
+        self.port: Any = None
+        self.calls: list[Any] = []
+
+    def start(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Factory, Protocol
+
+        backend = self
+
+        class Answer(Protocol):
+            buffer = b""
+            answered = False
+
+            def dataReceived(self, data: bytes) -> None:
+                self.buffer += data
+                head, sep, body = self.buffer.partition(b"\r\n\r\n")
+                length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")]
+                if self.answered or not sep or len(body) < (length or [0])[0]:
+                    return
+                self.answered = True
+                backend.answer(self)
+
+            def connectionLost(self, reason: Any = None) -> None:
+                for call in backend.calls:
+                    if call.active():
+                        call.cancel()
+
+        self.port = reactor.listenTCP(0, Factory.forProtocol(Answer), interface="127.0.0.1")
+
+    def answer(self, proto: Any) -> None:
+        from twisted.internet import reactor
+
+        transport = proto.transport
+        if self.mode == "send":
+            transport.write(self.data)
+            transport.loseConnection()
+        elif self.mode == "reset":
+            transport.write(self.data)
+            self.calls.append(reactor.callLater(0.05, transport.abortConnection))
+        elif self.mode == "trickle":
+            def step(i: int) -> None:
+                if i < len(self.data):
+                    transport.write(self.data[i : i + 1])
+                    self.calls.append(reactor.callLater(0.05, step, i + 1))
+            step(0)
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}/connect"
+
+
+@pytest.mark.parametrize("row", GARBAGE_TABLE, ids=[row[0] for row in GARBAGE_TABLE])
+@pytest_twisted.ensureDeferred
+async def test_a_backend_answering_garbage(pubsub_server, backend, row):
+    _, mode, data = row
+    garbage = _GarbageBackend(mode, data)
+    garbage.start()
+    try:
+        settings.pubsub_proxy = ProxyConfig(endpoints={"connect": garbage.url()}, timeout=0.3)
+        server = await pubsub_server()
+        with captured_log() as events:
+            reply = await raw(server, lambda client: client.call("connect"))
+        assert reply.get("error") == {"code": 100, "message": "internal server error",
+                                      "temporary": True}, reply
+        assert not [e for e in events if "log_failure" in e], events
+        lines = [e for e in events if e.get("log_namespace") == "realtime.pubsub_proxy"]
+        assert len(lines) == 1, [e.get("log_format") for e in lines]
+        # The server serves the next client (with a working backend).
+        backend.proxy("connect")
+        backend.answers.update(TOKEN_FREE)
+        assert (await raw(server, lambda client: client.result("connect")))["client"]
+    finally:
+        for call in garbage.calls:
+            if call.active():
+                call.cancel()
+        await garbage.port.stopListening()
 
 
 # -- start-up ------------------------------------------------------------------------------------
