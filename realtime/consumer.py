@@ -34,6 +34,13 @@ def check_app_close_code(code: Any) -> int:
     return code
 
 
+def refuse_constant(name: str) -> Any:
+    """``json.loads(..., parse_constant=)``: NaN and the infinities are not JSON (Python's
+    ``json`` takes them; JavaScript's ``JSON.parse`` does not, so relaying one a client sent
+    would break every browser it reaches)."""
+    raise ValueError(f"{name} is not JSON")
+
+
 def compact_json(document: Any, allow_nan: bool = True) -> str:
     """Compact JSON, non-ASCII as is, escaped (``\\ud83d``) only when the text holds a lone
     surrogate (legal JSON: a JavaScript string cut inside an emoji), which a text frame's

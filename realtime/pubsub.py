@@ -38,7 +38,7 @@ from urllib.parse import parse_qs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from realtime.consumer import AsyncWebsocketConsumer, compact_json
+from realtime.consumer import AsyncWebsocketConsumer, compact_json, refuse_constant
 from realtime.http import AsyncHttpConsumer
 
 if TYPE_CHECKING:
@@ -387,11 +387,6 @@ def _dumps(document: Any) -> str:
         return compact_json(document, allow_nan=False)
     except ValueError as exc:
         raise TypeError(str(exc)) from None
-
-
-def refuse_constant(name: str) -> Any:
-    """``json.loads(..., parse_constant=)``: NaN and the infinities are not JSON."""
-    raise ValueError(f"{name} is not JSON")
 
 
 def from_bytes(data: bytes | bytearray | memoryview) -> Any:

@@ -305,7 +305,7 @@ class _Client:
                 timer.cancel()
         if status != 200:
             raise ProxyFailure(f"HTTP status {status}")
-        from realtime.pubsub import refuse_constant
+        from realtime.consumer import refuse_constant
 
         try:
             return json.loads(payload, parse_constant=refuse_constant)

@@ -43,7 +43,7 @@ import msgpack
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 
-from realtime.consumer import AsyncWebsocketConsumer, compact_json
+from realtime.consumer import AsyncWebsocketConsumer, compact_json, refuse_constant
 from realtime.exceptions import Refuse
 from realtime.http import AsyncHttpConsumer
 from realtime.layers.base import (
@@ -259,8 +259,9 @@ def decode_packet(text: str, strict: bool = True) -> Packet:
     data: Any = None
     if rest:
         try:
-            data = json.loads(rest)
+            data = json.loads(rest, parse_constant=refuse_constant)
         except (ValueError, RecursionError):
+            # (NaN and the infinities too: relayed, they would break the browsers they reach)
             raise _Malformed("invalid JSON (or nested too deeply)") from None
     if strict:
         _check_packet(kind, ack_id, data)

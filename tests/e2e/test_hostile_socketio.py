@@ -367,8 +367,9 @@ WS_TABLE: list[WsRow] = [
                                                               + "]"), 1002),
     answers("json-deep-400", "an array nested 400 deep (echoed)",
             T('421["echo",' + nested(400) + "]"), re.escape("431[" + nested(400) + "]")),
-    answers("json-nan", "NaN and Infinity (Python's json takes them; echoed as such)",
-            T('421["echo",NaN,-Infinity]'), re.escape("431[NaN,-Infinity]")),
+    closes("json-nan", "NaN (Python's json takes it, JavaScript's JSON.parse does not: "
+           "relayed, it would break every browser it reaches)", T('421["echo",NaN]'), 1002),
+    closes("json-infinity", "-Infinity (the same)", T('421["echo",-Infinity]'), 1002),
     answers("json-lone-surrogate", "a lone surrogate escaped in JSON (echoed escaped)",
             T('421["echo","\\ud800"]'), re.escape('431["\\ud800"]')),
     answers("json-unicode-name", "a non-ASCII event name (no handler: ignored)",
