@@ -207,6 +207,10 @@ def encode_packet(kind: int, namespace: str = "/", data: Any = None,
     return "".join(parts), attachments
 
 
+#: ``decode_packet``'s parser, built once (``json.loads`` with an option builds one a call).
+_JSON = json.JSONDecoder(parse_constant=refuse_constant)
+
+
 class Packet:
     """A decoded Socket.IO packet (attachments still to come when ``missing`` > 0)."""
 
@@ -259,7 +263,7 @@ def decode_packet(text: str, strict: bool = True) -> Packet:
     data: Any = None
     if rest:
         try:
-            data = json.loads(rest, parse_constant=refuse_constant)
+            data = _JSON.decode(rest)
         except (ValueError, RecursionError):
             # (NaN and the infinities too: relayed, they would break the browsers they reach)
             raise _Malformed("invalid JSON (or nested too deeply)") from None
