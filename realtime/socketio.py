@@ -190,27 +190,38 @@ def encode_packet(kind: int, namespace: str = "/", data: Any = None,
     ``JSON.parse`` refuses them)."""
     attachments: list[bytes] = []
     try:
-        if data is not None and kind in (EVENT, ACK):
-            data = _deconstruct(data, attachments)
-        payload = None if data is None else compact_json(data, allow_nan)
+        if data is None:
+            payload = None
+        elif kind != EVENT and kind != ACK:
+            payload = compact_json(data, allow_nan)
+        else:
+            try:
+                # Most data has no bytes: JSON as it is, no walk. Bytes (a TypeError for
+                # json) or any other error: the walk, whose outcome stands.
+                payload = compact_json(data, allow_nan)
+            except (TypeError, ValueError):
+                payload = compact_json(_deconstruct(data, attachments), allow_nan)
     except RecursionError:
         raise ValueError("data nested too deeply to send") from None
+    head = _HEADS[kind]
     if attachments:
-        kind = BINARY_EVENT if kind == EVENT else BINARY_ACK
-    parts = [_EIO_MESSAGE, str(kind)]
-    if attachments:
-        parts.append(f"{len(attachments)}-")
+        head = f"{_HEADS[BINARY_EVENT if kind == EVENT else BINARY_ACK]}{len(attachments)}-"
     if namespace != "/":
-        parts.append(namespace + ",")
+        head += namespace + ","
     if ack_id is not None:
-        parts.append(str(ack_id))
-    if payload is not None:
-        parts.append(payload)
-    return "".join(parts), attachments
+        head += str(ack_id)
+    return head if payload is None else head + payload, attachments
+
+
+#: An Engine.IO message's start for each Socket.IO packet type.
+_HEADS = tuple(f"{_EIO_MESSAGE}{kind}" for kind in range(7))
 
 
 #: ``decode_packet``'s parser, built once (``json.loads`` with an option builds one a call).
 _JSON = json.JSONDecoder(parse_constant=refuse_constant)
+#: ``decode_packet``'s common shape: ``2[...]`` or ``2<ack id>[...]`` (the generic path
+#: takes the rest, and says what is wrong with an ack id too long).
+_EVENT_HEAD = re.compile(rf"2([0-9]{{0,{_MAX_ACK_DIGITS}}})\[")
 
 
 class Packet:
@@ -231,6 +242,16 @@ class Packet:
 def decode_packet(text: str, strict: bool = True) -> Packet:
     """A Socket.IO packet (an Engine.IO message's payload); ``_Malformed`` if it is not
     one a client may send (not ``strict``: any packet, a server's too)."""
+    head = _EVENT_HEAD.match(text)
+    if head is not None:  # an EVENT to "/", with or without an ack id: most packets
+        try:
+            data: Any = _JSON.decode(text[head.end() - 1:])
+        except (ValueError, RecursionError):
+            raise _Malformed("invalid JSON (or nested too deeply)") from None
+        if strict:
+            _check_packet(EVENT, None, data)
+        digits = head.group(1)
+        return Packet(EVENT, "/", int(digits) if digits else None, data, 0)
     if not text or text[0] not in "0123456":
         raise _Malformed("unknown packet type")
     kind = int(text[0])
@@ -262,7 +283,7 @@ def decode_packet(text: str, strict: bool = True) -> Packet:
             raise _Malformed("ack id too long")
         ack_id = int(text[i:j])
     rest = text[j:]
-    data: Any = None
+    data = None
     if rest:
         try:
             data = _JSON.decode(rest)
@@ -2156,6 +2177,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         try:
             if self._polled_by is not None:  # queued (or dropped) with its attachments
                 self._polled_by.send_packet(text, attachments)
+            elif not attachments and type(text) is str:  # (most packets)
+                self._conn.send_text(text)
             else:
                 _send_frames(self._conn, text, attachments)
         except UnicodeEncodeError:
