@@ -391,6 +391,7 @@ def _transcode(text: str, attachments: Iterable[bytes]) -> bytes:
 
 # -- names -------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1024)  # (an emit to a room names its group every time)
 def _group(kind: str, namespace: str, room: str = "") -> str:
     """A layer group for ``namespace`` (kind "a": all its sockets) or one of its rooms
     (kind "r"); hashed when escaping makes it too long ("_h" never comes out of escape_name)."""
@@ -460,6 +461,18 @@ def _deliveries(text: str | bytes, attachments: list[bytes], namespace: str, tar
     ``broadcast``); and the channels to exclude: only the skipped sids of ``namespace``
     (a "/" sid leaves its /chat socket in). A packet with an ``offset`` (connection state
     recovery) is always an event: each member's socket keeps it, to replay."""
+    if skip_sid is None and offset is None and not isinstance(target, list | tuple | set):
+        # One target, nothing skipped (most emits): the same steps, fewer allocations.
+        if channel_of(target) is not None:  # a sid
+            if not _in_namespace(target, namespace):
+                return [], []
+            return [("sid", target, {"type": "sio.packet", "namespace": namespace,
+                                     "text": text, "binary": attachments, "sid": target})], []
+        group = namespace_group(namespace) if target is None else room_group(namespace, target)
+        with_binary: dict[str, Any] | None = {
+            "type": "sio.packet", "namespace": namespace, "text": text,
+            "binary": attachments} if attachments else None
+        return [("group", group, with_binary)], []
     skip = {skip_sid} if isinstance(skip_sid, str) else set(skip_sid or ())
     exclude = [channel for sid in skip if isinstance(sid, str)
                and _in_namespace(sid, namespace)
@@ -2231,7 +2244,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                 and len(text_data.encode()) > self._max_payload):
             self._refuse(CLOSE_TOO_BIG, "a message over maxPayload")
             return
-        if text_data is None and self._server.msgpack:  # each packet one binary message
+        if text_data is None and self._msgpack:  # each packet one binary message
             try:
                 packet = decode_msgpack_packet(bytes_data or b"")
             except _Malformed as exc:
@@ -2265,7 +2278,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             self._refuse(CLOSE_MALFORMED, "a text frame while attachments were awaited")
             return
         kind = text_data[:1]
-        if kind == _EIO_MESSAGE and self._server.msgpack:
+        if kind == _EIO_MESSAGE and self._msgpack:
             self._refuse(CLOSE_MALFORMED, "a text packet with the msgpack serializer")
         elif kind == _EIO_MESSAGE:
             try:
