@@ -35,6 +35,7 @@ import inspect
 import json
 import re
 import secrets
+import types
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
@@ -42,6 +43,7 @@ from typing import Any, ClassVar
 import msgpack
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from realtime.consumer import AsyncWebsocketConsumer, compact_json, refuse_constant
 from realtime.exceptions import Refuse
@@ -54,7 +56,7 @@ from realtime.layers.base import (
     let_out_for,
     skip_held,
 )
-from realtime.threads import as_deferred
+from realtime.threads import _Driven, as_deferred, asyncio_loop
 
 log = Logger(namespace="realtime.socketio")
 
@@ -188,23 +190,38 @@ def encode_packet(kind: int, namespace: str = "/", data: Any = None,
     ``JSON.parse`` refuses them)."""
     attachments: list[bytes] = []
     try:
-        if data is not None and kind in (EVENT, ACK):
-            data = _deconstruct(data, attachments)
-        payload = None if data is None else compact_json(data, allow_nan)
+        if data is None:
+            payload = None
+        elif kind != EVENT and kind != ACK:
+            payload = compact_json(data, allow_nan)
+        else:
+            try:
+                # Most data has no bytes: JSON as it is, no walk. Bytes (a TypeError for
+                # json) or any other error: the walk, whose outcome stands.
+                payload = compact_json(data, allow_nan)
+            except (TypeError, ValueError):
+                payload = compact_json(_deconstruct(data, attachments), allow_nan)
     except RecursionError:
         raise ValueError("data nested too deeply to send") from None
+    head = _HEADS[kind]
     if attachments:
-        kind = BINARY_EVENT if kind == EVENT else BINARY_ACK
-    parts = [_EIO_MESSAGE, str(kind)]
-    if attachments:
-        parts.append(f"{len(attachments)}-")
+        head = f"{_HEADS[BINARY_EVENT if kind == EVENT else BINARY_ACK]}{len(attachments)}-"
     if namespace != "/":
-        parts.append(namespace + ",")
+        head += namespace + ","
     if ack_id is not None:
-        parts.append(str(ack_id))
-    if payload is not None:
-        parts.append(payload)
-    return "".join(parts), attachments
+        head += str(ack_id)
+    return head if payload is None else head + payload, attachments
+
+
+#: An Engine.IO message's start for each Socket.IO packet type.
+_HEADS = tuple(f"{_EIO_MESSAGE}{kind}" for kind in range(7))
+
+
+#: ``decode_packet``'s parser, built once (``json.loads`` with an option builds one a call).
+_JSON = json.JSONDecoder(parse_constant=refuse_constant)
+#: ``decode_packet``'s common shape: ``2[...]`` or ``2<ack id>[...]`` (the generic path
+#: takes the rest, and says what is wrong with an ack id too long).
+_EVENT_HEAD = re.compile(rf"2([0-9]{{0,{_MAX_ACK_DIGITS}}})\[")
 
 
 class Packet:
@@ -225,6 +242,16 @@ class Packet:
 def decode_packet(text: str, strict: bool = True) -> Packet:
     """A Socket.IO packet (an Engine.IO message's payload); ``_Malformed`` if it is not
     one a client may send (not ``strict``: any packet, a server's too)."""
+    head = _EVENT_HEAD.match(text)
+    if head is not None:  # an EVENT to "/", with or without an ack id: most packets
+        try:
+            data: Any = _JSON.decode(text[head.end() - 1:])
+        except (ValueError, RecursionError):
+            raise _Malformed("invalid JSON (or nested too deeply)") from None
+        if strict:
+            _check_packet(EVENT, None, data)
+        digits = head.group(1)
+        return Packet(EVENT, "/", int(digits) if digits else None, data, 0)
     if not text or text[0] not in "0123456":
         raise _Malformed("unknown packet type")
     kind = int(text[0])
@@ -256,10 +283,10 @@ def decode_packet(text: str, strict: bool = True) -> Packet:
             raise _Malformed("ack id too long")
         ack_id = int(text[i:j])
     rest = text[j:]
-    data: Any = None
+    data = None
     if rest:
         try:
-            data = json.loads(rest, parse_constant=refuse_constant)
+            data = _JSON.decode(rest)
         except (ValueError, RecursionError):
             # (NaN and the infinities too: relayed, they would break the browsers they reach)
             raise _Malformed("invalid JSON (or nested too deeply)") from None
@@ -364,6 +391,7 @@ def _transcode(text: str, attachments: Iterable[bytes]) -> bytes:
 
 # -- names -------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1024)  # (an emit to a room names its group every time)
 def _group(kind: str, namespace: str, room: str = "") -> str:
     """A layer group for ``namespace`` (kind "a": all its sockets) or one of its rooms
     (kind "r"); hashed when escaping makes it too long ("_h" never comes out of escape_name)."""
@@ -433,6 +461,18 @@ def _deliveries(text: str | bytes, attachments: list[bytes], namespace: str, tar
     ``broadcast``); and the channels to exclude: only the skipped sids of ``namespace``
     (a "/" sid leaves its /chat socket in). A packet with an ``offset`` (connection state
     recovery) is always an event: each member's socket keeps it, to replay."""
+    if skip_sid is None and offset is None and not isinstance(target, list | tuple | set):
+        # One target, nothing skipped (most emits): the same steps, fewer allocations.
+        if channel_of(target) is not None:  # a sid
+            if not _in_namespace(target, namespace):
+                return [], []
+            return [("sid", target, {"type": "sio.packet", "namespace": namespace,
+                                     "text": text, "binary": attachments, "sid": target})], []
+        group = namespace_group(namespace) if target is None else room_group(namespace, target)
+        with_binary: dict[str, Any] | None = {
+            "type": "sio.packet", "namespace": namespace, "text": text,
+            "binary": attachments} if attachments else None
+        return [("group", group, with_binary)], []
     skip = {skip_sid} if isinstance(skip_sid, str) else set(skip_sid or ())
     exclude = [channel for sid in skip if isinstance(sid, str)
                and _in_namespace(sid, namespace)
@@ -486,6 +526,9 @@ def _close_room_event(group: str) -> dict[str, Any]:
 
 def _disconnect_event(sid: str, namespace: str) -> dict[str, Any]:
     return {"type": "sio.disconnect", "sid": sid, "namespace": namespace}
+
+
+_COROUTINE = types.CoroutineType
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -2045,16 +2088,39 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             self._refuse(CLOSE_CONNECT_TIMEOUT, "no namespace connected in time")
 
     # -- handler tasks -----------------------------------------------------------------------
-    def _spawn(self, work: Awaitable[Any], what: str) -> None:
-        """Run ``work`` as a task of this connection (``_bounded`` counts them)."""
-        def failed(failure: Any) -> None:
-            if not failure.check(CancelledError):
-                log.failure("socketio: {what} failed", failure, what=what)
-
+    def _spawn(self, work: Awaitable[Any], what: str, name: Any = None) -> None:
+        """Run ``work`` as a task of this connection (``_bounded`` counts them). ``what``
+        names it in the log (with ``name``, formatted only if it fails)."""
+        if type(work) is _COROUTINE and not asyncio_loop():
+            self._drive(_Driven(work), what, name)
+            return
         task: Deferred[Any] = Deferred.fromCoroutine(_maybe_await(work))
         if task.called:
-            task.addErrback(failed)
+            task.addErrback(self._task_failed, what, name)
             return
+        self._track(task, what, name)
+
+    def _drive(self, driven: _Driven, what: str, name: Any,
+               then: Callable[[Any], Any] | None = None) -> None:
+        """A coroutine's first step now, under Twisted's rules (as ``Deferred.fromCoroutine``
+        runs it, in a copy of the context): no Deferred for one that waits for nothing (an
+        ``async def`` handler that returns a value, the common case), else a task for the
+        rest. ``then`` gets its value."""
+        kind, value = driven.step(None, None)
+        if kind == "wait":
+            task = driven.wait(value)
+            if then is not None:
+                task.addCallback(then)
+            self._track(task, what, name)
+        elif kind == "raise":
+            self._task_failed(Failure(value), what, name)
+        elif then is not None:
+            try:
+                then(value)
+            except BaseException:
+                self._task_failed(Failure(), what, name)
+
+    def _track(self, task: Deferred[Any], what: str, name: Any) -> None:
         self._tasks.add(task)
 
         def done(result: Any) -> Any:
@@ -2066,7 +2132,12 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                 self._cancel_call = None
             return result
 
-        task.addBoth(done).addErrback(failed)
+        task.addBoth(done).addErrback(self._task_failed, what, name)
+
+    @staticmethod
+    def _task_failed(failure: Failure, what: str, name: Any) -> None:
+        if not failure.check(CancelledError):
+            log.failure("socketio: " + what + " failed", failure, name=name)
 
     def _wake(self) -> None:
         slot, self._slot = self._slot, None
@@ -2119,6 +2190,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         try:
             if self._polled_by is not None:  # queued (or dropped) with its attachments
                 self._polled_by.send_packet(text, attachments)
+            elif not attachments and type(text) is str:  # (most packets)
+                self._conn.send_text(text)
             else:
                 _send_frames(self._conn, text, attachments)
         except UnicodeEncodeError:
@@ -2171,14 +2244,13 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                 and len(text_data.encode()) > self._max_payload):
             self._refuse(CLOSE_TOO_BIG, "a message over maxPayload")
             return
-        if text_data is None and self._server.msgpack:  # each packet one binary message
+        if text_data is None and self._msgpack:  # each packet one binary message
             try:
                 packet = decode_msgpack_packet(bytes_data or b"")
             except _Malformed as exc:
                 self._refuse(CLOSE_MALFORMED, str(exc))
                 return
-            await self._dispatch(packet)
-            await self._bounded()
+            await self._handle(packet)
             return
         if text_data is None:
             pending = self._pending
@@ -2200,14 +2272,13 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             except RecursionError:
                 self._refuse(CLOSE_MALFORMED, "a packet nested too deeply")
                 return
-            await self._dispatch(pending)
-            await self._bounded()
+            await self._handle(pending)
             return
         if self._pending is not None:
             self._refuse(CLOSE_MALFORMED, "a text frame while attachments were awaited")
             return
         kind = text_data[:1]
-        if kind == _EIO_MESSAGE and self._server.msgpack:
+        if kind == _EIO_MESSAGE and self._msgpack:
             self._refuse(CLOSE_MALFORMED, "a text packet with the msgpack serializer")
         elif kind == _EIO_MESSAGE:
             try:
@@ -2218,8 +2289,11 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             if packet.missing:
                 self._pending = packet
                 return
-            await self._dispatch(packet)
-            await self._bounded()
+            work = self._dispatch(packet)
+            if work is not None:
+                await work
+            if len(self._tasks) >= self._conn.config.max_inflight:
+                await self._bounded()
         elif kind == _EIO_PONG and len(text_data) == 1:
             self._pong()
         elif kind == _EIO_PING and len(text_data) == 1:
@@ -2233,29 +2307,38 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             self._refuse(CLOSE_MALFORMED, "not an Engine.IO packet")
 
     # -- Socket.IO ---------------------------------------------------------------------------
-    async def _dispatch(self, packet: Packet) -> None:
-        if packet.kind == CONNECT:
-            await self._connect_namespace(packet.namespace, packet.data)
-            return
+    async def _handle(self, packet: Packet) -> None:
+        work = self._dispatch(packet)
+        if work is not None:
+            await work
+        await self._bounded()
+
+    def _dispatch(self, packet: Packet) -> Awaitable[None] | None:
+        """A packet's work: done here (an event's handler runs as a task of its own), or
+        the coroutine to await."""
+        kind = packet.kind
+        if kind == CONNECT:
+            return self._connect_namespace(packet.namespace, packet.data)
         socket = self._sockets.get(packet.namespace)
         if socket is None:
-            return  # not connected to that namespace: ignored, as python-socketio does
+            return None  # not connected to that namespace: ignored, as python-socketio does
         if socket.pending:  # its connect handler runs: only a DISCONNECT counts
-            if packet.kind == DISCONNECT:
-                await self._drop(socket)
-            return
-        if packet.kind == DISCONNECT:
-            await self._forget(socket, Reason.CLIENT_DISCONNECT)
-        elif packet.kind in (EVENT, BINARY_EVENT):
-            self._spawn(self._event(socket, packet), f"the {packet.data[0]!r} handler")
-        else:  # ACK, BINARY_ACK
-            assert packet.ack_id is not None
-            callback = socket.acks.pop(packet.ack_id, None)
-            if callback is not None:
-                try:
-                    await _maybe_await(callback(*packet.data))
-                except Exception:
-                    log.failure("socketio: an ack callback failed")
+            return self._drop(socket) if kind == DISCONNECT else None
+        if kind == EVENT or kind == BINARY_EVENT:
+            self._event(socket, packet)
+            return None
+        if kind == DISCONNECT:
+            return self._forget(socket, Reason.CLIENT_DISCONNECT)
+        return self._acked(socket, packet)  # ACK, BINARY_ACK
+
+    async def _acked(self, socket: _Socket, packet: Packet) -> None:
+        assert packet.ack_id is not None
+        callback = socket.acks.pop(packet.ack_id, None)
+        if callback is not None:
+            try:
+                await _maybe_await(callback(*packet.data))
+            except Exception:
+                log.failure("socketio: an ack callback failed")
 
     async def _connect_namespace(self, namespace: str, auth: Any) -> None:
         server = self._server
@@ -2316,15 +2399,36 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         if server._admin is not None:
             server._admin.connected(socket)
 
-    async def _event(self, socket: _Socket, packet: Packet) -> None:
-        server = self._server
-        if server._admin is not None:
-            server._admin.received(socket, packet.data)
-        handler, args = server._handler(packet.data[0], socket.namespace,
-                                        (socket.sid, *packet.data[1:]))
-        if handler is None:
-            return
-        result = await _maybe_await(handler(*args))
+    def _event(self, socket: _Socket, packet: Packet) -> None:
+        """An EVENT's handler, as a task of this connection; its value is the ack. An
+        ``async def`` handler is driven as it is (no coroutine around it), and its ack
+        sent at once when it waits for nothing."""
+        name = packet.data[0]
+        try:
+            server = self._server
+            if server._admin is not None:
+                server._admin.received(socket, packet.data)
+            handler, args = server._handler(name, socket.namespace,
+                                            (socket.sid, *packet.data[1:]))
+            if handler is None:
+                return
+            result = handler(*args)
+            if type(result) is _COROUTINE and not asyncio_loop():
+                self._drive(_Driven(result), "the {name!r} handler", name,
+                            functools.partial(self._answer, socket, packet))
+            elif inspect.isawaitable(result):
+                self._spawn(self._answer_later(socket, packet, result),
+                            "the {name!r} handler", name)
+            else:
+                self._answer(socket, packet, result)
+        except BaseException:
+            self._task_failed(Failure(), "the {name!r} handler", name)
+
+    async def _answer_later(self, socket: _Socket, packet: Packet, result: Any) -> None:
+        self._answer(socket, packet, await result)
+
+    def _answer(self, socket: _Socket, packet: Packet, result: Any) -> None:
+        """The ack of ``packet`` (if it asked for one) with the handler's ``result``."""
         if packet.ack_id is None or self._sockets.get(socket.namespace) is not socket:
             return  # (a reconnected namespace's new socket did not ask)
         data = [] if result is None else list(result) if isinstance(result, tuple) else [result]

@@ -240,6 +240,10 @@ def run_handler(value: Any) -> Deferred[Any] | None:
     return None
 
 
+#: Return values that are never awaitable (exactly these types; a subclass may be).
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, tuple, dict})
+
+
 class _Driven:
     """One coroutine driven by Twisted's rules (``inlineCallbacks``: a plain yielded value is
     sent back, a Deferred, coroutine or generator is waited for and its result sent in or
@@ -269,6 +273,8 @@ class _Driven:
                     throw = None
             except StopIteration as stop:
                 value = stop.value
+                if type(value) in _PLAIN:  # (no isawaitable's ABC check for the common values)
+                    return ("return", value)
                 if isinstance(value, Deferred) or (value is not None
                                                    and inspect.isawaitable(value)):
                     self.coro, send = resolve(value), None  # awaited here, as resolve() did

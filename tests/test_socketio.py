@@ -22,13 +22,14 @@ import pytest
 import pytest_twisted
 import socketio
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import formatEvent
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from realtime import socketio as rsio
 from realtime.client import PublishError
 from realtime.routing import URLRouter, path
-from tests.clients import in_thread, until
+from tests.clients import captured_log, in_thread, until
 
 WAIT = 5.0
 NODE_MODULES = Path(__file__).parent / ".node" / "node_modules"
@@ -855,6 +856,52 @@ async def test_a_lone_surrogate_in_an_ack_is_sent(live):
     assert await raw.recv() == '431["\\ud83d"]'
     await raw.send('422["echo","é"]')  # the rest of non-ASCII still goes as is
     assert await raw.recv() == '432["é"]'
+    await raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_kind_of_handler_is_acked(live):
+    """An event's ack whatever its handler: plain, ``async def`` that waits for nothing
+    (acked at once, no task) or that waits, one returning a Deferred, bytes in the value
+    (a BINARY_ACK); one that raises or returns what JSON cannot carry is logged by name,
+    no ack, and the connection goes on."""
+    sio = rsio.AsyncServer()
+    later: Deferred[str] = Deferred()
+
+    async def instant(sid, x):
+        return x, b"\x01"
+
+    async def waits(sid, x):
+        await sio.sleep(0.05)
+        return x
+
+    async def boom(sid):
+        raise RuntimeError("boom")
+
+    sio.on("plain", lambda sid, x: x)
+    sio.on("instant", instant)
+    sio.on("waits", waits)
+    sio.on("deferred", lambda sid: later)
+    sio.on("boom", boom)
+    sio.on("unsendable", lambda sid: object())
+    url = await start(live, sio)
+    raw = await _joined(url)
+    with captured_log() as events:
+        await raw.send('421["plain","a"]')
+        assert await raw.recv() == '431["a"]'
+        await raw.send('422["instant","b"]')
+        assert await raw.recv() == '461-2["b",{"_placeholder":true,"num":0}]'
+        assert await raw.recv() == b"\x01"
+        for text in ('423["waits","c"]', '424["deferred"]', '425["boom"]',
+                     '426["unsendable"]', '427["plain","d"]'):
+            await raw.send(text)
+        assert await raw.recv() == '437["d"]'
+        assert await raw.recv() == '433["c"]'
+        later.callback("e")
+        assert await raw.recv() == '434["e"]'
+    failed = [text for text in map(formatEvent, events) if "handler failed" in text]
+    assert failed == ["socketio: the 'boom' handler failed",
+                      "socketio: the 'unsendable' handler failed"]
     await raw.close()
 
 
