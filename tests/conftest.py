@@ -71,3 +71,27 @@ def pytest_ignore_collect(collection_path: Any, config: Any) -> bool | None:
     if collection_path.name == "asyncio_reactor" and config.getoption("reactor") != "asyncio":
         return True
     return None
+
+
+#: The test that runs the ``--reactor=asyncio`` subprocess (tests/test_asyncio_reactor.py).
+ASYNCIO_RUN_TEST = "test_the_asyncio_reactor_runs_asyncio_code_and_the_communicator_tests"
+
+
+def pytest_collection_finish(session: Any) -> None:
+    """When that test is selected among others, its subprocess starts now: the ~15 s it
+    takes pass beside the rest of the suite instead of after it (the test takes it up)."""
+    if session.config.option.collectonly or len(session.items) < 2:
+        return
+    if any(item.name == ASYNCIO_RUN_TEST for item in session.items):
+        from tests import test_asyncio_reactor
+
+        test_asyncio_reactor.early.append(test_asyncio_reactor.AsyncioRun())
+
+
+def pytest_sessionfinish(session: Any) -> None:
+    """A run the session never took up (interrupted, ``-x``) is stopped, by its PID."""
+    import sys
+
+    module = sys.modules.get("tests.test_asyncio_reactor")
+    for run in getattr(module, "early", []):
+        run.stop()
