@@ -9,6 +9,8 @@ import pytest
 
 from tests.redis_support import (  # noqa: F401 (fixtures)
     cluster_layer,
+    cluster_spares,
+    own_cluster,
     redis_cluster,
     redis_layer,
     redis_server,
