@@ -3,6 +3,7 @@ the reactor chosen with --reactor, default or asyncio, after this file is import
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -75,25 +76,26 @@ def pytest_ignore_collect(collection_path: Any, config: Any) -> bool | None:
     return None
 
 
-#: The test that runs the ``--reactor=asyncio`` subprocess (tests/test_asyncio_reactor.py).
-ASYNCIO_RUN_TEST = "test_the_asyncio_reactor_runs_asyncio_code_and_the_communicator_tests"
-
-
 def pytest_collection_finish(session: Any) -> None:
-    """When that test is selected among others, its subprocess starts now: the ~15 s it
-    takes pass beside the rest of the suite instead of after it (the test takes it up)."""
+    """The long subprocess runs of the selected tests start now (tests/early.py), when
+    those tests are not all there is: the --reactor=asyncio run, the benchmarks' smoke
+    runs."""
     if session.config.option.collectonly or len(session.items) < 2:
         return
-    if any(item.name == ASYNCIO_RUN_TEST for item in session.items):
-        from tests import test_asyncio_reactor
+    from tests import early
 
-        test_asyncio_reactor.early.append(test_asyncio_reactor.AsyncioRun())
+    names = {item.name for item in session.items}
+    if "test_the_asyncio_reactor_runs_asyncio_code_and_the_communicator_tests" in names:
+        from tests.test_asyncio_reactor import asyncio_run
+
+        early.start("asyncio", asyncio_run)
+    bench = sys.modules.get("tests.test_benchmarks")  # (when collected)
+    if bench is not None:
+        bench.start_early(session.items)
 
 
 def pytest_sessionfinish(session: Any) -> None:
-    """A run the session never took up (interrupted, ``-x``) is stopped, by its PID."""
-    import sys
+    """A run no test took up (interrupted, ``-x``) is stopped, by its PID."""
+    from tests import early
 
-    module = sys.modules.get("tests.test_asyncio_reactor")
-    for run in getattr(module, "early", []):
-        run.stop()
+    early.stop_all()

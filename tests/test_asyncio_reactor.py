@@ -8,7 +8,6 @@ import asyncio
 import contextvars
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from websockets.sync.client import connect
 
 from realtime import AsyncWebsocketConsumer, URLRouter, path
 from realtime.testing import WebsocketCommunicator
+from tests import early
 from tests.clients import captured_log, in_thread
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,68 +32,25 @@ UNDER_ASYNCIO = [
 ]
 
 
-#: A whole run is bounded by this (seconds from its start).
-RUN_TIMEOUT = 300.0
-
-
-class AsyncioRun:
-    """The ``--reactor=asyncio`` pytest subprocess over ``UNDER_ASYNCIO``. It is started
-    when the session's collection ends (``tests/conftest.py``), so its ~15 s run beside the
-    rest of the suite and the test below mostly just reads its result; its output goes to
-    files (nobody reads a pipe meanwhile)."""
-
-    def __init__(self) -> None:
-        import tempfile
-        import time
-
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
-        self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-        self.deadline = time.monotonic() + RUN_TIMEOUT
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pytest", *UNDER_ASYNCIO, "--reactor=asyncio",
-             "-q", "-p", "no:cacheprovider", "-p", "no:randomly"],
-            cwd=REPO, env=env, stdout=self.out, stderr=self.err, text=True,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def result(self) -> tuple[int, str, str]:
-        """Wait (until the deadline) for the run; its exit status, stdout and stderr."""
-        import time
-
-        try:
-            self.proc.wait(timeout=max(0.0, self.deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            self.stop()
-            raise
-        texts = []
-        for file in (self.out, self.err):
-            file.seek(0)
-            texts.append(file.read())
-            file.close()
-        return self.proc.returncode, texts[0], texts[1]
-
-    def stop(self) -> None:
-        """End the run (by its PID) if it is still going: the session ended first."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-#: The run started early by tests/conftest.py, if it was (taken by the test).
-early: list[AsyncioRun] = []
+def asyncio_run() -> early.Run:
+    """The ``--reactor=asyncio`` pytest subprocess over ``UNDER_ASYNCIO`` (about 15 s),
+    started by the session when its collection ends (tests/early.py)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
+    return early.Run([sys.executable, "-m", "pytest", *UNDER_ASYNCIO, "--reactor=asyncio",
+                      "-q", "-p", "no:cacheprovider", "-p", "no:randomly"],
+                     timeout=300, cwd=REPO, env=env)
 
 
 def test_the_asyncio_reactor_runs_asyncio_code_and_the_communicator_tests():
-    run = early.pop() if early else AsyncioRun()
-    returncode, stdout, stderr = run.result()
-    output = stdout + stderr
-    assert returncode == 0, output[-6000:]
+    done = early.take("asyncio", asyncio_run).result()
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-6000:]
     tests = sum(len(re.findall(r"^(?:async )?def test_", (REPO / name).read_text(), re.M))
                 for name in UNDER_ASYNCIO)
-    passed = re.search(r"(\d+) passed", stdout)
+    passed = re.search(r"(\d+) passed", done.stdout)
     # Parametrised tests count more than once: at least one run per test function.
     assert passed and int(passed.group(1)) >= tests, output[-6000:]
-    assert "failed" not in stdout and "skipped" not in stdout, output[-6000:]
+    assert "failed" not in done.stdout and "skipped" not in done.stdout, output[-6000:]
 
 
 class Sleeper(AsyncWebsocketConsumer):

@@ -1,0 +1,81 @@
+"""Long subprocess runs that the session starts when its collection ends (tests/conftest.py:
+``pytest_collection_finish``), so the seconds they spend (mostly waiting: servers starting,
+paced load, virtualenvs) pass beside the rest of the suite. The test that needs one takes it
+up with ``take``, which starts it then if the session did not (the test run alone).
+
+Output goes to files (nobody reads a pipe meanwhile); a run the session never took up is
+stopped by its PID when the session finishes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+
+class Run:
+    """One command started now, bounded by ``timeout`` seconds from its start. ``nice``:
+    a lower CPU priority, for a run whose results depend on no timing (the benchmarks'
+    smoke runs), so the tests running meanwhile keep the cores they had."""
+
+    def __init__(self, argv: Sequence[str], timeout: float, cwd: str | Path,
+                 env: Mapping[str, str] | None = None, nice: int = 0) -> None:
+        self.args = list(argv)
+        self.deadline = time.monotonic() + timeout
+        self._out = tempfile.TemporaryFile("w+")
+        self._err = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(
+            self.args, cwd=str(cwd), env=dict(env) if env is not None else None,
+            stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL, text=True,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
+        )
+
+    def result(self) -> subprocess.CompletedProcess[str]:
+        """Wait (until the deadline) for the run: its exit status, stdout and stderr.
+        ``subprocess.TimeoutExpired`` (the run killed) past the deadline."""
+        try:
+            self.proc.wait(timeout=max(0.0, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        texts = []
+        for file in (self._out, self._err):
+            file.seek(0)
+            texts.append(file.read())
+            file.close()
+        return subprocess.CompletedProcess(self.args, self.proc.returncode, *texts)
+
+    def stop(self) -> None:
+        """End the run (this process only, by its PID) if it is still going."""
+        if self.proc.poll() is None:
+            self.proc.terminate()  # (run.py stops its servers on SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+#: The runs started by the session, by name, until a test takes them up.
+started: dict[str, Run] = {}
+
+
+def start(name: str, make: Callable[[], Run]) -> None:
+    """Start the run ``name`` now (tests/conftest.py, when collection ends)."""
+    if name not in started:
+        started[name] = make()
+
+
+def take(name: str, make: Callable[[], Run]) -> Run:
+    """The run ``name`` the session started, or one started now."""
+    run = started.pop(name, None)
+    return run if run is not None else make()
+
+
+def stop_all() -> None:
+    """Stop the runs no test took up (the session was interrupted, ``-x``, deselected)."""
+    while started:
+        started.popitem()[1].stop()
