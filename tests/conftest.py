@@ -3,7 +3,7 @@ the reactor chosen with --reactor, default or asyncio, after this file is import
 
 from __future__ import annotations
 
-import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,22 +76,39 @@ def pytest_ignore_collect(collection_path: Any, config: Any) -> bool | None:
     return None
 
 
-def pytest_collection_finish(session: Any) -> None:
-    """The long subprocess runs of the selected tests start now (tests/early.py), when
-    those tests are not all there is: the --reactor=asyncio run, the benchmarks' smoke
-    runs."""
-    if session.config.option.collectonly or len(session.items) < 2:
+def _early_run(item: Any) -> Any:
+    """``(name, make)`` of the long run (tests/early.py) this test takes up, if any: its
+    module's ``early_run_of(item)`` says."""
+    finder = getattr(getattr(item, "module", None), "early_run_of", None)
+    return finder(item) if finder is not None else None
+
+
+#: The runs the selected tests take up, in their order; started at the first test outside
+#: tests/e2e/ (whose tests keep both cores busy with browsers and servers of their own).
+_early_runs: list[Any] = []
+
+
+def pytest_collection_modifyitems(session: Any, config: Any, items: list[Any]) -> None:
+    """The tests that take up a long run (tests/early.py) go last, so that it runs beside
+    the others first; their order among themselves is kept."""
+    if config.option.collectonly or len(items) < 2:
         return
-    from tests import early
+    takers = [item for item in items if _early_run(item) is not None]
+    if takers:
+        items[:] = [item for item in items if _early_run(item) is None] + takers
+        for item in takers:
+            run = _early_run(item)
+            if run[0] not in (name for name, _ in _early_runs):
+                _early_runs.append(run)
 
-    names = {item.name for item in session.items}
-    if "test_the_asyncio_reactor_runs_asyncio_code_and_the_communicator_tests" in names:
-        from tests.test_asyncio_reactor import asyncio_run
 
-        early.start("asyncio", asyncio_run)
-    bench = sys.modules.get("tests.test_benchmarks")  # (when collected)
-    if bench is not None:
-        bench.start_early(session.items)
+def pytest_runtest_setup(item: Any) -> None:
+    """At the first test outside tests/e2e/, the long runs start, one at a time."""
+    if _early_runs and "e2e" not in item.path.relative_to(Path(__file__).parent).parts:
+        from tests import early
+
+        early.start_in_turn(_early_runs)
+        _early_runs.clear()
 
 
 def pytest_sessionfinish(session: Any) -> None:

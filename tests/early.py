@@ -1,7 +1,9 @@
-"""Long subprocess runs that the session starts when its collection ends (tests/conftest.py:
-``pytest_collection_finish``), so the seconds they spend (mostly waiting: servers starting,
-paced load, virtualenvs) pass beside the rest of the suite. The test that needs one takes it
-up with ``take``, which starts it then if the session did not (the test run alone).
+"""Long subprocess runs that the session starts ahead of the tests that need them, one at a
+time, so the seconds they spend (mostly waiting: servers starting, paced load, virtualenvs)
+pass beside the rest of the suite (tests/conftest.py: when the first test outside tests/e2e/
+starts, since the end-to-end tests keep both cores busy with their own processes; those
+tests run last). The test that needs one takes it up with ``take``, which starts it then if
+the session did not (the test run alone).
 
 Output goes to files (nobody reads a pipe meanwhile); a run the session never took up is
 stopped by its PID when the session finishes."""
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -61,21 +64,63 @@ class Run:
 
 #: The runs started by the session, by name, until a test takes them up.
 started: dict[str, Run] = {}
+#: The runs waiting for their turn (``start_in_turn``), by name: set when started.
+_turns: dict[str, threading.Event] = {}
+_lock = threading.Lock()
+_stopping = threading.Event()
 
 
-def start(name: str, make: Callable[[], Run]) -> None:
-    """Start the run ``name`` now (tests/conftest.py, when collection ends)."""
-    if name not in started:
-        started[name] = make()
+def start_in_turn(runs: Sequence[tuple[str, Callable[[], Run]]]) -> None:
+    """Start ``runs`` one after the other, each when the one before has ended (or passed
+    its deadline), in a thread: one run at a time beside the suite, not all at once."""
+    runs = [(name, make) for name, make in runs if name not in started and name not in _turns]
+    for name, _make in runs:
+        _turns[name] = threading.Event()
+
+    def turns() -> None:
+        for name, make in runs:
+            run = None
+            try:
+                if not _stopping.is_set():
+                    run = make()
+            except Exception:  # the test's own take() starts it again, and fails there
+                pass
+            finally:
+                with _lock:
+                    late = _stopping.is_set()  # (stop_all() came while it started)
+                    if run is not None and not late:
+                        started[name] = run
+                    _turns[name].set()
+            if run is not None and late:
+                run.stop()
+                return
+            if run is not None:
+                try:
+                    run.proc.wait(timeout=max(0.0, run.deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:  # the test that takes it up kills it
+                    pass
+
+    threading.Thread(target=turns, name="early-runs", daemon=True).start()
 
 
 def take(name: str, make: Callable[[], Run]) -> Run:
-    """The run ``name`` the session started, or one started now."""
-    run = started.pop(name, None)
+    """The run ``name`` the session started (waiting for its turn if need be), or one
+    started now."""
+    turn = _turns.get(name)
+    if turn is not None:
+        turn.wait(900)
+    with _lock:
+        _turns.pop(name, None)
+        run = started.pop(name, None)
     return run if run is not None else make()
 
 
 def stop_all() -> None:
-    """Stop the runs no test took up (the session was interrupted, ``-x``, deselected)."""
-    while started:
-        started.popitem()[1].stop()
+    """Stop the runs no test took up (the session was interrupted, ``-x``, deselected),
+    and start no more."""
+    _stopping.set()
+    with _lock:
+        runs = list(started.values())
+        started.clear()
+    for run in runs:
+        run.stop()

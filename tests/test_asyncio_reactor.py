@@ -34,11 +34,18 @@ UNDER_ASYNCIO = [
 
 def asyncio_run() -> early.Run:
     """The ``--reactor=asyncio`` pytest subprocess over ``UNDER_ASYNCIO`` (about 15 s),
-    started by the session when its collection ends (tests/early.py)."""
+    started by the session ahead of the test (tests/early.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
     return early.Run([sys.executable, "-m", "pytest", *UNDER_ASYNCIO, "--reactor=asyncio",
                       "-q", "-p", "no:cacheprovider", "-p", "no:randomly"],
                      timeout=300, cwd=REPO, env=env)
+
+
+def early_run_of(item: Any) -> tuple[str, Any] | None:
+    """The test below takes up the asyncio run (tests/early.py, tests/conftest.py)."""
+    if item.name == "test_the_asyncio_reactor_runs_asyncio_code_and_the_communicator_tests":
+        return "asyncio", asyncio_run
+    return None
 
 
 def test_the_asyncio_reactor_runs_asyncio_code_and_the_communicator_tests():

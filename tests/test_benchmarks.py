@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -264,7 +265,7 @@ def test_http_client_frames_content_length_and_chunked_responses():
 
 
 def django_run() -> early.Run:
-    """``benchmarks/django_http.py --quick``, in the background from the session's start
+    """``benchmarks/django_http.py --quick``, started by the session ahead of its test
     (tests/early.py): its virtualenvs (built on a first run) and paced runs take most of a
     minute, which no result of it depends on."""
     return early.Run([sys.executable, str(BENCH / "django_http.py"), "--quick", "--no-pin",
@@ -321,7 +322,7 @@ needs_picows = pytest.mark.skipif(NO_PICOWS, reason="the load client needs picow
 
 
 def smoke_run() -> early.Run:
-    """The smoke run's process, in the background from the session's start (tests/early.py):
+    """The smoke run's process, started by the session ahead of its tests (tests/early.py):
     it runs beside the rest of the suite (at a lower priority), whose results no more than
     its own depend on timing. ``smoke`` waits for it."""
     return early.Run([sys.executable, str(BENCH / "run.py"), "--quick", "--no-venvs",
@@ -330,15 +331,14 @@ def smoke_run() -> early.Run:
                      nice=10)
 
 
-def start_early(items: list[pytest.Item]) -> None:
-    """Start the smoke and Django runs when a test selected needs them (tests/conftest.py
-    calls this when the session's collection ends)."""
-    here = [item for item in items if getattr(item, "module", None) is sys.modules[__name__]]
-    if not NO_PICOWS and any("smoke" in item.fixturenames for item in here):
-        early.start("smoke", smoke_run)
-    if any(item.name == "test_django_http_quick_run_every_server_answers_without_errors"
-           for item in here):
-        early.start("django", django_run)
+def early_run_of(item: pytest.Item) -> tuple[str, Any] | None:
+    """The smoke and Django runs, started by the session ahead of the tests that take them
+    up (tests/early.py, tests/conftest.py)."""
+    if not NO_PICOWS and "smoke" in item.fixturenames:
+        return "smoke", smoke_run
+    if item.name == "test_django_http_quick_run_every_server_answers_without_errors":
+        return "django", django_run
+    return None
 
 
 @pytest.fixture(scope="module")
