@@ -88,11 +88,23 @@ def _early_run(item: Any) -> Any:
 _early_runs: list[Any] = []
 
 
+def _uses_the_session_cluster(item: Any) -> bool:
+    """The test takes ``redis_cluster``, or ``layer`` of the cluster kind (which takes it)."""
+    callspec = getattr(item, "callspec", None)
+    return ("redis_cluster" in getattr(item, "fixturenames", ())
+            or (callspec is not None and callspec.params.get("layer") == "cluster"))
+
+
 def pytest_collection_modifyitems(session: Any, config: Any, items: list[Any]) -> None:
     """The tests that take up a long run (tests/early.py) go last, so that it runs beside
-    the others first; their order among themselves is kept."""
+    the others first; their order among themselves is kept. The session's Redis Cluster
+    (``redis_cluster``), if a test uses it, starts coming up now."""
     if config.option.collectonly or len(items) < 2:
         return
+    if any(_uses_the_session_cluster(item) for item in items):
+        from tests.redis_support import start_session_cluster
+
+        start_session_cluster()
     takers = [item for item in items if _early_run(item) is not None]
     if takers:
         items[:] = [item for item in items if _early_run(item) is None] + takers
@@ -114,5 +126,7 @@ def pytest_runtest_setup(item: Any) -> None:
 def pytest_sessionfinish(session: Any) -> None:
     """A run no test took up (interrupted, ``-x``) is stopped, by its PID."""
     from tests import early
+    from tests.redis_support import stop_session_cluster
 
     early.stop_all()
+    stop_session_cluster()

@@ -509,11 +509,35 @@ def own_cluster(request: Any, cluster_spares: ClusterSpares) -> Iterator[RedisCl
         cluster.close()
 
 
+#: The session's cluster, started in a thread when collection ends (``start_session_cluster``).
+_session_cluster: list[Any] = []
+
+
+def start_session_cluster() -> None:
+    """Start the ``redis_cluster`` fixture's cluster now, in a thread (tests/conftest.py,
+    when a selected test uses it): its 2 s wait to be writable passes beside the tests."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not _session_cluster:
+        threads = ThreadPoolExecutor(1, thread_name_prefix="session-cluster")
+        _session_cluster.append(threads.submit(RedisCluster))
+        threads.shutdown(wait=False)
+
+
+def stop_session_cluster() -> None:
+    """Stop that cluster if no test took it (the session was interrupted)."""
+    while _session_cluster:
+        try:
+            _session_cluster.pop().result(timeout=60).close()
+        except BaseException:  # it never came up (RedisCluster closed its nodes itself)
+            pass
+
+
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisCluster]:
     """A three-node Redis Cluster shared by the session's tests (tests that move slots or
     stop nodes make their own)."""
-    cluster = RedisCluster()
+    cluster = _session_cluster.pop().result(timeout=60) if _session_cluster else RedisCluster()
     try:
         yield cluster
     finally:
