@@ -3,12 +3,15 @@ the reactor chosen with --reactor, default or asyncio, after this file is import
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.redis_support import (  # noqa: F401 (fixtures)
     cluster_layer,
+    cluster_spares,
+    own_cluster,
     redis_cluster,
     redis_layer,
     redis_server,
@@ -71,3 +74,59 @@ def pytest_ignore_collect(collection_path: Any, config: Any) -> bool | None:
     if collection_path.name == "asyncio_reactor" and config.getoption("reactor") != "asyncio":
         return True
     return None
+
+
+def _early_run(item: Any) -> Any:
+    """``(name, make)`` of the long run (tests/early.py) this test takes up, if any: its
+    module's ``early_run_of(item)`` says."""
+    finder = getattr(getattr(item, "module", None), "early_run_of", None)
+    return finder(item) if finder is not None else None
+
+
+#: The runs the selected tests take up, in their order; started at the first test outside
+#: tests/e2e/ (whose tests keep both cores busy with browsers and servers of their own).
+_early_runs: list[Any] = []
+
+
+def _uses_the_session_cluster(item: Any) -> bool:
+    """The test takes ``redis_cluster``, or ``layer`` of the cluster kind (which takes it)."""
+    callspec = getattr(item, "callspec", None)
+    return ("redis_cluster" in getattr(item, "fixturenames", ())
+            or (callspec is not None and callspec.params.get("layer") == "cluster"))
+
+
+def pytest_collection_modifyitems(session: Any, config: Any, items: list[Any]) -> None:
+    """The tests that take up a long run (tests/early.py) go last, so that it runs beside
+    the others first; their order among themselves is kept. The session's Redis Cluster
+    (``redis_cluster``), if a test uses it, starts coming up now."""
+    if config.option.collectonly or len(items) < 2:
+        return
+    if any(_uses_the_session_cluster(item) for item in items):
+        from tests.redis_support import start_session_cluster
+
+        start_session_cluster()
+    takers = [item for item in items if _early_run(item) is not None]
+    if takers:
+        items[:] = [item for item in items if _early_run(item) is None] + takers
+        for item in takers:
+            run = _early_run(item)
+            if run[0] not in (name for name, _ in _early_runs):
+                _early_runs.append(run)
+
+
+def pytest_runtest_setup(item: Any) -> None:
+    """At the first test outside tests/e2e/, the long runs start, one at a time."""
+    if _early_runs and "e2e" not in item.path.relative_to(Path(__file__).parent).parts:
+        from tests import early
+
+        early.start_in_turn(_early_runs)
+        _early_runs.clear()
+
+
+def pytest_sessionfinish(session: Any) -> None:
+    """A run no test took up (interrupted, ``-x``) is stopped, by its PID."""
+    from tests import early
+    from tests.redis_support import stop_session_cluster
+
+    early.stop_all()
+    stop_session_cluster()

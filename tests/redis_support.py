@@ -439,11 +439,105 @@ class RedisCluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class ClusterSpares:
+    """The clusters a module's ``own_cluster`` tests will take, started ahead of them in
+    threads, ``AHEAD`` at a time (a new one each time a test takes its own): a fresh
+    cluster spends about 2 s waiting to be writable (Redis's ``CLUSTER_WRITABLE_DELAY``
+    after a master starts), which then passes while earlier tests run. Each test still
+    gets a cluster of its own that nobody else used."""
+
+    AHEAD = 3
+
+    def __init__(self, plan: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self._plan = list(plan)  # (the test's node id, RedisCluster's options), in order
+        self._started: dict[str, Future[RedisCluster]] = {}
+        self._threads = ThreadPoolExecutor(self.AHEAD, thread_name_prefix="cluster-spare")
+        self._start_more()
+
+    def _start_more(self) -> None:
+        while self._plan and len(self._started) < self.AHEAD:
+            nodeid, options = self._plan.pop(0)
+            self._started[nodeid] = self._threads.submit(RedisCluster, **options)
+
+    def take(self, nodeid: str, options: dict[str, Any]) -> RedisCluster:
+        """The cluster started for this test (or one started now, if none was)."""
+        future = self._started.pop(nodeid, None)
+        self._plan = [(n, o) for n, o in self._plan if n != nodeid]
+        self._start_more()
+        if future is None:
+            return RedisCluster(**options)
+        return future.result(timeout=60)
+
+    def close(self) -> None:
+        """Stop those no test took (a test deselected after the plan, or failed first)."""
+        self._plan = []
+        for future in self._started.values():
+            try:
+                future.result(timeout=60).close()
+            except Exception:  # it never came up: RedisCluster closed its nodes itself
+                pass
+        self._started.clear()
+        self._threads.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster_spares(request: Any) -> Iterator[ClusterSpares]:
+    """``ClusterSpares`` for the module's tests marked ``own_cluster``, in their order; use
+    it from the module's first test (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    plan = [(item.nodeid, dict(marker.kwargs)) for item in request.session.items
+            if item.module is request.module
+            and (marker := item.get_closest_marker("own_cluster")) is not None]
+    spares = ClusterSpares(plan)
+    try:
+        yield spares
+    finally:
+        spares.close()
+
+
+@pytest.fixture
+def own_cluster(request: Any, cluster_spares: ClusterSpares) -> Iterator[RedisCluster]:
+    """A Redis Cluster of the test's own, ``RedisCluster(**options)`` with the options of
+    the test's ``@pytest.mark.own_cluster(...)`` (tests that move slots, stop nodes or need
+    TLS or a password), started ahead by ``cluster_spares``; closed after the test."""
+    marker = request.node.get_closest_marker("own_cluster")
+    cluster = cluster_spares.take(request.node.nodeid, dict(marker.kwargs) if marker else {})
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+#: The session's cluster, started in a thread when collection ends (``start_session_cluster``).
+_session_cluster: list[Any] = []
+
+
+def start_session_cluster() -> None:
+    """Start the ``redis_cluster`` fixture's cluster now, in a thread (tests/conftest.py,
+    when a selected test uses it): its 2 s wait to be writable passes beside the tests."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not _session_cluster:
+        threads = ThreadPoolExecutor(1, thread_name_prefix="session-cluster")
+        _session_cluster.append(threads.submit(RedisCluster))
+        threads.shutdown(wait=False)
+
+
+def stop_session_cluster() -> None:
+    """Stop that cluster if no test took it (the session was interrupted)."""
+    while _session_cluster:
+        try:
+            _session_cluster.pop().result(timeout=60).close()
+        except BaseException:  # it never came up (RedisCluster closed its nodes itself)
+            pass
+
+
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisCluster]:
     """A three-node Redis Cluster shared by the session's tests (tests that move slots or
     stop nodes make their own)."""
-    cluster = RedisCluster()
+    cluster = _session_cluster.pop().result(timeout=60) if _session_cluster else RedisCluster()
     try:
         yield cluster
     finally:

@@ -8,7 +8,6 @@ import asyncio
 import contextvars
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from websockets.sync.client import connect
 
 from realtime import AsyncWebsocketConsumer, URLRouter, path
 from realtime.testing import WebsocketCommunicator
+from tests import early
 from tests.clients import captured_log, in_thread
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,14 +32,24 @@ UNDER_ASYNCIO = [
 ]
 
 
-def test_the_asyncio_reactor_runs_asyncio_code_and_the_communicator_tests():
+def asyncio_run() -> early.Run:
+    """The ``--reactor=asyncio`` pytest subprocess over ``UNDER_ASYNCIO`` (about 15 s),
+    started by the session ahead of the test (tests/early.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", *UNDER_ASYNCIO, "--reactor=asyncio",
-         "-q", "-p", "no:cacheprovider", "-p", "no:randomly"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+    return early.Run([sys.executable, "-m", "pytest", *UNDER_ASYNCIO, "--reactor=asyncio",
+                      "-q", "-p", "no:cacheprovider", "-p", "no:randomly"],
+                     timeout=300, cwd=REPO, env=env)
+
+
+def early_run_of(item: Any) -> tuple[str, Any] | None:
+    """The test below takes up the asyncio run (tests/early.py, tests/conftest.py)."""
+    if item.name == "test_the_asyncio_reactor_runs_asyncio_code_and_the_communicator_tests":
+        return "asyncio", asyncio_run
+    return None
+
+
+def test_the_asyncio_reactor_runs_asyncio_code_and_the_communicator_tests():
+    done = early.take("asyncio", asyncio_run).result()
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
     tests = sum(len(re.findall(r"^(?:async )?def test_", (REPO / name).read_text(), re.M))

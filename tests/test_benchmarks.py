@@ -16,13 +16,20 @@ import math
 import os
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests import early
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
+#: Where the background runs write (removed when the session's interpreter exits).
+_OUT = tempfile.TemporaryDirectory(prefix="realtime-bench-")
+SMOKE_OUT = Path(_OUT.name, "smoke")
+DJANGO_OUT = Path(_OUT.name, "django")
 sys.path.insert(0, str(BENCH))
 
 import benchlib  # noqa: E402
@@ -257,19 +264,23 @@ def test_http_client_frames_content_length_and_chunked_responses():
             parse_response(bad)
 
 
+def django_run() -> early.Run:
+    """``benchmarks/django_http.py --quick``, started by the session ahead of its test
+    (tests/early.py): its virtualenvs (built on a first run) and paced runs take most of a
+    minute, which no result of it depends on."""
+    return early.Run([sys.executable, str(BENCH / "django_http.py"), "--quick", "--no-pin",
+                      "--out", str(DJANGO_OUT)], timeout=900, cwd=ROOT, nice=10)
+
+
 @pytest.mark.slow
-def test_django_http_quick_run_every_server_answers_without_errors(tmp_path):
+def test_django_http_quick_run_every_server_answers_without_errors():
     """``benchmarks/django_http.py --quick`` (1 pass, 1 s, 5 connections), the virtualenvs
     of run.py (created on the first run, hence the longer limit): every server served both
     views with no error, and the table has ours' ratio columns. No timing is asserted."""
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "django_http.py"), "--quick", "--no-pin",
-         "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=900, cwd=str(ROOT),
-    )
+    proc = early.take("django", django_run).result()
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line)
-            for line in (tmp_path / "django-http-latest.jsonl").read_text().splitlines()]
+            for line in (DJANGO_OUT / "django-http-latest.jsonl").read_text().splitlines()]
     assert {(r["server"], r["scenario"]) for r in rows} == {
         (s, sc) for s in ("ours", "daphne", "uvicorn") for sc in ("django-sync", "django-async")}
     for row in rows:
@@ -278,7 +289,7 @@ def test_django_http_quick_run_every_server_answers_without_errors(tmp_path):
         assert row["http_errors"] == 0, row
         assert row["requests_per_s"] > 0 and row["connected"] == 5
         assert row["body_bytes"] == 100  # the views' JSON, whole
-    text = (tmp_path / "django-http-latest.md").read_text()
+    text = (DJANGO_OUT / "django-http-latest.md").read_text()
     assert text in proc.stdout
     assert ("| scenario | metric | ours (asyncio reactor) | Daphne+Channels | uvicorn httptools "
             "| ours (asyncio reactor) vs Daphne+Channels | ours (asyncio reactor) vs uvicorn "
@@ -310,52 +321,33 @@ NO_PICOWS = importlib.util.find_spec("picows") is None and not UNDER_CI
 needs_picows = pytest.mark.skipif(NO_PICOWS, reason="the load client needs picows (the test extra)")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def smoke_started(request, tmp_path_factory):
-    """The smoke run's process, started when the module starts (when any test selected uses
-    ``smoke``): it runs beside the module's other benchmark runs above (Django over HTTP,
-    ...), whose results no more than its own depend on timing. ``smoke`` waits for it.
-    These tests are last in the module for that reason."""
-    here = request.module.__name__
-    if NO_PICOWS or not any(item.module.__name__ == here and "smoke" in item.fixturenames
-                            for item in request.session.items):
-        yield None
-        return
-    out = tmp_path_factory.mktemp("bench")
-    logs = tmp_path_factory.mktemp("bench-output")  # files, not pipes: nobody reads meanwhile
-    deadline = time.monotonic() + 240
-    with open(logs / "stdout", "w+") as stdout, open(logs / "stderr", "w+") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, str(BENCH / "run.py"), "--quick", "--no-venvs", "--no-pin",
-             "--no-chart", "--servers", "ours,autobahn,sendloop", "--passes", "1",
-             "--out", str(out)],
-            stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, text=True, cwd=str(ROOT),
-        )
-        try:
-            yield out, proc, deadline, logs
-        finally:
-            if proc.poll() is None:  # a test failed or was interrupted before ``smoke`` waited
-                proc.terminate()  # run.py stops its server on SIGTERM
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+def smoke_run() -> early.Run:
+    """The smoke run's process, started by the session ahead of its tests (tests/early.py):
+    it runs beside the rest of the suite (at a lower priority), whose results no more than
+    its own depend on timing. ``smoke`` waits for it."""
+    return early.Run([sys.executable, str(BENCH / "run.py"), "--quick", "--no-venvs",
+                      "--no-pin", "--no-chart", "--servers", "ours,autobahn,sendloop",
+                      "--passes", "1", "--out", str(SMOKE_OUT)], timeout=240, cwd=ROOT,
+                     nice=10)
+
+
+def early_run_of(item: pytest.Item) -> tuple[str, Any] | None:
+    """The smoke and Django runs, started by the session ahead of the tests that take them
+    up (tests/early.py, tests/conftest.py)."""
+    if not NO_PICOWS and "smoke" in item.fixturenames:
+        return "smoke", smoke_run
+    if item.name == "test_django_http_quick_run_every_server_answers_without_errors":
+        return "django", django_run
+    return None
 
 
 @pytest.fixture(scope="module")
-def smoke(smoke_started):
-    out, proc, deadline, logs = smoke_started
-    try:
-        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    proc = subprocess.CompletedProcess(proc.args, proc.returncode, (logs / "stdout").read_text(),
-                                       (logs / "stderr").read_text())
+def smoke():
+    proc = early.take("smoke", smoke_run).result()
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in (out / "latest.jsonl").read_text().splitlines()]
-    return out, proc, rows
+    rows = [json.loads(line)
+            for line in (SMOKE_OUT / "latest.jsonl").read_text().splitlines()]
+    return SMOKE_OUT, proc, rows
 
 
 def _row(rows, server, scenario):

@@ -58,21 +58,22 @@ async def started(url: str) -> ClusterRedisChannelLayer:
     return layer
 
 
+#: Tests marked ``own_cluster`` get a cluster of their own (``own_cluster``), started ahead
+#: of them (tests/redis_support.py: ``ClusterSpares``).
+pytestmark = pytest.mark.usefixtures("cluster_spares")
+
+
 @contextlib.asynccontextmanager
-async def cluster_processes(**options: Any) -> AsyncIterator[
+async def cluster_processes(cluster: RedisCluster) -> AsyncIterator[
         tuple[RedisCluster, ClusterRedisChannelLayer, ClusterRedisChannelLayer]]:
-    """A cluster of the test's own (``RedisCluster(**options)``: tests that move slots,
-    stop nodes or need TLS or a password) and two started layers on it, closed after."""
-    cluster = RedisCluster(**options)
+    """Two started layers on a cluster of the test's own (``own_cluster``: tests that move
+    slots, stop nodes or need TLS or a password), closed after."""
+    one, two = await started(cluster.url), await started(cluster.url)
     try:
-        one, two = await started(cluster.url), await started(cluster.url)
-        try:
-            yield cluster, one, two
-        finally:
-            await one.close()
-            await two.close()
+        yield cluster, one, two
     finally:
-        cluster.close()
+        await one.close()
+        await two.close()
 
 
 @pytest.fixture
@@ -194,13 +195,14 @@ async def test_direct_sends_remote_joins_named_channels_presence_and_surveys(two
     assert await two.group_sizes(f"{prefix}-feed") == dict.fromkeys(feeds, 1)
 
 
+@pytest.mark.own_cluster
 @pytest_twisted.ensureDeferred
-async def test_a_moved_slot_costs_its_partition_a_gap_and_keeps_its_history():
+async def test_a_moved_slot_costs_its_partition_a_gap_and_keeps_its_history(own_cluster):
     """A resharding moves one partition's slot (and its keys) to another node: that node's
     old connections are told (MOVED, an unasked ``sunsubscribe``), reconnect where the slot
     is, and its groups' members get ``layer.gap`` (a history group: what it missed, from
     the moved history); the other partitions notice nothing."""
-    async with cluster_processes() as (cluster, one, two):
+    async with cluster_processes(own_cluster) as (cluster, one, two):
         moving, steady = in_partition(one, 3, "moving"), in_partition(one, 12, "steady")
         feed = in_partition(one, 3, "feed")
         for layer in (one, two):
@@ -250,14 +252,16 @@ async def test_a_moved_slot_costs_its_partition_a_gap_and_keeps_its_history():
         assert shardnumsub(target, topic) == 1 and shardnumsub(source, topic) == 0
 
 
+@pytest.mark.own_cluster(masters=3, replicas=1)
 @pytest_twisted.ensureDeferred
-async def test_a_node_away_costs_only_its_partitions_and_a_replica_takes_over(monkeypatch):
+async def test_a_node_away_costs_only_its_partitions_and_a_replica_takes_over(
+        own_cluster, monkeypatch):
     """Three masters, a replica of the first. The first is killed: its partitions fail
     (LayerUnavailable) while the others carry on; the replica is promoted, the layers find
     it (CLUSTER SLOTS from the nodes that are left), and only those partitions' members get
     ``layer.gap``."""
     monkeypatch.setattr("realtime.layers.redis.BACKOFF_CAP", 0.5)  # (retries: 5 s apart)
-    async with cluster_processes(masters=3, replicas=1) as (cluster, one, two):
+    async with cluster_processes(own_cluster) as (cluster, one, two):
         victim, replica = cluster.masters[0], cluster.nodes[3]
         shaky = next(g for g in (in_partition(one, k, "g") for k in range(16))
                      if cluster.owner(slot_of(one, g)) is victim)
@@ -282,8 +286,9 @@ async def test_a_node_away_costs_only_its_partitions_and_a_replica_takes_over(mo
         await until(lambda: b.events[-1:] == [{"type": "back"}])
 
 
+@pytest.mark.own_cluster(tls=True)
 @pytest_twisted.ensureDeferred
-async def test_rediss_cluster_verifies_every_node_with_the_given_ca(tmp_path):
+async def test_rediss_cluster_verifies_every_node_with_the_given_ca(own_cluster, tmp_path):
     """``rediss+cluster://``: CLUSTER SLOTS over TLS names the nodes' TLS ports, and each
     partition's connection verifies its node against ``ssl_ca_certs``; a CA that did not
     sign them: never ready, the TLS error named."""
@@ -291,7 +296,7 @@ async def test_rediss_cluster_verifies_every_node_with_the_given_ca(tmp_path):
 
     from tests.e2e.support import self_signed
 
-    async with cluster_processes(tls=True) as (cluster, one, two):
+    async with cluster_processes(own_cluster) as (cluster, one, two):
         b = Probe()
         cb = two.attach(b)
         groups = [in_partition(one, k, "secure") for k in (0, 7, 15)]  # three nodes
@@ -314,13 +319,14 @@ async def test_rediss_cluster_verifies_every_node_with_the_given_ca(tmp_path):
             await stranger.close()
 
 
+@pytest.mark.own_cluster(masters=1, password="s3cret-pass")
 @pytest_twisted.ensureDeferred
-async def test_a_cluster_with_a_password_and_a_wrong_one():
+async def test_a_cluster_with_a_password_and_a_wrong_one(own_cluster):
     """The URL's password AUTHs every connection, the nodes asked CLUSTER SLOTS included;
     a wrong one: never ready, Redis's refusal named, the password never shown."""
     from twisted.internet import reactor
 
-    async with cluster_processes(masters=1, password="s3cret-pass") as (cluster, one, two):
+    async with cluster_processes(own_cluster) as (cluster, one, two):
         b = Probe()
         cb = two.attach(b)
         await two.group_add("locked", cb)
@@ -338,33 +344,31 @@ async def test_a_cluster_with_a_password_and_a_wrong_one():
             await wrong.close()
 
 
+@pytest.mark.own_cluster(masters=3, replicas=1)
 @pytest_twisted.ensureDeferred
-async def test_a_connection_to_a_replica_goes_on_to_its_master():
+async def test_a_connection_to_a_replica_goes_on_to_its_master(own_cluster):
     """A partition sent to a replica (a stale address: here a MOVED hint) is told MOVED by
     its first keyed read and connects to the master: never left on a replica, whose
     shard channels and PUBSUB SHARDNUMSUB are its own."""
     from twisted.internet import reactor
 
-    cluster = RedisCluster(masters=3, replicas=1)
+    cluster = own_cluster
+    master, replica = cluster.masters[0], cluster.nodes[3]
+    layer = layer_from_url(cluster.url)
+    partition = next(p for p in layer.shards
+                     if cluster.owner(key_slot(p.tag.encode())) is master)
+    partition._moved_to = ("127.0.0.1", replica.port)
+    layer.start(reactor)
     try:
-        master, replica = cluster.masters[0], cluster.nodes[3]
-        layer = layer_from_url(cluster.url)
-        partition = next(p for p in layer.shards
-                         if cluster.owner(key_slot(p.tag.encode())) is master)
-        partition._moved_to = ("127.0.0.1", replica.port)
-        layer.start(reactor)
-        try:
-            await layer.when_ready(10)
-            assert partition.node == ("127.0.0.1", master.port)
-            channel = layer.attach(Probe())
-            group = next(g for g in (f"r.{n}" for n in range(200))
-                         if layer.shard(g) is partition)
-            await layer.group_add(group, channel)
-            assert shardnumsub(master, partition._group_topic + group) == 1
-        finally:
-            await layer.close()
+        await layer.when_ready(10)
+        assert partition.node == ("127.0.0.1", master.port)
+        channel = layer.attach(Probe())
+        group = next(g for g in (f"r.{n}" for n in range(200))
+                     if layer.shard(g) is partition)
+        await layer.group_add(group, channel)
+        assert shardnumsub(master, partition._group_topic + group) == 1
     finally:
-        cluster.close()
+        await layer.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -439,8 +443,9 @@ async def pause(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 
 
+@pytest.mark.own_cluster
 @pytest_twisted.ensureDeferred
-async def test_a_migrating_slot_keeps_its_partition_connected():
+async def test_a_migrating_slot_keeps_its_partition_connected(own_cluster):
     """While a slot migrates, the source keeps its shard channels until the hand-over; a
     command answered ASK (a key already moved, or never there) fails alone with
     LayerUnavailable, unless it can follow the ASK (see the tests below). It used to close
@@ -449,7 +454,7 @@ async def test_a_migrating_slot_keeps_its_partition_connected():
     reconnect every 0.1 s. A presence question is answered (its topic is no key). A history
     publish whose keys are still on the source goes through (its topic is not a declared
     key: with it, the source answered TRYAGAIN, as a txredisapi error)."""
-    async with cluster_processes() as (cluster, one, two):
+    async with cluster_processes(own_cluster) as (cluster, one, two):
         for layer in (one, two):
             layer.keep_history("feed.*", 10, 60)
         group, feed = in_partition(one, 0, "mig"), in_partition(one, 0, "feed")
@@ -502,8 +507,9 @@ async def surveyed(one: ClusterRedisChannelLayer, two: ClusterRedisChannelLayer,
                        two.process_id: two.process_id[0] * LARGE}
 
 
+@pytest.mark.own_cluster
 @pytest_twisted.ensureDeferred
-async def test_presence_and_surveys_are_answered_while_their_slot_migrates_and_after():
+async def test_presence_and_surveys_are_answered_while_their_slot_migrates_and_after(own_cluster):
     """Partition 0 carries the surveys topic; its slot migrates. A presence question and a
     survey publish on topics, which stay the source's until the hand-over: both are
     answered (their script named the topic as a key: ASK, LayerUnavailable). A large
@@ -512,7 +518,7 @@ async def test_presence_and_surveys_are_answered_while_their_slot_migrates_and_a
     to the source (its script told "non local key") fails with LayerUnavailable and moves
     the partition; once moved, all of it is answered by the target."""
     on_survey("tests.cluster.large", lambda layer, size: layer.process_id[0] * size)
-    async with cluster_processes() as (cluster, one, two):
+    async with cluster_processes(own_cluster) as (cluster, one, two):
         group = in_partition(one, 0, "room")
         a, b = Probe(), Probe()
         ca, cb = one.attach(a), two.attach(b)
@@ -560,8 +566,9 @@ async def test_presence_and_surveys_are_answered_while_their_slot_migrates_and_a
         assert [e["group"] for e in a.events if e["type"] == "layer.gap"] == [group]
 
 
+@pytest.mark.own_cluster
 @pytest_twisted.ensureDeferred
-async def test_history_reads_follow_their_keys_to_the_importing_node():
+async def test_history_reads_follow_their_keys_to_the_importing_node(own_cluster):
     """A history group's keys moved to the target before the hand-over: the source answers
     ASK, and reads (``group_history``, a join's recovery), ``group_history_remove`` and a
     partition's reconnect (its connection check, a key never there: ASK) follow it. What
@@ -569,7 +576,7 @@ async def test_history_reads_follow_their_keys_to_the_importing_node():
     subscribers are the source's), and a read of a history group whose list is not beside
     its position: no keys yet, or its list removed (the target answers TRYAGAIN to a script
     whose keys are not all there)."""
-    async with cluster_processes() as (cluster, one, two):
+    async with cluster_processes(own_cluster) as (cluster, one, two):
         for layer in (one, two):
             layer.keep_history("feed.*", 10, 60)
         feed, fresh = in_partition(one, 5, "feed"), in_partition(one, 5, "feed.fresh")
@@ -654,8 +661,9 @@ def connections_received(node: RedisServer) -> int:
     return int(re.search(r"total_connections_received:(\d+)", stats).group(1))  # type: ignore[union-attr]
 
 
+@pytest.mark.own_cluster(tls=True, password="s3cret-pass")
 @pytest_twisted.ensureDeferred
-async def test_sends_that_follow_ask_share_a_connection_and_keep_their_order():
+async def test_sends_that_follow_ask_share_a_connection_and_keep_their_order(own_cluster):
     """A burst of sends to a named channel whose list is the importing node's (partition 0's
     slot migrating: every named channel's): each is answered ASK by the source and follows
     it, over TLS with the password as every connection. They go over one connection at a
@@ -664,7 +672,7 @@ async def test_sends_that_follow_ask_share_a_connection_and_keep_their_order():
     connections came up), and the receiver takes them in that order after the hand-over."""
     from twisted.internet.defer import gatherResults
 
-    async with cluster_processes(tls=True, password="s3cret-pass") as (cluster, one, two):
+    async with cluster_processes(own_cluster) as (cluster, one, two):
         slot = key_slot(one.shards[0]._list_key.encode())
         source, target = cluster.migrating(slot)
         before = connections_received(target)
@@ -678,15 +686,16 @@ async def test_sends_that_follow_ask_share_a_connection_and_keep_their_order():
         assert taken == list(range(count))
 
 
+@pytest.mark.own_cluster
 @pytest_twisted.ensureDeferred
-async def test_a_send_after_the_hand_over_waits_for_those_still_following_ask():
+async def test_a_send_after_the_hand_over_waits_for_those_still_following_ask(own_cluster):
     """A send followed ASK and its connection to the importing node is slow (held here);
     the hand-over comes, the partition moves there, and a later send to the same channel
     goes there directly: it waits for the followed one, so the channel's messages stay in
     order (it used to overtake it)."""
     from twisted.internet.defer import Deferred
 
-    async with cluster_processes() as (cluster, one, two):
+    async with cluster_processes(own_cluster) as (cluster, one, two):
         first_partition = one.shards[0]
         slot = key_slot(first_partition._list_key.encode())
         source, target = cluster.migrating(slot)

@@ -171,7 +171,7 @@ async def test_the_json_build_over_a_fallback_transport(
     stream's session and node, the server's pings were answered there (pongs), and the
     connection outlives several ping intervals (the server closes one without pongs:
     3012)."""
-    monkeypatch.setattr(pubsub, "PING_INTERVAL", 1.0)
+    monkeypatch.setattr(pubsub, "PING_INTERVAL", 0.5)
     server, layer = await _serve(pubsub_server)
     channel = "chat:room"
 
@@ -195,7 +195,7 @@ async def test_the_json_build_over_a_fallback_transport(
             stats = page.evaluate(f"{_js('bob', channel)}.presenceStats()")
             presence = page.evaluate(f"{_js('ada', channel)}.presence()")["clients"]
             history = page.evaluate(f"{_js('bob', channel)}.history({{limit: 10}})")
-            # Three pings of the server's (1 s apart) answered through /emulation.
+            # Three pings of the server's (0.5 s apart) answered through /emulation.
             _wait(page, "window.traffic.filter((t) => t.url === '/emulation' && "
                         "JSON.parse(t.body).data === '{}' && t.status === 204).length >= 6")
             state = page.evaluate(f"[{_js('ada')}.state, {_js('bob')}.state]")
@@ -313,7 +313,7 @@ async def test_the_protobuf_build_over_http_stream_carries_bytes(
     (Replies are kept small: centrifuge-js 5.7.4's Protobuf stream reader fails on a reply
     split across reads, one of 64 KiB or more on loopback, and reconnects; fixed upstream
     in centrifuge-js#395.)"""
-    monkeypatch.setattr(pubsub, "PING_INTERVAL", 1.0)
+    monkeypatch.setattr(pubsub, "PING_INTERVAL", 0.5)
     server, layer = await _serve(pubsub_server)
     history_kept = channel.startswith("chat:")
 
@@ -338,7 +338,7 @@ async def test_the_protobuf_build_over_http_stream_carries_bytes(
                     f"{_js('bob', channel)}.history({{limit: -1}}).then((r) => "
                     "r.publications.map((p) => ({offset: p.offset, data: "
                     "p.data instanceof Uint8Array ? Array.from(p.data) : null})))")
-            # Three pings each (1 s apart): an EmulationRequest whose data is one empty
+            # Three pings each (0.5 s apart): an EmulationRequest whose data is one empty
             # command (length 0), field 3 = [0] at its end.
             _wait(page, "window.traffic.filter((t) => t.url === '/emulation' && "
                         "t.status === 204 && t.body.slice(-3).join() === '26,1,0').length >= 6")
