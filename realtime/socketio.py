@@ -57,7 +57,7 @@ from realtime.layers.base import (
     skip_held,
 )
 from realtime.middleware import resolve
-from realtime.threads import _Driven, as_deferred, asyncio_loop
+from realtime.threads import _Driven, _explained, as_deferred, asyncio_loop
 
 log = Logger(namespace="realtime.socketio")
 
@@ -2115,8 +2115,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             if then is not None:
                 task.addCallback(then)
             self._track(task, what, name)
-        elif kind == "raise":
-            self._task_failed(Failure(value), what, name)
+        elif kind == "raise":  # (asyncio code's failure with the hint, as after a wait)
+            self._task_failed(Failure(_explained(value)), what, name)
         elif then is not None:
             try:
                 then(value)
