@@ -56,7 +56,8 @@ from realtime.layers.base import (
     let_out_for,
     skip_held,
 )
-from realtime.threads import _Driven, as_deferred, asyncio_loop
+from realtime.middleware import resolve
+from realtime.threads import _Driven, _explained, as_deferred, asyncio_loop
 
 log = Logger(namespace="realtime.socketio")
 
@@ -686,7 +687,7 @@ class _Replies:
             log.failure("socketio: an ack callback failed")
             return
         if inspect.isawaitable(result):
-            Deferred.fromCoroutine(_maybe_await(result)).addErrback(
+            as_deferred(result).addErrback(
                 lambda failure: log.failure("socketio: an ack callback failed", failure))
 
     def deliver_frame(self, frame: bytes) -> bool:
@@ -1357,7 +1358,7 @@ class AsyncServer:
     def start_background_task(self, target: Callable[..., Awaitable[Any]], *args: Any,
                               **kwargs: Any) -> Deferred[Any]:
         """Run ``target(*args, **kwargs)`` on the reactor; failures are logged."""
-        task: Deferred[Any] = Deferred.fromCoroutine(_maybe_await(target(*args, **kwargs)))
+        task = as_deferred(target(*args, **kwargs))  # (an asyncio Task under its reactor)
         task.addErrback(lambda failure: log.failure("a background task failed", failure))
         return task
 
@@ -2094,7 +2095,9 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         if type(work) is _COROUTINE and not asyncio_loop():
             self._drive(_Driven(work), what, name)
             return
-        task: Deferred[Any] = Deferred.fromCoroutine(_maybe_await(work))
+        # (under --reactor=asyncio an asyncio Task, which may await asyncio code: Twisted's
+        # own driver fails on the first asyncio future)
+        task = as_deferred(work)
         if task.called:
             task.addErrback(self._task_failed, what, name)
             return
@@ -2112,8 +2115,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             if then is not None:
                 task.addCallback(then)
             self._track(task, what, name)
-        elif kind == "raise":
-            self._task_failed(Failure(value), what, name)
+        elif kind == "raise":  # (asyncio code's failure with the hint, as after a wait)
+            self._task_failed(Failure(_explained(value)), what, name)
         elif then is not None:
             try:
                 then(value)
@@ -2425,7 +2428,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             self._task_failed(Failure(), "the {name!r} handler", name)
 
     async def _answer_later(self, socket: _Socket, packet: Packet, result: Any) -> None:
-        self._answer(socket, packet, await result)
+        # (an awaitable the handler's awaitable returns is awaited too, as ``_Driven`` does)
+        self._answer(socket, packet, await resolve(result))
 
     def _answer(self, socket: _Socket, packet: Packet, result: Any) -> None:
         """The ack of ``packet`` (if it asked for one) with the handler's ``result``."""

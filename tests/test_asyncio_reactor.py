@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 UNDER_ASYNCIO = [
     "tests/asyncio_reactor/test_asgi_apps.py",
     "tests/asyncio_reactor/test_asyncio_consumers.py",
+    "tests/asyncio_reactor/test_asyncio_socketio.py",
     "tests/e2e/test_smoke_bridge.py",
     "tests/test_application_communicator.py",
     "tests/test_testing.py",

@@ -906,6 +906,40 @@ async def test_every_kind_of_handler_is_acked(live):
 
 
 @pytest_twisted.ensureDeferred
+async def test_asyncio_code_in_a_handler_under_the_default_reactor_says_what_to_do(live):
+    """A handler that awaits asyncio code under the default reactor fails with the hint
+    to run ``--reactor=asyncio`` (README), whether that is its first wait or a later one
+    (driven directly, its first step's failure was logged without it); the connection
+    goes on."""
+    import asyncio
+
+    sio = rsio.AsyncServer()
+
+    async def at_once(sid):
+        await asyncio.sleep(1)
+
+    async def later(sid):
+        await sio.sleep(0)
+        await asyncio.sleep(1)
+
+    sio.on("at_once", at_once)
+    sio.on("later", later)
+    sio.on("ping", lambda sid: None)
+    url = await start(live, sio)
+    raw = await _joined(url)
+    with captured_log() as events:
+        await raw.send('42["at_once"]')
+        await raw.send('42["later"]')
+        await raw.send('421["ping"]')
+        assert await raw.recv() == "431[]"
+        assert await until(lambda: len([e for e in events if "log_failure" in e]) == 2)
+    hints = sorted((e["name"], "needs the asyncio reactor" in str(e["log_failure"].value))
+                   for e in events if "log_failure" in e)
+    assert hints == [("at_once", True), ("later", True)]
+    await raw.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_catch_all_namespace_handler_does_not_open_every_namespace(live):
     sio = rsio.AsyncServer(namespaces=["/open"])
     seen: list[str] = []

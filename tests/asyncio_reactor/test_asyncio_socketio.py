@@ -1,0 +1,87 @@
+"""Socket.IO handlers under ``--reactor=asyncio``: an event's, a connect handler and a
+background task await asyncio code, as every other handler does there.
+
+Collected only under ``--reactor=asyncio`` (tests/conftest.py); the main run drives it
+in a subprocess (tests/test_asyncio_reactor.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.defer import Deferred, succeed
+
+from realtime import socketio as rsio
+from tests.clients import captured_log
+from tests.test_socketio import Raw, _joined, start
+
+
+@pytest_twisted.ensureDeferred
+async def test_socketio_handlers_await_asyncio_code(live: Any) -> None:
+    """An ``async def`` event handler that awaits ``asyncio.sleep`` is acked (it failed
+    with "await wasn't used with future": Twisted's driver got the future), one that
+    returns a Deferred is acked with its value (as under the default reactor); a connect
+    handler and a background task await asyncio code too."""
+    sio = rsio.AsyncServer()
+    background: Deferred[str] = Deferred()
+
+    async def connect(sid: str, environ: Any) -> None:
+        await asyncio.sleep(0.01)
+        await sio.emit("hello", asyncio.current_task() is not None, to=sid)
+
+    async def waits(sid: str, x: str) -> str:
+        await asyncio.sleep(0.01)
+        return x
+
+    async def returns_deferred(sid: str) -> Deferred[str]:
+        return succeed("d")
+
+    async def task() -> None:
+        await asyncio.sleep(0.01)
+        background.callback("ran")
+
+    sio.on("connect", connect)
+    sio.on("waits", waits)
+    sio.on("deferred", returns_deferred)
+    url = await start(live, sio)
+    with captured_log() as events:
+        raw = await Raw.open(url)
+        await raw.send("40")
+        got = sorted([await raw.recv(), await raw.recv()])
+        assert got[0].startswith('40{"sid":') and got[1] == '42["hello",true]'
+        await raw.send('421["waits","a"]')
+        assert await raw.recv() == '431["a"]'
+        await raw.send('422["deferred"]')
+        assert await raw.recv() == '432["d"]'
+        sio.start_background_task(task)
+        from twisted.internet import reactor
+
+        assert await background.addTimeout(5, reactor) == "ran"
+        await raw.close()
+    assert [e for e in events if "log_failure" in e] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socketio_handler_in_asyncio_sleep_is_cancelled_at_the_close_timeout(
+        live: Any) -> None:
+    """A handler still in ``asyncio.sleep`` when ``--application-close-timeout`` runs out
+    after its client went gets asyncio's CancelledError."""
+    sio = rsio.AsyncServer()
+    cancelled: Deferred[bool] = Deferred()
+
+    async def sleeps(sid: str) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.callback(True)
+            raise
+
+    sio.on("sleeps", sleeps)
+    url = await start(live, sio, application_close_timeout=0.2)
+    raw = await _joined(url)
+    await raw.send('42["sleeps"]')
+    await raw.close()
+    from twisted.internet import reactor
+
+    assert await cancelled.addTimeout(5, reactor) is True
