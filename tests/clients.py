@@ -466,3 +466,13 @@ def traceback_names(exc: BaseException) -> list[str]:
         names.append(tb.tb_frame.f_code.co_name)
         tb = tb.tb_next
     return names
+
+
+def rss_kb() -> int:
+    """This process's resident memory (``VmRSS``), in KiB: the hostile suites' bound on
+    what a module's floods leave behind."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/self/status")

@@ -40,6 +40,14 @@ def app(sio: rsio.AsyncServer) -> URLRouter:
     return URLRouter([path("socket.io/", sio.as_asgi())])
 
 
+async def stop_all(servers: list[Any], layers: list[Any]) -> None:
+    """The servers of a several-process test stopped, then their layers closed."""
+    for server in servers:
+        await server.stop()
+    for layer in layers:
+        await layer.close()
+
+
 async def start(live: Any, sio: rsio.AsyncServer, **config: Any) -> str:
     """``live`` serving ``sio``; its stop closes the polling sessions left open (python-
     engineio's client loses its close packet when ``disconnect()`` comes while its write
@@ -773,10 +781,7 @@ async def test_rooms_sids_and_disconnects_reach_another_process_through_redis(
         assert await until(lambda: reasons == ["server disconnect"])
         await two.disconnect()
     finally:
-        for server in servers:
-            await server.stop()
-        for layer in layers:
-            await layer.close()
+        await stop_all(servers, layers)
 
 
 @pytest_twisted.ensureDeferred
@@ -1520,10 +1525,7 @@ async def test_the_emitter_reaches_a_socket_of_another_process_through_redis(
         assert await one.next() == ("disconnect", ("server disconnect",))
         await two.disconnect()
     finally:
-        for server in servers:
-            await server.stop()
-        for layer in layers:
-            await layer.close()
+        await stop_all(servers, layers)
 
 
 # -- class-based namespaces (AsyncNamespace) ---------------------------------------------------

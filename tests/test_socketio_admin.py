@@ -26,6 +26,7 @@ from tests.test_socketio import (  # noqa: F401  (socket_io_client: the fixture)
     quick_server,
     socket_io_client,
     start,
+    stop_all,
 )
 
 ADMIN_SCRIPT = Path(__file__).parent / "node" / "socketio_admin.js"
@@ -330,10 +331,7 @@ async def test_a_ui_on_one_process_sees_and_commands_the_others_through_redis(
             await ui.close()
         for sio in sios:
             await sio.shutdown()
-        for server in servers:
-            await server.stop()
-        for layer in layers:
-            await layer.close()
+        await stop_all(servers, layers)
 
 
 @pytest_twisted.ensureDeferred

@@ -29,6 +29,7 @@ from tests.test_socketio import (
     app,
     quick_server,
     start,
+    stop_all,
     ws_url,
 )
 
@@ -89,10 +90,7 @@ async def test_acks_of_a_sid_in_another_process_come_back_to_the_caller(
         assert there._replies is None and channel not in layers[1]._receivers
         await one.disconnect()
     finally:
-        for server in servers:
-            await server.stop()
-        for layer in layers:
-            await layer.close()
+        await stop_all(servers, layers)
 
 
 @pytest_twisted.ensureDeferred
@@ -153,10 +151,7 @@ async def test_a_remote_call_that_times_out_or_whose_target_goes_leaves_nothing(
         await there.shutdown()
     finally:
         release.set()
-        for server in servers:
-            await server.stop()
-        for layer in layers:
-            await layer.close()
+        await stop_all(servers, layers)
 
 
 @pytest_twisted.ensureDeferred
@@ -192,10 +187,7 @@ async def test_past_max_remote_acks_the_oldest_is_forgotten_with_one_warning(
         await there.shutdown()
     finally:
         release.set()
-        for server in servers:
-            await server.stop()
-        for layer in layers:
-            await layer.close()
+        await stop_all(servers, layers)
 
 
 @pytest_twisted.ensureDeferred
@@ -218,10 +210,7 @@ async def test_a_server_dropped_without_shutdown_leaves_the_layer(redis_url,
         assert channel not in layers[1]._receivers
         await one.disconnect()
     finally:
-        for server in servers:
-            await server.stop()
-        for layer in layers:
-            await layer.close()
+        await stop_all(servers, layers)
 
 
 @pytest_twisted.ensureDeferred
@@ -243,10 +232,7 @@ async def test_a_call_waiting_at_shutdown_fails_saying_so(redis_url, realtime_le
             await waiting
     finally:
         release.set()
-        for server in servers:
-            await server.stop()
-        for layer in layers:
-            await layer.close()
+        await stop_all(servers, layers)
 
 
 @pytest_twisted.ensureDeferred

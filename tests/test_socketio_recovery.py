@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from realtime import socketio as rsio
 from realtime import socketio_recovery as rsio_recovery
 from tests.clients import in_thread, until
-from tests.test_socketio import WAIT, PyClient, Raw, app, quick_server, start
+from tests.test_socketio import WAIT, PyClient, Raw, app, quick_server, start, stop_all
 
 NODE_MODULES = Path(__file__).parent / ".node" / "node_modules"
 NODE_SCRIPT = Path(__file__).parent / "node" / "socketio_recover.js"
@@ -377,10 +377,7 @@ async def test_packets_from_another_process_reach_a_lost_socket_through_redis(
         await client.tell("cut")  # kept again, then the server stops
         assert await until(lambda: here._recovery.kept_count() == 1)
     finally:
-        for server in servers:
-            await server.stop()
-        for layer in layers:
-            await layer.close()
+        await stop_all(servers, layers)
     assert here._recovery.kept_count() == 0
 
 

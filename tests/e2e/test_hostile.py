@@ -50,6 +50,7 @@ from tests.clients import (
     parse_frames,
     parse_response,
     raw_connect,
+    rss_kb,
 )
 
 CONNECT_TIMEOUT = 0.5
@@ -321,14 +322,6 @@ FRAME_TABLE: list[FrameRow] = [
 
 # -- helpers -------------------------------------------------------------------------------------
 _RSS_BEFORE: list[int] = []
-
-
-def rss_kb() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS in /proc/self/status")
 
 
 @pytest.fixture(autouse=True)

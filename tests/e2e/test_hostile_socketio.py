@@ -61,6 +61,7 @@ from tests.clients import (
     handshake,
     parse_response,
     raw_connect,
+    rss_kb,
     until,
 )
 
@@ -543,14 +544,6 @@ PROBE_TABLE: list[ProbeRow] = [
 
 # -- helpers -------------------------------------------------------------------------------------
 _RSS_BEFORE: list[int] = []
-
-
-def rss_kb() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS in /proc/self/status")
 
 
 @pytest.fixture(autouse=True)
