@@ -841,23 +841,37 @@ def _refresh_due(p: _Protocol) -> None:
         lambda failure: log.failure("pubsub: the refresh proxy call failed", failure))
 
 
-async def _refresh(p: _Protocol) -> None:
-    from realtime.pubsub import CLOSE_EXPIRED, PubSubError
+async def _prolonged(p: _Protocol, event: str, body: dict[str, Any]
+                     ) -> tuple[float | None, bool, Any] | None:
+    """A refresh or sub_refresh call's answer: the new expiry (None: expired, or not
+    prolonged), whether it gives ``info``, and that info; None when the call failed (an
+    answer that cannot be used is logged): the caller asks again after ``RETRY_AFTER``."""
+    from realtime.pubsub import PubSubError
 
-    proxy = config()
-    if proxy is None:
-        return
     try:
-        result = await _call(p, "refresh", _request(p, "refresh", proxy))
+        result = await _call(p, event, body)
         at = None if result.get("expired") is True else _expire_at(result)
         present, info = _info(result)
     except (PubSubError, ProxyFailure) as exc:
         if isinstance(exc, ProxyFailure):
-            log.warn("pubsub: the refresh proxy answered what cannot be used: {why}",
-                     why=str(exc))
+            log.warn("pubsub: the {event} proxy answered what cannot be used: {why}",
+                     event=event, why=str(exc))
+        return None
+    return at, present, info
+
+
+async def _refresh(p: _Protocol) -> None:
+    from realtime.pubsub import CLOSE_EXPIRED
+
+    proxy = config()
+    if proxy is None:
+        return
+    answer = await _prolonged(p, "refresh", _request(p, "refresh", proxy))
+    if answer is None:
         if not p._conn.closing_or_closed:  # asked again later: the connection stays
             p._proxy_refresh_call = p._conn.reactor.callLater(RETRY_AFTER, _refresh_due, p)
         return
+    at, present, info = answer
     if p._conn.closing_or_closed:
         return
     if at is None or at <= p._now():  # expired, or not prolonged (Centrifugo's: it ends)
@@ -893,24 +907,19 @@ def _sub_refresh_due(p: _Protocol, sub: _Sub) -> None:
 
 
 async def _sub_refresh(p: _Protocol, sub: _Sub) -> None:
-    from realtime.pubsub import CLOSE_SUB_EXPIRED, PubSubError
+    from realtime.pubsub import CLOSE_SUB_EXPIRED
 
     proxy = config()
     if proxy is None:
         return
     body = _request(p, "sub_refresh", proxy)
     body["channel"] = sub.channel
-    try:
-        result = await _call(p, "sub_refresh", body)
-        at = None if result.get("expired") is True else _expire_at(result)
-        present, info = _info(result)
-    except (PubSubError, ProxyFailure) as exc:
-        if isinstance(exc, ProxyFailure):
-            log.warn("pubsub: the sub_refresh proxy answered what cannot be used: {why}",
-                     why=str(exc))
+    answer = await _prolonged(p, "sub_refresh", body)
+    if answer is None:
         if not p._conn.closing_or_closed and p._subs.get(sub.channel) is sub:
             sub.expiry = p._conn.reactor.callLater(RETRY_AFTER, _sub_refresh_due, p, sub)
         return
+    at, present, info = answer
     if p._conn.closing_or_closed or p._subs.get(sub.channel) is not sub:
         return
     if at is None or at <= p._now():  # expired, or not prolonged (Centrifugo's: it ends)
