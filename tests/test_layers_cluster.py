@@ -28,6 +28,7 @@ from realtime.layers.cluster import (
 from realtime.layers.redis import RedisChannelLayer
 from tests.clients import captured_log
 from tests.redis_support import RedisCluster, RedisServer
+from tests.test_group_close import Closable
 from tests.test_layers import until
 from tests.test_layers_redis import Probe
 
@@ -478,15 +479,6 @@ async def test_a_migrating_slot_keeps_its_partition_connected(own_cluster):
         kept = await one.group_history(feed)
         assert [m["type"] for m in kept["messages"]] == ["before", "during"]
         await until(lambda: {"during", "live"} <= {e["type"] for e in b.events})
-
-
-class Closable(Probe):
-    def __init__(self) -> None:
-        super().__init__()
-        self.closes: list[tuple[int, str | None]] = []
-
-    def close_from_layer(self, code: int, reason: str | None) -> None:
-        self.closes.append((code, reason))
 
 
 #: A survey answer past SURVEY_INLINE_MAX (1 MiB): kept in a key, its name published.
