@@ -476,3 +476,25 @@ def rss_kb() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def dribbling(clients: list[Any], data: bytes, every: float = 0.05) -> Any:
+    """Slowloris: each of ``clients`` is sent ``data`` a byte every ``every`` seconds, all
+    but its last byte (the request never completes); the started ``LoopingCall`` (stop it
+    in a ``finally``)."""
+    from twisted.internet import reactor
+    from twisted.internet.task import LoopingCall
+
+    position = [0]
+
+    def dribble() -> None:
+        i = position[0]
+        position[0] += 1
+        for client in clients:
+            if not client.is_closed and i < len(data) - 1:
+                client.write(data[i : i + 1])
+
+    loop = LoopingCall(dribble)
+    loop.clock = reactor
+    loop.start(every)
+    return loop

@@ -46,6 +46,7 @@ from tests.clients import (
     after_headers,
     client_frame,
     closed_by_server,
+    dribbling,
     handshake,
     parse_frames,
     parse_response,
@@ -508,23 +509,12 @@ async def test_slowloris_200_clients_all_dropped_at_the_connect_deadline(live):
     """200 clients each dribble a handshake (one byte every 50 ms); every one is dropped at
     the 0.5 s connect deadline, without an answer, while a fresh client still echoes."""
     from twisted.internet import reactor
-    from twisted.internet.task import LoopingCall, deferLater
+    from twisted.internet.task import deferLater
 
     server = await start(live)
     request = handshake("/echo")
     clients = [await raw_connect(server.port) for _ in range(200)]
-    position = [0]
-
-    def dribble() -> None:
-        i = position[0]
-        position[0] += 1
-        for client in clients:
-            if not client.is_closed and i < len(request) - 1:
-                client.write(request[i : i + 1])
-
-    loop = LoopingCall(dribble)
-    loop.clock = reactor
-    loop.start(0.05)
+    loop = dribbling(clients, request)
     try:
         # Meanwhile, a fresh client connects and echoes.
         fresh = await raw_connect(server.port)

@@ -58,6 +58,7 @@ from tests.clients import (
     captured_log,
     client_frame,
     closed_by_server,
+    dribbling,
     handshake,
     parse_response,
     raw_connect,
@@ -924,8 +925,6 @@ async def test_slowloris_200_polling_posts_are_dropped_at_the_connect_deadline(l
     """200 POSTs to a session dribble their body (a byte every 50 ms): each is dropped at
     the 0.5 s connect deadline without an answer and no byte of them reaches the session,
     while a fresh client still works; the session lives on."""
-    from twisted.internet import reactor
-    from twisted.internet.task import LoopingCall
 
     server = await start(live)
     sid = await open_session(server.port)
@@ -934,18 +933,7 @@ async def test_slowloris_200_polling_posts_are_dropped_at_the_connect_deadline(l
     clients = [await raw_connect(server.port) for _ in range(200)]
     for client in clients:
         client.write(head)
-    position = [0]
-
-    def dribble() -> None:
-        i = position[0]
-        position[0] += 1
-        for client in clients:
-            if not client.is_closed and i < len(body) - 1:
-                client.write(body[i : i + 1])
-
-    loop = LoopingCall(dribble)
-    loop.clock = reactor
-    loop.start(0.05)
+    loop = dribbling(clients, body)
     try:
         await echo_over_websocket(server.port)
         assert await until(lambda: all(c.is_closed for c in clients), 4)
