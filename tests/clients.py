@@ -498,3 +498,17 @@ def dribbling(clients: list[Any], data: bytes, every: float = 0.05) -> Any:
     loop.clock = reactor
     loop.start(every)
     return loop
+
+
+def split_response(data: bytes) -> tuple[int, dict[bytes, list[bytes]], bytes] | None:
+    """(status, headers, body) once a whole response is in ``data`` (by Content-Length; a
+    101 has no body), else None."""
+    if b"\r\n\r\n" not in data:
+        return None
+    status, headers, rest = parse_response(data)
+    if status == 101:
+        return status, headers, b""
+    length = int(headers.get(b"content-length", [b"0"])[0])
+    if len(rest) < length:
+        return None
+    return status, headers, rest[:length]

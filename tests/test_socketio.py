@@ -1915,19 +1915,25 @@ async def test_slow_consumer_drop_keeps_a_slow_poller_and_drops_whole_packets(li
     assert await until(lambda: reasons == ["client disconnect"])  # (the handler of "/")
 
 
-@pytest_twisted.ensureDeferred
-async def test_slow_consumer_drop_on_a_websocket_drops_a_packet_with_its_attachments(live):
-    """On a WebSocket too, ``--slow-consumer drop`` never cuts a packet from its binary
-    attachments: a packet whose frames would not all fit in the send queue is dropped
-    whole (one dropped message); what the client gets is whole packets, in order."""
-    sio = rsio.AsyncServer()
+async def _slow_reader(live: Any, sio: rsio.AsyncServer) -> tuple[Any, Raw, str]:
+    """A server with a 64 KiB send buffer and ``--slow-consumer drop``, and a raw WebSocket
+    client that reads one message at a time (``max_queue=1``), connected to "/"."""
     server = await live(app(sio), max_send_buffer=64 * 1024, slow_consumer="drop")
     url = f"http://127.0.0.1:{server.port}"
     raw = Raw(await in_thread(lambda: connect(ws_url(url), open_timeout=WAIT, max_queue=1,
                                               max_size=None).__enter__()))
     assert (await raw.recv()).startswith("0{")  # type: ignore[union-attr]
     await raw.send("40")
-    sid = json.loads((await raw.recv())[2:])["sid"]
+    return server, raw, json.loads((await raw.recv())[2:])["sid"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_consumer_drop_on_a_websocket_drops_a_packet_with_its_attachments(live):
+    """On a WebSocket too, ``--slow-consumer drop`` never cuts a packet from its binary
+    attachments: a packet whose frames would not all fit in the send queue is dropped
+    whole (one dropped message); what the client gets is whole packets, in order."""
+    sio = rsio.AsyncServer()
+    server, raw, sid = await _slow_reader(live, sio)
     blob = b"\x07" * 16384
     for n in range(300):  # about 10 MB in one reactor turn, to a client that reads slowly
         await sio.emit("bin", (n, blob, blob), to=sid)
@@ -1950,13 +1956,7 @@ async def test_slow_consumer_drop_on_a_websocket_never_cuts_a_large_packet(live)
     buffer fills in the middle of it: none of its attachments is dropped alone; what
     follows it is queued or dropped as a whole packet."""
     sio = rsio.AsyncServer()
-    server = await live(app(sio), max_send_buffer=64 * 1024, slow_consumer="drop")
-    url = f"http://127.0.0.1:{server.port}"
-    raw = Raw(await in_thread(lambda: connect(ws_url(url), open_timeout=WAIT, max_queue=1,
-                                              max_size=None).__enter__()))
-    assert (await raw.recv()).startswith("0{")  # type: ignore[union-attr]
-    await raw.send("40")
-    sid = json.loads((await raw.recv())[2:])["sid"]
+    server, raw, sid = await _slow_reader(live, sio)
     blobs = [bytes([n]) * (4 << 20) for n in range(4)]  # 16 MiB: past the kernel's buffers
     await sio.emit("big", (0, *blobs), to=sid)
     for n in range(1, 4):

@@ -49,9 +49,9 @@ from tests.clients import (
     dribbling,
     handshake,
     parse_frames,
-    parse_response,
     raw_connect,
     rss_kb,
+    split_response,
 )
 
 CONNECT_TIMEOUT = 0.5
@@ -337,20 +337,6 @@ async def start(live, **config):
     config.setdefault("connect_timeout", CONNECT_TIMEOUT)
     config.setdefault("close_timeout", CLOSE_TIMEOUT)
     return await live(application, **config)
-
-
-def split_response(data: bytes) -> tuple[int, dict[bytes, list[bytes]], bytes] | None:
-    """(status, headers, body) once a whole response is in ``data`` (by Content-Length; a
-    101 has no body), else None."""
-    if b"\r\n\r\n" not in data:
-        return None
-    status, headers, rest = parse_response(data)
-    if status == 101:
-        return status, headers, b""
-    length = int(headers.get(b"content-length", [b"0"])[0])
-    if len(rest) < length:
-        return None
-    return status, headers, rest[:length]
 
 
 async def wait_close_handshake(conn) -> int | None:

@@ -63,6 +63,7 @@ from tests.clients import (
     parse_response,
     raw_connect,
     rss_kb,
+    split_response,
     until,
 )
 
@@ -552,19 +553,6 @@ def _rss_baseline() -> None:
     if not _RSS_BEFORE:
         gc.collect()
         _RSS_BEFORE.append(rss_kb())
-
-
-def split_response(data: bytes) -> tuple[int, dict[bytes, list[bytes]], bytes] | None:
-    """(status, headers, body) once a whole response is in ``data``, else None."""
-    if b"\r\n\r\n" not in data:
-        return None
-    status, headers, rest = parse_response(data)
-    if status == 101:
-        return status, headers, b""
-    length = int(headers.get(b"content-length", [b"0"])[0])
-    if len(rest) < length:
-        return None
-    return status, headers, rest[:length]
 
 
 async def exchange(port: int, data: bytes, timeout: float = 5.0,
