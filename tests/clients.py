@@ -512,3 +512,14 @@ def split_response(data: bytes) -> tuple[int, dict[bytes, list[bytes]], bytes] |
     if len(rest) < length:
         return None
     return status, headers, rest[:length]
+
+
+async def wait_close_handshake(conn: Any) -> int | None:
+    """The code of the server's close frame (None: none within 5 s); answers it, like a
+    well-behaved client."""
+    got = await conn.wait_close_frame(timeout=5)
+    if got is None:
+        return None
+    if not conn.is_closed:
+        conn.send_close(1000)
+    return got[0]

@@ -52,6 +52,7 @@ from tests.clients import (
     raw_connect,
     rss_kb,
     split_response,
+    wait_close_handshake,
 )
 
 CONNECT_TIMEOUT = 0.5
@@ -337,16 +338,6 @@ async def start(live, **config):
     config.setdefault("connect_timeout", CONNECT_TIMEOUT)
     config.setdefault("close_timeout", CLOSE_TIMEOUT)
     return await live(application, **config)
-
-
-async def wait_close_handshake(conn) -> int | None:
-    """The code of the server's close frame; answers it, like a well-behaved client."""
-    got = await conn.wait_close_frame(timeout=5)
-    if got is None:
-        return None
-    if not conn.is_closed:
-        conn.send_close(1000)
-    return got[0]
 
 
 def test_the_table_has_at_least_30_cases():

@@ -65,6 +65,7 @@ from tests.clients import (
     rss_kb,
     split_response,
     until,
+    wait_close_handshake,
 )
 
 CONNECT_TIMEOUT = 0.5
@@ -612,16 +613,6 @@ def matches(got: Any, want: Any) -> bool:
     return isinstance(got, bytes) and msgpack.unpackb(got) == want
 
 
-async def wait_close(conn: Any) -> int | None:
-    """The code of the server's close frame (answered, as a client does)."""
-    got = await conn.wait_close_frame(timeout=5)
-    if got is None:
-        return None
-    if not conn.is_closed:
-        conn.send_close(1000)
-    return got[0]
-
-
 def test_the_tables_have_distinct_ids_and_enough_rows():
     tables = [POLL_TABLE, WS_TABLE, MSGPACK_TABLE, RECOVERY_TABLE, PROBE_TABLE]
     ids = [row.id for table in tables for row in table]
@@ -682,7 +673,7 @@ async def run_ws_row(server: Any, row: WsRow, msgpack_server: bool = False) -> N
     with captured_log() as events:
         conn.write(row.send)
         if row.code is not None:
-            code = await wait_close(conn)
+            code = await wait_close_handshake(conn)
             assert code == row.code, (code, conn.frames()[before:][-3:])
             assert [op for op, _ in conn.frames()[before:]] == [0x8], conn.frames()[before:]
             assert await closed_by_server(conn, 2)
@@ -704,7 +695,7 @@ async def run_ws_row(server: Any, row: WsRow, msgpack_server: bool = False) -> N
             assert len(frames) == before + want + 1, texts(frames[before:])
             assert matches(texts(frames)[-1], last), frames[before:]
             conn.send_close(1000)
-            assert await wait_close(conn) == 1000
+            assert await wait_close_handshake(conn) == 1000
             assert await closed_by_server(conn, 2)
     assert failures(events) == []
     assert await until(lambda: not server.site.connections)
@@ -753,14 +744,14 @@ async def test_probe(live, row: ProbeRow):
         ws = await ws_open(server.port, WS_PATH + "&sid=" + sid, connect=None)
         ws.write(row.send)
         if row.code is not None:
-            assert await wait_close(ws) == row.code
+            assert await wait_close_handshake(ws) == row.code
         frames = await ws.wait_frames(len(row.replies), timeout=5)
         got = texts(frames)
         assert len(got) == len(row.replies), got
         assert all(matches(g, w) for g, w in zip(got, row.replies, strict=True)), got
         if row.code is None:
             ws.send_close(1000)
-            assert await wait_close(ws) == 1000
+            assert await wait_close_handshake(ws) == 1000
         assert await closed_by_server(ws, 2)
         # Polling goes on (the probe failed), or it is over (upgraded, then closed).
         if row.polling:
@@ -789,7 +780,7 @@ async def echo_over_websocket(port: int) -> None:
     frames = await conn.wait_frames(3)
     assert texts(frames)[2] == '431["fresh"]', frames
     conn.send_close(1000)
-    assert await wait_close(conn) == 1000
+    assert await wait_close_handshake(conn) == 1000
     assert await closed_by_server(conn, 2)
 
 
@@ -869,7 +860,7 @@ async def test_ten_thousand_tiny_packets_in_one_write_run_at_most_max_inflight_h
     frames = await conn.wait_frames(3)
     assert texts(frames)[2] == '431["after"]'
     conn.send_close(1000)
-    assert await wait_close(conn) == 1000
+    assert await wait_close_handshake(conn) == 1000
     await echo_over_websocket(server.port)
 
 
