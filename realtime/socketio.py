@@ -317,9 +317,12 @@ def _check_packet(kind: int, ack_id: int | None, data: Any) -> None:
 
 # -- the msgpack serializer (python-socketio's ``serializer="msgpack"``) -------------------------
 #
-# Each Socket.IO packet is one binary Engine.IO message: a msgpack map ``{"type", "data",
+# Each Socket.IO packet is one binary Engine.IO message: a msgpack map ``{"type"[, "data"],
 # "nsp"[, "id"]}`` (python-socketio's ``MsgPackPacket``, socket.io-msgpack-parser's), with
-# bytes in its data as they are (no attachments, no BINARY_* types).
+# bytes in its data as they are (no attachments, no BINARY_* types). A packet without data
+# (a DISCONNECT) has no "data" key: Node's socket.io-msgpack-parser refuses a DISCONNECT
+# whose data is anything but undefined (a nil included, which python-socketio's own server
+# writes), and python-socketio's client reads a missing key as None.
 
 def _msgpack_packet(fields: dict[str, Any]) -> bytes:
     """A packet's map, in this key order (``_msgpack_kind`` reads the type from it).
@@ -334,8 +337,11 @@ def _msgpack_packet(fields: dict[str, Any]) -> bytes:
 
 def encode_msgpack_packet(kind: int, namespace: str = "/", data: Any = None,
                           ack_id: int | None = None) -> bytes:
-    """One Socket.IO packet as python-socketio's msgpack serializer writes it."""
-    fields: dict[str, Any] = {"type": kind, "data": data, "nsp": namespace}
+    """One Socket.IO packet as both msgpack parsers read it (no "data" key for None)."""
+    fields: dict[str, Any] = {"type": kind}
+    if data is not None:
+        fields["data"] = data
+    fields["nsp"] = namespace
     if ack_id is not None:
         fields["id"] = ack_id
     return _msgpack_packet(fields)
@@ -344,7 +350,7 @@ def encode_msgpack_packet(kind: int, namespace: str = "/", data: Any = None,
 def _msgpack_kind(packet: bytes) -> int | None:
     """The type of a packet ``encode_msgpack_packet`` made (a fixmap whose first key is
     "type", a small int), without decoding it; None for other bytes."""
-    if len(packet) > 6 and packet[0] in (0x83, 0x84) and packet[1:6] == b"\xa4type":
+    if len(packet) > 6 and packet[0] in (0x82, 0x83, 0x84) and packet[1:6] == b"\xa4type":
         return packet[6] if packet[6] < 0x80 else None
     return None
 

@@ -39,26 +39,36 @@ command -v redis-server >/dev/null || apt_install redis-server
 command -v chromium >/dev/null || apt_install chromium
 # centrifuge-js (npm "centrifuge", pinned) for the realtime.pubsub browser tests
 # (tests/e2e/test_browser_pubsub.py) and socket.io-client (pinned) for realtime.socketio's
-# (tests/test_socketio.py), installed (never vendored) into tests/.node, which git ignores;
-# skipped when those versions are already there. One npm call for both: an install with
+# (tests/test_socketio.py) with socket.io-msgpack-parser (pinned; tests/test_socketio_parity.py)
+# and the official Socket.IO Admin UI (@socket.io/admin-ui, pinned: its built ui/dist, for
+# tests/e2e/test_browser_socketio_admin.py), installed (never vendored) into tests/.node, which git ignores;
+# skipped when those versions are already there. One npm call for all: an install with
 # --no-save prunes the packages it was not given. A failed install does not stop the run:
 # those tests skip without the packages, and fail under CI=true.
 CENTRIFUGE_JS=5.7.4
 SOCKET_IO_CLIENT=4.8.4
+SOCKET_IO_MSGPACK_PARSER=3.0.2
+SOCKET_IO_ADMIN_UI=0.5.1
 installed_js() {
     python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' \
         "tests/.node/node_modules/$1/package.json" 2>/dev/null || true
 }
 if [[ $(installed_js centrifuge) != "$CENTRIFUGE_JS" \
-        || $(installed_js socket.io-client) != "$SOCKET_IO_CLIENT" ]]; then
+        || $(installed_js socket.io-client) != "$SOCKET_IO_CLIENT"
+        || $(installed_js socket.io-msgpack-parser) != "$SOCKET_IO_MSGPACK_PARSER"
+        || $(installed_js @socket.io/admin-ui) != "$SOCKET_IO_ADMIN_UI" ]]; then
     command -v npm >/dev/null || apt_install --no-install-recommends npm \
         || echo "tests/run.sh: could not install npm" >&2
     if command -v npm >/dev/null; then
         npm install --prefix tests/.node --no-save --no-audit --no-fund --ignore-scripts \
             --no-package-lock --loglevel=error "centrifuge@$CENTRIFUGE_JS" \
             "socket.io-client@$SOCKET_IO_CLIENT" \
-            || echo "tests/run.sh: npm could not install centrifuge@$CENTRIFUGE_JS and" \
-                "socket.io-client@$SOCKET_IO_CLIENT" >&2
+            "socket.io-msgpack-parser@$SOCKET_IO_MSGPACK_PARSER" \
+            "@socket.io/admin-ui@$SOCKET_IO_ADMIN_UI" \
+            || echo "tests/run.sh: npm could not install centrifuge@$CENTRIFUGE_JS," \
+                "socket.io-client@$SOCKET_IO_CLIENT," \
+                "socket.io-msgpack-parser@$SOCKET_IO_MSGPACK_PARSER and" \
+                "@socket.io/admin-ui@$SOCKET_IO_ADMIN_UI" >&2
     fi
 fi
 python3 -m pip install --quiet -e '.[test]' --config-settings editable_mode=strict

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import shutil
+import subprocess
 import threading
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -20,6 +24,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from realtime import socketio as rsio
 from tests.clients import captured_log, in_thread, until
 from tests.test_socketio import (
+    NODE_MODULES,
     TRANSPORTS,
     WAIT,
     PyClient,
@@ -32,6 +37,8 @@ from tests.test_socketio import (
     stop_all,
     ws_url,
 )
+
+NODE_MSGPACK = Path(__file__).parent / "node" / "socketio_msgpack.js"
 
 # -- acks across processes ----------------------------------------------------------------------
 
@@ -295,6 +302,69 @@ async def test_msgpack_with_python_socketios_client(live, transports, transport)
     assert await one.next() == ("disconnect", ("server disconnect",))
 
 
+def _node_msgpack(url: str, transport: str) -> list[dict[str, Any]]:
+    env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
+    done = subprocess.run(["node", str(NODE_MSGPACK), url, transport], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+@pytest.fixture
+def msgpack_parser_of_node() -> None:
+    """Node, socket.io-client and socket.io-msgpack-parser in tests/.node (tests/run.sh):
+    skipped without them, failed under CI=true."""
+    if shutil.which("node") is None or not all(
+            (NODE_MODULES / package).is_dir()
+            for package in ("socket.io-client", "socket.io-msgpack-parser")):
+        reason = ("needs node, socket.io-client and socket.io-msgpack-parser in tests/.node"
+                  " (bash tests/run.sh)")
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+@pytest_twisted.ensureDeferred
+async def test_msgpack_with_socket_io_client_and_msgpack_parser_of_node(
+        live, msgpack_parser_of_node, transport):
+    """``serializer="msgpack"`` with Node's socket.io-client and socket.io-msgpack-parser
+    (the parser Socket.IO's own servers pair with it): auth, an event with bytes and its
+    ack, a room emit, ``call()`` answered with bytes, and ``disconnect()``, which Node's
+    parser accepts only without a ``data`` key (it checks ``data === undefined``)."""
+    sio = quick_server(serializer="msgpack")
+    seen: dict[str, Any] = {}
+
+    @sio.event
+    async def connect(sid: str, environ: Any, auth: Any) -> None:
+        seen["auth"] = auth
+        await sio.enter_room(sid, "lobby")
+
+    @sio.event
+    async def echo(sid: str, data: Any) -> Any:
+        seen["echo"] = data
+        return data, data["blob"][::-1]
+
+    @sio.event
+    async def ready(sid: str) -> None:
+        await sio.emit("said", {"text": "lobby", "blob": b"\x00\xff"}, room="lobby")
+        seen["answer"] = await sio.call("ask", b"\x03", to=sid, timeout=WAIT)
+        seen["transport"] = sio.transport(sid)
+        await sio.disconnect(sid)
+
+    url = await start(live, sio)
+    lines = await in_thread(_node_msgpack, url, transport)
+    assert seen["auth"] == {"token": "js"} and seen["transport"] == transport
+    assert seen["echo"] == {"blob": b"\x01\x02\xff", "n": 2.5}
+    assert lines == [
+        {"connected": lines[0]["connected"]},
+        {"echoed": [{"blob": {"bytes": [1, 2, 255]}, "n": 2.5}, {"bytes": [255, 2, 1]}]},
+        {"said": "lobby", "blob": {"bytes": [0, 255]}},
+        {"disconnect": "io server disconnect"}]
+    assert seen["answer"] == ({"bytes": [3]}, b"\x07")  # two arguments: a tuple
+    assert await until(lambda: not sio._polling)
+
+
 async def _next_packet(raw: Raw) -> Any:
     """The next Socket.IO packet, which must be a binary frame (pings answered)."""
     while True:
@@ -382,6 +452,9 @@ def test_a_msgpack_packets_type_is_read_without_decoding_it():
                                         (rsio.CONNECT, {"sid": "x"}, None),
                                         (rsio.DISCONNECT, None, None)]]
     assert kinds == [rsio.EVENT, rsio.ACK, rsio.CONNECT, rsio.DISCONNECT]
+    # No "data" key when there is none: Node's socket.io-msgpack-parser refuses a nil there.
+    assert msgpack.unpackb(rsio.encode_msgpack_packet(rsio.DISCONNECT, "/chat")) == {
+        "type": rsio.DISCONNECT, "nsp": "/chat"}
     assert rsio._msgpack_kind(b"\x93\x01\x02\x03") is None
 
 
