@@ -18,7 +18,6 @@ benchmarks/results/django-http-latest.md (also printed).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from collections import Counter
@@ -36,12 +35,13 @@ from run import (  # noqa: E402
     ServerSpec,
     chosen_servers,
     client_attempt,
-    cpu_model,
     prepare_venvs,
+    publish_side,
+    recorded_passes,
     report,
-    run_passes,
     runner_start,
     server_specs,
+    side_meta,
     versions,
 )
 
@@ -159,13 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     client_python = prepare_venvs(specs, servers, opts, log)
     meta_versions = {s: versions(specs[s].python(opts.venvs)) for s in servers}
 
-    opts.out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    jsonl = opts.out / f"django-http-{stamp}.jsonl"
-    log_dir = opts.out / "logs" / f"django-http-{stamp}"
-    rows = run_passes(specs, servers, SCENARIOS, opts, client_python, jsonl, log_dir, log,
-                      attempt=run_attempt)
-    shutil.copyfile(jsonl, opts.out / "django-http-latest.jsonl")
+    rows, jsonl = recorded_passes("django-http", specs, servers, SCENARIOS, opts,
+                                  client_python, log, attempt=run_attempt)
     elapsed = (time.monotonic() - t_start) / 60
     errors = error_lines(rows)
     notes = [f"Scenarios: {opts.connections} keep-alive connections, one GET in flight each, "
@@ -178,17 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     if opts.quick:
         notes += ["", "Quick run (1 pass, 1 s, 5 connections): figures are not comparable "
                   "with a full run."]
-    meta = {
-        "title": "Django over HTTP", "date": time.strftime("%Y-%m-%d %H:%M"),
-        "passes": opts.passes, "server_core": opts.server_core,
-        "client_core": opts.client_core, "cpu": cpu_model(), "elapsed_min": elapsed,
-        "versions": meta_versions, "noise_limit": opts.noise_limit,
-        "retries": opts.retries, "notes": "\n".join(notes),
-    }
+    meta = side_meta("Django over HTTP", opts, elapsed, meta_versions, notes)
     text = make_report(rows, servers, {s: specs[s].label for s in servers}, meta)
-    (opts.out / "django-http-latest.md").write_text(text)
-    print(text)
-    log(f"rows: {jsonl}; table: {opts.out / 'django-http-latest.md'}; {elapsed:.1f} min")
+    publish_side("django-http", text, jsonl, elapsed, opts, log)
     return 0
 
 

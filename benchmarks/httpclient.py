@@ -25,7 +25,14 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ProcStat, Window, client_main, error_text, latency_summary
+from benchlib import (
+    ProcStat,
+    Window,
+    client_arguments,
+    client_main,
+    error_text,
+    latency_summary,
+)
 
 _now_ns = time.perf_counter_ns
 #: A response head larger than this is an error, not something to wait for.
@@ -279,19 +286,13 @@ async def run_http(url: str, *, conns: int, duration: float, warmup: float,
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--url", required=True, help="http://127.0.0.1:PORT/path")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                parents=[client_arguments("http://127.0.0.1:PORT/path")])
     p.add_argument("--conns", type=int, default=50)
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--server-pid", type=int)
-    p.add_argument("--scenario", default="http")
-    p.add_argument("--time-limit", type=float, default=60.0,
-                   help="hard limit in seconds (the process exits past it)")
-    p.add_argument("--server-core", type=int,
-                   help="the core the server is pinned to (to report other load on it)")
-    p.add_argument("--client-core", type=int,
-                   help="the core this client is pinned to (likewise)")
+    p.set_defaults(scenario="http", time_limit=60.0)
     return p.parse_args(argv)
 
 

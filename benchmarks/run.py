@@ -682,6 +682,43 @@ def prepare_venvs(specs: dict[str, ServerSpec], servers: Sequence[str],
     return client_python
 
 
+def recorded_passes(name: str, specs: dict[str, ServerSpec], servers: Sequence[str],
+                    scenarios: Sequence[Scenario], opts: argparse.Namespace,
+                    client_python: str, log: Any, *, attempt: Attempt | None = None,
+                    ) -> tuple[list[dict[str, Any]], Path]:
+    """``run_passes`` for a side benchmark (socket_io.py, django_http.py): rows to
+    ``<out>/<name>-<time>.jsonl``, copied to ``<name>-latest.jsonl``, server logs under
+    ``<out>/logs/<name>-<time>/``; the rows and the file."""
+    opts.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    jsonl = opts.out / f"{name}-{stamp}.jsonl"
+    rows = run_passes(specs, servers, scenarios, opts, client_python, jsonl,
+                      opts.out / "logs" / f"{name}-{stamp}", log, attempt=attempt)
+    shutil.copyfile(jsonl, opts.out / f"{name}-latest.jsonl")
+    return rows, jsonl
+
+
+def side_meta(title: str, opts: argparse.Namespace, elapsed: float,
+              meta_versions: dict[str, Any], notes: Sequence[str]) -> dict[str, Any]:
+    """A side benchmark's report header (``report``'s ``meta``)."""
+    return {
+        "title": title, "date": time.strftime("%Y-%m-%d %H:%M"),
+        "passes": opts.passes, "server_core": opts.server_core,
+        "client_core": opts.client_core, "cpu": cpu_model(), "elapsed_min": elapsed,
+        "versions": meta_versions, "noise_limit": opts.noise_limit,
+        "retries": opts.retries, "notes": "\n".join(notes),
+    }
+
+
+def publish_side(name: str, text: str, jsonl: Path, elapsed: float,
+                 opts: argparse.Namespace, log: Any) -> None:
+    """A side benchmark's table to ``<out>/<name>-latest.md`` and stdout."""
+    table = opts.out / f"{name}-latest.md"
+    table.write_text(text)
+    print(text)
+    log(f"rows: {jsonl}; table: {table}; {elapsed:.1f} min")
+
+
 def run_passes(specs: dict[str, ServerSpec], servers: Sequence[str],
                scenarios: Sequence[Scenario], opts: argparse.Namespace, client_python: str,
                jsonl: Path, log_dir: Path, log: Any, *, attempt: Attempt | None = None,

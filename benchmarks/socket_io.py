@@ -31,7 +31,6 @@ does.)
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -48,11 +47,12 @@ from run import (  # noqa: E402
     ServerSpec,
     chosen_servers,
     client_attempt,
-    cpu_model,
     prepare_venvs,
+    publish_side,
+    recorded_passes,
     report,
-    run_passes,
     runner_start,
+    side_meta,
     versions,
 )
 
@@ -205,13 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         if specs[s].venv:
             meta_versions[s].update(versions(specs[s].python(opts.venvs), PSIO_VERSIONS))
 
-    opts.out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    jsonl = opts.out / f"socketio-{stamp}.jsonl"
-    log_dir = opts.out / "logs" / f"socketio-{stamp}"
-    rows = run_passes(specs, servers, scs, opts, client_python, jsonl, log_dir, log,
-                      attempt=run_attempt)
-    shutil.copyfile(jsonl, opts.out / "socketio-latest.jsonl")
+    rows, jsonl = recorded_passes("socketio", specs, servers, scs, opts, client_python, log,
+                                  attempt=run_attempt)
     elapsed = (time.monotonic() - t_start) / 60
     notes = ["Scenarios: " + "; ".join(f"`{sc.name}`: {sc.title}" for sc in scs)
              + f". Echo: {opts.warmup:g} s warm-up, {opts.echo_duration:g} s measured; "
@@ -228,17 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     if opts.quick:
         notes += ["", "Quick run (1 pass, 1 s, 20 members): figures are not comparable "
                   "with a full run."]
-    meta = {
-        "title": "Socket.IO", "date": time.strftime("%Y-%m-%d %H:%M"),
-        "passes": opts.passes, "server_core": opts.server_core,
-        "client_core": opts.client_core, "cpu": cpu_model(), "elapsed_min": elapsed,
-        "versions": meta_versions, "noise_limit": opts.noise_limit,
-        "retries": opts.retries, "notes": "\n".join(notes),
-    }
+    meta = side_meta("Socket.IO", opts, elapsed, meta_versions, notes)
     text = report(rows, scs, servers, {s: specs[s].label for s in servers}, meta)
-    (opts.out / "socketio-latest.md").write_text(text)
-    print(text)
-    log(f"rows: {jsonl}; table: {opts.out / 'socketio-latest.md'}; {elapsed:.1f} min")
+    publish_side("socketio", text, jsonl, elapsed, opts, log)
     return 0
 
 
