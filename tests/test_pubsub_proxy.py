@@ -634,8 +634,8 @@ def test_proxy_options_at_start_up(tmp_path, monkeypatch):
     assert settings.pubsub_proxy.timeout == 2.0
     assert settings.pubsub_proxy.static_headers == (("X-Custom", "custom value"),)
     monkeypatch.setenv("REALTIME_PROXY_PUBLISH_ENDPOINT", "grpc://127.0.0.1:9000")
-    assert startup_error() == (
-        "--proxy-publish-endpoint: expected an http:// or https:// URL, got "
+    assert startup_error() == (  # (one line: gRPC proxies are not built)
+        "--proxy-publish-endpoint: gRPC proxies are not built (HTTP/JSON only), got "
         "'grpc://127.0.0.1:9000'")
     monkeypatch.delenv("REALTIME_PROXY_PUBLISH_ENDPOINT")
 
@@ -765,8 +765,9 @@ async def test_a_unidirectional_connect_through_the_proxy(pubsub_server, backend
 
 # -- the bound on requests in flight -----------------------------------------------------------
 
-def _gauges() -> tuple[int, int, dict[str, int]]:
-    """(in flight, queued, calls) as a ``--metrics`` scrape has them."""
+def _gauges(by_proxy: bool = False) -> tuple[int, int, dict[str, int]]:
+    """(in flight, queued, calls) as a ``--metrics`` scrape has them: calls by "event
+    outcome" (every proxy together), or "event proxy outcome"."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from realtime.metrics import Collector, exposition
@@ -776,8 +777,9 @@ def _gauges() -> tuple[int, int, dict[str, int]]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "realtime_pubsub_proxy_calls_total":
-                key = f"{sample.labels['event']} {sample.labels['outcome']}"
-                found["calls"][key] = int(sample.value)
+                labels = ("event", "proxy", "outcome") if by_proxy else ("event", "outcome")
+                key = " ".join(sample.labels[label] for label in labels)
+                found["calls"][key] = found["calls"].get(key, 0) + int(sample.value)
             elif sample.name.startswith("realtime_pubsub_proxy_"):
                 found[sample.name] = int(sample.value)
     return (found["realtime_pubsub_proxy_requests_in_progress"],
