@@ -67,6 +67,8 @@ class Backend:
                     return NOT_DONE_YET
                 if isinstance(answer, Deferred):  # answered when the test fires it
                     def write(result: Any) -> None:
+                        if request._disconnected:  # the proxy gave up (its timeout)
+                            return
                         request.setHeader(b"content-type", b"application/json")
                         request.write(json.dumps(result).encode())
                         request.finish()
