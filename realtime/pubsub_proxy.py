@@ -5,7 +5,15 @@ endpoints, requests and responses as Centrifugo's proxy documentation has them.
 Why: a team moving from Centrifugo already has these endpoints in its backend (the connect
 proxy that authenticates by the session cookie, the subscribe proxy that checks
 permissions); it points realtime at them and changes nothing there. HTTP/JSON only (no
-gRPC proxies).
+gRPC proxies: a ``grpc://`` endpoint stops start-up).
+
+Which proxy, as Centrifugo v6 has it: each event has its own (``--proxy-connect-endpoint``,
+..., with the ``--proxy-*`` options, and ``--proxy-event``'s settings over them for that
+event alone); named proxies (``--proxy``, Centrifugo's ``proxies``: each with its own
+endpoint, timeout, headers and ``status_to_code_transforms``) are picked per namespace
+(``subscribe_proxy_name``, ``publish_proxy_name``, ``sub_refresh_proxy_name``) and per RPC
+namespace (``--rpc-namespace NAME:proxy_enabled,proxy_name=...``: a method ``NAME:rest``;
+without any RPC namespace every method goes to ``--proxy-rpc-endpoint``, as before).
 
 The in-process hooks stay the way to decide in Python: ``_Protocol.can_subscribe``,
 ``can_publish`` and ``rpc`` call the proxy here when it is configured (and, for channels,
@@ -14,23 +22,25 @@ still asks the proxy). The connect and refresh proxies have no hook: they are as
 connection without a token (nor a user from the handshake), and when such a connection's
 ``expire_at`` comes.
 
-One ``HTTPConnectionPool`` per process keeps connections to the backend open; a backend
-that is down, slow past ``--proxy-timeout``, answers other than 200 or not JSON (or more
-than ``MAX_RESPONSE`` bytes) fails that one command with Centrifugo's internal error (100,
+One ``HTTPConnectionPool`` per process keeps connections to the backends open; a backend
+that is down, slow past its proxy's timeout, answers other than 200 (and a status its
+proxy's ``status_to_code_transforms`` does not name) or not JSON (or more than
+``MAX_RESPONSE`` bytes) fails that one command with Centrifugo's internal error (100,
 temporary: the SDKs retry), logged in one line.
 
-At most ``--proxy-max-inflight`` requests are in flight per process, across endpoints
-(``GATE``; Centrifugo has no bound): after a deploy every client reconnects at once and
-each connect is a backend request, so the rest wait first come first served, their
-``--proxy-timeout`` counted from when they queued (a queue drains, it never grows without
+At most ``--proxy-max-inflight`` requests are in flight per process, every proxy together
+(``GATE``, one queue; Centrifugo has no bound): after a deploy every client reconnects at
+once and each connect is a backend request, so the rest wait first come first served, their
+proxy's timeout counted from when they queued (a queue drains, it never grows without
 bound in time): one still waiting at three quarters of it fails there (``QUEUE_SHARE``:
 the backend gets no request it has no time left to answer), and a call whose client left
 is dropped from the queue.
 
 Headers emulation (Centrifugo v6.9's ``emulated_headers``): a browser's WebSocket cannot
 set headers, so centrifuge-js sends a ``headers`` map in the connect command; the names
-listed in ``--proxy-emulated-headers`` go from it to every proxy request of that
-connection, under the handshake's (``--proxy-http-headers``) and over the static ones.
+a proxy lists (``--proxy-emulated-headers``, a named proxy's ``emulated_headers``) go from
+it to that proxy's requests of that connection, under the handshake's
+(``--proxy-http-headers``) and over the static ones.
 They are the client's: never a name the backend trusts as the edge's.
 """
 
@@ -965,7 +975,7 @@ class Gate:
         now = reactor.seconds()
         if now - self._logged_at >= 1.0:
             log.warn("pubsub: {count} proxy call(s) waited {waited:.3g} s (3/4 of "
-                     "--proxy-timeout) for one of the {limit} places in flight "
+                     "their proxy's timeout) for one of the {limit} places in flight "
                      "(--proxy-max-inflight) and failed (the clients get error 100)",
                      count=self._unlogged, waited=waited, limit=limit)
             self._unlogged, self._logged_at = 0, now

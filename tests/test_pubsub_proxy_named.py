@@ -465,3 +465,34 @@ def test_a_bad_proxy_table_stops_start_up_with_one_line(tmp_path, body, line):
     config.write_text('app = "realtime.pubsub:application"\n' + body)
     assert startup_error("--config", str(config)) == line.replace(
         "CONFIG:", f"--config {config}:")
+
+
+def test_the_contrib_configs_commented_proxy_objects_parse(tmp_path):
+    """contrib/pubsub/realtime.toml's commented v6 proxy objects ([proxy_events.connect],
+    [[proxies]], [[rpc_namespaces]]), uncommented after its proxy_* endpoints, are a
+    configuration realtime takes as the comments say."""
+    import re
+
+    from tests.test_config_file import REPO
+
+    text = (REPO / "contrib" / "pubsub" / "realtime.toml").read_text()
+    block = text[text.index("# [proxy_events.connect]"):]
+    block = block[:block.index("\n\n")]
+    toml = "\n".join(line[2:] for line in block.splitlines()
+                     if re.match(r'# (\[|[\w"]+ = |  \{)', line))
+    config = tmp_path / "realtime.toml"
+    config.write_text('app = "realtime.pubsub:application"\n'
+                      'proxy_connect_endpoint = "http://127.0.0.1:8001/centrifugo/connect"\n'
+                      'proxy_rpc_endpoint = "http://127.0.0.1:8001/centrifugo/rpc"\n'
+                      'proxy_timeout = "1s"\n' + toml + "\n")
+    _options("--config", str(config), "--namespace",
+             "shop:subscribe_proxy_enabled,subscribe_proxy_name=payments")
+    proxy = settings.pubsub_proxy
+    assert (proxy.own("connect").timeout, proxy.own("connect").http_headers) == (
+        3.0, ("Cookie",))
+    payments = proxy.proxies["payments"]
+    assert payments.static_headers == (("X-Proxy-Key", "change-me"),)
+    assert payments.transform(401) == StatusTransform(401, disconnect=(4501, "unauthorized"))
+    assert proxy.for_rpc("billing:charge") is payments
+    assert proxy.for_rpc("ping") is proxy.own("rpc")
+    assert proxy.for_channel("subscribe", settings.pubsub_namespaces["shop"]) is payments
