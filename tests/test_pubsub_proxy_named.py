@@ -77,7 +77,7 @@ async def test_each_namespace_asks_the_proxy_it_names_with_that_proxys_headers(
     backend.answers["connect"] = lambda body: {"result": {"user": "ada", "meta": {"m": 1}}}
     backend.answers["subscribe"] = lambda body: {"result": {"data": "own"}}
     second.answers["subscribe"] = lambda body: {"result": {
-        "data": "named", "expire_at": time.time() + 0.3}}
+        "data": "named", "expire_at": time.time() + 0.8}}  # (then the sub_refresh)
     second.answers["publish"] = lambda body: {"result": {"data": {"by": "named"}}}
     second.answers["sub_refresh"] = lambda body: {"result": {"expired": True}}
     server = await pubsub_server(
