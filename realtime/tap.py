@@ -1104,13 +1104,25 @@ class Options(usage.Options):
                                    "twice")
             rpc[found.name] = found
         boundary = self["rpc-namespace-boundary"]
-        given = [f"--{name}" for name in (
-            "proxy-timeout", "proxy-max-inflight", "proxy-http-headers",
-            "proxy-emulated-headers", "proxy-static-header", "proxy-include-connection-meta",
-            "proxy-binary-encoding") if self[name] not in (None, "", [], 0)]
-        if given and not endpoints:
-            raise StartupError(f"{given[0]}: needs a proxy endpoint (--proxy-connect-"
-                               "endpoint, ..., --proxy-rpc-endpoint)")
+        # The events' own proxies' settings (a --proxy has its own: that setting's name),
+        # and the bound on requests in flight, which every proxy shares.
+        own_settings = {"proxy-timeout": "timeout=", "proxy-http-headers": "http_headers=",
+                        "proxy-emulated-headers": "emulated_headers=",
+                        "proxy-static-header": "static_header=",
+                        "proxy-include-connection-meta": "include_connection_meta",
+                        "proxy-binary-encoding": "binary_encoding"}
+        if not endpoints:
+            for option in ("proxy-timeout", "proxy-max-inflight", *list(own_settings)[1:]):
+                if self[option] in (None, "", [], 0):
+                    continue
+                if option == "proxy-max-inflight":
+                    if named:
+                        continue
+                    raise StartupError("--proxy-max-inflight: needs a proxy (--proxy-connect-"
+                                       "endpoint, ..., --proxy-rpc-endpoint, or a --proxy)")
+                hint = f"; a --proxy has its own {own_settings[option]}" if named else ""
+                raise StartupError(f"--{option}: needs a proxy endpoint (--proxy-connect-"
+                                   f"endpoint, ..., --proxy-rpc-endpoint{hint})")
         if rpc and not endpoints and not named:
             raise StartupError("--rpc-namespace: needs a proxy (--proxy-rpc-endpoint or "
                                "--proxy)")

@@ -975,9 +975,11 @@ def test_emulated_headers_and_max_inflight_at_start_up(tmp_path):
                  ("--proxy-http-headers", "Cookie"), ("--proxy-emulated-headers", "X-A"),
                  ("--proxy-static-header", "X-Key: v"), ("--proxy-binary-encoding",),
                  ("--proxy-include-connection-meta",)):
+        needs = "a proxy" if args[0] == "--proxy-max-inflight" else "a proxy endpoint"
+        alone = ", or a --proxy" if args[0] == "--proxy-max-inflight" else ""
         assert startup_error(*args) == (
-            f"{args[0]}: needs a proxy endpoint (--proxy-connect-endpoint, ..., "
-            "--proxy-rpc-endpoint)")
+            f"{args[0]}: needs {needs} (--proxy-connect-endpoint, ..., "
+            f"--proxy-rpc-endpoint{alone})")
     with pytest.raises(ValueError, match="emulated_headers: 'Upgrade' is the proxy"):
         ProxyConfig(endpoints={"rpc": "http://h/"}, emulated_headers=("Upgrade",))
     with pytest.raises(ValueError, match="max_inflight"):

@@ -496,3 +496,18 @@ def test_the_contrib_configs_commented_proxy_objects_parse(tmp_path):
     assert proxy.for_rpc("billing:charge") is payments
     assert proxy.for_rpc("ping") is proxy.own("rpc")
     assert proxy.for_channel("subscribe", settings.pubsub_namespaces["shop"]) is payments
+
+
+def test_the_bound_on_requests_in_flight_is_set_with_named_proxies_alone():
+    """``--proxy-max-inflight`` bounds every proxy of the process, named ones too: with
+    ``--proxy`` and no ``--proxy-*-endpoint`` it is taken (the other ``--proxy-*`` options
+    are the events' own proxies' and still need an endpoint)."""
+    _options("--proxy", "pay:endpoint=http://127.0.0.1:3001/", "--proxy-max-inflight", "8")
+    assert settings.pubsub_proxy.max_inflight == 8
+    assert startup_error("--proxy-max-inflight", "8") == (
+        "--proxy-max-inflight: needs a proxy (--proxy-connect-endpoint, ..., "
+        "--proxy-rpc-endpoint, or a --proxy)")
+    assert startup_error("--proxy", "pay:endpoint=http://127.0.0.1:3001/", "--proxy-timeout",
+                         "2s") == (
+        "--proxy-timeout: needs a proxy endpoint (--proxy-connect-endpoint, ..., "
+        "--proxy-rpc-endpoint; a --proxy has its own timeout=)")
