@@ -349,10 +349,13 @@ def check_endpoint(url: str) -> str:
 
 
 def parse_static_header(value: str) -> tuple[str, str]:
-    """``Name: value`` (``--proxy-static-header``)."""
+    """``Name: value`` (``--proxy-static-header``). An error names the header, never its
+    value (a static header is where a backend's shared secret goes)."""
     name, sep, text = value.partition(":")
-    if not sep or not is_token(name.strip()):
-        raise ValueError(f"expected 'Name: value', got {value!r}")
+    if not sep:
+        raise ValueError("expected 'Name: value' (no ':' in it)")
+    if not is_token(name.strip()):
+        raise ValueError(f"expected 'Name: value', got the name {name.strip()!r}")
     name, text = check_header_name(name.strip()), text.strip()
     if any(c in text for c in "\r\n\0") or not text.isascii():
         raise ValueError(f"{name}'s value must be ASCII without CR, LF or NUL")
@@ -455,6 +458,13 @@ def _strings(value: Any, at: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _kind(value: Any) -> str:
+    """What a TOML value is, for a message that must not show it (a secret's table)."""
+    kinds = ((bool, "true or false"), (int, "an integer"), (float, "a number"),
+             (str, "a string"), (list, "an array"), (dict, "a table"))
+    return next((kind for cls, kind in kinds if isinstance(value, cls)), "a date or time")
+
+
 def _table_transform(value: Any, at: str) -> StatusTransform:
     """``{status_code = 404, to_error = {code = 404, message = "...", temporary = false}}``
     or ``to_disconnect = {code = 4904, reason = "..."}`` (a code of 0: not given, as
@@ -492,12 +502,14 @@ def _table_settings(table: Mapping[str, Any], where: str) -> dict[str, Any]:
         if key in ("grpc_metadata", "grpc"):
             if value:  # (an exported config's empty defaults say nothing)
                 raise ValueError(f"{at}: gRPC proxies are not built (HTTP/JSON only)")
-        elif key == "http":
-            if not isinstance(value, dict) or set(value) - {"static_headers",
-                                                            "status_to_code_transforms",
-                                                            "tls"}:
+        elif key == "http":  # (its static_headers' values never in a message: secrets)
+            known = ("static_headers", "status_to_code_transforms", "tls")
+            if not isinstance(value, dict):
                 raise ValueError(f"{at}: expected a table of static_headers and "
-                                 f"status_to_code_transforms, got {value!r}")
+                                 f"status_to_code_transforms, got {_kind(value)}")
+            for inner in value:
+                if inner not in known:
+                    raise ValueError(f"{at}: no key {inner!r} (known: {', '.join(known)})")
             if value.get("tls"):
                 raise ValueError(f"{at}.tls: not built (https uses the system's CA "
                                  "certificates)")
@@ -516,10 +528,13 @@ def _table_settings(table: Mapping[str, Any], where: str) -> dict[str, Any]:
             found[key] = value
     statics = found.get("static_headers")
     if statics is not None:
-        if not isinstance(statics, dict) or not all(
-                isinstance(v, str) for v in statics.values()):
+        if not isinstance(statics, dict):
             raise ValueError(f"{where}: static_headers: expected a table of strings, got "
-                             f"{statics!r}")
+                             f"{_kind(statics)}")
+        for name, text in statics.items():
+            if not isinstance(text, str):
+                raise ValueError(f"{where}: static_headers: {name}: expected a string, got "
+                                 f"{_kind(text)}")
         found["static_headers"] = tuple(statics.items())
     transforms = found.get("status_to_code_transforms")
     if transforms is not None:

@@ -631,8 +631,10 @@ class Options(usage.Options):
                     continue
                 if not all(isinstance(v, str | int) and not isinstance(v, bool)
                            for v in items):
+                    shown = ("something else (its values are not shown: secrets)"
+                             if name == "proxy-static-header" else repr(value))
                     raise StartupError(f"{where}: expected a string or a list of strings, "
-                                       f"got {value!r}")
+                                       f"got {shown}")
                 self["_env_" + name] = [str(v) for v in items]
             elif name in parameters:
                 if isinstance(value, bool) or not isinstance(value, str | int | float):

@@ -652,7 +652,7 @@ def test_proxy_options_at_start_up(tmp_path, monkeypatch):
         "--proxy-publish-endpoint")
     rpc = ("--proxy-rpc-endpoint", "http://h/x")
     assert startup_error(*rpc, "--proxy-static-header", "X-Key") == (
-        "--proxy-static-header: expected 'Name: value', got 'X-Key'")
+        "--proxy-static-header: expected 'Name: value' (no ':' in it)")
     assert startup_error(*rpc, "--proxy-http-headers", "Cookie Bad:Name") == (
         "--proxy-http-headers: 'Bad:Name' is not a header name")
     # the request's own headers: a client's Host or Content-Length never reaches the backend

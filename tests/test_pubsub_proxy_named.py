@@ -511,3 +511,45 @@ def test_the_bound_on_requests_in_flight_is_set_with_named_proxies_alone():
                          "2s") == (
         "--proxy-timeout: needs a proxy endpoint (--proxy-connect-endpoint, ..., "
         "--proxy-rpc-endpoint; a --proxy has its own timeout=)")
+
+
+#: (arguments, or a TOML body after ``app = ...``; the line that stops start-up): a static
+#: header's value (a secret: "s3cret") is never in it, its name is.
+SECRET_REFUSALS: list[tuple[tuple[str, ...] | str, str]] = [
+    (("--proxy", "pay:endpoint=http://h/,static_header=X Key: s3cret"),
+     "--proxy: 'pay': static_header: expected 'Name: value', got the name 'X Key'"),
+    (("--proxy", "pay:endpoint=http://h/,static_header=X-Key=s3cret"),
+     "--proxy: 'pay': static_header: expected 'Name: value' (no ':' in it)"),
+    (("--proxy-rpc-endpoint", "http://h/", "--proxy-static-header", "Bad Name: s3cret"),
+     "--proxy-static-header: expected 'Name: value', got the name 'Bad Name'"),
+    ('[[proxies]]\nname = "pay"\nendpoint = "http://h/"\n'
+     'http = { static_headers = { "X-Key" = "s3cret", "X-N" = 5 } }\n',
+     "CONFIG: proxies: 'pay': static_headers: X-N: expected a string, got an integer"),
+    ('[[proxies]]\nname = "pay"\nendpoint = "http://h/"\n'
+     'http = { static_headers = { "X Key" = "s3cret" } }\n',
+     "CONFIG: proxies: 'pay': static_headers: expected 'Name: value', got the name 'X Key'"),
+    ('[[proxies]]\nname = "pay"\nendpoint = "http://h/"\n'
+     'http = { static_headers = { "X-Key" = "s3cret" }, timeout = "1s" }\n',
+     "CONFIG: proxies: 'pay': http: no key 'timeout' (known: static_headers, "
+     "status_to_code_transforms, tls)"),
+    ('[[proxies]]\nname = "pay"\nendpoint = "http://h/"\nstatic_headers = ["X-Key: s3cret"]\n',
+     "CONFIG: proxies: 'pay': static_headers: expected a table of strings, got an array"),
+    ('proxy_rpc_endpoint = "http://h/"\nproxy_static_header = ["X-Key: s3cret", true]\n',
+     "CONFIG: proxy_static_header: expected a string or a list of strings, got something "
+     "else (its values are not shown: secrets)"),
+]
+
+
+@pytest.mark.parametrize("given, line", SECRET_REFUSALS,
+                         ids=[line[:48] for _, line in SECRET_REFUSALS])
+def test_a_refused_static_header_never_shows_its_value(tmp_path, given, line):
+    args: tuple[str, ...]
+    if isinstance(given, str):
+        config = tmp_path / "realtime.toml"
+        config.write_text('app = "realtime.pubsub:application"\n' + given)
+        args, line = ("--config", str(config)), line.replace("CONFIG:", f"--config {config}:")
+    else:
+        args = given
+    found = startup_error(*args)
+    assert "s3cret" not in found
+    assert found == line
