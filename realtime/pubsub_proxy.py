@@ -636,16 +636,39 @@ def parse_proxy_event(spec: str) -> tuple[str, dict[str, Any]]:
     ``--proxy-EVENT-endpoint`` too)."""
     name, items = _spec_items(spec, "EVENT:SETTING=VALUE,...")
     event = _event(name)
-    return event, _spec_settings(items, event)
+    switches = [value for key, value in items if key == "enabled"]
+    found = _spec_settings([item for item in items if item[0] != "enabled"], event)
+    if len(switches) > 1:
+        raise ValueError(f"{event}: enabled given twice")
+    if switches:
+        found["enabled"] = _event_enabled(event, _flag(switches[0], f"{event}: enabled"))
+    return event, found
 
 
 def proxy_event_from_table(event: str, table: Any) -> tuple[str, dict[str, Any]]:
     """A ``[proxy_events.EVENT]`` TOML table (Centrifugo's ``client.proxy.connect``, ...
-    object)."""
+    object, ``enabled`` too)."""
     event = _event(event)
     if not isinstance(table, dict):
         raise ValueError(f"{event}: expected a table, got {table!r}")
-    return event, _table_settings(table, event)
+    found = _table_settings({k: v for k, v in table.items() if k != "enabled"}, event)
+    if "enabled" in table:
+        if not isinstance(table["enabled"], bool):
+            raise ValueError(f"{event}: enabled: expected true or false, got "
+                             f"{table['enabled']!r}")
+        found["enabled"] = _event_enabled(event, table["enabled"])
+    return event, found
+
+
+def _event_enabled(event: str, enabled: bool) -> bool:
+    """``enabled`` of v6's ``client.proxy.connect`` and ``.refresh`` (false: that proxy
+    is off, its endpoint set or not); the other events' objects have none."""
+    if event not in ("connect", "refresh"):
+        turns = ("an RPC namespace's proxy_enabled (or, without any, the endpoint alone)"
+                 if event == "rpc" else f"a namespace's {event}_proxy_enabled")
+        raise ValueError(f"{event}: enabled: only connect and refresh have it (Centrifugo's "
+                         f"client.proxy.connect and .refresh); {turns} turns this one on")
+    return enabled
 
 
 def _rpc_named(name: Any) -> str:

@@ -1067,6 +1067,7 @@ class Options(usage.Options):
                 except ValueError as exc:
                     raise StartupError(f"--{name}: {exc}") from None
         events: dict[str, dict[str, Any]] = {}
+        seen: set[str] = set()
         for spec in self["proxy-event"]:
             try:
                 event, own = (pubsub_proxy.parse_proxy_event(spec) if isinstance(spec, str)
@@ -1074,8 +1075,13 @@ class Options(usage.Options):
             except ValueError as exc:
                 raise StartupError(f"--proxy-event: {exc}") from None
             option = f"--proxy-{event.replace('_', '-')}-endpoint"
-            if event in events:
+            if event in seen:
                 raise StartupError(f"--proxy-event: {event!r} given twice")
+            seen.add(event)
+            own = dict(own)
+            if not own.pop("enabled", True):  # (v6's connect or refresh enabled = false)
+                endpoints.pop(event, None)
+                continue
             if "endpoint" in own:
                 if event in endpoints:
                     raise StartupError(f"--proxy-event: {event}: endpoint given twice (and "

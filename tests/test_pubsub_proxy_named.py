@@ -553,3 +553,43 @@ def test_a_refused_static_header_never_shows_its_value(tmp_path, given, line):
     found = startup_error(*args)
     assert "s3cret" not in found
     assert found == line
+
+
+def test_the_connect_and_refresh_objects_enabled_key_as_centrifugo_has_it(tmp_path):
+    """v6's ``client.proxy.connect`` and ``client.proxy.refresh`` objects carry
+    ``enabled``: copied as they are into ``[proxy_events.connect]`` they load; ``enabled =
+    false`` turns that proxy off (its endpoint set or not), as in Centrifugo. The other
+    events have no such key (a namespace's ``*_proxy_enabled`` turns them on)."""
+    config = tmp_path / "realtime.toml"
+    config.write_text('''app = "realtime.pubsub:application"
+proxy_rpc_endpoint = "http://127.0.0.1:3000/rpc"
+proxy_refresh_endpoint = "http://127.0.0.1:3000/refresh"
+
+[proxy_events.connect]
+enabled = true
+endpoint = "http://127.0.0.1:3000/connect"
+timeout = "3s"
+
+[proxy_events.refresh]
+enabled = false
+timeout = "2s"
+''')
+    _options("--config", str(config))
+    proxy = settings.pubsub_proxy
+    assert proxy.own("connect").timeout == 3.0
+    assert proxy.own("refresh") is None and "refresh" not in proxy.endpoints
+    _options("--proxy-connect-endpoint", "http://127.0.0.1:3000/connect", "--proxy-event",
+             "connect:enabled=false", "--proxy-rpc-endpoint", "http://127.0.0.1:3000/rpc")
+    assert settings.pubsub_proxy.own("connect") is None
+    _options("--proxy-event", "connect:enabled,endpoint=http://127.0.0.1:3000/connect")
+    assert settings.pubsub_proxy.own("connect").endpoint == "http://127.0.0.1:3000/connect"
+    assert startup_error("--proxy-event", "connect:enabled") == (
+        "--proxy-event: connect: needs its endpoint (--proxy-connect-endpoint, or "
+        "endpoint=URL)")
+    assert startup_error("--proxy-subscribe-endpoint", "http://h/", "--proxy-event",
+                         "subscribe:enabled") == (
+        "--proxy-event: subscribe: enabled: only connect and refresh have it (Centrifugo's "
+        "client.proxy.connect and .refresh); a namespace's subscribe_proxy_enabled turns "
+        "this one on")
+    assert startup_error("--proxy-event", "connect:enabled=maybe") == (
+        "--proxy-event: connect: enabled: expected true or false, got 'maybe'")
