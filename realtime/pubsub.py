@@ -267,7 +267,10 @@ def parse_namespace(spec: str) -> Namespace:
             from realtime.pubsub_proxy import DEFAULT, is_proxy_name
 
             value = value.strip()
-            if value != DEFAULT and not is_proxy_name(value):
+            if not has_value:
+                raise ValueError(f"{where}: expected {option}=NAME (a --proxy name, or "
+                                 f"{DEFAULT!r})")
+            if value not in ("", DEFAULT) and not is_proxy_name(value):  # "": v6's default
                 raise ValueError(f"{where}: expected a --proxy name (or {DEFAULT!r}), got "
                                  f"{value!r}")
             values[option] = value

@@ -593,3 +593,30 @@ timeout = "2s"
         "this one on")
     assert startup_error("--proxy-event", "connect:enabled=maybe") == (
         "--proxy-event: connect: enabled: expected true or false, got 'maybe'")
+
+
+def test_an_empty_proxy_name_is_the_events_own_as_in_centrifugo(tmp_path):
+    """A namespace's ``subscribe_proxy_name = ""`` (v6's default, as an exported config
+    writes it) is the event's own proxy, like none or ``default``; a bare
+    ``subscribe_proxy_name`` (no ``=``) is refused."""
+    config = tmp_path / "realtime.toml"
+    config.write_text('''app = "realtime.pubsub:application"
+proxy_subscribe_endpoint = "http://127.0.0.1:3000/subscribe"
+
+[[namespaces]]
+name = "chat"
+subscribe_proxy_enabled = true
+subscribe_proxy_name = ""
+publish_proxy_name = ""
+sub_refresh_proxy_name = ""
+''')
+    _options("--config", str(config))
+    chat = settings.pubsub_namespaces["chat"]
+    assert settings.pubsub_proxy.for_channel("subscribe", chat) is (
+        settings.pubsub_proxy.own("subscribe"))
+    _options("--proxy-subscribe-endpoint", "http://127.0.0.1:3000/subscribe", "--namespace",
+             "chat:subscribe_proxy_enabled,subscribe_proxy_name=")
+    assert settings.pubsub_namespaces["chat"].subscribe_proxy_name == ""
+    assert startup_error("--namespace", "chat:subscribe_proxy_name") == (
+        "--namespace: namespace 'chat': subscribe_proxy_name: expected "
+        "subscribe_proxy_name=NAME (a --proxy name, or 'default')")
