@@ -829,6 +829,7 @@ class _Client:
 
     async def post(self, url: str, body: bytes, headers: dict[bytes, list[bytes]],
                    timeout: float) -> Any:
+        from twisted.internet.defer import CancelledError
         from twisted.internet.defer import TimeoutError as DeferTimeout
         from twisted.internet.error import ConnectError
         from twisted.internet.error import TimeoutError as ConnTimeout
@@ -843,6 +844,15 @@ class _Client:
                                                      Headers(headers), producer)
             protocol = _Body(MAX_RESPONSE)
             response.deliverBody(protocol)
+            if response.code != 200:
+                # The status decides, as Centrifugo's (which never reads such a body): it is
+                # read off (up to MAX_RESPONSE, within the timeout) only to keep the
+                # connection; one too big, cut short or endless fails nothing.
+                try:
+                    await protocol.done
+                except (ProxyFailure, CancelledError):
+                    pass
+                return response.code, b""
             return response.code, await protocol.done
 
         request = Deferred.fromCoroutine(exchange())

@@ -39,9 +39,9 @@ HANG = object()
 
 class Backend:
     """The application backend: ``answers[event](body)`` is the JSON it answers (a dict),
-    ``(status, bytes)`` for a raw response, ``HANG``, or a Deferred (the JSON when it
-    fires); ``requests`` is every request,
-    ``(event, headers, body)``."""
+    ``(status, bytes)`` for a raw response (``(status, HANG)``: the status and a first
+    chunk of a body that never ends), ``HANG``, or a Deferred (the JSON when it fires);
+    ``requests`` is every request, ``(event, headers, body)``."""
 
     def __init__(self) -> None:
         from twisted.web.resource import Resource
@@ -77,6 +77,9 @@ class Backend:
                     return NOT_DONE_YET
                 if isinstance(answer, tuple):
                     request.setResponseCode(answer[0])
+                    if answer[1] is HANG:
+                        request.write(b"{")
+                        return NOT_DONE_YET
                     return answer[1]
                 request.setHeader(b"content-type", b"application/json")
                 return json.dumps(answer).encode()

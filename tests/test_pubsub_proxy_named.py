@@ -27,6 +27,7 @@ from tests.test_pubsub import (  # noqa: F401 (fixtures)
     sdk_client,
 )
 from tests.test_pubsub_proxy import (  # noqa: F401 (fixtures)
+    HANG,
     Backend,
     _gauges,
     backend,
@@ -251,6 +252,40 @@ async def test_status_to_code_transforms_answer_a_status_as_an_error_or_a_discon
     assert len(lines) == 1 and "HTTP status 500" in str(lines[0].get("why"))
     assert _gauges(by_proxy=True)[2] == {
         "connect default answered": 2, "rpc api answered": 3, "rpc api failed": 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_status_is_transformed_whatever_its_body(pubsub_server, backend, second,
+                                                        monkeypatch):
+    """Centrifugo decides by a non-200 status alone, its body unread: a 403 whose body is
+    over ``MAX_RESPONSE``, or never ends (answered within the proxy's timeout), is still
+    the transform's error; a 500 with such a body fails by its status."""
+    from realtime import pubsub_proxy
+
+    monkeypatch.setattr(pubsub_proxy, "MAX_RESPONSE", 1000)
+    settings.pubsub_proxy = ProxyConfig(
+        endpoints={"connect": backend.url("connect")},
+        proxies={"api": Proxy(second.url("rpc"), name="api", timeout=0.5,
+                              status_to_code_transforms=(
+                                  StatusTransform(403, error=(403, "forbidden", False)),))},
+        rpc_namespaces={"": pubsub_rpc(proxy_name="api")})
+    backend.answers["connect"] = lambda body: {"result": {"user": "ada"}}
+    answers = {"big": (403, b"x" * 2000), "endless": (403, HANG), "big500": (500, b"x" * 2000)}
+    second.answers["rpc"] = lambda body: answers[body["method"]]
+    server = await pubsub_server()
+
+    def flow(client: Raw) -> Any:
+        client.result("connect")
+        return [client.call("rpc", {"method": method}).get("error") for method in answers]
+
+    with captured_log() as events:
+        errors = await raw(server, flow)
+    assert errors == [{"code": 403, "message": "forbidden"}] * 2 + [
+        {"code": 100, "message": "internal server error", "temporary": True}]
+    lines = [e for e in events if e.get("log_namespace") == "realtime.pubsub_proxy"]
+    assert len(lines) == 1 and str(lines[0].get("why")) == "HTTP status 500"
+    assert _gauges(by_proxy=True)[2] == {"connect default answered": 1,
+                                         "rpc api answered": 2, "rpc api failed": 1}
 
 
 def pubsub_rpc(**options: Any) -> Any:
