@@ -458,6 +458,16 @@ def _strings(value: Any, at: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _says_something(value: Any) -> bool:
+    """A TOML value with something on in it: a table or array of ``false``, ``""``,
+    ``0`` and empty ones (an exported v6 config's ``grpc``, ``tls``) says nothing."""
+    if isinstance(value, dict):
+        return any(_says_something(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_says_something(item) for item in value)
+    return bool(value)
+
+
 def _kind(value: Any) -> str:
     """What a TOML value is, for a message that must not show it (a secret's table)."""
     kinds = ((bool, "true or false"), (int, "an integer"), (float, "a number"),
@@ -500,7 +510,7 @@ def _table_settings(table: Mapping[str, Any], where: str) -> dict[str, Any]:
         if key not in TABLE_KEYS:
             raise ValueError(f"{where}: no setting {key!r} (known: {', '.join(TABLE_KEYS)})")
         if key in ("grpc_metadata", "grpc"):
-            if value:  # (an exported config's empty defaults say nothing)
+            if _says_something(value):  # (an exported config's defaults say nothing)
                 raise ValueError(f"{at}: gRPC proxies are not built (HTTP/JSON only)")
         elif key == "http":  # (its static_headers' values never in a message: secrets)
             known = ("static_headers", "status_to_code_transforms", "tls")
@@ -510,7 +520,7 @@ def _table_settings(table: Mapping[str, Any], where: str) -> dict[str, Any]:
             for inner in value:
                 if inner not in known:
                     raise ValueError(f"{at}: no key {inner!r} (known: {', '.join(known)})")
-            if value.get("tls"):
+            if _says_something(value.get("tls")):
                 raise ValueError(f"{at}.tls: not built (https uses the system's CA "
                                  "certificates)")
             for inner in ("static_headers", "status_to_code_transforms"):

@@ -655,3 +655,27 @@ sub_refresh_proxy_name = ""
     assert startup_error("--namespace", "chat:subscribe_proxy_name") == (
         "--namespace: namespace 'chat': subscribe_proxy_name: expected "
         "subscribe_proxy_name=NAME (a --proxy name, or 'default')")
+
+
+def test_grpc_and_tls_tables_that_say_nothing_load(tmp_path):
+    """An exported v6 proxy object carries ``grpc`` and ``http.tls`` with every value off
+    (``tls = { enabled = false }``): it loads; one that turns something on stops start-up
+    (gRPC proxies and a proxy's own TLS are not built)."""
+    head = ('app = "realtime.pubsub:application"\n[[proxies]]\nname = "pay"\n'
+            'endpoint = "http://127.0.0.1:3001/"\n')
+    config = tmp_path / "realtime.toml"
+    config.write_text(head + 'grpc_metadata = []\n'
+                      'http = { tls = { enabled = false, server_name = "" }, '
+                      'static_headers = {} }\n'
+                      'grpc = { tls = { enabled = false }, compression = false, '
+                      'credentials_key = "", static_metadata = {} }\n')
+    _options("--config", str(config))
+    assert settings.pubsub_proxy.proxies["pay"].static_headers == ()
+    config.write_text(head + 'grpc = { tls = { enabled = false }, compression = true }\n')
+    assert startup_error("--config", str(config)) == (
+        f"--config {config}: proxies: 'pay': grpc: gRPC proxies are not built (HTTP/JSON "
+        "only)")
+    config.write_text(head + 'http = { tls = { enabled = true } }\n')
+    assert startup_error("--config", str(config)) == (
+        f"--config {config}: proxies: 'pay': http.tls: not built (https uses the system's "
+        "CA certificates)")
