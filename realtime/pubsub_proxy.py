@@ -790,7 +790,10 @@ class ProxyGone(Exception):
 
 
 class _Body(Protocol):
-    """A response body, up to ``MAX_RESPONSE`` bytes."""
+    """A response body, up to ``MAX_RESPONSE`` bytes kept. One over it is read off to its
+    end and dropped (within the call's timeout, which stops it), then fails: stopped
+    mid-way, a connection whose response ended in that same read goes back to the pool
+    closing, and the next request there fails (POST is not retried)."""
 
     def __init__(self, limit: int) -> None:
         self.done: Deferred[bytes] = Deferred(self._cancel)
@@ -803,8 +806,7 @@ class _Body(Protocol):
             return
         self.size += len(data)
         if self.size > self.limit:
-            self.done.errback(ProxyFailure(f"response body over {self.limit} bytes"))
-            self.transport.stopProducing()  # type: ignore[union-attr]
+            self.parts.clear()
             return
         self.parts.append(data)
 
@@ -818,7 +820,10 @@ class _Body(Protocol):
         if self.done.called:
             return
         if reason is not None and reason.check(ResponseDone):
-            self.done.callback(b"".join(self.parts))
+            if self.size > self.limit:
+                self.done.errback(ProxyFailure(f"response body over {self.limit} bytes"))
+            else:
+                self.done.callback(b"".join(self.parts))
         else:
             self.done.errback(ProxyFailure("response body cut short"))
 

@@ -768,6 +768,32 @@ async def test_a_unidirectional_connect_through_the_proxy(pubsub_server, backend
     assert {headers["authorization"] for _, headers, _ in backend.requests} == {"Bearer t"}
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_body_over_the_limit_fails_its_call_alone(pubsub_server, backend,
+                                                         monkeypatch):
+    """A response over ``MAX_RESPONSE`` is error 100, and its connection is not handed,
+    closing, to the next call (the backend's keep-alive connection, at once): each call
+    after one is answered (20 rounds: a race shows)."""
+    monkeypatch.setattr(pubsub_proxy, "MAX_RESPONSE", 1000)
+    backend.proxy("connect", "rpc", timeout=WAIT)
+    backend.answers.update(TOKEN_FREE)
+    backend.answers["rpc"] = lambda body: ((200, b"[" + b" " * 2000 + b"]")
+                                           if body["method"] == "big" else
+                                           {"result": {"data": body["method"]}})
+    server = await pubsub_server()
+
+    def flow(client: Raw) -> Any:
+        client.result("connect")
+        found = []
+        for _ in range(20):
+            found.append(client.call("rpc", {"method": "big"})["error"]["code"])
+            found.append(client.call("rpc", {"method": "ok"}).get("rpc", {}).get("data"))
+        return found
+
+    assert await raw(server, flow) == [100, "ok"] * 20
+    assert _gauges()[2] == {"connect answered": 1, "rpc failed": 20, "rpc answered": 20}
+
+
 # -- the bound on requests in flight -----------------------------------------------------------
 
 def _gauges(by_proxy: bool = False) -> tuple[int, int, dict[str, int]]:
