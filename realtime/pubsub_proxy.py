@@ -334,7 +334,8 @@ def is_proxy_name(name: str) -> bool:
 
 def check_endpoint(url: str) -> str:
     """``url`` when it is an http:// or https:// URL with a host, else ``ValueError``
-    (gRPC's ``grpc://``: said so, they are not built)."""
+    (gRPC's ``grpc://``: said so, they are not built; a ``user:password@``, which Go's
+    client sends as basic auth and Twisted's ``Agent`` takes for the host, refused)."""
     if isinstance(url, str) and url.lower().startswith("grpc://"):
         raise ValueError(f"gRPC proxies are not built (HTTP/JSON only), got {url!r}")
     try:
@@ -345,6 +346,12 @@ def check_endpoint(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or any(
             c.isspace() or not c.isprintable() for c in url):
         raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+    if "@" in parts.netloc:  # (Agent would take it for the host; the password never shown)
+        user, _, host = parts.netloc.rpartition("@")
+        shown = parts._replace(netloc=f"{user.partition(':')[0]}"
+                                      f"{':***' if ':' in user else ''}@{host}").geturl()
+        raise ValueError("a user and password in the URL are not sent (an Authorization "
+                         f"static header is), got {shown!r}")
     return url
 
 

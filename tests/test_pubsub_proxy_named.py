@@ -410,6 +410,12 @@ REFUSALS: list[tuple[tuple[str, ...], str]] = [
     (("--proxy-subscribe-endpoint", "grpc://127.0.0.1:9000"),
      "--proxy-subscribe-endpoint: gRPC proxies are not built (HTTP/JSON only), got "
      "'grpc://127.0.0.1:9000'"),
+    (("--proxy", "billing:endpoint=http://ada:s3cret@h/"),
+     "--proxy: 'billing': endpoint: a user and password in the URL are not sent (an "
+     "Authorization static header is), got 'http://ada:***@h/'"),
+    (("--proxy-rpc-endpoint", "https://ada@h:8443/rpc"),
+     "--proxy-rpc-endpoint: a user and password in the URL are not sent (an "
+     "Authorization static header is), got 'https://ada@h:8443/rpc'"),
     (("--proxy", "billing:endpoint=http://h/,timeout=soon"),
      "--proxy: 'billing': timeout: expected seconds (300, 300s, 5m, 1h), got 'soon'"),
     (("--proxy", "billing:endpoint=http://h/,timeout=0s"),
