@@ -152,7 +152,7 @@ class Proxy:
     #: Headers of the client's handshake (WebSocket upgrade, stream request) sent on.
     http_headers: tuple[str, ...] = ()
     #: Headers every request carries (a forwarded header of the same name wins).
-    static_headers: tuple[tuple[str, str], ...] = ()
+    static_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (secrets)
     #: Send the connection's ``meta`` (the connect proxy's) with the other requests.
     include_connection_meta: bool = False
     #: Payloads as ``b64data`` always (Centrifugo's ``binary_encoding``); otherwise only
@@ -218,7 +218,7 @@ class ProxyConfig:
     #: Headers of the client's handshake (WebSocket upgrade, stream request) sent on.
     http_headers: tuple[str, ...] = ()
     #: Headers every request carries (a forwarded header of the same name wins).
-    static_headers: tuple[tuple[str, str], ...] = ()
+    static_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (secrets)
     #: Send the connection's ``meta`` (the connect proxy's) with the other requests.
     include_connection_meta: bool = False
     #: Payloads as ``b64data`` always (Centrifugo's ``binary_encoding``); otherwise only

@@ -694,3 +694,13 @@ def test_grpc_and_tls_tables_that_say_nothing_load(tmp_path):
     assert startup_error("--config", str(config)) == (
         f"--config {config}: proxies: 'pay': http.tls: not built (https uses the system's "
         "CA certificates)")
+
+
+def test_a_proxys_repr_never_shows_its_static_headers():
+    """A static header holds the backend's shared secret: a ``Proxy`` or ``ProxyConfig``
+    in a traceback or a debugging line never shows it."""
+    proxy = Proxy("http://127.0.0.1:3001/", name="pay", static_headers=(("X-Key", "s3cret"),))
+    config = ProxyConfig(endpoints={"rpc": "http://127.0.0.1:3000/"},
+                         static_headers=(("X-Key", "s3cret"),), proxies={"pay": proxy})
+    assert "s3cret" not in repr(proxy) and "s3cret" not in repr(config)
+    assert "pay" in repr(config) and proxy.static_headers == (("X-Key", "s3cret"),)
