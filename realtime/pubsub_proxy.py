@@ -126,9 +126,11 @@ class StatusTransform:
                 code, int) or not 3000 <= code <= 4999):
             raise ValueError(f"status {self.status}: disconnect code {code!r} is not "
                              "3000-4999")
-        if not isinstance(text, str) or not text.isascii() or len(text) > 123:
-            raise ValueError(f"status {self.status}: the message must be ASCII, 123 "
-                             "characters at most")
+        if not isinstance(text, str):
+            raise ValueError(f"status {self.status}: the message must be a string")
+        if self.disconnect is not None and len(text.encode("utf-8")) > 123:
+            raise ValueError(f"status {self.status}: a disconnect reason is 123 bytes of "
+                             f"UTF-8 at most (a close frame's), got {len(text.encode())}")
 
     def answer(self) -> dict[str, Any]:
         """The answer it stands for, as a backend's JSON would have it."""

@@ -704,3 +704,39 @@ def test_a_proxys_repr_never_shows_its_static_headers():
                          static_headers=(("X-Key", "s3cret"),), proxies={"pay": proxy})
     assert "s3cret" not in repr(proxy) and "s3cret" not in repr(config)
     assert "pay" in repr(config) and proxy.static_headers == (("X-Key", "s3cret"),)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_transforms_message_is_any_text_as_a_backends_error_is(pubsub_server, backend,
+                                                                       tmp_path):
+    """A transform's error message is any text (a v6 config's ``message = "не найдено"``
+    loads, and the client gets it, as it would a backend's ``error``); a disconnect's
+    reason is a close frame's, 123 bytes of UTF-8 at most."""
+    config = tmp_path / "realtime.toml"
+    config.write_text(f'''app = "realtime.pubsub:application"
+proxy_connect_endpoint = "{backend.url("connect")}"
+proxy_rpc_endpoint = "{backend.url("rpc")}"
+
+[proxy_events.rpc]
+http = {{ status_to_code_transforms = [
+  {{ status_code = 404, to_error = {{ code = 404, message = "не найдено" }} }},
+  {{ status_code = 403, to_disconnect = {{ code = 4903, reason = "запрещено" }} }} ] }}
+''')
+    _options("--config", str(config))
+    backend.answers["connect"] = lambda body: {"result": {"user": "ada"}}
+    backend.answers["rpc"] = lambda body: (int(body["method"]), b"")
+    server = await pubsub_server()
+
+    def flow(client: Raw) -> Any:
+        client.result("connect")
+        error = client.call("rpc", {"method": "404"})["error"]
+        client.send("rpc", {"method": "403"})
+        return error, client.ws, client.closed()
+
+    error, ws, code = await raw(server, flow)
+    assert (error, code) == ({"code": 404, "message": "не найдено"}, 4903)
+    assert ws.close_reason == "запрещено"
+    assert startup_error("--proxy", "pay:endpoint=http://h/,status_to_disconnect=403:4903:"
+                         + "é" * 62) == (
+        "--proxy: 'pay': status_to_disconnect: status 403: a disconnect reason is 123 bytes "
+        "of UTF-8 at most (a close frame's), got 124")
