@@ -121,7 +121,7 @@ def snapshot(sites: Iterable[Any], layer: Any) -> dict[str, Any]:
 
     snap["pubsub_proxy_inflight"] = GATE.inflight
     snap["pubsub_proxy_queued"] = GATE.waiting
-    snap["pubsub_proxy_calls"] = {f"{e} {o}": n for (e, o), n in GATE.calls.items()}
+    snap["pubsub_proxy_calls"] = {f"{e} {p} {o}": n for (e, p, o), n in GATE.calls.items()}
     snap["handshakes"] = {str(k): v for k, v in snap["handshakes"].items()}
     snap["close_codes"] = {str(k): v for k, v in snap["close_codes"].items()}
     snap["http_requests"] = {f"{m} {s}": v for (m, s), v in snap["http_requests"].items()}
@@ -301,12 +301,13 @@ class Collector:
                                 "calls waiting for a place (--proxy-max-inflight)",
                                 value=t.get("pubsub_proxy_queued", 0))
         calls = CounterMetricFamily(
-            "realtime_pubsub_proxy_calls", "Centrifugo-proxy calls by event and outcome "
-            "(answered, failed, timeout, queue_timeout, dropped: the client left while it "
-            "waited)", labels=["event", "outcome"])
+            "realtime_pubsub_proxy_calls", "Centrifugo-proxy calls by event, proxy (default: "
+            "the event's own; else a --proxy name) and outcome (answered, failed, timeout, "
+            "queue_timeout, dropped: the client left while it waited)",
+            labels=["event", "proxy", "outcome"])
         for key, count in sorted(t.get("pubsub_proxy_calls", {}).items()):
-            event, _, outcome = key.partition(" ")
-            calls.add_metric([event, outcome], count)
+            event, proxy, outcome = key.split(" ", 2)
+            calls.add_metric([event, proxy, outcome], count)
         yield calls
         yield GaugeMetricFamily("realtime_http_requests_in_progress",
                                 "HTTP requests begun and not ended (an open SSE stream, a "

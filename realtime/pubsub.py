@@ -204,6 +204,11 @@ class Namespace:
     subscribe_proxy_enabled: bool = False
     publish_proxy_enabled: bool = False
     sub_refresh_proxy_enabled: bool = False
+    #: Which proxy those ask (Centrifugo v6's names): a named one (``--proxy NAME:...``),
+    #: or ``""``/``default``, the event's own (``--proxy-subscribe-endpoint``, ...).
+    subscribe_proxy_name: str = ""
+    publish_proxy_name: str = ""
+    sub_refresh_proxy_name: str = ""
 
     @property
     def history(self) -> bool:
@@ -258,6 +263,17 @@ def parse_namespace(spec: str) -> Namespace:
             values[option] = int(value)
         elif option == "history_ttl":
             values[option] = _duration(value, where)
+        elif option.endswith("_proxy_name"):
+            from realtime.pubsub_proxy import DEFAULT, is_proxy_name
+
+            value = value.strip()
+            if not has_value:
+                raise ValueError(f"{where}: expected {option}=NAME (a --proxy name, or "
+                                 f"{DEFAULT!r})")
+            if value not in ("", DEFAULT) and not is_proxy_name(value):  # "": v6's default
+                raise ValueError(f"{where}: expected a --proxy name (or {DEFAULT!r}), got "
+                                 f"{value!r}")
+            values[option] = value
         elif option == "allowed_delta_types":
             # "fossil" (--namespace), or "fossil+..." for a [[namespaces]] list
             kinds = tuple(kind.strip() for kind in value.split("+") if kind.strip())
@@ -688,11 +704,12 @@ class _Protocol:
     async def rpc(self, method: str, data: Any) -> Any:
         """A client's ``rpc`` command: return the result data (any JSON value; ``bytes``
         too for a Protobuf client). ``data`` is what ``from_bytes`` makes of a Protobuf
-        client's bytes. This one asks the RPC proxy (``--proxy-rpc-endpoint``, every
-        method), else answers 104 (method not found)."""
+        client's bytes. This one asks the method's RPC proxy (``--proxy-rpc-endpoint`` for
+        every method; with ``--rpc-namespace``, its namespace's), else answers 104 (method
+        not found; 108 where an RPC namespace does not enable its proxy)."""
         from realtime import pubsub_proxy
 
-        if pubsub_proxy.configured("rpc"):
+        if pubsub_proxy.config() is not None:
             return await pubsub_proxy.rpc(self, method, data)
         raise PubSubError(METHOD_NOT_FOUND)
 

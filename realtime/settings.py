@@ -40,8 +40,8 @@ class Settings:
     #: connect without a token (``--pubsub-anonymous``).
     pubsub_namespaces: dict[str, Any] = field(default_factory=dict)
     pubsub_anonymous: bool = False
-    #: ``realtime.pubsub_proxy.ProxyConfig`` (``--proxy-*-endpoint``): Centrifugo's event
-    #: proxies to the backend; None: none.
+    #: ``realtime.pubsub_proxy.ProxyConfig`` (``--proxy-*-endpoint``, ``--proxy``,
+    #: ``--rpc-namespace``, ...): Centrifugo's event proxies to the backend; None: none.
     pubsub_proxy: Any = None
 
 

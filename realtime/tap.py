@@ -262,6 +262,28 @@ def _namespace_specs(value: Any, where: str) -> list[str]:
     return specs
 
 
+def _proxy_tables(name: str, value: Any, where: str) -> tuple[str, list[Any]]:
+    """``[[proxies]]`` (``realtime.pubsub_proxy.Proxy``), ``[proxy_events.EVENT]`` (an
+    event's own settings) and ``[[rpc_namespaces]]`` tables, read: an error names the
+    table and its key."""
+    from realtime import pubsub_proxy
+
+    try:
+        if name == "proxy-events":
+            if not isinstance(value, dict):
+                raise ValueError("expected [proxy_events.EVENT] tables")
+            return "proxy-event", [pubsub_proxy.proxy_event_from_table(event, table)
+                                   for event, table in value.items()]
+        if not isinstance(value, list):
+            raise ValueError(f"expected [[{name.replace('-', '_')}]] tables")
+        if name == "proxies":
+            return "proxy", [pubsub_proxy.proxy_from_table(table) for table in value]
+        return "rpc-namespace", [pubsub_proxy.rpc_namespace_from_table(table)
+                                 for table in value]
+    except ValueError as exc:
+        raise StartupError(f"{where}: {exc}") from None
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -425,6 +447,9 @@ class Options(usage.Options):
         ["proxy-http-headers", None, "",
          "Headers of the client's handshake sent on to the proxies (e.g. 'Cookie "
          "Authorization Origin X-Forwarded-For'); default: none."],
+        ["rpc-namespace-boundary", None, None,
+         "realtime.pubsub: what ends an RPC namespace's name in a method (default ':'; "
+         "Centrifugo's rpc.namespace_boundary), with --rpc-namespace."],
         ["proxy-emulated-headers", None, "",
          "Headers of the connect command's headers map (centrifuge-js's headers option: "
          "the client's own, untrusted) sent on to the proxies, under the handshake's; "
@@ -462,7 +487,7 @@ class Options(usage.Options):
     ]
 
     _repeatable = ("port", "fd", "history", "reload-dir", "reload-include", "reload-exclude",
-                   "namespace", "proxy-static-header")
+                   "namespace", "proxy-static-header", "proxy", "proxy-event", "rpc-namespace")
 
     def __init__(self) -> None:
         super().__init__()
@@ -474,6 +499,9 @@ class Options(usage.Options):
         self["reload-exclude"] = []
         self["namespace"] = []
         self["proxy-static-header"] = []
+        self["proxy"] = []
+        self["proxy-event"] = []
+        self["rpc-namespace"] = []
         #: ``--jwks-url``'s ``realtime.jwks.JwksUrl`` (set by ``postOptions``).
         self.jwks_source: Any = None
 
@@ -510,6 +538,25 @@ class Options(usage.Options):
         """'Name: value': a header every proxy request carries (a forwarded one of the same
         name wins: never name a secret's header in --proxy-http-headers); repeatable."""
         self["proxy-static-header"].append(value)
+
+    def opt_proxy(self, value: str) -> None:
+        """NAME:endpoint=URL,timeout=2s,http_headers=Cookie+Authorization,
+        static_header=X-Key: v,...: a named proxy (Centrifugo's proxies) that a namespace's
+        subscribe_proxy_name (publish_, sub_refresh_) or an --rpc-namespace's proxy_name
+        picks; its settings are its own; repeatable."""
+        self["proxy"].append(value)
+
+    def opt_proxy_event(self, value: str) -> None:
+        """EVENT:timeout=3s,http_headers=Cookie,...: one event's own proxy's settings
+        (connect, refresh, subscribe, publish, sub_refresh, rpc), over the --proxy-*
+        options; repeatable."""
+        self["proxy-event"].append(value)
+
+    def opt_rpc_namespace(self, value: str) -> None:
+        """NAME:proxy_enabled,proxy_name=NAME: a realtime.pubsub RPC namespace (methods
+        NAME:...; Centrifugo's rpc.namespaces); ':OPTIONS' for methods without one; with
+        any, a method of no such namespace is error 104; repeatable."""
+        self["rpc-namespace"].append(value)
 
     def opt_reload_dir(self, value: str) -> None:
         """With --reload: a directory to watch (repeatable, or comma separated; default:
@@ -559,6 +606,8 @@ class Options(usage.Options):
             where = f"--config {path}: {key}"
             if name == "namespaces":  # Centrifugo's shape: [[namespaces]] tables
                 name, value = "namespace", _namespace_specs(value, where)
+            elif name in ("proxies", "proxy-events", "rpc-namespaces"):
+                name, value = _proxy_tables(name, value, where)
             elif name in ("proxy-static-headers", "proxy-static-http-headers") and isinstance(
                     value, dict):  # Centrifugo's map (v5: proxy_static_http_headers)
                 name, value = "proxy-static-header", [f"{k}: {v}" for k, v in value.items()]
@@ -575,10 +624,17 @@ class Options(usage.Options):
                 self[name] = int(value)
             elif name in self._repeatable:
                 items = value if isinstance(value, list) else [value]
+                if name in ("proxy", "proxy-event", "rpc-namespace") and spelled[name] in (
+                        "proxies", "proxy_events", "proxy-events", "rpc_namespaces",
+                        "rpc-namespaces"):
+                    self["_env_" + name] = items  # (tables, read: realtime.pubsub_proxy's)
+                    continue
                 if not all(isinstance(v, str | int) and not isinstance(v, bool)
                            for v in items):
+                    shown = ("something else (its values are not shown: secrets)"
+                             if name == "proxy-static-header" else repr(value))
                     raise StartupError(f"{where}: expected a string or a list of strings, "
-                                       f"got {value!r}")
+                                       f"got {shown}")
                 self["_env_" + name] = [str(v) for v in items]
             elif name in parameters:
                 if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -994,12 +1050,14 @@ class Options(usage.Options):
         return layer
 
     def _build_proxy(self) -> None:
-        """Centrifugo's event proxies (``realtime.pubsub_proxy``), each option checked; a
-        namespace that enables a channel proxy needs its endpoint."""
+        """Centrifugo's event proxies (``realtime.pubsub_proxy``), each option checked: the
+        events' own (``--proxy-*-endpoint``, the ``--proxy-*`` options, ``--proxy-event``),
+        the named ones (``--proxy``), RPC namespaces; a namespace that enables a channel
+        proxy needs it (its endpoint, or its ``--proxy`` name)."""
         from realtime import pubsub, pubsub_proxy
         from realtime.settings import settings
 
-        endpoints = {}
+        endpoints: dict[str, str] = {}
         for event in pubsub_proxy.EVENTS:
             name = f"proxy-{event.replace('_', '-')}-endpoint"
             url = (self[name] or "").strip()
@@ -1008,13 +1066,80 @@ class Options(usage.Options):
                     endpoints[event] = pubsub_proxy.check_endpoint(url)
                 except ValueError as exc:
                     raise StartupError(f"--{name}: {exc}") from None
-        given = [f"--{name}" for name in (
-            "proxy-timeout", "proxy-max-inflight", "proxy-http-headers",
-            "proxy-emulated-headers", "proxy-static-header", "proxy-include-connection-meta",
-            "proxy-binary-encoding") if self[name] not in (None, "", [], 0)]
-        if given and not endpoints:
-            raise StartupError(f"{given[0]}: needs a proxy endpoint (--proxy-connect-"
-                               "endpoint, ..., --proxy-rpc-endpoint)")
+        events: dict[str, dict[str, Any]] = {}
+        seen: set[str] = set()
+        for spec in self["proxy-event"]:
+            try:
+                event, own = (pubsub_proxy.parse_proxy_event(spec) if isinstance(spec, str)
+                              else spec)
+            except ValueError as exc:
+                raise StartupError(f"--proxy-event: {exc}") from None
+            option = f"--proxy-{event.replace('_', '-')}-endpoint"
+            if event in seen:
+                raise StartupError(f"--proxy-event: {event!r} given twice")
+            seen.add(event)
+            own = dict(own)
+            if not own.pop("enabled", True):  # (v6's connect or refresh enabled = false)
+                endpoints.pop(event, None)
+                continue
+            if "endpoint" in own:
+                if event in endpoints:
+                    raise StartupError(f"--proxy-event: {event}: endpoint given twice (and "
+                                       f"{option})")
+                endpoints[event] = own.pop("endpoint")
+            elif event not in endpoints:
+                raise StartupError(f"--proxy-event: {event}: needs its endpoint ({option}, "
+                                   "or endpoint=URL)")
+            events[event] = own
+        named: dict[str, pubsub_proxy.Proxy] = {}
+        for spec in self["proxy"]:
+            try:
+                proxy = pubsub_proxy.parse_proxy(spec) if isinstance(spec, str) else spec
+            except ValueError as exc:
+                raise StartupError(f"--proxy: {exc}") from None
+            if proxy.name in named:
+                raise StartupError(f"--proxy: {proxy.name!r} given twice")
+            named[proxy.name] = proxy
+        rpc: dict[str, pubsub_proxy.RpcNamespace] = {}
+        for spec in self["rpc-namespace"]:
+            try:
+                found = (pubsub_proxy.parse_rpc_namespace(spec) if isinstance(spec, str)
+                         else spec)
+            except ValueError as exc:
+                raise StartupError(f"--rpc-namespace: {exc}") from None
+            if found.name in rpc:
+                raise StartupError(f"--rpc-namespace: {found.name or '(default)'!r} given "
+                                   "twice")
+            rpc[found.name] = found
+        boundary = self["rpc-namespace-boundary"]
+        # The events' own proxies' settings (a --proxy has its own: that setting's name),
+        # and the bound on requests in flight, which every proxy shares.
+        own_settings = {"proxy-timeout": "timeout=", "proxy-http-headers": "http_headers=",
+                        "proxy-emulated-headers": "emulated_headers=",
+                        "proxy-static-header": "static_header=",
+                        "proxy-include-connection-meta": "include_connection_meta",
+                        "proxy-binary-encoding": "binary_encoding"}
+        if not endpoints:
+            for option in ("proxy-timeout", "proxy-max-inflight", *list(own_settings)[1:]):
+                if self[option] in (None, "", [], 0):
+                    continue
+                if option == "proxy-max-inflight":
+                    if named:
+                        continue
+                    raise StartupError("--proxy-max-inflight: needs a proxy (--proxy-connect-"
+                                       "endpoint, ..., --proxy-rpc-endpoint, or a --proxy)")
+                hint = f"; a --proxy has its own {own_settings[option]}" if named else ""
+                raise StartupError(f"--{option}: needs a proxy endpoint (--proxy-connect-"
+                                   f"endpoint, ..., --proxy-rpc-endpoint{hint})")
+        if rpc and not endpoints and not named:
+            raise StartupError("--rpc-namespace: needs a proxy (--proxy-rpc-endpoint or "
+                               "--proxy)")
+        if boundary is not None and not rpc:
+            raise StartupError("--rpc-namespace-boundary: needs --rpc-namespace")
+        boundary = ":" if boundary is None else boundary
+        if any(c.isspace() or not c.isprintable() for c in boundary) or len(boundary) > 16:
+            raise StartupError(f"--rpc-namespace-boundary: expected up to 16 printable "
+                               f"characters, got {boundary!r}")
         try:
             timeout = pubsub._duration(self["proxy-timeout"] or "1s", "--proxy-timeout")
         except ValueError as exc:
@@ -1038,13 +1163,36 @@ class Options(usage.Options):
             except ValueError as exc:
                 raise StartupError(f"--proxy-static-header: {exc}") from None
             static.append((name, text))
+
+        def missing(event: str, name: str) -> str | None:
+            """Why ``name`` (a namespace's choice of proxy for ``event``) has none."""
+            if name in ("", pubsub_proxy.DEFAULT):
+                if event not in endpoints:
+                    return f"--proxy-{event.replace('_', '-')}-endpoint"
+            elif name not in named:
+                return (f"a --proxy of that name (known: "
+                        f"{', '.join(sorted(named)) or 'none'})")
+            return None
+
         for namespace in settings.pubsub_namespaces.values():
+            where = f"--namespace: namespace {namespace.name or '(default)'!r}"
             for event in pubsub_proxy.CHANNEL_EVENTS:
-                if getattr(namespace, f"{event}_proxy_enabled") and event not in endpoints:
-                    raise StartupError(
-                        f"--namespace: namespace {namespace.name or '(default)'!r}: "
-                        f"{event}_proxy_enabled needs "
-                        f"--proxy-{event.replace('_', '-')}-endpoint")
+                name = getattr(namespace, f"{event}_proxy_name")
+                lacking = missing(event, name)
+                if name and name != pubsub_proxy.DEFAULT and lacking:
+                    raise StartupError(f"{where}: {event}_proxy_name {name!r} needs {lacking}")
+                if getattr(namespace, f"{event}_proxy_enabled") and lacking:
+                    raise StartupError(f"{where}: {event}_proxy_enabled needs {lacking}")
+        for found in rpc.values():
+            where = f"--rpc-namespace: {found.name or '(default)'!r}"
+            if found.name and (not boundary or boundary in found.name):
+                raise StartupError(f"{where}: no method reaches it with "
+                                   f"--rpc-namespace-boundary {boundary!r}")
+            lacking = missing("rpc", found.proxy_name)
+            if found.proxy_name and found.proxy_name != pubsub_proxy.DEFAULT and lacking:
+                raise StartupError(f"{where}: proxy_name {found.proxy_name!r} needs {lacking}")
+            if found.proxy_enabled and lacking:
+                raise StartupError(f"{where}: proxy_enabled needs {lacking}")
         try:
             settings.pubsub_proxy = pubsub_proxy.ProxyConfig(
                 endpoints=endpoints, timeout=timeout,
@@ -1053,9 +1201,11 @@ class Options(usage.Options):
                 binary_encoding=bool(self["proxy-binary-encoding"]),
                 max_inflight=max_inflight,
                 emulated_headers=lists["proxy-emulated-headers"],
-            ) if endpoints else None
-        except ValueError as exc:
-            raise StartupError(f"--proxy-static-header: {exc}") from None
+                events=events, proxies=named, rpc_namespaces=rpc or None,
+                rpc_namespace_boundary=boundary,
+            ) if endpoints or named else None
+        except ValueError as exc:  # (an event's settings over the options)
+            raise StartupError(f"--proxy-event: {exc}") from None
 
     def _build_listeners(self) -> list[tuple[str, Any]]:
         """(description, how to build the endpoint) pairs, each checked now."""

@@ -39,9 +39,9 @@ HANG = object()
 
 class Backend:
     """The application backend: ``answers[event](body)`` is the JSON it answers (a dict),
-    ``(status, bytes)`` for a raw response, ``HANG``, or a Deferred (the JSON when it
-    fires); ``requests`` is every request,
-    ``(event, headers, body)``."""
+    ``(status, bytes)`` for a raw response (``(status, HANG)``: the status and a first
+    chunk of a body that never ends), ``HANG``, or a Deferred (the JSON when it fires);
+    ``requests`` is every request, ``(event, headers, body)``."""
 
     def __init__(self) -> None:
         from twisted.web.resource import Resource
@@ -67,6 +67,8 @@ class Backend:
                     return NOT_DONE_YET
                 if isinstance(answer, Deferred):  # answered when the test fires it
                     def write(result: Any) -> None:
+                        if request._disconnected:  # the proxy gave up (its timeout)
+                            return
                         request.setHeader(b"content-type", b"application/json")
                         request.write(json.dumps(result).encode())
                         request.finish()
@@ -75,6 +77,9 @@ class Backend:
                     return NOT_DONE_YET
                 if isinstance(answer, tuple):
                     request.setResponseCode(answer[0])
+                    if answer[1] is HANG:
+                        request.write(b"{")
+                        return NOT_DONE_YET
                     return answer[1]
                 request.setHeader(b"content-type", b"application/json")
                 return json.dumps(answer).encode()
@@ -634,8 +639,8 @@ def test_proxy_options_at_start_up(tmp_path, monkeypatch):
     assert settings.pubsub_proxy.timeout == 2.0
     assert settings.pubsub_proxy.static_headers == (("X-Custom", "custom value"),)
     monkeypatch.setenv("REALTIME_PROXY_PUBLISH_ENDPOINT", "grpc://127.0.0.1:9000")
-    assert startup_error() == (
-        "--proxy-publish-endpoint: expected an http:// or https:// URL, got "
+    assert startup_error() == (  # (one line: gRPC proxies are not built)
+        "--proxy-publish-endpoint: gRPC proxies are not built (HTTP/JSON only), got "
         "'grpc://127.0.0.1:9000'")
     monkeypatch.delenv("REALTIME_PROXY_PUBLISH_ENDPOINT")
 
@@ -650,7 +655,7 @@ def test_proxy_options_at_start_up(tmp_path, monkeypatch):
         "--proxy-publish-endpoint")
     rpc = ("--proxy-rpc-endpoint", "http://h/x")
     assert startup_error(*rpc, "--proxy-static-header", "X-Key") == (
-        "--proxy-static-header: expected 'Name: value', got 'X-Key'")
+        "--proxy-static-header: expected 'Name: value' (no ':' in it)")
     assert startup_error(*rpc, "--proxy-http-headers", "Cookie Bad:Name") == (
         "--proxy-http-headers: 'Bad:Name' is not a header name")
     # the request's own headers: a client's Host or Content-Length never reaches the backend
@@ -763,10 +768,37 @@ async def test_a_unidirectional_connect_through_the_proxy(pubsub_server, backend
     assert {headers["authorization"] for _, headers, _ in backend.requests} == {"Bearer t"}
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_body_over_the_limit_fails_its_call_alone(pubsub_server, backend,
+                                                         monkeypatch):
+    """A response over ``MAX_RESPONSE`` is error 100, and its connection is not handed,
+    closing, to the next call (the backend's keep-alive connection, at once): each call
+    after one is answered (20 rounds: a race shows)."""
+    monkeypatch.setattr(pubsub_proxy, "MAX_RESPONSE", 1000)
+    backend.proxy("connect", "rpc", timeout=WAIT)
+    backend.answers.update(TOKEN_FREE)
+    backend.answers["rpc"] = lambda body: ((200, b"[" + b" " * 2000 + b"]")
+                                           if body["method"] == "big" else
+                                           {"result": {"data": body["method"]}})
+    server = await pubsub_server()
+
+    def flow(client: Raw) -> Any:
+        client.result("connect")
+        found = []
+        for _ in range(20):
+            found.append(client.call("rpc", {"method": "big"})["error"]["code"])
+            found.append(client.call("rpc", {"method": "ok"}).get("rpc", {}).get("data"))
+        return found
+
+    assert await raw(server, flow) == [100, "ok"] * 20
+    assert _gauges()[2] == {"connect answered": 1, "rpc failed": 20, "rpc answered": 20}
+
+
 # -- the bound on requests in flight -----------------------------------------------------------
 
-def _gauges() -> tuple[int, int, dict[str, int]]:
-    """(in flight, queued, calls) as a ``--metrics`` scrape has them."""
+def _gauges(by_proxy: bool = False) -> tuple[int, int, dict[str, int]]:
+    """(in flight, queued, calls) as a ``--metrics`` scrape has them: calls by "event
+    outcome" (every proxy together), or "event proxy outcome"."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from realtime.metrics import Collector, exposition
@@ -776,8 +808,9 @@ def _gauges() -> tuple[int, int, dict[str, int]]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "realtime_pubsub_proxy_calls_total":
-                key = f"{sample.labels['event']} {sample.labels['outcome']}"
-                found["calls"][key] = int(sample.value)
+                labels = ("event", "proxy", "outcome") if by_proxy else ("event", "outcome")
+                key = " ".join(sample.labels[label] for label in labels)
+                found["calls"][key] = found["calls"].get(key, 0) + int(sample.value)
             elif sample.name.startswith("realtime_pubsub_proxy_"):
                 found[sample.name] = int(sample.value)
     return (found["realtime_pubsub_proxy_requests_in_progress"],
@@ -971,9 +1004,11 @@ def test_emulated_headers_and_max_inflight_at_start_up(tmp_path):
                  ("--proxy-http-headers", "Cookie"), ("--proxy-emulated-headers", "X-A"),
                  ("--proxy-static-header", "X-Key: v"), ("--proxy-binary-encoding",),
                  ("--proxy-include-connection-meta",)):
+        needs = "a proxy" if args[0] == "--proxy-max-inflight" else "a proxy endpoint"
+        alone = ", or a --proxy" if args[0] == "--proxy-max-inflight" else ""
         assert startup_error(*args) == (
-            f"{args[0]}: needs a proxy endpoint (--proxy-connect-endpoint, ..., "
-            "--proxy-rpc-endpoint)")
+            f"{args[0]}: needs {needs} (--proxy-connect-endpoint, ..., "
+            f"--proxy-rpc-endpoint{alone})")
     with pytest.raises(ValueError, match="emulated_headers: 'Upgrade' is the proxy"):
         ProxyConfig(endpoints={"rpc": "http://h/"}, emulated_headers=("Upgrade",))
     with pytest.raises(ValueError, match="max_inflight"):
