@@ -139,6 +139,7 @@ class Translation:
     options: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     namespaces: list[tuple[dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    #: (the option it hangs on: ``a|b`` for either, None for none; the line)
     warnings: list[tuple[str | None, str]] = field(default_factory=list)
     problems: list[tuple[str | None, str]] = field(default_factory=list)
 
@@ -727,7 +728,7 @@ class _Translator:
         if not host:
             self.warn(f"{self.name(base + '.address')}: not set: Centrifugo listens on every "
                       "interface, realtime on 127.0.0.1 (set it, e.g. to 0.0.0.0, or give "
-                      "--bind)", "bind")
+                      "--bind)", "bind|port")
         tls = {leaf: self.get(f"{base}.tls.{leaf}") for leaf in _TLS_LEAVES}
         if self.boolean(f"{base}.tls.enabled", _given(tls["enabled"], False)):
             files = {}

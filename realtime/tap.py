@@ -666,14 +666,19 @@ class Options(usage.Options):
             self._post_options()
             return
         path, translation = self.centrifugo
+        def stands(option: str | None) -> bool:
+            """Whether a refusal or warning on ``option`` (``a|b``: on either) still
+            holds: nothing the environment or the command line set overrides it."""
+            return option is None or not set(option.split("|")) & self.given
+
         for option, message in translation.problems:
-            if option is None or option not in self.given:
+            if stands(option):
                 raise StartupError(f"--centrifugo-config {path}: {message}")
         from realtime.workers import worker_info
 
         if worker_info() is None:  # a worker's supervisor said it already
             for option, message in translation.warnings:
-                if option is None or option not in self.given:
+                if stands(option):
                     sys.stderr.write(f"realtime: warning: --centrifugo-config {path}: "
                                      f"{message}\n")
         try:
