@@ -222,6 +222,26 @@ def test_redis_forms_sentinel_cluster_tls_and_unix(tmp_path):
     assert layer({"cluster_address": ["c1:7000,c2:7001"]}) == "redis+cluster://c1:7000,c2:7001"
 
 
+def test_http_server_tls_is_an_ssl_port_and_v5_says_the_same():
+    v6 = centrifugo_config.translate({"http_server": {
+        "address": "127.0.0.1", "port": 8443,
+        "tls": {"enabled": True, "cert_pem": "/etc/c:1.pem", "key_pem": "/etc/k.pem"}}})
+    v5 = centrifugo_config.translate({"address": "127.0.0.1", "port": "8443", "tls": True,
+                                      "tls_cert": "/etc/c:1.pem", "tls_key": "/etc/k.pem"})
+    for out in (v6, v5):
+        assert out.problems == []
+        assert out.options["port"] == [
+            "ssl:8443:privateKey=/etc/k.pem:certKey=/etc/c\\:1.pem:interface=127.0.0.1"]
+        assert "bind" not in out.options
+
+
+def test_v5_proxy_options_without_a_proxy_are_warned_of():
+    out = centrifugo_config.translate({"proxy_http_headers": ["Cookie"], "api_key": API_KEY})
+    assert out.problems == []
+    assert (None, "proxy_http_headers: ignored (no proxy endpoint is set)") in out.warnings
+    assert "proxy-http-headers" not in out.options
+
+
 #: (the file, what its one line says after "--centrifugo-config PATH: ")
 REFUSALS = [
     ({"channel": {"proxy": {"subscribe_stream": {"endpoint": "http://b/stream"}}}},
