@@ -146,48 +146,150 @@ class Translation:
 
 # -- loading ---------------------------------------------------------------------------------
 
+#: A configuration file is small: past these it is refused, not read (a YAML alias
+#: "bomb" expands to more values than any Centrifugo configuration has).
+MAX_BYTES = 16 << 20
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+
+
+class _Duplicate(Exception):
+    """A key given twice in one YAML mapping (YAML, like JSON, keeps the last one without a
+    word): the key and the line."""
+
+
+class _Table(dict[str, Any]):
+    """A JSON object that had a key twice (``twice``): ``_bounded`` names its path."""
+
+    twice: str | None = None
+
+
+def _json_table(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    table = _Table()
+    for key, value in pairs:
+        if key in table and table.twice is None:
+            table.twice = key
+        table[key] = value
+    return table
+
+
+def _yaml_loader() -> Any:
+    """PyYAML's safe loader, refusing a key given twice in one mapping (a merge key's
+    ``<<`` keys may be overridden: that is what it is for)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[tuple[str, str]] = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and \
+                        key_node.tag != "tag:yaml.org,2002:merge":
+                    if (key_node.tag, key_node.value) in seen:
+                        raise _Duplicate(key_node.value, key_node.start_mark.line + 1)
+                    seen.add((key_node.tag, key_node.value))
+            return super().construct_mapping(node, deep)
+
+    return Loader
+
+
+def _yaml_error(exc: Any) -> str:
+    """A YAML error without the snippet of the file PyYAML quotes (a secret's line)."""
+    parts = []
+    for what, mark in ((getattr(exc, "context", None), getattr(exc, "context_mark", None)),
+                       (getattr(exc, "problem", None), getattr(exc, "problem_mark", None))):
+        if what:
+            parts.append(f"{what}" + (f" (line {mark.line + 1}, column {mark.column + 1})"
+                                      if mark is not None else ""))
+    return "; ".join(parts) or type(exc).__name__
+
+
+def _bounded(data: Any) -> None:
+    """Refuse a table nested deeper than ``MAX_DEPTH`` or holding more than ``MAX_VALUES``
+    values, counting a YAML alias each time it is used (without expanding anything)."""
+    count = 0
+    stack: list[tuple[Any, int, str]] = [(data, 0, "")]
+    while stack:
+        node, depth, path = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise CentrifugoConfigError(f"too large once its YAML aliases are expanded (more "
+                                        f"than {MAX_VALUES} values): not a configuration file")
+        if depth > MAX_DEPTH:
+            raise CentrifugoConfigError(f"nested too deeply (more than {MAX_DEPTH} levels): "
+                                        "not a configuration file")
+        if isinstance(node, dict):
+            if isinstance(node, _Table) and node.twice is not None:
+                raise CentrifugoConfigError(f"{path}{node.twice}: given twice in one table "
+                                            "(the last would win without a word)")
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    raise CentrifugoConfigError(f"{path}{key!r}: expected a name (a string) "
+                                                "as the key")
+                stack.append((value, depth + 1, f"{path}{key}."))
+        elif isinstance(node, list):
+            stack.extend((value, depth + 1, path) for value in node)
+
+
 def load(path: str) -> dict[str, Any]:
-    """The file's table; ``CentrifugoConfigError`` says in one line why not."""
+    """The file's table; ``CentrifugoConfigError`` says in one line why not (never quoting
+    the file: it holds secrets)."""
     kind = FORMATS.get(os.path.splitext(path)[1].lower())
     if kind is None:
         raise CentrifugoConfigError("expected a .json, .yaml, .yml or .toml file (Centrifugo "
                                     "reads the format from the extension)")
     try:
         with open(path, "rb") as handle:
-            raw = handle.read()
+            raw = handle.read(MAX_BYTES + 1)
     except OSError as exc:
         raise CentrifugoConfigError(str(exc.strerror)) from None
+    if len(raw) > MAX_BYTES:
+        raise CentrifugoConfigError(f"larger than {MAX_BYTES >> 20} MiB: not a configuration "
+                                    "file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise CentrifugoConfigError("not UTF-8 text") from None
     data: Any
-    if kind == "json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CentrifugoConfigError(f"not JSON: {exc}") from None
-    elif kind == "toml":
-        import tomllib
+    try:
+        if kind == "json":
+            try:
+                data = json.loads(text, object_pairs_hook=_json_table)
+            except json.JSONDecodeError as exc:
+                raise CentrifugoConfigError(f"not JSON: {exc}") from None
+        elif kind == "toml":
+            import tomllib
 
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise CentrifugoConfigError(f"not TOML: {exc}") from None
-    else:
-        try:
-            import yaml
-        except ImportError:
-            raise CentrifugoConfigError("a YAML file needs PyYAML (pip install "
-                                        "'realtime[yaml]', or PyYAML)") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise CentrifugoConfigError("not YAML: " + " ".join(str(exc).split())) from None
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as exc:
+                raise CentrifugoConfigError(f"not TOML: {exc}") from None
+        else:
+            try:
+                import yaml
+            except ImportError:
+                raise CentrifugoConfigError("a YAML file needs PyYAML (pip install "
+                                            "'realtime[yaml]', or PyYAML)") from None
+            try:
+                data = yaml.load(text, Loader=_yaml_loader())  # a SafeLoader
+            except yaml.YAMLError as exc:
+                raise CentrifugoConfigError("not YAML: " + _yaml_error(exc)) from None
+    except RecursionError:
+        raise CentrifugoConfigError(f"nested too deeply (more than {MAX_DEPTH} levels): not "
+                                    "a configuration file") from None
+    except _Duplicate as exc:
+        raise CentrifugoConfigError(f"{exc.args[0]}: given twice in one table (line "
+                                    f"{exc.args[1]}; the last would win without a word)"
+                                    ) from None
     if data is None:
         data = {}
-    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+    if not isinstance(data, dict):
         raise CentrifugoConfigError("expected a table of keys at the top level")
+    _bounded(data)
+    try:
+        json.dumps(data, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        raise CentrifugoConfigError("not UTF-8 text (a lone surrogate: an escape from "
+                                    "\\ud800 to \\udfff without its pair)") from None
     return data
 
 

@@ -351,6 +351,81 @@ def test_a_bad_file_is_one_line(tmp_path, name, text, expected):
     assert message.startswith(f"realtime: error: --centrifugo-config {path}: {expected}")
 
 
+def _alias_bomb(levels: int = 9) -> str:
+    """YAML whose aliases expand to 10**levels tables under a v6 section ("billion laughs")."""
+    lines = ["client:", "  x0: &a0 {" + ", ".join(f"k{j}: 1" for j in range(10)) + "}"]
+    for i in range(1, levels):
+        lines.append(f"  x{i}: &a{i} {{" + ", ".join(f"k{j}: *a{i - 1}" for j in range(10))
+                     + "}")
+    return "\n".join(lines) + "\n"
+
+
+#: (the file's name, its text, what the one line says after the path)
+HOSTILE_FILES = [
+    ("deep.json", '{"client": ' + "[" * 50_000 + "]" * 50_000 + "}", "nested too deeply"),
+    ("deep.toml", "a = " + "[" * 50_000 + "]" * 50_000 + "\n", "nested too deeply"),
+    ("deep.yaml", "a: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested too deeply"),
+    ("bomb.yaml", _alias_bomb(), "too large once its YAML aliases are expanded"),
+    ("dup.json", f'{{"client": {{"token": {{"hmac_secret_key": "{SECRET}"}}, "token": {{}}}}}}',
+     "client.token: given twice in one table"),
+    ("dup.yaml", f"http_api:\n  key: {API_KEY}\n  key: {'x' * 20}\n",
+     "key: given twice in one table (line 3;"),
+    ("big.json", '{"node": {"name": "' + "n" * (17 << 20) + '"}}', "larger than 16 MiB"),
+    ("surrogate.json", f'{{"http_api": {{"key": "\\ud800{API_KEY}"}}}}',
+     "not UTF-8 text (a lone surrogate"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "expected"), HOSTILE_FILES,
+                         ids=[name for name, _, _ in HOSTILE_FILES])
+def test_a_hostile_file_is_one_line_and_bounded(tmp_path, name, text, expected):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(centrifugo_config.CentrifugoConfigError) as error:
+        centrifugo_config.load(str(path))
+    assert str(error.value).startswith(expected), str(error.value)
+    assert SECRET not in str(error.value) and API_KEY not in str(error.value)
+
+
+@pytest.mark.parametrize("text", [
+    f'client:\n  token:\n    hmac_secret_key: "{SECRET}\n  allowed_origins: [\n',
+    f"client:\n  token:\n    hmac_secret_key: {SECRET}: x\n",
+], ids=["unterminated", "mapping"])
+def test_a_yaml_syntax_error_never_quotes_the_file(tmp_path, text):
+    """PyYAML's message quotes the line it stopped on: the secret's, here."""
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    message = refusal(path)
+    assert message.startswith(f"realtime: error: --centrifugo-config {path}: not YAML: ")
+    assert "(line 3, column " in message
+    assert SECRET not in message
+
+
+def test_a_yaml_bomb_stops_the_real_command_at_once(tmp_path):
+    """The whole path (load, translate, the tap), in a subprocess: one line, exit 1; the
+    timeout only keeps a regression from hanging the suite."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb())
+    result = run([sys.executable, "-m", "realtime", "--centrifugo-config", str(path),
+                  "--check"], cwd=REPO, timeout=120)
+    assert result.returncode == 1, result
+    assert result.stderr.splitlines() == [
+        f"realtime: error: --centrifugo-config {path}: too large once its YAML aliases are "
+        "expanded (more than 100000 values): not a configuration file"]
+
+
+def test_yaml_anchors_and_merge_keys_still_load(tmp_path):
+    """Anchors are YAML's own way to share settings (a merge key overrides nothing twice)."""
+    path = tmp_path / "config.yaml"
+    path.write_text("channel:\n  namespaces:\n"
+                    "    - &chat {name: chat, presence: true, join_leave: true}\n"
+                    "    - <<: *chat\n      name: room\n")
+    out = centrifugo_config.read(str(path))
+    assert out.problems == []
+    assert out.options["namespace"] == ["chat:presence=true,join_leave=true",
+                                        "room:presence=true,join_leave=true"]
+
+
 def test_yaml_without_pyyaml_is_one_line(tmp_path, monkeypatch):
     path = write(tmp_path, {"http_api": {"key": API_KEY}}, "yaml")
     monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml raises ImportError
