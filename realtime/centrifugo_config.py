@@ -332,6 +332,47 @@ def _shown(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
+#: A key whose value may be a secret (or hold one: a Redis URL's password) is never shown
+#: in a message, only what kind of value it is.
+_SECRET_WORDS = ("key", "secret", "password", "token", "credential", "dsn", "header",
+                 "address")
+
+
+def _secret(path: str) -> bool:
+    return any(word in path.lower() for word in _SECRET_WORDS)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    for kind, name in ((str, "a string"), (list, "a list"), (dict, "a table")):
+        if isinstance(value, kind):
+            return name
+    return "null" if value is None else type(value).__name__
+
+
+def _redacted(url: str) -> str:
+    """A Redis address with its user and password hidden."""
+    return re.sub(r"(://)[^/@]*@", r"\1***@", url)
+
+
+def _pem_inline(value: str) -> str | None:
+    """What Centrifugo v6 would read ``value`` as besides a path (its ``PEMData``: PEM
+    text, then base64 of it, then a file): "inline PEM", "base64 PEM" or None."""
+    import base64
+    import binascii
+
+    if value.lstrip().startswith("-----BEGIN"):
+        return "inline PEM"
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return "base64 PEM" if decoded.lstrip().startswith(b"-----BEGIN") else None
+
+
 def _is_off(value: Any) -> bool:
     return value is _MISSING or value is None or value is False or value in ("", 0, [], {})
 
@@ -712,8 +753,14 @@ class _Translator:
             return {}
         if not isinstance(value, dict):
             raise CentrifugoConfigError(f"{self.name(path)}: expected a table, got "
-                                        f"{_shown(value)}")
+                                        f"{self.shown(path, value)}")
         return value
+
+    def shown(self, path: str, value: Any) -> str:
+        """``value`` for a message about ``path``: its kind only when it may be a secret."""
+        if _secret(path) or _secret(self.name(path)):
+            return f"{_kind(value)} (not shown: it may be a secret)"
+        return _shown(value)
 
     def warn(self, message: str, option: str | None = None) -> None:
         self.out.warnings.append((option, message))
@@ -733,7 +780,7 @@ class _Translator:
                 "1", "t", "true", "0", "f", "false"):  # Go's ParseBool, as Centrifugo reads
             return value.strip().lower() in ("1", "t", "true")
         raise CentrifugoConfigError(f"{self.name(path)}: expected true or false, got "
-                                    f"{_shown(value)}")
+                                    f"{self.shown(path, value)}")
 
     def number(self, path: str, value: Any) -> int:
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -741,13 +788,13 @@ class _Translator:
         if isinstance(value, str) and value.strip().isdigit():
             return int(value)
         raise CentrifugoConfigError(f"{self.name(path)}: expected a whole number, got "
-                                    f"{_shown(value)}")
+                                    f"{self.shown(path, value)}")
 
     def text(self, path: str, value: Any) -> str:
         if isinstance(value, str):
             return value
         raise CentrifugoConfigError(f"{self.name(path)}: expected a string, got "
-                                    f"{_shown(value)}")
+                                    f"{self.shown(path, value)}")
 
     def texts(self, path: str, value: Any) -> list[str]:
         if isinstance(value, str):
@@ -755,7 +802,7 @@ class _Translator:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
         raise CentrifugoConfigError(f"{self.name(path)}: expected a list of strings, got "
-                                    f"{_shown(value)}")
+                                    f"{self.shown(path, value)}")
 
     def seconds(self, path: str, value: Any) -> float:
         if isinstance(value, str):
@@ -765,7 +812,8 @@ class _Translator:
                 pass
         raise CentrifugoConfigError(
             f"{self.name(path)}: expected a duration such as \"30s\", \"500ms\" or \"1h\", "
-            f"got {_shown(value)} (Centrifugo v6 reads a bare number as nanoseconds)")
+            f"got {self.shown(path, value)} (Centrifugo v6 reads a bare number as "
+            "nanoseconds)")
 
     def is_default(self, path: str, value: Any, default: Any) -> bool:
         if value is _MISSING or value is None or value == default:
@@ -840,9 +888,10 @@ class _Translator:
                 if not value:
                     raise CentrifugoConfigError(f"{self.name(path)}: needed with "
                                                 f"{self.name(base + '.tls.enabled')}")
-                if value.lstrip().startswith("-----BEGIN"):
-                    raise CentrifugoConfigError(f"{self.name(path)}: not supported (inline "
-                                                "PEM: give the path of a PEM file)")
+                inline = _pem_inline(value)
+                if inline:
+                    raise CentrifugoConfigError(f"{self.name(path)}: not supported ({inline}: "
+                                                "give the path of a PEM file)")
                 files[leaf] = value.replace("\\", "\\\\").replace(":", "\\:")
             description = (f"ssl:{port}:privateKey={files['key_pem']}:"
                            f"certKey={files['cert_pem']}")
@@ -919,9 +968,10 @@ class _Translator:
         query = []
         if use_tls:
             ca = self.text(f"{base}.tls.server_ca_pem", _given(tls["server_ca_pem"], ""))
-            if ca.lstrip().startswith("-----BEGIN"):
+            inline = _pem_inline(ca) if ca else None
+            if inline:
                 raise CentrifugoConfigError(f"{self.name(base + '.tls.server_ca_pem')}: not "
-                                            "supported (inline PEM: give the path of a PEM "
+                                            f"supported ({inline}: give the path of a PEM "
                                             "file)")
             if ca:
                 query.append("ssl_ca_certs=" + quote(ca, safe="/"))
@@ -1488,7 +1538,7 @@ def _redis_url(name: str, address: str, userinfo: str, db: int, tls: bool, tail:
         given, _, rest = address.partition("://")
         if given not in ("redis", "rediss", "tcp"):
             raise CentrifugoConfigError(f"{name}: expected host:port, redis://, rediss://, "
-                                        f"tcp:// or unix://, got {address!r}")
+                                        f"tcp:// or unix://, got {_redacted(address)!r}")
         if given == "rediss":
             scheme = "rediss"
         rest, _, query = rest.partition("?")

@@ -335,6 +335,44 @@ def test_what_realtime_cannot_honour_stops_start_up_naming_the_key(tmp_path, dat
         message
 
 
+PEM_B64 = "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCk1JSUV2UUlCQURBTkJna3Foa2lHOXcwQkFRRUZBQVND" \
+          "QktjdwotLS0tLUVORCBQUklWQVRFIEtFWS0tLS0tCg=="  # a (cut) private key, base64
+
+#: (the file, the secret it holds, the key the one line names)
+SECRETS = [
+    ({"client": {"token": {"hmac_secret_key": 98765432109876543210987654321098765}}},
+     "98765432109876543210987654321098765", "client.token.hmac_secret_key: expected a string"),
+    ({"token_hmac_secret_key": ["s3cret-in-a-list-" * 3]}, "s3cret-in-a-list-",
+     "token_hmac_secret_key: expected a string"),
+    ({"http_api": {"key": {"k": "s3cret-api-key-in-a-table"}}}, "s3cret-api-key",
+     "http_api.key: expected a string"),
+    ({"engine": {"type": "redis", "redis": {"password": 55501234567890}}}, "55501234567890",
+     "engine.redis.password: expected a string"),
+    ({"engine": {"type": "redis", "redis": {"address": ["redis://:s3cretpw@h:1", 7]}}},
+     "s3cretpw", "engine.redis.address: expected a list of strings"),
+    ({"engine": {"type": "redis", "redis": {
+        "address": "redis+sentinel://:s3cretpw@h:26379?sentinel_master_name=m"}}},
+     "s3cretpw", "engine.redis.address: expected host:port, redis://"),
+    ({"client": {"token": "s3cret-token-as-a-string"}}, "s3cret-token", "client.token: "),
+    ({"client": {"allowed_origins": ["*"], "proxy": {"connect": {
+        "enabled": True, "endpoint": "http://b/c",
+        "http": {"static_headers": {"X-Key": ["s3cret-header"]}}}}}},
+     "s3cret-header", "client.proxy.connect.http.static_headers: expected a table"),
+    ({"http_server": {"tls": {"enabled": True, "cert_pem": "/c.pem", "key_pem": PEM_B64}}},
+     PEM_B64[:40], "http_server.tls.key_pem: not supported (base64 PEM"),
+]
+
+
+@pytest.mark.parametrize(("data", "secret", "expected"), SECRETS,
+                         ids=[m.split(":")[0] for _, _, m in SECRETS])
+def test_no_message_shows_a_secret(tmp_path, data, secret, expected):
+    path = write(tmp_path, data)
+    message = refusal(path, "--port", "0")
+    assert message.startswith(f"realtime: error: --centrifugo-config {path}: {expected}"), \
+        message
+    assert secret not in message
+
+
 @pytest.mark.parametrize(("name", "text", "expected"), [
     ("config.ini", "", "expected a .json, .yaml, .yml or .toml file"),
     ("config.json", "{", "not JSON: "),
