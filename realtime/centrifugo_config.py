@@ -27,9 +27,10 @@ http_server.tls.enabled, .cert_pem, .key_pem       ``--port ssl:PORT:privateKey=
 client.token.hmac_secret_key, rsa_public_key,      ``--jwt-key`` (one of them; two refused),
 ecdsa_public_key, jwks_public_endpoint,            ``--jwks-url``, ``--jwt-audience``,
 audience, issuer (token_*)                         ``--jwt-issuer``
-client.allowed_origins (allowed_origins)           ``--allowed-origins`` (globs but ``*``
-                                                   refused; not set: warning, refused when
-                                                   the connect proxy forwards Cookie)
+client.allowed_origins (allowed_origins)           ``--allowed-origins`` (``*`` and whole
+                                                   origins; globs and host-only patterns
+                                                   refused; not set or empty: warning,
+                                                   refused when a proxy forwards Cookie)
 client.allow_anonymous_connect_without_token       ``--pubsub-anonymous``
 client.channel_limit, user_connection_limit,       ``--max-groups-per-connection``,
 connection_limit, connection_rate_limit,           ``--max-connections-per-user``,
@@ -1067,26 +1068,34 @@ class _Translator:
         self.switched(f"{base}.subscription_token", "subscription tokens verify with the "
                       "connection tokens' keys here")
         origins = self.get(f"{base}.allowed_origins")
-        if origins is _MISSING:
-            self.warn(f"{self.name(base + '.allowed_origins')}: not set: Centrifugo then "
-                      "refuses browsers of other origins, realtime lets every origin in "
-                      "(set it, or --allowed-origins)", "allowed-origins")
-        else:
-            patterns = self.texts(f"{base}.allowed_origins", origins)
-            for pattern in patterns:
-                if "*" in pattern and pattern.strip() != "*":
-                    self.refuse(f"{self.name(base + '.allowed_origins')}: {pattern!r}: not "
-                                "supported (no '*' globs here: '.example.com' lets in the "
-                                "domain and every subdomain, any scheme; give "
-                                "--allowed-origins, which wins over the file)",
-                                "allowed-origins")
-            if patterns:
-                self.put("allowed-origins", " ".join(patterns), f"{base}.allowed_origins")
-                if "*" not in patterns:
-                    self.warn(f"{self.name(base + '.allowed_origins')}: a WebSocket without "
-                              "an Origin header (centrifuge-python, Node, the mobile SDKs) is "
-                              "refused here unless \"*\" is listed (Centrifugo lets it in)",
-                              "allowed-origins")
+        key = self.name(base + ".allowed_origins")
+        patterns = [] if origins in (_MISSING, None) else [
+            p.strip() for p in self.texts(f"{base}.allowed_origins", origins) if p.strip()]
+        if not patterns:  # Centrifugo: an empty list is no list (Origin checked against Host)
+            self.warn(f"{key}: not set: Centrifugo then refuses browsers of other origins, "
+                      "realtime lets every origin in (set it, or --allowed-origins)",
+                      "allowed-origins")
+        for pattern in patterns:
+            # Centrifugo matches each pattern, a glob, against the whole lowercased Origin:
+            # realtime takes "*" and whole origins; its host forms would let in more.
+            if pattern == "*":
+                continue
+            if any(c in pattern for c in "*?[]{}\\"):
+                self.refuse(f"{key}: {pattern!r}: not supported (no globs here: "
+                            "'.example.com' lets in the domain and every subdomain, any "
+                            "scheme; give --allowed-origins, which wins over the file)",
+                            "allowed-origins")
+            elif not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/]+/?", pattern):
+                self.refuse(f"{key}: {pattern!r}: not supported (Centrifugo matches the whole "
+                            "Origin (scheme://host[:port]), so this lets no browser in there; "
+                            "realtime would read it as a host of any scheme and port: write "
+                            "the origin, or give --allowed-origins)", "allowed-origins")
+        if patterns:
+            self.put("allowed-origins", " ".join(patterns), f"{base}.allowed_origins")
+            if "*" not in patterns:
+                self.warn(f"{key}: a WebSocket without an Origin header (centrifuge-python, "
+                          "Node, the mobile SDKs) is refused here unless \"*\" is listed "
+                          "(Centrifugo lets it in)", "allowed-origins")
         value = self.get(f"{base}.allow_anonymous_connect_without_token")
         if value is not _MISSING:
             self.put("pubsub-anonymous",
@@ -1579,18 +1588,23 @@ def translate(data: dict[str, Any]) -> Translation:
     return out
 
 
+#: The options of realtime's proxies (one of them on: a proxy forwards headers).
+_PROXY_ENDPOINTS = tuple(f"proxy-{event.replace('_', '-')}-endpoint" for event in _PROXIES)
+
+
 def _check_cookie_origins(out: Translation) -> None:
-    """A connect proxy that forwards the browser's cookie with no origin check would let
-    any site's page connect as its visitor: Centrifugo checks Origin against Host when
+    """A proxy that forwards the browser's cookie with no origin check would let any site's
+    page act as its visitor (connect, or connect anonymously and subscribe or call an RPC:
+    the backend answers for the cookie's user): Centrifugo checks Origin against Host when
     ``allowed_origins`` is not set, realtime does not."""
     headers = str(out.options.get("proxy-http-headers", "")).lower().split()
-    if "proxy-connect-endpoint" in out.options and "cookie" in headers and \
-            "allowed-origins" not in out.options:
-        out.problems.append(("allowed-origins", (
+    if any(option in out.options for option in _PROXY_ENDPOINTS) and "cookie" in headers \
+            and "allowed-origins" not in out.options:
+        out.problems.append(("allowed-origins|proxy-http-headers", (
             "client.allowed_origins" if out.version == 6 else "allowed_origins") +
-            ": needed when the connect proxy forwards Cookie (without it Centrifugo "
-            "checks Origin against Host, realtime checks nothing: any site could connect "
-            "as its visitor; or give --allowed-origins)"))
+            ": needed when a proxy forwards Cookie (without it Centrifugo checks Origin "
+            "against Host, realtime checks nothing: any site's page could act as its "
+            "visitor; or give --allowed-origins)"))
 
 
 def read(path: str) -> Translation:

@@ -235,6 +235,23 @@ def test_http_server_tls_is_an_ssl_port_and_v5_says_the_same():
         assert "bind" not in out.options
 
 
+@pytest.mark.parametrize("origins", [[], [""]], ids=["empty", "blank"])
+def test_an_empty_allowed_origins_is_warned_of_as_not_set(origins):
+    """Centrifugo checks Origin against Host for an empty list as for none."""
+    out = centrifugo_config.translate({"client": {"allowed_origins": origins}})
+    assert "allowed-origins" not in out.options
+    assert [m for o, m in out.warnings if o == "allowed-origins"] == [
+        "client.allowed_origins: not set: Centrifugo then refuses browsers of other origins, "
+        "realtime lets every origin in (set it, or --allowed-origins)"]
+
+
+def test_full_origins_are_taken_as_they_are():
+    out = centrifugo_config.translate({"client": {"allowed_origins": [
+        "https://app.example.com", "http://localhost:3000/", "*"]}})
+    assert out.problems == []
+    assert out.options["allowed-origins"] == "https://app.example.com http://localhost:3000/ *"
+
+
 def test_v5_proxy_options_without_a_proxy_are_warned_of():
     out = centrifugo_config.translate({"proxy_http_headers": ["Cookie"], "api_key": API_KEY})
     assert out.problems == []
@@ -259,10 +276,31 @@ REFUSALS = [
     ({"client": {"token": {"hmac_secret_key": SECRET, "rsa_public_key": "-----BEGIN"}}},
      "client.token.hmac_secret_key and client.token.rsa_public_key: not supported together"),
     ({"client": {"allowed_origins": ["https://*.example.com"]}},
-     "client.allowed_origins: 'https://*.example.com': not supported (no '*' globs"),
+     "client.allowed_origins: 'https://*.example.com': not supported (no globs here"),
     ({"client": {"proxy": {"connect": {"enabled": True, "endpoint": "http://b/c",
                                        "http_headers": ["Cookie"]}}}},
-     "client.allowed_origins: needed when the connect proxy forwards Cookie"),
+     "client.allowed_origins: needed when a proxy forwards Cookie"),
+    # Any proxy: a page of another site connects anonymously, subscribes or calls an RPC,
+    # and the backend answers for the visitor the cookie names.
+    ({"client": {"allow_anonymous_connect_without_token": True},
+      "channel": {"proxy": {"subscribe": {"endpoint": "http://b/s", "http_headers": ["Cookie"]}},
+                  "namespaces": [{"name": "me", "subscribe_proxy_enabled": True}]}},
+     "client.allowed_origins: needed when a proxy forwards Cookie"),
+    ({"allow_anonymous_connect_without_token": True, "proxy_rpc_endpoint": "http://b/r",
+      "proxy_http_headers": ["cookie"], "allowed_origins": []},
+     "allowed_origins: needed when a proxy forwards Cookie"),
+    # Centrifugo matches each pattern (a glob) against the whole Origin header.
+    ({"client": {"allowed_origins": ["example.com"]}},
+     "client.allowed_origins: 'example.com': not supported (Centrifugo matches the whole "
+     "Origin (scheme://host[:port])"),
+    ({"client": {"allowed_origins": [".example.com"]}},
+     "client.allowed_origins: '.example.com': not supported (Centrifugo matches the whole"),
+    ({"client": {"allowed_origins": ["null"]}},
+     "client.allowed_origins: 'null': not supported (Centrifugo matches the whole"),
+    ({"client": {"allowed_origins": ["https://app?.example.com"]}},
+     "client.allowed_origins: 'https://app?.example.com': not supported (no globs here"),
+    ({"client": {"allowed_origins": ["https://{a,b}.example.com"]}},
+     "client.allowed_origins: 'https://{a,b}.example.com': not supported (no globs here"),
     ({"client": {"allowed_origins": ["*"],
                  "proxy": {"connect": {"enabled": True, "endpoint": "http://b/c"}}},
       "channel": {"proxy": {"subscribe": {"endpoint": "http://b/s", "timeout": "3s"}}}},
