@@ -322,6 +322,14 @@ def go_duration(text: str) -> float:
     return sign * sum(float(n) * _GO_UNITS[unit] for n, unit in re.findall(_GO_PART, value))
 
 
+def _is_duration(text: str) -> bool:
+    try:
+        go_duration(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _seconds_text(seconds: float) -> str:
     """A duration for realtime's ``--proxy-timeout`` and namespace ``history_ttl``."""
     if 0 < seconds < 1 and (seconds * 1000).is_integer():
@@ -822,7 +830,9 @@ class _Translator:
         if default is _OFF:
             return _is_off(value)
         if isinstance(default, str) and re.fullmatch(f"(?:{_GO_PART})+", default):
-            return self.seconds(path, value) == go_duration(default)
+            # Not a duration (Centrifugo's -1 for "off"): not the default either.
+            return isinstance(value, str) and _is_duration(value) and \
+                go_duration(value) == go_duration(default)
         return False
 
     # -- rules --
@@ -876,12 +886,13 @@ class _Translator:
         port = 8000 if port_value is _MISSING else self.number(f"{base}.port", port_value)
         port_key = f"{base}.port"
         host = "" if address is _MISSING else self.text(f"{base}.address", address)
-        if not host:
+        tls = {leaf: self.get(f"{base}.tls.{leaf}") for leaf in _TLS_LEAVES}
+        use_tls = self.boolean(f"{base}.tls.enabled", _given(tls["enabled"], False))
+        if not host and not use_tls:  # ssl: without interface= listens everywhere too
             self.warn(f"{self.name(base + '.address')}: not set: Centrifugo listens on every "
                       "interface, realtime on 127.0.0.1 (set it, e.g. to 0.0.0.0, or give "
                       "--bind)", "bind|port")
-        tls = {leaf: self.get(f"{base}.tls.{leaf}") for leaf in _TLS_LEAVES}
-        if self.boolean(f"{base}.tls.enabled", _given(tls["enabled"], False)):
+        if use_tls:
             files = {}
             for leaf in ("cert_pem", "key_pem"):
                 path = f"{base}.tls.{leaf}"
@@ -963,8 +974,8 @@ class _Translator:
         userinfo = ""
         if password:
             userinfo = f"{quote(user, safe='')}:{quote(password, safe='')}@"
-        elif user:
-            userinfo = f"{quote(user, safe='')}@"
+        elif user:  # NAME@ alone is a password to realtime (as to redis-py)
+            userinfo = f"{quote(user, safe='')}:@"
         use_tls = self.boolean(f"{base}.tls.enabled", _given(tls["enabled"], False))
         query = []
         if use_tls:
@@ -1188,8 +1199,9 @@ class _Translator:
             rule = _NAMESPACE_RULES.get(option)
             if rule is not None:
                 default, why, refuse = rule
-                if not (value is None or value == default or (default is _OFF and
-                                                                _is_off(value))):
+                # "" too: Centrifugo fills a zero value with its default.
+                if not (value is None or value == default or value == "" or (
+                        default is _OFF and _is_off(value))):
                     if refuse:
                         self.refuse(f"{key}: not supported ({why})", "namespace")
                     else:
@@ -1484,6 +1496,9 @@ class _Translator:
             parts = path.split(".")
             if any(".".join(parts[:n]) in self.seen for n in range(1, len(parts) + 1)):
                 continue
+            if self.get(path) in (None, {}) and any(seen.startswith(path + ".")
+                                                    for seen in self.seen):
+                continue  # a known section, empty or null: Centrifugo's defaults
             name = self.name(path)
             if self.out.version == 6 and path in _V5_KEYS:
                 self.refuse(f"{name}: a Centrifugo v5 key in a v6 file (v6's is "

@@ -252,6 +252,46 @@ def test_full_origins_are_taken_as_they_are():
     assert out.options["allowed-origins"] == "https://app.example.com http://localhost:3000/ *"
 
 
+def test_what_centrifugo_takes_as_its_default_asks_for_nothing():
+    """Empty or null sections, "" for a namespace's recovery mode and proxy names (Centrifugo
+    fills a zero value with its default), -1 for "no pings" (an ignored key warns, whatever
+    its form): no refusal."""
+    out = centrifugo_config.translate({
+        "client": {"token": {}, "proxy": None, "allowed_origins": ["*"],
+                   "ping_interval": -1, "pong_timeout": -1},
+        "http_server": {"address": "127.0.0.1", "tls": None},
+        "engine": {"type": "memory", "redis": {}},
+        "channel": {"namespaces": [{"name": "chat", "force_recovery_mode": "",
+                                    "subscribe_proxy_name": "", "publish_proxy_name": ""}]},
+    })
+    assert out.problems == []
+    assert out.options["namespace"] == ["chat:"]
+    assert sorted(m.split(":")[0] for _, m in out.warnings) == [
+        "client.ping_interval", "client.pong_timeout"]
+
+
+def test_redis_user_without_a_password_stays_a_user():
+    """realtime reads redis://NAME@host as a password alone (redis-py's way); Centrifugo's
+    user is a user."""
+    out = centrifugo_config.translate({"engine": {"type": "redis", "redis": {
+        "address": ["h:1", "redis://h:2", "unix:///s.sock"], "user": "ada"}}})
+    assert out.options["layer"] == "redis://ada:@h:1 redis://ada:@h:2 unix://ada:@/s.sock"
+    from realtime.layers.redis import parse_url
+
+    address, _ = parse_url("redis://ada:@h:1")
+    assert (address.username, address.password) == ("ada", "")
+
+
+def test_tls_without_an_address_listens_everywhere_as_centrifugo_does():
+    """An ssl: description without interface= listens on every interface (Twisted's
+    default), as Centrifugo does: no "realtime on 127.0.0.1" warning."""
+    out = centrifugo_config.translate({"http_server": {"port": 8443, "tls": {
+        "enabled": True, "cert_pem": "/c.pem", "key_pem": "/k.pem"}},
+        "client": {"allowed_origins": ["*"]}})
+    assert out.options["port"] == ["ssl:8443:privateKey=/k.pem:certKey=/c.pem"]
+    assert out.warnings == []
+
+
 def test_v5_proxy_options_without_a_proxy_are_warned_of():
     out = centrifugo_config.translate({"proxy_http_headers": ["Cookie"], "api_key": API_KEY})
     assert out.problems == []
