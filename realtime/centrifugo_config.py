@@ -1395,10 +1395,13 @@ class _Translator:
                 self.put(option, str(self.number(f"websocket.{leaf}", value)),
                          f"websocket.{leaf}")
         value = self.get("websocket.message_size_limit")
-        if value not in (_MISSING, None):
-            size = str(self.number("websocket.message_size_limit", value))
-            self.put("max-message-size", size, "websocket.message_size_limit")
-            self.put("max-frame-size", size, "websocket.message_size_limit")
+        # Centrifugo's limit holds when the file says nothing (realtime's own is 1 MiB).
+        size = "65536" if value in (_MISSING, None) else str(
+            self.number("websocket.message_size_limit", value))
+        for option in ("max-message-size", "max-frame-size"):
+            self.put(option, size, "websocket.message_size_limit")
+            if value in (_MISSING, None):
+                self.out.sources[option] += " (not set: Centrifugo's default)"
         tuning = "realtime's writes and reads need no tuning of it"
         for leaf, default in (("read_buffer_size", _OFF), ("write_buffer_size", _OFF),
                               ("use_write_buffer_pool", _OFF), ("write_timeout", "1s")):
@@ -1622,9 +1625,25 @@ def _check_cookie_origins(out: Translation) -> None:
             "visitor; or give --allowed-origins)"))
 
 
+def environment_problem(environ: Any = None) -> str | None:
+    """Centrifugo reads ``CENTRIFUGO_*`` variables over its file (a secret, the allowed
+    origins, ...): realtime does not, so one set would be lost without a word."""
+    names = sorted(n for n in (os.environ if environ is None else environ)
+                   if n.startswith("CENTRIFUGO_"))
+    if not names:
+        return None
+    return (f"{names[0]}: not supported (Centrifugo reads its CENTRIFUGO_* variables over the "
+            "file, realtime does not: put the setting in the file, or give realtime's option "
+            "or REALTIME_* variable)")
+
+
 def read(path: str) -> Translation:
-    """``load`` then ``translate``."""
-    return translate(load(path))
+    """``load`` then ``translate``; a ``CENTRIFUGO_*`` variable is the first refusal."""
+    out = translate(load(path))
+    problem = environment_problem()
+    if problem is not None:
+        out.problems.insert(0, (None, problem))
+    return out
 
 
 # -- TOML for --config ---------------------------------------------------------------------

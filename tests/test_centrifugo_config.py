@@ -167,7 +167,7 @@ def _quiet_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     for name in list(os.environ):
-        if name.startswith("REALTIME_"):
+        if name.startswith(("REALTIME_", "CENTRIFUGO_")):
             monkeypatch.delenv(name)
 
 
@@ -607,6 +607,32 @@ def test_the_environment_and_the_command_line_win(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("REALTIME_API_KEY", "short")
     with pytest.raises(StartupError, match=r"^realtime: error: --api-key: a key must be"):
         parsed("--port", "0")
+
+
+def test_centrifugos_own_variables_are_refused_not_lost(tmp_path, monkeypatch, capsys):
+    """Centrifugo reads CENTRIFUGO_CLIENT_ALLOWED_ORIGINS over the file: realtime would
+    silently serve without it. The line names the variable, never its value."""
+    path = write(tmp_path, {"http_server": {"address": "127.0.0.1"},
+                            "client": {"allowed_origins": ["*"]}})
+    monkeypatch.setenv("CENTRIFUGO_CLIENT_ALLOWED_ORIGINS", "https://s3cret.example")
+    expected = ("CENTRIFUGO_CLIENT_ALLOWED_ORIGINS: not supported (Centrifugo reads its "
+                "CENTRIFUGO_* variables over the file, realtime does not: put the setting in "
+                "the file, or give realtime's option or REALTIME_* variable)")
+    assert refusal(path, "--port", "0") == \
+        f"realtime: error: --centrifugo-config {path}: {expected}"
+    assert centrifugo_config.main([str(path)]) == 1
+    assert capsys.readouterr().err == f"realtime: error: {path}: {expected}\n"
+
+
+def test_websocket_message_size_limit_is_centrifugos_64_kib_when_not_set():
+    out = centrifugo_config.translate({"client": {"allowed_origins": ["*"]}})
+    assert out.options["max-message-size"] == out.options["max-frame-size"] == "65536"
+    assert out.sources["max-message-size"] == \
+        "websocket.message_size_limit (not set: Centrifugo's default)"
+    v5 = centrifugo_config.translate({"allowed_origins": ["*"]})
+    assert v5.options["max-message-size"] == "65536"
+    assert v5.sources["max-message-size"] == \
+        "websocket_message_size_limit (not set: Centrifugo's default)"
 
 
 def test_config_and_centrifugo_config_together_are_refused(tmp_path):
