@@ -1660,6 +1660,12 @@ def _toml_value(value: Any) -> str:
     raise TypeError(value)
 
 
+def _comment(text: str) -> str:
+    """Text for a ``#`` comment: a control character (a newline would end the comment and
+    start a line of TOML) written as its escape."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: json.dumps(m.group())[1:-1], text)
+
+
 def _toml_key(key: str) -> str:
     return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
 
@@ -1667,27 +1673,28 @@ def _toml_key(key: str) -> str:
 def to_toml(out: Translation, path: str) -> str:
     """The options as a realtime ``--config`` file, a comment on each line naming the
     Centrifugo key it came from (and what was ignored, at the top)."""
-    lines = [f"# realtime --config file from Centrifugo v{out.version}'s {path}",
+    lines = [f"# realtime --config file from Centrifugo v{out.version}'s "
+             f"{json.dumps(path, ensure_ascii=False)}",
              "# (python -m realtime.centrifugo_config): review it, then run",
              "#   realtime --config THIS_FILE"]
     if "jwt-key" in out.options or "api-key" in out.options:
         lines.append("# It holds the file's secrets inline: keep it as private as the "
                      "original (or move them to jwt-key-file / api-key-file).")
     for _, message in out.warnings:
-        lines.append(f"# warning: {message}")
+        lines.append(f"# warning: {_comment(message)}")
     lines.append("")
     for option, value in sorted(out.options.items(), key=lambda item: item[0] != "app"):
         if option == "namespace":
             continue
         comment = out.sources.get(option, "(implied by a Centrifugo configuration)")
-        lines.append(f"{option} = {_toml_value(value)}  # {comment}")
+        lines.append(f"{option} = {_toml_value(value)}  # {_comment(comment)}")
     for table, sources in out.namespaces:
         lines.append("")
         lines.append("[[namespaces]]")
         for option, value in table.items():
             comment = sources.get(option, "")
             line = f"{_toml_key(option)} = {_toml_value(value)}"
-            lines.append(f"{line}  # {comment}" if comment else line)
+            lines.append(f"{line}  # {_comment(comment)}" if comment else line)
     return "\n".join(lines) + "\n"
 
 

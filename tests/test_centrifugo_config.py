@@ -660,6 +660,35 @@ def test_the_converters_toml_makes_the_same_options(tmp_path, sample, capsys):
     assert from_toml["namespace"] and from_toml["api-key"]
 
 
+def test_the_converters_toml_quotes_every_string_and_no_comment_breaks_it(tmp_path, capsys):
+    """Strings with quotes, backslashes, '#', newlines, a tab, DEL, non-ASCII and U+2028
+    come back the same through --config; a file name with a newline stays in its comment."""
+    secret = 'S"\\\'#\n\t\x7f\u00e9\u2028\U0001f600' + "s" * 32
+    key = 'k"\\\'#=' + "k" * 16  # API keys and header values are ASCII
+    origin = "https://\u00e9t\u00e9.example"
+    data = {"http_server": {"address": "127.0.0.1"},
+            "client": {"allowed_origins": [origin], "token": {"hmac_secret_key": secret},
+                       "proxy": {"connect": {"enabled": True, "endpoint": "http://b/c",
+                                             "http": {"static_headers": {"X-K": key}}}}},
+            "http_api": {"key": key}}
+    folder = tmp_path / "a\nb = 1 # c"
+    folder.mkdir()
+    path = folder / "config.json"
+    path.write_text(json.dumps(data))
+    assert centrifugo_config.main([str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(
+        f"# realtime --config file from Centrifugo v6's {json.dumps(str(path))}\n")
+    toml = tmp_path / "realtime.toml"
+    toml.write_text(printed)
+    from_toml = parsed("--config", str(toml), "--port", "0")
+    capsys.readouterr()
+    assert from_toml["jwt-key"] == secret and from_toml["api-key"] == key
+    assert from_toml["allowed-origins"] == origin
+    assert from_toml["proxy-static-header"] == [f"X-K: {key}"]
+    assert from_toml.config.api_keys == (key,)
+
+
 def test_the_converter_refuses_with_one_line(tmp_path, capsys):
     path = write(tmp_path, {"consumers": [{"name": "pg", "enabled": True}]})
     assert centrifugo_config.main([str(path)]) == 1
