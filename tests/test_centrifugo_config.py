@@ -635,6 +635,30 @@ def test_websocket_message_size_limit_is_centrifugos_64_kib_when_not_set():
         "websocket_message_size_limit (not set: Centrifugo's default)"
 
 
+def test_flags_and_repeatable_options_yield_as_the_others_do(tmp_path, monkeypatch, capsys):
+    """A flag the file turns on, the environment turns off; a repeatable option given by the
+    environment or the command line replaces the file's whole list (and drops a refusal of
+    it: a namespace realtime cannot honour)."""
+    path = write(tmp_path, {
+        "http_server": {"address": "127.0.0.1"}, "client": {"allowed_origins": ["*"],
+        "proxy": {"connect": {"enabled": True, "endpoint": "http://b/c",
+                              "http": {"static_headers": {"X-A": "1", "X-B": "2"}}}}},
+        "prometheus": {"enabled": True}, "websocket": {"compression": True},
+        "channel": {"namespaces": [{"name": "chat", "channel_regex": "^[a-z]+$"}]}})
+    refusal(path, "--port", "0")  # the namespace's channel_regex
+    monkeypatch.setenv("REALTIME_METRICS", "0")
+    monkeypatch.setenv("REALTIME_COMPRESSION", "false")
+    monkeypatch.setenv("REALTIME_NAMESPACE", "room:presence")
+    options = parsed("--centrifugo-config", str(path), "--port", "0")
+    assert not options["metrics"] and not options["compression"]
+    assert options["namespace"] == ["room:presence"]
+    assert options["proxy-static-header"] == ["X-A: 1", "X-B: 2"]
+    options = parsed("--centrifugo-config", str(path), "--port", "0",
+                     "--proxy-static-header", "X-C: 3", "--namespace", "x:")
+    assert options["proxy-static-header"] == ["X-C: 3"] and options["namespace"] == ["x:"]
+    capsys.readouterr()
+
+
 def test_config_and_centrifugo_config_together_are_refused(tmp_path):
     path = write(tmp_path, {"http_api": {"key": API_KEY}})
     toml = tmp_path / "realtime.toml"
@@ -761,3 +785,31 @@ def test_a_server_runs_on_a_centrifugo_config_json(tmp_path):
     assert answer["result"]["offset"] == publication.pub.offset == 1  # history: positioned
     assert result.returncode == 0, result.output
     assert "client.allowed_origins: a WebSocket without an Origin header" in result.stderr
+
+
+def test_workers_take_the_files_options_and_warn_once(tmp_path, redis_url):
+    """``--workers 2``: every worker re-reads the file to the same options (/health, the
+    API key, Redis from engine.redis), and only the supervisor says the warnings."""
+    path = write(tmp_path, {
+        "http_server": {"address": "127.0.0.1"}, "log": {"file": "/var/log/c.log"},
+        "client": {"allowed_origins": ["*"]}, "http_api": {"key": API_KEY},
+        "health": {"enabled": True},
+        "engine": {"type": "redis", "redis": {"address": redis_url}}})
+    cmd = [sys.executable, "-m", "realtime", "--centrifugo-config", str(path),
+           "--workers", "2", "--port", "tcp:0:interface=127.0.0.1", "--shutdown-timeout", "5"]
+    with start(cmd, cwd=REPO) as server:
+        server.wait_for(r"all 2 workers ready", timeout=60)
+        server.wait_for(r"worker \d: .*subscriber connected to Redis", count=2, timeout=60)
+        base = server.ws_url("", scheme="http")
+        for _ in range(12):  # the kernel spreads connections over both workers
+            with urllib.request.urlopen(base + "/health", timeout=15) as health:
+                assert health.status == 200
+            info = urllib.request.Request(base + "/api/info", method="POST", data=b"{}",
+                                          headers={"X-API-Key": API_KEY})
+            with urllib.request.urlopen(info, timeout=15) as answer:
+                body = json.loads(answer.read())
+                assert len(body["result"]["nodes"]) == 2, body  # both on engine.redis
+        result = server.stop()
+    assert result.returncode == 0, result.output
+    assert result.output.count("log.file: ignored") == 1, result.output
+    assert result.output.count("realtime: warning:") == 1, result.output
