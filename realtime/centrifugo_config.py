@@ -330,11 +330,16 @@ def _is_duration(text: str) -> bool:
     return True
 
 
+def _decimal(seconds: float) -> str:
+    """Seconds as a plain decimal (never ``2.592e+06``, which realtime does not read)."""
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") or "0"
+
+
 def _seconds_text(seconds: float) -> str:
     """A duration for realtime's ``--proxy-timeout`` and namespace ``history_ttl``."""
-    if 0 < seconds < 1 and (seconds * 1000).is_integer():
-        return f"{int(seconds * 1000)}ms"
-    return f"{seconds:g}s"
+    if 0 < seconds < 1 and round(seconds * 1000, 6).is_integer():
+        return f"{round(seconds * 1000)}ms"
+    return f"{_decimal(seconds)}s"
 
 
 def _shown(value: Any) -> str:
@@ -1463,7 +1468,7 @@ class _Translator:
             self.put("health-path", path, "health.enabled")
         value = self.get("shutdown.timeout")
         if value not in (_MISSING, None):
-            self.put("shutdown-timeout", f"{self.seconds('shutdown.timeout', value):g}",
+            self.put("shutdown-timeout", _decimal(self.seconds("shutdown.timeout", value)),
                      "shutdown.timeout")
 
     def the_rest(self) -> None:

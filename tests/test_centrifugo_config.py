@@ -723,6 +723,25 @@ def test_the_converter_refuses_with_one_line(tmp_path, capsys):
         "or Kafka: publish through the API)"]
 
 
+@pytest.mark.parametrize(("given", "ttl", "seconds"), [
+    ("720h", "2592000s", 2592000.0), ("300h", "1080000s", 1080000.0), ("1m30s", "90s", 90.0),
+    ("500ms", "500ms", 0.5), ("1.5s", "1.5s", 1.5), ("10us", "0.00001s", 0.00001),
+])
+def test_a_duration_is_written_as_realtime_reads_it(given, ttl, seconds):
+    """No exponent ("2.592e+06s" is no duration to realtime): a month of history loads."""
+    out = centrifugo_config.translate({
+        "client": {"allowed_origins": ["*"]}, "shutdown": {"timeout": given},
+        "channel": {"namespaces": [{"name": "chat", "history_size": 10, "history_ttl": given}]}})
+    assert out.problems == []
+    assert out.options["namespace"] == [f"chat:history_size=10,history_ttl={ttl}"]
+    from realtime import pubsub
+
+    assert pubsub.parse_namespace(out.options["namespace"][0]).history_ttl == \
+        pytest.approx(seconds)
+    assert float(out.options["shutdown-timeout"]) == pytest.approx(seconds)
+    assert "e" not in out.options["shutdown-timeout"]
+
+
 def test_go_durations():
     assert centrifugo_config.go_duration("1h30m") == 5400
     assert centrifugo_config.go_duration("1.5s") == 1.5
