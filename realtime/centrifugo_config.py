@@ -23,7 +23,8 @@ http_server.port (port), .address (address)        ``--port``, ``--bind`` (no ad
                                                    Centrifugo listens everywhere, realtime
                                                    on 127.0.0.1: warning)
 http_server.tls.enabled, .cert_pem, .key_pem       ``--port ssl:PORT:privateKey=..:certKey=..``
-(tls, tls_cert, tls_key)                           (file paths; inline PEM refused)
+(tls, tls_cert, tls_key)                           (file paths; inline or base64 PEM
+                                                   refused)
 client.token.hmac_secret_key, rsa_public_key,      ``--jwt-key`` (one of them; two refused),
 ecdsa_public_key, jwks_public_endpoint,            ``--jwks-url``, ``--jwt-audience``,
 audience, issuer (token_*)                         ``--jwt-issuer``
@@ -56,7 +57,8 @@ redis_*)                                           ``redis+cluster://``, several
 websocket.compression, compression_level,          ``--compression``, ``--compression-level``,
 compression_min_size, message_size_limit           ``--compression-min-size``,
 (websocket_*)                                      ``--max-message-size`` and
-                                                   ``--max-frame-size``
+                                                   ``--max-frame-size`` (not set:
+                                                   Centrifugo's 65536)
 prometheus.enabled (prometheus)                    ``--metrics``
 health.enabled, handler_prefix (health)            ``--health-path /health``
 shutdown.timeout (shutdown_timeout)                ``--shutdown-timeout``
@@ -78,7 +80,8 @@ serves the API, admin and health on the main port), client certificates (``clien
 Redis ``cert_pem``/``key_pem``), ``tls_autocert``, Redis Sentinel credentials or TLS,
 several Redis Clusters, a ``handler_prefix`` other than Centrifugo's default, other
 channel boundaries or prefixes, ``channel.max_length`` other than 255,
-``http_api.error_mode``, ``connect_include_server_time``,
+``http_api.error_mode``, ``connect_include_server_time``, a ``CENTRIFUGO_*``
+variable (Centrifugo reads them over the file), a key given twice in one table,
 ``connect_code_to_http_response``/``_unidirectional_disconnect``,
 ``uni_websocket.join_push_messages``, ``broker``/``presence_manager`` (realtime has one
 layer: ``engine``), ``init``, status code transforms and a proxy's own TLS.
