@@ -775,29 +775,29 @@ def test_a_server_runs_on_a_centrifugo_config_json(tmp_path):
                                algorithm="HS256")
             events = Recorder()
             client = Client(server.ws_url("/connection/websocket"), token=token,
-                            headers={"Origin": origin}, proxy=None, timeout=5.0)
+                            headers={"Origin": origin}, proxy=None, timeout=15.0)
             await client.connect()
             sub = client.new_subscription("chat:lobby", events=events)
             await sub.subscribe()
-            await sub.ready(5.0)
+            await sub.ready(15.0)
             request = urllib.request.Request(
                 base + "/api/publish", method="POST",
                 data=json.dumps({"channel": "chat:lobby", "data": {"text": "hi"}}).encode(),
                 headers={"X-API-Key": api_key, "Content-Type": "application/json"})
             answer = await asyncio.to_thread(
-                lambda: json.loads(urllib.request.urlopen(request, timeout=5).read()))
-            publication = await events.next("publication")
+                lambda: json.loads(urllib.request.urlopen(request, timeout=15).read()))
+            publication = await events.next("publication", 15.0)
             await client.disconnect()
             return answer, publication
 
-        answer, publication = asyncio.run(asyncio.wait_for(scenario(), 20))
+        answer, publication = asyncio.run(asyncio.wait_for(scenario(), 60))
         # A wrong key is refused, as Centrifugo does.
         wrong = urllib.request.Request(base + "/api/publish", method="POST", data=b"{}",
                                        headers={"X-API-Key": "x" * 20})
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(wrong, timeout=5)
+            urllib.request.urlopen(wrong, timeout=15)
         assert refused.value.code == 401
-        with urllib.request.urlopen(base + "/health", timeout=5) as health:
+        with urllib.request.urlopen(base + "/health", timeout=15) as health:
             assert health.status == 200  # health.enabled: Centrifugo's path
         result = server.stop()
     assert publication.pub.data == {"text": "hi"}
