@@ -176,20 +176,22 @@ def _import(module_name: str) -> Any:
         return importlib.import_module(module_name)
 
 
-def _config_path(argv: list[str], short: str, long: list[str]) -> str | None:
-    """``--config PATH`` from the arguments as getopt reads them (``--config=PATH``, and
-    an abbreviation such as ``--conf PATH``, which the parse that follows takes as
-    ``--config`` too), else ``REALTIME_CONFIG``: read before the rest, whose values win
-    over the file's. Arguments getopt refuses are left to that parse to report."""
+def _config_path(argv: list[str], short: str, long: list[str],
+                 option: str = "config") -> str | None:
+    """``--config PATH`` (or ``--centrifugo-config``) from the arguments as getopt reads
+    them (``--config=PATH``, and an abbreviation such as ``--conf PATH``, which the parse
+    that follows takes as ``--config`` too), else ``REALTIME_CONFIG``
+    (``REALTIME_CENTRIFUGO_CONFIG``): read before the rest, whose values win over the
+    file's. Arguments getopt refuses are left to that parse to report."""
     import getopt
 
-    path = os.environ.get("REALTIME_CONFIG") or None
+    path = os.environ.get("REALTIME_" + option.upper().replace("-", "_")) or None
     try:
         found, _ = getopt.getopt(argv, short, long)
     except getopt.GetoptError:
         return path
     for name, value in found:
-        if name == "--config":
+        if name == "--" + option:
             path = value
     return path
 
@@ -459,6 +461,11 @@ class Options(usage.Options):
         ["config", None, None,
          "A TOML file of options (ping-interval = 10, port = [\"tcp:8000\"], metrics = "
          "true); the environment and the command line win over it."],
+        ["centrifugo-config", None, None,
+         "A Centrifugo configuration file (JSON, YAML or TOML; v5 or v6 keys), served as "
+         "realtime.pubsub (--app's default with it); a key realtime cannot honour stops "
+         "start-up naming it. The environment and the command line win over it; not with "
+         "--config (python -m realtime.centrifugo_config FILE prints it as --config TOML)."],
     ]
 
     optFlags: list[list[Any]] = [
@@ -504,6 +511,10 @@ class Options(usage.Options):
         self["rpc-namespace"] = []
         #: ``--jwks-url``'s ``realtime.jwks.JwksUrl`` (set by ``postOptions``).
         self.jwks_source: Any = None
+        #: ``--centrifugo-config``'s path and ``centrifugo_config.Translation``.
+        self.centrifugo: tuple[str, Any] | None = None
+        #: Options the environment or the command line set (they win over a file's).
+        self.given: set[str] = set()
 
     def opt_port(self, value: str) -> None:
         """A port number or a Twisted endpoint description (tcp:, ssl:, unix:, systemd:);
@@ -576,10 +587,19 @@ class Options(usage.Options):
     def parseOptions(self, options: list[str] | None = None) -> None:
         #: The subcommand's own arguments, which ``--workers`` children are started with.
         self.argv = list(options or [])
-        path = _config_path(_daphne_spellings(self.argv) or [], self.shortOpt, self.longOpt)
+        argv = _daphne_spellings(self.argv) or []
+        path = _config_path(argv, self.shortOpt, self.longOpt)
+        centrifugo = _config_path(argv, self.shortOpt, self.longOpt, "centrifugo-config")
+        if path and centrifugo:
+            raise StartupError("--config and --centrifugo-config: give one of them (python "
+                               "-m realtime.centrifugo_config FILE prints the Centrifugo file "
+                               "as a TOML file for --config, to add realtime's own options to)")
         if path:
             self._from_file(path)
+        if centrifugo:
+            self._from_centrifugo(centrifugo)
         self._from_environment()
+        self.given |= self._on_command_line(argv)
         try:
             super().parseOptions(_daphne_spellings(options))
         except usage.UsageError as exc:
@@ -598,7 +618,7 @@ class Options(usage.Options):
             raise StartupError(f"--config {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise StartupError(f"--config {path}: not TOML: {exc}") from None
-        parameters = {p[0] for p in self.optParameters} - {"config"}
+        parameters = {p[0] for p in self.optParameters} - {"config", "centrifugo-config"}
         flags = {f[0] for f in self.optFlags}
         spelled: dict[str, str] = {}
         for key, value in table.items():
@@ -644,12 +664,44 @@ class Options(usage.Options):
             else:
                 raise StartupError(f"{where}: no such option")
 
+    def _from_centrifugo(self, path: str) -> None:
+        """``--centrifugo-config``: a Centrifugo file's settings as options
+        (``realtime.centrifugo_config``), filling what the environment and the command line
+        will not set; its refusals and warnings wait for ``postOptions``, where an option
+        set over them drops them."""
+        from realtime import centrifugo_config
+
+        try:
+            translation = centrifugo_config.read(path)
+        except centrifugo_config.CentrifugoConfigError as exc:
+            raise StartupError(f"--centrifugo-config {path}: {exc}") from None
+        flags = {f[0] for f in self.optFlags}
+        for name, value in translation.options.items():
+            if name in flags:
+                self[name] = int(bool(value))
+            elif name in self._repeatable:
+                self["_env_" + name] = list(value)
+            else:
+                self[name] = str(value)
+        self.centrifugo = (path, translation)
+
+    def _on_command_line(self, argv: list[str]) -> set[str]:
+        """The options ``argv`` names (their long names), as getopt reads them."""
+        import getopt
+
+        try:
+            found, _ = getopt.getopt(argv, self.shortOpt, self.longOpt)
+        except getopt.GetoptError:
+            return set()
+        return {self.synonyms.get(name.lstrip("-"), name.lstrip("-")) for name, _ in found}
+
     def _from_environment(self) -> None:
         """``REALTIME_<NAME>`` fills what the command line will not set."""
         for name in [p[0] for p in self.optParameters] + list(self._repeatable):
             value = os.environ.get("REALTIME_" + name.upper().replace("-", "_"))
             if value is None:
                 continue
+            self.given.add(name)
             if name in self._repeatable:
                 self["_env_" + name] = value.split()
             else:
@@ -657,6 +709,7 @@ class Options(usage.Options):
         for flag in [f[0] for f in self.optFlags]:
             value = os.environ.get("REALTIME_" + flag.upper().replace("-", "_"))
             if value is not None:
+                self.given.add(flag)
                 if value.strip().lower() not in ("1", "true", "yes", "0", "false", "no", ""):
                     raise StartupError(
                         f"REALTIME_{flag.upper().replace('-', '_')}: expected 1/true/yes or "
@@ -665,6 +718,41 @@ class Options(usage.Options):
                 self[flag] = 1 if value.strip().lower() in ("1", "true", "yes") else 0
 
     def postOptions(self) -> None:
+        if self.centrifugo is None:
+            self._post_options()
+            return
+        path, translation = self.centrifugo
+        def stands(option: str | None) -> bool:
+            """Whether a refusal or warning on ``option`` (``a|b``: on either) still
+            holds: nothing the environment or the command line set overrides it."""
+            return option is None or not set(option.split("|")) & self.given
+
+        for option, message in translation.problems:
+            if stands(option):
+                raise StartupError(f"--centrifugo-config {path}: {message}")
+        from realtime.workers import worker_info
+
+        if worker_info() is None:  # a worker's supervisor said it already
+            for option, message in translation.warnings:
+                if stands(option):
+                    sys.stderr.write(f"realtime: warning: --centrifugo-config {path}: "
+                                     f"{message}\n")
+        try:
+            self._post_options()
+        except StartupError as exc:
+            # realtime's own rules (a JWT secret of 32 characters, ...) name the key.
+            text = str(exc).removeprefix("realtime: error: ")
+            match = re.match(r"(--[a-z][a-z-]*)", text)
+            if match is None:
+                raise
+            name = match.group(1)[2:]
+            key = translation.sources.get(name)
+            if key is None or name in self.given:
+                raise
+            raise StartupError(f"--centrifugo-config {path}: {key} ({match.group(1)})"
+                               f"{text[match.end():]}") from None
+
+    def _post_options(self) -> None:
         for name in self._repeatable:
             if not self[name]:
                 self[name] = self.get("_env_" + name, [])

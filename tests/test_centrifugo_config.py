@@ -1,0 +1,834 @@
+"""``--centrifugo-config FILE`` (``realtime.centrifugo_config``): a Centrifugo v5 or v6 file
+in JSON, YAML or TOML becomes realtime's options; what realtime cannot honour stops
+start-up with one line naming the key, what it has no use for is one warning line each;
+the converter's TOML, given to ``--config``, makes the same options; and a real server
+started on contrib/pubsub/config.json serves Centrifugo's own client and API with the
+file's secret and key."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import yaml
+
+from realtime import centrifugo_config
+from realtime.config import StartupError
+from realtime.tap import Options
+from tests.e2e.support import REPO, run, start
+
+SECRET = "s" * 40
+API_KEY = "k" * 24
+SAMPLE = REPO / "contrib" / "pubsub" / "config.json"
+
+#: A Centrifugo v6 setup as its Django tutorial grows one: a connect proxy that reads the
+#: session cookie, namespaces with history and presence, the Redis engine.
+V6 = {
+    "http_server": {"address": "127.0.0.1", "port": 8000},
+    "log": {"level": "debug"},
+    "client": {
+        "token": {"hmac_secret_key": SECRET},
+        "allowed_origins": ["http://localhost:9000"],
+        "proxy": {"connect": {"enabled": True,
+                              "endpoint": "http://127.0.0.1:8001/centrifugo/connect",
+                              "timeout": "3s", "http_headers": ["Cookie"],
+                              "http": {"static_headers": {"X-Proxy-Key": "pk"}}},
+                  "refresh": {"enabled": True,
+                              "endpoint": "http://127.0.0.1:8001/centrifugo/refresh",
+                              "timeout": "3s", "http_headers": ["cookie"],
+                              "http": {"static_headers": {"X-Proxy-Key": "pk"}}}},
+        "channel_limit": 64,
+        "user_connection_limit": 4,
+        "allow_anonymous_connect_without_token": True,
+    },
+    "http_api": {"key": API_KEY},
+    "channel": {
+        "without_namespace": {"allow_subscribe_for_client": True},
+        "namespaces": [
+            {"name": "personal"},
+            {"name": "chat", "presence": True, "join_leave": True, "history_size": 100,
+             "history_ttl": "5m", "force_recovery": True,
+             "allow_subscribe_for_client": True, "allow_history_for_subscriber": True},
+        ],
+    },
+    "engine": {"type": "redis",
+               "redis": {"address": ["127.0.0.1:6379", "redis://10.0.0.2:6380"],
+                         "db": 2, "password": "p@ss", "prefix": "cf"}},
+    "prometheus": {"enabled": True},
+    "health": {"enabled": True},
+    "websocket": {"compression": True, "message_size_limit": 65536},
+    "shutdown": {"timeout": "30s"},
+}
+
+#: The same setup in Centrifugo v5's flat keys.
+V5 = {
+    "address": "127.0.0.1", "port": "8000", "log_level": "debug",
+    "token_hmac_secret_key": SECRET, "allowed_origins": ["http://localhost:9000"],
+    "proxy_connect_endpoint": "http://127.0.0.1:8001/centrifugo/connect",
+    "proxy_refresh_endpoint": "http://127.0.0.1:8001/centrifugo/refresh",
+    "proxy_connect_timeout": "3s", "proxy_refresh_timeout": "3s",
+    "proxy_http_headers": ["Cookie"], "proxy_static_http_headers": {"X-Proxy-Key": "pk"},
+    "client_channel_limit": 64, "client_user_connection_limit": 4,
+    "allow_anonymous_connect_without_token": True,
+    "api_key": API_KEY,
+    "allow_subscribe_for_client": True,
+    "namespaces": V6["channel"]["namespaces"],  # type: ignore[index]
+    "engine": "redis", "redis_address": ["127.0.0.1:6379", "redis://10.0.0.2:6380"],
+    "redis_db": 2, "redis_password": "p@ss", "redis_prefix": "cf",
+    "prometheus": True, "health": True,
+    "websocket_compression": True, "websocket_message_size_limit": 65536,
+    "shutdown_timeout": "30s",
+}
+
+EXPECTED = {
+    "app": "realtime.pubsub:application",
+    "port": ["8000"], "bind": "127.0.0.1", "verbosity": "2",
+    "layer": "redis://:p%40ss@127.0.0.1:6379/2?prefix=cf "
+             "redis://:p%40ss@10.0.0.2:6380/2?prefix=cf",
+    "jwt-key": SECRET, "allowed-origins": "http://localhost:9000",
+    "pubsub-anonymous": True,
+    "max-groups-per-connection": "64", "max-connections-per-user": "4",
+    "proxy-connect-endpoint": "http://127.0.0.1:8001/centrifugo/connect",
+    "proxy-refresh-endpoint": "http://127.0.0.1:8001/centrifugo/refresh",
+    "proxy-timeout": "3s", "proxy-http-headers": "Cookie",
+    "proxy-static-header": ["X-Proxy-Key: pk"],
+    "api-key": API_KEY, "metrics": True, "health-path": "/health",
+    "compression": True, "max-message-size": "65536", "max-frame-size": "65536",
+    "shutdown-timeout": "30",
+    "namespace": [":allow_subscribe_for_client=true", "personal:",
+                  "chat:presence=true,join_leave=true,history_size=100,history_ttl=300s,"
+                  "force_recovery=true,allow_subscribe_for_client=true,"
+                  "allow_history_for_subscriber=true"],
+}
+
+
+def _toml(table: dict[str, Any], head: str = "") -> str:
+    """Enough of a TOML writer for these samples (tomllib only reads)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return "{" + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + "}"
+
+    lines, tables = [], []
+    for key, v in table.items():
+        if isinstance(v, dict) and v:
+            tables.append(_toml(v, f"{head}{key}."))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for item in v:
+                tables.append(f"[[{head}{key}]]\n" + _toml(item, "__item__"))
+        else:
+            lines.append(f"{json.dumps(key)} = {value(v)}")
+    own = "\n".join(lines)
+    if head and head != "__item__" and lines:
+        own = f"[{head[:-1]}]\n{own}"
+    return "\n".join(part for part in [own, *tables] if part) + "\n"
+
+
+def write(tmp_path: Path, data: dict[str, Any], fmt: str = "json") -> Path:
+    path = tmp_path / f"config.{fmt}"
+    if fmt == "json":
+        path.write_text(json.dumps(data))
+    elif fmt == "yaml":
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    else:
+        path.write_text(_toml(data))
+    return path
+
+
+def parsed(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def refusal(path: Path, *args: str) -> str:
+    with pytest.raises(StartupError) as error:
+        parsed("--centrifugo-config", str(path), *args)
+    message = str(error.value)
+    assert "\n" not in message, message
+    return message
+
+
+@pytest.fixture(autouse=True)
+def _quiet_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("REALTIME_", "CENTRIFUGO_")):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml", "toml"])
+@pytest.mark.parametrize("sample", [V6, V5], ids=["v6", "v5"])
+def test_v5_and_v6_in_every_format_make_the_same_options(tmp_path, fmt, sample):
+    path = write(tmp_path, sample, fmt)
+    translation = centrifugo_config.read(str(path))
+    assert translation.version == (6 if sample is V6 else 5)
+    assert translation.problems == []
+    assert translation.options == EXPECTED
+    # Each option names the key it came from, as the file wrote it.
+    sources = translation.sources
+    if sample is V6:
+        assert sources["jwt-key"] == "client.token.hmac_secret_key"
+        assert sources["proxy-timeout"] == "client.proxy.connect.timeout"
+        assert sources["layer"] == "engine.redis.address"
+    else:
+        assert sources["jwt-key"] == "token_hmac_secret_key"
+        assert sources["proxy-timeout"] == "proxy_connect_timeout"
+        assert sources["layer"] == "redis_address"
+    # And the tap takes them: a real parse, the layer built (not connected).
+    options = parsed("--centrifugo-config", str(path), "--port", "0")
+    assert options["app"] == "realtime.pubsub:application"
+    assert options.config.api_keys == (API_KEY,)
+    assert options.layer.__class__.__name__ == "ShardedRedisChannelLayer"
+    from realtime.settings import settings
+
+    assert set(settings.pubsub_namespaces) == {"", "personal", "chat"}
+    assert settings.pubsub_namespaces["chat"].history_ttl == 300.0
+    assert settings.pubsub_proxy.timeout == 3.0
+    assert settings.pubsub_proxy.http_headers == ("Cookie",)
+
+
+def test_redis_forms_sentinel_cluster_tls_and_unix(tmp_path):
+    def layer(redis: dict[str, Any]) -> str:
+        out = centrifugo_config.translate({"engine": {"type": "redis", "redis": redis}})
+        assert out.problems == [], out.problems
+        return str(out.options["layer"])
+
+    assert layer({}) == "redis://127.0.0.1:6379"
+    assert layer({"address": "redis://u:pw@h:1/3", "db": 5}) == "redis://u:pw@h:1/3"
+    assert layer({"address": "tcp://h:1", "user": "ada", "password": "pw"}) == \
+        "redis://ada:pw@h:1"
+    assert layer({"address": "unix:///run/redis.sock", "db": 1}) == \
+        "unix:///run/redis.sock?db=1"
+    assert layer({"address": "h:1", "tls": {"enabled": True, "server_ca_pem": "/ca.pem"}}) \
+        == "rediss://h:1?ssl_ca_certs=/ca.pem"
+    assert layer({"sentinel_address": ["s1:26379", "s2:26379"],
+                  "sentinel_master_name": "mymaster", "password": "pw"}) == \
+        "redis+sentinel://:pw@s1:26379,s2:26379/mymaster/0"
+    assert layer({"cluster_address": ["c1:7000,c2:7001"]}) == "redis+cluster://c1:7000,c2:7001"
+
+
+def test_http_server_tls_is_an_ssl_port_and_v5_says_the_same():
+    v6 = centrifugo_config.translate({"http_server": {
+        "address": "127.0.0.1", "port": 8443,
+        "tls": {"enabled": True, "cert_pem": "/etc/c:1.pem", "key_pem": "/etc/k.pem"}}})
+    v5 = centrifugo_config.translate({"address": "127.0.0.1", "port": "8443", "tls": True,
+                                      "tls_cert": "/etc/c:1.pem", "tls_key": "/etc/k.pem"})
+    for out in (v6, v5):
+        assert out.problems == []
+        assert out.options["port"] == [
+            "ssl:8443:privateKey=/etc/k.pem:certKey=/etc/c\\:1.pem:interface=127.0.0.1"]
+        assert "bind" not in out.options
+
+
+@pytest.mark.parametrize("origins", [[], [""]], ids=["empty", "blank"])
+def test_an_empty_allowed_origins_is_warned_of_as_not_set(origins):
+    """Centrifugo checks Origin against Host for an empty list as for none."""
+    out = centrifugo_config.translate({"client": {"allowed_origins": origins}})
+    assert "allowed-origins" not in out.options
+    assert [m for o, m in out.warnings if o == "allowed-origins"] == [
+        "client.allowed_origins: not set: Centrifugo then refuses browsers of other origins, "
+        "realtime lets every origin in (set it, or --allowed-origins)"]
+
+
+def test_full_origins_are_taken_as_they_are():
+    out = centrifugo_config.translate({"client": {"allowed_origins": [
+        "https://app.example.com", "http://localhost:3000/", "*"]}})
+    assert out.problems == []
+    assert out.options["allowed-origins"] == "https://app.example.com http://localhost:3000/ *"
+
+
+def test_what_centrifugo_takes_as_its_default_asks_for_nothing():
+    """Empty or null sections, "" for a namespace's recovery mode and proxy names (Centrifugo
+    fills a zero value with its default), -1 for "no pings" (an ignored key warns, whatever
+    its form): no refusal."""
+    out = centrifugo_config.translate({
+        "client": {"token": {}, "proxy": None, "allowed_origins": ["*"],
+                   "ping_interval": -1, "pong_timeout": -1},
+        "http_server": {"address": "127.0.0.1", "tls": None},
+        "engine": {"type": "memory", "redis": {}},
+        "channel": {"namespaces": [{"name": "chat", "force_recovery_mode": "",
+                                    "subscribe_proxy_name": "", "publish_proxy_name": ""}]},
+    })
+    assert out.problems == []
+    assert out.options["namespace"] == ["chat:"]
+    assert sorted(m.split(":")[0] for _, m in out.warnings) == [
+        "client.ping_interval", "client.pong_timeout"]
+
+
+def test_redis_user_without_a_password_stays_a_user():
+    """realtime reads redis://NAME@host as a password alone (redis-py's way); Centrifugo's
+    user is a user."""
+    out = centrifugo_config.translate({"engine": {"type": "redis", "redis": {
+        "address": ["h:1", "redis://h:2", "unix:///s.sock"], "user": "ada"}}})
+    assert out.options["layer"] == "redis://ada:@h:1 redis://ada:@h:2 unix://ada:@/s.sock"
+    from realtime.layers.redis import parse_url
+
+    address, _ = parse_url("redis://ada:@h:1")
+    assert (address.username, address.password) == ("ada", "")
+
+
+def test_tls_without_an_address_listens_everywhere_as_centrifugo_does():
+    """An ssl: description without interface= listens on every interface (Twisted's
+    default), as Centrifugo does: no "realtime on 127.0.0.1" warning."""
+    out = centrifugo_config.translate({"http_server": {"port": 8443, "tls": {
+        "enabled": True, "cert_pem": "/c.pem", "key_pem": "/k.pem"}},
+        "client": {"allowed_origins": ["*"]}})
+    assert out.options["port"] == ["ssl:8443:privateKey=/k.pem:certKey=/c.pem"]
+    assert out.warnings == []
+
+
+def test_v5_proxy_options_without_a_proxy_are_warned_of():
+    out = centrifugo_config.translate({"proxy_http_headers": ["Cookie"], "api_key": API_KEY})
+    assert out.problems == []
+    assert (None, "proxy_http_headers: ignored (no proxy endpoint is set)") in out.warnings
+    assert "proxy-http-headers" not in out.options
+
+
+#: (the file, what its one line says after "--centrifugo-config PATH: ")
+REFUSALS = [
+    ({"channel": {"proxy": {"subscribe_stream": {"endpoint": "http://b/stream"}}}},
+     "channel.proxy.subscribe_stream.endpoint: not supported (subscription streams"),
+    ({"grpc_api": {"enabled": True}}, "grpc_api.enabled: not supported (the gRPC"),
+    ({"consumers": [{"name": "k", "enabled": True, "type": "kafka"}]},
+     "consumers[0]: not supported (no consumers"),
+    ({"consumers": [{"name": "k", "type": "kafka"}]}, "consumers[0]: not supported"),  # v5
+    ({"client": {"token": {"user_id_claim": "uid"}}},
+     "client.token.user_id_claim: not supported (the user is the token's sub claim)"),
+    ({"client": {"token": {"audience_regex": "^a"}}}, "client.token.audience_regex: not"),
+    ({"client": {"subscription_token": {"enabled": True}}},
+     "client.subscription_token.enabled: not supported"),
+    ({"client": {"insecure": True}}, "client.insecure: not supported"),
+    ({"client": {"token": {"hmac_secret_key": SECRET, "rsa_public_key": "-----BEGIN"}}},
+     "client.token.hmac_secret_key and client.token.rsa_public_key: not supported together"),
+    ({"client": {"allowed_origins": ["https://*.example.com"]}},
+     "client.allowed_origins: 'https://*.example.com': not supported (no globs here"),
+    ({"client": {"proxy": {"connect": {"enabled": True, "endpoint": "http://b/c",
+                                       "http_headers": ["Cookie"]}}}},
+     "client.allowed_origins: needed when a proxy forwards Cookie"),
+    # Any proxy: a page of another site connects anonymously, subscribes or calls an RPC,
+    # and the backend answers for the visitor the cookie names.
+    ({"client": {"allow_anonymous_connect_without_token": True},
+      "channel": {"proxy": {"subscribe": {"endpoint": "http://b/s", "http_headers": ["Cookie"]}},
+                  "namespaces": [{"name": "me", "subscribe_proxy_enabled": True}]}},
+     "client.allowed_origins: needed when a proxy forwards Cookie"),
+    ({"allow_anonymous_connect_without_token": True, "proxy_rpc_endpoint": "http://b/r",
+      "proxy_http_headers": ["cookie"], "allowed_origins": []},
+     "allowed_origins: needed when a proxy forwards Cookie"),
+    # Centrifugo matches each pattern (a glob) against the whole Origin header.
+    ({"client": {"allowed_origins": ["example.com"]}},
+     "client.allowed_origins: 'example.com': not supported (Centrifugo matches the whole "
+     "Origin (scheme://host[:port])"),
+    ({"client": {"allowed_origins": [".example.com"]}},
+     "client.allowed_origins: '.example.com': not supported (Centrifugo matches the whole"),
+    ({"client": {"allowed_origins": ["null"]}},
+     "client.allowed_origins: 'null': not supported (Centrifugo matches the whole"),
+    ({"client": {"allowed_origins": ["https://app?.example.com"]}},
+     "client.allowed_origins: 'https://app?.example.com': not supported (no globs here"),
+    ({"client": {"allowed_origins": ["https://{a,b}.example.com"]}},
+     "client.allowed_origins: 'https://{a,b}.example.com': not supported (no globs here"),
+    ({"client": {"allowed_origins": ["*"],
+                 "proxy": {"connect": {"enabled": True, "endpoint": "http://b/c"}}},
+      "channel": {"proxy": {"subscribe": {"endpoint": "http://b/s", "timeout": "3s"}}}},
+     "client.proxy.connect.timeout (not set) and channel.proxy.subscribe.timeout: not supported "
+     "(they differ, and realtime's --proxy-timeout is one for every proxy)"),
+    ({"proxy_connect_endpoint": "http://b/c", "proxy_rpc_endpoint": "http://b/r",
+      "proxy_rpc_timeout": "5s"},
+     "proxy_connect_timeout (not set) and proxy_rpc_timeout: not supported"),
+    ({"client": {"proxy": {"connect": {"enabled": True, "endpoint": "grpc://b:1"}}}},
+     "client.proxy.connect.endpoint: not supported (gRPC proxies"),
+    ({"proxies": [{"name": "other", "endpoint": "http://b"}]}, "proxies: not supported"),
+    ({"rpc": {"namespaces": [{"name": "x"}]}}, "rpc.namespaces: not supported"),
+    ({"channel": {"namespaces": [{"name": "chat", "channel_regex": "^[a-z]+$"}]}},
+     "channel.namespaces[0].channel_regex: not supported"),
+    ({"channel": {"namespaces": [{"name": "chat", "subscribe_proxy_enabled": True,
+                                  "subscribe_proxy_name": "other"}]}},
+     "channel.namespaces[0].subscribe_proxy_name: not supported (named proxies"),
+    ({"channel": {"namespaces": [{"name": "chat", "force_recovery_mode": "cache"}]}},
+     "channel.namespaces[0].force_recovery_mode: not supported"),
+    # realtime's own namespace checks speak, under the key.
+    ({"channel": {"namespaces": [{"name": "chat", "presense": True}]}},
+     "channel.namespaces[0]: namespace 'chat': no option 'presense'"),
+    ({"channel": {"namespaces": [{"name": "chat", "history_size": 10}]}},
+     "channel.namespaces[0]: namespace 'chat': history_size and history_ttl go together"),
+    ({"channel": {"namespaces": [{"name": "chat", "history_size": 1, "history_ttl": 300}]}},
+     "channel.namespaces[0].history_ttl: expected a duration"),
+    ({"channel": {"namespace_boundary": "."}}, "channel.namespace_boundary: not supported"),
+    ({"http_server": {"internal_port": "9000"}}, "http_server.internal_port: not supported"),
+    ({"http_server": {"tls": {"enabled": True, "cert_pem": "-----BEGIN CERTIFICATE-----",
+                              "key_pem": "k.pem"}}},
+     "http_server.tls.cert_pem: not supported (inline PEM"),
+    ({"http_api": {"handler_prefix": "/capi"}}, "http_api.handler_prefix: not supported"),
+    ({"websocket": {"disabled": True}}, "websocket.disabled: not supported"),
+    ({"engine": {"type": "nats"}}, "engine.type: expected memory or redis, got \"nats\""),
+    ({"engine": {"type": "redis", "redis": {"cluster_address": ["a:1", "b:1"]}}},
+     "engine.redis.cluster_address: not supported (several Redis Clusters"),
+    ({"engine": {"type": "redis", "redis": {"sentinel_address": ["s:1"],
+                                            "sentinel_master_name": "m",
+                                            "sentinel_password": "pw"}}},
+     "engine.redis.sentinel_password: not supported"),
+    ({"broker": {"enabled": True, "type": "nats"}}, "broker.enabled: not supported"),
+    ({"shutdown": {"timeout": 30}}, "shutdown.timeout: expected a duration"),
+    ({"log": {"level": "loud"}}, "log.level: expected trace, debug"),
+    ({"client": {"channel_limit": "many"}}, "client.channel_limit: expected a whole number"),
+    # Typos are refused, where Centrifugo only warns (a setting must not vanish).
+    ({"client": {"allowed_origin": ["http://a"]}}, "client.allowed_origin: unknown key"),
+    ({"client": {"token": {"hmac_secret": SECRET}}}, "client.token.hmac_secret: unknown key"),
+    ({"log_level": "debug", "client": {"allowed_origins": ["*"]}},
+     "log_level: a Centrifugo v5 key in a v6 file (v6's is log.level"),
+    ({"token_hmac_secret": SECRET}, "token_hmac_secret: unknown key"),
+    # realtime's own rules, naming the key.
+    ({"client": {"token": {"hmac_secret_key": "secret"}}},
+     "client.token.hmac_secret_key (--jwt-key): an HMAC JWT secret must be at least 32"),
+    ({"token_hmac_secret_key": "secret"},
+     "token_hmac_secret_key (--jwt-key): an HMAC JWT secret must be at least 32"),
+    ({"http_api": {"key": "short"}},
+     "http_api.key (--api-key): a key must be at least 16 characters"),
+    ({"admin": {"enabled": True}}, "admin.enabled (--admin-path) needs --api-key"),
+    ({"client": {"proxy": {"connect": {"enabled": True, "endpoint": "ftp://b/c"}}}},
+     "client.proxy.connect.endpoint (--proxy-connect-endpoint): expected an http://"),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), REFUSALS,
+                         ids=[m.split(":")[0] for _, m in REFUSALS])
+def test_what_realtime_cannot_honour_stops_start_up_naming_the_key(tmp_path, data, expected):
+    path = write(tmp_path, data)
+    message = refusal(path, "--port", "0")
+    assert message.startswith(f"realtime: error: --centrifugo-config {path}: {expected}"), \
+        message
+
+
+PEM_B64 = "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCk1JSUV2UUlCQURBTkJna3Foa2lHOXcwQkFRRUZBQVND" \
+          "QktjdwotLS0tLUVORCBQUklWQVRFIEtFWS0tLS0tCg=="  # a (cut) private key, base64
+
+#: (the file, the secret it holds, the key the one line names)
+SECRETS = [
+    ({"client": {"token": {"hmac_secret_key": 98765432109876543210987654321098765}}},
+     "98765432109876543210987654321098765", "client.token.hmac_secret_key: expected a string"),
+    ({"token_hmac_secret_key": ["s3cret-in-a-list-" * 3]}, "s3cret-in-a-list-",
+     "token_hmac_secret_key: expected a string"),
+    ({"http_api": {"key": {"k": "s3cret-api-key-in-a-table"}}}, "s3cret-api-key",
+     "http_api.key: expected a string"),
+    ({"engine": {"type": "redis", "redis": {"password": 55501234567890}}}, "55501234567890",
+     "engine.redis.password: expected a string"),
+    ({"engine": {"type": "redis", "redis": {"address": ["redis://:s3cretpw@h:1", 7]}}},
+     "s3cretpw", "engine.redis.address: expected a list of strings"),
+    ({"engine": {"type": "redis", "redis": {
+        "address": "redis+sentinel://:s3cretpw@h:26379?sentinel_master_name=m"}}},
+     "s3cretpw", "engine.redis.address: expected host:port, redis://"),
+    ({"client": {"token": "s3cret-token-as-a-string"}}, "s3cret-token", "client.token: "),
+    ({"client": {"allowed_origins": ["*"], "proxy": {"connect": {
+        "enabled": True, "endpoint": "http://b/c",
+        "http": {"static_headers": {"X-Key": ["s3cret-header"]}}}}}},
+     "s3cret-header", "client.proxy.connect.http.static_headers: expected a table"),
+    ({"http_server": {"tls": {"enabled": True, "cert_pem": "/c.pem", "key_pem": PEM_B64}}},
+     PEM_B64[:40], "http_server.tls.key_pem: not supported (base64 PEM"),
+]
+
+
+@pytest.mark.parametrize(("data", "secret", "expected"), SECRETS,
+                         ids=[m.split(":")[0] for _, _, m in SECRETS])
+def test_no_message_shows_a_secret(tmp_path, data, secret, expected):
+    path = write(tmp_path, data)
+    message = refusal(path, "--port", "0")
+    assert message.startswith(f"realtime: error: --centrifugo-config {path}: {expected}"), \
+        message
+    assert secret not in message
+
+
+@pytest.mark.parametrize(("name", "text", "expected"), [
+    ("config.ini", "", "expected a .json, .yaml, .yml or .toml file"),
+    ("config.json", "{", "not JSON: "),
+    ("config.json", "[1]", "expected a table of keys at the top level"),
+    ("config.toml", "a = ", "not TOML: "),
+    ("config.yaml", "a: [", "not YAML: "),
+    ("missing.json", None, "No such file or directory"),
+])
+def test_a_bad_file_is_one_line(tmp_path, name, text, expected):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    message = refusal(path)
+    assert message.startswith(f"realtime: error: --centrifugo-config {path}: {expected}")
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """YAML whose aliases expand to 10**levels tables under a v6 section ("billion laughs")."""
+    lines = ["client:", "  x0: &a0 {" + ", ".join(f"k{j}: 1" for j in range(10)) + "}"]
+    for i in range(1, levels):
+        lines.append(f"  x{i}: &a{i} {{" + ", ".join(f"k{j}: *a{i - 1}" for j in range(10))
+                     + "}")
+    return "\n".join(lines) + "\n"
+
+
+#: (the file's name, its text, what the one line says after the path)
+HOSTILE_FILES = [
+    ("deep.json", '{"client": ' + "[" * 50_000 + "]" * 50_000 + "}", "nested too deeply"),
+    ("deep.toml", "a = " + "[" * 50_000 + "]" * 50_000 + "\n", "nested too deeply"),
+    ("deep.yaml", "a: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested too deeply"),
+    ("bomb.yaml", _alias_bomb(), "too large once its YAML aliases are expanded"),
+    ("dup.json", f'{{"client": {{"token": {{"hmac_secret_key": "{SECRET}"}}, "token": {{}}}}}}',
+     "client.token: given twice in one table"),
+    ("dup.yaml", f"http_api:\n  key: {API_KEY}\n  key: {'x' * 20}\n",
+     "key: given twice in one table (line 3;"),
+    ("big.json", '{"node": {"name": "' + "n" * (17 << 20) + '"}}', "larger than 16 MiB"),
+    ("surrogate.json", f'{{"http_api": {{"key": "\\ud800{API_KEY}"}}}}',
+     "not UTF-8 text (a lone surrogate"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "expected"), HOSTILE_FILES,
+                         ids=[name for name, _, _ in HOSTILE_FILES])
+def test_a_hostile_file_is_one_line_and_bounded(tmp_path, name, text, expected):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(centrifugo_config.CentrifugoConfigError) as error:
+        centrifugo_config.load(str(path))
+    assert str(error.value).startswith(expected), str(error.value)
+    assert SECRET not in str(error.value) and API_KEY not in str(error.value)
+
+
+@pytest.mark.parametrize("text", [
+    f'client:\n  token:\n    hmac_secret_key: "{SECRET}\n  allowed_origins: [\n',
+    f"client:\n  token:\n    hmac_secret_key: {SECRET}: x\n",
+], ids=["unterminated", "mapping"])
+def test_a_yaml_syntax_error_never_quotes_the_file(tmp_path, text):
+    """PyYAML's message quotes the line it stopped on: the secret's, here."""
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    message = refusal(path)
+    assert message.startswith(f"realtime: error: --centrifugo-config {path}: not YAML: ")
+    assert "(line 3, column " in message
+    assert SECRET not in message
+
+
+def test_a_yaml_bomb_stops_the_real_command_at_once(tmp_path):
+    """The whole path (load, translate, the tap), in a subprocess: one line, exit 1; the
+    timeout only keeps a regression from hanging the suite."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb())
+    result = run([sys.executable, "-m", "realtime", "--centrifugo-config", str(path),
+                  "--check"], cwd=REPO, timeout=120)
+    assert result.returncode == 1, result
+    assert result.stderr.splitlines() == [
+        f"realtime: error: --centrifugo-config {path}: too large once its YAML aliases are "
+        "expanded (more than 100000 values): not a configuration file"]
+
+
+def test_yaml_anchors_and_merge_keys_still_load(tmp_path):
+    """Anchors are YAML's own way to share settings (a merge key overrides nothing twice)."""
+    path = tmp_path / "config.yaml"
+    path.write_text("channel:\n  namespaces:\n"
+                    "    - &chat {name: chat, presence: true, join_leave: true}\n"
+                    "    - <<: *chat\n      name: room\n")
+    out = centrifugo_config.read(str(path))
+    assert out.problems == []
+    assert out.options["namespace"] == ["chat:presence=true,join_leave=true",
+                                        "room:presence=true,join_leave=true"]
+
+
+def test_yaml_without_pyyaml_is_one_line(tmp_path, monkeypatch):
+    path = write(tmp_path, {"http_api": {"key": API_KEY}}, "yaml")
+    monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml raises ImportError
+    assert refusal(path) == (f"realtime: error: --centrifugo-config {path}: a YAML file "
+                             "needs PyYAML (pip install 'realtime[yaml]', or PyYAML)")
+
+
+def test_a_refusal_exits_1_with_one_line_and_no_traceback(tmp_path):
+    path = write(tmp_path, {"grpc_api": {"enabled": True}})
+    result = run([sys.executable, "-m", "realtime", "--centrifugo-config", str(path),
+                  "--check"], cwd=REPO)
+    assert result.returncode == 1, result
+    assert result.stderr.splitlines() == [
+        f"realtime: error: --centrifugo-config {path}: grpc_api.enabled: not supported (the "
+        "gRPC server API is not built: use the HTTP API)"]
+    assert result.stdout == ""
+
+
+def test_ignored_keys_are_one_warning_line_each(tmp_path, capsys):
+    path = write(tmp_path, {"http_server": {"port": 8000}, "log": {"file": "/var/log/c.log"},
+                            "pid_file": "/run/c.pid", "swagger": {"enabled": True},
+                            "admin": {"enabled": True, "password": "pw"},
+                            "http_api": {"key": API_KEY},
+                            "client": {"ping_interval": "10s", "allowed_origins": ["*"]},
+                            "uni_sse": {"enabled": False}})
+    options = parsed("--centrifugo-config", str(path))
+    assert options["admin-path"] == "/admin"
+    lines = capsys.readouterr().err.splitlines()
+    head = f"realtime: warning: --centrifugo-config {path}: "
+    assert all(line.startswith(head) for line in lines), lines
+    assert sorted(line[len(head):].split(":")[0] for line in lines) == sorted([
+        "http_server.address", "log.file", "pid_file", "swagger.enabled", "admin.enabled",
+        "admin.password", "client.ping_interval", "uni_sse.enabled"])
+    # A key at Centrifugo's default asks for nothing: no line.
+    path = write(tmp_path, {"http_server": {"address": "127.0.0.1"},
+                            "client": {"ping_interval": "25s", "allowed_origins": ["*"]},
+                            "swagger": {"enabled": False, "handler_prefix": "/swagger"},
+                            "grpc_api": {"enabled": False, "port": 10000}})
+    parsed("--centrifugo-config", str(path))
+    assert capsys.readouterr().err == ""
+
+
+def test_the_environment_and_the_command_line_win(tmp_path, monkeypatch, capsys):
+    path = write(tmp_path, {"http_server": {"address": "127.0.0.1", "port": 8000},
+                            "client": {"allowed_origins": ["https://*.example.com"]},
+                            "http_api": {"key": API_KEY}})
+    # The glob is refused, unless --allowed-origins (or its variable) says instead.
+    refusal(path)
+    options = parsed("--centrifugo-config", str(path), "--allowed-origins", ".example.com",
+                     "--port", "0")
+    assert options["allowed-origins"] == ".example.com" and options["port"] == ["0"]
+    monkeypatch.setenv("REALTIME_ALLOWED_ORIGINS", ".example.com")
+    monkeypatch.setenv("REALTIME_API_KEY", "e" * 20)
+    options = parsed("--centrifugo-config", str(path), "--app",
+                     "realtime.examples.bench:application")
+    assert options.config.api_keys == ("e" * 20,)
+    assert options["app"] == "realtime.examples.bench:application"
+    # REALTIME_CENTRIFUGO_CONFIG names the file as the option does.
+    monkeypatch.setenv("REALTIME_CENTRIFUGO_CONFIG", str(path))
+    assert parsed("--port", "0")["bind"] == "127.0.0.1"
+    capsys.readouterr()
+    # A value the environment sets is still judged, under its own name.
+    monkeypatch.setenv("REALTIME_API_KEY", "short")
+    with pytest.raises(StartupError, match=r"^realtime: error: --api-key: a key must be"):
+        parsed("--port", "0")
+
+
+def test_centrifugos_own_variables_are_refused_not_lost(tmp_path, monkeypatch, capsys):
+    """Centrifugo reads CENTRIFUGO_CLIENT_ALLOWED_ORIGINS over the file: realtime would
+    silently serve without it. The line names the variable, never its value."""
+    path = write(tmp_path, {"http_server": {"address": "127.0.0.1"},
+                            "client": {"allowed_origins": ["*"]}})
+    monkeypatch.setenv("CENTRIFUGO_CLIENT_ALLOWED_ORIGINS", "https://s3cret.example")
+    expected = ("CENTRIFUGO_CLIENT_ALLOWED_ORIGINS: not supported (Centrifugo reads its "
+                "CENTRIFUGO_* variables over the file, realtime does not: put the setting in "
+                "the file, or give realtime's option or REALTIME_* variable)")
+    assert refusal(path, "--port", "0") == \
+        f"realtime: error: --centrifugo-config {path}: {expected}"
+    assert centrifugo_config.main([str(path)]) == 1
+    assert capsys.readouterr().err == f"realtime: error: {path}: {expected}\n"
+
+
+def test_websocket_message_size_limit_is_centrifugos_64_kib_when_not_set():
+    out = centrifugo_config.translate({"client": {"allowed_origins": ["*"]}})
+    assert out.options["max-message-size"] == out.options["max-frame-size"] == "65536"
+    assert out.sources["max-message-size"] == \
+        "websocket.message_size_limit (not set: Centrifugo's default)"
+    v5 = centrifugo_config.translate({"allowed_origins": ["*"]})
+    assert v5.options["max-message-size"] == "65536"
+    assert v5.sources["max-message-size"] == \
+        "websocket_message_size_limit (not set: Centrifugo's default)"
+
+
+def test_flags_and_repeatable_options_yield_as_the_others_do(tmp_path, monkeypatch, capsys):
+    """A flag the file turns on, the environment turns off; a repeatable option given by the
+    environment or the command line replaces the file's whole list (and drops a refusal of
+    it: a namespace realtime cannot honour)."""
+    path = write(tmp_path, {
+        "http_server": {"address": "127.0.0.1"}, "client": {"allowed_origins": ["*"],
+        "proxy": {"connect": {"enabled": True, "endpoint": "http://b/c",
+                              "http": {"static_headers": {"X-A": "1", "X-B": "2"}}}}},
+        "prometheus": {"enabled": True}, "websocket": {"compression": True},
+        "channel": {"namespaces": [{"name": "chat", "channel_regex": "^[a-z]+$"}]}})
+    refusal(path, "--port", "0")  # the namespace's channel_regex
+    monkeypatch.setenv("REALTIME_METRICS", "0")
+    monkeypatch.setenv("REALTIME_COMPRESSION", "false")
+    monkeypatch.setenv("REALTIME_NAMESPACE", "room:presence")
+    options = parsed("--centrifugo-config", str(path), "--port", "0")
+    assert not options["metrics"] and not options["compression"]
+    assert options["namespace"] == ["room:presence"]
+    assert options["proxy-static-header"] == ["X-A: 1", "X-B: 2"]
+    options = parsed("--centrifugo-config", str(path), "--port", "0",
+                     "--proxy-static-header", "X-C: 3", "--namespace", "x:")
+    assert options["proxy-static-header"] == ["X-C: 3"] and options["namespace"] == ["x:"]
+    capsys.readouterr()
+
+
+def test_config_and_centrifugo_config_together_are_refused(tmp_path):
+    path = write(tmp_path, {"http_api": {"key": API_KEY}})
+    toml = tmp_path / "realtime.toml"
+    toml.write_text("metrics = true\n")
+    with pytest.raises(StartupError, match="--config and --centrifugo-config: give one"):
+        parsed("--config", str(toml), "--centrifugo-config", str(path))
+
+
+@pytest.mark.parametrize("sample", [V6, V5, "contrib"], ids=["v6", "v5", "contrib"])
+def test_the_converters_toml_makes_the_same_options(tmp_path, sample, capsys):
+    path = SAMPLE if sample == "contrib" else write(tmp_path, sample)
+    assert centrifugo_config.main([str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "jwt-key = " in printed and "  # " in printed
+    toml = tmp_path / "realtime.toml"
+    toml.write_text(printed)
+    names = [p[0] for p in Options.optParameters] + [f[0] for f in Options.optFlags]
+    from_centrifugo = parsed("--centrifugo-config", str(path), "--port", "0")
+    from_toml = parsed("--config", str(toml), "--port", "0")
+    for name in names:
+        if name not in ("config", "centrifugo-config"):
+            assert from_centrifugo[name] == from_toml[name], name
+    assert from_toml["namespace"] and from_toml["api-key"]
+
+
+def test_the_converters_toml_quotes_every_string_and_no_comment_breaks_it(tmp_path, capsys):
+    """Strings with quotes, backslashes, '#', newlines, a tab, DEL, non-ASCII and U+2028
+    come back the same through --config; a file name with a newline stays in its comment."""
+    secret = 'S"\\\'#\n\t\x7f\u00e9\u2028\U0001f600' + "s" * 32
+    key = 'k"\\\'#=' + "k" * 16  # API keys and header values are ASCII
+    origin = "https://\u00e9t\u00e9.example"
+    data = {"http_server": {"address": "127.0.0.1"},
+            "client": {"allowed_origins": [origin], "token": {"hmac_secret_key": secret},
+                       "proxy": {"connect": {"enabled": True, "endpoint": "http://b/c",
+                                             "http": {"static_headers": {"X-K": key}}}}},
+            "http_api": {"key": key}}
+    folder = tmp_path / "a\nb = 1 # c"
+    folder.mkdir()
+    path = folder / "config.json"
+    path.write_text(json.dumps(data))
+    assert centrifugo_config.main([str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(
+        f"# realtime --config file from Centrifugo v6's {json.dumps(str(path))}\n")
+    toml = tmp_path / "realtime.toml"
+    toml.write_text(printed)
+    from_toml = parsed("--config", str(toml), "--port", "0")
+    capsys.readouterr()
+    assert from_toml["jwt-key"] == secret and from_toml["api-key"] == key
+    assert from_toml["allowed-origins"] == origin
+    assert from_toml["proxy-static-header"] == [f"X-K: {key}"]
+    assert from_toml.config.api_keys == (key,)
+
+
+def test_the_converter_refuses_with_one_line(tmp_path, capsys):
+    path = write(tmp_path, {"consumers": [{"name": "pg", "enabled": True}]})
+    assert centrifugo_config.main([str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        f"realtime: error: {path}: consumers[0]: not supported (no consumers of PostgreSQL "
+        "or Kafka: publish through the API)"]
+
+
+@pytest.mark.parametrize(("given", "ttl", "seconds"), [
+    ("720h", "2592000s", 2592000.0), ("300h", "1080000s", 1080000.0), ("1m30s", "90s", 90.0),
+    ("500ms", "500ms", 0.5), ("1.5s", "1.5s", 1.5), ("10us", "0.00001s", 0.00001),
+])
+def test_a_duration_is_written_as_realtime_reads_it(given, ttl, seconds):
+    """No exponent ("2.592e+06s" is no duration to realtime): a month of history loads."""
+    out = centrifugo_config.translate({
+        "client": {"allowed_origins": ["*"]}, "shutdown": {"timeout": given},
+        "channel": {"namespaces": [{"name": "chat", "history_size": 10, "history_ttl": given}]}})
+    assert out.problems == []
+    assert out.options["namespace"] == [f"chat:history_size=10,history_ttl={ttl}"]
+    from realtime import pubsub
+
+    assert pubsub.parse_namespace(out.options["namespace"][0]).history_ttl == \
+        pytest.approx(seconds)
+    assert float(out.options["shutdown-timeout"]) == pytest.approx(seconds)
+    assert "e" not in out.options["shutdown-timeout"]
+
+
+def test_go_durations():
+    assert centrifugo_config.go_duration("1h30m") == 5400
+    assert centrifugo_config.go_duration("1.5s") == 1.5
+    assert centrifugo_config.go_duration("250ms") == 0.25
+    for bad in ("", "5", "1d", "s", "1h 30m"):
+        with pytest.raises(ValueError):
+            centrifugo_config.go_duration(bad)
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+def test_a_server_runs_on_a_centrifugo_config_json(tmp_path):
+    """``python -m realtime --centrifugo-config contrib/pubsub/config.json``: Centrifugo's
+    Python SDK connects with a JWT signed by the file's secret, subscribes to a namespace
+    with history, and a publish to /api/publish with the file's API key reaches it."""
+    from centrifuge import Client
+
+    from tests.test_pubsub import Recorder
+
+    config = json.loads(SAMPLE.read_text())
+    secret = config["client"]["token"]["hmac_secret_key"]
+    api_key = config["http_api"]["key"]
+    origin = config["client"]["allowed_origins"][0]
+    cmd = [sys.executable, "-m", "realtime", "--centrifugo-config", str(SAMPLE),
+           "--port", "tcp:0:interface=127.0.0.1"]  # the command line wins over the file
+    with start(cmd, cwd=REPO) as server:
+        base = server.ws_url("", scheme="http")
+
+        async def scenario() -> Any:
+            token = jwt.encode({"sub": "ada", "exp": int(time.time()) + 60}, secret,
+                               algorithm="HS256")
+            events = Recorder()
+            client = Client(server.ws_url("/connection/websocket"), token=token,
+                            headers={"Origin": origin}, proxy=None, timeout=15.0)
+            await client.connect()
+            sub = client.new_subscription("chat:lobby", events=events)
+            await sub.subscribe()
+            await sub.ready(15.0)
+            request = urllib.request.Request(
+                base + "/api/publish", method="POST",
+                data=json.dumps({"channel": "chat:lobby", "data": {"text": "hi"}}).encode(),
+                headers={"X-API-Key": api_key, "Content-Type": "application/json"})
+            answer = await asyncio.to_thread(
+                lambda: json.loads(urllib.request.urlopen(request, timeout=15).read()))
+            publication = await events.next("publication", 15.0)
+            await client.disconnect()
+            return answer, publication
+
+        answer, publication = asyncio.run(asyncio.wait_for(scenario(), 60))
+        # A wrong key is refused, as Centrifugo does.
+        wrong = urllib.request.Request(base + "/api/publish", method="POST", data=b"{}",
+                                       headers={"X-API-Key": "x" * 20})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(wrong, timeout=15)
+        assert refused.value.code == 401
+        with urllib.request.urlopen(base + "/health", timeout=15) as health:
+            assert health.status == 200  # health.enabled: Centrifugo's path
+        result = server.stop()
+    assert publication.pub.data == {"text": "hi"}
+    assert answer["result"]["offset"] == publication.pub.offset == 1  # history: positioned
+    assert result.returncode == 0, result.output
+    assert "client.allowed_origins: a WebSocket without an Origin header" in result.stderr
+
+
+def test_workers_take_the_files_options_and_warn_once(tmp_path, redis_url):
+    """``--workers 2``: every worker re-reads the file to the same options (/health, the
+    API key, Redis from engine.redis), and only the supervisor says the warnings."""
+    path = write(tmp_path, {
+        "http_server": {"address": "127.0.0.1"}, "log": {"file": "/var/log/c.log"},
+        "client": {"allowed_origins": ["*"]}, "http_api": {"key": API_KEY},
+        "health": {"enabled": True},
+        "engine": {"type": "redis", "redis": {"address": redis_url}}})
+    cmd = [sys.executable, "-m", "realtime", "--centrifugo-config", str(path),
+           "--workers", "2", "--port", "tcp:0:interface=127.0.0.1", "--shutdown-timeout", "5"]
+    with start(cmd, cwd=REPO) as server:
+        server.wait_for(r"all 2 workers ready", timeout=60)
+        server.wait_for(r"worker \d: .*subscriber connected to Redis", count=2, timeout=60)
+        base = server.ws_url("", scheme="http")
+        for _ in range(12):  # the kernel spreads connections over both workers
+            with urllib.request.urlopen(base + "/health", timeout=15) as health:
+                assert health.status == 200
+            info = urllib.request.Request(base + "/api/info", method="POST", data=b"{}",
+                                          headers={"X-API-Key": API_KEY})
+            with urllib.request.urlopen(info, timeout=15) as answer:
+                body = json.loads(answer.read())
+                assert len(body["result"]["nodes"]) == 2, body  # both on engine.redis
+        result = server.stop()
+    assert result.returncode == 0, result.output
+    assert result.output.count("log.file: ignored") == 1, result.output
+    assert result.output.count("realtime: warning:") == 1, result.output
