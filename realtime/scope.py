@@ -195,9 +195,13 @@ def build_scope(
     root_path: str,
     http_version: bytes = b"HTTP/1.1",
 ) -> dict[str, Any]:
-    """The scope of one request: ``kind`` is ``"websocket"`` or ``"http"``."""
+    """The scope of one request: ``kind`` is ``"websocket"`` or ``"http"``. A header whose
+    name holds ``_`` is left out, as Daphne does (CVE-2015-0219): a CGI-style mapping of
+    names (Django's ``META``, WSGI adapters) would take ``X_Forwarded_For`` from a client
+    for the ``X-Forwarded-For`` that a proxy vouches for."""
     raw_path, _, query_string = uri.partition(b"?")
-    headers = [(name.lower(), value) for name, values in raw_headers for value in values]
+    headers = [(name.lower(), value) for name, values in raw_headers if b"_" not in name
+               for value in values]
     scope: dict[str, Any] = {
         "type": kind,
         "path": decode_path(raw_path),

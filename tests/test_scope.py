@@ -48,6 +48,13 @@ def test_http_scope():
     assert "subprotocols" not in s
 
 
+@pytest.mark.parametrize("kind", ["http", "websocket"])
+def test_header_names_with_underscores_are_left_out(kind):
+    s = scope(kind, headers=[(b"X_Forwarded_For", [b"6.6.6.6"]),
+                             (b"X-Forwarded-For", [b"1.2.3.4"]), (b"Cookie_", [b"a=1"])])
+    assert s["headers"] == [(b"x-forwarded-for", b"1.2.3.4")]
+
+
 def test_secure_websocket_scheme():
     assert scope(secure=True)["scheme"] == "wss"
 
