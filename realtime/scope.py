@@ -217,6 +217,9 @@ def build_scope(
         scope["subprotocols"] = split_subprotocols(headers)
     else:
         scope["scheme"] = "https" if secure else "http"
-        scope["method"] = method.decode("latin-1").upper()
+        # As sent: methods are case-sensitive (RFC 9110 9.1), "get" is not GET (nor to
+        # twisted.web, which strips a HEAD response's body only for "HEAD"); as Daphne and
+        # uvicorn pass it.
+        scope["method"] = method.decode("latin-1")
         scope["http_version"] = http_version.partition(b"/")[2].decode("latin-1") or "1.0"
     return scope
