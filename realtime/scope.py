@@ -28,8 +28,10 @@ _VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])\Z")
 _TARGET_BAD = re.compile(rb"[^\x21-\x22\x24-\x7e]")
 _PCT_BAD = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://")
-# Controls other than HTAB (RFC 9110 5.5: NUL, CR and LF are dangerous, the rest invalid).
-_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Controls other than HTAB (RFC 9110 5.5: NUL, CR and LF are dangerous, the rest invalid),
+# and NEL (0x85): obs-text to RFC 9110, but a line break to Python's str.splitlines() once
+# the value is decoded as latin-1 (Django does so), and Daphne refuses it too.
+_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f\x85]")
 _HOST = re.compile(
     rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?\Z"
 )
@@ -73,7 +75,8 @@ def check_header_line(line: bytes) -> int | None:
     """The status refusing one header field line, or ``None`` (RFC 9110 5, RFC 9112 5-6).
 
     400: no colon, a name that is not a token (whitespace before the colon included), a
-    control character (NUL, CR, LF, ...) in the value, a Content-Length that is not digits;
+    control character (NUL, CR, LF, ...) or NEL (0x85) in the value, a Content-Length that
+    is not digits;
     501: a transfer coding other than ``chunked``.
     """
     name, sep, value = line.partition(b":")
