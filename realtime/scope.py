@@ -35,7 +35,10 @@ _VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f\x85]")
 _HOST = re.compile(
     rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?\Z"
 )
-_KNOWN_CODINGS = (b"chunked", b"identity")
+# "identity" is no transfer coding since RFC 7230: twisted.web would frame the body by a
+# Content-Length beside it, where a proxy in front that refuses it or reads to the close
+# would not (smuggling); 501 as for any other.
+_KNOWN_CODINGS = (b"chunked",)
 
 
 def is_token(value: bytes) -> bool:
@@ -77,7 +80,7 @@ def check_header_line(line: bytes) -> int | None:
     400: no colon, a name that is not a token (whitespace before the colon included), a
     control character (NUL, CR, LF, ...) or NEL (0x85) in the value, a Content-Length that
     is not digits;
-    501: a transfer coding other than ``chunked``.
+    501: a transfer coding other than ``chunked`` (``identity`` included).
     """
     name, sep, value = line.partition(b":")
     if not sep or not is_token(name):

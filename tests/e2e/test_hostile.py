@@ -176,6 +176,9 @@ HEAD_TABLE: list[Row] = [
          ws(add=(b"Transfer-Encoding: chunked", b"Content-Length: 3")), 400),
     http("transfer-encoding-gzip", "Transfer-Encoding: gzip (not implemented)",
          ws(add=(b"Transfer-Encoding: gzip",)), 501),
+    http("transfer-encoding-identity", "Transfer-Encoding: identity and Content-Length "
+         "(identity is no transfer coding since RFC 7230)",
+         ws(add=(b"Transfer-Encoding: identity", b"Content-Length: 0")), 501),
     # Host
     http("host-missing", "an HTTP/1.1 handshake without Host", ws(drop=(b"Host",)), 400),
     http("host-twice", "two Host fields", ws(add=(b"Host: evil.example",)), 400),

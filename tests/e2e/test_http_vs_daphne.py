@@ -455,6 +455,10 @@ TABLE: list[Row] = [
     Row("cl-and-te", "Content-Length, then Transfer-Encoding: chunked",
         one(raw(b"POST /echo HTTP/1.1", H, b"Transfer-Encoding: chunked", b"Content-Length: 3",
                 body=b"5\r\nhello\r\n0\r\n\r\n")), expect(400, closed=True), daphne=STATUS),
+    Row("te-identity-and-cl", "Transfer-Encoding: identity (no coding since RFC 7230) and "
+        "Content-Length", one(raw(b"POST /echo HTTP/1.1", H, b"Transfer-Encoding: identity",
+                                  b"Content-Length: 3", C, body=b"abc")),
+        expect(501, closed=True), daphne="serves it, reading the Content-Length"),
     Row("te-gzip-chunked", "an unknown transfer coding",
         one(raw(b"POST /echo HTTP/1.1", H, b"Transfer-Encoding: gzip, chunked",
                 body=b"0\r\n\r\n")), expect(501, closed=True), daphne="400, no body"),
