@@ -569,6 +569,10 @@ TABLE: list[Row] = [
         "http.disconnect",
         ((req("POST", "/never", "Content-Length: 5", body=b"hello", row="postgone"), None),),
         expect(got=b"hello", end="told http.disconnect"), end="abort", seen="yes"),
+    Row("abort-before-read", "a POST, then the client closes before the app reads: the "
+        "body, then http.disconnect",
+        ((req("POST", "/late", "Content-Length: 5", body=b"hello", row="late"), None),),
+        expect(got=b"hello", end="told http.disconnect"), end="abort", seen="yes"),
     Row("abort-mid-response", "the client goes mid-response: http.disconnect",
         ((req("GET", "/slow", row="mid"), ["HEAD"]), (b"", b"started")),
         expect(200, end="told http.disconnect"), end="abort", seen="yes"),
