@@ -12,6 +12,7 @@ went away, or an app that never answered. The paths (first segment):
 - ``/nolength``: one body, no Content-Length.
 - ``/status/N``: status N with a 5-byte body (``/status/204``, ``/status/304``).
 - ``/cookies``: two ``Set-Cookie`` headers.
+- ``/return``: returns without a response.
 - ``/raise-before``, ``/raise-after``: raises before ``http.response.start``, or after a
   first chunk.
 - ``/never``: reads the body, then waits on ``receive()`` (``http.disconnect``) and
@@ -203,6 +204,8 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
                                 (b"set-cookie", b"b=2; Path=/")]})
         await send({"type": "http.response.body", "body": b"ok"})
         record["end"] = "answered"
+    elif first == b"return":
+        record["end"] = "returned"  # without a response
     elif first == b"raise-before":
         record["end"] = "raised"
         raise RuntimeError("before the response")

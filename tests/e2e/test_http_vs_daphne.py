@@ -243,7 +243,7 @@ def _get(port: int, target: str) -> tuple[int, Any]:
 
 
 #: How an app's record ends (``httpdiff_app``); "waiting" and None are not ends.
-FINAL = ("answered", "raised", "told http.disconnect", "disconnected while reading the body")
+FINAL = ("answered", "returned", "raised", "told http.disconnect", "disconnected while reading the body")
 
 
 def seen(port: int, row: str, absent: bool) -> dict[str, Any] | None:
@@ -525,9 +525,10 @@ TABLE: list[Row] = [
         ((req("GET", "/sse", row="sse"), ["HEAD"]),),
         expect(200, headers={"transfer-encoding": ["chunked"]}, end="told http.disconnect"),
         end="abort", seen="yes"),
-    Row("cookies", "two Set-Cookie headers, in order",
+    Row("cookies", "two Set-Cookie headers, in order; no Content-Type added to none",
         one(req("GET", "/cookies")),
-        expect(200, headers={"set-cookie": ["a=1; Path=/", "b=2; Path=/"]})),
+        expect(200, headers={"set-cookie": ["a=1; Path=/", "b=2; Path=/"],
+                             "content-type": []})),
     Row("204-with-body", "204 with a body from the app: no body goes out",
         one(req("GET", "/status/204")), expect(204, closed=True, body=b"")),
     Row("304-with-body", "304 with a body from the app: no body goes out",
@@ -543,6 +544,9 @@ TABLE: list[Row] = [
         one(req("GET", "/raise-after")), expect(200, closed=True, complete=False),
         daphne="leaves it open, then its -t ends it as if complete; its application "
         "checker dies on it (no 500 for any app after)"),
+    Row("return-without-response", "the app returns without a response: 500 at once",
+        one(req("GET", "/return", row="return")), expect(500, closed=True, end="returned"),
+        daphne="nothing until -t (503), or for ever without it", seen="yes"),
     Row("str-header", "a response header given as str (500)",
         one(req("GET", "/header/str")), expect(500, closed=True), daphne=STATUS),
     Row("crlf-in-header", "CR LF in a response header value from the app (500)",
