@@ -243,7 +243,8 @@ def _get(port: int, target: str) -> tuple[int, Any]:
 
 
 #: How an app's record ends (``httpdiff_app``); "waiting" and None are not ends.
-FINAL = ("answered", "returned", "raised", "told http.disconnect", "disconnected while reading the body")
+FINAL = ("answered", "returned", "raised", "told http.disconnect",
+         "disconnected while reading the body")
 
 
 def seen(port: int, row: str, absent: bool) -> dict[str, Any] | None:
@@ -598,9 +599,6 @@ TABLE: list[Row] = [
         expect(404, closed=True)),
 ]
 
-_pool = ThreadPoolExecutor(2)
-
-
 def answer_of(port: int, row: Row) -> Answer:
     answer = exchange(port, row.steps, row.end)
     if row.seen:
@@ -625,15 +623,18 @@ def _compared(answer: Answer, how: str) -> Any:
 @pytest.mark.parametrize("row", TABLE, ids=[row.id for row in TABLE])
 def test_row(ports: dict[str, int], row: Row) -> None:
     if row.daphne in (SAME, STATUS):
-        ours_f = _pool.submit(answer_of, ports["realtime"], row)
-        theirs_f = _pool.submit(answer_of, ports["daphne"], row)
-        ours, theirs = ours_f.result(), theirs_f.result()
-        assert _compared(ours, row.daphne) == _compared(theirs, row.daphne)
+        with ThreadPoolExecutor(2) as pool:  # side by side: the -t rows wait once
+            ours_f = pool.submit(answer_of, ports["realtime"], row)
+            theirs_f = pool.submit(answer_of, ports["daphne"], row)
+            ours, theirs = ours_f.result(), theirs_f.result()
+        assert _compared(ours, row.daphne) == _compared(theirs, row.daphne), row.what
     else:
         ours = answer_of(ports["realtime"], row)
     row.check(ours)
 
 
-def test_the_table_names_each_row_once() -> None:
+def test_the_table_names_each_row_and_each_app_record_once() -> None:
     names = [row.id for row in TABLE]
     assert len(names) == len(set(names))
+    records = [_row_name(row) for row in TABLE if row.seen]
+    assert len(records) == len(set(records))  # a shared one would be read stale
