@@ -49,7 +49,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from realtime.config import MiB, is_token
+from realtime.config import MiB, is_token, unread_header
 
 if TYPE_CHECKING:
     from realtime.pubsub import Namespace, _Protocol, _Sub
@@ -123,6 +123,8 @@ class ProxyConfig:
                               ("emulated_headers", self.emulated_headers)):
             for name in names:
                 try:
+                    if option == "http_headers":
+                        check_forwarded_name(name)
                     check_header_name(name)
                 except ValueError as exc:
                     raise ValueError(f"{option}: {exc}") from None
@@ -146,6 +148,16 @@ def check_header_name(name: str) -> str:
     if name.lower() in NOT_SENT_ON:
         raise ValueError(f"{name!r} is the proxy request's own header (its connection's "
                          "or framing's), not one to send")
+    return name
+
+
+def check_forwarded_name(name: str) -> str:
+    """``name`` when the handshake's scope can carry it (``--proxy-http-headers``), else
+    ``ValueError``: a name with ``_`` is left out of scopes (``config.unread_header``). The
+    connect command's ``headers`` map is no request header: its names are not checked so."""
+    problem = unread_header(name)
+    if problem is not None:
+        raise ValueError(problem)
     return name
 
 
