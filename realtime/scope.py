@@ -1,17 +1,17 @@
 """Checking a request and building a connection's scope from it.
 
 Kept apart from the I/O so that the hostile-input tests can feed it anything. The checks
-(``check_request_line``, ``check_header_line``, ``check_host``, ``check_handshake``) return
-the status that refuses the input (RFC 9110/9112, RFC 6455), or ``None``; a path that is
-not UTF-8 after percent-decoding, or that has a malformed percent escape, raises
-``BadRequest``; nothing else here raises.
+(``check_request_line``, ``check_header_line``, ``check_h2_head``, ``check_host``,
+``check_handshake``) return the status that refuses the input (RFC 9110/9112, RFC 6455),
+or ``None``; a path that is not UTF-8 after percent-decoding, or that has a malformed
+percent escape, raises ``BadRequest``; nothing else here raises.
 """
 
 from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -93,6 +93,24 @@ def check_header_line(line: bytes) -> int | None:
         return 400
     if lname == b"transfer-encoding" and value.lower() not in _KNOWN_CODINGS:
         return 501
+    return None
+
+
+def check_h2_head(method: bytes, target: bytes,
+                  headers: Iterable[tuple[bytes, Sequence[bytes]]]) -> int | None:
+    """The status refusing an HTTP/2 request's head, or ``None``: what
+    ``check_request_line`` and ``check_header_line`` refuse over HTTP/1.1, since h2 checks
+    only NUL, CR, LF and upper case (RFC 9113 8.2.1) and lets the rest (a method that is not
+    a token, a raw non-ASCII byte or ``#`` in the path, other controls or NEL in a value)
+    through to the application."""
+    status = check_request_line(method + b" " + target + b" HTTP/1.1")
+    if status is not None:
+        return status
+    for name, values in headers:
+        for value in values:
+            status = check_header_line(name + b":" + value)
+            if status is not None:
+                return status
     return None
 
 

@@ -56,6 +56,7 @@ from realtime.routing import Ready, RoutedResource, route_matches
 from realtime.scope import (
     BadRequest,
     build_scope,
+    check_h2_head,
     check_handshake,
     check_header_line,
     check_host,
@@ -566,6 +567,13 @@ class RealtimeRequest(server.Request):
             hosts = self.requestHeaders.getRawHeaders(b"host")
             if hosts and len(hosts) > 1 and len(set(hosts)) == 1:
                 self.requestHeaders.setRawHeaders(b"host", hosts[:1])
+            # The HTTP/1.1 channel's checks of the head (h2's own are fewer): 400 and the
+            # like on this stream, before anything runs for it.
+            status = check_h2_head(self.method, self.uri,
+                                   self.requestHeaders.getAllRawHeaders())
+            if status is not None:
+                self.site.write_refusal(self, Refuse(status), upgrade=False)
+                return
         self.prepath = []
         self.postpath = [http.unquote(seg) for seg in self.path[1:].split(b"/")]
         self.dispatch_guarded()

@@ -551,3 +551,39 @@ async def test_host_beside_authority_is_one_host(live, certificate):
                 if isinstance(e, h2.events.ResponseReceived)]
     assert statuses == [b"200"]
     assert json.loads(body_of(events, stream))["host"] == "127.0.0.1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_head_http11_refuses_gets_400_over_http2_too(live, certificate):
+    """What h2 lets through (RFC 9113 8.2.1 checks NUL, CR, LF and upper case only) gets the
+    400 it gets over HTTP/1.1 (tests/e2e/test_hostile.py), before the app runs: a method
+    that is not a token, a raw non-ASCII byte or '#' in the path, a control character or
+    NEL (a line break to str.splitlines(), as Django decodes META) in a header value. The
+    connection goes on."""
+    cert, options = certificate
+    server = await live(make_app(), tls=options)
+    bad = [(b"G(T", b"/scope", []), (b"GET", b"/scope\xc3\xa9", []), (b"GET", b"/scope#x", []),
+           (b"GET", b"/scope", [(b"x-a", b"a\x85b")]), (b"GET", b"/scope", [(b"x-a", b"a\x01b")]),
+           (b"GET", b"/scope", [(b"x-a", b"a\x0bb")])]
+
+    def run() -> list[tuple[bytes, bytes]]:
+        h2c = RawH2(server.port, cert, validate=False)
+        try:
+            answers = []
+            for method, target, extra in [*bad, (b"GET", b"/scope", [(b"x-a", b"a\xe9b")])]:
+                stream = h2c.conn.get_next_available_stream_id()
+                h2c.conn.send_headers(stream, [(b":method", method), (b":path", target),
+                                               (b":scheme", b"https"),
+                                               (b":authority", b"127.0.0.1"), *extra],
+                                      end_stream=True)
+                events = h2c.events_until(ended(stream))
+                status = [dict(e.headers)[b":status"] for e in events
+                          if isinstance(e, h2.events.ResponseReceived)]
+                answers.append((b"".join(status), body_of(events, stream)))
+            return answers
+        finally:
+            h2c.close()
+
+    *refused, fine = await in_thread(run)
+    assert refused == [(b"400", b"Bad Request\n")] * len(bad)
+    assert fine[0] == b"200" and json.loads(fine[1])["http_version"] == "2"  # obs-text passes
