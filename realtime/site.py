@@ -379,6 +379,8 @@ class RealtimeRequest(server.Request):
     websocket = False
     #: An absolute-form target without a host (``GET http:///x``): 400.
     bad_target = False
+    #: An HTTP/2 head with a header name that is no token (left out by ``realtime.http2``): 400.
+    bad_head = False
     #: Counted (``RealtimeSite.http_done``), or never to be (an upgrade).
     _http_done = False
 
@@ -569,8 +571,8 @@ class RealtimeRequest(server.Request):
                 self.requestHeaders.setRawHeaders(b"host", hosts[:1])
             # The HTTP/1.1 channel's checks of the head (h2's own are fewer): 400 and the
             # like on this stream, before anything runs for it.
-            status = check_h2_head(self.method, self.uri,
-                                   self.requestHeaders.getAllRawHeaders())
+            status = 400 if self.bad_head else check_h2_head(
+                self.method, self.uri, self.requestHeaders.getAllRawHeaders())
             if status is not None:
                 self.site.write_refusal(self, Refuse(status), upgrade=False)
                 return
