@@ -588,3 +588,49 @@ async def test_a_head_http11_refuses_gets_400_over_http2_too(live, certificate):
     *refused, fine = await in_thread(run)
     assert refused == [(b"400", b"Bad Request\n")] * len(bad)
     assert fine[0] == b"200" and json.loads(fine[1])["http_version"] == "2"  # obs-text passes
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_asgi_app_that_reads_after_the_stream_reset_gets_the_body_first(
+        live, certificate):
+    """As over HTTP/1.1 (tests/e2e/test_http_vs_daphne.py, abort-before-read): a client that
+    sends its request and resets the stream before the app reads gets the app the whole
+    body, in order, then ``http.disconnect``."""
+    cert, options = certificate
+    seen: list[Any] = []
+    reset = Deferred()
+
+    async def late(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return  # no lifespan
+        await reset  # the stream is gone before the first receive()
+        while True:
+            message = await receive()
+            seen.append((message["type"], message.get("body", b""), message.get("more_body")))
+            if message["type"] != "http.request" or not message["more_body"]:
+                break
+        seen.append((await receive())["type"])
+
+    server = await live(make_app(late=late), tls=options)
+    body = bytes(range(256)) * 200  # 51,200 bytes: within the stream's first window
+
+    def run() -> None:
+        h2c = RawH2(server.port, cert)
+        try:
+            stream = h2c.request("/late", [("content-length", str(len(body)))], end=False,
+                                 method="POST")
+            for start in range(0, len(body), 10_240):
+                h2c.conn.send_data(stream, body[start:start + 10_240],
+                                   end_stream=start + 10_240 >= len(body))
+            h2c.conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+            h2c.flush()
+        finally:
+            h2c.close()
+
+    await in_thread(run)
+    assert await until(lambda: server.site.asgi_running, TIMEOUT)  # the app runs, waiting
+    assert await until(lambda: not server.site.open_channels, TIMEOUT)  # the client is gone
+    reset.callback(None)
+    assert await until(lambda: seen and seen[-1] == "http.disconnect", TIMEOUT)
+    assert b"".join(chunk for _, chunk, _ in seen[:-1]) == body
+    assert {kind for kind, *_ in seen[:-1]} == {"http.request"}
