@@ -8,7 +8,8 @@ is done here as well:
 
 - ``"http"``: ``AsgiHttp`` runs the app against the twisted.web request: the body (which
   twisted.web has read in full) comes in ``http.request`` chunks, ``http.disconnect`` once
-  the response is over or the client went away; the response streams out with
+  the response is over or the client went away (after the body, which the app gets even
+  then); the response streams out with
   ``http.response.start``/``http.response.body``, paused while the client reads slowly.
 - ``"websocket"``: ``AsgiWebsocket`` is a consumer that translates the bridge's calls into
   ASGI messages (``websocket.connect``/``receive``/``disconnect``) and the app's messages
@@ -147,6 +148,8 @@ class AsgiHttp:
         self._over = False  # the response ended: finished, cut off, or the client gone
         self._body_left = True
         self._body_size = 0
+        #: The request's body file, the app's from ``serve`` until read or the app is done.
+        self._content: Any = None
         self._waiters: list[Deferred[dict[str, Any]]] = []
         self._paused: Deferred[None] | None = None
         self._producing = False  # registered as the request's producer while streaming
@@ -159,7 +162,12 @@ class AsgiHttp:
         self._site = site
         scope = dict(self.scope)
         scope["asgi"] = HTTP_ASGI
-        content = request.content
+        # The body file is the app's from now on: twisted.web closes a request's file when
+        # its response ends or its client goes, and an app that reads only after that (a
+        # client that sent its request and closed) still gets the body, then
+        # http.disconnect (as Daphne, which queues the whole body before the disconnect).
+        content, request.content = request.content, None
+        self._content = content
         if content is not None:
             self._body_size = content.seek(0, 2)
             content.seek(0)
@@ -168,17 +176,25 @@ class AsgiHttp:
         self._running = _run_app(self.app, scope, self.receive, self.send, self._app_done)
 
     def receive(self) -> Deferred[dict[str, Any]]:
-        """``http.request`` chunks, then (once the response is over) ``http.disconnect``."""
-        if self._over:  # twisted.web has closed the body's file by now
-            return succeed({"type": "http.disconnect"})
+        """``http.request`` chunks, then (once the response is over or the client gone)
+        ``http.disconnect``."""
         if self._body_left:
-            content = self._request.content
+            content = self._content
             chunk = content.read(BODY_CHUNK) if content is not None else b""
             self._body_left = more = content is not None and content.tell() < self._body_size
+            if not more:
+                self._close_body()
             return succeed({"type": "http.request", "body": chunk, "more_body": more})
+        if self._over:
+            return succeed({"type": "http.disconnect"})
         waiter: Deferred[dict[str, Any]] = Deferred(self._waiters.remove)
         self._waiters.append(waiter)
         return waiter
+
+    def _close_body(self) -> None:
+        content, self._content = self._content, None
+        if content is not None:
+            content.close()
 
     def send(self, message: dict[str, Any]) -> Deferred[None]:
         kind = message.get("type")
@@ -277,6 +293,8 @@ class AsgiHttp:
         """The app returned or raised: a 500 if it never started a response, a closed
         connection if it left one unfinished (a truncated body must not look complete)."""
         self._running = None
+        self._body_left = False
+        self._close_body()
         if self._kill is not None:
             self._kill.cancel()
             self._kill = None

@@ -18,6 +18,16 @@ def is_token(value: str) -> bool:
     return bool(value) and _TCHARS.issuperset(value)
 
 
+def unread_header(name: str) -> str | None:
+    """Why a request header of this name is never read (an option naming one would be
+    silently ignored), or None: a name with ``_`` is left out of every scope (as Daphne's,
+    CVE-2015-0219)."""
+    if "_" in name:
+        return (f"{name!r} holds '_': request headers so named are left out (as Daphne's "
+                "scopes, CVE-2015-0219), so it would never be read; name it with '-'")
+    return None
+
+
 def _latin1(value: str) -> bool:
     try:
         value.encode("latin-1")
@@ -180,6 +190,9 @@ class ServerConfig:
         for name in ("proxy_headers_host", "proxy_headers_port"):
             if not is_token(getattr(self, name)):
                 raise ValueError(f"{name} must be an HTTP header name")
+            problem = unread_header(getattr(self, name))
+            if problem is not None:
+                raise ValueError(f"{name}: {problem}")
         if self.admin_path:
             self._check_admin_path()
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):

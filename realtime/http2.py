@@ -24,6 +24,8 @@ from typing import Any
 from twisted.internet.error import ConnectionAborted
 from twisted.python.failure import Failure
 
+from realtime.scope import is_token
+
 _h2: Any
 try:
     from twisted.web import _http2 as _h2  # Twisted exports its HTTP/2 nowhere public
@@ -84,6 +86,15 @@ if _h2 is not None:
                 self._close_if_done()
 
         def _requestReceived(self, event: Any) -> None:
+            # A header name h2 lets through that is no token ("(", "/", "@", ...) makes
+            # twisted.web raise midway through making the stream: its request half made (a
+            # deadline and a count left behind), the connection dropped. Left out here, and
+            # the request answered 400 (``RealtimeRequest.process``).
+            headers = event.headers
+            bad_name = any(not is_token(name) for name, _ in headers if name[:1] != b":")
+            if bad_name:
+                event.headers = [(name, value) for name, value in headers
+                                 if name[:1] == b":" or is_token(name)]
             try:
                 super()._requestReceived(event)
             finally:
@@ -91,6 +102,8 @@ if _h2 is not None:
                 # or never (no ``Expect``): a refused stream's mark is not needed past it.
                 self._no_continue.discard(event.stream_id)
             request = self.streams[event.stream_id]._request
+            if bad_name:
+                request.bad_head = True
             if getattr(request, "body_refused", False):
                 # Its content-length is over the body limit (``RealtimeRequest.gotLength``):
                 # answered now that Twisted knows the stream.

@@ -60,7 +60,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from realtime.config import MiB, is_token
+from realtime.config import MiB, is_token, unread_header
 
 if TYPE_CHECKING:
     from realtime.pubsub import Namespace, _Protocol, _Sub
@@ -175,6 +175,8 @@ class Proxy:
                               ("emulated_headers", self.emulated_headers)):
             for name in names:
                 try:
+                    if option == "http_headers":
+                        check_forwarded_name(name)
                     check_header_name(name)
                 except ValueError as exc:
                     raise ValueError(f"{option}: {exc}") from None
@@ -332,6 +334,16 @@ def check_header_name(name: str) -> str:
 def is_proxy_name(name: str) -> bool:
     """Centrifugo's rule: 2 or more letters, digits, ``-``, ``_``, ``.``."""
     return isinstance(name, str) and bool(_NAME.match(name))
+
+
+def check_forwarded_name(name: str) -> str:
+    """``name`` when the handshake's scope can carry it (``--proxy-http-headers``), else
+    ``ValueError``: a name with ``_`` is left out of scopes (``config.unread_header``). The
+    connect command's ``headers`` map is no request header: its names are not checked so."""
+    problem = unread_header(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
 
 
 def check_endpoint(url: str) -> str:

@@ -1,17 +1,17 @@
 """Checking a request and building a connection's scope from it.
 
 Kept apart from the I/O so that the hostile-input tests can feed it anything. The checks
-(``check_request_line``, ``check_header_line``, ``check_host``, ``check_handshake``) return
-the status that refuses the input (RFC 9110/9112, RFC 6455), or ``None``; a path that is
-not UTF-8 after percent-decoding, or that has a malformed percent escape, raises
-``BadRequest``; nothing else here raises.
+(``check_request_line``, ``check_header_line``, ``check_h2_head``, ``check_host``,
+``check_handshake``) return the status that refuses the input (RFC 9110/9112, RFC 6455),
+or ``None``; a path that is not UTF-8 after percent-decoding, or that has a malformed
+percent escape, raises ``BadRequest``; nothing else here raises.
 """
 
 from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -28,12 +28,17 @@ _VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])\Z")
 _TARGET_BAD = re.compile(rb"[^\x21-\x22\x24-\x7e]")
 _PCT_BAD = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://")
-# Controls other than HTAB (RFC 9110 5.5: NUL, CR and LF are dangerous, the rest invalid).
-_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Controls other than HTAB (RFC 9110 5.5: NUL, CR and LF are dangerous, the rest invalid),
+# and NEL (0x85): obs-text to RFC 9110, but a line break to Python's str.splitlines() once
+# the value is decoded as latin-1 (Django does so), and Daphne refuses it too.
+_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f\x85]")
 _HOST = re.compile(
     rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?\Z"
 )
-_KNOWN_CODINGS = (b"chunked", b"identity")
+# "identity" is no transfer coding since RFC 7230: twisted.web would frame the body by a
+# Content-Length beside it, where a proxy in front that refuses it or reads to the close
+# would not (smuggling); 501 as for any other.
+_KNOWN_CODINGS = (b"chunked",)
 
 
 def is_token(value: bytes) -> bool:
@@ -73,8 +78,9 @@ def check_header_line(line: bytes) -> int | None:
     """The status refusing one header field line, or ``None`` (RFC 9110 5, RFC 9112 5-6).
 
     400: no colon, a name that is not a token (whitespace before the colon included), a
-    control character (NUL, CR, LF, ...) in the value, a Content-Length that is not digits;
-    501: a transfer coding other than ``chunked``.
+    control character (NUL, CR, LF, ...) or NEL (0x85) in the value, a Content-Length that
+    is not digits;
+    501: a transfer coding other than ``chunked`` (``identity`` included).
     """
     name, sep, value = line.partition(b":")
     if not sep or not is_token(name):
@@ -87,6 +93,24 @@ def check_header_line(line: bytes) -> int | None:
         return 400
     if lname == b"transfer-encoding" and value.lower() not in _KNOWN_CODINGS:
         return 501
+    return None
+
+
+def check_h2_head(method: bytes, target: bytes,
+                  headers: Iterable[tuple[bytes, Sequence[bytes]]]) -> int | None:
+    """The status refusing an HTTP/2 request's head, or ``None``: what
+    ``check_request_line`` and ``check_header_line`` refuse over HTTP/1.1, since h2 checks
+    only NUL, CR, LF and upper case (RFC 9113 8.2.1) and lets the rest (a method that is not
+    a token, a raw non-ASCII byte or ``#`` in the path, other controls or NEL in a value)
+    through to the application."""
+    status = check_request_line(method + b" " + target + b" HTTP/1.1")
+    if status is not None:
+        return status
+    for name, values in headers:
+        for value in values:
+            status = check_header_line(name + b":" + value)
+            if status is not None:
+                return status
     return None
 
 
@@ -195,9 +219,13 @@ def build_scope(
     root_path: str,
     http_version: bytes = b"HTTP/1.1",
 ) -> dict[str, Any]:
-    """The scope of one request: ``kind`` is ``"websocket"`` or ``"http"``."""
+    """The scope of one request: ``kind`` is ``"websocket"`` or ``"http"``. A header whose
+    name holds ``_`` is left out, as Daphne does (CVE-2015-0219): a CGI-style mapping of
+    names (Django's ``META``, WSGI adapters) would take ``X_Forwarded_For`` from a client
+    for the ``X-Forwarded-For`` that a proxy vouches for."""
     raw_path, _, query_string = uri.partition(b"?")
-    headers = [(name.lower(), value) for name, values in raw_headers for value in values]
+    headers = [(name.lower(), value) for name, values in raw_headers if b"_" not in name
+               for value in values]
     scope: dict[str, Any] = {
         "type": kind,
         "path": decode_path(raw_path),
@@ -213,6 +241,9 @@ def build_scope(
         scope["subprotocols"] = split_subprotocols(headers)
     else:
         scope["scheme"] = "https" if secure else "http"
-        scope["method"] = method.decode("latin-1").upper()
+        # As sent: methods are case-sensitive (RFC 9110 9.1), "get" is not GET (nor to
+        # twisted.web, which strips a HEAD response's body only for "HEAD"); as Daphne and
+        # uvicorn pass it.
+        scope["method"] = method.decode("latin-1")
         scope["http_version"] = http_version.partition(b"/")[2].decode("latin-1") or "1.0"
     return scope

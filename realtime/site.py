@@ -56,6 +56,7 @@ from realtime.routing import Ready, RoutedResource, route_matches
 from realtime.scope import (
     BadRequest,
     build_scope,
+    check_h2_head,
     check_handshake,
     check_header_line,
     check_host,
@@ -378,6 +379,8 @@ class RealtimeRequest(server.Request):
     websocket = False
     #: An absolute-form target without a host (``GET http:///x``): 400.
     bad_target = False
+    #: An HTTP/2 head with a header name that is no token (left out by ``realtime.http2``): 400.
+    bad_head = False
     #: Counted (``RealtimeSite.http_done``), or never to be (an upgrade).
     _http_done = False
 
@@ -566,6 +569,13 @@ class RealtimeRequest(server.Request):
             hosts = self.requestHeaders.getRawHeaders(b"host")
             if hosts and len(hosts) > 1 and len(set(hosts)) == 1:
                 self.requestHeaders.setRawHeaders(b"host", hosts[:1])
+            # The HTTP/1.1 channel's checks of the head (h2's own are fewer): 400 and the
+            # like on this stream, before anything runs for it.
+            status = 400 if self.bad_head else check_h2_head(
+                self.method, self.uri, self.requestHeaders.getAllRawHeaders())
+            if status is not None:
+                self.site.write_refusal(self, Refuse(status), upgrade=False)
+                return
         self.prepath = []
         self.postpath = [http.unquote(seg) for seg in self.path[1:].split(b"/")]
         self.dispatch_guarded()

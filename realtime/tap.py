@@ -26,6 +26,7 @@ from realtime.config import (
     StartupError,
     admin_path_problem,
     is_token,
+    unread_header,
 )
 from realtime.endpoints import (
     DEFAULT_HOST,
@@ -1082,6 +1083,9 @@ class Options(usage.Options):
             raise StartupError(f"--{name}: needs --proxy-headers")
         if not is_token(value):
             raise StartupError(f"--{name}: expected an HTTP header name, got {value!r}")
+        problem = unread_header(value)
+        if problem is not None:
+            raise StartupError(f"--{name}: {problem}")
         return str(value)
 
     def _server_name(self) -> str:
@@ -1240,6 +1244,8 @@ class Options(usage.Options):
         for option in ("proxy-http-headers", "proxy-emulated-headers"):
             for header in _words(self[option]):
                 try:
+                    if option == "proxy-http-headers":
+                        pubsub_proxy.check_forwarded_name(header)
                     pubsub_proxy.check_header_name(header)
                 except ValueError as exc:
                     raise StartupError(f"--{option}: {exc}") from None

@@ -761,7 +761,9 @@ class HttpCommunicator(_Communicator):
         config: ServerConfig | None = None,
     ) -> None:
         super().__init__(application, clock, config)
-        self.method = method
+        # As Channels' HttpCommunicator: its scope's method is ``method.upper()``, and the
+        # server passes a method as sent (a ported test's "post" is still a POST).
+        self.method = method.upper()
         self.path = path
         self.body = body
         self.headers = _headers(headers)
@@ -1064,6 +1066,7 @@ class ApplicationCommunicator:
         self._http = HttpCommunicator(self.application, self.scope.get("method", "GET"),
                                       _request_path(self.scope), bytes(self._body),
                                       self.scope.get("headers"), self.clock, self.config)
+        self._http.method = str(self.scope.get("method", "GET"))  # asgiref's: as given
         self._http.scope.update({k: v for k, v in self.scope.items() if k not in _REQUEST_KEYS})
         if self.layer is not None:
             self._http.site.layer = self.layer

@@ -26,6 +26,7 @@ from realtime.routing import route_matches
 from realtime.scope import (
     BadRequest,
     build_scope,
+    check_h2_head,
     check_handshake,
     check_header_line,
     check_host,
@@ -99,11 +100,31 @@ def test_header_line_check_answers_or_refuses(name, value, sep):
         parsed_name, _, parsed_value = line.partition(b":")
         _nameEncoder.encode(parsed_name)  # a token: twisted.web takes it as a name
         assert not set(parsed_value.strip(b" \t")) & {0, 10, 13}
+        # no line break to str.splitlines() once decoded as Django's META does (NEL, VT...)
+        assert len(parsed_value.decode("latin-1").splitlines()) <= 1
 
 
 def test_header_names_twisted_would_take_or_choke_on_are_refused_first():
     for bad in (b"X-A ", b"", b"X\x00"):
         assert check_header_line(bad + b": v") == 400
+
+
+@SETTINGS
+@given(methods, targets, st.lists(st.tuples(header_names, st.lists(header_values, max_size=2)),
+                                  max_size=5))
+@example(b"GET", b"/", [(b"x-a", [b"a\x85b"])])
+def test_h2_head_check_answers_or_refuses_as_http11(method, target, headers):
+    """What h2 lets through gets HTTP/1.1's answers: what passes is tokens, a visible-ASCII
+    target and values without a line break to str.splitlines()."""
+    status = check_h2_head(method, target, headers)
+    assert status in (None, 400, 414, 501)
+    if status is None:
+        assert http._parseRequestLine(method + b" " + target + b" HTTP/1.1")
+        assert target.isascii() and b"#" not in target
+        for name, values in headers:
+            for value in values:
+                _nameEncoder.encode(name)  # a token: twisted.web takes it as a name
+                assert len(value.decode("latin-1").splitlines()) <= 1
 
 
 headers_maps = st.dictionaries(

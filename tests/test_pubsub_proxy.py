@@ -658,6 +658,9 @@ def test_proxy_options_at_start_up(tmp_path, monkeypatch):
         "--proxy-static-header: expected 'Name: value' (no ':' in it)")
     assert startup_error(*rpc, "--proxy-http-headers", "Cookie Bad:Name") == (
         "--proxy-http-headers: 'Bad:Name' is not a header name")
+    assert startup_error(*rpc, "--proxy-http-headers", "Cookie X_User") == (
+        "--proxy-http-headers: 'X_User' holds '_': request headers so named are left out "
+        "(as Daphne's scopes, CVE-2015-0219), so it would never be read; name it with '-'")
     # the request's own headers: a client's Host or Content-Length never reaches the backend
     for header in ("Host", "content-length", "Transfer-Encoding", "Connection"):
         assert startup_error(*rpc, "--proxy-http-headers", f"Cookie {header}") == (
@@ -670,6 +673,10 @@ def test_proxy_options_at_start_up(tmp_path, monkeypatch):
         "--proxy-static-header: X-Key's value must be ASCII without CR, LF or NUL")
     with pytest.raises(ValueError, match="http_headers: 'Upgrade' is the proxy request"):
         ProxyConfig(endpoints={"rpc": "http://h/"}, http_headers=("Upgrade",))
+    with pytest.raises(ValueError, match="http_headers: 'X_User' holds '_'"):
+        ProxyConfig(endpoints={"rpc": "http://h/"}, http_headers=("X_User",))
+    # the connect command's map is no request header: its names are the client's to choose
+    assert ProxyConfig(endpoints={"rpc": "http://h/"}, emulated_headers=("X_User",))
     assert pubsub.Namespace().subscribe_proxy_enabled is False
 
 

@@ -38,7 +38,7 @@ def test_websocket_scope():
 
 
 def test_http_scope():
-    s = scope("http", uri=b"/x?", method=b"post", version=b"HTTP/1.0", secure=True, root="/r")
+    s = scope("http", uri=b"/x?", method=b"POST", version=b"HTTP/1.0", secure=True, root="/r")
     assert s["type"] == "http"
     assert s["method"] == "POST"
     assert s["scheme"] == "https"
@@ -46,6 +46,19 @@ def test_http_scope():
     assert s["query_string"] == b""
     assert s["root_path"] == "/r"
     assert "subprotocols" not in s
+
+
+@pytest.mark.parametrize("kind", ["http", "websocket"])
+def test_header_names_with_underscores_are_left_out(kind):
+    s = scope(kind, headers=[(b"X_Forwarded_For", [b"6.6.6.6"]),
+                             (b"X-Forwarded-For", [b"1.2.3.4"]), (b"Cookie_", [b"a=1"])])
+    assert s["headers"] == [(b"x-forwarded-for", b"1.2.3.4")]
+
+
+def test_the_method_is_as_sent():
+    # case-sensitive (RFC 9110 9.1): "get" is an unknown method, not GET
+    assert scope("http", method=b"get")["method"] == "get"
+    assert scope("http", method=b"PURGE")["method"] == "PURGE"
 
 
 def test_secure_websocket_scheme():

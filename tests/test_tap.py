@@ -165,6 +165,11 @@ class TestValues:
         with pytest.raises(ValueError, match="broadcast_delay must be between 0 and 1"):
             ServerConfig(broadcast_delay=delay)
 
+    @pytest.mark.parametrize("name", ["proxy_headers_host", "proxy_headers_port"])
+    def test_config_refuses_a_proxy_header_name_with_an_underscore(self, name):
+        with pytest.raises(ValueError, match=f"{name}: 'X_Real_IP' holds '_'"):
+            ServerConfig(**{name: "X_Real_IP"})
+
     @pytest.mark.parametrize("value", ["", "1.5M", "-1", "M", "1 TiB", "1e6"])
     def test_parse_size_rejects(self, value):
         with pytest.raises(ValueError):
@@ -239,6 +244,13 @@ ERRORS = [
      "--proxy-headers-host: expected an HTTP header name, got 'X Real IP'"),
     (["--proxy-headers", "--proxy-headers-port", "X-Port:"],
      "--proxy-headers-port: expected an HTTP header name, got 'X-Port:'"),
+    # a request header whose name holds "_" never reaches a scope (CVE-2015-0219): never read
+    (["--proxy-headers", "--proxy-headers-host", "X_Real_IP"],
+     "--proxy-headers-host: 'X_Real_IP' holds '_': request headers so named are left out "
+     "(as Daphne's scopes, CVE-2015-0219), so it would never be read; name it with '-'"),
+    (["--proxy-headers", "--proxy-headers-port", "X_Port"],
+     "--proxy-headers-port: 'X_Port' holds '_': request headers so named are left out "
+     "(as Daphne's scopes, CVE-2015-0219), so it would never be read; name it with '-'"),
     (["-s", "edge\r\nX-Injected: 1"],
      "--server-name: CR, LF and NUL are not allowed, got 'edge\\r\\nX-Injected: 1'"),
     (["--server-name", "名前"], "--server-name: expected latin-1 text, got '名前'"),

@@ -26,7 +26,7 @@ from realtime import (
 )
 from realtime.config import ServerConfig
 from realtime.examples.bench import application as bench
-from realtime.testing import HttpCommunicator, WebsocketCommunicator
+from realtime.testing import ApplicationCommunicator, HttpCommunicator, WebsocketCommunicator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -328,6 +328,26 @@ async def test_http_communicator():
 
     response = await HttpCommunicator(app, "GET", "/rec").get_response()
     assert response["status"] == 426
+
+
+class Method(AsyncHttpConsumer):
+    async def handle(self, body):
+        await self.send_response(200, self.scope["method"].encode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_communicator_upper_cases_the_method_as_channels_does():
+    """Channels' HttpCommunicator makes ``method.upper()`` the scope's method: a ported test
+    that says "post" still POSTs (the server passes a method as sent, RFC 9110 9.1)."""
+    methods = ProtocolTypeRouter({"http": URLRouter([path("m", Method.as_app())])})
+    response = await HttpCommunicator(methods, "post", "/m").get_response()
+    assert (response["status"], response["body"]) == (200, b"POST")
+    # asgiref's ApplicationCommunicator gives the app the scope it was given
+    comm = ApplicationCommunicator(methods, {"type": "http", "method": "post", "path": "/m"})
+    await comm.send_input({"type": "http.request"})
+    assert (await comm.receive_output())["status"] == 200
+    assert (await comm.receive_output())["body"] == b"post"
+    await comm.wait()
 
 
 @pytest_twisted.ensureDeferred

@@ -159,6 +159,8 @@ HEAD_TABLE: list[Row] = [
     http("header-cr-value", "a bare CR in a header value", ws(add=(b"X-A: a\rb",)), 400),
     http("header-ctl-value", "a control character (0x01) in a header value",
          ws(add=(b"X-A: a\x01b",)), 400),
+    http("header-nel-value", "NEL (0x85) in a header value (a line break to str.splitlines)",
+         ws(add=(b"X-A: a\x85b",)), 400),
     http("header-nul-name", "a NUL in a header name", ws(add=(b"X-\x00A: b",)), 400),
     http("bare-lf", "lines ended by a bare LF", ws().replace(b"\r\n", b"\n"), 400),
     http("obs-fold", "an obs-fold continuation line", ws(add=(b"X-A: a", b" folded")), 400),
@@ -174,6 +176,9 @@ HEAD_TABLE: list[Row] = [
          ws(add=(b"Transfer-Encoding: chunked", b"Content-Length: 3")), 400),
     http("transfer-encoding-gzip", "Transfer-Encoding: gzip (not implemented)",
          ws(add=(b"Transfer-Encoding: gzip",)), 501),
+    http("transfer-encoding-identity", "Transfer-Encoding: identity and Content-Length "
+         "(identity is no transfer coding since RFC 7230)",
+         ws(add=(b"Transfer-Encoding: identity", b"Content-Length: 0")), 501),
     # Host
     http("host-missing", "an HTTP/1.1 handshake without Host", ws(drop=(b"Host",)), 400),
     http("host-twice", "two Host fields", ws(add=(b"Host: evil.example",)), 400),

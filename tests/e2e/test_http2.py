@@ -551,3 +551,90 @@ async def test_host_beside_authority_is_one_host(live, certificate):
                 if isinstance(e, h2.events.ResponseReceived)]
     assert statuses == [b"200"]
     assert json.loads(body_of(events, stream))["host"] == "127.0.0.1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_head_http11_refuses_gets_400_over_http2_too(live, certificate):
+    """What h2 lets through (RFC 9113 8.2.1 checks NUL, CR, LF and upper case only) gets the
+    400 it gets over HTTP/1.1 (tests/e2e/test_hostile.py), before the app runs: a method
+    that is not a token, a raw non-ASCII byte or '#' in the path, a control character or
+    NEL (a line break to str.splitlines(), as Django decodes META) in a header value, a
+    header name that is not a token. The connection goes on."""
+    cert, options = certificate
+    server = await live(make_app(), tls=options)
+    bad = [(b"G(T", b"/scope", []), (b"GET", b"/scope\xc3\xa9", []), (b"GET", b"/scope#x", []),
+           (b"GET", b"/scope", [(b"x-a", b"a\x85b")]), (b"GET", b"/scope", [(b"x-a", b"a\x01b")]),
+           (b"GET", b"/scope", [(b"x-a", b"a\x0bb")]),
+           (b"GET", b"/scope", [(b"x(a", b"1")])]  # no token: twisted.web would raise
+
+    def run() -> list[tuple[bytes, bytes]]:
+        h2c = RawH2(server.port, cert, validate=False)
+        try:
+            answers = []
+            for method, target, extra in [*bad, (b"GET", b"/scope", [(b"x-a", b"a\xe9b")])]:
+                stream = h2c.conn.get_next_available_stream_id()
+                h2c.conn.send_headers(stream, [(b":method", method), (b":path", target),
+                                               (b":scheme", b"https"),
+                                               (b":authority", b"127.0.0.1"), *extra],
+                                      end_stream=True)
+                events = h2c.events_until(ended(stream))
+                status = [dict(e.headers)[b":status"] for e in events
+                          if isinstance(e, h2.events.ResponseReceived)]
+                answers.append((b"".join(status), body_of(events, stream)))
+            return answers
+        finally:
+            h2c.close()
+
+    *refused, fine = await in_thread(run)
+    assert refused == [(b"400", b"Bad Request\n")] * len(bad)
+    assert fine[0] == b"200" and json.loads(fine[1])["http_version"] == "2"  # obs-text passes
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_asgi_app_that_reads_after_the_stream_reset_gets_the_body_first(
+        live, certificate):
+    """As over HTTP/1.1 (tests/e2e/test_http_vs_daphne.py, abort-before-read): a client that
+    sends its request and resets the stream before the app reads gets the app the whole
+    body, in order, then ``http.disconnect``."""
+    cert, options = certificate
+    seen: list[Any] = []
+    reset = Deferred()
+
+    async def late(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return  # no lifespan
+        await reset  # the stream is gone before the first receive()
+        while True:
+            message = await receive()
+            seen.append((message["type"], message.get("body", b""), message.get("more_body")))
+            if message["type"] != "http.request" or not message["more_body"]:
+                break
+        seen.append((await receive())["type"])
+
+    server = await live(make_app(late=late), tls=options)
+    body = bytes(range(256)) * 200  # 51,200 bytes: within the stream's first window
+
+    def send() -> RawH2:
+        h2c = RawH2(server.port, cert)
+        stream = h2c.request("/late", [("content-length", str(len(body)))], end=False,
+                             method="POST")
+        for start in range(0, len(body), 10_240):
+            h2c.conn.send_data(stream, body[start:start + 10_240],
+                               end_stream=start + 10_240 >= len(body))
+        h2c.conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+        h2c.flush()
+        return h2c
+
+    # The connection stays: a socket closed with unread bytes sends RST, and a reset TCP
+    # connection may lose what the server has not read yet.
+    h2c = await in_thread(send)
+    try:
+        assert await until(lambda: server.site.asgi_running, TIMEOUT)  # the app waits
+        # the stream's request is over (counted as 499): its client has gone
+        assert await until(lambda: server.site.stats.http_in_progress == 0, TIMEOUT)
+        reset.callback(None)
+        assert await until(lambda: seen and seen[-1] == "http.disconnect", TIMEOUT)
+    finally:
+        await in_thread(h2c.close)
+    assert b"".join(chunk for _, chunk, _ in seen[:-1]) == body
+    assert {kind for kind, *_ in seen[:-1]} == {"http.request"}
