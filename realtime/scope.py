@@ -39,6 +39,12 @@ _HOST = re.compile(
 # Content-Length beside it, where a proxy in front that refuses it or reads to the close
 # would not (smuggling); 501 as for any other.
 _KNOWN_CODINGS = (b"chunked",)
+#: ``scope["asgi"]``: what each kind of scope speaks (``websocket`` adds send-after-close
+#: as OSError, 2.4). ASGI's required key: Daphne and
+#: uvicorn set it in every scope, and a Channels consumer may read it). One dict per kind,
+#: shared by every scope: not copied per connection (idle memory).
+HTTP_ASGI = {"version": "3.0", "spec_version": "2.3"}
+WEBSOCKET_ASGI = {"version": "3.0", "spec_version": "2.4"}
 
 
 def is_token(value: bytes) -> bool:
@@ -228,6 +234,7 @@ def build_scope(
                for value in values]
     scope: dict[str, Any] = {
         "type": kind,
+        "asgi": WEBSOCKET_ASGI if kind == "websocket" else HTTP_ASGI,
         "path": decode_path(raw_path),
         "raw_path": raw_path,
         "root_path": root_path,

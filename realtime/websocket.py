@@ -660,7 +660,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         if self._call_in_io_thread(self._write_message, opcode, payload):
             return
         if self.in_handshake:
-            # Daphne and Channels accept implicitly on a send before accept.
+            # A send before accept accepts, as Daphne's serverSend() means to (Daphne 4
+            # refuses such a send first, with 500: tests/e2e/test_ws_vs_daphne.py).
             self.accept()
         if self.state != _OPEN:
             raise ConnectionClosed("send on a WebSocket that is closing or closed")

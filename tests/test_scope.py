@@ -49,6 +49,15 @@ def test_http_scope():
 
 
 @pytest.mark.parametrize("kind", ["http", "websocket"])
+def test_every_scope_says_which_asgi(kind):
+    """ASGI's required ``asgi`` key, as Daphne and uvicorn set it (a Channels consumer may
+    read it): one dict per kind, shared by every scope."""
+    assert scope(kind)["asgi"]["version"] == "3.0"
+    assert scope(kind)["asgi"] is scope(kind)["asgi"]
+    assert scope("websocket")["asgi"]["spec_version"] == "2.4"  # send after close: OSError
+
+
+@pytest.mark.parametrize("kind", ["http", "websocket"])
 def test_header_names_with_underscores_are_left_out(kind):
     s = scope(kind, headers=[(b"X_Forwarded_For", [b"6.6.6.6"]),
                              (b"X-Forwarded-For", [b"1.2.3.4"]), (b"Cookie_", [b"a=1"])])
