@@ -968,6 +968,9 @@ TABLE: list[Row] = [
                                        "00:00:00 GMT; Path=/; SameSite=Lax"]}),
         daphne="the same, without the 101's Set-Cookie that deletes the bad cookie (Daphne "
         "drops the handshake's headers)"),
+    Row("allowed-hosts-origin", "AllowedHostsOriginValidator: an Origin in ALLOWED_HOSTS",
+        echo_then_leave("/ws/hosts/", text("x"), headers=("Origin: http://allowed.example",)),
+        expect(frames=[["text", "x"], OK_CLOSE])),
     Row("allowed-hosts-other", "AllowedHostsOriginValidator: another Origin: 403",
         script("/ws/hosts/", headers=("Origin: http://evil.example",)), expect(403),
         daphne=STATUS, seen=""),
