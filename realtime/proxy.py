@@ -6,7 +6,9 @@ first untrusted one is the client. ``X-Forwarded-Proto`` and ``-Port`` count onl
 Daphne's ``--proxy-headers-host/-port`` name other headers for the address and the port
 (``X-Real-IP``); the address header is read the same way, so a single address from a
 trusted peer is taken as it is, and anything that is not an IP address leaves the peer as
-the client.
+the client. A trusted peer's ``Daphne-Root-Path`` header (Daphne takes it from anybody) is
+the scope's ``root_path``, as behind a proxy that mounts the application under a prefix
+and strips it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from realtime.scope import BadRequest, check_request_line
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -88,14 +93,50 @@ def resolve_client(
     return (host, port), scheme
 
 
+#: The header a proxy names the prefix it mounts the application under with (Daphne's).
+ROOT_PATH_HEADER = b"daphne-root-path"
+
+
+def root_path_of(value: bytes) -> str:
+    """A ``Daphne-Root-Path`` value as a ``root_path``: percent-decoded (as Daphne does),
+    a trailing slash dropped (as ``--root-path``); ``BadRequest`` (400) for one that is not
+    an absolute path, a malformed escape or anything not UTF-8 once decoded."""
+    value = value.strip(b" \t")
+    if not value:
+        return ""
+    is_path = value.startswith(b"/") and b"?" not in value
+    if not is_path or check_request_line(b"GET " + value + b" HTTP/1.1") is not None:
+        raise BadRequest(f"Daphne-Root-Path {value!r} is not a path")
+    try:
+        path = unquote_to_bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("Daphne-Root-Path is not UTF-8 once decoded") from None
+    return path.rstrip("/")
+
+
+def take_root_path(scope: dict[str, Any]) -> None:
+    """A trusted proxy's ``Daphne-Root-Path`` (the last, if several) becomes the scope's
+    ``root_path``, over ``--root-path``, and leaves its headers, as under Daphne."""
+    headers = scope["headers"]
+    values = [value for name, value in headers if name == ROOT_PATH_HEADER]
+    if values:
+        scope["root_path"] = root_path_of(values[-1])
+        scope["headers"] = [pair for pair in headers if pair[0] != ROOT_PATH_HEADER]
+
+
 def apply(
     scope: dict[str, Any],
     networks: list[Network],
     host_header: bytes = b"x-forwarded-for",
     port_header: bytes = b"x-forwarded-port",
 ) -> None:
-    """Rewrite ``scope["client"]`` and ``scope["scheme"]`` from trusted proxy headers."""
-    client, proto = resolve_client(scope.get("client"), scope.get("headers", []), networks,
+    """Rewrite ``scope["client"]`` and ``scope["scheme"]`` from trusted proxy headers, and
+    ``scope["root_path"]`` from ``Daphne-Root-Path``; ``BadRequest`` for a root path that
+    is not one."""
+    peer = scope.get("client")
+    if peer is not None and _trusted(peer[0], networks):
+        take_root_path(scope)
+    client, proto = resolve_client(peer, scope.get("headers", []), networks,
                                    host_header, port_header)
     scope["client"] = client
     if proto is not None:

@@ -18,8 +18,10 @@ from realtime.auth import AnonymousUser, AuthMiddleware, User, login, logout
 from realtime.cookies import CookieMiddleware, parse_cookie, set_cookie
 from realtime.exceptions import Refuse
 from realtime.origins import AllowedHostsOriginValidator, OriginValidator, origin_allowed
-from realtime.proxy import parse_networks, resolve_client
+from realtime.proxy import apply as apply_proxy_headers
+from realtime.proxy import parse_networks, resolve_client, root_path_of
 from realtime.routing import Ready
+from realtime.scope import BadRequest
 from realtime.sessions import (
     CookieStore,
     MemorySessionStore,
@@ -468,6 +470,33 @@ def test_proxy_resolution_with_other_header_names():
     for port in (b"\xb2", b"99999", b"-1", b"80x"):
         headers = [(b"x-forwarded-for", b"1.2.3.4"), (b"x-forwarded-port", port)]
         assert resolve_client(("127.0.0.1", 1), headers, nets) == (("1.2.3.4", 0), None)
+
+
+def test_daphne_root_path_only_from_a_trusted_proxy():
+    """Daphne takes root_path from a Daphne-Root-Path header of any client; here only a
+    --trusted-proxies peer's counts (with --proxy-headers), percent-decoded, its trailing
+    slash dropped as --root-path's, and the header leaves the scope as under Daphne."""
+    nets = parse_networks(["10.0.0.0/8"])
+
+    def scope_from(peer, *values, root=""):
+        scope = {"type": "websocket", "client": (peer, 1), "root_path": root, "scheme": "ws",
+                 "headers": [(b"host", b"h"), *((b"daphne-root-path", v) for v in values)]}
+        apply_proxy_headers(scope, nets)
+        return scope
+
+    trusted = scope_from("10.1.2.3", b"/first", b"/my%20app/", root="/opt")
+    assert trusted["root_path"] == "/my app"  # the last one, over --root-path
+    assert trusted["headers"] == [(b"host", b"h")]
+    assert scope_from("10.1.2.3", b"/")["root_path"] == ""
+    assert scope_from("10.1.2.3", b"")["root_path"] == ""
+    untrusted = scope_from("8.8.8.8", b"/app", root="/opt")
+    assert untrusted["root_path"] == "/opt"
+    assert untrusted["headers"] == [(b"host", b"h"), (b"daphne-root-path", b"/app")]
+    for bad in (b"app", b"/a?b", b"/a#b", b"/%zz", b"/%ff", b"/a b", b"//x\x00"):
+        with pytest.raises(BadRequest):
+            scope_from("10.1.2.3", bad)
+        assert scope_from("8.8.8.8", bad)["root_path"] == ""  # not read: not refused
+    assert root_path_of(b" /caf%C3%A9 ") == "/caf\u00e9"
 
 
 def test_session_repr_is_not_the_data():

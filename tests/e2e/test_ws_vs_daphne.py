@@ -5,7 +5,8 @@ realtime the same classes with their imports taken from realtime), answers compa
 
 ``TABLE`` below IS the record of how realtime's serving of a ported Channels app differs
 from Daphne's. Both servers run once for the module as real processes on 127.0.0.1
-(realtime under its default reactor;
+(realtime under its default reactor, with ``--proxy-headers --trusted-proxies
+127.0.0.2``: a client bound to 127.0.0.2 is a trusted proxy, one on 127.0.0.1 is not;
 Daphne as ``python -m daphne``). Each row opens one or more WebSockets by writing raw bytes
 over TCP (a fixed ``Sec-WebSocket-Key``, so the accept is compared too), sends frames,
 and reads what comes back; ``Answer`` holds per socket the handshake's status and the
@@ -59,6 +60,7 @@ SEEN_TIMEOUT = 3.0
 #: RFC 6455's example key, and its accept: the same on both servers.
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+TRUSTED = "127.0.0.2"
 SAME = "same"
 NO_REASON = "no reason"
 STATUS = "status"
@@ -99,8 +101,8 @@ def _daphne(port: int) -> Server:
 @pytest.fixture(scope="module")
 def ports() -> Any:
     """``{"realtime": PORT, "daphne": PORT}``: both servers, started side by side."""
-    ours = Server(twistd("--app", APP, "--port", "0", "-b", "127.0.0.1"),
-                  env=_env("realtime"), cwd=REPO)
+    ours = Server(twistd("--app", APP, "--port", "0", "-b", "127.0.0.1", "--proxy-headers",
+                         "--trusted-proxies", TRUSTED), env=_env("realtime"), cwd=REPO)
     try:
         theirs = on_a_free_port(_daphne)
     except BaseException:
@@ -550,6 +552,7 @@ A = "/ws/async/accept/"
 OK_CLOSE = ["close", 1000, ""]
 CONNECT = ["connect"]
 BYE = ["disconnect", 1000]
+TRUSTED_PROXY = "takes root_path from it, from any client"
 
 TABLE: list[Row] = [
     # -- the handshake and the scope ------------------------------------------------------------
@@ -1022,6 +1025,41 @@ TABLE: list[Row] = [
          Leave("a")),
         expect(frames=[OK_CLOSE]), seen="",
         daphne="serves it as plain HTTP (it wants the header to be 'websocket' alone)"),
+    # -- Daphne-Root-Path ------------------------------------------------------------------------
+    Row("root-path-trusted", "Daphne-Root-Path from a trusted proxy (--proxy-headers, "
+        "--trusted-proxies): the root_path, routing under it, the header left out",
+        (Open("a", "/app/ws/async/accept/", ("Daphne-Root-Path: /app",), source=TRUSTED),
+         Send("a", text("x")), Read("a"), Leave("a")),
+        expect(frames=[["text", "x"], OK_CLOSE],
+               scope={"root_path": "/app", "path": "/app/ws/async/accept/",
+                      "client": TRUSTED, "url_route": {"args": [], "kwargs": {"mode": "accept"}},
+                      "headers": [["host", "127.0.0.1"], ["upgrade", "websocket"],
+                                  ["connection", "Upgrade"], ["sec-websocket-key", KEY.decode()],
+                                  ["sec-websocket-version", "13"],
+                                  ["x-row", "root-path-trusted.a"]]})),
+    Row("root-path-untrusted", "Daphne-Root-Path from any other client: an ordinary header",
+        echo_then_leave(A, text("x"), headers=("Daphne-Root-Path: /app",)),
+        expect(frames=[["text", "x"], OK_CLOSE],
+               scope={"root_path": "", "path": A, "headers": [
+                   ["host", "127.0.0.1"], ["upgrade", "websocket"], ["connection", "Upgrade"],
+                   ["sec-websocket-key", KEY.decode()], ["sec-websocket-version", "13"],
+                   ["daphne-root-path", "/app"], ["x-row", "root-path-untrusted.a"]]}),
+        daphne=TRUSTED_PROXY + " (here: 500, the path is not under it)"),
+    Row("http-root-path-trusted", "HTTP: Daphne-Root-Path from a trusted proxy, "
+        "percent-encoded", (Get("a", "/a%20b/http/x", ("Daphne-Root-Path: /a%20b",),
+                                source=TRUSTED),),
+        expect(200, eof=True, scope={"root_path": "/a b", "path": "/a b/http/x",
+                                     "client": TRUSTED}), seen="now"),
+    Row("http-root-path-untrusted", "HTTP: Daphne-Root-Path from any other client: an "
+        "ordinary header", (Get("a", "/http/x", ("Daphne-Root-Path: /app",)),),
+        expect(200, eof=True, scope={"root_path": "", "headers": [
+            ["host", "127.0.0.1"], ["daphne-root-path", "/app"],
+            ["x-row", "http-root-path-untrusted.a"], ["connection", "close"]]}),
+        daphne=TRUSTED_PROXY, seen="now"),
+    Row("root-path-not-a-path", "Daphne-Root-Path that is not a path, from a trusted proxy: "
+        "400", (Open("a", A, ("Daphne-Root-Path: app",), source=TRUSTED),), expect(400),
+        daphne="takes it as it is (and Channels' URLRouter then finds no route: 500)",
+        seen=""),
 ]
 
 
