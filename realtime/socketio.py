@@ -29,14 +29,19 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import dataclasses
+import decimal
 import functools
+import gzip
 import hashlib
 import inspect
 import json
+import math
 import re
 import secrets
 import types
 import weakref
+import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
@@ -184,15 +189,21 @@ def _reconstruct(data: Any, attachments: list[bytes]) -> Any:
 
 
 def encode_packet(kind: int, namespace: str = "/", data: Any = None,
-                  ack_id: int | None = None, allow_nan: bool = True) -> tuple[str, list[bytes]]:
+                  ack_id: int | None = None, allow_nan: bool = True,
+                  json: Any = None) -> tuple[str, list[bytes]]:
     """One Socket.IO packet as its Engine.IO text frame and its binary frames (bytes in
     ``data`` become attachments, EVENT/ACK become BINARY_EVENT/BINARY_ACK). Not
     ``allow_nan``: NaN and the infinities are a ``ValueError`` (JavaScript's
-    ``JSON.parse`` refuses them)."""
+    ``JSON.parse`` refuses them). ``json``: a module whose ``dumps`` writes the data
+    (``AsyncServer(json=)``; ``allow_nan`` is then its own business)."""
     attachments: list[bytes] = []
     try:
         if data is None:
             payload = None
+        elif json is not None:  # bytes out first, as python-socketio's Packet does
+            if kind == EVENT or kind == ACK:
+                data = _deconstruct(data, attachments)
+            payload = _dumps_with(json, data)
         elif kind != EVENT and kind != ACK:
             payload = compact_json(data, allow_nan)
         else:
@@ -220,6 +231,39 @@ _HEADS = tuple(f"{_EIO_MESSAGE}{kind}" for kind in range(7))
 
 #: ``decode_packet``'s parser, built once (``json.loads`` with an option builds one a call).
 _JSON = json.JSONDecoder(parse_constant=refuse_constant)
+
+
+def _dumps_with(module: Any, data: Any) -> str:
+    """``data`` as JSON text by an ``AsyncServer(json=)`` module (python-socketio's call:
+    ``dumps(data, separators=(",", ":"))``; bytes it returns are taken as UTF-8)."""
+    text = module.dumps(data, separators=(",", ":"))
+    if isinstance(text, bytes | bytearray):
+        text = bytes(text).decode("utf-8")
+    if not isinstance(text, str):
+        raise TypeError(f"the json module's dumps() returned {type(text).__name__}, not str")
+    return text
+
+
+def _loads_with(module: Any, text: str) -> Any:
+    """A client's JSON read by an ``AsyncServer(json=)`` module, held to what ``_JSON``
+    guarantees: whatever it raises (RecursionError too) is ``_Malformed``, and so are NaN
+    and the infinities it may take (``math.isfinite`` over every number)."""
+    try:
+        data = module.loads(text)
+    except Exception:
+        raise _Malformed("invalid JSON (or nested too deeply)") from None
+    stack = [data]
+    while stack:  # (a loop, not recursion: as deep as the module nested it)
+        item = stack.pop()
+        if isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, float | decimal.Decimal) and not math.isfinite(item):
+            raise _Malformed("NaN or Infinity in JSON")
+    return data
+
+
 #: ``decode_packet``'s common shape: ``2[...]`` or ``2<ack id>[...]`` (the generic path
 #: takes the rest, and says what is wrong with an ack id too long).
 _EVENT_HEAD = re.compile(rf"2([0-9]{{0,{_MAX_ACK_DIGITS}}})\[")
@@ -240,10 +284,11 @@ class Packet:
         self.attachments: list[bytes] = []
 
 
-def decode_packet(text: str, strict: bool = True) -> Packet:
+def decode_packet(text: str, strict: bool = True, json: Any = None) -> Packet:
     """A Socket.IO packet (an Engine.IO message's payload); ``_Malformed`` if it is not
-    one a client may send (not ``strict``: any packet, a server's too)."""
-    head = _EVENT_HEAD.match(text)
+    one a client may send (not ``strict``: any packet, a server's too). ``json``: a
+    module whose ``loads`` reads the data (``AsyncServer(json=)``, ``_loads_with``)."""
+    head = _EVENT_HEAD.match(text) if json is None else None
     if head is not None:  # an EVENT to "/", with or without an ack id: most packets
         try:
             data: Any = _JSON.decode(text[head.end() - 1:])
@@ -285,7 +330,9 @@ def decode_packet(text: str, strict: bool = True) -> Packet:
         ack_id = int(text[i:j])
     rest = text[j:]
     data = None
-    if rest:
+    if rest and json is not None:
+        data = _loads_with(json, rest)
+    elif rest:
         try:
             data = _JSON.decode(rest)
         except (ValueError, RecursionError):
@@ -709,7 +756,8 @@ class _Replies:
 class _Socket:
     """One namespace connection in this process."""
 
-    __slots__ = ("acks", "channel", "consumer", "namespace", "pending", "rooms", "session", "sid")
+    __slots__ = ("acks", "channel", "consumer", "namespace", "pending", "rooms", "session", "sid",
+                 "waiting")
 
     def __init__(self, consumer: SocketIOConsumer, namespace: str, sid: str,
                  channel: str | None = None) -> None:
@@ -724,6 +772,9 @@ class _Socket:
         self.rooms: dict[str, Any] = {}  # group -> the room as given
         self.session: dict[Any, Any] = {}
         self.acks: dict[int, Callable[..., Any]] = {}
+        #: ``always_connect``: CONNECT was answered, its handler runs; the receives that
+        #: wait for it (``_after_connect``). None otherwise.
+        self.waiting: list[Deferred[None]] | None = None
 
 
 class _Session:
@@ -843,6 +894,186 @@ class AsyncNamespace:
         await server.disconnect(sid, namespace=namespace)
 
 
+# -- python-socketio's options that need more than a value ----------------------------------------
+
+class AsyncManager:
+    """python-socketio's in-process client manager, as ``AsyncServer(client_manager=)``:
+    accepted, and it changes nothing. realtime's channel layer (``--layer``) holds the
+    rooms and carries the emits, in one process or across several; python-socketio's own
+    manager instances are a ``TypeError`` (``AsyncServer``)."""
+
+    def _mismatch(self, layer: Any) -> str | None:
+        """Why ``layer`` is not the one this manager names (None: it is)."""
+        return None
+
+
+class AsyncRedisManager(AsyncManager):
+    """python-socketio's ``AsyncRedisManager(url, channel=...)`` as ``AsyncServer(
+    client_manager=)``: the server's layer must be on that Redis (``--layer`` the same
+    URL; its password and ``ssl_ca_certs`` aside), checked when the server first meets its
+    layer (its construction with ``channel_layer=`` or under twistd, else its first
+    connection or emit): a ``ValueError`` naming both, so a ported app never runs on one
+    process's memory while it believes its rooms are shared. ``channel`` (python-socketio's
+    separation of apps on one Redis) is the layer's ``prefix=`` here: python-socketio's
+    default, "socketio", goes with any prefix; another must be ``--layer ...?prefix=``
+    the same. ``write_only=True`` (an emitter outside the server) is
+    ``realtime.socketio.Emitter``'s work: a ``ValueError`` as a ``client_manager``."""
+
+    def __init__(self, url: str = "redis://localhost:6379/0", channel: str = "socketio",
+                 write_only: bool = False, logger: Any = None,
+                 redis_options: dict[str, Any] | None = None) -> None:
+        from realtime.layers.redis import parse_url, redact_url
+
+        if not isinstance(url, str):
+            raise TypeError(f"AsyncRedisManager's url is a str, not {type(url).__name__}")
+        if not isinstance(channel, str) or not channel:
+            raise ValueError(f"AsyncRedisManager's channel is a non-empty str, not {channel!r}")
+        if redis_options:
+            raise TypeError("AsyncRedisManager(redis_options=): the layer's Redis connection "
+                            "is --layer's (its URL takes db=, password=, ssl_ca_certs=)")
+        try:
+            self.address, options = parse_url(url)
+        except ValueError as exc:
+            raise ValueError(f"AsyncRedisManager: {exc}") from None
+        if options:
+            raise ValueError(f"AsyncRedisManager({redact_url(url)!r}): "
+                             f"{', '.join(sorted(options))} is a --layer option")
+        self.url = redact_url(url)
+        self.channel = channel
+        self.write_only = bool(write_only)
+
+    def _mismatch(self, layer: Any) -> str | None:
+        from realtime.layers.redis import RedisAddress
+
+        address = getattr(layer, "address", None)
+        where = dataclasses.replace(self.address, username=None, password=None,
+                                    ca_certs=None)
+        if not isinstance(address, RedisAddress) or dataclasses.replace(
+                address, username=None, password=None, ca_certs=None) != where:
+            described = (address.describe() if address is not None
+                         else f"{type(layer).__name__} (--layer memory)")
+            return (f"client_manager=AsyncRedisManager({self.url!r}), but the server's "
+                    f"channel layer is {described}: realtime's layer carries what the "
+                    f"manager did; run with --layer {self.url} (or drop client_manager=)")
+        prefix = getattr(layer, "prefix", None)
+        if self.channel != "socketio" and self.channel != prefix:
+            return (f"client_manager=AsyncRedisManager(channel={self.channel!r}) keeps apps "
+                    f"apart on one Redis, which the layer's prefix does here (it is "
+                    f"{prefix!r}): run with --layer {self.url}?prefix={self.channel}")
+        return None
+
+    async def emit(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(
+            "realtime.socketio.AsyncRedisManager is an AsyncServer's client_manager only: "
+            "to emit from outside the server use realtime.socketio.Emitter(server_url, "
+            "api_key), or an AsyncServer on the same --layer")
+
+
+def _manager(client_manager: Any) -> AsyncManager | None:
+    """``AsyncServer(client_manager=)`` checked: one of this module's managers, or None."""
+    if client_manager is None or type(client_manager) is AsyncManager:
+        return None
+    if isinstance(client_manager, AsyncRedisManager):
+        if client_manager.write_only:
+            raise ValueError(
+                "client_manager=AsyncRedisManager(write_only=True): a write-only manager "
+                "emits from outside a server; use realtime.socketio.Emitter(server_url, "
+                "api_key) there, or an AsyncServer on the same --layer")
+        return client_manager
+    kind = type(client_manager)
+    if any(base.__module__.split(".")[0] == "socketio" for base in kind.__mro__):
+        from realtime.layers.redis import redact_url
+
+        url = getattr(client_manager, "redis_url", None)
+        layer = f"--layer {redact_url(url)}" if isinstance(url, str) else "--layer"
+        raise TypeError(
+            f"client_manager=socketio.{kind.__name__}: realtime does not use python-socketio's "
+            f"managers; its channel layer holds the rooms and carries the emits across "
+            f"processes: run with {layer} and drop client_manager= (or pass "
+            f"realtime.socketio.AsyncRedisManager(url), which checks --layer is that URL)")
+    raise TypeError(f"client_manager is a realtime.socketio.AsyncManager or "
+                    f"AsyncRedisManager, not {kind.__name__} (the layer is --layer's)")
+
+
+def _check_cookie(cookie: Any) -> dict[str, Any] | None:
+    """``AsyncServer(cookie=)`` as python-engineio takes it: a name (then ``path=/;
+    SameSite=Lax``) or a dict of attributes (``name``, default "io"); each value a str,
+    True (the attribute alone), False or None (left out) or a callable giving one of those
+    at each handshake. What could break the header is a ``ValueError`` now."""
+    if cookie is None:
+        return None
+    if isinstance(cookie, str):
+        cookie = {"name": cookie, "path": "/", "SameSite": "Lax"}
+    if not isinstance(cookie, dict):
+        raise TypeError(f"cookie is a name (str) or a dict of attributes, not "
+                        f"{type(cookie).__name__}")
+    cookie = dict(cookie)
+    name = cookie.setdefault("name", "io")
+    if not isinstance(name, str) or not _COOKIE_TOKEN.match(name):
+        raise ValueError(f"cookie name {name!r} is not a cookie name (a token: letters, "
+                         "digits, !#$%&'*+-.^_`|~)")
+    for attribute, value in cookie.items():
+        if not isinstance(attribute, str) or not _COOKIE_TOKEN.match(attribute):
+            raise ValueError(f"cookie attribute {attribute!r} is not an attribute name")
+        if attribute != "name" and not callable(value):
+            _cookie_value(attribute, value)
+    return cookie
+
+
+_COOKIE_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+#: What a cookie attribute's value may not hold (it would end the attribute or the header).
+_COOKIE_BAD = re.compile(r"[^\x20-\x7e]|;")
+
+
+def _cookie_value(attribute: str, value: Any) -> str | None:
+    """One attribute as the header writes it ("" for a flag, None to leave out)."""
+    if value is True:
+        return ""
+    if value is False or value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"cookie attribute {attribute!r}: a str, True, False or a callable "
+                        f"giving one, not {type(value).__name__}")
+    if _COOKIE_BAD.search(value):
+        raise ValueError(f"cookie attribute {attribute!r}: {value!r} holds a ';', a "
+                         "control character or one past ASCII")
+    return value
+
+
+def _sid_cookie(cookie: dict[str, Any], sid: str) -> bytes | None:
+    """The handshake's ``Set-Cookie`` value (python-engineio's ``name=sid; attr=value;
+    flag``); None, logged, when a callable attribute gives what cannot go in it."""
+    parts = [f"{cookie['name']}={sid}"]
+    for attribute, value in cookie.items():
+        if attribute == "name":
+            continue
+        try:
+            text = _cookie_value(attribute, value() if callable(value) else value)
+        except Exception as exc:
+            log.error("socketio: the Engine.IO cookie left out: {why}", why=str(exc))
+            return None
+        if text is not None:
+            parts.append(f"{attribute}={text}" if text else attribute)
+    return "; ".join(parts).encode("latin-1", "replace")
+
+
+def _check_json(module: Any) -> Any:
+    """``AsyncServer(json=)``: None for the standard library's (the built-in fast path does
+    what it does), else the module (``dumps`` and ``loads`` as the standard library's)."""
+    if module is None or module is json:
+        return None
+    if not (callable(getattr(module, "dumps", None)) and callable(getattr(module, "loads", None))):
+        raise TypeError(f"json is a module with dumps() and loads() (as the standard "
+                        f"library's), not {module!r}")
+    return module
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} is True or False, not {value!r}")
+    return value
+
+
 class AsyncServer:
     """python-socketio's ``AsyncServer`` API over realtime's layers.
 
@@ -857,9 +1088,25 @@ class AsyncServer:
     (with ``Access-Control-Allow-Origin`` and credentials) and whose WebSockets open; by
     default only the server's own origin and those ``--allowed-origins`` lets in; a
     request from another origin gets 403 on either transport (one without ``Origin``, no
-    browser's, passes). python-socketio's ``async_mode``, ``logger`` and ``engineio_logger``
-    are accepted and ignored. A packet's binary attachments count together against
+    browser's, passes); ``cors_credentials`` (True) adds ``Access-Control-Allow-Credentials:
+    true`` to those answers. A packet's binary attachments count together against
     ``max_http_buffer_size``.
+
+    python-engineio's polling options: ``cookie`` (a name, or a dict of attributes) sets
+    the Engine.IO sid as a cookie on the polling handshake (for a load balancer's
+    cookie-based sticky sessions); ``http_compression`` (True) gzips or deflates a GET's
+    packets of ``compression_threshold`` (1024) bytes or more for a client that accepts it.
+
+    python-socketio's: ``always_connect`` answers a CONNECT before the connect handler runs
+    (a refusal is then a DISCONNECT; the namespace's packets wait for the handler);
+    ``async_handlers=False`` runs a connection's event handlers one at a time, in order,
+    each awaited before its next packet is read (``call()`` is then a ``RuntimeError``);
+    ``json`` a module whose ``dumps``/``loads`` write and read the packets' JSON (for this
+    server only; the NaN and nesting refusals still hold); ``client_manager`` a
+    ``realtime.socketio.AsyncManager`` or ``AsyncRedisManager(url)`` (the layer must be on
+    that Redis: ``--layer``). ``async_mode``, ``logger``, ``engineio_logger`` and
+    ``monitor_clients`` are accepted and ignored (logs are twisted.logger's; a dead client
+    is always timed out by its pings).
 
     ``connection_state_recovery`` (off by default, as in Node's server): True or
     ``{"max_disconnection_duration": 120, "max_packets": 1000}`` keeps a socket whose
@@ -873,9 +1120,8 @@ class AsyncServer:
     """
 
     reason = Reason
-    _IGNORED = frozenset({"async_mode", "cors_credentials",
-                          "logger", "engineio_logger", "async_handlers",
-                          "monitor_clients", "http_compression", "compression_threshold"})
+    #: python-socketio's and python-engineio's options that change nothing here.
+    _IGNORED = frozenset({"async_mode", "logger", "engineio_logger", "monitor_clients"})
 
     def __init__(self, namespaces: Iterable[str] | str | None = None,
                  ping_interval: float = 25.0, ping_timeout: float = 20.0,
@@ -884,10 +1130,37 @@ class AsyncServer:
                  cors_allowed_origins: str | Iterable[str] | None = None,
                  connection_state_recovery: bool | dict[str, Any] | None = None,
                  serializer: str = "default", allow_upgrades: bool = True,
-                 transports: Iterable[str] | None = None, **kwargs: Any) -> None:
+                 transports: Iterable[str] | None = None, *, client_manager: Any = None,
+                 json: Any = None, always_connect: bool = False, async_handlers: bool = True,
+                 cookie: str | dict[str, Any] | None = None, cors_credentials: bool = True,
+                 http_compression: bool = True, compression_threshold: int = 1024,
+                 **kwargs: Any) -> None:
         unknown = set(kwargs) - self._IGNORED
         if unknown:
             raise TypeError(f"AsyncServer() got unknown options: {sorted(unknown)}")
+        #: python-socketio's: CONNECT answered before the connect handler runs.
+        self.always_connect = _flag("always_connect", always_connect)
+        #: python-socketio's: False runs a connection's event handlers in order, inline.
+        self.async_handlers = _flag("async_handlers", async_handlers)
+        #: python-engineio's: ``Access-Control-Allow-Credentials`` for allowed origins.
+        self.cors_credentials = _flag("cors_credentials", cors_credentials)
+        #: python-engineio's: a GET's packets compressed past ``compression_threshold``.
+        self.http_compression = _flag("http_compression", http_compression)
+        if not isinstance(compression_threshold, int) or isinstance(compression_threshold,
+                                                                    bool):
+            raise TypeError(f"compression_threshold is a number of bytes (int), not "
+                            f"{compression_threshold!r}")
+        if compression_threshold < 0:
+            raise ValueError(f"compression_threshold is >= 0, not {compression_threshold}")
+        self.compression_threshold = compression_threshold
+        #: python-engineio's sid cookie (``_check_cookie``), or None.
+        self.cookie = _check_cookie(cookie)
+        #: python-socketio's ``json=`` module, or None for the built-in codec.
+        self.json = _check_json(json)
+        #: ``client_manager=AsyncRedisManager(url)``: the layer is checked against it once.
+        self._manager = _manager(client_manager)
+        self._checked_layer: Any = None
+        self._manager_error: str | None = None
         #: python-engineio's: the transports a client may use (polling handshakes or
         #: WebSockets otherwise get 400 "Transport unknown"), and whether a polling
         #: session may upgrade.
@@ -933,6 +1206,14 @@ class AsyncServer:
             from realtime.socketio_recovery import Recovery
 
             self._recovery = Recovery(self, connection_state_recovery)
+        if self._manager is not None:  # now, when the layer is known already
+            from realtime.layers import _layers
+
+            known = (channel_layer if channel_layer is not None
+                     else _layers.get(channel_layer_alias))
+            # (an in-memory layer may be a test's leftover: its first use decides)
+            if getattr(known, "address", None) is not None or channel_layer is not None:
+                self._layer_ok(known, now=True)
 
     # -- handlers ---------------------------------------------------------------------------
     def on(self, event: str, handler: Callable[..., Any] | None = None,
@@ -1016,11 +1297,30 @@ class AsyncServer:
     # -- the layer ----------------------------------------------------------------------------
     @property
     def channel_layer(self) -> Any:
-        if self._channel_layer is not None:
-            return self._channel_layer
-        from realtime.layers import get_channel_layer
+        layer = self._channel_layer
+        if layer is None:
+            from realtime.layers import get_channel_layer
 
-        return get_channel_layer(self.channel_layer_alias)
+            layer = get_channel_layer(self.channel_layer_alias)
+        if self._manager is not None and layer is not self._checked_layer:
+            self._layer_ok(layer, now=True)
+        return layer
+
+    def _layer_ok(self, layer: Any, now: bool = False) -> bool:
+        """Whether ``layer`` is the one ``client_manager=`` names (checked once a layer);
+        not: a ``ValueError`` ``now``, else logged once (a connection is refused)."""
+        if self._manager is None or layer is self._checked_layer:
+            return True
+        problem = self._manager._mismatch(layer)
+        if problem is None:
+            self._checked_layer = layer
+            return True
+        if now:
+            raise ValueError(problem)
+        if self._manager_error != problem:
+            self._manager_error = problem
+            log.error("socketio: connections refused: {problem}", problem=problem)
+        return False
 
     def _channel(self, sid: Any) -> str | None:
         """The channel to reach ``sid`` (of another process) through; None for a sid of
@@ -1048,7 +1348,7 @@ class AsyncServer:
         msgpack message."""
         if self.msgpack:
             return encode_msgpack_packet(kind, namespace, data, ack_id), []
-        return encode_packet(kind, namespace, data, ack_id)
+        return encode_packet(kind, namespace, data, ack_id, json=self.json)
 
     async def emit(self, event: str, data: Any = None, to: Any = None, room: Any = None,
                    skip_sid: str | Iterable[str] | None = None, namespace: str | None = None,
@@ -1077,7 +1377,8 @@ class AsyncServer:
             text: str | bytes = encode_msgpack_packet(EVENT, namespace, [event, *args])
             attachments: list[bytes] = []
         else:
-            text, attachments = encode_packet(EVENT, namespace, [event, *args])
+            text, attachments = encode_packet(EVENT, namespace, [event, *args],
+                                              json=self.json)
         await self._send_packet(text, attachments, namespace,
                                 to if to is not None else room, skip_sid, offset)
         if self._admin is not None:
@@ -1208,6 +1509,9 @@ class AsyncServer:
         ``timeout`` s (None: no timeout, as in python-socketio: an ack that never comes is
         waited for forever), or at once when the sid is known to be disconnected (here,
         or by its process, also when it disconnects before answering)."""
+        if not self.async_handlers:  # (python-socketio's words: a handler waiting for
+            # its own client's ack would hold the packet that brings it)
+            raise RuntimeError("Cannot use call() when async_handlers is False.")
         target = to or sid
         if not isinstance(target, str) or channel_of(target) is None:
             raise ValueError("call() needs to= one sid")
@@ -1432,6 +1736,34 @@ def _origin_ok(server: AsyncServer, scope: dict[str, Any]) -> bool:
     return (text.lower() == f"{scheme}://{host}".lower()
             or (bool(settings.allowed_origins)
                 and origin_allowed(text, settings.allowed_origins)))
+
+
+#: zlib's level for polling responses (python-engineio's gzip takes 9, its deflate 6).
+_COMPRESS_LEVEL = 6
+
+
+def _accepted_encoding(scope: dict[str, Any]) -> str | None:
+    """"gzip" or "deflate": the first of them ``Accept-Encoding`` offers (python-engineio's
+    choice), one with ``q=0`` not; None for neither."""
+    for name, value in scope.get("headers", ()):
+        if name != b"accept-encoding":
+            continue
+        for item in value.decode("latin-1").split(","):
+            coding, _, params = item.partition(";")
+            coding = coding.strip().lower()
+            if coding not in ("gzip", "deflate"):
+                continue
+            refused = False
+            for param in params.split(";"):
+                key, _, weight = param.partition("=")
+                if key.strip().lower() == "q":
+                    try:
+                        refused = float(weight) <= 0
+                    except ValueError:
+                        refused = True
+            if not refused:
+                return coding
+    return None
 
 
 def _params(scope: dict[str, Any]) -> dict[str, str]:
@@ -1894,8 +2226,9 @@ class PollingConsumer(AsyncHttpConsumer):
         pairs = [*(headers or []), (b"Cache-Control", b"no-store")]
         origin = self._origin()
         if origin and _origin_ok(self._server, self.scope):  # none for a refused origin
-            pairs += [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin"),
-                      (b"Access-Control-Allow-Credentials", b"true")]
+            pairs += [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin")]
+            if self._server.cors_credentials:
+                pairs.append((b"Access-Control-Allow-Credentials", b"true"))
         await super().send_headers(status=status, headers=pairs)
 
     async def _error(self, status: int, body: bytes) -> None:
@@ -1941,8 +2274,9 @@ class PollingConsumer(AsyncHttpConsumer):
             await self._error(400, _BAD_REQUEST)
 
     async def _open(self) -> None:
-        if self.channel_layer is None:
-            log.error("realtime.socketio needs a channel layer")
+        if self.channel_layer is None or not self._server._layer_ok(self.channel_layer):
+            if self.channel_layer is None:
+                log.error("realtime.socketio needs a channel layer")
             await self.send_response(500, b"")
             return
         site = self._site()
@@ -1976,9 +2310,11 @@ class PollingConsumer(AsyncHttpConsumer):
         session.user_key, self.user_key = self.user_key, None
         session.consumer._open(sid, ["websocket"] if server.allow_upgrades else [],
                                session.max_payload)
-        await self._poll(session)
+        cookie = None if server.cookie is None else _sid_cookie(server.cookie, sid)
+        await self._poll(session, [] if cookie is None else [(b"Set-Cookie", cookie)])
 
-    async def _poll(self, session: _PollingSession) -> None:
+    async def _poll(self, session: _PollingSession,
+                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
         waiter = session.poll()
         if waiter is None:
             session.fail("a second GET while one waits")
@@ -1994,8 +2330,30 @@ class PollingConsumer(AsyncHttpConsumer):
                 session._cancel_flush()
         if items is None:
             return  # the client went away
-        await self.send_response(200, _encode_payload(items), headers=[
-            (b"Content-Type", b"text/plain; charset=UTF-8")])
+        body = _encode_payload(items)
+        pairs = [*(headers or ()), (b"Content-Type", b"text/plain; charset=UTF-8")]
+        server = self._server
+        if server.http_compression and len(body) >= server.compression_threshold:
+            body = self._compressed(body, pairs)
+        await self.send_response(200, body, headers=pairs)
+
+    def _compressed(self, body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """python-engineio's ``http_compression``: ``body`` gzipped or deflated (zlib's
+        format, as HTTP's "deflate" is), the first of the two the request's
+        ``Accept-Encoding`` lists without ``q=0``, when it comes out smaller. Only what is
+        sent is compressed (nothing inflates a client's body); ``--max-send-buffer``
+        counted the packets before."""
+        encoding = _accepted_encoding(self.scope)
+        if encoding is None:
+            return body
+        if encoding == "gzip":
+            packed = gzip.compress(body, compresslevel=_COMPRESS_LEVEL, mtime=0)
+        else:
+            packed = zlib.compress(body, _COMPRESS_LEVEL)
+        if len(packed) >= len(body):
+            return body
+        headers.append((b"Content-Encoding", encoding.encode()))
+        return packed
 
     async def _post(self, session: _PollingSession, body: bytes) -> None:
         if len(body) > session.max_payload:
@@ -2041,6 +2399,10 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self._connect_deadline: Any = None
         #: The server's ``serializer="msgpack"`` (read by ``_send``, for every packet).
         self._msgpack = self.server is not None and self.server.msgpack
+        #: The server's ``json=`` module (None: the built-in codec).
+        self._json = None if self.server is None else self.server.json
+        #: ``async_handlers=False``: an event's handler is awaited where its packet is read.
+        self._inline = self.server is not None and not self.server.async_handlers
 
     @property
     def _server(self) -> AsyncServer:
@@ -2060,6 +2422,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             log.error("realtime.socketio needs a channel layer")
             raise Refuse(500)
         server = self._server
+        if not server._layer_ok(self.channel_layer):  # client_manager= names another
+            raise Refuse(500)
         if params.get("sid"):  # the upgrade of a polling session (of this process)
             session = server._polling.get(params["sid"])
             if session is None or not server.allow_upgrades or not session.begin_upgrade(
@@ -2171,6 +2535,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             code = getattr(self._conn, "disconnect_code", None)
             self._upgrade_of.websocket_closed(self, 1006 if code is None else code)
         self._wake()
+        for socket in list(self._sockets.values()):  # (always_connect's waiting packets)
+            self._connect_ended(socket)
 
     def _cancel_tasks(self) -> None:
         self._cancel_call = None
@@ -2291,7 +2657,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             self._refuse(CLOSE_MALFORMED, "a text packet with the msgpack serializer")
         elif kind == _EIO_MESSAGE:
             try:
-                packet = decode_packet(text_data[1:])
+                packet = decode_packet(text_data[1:], json=self._json)
             except _Malformed as exc:
                 self._refuse(CLOSE_MALFORMED, str(exc))
                 return
@@ -2331,14 +2697,42 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         socket = self._sockets.get(packet.namespace)
         if socket is None:
             return None  # not connected to that namespace: ignored, as python-socketio does
-        if socket.pending:  # its connect handler runs: only a DISCONNECT counts
-            return self._drop(socket) if kind == DISCONNECT else None
+        if socket.pending:  # its connect handler runs
+            if socket.waiting is not None:  # connected for its client (always_connect)
+                if kind == ACK or kind == BINARY_ACK:  # (the handler may wait for one)
+                    return self._acked(socket, packet)
+                return self._after_connect(socket, packet)
+            return self._drop(socket) if kind == DISCONNECT else None  # only that counts
         if kind == EVENT or kind == BINARY_EVENT:
+            if self._inline:  # async_handlers=False
+                return self._event_inline(socket, packet)
             self._event(socket, packet)
             return None
         if kind == DISCONNECT:
             return self._forget(socket, Reason.CLIENT_DISCONNECT)
         return self._acked(socket, packet)  # ACK, BINARY_ACK
+
+    async def _after_connect(self, socket: _Socket, packet: Packet) -> None:
+        """``always_connect``: a packet of a namespace whose CONNECT was answered while its
+        connect handler runs waits for it, and the connection's next packets behind it, as
+        in python-socketio (which runs the handler where the CONNECT is read); then it is
+        the namespace's, or dropped with the socket the handler refused."""
+        if socket.waiting is not None:
+            woken: Deferred[None] = Deferred()
+            socket.waiting.append(woken)
+            await woken
+        if self._conn.closing_or_closed:
+            return
+        work = self._dispatch(packet)
+        if work is not None:
+            await work
+
+    @staticmethod
+    def _connect_ended(socket: _Socket) -> None:
+        """The receives waiting behind ``socket``'s connect handler go on."""
+        waiting, socket.waiting = socket.waiting, None
+        for woken in waiting or ():
+            woken.callback(None)
 
     async def _acked(self, socket: _Socket, packet: Packet) -> None:
         assert packet.ack_id is not None
@@ -2371,11 +2765,29 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self._sockets[namespace] = socket
         server._sockets[sid] = socket
         await self.channel_layer.group_add(namespace_group(namespace), socket.channel)
+        if server.always_connect and namespace in self._sockets:  # (not dropped meanwhile)
+            socket.waiting = []
+            self._connected(socket)  # (python-socketio's order: CONNECT, then the handler)
         # A task, as python-socketio's: a slow one holds no other namespace, ack or pong.
         self._spawn(self._connect_handler(socket, auth), "the connect handler")
 
+    def _connected(self, socket: _Socket) -> None:
+        """CONNECT answered: ``{"sid"}`` (with recovery ``{"sid", "pid"}`` and the packets
+        the client missed)."""
+        if self._server._recovery is not None:
+            self._server._recovery.connected(socket)
+        else:
+            self._send(encode_packet(CONNECT, socket.namespace, {"sid": socket.sid})[0])
+
     async def _connect_handler(self, socket: _Socket, auth: Any) -> None:
+        try:
+            await self._run_connect_handler(socket, auth)
+        finally:
+            self._connect_ended(socket)
+
+    async def _run_connect_handler(self, socket: _Socket, auth: Any) -> None:
         server, namespace, sid = self._server, socket.namespace, socket.sid
+        told = socket.waiting is not None  # always_connect: its CONNECT was answered
         refusal: dict[str, Any] | None = None
         # No auth, or an empty one (python-socketio's client sends {}): None, as there.
         handler, args = server._handler("connect", namespace, (sid, self.scope, auth or None))
@@ -2398,14 +2810,18 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             return  # disconnected meanwhile
         if refusal is not None:
             await self._drop(socket)
-            self._send(encode_packet(CONNECT_ERROR, namespace, refusal)[0])
+            if told:
+                # always_connect: told it is connected, the client is disconnected; a
+                # DISCONNECT without python-socketio's refusal in it (socket.io-client
+                # takes data there for a parse error and closes the connection)
+                self._send(encode_packet(DISCONNECT, namespace)[0])
+            else:
+                self._send(encode_packet(CONNECT_ERROR, namespace, refusal)[0])
             return
         socket.pending = False
-        if server._recovery is not None:  # {sid, pid}, then the packets it missed
-            server._recovery.connected(socket)
-        else:
-            self._send(encode_packet(CONNECT, namespace, {"sid": sid})[0])
-        if server._admin is not None:
+        if not told:
+            self._connected(socket)
+        if server._admin is not None:  # (always_connect: once accepted, its login too)
             server._admin.connected(socket)
 
     def _event(self, socket: _Socket, packet: Packet) -> None:
@@ -2432,6 +2848,25 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                 self._answer(socket, packet, result)
         except BaseException:
             self._task_failed(Failure(), "the {name!r} handler", name)
+
+    async def _event_inline(self, socket: _Socket, packet: Packet) -> None:
+        """``async_handlers=False``: an EVENT's handler awaited where its packet is read,
+        so the connection's next packet waits for it (python-socketio's in-order
+        handlers); its value is the ack."""
+        name = packet.data[0]
+        try:
+            server = self._server
+            if server._admin is not None:
+                server._admin.received(socket, packet.data)
+            handler, args = server._handler(name, socket.namespace,
+                                            (socket.sid, *packet.data[1:]))
+            if handler is None:
+                return
+            result = await resolve(handler(*args))
+        except BaseException:  # (a cancel too, as a task's: nothing more of it)
+            self._task_failed(Failure(), "the {name!r} handler", name)
+            return
+        self._answer(socket, packet, result)
 
     async def _answer_later(self, socket: _Socket, packet: Packet, result: Any) -> None:
         # (an awaitable the handler's awaitable returns is awaited too, as ``_Driven`` does)
