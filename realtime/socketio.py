@@ -6,7 +6,8 @@ Why: a team on python-socketio keeps its clients (``socket.io-client``, python-s
 ``sio = realtime.socketio.AsyncServer()``, the same ``@sio.event`` handlers, ``emit``,
 rooms and sessions, mounted with ``path("socket.io/", sio.as_asgi())``.
 
-Scale-out comes from the layer, not from a client manager: every connected socket is in
+Scale-out comes from the layer, not from a client manager (``client_manager=
+AsyncRedisManager(url)`` only checks the layer is on that Redis): every connected socket is in
 its namespace's group (``emit`` to everyone), each room is a group (``enter_room``), and a
 sid names its connection's layer channel (``emit(to=sid)``, ``disconnect(sid)`` and
 ``enter_room(sid)`` reach it in any process through the layer; in its own process at

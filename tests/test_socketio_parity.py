@@ -3,7 +3,9 @@ acks (``emit(callback=)``, ``call()``) from a process that does not hold the sid
 two Redis layers on a real redis-server (two processes' worth, as in test_socketio.py), and
 ``serializer="msgpack"`` against python-socketio's ``Client(serializer="msgpack")`` on
 each transport, with raw WebSockets for what its frames look like and what no client
-sends."""
+sends; python-engineio's and python-socketio's other options (``transports``,
+``always_connect``, ``async_handlers``, ``json``, ``cookie``, ``http_compression``,
+``cors_credentials``, ``client_manager``) with their clients, Node's and raw HTTP."""
 
 from __future__ import annotations
 
