@@ -3200,7 +3200,8 @@ class Emitter:
         client.send(self.url, self.api_key, channel, event, timeout=self.timeout)
 
 
-__all__ = ["AsyncNamespace", "AsyncServer", "CallTimeoutError", "ConnectionRefusedError",
-           "Emitter", "PollingConsumer", "Reason", "SocketIOApp", "SocketIOConsumer",
-           "SocketIOError", "channel_of", "decode_msgpack_packet", "decode_packet",
-           "encode_msgpack_packet", "encode_packet", "namespace_group", "room_group"]
+__all__ = ["AsyncManager", "AsyncNamespace", "AsyncRedisManager", "AsyncServer",
+           "CallTimeoutError", "ConnectionRefusedError", "Emitter", "PollingConsumer",
+           "Reason", "SocketIOApp", "SocketIOConsumer", "SocketIOError", "channel_of",
+           "decode_msgpack_packet", "decode_packet", "encode_msgpack_packet",
+           "encode_packet", "namespace_group", "room_group"]
