@@ -43,6 +43,7 @@ import secrets
 import types
 import weakref
 import zlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
@@ -2402,8 +2403,11 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self._msgpack = self.server is not None and self.server.msgpack
         #: The server's ``json=`` module (None: the built-in codec).
         self._json = None if self.server is None else self.server.json
-        #: ``async_handlers=False``: an event's handler is awaited where its packet is read.
-        self._inline = self.server is not None and not self.server.async_handlers
+        #: ``async_handlers=False``: the packets waiting for the one being handled
+        #: (``_in_turn``); None while none is.
+        self._turns: deque[Packet] | None = None
+        if self.server is not None and not self.server.async_handlers:
+            self._dispatch = self._in_turn  # type: ignore[method-assign]
 
     @property
     def _server(self) -> AsyncServer:
@@ -2705,13 +2709,60 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                 return self._after_connect(socket, packet)
             return self._drop(socket) if kind == DISCONNECT else None  # only that counts
         if kind == EVENT or kind == BINARY_EVENT:
-            if self._inline:  # async_handlers=False
-                return self._event_inline(socket, packet)
             self._event(socket, packet)
             return None
         if kind == DISCONNECT:
             return self._forget(socket, Reason.CLIENT_DISCONNECT)
         return self._acked(socket, packet)  # ACK, BINARY_ACK
+
+    def _in_turn(self, packet: Packet) -> Awaitable[None] | None:
+        """``async_handlers=False`` (the consumer's ``_dispatch`` then): its Socket.IO
+        packets are handled one at a time, in order, an event's handler awaited before the
+        next packet (python-socketio's in-order handlers), by a task of the connection
+        (``_take_turns``), so its pongs, ACKs (a handler may wait for one) and close are
+        not held behind a slow handler; with ``--max-inflight`` packets waiting,
+        ``receive`` waits too (the connection is not read meanwhile)."""
+        if packet.kind == ACK or packet.kind == BINARY_ACK:
+            return SocketIOConsumer._dispatch(self, packet)
+        turns = self._turns
+        if turns is None:
+            self._turns = deque((packet,))
+            self._spawn(self._take_turns(), "the in-order handlers")
+            return None
+        turns.append(packet)
+        return self._turn_room() if len(turns) >= self._conn.config.max_inflight else None
+
+    async def _take_turns(self) -> None:
+        turns = self._turns
+        assert turns is not None
+        try:
+            while turns and not self._conn.closing_or_closed:
+                packet = turns.popleft()
+                self._wake()  # (a receive waiting in ``_turn_room``)
+                socket = self._sockets.get(packet.namespace)
+                try:
+                    if (packet.kind == EVENT or packet.kind == BINARY_EVENT) and (
+                            socket is not None and not socket.pending):
+                        await self._event_inline(socket, packet)
+                    else:
+                        work = SocketIOConsumer._dispatch(self, packet)
+                        if work is not None:
+                            await work
+                except CancelledError:
+                    raise
+                except Exception:
+                    self._task_failed(Failure(), "a packet's handling", None)
+        finally:
+            self._turns = None
+
+    async def _turn_room(self) -> None:
+        """``_in_turn``'s bound: wait while ``--max-inflight`` packets wait."""
+        limit = self._conn.config.max_inflight
+        while (self._turns is not None and len(self._turns) >= limit
+               and not self._conn.closing_or_closed):
+            if self._slot is None:
+                self._slot = Deferred()
+            await self._slot
 
     async def _after_connect(self, socket: _Socket, packet: Packet) -> None:
         """``always_connect``: a packet of a namespace whose CONNECT was answered while its
@@ -2851,9 +2902,9 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             self._task_failed(Failure(), "the {name!r} handler", name)
 
     async def _event_inline(self, socket: _Socket, packet: Packet) -> None:
-        """``async_handlers=False``: an EVENT's handler awaited where its packet is read,
-        so the connection's next packet waits for it (python-socketio's in-order
-        handlers); its value is the ack."""
+        """``async_handlers=False``: an EVENT's handler awaited in its turn
+        (``_take_turns``), so the connection's next packet waits for it; its value is the
+        ack."""
         name = packet.data[0]
         try:
             server = self._server

@@ -30,6 +30,7 @@ from tests.test_socketio import (
     NODE_MODULES,
     TRANSPORTS,
     WAIT,
+    Polling,
     PyClient,
     Raw,
     _handshake_refusal,
@@ -652,6 +653,112 @@ async def test_async_handlers_false_runs_a_connections_events_in_order(live, inl
         await client.disconnect()
     with pytest.raises(TypeError, match="async_handlers"):
         rsio.AsyncServer(async_handlers=None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_handlers_false_holds_events_not_pings_acks_or_the_close(live):
+    """``async_handlers=False`` holds a connection's later events behind a slow handler,
+    and nothing else of it: Engine.IO's pongs (on a WebSocket, and a polling POST is
+    answered at once), the client's ACKs (a handler may wait for its own client's answer
+    to an ``emit(callback=)``), its close (the disconnect handler runs at once); a handler
+    that raises does not stop the ones behind it."""
+    sio = quick_server(async_handlers=False, ping_interval=0.2, ping_timeout=0.3)
+    gates: list[Deferred[None]] = []
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+
+    @sio.event
+    async def slow(sid):
+        gates.append(Deferred())
+        await gates[-1]
+        return "slow"
+
+    @sio.event
+    async def boom(sid):
+        raise RuntimeError("boom")
+
+    @sio.event
+    async def asks(sid):
+        answer: Deferred[tuple[Any, ...]] = Deferred()
+        await sio.emit("question", to=sid, callback=lambda *args: answer.callback(args))
+        return await answer
+
+    sio.on("echo", lambda sid, data: data)
+    url = await start(live, sio)
+
+    async def pings(raw: Raw, rounds: int = 3) -> None:  # (each answered: the pong counts)
+        for _ in range(rounds):
+            assert await raw.recv() == "2"
+            await raw.send("3")
+
+    raw = await Raw.open(url)
+    await raw.send("40")
+    assert (await raw.recv()).startswith("40{")
+    await raw.send('421["slow"]')
+    await raw.send('422["echo","after"]')
+    await pings(raw)  # (past ping_interval + ping_timeout: alive)
+    gates[-1].callback(None)
+    assert [await raw.recv(), await raw.recv()] == ['431["slow"]', '432["after"]']
+    with captured_log() as events:
+        await raw.send('423["boom"]')
+        await raw.send('424["echo","still"]')
+        assert await raw.recv() == '434["still"]'
+    assert [e["name"] for e in events if "log_failure" in e] == ["boom"]
+    await raw.send('425["asks"]')
+    question = await raw.recv()
+    assert isinstance(question, str) and question.endswith('["question"]')
+    await raw.send(f"43{question[2:].partition('[')[0]}[\"yes\"]")  # the ACK
+    assert await raw.recv() == '435["yes"]'
+    await raw.send('426["slow"]')
+    assert await until(lambda: len(gates) == 2)
+    await raw.close()
+    assert await until(lambda: reasons == ["transport close"])  # not after the handler
+    gates[-1].callback(None)
+
+    session = await Polling.open(url)
+    posting = Deferred.fromCoroutine(session.post('421["slow"]'))
+    assert await until(lambda: posting.called)  # answered while the handler waits
+    for _ in range(3):
+        assert await session.get() == ["2"]
+        assert await session.post("3") == (200, b"ok")
+    gates[-1].callback(None)
+    assert await session.get() == ['431["slow"]']
+    assert await session.post("1") == (200, b"ok")
+    assert await until(lambda: not sio._sockets and not sio._polling)
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_handlers_false_waits_past_max_inflight_packets(live):
+    """``async_handlers=False`` with ``--max-inflight 3``: behind a slow handler, three
+    packets wait, then the connection is not read (nothing more is held for it); released,
+    every event is handled and acked in order."""
+    sio = quick_server(async_handlers=False)
+    gate: Deferred[None] = Deferred()
+    seen: list[int] = []
+
+    @sio.event
+    async def slow(sid):
+        await gate
+
+    @sio.event
+    async def count(sid, n):
+        seen.append(n)
+        return n
+
+    url = await start(live, sio, max_inflight=3)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    sid = json.loads((await raw.recv())[2:])["sid"]
+    consumer = sio._sockets[sid].consumer
+    await raw.send('42["slow"]')
+    for n in range(8):
+        await raw.send(f'42{n}["count",{n}]')
+    assert await until(lambda: len(consumer._turns or ()) == 3)
+    assert not await until(lambda: len(consumer._turns or ()) > 3, 0.3)
+    gate.callback(None)
+    assert [await raw.recv() for _ in range(8)] == [f"43{n}[{n}]" for n in range(8)]
+    assert seen == list(range(8))
+    await raw.close()
 
 
 class _RecordingJson:
