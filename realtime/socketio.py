@@ -2706,7 +2706,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             if socket.waiting is not None:  # connected for its client (always_connect)
                 if kind == ACK or kind == BINARY_ACK:  # (the handler may wait for one)
                     return self._acked(socket, packet)
-                return self._after_connect(socket, packet)
+                self._spawn(self._after_connect(socket, packet), "a packet's handling")
+                return None
             return self._drop(socket) if kind == DISCONNECT else None  # only that counts
         if kind == EVENT or kind == BINARY_EVENT:
             self._event(socket, packet)
@@ -2766,9 +2767,9 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
 
     async def _after_connect(self, socket: _Socket, packet: Packet) -> None:
         """``always_connect``: a packet of a namespace whose CONNECT was answered while its
-        connect handler runs waits for it, and the connection's next packets behind it, as
-        in python-socketio (which runs the handler where the CONNECT is read); then it is
-        the namespace's, or dropped with the socket the handler refused."""
+        connect handler runs waits for it (a task of the connection: its other namespaces,
+        pongs and ACKs go on; python-socketio holds them all), in order; then it is the
+        namespace's, or dropped with the socket the handler refused."""
         if socket.waiting is not None:
             woken: Deferred[None] = Deferred()
             socket.waiting.append(woken)

@@ -568,6 +568,39 @@ async def test_always_connect_answers_first_and_a_refusal_is_a_disconnect(live):
         rsio.AsyncServer(always_connect="yes")
 
 
+@pytest_twisted.ensureDeferred
+async def test_always_connect_holds_only_the_namespace_behind_its_handler(live):
+    """``always_connect=True``, a slow connect handler: the packets of its namespace wait
+    for it (in order), and nothing else of the connection does: Engine.IO's pongs (it
+    outlasts ping_interval + ping_timeout), another namespace's CONNECT and events."""
+    sio = quick_server(always_connect=True, namespaces=["/chat"], ping_interval=0.2,
+                       ping_timeout=0.3)
+    gate: Deferred[None] = Deferred()
+
+    @sio.event
+    async def connect(sid, environ):
+        await gate
+
+    sio.on("echo", lambda sid, data: data)
+    sio.on("echo", lambda sid, data: data, namespace="/chat")
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    assert (await raw.recv()).startswith("40{")
+    await raw.send('421["echo","first"]')
+    await raw.send('422["echo","second"]')
+    for _ in range(3):
+        assert await raw.recv() == "2"
+        await raw.send("3")
+    await raw.send("40/chat,")
+    assert (await raw.recv()).startswith("40/chat,{")
+    await raw.send('42/chat,3["echo","there"]')
+    assert await raw.recv() == '43/chat,3["there"]'
+    gate.callback(None)
+    assert [await raw.recv(), await raw.recv()] == ['431["first"]', '432["second"]']
+    await raw.close()
+
+
 @pytest.fixture
 def node_client() -> None:
     """Node and socket.io-client in tests/.node: skipped without them, failed under CI=true
