@@ -191,21 +191,15 @@ def _reconstruct(data: Any, attachments: list[bytes]) -> Any:
 
 
 def encode_packet(kind: int, namespace: str = "/", data: Any = None,
-                  ack_id: int | None = None, allow_nan: bool = True,
-                  json: Any = None) -> tuple[str, list[bytes]]:
+                  ack_id: int | None = None, allow_nan: bool = True) -> tuple[str, list[bytes]]:
     """One Socket.IO packet as its Engine.IO text frame and its binary frames (bytes in
     ``data`` become attachments, EVENT/ACK become BINARY_EVENT/BINARY_ACK). Not
     ``allow_nan``: NaN and the infinities are a ``ValueError`` (JavaScript's
-    ``JSON.parse`` refuses them). ``json``: a module whose ``dumps`` writes the data
-    (``AsyncServer(json=)``; ``allow_nan`` is then its own business)."""
+    ``JSON.parse`` refuses them)."""
     attachments: list[bytes] = []
     try:
         if data is None:
             payload = None
-        elif json is not None:  # bytes out first, as python-socketio's Packet does
-            if kind == EVENT or kind == ACK:
-                data = _deconstruct(data, attachments)
-            payload = _dumps_with(json, data)
         elif kind != EVENT and kind != ACK:
             payload = compact_json(data, allow_nan)
         else:
@@ -235,35 +229,61 @@ _HEADS = tuple(f"{_EIO_MESSAGE}{kind}" for kind in range(7))
 _JSON = json.JSONDecoder(parse_constant=refuse_constant)
 
 
-def _dumps_with(module: Any, data: Any) -> str:
-    """``data`` as JSON text by an ``AsyncServer(json=)`` module (python-socketio's call:
-    ``dumps(data, separators=(",", ":"))``; bytes it returns are taken as UTF-8)."""
-    text = module.dumps(data, separators=(",", ":"))
-    if isinstance(text, bytes | bytearray):
-        text = bytes(text).decode("utf-8")
-    if not isinstance(text, str):
-        raise TypeError(f"the json module's dumps() returned {type(text).__name__}, not str")
-    return text
+def _encode_with(module: Any, kind: int, namespace: str = "/", data: Any = None,
+                 ack_id: int | None = None) -> tuple[str, list[bytes]]:
+    """``encode_packet`` with an ``AsyncServer(json=)`` module's ``dumps`` (python-
+    socketio's call: ``dumps(data, separators=(",", ":"))``, the bytes taken out first;
+    bytes it returns are taken as UTF-8)."""
+    attachments: list[bytes] = []
+    payload = None
+    if data is not None:
+        try:
+            if kind == EVENT or kind == ACK:
+                data = _deconstruct(data, attachments)
+            payload = module.dumps(data, separators=(",", ":"))
+        except RecursionError:
+            raise ValueError("data nested too deeply to send") from None
+        if isinstance(payload, bytes | bytearray):
+            payload = bytes(payload).decode("utf-8")
+        if not isinstance(payload, str):
+            raise TypeError(f"the json module's dumps() returned {type(payload).__name__}, "
+                            "not str")
+    head = _HEADS[kind]
+    if attachments:
+        head = f"{_HEADS[BINARY_EVENT if kind == EVENT else BINARY_ACK]}{len(attachments)}-"
+    if namespace != "/":
+        head += namespace + ","
+    if ack_id is not None:
+        head += str(ack_id)
+    return head if payload is None else head + payload, attachments
 
 
-def _loads_with(module: Any, text: str) -> Any:
-    """A client's JSON read by an ``AsyncServer(json=)`` module, held to what ``_JSON``
-    guarantees: whatever it raises (RecursionError too) is ``_Malformed``, and so are NaN
-    and the infinities it may take (``math.isfinite`` over every number)."""
-    try:
-        data = module.loads(text)
-    except Exception:
-        raise _Malformed("invalid JSON (or nested too deeply)") from None
-    stack = [data]
-    while stack:  # (a loop, not recursion: as deep as the module nested it)
-        item = stack.pop()
-        if isinstance(item, list | tuple):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, float | decimal.Decimal) and not math.isfinite(item):
-            raise _Malformed("NaN or Infinity in JSON")
-    return data
+class _Loads:
+    """An ``AsyncServer(json=)`` module's ``loads`` as ``decode_packet``'s ``decoder``,
+    held to what ``_JSON`` guarantees: whatever it raises (RecursionError too) is
+    ``_Malformed``, and so are NaN and the infinities it may take (``math.isfinite`` over
+    every number)."""
+
+    __slots__ = ("module",)
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def decode(self, text: str) -> Any:
+        try:
+            data = self.module.loads(text)
+        except Exception:
+            raise _Malformed("invalid JSON (or nested too deeply)") from None
+        stack = [data]
+        while stack:  # (a loop, not recursion: as deep as the module nested it)
+            item = stack.pop()
+            if isinstance(item, list | tuple):
+                stack.extend(item)
+            elif isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, float | decimal.Decimal) and not math.isfinite(item):
+                raise _Malformed("NaN or Infinity in JSON")
+        return data
 
 
 #: ``decode_packet``'s common shape: ``2[...]`` or ``2<ack id>[...]`` (the generic path
@@ -286,14 +306,14 @@ class Packet:
         self.attachments: list[bytes] = []
 
 
-def decode_packet(text: str, strict: bool = True, json: Any = None) -> Packet:
+def decode_packet(text: str, strict: bool = True, decoder: Any = _JSON) -> Packet:
     """A Socket.IO packet (an Engine.IO message's payload); ``_Malformed`` if it is not
-    one a client may send (not ``strict``: any packet, a server's too). ``json``: a
-    module whose ``loads`` reads the data (``AsyncServer(json=)``, ``_loads_with``)."""
-    head = _EVENT_HEAD.match(text) if json is None else None
+    one a client may send (not ``strict``: any packet, a server's too). ``decoder``'s
+    ``decode`` reads its JSON (``AsyncServer(json=)``: ``_Loads``)."""
+    head = _EVENT_HEAD.match(text)
     if head is not None:  # an EVENT to "/", with or without an ack id: most packets
         try:
-            data: Any = _JSON.decode(text[head.end() - 1:])
+            data: Any = decoder.decode(text[head.end() - 1:])
         except (ValueError, RecursionError):
             raise _Malformed("invalid JSON (or nested too deeply)") from None
         if strict:
@@ -332,11 +352,9 @@ def decode_packet(text: str, strict: bool = True, json: Any = None) -> Packet:
         ack_id = int(text[i:j])
     rest = text[j:]
     data = None
-    if rest and json is not None:
-        data = _loads_with(json, rest)
-    elif rest:
+    if rest:
         try:
-            data = _JSON.decode(rest)
+            data = decoder.decode(rest)
         except (ValueError, RecursionError):
             # (NaN and the infinities too: relayed, they would break the browsers they reach)
             raise _Malformed("invalid JSON (or nested too deeply)") from None
@@ -1178,6 +1196,10 @@ class AsyncServer:
                              "(python-socketio's Packet subclasses are not supported)")
         #: ``serializer="msgpack"``: every Socket.IO packet is one binary message.
         self.msgpack = serializer == "msgpack"
+        if self.msgpack:
+            self.json = None  # (python-socketio's msgpack packets take no json module)
+        #: Not the built-in JSON codec (``_encode``): msgpack or a ``json=`` module.
+        self._codec = self.msgpack or self.json is not None
         if ping_interval <= 0 or ping_timeout <= 0 or max_http_buffer_size <= 0:
             raise ValueError("ping_interval, ping_timeout and max_http_buffer_size are > 0")
         self.namespaces: str | set[str] = (
@@ -1348,9 +1370,11 @@ class AsyncServer:
                 ack_id: int | None = None) -> tuple[str | bytes, list[bytes]]:
         """A packet in this server's serializer: JSON text and its attachments, or one
         msgpack message."""
+        if not self._codec:
+            return encode_packet(kind, namespace, data, ack_id)
         if self.msgpack:
             return encode_msgpack_packet(kind, namespace, data, ack_id), []
-        return encode_packet(kind, namespace, data, ack_id, json=self.json)
+        return _encode_with(self.json, kind, namespace, data, ack_id)
 
     async def emit(self, event: str, data: Any = None, to: Any = None, room: Any = None,
                    skip_sid: str | Iterable[str] | None = None, namespace: str | None = None,
@@ -1375,12 +1399,14 @@ class AsyncServer:
             # Node's: the packet's offset as its last argument (the client's position).
             offset = self._recovery.new_offset()
             args.append(offset)
-        if self.msgpack:
-            text: str | bytes = encode_msgpack_packet(EVENT, namespace, [event, *args])
-            attachments: list[bytes] = []
-        else:
-            text, attachments = encode_packet(EVENT, namespace, [event, *args],
-                                              json=self.json)
+        text: str | bytes
+        attachments: list[bytes]
+        if not self._codec:
+            text, attachments = encode_packet(EVENT, namespace, [event, *args])
+        elif self.msgpack:
+            text, attachments = encode_msgpack_packet(EVENT, namespace, [event, *args]), []
+        else:  # a json= module
+            text, attachments = _encode_with(self.json, EVENT, namespace, [event, *args])
         await self._send_packet(text, attachments, namespace,
                                 to if to is not None else room, skip_sid, offset)
         if self._admin is not None:
@@ -2401,8 +2427,13 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self._connect_deadline: Any = None
         #: The server's ``serializer="msgpack"`` (read by ``_send``, for every packet).
         self._msgpack = self.server is not None and self.server.msgpack
-        #: The server's ``json=`` module (None: the built-in codec).
-        self._json = None if self.server is None else self.server.json
+        #: What reads a text Socket.IO packet but the built-in codec: the server's
+        #: ``json=`` module (``_Loads``), or True with msgpack (text packets refused).
+        self._text_codec: Any = None
+        if self._msgpack:
+            self._text_codec = True
+        elif self.server is not None and self.server.json is not None:
+            self._text_codec = _Loads(self.server.json)
         #: ``async_handlers=False``: the packets waiting for the one being handled
         #: (``_in_turn``); None while none is.
         self._turns: deque[Packet] | None = None
@@ -2658,11 +2689,22 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             self._refuse(CLOSE_MALFORMED, "a text frame while attachments were awaited")
             return
         kind = text_data[:1]
-        if kind == _EIO_MESSAGE and self._msgpack:
-            self._refuse(CLOSE_MALFORMED, "a text packet with the msgpack serializer")
+        if kind == _EIO_MESSAGE and self._text_codec:
+            if self._msgpack:
+                self._refuse(CLOSE_MALFORMED, "a text packet with the msgpack serializer")
+                return
+            try:  # (a json= module's loads)
+                packet = decode_packet(text_data[1:], True, self._text_codec)
+            except _Malformed as exc:
+                self._refuse(CLOSE_MALFORMED, str(exc))
+                return
+            if packet.missing:
+                self._pending = packet
+                return
+            await self._handle(packet)
         elif kind == _EIO_MESSAGE:
             try:
-                packet = decode_packet(text_data[1:], json=self._json)
+                packet = decode_packet(text_data[1:])
             except _Malformed as exc:
                 self._refuse(CLOSE_MALFORMED, str(exc))
                 return

@@ -837,6 +837,7 @@ async def test_a_json_module_writes_and_reads_the_packets(live):
         await raw.send(bad)
         assert (await raw.closed())[0] == 1002, bad[:20]
     assert rsio.AsyncServer(json=json).json is None  # the standard library's: built in
+    assert rsio.AsyncServer(json=module, serializer="msgpack").json is None  # (unused there)
     with pytest.raises(TypeError, match="dumps"):
         rsio.AsyncServer(json=gc)  # (a module, but no dumps/loads)
 
