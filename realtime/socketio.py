@@ -30,7 +30,6 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
-import dataclasses
 import decimal
 import functools
 import gzip
@@ -38,6 +37,7 @@ import hashlib
 import inspect
 import json
 import math
+import os
 import re
 import secrets
 import types
@@ -929,20 +929,23 @@ class AsyncManager:
 
 class AsyncRedisManager(AsyncManager):
     """python-socketio's ``AsyncRedisManager(url, channel=...)`` as ``AsyncServer(
-    client_manager=)``: the server's layer must be on that Redis (``--layer`` the same
-    URL; its password and ``ssl_ca_certs`` aside), checked when the server first meets its
-    layer (its construction with ``channel_layer=`` or under twistd, else its first
-    connection or emit): a ``ValueError`` naming both, so a ported app never runs on one
-    process's memory while it believes its rooms are shared. ``channel`` (python-socketio's
-    separation of apps on one Redis) is the layer's ``prefix=`` here: python-socketio's
-    default, "socketio", goes with any prefix; another must be ``--layer ...?prefix=``
-    the same. ``write_only=True`` (an emitter outside the server) is
-    ``realtime.socketio.Emitter``'s work: a ``ValueError`` as a ``client_manager``."""
+    client_manager=)``: the server's layer must be on that Redis, checked when the server
+    first meets its layer (its construction with ``channel_layer=`` or under twistd, else
+    its first connection or emit): a ``ValueError`` naming both, so a ported app never runs
+    on one process's memory while it believes its rooms are shared. ``url`` is read as
+    python-socketio reads it (redis-py's and valkey's forms, python-socketio's
+    ``redis+sentinel://h1:p1,h2:p2/db/service``) and compared by where it leads
+    (``_same_redis``: user, password and connection options aside); one of a sharded
+    layer's servers or of a cluster's nodes is that layer's Redis too. ``channel``
+    (python-socketio's separation of apps on one Redis) is the layer's ``prefix=`` here:
+    python-socketio's default, "socketio", goes with any prefix; another must be
+    ``--layer ...?prefix=`` the same. ``write_only=True`` (an emitter outside the server)
+    is ``realtime.socketio.Emitter``'s work: a ``ValueError`` as a ``client_manager``."""
 
     def __init__(self, url: str = "redis://localhost:6379/0", channel: str = "socketio",
                  write_only: bool = False, logger: Any = None,
                  redis_options: dict[str, Any] | None = None) -> None:
-        from realtime.layers.redis import parse_url, redact_url
+        from realtime.layers.redis import redact_url
 
         if not isinstance(url, str):
             raise TypeError(f"AsyncRedisManager's url is a str, not {type(url).__name__}")
@@ -951,35 +954,33 @@ class AsyncRedisManager(AsyncManager):
         if redis_options:
             raise TypeError("AsyncRedisManager(redis_options=): the layer's Redis connection "
                             "is --layer's (its URL takes db=, password=, ssl_ca_certs=)")
-        try:
-            self.address, options = parse_url(url)
-        except ValueError as exc:
-            raise ValueError(f"AsyncRedisManager: {exc}") from None
-        if options:
-            raise ValueError(f"AsyncRedisManager({redact_url(url)!r}): "
-                             f"{', '.join(sorted(options))} is a --layer option")
         self.url = redact_url(url)
         self.channel = channel
+        self.address = _manager_address(url, channel, self.url)
         self.write_only = bool(write_only)
 
     def _mismatch(self, layer: Any) -> str | None:
         from realtime.layers.redis import RedisAddress
 
         address = getattr(layer, "address", None)
-        where = dataclasses.replace(self.address, username=None, password=None,
-                                    ca_certs=None)
-        if not isinstance(address, RedisAddress) or dataclasses.replace(
-                address, username=None, password=None, ca_certs=None) != where:
+        shards = getattr(address, "shards", None)  # a sharded layer's servers
+        theirs = ([shard.address for shard in shards] if shards is not None
+                  else [address] if isinstance(address, RedisAddress) else [])
+        if not any(_same_redis(self.address, one) for one in theirs):
             described = (address.describe() if address is not None
                          else f"{type(layer).__name__} (--layer memory)")
             return (f"client_manager=AsyncRedisManager({self.url!r}), but the server's "
                     f"channel layer is {described}: realtime's layer carries what the "
-                    f"manager did; run with --layer {self.url} (or drop client_manager=)")
+                    f"manager did; run with --layer {_layer_url(self.address)} (with its "
+                    f"password, if any; or drop client_manager=)")
         prefix = getattr(layer, "prefix", None)
+        if prefix is None and shards:
+            prefix = shards[0].prefix
         if self.channel != "socketio" and self.channel != prefix:
             return (f"client_manager=AsyncRedisManager(channel={self.channel!r}) keeps apps "
                     f"apart on one Redis, which the layer's prefix does here (it is "
-                    f"{prefix!r}): run with --layer {self.url}?prefix={self.channel}")
+                    f"{prefix!r}): run with --layer "
+                    f"{_layer_url(self.address, prefix=self.channel)}")
         return None
 
     async def emit(self, *args: Any, **kwargs: Any) -> None:
@@ -987,6 +988,125 @@ class AsyncRedisManager(AsyncManager):
             "realtime.socketio.AsyncRedisManager is an AsyncServer's client_manager only: "
             "to emit from outside the server use realtime.socketio.Emitter(server_url, "
             "api_key), or an AsyncServer on the same --layer")
+
+
+def _manager_address(url: str, channel: str, shown: str) -> Any:
+    """Where python-socketio's ``AsyncRedisManager(url)`` leads, as a ``RedisAddress``:
+    its URL read as redis-py reads it (the host "localhost", port 6379 and db 0 unless
+    given; ``?db=`` before the path's; other options aside), ``valkey`` schemes as
+    ``redis`` ones, a sentinel URL as python-socketio reads it (``/db/service``; no
+    service: ``channel``). ``redis+cluster://`` (realtime's) as ``--layer`` reads it.
+    ``ValueError`` for what python-socketio would not take."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    from realtime.layers.redis import RedisAddress, parse_url
+
+    where = f"AsyncRedisManager({shown!r})"
+    scheme = url.partition("://")[0].lower()
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        try:
+            address, options = parse_url(url)
+        except ValueError as exc:
+            raise ValueError(f"AsyncRedisManager: {exc}") from None
+        if options:
+            raise ValueError(f"{where}: {', '.join(sorted(options))} is a --layer option")
+        return address
+    base, _, extra = scheme.partition("+")
+    base = {"valkey": "redis", "valkeys": "rediss"}.get(base, base)
+    if (base not in ("redis", "rediss", "unix") or "://" not in url
+            or extra not in ("", "sentinel") or (extra and base != "redis")):
+        raise ValueError(f"{where}: not a URL scheme python-socketio's AsyncRedisManager "
+                         "takes (redis://, rediss://, unix://, redis+sentinel://, valkey's)")
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    for option in ("capacity", "prefix", "partitions"):
+        if option in query:
+            raise ValueError(f"{where}: {option}= is a --layer option")
+
+    def number(text: str, what: str, top: int) -> int:
+        if not text.isdigit() or int(text) > top:
+            raise ValueError(f"{where}: {what} {text!r} is not a number from 0 to {top}")
+        return int(text)
+
+    db_query = query.get("db", [""])[0]
+    if base == "unix":
+        return RedisAddress("unix", path=unquote(parts.path),
+                            db=number(db_query, "the db", 2**31) if db_query else 0)
+    if extra == "sentinel":  # python-socketio's parse_redis_sentinel_url
+        sentinels = []
+        for host_port in parts.netloc.rpartition("@")[2].split(","):
+            host, colon, port_text = host_port.rpartition(":")
+            if not colon or host_port.endswith("]"):
+                host, port_text = host_port, "26379"
+            sentinels.append((host.strip("[]"), number(port_text, "the port", 65535)))
+        path = parts.path.split("/")
+        db_text = path[1] if len(path) > 1 else ""
+        if db_text and not db_text.isdigit():
+            raise ValueError(f"{where}: python-socketio's sentinel URL is "
+                             "redis+sentinel://h1:p1,h2:p2/db/service (the db first)")
+        return RedisAddress("sentinel", sentinels=tuple(sentinels),
+                            master=unquote(path[2]) if len(path) > 2 and path[2] else channel,
+                            db=number(db_text, "the db", 2**31) if db_text else 0)
+    try:
+        tcp_port = parts.port or 6379
+    except ValueError:
+        raise ValueError(f"{where}: the port is not a number from 1 to 65535") from None
+    db_path = unquote(parts.path).replace("/", "")
+    return RedisAddress(
+        "tcp", host=unquote(parts.hostname or "localhost"), port=tcp_port,
+        db=number(db_query or db_path, "the db", 2**31) if db_query or db_path else 0,
+        tls=base == "rediss")
+
+
+#: The names of this host's loopback address (``_same_redis``).
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _host_key(host: str) -> str:
+    host = host.lower().strip("[]").rstrip(".")
+    return "localhost" if host in _LOOPBACK else host
+
+
+def _same_redis(mine: Any, theirs: Any) -> bool:
+    """Whether two ``RedisAddress``es lead to the same Redis (names as written, but a
+    host's case and this host's loopback names; a sentinel deployment by its master, db
+    and any sentinel in common; a cluster by any node in common, or one of its nodes)."""
+    def hosts(pairs: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
+        return {(_host_key(host), port) for host, port in pairs}
+
+    if theirs.kind == "cluster" and mine.kind in ("tcp", "cluster"):
+        mine_nodes = (hosts(mine.nodes) if mine.kind == "cluster"
+                      else hosts([(mine.host, mine.port)]) if mine.db == 0 else set())
+        return mine.tls == theirs.tls and bool(mine_nodes & hosts(theirs.nodes))
+    if mine.kind != theirs.kind:
+        return False
+    if mine.kind == "unix":
+        return (os.path.normpath(mine.path), mine.db) == (os.path.normpath(theirs.path),
+                                                          theirs.db)
+    if mine.kind == "sentinel":
+        return ((mine.master, mine.db) == (theirs.master, theirs.db)
+                and bool(hosts(mine.sentinels) & hosts(theirs.sentinels)))
+    return ((_host_key(mine.host), mine.port, mine.db, mine.tls)
+            == (_host_key(theirs.host), theirs.port, theirs.db, theirs.tls))
+
+
+def _layer_url(address: Any, prefix: str | None = None) -> str:
+    """A ``--layer`` URL for ``address`` (no password), with ``prefix=``."""
+    from realtime.layers.redis import _host_port
+
+    if address.kind == "unix":
+        url = f"unix://{address.path}" + (f"?db={address.db}" if address.db else "")
+    elif address.kind == "sentinel":
+        hosts = ",".join(_host_port(host, port) for host, port in address.sentinels)
+        url = f"redis+sentinel://{hosts}/{address.master}/{address.db}"
+    elif address.kind == "cluster":
+        hosts = ",".join(_host_port(host, port) for host, port in address.nodes)
+        url = f"{'rediss' if address.tls else 'redis'}+cluster://{hosts}"
+    else:
+        url = address.describe()
+    if prefix is not None:
+        url += ("&" if "?" in url else "?") + f"prefix={prefix}"
+    return url
 
 
 def _manager(client_manager: Any) -> AsyncManager | None:
@@ -2302,7 +2422,8 @@ class PollingConsumer(AsyncHttpConsumer):
             await self._error(400, _BAD_REQUEST)
 
     async def _open(self) -> None:
-        if self.channel_layer is None or not self._server._layer_ok(self.channel_layer):
+        if self.channel_layer is None or (self._server._manager is not None
+                                          and not self._server._layer_ok(self.channel_layer)):
             if self.channel_layer is None:
                 log.error("realtime.socketio needs a channel layer")
             await self.send_response(500, b"")
@@ -2458,8 +2579,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             log.error("realtime.socketio needs a channel layer")
             raise Refuse(500)
         server = self._server
-        if not server._layer_ok(self.channel_layer):  # client_manager= names another
-            raise Refuse(500)
+        if server._manager is not None and not server._layer_ok(self.channel_layer):
+            raise Refuse(500)  # (client_manager= names another Redis: logged)
         if params.get("sid"):  # the upgrade of a polling session (of this process)
             session = server._polling.get(params["sid"])
             if session is None or not server.allow_upgrades or not session.begin_upgrade(

@@ -1069,9 +1069,82 @@ async def test_client_manager_is_accepted_only_where_it_is_the_layer(live, redis
     with pytest.raises(TypeError, match="--layer"):
         rsio.AsyncRedisManager(redis_url, redis_options={"socket_timeout": 5})
     with pytest.raises(ValueError, match="AsyncRedisManager"):
-        rsio.AsyncRedisManager("valkey://localhost")
+        rsio.AsyncRedisManager("memcached://localhost")
     with pytest.raises(TypeError, match="client_manager"):
         rsio.AsyncServer(client_manager=object())
+
+
+#: (python-socketio's ``AsyncRedisManager`` URL, the server's ``--layer``): the same Redis.
+SAME_REDIS = [
+    ("redis://localhost:6379/0", "redis://127.0.0.1:6379/0"),  # python-socketio's default
+    ("redis://", "redis://127.0.0.1:6379"),  # (its docs: "for a default Redis store")
+    ("redis://127.0.0.1", "redis://localhost:6379/0"),
+    ("redis://[::1]:6379/0", "redis://127.0.0.1:6379/0"),
+    ("redis://Cache.Example:6380/2", "redis://cache.example:6380/2"),
+    ("redis://:secret@cache.example:6380/2", "redis://user:other@cache.example:6380/2"),
+    ("redis://cache.example:6380?db=2", "redis://cache.example:6380/2"),  # (redis-py's)
+    ("redis://cache.example:6380/0?db=2&socket_timeout=5", "redis://cache.example:6380/2"),
+    ("valkey://cache.example:6380/2", "redis://cache.example:6380/2"),
+    ("valkeys://cache.example/1", "rediss://cache.example:6379/1"),
+    ("unix:///run/redis.sock?db=3", "unix:///run/redis.sock?db=3"),
+    # python-socketio's sentinel form (db, then the master; without it the channel)
+    ("redis+sentinel://s1:26379,s2:26380/0/mymaster", "redis+sentinel://s2:26380,s1/mymaster"),
+    ("redis+sentinel://s1:26379/4", "redis+sentinel://s1:26379/socketio/4"),
+    ("valkey+sentinel://s1:26379/0/mymaster", "redis+sentinel://s1:26379,s3:26379/mymaster/0"),
+    # one of the servers a sharded layer spreads its groups over, a node of a cluster's
+    ("redis://b.example:6379", "redis://a.example:6379 redis://b.example:6379"),
+    ("redis://n2.example:7001", "redis+cluster://n1.example:7000,n2.example:7001"),
+]
+#: ... and not the same one.
+OTHER_REDIS = [
+    ("redis://localhost:6379/0", "redis://127.0.0.1:6379/1"),
+    ("redis://localhost:6379/0", "redis://127.0.0.1:6380/0"),
+    ("redis://cache.example:6379/0", "redis://other.example:6379/0"),
+    ("rediss://cache.example:6379/0", "redis://cache.example:6379/0"),
+    ("redis://cache.example:6379/0?db=3", "redis://cache.example:6379/0"),
+    ("unix:///run/redis.sock", "unix:///run/other.sock"),
+    ("unix:///run/redis.sock", "redis://localhost:6379/0"),
+    ("redis+sentinel://s1:26379/0/mymaster", "redis+sentinel://s1:26379/other/0"),
+    ("redis+sentinel://s1:26379/0/mymaster", "redis+sentinel://s1:26379/mymaster/1"),
+    ("redis+sentinel://s1:26379/0/mymaster", "redis+sentinel://s9:26379/mymaster/0"),
+    ("redis://c.example:6379", "redis://a.example:6379 redis://b.example:6379"),
+    ("redis://n3.example:7002", "redis+cluster://n1.example:7000,n2.example:7001"),
+    ("redis://n1.example:7000/1", "redis+cluster://n1.example:7000,n2.example:7001"),
+]
+
+
+@pytest.mark.parametrize("url,layer_url", SAME_REDIS)
+def test_async_redis_manager_takes_python_socketios_urls_for_the_layers_redis(url, layer_url):
+    """``AsyncRedisManager(url)`` reads its URL as python-socketio (and redis-py, valkey)
+    do, and compares where it leads with the layer's Redis: spelt otherwise (loopback
+    names, a host's case, no db, the db in the query, python-socketio's sentinel path),
+    it is accepted; so is one of a sharded layer's servers or of a cluster's nodes."""
+    from realtime.layers import layer_from_url
+
+    layer = layer_from_url(layer_url)  # (connects nothing: only its address counts)
+    sio = rsio.AsyncServer(client_manager=rsio.AsyncRedisManager(url), channel_layer=layer)
+    assert sio.channel_layer is layer
+
+
+@pytest.mark.parametrize("url,layer_url", OTHER_REDIS)
+def test_async_redis_manager_refuses_another_redis_naming_both(url, layer_url):
+    from realtime.layers import layer_from_url
+
+    layer = layer_from_url(layer_url)
+    with pytest.raises(ValueError, match=r"client_manager=AsyncRedisManager.* run with --layer"):
+        rsio.AsyncServer(client_manager=rsio.AsyncRedisManager(url), channel_layer=layer)
+
+
+def test_async_redis_manager_refuses_what_python_socketio_would_not_take():
+    """A scheme python-socketio does not know, a sentinel URL in realtime's order (the
+    master before the db: python-socketio reads ``int(master)``), realtime's own
+    ``--layer`` options: a ``ValueError`` saying so."""
+    for url, words in [("http://localhost", "scheme"), ("memcached://x", "scheme"),
+                       ("redis+sentinel://s1:26379/mymaster/0", "/db/service"),
+                       ("redis://localhost/0?prefix=app", "--layer option"),
+                       ("redis://localhost/x", "db"), ("redis://localhost:99999", "port")]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            rsio.AsyncRedisManager(url)
 
 
 def test_the_options_left_ignored_are_accepted():
