@@ -2489,9 +2489,10 @@ class PollingConsumer(AsyncHttpConsumer):
     def _compressed(self, body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
         """python-engineio's ``http_compression``: ``body`` gzipped or deflated (zlib's
         format, as HTTP's "deflate" is), the first of the two the request's
-        ``Accept-Encoding`` lists without ``q=0``, when it comes out smaller. Only what is
-        sent is compressed (nothing inflates a client's body); ``--max-send-buffer``
-        counted the packets before."""
+        ``Accept-Encoding`` lists without ``q=0``, when it comes out smaller (``Vary:
+        Accept-Encoding`` either way). Only what is sent is compressed (nothing inflates a
+        client's body); ``--max-send-buffer`` counted the packets before."""
+        headers.append((b"Vary", b"Accept-Encoding"))  # (compressed or not: it decided)
         encoding = _accepted_encoding(self.scope)
         if encoding is None:
             return body

@@ -994,6 +994,34 @@ async def test_polling_responses_are_compressed_as_python_engineio_does(live):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_compressed_poll_varies_on_accept_encoding_with_its_own_length(live):
+    """A polling answer whose coding depended on ``Accept-Encoding`` (one of
+    ``compression_threshold`` bytes or more, compressed or not) says ``Vary:
+    Accept-Encoding`` (beside CORS's ``Vary: Origin``); a smaller one does not; the
+    ``Content-Length`` is the compressed body's."""
+    import gzip
+
+    from tests.test_socketio import Polling
+
+    sio = quick_server(cors_allowed_origins="*")
+    url = await start(live, sio)
+    session = await Polling.open(url)
+    for accept, coding in [("gzip", "gzip"), ("br", None)]:
+        await sio.emit("big", "x" * 3000, to=session.socket_sid)
+        status, headers, body = await in_thread(_request, session.base, "GET", b"", {
+            "Accept-Encoding": accept, "Origin": "https://app.example"})
+        assert status == 200 and headers.get("Content-Encoding") == coding
+        assert int(headers["Content-Length"]) == len(body)
+        assert sorted(headers.get_all("Vary")) == ["Accept-Encoding", "Origin"]
+        if coding == "gzip":
+            assert len(body) < 3000 and gzip.decompress(body).startswith(b'42["big"')
+    await sio.emit("small", "y", to=session.socket_sid)
+    _, headers, _ = await in_thread(_request, session.base, "GET", b"",
+                                    {"Accept-Encoding": "gzip"})
+    assert headers.get_all("Vary") is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_cors_credentials_follows_the_option(live):
     """``cors_credentials`` (True by default, as python-engineio's): an allowed origin's
     polling answers (the preflight too) carry ``Access-Control-Allow-Credentials: true``;
