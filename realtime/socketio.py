@@ -1139,8 +1139,9 @@ def _check_cookie(cookie: Any) -> dict[str, Any] | None:
     """``AsyncServer(cookie=)`` as python-engineio takes it: a name (then ``path=/;
     SameSite=Lax``) or a dict of attributes (``name``, default "io"); each value a str,
     True (the attribute alone), False or None (left out) or a callable giving one of those
-    at each handshake. What could break the header is a ``ValueError`` now."""
-    if cookie is None:
+    at each handshake; an empty one none, as there. What could break the header is a
+    ``ValueError`` now."""
+    if cookie is None or cookie == "" or cookie == {}:
         return None
     if isinstance(cookie, str):
         cookie = {"name": cookie, "path": "/", "SameSite": "Lax"}

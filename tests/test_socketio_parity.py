@@ -916,6 +916,10 @@ async def test_the_cookie_is_set_on_the_polling_handshake(live):
     _, headers, _ = await in_thread(_request, f"{(await start(live, quick_server()))}"
                                               "/socket.io/?EIO=4&transport=polling")
     assert headers.get_all("Set-Cookie") is None  # none by default
+    for off in ("", {}):  # (python-engineio: ``if self.cookie``)
+        _, headers, _ = await in_thread(_request, f"{(await start(live, quick_server(cookie=off)))}"
+                                                  "/socket.io/?EIO=4&transport=polling")
+        assert headers.get_all("Set-Cookie") is None, off
     for bad, error in [(True, TypeError), ({"name": "a b"}, ValueError),
                        ({"path": "/;x"}, ValueError), ({"Max-Age": 60}, TypeError),
                        ({"Path": "/\r\nX: y"}, ValueError), ({"bad attr": "x"}, ValueError)]:
