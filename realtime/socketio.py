@@ -2906,6 +2906,15 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                 packet = turns.popleft()
                 self._wake()  # (a receive waiting in ``_turn_room``)
                 socket = self._sockets.get(packet.namespace)
+                if socket is not None and socket.waiting is not None:
+                    # always_connect: its connect handler runs; the packets behind wait
+                    # too (one order for the connection, as in python-socketio)
+                    woken: Deferred[None] = Deferred()
+                    socket.waiting.append(woken)
+                    await woken
+                    if self._conn.closing_or_closed:
+                        break
+                    socket = self._sockets.get(packet.namespace)
                 try:
                     if (packet.kind == EVENT or packet.kind == BINARY_EVENT) and (
                             socket is not None and not socket.pending):

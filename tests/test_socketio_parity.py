@@ -761,6 +761,47 @@ async def test_async_handlers_false_holds_events_not_pings_acks_or_the_close(liv
 
 
 @pytest_twisted.ensureDeferred
+async def test_async_handlers_false_with_always_connect_keeps_the_order(live):
+    """``async_handlers=False`` and ``always_connect=True``: a packet of a namespace whose
+    connect handler runs holds the ones behind it (python-socketio's one order for the
+    connection), so a namespace's events are handled in the order they came even when
+    another namespace's slow handler was between them."""
+    sio = quick_server(async_handlers=False, always_connect=True, namespaces=["/a", "/b"])
+    connecting: Deferred[None] = Deferred()
+    slow_gate: Deferred[None] = Deferred()
+    handled: list[int] = []
+
+    @sio.on("connect", namespace="/a")
+    async def connect_a(sid, environ):
+        await connecting
+
+    @sio.on("e", namespace="/a")
+    async def event_a(sid, n):
+        handled.append(n)
+
+    @sio.on("slow", namespace="/b")
+    async def slow_b(sid, n):
+        await slow_gate
+        handled.append(n)
+
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40/b,")
+    assert (await raw.recv()).startswith("40/b,{")
+    await raw.send("40/a,")
+    assert (await raw.recv()).startswith("40/a,{")
+    await raw.send('42/a,["e",1]')
+    await raw.send('42/b,["slow",2]')
+    await raw.send('42/a,["e",3]')
+    connecting.callback(None)
+    assert await until(lambda: handled == [1])
+    slow_gate.callback(None)
+    assert await until(lambda: len(handled) == 3)
+    assert handled == [1, 2, 3]
+    await raw.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_async_handlers_false_waits_past_max_inflight_packets(live):
     """``async_handlers=False`` with ``--max-inflight 3``: behind a slow handler, three
     packets wait, then the connection is not read (nothing more is held for it); released,
