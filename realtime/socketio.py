@@ -792,8 +792,8 @@ class _Socket:
         self.rooms: dict[str, Any] = {}  # group -> the room as given
         self.session: dict[Any, Any] = {}
         self.acks: dict[int, Callable[..., Any]] = {}
-        #: ``always_connect``: CONNECT was answered, its handler runs; the receives that
-        #: wait for it (``_after_connect``). None otherwise.
+        #: ``always_connect``: CONNECT was answered, its handler runs; the packets that
+        #: wait for it (``_after_connect``, ``_take_turns``). None otherwise.
         self.waiting: list[Deferred[None]] | None = None
 
 
@@ -2956,7 +2956,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
 
     @staticmethod
     def _connect_ended(socket: _Socket) -> None:
-        """The receives waiting behind ``socket``'s connect handler go on."""
+        """The packets waiting for ``socket``'s connect handler go on, in order."""
         waiting, socket.waiting = socket.waiting, None
         for woken in waiting or ():
             woken.callback(None)
