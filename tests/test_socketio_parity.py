@@ -513,6 +513,8 @@ async def test_always_connect_answers_first_and_a_refusal_is_a_disconnect(live):
     @sio.event
     async def connect(sid, environ, auth):
         order.append("connect")
+        if (auth or {}).get("token") == "boom":
+            raise RuntimeError("a bug in the handler")
         if (auth or {}).get("token") in ("nope", "later"):
             if auth["token"] == "later":  # (python-socketio's client ignores a DISCONNECT
                 await gate                # before its connect() returned)
@@ -529,6 +531,12 @@ async def test_always_connect_answers_first_and_a_refusal_is_a_disconnect(live):
     await raw.send('40{"token":"nope"}')
     assert (await raw.recv()).startswith('40{"sid":')
     assert await raw.recv() == "41"  # the refusal: no data, no CONNECT_ERROR
+    with captured_log() as events:  # a handler that raises: the same, and logged
+        await raw.send('40{"token":"boom"}')
+        assert (await raw.recv()).startswith('40{"sid":')
+        assert await raw.recv() == "41"
+    assert [str(e["log_failure"].value) for e in events if "log_failure" in e] == [
+        "a bug in the handler"]
     await raw.send("40")  # the namespace may connect again
     assert (await raw.recv()).startswith('40{"sid":')
     assert await raw.recv() == '42["hello","from connect"]'
