@@ -449,6 +449,10 @@ class Options(usage.Options):
         ["proxy-http-headers", None, "",
          "Headers of the client's handshake sent on to the proxies (e.g. 'Cookie "
          "Authorization Origin X-Forwarded-For'); default: none."],
+        ["pubsub-transports", None, None,
+         "realtime.pubsub: the transports served, of websocket, http_stream, sse, "
+         "uni_websocket, uni_sse, uni_http_stream (comma separated; default: all); a path "
+         "left off answers 404 (/emulation goes with http_stream or sse)."],
         ["rpc-namespace-boundary", None, None,
          "realtime.pubsub: what ends an RPC namespace's name in a method (default ':'; "
          "Centrifugo's rpc.namespace_boundary), with --rpc-namespace."],
@@ -1129,8 +1133,13 @@ class Options(usage.Options):
         from realtime import pubsub
 
         try:
+            transports = pubsub.parse_transports(self["pubsub-transports"]) \
+                if self["pubsub-transports"] is not None else None
+        except ValueError as exc:
+            raise StartupError(f"--pubsub-transports: {exc}") from None
+        try:
             pubsub.configure(self["namespace"], anonymous=bool(self["pubsub-anonymous"]),
-                             layer=layer)
+                             layer=layer, transports=transports)
         except ValueError as exc:
             raise StartupError(f"--namespace: {exc}") from None
         layer.max_groups_per_connection = _count(
