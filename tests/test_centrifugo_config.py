@@ -1,9 +1,11 @@
+# ruff: noqa: F811  (the fixtures imported from tests.test_pubsub*, taken as arguments)
 """``--centrifugo-config FILE`` (``realtime.centrifugo_config``): a Centrifugo v5 or v6 file
 in JSON, YAML or TOML becomes realtime's options; what realtime cannot honour stops
 start-up with one line naming the key, what it has no use for is one warning line each;
-the converter's TOML, given to ``--config``, makes the same options; and a real server
+the converter's TOML, given to ``--config``, makes the same options; a real server
 started on contrib/pubsub/config.json serves Centrifugo's own client and API with the
-file's secret and key."""
+file's secret and key; and one started in process on a v6 file with named proxies and RPC
+namespaces sends each subscribe and RPC to the real backend its proxy names."""
 
 from __future__ import annotations
 
@@ -17,12 +19,18 @@ from typing import Any
 
 import jwt
 import pytest
+import pytest_twisted
 import yaml
 
 from realtime import centrifugo_config
 from realtime.config import StartupError
 from realtime.tap import Options
+from tests.clients import http_get, in_thread
 from tests.e2e.support import REPO, run, start
+from tests.test_pubsub import pubsub_server, sdk_client, subscribed, token  # noqa: F401
+from tests.test_pubsub import run as run_sdk
+from tests.test_pubsub_proxy import backend  # noqa: F401 (a fixture)
+from tests.test_pubsub_proxy_named import second  # noqa: F401 (a fixture)
 
 SECRET = "s" * 40
 API_KEY = "k" * 24
@@ -42,7 +50,7 @@ V6 = {
                               "http": {"static_headers": {"X-Proxy-Key": "pk"}}},
                   "refresh": {"enabled": True,
                               "endpoint": "http://127.0.0.1:8001/centrifugo/refresh",
-                              "timeout": "3s", "http_headers": ["cookie"],
+                              "timeout": "3s", "http_headers": ["Cookie"],
                               "http": {"static_headers": {"X-Proxy-Key": "pk"}}}},
         "channel_limit": 64,
         "user_connection_limit": 4,
@@ -87,6 +95,55 @@ V5 = {
     "shutdown_timeout": "30s",
 }
 
+#: Centrifugo v6's proxies as they are: an event's own object, named proxies that channel
+#: namespaces (the top level's too) and RPC namespaces pick, another RPC boundary, and the
+#: transports the file enables.
+V6_NAMED = {
+    "http_server": {"address": "127.0.0.1"},
+    "client": {"token": {"hmac_secret_key": SECRET}, "allowed_origins": ["http://app"],
+               "proxy": {"connect": {"enabled": True, "endpoint": "http://127.0.0.1:8001/c",
+                                     "timeout": "500ms", "http_headers": ["Cookie"]}}},
+    "http_api": {"key": API_KEY},
+    "proxies": [
+        {"name": "connect", "endpoint": "http://127.0.0.1:8001/c", "timeout": "500ms",
+         "http_headers": ["Cookie"]},
+        {"name": "chat-backend", "endpoint": "http://127.0.0.1:8002/centrifugo",
+         "timeout": "2s", "http_headers": ["Authorization"], "include_connection_meta": True,
+         "http": {"static_headers": {"X-Secret": "v"}}},
+        {"name": "payments", "endpoint": "http://127.0.0.1:8003/rpc", "binary_encoding": True},
+    ],
+    "channel": {
+        "without_namespace": {"subscribe_proxy_enabled": True,
+                              "subscribe_proxy_name": "chat-backend"},
+        "namespaces": [{"name": "chat", "subscribe_proxy_enabled": True,
+                        "subscribe_proxy_name": "chat-backend", "publish_proxy_enabled": True,
+                        "publish_proxy_name": "chat-backend"}]},
+    "rpc": {"namespace_boundary": ".",
+            "without_namespace": {"proxy_enabled": True, "proxy_name": "payments"},
+            "namespaces": [{"name": "billing", "proxy_enabled": True, "proxy_name": "payments"},
+                           {"name": "off"}]},
+    "uni_sse": {"enabled": True}, "http_stream": {"enabled": True},
+}
+
+#: The same in Centrifugo v5's granular proxy mode (where the connect proxy is a named one).
+V5_NAMED = {
+    "address": "127.0.0.1", "token_hmac_secret_key": SECRET,
+    "allowed_origins": ["http://app"], "api_key": API_KEY,
+    "granular_proxy_mode": True,
+    "proxies": [{**V6_NAMED["proxies"][0]},  # type: ignore[index]
+                {"name": "chat-backend", "endpoint": "http://127.0.0.1:8002/centrifugo",
+                 "timeout": "2s", "http_headers": ["Authorization"],
+                 "include_connection_meta": True, "static_http_headers": {"X-Secret": "v"}},
+                {**V6_NAMED["proxies"][2]}],  # type: ignore[index]
+    "connect_proxy_name": "connect",
+    "subscribe_proxy_name": "chat-backend",
+    "namespaces": [{"name": "chat", "subscribe_proxy_name": "chat-backend",
+                    "publish_proxy_name": "chat-backend"}],
+    "rpc_namespace_boundary": ".", "rpc_proxy_name": "payments",
+    "rpc_namespaces": [{"name": "billing", "rpc_proxy_name": "payments"}, {"name": "off"}],
+    "uni_sse": True, "http_stream": True,
+}
+
 EXPECTED = {
     "app": "realtime.pubsub:application",
     "port": ["8000"], "bind": "127.0.0.1", "verbosity": "2",
@@ -97,11 +154,13 @@ EXPECTED = {
     "max-groups-per-connection": "64", "max-connections-per-user": "4",
     "proxy-connect-endpoint": "http://127.0.0.1:8001/centrifugo/connect",
     "proxy-refresh-endpoint": "http://127.0.0.1:8001/centrifugo/refresh",
-    "proxy-timeout": "3s", "proxy-http-headers": "Cookie",
-    "proxy-static-header": ["X-Proxy-Key: pk"],
+    # each proxy's own settings, as the file has them (v5's common ones in each)
+    "proxy-event": [(event, {"timeout": 3.0, "http_headers": ("Cookie",),
+                             "static_headers": (("X-Proxy-Key", "pk"),)})
+                    for event in ("connect", "refresh")],
     "api-key": API_KEY, "metrics": True, "health-path": "/health",
     "compression": True, "max-message-size": "65536", "max-frame-size": "65536",
-    "shutdown-timeout": "30",
+    "shutdown-timeout": "30", "pubsub-transports": "websocket",
     "namespace": [":allow_subscribe_for_client=true", "personal:",
                   "chat:presence=true,join_leave=true,history_size=100,history_ttl=300s,"
                   "force_recovery=true,allow_subscribe_for_client=true,"
@@ -124,7 +183,7 @@ def _toml(table: dict[str, Any], head: str = "") -> str:
 
     lines, tables = [], []
     for key, v in table.items():
-        if isinstance(v, dict) and v:
+        if isinstance(v, dict) and v and head != "__item__":
             tables.append(_toml(v, f"{head}{key}."))
         elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
             for item in v:
@@ -181,13 +240,14 @@ def test_v5_and_v6_in_every_format_make_the_same_options(tmp_path, fmt, sample):
     assert translation.options == EXPECTED
     # Each option names the key it came from, as the file wrote it.
     sources = translation.sources
+    connect = translation.proxy_events[0][2]
     if sample is V6:
         assert sources["jwt-key"] == "client.token.hmac_secret_key"
-        assert sources["proxy-timeout"] == "client.proxy.connect.timeout"
+        assert connect["timeout"] == "client.proxy.connect.timeout"
         assert sources["layer"] == "engine.redis.address"
     else:
         assert sources["jwt-key"] == "token_hmac_secret_key"
-        assert sources["proxy-timeout"] == "proxy_connect_timeout"
+        assert connect["timeout"] == "proxy_connect_timeout"
         assert sources["layer"] == "redis_address"
     # And the tap takes them: a real parse, the layer built (not connected).
     options = parsed("--centrifugo-config", str(path), "--port", "0")
@@ -198,8 +258,11 @@ def test_v5_and_v6_in_every_format_make_the_same_options(tmp_path, fmt, sample):
 
     assert set(settings.pubsub_namespaces) == {"", "personal", "chat"}
     assert settings.pubsub_namespaces["chat"].history_ttl == 300.0
-    assert settings.pubsub_proxy.timeout == 3.0
-    assert settings.pubsub_proxy.http_headers == ("Cookie",)
+    for event in ("connect", "refresh"):
+        proxy = settings.pubsub_proxy.own(event)
+        assert (proxy.timeout, proxy.http_headers, proxy.static_headers) == (
+            3.0, ("Cookie",), (("X-Proxy-Key", "pk"),))
+    assert settings.pubsub_transports == {"websocket"}
 
 
 def test_redis_forms_sentinel_cluster_tls_and_unix(tmp_path):
@@ -292,12 +355,142 @@ def test_tls_without_an_address_listens_everywhere_as_centrifugo_does():
     assert out.warnings == []
 
 
+@pytest.mark.parametrize("fmt", ["json", "yaml", "toml"])
+@pytest.mark.parametrize("sample", [V6_NAMED, V5_NAMED], ids=["v6", "v5"])
+def test_named_proxies_and_rpc_namespaces_as_centrifugo_has_them(tmp_path, fmt, sample):
+    """Each proxy object as it is (no folding into one set of options), the named ones, the
+    namespaces' choice (the top level's too), RPC namespaces and their boundary; v5's
+    granular proxy mode makes the same (its named connect proxy: that event's own)."""
+    from realtime.pubsub import PubSubError
+    from realtime.pubsub_proxy import Proxy, RpcNamespace
+    from realtime.settings import settings
+
+    path = write(tmp_path, sample, fmt)
+    out = centrifugo_config.read(str(path))
+    assert (out.version, out.problems) == (6 if sample is V6_NAMED else 5, [])
+    assert [m.split(":")[0] for _, m in out.warnings] == [
+        "client.allowed_origins" if sample is V6_NAMED else "allowed_origins"]
+    options = out.options
+    assert options["proxy-connect-endpoint"] == "http://127.0.0.1:8001/c"
+    assert options["proxy-event"] == [("connect", {"timeout": 0.5,
+                                                   "http_headers": ("Cookie",)})]
+    chat = Proxy("http://127.0.0.1:8002/centrifugo", name="chat-backend", timeout=2.0,
+                 http_headers=("Authorization",), include_connection_meta=True,
+                 static_headers=(("X-Secret", "v"),))
+    payments = Proxy("http://127.0.0.1:8003/rpc", name="payments", binary_encoding=True)
+    assert options["proxy"] == [Proxy("http://127.0.0.1:8001/c", name="connect", timeout=0.5,
+                                      http_headers=("Cookie",)), chat, payments]
+    assert options["rpc-namespace"] == [RpcNamespace("", True, "payments"),
+                                        RpcNamespace("billing", True, "payments"),
+                                        RpcNamespace("off")]
+    assert options["rpc-namespace-boundary"] == "."
+    assert options["pubsub-transports"] == "websocket,http_stream,uni_sse"
+    assert not any(name.startswith("proxy-") and name.endswith(("timeout", "headers"))
+                   for name in options)  # (no global --proxy-* settings)
+    # realtime's start-up takes them: each channel and method gets the proxy it names.
+    parsed("--centrifugo-config", str(path), "--port", "0")
+    proxy, namespaces = settings.pubsub_proxy, settings.pubsub_namespaces
+    assert proxy.for_channel("subscribe", namespaces[""]) == chat
+    assert proxy.for_channel("publish", namespaces["chat"]) == chat
+    assert proxy.for_channel("publish", namespaces[""]) is None
+    assert proxy.own("connect").timeout == 0.5
+    assert proxy.for_rpc("billing.charge") == proxy.for_rpc("billing:x") == payments
+    for method, code in (("off.x", 108), ("nope.x", 104)):
+        with pytest.raises(PubSubError) as error:
+            proxy.for_rpc(method)
+        assert error.value.code == code, method
+
+
+def test_an_rpc_proxy_follows_v6s_namespaces_and_v5s_every_method():
+    """v6: the RPC proxy serves methods without a namespace only where
+    ``rpc.without_namespace.proxy_enabled`` says so (108 otherwise), and a method with a
+    namespace not configured is 104, not sent to the proxy; v5 (no granular mode) sends
+    every method, as v5 did."""
+    from realtime.pubsub import PubSubError
+    from realtime.pubsub_proxy import ProxyConfig, RpcNamespace
+
+    def routes(data: dict[str, Any]) -> list[Any]:
+        out = centrifugo_config.translate(data)
+        assert out.problems == [], out.problems
+        config = ProxyConfig(endpoints={"rpc": out.options["proxy-rpc-endpoint"]},
+                             rpc_namespaces={n.name: n for n in out.options.get(
+                                 "rpc-namespace", [])} or None)
+        found = []
+        for method in ("plain", "ns:x"):
+            try:
+                found.append(config.for_rpc(method).endpoint)
+            except PubSubError as exc:
+                found.append(exc.code)
+        return found
+
+    endpoint = "http://b/rpc"
+    assert routes({"rpc": {"proxy": {"endpoint": endpoint},
+                           "without_namespace": {"proxy_enabled": True}}}) == [endpoint, 104]
+    assert routes({"rpc": {"proxy": {"endpoint": endpoint}}}) == [108, 104]
+    assert routes({"rpc": {"proxy": {"endpoint": endpoint},
+                           "namespaces": [{"name": "ns", "proxy_enabled": True}]}}) == [
+        108, endpoint]
+    assert routes({"proxy_rpc_endpoint": endpoint}) == [endpoint, endpoint]
+    out = centrifugo_config.translate({"proxy_rpc_endpoint": endpoint,
+                                       "rpc_namespaces": [{"name": "ns"}]})
+    assert "rpc-namespace" not in out.options
+    assert (None, "rpc_namespaces: ignored (only with granular_proxy_mode: Centrifugo v5 "
+                  "does not use it)") in out.warnings
+    out = centrifugo_config.translate({"granular_proxy_mode": True, "rpc_proxy_name": "pay",
+                                       "proxy_rpc_endpoint": endpoint,
+                                       "proxies": [{"name": "pay", "endpoint": endpoint}]})
+    assert out.options["rpc-namespace"] == [RpcNamespace("", True, "pay")]
+    assert (None, "proxy_rpc_endpoint: ignored (granular_proxy_mode: the named proxies are "
+                  "used)") in out.warnings
+
+
+def test_transforms_and_settings_off_load_as_they_are():
+    """``http.status_to_code_transforms`` are realtime's too; ``http.tls`` and ``grpc``
+    with everything off, empty headers and ``*_proxy_name: default`` ask for nothing."""
+    from realtime.pubsub_proxy import StatusTransform
+
+    out = centrifugo_config.translate({
+        **HTTP, "client": {"allowed_origins": ["*"], "proxy": {"refresh": {
+            "enabled": True, "endpoint": "http://b/r", "http_headers": [],
+            "binary_encoding": False, "grpc": {"tls": {"enabled": False}},
+            "http": {"tls": {"enabled": False, "server_ca_pem": "/ca.pem"},
+                     "static_headers": {}, "status_to_code_transforms": [
+                         {"status_code": 404, "to_error": {"code": 404, "message": "gone"}},
+                         {"status_code": 403, "to_disconnect": {"code": 4403,
+                                                                "reason": "no"}}]}}}},
+        "channel": {"namespaces": [{"name": "chat", "publish_proxy_name": "default"}]}})
+    assert (out.problems, out.warnings) == ([], [])
+    assert out.options["proxy-event"] == [("refresh", {"status_to_code_transforms": (
+        StatusTransform(404, error=(404, "gone", False)),
+        StatusTransform(403, disconnect=(4403, "no"))),
+    })]
+    assert out.options["namespace"] == ["chat:"]
+
+
+def test_centrifugos_defaults_where_realtimes_differ():
+    """``shutdown.timeout`` not set is Centrifugo's 30 s (realtime's own is 10 s); the
+    transports not enabled are not served (Centrifugo serves WebSocket alone by
+    default), ``websocket.disabled`` leaves WebSocket out."""
+    out = centrifugo_config.translate({"client": {"allowed_origins": ["*"]}})
+    assert out.options["shutdown-timeout"] == "30"
+    assert out.sources["shutdown-timeout"] == "shutdown.timeout (not set: Centrifugo's default)"
+    assert out.options["pubsub-transports"] == "websocket"
+    v5 = centrifugo_config.translate({"websocket_disable": True, "uni_websocket": True,
+                                      "sse": True, "allowed_origins": ["*"]})
+    assert v5.problems == []
+    assert (v5.options["pubsub-transports"], v5.sources["pubsub-transports"]) == (
+        "sse,uni_websocket", "websocket_disable, sse, uni_websocket")
+
+
 def test_v5_proxy_options_without_a_proxy_are_warned_of():
     out = centrifugo_config.translate({"proxy_http_headers": ["Cookie"], "api_key": API_KEY})
     assert out.problems == []
     assert (None, "proxy_http_headers: ignored (no proxy endpoint is set)") in out.warnings
     assert "proxy-http-headers" not in out.options
 
+
+#: A v6 section: a file of named proxies alone reads as v5's (its keys are v5's too).
+HTTP = {"http_server": {"address": "127.0.0.1"}}
 
 #: (the file, what its one line says after "--centrifugo-config PATH: ")
 REFUSALS = [
@@ -341,23 +534,58 @@ REFUSALS = [
      "client.allowed_origins: 'https://app?.example.com': not supported (no globs here"),
     ({"client": {"allowed_origins": ["https://{a,b}.example.com"]}},
      "client.allowed_origins: 'https://{a,b}.example.com': not supported (no globs here"),
-    ({"client": {"allowed_origins": ["*"],
-                 "proxy": {"connect": {"enabled": True, "endpoint": "http://b/c"}}},
-      "channel": {"proxy": {"subscribe": {"endpoint": "http://b/s", "timeout": "3s"}}}},
-     "client.proxy.connect.timeout (not set) and channel.proxy.subscribe.timeout: not supported "
-     "(they differ, and realtime's --proxy-timeout is one for every proxy)"),
-    ({"proxy_connect_endpoint": "http://b/c", "proxy_rpc_endpoint": "http://b/r",
-      "proxy_rpc_timeout": "5s"},
-     "proxy_connect_timeout (not set) and proxy_rpc_timeout: not supported"),
+    # ... a named proxy too, whatever uses it
+    ({"proxies": [{"name": "auth", "endpoint": "http://b/a", "http_headers": ["Cookie"]}],
+      "channel": {"namespaces": [{"name": "me", "subscribe_proxy_enabled": True,
+                                  "subscribe_proxy_name": "auth"}]}},
+     "client.allowed_origins: needed when a proxy forwards Cookie"),
     ({"client": {"proxy": {"connect": {"enabled": True, "endpoint": "grpc://b:1"}}}},
      "client.proxy.connect.endpoint: not supported (gRPC proxies"),
-    ({"proxies": [{"name": "other", "endpoint": "http://b"}]}, "proxies: not supported"),
-    ({"rpc": {"namespaces": [{"name": "x"}]}}, "rpc.namespaces: not supported"),
+    ({**HTTP, "proxies": [{"name": "pay", "endpoint": "grpc://b:1"}]},
+     "proxies[0].endpoint: not supported (gRPC proxies"),
+    ({**HTTP, "proxies": [{"endpoint": "http://b"}]}, "proxies[0].name: every proxy needs a name"),
+    ({**HTTP, "proxies": [{"name": "pay", "endpoint": "http://b"},
+                          {"name": "pay", "endpoint": "http://c"}]},
+     "proxies[1].name: 'pay' given twice"),
+    ({**HTTP, "proxies": [{"name": "default", "endpoint": "http://b"}]},
+     "proxies[0]: 'default' is reserved (it names the events' own proxies)"),
+    ({**HTTP, "proxies": [{"name": "pay", "endpoint": "http://b", "timout": "2s"}]},
+     "proxies[0].timout: unknown key"),
+    ({**HTTP, "proxies": [{"name": "pay", "endpoint": "http://b", "http": {
+        "status_to_code_transforms": [{"status_code": 200, "to_error": {"code": 1}}]}}]},
+     "proxies[0]: 'pay': status_to_code_transforms[0]: status 200 is not an HTTP status"),
+    ({"client": {"proxy": {"connect": {"enabled": True, "endpoint": "http://b/c",
+                                       "http": {"tls": {"enabled": True}}}}}},
+     "client.proxy.connect.http.tls.enabled: not supported (https backends"),
+    ({"channel": {"proxy": {"subscribe": {"endpoint": "http://b/s",
+                                          "http_headers": ["Host"]}}}},
+     "channel.proxy.subscribe: http_headers: 'Host' is the proxy request's own header"),
+    ({"channel": {"namespaces": [{"name": "chat", "subscribe_proxy_enabled": True,
+                                  "subscribe_proxy_name": "nope"}]}},
+     "channel.namespaces[0].subscribe_proxy_name: no proxy 'nope' in proxies"),
+    ({"channel": {"namespaces": [{"name": "chat", "publish_proxy_enabled": True}]}},
+     "channel.namespaces[0].publish_proxy_enabled: needs channel.proxy.publish.endpoint"),
+    ({"rpc": {"without_namespace": {"proxy_enabled": True}}},
+     "rpc.without_namespace.proxy_enabled: needs rpc.proxy.endpoint"),
+    ({"proxies": [{"name": "pay", "endpoint": "http://b"}],
+      "rpc": {"namespaces": [{"name": "billing", "proxy_enabled": True, "proxy_name": "nope"}]}},
+     "rpc.namespaces[0].proxy_name: no proxy 'nope' in proxies"),
+    ({"rpc": {"proxy": {"endpoint": "http://b/r"}, "namespaces": [{"name": "x"}]}},
+     "rpc.namespaces[0]: an RPC namespace's name is 2 or more letters"),
+    ({"rpc": {"proxy": {"endpoint": "http://b/r"}, "namespaces": [{"proxy_enabled": True}]}},
+     "rpc.namespaces[0].name: every RPC namespace needs a name"),
+    ({"rpc": {"proxy": {"endpoint": "http://b/r"},
+              "namespaces": [{"name": "pay", "proxy": True}]}},
+     "rpc.namespaces[0].proxy: unknown key"),
+    ({"rpc": {"proxy": {"endpoint": "http://b/r"}, "namespace_boundary": ".",
+              "namespaces": [{"name": "pay.eu", "proxy_enabled": True}]}},
+     "rpc.namespaces (--rpc-namespace): 'pay.eu': no method reaches it with "
+     "--rpc-namespace-boundary '.'"),
+    ({"granular_proxy_mode": True, "connect_proxy_name": "nope"},
+     "connect_proxy_name: no proxy \"nope\" in proxies"),
+    ({"granular_proxy_mode": "yes"}, "granular_proxy_mode: expected true or false"),
     ({"channel": {"namespaces": [{"name": "chat", "channel_regex": "^[a-z]+$"}]}},
      "channel.namespaces[0].channel_regex: not supported"),
-    ({"channel": {"namespaces": [{"name": "chat", "subscribe_proxy_enabled": True,
-                                  "subscribe_proxy_name": "other"}]}},
-     "channel.namespaces[0].subscribe_proxy_name: not supported (named proxies"),
     ({"channel": {"namespaces": [{"name": "chat", "force_recovery_mode": "cache"}]}},
      "channel.namespaces[0].force_recovery_mode: not supported"),
     # realtime's own namespace checks speak, under the key.
@@ -373,7 +601,11 @@ REFUSALS = [
                               "key_pem": "k.pem"}}},
      "http_server.tls.cert_pem: not supported (inline PEM"),
     ({"http_api": {"handler_prefix": "/capi"}}, "http_api.handler_prefix: not supported"),
-    ({"websocket": {"disabled": True}}, "websocket.disabled: not supported"),
+    ({"websocket": {"disabled": True}},
+     "websocket.disabled: not supported with no other transport enabled"),
+    ({"websocket_disable": True, "uni_grpc": True}, "uni_grpc: not supported (the "),
+    ({"websocket": {"disabled": True}, "uni_grpc": {"enabled": True}},
+     "uni_grpc.enabled: not supported (the "),
     ({"engine": {"type": "nats"}}, "engine.type: expected memory or redis, got \"nats\""),
     ({"engine": {"type": "redis", "redis": {"cluster_address": ["a:1", "b:1"]}}},
      "engine.redis.cluster_address: not supported (several Redis Clusters"),
@@ -569,12 +801,13 @@ def test_ignored_keys_are_one_warning_line_each(tmp_path, capsys):
                             "uni_sse": {"enabled": False}})
     options = parsed("--centrifugo-config", str(path))
     assert options["admin-path"] == "/admin"
+    assert options["pubsub-transports"] == "websocket"  # (uni_sse off: as in Centrifugo)
     lines = capsys.readouterr().err.splitlines()
     head = f"realtime: warning: --centrifugo-config {path}: "
     assert all(line.startswith(head) for line in lines), lines
     assert sorted(line[len(head):].split(":")[0] for line in lines) == sorted([
         "http_server.address", "log.file", "pid_file", "swagger.enabled", "admin.enabled",
-        "admin.password", "client.ping_interval", "uni_sse.enabled"])
+        "admin.password", "client.ping_interval"])
     # A key at Centrifugo's default asks for nothing: no line.
     path = write(tmp_path, {"http_server": {"address": "127.0.0.1"},
                             "client": {"ping_interval": "25s", "allowed_origins": ["*"]},
@@ -638,7 +871,8 @@ def test_websocket_message_size_limit_is_centrifugos_64_kib_when_not_set():
 def test_flags_and_repeatable_options_yield_as_the_others_do(tmp_path, monkeypatch, capsys):
     """A flag the file turns on, the environment turns off; a repeatable option given by the
     environment or the command line replaces the file's whole list (and drops a refusal of
-    it: a namespace realtime cannot honour)."""
+    it: a namespace realtime cannot honour); a proxy's own settings are per event
+    (``--proxy-event``), so ``--proxy-static-header`` adds to them."""
     path = write(tmp_path, {
         "http_server": {"address": "127.0.0.1"}, "client": {"allowed_origins": ["*"],
         "proxy": {"connect": {"enabled": True, "endpoint": "http://b/c",
@@ -652,10 +886,19 @@ def test_flags_and_repeatable_options_yield_as_the_others_do(tmp_path, monkeypat
     options = parsed("--centrifugo-config", str(path), "--port", "0")
     assert not options["metrics"] and not options["compression"]
     assert options["namespace"] == ["room:presence"]
-    assert options["proxy-static-header"] == ["X-A: 1", "X-B: 2"]
+    assert options["proxy-event"] == [("connect", {"static_headers": (("X-A", "1"),
+                                                                      ("X-B", "2"))})]
     options = parsed("--centrifugo-config", str(path), "--port", "0",
-                     "--proxy-static-header", "X-C: 3", "--namespace", "x:")
-    assert options["proxy-static-header"] == ["X-C: 3"] and options["namespace"] == ["x:"]
+                     "--proxy-event", "connect:static_header=X-C: 3", "--namespace", "x:")
+    assert options["proxy-event"] == ["connect:static_header=X-C: 3"]
+    assert options["namespace"] == ["x:"]
+    from realtime.settings import settings
+
+    assert settings.pubsub_proxy.own("connect").static_headers == (("X-C", "3"),)
+    options = parsed("--centrifugo-config", str(path), "--port", "0", "--namespace", "x:",
+                     "--proxy-static-header", "X-D: 4", "--proxy-timeout", "5s")
+    connect = settings.pubsub_proxy.own("connect")  # (the file's own settings over them)
+    assert (connect.timeout, connect.static_headers) == (5.0, (("X-A", "1"), ("X-B", "2")))
     capsys.readouterr()
 
 
@@ -667,8 +910,13 @@ def test_config_and_centrifugo_config_together_are_refused(tmp_path):
         parsed("--config", str(toml), "--centrifugo-config", str(path))
 
 
-@pytest.mark.parametrize("sample", [V6, V5, "contrib"], ids=["v6", "v5", "contrib"])
+@pytest.mark.parametrize("sample", [V6, V5, V6_NAMED, V5_NAMED, "contrib"],
+                         ids=["v6", "v5", "v6-named", "v5-named", "contrib"])
 def test_the_converters_toml_makes_the_same_options(tmp_path, sample, capsys):
+    """Every option, repeatable ones too (``[[namespaces]]``, ``[proxy_events.EVENT]``,
+    ``[[proxies]]``, ``[[rpc_namespaces]]``), and what start-up makes of them."""
+    from realtime.settings import settings
+
     path = SAMPLE if sample == "contrib" else write(tmp_path, sample)
     assert centrifugo_config.main([str(path)]) == 0
     printed = capsys.readouterr().out
@@ -676,12 +924,23 @@ def test_the_converters_toml_makes_the_same_options(tmp_path, sample, capsys):
     toml = tmp_path / "realtime.toml"
     toml.write_text(printed)
     names = [p[0] for p in Options.optParameters] + [f[0] for f in Options.optFlags]
-    from_centrifugo = parsed("--centrifugo-config", str(path), "--port", "0")
-    from_toml = parsed("--config", str(toml), "--port", "0")
+    names += list(Options._repeatable)
+
+    def started(*args: str) -> tuple[Options, tuple[Any, ...]]:
+        options = parsed(*args, "--port", "0")
+        return options, (settings.pubsub_proxy, settings.pubsub_namespaces,
+                         settings.pubsub_transports)
+
+    from_centrifugo, made = started("--centrifugo-config", str(path))
+    from_toml, made_from_toml = started("--config", str(toml))
     for name in names:
         if name not in ("config", "centrifugo-config"):
             assert from_centrifugo[name] == from_toml[name], name
+    assert made == made_from_toml
     assert from_toml["namespace"] and from_toml["api-key"]
+    if sample in (V6_NAMED, V5_NAMED, "contrib"):
+        assert from_toml["proxy"] and from_toml["rpc-namespace"]
+        assert "[[proxies]]" in printed and "[[rpc_namespaces]]" in printed
 
 
 def test_the_converters_toml_quotes_every_string_and_no_comment_breaks_it(tmp_path, capsys):
@@ -709,7 +968,7 @@ def test_the_converters_toml_quotes_every_string_and_no_comment_breaks_it(tmp_pa
     capsys.readouterr()
     assert from_toml["jwt-key"] == secret and from_toml["api-key"] == key
     assert from_toml["allowed-origins"] == origin
-    assert from_toml["proxy-static-header"] == [f"X-K: {key}"]
+    assert from_toml["proxy-event"] == [("connect", {"static_headers": (("X-K", key),)})]
     assert from_toml.config.api_keys == (key,)
 
 
@@ -832,3 +1091,76 @@ def test_workers_take_the_files_options_and_warn_once(tmp_path, redis_url):
     assert result.returncode == 0, result.output
     assert result.output.count("log.file: ignored") == 1, result.output
     assert result.output.count("realtime: warning:") == 1, result.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_named_proxies_and_rpc_namespaces_of_a_config_json_reach_their_backends(
+        tmp_path, pubsub_server, backend, second):
+    """A Centrifugo v6 config.json: a namespace subscribes through a named proxy, another
+    through the event's own, an RPC namespace calls a named proxy and methods without one
+    the RPC proxy, on two real twisted.web backends. realtime started from it (the tap's
+    parse, a real server) serves centrifuge-python: each subscribe and RPC reaches the
+    backend its proxy names, with that proxy's static header; a method of a namespace not
+    configured is 104 and reaches none; a transport the file leaves off is 404."""
+    from realtime.settings import reset
+    from realtime.testing import serve
+
+    config = {
+        "http_server": {"address": "127.0.0.1"},
+        "client": {"token": {"hmac_secret_key": SECRET}, "allowed_origins": ["*"]},
+        "channel": {
+            "proxy": {"subscribe": {"endpoint": backend.url("subscribe"),
+                                    "http": {"static_headers": {"X-Key": "own"}}}},
+            "namespaces": [{"name": "chat", "subscribe_proxy_enabled": True,
+                            "subscribe_proxy_name": "chat-backend"},
+                           {"name": "news", "subscribe_proxy_enabled": True}]},
+        "proxies": [{"name": "chat-backend", "endpoint": second.url("subscribe"),
+                     "http": {"static_headers": {"X-Key": "named"}}},
+                    {"name": "payments", "endpoint": second.url("rpc"), "timeout": "5s"}],
+        "rpc": {"proxy": {"endpoint": backend.url("rpc")},
+                "without_namespace": {"proxy_enabled": True},
+                "namespaces": [{"name": "billing", "proxy_enabled": True,
+                                "proxy_name": "payments"}]},
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    options = parsed("--centrifugo-config", str(path), "--port", "0")
+    backend.answers["subscribe"] = lambda body: {"result": {"data": {"by": "own"}}}
+    backend.answers["rpc"] = lambda body: {"result": {"data": ["own", body["method"]]}}
+    second.answers["subscribe"] = lambda body: {"result": {"data": {"by": "named"}}}
+    second.answers["rpc"] = lambda body: {"result": {"data": ["payments", body["method"]]}}
+    server = await serve(options.application, options.config, layer=options.layer)
+
+    async def scenario() -> Any:
+        client, _ = sdk_client(server, token("ada", key=SECRET))
+        await client.connect()
+        data = {}
+        for channel in ("chat:1", "news:1"):
+            _, events = await subscribed(client, channel)
+            data[channel] = (await events.next("subscribed")).data
+        answers = []
+        for method in ("billing:charge", "plain", "nope:x"):
+            try:
+                answers.append((await client.rpc(method, {"n": 1})).data)
+            except Exception as exc:  # centrifuge.ReplyError
+                answers.append(exc.code)  # type: ignore[attr-defined]
+        await client.disconnect()
+        return data, answers
+
+    try:
+        data, answers = await run_sdk(scenario)
+        off = await in_thread(lambda: http_get(server.http_url("/connection/uni_sse"))[0])
+    finally:
+        await server.stop()
+        reset()
+    assert data == {"chat:1": {"by": "named"}, "news:1": {"by": "own"}}
+    assert answers == [["payments", "billing:charge"], ["own", "plain"], 104]
+    assert off == 404  # (uni_sse: not enabled in the file)
+
+    def seen(found: Any) -> list[tuple[str, str, str | None]]:
+        return [(event, body.get("channel") or body["method"], headers.get("x-key"))
+                for event, headers, body in found.requests]
+
+    assert seen(backend) == [("subscribe", "news:1", "own"), ("rpc", "plain", None)]
+    assert seen(second) == [("subscribe", "chat:1", "named"),
+                            ("rpc", "billing:charge", None)]
