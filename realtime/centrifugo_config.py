@@ -1587,7 +1587,8 @@ class _Translator:
         if self.every_method or not (endpoint or any(enabled)):
             return  # (no RPC proxy at all: every method is 104, in Centrifugo too)
         if not any(table["name"] == "" for _, table, _ in tables):  # v6's default: off
-            tables.insert(0, (self.name("rpc.without_namespace"), {"name": ""},
+            tables.insert(0, (f"{self.name('rpc.without_namespace')} (not set: methods "
+                              "without a namespace are 108, as in Centrifugo)", {"name": ""},
                               lambda leaf: self.name(f"rpc.without_namespace.{leaf}")))
             enabled.insert(0, False)
         for (where, table, key_of), on in zip(tables, enabled, strict=True):

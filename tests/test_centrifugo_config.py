@@ -444,6 +444,38 @@ def test_an_rpc_proxy_follows_v6s_namespaces_and_v5s_every_method():
                   "used)") in out.warnings
 
 
+def test_what_v5_does_not_use_in_its_proxy_mode_is_warned_of_and_dropped():
+    """v5 without ``granular_proxy_mode`` uses no named proxy; with it, no
+    ``proxy_*_endpoint``, no common ``proxy_*`` option and no ``proxy_subscribe`` flag."""
+    global_mode = centrifugo_config.translate({
+        "address": "127.0.0.1", "allowed_origins": ["*"], "proxy_subscribe_endpoint": "http://b/s",
+        "proxies": [{"name": "pay", "endpoint": "http://b/p"}], "connect_proxy_name": "pay",
+        "namespaces": [{"name": "chat", "proxy_subscribe": True,
+                        "subscribe_proxy_name": "pay"}]})
+    assert global_mode.problems == []
+    assert "proxy" not in global_mode.options
+    assert global_mode.options["namespace"] == ["chat:proxy_subscribe=true"]
+    granular = centrifugo_config.translate({
+        "address": "127.0.0.1", "allowed_origins": ["*"], "granular_proxy_mode": True,
+        "proxy_subscribe_endpoint": "http://b/s", "proxy_http_headers": ["Cookie"],
+        "proxies": [{"name": "pay", "endpoint": "http://b/p"}],
+        "namespaces": [{"name": "chat", "proxy_subscribe": True},
+                       {"name": "room", "publish_proxy_name": "pay"}]})
+    assert granular.problems == []
+    assert "proxy-subscribe-endpoint" not in granular.options
+    assert granular.options["namespace"] == [
+        "chat:", "room:publish_proxy_name=pay,publish_proxy_enabled=true"]
+    named = "ignored (only with granular_proxy_mode: Centrifugo v5 does not use it)"
+    assert [m for _, m in global_mode.warnings] == [
+        f"proxies: {named}", f"connect_proxy_name: {named}",
+        f"namespaces[0].subscribe_proxy_name: {named}"]
+    assert [m for _, m in granular.warnings] == [
+        "proxy_subscribe_endpoint: ignored (granular_proxy_mode: the named proxies are used)",
+        "proxy_http_headers: ignored (granular_proxy_mode: each named proxy has its own)",
+        "namespaces[0].proxy_subscribe: ignored (granular_proxy_mode: subscribe_proxy_name "
+        "picks the proxy)"]
+
+
 def test_transforms_and_settings_off_load_as_they_are():
     """``http.status_to_code_transforms`` are realtime's too; ``http.tls`` and ``grpc``
     with everything off, empty headers and ``*_proxy_name: default`` ask for nothing."""
