@@ -222,12 +222,18 @@ def refusal(path: Path, *args: str) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _quiet_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _quiet_environment(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """No REALTIME_*/CENTRIFUGO_* variable of the machine's; the process-wide settings a
+    parse made (namespaces, proxies, transports) undone after each test."""
     import os
+
+    from realtime.settings import reset
 
     for name in list(os.environ):
         if name.startswith(("REALTIME_", "CENTRIFUGO_")):
             monkeypatch.delenv(name)
+    yield
+    reset()
 
 
 @pytest.mark.parametrize("fmt", ["json", "yaml", "toml"])
@@ -1134,7 +1140,6 @@ async def test_named_proxies_and_rpc_namespaces_of_a_config_json_reach_their_bac
     parse, a real server) serves centrifuge-python: each subscribe and RPC reaches the
     backend its proxy names, with that proxy's static header; a method of a namespace not
     configured is 104 and reaches none; a transport the file leaves off is 404."""
-    from realtime.settings import reset
     from realtime.testing import serve
 
     config = {
@@ -1184,7 +1189,6 @@ async def test_named_proxies_and_rpc_namespaces_of_a_config_json_reach_their_bac
         off = await in_thread(lambda: http_get(server.http_url("/connection/uni_sse"))[0])
     finally:
         await server.stop()
-        reset()
     assert data == {"chat:1": {"by": "named"}, "news:1": {"by": "own"}}
     assert answers == [["payments", "billing:charge"], ["own", "plain"], 104]
     assert off == 404  # (uni_sse: not enabled in the file)
