@@ -516,17 +516,28 @@ async def test_a_transport_left_off_is_404_as_in_centrifugo(pubsub_server):  # n
         code, _, _ = http_get(server.http_url(path), method=method, data=b"{}")
         return code
 
+    def preflight(path: str) -> int:
+        """A browser's CORS preflight (centrifuge-js's fetch and EventSource ask it)."""
+        code, _, _ = http_get(server.http_url(path), method="OPTIONS", headers={
+            "Origin": "http://app.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type"})
+        return code
+
+    left_off = ("/connection/sse", "/connection/http_stream", "/emulation",
+                "/connection/uni_http_stream")
+
     def flow() -> Any:
         off = [status("/connection/sse", "GET"), status("/connection/http_stream"),
                status("/emulation"), status("/connection/uni_http_stream"),
                upgrade("/connection/uni_websocket")]
+        off += [preflight(path) for path in left_off]
         with open_stream(server, "sse", {"token": token("ada")}) as response:
             uni_sse = response.status_code
-        return off, uni_sse, upgrade("/connection/websocket")
+        return off, uni_sse, preflight("/connection/uni_sse"), upgrade("/connection/websocket")
 
-    off, uni_sse, websocket = await in_thread(flow)
-    assert off == [404] * 5
-    assert (uni_sse, websocket) == (200, 1)
+    off, uni_sse, uni_sse_preflight, websocket = await in_thread(flow)
+    assert off == [404] * 9
+    assert (uni_sse, uni_sse_preflight, websocket) == (200, 204, 1)
     settings.pubsub_transports = pubsub.parse_transports(["sse"])
     emulation, websocket = await in_thread(lambda: (status("/emulation"),
                                                     upgrade("/connection/websocket")))
