@@ -708,6 +708,18 @@ SECRETS = [
      "s3cret-header", "client.proxy.connect.http.static_headers: expected a table"),
     ({"http_server": {"tls": {"enabled": True, "cert_pem": "/c.pem", "key_pem": PEM_B64}}},
      PEM_B64[:40], "http_server.tls.key_pem: not supported (base64 PEM"),
+    # A proxy URL's password, in a URL refused for its scheme, its port or gRPC.
+    ({"client": {"allowed_origins": ["*"]}, "proxies": [
+        {"name": "pay", "endpoint": "ftp://ada:s3cretpw@h/x"}]},
+     "s3cretpw", "proxies[0]: 'pay': endpoint: expected an http:// or https:// URL, got "
+                 "'ftp://ada:***@h/x'"),
+    ({"client": {"allowed_origins": ["*"], "proxy": {"connect": {
+        "enabled": True, "endpoint": "http://ada:s3cretpw@h:99999/c"}}}},
+     "s3cretpw", "client.proxy.connect.endpoint (--proxy-connect-endpoint): expected an "
+                 "http:// or https:// URL, got 'http://ada:***@h:99999/c'"),
+    ({"rpc": {"proxy": {"endpoint": "grpc://ada:s3cretpw@h:9000"},
+              "without_namespace": {"proxy_enabled": True}}},
+     "s3cretpw", "rpc.proxy.endpoint: not supported (gRPC proxies are not built"),
 ]
 
 
