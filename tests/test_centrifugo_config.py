@@ -1022,6 +1022,30 @@ def test_the_converters_toml_quotes_every_string_and_no_comment_breaks_it(tmp_pa
     assert from_toml.config.api_keys == (key,)
 
 
+def test_the_real_converter_ends_each_stream_with_a_newline():
+    """``python -m realtime.centrifugo_config contrib/pubsub/config.json``, the real
+    command: the TOML ends with one newline and each warning is a line of its own, so on a
+    terminal (both streams on one screen) no line runs into the next or into the prompt."""
+    import subprocess
+    import tomllib
+
+    from tests.e2e.support import environment
+
+    cmd = [sys.executable, "-m", "realtime.centrifugo_config", str(SAMPLE)]
+    result = run(cmd, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("\n") and not result.stdout.endswith("\n\n")
+    assert result.stderr.endswith("\n")
+    assert all(line.startswith(f"realtime: warning: {SAMPLE}: ")
+               for line in result.stderr.splitlines())
+    assert tomllib.loads(result.stdout)["rpc_namespaces"][-1]["proxy_name"] == "payments"
+    merged = subprocess.run(cmd, cwd=REPO, env=environment(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=30,
+                            stdin=subprocess.DEVNULL).stdout
+    assert sorted(merged.splitlines()) == sorted(
+        result.stderr.splitlines() + result.stdout.splitlines())
+
+
 def test_the_converter_refuses_with_one_line(tmp_path, capsys):
     path = write(tmp_path, {"consumers": [{"name": "pg", "enabled": True}]})
     assert centrifugo_config.main([str(path)]) == 1
