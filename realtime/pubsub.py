@@ -2443,10 +2443,11 @@ def _application() -> Any:
             self.names = frozenset(names or (pattern.rpartition("/")[2],))
 
         def match(self, path: str) -> Any:
+            found = super().match(path)  # (the path first: one set look-up per request)
             served = settings.pubsub_transports
-            if served is not None and not served & self.names:
-                return None
-            return super().match(path)
+            if found is None or served is None or not served.isdisjoint(self.names):
+                return found
+            return None
 
     return ProtocolTypeRouter({
         "websocket": URLRouter([
