@@ -13,6 +13,7 @@ import asyncio
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -1141,7 +1142,8 @@ def test_a_server_runs_on_a_centrifugo_config_json(tmp_path):
 
 def test_workers_take_the_files_options_and_warn_once(tmp_path, redis_url):
     """``--workers 2``: every worker re-reads the file to the same options (/health, the
-    API key, Redis from engine.redis), and only the supervisor says the warnings."""
+    API key, Redis from engine.redis, the transports: uni_sse, not enabled, is 404 in
+    both), and only the supervisor says the warnings."""
     path = write(tmp_path, {
         "http_server": {"address": "127.0.0.1"}, "log": {"file": "/var/log/c.log"},
         "client": {"allowed_origins": ["*"]}, "http_api": {"key": API_KEY},
@@ -1161,6 +1163,9 @@ def test_workers_take_the_files_options_and_warn_once(tmp_path, redis_url):
             with urllib.request.urlopen(info, timeout=15) as answer:
                 body = json.loads(answer.read())
                 assert len(body["result"]["nodes"]) == 2, body  # both on engine.redis
+            with pytest.raises(urllib.error.HTTPError) as left_off:
+                urllib.request.urlopen(base + "/connection/uni_sse", timeout=15)
+            assert left_off.value.code == 404
         result = server.stop()
     assert result.returncode == 0, result.output
     assert result.output.count("log.file: ignored") == 1, result.output
