@@ -45,7 +45,9 @@ and v5's proxy_* in each)                          ``[proxy_events.EVENT]``: ``t
                                                    ``http.static_headers``,
                                                    ``http.status_to_code_transforms``,
                                                    ``binary_encoding``,
-                                                   ``include_connection_meta``)
+                                                   ``include_connection_meta``; a
+                                                   ``--proxy-*`` option the environment or
+                                                   the command line gives wins over them)
 proxies (v5: with granular_proxy_mode;             ``--proxy`` (TOML ``[[proxies]]``, the
 static_http_headers)                               objects as they are); v5's
                                                    ``connect_proxy_name``,
@@ -1585,7 +1587,7 @@ class _Translator:
         enabled = [self.boolean(key_of("proxy_enabled"), table.get("proxy_enabled", False))
                    for _, table, key_of in tables]
         if self.every_method or not (endpoint or any(enabled)):
-            return  # (no RPC proxy at all: every method is 104, in Centrifugo too)
+            return  # (no RPC proxy: realtime.pubsub's own answer, 104; Centrifugo's is 108)
         if not any(table["name"] == "" for _, table, _ in tables):  # v6's default: off
             tables.insert(0, (f"{self.name('rpc.without_namespace')} (not set: methods "
                               "without a namespace are 108, as in Centrifugo)", {"name": ""},
@@ -1886,7 +1888,9 @@ def _check_cookie_origins(out: Translation) -> None:
         ("proxy", [table for table, _ in out.proxies])) if forwards(tables)]
     if kinds and "allowed-origins" not in out.options:
         # (dropped by --allowed-origins, or by the option that replaces every such proxy)
-        hang = ["allowed-origins", *(kinds if len(kinds) == 1 else [])]
+        # (--proxy-http-headers given replaces every event's own headers)
+        hang = ["allowed-origins", *(kinds if len(kinds) == 1 else [])] + (
+            ["proxy-http-headers"] if kinds == ["proxy-event"] else [])
         out.problems.append(("|".join(hang), (
             "client.allowed_origins" if out.version == 6 else "allowed_origins") +
             ": needed when a proxy forwards Cookie (without it Centrifugo checks Origin "

@@ -286,6 +286,14 @@ def _proxy_tables(name: str, value: Any, where: str) -> tuple[str, list[Any]]:
         raise StartupError(f"{where}: {exc}") from None
 
 
+#: The events' own proxies' settings as options, and the field each sets in a proxy.
+_PROXY_OWN_FIELDS = {"proxy-timeout": "timeout", "proxy-http-headers": "http_headers",
+                     "proxy-emulated-headers": "emulated_headers",
+                     "proxy-static-header": "static_headers",
+                     "proxy-include-connection-meta": "include_connection_meta",
+                     "proxy-binary-encoding": "binary_encoding"}
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -741,6 +749,14 @@ class Options(usage.Options):
                 if stands(option):
                     sys.stderr.write(f"realtime: warning: --centrifugo-config {path}: "
                                      f"{message}\n")
+            for name in ("namespace", "proxy", "proxy-event", "rpc-namespace"):
+                if name in self.given and translation.options.get(name):
+                    # (a repeated option replaces the file's, all of them: say which)
+                    what = ("each event's proxy settings (the endpoints stay)"
+                            if name == "proxy-event" else "all of them")
+                    sys.stderr.write(f"realtime: warning: --centrifugo-config {path}: "
+                                     f"{translation.sources[name]}: replaced by --{name}, "
+                                     f"{what}\n")
         try:
             self._post_options()
         except StartupError as exc:
@@ -1165,6 +1181,10 @@ class Options(usage.Options):
                     raise StartupError(f"--{name}: {exc}") from None
         events: dict[str, dict[str, Any]] = {}
         seen: set[str] = set()
+        # A file's per-event settings (--config, --centrifugo-config) give way to the
+        # --proxy-* options the environment or the command line sets: they win over the file.
+        overridden = set() if "proxy-event" in self.given else {
+            field for option, field in _PROXY_OWN_FIELDS.items() if option in self.given}
         for spec in self["proxy-event"]:
             try:
                 event, own = (pubsub_proxy.parse_proxy_event(spec) if isinstance(spec, str)
@@ -1175,7 +1195,7 @@ class Options(usage.Options):
             if event in seen:
                 raise StartupError(f"--proxy-event: {event!r} given twice")
             seen.add(event)
-            own = dict(own)
+            own = {key: value for key, value in own.items() if key not in overridden}
             if not own.pop("enabled", True):  # (v6's connect or refresh enabled = false)
                 endpoints.pop(event, None)
                 continue

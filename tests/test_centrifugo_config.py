@@ -893,6 +893,21 @@ def test_the_environment_and_the_command_line_win(tmp_path, monkeypatch, capsys)
         parsed("--port", "0")
 
 
+def test_the_cookie_refusal_goes_only_with_the_files_cookie(tmp_path):
+    """The file's connect proxy forwards Cookie without allowed_origins: refused, as long as
+    that header is forwarded (``--proxy-timeout`` leaves it); ``--proxy-http-headers``
+    replaces every event's headers, and the refusal with them."""
+    from realtime.settings import settings
+
+    path = write(tmp_path, {"http_server": {"address": "127.0.0.1"}, "client": {"proxy": {
+        "connect": {"enabled": True, "endpoint": "http://b/c", "http_headers": ["Cookie"]}}}})
+    for args in ((), ("--proxy-timeout", "2s")):
+        assert "needed when a proxy forwards Cookie" in refusal(path, "--port", "0", *args)
+    parsed("--centrifugo-config", str(path), "--port", "0",
+           "--proxy-http-headers", "Authorization")
+    assert settings.pubsub_proxy.own("connect").http_headers == ("Authorization",)
+
+
 def test_centrifugos_own_variables_are_refused_not_lost(tmp_path, monkeypatch, capsys):
     """Centrifugo reads CENTRIFUGO_CLIENT_ALLOWED_ORIGINS over the file: realtime would
     silently serve without it. The line names the variable, never its value."""
@@ -922,34 +937,55 @@ def test_websocket_message_size_limit_is_centrifugos_64_kib_when_not_set():
 def test_flags_and_repeatable_options_yield_as_the_others_do(tmp_path, monkeypatch, capsys):
     """A flag the file turns on, the environment turns off; a repeatable option given by the
     environment or the command line replaces the file's whole list (and drops a refusal of
-    it: a namespace realtime cannot honour); a proxy's own settings are per event
-    (``--proxy-event``), so ``--proxy-static-header`` adds to them."""
+    it: a namespace realtime cannot honour), with a warning naming what it replaced; a
+    ``--proxy-*`` setting given there wins over the file's per-event ones (its own
+    objects' ``timeout``, ``http.static_headers``, ...), as every option does."""
     path = write(tmp_path, {
         "http_server": {"address": "127.0.0.1"}, "client": {"allowed_origins": ["*"],
-        "proxy": {"connect": {"enabled": True, "endpoint": "http://b/c",
+        "proxy": {"connect": {"enabled": True, "endpoint": "http://b/c", "timeout": "3s",
                               "http": {"static_headers": {"X-A": "1", "X-B": "2"}}}}},
+        "rpc": {"proxy": {"endpoint": "http://b/r", "http_headers": ["Authorization"]},
+                "without_namespace": {"proxy_enabled": True}},
         "prometheus": {"enabled": True}, "websocket": {"compression": True},
         "channel": {"namespaces": [{"name": "chat", "channel_regex": "^[a-z]+$"}]}})
     refusal(path, "--port", "0")  # the namespace's channel_regex
     monkeypatch.setenv("REALTIME_METRICS", "0")
     monkeypatch.setenv("REALTIME_COMPRESSION", "false")
     monkeypatch.setenv("REALTIME_NAMESPACE", "room:presence")
+    capsys.readouterr()
     options = parsed("--centrifugo-config", str(path), "--port", "0")
     assert not options["metrics"] and not options["compression"]
     assert options["namespace"] == ["room:presence"]
-    assert options["proxy-event"] == [("connect", {"static_headers": (("X-A", "1"),
-                                                                      ("X-B", "2"))})]
+    assert options["proxy-event"] == [
+        ("connect", {"timeout": 3.0, "static_headers": (("X-A", "1"), ("X-B", "2"))}),
+        ("rpc", {"http_headers": ("Authorization",)})]
+    replaced = [line.split(": ", 3)[-1] for line in capsys.readouterr().err.splitlines()
+                if "replaced by" in line]
+    assert replaced == ["channel.namespaces: replaced by --namespace, all of them"]
     options = parsed("--centrifugo-config", str(path), "--port", "0",
                      "--proxy-event", "connect:static_header=X-C: 3", "--namespace", "x:")
     assert options["proxy-event"] == ["connect:static_header=X-C: 3"]
     assert options["namespace"] == ["x:"]
+    replaced = [line.split(": ", 3)[-1] for line in capsys.readouterr().err.splitlines()
+                if "replaced by" in line]
+    assert replaced == [
+        "channel.namespaces: replaced by --namespace, all of them",
+        "client.proxy, channel.proxy, rpc.proxy: replaced by --proxy-event, each event's "
+        "proxy settings (the endpoints stay)"]
     from realtime.settings import settings
 
     assert settings.pubsub_proxy.own("connect").static_headers == (("X-C", "3"),)
+    assert settings.pubsub_proxy.own("rpc").http_headers == ()
     options = parsed("--centrifugo-config", str(path), "--port", "0", "--namespace", "x:",
                      "--proxy-static-header", "X-D: 4", "--proxy-timeout", "5s")
-    connect = settings.pubsub_proxy.own("connect")  # (the file's own settings over them)
-    assert (connect.timeout, connect.static_headers) == (5.0, (("X-A", "1"), ("X-B", "2")))
+    connect, rpc = settings.pubsub_proxy.own("connect"), settings.pubsub_proxy.own("rpc")
+    assert (connect.timeout, connect.static_headers) == (5.0, (("X-D", "4"),))
+    assert (rpc.timeout, rpc.static_headers, rpc.http_headers) == (
+        5.0, (("X-D", "4"),), ("Authorization",))  # (what the command line leaves: the file's)
+    monkeypatch.setenv("REALTIME_PROXY_HTTP_HEADERS", "X-Forwarded-For")
+    parsed("--centrifugo-config", str(path), "--port", "0")
+    connect, rpc = settings.pubsub_proxy.own("connect"), settings.pubsub_proxy.own("rpc")
+    assert (connect.timeout, rpc.http_headers) == (3.0, ("X-Forwarded-For",))
     capsys.readouterr()
 
 
