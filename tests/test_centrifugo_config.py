@@ -893,6 +893,31 @@ def test_the_environment_and_the_command_line_win(tmp_path, monkeypatch, capsys)
         parsed("--port", "0")
 
 
+def test_the_transports_file_then_environment_then_command_line(tmp_path, monkeypatch):
+    """--pubsub-transports: the file's (uni_sse enabled), under REALTIME_PUBSUB_TRANSPORTS,
+    under the command line; a file that serves nothing (websocket.disabled alone) is
+    refused until one of them names the transports."""
+    from realtime.settings import settings
+
+    path = write(tmp_path, {**HTTP, "client": {"allowed_origins": ["*"]},
+                            "uni_sse": {"enabled": True}})
+    parsed("--centrifugo-config", str(path), "--port", "0")
+    assert settings.pubsub_transports == {"websocket", "uni_sse"}
+    monkeypatch.setenv("REALTIME_PUBSUB_TRANSPORTS", "sse")
+    parsed("--centrifugo-config", str(path), "--port", "0")
+    assert settings.pubsub_transports == {"sse"}
+    parsed("--centrifugo-config", str(path), "--port", "0", "--pubsub-transports", "websocket")
+    assert settings.pubsub_transports == {"websocket"}
+    monkeypatch.delenv("REALTIME_PUBSUB_TRANSPORTS")
+    off = write(tmp_path, {**HTTP, "client": {"allowed_origins": ["*"]},
+                           "websocket": {"disabled": True}})
+    assert refusal(off, "--port", "0").endswith(
+        "websocket.disabled: not supported with no other transport enabled (realtime.pubsub "
+        "serves one at least)")
+    parsed("--centrifugo-config", str(off), "--port", "0", "--pubsub-transports", "uni_sse")
+    assert settings.pubsub_transports == {"uni_sse"}
+
+
 def test_the_cookie_refusal_goes_only_with_the_files_cookie(tmp_path):
     """The file's connect proxy forwards Cookie without allowed_origins: refused, as long as
     that header is forwarded (``--proxy-timeout`` leaves it); ``--proxy-http-headers``
