@@ -140,12 +140,14 @@ APP = "realtime.pubsub:application"
 FORMATS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}
 #: Sections only a v6 file has at its top level (v5's flat keys are none of them).
 _V6_SECTIONS = ("http_server", "log", "client", "channel", "rpc", "http_api", "grpc_api",
-                "websocket", "webtransport", "emulation", "shutdown", "node", "broker",
-                "presence_manager", "map_broker", "usage_stats", "init", "dev")
-#: A v6 key's value that is a section in v6 but a flag or name in v5.
+                "websocket", "emulation", "shutdown", "node", "presence_manager",
+                "map_broker", "usage_stats", "init", "dev")
+#: A v6 key's value that is a section in v6 but a flag or name in v5 (``webtransport:
+#: true``, ``broker: "nats"``).
 _SHARED_SECTIONS = ("engine", "admin", "prometheus", "health", "debug", "swagger",
                     "opentelemetry", "graphite", "uni_websocket", "uni_sse",
-                    "uni_http_stream", "uni_grpc", "sse", "http_stream")
+                    "uni_http_stream", "uni_grpc", "sse", "http_stream", "webtransport",
+                    "broker")
 
 _OFF = object()  # "Centrifugo's default is off": false, "", 0, [], {}
 _MISSING = object()

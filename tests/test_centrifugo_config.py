@@ -528,6 +528,25 @@ def test_v5_proxy_options_without_a_proxy_are_warned_of():
     assert "proxy-http-headers" not in out.options
 
 
+@pytest.mark.parametrize(("data", "version"), [
+    ({"webtransport": False, "allowed_origins": ["*"]}, 5),  # v5's flag
+    ({"webtransport": {"enabled": False}, "client": {"allowed_origins": ["*"]}}, 6),
+    ({"uni_sse": True, "allowed_origins": ["*"]}, 5),
+    ({"uni_sse": {"enabled": True}}, 6),
+    ({"broker": "nats", "allowed_origins": ["*"]}, 5),  # v5's broker name
+    ({"broker": {"enabled": False}}, 6),
+], ids=["webtransport-v5", "webtransport-v6", "uni_sse-v5", "uni_sse-v6", "broker-v5",
+        "broker-v6"])
+def test_a_key_that_is_a_flag_or_name_in_v5_and_a_section_in_v6_tells_by_its_value(
+        data, version):
+    """v5's ``webtransport: false`` is no v6 section: the file is read as v5 (not refused
+    as v5 keys in a v6 file)."""
+    out = centrifugo_config.translate(data)
+    assert out.version == version
+    assert not any("a Centrifugo v5 key in a v6 file" in m or "expected a table" in m
+                   for _, m in out.problems), out.problems
+
+
 #: A v6 section: a file of named proxies alone reads as v5's (its keys are v5's too).
 HTTP = {"http_server": {"address": "127.0.0.1"}}
 
