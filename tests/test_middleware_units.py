@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 
 import jwt
 import pytest
@@ -441,6 +442,61 @@ async def test_origin_validators_on_websocket_and_http():
     assert await run(local, ws_scope([(b"origin", b"http://localhost:8000")]))
     with pytest.raises(Refuse):
         await run(local, ws_scope([(b"origin", b"http://example.com")]))
+
+
+_HOSTS_SCRIPT = """
+import json, sys
+from realtime.origins import AllowedHostsOriginValidator
+from realtime.settings import settings
+built = AllowedHostsOriginValidator(lambda scope: None)
+explicit = AllowedHostsOriginValidator(lambda scope: None, [])
+settings.allowed_hosts = ["other.example"]
+flag = AllowedHostsOriginValidator(lambda scope: None)
+before = "django" in sys.modules
+def ok(validator, origin):
+    return validator.allowed({"type": "websocket", "headers": [(b"origin", origin.encode())]})
+print(json.dumps({
+    "django before": before,
+    "site": ok(built, "https://example.com"), "local": ok(built, "http://localhost:8000"),
+    "explicit site": ok(explicit, "https://example.com"),
+    "explicit local": ok(explicit, "http://localhost"),
+    "flag site": ok(flag, "https://example.com"), "flag other": ok(flag, "http://other.example"),
+    "django after": "django" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("settings_text,want", [
+    ("ALLOWED_HOSTS = ['example.com']\nDEBUG = False", {"site": True, "local": False}),
+    ("ALLOWED_HOSTS = []\nDEBUG = True", {"site": False, "local": True}),
+    ("ALLOWED_HOSTS = []\nDEBUG = False", {"site": False, "local": False}),
+    (None, {"site": False, "local": True, "django after": False}),
+    ("raise ImportError('broken settings')", {"site": False, "local": True}),
+], ids=["hosts", "debug-empty", "empty", "no-django", "broken-settings"])
+def test_allowed_hosts_validator_reads_djangos_settings_at_the_first_connection(
+        tmp_path, settings_text, want):
+    """Channels' AllowedHostsOriginValidator reads ALLOWED_HOSTS (with DEBUG and none, the
+    local hosts): so does realtime's without --allowed-hosts, read at the first connection,
+    so an asgi.py that builds it before Django is imported (DJANGO_SETTINGS_MODULE set, no
+    get_asgi_application() yet) still gets Django's list. An explicit list and
+    --allowed-hosts win; without a Django project, local origins, Django not imported."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    repo = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), repo])
+    if settings_text is not None:
+        (tmp_path / "hosts_settings.py").write_text(f"SECRET_KEY = 'x' * 50\n{settings_text}\n")
+        env["DJANGO_SETTINGS_MODULE"] = "hosts_settings"
+    done = subprocess.run([sys.executable, "-c", _HOSTS_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["django before"] is False  # built before Django was imported
+    assert {key: got[key] for key in want} == want
+    assert (got["explicit site"], got["explicit local"]) == (False, True)
+    assert (got["flag site"], got["flag other"]) == (False, True)
 
 
 # -- proxies ---------------------------------------------------------------------------------
