@@ -7,13 +7,15 @@ Daphne's ``--proxy-headers-host/-port`` name other headers for the address and t
 (``X-Real-IP``); the address header is read the same way, so a single address from a
 trusted peer is taken as it is, and anything that is not an IP address leaves the peer as
 the client. A trusted peer's ``Daphne-Root-Path`` header (Daphne takes it from anybody) is
-the scope's ``root_path``, as behind a proxy that mounts the application under a prefix
-and strips it.
+the scope's ``root_path``: the prefix a proxy mounts the application under, which the path
+it passes on still begins with (ASGI's ``path`` includes ``root_path``; ``URLRouter``
+strips it, and finds no route for a path outside it).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -64,6 +66,17 @@ def resolve_client(
     are lower case."""
     if client is None or not _trusted(client[0], networks):
         return client, None
+    return _forwarded(client, headers, networks, host_header, port_header)
+
+
+def _forwarded(
+    client: tuple[str, int],
+    headers: list[tuple[bytes, bytes]],
+    networks: list[Network],
+    host_header: bytes,
+    port_header: bytes,
+) -> tuple[tuple[str, int] | None, str | None]:
+    """``resolve_client`` for a trusted peer."""
     forwarded: list[str] = []
     for key, value in headers:
         if key == host_header:
@@ -97,10 +110,18 @@ def resolve_client(
 ROOT_PATH_HEADER = b"daphne-root-path"
 
 
+#: What a decoded root path may not hold: controls (NUL, CR, LF, C1), a backslash (a
+#: browser reads ``/\host`` as ``//host``).
+_ROOT_PATH_BAD = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+
+
 def root_path_of(value: bytes) -> str:
     """A ``Daphne-Root-Path`` value as a ``root_path``: percent-decoded (as Daphne does),
     a trailing slash dropped (as ``--root-path``); ``BadRequest`` (400) for one that is not
-    an absolute path, a malformed escape or anything not UTF-8 once decoded."""
+    an absolute path, a malformed escape or anything not UTF-8 once decoded, and, decoded,
+    for a control character or a backslash, an empty segment or a dot segment. The mount
+    prefix a proxy names has none of them, and an application joins ``root_path`` into the
+    URLs it writes (Django's ``reverse()``): ``//host`` there is another site."""
     value = value.strip(b" \t")
     if not value:
         return ""
@@ -108,10 +129,13 @@ def root_path_of(value: bytes) -> str:
     if not is_path or check_request_line(b"GET " + value + b" HTTP/1.1") is not None:
         raise BadRequest(f"Daphne-Root-Path {value!r} is not a path")
     try:
-        path = unquote_to_bytes(value).decode("utf-8")
+        path = unquote_to_bytes(value).decode("utf-8").rstrip("/")
     except UnicodeDecodeError:
         raise BadRequest("Daphne-Root-Path is not UTF-8 once decoded") from None
-    return path.rstrip("/")
+    if _ROOT_PATH_BAD.search(path) or any(
+            segment in ("", ".", "..") for segment in path.split("/")[1:]):
+        raise BadRequest(f"Daphne-Root-Path {value!r} is not a plain path")
+    return path
 
 
 def take_root_path(scope: dict[str, Any]) -> None:
@@ -134,10 +158,10 @@ def apply(
     ``scope["root_path"]`` from ``Daphne-Root-Path``; ``BadRequest`` for a root path that
     is not one."""
     peer = scope.get("client")
-    if peer is not None and _trusted(peer[0], networks):
-        take_root_path(scope)
-    client, proto = resolve_client(peer, scope.get("headers", []), networks,
-                                   host_header, port_header)
+    if peer is None or not _trusted(peer[0], networks):
+        return  # its headers are ordinary ones
+    take_root_path(scope)
+    client, proto = _forwarded(peer, scope["headers"], networks, host_header, port_header)
     scope["client"] = client
     if proto is not None:
         secure = proto in ("https", "wss")

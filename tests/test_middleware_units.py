@@ -553,6 +553,23 @@ def test_daphne_root_path_only_from_a_trusted_proxy():
             scope_from("10.1.2.3", bad)
         assert scope_from("8.8.8.8", bad)["root_path"] == ""  # not read: not refused
     assert root_path_of(b" /caf%C3%A9 ") == "/caf\u00e9"
+    assert root_path_of(b"/a%2Fb/c/") == "/a/b/c"
+    assert root_path_of(b"///") == ""
+
+
+@pytest.mark.parametrize("value", [
+    b"/a%00b", b"/a%0D%0ASet-Cookie:%20x=1", b"/a%09b", b"/a%7F", b"/a%C2%85b",  # controls
+    b"//evil.example", b"/%2F%2Fevil.example", b"/%2fevil.example", b"/a//b",  # "//"
+    b"/%5Cevil.example", b"/\\evil.example",  # a browser's "//"
+    b"/..", b"/a/../b", b"/a/%2E%2E/b", b"/./a", b"/a/.", b"/a/%2e",  # dot segments
+])
+def test_a_trusted_root_path_is_a_plain_path_once_decoded(value):
+    """Decoded, a Daphne-Root-Path with a control character (NUL, CR/LF: a header or a log
+    line split where an app writes it), an empty or dot segment or a backslash is a 400:
+    a mount prefix has none, and Django joins root_path into the URLs it writes, where
+    "//evil.example" or "/\\evil.example" is another site."""
+    with pytest.raises(BadRequest):
+        root_path_of(value)
 
 
 def test_session_repr_is_not_the_data():

@@ -515,6 +515,15 @@ def expect(status: int | None = 101, *, name: str = "a", frames: list[list[Any]]
     return check
 
 
+def not_seen(name: str = "a") -> Callable[[Answer], None]:
+    """A check that the application never ran for socket ``name`` (no record)."""
+
+    def check(answer: Answer) -> None:
+        assert answer.seen.get(name) is None, (name, answer.seen.get(name))
+
+    return check
+
+
 def every(*checks: Callable[[Answer], None]) -> Callable[[Answer], None]:
     def check(answer: Answer) -> None:
         for one in checks:
@@ -1060,6 +1069,29 @@ TABLE: list[Row] = [
         "400", (Open("a", A, ("Daphne-Root-Path: app",), source=TRUSTED),), expect(400),
         daphne="takes it as it is (and Channels' URLRouter then finds no route: 500)",
         seen=""),
+    Row("root-path-outside", "Daphne-Root-Path from a trusted proxy that the path is not "
+        "under: no route, 404 (the application never runs)",
+        (Open("a", A, ("Daphne-Root-Path: /app",), source=TRUSTED),),
+        every(expect(404), not_seen()), seen="now",
+        daphne="500: Channels' URLRouter raises ValueError (the path must start with it)"),
+    *(Row(f"root-path-{name}", f"Daphne-Root-Path from a trusted proxy, {what}: 400 (the "
+          "application never runs)",
+          (Open("a", "/x" + A, (f"Daphne-Root-Path: {value}",), source=TRUSTED),),
+          every(expect(400), not_seen()), seen="now", daphne="takes it, decoded, as it is")
+      for name, what, value in [
+          ("nul", "a NUL once decoded", "/x%00"),
+          ("crlf", "CR LF once decoded", "/x%0D%0AX-Injected:%201"),
+          ("protocol-relative", "'//host' once decoded (Django's reverse() would write "
+           "links to another site)", "/%2F%2Fevil.example"),
+          ("backslash", "'/\\host' (a browser's '//host')", "/%5Cevil.example"),
+          ("dot-segment", "a '..' segment", "/x/%2E%2E"),
+      ]),
+    Row("http-root-path-protocol-relative", "HTTP: Daphne-Root-Path from a trusted proxy, "
+        "'//host': 400 (the application never runs)",
+        (Get("a", "//evil.example/http/x", ("Daphne-Root-Path: //evil.example",),
+             source=TRUSTED),),
+        every(expect(400, eof=True), not_seen()), seen="now",
+        daphne="takes it as it is"),
 ]
 
 
