@@ -670,11 +670,14 @@ TABLE: list[Row] = [
         expect(frames=[["text", "x"], ["bytes", "y"], OK_CLOSE],
                events=[CONNECT, ["receive", "text", "x"], ["receive", "bytes", "y"], BYE])),
     Row("sync-close-before-accept", "WebsocketConsumer: close() before accept: 403",
-        script("/ws/sync/close/"), expect(403), daphne=STATUS),
+        script("/ws/sync/close/"), expect(403, events=[CONNECT, ["disconnect", 1006]]),
+        daphne=STATUS),
     Row("sync-deny", "WebsocketConsumer: DenyConnection: 403",
-        script("/ws/sync/deny/"), expect(403), daphne=STATUS),
+        script("/ws/sync/deny/"), expect(403, events=[CONNECT, ["disconnect", 1006]]),
+        daphne=STATUS),
     Row("sync-connect-raises", "WebsocketConsumer: connect() raises: 500",
-        script("/ws/sync/raise/"), expect(500), daphne=STATUS),
+        script("/ws/sync/raise/"), expect(500, events=[CONNECT, ["disconnect", 1006]]),
+        daphne=STATUS),
     Row("sync-subprotocol", "WebsocketConsumer: accept(subprotocol=...)",
         echo_then_leave("/ws/sync/proto/", text("x"), headers=("Sec-WebSocket-Protocol: a, b",)),
         expect(headers={"sec-websocket-protocol": ["b"]})),
@@ -899,7 +902,9 @@ TABLE: list[Row] = [
         echo_then_leave("/ws/raw/proto/", text("t"), headers=("Sec-WebSocket-Protocol: x, y",)),
         expect(headers={"sec-websocket-protocol": ["x"]})),
     Row("raw-close-before-accept", "a raw ASGI app's websocket.close before accept: 403",
-        script("/ws/raw/close/"), expect(403), daphne=STATUS),
+        script("/ws/raw/close/"),
+        expect(403, events=[["message", "websocket.connect"],
+                            ["message", "websocket.disconnect", 1006]]), daphne=STATUS),
     Row("raw-close-reason", "a raw ASGI app's websocket.close with a code and a reason",
         script("/ws/raw/accept/", Send("a", text("!close 4003 no more")), Closed("a")),
         expect(frames=[["close", 4003, "no more"]]), daphne=NO_REASON),
@@ -1095,6 +1100,16 @@ TABLE: list[Row] = [
 ]
 
 
+def _served(answer: Answer, row: Row, server: str) -> None:
+    """Every socket the server upgraded left a record of the application that served it:
+    two answers without one (an application that never ran) compare equal, and must not
+    pass a row."""
+    for step in row.steps:
+        if isinstance(step, Open | Raw) and answer.sides[step.name].status == 101:
+            assert answer.seen.get(step.name) is not None, (
+                f"{server}: {row.id}.{step.name} was upgraded, but no application saw it")
+
+
 @pytest.mark.parametrize("row", TABLE, ids=[row.id for row in TABLE])
 def test_row(ports: dict[str, int], row: Row) -> None:
     if row.daphne in COMPARED:
@@ -1102,13 +1117,18 @@ def test_row(ports: dict[str, int], row: Row) -> None:
             ours_f = pool.submit(play, ports["realtime"], row)
             # (Not what Daphne's application saw when it is not compared: where it died
             # with an exception, no disconnect ever comes to wait for.)
-            theirs_f = pool.submit(play, ports["daphne"], row, row.daphne not in (STATUS, WIRE))
+            theirs_seen = row.daphne not in (STATUS, WIRE)
+            theirs_f = pool.submit(play, ports["daphne"], row, theirs_seen)
             ours, theirs = ours_f.result(), theirs_f.result()
+        if row.seen and theirs_seen:
+            _served(theirs, row, "daphne")
         mine, yours = _normal(ours, row.daphne), _normal(theirs, row.daphne)
         if mine != yours:
             pytest.fail("\n".join([row.what, *_differences(mine, yours)]), pytrace=False)
     else:
         ours = play(ports["realtime"], row)
+    if row.seen:
+        _served(ours, row, "realtime")
     row.check(ours)
 
 
