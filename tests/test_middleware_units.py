@@ -530,15 +530,22 @@ def test_proxy_resolution_with_other_header_names():
 
 def test_daphne_root_path_only_from_a_trusted_proxy():
     """Daphne takes root_path from a Daphne-Root-Path header of any client; here only a
-    --trusted-proxies peer's counts (with --proxy-headers), percent-decoded, its trailing
-    slash dropped as --root-path's, and the header leaves the scope as under Daphne."""
+    --trusted-proxies peer's counts (with --proxy-headers and --root-path-header),
+    percent-decoded, its trailing slash dropped as --root-path's, and the header leaves the
+    scope as under Daphne."""
     nets = parse_networks(["10.0.0.0/8"])
 
-    def scope_from(peer, *values, root=""):
+    def scope_from(peer, *values, root="", header=b"daphne-root-path"):
         scope = {"type": "websocket", "client": (peer, 1), "root_path": root, "scheme": "ws",
                  "headers": [(b"host", b"h"), *((b"daphne-root-path", v) for v in values)]}
-        apply_proxy_headers(scope, nets)
+        apply_proxy_headers(scope, nets, b"x-forwarded-for", b"x-forwarded-port", header)
         return scope
+
+    # Not named (--root-path-header not given): an ordinary header, from a trusted peer too.
+    not_named = scope_from("10.1.2.3", b"/app", root="/opt", header=b"")
+    assert not_named["root_path"] == "/opt"
+    assert not_named["headers"] == [(b"host", b"h"), (b"daphne-root-path", b"/app")]
+    assert scope_from("10.1.2.3", b"//x\x00", header=b"")["root_path"] == ""  # not read
 
     trusted = scope_from("10.1.2.3", b"/first", b"/my%20app/", root="/opt")
     assert trusted["root_path"] == "/my app"  # the last one, over --root-path

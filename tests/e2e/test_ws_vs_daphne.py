@@ -6,7 +6,8 @@ realtime the same classes with their imports taken from realtime), answers compa
 ``TABLE`` below IS the record of how realtime's serving of a ported Channels app differs
 from Daphne's. Both servers run once for the module as real processes on 127.0.0.1
 (realtime under its default reactor, with ``--proxy-headers --trusted-proxies
-127.0.0.2``: a client bound to 127.0.0.2 is a trusted proxy, one on 127.0.0.1 is not;
+127.0.0.2 --root-path-header Daphne-Root-Path``: a client bound to 127.0.0.2 is a trusted
+proxy, one on 127.0.0.1 is not;
 Daphne as ``python -m daphne``). Each row opens one or more WebSockets by writing raw bytes
 over TCP (a fixed ``Sec-WebSocket-Key``, so the accept is compared too), sends frames,
 and reads what comes back; ``Answer`` holds per socket the handshake's status and the
@@ -102,7 +103,8 @@ def _daphne(port: int) -> Server:
 def ports() -> Any:
     """``{"realtime": PORT, "daphne": PORT}``: both servers, started side by side."""
     ours = Server(twistd("--app", APP, "--port", "0", "-b", "127.0.0.1", "--proxy-headers",
-                         "--trusted-proxies", TRUSTED), env=_env("realtime"), cwd=REPO)
+                         "--trusted-proxies", TRUSTED, "--root-path-header", "Daphne-Root-Path"),
+                  env=_env("realtime"), cwd=REPO)
     try:
         theirs = on_a_free_port(_daphne)
     except BaseException:
@@ -1041,7 +1043,8 @@ TABLE: list[Row] = [
         daphne="serves it as plain HTTP (it wants the header to be 'websocket' alone)"),
     # -- Daphne-Root-Path ------------------------------------------------------------------------
     Row("root-path-trusted", "Daphne-Root-Path from a trusted proxy (--proxy-headers, "
-        "--trusted-proxies): the root_path, routing under it, the header left out",
+        "--trusted-proxies, --root-path-header): the root_path, routing under it, the header "
+        "left out",
         (Open("a", "/app/ws/async/accept/", ("Daphne-Root-Path: /app",), source=TRUSTED),
          Send("a", text("x")), Read("a"), Leave("a")),
         expect(frames=[["text", "x"], OK_CLOSE],
