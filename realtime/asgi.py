@@ -39,6 +39,7 @@ from zope.interface import implementer
 from realtime.consumer import _WebsocketBase, receive_message
 from realtime.exceptions import ConnectionClosed, Refuse, check_headers
 from realtime.http2 import cut_off
+from realtime.scope import HTTP_ASGI, WEBSOCKET_ASGI
 from realtime.threads import as_deferred
 
 if TYPE_CHECKING:
@@ -48,9 +49,6 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-#: What an ``http`` scope says it speaks; ``websocket`` adds send-after-close as OSError (2.4).
-HTTP_ASGI = {"version": "3.0", "spec_version": "2.3"}
-WEBSOCKET_ASGI = {"version": "3.0", "spec_version": "2.4"}
 #: ``http.request`` chunk size: the body is already in memory or a temporary file.
 BODY_CHUNK = 64 * 1024
 
@@ -355,7 +353,7 @@ class WebsocketSender:
             self.accepted = True
         elif kind == "websocket.send":
             if not self.accepted and conn.in_handshake:
-                conn.accept(None, [])  # as Daphne: a send before accept accepts
+                conn.accept(None, [])  # a send before accept accepts (the bridge's rule)
                 self.accepted = True
             if self.closed or not self.accepted:
                 raise ConnectionClosed("the WebSocket is closed")

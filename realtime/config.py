@@ -108,6 +108,10 @@ class ServerConfig:
     #: ``--proxy-headers-host/-port``; e.g. ``X-Real-IP``), read only with ``proxy_headers``.
     proxy_headers_host: str = "X-Forwarded-For"
     proxy_headers_port: str = "X-Forwarded-Port"
+    #: The header a trusted proxy names ``root_path`` with (Daphne's ``Daphne-Root-Path``),
+    #: read only with ``proxy_headers``; empty: none (a proxy passes on a client's headers
+    #: unless told otherwise: the operator opts in once the proxy sets it).
+    root_path_header: str = ""
     #: Serve /metrics on this port (the service sets ``site.metrics``).
     metrics_path: str = "/metrics"
     #: Keys that may POST /api/publish and /api/broadcast; empty: the API is off (404).
@@ -187,7 +191,9 @@ class ServerConfig:
             raise ValueError("http_body_limit must not be negative (0: no limit)")
         if any(c in self.server_header for c in "\r\n\0") or not _latin1(self.server_header):
             raise ValueError("server_header must be latin-1 without CR, LF or NUL")
-        for name in ("proxy_headers_host", "proxy_headers_port"):
+        for name in ("proxy_headers_host", "proxy_headers_port", "root_path_header"):
+            if name == "root_path_header" and not self.root_path_header:
+                continue
             if not is_token(getattr(self, name)):
                 raise ValueError(f"{name} must be an HTTP header name")
             problem = unread_header(getattr(self, name))

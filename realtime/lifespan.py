@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from realtime.config import LIFESPAN_MODES as MODES
+from realtime.scope import AsgiKey
 
 log = Logger()
 
@@ -44,7 +45,8 @@ log = Logger()
 STARTUP_FAILED = 3
 #: Seconds of start-up after which a warning says requests are still waiting for it.
 SLOW_STARTUP = 10.0
-LIFESPAN_ASGI = {"version": "3.0", "spec_version": "2.0"}
+#: Shared by every app's lifespan scope: read-only, as the other kinds' (``AsgiKey``).
+LIFESPAN_ASGI = AsgiKey(version="3.0", spec_version="2.0")
 
 
 def _cancelling(result: Any, call: Any) -> Any:

@@ -11,13 +11,19 @@ request) passes.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
+from twisted.logger import Logger
+
 from realtime.exceptions import Refuse
 from realtime.middleware import BaseMiddleware
 from realtime.routing import Application, Scope
+
+log = Logger()
 
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 
@@ -92,14 +98,59 @@ class OriginValidator(BaseMiddleware):
         return await super().__call__(scope, *asgi)
 
 
+_LOCAL = ["localhost", "127.0.0.1", "[::1]"]
+
+
+def django_allowed_hosts() -> list[str] | None:
+    """Django's ``ALLOWED_HOSTS`` in a Django project (its settings configured, or named by
+    ``DJANGO_SETTINGS_MODULE``), as Channels' validator reads them: with ``DEBUG`` an empty
+    list means the local hosts, as Django's own check does; None without Django."""
+    if "django.conf" not in sys.modules and not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        return None  # not a Django project: Django is not imported for nothing
+    try:
+        from django.conf import settings as django_settings
+    except ImportError:
+        return None
+    if not (django_settings.configured or os.environ.get("DJANGO_SETTINGS_MODULE")):
+        return None
+    try:
+        hosts = list(django_settings.ALLOWED_HOSTS)
+        debug = bool(django_settings.DEBUG)
+    except Exception as exc:  # a DJANGO_SETTINGS_MODULE that does not import
+        log.warn("AllowedHostsOriginValidator: Django's settings did not load ({error}); "
+                 "only local origins pass", error=exc)
+        return None
+    return _LOCAL if debug and not hosts else hosts
+
+
 class AllowedHostsOriginValidator(OriginValidator):
-    """``OriginValidator`` over ``--allowed-hosts`` (Django's ALLOWED_HOSTS); with none
-    configured only local origins (localhost, 127.0.0.1, [::1]) pass."""
+    """``OriginValidator`` over ``--allowed-hosts``; without it, Django's ``ALLOWED_HOSTS``
+    in a Django project (what Channels' validator reads, so a ported ``asgi.py`` keeps its
+    policy), else only local origins (localhost, 127.0.0.1, [::1]). An ``allowed_hosts``
+    given here wins over both (empty: the local ones). Django's settings are read at the
+    first connection, once: an ``asgi.py`` may build the validator before Django is
+    imported or configured."""
+
+    #: Django's settings are still to be read (at the first connection).
+    _read_django = False
 
     def __init__(
         self, application: Application, allowed_hosts: Iterable[str] | None = None
     ) -> None:
         from realtime.settings import settings
 
-        hosts = list(allowed_hosts if allowed_hosts is not None else settings.allowed_hosts)
-        super().__init__(application, hosts or ["localhost", "127.0.0.1", "[::1]"])
+        if allowed_hosts is not None:
+            hosts = list(allowed_hosts) or _LOCAL
+        elif settings.allowed_hosts:
+            hosts = list(settings.allowed_hosts)
+        else:
+            hosts = []
+            self._read_django = True
+        super().__init__(application, hosts)
+
+    def allowed(self, scope: Scope) -> bool:
+        if self._read_django:
+            self._read_django = False
+            django_hosts = django_allowed_hosts()
+            self.allowed_origins = _LOCAL if django_hosts is None else django_hosts
+        return super().allowed(scope)

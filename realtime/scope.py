@@ -12,7 +12,7 @@ from __future__ import annotations
 import binascii
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -39,6 +39,36 @@ _HOST = re.compile(
 # Content-Length beside it, where a proxy in front that refuses it or reads to the close
 # would not (smuggling); 501 as for any other.
 _KNOWN_CODINGS = (b"chunked",)
+
+
+class AsgiKey(dict[str, str]):
+    """A ``scope["asgi"]`` value: one per kind of scope, shared by every connection (not a
+    dict per idle socket), so read-only: a consumer's ``scope["asgi"]["x"] = 1`` would
+    reach every other scope, and raises ``TypeError`` instead. Copies (``dict()``,
+    ``copy``, ``deepcopy``, pickling) are plain dicts, free to change."""
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("scope['asgi'] is shared by every connection and read-only; "
+                        "change a copy: dict(scope['asgi'])")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __copy__(self) -> dict[str, str]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: Any) -> dict[str, str]:
+        return dict(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
+
+
+#: ``scope["asgi"]``: what each kind of scope speaks (``websocket`` adds send-after-close
+#: as OSError, 2.4). ASGI's required key: Daphne and uvicorn set it in every scope, and a
+#: Channels consumer may read it.
+HTTP_ASGI = AsgiKey(version="3.0", spec_version="2.3")
+WEBSOCKET_ASGI = AsgiKey(version="3.0", spec_version="2.4")
 
 
 def is_token(value: bytes) -> bool:
@@ -228,6 +258,7 @@ def build_scope(
                for value in values]
     scope: dict[str, Any] = {
         "type": kind,
+        "asgi": WEBSOCKET_ASGI if kind == "websocket" else HTTP_ASGI,
         "path": decode_path(raw_path),
         "raw_path": raw_path,
         "root_path": root_path,

@@ -689,7 +689,8 @@ class RealtimeSite(server.Site):
         self.per_user: dict[str, int] = {}
         self._proxies = parse_networks(config.trusted_proxies) if config.proxy_headers else []
         self._proxy_header_names = (config.proxy_headers_host.lower().encode("latin-1"),
-                                    config.proxy_headers_port.lower().encode("latin-1"))
+                                    config.proxy_headers_port.lower().encode("latin-1"),
+                                    config.root_path_header.lower().encode("latin-1"))
         #: ``Server`` on every response that has none of its own (``--server-name``).
         self.server_header: bytes = config.server_header.encode("latin-1")
 

@@ -363,6 +363,9 @@ class Options(usage.Options):
         ["proxy-headers-port", None, None,
          "With --proxy-headers: the header with the client's port (default "
          "X-Forwarded-Port)."],
+        ["root-path-header", None, None,
+         "With --proxy-headers: the header a --trusted-proxies peer names root_path with "
+         "(Daphne's Daphne-Root-Path; default: none). Your proxy must set it."],
         ["server-name", "s", None,
          "Send 'Server: NAME' on HTTP responses and the handshake (default: no Server "
          "header)."],
@@ -1015,6 +1018,7 @@ class Options(usage.Options):
             trusted_proxies=self._networks(),
             proxy_headers_host=self._proxy_header("proxy-headers-host", "X-Forwarded-For"),
             proxy_headers_port=self._proxy_header("proxy-headers-port", "X-Forwarded-Port"),
+            root_path_header=self._proxy_header("root-path-header", ""),
             http_response_timeout=(
                 _seconds("http-timeout", self["http-timeout"]) if self["http-timeout"] else 0.0
             ),
@@ -1095,9 +1099,10 @@ class Options(usage.Options):
                 raise StartupError(f"--access-log {self['access-log']}: {exc.strerror}") from None
 
     def _proxy_header(self, name: str, default: str) -> str:
-        """Daphne's --proxy-headers-host/-port: a header name, only with --proxy-headers."""
+        """Daphne's --proxy-headers-host/-port, --root-path-header: a header name, only with
+        --proxy-headers."""
         value = self[name]
-        if value is None:
+        if value is None or (value == "" and not default):
             return default
         if not self["proxy-headers"]:
             raise StartupError(f"--{name}: needs --proxy-headers")

@@ -660,7 +660,8 @@ class WebSocketConnection(WebSocketServerProtocol):
         if self._call_in_io_thread(self._write_message, opcode, payload):
             return
         if self.in_handshake:
-            # Daphne and Channels accept implicitly on a send before accept.
+            # A send before accept accepts, as Daphne's serverSend() means to (Daphne 4
+            # refuses such a send first, with 500: tests/e2e/test_ws_vs_daphne.py).
             self.accept()
         if self.state != _OPEN:
             raise ConnectionClosed("send on a WebSocket that is closing or closed")
@@ -1196,7 +1197,13 @@ class WebSocketConnection(WebSocketServerProtocol):
         self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
     ) -> None:
         """Every close we start, Autobahn's own 1002/1007/1009 for a protocol violation
-        included, gets the close deadline: a peer that never answers is dropped."""
+        included, gets the close deadline: a peer that never answers is dropped. The code of
+        the first close we start is the one ``disconnect(code)`` hears, whatever the peer
+        answers: Autobahn's too (a close frame with a reserved code gets 1002, which Autobahn
+        would otherwise report as the peer's 1000)."""
+        if not isReply and code is not None and self._closed_code is None \
+                and self.state == _OPEN:
+            self._closed_code = code
         super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
         if not isReply and self.state == _CLOSING:
             self._start_close_deadline()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import struct
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -27,6 +28,7 @@ from websockets.sync.client import connect
 from realtime import AsyncHttpConsumer, ProtocolTypeRouter, URLRouter, WebsocketConsumer, path
 from realtime.metrics import HTTP_BUCKETS, Collector, SnapshotWriter, exposition
 from tests.clients import (
+    client_frame,
     closed_by_server,
     http_get,
     in_thread,
@@ -34,6 +36,7 @@ from tests.clients import (
     raw_connect,
     raw_exchange,
     until,
+    ws_open,
 )
 from tests.e2e.support import self_signed, tls_options
 
@@ -172,6 +175,33 @@ async def test_requests_are_counted_by_method_and_status_and_upgrades_are_not(li
     assert statuses(logged) == Counter(logged_as | {("PROPFIND", 200): 1})
     assert Counter(r["kind"] for r in logged) == Counter(
         {"http": 8, "ws_connect": 1, "ws_disconnect": 1, "ws_reject": 1})
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("frame,code", [
+    (struct.pack("!H", 1005), 1002),  # a reserved code
+    (b"x", 1002),  # a 1-byte payload
+    (struct.pack("!H", 1000) + b"\xff", 1007),  # a reason that is not UTF-8
+])
+async def test_the_close_code_sent_for_a_malformed_close_frame_is_the_one_counted(
+        live, frame, code):
+    """A malformed close frame gets Autobahn's 1002 or 1007: the code sent is the one the
+    metrics count and the access log's ws_disconnect has (disconnect(code) hears it too:
+    tests/e2e/test_ws_vs_daphne.py), not the 1000 or 1005 Autobahn takes for the peer's."""
+    server, logged = await serve(live)
+    conn = await ws_open(server.port, "/ws")
+    conn.write(client_frame(0x8, frame))
+    assert await closed_by_server(conn, TIMEOUT)
+    head, _, frames = conn.data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert frames[0] == 0x88 and struct.unpack("!H", frames[2:4])[0] == code, frames
+    # (logged once the TCP close is seen)
+    assert await until(lambda: any(r["kind"] == "ws_disconnect" for r in logged), TIMEOUT)
+    assert [r["code"] for r in logged if r["kind"] == "ws_disconnect"] == [code]
+    values = read(server)
+    assert values[f'realtime_close_codes_total{{"code": "{code}"}}'] == 1
+    assert {k for k in values if k.startswith("realtime_close_codes_total")} == {
+        f'realtime_close_codes_total{{"code": "{code}"}}'}
 
 
 @pytest_twisted.ensureDeferred

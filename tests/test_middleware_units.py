@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 
 import jwt
 import pytest
@@ -18,8 +19,10 @@ from realtime.auth import AnonymousUser, AuthMiddleware, User, login, logout
 from realtime.cookies import CookieMiddleware, parse_cookie, set_cookie
 from realtime.exceptions import Refuse
 from realtime.origins import AllowedHostsOriginValidator, OriginValidator, origin_allowed
-from realtime.proxy import parse_networks, resolve_client
+from realtime.proxy import apply as apply_proxy_headers
+from realtime.proxy import parse_networks, resolve_client, root_path_of
 from realtime.routing import Ready
+from realtime.scope import BadRequest
 from realtime.sessions import (
     CookieStore,
     MemorySessionStore,
@@ -441,6 +444,61 @@ async def test_origin_validators_on_websocket_and_http():
         await run(local, ws_scope([(b"origin", b"http://example.com")]))
 
 
+_HOSTS_SCRIPT = """
+import json, sys
+from realtime.origins import AllowedHostsOriginValidator
+from realtime.settings import settings
+built = AllowedHostsOriginValidator(lambda scope: None)
+explicit = AllowedHostsOriginValidator(lambda scope: None, [])
+settings.allowed_hosts = ["other.example"]
+flag = AllowedHostsOriginValidator(lambda scope: None)
+before = "django" in sys.modules
+def ok(validator, origin):
+    return validator.allowed({"type": "websocket", "headers": [(b"origin", origin.encode())]})
+print(json.dumps({
+    "django before": before,
+    "site": ok(built, "https://example.com"), "local": ok(built, "http://localhost:8000"),
+    "explicit site": ok(explicit, "https://example.com"),
+    "explicit local": ok(explicit, "http://localhost"),
+    "flag site": ok(flag, "https://example.com"), "flag other": ok(flag, "http://other.example"),
+    "django after": "django" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("settings_text,want", [
+    ("ALLOWED_HOSTS = ['example.com']\nDEBUG = False", {"site": True, "local": False}),
+    ("ALLOWED_HOSTS = []\nDEBUG = True", {"site": False, "local": True}),
+    ("ALLOWED_HOSTS = []\nDEBUG = False", {"site": False, "local": False}),
+    (None, {"site": False, "local": True, "django after": False}),
+    ("raise ImportError('broken settings')", {"site": False, "local": True}),
+], ids=["hosts", "debug-empty", "empty", "no-django", "broken-settings"])
+def test_allowed_hosts_validator_reads_djangos_settings_at_the_first_connection(
+        tmp_path, settings_text, want):
+    """Channels' AllowedHostsOriginValidator reads ALLOWED_HOSTS (with DEBUG and none, the
+    local hosts): so does realtime's without --allowed-hosts, read at the first connection,
+    so an asgi.py that builds it before Django is imported (DJANGO_SETTINGS_MODULE set, no
+    get_asgi_application() yet) still gets Django's list. An explicit list and
+    --allowed-hosts win; without a Django project, local origins, Django not imported."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    repo = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), repo])
+    if settings_text is not None:
+        (tmp_path / "hosts_settings.py").write_text(f"SECRET_KEY = 'x' * 50\n{settings_text}\n")
+        env["DJANGO_SETTINGS_MODULE"] = "hosts_settings"
+    done = subprocess.run([sys.executable, "-c", _HOSTS_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["django before"] is False  # built before Django was imported
+    assert {key: got[key] for key in want} == want
+    assert (got["explicit site"], got["explicit local"]) == (False, True)
+    assert (got["flag site"], got["flag other"]) == (False, True)
+
+
 # -- proxies ---------------------------------------------------------------------------------
 
 def test_proxy_resolution_walks_from_the_right():
@@ -468,6 +526,57 @@ def test_proxy_resolution_with_other_header_names():
     for port in (b"\xb2", b"99999", b"-1", b"80x"):
         headers = [(b"x-forwarded-for", b"1.2.3.4"), (b"x-forwarded-port", port)]
         assert resolve_client(("127.0.0.1", 1), headers, nets) == (("1.2.3.4", 0), None)
+
+
+def test_daphne_root_path_only_from_a_trusted_proxy():
+    """Daphne takes root_path from a Daphne-Root-Path header of any client; here only a
+    --trusted-proxies peer's counts (with --proxy-headers and --root-path-header),
+    percent-decoded, its trailing slash dropped as --root-path's, and the header leaves the
+    scope as under Daphne."""
+    nets = parse_networks(["10.0.0.0/8"])
+
+    def scope_from(peer, *values, root="", header=b"daphne-root-path"):
+        scope = {"type": "websocket", "client": (peer, 1), "root_path": root, "scheme": "ws",
+                 "headers": [(b"host", b"h"), *((b"daphne-root-path", v) for v in values)]}
+        apply_proxy_headers(scope, nets, b"x-forwarded-for", b"x-forwarded-port", header)
+        return scope
+
+    # Not named (--root-path-header not given): an ordinary header, from a trusted peer too.
+    not_named = scope_from("10.1.2.3", b"/app", root="/opt", header=b"")
+    assert not_named["root_path"] == "/opt"
+    assert not_named["headers"] == [(b"host", b"h"), (b"daphne-root-path", b"/app")]
+    assert scope_from("10.1.2.3", b"//x\x00", header=b"")["root_path"] == ""  # not read
+
+    trusted = scope_from("10.1.2.3", b"/first", b"/my%20app/", root="/opt")
+    assert trusted["root_path"] == "/my app"  # the last one, over --root-path
+    assert trusted["headers"] == [(b"host", b"h")]
+    assert scope_from("10.1.2.3", b"/")["root_path"] == ""
+    assert scope_from("10.1.2.3", b"")["root_path"] == ""
+    untrusted = scope_from("8.8.8.8", b"/app", root="/opt")
+    assert untrusted["root_path"] == "/opt"
+    assert untrusted["headers"] == [(b"host", b"h"), (b"daphne-root-path", b"/app")]
+    for bad in (b"app", b"/a?b", b"/a#b", b"/%zz", b"/%ff", b"/a b", b"//x\x00"):
+        with pytest.raises(BadRequest):
+            scope_from("10.1.2.3", bad)
+        assert scope_from("8.8.8.8", bad)["root_path"] == ""  # not read: not refused
+    assert root_path_of(b" /caf%C3%A9 ") == "/caf\u00e9"
+    assert root_path_of(b"/a%2Fb/c/") == "/a/b/c"
+    assert root_path_of(b"///") == ""
+
+
+@pytest.mark.parametrize("value", [
+    b"/a%00b", b"/a%0D%0ASet-Cookie:%20x=1", b"/a%09b", b"/a%7F", b"/a%C2%85b",  # controls
+    b"//evil.example", b"/%2F%2Fevil.example", b"/%2fevil.example", b"/a//b",  # "//"
+    b"/%5Cevil.example", b"/\\evil.example",  # a browser's "//"
+    b"/..", b"/a/../b", b"/a/%2E%2E/b", b"/./a", b"/a/.", b"/a/%2e",  # dot segments
+])
+def test_a_trusted_root_path_is_a_plain_path_once_decoded(value):
+    """Decoded, a Daphne-Root-Path with a control character (NUL, CR/LF: a header or a log
+    line split where an app writes it), an empty or dot segment or a backslash is a 400:
+    a mount prefix has none, and Django joins root_path into the URLs it writes, where
+    "//evil.example" or "/\\evil.example" is another site."""
+    with pytest.raises(BadRequest):
+        root_path_of(value)
 
 
 def test_session_repr_is_not_the_data():

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import pickle
+
 import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
-from realtime.scope import BadRequest, address_pair, build_scope, decode_path, split_subprotocols
+from realtime.lifespan import LIFESPAN_ASGI
+from realtime.scope import (
+    AsgiKey,
+    BadRequest,
+    address_pair,
+    build_scope,
+    decode_path,
+    split_subprotocols,
+)
 
 CLIENT = IPv4Address("TCP", "10.0.0.1", 5555)
 SERVER = IPv4Address("TCP", "127.0.0.1", 8000)
@@ -46,6 +58,38 @@ def test_http_scope():
     assert s["query_string"] == b""
     assert s["root_path"] == "/r"
     assert "subprotocols" not in s
+
+
+@pytest.mark.parametrize("kind", ["http", "websocket"])
+def test_every_scope_says_which_asgi(kind):
+    """ASGI's required ``asgi`` key, as Daphne and uvicorn set it (a Channels consumer may
+    read it): one dict per kind, shared by every scope."""
+    assert scope(kind)["asgi"]["version"] == "3.0"
+    assert scope(kind)["asgi"] is scope(kind)["asgi"]
+    assert scope("websocket")["asgi"]["spec_version"] == "2.4"  # send after close: OSError
+
+
+@pytest.mark.parametrize("kind", ["http", "websocket"])
+def test_one_scopes_asgi_key_cannot_change_anothers(kind):
+    """The shared ``asgi`` dict is read-only: a write in one consumer would reach every
+    scope; copies of it are plain dicts (json, copy, deepcopy, pickle work)."""
+    mine, other = scope(kind), scope(kind)
+    before = dict(other["asgi"])
+    writes = [lambda a: a.__setitem__("x", 1), lambda a: a.update(x=1),
+              lambda a: a.setdefault("x", 1), lambda a: a.pop("version"),
+              lambda a: a.popitem(), lambda a: a.clear(), lambda a: a.__delitem__("version"),
+              lambda a: a.__ior__({"x": 1})]
+    for write in writes:
+        with pytest.raises(TypeError, match="read-only"):
+            write(mine["asgi"])
+    assert other["asgi"] == before
+    assert json.loads(json.dumps(mine["asgi"])) == before
+    for copied in (dict(mine["asgi"]), copy.copy(mine["asgi"]),
+                   copy.deepcopy(mine)["asgi"], pickle.loads(pickle.dumps(mine["asgi"]))):
+        assert type(copied) is dict and copied == before
+        copied["x"] = 1
+    assert "x" not in other["asgi"]
+    assert isinstance(LIFESPAN_ASGI, AsgiKey)
 
 
 @pytest.mark.parametrize("kind", ["http", "websocket"])

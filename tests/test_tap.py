@@ -73,6 +73,9 @@ class TestDefaults:
         assert options.config.server_header == ""
         assert (options.config.proxy_headers_host, options.config.proxy_headers_port) == (
             "X-Forwarded-For", "X-Forwarded-Port")
+        assert options.config.root_path_header == ""  # a proxy's root path header: none
+        named = parse("--proxy-headers", "--root-path-header", "Daphne-Root-Path")
+        assert named.config.root_path_header == "Daphne-Root-Path"
         assert options.verbosity == 1
         assert options.gc_threshold == 7000  # the collector tuned (README "Performance")
 
@@ -251,6 +254,12 @@ ERRORS = [
     (["--proxy-headers", "--proxy-headers-port", "X_Port"],
      "--proxy-headers-port: 'X_Port' holds '_': request headers so named are left out "
      "(as Daphne's scopes, CVE-2015-0219), so it would never be read; name it with '-'"),
+    (["--root-path-header", "Daphne-Root-Path"], "--root-path-header: needs --proxy-headers"),
+    (["--proxy-headers", "--root-path-header", "Root Path"],
+     "--root-path-header: expected an HTTP header name, got 'Root Path'"),
+    (["--proxy-headers", "--root-path-header", "Daphne_Root_Path"],
+     "--root-path-header: 'Daphne_Root_Path' holds '_': request headers so named are left "
+     "out (as Daphne's scopes, CVE-2015-0219), so it would never be read; name it with '-'"),
     (["-s", "edge\r\nX-Injected: 1"],
      "--server-name: CR, LF and NUL are not allowed, got 'edge\\r\\nX-Injected: 1'"),
     (["--server-name", "名前"], "--server-name: expected latin-1 text, got '名前'"),

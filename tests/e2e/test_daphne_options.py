@@ -1,5 +1,6 @@
 """Daphne's last command-line options, on real servers: ``-s/--server-name``,
-``-t/--http-timeout``, ``--proxy-headers-host/-port`` and ``-v/--verbosity``.
+``-t/--http-timeout``, ``--proxy-headers-host/-port``, ``--root-path-header`` and
+``-v/--verbosity``.
 
 The in-process tests run the real server (``live``) and real sockets; the ``--http-timeout``
 deadline is also driven by a ``Clock`` through the in-memory communicators (the server's
@@ -87,6 +88,14 @@ class Client(AsyncHttpConsumer):
 
     async def handle(self, body):
         await self.send_response(200, json.dumps(self.scope["client"]).encode())
+
+
+class RootPath(AsyncHttpConsumer):
+    """Answers with the scope's root_path and its header names, as JSON."""
+
+    async def handle(self, body):
+        names = [name.decode() for name, _ in self.scope["headers"]]
+        await self.send_response(200, json.dumps([self.scope["root_path"], names]).encode())
 
 
 class Gated(AsyncHttpConsumer):
@@ -366,6 +375,39 @@ async def test_real_ip_header_from_an_untrusted_peer_is_ignored(live):
                         proxy_headers_host="X-Real-IP", trusted_proxies=("10.0.0.0/8",))
     _, _, body = await get(server.port, "/client", [(b"X-Real-IP", b"203.0.113.7")])
     assert json.loads(body)[0] == "127.0.0.1"
+
+
+# -- --root-path-header ----------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_proxys_root_path_header_counts_only_when_named(live):
+    """A proxy passes its client's headers on unless told otherwise: with --proxy-headers
+    alone a trusted peer's Daphne-Root-Path stays an ordinary header (a client behind the
+    proxy would set root_path: routes under another prefix than the proxy's rules see);
+    --root-path-header names the header the proxy sets."""
+    app = make_app(root=RootPath.as_app())
+    plain = await live(app, proxy_headers=True)
+    status, _, body = await get(plain.port, "/root", [(b"Daphne-Root-Path", b"/app")])
+    assert status == 200
+    assert json.loads(body) == ["", ["host", "connection", "daphne-root-path"]]
+    conn = await ws_open(plain.port, "/app/client", extra=[(b"Daphne-Root-Path", b"/app")])
+    assert head_of(conn.data)[0] == 404  # no root_path taken: no route for /app/client
+    conn.abort()
+
+    named = await live(app, proxy_headers=True, root_path_header="Daphne-Root-Path")
+    status, _, body = await get(named.port, "/app/root", [(b"Daphne-Root-Path", b"/app/")])
+    assert (status, json.loads(body)) == (200, ["/app", ["host", "connection"]])
+    conn = await ws_open(named.port, "/app/client", extra=[(b"Daphne-Root-Path", b"/app")])
+    assert head_of(conn.data)[0] == 101
+    conn.abort()
+    status, _, _ = await get(named.port, "/root", [(b"Daphne-Root-Path", b"/%2F%2Fevil")])
+    assert status == 400
+    # Another name (X-Script-Name): Daphne-Root-Path is then an ordinary header.
+    other = await live(app, proxy_headers=True, root_path_header="X-Script-Name")
+    _, _, body = await get(other.port, "/p/root", [(b"X-Script-Name", b"/p"),
+                                                   (b"Daphne-Root-Path", b"/app")])
+    assert json.loads(body) == ["/p", ["host", "connection", "daphne-root-path"]]
 
 
 # -- -v/--verbosity -------------------------------------------------------------------------

@@ -528,7 +528,8 @@ TABLE: list[Row] = [
     Row("expect-over-limit", "Expect: 100-continue with a body over the limit: 413, no 100",
         one(req("POST", "/echo", f"Content-Length: {11 * MiB}", "Expect: 100-continue")),
         expect(413, closed=True), daphne="100 Continue, then reads it all"),
-    Row("daphne-root-path", "a Daphne-Root-Path header: an ordinary header here",
+    Row("daphne-root-path", "a Daphne-Root-Path header: an ordinary header here (no "
+        "--root-path-header; from a trusted proxy: tests/e2e/test_ws_vs_daphne.py)",
         one(req("GET", "/echo", "Daphne-Root-Path: /app", row="rootpath")),
         expect(200, scope={"root_path": ""}), seen="yes",
         daphne="takes root_path from it, from any client"),
