@@ -1907,10 +1907,15 @@ class PollingConsumer(AsyncHttpConsumer):
             return
         method = self.scope.get("method")
         if method == "OPTIONS":  # a CORS preflight
-            await self.send_response(204, b"", headers=[
-                (b"Access-Control-Allow-Methods", b"GET, POST, OPTIONS"),
-                (b"Access-Control-Allow-Headers", b"Content-Type"),
-                (b"Access-Control-Max-Age", b"600")])
+            headers = [(b"Access-Control-Allow-Methods", b"GET, POST, OPTIONS"),
+                       (b"Access-Control-Max-Age", b"600")]
+            # The headers the page asks to send (socket.io-client's extraHeaders), as
+            # python-engineio and Node's cors allow them: this origin may send anything.
+            asked = [value for name, value in self.scope.get("headers", ())
+                     if name == b"access-control-request-headers"]
+            if asked:
+                headers.append((b"Access-Control-Allow-Headers", b", ".join(asked)))
+            await self.send_response(204, b"", headers=headers)
             return
         params = _params(self.scope)
         if params.get("EIO") != "4":
