@@ -36,6 +36,7 @@ import json
 import re
 import secrets
 import types
+import urllib.parse
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
@@ -1435,8 +1436,16 @@ def _origin_ok(server: AsyncServer, scope: dict[str, Any]) -> bool:
 
 
 def _params(scope: dict[str, Any]) -> dict[str, str]:
+    """The query's parameters, percent-decoded, as python-engineio reads them: a repeated
+    one's first value (``sid``, ``transport``), but a repeated ``EIO`` is no version."""
+    params: dict[str, str] = {}
     query = scope.get("query_string", b"").decode("latin-1")
-    return dict(part.partition("=")[::2] for part in query.split("&") if part)
+    for name, value in urllib.parse.parse_qsl(query):
+        if name not in params:
+            params[name] = value
+        elif name == "EIO":
+            params[name] = ""
+    return params
 
 
 def _encode_payload(items: list[str | bytes]) -> bytes:
