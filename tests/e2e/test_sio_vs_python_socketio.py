@@ -557,6 +557,31 @@ def _upgrade(c: Client) -> None:
     c.ended()
 
 
+def _upgrade_with_a_post_between(c: Client) -> None:
+    """A POST between the probe and the upgrade packet: its ack waits for the WebSocket."""
+    c.connected()
+    ws = c.ws(WS + "&sid=SID")
+    assert ws is not None
+    ws.send("2probe")
+    ws.recv()
+    c.get()
+    c.post('421["echo","between"]')
+    ws.send("5")
+    ws.recv()
+    ws.close()
+    c.ended()
+
+
+def _close_while_a_get_waits(c: Client) -> None:
+    c.connected()
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(c._send, "GET", SIO + "?" + c._query(SESSION), None, {}, WAIT)
+        time.sleep(0.5)  # (the GET is in the server by then)
+        c.post("1")
+        reply = waiting.result()
+    c.lines.append("waiting GET " + ("held" if reply is None else f"{reply[0]} {reply[2]!r}"))
+
+
 def _upgrade_twice(c: Client) -> None:
     c.connected()
     ws = c.ws(WS + "&sid=SID")
@@ -861,6 +886,22 @@ TABLE = [
     row("connect-and-event", "CONNECT and an event in one POST",
         lambda c: (c.open(), c.post('40\x1e421["echo",1]'), c.get(2)),
         *CONNECTED, "< 431[1]", SEEN_CONNECT, 'seen ["echo", "S1", 1]', BYE_CLIENT),
+    row("connect-after-refusal", "a CONNECT refused, then one accepted",
+        lambda c: (c.open(), c.post('40{"token":"refuse-bare"}'), c.get(),
+                   c.post('40{"token":"ok"}'), c.get()),
+        "GET 200", OPEN_POLLING, "POST 200", "= ok", "GET 200",
+        '< 44{"message":"Connection rejected by server"}', "POST 200", "= ok", "GET 200",
+        '< 40{"sid":"S1"}', 'seen ["connect", "S2", "/", {"token": "refuse-bare"}]',
+        'seen ["connect", "S1", "/", {"token": "ok"}]', BYE_CLIENT),
+    row("event-before-connect", "an event before any CONNECT (ignored)",
+        lambda c: (c.open(), c.post('421["echo"]\x1e40'), c.get()),
+        *CONNECTED, SEEN_CONNECT, BYE_CLIENT),
+    row("connect-chat-only", "a connection to '/chat' alone",
+        lambda c: (c.open(), c.post("40/chat,"), c.get(), c.post('42/chat,1["echo"]'),
+                   c.get()),
+        "GET 200", OPEN_POLLING, "POST 200", "= ok", "GET 200", '< 40/chat,{"sid":"S1"}',
+        "POST 200", "= ok", "GET 200", "< 43/chat,1[]", 'seen ["connect", "S1", "/chat"]',
+        'seen ["echo /chat", "S1"]', 'seen ["disconnect", "S1", "/chat", "client disconnect"]'),
     row("connect-twice", "a second CONNECT to '/'", posting("40", '421["echo"]', gets=1),
         *CONNECTED, "POST 200", "= ok", "POST 200", "= ok", "GET 200", "< 431[]", SEEN_CONNECT,
         'seen ["echo", "S1"]', BYE_CLIENT,
@@ -919,6 +960,14 @@ TABLE = [
         *CONNECTED, "POST 200", "= ok", "GET 200", '< 42A1["question","q?"]', "< 431[]", "POST 200",
         "= ok", "GET 200", '< 432["after"]', SEEN_CONNECT, 'seen ["ask", "S1", "q?"]',
         'seen ["answered", "S1", "yes", 2]', 'seen ["echo", "S1", "after"]', BYE_CLIENT),
+    row("event-root-namespace-explicit", "an EVENT naming '/' (b'42/,1[...]')",
+        posting('42/,1["echo",1]'),
+        *CONNECTED, "POST 200", "= ok", "GET 200", "< 431[1]", SEEN_CONNECT,
+        'seen ["echo", "S1", 1]', BYE_CLIENT),
+    row("placeholder-in-a-text-event", "a placeholder object in a plain EVENT (data)",
+        posting(f'421["echo",{ph(0)}]'),
+        *CONNECTED, "POST 200", "= ok", "GET 200", '< 431[{"_placeholder":true,"num":0}]',
+        SEEN_CONNECT, 'seen ["echo", "S1", {"_placeholder": true, "num": 0}]', BYE_CLIENT),
     row("ack-unknown", "an ACK for an id the server never asked",
         posting('4399[1]\x1e421["echo","after"]'),
         *CONNECTED, "POST 200", "= ok", "GET 200", '< 431["after"]', SEEN_CONNECT,
@@ -1037,6 +1086,11 @@ TABLE = [
         'seen ["disconnect", "S1", "/", "transport error"]',
         ref="closes the session (\"server disconnect\"); the POST waits until a GET takes "
         "its queue, a later POST gets Daphne's 500"),
+    row("close-while-get-waits", "Engine.IO's close POSTed while a GET waits",
+        _close_while_a_get_waits,
+        *CONNECTED, "POST 200", "= ok", "waiting GET 200 b'1'", SEEN_CONNECT, BYE_CLIENT,
+        ref="leaves the waiting GET unanswered (until "
+        "ping_interval + ping_timeout)"),
     row("second-get", "a GET while another waits", _second_get,
         *CONNECTED, "GET 400", '= {"code":3,"message":"Bad request"}', "first GET 200 b'1'",
         SEEN_CONNECT, 'seen ["disconnect", "S1", "/", "transport error"]',
@@ -1148,6 +1202,12 @@ TABLE = [
         *WS_CONNECTED, "close 1002", "closed", SEEN_CONNECT,
         'seen ["disconnect", "S1", "/", "transport error"]',
         ref="takes the text message as the attachment"),
+    row("ws-binary-one-frame-more", "one binary frame more than announced",
+        sending(f'451-1["echo",{ph(0)}]', b"\x01", b"\x02", reads=2),
+        *WS_CONNECTED, '< 461-1[{"_placeholder":true,"num":0}]', "<b 01", "close 1003", "closed",
+        SEEN_CONNECT, 'seen ["echo", "S1", {"bytes": "01"}]',
+        'seen ["disconnect", "S1", "/", "transport error"]',
+        ref="acks the packet and ignores the frame (a traceback)"),
     row("ws-placeholder-out-of-range", "a placeholder past the attachments",
         sending(f'451-1["echo",{ph(1)}]', b"\x01"),
         *WS_CONNECTED, "close 1002", "closed", SEEN_CONNECT,
@@ -1173,6 +1233,11 @@ TABLE = [
         *CONNECTED, "WS 101", "close 1002", "closed", "POST 200", "= ok", "GET 200",
         '< 431["polling"]', SEEN_CONNECT, 'seen ["transport", "S1"]', BYE_CLIENT,
         ref="leaves that WebSocket open and silent"),
+    row("upgrade-post-between", "a POST between the probe and the upgrade packet: its "
+        "ack on the WebSocket", _upgrade_with_a_post_between,
+        *CONNECTED, "WS 101", "< 3probe", "GET 200", "< 6", "POST 200", "= ok", '< 431["between"]',
+        SEEN_CONNECT, 'seen ["echo", "S1", "between"]', BYE_TRANSPORT,
+        ref="the same, after one more noop on the WebSocket (as in \"upgrade\")"),
     row("upgrade-twice", "a second WebSocket with the sid of an upgraded session",
         _upgrade_twice,
         *CONNECTED, "WS 101", "< 3probe", "WS 400", '< 431["websocket"]', SEEN_CONNECT,
