@@ -23,9 +23,10 @@ with None, ``binary`` acks with bytes (top level and nested), ``join``/``leave``
 (acked with the sid's rooms, sorted, its own sid as "SELF"), ``shout(room, data)`` emits
 ``shout`` to the room but the sender, ``kick`` disconnects the sender from the server,
 ``remember(value)``/``recall`` keep a value in the session, ``emit_binary`` emits an
-event with bytes to the sender, ``transport`` acks the sid's transport, ``ask(q)`` emits
-``question`` with a callback that records the client's answer; anything else reaches the
-catch-all ``*``, which acks ``("caught", event)``. Namespace "/chat" (``connect(sid,
+event with bytes to the sender, ``transport`` acks the sid's transport, ``fail`` raises,
+``plain`` (not ``async``) acks its arguments as a list, ``ask(q)`` emits ``question``
+with a callback that records the client's answer; anything else reaches the catch-all
+``*``, which acks ``("caught", event)``. Namespace "/chat" (``connect(sid,
 environ)``, the legacy form): ``echo``. Namespace "/open" is listed in ``namespaces`` and
 has no handlers at all.
 """
@@ -157,6 +158,16 @@ def register(sio: Any, refused: type[Exception]) -> None:
         _note(sid, "recall")
         session = await sio.get_session(sid)
         return session.get("value"), session.get("auth")
+
+    @sio.event
+    async def fail(sid: str) -> None:
+        _note(sid, "fail")
+        raise RuntimeError("the fail handler fails")
+
+    @sio.event
+    def plain(sid: str, *args: Any) -> Any:
+        _note(sid, "plain", *args)
+        return list(args)
 
     @sio.event
     async def transport(sid: str) -> str:
