@@ -988,12 +988,15 @@ class AsyncServer:
         (``register_namespace``), then the "*" class."""
         reserved = event in ("connect", "disconnect")
         own = self.handlers.get(namespace, {})
-        if event in own:
+        # An event named "*" is the catch-all's as any other (called as its own handler,
+        # python-socketio's way, it would take the sid for the event name and the client's
+        # first argument for the sid).
+        if event in own and event != "*":
             return own[event], args
         if not reserved and "*" in own:
             return own["*"], (event, *args)
         anywhere = self.handlers.get("*", {})
-        if event in anywhere:
+        if event in anywhere and event != "*":
             return anywhere[event], (namespace, *args)
         if not reserved and "*" in anywhere:
             return anywhere["*"], (event, namespace, *args)
