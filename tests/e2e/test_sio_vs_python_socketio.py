@@ -105,6 +105,10 @@ def _daphne(port: int) -> Server:
     return server
 
 
+#: The servers the module started (``realtime``: read by the last test).
+SERVERS: dict[str, Server] = {}
+
+
 @pytest.fixture(scope="module")
 def ports() -> Any:
     """``{"realtime": PORT, "python-socketio": PORT}``: both servers, started side by side."""
@@ -116,6 +120,7 @@ def ports() -> Any:
         raise
     try:
         ours.wait_listening()
+        SERVERS["realtime"] = ours
         yield {"realtime": ours.port, "python-socketio": theirs.port}
     finally:
         ours.stop()
@@ -176,16 +181,24 @@ class WebSocket:
                 return
             opcode, payload = frame
             if opcode in (-1, 0x8):
-                if opcode == 0x8:
-                    lines.append(f"close {close_code(payload)}")
-                lines.append("closed")
-                self.closed = True
+                self._closed_by_server(payload if opcode == 0x8 else None)
                 return
             if pong and payload == b"2":
                 self.send("3")
                 continue
             lines.append("< " + payload.decode() if opcode == 0x1 else "<b " + payload.hex())
             count -= 1
+
+    def _closed_by_server(self, payload: bytes | None) -> None:
+        """The server's close frame (answered, as a client does) or its EOF."""
+        if payload is not None:
+            self.client.lines.append(f"close {close_code(payload)}")
+            try:
+                self.sock.sendall(client_frame(0x8, payload[:2]))
+            except OSError:
+                pass
+        self.client.lines.append("closed")
+        self.closed = True
 
     def quiet(self, wait: float = QUIET, pong: bool = False) -> None:
         """Whatever comes within ``wait`` (nothing, for most rows; ``pong``: Engine.IO
@@ -196,10 +209,7 @@ class WebSocket:
             if pong and payload == b"2":
                 self.send("3")
             elif opcode in (-1, 0x8):
-                if opcode == 0x8:
-                    self.client.lines.append(f"close {close_code(payload)}")
-                self.client.lines.append("closed")
-                self.closed = True
+                self._closed_by_server(payload if opcode == 0x8 else None)
             else:
                 self.client.lines.append(
                     "< " + payload.decode() if opcode == 0x1 else "<b " + payload.hex())
@@ -1325,3 +1335,18 @@ def test_row(ports: dict[str, int], row: Row) -> None:
 def test_the_table_names_each_row_once() -> None:
     names = [row.id for row in TABLE]
     assert len(names) == len(set(names))
+
+
+def test_zz_realtime_logged_no_traceback_but_the_handlers_own(ports: dict[str, int]) -> None:
+    """Last: every traceback realtime logged over the table is one a handler raised on
+    purpose (``connect-crash``, ``handler-raises``), and it warned of nothing (no close
+    handshake left to time out): no input made realtime itself fail."""
+    output = SERVERS["realtime"].output()
+    failures = re.findall(r"#(?:critical|error)\] (.*)", output)
+    assert sorted(set(failures)) == ["socketio: the 'fail' handler failed",
+                                     "socketio: the connect handler failed"], failures
+    raised = re.findall(r"^\s*(\w+\.\w+: .*)$", output, re.M)
+    assert output.count("Traceback (most recent call last)") == len(raised) == 2, raised
+    assert [line for line in output.splitlines() if "#warn]" in line] == []
+    assert sorted(raised) == ["builtins.RuntimeError: the connect handler fails",
+                              "builtins.RuntimeError: the fail handler fails"]
