@@ -37,16 +37,33 @@ client.channel_limit, user_connection_limit,       ``--max-groups-per-connection
 connection_limit, connection_rate_limit,           ``--max-connections-per-user``,
 queue_max_size (client_*)                          ``--max-connections``, ``--handshake-rate``,
                                                    ``--max-send-buffer``
-client.proxy.connect / refresh (enabled),          ``--proxy-*-endpoint``; their ``timeout``,
-channel.proxy.subscribe / publish / sub_refresh,   ``http_headers``, ``emulated_headers``,
-rpc.proxy (with rpc.without_namespace.            ``http.static_headers``,
-proxy_enabled) (proxy_*_endpoint, proxy_*)         ``binary_encoding``,
-                                                   ``include_connection_meta``: realtime's
-                                                   ``--proxy-*`` options are one for every
-                                                   proxy, so two proxies that differ are
-                                                   refused, naming both keys
-channel.namespaces, channel.without_namespace      ``--namespace`` (the same option names;
-(namespaces, top-level channel options)            realtime's own checks speak)
+client.proxy.connect / refresh (enabled),          ``--proxy-*-endpoint``, and each
+channel.proxy.subscribe / publish / sub_refresh,   object's own settings as they are
+rpc.proxy (proxy_*_endpoint, proxy_*_timeout,      (``--proxy-event``, TOML
+and v5's proxy_* in each)                          ``[proxy_events.EVENT]``: ``timeout``,
+                                                   ``http_headers``, ``emulated_headers``,
+                                                   ``http.static_headers``,
+                                                   ``http.status_to_code_transforms``,
+                                                   ``binary_encoding``,
+                                                   ``include_connection_meta``; a
+                                                   ``--proxy-*`` option the environment or
+                                                   the command line gives wins over them)
+proxies (v5: with granular_proxy_mode;             ``--proxy`` (TOML ``[[proxies]]``, the
+static_http_headers)                               objects as they are); v5's
+                                                   ``connect_proxy_name``,
+                                                   ``refresh_proxy_name``: that proxy's
+                                                   object as the event's own
+channel.namespaces, channel.without_namespace      ``--namespace`` (the same option names,
+(namespaces, top-level channel options)            ``*_proxy_name`` too (v5 granular: a
+                                                   name enables it); realtime's own checks
+                                                   speak)
+rpc.without_namespace, rpc.namespaces,             ``--rpc-namespace`` (TOML
+rpc.namespace_boundary (rpc_proxy_name,            ``[[rpc_namespaces]]``, ``""`` for
+rpc_namespaces, rpc_namespace_boundary)            methods without one; made whenever the
+                                                   file proxies RPC, so v6's 104 and 108
+                                                   hold), ``--rpc-namespace-boundary``; v5
+                                                   without granular mode: every method to
+                                                   ``proxy_rpc_endpoint``, as v5 did
 http_api.key (api_key), http_api.disabled          ``--api-key``
 admin.enabled, admin.handler_prefix (admin)        ``--admin-path`` (``/admin`` for
                                                    Centrifugo's ``/``: warning)
@@ -61,19 +78,21 @@ compression_min_size, message_size_limit           ``--compression-min-size``,
                                                    Centrifugo's 65536)
 prometheus.enabled (prometheus)                    ``--metrics``
 health.enabled, handler_prefix (health)            ``--health-path /health``
-shutdown.timeout (shutdown_timeout)                ``--shutdown-timeout``
+shutdown.timeout (shutdown_timeout)                ``--shutdown-timeout`` (not set:
+                                                   Centrifugo's 30)
 log.level (log_level)                              ``-v`` (trace/debug 2, info 1, warn,
                                                    error, fatal, none 0)
-uni_websocket / uni_sse / uni_http_stream / sse /  served always (``enabled: false``:
-http_stream ``.enabled``                           warning)
+websocket.disabled, uni_websocket / uni_sse /      ``--pubsub-transports``: what the file
+uni_http_stream / sse / http_stream ``.enabled``   enables (Centrifugo's defaults: WebSocket
+                                                   alone; ``/emulation`` with sse or
+                                                   http_stream)
 =================================================  ========================================
 
 Refused (security or delivery would change; one line naming the key and why): gRPC
-(``grpc_api``, ``uni_grpc``, gRPC proxies), ``consumers``, named ``proxies`` and a
-namespace's ``*_proxy_name``, ``channel.proxy.subscribe_stream``,
-``subscribe_stream_proxy_enabled``, ``rpc.namespaces``, ``rpc.ping``, ``channel_regex``,
-``force_recovery_mode: cache``, channel patterns, token ``audience_regex``,
-``issuer_regex``, ``user_id_claim``, ``client.subscription_token``,
+(``grpc_api``, ``uni_grpc``, gRPC proxies), ``consumers``, a proxy name no ``proxies``
+item has, ``channel.proxy.subscribe_stream``, ``subscribe_stream_proxy_enabled``,
+``rpc.ping``, ``channel_regex``, ``force_recovery_mode: cache``, channel patterns, token
+``audience_regex``, ``issuer_regex``, ``user_id_claim``, ``client.subscription_token``,
 ``disallow_anonymous_connection_tokens``, ``insecure_skip_token_signature_verify``,
 ``user_id_http_header``, every ``insecure`` mode, ``http_server.internal_port`` (realtime
 serves the API, admin and health on the main port), client certificates (``client_ca_pem``,
@@ -84,7 +103,9 @@ channel boundaries or prefixes, ``channel.max_length`` other than 255,
 variable (Centrifugo reads them over the file), a key given twice in one table,
 ``connect_code_to_http_response``/``_unidirectional_disconnect``,
 ``uni_websocket.join_push_messages``, ``broker``/``presence_manager`` (realtime has one
-layer: ``engine``), ``init``, status code transforms and a proxy's own TLS.
+layer: ``engine``), ``init``, a proxy's own TLS (``http.tls.enabled``) and
+``websocket.disabled`` with no other transport enabled. A proxy forwarding ``Cookie``
+(any of them, named ones too) needs ``allowed_origins``.
 
 Ignored with one warning line each (nothing a client or the backend relies on):
 ``log.file``, ``pid_file``, ``node.*``, ``debug``, ``dev``, ``swagger``, ``opentelemetry``,
@@ -97,7 +118,10 @@ key), ``admin.web_path``, ``*.external``, ``http3``, ``webtransport``, ``map_bro
 ``max_request_body_size``, Redis ``connect_timeout``, ``io_timeout``, ``client_name``,
 ``force_resp2``, ``history_use_lists``, ``presence_*``), ``uni_websocket``'s compression
 (``websocket``'s is process-wide), a proxy's ``grpc_metadata``, a TLS client option
-of the HTTP server (``server_ca_pem``, ``server_name``, ``insecure_skip_verify``).
+of the HTTP server (``server_ca_pem``, ``server_name``, ``insecure_skip_verify``), what
+v5 does not use in its proxy mode (without ``granular_proxy_mode``: ``proxies``, the
+``*_proxy_name`` keys, ``rpc_namespaces``; with it: ``proxy_*_endpoint`` and the common
+``proxy_*`` options).
 """
 
 from __future__ import annotations
@@ -116,12 +140,14 @@ APP = "realtime.pubsub:application"
 FORMATS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}
 #: Sections only a v6 file has at its top level (v5's flat keys are none of them).
 _V6_SECTIONS = ("http_server", "log", "client", "channel", "rpc", "http_api", "grpc_api",
-                "websocket", "sse", "http_stream", "uni_sse", "uni_http_stream", "uni_grpc",
-                "webtransport", "emulation", "shutdown", "node", "broker",
-                "presence_manager", "map_broker", "usage_stats", "init", "dev")
-#: A v6 key's value that is a section in v6 but a flag or name in v5.
+                "websocket", "emulation", "shutdown", "node", "presence_manager",
+                "map_broker", "usage_stats", "init", "dev")
+#: A v6 key's value that is a section in v6 but a flag or name in v5 (``webtransport:
+#: true``, ``broker: "nats"``).
 _SHARED_SECTIONS = ("engine", "admin", "prometheus", "health", "debug", "swagger",
-                    "opentelemetry", "graphite", "uni_websocket")
+                    "opentelemetry", "graphite", "uni_websocket", "uni_sse",
+                    "uni_http_stream", "uni_grpc", "sse", "http_stream", "webtransport",
+                    "broker")
 
 _OFF = object()  # "Centrifugo's default is off": false, "", 0, [], {}
 _MISSING = object()
@@ -143,6 +169,12 @@ class Translation:
     options: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     namespaces: list[tuple[dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    #: Centrifugo's proxy objects for ``--config``'s ``[proxy_events.EVENT]``,
+    #: ``[[proxies]]`` and ``[[rpc_namespaces]]`` tables, each with its keys' sources.
+    proxy_events: list[tuple[str, dict[str, Any], dict[str, str]]] = field(
+        default_factory=list)
+    proxies: list[tuple[dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    rpc_namespaces: list[tuple[dict[str, Any], dict[str, str]]] = field(default_factory=list)
     #: (the option it hangs on: ``a|b`` for either, None for none; the line)
     warnings: list[tuple[str | None, str]] = field(default_factory=list)
     problems: list[tuple[str | None, str]] = field(default_factory=list)
@@ -657,6 +689,7 @@ pong_timeout client.pong_timeout
 namespaces channel.namespaces
 rpc_namespaces rpc.namespaces
 proxies proxies
+rpc_proxy_name rpc.without_namespace.proxy_name
 enable_unreleased_features enable_unreleased_features
 consumers consumers
 """.strip().splitlines())
@@ -699,41 +732,173 @@ def _set(tree: dict[str, Any], path: str, value: Any) -> None:
     tree[last] = value
 
 
-def from_v5(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str], list[str]]:
-    """A v5 table in v6's layout, where each v6 path came from (for messages) and the v5
-    keys Centrifugo's map does not know (or, marked ``+``, that do nothing here: a
-    proxy option without any proxy endpoint)."""
-    tree: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    unknown: list[str] = []
+#: v5's granular proxy mode (Centrifugo's converter maps none of these: v6 has no named
+#: connect or refresh proxy, so the named proxy's object becomes that event's own here).
+_V5_GRANULAR = ("granular_proxy_mode", "connect_proxy_name", "refresh_proxy_name")
+#: Where v5's named proxies are kept by the mode: "only with granular_proxy_mode".
+_V5_NAMED_ONLY = "ignored (only with granular_proxy_mode: Centrifugo v5 does not use it)"
+
+
+def _v5_proxy(table: Any) -> Any:
+    """A v5 ``proxies`` item in v6's shape: ``static_http_headers`` is
+    ``http.static_headers``, ``grpc_*`` go under ``grpc`` (as the converter moves them)."""
+    if not isinstance(table, dict):
+        return table
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key == "static_http_headers":
+            out.setdefault("http", {})["static_headers"] = value
+        elif key.startswith("grpc_") and key != "grpc_metadata":
+            out.setdefault("grpc", {})[key[5:]] = value
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass
+class _V5:
+    """A v5 table in v6's layout (``tree``), where each v6 path came from (``origin``), and
+    ``notes``: (key, None) for a key Centrifugo's map does not know, (key, why) for one
+    that does nothing (a warning)."""
+
+    tree: dict[str, Any] = field(default_factory=dict)
+    origin: dict[str, str] = field(default_factory=dict)
+    notes: list[tuple[str, str | None]] = field(default_factory=list)
+    #: ``granular_proxy_mode``: named proxies, picked per event and namespace; without it
+    #: v5's RPC proxy is asked for every method (no RPC namespaces).
+    granular: bool = False
+
+
+def from_v5(data: dict[str, Any]) -> _V5:
+    """A v5 table in v6's layout: Centrifugo's v5 -> v6 map, then v5's proxy modes (the
+    common ``proxy_*`` options into each proxy in use, as the converter does; with
+    ``granular_proxy_mode`` the named proxies, which it leaves half done, as v5 used them)."""
+    out = _V5()
+    granular = data.get("granular_proxy_mode", False)
+    if not isinstance(granular, bool):
+        raise CentrifugoConfigError(f"granular_proxy_mode: expected true or false, got "
+                                    f"{_shown(granular)}")
+    out.granular = granular
+    tree, origin = out.tree, out.origin
     for key, value in data.items():
         if key in _V5_KEYS:
             path = _V5_KEYS[key]
         elif key in _V5_CHANNEL_OPTIONS:
             path = f"channel.without_namespace.{key}"
-        elif key in _V5_PROXY_COMMON:
+        elif key in _V5_PROXY_COMMON or key in _V5_GRANULAR:
             continue  # below, once the proxies are known
         else:
-            unknown.append(key)
+            out.notes.append((key, None))
+            continue
+        if granular and path.startswith(("client.proxy.", "channel.proxy.", "rpc.proxy.")):
+            if not _is_off(value):
+                out.notes.append((key, "ignored (granular_proxy_mode: the named proxies are "
+                                       "used)"))
             continue
         _set(tree, path, value)
         origin[path] = key
+    if granular:
+        _v5_granular(data, out)
+    else:
+        _v5_global(data, out)
+    return out
+
+
+def _v5_global(data: dict[str, Any], out: _V5) -> None:
+    """v5 without granular mode: the ``proxy_*`` options go into each proxy with an
+    endpoint; named proxies and RPC namespaces do nothing (every RPC method is proxied)."""
+    tree, origin = out.tree, out.origin
     for event, base in _PROXIES.items():
         if _is_off(data.get(f"proxy_{event}_endpoint")):
             continue
         if event in ("connect", "refresh"):  # v5: an endpoint enables them
             _set(tree, f"{base}.enabled", True)
             origin[f"{base}.enabled"] = f"proxy_{event}_endpoint"
-        if event == "rpc":  # v5: every method
-            _set(tree, "rpc.without_namespace.proxy_enabled", True)
-            origin["rpc.without_namespace.proxy_enabled"] = "proxy_rpc_endpoint"
         for key, leaf in _V5_PROXY_COMMON.items():
             if key in data:
                 _set(tree, f"{base}.{leaf}", data[key])
                 origin[f"{base}.{leaf}"] = key
     used = set(origin.values())
-    unknown += [f"+{key}" for key in _V5_PROXY_COMMON if key in data and key not in used]
-    return tree, origin, unknown
+    out.notes += [(key, "ignored (no proxy endpoint is set)") for key in _V5_PROXY_COMMON
+                  if key in data and key not in used]
+    for key in ("proxies", "connect_proxy_name", "refresh_proxy_name", "rpc_proxy_name",
+                "rpc_namespaces"):
+        if not _is_off(data.get(key)):
+            out.notes.append((key, _V5_NAMED_ONLY))
+    for path in ("proxies", "rpc.without_namespace", "rpc.namespaces"):
+        head, _, last = path.rpartition(".")
+        (tree.get(head, {}) if head else tree).pop(last, None)
+    for where, table in _v5_namespaces(out):
+        for event in ("subscribe", "publish", "sub_refresh"):
+            if not _is_off(table.pop(f"{event}_proxy_name", None)):
+                out.notes.append((f"{where}{event}_proxy_name", _V5_NAMED_ONLY))
+
+
+def _v5_namespaces(out: _V5) -> list[tuple[str, dict[str, Any]]]:
+    """The channel namespaces' tables (copies, put back in the tree) with each one's key
+    prefix, the top-level options' (``channel.without_namespace``) first."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    channel = out.tree.get("channel", {})
+    if isinstance(channel.get("without_namespace"), dict):
+        found.append(("", channel["without_namespace"]))
+    spaces = channel.get("namespaces")
+    if isinstance(spaces, list):
+        spaces = channel["namespaces"] = [dict(t) if isinstance(t, dict) else t
+                                          for t in spaces]
+        found += [(f"namespaces[{i}].", t) for i, t in enumerate(spaces) if isinstance(t, dict)]
+    return found
+
+
+def _v5_granular(data: dict[str, Any], out: _V5) -> None:
+    """v5's granular proxy mode as v6 has it: ``proxies`` in v6's shape, the connect and
+    refresh proxies' names as those events' own objects, a namespace's
+    ``subscribe_proxy_name`` (publish_, sub_refresh_) enabling that proxy, RPC
+    namespaces' and the top level's ``rpc_proxy_name`` enabling theirs."""
+    tree, origin = out.tree, out.origin
+    used = [key for key in _V5_PROXY_COMMON if not _is_off(data.get(key))]
+    out.notes += [(key, "ignored (granular_proxy_mode: each named proxy has its own)")
+                  for key in used]
+    proxies = data.get("proxies")
+    if isinstance(proxies, list):
+        tree["proxies"] = [_v5_proxy(t) for t in proxies]
+        for i, table in enumerate(proxies):
+            if isinstance(table, dict) and "static_http_headers" in table:
+                origin[f"proxies[{i}].http.static_headers"] = f"proxies[{i}].static_http_headers"
+    for event in ("connect", "refresh"):
+        key = f"{event}_proxy_name"
+        name = data.get(key)
+        if _is_off(name):
+            continue
+        at = [i for i, t in enumerate(proxies if isinstance(proxies, list) else [])
+              if isinstance(t, dict) and t.get("name") == name]
+        if not isinstance(name, str) or not at:
+            raise CentrifugoConfigError(f"{key}: no proxy {_shown(name)} in proxies")
+        base, i = _PROXIES[event], at[0]
+        table = {k: v for k, v in tree["proxies"][i].items() if k != "name"}
+        _set(tree, base, {**table, "enabled": True})
+        origin[base] = origin[f"{base}.enabled"] = key
+        for leaf in table:
+            origin[f"{base}.{leaf}"] = f"proxies[{i}].{leaf}"
+        if f"proxies[{i}].http.static_headers" in origin:
+            origin[f"{base}.http.static_headers"] = origin[f"proxies[{i}].http.static_headers"]
+    name = data.get("rpc_proxy_name")
+    if not _is_off(name):
+        _set(tree, "rpc.without_namespace.proxy_enabled", True)
+        origin["rpc.without_namespace.proxy_enabled"] = "rpc_proxy_name"
+    spaces = tree.get("rpc", {}).get("namespaces")
+    if isinstance(spaces, list):
+        tree["rpc"]["namespaces"] = [
+            {**{k: v for k, v in t.items() if k != "rpc_proxy_name"},
+             **({"proxy_enabled": True, "proxy_name": t["rpc_proxy_name"]}
+                if not _is_off(t.get("rpc_proxy_name")) else {})}
+            if isinstance(t, dict) else t for t in spaces]
+    for where, table in _v5_namespaces(out):
+        for event in ("subscribe", "publish", "sub_refresh"):
+            if table.pop(f"proxy_{event}", False) not in (False, None):
+                out.notes.append((f"{where}proxy_{event}", f"ignored (granular_proxy_mode: "
+                                  f"{event}_proxy_name picks the proxy)"))
+            if not _is_off(table.get(f"{event}_proxy_name")):
+                table[f"{event}_proxy_enabled"] = True
 
 
 # -- the translation ---------------------------------------------------------------------------
@@ -747,6 +912,12 @@ class _Translator:
         self.origin = origin
         self.seen: set[str] = set()
         self.out = Translation(version)
+        #: ``--proxy-event``, ``--proxy`` and ``--rpc-namespace`` values, as their TOML
+        #: tables read (``realtime.pubsub_proxy``).
+        self.parsed: dict[str, list[Any]] = {"proxy-event": [], "proxy": [],
+                                             "rpc-namespace": []}
+        #: Centrifugo v5 without granular proxy mode: its RPC proxy gets every method.
+        self.every_method = False
 
     # -- bookkeeping --
     def name(self, path: str) -> str:
@@ -884,6 +1055,14 @@ class _Translator:
         self.admin_and_probes()
         self.the_rest()
         self.unknown_keys()
+        for option, values in self.parsed.items():
+            if values:
+                self.out.options[option] = values
+                self.out.sources[option] = {
+                    "proxy-event": "client.proxy, channel.proxy, rpc.proxy" if
+                    self.out.version == 6 else "proxy_*_endpoint",
+                    "proxy": self.name("proxies"),
+                    "rpc-namespace": self.name("rpc.namespaces")}[option]
         return self.out
 
     # -- sections --
@@ -1215,6 +1394,9 @@ class _Translator:
                     else:
                         self.warn(f"{key}: ignored ({why})", "namespace")
                 continue
+            if option in ("subscribe_proxy_name", "publish_proxy_name",
+                          "sub_refresh_proxy_name") and value in (None, "", "default"):
+                continue  # (the event's own proxy: Centrifugo fills "" with "default")
             if option == "history_ttl" and not _is_off(value):
                 value = _seconds_text(self.seconds(key, value))
             elif option == "allowed_delta_types" and isinstance(value, str):
@@ -1233,8 +1415,24 @@ class _Translator:
         self.out.namespaces.append((cleaned, sources))
 
     def proxies(self) -> None:
-        """Centrifugo's proxies into realtime's one set of ``--proxy-*`` options."""
-        active: dict[str, str] = {}
+        """Centrifugo's proxies as they are: each event's own object (its endpoint
+        ``--proxy-EVENT-endpoint``, its settings ``[proxy_events.EVENT]``), the named ones
+        (``[[proxies]]``), the namespaces' choice among them, RPC namespaces."""
+        names: set[str] = set()
+        named = self.get("proxies")
+        if named not in (_MISSING, None):
+            if not isinstance(named, list) or not all(isinstance(t, dict) for t in named):
+                raise CentrifugoConfigError(f"{self.name('proxies')}: expected a list of "
+                                            "tables")
+            for index, table in enumerate(named):
+                where = f"{self.name('proxies')}[{index}]"
+                name = table.get("name")
+                if not isinstance(name, str) or not name:
+                    raise CentrifugoConfigError(f"{where}.name: every proxy needs a name")
+                if name in names:
+                    raise CentrifugoConfigError(f"{where}.name: {name!r} given twice")
+                names.add(name)
+                self.proxy_object(f"proxies[{index}]", where, table, name=name)
         for event, base in _PROXIES.items():
             section = self.section(base)
             self.seen.add(base)
@@ -1250,118 +1448,183 @@ class _Translator:
                     self.warn(f"{self.name(base + '.endpoint')}: ignored ({self.name(base)} "
                               "is not enabled)")
                     continue
-            elif event == "rpc":
-                rpc = self.section("rpc.without_namespace")
-                self.seen.add("rpc.without_namespace")
-                enabled = self.boolean("rpc.without_namespace.proxy_enabled",
-                                       rpc.get("proxy_enabled", False))
-                if rpc.get("proxy_name") not in (None, "", "default"):
-                    self.refuse(f"{self.name('rpc.without_namespace.proxy_name')}: not "
-                                "supported (named proxies are not built: rpc.proxy serves "
-                                "every method)")
-                for leaf in rpc:
-                    if leaf not in ("proxy_enabled", "proxy_name"):
-                        self.refuse(f"{self.name('rpc.without_namespace.' + leaf)}: unknown "
-                                    "key")
-                if _is_off(endpoint):
-                    if enabled:
-                        raise CentrifugoConfigError(
-                            f"{self.name('rpc.without_namespace.proxy_enabled')}: needs "
-                            f"{self.name(base + '.endpoint')}")
-                    continue
-                if not enabled:
-                    self.warn(f"{self.name(base + '.endpoint')}: ignored "
-                              f"({self.name('rpc.without_namespace.proxy_enabled')} is not "
-                              "set)")
-                    continue
             elif _is_off(endpoint):
                 continue
             option = f"proxy-{event.replace('_', '-')}-endpoint"
             self.put(option, self.text(f"{base}.endpoint", endpoint), f"{base}.endpoint")
-            active[event] = base
-            known = {"enabled", "endpoint", "timeout", "http_headers", "emulated_headers",
-                     "grpc_metadata", "binary_encoding", "include_connection_meta", "http",
-                     "grpc"}
-            for leaf in section:
-                if leaf not in known:
-                    self.refuse(f"{self.name(f'{base}.{leaf}')}: unknown key")
-            if str(endpoint).startswith("grpc://"):
-                self.refuse(f"{self.name(base + '.endpoint')}: not supported (gRPC proxies are "
-                            "not built: HTTP/JSON only)", option)
-            http = section.get("http") or {}
-            if not isinstance(http, dict):
-                raise CentrifugoConfigError(f"{self.name(base + '.http')}: expected a table")
-            for leaf in http:
-                if leaf not in ("static_headers", "status_to_code_transforms", "tls"):
-                    self.refuse(f"{self.name(f'{base}.http.{leaf}')}: unknown key")
-            if not _is_off(http.get("status_to_code_transforms")):
-                self.refuse(f"{self.name(base + '.http.status_to_code_transforms')}: not "
-                            "supported (a failed proxy call is error 100, as by default)")
-            if isinstance(http.get("tls"), dict) and http["tls"].get("enabled"):
-                self.refuse(f"{self.name(base + '.http.tls.enabled')}: not supported (https "
-                            "backends are verified with the system's trust store)")
-            grpc = section.get("grpc") or {}
-            if isinstance(grpc, dict) and any(not _is_off(v) and not (
-                    isinstance(v, dict) and not v.get("enabled")) for v in grpc.values()):
-                self.warn(f"{self.name(base + '.grpc')}: ignored (a gRPC proxy's options)")
-            if not _is_off(section.get("grpc_metadata")):
-                self.warn(f"{self.name(base + '.grpc_metadata')}: ignored (no gRPC clients "
-                          "here)")
-        if not active:
+            where = self.name(base) if self.out.version == 6 else self.name(base + ".endpoint")
+            self.proxy_object(base, where, section, event=event)
+        self.channel_proxy_names(names)
+        self.rpc_namespaces(names)
+
+    def proxy_object(self, path: str, where: str, section: dict[str, Any],
+                     event: str | None = None, name: str | None = None) -> None:
+        """One proxy object, Centrifugo's keys kept (``timeout``, ``http_headers``,
+        ``emulated_headers``, ``http.static_headers``, ``http.status_to_code_transforms``,
+        ``binary_encoding``, ``include_connection_meta``) and read by realtime's own
+        ``[[proxies]]``/``[proxy_events.EVENT]`` reader; gRPC's are warned of."""
+        from realtime import pubsub_proxy
+
+        option = "proxy-event" if event else "proxy"
+        known = {"endpoint", "timeout", "http_headers", "emulated_headers", "grpc_metadata",
+                 "binary_encoding", "include_connection_meta", "http", "grpc"}
+        known |= {"enabled"} if event in ("connect", "refresh") else set()
+        known |= {"name"} if name else set()
+        for leaf in section:
+            if leaf not in known:
+                self.refuse(f"{self.name(f'{path}.{leaf}')}: unknown key", option)
+        endpoint = self.text(f"{path}.endpoint", section.get("endpoint", ""))
+        if endpoint.lower().startswith("grpc://"):
+            self.refuse(f"{self.name(path + '.endpoint')}: not supported (gRPC proxies are "
+                        "not built: HTTP/JSON only)",
+                        f"proxy-{event.replace('_', '-')}-endpoint" if event else option)
             return
-        self.shared(active, "timeout", "proxy-timeout", "1s",
-                    lambda path, v: _seconds_text(self.seconds(path, v)))
-        self.shared(active, "http_headers", "proxy-http-headers", [],
-                    lambda path, v: " ".join(self.texts(path, v)))
-        self.shared(active, "emulated_headers", "proxy-emulated-headers", [],
-                    lambda path, v: " ".join(self.texts(path, v)))
-        self.shared(active, "http.static_headers", "proxy-static-header", {},
-                    self.static_headers)
-        self.shared(active, "binary_encoding", "proxy-binary-encoding", False,
-                    self.boolean)
-        self.shared({e: b for e, b in active.items() if e != "connect"},
-                    "include_connection_meta", "proxy-include-connection-meta", False,
-                    self.boolean)
-
-    def static_headers(self, path: str, value: Any) -> list[str]:
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise CentrifugoConfigError(f"{self.name(path)}: expected a table of header "
-                                        "names to strings")
-        return [f"{name}: {text}" for name, text in value.items()]
-
-    def shared(self, active: dict[str, str], leaf: str, option: str, default: Any,
-               convert: Any) -> None:
-        """One ``--proxy-*`` option from a setting every active proxy has: the same in
-        all of them (a missing one is Centrifugo's default), or start-up stops naming two
-        that differ."""
-        found: list[tuple[str, Any, Any]] = []
-        given: list[str] = []
-        for base in active.values():
-            path = f"{base}.{leaf}"
-            node: Any = self.data
-            for part in path.split("."):
-                node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
-            if node is not _MISSING and node is not None:
-                given.append(path)
-            converted = convert(path, _given(node, default))
-            if isinstance(converted, str) and leaf.endswith("headers"):
-                comparable: Any = sorted(converted.lower().split())
-            elif isinstance(converted, list):
-                comparable = sorted(converted)
+        table: dict[str, Any] = {"name": name, "endpoint": endpoint} if name else {}
+        sources = {"name": where, "endpoint": self.name(f"{path}.endpoint")} if name else {}
+        for leaf, convert in (
+                ("timeout", lambda at, v: _seconds_text(self.seconds(at, v))),
+                ("http_headers", self.texts), ("emulated_headers", self.texts),
+                ("binary_encoding", self.boolean), ("include_connection_meta", self.boolean)):
+            value = section.get(leaf)
+            if value is None:
+                continue
+            converted = convert(f"{path}.{leaf}", value)
+            if converted not in ([], False):  # (Centrifugo's default asks for nothing)
+                table[leaf] = converted
+                sources[leaf] = self.name(f"{path}.{leaf}")
+        http = section.get("http") or {}
+        if not isinstance(http, dict):
+            raise CentrifugoConfigError(f"{self.name(path + '.http')}: expected a table")
+        inner: dict[str, Any] = {}
+        for leaf, value in http.items():
+            at = f"{path}.http.{leaf}"
+            if leaf == "tls":
+                if isinstance(value, dict) and self.boolean(f"{at}.enabled",
+                                                            value.get("enabled", False)):
+                    self.refuse(f"{self.name(at + '.enabled')}: not supported (https backends "
+                                "are verified with the system's trust store)", option)
+            elif leaf == "static_headers":
+                if not isinstance(value, dict | None) or not all(
+                        isinstance(v, str) for v in (value or {}).values()):
+                    raise CentrifugoConfigError(f"{self.name(at)}: expected a table of header "
+                                                "names to strings")
+                if value:
+                    inner[leaf] = value
+            elif leaf == "status_to_code_transforms":
+                if not _is_off(value):
+                    inner[leaf] = value
             else:
-                comparable = converted
-            found.append((path, converted, comparable))
-        def named(path: str) -> str:
-            return self.name(path) + ("" if path in given else " (not set)")
+                self.refuse(f"{self.name(at)}: unknown key", option)
+        if inner:
+            table["http"] = inner
+            sources["http"] = self.name(path + ".http")
+        grpc = section.get("grpc") or {}
+        if isinstance(grpc, dict) and any(not _is_off(v) and not (
+                isinstance(v, dict) and not v.get("enabled")) for v in grpc.values()):
+            self.warn(f"{self.name(path + '.grpc')}: ignored (a gRPC proxy's options)")
+        if not _is_off(section.get("grpc_metadata")):
+            self.warn(f"{self.name(path + '.grpc_metadata')}: ignored (no gRPC clients here)")
+        try:
+            if name:
+                self.parsed["proxy"].append(pubsub_proxy.proxy_from_table(table))
+                self.out.proxies.append((table, sources))
+            elif event:
+                self.parsed["proxy-event"].append(pubsub_proxy.proxy_event_from_table(
+                    event, table))
+                if table:
+                    self.out.proxy_events.append((event, table, sources))
+        except ValueError as exc:
+            self.refuse(f"{where}: {str(exc).removeprefix(f'{event}: ')}", option)
 
-        for path, _, comparable in found[1:]:
-            if comparable != found[0][2]:
-                self.refuse(f"{named(found[0][0])} and {named(path)}: not supported "
-                            f"(they differ, and realtime's --{option} is one for every "
-                            "proxy)", option)
-                return
-        if given and found[0][1] not in ("", [], False):
-            self.put(option, found[0][1], given[0])
+    def channel_proxy_names(self, names: set[str]) -> None:
+        """A namespace's proxy, named or the event's own, must be there (said under its
+        key, before realtime's own check would say it under ``--namespace``)."""
+        for table, sources in self.out.namespaces:
+            for event in ("subscribe", "publish", "sub_refresh"):
+                name = table.get(f"{event}_proxy_name", "")
+                if name:
+                    if name not in names:
+                        self.refuse(f"{sources[f'{event}_proxy_name']}: no proxy {name!r} in "
+                                    f"{self.name('proxies')}", "namespace")
+                elif table.get(f"{event}_proxy_enabled") is True and \
+                        f"proxy-{event.replace('_', '-')}-endpoint" not in self.out.options:
+                    self.refuse(f"{sources[f'{event}_proxy_enabled']}: needs "
+                                f"{self.name(_PROXIES[event] + '.endpoint')}", "namespace")
+
+    def rpc_namespaces(self, names: set[str]) -> None:
+        """``rpc.without_namespace`` and ``rpc.namespaces`` as ``[[rpc_namespaces]]``
+        whenever the file proxies RPC (Centrifugo v6's rules then: a method's namespace
+        picks its proxy, 104 for a namespace not configured, 108 where its proxy is not
+        enabled); v5 without granular mode proxies every method (none are made)."""
+        from realtime import pubsub_proxy
+
+        boundary = self.get("rpc.namespace_boundary")
+        without = self.get("rpc.without_namespace")
+        spaces = self.get("rpc.namespaces")
+        tables: list[tuple[str, dict[str, Any], Any]] = []
+        if without not in (_MISSING, None):
+            if not isinstance(without, dict):
+                raise CentrifugoConfigError(f"{self.name('rpc.without_namespace')}: expected "
+                                            f"a table, got {_shown(without)}")
+            if "name" in without:
+                raise CentrifugoConfigError(
+                    f"{self.name('rpc.without_namespace.name')}: unknown key")
+            tables.append((self.name("rpc.without_namespace"), {"name": "", **without},
+                           lambda leaf: self.name(f"rpc.without_namespace.{leaf}")))
+        if spaces not in (_MISSING, None):
+            if not isinstance(spaces, list) or not all(isinstance(t, dict) for t in spaces):
+                raise CentrifugoConfigError(f"{self.name('rpc.namespaces')}: expected a list "
+                                            "of tables")
+            for index, table in enumerate(spaces):
+                where = f"{self.name('rpc.namespaces')}[{index}]"
+                if not isinstance(table.get("name"), str) or not table["name"]:
+                    raise CentrifugoConfigError(f"{where}.name: every RPC namespace needs a "
+                                                "name")
+                tables.append((where, table, lambda leaf, w=where: f"{w}.{leaf}"))
+        endpoint = "proxy-rpc-endpoint" in self.out.options
+        for _, table, key_of in tables:
+            for leaf in table:
+                if leaf not in ("name", "proxy_enabled", "proxy_name"):
+                    self.refuse(f"{key_of(leaf)}: unknown key", "rpc-namespace")
+        enabled = [self.boolean(key_of("proxy_enabled"), table.get("proxy_enabled", False))
+                   for _, table, key_of in tables]
+        if self.every_method or not (endpoint or any(enabled)):
+            return  # (no RPC proxy: realtime.pubsub's own answer, 104; Centrifugo's is 108)
+        if not any(table["name"] == "" for _, table, _ in tables):  # v6's default: off
+            tables.insert(0, (f"{self.name('rpc.without_namespace')} (not set: methods "
+                              "without a namespace are 108, as in Centrifugo)", {"name": ""},
+                              lambda leaf: self.name(f"rpc.without_namespace.{leaf}")))
+            enabled.insert(0, False)
+        for (where, table, key_of), on in zip(tables, enabled, strict=True):
+            name = self.text(key_of("proxy_name"), _given(table.get("proxy_name"), ""))
+            name = "" if name == pubsub_proxy.DEFAULT else name
+            cleaned: dict[str, Any] = {"name": table["name"]}
+            sources = {"name": where}
+            if on:
+                cleaned["proxy_enabled"] = True
+                sources["proxy_enabled"] = key_of("proxy_enabled")
+            if name:
+                cleaned["proxy_name"] = name
+                sources["proxy_name"] = key_of("proxy_name")
+                if name not in names:
+                    self.refuse(f"{key_of('proxy_name')}: no proxy {name!r} in "
+                                f"{self.name('proxies')}", "rpc-namespace")
+                    continue
+            elif on and not endpoint:
+                self.refuse(f"{key_of('proxy_enabled')}: needs "
+                            f"{self.name('rpc.proxy.endpoint')}", "rpc-namespace")
+                continue
+            try:
+                self.parsed["rpc-namespace"].append(
+                    pubsub_proxy.rpc_namespace_from_table(cleaned))
+            except ValueError as exc:
+                self.refuse(f"{where}: {exc}", "rpc-namespace")
+                continue
+            self.out.rpc_namespaces.append((cleaned, sources))
+        if boundary not in (_MISSING, None):
+            text = self.text("rpc.namespace_boundary", boundary)
+            if text not in ("", ":"):  # ("": Centrifugo's default, ":")
+                self.put("rpc-namespace-boundary", text, "rpc.namespace_boundary")
 
     def http_api(self) -> None:
         base = "http_api"
@@ -1389,8 +1652,13 @@ class _Translator:
                                 "consumers of PostgreSQL or Kafka: publish through the API)")
 
     def transports(self) -> None:
-        self.unsupported("websocket.disabled", "realtime.pubsub always serves "
-                         "/connection/websocket")
+        served: list[str] = []
+        given: list[str] = []
+        value = self.get("websocket.disabled")
+        if value not in (_MISSING, None):
+            given.append(self.name("websocket.disabled"))
+        if value in (_MISSING, None) or not self.boolean("websocket.disabled", value):
+            served.append("websocket")
         self.prefix("websocket.handler_prefix", "/connection/websocket", "WebSockets")
         value = self.get("websocket.compression")
         if value is not _MISSING:
@@ -1426,9 +1694,10 @@ class _Translator:
                            ("uni_sse", "/connection/uni_sse"),
                            ("uni_http_stream", "/connection/uni_http_stream")):
             value = self.get(f"{name}.enabled")
-            if value is not _MISSING and not self.boolean(f"{name}.enabled", value):
-                self.warn(f"{self.name(name + '.enabled')}: ignored (realtime.pubsub serves "
-                          f"{path} always)")
+            if value not in (_MISSING, None):
+                given.append(self.name(f"{name}.enabled"))
+                if self.boolean(f"{name}.enabled", value):
+                    served.append(name)
             self.prefix(f"{name}.handler_prefix", path, name)
             if name != "uni_websocket":
                 self.ignore(f"{name}.max_request_body_size", "--max-message-size bounds a "
@@ -1439,6 +1708,17 @@ class _Translator:
         self.prefix("emulation.handler_prefix", "/emulation", "the emulation endpoint")
         self.ignore("emulation.max_request_body_size", "--max-message-size bounds it", 65536)
         self.switched("uni_grpc", "the unidirectional gRPC transport is not built")
+        from realtime.pubsub import TRANSPORTS
+
+        if not served:
+            self.refuse(f"{self.name('websocket.disabled')}: not supported with no other "
+                        "transport enabled (realtime.pubsub serves one at least)",
+                        "pubsub-transports")
+            return
+        self.put("pubsub-transports", ",".join(t for t in TRANSPORTS if t in served),
+                 "websocket.disabled")
+        self.out.sources["pubsub-transports"] = ", ".join(given) if given else (
+            f"{self.name('websocket.disabled')} (not set: Centrifugo serves WebSocket alone)")
         self.switched("webtransport", "WebTransport is not served: the SDKs fall back to "
                       "their next transport", refuse=False)
 
@@ -1470,9 +1750,10 @@ class _Translator:
                 "health.handler_prefix", prefix)
             self.put("health-path", path, "health.enabled")
         value = self.get("shutdown.timeout")
-        if value not in (_MISSING, None):
-            self.put("shutdown-timeout", _decimal(self.seconds("shutdown.timeout", value)),
-                     "shutdown.timeout")
+        self.put("shutdown-timeout", "30" if value in (_MISSING, None) else _decimal(
+            self.seconds("shutdown.timeout", value)), "shutdown.timeout")
+        if value in (_MISSING, None):  # (realtime's own is 10 s)
+            self.out.sources["shutdown-timeout"] += " (not set: Centrifugo's default)"
 
     def the_rest(self) -> None:
         self.switched("swagger", "no Swagger UI here", refuse=False)
@@ -1488,19 +1769,10 @@ class _Translator:
                     "each time", "60s")
         self.ignore("pid_file", "twistd's --pidfile writes one")
         self.ignore("enable_unreleased_features", "nothing unreleased here")
-        value = self.get("proxies")
-        if not _is_off(value):
-            self.refuse(f"{self.name('proxies')}: not supported (named proxies: use "
-                        "client.proxy.*, channel.proxy.* and rpc.proxy)")
         self.unsupported("channel.proxy.subscribe_stream.endpoint", "subscription streams "
                          "are not built")
         self.seen.add("channel.proxy.subscribe_stream")
-        value = self.get("rpc.namespaces")
-        if not _is_off(value):
-            self.refuse(f"{self.name('rpc.namespaces')}: not supported (RPC namespaces are "
-                        "not built: every method goes to rpc.proxy)")
         self.switched("rpc.ping", "rpc calls go to the RPC proxy, ping too")
-        self.ignore("rpc.namespace_boundary", "RPC namespaces are not built", ":")
 
     def unknown_keys(self) -> None:
         for path in _leaf_paths(self.data):
@@ -1527,12 +1799,6 @@ _NAMESPACE_RULES: dict[str, tuple[Any, str, bool]] = {
     "subscribe_stream_proxy_enabled": (_OFF, "subscription streams are not built", True),
     "proxy_subscribe_stream": (_OFF, "subscription streams are not built", True),
     "subscribe_stream_proxy_bidirectional": (_OFF, "subscription streams are not built", True),
-    "subscribe_proxy_name": ("default", "named proxies are not built: the namespace uses "
-                             "channel.proxy.subscribe", True),
-    "publish_proxy_name": ("default", "named proxies are not built: the namespace uses "
-                           "channel.proxy.publish", True),
-    "sub_refresh_proxy_name": ("default", "named proxies are not built: the namespace uses "
-                               "channel.proxy.sub_refresh", True),
     "subscribe_stream_proxy_name": ("default", "subscription streams are not built", True),
     "pattern": (_OFF, "channel patterns are not built", True),
     "history_meta_ttl": (_OFF, "a stream's position lives as long as its history", False),
@@ -1590,16 +1856,13 @@ def translate(data: dict[str, Any]) -> Translation:
     """Realtime's options from a Centrifugo table (v5 or v6). A value of the wrong kind
     raises ``CentrifugoConfigError`` at once; refusals are collected in ``problems``."""
     version = version_of(data)
-    origin: dict[str, str] = {}
-    unknown: list[str] = []
-    tree = data
-    if version == 5:
-        tree, origin, unknown = from_v5(data)
-    translator = _Translator(tree, version, origin)
+    v5 = from_v5(data) if version == 5 else _V5(tree=data)
+    translator = _Translator(v5.tree, version, v5.origin)
+    translator.every_method = version == 5 and not v5.granular
     out = translator.translate()
-    for key in unknown:
-        if key.startswith("+"):
-            out.warnings.append((None, f"{key[1:]}: ignored (no proxy endpoint is set)"))
+    for key, why in v5.notes:
+        if why is not None:
+            out.warnings.append((None, f"{key}: {why}"))
         else:
             out.problems.append((None, f"{key}: unknown key (not a Centrifugo v5 key that "
                                        "realtime knows: a typo, or an option of Centrifugo "
@@ -1614,19 +1877,23 @@ def translate(data: dict[str, Any]) -> Translation:
     return out
 
 
-#: The options of realtime's proxies (one of them on: a proxy forwards headers).
-_PROXY_ENDPOINTS = tuple(f"proxy-{event.replace('_', '-')}-endpoint" for event in _PROXIES)
-
-
 def _check_cookie_origins(out: Translation) -> None:
     """A proxy that forwards the browser's cookie with no origin check would let any site's
     page act as its visitor (connect, or connect anonymously and subscribe or call an RPC:
     the backend answers for the cookie's user): Centrifugo checks Origin against Host when
-    ``allowed_origins`` is not set, realtime does not."""
-    headers = str(out.options.get("proxy-http-headers", "")).lower().split()
-    if any(option in out.options for option in _PROXY_ENDPOINTS) and "cookie" in headers \
-            and "allowed-origins" not in out.options:
-        out.problems.append(("allowed-origins|proxy-http-headers", (
+    ``allowed_origins`` is not set, realtime does not. Every proxy counts, named ones too."""
+    def forwards(tables: list[dict[str, Any]]) -> bool:
+        return any(str(h).lower() == "cookie" for t in tables for h in t.get("http_headers", ()))
+
+    kinds = [option for option, tables in (
+        ("proxy-event", [table for _, table, _ in out.proxy_events]),
+        ("proxy", [table for table, _ in out.proxies])) if forwards(tables)]
+    if kinds and "allowed-origins" not in out.options:
+        # (dropped by --allowed-origins, or by the option that replaces every such proxy)
+        # (--proxy-http-headers given replaces every event's own headers)
+        hang = ["allowed-origins", *(kinds if len(kinds) == 1 else [])] + (
+            ["proxy-http-headers"] if kinds == ["proxy-event"] else [])
+        out.problems.append(("|".join(hang), (
             "client.allowed_origins" if out.version == 6 else "allowed_origins") +
             ": needed when a proxy forwards Cookie (without it Centrifugo checks Origin "
             "against Host, realtime checks nothing: any site's page could act as its "
@@ -1663,8 +1930,13 @@ def _toml_value(value: Any) -> str:
         return str(value)
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, float):
+        return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table (a proxy's http, static_headers, ...)
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
     raise TypeError(value)
 
 
@@ -1685,20 +1957,28 @@ def to_toml(out: Translation, path: str) -> str:
              f"{json.dumps(path, ensure_ascii=False)}",
              "# (python -m realtime.centrifugo_config): review it, then run",
              "#   realtime --config THIS_FILE"]
-    if "jwt-key" in out.options or "api-key" in out.options:
+    statics = [table for _, table, _ in out.proxy_events] + [t for t, _ in out.proxies]
+    if "jwt-key" in out.options or "api-key" in out.options or any(
+            "static_headers" in table.get("http", {}) for table in statics):
         lines.append("# It holds the file's secrets inline: keep it as private as the "
                      "original (or move them to jwt-key-file / api-key-file).")
     for _, message in out.warnings:
         lines.append(f"# warning: {_comment(message)}")
     lines.append("")
     for option, value in sorted(out.options.items(), key=lambda item: item[0] != "app"):
-        if option == "namespace":
-            continue
+        if option in ("namespace", "proxy", "proxy-event", "rpc-namespace"):
+            continue  # (tables, below)
         comment = out.sources.get(option, "(implied by a Centrifugo configuration)")
         lines.append(f"{option} = {_toml_value(value)}  # {_comment(comment)}")
-    for table, sources in out.namespaces:
+    tables = [("[[namespaces]]", table, sources) for table, sources in out.namespaces]
+    tables += [(f"[proxy_events.{event}]", table, sources)
+               for event, table, sources in out.proxy_events]
+    tables += [("[[proxies]]", table, sources) for table, sources in out.proxies]
+    tables += [("[[rpc_namespaces]]", table, sources)
+               for table, sources in out.rpc_namespaces]
+    for head, table, sources in tables:
         lines.append("")
-        lines.append("[[namespaces]]")
+        lines.append(head)
         for option, value in table.items():
             comment = sources.get(option, "")
             line = f"{_toml_key(option)} = {_toml_value(value)}"

@@ -364,14 +364,35 @@ def check_channel(channel: Any) -> str:
     return channel
 
 
+#: Centrifugo's transports, each at its path (``--pubsub-transports`` picks them; the
+#: emulation endpoint, ``/emulation``, serves ``http_stream`` and ``sse``).
+TRANSPORTS = ("websocket", "http_stream", "sse", "uni_websocket", "uni_sse", "uni_http_stream")
+
+
+def parse_transports(value: str | Iterable[str]) -> frozenset[str]:
+    """``websocket,uni_sse`` (commas or spaces; ``--pubsub-transports``): the transports
+    served; ``ValueError`` names one that is not Centrifugo's."""
+    names = re.split(r"[,\s]+", value) if isinstance(value, str) else list(value)
+    found = frozenset(name for name in names if name)
+    for name in sorted(found):
+        if name not in TRANSPORTS:
+            raise ValueError(f"no transport {name!r} (known: {', '.join(TRANSPORTS)})")
+    if not found:
+        raise ValueError(f"expected one or more of {', '.join(TRANSPORTS)}")
+    return found
+
+
 def configure(namespaces: Iterable[str | Namespace] = (), anonymous: bool = False,
-              layer: Any = None) -> dict[str, Namespace]:
-    """Set the namespaces (``--namespace``) and whether a client may connect without a
-    token (``--pubsub-anonymous``) for this process, and the history rules of those that
-    keep history on ``layer`` (the default layer). Every process that publishes to such
+              layer: Any = None, transports: str | Iterable[str] | None = None
+              ) -> dict[str, Namespace]:
+    """Set the namespaces (``--namespace``), whether a client may connect without a
+    token (``--pubsub-anonymous``) and the transports served (``--pubsub-transports``;
+    None: all) for this process, and the history rules of the namespaces that keep
+    history on ``layer`` (the default layer). Every process that publishes to such
     channels needs the same (``twistd realtime`` does it from the options)."""
     from realtime.layers import get_channel_layer
 
+    served = None if transports is None else parse_transports(transports)
     found = parse_namespaces(namespaces)
     target = layer if layer is not None else get_channel_layer()
     for namespace in found.values():
@@ -380,6 +401,7 @@ def configure(namespaces: Iterable[str | Namespace] = (), anonymous: bool = Fals
                                 size=namespace.history_size, ttl=namespace.history_ttl)
     settings.pubsub_namespaces = found
     settings.pubsub_anonymous = anonymous
+    settings.pubsub_transports = served
     return found
 
 
@@ -2410,18 +2432,33 @@ def _version() -> str:
 #: and ``/emulation``; unidirectional ``/connection/uni_websocket``, ``/connection/uni_sse``
 #: and ``/connection/uni_http_stream``), and nothing else.
 def _application() -> Any:
-    from realtime.routing import ProtocolTypeRouter, URLRouter, path
+    from realtime.routing import ProtocolTypeRouter, Route, URLRouter
+
+    class Transport(Route):
+        """A transport's path, there only while ``--pubsub-transports`` serves it (a
+        transport left off is 404, as Centrifugo has no handler for it)."""
+
+        def __init__(self, pattern: str, app: Any, *names: str) -> None:
+            super().__init__(pattern, app, None, None, False)
+            self.names = frozenset(names or (pattern.rpartition("/")[2],))
+
+        def match(self, path: str) -> Any:
+            found = super().match(path)  # (the path first: one set look-up per request)
+            served = settings.pubsub_transports
+            if found is None or served is None or not served.isdisjoint(self.names):
+                return found
+            return None
 
     return ProtocolTypeRouter({
         "websocket": URLRouter([
-            path("connection/websocket", PubSubConsumer.as_asgi()),
-            path("connection/uni_websocket", UniPubSubConsumer.as_asgi())]),
+            Transport("connection/websocket", PubSubConsumer.as_asgi()),
+            Transport("connection/uni_websocket", UniPubSubConsumer.as_asgi())]),
         "http": URLRouter([
-            path("connection/uni_sse", UniSseConsumer.as_asgi()),
-            path("connection/uni_http_stream", UniStreamConsumer.as_asgi()),
-            path("connection/http_stream", StreamConsumer.as_asgi()),
-            path("connection/sse", SseConsumer.as_asgi()),
-            path("emulation", EmulationConsumer.as_asgi())]),
+            Transport("connection/uni_sse", UniSseConsumer.as_asgi()),
+            Transport("connection/uni_http_stream", UniStreamConsumer.as_asgi()),
+            Transport("connection/http_stream", StreamConsumer.as_asgi()),
+            Transport("connection/sse", SseConsumer.as_asgi()),
+            Transport("emulation", EmulationConsumer.as_asgi(), "http_stream", "sse")]),
     })
 
 
@@ -2430,5 +2467,5 @@ application = _application()
 __all__ = ["EmulationConsumer", "Namespace", "PubSubConsumer", "PubSubError", "SseConsumer",
            "StreamConsumer", "UniPubSubConsumer", "UniSseConsumer", "UniStreamConsumer",
            "application", "channel_group", "configure", "emulation_group", "from_bytes",
-           "namespace_prefix", "parse_namespace", "parse_namespaces", "publish",
-           "read_history", "user_group"]
+           "namespace_prefix", "parse_namespace", "parse_namespaces", "parse_transports",
+           "publish", "read_history", "user_group"]

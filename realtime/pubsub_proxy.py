@@ -346,20 +346,31 @@ def check_forwarded_name(name: str) -> str:
     return name
 
 
+def _without_password(url: Any) -> Any:
+    """``url`` for a message: a ``user:password@``'s password as ``***`` (found without
+    parsing, since the URL is shown because it did not parse)."""
+    if not isinstance(url, str):
+        return url
+    return re.sub(r"^([^/?#]*//[^/?#@:]*):[^/?#]*@", r"\1:***@", url)
+
+
 def check_endpoint(url: str) -> str:
     """``url`` when it is an http:// or https:// URL with a host, else ``ValueError``
     (gRPC's ``grpc://``: said so, they are not built; a ``user:password@``, which Go's
     client sends as basic auth and Twisted's ``Agent`` takes for the host, refused)."""
     if isinstance(url, str) and url.lower().startswith("grpc://"):
-        raise ValueError(f"gRPC proxies are not built (HTTP/JSON only), got {url!r}")
+        raise ValueError(f"gRPC proxies are not built (HTTP/JSON only), got "
+                         f"{_without_password(url)!r}")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (a bad port is a ValueError)
     except ValueError:
-        raise ValueError(f"expected an http:// or https:// URL, got {url!r}") from None
+        raise ValueError(f"expected an http:// or https:// URL, got "
+                         f"{_without_password(url)!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname or any(
             c.isspace() or not c.isprintable() for c in url):
-        raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+        raise ValueError(f"expected an http:// or https:// URL, got "
+                         f"{_without_password(url)!r}")
     if "@" in parts.netloc:  # (Agent would take it for the host; the password never shown)
         user, _, host = parts.netloc.rpartition("@")
         shown = parts._replace(netloc=f"{user.partition(':')[0]}"

@@ -40,6 +40,8 @@ class Settings:
     #: connect without a token (``--pubsub-anonymous``).
     pubsub_namespaces: dict[str, Any] = field(default_factory=dict)
     pubsub_anonymous: bool = False
+    #: ``realtime.pubsub``'s transports served (``--pubsub-transports``); None: all.
+    pubsub_transports: frozenset[str] | None = None
     #: ``realtime.pubsub_proxy.ProxyConfig`` (``--proxy-*-endpoint``, ``--proxy``,
     #: ``--rpc-namespace``, ...): Centrifugo's event proxies to the backend; None: none.
     pubsub_proxy: Any = None

@@ -6,7 +6,8 @@ Why: a team on python-socketio keeps its clients (``socket.io-client``, python-s
 ``sio = realtime.socketio.AsyncServer()``, the same ``@sio.event`` handlers, ``emit``,
 rooms and sessions, mounted with ``path("socket.io/", sio.as_asgi())``.
 
-Scale-out comes from the layer, not from a client manager: every connected socket is in
+Scale-out comes from the layer, not from a client manager (``client_manager=
+AsyncRedisManager(url)`` only checks the layer is on that Redis): every connected socket is in
 its namespace's group (``emit`` to everyone), each room is a group (``enter_room``), and a
 sid names its connection's layer channel (``emit(to=sid)``, ``disconnect(sid)`` and
 ``enter_room(sid)`` reach it in any process through the layer; in its own process at
@@ -29,15 +30,21 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import decimal
 import functools
+import gzip
 import hashlib
 import inspect
 import json
+import math
+import os
 import re
 import secrets
 import types
 import urllib.parse
 import weakref
+import zlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
@@ -221,6 +228,65 @@ _HEADS = tuple(f"{_EIO_MESSAGE}{kind}" for kind in range(7))
 
 #: ``decode_packet``'s parser, built once (``json.loads`` with an option builds one a call).
 _JSON = json.JSONDecoder(parse_constant=refuse_constant)
+
+
+def _encode_with(module: Any, kind: int, namespace: str = "/", data: Any = None,
+                 ack_id: int | None = None) -> tuple[str, list[bytes]]:
+    """``encode_packet`` with an ``AsyncServer(json=)`` module's ``dumps`` (python-
+    socketio's call: ``dumps(data, separators=(",", ":"))``, the bytes taken out first;
+    bytes it returns are taken as UTF-8)."""
+    attachments: list[bytes] = []
+    payload = None
+    if data is not None:
+        try:
+            if kind == EVENT or kind == ACK:
+                data = _deconstruct(data, attachments)
+            payload = module.dumps(data, separators=(",", ":"))
+        except RecursionError:
+            raise ValueError("data nested too deeply to send") from None
+        if isinstance(payload, bytes | bytearray):
+            payload = bytes(payload).decode("utf-8")
+        if not isinstance(payload, str):
+            raise TypeError(f"the json module's dumps() returned {type(payload).__name__}, "
+                            "not str")
+    head = _HEADS[kind]
+    if attachments:
+        head = f"{_HEADS[BINARY_EVENT if kind == EVENT else BINARY_ACK]}{len(attachments)}-"
+    if namespace != "/":
+        head += namespace + ","
+    if ack_id is not None:
+        head += str(ack_id)
+    return head if payload is None else head + payload, attachments
+
+
+class _Loads:
+    """An ``AsyncServer(json=)`` module's ``loads`` as ``decode_packet``'s ``decoder``,
+    held to what ``_JSON`` guarantees: whatever it raises (RecursionError too) is
+    ``_Malformed``, and so are NaN and the infinities it may take (``math.isfinite`` over
+    every number)."""
+
+    __slots__ = ("module",)
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def decode(self, text: str) -> Any:
+        try:
+            data = self.module.loads(text)
+        except Exception:
+            raise _Malformed("invalid JSON (or nested too deeply)") from None
+        stack = [data]
+        while stack:  # (a loop, not recursion: as deep as the module nested it)
+            item = stack.pop()
+            if isinstance(item, list | tuple):
+                stack.extend(item)
+            elif isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, float | decimal.Decimal) and not math.isfinite(item):
+                raise _Malformed("NaN or Infinity in JSON")
+        return data
+
+
 #: ``decode_packet``'s common shape: ``2[...]`` or ``2<ack id>[...]`` (the generic path
 #: takes the rest, and says what is wrong with an ack id too long).
 _EVENT_HEAD = re.compile(rf"2([0-9]{{0,{_MAX_ACK_DIGITS}}})\[")
@@ -241,13 +307,14 @@ class Packet:
         self.attachments: list[bytes] = []
 
 
-def decode_packet(text: str, strict: bool = True) -> Packet:
+def decode_packet(text: str, strict: bool = True, decoder: Any = _JSON) -> Packet:
     """A Socket.IO packet (an Engine.IO message's payload); ``_Malformed`` if it is not
-    one a client may send (not ``strict``: any packet, a server's too)."""
+    one a client may send (not ``strict``: any packet, a server's too). ``decoder``'s
+    ``decode`` reads its JSON (``AsyncServer(json=)``: ``_Loads``)."""
     head = _EVENT_HEAD.match(text)
     if head is not None:  # an EVENT to "/", with or without an ack id: most packets
         try:
-            data: Any = _JSON.decode(text[head.end() - 1:])
+            data: Any = decoder.decode(text[head.end() - 1:])
         except (ValueError, RecursionError):
             raise _Malformed("invalid JSON (or nested too deeply)") from None
         if strict:
@@ -288,7 +355,7 @@ def decode_packet(text: str, strict: bool = True) -> Packet:
     data = None
     if rest:
         try:
-            data = _JSON.decode(rest)
+            data = decoder.decode(rest)
         except (ValueError, RecursionError):
             # (NaN and the infinities too: relayed, they would break the browsers they reach)
             raise _Malformed("invalid JSON (or nested too deeply)") from None
@@ -710,7 +777,8 @@ class _Replies:
 class _Socket:
     """One namespace connection in this process."""
 
-    __slots__ = ("acks", "channel", "consumer", "namespace", "pending", "rooms", "session", "sid")
+    __slots__ = ("acks", "channel", "consumer", "namespace", "pending", "rooms", "session", "sid",
+                 "waiting")
 
     def __init__(self, consumer: SocketIOConsumer, namespace: str, sid: str,
                  channel: str | None = None) -> None:
@@ -725,6 +793,9 @@ class _Socket:
         self.rooms: dict[str, Any] = {}  # group -> the room as given
         self.session: dict[Any, Any] = {}
         self.acks: dict[int, Callable[..., Any]] = {}
+        #: ``always_connect``: CONNECT was answered, its handler runs; the packets that
+        #: wait for it (``_after_connect``, ``_take_turns``). None otherwise.
+        self.waiting: list[Deferred[None]] | None = None
 
 
 class _Session:
@@ -844,6 +915,307 @@ class AsyncNamespace:
         await server.disconnect(sid, namespace=namespace)
 
 
+# -- python-socketio's options that need more than a value ----------------------------------------
+
+class AsyncManager:
+    """python-socketio's in-process client manager, as ``AsyncServer(client_manager=)``:
+    accepted, and it changes nothing. realtime's channel layer (``--layer``) holds the
+    rooms and carries the emits, in one process or across several; python-socketio's own
+    manager instances are a ``TypeError`` (``AsyncServer``)."""
+
+    def _mismatch(self, layer: Any) -> str | None:
+        """Why ``layer`` is not the one this manager names (None: it is)."""
+        return None
+
+
+class AsyncRedisManager(AsyncManager):
+    """python-socketio's ``AsyncRedisManager(url, channel=...)`` as ``AsyncServer(
+    client_manager=)``: the server's layer must be on that Redis, checked when the server
+    first meets its layer (its construction with ``channel_layer=`` or under twistd, else
+    its first connection or emit): a ``ValueError`` naming both, so a ported app never runs
+    on one process's memory while it believes its rooms are shared. ``url`` is read as
+    python-socketio reads it (redis-py's and valkey's forms, python-socketio's
+    ``redis+sentinel://h1:p1,h2:p2/db/service``) and compared by where it leads
+    (``_same_redis``: user, password and connection options aside); one of a sharded
+    layer's servers or of a cluster's nodes is that layer's Redis too. ``channel``
+    (python-socketio's separation of apps on one Redis) is the layer's ``prefix=`` here:
+    python-socketio's default, "socketio", goes with any prefix; another must be
+    ``--layer ...?prefix=`` the same. ``write_only=True`` (an emitter outside the server)
+    is ``realtime.socketio.Emitter``'s work: a ``ValueError`` as a ``client_manager``."""
+
+    def __init__(self, url: str = "redis://localhost:6379/0", channel: str = "socketio",
+                 write_only: bool = False, logger: Any = None,
+                 redis_options: dict[str, Any] | None = None) -> None:
+        from realtime.layers.redis import redact_url
+
+        if not isinstance(url, str):
+            raise TypeError(f"AsyncRedisManager's url is a str, not {type(url).__name__}")
+        if not isinstance(channel, str) or not channel:
+            raise ValueError(f"AsyncRedisManager's channel is a non-empty str, not {channel!r}")
+        if redis_options:
+            raise TypeError("AsyncRedisManager(redis_options=): the layer's Redis connection "
+                            "is --layer's (its URL takes db=, password=, ssl_ca_certs=)")
+        self.url = redact_url(url)
+        self.channel = channel
+        self.address = _manager_address(url, channel, self.url)
+        self.write_only = bool(write_only)
+
+    def _mismatch(self, layer: Any) -> str | None:
+        from realtime.layers.redis import RedisAddress
+
+        address = getattr(layer, "address", None)
+        shards = getattr(address, "shards", None)  # a sharded layer's servers
+        theirs = ([shard.address for shard in shards] if shards is not None
+                  else [address] if isinstance(address, RedisAddress) else [])
+        if not any(_same_redis(self.address, one) for one in theirs):
+            described = (address.describe() if address is not None
+                         else f"{type(layer).__name__} (--layer memory)")
+            return (f"client_manager=AsyncRedisManager({self.url!r}), but the server's "
+                    f"channel layer is {described}: realtime's layer carries what the "
+                    f"manager did; run with --layer {_layer_url(self.address)} (with its "
+                    f"password, if any; or drop client_manager=)")
+        prefix = getattr(layer, "prefix", None)
+        if prefix is None and shards:
+            prefix = shards[0].prefix
+        if self.channel != "socketio" and self.channel != prefix:
+            return (f"client_manager=AsyncRedisManager(channel={self.channel!r}) keeps apps "
+                    f"apart on one Redis, which the layer's prefix does here (it is "
+                    f"{prefix!r}): run with --layer "
+                    f"{_layer_url(self.address, prefix=self.channel)}")
+        return None
+
+    async def emit(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(
+            "realtime.socketio.AsyncRedisManager is an AsyncServer's client_manager only: "
+            "to emit from outside the server use realtime.socketio.Emitter(server_url, "
+            "api_key), or an AsyncServer on the same --layer")
+
+
+def _manager_address(url: str, channel: str, shown: str) -> Any:
+    """Where python-socketio's ``AsyncRedisManager(url)`` leads, as a ``RedisAddress``:
+    its URL read as redis-py reads it (the host "localhost", port 6379 and db 0 unless
+    given; ``?db=`` before the path's; other options aside), ``valkey`` schemes as
+    ``redis`` ones, a sentinel URL as python-socketio reads it (``/db/service``; no
+    service: ``channel``). ``redis+cluster://`` (realtime's) as ``--layer`` reads it.
+    ``ValueError`` for what python-socketio would not take."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    from realtime.layers.redis import RedisAddress, parse_url
+
+    where = f"AsyncRedisManager({shown!r})"
+    scheme = url.partition("://")[0].lower()
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        try:
+            address, options = parse_url(url)
+        except ValueError as exc:
+            raise ValueError(f"AsyncRedisManager: {exc}") from None
+        if options:
+            raise ValueError(f"{where}: {', '.join(sorted(options))} is a --layer option")
+        return address
+    base, _, extra = scheme.partition("+")
+    base = {"valkey": "redis", "valkeys": "rediss"}.get(base, base)
+    if (base not in ("redis", "rediss", "unix") or "://" not in url
+            or extra not in ("", "sentinel") or (extra and base != "redis")):
+        raise ValueError(f"{where}: not a URL scheme python-socketio's AsyncRedisManager "
+                         "takes (redis://, rediss://, unix://, redis+sentinel://, valkey's)")
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    for option in ("capacity", "prefix", "partitions"):
+        if option in query:
+            raise ValueError(f"{where}: {option}= is a --layer option")
+
+    def number(text: str, what: str, top: int) -> int:
+        if not text.isdigit() or int(text) > top:
+            raise ValueError(f"{where}: {what} {text!r} is not a number from 0 to {top}")
+        return int(text)
+
+    db_query = query.get("db", [""])[0]
+    if base == "unix":
+        return RedisAddress("unix", path=unquote(parts.path),
+                            db=number(db_query, "the db", 2**31) if db_query else 0)
+    if extra == "sentinel":  # python-socketio's parse_redis_sentinel_url
+        sentinels = []
+        for host_port in parts.netloc.rpartition("@")[2].split(","):
+            host, colon, port_text = host_port.rpartition(":")
+            if not colon or host_port.endswith("]"):
+                host, port_text = host_port, "26379"
+            sentinels.append((host.strip("[]"), number(port_text, "the port", 65535)))
+        path = parts.path.split("/")
+        db_text = path[1] if len(path) > 1 else ""
+        if db_text and not db_text.isdigit():
+            raise ValueError(f"{where}: python-socketio's sentinel URL is "
+                             "redis+sentinel://h1:p1,h2:p2/db/service (the db first)")
+        return RedisAddress("sentinel", sentinels=tuple(sentinels),
+                            master=unquote(path[2]) if len(path) > 2 and path[2] else channel,
+                            db=number(db_text, "the db", 2**31) if db_text else 0)
+    try:
+        tcp_port = parts.port or 6379
+    except ValueError:
+        raise ValueError(f"{where}: the port is not a number from 1 to 65535") from None
+    db_path = unquote(parts.path).replace("/", "")
+    return RedisAddress(
+        "tcp", host=unquote(parts.hostname or "localhost"), port=tcp_port,
+        db=number(db_query or db_path, "the db", 2**31) if db_query or db_path else 0,
+        tls=base == "rediss")
+
+
+#: The names of this host's loopback address (``_same_redis``).
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _host_key(host: str) -> str:
+    host = host.lower().strip("[]").rstrip(".")
+    return "localhost" if host in _LOOPBACK else host
+
+
+def _same_redis(mine: Any, theirs: Any) -> bool:
+    """Whether two ``RedisAddress``es lead to the same Redis (names as written, but a
+    host's case and this host's loopback names; a sentinel deployment by its master, db
+    and any sentinel in common; a cluster by any node in common, or one of its nodes)."""
+    def hosts(pairs: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
+        return {(_host_key(host), port) for host, port in pairs}
+
+    if theirs.kind == "cluster" and mine.kind in ("tcp", "cluster"):
+        mine_nodes = (hosts(mine.nodes) if mine.kind == "cluster"
+                      else hosts([(mine.host, mine.port)]) if mine.db == 0 else set())
+        return mine.tls == theirs.tls and bool(mine_nodes & hosts(theirs.nodes))
+    if mine.kind != theirs.kind:
+        return False
+    if mine.kind == "unix":
+        return (os.path.normpath(mine.path), mine.db) == (os.path.normpath(theirs.path),
+                                                          theirs.db)
+    if mine.kind == "sentinel":
+        return ((mine.master, mine.db) == (theirs.master, theirs.db)
+                and bool(hosts(mine.sentinels) & hosts(theirs.sentinels)))
+    return ((_host_key(mine.host), mine.port, mine.db, mine.tls)
+            == (_host_key(theirs.host), theirs.port, theirs.db, theirs.tls))
+
+
+def _layer_url(address: Any, prefix: str | None = None) -> str:
+    """A ``--layer`` URL for ``address`` (no password), with ``prefix=``."""
+    from realtime.layers.redis import _host_port
+
+    if address.kind == "unix":
+        url = f"unix://{address.path}" + (f"?db={address.db}" if address.db else "")
+    elif address.kind == "sentinel":
+        hosts = ",".join(_host_port(host, port) for host, port in address.sentinels)
+        url = f"redis+sentinel://{hosts}/{address.master}/{address.db}"
+    elif address.kind == "cluster":
+        hosts = ",".join(_host_port(host, port) for host, port in address.nodes)
+        url = f"{'rediss' if address.tls else 'redis'}+cluster://{hosts}"
+    else:
+        url = address.describe()
+    if prefix is not None:
+        url += ("&" if "?" in url else "?") + f"prefix={prefix}"
+    return url
+
+
+def _manager(client_manager: Any) -> AsyncManager | None:
+    """``AsyncServer(client_manager=)`` checked: one of this module's managers, or None."""
+    if client_manager is None or type(client_manager) is AsyncManager:
+        return None
+    if isinstance(client_manager, AsyncRedisManager):
+        if client_manager.write_only:
+            raise ValueError(
+                "client_manager=AsyncRedisManager(write_only=True): a write-only manager "
+                "emits from outside a server; use realtime.socketio.Emitter(server_url, "
+                "api_key) there, or an AsyncServer on the same --layer")
+        return client_manager
+    kind = type(client_manager)
+    if any(base.__module__.split(".")[0] == "socketio" for base in kind.__mro__):
+        from realtime.layers.redis import redact_url
+
+        url = getattr(client_manager, "redis_url", None)
+        layer = f"--layer {redact_url(url)}" if isinstance(url, str) else "--layer"
+        raise TypeError(
+            f"client_manager=socketio.{kind.__name__}: realtime does not use python-socketio's "
+            f"managers; its channel layer holds the rooms and carries the emits across "
+            f"processes: run with {layer} and drop client_manager= (or pass "
+            f"realtime.socketio.AsyncRedisManager(url), which checks --layer is that URL)")
+    raise TypeError(f"client_manager is a realtime.socketio.AsyncManager or "
+                    f"AsyncRedisManager, not {kind.__name__} (the layer is --layer's)")
+
+
+def _check_cookie(cookie: Any) -> dict[str, Any] | None:
+    """``AsyncServer(cookie=)`` as python-engineio takes it: a name (then ``path=/;
+    SameSite=Lax``) or a dict of attributes (``name``, default "io"); each value a str,
+    True (the attribute alone), False or None (left out) or a callable giving one of those
+    at each handshake; an empty one none, as there. What could break the header is a
+    ``ValueError`` now."""
+    if cookie is None or cookie == "" or cookie == {}:
+        return None
+    if isinstance(cookie, str):
+        cookie = {"name": cookie, "path": "/", "SameSite": "Lax"}
+    if not isinstance(cookie, dict):
+        raise TypeError(f"cookie is a name (str) or a dict of attributes, not "
+                        f"{type(cookie).__name__}")
+    cookie = dict(cookie)
+    name = cookie.setdefault("name", "io")
+    if not isinstance(name, str) or not _COOKIE_TOKEN.match(name):
+        raise ValueError(f"cookie name {name!r} is not a cookie name (a token: letters, "
+                         "digits, !#$%&'*+-.^_`|~)")
+    for attribute, value in cookie.items():
+        if not isinstance(attribute, str) or not _COOKIE_TOKEN.match(attribute):
+            raise ValueError(f"cookie attribute {attribute!r} is not an attribute name")
+        if attribute != "name" and not callable(value):
+            _cookie_value(attribute, value)
+    return cookie
+
+
+_COOKIE_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+#: What a cookie attribute's value may not hold (it would end the attribute or the header).
+_COOKIE_BAD = re.compile(r"[^\x20-\x7e]|;")
+
+
+def _cookie_value(attribute: str, value: Any) -> str | None:
+    """One attribute as the header writes it ("" for a flag, None to leave out)."""
+    if value is True:
+        return ""
+    if value is False or value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"cookie attribute {attribute!r}: a str, True, False or a callable "
+                        f"giving one, not {type(value).__name__}")
+    if _COOKIE_BAD.search(value):
+        raise ValueError(f"cookie attribute {attribute!r}: {value!r} holds a ';', a "
+                         "control character or one past ASCII")
+    return value
+
+
+def _sid_cookie(cookie: dict[str, Any], sid: str) -> bytes | None:
+    """The handshake's ``Set-Cookie`` value (python-engineio's ``name=sid; attr=value;
+    flag``); None, logged, when a callable attribute gives what cannot go in it."""
+    parts = [f"{cookie['name']}={sid}"]
+    for attribute, value in cookie.items():
+        if attribute == "name":
+            continue
+        try:
+            text = _cookie_value(attribute, value() if callable(value) else value)
+        except Exception as exc:
+            log.error("socketio: the Engine.IO cookie left out: {why}", why=str(exc))
+            return None
+        if text is not None:
+            parts.append(f"{attribute}={text}" if text else attribute)
+    return "; ".join(parts).encode("latin-1", "replace")
+
+
+def _check_json(module: Any) -> Any:
+    """``AsyncServer(json=)``: None for the standard library's (the built-in fast path does
+    what it does), else the module (``dumps`` and ``loads`` as the standard library's)."""
+    if module is None or module is json:
+        return None
+    if not (callable(getattr(module, "dumps", None)) and callable(getattr(module, "loads", None))):
+        raise TypeError(f"json is a module with dumps() and loads() (as the standard "
+                        f"library's), not {module!r}")
+    return module
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} is True or False, not {value!r}")
+    return value
+
+
 class AsyncServer:
     """python-socketio's ``AsyncServer`` API over realtime's layers.
 
@@ -858,9 +1230,25 @@ class AsyncServer:
     (with ``Access-Control-Allow-Origin`` and credentials) and whose WebSockets open; by
     default only the server's own origin and those ``--allowed-origins`` lets in; a
     request from another origin gets 403 on either transport (one without ``Origin``, no
-    browser's, passes). python-socketio's ``async_mode``, ``logger`` and ``engineio_logger``
-    are accepted and ignored. A packet's binary attachments count together against
+    browser's, passes); ``cors_credentials`` (True) adds ``Access-Control-Allow-Credentials:
+    true`` to those answers. A packet's binary attachments count together against
     ``max_http_buffer_size``.
+
+    python-engineio's polling options: ``cookie`` (a name, or a dict of attributes) sets
+    the Engine.IO sid as a cookie on the polling handshake (for a load balancer's
+    cookie-based sticky sessions); ``http_compression`` (True) gzips or deflates a GET's
+    packets of ``compression_threshold`` (1024) bytes or more for a client that accepts it.
+
+    python-socketio's: ``always_connect`` answers a CONNECT before the connect handler runs
+    (a refusal is then a DISCONNECT; the namespace's packets wait for the handler);
+    ``async_handlers=False`` runs a connection's event handlers one at a time, in order,
+    each awaited before its next packet is read (``call()`` is then a ``RuntimeError``);
+    ``json`` a module whose ``dumps``/``loads`` write and read the packets' JSON (for this
+    server only; the NaN and nesting refusals still hold); ``client_manager`` a
+    ``realtime.socketio.AsyncManager`` or ``AsyncRedisManager(url)`` (the layer must be on
+    that Redis: ``--layer``). ``async_mode``, ``logger``, ``engineio_logger`` and
+    ``monitor_clients`` are accepted and ignored (logs are twisted.logger's; a dead client
+    is always timed out by its pings).
 
     ``connection_state_recovery`` (off by default, as in Node's server): True or
     ``{"max_disconnection_duration": 120, "max_packets": 1000}`` keeps a socket whose
@@ -874,9 +1262,8 @@ class AsyncServer:
     """
 
     reason = Reason
-    _IGNORED = frozenset({"async_mode", "cors_credentials",
-                          "logger", "engineio_logger", "async_handlers",
-                          "monitor_clients", "http_compression", "compression_threshold"})
+    #: python-socketio's and python-engineio's options that change nothing here.
+    _IGNORED = frozenset({"async_mode", "logger", "engineio_logger", "monitor_clients"})
 
     def __init__(self, namespaces: Iterable[str] | str | None = None,
                  ping_interval: float = 25.0, ping_timeout: float = 20.0,
@@ -885,10 +1272,37 @@ class AsyncServer:
                  cors_allowed_origins: str | Iterable[str] | None = None,
                  connection_state_recovery: bool | dict[str, Any] | None = None,
                  serializer: str = "default", allow_upgrades: bool = True,
-                 transports: Iterable[str] | None = None, **kwargs: Any) -> None:
+                 transports: Iterable[str] | None = None, *, client_manager: Any = None,
+                 json: Any = None, always_connect: bool = False, async_handlers: bool = True,
+                 cookie: str | dict[str, Any] | None = None, cors_credentials: bool = True,
+                 http_compression: bool = True, compression_threshold: int = 1024,
+                 **kwargs: Any) -> None:
         unknown = set(kwargs) - self._IGNORED
         if unknown:
             raise TypeError(f"AsyncServer() got unknown options: {sorted(unknown)}")
+        #: python-socketio's: CONNECT answered before the connect handler runs.
+        self.always_connect = _flag("always_connect", always_connect)
+        #: python-socketio's: False runs a connection's event handlers in order, inline.
+        self.async_handlers = _flag("async_handlers", async_handlers)
+        #: python-engineio's: ``Access-Control-Allow-Credentials`` for allowed origins.
+        self.cors_credentials = _flag("cors_credentials", cors_credentials)
+        #: python-engineio's: a GET's packets compressed past ``compression_threshold``.
+        self.http_compression = _flag("http_compression", http_compression)
+        if not isinstance(compression_threshold, int) or isinstance(compression_threshold,
+                                                                    bool):
+            raise TypeError(f"compression_threshold is a number of bytes (int), not "
+                            f"{compression_threshold!r}")
+        if compression_threshold < 0:
+            raise ValueError(f"compression_threshold is >= 0, not {compression_threshold}")
+        self.compression_threshold = compression_threshold
+        #: python-engineio's sid cookie (``_check_cookie``), or None.
+        self.cookie = _check_cookie(cookie)
+        #: python-socketio's ``json=`` module, or None for the built-in codec.
+        self.json = _check_json(json)
+        #: ``client_manager=AsyncRedisManager(url)``: the layer is checked against it once.
+        self._manager = _manager(client_manager)
+        self._checked_layer: Any = None
+        self._manager_error: str | None = None
         #: python-engineio's: the transports a client may use (polling handshakes or
         #: WebSockets otherwise get 400 "Transport unknown"), and whether a polling
         #: session may upgrade.
@@ -904,6 +1318,10 @@ class AsyncServer:
                              "(python-socketio's Packet subclasses are not supported)")
         #: ``serializer="msgpack"``: every Socket.IO packet is one binary message.
         self.msgpack = serializer == "msgpack"
+        if self.msgpack:
+            self.json = None  # (python-socketio's msgpack packets take no json module)
+        #: Not the built-in JSON codec (``_encode``): msgpack or a ``json=`` module.
+        self._codec = self.msgpack or self.json is not None
         if ping_interval <= 0 or ping_timeout <= 0 or max_http_buffer_size <= 0:
             raise ValueError("ping_interval, ping_timeout and max_http_buffer_size are > 0")
         self.namespaces: str | set[str] = (
@@ -934,6 +1352,14 @@ class AsyncServer:
             from realtime.socketio_recovery import Recovery
 
             self._recovery = Recovery(self, connection_state_recovery)
+        if self._manager is not None:  # now, when the layer is known already
+            from realtime.layers import _layers
+
+            known = (channel_layer if channel_layer is not None
+                     else _layers.get(channel_layer_alias))
+            # (an in-memory layer may be a test's leftover: its first use decides)
+            if getattr(known, "address", None) is not None or channel_layer is not None:
+                self._layer_ok(known, now=True)
 
     # -- handlers ---------------------------------------------------------------------------
     def on(self, event: str, handler: Callable[..., Any] | None = None,
@@ -1020,11 +1446,30 @@ class AsyncServer:
     # -- the layer ----------------------------------------------------------------------------
     @property
     def channel_layer(self) -> Any:
-        if self._channel_layer is not None:
-            return self._channel_layer
-        from realtime.layers import get_channel_layer
+        layer = self._channel_layer
+        if layer is None:
+            from realtime.layers import get_channel_layer
 
-        return get_channel_layer(self.channel_layer_alias)
+            layer = get_channel_layer(self.channel_layer_alias)
+        if self._manager is not None and layer is not self._checked_layer:
+            self._layer_ok(layer, now=True)
+        return layer
+
+    def _layer_ok(self, layer: Any, now: bool = False) -> bool:
+        """Whether ``layer`` is the one ``client_manager=`` names (checked once a layer);
+        not: a ``ValueError`` ``now``, else logged once (a connection is refused)."""
+        if self._manager is None or layer is self._checked_layer:
+            return True
+        problem = self._manager._mismatch(layer)
+        if problem is None:
+            self._checked_layer = layer
+            return True
+        if now:
+            raise ValueError(problem)
+        if self._manager_error != problem:
+            self._manager_error = problem
+            log.error("socketio: connections refused: {problem}", problem=problem)
+        return False
 
     def _channel(self, sid: Any) -> str | None:
         """The channel to reach ``sid`` (of another process) through; None for a sid of
@@ -1050,9 +1495,11 @@ class AsyncServer:
                 ack_id: int | None = None) -> tuple[str | bytes, list[bytes]]:
         """A packet in this server's serializer: JSON text and its attachments, or one
         msgpack message."""
+        if not self._codec:
+            return encode_packet(kind, namespace, data, ack_id)
         if self.msgpack:
             return encode_msgpack_packet(kind, namespace, data, ack_id), []
-        return encode_packet(kind, namespace, data, ack_id)
+        return _encode_with(self.json, kind, namespace, data, ack_id)
 
     async def emit(self, event: str, data: Any = None, to: Any = None, room: Any = None,
                    skip_sid: str | Iterable[str] | None = None, namespace: str | None = None,
@@ -1077,11 +1524,14 @@ class AsyncServer:
             # Node's: the packet's offset as its last argument (the client's position).
             offset = self._recovery.new_offset()
             args.append(offset)
-        if self.msgpack:
-            text: str | bytes = encode_msgpack_packet(EVENT, namespace, [event, *args])
-            attachments: list[bytes] = []
-        else:
+        text: str | bytes
+        attachments: list[bytes]
+        if not self._codec:
             text, attachments = encode_packet(EVENT, namespace, [event, *args])
+        elif self.msgpack:
+            text, attachments = encode_msgpack_packet(EVENT, namespace, [event, *args]), []
+        else:  # a json= module
+            text, attachments = _encode_with(self.json, EVENT, namespace, [event, *args])
         await self._send_packet(text, attachments, namespace,
                                 to if to is not None else room, skip_sid, offset)
         if self._admin is not None:
@@ -1212,6 +1662,9 @@ class AsyncServer:
         ``timeout`` s (None: no timeout, as in python-socketio: an ack that never comes is
         waited for forever), or at once when the sid is known to be disconnected (here,
         or by its process, also when it disconnects before answering)."""
+        if not self.async_handlers:  # (python-socketio's words: a handler waiting for
+            # its own client's ack would hold the packet that brings it)
+            raise RuntimeError("Cannot use call() when async_handlers is False.")
         target = to or sid
         if not isinstance(target, str) or channel_of(target) is None:
             raise ValueError("call() needs to= one sid")
@@ -1436,6 +1889,34 @@ def _origin_ok(server: AsyncServer, scope: dict[str, Any]) -> bool:
     return (text.lower() == f"{scheme}://{host}".lower()
             or (bool(settings.allowed_origins)
                 and origin_allowed(text, settings.allowed_origins)))
+
+
+#: zlib's level for polling responses (python-engineio's gzip takes 9, its deflate 6).
+_COMPRESS_LEVEL = 6
+
+
+def _accepted_encoding(scope: dict[str, Any]) -> str | None:
+    """"gzip" or "deflate": the first of them ``Accept-Encoding`` offers (python-engineio's
+    choice), one with ``q=0`` not; None for neither."""
+    for name, value in scope.get("headers", ()):
+        if name != b"accept-encoding":
+            continue
+        for item in value.decode("latin-1").split(","):
+            coding, _, params = item.partition(";")
+            coding = coding.strip().lower()
+            if coding not in ("gzip", "deflate"):
+                continue
+            refused = False
+            for param in params.split(";"):
+                key, _, weight = param.partition("=")
+                if key.strip().lower() == "q":
+                    try:
+                        refused = float(weight) <= 0
+                    except ValueError:
+                        refused = True
+            if not refused:
+                return coding
+    return None
 
 
 def _params(scope: dict[str, Any]) -> dict[str, str]:
@@ -1906,8 +2387,9 @@ class PollingConsumer(AsyncHttpConsumer):
         pairs = [*(headers or []), (b"Cache-Control", b"no-store")]
         origin = self._origin()
         if origin and _origin_ok(self._server, self.scope):  # none for a refused origin
-            pairs += [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin"),
-                      (b"Access-Control-Allow-Credentials", b"true")]
+            pairs += [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin")]
+            if self._server.cors_credentials:
+                pairs.append((b"Access-Control-Allow-Credentials", b"true"))
         await super().send_headers(status=status, headers=pairs)
 
     async def _error(self, status: int, body: bytes) -> None:
@@ -1958,8 +2440,10 @@ class PollingConsumer(AsyncHttpConsumer):
             await self._error(400, _BAD_REQUEST)
 
     async def _open(self) -> None:
-        if self.channel_layer is None:
-            log.error("realtime.socketio needs a channel layer")
+        if self.channel_layer is None or (self._server._manager is not None
+                                          and not self._server._layer_ok(self.channel_layer)):
+            if self.channel_layer is None:
+                log.error("realtime.socketio needs a channel layer")
             await self.send_response(500, b"")
             return
         site = self._site()
@@ -1993,9 +2477,11 @@ class PollingConsumer(AsyncHttpConsumer):
         session.user_key, self.user_key = self.user_key, None
         session.consumer._open(sid, ["websocket"] if server.allow_upgrades else [],
                                session.max_payload)
-        await self._poll(session)
+        cookie = None if server.cookie is None else _sid_cookie(server.cookie, sid)
+        await self._poll(session, [] if cookie is None else [(b"Set-Cookie", cookie)])
 
-    async def _poll(self, session: _PollingSession) -> None:
+    async def _poll(self, session: _PollingSession,
+                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
         waiter = session.poll()
         if waiter is None:
             session.fail("a second GET while one waits")
@@ -2011,8 +2497,31 @@ class PollingConsumer(AsyncHttpConsumer):
                 session._cancel_flush()
         if items is None:
             return  # the client went away
-        await self.send_response(200, _encode_payload(items), headers=[
-            (b"Content-Type", b"text/plain; charset=UTF-8")])
+        body = _encode_payload(items)
+        pairs = [*(headers or ()), (b"Content-Type", b"text/plain; charset=UTF-8")]
+        server = self._server
+        if server.http_compression and len(body) >= server.compression_threshold:
+            body = self._compressed(body, pairs)
+        await self.send_response(200, body, headers=pairs)
+
+    def _compressed(self, body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """python-engineio's ``http_compression``: ``body`` gzipped or deflated (zlib's
+        format, as HTTP's "deflate" is), the first of the two the request's
+        ``Accept-Encoding`` lists without ``q=0``, when it comes out smaller (``Vary:
+        Accept-Encoding`` either way). Only what is sent is compressed (nothing inflates a
+        client's body); ``--max-send-buffer`` counted the packets before."""
+        headers.append((b"Vary", b"Accept-Encoding"))  # (compressed or not: it decided)
+        encoding = _accepted_encoding(self.scope)
+        if encoding is None:
+            return body
+        if encoding == "gzip":
+            packed = gzip.compress(body, compresslevel=_COMPRESS_LEVEL, mtime=0)
+        else:
+            packed = zlib.compress(body, _COMPRESS_LEVEL)
+        if len(packed) >= len(body):
+            return body
+        headers.append((b"Content-Encoding", encoding.encode()))
+        return packed
 
     async def _post(self, session: _PollingSession, body: bytes) -> None:
         if len(body) > session.max_payload:
@@ -2058,6 +2567,18 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self._connect_deadline: Any = None
         #: The server's ``serializer="msgpack"`` (read by ``_send``, for every packet).
         self._msgpack = self.server is not None and self.server.msgpack
+        #: What reads a text Socket.IO packet but the built-in codec: the server's
+        #: ``json=`` module (``_Loads``), or True with msgpack (text packets refused).
+        self._text_codec: Any = None
+        if self._msgpack:
+            self._text_codec = True
+        elif self.server is not None and self.server.json is not None:
+            self._text_codec = _Loads(self.server.json)
+        #: ``async_handlers=False``: the packets waiting for the one being handled
+        #: (``_in_turn``); None while none is.
+        self._turns: deque[Packet] | None = None
+        if self.server is not None and not self.server.async_handlers:
+            self._dispatch = self._in_turn  # type: ignore[method-assign]
 
     @property
     def _server(self) -> AsyncServer:
@@ -2077,6 +2598,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             log.error("realtime.socketio needs a channel layer")
             raise Refuse(500)
         server = self._server
+        if server._manager is not None and not server._layer_ok(self.channel_layer):
+            raise Refuse(500)  # (client_manager= names another Redis: logged)
         if params.get("sid"):  # the upgrade of a polling session (of this process)
             session = server._polling.get(params["sid"])
             if session is None or not server.allow_upgrades or not session.begin_upgrade(
@@ -2188,6 +2711,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             code = getattr(self._conn, "disconnect_code", None)
             self._upgrade_of.websocket_closed(self, 1006 if code is None else code)
         self._wake()
+        for socket in list(self._sockets.values()):  # (always_connect's waiting packets)
+            self._connect_ended(socket)
 
     def _cancel_tasks(self) -> None:
         self._cancel_call = None
@@ -2304,8 +2829,19 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             self._refuse(CLOSE_MALFORMED, "a text frame while attachments were awaited")
             return
         kind = text_data[:1]
-        if kind == _EIO_MESSAGE and self._msgpack:
-            self._refuse(CLOSE_MALFORMED, "a text packet with the msgpack serializer")
+        if kind == _EIO_MESSAGE and self._text_codec:
+            if self._msgpack:
+                self._refuse(CLOSE_MALFORMED, "a text packet with the msgpack serializer")
+                return
+            try:  # (a json= module's loads)
+                packet = decode_packet(text_data[1:], True, self._text_codec)
+            except _Malformed as exc:
+                self._refuse(CLOSE_MALFORMED, str(exc))
+                return
+            if packet.missing:
+                self._pending = packet
+                return
+            await self._handle(packet)
         elif kind == _EIO_MESSAGE:
             try:
                 packet = decode_packet(text_data[1:])
@@ -2348,14 +2884,99 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         socket = self._sockets.get(packet.namespace)
         if socket is None:
             return None  # not connected to that namespace: ignored, as python-socketio does
-        if socket.pending:  # its connect handler runs: only a DISCONNECT counts
-            return self._drop(socket) if kind == DISCONNECT else None
+        if socket.pending:  # its connect handler runs
+            if socket.waiting is not None:  # connected for its client (always_connect)
+                if kind == ACK or kind == BINARY_ACK:  # (the handler may wait for one)
+                    return self._acked(socket, packet)
+                self._spawn(self._after_connect(socket, packet), "a packet's handling")
+                return None
+            return self._drop(socket) if kind == DISCONNECT else None  # only that counts
         if kind == EVENT or kind == BINARY_EVENT:
             self._event(socket, packet)
             return None
         if kind == DISCONNECT:
             return self._forget(socket, Reason.CLIENT_DISCONNECT)
         return self._acked(socket, packet)  # ACK, BINARY_ACK
+
+    def _in_turn(self, packet: Packet) -> Awaitable[None] | None:
+        """``async_handlers=False`` (the consumer's ``_dispatch`` then): its Socket.IO
+        packets are handled one at a time, in order, an event's handler awaited before the
+        next packet (python-socketio's in-order handlers), by a task of the connection
+        (``_take_turns``), so its pongs, ACKs (a handler may wait for one) and close are
+        not held behind a slow handler; with ``--max-inflight`` packets waiting,
+        ``receive`` waits too (the connection is not read meanwhile)."""
+        if packet.kind == ACK or packet.kind == BINARY_ACK:
+            return SocketIOConsumer._dispatch(self, packet)
+        turns = self._turns
+        if turns is None:
+            self._turns = deque((packet,))
+            self._spawn(self._take_turns(), "the in-order handlers")
+            return None
+        turns.append(packet)
+        return self._turn_room() if len(turns) >= self._conn.config.max_inflight else None
+
+    async def _take_turns(self) -> None:
+        turns = self._turns
+        assert turns is not None
+        try:
+            while turns and not self._conn.closing_or_closed:
+                packet = turns.popleft()
+                self._wake()  # (a receive waiting in ``_turn_room``)
+                socket = self._sockets.get(packet.namespace)
+                if socket is not None and socket.waiting is not None:
+                    # always_connect: its connect handler runs; the packets behind wait
+                    # too (one order for the connection, as in python-socketio)
+                    woken: Deferred[None] = Deferred()
+                    socket.waiting.append(woken)
+                    await woken
+                    if self._conn.closing_or_closed:
+                        break
+                    socket = self._sockets.get(packet.namespace)
+                try:
+                    if (packet.kind == EVENT or packet.kind == BINARY_EVENT) and (
+                            socket is not None and not socket.pending):
+                        await self._event_inline(socket, packet)
+                    else:
+                        work = SocketIOConsumer._dispatch(self, packet)
+                        if work is not None:
+                            await work
+                except CancelledError:
+                    raise
+                except Exception:
+                    self._task_failed(Failure(), "a packet's handling", None)
+        finally:
+            self._turns = None
+
+    async def _turn_room(self) -> None:
+        """``_in_turn``'s bound: wait while ``--max-inflight`` packets wait."""
+        limit = self._conn.config.max_inflight
+        while (self._turns is not None and len(self._turns) >= limit
+               and not self._conn.closing_or_closed):
+            if self._slot is None:
+                self._slot = Deferred()
+            await self._slot
+
+    async def _after_connect(self, socket: _Socket, packet: Packet) -> None:
+        """``always_connect``: a packet of a namespace whose CONNECT was answered while its
+        connect handler runs waits for it (a task of the connection: its other namespaces,
+        pongs and ACKs go on; python-socketio holds them all), in order; then it is the
+        namespace's, or dropped with the socket the handler refused."""
+        if socket.waiting is not None:
+            woken: Deferred[None] = Deferred()
+            socket.waiting.append(woken)
+            await woken
+        if self._conn.closing_or_closed:
+            return
+        work = self._dispatch(packet)
+        if work is not None:
+            await work
+
+    @staticmethod
+    def _connect_ended(socket: _Socket) -> None:
+        """The packets waiting for ``socket``'s connect handler go on, in order."""
+        waiting, socket.waiting = socket.waiting, None
+        for woken in waiting or ():
+            woken.callback(None)
 
     async def _acked(self, socket: _Socket, packet: Packet) -> None:
         assert packet.ack_id is not None
@@ -2388,11 +3009,29 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self._sockets[namespace] = socket
         server._sockets[sid] = socket
         await self.channel_layer.group_add(namespace_group(namespace), socket.channel)
+        if server.always_connect and namespace in self._sockets:  # (not dropped meanwhile)
+            socket.waiting = []
+            self._connected(socket)  # (python-socketio's order: CONNECT, then the handler)
         # A task, as python-socketio's: a slow one holds no other namespace, ack or pong.
         self._spawn(self._connect_handler(socket, auth), "the connect handler")
 
+    def _connected(self, socket: _Socket) -> None:
+        """CONNECT answered: ``{"sid"}`` (with recovery ``{"sid", "pid"}`` and the packets
+        the client missed)."""
+        if self._server._recovery is not None:
+            self._server._recovery.connected(socket)
+        else:
+            self._send(encode_packet(CONNECT, socket.namespace, {"sid": socket.sid})[0])
+
     async def _connect_handler(self, socket: _Socket, auth: Any) -> None:
+        try:
+            await self._run_connect_handler(socket, auth)
+        finally:
+            self._connect_ended(socket)
+
+    async def _run_connect_handler(self, socket: _Socket, auth: Any) -> None:
         server, namespace, sid = self._server, socket.namespace, socket.sid
+        told = socket.waiting is not None  # always_connect: its CONNECT was answered
         refusal: dict[str, Any] | None = None
         # No auth, or an empty one (python-socketio's client sends {}): None, as there.
         handler, args = server._handler("connect", namespace, (sid, self.scope, auth or None))
@@ -2415,14 +3054,18 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             return  # disconnected meanwhile
         if refusal is not None:
             await self._drop(socket)
-            self._send(encode_packet(CONNECT_ERROR, namespace, refusal)[0])
+            if told:
+                # always_connect: told it is connected, the client is disconnected; a
+                # DISCONNECT without python-socketio's refusal in it (socket.io-client
+                # takes data there for a parse error and closes the connection)
+                self._send(encode_packet(DISCONNECT, namespace)[0])
+            else:
+                self._send(encode_packet(CONNECT_ERROR, namespace, refusal)[0])
             return
         socket.pending = False
-        if server._recovery is not None:  # {sid, pid}, then the packets it missed
-            server._recovery.connected(socket)
-        else:
-            self._send(encode_packet(CONNECT, namespace, {"sid": sid})[0])
-        if server._admin is not None:
+        if not told:
+            self._connected(socket)
+        if server._admin is not None:  # (always_connect: once accepted, its login too)
             server._admin.connected(socket)
 
     def _event(self, socket: _Socket, packet: Packet) -> None:
@@ -2449,6 +3092,25 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                 self._answer(socket, packet, result)
         except BaseException:
             self._task_failed(Failure(), "the {name!r} handler", name)
+
+    async def _event_inline(self, socket: _Socket, packet: Packet) -> None:
+        """``async_handlers=False``: an EVENT's handler awaited in its turn
+        (``_take_turns``), so the connection's next packet waits for it; its value is the
+        ack."""
+        name = packet.data[0]
+        try:
+            server = self._server
+            if server._admin is not None:
+                server._admin.received(socket, packet.data)
+            handler, args = server._handler(name, socket.namespace,
+                                            (socket.sid, *packet.data[1:]))
+            if handler is None:
+                return
+            result = await resolve(handler(*args))
+        except BaseException:  # (a cancel too, as a task's: nothing more of it)
+            self._task_failed(Failure(), "the {name!r} handler", name)
+            return
+        self._answer(socket, packet, result)
 
     async def _answer_later(self, socket: _Socket, packet: Packet, result: Any) -> None:
         # (an awaitable the handler's awaitable returns is awaited too, as ``_Driven`` does)
@@ -2781,7 +3443,8 @@ class Emitter:
         client.send(self.url, self.api_key, channel, event, timeout=self.timeout)
 
 
-__all__ = ["AsyncNamespace", "AsyncServer", "CallTimeoutError", "ConnectionRefusedError",
-           "Emitter", "PollingConsumer", "Reason", "SocketIOApp", "SocketIOConsumer",
-           "SocketIOError", "channel_of", "decode_msgpack_packet", "decode_packet",
-           "encode_msgpack_packet", "encode_packet", "namespace_group", "room_group"]
+__all__ = ["AsyncManager", "AsyncNamespace", "AsyncRedisManager", "AsyncServer",
+           "CallTimeoutError", "ConnectionRefusedError", "Emitter", "PollingConsumer",
+           "Reason", "SocketIOApp", "SocketIOConsumer", "SocketIOError", "channel_of",
+           "decode_msgpack_packet", "decode_packet", "encode_msgpack_packet",
+           "encode_packet", "namespace_group", "room_group"]

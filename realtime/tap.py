@@ -287,6 +287,14 @@ def _proxy_tables(name: str, value: Any, where: str) -> tuple[str, list[Any]]:
         raise StartupError(f"{where}: {exc}") from None
 
 
+#: The events' own proxies' settings as options, and the field each sets in a proxy.
+_PROXY_OWN_FIELDS = {"proxy-timeout": "timeout", "proxy-http-headers": "http_headers",
+                     "proxy-emulated-headers": "emulated_headers",
+                     "proxy-static-header": "static_headers",
+                     "proxy-include-connection-meta": "include_connection_meta",
+                     "proxy-binary-encoding": "binary_encoding"}
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -450,6 +458,10 @@ class Options(usage.Options):
         ["proxy-http-headers", None, "",
          "Headers of the client's handshake sent on to the proxies (e.g. 'Cookie "
          "Authorization Origin X-Forwarded-For'); default: none."],
+        ["pubsub-transports", None, None,
+         "realtime.pubsub: the transports served, of websocket, http_stream, sse, "
+         "uni_websocket, uni_sse, uni_http_stream (comma separated; default: all); a path "
+         "left off answers 404 (/emulation goes with http_stream or sse)."],
         ["rpc-namespace-boundary", None, None,
          "realtime.pubsub: what ends an RPC namespace's name in a method (default ':'; "
          "Centrifugo's rpc.namespace_boundary), with --rpc-namespace."],
@@ -738,6 +750,14 @@ class Options(usage.Options):
                 if stands(option):
                     sys.stderr.write(f"realtime: warning: --centrifugo-config {path}: "
                                      f"{message}\n")
+            for name in ("namespace", "proxy", "proxy-event", "rpc-namespace"):
+                if name in self.given and translation.options.get(name):
+                    # (a repeated option replaces the file's, all of them: say which)
+                    what = ("each event's proxy settings (the endpoints stay)"
+                            if name == "proxy-event" else "all of them")
+                    sys.stderr.write(f"realtime: warning: --centrifugo-config {path}: "
+                                     f"{translation.sources[name]}: replaced by --{name}, "
+                                     f"{what}\n")
         try:
             self._post_options()
         except StartupError as exc:
@@ -1133,8 +1153,13 @@ class Options(usage.Options):
         from realtime import pubsub
 
         try:
+            transports = pubsub.parse_transports(self["pubsub-transports"]) \
+                if self["pubsub-transports"] is not None else None
+        except ValueError as exc:
+            raise StartupError(f"--pubsub-transports: {exc}") from None
+        try:
             pubsub.configure(self["namespace"], anonymous=bool(self["pubsub-anonymous"]),
-                             layer=layer)
+                             layer=layer, transports=transports)
         except ValueError as exc:
             raise StartupError(f"--namespace: {exc}") from None
         layer.max_groups_per_connection = _count(
@@ -1160,6 +1185,10 @@ class Options(usage.Options):
                     raise StartupError(f"--{name}: {exc}") from None
         events: dict[str, dict[str, Any]] = {}
         seen: set[str] = set()
+        # A file's per-event settings (--config, --centrifugo-config) give way to the
+        # --proxy-* options the environment or the command line sets: they win over the file.
+        overridden = set() if "proxy-event" in self.given else {
+            field for option, field in _PROXY_OWN_FIELDS.items() if option in self.given}
         for spec in self["proxy-event"]:
             try:
                 event, own = (pubsub_proxy.parse_proxy_event(spec) if isinstance(spec, str)
@@ -1170,7 +1199,7 @@ class Options(usage.Options):
             if event in seen:
                 raise StartupError(f"--proxy-event: {event!r} given twice")
             seen.add(event)
-            own = dict(own)
+            own = {key: value for key, value in own.items() if key not in overridden}
             if not own.pop("enabled", True):  # (v6's connect or refresh enabled = false)
                 endpoints.pop(event, None)
                 continue

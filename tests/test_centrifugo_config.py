@@ -1,9 +1,11 @@
+# ruff: noqa: F811  (the fixtures imported from tests.test_pubsub*, taken as arguments)
 """``--centrifugo-config FILE`` (``realtime.centrifugo_config``): a Centrifugo v5 or v6 file
 in JSON, YAML or TOML becomes realtime's options; what realtime cannot honour stops
 start-up with one line naming the key, what it has no use for is one warning line each;
-the converter's TOML, given to ``--config``, makes the same options; and a real server
+the converter's TOML, given to ``--config``, makes the same options; a real server
 started on contrib/pubsub/config.json serves Centrifugo's own client and API with the
-file's secret and key."""
+file's secret and key; and one started in process on a v6 file with named proxies and RPC
+namespaces sends each subscribe and RPC to the real backend its proxy names."""
 
 from __future__ import annotations
 
@@ -11,18 +13,25 @@ import asyncio
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
+import pytest_twisted
 import yaml
 
 from realtime import centrifugo_config
 from realtime.config import StartupError
 from realtime.tap import Options
+from tests.clients import http_get, in_thread
 from tests.e2e.support import REPO, run, start
+from tests.test_pubsub import pubsub_server, sdk_client, subscribed, token  # noqa: F401
+from tests.test_pubsub import run as run_sdk
+from tests.test_pubsub_proxy import backend  # noqa: F401 (a fixture)
+from tests.test_pubsub_proxy_named import second  # noqa: F401 (a fixture)
 
 SECRET = "s" * 40
 API_KEY = "k" * 24
@@ -42,7 +51,7 @@ V6 = {
                               "http": {"static_headers": {"X-Proxy-Key": "pk"}}},
                   "refresh": {"enabled": True,
                               "endpoint": "http://127.0.0.1:8001/centrifugo/refresh",
-                              "timeout": "3s", "http_headers": ["cookie"],
+                              "timeout": "3s", "http_headers": ["Cookie"],
                               "http": {"static_headers": {"X-Proxy-Key": "pk"}}}},
         "channel_limit": 64,
         "user_connection_limit": 4,
@@ -87,6 +96,55 @@ V5 = {
     "shutdown_timeout": "30s",
 }
 
+#: Centrifugo v6's proxies as they are: an event's own object, named proxies that channel
+#: namespaces (the top level's too) and RPC namespaces pick, another RPC boundary, and the
+#: transports the file enables.
+V6_NAMED = {
+    "http_server": {"address": "127.0.0.1"},
+    "client": {"token": {"hmac_secret_key": SECRET}, "allowed_origins": ["http://app"],
+               "proxy": {"connect": {"enabled": True, "endpoint": "http://127.0.0.1:8001/c",
+                                     "timeout": "500ms", "http_headers": ["Cookie"]}}},
+    "http_api": {"key": API_KEY},
+    "proxies": [
+        {"name": "connect", "endpoint": "http://127.0.0.1:8001/c", "timeout": "500ms",
+         "http_headers": ["Cookie"]},
+        {"name": "chat-backend", "endpoint": "http://127.0.0.1:8002/centrifugo",
+         "timeout": "2s", "http_headers": ["Authorization"], "include_connection_meta": True,
+         "http": {"static_headers": {"X-Secret": "v"}}},
+        {"name": "payments", "endpoint": "http://127.0.0.1:8003/rpc", "binary_encoding": True},
+    ],
+    "channel": {
+        "without_namespace": {"subscribe_proxy_enabled": True,
+                              "subscribe_proxy_name": "chat-backend"},
+        "namespaces": [{"name": "chat", "subscribe_proxy_enabled": True,
+                        "subscribe_proxy_name": "chat-backend", "publish_proxy_enabled": True,
+                        "publish_proxy_name": "chat-backend"}]},
+    "rpc": {"namespace_boundary": ".",
+            "without_namespace": {"proxy_enabled": True, "proxy_name": "payments"},
+            "namespaces": [{"name": "billing", "proxy_enabled": True, "proxy_name": "payments"},
+                           {"name": "off"}]},
+    "uni_sse": {"enabled": True}, "http_stream": {"enabled": True},
+}
+
+#: The same in Centrifugo v5's granular proxy mode (where the connect proxy is a named one).
+V5_NAMED = {
+    "address": "127.0.0.1", "token_hmac_secret_key": SECRET,
+    "allowed_origins": ["http://app"], "api_key": API_KEY,
+    "granular_proxy_mode": True,
+    "proxies": [{**V6_NAMED["proxies"][0]},  # type: ignore[index]
+                {"name": "chat-backend", "endpoint": "http://127.0.0.1:8002/centrifugo",
+                 "timeout": "2s", "http_headers": ["Authorization"],
+                 "include_connection_meta": True, "static_http_headers": {"X-Secret": "v"}},
+                {**V6_NAMED["proxies"][2]}],  # type: ignore[index]
+    "connect_proxy_name": "connect",
+    "subscribe_proxy_name": "chat-backend",
+    "namespaces": [{"name": "chat", "subscribe_proxy_name": "chat-backend",
+                    "publish_proxy_name": "chat-backend"}],
+    "rpc_namespace_boundary": ".", "rpc_proxy_name": "payments",
+    "rpc_namespaces": [{"name": "billing", "rpc_proxy_name": "payments"}, {"name": "off"}],
+    "uni_sse": True, "http_stream": True,
+}
+
 EXPECTED = {
     "app": "realtime.pubsub:application",
     "port": ["8000"], "bind": "127.0.0.1", "verbosity": "2",
@@ -97,11 +155,13 @@ EXPECTED = {
     "max-groups-per-connection": "64", "max-connections-per-user": "4",
     "proxy-connect-endpoint": "http://127.0.0.1:8001/centrifugo/connect",
     "proxy-refresh-endpoint": "http://127.0.0.1:8001/centrifugo/refresh",
-    "proxy-timeout": "3s", "proxy-http-headers": "Cookie",
-    "proxy-static-header": ["X-Proxy-Key: pk"],
+    # each proxy's own settings, as the file has them (v5's common ones in each)
+    "proxy-event": [(event, {"timeout": 3.0, "http_headers": ("Cookie",),
+                             "static_headers": (("X-Proxy-Key", "pk"),)})
+                    for event in ("connect", "refresh")],
     "api-key": API_KEY, "metrics": True, "health-path": "/health",
     "compression": True, "max-message-size": "65536", "max-frame-size": "65536",
-    "shutdown-timeout": "30",
+    "shutdown-timeout": "30", "pubsub-transports": "websocket",
     "namespace": [":allow_subscribe_for_client=true", "personal:",
                   "chat:presence=true,join_leave=true,history_size=100,history_ttl=300s,"
                   "force_recovery=true,allow_subscribe_for_client=true,"
@@ -124,7 +184,7 @@ def _toml(table: dict[str, Any], head: str = "") -> str:
 
     lines, tables = [], []
     for key, v in table.items():
-        if isinstance(v, dict) and v:
+        if isinstance(v, dict) and v and head != "__item__":
             tables.append(_toml(v, f"{head}{key}."))
         elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
             for item in v:
@@ -163,12 +223,18 @@ def refusal(path: Path, *args: str) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _quiet_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _quiet_environment(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """No REALTIME_*/CENTRIFUGO_* variable of the machine's; the process-wide settings a
+    parse made (namespaces, proxies, transports) undone after each test."""
     import os
+
+    from realtime.settings import reset
 
     for name in list(os.environ):
         if name.startswith(("REALTIME_", "CENTRIFUGO_")):
             monkeypatch.delenv(name)
+    yield
+    reset()
 
 
 @pytest.mark.parametrize("fmt", ["json", "yaml", "toml"])
@@ -181,13 +247,14 @@ def test_v5_and_v6_in_every_format_make_the_same_options(tmp_path, fmt, sample):
     assert translation.options == EXPECTED
     # Each option names the key it came from, as the file wrote it.
     sources = translation.sources
+    connect = translation.proxy_events[0][2]
     if sample is V6:
         assert sources["jwt-key"] == "client.token.hmac_secret_key"
-        assert sources["proxy-timeout"] == "client.proxy.connect.timeout"
+        assert connect["timeout"] == "client.proxy.connect.timeout"
         assert sources["layer"] == "engine.redis.address"
     else:
         assert sources["jwt-key"] == "token_hmac_secret_key"
-        assert sources["proxy-timeout"] == "proxy_connect_timeout"
+        assert connect["timeout"] == "proxy_connect_timeout"
         assert sources["layer"] == "redis_address"
     # And the tap takes them: a real parse, the layer built (not connected).
     options = parsed("--centrifugo-config", str(path), "--port", "0")
@@ -198,8 +265,11 @@ def test_v5_and_v6_in_every_format_make_the_same_options(tmp_path, fmt, sample):
 
     assert set(settings.pubsub_namespaces) == {"", "personal", "chat"}
     assert settings.pubsub_namespaces["chat"].history_ttl == 300.0
-    assert settings.pubsub_proxy.timeout == 3.0
-    assert settings.pubsub_proxy.http_headers == ("Cookie",)
+    for event in ("connect", "refresh"):
+        proxy = settings.pubsub_proxy.own(event)
+        assert (proxy.timeout, proxy.http_headers, proxy.static_headers) == (
+            3.0, ("Cookie",), (("X-Proxy-Key", "pk"),))
+    assert settings.pubsub_transports == {"websocket"}
 
 
 def test_redis_forms_sentinel_cluster_tls_and_unix(tmp_path):
@@ -292,12 +362,193 @@ def test_tls_without_an_address_listens_everywhere_as_centrifugo_does():
     assert out.warnings == []
 
 
+@pytest.mark.parametrize("fmt", ["json", "yaml", "toml"])
+@pytest.mark.parametrize("sample", [V6_NAMED, V5_NAMED], ids=["v6", "v5"])
+def test_named_proxies_and_rpc_namespaces_as_centrifugo_has_them(tmp_path, fmt, sample):
+    """Each proxy object as it is (no folding into one set of options), the named ones, the
+    namespaces' choice (the top level's too), RPC namespaces and their boundary; v5's
+    granular proxy mode makes the same (its named connect proxy: that event's own)."""
+    from realtime.pubsub import PubSubError
+    from realtime.pubsub_proxy import Proxy, RpcNamespace
+    from realtime.settings import settings
+
+    path = write(tmp_path, sample, fmt)
+    out = centrifugo_config.read(str(path))
+    assert (out.version, out.problems) == (6 if sample is V6_NAMED else 5, [])
+    assert [m.split(":")[0] for _, m in out.warnings] == [
+        "client.allowed_origins" if sample is V6_NAMED else "allowed_origins"]
+    options = out.options
+    assert options["proxy-connect-endpoint"] == "http://127.0.0.1:8001/c"
+    assert options["proxy-event"] == [("connect", {"timeout": 0.5,
+                                                   "http_headers": ("Cookie",)})]
+    chat = Proxy("http://127.0.0.1:8002/centrifugo", name="chat-backend", timeout=2.0,
+                 http_headers=("Authorization",), include_connection_meta=True,
+                 static_headers=(("X-Secret", "v"),))
+    payments = Proxy("http://127.0.0.1:8003/rpc", name="payments", binary_encoding=True)
+    assert options["proxy"] == [Proxy("http://127.0.0.1:8001/c", name="connect", timeout=0.5,
+                                      http_headers=("Cookie",)), chat, payments]
+    assert options["rpc-namespace"] == [RpcNamespace("", True, "payments"),
+                                        RpcNamespace("billing", True, "payments"),
+                                        RpcNamespace("off")]
+    assert options["rpc-namespace-boundary"] == "."
+    assert options["pubsub-transports"] == "websocket,http_stream,uni_sse"
+    assert not any(name.startswith("proxy-") and name.endswith(("timeout", "headers"))
+                   for name in options)  # (no global --proxy-* settings)
+    # realtime's start-up takes them: each channel and method gets the proxy it names.
+    parsed("--centrifugo-config", str(path), "--port", "0")
+    proxy, namespaces = settings.pubsub_proxy, settings.pubsub_namespaces
+    assert proxy.for_channel("subscribe", namespaces[""]) == chat
+    assert proxy.for_channel("publish", namespaces["chat"]) == chat
+    assert proxy.for_channel("publish", namespaces[""]) is None
+    assert proxy.own("connect").timeout == 0.5
+    assert proxy.for_rpc("billing.charge") == proxy.for_rpc("billing:x") == payments
+    for method, code in (("off.x", 108), ("nope.x", 104)):
+        with pytest.raises(PubSubError) as error:
+            proxy.for_rpc(method)
+        assert error.value.code == code, method
+
+
+def test_an_rpc_proxy_follows_v6s_namespaces_and_v5s_every_method():
+    """v6: the RPC proxy serves methods without a namespace only where
+    ``rpc.without_namespace.proxy_enabled`` says so (108 otherwise), and a method with a
+    namespace not configured is 104, not sent to the proxy; v5 (no granular mode) sends
+    every method, as v5 did."""
+    from realtime.pubsub import PubSubError
+    from realtime.pubsub_proxy import ProxyConfig, RpcNamespace
+
+    def routes(data: dict[str, Any]) -> list[Any]:
+        out = centrifugo_config.translate(data)
+        assert out.problems == [], out.problems
+        config = ProxyConfig(endpoints={"rpc": out.options["proxy-rpc-endpoint"]},
+                             rpc_namespaces={n.name: n for n in out.options.get(
+                                 "rpc-namespace", [])} or None)
+        found = []
+        for method in ("plain", "ns:x"):
+            try:
+                found.append(config.for_rpc(method).endpoint)
+            except PubSubError as exc:
+                found.append(exc.code)
+        return found
+
+    endpoint = "http://b/rpc"
+    assert routes({"rpc": {"proxy": {"endpoint": endpoint},
+                           "without_namespace": {"proxy_enabled": True}}}) == [endpoint, 104]
+    assert routes({"rpc": {"proxy": {"endpoint": endpoint}}}) == [108, 104]
+    assert routes({"rpc": {"proxy": {"endpoint": endpoint},
+                           "namespaces": [{"name": "ns", "proxy_enabled": True}]}}) == [
+        108, endpoint]
+    assert routes({"proxy_rpc_endpoint": endpoint}) == [endpoint, endpoint]
+    out = centrifugo_config.translate({"proxy_rpc_endpoint": endpoint,
+                                       "rpc_namespaces": [{"name": "ns"}]})
+    assert "rpc-namespace" not in out.options
+    assert (None, "rpc_namespaces: ignored (only with granular_proxy_mode: Centrifugo v5 "
+                  "does not use it)") in out.warnings
+    out = centrifugo_config.translate({"granular_proxy_mode": True, "rpc_proxy_name": "pay",
+                                       "proxy_rpc_endpoint": endpoint,
+                                       "proxies": [{"name": "pay", "endpoint": endpoint}]})
+    assert out.options["rpc-namespace"] == [RpcNamespace("", True, "pay")]
+    assert (None, "proxy_rpc_endpoint: ignored (granular_proxy_mode: the named proxies are "
+                  "used)") in out.warnings
+
+
+def test_what_v5_does_not_use_in_its_proxy_mode_is_warned_of_and_dropped():
+    """v5 without ``granular_proxy_mode`` uses no named proxy; with it, no
+    ``proxy_*_endpoint``, no common ``proxy_*`` option and no ``proxy_subscribe`` flag."""
+    global_mode = centrifugo_config.translate({
+        "address": "127.0.0.1", "allowed_origins": ["*"], "proxy_subscribe_endpoint": "http://b/s",
+        "proxies": [{"name": "pay", "endpoint": "http://b/p"}], "connect_proxy_name": "pay",
+        "namespaces": [{"name": "chat", "proxy_subscribe": True,
+                        "subscribe_proxy_name": "pay"}]})
+    assert global_mode.problems == []
+    assert "proxy" not in global_mode.options
+    assert global_mode.options["namespace"] == ["chat:proxy_subscribe=true"]
+    granular = centrifugo_config.translate({
+        "address": "127.0.0.1", "allowed_origins": ["*"], "granular_proxy_mode": True,
+        "proxy_subscribe_endpoint": "http://b/s", "proxy_http_headers": ["Cookie"],
+        "proxies": [{"name": "pay", "endpoint": "http://b/p"}],
+        "namespaces": [{"name": "chat", "proxy_subscribe": True},
+                       {"name": "room", "publish_proxy_name": "pay"}]})
+    assert granular.problems == []
+    assert "proxy-subscribe-endpoint" not in granular.options
+    assert granular.options["namespace"] == [
+        "chat:", "room:publish_proxy_name=pay,publish_proxy_enabled=true"]
+    named = "ignored (only with granular_proxy_mode: Centrifugo v5 does not use it)"
+    assert [m for _, m in global_mode.warnings] == [
+        f"proxies: {named}", f"connect_proxy_name: {named}",
+        f"namespaces[0].subscribe_proxy_name: {named}"]
+    assert [m for _, m in granular.warnings] == [
+        "proxy_subscribe_endpoint: ignored (granular_proxy_mode: the named proxies are used)",
+        "proxy_http_headers: ignored (granular_proxy_mode: each named proxy has its own)",
+        "namespaces[0].proxy_subscribe: ignored (granular_proxy_mode: subscribe_proxy_name "
+        "picks the proxy)"]
+
+
+def test_transforms_and_settings_off_load_as_they_are():
+    """``http.status_to_code_transforms`` are realtime's too; ``http.tls`` and ``grpc``
+    with everything off, empty headers and ``*_proxy_name: default`` ask for nothing."""
+    from realtime.pubsub_proxy import StatusTransform
+
+    out = centrifugo_config.translate({
+        **HTTP, "client": {"allowed_origins": ["*"], "proxy": {"refresh": {
+            "enabled": True, "endpoint": "http://b/r", "http_headers": [],
+            "binary_encoding": False, "grpc": {"tls": {"enabled": False}},
+            "http": {"tls": {"enabled": False, "server_ca_pem": "/ca.pem"},
+                     "static_headers": {}, "status_to_code_transforms": [
+                         {"status_code": 404, "to_error": {"code": 404, "message": "gone"}},
+                         {"status_code": 403, "to_disconnect": {"code": 4403,
+                                                                "reason": "no"}}]}}}},
+        "channel": {"namespaces": [{"name": "chat", "publish_proxy_name": "default"}]}})
+    assert (out.problems, out.warnings) == ([], [])
+    assert out.options["proxy-event"] == [("refresh", {"status_to_code_transforms": (
+        StatusTransform(404, error=(404, "gone", False)),
+        StatusTransform(403, disconnect=(4403, "no"))),
+    })]
+    assert out.options["namespace"] == ["chat:"]
+
+
+def test_centrifugos_defaults_where_realtimes_differ():
+    """``shutdown.timeout`` not set is Centrifugo's 30 s (realtime's own is 10 s); the
+    transports not enabled are not served (Centrifugo serves WebSocket alone by
+    default), ``websocket.disabled`` leaves WebSocket out."""
+    out = centrifugo_config.translate({"client": {"allowed_origins": ["*"]}})
+    assert out.options["shutdown-timeout"] == "30"
+    assert out.sources["shutdown-timeout"] == "shutdown.timeout (not set: Centrifugo's default)"
+    assert out.options["pubsub-transports"] == "websocket"
+    v5 = centrifugo_config.translate({"websocket_disable": True, "uni_websocket": True,
+                                      "sse": True, "allowed_origins": ["*"]})
+    assert v5.problems == []
+    assert (v5.options["pubsub-transports"], v5.sources["pubsub-transports"]) == (
+        "sse,uni_websocket", "websocket_disable, sse, uni_websocket")
+
+
 def test_v5_proxy_options_without_a_proxy_are_warned_of():
     out = centrifugo_config.translate({"proxy_http_headers": ["Cookie"], "api_key": API_KEY})
     assert out.problems == []
     assert (None, "proxy_http_headers: ignored (no proxy endpoint is set)") in out.warnings
     assert "proxy-http-headers" not in out.options
 
+
+@pytest.mark.parametrize(("data", "version"), [
+    ({"webtransport": False, "allowed_origins": ["*"]}, 5),  # v5's flag
+    ({"webtransport": {"enabled": False}, "client": {"allowed_origins": ["*"]}}, 6),
+    ({"uni_sse": True, "allowed_origins": ["*"]}, 5),
+    ({"uni_sse": {"enabled": True}}, 6),
+    ({"broker": "nats", "allowed_origins": ["*"]}, 5),  # v5's broker name
+    ({"broker": {"enabled": False}}, 6),
+], ids=["webtransport-v5", "webtransport-v6", "uni_sse-v5", "uni_sse-v6", "broker-v5",
+        "broker-v6"])
+def test_a_key_that_is_a_flag_or_name_in_v5_and_a_section_in_v6_tells_by_its_value(
+        data, version):
+    """v5's ``webtransport: false`` is no v6 section: the file is read as v5 (not refused
+    as v5 keys in a v6 file)."""
+    out = centrifugo_config.translate(data)
+    assert out.version == version
+    assert not any("a Centrifugo v5 key in a v6 file" in m or "expected a table" in m
+                   for _, m in out.problems), out.problems
+
+
+#: A v6 section: a file of named proxies alone reads as v5's (its keys are v5's too).
+HTTP = {"http_server": {"address": "127.0.0.1"}}
 
 #: (the file, what its one line says after "--centrifugo-config PATH: ")
 REFUSALS = [
@@ -341,23 +592,58 @@ REFUSALS = [
      "client.allowed_origins: 'https://app?.example.com': not supported (no globs here"),
     ({"client": {"allowed_origins": ["https://{a,b}.example.com"]}},
      "client.allowed_origins: 'https://{a,b}.example.com': not supported (no globs here"),
-    ({"client": {"allowed_origins": ["*"],
-                 "proxy": {"connect": {"enabled": True, "endpoint": "http://b/c"}}},
-      "channel": {"proxy": {"subscribe": {"endpoint": "http://b/s", "timeout": "3s"}}}},
-     "client.proxy.connect.timeout (not set) and channel.proxy.subscribe.timeout: not supported "
-     "(they differ, and realtime's --proxy-timeout is one for every proxy)"),
-    ({"proxy_connect_endpoint": "http://b/c", "proxy_rpc_endpoint": "http://b/r",
-      "proxy_rpc_timeout": "5s"},
-     "proxy_connect_timeout (not set) and proxy_rpc_timeout: not supported"),
+    # ... a named proxy too, whatever uses it
+    ({"proxies": [{"name": "auth", "endpoint": "http://b/a", "http_headers": ["Cookie"]}],
+      "channel": {"namespaces": [{"name": "me", "subscribe_proxy_enabled": True,
+                                  "subscribe_proxy_name": "auth"}]}},
+     "client.allowed_origins: needed when a proxy forwards Cookie"),
     ({"client": {"proxy": {"connect": {"enabled": True, "endpoint": "grpc://b:1"}}}},
      "client.proxy.connect.endpoint: not supported (gRPC proxies"),
-    ({"proxies": [{"name": "other", "endpoint": "http://b"}]}, "proxies: not supported"),
-    ({"rpc": {"namespaces": [{"name": "x"}]}}, "rpc.namespaces: not supported"),
+    ({**HTTP, "proxies": [{"name": "pay", "endpoint": "grpc://b:1"}]},
+     "proxies[0].endpoint: not supported (gRPC proxies"),
+    ({**HTTP, "proxies": [{"endpoint": "http://b"}]}, "proxies[0].name: every proxy needs a name"),
+    ({**HTTP, "proxies": [{"name": "pay", "endpoint": "http://b"},
+                          {"name": "pay", "endpoint": "http://c"}]},
+     "proxies[1].name: 'pay' given twice"),
+    ({**HTTP, "proxies": [{"name": "default", "endpoint": "http://b"}]},
+     "proxies[0]: 'default' is reserved (it names the events' own proxies)"),
+    ({**HTTP, "proxies": [{"name": "pay", "endpoint": "http://b", "timout": "2s"}]},
+     "proxies[0].timout: unknown key"),
+    ({**HTTP, "proxies": [{"name": "pay", "endpoint": "http://b", "http": {
+        "status_to_code_transforms": [{"status_code": 200, "to_error": {"code": 1}}]}}]},
+     "proxies[0]: 'pay': status_to_code_transforms[0]: status 200 is not an HTTP status"),
+    ({"client": {"proxy": {"connect": {"enabled": True, "endpoint": "http://b/c",
+                                       "http": {"tls": {"enabled": True}}}}}},
+     "client.proxy.connect.http.tls.enabled: not supported (https backends"),
+    ({"channel": {"proxy": {"subscribe": {"endpoint": "http://b/s",
+                                          "http_headers": ["Host"]}}}},
+     "channel.proxy.subscribe: http_headers: 'Host' is the proxy request's own header"),
+    ({"channel": {"namespaces": [{"name": "chat", "subscribe_proxy_enabled": True,
+                                  "subscribe_proxy_name": "nope"}]}},
+     "channel.namespaces[0].subscribe_proxy_name: no proxy 'nope' in proxies"),
+    ({"channel": {"namespaces": [{"name": "chat", "publish_proxy_enabled": True}]}},
+     "channel.namespaces[0].publish_proxy_enabled: needs channel.proxy.publish.endpoint"),
+    ({"rpc": {"without_namespace": {"proxy_enabled": True}}},
+     "rpc.without_namespace.proxy_enabled: needs rpc.proxy.endpoint"),
+    ({"proxies": [{"name": "pay", "endpoint": "http://b"}],
+      "rpc": {"namespaces": [{"name": "billing", "proxy_enabled": True, "proxy_name": "nope"}]}},
+     "rpc.namespaces[0].proxy_name: no proxy 'nope' in proxies"),
+    ({"rpc": {"proxy": {"endpoint": "http://b/r"}, "namespaces": [{"name": "x"}]}},
+     "rpc.namespaces[0]: an RPC namespace's name is 2 or more letters"),
+    ({"rpc": {"proxy": {"endpoint": "http://b/r"}, "namespaces": [{"proxy_enabled": True}]}},
+     "rpc.namespaces[0].name: every RPC namespace needs a name"),
+    ({"rpc": {"proxy": {"endpoint": "http://b/r"},
+              "namespaces": [{"name": "pay", "proxy": True}]}},
+     "rpc.namespaces[0].proxy: unknown key"),
+    ({"rpc": {"proxy": {"endpoint": "http://b/r"}, "namespace_boundary": ".",
+              "namespaces": [{"name": "pay.eu", "proxy_enabled": True}]}},
+     "rpc.namespaces (--rpc-namespace): 'pay.eu': no method reaches it with "
+     "--rpc-namespace-boundary '.'"),
+    ({"granular_proxy_mode": True, "connect_proxy_name": "nope"},
+     "connect_proxy_name: no proxy \"nope\" in proxies"),
+    ({"granular_proxy_mode": "yes"}, "granular_proxy_mode: expected true or false"),
     ({"channel": {"namespaces": [{"name": "chat", "channel_regex": "^[a-z]+$"}]}},
      "channel.namespaces[0].channel_regex: not supported"),
-    ({"channel": {"namespaces": [{"name": "chat", "subscribe_proxy_enabled": True,
-                                  "subscribe_proxy_name": "other"}]}},
-     "channel.namespaces[0].subscribe_proxy_name: not supported (named proxies"),
     ({"channel": {"namespaces": [{"name": "chat", "force_recovery_mode": "cache"}]}},
      "channel.namespaces[0].force_recovery_mode: not supported"),
     # realtime's own namespace checks speak, under the key.
@@ -373,7 +659,11 @@ REFUSALS = [
                               "key_pem": "k.pem"}}},
      "http_server.tls.cert_pem: not supported (inline PEM"),
     ({"http_api": {"handler_prefix": "/capi"}}, "http_api.handler_prefix: not supported"),
-    ({"websocket": {"disabled": True}}, "websocket.disabled: not supported"),
+    ({"websocket": {"disabled": True}},
+     "websocket.disabled: not supported with no other transport enabled"),
+    ({"websocket_disable": True, "uni_grpc": True}, "uni_grpc: not supported (the "),
+    ({"websocket": {"disabled": True}, "uni_grpc": {"enabled": True}},
+     "uni_grpc.enabled: not supported (the "),
     ({"engine": {"type": "nats"}}, "engine.type: expected memory or redis, got \"nats\""),
     ({"engine": {"type": "redis", "redis": {"cluster_address": ["a:1", "b:1"]}}},
      "engine.redis.cluster_address: not supported (several Redis Clusters"),
@@ -438,6 +728,18 @@ SECRETS = [
      "s3cret-header", "client.proxy.connect.http.static_headers: expected a table"),
     ({"http_server": {"tls": {"enabled": True, "cert_pem": "/c.pem", "key_pem": PEM_B64}}},
      PEM_B64[:40], "http_server.tls.key_pem: not supported (base64 PEM"),
+    # A proxy URL's password, in a URL refused for its scheme, its port or gRPC.
+    ({"client": {"allowed_origins": ["*"]}, "proxies": [
+        {"name": "pay", "endpoint": "ftp://ada:s3cretpw@h/x"}]},
+     "s3cretpw", "proxies[0]: 'pay': endpoint: expected an http:// or https:// URL, got "
+                 "'ftp://ada:***@h/x'"),
+    ({"client": {"allowed_origins": ["*"], "proxy": {"connect": {
+        "enabled": True, "endpoint": "http://ada:s3cretpw@h:99999/c"}}}},
+     "s3cretpw", "client.proxy.connect.endpoint (--proxy-connect-endpoint): expected an "
+                 "http:// or https:// URL, got 'http://ada:***@h:99999/c'"),
+    ({"rpc": {"proxy": {"endpoint": "grpc://ada:s3cretpw@h:9000"},
+              "without_namespace": {"proxy_enabled": True}}},
+     "s3cretpw", "rpc.proxy.endpoint: not supported (gRPC proxies are not built"),
 ]
 
 
@@ -569,12 +871,13 @@ def test_ignored_keys_are_one_warning_line_each(tmp_path, capsys):
                             "uni_sse": {"enabled": False}})
     options = parsed("--centrifugo-config", str(path))
     assert options["admin-path"] == "/admin"
+    assert options["pubsub-transports"] == "websocket"  # (uni_sse off: as in Centrifugo)
     lines = capsys.readouterr().err.splitlines()
     head = f"realtime: warning: --centrifugo-config {path}: "
     assert all(line.startswith(head) for line in lines), lines
     assert sorted(line[len(head):].split(":")[0] for line in lines) == sorted([
         "http_server.address", "log.file", "pid_file", "swagger.enabled", "admin.enabled",
-        "admin.password", "client.ping_interval", "uni_sse.enabled"])
+        "admin.password", "client.ping_interval"])
     # A key at Centrifugo's default asks for nothing: no line.
     path = write(tmp_path, {"http_server": {"address": "127.0.0.1"},
                             "client": {"ping_interval": "25s", "allowed_origins": ["*"]},
@@ -609,6 +912,46 @@ def test_the_environment_and_the_command_line_win(tmp_path, monkeypatch, capsys)
         parsed("--port", "0")
 
 
+def test_the_transports_file_then_environment_then_command_line(tmp_path, monkeypatch):
+    """--pubsub-transports: the file's (uni_sse enabled), under REALTIME_PUBSUB_TRANSPORTS,
+    under the command line; a file that serves nothing (websocket.disabled alone) is
+    refused until one of them names the transports."""
+    from realtime.settings import settings
+
+    path = write(tmp_path, {**HTTP, "client": {"allowed_origins": ["*"]},
+                            "uni_sse": {"enabled": True}})
+    parsed("--centrifugo-config", str(path), "--port", "0")
+    assert settings.pubsub_transports == {"websocket", "uni_sse"}
+    monkeypatch.setenv("REALTIME_PUBSUB_TRANSPORTS", "sse")
+    parsed("--centrifugo-config", str(path), "--port", "0")
+    assert settings.pubsub_transports == {"sse"}
+    parsed("--centrifugo-config", str(path), "--port", "0", "--pubsub-transports", "websocket")
+    assert settings.pubsub_transports == {"websocket"}
+    monkeypatch.delenv("REALTIME_PUBSUB_TRANSPORTS")
+    off = write(tmp_path, {**HTTP, "client": {"allowed_origins": ["*"]},
+                           "websocket": {"disabled": True}})
+    assert refusal(off, "--port", "0").endswith(
+        "websocket.disabled: not supported with no other transport enabled (realtime.pubsub "
+        "serves one at least)")
+    parsed("--centrifugo-config", str(off), "--port", "0", "--pubsub-transports", "uni_sse")
+    assert settings.pubsub_transports == {"uni_sse"}
+
+
+def test_the_cookie_refusal_goes_only_with_the_files_cookie(tmp_path):
+    """The file's connect proxy forwards Cookie without allowed_origins: refused, as long as
+    that header is forwarded (``--proxy-timeout`` leaves it); ``--proxy-http-headers``
+    replaces every event's headers, and the refusal with them."""
+    from realtime.settings import settings
+
+    path = write(tmp_path, {"http_server": {"address": "127.0.0.1"}, "client": {"proxy": {
+        "connect": {"enabled": True, "endpoint": "http://b/c", "http_headers": ["Cookie"]}}}})
+    for args in ((), ("--proxy-timeout", "2s")):
+        assert "needed when a proxy forwards Cookie" in refusal(path, "--port", "0", *args)
+    parsed("--centrifugo-config", str(path), "--port", "0",
+           "--proxy-http-headers", "Authorization")
+    assert settings.pubsub_proxy.own("connect").http_headers == ("Authorization",)
+
+
 def test_centrifugos_own_variables_are_refused_not_lost(tmp_path, monkeypatch, capsys):
     """Centrifugo reads CENTRIFUGO_CLIENT_ALLOWED_ORIGINS over the file: realtime would
     silently serve without it. The line names the variable, never its value."""
@@ -638,24 +981,55 @@ def test_websocket_message_size_limit_is_centrifugos_64_kib_when_not_set():
 def test_flags_and_repeatable_options_yield_as_the_others_do(tmp_path, monkeypatch, capsys):
     """A flag the file turns on, the environment turns off; a repeatable option given by the
     environment or the command line replaces the file's whole list (and drops a refusal of
-    it: a namespace realtime cannot honour)."""
+    it: a namespace realtime cannot honour), with a warning naming what it replaced; a
+    ``--proxy-*`` setting given there wins over the file's per-event ones (its own
+    objects' ``timeout``, ``http.static_headers``, ...), as every option does."""
     path = write(tmp_path, {
         "http_server": {"address": "127.0.0.1"}, "client": {"allowed_origins": ["*"],
-        "proxy": {"connect": {"enabled": True, "endpoint": "http://b/c",
+        "proxy": {"connect": {"enabled": True, "endpoint": "http://b/c", "timeout": "3s",
                               "http": {"static_headers": {"X-A": "1", "X-B": "2"}}}}},
+        "rpc": {"proxy": {"endpoint": "http://b/r", "http_headers": ["Authorization"]},
+                "without_namespace": {"proxy_enabled": True}},
         "prometheus": {"enabled": True}, "websocket": {"compression": True},
         "channel": {"namespaces": [{"name": "chat", "channel_regex": "^[a-z]+$"}]}})
     refusal(path, "--port", "0")  # the namespace's channel_regex
     monkeypatch.setenv("REALTIME_METRICS", "0")
     monkeypatch.setenv("REALTIME_COMPRESSION", "false")
     monkeypatch.setenv("REALTIME_NAMESPACE", "room:presence")
+    capsys.readouterr()
     options = parsed("--centrifugo-config", str(path), "--port", "0")
     assert not options["metrics"] and not options["compression"]
     assert options["namespace"] == ["room:presence"]
-    assert options["proxy-static-header"] == ["X-A: 1", "X-B: 2"]
+    assert options["proxy-event"] == [
+        ("connect", {"timeout": 3.0, "static_headers": (("X-A", "1"), ("X-B", "2"))}),
+        ("rpc", {"http_headers": ("Authorization",)})]
+    replaced = [line.split(": ", 3)[-1] for line in capsys.readouterr().err.splitlines()
+                if "replaced by" in line]
+    assert replaced == ["channel.namespaces: replaced by --namespace, all of them"]
     options = parsed("--centrifugo-config", str(path), "--port", "0",
-                     "--proxy-static-header", "X-C: 3", "--namespace", "x:")
-    assert options["proxy-static-header"] == ["X-C: 3"] and options["namespace"] == ["x:"]
+                     "--proxy-event", "connect:static_header=X-C: 3", "--namespace", "x:")
+    assert options["proxy-event"] == ["connect:static_header=X-C: 3"]
+    assert options["namespace"] == ["x:"]
+    replaced = [line.split(": ", 3)[-1] for line in capsys.readouterr().err.splitlines()
+                if "replaced by" in line]
+    assert replaced == [
+        "channel.namespaces: replaced by --namespace, all of them",
+        "client.proxy, channel.proxy, rpc.proxy: replaced by --proxy-event, each event's "
+        "proxy settings (the endpoints stay)"]
+    from realtime.settings import settings
+
+    assert settings.pubsub_proxy.own("connect").static_headers == (("X-C", "3"),)
+    assert settings.pubsub_proxy.own("rpc").http_headers == ()
+    options = parsed("--centrifugo-config", str(path), "--port", "0", "--namespace", "x:",
+                     "--proxy-static-header", "X-D: 4", "--proxy-timeout", "5s")
+    connect, rpc = settings.pubsub_proxy.own("connect"), settings.pubsub_proxy.own("rpc")
+    assert (connect.timeout, connect.static_headers) == (5.0, (("X-D", "4"),))
+    assert (rpc.timeout, rpc.static_headers, rpc.http_headers) == (
+        5.0, (("X-D", "4"),), ("Authorization",))  # (what the command line leaves: the file's)
+    monkeypatch.setenv("REALTIME_PROXY_HTTP_HEADERS", "X-Forwarded-For")
+    parsed("--centrifugo-config", str(path), "--port", "0")
+    connect, rpc = settings.pubsub_proxy.own("connect"), settings.pubsub_proxy.own("rpc")
+    assert (connect.timeout, rpc.http_headers) == (3.0, ("X-Forwarded-For",))
     capsys.readouterr()
 
 
@@ -667,8 +1041,13 @@ def test_config_and_centrifugo_config_together_are_refused(tmp_path):
         parsed("--config", str(toml), "--centrifugo-config", str(path))
 
 
-@pytest.mark.parametrize("sample", [V6, V5, "contrib"], ids=["v6", "v5", "contrib"])
+@pytest.mark.parametrize("sample", [V6, V5, V6_NAMED, V5_NAMED, "contrib"],
+                         ids=["v6", "v5", "v6-named", "v5-named", "contrib"])
 def test_the_converters_toml_makes_the_same_options(tmp_path, sample, capsys):
+    """Every option, repeatable ones too (``[[namespaces]]``, ``[proxy_events.EVENT]``,
+    ``[[proxies]]``, ``[[rpc_namespaces]]``), and what start-up makes of them."""
+    from realtime.settings import settings
+
     path = SAMPLE if sample == "contrib" else write(tmp_path, sample)
     assert centrifugo_config.main([str(path)]) == 0
     printed = capsys.readouterr().out
@@ -676,12 +1055,23 @@ def test_the_converters_toml_makes_the_same_options(tmp_path, sample, capsys):
     toml = tmp_path / "realtime.toml"
     toml.write_text(printed)
     names = [p[0] for p in Options.optParameters] + [f[0] for f in Options.optFlags]
-    from_centrifugo = parsed("--centrifugo-config", str(path), "--port", "0")
-    from_toml = parsed("--config", str(toml), "--port", "0")
+    names += list(Options._repeatable)
+
+    def started(*args: str) -> tuple[Options, tuple[Any, ...]]:
+        options = parsed(*args, "--port", "0")
+        return options, (settings.pubsub_proxy, settings.pubsub_namespaces,
+                         settings.pubsub_transports)
+
+    from_centrifugo, made = started("--centrifugo-config", str(path))
+    from_toml, made_from_toml = started("--config", str(toml))
     for name in names:
         if name not in ("config", "centrifugo-config"):
             assert from_centrifugo[name] == from_toml[name], name
+    assert made == made_from_toml
     assert from_toml["namespace"] and from_toml["api-key"]
+    if sample in (V6_NAMED, V5_NAMED, "contrib"):
+        assert from_toml["proxy"] and from_toml["rpc-namespace"]
+        assert "[[proxies]]" in printed and "[[rpc_namespaces]]" in printed
 
 
 def test_the_converters_toml_quotes_every_string_and_no_comment_breaks_it(tmp_path, capsys):
@@ -709,8 +1099,32 @@ def test_the_converters_toml_quotes_every_string_and_no_comment_breaks_it(tmp_pa
     capsys.readouterr()
     assert from_toml["jwt-key"] == secret and from_toml["api-key"] == key
     assert from_toml["allowed-origins"] == origin
-    assert from_toml["proxy-static-header"] == [f"X-K: {key}"]
+    assert from_toml["proxy-event"] == [("connect", {"static_headers": (("X-K", key),)})]
     assert from_toml.config.api_keys == (key,)
+
+
+def test_the_real_converter_ends_each_stream_with_a_newline():
+    """``python -m realtime.centrifugo_config contrib/pubsub/config.json``, the real
+    command: the TOML ends with one newline and each warning is a line of its own, so on a
+    terminal (both streams on one screen) no line runs into the next or into the prompt."""
+    import subprocess
+    import tomllib
+
+    from tests.e2e.support import environment
+
+    cmd = [sys.executable, "-m", "realtime.centrifugo_config", str(SAMPLE)]
+    result = run(cmd, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("\n") and not result.stdout.endswith("\n\n")
+    assert result.stderr.endswith("\n")
+    assert all(line.startswith(f"realtime: warning: {SAMPLE}: ")
+               for line in result.stderr.splitlines())
+    assert tomllib.loads(result.stdout)["rpc_namespaces"][-1]["proxy_name"] == "payments"
+    merged = subprocess.run(cmd, cwd=REPO, env=environment(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=30,
+                            stdin=subprocess.DEVNULL).stdout
+    assert sorted(merged.splitlines()) == sorted(
+        result.stderr.splitlines() + result.stdout.splitlines())
 
 
 def test_the_converter_refuses_with_one_line(tmp_path, capsys):
@@ -808,7 +1222,8 @@ def test_a_server_runs_on_a_centrifugo_config_json(tmp_path):
 
 def test_workers_take_the_files_options_and_warn_once(tmp_path, redis_url):
     """``--workers 2``: every worker re-reads the file to the same options (/health, the
-    API key, Redis from engine.redis), and only the supervisor says the warnings."""
+    API key, Redis from engine.redis, the transports: uni_sse, not enabled, is 404 in
+    both), and only the supervisor says the warnings."""
     path = write(tmp_path, {
         "http_server": {"address": "127.0.0.1"}, "log": {"file": "/var/log/c.log"},
         "client": {"allowed_origins": ["*"]}, "http_api": {"key": API_KEY},
@@ -828,7 +1243,81 @@ def test_workers_take_the_files_options_and_warn_once(tmp_path, redis_url):
             with urllib.request.urlopen(info, timeout=15) as answer:
                 body = json.loads(answer.read())
                 assert len(body["result"]["nodes"]) == 2, body  # both on engine.redis
+            with pytest.raises(urllib.error.HTTPError) as left_off:
+                urllib.request.urlopen(base + "/connection/uni_sse", timeout=15)
+            assert left_off.value.code == 404
         result = server.stop()
     assert result.returncode == 0, result.output
     assert result.output.count("log.file: ignored") == 1, result.output
     assert result.output.count("realtime: warning:") == 1, result.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_named_proxies_and_rpc_namespaces_of_a_config_json_reach_their_backends(
+        tmp_path, pubsub_server, backend, second):
+    """A Centrifugo v6 config.json: a namespace subscribes through a named proxy, another
+    through the event's own, an RPC namespace calls a named proxy and methods without one
+    the RPC proxy, on two real twisted.web backends. realtime started from it (the tap's
+    parse, a real server) serves centrifuge-python: each subscribe and RPC reaches the
+    backend its proxy names, with that proxy's static header; a method of a namespace not
+    configured is 104 and reaches none; a transport the file leaves off is 404."""
+    from realtime.testing import serve
+
+    config = {
+        "http_server": {"address": "127.0.0.1"},
+        "client": {"token": {"hmac_secret_key": SECRET}, "allowed_origins": ["*"]},
+        "channel": {
+            "proxy": {"subscribe": {"endpoint": backend.url("subscribe"),
+                                    "http": {"static_headers": {"X-Key": "own"}}}},
+            "namespaces": [{"name": "chat", "subscribe_proxy_enabled": True,
+                            "subscribe_proxy_name": "chat-backend"},
+                           {"name": "news", "subscribe_proxy_enabled": True}]},
+        "proxies": [{"name": "chat-backend", "endpoint": second.url("subscribe"),
+                     "http": {"static_headers": {"X-Key": "named"}}},
+                    {"name": "payments", "endpoint": second.url("rpc"), "timeout": "5s"}],
+        "rpc": {"proxy": {"endpoint": backend.url("rpc")},
+                "without_namespace": {"proxy_enabled": True},
+                "namespaces": [{"name": "billing", "proxy_enabled": True,
+                                "proxy_name": "payments"}]},
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    options = parsed("--centrifugo-config", str(path), "--port", "0")
+    backend.answers["subscribe"] = lambda body: {"result": {"data": {"by": "own"}}}
+    backend.answers["rpc"] = lambda body: {"result": {"data": ["own", body["method"]]}}
+    second.answers["subscribe"] = lambda body: {"result": {"data": {"by": "named"}}}
+    second.answers["rpc"] = lambda body: {"result": {"data": ["payments", body["method"]]}}
+    server = await serve(options.application, options.config, layer=options.layer)
+
+    async def scenario() -> Any:
+        client, _ = sdk_client(server, token("ada", key=SECRET))
+        await client.connect()
+        data = {}
+        for channel in ("chat:1", "news:1"):
+            _, events = await subscribed(client, channel)
+            data[channel] = (await events.next("subscribed")).data
+        answers = []
+        for method in ("billing:charge", "plain", "nope:x"):
+            try:
+                answers.append((await client.rpc(method, {"n": 1})).data)
+            except Exception as exc:  # centrifuge.ReplyError
+                answers.append(exc.code)  # type: ignore[attr-defined]
+        await client.disconnect()
+        return data, answers
+
+    try:
+        data, answers = await run_sdk(scenario)
+        off = await in_thread(lambda: http_get(server.http_url("/connection/uni_sse"))[0])
+    finally:
+        await server.stop()
+    assert data == {"chat:1": {"by": "named"}, "news:1": {"by": "own"}}
+    assert answers == [["payments", "billing:charge"], ["own", "plain"], 104]
+    assert off == 404  # (uni_sse: not enabled in the file)
+
+    def seen(found: Any) -> list[tuple[str, str, str | None]]:
+        return [(event, body.get("channel") or body["method"], headers.get("x-key"))
+                for event, headers, body in found.requests]
+
+    assert seen(backend) == [("subscribe", "news:1", "own"), ("rpc", "plain", None)]
+    assert seen(second) == [("subscribe", "chat:1", "named"),
+                            ("rpc", "billing:charge", None)]

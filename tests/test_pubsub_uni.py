@@ -490,3 +490,78 @@ async def test_the_drain_closes_pubsub_websockets_with_centrifugos_shutdown(
     assert await in_thread(flow) == (
         {"disconnect": {"code": 3001, "reason": "shutdown"}}, (3001, "shutdown"),
         (3001, "shutdown"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_transport_left_off_is_404_as_in_centrifugo(pubsub_server):  # noqa: F811
+    """``--pubsub-transports websocket,uni_sse`` (``settings.pubsub_transports``): the
+    other transports' paths answer 404, ``/emulation`` too (it goes with ``http_stream``
+    or ``sse``), WebSocket upgrades included; the ones on are served as ever."""
+    from websockets.exceptions import InvalidStatus
+
+    from realtime.settings import settings
+
+    server = await pubsub_server()
+    settings.pubsub_transports = pubsub.parse_transports("websocket,uni_sse")
+
+    def upgrade(path: str) -> Any:
+        try:
+            with connect(server.ws_url(path), open_timeout=WAIT) as ws:
+                ws.send(json.dumps({"id": 1, "connect": {"token": token("ada")}}))
+                return next_message(ws)["id"]
+        except InvalidStatus as exc:
+            return exc.response.status_code
+
+    def status(path: str, method: str = "POST") -> int:
+        code, _, _ = http_get(server.http_url(path), method=method, data=b"{}")
+        return code
+
+    def preflight(path: str) -> int:
+        """A browser's CORS preflight (centrifuge-js's fetch and EventSource ask it)."""
+        code, _, _ = http_get(server.http_url(path), method="OPTIONS", headers={
+            "Origin": "http://app.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type"})
+        return code
+
+    left_off = ("/connection/sse", "/connection/http_stream", "/emulation",
+                "/connection/uni_http_stream")
+
+    def flow() -> Any:
+        off = [status("/connection/sse", "GET"), status("/connection/http_stream"),
+               status("/emulation"), status("/connection/uni_http_stream"),
+               upgrade("/connection/uni_websocket")]
+        off += [preflight(path) for path in left_off]
+        with open_stream(server, "sse", {"token": token("ada")}) as response:
+            uni_sse = response.status_code
+        return off, uni_sse, preflight("/connection/uni_sse"), upgrade("/connection/websocket")
+
+    off, uni_sse, uni_sse_preflight, websocket = await in_thread(flow)
+    assert off == [404] * 9
+    assert (uni_sse, uni_sse_preflight, websocket) == (200, 204, 1)
+    settings.pubsub_transports = pubsub.parse_transports(["sse"])
+    emulation, websocket = await in_thread(lambda: (status("/emulation"),
+                                                    upgrade("/connection/websocket")))
+    assert (emulation, websocket) == (400, 404)  # (400: not an emulation request)
+
+
+def test_pubsub_transports_at_start_up():
+    from realtime.config import StartupError
+    from realtime.settings import settings
+    from realtime.tap import Options
+
+    def parse(*args: str) -> None:
+        Options().parseOptions(["--app", "realtime.pubsub:application", *args])
+
+    parse("--pubsub-transports", "uni_sse, websocket")
+    assert settings.pubsub_transports == {"uni_sse", "websocket"}
+    parse()
+    assert settings.pubsub_transports is None  # (every transport)
+    for value, line in (
+            ("websocket,uni_grpc", "--pubsub-transports: no transport 'uni_grpc' (known: "
+                                   "websocket, http_stream, sse, uni_websocket, uni_sse, "
+                                   "uni_http_stream)"),
+            (" , ", "--pubsub-transports: expected one or more of websocket, http_stream, "
+                    "sse, uni_websocket, uni_sse, uni_http_stream")):
+        with pytest.raises(StartupError) as error:
+            parse("--pubsub-transports", value)
+        assert str(error.value) == f"realtime: error: {line}"

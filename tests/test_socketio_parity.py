@@ -3,13 +3,16 @@ acks (``emit(callback=)``, ``call()``) from a process that does not hold the sid
 two Redis layers on a real redis-server (two processes' worth, as in test_socketio.py), and
 ``serializer="msgpack"`` against python-socketio's ``Client(serializer="msgpack")`` on
 each transport, with raw WebSockets for what its frames look like and what no client
-sends."""
+sends; python-engineio's and python-socketio's other options (``transports``,
+``always_connect``, ``async_handlers``, ``json``, ``cookie``, ``http_compression``,
+``cors_credentials``, ``client_manager``) with their clients, Node's and raw HTTP."""
 
 from __future__ import annotations
 
 import gc
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -27,6 +30,7 @@ from tests.test_socketio import (
     NODE_MODULES,
     TRANSPORTS,
     WAIT,
+    Polling,
     PyClient,
     Raw,
     _handshake_refusal,
@@ -489,3 +493,746 @@ async def test_transports_and_allow_upgrades_are_python_engineios(live):
         rsio.AsyncServer(transports=["carrier-pigeon"])
     with pytest.raises(ValueError, match="transports"):  # (python-engineio: no valid one)
         rsio.AsyncServer(transports=[])
+
+
+# -- python-socketio's remaining options ---------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_always_connect_answers_first_and_a_refusal_is_a_disconnect(live):
+    """``always_connect=True``: CONNECT goes out before the connect handler runs (what it
+    emits comes after it), the client's packets wait for the handler (python-socketio runs
+    it where the CONNECT is read), and a refusal is a plain DISCONNECT (no data: Node's
+    parser refuses it there) with no disconnect handler; python-socketio's client on
+    WebSocket and polling, a raw WebSocket for the packets."""
+    sio = quick_server(always_connect=True)
+    order: list[str] = []
+    gate: Deferred[None] = Deferred()
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        order.append("connect")
+        if (auth or {}).get("token") == "boom":
+            raise RuntimeError("a bug in the handler")
+        if (auth or {}).get("token") in ("nope", "later"):
+            if auth["token"] == "later":  # (python-socketio's client ignores a DISCONNECT
+                await gate                # before its connect() returned)
+            raise rsio.ConnectionRefusedError("who are you?")
+        await sio.emit("hello", "from connect", to=sid)
+        if (auth or {}).get("token") == "wait":
+            await gate
+        order.append("accepted")
+
+    sio.on("echo", lambda sid, data: order.append(f"echo {data}") or data)
+    url = await start(live, sio)
+
+    raw = await Raw.open(url)
+    await raw.send('40{"token":"nope"}')
+    assert (await raw.recv()).startswith('40{"sid":')
+    assert await raw.recv() == "41"  # the refusal: no data, no CONNECT_ERROR
+    with captured_log() as events:  # a handler that raises: the same, and logged
+        await raw.send('40{"token":"boom"}')
+        assert (await raw.recv()).startswith('40{"sid":')
+        assert await raw.recv() == "41"
+    assert [str(e["log_failure"].value) for e in events if "log_failure" in e] == [
+        "a bug in the handler"]
+    await raw.send("40")  # the namespace may connect again
+    assert (await raw.recv()).startswith('40{"sid":')
+    assert await raw.recv() == '42["hello","from connect"]'
+    await raw.close()
+
+    for transports in (["websocket"], ["polling"]):
+        order.clear()
+        client = PyClient("hello")
+        await client.connect(url, transports, auth={"token": "wait"})
+        assert await client.next() == ("hello", "from connect")
+        await client.emit("echo", 1)  # waits for the connect handler
+        assert not await until(lambda: "echo 1" in order, 0.3)
+        gate.callback(None)
+        gate = Deferred()
+        assert await until(lambda: order == ["connect", "accepted", "echo 1"])
+        assert await client.call("echo", 2) == 2
+        await client.disconnect()
+
+        refused = PyClient()
+        await refused.connect(url, transports, auth={"token": "later"})
+        gate.callback(None)
+        gate = Deferred()
+        assert await refused.next() == ("disconnect", ("server disconnect",))
+    assert await until(lambda: not sio._sockets and not sio._polling)
+    assert len(reasons) == 3  # the raw socket's and the two clients', none for the refused
+
+    recovering = quick_server(always_connect=True, connection_state_recovery=True)
+    recovering.on("connect", lambda sid, environ, auth: auth != {"token": "nope"})
+    raw = await Raw.open(await start(live, recovering))
+    await raw.send('40{"token":"nope"}')
+    assert set(json.loads((await raw.recv())[2:])) == {"sid", "pid"}  # recovery's CONNECT
+    assert await raw.recv() == "41"
+    assert await until(lambda: recovering._recovery.kept_count() == 0
+                       and not recovering._recovery._by_sid)  # refused: not kept
+    await raw.close()
+    with pytest.raises(TypeError, match="always_connect"):
+        rsio.AsyncServer(always_connect="yes")
+
+
+@pytest_twisted.ensureDeferred
+async def test_always_connect_holds_only_the_namespace_behind_its_handler(live):
+    """``always_connect=True``, a slow connect handler: the packets of its namespace wait
+    for it (in order), and nothing else of the connection does: Engine.IO's pongs (it
+    outlasts ping_interval + ping_timeout), another namespace's CONNECT and events."""
+    sio = quick_server(always_connect=True, namespaces=["/chat"], ping_interval=0.2,
+                       ping_timeout=0.3)
+    gate: Deferred[None] = Deferred()
+
+    @sio.event
+    async def connect(sid, environ):
+        await gate
+
+    sio.on("echo", lambda sid, data: data)
+    sio.on("echo", lambda sid, data: data, namespace="/chat")
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    assert (await raw.recv()).startswith("40{")
+    await raw.send('421["echo","first"]')
+    await raw.send('422["echo","second"]')
+    for _ in range(3):
+        assert await raw.recv() == "2"
+        await raw.send("3")
+    await raw.send("40/chat,")
+    assert (await raw.recv()).startswith("40/chat,{")
+    await raw.send('42/chat,3["echo","there"]')
+    assert await raw.recv() == '43/chat,3["there"]'
+    gate.callback(None)
+    assert [await raw.recv(), await raw.recv()] == ['431["first"]', '432["second"]']
+    await raw.close()
+
+
+@pytest.fixture
+def node_client() -> None:
+    """Node and socket.io-client in tests/.node: skipped without them, failed under CI=true
+    (tests/test_socketio.py's ``socket_io_client``)."""
+    if shutil.which("node") is None or not (NODE_MODULES / "socket.io-client").is_dir():
+        reason = "needs node and socket.io-client in tests/.node (bash tests/run.sh)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest_twisted.ensureDeferred
+async def test_always_connect_with_socket_io_client_of_node(live, node_client):
+    """Node's client with ``always_connect``: the whole exchange when the handler accepts
+    (polling, then the upgrade), "io server disconnect" when it refuses after CONNECT."""
+    from tests.test_socketio import _node
+
+    sio = quick_server(always_connect=True)
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        if auth.get("token") != "js":
+            return False
+
+    sio.on("echo", lambda sid, *args: args)
+    sio.on("echo", lambda sid, text: f"{text}!", namespace="/chat")
+    sio.on("upload", lambda sid, data: data["blob"][::-1])
+
+    @sio.event
+    async def ready(sid):
+        await sio.emit("bye", to=sid)
+
+    url = await start(live, sio)
+    lines = await in_thread(_node, url, "js", "polling,websocket")
+    assert lines[1:3] == [{"echoed": ["hi", 3]}, {"reversed": [3, 2, 1]}]
+    assert lines[-1] == {"done": True, "transport": "websocket"}
+    refused = await in_thread(_node, url, "nope", "polling,websocket")
+    assert refused == [{"connected": refused[0]["connected"]},
+                       {"disconnected": "io server disconnect"}]
+    assert await until(lambda: not sio._polling and not sio._sockets)
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["async_handlers=False", "default"])
+@pytest_twisted.ensureDeferred
+async def test_async_handlers_false_runs_a_connections_events_in_order(live, inline):
+    """``async_handlers=False``: an event's handler is awaited before the connection's next
+    packet is handled (python-socketio's in-order handlers), with its ack; by default the
+    next one runs meanwhile; ``call()`` is python-socketio's ``RuntimeError``."""
+    sio = quick_server(async_handlers=not inline)
+    order: list[str] = []
+    acks: list[str] = []
+    gates: list[Deferred[None]] = []
+
+    @sio.event
+    async def slow(sid):
+        order.append("slow")
+        gates.append(Deferred())
+        await gates[-1]
+        order.append("slow done")
+        return "slow"
+
+    @sio.event
+    async def fast(sid):
+        order.append("fast")
+
+    url = await start(live, sio)
+    expected = ["slow", "slow done", "fast"] if inline else ["slow", "fast", "slow done"]
+    for transports in (["websocket"], ["polling"]):
+        order.clear()
+        acks.clear()
+        client = PyClient()
+        await client.connect(url, transports)
+        await client.emit("slow", callback=acks.append)
+        await client.emit("fast")
+        assert await until(lambda: "slow" in order)
+        assert await until(lambda: "fast" in order, 0.3) is not inline
+        gates[-1].callback(None)
+        assert await until(lambda: len(order) == 3 and acks == ["slow"])
+        assert order == expected
+        if inline:
+            with pytest.raises(RuntimeError, match="async_handlers is False"):
+                await sio.call("ask", to=client.client.get_sid())
+        await client.disconnect()
+    with pytest.raises(TypeError, match="async_handlers"):
+        rsio.AsyncServer(async_handlers=None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_handlers_false_holds_events_not_pings_acks_or_the_close(live):
+    """``async_handlers=False`` holds a connection's later events behind a slow handler,
+    and nothing else of it: Engine.IO's pongs (on a WebSocket, and a polling POST is
+    answered at once), the client's ACKs (a handler may wait for its own client's answer
+    to an ``emit(callback=)``), its close (the disconnect handler runs at once); a handler
+    that raises does not stop the ones behind it."""
+    sio = quick_server(async_handlers=False, ping_interval=0.2, ping_timeout=0.3)
+    gates: list[Deferred[None]] = []
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+
+    @sio.event
+    async def slow(sid):
+        gates.append(Deferred())
+        await gates[-1]
+        return "slow"
+
+    @sio.event
+    async def boom(sid):
+        raise RuntimeError("boom")
+
+    @sio.event
+    async def asks(sid):
+        answer: Deferred[tuple[Any, ...]] = Deferred()
+        await sio.emit("question", to=sid, callback=lambda *args: answer.callback(args))
+        return await answer
+
+    sio.on("echo", lambda sid, data: data)
+    url = await start(live, sio)
+
+    async def pings(raw: Raw, rounds: int = 3) -> None:  # (each answered: the pong counts)
+        for _ in range(rounds):
+            assert await raw.recv() == "2"
+            await raw.send("3")
+
+    raw = await Raw.open(url)
+    await raw.send("40")
+    assert (await raw.recv()).startswith("40{")
+    await raw.send('421["slow"]')
+    await raw.send('422["echo","after"]')
+    await pings(raw)  # (past ping_interval + ping_timeout: alive)
+    gates[-1].callback(None)
+    assert [await raw.recv(), await raw.recv()] == ['431["slow"]', '432["after"]']
+    with captured_log() as events:
+        await raw.send('423["boom"]')
+        await raw.send('424["echo","still"]')
+        assert await raw.recv() == '434["still"]'
+    assert [e["name"] for e in events if "log_failure" in e] == ["boom"]
+    await raw.send('425["asks"]')
+    question = await raw.recv()
+    assert isinstance(question, str) and question.endswith('["question"]')
+    await raw.send(f"43{question[2:].partition('[')[0]}[\"yes\"]")  # the ACK
+    assert await raw.recv() == '435["yes"]'
+    await raw.send('426["slow"]')
+    assert await until(lambda: len(gates) == 2)
+    await raw.close()
+    assert await until(lambda: reasons == ["transport close"])  # not after the handler
+    gates[-1].callback(None)
+
+    session = await Polling.open(url)
+    posting = Deferred.fromCoroutine(session.post('421["slow"]'))
+    assert await until(lambda: posting.called)  # answered while the handler waits
+    for _ in range(3):
+        assert await session.get() == ["2"]
+        assert await session.post("3") == (200, b"ok")
+    gates[-1].callback(None)
+    assert await session.get() == ['431["slow"]']
+    assert await session.post("1") == (200, b"ok")
+    assert await until(lambda: not sio._sockets and not sio._polling)
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_handlers_false_with_always_connect_keeps_the_order(live):
+    """``async_handlers=False`` and ``always_connect=True``: a packet of a namespace whose
+    connect handler runs holds the ones behind it (python-socketio's one order for the
+    connection), so a namespace's events are handled in the order they came even when
+    another namespace's slow handler was between them."""
+    sio = quick_server(async_handlers=False, always_connect=True, namespaces=["/a", "/b"])
+    connecting: Deferred[None] = Deferred()
+    slow_gate: Deferred[None] = Deferred()
+    handled: list[int] = []
+
+    @sio.on("connect", namespace="/a")
+    async def connect_a(sid, environ):
+        await connecting
+
+    @sio.on("e", namespace="/a")
+    async def event_a(sid, n):
+        handled.append(n)
+
+    @sio.on("slow", namespace="/b")
+    async def slow_b(sid, n):
+        await slow_gate
+        handled.append(n)
+
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send("40/b,")
+    assert (await raw.recv()).startswith("40/b,{")
+    await raw.send("40/a,")
+    assert (await raw.recv()).startswith("40/a,{")
+    await raw.send('42/a,["e",1]')
+    await raw.send('42/b,["slow",2]')
+    await raw.send('42/a,["e",3]')
+    connecting.callback(None)
+    assert await until(lambda: handled == [1])
+    slow_gate.callback(None)
+    assert await until(lambda: len(handled) == 3)
+    assert handled == [1, 2, 3]
+    await raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_handlers_false_waits_past_max_inflight_packets(live):
+    """``async_handlers=False`` with ``--max-inflight 3``: behind a slow handler, three
+    packets wait, then the connection is not read (nothing more is held for it); released,
+    every event is handled and acked in order."""
+    sio = quick_server(async_handlers=False)
+    gate: Deferred[None] = Deferred()
+    seen: list[int] = []
+
+    @sio.event
+    async def slow(sid):
+        await gate
+
+    @sio.event
+    async def count(sid, n):
+        seen.append(n)
+        return n
+
+    url = await start(live, sio, max_inflight=3)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    sid = json.loads((await raw.recv())[2:])["sid"]
+    consumer = sio._sockets[sid].consumer
+    await raw.send('42["slow"]')
+    for n in range(8):
+        await raw.send(f'42{n}["count",{n}]')
+    assert await until(lambda: len(consumer._turns or ()) == 3)
+    assert not await until(lambda: len(consumer._turns or ()) > 3, 0.3)
+    gate.callback(None)
+    assert [await raw.recv() for _ in range(8)] == [f"43{n}[{n}]" for n in range(8)]
+    assert seen == list(range(8))
+    await raw.close()
+
+
+class _RecordingJson:
+    """A json module (the standard library's, wrapped) that records its calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def dumps(self, data: Any, **kwargs: Any) -> str:
+        self.calls.append(("dumps", data))
+        return json.dumps(data, **kwargs)
+
+    def loads(self, text: str) -> Any:
+        self.calls.append(("loads", text))
+        return json.loads(text)  # (NaN and all: the server refuses it after)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_json_module_writes_and_reads_the_packets(live):
+    """``json=`` (python-socketio's): its ``dumps`` writes the events and acks (bytes
+    still attachments), its ``loads`` reads the client's, for this server only; NaN it
+    takes, nesting it cannot read and garbage it raises on close the connection with 1002
+    as with the built-in codec; the standard library's module is the built-in path."""
+    module = _RecordingJson()
+    sio = quick_server(json=module)
+    sio.on("echo", lambda sid, *args: args)
+    url = await start(live, sio)
+    client = PyClient("said")
+    await client.connect(url, None)
+    assert await client.call("echo", ({"a": [1, "é"]}, b"\x01")) == ({"a": [1, "é"]}, b"\x01")
+    await sio.emit("said", {"x": 1.5})
+    assert await client.next() == ("said", {"x": 1.5})
+    await client.disconnect()
+    assert ("loads", '["echo",{"a":[1,"\\u00e9"]},{"_placeholder":true,"num":0}]'
+            ) in module.calls
+    assert ("dumps", [{"a": [1, "é"]}, {"_placeholder": True, "num": 0}]) in module.calls
+    assert ("dumps", ["said", {"x": 1.5}]) in module.calls
+    for bad in ('42["echo",NaN]', '42["echo",[-Infinity]]', "42" + "[" * 100_000,
+                '42["echo",}'):
+        raw = await Raw.open(url)
+        await raw.send("40")
+        assert (await raw.recv()).startswith("40{")
+        await raw.send(bad)
+        assert (await raw.closed())[0] == 1002, bad[:20]
+    assert rsio.AsyncServer(json=json).json is None  # the standard library's: built in
+    assert rsio.AsyncServer(json=module, serializer="msgpack").json is None  # (unused there)
+    with pytest.raises(TypeError, match="dumps"):
+        rsio.AsyncServer(json=gc)  # (a module, but no dumps/loads)
+
+
+def _request(url: str, method: str = "GET", body: bytes = b"",
+             headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
+    """A raw HTTP request: status, headers (an ``HTTPMessage``: ``get_all``), body as sent."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=WAIT)
+    try:
+        conn.request(method, f"{parts.path}?{parts.query}", body=body or None,
+                     headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.msg, response.read()
+    finally:
+        conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_cookie_is_set_on_the_polling_handshake(live):
+    """``cookie=`` (python-engineio's, for cookie-based sticky sessions): a name gets
+    ``path=/; SameSite=Lax``; a dict its attributes (True: a flag, False: left out, a
+    callable called at each handshake); only the polling handshake sets it, as in
+    python-engineio (not a GET with a sid, not a WebSocket's handshake; the upgrade with
+    the cookie works); python-socketio's client (which sends it back) on its default
+    transports."""
+    url = await start(live, quick_server(cookie="io"))
+    status, headers, body = await in_thread(_request, f"{url}/socket.io/?EIO=4&transport=polling")
+    sid = json.loads(body[1:])["sid"]
+    assert status == 200 and headers.get_all("Set-Cookie") == [f"io={sid}; path=/; SameSite=Lax"]
+    status, headers, _ = await in_thread(_request, f"{url}/socket.io/?EIO=4&transport=polling"
+                                                   f"&sid={sid}", "POST", b"40")
+    assert status == 200 and headers.get_all("Set-Cookie") is None
+
+    ages = iter(["60", "61"])
+    sio = quick_server(cookie={"name": "sticky", "path": "/socket.io", "Secure": True,
+                               "HttpOnly": True, "SameSite": "None", "Domain": False,
+                               "Max-Age": lambda: next(ages)})
+    url = await start(live, sio)
+    for age in ("60", "61"):
+        _, headers, body = await in_thread(_request, f"{url}/socket.io/?EIO=4&transport=polling")
+        sid = json.loads(body[1:])["sid"]
+        assert headers.get_all("Set-Cookie") == [
+            f"sticky={sid}; path=/socket.io; Secure; HttpOnly; SameSite=None; Max-Age={age}"]
+    # The upgrade, carrying the cookie back as a browser does: no new one.
+    from websockets.sync.client import connect
+
+    def upgrade() -> Any:
+        with connect(ws_url(url, f"EIO=4&transport=websocket&sid={sid}"), open_timeout=WAIT,
+                     additional_headers={"Cookie": f"sticky={sid}"}) as ws:
+            ws.send("2probe")
+            assert ws.recv(WAIT) == "3probe"
+            return ws.response.headers.get_all("Set-Cookie")
+
+    assert await in_thread(upgrade) == []
+
+    def websocket_only() -> Any:
+        with connect(ws_url(url), open_timeout=WAIT) as ws:
+            assert ws.recv(WAIT).startswith("0{")
+            return ws.response.headers.get_all("Set-Cookie")
+
+    assert await in_thread(websocket_only) == []
+    client = PyClient("said")
+    await client.connect(url, None)
+    assert await until(lambda: client.client.transport() == "websocket")
+    await client.disconnect()
+
+    with captured_log() as events:  # a callable that gives what cannot go in a header
+        sio.cookie["Max-Age"] = lambda: "1; evil=yes"
+        _, headers, _ = await in_thread(_request, f"{url}/socket.io/?EIO=4&transport=polling")
+    assert headers.get_all("Set-Cookie") is None
+    assert any("cookie left out" in str(event.get("log_format")) for event in events)
+    _, headers, _ = await in_thread(_request, f"{(await start(live, quick_server()))}"
+                                              "/socket.io/?EIO=4&transport=polling")
+    assert headers.get_all("Set-Cookie") is None  # none by default
+    for off in ("", {}):  # (python-engineio: ``if self.cookie``)
+        _, headers, _ = await in_thread(_request, f"{(await start(live, quick_server(cookie=off)))}"
+                                                  "/socket.io/?EIO=4&transport=polling")
+        assert headers.get_all("Set-Cookie") is None, off
+    for bad, error in [(True, TypeError), ({"name": "a b"}, ValueError),
+                       ({"path": "/;x"}, ValueError), ({"Max-Age": 60}, TypeError),
+                       ({"Path": "/\r\nX: y"}, ValueError), ({"bad attr": "x"}, ValueError)]:
+        with pytest.raises(error, match="cookie"):
+            rsio.AsyncServer(cookie=bad)
+
+
+@pytest_twisted.ensureDeferred
+async def test_polling_responses_are_compressed_as_python_engineio_does(live):
+    """``http_compression`` (on by default) and ``compression_threshold`` (1024): a GET's
+    packets of that many bytes go gzipped or deflated, the first of the two the client
+    accepts (not one with ``q=0``); smaller ones, a client that accepts neither, or the
+    option off: as they are. ``--max-send-buffer`` still counts the packets as queued
+    (``--slow-consumer drop`` drops the third of three 2 KB packets past 5000 bytes, and
+    the GET brings the two others compressed). A POST is never inflated (gzip sent to it
+    is no Engine.IO payload: 400). python-socketio's client (requests: it accepts both)
+    on polling gets big and small packets."""
+    import gzip
+    import zlib
+
+    from tests.test_socketio import Polling
+
+    sio = quick_server()
+    url = await start(live, sio, max_send_buffer=5000, slow_consumer="drop")
+
+    async def get(session: Any, accept: str | None) -> tuple[str | None, bytes]:
+        headers = {"Accept-Encoding": accept} if accept is not None else {}
+        status, answer, body = await in_thread(_request, session.base, "GET", b"", headers)
+        assert status == 200
+        return answer.get("Content-Encoding"), body
+
+    big = "x" * 2000
+    session = await Polling.open(url)
+    for accept, encoding in [("gzip, deflate", "gzip"), ("deflate, gzip", "deflate"),
+                             ("gzip;q=0, deflate;q=0.5", "deflate"), ("br", None), (None, None),
+                             ("identity", None)]:
+        for _ in range(3):
+            await sio.emit("big", big, to=session.socket_sid)
+        coding, body = await get(session, accept)
+        assert coding == encoding, accept
+        if coding == "gzip":
+            body = gzip.decompress(body)
+        elif coding == "deflate":
+            body = zlib.decompress(body)
+        packet = f'42["big","{big}"]'
+        assert body.decode() == f"{packet}\x1e{packet}", accept  # the third was dropped
+    await sio.emit("small", "y" * 900, to=session.socket_sid)  # under the threshold
+    assert await get(session, "gzip") == (None, f'42["small","{"y" * 900}"]'.encode())
+    status, _, _ = await in_thread(_request, session.base, "POST",
+                                   gzip.compress(b'42["big","x"]'), {"Content-Encoding": "gzip"})
+    assert status == 400
+
+    plain = quick_server(http_compression=False)
+    url = await start(live, plain)
+    session = await Polling.open(url)
+    await plain.emit("big", big, to=session.socket_sid)
+    assert (await get(session, "gzip"))[0] is None
+    low = quick_server(compression_threshold=10)
+    url = await start(live, low)
+    session = await Polling.open(url)
+    await low.emit("e", "z" * 200, to=session.socket_sid)
+    assert (await get(session, "gzip"))[0] == "gzip"
+    await low.emit("e", "z", to=session.socket_sid)  # gzip would make it longer: as it is
+    assert await get(session, "gzip") == (None, b'42["e","z"]')
+    low.on("echo", lambda sid, data: data)
+    client = PyClient()
+    await client.connect(url, ["polling"])
+    for data in ("small", "é" * 50_000, {"list": list(range(5000))}):
+        assert await client.call("echo", data) == data
+    await client.disconnect()
+    for bad, error in [("yes", TypeError), (-1, ValueError), (1.5, TypeError)]:
+        with pytest.raises(error, match="compression_threshold"):
+            rsio.AsyncServer(compression_threshold=bad)
+    with pytest.raises(TypeError, match="http_compression"):
+        rsio.AsyncServer(http_compression="gzip")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_compressed_poll_varies_on_accept_encoding_with_its_own_length(live):
+    """A polling answer whose coding depended on ``Accept-Encoding`` (one of
+    ``compression_threshold`` bytes or more, compressed or not) says ``Vary:
+    Accept-Encoding`` (beside CORS's ``Vary: Origin``); a smaller one does not; the
+    ``Content-Length`` is the compressed body's."""
+    import gzip
+
+    from tests.test_socketio import Polling
+
+    sio = quick_server(cors_allowed_origins="*")
+    url = await start(live, sio)
+    session = await Polling.open(url)
+    for accept, coding in [("gzip", "gzip"), ("br", None)]:
+        await sio.emit("big", "x" * 3000, to=session.socket_sid)
+        status, headers, body = await in_thread(_request, session.base, "GET", b"", {
+            "Accept-Encoding": accept, "Origin": "https://app.example"})
+        assert status == 200 and headers.get("Content-Encoding") == coding
+        assert int(headers["Content-Length"]) == len(body)
+        assert sorted(headers.get_all("Vary")) == ["Accept-Encoding", "Origin"]
+        if coding == "gzip":
+            assert len(body) < 3000 and gzip.decompress(body).startswith(b'42["big"')
+    await sio.emit("small", "y", to=session.socket_sid)
+    _, headers, _ = await in_thread(_request, session.base, "GET", b"",
+                                    {"Accept-Encoding": "gzip"})
+    assert headers.get_all("Vary") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_cors_credentials_follows_the_option(live):
+    """``cors_credentials`` (True by default, as python-engineio's): an allowed origin's
+    polling answers (the preflight too) carry ``Access-Control-Allow-Credentials: true``;
+    with False they carry the origin only; a refused origin gets neither."""
+    origin = {"Origin": "https://app.example"}
+    for credentials in (True, False):
+        sio = quick_server(cors_allowed_origins=["https://app.example"],
+                           cors_credentials=credentials)
+        url = await start(live, sio)
+        base = f"{url}/socket.io/?EIO=4&transport=polling"
+        for method in ("GET", "OPTIONS"):
+            status, headers, _ = await in_thread(_request, base, method, b"", origin)
+            assert status in (200, 204)
+            assert headers.get("Access-Control-Allow-Origin") == "https://app.example"
+            assert headers.get("Access-Control-Allow-Credentials") == (
+                "true" if credentials else None), (method, credentials)
+        status, headers, _ = await in_thread(_request, base, "GET", b"",
+                                             {"Origin": "https://evil.example"})
+        assert status == 403 and headers.get("Access-Control-Allow-Credentials") is None
+    with pytest.raises(TypeError, match="cors_credentials"):
+        rsio.AsyncServer(cors_credentials="true")
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_manager_is_accepted_only_where_it_is_the_layer(live, redis_url):
+    """``client_manager=``: realtime's ``AsyncManager()`` changes nothing;
+    ``AsyncRedisManager(url)`` is checked against the server's layer, at construction
+    when it is known (``channel_layer=``) and else at its first use (a connection: 500,
+    one error logged; an ``emit``: ``ValueError``): the same Redis (password aside) and,
+    for a ``channel`` other than python-socketio's default, the layer's ``prefix``.
+    python-socketio's own managers, a write-only one, ``redis_options`` and anything else
+    are refused naming ``--layer`` or ``Emitter``."""
+    import socketio
+
+    from realtime.layers.redis import RedisChannelLayer
+
+    url = await start(live, quick_server(client_manager=rsio.AsyncManager()))
+    one = await PyClient().connect(url, None)
+    await one.disconnect()
+
+    layer = RedisChannelLayer.from_url(redis_url)  # (not started: only its address counts)
+    sio = rsio.AsyncServer(client_manager=rsio.AsyncRedisManager(redis_url),
+                           channel_layer=layer)
+    assert sio.channel_layer is layer
+    other_db = redis_url.rstrip("/0123456789") + "/5"
+    with pytest.raises(ValueError, match=r"--layer redis://.*/5"):
+        rsio.AsyncServer(client_manager=rsio.AsyncRedisManager(other_db), channel_layer=layer)
+    with pytest.raises(ValueError, match=r"prefix=app1"):
+        rsio.AsyncServer(client_manager=rsio.AsyncRedisManager(redis_url, channel="app1"),
+                         channel_layer=layer)
+    prefixed = RedisChannelLayer.from_url(redis_url + "?prefix=app1")
+    rsio.AsyncServer(client_manager=rsio.AsyncRedisManager(redis_url, channel="app1"),
+                     channel_layer=prefixed)
+
+    sio = quick_server(client_manager=rsio.AsyncRedisManager(redis_url))
+    url = await start(live, sio)  # on the in-memory layer: refused at the first use
+    with captured_log() as events:
+        assert (await in_thread(_request, f"{url}/socket.io/?EIO=4&transport=polling"))[0] == 500
+        assert (await in_thread(_handshake_refusal, ws_url(url)))[0] == 500
+    errors = [event for event in events if event.get("log_level") is not None
+              and event["log_level"].name == "error"]
+    assert len(errors) == 1 and "--layer memory" in errors[0]["problem"]
+    assert not sio._polling
+    with pytest.raises(ValueError, match=re.escape(f"run with --layer {redis_url}")):
+        await sio.emit("e")
+
+    with pytest.raises(TypeError, match="--layer"):
+        rsio.AsyncServer(client_manager=socketio.AsyncManager())
+    with pytest.raises(ValueError, match="Emitter"):
+        rsio.AsyncServer(client_manager=rsio.AsyncRedisManager(redis_url, write_only=True))
+    with pytest.raises(NotImplementedError, match="Emitter"):
+        await rsio.AsyncRedisManager(redis_url, write_only=True).emit("e", 1)
+    with pytest.raises(TypeError, match="--layer"):
+        rsio.AsyncRedisManager(redis_url, redis_options={"socket_timeout": 5})
+    with pytest.raises(ValueError, match="AsyncRedisManager"):
+        rsio.AsyncRedisManager("memcached://localhost")
+    with pytest.raises(TypeError, match="client_manager"):
+        rsio.AsyncServer(client_manager=object())
+
+
+#: (python-socketio's ``AsyncRedisManager`` URL, the server's ``--layer``): the same Redis.
+SAME_REDIS = [
+    ("redis://localhost:6379/0", "redis://127.0.0.1:6379/0"),  # python-socketio's default
+    ("redis://", "redis://127.0.0.1:6379"),  # (its docs: "for a default Redis store")
+    ("redis://127.0.0.1", "redis://localhost:6379/0"),
+    ("redis://[::1]:6379/0", "redis://127.0.0.1:6379/0"),
+    ("redis://Cache.Example:6380/2", "redis://cache.example:6380/2"),
+    ("redis://:secret@cache.example:6380/2", "redis://user:other@cache.example:6380/2"),
+    ("redis://cache.example:6380?db=2", "redis://cache.example:6380/2"),  # (redis-py's)
+    ("redis://cache.example:6380/0?db=2&socket_timeout=5", "redis://cache.example:6380/2"),
+    ("valkey://cache.example:6380/2", "redis://cache.example:6380/2"),
+    ("valkeys://cache.example/1", "rediss://cache.example:6379/1"),
+    ("unix:///run/redis.sock?db=3", "unix:///run/redis.sock?db=3"),
+    # python-socketio's sentinel form (db, then the master; without it the channel)
+    ("redis+sentinel://s1:26379,s2:26380/0/mymaster", "redis+sentinel://s2:26380,s1/mymaster"),
+    ("redis+sentinel://s1:26379/4", "redis+sentinel://s1:26379/socketio/4"),
+    ("valkey+sentinel://s1:26379/0/mymaster", "redis+sentinel://s1:26379,s3:26379/mymaster/0"),
+    # one of the servers a sharded layer spreads its groups over, a node of a cluster's
+    ("redis://b.example:6379", "redis://a.example:6379 redis://b.example:6379"),
+    ("redis://n2.example:7001", "redis+cluster://n1.example:7000,n2.example:7001"),
+]
+#: ... and not the same one.
+OTHER_REDIS = [
+    ("redis://localhost:6379/0", "redis://127.0.0.1:6379/1"),
+    ("redis://localhost:6379/0", "redis://127.0.0.1:6380/0"),
+    ("redis://cache.example:6379/0", "redis://other.example:6379/0"),
+    ("rediss://cache.example:6379/0", "redis://cache.example:6379/0"),
+    ("redis://cache.example:6379/0?db=3", "redis://cache.example:6379/0"),
+    ("unix:///run/redis.sock", "unix:///run/other.sock"),
+    ("unix:///run/redis.sock", "redis://localhost:6379/0"),
+    ("redis+sentinel://s1:26379/0/mymaster", "redis+sentinel://s1:26379/other/0"),
+    ("redis+sentinel://s1:26379/0/mymaster", "redis+sentinel://s1:26379/mymaster/1"),
+    ("redis+sentinel://s1:26379/0/mymaster", "redis+sentinel://s9:26379/mymaster/0"),
+    ("redis://c.example:6379", "redis://a.example:6379 redis://b.example:6379"),
+    ("redis://n3.example:7002", "redis+cluster://n1.example:7000,n2.example:7001"),
+    ("redis://n1.example:7000/1", "redis+cluster://n1.example:7000,n2.example:7001"),
+]
+
+
+@pytest.mark.parametrize("url,layer_url", SAME_REDIS)
+def test_async_redis_manager_takes_python_socketios_urls_for_the_layers_redis(url, layer_url):
+    """``AsyncRedisManager(url)`` reads its URL as python-socketio (and redis-py, valkey)
+    do, and compares where it leads with the layer's Redis: spelt otherwise (loopback
+    names, a host's case, no db, the db in the query, python-socketio's sentinel path),
+    it is accepted; so is one of a sharded layer's servers or of a cluster's nodes."""
+    from realtime.layers import layer_from_url
+
+    layer = layer_from_url(layer_url)  # (connects nothing: only its address counts)
+    sio = rsio.AsyncServer(client_manager=rsio.AsyncRedisManager(url), channel_layer=layer)
+    assert sio.channel_layer is layer
+
+
+@pytest.mark.parametrize("url,layer_url", OTHER_REDIS)
+def test_async_redis_manager_refuses_another_redis_naming_both(url, layer_url):
+    from realtime.layers import layer_from_url
+
+    layer = layer_from_url(layer_url)
+    with pytest.raises(ValueError, match=r"client_manager=AsyncRedisManager.* run with --layer"):
+        rsio.AsyncServer(client_manager=rsio.AsyncRedisManager(url), channel_layer=layer)
+
+
+def test_async_redis_manager_refuses_what_python_socketio_would_not_take():
+    """A scheme python-socketio does not know, a sentinel URL in realtime's order (the
+    master before the db: python-socketio reads ``int(master)``), realtime's own
+    ``--layer`` options: a ``ValueError`` saying so."""
+    for url, words in [("http://localhost", "scheme"), ("memcached://x", "scheme"),
+                       ("redis+sentinel://s1:26379/mymaster/0", "/db/service"),
+                       ("redis://localhost/0?prefix=app", "--layer option"),
+                       ("redis://localhost/x", "db"), ("redis://localhost:99999", "port")]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            rsio.AsyncRedisManager(url)
+
+
+def test_the_options_left_ignored_are_accepted():
+    """python-socketio's ``async_mode``, ``logger``, ``engineio_logger`` and
+    ``monitor_clients`` change nothing here; anything else unknown is a TypeError."""
+    sio = rsio.AsyncServer(async_mode="asgi", logger=True, engineio_logger=False,
+                           monitor_clients=False)
+    assert sio.async_handlers and not sio.always_connect and sio.cookie is None
+    with pytest.raises(TypeError, match="unknown options: \\['ping_grace'\\]"):
+        rsio.AsyncServer(ping_grace=1)

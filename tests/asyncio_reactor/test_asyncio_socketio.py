@@ -85,3 +85,31 @@ async def test_a_socketio_handler_in_asyncio_sleep_is_cancelled_at_the_close_tim
     from twisted.internet import reactor
 
     assert await cancelled.addTimeout(5, reactor) is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_in_order_handlers_and_always_connect_await_asyncio_code(live: Any) -> None:
+    """``async_handlers=False`` (a handler awaited where its packet is read) and
+    ``always_connect`` (packets waiting for the connect handler) with handlers that await
+    ``asyncio.sleep``: acked in order."""
+    sio = rsio.AsyncServer(async_handlers=False, always_connect=True)
+
+    async def connect(sid: str, environ: Any) -> None:
+        await asyncio.sleep(0.05)
+
+    async def waits(sid: str, x: str, delay: float) -> str:
+        await asyncio.sleep(delay)
+        return x
+
+    sio.on("connect", connect)
+    sio.on("waits", waits)
+    url = await start(live, sio)
+    with captured_log() as events:
+        raw = await Raw.open(url)
+        await raw.send("40")
+        assert (await raw.recv()).startswith('40{"sid":')
+        await raw.send('421["waits","slow",0.05]')  # (behind the connect handler)
+        await raw.send('422["waits","fast",0]')
+        assert [await raw.recv(), await raw.recv()] == ['431["slow"]', '432["fast"]']
+        await raw.close()
+    assert [e for e in events if "log_failure" in e] == []

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import gc
+import gzip
 import json
 import re
 from dataclasses import dataclass
@@ -228,6 +229,9 @@ POLL_TABLE: list[PollRow] = [
     http("post-v3-framing", "Engine.IO v3's length-prefixed framing b'2:40'", post(b"2:40"),
          400, 3, session=False),
     http("post-not-utf8", "a body that is not UTF-8", post(b"42[\"\xff\"]"), 400, 3,
+         session=False),
+    http("post-gzip", "a gzip body (Content-Encoding: gzip) of 1 MB of zeros: never inflated",
+         post(gzip.compress(b"\0" * 1_000_000), "Content-Encoding: gzip"), 400, 3,
          session=False),
     http("post-b-garbage", "b!!! (not base64)", post(b"b!!!"), 400, 3, session=False),
     http("post-b-padding", "b with bad padding", post(b"bAAA"), 400, 3, session=False),

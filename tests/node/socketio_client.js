@@ -16,6 +16,13 @@ const exit = () => {
   socket.io.engine?.close();
   setTimeout(() => process.exit(0), 50);
 };
+// A server's disconnect (AsyncServer(always_connect=True) refusing after CONNECT).
+socket.on("disconnect", (reason) => {
+  if (reason === "io server disconnect") {
+    out({ disconnected: reason });
+    exit();
+  }
+});
 socket.on("connect_error", (err) => {
   out({ connect_error: err.message, data: err.data ?? null });
   exit();
