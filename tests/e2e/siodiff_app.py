@@ -44,6 +44,8 @@ SEEN: dict[str, list[Any]] = {}
 _ROW_OF: dict[str, str] = {}
 #: The sids whose connect was accepted and whose disconnect has not come, by row.
 _OPEN: dict[str, set[str]] = {}
+#: The connect handlers still running, by row (``/seen/`` waits for them too).
+_CONNECTING: dict[str, int] = {}
 NAMESPACES = ["/", "/chat", "/open"]
 
 
@@ -80,6 +82,15 @@ def register(sio: Any, refused: type[Exception]) -> None:
         _ROW_OF[sid] = row
         _note(sid, "connect", "/", auth)
         token = auth.get("token") if isinstance(auth, dict) else None
+        if token == "slow":  # accepted once its client is gone (the row closes meanwhile)
+            _CONNECTING[row] = _CONNECTING.get(row, 0) + 1
+            try:
+                await sio.sleep(0.5)
+                _note(sid, "accepted")
+                _OPEN.setdefault(row, set()).add(sid)
+                return None
+            finally:
+                _CONNECTING[row] -= 1
         if token == "refuse":
             raise refused("unauthorized", {"code": 4001})
         if token == "refuse-bare":
@@ -218,7 +229,7 @@ async def seen(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 return
     row = scope["path"].rpartition("/")[2]
     body = json.dumps({"events": SEEN.get(row, []),
-                       "open": len(_OPEN.get(row, ()))}).encode()
+                       "open": len(_OPEN.get(row, ())) + _CONNECTING.get(row, 0)}).encode()
     status = 200 if scope["path"].startswith("/seen/") else 404
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),

@@ -529,6 +529,22 @@ def _ask_binary(c: Client) -> None:
     ws.close()
 
 
+def _slow_connect_ws(c: Client) -> None:
+    """A CONNECT whose handler takes a while; the WebSocket closes meanwhile."""
+    ws = c.ws()
+    assert ws is not None
+    ws.recv()
+    ws.send('40{"token":"slow"}')
+    ws.close()
+
+
+def _slow_connect_polling(c: Client) -> None:
+    """A CONNECT whose handler takes a while; the session closes meanwhile."""
+    c.open()
+    c.post('40{"token":"slow"}')
+    c.post("1")
+
+
 def _two_in_a_room(c: Client) -> None:
     """Two sockets in room "r"; the first shouts to it (skip_sid: itself)."""
     a = c.ws_connected()
@@ -903,6 +919,15 @@ TABLE = [
         '< 44{"message":"Connection rejected by server"}', "POST 200", "= ok", "GET 200",
         '< 40{"sid":"S1"}', 'seen ["connect", "S2", "/", {"token": "refuse-bare"}]',
         'seen ["connect", "S1", "/", {"token": "ok"}]', BYE_CLIENT),
+    row("connect-slow-ws-closed", "a connect handler that accepts after its WebSocket "
+        "closed: its disconnect handler runs", _slow_connect_ws,
+        "WS 101", OPEN_WS, 'seen ["connect", "S1", "/", {"token": "slow"}]',
+        'seen ["accepted", "S1"]', BYE_TRANSPORT, ref=SAME),
+    row("connect-slow-polling-closed", "a connect handler that accepts after its polling "
+        "session closed: its disconnect handler runs", _slow_connect_polling,
+        "GET 200", OPEN_POLLING, "POST 200", "= ok", "POST 200", "= ok",
+        'seen ["connect", "S1", "/", {"token": "slow"}]', 'seen ["accepted", "S1"]',
+        BYE_CLIENT, ref=SAME),
     row("event-before-connect", "an event before any CONNECT (ignored)",
         lambda c: (c.open(), c.post('421["echo"]\x1e40'), c.get()),
         *CONNECTED, SEEN_CONNECT, BYE_CLIENT),
