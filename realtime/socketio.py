@@ -777,8 +777,8 @@ class _Replies:
 class _Socket:
     """One namespace connection in this process."""
 
-    __slots__ = ("acks", "channel", "consumer", "namespace", "pending", "rooms", "session", "sid",
-                 "waiting")
+    __slots__ = ("acks", "channel", "consumer", "gone", "namespace", "pending", "rooms", "session",
+                 "sid", "waiting")
 
     def __init__(self, consumer: SocketIOConsumer, namespace: str, sid: str,
                  channel: str | None = None) -> None:
@@ -796,6 +796,9 @@ class _Socket:
         #: ``always_connect``: CONNECT was answered, its handler runs; the packets that
         #: wait for it (``_after_connect``, ``_take_turns``). None otherwise.
         self.waiting: list[Deferred[None]] | None = None
+        #: Why it went while its connect handler ran (its connection closed, a DISCONNECT):
+        #: a handler that then accepts is followed by the disconnect handler, this reason.
+        self.gone: str | None = None
 
 
 class _Session:
@@ -2890,7 +2893,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                     return self._acked(socket, packet)
                 self._spawn(self._after_connect(socket, packet), "a packet's handling")
                 return None
-            return self._drop(socket) if kind == DISCONNECT else None  # only that counts
+            # only that counts (a handler that then accepts gets its disconnect)
+            return self._forget(socket, Reason.CLIENT_DISCONNECT) if kind == DISCONNECT else None
         if kind == EVENT or kind == BINARY_EVENT:
             self._event(socket, packet)
             return None
@@ -3050,8 +3054,13 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         except Exception:
             log.failure("socketio: the connect handler failed")
             refusal = {"message": "Internal server error"}
-        if self._sockets.get(namespace) is not socket:
-            return  # disconnected meanwhile
+        if self._sockets.get(namespace) is not socket:  # disconnected meanwhile
+            if refusal is None and socket.gone is not None:
+                # Accepted, but its connection (or a DISCONNECT) ended it first: the
+                # disconnect handler, once, as python-socketio calls it (a connect that
+                # set something up for the sid has it undone).
+                await self._disconnect_handler(socket, socket.gone)
+            return
         if refusal is not None:
             await self._drop(socket)
             if told:
@@ -3193,12 +3202,19 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         session and rooms (as in python-socketio), but no more of its packets."""
         if self._sockets.get(socket.namespace) is not socket:
             return
-        if socket.pending:  # never connected: no disconnect handler
+        if socket.pending:  # not connected yet: its connect handler decides (``gone``)
+            socket.gone = reason
             await self._drop(socket)
             return
         del self._sockets[socket.namespace]
         if self._server._admin is not None:
             self._server._admin.disconnected(socket, reason)
+        try:
+            await self._disconnect_handler(socket, reason)
+        finally:
+            await self._drop(socket)
+
+    async def _disconnect_handler(self, socket: _Socket, reason: str) -> None:
         handler, args = self._server._handler("disconnect", socket.namespace,
                                               (socket.sid, reason))
         try:
@@ -3208,8 +3224,6 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                 await _maybe_await(handler(*args))
         except Exception:
             log.failure("socketio: the disconnect handler failed")
-        finally:
-            await self._drop(socket)
 
     async def _server_disconnect(self, socket: _Socket) -> None:
         if self._sockets.get(socket.namespace) is not socket:
