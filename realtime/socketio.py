@@ -1894,6 +1894,26 @@ def _origin_ok(server: AsyncServer, scope: dict[str, Any]) -> bool:
                 and origin_allowed(text, settings.allowed_origins)))
 
 
+#: A preflight's ``Access-Control-Request-Headers``: header names (RFC 9110 tokens),
+#: comma-separated; and the most bytes of them reflected (a page's ``extraHeaders`` are a
+#: few names: past this, or not names, the preflight allows none).
+_HEADER_NAMES = re.compile(rb"[ \t]*[-!#$%&'*+.^_`|~0-9A-Za-z]+(?:[ \t]*,[ \t]*"
+                           rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+)*[ \t]*")
+MAX_ALLOWED_HEADERS = 2048
+
+
+def _asked_headers(scope: dict[str, Any]) -> bytes | None:
+    """The header names a preflight asks to send (its ``Access-Control-Request-Headers``
+    lines joined), as they came: None when there are none, or they are not a list of
+    header names, or longer than ``MAX_ALLOWED_HEADERS``."""
+    asked = b", ".join(value for name, value in scope.get("headers", ())
+                       if name == b"access-control-request-headers")
+    if (not asked or len(asked) > MAX_ALLOWED_HEADERS
+            or _HEADER_NAMES.fullmatch(asked) is None):
+        return None
+    return asked.strip(b" \t")
+
+
 #: zlib's level for polling responses (python-engineio's gzip takes 9, its deflate 6).
 _COMPRESS_LEVEL = 6
 
@@ -2406,12 +2426,12 @@ class PollingConsumer(AsyncHttpConsumer):
         if method == "OPTIONS":  # a CORS preflight
             headers = [(b"Access-Control-Allow-Methods", b"GET, POST, OPTIONS"),
                        (b"Access-Control-Max-Age", b"600")]
-            # The headers the page asks to send (socket.io-client's extraHeaders), as
-            # python-engineio and Node's cors allow them: this origin may send anything.
-            asked = [value for name, value in self.scope.get("headers", ())
-                     if name == b"access-control-request-headers"]
-            if asked:
-                headers.append((b"Access-Control-Allow-Headers", b", ".join(asked)))
+            # The headers an allowed page asks to send (socket.io-client's extraHeaders),
+            # as python-engineio and Node's cors allow them: this origin may send anything.
+            asked = _asked_headers(self.scope) if self._origin() else None
+            if asked is not None:
+                headers += [(b"Access-Control-Allow-Headers", asked),
+                            (b"Vary", b"Access-Control-Request-Headers")]  # (Node's too)
             await self.send_response(204, b"", headers=headers)
             return
         params = _params(self.scope)
