@@ -4,8 +4,9 @@
 ``register(sio, refused)`` puts the same handlers on either server (``refused``: that
 library's ``ConnectionRefusedError``); each server is built only in the process that
 serves it (``application``: realtime's, under twistd; ``reference``: python-socketio's
-``ASGIApp``, under Daphne). Two servers in each process: ``/socket.io/`` with the
-defaults, ``/fast.io/`` with ``ping_interval=1, ping_timeout=1`` (the heartbeat rows).
+``ASGIApp``, under Daphne). Three servers in each process: ``/socket.io/`` with the
+defaults, ``/fast.io/`` with ``ping_interval=1, ping_timeout=1`` (the heartbeat rows),
+``/nocors.io/`` with ``cors_allowed_origins=[]`` (CORS handling off).
 
 Each connection's handshake names its row (``row=NAME`` in its query string); what the
 handlers saw goes to ``SEEN[NAME]`` (sids as they are: the test maps them to names), and
@@ -238,6 +239,7 @@ async def seen(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 FAST = {"ping_interval": 1, "ping_timeout": 1}
+NO_CORS = {"cors_allowed_origins": []}
 
 
 def _realtime() -> Any:
@@ -246,9 +248,11 @@ def _realtime() -> Any:
 
     main = AsyncServer(async_mode="asgi", namespaces=NAMESPACES)
     fast = AsyncServer(async_mode="asgi", namespaces=NAMESPACES, **FAST)
-    for sio in (main, fast):
+    no_cors = AsyncServer(async_mode="asgi", namespaces=NAMESPACES, **NO_CORS)
+    for sio in (main, fast, no_cors):
         register(sio, ConnectionRefusedError)
-    routes = [path("socket.io/", main.as_asgi()), path("fast.io/", fast.as_asgi())]
+    routes = [path("socket.io/", main.as_asgi()), path("fast.io/", fast.as_asgi()),
+              path("nocors.io/", no_cors.as_asgi())]
     return ProtocolTypeRouter({
         "websocket": URLRouter(routes),
         "http": URLRouter([*routes, re_path(r"^seen/", seen)]),
@@ -260,9 +264,11 @@ def _python_socketio() -> Any:
 
     main = socketio.AsyncServer(async_mode="asgi", namespaces=NAMESPACES)
     fast = socketio.AsyncServer(async_mode="asgi", namespaces=NAMESPACES, **FAST)
-    for sio in (main, fast):
+    no_cors = socketio.AsyncServer(async_mode="asgi", namespaces=NAMESPACES, **NO_CORS)
+    for sio in (main, fast, no_cors):
         register(sio, socketio.exceptions.ConnectionRefusedError)
-    inner = socketio.ASGIApp(fast, other_asgi_app=seen, socketio_path="fast.io")
+    inner = socketio.ASGIApp(no_cors, other_asgi_app=seen, socketio_path="nocors.io")
+    inner = socketio.ASGIApp(fast, other_asgi_app=inner, socketio_path="fast.io")
     return socketio.ASGIApp(main, other_asgi_app=inner, socketio_path="socket.io")
 
 

@@ -77,6 +77,8 @@ EVIL = "https://evil.example"
 SIO = "/socket.io/"
 #: The server with ``ping_interval=1, ping_timeout=1`` (the heartbeat rows).
 FAST = "/fast.io/"
+#: The server with ``cors_allowed_origins=[]`` (CORS handling off).
+NO_CORS = "/nocors.io/"
 POLL = "EIO=4&transport=polling"
 SESSION = POLL + "&sid=SID"
 WS = "EIO=4&transport=websocket"
@@ -833,6 +835,26 @@ TABLE = [
         "WS 101", OPEN_WS),
     row("cors-ws-evil", "a WebSocket from another origin", _ws_refused(WS, Origin=EVIL),
         "WS 403"),
+    row("cors-off-get-own", "cors_allowed_origins=[]: a handshake from the server's own "
+        "origin, without CORS headers", lambda c: c.open(path=NO_CORS, Origin=OWN),
+        "GET 200", OPEN_POLLING, "= allow-origin -"),
+    row("cors-off-preflight", "cors_allowed_origins=[]: a preflight, without CORS headers",
+        lambda c: c.http("OPTIONS", POLL, path=NO_CORS, Origin=OWN,
+                         Access_Control_Request_Method="POST",
+                         Access_Control_Request_Headers="X-Token"),
+        "OPTIONS 204", "= allow-origin -",
+        ref=CORS),
+    row("cors-off-get-evil", "cors_allowed_origins=[]: a handshake from another origin",
+        lambda c: c.open(path=NO_CORS, Origin=EVIL),
+        "GET 403", '= {"code":4,"message":"Forbidden"}', "= allow-origin -",
+        ref="opens a session (it checks no Origin then)"),
+    row("cors-off-ws-own", "cors_allowed_origins=[]: a WebSocket from the server's own origin",
+        lambda c: (ws := c.ws(path=NO_CORS, Origin=OWN)) and (ws.recv(), ws.close()),
+        "WS 101", OPEN_WS),
+    row("cors-off-ws-evil", "cors_allowed_origins=[]: a WebSocket from another origin",
+        lambda c: c.ws(path=NO_CORS, Origin=EVIL),
+        "WS 403",
+        ref="accepts it: a page of any site opens a WebSocket with its user's cookies"),
     # -- CONNECT ----------------------------------------------------------------------------------
     row("connect", "CONNECT without auth", posting(gets=0),
         *CONNECTED, SEEN_CONNECT, BYE_CLIENT),
