@@ -1158,6 +1158,41 @@ async def test_cors_credentials_follows_the_option(live):
 
 
 @pytest_twisted.ensureDeferred
+async def test_cors_allowed_origins_empty_turns_the_cors_headers_off(live, monkeypatch):
+    """``cors_allowed_origins=[]`` (python-engineio's "CORS handling off", for a CORS
+    layer in front): no ``Access-Control-*`` header on any answer, the preflight's too;
+    the origins are still checked, by the default rule (python-engineio then checks none:
+    any site's page would open a WebSocket with its user's cookies): the server's own and
+    ``--allowed-origins``' pass, another gets 403 on both transports."""
+    from realtime.settings import settings
+    from tests.test_socketio import _handshake_status
+
+    sio = quick_server(cors_allowed_origins=[])
+    url = await start(live, sio)
+    base = f"{url}/socket.io/?EIO=4&transport=polling"
+    app_origin = "https://app.example"
+    for origin in (url, None):
+        for method in ("GET", "OPTIONS"):
+            headers = {"Access-Control-Request-Headers": "x-token"}
+            if origin:
+                headers["Origin"] = origin
+            status, got, _ = await in_thread(_request, base, method, b"", headers)
+            assert status == (200 if method == "GET" else 204), (origin, method)
+            assert [name for name in got if name.lower().startswith("access-control-")] == []
+            assert got.get_all("Vary") is None
+    assert await in_thread(_handshake_status, ws_url(url), url) == 101
+    for status_of in (await in_thread(_request, base, "GET", b"", {"Origin": app_origin}),
+                      await in_thread(_request, base, "OPTIONS", b"", {"Origin": app_origin})):
+        assert status_of[0] == 403 and status_of[1].get("Access-Control-Allow-Origin") is None
+    assert await in_thread(_handshake_status, ws_url(url), app_origin) == 403
+    monkeypatch.setattr(settings, "allowed_origins", [app_origin])
+    status, got, _ = await in_thread(_request, base, "GET", b"", {"Origin": app_origin})
+    assert status == 200 and got.get("Access-Control-Allow-Origin") is None
+    assert await in_thread(_handshake_status, ws_url(url), app_origin) == 101
+    assert await in_thread(_handshake_status, ws_url(url), "https://evil.example") == 403
+
+
+@pytest_twisted.ensureDeferred
 async def test_client_manager_is_accepted_only_where_it_is_the_layer(live, redis_url):
     """``client_manager=``: realtime's ``AsyncManager()`` changes nothing;
     ``AsyncRedisManager(url)`` is checked against the server's layer, at construction
