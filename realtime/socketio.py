@@ -1233,9 +1233,10 @@ class AsyncServer:
     (with ``Access-Control-Allow-Origin`` and credentials) and whose WebSockets open; by
     default only the server's own origin and those ``--allowed-origins`` lets in; a
     request from another origin gets 403 on either transport (one without ``Origin``, no
-    browser's, passes); ``cors_credentials`` (True) adds ``Access-Control-Allow-Credentials:
-    true`` to those answers. A packet's binary attachments count together against
-    ``max_http_buffer_size``.
+    browser's, passes); ``[]`` turns the CORS headers off (a layer in front adds them) and
+    keeps the default origin check; ``cors_credentials`` (True) adds
+    ``Access-Control-Allow-Credentials: true`` to those answers. A packet's binary
+    attachments count together against ``max_http_buffer_size``.
 
     python-engineio's polling options: ``cookie`` (a name, or a dict of attributes) sets
     the Engine.IO sid as a cookie on the polling handshake (for a load balancer's
@@ -1345,6 +1346,10 @@ class AsyncServer:
             None if cors_allowed_origins is None
             else [cors_allowed_origins] if isinstance(cors_allowed_origins, str)
             else list(cors_allowed_origins))
+        #: python-engineio's ``cors_allowed_origins=[]``: CORS handling off (a layer in
+        #: front answers it): no ``Access-Control-*`` headers; origins still checked, by
+        #: the default rule (``_origin_ok``).
+        self._cors_off = self.cors_allowed_origins == []
         #: The acks asked of sids in other processes (``_replies_on``), or None.
         self._replies: _Replies | None = None
         #: Connection state recovery (``realtime.socketio_recovery.Recovery``), or None.
@@ -1874,9 +1879,10 @@ def _origin_of(scope: dict[str, Any]) -> bytes | None:
 
 def _origin_ok(server: AsyncServer, scope: dict[str, Any]) -> bool:
     """A request without ``Origin`` (no browser's), or one ``cors_allowed_origins`` lets
-    in; by default the server's own origin and what ``--allowed-origins`` lets in
-    (python-engineio's default is the first only). The same on both transports: a page of
-    another site opens no WebSocket with the user's cookies either."""
+    in; by default (and with ``[]``, which turns CORS headers off) the server's own origin
+    and what ``--allowed-origins`` lets in (python-engineio's default is the first only;
+    with ``[]`` it lets any in). The same on both transports: a page of another site
+    opens no WebSocket with the user's cookies either."""
     from realtime.origins import origin_allowed
     from realtime.settings import settings
 
@@ -1885,7 +1891,7 @@ def _origin_ok(server: AsyncServer, scope: dict[str, Any]) -> bool:
         return True
     text = origin.decode("latin-1")
     patterns = server.cors_allowed_origins
-    if patterns is not None:
+    if patterns:  # (None, or [] for CORS handling off: the default rule)
         return origin_allowed(text, patterns)
     host = dict(scope.get("headers", ())).get(b"host", b"").decode("latin-1")
     scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
@@ -2409,7 +2415,8 @@ class PollingConsumer(AsyncHttpConsumer):
     async def send_headers(self, *, status: int = 200, headers: Any = None) -> None:
         pairs = [*(headers or []), (b"Cache-Control", b"no-store")]
         origin = self._origin()
-        if origin and _origin_ok(self._server, self.scope):  # none for a refused origin
+        if origin and not self._server._cors_off and _origin_ok(self._server, self.scope):
+            # (none for a refused origin, nor with CORS handling off)
             pairs += [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin")]
             if self._server.cors_credentials:
                 pairs.append((b"Access-Control-Allow-Credentials", b"true"))
@@ -2428,6 +2435,9 @@ class PollingConsumer(AsyncHttpConsumer):
                        (b"Access-Control-Max-Age", b"600")]
             # The headers an allowed page asks to send (socket.io-client's extraHeaders),
             # as python-engineio and Node's cors allow them: this origin may send anything.
+            if self._server._cors_off:  # (a CORS layer in front answers it, if any)
+                await self.send_response(204, b"")
+                return
             asked = _asked_headers(self.scope) if self._origin() else None
             if asked is not None:
                 headers += [(b"Access-Control-Allow-Headers", asked),
