@@ -11,8 +11,11 @@ defaults, ``/fast.io/`` with ``ping_interval=1, ping_timeout=1`` (the heartbeat 
 Each connection's handshake names its row (``row=NAME`` in its query string); what the
 handlers saw goes to ``SEEN[NAME]`` (sids as they are: the test maps them to names), and
 ``GET /seen/NAME`` answers ``{"events": [...], "open": N}`` (N: the sockets whose connect
-was accepted and whose disconnect has not come), ``{"events": [], "open": 0}`` for a row
-that saw nothing. Bytes are recorded as ``{"bytes": HEX}``.
+was accepted and whose disconnect has not come, and the connect handlers still running),
+``{"events": [], "open": 0}`` for a row that saw nothing. Bytes are recorded as
+``{"bytes": HEX}``. ``GET /waiting/SID`` answers ``{"waiting": true}`` once a GET of polling
+session SID waits in the server (the rows that act while one does: a condition, not a
+sleep).
 
 Namespace "/" (``connect(sid, environ, auth)``; its auth says what it does):
 ``{"token": "refuse"}`` raises ``ConnectionRefusedError("unauthorized", {"code": 4001})``,
@@ -48,6 +51,8 @@ _OPEN: dict[str, set[str]] = {}
 #: The connect handlers still running, by row (``/seen/`` waits for them too).
 _CONNECTING: dict[str, int] = {}
 NAMESPACES = ["/", "/chat", "/open"]
+#: The servers this process serves (``/waiting/`` looks through them).
+SERVERS: list[Any] = []
 
 
 def _query(environ: dict[str, Any]) -> str:
@@ -218,8 +223,26 @@ def register(sio: Any, refused: type[Exception]) -> None:
         return args
 
 
+def _get_waits(sid: str) -> bool:
+    """Whether a GET of polling session ``sid`` waits in this process's server (their
+    insides: realtime's session has a ``_waiter``, python-engineio's socket's queue a
+    ``get()`` waiting)."""
+    for sio in SERVERS:
+        polling = getattr(sio, "_polling", None)
+        if polling is not None:  # realtime.socketio's
+            session = polling.get(sid)
+            if session is not None and session._waiter is not None:
+                return True
+        else:
+            socket = sio.eio.sockets.get(sid)
+            if socket is not None and any(not g.done() for g in socket.queue._getters):
+                return True
+    return False
+
+
 async def seen(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """``GET /seen/ROW``: what that row's handlers saw (a plain ASGI app)."""
+    """``GET /seen/ROW``: what that row's handlers saw; ``GET /waiting/SID`` (a plain ASGI
+    app)."""
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -228,10 +251,16 @@ async def seen(scope: dict[str, Any], receive: Any, send: Any) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-    row = scope["path"].rpartition("/")[2]
-    body = json.dumps({"events": SEEN.get(row, []),
-                       "open": len(_OPEN.get(row, ())) + _CONNECTING.get(row, 0)}).encode()
-    status = 200 if scope["path"].startswith("/seen/") else 404
+    name = scope["path"].rpartition("/")[2]
+    status = 200
+    if scope["path"].startswith("/seen/"):
+        record = {"events": SEEN.get(name, []),
+                  "open": len(_OPEN.get(name, ())) + _CONNECTING.get(name, 0)}
+    elif scope["path"].startswith("/waiting/"):
+        record = {"waiting": _get_waits(name)}
+    else:
+        record, status = {}, 404
+    body = json.dumps(record).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})
@@ -251,11 +280,12 @@ def _realtime() -> Any:
     no_cors = AsyncServer(async_mode="asgi", namespaces=NAMESPACES, **NO_CORS)
     for sio in (main, fast, no_cors):
         register(sio, ConnectionRefusedError)
+    SERVERS.extend((main, fast, no_cors))
     routes = [path("socket.io/", main.as_asgi()), path("fast.io/", fast.as_asgi()),
               path("nocors.io/", no_cors.as_asgi())]
     return ProtocolTypeRouter({
         "websocket": URLRouter(routes),
-        "http": URLRouter([*routes, re_path(r"^seen/", seen)]),
+        "http": URLRouter([*routes, re_path(r"^(seen|waiting)/", seen)]),
     })
 
 
@@ -267,6 +297,7 @@ def _python_socketio() -> Any:
     no_cors = socketio.AsyncServer(async_mode="asgi", namespaces=NAMESPACES, **NO_CORS)
     for sio in (main, fast, no_cors):
         register(sio, socketio.exceptions.ConnectionRefusedError)
+    SERVERS.extend((main, fast, no_cors))
     inner = socketio.ASGIApp(no_cors, other_asgi_app=seen, socketio_path="nocors.io")
     inner = socketio.ASGIApp(fast, other_asgi_app=inner, socketio_path="fast.io")
     return socketio.ASGIApp(main, other_asgi_app=inner, socketio_path="socket.io")

@@ -6,9 +6,10 @@ python-socketio's own ``AsyncServer``, each with the same handlers
 the wire. Both servers run once for the module as real processes on 127.0.0.1: realtime
 under twistd, python-socketio's ``socketio.ASGIApp`` under Daphne (``python -m
 daphne``: it serves the app's WebSockets too, upgrade included), each with its default
-options. Each row is a script of raw HTTP requests (polling: ``http.client``, no
-``Accept-Encoding``) and raw WebSocket frames, run against both servers side by side;
-what the client sees becomes lines:
+options at ``/socket.io/`` (and ``/fast.io/``: a 1 s heartbeat; ``/nocors.io/``:
+``cors_allowed_origins=[]``). Each row is a script of raw HTTP requests (polling:
+``http.client``, no ``Accept-Encoding``) and raw WebSocket frames, run against both
+servers side by side; what the client sees becomes lines:
 
 - ``GET 200``, ``POST 400``, ``OPTIONS 204``, ``WS 101``, ``WS 403``: a status;
   ``GET held``: no answer within the wait (a long-poll with nothing to say);
@@ -19,7 +20,9 @@ what the client sees becomes lines:
   server's close code; ``= TEXT``: a body that is not a payload (``ok``, an error), or a
   CORS header (``= allow-origin ...``).
 - ``seen [...]``: what the handlers recorded (``/seen/ROW``), read once every socket the
-  row connected has had its ``disconnect``.
+  row connected has had its ``disconnect`` and no connect handler of it runs. A row
+  that acts while a GET waits asks the server (``/waiting/SID``) rather than sleeping.
+  The heartbeat rows (``slow``) run in the background from the first row on.
 
 Sids are named in the order they appear (``E1`` an Engine.IO sid, ``S1`` a socket's), as
 are ack ids the server picks (``A1``); the open packet's keys are sorted. A row's
@@ -67,9 +70,12 @@ ENV = {"PYTHONPATH": str(REPO)}
 SAME = "same"
 STATUS = "status"
 CORS = "cors"
-#: How long a read waits for an answer that should come; how long "nothing" is watched.
-WAIT = 3.0
+#: How long a read waits for an answer that should come (generous: a loaded machine);
+#: how long "nothing" is watched.
+WAIT = 5.0
 QUIET = 0.3
+#: How long a condition (the row's sockets gone, a GET waiting) may take to come true.
+SETTLE = 10.0
 #: The Host every request names: ``http://sio.test`` is the servers' own origin.
 HOST = "sio.test"
 OWN = f"http://{HOST}"
@@ -383,16 +389,31 @@ class Client:
         for path, sid in self.sessions:
             self._send("POST", f"{path}?{POLL}&sid={sid}", b"1", {}, WAIT)
 
-    def seen(self) -> list[str]:
-        """What the handlers saw, once the row's sockets have all disconnected (bounded)."""
-        deadline = time.monotonic() + 5
+    def _until(self, what: str, done: Callable[[Any], bool], wait: float) -> Any:
+        """``GET /what`` until its answer is ``done`` or ``wait`` seconds passed: the last."""
+        deadline = time.monotonic() + wait
         while True:
-            reply = self._send("GET", f"/seen/{self.row}", None, {}, WAIT)
+            reply = self._send("GET", what, None, {}, WAIT)
             assert reply is not None and reply[0] == 200, reply
             record = json.loads(reply[2])
-            if record["open"] == 0 or time.monotonic() > deadline:
-                break
+            if done(record) or time.monotonic() > deadline:
+                return record
             time.sleep(0.05)
+
+    def gone(self, wait: float = SETTLE) -> None:
+        """Until the row's sockets have all disconnected (and its connect handlers ended)."""
+        self._until(f"/seen/{self.row}", lambda record: record["open"] == 0, wait)
+
+    def get_waits(self) -> None:
+        """Until a GET of the session waits in the server (its ``/waiting/``)."""
+        record = self._until(f"/waiting/{self.sid}", lambda record: record["waiting"],
+                             SETTLE)
+        assert record["waiting"], "no GET waits in the server"
+
+    def seen(self) -> list[str]:
+        """What the handlers saw, once the row's sockets have all disconnected (bounded:
+        a row whose socket stays connected fails on what it saw)."""
+        record = self._until(f"/seen/{self.row}", lambda record: record["open"] == 0, SETTLE)
         return ["seen " + json.dumps(event) for event in record["events"]]
 
 
@@ -454,10 +475,14 @@ class Row:
     want: tuple[str, ...]
     #: SAME, STATUS, or what python-socketio does (then not asked).
     ref: str = SAME
+    #: Seconds of waiting (the heartbeat's): run in the background from the start
+    #: (``early``), beside the other rows.
+    slow: bool = False
 
 
-def row(id: str, what: str, script: Script, *want: str, ref: str = SAME) -> Row:
-    return Row(id, what, script, want, ref)
+def row(id: str, what: str, script: Script, *want: str, ref: str = SAME,
+        slow: bool = False) -> Row:
+    return Row(id, what, script, want, ref, slow)
 
 
 def posting(*bodies: str, gets: int = 1, auth: str = "") -> Script:
@@ -604,7 +629,7 @@ def _close_while_a_get_waits(c: Client) -> None:
     c.connected()
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(c._send, "GET", SIO + "?" + c._query(SESSION), None, {}, WAIT)
-        time.sleep(0.5)  # (the GET is in the server by then)
+        c.get_waits()
         c.post("1")
         reply = waiting.result()
     c.lines.append("waiting GET " + ("held" if reply is None else f"{reply[0]} {reply[2]!r}"))
@@ -653,7 +678,7 @@ def _ping_over_polling(c: Client) -> None:
 def _ping_timeout_over_polling(c: Client) -> None:
     c.connected(path=FAST)
     c.get()  # the ping, not answered
-    time.sleep(2.5)
+    c.gone()  # (its ping timeout: the disconnect handler ran)
     c.get()
     c.ended()
 
@@ -677,7 +702,7 @@ def _second_get(c: Client) -> None:
     c.connected()
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(c._send, "GET", SIO + "?" + c._query(SESSION), None, {}, WAIT)
-        time.sleep(0.5)  # (the first is in the server by then)
+        c.get_waits()
         c.get(wait=1)
         reply = waiting.result()
     c.lines.append("first GET " + ("held" if reply is None else f"{reply[0]} {reply[2]!r}"))
@@ -1323,22 +1348,25 @@ TABLE = [
     row("ping-polling", "a ping over polling, answered", _ping_over_polling,
         "GET 200", FAST_POLLING, "POST 200", "= ok", "GET 200", '< 40{"sid":"S1"}', "GET 200",
         "< 2", "POST 200", "= ok", "POST 200", "= ok", "GET 200", '< 431["alive"]', SEEN_CONNECT,
-        'seen ["echo", "S1", "alive"]', BYE_CLIENT),
+        'seen ["echo", "S1", "alive"]', BYE_CLIENT,
+        slow=True),
     row("ping-timeout-polling", "a ping over polling, not answered",
         _ping_timeout_over_polling,
         "GET 200", FAST_POLLING, "POST 200", "= ok", "GET 200", '< 40{"sid":"S1"}', "GET 200",
         "< 2", "GET 400", '= {"code":1,"message":"Session ID unknown"}', SEEN_CONNECT,
         'seen ["disconnect", "S1", "/", "ping timeout"]',
-        ref=STATUS),
+        ref=STATUS, slow=True),
     row("ping-websocket", "pings over a WebSocket, answered", _ping_over_websocket,
         "WS 101", FAST_WS, '< 40{"sid":"S1"}', '< 431["alive"]', SEEN_CONNECT,
-        'seen ["echo", "S1", "alive"]', BYE_TRANSPORT),
+        'seen ["echo", "S1", "alive"]', BYE_TRANSPORT,
+        slow=True),
     row("ping-timeout-websocket", "a ping over a WebSocket, not answered",
         _ping_timeout_over_websocket,
         "WS 101", FAST_WS, '< 40{"sid":"S1"}', "< 2", "close 1008", "closed", SEEN_CONNECT,
         'seen ["disconnect", "S1", "/", "ping timeout"]',
         ref="closes 1000; its disconnect handler gets "
-        "\"transport close\" or \"ping timeout\", whichever of its two timers fires first"),
+        "\"transport close\" or \"ping timeout\", whichever of its two timers fires first",
+        slow=True),
 ]
 
 
@@ -1359,23 +1387,50 @@ def _compared(lines: list[str], how: str) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("row", TABLE, ids=[row.id for row in TABLE])
-def test_row(ports: dict[str, int], row: Row) -> None:
-    show = os.environ.get("SIODIFF_SHOW", "")  # "1": print the lines; "all": ask both
-    if row.ref in (SAME, STATUS, CORS) or show == "all":
+#: ``SIODIFF_SHOW``: "1" prints each row's lines, "all" asks python-socketio in every row.
+SHOW = os.environ.get("SIODIFF_SHOW", "")
+
+
+def answers(ports: dict[str, int], row: Row) -> tuple[list[str], list[str] | None]:
+    """Realtime's lines, and python-socketio's where the row compares them (both servers
+    side by side), else None."""
+    if row.ref in (SAME, STATUS, CORS) or SHOW == "all":
         with ThreadPoolExecutor(2) as pool:
-            ours_f = pool.submit(answer_of, ports["realtime"], row)
-            theirs_f = pool.submit(answer_of, ports["python-socketio"], row)
-            ours, theirs = ours_f.result(), theirs_f.result()
-        if show:
-            print(f"\n{row.id} ({row.ref[:20]})\n  realtime:\n    " + "\n    ".join(ours)
-                  + "\n  python-socketio:\n    " + "\n    ".join(theirs))
-        if row.ref in (SAME, STATUS, CORS):
-            assert _compared(ours, row.ref) == _compared(theirs, row.ref), row.what
-    else:
-        ours = answer_of(ports["realtime"], row)
-        if show:
-            print(f"\n{row.id}\n  realtime:\n    " + "\n    ".join(ours))
+            ours = pool.submit(answer_of, ports["realtime"], row)
+            theirs = pool.submit(answer_of, ports["python-socketio"], row)
+            return ours.result(), theirs.result()
+    return answer_of(ports["realtime"], row), None
+
+
+@pytest.fixture(scope="module")
+def early(ports: dict[str, int], request: Any) -> Any:
+    """The selected ``slow`` rows, started in the background at the first row (each
+    waits seconds for a heartbeat, on sockets of its own): their tests take the
+    answers, so those seconds pass beside the other rows."""
+    rows = {}
+    for item in request.session.items:
+        callspec = getattr(item, "callspec", None)
+        row = callspec.params.get("row") if callspec is not None else None
+        if isinstance(row, Row) and row.slow:
+            rows[row.id] = row
+    pool = ThreadPoolExecutor(max(1, len(rows)))
+    try:
+        yield {id: pool.submit(answers, ports, row) for id, row in rows.items()}
+    finally:
+        pool.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("row", TABLE, ids=[row.id for row in TABLE])
+def test_row(ports: dict[str, int], early: dict[str, Any], row: Row) -> None:
+    started = early.get(row.id)
+    ours, theirs = started.result() if started is not None else answers(ports, row)
+    if SHOW:
+        print(f"\n{row.id} ({row.ref[:20]})\n  realtime:\n    " + "\n    ".join(ours))
+        if theirs is not None:
+            print("  python-socketio:\n    " + "\n    ".join(theirs))
+    if row.ref in (SAME, STATUS, CORS):
+        assert theirs is not None
+        assert _compared(ours, row.ref) == _compared(theirs, row.ref), row.what
     assert ours == list(row.want), row.what
 
 
