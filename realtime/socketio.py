@@ -2431,13 +2431,13 @@ class PollingConsumer(AsyncHttpConsumer):
             return
         method = self.scope.get("method")
         if method == "OPTIONS":  # a CORS preflight
+            if self._server._cors_off:  # (a CORS layer in front answers it, if any)
+                await self.send_response(204, b"")
+                return
             headers = [(b"Access-Control-Allow-Methods", b"GET, POST, OPTIONS"),
                        (b"Access-Control-Max-Age", b"600")]
             # The headers an allowed page asks to send (socket.io-client's extraHeaders),
             # as python-engineio and Node's cors allow them: this origin may send anything.
-            if self._server._cors_off:  # (a CORS layer in front answers it, if any)
-                await self.send_response(204, b"")
-                return
             asked = _asked_headers(self.scope) if self._origin() else None
             if asked is not None:
                 headers += [(b"Access-Control-Allow-Headers", asked),
