@@ -38,9 +38,10 @@ has no handlers at all.
 from __future__ import annotations
 
 import builtins
-import json
 from typing import Any
 from urllib.parse import parse_qs
+
+from tests.e2e.diffapp import lifespan, send_json
 
 #: What each row's handlers saw, by row name (the process's own: one per server).
 SEEN: dict[str, list[Any]] = {}
@@ -244,13 +245,8 @@ async def seen(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """``GET /seen/ROW``: what that row's handlers saw; ``GET /waiting/SID`` (a plain ASGI
     app)."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     name = scope["path"].rpartition("/")[2]
     status = 200
     if scope["path"].startswith("/seen/"):
@@ -260,11 +256,7 @@ async def seen(scope: dict[str, Any], receive: Any, send: Any) -> None:
         record = {"waiting": _get_waits(name)}
     else:
         record, status = {}, 404
-    body = json.dumps(record).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, status, record)
 
 
 FAST = {"ping_interval": 1, "ping_timeout": 1}

@@ -53,7 +53,6 @@ import json
 import os
 import re
 import socket
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -63,12 +62,11 @@ from typing import Any
 import pytest
 
 from tests.clients import client_frame, close_code, handshake, parse_frames
-from tests.e2e.support import REPO, Server, on_a_free_port, twistd
+from tests.e2e.diffsupport import SAME, STATUS, beside, both, daphne, require
+from tests.e2e.support import REPO, Server, twistd
 
 APP = "tests.e2e.siodiff_app"
 ENV = {"PYTHONPATH": str(REPO)}
-SAME = "same"
-STATUS = "status"
 CORS = "cors"
 #: How long a read waits for an answer that should come (generous: a loaded machine);
 #: how long "nothing" is watched.
@@ -90,29 +88,10 @@ SESSION = POLL + "&sid=SID"
 WS = "EIO=4&transport=websocket"
 
 
-def _missing(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
-
-try:
-    import daphne  # noqa: F401
-    import socketio  # noqa: F401
-except ImportError:
-    _missing("daphne and python-socketio are not installed (the test extra has them: "
-             "pip install -e '.[test]')")
+require("daphne", "python-socketio")
 
 
 # -- the servers -------------------------------------------------------------------------------
-def _daphne(port: int) -> Server:
-    server = Server([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                     f"{APP}:reference"], env=ENV, cwd=REPO)
-    server.wait_for(rf"Listening on TCP address 127\.0\.0\.1:{port}")
-    server.addresses = [f"tcp:127.0.0.1:{port}"]
-    return server
-
-
 #: The servers the module started (``realtime``: read by the last test).
 SERVERS: dict[str, Server] = {}
 
@@ -120,19 +99,10 @@ SERVERS: dict[str, Server] = {}
 @pytest.fixture(scope="module")
 def ports() -> Any:
     """``{"realtime": PORT, "python-socketio": PORT}``: both servers, started side by side."""
-    ours = Server(twistd("--app", f"{APP}:application", "--port", "0"), env=ENV, cwd=REPO)
-    try:
-        theirs = on_a_free_port(_daphne)
-    except BaseException:
-        ours.stop()
-        raise
-    try:
-        ours.wait_listening()
+    with beside(twistd("--app", f"{APP}:application", "--port", "0"), ENV,
+                daphne(f"{APP}:reference", env=ENV)) as (ours, theirs):
         SERVERS["realtime"] = ours
         yield {"realtime": ours.port, "python-socketio": theirs.port}
-    finally:
-        ours.stop()
-        theirs.stop(timeout=3)
 
 
 # -- the client --------------------------------------------------------------------------------
@@ -1395,10 +1365,8 @@ def answers(ports: dict[str, int], row: Row) -> tuple[list[str], list[str] | Non
     """Realtime's lines, and python-socketio's where the row compares them (both servers
     side by side), else None."""
     if row.ref in (SAME, STATUS, CORS) or SHOW == "all":
-        with ThreadPoolExecutor(2) as pool:
-            ours = pool.submit(answer_of, ports["realtime"], row)
-            theirs = pool.submit(answer_of, ports["python-socketio"], row)
-            return ours.result(), theirs.result()
+        return both(lambda: answer_of(ports["realtime"], row),
+                    lambda: answer_of(ports["python-socketio"], row))
     return answer_of(ports["realtime"], row), None
 
 
