@@ -41,6 +41,7 @@ import os
 import re
 import secrets
 import types
+import urllib.parse
 import weakref
 import zlib
 from collections import deque
@@ -776,8 +777,8 @@ class _Replies:
 class _Socket:
     """One namespace connection in this process."""
 
-    __slots__ = ("acks", "channel", "consumer", "namespace", "pending", "rooms", "session", "sid",
-                 "waiting")
+    __slots__ = ("acks", "channel", "consumer", "gone", "namespace", "pending", "rooms", "session",
+                 "sid", "waiting")
 
     def __init__(self, consumer: SocketIOConsumer, namespace: str, sid: str,
                  channel: str | None = None) -> None:
@@ -795,6 +796,9 @@ class _Socket:
         #: ``always_connect``: CONNECT was answered, its handler runs; the packets that
         #: wait for it (``_after_connect``, ``_take_turns``). None otherwise.
         self.waiting: list[Deferred[None]] | None = None
+        #: Why it went while its connect handler ran (its connection closed, a DISCONNECT):
+        #: a handler that then accepts is followed by the disconnect handler, this reason.
+        self.gone: str | None = None
 
 
 class _Session:
@@ -1229,9 +1233,10 @@ class AsyncServer:
     (with ``Access-Control-Allow-Origin`` and credentials) and whose WebSockets open; by
     default only the server's own origin and those ``--allowed-origins`` lets in; a
     request from another origin gets 403 on either transport (one without ``Origin``, no
-    browser's, passes); ``cors_credentials`` (True) adds ``Access-Control-Allow-Credentials:
-    true`` to those answers. A packet's binary attachments count together against
-    ``max_http_buffer_size``.
+    browser's, passes); ``[]`` turns the CORS headers off (a layer in front adds them) and
+    keeps the default origin check; ``cors_credentials`` (True) adds
+    ``Access-Control-Allow-Credentials: true`` to those answers. A packet's binary
+    attachments count together against ``max_http_buffer_size``.
 
     python-engineio's polling options: ``cookie`` (a name, or a dict of attributes) sets
     the Engine.IO sid as a cookie on the polling handshake (for a load balancer's
@@ -1341,6 +1346,10 @@ class AsyncServer:
             None if cors_allowed_origins is None
             else [cors_allowed_origins] if isinstance(cors_allowed_origins, str)
             else list(cors_allowed_origins))
+        #: python-engineio's ``cors_allowed_origins=[]``: CORS handling off (a layer in
+        #: front answers it): no ``Access-Control-*`` headers; origins still checked, by
+        #: the default rule (``_origin_ok``).
+        self._cors_off = self.cors_allowed_origins == []
         #: The acks asked of sids in other processes (``_replies_on``), or None.
         self._replies: _Replies | None = None
         #: Connection state recovery (``realtime.socketio_recovery.Recovery``), or None.
@@ -1413,12 +1422,15 @@ class AsyncServer:
         (``register_namespace``), then the "*" class."""
         reserved = event in ("connect", "disconnect")
         own = self.handlers.get(namespace, {})
-        if event in own:
+        # An event named "*" is the catch-all's as any other (called as its own handler,
+        # python-socketio's way, it would take the sid for the event name and the client's
+        # first argument for the sid).
+        if event in own and event != "*":
             return own[event], args
         if not reserved and "*" in own:
             return own["*"], (event, *args)
         anywhere = self.handlers.get("*", {})
-        if event in anywhere:
+        if event in anywhere and event != "*":
             return anywhere[event], (namespace, *args)
         if not reserved and "*" in anywhere:
             return anywhere["*"], (event, namespace, *args)
@@ -1867,9 +1879,10 @@ def _origin_of(scope: dict[str, Any]) -> bytes | None:
 
 def _origin_ok(server: AsyncServer, scope: dict[str, Any]) -> bool:
     """A request without ``Origin`` (no browser's), or one ``cors_allowed_origins`` lets
-    in; by default the server's own origin and what ``--allowed-origins`` lets in
-    (python-engineio's default is the first only). The same on both transports: a page of
-    another site opens no WebSocket with the user's cookies either."""
+    in; by default (and with ``[]``, which turns CORS headers off) the server's own origin
+    and what ``--allowed-origins`` lets in (python-engineio's default is the first only;
+    with ``[]`` it lets any in). The same on both transports: a page of another site
+    opens no WebSocket with the user's cookies either."""
     from realtime.origins import origin_allowed
     from realtime.settings import settings
 
@@ -1878,13 +1891,33 @@ def _origin_ok(server: AsyncServer, scope: dict[str, Any]) -> bool:
         return True
     text = origin.decode("latin-1")
     patterns = server.cors_allowed_origins
-    if patterns is not None:
+    if patterns:  # (None, or [] for CORS handling off: the default rule)
         return origin_allowed(text, patterns)
     host = dict(scope.get("headers", ())).get(b"host", b"").decode("latin-1")
     scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
     return (text.lower() == f"{scheme}://{host}".lower()
             or (bool(settings.allowed_origins)
                 and origin_allowed(text, settings.allowed_origins)))
+
+
+#: A preflight's ``Access-Control-Request-Headers``: header names (RFC 9110 tokens),
+#: comma-separated; and the most bytes of them reflected (a page's ``extraHeaders`` are a
+#: few names: past this, or not names, the preflight allows none).
+_HEADER_NAMES = re.compile(rb"[ \t]*[-!#$%&'*+.^_`|~0-9A-Za-z]+(?:[ \t]*,[ \t]*"
+                           rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+)*[ \t]*")
+MAX_ALLOWED_HEADERS = 2048
+
+
+def _asked_headers(scope: dict[str, Any]) -> bytes | None:
+    """The header names a preflight asks to send (its ``Access-Control-Request-Headers``
+    lines joined), as they came: None when there are none, or they are not a list of
+    header names, or longer than ``MAX_ALLOWED_HEADERS``."""
+    asked = b", ".join(value for name, value in scope.get("headers", ())
+                       if name == b"access-control-request-headers")
+    if (not asked or len(asked) > MAX_ALLOWED_HEADERS
+            or _HEADER_NAMES.fullmatch(asked) is None):
+        return None
+    return asked.strip(b" \t")
 
 
 #: zlib's level for polling responses (python-engineio's gzip takes 9, its deflate 6).
@@ -1916,8 +1949,16 @@ def _accepted_encoding(scope: dict[str, Any]) -> str | None:
 
 
 def _params(scope: dict[str, Any]) -> dict[str, str]:
+    """The query's parameters, percent-decoded, as python-engineio reads them: a repeated
+    one's first value (``sid``, ``transport``), but a repeated ``EIO`` is no version."""
+    params: dict[str, str] = {}
     query = scope.get("query_string", b"").decode("latin-1")
-    return dict(part.partition("=")[::2] for part in query.split("&") if part)
+    for name, value in urllib.parse.parse_qsl(query):
+        if name not in params:
+            params[name] = value
+        elif name == "EIO":
+            params[name] = ""
+    return params
 
 
 def _encode_payload(items: list[str | bytes]) -> bytes:
@@ -2374,7 +2415,8 @@ class PollingConsumer(AsyncHttpConsumer):
     async def send_headers(self, *, status: int = 200, headers: Any = None) -> None:
         pairs = [*(headers or []), (b"Cache-Control", b"no-store")]
         origin = self._origin()
-        if origin and _origin_ok(self._server, self.scope):  # none for a refused origin
+        if origin and not self._server._cors_off and _origin_ok(self._server, self.scope):
+            # (none for a refused origin, nor with CORS handling off)
             pairs += [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin")]
             if self._server.cors_credentials:
                 pairs.append((b"Access-Control-Allow-Credentials", b"true"))
@@ -2389,10 +2431,18 @@ class PollingConsumer(AsyncHttpConsumer):
             return
         method = self.scope.get("method")
         if method == "OPTIONS":  # a CORS preflight
-            await self.send_response(204, b"", headers=[
-                (b"Access-Control-Allow-Methods", b"GET, POST, OPTIONS"),
-                (b"Access-Control-Allow-Headers", b"Content-Type"),
-                (b"Access-Control-Max-Age", b"600")])
+            if self._server._cors_off:  # (a CORS layer in front answers it, if any)
+                await self.send_response(204, b"")
+                return
+            headers = [(b"Access-Control-Allow-Methods", b"GET, POST, OPTIONS"),
+                       (b"Access-Control-Max-Age", b"600")]
+            # The headers an allowed page asks to send (socket.io-client's extraHeaders),
+            # as python-engineio and Node's cors allow them: this origin may send anything.
+            asked = _asked_headers(self.scope) if self._origin() else None
+            if asked is not None:
+                headers += [(b"Access-Control-Allow-Headers", asked),
+                            (b"Vary", b"Access-Control-Request-Headers")]  # (Node's too)
+            await self.send_response(204, b"", headers=headers)
             return
         params = _params(self.scope)
         if params.get("EIO") != "4":
@@ -2873,7 +2923,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                     return self._acked(socket, packet)
                 self._spawn(self._after_connect(socket, packet), "a packet's handling")
                 return None
-            return self._drop(socket) if kind == DISCONNECT else None  # only that counts
+            # only that counts (a handler that then accepts gets its disconnect)
+            return self._forget(socket, Reason.CLIENT_DISCONNECT) if kind == DISCONNECT else None
         if kind == EVENT or kind == BINARY_EVENT:
             self._event(socket, packet)
             return None
@@ -3033,8 +3084,13 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         except Exception:
             log.failure("socketio: the connect handler failed")
             refusal = {"message": "Internal server error"}
-        if self._sockets.get(namespace) is not socket:
-            return  # disconnected meanwhile
+        if self._sockets.get(namespace) is not socket:  # disconnected meanwhile
+            if refusal is None and socket.gone is not None:
+                # Accepted, but its connection (or a DISCONNECT) ended it first: the
+                # disconnect handler, once, as python-socketio calls it (a connect that
+                # set something up for the sid has it undone).
+                await self._disconnect_handler(socket, socket.gone)
+            return
         if refusal is not None:
             await self._drop(socket)
             if told:
@@ -3176,12 +3232,19 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         session and rooms (as in python-socketio), but no more of its packets."""
         if self._sockets.get(socket.namespace) is not socket:
             return
-        if socket.pending:  # never connected: no disconnect handler
+        if socket.pending:  # not connected yet: its connect handler decides (``gone``)
+            socket.gone = reason
             await self._drop(socket)
             return
         del self._sockets[socket.namespace]
         if self._server._admin is not None:
             self._server._admin.disconnected(socket, reason)
+        try:
+            await self._disconnect_handler(socket, reason)
+        finally:
+            await self._drop(socket)
+
+    async def _disconnect_handler(self, socket: _Socket, reason: str) -> None:
         handler, args = self._server._handler("disconnect", socket.namespace,
                                               (socket.sid, reason))
         try:
@@ -3191,8 +3254,6 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                 await _maybe_await(handler(*args))
         except Exception:
             log.failure("socketio: the disconnect handler failed")
-        finally:
-            await self._drop(socket)
 
     async def _server_disconnect(self, socket: _Socket) -> None:
         if self._sockets.get(socket.namespace) is not socket:

@@ -1733,6 +1733,32 @@ async def test_decorators_come_before_the_namespace_class(live):
     await client.disconnect()
 
 
+def test_an_event_named_star_is_routed_as_any_event():
+    """A client's event named "*" reaches a namespace's catch-all, namespace "*"'s
+    catch-all or a class as any other event does, never as the handler of the event "*"
+    (which would take the sid for the event name and the client's first argument for the
+    sid), the order as python-socketio's."""
+    sio = rsio.AsyncServer()
+
+    def own(event, sid, *args):
+        return "own"
+
+    def anywhere(event, namespace, sid, *args):
+        return "anywhere"
+
+    sio.on("*", own, namespace="/a")
+    sio.on("*", anywhere, namespace="*")
+    space = rsio.AsyncNamespace("/c")
+    sio.register_namespace(space)
+    assert sio._handler("*", "/a", ("SID", "x")) == (own, ("*", "SID", "x"))
+    assert sio._handler("*", "/b", ("SID", "x")) == (anywhere, ("*", "/b", "SID", "x"))
+    del sio.handlers["*"]
+    assert sio._handler("*", "/c", ("SID", "x")) == (space.trigger_event, ("*", "SID", "x"))
+    assert sio._handler("*", "/b", ("SID", "x")) == (None, ("SID", "x"))
+    for reserved in ("connect", "disconnect"):  # the catch-alls never get those
+        assert sio._handler(reserved, "/a", ("SID",)) == (None, ("SID",))
+
+
 def test_register_namespace_refuses_what_is_not_a_namespace_class():
     sio = rsio.AsyncServer()
     with pytest.raises(TypeError, match=r"AsyncNamespace instance, not object"):

@@ -609,6 +609,65 @@ async def test_always_connect_holds_only_the_namespace_behind_its_handler(live):
     await raw.close()
 
 
+@pytest.mark.parametrize("options", [{}, {"always_connect": True}, {"async_handlers": False}],
+                         ids=["default", "always_connect", "async_handlers=False"])
+@pytest_twisted.ensureDeferred
+async def test_a_connect_accepted_after_its_client_went_gets_one_disconnect(live, options):
+    """A slow connect handler that accepts after its WebSocket closed, or after the
+    client's DISCONNECT, is followed by the disconnect handler, once, with that reason
+    (python-socketio calls it: what the connect set up is undone); one that refuses is
+    not (it never connected). The same with ``always_connect`` and in-order handlers."""
+    sio = quick_server(**options)
+    gates: dict[str, Deferred[None]] = {}
+    calls: list[tuple[str, str]] = []
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        token = auth["token"]
+        gates[token] = Deferred()
+        await gates[token]
+        calls.append(("connect", token))
+        return token != "refuse"
+
+    @sio.event
+    async def disconnect(sid, reason):
+        calls.append(("disconnect", reason))
+
+    url = await start(live, sio)
+    for token, reason in [("close", "transport close"), ("refuse", None)]:
+        raw = await Raw.open(url)
+        await raw.send('40' + json.dumps({"token": token}))
+        assert await until(lambda token=token: token in gates)
+        await raw.close()
+        assert await until(lambda: not sio._sockets)  # (dropped when the connection went)
+        calls.clear()
+        gates[token].callback(None)
+        want = [("connect", token)] + ([("disconnect", reason)] if reason else [])
+        assert await until(lambda want=want: calls == want), calls
+        assert not await until(lambda want=want: calls != want, 0.2), calls  # once
+
+    raw = await Raw.open(url)
+    await raw.send('40{"token":"leave"}')
+    if options.get("always_connect"):
+        assert (await raw.recv()).startswith('40{"sid"')
+    assert await until(lambda: "leave" in gates)
+    await raw.send("41")  # the client's DISCONNECT while the handler runs
+    if not options.get("always_connect"):  # (there the DISCONNECT waits for the handler)
+        assert await until(lambda: not sio._sockets)
+    calls.clear()
+    gates["leave"].callback(None)
+    assert await until(lambda: calls == [("connect", "leave"),
+                                         ("disconnect", "client disconnect")]), calls
+    await raw.send('40{"token":"again"}')  # the connection goes on
+    assert await until(lambda: "again" in gates)
+    gates["again"].callback(None)
+    assert (await raw.recv()).startswith('40{"sid"')
+    assert await until(lambda: calls[2:] == [("connect", "again")]), calls
+    await raw.close()
+    assert await until(lambda: calls[3:] == [("disconnect", "transport close")]), calls
+    assert len(calls) == 4
+
+
 @pytest.fixture
 def node_client() -> None:
     """Node and socket.io-client in tests/.node: skipped without them, failed under CI=true
@@ -1096,6 +1155,41 @@ async def test_cors_credentials_follows_the_option(live):
         assert status == 403 and headers.get("Access-Control-Allow-Credentials") is None
     with pytest.raises(TypeError, match="cors_credentials"):
         rsio.AsyncServer(cors_credentials="true")
+
+
+@pytest_twisted.ensureDeferred
+async def test_cors_allowed_origins_empty_turns_the_cors_headers_off(live, monkeypatch):
+    """``cors_allowed_origins=[]`` (python-engineio's "CORS handling off", for a CORS
+    layer in front): no ``Access-Control-*`` header on any answer, the preflight's too;
+    the origins are still checked, by the default rule (python-engineio then checks none:
+    any site's page would open a WebSocket with its user's cookies): the server's own and
+    ``--allowed-origins``' pass, another gets 403 on both transports."""
+    from realtime.settings import settings
+    from tests.test_socketio import _handshake_status
+
+    sio = quick_server(cors_allowed_origins=[])
+    url = await start(live, sio)
+    base = f"{url}/socket.io/?EIO=4&transport=polling"
+    app_origin = "https://app.example"
+    for origin in (url, None):
+        for method in ("GET", "OPTIONS"):
+            headers = {"Access-Control-Request-Headers": "x-token"}
+            if origin:
+                headers["Origin"] = origin
+            status, got, _ = await in_thread(_request, base, method, b"", headers)
+            assert status == (200 if method == "GET" else 204), (origin, method)
+            assert [name for name in got if name.lower().startswith("access-control-")] == []
+            assert got.get_all("Vary") is None
+    assert await in_thread(_handshake_status, ws_url(url), url) == 101
+    for status_of in (await in_thread(_request, base, "GET", b"", {"Origin": app_origin}),
+                      await in_thread(_request, base, "OPTIONS", b"", {"Origin": app_origin})):
+        assert status_of[0] == 403 and status_of[1].get("Access-Control-Allow-Origin") is None
+    assert await in_thread(_handshake_status, ws_url(url), app_origin) == 403
+    monkeypatch.setattr(settings, "allowed_origins", [app_origin])
+    status, got, _ = await in_thread(_request, base, "GET", b"", {"Origin": app_origin})
+    assert status == 200 and got.get("Access-Control-Allow-Origin") is None
+    assert await in_thread(_handshake_status, ws_url(url), app_origin) == 101
+    assert await in_thread(_handshake_status, ws_url(url), "https://evil.example") == 403
 
 
 @pytest_twisted.ensureDeferred

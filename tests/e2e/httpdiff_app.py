@@ -28,44 +28,19 @@ went away, or an app that never answered. The paths (first segment):
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
+
+from tests.e2e.diffapp import describe as common
+from tests.e2e.diffapp import file_by_row, lifespan, send_json, send_record, text
 
 #: What each ``X-Row`` request saw, by row name (the process's own: one per server).
 SEEN: dict[str, dict[str, Any]] = {}
 
 
-def _text(value: bytes) -> str:
-    return value.decode("latin-1")
-
-
 def describe(scope: dict[str, Any]) -> dict[str, Any]:
-    """The scope in JSON: bytes as latin-1 text, the client's port left out (it differs)."""
-    client = scope.get("client")
-    server = scope.get("server")
-    return {
-        "type": scope["type"],
-        "asgi": scope.get("asgi", {}).get("version"),
-        "http_version": scope.get("http_version"),
-        "method": scope.get("method"),
-        "scheme": scope.get("scheme"),
-        "path": scope.get("path"),
-        "raw_path": _text(scope.get("raw_path") or b""),
-        "query_string": _text(scope.get("query_string", b"")),
-        "root_path": scope.get("root_path"),
-        "headers": [[_text(name), _text(value)] for name, value in scope.get("headers", [])],
-        "client": client[0] if client else None,
-        "server": list(server) if server else None,
-        "keys": sorted(scope),
-    }
-
-
-async def _json(send: Any, status: int, document: Any) -> None:
-    body = json.dumps(document).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    """The scope in JSON (``diffapp.describe``), with an HTTP request's own keys."""
+    return {**common(scope), "http_version": scope.get("http_version"),
+            "method": scope.get("method")}
 
 
 async def _read_body(receive: Any, record: dict[str, Any]) -> bytes:
@@ -81,18 +56,8 @@ async def _read_body(receive: Any, record: dict[str, Any]) -> bytes:
             return body
         body += message.get("body", b"")
         if not message.get("more_body", False):
-            record["body"] = _text(body)
+            record["body"] = text(body)
             return body
-
-
-async def _lifespan(receive: Any, send: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 _django: Any = None
@@ -125,7 +90,7 @@ def django_echo(request: Any) -> Any:
         "method": request.method, "path": request.path, "path_info": request.path_info,
         "script_name": request.META.get("SCRIPT_NAME"),
         "query": sorted((k, v) for k in request.GET for v in request.GET.getlist(k)),
-        "body": _text(request.body), "host": request.get_host(),
+        "body": text(request.body), "host": request.get_host(),
         "content_type": request.META.get("CONTENT_TYPE"),
         "http": sorted((k, v) for k, v in request.META.items() if k.startswith("HTTP_")),
     })
@@ -154,7 +119,7 @@ urlpatterns = _urls()
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        await _lifespan(receive, send)
+        await lifespan(receive, send)
         return
     if scope["type"] != "http":
         raise ValueError(f"no {scope['type']} here")
@@ -163,13 +128,10 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await _django_app()(scope, receive, send)
         return
     if first == b"seen":
-        record = SEEN.get(_text(rest))
-        await _json(send, 200 if record is not None else 404, record)
+        await send_record(send, SEEN.get(text(rest)))
         return
-    record: dict[str, Any] = {"scope": describe(scope), "events": [], "end": None}
-    for name, value in scope["headers"]:
-        if name == b"x-row":
-            SEEN[_text(value)] = record
+    record: dict[str, Any] = file_by_row(
+        SEEN, scope, {"scope": describe(scope), "events": [], "end": None})
     if first == b"late":  # something else first (a database query), the body after
         await asyncio.sleep(0.2)
     body = await _read_body(receive, record)
@@ -237,4 +199,4 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": b"ok"})
         record["end"] = "answered"
     else:
-        await _json(send, 404, {"unknown": first.decode("latin-1")})
+        await send_json(send, 404, {"unknown": first.decode("latin-1")})

@@ -14,8 +14,10 @@ server logged a failure (a traceback) while answering it.
   ``n`` and Engine.IO's JSON error ``{"code": c, ...}`` (0 transport unknown, 1 session ID
   unknown, 2 bad handshake method, 3 bad request, 4 forbidden, 5 unsupported protocol
   version); ``HTTP n`` another answer (200 ``ok`` for a POST taken, 204 a CORS preflight,
-  413 over maxPayload); ``dropped``: closed without a byte at the connect deadline (a body
-  that never completes). ``session`` says whether the row's polling session is still open
+  413 over maxPayload), with the response headers the row names (a preflight's
+  ``Access-Control-Allow-Headers``: the header names asked for, only when they are names);
+  ``dropped``: closed without a byte at the connect deadline (a body that never
+  completes). ``session`` says whether the row's polling session is still open
   after it (a bad request closes it: "transport error").
 - ``WS_TABLE`` (after the WebSocket handshake and a CONNECT to "/"): ``close n``: the server
   closes with code ``n`` (1002 a packet that is not Engine.IO's or Socket.IO's, 1003 an
@@ -151,12 +153,14 @@ class PollRow:
     session: bool | None = None
     #: Before the row: a GET of the session waits (the "second GET" rows).
     waiting_get: bool = False
-    headers: tuple[tuple[bytes, bytes], ...] = ()
+    #: Response headers: a value (the only one), a tuple (every line's, any order), or
+    #: None (no such header).
+    headers: tuple[tuple[bytes, bytes | tuple[bytes, ...] | None], ...] = ()
 
 
 def http(id: str, input: str, send: bytes, status: int, code: int | None = None, *,
          body: bytes | None = None, session: bool | None = None, waiting_get: bool = False,
-         **headers: bytes) -> PollRow:
+         **headers: bytes | tuple[bytes, ...] | None) -> PollRow:
     hdrs = tuple((k.replace("_", "-").encode(), v) for k, v in headers.items())
     answer = f"HTTP {status}" + (f" code {code}" if code is not None else "")
     return PollRow(id, input, send, answer, status, code, body, session, waiting_get, hdrs)
@@ -172,8 +176,10 @@ POLL_TABLE: list[PollRow] = [
          400, 5),
     http("eio-missing", "a handshake without EIO", get("transport=polling"), 400, 5),
     http("eio-junk", "EIO=4x", get("EIO=4x&transport=polling"), 400, 5),
-    http("eio-twice", "EIO=3&EIO=4 (the last one counts)", get("EIO=3&EIO=4&transport=polling"),
-         200),
+    http("eio-twice", "EIO=3&EIO=4 (a repeated EIO is no version, as in python-engineio)",
+         get("EIO=3&EIO=4&transport=polling"), 400, 5),
+    http("eio-percent-encoded", "EIO=%34 (percent-decoded: 4)",
+         get("EIO=%34&transport=polling"), 200),
     http("transport-unknown", "transport=flashsocket", get("EIO=4&transport=flashsocket"), 400, 0),
     http("transport-missing", "no transport", get("EIO=4"), 400, 0),
     http("transport-websocket-plain-get", "transport=websocket on a GET without Upgrade",
@@ -200,7 +206,38 @@ POLL_TABLE: list[PollRow] = [
         "OPTIONS", "EIO=4&transport=polling", b"", f"Origin: {GOOD}",
         "Access-Control-Request-Method: POST"), 204,
          access_control_allow_origin=GOOD.encode(),
-         access_control_allow_methods=b"GET, POST, OPTIONS"),
+         access_control_allow_methods=b"GET, POST, OPTIONS", access_control_allow_headers=None),
+    http("options-headers", "a preflight asking for headers (socket.io-client's "
+         "extraHeaders): allowed as asked", request(
+             "OPTIONS", "EIO=4&transport=polling", b"", f"Origin: {GOOD}",
+             "Access-Control-Request-Method: POST",
+             "Access-Control-Request-Headers: authorization,x-token"), 204,
+         access_control_allow_headers=b"authorization,x-token",
+         vary=(b"Access-Control-Request-Headers", b"Origin")),
+    http("options-headers-two-lines", "Access-Control-Request-Headers twice (joined)", request(
+        "OPTIONS", "EIO=4&transport=polling", b"", f"Origin: {GOOD}",
+        "Access-Control-Request-Headers: x-a", "Access-Control-Request-Headers: x-b"), 204,
+         access_control_allow_headers=b"x-a, x-b"),
+    http("options-headers-not-names", "Access-Control-Request-Headers that are not header "
+         "names (not reflected)", request(
+             "OPTIONS", "EIO=4&transport=polling", b"", f"Origin: {GOOD}",
+             "Access-Control-Request-Headers: x-a, <script>, x b"), 204,
+         access_control_allow_headers=None, access_control_allow_origin=GOOD.encode()),
+    http("options-headers-not-ascii", "Access-Control-Request-Headers not ASCII (not "
+         "reflected)", request(
+             "OPTIONS", "EIO=4&transport=polling", b"", f"Origin: {GOOD}",
+             "Access-Control-Request-Headers: x-\u00e9"), 204,
+         access_control_allow_headers=None),
+    http("options-headers-huge", "Access-Control-Request-Headers of 600 names, 3 KB (not "
+         "reflected)", request(
+             "OPTIONS", "EIO=4&transport=polling", b"", f"Origin: {GOOD}",
+             "Access-Control-Request-Headers: " + ",".join(f"x-{n}" for n in range(600))),
+         204, access_control_allow_headers=None),
+    http("options-headers-no-origin", "a preflight without Origin (no browser's: nothing "
+         "reflected)", request(
+             "OPTIONS", "EIO=4&transport=polling", b"",
+             "Access-Control-Request-Headers: x-token"), 204,
+         access_control_allow_headers=None, access_control_allow_origin=None),
     http("options-forbidden", "an OPTIONS preflight from another origin", request(
         "OPTIONS", "EIO=4&transport=polling", b"", f"Origin: {EVIL}",
         "Access-Control-Request-Method: POST"), 403, 4),
@@ -654,7 +691,10 @@ async def test_polling(live, row: PollRow):
             if row.body is not None:
                 assert body == row.body
             for name, value in row.headers:
-                assert headers.get(name) == [value], headers
+                want = (None if value is None else sorted(value) if isinstance(value, tuple)
+                        else [value])
+                got = sorted(headers[name]) if name in headers else None
+                assert got == want, (name, headers)
             assert b"Traceback" not in body
             conn.abort()
     if row.session is not None:

@@ -28,66 +28,34 @@ The request-body chunking differs by design and is not compared: Daphne gives th
 from __future__ import annotations
 
 import json
-import os
 import socket
-import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from tests.e2e.support import REPO, Server, on_a_free_port, twistd
+from tests.e2e.diffsupport import SAME, STATUS, beside, both, daphne, require
+from tests.e2e.support import REPO, twistd
 
 APP = "tests.e2e.httpdiff_app:application"
 ENV = {"PYTHONPATH": str(REPO)}
 #: How long a read waits for the next byte; how long an open connection is watched for a close.
 READ_TIMEOUT = 8.0
 OPEN_WAIT = 0.3
-SAME = "same"
-STATUS = "status"
 MiB = 1024 * 1024
 
-
-def _missing(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
-
-try:
-    import daphne  # noqa: F401
-except ImportError:
-    _missing("daphne is not installed (the test extra has it: pip install -e '.[test]')")
+require("daphne")
 
 
 # -- the servers -------------------------------------------------------------------------------
-def _daphne(port: int) -> Server:
-    server = Server([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                     "-t", "1", APP], env=ENV, cwd=REPO)
-    server.wait_for(rf"Listening on TCP address 127\.0\.0\.1:{port}")
-    server.addresses = [f"tcp:127.0.0.1:{port}"]
-    return server
-
-
 @pytest.fixture(scope="module")
 def ports() -> Any:
     """``{"realtime": PORT, "daphne": PORT}``: both servers, started side by side."""
-    ours = Server(twistd("--app", APP, "--port", "0", "-t", "1", reactor="asyncio"),
-                  env=ENV, cwd=REPO)
-    try:
-        theirs = on_a_free_port(_daphne)
-    except BaseException:
-        ours.stop()
-        raise
-    try:
-        ours.wait_listening()
+    with beside(twistd("--app", APP, "--port", "0", "-t", "1", reactor="asyncio"), ENV,
+                daphne(APP, "-t", "1", env=ENV)) as (ours, theirs):
         yield {"realtime": ours.port, "daphne": theirs.port}
-    finally:
-        ours.stop()
-        theirs.stop(timeout=3)  # Daphne waits for apps still running on SIGTERM
 
 
 # -- a raw client ------------------------------------------------------------------------------
@@ -642,10 +610,8 @@ def _compared(answer: Answer, how: str) -> Any:
 @pytest.mark.parametrize("row", TABLE, ids=[row.id for row in TABLE])
 def test_row(ports: dict[str, int], row: Row) -> None:
     if row.daphne in (SAME, STATUS):
-        with ThreadPoolExecutor(2) as pool:  # side by side: the -t rows wait once
-            ours_f = pool.submit(answer_of, ports["realtime"], row)
-            theirs_f = pool.submit(answer_of, ports["daphne"], row)
-            ours, theirs = ours_f.result(), theirs_f.result()
+        ours, theirs = both(lambda: answer_of(ports["realtime"], row),  # the -t rows wait once
+                            lambda: answer_of(ports["daphne"], row))
         assert _compared(ours, row.daphne) == _compared(theirs, row.daphne), row.what
     else:
         ours = answer_of(ports["realtime"], row)

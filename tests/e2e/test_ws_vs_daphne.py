@@ -39,20 +39,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 import struct
-import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from tests.clients import client_frame
-from tests.e2e.support import REPO, Server, on_a_free_port, twistd
+from tests.e2e.diffsupport import SAME, STATUS, beside, both, daphne, require
+from tests.e2e.support import REPO, twistd
 
 APP = "tests.e2e.wsdiff_app:application"
 #: How long a read waits for the next byte; how long a seen record is waited for.
@@ -62,28 +60,14 @@ SEEN_TIMEOUT = 3.0
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 TRUSTED = "127.0.0.2"
-SAME = "same"
 NO_REASON = "no reason"
-STATUS = "status"
 WIRE = "wire"
 COMPARED = (SAME, NO_REASON, WIRE, STATUS)
 #: Daphne's answer to a protocol violation: Autobahn's default ``failByDrop``.
 DROPS = "drops the TCP connection without a close frame (the consumer hears 1006)"
 MiB = 1024 * 1024
 
-
-def _missing(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
-
-try:
-    import channels  # noqa: F401
-    import daphne  # noqa: F401
-except ImportError:
-    _missing("daphne and channels are not installed (the test extra has them: "
-             "pip install -e '.[test]')")
+require("daphne", "channels")
 
 
 # -- the servers -------------------------------------------------------------------------------
@@ -91,31 +75,13 @@ def _env(flavour: str) -> dict[str, str]:
     return {"PYTHONPATH": str(REPO), "WSDIFF_FLAVOUR": flavour}
 
 
-def _daphne(port: int) -> Server:
-    server = Server([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), APP],
-                    env=_env("channels"), cwd=REPO)
-    server.wait_for(rf"Listening on TCP address 127\.0\.0\.1:{port}")
-    server.addresses = [f"tcp:127.0.0.1:{port}"]
-    return server
-
-
 @pytest.fixture(scope="module")
 def ports() -> Any:
     """``{"realtime": PORT, "daphne": PORT}``: both servers, started side by side."""
-    ours = Server(twistd("--app", APP, "--port", "0", "-b", "127.0.0.1", "--proxy-headers",
-                         "--trusted-proxies", TRUSTED, "--root-path-header", "Daphne-Root-Path"),
-                  env=_env("realtime"), cwd=REPO)
-    try:
-        theirs = on_a_free_port(_daphne)
-    except BaseException:
-        ours.stop()
-        raise
-    try:
-        ours.wait_listening()
+    command = twistd("--app", APP, "--port", "0", "-b", "127.0.0.1", "--proxy-headers",
+                     "--trusted-proxies", TRUSTED, "--root-path-header", "Daphne-Root-Path")
+    with beside(command, _env("realtime"), daphne(APP, env=_env("channels"))) as (ours, theirs):
         yield {"realtime": ours.port, "daphne": theirs.port}
-    finally:
-        ours.stop()
-        theirs.stop(timeout=3)  # Daphne waits for apps still running on SIGTERM
 
 
 # -- a raw WebSocket client --------------------------------------------------------------------
@@ -1120,13 +1086,11 @@ def _served(answer: Answer, row: Row, server: str) -> None:
 @pytest.mark.parametrize("row", TABLE, ids=[row.id for row in TABLE])
 def test_row(ports: dict[str, int], row: Row) -> None:
     if row.daphne in COMPARED:
-        with ThreadPoolExecutor(2) as pool:  # side by side: Daphne's slow rows wait once
-            ours_f = pool.submit(play, ports["realtime"], row)
-            # (Not what Daphne's application saw when it is not compared: where it died
-            # with an exception, no disconnect ever comes to wait for.)
-            theirs_seen = row.daphne not in (STATUS, WIRE)
-            theirs_f = pool.submit(play, ports["daphne"], row, theirs_seen)
-            ours, theirs = ours_f.result(), theirs_f.result()
+        # (Not what Daphne's application saw when it is not compared: where it died with
+        # an exception, no disconnect ever comes to wait for.)
+        theirs_seen = row.daphne not in (STATUS, WIRE)
+        ours, theirs = both(lambda: play(ports["realtime"], row),  # Daphne's slow rows wait once
+                            lambda: play(ports["daphne"], row, theirs_seen))
         if row.seen and theirs_seen:
             _served(theirs, row, "daphne")
         mine, yours = _normal(ours, row.daphne), _normal(theirs, row.daphne)

@@ -36,6 +36,9 @@ import json
 import os
 from typing import Any
 
+from tests.e2e.diffapp import describe as common
+from tests.e2e.diffapp import file_by_row, send_json, send_record, text
+
 FLAVOUR = os.environ.get("WSDIFF_FLAVOUR", "realtime")
 
 import django  # noqa: E402
@@ -93,10 +96,6 @@ SEEN: dict[str, dict[str, Any]] = {}
 NAMES: dict[str, str] = {}
 
 
-def _text(value: bytes) -> str:
-    return value.decode("latin-1")
-
-
 def shown(value: str) -> str:
     """Text as a record holds it: short as it is, long by size and digest."""
     return value if len(value) <= 64 else payload(value.encode())
@@ -105,7 +104,7 @@ def shown(value: str) -> str:
 def payload(data: bytes) -> str:
     """Bytes as a record holds them: short ones as latin-1, long ones by size and digest."""
     if len(data) <= 64:
-        return _text(data)
+        return text(data)
     return f"{len(data)} bytes, sha1 {hashlib.sha1(data).hexdigest()[:12]}"
 
 
@@ -117,23 +116,13 @@ def _value(value: Any) -> Any:
 
 
 def describe(scope: dict[str, Any]) -> dict[str, Any]:
-    """The scope in JSON: bytes as latin-1 text, the client's port left out (it differs)."""
-    client = scope.get("client")
-    server = scope.get("server")
+    """The scope in JSON (``diffapp.describe``), with what Channels adds (routing, user,
+    session) and the subprotocols."""
     route = scope.get("url_route")
     user = scope.get("user")
     return {
-        "type": scope["type"],
-        "asgi": scope.get("asgi", {}).get("version"),
-        "scheme": scope.get("scheme"),
-        "path": scope.get("path"),
-        "raw_path": _text(scope.get("raw_path") or b""),
-        "query_string": _text(scope.get("query_string", b"")),
-        "root_path": scope.get("root_path"),
-        "headers": [[_text(name), _text(value)] for name, value in scope.get("headers", [])],
+        **common(scope),
         "subprotocols": list(scope["subprotocols"]) if "subprotocols" in scope else None,
-        "client": client[0] if client else None,
-        "server": [server[0], server[1]] if server else None,
         "url_route": None if route is None else {
             "args": [_value(v) for v in route.get("args", ())],
             "kwargs": {k: _value(v) for k, v in route.get("kwargs", {}).items()}},
@@ -141,17 +130,13 @@ def describe(scope: dict[str, Any]) -> dict[str, Any]:
         "user": None if user is None else {
             "authenticated": bool(user.is_authenticated), "anonymous": bool(user.is_anonymous)},
         "session": None if "session" not in scope else sorted(scope["session"].keys()),
-        "keys": sorted(scope),
     }
 
 
 def record_for(scope: dict[str, Any]) -> dict[str, Any]:
     """A new record of this connection under its ``X-Row`` (a throwaway one without)."""
     record: dict[str, Any] = {"scope": describe(scope), "events": []}
-    for name, value in scope.get("headers", []):
-        if name == b"x-row":
-            SEEN[_text(value)] = record
-    return record
+    return file_by_row(SEEN, scope, record)
 
 
 def note(record: dict[str, Any], *event: Any) -> None:
@@ -458,29 +443,20 @@ async def raw_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 # -- HTTP: what a row's app saw, and an HTTP scope recorder ----------------------------------
-async def _json(send: Any, status: int, document: Any) -> None:
-    body = json.dumps(document).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
 async def http_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """``/seen/NAME``: a row's record; ``/gs/GROUP/TYPE/TEXT``: a ``group_send`` from
     outside any consumer (``get_channel_layer()``, as a view does); ``/http/...``: records
     the scope, answers it."""
     if scope["path"].startswith("/seen/"):
-        record = SEEN.get(scope["path"][len("/seen/"):])
-        await _json(send, 200 if record is not None else 404, record)
+        await send_record(send, SEEN.get(scope["path"][len("/seen/"):]))
         return
     if scope["path"].startswith("/gs/"):
         group, kind, rest = scope["path"][len("/gs/"):].split("/", 2)
         await get_channel_layer().group_send(group, {"type": kind, "text": rest})
-        await _json(send, 200, "sent")
+        await send_json(send, 200, "sent")
         return
     record = record_for(scope)
-    await _json(send, 200, record["scope"])
+    await send_json(send, 200, record["scope"])
 
 
 _auth_inner = AsyncEcho.as_asgi()
