@@ -11,8 +11,10 @@ in the reactor's thread pool instead, still one at a time. Overriding the raw
 
 from __future__ import annotations
 
+import dis
 import inspect
 import json
+import sys
 import types
 import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -151,6 +153,47 @@ def _names_async_to_sync(code: types.CodeType) -> bool:
     return False
 
 
+#: Layer methods no consumer has: called as ``x.group_send(...)`` they are the layer's.
+_LAYER_ONLY = frozenset({
+    "group_add", "group_discard", "group_send", "group_presence", "group_history",
+    "group_history_remove", "group_close", "group_sizes", "broadcast", "new_channel",
+    "survey", "flush"})
+#: Layer methods a consumer has too (``self.send``): the layer's when called on a name
+#: that says layer (``self.channel_layer.send(...)``, ``get_channel_layer().send(...)``).
+_LAYER_SHARED = frozenset({"send", "receive", "close"})
+_LAYER_NAMES = frozenset({"channel_layer", "layer", "get_channel_layer"})
+
+
+def _method_call(instruction: dis.Instruction) -> bool:
+    """The instruction loads an attribute to call it (``x.name(...)``), not to pass it on
+    (``async_to_sync(x.name)``)."""
+    if instruction.opname == "LOAD_METHOD":  # up to 3.11
+        return True
+    return (instruction.opname == "LOAD_ATTR" and sys.version_info >= (3, 12)
+            and bool((instruction.arg or 0) & 1))
+
+
+def _calls_the_layer_directly(code: types.CodeType) -> bool:
+    """``code`` (or code nested in it) calls a layer method itself, not through
+    ``async_to_sync``: a Deferred, fire-and-forget, that only the reactor thread may start
+    (Twisted is not thread-safe), so such a class must not be moved to the pool. Errs on
+    the side of yes: then the class stays where its author put it."""
+    stack = [code]
+    while stack:
+        code = stack.pop()
+        before: dis.Instruction | None = None
+        for instruction in dis.get_instructions(code):
+            if _method_call(instruction):
+                name = instruction.argval
+                if name in _LAYER_ONLY or (name in _LAYER_SHARED and before is not None and (
+                        before.argval in _LAYER_NAMES or (
+                            before.opname == "CALL" and "get_channel_layer" in code.co_names))):
+                    return True
+            before = instruction
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return False
+
+
 #: The classes whose ``thread_handlers`` ``needs_a_thread`` set (and realtime's default).
 _FOUND: weakref.WeakSet[type] = weakref.WeakSet()
 
@@ -168,7 +211,8 @@ def needs_a_thread(cls: type) -> str | None:
 
     Only the application's classes in the MRO are read, and a class with an ``async def``
     method is left alone (it mixes, so its author chose; a coroutine in a thread never
-    runs)."""
+    runs), as is one whose code also calls the layer directly (``_calls_the_layer_directly``:
+    safe on the reactor thread only; its ``async_to_sync`` is for code in other threads)."""
     own = [k for k in cls.__mro__ if _own_code(k)]
     if any(inspect.iscoroutinefunction(getattr(cls, name, None)) for name in _HANDLER_NAMES):
         return None
@@ -177,6 +221,8 @@ def needs_a_thread(cls: type) -> str | None:
         for outer, fn in _functions(k):
             if any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
                    for f in (outer, fn)):
+                return None
+            if _calls_the_layer_directly(fn.__code__):
                 return None
             if because is None and _names_async_to_sync(fn.__code__):
                 because = f"{fn.__qualname__} calls async_to_sync"

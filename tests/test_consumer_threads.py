@@ -198,6 +198,105 @@ def test_the_json_consumer_too():
     assert threaded(Chat)[0] is True
 
 
+def test_a_class_that_also_calls_the_layer_directly_stays_on_the_reactor():
+    """A layer call not through ``async_to_sync`` (a Deferred, fire-and-forget) is safe on
+    the reactor thread only: moved to the pool it would touch the layer and the reactor
+    from a worker thread. Its ``async_to_sync`` is elsewhere (a class method a Django view
+    calls from its own thread), so the class is left as it is."""
+
+    class Direct(WebsocketConsumer):
+        def receive(self, text_data=None, bytes_data=None):
+            self.channel_layer.group_send("g", {"type": "x"})
+
+        @classmethod
+        def notify(cls, text):
+            async_to_sync(realtime.get_channel_layer().group_send)("g", {"type": "x"})
+
+    class StoredLayer(WebsocketConsumer):
+        def connect(self):
+            layer = self.channel_layer
+            layer.group_add("g", self.channel_name)
+            self.accept()
+
+        def _sync_join(self):
+            async_to_sync(self.channel_layer.group_add)("h", self.channel_name)
+
+    class DirectSend(WebsocketConsumer):
+        def receive(self, text_data=None, bytes_data=None):
+            self.channel_layer.send("specific.x", {"type": "x"})
+            async_to_sync(self.channel_layer.group_add)("g", self.channel_name)
+
+    class Nested(WebsocketConsumer):
+        def receive(self, text_data=None, bytes_data=None):
+            def later():
+                self.channel_layer.broadcast("g", text="x")
+            later()
+            async_to_sync(self.channel_layer.group_add)("g", self.channel_name)
+
+    class OwnSend(WebsocketConsumer):
+        """``self.send`` (the consumer's, hopped from a thread) is no layer call."""
+
+        def receive(self, text_data=None, bytes_data=None):
+            async_to_sync(self.channel_layer.group_add)("g", self.channel_name)
+            self.send(text_data="joined")
+
+    for cls in (Direct, StoredLayer, DirectSend, Nested):
+        assert threaded(cls) == (False, None), cls
+    assert threaded(OwnSend)[0] is True
+
+
+class Notifier(WebsocketConsumer):
+    """Plain handlers that call the layer directly (fire-and-forget, on the reactor thread),
+    and a class method for code outside the server's thread (a Django view) that calls it
+    through async_to_sync."""
+
+    seen_on_reactor: list[bool] = []
+
+    def connect(self):
+        from twisted.python.threadable import isInIOThread
+
+        self.seen_on_reactor.append(isInIOThread())
+        self.channel_layer.group_add("notes", self.channel_name)
+        self.accept()
+
+    def receive(self, text_data=None, bytes_data=None):
+        self.channel_layer.group_send("notes", {"type": "note", "text": text_data})
+
+    def note(self, event):
+        self.send(text_data=event["text"])
+
+    @classmethod
+    def notify(cls, text):
+        async_to_sync(realtime.get_channel_layer().group_send)(
+            "notes", {"type": "note", "text": text})
+
+
+@pytest_twisted.ensureDeferred
+async def test_direct_layer_calls_keep_running_on_the_reactor_thread():
+    from realtime.layers import get_channel_layer
+    from realtime.testing import serve
+
+    layer = get_channel_layer()
+    server = await serve(URLRouter([re_path(r"^ws/notes/$", Notifier.as_asgi())]),
+                         layer=layer)
+    Notifier.seen_on_reactor.clear()
+
+    def chat():
+        with connect(server.ws_url("/ws/notes/"), open_timeout=5) as ada:
+            ada.send("from ada")
+            heard = [ada.recv(timeout=5)]
+            Notifier.notify("from a view")  # this thread is not the reactor's
+            heard.append(ada.recv(timeout=5))
+            return heard
+
+    try:
+        heard = await in_thread(chat)
+    finally:
+        await server.stop()
+    assert heard == ["from ada", "from a view"]
+    assert Notifier.seen_on_reactor == [True]
+
+
 # -- Channels' tutorial, verbatim but for the imports ------------------------------------------
 class ChatConsumer(WebsocketConsumer):
     def connect(self):
