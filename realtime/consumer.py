@@ -112,7 +112,9 @@ _HANDLER_NAMES = ("websocket_connect", "websocket_receive", "websocket_disconnec
 
 def _own_code(cls: type) -> bool:
     """Whether ``cls`` is the application's rather than realtime's (or ``object``)."""
-    module = getattr(cls, "__module__", "")
+    module = getattr(cls, "__module__", None)
+    if not isinstance(module, str):  # ``type(...)`` with ``__module__`` None: not ours
+        return cls is not object
     return cls is not object and module != "realtime" and not module.startswith("realtime.")
 
 

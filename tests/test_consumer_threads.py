@@ -125,6 +125,17 @@ def test_only_realtimes_own_code_is_not_counted():
     assert threaded(App) == (False, None)
 
 
+def test_a_class_made_by_type_is_decided_and_one_without_a_module_is_no_error():
+    def connect(self):
+        async_to_sync(self.channel_layer.group_add)("g", self.channel_name)
+
+    made = type("Made", (WebsocketConsumer,), {"connect": connect})
+    nameless = type("Nameless", (WebsocketConsumer,), {"connect": connect, "__module__": None})
+    assert threaded(made) == (True, "test_a_class_made_by_type_is_decided_and_one_without_a_"
+                                    "module_is_no_error.<locals>.connect calls async_to_sync")
+    assert threaded(nameless)[0] is True
+
+
 def test_an_explicit_choice_is_respected():
     class Reactor(WebsocketConsumer):
         thread_handlers = False
