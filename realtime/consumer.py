@@ -3,14 +3,20 @@
 The bridge (``realtime.websocket``) calls three private entry points, ``_on_connect``,
 ``_on_receive`` and ``_on_disconnect``, one at a time and in order. A plain method runs on
 the reactor thread (the fast path: no event dict, no Deferred); a method that returns a
-coroutine or Deferred is awaited before the next message is handled. Overriding the raw
+coroutine or Deferred is awaited before the next message is handled. With
+``thread_handlers`` (set, or found at class creation: ``needs_a_thread``) plain methods run
+in the reactor's thread pool instead, still one at a time. Overriding the raw
 ``websocket_*`` handlers works as in Channels, at the cost of one dict per message.
 """
 
 from __future__ import annotations
 
+import dis
 import inspect
 import json
+import sys
+import types
+import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.logger import Logger
@@ -99,6 +105,132 @@ def refuse_async_handlers(cls: type, names: tuple[str, ...], advice: str) -> Non
             raise TypeError(advice.format(cls=cls.__name__, name=name))
 
 
+#: The handlers ``thread_handlers`` runs in the pool, checked by ``refuse_async_handlers``.
+_HANDLER_NAMES = ("websocket_connect", "websocket_receive", "websocket_disconnect",
+                  "connect", "receive", "disconnect", "token_expiring")
+
+
+def _own_code(cls: type) -> bool:
+    """Whether ``cls`` is the application's rather than realtime's (or ``object``)."""
+    module = getattr(cls, "__module__", None)
+    if not isinstance(module, str):  # ``type(...)`` with ``__module__`` None: not ours
+        return cls is not object
+    return cls is not object and module != "realtime" and not module.startswith("realtime.")
+
+
+def _functions(cls: type) -> list[tuple[types.FunctionType, types.FunctionType]]:
+    """The Python functions ``cls``'s own namespace holds (methods, static and class
+    methods, properties' accessors): each as found, and unwrapped from ``functools.wraps``
+    decorators (whose code is the decorator's)."""
+    found = []
+    for value in vars(cls).values():
+        candidates: list[Any]
+        if isinstance(value, staticmethod | classmethod):
+            candidates = [value.__func__]
+        elif isinstance(value, property):
+            candidates = [value.fget, value.fset, value.fdel]
+        else:
+            candidates = [value]
+        for candidate in candidates:
+            if not isinstance(candidate, types.FunctionType):
+                continue
+            try:
+                inner = inspect.unwrap(candidate)
+            except ValueError:  # a __wrapped__ cycle
+                inner = candidate
+            found.append((candidate, inner if isinstance(inner, types.FunctionType)
+                          else candidate))
+    return found
+
+
+def _names_async_to_sync(code: types.CodeType) -> bool:
+    """``async_to_sync`` is a name (global, or attribute: ``sync.async_to_sync``) in
+    ``code`` or the code nested in it (closures, lambdas, comprehensions)."""
+    stack = [code]
+    while stack:
+        code = stack.pop()
+        if "async_to_sync" in code.co_names:
+            return True
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return False
+
+
+#: Layer methods no consumer has: called as ``x.group_send(...)`` they are the layer's.
+_LAYER_ONLY = frozenset({
+    "group_add", "group_discard", "group_send", "group_presence", "group_history",
+    "group_history_remove", "group_close", "group_sizes", "broadcast", "new_channel",
+    "survey", "flush"})
+#: Layer methods a consumer has too (``self.send``): the layer's when called on a name
+#: that says layer (``self.channel_layer.send(...)``, ``get_channel_layer().send(...)``).
+_LAYER_SHARED = frozenset({"send", "receive", "close"})
+_LAYER_NAMES = frozenset({"channel_layer", "layer", "get_channel_layer"})
+
+
+def _method_call(instruction: dis.Instruction) -> bool:
+    """The instruction loads an attribute to call it (``x.name(...)``), not to pass it on
+    (``async_to_sync(x.name)``)."""
+    if instruction.opname == "LOAD_METHOD":  # up to 3.11
+        return True
+    return (instruction.opname == "LOAD_ATTR" and sys.version_info >= (3, 12)
+            and bool((instruction.arg or 0) & 1))
+
+
+def _calls_the_layer_directly(code: types.CodeType) -> bool:
+    """``code`` (or code nested in it) calls a layer method itself, not through
+    ``async_to_sync``: a Deferred, fire-and-forget, that only the reactor thread may start
+    (Twisted is not thread-safe), so such a class must not be moved to the pool. Errs on
+    the side of yes: then the class stays where its author put it."""
+    stack = [code]
+    while stack:
+        code = stack.pop()
+        before: dis.Instruction | None = None
+        for instruction in dis.get_instructions(code):
+            if _method_call(instruction):
+                name = instruction.argval
+                if name in _LAYER_ONLY or (name in _LAYER_SHARED and before is not None and (
+                        before.argval in _LAYER_NAMES or (
+                            before.opname == "CALL" and "get_channel_layer" in code.co_names))):
+                    return True
+            before = instruction
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return False
+
+
+#: The classes whose ``thread_handlers`` ``needs_a_thread`` set (and realtime's default).
+_FOUND: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+def chose_thread_handlers(cls: type) -> bool:
+    """Whether a class in ``cls``'s MRO sets ``thread_handlers`` itself (``False`` too: that
+    author wants the reactor), rather than ``needs_a_thread`` for it."""
+    return any("thread_handlers" in vars(k) and k not in _FOUND for k in cls.__mro__)
+
+
+def needs_a_thread(cls: type) -> str | None:
+    """Why plain handlers of ``cls`` must run in the pool, or None: a Channels sync consumer
+    ported by changing imports calls the layer through ``async_to_sync``, which would block
+    the reactor thread (it raises there instead).
+
+    Only the application's classes in the MRO are read, and a class with an ``async def``
+    method is left alone (it mixes, so its author chose; a coroutine in a thread never
+    runs), as is one whose code also calls the layer directly (``_calls_the_layer_directly``:
+    safe on the reactor thread only; its ``async_to_sync`` is for code in other threads)."""
+    own = [k for k in cls.__mro__ if _own_code(k)]
+    if any(inspect.iscoroutinefunction(getattr(cls, name, None)) for name in _HANDLER_NAMES):
+        return None
+    because = None
+    for k in own:
+        for outer, fn in _functions(k):
+            if any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
+                   for f in (outer, fn)):
+                return None
+            if _calls_the_layer_directly(fn.__code__):
+                return None
+            if because is None and _names_async_to_sync(fn.__code__):
+                because = f"{fn.__qualname__} calls async_to_sync"
+    return because
+
+
 def dispatch_event(consumer: Any, event: dict[str, Any]) -> Any:
     """Call the handler a channel-layer event names: ``chat.message`` -> ``chat_message``.
 
@@ -145,8 +277,11 @@ class _WebsocketBase(AppFactoryMixin):
     #: Seconds before the token's expiry that a ``token_expiring(event)`` handler, if the
     #: consumer has one, is called (at most half the time left at accept or refresh).
     token_expiring_ahead: ClassVar[float] = 30.0
-    #: Run plain handlers in the reactor's thread pool, one at a time, in order.
+    #: Run plain handlers in the reactor's thread pool, one at a time, in order. Left unset,
+    #: a class whose plain methods call ``async_to_sync`` gets True (``needs_a_thread``).
     thread_handlers: ClassVar[bool] = False
+    #: Why ``thread_handlers`` was set for the class without its asking (else None).
+    _threaded_because: ClassVar[str | None] = None
     channel_layer_alias: ClassVar[str] = "default"
 
     scope: Scope
@@ -166,10 +301,15 @@ class _WebsocketBase(AppFactoryMixin):
         if isinstance(ahead, bool) or not isinstance(ahead, int | float) or ahead < 0:
             raise TypeError(f"{cls.__name__}.token_expiring_ahead must be seconds (>= 0), "
                             f"not {ahead!r}")
+        if chose_thread_handlers(cls):
+            cls._threaded_because = None
+        else:  # decided per class: a subclass's code may differ
+            because = needs_a_thread(cls)
+            cls.thread_handlers, cls._threaded_because = because is not None, because
+            _FOUND.add(cls)
         if cls.thread_handlers:
             refuse_async_handlers(
-                cls, ("websocket_connect", "websocket_receive", "websocket_disconnect",
-                      "connect", "receive", "disconnect", "token_expiring"),
+                cls, _HANDLER_NAMES,
                 "{cls}: thread_handlers = True is for plain (def) handlers; {name}() is "
                 "async def: drop thread_handlers (coroutines run on the reactor) or make the "
                 "handlers plain")
@@ -242,9 +382,14 @@ class _WebsocketBase(AppFactoryMixin):
         self._conn.close(checked, reason)
 
 
+_FOUND.add(_WebsocketBase)
+
+
 class WebsocketConsumer(_WebsocketBase):
     """A consumer whose handlers are plain methods, run on the reactor thread (they must not
-    block: set ``thread_handlers = True`` for code that does, e.g. an ORM)."""
+    block: set ``thread_handlers = True`` for code that does, e.g. an ORM). A class that
+    leaves it unset and calls ``async_to_sync``, as Channels' sync consumers do, runs them
+    in the pool by itself (``needs_a_thread``)."""
 
     def websocket_connect(self, message: dict[str, Any]) -> Any:
         try:

@@ -157,7 +157,7 @@ async def test_thread_handlers_sends_arrive(live):
 
 class TutorialChat(WebsocketConsumer):
     """Channels' tutorial chat consumer, ported by changing imports: a sync consumer that
-    calls the layer through async_to_sync."""
+    calls the layer through async_to_sync (so its handlers run in the pool by themselves)."""
 
     def connect(self):
         async_to_sync(self.channel_layer.group_add)("chat_lobby", self.channel_name)
@@ -179,9 +179,17 @@ class ThreadedTutorialChat(TutorialChat):
     thread_handlers = True
 
 
+class ReactorTutorialChat(TutorialChat):
+    """The same, its author asking for the reactor thread."""
+
+    thread_handlers = False
+
+
+@pytest.mark.parametrize("consumer", [TutorialChat, ThreadedTutorialChat],
+                         ids=["as-is", "thread_handlers"])
 @pytest_twisted.ensureDeferred
-async def test_channels_tutorial_sync_consumer_with_thread_handlers(live):
-    server = await live(ws_app(ThreadedTutorialChat.as_app()))
+async def test_channels_tutorial_sync_consumer_runs_in_the_pool(live, consumer):
+    server = await live(ws_app(consumer.as_app()))
 
     def client():
         with connect(server.ws_url("/t")) as a, connect(server.ws_url("/t")) as b:
@@ -193,10 +201,10 @@ async def test_channels_tutorial_sync_consumer_with_thread_handlers(live):
 
 @pytest_twisted.ensureDeferred
 async def test_async_to_sync_on_the_reactor_thread_refuses_instead_of_hanging(live):
-    """Without thread_handlers the same consumer runs on the reactor thread, where waiting
-    for the reactor would hang the whole process: the call raises, the handshake gets 500,
-    and the server goes on serving."""
-    server = await live(ws_app(TutorialChat.as_app()))
+    """With thread_handlers = False the same consumer runs on the reactor thread, where
+    waiting for the reactor would hang the whole process: the call raises, the handshake
+    gets 500, and the server goes on serving."""
+    server = await live(ws_app(ReactorTutorialChat.as_app()))
     with captured_log() as events:
         status, _, _ = parse_response(await raw_exchange(server.port, handshake("/t"), 5))
     assert status == 500

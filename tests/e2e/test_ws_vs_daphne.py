@@ -931,10 +931,14 @@ TABLE: list[Row] = [
         expect(frames=[["text", "pong"], OK_CLOSE]),
         daphne="1011: the consumer dies on 'No handler for message type no.such'"),
     Row("tutorial", "Channels' tutorial consumer as it is: a sync consumer calling "
-        "async_to_sync(self.channel_layer.group_add) in connect(): 500 (README \"Porting "
-        "from Channels\": it runs on the reactor thread unless thread_handlers = True)",
-        script("/ws/tutorial/t1/"), expect(500, events=[CONNECT, ["disconnect", 1006]]),
-        daphne="101: Channels runs it in a thread"),
+        "async_to_sync(self.channel_layer.group_add) in connect(), so its handlers run in "
+        "the thread pool by themselves (README \"Porting from Channels\"): two members "
+        "chat through group_send",
+        (Open("a", "/ws/tutorial/t1/"), Open("b", "/ws/tutorial/t1/"),
+         Send("a", text('{"message": "hi"}')), Read("a"), Read("b"), Leave("a"), Leave("b")),
+        every(expect(name="a", frames=[["text", '{"message": "hi"}'], OK_CLOSE]),
+              expect(name="b", frames=[["text", '{"message": "hi"}'], OK_CLOSE],
+                     events=[CONNECT, ["event", "chat.message", "hi"], BYE]))),
     Row("tutorial-threaded", "Channels' tutorial consumer with thread_handlers = True: "
         "two members chat through group_send",
         (Open("a", "/ws/threaded/t2/"), Open("b", "/ws/threaded/t2/"),

@@ -20,8 +20,8 @@ none). The WebSocket routes (``MODE`` says what ``connect()`` does: ``AsyncEcho.
 - ``ws/raw/MODE/``: a raw ASGI application.
 - ``ws/room/ROOM/``: joins ``room.ROOM`` (``groups`` holds ``lobby`` too).
 - ``ws/tutorial/ROOM/``: Channels' tutorial chat consumer (a sync consumer that calls the
-  layer through ``async_to_sync``); ``ws/threaded/ROOM/``: the same with
-  ``thread_handlers = True``.
+  layer through ``async_to_sync``: threaded by itself); ``ws/threaded/ROOM/``: the same
+  with ``thread_handlers = True`` said.
 - ``ws/route/<int:n>/<path:rest>``, ``ws/uuid/<uuid:u>/``, ``re_path``'s
   ``^ws/re/(?P<word>[^/]+)/$`` and ``^ws/positional/(\d+)/(\w+)/$``: captures.
 - ``ws/auth/``: behind ``AuthMiddlewareStack``; ``ws/hosts/``: behind
@@ -349,8 +349,9 @@ class TutorialConsumer(WebsocketConsumer):
 
 
 class ThreadedTutorialConsumer(TutorialConsumer):
-    """The same, with the one line README "Porting from Channels" asks of it (Channels
-    ignores the attribute)."""
+    """The same, with ``thread_handlers = True`` said, as README "Porting from Channels"
+    asked before a class calling ``async_to_sync`` got it by itself (Channels ignores the
+    attribute)."""
 
     thread_handlers = True
 

@@ -1,0 +1,377 @@
+"""A plain consumer that calls ``async_to_sync`` and says nothing of ``thread_handlers`` runs
+its handlers in the thread pool by itself (``realtime.consumer.needs_a_thread``, decided
+at class creation), so Channels' tutorial consumer ports by changing imports: the rules of
+that detection, then the tutorial's consumer, verbatim but for its imports, chatting
+between two real clients on a real server over every layer kind."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest_twisted
+from websockets.sync.client import connect
+
+import realtime
+from realtime import (
+    AsyncWebsocketConsumer,
+    JsonWebsocketConsumer,
+    URLRouter,
+    WebsocketConsumer,
+    async_to_sync,
+    re_path,
+)
+from tests.clients import in_thread, until
+
+
+def threaded(cls: type) -> tuple[bool, str | None]:
+    return cls.thread_handlers, cls._threaded_because  # type: ignore[attr-defined]
+
+
+# -- the detection -------------------------------------------------------------------------------
+def test_a_call_by_the_global_name_threads_the_class():
+    class Chat(WebsocketConsumer):
+        def connect(self):
+            async_to_sync(self.channel_layer.group_add)("g", self.channel_name)
+            self.accept()
+
+    assert threaded(Chat) == (True, "test_a_call_by_the_global_name_threads_the_class."
+                                    "<locals>.Chat.connect calls async_to_sync")
+
+
+def test_a_consumer_that_never_calls_it_stays_on_the_reactor():
+    class Echo(WebsocketConsumer):
+        """Mentions async_to_sync in words only."""
+
+        def receive(self, text_data=None, bytes_data=None):
+            self.send(text_data="async_to_sync is not called here: " + (text_data or ""))
+
+    assert threaded(Echo) == (False, None)
+    assert threaded(WebsocketConsumer) == (False, None)
+    assert threaded(JsonWebsocketConsumer) == (False, None)
+
+
+def test_an_attribute_call_and_nested_code_count():
+    class Attribute(WebsocketConsumer):
+        def receive(self, text_data=None, bytes_data=None):
+            realtime.async_to_sync(self.channel_layer.group_send)("g", {"type": "x"})
+
+    class Closure(WebsocketConsumer):
+        def receive(self, text_data=None, bytes_data=None):
+            def inner():
+                return async_to_sync(self.channel_layer.group_send)("g", {"type": "x"})
+            inner()
+
+    class Lambda(WebsocketConsumer):
+        def connect(self):
+            join = lambda g: async_to_sync(self.channel_layer.group_add)(g, "c")  # noqa: E731
+            join("g")
+
+    class Comprehension(WebsocketConsumer):
+        def connect(self):
+            [async_to_sync(self.channel_layer.group_add)(g, "c") for g in ("a", "b")]
+
+    class Static(WebsocketConsumer):
+        @staticmethod
+        def _join(layer):
+            async_to_sync(layer.group_add)("g", "c")
+
+    def logged(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            return fn(*args, **kwargs)
+        return wrapper
+
+    class Decorated(WebsocketConsumer):
+        @logged
+        def connect(self):
+            async_to_sync(self.channel_layer.group_add)("g", self.channel_name)
+
+    for cls in (Attribute, Closure, Lambda, Comprehension, Static, Decorated):
+        assert cls.thread_handlers is True, cls
+
+
+def test_a_user_mixin_counts_and_a_subclass_inherits_the_decision():
+    class LayerMixin:
+        def join(self, group):
+            async_to_sync(self.channel_layer.group_add)(group, self.channel_name)
+
+    class Room(LayerMixin, WebsocketConsumer):
+        def connect(self):
+            self.join("room")
+            self.accept()
+
+    class Lobby(Room):
+        pass
+
+    assert threaded(Room)[0] is True
+    assert threaded(Room)[1].endswith("LayerMixin.join calls async_to_sync")
+    assert threaded(Lobby) == threaded(Room)
+
+
+def test_only_realtimes_own_code_is_not_counted():
+    """A method of a realtime class naming ``async_to_sync`` is realtime's concern."""
+
+    class Internal(WebsocketConsumer):
+        __module__ = "realtime.internal"
+
+        def _helper(self):
+            return async_to_sync(self.channel_layer.group_add)
+
+    class App(Internal):
+        def receive(self, text_data=None, bytes_data=None):
+            self.send(text_data=text_data)
+
+    assert threaded(App) == (False, None)
+
+
+def test_a_class_made_by_type_is_decided_and_one_without_a_module_is_no_error():
+    def connect(self):
+        async_to_sync(self.channel_layer.group_add)("g", self.channel_name)
+
+    made = type("Made", (WebsocketConsumer,), {"connect": connect})
+    nameless = type("Nameless", (WebsocketConsumer,), {"connect": connect, "__module__": None})
+    assert threaded(made) == (True, "test_a_class_made_by_type_is_decided_and_one_without_a_"
+                                    "module_is_no_error.<locals>.connect calls async_to_sync")
+    assert threaded(nameless)[0] is True
+
+
+def test_an_explicit_choice_is_respected():
+    class Reactor(WebsocketConsumer):
+        thread_handlers = False
+
+        def connect(self):
+            async_to_sync(self.channel_layer.group_add)("g", self.channel_name)
+
+    class ReactorChild(Reactor):
+        def receive(self, text_data=None, bytes_data=None):
+            async_to_sync(self.channel_layer.group_send)("g", {"type": "x"})
+
+    class Pool(WebsocketConsumer):
+        thread_handlers = True
+
+        def connect(self):
+            async_to_sync(self.channel_layer.group_add)("g", self.channel_name)
+
+    class Quiet(WebsocketConsumer):
+        thread_handlers = True
+
+    assert threaded(Reactor) == (False, None)
+    assert threaded(ReactorChild) == (False, None)
+    assert threaded(Pool) == (True, None)
+    assert threaded(Quiet) == (True, None)
+
+
+def test_a_class_with_an_async_def_method_is_left_alone():
+    """It mixes, so its author chose (and a coroutine in a thread would never run): no
+    TypeError from refuse_async_handlers either."""
+
+    class AsyncEvent(WebsocketConsumer):
+        def connect(self):
+            async_to_sync(self.channel_layer.group_add)("g", self.channel_name)
+
+        async def chat_message(self, event):
+            pass
+
+    class AsyncReceive(WebsocketConsumer):
+        def connect(self):
+            async_to_sync(self.channel_layer.group_add)("g", self.channel_name)
+
+        async def receive(self, text_data=None, bytes_data=None):
+            pass
+
+    class AsyncConsumerHelper(AsyncWebsocketConsumer):
+        def _join(self):
+            async_to_sync(self.channel_layer.group_add)("g", self.channel_name)
+
+    for cls in (AsyncEvent, AsyncReceive, AsyncConsumerHelper):
+        assert threaded(cls) == (False, None), cls
+
+
+def test_each_subclass_is_decided_on_its_own_code():
+    class Chat(WebsocketConsumer):
+        def connect(self):
+            async_to_sync(self.channel_layer.group_add)("g", self.channel_name)
+
+    class ChatWithAsyncEvents(Chat):
+        async def chat_message(self, event):
+            pass
+
+    assert threaded(Chat)[0] is True
+    assert threaded(ChatWithAsyncEvents) == (False, None)
+
+
+def test_the_json_consumer_too():
+    class Chat(JsonWebsocketConsumer):
+        def receive_json(self, content, **kwargs):
+            async_to_sync(self.channel_layer.group_send)("g", {"type": "x"})
+
+    assert threaded(Chat)[0] is True
+
+
+def test_a_class_that_also_calls_the_layer_directly_stays_on_the_reactor():
+    """A layer call not through ``async_to_sync`` (a Deferred, fire-and-forget) is safe on
+    the reactor thread only: moved to the pool it would touch the layer and the reactor
+    from a worker thread. Its ``async_to_sync`` is elsewhere (a class method a Django view
+    calls from its own thread), so the class is left as it is."""
+
+    class Direct(WebsocketConsumer):
+        def receive(self, text_data=None, bytes_data=None):
+            self.channel_layer.group_send("g", {"type": "x"})
+
+        @classmethod
+        def notify(cls, text):
+            async_to_sync(realtime.get_channel_layer().group_send)("g", {"type": "x"})
+
+    class StoredLayer(WebsocketConsumer):
+        def connect(self):
+            layer = self.channel_layer
+            layer.group_add("g", self.channel_name)
+            self.accept()
+
+        def _sync_join(self):
+            async_to_sync(self.channel_layer.group_add)("h", self.channel_name)
+
+    class DirectSend(WebsocketConsumer):
+        def receive(self, text_data=None, bytes_data=None):
+            self.channel_layer.send("specific.x", {"type": "x"})
+            async_to_sync(self.channel_layer.group_add)("g", self.channel_name)
+
+    class Nested(WebsocketConsumer):
+        def receive(self, text_data=None, bytes_data=None):
+            def later():
+                self.channel_layer.broadcast("g", text="x")
+            later()
+            async_to_sync(self.channel_layer.group_add)("g", self.channel_name)
+
+    class OwnSend(WebsocketConsumer):
+        """``self.send`` (the consumer's, hopped from a thread) is no layer call."""
+
+        def receive(self, text_data=None, bytes_data=None):
+            async_to_sync(self.channel_layer.group_add)("g", self.channel_name)
+            self.send(text_data="joined")
+
+    for cls in (Direct, StoredLayer, DirectSend, Nested):
+        assert threaded(cls) == (False, None), cls
+    assert threaded(OwnSend)[0] is True
+
+
+class Notifier(WebsocketConsumer):
+    """Plain handlers that call the layer directly (fire-and-forget, on the reactor thread),
+    and a class method for code outside the server's thread (a Django view) that calls it
+    through async_to_sync."""
+
+    seen_on_reactor: list[bool] = []
+
+    def connect(self):
+        from twisted.python.threadable import isInIOThread
+
+        self.seen_on_reactor.append(isInIOThread())
+        self.channel_layer.group_add("notes", self.channel_name)
+        self.accept()
+
+    def receive(self, text_data=None, bytes_data=None):
+        self.channel_layer.group_send("notes", {"type": "note", "text": text_data})
+
+    def note(self, event):
+        self.send(text_data=event["text"])
+
+    @classmethod
+    def notify(cls, text):
+        async_to_sync(realtime.get_channel_layer().group_send)(
+            "notes", {"type": "note", "text": text})
+
+
+@pytest_twisted.ensureDeferred
+async def test_direct_layer_calls_keep_running_on_the_reactor_thread():
+    from realtime.layers import get_channel_layer
+    from realtime.testing import serve
+
+    layer = get_channel_layer()
+    server = await serve(URLRouter([re_path(r"^ws/notes/$", Notifier.as_asgi())]),
+                         layer=layer)
+    Notifier.seen_on_reactor.clear()
+
+    def chat():
+        with connect(server.ws_url("/ws/notes/"), open_timeout=5) as ada:
+            ada.send("from ada")
+            heard = [ada.recv(timeout=5)]
+            Notifier.notify("from a view")  # this thread is not the reactor's
+            heard.append(ada.recv(timeout=5))
+            return heard
+
+    try:
+        heard = await in_thread(chat)
+    finally:
+        await server.stop()
+    assert heard == ["from ada", "from a view"]
+    assert Notifier.seen_on_reactor == [True]
+
+
+# -- Channels' tutorial, verbatim but for the imports ------------------------------------------
+class ChatConsumer(WebsocketConsumer):
+    def connect(self):
+        self.room_name = self.scope["url_route"]["kwargs"]["room_name"]
+        self.room_group_name = f"chat_{self.room_name}"
+
+        # Join room group
+        async_to_sync(self.channel_layer.group_add)(
+            self.room_group_name, self.channel_name
+        )
+
+        self.accept()
+
+    def disconnect(self, close_code):
+        # Leave room group
+        async_to_sync(self.channel_layer.group_discard)(
+            self.room_group_name, self.channel_name
+        )
+
+    # Receive message from WebSocket
+    def receive(self, text_data):
+        text_data_json = json.loads(text_data)
+        message = text_data_json["message"]
+
+        # Send message to room group
+        async_to_sync(self.channel_layer.group_send)(
+            self.room_group_name, {"type": "chat.message", "message": message}
+        )
+
+    # Receive message from room group
+    def chat_message(self, event):
+        message = event["message"]
+
+        # Send message to WebSocket
+        self.send(text_data=json.dumps({"message": message}))
+
+
+websocket_urlpatterns = [
+    re_path(r"ws/chat/(?P<room_name>\w+)/$", ChatConsumer.as_asgi()),
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_channels_tutorial_consumer_chats_between_two_clients(layer):
+    from realtime.testing import serve
+
+    assert threaded(ChatConsumer) == (True, "ChatConsumer.connect calls async_to_sync")
+    server = await serve(URLRouter(websocket_urlpatterns), layer=layer)
+
+    def chat():
+        url = server.ws_url("/ws/chat/lobby/")
+        with connect(url, open_timeout=5) as ada, connect(url, open_timeout=5) as bob:
+            heard = []
+            ada.send(json.dumps({"message": "hello"}))
+            heard += [ada.recv(timeout=5), bob.recv(timeout=5)]
+            bob.send(json.dumps({"message": "hi ada"}))
+            heard += [ada.recv(timeout=5), bob.recv(timeout=5)]
+            return heard
+
+    try:
+        heard = await in_thread(chat)
+        # Both left the group, their disconnect()'s group_discard ran in the pool too.
+        assert await until(lambda: layer.local_members("chat_lobby") == [], timeout=5)
+    finally:
+        await server.stop()
+    assert [json.loads(h) for h in heard] == [{"message": "hello"}] * 2 + [
+        {"message": "hi ada"}] * 2
