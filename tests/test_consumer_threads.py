@@ -499,8 +499,8 @@ async def test_a_view_thread_reaches_a_group_through_get_channel_layer(layer):
         layers.pop("layerhop", None)
     assert found == [True, True, f"{type(layer).__name__}.group_send() called from a thread "
                      "other than the reactor's, where it would race the reactor (Twisted is "
-                     "not thread-safe): call it through async_to_sync(get_channel_layer()."
-                     "group_send)(...), which runs it on the reactor thread", "from a view"]
+                     "not thread-safe): call it through async_to_sync(get_channel_layer('layerhop')"
+                     ".group_send)(...), which runs it on the reactor thread", "from a view"]
 
 
 class Mailer(SyncConsumer):

@@ -36,8 +36,10 @@ def get_channel_layer(alias: str = "default") -> BaseChannelLayer:
         layer = _layers[alias] = InMemoryChannelLayer()
     io_thread = threadable.ioThread  # None until a reactor runs: this thread will run it
     if io_thread is not None and io_thread != threading.get_ident():
+        # The refusal names the alias: async_to_sync(get_channel_layer().x) reaches another layer.
+        via = "get_channel_layer()" if alias == "default" else f"get_channel_layer({alias!r})"
         return cast(BaseChannelLayer, ThreadGuardedLayer(
-            layer, io_thread, "get_channel_layer()", "a thread other than the reactor's"))
+            layer, io_thread, via, "a thread other than the reactor's"))
     return layer
 
 
