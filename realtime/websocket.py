@@ -43,7 +43,16 @@ from realtime.exceptions import (
     Refuse,
     StopConsumer,
 )
-from realtime.layers.base import CORKED, HELD, corking, hold, let_out_for, release, skip_held
+from realtime.layers.base import (
+    CORKED,
+    HELD,
+    corking,
+    guarded_for_threads,
+    hold,
+    let_out_for,
+    release,
+    skip_held,
+)
 from realtime.ratelimit import TokenBucket
 from realtime.routing import Ready
 from realtime.threads import as_deferred, run_handler
@@ -477,7 +486,10 @@ class WebSocketConnection(WebSocketServerProtocol):
         layer = self.site.layer
         joins = []
         if layer is not None:
-            consumer.channel_layer = layer
+            # A thread handler's direct layer call would race the reactor: it gets the layer
+            # guarded (refused off this thread), the reactor's consumers the layer itself.
+            consumer.channel_layer = (guarded_for_threads(layer, self._io_thread)
+                                      if self._threaded else layer)
             self.channel_name = consumer.channel_name = layer.attach(self)
             for group in getattr(consumer, "groups", ()):
                 joins.append(layer.group_add(group, self.channel_name))

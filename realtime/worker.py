@@ -135,6 +135,13 @@ async def channel_consumer(application: Any, scope: dict[str, Any], layer: Any) 
     consumer = await resolve(application(scope))
     if getattr(consumer, "scope", None) is None:
         consumer.scope = scope
+    if getattr(consumer, "thread_handlers", False) and layer is not None:
+        # Its handlers run in the pool: a direct layer call there is refused, not a race.
+        from threading import get_ident
+
+        from realtime.layers.base import guarded_for_threads
+
+        layer = guarded_for_threads(layer, get_ident())  # (this runs on the reactor thread)
     consumer.channel_layer = layer
     consumer.channel_name = scope["channel"]
     return consumer

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import functools
 import json
+from typing import Any
 
+import pytest
 import pytest_twisted
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 import realtime
 from realtime import (
     AsyncWebsocketConsumer,
     JsonWebsocketConsumer,
+    SyncConsumer,
     URLRouter,
     WebsocketConsumer,
     async_to_sync,
     re_path,
 )
+from realtime.layers import BaseChannelLayer, ThreadGuardedLayer
 from tests.clients import in_thread, until
 
 
@@ -375,3 +380,150 @@ async def test_channels_tutorial_consumer_chats_between_two_clients(layer):
         await server.stop()
     assert [json.loads(h) for h in heard] == [{"message": "hello"}] * 2 + [
         {"message": "hi ada"}] * 2
+
+
+# -- the layer as handler threads see it: direct calls refused, async_to_sync's run --------------
+class PoolRoom(WebsocketConsumer):
+    """Handlers in the pool; "direct" calls the layer without async_to_sync (refused there)."""
+
+    thread_handlers = True
+    seen: list[Any] = []
+
+    def connect(self):
+        layer = self.channel_layer
+        self.seen.append((type(layer), isinstance(layer, BaseChannelLayer), layer.capacity))
+        async_to_sync(self.channel_layer.group_add)("room", self.channel_name)
+        self.accept()
+
+    def receive(self, text_data=None, bytes_data=None):
+        if text_data == "direct":
+            try:
+                self.channel_layer.group_add("elsewhere", self.channel_name)
+            except RuntimeError as exc:
+                self.seen.append(str(exc))
+                raise  # as any handler exception: the socket closes with 1011
+        async_to_sync(self.channel_layer.group_send)("room", {"type": "note", "text": text_data})
+
+    def note(self, event):
+        self.send(text_data=event["text"])
+
+
+class ReactorRoom(WebsocketConsumer):
+    """Plain handlers on the reactor thread: the layer itself, called directly."""
+
+    seen: list[Any] = []
+
+    def connect(self):
+        self.seen.append(type(self.channel_layer))
+        self.channel_layer.group_add("room", self.channel_name)
+        self.accept()
+
+    def receive(self, text_data=None, bytes_data=None):
+        self.channel_layer.group_send("room", {"type": "note", "text": text_data})
+
+    def note(self, event):
+        self.send(text_data=event["text"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_thread_handlers_direct_layer_call_is_refused_and_async_to_sync_works(layer):
+    from realtime.testing import serve
+
+    PoolRoom.seen, ReactorRoom.seen = [], []
+    server = await serve(URLRouter([re_path(r"^pool/$", PoolRoom.as_asgi()),
+                                    re_path(r"^reactor/$", ReactorRoom.as_asgi())]),
+                         layer=layer)
+
+    def chat():
+        with connect(server.ws_url("/pool/"), open_timeout=5) as ada, \
+                connect(server.ws_url("/reactor/"), open_timeout=5) as bob:
+            heard = []
+            ada.send("through async_to_sync")
+            heard += [ada.recv(timeout=5), bob.recv(timeout=5)]
+            bob.send("direct, on the reactor")
+            heard += [ada.recv(timeout=5), bob.recv(timeout=5)]
+            ada.send("direct")
+            try:
+                ada.recv(timeout=5)
+            except ConnectionClosed as closed:
+                heard.append(closed.rcvd.code if closed.rcvd else None)
+            return heard
+
+    try:
+        heard = await in_thread(chat)
+        assert layer.local_members("elsewhere") == []  # refused before it touched the layer
+    finally:
+        await server.stop()
+    assert heard == ["through async_to_sync"] * 2 + ["direct, on the reactor"] * 2 + [1011]
+    guard_type, is_layer, capacity = PoolRoom.seen[0]
+    assert guard_type is ThreadGuardedLayer and is_layer and capacity == layer.capacity
+    name = type(layer).__name__
+    assert PoolRoom.seen[1:] == [
+        f"{name}.group_add() called from a handler thread, where it would race the reactor "
+        "(Twisted is not thread-safe): call it through "
+        "async_to_sync(self.channel_layer.group_add)(...), which runs it on the reactor "
+        "thread"]
+    assert ReactorRoom.seen == [type(layer)]  # the fast path gets the layer itself
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_view_thread_reaches_a_group_through_get_channel_layer(layer):
+    """A Django view runs in a thread of its own: ``get_channel_layer()`` there is guarded
+    too, and ``async_to_sync(get_channel_layer().group_send)`` reaches the members."""
+    from realtime.layers import _layers as layers
+    from realtime.layers import get_channel_layer, set_channel_layer
+    from realtime.testing import serve
+
+    set_channel_layer(layer, "layerhop")
+    assert get_channel_layer("layerhop") is layer  # on the reactor thread: the layer itself
+    server = await serve(URLRouter([re_path(r"^reactor/$", ReactorRoom.as_asgi())]),
+                         layer=layer)
+
+    def view():
+        guarded = get_channel_layer("layerhop")
+        found = [type(guarded) is ThreadGuardedLayer, isinstance(guarded, type(layer))]
+        try:
+            guarded.group_send("room", {"type": "note", "text": "direct"})
+        except RuntimeError as exc:
+            found.append(str(exc))
+        with connect(server.ws_url("/reactor/"), open_timeout=5) as ada:
+            async_to_sync(get_channel_layer("layerhop").group_send)(
+                "room", {"type": "note", "text": "from a view"})
+            found.append(ada.recv(timeout=5))
+        return found
+
+    try:
+        found = await in_thread(view)
+    finally:
+        await server.stop()
+        layers.pop("layerhop", None)
+    assert found == [True, True, f"{type(layer).__name__}.group_send() called from a thread "
+                     "other than the reactor's, where it would race the reactor (Twisted is "
+                     "not thread-safe): call it through async_to_sync(get_channel_layer('layerhop')"
+                     ".group_send)(...), which runs it on the reactor thread", "from a view"]
+
+
+class Mailer(SyncConsumer):
+    """A worker's SyncConsumer (handlers in the pool): one job through async_to_sync, one
+    direct."""
+
+    def mail_send(self, message):
+        async_to_sync(self.channel_layer.send)(message["reply_to"], {"type": "mail.sent"})
+
+    def mail_direct(self, message):
+        self.channel_layer.send(message["reply_to"], {"type": "mail.sent"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sync_worker_consumers_direct_layer_call_is_refused(layer):
+    from realtime.testing import ApplicationCommunicator
+
+    reply = await layer.new_channel()
+    comm = ApplicationCommunicator(Mailer.as_asgi(), {"type": "channel", "channel": "mail"},
+                                   layer=layer)
+    await comm.send_input({"type": "mail.send", "reply_to": reply})
+    await comm.wait(timeout=5)
+    assert (await layer.receive(reply)) == {"type": "mail.sent"}
+    await comm.send_input({"type": "mail.direct", "reply_to": reply})
+    with pytest.raises(RuntimeError, match=r"\.send\(\) called from a handler thread"):
+        await comm.wait(timeout=5)

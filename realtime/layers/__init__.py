@@ -1,25 +1,45 @@
 """Channel layers: groups and named channels across consumers (and processes).
 
 ``get_channel_layer()`` returns the layer the service was started with (``--layer``), or an
-in-memory one, so code outside consumers (a script, a test) reaches the same groups.
+in-memory one, so code outside consumers (a script, a test) reaches the same groups. Called
+off the reactor thread (a Django view's thread) it returns the layer guarded
+(``ThreadGuardedLayer``): ``async_to_sync(get_channel_layer().group_send)(...)`` works, a
+direct call raises ``RuntimeError`` instead of racing the reactor.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import Any, cast
+
+from twisted.python import threadable
 
 from realtime.exceptions import TooManyGroups
-from realtime.layers.base import BaseChannelLayer, ChannelFull, LayerUnavailable, check_name
+from realtime.layers.base import (
+    BaseChannelLayer,
+    ChannelFull,
+    LayerUnavailable,
+    ThreadGuardedLayer,
+    check_name,
+)
 from realtime.layers.memory import InMemoryChannelLayer
 
 _layers: dict[str, BaseChannelLayer] = {}
 
 
 def get_channel_layer(alias: str = "default") -> BaseChannelLayer:
-    """The process's layer for ``alias`` (an in-memory layer until one is set)."""
+    """The process's layer for ``alias`` (an in-memory layer until one is set); guarded
+    when called off the running reactor's thread (its methods work through
+    ``async_to_sync`` only)."""
     layer = _layers.get(alias)
     if layer is None:
         layer = _layers[alias] = InMemoryChannelLayer()
+    io_thread = threadable.ioThread  # None until a reactor runs: this thread will run it
+    if io_thread is not None and io_thread != threading.get_ident():
+        # The refusal names the alias: async_to_sync(get_channel_layer().x) reaches another layer.
+        via = "get_channel_layer()" if alias == "default" else f"get_channel_layer({alias!r})"
+        return cast(BaseChannelLayer, ThreadGuardedLayer(
+            layer, io_thread, via, "a thread other than the reactor's"))
     return layer
 
 
@@ -61,6 +81,7 @@ __all__ = [
     "ChannelFull",
     "InMemoryChannelLayer",
     "LayerUnavailable",
+    "ThreadGuardedLayer",
     "TooManyGroups",
     "check_name",
     "get_channel_layer",

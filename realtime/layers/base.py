@@ -1343,3 +1343,73 @@ class BaseChannelLayer:
 
 
 on_survey(GROUP_SIZES, _local_group_sizes)
+
+
+# -- the layer as handler threads see it ------------------------------------------------------
+class ThreadGuardedLayer:
+    """``layer`` as code in worker threads gets it (a ``thread_handlers`` consumer's
+    ``self.channel_layer``, ``get_channel_layer()`` called off the reactor thread): its
+    methods run when called on the reactor thread ``io_thread`` (where ``async_to_sync``
+    calls them) and raise ``RuntimeError`` anywhere else, where they would touch the layer's
+    state, its Redis connections and the reactor from a second thread (Twisted is not
+    thread-safe). Reading an attribute (``capacity``, ``ready``) passes through, setting one
+    sets the layer's, and ``isinstance`` sees the layer's class. Consumers on the reactor
+    thread get the layer itself: this costs them nothing."""
+
+    def __init__(self, layer: Any, io_thread: int, via: str = "self.channel_layer",
+                 where: str = "a handler thread") -> None:
+        mine = self.__dict__
+        mine["_layer"] = layer
+        mine["_io_thread"] = io_thread
+        mine["_via"] = via
+        mine["_where"] = where
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # isinstance(guard, RedisChannelLayer) holds
+        return type(self.__dict__["_layer"])
+
+    def __getattr__(self, name: str) -> Any:
+        layer = self.__dict__["_layer"]
+        value = getattr(layer, name)
+        if name.startswith("_") or getattr(value, "__self__", None) is not layer:
+            return value  # data, a property's value, a class or static method
+        guarded = self._guard(name, value)
+        self.__dict__[name] = guarded  # read once per name: then a plain attribute
+        return guarded
+
+    def _guard(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        layer, io_thread = self._layer, self._io_thread
+        get_ident = threading.get_ident
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            if get_ident() != io_thread:
+                raise RuntimeError(
+                    f"{type(layer).__name__}.{name}() called from {self._where}, where it "
+                    "would race the reactor (Twisted is not thread-safe): call it through "
+                    f"async_to_sync({self._via}.{name})(...), which runs it on the reactor "
+                    "thread")
+            return getattr(layer, name)(*args, **kwargs)  # the layer's, even if replaced
+
+        guarded.__name__ = name
+        guarded.__qualname__ = getattr(method, "__qualname__", name)
+        guarded.__doc__ = method.__doc__
+        guarded.__wrapped__ = method  # type: ignore[attr-defined]
+        return guarded
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._layer, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self._layer, name)
+
+    def __repr__(self) -> str:
+        return f"<{self._layer!r} guarded for {self._where}>"
+
+
+def guarded_for_threads(layer: Any, io_thread: int, via: str = "self.channel_layer",
+                        where: str = "a handler thread") -> Any:
+    """``layer`` wrapped in a ``ThreadGuardedLayer`` (None stays None, and a guard is not
+    wrapped twice)."""
+    if layer is None or type(layer) is ThreadGuardedLayer:
+        return layer
+    return ThreadGuardedLayer(layer, io_thread, via, where)
