@@ -26,6 +26,7 @@ import os
 import re
 import secrets
 import socket
+import threading
 import time
 import uuid
 import weakref
@@ -37,6 +38,7 @@ from urllib.parse import parse_qs
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python import threadable
 
 from realtime.consumer import AsyncWebsocketConsumer, compact_json, refuse_constant
 from realtime.http import AsyncHttpConsumer
@@ -456,6 +458,18 @@ def _carried(value: Any) -> bool:
     return True
 
 
+def _on_the_reactor(name: str) -> None:
+    """``RuntimeError`` for a call from a thread other than the running reactor's (a
+    ``thread_handlers`` consumer's, a Django view's), where the layer would be touched from
+    a second thread: the message says how to call it instead."""
+    io_thread = threadable.ioThread
+    if io_thread is not None and io_thread != threading.get_ident():
+        raise RuntimeError(
+            f"realtime.pubsub.{name}() called from a thread other than the reactor's, where it "
+            "would race the reactor (Twisted is not thread-safe): call it through "
+            f"async_to_sync({name})(...), which runs it on the reactor thread")
+
+
 def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
             layer: Any = None, tags: dict[str, str] | None = None,
             delta: bool | None = None) -> Deferred[dict[str, Any] | None]:
@@ -468,6 +482,7 @@ def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
     ``TypeError`` for data JSON cannot carry."""
     from realtime.layers import get_channel_layer
 
+    _on_the_reactor("publish")
     check_channel(channel)
     if isinstance(data, bytes | bytearray | memoryview):
         data = from_bytes(data)

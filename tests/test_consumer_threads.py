@@ -481,7 +481,8 @@ async def test_a_view_thread_reaches_a_group_through_get_channel_layer(layer):
 
     def view():
         guarded = get_channel_layer("layerhop")
-        found = [type(guarded) is ThreadGuardedLayer, isinstance(guarded, type(layer))]
+        found = [type(guarded) is ThreadGuardedLayer, isinstance(guarded, type(layer)),
+                 get_channel_layer("layerhop") is guarded]  # one guard per alias and layer
         try:
             guarded.group_send("room", {"type": "note", "text": "direct"})
         except RuntimeError as exc:
@@ -497,7 +498,7 @@ async def test_a_view_thread_reaches_a_group_through_get_channel_layer(layer):
     finally:
         await server.stop()
         layers.pop("layerhop", None)
-    assert found == [True, True, f"{type(layer).__name__}.group_send() called from a thread "
+    assert found == [True, True, True, f"{type(layer).__name__}.group_send() called from a thread "
                      "other than the reactor's, where it would race the reactor (Twisted is "
                      "not thread-safe): call it through async_to_sync(get_channel_layer('layerhop')"
                      ".group_send)(...), which runs it on the reactor thread", "from a view"]
@@ -527,3 +528,34 @@ async def test_a_sync_worker_consumers_direct_layer_call_is_refused(layer):
     await comm.send_input({"type": "mail.direct", "reply_to": reply})
     with pytest.raises(RuntimeError, match=r"\.send\(\) called from a handler thread"):
         await comm.wait(timeout=5)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pubsub_publish_from_a_thread_is_refused_and_async_to_sync_works():
+    """``realtime.pubsub.publish`` from a view's thread would touch the layer off the
+    reactor: refused, saying how; through ``async_to_sync`` it publishes (its position in
+    the channel's history is the answer)."""
+    from realtime import pubsub
+    from realtime.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    pubsub.configure(["chat:history_size=10,history_ttl=60s"], layer=layer)
+
+    def view():
+        found: list[Any] = []
+        try:
+            pubsub.publish("chat:lobby", {"text": "direct"}, layer=layer)
+        except RuntimeError as exc:
+            found.append(str(exc))
+        found.append(async_to_sync(pubsub.publish)("chat:lobby", {"text": "hi"}, layer=layer))
+        return found
+
+    try:
+        refused, position = await in_thread(view)
+    finally:
+        pubsub.configure([])
+    assert refused == ("realtime.pubsub.publish() called from a thread other than the "
+                       "reactor's, where it would race the reactor (Twisted is not "
+                       "thread-safe): call it through async_to_sync(publish)(...), which "
+                       "runs it on the reactor thread")
+    assert position["offset"] == 1  # the refused call published nothing

@@ -25,6 +25,8 @@ from realtime.layers.base import (
 from realtime.layers.memory import InMemoryChannelLayer
 
 _layers: dict[str, BaseChannelLayer] = {}
+#: The guard ``get_channel_layer`` gives threads, per alias (rebuilt when the layer changes).
+_guards: dict[str, ThreadGuardedLayer] = {}
 
 
 def get_channel_layer(alias: str = "default") -> BaseChannelLayer:
@@ -36,10 +38,17 @@ def get_channel_layer(alias: str = "default") -> BaseChannelLayer:
         layer = _layers[alias] = InMemoryChannelLayer()
     io_thread = threadable.ioThread  # None until a reactor runs: this thread will run it
     if io_thread is not None and io_thread != threading.get_ident():
-        # The refusal names the alias: async_to_sync(get_channel_layer().x) reaches another layer.
-        via = "get_channel_layer()" if alias == "default" else f"get_channel_layer({alias!r})"
-        return cast(BaseChannelLayer, ThreadGuardedLayer(
-            layer, io_thread, via, "a thread other than the reactor's"))
+        # One guard per alias and layer, so two calls give the same object (and its
+        # guarded methods are built once).
+        guard = _guards.get(alias)
+        if guard is None or guard.__dict__["_layer"] is not layer \
+                or guard.__dict__["_io_thread"] != io_thread:
+            # The refusal names the alias: async_to_sync(get_channel_layer().x) reaches
+            # another layer.
+            via = "get_channel_layer()" if alias == "default" else f"get_channel_layer({alias!r})"
+            guard = _guards[alias] = ThreadGuardedLayer(
+                layer, io_thread, via, "a thread other than the reactor's")
+        return cast(BaseChannelLayer, guard)
     return layer
 
 
