@@ -46,7 +46,7 @@ import weakref
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import msgpack
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -1229,7 +1229,8 @@ class AsyncServer:
     consumers', else ``get_channel_layer(channel_layer_alias)``).
 
     ``cors_allowed_origins`` (python-engineio's: a list of origins in ``realtime.origins``'
-    pattern forms, or "*") is the cross-origin pages whose polling requests are answered
+    pattern forms, or "*", or a callable ``fn(origin, scope)``/``fn(origin)`` that says
+    yes or no) is the cross-origin pages whose polling requests are answered
     (with ``Access-Control-Allow-Origin`` and credentials) and whose WebSockets open; by
     default only the server's own origin and those ``--allowed-origins`` lets in; a
     request from another origin gets 403 on either transport (one without ``Origin``, no
@@ -1273,7 +1274,7 @@ class AsyncServer:
                  ping_interval: float = 25.0, ping_timeout: float = 20.0,
                  max_http_buffer_size: int = 1_000_000, channel_layer: Any = None,
                  channel_layer_alias: str = "default",
-                 cors_allowed_origins: str | Iterable[str] | None = None,
+                 cors_allowed_origins: str | Iterable[str] | Callable[..., Any] | None = None,
                  connection_state_recovery: bool | dict[str, Any] | None = None,
                  serializer: str = "default", allow_upgrades: bool = True,
                  transports: Iterable[str] | None = None, *, client_manager: Any = None,
@@ -1342,10 +1343,14 @@ class AsyncServer:
         self._sockets: dict[str, _Socket] = {}
         #: The polling sessions this process holds, by Engine.IO sid.
         self._polling: dict[str, _PollingSession] = {}
+        #: python-engineio's callable form: ``fn(origin, environ)`` (or ``fn(origin)``),
+        #: true to let that origin in; ``environ`` is the ASGI scope here.
+        self._cors_callable: Callable[..., Any] | None = (
+            cors_allowed_origins if callable(cors_allowed_origins) else None)
         self.cors_allowed_origins: list[str] | None = (
-            None if cors_allowed_origins is None
+            None if cors_allowed_origins is None or self._cors_callable is not None
             else [cors_allowed_origins] if isinstance(cors_allowed_origins, str)
-            else list(cors_allowed_origins))
+            else list(cast(Iterable[str], cors_allowed_origins)))
         #: python-engineio's ``cors_allowed_origins=[]``: CORS handling off (a layer in
         #: front answers it): no ``Access-Control-*`` headers; origins still checked, by
         #: the default rule (``_origin_ok``).
@@ -1877,6 +1882,20 @@ def _origin_of(scope: dict[str, Any]) -> bytes | None:
     return None
 
 
+def _callable_allows(allows: Callable[..., Any], origin: str, scope: dict[str, Any]) -> bool:
+    """A callable ``cors_allowed_origins``'s answer, called as python-engineio calls it
+    (``(origin, environ)``, else ``(origin)``); one that raises refuses (logged)."""
+    try:
+        try:
+            return bool(allows(origin, scope))
+        except TypeError:
+            return bool(allows(origin))
+    except Exception:
+        log.failure("cors_allowed_origins({origin!r}) raised: the origin is refused",
+                    origin=origin)
+        return False
+
+
 def _origin_ok(server: AsyncServer, scope: dict[str, Any]) -> bool:
     """A request without ``Origin`` (no browser's), or one ``cors_allowed_origins`` lets
     in; by default (and with ``[]``, which turns CORS headers off) the server's own origin
@@ -1890,6 +1909,8 @@ def _origin_ok(server: AsyncServer, scope: dict[str, Any]) -> bool:
     if not origin:
         return True
     text = origin.decode("latin-1")
+    if server._cors_callable is not None:
+        return _callable_allows(server._cors_callable, text, scope)
     patterns = server.cors_allowed_origins
     if patterns:  # (None, or [] for CORS handling off: the default rule)
         return origin_allowed(text, patterns)

@@ -671,6 +671,46 @@ async def test_cors_for_the_same_origin_and_cors_allowed_origins(live):
     assert not sio._polling and not default._polling
 
 
+
+@pytest_twisted.ensureDeferred
+async def test_a_callable_cors_allowed_origins_decides_as_python_engineios_does(live):
+    """python-engineio's callable form: ``fn(origin, environ)`` (here the ASGI scope), or
+    ``fn(origin)``; its answer lets an origin in or gives 403, on polling and the
+    WebSocket; one that raises refuses (and is logged), the server goes on."""
+    asked: list[tuple[str, str]] = []
+
+    def two(origin, environ):
+        asked.append((origin, environ["type"]))
+        if origin == "http://boom.example":
+            raise ValueError("boom")
+        return origin.endswith(".good.example")
+
+    servers = [rsio.AsyncServer(cors_allowed_origins=two),
+               rsio.AsyncServer(cors_allowed_origins=lambda o: o == "http://a.good.example")]
+    urls = [await start(live, sio) for sio in servers]
+    for url in urls:
+        handshake = f"{url}/socket.io/?EIO=4&transport=polling"
+        status, headers, _ = await in_thread(_http, handshake, "GET", b"",
+                                             "http://a.good.example")
+        assert status == 200
+        assert headers["access-control-allow-origin"] == "http://a.good.example"
+        status, headers, body = await in_thread(_http, handshake, "GET", b"",
+                                                "http://evil.example")
+        assert (status, json.loads(body)) == (403, {"code": 4, "message": "Forbidden"})
+        assert "access-control-allow-origin" not in headers
+        assert await in_thread(_handshake_status, ws_url(url), "http://a.good.example") == 101
+        assert await in_thread(_handshake_status, ws_url(url), "http://evil.example") == 403
+    with captured_log() as events:
+        status, _, _ = await in_thread(
+            _http, f"{urls[0]}/socket.io/?EIO=4&transport=polling", "GET", b"",
+            "http://boom.example")
+    assert status == 403
+    assert any("boom" in str(e["log_failure"].value) for e in events if e.get("log_failure"))
+    assert ("http://a.good.example", "http") in asked
+    assert ("http://evil.example", "websocket") in asked
+    for sio in servers:
+        await sio.shutdown()
+
 # -- Node's socket.io-client ------------------------------------------------------------------
 
 def _node(url: str, token: str, transports: str = "websocket") -> list[dict[str, Any]]:
