@@ -192,11 +192,12 @@ class ServerConfig:
         if any(c in self.server_header for c in "\r\n\0") or not _latin1(self.server_header):
             raise ValueError("server_header must be latin-1 without CR, LF or NUL")
         for name in ("proxy_headers_host", "proxy_headers_port", "root_path_header"):
-            if name == "root_path_header" and not self.root_path_header:
+            header = getattr(self, name)
+            if not header and name == "root_path_header":  # (optional: empty is none)
                 continue
-            if not is_token(getattr(self, name)):
+            if not is_token(header):
                 raise ValueError(f"{name} must be an HTTP header name")
-            problem = unread_header(getattr(self, name))
+            problem = unread_header(header)
             if problem is not None:
                 raise ValueError(f"{name}: {problem}")
         if self.admin_path:

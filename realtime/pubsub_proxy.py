@@ -776,10 +776,15 @@ def config() -> ProxyConfig | None:
     return found
 
 
+def own_proxy(event: str) -> Proxy | None:
+    """The event's own proxy (``--proxy-EVENT-endpoint``), if it has one."""
+    proxy = config()
+    return proxy.own(event) if proxy is not None else None
+
+
 def configured(event: str) -> bool:
     """The event has its own proxy (``--proxy-EVENT-endpoint``)."""
-    proxy = config()
-    return proxy is not None and proxy.own(event) is not None
+    return own_proxy(event) is not None
 
 
 def channel_proxy(event: str, namespace: Namespace) -> Proxy | None:
@@ -1331,8 +1336,7 @@ async def connect(p: _Protocol, params: dict[str, Any]) -> Granted:
     ``meta``."""
     from realtime.pubsub import INTERNAL, PubSubError
 
-    settings = config()
-    proxy = settings.own("connect") if settings is not None else None
+    proxy = own_proxy("connect")
     if proxy is None:
         raise PubSubError(INTERNAL, temporary=True)
     body = _request(p, "connect", proxy)
@@ -1521,8 +1525,7 @@ async def _prolonged(p: _Protocol, event: str, proxy: Proxy, body: dict[str, Any
 async def _refresh(p: _Protocol) -> None:
     from realtime.pubsub import CLOSE_EXPIRED
 
-    settings = config()
-    proxy = settings.own("refresh") if settings is not None else None
+    proxy = own_proxy("refresh")
     if proxy is None:
         return
     answer = await _prolonged(p, "refresh", proxy, _request(p, "refresh", proxy))
