@@ -212,6 +212,17 @@ def encode_packet(kind: int, namespace: str = "/", data: Any = None,
                 payload = compact_json(_deconstruct(data, attachments), allow_nan)
     except RecursionError:
         raise ValueError("data nested too deeply to send") from None
+    return _framed(kind, namespace, ack_id, payload, attachments)
+
+
+#: An Engine.IO message's start for each Socket.IO packet type.
+_HEADS = tuple(f"{_EIO_MESSAGE}{kind}" for kind in range(7))
+
+
+def _framed(kind: int, namespace: str, ack_id: int | None, payload: str | None,
+            attachments: list[bytes]) -> tuple[str, list[bytes]]:
+    """A packet's text frame: its head (type, attachments' count, namespace, ack id), then
+    ``payload``; and its attachments."""
     head = _HEADS[kind]
     if attachments:
         head = f"{_HEADS[BINARY_EVENT if kind == EVENT else BINARY_ACK]}{len(attachments)}-"
@@ -220,10 +231,6 @@ def encode_packet(kind: int, namespace: str = "/", data: Any = None,
     if ack_id is not None:
         head += str(ack_id)
     return head if payload is None else head + payload, attachments
-
-
-#: An Engine.IO message's start for each Socket.IO packet type.
-_HEADS = tuple(f"{_EIO_MESSAGE}{kind}" for kind in range(7))
 
 
 #: ``decode_packet``'s parser, built once (``json.loads`` with an option builds one a call).
@@ -249,14 +256,7 @@ def _encode_with(module: Any, kind: int, namespace: str = "/", data: Any = None,
         if not isinstance(payload, str):
             raise TypeError(f"the json module's dumps() returned {type(payload).__name__}, "
                             "not str")
-    head = _HEADS[kind]
-    if attachments:
-        head = f"{_HEADS[BINARY_EVENT if kind == EVENT else BINARY_ACK]}{len(attachments)}-"
-    if namespace != "/":
-        head += namespace + ","
-    if ack_id is not None:
-        head += str(ack_id)
-    return head if payload is None else head + payload, attachments
+    return _framed(kind, namespace, ack_id, payload, attachments)
 
 
 class _Loads:
@@ -1537,14 +1537,7 @@ class AsyncServer:
             # Node's: the packet's offset as its last argument (the client's position).
             offset = self._recovery.new_offset()
             args.append(offset)
-        text: str | bytes
-        attachments: list[bytes]
-        if not self._codec:
-            text, attachments = encode_packet(EVENT, namespace, [event, *args])
-        elif self.msgpack:
-            text, attachments = encode_msgpack_packet(EVENT, namespace, [event, *args]), []
-        else:  # a json= module
-            text, attachments = _encode_with(self.json, EVENT, namespace, [event, *args])
+        text, attachments = self._encode(EVENT, namespace, [event, *args])
         await self._send_packet(text, attachments, namespace,
                                 to if to is not None else room, skip_sid, offset)
         if self._admin is not None:
@@ -2494,11 +2487,12 @@ class PollingConsumer(AsyncHttpConsumer):
             await self._error(400, _BAD_REQUEST)
 
     async def _open(self) -> None:
-        if self.channel_layer is None or (self._server._manager is not None
-                                          and not self._server._layer_ok(self.channel_layer)):
-            if self.channel_layer is None:
-                log.error("realtime.socketio needs a channel layer")
+        if self.channel_layer is None:
+            log.error("realtime.socketio needs a channel layer")
             await self.send_response(500, b"")
+            return
+        if self._server._manager is not None and not self._server._layer_ok(self.channel_layer):
+            await self.send_response(500, b"")  # (client_manager= names another Redis: logged)
             return
         site = self._site()
         if getattr(site, "draining", False):  # as a WebSocket's handshake is refused
@@ -2883,22 +2877,13 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             self._refuse(CLOSE_MALFORMED, "a text frame while attachments were awaited")
             return
         kind = text_data[:1]
-        if kind == _EIO_MESSAGE and self._text_codec:
-            if self._msgpack:
+        if kind == _EIO_MESSAGE:
+            codec = self._text_codec
+            if codec is True:
                 self._refuse(CLOSE_MALFORMED, "a text packet with the msgpack serializer")
                 return
-            try:  # (a json= module's loads)
-                packet = decode_packet(text_data[1:], True, self._text_codec)
-            except _Malformed as exc:
-                self._refuse(CLOSE_MALFORMED, str(exc))
-                return
-            if packet.missing:
-                self._pending = packet
-                return
-            await self._handle(packet)
-        elif kind == _EIO_MESSAGE:
-            try:
-                packet = decode_packet(text_data[1:])
+            try:  # (codec: a json= module's loads)
+                packet = decode_packet(text_data[1:], True, codec or _JSON)
             except _Malformed as exc:
                 self._refuse(CLOSE_MALFORMED, str(exc))
                 return
