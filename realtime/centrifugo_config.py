@@ -1471,7 +1471,12 @@ class _Translator:
         known |= {"enabled"} if event in ("connect", "refresh") else set()
         known |= {"name"} if name else set()
         for leaf in section:
-            if leaf not in known:
+            if leaf == "max_inflight":  # (realtime's own key, which Centrifugo has not)
+                spec = "EVENT" if event else "NAME"
+                self.refuse(f"{self.name(f'{path}.{leaf}')}: not a Centrifugo key (realtime's "
+                            f"own: --{option} {spec}:max_inflight=N, or max_inflight in "
+                            "that table of the converted --config TOML)", option)
+            elif leaf not in known:
                 self.refuse(f"{self.name(f'{path}.{leaf}')}: unknown key", option)
         endpoint = self.text(f"{path}.endpoint", section.get("endpoint", ""))
         if endpoint.lower().startswith("grpc://"):

@@ -609,6 +609,13 @@ REFUSALS = [
      "proxies[0]: 'default' is reserved (it names the events' own proxies)"),
     ({**HTTP, "proxies": [{"name": "pay", "endpoint": "http://b", "timout": "2s"}]},
      "proxies[0].timout: unknown key"),
+    # realtime's own bound on requests in flight is no Centrifugo key: said so.
+    ({**HTTP, "proxies": [{"name": "pay", "endpoint": "http://b", "max_inflight": 4}]},
+     "proxies[0].max_inflight: not a Centrifugo key (realtime's own: --proxy "
+     "NAME:max_inflight=N, or max_inflight in that table of the converted --config TOML)"),
+    ({"rpc": {"proxy": {"endpoint": "http://b/r", "max_inflight": 4}}},
+     "rpc.proxy.max_inflight: not a Centrifugo key (realtime's own: --proxy-event "
+     "EVENT:max_inflight=N"),
     ({**HTTP, "proxies": [{"name": "pay", "endpoint": "http://b", "http": {
         "status_to_code_transforms": [{"status_code": 200, "to_error": {"code": 1}}]}}]},
      "proxies[0]: 'pay': status_to_code_transforms[0]: status 200 is not an HTTP status"),
