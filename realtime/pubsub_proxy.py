@@ -307,17 +307,31 @@ class ProxyConfig:
             return None
         return self.named(event, getattr(namespace, f"{event}_proxy_name"))
 
+    @property
+    def answers_rpc(self) -> bool:
+        """Some method reaches an RPC proxy: the rpc endpoint without RPC namespaces, else
+        a namespace that enables its proxy. Centrifugo sets a client's RPC handler only
+        then (``internal/client/handler.go``, ``Handler.Setup``: ``client.OnRPC`` where
+        ``rpcProxyHandler != nil``), and centrifuge answers 108 without one."""
+        if self.rpc_namespaces is None:
+            return self.own("rpc") is not None
+        return any(namespace.proxy_enabled
+                   and self.named("rpc", namespace.proxy_name) is not None
+                   for namespace in self.rpc_namespaces.values())
+
     def for_rpc(self, method: str) -> Proxy:
         """The proxy of ``method``: without RPC namespaces, the rpc endpoint for every
         method; with them, Centrifugo's rule: the namespace before the first boundary
         (none: ``rpc.without_namespace``, the ``""`` one), error 104 for a namespace not
-        configured, 108 (not available) where its proxy is not enabled."""
+        configured, 108 (not available) where its proxy is not enabled; 108 for every
+        method where none is (``answers_rpc``: no RPC handler, as Centrifugo)."""
         from realtime.pubsub import METHOD_NOT_FOUND, NOT_AVAILABLE, PubSubError
 
+        if not self.answers_rpc:
+            raise PubSubError(NOT_AVAILABLE)
         if self.rpc_namespaces is None:
             proxy = self.own("rpc")
-            if proxy is None:
-                raise PubSubError(METHOD_NOT_FOUND)
+            assert proxy is not None  # (answers_rpc)
             return proxy
         boundary = self.rpc_namespace_boundary
         name = method.partition(boundary)[0] if boundary and boundary in method else ""
@@ -1466,11 +1480,11 @@ async def rpc(p: _Protocol, method: str, data: Any) -> Any:
     """Centrifugo's RPCRequest to the method's proxy (``ProxyConfig.for_rpc``: error 104
     or 108 where there is none): the result's ``data`` (or ``b64data``) is the
     reply's."""
-    from realtime.pubsub import METHOD_NOT_FOUND, PubSubError
+    from realtime.pubsub import NOT_AVAILABLE, PubSubError
 
     settings = config()
     if settings is None:
-        raise PubSubError(METHOD_NOT_FOUND)
+        raise PubSubError(NOT_AVAILABLE)
     proxy = settings.for_rpc(method)
     body = _request(p, "rpc", proxy)
     if method:

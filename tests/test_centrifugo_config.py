@@ -411,8 +411,9 @@ def test_named_proxies_and_rpc_namespaces_as_centrifugo_has_them(tmp_path, fmt, 
 def test_an_rpc_proxy_follows_v6s_namespaces_and_v5s_every_method():
     """v6: the RPC proxy serves methods without a namespace only where
     ``rpc.without_namespace.proxy_enabled`` says so (108 otherwise), and a method with a
-    namespace not configured is 104, not sent to the proxy; v5 (no granular mode) sends
-    every method, as v5 did."""
+    namespace not configured is 104, not sent to the proxy, where some namespace enables
+    it (none does: Centrifugo has no RPC handler, and every method is 108); v5 (no
+    granular mode) sends every method, as v5 did."""
     from realtime.pubsub import PubSubError
     from realtime.pubsub_proxy import ProxyConfig, RpcNamespace
 
@@ -433,7 +434,7 @@ def test_an_rpc_proxy_follows_v6s_namespaces_and_v5s_every_method():
     endpoint = "http://b/rpc"
     assert routes({"rpc": {"proxy": {"endpoint": endpoint},
                            "without_namespace": {"proxy_enabled": True}}}) == [endpoint, 104]
-    assert routes({"rpc": {"proxy": {"endpoint": endpoint}}}) == [108, 104]
+    assert routes({"rpc": {"proxy": {"endpoint": endpoint}}}) == [108, 108]
     assert routes({"rpc": {"proxy": {"endpoint": endpoint},
                            "namespaces": [{"name": "ns", "proxy_enabled": True}]}}) == [
         108, endpoint]

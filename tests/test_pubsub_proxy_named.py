@@ -286,6 +286,51 @@ async def test_rpc_namespaces_route_each_method_as_centrifugo_does(pubsub_server
 # -- status_to_code_transforms ----------------------------------------------------------------
 
 @pytest_twisted.ensureDeferred
+async def test_an_rpc_with_no_rpc_proxy_at_all_is_108_as_centrifugo_answers(pubsub_server,
+                                                                            backend):
+    """Centrifugo sets a client's RPC handler only where an RPC proxy is enabled
+    (internal/client/handler.go, ``Handler.Setup``), and centrifuge's
+    ``Client.handleRPC`` answers 108 (not available) without one: so here, with no proxy
+    at all, with proxies but no rpc one, and with RPC namespaces none of which enables
+    its proxy (a method of a namespace not configured too: no handler to say 104); none
+    reaches the backend. centrifuge-python's ``rpc()``; a ``PubSubConsumer`` whose
+    ``rpc`` hook passes a method to ``super()`` is the handler, and that is 104
+    (tests/test_pubsub.py, ``test_the_hooks_of_a_subclass``)."""
+    backend.answers["connect"] = lambda body: {"result": {"user": "ada"}}
+    backend.answers["rpc"] = lambda body: {"result": {"data": "reached"}}
+    server = await pubsub_server(anonymous=True)
+
+    async def answers() -> Any:
+        client, events = sdk_client(server)
+        await client.connect()
+        await events.next("connected")
+        found = []
+        for method in ("plain", "off:x", "nope:x"):
+            try:
+                found.append((await client.rpc(method, {"n": 1})).data)
+            except Exception as exc:  # centrifuge.ReplyError
+                found.append((exc.code, exc.message))  # type: ignore[attr-defined]
+        await client.disconnect()
+        return found
+
+    unavailable = [(108, "not available")] * 3
+    settings.pubsub_proxy = None
+    assert await run(answers) == unavailable
+    _options("--proxy-connect-endpoint", backend.url("connect"))
+    assert await run(answers) == unavailable
+    _options("--proxy-connect-endpoint", backend.url("connect"), "--proxy-rpc-endpoint",
+             backend.url("rpc"), "--rpc-namespace", "off:")
+    assert await run(answers) == unavailable
+    assert backend.of("rpc") == [] and len(backend.of("connect")) == 2
+    # one namespace that enables its proxy: the rest answer as Centrifugo's RPC handler
+    _options("--proxy-connect-endpoint", backend.url("connect"), "--proxy-rpc-endpoint",
+             backend.url("rpc"), "--rpc-namespace", "off:", "--rpc-namespace",
+             ":proxy_enabled")
+    assert await run(answers) == ["reached", (108, "not available"),
+                                  (104, "method not found")]
+
+
+@pytest_twisted.ensureDeferred
 async def test_status_to_code_transforms_answer_a_status_as_an_error_or_a_disconnect(
         pubsub_server, backend, second):
     """A named proxy's transforms: 404 is error 404, 429 a temporary 429, 403 closes 4903;
