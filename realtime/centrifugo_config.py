@@ -69,8 +69,10 @@ admin.enabled, admin.handler_prefix (admin)        ``--admin-path`` (``/admin`` 
                                                    Centrifugo's ``/``: warning)
 engine.type, engine.redis.address, user,           ``--layer``: ``redis://``, ``rediss://``
 password, db, prefix, tls, sentinel_address,       (``ssl_ca_certs``), ``unix://``,
-sentinel_master_name, cluster_address (engine,     ``redis+sentinel://``,
-redis_*)                                           ``redis+cluster://``, several: sharded
+sentinel_master_name, cluster_address (engine,     ``redis+sentinel://`` (a
+redis_*)                                           ``sentinel_address`` item each: a shard,
+                                                   as Centrifugo), ``redis+cluster://``,
+                                                   several: sharded
 websocket.compression, compression_level,          ``--compression``, ``--compression-level``,
 compression_min_size, message_size_limit           ``--compression-min-size``,
 (websocket_*)                                      ``--max-message-size`` and
@@ -1196,10 +1198,16 @@ class _Translator:
             scheme = "rediss+cluster" if use_tls else "redis+cluster"
             urls = [f"{scheme}://{userinfo}{nodes}{tail}"]
         elif not _is_off(got["sentinel_address"]):
+            # Each item is a shard, its sentinels separated by commas, every shard's master
+            # named sentinel_master_name (Centrifugo's internal/confighelpers/redis.go,
+            # getRedisShardConfigs): a redis+sentinel:// URL each, several sharded.
             source = base + ".sentinel_address"
-            hosts = ",".join(_host_port_of(h) for item in self.texts(source,
-                                                                     got["sentinel_address"])
-                             for h in item.split(",") if h.strip())
+            shards = [",".join(_host_port_of(h) for h in item.split(",") if h.strip())
+                      for item in self.texts(source, got["sentinel_address"])]
+            if not all(shards):
+                raise CentrifugoConfigError(f"{self.name(source)}: an empty item (each is a "
+                                            "shard's sentinels, host:port separated by "
+                                            "commas)")
             master = self.text(f"{base}.sentinel_master_name",
                                _given(got["sentinel_master_name"], ""))
             if not master:
@@ -1208,7 +1216,8 @@ class _Translator:
             if use_tls:
                 self.refuse(f"{self.name(base + '.tls.enabled')}: not supported with Sentinel "
                             "(realtime's redis+sentinel:// has no TLS)", "layer")
-            urls = [f"redis+sentinel://{userinfo}{hosts}/{quote(master, safe='')}/{db}{tail}"]
+            urls = [f"redis+sentinel://{userinfo}{hosts}/{quote(master, safe='')}/{db}{tail}"
+                    for hosts in shards]
             for leaf in ("sentinel_user", "sentinel_password"):
                 self.unsupported(f"{base}.{leaf}", "the sentinels are asked without "
                                  "credentials (the URL's are the master's)", option="layer")

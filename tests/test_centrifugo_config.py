@@ -286,10 +286,36 @@ def test_redis_forms_sentinel_cluster_tls_and_unix(tmp_path):
         "unix:///run/redis.sock?db=1"
     assert layer({"address": "h:1", "tls": {"enabled": True, "server_ca_pem": "/ca.pem"}}) \
         == "rediss://h:1?ssl_ca_certs=/ca.pem"
-    assert layer({"sentinel_address": ["s1:26379", "s2:26379"],
+    # One item: one Sentinel deployment (its sentinels separated by commas); several: a
+    # shard each, every one's master named sentinel_master_name (Centrifugo's
+    # getRedisShardConfigs), so a sharded layer of redis+sentinel:// URLs.
+    assert layer({"sentinel_address": ["s1:26379,redis://s2:26379"],
                   "sentinel_master_name": "mymaster", "password": "pw"}) == \
         "redis+sentinel://:pw@s1:26379,s2:26379/mymaster/0"
+    assert layer({"sentinel_address": ["a1:26379,a2:26379", "b1:26379"],
+                  "sentinel_master_name": "my master", "db": 2, "prefix": "app"}) == (
+        "redis+sentinel://a1:26379,a2:26379/my%20master/2?prefix=app "
+        "redis+sentinel://b1:26379/my%20master/2?prefix=app")
     assert layer({"cluster_address": ["c1:7000,c2:7001"]}) == "redis+cluster://c1:7000,c2:7001"
+
+
+def test_several_sentinel_addresses_are_a_sharded_layer_of_sentinel_deployments(tmp_path):
+    """A v6 file's two ``sentinel_address`` items (v5's ``redis_sentinel_address`` too) are
+    two shards, as in Centrifugo: the tap builds a sharded layer (not connected) whose
+    shards ask their own sentinels for the master; never one deployment of every
+    sentinel (which could answer two masters)."""
+    for data in ({"engine": {"type": "redis", "redis": {
+                     "sentinel_address": ["127.0.0.1:26379,127.0.0.1:26380", "127.0.0.1:26381"],
+                     "sentinel_master_name": "mymaster"}}},
+                 {"engine": "redis", "redis_sentinel_master_name": "mymaster",
+                  "redis_sentinel_address": ["127.0.0.1:26379,127.0.0.1:26380",
+                                             "127.0.0.1:26381"]}):
+        path = write(tmp_path, data)
+        options = parsed("--centrifugo-config", str(path), "--port", "0")
+        shards = [shard.address for shard in options.layer.shards]
+        assert [(a.kind, a.sentinels, a.master) for a in shards] == [
+            ("sentinel", (("127.0.0.1", 26379), ("127.0.0.1", 26380)), "mymaster"),
+            ("sentinel", (("127.0.0.1", 26381),), "mymaster")]
 
 
 def test_http_server_tls_is_an_ssl_port_and_v5_says_the_same():
@@ -679,6 +705,10 @@ REFUSALS = [
                                             "sentinel_master_name": "m",
                                             "sentinel_password": "pw"}}},
      "engine.redis.sentinel_password: not supported"),
+    ({"engine": {"type": "redis", "redis": {"sentinel_address": ["s:1", " , "],
+                                            "sentinel_master_name": "m"}}},
+     "engine.redis.sentinel_address: an empty item (each is a shard's sentinels, host:port "
+     "separated by commas)"),
     ({"broker": {"enabled": True, "type": "nats"}}, "broker.enabled: not supported"),
     ({"shutdown": {"timeout": 30}}, "shutdown.timeout: expected a duration"),
     ({"log": {"level": "loud"}}, "log.level: expected trace, debug"),
