@@ -177,8 +177,11 @@ class SnapshotWriter:
                 continue
             pid = int(name[len("worker-"):-len(".json")])
             if not _alive(pid):
-                # gauges: a dead worker holds no sockets, answers no request
+                # gauges: a dead worker holds no sockets, answers no request, asks no
+                # proxy (its series kept at 0)
                 snap["connections"] = snap["http_in_progress"] = 0
+                for gauge in ("pubsub_proxy_inflight", "pubsub_proxy_queued"):
+                    snap[gauge] = dict.fromkeys(snap.get(gauge) or {}, 0)
             found.append(snap)
         return found
 

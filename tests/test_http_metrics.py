@@ -443,6 +443,23 @@ def test_snapshots_add_up_and_a_dead_worker_has_nothing_in_progress(tmp_path):
     assert total["http_sum"] == pytest.approx(100.002)
 
 
+def test_a_dead_workers_proxy_calls_are_neither_in_flight_nor_queued(tmp_path):
+    """The pubsub proxies' gauges are a live worker's too: a snapshot left by a worker that
+    died with calls in flight and queued keeps its call counts, and its gauges read 0 (its
+    series stay, so a scrape's series do not come and go with the workers)."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / f"worker-{gone.pid}.json").write_text(json.dumps({
+        "pubsub_proxy_inflight": {"default connect": 3, "pay ": 1},
+        "pubsub_proxy_queued": {"default connect": 5},
+        "pubsub_proxy_calls": {"connect default answered": 7}}))
+    total = Collector([], None, SnapshotWriter(str(tmp_path), [], None)).totals()
+    assert total["pubsub_proxy_inflight"].get("default connect") == 0
+    assert total["pubsub_proxy_inflight"].get("pay ") == 0
+    assert total["pubsub_proxy_queued"].get("default connect") == 0
+    assert total["pubsub_proxy_calls"].get("connect default answered") == 7
+
+
 @pytest_twisted.ensureDeferred
 async def test_twisted_webs_own_400_for_a_malformed_form_is_counted(live, certificate):
     """twisted.web answers a multipart body it cannot parse with 400 itself, before the
