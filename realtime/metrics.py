@@ -117,12 +117,12 @@ def snapshot(sites: Iterable[Any], layer: Any) -> dict[str, Any]:
     snap["messages_out"] += snap["layer_broadcast_frames"]
     snap["bytes_out"] += getattr(layer_stats, "broadcast_bytes", 0)
     snap["layer_reconnects"] = getattr(layer, "reconnects", 0)
-    from realtime.pubsub_proxy import GATES  # (this process's, whatever its sites)
+    from realtime.pubsub_proxy import GATES, config  # (this process's, whatever its sites)
 
     # by "proxy event" (a named proxy's event: "", it serves every event that picks it)
-    gates = GATES.by_key.values()
-    snap["pubsub_proxy_inflight"] = {f"{g.proxy} {g.event}": g.inflight for g in gates}
-    snap["pubsub_proxy_queued"] = {f"{g.proxy} {g.event}": g.waiting for g in gates}
+    gauges = GATES.gauges(config())
+    snap["pubsub_proxy_inflight"] = {f"{p} {e}": n for (p, e), (n, _) in gauges.items()}
+    snap["pubsub_proxy_queued"] = {f"{p} {e}": n for (p, e), (_, n) in gauges.items()}
     snap["pubsub_proxy_calls"] = {f"{e} {p} {o}": n for (e, p, o), n in GATES.calls.items()}
     snap["handshakes"] = {str(k): v for k, v in snap["handshakes"].items()}
     snap["close_codes"] = {str(k): v for k, v in snap["close_codes"].items()}

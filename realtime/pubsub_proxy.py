@@ -1135,14 +1135,29 @@ class Gates:
         self.by_key: dict[tuple[str, str], Gate] = {}
         self.calls: Counter[tuple[str, str, str]] = Counter()
 
+    @staticmethod
+    def key(event: str, name: str) -> tuple[str, str]:
+        """The gate of proxy ``name`` for ``event``: an event's own has one per event, a
+        named one one for every event that picks it (one backend service), event ``""``."""
+        return name, event if name == DEFAULT else ""
+
     def of(self, event: str, proxy: Proxy) -> Gate:
-        """``proxy``'s gate: an event's own has one per event, a named one one for every
-        event that picks it (one backend service)."""
-        key = (proxy.name, event if proxy.name == DEFAULT else "")
+        """``proxy``'s gate (``key``), made at its first call."""
+        key = self.key(event, proxy.name)
         gate = self.by_key.get(key)
         if gate is None:
             gate = self.by_key[key] = Gate(*key)
         return gate
+
+    def gauges(self, proxy: ProxyConfig | None) -> dict[tuple[str, str], tuple[int, int]]:
+        """(in flight, queued) by gate key: every gate made, and each proxy ``proxy``
+        configures at (0, 0) before its first call, so that its series are there from the
+        first scrape."""
+        found = dict.fromkeys([self.key(event, DEFAULT) for event in proxy.endpoints]
+                              + [self.key("", name) for name in proxy.proxies], (0, 0)) \
+            if proxy is not None else {}
+        found.update({key: (gate.inflight, gate.waiting) for key, gate in self.by_key.items()})
+        return found
 
     @property
     def inflight(self) -> int:

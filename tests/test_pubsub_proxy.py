@@ -876,6 +876,26 @@ async def test_at_most_max_inflight_requests_reach_the_backend_the_rest_in_order
 
 
 @pytest_twisted.ensureDeferred
+async def test_every_configured_proxy_has_its_gauges_from_the_first_scrape(pubsub_server,
+                                                                           backend):
+    """The in-flight and queued gauges have a series at 0 for each configured proxy (each
+    event's own, each named one) before its first call, as the one series was before they
+    were per proxy: a dashboard or an alert finds them from the start."""
+    from realtime.pubsub_proxy import Proxy
+
+    backend.proxy("connect", "rpc", proxies={"pay": Proxy(backend.url("pay"), name="pay")})
+    every = {"default connect": 0, "default rpc": 0, "pay ": 0}
+    assert _gauges(by_proxy=True)[:2] == (every, every)
+    backend.answers["rpc"] = lambda body: {"result": {"data": body["method"]}}
+    backend.answers["connect"] = lambda body: {"result": {"user": "ada"}}
+    server = await pubsub_server()
+    assert (await _calling(server, "m"))["rpc"] == {"data": "m"}
+    inflight, queued, calls = _gauges(by_proxy=True)
+    assert (inflight, queued) == (every, every)
+    assert calls == {"connect default answered": 1, "rpc default answered": 1}
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_call_times_out_from_when_it_queued_and_a_client_gone_frees_its_place(
         pubsub_server, backend):
     """One place (--proxy-max-inflight 1), held by a connect: a connect queued with a
