@@ -318,6 +318,52 @@ def test_several_sentinel_addresses_are_a_sharded_layer_of_sentinel_deployments(
             ("sentinel", (("127.0.0.1", 26381),), "mymaster")]
 
 
+@pytest_twisted.ensureDeferred
+async def test_each_sentinel_address_item_reaches_its_own_deployments_master(tmp_path):
+    """End to end on real Sentinels: two deployments, each a redis-server and a Sentinel
+    calling it ``mymaster``, one ``sentinel_address`` item each. The layer the tap builds
+    from the file asks each shard's own Sentinel and connects to that deployment's master
+    (one deployment of both Sentinels would have been a single connection to either), and
+    a group on each shard carries a message between two such layers (two processes)."""
+    from twisted.internet import reactor
+
+    from tests.redis_support import RedisServer
+    from tests.test_layers import until
+    from tests.test_layers_redis import Probe
+    from tests.test_layers_sharded import groups_on
+
+    with RedisServer() as a, RedisServer() as b, \
+            RedisServer(sentinel_of=("mymaster", a.port)) as sentinel_a, \
+            RedisServer(sentinel_of=("mymaster", b.port)) as sentinel_b:
+        path = write(tmp_path, {"engine": {"type": "redis", "redis": {
+            "sentinel_address": [f"127.0.0.1:{sentinel_a.port}",
+                                 f"127.0.0.1:{sentinel_b.port}"],
+            "sentinel_master_name": "mymaster", "prefix": "sentinels"}}})
+        layers = [parsed("--centrifugo-config", str(path), "--port", "0").layer
+                  for _ in range(2)]
+        try:
+            for layer in layers:
+                layer.start(reactor)
+                await layer.when_ready(10)
+            one, two = layers
+            assert [shard._pub.proto.transport.getPeer().port for shard in one.shards] == [
+                a.port, b.port]
+            probe = Probe()
+            member = two.attach(probe)
+            groups = [groups_on(one, index, 1, "room")[0] for index in (0, 1)]
+            for group in groups:
+                await two.group_add(group, member)
+            for group in groups:
+                await one.group_send(group, {"type": "to." + group})
+            await until(lambda: sorted(e["type"] for e in probe.events) == sorted(
+                "to." + group for group in groups))
+            # each master carries its shard's groups (their topics subscribed there)
+            assert all(server.call("PUBSUB", "CHANNELS", "sentinels*") for server in (a, b))
+        finally:
+            for layer in layers:
+                await layer.close()
+
+
 def test_http_server_tls_is_an_ssl_port_and_v5_says_the_same():
     v6 = centrifugo_config.translate({"http_server": {
         "address": "127.0.0.1", "port": 8443,
