@@ -1194,7 +1194,8 @@ class _Translator:
             if len(seeds) > 1:
                 self.refuse(f"{self.name(source)}: not supported (several Redis Clusters: "
                             "realtime's layer runs on one)", "layer")
-            nodes = ",".join(_host_port_of(n) for n in seeds[0].split(",") if n.strip())
+            nodes = ",".join(_host_port_of(n, self.name(source))
+                             for n in seeds[0].split(",") if n.strip())
             scheme = "rediss+cluster" if use_tls else "redis+cluster"
             urls = [f"{scheme}://{userinfo}{nodes}{tail}"]
         elif not _is_off(got["sentinel_address"]):
@@ -1202,7 +1203,8 @@ class _Translator:
             # named sentinel_master_name (Centrifugo's internal/confighelpers/redis.go,
             # getRedisShardConfigs): a redis+sentinel:// URL each, several sharded.
             source = base + ".sentinel_address"
-            shards = [",".join(_host_port_of(h) for h in item.split(",") if h.strip())
+            shards = [",".join(_host_port_of(h, self.name(source))
+                               for h in item.split(",") if h.strip())
                       for item in self.texts(source, got["sentinel_address"])]
             if not all(shards):
                 raise CentrifugoConfigError(f"{self.name(source)}: an empty item (each is a "
@@ -1830,13 +1832,27 @@ def _leaf_paths(tree: dict[str, Any], head: str = "") -> list[str]:
     return paths
 
 
-def _host_port_of(address: str) -> str:
-    """``host:port`` from a Centrifugo address (``host:port``, ``redis://host:port``)."""
-    address = address.strip()
+#: A Sentinel's or a Cluster node's address once its scheme is off: a host (an IPv6 one in
+#: brackets) and a port (realtime's default when left out).
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:/?#@\[\],;]+)(:[0-9]+)?\Z")
+
+
+def _host_port_of(address: str, name: str) -> str:
+    """``host:port`` from a Centrifugo address (``host:port``, ``redis://host:port``).
+    Anything more (a user and password, a path, a query: Centrifugo's
+    ``net.SplitHostPort`` refuses them, and here they would end up in the section's URL,
+    a password in its password) is a ``CentrifugoConfigError`` naming the key ``name``,
+    the password not shown."""
+    text = address.strip()
     for scheme in ("redis://", "rediss://", "tcp://"):
-        if address.startswith(scheme):
-            address = address[len(scheme):]
-    return address.rstrip("/")
+        if text.startswith(scheme):
+            text = text[len(scheme):]
+    text = text.rstrip("/")
+    if not _HOST_PORT.match(text):
+        shown = re.sub(r"^((?:[A-Za-z][-+.A-Za-z0-9]*://)?).*@", r"\1***@", address.strip())
+        raise CentrifugoConfigError(f"{name}: expected host:port (commas between them), got "
+                                    f"{shown!r}")
+    return text
 
 
 def _redis_url(name: str, address: str, userinfo: str, db: int, tls: bool, tail: str) -> str:

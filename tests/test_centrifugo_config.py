@@ -805,6 +805,21 @@ SECRETS = [
     ({"engine": {"type": "redis", "redis": {
         "address": "redis+sentinel://:s3cretpw@h:26379?sentinel_master_name=m"}}},
      "s3cretpw", "engine.redis.address: expected host:port, redis://"),
+    # A Sentinel's or Cluster node's address is host:port (Centrifugo's net.SplitHostPort
+    # refuses the rest): a password there was taken into the section's, the shard's own.
+    ({"engine": {"type": "redis", "redis": {
+        "sentinel_address": ["s1:26379", "redis://:s3cretpw@s2:26379"],
+        "sentinel_master_name": "m", "password": "pw"}}},
+     "s3cretpw", "engine.redis.sentinel_address: expected host:port (commas between "
+                 "them), got 'redis://***@s2:26379'"),
+    ({"engine": {"type": "redis", "redis": {"sentinel_address": ["ada:s3cretpw@s1:26379"],
+                                            "sentinel_master_name": "m"}}},
+     "s3cretpw", "engine.redis.sentinel_address: expected host:port (commas between "
+                 "them), got '***@s1:26379'"),
+    ({"engine": {"type": "redis", "redis": {"cluster_address": [
+        "c1:7000,redis://ada:s3cretpw@c2:7001/0"]}}},
+     "s3cretpw", "engine.redis.cluster_address: expected host:port (commas between them), "
+                 "got 'redis://***@c2:7001/0'"),
     ({"client": {"token": "s3cret-token-as-a-string"}}, "s3cret-token", "client.token: "),
     ({"client": {"allowed_origins": ["*"], "proxy": {"connect": {
         "enabled": True, "endpoint": "http://b/c",
