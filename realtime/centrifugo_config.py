@@ -1605,7 +1605,7 @@ class _Translator:
         enabled = [self.boolean(key_of("proxy_enabled"), table.get("proxy_enabled", False))
                    for _, table, key_of in tables]
         if self.every_method or not (endpoint or any(enabled)):
-            return  # (no RPC proxy: realtime.pubsub's own answer, 104; Centrifugo's is 108)
+            return  # (no RPC proxy: 108 for every method, as Centrifugo without an RPC handler)
         if not any(table["name"] == "" for _, table, _ in tables):  # v6's default: off
             tables.insert(0, (f"{self.name('rpc.without_namespace')} (not set: methods "
                               "without a namespace are 108, as in Centrifugo)", {"name": ""},

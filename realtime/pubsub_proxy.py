@@ -497,7 +497,7 @@ def _spec_settings(items: list[tuple[str, str | None]], where: str) -> dict[str,
                 transforms.append(_spec_transform(key, value, at))
             elif key in ("http_headers", "emulated_headers"):
                 found[key] = tuple(w for w in re.split(r"[+\s]+", value) if w)
-            elif key == "max_inflight" and value.isdigit():
+            elif key == "max_inflight" and value.isascii() and value.isdigit():
                 found[key] = int(value)
             else:
                 found[key] = value

@@ -535,6 +535,9 @@ REFUSALS: list[tuple[tuple[str, ...], str]] = [
     (("--proxy", "billing:endpoint=http://h/,max_inflight=-1"),
      "--proxy: 'billing': max_inflight: expected a whole number of requests, 0 or more (0: "
      "no bound), got '-1'"),
+    (("--proxy", "billing:endpoint=http://h/,max_inflight=\u00b2"),
+     "--proxy: 'billing': max_inflight: expected a whole number of requests, 0 or more (0: "
+     "no bound), got '\u00b2'"),
     (("--proxy", "billing:endpoint=http://h/,max_inflight"),
      "--proxy: 'billing': max_inflight: expected max_inflight=VALUE"),
     (("--proxy-rpc-endpoint", "http://h/", "--proxy-event", "rpc:max_inflight=many"),
