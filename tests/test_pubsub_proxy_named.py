@@ -224,6 +224,58 @@ async def test_a_hanging_proxy_fills_its_own_places_never_a_fast_ones(pubsub_ser
                                          "rpc slow queue_timeout": 1}
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_named_proxys_places_serve_every_event_an_events_own_its_event_alone(
+        pubsub_server, backend, second):
+    """One place each (``--proxy-max-inflight 1``, and ``pay``'s ``max_inflight=1``): an RPC
+    held at the named proxy ``pay`` makes a subscribe of a namespace that picks ``pay``
+    wait (one backend service, one bound), while an RPC held at the event's own rpc proxy
+    leaves the own subscribe proxy's place free (one bound per event)."""
+    from realtime.pubsub_proxy import GATES, RpcNamespace
+    from tests.clients import until
+    from tests.test_pubsub_proxy import _calling
+
+    settings.pubsub_proxy = ProxyConfig(
+        endpoints={"rpc": backend.url("rpc"), "subscribe": backend.url("subscribe")},
+        timeout=WAIT, max_inflight=1,
+        proxies={"pay": Proxy(second.url("pay"), name="pay", timeout=WAIT, max_inflight=1)},
+        rpc_namespaces={"": RpcNamespace("", proxy_enabled=True),
+                        "pay": RpcNamespace("pay", proxy_enabled=True, proxy_name="pay")})
+    held: dict[str, Deferred[Any]] = {}
+
+    def hold(body: dict[str, Any]) -> Deferred[Any]:
+        held[body["method"]] = Deferred()
+        return held[body["method"]]
+
+    backend.answers["rpc"] = hold
+    backend.answers["subscribe"] = lambda body: {"result": {}}
+    # (pay's one endpoint: its RPCs held, its subscribes answered)
+    second.answers["pay"] = lambda body: hold(body) if "method" in body else {"result": {}}
+    server = await pubsub_server("own:subscribe_proxy_enabled",
+                                 "p:subscribe_proxy_enabled,subscribe_proxy_name=pay",
+                                 anonymous=True)
+
+    def subscribing(channel: str) -> Any:
+        return raw(server, lambda client: [client.result("connect"), client.call(
+            "subscribe", {"channel": channel})][1])
+
+    calls = [_calling(server, "pay:charge"), _calling(server, "hold")]
+    assert await until(lambda: sorted(held) == ["hold", "pay:charge"])
+    paid = subscribing("p:1")
+    assert await until(lambda: GATES.waiting == 1)
+    assert (await subscribing("own:1"))["subscribe"] == {}  # (the own subscribe's place)
+    inflight, queued, _ = _gauges(by_proxy=True)
+    assert inflight == {"default rpc": 1, "default subscribe": 0, "pay ": 1}
+    assert queued == {"default rpc": 0, "default subscribe": 0, "pay ": 1}
+    assert [body.get("channel") for body in second.of("pay")] == [None]  # (p:1 waits)
+    held["pay:charge"].callback({"result": {"data": "paid"}})
+    assert (await paid)["subscribe"] == {}
+    held["hold"].callback({"result": {"data": "held"}})
+    assert [reply["rpc"] for reply in await asyncio_gather(*calls)] == [
+        {"data": "paid"}, {"data": "held"}]
+    assert [body.get("channel") for body in second.of("pay")] == [None, "p:1"]
+
+
 # -- RPC namespaces ----------------------------------------------------------------------------
 
 def _options(*args: str) -> None:
