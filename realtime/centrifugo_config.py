@@ -69,8 +69,10 @@ admin.enabled, admin.handler_prefix (admin)        ``--admin-path`` (``/admin`` 
                                                    Centrifugo's ``/``: warning)
 engine.type, engine.redis.address, user,           ``--layer``: ``redis://``, ``rediss://``
 password, db, prefix, tls, sentinel_address,       (``ssl_ca_certs``), ``unix://``,
-sentinel_master_name, cluster_address (engine,     ``redis+sentinel://``,
-redis_*)                                           ``redis+cluster://``, several: sharded
+sentinel_master_name, cluster_address (engine,     ``redis+sentinel://`` (a
+redis_*)                                           ``sentinel_address`` item each: a shard,
+                                                   as Centrifugo), ``redis+cluster://``,
+                                                   several: sharded
 websocket.compression, compression_level,          ``--compression``, ``--compression-level``,
 compression_min_size, message_size_limit           ``--compression-min-size``,
 (websocket_*)                                      ``--max-message-size`` and
@@ -1192,14 +1194,22 @@ class _Translator:
             if len(seeds) > 1:
                 self.refuse(f"{self.name(source)}: not supported (several Redis Clusters: "
                             "realtime's layer runs on one)", "layer")
-            nodes = ",".join(_host_port_of(n) for n in seeds[0].split(",") if n.strip())
+            nodes = ",".join(_host_port_of(n, self.name(source))
+                             for n in seeds[0].split(",") if n.strip())
             scheme = "rediss+cluster" if use_tls else "redis+cluster"
             urls = [f"{scheme}://{userinfo}{nodes}{tail}"]
         elif not _is_off(got["sentinel_address"]):
+            # Each item is a shard, its sentinels separated by commas, every shard's master
+            # named sentinel_master_name (Centrifugo's internal/confighelpers/redis.go,
+            # getRedisShardConfigs): a redis+sentinel:// URL each, several sharded.
             source = base + ".sentinel_address"
-            hosts = ",".join(_host_port_of(h) for item in self.texts(source,
-                                                                     got["sentinel_address"])
-                             for h in item.split(",") if h.strip())
+            shards = [",".join(_host_port_of(h, self.name(source))
+                               for h in item.split(",") if h.strip())
+                      for item in self.texts(source, got["sentinel_address"])]
+            if not all(shards):
+                raise CentrifugoConfigError(f"{self.name(source)}: an empty item (each is a "
+                                            "shard's sentinels, host:port separated by "
+                                            "commas)")
             master = self.text(f"{base}.sentinel_master_name",
                                _given(got["sentinel_master_name"], ""))
             if not master:
@@ -1208,7 +1218,8 @@ class _Translator:
             if use_tls:
                 self.refuse(f"{self.name(base + '.tls.enabled')}: not supported with Sentinel "
                             "(realtime's redis+sentinel:// has no TLS)", "layer")
-            urls = [f"redis+sentinel://{userinfo}{hosts}/{quote(master, safe='')}/{db}{tail}"]
+            urls = [f"redis+sentinel://{userinfo}{hosts}/{quote(master, safe='')}/{db}{tail}"
+                    for hosts in shards]
             for leaf in ("sentinel_user", "sentinel_password"):
                 self.unsupported(f"{base}.{leaf}", "the sentinels are asked without "
                                  "credentials (the URL's are the master's)", option="layer")
@@ -1471,7 +1482,12 @@ class _Translator:
         known |= {"enabled"} if event in ("connect", "refresh") else set()
         known |= {"name"} if name else set()
         for leaf in section:
-            if leaf not in known:
+            if leaf == "max_inflight":  # (realtime's own key, which Centrifugo has not)
+                spec = "EVENT" if event else "NAME"
+                self.refuse(f"{self.name(f'{path}.{leaf}')}: not a Centrifugo key (realtime's "
+                            f"own: --{option} {spec}:max_inflight=N, or max_inflight in "
+                            "that table of the converted --config TOML)", option)
+            elif leaf not in known:
                 self.refuse(f"{self.name(f'{path}.{leaf}')}: unknown key", option)
         endpoint = self.text(f"{path}.endpoint", section.get("endpoint", ""))
         if endpoint.lower().startswith("grpc://"):
@@ -1589,7 +1605,7 @@ class _Translator:
         enabled = [self.boolean(key_of("proxy_enabled"), table.get("proxy_enabled", False))
                    for _, table, key_of in tables]
         if self.every_method or not (endpoint or any(enabled)):
-            return  # (no RPC proxy: realtime.pubsub's own answer, 104; Centrifugo's is 108)
+            return  # (no RPC proxy: 108 for every method, as Centrifugo without an RPC handler)
         if not any(table["name"] == "" for _, table, _ in tables):  # v6's default: off
             tables.insert(0, (f"{self.name('rpc.without_namespace')} (not set: methods "
                               "without a namespace are 108, as in Centrifugo)", {"name": ""},
@@ -1816,13 +1832,27 @@ def _leaf_paths(tree: dict[str, Any], head: str = "") -> list[str]:
     return paths
 
 
-def _host_port_of(address: str) -> str:
-    """``host:port`` from a Centrifugo address (``host:port``, ``redis://host:port``)."""
-    address = address.strip()
+#: A Sentinel's or a Cluster node's address once its scheme is off: a host (an IPv6 one in
+#: brackets) and a port (realtime's default when left out).
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:/?#@\[\],;]+)(:[0-9]+)?\Z")
+
+
+def _host_port_of(address: str, name: str) -> str:
+    """``host:port`` from a Centrifugo address (``host:port``, ``redis://host:port``).
+    Anything more (a user and password, a path, a query: Centrifugo's
+    ``net.SplitHostPort`` refuses them, and here they would end up in the section's URL,
+    a password in its password) is a ``CentrifugoConfigError`` naming the key ``name``,
+    the password not shown."""
+    text = address.strip()
     for scheme in ("redis://", "rediss://", "tcp://"):
-        if address.startswith(scheme):
-            address = address[len(scheme):]
-    return address.rstrip("/")
+        if text.startswith(scheme):
+            text = text[len(scheme):]
+    text = text.rstrip("/")
+    if not _HOST_PORT.match(text):
+        shown = re.sub(r"^((?:[A-Za-z][-+.A-Za-z0-9]*://)?).*@", r"\1***@", address.strip())
+        raise CentrifugoConfigError(f"{name}: expected host:port (commas between them), got "
+                                    f"{shown!r}")
+    return text
 
 
 def _redis_url(name: str, address: str, userinfo: str, db: int, tls: bool, tail: str) -> str:

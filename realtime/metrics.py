@@ -117,11 +117,13 @@ def snapshot(sites: Iterable[Any], layer: Any) -> dict[str, Any]:
     snap["messages_out"] += snap["layer_broadcast_frames"]
     snap["bytes_out"] += getattr(layer_stats, "broadcast_bytes", 0)
     snap["layer_reconnects"] = getattr(layer, "reconnects", 0)
-    from realtime.pubsub_proxy import GATE  # (this process's, whatever its sites)
+    from realtime.pubsub_proxy import GATES, config  # (this process's, whatever its sites)
 
-    snap["pubsub_proxy_inflight"] = GATE.inflight
-    snap["pubsub_proxy_queued"] = GATE.waiting
-    snap["pubsub_proxy_calls"] = {f"{e} {p} {o}": n for (e, p, o), n in GATE.calls.items()}
+    # by "proxy event" (a named proxy's event: "", it serves every event that picks it)
+    gauges = GATES.gauges(config())
+    snap["pubsub_proxy_inflight"] = {f"{p} {e}": n for (p, e), (n, _) in gauges.items()}
+    snap["pubsub_proxy_queued"] = {f"{p} {e}": n for (p, e), (_, n) in gauges.items()}
+    snap["pubsub_proxy_calls"] = {f"{e} {p} {o}": n for (e, p, o), n in GATES.calls.items()}
     snap["handshakes"] = {str(k): v for k, v in snap["handshakes"].items()}
     snap["close_codes"] = {str(k): v for k, v in snap["close_codes"].items()}
     snap["http_requests"] = {f"{m} {s}": v for (m, s), v in snap["http_requests"].items()}
@@ -175,8 +177,11 @@ class SnapshotWriter:
                 continue
             pid = int(name[len("worker-"):-len(".json")])
             if not _alive(pid):
-                # gauges: a dead worker holds no sockets, answers no request
+                # gauges: a dead worker holds no sockets, answers no request, asks no
+                # proxy (its series kept at 0)
                 snap["connections"] = snap["http_in_progress"] = 0
+                for gauge in ("pubsub_proxy_inflight", "pubsub_proxy_queued"):
+                    snap[gauge] = dict.fromkeys(snap.get(gauge) or {}, 0)
             found.append(snap)
         return found
 
@@ -293,13 +298,19 @@ class Collector:
             method, _, result = key.partition(" ")
             commands.add_metric([method, result], count)
         yield commands
-        yield GaugeMetricFamily(
-            "realtime_pubsub_proxy_requests_in_progress", "Centrifugo-proxy requests "
-            "(realtime.pubsub_proxy) in flight to the backend (--proxy-max-inflight at most)",
-            value=t.get("pubsub_proxy_inflight", 0))
-        yield GaugeMetricFamily("realtime_pubsub_proxy_calls_queued", "Centrifugo-proxy "
-                                "calls waiting for a place (--proxy-max-inflight)",
-                                value=t.get("pubsub_proxy_queued", 0))
+        for name, key, text in (
+                ("realtime_pubsub_proxy_requests_in_progress", "pubsub_proxy_inflight",
+                 "Centrifugo-proxy requests (realtime.pubsub_proxy) in flight to the backend "
+                 "by proxy (default: an event's own, event saying which; else a --proxy "
+                 "name), --proxy-max-inflight (or the proxy's max_inflight) at most"),
+                ("realtime_pubsub_proxy_calls_queued", "pubsub_proxy_queued",
+                 "Centrifugo-proxy calls waiting for a place by proxy (--proxy-max-inflight, "
+                 "or the proxy's max_inflight)")):
+            gauge = GaugeMetricFamily(name, text, labels=["proxy", "event"])
+            for gate, count in sorted(t.get(key, {}).items()):
+                proxy, _, event = gate.partition(" ")
+                gauge.add_metric([proxy, event], count)
+            yield gauge
         calls = CounterMetricFamily(
             "realtime_pubsub_proxy_calls", "Centrifugo-proxy calls by event, proxy (default: "
             "the event's own; else a --proxy name) and outcome (answered, failed, timeout, "

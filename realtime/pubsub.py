@@ -742,13 +742,18 @@ class _Protocol:
         """A client's ``rpc`` command: return the result data (any JSON value; ``bytes``
         too for a Protobuf client). ``data`` is what ``from_bytes`` makes of a Protobuf
         client's bytes. This one asks the method's RPC proxy (``--proxy-rpc-endpoint`` for
-        every method; with ``--rpc-namespace``, its namespace's), else answers 104 (method
-        not found; 108 where an RPC namespace does not enable its proxy)."""
+        every method; with ``--rpc-namespace``, its namespace's: 104 for a namespace not
+        configured, 108 where it does not enable its proxy). Without any RPC proxy it
+        answers 108 (not available), as Centrifugo without an RPC handler (centrifuge's
+        ``Client.handleRPC``); called as a subclass's ``super().rpc()``, 104 (method not
+        found: the subclass is the handler, and it does not know the method)."""
         from realtime import pubsub_proxy
 
-        if pubsub_proxy.config() is not None:
+        proxy = pubsub_proxy.config()
+        if proxy is not None and proxy.answers_rpc:
             return await pubsub_proxy.rpc(self, method, data)
-        raise PubSubError(METHOD_NOT_FOUND)
+        raise PubSubError(NOT_AVAILABLE if type(self).rpc is _Protocol.rpc
+                          else METHOD_NOT_FOUND)
 
     async def on_message(self, data: Any) -> None:
         """A client's ``send`` (asynchronous message, no reply)."""

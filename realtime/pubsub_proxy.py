@@ -28,13 +28,15 @@ proxy's ``status_to_code_transforms`` does not name) or not JSON (or more than
 ``MAX_RESPONSE`` bytes) fails that one command with Centrifugo's internal error (100,
 temporary: the SDKs retry), logged in one line.
 
-At most ``--proxy-max-inflight`` requests are in flight per process, every proxy together
-(``GATE``, one queue; Centrifugo has no bound): after a deploy every client reconnects at
-once and each connect is a backend request, so the rest wait first come first served, their
-proxy's timeout counted from when they queued (a queue drains, it never grows without
-bound in time): one still waiting at three quarters of it fails there (``QUEUE_SHARE``:
-the backend gets no request it has no time left to answer), and a call whose client left
-is dropped from the queue.
+At most ``--proxy-max-inflight`` requests are in flight per proxy and process (a proxy's
+own ``max_inflight`` instead; ``GATES``, a queue per proxy: each event's own proxy and each
+named one; Centrifugo has no bound): after a deploy every client reconnects at once and
+each connect is a backend request, so the rest wait first come first served, their proxy's
+timeout counted from when they queued (a queue drains, it never grows without bound in
+time): one still waiting at three quarters of it fails there (``QUEUE_SHARE``: the backend
+gets no request it has no time left to answer), and a call whose client left is dropped
+from the queue. A proxy of its own: a slow backend with a long timeout fills its own
+places, never a fast one's.
 
 Headers emulation (Centrifugo v6.9's ``emulated_headers``): a browser's WebSocket cannot
 set headers, so centrifuge-js sends a ``headers`` map in the connect command; the names
@@ -165,9 +167,17 @@ class Proxy:
     emulated_headers: tuple[str, ...] = ()
     #: HTTP statuses answered as an error or a disconnect (not error 100).
     status_to_code_transforms: tuple[StatusTransform, ...] = ()
+    #: Requests in flight to this proxy at once in this process (0: no bound); None:
+    #: ``--proxy-max-inflight``'s (``ProxyConfig.max_inflight``). realtime's own setting:
+    #: Centrifugo has no bound.
+    max_inflight: int | None = None
 
     def __post_init__(self) -> None:
         check_endpoint(self.endpoint)
+        if self.max_inflight is not None and (
+                isinstance(self.max_inflight, bool) or not isinstance(self.max_inflight, int)
+                or self.max_inflight < 0):
+            raise ValueError("max_inflight must be a whole number, 0 or more")
         if not isinstance(self.timeout, int | float) or isinstance(self.timeout, bool) \
                 or not self.timeout > 0 or self.timeout == float("inf"):
             raise ValueError("timeout must be more than 0 seconds")
@@ -228,8 +238,9 @@ class ProxyConfig:
     #: Payloads as ``b64data`` always (Centrifugo's ``binary_encoding``); otherwise only
     #: binary data that is not JSON text goes as ``b64data``.
     binary_encoding: bool = False
-    #: Requests in flight at once in this process, every proxy together (0: no bound);
-    #: the others wait in a FIFO queue (``GATE``).
+    #: Requests in flight at once in this process to each proxy that sets no
+    #: ``max_inflight`` of its own (0: no bound); the others wait in that proxy's FIFO
+    #: queue (``GATES``).
     max_inflight: int = 64
     #: Headers of the connect command's ``headers`` map (Centrifugo's headers emulation)
     #: sent on with every proxy request of that connection.
@@ -296,17 +307,31 @@ class ProxyConfig:
             return None
         return self.named(event, getattr(namespace, f"{event}_proxy_name"))
 
+    @property
+    def answers_rpc(self) -> bool:
+        """Some method reaches an RPC proxy: the rpc endpoint without RPC namespaces, else
+        a namespace that enables its proxy. Centrifugo sets a client's RPC handler only
+        then (``internal/client/handler.go``, ``Handler.Setup``: ``client.OnRPC`` where
+        ``rpcProxyHandler != nil``), and centrifuge answers 108 without one."""
+        if self.rpc_namespaces is None:
+            return self.own("rpc") is not None
+        return any(namespace.proxy_enabled
+                   and self.named("rpc", namespace.proxy_name) is not None
+                   for namespace in self.rpc_namespaces.values())
+
     def for_rpc(self, method: str) -> Proxy:
         """The proxy of ``method``: without RPC namespaces, the rpc endpoint for every
         method; with them, Centrifugo's rule: the namespace before the first boundary
         (none: ``rpc.without_namespace``, the ``""`` one), error 104 for a namespace not
-        configured, 108 (not available) where its proxy is not enabled."""
+        configured, 108 (not available) where its proxy is not enabled; 108 for every
+        method where none is (``answers_rpc``: no RPC handler, as Centrifugo)."""
         from realtime.pubsub import METHOD_NOT_FOUND, NOT_AVAILABLE, PubSubError
 
+        if not self.answers_rpc:
+            raise PubSubError(NOT_AVAILABLE)
         if self.rpc_namespaces is None:
             proxy = self.own("rpc")
-            if proxy is None:
-                raise PubSubError(METHOD_NOT_FOUND)
+            assert proxy is not None  # (answers_rpc)
             return proxy
         boundary = self.rpc_namespace_boundary
         name = method.partition(boundary)[0] if boundary and boundary in method else ""
@@ -399,17 +424,18 @@ def parse_static_header(value: str) -> tuple[str, str]:
 #: The settings of ``--proxy`` and ``--proxy-event`` (``key=value``; the flags bare).
 SPEC_KEYS = ("endpoint", "timeout", "http_headers", "emulated_headers", "static_header",
              "include_connection_meta", "binary_encoding", "status_to_error",
-             "status_to_temporary_error", "status_to_disconnect")
+             "status_to_temporary_error", "status_to_disconnect", "max_inflight")
 #: A comma ends a setting where a word (``key=``, a flag) follows: a comma inside a value
 #: is one only before a digit, a symbol or ``word:`` (write a URL's as ``%2C``; a header
 #: value's in the TOML form). A word that is no setting is refused, never read as part of
 #: the value before it.
 _SPEC_SPLIT = re.compile(r",(?=\s*[A-Za-z_][-\w]*\s*(?:=|,|\Z))")
 #: Centrifugo's proxy object keys a TOML table takes (``http`` holds ``static_headers``
-#: and ``status_to_code_transforms`` there; flat here as well).
+#: and ``status_to_code_transforms`` there; flat here as well), and realtime's own
+#: ``max_inflight`` (not Centrifugo's: ``--centrifugo-config`` refuses it).
 TABLE_KEYS = ("endpoint", "timeout", "http_headers", "emulated_headers", "static_headers",
               "include_connection_meta", "binary_encoding", "status_to_code_transforms",
-              "http", "grpc_metadata", "grpc")
+              "http", "grpc_metadata", "grpc", "max_inflight")
 
 
 def _flag(value: Any, where: str) -> bool:
@@ -471,6 +497,8 @@ def _spec_settings(items: list[tuple[str, str | None]], where: str) -> dict[str,
                 transforms.append(_spec_transform(key, value, at))
             elif key in ("http_headers", "emulated_headers"):
                 found[key] = tuple(w for w in re.split(r"[+\s]+", value) if w)
+            elif key == "max_inflight" and value.isascii() and value.isdigit():
+                found[key] = int(value)
             else:
                 found[key] = value
         except ValueError as exc:
@@ -611,6 +639,10 @@ def _typed(found: dict[str, Any], where: str) -> dict[str, Any]:
             raise ValueError(f"{where}: timeout: must be more than 0, got "
                              f"{found['timeout']!r}")
         found["timeout"] = seconds
+    places = found.get("max_inflight", 0)
+    if isinstance(places, bool) or not isinstance(places, int) or places < 0:
+        raise ValueError(f"{where}: max_inflight: expected a whole number of requests, 0 or "
+                         f"more (0: no bound), got {places!r}")
     for option in ("http_headers", "emulated_headers"):
         for name in found.get(option, ()):
             try:
@@ -974,49 +1006,59 @@ def _client() -> _Client:
 # -- the bound on requests in flight -------------------------------------------------------------
 
 class _Waiter:
-    """A call waiting for a place: its client, what fires when it has one, its deadline."""
+    """A call waiting for a place: its gate, its client, what fires when it has one, its
+    deadline."""
 
-    __slots__ = ("done", "p", "ready", "timer")
+    __slots__ = ("done", "gate", "p", "ready", "timer")
 
-    def __init__(self, p: _Protocol) -> None:
+    def __init__(self, gate: Gate, p: _Protocol) -> None:
+        self.gate = gate
         self.p = p
-        self.ready: Deferred[None] = Deferred(lambda _: GATE._forget(self))
+        self.ready: Deferred[None] = Deferred(lambda _: gate._forget(self))
         self.timer: Any = None
         self.done = False
 
 
 class Gate:
-    """At most ``limit`` proxy requests in flight in this process (every endpoint
-    together); the other calls wait first come first served. ``calls`` counts them by
-    (event, proxy name: ``default`` for the event's own, outcome): ``answered`` (a JSON
-    object: a result, an error or a disconnect; a transformed status too), ``failed``
-    (unreachable, a status, a body that cannot be used), ``timeout`` (in flight past its
-    deadline), ``queue_timeout`` (never left the queue), ``dropped`` (its client left
-    while it waited)."""
+    """At most ``limit`` requests in flight to one proxy in this process; the other calls
+    wait first come first served. One per proxy (``Gates.of``): ``proxy`` is its name
+    (``default``: an event's own, ``event`` saying which; a named one serves every event
+    that picks it, ``event`` ``""``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, proxy: str = DEFAULT, event: str = "") -> None:
+        self.proxy, self.event = proxy, event
+        #: The latest call's bound (a configuration replaced since counts from then on),
+        #: and where it came from, for the log line.
+        self.limit = 0
+        self.set_by = "--proxy-max-inflight"
         self.inflight = 0
         #: Waiters in order; those timed out or dropped are skipped (``waiting`` counts the
         #: others), so leaving the queue costs nothing.
         self.queue: deque[_Waiter] = deque()
         self.waiting = 0
-        self.calls: Counter[tuple[str, str, str]] = Counter()
         self._granting = False
         #: Queue timeouts not logged yet, and when the last line was (one a second at most:
         #: a reconnect storm is not a line per client).
         self._unlogged = 0
         self._logged_at = float("-inf")
 
-    async def enter(self, p: _Protocol, limit: int, timeout: float, reactor: Any) -> None:
+    @property
+    def title(self) -> str:
+        """The proxy, as a log line names it."""
+        return f"the {self.event} proxy" if self.proxy == DEFAULT else f"the proxy {self.proxy}"
+
+    async def enter(self, p: _Protocol, limit: int, timeout: float, reactor: Any,
+                    set_by: str = "--proxy-max-inflight") -> None:
         """A place for one request (``leave`` gives it back); ``QueueTimeout`` when
         ``QUEUE_SHARE`` of ``timeout`` passes first, ``ProxyGone`` when the client leaves
         first."""
+        self.limit, self.set_by = limit, set_by
         if limit <= 0 or (self.inflight < limit and not self.waiting):
             self.inflight += 1
             return
-        waiter = _Waiter(p)
+        waiter = _Waiter(self, p)
         waiter.timer = reactor.callLater(timeout * QUEUE_SHARE, self._expire, waiter,
-                                         timeout * QUEUE_SHARE, limit, reactor)
+                                         timeout * QUEUE_SHARE, reactor)
         self.queue.append(waiter)
         self.waiting += 1
         p._proxy_waiting.add(waiter)
@@ -1036,9 +1078,7 @@ class Gate:
         self._granting = True
         try:
             while self.waiting:
-                proxy = config()
-                limit = proxy.max_inflight if proxy is not None else 0
-                if 0 < limit <= self.inflight:
+                if 0 < self.limit <= self.inflight:
                     return
                 waiter = self.queue.popleft()
                 if waiter.done:
@@ -1069,30 +1109,76 @@ class Gate:
             self._forget(waiter)
             waiter.ready.errback(why)
 
-    def _expire(self, waiter: _Waiter, waited: float, limit: int, reactor: Any) -> None:
+    def _expire(self, waiter: _Waiter, waited: float, reactor: Any) -> None:
         waiter.timer = None
         self._unlogged += 1
         now = reactor.seconds()
         if now - self._logged_at >= 1.0:
-            log.warn("pubsub: {count} proxy call(s) waited {waited:.3g} s (3/4 of "
-                     "their proxy's timeout) for one of the {limit} places in flight "
-                     "(--proxy-max-inflight) and failed (the clients get error 100)",
-                     count=self._unlogged, waited=waited, limit=limit)
+            log.warn("pubsub: {count} call(s) to {proxy} waited {waited:.3g} s (3/4 of its "
+                     "timeout) for one of its {limit} places in flight ({set_by}) and "
+                     "failed (the clients get error 100)", count=self._unlogged,
+                     proxy=self.title, waited=waited, limit=self.limit, set_by=self.set_by)
             self._unlogged, self._logged_at = 0, now
         self._drop(waiter, QueueTimeout(f"no place within {waited:.3g} s"))
 
+
+class Gates:
+    """Every proxy's ``Gate`` in this process, made at its first call and kept (a proxy
+    replaced by one of the same name and event keeps its place count). ``calls`` counts
+    the calls by (event, proxy name: ``default`` for the event's own, outcome):
+    ``answered`` (a JSON object: a result, an error or a disconnect; a transformed status
+    too), ``failed`` (unreachable, a status, a body that cannot be used), ``timeout`` (in
+    flight past its deadline), ``queue_timeout`` (never left the queue), ``dropped`` (its
+    client left while it waited)."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[str, str], Gate] = {}
+        self.calls: Counter[tuple[str, str, str]] = Counter()
+
+    @staticmethod
+    def key(event: str, name: str) -> tuple[str, str]:
+        """The gate of proxy ``name`` for ``event``: an event's own has one per event, a
+        named one one for every event that picks it (one backend service), event ``""``."""
+        return name, event if name == DEFAULT else ""
+
+    def of(self, event: str, proxy: Proxy) -> Gate:
+        """``proxy``'s gate (``key``), made at its first call."""
+        key = self.key(event, proxy.name)
+        gate = self.by_key.get(key)
+        if gate is None:
+            gate = self.by_key[key] = Gate(*key)
+        return gate
+
+    def gauges(self, proxy: ProxyConfig | None) -> dict[tuple[str, str], tuple[int, int]]:
+        """(in flight, queued) by gate key: every gate made, and each proxy ``proxy``
+        configures at (0, 0) before its first call, so that its series are there from the
+        first scrape."""
+        found = dict.fromkeys([self.key(event, DEFAULT) for event in proxy.endpoints]
+                              + [self.key("", name) for name in proxy.proxies], (0, 0)) \
+            if proxy is not None else {}
+        found.update({key: (gate.inflight, gate.waiting) for key, gate in self.by_key.items()})
+        return found
+
+    @property
+    def inflight(self) -> int:
+        return sum(gate.inflight for gate in self.by_key.values())
+
+    @property
+    def waiting(self) -> int:
+        return sum(gate.waiting for gate in self.by_key.values())
+
     def drop(self, p: _Protocol) -> None:
-        """``p``'s client left: its waiting calls go (``ProxyGone``)."""
+        """``p``'s client left: its waiting calls go (``ProxyGone``), from every queue."""
         for waiter in list(getattr(p, "_proxy_waiting", ())):
-            self._drop(waiter, ProxyGone())
+            waiter.gate._drop(waiter, ProxyGone())
 
 
-GATE = Gate()
+GATES = Gates()
 
 
 def drop_waiting(p: _Protocol) -> None:
-    """The connection is over: its calls waiting for a place leave the queue."""
-    GATE.drop(p)
+    """The connection is over: its calls waiting for a place leave the queues."""
+    GATES.drop(p)
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -1191,11 +1277,13 @@ async def _call(p: _Protocol, event: str, proxy: Proxy, body: dict[str, Any]
     settings = config()
     if settings is None:
         raise PubSubError(INTERNAL, temporary=True)
-    calls, name = GATE.calls, proxy.name
+    calls, name, gate = GATES.calls, proxy.name, GATES.of(event, proxy)
     client = _client()
     deadline = client.reactor.seconds() + proxy.timeout  # from the queue on
+    limit, set_by = (settings.max_inflight, "--proxy-max-inflight") \
+        if proxy.max_inflight is None else (proxy.max_inflight, "its max_inflight")
     try:
-        await GATE.enter(p, settings.max_inflight, proxy.timeout, client.reactor)
+        await gate.enter(p, limit, proxy.timeout, client.reactor, set_by)
     except ProxyGone:
         calls[event, name, "dropped"] += 1
         raise PubSubError(INTERNAL, temporary=True) from None
@@ -1213,7 +1301,7 @@ async def _call(p: _Protocol, event: str, proxy: Proxy, body: dict[str, Any]
                 raise
             reply = transform.answer()  # (Centrifugo's: as if the backend had said so)
         finally:
-            GATE.leave()
+            gate.leave()
         result = _answer(event, reply)
     except ProxyFailure as exc:
         calls[event, name, "timeout" if isinstance(exc, ProxyTimeout) else "failed"] += 1
@@ -1407,11 +1495,11 @@ async def rpc(p: _Protocol, method: str, data: Any) -> Any:
     """Centrifugo's RPCRequest to the method's proxy (``ProxyConfig.for_rpc``: error 104
     or 108 where there is none): the result's ``data`` (or ``b64data``) is the
     reply's."""
-    from realtime.pubsub import METHOD_NOT_FOUND, PubSubError
+    from realtime.pubsub import NOT_AVAILABLE, PubSubError
 
     settings = config()
     if settings is None:
-        raise PubSubError(METHOD_NOT_FOUND)
+        raise PubSubError(NOT_AVAILABLE)
     proxy = settings.for_rpc(method)
     body = _request(p, "rpc", proxy)
     if method:

@@ -455,8 +455,9 @@ class Options(usage.Options):
          "(--proxy-max-inflight) included (1, 1s, 500ms; default 1s); past it the client "
          "gets error 100."],
         ["proxy-max-inflight", None, None,
-         "Proxy requests in flight at once in this process, every endpoint together "
-         "(default 64; 0: no bound); the others wait in order, 3/4 of --proxy-timeout at "
+         "Proxy requests in flight at once in this process to each proxy (each event's "
+         "own, each --proxy) that sets no max_inflight of its own (default 64; 0: no "
+         "bound); the others wait in that proxy's queue, in order, 3/4 of its timeout at "
          "most (a call let in has the rest)."],
         ["proxy-http-headers", None, "",
          "Headers of the client's handshake sent on to the proxies (e.g. 'Cookie "
@@ -1239,7 +1240,7 @@ class Options(usage.Options):
             rpc[found.name] = found
         boundary = self["rpc-namespace-boundary"]
         # The events' own proxies' settings (a --proxy has its own: that setting's name),
-        # and the bound on requests in flight, which every proxy shares.
+        # and the bound on requests in flight, each proxy's that sets none of its own.
         own_settings = {"proxy-timeout": "timeout=", "proxy-http-headers": "http_headers=",
                         "proxy-emulated-headers": "emulated_headers=",
                         "proxy-static-header": "static_header=",

@@ -286,10 +286,82 @@ def test_redis_forms_sentinel_cluster_tls_and_unix(tmp_path):
         "unix:///run/redis.sock?db=1"
     assert layer({"address": "h:1", "tls": {"enabled": True, "server_ca_pem": "/ca.pem"}}) \
         == "rediss://h:1?ssl_ca_certs=/ca.pem"
-    assert layer({"sentinel_address": ["s1:26379", "s2:26379"],
+    # One item: one Sentinel deployment (its sentinels separated by commas); several: a
+    # shard each, every one's master named sentinel_master_name (Centrifugo's
+    # getRedisShardConfigs), so a sharded layer of redis+sentinel:// URLs.
+    assert layer({"sentinel_address": ["s1:26379,redis://s2:26379"],
                   "sentinel_master_name": "mymaster", "password": "pw"}) == \
         "redis+sentinel://:pw@s1:26379,s2:26379/mymaster/0"
+    assert layer({"sentinel_address": ["a1:26379,a2:26379", "b1:26379"],
+                  "sentinel_master_name": "my master", "db": 2, "prefix": "app"}) == (
+        "redis+sentinel://a1:26379,a2:26379/my%20master/2?prefix=app "
+        "redis+sentinel://b1:26379/my%20master/2?prefix=app")
     assert layer({"cluster_address": ["c1:7000,c2:7001"]}) == "redis+cluster://c1:7000,c2:7001"
+
+
+def test_several_sentinel_addresses_are_a_sharded_layer_of_sentinel_deployments(tmp_path):
+    """A v6 file's two ``sentinel_address`` items (v5's ``redis_sentinel_address`` too) are
+    two shards, as in Centrifugo: the tap builds a sharded layer (not connected) whose
+    shards ask their own sentinels for the master; never one deployment of every
+    sentinel (which could answer two masters)."""
+    for data in ({"engine": {"type": "redis", "redis": {
+                     "sentinel_address": ["127.0.0.1:26379,127.0.0.1:26380", "127.0.0.1:26381"],
+                     "sentinel_master_name": "mymaster"}}},
+                 {"engine": "redis", "redis_sentinel_master_name": "mymaster",
+                  "redis_sentinel_address": ["127.0.0.1:26379,127.0.0.1:26380",
+                                             "127.0.0.1:26381"]}):
+        path = write(tmp_path, data)
+        options = parsed("--centrifugo-config", str(path), "--port", "0")
+        shards = [shard.address for shard in options.layer.shards]
+        assert [(a.kind, a.sentinels, a.master) for a in shards] == [
+            ("sentinel", (("127.0.0.1", 26379), ("127.0.0.1", 26380)), "mymaster"),
+            ("sentinel", (("127.0.0.1", 26381),), "mymaster")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_sentinel_address_item_reaches_its_own_deployments_master(tmp_path):
+    """End to end on real Sentinels: two deployments, each a redis-server and a Sentinel
+    calling it ``mymaster``, one ``sentinel_address`` item each. The layer the tap builds
+    from the file asks each shard's own Sentinel and connects to that deployment's master
+    (one deployment of both Sentinels would have been a single connection to either), and
+    a group on each shard carries a message between two such layers (two processes)."""
+    from twisted.internet import reactor
+
+    from tests.redis_support import RedisServer
+    from tests.test_layers import until
+    from tests.test_layers_redis import Probe
+    from tests.test_layers_sharded import groups_on
+
+    with RedisServer() as a, RedisServer() as b, \
+            RedisServer(sentinel_of=("mymaster", a.port)) as sentinel_a, \
+            RedisServer(sentinel_of=("mymaster", b.port)) as sentinel_b:
+        path = write(tmp_path, {"engine": {"type": "redis", "redis": {
+            "sentinel_address": [f"127.0.0.1:{sentinel_a.port}",
+                                 f"127.0.0.1:{sentinel_b.port}"],
+            "sentinel_master_name": "mymaster", "prefix": "sentinels"}}})
+        layers = [parsed("--centrifugo-config", str(path), "--port", "0").layer
+                  for _ in range(2)]
+        try:
+            for layer in layers:
+                layer.start(reactor)
+                await layer.when_ready(10)
+            one, two = layers
+            assert [shard._pub.proto.transport.getPeer().port for shard in one.shards] == [
+                a.port, b.port]
+            probe = Probe()
+            member = two.attach(probe)
+            groups = [groups_on(one, index, 1, "room")[0] for index in (0, 1)]
+            for group in groups:
+                await two.group_add(group, member)
+            for group in groups:
+                await one.group_send(group, {"type": "to." + group})
+            await until(lambda: sorted(e["type"] for e in probe.events) == sorted(
+                "to." + group for group in groups))
+            # each master carries its shard's groups (their topics subscribed there)
+            assert all(server.call("PUBSUB", "CHANNELS", "sentinels*") for server in (a, b))
+        finally:
+            for layer in layers:
+                await layer.close()
 
 
 def test_http_server_tls_is_an_ssl_port_and_v5_says_the_same():
@@ -411,8 +483,9 @@ def test_named_proxies_and_rpc_namespaces_as_centrifugo_has_them(tmp_path, fmt, 
 def test_an_rpc_proxy_follows_v6s_namespaces_and_v5s_every_method():
     """v6: the RPC proxy serves methods without a namespace only where
     ``rpc.without_namespace.proxy_enabled`` says so (108 otherwise), and a method with a
-    namespace not configured is 104, not sent to the proxy; v5 (no granular mode) sends
-    every method, as v5 did."""
+    namespace not configured is 104, not sent to the proxy, where some namespace enables
+    it (none does: Centrifugo has no RPC handler, and every method is 108); v5 (no
+    granular mode) sends every method, as v5 did."""
     from realtime.pubsub import PubSubError
     from realtime.pubsub_proxy import ProxyConfig, RpcNamespace
 
@@ -433,7 +506,7 @@ def test_an_rpc_proxy_follows_v6s_namespaces_and_v5s_every_method():
     endpoint = "http://b/rpc"
     assert routes({"rpc": {"proxy": {"endpoint": endpoint},
                            "without_namespace": {"proxy_enabled": True}}}) == [endpoint, 104]
-    assert routes({"rpc": {"proxy": {"endpoint": endpoint}}}) == [108, 104]
+    assert routes({"rpc": {"proxy": {"endpoint": endpoint}}}) == [108, 108]
     assert routes({"rpc": {"proxy": {"endpoint": endpoint},
                            "namespaces": [{"name": "ns", "proxy_enabled": True}]}}) == [
         108, endpoint]
@@ -609,6 +682,13 @@ REFUSALS = [
      "proxies[0]: 'default' is reserved (it names the events' own proxies)"),
     ({**HTTP, "proxies": [{"name": "pay", "endpoint": "http://b", "timout": "2s"}]},
      "proxies[0].timout: unknown key"),
+    # realtime's own bound on requests in flight is no Centrifugo key: said so.
+    ({**HTTP, "proxies": [{"name": "pay", "endpoint": "http://b", "max_inflight": 4}]},
+     "proxies[0].max_inflight: not a Centrifugo key (realtime's own: --proxy "
+     "NAME:max_inflight=N, or max_inflight in that table of the converted --config TOML)"),
+    ({"rpc": {"proxy": {"endpoint": "http://b/r", "max_inflight": 4}}},
+     "rpc.proxy.max_inflight: not a Centrifugo key (realtime's own: --proxy-event "
+     "EVENT:max_inflight=N"),
     ({**HTTP, "proxies": [{"name": "pay", "endpoint": "http://b", "http": {
         "status_to_code_transforms": [{"status_code": 200, "to_error": {"code": 1}}]}}]},
      "proxies[0]: 'pay': status_to_code_transforms[0]: status 200 is not an HTTP status"),
@@ -671,6 +751,10 @@ REFUSALS = [
                                             "sentinel_master_name": "m",
                                             "sentinel_password": "pw"}}},
      "engine.redis.sentinel_password: not supported"),
+    ({"engine": {"type": "redis", "redis": {"sentinel_address": ["s:1", " , "],
+                                            "sentinel_master_name": "m"}}},
+     "engine.redis.sentinel_address: an empty item (each is a shard's sentinels, host:port "
+     "separated by commas)"),
     ({"broker": {"enabled": True, "type": "nats"}}, "broker.enabled: not supported"),
     ({"shutdown": {"timeout": 30}}, "shutdown.timeout: expected a duration"),
     ({"log": {"level": "loud"}}, "log.level: expected trace, debug"),
@@ -721,6 +805,21 @@ SECRETS = [
     ({"engine": {"type": "redis", "redis": {
         "address": "redis+sentinel://:s3cretpw@h:26379?sentinel_master_name=m"}}},
      "s3cretpw", "engine.redis.address: expected host:port, redis://"),
+    # A Sentinel's or Cluster node's address is host:port (Centrifugo's net.SplitHostPort
+    # refuses the rest): a password there was taken into the section's, the shard's own.
+    ({"engine": {"type": "redis", "redis": {
+        "sentinel_address": ["s1:26379", "redis://:s3cretpw@s2:26379"],
+        "sentinel_master_name": "m", "password": "pw"}}},
+     "s3cretpw", "engine.redis.sentinel_address: expected host:port (commas between "
+                 "them), got 'redis://***@s2:26379'"),
+    ({"engine": {"type": "redis", "redis": {"sentinel_address": ["ada:s3cretpw@s1:26379"],
+                                            "sentinel_master_name": "m"}}},
+     "s3cretpw", "engine.redis.sentinel_address: expected host:port (commas between "
+                 "them), got '***@s1:26379'"),
+    ({"engine": {"type": "redis", "redis": {"cluster_address": [
+        "c1:7000,redis://ada:s3cretpw@c2:7001/0"]}}},
+     "s3cretpw", "engine.redis.cluster_address: expected host:port (commas between them), "
+                 "got 'redis://***@c2:7001/0'"),
     ({"client": {"token": "s3cret-token-as-a-string"}}, "s3cret-token", "client.token: "),
     ({"client": {"allowed_origins": ["*"], "proxy": {"connect": {
         "enabled": True, "endpoint": "http://b/c",

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
 from realtime import AsyncHttpConsumer, ProtocolTypeRouter, URLRouter, WebsocketConsumer, path
-from realtime.metrics import HTTP_BUCKETS, Collector, SnapshotWriter, exposition
+from realtime.metrics import HTTP_BUCKETS, Collector, SnapshotWriter, exposition, snapshot
 from tests.clients import (
     client_frame,
     closed_by_server,
@@ -441,6 +441,26 @@ def test_snapshots_add_up_and_a_dead_worker_has_nothing_in_progress(tmp_path):
     assert len(total["http_buckets"]) == len(HTTP_BUCKETS) + 1
     assert total["http_buckets"][-1] == 1 and sum(total["http_buckets"]) == 3
     assert total["http_sum"] == pytest.approx(100.002)
+
+
+def test_a_dead_workers_proxy_calls_are_neither_in_flight_nor_queued(tmp_path):
+    """The pubsub proxies' gauges are a live worker's too: a snapshot left by a worker that
+    died with calls in flight and queued keeps its call counts, and its gauges read 0 (its
+    series stay, so a scrape's series do not come and go with the workers)."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / f"worker-{gone.pid}.json").write_text(json.dumps({
+        "pubsub_proxy_inflight": {"default connect": 3, "pay ": 1},
+        "pubsub_proxy_queued": {"default connect": 5},
+        "pubsub_proxy_calls": {"connect default answered": 7}}))
+    own = snapshot([], None)  # (this process's: what earlier tests left, and 0)
+    total = Collector([], None, SnapshotWriter(str(tmp_path), [], None)).totals()
+    for gauge, key in (("pubsub_proxy_inflight", "default connect"),
+                       ("pubsub_proxy_inflight", "pay "),
+                       ("pubsub_proxy_queued", "default connect")):
+        assert total[gauge][key] == own[gauge].get(key, 0) == 0
+    assert total["pubsub_proxy_calls"]["connect default answered"] == \
+        own["pubsub_proxy_calls"].get("connect default answered", 0) + 7
 
 
 @pytest_twisted.ensureDeferred

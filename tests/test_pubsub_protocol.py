@@ -407,7 +407,7 @@ async def test_commands_are_counted_for_metrics(live):
         'realtime_pubsub_commands_total{"method": "connect", "result": "ok"}': 1.0,
         'realtime_pubsub_commands_total{"method": "subscribe", "result": "ok"}': 2.0,
         'realtime_pubsub_commands_total{"method": "subscribe", "result": "102"}': 1.0,
-        'realtime_pubsub_commands_total{"method": "rpc", "result": "104"}': 1.0,
+        'realtime_pubsub_commands_total{"method": "rpc", "result": "108"}': 1.0,
     }
 
 

@@ -105,9 +105,10 @@ def backend(pubsub_server: Any) -> Any:
 
     found = Backend()
     found.port = reactor.listenTCP(0, Site(found.resource), interface="127.0.0.1")
-    pubsub_proxy.GATE.calls.clear()
+    pubsub_proxy.GATES.calls.clear()
     yield found
-    assert (pubsub_proxy.GATE.inflight, pubsub_proxy.GATE.waiting) == (0, 0)
+    assert (pubsub_proxy.GATES.inflight, pubsub_proxy.GATES.waiting) == (0, 0)
+    pubsub_proxy.GATES.by_key.clear()
     pytest_twisted.blockon(pubsub_proxy.close())
     pytest_twisted.blockon(found.port.stopListening())
 
@@ -803,14 +804,16 @@ async def test_a_body_over_the_limit_fails_its_call_alone(pubsub_server, backend
 
 # -- the bound on requests in flight -----------------------------------------------------------
 
-def _gauges(by_proxy: bool = False) -> tuple[int, int, dict[str, int]]:
+def _gauges(by_proxy: bool = False) -> tuple[Any, Any, dict[str, int]]:
     """(in flight, queued, calls) as a ``--metrics`` scrape has them: calls by "event
-    outcome" (every proxy together), or "event proxy outcome"."""
+    outcome" (every proxy together), or "event proxy outcome"; in flight and queued
+    every proxy together, or by "proxy event" (a named proxy's: "proxy ")."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from realtime.metrics import Collector, exposition
 
-    found: dict[str, Any] = {"calls": {}}
+    found: dict[str, Any] = {"calls": {}, "realtime_pubsub_proxy_requests_in_progress": {},
+                             "realtime_pubsub_proxy_calls_queued": {}}
     text = exposition(Collector([], None))[1].decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -818,10 +821,14 @@ def _gauges(by_proxy: bool = False) -> tuple[int, int, dict[str, int]]:
                 labels = ("event", "proxy", "outcome") if by_proxy else ("event", "outcome")
                 key = " ".join(sample.labels[label] for label in labels)
                 found["calls"][key] = found["calls"].get(key, 0) + int(sample.value)
-            elif sample.name.startswith("realtime_pubsub_proxy_"):
-                found[sample.name] = int(sample.value)
-    return (found["realtime_pubsub_proxy_requests_in_progress"],
-            found["realtime_pubsub_proxy_calls_queued"], found["calls"])
+            elif sample.name in found:
+                gate = f"{sample.labels['proxy']} {sample.labels['event']}"
+                found[sample.name][gate] = int(sample.value)
+    inflight, queued = (found[name] for name in ("realtime_pubsub_proxy_requests_in_progress",
+                                                  "realtime_pubsub_proxy_calls_queued"))
+    if by_proxy:
+        return inflight, queued, found["calls"]
+    return sum(inflight.values()), sum(queued.values()), found["calls"]
 
 
 def _calling(server: Any, method: str) -> Any:
@@ -852,14 +859,14 @@ async def test_at_most_max_inflight_requests_reach_the_backend_the_rest_in_order
     calls = []
     for i in range(5):  # each queued (or in flight) before the next is made
         calls.append(_calling(server, f"m{i}"))
-        assert await until(lambda i=i: len(held) + pubsub_proxy.GATE.waiting == i + 1)
+        assert await until(lambda i=i: len(held) + pubsub_proxy.GATES.waiting == i + 1)
     assert sorted(held) == ["m0", "m1"]  # the backend sees two, and no more
     assert _gauges()[:2] == (2, 3)
     # answered out of order: each answer lets the next waiter in, the queue's order kept
     for name, seen in (("m1", 3), ("m0", 4), ("m2", 5), ("m3", 5), ("m4", 5)):
         held[name].callback({"result": {"data": name}})
         assert await until(lambda seen=seen: len(backend.of("rpc")) == seen)
-        assert pubsub_proxy.GATE.inflight <= 2
+        assert pubsub_proxy.GATES.inflight <= 2
         assert len(held) - sum(d.called for d in held.values()) <= 2  # at the backend
     replies = await asyncio_gather(*calls)
     assert [reply["rpc"]["data"] for reply in replies] == ["m0", "m1", "m2", "m3", "m4"]
@@ -869,56 +876,70 @@ async def test_at_most_max_inflight_requests_reach_the_backend_the_rest_in_order
 
 
 @pytest_twisted.ensureDeferred
+async def test_every_configured_proxy_has_its_gauges_from_the_first_scrape(pubsub_server,
+                                                                           backend):
+    """The in-flight and queued gauges have a series at 0 for each configured proxy (each
+    event's own, each named one) before its first call, as the one series was before they
+    were per proxy: a dashboard or an alert finds them from the start."""
+    from realtime.pubsub_proxy import Proxy
+
+    backend.proxy("connect", "rpc", proxies={"pay": Proxy(backend.url("pay"), name="pay")})
+    every = {"default connect": 0, "default rpc": 0, "pay ": 0}
+    assert _gauges(by_proxy=True)[:2] == (every, every)
+    backend.answers["rpc"] = lambda body: {"result": {"data": body["method"]}}
+    backend.answers["connect"] = lambda body: {"result": {"user": "ada"}}
+    server = await pubsub_server()
+    assert (await _calling(server, "m"))["rpc"] == {"data": "m"}
+    inflight, queued, calls = _gauges(by_proxy=True)
+    assert (inflight, queued) == (every, every)
+    assert calls == {"connect default answered": 1, "rpc default answered": 1}
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_call_times_out_from_when_it_queued_and_a_client_gone_frees_its_place(
         pubsub_server, backend):
-    """One place (--proxy-max-inflight 1), held: a call queued with a short timeout fails
-    with error 100 when it passes, never reaching the backend; a client that leaves while
-    its connect waits is dropped from the queue at once, and the one after it is served
-    when the place frees."""
+    """One place (--proxy-max-inflight 1), held by a connect: a connect queued with a
+    short timeout fails with error 100 when it passes, never reaching the backend; a
+    client that leaves while its connect waits is dropped from the queue at once, and the
+    one after it is served when the place frees."""
     from tests.clients import until
 
-    backend.proxy("connect", "rpc", max_inflight=1, timeout=WAIT)
+    backend.proxy("connect", max_inflight=1, timeout=WAIT)
     hold: Deferred[Any] = Deferred()
-    backend.answers["connect"] = lambda body: {"result": {"user": body.get("data", "")}}
-    backend.answers["rpc"] = lambda body: hold if body["method"] == "hold" else {
-        "result": {"data": body["method"]}}
+    backend.answers["connect"] = lambda body: hold if body.get("data") == "holder" else {
+        "result": {"user": body.get("data", "")}}
     server = await pubsub_server()
-
-    def holder(client: Raw) -> Any:
-        client.result("connect", {"data": "holder"})
-        return client.call("rpc", {"method": "hold"})
-
-    held = raw(server, holder)
-    assert await until(lambda: pubsub_proxy.GATE.inflight == 1 and backend.of("rpc"))
+    held = raw(server, lambda client: client.result("connect", {"data": "holder"}))
+    assert await until(lambda: pubsub_proxy.GATES.inflight == 1 and backend.of("connect"))
 
     # the timeout counts from the queue: this call never gets the place
-    backend.proxy("connect", "rpc", max_inflight=1, timeout=0.2)
+    backend.proxy("connect", max_inflight=1, timeout=0.2)
     def timed_out(client: Raw) -> Any:
         return client.call("connect", {"data": "late"})
 
     late = await raw(server, timed_out)
     assert late["error"] == {"code": 100, "message": "internal server error",
                              "temporary": True}
-    backend.proxy("connect", "rpc", max_inflight=1, timeout=WAIT)
+    backend.proxy("connect", max_inflight=1, timeout=WAIT)
 
     def leaves(client: Raw) -> None:  # its connect waits, and it goes
         client.send("connect", {"data": "gone"})
         deadline = time.monotonic() + WAIT
-        while pubsub_proxy.GATE.waiting != 1 and time.monotonic() < deadline:
+        while pubsub_proxy.GATES.waiting != 1 and time.monotonic() < deadline:
             time.sleep(0.01)
 
     await raw(server, leaves)
     assert await until(lambda: _gauges()[1] == 0)  # dropped at once, not at its deadline
     assert _gauges()[2].get("connect dropped") == 1
     after = raw(server, lambda client: client.result("connect", {"data": "after"}))
-    assert await until(lambda: pubsub_proxy.GATE.waiting == 1)
+    assert await until(lambda: pubsub_proxy.GATES.waiting == 1)
     assert [body.get("data") for body in backend.of("connect")] == ["holder"]
-    hold.callback({"result": {"data": "done"}})
-    assert (await after)["client"] and (await held)["rpc"] == {"data": "done"}
+    hold.callback({"result": {"user": "holder"}})
+    assert (await after)["client"] and (await held)["client"]
     # the one that left and the one timed out never reached the backend
     assert [body.get("data") for body in backend.of("connect")] == ["holder", "after"]
     calls = _gauges()[2]
-    assert calls == {"connect answered": 2, "rpc answered": 1, "connect queue_timeout": 1,
+    assert calls == {"connect answered": 2, "connect queue_timeout": 1,
                      "connect dropped": 1}
 
 
@@ -1098,9 +1119,10 @@ async def test_a_storm_of_failures_timeouts_and_leaves_gives_every_place_back(
     runs = [raw(server, worker(i)) for i in range(6)] + [raw(server, leaver)
                                                           for _ in range(3)]
     replies = [reply for got in await asyncio_gather(*runs) if got for reply in got]
-    assert await until(lambda: (pubsub_proxy.GATE.inflight, pubsub_proxy.GATE.waiting)
+    assert await until(lambda: (pubsub_proxy.GATES.inflight, pubsub_proxy.GATES.waiting)
                        == (0, 0), timeout=WAIT)
-    assert not pubsub_proxy.GATE.queue  # no skipped waiter left behind either
+    assert not any(gate.queue for gate in pubsub_proxy.GATES.by_key.values())  # (none
+    # skipped left behind either)
     inflight, queued, calls = _gauges()
     assert (inflight, queued) == (0, 0)
     assert len(replies) == 30
@@ -1216,13 +1238,13 @@ async def test_a_stream_client_that_leaves_while_its_connect_waits_is_dropped_at
         return sock
 
     first = await in_thread(stream)
-    assert await until(lambda: pubsub_proxy.GATE.inflight == 1)
+    assert await until(lambda: pubsub_proxy.GATES.inflight == 1)
     second = await in_thread(stream)
-    assert await until(lambda: pubsub_proxy.GATE.waiting == 1)
+    assert await until(lambda: pubsub_proxy.GATES.waiting == 1)
     second.close()
-    assert await until(lambda: pubsub_proxy.GATE.waiting == 0)  # (WAIT is its deadline)
+    assert await until(lambda: pubsub_proxy.GATES.waiting == 0)  # (WAIT is its deadline)
     assert _gauges()[2] == {"connect dropped": 1}
     hold.callback({"result": {"user": ""}})
     first.close()
-    assert await until(lambda: pubsub_proxy.GATE.inflight == 0)
+    assert await until(lambda: pubsub_proxy.GATES.inflight == 0)
     assert len(backend.of("connect")) == 1

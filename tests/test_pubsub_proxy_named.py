@@ -8,6 +8,7 @@ centrifuge-python."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -157,6 +158,124 @@ async def test_each_proxy_has_its_own_timeout(pubsub_server, backend, second):
         "rpc default timeout": 1, "subscribe long answered": 1}
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_hanging_proxy_fills_its_own_places_never_a_fast_ones(pubsub_server, backend,
+                                                                     second):
+    """Each proxy has its own places and queue: a backend that hangs behind a named proxy
+    with a long timeout (its own ``max_inflight=2``) holds 2 calls and queues the rest,
+    while the event's own rpc proxy (``--proxy-max-inflight 1``, a fast backend) answers
+    call after call, none queued; a call that times out in the slow one's queue is logged
+    naming that proxy and its bound. Then every held call is answered."""
+    from twisted.logger import formatEvent
+
+    from realtime.pubsub_proxy import GATES, RpcNamespace
+    from tests.clients import until
+    from tests.test_pubsub_proxy import _calling
+
+    slow = Proxy(second.url("rpc"), name="slow", timeout=WAIT, max_inflight=2)
+    settings.pubsub_proxy = ProxyConfig(
+        endpoints={"rpc": backend.url("rpc")}, timeout=WAIT, max_inflight=1,
+        proxies={"slow": slow}, rpc_namespaces={
+            "": RpcNamespace("", proxy_enabled=True),
+            "slow": RpcNamespace("slow", proxy_enabled=True, proxy_name="slow")})
+    held: list[Deferred[Any]] = []
+
+    def hang(body: dict[str, Any]) -> Deferred[Any]:
+        held.append(Deferred())
+        return held[-1]
+
+    second.answers["rpc"] = hang
+    backend.answers["rpc"] = lambda body: {"result": {"data": body["method"]}}
+    server = await pubsub_server(anonymous=True)
+    stuck = [_calling(server, f"slow:{i}") for i in range(4)]
+    assert await until(lambda: len(held) == 2 and GATES.waiting == 2)
+
+    def fast(client: Raw) -> Any:
+        client.result("connect")
+        return [client.result("rpc", {"method": f"fast{i}"}) for i in range(5)]
+
+    assert await raw(server, fast) == [{"data": f"fast{i}"} for i in range(5)]
+    inflight, queued, calls = _gauges(by_proxy=True)
+    assert inflight == {"slow ": 2, "default rpc": 0}
+    assert queued == {"slow ": 2, "default rpc": 0}
+    assert calls == {"rpc default answered": 5}
+
+    # a slow call that cannot wait long: out of the queue at 3/4 of its timeout, logged
+    settings.pubsub_proxy = replace(settings.pubsub_proxy,
+                                    proxies={"slow": replace(slow, timeout=0.2)})
+    with captured_log() as events:
+        late = await _calling(server, "slow:late")
+    assert late["error"] == {"code": 100, "message": "internal server error",
+                             "temporary": True}
+    assert [formatEvent(e) for e in events if e.get("log_namespace") ==
+            "realtime.pubsub_proxy"] == [
+        "pubsub: 1 call(s) to the proxy slow waited 0.15 s (3/4 of its timeout) for one of "
+        "its 2 places in flight (its max_inflight) and failed (the clients get error 100)"]
+
+    for answered in held[:2]:
+        answered.callback({"result": {"data": "done"}})
+    assert await until(lambda: len(held) == 4)  # the two queued ones, let in
+    for answered in held[2:]:
+        answered.callback({"result": {"data": "done"}})
+    assert [reply["rpc"] for reply in await asyncio_gather(*stuck)] == [{"data": "done"}] * 4
+    assert sorted(body["method"] for body in second.of("rpc")) == [
+        "slow:0", "slow:1", "slow:2", "slow:3"]
+    assert _gauges(by_proxy=True)[2] == {"rpc default answered": 5, "rpc slow answered": 4,
+                                         "rpc slow queue_timeout": 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_named_proxys_places_serve_every_event_an_events_own_its_event_alone(
+        pubsub_server, backend, second):
+    """One place each (``--proxy-max-inflight 1``, and ``pay``'s ``max_inflight=1``): an RPC
+    held at the named proxy ``pay`` makes a subscribe of a namespace that picks ``pay``
+    wait (one backend service, one bound), while an RPC held at the event's own rpc proxy
+    leaves the own subscribe proxy's place free (one bound per event)."""
+    from realtime.pubsub_proxy import GATES, RpcNamespace
+    from tests.clients import until
+    from tests.test_pubsub_proxy import _calling
+
+    settings.pubsub_proxy = ProxyConfig(
+        endpoints={"rpc": backend.url("rpc"), "subscribe": backend.url("subscribe")},
+        timeout=WAIT, max_inflight=1,
+        proxies={"pay": Proxy(second.url("pay"), name="pay", timeout=WAIT, max_inflight=1)},
+        rpc_namespaces={"": RpcNamespace("", proxy_enabled=True),
+                        "pay": RpcNamespace("pay", proxy_enabled=True, proxy_name="pay")})
+    held: dict[str, Deferred[Any]] = {}
+
+    def hold(body: dict[str, Any]) -> Deferred[Any]:
+        held[body["method"]] = Deferred()
+        return held[body["method"]]
+
+    backend.answers["rpc"] = hold
+    backend.answers["subscribe"] = lambda body: {"result": {}}
+    # (pay's one endpoint: its RPCs held, its subscribes answered)
+    second.answers["pay"] = lambda body: hold(body) if "method" in body else {"result": {}}
+    server = await pubsub_server("own:subscribe_proxy_enabled",
+                                 "p:subscribe_proxy_enabled,subscribe_proxy_name=pay",
+                                 anonymous=True)
+
+    def subscribing(channel: str) -> Any:
+        return raw(server, lambda client: [client.result("connect"), client.call(
+            "subscribe", {"channel": channel})][1])
+
+    calls = [_calling(server, "pay:charge"), _calling(server, "hold")]
+    assert await until(lambda: sorted(held) == ["hold", "pay:charge"])
+    paid = subscribing("p:1")
+    assert await until(lambda: GATES.waiting == 1)
+    assert (await subscribing("own:1"))["subscribe"] == {}  # (the own subscribe's place)
+    inflight, queued, _ = _gauges(by_proxy=True)
+    assert inflight == {"default rpc": 1, "default subscribe": 0, "pay ": 1}
+    assert queued == {"default rpc": 0, "default subscribe": 0, "pay ": 1}
+    assert [body.get("channel") for body in second.of("pay")] == [None]  # (p:1 waits)
+    held["pay:charge"].callback({"result": {"data": "paid"}})
+    assert (await paid)["subscribe"] == {}
+    held["hold"].callback({"result": {"data": "held"}})
+    assert [reply["rpc"] for reply in await asyncio_gather(*calls)] == [
+        {"data": "paid"}, {"data": "held"}]
+    assert [body.get("channel") for body in second.of("pay")] == [None, "p:1"]
+
+
 # -- RPC namespaces ----------------------------------------------------------------------------
 
 def _options(*args: str) -> None:
@@ -217,6 +336,51 @@ async def test_rpc_namespaces_route_each_method_as_centrifugo_does(pubsub_server
 
 
 # -- status_to_code_transforms ----------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_an_rpc_with_no_rpc_proxy_at_all_is_108_as_centrifugo_answers(pubsub_server,
+                                                                            backend):
+    """Centrifugo sets a client's RPC handler only where an RPC proxy is enabled
+    (internal/client/handler.go, ``Handler.Setup``), and centrifuge's
+    ``Client.handleRPC`` answers 108 (not available) without one: so here, with no proxy
+    at all, with proxies but no rpc one, and with RPC namespaces none of which enables
+    its proxy (a method of a namespace not configured too: no handler to say 104); none
+    reaches the backend. centrifuge-python's ``rpc()``; a ``PubSubConsumer`` whose
+    ``rpc`` hook passes a method to ``super()`` is the handler, and that is 104
+    (tests/test_pubsub.py, ``test_the_hooks_of_a_subclass``)."""
+    backend.answers["connect"] = lambda body: {"result": {"user": "ada"}}
+    backend.answers["rpc"] = lambda body: {"result": {"data": "reached"}}
+    server = await pubsub_server(anonymous=True)
+
+    async def answers() -> Any:
+        client, events = sdk_client(server)
+        await client.connect()
+        await events.next("connected")
+        found = []
+        for method in ("plain", "off:x", "nope:x"):
+            try:
+                found.append((await client.rpc(method, {"n": 1})).data)
+            except Exception as exc:  # centrifuge.ReplyError
+                found.append((exc.code, exc.message))  # type: ignore[attr-defined]
+        await client.disconnect()
+        return found
+
+    unavailable = [(108, "not available")] * 3
+    settings.pubsub_proxy = None
+    assert await run(answers) == unavailable
+    _options("--proxy-connect-endpoint", backend.url("connect"))
+    assert await run(answers) == unavailable
+    _options("--proxy-connect-endpoint", backend.url("connect"), "--proxy-rpc-endpoint",
+             backend.url("rpc"), "--rpc-namespace", "off:")
+    assert await run(answers) == unavailable
+    assert backend.of("rpc") == [] and len(backend.of("connect")) == 2
+    # one namespace that enables its proxy: the rest answer as Centrifugo's RPC handler
+    _options("--proxy-connect-endpoint", backend.url("connect"), "--proxy-rpc-endpoint",
+             backend.url("rpc"), "--rpc-namespace", "off:", "--rpc-namespace",
+             ":proxy_enabled")
+    assert await run(answers) == ["reached", (108, "not available"),
+                                  (104, "method not found")]
+
 
 @pytest_twisted.ensureDeferred
 async def test_status_to_code_transforms_answer_a_status_as_an_error_or_a_disconnect(
@@ -420,11 +584,22 @@ REFUSALS: list[tuple[tuple[str, ...], str]] = [
      "--proxy: 'billing': timeout: expected seconds (300, 300s, 5m, 1h), got 'soon'"),
     (("--proxy", "billing:endpoint=http://h/,timeout=0s"),
      "--proxy: 'billing': timeout: must be more than 0, got '0s'"),
+    (("--proxy", "billing:endpoint=http://h/,max_inflight=-1"),
+     "--proxy: 'billing': max_inflight: expected a whole number of requests, 0 or more (0: "
+     "no bound), got '-1'"),
+    (("--proxy", "billing:endpoint=http://h/,max_inflight=\u00b2"),
+     "--proxy: 'billing': max_inflight: expected a whole number of requests, 0 or more (0: "
+     "no bound), got '\u00b2'"),
+    (("--proxy", "billing:endpoint=http://h/,max_inflight"),
+     "--proxy: 'billing': max_inflight: expected max_inflight=VALUE"),
+    (("--proxy-rpc-endpoint", "http://h/", "--proxy-event", "rpc:max_inflight=many"),
+     "--proxy-event: rpc: max_inflight: expected a whole number of requests, 0 or more (0: "
+     "no bound), got 'many'"),
     (("--proxy", "billing:endpoint=http://h/?a=1,b=2"),
      "--proxy: 'billing': no setting 'b' (known: endpoint, timeout, http_headers, "
      "emulated_headers, static_header, include_connection_meta, binary_encoding, "
-     "status_to_error, status_to_temporary_error, status_to_disconnect; a comma inside a "
-     "value: %2C in a URL, or the TOML form)"),
+     "status_to_error, status_to_temporary_error, status_to_disconnect, max_inflight; a "
+     "comma inside a value: %2C in a URL, or the TOML form)"),
     (("--proxy", "billing:endpoint=http://h/,http_headers=Cookie+Host"),
      "--proxy: 'billing': http_headers: 'Host' is the proxy request's own header (its "
      "connection's or framing's), not one to send"),
@@ -491,10 +666,13 @@ TOML_REFUSALS: list[tuple[str, str]] = [
      "'grpc://h:9000'"),
     ('[[proxies]]\nname = "bi"\nendpoint = "http://h/"\ntimeout = true\n',
      "CONFIG: proxies: 'bi': timeout: expected a duration, got True"),
+    ('[[proxies]]\nname = "bi"\nendpoint = "http://h/"\nmax_inflight = "8"\n',
+     "CONFIG: proxies: 'bi': max_inflight: expected a whole number of requests, 0 or more "
+     "(0: no bound), got '8'"),
     ('[[proxies]]\nname = "bi"\nendpoint = "http://h/"\nretries = 3\n',
      "CONFIG: proxies: 'bi': no setting 'retries' (known: endpoint, timeout, "
      "http_headers, emulated_headers, static_headers, include_connection_meta, binary_encoding, "
-     "status_to_code_transforms, http, grpc_metadata, grpc)"),
+     "status_to_code_transforms, http, grpc_metadata, grpc, max_inflight)"),
     ('[[proxies]]\nname = "bi"\nendpoint = "http://h/"\n'
      '[[proxies.http.status_to_code_transforms]]\nstatus_code = 404\n',
      "CONFIG: proxies: 'bi': status_to_code_transforms[0]: status 404: an error or a "
@@ -542,6 +720,7 @@ def test_the_contrib_configs_commented_proxy_objects_parse(tmp_path):
         3.0, ("Cookie",))
     payments = proxy.proxies["payments"]
     assert payments.static_headers == (("X-Proxy-Key", "change-me"),)
+    assert (payments.max_inflight, proxy.max_inflight) == (16, 64)
     assert payments.transform(401) == StatusTransform(401, disconnect=(4501, "unauthorized"))
     assert proxy.for_rpc("billing:charge") is payments
     assert proxy.for_rpc("ping") is proxy.own("rpc")
@@ -549,11 +728,12 @@ def test_the_contrib_configs_commented_proxy_objects_parse(tmp_path):
 
 
 def test_the_bound_on_requests_in_flight_is_set_with_named_proxies_alone():
-    """``--proxy-max-inflight`` bounds every proxy of the process, named ones too: with
+    """``--proxy-max-inflight`` bounds each proxy of the process, named ones too: with
     ``--proxy`` and no ``--proxy-*-endpoint`` it is taken (the other ``--proxy-*`` options
     are the events' own proxies' and still need an endpoint)."""
     _options("--proxy", "pay:endpoint=http://127.0.0.1:3001/", "--proxy-max-inflight", "8")
     assert settings.pubsub_proxy.max_inflight == 8
+    assert settings.pubsub_proxy.proxies["pay"].max_inflight is None  # (--proxy-max-inflight)
     assert startup_error("--proxy-max-inflight", "8") == (
         "--proxy-max-inflight: needs a proxy (--proxy-connect-endpoint, ..., "
         "--proxy-rpc-endpoint, or a --proxy)")
@@ -561,6 +741,32 @@ def test_the_bound_on_requests_in_flight_is_set_with_named_proxies_alone():
                          "2s") == (
         "--proxy-timeout: needs a proxy endpoint (--proxy-connect-endpoint, ..., "
         "--proxy-rpc-endpoint; a --proxy has its own timeout=)")
+
+
+def test_a_proxys_own_bound_on_requests_in_flight_at_start_up(tmp_path):
+    """realtime's own ``max_inflight`` (Centrifugo has no bound): a ``--proxy``'s, an
+    event's own (``--proxy-event``), the same in TOML (``[[proxies]]``,
+    ``[proxy_events.EVENT]``); a proxy without one takes ``--proxy-max-inflight``."""
+    _options("--proxy-rpc-endpoint", "http://127.0.0.1:3000/rpc", "--proxy-connect-endpoint",
+             "http://127.0.0.1:3000/connect", "--proxy-max-inflight", "8",
+             "--proxy", "slow:endpoint=http://127.0.0.1:3001/,max_inflight=2",
+             "--proxy", "fast:endpoint=http://127.0.0.1:3002/",
+             "--proxy-event", "rpc:max_inflight=0")
+    proxy = settings.pubsub_proxy
+    assert (proxy.max_inflight, proxy.proxies["slow"].max_inflight) == (8, 2)
+    assert proxy.proxies["fast"].max_inflight is None and proxy.own("connect").max_inflight \
+        is None
+    assert proxy.own("rpc").max_inflight == 0  # (no bound for it alone)
+    config = tmp_path / "realtime.toml"
+    config.write_text('app = "realtime.pubsub:application"\n'
+                      'proxy_rpc_endpoint = "http://127.0.0.1:3000/rpc"\n'
+                      '[proxy_events.rpc]\nmax_inflight = 4\n'
+                      '[[proxies]]\nname = "slow"\nendpoint = "http://127.0.0.1:3001/"\n'
+                      'max_inflight = 2\n')
+    _options("--config", str(config))
+    proxy = settings.pubsub_proxy
+    assert (proxy.max_inflight, proxy.own("rpc").max_inflight,
+            proxy.proxies["slow"].max_inflight) == (64, 4, 2)
 
 
 #: (arguments, or a TOML body after ``app = ...``; the line that stops start-up): a static
