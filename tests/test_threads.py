@@ -112,3 +112,45 @@ def test_run_on_reactor_waits_unless_the_reactor_has_stopped_running_calls(
     except ConnectionClosed:
         result = "ConnectionClosed"
     assert result == outcome
+
+
+@pytest.mark.parametrize("running, started, stopping, outcome", [
+    (True, True, True, "done"),
+    (False, False, False, "done"),
+    (False, True, True, "ConnectionClosed"),
+])
+def test_awaited_on_reactor_waits_on_its_loop_unless_the_reactor_has_stopped(
+        running, started, stopping, outcome) -> None:
+    """The coroutine form (what a guarded layer gives asgiref's ``async_to_sync``), awaited
+    on an asyncio loop of another thread: the same rules, and that loop is not blocked
+    meanwhile."""
+    import asyncio
+    import threading
+
+    from realtime.exceptions import ConnectionClosed
+    from realtime.threads import awaited_on_reactor
+
+    fake = _Reactor(running, started, stopping, delay=1.0)
+    found: list[Any] = []
+
+    async def main() -> None:
+        ticks = 0
+
+        async def tick() -> None:  # runs while the call waits: the loop is free
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        try:
+            found.append(await awaited_on_reactor(fake, lambda: "done"))
+        except ConnectionClosed:
+            found.append("ConnectionClosed")
+        ticker.cancel()
+        found.append(ticks > 5)
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),))  # not the reactor's
+    thread.start()
+    thread.join(10)
+    assert found == [outcome, True]
