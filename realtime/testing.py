@@ -995,12 +995,12 @@ class ApplicationCommunicator:
             _as_deferred(self._handle_inputs())
 
     async def _handle_inputs(self) -> None:
-        from realtime.layers import get_channel_layer
+        from realtime.layers import process_layer
         from realtime.worker import channel_consumer, handle_message
 
         try:
             if self._consumer is None:
-                layer = self.layer if self.layer is not None else get_channel_layer()
+                layer = self.layer if self.layer is not None else process_layer()
                 self._consumer = await channel_consumer(self.application, self.scope, layer)
             while self._inputs:
                 message = self._inputs.popleft()
