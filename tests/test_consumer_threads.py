@@ -730,6 +730,42 @@ async def test_get_channel_layer_off_the_reactor_is_guarded_and_passes_on_it(lay
         await server.stop()
 
 
+
+def test_before_the_reactor_runs_the_main_thread_passes_and_other_threads_are_refused(
+        monkeypatch):
+    """A module global taken while ``--app`` is imported: the import's own calls (on the
+    main thread, which will run the reactor: ``keep_history``) pass; another thread's are
+    refused as after the start (tests/e2e/test_layer_global.py: under twistd)."""
+    import threading
+
+    from twisted.python import threadable
+
+    from realtime.layers import InMemoryChannelLayer, get_channel_layer, set_channel_layer
+
+    layer = InMemoryChannelLayer()
+    set_channel_layer(layer)
+    monkeypatch.setattr(threadable, "ioThread", None)  # no reactor has run yet
+    guard = get_channel_layer()
+    assert type(guard) is ThreadGuardedLayer
+    guard.keep_history("room.*", size=10, ttl=60)
+    refused: list[str] = []
+
+    def elsewhere() -> None:
+        try:
+            guard.group_send("room.a", {"type": "note"})
+        except RuntimeError as exc:
+            refused.append(str(exc))
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join(5)
+    assert layer.history.match("room.a") is not None
+    assert refused == [
+        "InMemoryChannelLayer.group_send() called from a thread other than the reactor's, "
+        "where it would race the reactor (Twisted is not thread-safe): call it through "
+        "async_to_sync(get_channel_layer().group_send)(...), which runs it on the reactor "
+        "thread"]
+
 # -- Channels' tutorial, verbatim but for the imports ------------------------------------------
 class ChatConsumer(WebsocketConsumer):
     def connect(self):

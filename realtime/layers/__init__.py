@@ -4,7 +4,8 @@
 in-memory one, so code outside consumers (a script, a test) reaches the same groups. Called
 anywhere but on the reactor thread — a Django view's thread, or before the reactor runs
 (a module global taken while ``--app`` is imported) — it returns the layer guarded
-(``ThreadGuardedLayer``): on the reactor thread its calls pass through,
+(``ThreadGuardedLayer``): on the reactor thread (and before it runs, on the main thread,
+which will run it: ``keep_history`` at import) its calls pass through,
 ``async_to_sync(get_channel_layer().group_send)(...)`` (realtime's or asgiref's) works
 from any thread, and a direct call from another thread raises ``RuntimeError`` instead of
 racing the reactor.

@@ -1355,14 +1355,14 @@ class ThreadGuardedLayer:
     """``layer`` as code in worker threads gets it (a ``thread_handlers`` consumer's
     ``self.channel_layer``, ``get_channel_layer()`` called off the reactor thread or before
     the reactor runs): its methods run when called on the reactor thread ``io_thread``
-    (None: the reactor's, whichever thread runs it, read at each call) and raise
-    ``RuntimeError`` anywhere else, where they would touch the layer's state, its Redis
-    connections and the reactor from a second thread (Twisted is not thread-safe); called
-    there from asgiref's ``async_to_sync`` (or another coroutine on an asyncio loop of that
-    thread) a method returns a coroutine that runs the call on the reactor thread. Reading an
-    attribute (``capacity``, ``ready``) passes through, setting one sets the layer's, and
-    ``isinstance`` sees the layer's class. Consumers on the reactor thread get the layer
-    itself: this costs them nothing."""
+    (None: the reactor's, whichever thread runs it, read at each call; before one runs,
+    the main thread) and raise ``RuntimeError`` anywhere else, where they would touch the
+    layer's state, its Redis connections and the reactor from a second thread (Twisted is
+    not thread-safe); called there from asgiref's ``async_to_sync`` (or another coroutine
+    on an asyncio loop of that thread) a method returns a coroutine that runs the call on
+    the reactor thread. Reading an attribute (``capacity``, ``ready``) passes through,
+    setting one sets the layer's, and ``isinstance`` sees the layer's class. Consumers on
+    the reactor thread get the layer itself: this costs them nothing."""
 
     def __init__(self, layer: Any, io_thread: int | None, via: str = "self.channel_layer",
                  where: str = "a handler thread") -> None:
@@ -1390,8 +1390,12 @@ class ThreadGuardedLayer:
         get_ident, getframe = threading.get_ident, sys._getframe
 
         if io_thread is None:
+            main = threading.main_thread().ident
+
             def guarded(*args: Any, **kwargs: Any) -> Any:
-                if get_ident() != threadable.ioThread:
+                here, io = get_ident(), threadable.ioThread
+                # (before a reactor runs: the main thread, which will run it, passes)
+                if here != io and (io is not None or here != main):
                     return refused(name, getframe(1), args, kwargs)
                 return getattr(layer, name)(*args, **kwargs)  # the layer's, even if replaced
         else:
@@ -1412,11 +1416,6 @@ class ThreadGuardedLayer:
         that awaits on an asyncio loop (asgiref's ``async_to_sync``), else ``RuntimeError``
         saying what works."""
         layer = self._layer
-        if threadable.ioThread is None:
-            raise RuntimeError(
-                f"{type(layer).__name__}.{name}() called before the reactor runs, where "
-                "nothing would run it: call it once the service runs (await it on the reactor "
-                f"thread, or async_to_sync({self._via}.{name})(...) from another thread)")
         if _awaits_on_a_loop(caller):
             from twisted.internet import reactor
 

@@ -12,18 +12,8 @@ from realtime import URLRouter, WebsocketConsumer, async_to_sync, re_path
 from realtime.layers import get_channel_layer
 
 LAYER = get_channel_layer()
-
-
-def _called_at_import() -> str:
-    try:
-        LAYER.new_channel()
-    except RuntimeError as exc:
-        return str(exc)
-    return "passed"
-
-
-#: What a direct call made while the application is imported got.
-AT_IMPORT = _called_at_import()
+# While the application is imported, on the thread that will run the reactor: passes.
+LAYER.keep_history("room.*", size=10, ttl=60)
 
 
 class Reactor(WebsocketConsumer):
@@ -31,12 +21,11 @@ class Reactor(WebsocketConsumer):
 
     def connect(self) -> Any:
         # Its Deferred, returned: the handshake waits for the join (a Redis SUBSCRIBE).
-        return LAYER.group_add("room", self.channel_name).addCallback(self.joined)
+        return LAYER.group_add("room.lobby", self.channel_name).addCallback(self.joined)
 
     def joined(self, _: Any) -> None:
         self.accept()
         self.send(text_data=type(LAYER).__name__)
-        self.send(text_data=AT_IMPORT)
 
     def note(self, event: dict[str, Any]) -> None:
         self.send(text_data=event["text"])
@@ -50,13 +39,13 @@ class Pool(WebsocketConsumer):
     def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data == "direct":
             try:
-                LAYER.group_send("room", {"type": "note", "text": text_data})
+                LAYER.group_send("room.lobby", {"type": "note", "text": text_data})
             except RuntimeError as exc:
                 self.send(text_data=str(exc))
             return
         call = asgiref_async_to_sync if text_data == "asgiref" else async_to_sync
-        call(LAYER.group_send)("room", {"type": "note", "text": text_data})
-        self.send(text_data="sent")
+        position = call(LAYER.group_send)("room.lobby", {"type": "note", "text": text_data})
+        self.send(text_data=f"sent, offset {position['offset']}")  # (the import's history)
 
 
 application = URLRouter([re_path(r"^reactor/$", Reactor.as_asgi()),
