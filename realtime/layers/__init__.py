@@ -39,7 +39,9 @@ def get_channel_layer(alias: str = "default") -> BaseChannelLayer:
     when called anywhere but on the reactor's thread (before it runs too: a module global
     outlives the import, and a thread may use it later), so that its methods work there
     and, from other threads, through ``async_to_sync`` only."""
-    layer = process_layer(alias)
+    layer = _layers.get(alias)
+    if layer is None:
+        layer = process_layer(alias)
     if threadable.ioThread != threading.get_ident():  # (None until a reactor runs)
         # One guard per alias and layer, so two calls give the same object (and its
         # guarded methods are built once); it reads the reactor's thread at each call.
