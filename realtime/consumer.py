@@ -111,8 +111,9 @@ _HANDLER_NAMES = ("websocket_connect", "websocket_receive", "websocket_disconnec
                   "connect", "receive", "disconnect", "token_expiring")
 
 
-def _own_code(cls: type) -> bool:
-    """Whether ``cls`` is the application's rather than realtime's (or ``object``)."""
+def _own_code(cls: Any) -> bool:
+    """Whether ``cls`` (a class or function) is the application's rather than realtime's
+    (or ``object``)."""
     module = getattr(cls, "__module__", None)
     if not isinstance(module, str):  # ``type(...)`` with ``__module__`` None: not ours
         return cls is not object
@@ -229,17 +230,10 @@ def _helpers(fn: types.FunctionType) -> list[types.FunctionType]:
                 candidate = inspect.unwrap(candidate)
             except ValueError:  # a __wrapped__ cycle
                 pass
-            if (isinstance(candidate, types.FunctionType) and _own_function(candidate)
+            if (isinstance(candidate, types.FunctionType) and _own_code(candidate)
                     and not (candidate.__code__.co_flags & _ASYNC_CODE)):
                 found.append(candidate)
     return found
-
-
-def _own_function(fn: types.FunctionType) -> bool:
-    """Whether ``fn`` is the application's rather than realtime's."""
-    module = fn.__module__
-    return not (isinstance(module, str)
-                and (module == "realtime" or module.startswith("realtime.")))
 
 
 _ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
@@ -321,16 +315,16 @@ def needs_a_thread(cls: type) -> str | None:
             if _calls_the_layer_directly(fn.__code__):
                 return None
             how = _reaches_async_to_sync(fn, known)
-            if how is not None:
-                because = because or f"{fn.__qualname__} {how}"
-                continue
-            # One level down: a module-level function of the application it calls.
+            if how is not None and because is None:
+                because = f"{fn.__qualname__} {how}"
+            # One level down: the module-level functions of the application it calls.
             for helper in _helpers(fn):
                 if _calls_the_layer_directly(helper.__code__, named=True):
                     return None
-                how = _reaches_async_to_sync(helper, known)
-                if how is not None and because is None:
-                    because = f"{fn.__qualname__} calls {helper.__qualname__}, which {how}"
+                if because is None:
+                    how = _reaches_async_to_sync(helper, known)
+                    if how is not None:
+                        because = f"{fn.__qualname__} calls {helper.__qualname__}, which {how}"
     return because
 
 

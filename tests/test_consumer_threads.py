@@ -389,6 +389,11 @@ def test_a_module_level_helper_is_followed_one_level_down():
         def receive(self, text_data=None, bytes_data=None):
             async_to_sync(self.channel_layer.group_send)("room", {"type": "x"})
 
+    class DirectHelperSameMethod(WebsocketConsumer):
+        def receive(self, text_data=None, bytes_data=None):
+            async_to_sync(self.channel_layer.group_send)("room", {"type": "x"})
+            add_directly(self, "room")
+
     class FileHelper(WebsocketConsumer):
         def receive(self, text_data=None, bytes_data=None):
             log_line(self.logfile, text_data)
@@ -410,7 +415,7 @@ def test_a_module_level_helper_is_followed_one_level_down():
     assert threaded(ModuleHelper) == (
         True, f"{where}ModuleHelper.connect calls join_room, which calls async_to_sync (as a2s)")
     assert threaded(TwoLevels) == (False, None)
-    assert threaded(DirectHelper) == (False, None)
+    assert threaded(DirectHelper) == threaded(DirectHelperSameMethod) == (False, None)
     assert threaded(FileHelper) == (True, f"{where}FileHelper.receive calls async_to_sync")
     assert threaded(AsyncHelper) == (True, f"{where}AsyncHelper.receive calls async_to_sync")
     assert threaded(Realtimes) == (False, None)
