@@ -1370,7 +1370,7 @@ class AsyncServer:
         if self._manager is not None:  # now, when the layer is known already
             from realtime.layers import _layers
 
-            known = (channel_layer if channel_layer is not None
+            known = (self._channel_layer if self._channel_layer is not None
                      else _layers.get(channel_layer_alias))
             # (an in-memory layer may be a test's leftover: its first use decides)
             if getattr(known, "address", None) is not None or channel_layer is not None:

@@ -913,9 +913,13 @@ class ApplicationCommunicator:
         if kind not in ("channel", "websocket", "http"):
             raise ValueError(f"ApplicationCommunicator serves channel, websocket and http "
                              f"scopes, not {kind!r}")
+        from realtime.layers.base import unguarded
+
         self.application = application
         self.scope = dict(scope)
-        self.layer = layer
+        #: The layer itself, also when given a guarded one (a module global's): its
+        #: consumers run on the reactor thread, as ``serve(layer=)``'s.
+        self.layer = unguarded(layer)
         self.clock = clock
         self.config = config
         self._outputs: _deque[dict[str, Any]] = _deque()

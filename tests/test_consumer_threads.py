@@ -735,6 +735,51 @@ async def test_get_channel_layer_off_the_reactor_is_guarded_and_passes_on_it(lay
         await server.stop()
 
 
+class LayerSeen(WebsocketConsumer):
+    """Records the layer it got, on the reactor thread."""
+
+    seen: list[Any] = []
+
+    def connect(self):
+        self.seen.append(self.channel_layer)
+        self.accept()
+
+
+class LayerSeenHttp(realtime.AsyncHttpConsumer):
+    seen: list[Any] = []
+
+    async def handle(self, body):
+        self.seen.append(self.channel_layer)
+        await self.send_response(200, b"ok")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_communicator_handed_a_guard_gives_its_consumers_the_layer_itself():
+    """``ApplicationCommunicator(layer=)`` given the guard a module global or a thread has:
+    its websocket and http consumers, on the reactor thread, get the layer itself, as
+    ``serve(layer=)``'s do (no guard's cost, and ``is`` holds)."""
+    from realtime.layers import InMemoryChannelLayer, get_channel_layer, set_channel_layer
+    from realtime.testing import ApplicationCommunicator
+
+    layer = InMemoryChannelLayer()
+    set_channel_layer(layer)
+    guard = await in_thread(get_channel_layer)
+    assert type(guard) is ThreadGuardedLayer
+    LayerSeen.seen.clear()
+    LayerSeenHttp.seen.clear()
+    ws = ApplicationCommunicator(LayerSeen.as_asgi(), {"type": "websocket", "path": "/"},
+                                 layer=guard)
+    await ws.send_input({"type": "websocket.connect"})
+    assert (await ws.receive_output(timeout=5))["type"] == "websocket.accept"
+    await ws.send_input({"type": "websocket.disconnect", "code": 1000})
+    await ws.wait(timeout=5)
+    http = ApplicationCommunicator(LayerSeenHttp.as_asgi(),
+                                   {"type": "http", "method": "GET", "path": "/"}, layer=guard)
+    await http.send_input({"type": "http.request", "body": b""})
+    assert (await http.receive_output(timeout=5))["status"] == 200
+    await http.wait(timeout=5)
+    assert [seen is layer for seen in LayerSeen.seen + LayerSeenHttp.seen] == [True, True]
+
 
 def test_before_the_reactor_runs_the_main_thread_passes_and_other_threads_are_refused(
         monkeypatch):
