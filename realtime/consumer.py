@@ -184,19 +184,35 @@ def _is_one_of(value: Any, known: tuple[Any, ...]) -> bool:
     return any(value is k for k in known)
 
 
+def _loads_globals(code: types.CodeType) -> set[str]:
+    """The names ``code`` (or code nested in it) reads as globals (``helper(...)``,
+    ``module.helper(...)``'s ``module``), not as attributes: ``self.helper(...)`` is a
+    method of its own, whatever the module's globals hold under that name."""
+    return {instruction.argval for inner in _nested(code)
+            for instruction in dis.get_instructions(inner)
+            if instruction.opname in _GLOBAL_LOADS}
+
+
+_GLOBAL_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
+
+
 def _reaches_async_to_sync(fn: types.FunctionType, known: tuple[Any, ...]) -> str | None:
     """How ``fn`` calls ``async_to_sync`` by itself ("calls async_to_sync", "calls
-    async_to_sync (as a2s)"), or None: by one of its names, or a name of its module's
-    globals, of its closure or a default argument holding it."""
+    async_to_sync (as a2s)"), or None: by one of its names, or a global of its module, a
+    name of its closure or a default argument holding it."""
     names: set[str] = set()
     for code in _nested(fn.__code__):
         names.update(code.co_names)
     if not _A2S_NAMES.isdisjoint(names):
         return "calls async_to_sync"
     scope = fn.__globals__
+    loaded: set[str] | None = None  # (read only for a name the module's globals give it)
     for name in names:
         if name in scope and _is_one_of(scope[name], known):
-            return f"calls async_to_sync (as {name})"
+            if loaded is None:
+                loaded = _loads_globals(fn.__code__)
+            if name in loaded:
+                return f"calls async_to_sync (as {name})"
     for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
         try:
             value = cell.cell_contents
@@ -212,15 +228,22 @@ def _reaches_async_to_sync(fn: types.FunctionType, known: tuple[Any, ...]) -> st
 
 def _helpers(fn: types.FunctionType) -> list[types.FunctionType]:
     """The application's plain module-level functions ``fn`` may call (``helper(...)``,
-    ``module.helper(...)``): its code's names in its module's globals, and in modules
-    those name (read from their ``__dict__``: no module ``__getattr__`` runs)."""
+    ``module.helper(...)``): the globals its code reads, and in modules those are the
+    attributes it names (read from their ``__dict__``: no module ``__getattr__`` runs)."""
     names: set[str] = set()
     for code in _nested(fn.__code__):
         names.update(code.co_names)
     scope = fn.__globals__
     found: list[types.FunctionType] = []
+    loaded: set[str] | None = None  # (read only for a name the module's globals give it)
     for name in names:
         value = scope.get(name)
+        if not isinstance(value, types.FunctionType | types.ModuleType):
+            continue
+        if loaded is None:
+            loaded = _loads_globals(fn.__code__)
+        if name not in loaded:
+            continue
         candidates = ([vars(value).get(attr) for attr in names]
                       if isinstance(value, types.ModuleType) else [value])
         for candidate in candidates:

@@ -409,6 +409,20 @@ def test_a_module_level_helper_is_followed_one_level_down():
         def receive(self, text_data=None, bytes_data=None):
             internal_join(self, "room")
 
+    class AttributeNames(WebsocketConsumer):
+        """``self.join_room(...)``, ``self.a2s``: its own attributes, named as the module's
+        helper and async_to_sync are: not those."""
+
+        a2s = None
+
+        def receive(self, text_data=None, bytes_data=None):
+            self.join_room(text_data)
+            if self.a2s is not None:
+                self.send(text_data="a2s")
+
+        def join_room(self, room):
+            self.room = room
+
     where = "test_a_module_level_helper_is_followed_one_level_down.<locals>."
     assert threaded(Helper) == (
         True, f"{where}Helper.connect calls join_room, which calls async_to_sync (as a2s)")
@@ -419,6 +433,7 @@ def test_a_module_level_helper_is_followed_one_level_down():
     assert threaded(FileHelper) == (True, f"{where}FileHelper.receive calls async_to_sync")
     assert threaded(AsyncHelper) == (True, f"{where}AsyncHelper.receive calls async_to_sync")
     assert threaded(Realtimes) == (False, None)
+    assert threaded(AttributeNames) == (False, None)
 
 
 class Notifier(WebsocketConsumer):
