@@ -51,10 +51,12 @@ from realtime.layers.base import (
     HELD,
     MAX_NAME,
     UNCOUNTED_GROUP_PREFIX,
+    ThreadGuardedLayer,
     escape_name,
     frame_event,
     let_out_for,
     on_survey,
+    unguarded,
 )
 from realtime.settings import settings
 from realtime.threads import as_deferred
@@ -394,7 +396,7 @@ def configure(namespaces: Iterable[str | Namespace] = (), anonymous: bool = Fals
     None: all) for this process, and the history rules of the namespaces that keep
     history on ``layer`` (the default layer). Every process that publishes to such
     channels needs the same (``twistd realtime`` does it from the options)."""
-    from realtime.layers import process_layer, unguarded
+    from realtime.layers import process_layer
 
     served = None if transports is None else parse_transports(transports)
     found = parse_namespaces(namespaces)
@@ -460,18 +462,20 @@ def _carried(value: Any) -> bool:
     return True
 
 
-def _on_the_reactor(name: str, caller: Any) -> bool:
-    """Whether a call from a thread other than the running reactor's (a ``thread_handlers``
-    consumer's, a Django view's), where the layer would be touched from a second thread, is
-    to go to the reactor thread: made from asgiref's ``async_to_sync`` (or a coroutine on
-    that thread's asyncio loop), as ``ThreadGuardedLayer`` does; else ``RuntimeError``
-    saying how to call it instead. False on the reactor thread."""
-    io_thread = threadable.ioThread
-    if io_thread is None or io_thread == threading.get_ident():
+def _on_the_reactor(name: str) -> bool:
+    """Whether a call from a thread other than the reactor's (a ``thread_handlers``
+    consumer's, a Django view's; before the reactor runs, any but the main thread, which
+    will run it), where the layer would be touched from a second thread, is to go to the
+    reactor thread: made from asgiref's ``async_to_sync`` (or a coroutine on that thread's
+    asyncio loop), as ``ThreadGuardedLayer`` does; else ``RuntimeError`` saying how to call
+    it instead. False on the reactor thread (what the caller of ``name`` is, is read only
+    off it)."""
+    here, io_thread = threading.get_ident(), threadable.ioThread
+    if here == io_thread or (io_thread is None and here == threading.main_thread().ident):
         return False
     from realtime.layers.base import _awaits_on_a_loop
 
-    if _awaits_on_a_loop(caller):
+    if _awaits_on_a_loop(sys._getframe(2)):  # (the caller of publish)
         return True
     raise RuntimeError(
         f"realtime.pubsub.{name}() called from a thread other than the reactor's, where it "
@@ -489,9 +493,9 @@ def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
     namespace's ``delta_publish``): subscribers that asked for it and have the one before
     get a Fossil delta. ``PubSubError`` (102) for a channel of an unknown namespace;
     ``TypeError`` for data JSON cannot carry."""
-    from realtime.layers import process_layer, unguarded
+    from realtime.layers import process_layer
 
-    if _on_the_reactor("publish", sys._getframe(1)):  # asgiref's async_to_sync in a thread
+    if _on_the_reactor("publish"):  # asgiref's async_to_sync in a thread
         from twisted.internet import reactor
 
         from realtime.threads import awaited_on_reactor
@@ -503,7 +507,8 @@ def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
     if isinstance(data, bytes | bytearray | memoryview):
         data = from_bytes(data)
     namespace = _namespace(channel)
-    target = process_layer() if layer is None else unguarded(layer)
+    target = (process_layer() if layer is None
+              else layer if type(layer) is not ThreadGuardedLayer else unguarded(layer))
     group = channel_group(channel)
     message: dict[str, Any] = {"type": "pubsub.pub", "channel": channel, "data": data}
     if info:

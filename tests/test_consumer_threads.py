@@ -1080,3 +1080,41 @@ async def test_pubsub_publish_from_a_thread_is_refused_and_async_to_sync_works()
                        "runs it on the reactor thread")
     assert position["offset"] == 1  # the refused call published nothing
     assert then == {"epoch": position["epoch"], "offset": 2}
+
+
+def test_before_the_reactor_runs_publish_passes_on_the_main_thread_only(monkeypatch):
+    """As the guarded layer: a publication made while ``--app`` is imported, on the thread
+    that will run the reactor, is published; another thread's (one the import started) is
+    refused as after the start, not run beside the reactor's start-up."""
+    import threading
+
+    from twisted.python import threadable
+
+    from realtime import pubsub
+    from realtime.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    pubsub.configure(["chat:history_size=10,history_ttl=60s"], layer=layer)
+    monkeypatch.setattr(threadable, "ioThread", None)  # no reactor has run yet
+    outcomes: list[Any] = []
+    try:
+        pubsub.publish("chat:lobby", {"text": "at import"}, layer=layer).addBoth(outcomes.append)
+
+        def elsewhere() -> None:
+            try:
+                pubsub.publish("chat:lobby", {"text": "a thread"}, layer=layer)
+            except RuntimeError as exc:
+                outcomes.append(str(exc))
+
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join(5)
+        pubsub.publish("chat:lobby", {"text": "then"}, layer=layer).addBoth(outcomes.append)
+    finally:
+        pubsub.configure([])
+    assert [type(o) for o in outcomes] == [dict, str, dict]
+    assert outcomes[1].startswith("realtime.pubsub.publish() called from a thread other than "
+                                  "the reactor's")
+    # The thread's publication was not made: the import's is 1, the next one 2.
+    assert [outcomes[0]["offset"], outcomes[2]["offset"]] == [1, 2]
+
