@@ -330,6 +330,8 @@ def needs_a_thread(cls: type) -> str | None:
         return None
     known = _async_to_sync_objects()
     because = None
+    #: Each helper read once per class (many methods call the same few).
+    helpers: dict[types.FunctionType, tuple[bool, str | None]] = {}
     for k in own:
         for outer, fn in _functions(k):
             if any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
@@ -342,12 +344,16 @@ def needs_a_thread(cls: type) -> str | None:
                 because = f"{fn.__qualname__} {how}"
             # One level down: the module-level functions of the application it calls.
             for helper in _helpers(fn):
-                if _calls_the_layer_directly(helper.__code__, named=True):
+                verdict = helpers.get(helper)
+                if verdict is None:
+                    verdict = helpers[helper] = (
+                        _calls_the_layer_directly(helper.__code__, named=True),
+                        _reaches_async_to_sync(helper, known))
+                direct, how = verdict
+                if direct:
                     return None
-                if because is None:
-                    how = _reaches_async_to_sync(helper, known)
-                    if how is not None:
-                        because = f"{fn.__qualname__} calls {helper.__qualname__}, which {how}"
+                if because is None and how is not None:
+                    because = f"{fn.__qualname__} calls {helper.__qualname__}, which {how}"
     return because
 
 
