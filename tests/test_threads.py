@@ -89,11 +89,20 @@ class _Reactor:
     def __init__(self, running: bool, started: bool, stopping: bool, delay: float) -> None:
         self.running, self._startedBefore, self._stopped = running, started, stopping
         self.delay = delay
+        self.timers: list[Any] = []
 
     def callFromThread(self, fn: Any, *args: Any) -> None:
         import threading
 
-        threading.Timer(self.delay, fn, args).start()
+        timer = threading.Timer(self.delay, fn, args)
+        self.timers.append(timer)
+        timer.start()
+
+    def join(self) -> None:
+        """The calls' threads, done (one given up on still runs its call, later)."""
+        for timer in self.timers:
+            timer.join(10)
+            assert not timer.is_alive()
 
 
 @pytest.mark.parametrize("running, started, stopping, outcome", [
@@ -111,6 +120,7 @@ def test_run_on_reactor_waits_unless_the_reactor_has_stopped_running_calls(
         result = run_on_reactor(fake, lambda: "done")
     except ConnectionClosed:
         result = "ConnectionClosed"
+    fake.join()
     assert result == outcome
 
 
@@ -153,4 +163,5 @@ def test_awaited_on_reactor_waits_on_its_loop_unless_the_reactor_has_stopped(
     thread = threading.Thread(target=asyncio.run, args=(main(),))  # not the reactor's
     thread.start()
     thread.join(10)
+    fake.join()
     assert found == [outcome, True]
