@@ -496,10 +496,9 @@ def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
     from realtime.layers import process_layer
 
     if _on_the_reactor("publish"):  # asgiref's async_to_sync in a thread
-        from twisted.internet import reactor
+        from realtime.threads import awaited_on_reactor, installed_reactor
 
-        from realtime.threads import awaited_on_reactor
-
+        reactor = installed_reactor("realtime.pubsub.publish()")
         later: Any = awaited_on_reactor(reactor, functools.partial(
             publish, channel, data, info, layer, tags, delta))
         return later  # (a coroutine: what asgiref awaits)

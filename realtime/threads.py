@@ -44,6 +44,22 @@ def _reactor() -> Any:
     return reactor
 
 
+def installed_reactor(what: str) -> Any:
+    """The reactor a thread hands ``what`` to, or ``RuntimeError`` while this process has
+    none installed (a Django view under another server, a Celery task): nothing would ever
+    run the call, and its thread (asgiref's loop's too, which the interpreter joins at
+    exit) would wait for ever; importing one here would install the default reactor from
+    this thread."""
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None:
+        raise RuntimeError(
+            f"{what} called in a thread while this process has no Twisted reactor (a Django "
+            "view under another server, a Celery task, a script): nothing would ever run the "
+            "call; the layer reaches only this process's consumers, and from another process "
+            "realtime.client (the server API) reaches the server's")
+    return reactor
+
+
 def sync_to_async(fn: Callable[..., T]) -> Callable[..., Deferred[T]]:
     """Wrap a blocking function: calling the wrapper runs it in the thread pool."""
     from twisted.internet.threads import deferToThreadPool
@@ -177,7 +193,7 @@ def async_to_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
             return as_deferred(fn(*args, **kwargs))
 
         call.__qualname__ = f"async_to_sync({name})"
-        return run_on_reactor(_reactor(), call)
+        return run_on_reactor(installed_reactor(f"async_to_sync({name!r})"), call)
 
     return wrapper
 

@@ -1118,3 +1118,57 @@ def test_before_the_reactor_runs_publish_passes_on_the_main_thread_only(monkeypa
     # The thread's publication was not made: the import's is 1, the next one 2.
     assert [outcomes[0]["offset"], outcomes[2]["offset"]] == [1, 2]
 
+
+#: A thread of a process with no reactor (a Django view under another server, a Celery
+#: task) calling the layer the way Channels' code does; prints what each call gave.
+_NO_REACTOR_SCRIPT = """
+import json, sys, threading, warnings
+warnings.simplefilter("ignore")
+from asgiref.sync import async_to_sync as asgiref_a2s
+from realtime import async_to_sync, pubsub
+from realtime.layers import get_channel_layer
+
+found = []
+
+def view():
+    for call in (lambda: asgiref_a2s(get_channel_layer().group_send)("g", {"type": "x"}),
+                 lambda: async_to_sync(get_channel_layer().group_send)("g", {"type": "x"}),
+                 lambda: asgiref_a2s(pubsub.publish)("chat:lobby", {"text": "hi"})):
+        try:
+            found.append(repr(call()))
+        except RuntimeError as exc:
+            found.append(str(exc))
+
+thread = threading.Thread(target=view, daemon=True)
+thread.start()
+thread.join(10)
+print(json.dumps({"waiting": thread.is_alive(), "found": found,
+                  "reactor": "twisted.internet.reactor" in sys.modules}))
+"""
+
+
+def test_a_thread_of_a_process_without_a_reactor_is_refused_not_left_waiting():
+    """No reactor will ever run such a call: either ``async_to_sync`` of the guarded layer
+    (or of ``publish``) raises ``RuntimeError`` saying so at once, instead of waiting for
+    ever, and installs no reactor from that thread."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    done = subprocess.run([sys.executable, "-c", _NO_REACTOR_SCRIPT], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert (got["waiting"], got["reactor"], len(got["found"])) == (False, False, 3)
+    assert [text.split(" called ")[0] for text in got["found"]] == [
+        "InMemoryChannelLayer.group_send()", "async_to_sync('BaseChannelLayer.group_send')",
+        "realtime.pubsub.publish()"]
+    assert all(text.endswith(
+        "called in a thread while this process has no Twisted reactor (a Django view under "
+        "another server, a Celery task, a script): nothing would ever run the call; the "
+        "layer reaches only this process's consumers, and from another process "
+        "realtime.client (the server API) reaches the server's") for text in got["found"]), \
+        got["found"]
+

@@ -1417,9 +1417,9 @@ class ThreadGuardedLayer:
         saying what works."""
         layer = self._layer
         if _awaits_on_a_loop(caller):
-            from twisted.internet import reactor
+            from realtime.threads import awaited_on_reactor, installed_reactor
 
-            from realtime.threads import awaited_on_reactor
+            reactor = installed_reactor(f"{type(layer).__name__}.{name}()")
 
             def call() -> Any:
                 return getattr(layer, name)(*args, **kwargs)
