@@ -456,6 +456,9 @@ def _explain(failure: Failure) -> Failure:
 #: ``async_to_sync`` awaiting a layer call on a loop of its own (called on the reactor
 #: thread, or handed the layer itself in another thread).
 _DEFERRED_IN_ASYNCIO = "Task got bad yield: <Deferred"
+#: What asgiref's ``async_to_sync`` says on a thread whose asyncio loop runs: the reactor
+#: thread under ``--reactor=asyncio`` (a consumer's plain handler, which cannot await).
+_ASGIREF_IN_LOOP = "You cannot use AsyncToSync in the same thread as an async event loop"
 
 
 def _explained(exc: BaseException) -> BaseException:
@@ -477,6 +480,12 @@ def _explained(exc: BaseException) -> BaseException:
             "consumer (or await the call in an async def handler); from another thread, "
             "call the layer that thread got (self.channel_layer, get_channel_layer()) or use "
             "realtime's (from realtime import async_to_sync)")
+    elif text.startswith(_ASGIREF_IN_LOOP):
+        hint = RuntimeError(
+            f"{exc}: asgiref's async_to_sync called on a thread whose asyncio loop runs (a "
+            "consumer's plain handler on the reactor thread, under --reactor=asyncio), where "
+            "it cannot wait: set thread_handlers = True on the consumer (or await the call "
+            "in an async def handler)")
     else:
         return exc
     hint._realtime_explained = True  # type: ignore[attr-defined]
