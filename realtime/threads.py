@@ -463,7 +463,8 @@ _ASGIREF_IN_LOOP = "You cannot use AsyncToSync in the same thread as an async ev
 
 def _explained(exc: BaseException) -> BaseException:
     """``exc``, or for asyncio code run without its loop (or a Deferred awaited on a loop
-    that is not the reactor's), a RuntimeError with the hint."""
+    that is not the reactor's, or asgiref's ``async_to_sync`` on the reactor's running
+    loop), a RuntimeError with the hint."""
     if not isinstance(exc, RuntimeError) or getattr(exc, "_realtime_explained", False):
         return exc
     text = str(exc)
