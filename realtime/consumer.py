@@ -12,6 +12,7 @@ in the reactor's thread pool instead, still one at a time. Overriding the raw
 from __future__ import annotations
 
 import dis
+import functools
 import inspect
 import json
 import sys
@@ -110,8 +111,9 @@ _HANDLER_NAMES = ("websocket_connect", "websocket_receive", "websocket_disconnec
                   "connect", "receive", "disconnect", "token_expiring")
 
 
-def _own_code(cls: type) -> bool:
-    """Whether ``cls`` is the application's rather than realtime's (or ``object``)."""
+def _own_code(cls: Any) -> bool:
+    """Whether ``cls`` (a class or function) is the application's rather than realtime's
+    (or ``object``)."""
     module = getattr(cls, "__module__", None)
     if not isinstance(module, str):  # ``type(...)`` with ``__module__`` None: not ours
         return cls is not object
@@ -143,16 +145,121 @@ def _functions(cls: type) -> list[tuple[types.FunctionType, types.FunctionType]]
     return found
 
 
-def _names_async_to_sync(code: types.CodeType) -> bool:
-    """``async_to_sync`` is a name (global, or attribute: ``sync.async_to_sync``) in
-    ``code`` or the code nested in it (closures, lambdas, comprehensions)."""
-    stack = [code]
+#: The names that say ``async_to_sync`` in code: realtime's and asgiref's function, and
+#: asgiref's class behind it.
+_A2S_NAMES = frozenset({"async_to_sync", "AsyncToSync"})
+
+
+def _nested(code: types.CodeType) -> list[types.CodeType]:
+    """``code`` and the code nested in it (closures, lambdas, comprehensions)."""
+    found, stack = [], [code]
     while stack:
         code = stack.pop()
-        if "async_to_sync" in code.co_names:
-            return True
+        found.append(code)
         stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
-    return False
+    return found
+
+
+def _names_async_to_sync(code: types.CodeType) -> bool:
+    """``async_to_sync`` is a name (global, or attribute: ``sync.async_to_sync``, or
+    imported in the function) in ``code`` or the code nested in it."""
+    return any(not _A2S_NAMES.isdisjoint(c.co_names) for c in _nested(code))
+
+
+def _async_to_sync_objects() -> tuple[Any, ...]:
+    """realtime's ``async_to_sync``, and asgiref's (the function and its class) when
+    imported: what a name an application gave them (``a2s``) holds."""
+    from realtime.threads import async_to_sync
+
+    found: list[Any] = [async_to_sync]
+    sync = sys.modules.get("asgiref.sync")
+    if sync is not None:
+        found += [vars(sync).get(name) for name in _A2S_NAMES]
+    return tuple(f for f in found if f is not None)
+
+
+def _is_one_of(value: Any, known: tuple[Any, ...]) -> bool:
+    if isinstance(value, functools.partial):
+        value = value.func
+    return any(value is k for k in known)
+
+
+def _loads_globals(code: types.CodeType) -> set[str]:
+    """The names ``code`` (or code nested in it) reads as globals (``helper(...)``,
+    ``module.helper(...)``'s ``module``), not as attributes: ``self.helper(...)`` is a
+    method of its own, whatever the module's globals hold under that name."""
+    return {instruction.argval for inner in _nested(code)
+            for instruction in dis.get_instructions(inner)
+            if instruction.opname in _GLOBAL_LOADS}
+
+
+_GLOBAL_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
+
+
+def _reaches_async_to_sync(fn: types.FunctionType, known: tuple[Any, ...]) -> str | None:
+    """How ``fn`` calls ``async_to_sync`` by itself ("calls async_to_sync", "calls
+    async_to_sync (as a2s)"), or None: by one of its names, or a global of its module, a
+    name of its closure or a default argument holding it."""
+    names: set[str] = set()
+    for code in _nested(fn.__code__):
+        names.update(code.co_names)
+    if not _A2S_NAMES.isdisjoint(names):
+        return "calls async_to_sync"
+    scope = fn.__globals__
+    loaded: set[str] | None = None  # (read only for a name the module's globals give it)
+    for name in names:
+        if name in scope and _is_one_of(scope[name], known):
+            if loaded is None:
+                loaded = _loads_globals(fn.__code__)
+            if name in loaded:
+                return f"calls async_to_sync (as {name})"
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
+        try:
+            value = cell.cell_contents
+        except ValueError:  # not bound yet
+            continue
+        if _is_one_of(value, known):
+            return f"calls async_to_sync (as {name})"
+    defaults = (*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values())
+    if any(_is_one_of(value, known) for value in defaults):
+        return "calls async_to_sync (a default argument)"
+    return None
+
+
+def _helpers(fn: types.FunctionType) -> list[types.FunctionType]:
+    """The application's plain module-level functions ``fn`` may call (``helper(...)``,
+    ``module.helper(...)``): the globals its code reads, and in modules those are the
+    attributes it names (read from their ``__dict__``: no module ``__getattr__`` runs)."""
+    names: set[str] = set()
+    for code in _nested(fn.__code__):
+        names.update(code.co_names)
+    scope = fn.__globals__
+    found: list[types.FunctionType] = []
+    loaded: set[str] | None = None  # (read only for a name the module's globals give it)
+    for name in names:
+        value = scope.get(name)
+        if not isinstance(value, types.FunctionType | types.ModuleType):
+            continue
+        if loaded is None:
+            loaded = _loads_globals(fn.__code__)
+        if name not in loaded:
+            continue
+        candidates = ([vars(value).get(attr) for attr in names]
+                      if isinstance(value, types.ModuleType) else [value])
+        for candidate in candidates:
+            if not isinstance(candidate, types.FunctionType) or candidate is fn:
+                continue
+            try:
+                candidate = inspect.unwrap(candidate)
+            except ValueError:  # a __wrapped__ cycle
+                pass
+            if (isinstance(candidate, types.FunctionType) and _own_code(candidate)
+                    and not (candidate.__code__.co_flags & _ASYNC_CODE)):
+                found.append(candidate)
+    return found
+
+
+_ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
 
 #: Layer methods no consumer has: called as ``x.group_send(...)`` they are the layer's.
@@ -175,24 +282,27 @@ def _method_call(instruction: dis.Instruction) -> bool:
             and bool((instruction.arg or 0) & 1))
 
 
-def _calls_the_layer_directly(code: types.CodeType) -> bool:
+def _calls_the_layer_directly(code: types.CodeType, named: bool = False) -> bool:
     """``code`` (or code nested in it) calls a layer method itself, not through
     ``async_to_sync``: a Deferred, fire-and-forget, that only the reactor thread may start
     (Twisted is not thread-safe), so such a class must not be moved to the pool. Errs on
-    the side of yes: then the class stays where its author put it."""
-    stack = [code]
-    while stack:
-        code = stack.pop()
+    the side of yes: then the class stays where its author put it. ``named``: only on a
+    name that says layer (``layer``, ``LAYER``, ``x.channel_layer``,
+    ``get_channel_layer()``), for a helper function, whose ``flush()`` is likely a file's."""
+    for inner in _nested(code):
         before: dis.Instruction | None = None
-        for instruction in dis.get_instructions(code):
-            if _method_call(instruction):
-                name = instruction.argval
-                if name in _LAYER_ONLY or (name in _LAYER_SHARED and before is not None and (
-                        before.argval in _LAYER_NAMES or (
-                            before.opname == "CALL" and "get_channel_layer" in code.co_names))):
+        for instruction in dis.get_instructions(inner):
+            name = instruction.argval
+            if _method_call(instruction) and (name in _LAYER_ONLY or name in _LAYER_SHARED):
+                if name in _LAYER_ONLY and not named:
+                    return True
+                if before is not None and (
+                        before.argval in _LAYER_NAMES
+                        or (before.opname == "CALL" and "get_channel_layer" in inner.co_names)
+                        or (named and isinstance(before.argval, str)
+                            and before.argval.lower().endswith("layer"))):
                     return True
             before = instruction
-        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
     return False
 
 
@@ -218,7 +328,10 @@ def needs_a_thread(cls: type) -> str | None:
     own = [k for k in cls.__mro__ if _own_code(k)]
     if any(inspect.iscoroutinefunction(getattr(cls, name, None)) for name in _HANDLER_NAMES):
         return None
+    known = _async_to_sync_objects()
     because = None
+    #: Each helper read once per class (many methods call the same few).
+    helpers: dict[types.FunctionType, tuple[bool, str | None]] = {}
     for k in own:
         for outer, fn in _functions(k):
             if any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
@@ -226,8 +339,21 @@ def needs_a_thread(cls: type) -> str | None:
                 return None
             if _calls_the_layer_directly(fn.__code__):
                 return None
-            if because is None and _names_async_to_sync(fn.__code__):
-                because = f"{fn.__qualname__} calls async_to_sync"
+            how = _reaches_async_to_sync(fn, known)
+            if how is not None and because is None:
+                because = f"{fn.__qualname__} {how}"
+            # One level down: the module-level functions of the application it calls.
+            for helper in _helpers(fn):
+                verdict = helpers.get(helper)
+                if verdict is None:
+                    verdict = helpers[helper] = (
+                        _calls_the_layer_directly(helper.__code__, named=True),
+                        _reaches_async_to_sync(helper, known))
+                direct, how = verdict
+                if direct:
+                    return None
+                if because is None and how is not None:
+                    because = f"{fn.__qualname__} calls {helper.__qualname__}, which {how}"
     return because
 
 

@@ -20,12 +20,14 @@ as such events too (each member's tags filter decides).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -49,10 +51,12 @@ from realtime.layers.base import (
     HELD,
     MAX_NAME,
     UNCOUNTED_GROUP_PREFIX,
+    ThreadGuardedLayer,
     escape_name,
     frame_event,
     let_out_for,
     on_survey,
+    unguarded,
 )
 from realtime.settings import settings
 from realtime.threads import as_deferred
@@ -392,11 +396,11 @@ def configure(namespaces: Iterable[str | Namespace] = (), anonymous: bool = Fals
     None: all) for this process, and the history rules of the namespaces that keep
     history on ``layer`` (the default layer). Every process that publishes to such
     channels needs the same (``twistd realtime`` does it from the options)."""
-    from realtime.layers import get_channel_layer
+    from realtime.layers import process_layer
 
     served = None if transports is None else parse_transports(transports)
     found = parse_namespaces(namespaces)
-    target = layer if layer is not None else get_channel_layer()
+    target = process_layer() if layer is None else unguarded(layer)
     for namespace in found.values():
         if namespace.history:
             target.keep_history(namespace_prefix(namespace.name) + "*",
@@ -458,16 +462,25 @@ def _carried(value: Any) -> bool:
     return True
 
 
-def _on_the_reactor(name: str) -> None:
-    """``RuntimeError`` for a call from a thread other than the running reactor's (a
-    ``thread_handlers`` consumer's, a Django view's), where the layer would be touched from
-    a second thread: the message says how to call it instead."""
-    io_thread = threadable.ioThread
-    if io_thread is not None and io_thread != threading.get_ident():
-        raise RuntimeError(
-            f"realtime.pubsub.{name}() called from a thread other than the reactor's, where it "
-            "would race the reactor (Twisted is not thread-safe): call it through "
-            f"async_to_sync({name})(...), which runs it on the reactor thread")
+def _on_the_reactor(name: str) -> bool:
+    """Whether a call from a thread other than the reactor's (a ``thread_handlers``
+    consumer's, a Django view's; before the reactor runs, any but the main thread, which
+    will run it), where the layer would be touched from a second thread, is to go to the
+    reactor thread: made from asgiref's ``async_to_sync`` (or a coroutine on that thread's
+    asyncio loop), as ``ThreadGuardedLayer`` does; else ``RuntimeError`` saying how to call
+    it instead. False on the reactor thread (what the caller of ``name`` is, is read only
+    off it)."""
+    here, io_thread = threading.get_ident(), threadable.ioThread
+    if here == io_thread or (io_thread is None and here == threading.main_thread().ident):
+        return False
+    from realtime.layers.base import _awaits_on_a_loop
+
+    if _awaits_on_a_loop(sys._getframe(2)):  # (the caller of publish)
+        return True
+    raise RuntimeError(
+        f"realtime.pubsub.{name}() called from a thread other than the reactor's, where it "
+        "would race the reactor (Twisted is not thread-safe): call it through "
+        f"async_to_sync({name})(...), which runs it on the reactor thread")
 
 
 def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
@@ -480,14 +493,21 @@ def publish(channel: str, data: Any, info: dict[str, Any] | None = None,
     namespace's ``delta_publish``): subscribers that asked for it and have the one before
     get a Fossil delta. ``PubSubError`` (102) for a channel of an unknown namespace;
     ``TypeError`` for data JSON cannot carry."""
-    from realtime.layers import get_channel_layer
+    from realtime.layers import process_layer
 
-    _on_the_reactor("publish")
+    if _on_the_reactor("publish"):  # asgiref's async_to_sync in a thread
+        from realtime.threads import awaited_on_reactor, installed_reactor
+
+        reactor = installed_reactor("realtime.pubsub.publish()")
+        later: Any = awaited_on_reactor(reactor, functools.partial(
+            publish, channel, data, info, layer, tags, delta))
+        return later  # (a coroutine: what asgiref awaits)
     check_channel(channel)
     if isinstance(data, bytes | bytearray | memoryview):
         data = from_bytes(data)
     namespace = _namespace(channel)
-    target = layer if layer is not None else get_channel_layer()
+    target = (process_layer() if layer is None
+              else layer if type(layer) is not ThreadGuardedLayer else unguarded(layer))
     group = channel_group(channel)
     message: dict[str, Any] = {"type": "pubsub.pub", "channel": channel, "data": data}
     if info:

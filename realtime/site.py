@@ -637,12 +637,11 @@ class RealtimeSite(server.Site):
         self.config = config
         #: The reactor, untyped (twisted.web types ``self.reactor`` as IReactorTime only).
         self.clock: Any = reactor
-        if layer is None:
-            from realtime.layers import get_channel_layer
+        from realtime.layers import process_layer, unguarded
 
-            layer = get_channel_layer()
-        #: The channel layer every consumer of this site gets (``self.channel_layer``).
-        self.layer = layer
+        #: The channel layer every consumer of this site gets (``self.channel_layer``): the
+        #: layer itself, also when given a guarded one (a module global's).
+        self.layer = process_layer() if layer is None else unguarded(layer)
         #: Messages the slow-consumer policy skipped, and sockets it closed.
         self.dropped_messages = 0
         self.slow_consumer_closes = 0

@@ -63,6 +63,7 @@ from realtime.layers.base import (
     frame_event,
     let_out_for,
     skip_held,
+    unguarded,
 )
 from realtime.middleware import resolve
 from realtime.threads import _Driven, _explained, as_deferred, asyncio_loop
@@ -1335,7 +1336,8 @@ class AsyncServer:
         self.ping_timeout = float(ping_timeout)
         self.max_http_buffer_size = int(max_http_buffer_size)
         self.channel_layer_alias = channel_layer_alias
-        self._channel_layer = channel_layer
+        # (a module global's guard: emit runs on the reactor thread, where it is the layer)
+        self._channel_layer = unguarded(channel_layer)
         self.handlers: dict[str, dict[str, Callable[..., Any]]] = {}
         #: ``register_namespace``'s classes, by namespace ("*": the catch-all one).
         self.namespace_handlers: dict[str, AsyncNamespace] = {}
@@ -1368,7 +1370,7 @@ class AsyncServer:
         if self._manager is not None:  # now, when the layer is known already
             from realtime.layers import _layers
 
-            known = (channel_layer if channel_layer is not None
+            known = (self._channel_layer if self._channel_layer is not None
                      else _layers.get(channel_layer_alias))
             # (an in-memory layer may be a test's leftover: its first use decides)
             if getattr(known, "address", None) is not None or channel_layer is not None:

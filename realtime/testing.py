@@ -913,9 +913,13 @@ class ApplicationCommunicator:
         if kind not in ("channel", "websocket", "http"):
             raise ValueError(f"ApplicationCommunicator serves channel, websocket and http "
                              f"scopes, not {kind!r}")
+        from realtime.layers.base import unguarded
+
         self.application = application
         self.scope = dict(scope)
-        self.layer = layer
+        #: The layer itself, also when given a guarded one (a module global's): its
+        #: consumers run on the reactor thread, as ``serve(layer=)``'s.
+        self.layer = unguarded(layer)
         self.clock = clock
         self.config = config
         self._outputs: _deque[dict[str, Any]] = _deque()
@@ -995,12 +999,12 @@ class ApplicationCommunicator:
             _as_deferred(self._handle_inputs())
 
     async def _handle_inputs(self) -> None:
-        from realtime.layers import get_channel_layer
+        from realtime.layers import process_layer
         from realtime.worker import channel_consumer, handle_message
 
         try:
             if self._consumer is None:
-                layer = self.layer if self.layer is not None else get_channel_layer()
+                layer = self.layer if self.layer is not None else process_layer()
                 self._consumer = await channel_consumer(self.application, self.scope, layer)
             while self._inputs:
                 message = self._inputs.popleft()

@@ -19,6 +19,7 @@ to run under ``--reactor=asyncio``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import functools
 import inspect
@@ -43,6 +44,22 @@ def _reactor() -> Any:
     return reactor
 
 
+def installed_reactor(what: str) -> Any:
+    """The reactor a thread hands ``what`` to, or ``RuntimeError`` while this process has
+    none installed (a Django view under another server, a Celery task): nothing would ever
+    run the call, and its thread (asgiref's loop's too, which the interpreter joins at
+    exit) would wait for ever; importing one here would install the default reactor from
+    this thread."""
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None:
+        raise RuntimeError(
+            f"{what} called in a thread while this process has no Twisted reactor (a Django "
+            "view under another server, a Celery task, a script): nothing would ever run the "
+            "call; the layer reaches only this process's consumers, and from another process "
+            "realtime.client (the server API) reaches the server's")
+    return reactor
+
+
 def sync_to_async(fn: Callable[..., T]) -> Callable[..., Deferred[T]]:
     """Wrap a blocking function: calling the wrapper runs it in the thread pool."""
     from twisted.internet.threads import deferToThreadPool
@@ -61,14 +78,26 @@ def run_on_reactor(reactor: Any, fn: Callable[..., Any], *args: Any) -> Any:
     a reactor that stops (and joins this thread's pool) would never run the call, and both
     would wait for ever; here the wait ends with ``ConnectionClosed`` once the reactor has
     stopped."""
-    from realtime.exceptions import ConnectionClosed
-
     done = threading.Event()
     outcome: list[tuple[bool, Any]] = []
 
     def settle(result: Any) -> None:
         outcome.append((not isinstance(result, Failure), result))
         done.set()
+
+    _start_on_reactor(reactor, fn, args, settle)
+    while not done.wait(0.5):
+        _raise_if_stopped(reactor, fn)
+    ok, value = outcome[0]
+    if not ok:
+        value.raiseException()  # with the traceback from the reactor thread
+    return value
+
+
+def _start_on_reactor(reactor: Any, fn: Callable[..., Any], args: tuple[Any, ...],
+                      settle: Callable[[Any], None]) -> None:
+    """``fn(*args)`` on the reactor thread; ``settle`` gets its result there (a Deferred's
+    once it fires) or its ``Failure``."""
 
     def on_reactor() -> None:
         try:
@@ -82,17 +111,52 @@ def run_on_reactor(reactor: Any, fn: Callable[..., Any], *args: Any) -> Any:
             settle(result)
 
     reactor.callFromThread(on_reactor)
-    while not done.wait(0.5):
-        # Not ``_stopped``: that is set when the stop is asked for, and the reactor still
-        # runs calls through the drain. ``running`` goes False as it stops running them,
-        # before it joins the thread pool; a reactor not started yet will run it later.
-        if getattr(reactor, "_startedBefore", True) and not getattr(reactor, "running", True):
-            name = getattr(fn, "__qualname__", "a call")
-            raise ConnectionClosed(f"the server stopped before {name} finished on its thread")
-    ok, value = outcome[0]
-    if not ok:
-        value.raiseException()  # with the traceback from the reactor thread
-    return value
+
+
+def _raise_if_stopped(reactor: Any, fn: Callable[..., Any]) -> None:
+    """``ConnectionClosed`` once ``reactor`` no longer runs calls (so one handed to it
+    never will be). Not ``_stopped``: that is set when the stop is asked for, and the
+    reactor still runs calls through the drain. ``running`` goes False as it stops running
+    them, before it joins the thread pool; a reactor not started yet will run it later."""
+    if getattr(reactor, "_startedBefore", True) and not getattr(reactor, "running", True):
+        from realtime.exceptions import ConnectionClosed
+
+        name = getattr(fn, "__qualname__", "a call")
+        raise ConnectionClosed(f"the server stopped before {name} finished on its thread")
+
+
+async def awaited_on_reactor(reactor: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """``run_on_reactor`` for a coroutine on an asyncio loop of another thread (the loop
+    asgiref's ``async_to_sync`` runs, or the reactor's own under ``--reactor=asyncio``):
+    ``fn(*args)`` runs on the reactor thread and its result (a Deferred's or coroutine's
+    once done) is awaited here, without blocking this loop."""
+    from twisted.python.threadable import isInIOThread
+
+    loop = asyncio.get_running_loop()
+    if isInIOThread():  # the reactor's own loop: no hop
+        return await as_deferred(fn(*args)).asFuture(loop)
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def settle(result: Any) -> None:
+        try:
+            if isinstance(result, Failure):
+                future.set_exception(result.value)
+            else:
+                future.set_result(result)
+        except concurrent.futures.InvalidStateError:  # the waiter was cancelled: nobody reads it
+            pass
+
+    def call() -> Deferred[Any]:
+        return as_deferred(fn(*args))
+
+    call.__qualname__ = getattr(fn, "__qualname__", "a call")
+    _start_on_reactor(reactor, call, (), settle)
+    waiting = asyncio.wrap_future(future)
+    while True:
+        done, _ = await asyncio.wait((waiting,), timeout=0.5)
+        if done:
+            return waiting.result()
+        _raise_if_stopped(reactor, call)
 
 
 def async_to_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -129,7 +193,7 @@ def async_to_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
             return as_deferred(fn(*args, **kwargs))
 
         call.__qualname__ = f"async_to_sync({name})"
-        return run_on_reactor(_reactor(), call)
+        return run_on_reactor(installed_reactor(f"async_to_sync({name!r})"), call)
 
     return wrapper
 
@@ -388,18 +452,46 @@ def _explain(failure: Failure) -> Failure:
     return failure if hinted is exc else Failure(hinted)
 
 
+#: What an asyncio Task says when the code it runs awaits a Deferred: asgiref's
+#: ``async_to_sync`` awaiting a layer call on a loop of its own (called on the reactor
+#: thread, or handed the layer itself in another thread).
+_DEFERRED_IN_ASYNCIO = "Task got bad yield: <Deferred"
+#: What asgiref's ``async_to_sync`` says on a thread whose asyncio loop runs: the reactor
+#: thread under ``--reactor=asyncio`` (a consumer's plain handler, which cannot await).
+_ASGIREF_IN_LOOP = "You cannot use AsyncToSync in the same thread as an async event loop"
+
+
 def _explained(exc: BaseException) -> BaseException:
-    """``exc``, or for asyncio code run without its loop, a RuntimeError with the hint."""
-    if isinstance(exc, RuntimeError) and str(exc).startswith(_NO_LOOP) and not getattr(
-            exc, "_realtime_explained", False):
+    """``exc``, or for asyncio code run without its loop (or a Deferred awaited on a loop
+    that is not the reactor's, or asgiref's ``async_to_sync`` on the reactor's running
+    loop), a RuntimeError with the hint."""
+    if not isinstance(exc, RuntimeError) or getattr(exc, "_realtime_explained", False):
+        return exc
+    text = str(exc)
+    if text.startswith(_NO_LOOP):
         hint = RuntimeError(
             f"{exc}: this code awaited asyncio code, which needs the asyncio reactor: run "
             "twistd --reactor=asyncio ... (or await realtime.sync_to_async(...) for blocking "
             "calls)")
-        hint._realtime_explained = True  # type: ignore[attr-defined]
-        hint.__cause__ = exc
-        return hint
-    return exc
+    elif text.startswith(_DEFERRED_IN_ASYNCIO):
+        hint = RuntimeError(
+            f"{exc}: asgiref's async_to_sync awaited a Twisted call on an asyncio loop of its "
+            "own, which cannot run it: called from a consumer's plain handler on the reactor "
+            "thread, where no async_to_sync can wait, set thread_handlers = True on the "
+            "consumer (or await the call in an async def handler); from another thread, "
+            "call the layer that thread got (self.channel_layer, get_channel_layer()) or use "
+            "realtime's (from realtime import async_to_sync)")
+    elif text.startswith(_ASGIREF_IN_LOOP):
+        hint = RuntimeError(
+            f"{exc}: asgiref's async_to_sync called on a thread whose asyncio loop runs (a "
+            "consumer's plain handler on the reactor thread, under --reactor=asyncio), where "
+            "it cannot wait: set thread_handlers = True on the consumer (or await the call "
+            "in an async def handler)")
+    else:
+        return exc
+    hint._realtime_explained = True  # type: ignore[attr-defined]
+    hint.__cause__ = exc
+    return hint
 
 
 class CancelledError(defer.CancelledError, asyncio.CancelledError):

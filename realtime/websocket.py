@@ -55,7 +55,7 @@ from realtime.layers.base import (
 )
 from realtime.ratelimit import TokenBucket
 from realtime.routing import Ready
-from realtime.threads import as_deferred, run_handler
+from realtime.threads import _explained, as_deferred, run_handler
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -1482,6 +1482,9 @@ class WebSocketConnection(WebSocketServerProtocol):
             return  # the client left (during the handshake, too): nothing went wrong
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise exc
+        hinted = _explained(exc)  # (asgiref's async_to_sync on the reactor thread)
+        if hinted is not exc:
+            exc, failure = hinted, Failure(hinted, type(hinted), exc.__traceback__)
         log.failure(
             "consumer {consumer} raised on {path}",
             failure or Failure(exc),

@@ -130,11 +130,13 @@ class Options(usage.Options):
 async def channel_consumer(application: Any, scope: dict[str, Any], layer: Any) -> Any:
     """The consumer ``application`` gives for a ``channel`` scope, wired to ``layer`` (what
     the worker does once per channel; ``testing.ApplicationCommunicator`` too)."""
+    from realtime.layers.base import unguarded
     from realtime.middleware import resolve
 
     consumer = await resolve(application(scope))
     if getattr(consumer, "scope", None) is None:
         consumer.scope = scope
+    layer = unguarded(layer)  # (a module global's guard: on the reactor, the layer itself)
     if getattr(consumer, "thread_handlers", False) and layer is not None:
         # Its handlers run in the pool: a direct layer call there is refused, not a race.
         from threading import get_ident

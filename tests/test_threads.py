@@ -89,11 +89,20 @@ class _Reactor:
     def __init__(self, running: bool, started: bool, stopping: bool, delay: float) -> None:
         self.running, self._startedBefore, self._stopped = running, started, stopping
         self.delay = delay
+        self.timers: list[Any] = []
 
     def callFromThread(self, fn: Any, *args: Any) -> None:
         import threading
 
-        threading.Timer(self.delay, fn, args).start()
+        timer = threading.Timer(self.delay, fn, args)
+        self.timers.append(timer)
+        timer.start()
+
+    def join(self) -> None:
+        """The calls' threads, done (one given up on still runs its call, later)."""
+        for timer in self.timers:
+            timer.join(10)
+            assert not timer.is_alive()
 
 
 @pytest.mark.parametrize("running, started, stopping, outcome", [
@@ -111,4 +120,48 @@ def test_run_on_reactor_waits_unless_the_reactor_has_stopped_running_calls(
         result = run_on_reactor(fake, lambda: "done")
     except ConnectionClosed:
         result = "ConnectionClosed"
+    fake.join()
     assert result == outcome
+
+
+@pytest.mark.parametrize("running, started, stopping, outcome", [
+    (True, True, True, "done"),
+    (False, False, False, "done"),
+    (False, True, True, "ConnectionClosed"),
+])
+def test_awaited_on_reactor_waits_on_its_loop_unless_the_reactor_has_stopped(
+        running, started, stopping, outcome) -> None:
+    """The coroutine form (what a guarded layer gives asgiref's ``async_to_sync``), awaited
+    on an asyncio loop of another thread: the same rules, and that loop is not blocked
+    meanwhile."""
+    import asyncio
+    import threading
+
+    from realtime.exceptions import ConnectionClosed
+    from realtime.threads import awaited_on_reactor
+
+    fake = _Reactor(running, started, stopping, delay=1.0)
+    found: list[Any] = []
+
+    async def main() -> None:
+        ticks = 0
+
+        async def tick() -> None:  # runs while the call waits: the loop is free
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        try:
+            found.append(await awaited_on_reactor(fake, lambda: "done"))
+        except ConnectionClosed:
+            found.append("ConnectionClosed")
+        ticker.cancel()
+        found.append(ticks > 5)
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),))  # not the reactor's
+    thread.start()
+    thread.join(10)
+    fake.join()
+    assert found == [outcome, True]

@@ -2,9 +2,13 @@
 
 ``get_channel_layer()`` returns the layer the service was started with (``--layer``), or an
 in-memory one, so code outside consumers (a script, a test) reaches the same groups. Called
-off the reactor thread (a Django view's thread) it returns the layer guarded
-(``ThreadGuardedLayer``): ``async_to_sync(get_channel_layer().group_send)(...)`` works, a
-direct call raises ``RuntimeError`` instead of racing the reactor.
+anywhere but on the reactor thread — a Django view's thread, or before the reactor runs
+(a module global taken while ``--app`` is imported) — it returns the layer guarded
+(``ThreadGuardedLayer``): on the reactor thread (and before it runs, on the main thread,
+which will run it: ``keep_history`` at import) its calls pass through,
+``async_to_sync(get_channel_layer().group_send)(...)`` (realtime's or asgiref's) works
+from any thread, and a direct call from another thread raises ``RuntimeError`` instead of
+racing the reactor.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from realtime.layers.base import (
     LayerUnavailable,
     ThreadGuardedLayer,
     check_name,
+    unguarded,
 )
 from realtime.layers.memory import InMemoryChannelLayer
 
@@ -31,29 +36,37 @@ _guards: dict[str, ThreadGuardedLayer] = {}
 
 def get_channel_layer(alias: str = "default") -> BaseChannelLayer:
     """The process's layer for ``alias`` (an in-memory layer until one is set); guarded
-    when called off the running reactor's thread (its methods work through
-    ``async_to_sync`` only)."""
+    when called anywhere but on the reactor's thread (before it runs too: a module global
+    outlives the import, and a thread may use it later), so that its methods work there
+    and, from other threads, through ``async_to_sync`` only."""
     layer = _layers.get(alias)
     if layer is None:
-        layer = _layers[alias] = InMemoryChannelLayer()
-    io_thread = threadable.ioThread  # None until a reactor runs: this thread will run it
-    if io_thread is not None and io_thread != threading.get_ident():
+        layer = process_layer(alias)
+    if threadable.ioThread != threading.get_ident():  # (None until a reactor runs)
         # One guard per alias and layer, so two calls give the same object (and its
-        # guarded methods are built once).
+        # guarded methods are built once); it reads the reactor's thread at each call.
         guard = _guards.get(alias)
-        if guard is None or guard.__dict__["_layer"] is not layer \
-                or guard.__dict__["_io_thread"] != io_thread:
+        if guard is None or guard.__dict__["_layer"] is not layer:
             # The refusal names the alias: async_to_sync(get_channel_layer().x) reaches
             # another layer.
             via = "get_channel_layer()" if alias == "default" else f"get_channel_layer({alias!r})"
             guard = _guards[alias] = ThreadGuardedLayer(
-                layer, io_thread, via, "a thread other than the reactor's")
+                layer, None, via, "a thread other than the reactor's")
         return cast(BaseChannelLayer, guard)
     return layer
 
 
+def process_layer(alias: str = "default") -> BaseChannelLayer:
+    """The process's layer for ``alias`` itself, never guarded: for realtime's own code,
+    which calls it on the reactor thread (or keeps it for that)."""
+    layer = _layers.get(alias)
+    if layer is None:
+        layer = _layers[alias] = InMemoryChannelLayer()
+    return layer
+
+
 def set_channel_layer(layer: BaseChannelLayer, alias: str = "default") -> None:
-    _layers[alias] = layer
+    _layers[alias] = unguarded(layer)
 
 
 def layer_from_url(url: str, reactor: Any = None) -> BaseChannelLayer:

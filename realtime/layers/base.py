@@ -21,11 +21,15 @@ messages reach each member in fewer, larger writes: less CPU, more latency. No m
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import re
 import secrets
+import sys
 import threading
 import time
+import types
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -33,6 +37,7 @@ from typing import Any, Protocol
 import msgpack
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
+from twisted.python import threadable
 from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
 
@@ -1348,15 +1353,18 @@ on_survey(GROUP_SIZES, _local_group_sizes)
 # -- the layer as handler threads see it ------------------------------------------------------
 class ThreadGuardedLayer:
     """``layer`` as code in worker threads gets it (a ``thread_handlers`` consumer's
-    ``self.channel_layer``, ``get_channel_layer()`` called off the reactor thread): its
-    methods run when called on the reactor thread ``io_thread`` (where ``async_to_sync``
-    calls them) and raise ``RuntimeError`` anywhere else, where they would touch the layer's
-    state, its Redis connections and the reactor from a second thread (Twisted is not
-    thread-safe). Reading an attribute (``capacity``, ``ready``) passes through, setting one
-    sets the layer's, and ``isinstance`` sees the layer's class. Consumers on the reactor
-    thread get the layer itself: this costs them nothing."""
+    ``self.channel_layer``, ``get_channel_layer()`` called off the reactor thread or before
+    the reactor runs): its methods run when called on the reactor thread ``io_thread``
+    (None: the reactor's, whichever thread runs it, read at each call; before one runs,
+    the main thread) and raise ``RuntimeError`` anywhere else, where they would touch the
+    layer's state, its Redis connections and the reactor from a second thread (Twisted is
+    not thread-safe); called there from asgiref's ``async_to_sync`` (or another coroutine
+    on an asyncio loop of that thread) a method returns a coroutine that runs the call on
+    the reactor thread. Reading an attribute (``capacity``, ``ready``) passes through,
+    setting one sets the layer's, and ``isinstance`` sees the layer's class. Consumers on
+    the reactor thread get the layer itself: this costs them nothing."""
 
-    def __init__(self, layer: Any, io_thread: int, via: str = "self.channel_layer",
+    def __init__(self, layer: Any, io_thread: int | None, via: str = "self.channel_layer",
                  where: str = "a handler thread") -> None:
         mine = self.__dict__
         mine["_layer"] = layer
@@ -1378,23 +1386,50 @@ class ThreadGuardedLayer:
         return guarded
 
     def _guard(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
-        layer, io_thread = self._layer, self._io_thread
-        get_ident = threading.get_ident
+        layer, io_thread, refused = self._layer, self._io_thread, self._refused
+        get_ident, getframe = threading.get_ident, sys._getframe
 
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            if get_ident() != io_thread:
-                raise RuntimeError(
-                    f"{type(layer).__name__}.{name}() called from {self._where}, where it "
-                    "would race the reactor (Twisted is not thread-safe): call it through "
-                    f"async_to_sync({self._via}.{name})(...), which runs it on the reactor "
-                    "thread")
-            return getattr(layer, name)(*args, **kwargs)  # the layer's, even if replaced
+        if io_thread is None:
+            main = threading.main_thread().ident
+
+            def guarded(*args: Any, **kwargs: Any) -> Any:
+                here, io = get_ident(), threadable.ioThread
+                # (before a reactor runs: the main thread, which will run it, passes)
+                if here != io and (io is not None or here != main):
+                    return refused(name, getframe(1), args, kwargs)
+                return getattr(layer, name)(*args, **kwargs)  # the layer's, even if replaced
+        else:
+            def guarded(*args: Any, **kwargs: Any) -> Any:
+                if get_ident() != io_thread:
+                    return refused(name, getframe(1), args, kwargs)
+                return getattr(layer, name)(*args, **kwargs)
 
         guarded.__name__ = name
         guarded.__qualname__ = getattr(method, "__qualname__", name)
         guarded.__doc__ = method.__doc__
         guarded.__wrapped__ = method  # type: ignore[attr-defined]
         return guarded
+
+    def _refused(self, name: str, caller: types.FrameType, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Any:
+        """A call off the reactor thread: a coroutine that makes it there, for a caller
+        that awaits on an asyncio loop (asgiref's ``async_to_sync``), else ``RuntimeError``
+        saying what works."""
+        layer = self._layer
+        if _awaits_on_a_loop(caller):
+            from realtime.threads import awaited_on_reactor, installed_reactor
+
+            reactor = installed_reactor(f"{type(layer).__name__}.{name}()")
+
+            def call() -> Any:
+                return getattr(layer, name)(*args, **kwargs)
+
+            call.__qualname__ = f"{type(layer).__name__}.{name}"
+            return awaited_on_reactor(reactor, call)
+        raise RuntimeError(
+            f"{type(layer).__name__}.{name}() called from {self._where}, where it would race "
+            "the reactor (Twisted is not thread-safe): call it through "
+            f"async_to_sync({self._via}.{name})(...), which runs it on the reactor thread")
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._layer, name, value)
@@ -1406,10 +1441,43 @@ class ThreadGuardedLayer:
         return f"<{self._layer!r} guarded for {self._where}>"
 
 
+#: The code of asgiref's ``AsyncToSync`` that calls the function it wraps: ``__call__``
+#: (asgiref 3.8 and later, in the calling thread) or ``main_wrap`` (before, on its loop).
+_asgiref_calls: frozenset[types.CodeType] = frozenset()
+_ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def _awaits_on_a_loop(caller: types.FrameType) -> bool:
+    """Whether ``caller`` will await what it gets on an asyncio loop: it is asgiref's
+    ``async_to_sync``, or a coroutine running on this thread's loop."""
+    global _asgiref_calls
+    code = caller.f_code
+    if code.co_flags & _ASYNC_CODE:
+        return asyncio._get_running_loop() is not None
+    if not _asgiref_calls:
+        sync = sys.modules.get("asgiref.sync")
+        wrapper = getattr(sync, "AsyncToSync", None)
+        if wrapper is None:
+            return False
+        _asgiref_calls = frozenset(
+            fn.__code__ for fn in (vars(wrapper).get("__call__"),
+                                   vars(wrapper).get("main_wrap"))
+            if isinstance(fn, types.FunctionType))
+    return code in _asgiref_calls
+
+
+def unguarded(layer: Any) -> Any:
+    """The layer a ``ThreadGuardedLayer`` wraps (``layer`` itself if it is none): what
+    realtime keeps for code on the reactor thread."""
+    if type(layer) is ThreadGuardedLayer:
+        return layer.__dict__["_layer"]
+    return layer
+
+
 def guarded_for_threads(layer: Any, io_thread: int, via: str = "self.channel_layer",
                         where: str = "a handler thread") -> Any:
-    """``layer`` wrapped in a ``ThreadGuardedLayer`` (None stays None, and a guard is not
-    wrapped twice)."""
-    if layer is None or type(layer) is ThreadGuardedLayer:
+    """``layer`` (unwrapped if a guard) wrapped in a ``ThreadGuardedLayer`` for handlers in
+    threads of the reactor on ``io_thread`` (None stays None)."""
+    if layer is None:
         return layer
-    return ThreadGuardedLayer(layer, io_thread, via, where)
+    return ThreadGuardedLayer(unguarded(layer), io_thread, via, where)

@@ -85,10 +85,24 @@ async def stream_view(request: Any) -> Any:
     return StreamingHttpResponse(chunks(), content_type="text/plain")
 
 
+def notify_view(request: Any) -> Any:
+    """A plain view telling a group, as Channels' documentation writes it: asgiref's
+    ``async_to_sync`` of the layer ``get_channel_layer()`` gives this thread."""
+    from asgiref.sync import async_to_sync
+    from django.http import HttpResponse
+
+    from realtime.layers import get_channel_layer
+
+    async_to_sync(get_channel_layer().group_send)(
+        "notes", {"type": "note", "text": request.GET["text"]})
+    return HttpResponse("sent", content_type="text/plain")
+
+
 def _urlpatterns() -> list[Any]:
     from django.urls import path
 
-    return [path("sync/", sync_view), path("async/", async_view), path("stream/", stream_view)]
+    return [path("sync/", sync_view), path("async/", async_view), path("stream/", stream_view),
+            path("notify/", notify_view)]
 
 
 def __getattr__(name: str) -> Any:  # Django reads urlpatterns after settings exist

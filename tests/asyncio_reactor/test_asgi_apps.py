@@ -12,6 +12,7 @@ import json
 import urllib.parse
 from typing import Any
 
+import pytest
 import pytest_twisted
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
@@ -77,6 +78,34 @@ async def test_a_channels_project_serves_djangos_views_and_its_consumers(
     assert got[4] == 404
     assert got[5] == "HI"
 
+
+
+class Notes(AsyncWebsocketConsumer):
+    groups = ["notes"]
+
+    async def note(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=event["text"])
+
+
+@pytest.mark.filterwarnings("ignore:async_to_sync was passed a non-async-marked callable")
+@pytest_twisted.ensureDeferred
+async def test_a_django_views_asgiref_async_to_sync_reaches_a_group(
+        live: Any, tmp_path_factory: Any) -> None:
+    """Channels' way to tell a group from a plain view: asgiref's ``async_to_sync`` in the
+    view's thread (asgiref's, whose loop is the reactor's) of the layer
+    ``get_channel_layer()`` gives it; the call runs on the reactor thread."""
+    await django_database(tmp_path_factory)
+    from django.core.handlers.asgi import ASGIHandler
+
+    server = await live(ProtocolTypeRouter({
+        "http": ASGIHandler(), "websocket": URLRouter([path("notes/", Notes.as_asgi())])}))
+
+    def client() -> list[Any]:
+        with connect(server.ws_url("/notes/")) as ws:
+            answer = http_get(server.http_url("/notify/?text=hello"))[::2]
+            return [answer, ws.recv(timeout=10)]
+
+    assert await in_thread(client) == [(200, b"sent"), "hello"]
 
 async def starlette_app() -> Any:
     from starlette.applications import Starlette

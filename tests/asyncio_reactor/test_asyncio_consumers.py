@@ -27,6 +27,7 @@ from realtime import (
     ChannelNameRouter,
     ProtocolTypeRouter,
     URLRouter,
+    WebsocketConsumer,
     path,
 )
 from realtime.layers import InMemoryChannelLayer
@@ -630,3 +631,57 @@ async def test_an_awaitable_a_handler_returns_runs_in_its_task_and_is_cancelled_
     await deferLater(_reactor(), 0.02, lambda: None)
     assert inner.called and failed == ["CancelledError"]
     inner.addErrback(lambda f: None)
+
+
+def _far_tell(consumer: Any, text: str) -> None:
+    """Two levels down from the consumer: not followed by ``needs_a_thread``."""
+    _tell(consumer, text)
+
+
+def _tell(consumer: Any, text: str) -> None:
+    from asgiref.sync import async_to_sync
+
+    async_to_sync(consumer.channel_layer.group_send)("far", {"type": "note", "text": text})
+
+
+class _Undetected(WebsocketConsumer):
+    def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        _far_tell(self, text_data or "")
+
+
+@pytest.mark.filterwarnings("ignore:async_to_sync was passed a non-async-marked callable")
+@pytest_twisted.ensureDeferred
+async def test_asgirefs_async_to_sync_undetected_on_the_reactor_thread_names_the_fix(
+        live: Any) -> None:
+    """Here asgiref's ``async_to_sync`` on the reactor thread meets the reactor's running
+    loop and refuses ("just await the async function directly", which a plain handler
+    cannot): the handler's error (1011) names ``thread_handlers = True``, as under the
+    default reactor."""
+    from websockets.exceptions import ConnectionClosed
+
+    from tests.clients import captured_log
+
+    assert _Undetected.thread_handlers is False
+    server = await live(URLRouter([path("far/", _Undetected.as_asgi())]))
+
+    def closed_by() -> Any:
+        with connect(server.ws_url("/far/"), open_timeout=5) as client:
+            client.send("hello")
+            try:
+                client.recv(timeout=5)
+            except ConnectionClosed as closed:
+                return closed.rcvd.code if closed.rcvd else None
+        return "open"
+
+    with captured_log() as events:
+        code = await in_thread(closed_by)
+    errors = [str(e["log_failure"].value) for e in events
+              if "log_failure" in e and e.get("consumer") == "_Undetected"]
+    assert code == 1011
+    assert len(errors) == 1 and errors[0].startswith(
+        "You cannot use AsyncToSync in the same thread as an async event loop"), errors
+    assert ("asgiref's async_to_sync called on a thread whose asyncio loop runs (a "
+            "consumer's plain handler on the reactor thread, under --reactor=asyncio), where "
+            "it cannot wait: set thread_handlers = True on the consumer (or await the call "
+            "in an async def handler)") in errors[0], errors
+
