@@ -1213,6 +1213,7 @@ async def test_client_manager_is_accepted_only_where_it_is_the_layer(live, redis
     sio = rsio.AsyncServer(client_manager=rsio.AsyncRedisManager(redis_url),
                            channel_layer=layer)
     assert sio.channel_layer is layer
+    assert isinstance(sio.manager, rsio.AsyncRedisManager) and sio.manager.server is sio
     other_db = redis_url.rstrip("/0123456789") + "/5"
     with pytest.raises(ValueError, match=r"--layer redis://.*/5"):
         rsio.AsyncServer(client_manager=rsio.AsyncRedisManager(other_db), channel_layer=layer)
@@ -1247,6 +1248,148 @@ async def test_client_manager_is_accepted_only_where_it_is_the_layer(live, redis
         rsio.AsyncRedisManager("memcached://localhost")
     with pytest.raises(TypeError, match="client_manager"):
         rsio.AsyncServer(client_manager=object())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_manager_reads_this_processs_rooms(live):
+    """``sio.manager`` (python-socketio's ``AsyncManager``), from real clients' sockets:
+    ``rooms``, ``get_namespaces``, ``get_participants`` (a room, several, None: all),
+    ``get_rooms``, ``is_connected`` (not while the connect handler runs, nor in the
+    disconnect handler, as python-socketio's), the Engine.IO sids (the clients', polling
+    and then upgraded too), ``is_sid_room``; what it gives is a snapshot."""
+    sio = quick_server(namespaces=["/chat"])
+    during: list[Any] = []
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        during.append(("connect", sio.manager.is_connected(sid, "/")))
+        await sio.enter_room(sid, "lobby")
+
+    @sio.event
+    async def disconnect(sid, reason):
+        during.append(("disconnect", sio.manager.is_connected(sid, "/"),
+                       sio.manager.get_rooms(sid, "/")))
+
+    @sio.event
+    async def join(sid, room):
+        await sio.enter_room(sid, room)
+
+    url = await start(live, sio)
+    manager = sio.manager
+    assert isinstance(manager, rsio.AsyncManager) and manager.server is sio
+    assert manager.rooms == {} and manager.get_namespaces() == []
+    a = await PyClient().connect(url, ["websocket"])
+    b = await PyClient().connect(url, None, namespaces=["/", "/chat"])  # polling, upgraded
+    a_sid, b_sid = a.client.get_sid(), b.client.get_sid()
+    b_chat = b.client.get_sid("/chat")
+    a_eio, b_eio = a.client.eio.sid, b.client.eio.sid
+    await a.emit("join", "x")
+    assert await until(lambda: manager.get_rooms(a_sid, "/") == [a_sid, "lobby", "x"])
+    assert during == [("connect", False), ("connect", False)]
+
+    assert sorted(manager.get_namespaces()) == ["/", "/chat"]
+    assert sorted(manager.get_participants("/", "lobby")) == sorted([(a_sid, a_eio),
+                                                                     (b_sid, b_eio)])
+    assert list(manager.get_participants("/", "x")) == [(a_sid, a_eio)]
+    assert sorted(manager.get_participants("/", ["x", "lobby"])) == sorted(
+        [(a_sid, a_eio), (b_sid, b_eio)])  # (each once)
+    assert sorted(manager.get_participants("/", None)) == sorted([(a_sid, a_eio),
+                                                                  (b_sid, b_eio)])
+    assert list(manager.get_participants("/chat", None)) == [(b_chat, b_eio)]
+    assert list(manager.get_participants("/", "nowhere")) == []
+    assert list(manager.get_participants("/", b_sid)) == [(b_sid, b_eio)]
+    rooms = manager.rooms
+    assert rooms["/"]["lobby"] == {a_sid: a_eio, b_sid: b_eio}
+    assert rooms["/"][None] == {a_sid: a_eio, b_sid: b_eio}
+    assert rooms["/"][a_sid] == {a_sid: a_eio} and rooms["/"]["x"] == {a_sid: a_eio}
+    assert rooms["/chat"] == {None: {b_chat: b_eio}, b_chat: {b_chat: b_eio}}
+    rooms["/"].clear()  # a snapshot: the manager's own state is the server's
+    assert manager.rooms["/"]["lobby"] == {a_sid: a_eio, b_sid: b_eio}
+    assert manager.is_connected(a_sid, "/") and manager.is_connected(b_chat, "/chat")
+    assert not manager.is_connected(a_sid, "/chat") and not manager.is_connected("x", "/")
+    assert await manager.can_disconnect(b_sid, "/")
+    assert manager.get_rooms(b_chat, "/chat") == [b_chat]
+    assert manager.get_rooms("nope", "/") == []
+    assert manager.sid_from_eio_sid(b_eio, "/chat") == b_chat
+    assert manager.eio_sid_from_sid(a_sid, "/") == a_eio
+    assert manager.sid_from_eio_sid("nope", "/") is None
+    assert manager.eio_sid_from_sid("nope", "/") is None
+    assert manager.is_sid_room("/", a_sid) and not manager.is_sid_room("/", "lobby")
+    assert sio.transport(b_sid) == "websocket"  # (its Engine.IO sid the same after it)
+
+    await b.disconnect()
+    assert await until(lambda: len(during) == 3)
+    assert during[2] == ("disconnect", False, [b_sid, "lobby"])
+    assert list(manager.get_participants("/", "lobby")) == [(a_sid, a_eio)]
+    assert manager.get_namespaces() == ["/"]
+    await a.disconnect()
+    assert await until(lambda: manager.rooms == {})
+
+
+def test_the_constructor_takes_python_socketios_positional_arguments():
+    """``AsyncServer(client_manager, logger, json, async_handlers, namespaces)`` as
+    python-socketio's; the rest by name. A first argument that looks like namespaces (the
+    old order) is refused, naming ``namespaces=``; a manager serves one server."""
+    manager, codec = rsio.AsyncManager(), _RecordingJson()
+    sio = rsio.AsyncServer(manager, False, codec, False, ["/chat"])
+    assert sio.manager is manager and manager.server is sio
+    assert sio.json is codec and not sio.async_handlers and "/chat" in sio.namespaces
+    assert isinstance(rsio.AsyncServer().manager, rsio.AsyncManager)
+    assert rsio.AsyncServer(logger=True, namespaces="*").namespaces == "*"
+    for namespaces in (["/chat"], "*", ("/a", "/b"), {"/a"}):
+        with pytest.raises(TypeError, match=r"first argument is client_manager.*namespaces="):
+            rsio.AsyncServer(namespaces)
+    with pytest.raises(TypeError):
+        rsio.AsyncServer(None, False, None, True, None, 25)  # ping_interval: by name
+    with pytest.raises(ValueError, match="another AsyncServer's manager"):
+        rsio.AsyncServer(manager)
+
+
+def test_ping_interval_takes_python_engineios_grace_period():
+    """``ping_interval=(interval, grace)``: kept apart (the server pings every interval);
+    a tuple that is not two numbers of seconds, interval > 0, grace >= 0, is a
+    ``ValueError``, anything but a number or a tuple a ``TypeError``."""
+    sio = rsio.AsyncServer(ping_interval=(10, 5))
+    assert (sio.ping_interval, sio.ping_interval_grace_period) == (10.0, 5.0)
+    assert rsio.AsyncServer(ping_interval=7).ping_interval_grace_period == 0
+    for bad in [(1,), (1, 2, 3), (0, 1), (1, -1), ("1", 2), (True, 1), (1, float("nan")),
+                (float("inf"), 0), ()]:
+        with pytest.raises(ValueError, match=r"\(interval, grace period\)"):
+            rsio.AsyncServer(ping_interval=bad)
+    for bad in ["25", [25, 5], None]:
+        with pytest.raises(TypeError, match="ping_interval"):
+            rsio.AsyncServer(ping_interval=bad)
+    with pytest.raises(ValueError, match="> 0"):
+        rsio.AsyncServer(ping_interval=0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_grace_period_is_told_to_clients_and_not_waited_for(live):
+    """``ping_interval=(0.2, 30)``: the open packet says 30200 ms (python-engineio's
+    interval + grace, so a client waits that much longer for a late ping), the server pings
+    every 0.2 s all the same, and an unanswered ping still times out after
+    ``ping_timeout``; python-socketio's client connects and stays."""
+    sio = rsio.AsyncServer(ping_interval=(0.2, 30), ping_timeout=0.5)
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    sio.on("echo", lambda sid, data: data)
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    assert (raw.handshake["pingInterval"], raw.handshake["pingTimeout"]) == (30200, 500)
+    await raw.send("40")
+    assert (await raw.recv()).startswith("40{")
+    for _ in range(2):  # (each within WAIT, far under the 30 s the client was told)
+        assert await raw.recv() == "2"
+        await raw.send("3")
+    assert await raw.recv() == "2"  # not answered
+    assert await raw.closed() == (1008, "ping timeout")
+    assert await until(lambda: reasons == ["ping timeout"])
+
+    client = PyClient()
+    await client.connect(url, None)
+    assert client.client.eio.ping_interval == 30.2
+    assert await client.call("echo", "alive") == "alive"
+    await client.disconnect()
 
 
 #: (python-socketio's ``AsyncRedisManager`` URL, the server's ``--layer``): the same Redis.
