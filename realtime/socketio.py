@@ -3385,12 +3385,17 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         session and rooms (as in python-socketio), but no more of its packets."""
         if self._sockets.get(socket.namespace) is not socket:
             return
-        if socket.pending:  # not connected yet: its connect handler decides (``gone``)
+        if socket.pending and socket.waiting is None:
+            # Not connected yet: its connect handler decides (``gone``). One whose CONNECT
+            # ``always_connect`` answered is connected for its client, as python-socketio
+            # has it: its disconnect handler runs now (a ``disconnect(sid)`` in its
+            # connect handler: inside that call), and the connect handler's end changes
+            # nothing more.
             socket.gone = reason
             await self._drop(socket)
             return
         del self._sockets[socket.namespace]
-        if self._server._admin is not None:
+        if self._server._admin is not None and not socket.pending:  # (announced)
             self._server._admin.disconnected(socket, reason)
         try:
             await self._disconnect_handler(socket, reason)

@@ -902,6 +902,48 @@ async def test_async_handlers_false_waits_past_max_inflight_packets(live):
     await raw.close()
 
 
+@pytest.mark.parametrize("refuse", [False, True], ids=["accepts", "refuses"])
+@pytest_twisted.ensureDeferred
+async def test_always_connect_disconnect_in_the_connect_handler(live, refuse):
+    """``always_connect=True``: a connect handler that calls ``disconnect(sid)`` on its own
+    sid (connected for its client: CONNECT went out) gets its disconnect handler inside
+    that call, with "server disconnect" and the session and rooms still there, as in
+    python-socketio; whether it then accepts or refuses, nothing more follows (no second
+    disconnect handler, no packet). ``sio.manager.is_connected`` is True in it before."""
+    sio = quick_server(always_connect=True)
+    log: list[Any] = []
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        log.append(("connected?", sio.manager.is_connected(sid, "/")))
+        await sio.save_session(sid, {"who": auth["who"]})
+        await sio.enter_room(sid, "lobby")
+        await sio.disconnect(sid)
+        log.append(("after", sio.manager.is_connected(sid, "/")))
+        return not refuse
+
+    @sio.event
+    async def disconnect(sid, reason):
+        session = await sio.get_session(sid)
+        log.append((reason, session["who"], [room for room in sio.rooms(sid) if room != sid]))
+
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send('40{"who":"me"}')
+    assert (await raw.recv()).startswith('40{"sid":')
+    assert await raw.recv() == "41"
+    assert await until(lambda: len(log) == 3)
+    assert log == [("connected?", True), ("server disconnect", "me", ["lobby"]),
+                   ("after", False)]
+    assert not await until(lambda: len(log) > 3, 0.3), log
+    assert not sio._sockets
+    await raw.send("42[\"x\"]")  # (not connected: ignored) then a new CONNECT
+    await raw.send('40{"who":"again"}')
+    assert (await raw.recv()).startswith('40{"sid":')  # nothing came between
+    assert await raw.recv() == "41"
+    await raw.close()
+
+
 class _RecordingJson:
     """A json module (the standard library's, wrapped) that records its calls."""
 
