@@ -2770,6 +2770,13 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         #: ``async_handlers=False``: the packets waiting for the one being handled
         #: (``_in_turn``); None while none is.
         self._turns: deque[Packet] | None = None
+        #: ``async_handlers=False``, closed while packets were in turn: the close's reason
+        #: and code, for ``_take_turns`` to end with (the disconnect handlers come last),
+        #: and the ``disconnect()`` calls waiting for that.
+        self._ending: tuple[str, int] | None = None
+        self._end_waiters: list[Deferred[None]] = []
+        #: Its tasks were cancelled (``_cancel_tasks``).
+        self._killed = False
         if self.server is not None and not self.server.async_handlers:
             self._dispatch = self._in_turn  # type: ignore[method-assign]
 
@@ -2911,6 +2918,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
 
     def _cancel_tasks(self) -> None:
         self._cancel_call = None
+        self._killed = True  # (``_take_turns`` handles no more packets)
         if self._tasks:
             log.warn("socketio: {count} handlers still running {timeout} s after their "
                      "connection closed: cancelled", count=len(self._tasks),
@@ -2982,8 +2990,9 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         if self._upgrade_of is not None:
             await self._upgrade_of.from_websocket(self, text_data, bytes_data)
             return
-        if self._conn.closing_or_closed:
-            return
+        if self._conn.closing_or_closed and (self._turns is None
+                                             or self._close_reason is not None):
+            return  # (async_handlers=False, its peer closed: what came before is handled)
         size = len(bytes_data or b"") if text_data is None else len(text_data)
         if size > self._max_payload or (
                 text_data is not None and size * 4 > self._max_payload
@@ -3103,12 +3112,17 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         return self._turn_room() if len(turns) >= self._conn.config.max_inflight else None
 
     async def _take_turns(self) -> None:
+        """The packets in turn, one at a time. Those received before the connection
+        closed are still handled, in order, as python-socketio reads what came before the
+        close (their acks go nowhere); then the disconnect handlers (``_ending``)."""
         turns = self._turns
         assert turns is not None
         try:
-            while turns and not self._conn.closing_or_closed:
+            while turns and not self._killed:
                 packet = turns.popleft()
                 self._wake()  # (a receive waiting in ``_turn_room``)
+                if packet.kind == CONNECT and self._conn.closing_or_closed:
+                    continue  # (a closed connection connects no namespace)
                 socket = self._sockets.get(packet.namespace)
                 if socket is not None and socket.waiting is not None:
                     # always_connect: its connect handler runs; the packets behind wait
@@ -3116,8 +3130,6 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                     woken: Deferred[None] = Deferred()
                     socket.waiting.append(woken)
                     await woken
-                    if self._conn.closing_or_closed:
-                        break
                     socket = self._sockets.get(packet.namespace)
                 try:
                     if (packet.kind == EVENT or packet.kind == BINARY_EVENT) and (
@@ -3133,6 +3145,21 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                     self._task_failed(Failure(), "a packet's handling", None)
         finally:
             self._turns = None
+            if self._ending is not None:  # (cancelled past --application-close-timeout
+                # too: the disconnect handlers still run, with that much time of their own)
+                self._spawn(self._end_turns(*self._ending), "the disconnect handlers")
+                self._ending = None
+                self._arm_cancel()
+
+    async def _end_turns(self, reason: str, code: int) -> None:
+        """``async_handlers=False``: the close's end, once the packets in turn were handled."""
+        try:
+            await self._closed(reason, code)
+        finally:
+            waiters, self._end_waiters = self._end_waiters, []
+            for waiter in waiters:
+                if not waiter.called:  # (not cancelled meanwhile)
+                    waiter.callback(None)
 
     async def _turn_room(self) -> None:
         """``_in_turn``'s bound: wait while ``--max-inflight`` packets wait."""
@@ -3348,6 +3375,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         if group in socket.rooms:
             return
         socket.rooms[group] = room
+        if socket.channel == self.channel_name and self._conn.closing_or_closed:
+            return  # (a handler after the close: a closed connection joins no group)
         await self.channel_layer.group_add(group, socket.channel)
         if self._server._admin is not None:
             self._server._admin.room(socket, room, True)
@@ -3430,13 +3459,32 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         reason = self._close_reason or Reason.TRANSPORT_CLOSE
         if self._server._admin is not None and self._max_payload:  # (it had opened)
             self._server._admin.closed()
+        if self._turns is not None:
+            # async_handlers=False: the packets received before the close are handled
+            # first, in order, then the disconnect handlers (``_take_turns``), as in
+            # python-socketio; the bridge's next steps wait for them (up to its
+            # --application-close-timeout: they go on after it, under ``_arm_cancel``'s).
+            self._ending = (reason, code)
+            self._arm_cancel()
+            waiter: Deferred[None] = Deferred()
+            self._end_waiters.append(waiter)
+            await waiter
+            return
+        await self._closed(reason, code)
+        self._arm_cancel()
+
+    async def _closed(self, reason: str, code: int) -> None:
+        """The connection's end for its sockets: kept for a reconnect (recovery), and
+        their disconnect handlers."""
         if self._server._recovery is not None:  # its sockets are kept past their handlers
             self._server._recovery.connection_lost(self, code)
         for socket in list(self._sockets.values()):
             await self._forget(socket, reason)
+
+    def _arm_cancel(self) -> None:
+        """As the bridge does for a consumer's handlers: the tasks still running
+        --application-close-timeout from now are cancelled."""
         if self._tasks and self._cancel_call is None:
-            # As the bridge does for a consumer's handlers: --application-close-timeout
-            # to end, then cancelled.
             self._cancel_call = self._conn.reactor.callLater(
                 self._conn.config.application_close_timeout, self._cancel_tasks)
 

@@ -23,6 +23,7 @@ import msgpack
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import formatEvent
 
 from realtime import socketio as rsio
 from tests.clients import captured_log, in_thread, until
@@ -760,8 +761,9 @@ async def test_async_handlers_false_holds_events_not_pings_acks_or_the_close(liv
     """``async_handlers=False`` holds a connection's later events behind a slow handler,
     and nothing else of it: Engine.IO's pongs (on a WebSocket, and a polling POST is
     answered at once), the client's ACKs (a handler may wait for its own client's answer
-    to an ``emit(callback=)``), its close (the disconnect handler runs at once); a handler
-    that raises does not stop the ones behind it."""
+    to an ``emit(callback=)``); a handler that raises does not stop the ones behind it.
+    Its close is noticed at once (the WebSocket is closed), and its disconnect handler
+    runs after the handler, as python-socketio's does."""
     sio = quick_server(async_handlers=False, ping_interval=0.2, ping_timeout=0.3)
     gates: list[Deferred[None]] = []
     reasons: list[str] = []
@@ -812,8 +814,9 @@ async def test_async_handlers_false_holds_events_not_pings_acks_or_the_close(liv
     await raw.send('426["slow"]')
     assert await until(lambda: len(gates) == 2)
     await raw.close()
-    assert await until(lambda: reasons == ["transport close"])  # not after the handler
+    assert not await until(lambda: reasons, 0.3)  # after the handler
     gates[-1].callback(None)
+    assert await until(lambda: reasons == ["transport close"])
 
     session = await Polling.open(url)
     posting = Deferred.fromCoroutine(session.post('421["slow"]'))
@@ -900,6 +903,116 @@ async def test_async_handlers_false_waits_past_max_inflight_packets(live):
     assert [await raw.recv() for _ in range(8)] == [f"43{n}[{n}]" for n in range(8)]
     assert seen == list(range(8))
     await raw.close()
+
+
+def _node_burst(url: str, transport: str, count: int) -> list[dict[str, Any]]:
+    """tests/node/socketio_burst.js: Node's client sends "slow", ``count`` notes, and
+    disconnects at once."""
+    from tests.test_socketio import NODE_MODULES
+
+    script = Path(__file__).parent / "node" / "socketio_burst.js"
+    env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
+    done = subprocess.run(["node", str(script), url, transport, str(count)], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_handlers_false_handles_what_came_before_the_close_then_disconnects(
+        live, node_client):
+    """``async_handlers=False``, a client that sends events behind a slow one and closes at
+    once: each is still handled, in order (its acks go nowhere), and the disconnect handler
+    runs last, as python-socketio reads what came before the close: Node's
+    ``socket.io-client`` on each transport (its DISCONNECT goes last: "client
+    disconnect"), a raw WebSocket closed ("transport close") and a polling close packet. A
+    room entered after the close is the sid's (``rooms()`` in the disconnect handler) but
+    joins no layer group."""
+    sio = quick_server(async_handlers=False)
+    gates: list[Deferred[None]] = []
+    log: list[Any] = []
+
+    @sio.event
+    async def slow(sid):
+        log.append("slow")
+        gates.append(Deferred())
+        await gates[-1]
+        log.append("slow done")
+        return "late"
+
+    @sio.event
+    async def note(sid, n):
+        log.append(n)
+        await sio.enter_room(sid, f"r{n}")
+        return n
+
+    @sio.event
+    async def disconnect(sid, reason):
+        log.append((reason, [room for room in sio.rooms(sid) if room != sid]))
+
+    url = await start(live, sio)
+
+    async def closed_behind_a_slow_handler(reason: str, numbers: list[int]) -> None:
+        assert await until(lambda: len(gates) == 1)
+        assert not await until(lambda: len(log) > 1, 0.3)  # (held behind the handler)
+        gates.pop().callback(None)
+        want = ["slow", "slow done", *numbers, (reason, [f"r{n}" for n in numbers])]
+        assert await until(lambda: log == want), log
+        groups = sio.channel_layer._groups
+        assert not [n for n in numbers if rsio.room_group("/", f"r{n}") in groups]
+        log.clear()
+
+    for transport in ("websocket", "polling"):
+        lines = await in_thread(_node_burst, url, transport, 3)
+        assert lines[1:] == [{"closed": "forced close"}], lines
+        await closed_behind_a_slow_handler("client disconnect", [1, 2, 3])
+
+    raw = await Raw.open(url)
+    await raw.send("40")
+    assert (await raw.recv()).startswith("40{")
+    await raw.send('421["slow"]')
+    await raw.send('42["note",4]')
+    await raw.send('423["note",5]')
+    await raw.close()
+    await closed_behind_a_slow_handler("transport close", [4, 5])
+
+    session = await Polling.open(url)
+    assert await session.post('421["slow"]\x1e42["note",6]') == (200, b"ok")
+    closing = Deferred.fromCoroutine(session.post("1"))
+    await closed_behind_a_slow_handler("client disconnect", [6])
+    assert await closing == (200, b"ok")  # (once what came before it was handled)
+    assert await until(lambda: not sio._sockets and not sio._polling)
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_handlers_false_close_waits_application_close_timeout_at_most(live):
+    """``async_handlers=False``: a handler that never returns, packets behind it, and the
+    connection closes: past ``--application-close-timeout`` the handler is cancelled, the
+    packets behind it are not handled, and the disconnect handler still runs."""
+    sio = quick_server(async_handlers=False)
+    log: list[Any] = []
+
+    @sio.event
+    async def stuck(sid):
+        log.append("stuck")
+        await Deferred()
+
+    sio.on("note", lambda sid, n: log.append(n))
+    sio.on("disconnect", lambda sid, reason: log.append(reason))
+    url = await start(live, sio, application_close_timeout=0.3)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    assert (await raw.recv()).startswith("40{")
+    with captured_log() as events:
+        await raw.send('42["stuck"]')
+        await raw.send('42["note",1]')
+        assert await until(lambda: log == ["stuck"])
+        await raw.close()
+        assert await until(lambda: log == ["stuck", "transport close"]), log
+        assert not await until(lambda: len(log) > 2, 0.3), log
+    assert any("still running" in formatEvent(e) for e in events if e.get("log_level")
+               and e["log_level"].name == "warn")
+    assert await until(lambda: not sio._sockets)
 
 
 @pytest.mark.parametrize("refuse", [False, True], ids=["accepts", "refuses"])
