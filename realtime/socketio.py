@@ -2925,6 +2925,9 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                      timeout=self._conn.config.application_close_timeout)
         for task in list(self._tasks):
             task.cancel()
+        # A handler that caught its cancel and waits on holds ``_take_turns`` (whose end
+        # would start the disconnect handlers): they start now all the same.
+        self._end_turns_now()
 
     # -- Engine.IO ---------------------------------------------------------------------------
     def _send(self, text: str | bytes, attachments: Iterable[bytes] = ()) -> None:
@@ -3144,12 +3147,17 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                 except Exception:
                     self._task_failed(Failure(), "a packet's handling", None)
         finally:
-            self._turns = None
-            if self._ending is not None:  # (cancelled past --application-close-timeout
-                # too: the disconnect handlers still run, with that much time of their own)
-                self._spawn(self._end_turns(*self._ending), "the disconnect handlers")
-                self._ending = None
-                self._arm_cancel()
+            # (cancelled past --application-close-timeout too: the disconnect handlers
+            # still run, with that much time of their own)
+            self._end_turns_now()
+
+    def _end_turns_now(self) -> None:
+        """No more packets in turn: a close's disconnect handlers (``_ending``) start."""
+        self._turns = None
+        ending, self._ending = self._ending, None
+        if ending is not None:
+            self._spawn(self._end_turns(*ending), "the disconnect handlers")
+            self._arm_cancel()
 
     async def _end_turns(self, reason: str, code: int) -> None:
         """``async_handlers=False``: the close's end, once the packets in turn were handled."""

@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import formatEvent
 
 from realtime import socketio as rsio
+from realtime.config import ServerConfig
 from tests.clients import captured_log, in_thread, until
 from tests.test_socketio import (
     NODE_MODULES,
@@ -1013,6 +1014,64 @@ async def test_async_handlers_false_close_waits_application_close_timeout_at_mos
     assert any("still running" in formatEvent(e) for e in events if e.get("log_level")
                and e["log_level"].name == "warn")
     assert await until(lambda: not sio._sockets)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def memory_or_redis(request: Any) -> Any:
+    """A fresh in-memory layer, or one on the session's redis-server."""
+    from realtime.layers import InMemoryChannelLayer
+
+    if request.param == "memory":
+        return InMemoryChannelLayer()
+    return request.getfixturevalue("redis_layer")
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_handlers_false_a_handler_that_goes_on_after_its_cancel_holds_no_close(
+        memory_or_redis, realtime_leak_check):
+    """``async_handlers=False``: a handler that catches its cancel (Twisted's
+    ``CancelledError`` is an ``Exception``) and waits on does not hold the close past
+    ``--application-close-timeout``: the disconnect handler runs then all the same, and
+    the socket is freed. That disconnect handler, past the bridge's own kill (the
+    connection's channel left the layer), enters a room: the sid's in it, no layer group
+    is (on the memory and the Redis layer)."""
+    from realtime.testing import serve
+
+    layer = memory_or_redis
+    sio = quick_server(async_handlers=False, channel_layer=layer)
+    log: list[Any] = []
+    later: Deferred[None] = Deferred()
+
+    @sio.event
+    async def stuck(sid):
+        log.append("stuck")
+        try:
+            await Deferred()
+        except Exception:  # (its cancel)
+            log.append("cancelled")
+            await later
+
+    @sio.event
+    async def disconnect(sid, reason):
+        await sio.sleep(0.1)  # (past the bridge's own kill, due when this handler starts)
+        await sio.enter_room(sid, "late")
+        log.append((reason, sio.rooms(sid)))
+
+    server = await serve(app(sio), ServerConfig(application_close_timeout=0.3), layer=layer)
+    try:
+        raw = await Raw.open(f"http://127.0.0.1:{server.port}")
+        await raw.send("40")
+        sid = json.loads((await raw.recv())[2:])["sid"]
+        await raw.send('42["stuck"]')
+        assert await until(lambda: log == ["stuck"])
+        await raw.close()
+        assert await until(lambda: len(log) == 3), log
+        assert log == ["stuck", "cancelled", ("transport close", [sid, "late"])]
+        assert not sio._sockets and sio.manager.rooms == {}
+        assert rsio.room_group("/", "late") not in layer._groups
+    finally:
+        later.callback(None)
+        await server.stop()
 
 
 @pytest.mark.parametrize("refuse", [False, True], ids=["accepts", "refuses"])
