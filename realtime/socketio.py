@@ -27,6 +27,7 @@ through the session.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import builtins
@@ -2887,7 +2888,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
 
     @staticmethod
     def _task_failed(failure: Failure, what: str, name: Any) -> None:
-        if not failure.check(CancelledError):
+        if not failure.check(CancelledError, asyncio.CancelledError):
             log.failure("socketio: " + what + " failed", failure, name=name)
 
     def _wake(self) -> None:
@@ -3447,6 +3448,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                 if _positional_count(handler) < len(args):
                     args = args[:-1]  # disconnect(sid): no reason argument
                 await _maybe_await(handler(*args))
+        except CancelledError:
+            raise  # (past --application-close-timeout: ``_closed`` lets the others go)
         except Exception:
             log.failure("socketio: the disconnect handler failed")
 
@@ -3478,16 +3481,27 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             self._end_waiters.append(waiter)
             await waiter
             return
-        await self._closed(reason, code)
-        self._arm_cancel()
+        try:
+            await self._closed(reason, code)
+        finally:  # (cancelled by the bridge's kill too: its handlers still running are)
+            self._arm_cancel()
 
     async def _closed(self, reason: str, code: int) -> None:
         """The connection's end for its sockets: kept for a reconnect (recovery), and
-        their disconnect handlers."""
+        their disconnect handlers, one after the other. Cancelled (past
+        --application-close-timeout), the sockets left go without theirs: none stays."""
         if self._server._recovery is not None:  # its sockets are kept past their handlers
             self._server._recovery.connection_lost(self, code)
-        for socket in list(self._sockets.values()):
-            await self._forget(socket, reason)
+        try:
+            for socket in list(self._sockets.values()):
+                await self._forget(socket, reason)
+        finally:
+            for socket in list(self._sockets.values()):
+                if socket.pending and socket.waiting is None:
+                    socket.gone = reason  # (its connect handler decides, as in ``_forget``)
+                elif self._server._admin is not None and not socket.pending:
+                    self._server._admin.disconnected(socket, reason)
+                await self._drop(socket)  # (a closed connection's: it waits for nothing)
 
     def _arm_cancel(self) -> None:
         """As the bridge does for a consumer's handlers: the tasks still running

@@ -1074,6 +1074,43 @@ async def test_async_handlers_false_a_handler_that_goes_on_after_its_cancel_hold
         await server.stop()
 
 
+@pytest.mark.parametrize("async_handlers", [True, False], ids=["async", "in-order"])
+@pytest_twisted.ensureDeferred
+async def test_a_disconnect_handler_cancelled_at_the_close_timeout_frees_every_socket(
+        live, async_handlers):
+    """Two namespaces whose disconnect handlers never return: past
+    ``--application-close-timeout`` the running one is cancelled (its own handler sees
+    the cancel; not logged as its failure) and the connection's other socket goes without
+    its handler: both freed (before, the cancel was swallowed, the next handler ran with
+    no time limit and its socket stayed for ever)."""
+    sio = quick_server(async_handlers=async_handlers, namespaces=["/b"])
+    log: list[Any] = []
+
+    async def disconnect(sid, reason):
+        log.append(reason)
+        try:
+            await Deferred()
+        except BaseException as exc:
+            log.append(type(exc).__name__)
+            raise
+
+    sio.on("disconnect", disconnect)
+    sio.on("disconnect", disconnect, namespace="/b")
+    url = await start(live, sio, application_close_timeout=0.3)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    assert (await raw.recv()).startswith("40{")
+    await raw.send("40/b,")
+    assert (await raw.recv()).startswith("40/b,{")
+    assert len(sio._sockets) == 2
+    with captured_log() as events:
+        await raw.close()
+        assert await until(lambda: not sio._sockets, 3), log
+        assert not await until(lambda: len(log) > 2, 0.5), log
+    assert log == ["transport close", "CancelledError"]
+    assert sio.manager.rooms == {}
+    assert [formatEvent(e) for e in events if "log_failure" in e] == []
+
 @pytest.mark.parametrize("refuse", [False, True], ids=["accepts", "refuses"])
 @pytest_twisted.ensureDeferred
 async def test_always_connect_disconnect_in_the_connect_handler(live, refuse):

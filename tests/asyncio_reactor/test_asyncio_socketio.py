@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, succeed
 
@@ -124,4 +125,38 @@ async def test_in_order_handlers_and_always_connect_await_asyncio_code(live: Any
         await raw.close()
         assert await until(lambda: len(handled) == 5)
     assert handled == ["slow", "fast", "late", "later", "transport close"]
+    assert [e for e in events if "log_failure" in e] == []
+
+
+@pytest.mark.parametrize("async_handlers", [True, False], ids=["async", "in-order"])
+@pytest_twisted.ensureDeferred
+async def test_a_disconnect_handler_in_asyncio_sleep_at_the_close_timeout_frees_every_socket(
+        live: Any, async_handlers: bool) -> None:
+    """Two namespaces, the first one's disconnect handler in ``asyncio.sleep``: past
+    ``--application-close-timeout`` it gets asyncio's CancelledError and the other socket
+    goes without its handler; both freed (asyncio's cancel used to stop the loop over the
+    sockets: the second stayed for ever), nothing logged as a failure."""
+    sio = rsio.AsyncServer(async_handlers=async_handlers, namespaces=["/b"])
+    log: list[str] = []
+
+    async def sleeps(sid: str, reason: str) -> None:
+        log.append(reason)
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+
+    sio.on("disconnect", sleeps)
+    sio.on("disconnect", lambda sid, reason: log.append("/b"), namespace="/b")
+    url = await start(live, sio, application_close_timeout=0.3)
+    with captured_log() as events:
+        raw = await Raw.open(url)
+        await raw.send("40")
+        assert (await raw.recv()).startswith("40{")
+        await raw.send("40/b,")
+        assert (await raw.recv()).startswith("40/b,{")
+        await raw.close()
+        assert await until(lambda: not sio._sockets, 3), log
+    assert log == ["transport close", "cancelled"]
     assert [e for e in events if "log_failure" in e] == []
