@@ -1441,8 +1441,7 @@ class AsyncServer:
         #: python-socketio's ``json=`` module, or None for the built-in codec.
         self.json = _check_json(json)
         #: python-socketio's ``sio.manager`` (``AsyncManager``: this process's rooms, read).
-        self.manager = _manager(client_manager)
-        self.manager.set_server(self)
+        self.manager = _manager(client_manager)  # (bound to this server at the end)
         #: ``client_manager=AsyncRedisManager(url)``: the layer is checked against it once.
         self._manager = self.manager if isinstance(self.manager, AsyncRedisManager) else None
         self._checked_layer: Any = None
@@ -1517,6 +1516,8 @@ class AsyncServer:
             # (an in-memory layer may be a test's leftover: its first use decides)
             if getattr(known, "address", None) is not None or channel_layer is not None:
                 self._layer_ok(known, now=True)
+        # Last: a construction refused above leaves the manager it was given free.
+        self.manager.set_server(self)
 
     # -- handlers ---------------------------------------------------------------------------
     def on(self, event: str, handler: Callable[..., Any] | None = None,

@@ -1594,6 +1594,12 @@ def test_the_constructor_takes_python_socketios_positional_arguments():
         rsio.AsyncServer(None, False, None, True, None, 25)  # ping_interval: by name
     with pytest.raises(ValueError, match="another AsyncServer's manager"):
         rsio.AsyncServer(manager)
+    spare = rsio.AsyncManager()  # a construction refused for another option keeps it free
+    with pytest.raises(ValueError, match="ping_interval"):
+        rsio.AsyncServer(spare, ping_timeout=0)
+    with pytest.raises(ValueError, match="transports"):
+        rsio.AsyncServer(spare, transports=["pigeon"])
+    assert spare.server is None and rsio.AsyncServer(spare).manager is spare
 
 
 def test_ping_interval_takes_python_engineios_grace_period():
