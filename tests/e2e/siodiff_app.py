@@ -20,7 +20,9 @@ session SID waits in the server (the rows that act while one does: a condition, 
 sleep).
 
 Namespace "/" (``connect(sid, environ, auth)``; its auth says what it does):
-``{"token": "refuse"}`` raises ``ConnectionRefusedError("unauthorized", {"code": 4001})``,
+``{"token": "slow"}`` accepts after 0.5 s (recording "accepted"), ``"slow-refuse"`` refuses
+then (recording "refused"; the rows close meanwhile), ``{"token": "refuse"}`` raises
+``ConnectionRefusedError("unauthorized", {"code": 4001})``,
 ``"refuse-bare"`` raises it without arguments, ``"refuse-three"`` with three, ``"false"``
 returns False, ``"builtin"`` raises the builtin ``ConnectionRefusedError``, ``"crash"``
 raises ``RuntimeError``, ``"kick-self"`` disconnects its own sid (``sio.disconnect``) and
@@ -94,10 +96,14 @@ def register(sio: Any, refused: type[Exception]) -> None:
         _ROW_OF[sid] = row
         _note(sid, "connect", "/", auth)
         token = auth.get("token") if isinstance(auth, dict) else None
-        if token == "slow":  # accepted once its client is gone (the row closes meanwhile)
+        if token in ("slow", "slow-refuse"):  # decided once its client is gone (the row
+            # closes meanwhile)
             _CONNECTING[row] = _CONNECTING.get(row, 0) + 1
             try:
                 await sio.sleep(0.5)
+                if token == "slow-refuse":
+                    _note(sid, "refused")
+                    return False
                 _note(sid, "accepted")
                 _OPEN.setdefault(row, set()).add(sid)
                 return None

@@ -544,6 +544,19 @@ def _slow_connect_ws(c: Client) -> None:
     ws.close()
 
 
+def _slow_connect_always(token: str) -> Script:
+    """``always_connect``: a CONNECT answered at once whose handler takes a while; the
+    WebSocket closes meanwhile."""
+    def script(c: Client) -> None:
+        ws = c.ws(path=ALWAYS)
+        assert ws is not None
+        ws.recv()
+        ws.send(f'40{{"token":"{token}"}}')
+        ws.recv()
+        ws.close()
+    return script
+
+
 def _slow_connect_polling(c: Client) -> None:
     """A CONNECT whose handler takes a while; the session closes meanwhile."""
     c.open()
@@ -1396,6 +1409,18 @@ TABLE = [
         'seen ["connect", "S1", "/", {"token": "kick-self"}]',
         'seen ["disconnect", "S1", "/", "server disconnect", {"kick": "kick-self"}]',
         'seen ["kicked", "S1"]'),
+    row("always-slow-closed", "always_connect: the WebSocket closes while the connect "
+        "handler runs, which then accepts: the disconnect handler follows it (python-socketio "
+        "reads the close once the handler returned)",
+        _slow_connect_always("slow"),
+        "WS 101", OPEN_WS, '< 40{"sid":"S1"}',
+        'seen ["connect", "S1", "/", {"token": "slow"}]', 'seen ["accepted", "S1"]',
+        BYE_TRANSPORT),
+    row("always-slow-refuse-closed", "always_connect: the WebSocket closes while the "
+        "connect handler runs, which then refuses: no disconnect handler",
+        _slow_connect_always("slow-refuse"),
+        "WS 101", OPEN_WS, '< 40{"sid":"S1"}',
+        'seen ["connect", "S1", "/", {"token": "slow-refuse"}]', 'seen ["refused", "S1"]'),
     row("always-kick-self-refuse", "always_connect: the connect handler disconnects its own "
         "sid, then refuses: nothing more (its disconnect handler ran)",
         _kick_self("kick-self-refuse"),
