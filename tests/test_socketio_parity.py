@@ -986,6 +986,53 @@ async def test_async_handlers_false_handles_what_came_before_the_close_then_disc
 
 
 @pytest_twisted.ensureDeferred
+async def test_async_handlers_false_an_upgraded_session_handles_what_came_before_its_close(
+        live):
+    """``async_handlers=False`` on a polling session upgraded to a WebSocket (the default
+    of socket.io-client): events behind a slow one, more than ``--max-inflight`` (8 in
+    turn, 4 still in the WebSocket's queue behind the session's step: fewer than 8, so
+    it reads the close), then the WebSocket closed: each is handled, in order, then the
+    disconnect handler; nothing stays."""
+    from websockets.sync.client import connect
+
+    sio = rsio.AsyncServer(async_handlers=False)  # (no ping meanwhile: none is answered)
+    gates: list[Deferred[None]] = []
+    log: list[Any] = []
+
+    @sio.event
+    async def slow(sid):
+        gates.append(Deferred())
+        await gates[-1]
+        log.append("slow")
+
+    sio.on("note", lambda sid, n: log.append(n))
+    sio.on("disconnect", lambda sid, reason: log.append(reason))
+    url = await start(live, sio, max_inflight=8)
+    session = await Polling.open(url)
+    ws = await in_thread(lambda: connect(
+        ws_url(url, f"EIO=4&transport=websocket&sid={session.sid}"),
+        open_timeout=WAIT).__enter__())
+    await in_thread(ws.send, "2probe")
+    assert await in_thread(ws.recv, WAIT) == "3probe"
+    await in_thread(ws.send, "5")
+    assert await until(lambda: sio.transport(session.socket_sid) == "websocket")
+    await in_thread(ws.send, '42["slow"]')
+    assert await until(lambda: len(gates) == 1)
+
+    def burst() -> None:
+        for n in range(12):
+            ws.send(f'42["note",{n}]')
+        ws.close()
+
+    polled = sio._polling[session.sid]
+    await in_thread(burst)
+    assert await until(lambda: polled.closed)
+    gates[0].callback(None)
+    assert await until(lambda: len(log) == 14), log
+    assert log == ["slow", *range(12), "transport close"]
+    assert await until(lambda: not sio._sockets and not sio._polling)
+
+@pytest_twisted.ensureDeferred
 async def test_async_handlers_false_close_waits_application_close_timeout_at_most(live):
     """``async_handlers=False``: a handler that never returns, packets behind it, and the
     connection closes: past ``--application-close-timeout`` the handler is cancelled, the
