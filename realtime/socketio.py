@@ -3497,7 +3497,11 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             for socket in list(self._sockets.values()):
                 await self._forget(socket, reason)
         finally:
-            for socket in list(self._sockets.values()):
+            left = list(self._sockets.values())
+            if left:
+                log.warn("socketio: a disconnect handler was cancelled: {count} other "
+                         "sockets of its connection go without theirs", count=len(left))
+            for socket in left:
                 if socket.pending and socket.waiting is None:
                     socket.gone = reason  # (its connect handler decides, as in ``_forget``)
                 elif self._server._admin is not None and not socket.pending:

@@ -1157,6 +1157,8 @@ async def test_a_disconnect_handler_cancelled_at_the_close_timeout_frees_every_s
     assert log == ["transport close", "CancelledError"]
     assert sio.manager.rooms == {}
     assert [formatEvent(e) for e in events if "log_failure" in e] == []
+    assert any("1 other sockets of its connection go without theirs" in formatEvent(e)
+               for e in events)
 
 @pytest.mark.parametrize("refuse", [False, True], ids=["accepts", "refuses"])
 @pytest_twisted.ensureDeferred
