@@ -27,6 +27,7 @@ through the session.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import builtins
@@ -45,7 +46,7 @@ import urllib.parse
 import weakref
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, ClassVar, cast
 
 import msgpack
@@ -922,14 +923,111 @@ class AsyncNamespace:
 # -- python-socketio's options that need more than a value ----------------------------------------
 
 class AsyncManager:
-    """python-socketio's in-process client manager, as ``AsyncServer(client_manager=)``:
-    accepted, and it changes nothing. realtime's channel layer (``--layer``) holds the
-    rooms and carries the emits, in one process or across several; python-socketio's own
-    manager instances are a ``TypeError`` (``AsyncServer``)."""
+    """python-socketio's in-process client manager: ``sio.manager`` (``AsyncServer``'s
+    own, or the one given as ``client_manager=``, which changes nothing else: realtime's
+    channel layer, ``--layer``, holds the rooms and carries the emits, in one process or
+    across several; python-socketio's own manager instances are a ``TypeError``).
+
+    Why: python-socketio apps read their rooms through it (``sio.manager.rooms``,
+    ``get_participants``...). Its read-only methods answer from the server's sockets in
+    this process, as python-socketio's do (its docs: "only returns the participants
+    connected to the server in which the method is called"): ``rooms`` (a snapshot,
+    ``{namespace: {room: {sid: eio_sid}}}``, room None holding every sid of the
+    namespace and each sid its own room), ``get_namespaces()``,
+    ``get_participants(namespace, room)``, ``get_rooms(sid, namespace)``,
+    ``is_connected(sid, namespace)``, ``can_disconnect``, ``is_sid_room``,
+    ``sid_from_eio_sid``, ``eio_sid_from_sid``. Changing rooms is the server's
+    (``sio.enter_room``...)."""
+
+    def __init__(self) -> None:
+        self.server: AsyncServer | None = None
+
+    def set_server(self, server: AsyncServer) -> None:
+        """Bound to ``server`` (``AsyncServer`` does it); one manager serves one server."""
+        if self.server is not None and self.server is not server:
+            raise ValueError(f"this {type(self).__name__} is another AsyncServer's "
+                             "manager already: give each server its own")
+        self.server = server
+
+    def initialize(self) -> None:
+        """python-socketio's hook before the first request: nothing to do here."""
 
     def _mismatch(self, layer: Any) -> str | None:
         """Why ``layer`` is not the one this manager names (None: it is)."""
         return None
+
+    def _sockets(self, namespace: str | None = None) -> Iterator[_Socket]:
+        """The server's sockets in this process (of ``namespace``), connected or on their
+        way in or out (their connect or disconnect handler runs), in connect order."""
+        if self.server is None:
+            return
+        for socket in list(self.server._sockets.values()):
+            if namespace is None or socket.namespace == namespace:
+                yield socket
+
+    @staticmethod
+    def _eio_sid(socket: _Socket) -> str:
+        return socket.consumer._eio_sid
+
+    @property
+    def rooms(self) -> dict[str, dict[Any, dict[str, str]]]:
+        """``{namespace: {room: {sid: eio_sid}}}`` now, as python-socketio's (built at
+        each read: changing it changes nothing)."""
+        rooms: dict[str, dict[Any, dict[str, str]]] = {}
+        for socket in self._sockets():
+            eio_sid = self._eio_sid(socket)
+            namespace = rooms.setdefault(socket.namespace, {})
+            for room in (None, socket.sid, *socket.rooms.values()):
+                namespace.setdefault(room, {})[socket.sid] = eio_sid
+        return rooms
+
+    def get_namespaces(self) -> list[str]:
+        """The namespaces with a socket in this process."""
+        return list(dict.fromkeys(socket.namespace for socket in self._sockets()))
+
+    def get_participants(self, namespace: str, room: Any) -> Iterator[tuple[str, str]]:
+        """``(sid, eio_sid)`` of each socket of ``namespace`` in ``room`` (None: all of
+        them; a list, tuple or set: in any of those rooms, once), in this process."""
+        rooms = list(room) if isinstance(room, list | tuple | set) else [room]
+        for socket in self._sockets(namespace):
+            if any(one is None or one == socket.sid
+                   or room_group(namespace, one) in socket.rooms for one in rooms):
+                yield socket.sid, self._eio_sid(socket)
+
+    def get_rooms(self, sid: str, namespace: str) -> list[Any]:
+        """The rooms of ``sid`` (its own first), [] for a sid not in this process."""
+        socket = self._socket(sid, namespace)
+        return [] if socket is None else [sid, *socket.rooms.values()]
+
+    def is_connected(self, sid: str, namespace: str) -> bool:
+        """Whether ``sid`` is connected to ``namespace`` in this process: not while its
+        connect handler runs (unless ``always_connect`` answered its CONNECT already), nor
+        once it is leaving (its disconnect handler runs), as in python-socketio."""
+        socket = self._socket(sid, namespace)
+        return socket is not None and socket.consumer._sockets.get(namespace) is socket and (
+            not socket.pending or socket.waiting is not None)
+
+    async def can_disconnect(self, sid: str, namespace: str) -> bool:
+        return self.is_connected(sid, namespace)
+
+    def is_sid_room(self, namespace: str, room: Any) -> bool:
+        """Whether ``room`` is the sid of a socket of ``namespace`` in this process."""
+        return self._socket(room, namespace) is not None
+
+    def sid_from_eio_sid(self, eio_sid: str, namespace: str) -> str | None:
+        for socket in self._sockets(namespace):
+            if self._eio_sid(socket) == eio_sid:
+                return socket.sid
+        return None
+
+    def eio_sid_from_sid(self, sid: str, namespace: str) -> str | None:
+        socket = self._socket(sid, namespace)
+        return None if socket is None else self._eio_sid(socket)
+
+    def _socket(self, sid: Any, namespace: str) -> _Socket | None:
+        if self.server is None or not isinstance(sid, str):
+            return None
+        return self.server._local(sid, namespace or "/")
 
 
 class AsyncRedisManager(AsyncManager):
@@ -952,6 +1050,7 @@ class AsyncRedisManager(AsyncManager):
                  redis_options: dict[str, Any] | None = None) -> None:
         from realtime.layers.redis import redact_url
 
+        super().__init__()
         if not isinstance(url, str):
             raise TypeError(f"AsyncRedisManager's url is a str, not {type(url).__name__}")
         if not isinstance(channel, str) or not channel:
@@ -1114,10 +1213,20 @@ def _layer_url(address: Any, prefix: str | None = None) -> str:
     return url
 
 
-def _manager(client_manager: Any) -> AsyncManager | None:
-    """``AsyncServer(client_manager=)`` checked: one of this module's managers, or None."""
-    if client_manager is None or type(client_manager) is AsyncManager:
-        return None
+def _manager(client_manager: Any) -> AsyncManager:
+    """``AsyncServer(client_manager=)`` checked: one of this module's managers (a new
+    ``AsyncManager`` for None)."""
+    if client_manager is None:
+        return AsyncManager()
+    if type(client_manager) is AsyncManager:
+        return client_manager
+    if isinstance(client_manager, str) or (
+            isinstance(client_manager, list | tuple | set | frozenset)
+            and all(isinstance(one, str) for one in client_manager)):
+        # (realtime's first argument was namespaces before it followed python-socketio's)
+        raise TypeError(f"AsyncServer's first argument is client_manager, as in "
+                        f"python-socketio, not namespaces ({client_manager!r}): "
+                        f"AsyncServer(namespaces=...)")
     if isinstance(client_manager, AsyncRedisManager):
         if client_manager.write_only:
             raise ValueError(
@@ -1214,6 +1323,26 @@ def _check_json(module: Any) -> Any:
     return module
 
 
+def _ping_interval(value: Any) -> tuple[float, float]:
+    """``AsyncServer(ping_interval=)`` checked: seconds, or python-engineio's ``(interval,
+    grace)``; as ``(interval, grace)``."""
+    def seconds(one: Any) -> bool:
+        return isinstance(one, int | float) and not isinstance(one, bool) and math.isfinite(one)
+
+    if isinstance(value, tuple):
+        if len(value) != 2 or not all(map(seconds, value)) or value[0] <= 0 or value[1] < 0:
+            raise ValueError(f"ping_interval as a tuple is (interval, grace period), as in "
+                             f"python-engineio: seconds, interval > 0 and grace >= 0; not "
+                             f"{value!r}")
+        return float(value[0]), float(value[1])
+    if not seconds(value):
+        raise TypeError(f"ping_interval is seconds (a number) or a tuple (interval, grace "
+                        f"period), not {value!r}")
+    if value <= 0:
+        raise ValueError("ping_interval, ping_timeout and max_http_buffer_size are > 0")
+    return float(value), 0.0
+
+
 def _flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} is True or False, not {value!r}")
@@ -1223,11 +1352,15 @@ def _flag(name: str, value: Any) -> bool:
 class AsyncServer:
     """python-socketio's ``AsyncServer`` API over realtime's layers.
 
-    ``ping_interval``/``ping_timeout`` (seconds) and ``max_http_buffer_size`` (the
-    Engine.IO ``maxPayload``: longer messages close the connection) are python-engineio's
-    options; ``namespaces`` ("*": any) lists namespaces open without handlers ("/" always
-    is). ``channel_layer``: the layer ``emit`` and friends use (default: the connected
-    consumers', else ``get_channel_layer(channel_layer_alias)``).
+    The positional arguments are python-socketio's (``client_manager``, ``logger``,
+    ``json``, ``async_handlers``, ``namespaces``), the others go by name.
+    ``ping_interval``/``ping_timeout`` (seconds; ``ping_interval`` may be ``(interval,
+    grace)``: pings every ``interval``, clients told ``interval + grace``) and
+    ``max_http_buffer_size`` (the Engine.IO ``maxPayload``: longer messages close the
+    connection) are python-engineio's options; ``namespaces`` ("*": any) lists namespaces
+    open without handlers ("/" always is). ``channel_layer``: the layer ``emit`` and
+    friends use (default: the connected consumers', else
+    ``get_channel_layer(channel_layer_alias)``).
 
     ``cors_allowed_origins`` (python-engineio's: a list of origins in ``realtime.origins``'
     pattern forms, or "*", or a callable ``fn(origin, scope)``/``fn(origin)`` that says
@@ -1252,7 +1385,8 @@ class AsyncServer:
     ``json`` a module whose ``dumps``/``loads`` write and read the packets' JSON (for this
     server only; the NaN and nesting refusals still hold); ``client_manager`` a
     ``realtime.socketio.AsyncManager`` or ``AsyncRedisManager(url)`` (the layer must be on
-    that Redis: ``--layer``). ``async_mode``, ``logger``, ``engineio_logger`` and
+    that Redis: ``--layer``), ``sio.manager`` (its read-only methods: this process's
+    rooms). ``async_mode``, ``logger``, ``engineio_logger`` and
     ``monitor_clients`` are accepted and ignored (logs are twisted.logger's; a dead client
     is always timed out by its pings).
 
@@ -1269,20 +1403,22 @@ class AsyncServer:
 
     reason = Reason
     #: python-socketio's and python-engineio's options that change nothing here.
-    _IGNORED = frozenset({"async_mode", "logger", "engineio_logger", "monitor_clients"})
+    _IGNORED = frozenset({"async_mode", "engineio_logger", "monitor_clients"})
 
-    def __init__(self, namespaces: Iterable[str] | str | None = None,
-                 ping_interval: float = 25.0, ping_timeout: float = 20.0,
-                 max_http_buffer_size: int = 1_000_000, channel_layer: Any = None,
-                 channel_layer_alias: str = "default",
+    def __init__(self, client_manager: Any = None, logger: Any = False, json: Any = None,
+                 async_handlers: bool = True, namespaces: Iterable[str] | str | None = None,
+                 *, ping_interval: float | tuple[float, float] = 25.0,
+                 ping_timeout: float = 20.0, max_http_buffer_size: int = 1_000_000,
+                 channel_layer: Any = None, channel_layer_alias: str = "default",
                  cors_allowed_origins: str | Iterable[str] | Callable[..., Any] | None = None,
                  connection_state_recovery: bool | dict[str, Any] | None = None,
                  serializer: str = "default", allow_upgrades: bool = True,
-                 transports: Iterable[str] | None = None, *, client_manager: Any = None,
-                 json: Any = None, always_connect: bool = False, async_handlers: bool = True,
+                 transports: Iterable[str] | None = None, always_connect: bool = False,
                  cookie: str | dict[str, Any] | None = None, cors_credentials: bool = True,
                  http_compression: bool = True, compression_threshold: int = 1024,
                  **kwargs: Any) -> None:
+        # (python-socketio's positional order: client_manager, logger, json,
+        # async_handlers, namespaces; the rest by name. ``logger`` is ignored.)
         unknown = set(kwargs) - self._IGNORED
         if unknown:
             raise TypeError(f"AsyncServer() got unknown options: {sorted(unknown)}")
@@ -1305,8 +1441,10 @@ class AsyncServer:
         self.cookie = _check_cookie(cookie)
         #: python-socketio's ``json=`` module, or None for the built-in codec.
         self.json = _check_json(json)
+        #: python-socketio's ``sio.manager`` (``AsyncManager``: this process's rooms, read).
+        self.manager = _manager(client_manager)  # (bound to this server at the end)
         #: ``client_manager=AsyncRedisManager(url)``: the layer is checked against it once.
-        self._manager = _manager(client_manager)
+        self._manager = self.manager if isinstance(self.manager, AsyncRedisManager) else None
         self._checked_layer: Any = None
         self._manager_error: str | None = None
         #: python-engineio's: the transports a client may use (polling handshakes or
@@ -1328,11 +1466,16 @@ class AsyncServer:
             self.json = None  # (python-socketio's msgpack packets take no json module)
         #: Not the built-in JSON codec (``_encode``): msgpack or a ``json=`` module.
         self._codec = self.msgpack or self.json is not None
-        if ping_interval <= 0 or ping_timeout <= 0 or max_http_buffer_size <= 0:
+        interval, grace = _ping_interval(ping_interval)
+        if ping_timeout <= 0 or max_http_buffer_size <= 0:
             raise ValueError("ping_interval, ping_timeout and max_http_buffer_size are > 0")
         self.namespaces: str | set[str] = (
             "*" if namespaces == "*" else set(namespaces or ()) | {"/"})
-        self.ping_interval = float(ping_interval)
+        #: python-engineio's: the server pings every ``ping_interval`` seconds and tells
+        #: its clients ``ping_interval + ping_interval_grace_period`` (``(interval,
+        #: grace)``), so a client waits that much longer for a late ping.
+        self.ping_interval = interval
+        self.ping_interval_grace_period = grace
         self.ping_timeout = float(ping_timeout)
         self.max_http_buffer_size = int(max_http_buffer_size)
         self.channel_layer_alias = channel_layer_alias
@@ -1375,6 +1518,8 @@ class AsyncServer:
             # (an in-memory layer may be a test's leftover: its first use decides)
             if getattr(known, "address", None) is not None or channel_layer is not None:
                 self._layer_ok(known, now=True)
+        # Last: a construction refused above leaves the manager it was given free.
+        self.manager.set_server(self)
 
     # -- handlers ---------------------------------------------------------------------------
     def on(self, event: str, handler: Callable[..., Any] | None = None,
@@ -2607,6 +2752,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         #: Acks forgotten past ``MAX_PENDING_ACKS`` (one warning, at the first).
         self._acks_evicted = 0
         self._max_payload = 0
+        #: Its Engine.IO sid (``_open``; ``sio.manager``'s ``eio_sid``).
+        self._eio_sid = ""
         self._upgrade_of: _PollingSession | None = None
         #: The polling session this consumer is the Socket.IO side of (its ``_conn``).
         self._polled_by: _PollingSession | None = None
@@ -2627,6 +2774,13 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         #: ``async_handlers=False``: the packets waiting for the one being handled
         #: (``_in_turn``); None while none is.
         self._turns: deque[Packet] | None = None
+        #: ``async_handlers=False``, closed while packets were in turn: the close's reason
+        #: and code, for ``_take_turns`` to end with (the disconnect handlers come last),
+        #: and the ``disconnect()`` calls waiting for that.
+        self._ending: tuple[str, int] | None = None
+        self._end_waiters: list[Deferred[None]] = []
+        #: Its tasks were cancelled (``_cancel_tasks``).
+        self._killed = False
         if self.server is not None and not self.server.async_handlers:
             self._dispatch = self._in_turn  # type: ignore[method-assign]
 
@@ -2667,10 +2821,12 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         server = self._server
         if server._channel_layer is None:
             server._channel_layer = self.channel_layer
+        self._eio_sid = sid
         self._max_payload = max_payload
         self._send(_EIO_OPEN + compact_json({
             "sid": sid, "upgrades": upgrades,
-            "pingInterval": int(server.ping_interval * 1000),
+            "pingInterval": int((server.ping_interval
+                                 + server.ping_interval_grace_period) * 1000),
             "pingTimeout": int(server.ping_timeout * 1000),
             "maxPayload": max_payload}))
         self._ping = self._conn.reactor.callLater(server.ping_interval, self._send_ping)
@@ -2735,7 +2891,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
 
     @staticmethod
     def _task_failed(failure: Failure, what: str, name: Any) -> None:
-        if not failure.check(CancelledError):
+        if not failure.check(CancelledError, asyncio.CancelledError):
             log.failure("socketio: " + what + " failed", failure, name=name)
 
     def _wake(self) -> None:
@@ -2766,12 +2922,16 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
 
     def _cancel_tasks(self) -> None:
         self._cancel_call = None
+        self._killed = True  # (``_take_turns`` handles no more packets)
         if self._tasks:
             log.warn("socketio: {count} handlers still running {timeout} s after their "
                      "connection closed: cancelled", count=len(self._tasks),
                      timeout=self._conn.config.application_close_timeout)
         for task in list(self._tasks):
             task.cancel()
+        # A handler that caught its cancel and waits on holds ``_take_turns`` (whose end
+        # would start the disconnect handlers): they start now all the same.
+        self._end_turns_now()
 
     # -- Engine.IO ---------------------------------------------------------------------------
     def _send(self, text: str | bytes, attachments: Iterable[bytes] = ()) -> None:
@@ -2837,8 +2997,9 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         if self._upgrade_of is not None:
             await self._upgrade_of.from_websocket(self, text_data, bytes_data)
             return
-        if self._conn.closing_or_closed:
-            return
+        if self._conn.closing_or_closed and (self._turns is None
+                                             or self._close_reason is not None):
+            return  # (async_handlers=False, its peer closed: what came before is handled)
         size = len(bytes_data or b"") if text_data is None else len(text_data)
         if size > self._max_payload or (
                 text_data is not None and size * 4 > self._max_payload
@@ -2958,12 +3119,17 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         return self._turn_room() if len(turns) >= self._conn.config.max_inflight else None
 
     async def _take_turns(self) -> None:
+        """The packets in turn, one at a time. Those received before the connection
+        closed are still handled, in order, as python-socketio reads what came before the
+        close (their acks go nowhere); then the disconnect handlers (``_ending``)."""
         turns = self._turns
         assert turns is not None
         try:
-            while turns and not self._conn.closing_or_closed:
+            while turns and not self._killed:
                 packet = turns.popleft()
                 self._wake()  # (a receive waiting in ``_turn_room``)
+                if packet.kind == CONNECT and self._conn.closing_or_closed:
+                    continue  # (a closed connection connects no namespace)
                 socket = self._sockets.get(packet.namespace)
                 if socket is not None and socket.waiting is not None:
                     # always_connect: its connect handler runs; the packets behind wait
@@ -2971,8 +3137,6 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                     woken: Deferred[None] = Deferred()
                     socket.waiting.append(woken)
                     await woken
-                    if self._conn.closing_or_closed:
-                        break
                     socket = self._sockets.get(packet.namespace)
                 try:
                     if (packet.kind == EVENT or packet.kind == BINARY_EVENT) and (
@@ -2987,7 +3151,27 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                 except Exception:
                     self._task_failed(Failure(), "a packet's handling", None)
         finally:
-            self._turns = None
+            # (cancelled past --application-close-timeout too: the disconnect handlers
+            # still run, with that much time of their own)
+            self._end_turns_now()
+
+    def _end_turns_now(self) -> None:
+        """No more packets in turn: a close's disconnect handlers (``_ending``) start."""
+        self._turns = None
+        ending, self._ending = self._ending, None
+        if ending is not None:
+            self._spawn(self._end_turns(*ending), "the disconnect handlers")
+            self._arm_cancel()
+
+    async def _end_turns(self, reason: str, code: int) -> None:
+        """``async_handlers=False``: the close's end, once the packets in turn were handled."""
+        try:
+            await self._closed(reason, code)
+        finally:
+            waiters, self._end_waiters = self._end_waiters, []
+            for waiter in waiters:
+                if not waiter.called:  # (not cancelled meanwhile)
+                    waiter.callback(None)
 
     async def _turn_room(self) -> None:
         """``_in_turn``'s bound: wait while ``--max-inflight`` packets wait."""
@@ -3203,6 +3387,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         if group in socket.rooms:
             return
         socket.rooms[group] = room
+        if socket.channel == self.channel_name and self._conn.closing_or_closed:
+            return  # (a handler after the close: a closed connection joins no group)
         await self.channel_layer.group_add(group, socket.channel)
         if self._server._admin is not None:
             self._server._admin.room(socket, room, True)
@@ -3240,12 +3426,17 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         session and rooms (as in python-socketio), but no more of its packets."""
         if self._sockets.get(socket.namespace) is not socket:
             return
-        if socket.pending:  # not connected yet: its connect handler decides (``gone``)
+        if socket.pending and socket.waiting is None:
+            # Not connected yet: its connect handler decides (``gone``). One whose CONNECT
+            # ``always_connect`` answered is connected for its client, as python-socketio
+            # has it: its disconnect handler runs now (a ``disconnect(sid)`` in its
+            # connect handler: inside that call), and the connect handler's end changes
+            # nothing more.
             socket.gone = reason
             await self._drop(socket)
             return
         del self._sockets[socket.namespace]
-        if self._server._admin is not None:
+        if self._server._admin is not None and not socket.pending:  # (announced)
             self._server._admin.disconnected(socket, reason)
         try:
             await self._disconnect_handler(socket, reason)
@@ -3260,6 +3451,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                 if _positional_count(handler) < len(args):
                     args = args[:-1]  # disconnect(sid): no reason argument
                 await _maybe_await(handler(*args))
+        except CancelledError:
+            raise  # (past --application-close-timeout: ``_closed`` lets the others go)
         except Exception:
             log.failure("socketio: the disconnect handler failed")
 
@@ -3280,13 +3473,47 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         reason = self._close_reason or Reason.TRANSPORT_CLOSE
         if self._server._admin is not None and self._max_payload:  # (it had opened)
             self._server._admin.closed()
+        if self._turns is not None:
+            # async_handlers=False: the packets received before the close are handled
+            # first, in order, then the disconnect handlers (``_take_turns``), as in
+            # python-socketio; the bridge's next steps wait for them (up to its
+            # --application-close-timeout: they go on after it, under ``_arm_cancel``'s).
+            self._ending = (reason, code)
+            self._arm_cancel()
+            waiter: Deferred[None] = Deferred()
+            self._end_waiters.append(waiter)
+            await waiter
+            return
+        try:
+            await self._closed(reason, code)
+        finally:  # (cancelled by the bridge's kill too: its handlers still running are)
+            self._arm_cancel()
+
+    async def _closed(self, reason: str, code: int) -> None:
+        """The connection's end for its sockets: kept for a reconnect (recovery), and
+        their disconnect handlers, one after the other. Cancelled (past
+        --application-close-timeout), the sockets left go without theirs: none stays."""
         if self._server._recovery is not None:  # its sockets are kept past their handlers
             self._server._recovery.connection_lost(self, code)
-        for socket in list(self._sockets.values()):
-            await self._forget(socket, reason)
+        try:
+            for socket in list(self._sockets.values()):
+                await self._forget(socket, reason)
+        finally:
+            left = list(self._sockets.values())
+            if left:
+                log.warn("socketio: a disconnect handler was cancelled: {count} other "
+                         "sockets of its connection go without theirs", count=len(left))
+            for socket in left:
+                if socket.pending and socket.waiting is None:
+                    socket.gone = reason  # (its connect handler decides, as in ``_forget``)
+                elif self._server._admin is not None and not socket.pending:
+                    self._server._admin.disconnected(socket, reason)
+                await self._drop(socket)  # (a closed connection's: it waits for nothing)
+
+    def _arm_cancel(self) -> None:
+        """As the bridge does for a consumer's handlers: the tasks still running
+        --application-close-timeout from now are cancelled."""
         if self._tasks and self._cancel_call is None:
-            # As the bridge does for a consumer's handlers: --application-close-timeout
-            # to end, then cancelled.
             self._cancel_call = self._conn.reactor.callLater(
                 self._conn.config.application_close_timeout, self._cancel_tasks)
 

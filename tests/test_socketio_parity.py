@@ -23,8 +23,10 @@ import msgpack
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import formatEvent
 
 from realtime import socketio as rsio
+from realtime.config import ServerConfig
 from tests.clients import captured_log, in_thread, until
 from tests.test_socketio import (
     NODE_MODULES,
@@ -760,8 +762,9 @@ async def test_async_handlers_false_holds_events_not_pings_acks_or_the_close(liv
     """``async_handlers=False`` holds a connection's later events behind a slow handler,
     and nothing else of it: Engine.IO's pongs (on a WebSocket, and a polling POST is
     answered at once), the client's ACKs (a handler may wait for its own client's answer
-    to an ``emit(callback=)``), its close (the disconnect handler runs at once); a handler
-    that raises does not stop the ones behind it."""
+    to an ``emit(callback=)``); a handler that raises does not stop the ones behind it.
+    Its close is noticed at once (the WebSocket is closed), and its disconnect handler
+    runs after the handler, as python-socketio's does."""
     sio = quick_server(async_handlers=False, ping_interval=0.2, ping_timeout=0.3)
     gates: list[Deferred[None]] = []
     reasons: list[str] = []
@@ -812,8 +815,9 @@ async def test_async_handlers_false_holds_events_not_pings_acks_or_the_close(liv
     await raw.send('426["slow"]')
     assert await until(lambda: len(gates) == 2)
     await raw.close()
-    assert await until(lambda: reasons == ["transport close"])  # not after the handler
+    assert not await until(lambda: reasons, 0.3)  # after the handler
     gates[-1].callback(None)
+    assert await until(lambda: reasons == ["transport close"])
 
     session = await Polling.open(url)
     posting = Deferred.fromCoroutine(session.post('421["slow"]'))
@@ -899,6 +903,302 @@ async def test_async_handlers_false_waits_past_max_inflight_packets(live):
     gate.callback(None)
     assert [await raw.recv() for _ in range(8)] == [f"43{n}[{n}]" for n in range(8)]
     assert seen == list(range(8))
+    await raw.close()
+
+
+def _node_burst(url: str, transport: str, count: int) -> list[dict[str, Any]]:
+    """tests/node/socketio_burst.js: Node's client sends "slow", ``count`` notes, and
+    disconnects at once."""
+    from tests.test_socketio import NODE_MODULES
+
+    script = Path(__file__).parent / "node" / "socketio_burst.js"
+    env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
+    done = subprocess.run(["node", str(script), url, transport, str(count)], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_handlers_false_handles_what_came_before_the_close_then_disconnects(
+        live, node_client):
+    """``async_handlers=False``, a client that sends events behind a slow one and closes at
+    once: each is still handled, in order (its acks go nowhere), and the disconnect handler
+    runs last, as python-socketio reads what came before the close: Node's
+    ``socket.io-client`` on each transport (its DISCONNECT goes last: "client
+    disconnect"), a raw WebSocket closed ("transport close") and a polling close packet. A
+    room entered after the close is the sid's (``rooms()`` in the disconnect handler) but
+    joins no layer group."""
+    sio = quick_server(async_handlers=False)
+    gates: list[Deferred[None]] = []
+    log: list[Any] = []
+
+    @sio.event
+    async def slow(sid):
+        log.append("slow")
+        gates.append(Deferred())
+        await gates[-1]
+        log.append("slow done")
+        return "late"
+
+    @sio.event
+    async def note(sid, n):
+        log.append(n)
+        await sio.enter_room(sid, f"r{n}")
+        return n
+
+    @sio.event
+    async def disconnect(sid, reason):
+        log.append((reason, [room for room in sio.rooms(sid) if room != sid]))
+
+    url = await start(live, sio)
+
+    async def closed_behind_a_slow_handler(reason: str, numbers: list[int]) -> None:
+        assert await until(lambda: len(gates) == 1)
+        assert not await until(lambda: len(log) > 1, 0.3)  # (held behind the handler)
+        gates.pop().callback(None)
+        want = ["slow", "slow done", *numbers, (reason, [f"r{n}" for n in numbers])]
+        assert await until(lambda: log == want), log
+        groups = sio.channel_layer._groups
+        assert not [n for n in numbers if rsio.room_group("/", f"r{n}") in groups]
+        log.clear()
+
+    for transport in ("websocket", "polling"):
+        lines = await in_thread(_node_burst, url, transport, 3)
+        assert lines[1:] == [{"closed": "forced close"}], lines
+        await closed_behind_a_slow_handler("client disconnect", [1, 2, 3])
+
+    raw = await Raw.open(url)
+    await raw.send("40")
+    assert (await raw.recv()).startswith("40{")
+    await raw.send('421["slow"]')
+    await raw.send('42["note",4]')
+    await raw.send('423["note",5]')
+    await raw.close()
+    await closed_behind_a_slow_handler("transport close", [4, 5])
+
+    session = await Polling.open(url)
+    assert await session.post('421["slow"]\x1e42["note",6]') == (200, b"ok")
+    closing = Deferred.fromCoroutine(session.post("1"))
+    await closed_behind_a_slow_handler("client disconnect", [6])
+    assert await closing == (200, b"ok")  # (once what came before it was handled)
+    assert await until(lambda: not sio._sockets and not sio._polling)
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_handlers_false_an_upgraded_session_handles_what_came_before_its_close(
+        live):
+    """``async_handlers=False`` on a polling session upgraded to a WebSocket (the default
+    of socket.io-client): events behind a slow one, more than ``--max-inflight`` (8 in
+    turn, 4 still in the WebSocket's queue behind the session's step: fewer than 8, so
+    it reads the close), then the WebSocket closed: each is handled, in order, then the
+    disconnect handler; nothing stays."""
+    from websockets.sync.client import connect
+
+    sio = rsio.AsyncServer(async_handlers=False)  # (no ping meanwhile: none is answered)
+    gates: list[Deferred[None]] = []
+    log: list[Any] = []
+
+    @sio.event
+    async def slow(sid):
+        gates.append(Deferred())
+        await gates[-1]
+        log.append("slow")
+
+    sio.on("note", lambda sid, n: log.append(n))
+    sio.on("disconnect", lambda sid, reason: log.append(reason))
+    url = await start(live, sio, max_inflight=8)
+    session = await Polling.open(url)
+    ws = await in_thread(lambda: connect(
+        ws_url(url, f"EIO=4&transport=websocket&sid={session.sid}"),
+        open_timeout=WAIT).__enter__())
+    await in_thread(ws.send, "2probe")
+    assert await in_thread(ws.recv, WAIT) == "3probe"
+    await in_thread(ws.send, "5")
+    assert await until(lambda: sio.transport(session.socket_sid) == "websocket")
+    await in_thread(ws.send, '42["slow"]')
+    assert await until(lambda: len(gates) == 1)
+
+    def burst() -> None:
+        for n in range(12):
+            ws.send(f'42["note",{n}]')
+        ws.close()
+
+    polled = sio._polling[session.sid]
+    await in_thread(burst)
+    assert await until(lambda: polled.closed)
+    gates[0].callback(None)
+    assert await until(lambda: len(log) == 14), log
+    assert log == ["slow", *range(12), "transport close"]
+    assert await until(lambda: not sio._sockets and not sio._polling)
+
+@pytest_twisted.ensureDeferred
+async def test_async_handlers_false_close_waits_application_close_timeout_at_most(live):
+    """``async_handlers=False``: a handler that never returns, packets behind it, and the
+    connection closes: past ``--application-close-timeout`` the handler is cancelled, the
+    packets behind it are not handled, and the disconnect handler still runs."""
+    sio = quick_server(async_handlers=False)
+    log: list[Any] = []
+
+    @sio.event
+    async def stuck(sid):
+        log.append("stuck")
+        await Deferred()
+
+    sio.on("note", lambda sid, n: log.append(n))
+    sio.on("disconnect", lambda sid, reason: log.append(reason))
+    url = await start(live, sio, application_close_timeout=0.3)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    assert (await raw.recv()).startswith("40{")
+    with captured_log() as events:
+        await raw.send('42["stuck"]')
+        await raw.send('42["note",1]')
+        assert await until(lambda: log == ["stuck"])
+        await raw.close()
+        assert await until(lambda: log == ["stuck", "transport close"]), log
+        assert not await until(lambda: len(log) > 2, 0.3), log
+    assert any("still running" in formatEvent(e) for e in events if e.get("log_level")
+               and e["log_level"].name == "warn")
+    assert await until(lambda: not sio._sockets)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def memory_or_redis(request: Any) -> Any:
+    """A fresh in-memory layer, or one on the session's redis-server."""
+    from realtime.layers import InMemoryChannelLayer
+
+    if request.param == "memory":
+        return InMemoryChannelLayer()
+    return request.getfixturevalue("redis_layer")
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_handlers_false_a_handler_that_goes_on_after_its_cancel_holds_no_close(
+        memory_or_redis, realtime_leak_check):
+    """``async_handlers=False``: a handler that catches its cancel (Twisted's
+    ``CancelledError`` is an ``Exception``) and waits on does not hold the close past
+    ``--application-close-timeout``: the disconnect handler runs then all the same, and
+    the socket is freed. That disconnect handler, past the bridge's own kill (the
+    connection's channel left the layer), enters a room: the sid's in it, no layer group
+    is (on the memory and the Redis layer)."""
+    from realtime.testing import serve
+
+    layer = memory_or_redis
+    sio = quick_server(async_handlers=False, channel_layer=layer)
+    log: list[Any] = []
+    later: Deferred[None] = Deferred()
+
+    @sio.event
+    async def stuck(sid):
+        log.append("stuck")
+        try:
+            await Deferred()
+        except Exception:  # (its cancel)
+            log.append("cancelled")
+            await later
+
+    @sio.event
+    async def disconnect(sid, reason):
+        await sio.sleep(0.1)  # (past the bridge's own kill, due when this handler starts)
+        await sio.enter_room(sid, "late")
+        log.append((reason, sio.rooms(sid)))
+
+    server = await serve(app(sio), ServerConfig(application_close_timeout=0.3), layer=layer)
+    try:
+        raw = await Raw.open(f"http://127.0.0.1:{server.port}")
+        await raw.send("40")
+        sid = json.loads((await raw.recv())[2:])["sid"]
+        await raw.send('42["stuck"]')
+        assert await until(lambda: log == ["stuck"])
+        await raw.close()
+        assert await until(lambda: len(log) == 3), log
+        assert log == ["stuck", "cancelled", ("transport close", [sid, "late"])]
+        assert not sio._sockets and sio.manager.rooms == {}
+        assert rsio.room_group("/", "late") not in layer._groups
+    finally:
+        later.callback(None)
+        await server.stop()
+
+
+@pytest.mark.parametrize("async_handlers", [True, False], ids=["async", "in-order"])
+@pytest_twisted.ensureDeferred
+async def test_a_disconnect_handler_cancelled_at_the_close_timeout_frees_every_socket(
+        live, async_handlers):
+    """Two namespaces whose disconnect handlers never return: past
+    ``--application-close-timeout`` the running one is cancelled (its own handler sees
+    the cancel; not logged as its failure) and the connection's other socket goes without
+    its handler: both freed (before, the cancel was swallowed, the next handler ran with
+    no time limit and its socket stayed for ever)."""
+    sio = quick_server(async_handlers=async_handlers, namespaces=["/b"])
+    log: list[Any] = []
+
+    async def disconnect(sid, reason):
+        log.append(reason)
+        try:
+            await Deferred()
+        except BaseException as exc:
+            log.append(type(exc).__name__)
+            raise
+
+    sio.on("disconnect", disconnect)
+    sio.on("disconnect", disconnect, namespace="/b")
+    url = await start(live, sio, application_close_timeout=0.3)
+    raw = await Raw.open(url)
+    await raw.send("40")
+    assert (await raw.recv()).startswith("40{")
+    await raw.send("40/b,")
+    assert (await raw.recv()).startswith("40/b,{")
+    assert len(sio._sockets) == 2
+    with captured_log() as events:
+        await raw.close()
+        assert await until(lambda: not sio._sockets, 3), log
+        assert not await until(lambda: len(log) > 2, 0.5), log
+    assert log == ["transport close", "CancelledError"]
+    assert sio.manager.rooms == {}
+    assert [formatEvent(e) for e in events if "log_failure" in e] == []
+    assert any("1 other sockets of its connection go without theirs" in formatEvent(e)
+               for e in events)
+
+@pytest.mark.parametrize("refuse", [False, True], ids=["accepts", "refuses"])
+@pytest_twisted.ensureDeferred
+async def test_always_connect_disconnect_in_the_connect_handler(live, refuse):
+    """``always_connect=True``: a connect handler that calls ``disconnect(sid)`` on its own
+    sid (connected for its client: CONNECT went out) gets its disconnect handler inside
+    that call, with "server disconnect" and the session and rooms still there, as in
+    python-socketio; whether it then accepts or refuses, nothing more follows (no second
+    disconnect handler, no packet). ``sio.manager.is_connected`` is True in it before."""
+    sio = quick_server(always_connect=True)
+    log: list[Any] = []
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        log.append(("connected?", sio.manager.is_connected(sid, "/")))
+        await sio.save_session(sid, {"who": auth["who"]})
+        await sio.enter_room(sid, "lobby")
+        await sio.disconnect(sid)
+        log.append(("after", sio.manager.is_connected(sid, "/")))
+        return not refuse
+
+    @sio.event
+    async def disconnect(sid, reason):
+        session = await sio.get_session(sid)
+        log.append((reason, session["who"], [room for room in sio.rooms(sid) if room != sid]))
+
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    await raw.send('40{"who":"me"}')
+    assert (await raw.recv()).startswith('40{"sid":')
+    assert await raw.recv() == "41"
+    assert await until(lambda: len(log) == 3)
+    assert log == [("connected?", True), ("server disconnect", "me", ["lobby"]),
+                   ("after", False)]
+    assert not await until(lambda: len(log) > 3, 0.3), log
+    assert not sio._sockets
+    await raw.send("42[\"x\"]")  # (not connected: ignored) then a new CONNECT
+    await raw.send('40{"who":"again"}')
+    assert (await raw.recv()).startswith('40{"sid":')  # nothing came between
+    assert await raw.recv() == "41"
     await raw.close()
 
 
@@ -1213,6 +1513,7 @@ async def test_client_manager_is_accepted_only_where_it_is_the_layer(live, redis
     sio = rsio.AsyncServer(client_manager=rsio.AsyncRedisManager(redis_url),
                            channel_layer=layer)
     assert sio.channel_layer is layer
+    assert isinstance(sio.manager, rsio.AsyncRedisManager) and sio.manager.server is sio
     other_db = redis_url.rstrip("/0123456789") + "/5"
     with pytest.raises(ValueError, match=r"--layer redis://.*/5"):
         rsio.AsyncServer(client_manager=rsio.AsyncRedisManager(other_db), channel_layer=layer)
@@ -1247,6 +1548,154 @@ async def test_client_manager_is_accepted_only_where_it_is_the_layer(live, redis
         rsio.AsyncRedisManager("memcached://localhost")
     with pytest.raises(TypeError, match="client_manager"):
         rsio.AsyncServer(client_manager=object())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_manager_reads_this_processs_rooms(live):
+    """``sio.manager`` (python-socketio's ``AsyncManager``), from real clients' sockets:
+    ``rooms``, ``get_namespaces``, ``get_participants`` (a room, several, None: all),
+    ``get_rooms``, ``is_connected`` (not while the connect handler runs, nor in the
+    disconnect handler, as python-socketio's), the Engine.IO sids (the clients', polling
+    and then upgraded too), ``is_sid_room``; what it gives is a snapshot."""
+    sio = quick_server(namespaces=["/chat"])
+    during: list[Any] = []
+
+    @sio.event
+    async def connect(sid, environ, auth):
+        during.append(("connect", sio.manager.is_connected(sid, "/")))
+        await sio.enter_room(sid, "lobby")
+
+    @sio.event
+    async def disconnect(sid, reason):
+        during.append(("disconnect", sio.manager.is_connected(sid, "/"),
+                       sio.manager.get_rooms(sid, "/")))
+
+    @sio.event
+    async def join(sid, room):
+        await sio.enter_room(sid, room)
+
+    url = await start(live, sio)
+    manager = sio.manager
+    assert isinstance(manager, rsio.AsyncManager) and manager.server is sio
+    assert manager.rooms == {} and manager.get_namespaces() == []
+    a = await PyClient().connect(url, ["websocket"])
+    b = await PyClient().connect(url, None, namespaces=["/", "/chat"])  # polling, upgraded
+    a_sid, b_sid = a.client.get_sid(), b.client.get_sid()
+    b_chat = b.client.get_sid("/chat")
+    a_eio, b_eio = a.client.eio.sid, b.client.eio.sid
+    await a.emit("join", "x")
+    assert await until(lambda: manager.get_rooms(a_sid, "/") == [a_sid, "lobby", "x"])
+    assert during == [("connect", False), ("connect", False)]
+
+    assert sorted(manager.get_namespaces()) == ["/", "/chat"]
+    assert sorted(manager.get_participants("/", "lobby")) == sorted([(a_sid, a_eio),
+                                                                     (b_sid, b_eio)])
+    assert list(manager.get_participants("/", "x")) == [(a_sid, a_eio)]
+    assert sorted(manager.get_participants("/", ["x", "lobby"])) == sorted(
+        [(a_sid, a_eio), (b_sid, b_eio)])  # (each once)
+    assert sorted(manager.get_participants("/", None)) == sorted([(a_sid, a_eio),
+                                                                  (b_sid, b_eio)])
+    assert list(manager.get_participants("/chat", None)) == [(b_chat, b_eio)]
+    assert list(manager.get_participants("/", "nowhere")) == []
+    assert list(manager.get_participants("/", b_sid)) == [(b_sid, b_eio)]
+    rooms = manager.rooms
+    assert rooms["/"]["lobby"] == {a_sid: a_eio, b_sid: b_eio}
+    assert rooms["/"][None] == {a_sid: a_eio, b_sid: b_eio}
+    assert rooms["/"][a_sid] == {a_sid: a_eio} and rooms["/"]["x"] == {a_sid: a_eio}
+    assert rooms["/chat"] == {None: {b_chat: b_eio}, b_chat: {b_chat: b_eio}}
+    rooms["/"].clear()  # a snapshot: the manager's own state is the server's
+    assert manager.rooms["/"]["lobby"] == {a_sid: a_eio, b_sid: b_eio}
+    assert manager.is_connected(a_sid, "/") and manager.is_connected(b_chat, "/chat")
+    assert not manager.is_connected(a_sid, "/chat") and not manager.is_connected("x", "/")
+    assert await manager.can_disconnect(b_sid, "/")
+    assert manager.get_rooms(b_chat, "/chat") == [b_chat]
+    assert manager.get_rooms("nope", "/") == []
+    assert manager.sid_from_eio_sid(b_eio, "/chat") == b_chat
+    assert manager.eio_sid_from_sid(a_sid, "/") == a_eio
+    assert manager.sid_from_eio_sid("nope", "/") is None
+    assert manager.eio_sid_from_sid("nope", "/") is None
+    assert manager.is_sid_room("/", a_sid) and not manager.is_sid_room("/", "lobby")
+    assert sio.transport(b_sid) == "websocket"  # (its Engine.IO sid the same after it)
+
+    await b.disconnect()
+    assert await until(lambda: len(during) == 3)
+    assert during[2] == ("disconnect", False, [b_sid, "lobby"])
+    assert list(manager.get_participants("/", "lobby")) == [(a_sid, a_eio)]
+    assert manager.get_namespaces() == ["/"]
+    await a.disconnect()
+    assert await until(lambda: manager.rooms == {})
+
+
+def test_the_constructor_takes_python_socketios_positional_arguments():
+    """``AsyncServer(client_manager, logger, json, async_handlers, namespaces)`` as
+    python-socketio's; the rest by name. A first argument that looks like namespaces (the
+    old order) is refused, naming ``namespaces=``; a manager serves one server."""
+    manager, codec = rsio.AsyncManager(), _RecordingJson()
+    sio = rsio.AsyncServer(manager, False, codec, False, ["/chat"])
+    assert sio.manager is manager and manager.server is sio
+    assert sio.json is codec and not sio.async_handlers and "/chat" in sio.namespaces
+    assert isinstance(rsio.AsyncServer().manager, rsio.AsyncManager)
+    assert rsio.AsyncServer(logger=True, namespaces="*").namespaces == "*"
+    for namespaces in (["/chat"], "*", ("/a", "/b"), {"/a"}):
+        with pytest.raises(TypeError, match=r"first argument is client_manager.*namespaces="):
+            rsio.AsyncServer(namespaces)
+    with pytest.raises(TypeError):
+        rsio.AsyncServer(None, False, None, True, None, 25)  # ping_interval: by name
+    with pytest.raises(ValueError, match="another AsyncServer's manager"):
+        rsio.AsyncServer(manager)
+    spare = rsio.AsyncManager()  # a construction refused for another option keeps it free
+    with pytest.raises(ValueError, match="ping_interval"):
+        rsio.AsyncServer(spare, ping_timeout=0)
+    with pytest.raises(ValueError, match="transports"):
+        rsio.AsyncServer(spare, transports=["pigeon"])
+    assert spare.server is None and rsio.AsyncServer(spare).manager is spare
+
+
+def test_ping_interval_takes_python_engineios_grace_period():
+    """``ping_interval=(interval, grace)``: kept apart (the server pings every interval);
+    a tuple that is not two numbers of seconds, interval > 0, grace >= 0, is a
+    ``ValueError``, anything but a number or a tuple a ``TypeError``."""
+    sio = rsio.AsyncServer(ping_interval=(10, 5))
+    assert (sio.ping_interval, sio.ping_interval_grace_period) == (10.0, 5.0)
+    assert rsio.AsyncServer(ping_interval=7).ping_interval_grace_period == 0
+    for bad in [(1,), (1, 2, 3), (0, 1), (1, -1), ("1", 2), (True, 1), (1, float("nan")),
+                (float("inf"), 0), ()]:
+        with pytest.raises(ValueError, match=r"\(interval, grace period\)"):
+            rsio.AsyncServer(ping_interval=bad)
+    for bad in ["25", [25, 5], None]:
+        with pytest.raises(TypeError, match="ping_interval"):
+            rsio.AsyncServer(ping_interval=bad)
+    with pytest.raises(ValueError, match="> 0"):
+        rsio.AsyncServer(ping_interval=0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_grace_period_is_told_to_clients_and_not_waited_for(live):
+    """``ping_interval=(0.2, 30)``: the open packet says 30200 ms (python-engineio's
+    interval + grace, so a client waits that much longer for a late ping), the server pings
+    every 0.2 s all the same, and an unanswered ping still times out after
+    ``ping_timeout``; python-socketio's client connects and stays."""
+    sio = rsio.AsyncServer(ping_interval=(0.2, 30), ping_timeout=0.5)
+    reasons: list[str] = []
+    sio.on("disconnect", lambda sid, reason: reasons.append(reason))
+    sio.on("echo", lambda sid, data: data)
+    url = await start(live, sio)
+    raw = await Raw.open(url)
+    assert (raw.handshake["pingInterval"], raw.handshake["pingTimeout"]) == (30200, 500)
+    await raw.send("40")
+    assert (await raw.recv()).startswith("40{")
+    for _ in range(2):  # (each within WAIT, far under the 30 s the client was told)
+        assert await raw.recv() == "2"
+        await raw.send("3")
+    assert await raw.recv() == "2"  # not answered
+    assert await raw.closed() == (1008, "ping timeout")
+    assert await until(lambda: reasons == ["ping timeout"])
+
+    client = PyClient()
+    await client.connect(url, None)
+    assert client.client.eio.ping_interval == 30.2
+    assert await client.call("echo", "alive") == "alive"
+    await client.disconnect()
 
 
 #: (python-socketio's ``AsyncRedisManager`` URL, the server's ``--layer``): the same Redis.

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, succeed
 
 from realtime import socketio as rsio
-from tests.clients import captured_log
+from tests.clients import captured_log, until
 from tests.test_socketio import Raw, _joined, start
 
 
@@ -91,18 +92,26 @@ async def test_a_socketio_handler_in_asyncio_sleep_is_cancelled_at_the_close_tim
 async def test_in_order_handlers_and_always_connect_await_asyncio_code(live: Any) -> None:
     """``async_handlers=False`` (a handler awaited where its packet is read) and
     ``always_connect`` (packets waiting for the connect handler) with handlers that await
-    ``asyncio.sleep``: acked in order."""
+    ``asyncio.sleep``: acked in order; closed behind such a handler, the events before
+    the close are handled, then the disconnect handler (an asyncio Task after the close)."""
     sio = rsio.AsyncServer(async_handlers=False, always_connect=True)
+    handled: list[str] = []
 
     async def connect(sid: str, environ: Any) -> None:
         await asyncio.sleep(0.05)
 
     async def waits(sid: str, x: str, delay: float) -> str:
         await asyncio.sleep(delay)
+        handled.append(x)
         return x
+
+    async def disconnect(sid: str, reason: str) -> None:
+        await asyncio.sleep(0)
+        handled.append(reason)
 
     sio.on("connect", connect)
     sio.on("waits", waits)
+    sio.on("disconnect", disconnect)
     url = await start(live, sio)
     with captured_log() as events:
         raw = await Raw.open(url)
@@ -111,5 +120,43 @@ async def test_in_order_handlers_and_always_connect_await_asyncio_code(live: Any
         await raw.send('421["waits","slow",0.05]')  # (behind the connect handler)
         await raw.send('422["waits","fast",0]')
         assert [await raw.recv(), await raw.recv()] == ['431["slow"]', '432["fast"]']
+        await raw.send('42["waits","late",0.1]')
+        await raw.send('42["waits","later",0]')
         await raw.close()
+        assert await until(lambda: len(handled) == 5)
+    assert handled == ["slow", "fast", "late", "later", "transport close"]
+    assert [e for e in events if "log_failure" in e] == []
+
+
+@pytest.mark.parametrize("async_handlers", [True, False], ids=["async", "in-order"])
+@pytest_twisted.ensureDeferred
+async def test_a_disconnect_handler_in_asyncio_sleep_at_the_close_timeout_frees_every_socket(
+        live: Any, async_handlers: bool) -> None:
+    """Two namespaces, the first one's disconnect handler in ``asyncio.sleep``: past
+    ``--application-close-timeout`` it gets asyncio's CancelledError and the other socket
+    goes without its handler; both freed (asyncio's cancel used to stop the loop over the
+    sockets: the second stayed for ever), nothing logged as a failure."""
+    sio = rsio.AsyncServer(async_handlers=async_handlers, namespaces=["/b"])
+    log: list[str] = []
+
+    async def sleeps(sid: str, reason: str) -> None:
+        log.append(reason)
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+
+    sio.on("disconnect", sleeps)
+    sio.on("disconnect", lambda sid, reason: log.append("/b"), namespace="/b")
+    url = await start(live, sio, application_close_timeout=0.3)
+    with captured_log() as events:
+        raw = await Raw.open(url)
+        await raw.send("40")
+        assert (await raw.recv()).startswith("40{")
+        await raw.send("40/b,")
+        assert (await raw.recv()).startswith("40/b,{")
+        await raw.close()
+        assert await until(lambda: not sio._sockets, 3), log
+    assert log == ["transport close", "cancelled"]
     assert [e for e in events if "log_failure" in e] == []

@@ -4,9 +4,11 @@
 ``register(sio, refused)`` puts the same handlers on either server (``refused``: that
 library's ``ConnectionRefusedError``); each server is built only in the process that
 serves it (``application``: realtime's, under twistd; ``reference``: python-socketio's
-``ASGIApp``, under Daphne). Three servers in each process: ``/socket.io/`` with the
+``ASGIApp``, under Daphne). Six servers in each process: ``/socket.io/`` with the
 defaults, ``/fast.io/`` with ``ping_interval=1, ping_timeout=1`` (the heartbeat rows),
-``/nocors.io/`` with ``cors_allowed_origins=[]`` (CORS handling off).
+``/nocors.io/`` with ``cors_allowed_origins=[]`` (CORS handling off), ``/grace.io/`` with
+``ping_interval=(1, 2), ping_timeout=1`` (a grace period), ``/ordered.io/`` with
+``async_handlers=False`` and ``/always.io/`` with ``always_connect=True``.
 
 Each connection's handshake names its row (``row=NAME`` in its query string); what the
 handlers saw goes to ``SEEN[NAME]`` (sids as they are: the test maps them to names), and
@@ -18,11 +20,16 @@ session SID waits in the server (the rows that act while one does: a condition, 
 sleep).
 
 Namespace "/" (``connect(sid, environ, auth)``; its auth says what it does):
-``{"token": "refuse"}`` raises ``ConnectionRefusedError("unauthorized", {"code": 4001})``,
+``{"token": "slow"}`` accepts after 0.5 s (recording "accepted"), ``"slow-refuse"`` refuses
+then (recording "refused"; the rows close meanwhile), ``{"token": "refuse"}`` raises
+``ConnectionRefusedError("unauthorized", {"code": 4001})``,
 ``"refuse-bare"`` raises it without arguments, ``"refuse-three"`` with three, ``"false"``
 returns False, ``"builtin"`` raises the builtin ``ConnectionRefusedError``, ``"crash"``
-raises ``RuntimeError``; otherwise it saves ``{"auth": auth}`` as the session and enters
-room "lobby". Events: ``echo`` acks its arguments (a tuple: several), ``nothing`` acks
+raises ``RuntimeError``, ``"kick-self"`` disconnects its own sid (``sio.disconnect``) and
+then accepts, ``"kick-self-refuse"`` then refuses; otherwise it saves ``{"auth": auth}`` as
+the session and enters room "lobby". The disconnect handler records the session of a
+"kick-self" sid (saved before its ``disconnect``). Events: ``echo`` acks its arguments
+(a tuple: several), ``nap`` sleeps 0.3 s (recording "nap", then "woke"), ``nothing`` acks
 with None, ``binary`` acks with bytes (top level and nested), ``join``/``leave`` a room
 (acked with the sid's rooms, sorted, its own sid as "SELF"), ``shout(room, data)`` emits
 ``shout`` to the room but the sender, ``kick`` disconnects the sender from the server,
@@ -89,10 +96,14 @@ def register(sio: Any, refused: type[Exception]) -> None:
         _ROW_OF[sid] = row
         _note(sid, "connect", "/", auth)
         token = auth.get("token") if isinstance(auth, dict) else None
-        if token == "slow":  # accepted once its client is gone (the row closes meanwhile)
+        if token in ("slow", "slow-refuse"):  # decided once its client is gone (the row
+            # closes meanwhile)
             _CONNECTING[row] = _CONNECTING.get(row, 0) + 1
             try:
                 await sio.sleep(0.5)
+                if token == "slow-refuse":
+                    _note(sid, "refused")
+                    return False
                 _note(sid, "accepted")
                 _OPEN.setdefault(row, set()).add(sid)
                 return None
@@ -110,6 +121,15 @@ def register(sio: Any, refused: type[Exception]) -> None:
             raise builtins.ConnectionRefusedError("no")
         if token == "crash":
             raise RuntimeError("the connect handler fails")
+        if token in ("kick-self", "kick-self-refuse"):
+            _CONNECTING[row] = _CONNECTING.get(row, 0) + 1
+            try:
+                await sio.save_session(sid, {"kick": token})
+                await sio.disconnect(sid)
+                _note(sid, "kicked")
+                return token == "kick-self"
+            finally:
+                _CONNECTING[row] -= 1
         await sio.save_session(sid, {"auth": auth})
         await sio.enter_room(sid, "lobby")
         _OPEN.setdefault(row, set()).add(sid)
@@ -117,8 +137,19 @@ def register(sio: Any, refused: type[Exception]) -> None:
 
     @sio.event
     async def disconnect(sid: str, reason: str) -> None:
-        _note(sid, "disconnect", "/", reason)
+        try:
+            session = await sio.get_session(sid)
+        except KeyError:
+            session = {}
+        # (a "kick-self" connect's session: still readable here)
+        _note(sid, "disconnect", "/", reason, *[session] if "kick" in session else [])
         _OPEN.get(_ROW_OF.get(sid, "?"), set()).discard(sid)
+
+    @sio.event
+    async def nap(sid: str) -> None:
+        _note(sid, "nap")
+        await sio.sleep(0.3)
+        _note(sid, "woke")
 
     @sio.event
     async def echo(sid: str, *args: Any) -> Any:
@@ -259,22 +290,27 @@ async def seen(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send_json(send, status, record)
 
 
-FAST = {"ping_interval": 1, "ping_timeout": 1}
-NO_CORS = {"cors_allowed_origins": []}
+#: Each server's path and options (beside ``namespaces=NAMESPACES``).
+OPTIONS: dict[str, dict[str, Any]] = {
+    "socket.io": {},
+    "fast.io": {"ping_interval": 1, "ping_timeout": 1},
+    "nocors.io": {"cors_allowed_origins": []},
+    "grace.io": {"ping_interval": (1, 2), "ping_timeout": 1},
+    "ordered.io": {"async_handlers": False},
+    "always.io": {"always_connect": True},
+}
 
 
 def _realtime() -> Any:
     from realtime import ProtocolTypeRouter, URLRouter, path, re_path
     from realtime.socketio import AsyncServer, ConnectionRefusedError
 
-    main = AsyncServer(async_mode="asgi", namespaces=NAMESPACES)
-    fast = AsyncServer(async_mode="asgi", namespaces=NAMESPACES, **FAST)
-    no_cors = AsyncServer(async_mode="asgi", namespaces=NAMESPACES, **NO_CORS)
-    for sio in (main, fast, no_cors):
+    routes = []
+    for where, options in OPTIONS.items():
+        sio = AsyncServer(async_mode="asgi", namespaces=NAMESPACES, **options)
         register(sio, ConnectionRefusedError)
-    SERVERS.extend((main, fast, no_cors))
-    routes = [path("socket.io/", main.as_asgi()), path("fast.io/", fast.as_asgi()),
-              path("nocors.io/", no_cors.as_asgi())]
+        SERVERS.append(sio)
+        routes.append(path(where + "/", sio.as_asgi()))
     return ProtocolTypeRouter({
         "websocket": URLRouter(routes),
         "http": URLRouter([*routes, re_path(r"^(seen|waiting)/", seen)]),
@@ -284,15 +320,13 @@ def _realtime() -> Any:
 def _python_socketio() -> Any:
     import socketio
 
-    main = socketio.AsyncServer(async_mode="asgi", namespaces=NAMESPACES)
-    fast = socketio.AsyncServer(async_mode="asgi", namespaces=NAMESPACES, **FAST)
-    no_cors = socketio.AsyncServer(async_mode="asgi", namespaces=NAMESPACES, **NO_CORS)
-    for sio in (main, fast, no_cors):
+    app: Any = seen
+    for where, options in reversed(OPTIONS.items()):
+        sio = socketio.AsyncServer(async_mode="asgi", namespaces=NAMESPACES, **options)
         register(sio, socketio.exceptions.ConnectionRefusedError)
-    SERVERS.extend((main, fast, no_cors))
-    inner = socketio.ASGIApp(no_cors, other_asgi_app=seen, socketio_path="nocors.io")
-    inner = socketio.ASGIApp(fast, other_asgi_app=inner, socketio_path="fast.io")
-    return socketio.ASGIApp(main, other_asgi_app=inner, socketio_path="socket.io")
+        SERVERS.append(sio)
+        app = socketio.ASGIApp(sio, other_asgi_app=app, socketio_path=where)
+    return app
 
 
 def __getattr__(name: str) -> Any:

@@ -7,9 +7,11 @@ the wire. Both servers run once for the module as real processes on 127.0.0.1: r
 under twistd, python-socketio's ``socketio.ASGIApp`` under Daphne (``python -m
 daphne``: it serves the app's WebSockets too, upgrade included), each with its default
 options at ``/socket.io/`` (and ``/fast.io/``: a 1 s heartbeat; ``/nocors.io/``:
-``cors_allowed_origins=[]``). Each row is a script of raw HTTP requests (polling:
-``http.client``, no ``Accept-Encoding``) and raw WebSocket frames, run against both
-servers side by side; what the client sees becomes lines:
+``cors_allowed_origins=[]``; ``/grace.io/``: ``ping_interval=(1, 2)``; ``/ordered.io/``:
+``async_handlers=False``; ``/always.io/``: ``always_connect=True``). Each row is a
+script of raw HTTP requests (polling: ``http.client``, no ``Accept-Encoding``) and raw
+WebSocket frames, run against both servers side by side; what the client sees becomes
+lines:
 
 - ``GET 200``, ``POST 400``, ``OPTIONS 204``, ``WS 101``, ``WS 403``: a status;
   ``GET held``: no answer within the wait (a long-poll with nothing to say);
@@ -83,6 +85,12 @@ SIO = "/socket.io/"
 FAST = "/fast.io/"
 #: The server with ``cors_allowed_origins=[]`` (CORS handling off).
 NO_CORS = "/nocors.io/"
+#: The server with ``ping_interval=(1, 2), ping_timeout=1`` (a grace period).
+GRACE = "/grace.io/"
+#: The server with ``async_handlers=False`` (a connection's handlers in order).
+ORDERED = "/ordered.io/"
+#: The server with ``always_connect=True``.
+ALWAYS = "/always.io/"
 POLL = "EIO=4&transport=polling"
 SESSION = POLL + "&sid=SID"
 WS = "EIO=4&transport=websocket"
@@ -494,6 +502,7 @@ OPEN_WS = ('< 0{"maxPayload":1000000,"pingInterval":25000,"pingTimeout":20000,'
            '"sid":"E1","upgrades":[]}')
 FAST_POLLING = OPEN_POLLING.replace("25000", "1000").replace("20000", "1000")
 FAST_WS = OPEN_WS.replace("25000", "1000").replace("20000", "1000")
+GRACE_WS = OPEN_WS.replace("25000", "3000").replace("20000", "1000")
 CONNECTED = ("GET 200", OPEN_POLLING, "POST 200", "= ok", "GET 200", '< 40{"sid":"S1"}')
 WS_CONNECTED = ("WS 101", OPEN_WS, '< 40{"sid":"S1"}')
 SEEN_CONNECT = 'seen ["connect", "S1", "/", null]'
@@ -533,6 +542,19 @@ def _slow_connect_ws(c: Client) -> None:
     ws.recv()
     ws.send('40{"token":"slow"}')
     ws.close()
+
+
+def _slow_connect_always(token: str) -> Script:
+    """``always_connect``: a CONNECT answered at once whose handler takes a while; the
+    WebSocket closes meanwhile."""
+    def script(c: Client) -> None:
+        ws = c.ws(path=ALWAYS)
+        assert ws is not None
+        ws.recv()
+        ws.send(f'40{{"token":"{token}"}}')
+        ws.recv()
+        ws.close()
+    return script
 
 
 def _slow_connect_polling(c: Client) -> None:
@@ -676,6 +698,50 @@ def _second_get(c: Client) -> None:
         c.get(wait=1)
         reply = waiting.result()
     c.lines.append("first GET " + ("held" if reply is None else f"{reply[0]} {reply[2]!r}"))
+
+
+def _ping_with_grace(c: Client) -> None:
+    """``ping_interval=(1, 2)``: the client is told 3 s, the ping comes after 1."""
+    ws = c.ws_connected(path=GRACE)
+    ws.recv()
+    ws.send("3")
+    ws.send('421["echo","alive"]')
+    ws.recv()
+    ws.close()
+
+
+def _in_order_then(*messages: str, reads: int = 0) -> Script:
+    """``async_handlers=False`` over a WebSocket: a slow event ("nap"), then ``messages``
+    at once (``reads`` answers read), then the WebSocket closed at once."""
+    def script(c: Client) -> None:
+        ws = c.ws_connected(path=ORDERED)
+        ws.send('42["nap"]')
+        for message in messages:
+            ws.send(message)
+        if reads:
+            ws.recv(reads)
+        ws.close()
+    return script
+
+
+def _in_order_over_polling(c: Client) -> None:
+    """``async_handlers=False`` over polling: a slow event and another, then the close."""
+    c.connected(path=ORDERED)
+    c.post('42["nap"]\x1e421["echo","a"]')
+    c.post("1")
+
+
+def _kick_self(token: str, path: str = ALWAYS, reads: int = 2) -> Script:
+    """A connect handler that disconnects its own sid (then accepts, or refuses)."""
+    def script(c: Client) -> None:
+        ws = c.ws(path=path)
+        assert ws is not None
+        ws.recv()
+        ws.send(f'40{{"token":"{token}"}}')
+        ws.recv(reads)
+        ws.quiet()
+        ws.close()
+    return script
 
 
 def _requests(*calls: tuple[Any, ...]) -> Script:
@@ -1314,6 +1380,61 @@ TABLE = [
         _ws_refused(WS + "&sid=nope"),
         "WS 400",
         ref="refuses it: 403 (Daphne's answer to any refusal)"),
+    # -- async_handlers=False -------------------------------------------------------------------
+    row("in-order-close-websocket", "async_handlers=False: events behind a slow one, then "
+        "the WebSocket closed at once: each handled, in order, then the disconnect",
+        _in_order_then('421["echo","a"]', '42["echo","b"]'),
+        *WS_CONNECTED, SEEN_CONNECT, 'seen ["nap", "S1"]', 'seen ["woke", "S1"]',
+        'seen ["echo", "S1", "a"]', 'seen ["echo", "S1", "b"]', BYE_TRANSPORT),
+    row("in-order-engine-close", "async_handlers=False: an event behind a slow one, then "
+        "Engine.IO's close packet",
+        _in_order_then('421["echo","a"]', "1"),
+        *WS_CONNECTED, SEEN_CONNECT, 'seen ["nap", "S1"]', 'seen ["woke", "S1"]',
+        'seen ["echo", "S1", "a"]', BYE_CLIENT),
+    row("in-order-disconnect-packet", "async_handlers=False: an event, a DISCONNECT and an "
+        "event behind a slow one: the DISCONNECT in its turn, the last event ignored",
+        _in_order_then('421["echo","a"]', "41", '422["echo","b"]', reads=1),
+        *WS_CONNECTED, '< 431["a"]', SEEN_CONNECT, 'seen ["nap", "S1"]', 'seen ["woke", "S1"]',
+        'seen ["echo", "S1", "a"]', BYE_CLIENT),
+    row("in-order-close-polling", "async_handlers=False over polling: a POST of a slow "
+        "event and another, then a POST of the close",
+        _in_order_over_polling,
+        *CONNECTED, "POST 200", "= ok", "POST 200", "= ok", SEEN_CONNECT, 'seen ["nap", "S1"]',
+        'seen ["woke", "S1"]', 'seen ["echo", "S1", "a"]', BYE_CLIENT),
+    # -- always_connect=True ---------------------------------------------------------------------
+    row("always-kick-self", "always_connect: the connect handler disconnects its own sid: "
+        "its disconnect handler runs inside that call (the session still there)",
+        _kick_self("kick-self"),
+        "WS 101", OPEN_WS, '< 40{"sid":"S1"}', "< 41",
+        'seen ["connect", "S1", "/", {"token": "kick-self"}]',
+        'seen ["disconnect", "S1", "/", "server disconnect", {"kick": "kick-self"}]',
+        'seen ["kicked", "S1"]'),
+    row("always-slow-closed", "always_connect: the WebSocket closes while the connect "
+        "handler runs, which then accepts: the disconnect handler follows it (python-socketio "
+        "reads the close once the handler returned)",
+        _slow_connect_always("slow"),
+        "WS 101", OPEN_WS, '< 40{"sid":"S1"}',
+        'seen ["connect", "S1", "/", {"token": "slow"}]', 'seen ["accepted", "S1"]',
+        BYE_TRANSPORT),
+    row("always-slow-refuse-closed", "always_connect: the WebSocket closes while the "
+        "connect handler runs, which then refuses: no disconnect handler",
+        _slow_connect_always("slow-refuse"),
+        "WS 101", OPEN_WS, '< 40{"sid":"S1"}',
+        'seen ["connect", "S1", "/", {"token": "slow-refuse"}]', 'seen ["refused", "S1"]'),
+    row("always-kick-self-refuse", "always_connect: the connect handler disconnects its own "
+        "sid, then refuses: nothing more (its disconnect handler ran)",
+        _kick_self("kick-self-refuse"),
+        "WS 101", OPEN_WS, '< 40{"sid":"S1"}', "< 41",
+        'seen ["connect", "S1", "/", {"token": "kick-self-refuse"}]',
+        'seen ["disconnect", "S1", "/", "server disconnect", {"kick": "kick-self-refuse"}]',
+        'seen ["kicked", "S1"]'),
+    row("kick-self", "without always_connect, the connect handler disconnects its own sid, "
+        "then accepts: disconnected (the disconnect handler after the connect handler)",
+        _kick_self("kick-self", SIO, reads=1),
+        "WS 101", OPEN_WS, "< 41", 'seen ["connect", "S1", "/", {"token": "kick-self"}]',
+        'seen ["kicked", "S1"]', 'seen ["disconnect", "S1", "/", "server disconnect"]',
+        ref="ignores the disconnect (the sid is not connected yet) and connects it: "
+        "< 40{\"sid\":\"S1\"}, no disconnect handler"),
     # -- the heartbeat (ping_interval=1, ping_timeout=1) ----------------------------------------
     row("ping-polling", "a ping over polling, answered", _ping_over_polling,
         "GET 200", FAST_POLLING, "POST 200", "= ok", "GET 200", '< 40{"sid":"S1"}', "GET 200",
@@ -1336,6 +1457,11 @@ TABLE = [
         'seen ["disconnect", "S1", "/", "ping timeout"]',
         ref="closes 1000; its disconnect handler gets "
         "\"transport close\" or \"ping timeout\", whichever of its two timers fires first",
+        slow=True),
+    row("ping-grace", "ping_interval=(1, 2): the client is told 3000 ms, pinged after 1 s",
+        _ping_with_grace,
+        "WS 101", GRACE_WS, '< 40{"sid":"S1"}', "< 2", '< 431["alive"]', SEEN_CONNECT,
+        'seen ["echo", "S1", "alive"]', BYE_TRANSPORT,
         slow=True),
 ]
 
