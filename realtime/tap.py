@@ -1128,7 +1128,6 @@ class Options(usage.Options):
         value = self["internal-port"]
         if not value:
             return
-        description = with_backlog(self._own_listener("internal-port", value))
         config = self.config
         served = [path for path in (config.health_path, config.ready_path) if path]
         if self.metrics_enabled and self.metrics_listener is None:
@@ -1142,11 +1141,13 @@ class Options(usage.Options):
                                "nor --ready-path, no /metrics there, no --api-key)")
         self.internal_what = f" (internal: {', '.join(served)})"
         if self.worker is not None:
+            # The supervisor checked the value (and a systemd: socket is its alone).
             spec = self.worker.internal_spec()
             if spec is None:
                 raise StartupError("--internal-port: the supervisor passed no socket for it")
             self.internal_listener = spec
             return
+        description = with_backlog(self._own_listener("internal-port", value))
         taken = [(f"--port {d}", d) for d, spec in self.listeners if not isinstance(spec, tuple)]
         if self.metrics_listener is not None:
             taken.append((f"--metrics-port {self['metrics-port']}", self.metrics_listener))
