@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import socket
 import sys
 from functools import partial
 from typing import Any
@@ -1148,11 +1149,14 @@ class Options(usage.Options):
             self.internal_listener = spec
             return
         description = with_backlog(self._own_listener("internal-port", value))
-        taken = [(f"--port {d}", d) for d, spec in self.listeners if not isinstance(spec, tuple)]
+        taken = [(f"--fd {spec[0]}" if isinstance(spec, tuple) else f"--port {d}", d, spec)
+                 for d, spec in self.listeners]
         if self.metrics_listener is not None:
-            taken.append((f"--metrics-port {self['metrics-port']}", self.metrics_listener))
-        for what, other in taken:
-            if _same_address(description, other):
+            taken.append((f"--metrics-port {self['metrics-port']}", self.metrics_listener,
+                          None))
+        mine = _listens_on(description)
+        for what, other, spec in taken:
+            if _same_address(mine, _listens_on(other, spec)):
                 raise StartupError(f"--internal-port {value}: the same address as {what} "
                                    "(a listener of its own: another port or interface)")
         self.internal_listener = (description, description)
@@ -1441,30 +1445,102 @@ class Options(usage.Options):
         return listeners
 
 
-def _tcp_address(description: str) -> tuple[str, int] | None:
-    """The (interface, port) a TCP listener's description binds (inside ``ssl:``,
-    ``tls:``, ``haproxy:`` too), or None for another kind."""
-    from twisted.internet.endpoints import serverFromString
+def _listens_on(description: str, spec: Any = None) -> tuple[Any, ...] | None:
+    """Where a listener takes its connections, as the kernel has it, to tell two apart:
+    ``("inet", addresses, port)`` for TCP (inside ``ssl:``, ``tls:``, ``haproxy:`` too;
+    ``addresses`` from ``_addresses``), ``("unix", path)``; an inherited socket (``--fd``:
+    ``spec`` is ``(fd, family)``; ``systemd:``) by the address it is bound to. None when
+    unknown."""
+    from twisted.internet.endpoints import (
+        AdoptedStreamServerEndpoint,
+        TCP6ServerEndpoint,
+        UNIXServerEndpoint,
+        serverFromString,
+    )
 
     from realtime.workers import _innermost
 
+    if isinstance(spec, tuple):
+        return _socket_listens_on(spec[0])
     try:
-        endpoint = _innermost(serverFromString(None, description))
-    except Exception:  # (checked already; a systemd: socket has no address to compare)
+        endpoint = serverFromString(None, description)
+    except Exception:  # (checked already)
         return None
-    if endpoint is None:
-        return None
-    return str(endpoint._interface), int(endpoint._port)
+    tcp = _innermost(endpoint)
+    if tcp is not None:
+        host = str(tcp._interface)
+        family = socket.AF_INET6 if isinstance(tcp, TCP6ServerEndpoint) or ":" in host \
+            else socket.AF_INET
+        return "inet", _addresses(host, family), int(tcp._port)
+    while (inner := getattr(endpoint, "_wrappedEndpoint", None) or getattr(
+            endpoint, "endpoint", None)) is not None:
+        endpoint = inner
+    if isinstance(endpoint, AdoptedStreamServerEndpoint):
+        return _socket_listens_on(endpoint.fileno)
+    if isinstance(endpoint, UNIXServerEndpoint):
+        return "unix", _unix_name(endpoint._address)
+    return None
 
 
-def _same_address(one: str, other: str) -> bool:
-    """Whether two descriptions would bind the same TCP port: the same interface, or
-    either on every interface (port 0 picks a free port for each)."""
-    a, b = _tcp_address(one), _tcp_address(other)
-    if a is None or b is None or a[1] != b[1] or a[1] == 0:
+def _socket_listens_on(fd: int) -> tuple[Any, ...] | None:
+    """``_listens_on`` for an inherited socket: its own address (a copy of it looked at)."""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
+    with sock:
+        try:
+            name = sock.getsockname()
+        except OSError:
+            return None
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            return "inet", _addresses(name[0], sock.family), int(name[1])
+        if sock.family == socket.AF_UNIX and name:
+            return "unix", _unix_name(name)
+    return None
+
+
+def _addresses(host: str, family: int) -> frozenset[str]:
+    """The addresses a TCP listener bound to ``host`` takes connections on, one spelling
+    each: a name resolved as bind() resolves it (``localhost``), a literal's other
+    spellings made one (``127.1``, ``0:0::1``), an IPv4-mapped IPv6 address its IPv4 one;
+    ``*`` for every interface (``""``, ``0.0.0.0``, ``::``)."""
+    import ipaddress
+
+    if not host.strip("[]"):
+        return frozenset({"*"})
+    try:
+        found = socket.getaddrinfo(host.strip("[]"), None, family, socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return frozenset({host})  # (it cannot be bound either: that error comes later)
+    addresses: set[str] = set()
+    for *_, sockaddr in found:
+        address: Any = ipaddress.ip_address(str(sockaddr[0]).partition("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        addresses.add("*" if address.is_unspecified else str(address))
+    return frozenset(addresses)
+
+
+def _unix_name(name: str | bytes) -> str:
+    """A unix socket's path, absolute and without ``..`` (an abstract name as it is)."""
+    text = name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else name
+    return text if text.startswith("\0") else os.path.normpath(os.path.abspath(text))
+
+
+def _same_address(one: tuple[Any, ...] | None, other: tuple[Any, ...] | None) -> bool:
+    """Whether two listeners (``_listens_on``) would take the same connections: one socket,
+    or TCP on one port of the same interface or of every interface (port 0 picks a free
+    port for each). Under --workers two SO_REUSEPORT groups on one address become one,
+    whose connections the kernel spreads over both listeners' sockets."""
+    if one is None or other is None or one[0] != other[0]:
         return False
-    wildcard = ("", "0.0.0.0", "::")
-    return a[0] == b[0] or a[0] in wildcard or b[0] in wildcard
+    if one[0] == "unix":
+        return bool(one[1] == other[1])
+    (_, mine, port), (_, theirs, their_port) = one, other
+    if port != their_port or port == 0:
+        return False
+    return bool(mine & theirs) or "*" in mine or "*" in theirs
 
 
 def _describe_error(exc: BaseException, description: str = "") -> str:

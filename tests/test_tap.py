@@ -247,6 +247,31 @@ class TestInternalPort:
         toml.write_text("internal_port = 9004\n")
         assert parse("--config", str(toml)).internal_listener[0].startswith("tcp:port=9004:")
 
+    def test_an_inherited_socket_is_compared_by_what_it_is_bound_to(self, monkeypatch):
+        """``--fd`` and ``systemd:`` sockets: the address the socket has, and one socket
+        named twice (two adoptions of one socket would both accept its connections)."""
+        import twisted.internet.endpoints as endpoints
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+            fd, port = sock.fileno(), sock.getsockname()[1]
+            monkeypatch.setattr(endpoints._SystemdParser, "_sddaemon",
+                                endpoints.ListenFDs([fd], ["web"]))
+            mine = "(a listener of its own: another port or interface)"
+            assert error("--fd", str(fd), "--internal-port", str(port)) == (
+                f"--internal-port {port}: the same address as --fd {fd} {mine}")
+            assert error("--port", "systemd:domain=INET:index=0",
+                         "--internal-port", "systemd:domain=INET:name=web") == (
+                "--internal-port systemd:domain=INET:name=web: the same address as --port "
+                f"systemd:domain=INET:index=0 {mine}")
+            assert error("--fd", str(fd), "--internal-port", "systemd:domain=INET:index=0") == (
+                f"--internal-port systemd:domain=INET:index=0: the same address as --fd {fd} "
+                f"{mine}")
+            # Another port of the same interface is another listener.
+            assert parse("--fd", str(fd), "--internal-port", "0").internal_listener is not None
+            assert sock.fileno() == fd  # still ours: only looked at
+
     def test_check_names_it(self, capsys):
         with pytest.raises(SystemExit) as done:
             parse("--port", "8001", "--internal-port", "9000", "--check")
@@ -313,6 +338,29 @@ ERRORS = [
     (["--port", "tcp:8000", "--internal-port", "tcp:8000:interface=10.0.0.5"],
      "--internal-port tcp:8000:interface=10.0.0.5: the same address as --port "
      "tcp:8000:backlog=1024 (a listener of its own: another port or interface)"),
+    # Another spelling of the same address is the same address: under --workers the kernel
+    # would put both SO_REUSEPORT groups in one and spread each port's connections over both.
+    (["-b", "localhost", "--port", "8000", "--internal-port", "8000"],
+     "--internal-port 8000: the same address as --port tcp:port=8000:interface=localhost:"
+     "backlog=1024 (a listener of its own: another port or interface)"),
+    (["--port", "tcp:8000:interface=127.0.0.1", "--internal-port", "tcp:8000:interface=127.1"],
+     "--internal-port tcp:8000:interface=127.1: the same address as --port tcp:8000:"
+     "interface=127.0.0.1:backlog=1024 (a listener of its own: another port or interface)"),
+    (["--port", "tcp6:8000:interface=\\:\\:1",
+      "--internal-port", "tcp6:8000:interface=0\\:0\\:\\:1"],
+     "--internal-port tcp6:8000:interface=0\\:0\\:\\:1: the same address as --port "
+     "tcp6:8000:interface=\\:\\:1:backlog=1024 (a listener of its own: another port or "
+     "interface)"),
+    (["--port", "tcp:8000:interface=127.0.0.1",
+      "--internal-port", "tcp6:8000:interface=\\:\\:ffff\\:127.0.0.1"],
+     "--internal-port tcp6:8000:interface=\\:\\:ffff\\:127.0.0.1: the same address as "
+     "--port tcp:8000:interface=127.0.0.1:backlog=1024 (a listener of its own: another port "
+     "or interface)"),
+    (["-u", "/run/realtime-test/web.sock", "--internal-port",
+      "unix:/run/realtime-test/../realtime-test/web.sock"],
+     "--internal-port unix:/run/realtime-test/../realtime-test/web.sock: the same address as "
+     "--port unix:/run/realtime-test/web.sock (a listener of its own: another port or "
+     "interface)"),
     (["--metrics-port", "9100", "--internal-port", "tcp:9100:interface=127.0.0.1"],
      "--internal-port tcp:9100:interface=127.0.0.1: the same address as --metrics-port 9100 "
      "(a listener of its own: another port or interface)"),
