@@ -1156,7 +1156,8 @@ class _Translator:
         ``tls_external`` keeps that to the main port."""
         base = "http_server"
         value = self.get(f"{base}.internal_port")
-        own_port = not _is_off(value)
+        # (a string in Centrifugo: 0 is "0", a free port, not the main one)
+        own_port = value not in (_MISSING, None, "")
         internal_port = port
         if own_port:
             internal_port = self.number(f"{base}.internal_port", value)

@@ -449,6 +449,9 @@ INTERNAL = [
     ({"address": "0.0.0.0", "internal_port": 9000},  # (a number too, as YAML may have it)
      {"address": "0.0.0.0", "internal_port": 9000},
      "tcp:9000:interface=0.0.0.0", "internal_port"),
+    ({"address": "127.0.0.1", "internal_port": 0},  # (Centrifugo reads it as "0": a free
+     {"address": "127.0.0.1", "internal_port": 0},  # port, not the main one)
+     "tcp:0:interface=127.0.0.1", "internal_port"),
     ({"address": "0.0.0.0", "internal_address": "10.0.0.5", "internal_port": "9000"},
      {"address": "0.0.0.0", "internal_address": "10.0.0.5", "internal_port": "9000"},
      "tcp:9000:interface=10.0.0.5", "internal_port"),
