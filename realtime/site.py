@@ -795,8 +795,39 @@ class RealtimeSite(server.Site):
             request.head_done()
             self.write_refusal(request, Refuse(400), upgrade=False, close=True)
             return
-        if self.operator and self._operator_path(request, path, cfg):
-            return
+        # The operator endpoints (the probes, /metrics, the server API, the admin UI): one
+        # attribute's cost on a main port that --internal-port leaves without them.
+        if self.operator:
+            if path == cfg.health_path.encode() and cfg.health_path:
+                request.head_done()
+                self._plain(request, 200, b"ok\n")
+                return
+            if self.metrics is not None and path == cfg.metrics_path.encode():
+                request.head_done()
+                content_type, body = exposition(self.metrics)
+                request.setHeader(b"content-type", content_type)
+                self._plain(request, 200, body, content_type)
+                return
+            if cfg.api_keys and path in API_PATHS:
+                request.head_done()
+                handle_api(self, request)
+                return
+            if cfg.admin_path and cfg.api_keys and path == cfg.admin_path.encode():
+                request.head_done()
+                serve_admin(request)
+                return
+            if path == cfg.ready_path.encode() and cfg.ready_path:
+                request.head_done()
+                if self.draining:
+                    self._plain(request, 503, b"draining\n")
+                elif self.gate is not None:
+                    self._plain(request, 503, b"starting\n" if isinstance(self.gate, list)
+                                else b"application startup failed\n")
+                elif not self.layer.ready:
+                    self._plain(request, 503, b"channel layer unavailable\n")
+                else:
+                    self._plain(request, 200, b"ready\n")
+                return
         if b"websocket" in _tokens(_header(request, b"upgrade")):
             request.not_http()
             if self.gate is not None:
@@ -809,42 +840,6 @@ class RealtimeSite(server.Site):
                 self._at_gate(request, upgrade=False)
                 return
             self._http(request)
-
-    def _operator_path(self, request: RealtimeRequest, path: bytes, cfg: ServerConfig
-                       ) -> bool:
-        """Answer one of the operator endpoints (the probes, /metrics, the server API, the
-        admin UI), or False when ``path`` is none of them."""
-        if path == cfg.health_path.encode() and cfg.health_path:
-            request.head_done()
-            self._plain(request, 200, b"ok\n")
-            return True
-        if self.metrics is not None and path == cfg.metrics_path.encode():
-            request.head_done()
-            content_type, body = exposition(self.metrics)
-            request.setHeader(b"content-type", content_type)
-            self._plain(request, 200, body, content_type)
-            return True
-        if cfg.api_keys and path in API_PATHS:
-            request.head_done()
-            handle_api(self, request)
-            return True
-        if cfg.admin_path and cfg.api_keys and path == cfg.admin_path.encode():
-            request.head_done()
-            serve_admin(request)
-            return True
-        if path == cfg.ready_path.encode() and cfg.ready_path:
-            request.head_done()
-            if self.draining:
-                self._plain(request, 503, b"draining\n")
-            elif self.gate is not None:
-                self._plain(request, 503, b"starting\n" if isinstance(self.gate, list)
-                            else b"application startup failed\n")
-            elif not self.layer.ready:
-                self._plain(request, 503, b"channel layer unavailable\n")
-            else:
-                self._plain(request, 200, b"ready\n")
-            return True
-        return False
 
     def _at_gate(self, request: RealtimeRequest, upgrade: bool) -> None:
         """Hold a request for the application while its lifespan start-up runs: at most
