@@ -24,7 +24,7 @@ from websockets.sync.client import connect
 from realtime.client import PublishError, publish
 from realtime.service import ListenerService
 from realtime.tap import Options, makeService
-from tests.clients import in_thread
+from tests.clients import in_thread, until
 from tests.e2e.support import BENCH_APP
 
 KEY = "internal-port-key-0123"
@@ -149,7 +149,9 @@ async def test_the_drain_shows_on_the_internal_ports_readyz(realtime_leak_check)
     held = socket.create_connection(("127.0.0.1", ports["main"]), timeout=TIMEOUT)
     try:
         held.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # (the rest later)
-        await in_thread(lambda: request(internal + "/readyz"))  # its head is read by now
+        main_site = service.sites[0]
+        assert await until(lambda: any(channel.requests for channel in main_site.open_channels),
+                           TIMEOUT)  # its request line is read: the drain waits for it
         stopped = service.stopService()
 
         def during() -> bytes:
