@@ -190,3 +190,39 @@ async def test_metrics_port_keeps_metrics_to_itself(realtime_leak_check):
         await in_thread(flow)
     finally:
         await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_http2_reaches_the_same_endpoints_as_http11(realtime_leak_check, tmp_path):
+    """TLS listeners speak HTTP/2 (ALPN): on the main one the API, the probes and the admin
+    page are the application's paths (404) as over HTTP/1.1, and they answer on the
+    internal one, also over HTTP/2."""
+    import ssl
+
+    import httpx
+
+    from tests.e2e.support import self_signed
+
+    cert, key = self_signed(tmp_path)
+    tls = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+    service, _ = await started("--port", tls, "--internal-port", tls, *OPERATOR)
+    found = {child.option: (await child.when_listening()).getHost().port for child in service
+             if isinstance(child, ListenerService) and child.description.startswith("ssl:")}
+    main, internal = (f"https://127.0.0.1:{found[role]}" for role in ("", "--internal-port"))
+
+    def flow() -> None:
+        with httpx.Client(http2=True, timeout=TIMEOUT,
+                          verify=ssl.create_default_context(cafile=str(cert))) as client:
+            for base, status in ((main, 404), (internal, 200)):
+                for path in ("/healthz", "/readyz", "/metrics", "/admin"):
+                    answer = client.get(base + path)
+                    assert (answer.http_version, answer.status_code) == ("HTTP/2", status), \
+                        (base, path)
+                answer = client.post(base + "/api/info", content=b"{}",
+                                     headers={"X-API-Key": KEY})
+                assert (answer.http_version, answer.status_code) == ("HTTP/2", status), base
+
+    try:
+        await in_thread(flow)
+    finally:
+        await service.stopService()
