@@ -25,6 +25,15 @@ http_server.port (port), .address (address)        ``--port``, ``--bind`` (no ad
 http_server.tls.enabled, .cert_pem, .key_pem       ``--port ssl:PORT:privateKey=..:certKey=..``
 (tls, tls_cert, tls_key)                           (file paths; inline or base64 PEM
                                                    refused)
+http_server.internal_port, .internal_address       ``--internal-port`` when they name another
+(internal_port, internal_address), .tls_external,  address than the main one (the address
+.internal_tls                                      defaults to ``address``, the port to
+                                                   ``port``): ``tcp:PORT:interface=HOST``,
+                                                   ``ssl:`` with ``internal_tls``'s files, or
+                                                   the main TLS's unless ``tls_external``
+                                                   (no address at all: 127.0.0.1, warning);
+                                                   ``http_api.external``/``admin.external``
+                                                   with it refused
 client.token.hmac_secret_key, rsa_public_key,      ``--jwt-key`` (one of them; two refused),
 ecdsa_public_key, jwks_public_endpoint,            ``--jwks-url``, ``--jwt-audience``,
 audience, issuer (token_*)                         ``--jwt-issuer``
@@ -96,8 +105,9 @@ item has, ``channel.proxy.subscribe_stream``, ``subscribe_stream_proxy_enabled``
 ``rpc.ping``, ``channel_regex``, ``force_recovery_mode: cache``, channel patterns, token
 ``audience_regex``, ``issuer_regex``, ``user_id_claim``, ``client.subscription_token``,
 ``disallow_anonymous_connection_tokens``, ``insecure_skip_token_signature_verify``,
-``user_id_http_header``, every ``insecure`` mode, ``http_server.internal_port`` (realtime
-serves the API, admin and health on the main port), client certificates (``client_ca_pem``,
+``user_id_http_header``, every ``insecure`` mode, ``http_api.external`` or
+``admin.external`` with an internal port (``--internal-port`` takes every operator
+endpoint), client certificates (``client_ca_pem``,
 Redis ``cert_pem``/``key_pem``), ``tls_autocert``, Redis Sentinel credentials or TLS,
 several Redis Clusters, a ``handler_prefix`` other than Centrifugo's default, other
 channel boundaries or prefixes, ``channel.max_length`` other than 255,
@@ -112,7 +122,8 @@ layer: ``engine``), ``init``, a proxy's own TLS (``http.tls.enabled``) and
 Ignored with one warning line each (nothing a client or the backend relies on):
 ``log.file``, ``pid_file``, ``node.*``, ``debug``, ``dev``, ``swagger``, ``opentelemetry``,
 ``graphite``, ``admin.password``/``admin.secret`` (the admin page logs in with the API
-key), ``admin.web_path``, ``*.external``, ``http3``, ``webtransport``, ``map_broker``,
+key), ``admin.web_path``, ``*.external`` without an internal port, ``tls_external`` and
+``internal_tls`` without one (nothing uses them), ``http3``, ``webtransport``, ``map_broker``,
 ``enable_unreleased_features``, timing and buffer tuning (``ping_interval``,
 ``pong_timeout``, ``*_close_delay``, ``presence_update_interval``, ``concurrency``,
 ``channel_position_*``, ``*_publication_limit``, ``history_meta_ttl``, ``read_buffer_size``,
@@ -920,6 +931,8 @@ class _Translator:
                                              "rpc-namespace": []}
         #: Centrifugo v5 without granular proxy mode: its RPC proxy gets every method.
         self.every_method = False
+        #: The operator endpoints on a server of their own (``internal_server``).
+        self.internal_apart = False
 
     # -- bookkeeping --
     def name(self, path: str) -> str:
@@ -1042,6 +1055,18 @@ class _Translator:
                 f"{'not supported' if refuse else 'ignored'} ({why})")
         return on
 
+    def external(self, path: str, what: str, served: bool) -> None:
+        """``http_api.external``, ``admin.external``: that endpoint on the main port,
+        the rest on the internal one. Without an internal server it changes nothing; with
+        one realtime cannot split them (``--internal-port`` takes them all)."""
+        if self.internal_apart and served:
+            self.unsupported(path, f"{what} goes to --internal-port with the other operator "
+                             "endpoints (http_server.internal_port): realtime does not "
+                             "split them")
+        else:
+            self.ignore(path, "one port serves everything" if not self.internal_apart else
+                        f"{what} is off")
+
     def prefix(self, path: str, default: str, what: str) -> None:
         self.unsupported(path, f"realtime serves {what} at {default} only", default)
 
@@ -1081,45 +1106,104 @@ class _Translator:
             self.warn(f"{self.name(base + '.address')}: not set: Centrifugo listens on every "
                       "interface, realtime on 127.0.0.1 (set it, e.g. to 0.0.0.0, or give "
                       "--bind)", "bind|port")
+        files: dict[str, str] = {}
         if use_tls:
-            files = {}
-            for leaf in ("cert_pem", "key_pem"):
-                path = f"{base}.tls.{leaf}"
-                value = self.text(path, _given(tls[leaf], ""))
-                if not value:
-                    raise CentrifugoConfigError(f"{self.name(path)}: needed with "
-                                                f"{self.name(base + '.tls.enabled')}")
-                inline = _pem_inline(value)
-                if inline:
-                    raise CentrifugoConfigError(f"{self.name(path)}: not supported ({inline}: "
-                                                "give the path of a PEM file)")
-                files[leaf] = value.replace("\\", "\\\\").replace(":", "\\:")
+            files = self.tls_files(f"{base}.tls", tls)
             description = (f"ssl:{port}:privateKey={files['key_pem']}:"
                            f"certKey={files['cert_pem']}")
             if host:
                 description += ":interface=" + host.strip("[]").replace(":", "\\:")
             self.put("port", [description],
                      port_key if port_value is not _MISSING else f"{base}.tls.enabled")
-            self.unsupported(f"{base}.tls.client_ca_pem", "client certificates are not "
-                             "asked for here")
-            for leaf in ("server_ca_pem", "server_name", "insecure_skip_verify"):
-                self.ignore(f"{base}.tls.{leaf}", "a TLS client's option: the server does "
-                            "not use it")
         else:
             if port_value is not _MISSING:
                 self.put("port", [str(port)], port_key)
             if host:
                 self.put("bind", host, f"{base}.address")
-        internal = "realtime serves the API, admin and health on the main port (--metrics-port " \
-                   "moves /metrics only): keep them from the public with your proxy's rules"
-        self.unsupported(f"{base}.internal_port", internal)
-        self.unsupported(f"{base}.internal_address", internal)
-        self.unsupported(f"{base}.tls_external", internal)
-        self.switched(f"{base}.internal_tls", internal)
+        self.internal_server(host, port, files)
         self.switched(f"{base}.tls_autocert", "no ACME certificates: give "
                       "http_server.tls.cert_pem and key_pem, or terminate TLS in front")
         self.switched(f"{base}.http3", "HTTP/3 is not served: clients use HTTP/1.1 or HTTP/2",
                       refuse=False)
+
+    def tls_files(self, path: str, tls: dict[str, Any]) -> dict[str, str]:
+        """An enabled TLS section's ``cert_pem`` and ``key_pem``: file paths, escaped for an
+        ``ssl:`` description (inline or base64 PEM refused); client certificates refused,
+        a TLS client's options warned of."""
+        files = {}
+        for leaf in ("cert_pem", "key_pem"):
+            value = self.text(f"{path}.{leaf}", _given(tls[leaf], ""))
+            if not value:
+                raise CentrifugoConfigError(f"{self.name(f'{path}.{leaf}')}: needed with "
+                                            f"{self.name(path + '.enabled')}")
+            inline = _pem_inline(value)
+            if inline:
+                raise CentrifugoConfigError(f"{self.name(f'{path}.{leaf}')}: not supported "
+                                            f"({inline}: give the path of a PEM file)")
+            files[leaf] = value.replace("\\", "\\\\").replace(":", "\\:")
+        self.unsupported(f"{path}.client_ca_pem", "client certificates are not asked for "
+                         "here")
+        for leaf in ("server_ca_pem", "server_name", "insecure_skip_verify"):
+            self.ignore(f"{path}.{leaf}", "a TLS client's option: the server does not use it")
+        return files
+
+    def internal_server(self, host: str, port: int, files: dict[str, str]) -> None:
+        """``internal_port``/``internal_address``: Centrifugo's second HTTP server, for the
+        API, the admin UI, /metrics and the health check, at ``internal_address`` (else
+        ``address``) and ``internal_port`` (else ``port``): when that is another address
+        than the main one, ``--internal-port`` (internal/app/mux.go, ``runHTTPServers``).
+        Its TLS is ``internal_tls`` when enabled, else the main ``tls`` unless
+        ``tls_external`` keeps that to the main port."""
+        base = "http_server"
+        value = self.get(f"{base}.internal_port")
+        # (a string in Centrifugo: 0 is "0", a free port, not the main one)
+        own_port = value not in (_MISSING, None, "")
+        internal_port = port
+        if own_port:
+            internal_port = self.number(f"{base}.internal_port", value)
+            if internal_port > 65535:
+                raise CentrifugoConfigError(f"{self.name(base + '.internal_port')}: expected "
+                                            f"a port number (0-65535), got {_shown(value)}")
+        value = self.get(f"{base}.internal_address")
+        own_host = "" if _is_off(value) else self.text(f"{base}.internal_address", value)
+        internal_host = own_host or host
+        tls_external = self.get(f"{base}.tls_external")
+        external_only = self.boolean(f"{base}.tls_external", _given(tls_external, False))
+        tls = {leaf: self.get(f"{base}.internal_tls.{leaf}") for leaf in _TLS_LEAVES}
+        own_tls = self.boolean(f"{base}.internal_tls.enabled", _given(tls["enabled"], False))
+        #: Centrifugo serves the operator endpoints on a server of their own (read by the
+        #: API and admin sections: their ``external`` keys).
+        self.internal_apart = (internal_host, internal_port) != (host, port)
+        if not self.internal_apart:
+            # One server serves everything, with the main TLS: these do nothing.
+            why = (f"no internal server: {self.name(base + '.internal_port')} and "
+                   f"{self.name(base + '.internal_address')} are not set or name the main "
+                   "address, so one port serves everything")
+            self.ignore(f"{base}.tls_external", why)
+            if own_tls:
+                self.warn(f"{self.name(base + '.internal_tls.enabled')}: ignored ({why})")
+            return
+        source = f"{base}.internal_port" if own_port else f"{base}.internal_address"
+        if own_tls:
+            files = self.tls_files(f"{base}.internal_tls", tls)
+            source = f"{base}.internal_tls.enabled"
+        elif external_only:
+            files = {}
+        if files:
+            description = (f"ssl:{internal_port}:privateKey={files['key_pem']}:"
+                           f"certKey={files['cert_pem']}")
+            if internal_host:
+                description += ":interface=" + internal_host.strip("[]").replace(":", "\\:")
+        elif internal_host:
+            description = (f"tcp:{internal_port}:interface="
+                           + internal_host.strip("[]").replace(":", "\\:"))
+        else:  # (a bare port number is 127.0.0.1's, as --port's)
+            description = str(internal_port)
+            self.warn(f"{self.name(base + '.internal_address')}: not set: Centrifugo's "
+                      "internal server listens on every interface, realtime's --internal-port "
+                      "on 127.0.0.1 (set it, e.g. to 0.0.0.0, or give --internal-port)",
+                      "internal-port")
+        self.put("internal-port", description, source)
 
     def log(self) -> None:
         value = self.get("log.level")
@@ -1653,7 +1737,7 @@ class _Translator:
         self.unsupported(f"{base}.error_mode", "errors are answered as in Centrifugo's "
                          "default mode")
         self.unsupported(f"{base}.insecure", "the API always needs its key")
-        self.ignore(f"{base}.external", "one port serves everything")
+        self.external(f"{base}.external", "the server API", not off)
         self.switched("grpc_api", "the gRPC server API is not built: use the HTTP API")
         consumers = self.get("consumers")
         if consumers not in (_MISSING, None):
@@ -1753,7 +1837,7 @@ class _Translator:
         self.unsupported("admin.insecure", "the admin page always asks for the API key")
         self.ignore("admin.web_path", "the admin page is realtime's own")
         self.ignore("admin.web_proxy_address", "the admin page is realtime's own")
-        self.ignore("admin.external", "one port serves everything")
+        self.external("admin.external", "the admin UI", "admin-path" in self.out.options)
         value = self.get("prometheus.enabled")
         if value is not _MISSING:
             self.put("metrics", self.boolean("prometheus.enabled", value), "prometheus.enabled")

@@ -9,6 +9,9 @@ a Celery task, a cron script): no asyncio, no Twisted.
     presence(url, key, "lobby")  # {"group": "lobby", "count": 2, "members": {...}}
     history(url, key, "room.a", limit=50)  # a --history group's last messages
     send(url, key, "specific.a1!b2", {"type": "chat.message", "message": "hi"})  # one channel
+
+``url`` is where the server API is: the server's address, or with ``--internal-port``
+that listener's (``http://127.0.0.1:9000``), the main port answering its paths 404 then.
 """
 
 from __future__ import annotations

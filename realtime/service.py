@@ -119,10 +119,15 @@ class ListenerService(Service):
     #: supervisor's own ``listening on`` lines stay the only ones.
     announce = "listening on"
 
-    def __init__(self, endpoint: Any, description: str, site: RealtimeSite) -> None:
+    def __init__(self, endpoint: Any, description: str, site: RealtimeSite,
+                 what: str = "", option: str = "") -> None:
         self.endpoint = endpoint
         self.description = description
         self.site = site
+        #: After the address in the log line (`` (internal: /healthz, /api/)``), and the
+        #: option a failure to listen names (``--internal-port``): a listener of its own.
+        self.what = what
+        self.option = option
         self.port: Any = None
         self._waiting: Deferred[Any] | None = None
         self._waiters: list[Deferred[Any]] = []
@@ -136,14 +141,15 @@ class ListenerService(Service):
             exc = failures[0].value
             reason = exc.socketError if isinstance(exc, CannotListenError) else exc
             reason = getattr(reason, "strerror", None) or str(reason)
-            raise StartupError(f"cannot listen on {self.description}: {reason}")
+            named = f"{self.option}: " if self.option else ""
+            raise StartupError(f"{named}cannot listen on {self.description}: {reason}")
         if self.port is None:
             self._waiting = d
 
     def _listening(self, port: Any) -> Any:
         self.port = port
-        log.info("{announce} {address}", announce=self.announce,
-                 address=describe_address(port.getHost()))
+        log.info("{announce} {address}{what}", announce=self.announce,
+                 address=describe_address(port.getHost()), what=self.what)
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(port)

@@ -649,6 +649,12 @@ class RealtimeSite(server.Site):
         self.stats = SiteStats()
         #: Set by the service when --metrics serves on this port (a ``metrics.Collector``).
         self.metrics: Any = None
+        #: Whether this listener serves the operator endpoints (``--health-path``,
+        #: ``--ready-path``, ``/metrics``, the server API, ``--admin-path``). False on the
+        #: main ports when ``--internal-port`` has them: there those paths are the
+        #: application's like any other (404 unless it routes them), so a public port
+        #: shows nothing but the application.
+        self.operator = True
         #: Set by the service with --access-log (a ``realtime.accesslog.AccessLog``).
         self.access_log: Any = None
         self.ws_factory = make_factory(config, reactor)
@@ -775,7 +781,7 @@ class RealtimeSite(server.Site):
         ``--api-body-limit`` on the publish API's paths (when the API is on), else
         ``--http-body-limit`` (0: none)."""
         config = self.config
-        if config.api_keys and target.partition(b"?")[0] in API_PATHS:
+        if config.api_keys and self.operator and target.partition(b"?")[0] in API_PATHS:
             return config.api_body_limit, "--api-body-limit"
         return config.http_body_limit, "--http-body-limit"
 
@@ -788,36 +794,39 @@ class RealtimeSite(server.Site):
             request.head_done()
             self.write_refusal(request, Refuse(400), upgrade=False, close=True)
             return
-        if path == cfg.health_path.encode() and cfg.health_path:
-            request.head_done()
-            self._plain(request, 200, b"ok\n")
-            return
-        if self.metrics is not None and path == cfg.metrics_path.encode():
-            request.head_done()
-            content_type, body = exposition(self.metrics)
-            request.setHeader(b"content-type", content_type)
-            self._plain(request, 200, body, content_type)
-            return
-        if cfg.api_keys and path in API_PATHS:
-            request.head_done()
-            handle_api(self, request)
-            return
-        if cfg.admin_path and cfg.api_keys and path == cfg.admin_path.encode():
-            request.head_done()
-            serve_admin(request)
-            return
-        if path == cfg.ready_path.encode() and cfg.ready_path:
-            request.head_done()
-            if self.draining:
-                self._plain(request, 503, b"draining\n")
-            elif self.gate is not None:
-                self._plain(request, 503, b"starting\n" if isinstance(self.gate, list)
-                            else b"application startup failed\n")
-            elif not self.layer.ready:
-                self._plain(request, 503, b"channel layer unavailable\n")
-            else:
-                self._plain(request, 200, b"ready\n")
-            return
+        # The operator endpoints (the probes, /metrics, the server API, the admin UI): one
+        # attribute's cost on a main port that --internal-port leaves without them.
+        if self.operator:
+            if path == cfg.health_path.encode() and cfg.health_path:
+                request.head_done()
+                self._plain(request, 200, b"ok\n")
+                return
+            if self.metrics is not None and path == cfg.metrics_path.encode():
+                request.head_done()
+                content_type, body = exposition(self.metrics)
+                request.setHeader(b"content-type", content_type)
+                self._plain(request, 200, body, content_type)
+                return
+            if cfg.api_keys and path in API_PATHS:
+                request.head_done()
+                handle_api(self, request)
+                return
+            if cfg.admin_path and cfg.api_keys and path == cfg.admin_path.encode():
+                request.head_done()
+                serve_admin(request)
+                return
+            if path == cfg.ready_path.encode() and cfg.ready_path:
+                request.head_done()
+                if self.draining:
+                    self._plain(request, 503, b"draining\n")
+                elif self.gate is not None:
+                    self._plain(request, 503, b"starting\n" if isinstance(self.gate, list)
+                                else b"application startup failed\n")
+                elif not self.layer.ready:
+                    self._plain(request, 503, b"channel layer unavailable\n")
+                else:
+                    self._plain(request, 200, b"ready\n")
+                return
         if b"websocket" in _tokens(_header(request, b"upgrade")):
             request.not_http()
             if self.gate is not None:

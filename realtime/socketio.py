@@ -3620,7 +3620,8 @@ class Emitter:
     script): python-socketio's ``RedisManager(url, write_only=True)``, through realtime's
     HTTP API (``--api-key``; ``realtime.client``: the standard library, no reactor, no
     asyncio), so it reaches every process of the server, which need not share a Redis
-    with the caller.
+    with the caller. ``url`` is the API's address: with ``--internal-port``, that
+    listener's.
 
     The methods are ``AsyncServer``'s (not the manager's: its ``enter_room(sid, namespace,
     room)`` takes another order), with every argument after the first two keyword-only.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import socket
 import sys
 from functools import partial
 from typing import Any
@@ -304,7 +305,8 @@ class Options(usage.Options):
         "REALTIME_PING_INTERVAL) and from the TOML file of --config (ping-interval = 10); "
         "the command line wins over the environment, the environment over the file. "
         "Built-in paths (--health-path, --ready-path, /metrics, the server API's /api/ "
-        "paths with a key, --admin-path) match before the application's routes."
+        "paths with a key, --admin-path) match before the application's routes; with "
+        "--internal-port they are served there, and not on the main ports."
     )
 
     optParameters: list[list[Any]] = [
@@ -395,6 +397,11 @@ class Options(usage.Options):
         ["metrics-port", None, None,
          "Serve /metrics on its own listener (a port number on 127.0.0.1, or a description) "
          "instead of the main ports; implies --metrics."],
+        ["internal-port", None, None,
+         "Serve the operator endpoints (--health-path, --ready-path, /metrics with "
+         "--metrics, the server API, --admin-path) on a listener of their own (a port "
+         "number on 127.0.0.1, or a description) and not on the main ports (Centrifugo's "
+         "http_server.internal_port); --metrics-port keeps /metrics on its own."],
         ["api-key", None, None,
          "Enables the HTTP API on /api/ (realtime's with 'Authorization: Bearer KEY', "
          "Centrifugo's with 'X-API-Key: KEY') and --admin-path."],
@@ -824,6 +831,8 @@ class Options(usage.Options):
         self.application = self._wrap(load_application(self["app"]))
         if self["check"]:
             where = ", ".join(desc for desc, _ in self.listeners) or "no listener"
+            if self.internal_listener is not None:
+                where += f" (internal: {self.internal_listener[0]})"
             # The layer as its log lines name it: a password in the URL stays out.
             address = getattr(self.layer, "address", None)
             layer = address.describe() if address is not None else "memory"
@@ -1072,22 +1081,12 @@ class Options(usage.Options):
         return tuple(keys)
 
     def _build_extras(self) -> None:
-        """The metrics listener and the access log, checked now."""
-        from twisted.internet.endpoints import serverFromString
-
-        self.metrics_listener: str | None = None
+        """The metrics and internal listeners and the access log, checked now."""
         value = self["metrics-port"]
-        if value:
-            description = (
-                build_endpoint_description_strings(DEFAULT_HOST, int(value))[0]
-                if is_port_number(value) else value
-            )
-            try:
-                serverFromString(None, description)
-            except Exception as exc:
-                raise StartupError(f"--metrics-port {value!r}: {_describe_error(exc)}") from None
-            self.metrics_listener = description
+        self.metrics_listener: str | None = (self._own_listener("metrics-port", value)
+                                             if value else None)
         self.metrics_enabled = bool(self["metrics"]) or value is not None
+        self._build_internal()
         if self["log-format"] not in ("text", "json"):
             raise StartupError(f"--log-format: expected text or json, got {self['log-format']!r}")
         self.access_log: Any = None
@@ -1098,6 +1097,69 @@ class Options(usage.Options):
                 self.access_log = AccessLog(self["access-log"], self["log-format"])
             except OSError as exc:
                 raise StartupError(f"--access-log {self['access-log']}: {exc.strerror}") from None
+
+    def _own_listener(self, name: str, value: str) -> str:
+        """``--metrics-port``'s or ``--internal-port``'s description: a bare port number
+        listens on 127.0.0.1 (whatever ``--bind`` says: these endpoints are not for the
+        public), anything else is a description, checked now."""
+        from twisted.internet.endpoints import serverFromString
+
+        if is_port_number(value):
+            if not 0 <= int(value) <= 65535:
+                raise StartupError(f"--{name}: {value} is not a port number (0-65535)")
+            description = build_endpoint_description_strings(DEFAULT_HOST, int(value))[0]
+        elif value.startswith("fd:"):
+            raise StartupError(f"--{name} {value!r}: 'fd:' is not an endpoint here; give a "
+                               "port or a description (tcp:, ssl:, unix:, systemd:)")
+        else:
+            description = value
+        try:
+            serverFromString(None, description)
+        except Exception as exc:  # Twisted raises many kinds here
+            raise StartupError(f"--{name} {value!r}: {_describe_error(exc, description)}"
+                               ) from None
+        return description
+
+    def _build_internal(self) -> None:
+        """``--internal-port``: the operator endpoints' own listener (``internal_listener``,
+        as ``listeners``; a worker's is the supervisor's socket), and what it serves, for
+        its log line (``internal_what``)."""
+        self.internal_listener: tuple[str, Any] | None = None
+        self.internal_what = ""
+        value = self["internal-port"]
+        if not value:
+            return
+        config = self.config
+        served = [path for path in (config.health_path, config.ready_path) if path]
+        if self.metrics_enabled and self.metrics_listener is None:
+            served.append(config.metrics_path)
+        if config.api_keys:
+            served.append("/api/")
+            if config.admin_path:
+                served.append(config.admin_path)
+        if not served:
+            raise StartupError("--internal-port: it would serve nothing (no --health-path "
+                               "nor --ready-path, no /metrics there, no --api-key)")
+        self.internal_what = f" (internal: {', '.join(served)})"
+        if self.worker is not None:
+            # The supervisor checked the value (and a systemd: socket is its alone).
+            spec = self.worker.internal_spec()
+            if spec is None:
+                raise StartupError("--internal-port: the supervisor passed no socket for it")
+            self.internal_listener = spec
+            return
+        description = with_backlog(self._own_listener("internal-port", value))
+        taken = [(f"--fd {spec[0]}" if isinstance(spec, tuple) else f"--port {d}", d, spec)
+                 for d, spec in self.listeners]
+        if self.metrics_listener is not None:
+            taken.append((f"--metrics-port {self['metrics-port']}", self.metrics_listener,
+                          None))
+        mine = _listens_on(description)
+        for what, other, spec in taken:
+            if _same_address(mine, _listens_on(other, spec)):
+                raise StartupError(f"--internal-port {value}: the same address as {what} "
+                                   "(a listener of its own: another port or interface)")
+        self.internal_listener = (description, description)
 
     def _proxy_header(self, name: str, default: str) -> str:
         """Daphne's --proxy-headers-host/-port, --root-path-header: a header name, only with
@@ -1383,6 +1445,104 @@ class Options(usage.Options):
         return listeners
 
 
+def _listens_on(description: str, spec: Any = None) -> tuple[Any, ...] | None:
+    """Where a listener takes its connections, as the kernel has it, to tell two apart:
+    ``("inet", addresses, port)`` for TCP (inside ``ssl:``, ``tls:``, ``haproxy:`` too;
+    ``addresses`` from ``_addresses``), ``("unix", path)``; an inherited socket (``--fd``:
+    ``spec`` is ``(fd, family)``; ``systemd:``) by the address it is bound to. None when
+    unknown."""
+    from twisted.internet.endpoints import (
+        AdoptedStreamServerEndpoint,
+        TCP6ServerEndpoint,
+        UNIXServerEndpoint,
+        serverFromString,
+    )
+
+    from realtime.workers import _innermost
+
+    if isinstance(spec, tuple):
+        return _socket_listens_on(spec[0])
+    try:
+        endpoint = serverFromString(None, description)
+    except Exception:  # (checked already)
+        return None
+    tcp = _innermost(endpoint)
+    if tcp is not None:
+        host = str(tcp._interface)
+        family = socket.AF_INET6 if isinstance(tcp, TCP6ServerEndpoint) or ":" in host \
+            else socket.AF_INET
+        return "inet", _addresses(host, family), int(tcp._port)
+    while (inner := getattr(endpoint, "_wrappedEndpoint", None) or getattr(
+            endpoint, "endpoint", None)) is not None:
+        endpoint = inner
+    if isinstance(endpoint, AdoptedStreamServerEndpoint):
+        return _socket_listens_on(endpoint.fileno)
+    if isinstance(endpoint, UNIXServerEndpoint):
+        return "unix", _unix_name(endpoint._address)
+    return None
+
+
+def _socket_listens_on(fd: int) -> tuple[Any, ...] | None:
+    """``_listens_on`` for an inherited socket: its own address (a copy of it looked at)."""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
+    with sock:
+        try:
+            name = sock.getsockname()
+        except OSError:
+            return None
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            return "inet", _addresses(name[0], sock.family), int(name[1])
+        if sock.family == socket.AF_UNIX and name:
+            return "unix", _unix_name(name)
+    return None
+
+
+def _addresses(host: str, family: int) -> frozenset[str]:
+    """The addresses a TCP listener bound to ``host`` takes connections on, one spelling
+    each: a name resolved as bind() resolves it (``localhost``), a literal's other
+    spellings made one (``127.1``, ``0:0::1``), an IPv4-mapped IPv6 address its IPv4 one;
+    ``*`` for every interface (``""``, ``0.0.0.0``, ``::``)."""
+    import ipaddress
+
+    if not host.strip("[]"):
+        return frozenset({"*"})
+    try:
+        found = socket.getaddrinfo(host.strip("[]"), None, family, socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return frozenset({host})  # (it cannot be bound either: that error comes later)
+    addresses: set[str] = set()
+    for *_, sockaddr in found:
+        address: Any = ipaddress.ip_address(str(sockaddr[0]).partition("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        addresses.add("*" if address.is_unspecified else str(address))
+    return frozenset(addresses)
+
+
+def _unix_name(name: str | bytes) -> str:
+    """A unix socket's path, absolute and without ``..`` (an abstract name as it is)."""
+    text = name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else name
+    return text if text.startswith("\0") else os.path.normpath(os.path.abspath(text))
+
+
+def _same_address(one: tuple[Any, ...] | None, other: tuple[Any, ...] | None) -> bool:
+    """Whether two listeners (``_listens_on``) would take the same connections: one socket,
+    or TCP on one port of the same interface or of every interface (port 0 picks a free
+    port for each). Under --workers two SO_REUSEPORT groups on one address become one,
+    whose connections the kernel spreads over both listeners' sockets."""
+    if one is None or other is None or one[0] != other[0]:
+        return False
+    if one[0] == "unix":
+        return bool(one[1] == other[1])
+    (_, mine, port), (_, theirs, their_port) = one, other
+    if port != their_port or port == 0:
+        return False
+    return bool(mine & theirs) or "*" in mine or "*" in theirs
+
+
 def _describe_error(exc: BaseException, description: str = "") -> str:
     text = str(exc) or type(exc).__name__
     if description.startswith("systemd:") and isinstance(exc, LookupError | ValueError):
@@ -1442,24 +1602,37 @@ def makeService(options: Options) -> Any:
     listeners: list[ListenerService] = []
     # Process-wide, as held broadcasts are: one server per process.
     set_broadcast_delay(options.config.broadcast_delay, reactor)
+
+    def endpoint_of(spec: Any) -> Any:
+        if isinstance(spec, tuple):
+            return adopted_endpoint(reactor, spec[0], spec[1])
+        if callable(spec):  # a --workers child's inherited socket
+            return spec(reactor)
+        return keep_adopted_unix(reactor, serverFromString(reactor, spec))
+
     for description, spec in options.listeners:
         site = RealtimeSite(options.application, options.config, reactor, options.layer)
-        if isinstance(spec, tuple):
-            endpoint = adopted_endpoint(reactor, spec[0], spec[1])
-        elif callable(spec):  # a --workers child's inherited socket
-            endpoint = spec(reactor)
-        else:
-            endpoint = keep_adopted_unix(reactor, serverFromString(reactor, spec))
         sites.append(site)
-        listeners.append(ListenerService(endpoint, description, site))
-        if options.worker is not None:
-            listeners[-1].announce = "serving"
+        listeners.append(ListenerService(endpoint_of(spec), description, site))
+    for site in sites[1:]:
+        site.handshakes = sites[0].handshakes  # --handshake-rate is per process
+    if options.internal_listener is not None:
+        # --internal-port: the operator endpoints on a site of their own, which serves
+        # nothing else (404), and are none of the main ports' business.
+        for site in sites:
+            site.operator = False
+        description, spec = options.internal_listener
+        internal = RealtimeSite(_no_application(), options.config, reactor, options.layer)
+        sites.append(internal)
+        listeners.append(ListenerService(endpoint_of(spec), description, internal,
+                                         what=options.internal_what,
+                                         option="--internal-port"))
     if options.worker is not None:
         from realtime.workers import become_worker
 
+        for listener in listeners:
+            listener.announce = "serving"
         become_worker(options.worker)
-    for site in sites[1:]:
-        site.handshakes = sites[0].handshakes  # --handshake-rate is per process
     for site in sites:
         site.access_log = options.access_log
     from realtime.reload import KeyFiles, on_sighup
@@ -1498,8 +1671,10 @@ def _pidfile(options: Options) -> str | None:
 
 
 def _add_metrics(service: Any, sites: list[Any], options: Options, reactor: Any) -> None:
-    """/metrics on the main ports, or on its own listener (--metrics-port); under --workers
-    (``REALTIME_METRICS_DIR`` set by the parent) with totals across every worker."""
+    """/metrics on the main ports (on --internal-port's instead, when given), or on its own
+    listener (--metrics-port); under --workers (``REALTIME_METRICS_DIR`` set by the
+    parent) with totals across every worker. Every site's requests count (the internal
+    one's too: the API's calls, the scrapes)."""
     from realtime.metrics import Collector, SnapshotWriter, snapshot_timer
 
     writer = None
@@ -1510,7 +1685,8 @@ def _add_metrics(service: Any, sites: list[Any], options: Options, reactor: Any)
     collector = Collector(sites, options.layer, writer)
     if options.metrics_listener is None:
         for site in sites:
-            site.metrics = collector
+            if site.operator:  # the main ports', or --internal-port's alone
+                site.metrics = collector
         return
     if options.worker is not None:
         return  # the supervisor serves --metrics-port from the snapshots
@@ -1526,7 +1702,7 @@ def _metrics_listener(service: Any, collector: Any, options: Options, reactor: A
 
     metrics_config = ServerConfig(health_path="", ready_path="",
                                   server_header=options.config.server_header)
-    metrics_site = RealtimeSite(_no_application, metrics_config, reactor, InMemoryChannelLayer())
+    metrics_site = RealtimeSite(_no_application(), metrics_config, reactor, InMemoryChannelLayer())
     metrics_site.metrics = collector
     description = options.metrics_listener
     assert description is not None
@@ -1556,7 +1732,10 @@ class _SupervisorSnapshots:
         return collector.collect()
 
 
-def _no_application(scope: Any) -> Any:
-    from realtime.exceptions import NoRoute
+def _no_application() -> Any:
+    """The application of a listener of operator endpoints only: no route at all, so any
+    other path is 404 (a WebSocket upgrade too; never the 426 of an application it cannot
+    see into)."""
+    from realtime.routing import URLRouter
 
-    raise NoRoute(scope.get("path", ""))
+    return URLRouter([])

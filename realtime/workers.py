@@ -20,6 +20,10 @@ How connections are spread:
 - Other listeners (``unix:``, ``systemd:``, ``--fd``): one socket that every worker
   accepts from (a worker's ``unix:`` port neither shuts it down nor removes its path when
   the worker exits: the supervisor holds it for the next).
+- ``--internal-port`` is bound the same way and handed to every worker as well (the
+  ``internal`` of ``_REALTIME_WORKER``), which serves the operator endpoints on it: the
+  server API needs the layer, which the supervisor has not; /metrics there adds every
+  worker's snapshot up, as on a main port. (``--metrics-port`` is the supervisor's own.)
 
 Measured (2 cores, ``--workers 2``, 400 WebSockets opened to ``/pid`` of
 tests/e2e/worker_app.py and kept open, counted per worker pid, 8 runs each; the share of
@@ -133,17 +137,24 @@ class WorkerInfo:
     parent: int
     #: (file descriptor in the child, the supervisor's description of that listener)
     listeners: list[tuple[int, str]]
+    #: ``--internal-port``'s listener, the same way (the operator endpoints: every worker
+    #: serves them, as the main ports), or None.
+    internal: tuple[int, str] | None = None
 
     def listener_specs(self) -> list[tuple[str, Any]]:
         """``Options.listeners`` for a worker: each spec builds the adopted endpoint."""
-        specs: list[tuple[str, Any]] = []
-        for fd, description in self.listeners:
-            try:
-                family = adopted_socket_family(fd)
-            except ValueError as exc:
-                raise StartupError(f"worker {self.index}: {exc}") from None
-            specs.append((f"fd:{fd}", _AdoptedSpec(fd, family, description)))
-        return specs
+        return [self._spec(fd, description) for fd, description in self.listeners]
+
+    def internal_spec(self) -> tuple[str, Any] | None:
+        """``Options.internal_listener`` for a worker: the inherited ``--internal-port``."""
+        return None if self.internal is None else self._spec(*self.internal)
+
+    def _spec(self, fd: int, description: str) -> tuple[str, Any]:
+        try:
+            family = adopted_socket_family(fd)
+        except ValueError as exc:
+            raise StartupError(f"worker {self.index}: {exc}") from None
+        return f"fd:{fd}", _AdoptedSpec(fd, family, description)
 
 
 def worker_info(env: Mapping[str, str] | None = None) -> WorkerInfo | None:
@@ -153,8 +164,10 @@ def worker_info(env: Mapping[str, str] | None = None) -> WorkerInfo | None:
         return None
     try:
         data = json.loads(value)
+        internal = data.get("internal")
         return WorkerInfo(int(data["index"]), int(data["parent"]),
-                          [(int(fd), str(desc)) for fd, desc in data["listeners"]])
+                          [(int(fd), str(desc)) for fd, desc in data["listeners"]],
+                          None if internal is None else (int(internal[0]), str(internal[1])))
     except (ValueError, KeyError, TypeError):
         raise StartupError(f"{WORKER_ENV}: not a worker description: {value!r}") from None
 
@@ -331,10 +344,15 @@ class Worker:
         for number, listener in enumerate(sup.bound, start=3):
             fds[number] = listener.fileno(self.index)
             listeners.append((number, listener.kind))
+        marker: dict[str, Any] = {"index": self.index, "parent": os.getpid(),
+                                  "listeners": listeners}
+        if sup.internal_bound is not None:
+            number = 3 + len(sup.bound)
+            fds[number] = sup.internal_bound.fileno(self.index)
+            marker["internal"] = (number, sup.internal_bound.kind)
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("LISTEN_", "WATCHDOG_")) and k != "NOTIFY_SOCKET"}
-        env[WORKER_ENV] = json.dumps({"index": self.index, "parent": os.getpid(),
-                                      "listeners": listeners})
+        env[WORKER_ENV] = json.dumps(marker)
         env["_REALTIME_SYSPATH"] = json.dumps(sys.path)
         env["NOTIFY_SOCKET"] = "@" + sup.notify_name
         if sup.metrics_dir:
@@ -415,8 +433,13 @@ class SupervisorService(Service):
         self.count: int = options.workers
         self.argv: list[str] = list(options.argv)
         self.listeners: list[tuple[str, Any]] = options.listeners
+        #: ``--internal-port`` (description, spec), bound here too and handed to every
+        #: worker, which serves the operator endpoints on it; and its log line's ending.
+        self.internal: tuple[str, Any] | None = getattr(options, "internal_listener", None)
+        self.internal_what: str = getattr(options, "internal_what", "")
         self.shutdown_timeout: float = options.config.shutdown_timeout
         self.bound: list[_Bound] = []
+        self.internal_bound: _Bound | None = None
         self.workers = [self.worker_class(self, i) for i in range(1, self.count + 1)]
         self.stopping = False
         self.notifier = Notifier(reactor)
@@ -451,14 +474,20 @@ class SupervisorService(Service):
         try:
             for description, spec in self.listeners:
                 self.bound.append(self._bind(description, spec))
+            if self.internal is not None:
+                self.internal_bound = self._bind(*self.internal, what=self.internal_what,
+                                                 option="--internal-port")
         except BaseException:
             self._close_listeners()
             raise
 
-    def _bind(self, description: str, spec: Any) -> _Bound:
+    def _bind(self, description: str, spec: Any, what: str = "", option: str = "") -> _Bound:
         """TCP (also under ssl:, tls:, haproxy:): one SO_REUSEPORT socket per worker, all
-        bound here; anything else (unix:, systemd:, --fd): one socket all workers share."""
+        bound here; anything else (unix:, systemd:, --fd): one socket all workers share.
+        ``what`` ends the log line, ``option`` begins a failure's (``--internal-port``)."""
         from twisted.internet.endpoints import serverFromString
+
+        named = f"{option}: " if option else ""
 
         if isinstance(spec, tuple):
             endpoint = adopted_endpoint(self.reactor, spec[0], spec[1])
@@ -467,24 +496,27 @@ class SupervisorService(Service):
         tcp = _innermost(endpoint)
         if tcp is not None:
             bound = _Bound(_kind(description, spec), sockets=_reuseport_group(
-                description, tcp, self.count))
-            log.info("listening on {address}", address=bound.address())
+                description, tcp, self.count, named))
+            log.info("listening on {address}{what}", address=bound.address(), what=what)
             return bound
         ports: list[Any] = []
         failures: list[Any] = []
         endpoint.listen(Factory()).addCallbacks(ports.append, failures.append)
         if failures or not ports:
-            raise StartupError(f"cannot listen on {description}: "
+            raise StartupError(f"{named}cannot listen on {description}: "
                                f"{_reason(failures[0].value if failures else 'no port')}")
         port = ports[0]
         port.stopReading()  # the workers accept; the supervisor only holds the socket
         bound = _Bound(_kind(description, spec), port=port)
-        log.info("listening on {address}", address=bound.address())
+        log.info("listening on {address}{what}", address=bound.address(), what=what)
         return bound
 
     def _close_listeners(self) -> list[Deferred[Any]]:
         closing = [listener.close() for listener in self.bound]
         self.bound = []
+        if self.internal_bound is not None:
+            closing.append(self.internal_bound.close())
+            self.internal_bound = None
         return [d for d in closing if d is not None]
 
     def startService(self) -> None:
@@ -610,7 +642,8 @@ def _innermost(endpoint: Any) -> Any:
     return None
 
 
-def _reuseport_group(description: str, endpoint: Any, count: int) -> list[socket.socket]:
+def _reuseport_group(description: str, endpoint: Any, count: int, named: str = ""
+                     ) -> list[socket.socket]:
     """``count`` listening sockets on one address with SO_REUSEPORT: the kernel spreads new
     connections over them, and a dead worker's queue waits in its socket for the next."""
     from twisted.internet.endpoints import TCP6ServerEndpoint
@@ -632,7 +665,7 @@ def _reuseport_group(description: str, endpoint: Any, count: int) -> list[socket
     except OSError as exc:
         for sock in sockets:
             sock.close()
-        raise StartupError(f"cannot listen on {description}: {_reason(exc)}") from None
+        raise StartupError(f"{named}cannot listen on {description}: {_reason(exc)}") from None
     return sockets
 
 

@@ -40,7 +40,7 @@ SAMPLE = REPO / "contrib" / "pubsub" / "config.json"
 #: A Centrifugo v6 setup as its Django tutorial grows one: a connect proxy that reads the
 #: session cookie, namespaces with history and presence, the Redis engine.
 V6 = {
-    "http_server": {"address": "127.0.0.1", "port": 8000},
+    "http_server": {"address": "127.0.0.1", "port": 8000, "internal_port": "9000"},
     "log": {"level": "debug"},
     "client": {
         "token": {"hmac_secret_key": SECRET},
@@ -78,7 +78,7 @@ V6 = {
 
 #: The same setup in Centrifugo v5's flat keys.
 V5 = {
-    "address": "127.0.0.1", "port": "8000", "log_level": "debug",
+    "address": "127.0.0.1", "port": "8000", "internal_port": "9000", "log_level": "debug",
     "token_hmac_secret_key": SECRET, "allowed_origins": ["http://localhost:9000"],
     "proxy_connect_endpoint": "http://127.0.0.1:8001/centrifugo/connect",
     "proxy_refresh_endpoint": "http://127.0.0.1:8001/centrifugo/refresh",
@@ -147,7 +147,8 @@ V5_NAMED = {
 
 EXPECTED = {
     "app": "realtime.pubsub:application",
-    "port": ["8000"], "bind": "127.0.0.1", "verbosity": "2",
+    "port": ["8000"], "bind": "127.0.0.1", "internal-port": "tcp:9000:interface=127.0.0.1",
+    "verbosity": "2",
     "layer": "redis://:p%40ss@127.0.0.1:6379/2?prefix=cf "
              "redis://:p%40ss@10.0.0.2:6380/2?prefix=cf",
     "jwt-key": SECRET, "allowed-origins": "http://localhost:9000",
@@ -248,6 +249,8 @@ def test_v5_and_v6_in_every_format_make_the_same_options(tmp_path, fmt, sample):
     # Each option names the key it came from, as the file wrote it.
     sources = translation.sources
     connect = translation.proxy_events[0][2]
+    assert sources["internal-port"] == ("http_server.internal_port" if sample is V6
+                                        else "internal_port")
     if sample is V6:
         assert sources["jwt-key"] == "client.token.hmac_secret_key"
         assert connect["timeout"] == "client.proxy.connect.timeout"
@@ -432,6 +435,110 @@ def test_tls_without_an_address_listens_everywhere_as_centrifugo_does():
         "client": {"allowed_origins": ["*"]}})
     assert out.options["port"] == ["ssl:8443:privateKey=/k.pem:certKey=/c.pem"]
     assert out.warnings == []
+
+
+#: (http_server's keys, v5's flat ones for the same, the --internal-port made, the key it
+#: names). Centrifugo's internal server is at internal_address (else address) and
+#: internal_port (else port), with internal_tls, else the main TLS unless tls_external
+#: (internal/app/mux.go, runHTTPServers).
+TLS = {"enabled": True, "cert_pem": "/etc/c:1.pem", "key_pem": "/etc/k.pem"}
+INTERNAL = [
+    ({"address": "127.0.0.1", "internal_port": "9000"},
+     {"address": "127.0.0.1", "internal_port": "9000"},
+     "tcp:9000:interface=127.0.0.1", "internal_port"),
+    ({"address": "0.0.0.0", "internal_port": 9000},  # (a number too, as YAML may have it)
+     {"address": "0.0.0.0", "internal_port": 9000},
+     "tcp:9000:interface=0.0.0.0", "internal_port"),
+    ({"address": "127.0.0.1", "internal_port": 0},  # (Centrifugo reads it as "0": a free
+     {"address": "127.0.0.1", "internal_port": 0},  # port, not the main one)
+     "tcp:0:interface=127.0.0.1", "internal_port"),
+    ({"address": "0.0.0.0", "internal_address": "10.0.0.5", "internal_port": "9000"},
+     {"address": "0.0.0.0", "internal_address": "10.0.0.5", "internal_port": "9000"},
+     "tcp:9000:interface=10.0.0.5", "internal_port"),
+    ({"address": "10.0.0.5", "internal_address": "::1"},  # the main port's number
+     {"address": "10.0.0.5", "internal_address": "::1"},
+     "tcp:8000:interface=\\:\\:1", "internal_address"),
+    ({"address": "127.0.0.1", "port": 8443, "internal_port": "9000", "tls": TLS},
+     {"address": "127.0.0.1", "port": 8443, "internal_port": "9000", "tls": True,
+      "tls_cert": "/etc/c:1.pem", "tls_key": "/etc/k.pem"},
+     "ssl:9000:privateKey=/etc/k.pem:certKey=/etc/c\\:1.pem:interface=127.0.0.1",
+     "internal_port"),
+    ({"address": "127.0.0.1", "port": 8443, "internal_port": "9000", "tls": TLS,
+      "tls_external": True},
+     {"address": "127.0.0.1", "port": 8443, "internal_port": "9000", "tls": True,
+      "tls_cert": "/etc/c:1.pem", "tls_key": "/etc/k.pem", "tls_external": True},
+     "tcp:9000:interface=127.0.0.1", "internal_port"),
+    ({"port": 8443, "internal_port": "9000", "tls": TLS, "tls_external": True,
+      "internal_tls": {"enabled": True, "cert_pem": "/i/c.pem", "key_pem": "/i/k.pem",
+                       "server_name": "ignored.example"}},
+     None,  # (v5 has no internal_tls)
+     "ssl:9000:privateKey=/i/k.pem:certKey=/i/c.pem", "internal_tls.enabled"),
+]
+
+
+@pytest.mark.parametrize(("v6", "v5", "description", "key"), INTERNAL,
+                         ids=[str(i) for i in range(len(INTERNAL))])
+def test_an_internal_port_is_served_where_centrifugo_serves_it(v6, v5, description, key):
+    files = [(6, {"http_server": v6, "client": {"allowed_origins": ["*"]}})]
+    if v5 is not None:
+        files.append((5, {**v5, "allowed_origins": ["*"]}))
+    for version, data in files:
+        out = centrifugo_config.translate(data)
+        assert out.problems == [], out.problems
+        assert out.options["internal-port"] == description
+        assert out.sources["internal-port"] == (f"http_server.{key}" if version == 6 else key)
+        # Nothing warned of but a TLS client's option (the server does not use it).
+        assert [m.split(":")[0] for _, m in out.warnings] == (
+            ["http_server.internal_tls.server_name"] if key == "internal_tls.enabled" else [])
+
+
+def test_an_internal_port_without_any_address_is_127_0_0_1_with_a_warning(tmp_path):
+    """Centrifugo's internal server then listens on every interface; realtime's --internal-
+    port on loopback, as its main port (a warning each, dropped by what overrides them)."""
+    path = write(tmp_path, {"http_server": {"internal_port": "9000"},
+                            "client": {"allowed_origins": ["*"]}})
+    out = centrifugo_config.read(str(path))
+    assert out.options["internal-port"] == "9000"
+    assert [m for o, m in out.warnings if o == "internal-port"] == [
+        "http_server.internal_address: not set: Centrifugo's internal server listens on every "
+        "interface, realtime's --internal-port on 127.0.0.1 (set it, e.g. to 0.0.0.0, or give "
+        "--internal-port)"]
+    options = parsed("--centrifugo-config", str(path), "--port", "0")
+    assert options.internal_listener == ("tcp:port=9000:interface=127.0.0.1:backlog=1024",) * 2
+    assert options.internal_what == " (internal: /healthz, /readyz)"
+
+
+@pytest.mark.parametrize("data", [
+    {"http_server": {"port": 8000, "internal_port": "8000", "tls_external": True}},
+    {"http_server": {"address": "127.0.0.1", "internal_address": "127.0.0.1",
+                     "internal_tls": {"enabled": True, "cert_pem": "/c", "key_pem": "/k"}}},
+    {"port": "8000", "internal_port": "8000", "tls_external": True},
+], ids=["v6-same-port", "v6-same-address", "v5-same-port"])
+def test_an_internal_server_at_the_main_address_is_none(data):
+    """Centrifugo then runs one server for everything, with the main TLS: no --internal-
+    port, and tls_external or internal_tls is one warning each (nothing uses it)."""
+    origins = {"client": {"allowed_origins": ["*"]}} if "http_server" in data else {
+        "allowed_origins": ["*"]}
+    out = centrifugo_config.translate({**data, **origins})
+    assert out.problems == []
+    assert "internal-port" not in out.options
+    ignored = [m for _, m in out.warnings if "no internal server" in m]
+    assert len(ignored) == 1 and ignored[0].split(":")[0] in (
+        "http_server.tls_external", "http_server.internal_tls.enabled", "tls_external")
+
+
+def test_an_internal_address_realtime_would_bind_twice_stops_start_up_naming_the_key(
+        tmp_path):
+    """No http_server.address: Centrifugo's main server takes every interface (its internal
+    one on 127.0.0.1:8000 would fail to bind); realtime's main port is 127.0.0.1:8000, so
+    --internal-port's check says it, under the key."""
+    path = write(tmp_path, {"http_server": {"internal_address": "127.0.0.1"},
+                            "client": {"allowed_origins": ["*"]}})
+    assert refusal(path) == (
+        f"realtime: error: --centrifugo-config {path}: http_server.internal_address "
+        "(--internal-port) tcp:8000:interface=127.0.0.1: the same address as --port "
+        "tcp:port=8000:interface=127.0.0.1:backlog=1024 (a listener of its own: another port "
+        "or interface)")
 
 
 @pytest.mark.parametrize("fmt", ["json", "yaml", "toml"])
@@ -734,7 +841,28 @@ REFUSALS = [
     ({"channel": {"namespaces": [{"name": "chat", "history_size": 1, "history_ttl": 300}]}},
      "channel.namespaces[0].history_ttl: expected a duration"),
     ({"channel": {"namespace_boundary": "."}}, "channel.namespace_boundary: not supported"),
-    ({"http_server": {"internal_port": "9000"}}, "http_server.internal_port: not supported"),
+    ({"http_server": {"internal_port": "70000"}},
+     "http_server.internal_port: expected a port number (0-65535), got \"70000\""),
+    ({"http_server": {"internal_port": "nine"}},
+     "http_server.internal_port: expected a whole number"),
+    # The API or the admin UI on the main port, the rest on the internal one: not split here.
+    ({"http_server": {"address": "127.0.0.1", "internal_port": "9000"},
+      "http_api": {"key": API_KEY, "external": True}},
+     "http_api.external: not supported (the server API goes to --internal-port"),
+    ({"http_server": {"address": "127.0.0.1", "internal_port": "9000"},
+      "http_api": {"key": API_KEY}, "admin": {"enabled": True, "external": True}},
+     "admin.external: not supported (the admin UI goes to --internal-port"),
+    ({"address": "127.0.0.1", "internal_port": "9000", "api_key": API_KEY,
+      "api_external": True}, "api_external: not supported (the server API goes to"),
+    ({"http_server": {"internal_port": "9000", "internal_tls": {
+        "enabled": True, "cert_pem": "/c.pem", "key_pem": "/k.pem",
+        "client_ca_pem": "/ca.pem"}}},
+     "http_server.internal_tls.client_ca_pem: not supported (client certificates"),
+    ({"http_server": {"internal_port": "9000", "internal_tls": {
+        "enabled": True, "cert_pem": "/c.pem"}}},
+     "http_server.internal_tls.key_pem: needed with http_server.internal_tls.enabled"),
+    ({"http_server": {"internal_port": "9000", "internal_tls": {"enable": True}}},
+     "http_server.internal_tls.enable: unknown key"),
     ({"http_server": {"tls": {"enabled": True, "cert_pem": "-----BEGIN CERTIFICATE-----",
                               "key_pem": "k.pem"}}},
      "http_server.tls.cert_pem: not supported (inline PEM"),
@@ -1317,6 +1445,67 @@ def test_a_server_runs_on_a_centrifugo_config_json(tmp_path):
     assert answer["result"]["offset"] == publication.pub.offset == 1  # history: positioned
     assert result.returncode == 0, result.output
     assert "client.allowed_origins: a WebSocket without an Origin header" in result.stderr
+
+
+def test_a_centrifugo_internal_port_serves_the_api_apart_from_the_clients(tmp_path):
+    """A v6 config.json with ``http_server.internal_port``: centrifuge-python connects and
+    subscribes on the main port, ``/api/publish`` with the file's key on the internal port
+    reaches it; the API, /health and /metrics answer there and 404 on the main port."""
+    from centrifuge import Client
+
+    from tests.test_pubsub import Recorder
+
+    path = write(tmp_path, {
+        "http_server": {"address": "127.0.0.1", "internal_port": "0"},  # (0: a free port)
+        "client": {"token": {"hmac_secret_key": SECRET}, "allowed_origins": ["http://app"]},
+        "channel": {"namespaces": [{"name": "chat", "history_size": 10, "history_ttl": "60s",
+                                    "allow_subscribe_for_client": True}]},
+        "http_api": {"key": API_KEY}, "prometheus": {"enabled": True},
+        "health": {"enabled": True}})
+    cmd = [sys.executable, "-m", "realtime", "--centrifugo-config", str(path),
+           "--port", "tcp:0:interface=127.0.0.1"]
+    with start(cmd, cwd=REPO, listeners=2) as server:
+        main, internal = (f"http://{address.removeprefix('tcp:')}"
+                          for address in server.addresses)
+        assert "(internal: /health, /readyz, /metrics, /api/)" in server.output()
+
+        def post(base: str, method: str, params: dict[str, Any]) -> tuple[int, Any]:
+            request = urllib.request.Request(
+                f"{base}/api/{method}", method="POST", data=json.dumps(params).encode(),
+                headers={"X-API-Key": API_KEY, "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=15) as answer:
+                    return answer.status, json.loads(answer.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read()
+
+        async def scenario() -> Any:
+            token = jwt.encode({"sub": "ada", "exp": int(time.time()) + 60}, SECRET,
+                               algorithm="HS256")
+            events = Recorder()
+            client = Client(server.ws_url("/connection/websocket"), token=token,
+                            headers={"Origin": "http://app"}, proxy=None, timeout=15.0)
+            await client.connect()
+            sub = client.new_subscription("chat:lobby", events=events)
+            await sub.subscribe()
+            await sub.ready(15.0)
+            refused = await asyncio.to_thread(post, main, "publish",
+                                              {"channel": "chat:lobby", "data": {"n": 0}})
+            answer = await asyncio.to_thread(post, internal, "publish",
+                                             {"channel": "chat:lobby", "data": {"n": 1}})
+            publication = await events.next("publication", 15.0)
+            await client.disconnect()
+            return refused, answer, publication
+
+        refused, answer, publication = asyncio.run(asyncio.wait_for(scenario(), 60))
+        assert refused[0] == 404  # no API on the public port
+        assert answer[0] == 200 and answer[1]["result"]["offset"] == 1
+        assert publication.pub.data == {"n": 1} and publication.pub.offset == 1
+        for path_, status in (("/health", 200), ("/metrics", 200), ("/readyz", 200)):
+            assert http_get(internal + path_)[0] == status, path_
+            assert http_get(main + path_)[0] == 404, path_
+        result = server.stop()
+    assert result.returncode == 0, result.output
 
 
 def test_workers_take_the_files_options_and_warn_once(tmp_path, redis_url):

@@ -194,6 +194,94 @@ class TestValues:
         )
 
 
+KEY = "k" * 20
+
+
+class TestInternalPort:
+    """``--internal-port``: the operator endpoints' own listener."""
+
+    def test_off_by_default(self):
+        options = parse()
+        assert options.internal_listener is None and options.internal_what == ""
+
+    def test_a_bare_port_is_loopback_whatever_bind_says(self):
+        options = parse("-b", "0.0.0.0", "--port", "0", "--internal-port", "9000")
+        internal = "tcp:port=9000:interface=127.0.0.1:backlog=1024"
+        assert options.internal_listener == (internal, internal)
+        assert descriptions(options) == ["tcp:port=0:interface=0.0.0.0:backlog=1024"]
+        assert options.internal_what == " (internal: /healthz, /readyz)"
+
+    def test_a_description_as_given(self, tmp_path):
+        cert, key = self_signed(tmp_path)
+        desc = f"ssl:9443:interface=10.0.0.5:privateKey={key}:certKey={cert}"
+        assert parse("--internal-port", desc).internal_listener == (
+            desc + ":backlog=1024",) * 2
+        path = str(tmp_path / "ops.sock")
+        assert parse("--internal-port", f"unix:{path}").internal_listener == (
+            f"unix:{path}",) * 2
+
+    def test_what_it_serves(self):
+        options = parse("--port", "0", "--internal-port", "0", "--metrics", "--api-key", KEY,
+                        "--admin-path", "/admin", "--health-path", "/live", "--ready-path", "")
+        assert options.internal_what == " (internal: /live, /metrics, /api/, /admin)"
+        # --metrics-port keeps /metrics on its own listener.
+        options = parse("--port", "0", "--internal-port", "0", "--metrics-port", "0",
+                        "--api-key", KEY)
+        assert options.internal_what == " (internal: /healthz, /readyz, /api/)"
+        assert options.metrics_listener == "tcp:port=0:interface=127.0.0.1"
+
+    def test_port_zero_twice_is_two_free_ports(self):
+        assert parse("--port", "0", "--internal-port", "0", "--metrics-port", "0"
+                     ).internal_listener is not None
+
+    def test_from_the_environment_and_the_config_file(self, monkeypatch, tmp_path):
+        monkeypatch.setenv("REALTIME_INTERNAL_PORT", "9001")
+        assert parse().internal_listener[0] == "tcp:port=9001:interface=127.0.0.1:backlog=1024"
+        assert parse("--internal-port", "9002").internal_listener[0].startswith(
+            "tcp:port=9002:")  # the command line wins
+        monkeypatch.delenv("REALTIME_INTERNAL_PORT")
+        toml = tmp_path / "realtime.toml"
+        toml.write_text('internal-port = "tcp:9003:interface=127.0.0.1"\n')
+        assert parse("--config", str(toml)).internal_listener[0] == (
+            "tcp:9003:interface=127.0.0.1:backlog=1024")
+        toml.write_text("internal_port = 9004\n")
+        assert parse("--config", str(toml)).internal_listener[0].startswith("tcp:port=9004:")
+
+    def test_an_inherited_socket_is_compared_by_what_it_is_bound_to(self, monkeypatch):
+        """``--fd`` and ``systemd:`` sockets: the address the socket has, and one socket
+        named twice (two adoptions of one socket would both accept its connections)."""
+        import twisted.internet.endpoints as endpoints
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+            fd, port = sock.fileno(), sock.getsockname()[1]
+            monkeypatch.setattr(endpoints._SystemdParser, "_sddaemon",
+                                endpoints.ListenFDs([fd], ["web"]))
+            mine = "(a listener of its own: another port or interface)"
+            assert error("--fd", str(fd), "--internal-port", str(port)) == (
+                f"--internal-port {port}: the same address as --fd {fd} {mine}")
+            assert error("--port", "systemd:domain=INET:index=0",
+                         "--internal-port", "systemd:domain=INET:name=web") == (
+                "--internal-port systemd:domain=INET:name=web: the same address as --port "
+                f"systemd:domain=INET:index=0 {mine}")
+            assert error("--fd", str(fd), "--internal-port", "systemd:domain=INET:index=0") == (
+                f"--internal-port systemd:domain=INET:index=0: the same address as --fd {fd} "
+                f"{mine}")
+            # Another port of the same interface is another listener.
+            assert parse("--fd", str(fd), "--internal-port", "0").internal_listener is not None
+            assert sock.fileno() == fd  # still ours: only looked at
+
+    def test_check_names_it(self, capsys):
+        with pytest.raises(SystemExit) as done:
+            parse("--port", "8001", "--internal-port", "9000", "--check")
+        assert done.value.code == 0
+        assert capsys.readouterr().out == (
+            f"realtime: configuration OK: {BENCH_APP} on tcp:port=8001:interface=127.0.0.1:"
+            "backlog=1024 (internal: tcp:port=9000:interface=127.0.0.1:backlog=1024), "
+            "layer memory\n")
+
+
 # Every start-up error, with its exact message.
 ERRORS = [
     (["--ping-interval", "abc"], "--ping-interval: expected a number of seconds, got 'abc'"),
@@ -236,6 +324,49 @@ ERRORS = [
     (["--port", "ssl:0:privateKey=/nonexistent/key.pem:certKey=/nonexistent/cert.pem"],
      "--port 'ssl:0:privateKey=/nonexistent/key.pem:certKey=/nonexistent/cert.pem': "
      "No such file or directory: /nonexistent/cert.pem"),
+    (["--internal-port", "70000"], "--internal-port: 70000 is not a port number (0-65535)"),
+    (["--metrics-port", "70000"], "--metrics-port: 70000 is not a port number (0-65535)"),
+    (["--internal-port", "bogus:1"], "--internal-port 'bogus:1': Unknown endpoint type: 'bogus'"),
+    (["--internal-port", "fd:3"], "--internal-port 'fd:3': 'fd:' is not an endpoint here; give "
+     "a port or a description (tcp:, ssl:, unix:, systemd:)"),
+    (["--internal-port", "ssl:0:privateKey=/nonexistent/key.pem:certKey=/nonexistent/c.pem"],
+     "--internal-port 'ssl:0:privateKey=/nonexistent/key.pem:certKey=/nonexistent/c.pem': "
+     "No such file or directory: /nonexistent/c.pem"),
+    (["--port", "8000", "--internal-port", "8000"],
+     "--internal-port 8000: the same address as --port tcp:port=8000:interface=127.0.0.1:"
+     "backlog=1024 (a listener of its own: another port or interface)"),
+    (["--port", "tcp:8000", "--internal-port", "tcp:8000:interface=10.0.0.5"],
+     "--internal-port tcp:8000:interface=10.0.0.5: the same address as --port "
+     "tcp:8000:backlog=1024 (a listener of its own: another port or interface)"),
+    # Another spelling of the same address is the same address: under --workers the kernel
+    # would put both SO_REUSEPORT groups in one and spread each port's connections over both.
+    (["-b", "localhost", "--port", "8000", "--internal-port", "8000"],
+     "--internal-port 8000: the same address as --port tcp:port=8000:interface=localhost:"
+     "backlog=1024 (a listener of its own: another port or interface)"),
+    (["--port", "tcp:8000:interface=127.0.0.1", "--internal-port", "tcp:8000:interface=127.1"],
+     "--internal-port tcp:8000:interface=127.1: the same address as --port tcp:8000:"
+     "interface=127.0.0.1:backlog=1024 (a listener of its own: another port or interface)"),
+    (["--port", "tcp6:8000:interface=\\:\\:1",
+      "--internal-port", "tcp6:8000:interface=0\\:0\\:\\:1"],
+     "--internal-port tcp6:8000:interface=0\\:0\\:\\:1: the same address as --port "
+     "tcp6:8000:interface=\\:\\:1:backlog=1024 (a listener of its own: another port or "
+     "interface)"),
+    (["--port", "tcp:8000:interface=127.0.0.1",
+      "--internal-port", "tcp6:8000:interface=\\:\\:ffff\\:127.0.0.1"],
+     "--internal-port tcp6:8000:interface=\\:\\:ffff\\:127.0.0.1: the same address as "
+     "--port tcp:8000:interface=127.0.0.1:backlog=1024 (a listener of its own: another port "
+     "or interface)"),
+    (["-u", "/run/realtime-test/web.sock", "--internal-port",
+      "unix:/run/realtime-test/../realtime-test/web.sock"],
+     "--internal-port unix:/run/realtime-test/../realtime-test/web.sock: the same address as "
+     "--port unix:/run/realtime-test/web.sock (a listener of its own: another port or "
+     "interface)"),
+    (["--metrics-port", "9100", "--internal-port", "tcp:9100:interface=127.0.0.1"],
+     "--internal-port tcp:9100:interface=127.0.0.1: the same address as --metrics-port 9100 "
+     "(a listener of its own: another port or interface)"),
+    (["--health-path", "", "--ready-path", "", "--internal-port", "9000"],
+     "--internal-port: it would serve nothing (no --health-path nor --ready-path, no /metrics "
+     "there, no --api-key)"),
     (["--fd", "x"], "--fd: expected a whole number, got 'x'"),
     (["--fd", "-1"], "--fd: must be at least 0, got '-1'"),
     (["--fd", "987"], "--fd 987: file descriptor 987 is not a socket (Bad file descriptor)"),
@@ -535,6 +666,22 @@ def test_cli_port_in_use():
     )
     assert "Traceback" not in result.output
     assert "listening on" not in result.output
+
+
+def test_cli_internal_port_in_use_names_the_option():
+    """The main port listens, the internal one cannot: one line naming --internal-port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(twistd(*APP, "--port", "0", "--internal-port", str(port)))
+    assert result.returncode == 1, result
+    errors = [line for line in result.output.splitlines() if "realtime: error:" in line]
+    assert len(errors) == 1, result.output
+    assert errors[0].endswith(
+        f"realtime: error: --internal-port: cannot listen on tcp:port={port}:"
+        "interface=127.0.0.1:backlog=1024: Address already in use")
+    assert "Traceback" not in result.output
 
 
 def test_cli_help_documents_every_option():

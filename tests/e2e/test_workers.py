@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -261,6 +262,53 @@ def _scrape(url: str) -> dict[str, float]:
         for sample in family.samples:
             values[sample.name + str(sorted(sample.labels.items()))] = sample.value
     return values
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_the_internal_port_is_every_workers(redis_url):
+    """``--internal-port`` under ``--workers 2``: the supervisor binds it (one SO_REUSEPORT
+    socket per worker, as the main port) and every worker serves the operator endpoints
+    there: the probes, /metrics with both workers' totals, the server API, whose publish
+    reaches members on both workers; the main port has none of them."""
+    from realtime.client import publish
+
+    key = "workers-internal-key-0123"
+    with supervisor(redis_url, "--internal-port", "0", "--metrics", "--api-key", key
+                    ) as server, contextlib.ExitStack() as stack:
+        found = server.wait_for(r"listening on tcp:127\.0\.0\.1:(\d+) \(internal: /healthz, "
+                                r"/readyz, /metrics, /api/\)")
+        port = int(found[0].group(1))
+        assert port != server.port
+        assert server.output().count(f"serving tcp:127.0.0.1:{port} (internal: ") == 2
+        internal, main = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{server.port}"
+        members, pids = [], set()
+        while len(pids) < 2 and len(members) < 60:
+            ws, pid = open_pid(stack, server, "/room/ops")
+            members.append(ws)
+            pids.add(pid)
+        assert len(pids) == 2, "connections never reached the second worker"
+        assert publish(internal, key, "ops", text="deploy finished")["ok"] is True
+        for ws in members:
+            assert ws.recv(timeout=TIMEOUT) == "deploy finished"
+        for _ in range(8):  # each a connection of its own: both workers answer some
+            assert _status(internal + "/healthz") == 200
+            assert _status(internal + "/readyz") == 200
+            assert _status(main + "/healthz") == 404
+            assert _status(main + "/metrics") == 404
+        deadline = time.monotonic() + TIMEOUT
+        while (values := _scrape(internal + "/metrics")).get(
+                "realtime_connections[]") != len(members):
+            assert time.monotonic() < deadline, values.get("realtime_connections[]")
+            time.sleep(0.1)
+        result = server.stop()
+    assert result.returncode == 0, result.output
 
 
 @pytest.mark.parametrize("where", ["main-port", "metrics-port"])
