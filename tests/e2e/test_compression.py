@@ -316,7 +316,7 @@ async def test_a_member_that_falls_behind_gets_every_compressed_frame_intact(liv
         publisher.write(client_frame(0x1, text))
     await publisher.wait_for(lambda d: len(parse_frames_rsv(after_headers(d))) >= 40)
     assert member._outq or member.transport.dataBuffer or member.transport._tempDataLen
-    slow.proto.transport.resumeProducing()
+    slow.resume_reading()
     await slow.wait_for(lambda d: len(parse_frames_rsv(after_headers(d))) >= 40, timeout=20)
     frames = parse_frames_rsv(after_headers(slow.data))
     assert [rsv for rsv, _, _ in frames] == [4] * 40
