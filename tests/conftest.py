@@ -76,11 +76,14 @@ def pytest_ignore_collect(collection_path: Any, config: Any) -> bool | None:
     return None
 
 
-def _early_run(item: Any) -> Any:
-    """``(name, make)`` of the long run (tests/early.py) this test takes up, if any: its
-    module's ``early_run_of(item)`` says."""
+def _early_runs_of(item: Any) -> list[Any]:
+    """The ``(name, make)`` of each long run (tests/early.py) this test takes up: its
+    module's ``early_run_of(item)`` says (one, a list of them, or None)."""
     finder = getattr(getattr(item, "module", None), "early_run_of", None)
-    return finder(item) if finder is not None else None
+    runs = finder(item) if finder is not None else None
+    if runs is None:
+        return []
+    return list(runs) if isinstance(runs, list) else [runs]
 
 
 #: The runs the selected tests take up, in their order; started at the first test outside
@@ -95,23 +98,25 @@ def _uses_the_session_cluster(item: Any) -> bool:
             or (callspec is not None and callspec.params.get("layer") == "cluster"))
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: Any, config: Any, items: list[Any]) -> None:
     """The tests that take up a long run (tests/early.py) go last, so that it runs beside
     the others first; their order among themselves is kept. The session's Redis Cluster
-    (``redis_cluster``), if a test uses it, starts coming up now."""
+    (``redis_cluster``), if a test uses it, starts coming up now. (Last among the hooks:
+    after ``-k``/``-m`` deselected, so that only the runs of selected tests start.)"""
     if config.option.collectonly or len(items) < 2:
         return
     if any(_uses_the_session_cluster(item) for item in items):
         from tests.redis_support import start_session_cluster
 
         start_session_cluster()
-    takers = [item for item in items if _early_run(item) is not None]
+    takers = [item for item in items if _early_runs_of(item)]
     if takers:
-        items[:] = [item for item in items if _early_run(item) is None] + takers
+        items[:] = [item for item in items if not _early_runs_of(item)] + takers
         for item in takers:
-            run = _early_run(item)
-            if run[0] not in (name for name, _ in _early_runs):
-                _early_runs.append(run)
+            for run in _early_runs_of(item):
+                if run[0] not in (name for name, _ in _early_runs):
+                    _early_runs.append(run)
 
 
 def pytest_runtest_setup(item: Any) -> None:
