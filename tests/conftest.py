@@ -76,6 +76,21 @@ def pytest_ignore_collect(collection_path: Any, config: Any) -> bool | None:
     return None
 
 
+def pytest_itemcollected(item: Any) -> None:
+    """Under ``-n 2 --dist loadgroup`` (pytest-xdist; tests/run.sh) the tests of
+    tests/e2e/ and the others are two groups, each run by one worker in its usual order,
+    side by side: mostly waiting, they share the two cores well. Each worker has its own
+    session (redis-servers, the e2e browser); the early runs start in the other group's.
+    xdist compares the two workers' collections: a test id must not be random."""
+    if item.config.pluginmanager.hasplugin("xdist"):
+        item.add_marker(pytest.mark.xdist_group("e2e" if _in_e2e(item) else "unit"))
+
+
+def _in_e2e(item: Any) -> bool:
+    """The test is in tests/e2e/."""
+    return "e2e" in item.path.relative_to(Path(__file__).parent).parts
+
+
 def _early_runs_of(item: Any) -> list[Any]:
     """The ``(name, make)`` of each long run (tests/early.py) this test takes up: its
     module's ``early_run_of(item)`` says (one, a list of them, or None)."""
@@ -121,7 +136,7 @@ def pytest_collection_modifyitems(session: Any, config: Any, items: list[Any]) -
 
 def pytest_runtest_setup(item: Any) -> None:
     """At the first test outside tests/e2e/, the long runs start, one at a time."""
-    if _early_runs and "e2e" not in item.path.relative_to(Path(__file__).parent).parts:
+    if _early_runs and not _in_e2e(item):
         from tests import early
 
         early.start_in_turn(_early_runs)
