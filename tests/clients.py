@@ -129,6 +129,15 @@ class RawConnection:
         self.proto.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.proto.transport.pauseProducing()
 
+    def resume_reading(self) -> None:
+        """The client reads again, with a large receive buffer and window: what backed up
+        comes at loopback speed (Linux keeps the 4 KiB window's clamp, far below loopback's
+        64 KiB segment, and the rest trickles in 8 KiB a window probe, every 200 ms)."""
+        sock = self.proto.transport.socket
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, 1 << 20)
+        self.proto.transport.resumeProducing()
+
     def send_frame(self, opcode: int, payload: bytes = b"", **kwargs: Any) -> None:
         self.write(client_frame(opcode, payload, **kwargs))
 

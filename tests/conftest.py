@@ -76,11 +76,29 @@ def pytest_ignore_collect(collection_path: Any, config: Any) -> bool | None:
     return None
 
 
-def _early_run(item: Any) -> Any:
-    """``(name, make)`` of the long run (tests/early.py) this test takes up, if any: its
-    module's ``early_run_of(item)`` says."""
+def pytest_itemcollected(item: Any) -> None:
+    """Under ``-n 2 --dist loadgroup`` (pytest-xdist; tests/run.sh) the tests of
+    tests/e2e/ and the others are two groups, each run by one worker in its usual order,
+    side by side: mostly waiting, they share the two cores well. Each worker has its own
+    session (redis-servers, the e2e browser); the early runs start in the other group's.
+    xdist compares the two workers' collections: a test id must not be random."""
+    if item.config.pluginmanager.hasplugin("xdist"):
+        item.add_marker(pytest.mark.xdist_group("e2e" if _in_e2e(item) else "unit"))
+
+
+def _in_e2e(item: Any) -> bool:
+    """The test is in tests/e2e/."""
+    return "e2e" in item.path.relative_to(Path(__file__).parent).parts
+
+
+def _early_runs_of(item: Any) -> list[Any]:
+    """The ``(name, make)`` of each long run (tests/early.py) this test takes up: its
+    module's ``early_run_of(item)`` says (one, a list of them, or None)."""
     finder = getattr(getattr(item, "module", None), "early_run_of", None)
-    return finder(item) if finder is not None else None
+    runs = finder(item) if finder is not None else None
+    if runs is None:
+        return []
+    return list(runs) if isinstance(runs, list) else [runs]
 
 
 #: The runs the selected tests take up, in their order; started at the first test outside
@@ -95,28 +113,30 @@ def _uses_the_session_cluster(item: Any) -> bool:
             or (callspec is not None and callspec.params.get("layer") == "cluster"))
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: Any, config: Any, items: list[Any]) -> None:
     """The tests that take up a long run (tests/early.py) go last, so that it runs beside
     the others first; their order among themselves is kept. The session's Redis Cluster
-    (``redis_cluster``), if a test uses it, starts coming up now."""
+    (``redis_cluster``), if a test uses it, starts coming up now. (Last among the hooks:
+    after ``-k``/``-m`` deselected, so that only the runs of selected tests start.)"""
     if config.option.collectonly or len(items) < 2:
         return
     if any(_uses_the_session_cluster(item) for item in items):
         from tests.redis_support import start_session_cluster
 
         start_session_cluster()
-    takers = [item for item in items if _early_run(item) is not None]
+    takers = [item for item in items if _early_runs_of(item)]
     if takers:
-        items[:] = [item for item in items if _early_run(item) is None] + takers
+        items[:] = [item for item in items if not _early_runs_of(item)] + takers
         for item in takers:
-            run = _early_run(item)
-            if run[0] not in (name for name, _ in _early_runs):
-                _early_runs.append(run)
+            for run in _early_runs_of(item):
+                if run[0] not in (name for name, _ in _early_runs):
+                    _early_runs.append(run)
 
 
 def pytest_runtest_setup(item: Any) -> None:
     """At the first test outside tests/e2e/, the long runs start, one at a time."""
-    if _early_runs and "e2e" not in item.path.relative_to(Path(__file__).parent).parts:
+    if _early_runs and not _in_e2e(item):
         from tests import early
 
         early.start_in_turn(_early_runs)

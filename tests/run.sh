@@ -77,4 +77,6 @@ python3 -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlu
 
 python3 -m ruff check realtime tests benchmarks twisted
 python3 -m mypy
-python3 -m pytest "$@"
+# Two workers (pytest-xdist): tests/e2e/ in one, the rest in the other, side by side
+# (tests/conftest.py); "-n 0" among the arguments runs everything in this process.
+python3 -m pytest -n 2 --dist loadgroup "$@"

@@ -297,14 +297,18 @@ def test_django_http_quick_run_every_server_answers_without_errors():
     assert "| django-sync | requests/s |" in text and "No errors in any run." in text
 
 
+def pubsub_fanout_run() -> early.Run:
+    """``benchmarks/pubsub_fanout.py`` with tiny sizes, started by the session ahead of its
+    test (tests/early.py): a second of servers and clients starting, no timing asserted."""
+    return early.Run([sys.executable, "benchmarks/pubsub_fanout.py", "--members", "20",
+                      "--turns", "2", "--passes", "1", "--no-pin"], timeout=120, cwd=ROOT)
+
+
 def test_smoke_pubsub_fanout_delivers_every_push():
     """``benchmarks/pubsub_fanout.py`` with tiny sizes: it measures the five kinds (JSON
     and Protobuf subscribers) and finds every push at every subscriber (it exits 1
     otherwise)."""
-    result = subprocess.run(
-        [sys.executable, "benchmarks/pubsub_fanout.py", "--members", "20", "--turns", "2",
-         "--passes", "1", "--no-pin"],
-        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
+    result = early.take("pubsub-fanout", pubsub_fanout_run).result()
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert [line.split(":")[0].strip() for line in lines[:5]] == [
@@ -332,12 +336,14 @@ def smoke_run() -> early.Run:
 
 
 def early_run_of(item: pytest.Item) -> tuple[str, Any] | None:
-    """The smoke and Django runs, started by the session ahead of the tests that take them
-    up (tests/early.py, tests/conftest.py)."""
+    """The smoke, Django and pub/sub fan-out runs, started by the session ahead of the
+    tests that take them up (tests/early.py, tests/conftest.py)."""
     if not NO_PICOWS and "smoke" in item.fixturenames:
         return "smoke", smoke_run
     if item.name == "test_django_http_quick_run_every_server_answers_without_errors":
         return "django", django_run
+    if item.name == "test_smoke_pubsub_fanout_delivers_every_push":
+        return "pubsub-fanout", pubsub_fanout_run
     return None
 
 

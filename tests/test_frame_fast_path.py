@@ -195,7 +195,7 @@ def test_frames_past_the_limit_go_to_autobahn_and_cut_ones_wait_for_the_next_rea
 @pytest.mark.parametrize(("bad", "options", "code"), [
     (client_frame(2, b"z" * 1001), SMALL_LIMITS, 1009),  # over --max-frame-size
     (client_frame(1, b"\xc3\x28"), {}, 1007),  # not UTF-8: the decode in onMessage
-])
+], ids=["over-max-frame-size", "not-utf-8"])
 def test_a_bad_frame_after_a_good_one_closes_with_its_code_and_nothing_after(bad, options,
                                                                              code):
     _site, conn, transport = _open(True, **options)

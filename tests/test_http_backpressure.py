@@ -173,7 +173,15 @@ async def test_an_http2_client_with_a_huge_window_that_does_not_read_is_waited_f
         client.conn.increment_flow_control_window(2**31 - 1 - 65535)
         client.request("/big")
         client.flush()
-        time.sleep(2)  # reads nothing
+        # Reads nothing, until the writes have stood still for half a second (2 s at most).
+        written, still_since, deadline = None, time.monotonic(), time.monotonic() + 2
+        while time.monotonic() < deadline:
+            now = BIG[-1] if BIG else None
+            if now != written:
+                written, still_since = now, time.monotonic()
+            elif written is not None and time.monotonic() - still_since >= 0.5:
+                break
+            time.sleep(0.05)
         written = BIG[-1] if BIG else None
         client.close()
         return written

@@ -311,8 +311,10 @@ async def test_rediss_cluster_verifies_every_node_with_the_given_ca(own_cluster,
         stranger = layer_from_url(cluster.url.replace(str(cluster.cert), str(other)))
         stranger.start(reactor)
         try:
-            with pytest.raises(TimeoutError):
-                await stranger.when_ready(1)
+            await until(lambda: "certificate verify failed"
+                        in (stranger.shards[0]._pub._last_problem or ""), timeout=10)
+            with pytest.raises(TimeoutError):  # refused: it does not get ready
+                await stranger.when_ready(0.3)
             problem = stranger.shards[0]._pub._last_problem or ""
             assert "no Redis Cluster node answered CLUSTER SLOTS" in problem
             assert "certificate verify failed" in problem
@@ -336,8 +338,10 @@ async def test_a_cluster_with_a_password_and_a_wrong_one(own_cluster):
         wrong = layer_from_url(cluster.url.replace("s3cret-pass", "wrong-pass"))
         wrong.start(reactor)
         try:
-            with pytest.raises(TimeoutError):
-                await wrong.when_ready(1)
+            await until(lambda: "WRONGPASS" in (wrong.shards[0]._pub._last_problem or ""),
+                        timeout=10)
+            with pytest.raises(TimeoutError):  # refused: it does not get ready
+                await wrong.when_ready(0.3)
             problem = wrong.shards[0]._pub._last_problem or ""
             assert "could not auth" in problem and "WRONGPASS" in problem, problem
             assert "wrong-pass" not in problem and "wrong-pass" not in wrong.address.describe()
@@ -381,8 +385,11 @@ async def test_a_redis_that_is_not_a_cluster_is_named_in_the_log(redis_server):
     layer = layer_from_url(f"redis+cluster://127.0.0.1:{redis_server.port}")
     layer.start(reactor)
     try:
-        with pytest.raises(TimeoutError):
-            await layer.when_ready(1)
+        await until(lambda: any("cluster support disabled" in (link._last_problem or "")
+                                for link in (layer.shards[0]._pub, layer.shards[0]._sub)),
+                    timeout=10)
+        with pytest.raises(TimeoutError):  # refused: it does not get ready
+            await layer.when_ready(0.3)
         problems = {link._last_problem for link in (layer.shards[0]._pub, layer.shards[0]._sub)}
         assert any("cluster support disabled" in (p or "") for p in problems), problems
     finally:

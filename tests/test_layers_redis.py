@@ -421,10 +421,15 @@ async def test_rediss_refuses_a_server_the_ca_did_not_sign(tls_redis, tmp_path):
                 f"rediss://127.0.0.1:{tls_redis.tls_port}/0"):
         layer = RedisChannelLayer.from_url(url)
         with captured_log() as events:
+
+            def refused() -> bool:
+                return any("certificate verify failed" in e.get("problem", "") for e in events)
+
             layer.start(reactor)
             try:
+                await until(refused, timeout=10)  # refused: it does not get ready
                 with pytest.raises(TimeoutError):
-                    await layer.when_ready(1.5)
+                    await layer.when_ready(0.3)
                 assert not layer.ready
                 with pytest.raises(LayerUnavailable):
                     await layer.group_send("g", {"type": "t"})

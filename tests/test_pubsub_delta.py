@@ -461,7 +461,7 @@ async def test_a_publication_the_slow_consumer_policy_dropped_is_no_delta_base(
     assert server.site.dropped_messages, "nothing was dropped"
     # The client reads again and takes everything queued; then one marked publication,
     # a small edit of the last one (dropped: it came while the queue was full).
-    conn.proto.transport.resumeProducing()
+    conn.resume_reading()
     assert await until(lambda: not server_conn._outq_bytes, timeout=10)
     await later(0.2)
     docs.append({**docs[-1], "n": len(docs) + 1})

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
-import subprocess
+import shutil
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -27,6 +30,7 @@ from realtime import (
 from realtime.config import ServerConfig
 from realtime.examples.bench import application as bench
 from realtime.testing import ApplicationCommunicator, HttpCommunicator, WebsocketCommunicator
+from tests import early
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -367,22 +371,62 @@ async def test_realtime_server_fixture_serves_real_clients(realtime_server):
     assert await in_thread(client) == "x"
 
 
-def _run(args, cwd, env_extra=None):
-    env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run(
-        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+LEAKY = REPO / "tests" / "leaky"
+README_EXAMPLE_START = "<!-- testing-example -->"
+
+
+def _leaky_pytest() -> early.Run:
+    return early.Run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                      "-o", "python_files=leaky_*.py", str(LEAKY / "leaky_pytest.py")],
+                     timeout=120, cwd=REPO)
+
+
+def _leaky_trial() -> early.Run:
+    return early.Run([sys.executable, "-m", "twisted.trial", "tests.leaky.leaky_trial"],
+                     timeout=120, cwd=REPO)
+
+
+_readme_projects: list[Path] = []
+
+
+def _readme_project() -> Path:
+    """A new project holding the README's "Testing your consumers" example as
+    ``test_echo.py`` (one for the session: removed when the test is done)."""
+    if not _readme_projects:
+        readme = (REPO / "README.md").read_text()
+        block = readme.split(README_EXAMPLE_START, 1)[1].split("```python", 1)[1]
+        project = Path(tempfile.mkdtemp(prefix="realtime-readme-example-"))
+        (project / "test_echo.py").write_text(block.split("```", 1)[0])
+        _readme_projects.append(project)
+        atexit.register(shutil.rmtree, project, True)  # (a session cut short)
+    return _readme_projects[0]
+
+
+def _readme_pytest() -> early.Run:
+    return early.Run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                      "test_echo.py"], timeout=120, cwd=_readme_project())
+
+
+def _readme_trial() -> early.Run:
+    project = _readme_project()
+    return early.Run([sys.executable, "-m", "twisted.trial", "test_echo"], timeout=120,
+                     cwd=project, env=dict(os.environ, PYTHONPATH=str(project)))
+
+
+def early_run_of(item: Any) -> list[tuple[str, Any]] | None:
+    """The pytest and trial runs of the two tests below, seconds of waiting (the leak
+    check's grace for each leak), started by the session ahead of them (tests/early.py)."""
+    if item.name == "test_leaky_tests_fail_under_pytest_and_trial":
+        return [("leaky-pytest", _leaky_pytest), ("leaky-trial", _leaky_trial)]
+    if item.name == "test_readme_example_passes_under_pytest_and_trial":
+        return [("readme-pytest", _readme_pytest), ("readme-trial", _readme_trial)]
+    return None
 
 
 def test_leaky_tests_fail_under_pytest_and_trial():
     """A test that leaks a port, a connection or a delayed call is failed by the fixture
     (pytest) and by trial (the mixin), and a clean one passes."""
-    leaky = REPO / "tests" / "leaky"
-    result = _run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "-o", "python_files=leaky_*.py", str(leaky / "leaky_pytest.py")],
-        cwd=REPO,
-    )
+    result = early.take("leaky-pytest", _leaky_pytest).result()
     out = result.stdout + result.stderr
     assert result.returncode != 0, out
     assert "left open" in out and "left pending" in out, out
@@ -391,7 +435,7 @@ def test_leaky_tests_fail_under_pytest_and_trial():
         assert f"ERROR at teardown of {name}" in out, out
     assert "ERROR at teardown of test_clean" not in out, out
 
-    result = _run([sys.executable, "-m", "twisted.trial", "tests.leaky.leaky_trial"], cwd=REPO)
+    result = early.take("leaky-trial", _leaky_trial).result()
     out = result.stdout + result.stderr
     assert result.returncode != 0, out
     assert "DirtyReactorAggregateError" in out, out
@@ -400,26 +444,20 @@ def test_leaky_tests_fail_under_pytest_and_trial():
     assert "leaky_trial.Leaky.test_leaks_a_delayed_call" in out, out
 
 
-README_EXAMPLE_START = "<!-- testing-example -->"
-
-
-def test_readme_example_passes_under_pytest_and_trial(tmp_path):
+def test_readme_example_passes_under_pytest_and_trial():
     """The README's "Testing your consumers" example, copied into a new project, passes
     unchanged under pytest and under trial."""
-    readme = (REPO / "README.md").read_text()
-    block = readme.split(README_EXAMPLE_START, 1)[1].split("```python", 1)[1].split("```", 1)[0]
-    project = tmp_path / "proj"
-    project.mkdir()
-    (project / "test_echo.py").write_text(block)
-    result = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                   "test_echo.py"], cwd=project)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert " passed" in result.stdout
-    result = _run([sys.executable, "-m", "twisted.trial", "test_echo"], cwd=project,
-                  env_extra={"PYTHONPATH": str(project)})
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "PASSED" in result.stdout.splitlines()[-1]
-    json.dumps(block)  # the example is plain text
+    try:
+        result = early.take("readme-pytest", _readme_pytest).result()
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert " passed" in result.stdout
+        result = early.take("readme-trial", _readme_trial).result()
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "PASSED" in result.stdout.splitlines()[-1]
+        json.dumps((_readme_project() / "test_echo.py").read_text())  # plain text
+    finally:
+        while _readme_projects:
+            shutil.rmtree(_readme_projects.pop(), ignore_errors=True)
 
 
 class WhoAmI(AsyncWebsocketConsumer):

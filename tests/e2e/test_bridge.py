@@ -967,6 +967,7 @@ async def test_fragmented_message_and_client_ping(live):
         (handshake("/echo").replace(b"Connection: Upgrade", b"Connection: keep-alive"), 400),
         (handshake("/%ff"), 400),
     ],
+    ids=["post", "version-8", "short-key", "http-1.0", "no-upgrade", "bad-path"],
 )
 @pytest_twisted.ensureDeferred
 async def test_bad_handshakes_are_refused_before_the_application(live, request_bytes, status):

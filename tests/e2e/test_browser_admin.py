@@ -4,7 +4,7 @@ One ``twistd realtime --app realtime.pubsub:application`` subprocess on 127.0.0.
 ``--api-key``, ``--admin-path /admin``, ``--jwt-key`` and two namespaces (``chat`` with
 presence and history, ``plain`` with neither); Centrifugo's own Python SDK
 (centrifuge-python, in a thread of its own with an asyncio loop) is the subscribed client;
-the same headless Chromium as tests/e2e/test_browser_chat.py (its ``browser`` fixture)
+the headless Chromium all the browser tests share (``browser``, tests/e2e/conftest.py)
 drives the page. Every page also records the Content-Security-Policy violations it meets:
 none is expected (the inline script and style run by their hashes; nothing else is there).
 """
@@ -27,7 +27,6 @@ import jwt
 import pytest
 from centrifuge import Client, ClientEventHandler, SubscriptionEventHandler
 
-from tests.e2e import test_browser_chat
 from tests.e2e.support import REPO, Server, ServerFailed, free_port, on_a_free_port, start, twistd
 from tests.e2e.test_browser_chat import TIMEOUT_MS
 
@@ -46,7 +45,6 @@ document.addEventListener("securitypolicyviolation",
   (e) => window.violations.push(e.violatedDirective + " " + e.blockedURI));
 """
 
-browser = test_browser_chat.browser
 #: An integer JSON carries exactly but a JavaScript number cannot (past 2**53).
 BIG = 12345678901234567891
 #: The most rows one of the page's tables shows (its MAX_ROWS).

@@ -59,9 +59,9 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One headless Chromium for the module (each test opens its own contexts)."""
+def launched_browser() -> Iterator[Any]:
+    """A headless Chromium, driven from this thread: the ``browser`` fixture
+    (tests/e2e/conftest.py: one for all the browser tests; each opens its own contexts)."""
     if not os.access(CHROMIUM, os.X_OK):
         _missing(f"{CHROMIUM} is not installed (tests/run.sh installs it: "
                  "apt-get install chromium)")

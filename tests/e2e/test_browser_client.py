@@ -20,15 +20,11 @@ from typing import Any
 import jwt
 import pytest
 
-from tests.e2e import test_browser_chat
 from tests.e2e.support import REPO, Server, on_a_free_port, start, twistd
 from tests.e2e.test_browser_chat import RECORD_CLOSE_CODES, TIMEOUT_MS
 
 pytestmark = pytest.mark.slow
 
-#: test_browser_chat's fixture: one headless Chromium for the module (skipped without it,
-#: failed under CI=true).
-browser = test_browser_chat.browser
 APP = "tests.e2e.client_app:application"
 JWT_SECRET = "j" * 40
 #: Small delays for the tests (the defaults are 0.5 s doubling to 20 s).

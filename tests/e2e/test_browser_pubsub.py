@@ -24,7 +24,6 @@ from typing import Any
 import jwt
 import pytest
 
-from tests.e2e import test_browser_chat
 from tests.e2e.pubsub_page_app import BUNDLE, PACKAGE
 from tests.e2e.support import REPO, Server, on_a_free_port, start, twistd
 from tests.e2e.test_browser_chat import TIMEOUT_MS
@@ -87,9 +86,6 @@ def centrifuge_js() -> None:
                  f"{version}; tests/run.sh installs it with npm)")
 
 
-#: test_browser_chat's fixture: one headless Chromium for the module (skipped without it,
-#: failed under CI=true).
-browser = test_browser_chat.browser
 
 
 def _server(port: int) -> Server:

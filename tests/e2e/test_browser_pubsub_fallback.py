@@ -9,7 +9,7 @@ the page and the transports on one origin) records what its clients do and its o
 (each ``fetch``, ``EventSource`` and ``WebSocket``), so the tests can tell what went over
 which transport. The server runs in this process (``tests/test_pubsub.py``'s
 ``pubsub_server``), so Python publishes with ``realtime.pubsub.publish`` in the reactor;
-Chromium runs on a thread of its own (tests/e2e/test_browser_pubsub_uni.py's ``chromium``),
+Chromium runs on a thread of its own (``chromium``, tests/e2e/conftest.py),
 skipped without it or without the installed package, except under ``CI=true``. Every wait
 is on a JS condition with a bound.
 
@@ -42,7 +42,6 @@ from tests.e2e.test_browser_pubsub import (
     _rec,
     centrifuge_js,  # noqa: F401  (fixture)
 )
-from tests.e2e.test_browser_pubsub_uni import chromium  # noqa: F401  (fixture)
 from tests.test_pubsub import (  # noqa: F401  (fixtures)
     _settings,
     from_thread,

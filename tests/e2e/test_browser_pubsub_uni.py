@@ -85,8 +85,9 @@ class Chromium:
             self.thread.shutdown(wait=False)
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Chromium]:
+def running_chromium() -> Iterator[Chromium]:
+    """A headless Chromium on a thread of its own: the ``chromium`` fixture
+    (tests/e2e/conftest.py: one for all the tests that take it)."""
     if not os.access(CHROMIUM, os.X_OK):
         test_browser_chat._missing(f"{CHROMIUM} is not installed (tests/run.sh installs it: "
                                    "apt-get install chromium)")

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 import socketio
 
-from tests.e2e import test_browser_chat
 from tests.e2e.support import REPO, Server, on_a_free_port, start, twistd
 from tests.e2e.test_browser_chat import _missing
 
@@ -32,7 +31,6 @@ UI_DIST = REPO / "tests" / ".node" / "node_modules" / "@socket.io" / "admin-ui" 
 SERVER_ID = "realtime-under-test"
 WAIT = 10.0
 
-browser = test_browser_chat.browser
 
 
 class _Quiet(SimpleHTTPRequestHandler):

@@ -42,6 +42,14 @@ def django_server(site_db):
         yield server
 
 
+@pytest.fixture(scope="module")
+def consumers_server(site_db):
+    """The consumers alone under the default reactor (Django's sessions and users need no
+    asyncio), on the same database; the tests that only connect to it share it."""
+    with start(twistd(*APP), env=env_for(site_db), cwd=REPO) as server:
+        yield server
+
+
 def django_login(server, name):
     """Log in through Django's own view; the session cookie it set ("sessionid=...")."""
     status, headers, body = http_get(f"http://127.0.0.1:{server.port}/login/?name={name}")
@@ -165,33 +173,30 @@ def collect(url, count):
 
 
 @pytest.mark.parametrize("route", ["/ws/threaded", "/ws/async"])
-def test_orm_in_threads_never_finds_a_connection_left_open(site_db, route):
+def test_orm_in_threads_never_finds_a_connection_left_open(consumers_server, route):
     """Every ORM use in a pool thread starts with the thread's connection closed
     (``close_old_connections`` before and after, as Channels does): a pooled thread never
     keeps a connection past its use. Under the default reactor: Django's sessions and users
     need no asyncio."""
-    with start(twistd(*APP), env=env_for(site_db), cwd=REPO) as server:
-        states = collect(server.ws_url(route), 12)
+    states = collect(consumers_server.ws_url(route), 12)
     assert [s["open_at_entry"] for s in states] == [False] * 12
 
 
-def test_django_sessions_under_the_default_reactor(django_server, site_db):
+def test_django_sessions_under_the_default_reactor(django_server, consumers_server):
     """Consumers alone (no Django views) under the default reactor: the user of a cookie
     that Django's view set, in the same database."""
     cookie = django_login(django_server, "fay")
-    with start(twistd(*APP), env=env_for(site_db), cwd=REPO) as server:
-        ws, hello = open_who(server, cookie)
-        ws.close()
+    ws, hello = open_who(consumers_server, cookie)
+    ws.close()
     assert hello["user"] == "fay"
     assert hello["kind"] == "django.contrib.auth.models.User"
 
 
 def test_an_http_consumers_login_and_session_change_set_djangos_cookie(django_server,
-                                                                     site_db):
-    with start(twistd(*APP), env=env_for(site_db), cwd=REPO) as server:
-        status, headers, body = http_get(
-            f"http://127.0.0.1:{server.port}/consumer-login/?name=gus")
-        changed = http_get(f"http://127.0.0.1:{server.port}/consumer-login/")
+                                                                     consumers_server):
+    port = consumers_server.port
+    status, headers, body = http_get(f"http://127.0.0.1:{port}/consumer-login/?name=gus")
+    changed = http_get(f"http://127.0.0.1:{port}/consumer-login/")
     assert status == 200, body
     answer = json.loads(body)
     assert answer["user"] == "gus"

@@ -18,7 +18,16 @@ from realtime.examples.bench import application as bench_app
 from realtime.layers import InMemoryChannelLayer
 from realtime.layers.base import _Hold
 from realtime.testing import serve
-from tests.clients import RawConnection, client_frame, handshake, later, raw_connect, ws_open
+from tests.clients import (
+    RawConnection,
+    after_headers,
+    client_frame,
+    handshake,
+    later,
+    parse_frames,
+    raw_connect,
+    ws_open,
+)
 from tests.e2e.test_cork import count_all_sends
 from tests.test_layers import until
 
@@ -332,9 +341,13 @@ async def test_a_write_whose_held_broadcasts_overflow_the_member_follows_no_4008
     # 60 KB held for it (under JOIN_LIMIT), let out by its own write: past the limit.
     (sender if then == "close" else stalled).write(client_frame(0x1, f"60 1000 {then}".encode()))
     await until(lambda: server.site.slow_consumer_closes == 1, timeout=10)
-    stalled.proto.transport.resumeProducing()
-    # Everything, until the server drops the connection (it waits for a close reply).
-    frames = await stalled.wait_frames(lambda fs: False, timeout=15)
+    stalled.resume_reading()
+    # Everything, up to the close frame; the client's reply then ends the connection (the
+    # server would wait close_timeout for it), so what the server wrote after that frame,
+    # if anything, has been read by the time it is gone.
+    await stalled.wait_close_frame(timeout=15)
+    stalled.send_close(1000)
+    frames = parse_frames(after_headers(await stalled.closed(15)))
     sender.abort()
     closes = [i for i, (op, _) in enumerate(frames) if op == 0x8]
     assert len(closes) == 1 and frames[closes[0]][1][:2] == (4008).to_bytes(2, "big")

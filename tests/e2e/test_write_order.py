@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest_twisted
+from twisted.internet.defer import Deferred
 
 from realtime import AsyncWebsocketConsumer, ProtocolTypeRouter, URLRouter, WebsocketConsumer, path
 from tests.clients import (
@@ -28,13 +29,19 @@ class Quiet(WebsocketConsumer):
 
 
 class SlowJoin(AsyncWebsocketConsumer):
-    """Joins group "g" (``groups``) and then takes a second to accept."""
+    """Joins group "g" (``groups``) and then accepts when the test fires ``release``;
+    ``done`` fires once that accept has returned."""
 
     groups = ["g"]
+    release: Deferred[None] = Deferred()
+    done: Deferred[None] = Deferred()
 
     async def connect(self) -> None:
-        await later(1.0)
-        await self.accept()
+        try:
+            await type(self).release
+            await self.accept()
+        finally:
+            type(self).done.callback(None)
 
 
 APP = ProtocolTypeRouter({"websocket": URLRouter([
@@ -105,6 +112,10 @@ async def test_the_slow_consumer_close_follows_whole_frames(live):
 
     ws.resumeProducing = resume
     conn.proto.transport.resumeProducing()
+    # Up to the close frame; the client's reply then ends the connection (the server would
+    # wait close_timeout for it): what the server wrote after that frame is read by then.
+    await conn.wait_close_frame(timeout=8)
+    conn.send_close(1000)
     await conn.closed(timeout=8)
     frames = conn.frames()
     assert dropped == [1]
@@ -114,6 +125,7 @@ async def test_the_slow_consumer_close_follows_whole_frames(live):
 
 @pytest_twisted.ensureDeferred
 async def test_a_broadcast_skips_a_member_whose_handshake_was_abandoned(live):
+    SlowJoin.release, SlowJoin.done = Deferred(), Deferred()
     server = await live(APP)
     slow = await raw_connect(server.port)
     slow.write(handshake("/slow"))
@@ -126,4 +138,5 @@ async def test_a_broadcast_skips_a_member_whose_handshake_was_abandoned(live):
     frames = await member.wait_frames(1, timeout=2)
     assert frames == [(0x1, b"hello")]
     await sent
-    await later(1.2)  # connect() finishes (its accept finds the socket gone)
+    SlowJoin.release.callback(None)  # connect() goes on: its accept finds the socket gone
+    await SlowJoin.done
