@@ -387,7 +387,13 @@ def decode_chunked(body: bytes) -> bytes:
     while at < end:
         line_end = body.find(b"\r\n", at)
         data_at = end if line_end < 0 else line_end + 2
-        size = int(body[at : end if line_end < 0 else line_end].split(b";")[0], 16)
+        line = body[at : end if line_end < 0 else line_end]
+        digits = line.split(b";")[0].rstrip(b" \t")
+        # Hex digits only: int() also takes a sign ("-6" would step back and loop for
+        # ever), "_" and spaces, none of which a chunk size may hold.
+        if not digits or digits.strip(b"0123456789abcdefABCDEF"):
+            raise ValueError(f"bad chunk size line: {line!r}")
+        size = int(digits, 16)
         if size == 0:
             break
         out += body[data_at : data_at + size]

@@ -29,7 +29,12 @@ from realtime import (
 )
 from realtime.config import ServerConfig
 from realtime.examples.bench import application as bench
-from realtime.testing import ApplicationCommunicator, HttpCommunicator, WebsocketCommunicator
+from realtime.testing import (
+    ApplicationCommunicator,
+    HttpCommunicator,
+    WebsocketCommunicator,
+    decode_chunked,
+)
 from tests import early
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,6 +124,26 @@ app = ProtocolTypeRouter(
 @pytest.fixture(autouse=True)
 def _clean(realtime_leak_check):
     Recorder.events = []
+
+
+@pytest.mark.parametrize(("body", "decoded"), [
+    (b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", b"abcde"),
+    (b"3;name=value\r\nabc\r\nA \t;x\r\n0123456789\r\n0\r\n", b"abc0123456789"),
+    (b"3\r\nabc\r\n0\r\nTrailer: t\r\n\r\n", b"abc"),  # a trailer after the last
+    (b"3\r\nabc", b"abc"),  # no CRLF after the data, no last chunk
+    (b"5\r\nab", b"ab"),  # cut short
+    (b"", b""),
+], ids=["plain", "extensions", "trailer", "no-final-crlf", "cut-short", "empty"])
+def test_decode_chunked(body, decoded):
+    assert decode_chunked(body) == decoded
+
+
+@pytest.mark.parametrize("size", [b"-6", b"+3", b"1_0", b"1 0", b"", b"x", b"0x3"])
+def test_decode_chunked_refuses_a_size_that_is_not_hex_digits(size):
+    """A malformed size line fails the test that reads it (a sign once made the by-offset
+    loop step back for ever)."""
+    with pytest.raises(ValueError, match="bad chunk size line"):
+        decode_chunked(size + b"\r\nabc\r\n0\r\n\r\n")
 
 
 @pytest_twisted.ensureDeferred

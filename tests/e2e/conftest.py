@@ -25,3 +25,26 @@ def chromium() -> Iterator[Any]:
     from tests.e2e.test_browser_pubsub_uni import running_chromium
 
     yield from running_chromium()
+
+
+@pytest.fixture(autouse=True)
+def _no_browser_context_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The shared Chromium outlives each module: a context a test leaves open (its pages
+    reconnecting, to whatever server next listens on that port) would reach the tests
+    after it. Each test closes its own; one left is closed here and fails the test."""
+    names = [name for name in ("browser", "chromium") if name in request.fixturenames]
+    shared = [(name, request.getfixturevalue(name)) for name in names]
+    yield
+    left = []
+    for name, running in shared:
+
+        def close_left(browser: Any) -> int:
+            contexts = list(browser.contexts)
+            for context in contexts:
+                context.close()
+            return len(contexts)
+
+        count = close_left(running) if name == "browser" else running.run(close_left)
+        if count:
+            left.append(f"{count} context(s) of {name}")
+    assert not left, f"left open: {', '.join(left)}"

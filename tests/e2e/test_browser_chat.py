@@ -20,7 +20,15 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.support import Server, ServerFailed, free_port, self_signed, start, twistd
+from tests.e2e.support import (
+    Server,
+    ServerFailed,
+    free_port,
+    on_a_free_port,
+    self_signed,
+    start,
+    twistd,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -183,10 +191,11 @@ def test_chat_over_tls_page_on_http2_and_its_websocket_beside_it(browser, tmp_pa
     from playwright.sync_api import expect
 
     cert, key = self_signed(tmp_path)
-    port = free_port()
-    with start(twistd("--app", CHAT_APP, "--port",
-                      f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}")):
-        url = f"https://127.0.0.1:{port}/"
+    # (the free port may be taken before twistd binds it: the other xdist worker's servers)
+    with on_a_free_port(lambda port: start(twistd(
+            "--app", CHAT_APP, "--port",
+            f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"))) as server:
+        url = f"https://127.0.0.1:{server.port}/"
         alice, bob = _alice_and_bob(browser, url, "tls")
         try:
             for page in (alice, bob):
