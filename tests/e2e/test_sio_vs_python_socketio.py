@@ -503,7 +503,9 @@ OPEN_WS = ('< 0{"maxPayload":1000000,"pingInterval":25000,"pingTimeout":20000,'
 FAST_POLLING = OPEN_POLLING.replace("25000", "1000").replace("20000", "1000")
 FAST_WS = OPEN_WS.replace("25000", "1000").replace("20000", "1000")
 GRACE_WS = OPEN_WS.replace("25000", "3000").replace("20000", "1000")
-CONNECTED = ("GET 200", OPEN_POLLING, "POST 200", "= ok", "GET 200", '< 40{"sid":"S1"}')
+#: The handshake, the CONNECT posted and the GET that brings its answer (which follows).
+POSTED = ("GET 200", OPEN_POLLING, "POST 200", "= ok", "GET 200")
+CONNECTED = (*POSTED, '< 40{"sid":"S1"}')
 WS_CONNECTED = ("WS 101", OPEN_WS, '< 40{"sid":"S1"}')
 SEEN_CONNECT = 'seen ["connect", "S1", "/", null]'
 BYE_CLIENT = 'seen ["disconnect", "S1", "/", "client disconnect"]'
@@ -926,32 +928,32 @@ TABLE = [
         *CONNECTED, SEEN_CONNECT, BYE_CLIENT),
     row("connect-refused", "ConnectionRefusedError(message, data)",
         posting(gets=0, auth='{"token":"refuse"}'),
-        "GET 200", OPEN_POLLING, "POST 200", "= ok", "GET 200",
+        *POSTED,
         '< 44{"message":"unauthorized","data":{"code":4001}}',
         'seen ["connect", "S1", "/", {"token": "refuse"}]'),
     row("connect-refused-bare", "ConnectionRefusedError()",
         posting(gets=0, auth='{"token":"refuse-bare"}'),
-        "GET 200", OPEN_POLLING, "POST 200", "= ok", "GET 200",
+        *POSTED,
         '< 44{"message":"Connection rejected by server"}',
         'seen ["connect", "S1", "/", {"token": "refuse-bare"}]'),
     row("connect-refused-three", "ConnectionRefusedError with three arguments",
         posting(gets=0, auth='{"token":"refuse-three"}'),
-        "GET 200", OPEN_POLLING, "POST 200", "= ok", "GET 200",
+        *POSTED,
         '< 44{"message":"three","data":[1,2]}',
         'seen ["connect", "S1", "/", {"token": "refuse-three"}]'),
     row("connect-false", "a connect handler that returns False",
         posting(gets=0, auth='{"token":"false"}'),
-        "GET 200", OPEN_POLLING, "POST 200", "= ok", "GET 200",
+        *POSTED,
         '< 44{"message":"Connection rejected by server"}',
         'seen ["connect", "S1", "/", {"token": "false"}]'),
     row("connect-builtin-refused", "the builtin ConnectionRefusedError",
         posting(gets=0, auth='{"token":"builtin"}'),
-        "GET 200", OPEN_POLLING, "POST 200", "= ok", "GET 200",
+        *POSTED,
         '< 44{"message":"Connection refused by server"}',
         'seen ["connect", "S1", "/", {"token": "builtin"}]'),
     row("connect-crash", "a connect handler that raises",
         posting(gets=0, auth='{"token":"crash"}'),
-        "GET 200", OPEN_POLLING, "POST 200", "= ok", "GET 200",
+        *POSTED,
         '< 44{"message":"Internal server error"}',
         'seen ["connect", "S1", "/", {"token": "crash"}]',
         ref="sends nothing (a traceback in its log; the client waits for ever)"),
@@ -998,7 +1000,7 @@ TABLE = [
     row("connect-after-refusal", "a CONNECT refused, then one accepted",
         lambda c: (c.open(), c.post('40{"token":"refuse-bare"}'), c.get(),
                    c.post('40{"token":"ok"}'), c.get()),
-        "GET 200", OPEN_POLLING, "POST 200", "= ok", "GET 200",
+        *POSTED,
         '< 44{"message":"Connection rejected by server"}', "POST 200", "= ok", "GET 200",
         '< 40{"sid":"S1"}', 'seen ["connect", "S2", "/", {"token": "refuse-bare"}]',
         'seen ["connect", "S1", "/", {"token": "ok"}]', BYE_CLIENT),
@@ -1017,7 +1019,7 @@ TABLE = [
     row("connect-chat-only", "a connection to '/chat' alone",
         lambda c: (c.open(), c.post("40/chat,"), c.get(), c.post('42/chat,1["echo"]'),
                    c.get()),
-        "GET 200", OPEN_POLLING, "POST 200", "= ok", "GET 200", '< 40/chat,{"sid":"S1"}',
+        *POSTED, '< 40/chat,{"sid":"S1"}',
         "POST 200", "= ok", "GET 200", "< 43/chat,1[]", 'seen ["connect", "S1", "/chat"]',
         'seen ["echo /chat", "S1"]', 'seen ["disconnect", "S1", "/chat", "client disconnect"]'),
     row("connect-twice", "a second CONNECT to '/'", posting("40", '421["echo"]', gets=1),
