@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING, Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 
-from realtime import _masking
+from realtime import _fanout, _masking
 from realtime.deflate import Deflater, choose, inbound, parse_offers
 from realtime.exceptions import (
     ConnectionClosed,
@@ -392,6 +393,10 @@ class WebSocketConnection(WebSocketServerProtocol):
     # clears it; the slow path checks them all and sets it again.
     _clean = False
     _sock: Any = None
+    # This connection's entry in the fan-out's socket table (``realtime._fanout``): plain
+    # TCP/unix sockets only (-1: none); the entry is the descriptor while ``_clean`` and
+    # the socket is written as it is (no deflater, no translation), else -1.
+    _slot = -1
     # Autobahn sets ``state`` in accept(); a connection whose handshake was abandoned during
     # an async connect() is still a group member until its detach, and is not open.
     state: Any = None
@@ -753,12 +758,12 @@ class WebSocketConnection(WebSocketServerProtocol):
                 # on the next reactor turn (most of a fan-out delivery's cost).
                 self._send_now(transport, data, more)
                 return True
-            self._clean = False
+            self._unclean()
             transport.write(data)
             if more is not None:
                 transport.write(more)
             return True
-        self._clean = False
+        self._unclean()
         if self._outq_bytes > self.config.max_send_buffer:
             self._slow_consumer()
             return False
@@ -783,7 +788,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         corked = self._direct and self._cork is None
         if corked:
             self._cork = []
-            self._clean = False
+            self._unclean()
         hold(None if self._per_read else self.reactor)
         try:
             if self.current_frame is None and not self.inside_message and self.state == _OPEN:
@@ -893,7 +898,7 @@ class WebSocketConnection(WebSocketServerProtocol):
             let_out_for(self, self.channel_name)
         if self._slow_closing and not closing:
             return  # the held broadcasts made it close 4008 (slow consumer): nothing after
-        self._clean = False
+        self._unclean()
         if self._cork is not None:
             self._uncork(keep_corked=True)
         if self._outq:
@@ -922,7 +927,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         """After a direct send the kernel did not take whole (``sent`` bytes; -1: an
         error): the rest goes to Twisted's buffer, in order (on an error, all of it:
         Twisted sees the error on its own write and closes)."""
-        self._clean = False
+        self._unclean()
         if sent < 0:
             sent = 0
         if sent < len(data):
@@ -935,12 +940,12 @@ class WebSocketConnection(WebSocketServerProtocol):
     def pauseProducing(self) -> None:
         """The transport's write buffer is full (we are its registered producer)."""
         self._write_paused = True
-        self._clean = False
+        self._unclean()
 
     def resumeProducing(self) -> None:
         """The transport drained: hand it queued frames until it fills up again."""
         self._write_paused = False
-        self._clean = False
+        self._unclean()
         transport: Any = self.transport
         queue = self._outq
         while queue and not self._write_paused and transport is not None:
@@ -954,7 +959,7 @@ class WebSocketConnection(WebSocketServerProtocol):
 
     def _flush_queue(self) -> None:
         """Before a close frame: everything queued goes first, in order."""
-        self._clean = False
+        self._unclean()
         transport: Any = self.transport
         while self._outq and transport is not None:
             transport.write(self._outq.popleft())
@@ -971,7 +976,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         if self._slow_closing or self.state != _OPEN:
             return
         self._slow_closing = True
-        self._clean = False
+        self._unclean()
         self.site.slow_consumer_closes += 1
         log.info("closing {peer}: slow consumer ({queued} bytes waiting)", peer=self.peer,
                  queued=self._outq_bytes)
@@ -1047,7 +1052,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         if not self.finished and self.consumer is not None:
             if self._cork is None and self._direct and corking():
                 self._cork = []
-                self._clean = False
+                self._unclean()
                 CORKED.append(self)
             # A consumer may take an event at once, outside its queue (realtime.socketio's
             # packets: one ordered path per client with what its handlers send directly).
@@ -1149,7 +1154,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         once per process (``_memo``): ``translate`` must be one function for every socket
         (a module's function, not a closure per socket), and pure."""
         self._translate = translate
-        self._clean = False
+        self._unclean()
 
     def _becomes_clean(self) -> bool:
         """Nothing stands between a frame and the socket now: take the fast path."""
@@ -1161,9 +1166,33 @@ class WebSocketConnection(WebSocketServerProtocol):
             self._sock = transport.socket if deflater is None else _DeflatingSend(self, deflater)
             if self._translate is not None:
                 self._sock = _TranslatingSend(self, self._translate, self._sock)
+            elif deflater is None:  # written as it is: by the C loop too
+                slot = self._slot
+                if slot < 0:
+                    slot = self._slot = _fanout.take(self)
+                _fanout.FDS[slot] = transport.socket.fileno()
             self._clean = True
             return True
         return False
+
+    def _unclean(self) -> None:
+        """Something may stand between a frame and the socket now (a read's cork, bytes in
+        Twisted's buffer, a pause, a close): the fan-out takes the slow path, which checks
+        them all (``_becomes_clean``). The only way ``_clean`` is cleared: the socket table
+        must agree with it."""
+        self._clean = False
+        if self._slot >= 0:
+            _fanout.FDS[self._slot] = -1
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Twisted has just closed the socket: its descriptor leaves the fan-out's table
+        before anything can open another with the same number."""
+        slot = self._slot
+        if slot >= 0:
+            self._unclean()
+            self._slot = -1
+            _fanout.give_back(slot)
+        super().connectionLost(reason)
 
     def _detach(self) -> None:
         if self.channel_name is not None:
@@ -1241,7 +1270,7 @@ class WebSocketConnection(WebSocketServerProtocol):
             self._graceful_drop = False
 
     def dropConnection(self, abort: bool = False) -> None:
-        self._clean = False
+        self._unclean()
         if self._graceful_drop:
             abort = False
         if not abort:
@@ -1256,7 +1285,7 @@ class WebSocketConnection(WebSocketServerProtocol):
             self._pong_deadline = None
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self._clean = False
+        self._unclean()
         self._sock = None
         if self.finished:
             return
@@ -1283,7 +1312,7 @@ class WebSocketConnection(WebSocketServerProtocol):
                 self.config.ping_timeout, self._ping_timed_out
             )
         self._schedule_keepalive()
-        self._clean = False
+        self._unclean()
         transport: Any = self.transport
         transport.write(encode_frame(0x9, b"realtime"))
 
