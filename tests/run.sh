@@ -71,6 +71,11 @@ if [[ $(installed_js centrifuge) != "$CENTRIFUGE_JS" \
                 "@socket.io/admin-ui@$SOCKET_IO_ADMIN_UI" >&2
     fi
 fi
+# A C compiler and Python's headers build realtime._sendeach, the fan-out's C loop
+# (setup.py; optional for users, required here: tests/test_fanout.py under CI=true).
+command -v cc >/dev/null || apt_install --no-install-recommends gcc libc6-dev
+python3 -c 'import os, sysconfig; os.stat(sysconfig.get_path("include") + "/Python.h")' \
+    2>/dev/null || apt_install --no-install-recommends python3-dev
 python3 -m pip install --quiet -e '.[test]' --config-settings editable_mode=strict
 # Regenerate twistd's plugin cache now, so no test pays for (or races on) the first scan.
 python3 -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"

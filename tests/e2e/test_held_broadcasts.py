@@ -28,7 +28,7 @@ from tests.clients import (
     raw_connect,
     ws_open,
 )
-from tests.e2e.test_cork import count_all_sends
+from tests.e2e.test_cork import _count_c_sends, count_all_sends  # noqa: F401 (autouse)
 from tests.test_layers import until
 
 
