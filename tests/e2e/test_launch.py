@@ -336,7 +336,8 @@ def test_backlog():
 
 _NOT_SOURCE = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__",
                                      "*.pyc", ".venv", ".*_cache", "dropin.cache", "tests",
-                                     "benchmarks", "docs", "contrib", ".ci", ".hypothesis")
+                                     "benchmarks", "docs", "contrib", ".ci", ".hypothesis",
+                                     "*.so")  # (the checkout's own build of the C loop)
 
 
 def _venv_env() -> dict[str, str | None]:
@@ -405,6 +406,33 @@ def test_twistd_lists_the_plugin(venv):
     assert result.returncode == 0, result.output
     commands = result.stdout.split("Commands:", 1)[1]
     assert any(line.split()[:1] == ["realtime"] for line in commands.splitlines()), commands
+
+
+@pytest.mark.slow
+def test_the_install_builds_the_c_fan_out_loop(venv):
+    """setup.py's optional extension (realtime._sendeach) is built by both install modes,
+    from the copy's C source (the checkout's own build is not copied), and chosen."""
+    code = ("import realtime._fanout as f, realtime._sendeach as c; "
+            "assert f.send_each is c.send_each; print(c.__file__)")
+    result = run([str(venv / "bin" / "python"), "-c", code], env=_venv_env(), cwd="/")
+    assert result.returncode == 0, result.output
+    assert str(REPO) not in result.stdout
+
+
+def test_without_a_c_compiler_the_package_builds_without_the_c_loop(tmp_path):
+    """The extension is optional: no compiler, a wheel all the same (the Python loop)."""
+    source = tmp_path / "src"
+    shutil.copytree(REPO, source, ignore=_NOT_SOURCE)
+    result = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                  "-w", str(tmp_path / "wheels"), str(source)],
+                 env={**_venv_env(), "CC": "/bin/false"}, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.output
+    (wheel,) = (tmp_path / "wheels").glob("realtime-*.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "realtime/_fanout.py" in names
+    assert not [name for name in names if "_sendeach" in name and name.endswith(".so")]
 
 
 @pytest.mark.slow
