@@ -527,3 +527,47 @@ def test_send_each_to_a_closed_peer_raises_no_sigpipe(send_each):
                           timeout=60, env=env)
     assert done.returncode == 0, done
     assert done.stdout.strip() == "[(0, -1)] [-1]"
+
+
+def test_out_of_memory_after_the_sends_cuts_a_socket_left_in_mid_frame(send_each):
+    """Memory runs out after the sends, while the answer is built: the caller never learns
+    which sockets took part of the frame, and its rest would never follow (the next frame
+    written after half of this one: a stream the client misreads). Those sockets are shut
+    down instead: the client sees the connection end, and the server cleans up as after
+    any lost connection. (CPython's own allocation-failure hook, ``_testcapi``.)"""
+    testcapi = pytest.importorskip("_testcapi")
+    big = b"y" * (1 << 22)
+    cut = 0
+    for start in range(1, 16):
+        ours, peer = socket.socketpair()
+        try:
+            ours.setblocking(False)
+            peer.setblocking(False)
+            table = array("i", [ours.fileno()])
+            slots = array("i", [0])
+            failed = False
+            testcapi.set_nomemory(start)
+            try:
+                send_each(table, slots, big)
+            except MemoryError:
+                failed = True
+            finally:
+                testcapi.remove_mem_hooks()
+            if not failed or table[0] != -1:
+                continue  # it failed before the send (nothing half done), or did not
+            cut += 1
+            got = 0
+            while True:
+                try:
+                    data = peer.recv(1 << 20)
+                except BlockingIOError:
+                    pytest.fail(f"allocation {start} failed: {got} bytes of a frame sent "
+                                "and the socket left open")
+                if not data:
+                    break  # the end: the socket was shut down
+                got += len(data)
+            assert 0 < got < len(big)
+        finally:
+            ours.close()
+            peer.close()
+    assert cut, "no allocation after the sends was made to fail"
