@@ -6,7 +6,9 @@
  * the whole frame; otherwise a list of (slot, sent) for the others, where `sent` is None
  * for a slot that was not clean (the caller takes its slow path), or the bytes the kernel
  * took (0: it would block; -1: an error), after which that slot's entry is set to -1 (the
- * caller buffers the rest, and the socket is not clean any more).
+ * caller buffers the rest, and the socket is not clean any more). Out of memory while
+ * that list is built (MemoryError), the sockets left in mid-frame are shut down
+ * (``cut_partial``).
  *
  * Python's own socket.send() per member costs more than the kernel's send here: a method
  * call, argument parsing, a GIL release per call, and the member objects read to find it.
@@ -24,8 +26,25 @@
 /* Room for the slots that need Python, gathered with the GIL released. */
 typedef struct {
     int slot;
+    int fd;
     Py_ssize_t sent; /* PY_SSIZE_T_MIN: not clean */
 } miss_t;
+
+/* The answer could not be built (out of memory) after the sends: the caller never learns
+ * which sockets took part of the frame, and its rest would never follow them (the next
+ * frame written after half of this one, a stream the client misreads). Those are shut
+ * down instead: the client sees the end of the connection, and the server's reactor
+ * meets it on its next read and cleans up as after any lost connection. */
+static void
+cut_partial(const miss_t *misses, Py_ssize_t count)
+{
+    Py_ssize_t i;
+    for (i = 0; i < count; i++) {
+        if (misses[i].sent > 0) {
+            shutdown(misses[i].fd, SHUT_RDWR);
+        }
+    }
+}
 
 static int
 grow(miss_t **misses, Py_ssize_t *room)
@@ -92,6 +111,7 @@ send_each(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
             if (slot < 0 || slot >= size || (fd = fds[slot]) < 0) {
                 misses[count].slot = slot;
+                misses[count].fd = -1;
                 misses[count].sent = PY_SSIZE_T_MIN;
                 count++;
                 continue;
@@ -107,6 +127,7 @@ send_each(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
             fds[slot] = -1;
             misses[count].slot = slot;
+            misses[count].fd = fd;
             misses[count].sent = (Py_ssize_t)sent;
             count++;
         }
@@ -118,6 +139,7 @@ send_each(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     result = PyList_New(count + (stop < 0 ? 0 : n - stop));
     if (result == NULL) {
+        cut_partial(misses, count);
         goto done;
     }
     for (i = 0; i < count; i++) {
@@ -126,6 +148,7 @@ send_each(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             : Py_BuildValue("(in)", misses[i].slot, misses[i].sent);
         if (pair == NULL) {
             Py_CLEAR(result);
+            cut_partial(misses, count);
             goto done;
         }
         PyList_SET_ITEM(result, i, pair);
@@ -134,6 +157,7 @@ send_each(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyObject *pair = Py_BuildValue("(iO)", want[i], Py_None);
         if (pair == NULL) {
             Py_CLEAR(result);
+            cut_partial(misses, count);
             goto done;
         }
         PyList_SET_ITEM(result, count + i - stop, pair);
