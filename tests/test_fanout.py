@@ -373,3 +373,41 @@ async def test_a_member_that_stops_reading_does_not_cost_the_others_a_frame(loop
         assert server_end.transport.disconnecting or server_end.state != server_end.STATE_OPEN
     finally:
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_broadcast_off_the_reactor_thread_takes_the_python_loop(monkeypatch):
+    """The C loop reads the socket table with the GIL released: only the reactor's thread,
+    which alone changes the table, may run it. A broadcast on the raw layer from another
+    thread (outside the contract) is still delivered, by the Python loop."""
+    if c_send_each is None:
+        pytest.skip("realtime._sendeach was not built (no C compiler)")
+    import threading
+
+    from twisted.internet import threads
+
+    threads_seen = []
+
+    def recording(table: Any, slots: Any, frame: bytes) -> Any:
+        threads_seen.append(threading.get_ident())
+        return c_send_each(table, slots, frame)
+
+    monkeypatch.setattr(_fanout, "send_each", recording)
+    layer = InMemoryChannelLayer()
+    server = await serve(bench_app, layer=layer)
+    try:
+        conns = await room(server, 3)
+        conns[0].send_frame(0x1, b"first")  # on the reactor: every member takes a slot
+        for conn in conns:
+            await conn.wait_frames(1)
+        conns[0].send_frame(0x1, b"second")  # the C loop, on the reactor's thread
+        for conn in conns:
+            await conn.wait_frames(2)
+        assert threads_seen == [threading.get_ident()]
+        await threads.deferToThread(layer._send_frames, "r", [b"\x81\x05third"])
+        for conn in conns:
+            assert await conn.wait_frames(3) == [(0x1, b"first"), (0x1, b"second"),
+                                                 (0x1, b"third")]
+        assert threads_seen == [threading.get_ident()]  # not called from the thread
+    finally:
+        await server.stop()

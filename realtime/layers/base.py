@@ -1085,8 +1085,11 @@ class BaseChannelLayer:
         members = self._groups.get(group)
         if members is None:
             return
+        # The C loop only on the reactor's thread: it reads the socket table with the GIL
+        # released, which only that thread changes (a broadcast on the raw layer from
+        # another thread is outside the contract, and takes the Python loop).
         if exclude is None and seq < 0 and _fanout.send_each is not None \
-                and type(members) is Members:
+                and type(members) is Members and isInIOThread():
             joined = frames[0] if len(frames) == 1 else b"".join(frames)
             if len(frames) == 1 or len(joined) <= JOIN_LIMIT:
                 self._send_each(members, frames, joined)
