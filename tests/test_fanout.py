@@ -294,9 +294,7 @@ async def test_every_member_gets_every_broadcast_in_order_with_the_same_counts(l
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_lost_connection_gives_its_slot_back(loop):
-    if loop != "c":
-        pytest.skip("slots are the C loop's")
+async def test_a_lost_connection_gives_its_slot_back():
     server = await serve(bench_app, layer=InMemoryChannelLayer())
     try:
         conns = await room(server, 2)
