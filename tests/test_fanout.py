@@ -261,6 +261,14 @@ def loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     return request.param
 
 
+def server_end(server: Any, client: Any) -> Any:
+    """The server's connection of a raw client (matched by the client's port)."""
+    port = client.proto.transport.getHost().port
+    (conn,) = [c for c in server.site.connections if c.channel_name is not None
+               and c.transport.getPeer().port == port]
+    return conn
+
+
 async def room(server: Any, n: int, name: str = "r") -> list[Any]:
     conns = [await ws_open(server.port, f"/room/{name}") for _ in range(n)]
     assert all(conn.response()[0] == 101 for conn in conns)
@@ -301,8 +309,7 @@ async def test_a_lost_connection_gives_its_slot_back():
         conns[0].send_frame(0x1, b"hi")
         for conn in conns:
             await conn.wait_frames(1)
-        gone, = [c for c in server.site.connections if c.transport.getPeer().port
-                 == conns[1].proto.transport.getHost().port]
+        gone = server_end(server, conns[1])
         slot = gone._slot
         assert slot >= 0 and _fanout.OWNERS[slot] is gone
         conns[1].abort()
@@ -331,8 +338,7 @@ async def test_a_new_connection_on_a_reused_descriptor_gets_nothing_of_the_group
         left.abort()
         await until(lambda: leaving not in server.site.connections)
         stranger = await ws_open(server.port, "/echo")
-        (new,) = [c for c in server.site.connections if c.channel_name is not None
-                  and c.transport.getPeer().port == stranger.proto.transport.getHost().port]
+        new = server_end(server, stranger)
         assert new.transport.fileno() == fd  # the premise: the number was reused
         stranger.send_frame(0x1, b"echo me")  # it becomes clean, with its own slot
         assert await stranger.wait_frames(1) == [(0x1, b"echo me")]
@@ -356,9 +362,8 @@ async def test_a_member_that_stops_reading_does_not_cost_the_others_a_frame(loop
         slow.stop_reading()
         # Small kernel buffers on both ends: Twisted's buffer and the queue fill soon.
         slow.proto.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        (server_end,) = [c for c in server.site.connections if c.transport.getPeer().port
-                         == slow.proto.transport.getHost().port]
-        server_end.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        slow_end = server_end(server, slow)
+        slow_end.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         big = os.urandom(60000)
         for i in range(30):  # 1.8 MB: far more than the slow socket's buffers take
             conns[0].send_frame(0x2, big[:-1] + bytes([i]))
@@ -368,7 +373,7 @@ async def test_a_member_that_stops_reading_does_not_cost_the_others_a_frame(loop
             assert [p[-1] for _, p in conn.frames()] == list(range(30))
         # The slow one was closed for it (4008, the default policy), never the others.
         assert server.site.slow_consumer_closes == 1
-        assert server_end.transport.disconnecting or server_end.state != server_end.STATE_OPEN
+        assert slow_end.transport.disconnecting or slow_end.state != slow_end.STATE_OPEN
     finally:
         await server.stop()
 
