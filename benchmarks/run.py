@@ -222,6 +222,19 @@ def versions(python: str, names: Sequence[str] = VERSION_NAMES) -> dict[str, str
         return {}
 
 
+def fanout_loop(python: str) -> str:
+    """``C`` when ``python``'s realtime has its C fan-out loop (``realtime._sendeach``,
+    built at install when a compiler was there), ``Python`` otherwise: a run's fan-out
+    figures depend on it."""
+    code = "import realtime._fanout as f; print('C' if f.send_each else 'Python')"
+    try:
+        res = subprocess.run([python, "-c", code], capture_output=True, text=True,
+                             timeout=60, cwd="/")
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return res.stdout.strip() or "?"
+
+
 # -- processes -----------------------------------------------------------------------------------
 
 
@@ -792,6 +805,9 @@ def main(argv: list[str] | None = None) -> int:
     meta_versions = {s: versions(specs[s].python(opts.venvs)) for s in servers}
     if "sendloop" in meta_versions:  # the standard library only
         meta_versions["sendloop"] = {"python": platform.python_version()}
+    for name in OURS_ALL:
+        if name in meta_versions:  # which fan-out loop ours runs: C (built) or Python
+            meta_versions[name]["fan-out loop"] = fanout_loop(specs[name].python(opts.venvs))
 
     opts.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -483,6 +483,11 @@ def test_smoke_report_written(smoke):
     assert ("| scenario | metric | ours | raw Autobahn | bare send() loop | ours vs raw "
             "Autobahn | ours vs bare send() loop |") in text
     assert "Load client CPU share" in text
+    # Which fan-out loop ours ran (the test command builds the C one).
+    import realtime._fanout
+
+    loop = "C" if realtime._fanout.send_each else "Python"
+    assert "ours: autobahn " in text and f"fan-out loop {loop}" in text
 
 
 @needs_picows
