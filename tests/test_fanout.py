@@ -314,34 +314,53 @@ async def test_a_lost_connection_gives_its_slot_back():
         await server.stop()
 
 
+def table_names_only_live_sockets() -> None:
+    """Every descriptor in the table is its slot's owner's socket's, the owner open: a
+    closed socket's number (which the kernel hands out again) is in no entry."""
+    for slot, fd in enumerate(_fanout.FDS):
+        if fd != -1:
+            owner = _fanout.OWNERS[slot]
+            assert owner is not None and owner._slot == slot, f"slot {slot}: a gone fd {fd}"
+            assert owner.transport.connected and owner.transport.socket.fileno() == fd
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_new_connection_on_a_reused_descriptor_gets_nothing_of_the_group(loop):
-    """A member leaves; the next accepted socket gets its descriptor number (the kernel
-    hands out the lowest free one); a broadcast to the group must not reach it."""
+    """Members leave; new sockets get their descriptor numbers (the kernel hands out the
+    lowest free ones) and slots of their own, in another group: no table entry names a
+    closed socket's number, and broadcasts to either group reach only its members. (Which
+    numbers come back is the kernel's: other threads of the test process open files too,
+    so the premise is that some are taken again, not which.)"""
     server = await serve(bench_app, layer=InMemoryChannelLayer())
     try:
-        conns = await room(server, 3)
+        conns = await room(server, 8)
         conns[0].send_frame(0x1, b"one")
         for conn in conns:
             await conn.wait_frames(1)
-        leaving = max(server.site.connections, key=lambda c: c.transport.fileno())
-        fd = leaving.transport.fileno()
-        peer_port = leaving.transport.getPeer().port
-        (left,) = [c for c in conns if c.proto.transport.getHost().port == peer_port]
-        left.abort()
-        await until(lambda: leaving not in server.site.connections)
-        stranger = await ws_open(server.port, "/echo")
-        (new,) = [c for c in server.site.connections if c.channel_name is not None
-                  and c.transport.getPeer().port == stranger.proto.transport.getHost().port]
-        assert new.transport.fileno() == fd  # the premise: the number was reused
-        stranger.send_frame(0x1, b"echo me")  # it becomes clean, with its own slot
-        assert await stranger.wait_frames(1) == [(0x1, b"echo me")]
-        stayed = [c for c in conns if c is not left]
+        ours = {c.transport.getPeer().port: c for c in server.site.connections}
+        leaving = conns[3:]
+        freed = {ours[c.proto.transport.getHost().port].transport.fileno() for c in leaving}
+        gone = [ours[c.proto.transport.getHost().port] for c in leaving]
+        for conn in leaving:
+            conn.abort()
+        await until(lambda: not any(c in server.site.connections for c in gone))
+        table_names_only_live_sockets()
+        strangers = await room(server, 5, "other")
+        strangers[0].send_frame(0x1, b"theirs")  # each takes a slot of its own
+        for conn in strangers:
+            assert await conn.wait_frames(1) == [(0x1, b"theirs")]
+        new = {c.transport.fileno() for c in server.site.connections
+               if c.transport.getPeer().port in
+               {s.proto.transport.getHost().port for s in strangers}}
+        assert freed & new  # the premise: numbers of closed members were taken again
+        table_names_only_live_sockets()
+        stayed = conns[:3]
         stayed[0].send_frame(0x1, b"two")
         for conn in stayed:
             assert await conn.wait_frames(2) == [(0x1, b"one"), (0x1, b"two")]
-        stranger.send_frame(0x1, b"last")
-        assert await stranger.wait_frames(2) == [(0x1, b"echo me"), (0x1, b"last")]
+        strangers[1].send_frame(0x1, b"last")
+        for conn in strangers:
+            assert await conn.wait_frames(2) == [(0x1, b"theirs"), (0x1, b"last")]
     finally:
         await server.stop()
 
