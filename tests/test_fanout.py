@@ -207,8 +207,10 @@ def test_a_given_back_slot_is_not_handed_out_before_the_next_generation(table):
 
 
 class Receiver:
-    def __init__(self, slot: int = -1) -> None:
-        self._slot = slot
+    """A layer receiver; ``slotted``: one that took a slot in the table (a connection)."""
+
+    def __init__(self, slotted: bool = False) -> None:
+        self._slot = _fanout.take(self) if slotted else -1
 
 
 def test_every_change_of_a_group_drops_its_slot_array(table):
@@ -226,7 +228,7 @@ def test_every_change_of_a_group_drops_its_slot_array(table):
     ]
     for change in changes:
         members.clear()
-        members["a"] = Receiver(_fanout.take(object()))
+        members["a"] = Receiver(slotted=True)
         members["b"] = None  # a channel with no receiver here: skipped
         first = slots_of(members)
         assert slots_of(members) is first  # kept while nothing changes
@@ -235,12 +237,16 @@ def test_every_change_of_a_group_drops_its_slot_array(table):
 
 
 def test_the_slot_array_holds_slots_and_the_rest_apart_and_follows_the_generation(table):
-    slotted = Receiver(_fanout.take(object()))
+    slotted = Receiver(slotted=True)
     plain = Receiver()
+    # An app's receiver whose own ``_slot`` means something else: no slot of the table.
+    own = [Receiver() for _ in range(3)]
+    for receiver, value in zip(own, (slotted._slot, None, "10:30"), strict=True):
+        receiver._slot = value  # type: ignore[assignment]
     members = Members()
-    members.update(a=slotted, b=plain, c=None)
+    members.update(a=slotted, b=plain, c=None, d=own[0], e=own[1], f=own[2])
     generation, slots, others = slots_of(members)
-    assert list(slots) == [slotted._slot] and others == [plain]
+    assert list(slots) == [slotted._slot] and others == [plain, *own]
     _fanout._Generation.value += 1
     assert slots_of(members)[0] == generation + 1  # built again
 
