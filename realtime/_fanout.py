@@ -134,6 +134,17 @@ class Members(dict[str, Any]):
         return self
 
 
+def slot_of(receiver: Any) -> int:
+    """``receiver``'s slot, or -1: a slot only a connection that took it (``take``) and
+    holds it still. Receivers are also an app's own objects (an ``AsyncHttpConsumer`` in a
+    group), whose attribute of the same name means something else: taken for a slot, it
+    sent their frames to another connection's socket."""
+    slot = getattr(receiver, "_slot", -1)
+    if type(slot) is int and 0 <= slot < len(OWNERS) and OWNERS[slot] is receiver:
+        return slot
+    return -1
+
+
 def slots_of(members: Members) -> tuple[int, array[int], list[Any]]:
     """``members.fast``, built now if it was dropped or is from an older generation."""
     fast = members.fast
@@ -144,7 +155,7 @@ def slots_of(members: Members) -> tuple[int, array[int], list[Any]]:
     for receiver in members.values():
         if receiver is None:
             continue
-        slot = getattr(receiver, "_slot", -1)
+        slot = slot_of(receiver)
         if slot >= 0:
             slots.append(slot)
         else:

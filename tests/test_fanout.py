@@ -207,8 +207,10 @@ def test_a_given_back_slot_is_not_handed_out_before_the_next_generation(table):
 
 
 class Receiver:
-    def __init__(self, slot: int = -1) -> None:
-        self._slot = slot
+    """A layer receiver; ``slotted``: one that took a slot in the table (a connection)."""
+
+    def __init__(self, slotted: bool = False) -> None:
+        self._slot = _fanout.take(self) if slotted else -1
 
 
 def test_every_change_of_a_group_drops_its_slot_array(table):
@@ -226,7 +228,7 @@ def test_every_change_of_a_group_drops_its_slot_array(table):
     ]
     for change in changes:
         members.clear()
-        members["a"] = Receiver(_fanout.take(object()))
+        members["a"] = Receiver(slotted=True)
         members["b"] = None  # a channel with no receiver here: skipped
         first = slots_of(members)
         assert slots_of(members) is first  # kept while nothing changes
@@ -235,12 +237,16 @@ def test_every_change_of_a_group_drops_its_slot_array(table):
 
 
 def test_the_slot_array_holds_slots_and_the_rest_apart_and_follows_the_generation(table):
-    slotted = Receiver(_fanout.take(object()))
+    slotted = Receiver(slotted=True)
     plain = Receiver()
+    # An app's receiver whose own ``_slot`` means something else: no slot of the table.
+    own = [Receiver() for _ in range(3)]
+    for receiver, value in zip(own, (slotted._slot, None, "10:30"), strict=True):
+        receiver._slot = value  # type: ignore[assignment]
     members = Members()
-    members.update(a=slotted, b=plain, c=None)
+    members.update(a=slotted, b=plain, c=None, d=own[0], e=own[1], f=own[2])
     generation, slots, others = slots_of(members)
-    assert list(slots) == [slotted._slot] and others == [plain]
+    assert list(slots) == [slotted._slot] and others == [plain, *own]
     _fanout._Generation.value += 1
     assert slots_of(members)[0] == generation + 1  # built again
 
@@ -321,33 +327,53 @@ async def test_a_lost_connection_gives_its_slot_back():
         await server.stop()
 
 
+def table_names_only_live_sockets() -> None:
+    """Every descriptor in the table is its slot's owner's socket's, the owner open: a
+    closed socket's number (which the kernel hands out again) is in no entry."""
+    for slot, fd in enumerate(_fanout.FDS):
+        if fd != -1:
+            owner = _fanout.OWNERS[slot]
+            assert owner is not None and owner._slot == slot, f"slot {slot}: a gone fd {fd}"
+            assert owner.transport.connected and owner.transport.socket.fileno() == fd
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_new_connection_on_a_reused_descriptor_gets_nothing_of_the_group(loop):
-    """A member leaves; the next accepted socket gets its descriptor number (the kernel
-    hands out the lowest free one); a broadcast to the group must not reach it."""
+    """Members leave; new sockets get their descriptor numbers (the kernel hands out the
+    lowest free ones) and slots of their own, in another group: no table entry names a
+    closed socket's number, and broadcasts to either group reach only its members. (Which
+    numbers come back is the kernel's: other threads of the test process open files too,
+    so the premise is that some are taken again, not which.)"""
     server = await serve(bench_app, layer=InMemoryChannelLayer())
     try:
-        conns = await room(server, 3)
+        conns = await room(server, 8)
         conns[0].send_frame(0x1, b"one")
         for conn in conns:
             await conn.wait_frames(1)
-        leaving = max(server.site.connections, key=lambda c: c.transport.fileno())
-        fd = leaving.transport.fileno()
-        peer_port = leaving.transport.getPeer().port
-        (left,) = [c for c in conns if c.proto.transport.getHost().port == peer_port]
-        left.abort()
-        await until(lambda: leaving not in server.site.connections)
-        stranger = await ws_open(server.port, "/echo")
-        new = server_end(server, stranger)
-        assert new.transport.fileno() == fd  # the premise: the number was reused
-        stranger.send_frame(0x1, b"echo me")  # it becomes clean, with its own slot
-        assert await stranger.wait_frames(1) == [(0x1, b"echo me")]
-        stayed = [c for c in conns if c is not left]
+        ours = {c.transport.getPeer().port: c for c in server.site.connections}
+        leaving = conns[3:]
+        freed = {ours[c.proto.transport.getHost().port].transport.fileno() for c in leaving}
+        gone = [ours[c.proto.transport.getHost().port] for c in leaving]
+        for conn in leaving:
+            conn.abort()
+        await until(lambda: not any(c in server.site.connections for c in gone))
+        table_names_only_live_sockets()
+        strangers = await room(server, 5, "other")
+        strangers[0].send_frame(0x1, b"theirs")  # each takes a slot of its own
+        for conn in strangers:
+            assert await conn.wait_frames(1) == [(0x1, b"theirs")]
+        new = {c.transport.fileno() for c in server.site.connections
+               if c.transport.getPeer().port in
+               {s.proto.transport.getHost().port for s in strangers}}
+        assert freed & new  # the premise: numbers of closed members were taken again
+        table_names_only_live_sockets()
+        stayed = conns[:3]
         stayed[0].send_frame(0x1, b"two")
         for conn in stayed:
             assert await conn.wait_frames(2) == [(0x1, b"one"), (0x1, b"two")]
-        stranger.send_frame(0x1, b"last")
-        assert await stranger.wait_frames(2) == [(0x1, b"echo me"), (0x1, b"last")]
+        strangers[1].send_frame(0x1, b"last")
+        for conn in strangers:
+            assert await conn.wait_frames(2) == [(0x1, b"theirs"), (0x1, b"last")]
     finally:
         await server.stop()
 

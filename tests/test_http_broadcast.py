@@ -9,12 +9,13 @@ import threading
 import urllib.request
 from typing import Any
 
+import pytest
 import pytest_twisted
 from websockets.sync.client import connect
 
 from realtime import AsyncHttpConsumer, AsyncWebsocketConsumer, URLRouter, path
 from realtime.layers.base import frame_event, prepared_frame
-from tests.clients import captured_log, in_thread
+from tests.clients import captured_log, in_thread, until, ws_open
 
 
 class NoHandler(AsyncHttpConsumer):
@@ -172,3 +173,53 @@ async def test_a_broadcast_held_as_the_response_ends_is_not_handled_after_it(liv
     from twisted.logger import formatEvent
 
     assert not [formatEvent(e) for e in events if e.get("log_failure")]
+
+
+#: ``OwnSlot``'s ``_slot`` for the next stream.
+OWN_SLOT: list[Any] = [None]
+
+
+class OwnSlot(Events):
+    """An event stream whose consumer keeps an attribute ``_slot`` of its own (an app's
+    booking slot, a time slot): a layer receiver, yet no socket of the fan-out's table."""
+
+    async def handle(self, body: bytes) -> None:
+        self._slot = OWN_SLOT[0]
+        await super().handle(body)
+
+
+@pytest.mark.parametrize("own", ["none", "text", "a member's slot"])
+@pytest_twisted.ensureDeferred
+async def test_a_consumers_own_slot_attribute_is_not_taken_for_a_socket_slot(live, own):
+    """The fan-out's C loop writes to the sockets of the members that hold a slot in its
+    table; a receiver's attribute of the same name means nothing there: the broadcast
+    neither fails (None, text) nor goes to the socket that holds that slot (an int) instead
+    of the stream."""
+    from realtime import _fanout
+
+    server = await live(URLRouter([path("own", OwnSlot.as_asgi()),
+                                   path("listen", Listener.as_asgi())]))
+    layer = server.site.layer
+
+    ws = await ws_open(server.port, "/listen")
+    await until(lambda: len(layer.local_members("news")) == 1)
+    await layer.broadcast("news", text="warm")  # clean now: it holds a slot
+    assert await ws.wait_frames(1) == [(0x1, b"warm")]
+    (conn,) = [c for c in server.site.connections if c.channel_name is not None]
+    OWN_SLOT[0] = {"none": None, "text": "10:30", "a member's slot": conn._slot}[own]
+    opened = threading.Event()
+    got: list[str] = []
+    reader = threading.Thread(
+        target=lambda: got.extend(read_stream(server.http_url("/own"), opened)))
+    reader.start()
+    await in_thread(opened.wait, 5)
+    for text in ("one", "two"):
+        await layer.broadcast("news", text=text)
+    await layer.group_send("news", {"type": "news.end"})
+    await in_thread(reader.join, 10)
+    assert got == ["data: open", "data: one", "data: two", "data: end"]
+    assert await ws.wait_frames(4) == [(0x1, b"warm"), (0x1, b"one"), (0x1, b"two"),
+                                       (0x1, b"end")]
+    if _fanout.send_each is not None:
+        assert conn._slot >= 0 and _fanout.OWNERS[conn._slot] is conn
+    ws.abort()

@@ -1145,7 +1145,7 @@ class BaseChannelLayer:
             slotted = False
             for receiver in others:
                 self._deliver_one(receiver, frames, joined)
-                slotted = slotted or getattr(receiver, "_slot", -1) >= 0
+                slotted = slotted or _fanout.slot_of(receiver) >= 0
             if slotted:
                 members.fast = None  # one took a slot since: in the array next time
         if written:

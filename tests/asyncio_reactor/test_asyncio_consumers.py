@@ -685,3 +685,42 @@ async def test_asgirefs_async_to_sync_undetected_on_the_reactor_thread_names_the
             "it cannot wait: set thread_handlers = True on the consumer (or await the call "
             "in an async def handler)") in errors[0], errors
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_broadcast_takes_the_c_fan_out_loop_on_asyncios_reactor_thread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C loop runs only where ``isInIOThread()`` holds: on this reactor's thread too
+    (its ``run()`` registers it), or every broadcast here would take the Python loop."""
+    import os
+
+    from realtime import _fanout
+    from realtime.examples.bench import application as bench_app
+    from realtime.testing import serve
+    from tests.clients import until, ws_open
+
+    real = _fanout._send_each
+    if real is None and os.environ.get("CI") == "true":
+        pytest.fail("realtime._sendeach is not built: CI must test the C fan-out loop")
+    calls: list[int] = []
+
+    def counting(table: Any, slots: Any, frame: bytes) -> Any:
+        calls.append(len(slots))
+        assert real is not None
+        return real(table, slots, frame)
+
+    monkeypatch.setattr(_fanout, "send_each", counting if real is not None else None)
+    server = await serve(bench_app, layer=InMemoryChannelLayer())
+    try:
+        conns = [await ws_open(server.port, "/room/r") for _ in range(3)]
+        await until(lambda: len(server.site.layer.local_members("r")) == 3)
+        for i, text in enumerate((b"first", b"second")):
+            conns[0].send_frame(0x1, text)
+            for conn in conns:
+                await conn.wait_frames(i + 1)
+        for conn in conns:
+            assert conn.frames() == [(0x1, b"first"), (0x1, b"second")]
+        if real is not None:  # the first made them clean, each with its slot: the second
+            assert calls and calls[-1] == 3  # wrote all three in C
+    finally:
+        await server.stop()

@@ -435,6 +435,33 @@ def test_without_a_c_compiler_the_package_builds_without_the_c_loop(tmp_path):
     assert not [name for name in names if "_sendeach" in name and name.endswith(".so")]
 
 
+def test_the_sdist_carries_the_c_loop_and_a_wheel_of_it_builds_it(tmp_path):
+    """An sdist holds the C source and its stub (``realtime/_sendeach.pyi``: typed
+    callers of an installed copy), and an install from it builds the C loop."""
+    import tarfile
+    import zipfile
+
+    source = tmp_path / "src"
+    shutil.copytree(REPO, source, ignore=_NOT_SOURCE)
+    result = run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "sdist")],
+                 env=_venv_env(), cwd=source, timeout=120)
+    assert result.returncode == 0, result.output
+    (sdist,) = (tmp_path / "sdist").glob("realtime-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    assert {"setup.py", "realtime/_sendeach.c", "realtime/_sendeach.pyi",
+            "realtime/py.typed"} <= names
+    result = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                  "-w", str(tmp_path / "wheels"), str(sdist)],
+                 env=_venv_env(), cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.output
+    (wheel,) = (tmp_path / "wheels").glob("realtime-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "realtime/_sendeach.pyi" in names
+    assert [name for name in names if name.startswith("realtime/_sendeach.")
+            and name.endswith(".so")]
+
+
 @pytest.mark.slow
 def test_plugin_help_and_serve(venv):
     twistd_bin = str(venv / "bin" / "twistd")
