@@ -109,6 +109,18 @@ def stall(server: Any, client: RawConnection) -> Any:
     return ours
 
 
+async def a_stalled_member(server: Any, layer: Any) -> tuple[RawConnection, RawConnection,
+                                                               Any]:
+    """Two members of "g" that both had "hello", the second then stalled (``stall``): the
+    one reading, the stalled one, and the stalled one's server side."""
+    fast, slow = await opened(server, "g", 2)
+    await until(lambda: len(layer.local_members("g")) == 2)
+    layer.broadcast("g", text="hello")
+    for conn in (fast, slow):
+        await conn.wait_frames(1)
+    return fast, slow, stall(server, slow)
+
+
 def table_agrees() -> None:
     """The socket table's rule: an entry is a descriptor only while its slot's owner is
     open, clean, and writes frames as they are, and it is that owner's socket's."""
@@ -300,12 +312,7 @@ async def test_the_drop_policy_drops_whole_frames_and_the_counters_agree(loop):
     config = ServerConfig(slow_consumer="drop", max_send_buffer=64 << 10)
     server = await serve(APP, config, layer=layer)
     try:
-        fast, slow = await opened(server, "g", 2)
-        await until(lambda: len(layer.local_members("g")) == 2)
-        layer.broadcast("g", text="hello")
-        for conn in (fast, slow):
-            await conn.wait_frames(1)
-        ours = stall(server, slow)
+        fast, slow, ours = await a_stalled_member(server, layer)
         before = counters(layer)
         frames = [numbered(i, 16 << 10) for i in range(120)]
         for frame in frames:
@@ -337,12 +344,7 @@ async def test_a_slow_consumer_closed_4008_gets_nothing_after_its_close_frame(lo
     layer = InMemoryChannelLayer()
     server = await serve(APP, ServerConfig(max_send_buffer=64 << 10), layer=layer)
     try:
-        fast, slow = await opened(server, "g", 2)
-        await until(lambda: len(layer.local_members("g")) == 2)
-        layer.broadcast("g", text="hello")
-        for conn in (fast, slow):
-            await conn.wait_frames(1)
-        ours = stall(server, slow)
+        fast, slow, ours = await a_stalled_member(server, layer)
         frames = [numbered(i, 16 << 10) for i in range(120)]
         for frame in frames:
             layer.broadcast("g", text=frame)
