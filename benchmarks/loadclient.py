@@ -34,6 +34,7 @@ from benchlib import (
     error_text,
     latency_summary,
     make_text,
+    rated,
     within_time_limit,
 )
 
@@ -355,10 +356,6 @@ class RoomConn(WSListener):
             self.st.closed_by_server += 1
 
 
-#: Fewer deliveries than this in a fan-out's timed window are not rated (``run_fanout``).
-TOO_FEW = 100
-
-
 async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
                      count: int | None = None, duration: float = 8.0, warmup: float = 2.0,
                      drain: float = 5.0, probe_timeout: float = 15.0,
@@ -496,12 +493,7 @@ async def run_fanout(url: str, *, members: int, rate: float, size: int = 64,
     gc.enable()
     delivered = st.measured
     lost = max(0, st.expected - delivered)
-    window_deliveries = tot1 - tot0
-    if count is None and window_deliveries < TOO_FEW:
-        # A timed window with too few to rate (a server that fell behind, one late message
-        # arriving in it): 0/s and no CPU per delivery, not 8 s of CPU over one delivery
-        # (8,000,000 µs). Counted runs (--quick) are small by design.
-        window_deliveries = 0
+    window_deliveries = rated(tot1 - tot0, timed=count is None)
     dropped = st.closed_by_server
     st.closing = True
     for _, conn in made:

@@ -46,10 +46,23 @@ from benchlib import (  # noqa: E402
     make_workers_table,
     median,
     percentile,
+    rated,
     ratio,
 )
 
 # -- statistics ----------------------------------------------------------------------------------
+
+
+def test_a_timed_fan_out_window_with_too_few_deliveries_is_not_rated():
+    """One late message in a timed window would be rated 8 s of CPU per delivery (Daphne's
+    8,000,000 µs): under 100 it counts 0 (0/s, no CPU per delivery); a counted run (the
+    quick scenarios, 50 deliveries) is rated whatever its size."""
+    assert rated(1, timed=True) == 0
+    assert rated(99, timed=True) == 0
+    assert rated(100, timed=True) == 100
+    assert rated(26_000, timed=True) == 26_000  # a server behind, still delivering: rated
+    assert rated(50, timed=False) == 50
+    assert rated(0, timed=False) == 0
 
 
 def test_percentile_interpolates_like_numpy_linear():
