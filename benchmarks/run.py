@@ -206,33 +206,26 @@ def ensure_ours_venv(ref: str, log: Any) -> str:
     return python
 
 
-def versions(python: str, names: Sequence[str] = VERSION_NAMES) -> dict[str, str]:
-    """The versions of the packages ``names`` (those installed) in ``python``."""
+def versions(python: str, names: Sequence[str] = VERSION_NAMES,
+             fanout_loop: bool = False) -> dict[str, str]:
+    """The versions of the packages ``names`` (those installed) in ``python``; with
+    ``fanout_loop`` (ours), also which fan-out loop its realtime runs, ``C`` (built at
+    install when a compiler was there) or ``Python``: its fan-out figures depend on it."""
     code = ("import json, importlib.metadata as m\n"
             "out = {}\n"
             f"for n in {list(names)!r}:\n"
             "    try: out[n] = m.version(n)\n"
-            "    except m.PackageNotFoundError: pass\n"
-            "print(json.dumps(out))")
+            "    except m.PackageNotFoundError: pass\n")
+    if fanout_loop:
+        code += ("import realtime._fanout as f\n"
+                 "out['fan-out loop'] = 'C' if f.send_each else 'Python'\n")
+    code += "print(json.dumps(out))"
     try:
         res = subprocess.run([python, "-c", code], capture_output=True, text=True,
                              timeout=30, cwd="/")
         return json.loads(res.stdout)
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return {}
-
-
-def fanout_loop(python: str) -> str:
-    """``C`` when ``python``'s realtime has its C fan-out loop (``realtime._sendeach``,
-    built at install when a compiler was there), ``Python`` otherwise: a run's fan-out
-    figures depend on it."""
-    code = "import realtime._fanout as f; print('C' if f.send_each else 'Python')"
-    try:
-        res = subprocess.run([python, "-c", code], capture_output=True, text=True,
-                             timeout=60, cwd="/")
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-    return res.stdout.strip() or "?"
 
 
 # -- processes -----------------------------------------------------------------------------------
@@ -802,12 +795,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in OURS_ALL:
             specs[name].venv = "ours"
             specs[name].always_venv = True
-    meta_versions = {s: versions(specs[s].python(opts.venvs)) for s in servers}
+    meta_versions = {s: versions(specs[s].python(opts.venvs), fanout_loop=s in OURS_ALL)
+                     for s in servers}
     if "sendloop" in meta_versions:  # the standard library only
         meta_versions["sendloop"] = {"python": platform.python_version()}
-    for name in OURS_ALL:
-        if name in meta_versions:  # which fan-out loop ours runs: C (built) or Python
-            meta_versions[name]["fan-out loop"] = fanout_loop(specs[name].python(opts.venvs))
 
     opts.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -275,6 +275,13 @@ def server_end(server: Any, client: Any) -> Any:
     return conn
 
 
+async def first_broadcast(conns: list[Any], text: bytes) -> list[Any]:
+    """The first member sends ``text`` (the bench app broadcasts it to the room); once
+    every member has a frame (each clean now, with a slot), the frames each has."""
+    conns[0].send_frame(0x1, text)
+    return [await conn.wait_frames(1) for conn in conns]
+
+
 async def room(server: Any, n: int, name: str = "r") -> list[Any]:
     conns = [await ws_open(server.port, f"/room/{name}") for _ in range(n)]
     assert all(conn.response()[0] == 101 for conn in conns)
@@ -312,9 +319,7 @@ async def test_a_lost_connection_gives_its_slot_back():
     server = await serve(bench_app, layer=InMemoryChannelLayer())
     try:
         conns = await room(server, 2)
-        conns[0].send_frame(0x1, b"hi")
-        for conn in conns:
-            await conn.wait_frames(1)
+        await first_broadcast(conns, b"hi")
         gone = server_end(server, conns[1])
         slot = gone._slot
         assert slot >= 0 and _fanout.OWNERS[slot] is gone
@@ -347,9 +352,7 @@ async def test_a_new_connection_on_a_reused_descriptor_gets_nothing_of_the_group
     server = await serve(bench_app, layer=InMemoryChannelLayer())
     try:
         conns = await room(server, 8)
-        conns[0].send_frame(0x1, b"one")
-        for conn in conns:
-            await conn.wait_frames(1)
+        await first_broadcast(conns, b"one")
         ours = {c.transport.getPeer().port: c for c in server.site.connections}
         leaving = conns[3:]
         freed = {ours[c.proto.transport.getHost().port].transport.fileno() for c in leaving}
@@ -359,9 +362,8 @@ async def test_a_new_connection_on_a_reused_descriptor_gets_nothing_of_the_group
         await until(lambda: not any(c in server.site.connections for c in gone))
         table_names_only_live_sockets()
         strangers = await room(server, 5, "other")
-        strangers[0].send_frame(0x1, b"theirs")  # each takes a slot of its own
-        for conn in strangers:
-            assert await conn.wait_frames(1) == [(0x1, b"theirs")]
+        # Each takes a slot of its own.
+        assert await first_broadcast(strangers, b"theirs") == [[(0x1, b"theirs")]] * 5
         new = {c.transport.fileno() for c in server.site.connections
                if c.transport.getPeer().port in
                {s.proto.transport.getHost().port for s in strangers}}
@@ -426,9 +428,7 @@ async def test_a_broadcast_off_the_reactor_thread_takes_the_python_loop(monkeypa
     server = await serve(bench_app, layer=layer)
     try:
         conns = await room(server, 3)
-        conns[0].send_frame(0x1, b"first")  # on the reactor: every member takes a slot
-        for conn in conns:
-            await conn.wait_frames(1)
+        await first_broadcast(conns, b"first")  # on the reactor: each takes a slot
         conns[0].send_frame(0x1, b"second")  # the C loop, on the reactor's thread
         for conn in conns:
             await conn.wait_frames(2)

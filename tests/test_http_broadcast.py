@@ -83,6 +83,16 @@ def read_stream(url: str, opened: threading.Event) -> list[str]:
     return lines
 
 
+def stream_in_thread(url: str) -> tuple[threading.Event, list[str], threading.Thread]:
+    """Read the event stream at ``url`` on a thread of its own (started): ``opened`` is set
+    at its first line, ``got`` has its lines once the thread ends."""
+    opened = threading.Event()
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.extend(read_stream(url, opened)))
+    reader.start()
+    return opened, got, reader
+
+
 def test_a_frame_turns_back_into_its_event_at_every_length():
     for size in (0, 125, 126, 65535, 65536):
         text = "x" * size
@@ -95,11 +105,7 @@ def test_a_frame_turns_back_into_its_event_at_every_length():
 @pytest_twisted.ensureDeferred
 async def test_broadcasts_reach_an_event_stream_in_order_with_group_events(live):
     server = await live(APP)
-    opened = threading.Event()
-    got: list[str] = []
-    reader = threading.Thread(
-        target=lambda: got.extend(read_stream(server.http_url("/events"), opened)))
-    reader.start()
+    opened, got, reader = stream_in_thread(server.http_url("/events"))
 
     def publish() -> list[Any]:
         assert opened.wait(5)
@@ -120,11 +126,7 @@ async def test_a_member_without_the_handler_is_skipped_with_one_warning(live):
     server = await live(APP)
     layer = server.site.layer
     with captured_log() as lines:
-        opened = threading.Event()
-        got: list[str] = []
-        reader = threading.Thread(
-            target=lambda: got.extend(read_stream(server.http_url("/bare"), opened)))
-        reader.start()
+        opened, got, reader = stream_in_thread(server.http_url("/bare"))
         await in_thread(opened.wait, 5)
         for text in ("a", "b", "c"):
             await layer.broadcast("news", text=text)
@@ -207,11 +209,7 @@ async def test_a_consumers_own_slot_attribute_is_not_taken_for_a_socket_slot(liv
     assert await ws.wait_frames(1) == [(0x1, b"warm")]
     (conn,) = [c for c in server.site.connections if c.channel_name is not None]
     OWN_SLOT[0] = {"none": None, "text": "10:30", "a member's slot": conn._slot}[own]
-    opened = threading.Event()
-    got: list[str] = []
-    reader = threading.Thread(
-        target=lambda: got.extend(read_stream(server.http_url("/own"), opened)))
-    reader.start()
+    opened, got, reader = stream_in_thread(server.http_url("/own"))
     await in_thread(opened.wait, 5)
     for text in ("one", "two"):
         await layer.broadcast("news", text=text)

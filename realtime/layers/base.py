@@ -1122,7 +1122,7 @@ class BaseChannelLayer:
     def _send_each(self, members: Members, frames: list[bytes], joined: bytes) -> None:
         """``frames`` (back to back in ``joined``) to every member: to the clean sockets in
         one write each, in one C loop (``realtime._fanout``); then, in Python, the slow
-        path of the others (``deliver_frame``, ``_deliver_frames``) and the rest of each
+        path of the others (``_deliver_frames``, which counts them) and the rest of each
         partial write. Nothing run here can change the slot array it writes from (a group
         change makes a new one)."""
         _, slots, others = slots_of(members)
@@ -1140,11 +1140,11 @@ class BaseChannelLayer:
                     if took is None:  # not clean
                         written -= 1
                         if (receiver := owners[slot]) is not None:  # (None: lost)
-                            self._deliver_one(receiver, frames, joined)
+                            self._deliver_frames(receiver, frames, joined)
         if others:
             slotted = False
             for receiver in others:
-                self._deliver_one(receiver, frames, joined)
+                self._deliver_frames(receiver, frames, joined)
                 slotted = slotted or _fanout.slot_of(receiver) >= 0
             if slotted:
                 members.fast = None  # one took a slot since: in the array next time
@@ -1153,16 +1153,6 @@ class BaseChannelLayer:
             stats.broadcast_frames += written * len(frames)
             stats.broadcast_bytes += written * len(joined)
             stats.broadcast_writes += written
-
-    def _deliver_one(self, receiver: Any, frames: list[bytes], joined: bytes) -> None:
-        """A member off the C loop's path: every check of the slow path; counted."""
-        if len(frames) > 1:
-            self._deliver_frames(receiver, frames, joined)
-        elif receiver.deliver_frame(joined):
-            stats = self.stats
-            stats.broadcast_frames += 1
-            stats.broadcast_bytes += len(joined)
-            stats.broadcast_writes += 1
 
     def _not_had(self, receivers: Any, frames: list[bytes], seq: int) -> list[Any]:
         """The members that have had none of held entry ``seq``; those that had its first
